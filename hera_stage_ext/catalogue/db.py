@@ -1,0 +1,119 @@
+"""Database engines and sessions for SQLite (the embedded default) and PostgreSQL (shared sites).
+
+Owns the connection settings that make both engines behave the same for the catalogue:
+case-sensitive LIKE on SQLite (PostgreSQL's LIKE already is), WAL and a long busy timeout so a
+server and a worker process can share one SQLite file, foreign keys on, and ``BEGIN IMMEDIATE``
+for write transactions on SQLite (a plain ``BEGIN`` that reads and then writes fails with
+"database is locked" when another process writes, whatever the busy timeout).
+Schema creation and upgrades go through alembic (``upgrade``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+#: Seconds a SQLite connection waits for another process's write lock before giving up.
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for ``url`` with the catalogue's per-connection settings applied."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        # The Librarian's `-matches` is LIKE, case-sensitive on PostgreSQL; this makes SQLite's
+        # the same, and lets a literal prefix use the (binary) name index.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+class Database:
+    """An engine plus session factories: ``read()`` for queries, ``write()`` for changes."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.engine = make_engine(url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading; rolled back at the end."""
+        with self._sessions() as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A short write transaction, committed on success and rolled back on error.
+
+        On SQLite it starts with ``BEGIN IMMEDIATE`` so that reading and then writing in the same
+        transaction never fails with "database is locked" when another process writes.
+        """
+        if is_sqlite(self.engine):
+            connection = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+        else:
+            connection = self.engine.connect()
+        with connection, Session(bind=connection, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema to the newest alembic revision."""
+        from .migrations import upgrade
+
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def default_sqlite_url(data_dir: str | os.PathLike[str]) -> str:
+    """The embedded default database: a SQLite file in a local (never NFS) data directory."""
+    return f"sqlite:///{Path(data_dir) / 'hera_stage.sqlite'}"

@@ -1,0 +1,61 @@
+"""Domain errors raised by the core library, each with the HTTP status a face should answer.
+
+The core never imports tornado; the REST handlers map these to responses in one place
+(``api/base.py``), the CLI prints their message, the client re-raises them from a reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StagingError(Exception):
+    """Base of every error the core raises on purpose. ``status`` is the HTTP answer."""
+
+    status: int = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "message": self.message, **self.details}
+
+
+class InvalidRequest(StagingError):
+    """The request is malformed: wrong type, missing field, bad name, bad value."""
+
+    status = 400
+
+
+class SearchError(InvalidRequest):
+    """The search is not valid: unknown clause, wrong payload, too deep, too large."""
+
+
+class Unauthorized(StagingError):
+    """Credentials are missing or wrong (Librarian authenticator, peer secret)."""
+
+    status = 401
+
+
+class Forbidden(StagingError):
+    """The caller is known but may not do this (ingest disabled, path outside its roots)."""
+
+    status = 403
+
+
+class NotFound(StagingError):
+    status = 404
+
+
+class Conflict(StagingError):
+    """The request contradicts what is stored (same name, other content; a busy directory)."""
+
+    status = 409
+
+
+class Unavailable(StagingError):
+    """A store or peer that the request needs cannot be reached now."""
+
+    status = 503
