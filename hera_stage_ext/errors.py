@@ -29,6 +29,10 @@ class InvalidRequest(StagingError):
     status = 400
 
 
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+
+
 class SearchError(InvalidRequest):
     """The search is not valid: unknown clause, wrong payload, too deep, too large."""
 

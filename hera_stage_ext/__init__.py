@@ -1,0 +1,25 @@
+"""hera_stage_ext: a HERA-Librarian-style archive inside Jupyter.
+
+Entry points for Jupyter: the server extension (``StagingApp``) and the prebuilt lab extension.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hera_stage_ext")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "hera_stage_ext"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .app import StagingApp
+
+    return [{"module": "hera_stage_ext", "app": StagingApp}]

@@ -1,0 +1,86 @@
+"""What every REST handler shares: access to the core, JSON bodies, and the one error mapping.
+
+Domain errors (``errors.StagingError``) become HTTP answers here and only here: the status the
+error names, with a JSON body ``{"error": ..., "message": ...}``. Core calls run in a thread
+pool so a slow query or a long ingest never stalls the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..core import Core
+from ..errors import InvalidRequest, PayloadTooLarge, StagingError
+
+T = TypeVar("T")
+
+#: Largest JSON request body accepted, in bytes.
+MAX_BODY_BYTES = 1 << 20
+#: Resource name for Jupyter's authorizer (``authorized`` decorator).
+AUTH_RESOURCE = "hera_stage"
+
+
+class ApiError(web.HTTPError):
+    """A domain error on its way out, keeping its JSON payload."""
+
+    def __init__(self, error: StagingError) -> None:
+        super().__init__(error.status, "%s", error.message)
+        self.payload = error.to_json()
+
+
+class BaseHandler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def core(self) -> Core:
+        return self.settings["hera_stage"]
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a (blocking) core call in the thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``run``, mapping domain errors to HTTP answers."""
+        try:
+            return await self.run(fn, *args, **kwargs)
+        except StagingError as exc:
+            raise ApiError(exc) from exc
+
+    def body_json(self) -> dict[str, Any]:
+        """The request body as a JSON object, or a 4xx that says what is wrong with it."""
+        body = self.request.body or b""
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes"))
+        if not body.strip():
+            return {}
+        try:
+            value = json.loads(body)
+        except UnicodeDecodeError:
+            raise ApiError(InvalidRequest("request body is not UTF-8")) from None
+        except json.JSONDecodeError as exc:
+            raise ApiError(InvalidRequest(
+                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            )) from None
+        if not isinstance(value, dict):
+            raise ApiError(InvalidRequest("request body must be a JSON object"))
+        return value
+
+    def reply(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(exc.payload))
+            return
+        super().write_error(status_code, **kwargs)
+

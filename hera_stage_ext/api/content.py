@@ -1,0 +1,152 @@
+"""``GET files/<name>/content``: a file's bytes (with HTTP Range), or a directory as a tar stream.
+
+Reads one available instance on an online store, confined to that store's root. Memory stays
+constant: files go out in 1 MiB chunks; a directory is tarred by a thread into a small bounded
+queue that the handler drains, so a slow client slows the tar instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import tarfile
+import threading
+from pathlib import Path
+
+from jupyter_server.auth.decorator import authorized
+from tornado import iostream, web
+
+from ..catalogue.naming import validate_name
+from ..errors import InvalidRequest, NotFound
+from ..paths import confine
+from .base import ApiError, BaseHandler
+
+CHUNK = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) of a single byte range, None for no/unsatisfiable-as-whole."""
+    match = _RANGE.match(header.strip())
+    if not match or match.group(1) == match.group(2) == "":
+        raise InvalidRequest(f"unsupported Range header {header!r} (one 'bytes=a-b' range)")
+    first, last = match.groups()
+    if first == "":
+        length = int(last)
+        start, end = max(size - length, 0), size - 1
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return None
+    return start, end
+
+
+class _QueueWriter:
+    """A write-only file object feeding a bounded queue (the tar thread's side)."""
+
+    def __init__(self, q: queue.Queue[bytes | None], cancelled: threading.Event) -> None:
+        self.q = q
+        self.cancelled = cancelled
+
+    def write(self, data: bytes) -> int:
+        if self.cancelled.is_set():
+            raise BrokenPipeError("client went away")
+        self.q.put(bytes(data))
+        return len(data)
+
+
+class FileContentHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        def locate() -> tuple[Path, dict]:
+            validate_name(name)
+            detail = self.core.catalogue.file_detail(name)
+            instance = self.core.catalogue.locate(name)
+            if instance["store_kind"] != "online":
+                raise NotFound(f"{name!r} is only on a cold store; recall it first")
+            store = self.core.catalogue.store(instance["store"])
+            path = confine(instance["path"], [store["path"]], what="instance path")
+            if not path.exists():
+                raise NotFound(f"the instance of {name!r} on {instance['store']} is missing")
+            return path, detail
+
+        path, detail = await self.call(locate)
+        if detail["is_directory"]:
+            await self._send_tar(path, name)
+        else:
+            await self._send_file(path, name)
+
+    async def _send_file(self, path: Path, name: str) -> None:
+        size = path.stat().st_size
+        start, end = 0, size - 1
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        header = self.request.headers.get("Range")
+        if header:
+            try:
+                byte_range = parse_range(header, size)
+            except InvalidRequest as exc:
+                raise ApiError(exc) from exc
+            if byte_range is None:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{size}")
+                self.finish()
+                return
+            start, end = byte_range
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.set_header("Content-Length", str(max(end - start + 1, 0)))
+        remaining = end - start + 1
+        with open(path, "rb") as f:
+            f.seek(start)
+            while remaining > 0:
+                chunk = f.read(min(CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                self.write(chunk)
+                try:
+                    await self.flush()
+                except iostream.StreamClosedError:
+                    return
+        self.finish()
+
+    async def _send_tar(self, path: Path, name: str) -> None:
+        self.set_header("Content-Type", "application/x-tar")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}.tar"')
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        cancelled = threading.Event()
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                with tarfile.open(fileobj=_QueueWriter(chunks, cancelled), mode="w|",
+                                  bufsize=CHUNK) as tar:
+                    tar.add(path, arcname=name, recursive=True)
+            except BaseException as exc:  # reported to the handler below
+                failure.append(exc)
+            finally:
+                chunks.put(None)
+
+        threading.Thread(target=produce, daemon=True, name=f"tar {name}").start()
+        loop = asyncio.get_running_loop()
+        try:
+            while (chunk := await loop.run_in_executor(None, chunks.get)) is not None:
+                self.write(chunk)
+                await self.flush()
+        except iostream.StreamClosedError:
+            cancelled.set()
+            # Drain so the producer, blocked on a full queue, sees the cancel and exits.
+            await loop.run_in_executor(None, lambda: [_ for _ in iter(chunks.get, None)])
+            return
+        if failure and not isinstance(failure[0], BrokenPipeError):
+            self.log.error("tar of %s failed: %s", name, failure[0])
+            # Headers are gone; closing early makes the client see a truncated tar.
+            self.request.connection.close()
+            return
+        self.finish()
+

@@ -1,0 +1,266 @@
+"""The OpenAPI 3 document of the native REST API (served at ``GET openapi.json``).
+
+Written by hand next to the handlers; ``tests/test_openapi.py`` keeps it true: its paths must be
+exactly the routes of ``routes.NATIVE_ROUTES``, and real replies must validate against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    meaning = {
+        400: "Invalid request (message names the problem)",
+        403: "Not authenticated, or not allowed",
+        404: "Not found",
+        409: "Conflicts with what is stored",
+        413: "Request body too large",
+        416: "Range not satisfiable",
+    }
+    return {str(c): _json(ERROR, meaning[c]) for c in codes}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Checksums": {
+        "type": "object",
+        "description": "Algorithm ('md5', 'xxh3-128') to lowercase hex digest.",
+        "additionalProperties": {"type": "string"},
+    },
+    "Instance": {
+        "type": "object",
+        "required": ["file", "store", "path", "full_path", "available", "deletion_policy"],
+        "properties": {
+            "file": {"type": "string"},
+            "store": {"type": "string"},
+            "path": {"type": "string", "description": "Relative to the store's root."},
+            "full_path": {"type": "string"},
+            "available": {"type": "boolean"},
+            "store_kind": {"type": "string", "enum": ["online", "cold"]},
+            "deletion_policy": {"type": "string"},
+            "create_time": {"type": "string", "format": "date-time"},
+        },
+    },
+    "File": {
+        "type": "object",
+        "required": ["name", "size", "type", "obsid", "create_time", "checksums"],
+        "properties": {
+            "name": {"type": "string"},
+            "type": {"type": "string"},
+            "size": {"type": "integer"},
+            "is_directory": {"type": "boolean"},
+            "checksums": {"$ref": "#/components/schemas/Checksums"},
+            "create_time": {"type": "string", "format": "date-time"},
+            "obsid": {"type": ["integer", "null"]},
+            "source": {"type": "string"},
+            "metadata": {"type": "object"},
+            "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
+        },
+    },
+    "Observation": {
+        "type": "object",
+        "required": ["obsid", "start_time_jd", "stop_time_jd", "start_lst_hr", "session_id"],
+        "properties": {
+            "obsid": {"type": "integer"},
+            "start_time_jd": {"type": "number"},
+            "stop_time_jd": {"type": "number"},
+            "start_lst_hr": {"type": "number"},
+            "session_id": {"type": ["integer", "null"]},
+        },
+    },
+    "Session": {
+        "type": "object",
+        "required": ["id", "start_time_jd", "stop_time_jd"],
+        "properties": {
+            "id": {"type": "integer"},
+            "start_time_jd": {"type": "number"},
+            "stop_time_jd": {"type": "number"},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["type", "time", "payload"],
+        "properties": {
+            "type": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "payload": {"type": "object"},
+        },
+    },
+    "FileDetail": {
+        "allOf": [
+            {"$ref": "#/components/schemas/File"},
+            {
+                "type": "object",
+                "required": ["instances", "observation", "events"],
+                "properties": {
+                    "observation": {
+                        "oneOf": [{"$ref": "#/components/schemas/Observation"}, {"type": "null"}]
+                    },
+                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                },
+            },
+        ]
+    },
+    "Store": {
+        "type": "object",
+        "required": ["name", "path", "kind", "available"],
+        "properties": {
+            "name": {"type": "string"},
+            "path": {"type": "string"},
+            "kind": {"type": "string", "enum": ["online", "cold"]},
+            "available": {"type": "boolean"},
+            "ssh_host": {"type": "string"},
+            "instances": {"type": "integer"},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": ["version", "site_name", "database", "counts", "allow_ingest"],
+        "properties": {
+            "version": {"type": "string"},
+            "site_name": {"type": "string"},
+            "database": {"type": "string", "enum": ["sqlite", "postgresql"]},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "allow_ingest": {"type": "boolean"},
+            "user": {"type": ["string", "null"]},
+        },
+    },
+    "SearchRequest": {
+        "type": "object",
+        "description": "Exactly one of 'search' (the Librarian JSON language, as an object or "
+        "as JSON text) or 'query' (the one-line syntax).",
+        "properties": {
+            "search": {"type": ["object", "array", "string"]},
+            "query": {"type": "string"},
+            "kind": {"type": "string", "enum": ["files", "instances", "observations", "sessions"],
+                     "default": "files"},
+            "limit": {"type": "integer", "minimum": 1, "default": 100},
+            "cursor": {"type": ["string", "null"]},
+            "count": {"type": "boolean", "default": False},
+            "sort": {"type": ["string", "null"],
+                     "description": "A column such as 'name', 'obsid', 'size', 'create_time'; "
+                     "a leading '-' sorts descending."},
+        },
+    },
+    "SearchReply": {
+        "type": "object",
+        "required": ["kind", "results", "next_cursor", "total", "search"],
+        "properties": {
+            "kind": {"type": "string"},
+            "results": {"type": "array", "items": {"type": "object"}},
+            "next_cursor": {"type": ["string", "null"]},
+            "total": {"type": ["integer", "null"]},
+            "search": {"description": "The JSON search that ran (a 'query' translated)."},
+        },
+    },
+    "IngestRequest": {
+        "type": "object",
+        "required": ["store"],
+        "properties": {
+            "store": {"type": "string"},
+            "globs": {"type": "array", "items": {"type": "string"}, "default": ["*"]},
+            "plan": {"type": "boolean", "description": "Only list the new paths."},
+            "paths": {"type": "array", "items": {"type": "string"},
+                      "description": "Ingest exactly these store-relative paths."},
+        },
+    },
+    "IngestReply": {
+        "type": "object",
+        "required": ["errors"],
+        "properties": {
+            "matched": {"type": "integer"},
+            "unchanged": {"type": "integer"},
+            "registered": {"type": "integer"},
+            "instances_added": {"type": "integer"},
+            "store": {"type": "string"},
+            "todo": {"type": "array", "items": {"type": "string"}},
+            "errors": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+
+NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hera_stage_ext",
+            "version": version,
+            "description": "Search a HERA-style archive, stage files, move data between sites.",
+        },
+        "servers": [{"url": "/hera-stage/api"}],
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "token": {"type": "apiKey", "in": "header", "name": "Authorization",
+                          "description": "'token <Jupyter server token>'"},
+            },
+        },
+        "security": [{"token": []}],
+        "paths": {
+            "/status": {"get": {
+                "summary": "What this server is and holds",
+                "responses": {"200": _json(ref("Status"), "Status"), **_errors(403)},
+            }},
+            "/stores": {"get": {
+                "summary": "Configured stores",
+                "responses": {
+                    "200": _json({"type": "object", "required": ["stores"], "properties": {
+                        "stores": {"type": "array", "items": ref("Store")}}}, "Stores"),
+                    **_errors(403),
+                },
+            }},
+            "/search": {"post": {
+                "summary": "Search files, instances, observations or sessions",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": ref("SearchRequest")}}},
+                "responses": {"200": _json(ref("SearchReply"), "One page of results"),
+                              **_errors(400, 403, 413)},
+            }},
+            "/files/{name}": {"get": {
+                "summary": "A file with its instances, observation and events",
+                "parameters": [NAME_PARAMETER],
+                "responses": {"200": _json(ref("FileDetail"), "The file"),
+                              **_errors(400, 403, 404)},
+            }},
+            "/files/{name}/content": {"get": {
+                "summary": "Download a file (HTTP Range supported); a directory as a tar stream",
+                "parameters": [NAME_PARAMETER,
+                               {"name": "Range", "in": "header", "required": False,
+                                "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The bytes", "content": {
+                        "application/octet-stream": {}, "application/x-tar": {}}},
+                    "206": {"description": "The requested range",
+                            "content": {"application/octet-stream": {}}},
+                    **_errors(400, 403, 404, 416),
+                },
+            }},
+            "/ingest": {"post": {
+                "summary": "Register what lies on a store (when ingest is allowed)",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": ref("IngestRequest")}}},
+                "responses": {"200": _json(ref("IngestReply"), "What was registered"),
+                              **_errors(400, 403, 404, 413)},
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document"),
+                              **_errors(403)},
+            }},
+        },
+    }

@@ -1,0 +1,46 @@
+"""The handler table: every route the extension serves, relative to the server's base_url.
+
+Native routes are written as OpenAPI path templates (``/files/{name}``) so the OpenAPI document
+and its test can compare against exactly this table.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tornado.web import RequestHandler
+
+from .content import FileContentHandler
+from .handlers import (
+    FileHandler,
+    IngestHandler,
+    OpenAPIHandler,
+    SearchHandler,
+    StatusHandler,
+    StoresHandler,
+)
+from .librarian import LibrarianRPCHandler
+
+API_PREFIX = "/hera-stage/api"
+LIBRARIAN_PREFIX = "/hera-stage/librarian/api"
+
+#: OpenAPI path template -> handler, under API_PREFIX.
+NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
+    "/status": StatusHandler,
+    "/stores": StoresHandler,
+    "/search": SearchHandler,
+    "/files/{name}": FileHandler,
+    "/files/{name}/content": FileContentHandler,
+    "/ingest": IngestHandler,
+    "/openapi.json": OpenAPIHandler,
+}
+
+
+def template_to_regex(template: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
+
+
+def handlers() -> list[tuple[str, type[RequestHandler]]]:
+    table = [(API_PREFIX + template_to_regex(t) + "$", h) for t, h in NATIVE_ROUTES.items()]
+    table.append((LIBRARIAN_PREFIX + r"/(?P<operation>[^/]+)$", LibrarianRPCHandler))
+    return table

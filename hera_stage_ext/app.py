@@ -1,0 +1,148 @@
+"""StagingApp: the Jupyter server extension. Owns configuration (traitlets) and wiring.
+
+Every setting is a trait on ``StagingApp`` (``c.StagingApp.db_url = ...`` in
+``jupyter_server_config.py`` or ``jupyter_hera_stage_ext_config.py``). ``initialize_settings``
+opens the catalogue and hands the core objects to the handlers through tornado settings;
+the handlers themselves live in ``api/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default, validate
+
+from . import __version__
+from .api.routes import handlers as api_handlers
+from .catalogue.catalogue import Catalogue
+from .catalogue.db import Database, default_sqlite_url
+from .catalogue.ingest import Ingester
+from .catalogue.naming import (
+    DEFAULT_LONGITUDE_DEG,
+    DEFAULT_OBSERVATION_SECONDS,
+    DEFAULT_OBSID_PATTERN,
+    ObservationNamer,
+)
+from .core import Core
+
+SETTINGS_KEY = "hera_stage"
+
+
+class StagingApp(ExtensionApp):
+    name = "hera_stage_ext"
+    description = "Search a HERA-style archive, stage its files, move them between sites."
+    load_other_extensions = True
+
+    db_url = Unicode(
+        help="""SQLAlchemy URL of the catalogue database. Default: a SQLite file in the Jupyter
+        data directory (local disk; do not put SQLite on NFS). Shared sites use PostgreSQL:
+        postgresql+psycopg://user@host/dbname""",
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return default_sqlite_url(Path(jupyter_data_dir()) / "hera_stage_ext")
+
+    stores = Dict(
+        help="""Stores by name: {"name": {"path": "/data/store1", "kind": "online" | "cold",
+        "available": true, "ssh_host": ""}}. Stores dropped from this setting become
+        unavailable; their instances stay in the catalogue.""",
+    ).tag(config=True)
+
+    allowed_roots = List(
+        Unicode(),
+        help="""Folders staging may write into (after resolving symlinks). Default: the Jupyter
+        server's root directory.""",
+    ).tag(config=True)
+
+    librarian_authenticators = Dict(
+        value_trait=Unicode(),
+        help="""Authenticator strings accepted by the Librarian-compatible RPC
+        (librarian/api/<op>), each mapped to the source name it acts as.""",
+    ).tag(config=True)
+
+    allow_ingest = Bool(
+        True,
+        help="""Whether users of this server may register files (POST ingest). Turn off on
+        shared sites whose users must not change the catalogue.""",
+    ).tag(config=True)
+
+    site_name = Unicode(
+        help="Name of this site in events and in other sites' remote-instance records."
+    ).tag(config=True)
+
+    @default("site_name")
+    def _default_site_name(self) -> str:
+        return os.uname().nodename
+
+    obsid_pattern = Unicode(
+        DEFAULT_OBSID_PATTERN,
+        help="""Regular expression that finds a file's observation in its name, with a named
+        group 'jd' (Julian date of the start) or 'obsid' (GPS seconds).""",
+    ).tag(config=True)
+
+    site_longitude_deg = Float(
+        DEFAULT_LONGITUDE_DEG, help="East longitude of the telescope, for LST of observations."
+    ).tag(config=True)
+
+    observation_seconds = Float(
+        DEFAULT_OBSERVATION_SECONDS, help="Length of one observation, for its stop time."
+    ).tag(config=True)
+
+    checksum_workers = Int(
+        4, help="Threads computing checksums in parallel during ingest."
+    ).tag(config=True)
+
+    max_search_limit = Int(
+        10_000, help="Largest page a search may ask for."
+    ).tag(config=True)
+
+    max_rpc_results = Int(
+        100_000, help="Most rows one Librarian RPC search may list (it has no pagination)."
+    ).tag(config=True)
+
+    @validate("stores")
+    def _check_stores(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        for name, spec in proposal["value"].items():
+            if not isinstance(spec, dict) or "path" not in spec:
+                raise ValueError(f"store {name!r} needs a 'path'")
+            if spec.get("kind", "online") not in ("online", "cold"):
+                raise ValueError(f"store {name!r}: kind must be 'online' or 'cold'")
+        return proposal["value"]
+
+    def initialize_settings(self) -> None:
+        db = Database(self.db_url)
+        db.upgrade()
+        namer = ObservationNamer(self.obsid_pattern, self.site_longitude_deg,
+                                 self.observation_seconds)
+        catalogue = Catalogue(db, namer)
+        catalogue.sync_stores(self.stores)
+        roots = self.allowed_roots or [self.serverapp.root_dir]
+        self.core = Core(
+            version=__version__,
+            site_name=self.site_name,
+            catalogue=catalogue,
+            ingester=Ingester(catalogue, workers=self.checksum_workers),
+            allowed_roots=[os.path.realpath(r) for r in roots],
+            allow_ingest=self.allow_ingest,
+            librarian_authenticators=dict(self.librarian_authenticators),
+            max_search_limit=self.max_search_limit,
+            max_rpc_results=self.max_rpc_results,
+        )
+        self.settings[SETTINGS_KEY] = self.core
+        self.log.info(
+            "hera_stage_ext %s: catalogue on %s, %d store(s)", __version__, db.backend,
+            len(self.stores),
+        )
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(api_handlers())
+
+    async def stop_extension(self) -> None:
+        core = getattr(self, "core", None)
+        if core is not None:
+            core.close()

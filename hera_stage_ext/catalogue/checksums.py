@@ -1,0 +1,146 @@
+"""Checksums of files and directories: MD5 (Librarian compatibility) and xxh3-128 (fast).
+
+The one checksum module of the project. Files are read once, in fixed-size chunks into a reused
+buffer, so memory stays constant whatever the size. A directory (a MIRIAD data set) gets the
+Librarian's directory digest: the digest of the lines ``<hex>  ./<relative path>\\n`` of every file
+inside, sorted by path bytewise (the C locale), which for MD5 is what
+``find . ! -type d -exec md5sum {} \\; | sort -k 2 | md5sum`` prints inside the directory.
+
+Checksums travel as ``{"md5": hex, "xxh3-128": hex}``; ``compare`` only compares algorithms both
+sides have, and refuses to compare when they share none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import xxhash
+
+from ..errors import InvalidRequest
+
+MD5 = "md5"
+XXH3_128 = "xxh3-128"
+#: Every algorithm the catalogue knows, fastest first (the one verification prefers).
+ALGORITHMS = (XXH3_128, MD5)
+CHUNK_SIZE = 1 << 20
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+_FACTORIES: dict[str, Callable[[], _Hasher]] = {
+    MD5: hashlib.md5,
+    XXH3_128: xxhash.xxh3_128,
+}
+
+
+def new_hashers(algorithms: Iterable[str] = ALGORITHMS) -> dict[str, _Hasher]:
+    try:
+        return {name: _FACTORIES[name]() for name in algorithms}
+    except KeyError as exc:
+        raise InvalidRequest(f"unknown checksum algorithm {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What checksumming a path found: its size in bytes and its checksums."""
+
+    size: int
+    checksums: dict[str, str]
+    is_directory: bool
+
+
+def hash_file(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITHMS) -> Digest:
+    hashers = new_hashers(algorithms)
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            chunk = view[:n]
+            for h in hashers.values():
+                h.update(chunk)
+            size += n
+    return Digest(size, {name: h.hexdigest() for name, h in hashers.items()}, False)
+
+
+def directory_members(path: Path) -> list[str]:
+    """Relative paths (``a/b.dat``) of every non-directory entry below ``path``, C-sorted."""
+    members = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        rel_root = os.path.relpath(root, path)
+        for name in files:
+            members.append(name if rel_root == "." else f"{rel_root}/{name}")
+    # `sort -k 2` in the C locale orders the "./path" field bytewise.
+    members.sort(key=lambda m: m.encode("utf-8", "surrogateescape"))
+    return members
+
+
+def hash_directory(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITHMS) -> Digest:
+    root = Path(path)
+    algorithms = tuple(algorithms)
+    manifests = new_hashers(algorithms)
+    size = 0
+    for member in directory_members(root):
+        digest = hash_file(root / member, algorithms)
+        size += digest.size
+        for name, h in manifests.items():
+            h.update(f"{digest.checksums[name]}  ./{member}\n".encode("utf-8", "surrogateescape"))
+    return Digest(size, {name: h.hexdigest() for name, h in manifests.items()}, True)
+
+
+def hash_path(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITHMS) -> Digest:
+    """Checksums of a file, or the Librarian directory digest of a directory."""
+    if os.path.isdir(path):
+        return hash_directory(path, algorithms)
+    return hash_file(path, algorithms)
+
+
+def normalise(checksums: dict[str, str]) -> dict[str, str]:
+    """Validate a checksum mapping from outside; accepts v2's ``algorithm:::hex`` values too."""
+    if not isinstance(checksums, dict):
+        raise InvalidRequest("checksums must be an object of algorithm to hex digest")
+    out: dict[str, str] = {}
+    for algorithm, value in checksums.items():
+        if not isinstance(value, str):
+            raise InvalidRequest(f"checksum {algorithm!r} must be a hex string")
+        if ":::" in value:
+            prefix, value = value.split(":::", 1)
+            if prefix != algorithm:
+                raise InvalidRequest(f"checksum {algorithm!r} is labelled {prefix!r}")
+        if algorithm not in _FACTORIES:
+            raise InvalidRequest(f"unknown checksum algorithm {algorithm!r}")
+        value = value.lower()
+        expected_len = 2 * _FACTORIES[algorithm]().digest_size  # type: ignore[attr-defined]
+        if len(value) != expected_len or any(c not in "0123456789abcdef" for c in value):
+            raise InvalidRequest(
+                f"checksum {algorithm!r} must be {expected_len} hex digits, got {value!r}"
+            )
+        out[algorithm] = value
+    return out
+
+
+def compare(a: dict[str, str], b: dict[str, str]) -> bool:
+    """True when every algorithm both mappings have agrees; an error when they share none."""
+    common = [name for name in ALGORITHMS if name in a and name in b]
+    if not common:
+        raise InvalidRequest(
+            f"cannot compare checksums of different algorithms ({sorted(a)} vs {sorted(b)})"
+        )
+    return all(a[name] == b[name] for name in common)
+
+
+def preferred_algorithm(checksums: dict[str, str]) -> str:
+    """The fastest algorithm the mapping has: what verification should compute."""
+    for name in ALGORITHMS:
+        if name in checksums:
+            return name
+    raise InvalidRequest("no known checksum to verify against")

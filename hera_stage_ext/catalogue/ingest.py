@@ -1,0 +1,178 @@
+"""Ingest: register what lies on a store, found by glob, idempotently.
+
+``plan`` lists what a set of globs matches on a store and which of those paths the catalogue
+does not know yet (a known path with the same size is left alone: a re-run touches nothing).
+``ingest_paths`` checksums the given paths in parallel (streaming, constant memory per file) and
+registers them in batches, one short transaction each. A directory (a MIRIAD data set) is one
+file with the Librarian's directory digest; what lies inside a matched directory is not
+registered again on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import Conflict, InvalidRequest, StagingError
+from ..paths import check_text, confine
+from .catalogue import Catalogue, FileSpec
+from .checksums import hash_path
+
+#: Files registered per database transaction.
+BATCH_SIZE = 200
+
+
+@dataclass
+class IngestReport:
+    matched: int = 0
+    unchanged: int = 0
+    registered: int = 0
+    instances_added: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "matched": self.matched,
+            "unchanged": self.unchanged,
+            "registered": self.registered,
+            "instances_added": self.instances_added,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class IngestPlan:
+    store: str
+    todo: list[str]  # store-relative paths to checksum and register
+    unchanged: int
+    errors: list[dict[str, str]]
+
+
+def _check_glob(pattern: object) -> str:
+    check_text(pattern, "glob")
+    assert isinstance(pattern, str)
+    if os.path.isabs(pattern) or ".." in Path(pattern).parts:
+        raise InvalidRequest(f"glob {pattern!r} must be relative to the store and not use '..'")
+    return pattern
+
+
+class Ingester:
+    def __init__(self, catalogue: Catalogue, workers: int = 4, source: str = "ingest") -> None:
+        self.catalogue = catalogue
+        self.workers = workers
+        self.source = source
+
+    def _store_root(self, store: str) -> Path:
+        info = self.catalogue.store(store)
+        if not info["available"]:
+            raise StagingError(f"store {store!r} is not available")
+        root = Path(os.path.realpath(info["path"]))
+        if not root.is_dir():
+            raise InvalidRequest(f"store {store!r}: {info['path']} is not a directory")
+        return root
+
+    def plan(self, store: str, globs: Sequence[str]) -> IngestPlan:
+        if not isinstance(globs, (list, tuple)) or not globs:
+            raise InvalidRequest("globs must be a non-empty list of patterns")
+        patterns = [_check_glob(g) for g in globs]
+        root = self._store_root(store)
+        matches: set[str] = set()
+        errors: list[dict[str, str]] = []
+        for pattern in patterns:
+            for found in root.glob(pattern):
+                rel = os.path.relpath(found, root)
+                try:
+                    confine(rel, [root], what="matched path")
+                except StagingError as exc:
+                    errors.append({"path": rel, "message": exc.message})
+                    continue
+                if rel != "." and (found.is_file() or found.is_dir()):
+                    matches.add(rel)
+        # A data set directory is the unit: drop whatever lies inside another match.
+        ordered = sorted(matches)
+        kept: list[str] = []
+        for rel in ordered:
+            if kept and rel.startswith(kept[-1] + "/"):
+                continue
+            kept.append(rel)
+        known = self.catalogue.known_instances(store, kept)
+        todo = []
+        unchanged = 0
+        for rel in kept:
+            if rel in known and (root / rel).is_file() and (root / rel).stat().st_size == known[rel]:
+                unchanged += 1
+            elif rel in known and (root / rel).is_dir():
+                unchanged += 1  # sizing a directory costs a walk; its digest is checked on use
+            else:
+                todo.append(rel)
+        return IngestPlan(store, todo, unchanged, errors)
+
+    def ingest_paths(
+        self, store: str, paths: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> IngestReport:
+        """Checksum and register store-relative ``paths``; per-path failures are reported,
+        never fatal to the rest."""
+        root = self._store_root(store)
+        report = IngestReport(matched=len(paths))
+        resolved: list[tuple[str, Path]] = []
+        for rel in paths:
+            try:
+                resolved.append((rel, confine(rel, [root], what="store path")))
+            except StagingError as exc:
+                report.errors.append({"path": str(rel), "message": exc.message})
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for start in range(0, len(resolved), BATCH_SIZE):
+                batch = resolved[start : start + BATCH_SIZE]
+                digests = list(pool.map(lambda item: _digest(item[1]), batch))
+                specs, rels = [], []
+                for (rel, full), digest in zip(batch, digests):
+                    if isinstance(digest, OSError):
+                        report.errors.append({"path": rel, "message": str(digest)})
+                        continue
+                    specs.append(FileSpec(name=full.name, size=digest.size,
+                                          checksums=digest.checksums,
+                                          is_directory=digest.is_directory, source=self.source))
+                    rels.append(os.path.relpath(full, root))
+                self._register(store, specs, rels, report)
+                if progress is not None:
+                    progress(len(batch))
+        return report
+
+    def _register(
+        self, store: str, specs: list[FileSpec], rels: list[str], report: IngestReport
+    ) -> None:
+        try:
+            results = self.catalogue.register(specs, store=store, paths=rels)
+        except (Conflict, InvalidRequest):
+            # One bad file must not sink its batch: register one by one to find it.
+            results = []
+            for spec, rel in zip(specs, rels):
+                try:
+                    results += self.catalogue.register([spec], store=store, paths=[rel])
+                except (Conflict, InvalidRequest) as exc:
+                    report.errors.append({"path": rel, "name": spec.name, "message": exc.message,
+                                          "reason": type(exc).__name__.lower()})
+        for r in results:
+            report.registered += r.created
+            report.instances_added += r.instance_added
+            if not r.created and not r.instance_added:
+                report.unchanged += 1
+
+    def ingest(self, store: str, globs: Sequence[str]) -> IngestReport:
+        plan = self.plan(store, globs)
+        report = self.ingest_paths(store, plan.todo)
+        report.matched += plan.unchanged
+        report.unchanged += plan.unchanged
+        report.errors = plan.errors + report.errors
+        return report
+
+
+def _digest(path: Path):  # type: ignore[no-untyped-def]
+    try:
+        return hash_path(path)
+    except OSError as exc:
+        return exc

@@ -1,0 +1,92 @@
+"""JSON forms of catalogue rows: the one place that decides what a file, instance... looks like.
+
+Used by the REST API, the Librarian RPC listings and the CLI's ``--json``; times are ISO 8601 UTC
+with a trailing ``Z``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+from .models import Event, File, Instance, Observation, Session, Store
+
+
+def iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.isoformat() + "Z"
+
+
+def unix_seconds(when: dt.datetime) -> float:
+    return when.replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def store_json(store: Store) -> dict[str, Any]:
+    return {
+        "name": store.name,
+        "path": store.path,
+        "kind": store.kind,
+        "available": store.available,
+        "ssh_host": store.ssh_host,
+    }
+
+
+def instance_json(instance: Instance) -> dict[str, Any]:
+    store = instance.store
+    return {
+        "file": instance.file.name,
+        "store": store.name,
+        "path": instance.path,
+        "full_path": os.path.join(store.path, instance.path),
+        "available": instance.available and store.available,
+        "store_kind": store.kind,
+        "deletion_policy": instance.deletion_policy,
+        "create_time": iso(instance.create_time),
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {"type": event.type, "time": iso(event.time), "payload": event.payload}
+
+
+def file_json(file: File, *, instances: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": file.name,
+        "type": file.type,
+        "size": file.size,
+        "is_directory": file.is_directory,
+        "checksums": dict(file.checksums),
+        "create_time": iso(file.create_time),
+        "obsid": file.obsid,
+        "source": file.source,
+        "metadata": file.meta,
+    }
+    if instances:
+        out["instances"] = [instance_json(i) for i in file.instances]
+    return out
+
+
+def observation_json(obs: Observation) -> dict[str, Any]:
+    return {
+        "obsid": obs.obsid,
+        "start_time_jd": obs.start_time_jd,
+        "stop_time_jd": obs.stop_time_jd,
+        "start_lst_hr": obs.start_lst_hr,
+        "session_id": obs.session_id,
+    }
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "start_time_jd": session.start_time_jd,
+        "stop_time_jd": session.stop_time_jd,
+    }
+
+
+SERIALIZERS = {
+    "files": file_json,
+    "instances": instance_json,
+    "observations": observation_json,
+    "sessions": session_json,
+}

@@ -1,0 +1,202 @@
+"""``hera-stage``: the command line, a thin face over ``client.Client`` (and the demo).
+
+Errors print one line, ``hera-stage: error: <message>``, on stderr and exit 1; usage errors
+exit 2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .client import ApiError, Client, ClientError
+
+#: Store-relative paths the CLI sends per ingest request (one progress step each).
+INGEST_BATCH = 100
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _file_line(f: dict[str, Any]) -> str:
+    stores = ",".join(sorted({i["store"] for i in f.get("instances", []) if i["available"]}))
+    obsid = "-" if f["obsid"] is None else str(f["obsid"])
+    return f"{f['name']}\t{human_size(f['size'])}\t{obsid}\t{stores or '(no instance)'}"
+
+
+def cmd_search(client: Client, args: argparse.Namespace) -> int:
+    if args.all:
+        results = list(client.iter_search(args.query, kind=args.kind, sort=args.sort))
+        total = len(results)
+    else:
+        page = client.search(args.query, kind=args.kind, limit=args.limit, count=True,
+                             sort=args.sort)
+        results, total = page.results, page.total
+    if args.json:
+        _print_json(results)
+        return 0
+    for row in results:
+        if args.kind == "files":
+            print(_file_line(row))
+        elif args.kind == "instances":
+            print(f"{row['file']}\t{row['store']}\t{row['full_path']}")
+        elif args.kind == "observations":
+            print(f"{row['obsid']}\tJD {row['start_time_jd']:.5f}\tsession {row['session_id']}")
+        else:
+            print(f"{row['id']}\tJD {row['start_time_jd']:.5f} - {row['stop_time_jd']:.5f}")
+    if total is not None and total > len(results):
+        print(f"({len(results)} of {total} shown; --all lists every one)", file=sys.stderr)
+    return 0
+
+
+def cmd_info(client: Client, args: argparse.Namespace) -> int:
+    info = client.info(args.name)
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"name       {info['name']}")
+    print(f"size       {info['size']} ({human_size(info['size'])})"
+          + ("  [directory]" if info["is_directory"] else ""))
+    print(f"obsid      {info['obsid']}")
+    print(f"created    {info['create_time']}")
+    for algorithm, digest in info["checksums"].items():
+        print(f"{algorithm:<10} {digest}")
+    for inst in info["instances"]:
+        state = "available" if inst["available"] else "unavailable"
+        print(f"instance   {inst['store']}: {inst['full_path']} ({state})")
+    for event in info["events"]:
+        print(f"event      {event['time']} {event['type']} {json.dumps(event['payload'])}")
+    return 0
+
+
+def cmd_locate(client: Client, args: argparse.Namespace) -> int:
+    info = client.info(args.name)
+    available = [i for i in info["instances"] if i["available"]]
+    if not available:
+        raise ClientError(f"file {args.name!r} has no available instance")
+    # Online stores first, as the server's own locate does.
+    available.sort(key=lambda i: (i.get("store_kind") != "online", i["store"]))
+    for inst in available if args.all else available[:1]:
+        print(inst["full_path"])
+    return 0
+
+
+def cmd_stores(client: Client, args: argparse.Namespace) -> int:
+    stores = client.stores()
+    if args.json:
+        _print_json(stores)
+        return 0
+    for s in stores:
+        state = "available" if s["available"] else "unavailable"
+        print(f"{s['name']}\t{s['kind']}\t{state}\t{s['instances']} instances\t{s['path']}")
+    return 0
+
+
+def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    plan = client.ingest_plan(args.store, args.globs or ["*"])
+    todo: list[str] = plan["todo"]
+    errors: list[dict[str, str]] = list(plan["errors"])
+    registered = instances = 0
+    with tqdm(total=len(todo), unit="file", desc=f"ingest {args.store}",
+              disable=args.quiet or None) as bar:
+        for start in range(0, len(todo), INGEST_BATCH):
+            batch = todo[start : start + INGEST_BATCH]
+            report = client.ingest_paths(args.store, batch)
+            registered += report["registered"]
+            instances += report["instances_added"]
+            errors += report["errors"]
+            bar.update(len(batch))
+    print(f"{registered} file(s) registered, {instances} instance(s) added, "
+          f"{plan['unchanged']} unchanged, {len(errors)} error(s)")
+    for e in errors:
+        print(f"hera-stage: error: {e.get('path', '')}: {e['message']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.dir, port=args.port, start_lab=not args.no_lab)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hera-stage", description="Search, stage and move files of a HERA-style archive."
+    )
+    parser.add_argument("--url", help="Jupyter server URL (default: found automatically)")
+    parser.add_argument("--token", help="Jupyter server token")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="search the catalogue")
+    p.add_argument("query", help="one-line query (zen.2457644.* obsid:a..b) or JSON search")
+    p.add_argument("--kind", default="files",
+                   choices=("files", "instances", "observations", "sessions"))
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--all", action="store_true", help="every result, page by page")
+    p.add_argument("--sort", help="name, obsid, size, create_time; '-' prefix for descending")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="a file's details, instances and events")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("locate", help="print the full path of an available instance")
+    p.add_argument("name")
+    p.add_argument("--all", action="store_true", help="every available instance")
+    p.set_defaults(func=cmd_locate)
+
+    p = sub.add_parser("stores", help="list the stores")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stores)
+
+    p = sub.add_parser("ingest", help="register a store's files (by glob)")
+    p.add_argument("store")
+    p.add_argument("globs", nargs="*", help="patterns relative to the store root (default: *)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("demo", help="make a demo archive and start JupyterLab on it")
+    p.add_argument("--dir", default="hera-stage-demo", help="where to make it")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--no-lab", action="store_true", help="make the archive only")
+    p.set_defaults(func=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return cmd_demo(args)
+        return args.func(Client(args.url, args.token), args)
+    except ApiError as exc:
+        print(f"hera-stage: error: {exc.message}", file=sys.stderr)
+        return 1
+    except ClientError as exc:
+        print(f"hera-stage: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hera-stage: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The one check that a path coming from outside stays inside an allowed root.
+
+Every path that enters through a request (a staging destination, an ingest glob, a store-relative
+path, an upload directory) goes through ``confine`` before anything is read or written. The check
+is real containment after resolving symlinks (``os.path.realpath``), never a string-prefix test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import Forbidden, InvalidRequest
+
+#: Longest path accepted from a request, in bytes (Linux's PATH_MAX).
+MAX_PATH_BYTES = 4096
+
+
+def check_text(path: object, what: str = "path") -> str:
+    """Reject what no file system path may be: non-strings, NUL, over-long."""
+    if not isinstance(path, str):
+        raise InvalidRequest(f"{what} must be a string, got {type(path).__name__}")
+    if not path:
+        raise InvalidRequest(f"{what} must not be empty")
+    if "\x00" in path:
+        raise InvalidRequest(f"{what} must not contain NUL")
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise InvalidRequest(f"{what} is longer than {MAX_PATH_BYTES} bytes")
+    return path
+
+
+def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is ``root`` or below it, both resolved through symlinks."""
+    real_path = os.path.realpath(path)
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_path, real_root]) == real_root
+
+
+def confine(
+    path: str, roots: Iterable[str | os.PathLike[str]], *, base: str | os.PathLike[str] | None = None,
+    what: str = "path",
+) -> Path:
+    """Resolve ``path`` (relative to ``base``, or to the first root) and return it if it lies
+    inside one of ``roots`` after every symlink is followed; raise Forbidden otherwise.
+
+    The returned path is the resolved one, so a caller acts on exactly what was checked.
+    """
+    check_text(path, what)
+    roots = [Path(os.path.realpath(r)) for r in roots]
+    if not roots:
+        raise Forbidden(f"no allowed root is configured for {what}")
+    anchor = Path(base) if base is not None else roots[0]
+    resolved = Path(os.path.realpath(anchor / path))
+    for root in roots:
+        if resolved == root or root in resolved.parents:
+            return resolved
+    raise Forbidden(f"{what} {path!r} resolves outside the allowed roots")

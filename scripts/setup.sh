@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for hera_stage_ext: system packages (PostgreSQL for the shared-site
+# tests), a virtual environment in .venv, the package with its test extras and the built
+# JupyterLab extension. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  else
+    echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+
+# Both extensions must be installed and enabled.
+.venv/bin/jupyter server extension list 2>&1 | grep -q "hera_stage_ext.*OK" \
+  || { echo "setup: the server extension is not enabled" >&2; exit 1; }
+.venv/bin/jupyter labextension list 2>&1 | grep -q "hera_stage_ext.*enabled.*OK" \
+  || { echo "setup: the lab extension is not installed" >&2; exit 1; }
+echo "setup: ready (.venv)"
