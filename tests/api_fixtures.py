@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError
 
 from hera_stage_ext.demo import LIBRARIAN_AUTHENTICATOR, DemoArchive, make_demo_archive
 
@@ -47,16 +46,20 @@ def jp_server_config(db_url: str, archive: DemoArchive, staging_config: dict[str
 
 
 @pytest.fixture
-def api(jp_fetch) -> ApiCall:
-    async def call(method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
-        if body is not None:
-            kwargs["body"] = json.dumps(body)
-        try:
-            response = await jp_fetch("hera-stage", "api", *path.split("/"), method=method,
-                                      **kwargs)
-        except HTTPClientError as exc:
-            assert exc.response is not None
-            return exc.code, json.loads(exc.response.body or b"null")
+def api(jp_serverapp, http_server_client, jp_auth_header, jp_base_url) -> ApiCall:
+    """Call ``hera-stage/api/<path>`` with the server's token. ``path`` goes out as written (no
+    re-quoting), so tests can send percent-encoded bytes; ``raw_body`` sends a body verbatim."""
+
+    async def call(method: str, path: str, body: Any = None, *, raw_body: str | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        if raw_body is None and body is not None:
+            raw_body = json.dumps(body)
+        if raw_body is None and method in ("POST", "PUT", "PATCH"):
+            raw_body = ""
+        response = await http_server_client.fetch(
+            f"{jp_base_url}hera-stage/api/{path}", method=method, body=raw_body,
+            headers={**jp_auth_header, **(headers or {})}, raise_error=False,
+        )
         ctype = response.headers.get("Content-Type", "")
         payload = json.loads(response.body) if "json" in ctype else response.body
         return response.code, payload

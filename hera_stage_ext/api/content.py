@@ -92,9 +92,10 @@ class FileContentHandler(BaseHandler):
             except InvalidRequest as exc:
                 raise ApiError(exc) from exc
             if byte_range is None:
-                self.set_status(416)
                 self.set_header("Content-Range", f"bytes */{size}")
-                self.finish()
+                self.reply({"error": "RangeNotSatisfiable",
+                            "message": f"range {header!r} is outside the file ({size} bytes)"},
+                           status=416)
                 return
             start, end = byte_range
             self.set_status(206)

@@ -1,0 +1,84 @@
+"""Every route refuses requests without credentials; the OpenAPI document matches the routes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from hera_stage_ext.api.openapi import openapi_document
+from hera_stage_ext.api.routes import API_PREFIX, NATIVE_ROUTES, handlers
+
+from .api_fixtures import *  # noqa: F403
+
+VERBS = ("get", "post", "put", "patch", "delete")
+
+
+def _example_path(pattern: str) -> str:
+    return re.sub(r"\(\?P<\w+>\[\^/\]\+\)", "zen.2457644.10000.xx.HH.uvh5", pattern).rstrip("$")
+
+
+def _routes() -> list[tuple[str, str]]:
+    out = []
+    for pattern, handler in handlers():
+        for verb in VERBS:
+            if verb in vars(handler):  # a verb the handler itself defines
+                out.append((verb.upper(), _example_path(pattern).replace("\\", "")))
+    return out
+
+
+def test_every_handler_has_a_verb():
+    assert len(_routes()) >= len(handlers())
+
+
+@pytest.mark.parametrize(("method", "path"), _routes())
+async def test_unauthenticated_requests_are_refused(http_server_client, jp_base_url, ingested,
+                                                    method, path):
+    body = json.dumps({"search": {"always-true": 1}, "store": "onsite"}) \
+        if method != "GET" else None
+    response = await http_server_client.fetch(
+        jp_base_url.rstrip("/") + path, method=method, body=body, raise_error=False,
+        follow_redirects=False,
+    )
+    if "librarian" in path:
+        # The Librarian RPC authenticates by its own authenticator field.
+        assert response.code == 400
+        assert json.loads(response.body)["success"] is False
+    else:
+        assert response.code == 403, (path, response.code, response.body[:200])
+    wrong = await http_server_client.fetch(
+        jp_base_url.rstrip("/") + path, method=method, body=body, raise_error=False,
+        follow_redirects=False, headers={"Authorization": "token not-the-token"},
+    )
+    assert wrong.code == (400 if "librarian" in path else 403)
+
+
+def test_openapi_paths_are_exactly_the_routes():
+    doc = openapi_document("0")
+    assert set(doc["paths"]) == set(NATIVE_ROUTES)
+    jsonschema.Draft202012Validator.check_schema({"$defs": doc["components"]["schemas"]})
+
+
+async def test_served_document_validates_real_replies(api, ingested):
+    code, doc = await api("GET", "openapi.json")
+    assert code == 200 and doc["openapi"].startswith("3.")
+
+    def check(schema_name: str, value: object) -> None:
+        jsonschema.validate(value, {**doc, "$ref": f"#/components/schemas/{schema_name}"},
+                            cls=jsonschema.Draft202012Validator)
+
+    check("Status", (await api("GET", "status"))[1])
+    check("SearchReply", (await api("POST", "search", {"query": "zen.*", "count": True}))[1])
+    _, detail = await api("GET", "files/zen.2457644.10000.xx.HH.uvh5")
+    check("FileDetail", detail)
+    _, results = await api("POST", "search", {"query": "zen.2457644.*"})
+    for row in results["results"]:
+        check("File", row)
+    _, stores = await api("GET", "stores")
+    for store in stores["stores"]:
+        check("Store", store)
+    check("IngestReply", (await api("POST", "ingest", {"store": "onsite", "globs": ["*/*"]}))[1])
+    check("Error", (await api("GET", "files/nope"))[1])
+    assert API_PREFIX == doc["servers"][0]["url"]

@@ -1,0 +1,102 @@
+"""The Librarian v1 RPC (``librarian/api/<op>``), as the stock HERA client calls it."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+import pytest
+
+from hera_stage_ext.demo import LIBRARIAN_AUTHENTICATOR
+
+from .api_fixtures import *  # noqa: F403
+
+NIGHT1_FILE = "zen.2457644.10000.xx.HH.uvh5"
+
+
+@pytest.fixture
+def rpc(http_server_client, jp_base_url):
+    """POST a form like hera_librarian's client: no Jupyter token, no cookie."""
+
+    async def call(op: str, request: dict[str, Any] | str | None) -> tuple[int, dict[str, Any]]:
+        form = {}
+        if request is not None:
+            form["request"] = request if isinstance(request, str) else json.dumps(request)
+        response = await http_server_client.fetch(
+            f"{jp_base_url}hera-stage/librarian/api/{op}", method="POST",
+            body=urllib.parse.urlencode(form), raise_error=False,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        return response.code, json.loads(response.body)
+
+    return call
+
+
+def req(**fields: Any) -> dict[str, Any]:
+    return {"authenticator": LIBRARIAN_AUTHENTICATOR, **fields}
+
+
+async def test_ping(rpc, ingested):
+    code, reply = await rpc("ping", req())
+    assert code == 200 and reply["success"] is True
+
+
+async def test_search_listings(rpc, ingested):
+    search = json.dumps({"name-matches": "zen.2457644.1%.xx.HH.uvh5"})
+    code, files = await rpc("search", req(search=search, output_format="file-listing-json"))
+    assert code == 200 and files["success"]
+    assert len(files["results"]) == 6
+    row = files["results"][0]
+    assert set(row) == {"name", "type", "create_time", "obsid", "size", "md5"}
+    assert isinstance(row["create_time"], int) and len(row["md5"]) == 32
+
+    code, inst = await rpc("search", req(search=search, output_format="instance-listing-json"))
+    assert len(inst["results"]) == 12  # on both stores
+    row = next(r for r in inst["results"] if r["name"] == NIGHT1_FILE and r["store_name"] == "onsite")
+    assert row["parent_dirs"] == "2457644"
+    assert row["full_path_on_store"].endswith(f"onsite/2457644/{NIGHT1_FILE}")
+    assert set(row) == {"store_name", "store_ssh_host", "parent_dirs", "name", "deletion_policy",
+                        "full_path_on_store"}
+
+    obs_search = json.dumps({"session-id-is-exactly": 2457644})
+    code, obs = await rpc("search", req(search=obs_search, output_format="obs-listing-json"))
+    assert len(obs["results"]) == 6 and set(obs["results"][0]) == {
+        "obsid", "start_time_jd", "stop_time_jd", "start_lst_hr", "session_id"}
+    code, sessions = await rpc("search", req(search='{"always-true": 1}',
+                                             output_format="session-listing-json"))
+    assert sorted(s["id"] for s in sessions["results"]) == [2457644, 2457645, 2457646]
+
+
+async def test_names_with_hash_are_not_comments(rpc, ingested):
+    # v1 stripped '#' to the end of the line even inside strings, breaking this search.
+    code, reply = await rpc("search", req(search='{"name-matches": "#%"}'))
+    assert code == 200 and reply == {"success": True, "results": []}
+
+
+async def test_locate_file_instance(rpc, ingested, archive):
+    code, reply = await rpc("locate_file_instance", req(file_name=NIGHT1_FILE))
+    assert code == 200 and reply["success"]
+    assert reply["store_name"] == "offsite"  # the first available store by name
+    assert reply["full_path_on_store"] == f"{reply['store_path']}/2457644/{NIGHT1_FILE}"
+    code, reply = await rpc("locate_file_instance", req(file_name="nope"))
+    assert code == 404 and reply["success"] is False and "nope" in reply["message"]
+
+
+@pytest.mark.parametrize(
+    ("op", "request_", "code", "words"),
+    [
+        ("ping", {"authenticator": "wrong"}, 401, "unknown authenticator"),
+        ("ping", {}, 401, "no authenticator"),
+        ("ping", None, 400, "'request' is missing"),
+        ("ping", "{bad json", 400, "not valid JSON"),
+        ("ping", "[]", 400, "JSON object"),
+        ("frobnicate", req(), 404, "unknown operation"),
+        ("search", req(search='{"size-bigger": 3}'), 400, "size-bigger"),
+        ("search", req(search="{}", output_format="csv"), 400, "output_format"),
+    ],
+)
+async def test_bad_requests(rpc, ingested, op, request_, code, words):
+    got, reply = await rpc(op, request_)
+    assert got == code
+    assert reply["success"] is False and words in reply["message"]
