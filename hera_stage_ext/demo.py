@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .catalogue.catalogue import Catalogue
 from .catalogue.db import Database
-from .catalogue.ingest import Ingester
+from .catalogue.ingest import Ingester, IngestReport
 
 FIRST_NIGHT = 2457644
 NIGHTS = 5
@@ -88,26 +88,24 @@ def make_demo_archive(root: str | os.PathLike[str], files_per_night: int = FILES
     return archive
 
 
-def ingest_demo_archive(archive: DemoArchive) -> dict[str, int]:
-    """Register both demo stores in the demo catalogue; returns files registered per store."""
+def ingest_demo_archive(archive: DemoArchive) -> dict[str, IngestReport]:
+    """Register both demo stores in the demo catalogue; returns each store's report."""
     db = Database(archive.db_url)
     try:
         db.upgrade()
         catalogue = Catalogue(db)
         catalogue.sync_stores(archive.stores)
         ingester = Ingester(catalogue, source="demo")
-        return {
-            store: ingester.ingest(store, ["*/*"]).registered for store in archive.stores
-        }
+        return {store: ingester.ingest(store, ["*/*"]) for store in archive.stores}
     finally:
         db.dispose()
 
 
 def run_demo(directory: str, port: int = 8888, start_lab: bool = True) -> int:
     archive = make_demo_archive(directory)
-    counts = ingest_demo_archive(archive)
-    print(f"Demo archive in {archive.root}: " +
-          ", ".join(f"{n} new file(s) on {s}" for s, n in counts.items()))
+    reports = ingest_demo_archive(archive)
+    print(f"Demo archive in {archive.root}: " + ", ".join(
+        f"{r.instances_added} new instance(s) on {store}" for store, r in reports.items()))
     if not start_lab:
         return 0
     token = secrets.token_hex(16)
