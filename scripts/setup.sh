@@ -23,9 +23,11 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 
-# Both extensions must be installed and enabled.
-.venv/bin/jupyter server extension list 2>&1 | grep -q "hera_stage_ext.*OK" \
+# Both extensions must be installed and enabled (the listings go to stderr).
+server_list=$(.venv/bin/jupyter server extension list 2>&1)
+lab_list=$(.venv/bin/jupyter labextension list 2>&1)
+grep -qE "hera_stage_ext [0-9][^ ]* .*OK" <<<"$server_list" \
   || { echo "setup: the server extension is not enabled" >&2; exit 1; }
-.venv/bin/jupyter labextension list 2>&1 | grep -q "hera_stage_ext.*enabled.*OK" \
+grep -qE "hera_stage_ext v[0-9].*enabled.*OK" <<<"$lab_list" \
   || { echo "setup: the lab extension is not installed" >&2; exit 1; }
 echo "setup: ready (.venv)"
