@@ -59,6 +59,12 @@ class Conflict(StagingError):
     status = 409
 
 
+class InsufficientSpace(StagingError):
+    """The destination's file system has less free space than the job needs."""
+
+    status = 507
+
+
 class Unavailable(StagingError):
     """A store or peer that the request needs cannot be reached now."""
 

@@ -87,10 +87,36 @@ def directory_members(path: Path) -> list[str]:
 def hash_directory(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITHMS) -> Digest:
     root = Path(path)
     algorithms = tuple(algorithms)
+    return manifest_digest(
+        ((member, hash_file(root / member, algorithms)) for member in directory_members(root)),
+        algorithms,
+    )
+
+
+class StreamHasher:
+    """Incremental checksums of a byte stream fed chunk by chunk (e.g. while copying it)."""
+
+    def __init__(self, algorithms: Iterable[str] = ALGORITHMS) -> None:
+        self._hashers = new_hashers(algorithms)
+        self.size = 0
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        for h in self._hashers.values():
+            h.update(chunk)
+        self.size += len(chunk)
+
+    def digest(self) -> Digest:
+        return Digest(self.size, {n: h.hexdigest() for n, h in self._hashers.items()}, False)
+
+
+def manifest_digest(
+    members: Iterable[tuple[str, Digest]], algorithms: Iterable[str] = ALGORITHMS
+) -> Digest:
+    """The Librarian directory digest from each member's relative path and digest; ``members``
+    must come in ``directory_members`` order (C-sorted relative paths)."""
     manifests = new_hashers(algorithms)
     size = 0
-    for member in directory_members(root):
-        digest = hash_file(root / member, algorithms)
+    for member, digest in members:
         size += digest.size
         for name, h in manifests.items():
             h.update(f"{digest.checksums[name]}  ./{member}\n".encode("utf-8", "surrogateescape"))

@@ -1,0 +1,35 @@
+"""The job engine: durable, verified, resumable jobs that move a list of items with a method.
+
+One engine for every kind of job (this slice: ``stage``; later transfer, upload, recall).
+``models`` owns the tables, ``engine`` the job life cycle (create, claim, run, resume, cancel,
+logs), ``methods`` how one item is moved and verified, ``markers`` the Librarian's marker files,
+``worker`` the process that runs jobs outside the Jupyter server.
+"""
+
+from __future__ import annotations
+
+from .engine import (
+    EngineConfig,
+    cancel_job,
+    create_stage_job,
+    dry_run_stage,
+    get_job,
+    job_json,
+    read_log,
+    reconcile,
+    run_pending,
+)
+from .methods import METHODS
+
+__all__ = [
+    "EngineConfig",
+    "METHODS",
+    "cancel_job",
+    "create_stage_job",
+    "dry_run_stage",
+    "get_job",
+    "job_json",
+    "read_log",
+    "reconcile",
+    "run_pending",
+]

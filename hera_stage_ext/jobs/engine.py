@@ -1,0 +1,714 @@
+"""The job engine: create staging jobs, claim and run them, resume them after a crash, cancel
+them, and keep their logs.
+
+Life cycle: ``create_stage_job`` resolves the files to instances, checks the destination and
+space, writes the job and its items and takes the directory (STAGING-IN-PROGRESS), all before it
+returns; a worker (``worker.py``, or ``run_pending`` in-process) claims the job under a lease,
+runs its items with a bounded number of streams (each item claimed atomically: ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and writes the result markers at the end.
+A worker that dies stops renewing its lease; the next one puts the dead worker's running items
+back in the queue, removes their temporary files and goes on; verified items are never copied
+again. Every state change is a short transaction; the database is the truth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..catalogue.db import Database
+from ..catalogue.models import File, Instance, Store, utcnow
+from ..catalogue.serialize import iso
+from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
+from ..paths import confine
+from . import markers
+from .methods import METHODS, Cancelled, ItemFailed, ItemSpec, Mover, remove_path, temp_path
+from .models import ACTIVE_STATES, Job, JobItem
+
+_IN_CHUNK = 5_000
+
+
+
+@dataclass
+class EngineConfig:
+    """How a worker runs jobs (what a job *is* is decided at launch and stored on the job)."""
+
+    streams: int = 4  # parallel item streams per job
+    lease_seconds: float = 30.0  # a worker silent this long is dead; its jobs are taken over
+    heartbeat_seconds: float = 1.0  # lease renewal and cancel check interval
+    chunk_size: int = 1 << 20  # reused copy buffer per stream
+    fsync: bool = True
+    claim_batch: int = 16  # items claimed per transaction
+    flush_seconds: float = 1.0  # results are written at least this often (batched otherwise)
+    # Test-only throttle: seconds slept after every chunk copied, so a test can kill mid-job.
+    chunk_delay: float = field(
+        default_factory=lambda: float(os.environ.get("HERA_STAGE_TEST_CHUNK_DELAY", "0") or 0))
+
+
+def default_log_dir() -> Path:
+    from jupyter_core.paths import jupyter_data_dir
+
+    return Path(jupyter_data_dir()) / "hera_stage" / "job-logs"
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _local_worker_dead(worker_id: str | None) -> bool:
+    """True when ``worker_id`` names a process on this host that no longer exists: its jobs can
+    be taken over at once instead of after the lease."""
+    if not worker_id:
+        return False
+    host, _, rest = worker_id.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# ----- JSON and logs --------------------------------------------------------------------------
+def job_json(job: Job) -> dict[str, Any]:
+    elapsed = None
+    if job.started_at is not None:
+        elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+    rate = job.bytes_done / elapsed if elapsed and elapsed > 0 else None
+    eta = None
+    if rate and job.state in ACTIVE_STATES:
+        eta = max(job.bytes_total - job.bytes_done, 0) / rate
+    return {
+        "id": job.id, "owner": job.owner, "kind": job.kind, "state": job.state,
+        "destination": job.destination, "method": job.method, "search": job.search,
+        "options": job.options, "files_total": job.files_total, "bytes_total": job.bytes_total,
+        "files_done": job.files_done, "bytes_done": job.bytes_done,
+        "files_failed": job.files_failed, "files_skipped": job.files_skipped,
+        "missing": job.missing, "error": job.error, "log_path": job.log_path,
+        "created_at": iso(job.created_at), "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at), "cancel_requested": job.cancel_requested,
+        "worker_id": job.worker_id, "rate_bytes_per_s": rate, "eta_s": eta,
+    }
+
+
+def _load_job(db: Database, job_id: int) -> Job:
+    """A detached snapshot of a job row (a read session's rollback would expire it)."""
+    with db.read() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        s.expunge(job)
+        return job
+
+
+def get_job(db: Database, job_id: int) -> dict[str, Any]:
+    with db.read() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job_json(job)
+
+
+class JobLog:
+    """The human-readable log of one job: appended by whoever acts on the job."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        stamp = utcnow().isoformat(timespec="milliseconds") + "Z"
+        line = f"{stamp}  {message}\n".encode("utf-8", "surrogateescape")
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: whole-line writes from several processes never interleave mid-line.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+
+def read_log(job: Job | Mapping[str, Any], offset: int = 0,
+             max_bytes: int = 1 << 20) -> tuple[str, int]:
+    """The log from byte ``offset``: ``(text, next_offset)``, whole lines only, so a tail can
+    call again with ``next_offset`` and never see half a line."""
+    path = job["log_path"] if isinstance(job, Mapping) else job.log_path
+    if offset < 0:
+        raise InvalidRequest("offset must be >= 0")
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(max_bytes)
+    except FileNotFoundError:
+        return "", offset
+    end = data.rfind(b"\n") + 1
+    if end == 0 and len(data) < max_bytes:
+        return "", offset
+    data = data[:end] if end else data
+    return data.decode("utf-8", "replace"), offset + len(data)
+
+
+# ----- creation -------------------------------------------------------------------------------
+@dataclass
+class StagePlan:
+    destination: Path
+    method: str
+    items: list[dict[str, Any]]
+    missing: list[str]
+    bytes_total: int
+    bytes_needed: int
+    free_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "destination": str(self.destination), "method": self.method,
+            "files": len(self.items), "bytes": self.bytes_total, "missing": self.missing,
+            "bytes_needed": self.bytes_needed, "free_bytes": self.free_bytes,
+            "fits": self.bytes_needed <= self.free_bytes,
+        }
+
+
+def _names(names_or_rows: Iterable[str | Mapping[str, Any]]) -> list[str]:
+    names: list[str] = []
+    seen: set[str] = set()
+    for entry in names_or_rows:
+        name = entry.get("name") if isinstance(entry, Mapping) else entry
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"a file to stage must be a name or a row with a name: {entry!r}")
+        if name not in seen:  # a name asked twice is staged (and counted) once
+            seen.add(name)
+            names.append(name)
+    if not names:
+        raise InvalidRequest("nothing to stage: no file names given (did the search match any?)")
+    return names
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def plan_stage(
+    db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
+    method: str, allowed_roots: Sequence[str | os.PathLike[str]], *,
+    base: str | os.PathLike[str] | None = None,
+) -> StagePlan:
+    """Resolve and check everything a staging job needs; reads only, writes nothing."""
+    if method not in METHODS:
+        raise InvalidRequest(f"unknown staging method {method!r}; use one of {', '.join(METHODS)}")
+    dest = confine(destination, allowed_roots, base=base, what="destination")
+    if dest.exists() and not dest.is_dir():
+        raise InvalidRequest(f"destination {destination!r} exists and is not a directory")
+    names = _names(names_or_rows)
+    chosen: dict[str, Any] = {}
+    query = (
+        select(File.name, File.size, File.is_directory, File.checksums, Instance.path,
+               Store.name, Store.path)
+        .join(Instance, Instance.file_id == File.id)
+        .join(Store, Instance.store_id == Store.id)
+        .where(Instance.available, Store.available, Store.kind == "online")
+        .order_by(Store.name, Instance.id)  # the same instance ``Catalogue.locate`` picks
+    )
+    with db.read() as s:
+        for start in range(0, len(names), _IN_CHUNK):
+            for row in s.execute(query.where(File.name.in_(names[start:start + _IN_CHUNK]))):
+                chosen.setdefault(row[0], row)
+    items, missing, total = [], [], 0
+    for name in names:
+        row = chosen.get(name)
+        if row is None:
+            missing.append(name)
+            continue
+        _, size, is_dir, sums, inst_path, store, store_path = row
+        rel = os.path.normpath(inst_path)
+        if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
+            raise InvalidRequest(f"instance path {inst_path!r} of {name!r} leaves its store")
+        items.append({"name": name, "store": store, "size": size, "is_directory": is_dir,
+                      "checksums": dict(sums or {}), "dest_path": rel,
+                      "source_path": os.path.join(store_path, inst_path)})
+        total += size
+    needed = total if method in ("copy", "reflink") else 0
+    return StagePlan(dest, method, items, missing, total, needed, _free_bytes(dest))
+
+
+def dry_run_stage(
+    db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
+    method: str = "copy", allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
+    base: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """What a staging job would do: files, de-duplicated bytes, missing names, free space."""
+    return plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base).summary()
+
+
+def _is_active(s: Session, job_id: int) -> bool:
+    state = s.scalar(select(Job.state).where(Job.id == job_id))
+    return state in ACTIVE_STATES
+
+
+def create_stage_job(
+    db: Database, owner: str, names_or_rows: Iterable[str | Mapping[str, Any]],
+    destination: str, method: str = "copy",
+    allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
+    base: str | os.PathLike[str] | None = None, search: Any = None, force: bool = False,
+    read_only: bool = True, log_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Launch a staging job; returns it (``missing`` lists names with no available instance).
+
+    Every check (method, destination confinement, names, free space, a job already running in
+    the directory) happens before anything is written. The destination is taken (its
+    STAGING-IN-PROGRESS marker created exclusively) here, not when a worker starts, so that a
+    poller such as the Librarian's ``--wait`` sees the job from the moment it is accepted.
+    """
+    plan = plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base)
+    if not plan.items:
+        raise NotFound(f"none of the {len(plan.missing)} file(s) has an available instance on "
+                       f"an online store", missing=plan.missing)
+    if plan.bytes_needed > plan.free_bytes and not force:
+        raise InsufficientSpace(
+            f"the destination has {plan.free_bytes} bytes free and the job needs "
+            f"{plan.bytes_needed}", needed=plan.bytes_needed, free=plan.free_bytes)
+    log_dir = Path(log_dir) if log_dir is not None else default_log_dir()
+    dest = plan.destination
+    taken = False
+    job_id: int | None = None
+    try:
+        with db.write() as s:
+            busy = s.scalar(select(Job.id).where(Job.destination == str(dest),
+                                                 Job.state.in_(ACTIVE_STATES)))
+            if busy is not None:
+                raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
+            job = Job(owner=owner, kind="stage", state="queued", destination=str(dest),
+                      method=method, search=search, options={"read_only": read_only},
+                      files_total=len(plan.items), bytes_total=plan.bytes_total,
+                      files_done=0, bytes_done=0, files_failed=0, files_skipped=0,
+                      missing=plan.missing, error="", log_path="", cancel_requested=False)
+            s.add(job)
+            s.flush()
+            job_id = job.id
+            job.log_path = str(log_dir / f"job-{job.id}.log")
+            s.execute(insert(JobItem), [
+                {**item, "job_id": job.id, "state": "queued", "attempts": 0, "error": ""}
+                for item in plan.items
+            ])
+            dest.mkdir(parents=True, exist_ok=True)
+            markers.acquire(dest, job.id, owner, lambda other: _is_active(s, other))
+            taken = True
+            out = job_json(job)
+    except BaseException:
+        if taken and job_id is not None:
+            markers.release(dest, job_id)
+        raise
+    log = JobLog(out["log_path"])
+    log(f"job {job_id} created by {owner}: {method} {len(plan.items)} file(s), "
+        f"{plan.bytes_total} bytes into {dest}")
+    for name in plan.missing:
+        log(f"MISSING {name}: no available instance on an online store")
+    return out
+
+
+# ----- claiming -------------------------------------------------------------------------------
+def reconcile(db: Database) -> list[int]:
+    """Expire the leases of running jobs whose worker process on this host is gone, so they are
+    taken over at once; returns the ids of jobs that are now claimable after a worker died."""
+    now = utcnow()
+    with db.read() as s:
+        rows = s.execute(select(Job.id, Job.worker_id, Job.lease_expires)
+                         .where(Job.state == "running", Job.worker_id.is_not(None))).all()
+    dead = [jid for jid, wid, lease in rows
+            if (lease is not None and lease < now) or _local_worker_dead(wid)]
+    if dead:
+        with db.write() as s:
+            s.execute(update(Job).where(Job.id.in_(dead), Job.state == "running")
+                      .values(worker_id=None, lease_expires=None))
+    return dead
+
+
+def claim_job(db: Database, worker_id: str, lease_seconds: float) -> tuple[int, bool] | None:
+    """Take the oldest job that is queued or whose worker is gone; returns (id, resumed)."""
+    now = utcnow()
+    with db.write() as s:
+        job = s.scalars(
+            select(Job)
+            .where(Job.state.in_(ACTIVE_STATES),
+                   or_(Job.worker_id.is_(None), Job.lease_expires < now))
+            .order_by(Job.id).limit(1).with_for_update(skip_locked=True)
+        ).first()
+        if job is None:
+            return None
+        resumed = job.started_at is not None
+        job.worker_id = worker_id
+        job.heartbeat_at = now
+        job.lease_expires = now + dt.timedelta(seconds=lease_seconds)
+        if job.state == "queued":
+            job.state = "running"
+            job.started_at = job.started_at or now
+        # Items a dead worker had in hand go back to the queue (their temp files are removed
+        # before anything else runs); done and skipped items stay as they are.
+        s.execute(update(JobItem).where(JobItem.job_id == job.id, JobItem.state == "running")
+                  .values(state="queued", worker_id=None))
+        return job.id, resumed
+
+
+@dataclass
+class _Claimed:
+    id: int
+    name: str
+    source_path: str
+    dest_path: str
+    size: int
+    is_directory: bool
+    checksums: dict[str, str]
+    attempts: int
+
+
+def _claim_items(db: Database, job_id: int, worker_id: str, n: int) -> list[_Claimed]:
+    with db.write() as s:
+        ids = list(s.scalars(
+            select(JobItem.id).where(JobItem.job_id == job_id, JobItem.state == "queued")
+            .order_by(JobItem.id).limit(n).with_for_update(skip_locked=True)))
+        if not ids:
+            return []
+        s.execute(update(JobItem).where(JobItem.id.in_(ids))
+                  .values(state="running", worker_id=worker_id, attempts=JobItem.attempts + 1))
+        rows = s.execute(select(JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path,
+                                JobItem.size, JobItem.is_directory, JobItem.checksums,
+                                JobItem.attempts).where(JobItem.id.in_(ids))
+                         .order_by(JobItem.id)).all()
+        return [_Claimed(*row) for row in rows]
+
+
+def _requeue(db: Database, item_ids: Sequence[int]) -> None:
+    if item_ids:
+        with db.write() as s:
+            s.execute(update(JobItem).where(JobItem.id.in_(list(item_ids)),
+                                            JobItem.state == "running")
+                      .values(state="queued", worker_id=None))
+
+
+def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None:
+    """Write a batch of item results and bump the job's counters in one transaction."""
+    if not results:
+        return
+    done = [(c, st) for c, st, _ in results if st in ("done", "skipped")]
+    with db.write() as s:
+        s.execute(update(JobItem), [
+            {"id": c.id, "state": state, "error": error, "worker_id": None}
+            for c, state, error in results
+        ])
+        s.execute(update(Job).where(Job.id == job_id).values(
+            files_done=Job.files_done + len(done),
+            bytes_done=Job.bytes_done + sum(c.size for c, _ in done),
+            files_skipped=Job.files_skipped + sum(1 for _, st in done if st == "skipped"),
+            files_failed=Job.files_failed + sum(1 for _, st, _ in results if st == "failed"),
+        ))
+
+
+def _remove_temps(dest: Path, rel_paths: Iterable[str]) -> int:
+    removed = 0
+    for rel in rel_paths:
+        tmp = temp_path(dest / rel)
+        if os.path.lexists(tmp):
+            remove_path(tmp)
+            removed += 1
+    return removed
+
+
+def _unfinished_paths(db: Database, job_id: int) -> list[str]:
+    with db.read() as s:
+        return list(s.scalars(select(JobItem.dest_path).where(
+            JobItem.job_id == job_id, JobItem.state.in_(("queued", "running")))))
+
+
+# ----- running --------------------------------------------------------------------------------
+class _JobRun:
+    """One worker's run of one claimed job: streams, heartbeat, finalisation."""
+
+    def __init__(self, db: Database, job: Job, worker_id: str, config: EngineConfig,
+                 stop: threading.Event) -> None:
+        self.db, self.job, self.worker_id, self.config, self.stop = db, job, worker_id, config, stop
+        self.dest = Path(job.destination)
+        self.log = JobLog(job.log_path)
+        self.abort = threading.Event()  # set on cancel, lost lease or worker stop
+        self.cancel_requested = job.cancel_requested
+        self.lost = False
+        self.copied_bytes = 0
+        self._lock = threading.Lock()
+
+    def _check(self, n: int) -> None:
+        if self.abort.is_set() or self.stop.is_set():
+            raise Cancelled()
+        if self.config.chunk_delay:
+            time.sleep(self.config.chunk_delay)
+
+    def _heartbeat(self) -> None:
+        while not self.abort.wait(self.config.heartbeat_seconds):
+            if self.stop.is_set():
+                self.abort.set()
+                return
+            now = utcnow()
+            try:
+                with self.db.write() as s:
+                    row = s.execute(
+                        update(Job).where(Job.id == self.job.id, Job.worker_id == self.worker_id)
+                        .values(heartbeat_at=now,
+                                lease_expires=now + dt.timedelta(seconds=self.config.lease_seconds))
+                        .returning(Job.cancel_requested)).first()
+            except Exception as exc:  # a database hiccup: try again next beat
+                self.log(f"heartbeat failed: {exc}")
+                continue
+            if row is None:
+                self.lost = True
+                self.abort.set()
+            elif row[0]:
+                self.cancel_requested = True
+                self.abort.set()
+
+    def _stream(self) -> None:
+        mover = Mover(self.config.chunk_size, self._check, self.log, self.config.fsync)
+        read_only = bool(self.job.options.get("read_only", True))
+        while not (self.abort.is_set() or self.stop.is_set()):
+            batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch)
+            if not batch:
+                return
+            results: list[tuple[_Claimed, str, str]] = []
+            last_flush = time.monotonic()
+            try:
+                for position, item in enumerate(batch):
+                    if self.abort.is_set() or self.stop.is_set():
+                        break
+                    spec = ItemSpec(Path(item.source_path), self.dest / item.dest_path,
+                                    item.size, item.is_directory, item.checksums,
+                                    self.job.method, read_only)
+                    results.append(self._one(mover, item, spec))
+                    if time.monotonic() - last_flush >= self.config.flush_seconds:
+                        _record(self.db, self.job.id, results)
+                        results, last_flush = [], time.monotonic()
+            finally:
+                _record(self.db, self.job.id, results)
+                finished = {c.id for c, _, _ in results}
+                _requeue(self.db, [c.id for c in batch if c.id not in finished])
+
+    def _one(self, mover: Mover, item: _Claimed, spec: ItemSpec) -> tuple[_Claimed, str, str]:
+        started = time.monotonic()
+        try:
+            if not _within(spec.final.parent, self.dest):
+                raise ItemFailed("destination sub-directory leads outside the destination")
+            outcome = mover.move(spec)
+        except Cancelled:
+            raise
+        except ItemFailed as exc:
+            self.log(f"FAILED {item.dest_path}: {exc}")
+            return item, "failed", str(exc)
+        except (OSError, StagingError) as exc:
+            message = str(exc)
+            self.log(f"FAILED {item.dest_path}: {message}")
+            return item, "failed", message
+        state = outcome.state
+        if state == "skipped" and item.attempts > 1:
+            # An earlier attempt of this job finished it before its worker died: it is ours.
+            state = "done"
+            self.log(f"verified {item.dest_path} (finished before the worker restarted; "
+                     f"not copied again)")
+        elif state == "skipped":
+            self.log(f"skipped {item.dest_path}: {outcome.note}")
+        else:
+            seconds = max(time.monotonic() - started, 1e-9)
+            with self._lock:
+                self.copied_bytes += item.size
+            self.log(f"{self.job.method} {item.dest_path} ({item.size} bytes, "
+                     f"{item.size / seconds / 1e6:.1f} MB/s{', ' + outcome.note if outcome.note else ''})")
+        return item, state, ""
+
+    def run(self, resumed: bool) -> str:
+        job = self.job
+        self.log(f"worker {self.worker_id} {'resumes' if resumed else 'starts'} job {job.id} "
+                 f"({self.config.streams} stream(s))")
+        markers.ensure_in_progress(self.dest, job.id, job.owner)
+        if resumed:
+            n = _remove_temps(self.dest, _unfinished_paths(self.db, job.id))
+            if n:
+                self.log(f"removed {n} temporary file(s) left by the previous worker")
+        started = time.monotonic()
+        heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
+        heartbeat.start()
+        errors: list[BaseException] = []
+
+        def stream() -> None:
+            try:
+                self._stream()
+            except Cancelled:
+                pass
+            except BaseException as exc:  # a bug or the database gone: stop the job's run
+                errors.append(exc)
+                self.abort.set()
+
+        threads = [threading.Thread(target=stream, name=f"job{job.id}-stream{i}")
+                   for i in range(max(1, self.config.streams))]
+        if not self.cancel_requested:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.abort.set()
+        heartbeat.join()
+        seconds = time.monotonic() - started
+        if self.lost:
+            self.log("lease lost to another worker; stopping")
+            return "lost"
+        if errors and not self.cancel_requested:
+            self.log(f"worker error: {errors[0]!r}; job released for another attempt")
+            self._release()
+            return "released"
+        if self.cancel_requested:
+            finish_cancelled(self.db, job.id)
+            return "cancelled"
+        if self.stop.is_set():
+            self._release()
+            self.log("worker stopping: job released, it resumes with the next worker")
+            return "released"
+        if _unfinished_paths(self.db, job.id):  # another worker still holds some items
+            self._release()
+            return "released"
+        self.log(f"copied {self.copied_bytes} bytes in {seconds:.1f} s "
+                 f"({self.copied_bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
+        return finish_job(self.db, job.id)
+
+    def _release(self) -> None:
+        with self.db.write() as s:
+            s.execute(update(JobItem).where(JobItem.job_id == self.job.id,
+                                            JobItem.state == "running")
+                      .values(state="queued", worker_id=None))
+            s.execute(update(Job).where(Job.id == self.job.id, Job.worker_id == self.worker_id)
+                      .values(worker_id=None, lease_expires=None))
+
+
+def _within(path: Path, root: Path) -> bool:
+    real = os.path.realpath(path)
+    return real == str(root) or real.startswith(str(root).rstrip("/") + "/")
+
+
+def _recount(s: Session, job: Job) -> None:
+    """Counters from the items themselves: authoritative whatever a crash lost."""
+    counts = dict(s.execute(select(JobItem.state, func.count()).where(JobItem.job_id == job.id)
+                            .group_by(JobItem.state)).all())
+    job.files_done = counts.get("done", 0) + counts.get("skipped", 0)
+    job.files_skipped = counts.get("skipped", 0)
+    job.files_failed = counts.get("failed", 0)
+    job.bytes_done = s.scalar(select(func.coalesce(func.sum(JobItem.size), 0)).where(
+        JobItem.job_id == job.id, JobItem.state.in_(("done", "skipped")))) or 0
+
+
+def finish_job(db: Database, job_id: int) -> str:
+    """Write the result marker and the final state of a job whose items are all through."""
+    job = _load_job(db, job_id)
+    with db.read() as s:
+        failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
+            JobItem.job_id == job_id, JobItem.state == "failed").order_by(JobItem.id)).all()
+    lines = [f"{path}: {error}" for path, error in failed]
+    lines += [f"{name}: no available instance on an online store" for name in job.missing]
+    # Markers first, then the database: a crash in between leaves a running job whose
+    # finalisation simply runs again.
+    markers.finish(Path(job.destination), job_id, lines)
+    state = "failed" if lines else "succeeded"
+    with db.write() as s:
+        row = s.get(Job, job_id)
+        assert row is not None
+        _recount(s, row)
+        row.state, row.finished_at = state, utcnow()
+        row.worker_id, row.lease_expires = None, None
+        row.error = "" if not lines else (
+            f"{row.files_failed} file(s) failed, {len(row.missing)} missing; first: {lines[0]}")
+        summary = (f"job {job_id} {state}: {row.files_done} of {row.files_total} file(s) "
+                   f"present ({row.files_skipped} skipped as identical), {row.files_failed} "
+                   f"failed, {len(row.missing)} missing")
+    JobLog(job.log_path)(summary)
+    return state
+
+
+def finish_cancelled(db: Database, job_id: int) -> str:
+    job = _load_job(db, job_id)
+    dest = Path(job.destination)
+    removed = _remove_temps(dest, _unfinished_paths(db, job_id))
+    with db.write() as s:
+        row = s.get(Job, job_id)
+        assert row is not None
+        s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
+                  .values(state="queued", worker_id=None))
+        _recount(s, row)
+        left = row.files_total - row.files_done - row.files_failed
+        row.state, row.finished_at = "cancelled", utcnow()
+        row.worker_id, row.lease_expires = None, None
+        row.error = f"cancelled; {left} file(s) not staged"
+    markers.finish(dest, job_id, [f"job {job_id} cancelled: {left} file(s) not staged"])
+    JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
+                         f"{removed} temporary file(s) removed")
+    return "cancelled"
+
+
+def run_job(db: Database, job_id: int, worker_id: str, config: EngineConfig | None = None,
+            stop: threading.Event | None = None, resumed: bool = False) -> str:
+    """Run a job this worker has claimed until it is finished, cancelled or released."""
+    job = _load_job(db, job_id)
+    return _JobRun(db, job, worker_id, config or EngineConfig(), stop or threading.Event()).run(
+        resumed)
+
+
+def run_pending(db: Database, config: EngineConfig | None = None, *,
+                worker_id: str | None = None, stop: threading.Event | None = None) -> list[int]:
+    """Claim and run jobs in this process until none is left; returns the ids run."""
+    config = config or EngineConfig()
+    worker_id = worker_id or new_worker_id()
+    ran = []
+    while not (stop and stop.is_set()):
+        claimed = claim_job(db, worker_id, config.lease_seconds)
+        if claimed is None:
+            break
+        run_job(db, claimed[0], worker_id, config, stop, resumed=claimed[1])
+        ran.append(claimed[0])
+    return ran
+
+
+# ----- control --------------------------------------------------------------------------------
+def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
+    """Cancel a job. A running job's worker sees the request at its next heartbeat (about a
+    second), removes its temporary files and marks the job cancelled; a queued job, or one
+    whose worker is gone, is cancelled here at once. A finished job is left as it is."""
+    now = utcnow()
+    with db.write() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if job.state not in ACTIVE_STATES:
+            return job_json(job)
+        job.cancel_requested = True
+        worker_alive = (job.state == "running" and job.worker_id is not None
+                        and job.lease_expires is not None and job.lease_expires > now
+                        and not _local_worker_dead(job.worker_id))
+        if not worker_alive:
+            # Nobody will act on the flag: hold the job (a short lease, so that a crash right
+            # here leaves it to the next worker, which sees the flag) and finish it here.
+            job.worker_id = "cancel"
+            job.lease_expires = now + dt.timedelta(seconds=60)
+    if not worker_alive:
+        JobLog(job.log_path)(f"job {job_id} cancelled while no worker held it")
+        finish_cancelled(db, job_id)
+    return get_job(db, job_id)

@@ -1,0 +1,249 @@
+"""How one item (a file or a directory data set) gets to its destination, verified.
+
+Owns the methods (``copy``, ``hardlink``, ``symlink``, ``reflink``), the temporary-name-then-
+rename discipline (a killed worker never leaves a partial file under a final name), the
+verification against the catalogue checksum (the fastest one it has: xxh3-128, MD5 only when
+that is all) and the skip/conflict decision for something already at the final name.
+Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..catalogue import checksums as ck
+
+METHODS = ("copy", "hardlink", "symlink", "reflink")
+TMP_SUFFIX = ".hera-tmp"
+#: ioctl number of FICLONE (linux/fs.h): share the source's extents (copy-on-write).
+FICLONE = 0x40049409
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+               errno.EBADF, errno.EPERM}
+
+
+class Cancelled(Exception):
+    """Raised from the per-chunk check when the job is cancelled or the worker is stopping."""
+
+
+class ItemFailed(Exception):
+    """A per-item failure with a message for the job log and STAGING-ERRORS."""
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    source: Path
+    final: Path
+    size: int
+    is_directory: bool
+    checksums: dict[str, str]
+    method: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # "done" | "skipped"
+    note: str = ""
+
+
+def temp_path(final: Path) -> Path:
+    """The temporary name an item is written under, next to its final name (same file system,
+    so the closing ``os.replace`` is atomic)."""
+    return final.with_name(f".{final.name}{TMP_SUFFIX}")
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or (read-only) tree; absent is fine."""
+    if path.is_symlink() or not path.exists():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    if path.is_dir():
+        # Copies may be read-only already: make them writable so rmtree can unlink them.
+        def _retry(func, p, _exc):  # type: ignore[no-untyped-def]
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        shutil.rmtree(path, onerror=_retry)
+    else:
+        path.unlink()
+
+
+class Mover:
+    """Moves items for one stream (thread): owns that stream's reused copy buffer."""
+
+    def __init__(
+        self,
+        chunk_size: int = ck.CHUNK_SIZE,
+        check: Callable[[int], None] = lambda n: None,
+        log: Callable[[str], None] = lambda line: None,
+        fsync: bool = True,
+    ) -> None:
+        self._buffer = bytearray(chunk_size)
+        self._view = memoryview(self._buffer)
+        self._check = check
+        self._log = log
+        self._fsync = fsync
+        self._reflink_ok: bool | None = None
+
+    # ----- entry point --------------------------------------------------------------------
+    def move(self, spec: ItemSpec) -> Outcome:
+        algorithm = ck.preferred_algorithm(spec.checksums)
+        final, tmp = spec.final, temp_path(spec.final)
+        remove_path(tmp)  # a leftover of a killed worker
+        if os.path.lexists(final):
+            return self._existing(spec, algorithm)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        note = ""
+        try:
+            if spec.method in ("hardlink", "symlink"):
+                # Nothing is copied: verify the source itself, then link to it.
+                self._verify(spec, ck.hash_path(spec.source, [algorithm]), algorithm, "source")
+                if spec.method == "symlink":
+                    os.symlink(spec.source, tmp, target_is_directory=spec.is_directory)
+                else:
+                    self._link_tree(spec.source, tmp) if spec.is_directory else os.link(
+                        spec.source, tmp)
+            else:
+                reflink = spec.method == "reflink"
+                if spec.is_directory:
+                    digest = self._copy_dir(spec.source, tmp, algorithm, spec.read_only, reflink)
+                else:
+                    digest = self._copy_file(spec.source, tmp, algorithm, spec.read_only, reflink)
+                self._verify(spec, digest, algorithm, "copy")
+                note = f"{algorithm} verified"
+            os.replace(tmp, final)
+        except BaseException:
+            remove_path(tmp)
+            raise
+        return Outcome("done", note)
+
+    # ----- what is already there ----------------------------------------------------------
+    def _existing(self, spec: ItemSpec, algorithm: str) -> Outcome:
+        final = spec.final
+        if final.is_symlink():
+            if spec.method == "symlink" and os.readlink(final) == str(spec.source):
+                return Outcome("skipped", "already linked")
+            raise ItemFailed("exists as a symbolic link; not overwritten")
+        if spec.method == "hardlink" and not spec.is_directory:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(final, spec.source):
+                    return Outcome("skipped", "already linked")
+        if final.is_dir() != spec.is_directory:
+            kind = "directory" if final.is_dir() else "file"
+            raise ItemFailed(f"exists as a {kind} of other content; not overwritten")
+        if not spec.is_directory and final.stat().st_size != spec.size:
+            raise ItemFailed(
+                f"exists with other content ({final.stat().st_size} bytes, catalogue says "
+                f"{spec.size}); not overwritten")
+        digest = ck.hash_path(final, [algorithm])
+        if digest.size == spec.size and digest.checksums[algorithm] == spec.checksums[algorithm]:
+            return Outcome("skipped", f"identical file already there ({algorithm})")
+        raise ItemFailed(f"exists with other content ({algorithm} differs); not overwritten")
+
+    @staticmethod
+    def _verify(spec: ItemSpec, digest: ck.Digest, algorithm: str, what: str) -> None:
+        expected = spec.checksums[algorithm]
+        got = digest.checksums[algorithm]
+        if digest.size != spec.size or got != expected:
+            raise ItemFailed(
+                f"checksum mismatch: {algorithm} of the {what} is {got} ({digest.size} bytes), "
+                f"the catalogue says {expected} ({spec.size} bytes); the source is corrupt or "
+                f"changed, the bad copy was removed")
+
+    # ----- copying ------------------------------------------------------------------------
+    def _copy_file(self, src: Path, dst: Path, algorithm: str, read_only: bool,
+                   reflink: bool = False) -> ck.Digest:
+        st = os.stat(src)
+        if reflink and self._reflink_ok is not False:
+            digest = self._try_reflink(src, dst, algorithm)
+            if digest is not None:
+                _finish_metadata(dst, st, read_only)
+                return digest
+        hasher = ck.StreamHasher([algorithm])
+        buffer, view = self._buffer, self._view
+        with open(src, "rb", buffering=0) as fin:
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                # One pass: each chunk is hashed and written from the same reused buffer.
+                while n := fin.readinto(buffer):
+                    chunk = view[:n]
+                    hasher.update(chunk)
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+                    self._check(n)
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        _finish_metadata(dst, st, read_only)
+        return hasher.digest()
+
+    def _try_reflink(self, src: Path, dst: Path, algorithm: str) -> ck.Digest | None:
+        with open(src, "rb") as fin:
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.ioctl(fd, FICLONE, fin.fileno())
+                if self._fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                os.close(fd)
+                os.unlink(dst)
+                if exc.errno not in _NO_REFLINK:
+                    raise
+                if self._reflink_ok is None:
+                    self._log(f"reflink not supported here ({exc.strerror}): "
+                              f"falling back to a plain copy")
+                self._reflink_ok = False
+                return None
+            os.close(fd)
+        self._reflink_ok = True
+        # The clone shares the source's blocks: hashing it checks what the destination holds.
+        return ck.hash_file(dst, [algorithm])
+
+    def _copy_dir(self, src: Path, dst: Path, algorithm: str, read_only: bool,
+                  reflink: bool) -> ck.Digest:
+        _make_dirs_like(src, dst)
+        digests = []
+        for member in ck.directory_members(src):
+            digests.append((member, self._copy_file(src / member, dst / member, algorithm,
+                                                    read_only, reflink)))
+        _copy_dir_mtimes(src, dst)
+        return ck.manifest_digest(digests, [algorithm])
+
+    def _link_tree(self, src: Path, dst: Path) -> None:
+        _make_dirs_like(src, dst)
+        for member in ck.directory_members(src):
+            os.link(src / member, dst / member)
+        _copy_dir_mtimes(src, dst)
+
+
+def _finish_metadata(path: Path, st: os.stat_result, read_only: bool) -> None:
+    mode = stat.S_IMODE(st.st_mode) | stat.S_IRUSR
+    mode = mode & ~0o222 if read_only else mode | stat.S_IWUSR
+    os.chmod(path, mode)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _make_dirs_like(src: Path, dst: Path) -> None:
+    # Directories stay writable (the user must be able to delete what was staged).
+    os.mkdir(dst, 0o755)
+    for root, dirs, _files in os.walk(src):
+        rel = os.path.relpath(root, src)
+        for name in dirs:
+            os.makedirs(dst / rel / name, 0o755, exist_ok=True)
+
+
+def _copy_dir_mtimes(src: Path, dst: Path) -> None:
+    # Bottom-up, after every file is written (writing into a directory changes its mtime).
+    for root, _dirs, _files in os.walk(src, topdown=False):
+        rel = os.path.relpath(root, src)
+        st = os.stat(root)
+        os.utime(dst / rel, ns=(st.st_atime_ns, st.st_mtime_ns))

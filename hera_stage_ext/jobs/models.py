@@ -1,0 +1,80 @@
+"""The job tables: ``job`` (one request: what, where, how, progress, lease) and ``job_item``
+(one file or directory to move, with the instance chosen at launch and its expected checksums).
+
+They live on the catalogue's ``Base`` so one alembic history covers both. The database is the
+truth of a job; marker files, logs and events are views written from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..catalogue.models import Base, JSONType, NameType, utcnow
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: States in which a job still holds its destination (and its STAGING-IN-PROGRESS marker).
+ACTIVE_STATES = ("queued", "running")
+ITEM_STATES = ("queued", "running", "done", "skipped", "failed")
+
+
+class Job(Base):
+    """One job. Counters: ``files_done``/``bytes_done`` count items present and verified at the
+    destination (copied *or* skipped as identical); ``files_skipped`` and ``files_failed`` are
+    the subsets that were skipped or failed. Progress is (done + failed) / total."""
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_state_lease", "state", "lease_expires"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="stage")
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    destination: Mapped[str] = mapped_column(String(4096), index=True)  # resolved, absolute
+    method: Mapped[str] = mapped_column(String(16), default="copy")
+    search: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # Per-job settings decided at launch (read_only, ...), so a worker needs no server config.
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    files_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    files_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    files_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    files_skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Names asked for that had no available instance on an online store at launch.
+    missing: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    error: Mapped[str] = mapped_column(Text, default="")
+    log_path: Mapped[str] = mapped_column(String(4096), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The worker running the job ("host:pid:random") and until when its claim holds; a job
+    # whose lease expired (or whose local worker pid is gone) is taken over by another worker.
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    lease_expires: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class JobItem(Base):
+    """One thing to move: a file (or a directory data set) from one chosen instance."""
+
+    __tablename__ = "job_item"
+    __table_args__ = (Index("ix_job_item_job_state", "job_id", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(NameType)
+    store: Mapped[str] = mapped_column(String(128))
+    source_path: Mapped[str] = mapped_column(String(4096))  # absolute path of the instance
+    dest_path: Mapped[str] = mapped_column(String(4096))  # relative to the job's destination
+    size: Mapped[int] = mapped_column(BigInteger)
+    is_directory: Mapped[bool] = mapped_column(Boolean, default=False)
+    checksums: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)

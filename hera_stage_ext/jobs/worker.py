@@ -1,0 +1,99 @@
+"""The worker process: ``python -m hera_stage_ext.jobs.worker --db-url URL``.
+
+Runs jobs outside the Jupyter server, so a restart or an idle-cull of the server loses nothing.
+Loops: reconcile (take over the jobs of dead workers), claim a job, run it; exits cleanly on
+SIGTERM/SIGINT, releasing its job so the next worker resumes it. Several workers may share a
+database: claims are atomic and leased.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from ..catalogue.db import Database
+from .engine import EngineConfig, claim_job, new_worker_id, reconcile, run_job
+
+log = logging.getLogger("hera_stage_ext.jobs.worker")
+
+
+class Worker:
+    """Claims and runs jobs until ``stop`` is set."""
+
+    def __init__(self, db: Database, config: EngineConfig | None = None,
+                 worker_id: str | None = None) -> None:
+        self.db = db
+        self.config = config or EngineConfig()
+        self.worker_id = worker_id or new_worker_id()
+        self.stop = threading.Event()
+
+    def run(self, poll_seconds: float = 1.0, reconcile_seconds: float = 10.0,
+            exit_when_idle: bool = False) -> None:
+        last_reconcile = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() - last_reconcile >= reconcile_seconds:
+                taken = reconcile(self.db)
+                if taken:
+                    log.info("jobs of dead workers to resume: %s", taken)
+                last_reconcile = time.monotonic()
+            claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds)
+            if claimed is None:
+                if exit_when_idle:
+                    return
+                self.stop.wait(poll_seconds)
+                continue
+            job_id, resumed = claimed
+            log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
+            state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed)
+            log.info("job %s: %s", job_id, state)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hera_stage_ext.jobs.worker",
+                                     description=__doc__.splitlines()[0])
+    defaults = EngineConfig()
+    parser.add_argument("--db-url", required=True, help="SQLAlchemy URL of the catalogue")
+    parser.add_argument("--streams", type=int, default=defaults.streams,
+                        help="parallel item streams per job")
+    parser.add_argument("--lease", type=float, default=defaults.lease_seconds,
+                        help="seconds without a heartbeat after which a worker counts as dead")
+    parser.add_argument("--heartbeat", type=float, default=defaults.heartbeat_seconds,
+                        help="seconds between lease renewals and cancel checks")
+    parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size,
+                        help="copy buffer per stream, bytes")
+    parser.add_argument("--no-fsync", action="store_true", help="skip fsync of copies")
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
+    parser.add_argument("--exit-when-idle", action="store_true",
+                        help="exit when no job is left instead of waiting for more")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
+                          heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
+                          fsync=not args.no_fsync)
+    db = Database(args.db_url)
+    worker = Worker(db, config)
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signum)
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("worker %s started", worker.worker_id)
+    try:
+        worker.run(poll_seconds=args.poll, exit_when_idle=args.exit_when_idle)
+    finally:
+        db.dispose()
+    log.info("worker %s stopped", worker.worker_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The staging job engine: methods, verification, skips and conflicts, markers, destination
+safety, dry run, cancel, and resume after a SIGKILLed worker process (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from hera_stage_ext.catalogue import checksums as ck
+from hera_stage_ext.demo import MIRIAD_NAME
+from hera_stage_ext.errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, NotFound
+from hera_stage_ext.jobs import engine, markers
+from hera_stage_ext.jobs import (
+    EngineConfig,
+    cancel_job,
+    create_stage_job,
+    dry_run_stage,
+    get_job,
+    read_log,
+    run_pending,
+)
+from hera_stage_ext.jobs.models import Job, JobItem
+
+from .job_fixtures import Site, make_big_site, make_site, temp_files, tree
+
+FAST = EngineConfig(streams=3, heartbeat_seconds=0.2, fsync=False)
+
+
+@pytest.fixture
+def site(database, tmp_path) -> Site:
+    return make_site(database, tmp_path / "site")
+
+
+def stage(site: Site, dest: str, names=None, method: str = "copy", **kw):
+    return create_stage_job(site.db, "alice", site.names if names is None else names, dest,
+                            method, site.roots, log_dir=site.logs, **kw)
+
+
+def job_count(site: Site) -> int:
+    with site.db.read() as s:
+        return s.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def test_copy_keeps_layout_content_mtime_and_read_only(site: Site) -> None:
+    job = stage(site, "run1")
+    assert job["state"] == "queued" and job["files_total"] == len(site.names)
+    dest = site.workspace / "run1"
+    assert markers.marker_job(dest) == job["id"]
+    assert run_pending(site.db, FAST) == [job["id"]]
+    done = get_job(site.db, job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["files_done"] == len(site.names) and done["files_failed"] == 0
+    assert done["bytes_done"] == done["bytes_total"] > 0
+    for name in site.names:
+        src, out = site.sources[name], dest / site.rel[name]
+        assert os.stat(out).st_mtime_ns == os.stat(src).st_mtime_ns
+        if name == MIRIAD_NAME:
+            assert out.is_dir()
+            assert ck.hash_path(out) == ck.hash_path(src)
+            for member in out.iterdir():
+                assert member.read_bytes() == (src / member.name).read_bytes()
+                assert not os.stat(member).st_mode & 0o222
+        else:
+            assert out.read_bytes() == src.read_bytes()
+            assert not os.stat(out).st_mode & 0o222  # read-only by default
+            assert os.stat(out).st_ino != os.stat(src).st_ino
+    assert (dest / markers.SUCCEEDED).exists()
+    assert not (dest / markers.IN_PROGRESS).exists() and not (dest / markers.ERRORS).exists()
+    assert temp_files(dest) == []
+    text, offset = read_log(done)
+    assert "created by alice" in text and "succeeded" in text and "MB/s" in text
+    assert offset == os.path.getsize(done["log_path"])
+    assert read_log(done, offset) == ("", offset)
+    more, _ = read_log(done, 10)
+    assert text.endswith(more)
+
+
+def test_writable_when_configured(site: Site) -> None:
+    name = site.names[0]
+    job = stage(site, "rw", [name], read_only=False)
+    run_pending(site.db, FAST)
+    assert get_job(site.db, job["id"])["state"] == "succeeded"
+    assert os.stat(site.workspace / "rw" / site.rel[name]).st_mode & stat.S_IWUSR
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+def test_link_methods(site: Site, method: str) -> None:
+    job = stage(site, method, method=method)
+    run_pending(site.db, FAST)
+    assert get_job(site.db, job["id"])["state"] == "succeeded"
+    dest = site.workspace / method
+    for name in site.names:
+        src, out = site.sources[name], dest / site.rel[name]
+        if method == "symlink":
+            assert out.is_symlink() and os.readlink(out) == str(src)
+        elif name != MIRIAD_NAME:
+            assert os.path.samefile(out, src)
+        else:
+            for member in src.iterdir():
+                assert os.path.samefile(out / member.name, member)
+    assert temp_files(dest) == []
+    # Staging again into the same place finds everything already there.
+    again = stage(site, method, method=method)
+    run_pending(site.db, FAST)
+    assert get_job(site.db, again["id"])["files_skipped"] == len(site.names)
+
+
+def test_reflink_copies_or_falls_back(site: Site) -> None:
+    names = [n for n in site.names if n != MIRIAD_NAME][:3]
+    job = stage(site, "cow", names, method="reflink")
+    run_pending(site.db, FAST)
+    assert get_job(site.db, job["id"])["state"] == "succeeded"
+    for name in names:
+        assert (site.workspace / "cow" / site.rel[name]).read_bytes() == \
+            site.sources[name].read_bytes()
+    text, _ = read_log(get_job(site.db, job["id"]))
+    assert "reflink" in text
+
+
+def test_identical_file_skipped_different_file_conflicts(site: Site) -> None:
+    same, other, fine = [n for n in site.names if n.endswith(".uvh5")][:3]
+    dest = site.workspace / "pre"
+    for name in (same, other):
+        (dest / site.rel[name]).parent.mkdir(parents=True, exist_ok=True)
+    (dest / site.rel[same]).write_bytes(site.sources[same].read_bytes())
+    (dest / site.rel[other]).write_bytes(b"somebody else's data")
+    job = stage(site, "pre", [same, other, fine])
+    run_pending(site.db, FAST)
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "failed"
+    assert (out["files_done"], out["files_skipped"], out["files_failed"]) == (2, 1, 1)
+    assert (dest / site.rel[other]).read_bytes() == b"somebody else's data"
+    assert (dest / site.rel[fine]).read_bytes() == site.sources[fine].read_bytes()
+    errors = (dest / markers.ERRORS).read_text().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(site.rel[other] + ":")
+    assert "not overwritten" in errors[0]
+
+
+def test_checksum_mismatch_fails_item_removes_copy(site: Site) -> None:
+    bad, *good = [n for n in site.names if n.endswith(".uvh5")][:4]
+    data = bytearray(site.sources[bad].read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes: corrupted after ingest
+    site.sources[bad].write_bytes(bytes(data))
+    job = stage(site, "verify", [bad, *good])
+    run_pending(site.db, FAST)
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "failed" and out["files_failed"] == 1 and out["files_done"] == 3
+    dest = site.workspace / "verify"
+    assert not os.path.lexists(dest / site.rel[bad]) and temp_files(dest) == []
+    for name in good:
+        assert (dest / site.rel[name]).read_bytes() == site.sources[name].read_bytes()
+    errors = (dest / markers.ERRORS).read_text().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(site.rel[bad] + ": checksum mismatch")
+    assert not (dest / markers.IN_PROGRESS).exists()
+    with site.db.read() as s:
+        item = s.scalar(select(JobItem).where(JobItem.name == bad))
+        assert item.state == "failed" and "xxh3-128" in item.error
+
+
+def test_symlink_method_verifies_source(site: Site) -> None:
+    bad = [n for n in site.names if n.endswith(".uvh5")][0]
+    site.sources[bad].write_bytes(b"x" * site.sources[bad].stat().st_size)
+    job = stage(site, "links", [bad], method="symlink")
+    run_pending(site.db, FAST)
+    assert get_job(site.db, job["id"])["files_failed"] == 1
+    assert not os.path.lexists(site.workspace / "links" / site.rel[bad])
+
+
+def test_markers_lifecycle_and_busy_directory(site: Site) -> None:
+    dest = site.workspace / "busy"
+    dest.mkdir()
+    (dest / markers.SUCCEEDED).write_text("")
+    (dest / markers.ERRORS).write_text("old\n")
+    first = stage(site, "busy", site.names[:2])
+    assert markers.marker_job(dest) == first["id"]
+    assert not (dest / markers.SUCCEEDED).exists() and not (dest / markers.ERRORS).exists()
+    with pytest.raises(Conflict) as info:
+        stage(site, "busy", site.names[2:4])
+    assert info.value.status == 409 and info.value.details["job_id"] == first["id"]
+    assert str(first["id"]) in info.value.message
+    # Also through a different spelling of the same directory.
+    with pytest.raises(Conflict):
+        stage(site, "./busy/../busy", site.names[2:4])
+    run_pending(site.db, FAST)
+    assert (dest / markers.SUCCEEDED).exists() and not (dest / markers.IN_PROGRESS).exists()
+    # The directory is free again.
+    second = stage(site, "busy", site.names[2:4])
+    assert not (dest / markers.SUCCEEDED).exists()
+    run_pending(site.db, FAST)
+    assert get_job(site.db, second["id"])["state"] == "succeeded"
+
+
+def test_stale_marker_is_recovered(site: Site) -> None:
+    dest = site.workspace / "stale"
+    dest.mkdir()
+    (dest / markers.IN_PROGRESS).write_text("job 999999\n")  # a job the database never had
+    job = stage(site, "stale", site.names[:1])
+    assert markers.marker_job(dest) == job["id"]
+    run_pending(site.db, FAST)
+    # A marker left behind by a job that is finished (a crash between marker and database).
+    (dest / markers.IN_PROGRESS).write_text(f"job {job['id']}\n")
+    again = stage(site, "stale", site.names[:1])
+    assert markers.marker_job(dest) == again["id"]
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink-out"])
+def test_destination_outside_roots_is_forbidden(site: Site, tmp_path: Path, kind: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if kind == "dotdot":
+        dest = "../../etc"
+    elif kind == "absolute":
+        dest = str(outside / "here")
+    else:
+        (site.workspace / "escape").symlink_to(outside)
+        dest = "escape/sub"
+    before_ws, before_out = tree(site.workspace), tree(outside)
+    with pytest.raises(Forbidden) as info:
+        stage(site, dest)
+    assert info.value.status == 403
+    with pytest.raises(Forbidden):
+        dry_run_stage(site.db, site.names, dest, "copy", site.roots)
+    assert tree(site.workspace) == before_ws and tree(outside) == before_out
+    assert job_count(site) == 0 and not site.logs.exists()
+
+
+def test_bad_requests_write_nothing(site: Site) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        stage(site, "x", method="teleport")
+    assert info.value.status == 400 and "teleport" in info.value.message
+    with pytest.raises(InvalidRequest):
+        stage(site, "x", names=[])
+    with pytest.raises(InvalidRequest):
+        stage(site, "x", names=[{"size": 3}])
+    with pytest.raises(NotFound) as missing:
+        stage(site, "x", names=["zen.nope.uvh5"])
+    assert missing.value.details["missing"] == ["zen.nope.uvh5"]
+    assert not (site.workspace / "x").exists() and job_count(site) == 0
+
+
+def test_missing_files_are_listed_not_dropped(site: Site) -> None:
+    rows = [{"name": site.names[0]}, {"name": "zen.2457999.11111.xx.HH.uvh5"}, site.names[0]]
+    job = stage(site, "some", rows)
+    assert job["files_total"] == 1 and job["missing"] == ["zen.2457999.11111.xx.HH.uvh5"]
+    run_pending(site.db, FAST)
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "failed" and out["files_done"] == 1
+    errors = (site.workspace / "some" / markers.ERRORS).read_text()
+    assert "zen.2457999.11111.xx.HH.uvh5: no available instance" in errors
+    assert "MISSING zen.2457999.11111.xx.HH.uvh5" in read_log(out)[0]
+
+
+def test_dry_run_counts_and_writes_nothing(site: Site, monkeypatch) -> None:
+    names = site.names + site.names[:2] + ["zen.2457999.11111.xx.HH.uvh5"]
+    plan = dry_run_stage(site.db, names, "dry/run", "copy", site.roots)
+    total = sum(ck.hash_path(site.sources[n]).size for n in site.names)
+    assert plan["files"] == len(site.names) and plan["bytes"] == total
+    assert plan["missing"] == ["zen.2457999.11111.xx.HH.uvh5"]
+    assert plan["free_bytes"] > 0 and plan["fits"]
+    assert dry_run_stage(site.db, names, "dry/run", "symlink", site.roots)["bytes_needed"] == 0
+    assert not (site.workspace / "dry").exists() and job_count(site) == 0
+    # Free space: refused with a clear message unless forced.
+    monkeypatch.setattr(engine, "_free_bytes", lambda path: 10)
+    with pytest.raises(InsufficientSpace) as info:
+        stage(site, "full")
+    assert info.value.status == 507 and info.value.details["free"] == 10
+    assert not (site.workspace / "full").exists() and job_count(site) == 0
+    assert stage(site, "full", force=True)["state"] == "queued"
+
+
+def test_migration_matches_models(database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from hera_stage_ext.catalogue.models import Base
+
+    with database.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if "job" in repr(d)] == []
+
+
+# ----- long-running jobs: cancel and resume -----------------------------------------------------
+@pytest.fixture
+def big(database, tmp_path) -> Site:
+    return make_big_site(database, tmp_path / "big")
+
+
+def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
+
+
+def test_cancel_queued_job(big: Site) -> None:
+    job = stage(big, "q")
+    out = cancel_job(big.db, job["id"])
+    assert out["state"] == "cancelled"
+    dest = big.workspace / "q"
+    assert not (dest / markers.IN_PROGRESS).exists()
+    assert "cancelled" in (dest / markers.ERRORS).read_text()
+    assert run_pending(big.db, FAST) == []
+
+
+def test_cancel_running_job_stops_within_seconds(big: Site) -> None:
+    job = stage(big, "c")
+    dest = big.workspace / "c"
+    slow = EngineConfig(streams=2, heartbeat_seconds=0.2, chunk_size=64 * 1024,
+                        chunk_delay=0.05, fsync=False)
+    runner = threading.Thread(target=run_pending, args=(big.db, slow))
+    runner.start()
+    try:
+        wait_for(lambda: temp_files(dest))
+        asked = time.monotonic()
+        assert cancel_job(big.db, job["id"])["cancel_requested"]
+        wait_for(lambda: get_job(big.db, job["id"])["state"] == "cancelled", timeout=5)
+        assert time.monotonic() - asked < 5
+    finally:
+        runner.join(10)
+    out = get_job(big.db, job["id"])
+    assert out["files_done"] < out["files_total"]
+    assert temp_files(dest) == []
+    assert not (dest / markers.IN_PROGRESS).exists()
+    assert "cancelled" in (dest / markers.ERRORS).read_text()
+    assert "cancelled" in read_log(out)[0]
+
+
+def start_worker(db_url: str, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "HERA_STAGE_TEST_CHUNK_DELAY": str(delay)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--db-url", db_url,
+         "--streams", "2", "--chunk-size", str(64 * 1024), "--heartbeat", "0.2",
+         "--lease", "60", "--poll", "0.1", "--no-fsync"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_resume_after_sigkill(big: Site) -> None:
+    job = stage(big, "resume")
+    dest = big.workspace / "resume"
+    wanted = {big.rel[n] for n in big.names}
+    finals = lambda: [p for p in tree(dest) if p in wanted]  # noqa: E731
+    first = start_worker(big.db.url, delay=0.03)
+    try:
+        wait_for(lambda: len(finals()) >= 8 and temp_files(dest), timeout=30, step=0.005)
+    finally:
+        first.kill()  # SIGKILL: no cleanup, no release of the lease
+        first.wait(10)
+    before = {p: os.stat(dest / p).st_ino for p in finals()}
+    assert 8 <= len(before) < len(wanted), "the kill must land mid-job"
+    assert temp_files(dest), "a partial copy under its temporary name"
+    assert get_job(big.db, job["id"])["state"] == "running"
+    assert markers.marker_job(dest) == job["id"]
+
+    second = start_worker(big.db.url, delay=0)
+    try:
+        wait_for(lambda: get_job(big.db, job["id"])["state"] not in ("queued", "running"))
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(10) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    out = get_job(big.db, job["id"])
+    assert out["state"] == "succeeded", out
+    assert out["files_done"] == out["files_total"] == len(wanted) and out["files_failed"] == 0
+    assert out["files_skipped"] == 0
+    assert tree(dest) == sorted(
+        wanted | {"2457700", markers.SUCCEEDED, f"{big.rel[MIRIAD_NAME]}/visdata"})
+    assert temp_files(dest) == []
+    for name in big.names:
+        assert ck.hash_path(dest / big.rel[name]) == ck.hash_path(big.sources[name])
+    for path, inode in before.items():  # verified before the kill: not copied again
+        assert os.stat(dest / path).st_ino == inode
+    log, _ = read_log(out)
+    assert "resumes job" in log and "temporary file(s) left by the previous worker" in log
+    for path in before:
+        assert log.count(f"copy {path} (") == 1
+    with big.db.read() as s:
+        states = set(s.scalars(select(JobItem.state).where(JobItem.job_id == job["id"])))
+    assert states == {"done"}
+
+
+def test_sigterm_releases_job_for_the_next_worker(big: Site) -> None:
+    job = stage(big, "term")
+    dest = big.workspace / "term"
+    worker = start_worker(big.db.url, delay=0.03)
+    try:
+        wait_for(lambda: temp_files(dest), timeout=30, step=0.005)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    with big.db.read() as s:
+        row = s.get(Job, job["id"])
+        assert (row.state, row.worker_id) == ("running", None)
+        assert "running" not in set(s.scalars(select(JobItem.state)
+                                              .where(JobItem.job_id == job["id"])))
+    assert temp_files(dest) == [] and markers.marker_job(dest) == job["id"]
+    assert run_pending(big.db, FAST) == [job["id"]]
+    assert get_job(big.db, job["id"])["state"] == "succeeded"
