@@ -8,6 +8,7 @@ the handlers themselves live in ``api/``.
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .catalogue.naming import (
     ObservationNamer,
 )
 from .core import Core
+from .jobs.launcher import WorkerLauncher
 
 SETTINGS_KEY = "hera_stage"
 
@@ -105,6 +107,46 @@ class StagingApp(ExtensionApp):
         100_000, help="Most rows one Librarian RPC search may list (it has no pagination)."
     ).tag(config=True)
 
+    start_worker = Bool(
+        True,
+        help="""Start a worker process for staging jobs when there is work. Turn off where
+        workers are run as services of their own (python -m hera_stage_ext.jobs.worker).""",
+    ).tag(config=True)
+
+    worker_streams = Int(4, help="Files a worker copies in parallel within one job.").tag(
+        config=True
+    )
+
+    worker_idle_exit_seconds = Float(
+        120.0, help="A server-started worker exits after this long without a job."
+    ).tag(config=True)
+
+    job_log_dir = Unicode(
+        help="Folder of the per-job logs and the worker's own log. Default: in the Jupyter "
+        "data directory."
+    ).tag(config=True)
+
+    @default("job_log_dir")
+    def _default_job_log_dir(self) -> str:
+        return str(Path(jupyter_data_dir()) / "hera_stage_ext" / "logs")
+
+    staged_read_only = Bool(
+        True, help="Make staged files read-only (they are immutable archive data)."
+    ).tag(config=True)
+
+    owner = Unicode(
+        help="""Who this server's staging jobs belong to. Default: $JUPYTERHUB_USER, else the
+        system user running the server. Users sharing one catalogue see only their own jobs."""
+    ).tag(config=True)
+
+    @default("owner")
+    def _default_owner(self) -> str:
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    max_stage_files = Int(
+        1_000_000, help="Most files one staging job may take (a search resolved at launch)."
+    ).tag(config=True)
+
     @validate("stores")
     def _check_stores(self, proposal: dict[str, Any]) -> dict[str, Any]:
         for name, spec in proposal["value"].items():
@@ -122,6 +164,13 @@ class StagingApp(ExtensionApp):
         catalogue = Catalogue(db, namer)
         catalogue.sync_stores(self.stores)
         roots = self.allowed_roots or [self.serverapp.root_dir]
+        log_dir = Path(self.job_log_dir)
+        launcher = None
+        if self.start_worker:
+            launcher = WorkerLauncher(
+                self.db_url, streams=self.worker_streams,
+                idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
+            )
         self.core = Core(
             version=__version__,
             site_name=self.site_name,
@@ -132,12 +181,23 @@ class StagingApp(ExtensionApp):
             librarian_authenticators=dict(self.librarian_authenticators),
             max_search_limit=self.max_search_limit,
             max_rpc_results=self.max_rpc_results,
+            root_dir=os.path.realpath(self.serverapp.root_dir),
+            job_log_dir=log_dir,
+            staged_read_only=self.staged_read_only,
+            max_stage_files=self.max_stage_files,
+            launcher=launcher,
+            owner=self.owner,
         )
         self.settings[SETTINGS_KEY] = self.core
         self.log.info(
             "hera_stage_ext %s: catalogue on %s, %d store(s)", __version__, db.backend,
             len(self.stores),
         )
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+        resumed = self.core.resume_jobs()
+        if resumed:
+            self.log.info("hera_stage_ext: unfinished staging jobs %s are being resumed", resumed)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(api_handlers())

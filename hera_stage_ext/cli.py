@@ -128,6 +128,97 @@ def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _job_line(job: dict[str, Any]) -> str:
+    return (f"{job['id']}\t{job['state']}\t{job['files_done']}/{job['files_total']} files\t"
+            f"{human_size(job['bytes_done'])}/{human_size(job['bytes_total'])}\t"
+            f"{job['method']}\t{job['destination']}")
+
+
+def cmd_stage(client: Client, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        plan = client.stage(args.destination, args.query, method=args.method, dry_run=True)
+        print(f"{plan['files']} file(s), {human_size(plan['bytes'])} into {plan['destination']} "
+              f"by {plan['method']}; {human_size(plan['free_bytes'])} free"
+              + ("" if plan["fits"] else " (NOT ENOUGH)"))
+        for name in plan["missing"]:
+            print(f"missing: {name} (no available instance)")
+        return 0
+    job = client.stage(args.destination, args.query, method=args.method, force=args.force)
+    print(f"job {job['id']}: staging {job['files_total']} file(s), "
+          f"{human_size(job['bytes_total'])} into {job['destination']}", file=sys.stderr)
+    for name in job["missing"]:
+        print(f"hera-stage: missing: {name} (no available instance)", file=sys.stderr)
+    if not args.wait:
+        print(job["id"])
+        return 0
+    return _wait(client, job)
+
+
+def _wait(client: Client, job: dict[str, Any]) -> int:
+    """Follow a job with a progress bar; exit 0 when it succeeded, else 1 with its errors
+    (as the Librarian's stage script did)."""
+    from tqdm import tqdm
+
+    with tqdm(total=job["bytes_total"], unit="B", unit_scale=True, unit_divisor=1024,
+              desc=f"job {job['id']}", disable=None) as bar:
+        def progress(current: dict[str, Any]) -> None:
+            bar.update(current["bytes_done"] - bar.n)
+
+        job = client.wait(job["id"], on_progress=progress)
+    if job["state"] == "succeeded":
+        print(f"job {job['id']} succeeded: {job['files_done']} file(s) staged, "
+              f"{job['files_skipped']} already there", file=sys.stderr)
+        return 0
+    text, _ = client.log(job["id"])
+    for line in text.splitlines():
+        if "FAILED" in line or "MISSING" in line or "CONFLICT" in line:
+            print(f"hera-stage: {line}", file=sys.stderr)
+    print(f"hera-stage: error: job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(),
+          file=sys.stderr)
+    return 1
+
+
+def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
+    jobs = client.jobs()
+    if args.json:
+        _print_json(jobs)
+        return 0
+    for job in jobs:
+        print(_job_line(job))
+    return 0
+
+
+def cmd_job(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.id)
+    if args.wait and job["state"] not in ("succeeded", "failed", "cancelled"):
+        return _wait(client, job)
+    _print_json(job) if args.json else print(_job_line(job))
+    return 0
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.cancel(args.id)
+    print(_job_line(job))
+    return 0
+
+
+def cmd_log(client: Client, args: argparse.Namespace) -> int:
+    import time
+
+    offset = 0
+    while True:
+        text, offset = client.log(args.id, offset)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if not args.follow:
+            return 0
+        if not text and client.job(args.id)["state"] in ("succeeded", "failed", "cancelled"):
+            text, offset = client.log(args.id, offset)
+            sys.stdout.write(text)
+            return 0
+        time.sleep(0.5)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -171,6 +262,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("globs", nargs="*", help="patterns relative to the store root (default: *)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("stage", help="stage what a search matches into a folder of yours")
+    p.add_argument("destination", help="folder, relative to the Jupyter server's root")
+    p.add_argument("query", help="one-line query or JSON search")
+    p.add_argument("--method", default="copy",
+                   choices=("copy", "hardlink", "symlink", "reflink"))
+    p.add_argument("--dry-run", action="store_true", help="only say what would be staged")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the job; exit 1 with its errors unless it succeeds")
+    p.add_argument("--force", action="store_true", help="launch even if space looks short")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("jobs", help="your staging jobs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("job", help="one job's progress")
+    p.add_argument("id", type=int)
+    p.add_argument("--wait", action="store_true", help="follow it to the end")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("log", help="a job's log")
+    p.add_argument("id", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("demo", help="make a demo archive and start JupyterLab on it")
     p.add_argument("--dir", default="hera-stage-demo", help="where to make it")

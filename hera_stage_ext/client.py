@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 DEFAULT_TIMEOUT_S = 60.0
+#: Job states after which nothing more happens.
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
 
 class ClientError(Exception):
@@ -177,6 +180,57 @@ class Client:
 
     def ingest_paths(self, store: str, paths: list[str]) -> dict[str, Any]:
         return self.request("POST", "ingest", {"store": store, "paths": paths}, timeout=None)
+
+
+    # ----- staging ------------------------------------------------------------------------
+    def stage(
+        self,
+        destination: str,
+        query: str | dict[str, Any] | list[Any] | None = None,
+        *,
+        names: list[str] | None = None,
+        method: str = "copy",
+        dry_run: bool = False,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Launch a staging job of the files a search matches (or of ``names``); with
+        ``dry_run``, what it would do. ``destination`` is relative to the server's root."""
+        if (query is None) == (names is None):
+            raise ValueError("give a query or names, not both")
+        body: dict[str, Any] = {"destination": destination, "method": method,
+                                "dry_run": dry_run, "force": force}
+        body.update(search_body(query) if query is not None else {"names": names})
+        return self.request("POST", "stage", body)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.request("GET", "jobs")["jobs"]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.request("GET", f"jobs/{int(job_id)}")
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        return self.request("POST", f"jobs/{int(job_id)}/cancel", {})
+
+    def log(self, job_id: int, offset: int = 0) -> tuple[str, int]:
+        """The job's log from ``offset``: (text, next offset to ask for)."""
+        reply = self.request("GET", f"jobs/{int(job_id)}/log?offset={int(offset)}")
+        return reply["text"], reply["next_offset"]
+
+    def wait(
+        self, job_id: int, timeout: float | None = None, poll_seconds: float = 0.5,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job finishes (or ``timeout`` seconds pass: TimeoutError); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job["state"] in FINISHED_STATES:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout} s")
+            time.sleep(poll_seconds)
 
 
 def _api_error(response: requests.Response) -> ApiError:

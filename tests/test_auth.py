@@ -81,4 +81,11 @@ async def test_served_document_validates_real_replies(api, ingested):
         check("Store", store)
     check("IngestReply", (await api("POST", "ingest", {"store": "onsite", "globs": ["*/*"]}))[1])
     check("Error", (await api("GET", "files/nope"))[1])
+    check("DryRun", (await api("POST", "stage", {"query": "zen.2457644.*", "destination": "d",
+                                                 "dry_run": True}))[1])
+    code, job = await api("POST", "stage", {"query": "zen.2457644.*", "destination": "d"})
+    assert code == 202
+    check("Job", job)
+    _, job = await api("POST", f"jobs/{job['id']}/cancel", {})
+    check("Job", job)
     assert API_PREFIX == doc["servers"][0]["url"]

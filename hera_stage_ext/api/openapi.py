@@ -23,6 +23,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "Conflicts with what is stored",
         413: "Request body too large",
         416: "Range not satisfiable",
+        507: "Not enough free space at the destination",
     }
     return {str(c): _json(ERROR, meaning[c]) for c in codes}
 
@@ -190,7 +191,70 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["StageRequest"] = {
+    "type": "object",
+    "required": ["destination"],
+    "description": "Exactly one of 'names', 'search' (JSON) or 'query' (one-line text); the "
+    "search is resolved to file names at launch, and the job stages exactly those.",
+    "properties": {
+        "names": {"type": "array", "items": {"type": "string"}},
+        "search": {"type": ["object", "array", "string"]},
+        "query": {"type": "string"},
+        "destination": {"type": "string",
+                        "description": "A folder, relative to the server's root directory."},
+        "method": {"type": "string", "enum": ["copy", "hardlink", "symlink", "reflink"],
+                   "default": "copy"},
+        "dry_run": {"type": "boolean", "default": False},
+        "force": {"type": "boolean", "default": False,
+                  "description": "Launch even when free space looks too small."},
+    },
+}
+SCHEMAS["DryRun"] = {
+    "type": "object",
+    "required": ["destination", "method", "files", "bytes", "missing", "free_bytes", "fits"],
+    "properties": {
+        "destination": {"type": "string"},
+        "method": {"type": "string"},
+        "files": {"type": "integer"},
+        "bytes": {"type": "integer"},
+        "missing": {"type": "array", "items": {"type": "string"}},
+        "bytes_needed": {"type": "integer"},
+        "free_bytes": {"type": "integer"},
+        "fits": {"type": "boolean"},
+    },
+}
+SCHEMAS["Job"] = {
+    "type": "object",
+    "required": ["id", "owner", "kind", "state", "destination", "method", "files_total",
+                 "bytes_total", "files_done", "bytes_done", "files_failed", "files_skipped",
+                 "missing"],
+    "properties": {
+        "id": {"type": "integer"},
+        "owner": {"type": "string"},
+        "kind": {"type": "string"},
+        "state": {"type": "string",
+                  "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "destination": {"type": "string"},
+        "method": {"type": "string"},
+        "search": {},
+        "files_total": {"type": "integer"},
+        "bytes_total": {"type": "integer"},
+        "files_done": {"type": "integer"},
+        "bytes_done": {"type": "integer"},
+        "files_failed": {"type": "integer"},
+        "files_skipped": {"type": "integer"},
+        "missing": {"type": "array", "items": {"type": "string"}},
+        "error": {"type": ["string", "null"]},
+        "created_at": {"type": ["string", "null"]},
+        "started_at": {"type": ["string", "null"]},
+        "finished_at": {"type": ["string", "null"]},
+        "rate_bytes_per_s": {"type": ["number", "null"]},
+        "eta_s": {"type": ["number", "null"]},
+    },
+}
+
 NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+JOB_PARAMETER = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 
 def openapi_document(version: str) -> dict[str, Any]:
@@ -256,6 +320,46 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "content": {"application/json": {"schema": ref("IngestRequest")}}},
                 "responses": {"200": _json(ref("IngestReply"), "What was registered"),
                               **_errors(400, 403, 404, 413)},
+            }},
+            "/stage": {"post": {
+                "summary": "Stage files into a folder of yours (or preview with dry_run)",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": ref("StageRequest")}}},
+                "responses": {
+                    "200": _json(ref("DryRun"), "What the job would do (dry_run)"),
+                    "202": _json(ref("Job"), "The job, queued"),
+                    **_errors(400, 403, 404, 409, 413, 507),
+                },
+            }},
+            "/jobs": {"get": {
+                "summary": "Your jobs, newest first",
+                "responses": {
+                    "200": _json({"type": "object", "required": ["jobs"], "properties": {
+                        "jobs": {"type": "array", "items": ref("Job")}}}, "Jobs"),
+                    **_errors(403),
+                },
+            }},
+            "/jobs/{job_id}": {"get": {
+                "summary": "One job with its progress",
+                "parameters": [JOB_PARAMETER],
+                "responses": {"200": _json(ref("Job"), "The job"), **_errors(400, 403, 404)},
+            }},
+            "/jobs/{job_id}/cancel": {"post": {
+                "summary": "Cancel a job (its worker stops within seconds)",
+                "parameters": [JOB_PARAMETER],
+                "responses": {"200": _json(ref("Job"), "The job"), **_errors(400, 403, 404)},
+            }},
+            "/jobs/{job_id}/log": {"get": {
+                "summary": "The job's log from a byte offset (whole lines)",
+                "parameters": [JOB_PARAMETER,
+                               {"name": "offset", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["text", "next_offset"],
+                                  "properties": {"text": {"type": "string"},
+                                                 "next_offset": {"type": "integer"}}}, "Log"),
+                    **_errors(400, 403, 404),
+                },
             }},
             "/openapi.json": {"get": {
                 "summary": "This document",

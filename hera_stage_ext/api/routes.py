@@ -19,6 +19,7 @@ from .handlers import (
     StatusHandler,
     StoresHandler,
 )
+from .jobs import JobCancelHandler, JobHandler, JobLogHandler, JobsHandler, StageHandler
 from .librarian import LibrarianRPCHandler
 
 API_PREFIX = "/hera-stage/api"
@@ -32,6 +33,11 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/files/{name}": FileHandler,
     "/files/{name}/content": FileContentHandler,
     "/ingest": IngestHandler,
+    "/stage": StageHandler,
+    "/jobs": JobsHandler,
+    "/jobs/{job_id}": JobHandler,
+    "/jobs/{job_id}/cancel": JobCancelHandler,
+    "/jobs/{job_id}/log": JobLogHandler,
     "/openapi.json": OpenAPIHandler,
 }
 

@@ -9,12 +9,14 @@ logs), ``methods`` how one item is moved and verified, ``markers`` the Librarian
 from __future__ import annotations
 
 from .engine import (
+    active_job_ids,
     EngineConfig,
     cancel_job,
     create_stage_job,
     dry_run_stage,
     get_job,
     job_json,
+    list_jobs,
     read_log,
     reconcile,
     run_pending,
@@ -22,6 +24,7 @@ from .engine import (
 from .methods import METHODS
 
 __all__ = [
+    "active_job_ids",
     "EngineConfig",
     "METHODS",
     "cancel_job",
@@ -29,6 +32,7 @@ __all__ = [
     "dry_run_stage",
     "get_job",
     "job_json",
+    "list_jobs",
     "read_log",
     "reconcile",
     "run_pending",

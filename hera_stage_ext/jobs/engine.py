@@ -125,6 +125,21 @@ def get_job(db: Database, job_id: int) -> dict[str, Any]:
         return job_json(job)
 
 
+def list_jobs(db: Database, owner: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest jobs first; only ``owner``'s when given."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    with db.read() as s:
+        return [job_json(job) for job in s.scalars(query)]
+
+
+def active_job_ids(db: Database) -> list[int]:
+    """Jobs not finished yet (queued, or running under some worker)."""
+    with db.read() as s:
+        return list(s.scalars(select(Job.id).where(Job.state.in_(ACTIVE_STATES)).order_by(Job.id)))
+
+
 class JobLog:
     """The human-readable log of one job: appended by whoever acts on the job."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,9 @@ from ..catalogue.db import Database
 from .engine import EngineConfig, claim_job, new_worker_id, reconcile, run_job
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
+
+#: Environment variable carrying the database URL to a worker started by the server.
+DB_URL_ENV = "HERA_STAGE_DB_URL"
 
 
 class Worker:
@@ -33,8 +37,11 @@ class Worker:
         self.stop = threading.Event()
 
     def run(self, poll_seconds: float = 1.0, reconcile_seconds: float = 10.0,
-            exit_when_idle: bool = False) -> None:
+            exit_when_idle: bool = False, idle_exit_seconds: float | None = None) -> None:
+        """Work until stopped; with ``exit_when_idle`` return as soon as no job is left, with
+        ``idle_exit_seconds`` once none has been left for that long."""
         last_reconcile = 0.0
+        idle_since = time.monotonic()
         while not self.stop.is_set():
             if time.monotonic() - last_reconcile >= reconcile_seconds:
                 taken = reconcile(self.db)
@@ -43,7 +50,8 @@ class Worker:
                 last_reconcile = time.monotonic()
             claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds)
             if claimed is None:
-                if exit_when_idle:
+                idle = time.monotonic() - idle_since
+                if exit_when_idle or (idle_exit_seconds is not None and idle >= idle_exit_seconds):
                     return
                 self.stop.wait(poll_seconds)
                 continue
@@ -51,13 +59,16 @@ class Worker:
             log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
             state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed)
             log.info("job %s: %s", job_id, state)
+            idle_since = time.monotonic()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hera_stage_ext.jobs.worker",
                                      description=__doc__.splitlines()[0])
     defaults = EngineConfig()
-    parser.add_argument("--db-url", required=True, help="SQLAlchemy URL of the catalogue")
+    parser.add_argument("--db-url", default=os.environ.get(DB_URL_ENV),
+                        help=f"SQLAlchemy URL of the catalogue (default: ${DB_URL_ENV}, which "
+                        "keeps a password out of the process list)")
     parser.add_argument("--streams", type=int, default=defaults.streams,
                         help="parallel item streams per job")
     parser.add_argument("--lease", type=float, default=defaults.lease_seconds,
@@ -70,8 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit when no job is left instead of waiting for more")
+    parser.add_argument("--idle-exit", type=float, default=None,
+                        help="exit after this many seconds without a job")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if not args.db_url:
+        parser.error(f"--db-url or ${DB_URL_ENV} is required")
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
@@ -88,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     log.info("worker %s started", worker.worker_id)
     try:
-        worker.run(poll_seconds=args.poll, exit_when_idle=args.exit_when_idle)
+        worker.run(poll_seconds=args.poll, exit_when_idle=args.exit_when_idle,
+                   idle_exit_seconds=args.idle_exit)
     finally:
         db.dispose()
     log.info("worker %s stopped", worker.worker_id)

@@ -1,0 +1,109 @@
+"""REST for staging: ``POST stage`` and the ``jobs`` routes, thin handlers over ``Core``.
+
+A server's user sees and controls only their own jobs: the owner is the server's owner
+(``c.StagingApp.owner``: the JupyterHub user, else the system user running the server).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ..catalogue.query_text import parse_query_text
+from ..catalogue.search import parse_search
+from ..errors import InvalidRequest
+from .base import ApiError, BaseHandler
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{key}' must be true or false")
+    return value
+
+
+def stage_request(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``POST stage`` body: exactly one of names, search (JSON) or query (text)."""
+    given = [key for key in ("names", "search", "query") if key in body]
+    if len(given) != 1:
+        raise InvalidRequest("give exactly one of 'names', 'search' (JSON) or 'query' (text)")
+    destination = body.get("destination")
+    if not isinstance(destination, str) or not destination:
+        raise InvalidRequest("'destination' must be a folder (relative to your root directory)")
+    method = body.get("method", "copy")
+    if not isinstance(method, str):
+        raise InvalidRequest("'method' must be a string")
+    names = body.get("names")
+    if names is not None and (
+        not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
+    ):
+        raise InvalidRequest("'names' must be a non-empty list of file names")
+    search = None
+    if "search" in body:
+        search = parse_search(body["search"])
+    elif "query" in body:
+        if not isinstance(body["query"], str):
+            raise InvalidRequest("'query' must be a string")
+        search = parse_query_text(body["query"])
+    return {"names": names, "search": search, "destination": destination, "method": method,
+            "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force")}
+
+
+class StageHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.body_json()
+
+        def run() -> dict[str, Any]:
+            request = stage_request(body)
+            names = request["names"]
+            if names is None:
+                names = self.core.names_matching(request["search"])
+                if not names:
+                    raise InvalidRequest("the search matches no file: nothing to stage")
+            return self.core.stage(names, request["destination"],
+                                   method=request["method"], search=request["search"],
+                                   dry_run=request["dry_run"], force=request["force"])
+
+        result = await self.call(run)
+        self.reply(result, status=200 if body.get("dry_run") else 202)
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit():
+        raise ApiError(InvalidRequest(f"a job id is a number, not {text!r}"))
+    return int(text)
+
+
+class JobsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply({"jobs": await self.call(self.core.list_jobs)})
+
+
+class JobHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        self.reply(await self.call(self.core.job, _job_id(job_id)))
+
+
+class JobCancelHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        self.reply(await self.call(self.core.cancel, _job_id(job_id)))
+
+
+class JobLogHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        offset_text = self.get_query_argument("offset", "0")
+        if not offset_text.isdigit():
+            raise ApiError(InvalidRequest("'offset' must be a non-negative integer"))
+        self.reply(await self.call(self.core.job_log, _job_id(job_id), int(offset_text)))

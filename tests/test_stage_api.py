@@ -1,0 +1,141 @@
+"""Staging through REST and the CLI, run by the worker process the server starts itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .api_fixtures import *  # noqa: F403
+from .test_cli import cli  # noqa: F401  (fixture)
+
+THREE = ["zen.2457645.10000.xx.HH.uvh5", "zen.2457645.10000.yy.HH.uvh5",
+         "zen.2457645.10745.xx.HH.uvh5"]
+
+
+@pytest.fixture
+def staging_config(tmp_path) -> dict[str, Any]:
+    return {"job_log_dir": str(tmp_path / "job-logs"), "worker_idle_exit_seconds": 5.0}
+
+
+async def wait_for(api, job_id: int, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        code, job = await api("GET", f"jobs/{job_id}")
+        assert code == 200, job
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, f"job still {job['state']}: {job}"
+        await asyncio.sleep(0.2)
+
+
+async def test_stage_three_files_by_name(api, ingested, jp_root_dir, archive):
+    code, job = await api("POST", "stage", {"names": THREE, "destination": "night2"})
+    assert code == 202, job
+    assert job["state"] == "queued" and job["files_total"] == 3 and job["missing"] == []
+    dest = Path(jp_root_dir) / "night2"
+    assert (dest / "STAGING-IN-PROGRESS").exists()  # taken at launch, as the Librarian did
+    job = await wait_for(api, job["id"])
+    assert job["state"] == "succeeded", job
+    assert (job["files_done"], job["bytes_done"]) == (3, job["bytes_total"])
+    assert (dest / "STAGING-SUCCEEDED").exists() and not (dest / "STAGING-IN-PROGRESS").exists()
+    store = Path(archive.stores["offsite"]["path"])  # the first online store by name
+    for name in THREE:
+        staged = dest / "2457645" / name  # the store's sub-directory layout is kept
+        assert staged.read_bytes() == (store / "2457645" / name).read_bytes()
+        assert not staged.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    code, log = await api("GET", f"jobs/{job['id']}/log")
+    assert code == 200 and log["text"].count("\n") >= 4
+    code, tail = await api("GET", f"jobs/{job['id']}/log?offset={log['next_offset']}")
+    assert tail == {"text": "", "next_offset": log["next_offset"]}
+    code, jobs = await api("GET", "jobs")
+    assert [j["id"] for j in jobs["jobs"]] == [job["id"]]
+
+
+async def test_stage_from_query_with_dry_run(api, ingested, jp_root_dir):
+    code, plan = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
+                                             "dry_run": True})
+    assert code == 200, plan
+    assert plan["files"] == 10 and plan["missing"] == [] and plan["fits"] is True
+    assert not (Path(jp_root_dir) / "n3").exists()  # a dry run writes nothing
+    code, job = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
+                                            "method": "hardlink"})
+    assert code == 202
+    job = await wait_for(api, job["id"])
+    assert job["state"] == "succeeded" and job["files_done"] == 10
+    staged = Path(jp_root_dir) / "n3" / "2457646" / "zen.2457646.10000.xx.HH.uvh5"
+    assert staged.stat().st_nlink == 2
+
+
+async def test_second_job_into_the_same_folder_conflicts(api, ingested):
+    code, first = await api("POST", "stage", {"query": "zen.*", "destination": "busy"})
+    assert code == 202
+    code, second = await api("POST", "stage", {"names": THREE[:1], "destination": "busy"})
+    if second.get("job_id") is None:  # the first may already have finished: then it is free
+        assert code == 202
+    else:
+        assert code == 409 and second["job_id"] == first["id"]
+    await wait_for(api, first["id"])
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        ({"names": THREE, "destination": "../../etc"}, 403, "outside the allowed roots"),
+        ({"names": THREE, "destination": "/tmp/elsewhere"}, 403, "outside the allowed roots"),
+        ({"names": THREE, "destination": "x", "method": "teleport"}, 400, "unknown staging method"),
+        ({"query": "nothing-matches-this", "destination": "x"}, 400, "matches no file"),
+        ({"names": [], "destination": "x"}, 400, "non-empty list"),
+        ({"names": THREE}, 400, "destination"),
+        ({"names": THREE, "query": "zen.*", "destination": "x"}, 400, "exactly one of"),
+        ({"names": ["no-such-file"], "destination": "x"}, 404, "available instance"),
+        ({"search": {"bogus": 1}, "destination": "x"}, 400, "bogus"),
+    ],
+)
+async def test_bad_stage_requests_write_nothing(api, ingested, jp_root_dir, body, code, words):
+    before = sorted(os.listdir(jp_root_dir))
+    got, reply = await api("POST", "stage", body)
+    assert got == code, reply
+    assert words in reply["message"]
+    assert sorted(os.listdir(jp_root_dir)) == before
+    assert not Path("/tmp/elsewhere").exists()
+    _, jobs = await api("GET", "jobs")
+    assert jobs["jobs"] == []
+
+
+async def test_symlink_inside_the_root_pointing_out_is_refused(api, ingested, jp_root_dir,
+                                                               tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (Path(jp_root_dir) / "sneaky").symlink_to(outside)
+    code, reply = await api("POST", "stage", {"names": THREE, "destination": "sneaky/x"})
+    assert code == 403
+    assert list(outside.iterdir()) == []
+
+
+async def test_unknown_and_others_jobs(api, ingested):
+    for path in ("jobs/999", "jobs/999/log"):
+        code, reply = await api("GET", path)
+        assert code == 404 and "no job 999" in reply["message"]
+    code, reply = await api("GET", "jobs/abc")
+    assert code == 400 and "number" in reply["message"]
+    code, reply = await api("POST", "jobs/999/cancel", {})
+    assert code == 404
+
+
+async def test_cli_stage_wait_and_jobs(cli, api, ingested, jp_root_dir):
+    code, out, err = await cli("stage", "cli-dest", "zen.2457644.1*", "--wait")
+    assert code == 0, err
+    assert "succeeded: 9 file(s) staged" in err
+    assert len(list((Path(jp_root_dir) / "cli-dest" / "2457644").iterdir())) == 9
+    code, out, _ = await cli("jobs")
+    assert "succeeded\t9/9 files" in out
+    code, out, err = await cli("stage", "cli-dest2", "zen.2457644.1*", "--dry-run")
+    assert code == 0 and out.startswith("9 file(s)")
+    code, out, err = await cli("stage", "../escape", "zen.*")
+    assert code == 1 and "outside the allowed roots" in err
