@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hera_stage_ext.catalogue import search as search_mod
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import File, Instance
+from hera_stage_ext.catalogue.naming import datetime_to_jd
 from hera_stage_ext.catalogue.search import (
     KINDS,
     MAX_CLAUSES,
@@ -25,7 +26,6 @@ from hera_stage_ext.catalogue.search import (
     SORTS,
     SearchPage,
     clause_names,
-    julian_date,
     parse_search,
     run_search,
     search_select,
@@ -467,9 +467,9 @@ def keys_at(db, now, search):
 
 
 def test_julian_date() -> None:
-    assert julian_date(dt.datetime(1970, 1, 1)) == 2440587.5
-    assert julian_date(NOW) == 2461041.5
-    assert julian_date(dt.datetime(2000, 1, 1, 12)) == 2451545.0
+    assert datetime_to_jd(dt.datetime(1970, 1, 1)) == 2440587.5
+    assert datetime_to_jd(NOW) == 2461041.5
+    assert datetime_to_jd(dt.datetime(2000, 1, 1, 12)) == 2451545.0
 
 
 def test_instances_come_with_file_and_store(hand_db: Database) -> None:

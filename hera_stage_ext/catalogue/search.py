@@ -104,6 +104,7 @@ from sqlalchemy.orm import aliased, contains_eager
 
 from ..errors import SearchError
 from .models import Event, File, Instance, Observation, Session, Store, utcnow
+from .naming import datetime_to_jd
 
 __all__ = [
     "KINDS",
@@ -115,7 +116,6 @@ __all__ = [
     "SORTS",
     "SearchPage",
     "clause_names",
-    "julian_date",
     "parse_search",
     "run_search",
     "search_select",
@@ -136,8 +136,6 @@ MAX_STRING_LENGTH = 1024
 MAX_LIMIT = 10_000
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
-_UNIX_EPOCH = dt.datetime(1970, 1, 1)
-_JD_UNIX_EPOCH = 2440587.5
 
 
 class SearchPage(NamedTuple):
@@ -147,11 +145,6 @@ class SearchPage(NamedTuple):
     rows: list
     next_cursor: str | None
     total: int | None
-
-
-def julian_date(when: dt.datetime) -> float:
-    """The Julian date of a naive UTC datetime (unix seconds / 86400 + 2440587.5)."""
-    return (when - _UNIX_EPOCH).total_seconds() / 86400.0 + _JD_UNIX_EPOCH
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +255,7 @@ class _Ctx:
 
     @property
     def now_jd(self) -> float:
-        return julian_date(self.now)
+        return datetime_to_jd(self.now)
 
     def count_clause(self) -> None:
         self.clauses += 1
