@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,3 +103,41 @@ async def test_bad_requests(rpc, ingested, op, request_, code, words):
     got, reply = await rpc(op, request_)
     assert got == code
     assert reply["success"] is False and words in reply["message"]
+
+
+@pytest.fixture
+def staging_config(tmp_path) -> dict[str, Any]:
+    return {"owner": "hera", "job_log_dir": str(tmp_path / "logs"),
+            "worker_idle_exit_seconds": 5.0}
+
+
+async def test_stage_the_files_as_the_stock_script_does(rpc, ingested, jp_root_dir):
+    search = json.dumps({"name-matches": "zen.2457645.1%.xx.HH.uvh5"})
+    code, reply = await rpc("search", req(search=search, output_format="stage-the-files-json",
+                                          stage_user="hera", stage_dest="from-librarian"))
+    assert code == 200 and reply["success"], reply
+    dest = Path(reply["destination"])
+    assert dest == Path(jp_root_dir).resolve() / "from-librarian"
+    assert reply["n_instances"] == 6 and reply["n_bytes"] > 0
+    # librarian_stage_files.py --wait: poll until the in-progress marker goes away.
+    deadline = time.monotonic() + 60
+    while (dest / "STAGING-IN-PROGRESS").exists():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    assert (dest / "STAGING-SUCCEEDED").exists() and not (dest / "STAGING-ERRORS").exists()
+    assert len(list((dest / "2457645").iterdir())) == 6
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "words"),
+    [
+        ({"stage_user": "mallory", "stage_dest": "x"}, 403, "stages for 'hera' only"),
+        ({"stage_user": "hera", "stage_dest": "../../tmp"}, 403, "outside the allowed roots"),
+        ({"stage_dest": "x"}, 400, "stage_user"),
+    ],
+)
+async def test_stage_refusals(rpc, ingested, jp_root_dir, fields, code, words):
+    got, reply = await rpc("search", req(search='{"always-true": 1}',
+                                         output_format="stage-the-files-json", **fields))
+    assert got == code and reply["success"] is False and words in reply["message"]
+    assert not (Path(jp_root_dir) / "x").exists()

@@ -19,7 +19,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 
 from ..catalogue.search import parse_search
 from ..core import Core
-from ..errors import InvalidRequest, NotFound, StagingError
+from ..errors import Forbidden, InvalidRequest, NotFound, StagingError
 from .base import MAX_BODY_BYTES, BaseHandler
 
 LISTING_KINDS = {
@@ -28,6 +28,7 @@ LISTING_KINDS = {
     "obs-listing-json": "observations",
     "session-listing-json": "sessions",
 }
+STAGE_FORMAT = "stage-the-files-json"
 #: Rows fetched per page while collecting a Librarian listing.
 PAGE = 5000
 
@@ -64,15 +65,34 @@ def op_ping(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
     return {"message": "hello", "source": source}
 
 
+def _stage(core: Core, request: dict[str, Any], search: Any) -> dict[str, Any]:
+    """``stage-the-files-json``: launch a staging job; reply as v1 did."""
+    user, dest = request.get("stage_user"), request.get("stage_dest")
+    if not isinstance(user, str) or not isinstance(dest, str) or not dest:
+        raise InvalidRequest("staging needs 'stage_user' and 'stage_dest'")
+    if user != core.owner:
+        # v1 only checked that the user existed, so anyone could stage into anyone's space.
+        raise Forbidden(f"this server stages for {core.owner!r} only, not {user!r}")
+    names = core.names_matching(search)
+    if not names:
+        raise InvalidRequest("the search matches no file: nothing to stage")
+    job = core.stage(names, dest, search=search)
+    return {"destination": job["destination"], "n_instances": job["files_total"],
+            "n_bytes": job["bytes_total"], "job_id": job["id"]}
+
+
 def op_search(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
     output_format = request.get("output_format", "file-listing-json")
-    if output_format not in LISTING_KINDS:
+    if output_format not in LISTING_KINDS and output_format != STAGE_FORMAT:
         raise InvalidRequest(
-            f"unsupported output_format {output_format!r}; one of {', '.join(LISTING_KINDS)}"
+            f"unsupported output_format {output_format!r}; one of "
+            f"{', '.join([*LISTING_KINDS, STAGE_FORMAT])}"
         )
     if "search" not in request:
         raise InvalidRequest("the request has no 'search'")
     search = parse_search(request["search"])
+    if output_format == STAGE_FORMAT:
+        return _stage(core, request, search)
     kind = LISTING_KINDS[output_format]
     rows: list[dict[str, Any]] = []
     cursor = None
