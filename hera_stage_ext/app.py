@@ -9,13 +9,14 @@ the handlers themselves live in ``api/``.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Float, Int, List, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
 
 from . import __version__
 from .api.routes import handlers as api_handlers
@@ -134,6 +135,20 @@ class StagingApp(ExtensionApp):
         True, help="Make staged files read-only (they are immutable archive data)."
     ).tag(config=True)
 
+    service_log_file = Unicode(
+        help="""The service log: every staging request (accepted or refused) and what the
+        extension does. Default: service.log in job_log_dir. Empty string: no file."""
+    ).tag(config=True)
+
+    @default("service_log_file")
+    def _default_service_log_file(self) -> str:
+        return str(Path(self.job_log_dir) / "service.log")
+
+    service_log_level = Enum(
+        ["DEBUG", "INFO", "WARNING", "ERROR"], default_value="INFO",
+        help="Lowest level written to the service log.",
+    ).tag(config=True)
+
     owner = Unicode(
         help="""Who this server's staging jobs belong to. Default: $JUPYTERHUB_USER, else the
         system user running the server. Users sharing one catalogue see only their own jobs."""
@@ -156,7 +171,21 @@ class StagingApp(ExtensionApp):
                 raise ValueError(f"store {name!r}: kind must be 'online' or 'cold'")
         return proposal["value"]
 
+    def _open_service_log(self) -> None:
+        self._service_log_handler: logging.Handler | None = None
+        if not self.service_log_file:
+            return
+        Path(self.service_log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.service_log_file)
+        handler.setLevel(self.service_log_level)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("hera_stage_ext")
+        logger.setLevel(min(logger.level or logging.INFO, handler.level))
+        logger.addHandler(handler)
+        self._service_log_handler = handler
+
     def initialize_settings(self) -> None:
+        self._open_service_log()
         db = Database(self.db_url)
         db.upgrade()
         namer = ObservationNamer(self.obsid_pattern, self.site_longitude_deg,
@@ -206,3 +235,7 @@ class StagingApp(ExtensionApp):
         core = getattr(self, "core", None)
         if core is not None:
             core.close()
+        handler = getattr(self, "_service_log_handler", None)
+        if handler is not None:
+            logging.getLogger("hera_stage_ext").removeHandler(handler)
+            handler.close()

@@ -8,6 +8,8 @@ reports about itself) live here.
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +18,11 @@ from typing import Any
 from . import jobs
 from .catalogue.catalogue import Catalogue
 from .catalogue.ingest import Ingester
-from .errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthorized
 from .jobs.launcher import WorkerLauncher
+from .jobs.models import AuditEntry
+
+log = logging.getLogger("hera_stage_ext")
 
 #: Rows fetched per page when a search is resolved to the names a job will stage.
 _RESOLVE_PAGE = 10_000
@@ -95,21 +100,55 @@ class Core:
             if cursor is None:
                 return names
 
-    def stage(self, names: Sequence[str], destination: str, *, method: str = "copy",
-              search: Any = None, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
-        """Launch a staging job owned by this server's user (or, with ``dry_run``, say what it
-        would do). A relative destination is taken from the server's root directory."""
-        if dry_run:
-            return jobs.dry_run_stage(self.catalogue.db, names, destination, method,
-                                      self.allowed_roots, base=self.root_dir)
-        job = jobs.create_stage_job(
-            self.catalogue.db, self.owner, names, destination, method, self.allowed_roots,
-            base=self.root_dir, search=search, force=force, read_only=self.staged_read_only,
-            log_dir=self.job_log_dir,
-        )
-        if self.launcher is not None:
+    def stage(
+        self, destination: str, *, names: Sequence[str] | None = None, search: Any = None,
+        method: str = "copy", dry_run: bool = False, force: bool = False, via: str = "rest",
+        for_user: str | None = None,
+    ) -> dict[str, Any]:
+        """Launch a staging job of ``names``, or of what ``search`` matches now, owned by this
+        server's user (with ``dry_run``, only say what it would do). A relative destination is
+        taken from the server's root directory. ``for_user``, when a request names the user it
+        stages for, must be this server's owner. Every request is audited, refused ones too."""
+        asked = {"search": search} if names is None else {"names": list(names)[:100],
+                                                          "count": len(names)}
+        action = "dry-run" if dry_run else "stage"
+        try:
+            if for_user is not None and for_user != self.owner:
+                raise Forbidden(f"this server stages for {self.owner!r} only, not {for_user!r}")
+            if names is None:
+                names = self.names_matching(search)
+                if not names:
+                    raise InvalidRequest("the search matches no file: nothing to stage")
+            if dry_run:
+                result = jobs.dry_run_stage(self.catalogue.db, names, destination, method,
+                                            self.allowed_roots, base=self.root_dir)
+            else:
+                result = jobs.create_stage_job(
+                    self.catalogue.db, self.owner, names, destination, method,
+                    self.allowed_roots, base=self.root_dir, search=search, force=force,
+                    read_only=self.staged_read_only, log_dir=self.job_log_dir,
+                )
+        except StagingError as exc:
+            self._audit(via, for_user, action, destination, method, asked, "refused",
+                        exc.message)
+            raise
+        job_id = None if dry_run else result["id"]
+        self._audit(via, for_user, action, destination, method, asked, "accepted", "", job_id)
+        if job_id is not None and self.launcher is not None:
             self.launcher.ensure_running()
-        return job
+        return result
+
+    def _audit(self, via: str, for_user: str | None, action: str, destination: str, method: str,
+               asked: dict[str, Any], outcome: str, reason: str, job_id: int | None = None
+               ) -> None:
+        user = for_user or self.owner
+        log.info("audit: %s %s by %s via %s into %r (%s): %s%s%s", action, method, user, via,
+                 destination, _describe(asked), outcome, f" job {job_id}" if job_id else "",
+                 f": {reason}" if reason else "")
+        with self.catalogue.db.write() as s:
+            s.add(AuditEntry(via=via, user=user, action=action, destination=str(destination),
+                             method=str(method), request=asked, outcome=outcome,
+                             reason=reason, job_id=job_id))
 
     def list_jobs(self) -> list[dict[str, Any]]:
         return jobs.list_jobs(self.catalogue.db, self.owner)
@@ -140,3 +179,9 @@ class Core:
 
     def close(self) -> None:
         self.catalogue.db.dispose()
+
+
+def _describe(asked: dict[str, Any]) -> str:
+    if "names" in asked:
+        return f"{asked['count']} name(s)"
+    return "search " + json.dumps(asked["search"])[:200]

@@ -139,3 +139,25 @@ async def test_cli_stage_wait_and_jobs(cli, api, ingested, jp_root_dir):
     assert code == 0 and out.startswith("9 file(s)")
     code, out, err = await cli("stage", "../escape", "zen.*")
     assert code == 1 and "outside the allowed roots" in err
+
+
+async def test_every_request_is_audited_and_logged(api, ingested, jp_serverapp, staging_config):
+    from sqlalchemy import select
+
+    from hera_stage_ext.jobs.models import AuditEntry
+
+    await api("POST", "stage", {"names": THREE, "destination": "../../etc"})
+    await api("POST", "stage", {"names": THREE, "destination": "ok", "dry_run": True})
+    code, job = await api("POST", "stage", {"names": THREE, "destination": "ok"})
+    core = jp_serverapp.web_app.settings["hera_stage"]
+    with core.catalogue.db.read() as s:
+        rows = [(a.action, a.outcome, a.destination, a.job_id, a.reason, a.request)
+                for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert rows[0][:4] == ("stage", "refused", "../../etc", None)
+    assert "outside the allowed roots" in rows[0][4]
+    assert rows[1][:2] == ("dry-run", "accepted")
+    assert rows[2][:4] == ("stage", "accepted", "ok", job["id"])
+    assert rows[2][5] == {"names": THREE, "count": 3}
+    service_log = (Path(staging_config["job_log_dir"]) / "service.log").read_text()
+    assert "refused" in service_log and f"job {job['id']}" in service_log
+    await wait_for(api, job["id"])

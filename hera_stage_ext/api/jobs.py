@@ -59,14 +59,7 @@ class StageHandler(BaseHandler):
 
         def run() -> dict[str, Any]:
             request = stage_request(body)
-            names = request["names"]
-            if names is None:
-                names = self.core.names_matching(request["search"])
-                if not names:
-                    raise InvalidRequest("the search matches no file: nothing to stage")
-            return self.core.stage(names, request["destination"],
-                                   method=request["method"], search=request["search"],
-                                   dry_run=request["dry_run"], force=request["force"])
+            return self.core.stage(request.pop("destination"), **request)
 
         result = await self.call(run)
         self.reply(result, status=200 if body.get("dry_run") else 202)

@@ -78,3 +78,22 @@ class JobItem(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class AuditEntry(Base):
+    """One staging request as it arrived, accepted or refused: who, what, where, the outcome
+    and the reason (kept when the job itself is forgotten)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    via: Mapped[str] = mapped_column(String(16))  # "rest" | "librarian" | "skao"
+    user: Mapped[str] = mapped_column(String(256), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # "stage" | "dry-run"
+    destination: Mapped[str] = mapped_column(String(4096))  # as asked for
+    method: Mapped[str] = mapped_column(String(32))
+    request: Mapped[Any] = mapped_column(JSONType, nullable=True)  # the search or the names
+    outcome: Mapped[str] = mapped_column(String(16))  # "accepted" | "refused"
+    reason: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
