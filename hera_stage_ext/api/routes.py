@@ -21,9 +21,11 @@ from .handlers import (
 )
 from .jobs import JobCancelHandler, JobHandler, JobLogHandler, JobsHandler, StageHandler
 from .librarian import LibrarianRPCHandler
+from .skao import SkaoStageHandler
 
 API_PREFIX = "/hera-stage/api"
 LIBRARIAN_PREFIX = "/hera-stage/librarian/api"
+SKAO_PREFIX = "/hera-stage/skao"
 
 #: OpenAPI path template -> handler, under API_PREFIX.
 NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
@@ -49,4 +51,5 @@ def template_to_regex(template: str) -> str:
 def handlers() -> list[tuple[str, type[RequestHandler]]]:
     table = [(API_PREFIX + template_to_regex(t) + "$", h) for t, h in NATIVE_ROUTES.items()]
     table.append((LIBRARIAN_PREFIX + r"/(?P<operation>[^/]+)$", LibrarianRPCHandler))
+    table.append((SKAO_PREFIX + r"/stage_data$", SkaoStageHandler))
     return table

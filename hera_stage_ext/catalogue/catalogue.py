@@ -9,15 +9,17 @@ nothing; the same content again is a no-op.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from ..errors import Conflict, InvalidRequest, NotFound
+from ..paths import is_within
 from . import checksums as ck
 from . import search as search_language
 from .db import Database
@@ -55,6 +57,54 @@ class Registration:
     name: str
     created: bool  # a new file row
     instance_added: bool
+
+
+class _KnownFile(NamedTuple):
+    id: int | None  # None: created by the batch being registered
+    size: int
+    checksums: dict[str, str]
+
+
+@dataclass
+class _RegistrationPlan:
+    """What one ``register`` batch will write, decided before anything is written."""
+
+    known: dict[str, _KnownFile] = field(default_factory=dict)  # name -> row already stored
+    new: dict[str, FileSpec] = field(default_factory=dict)  # name -> the spec that creates it
+    new_known: dict[str, _KnownFile] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be created
+    files: list[dict[str, Any]] = field(default_factory=list)  # rows of table file
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    sessions: dict[int, list[Any]] = field(default_factory=dict)  # id -> [start, stop, old, dirty]
+
+
+#: Values per ``IN (...)`` list (SQLite allows 32,766 bound values per statement).
+_IN_CHUNK = 5_000
+
+
+def _insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(table), rows)
+
+
+def _select_in(s: DbSession, stmt: Select, column: Any, values: Iterable[Any]) -> list[Any]:
+    """The rows of ``stmt`` restricted to ``column IN values`` (queried in chunks).
+
+    On PostgreSQL the values are rendered into the SQL text. With bound parameters every batch
+    sends the same text, which psycopg turns into a server-side prepared statement after five
+    runs; PostgreSQL then keeps the generic plan it chose while the tables were nearly empty (a
+    sequential scan) until the next ANALYZE, and a fresh catalogue's first ingest minute ran at
+    a few hundred files/s, slowing as the tables grew. Literal values get a plan per batch.
+    """
+    values = list(values)
+    literal = s.get_bind().dialect.name == "postgresql"
+    rows: list[Any] = []
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        if literal:
+            chunk = bindparam("values", chunk, expanding=True, literal_execute=True)
+        rows.extend(s.execute(stmt.where(column.in_(chunk))))
+    return rows
 
 
 class Catalogue:
@@ -108,6 +158,11 @@ class Catalogue:
 
         Raises Conflict, leaving the catalogue unchanged, when any name is known with other
         content or any store path already holds another file.
+
+        Bulk by design (ingest calls it with hundreds of files): one query each fetches the
+        batch's known files, observations, sessions and store paths, every check runs in the
+        order of ``specs`` before anything is written, and the new rows go in with one
+        multi-row INSERT per table.
         """
         if store is not None and (paths is None or len(paths) != len(specs)):
             raise InvalidRequest("register: one path per file is needed with a store")
@@ -121,31 +176,65 @@ class Catalogue:
         with self.db.write() as s:
             store_row = None
             if store is not None:
-                store_row = s.scalar(select(Store).where(Store.name == store))
+                store_row = s.execute(
+                    select(Store.id, Store.name).where(Store.name == store)
+                ).first()
                 if store_row is None:
                     raise NotFound(f"no store named {store!r}")
-            known = {
-                f.name: f
-                for f in s.scalars(select(File).where(File.name.in_([sp.name for sp in specs])))
+            plan = _RegistrationPlan()
+            plan.known = {
+                row.name: _KnownFile(row.id, row.size, row.checksums)
+                for row in _select_in(
+                    s, select(File.id, File.name, File.size, File.checksums), File.name,
+                    {sp.name for sp in specs},
+                )
             }
+            self._plan_new_files(s, specs, plan)
+            if store_row is not None:
+                assert paths is not None
+                held = {
+                    row.path: row.file_id
+                    for row in _select_in(
+                        s,
+                        select(Instance.path, Instance.file_id).where(
+                            Instance.store_id == store_row.id
+                        ),
+                        Instance.path,
+                        set(paths),
+                    )
+                }
+            # Every check, in the order of the batch, before anything is written.
+            added_paths: dict[str, str] = {}  # path -> name, for instances added by this batch
             results = []
             for i, spec in enumerate(specs):
-                file = known.get(spec.name)
-                created = file is None
-                if file is None:
-                    file = self._new_file(s, spec)
-                    known[spec.name] = file
-                else:
-                    self._check_same_content(file, spec)
+                created = spec.name in plan.new and plan.new[spec.name] is spec
+                if created and spec.name in plan.invalid:
+                    raise InvalidRequest(plan.invalid[spec.name])
+                if not created:
+                    known = plan.known.get(spec.name) or plan.new_known[spec.name]
+                    self._check_same_content(known, spec)
                 added = False
                 if store_row is not None:
                     assert paths is not None
-                    added = self._add_instance(s, file, store_row, paths[i])
+                    path = paths[i]
+                    owner = added_paths.get(path)
+                    if owner is None and path in held:
+                        known = plan.known.get(spec.name)
+                        if known is None or held[path] != known.id:
+                            raise Conflict(f"{store_row.name}:{path} already holds another file",
+                                           name=spec.name)
+                    elif owner is not None and owner != spec.name:
+                        raise Conflict(f"{store_row.name}:{path} already holds another file",
+                                       name=spec.name)
+                    elif owner is None:
+                        added_paths[path] = spec.name
+                        added = True
                 results.append(Registration(spec.name, created, added))
+            self._write_registration(s, plan, store_row, added_paths)
             return results
 
     @staticmethod
-    def _check_same_content(file: File, spec: FileSpec) -> None:
+    def _check_same_content(file: File | _KnownFile, spec: FileSpec) -> None:
         if file.size != spec.size or not ck.compare(file.checksums, spec.checksums):
             raise Conflict(
                 f"{spec.name!r} is already registered with other content "
@@ -153,58 +242,114 @@ class Catalogue:
                 name=spec.name,
             )
 
-    def _new_file(self, s: DbSession, spec: FileSpec) -> File:
-        obs = spec.observation or self.namer.observation_of(spec.name)
-        obsid = spec.obsid if spec.obsid is not None else (obs.obsid if obs else None)
-        if obs is not None and obsid == obs.obsid:
-            self._ensure_observation(s, obs)
-        elif obsid is not None and s.get(Observation, obsid) is None:
-            raise InvalidRequest(f"{spec.name}: unknown obsid {obsid}")
-        file = File(
-            name=spec.name,
-            type=file_type(spec.name),
-            size=spec.size,
-            is_directory=spec.is_directory,
-            checksums=spec.checksums,
-            create_time=spec.create_time or utcnow(),
-            obsid=obsid,
-            source=spec.source,
-            meta=spec.meta,
-        )
-        s.add(file)
-        s.flush()
-        s.add(Event(file_id=file.id, type="file-registered", payload={"source": spec.source}))
-        return file
-
-    @staticmethod
-    def _ensure_observation(s: DbSession, obs: ObservationInfo) -> None:
-        if s.get(Observation, obs.obsid) is not None:
+    def _plan_new_files(
+        self, s: DbSession, specs: Sequence[FileSpec], plan: _RegistrationPlan
+    ) -> None:
+        """Decide the rows of the batch's new files, observations and sessions (in order: the
+        first spec of a new name creates it, an obsid must exist or be created earlier)."""
+        fresh: list[tuple[FileSpec, ObservationInfo | None]] = []
+        for spec in specs:
+            if spec.name in plan.known or spec.name in plan.new:
+                continue
+            plan.new[spec.name] = spec
+            plan.new_known[spec.name] = _KnownFile(None, spec.size, spec.checksums)
+            fresh.append((spec, spec.observation or self.namer.observation_of(spec.name)))
+        if not fresh:
             return
-        session = s.get(Session, obs.session_id)
-        if session is None:
-            s.add(Session(id=obs.session_id, start_time_jd=obs.start_time_jd,
-                          stop_time_jd=obs.stop_time_jd))
-        else:
-            session.start_time_jd = min(session.start_time_jd, obs.start_time_jd)
-            session.stop_time_jd = max(session.stop_time_jd, obs.stop_time_jd)
-        s.add(Observation(obsid=obs.obsid, start_time_jd=obs.start_time_jd,
-                          stop_time_jd=obs.stop_time_jd, start_lst_hr=obs.start_lst_hr,
-                          session_id=obs.session_id))
-        s.flush()
+        wanted = {obs.obsid for _, obs in fresh if obs is not None}
+        wanted |= {sp.obsid for sp, _ in fresh if sp.obsid is not None}
+        existing_obs = {
+            row.obsid for row in _select_in(s, select(Observation.obsid), Observation.obsid, wanted)
+        }
+        session_ids = {obs.session_id for _, obs in fresh if obs is not None}
+        sessions = {
+            row.id: [row.start_time_jd, row.stop_time_jd, True, False]  # start, stop, old, dirty
+            for row in _select_in(
+                s, select(Session.id, Session.start_time_jd, Session.stop_time_jd), Session.id,
+                session_ids,
+            )
+        }
+        now = utcnow()
+        for spec, obs in fresh:
+            obsid = spec.obsid if spec.obsid is not None else (obs.obsid if obs else None)
+            if obs is not None and obsid == obs.obsid:
+                if obs.obsid not in existing_obs:
+                    existing_obs.add(obs.obsid)
+                    session = sessions.get(obs.session_id)
+                    if session is None:
+                        sessions[obs.session_id] = [obs.start_time_jd, obs.stop_time_jd, False,
+                                                    False]
+                    else:
+                        session[0] = min(session[0], obs.start_time_jd)
+                        session[1] = max(session[1], obs.stop_time_jd)
+                        session[3] = True
+                    plan.observations.append({
+                        "obsid": obs.obsid, "start_time_jd": obs.start_time_jd,
+                        "stop_time_jd": obs.stop_time_jd, "start_lst_hr": obs.start_lst_hr,
+                        "session_id": obs.session_id,
+                    })
+            elif obsid is not None and obsid not in existing_obs:
+                # Raised by ``register`` in batch order, after the checks of earlier files.
+                plan.invalid[spec.name] = f"{spec.name}: unknown obsid {obsid}"
+                continue
+            plan.files.append({
+                "name": spec.name, "type": file_type(spec.name), "size": spec.size,
+                "is_directory": spec.is_directory, "checksums": spec.checksums,
+                "create_time": spec.create_time or now, "obsid": obsid, "source": spec.source,
+                "metadata": spec.meta,
+            })
+        plan.sessions = sessions
 
     @staticmethod
-    def _add_instance(s: DbSession, file: File, store: Store, path: str) -> bool:
-        existing = s.scalar(
-            select(Instance).where(Instance.store_id == store.id, Instance.path == path)
-        )
-        if existing is not None:
-            if existing.file_id != file.id:
-                raise Conflict(f"{store.name}:{path} already holds another file", name=file.name)
-            return False
-        s.add(Instance(file_id=file.id, store_id=store.id, path=path))
-        s.add(Event(file_id=file.id, type="instance-added",
-                    payload={"store": store.name, "path": path}))
-        return True
+    def _write_registration(
+        s: DbSession, plan: _RegistrationPlan, store_row: Any, added_paths: dict[str, str]
+    ) -> None:
+        conn = s.connection()
+        new_sessions = [
+            {"id": sid, "start_time_jd": v[0], "stop_time_jd": v[1]}
+            for sid, v in plan.sessions.items() if not v[2]
+        ]
+        if new_sessions:
+            _insert_rows(conn, Session.__table__, new_sessions)
+        changed = [
+            {"sid": sid, "start": v[0], "stop": v[1]}
+            for sid, v in plan.sessions.items() if v[2] and v[3]
+        ]
+        if changed:
+            table = Session.__table__
+            conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("sid"))
+                .values(start_time_jd=bindparam("start"), stop_time_jd=bindparam("stop")),
+                changed,
+            )
+        if plan.observations:
+            _insert_rows(conn, Observation.__table__, plan.observations)
+        now = utcnow()
+        ids = {name: known.id for name, known in plan.known.items()}
+        if plan.files:
+            table = File.__table__
+            rows = conn.execute(
+                insert(table).returning(table.c.id, table.c.name),
+                plan.files,
+            )
+            ids.update({row.name: row.id for row in rows})
+            _insert_rows(conn, Event.__table__, [
+                {"file_id": ids[f["name"]], "type": "file-registered", "time": now,
+                 "payload": {"source": f["source"]}}
+                for f in plan.files
+            ])
+        if added_paths:
+            _insert_rows(conn, Instance.__table__, [
+                {"file_id": ids[name], "store_id": store_row.id, "path": path,
+                 "available": True, "deletion_policy": "disallowed", "create_time": now}
+                for path, name in added_paths.items()
+            ])
+            _insert_rows(conn, Event.__table__, [
+                {"file_id": ids[name], "type": "instance-added", "time": now,
+                 "payload": {"store": store_row.name, "path": path}}
+                for path, name in added_paths.items()
+            ])
 
     def known_instances(self, store: str, paths: Iterable[str]) -> dict[str, int]:
         """Of ``paths`` on ``store``, those already registered, with their file's size."""
@@ -219,7 +364,7 @@ class Catalogue:
                     .join(Store, Instance.store_id == Store.id)
                     .where(Store.name == store, Instance.path.in_(chunk))
                 )
-                out.update(dict(rows.tuples().all()))
+                out.update({path: size for path, size in rows})
         return out
 
     # ----- lookups ------------------------------------------------------------------------
@@ -262,6 +407,25 @@ class Catalogue:
                     raise NotFound(f"no file named {name!r}")
                 raise NotFound(f"file {name!r} has no available instance")
             return instance_json(instance)
+
+    def file_at(self, full_path: str) -> str:
+        """The name of the file whose instance lies at ``full_path`` on some store (the path
+        resolved through symlinks and confined to that store's root)."""
+        real = os.path.realpath(full_path)
+        with self.db.read() as s:
+            for store in s.scalars(select(Store).where(Store.available)):
+                root = os.path.realpath(store.path)
+                if not is_within(real, root):
+                    continue
+                name = s.scalar(
+                    select(File.name)
+                    .join(Instance, Instance.file_id == File.id)
+                    .where(Instance.store_id == store.id,
+                           Instance.path == os.path.relpath(real, root))
+                )
+                if name is not None:
+                    return name
+        raise NotFound(f"{full_path!r} is not a file of any available store's catalogue")
 
     def add_event(self, name: str, type_: str, payload: dict[str, Any]) -> None:
         with self.db.write() as s:
