@@ -19,6 +19,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
 
 from . import __version__
+from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier
 from .api.routes import handlers as api_handlers
 from .catalogue.catalogue import Catalogue
 from .catalogue.db import Database, default_sqlite_url
@@ -158,6 +159,10 @@ class StagingApp(ExtensionApp):
     def _default_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
 
+    progress_interval_seconds = Float(
+        1.0, help="How often job progress is read and pushed on the event bus."
+    ).tag(config=True)
+
     max_stage_files = Int(
         1_000_000, help="Most files one staging job may take (a search resolved at launch)."
     ).tag(config=True)
@@ -185,6 +190,7 @@ class StagingApp(ExtensionApp):
         self._service_log_handler = handler
 
     def initialize_settings(self) -> None:
+        self.serverapp.event_logger.register_event_schema(JOB_PROGRESS_SCHEMA)
         self._open_service_log()
         db = Database(self.db_url)
         db.upgrade()
@@ -224,6 +230,9 @@ class StagingApp(ExtensionApp):
         )
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+        self.notifier = JobProgressNotifier(self.core, self.serverapp.event_logger,
+                                            self.progress_interval_seconds)
+        self.notifier.start()
         resumed = self.core.resume_jobs()
         if resumed:
             self.log.info("hera_stage_ext: unfinished staging jobs %s are being resumed", resumed)
@@ -232,6 +241,9 @@ class StagingApp(ExtensionApp):
         self.handlers.extend(api_handlers())
 
     async def stop_extension(self) -> None:
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.stop()
         core = getattr(self, "core", None)
         if core is not None:
             core.close()

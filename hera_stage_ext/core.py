@@ -7,6 +7,7 @@ reports about itself) live here.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 import logging
@@ -18,6 +19,7 @@ from typing import Any
 from . import jobs
 from .catalogue.catalogue import Catalogue
 from .catalogue.ingest import Ingester
+from .catalogue.models import utcnow
 from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthorized
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
@@ -152,6 +154,12 @@ class Core:
 
     def list_jobs(self) -> list[dict[str, Any]]:
         return jobs.list_jobs(self.catalogue.db, self.owner)
+
+    def active_or_recent_jobs(self, within_s: float = 60.0) -> list[dict[str, Any]]:
+        """This user's unfinished jobs and those that finished in the last ``within_s``."""
+        since = (utcnow() - dt.timedelta(seconds=within_s)).isoformat() + "Z"
+        return [job for job in jobs.list_jobs(self.catalogue.db, self.owner, limit=50)
+                if job["finished_at"] is None or job["finished_at"] >= since]
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = jobs.get_job(self.catalogue.db, job_id)

@@ -80,3 +80,11 @@ def ingested(api: ApiCall, jp_asyncio_loop) -> dict[str, Any]:
         return reports
 
     return jp_asyncio_loop.run_until_complete(ingest())
+
+
+@pytest.fixture
+def started(jp_serverapp, jp_asyncio_loop):
+    """Run the extensions' start hooks (pytest-jupyter initialises the server but does not
+    start it): job resumption and the progress notifier begin here, as in a real server."""
+    jp_asyncio_loop.run_until_complete(jp_serverapp.extension_manager.start_all_extensions())
+    return jp_serverapp

@@ -161,3 +161,43 @@ async def test_every_request_is_audited_and_logged(api, ingested, jp_serverapp, 
     service_log = (Path(staging_config["job_log_dir"]) / "service.log").read_text()
     assert "refused" in service_log and f"job {job['id']}" in service_log
     await wait_for(api, job["id"])
+
+
+async def test_progress_is_pushed_on_the_event_bus(api, ingested, started):
+    from hera_stage_ext.api.events import JOB_PROGRESS_SCHEMA_ID
+
+    events: list[dict[str, Any]] = []
+
+    async def listener(logger, schema_id: str, data: dict[str, Any]) -> None:
+        events.append(data)
+
+    started.event_logger.add_listener(schema_id=JOB_PROGRESS_SCHEMA_ID, listener=listener)
+    code, job = await api("POST", "stage", {"query": "zen.*", "destination": "pushed"})
+    assert code == 202
+    await wait_for(api, job["id"])
+    deadline = time.monotonic() + 10
+    while not any(e["state"] == "succeeded" for e in events):
+        assert time.monotonic() < deadline, events
+        await asyncio.sleep(0.2)
+    mine = [e for e in events if e["id"] == job["id"]]
+    done = [e["files_done"] for e in mine]
+    assert done == sorted(done) and done[-1] == job["files_total"] == 28
+    assert mine[-1]["bytes_done"] == mine[-1]["bytes_total"]
+
+
+async def test_unfinished_jobs_resume_when_the_server_starts(api, ingested, jp_serverapp,
+                                                             jp_asyncio_loop, jp_root_dir):
+    from hera_stage_ext import jobs
+
+    core = jp_serverapp.web_app.settings["hera_stage"]
+    # A job accepted while no worker ran (say, the server was culled right after): nothing
+    # moves it until the extension starts and resumes it.
+    job = jobs.create_stage_job(core.catalogue.db, core.owner, THREE, "resumed",
+                                allowed_roots=core.allowed_roots, base=core.root_dir,
+                                log_dir=core.job_log_dir)
+    await asyncio.sleep(1)
+    assert (await api("GET", f"jobs/{job['id']}"))[1]["state"] == "queued"
+    await jp_serverapp.extension_manager.start_all_extensions()
+    job = await wait_for(api, job["id"])
+    assert job["state"] == "succeeded"
+    assert len(list((Path(jp_root_dir) / "resumed" / "2457645").iterdir())) == 3

@@ -1,0 +1,84 @@
+"""Job progress pushed on Jupyter's event bus, so the panel and widgets need not poll hard.
+
+Jobs run in a worker process, so the server learns of progress from the database: once a second
+(only while this server's user has unfinished jobs, or one just finished) it reads their rows and
+emits one event per job whose progress or state changed. Browsers read the events from
+``app.serviceManager.events.stream``; REST polling stays the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from jupyter_events import EventLogger
+from tornado.ioloop import PeriodicCallback
+
+from ..core import Core
+
+log = logging.getLogger("hera_stage_ext")
+
+JOB_PROGRESS_SCHEMA_ID = "https://github.com/hera-stage-ext/events/job-progress"
+JOB_PROGRESS_SCHEMA: dict[str, Any] = {
+    "$id": JOB_PROGRESS_SCHEMA_ID,
+    "version": "1",
+    "title": "hera_stage_ext job progress",
+    "description": "A staging job changed state or made progress.",
+    "type": "object",
+    "required": ["id", "state", "files_total", "files_done", "bytes_total", "bytes_done"],
+    "properties": {
+        "id": {"type": "integer"},
+        "kind": {"type": "string"},
+        "state": {"type": "string"},
+        "destination": {"type": "string"},
+        "files_total": {"type": "integer"},
+        "files_done": {"type": "integer"},
+        "files_failed": {"type": "integer"},
+        "files_skipped": {"type": "integer"},
+        "bytes_total": {"type": "integer"},
+        "bytes_done": {"type": "integer"},
+        "rate_bytes_per_s": {"type": ["number", "null"]},
+        "eta_s": {"type": ["number", "null"]},
+    },
+}
+_FIELDS = tuple(JOB_PROGRESS_SCHEMA["properties"])
+_CHANGES = ("state", "files_done", "files_failed", "files_skipped", "bytes_done")
+
+
+class JobProgressNotifier:
+    def __init__(self, core: Core, event_logger: EventLogger, interval_s: float = 1.0) -> None:
+        self.core = core
+        self.event_logger = event_logger
+        self._seen: dict[int, tuple[Any, ...]] = {}
+        self._callback = PeriodicCallback(self._tick, interval_s * 1000)
+        self._busy = False
+
+    def start(self) -> None:
+        self._callback.start()
+
+    def stop(self) -> None:
+        self._callback.stop()
+
+    async def _tick(self) -> None:
+        if self._busy:  # a slow database must not pile up ticks
+            return
+        self._busy = True
+        try:
+            jobs = await asyncio.get_running_loop().run_in_executor(None, self._changed_jobs)
+            for job in jobs:
+                self.event_logger.emit(schema_id=JOB_PROGRESS_SCHEMA_ID,
+                                       data={k: job[k] for k in _FIELDS if k in job})
+        except Exception:  # the notifier must outlive a database hiccup
+            log.exception("job progress notifier")
+        finally:
+            self._busy = False
+
+    def _changed_jobs(self) -> list[dict[str, Any]]:
+        changed = []
+        for job in self.core.active_or_recent_jobs():
+            key = tuple(job[k] for k in _CHANGES)
+            if self._seen.get(job["id"]) != key:
+                self._seen[job["id"]] = key
+                changed.append(job)
+        return changed
