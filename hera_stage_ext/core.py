@@ -172,6 +172,20 @@ class Core:
         self.job(job_id)
         return jobs.cancel_job(self.catalogue.db, job_id)
 
+    def retry(self, job_id: int, force: bool = False) -> dict[str, Any]:
+        """Queue again what a finished job did not stage (its failed and unfinished files)."""
+        self.job(job_id)
+        result = jobs.retry_job(self.catalogue.db, job_id, force=force,
+                                       allowed_roots=self.allowed_roots, actor=self.owner)
+        if self.launcher is not None:
+            self.launcher.ensure_running()
+        return result
+
+    def forget(self, job_id: int) -> dict[str, Any]:
+        """Delete a finished job and its log (not what it staged)."""
+        self.job(job_id)
+        return jobs.forget_job(self.catalogue.db, job_id)
+
     def job_log(self, job_id: int, offset: int) -> dict[str, Any]:
         text, next_offset = jobs.read_log(self.job(job_id), offset)
         return {"text": text, "next_offset": next_offset}

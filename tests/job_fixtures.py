@@ -3,10 +3,17 @@ workspace (the allowed root) and a log directory; helpers to list and hash what 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from hera_stage_ext.catalogue.catalogue import Catalogue
 from hera_stage_ext.catalogue.db import Database
@@ -91,3 +98,92 @@ def tree(path: Path) -> list[str]:
 
 def temp_files(path: Path) -> list[str]:
     return [p for p in tree(path) if p.endswith(".hera-tmp")]
+
+
+# ----- helpers for fault tests: real worker processes, real small file systems ----------------
+def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):
+    """Poll ``predicate`` until it returns something true; that value, or AssertionError."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
+
+
+def start_worker(db_url: str, delay: float = 0.0, *, prefix: Sequence[str] = (),
+                 extra: Sequence[str] = ()) -> subprocess.Popen:
+    """A real worker process (``prefix`` runs it under another identity, e.g. ``setpriv``);
+    ``delay`` is the test throttle slept after every 64 KiB chunk."""
+    env = {**os.environ, "HERA_STAGE_TEST_CHUNK_DELAY": str(delay)}
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "hera_stage_ext.jobs.worker", "--db-url", db_url,
+         "--streams", "2", "--chunk-size", str(64 * 1024), "--heartbeat", "0.2",
+         "--lease", "60", "--poll", "0.1", "--no-fsync", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def stop_worker(worker: subprocess.Popen) -> str:
+    """SIGTERM, wait, SIGKILL if it lingers; returns what it printed."""
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+    return worker.stdout.read().decode(errors="replace") if worker.stdout else ""
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size_mib: int = 2) -> Iterator[str]:
+    """Mount a real file system of ``size_mib`` MiB at ``path`` (a tmpfs; else a loop-mounted
+    ext4 image); yields its kind and unmounts afterwards. Skips when this host allows neither
+    (mounting needs root or CAP_SYS_ADMIN)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tried = _run("mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(path))
+    kind = "tmpfs" if tried.returncode == 0 else None
+    why = tried.stderr.strip()
+    if kind is None and shutil.which("mkfs.ext4"):
+        image = path.with_name(path.name + ".ext4")
+        made = _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image), f"{size_mib + 1}M")
+        looped = _run("mount", "-o", "loop", str(image), str(path)) if made.returncode == 0 \
+            else made
+        kind = "ext4" if looped.returncode == 0 else None
+        why += "; " + looped.stderr.strip()
+    if kind is None:
+        pytest.skip(f"cannot mount a small file system here (needs root): {why}")
+    try:
+        yield kind
+    finally:
+        if _run("umount", str(path)).returncode != 0:
+            _run("umount", "-l", str(path))
+
+
+def grow_filesystem(path: Path, size_mib: int) -> bool:
+    """Make a tmpfs from ``small_filesystem`` bigger (the user freed or got more space)."""
+    return _run("mount", "-o", f"remount,size={size_mib}m", str(path)).returncode == 0
+
+
+def unprivileged_prefix() -> list[str] | None:
+    """A command prefix under which file permission bits apply to the process: nothing when
+    not root; as root, ``setpriv`` dropping the capabilities that let root ignore them (the
+    process keeps uid 0, so it still owns, reads and writes its own files, database included).
+    None when this host has no way."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        return None
+    caps = "-dac_override,-dac_read_search,-fowner,-linux_immutable"
+    probe = _run("setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--",
+                 sys.executable, "-c", "pass")
+    if probe.returncode != 0:  # e.g. a container that may not change its bounding set
+        return None
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]

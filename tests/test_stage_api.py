@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from .api_fixtures import *  # noqa: F403
@@ -201,3 +202,49 @@ async def test_unfinished_jobs_resume_when_the_server_starts(api, ingested, jp_s
     job = await wait_for(api, job["id"])
     assert job["state"] == "succeeded"
     assert len(list((Path(jp_root_dir) / "resumed" / "2457645").iterdir())) == 3
+
+
+async def test_retry_and_forget_through_rest(api, ingested, jp_root_dir, staging_config):
+    dest = Path(jp_root_dir) / "again"
+    night = dest / "2457645"
+    night.mkdir(parents=True)
+    (night / THREE[0]).write_bytes(b"not the catalogue's bytes")  # a per-file conflict
+    code, job = await api("POST", "stage", {"names": THREE, "destination": "again"})
+    assert code == 202
+    code, reply = await api("DELETE", f"jobs/{job['id']}")
+    if code == 409:  # still active: refused, nothing deleted
+        assert reply["job_id"] == job["id"]
+    job = await wait_for(api, job["id"])
+    assert job["state"] == "failed" and job["files_failed"] == 1
+    staged = night / THREE[1]
+    inode = staged.stat().st_ino
+
+    (night / THREE[0]).unlink()  # the user clears the conflict
+    code, again = await api("POST", f"jobs/{job['id']}/retry", {})
+    assert code == 202 and again["state"] in ("queued", "running", "succeeded"), again
+    _, doc = await api("GET", "openapi.json")
+    check = lambda value, schema: jsonschema.validate(  # noqa: E731
+        value, {**doc, **schema}, cls=jsonschema.Draft202012Validator)
+    check(again, doc["paths"]["/jobs/{job_id}/retry"]["post"]["responses"]["202"]["content"]
+          ["application/json"]["schema"])
+    job = await wait_for(api, job["id"])
+    assert job["state"] == "succeeded" and job["files_done"] == 3
+    assert staged.stat().st_ino == inode  # staged before: not copied again
+    code, reply = await api("POST", f"jobs/{job['id']}/retry")
+    assert code == 400 and "nothing to retry" in reply["message"]
+
+    log_path = job["log_path"]
+    assert os.path.exists(log_path)
+    code, reply = await api("DELETE", f"jobs/{job['id']}")
+    assert (code, reply) == (200, {"deleted": job["id"]})
+    check(reply, doc["paths"]["/jobs/{job_id}"]["delete"]["responses"]["200"]["content"]
+          ["application/json"]["schema"])
+    assert not os.path.exists(log_path) and (night / THREE[0]).exists()
+    for method, path in (("GET", f"jobs/{job['id']}"), ("DELETE", f"jobs/{job['id']}"),
+                         ("POST", f"jobs/{job['id']}/retry")):
+        code, reply = await api(method, path)
+        assert code == 404, (method, path, reply)
+    code, reply = await api("POST", "jobs/x/retry")
+    assert code == 400
+    code, jobs = await api("GET", "jobs")
+    assert jobs["jobs"] == []

@@ -84,12 +84,25 @@ class JobHandler(BaseHandler):
     async def get(self, job_id: str) -> None:
         self.reply(await self.call(self.core.job, _job_id(job_id)))
 
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str) -> None:
+        self.reply(await self.call(self.core.forget, _job_id(job_id)))
+
 
 class JobCancelHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
         self.reply(await self.call(self.core.cancel, _job_id(job_id)))
+
+
+class JobRetryHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        force = _bool(self.body_json(), "force")
+        self.reply(await self.call(self.core.retry, _job_id(job_id), force), status=202)
 
 
 class JobLogHandler(BaseHandler):

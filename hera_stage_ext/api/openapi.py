@@ -339,15 +339,42 @@ def openapi_document(version: str) -> dict[str, Any]:
                     **_errors(403),
                 },
             }},
-            "/jobs/{job_id}": {"get": {
-                "summary": "One job with its progress",
-                "parameters": [JOB_PARAMETER],
-                "responses": {"200": _json(ref("Job"), "The job"), **_errors(400, 403, 404)},
-            }},
+            "/jobs/{job_id}": {
+                "get": {
+                    "summary": "One job with its progress",
+                    "parameters": [JOB_PARAMETER],
+                    "responses": {"200": _json(ref("Job"), "The job"), **_errors(400, 403, 404)},
+                },
+                "delete": {
+                    "summary": "Forget a finished job: its record and its log (not the files "
+                               "it staged)",
+                    "parameters": [JOB_PARAMETER],
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["deleted"],
+                                      "properties": {"deleted": {"type": "integer"}}},
+                                     "The id of the job forgotten"),
+                        **_errors(400, 403, 404, 409),
+                    },
+                },
+            },
             "/jobs/{job_id}/cancel": {"post": {
                 "summary": "Cancel a job (its worker stops within seconds)",
                 "parameters": [JOB_PARAMETER],
                 "responses": {"200": _json(ref("Job"), "The job"), **_errors(400, 403, 404)},
+            }},
+            "/jobs/{job_id}/retry": {"post": {
+                "summary": "Queue again the files a finished job did not stage (failed, "
+                           "unfinished, or missing then and available now); files staged "
+                           "already are not copied again",
+                "parameters": [JOB_PARAMETER],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"force": {
+                        "type": "boolean", "description": "retry even if the free space "
+                                                          "looks too small"}}}}}},
+                "responses": {
+                    "202": _json(ref("Job"), "The job, queued again"),
+                    **_errors(400, 403, 404, 409, 507),
+                },
             }},
             "/jobs/{job_id}/log": {"get": {
                 "summary": "The job's log from a byte offset (whole lines)",

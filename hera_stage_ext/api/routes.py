@@ -19,7 +19,14 @@ from .handlers import (
     StatusHandler,
     StoresHandler,
 )
-from .jobs import JobCancelHandler, JobHandler, JobLogHandler, JobsHandler, StageHandler
+from .jobs import (
+    JobCancelHandler,
+    JobHandler,
+    JobLogHandler,
+    JobRetryHandler,
+    JobsHandler,
+    StageHandler,
+)
 from .librarian import LibrarianRPCHandler
 from .skao import SkaoStageHandler
 
@@ -39,6 +46,7 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/jobs": JobsHandler,
     "/jobs/{job_id}": JobHandler,
     "/jobs/{job_id}/cancel": JobCancelHandler,
+    "/jobs/{job_id}/retry": JobRetryHandler,
     "/jobs/{job_id}/log": JobLogHandler,
     "/openapi.json": OpenAPIHandler,
 }

@@ -12,6 +12,7 @@ from .engine import (
     active_job_ids,
     EngineConfig,
     cancel_job,
+    forget_job,
     create_stage_job,
     dry_run_stage,
     get_job,
@@ -19,6 +20,7 @@ from .engine import (
     list_jobs,
     read_log,
     reconcile,
+    retry_job,
     run_pending,
 )
 from .methods import METHODS
@@ -28,6 +30,7 @@ __all__ = [
     "EngineConfig",
     "METHODS",
     "cancel_job",
+    "forget_job",
     "create_stage_job",
     "dry_run_stage",
     "get_job",
@@ -35,5 +38,6 @@ __all__ = [
     "list_jobs",
     "read_log",
     "reconcile",
+    "retry_job",
     "run_pending",
 ]

@@ -13,7 +13,9 @@ again. Every state change is a short transaction; the database is the truth.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import os
 import shutil
 import socket
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..catalogue.db import Database
@@ -233,7 +235,14 @@ def plan_stage(
     dest = confine(destination, allowed_roots, base=base, what="destination")
     if dest.exists() and not dest.is_dir():
         raise InvalidRequest(f"destination {destination!r} exists and is not a directory")
-    names = _names(names_or_rows)
+    items, missing, total = _resolve(db, _names(names_or_rows))
+    needed = total if method in ("copy", "reflink") else 0
+    return StagePlan(dest, method, items, missing, total, needed, _free_bytes(dest))
+
+
+def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str], int]:
+    """The instance each name is staged from (the first available one on an online store, by
+    store name): ``(items, missing names, total bytes)``."""
     chosen: dict[str, Any] = {}
     query = (
         select(File.name, File.size, File.is_directory, File.checksums, Instance.path,
@@ -261,8 +270,7 @@ def plan_stage(
                       "checksums": dict(sums or {}), "dest_path": rel,
                       "source_path": os.path.join(store_path, inst_path)})
         total += size
-    needed = total if method in ("copy", "reflink") else 0
-    return StagePlan(dest, method, items, missing, total, needed, _free_bytes(dest))
+    return items, missing, total
 
 
 def dry_run_stage(
@@ -393,6 +401,7 @@ class _Claimed:
     is_directory: bool
     checksums: dict[str, str]
     attempts: int
+    store: str = ""
 
 
 def _claim_items(db: Database, job_id: int, worker_id: str, n: int) -> list[_Claimed]:
@@ -406,7 +415,7 @@ def _claim_items(db: Database, job_id: int, worker_id: str, n: int) -> list[_Cla
                   .values(state="running", worker_id=worker_id, attempts=JobItem.attempts + 1))
         rows = s.execute(select(JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path,
                                 JobItem.size, JobItem.is_directory, JobItem.checksums,
-                                JobItem.attempts).where(JobItem.id.in_(ids))
+                                JobItem.attempts, JobItem.store).where(JobItem.id.in_(ids))
                          .order_by(JobItem.id)).all()
         return [_Claimed(*row) for row in rows]
 
@@ -467,6 +476,45 @@ class _JobRun:
         self.lost = False
         self.copied_bytes = 0
         self._lock = threading.Lock()
+        # The job's stores (name -> root) and those the catalogue says are unavailable now,
+        # refreshed with every heartbeat: a store taken offline mid-job fails the items still
+        # to come with a clear error instead of reading from it.
+        self.store_roots: dict[str, str] = {}
+        self.unavailable: frozenset[str] = frozenset()
+
+    def _refresh_stores(self) -> None:
+        with self.db.read() as s:
+            if not self.store_roots:
+                names = list(s.scalars(select(JobItem.store).where(
+                    JobItem.job_id == self.job.id).distinct()))
+                self.store_roots = dict(s.execute(select(Store.name, Store.path).where(
+                    Store.name.in_(names))).all())
+            self.unavailable = frozenset(s.scalars(select(Store.name).where(
+                Store.name.in_(list(self.store_roots)), Store.available.is_(False))))
+
+    def _explain(self, item: _Claimed, spec: ItemSpec, exc: OSError) -> str:
+        """What an OSError means for the user: which side failed and why."""
+        source = str(spec.source)
+        on_source = isinstance(exc.filename, str) and (
+            exc.filename == source or exc.filename.startswith(source.rstrip("/") + "/"))
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"No space left on device: the file system holding {self.dest} is full "
+                    f"({exc.strerror}); the partial copy was removed")
+        if on_source and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EIO, errno.ESTALE,
+                                       errno.ENODEV, errno.ENXIO):
+            root = self.store_roots.get(item.store)
+            if root is not None and not os.path.isdir(root):
+                return (f"store {item.store!r} is unavailable: its directory {root} cannot be "
+                        f"read ({exc.strerror}); retry the job when the store is back")
+            return (f"the instance {source} on store {item.store!r} cannot be read "
+                    f"({exc.strerror})")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if on_source:
+                return f"cannot read the instance {source}: {exc.strerror}"
+            where = os.path.dirname(item.dest_path) or "."
+            return (f"{exc.strerror}: cannot write into {where!r} of the destination "
+                    f"{self.dest}")
+        return str(exc)
 
     def _check(self, n: int) -> None:
         if self.abort.is_set() or self.stop.is_set():
@@ -496,6 +544,13 @@ class _JobRun:
             elif row[0]:
                 self.cancel_requested = True
                 self.abort.set()
+            else:
+                was = self.unavailable
+                with contextlib.suppress(Exception):  # keep the last answer on a hiccup
+                    self._refresh_stores()
+                for store in sorted(self.unavailable - was):
+                    self.log(f"store {store!r} became unavailable: its files still to stage "
+                             f"fail")
 
     def _stream(self) -> None:
         mover = Mover(self.config.chunk_size, self._check, self.log, self.config.fsync)
@@ -527,6 +582,9 @@ class _JobRun:
         try:
             if not _within(spec.final.parent, self.dest):
                 raise ItemFailed("destination sub-directory leads outside the destination")
+            if item.store in self.unavailable:
+                raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
+                                 f"catalogue); retry the job when it is back")
             outcome = mover.move(spec)
         except Cancelled:
             raise
@@ -534,7 +592,7 @@ class _JobRun:
             self.log(f"FAILED {item.dest_path}: {exc}")
             return item, "failed", str(exc)
         except (OSError, StagingError) as exc:
-            message = str(exc)
+            message = self._explain(item, spec, exc) if isinstance(exc, OSError) else str(exc)
             self.log(f"FAILED {item.dest_path}: {message}")
             return item, "failed", message
         state = outcome.state
@@ -558,6 +616,7 @@ class _JobRun:
         self.log(f"worker {self.worker_id} {'resumes' if resumed else 'starts'} job {job.id} "
                  f"({self.config.streams} stream(s))")
         markers.ensure_in_progress(self.dest, job.id, job.owner)
+        self._refresh_stores()
         if resumed:
             n = _remove_temps(self.dest, _unfinished_paths(self.db, job.id))
             if n:
@@ -628,8 +687,9 @@ def _recount(s: Session, job: Job) -> None:
     job.files_done = counts.get("done", 0) + counts.get("skipped", 0)
     job.files_skipped = counts.get("skipped", 0)
     job.files_failed = counts.get("failed", 0)
-    job.bytes_done = s.scalar(select(func.coalesce(func.sum(JobItem.size), 0)).where(
-        JobItem.job_id == job.id, JobItem.state.in_(("done", "skipped")))) or 0
+    # int(): PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here).
+    job.bytes_done = int(s.scalar(select(func.coalesce(func.sum(JobItem.size), 0)).where(
+        JobItem.job_id == job.id, JobItem.state.in_(("done", "skipped")))) or 0)
 
 
 def finish_job(db: Database, job_id: int) -> str:
@@ -727,3 +787,106 @@ def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
         JobLog(job.log_path)(f"job {job_id} cancelled while no worker held it")
         finish_cancelled(db, job_id)
     return get_job(db, job_id)
+
+
+_RETRYABLE = ("failed", "queued", "running")
+
+
+def retry_job(db: Database, job_id: int, *, force: bool = False,
+              allowed_roots: Sequence[str | os.PathLike[str]] = (),
+              actor: str | None = None) -> dict[str, Any]:
+    """Put a finished job back in the queue with only what it did not stage: its failed items
+    and those a cancel left unfinished (``attempts`` kept: they go on counting), plus names that
+    were missing at launch and have an available instance now. Done and skipped items stay as
+    they are, so a file staged already is never copied again.
+
+    The directory is taken again (STAGING-IN-PROGRESS created exclusively, old result markers
+    cleared); Conflict if the job is still active or another job holds the directory;
+    InvalidRequest if there is nothing to retry; InsufficientSpace when what is left does not
+    fit (unless ``force``). With ``allowed_roots``, the destination must still resolve inside
+    them (a folder swapped for a symlink since launch is refused).
+    """
+    job = _load_job(db, job_id)
+    if job.state in ACTIVE_STATES:
+        raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
+                       f"finished (cancel it first to stop it)", job_id=job_id)
+    dest = Path(job.destination)
+    if allowed_roots and confine(job.destination, allowed_roots, what="destination") != dest:
+        raise InvalidRequest(f"the destination {dest} no longer resolves to itself")
+    new_items, still_missing, new_bytes = _resolve(db, job.missing) if job.missing else ([], [], 0)
+    with db.read() as s:
+        left, left_bytes = s.execute(
+            select(func.count(), func.coalesce(func.sum(JobItem.size), 0))
+            .where(JobItem.job_id == job_id, JobItem.state.in_(_RETRYABLE))).one()
+    if not left and not new_items:
+        if still_missing:
+            raise InvalidRequest(
+                f"nothing to retry: no file of job {job_id} failed, and its "
+                f"{len(still_missing)} missing file(s) still have no available instance",
+                missing=still_missing)
+        raise InvalidRequest(f"nothing to retry: job {job_id} {job.state} with no failed file")
+    needed = (int(left_bytes) + new_bytes) if job.method in ("copy", "reflink") else 0
+    free = _free_bytes(dest)
+    if needed > free and not force:
+        raise InsufficientSpace(
+            f"the destination has {free} bytes free and the retry needs {needed}",
+            needed=needed, free=free)
+    taken = False
+    try:
+        with db.write() as s:
+            row = s.get(Job, job_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            if row.state in ACTIVE_STATES:  # retried (or resumed) by someone else meanwhile
+                raise Conflict(f"job {job_id} is already {row.state}", job_id=job_id)
+            busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job_id,
+                                                 Job.state.in_(ACTIVE_STATES)))
+            if busy is not None:
+                raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
+            dest.mkdir(parents=True, exist_ok=True)
+            markers.acquire(dest, job_id, row.owner, lambda other: _is_active(s, other))
+            taken = True
+            s.execute(update(JobItem).where(JobItem.job_id == job_id,
+                                            JobItem.state.in_(_RETRYABLE))
+                      .values(state="queued", error="", worker_id=None))
+            if new_items:
+                s.execute(insert(JobItem), [
+                    {**item, "job_id": job_id, "state": "queued", "attempts": 0, "error": ""}
+                    for item in new_items])
+            row.files_total += len(new_items)
+            row.bytes_total += new_bytes
+            row.missing = still_missing
+            row.state, row.finished_at, row.error = "queued", None, ""
+            row.cancel_requested = False
+            row.worker_id, row.lease_expires, row.heartbeat_at = None, None, None
+            _recount(s, row)
+            out = job_json(row)
+    except BaseException:
+        if taken:
+            markers.release(dest, job_id)
+        raise
+    log = JobLog(out["log_path"])
+    log(f"job {job_id} retried{' by ' + actor if actor else ''}: {left} file(s) queued again"
+        f"{f', {len(new_items)} missing file(s) found' if new_items else ''}; "
+        f"{out['files_done']} already staged stay as they are")
+    return out
+
+
+def forget_job(db: Database, job_id: int) -> dict[str, Any]:
+    """Delete a finished job: its row, its items and its log. What it staged (files and result
+    markers) stays where it is, and the audit entry of its request is kept."""
+    with db.write() as s:
+        row = s.get(Job, job_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        if row.state in ACTIVE_STATES:
+            raise Conflict(f"job {job_id} is still {row.state}: cancel it before forgetting it",
+                           job_id=job_id)
+        log_path = row.log_path
+        s.execute(delete(JobItem).where(JobItem.job_id == job_id))
+        s.execute(delete(Job).where(Job.id == job_id))
+    # Only the log this engine named for the job (never some other file a row might point at).
+    if log_path and os.path.basename(log_path) == f"job-{job_id}.log":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(log_path)
+    return {"deleted": job_id}
