@@ -23,3 +23,11 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .app import StagingApp
 
     return [{"module": "hera_stage_ext", "app": StagingApp}]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext hera_stage_ext``: the ``%stage`` / ``%%stage`` magics. IPython is imported
+    only here, so the server process never imports it."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

@@ -12,18 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .client import ApiError, Client, ClientError
+from .client import ApiError, Client, ClientError, error_lines, human_size
 
 #: Store-relative paths the CLI sends per ingest request (one progress step each).
 INGEST_BATCH = 100
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _print_json(value: Any) -> None:
@@ -169,10 +161,9 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
         print(f"job {job['id']} succeeded: {job['files_done']} file(s) staged, "
               f"{job['files_skipped']} already there", file=sys.stderr)
         return 0
-    text, _ = client.log(job["id"])
-    for line in text.splitlines():
-        if "FAILED" in line or "MISSING" in line or "CONFLICT" in line:
-            print(f"hera-stage: {line}", file=sys.stderr)
+    text = client.log_text(job["id"])
+    for line in error_lines(text):
+        print(f"hera-stage: {line}", file=sys.stderr)
     print(f"hera-stage: error: job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(),
           file=sys.stderr)
     return 1

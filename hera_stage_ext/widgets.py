@@ -1,0 +1,403 @@
+"""ipywidgets for notebooks: ``JobProgress``, ``SearchBrowser`` and ``MarkerWatcher``.
+
+They are faces over ``client.Client`` (no domain logic). ``JobProgress`` and ``MarkerWatcher``
+follow their job from a background thread that polls the REST API and sets widget traits;
+ipywidgets sends trait changes from any thread over the kernel's comms, so the widgets move
+while the kernel is idle and while other cells run. The thread stops when the job ends.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import html
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+
+from .client import (
+    Client, ClientError, Job, SearchResults, human_duration, human_size,
+)
+
+_BAR_STYLE = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}
+#: Consecutive polling errors after which a widget gives up (the last one is shown).
+MAX_POLL_ERRORS = 20
+
+
+def _start_thread(target: Any, name: str) -> threading.Thread:
+    # Run in a copy of the current context: ipykernel keeps the parent message in a context
+    # variable, so the comm messages the thread sends belong to the cell that made the widget.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(target,), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _client(client: Client | None) -> Client:
+    return (client or Client()).copy()
+
+
+class JobProgress(w.VBox):
+    """A job's live progress: files and bytes bars, rate, ETA, state, the tail of its log and a
+    cancel button. ``JobProgress(job_or_id, client=None)``; ``wait()`` blocks until the end."""
+
+    def __init__(self, job: Job | dict[str, Any] | int, client: Client | None = None, *,
+                 interval: float = 0.5, log_lines: int = 12, start: bool = True) -> None:
+        self.client = _client(client)
+        self.job_id = int(job["id"] if isinstance(job, dict) else job)
+        self.job: Job | None = Job(job) if isinstance(job, dict) else None
+        self.interval = interval
+        self.error: str | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._log_offset = 0
+        self._log_tail: deque[str] = deque(maxlen=log_lines)
+
+        self.title = w.HTML()
+        self.files_bar = w.IntProgress(value=0, min=0, max=1, description="files",
+                                       layout=w.Layout(width="auto", flex="1"))
+        self.bytes_bar = w.FloatProgress(value=0.0, min=0.0, max=100.0, description="bytes",
+                                         layout=w.Layout(width="auto", flex="1"))
+        self.files_label = w.Label()
+        self.bytes_label = w.Label()
+        self.rate_label = w.Label()
+        self.log_view = w.HTML(layout=w.Layout(max_height="14em", overflow="auto"))
+        self.cancel_button = w.Button(description="Cancel", icon="stop",
+                                      button_style="warning",
+                                      tooltip="Cancel this job (staged files stay)")
+        self.cancel_button.on_click(lambda _button: self.cancel())
+        super().__init__(children=[
+            self.title,
+            w.HBox([self.files_bar, self.files_label]),
+            w.HBox([self.bytes_bar, self.bytes_label]),
+            w.HBox([self.rate_label, self.cancel_button]),
+            self.log_view,
+        ])
+        if self.job is not None:
+            self._render(self.job)
+        if start:
+            self.start()
+
+    # ----- state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.job["state"] if self.job is not None else "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self.job is not None and self.job.finished
+
+    @property
+    def log_tail(self) -> list[str]:
+        return list(self._log_tail)
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = _start_thread(self._run, f"hera-stage job {self.job_id}")
+
+    def stop(self) -> None:
+        """Stop following the job (the job itself goes on)."""
+        self._stop.set()
+
+    def refresh(self) -> Job:
+        """Ask the server now and show the answer."""
+        with self._lock:
+            job = self.client.job(self.job_id)
+            self._read_log(until_quiet=job.finished)
+            self.job = job
+            self._render(job)
+            return job
+
+    def wait(self, timeout: float | None = None) -> Job:
+        """Block until the job ends (TimeoutError after ``timeout`` s); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {self.job_id} is still {self.state} after {timeout} s")
+            self._thread.join(0.2 if left is None else min(0.2, left))
+        job = self.job if self.finished else self.refresh()
+        if not job.finished:
+            return self.client.wait(self.job_id, timeout=timeout)
+        # From the waiting (main) thread, so the final state goes out with this cell too.
+        for bar in (self.files_bar, self.bytes_bar):
+            bar.send_state()
+        return job
+
+    def cancel(self) -> Job | None:
+        try:
+            with self._lock:
+                job = self.client.cancel(self.job_id)
+        except ClientError as exc:
+            self._show_error(str(exc))
+            return None
+        self.cancel_button.disabled = True
+        self.cancel_button.description = "Cancelling"
+        return job
+
+    # ----- the thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                job = self.refresh()
+                failures = 0
+                if job.finished:
+                    return
+            except ClientError as exc:
+                failures += 1
+                self._show_error(str(exc))
+                if failures >= MAX_POLL_ERRORS or getattr(exc, "status", 0) in (403, 404):
+                    return
+            except Exception as exc:  # a widget thread must never die silently
+                self._show_error(f"{type(exc).__name__}: {exc}")
+                return
+            self._stop.wait(self.interval)
+
+    def _read_log(self, until_quiet: bool) -> None:
+        while True:
+            text, self._log_offset = self.client.log(self.job_id, self._log_offset)
+            self._log_tail.extend(text.splitlines())
+            if not text or not until_quiet:
+                return
+
+    # ----- rendering ------------------------------------------------------------------------
+    def _show_error(self, message: str) -> None:
+        self.error = message
+        self.title.value = (f"<b>job {self.job_id}</b> "
+                            f"<span style='color:#c00'>{html.escape(message)}</span>")
+
+    def _render(self, job: Job) -> None:
+        state = job["state"]
+        self.error = None
+        self.title.value = (f"<b>job {job['id']}</b> &middot; {html.escape(state)} &middot; "
+                            f"{html.escape(str(job.get('method')))} into "
+                            f"<code>{html.escape(str(job.get('destination')))}</code>"
+                            + (f" &middot; <span style='color:#c00'>"
+                               f"{html.escape(job['error'])}</span>" if job.get("error") else ""))
+        files_total = max(1, job.get("files_total") or 0)
+        self.files_bar.max = files_total
+        self.files_bar.value = min(files_total, job.get("files_done", 0))
+        self.bytes_bar.value = job.percent
+        style = _BAR_STYLE.get(state, "info" if state == "running" else "")
+        self.files_bar.bar_style = self.bytes_bar.bar_style = style
+        failed = f", {job['files_failed']} failed" if job.get("files_failed") else ""
+        self.files_label.value = f"{job.get('files_done', 0)} / {job.get('files_total', 0)}{failed}"
+        self.bytes_label.value = (f"{human_size(job.get('bytes_done', 0))} / "
+                                  f"{human_size(job.get('bytes_total', 0))} ({job.percent:g}%)")
+        rate = job.get("rate_bytes_per_s")
+        self.rate_label.value = (f"{state}  ·  rate {human_size(rate) + '/s' if rate else '-'}  ·  "
+                                 f"ETA {human_duration(job.get('eta_s'))}")
+        if job.finished:
+            self.cancel_button.disabled = True
+            self.cancel_button.description = state.capitalize()
+            self.cancel_button.button_style = style
+        self.log_view.value = ("<pre style='margin:0;font-size:11px'>"
+                               + html.escape("\n".join(self._log_tail)) + "</pre>"
+                               if self._log_tail else "")
+
+    def __repr__(self) -> str:
+        return f"<JobProgress of {self.job!r}>" if self.job else f"<JobProgress job {self.job_id}>"
+
+
+class SearchBrowser(w.VBox):
+    """A query box, a results table and a stage button (which shows the job's progress)."""
+
+    def __init__(self, query: str = "", client: Client | None = None, *, limit: int = 100,
+                 destination: str = "", method: str = "copy") -> None:
+        self.client = client or Client()
+        self.limit = limit
+        self.results: SearchResults | None = None
+        self.jobs: list[JobProgress] = []
+        self.query = w.Text(value=query, placeholder="zen.2457644.* obsid>1157000000 or JSON",
+                            description="query", layout=w.Layout(width="60%"))
+        self.search_button = w.Button(description="Search", icon="search")
+        self.status = w.HTML()
+        self.table = w.HTML(layout=w.Layout(max_height="24em", overflow="auto"))
+        self.destination = w.Text(value=destination, placeholder="folder under your root",
+                                  description="into")
+        self.method = w.Dropdown(options=["copy", "hardlink", "symlink", "reflink"],
+                                 value=method, description="method")
+        self.stage_button = w.Button(description="Stage", icon="download",
+                                     button_style="primary", disabled=True)
+        self.output = w.VBox()
+        self.search_button.on_click(lambda _b: self.run_search())
+        self.query.on_submit(lambda _t: self.run_search())
+        self.stage_button.on_click(lambda _b: self.stage())
+        super().__init__(children=[
+            w.HBox([self.query, self.search_button]), self.status, self.table,
+            w.HBox([self.destination, self.method, self.stage_button]), self.output,
+        ])
+        if query:
+            self.run_search()
+
+    def run_search(self) -> SearchResults | None:
+        try:
+            self.results = self.client.search(self.query.value, limit=self.limit, count=True)
+        except ClientError as exc:
+            self.results = None
+            self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+            self.table.value = ""
+            self.stage_button.disabled = True
+            return None
+        total = self.results.total
+        self.status.value = (f"{total} file(s) match" if total is not None
+                             else f"{len(self.results)} file(s)")
+        if total is not None and total > len(self.results):
+            self.status.value += f" ({len(self.results)} shown; staging takes them all)"
+        self.table.value = self.results._repr_html_()
+        self.stage_button.disabled = not total
+        return self.results
+
+    def stage(self) -> Job | None:
+        """Stage what the query matches into the destination; returns the job."""
+        if not self.destination.value:
+            self.status.value = "<span style='color:#c00'>give a destination folder</span>"
+            return None
+        try:
+            job = self.client.stage(self.destination.value, self.query.value,
+                                    method=self.method.value)
+        except ClientError as exc:
+            self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+            return None
+        progress = JobProgress(job, self.client)
+        self.jobs.append(progress)
+        self.output.children = (*self.output.children, progress)
+        return job
+
+
+class MarkerWatcher(w.VBox):
+    """Follows a destination folder's ``STAGING-*`` marker files (the Librarian's protocol),
+    whoever launched the stage (this extension, its CLI, or older Librarian scripts), and, when
+    a server is reachable and the marker names one of your jobs, that job's progress and log.
+
+    ``state`` is ``none``, ``in-progress``, ``succeeded`` or ``errors``; ``errors`` the lines of
+    ``STAGING-ERRORS``. It stops once a result marker appears (``wait()`` blocks until then).
+    """
+
+    def __init__(self, directory: str | Path, client: Client | None = None, *,
+                 follow_log: bool = True, interval: float = 1.0, log_lines: int = 12,
+                 start: bool = True) -> None:
+        self.directory = Path(directory).expanduser()
+        self.follow_log = follow_log
+        self.interval = interval
+        self.state = "none"
+        self.job_id: int | None = None
+        self.job: Job | None = None
+        self.errors: list[str] = []
+        self._client = client
+        self._client_tried = client is not None
+        self._log_offset = 0
+        self._log_tail: deque[str] = deque(maxlen=log_lines)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.title = w.HTML()
+        self.files_bar = w.IntProgress(value=0, min=0, max=1, description="files",
+                                       layout=w.Layout(width="auto", flex="1"))
+        self.files_label = w.Label()
+        self.log_view = w.HTML(layout=w.Layout(max_height="14em", overflow="auto"))
+        super().__init__(children=[self.title, w.HBox([self.files_bar, self.files_label]),
+                                   self.log_view])
+        self.check()
+        if start and not self.finished:
+            self._thread = _start_thread(self._run, f"hera-stage markers {self.directory}")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "errors")
+
+    @property
+    def client(self) -> Client | None:
+        if not self._client_tried:
+            self._client_tried = True
+            try:
+                self._client = Client()
+            except ClientError:
+                self._client = None  # markers only
+        return self._client
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until a result marker appears; returns ``state``."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"{self.directory} is still {self.state} after {timeout} s")
+        self.files_bar.send_state()
+        return self.state
+
+    def check(self) -> str:
+        """Read the markers (and the job, if known) now."""
+        from .jobs.markers import ERRORS, IN_PROGRESS, SUCCEEDED, marker_job
+
+        d = self.directory
+        if (d / IN_PROGRESS).exists():
+            self.state = "in-progress"
+            self.job_id = marker_job(d) or self.job_id
+        elif (d / ERRORS).exists():
+            self.state = "errors"
+            try:
+                self.errors = (d / ERRORS).read_text(errors="replace").splitlines()
+            except OSError:
+                self.errors = []
+        elif (d / SUCCEEDED).exists():
+            self.state = "succeeded"
+        else:
+            self.state = "none"
+        self._follow_job()
+        self._render()
+        return self.state
+
+    def _follow_job(self) -> None:
+        if self.job_id is None or self.client is None:
+            return
+        try:
+            self.job = self.client.job(self.job_id)
+            if self.follow_log:
+                while True:
+                    text, self._log_offset = self.client.log(self.job_id, self._log_offset)
+                    self._log_tail.extend(text.splitlines())
+                    if not text or not self.job.finished:
+                        break
+        except ClientError:
+            self.job = None  # not ours, or no server: markers only
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+                if self.finished or (self.job is not None and self.job.finished):
+                    return
+            except Exception as exc:  # keep going on a transient file-system error
+                self.title.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+
+    def _render(self) -> None:
+        label = {"none": "no staging markers (yet)", "in-progress": "staging in progress",
+                 "succeeded": "staging succeeded", "errors": "staging finished with errors"}
+        who = f" by job {self.job_id}" if self.job_id is not None else ""
+        self.title.value = (f"<code>{html.escape(str(self.directory))}</code>: "
+                            f"{label[self.state]}{who}")
+        job = self.job
+        if job is not None:
+            self.files_bar.max = max(1, job.get("files_total") or 0)
+            self.files_bar.value = min(self.files_bar.max, job.get("files_done", 0))
+            self.files_label.value = (f"{job.get('files_done', 0)} / {job.get('files_total', 0)}"
+                                      f", {human_size(job.get('bytes_done', 0))} "
+                                      f"({job.percent:g}%)")
+        elif self.state == "succeeded":
+            self.files_bar.value = self.files_bar.max
+        style = {"succeeded": "success", "errors": "danger"}.get(self.state, "")
+        self.files_bar.bar_style = style
+        lines = list(self._log_tail) or self.errors
+        self.log_view.value = ("<pre style='margin:0;font-size:11px'>"
+                               + html.escape("\n".join(lines)) + "</pre>" if lines else "")
+
+    def __repr__(self) -> str:
+        return f"<MarkerWatcher {self.directory}: {self.state}>"
