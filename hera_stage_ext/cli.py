@@ -193,6 +193,20 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    job = client.retry(args.id, force=args.force)
+    if args.wait:
+        return _wait(client, job)
+    print(_job_line(job))
+    return 0
+
+
+def cmd_forget(client: Client, args: argparse.Namespace) -> int:
+    client.forget(args.id)
+    print(f"job {args.id} forgotten")
+    return 0
+
+
 def cmd_log(client: Client, args: argparse.Namespace) -> int:
     import time
 
@@ -278,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("retry", help="stage again what a finished job did not")
+    p.add_argument("id", type=int)
+    p.add_argument("--wait", action="store_true", help="follow it to the end")
+    p.add_argument("--force", action="store_true", help="launch even if space looks short")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("forget", help="delete a finished job and its log (not its files)")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("log", help="a job's log")
     p.add_argument("id", type=int)

@@ -140,6 +140,14 @@ async def test_cli_stage_wait_and_jobs(cli, api, ingested, jp_root_dir):
     assert code == 0 and out.startswith("9 file(s)")
     code, out, err = await cli("stage", "../escape", "zen.*")
     assert code == 1 and "outside the allowed roots" in err
+    code, out, _ = await cli("jobs")
+    job_id = int(out.split("\t")[0])
+    code, out, err = await cli("retry", str(job_id))
+    assert code == 1 and "nothing to retry" in err
+    code, out, _ = await cli("forget", str(job_id))
+    assert code == 0 and f"job {job_id} forgotten" in out
+    code, out, err = await cli("forget", str(job_id))
+    assert code == 1 and f"no job {job_id}" in err
 
 
 async def test_every_request_is_audited_and_logged(api, ingested, jp_serverapp, staging_config):
