@@ -97,7 +97,7 @@ class Mover:
     def move(self, spec: ItemSpec) -> Outcome:
         algorithm = ck.preferred_algorithm(spec.checksums)
         final, tmp = spec.final, temp_path(spec.final)
-        remove_path(tmp)  # a leftover of a killed worker
+        _discard(tmp)  # a leftover of a killed worker
         if os.path.lexists(final):
             return self._existing(spec, algorithm)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -179,11 +179,13 @@ class Mover:
                     while chunk:
                         chunk = chunk[os.write(fd, chunk):]
                     self._check(n)
+                # Metadata through the open descriptor (no second path lookup), before the
+                # fsync so that one flush covers data and metadata.
+                _finish_metadata(fd, st, read_only)
                 if self._fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        _finish_metadata(dst, st, read_only)
         return hasher.digest()
 
     def _try_reflink(self, src: Path, dst: Path, algorithm: str) -> ck.Digest | None:
@@ -225,7 +227,17 @@ class Mover:
         _copy_dir_mtimes(src, dst)
 
 
-def _finish_metadata(path: Path, st: os.stat_result, read_only: bool) -> None:
+def _discard(path: Path) -> None:
+    """``remove_path`` for the common cases in one system call: nothing there, or a file."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # a directory (a MIRIAD data set's leftover) or something unusual
+        remove_path(path)
+
+
+def _finish_metadata(path: Path | int, st: os.stat_result, read_only: bool) -> None:
     mode = stat.S_IMODE(st.st_mode) | stat.S_IRUSR
     mode = mode & ~0o222 if read_only else mode | stat.S_IWUSR
     os.chmod(path, mode)

@@ -1,0 +1,569 @@
+"""Staging benchmark: ``cp``/``cp -r`` next to ``hera-stage stage`` (verified) on the same files.
+
+Writes a store with one 2 GiB file, 200 files of 64 MiB and 20,000 files of 4 KiB in 100
+folders, starts a real ``jupyter server`` with the extension (c.StagingApp.stores pointing at the
+store, db_url at a temporary SQLite file; the server starts its own worker process, with the
+production settings: 4 streams, fsync, xxh3-128 verification), registers the files with
+``hera-stage ingest`` and then, for each set, copies it with ``cp`` and with
+``hera-stage stage DEST QUERY --wait`` (method ``copy``), and the small set again with the
+``hardlink`` and ``symlink`` methods next to ``cp -rl`` / ``cp -rs``.
+
+Timing. ``cp`` is timed as a process, start to exit. ``hera-stage`` is timed twice: end to end
+(the CLI process: start-up, search, job creation, the worker's pick-up, the copy and the final
+poll) and as the job, from its ``started_at`` to its ``finished_at`` (the worker's claim to the
+result markers and final state: copy, verification, fsync, database bookkeeping). The ratios and
+the targets use the job time; the end-to-end figures are printed next to them.
+
+Page cache and the VM's quirks (see the performance notes): drop_caches is not available, so
+every timed run is preceded by a full read of its source files (both tools start with the
+source in the page cache as far as it fits), the tools alternate A-B-B-A (cp, ours, ours, cp)
+and each cell is the better of its two runs (both are printed). The small-file sets run first
+and nothing is deleted between their runs (file creation is several times slower for a minute
+after a bulk delete); the large-file destinations are deleted after each run, before the next
+one's source read, the same for both tools.
+
+The worker's resident memory is sampled every 50 ms from /proc/<pid>/status (VmRSS) for the
+whole run, and its peak (VmHWM) read at the end.
+
+Targets: verified copy >= 0.9x ``cp`` throughput on the large files (the 2 GiB file and the
+64 MiB files, each); >= 1.0x ``cp -r`` files/s on the small ones; worker RSS < 300 MB
+throughout. Exit status 0 when all pass.
+
+    /path/to/venv/bin/python benchmarks/stage_bench.py           # full run (about 6-9 minutes)
+    /path/to/venv/bin/python benchmarks/stage_bench.py --quick   # 512 MiB, 20 x 64 MiB, 2,000 x 4 KiB
+
+The server, its worker and the temporary directory are removed on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import requests  # noqa: E402
+
+TARGET_LARGE = 0.9
+TARGET_SMALL = 1.0
+TARGET_RSS_MB = 300.0
+STORE = "bench"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The files
+
+
+@dataclass
+class FileSet:
+    key: str
+    label: str
+    night: int  # names are zen.<night>.<5 digits>...: one night per set, searched by prefix
+    rel_dir: str  # folder in the store
+    count: int
+    size: int
+    folders: int = 1
+
+    @property
+    def total_bytes(self) -> int:
+        return self.count * self.size
+
+    @property
+    def query(self) -> str:
+        return json.dumps({"name-matches": f"zen.{self.night}.%"})
+
+    def paths(self) -> list[str]:
+        """Store-relative paths of the set's files."""
+        out = []
+        per_folder = -(-self.count // self.folders)
+        for i in range(self.count):
+            name = f"zen.{self.night}.{10000 + i:05d}.xx.HH.uvh5"
+            if self.folders > 1:
+                out.append(f"{self.rel_dir}/d{i // per_folder:03d}/{name}")
+            else:
+                out.append(f"{self.rel_dir}/{name}")
+        return out
+
+
+def file_sets(quick: bool) -> list[FileSet]:
+    if quick:
+        return [FileSet("big", "1 x 512 MiB", 2459000, "big", 1, 512 * MiB),
+                FileSet("medium", "20 x 64 MiB", 2459001, "medium", 20, 64 * MiB),
+                FileSet("small", "2,000 x 4 KiB / 20 dirs", 2459002, "small", 2000, 4096, 20)]
+    return [FileSet("big", "1 x 2 GiB", 2459000, "big", 1, 2 * GiB),
+            FileSet("medium", "200 x 64 MiB", 2459001, "medium", 200, 64 * MiB),
+            FileSet("small", "20,000 x 4 KiB / 100 dirs", 2459002, "small", 20000, 4096, 100)]
+
+
+def write_sources(store: Path, sets: list[FileSet]) -> None:
+    """Distinct pseudo-random content: slices of one random block at file-specific offsets."""
+    block = bytearray(os.urandom(128 * MiB))
+    view = memoryview(block)
+    span = 64 * MiB
+    k = 0
+    for fs in sets:
+        for rel in fs.paths():
+            path = store / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb", buffering=0) as f:
+                left = fs.size
+                while left:
+                    k += 1
+                    start = (k * 1_048_583) % (len(block) - span)
+                    n = min(left, span)
+                    f.write(view[start:start + n])
+                    left -= n
+
+
+def read_all(store: Path, fs: FileSet) -> None:
+    """Read the set's source files once (into the page cache, as far as it holds them)."""
+    buffer = bytearray(MiB)
+    for rel in fs.paths():
+        with open(store / rel, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
+def count_files(path: Path) -> int:
+    return sum(len(files) for _root, _dirs, files in os.walk(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Server, worker, memory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    token: str
+    workdir: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(Path(sys.executable).with_name("hera-stage")), "--url", self.url,
+               "--token", self.token, *args]
+        if not Path(cmd[0]).exists():
+            cmd[0:1] = [sys.executable, "-m", "hera_stage_ext.cli"]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)}: exit {done.returncode}\n{done.stderr[-3000:]}")
+        return done
+
+    def api(self, path: str) -> Any:
+        reply = requests.get(f"{self.url}hera-stage/api/{path}", timeout=30,
+                             headers={"Authorization": f"token {self.token}"})
+        reply.raise_for_status()
+        return reply.json()
+
+    def worker_pids(self) -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                ppid = _status(int(entry)).get("PPid")
+            except OSError:
+                continue
+            if b"hera_stage_ext.jobs.worker" in cmdline and ppid == str(self.proc.pid):
+                pids.append(int(entry))
+        return pids
+
+
+def _status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def _kb(value: str | None) -> float:
+    return float(value.split()[0]) / 1024 if value else 0.0  # "123 kB" -> MiB
+
+
+@contextlib.contextmanager
+def jupyter_server(workdir: Path, workspace: Path, db_url: str,
+                   stores: dict[str, Any]) -> Iterator[Server]:
+    config_dir, runtime_dir = workdir / "config", workdir / "runtime"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    config = {"StagingApp": {
+        "db_url": db_url, "stores": stores, "job_log_dir": str(workdir / "logs"),
+        "worker_idle_exit_seconds": 3600.0,  # one worker for the whole run
+    }}
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps(config, indent=2))
+    port, token = free_port(), hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir),
+           "JUPYTER_RUNTIME_DIR": str(runtime_dir), "JUPYTER_DATA_DIR": str(workdir / "data")}
+    cmd = [
+        sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}",
+        "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+        "--ServerApp.jpserver_extensions=hera_stage_ext=True",
+        f"--ServerApp.root_dir={workspace}", "--ServerApp.log_level=WARN", "--allow-root",
+    ]
+    server_log = workdir / "server.log"
+    with open(server_log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=workspace, start_new_session=True)
+    server = Server(proc, f"http://127.0.0.1:{port}/", token, workspace)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyter server exited ({proc.returncode}):\n"
+                                   + server_log.read_text()[-3000:])
+            with contextlib.suppress(requests.RequestException):
+                server.api("status")
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("jupyter server did not answer within 120 s:\n"
+                                   + server_log.read_text()[-3000:])
+            time.sleep(0.25)
+        server.known_workers = workers  # type: ignore[attr-defined]
+        yield server
+    finally:
+        workers.update(server.worker_pids())
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        # The worker runs in a session of its own (it outlives a server restart): stop it too.
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for pid in workers:
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS of the server's worker process(es) every ``interval`` seconds."""
+
+    def __init__(self, server: Server, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.server, self.interval = server, interval
+        self.stop = threading.Event()
+        self.max_rss_mb = 0.0
+        self.hwm_mb = 0.0
+        self.samples = 0
+        self.pids: set[int] = set()
+
+    def run(self) -> None:
+        last_scan = 0.0
+        while not self.stop.wait(self.interval):
+            if time.monotonic() - last_scan > 1.0:
+                found = set(self.server.worker_pids())
+                self.pids |= found
+                self.server.known_workers |= found  # type: ignore[attr-defined]
+                last_scan = time.monotonic()
+            for pid in list(self.pids):
+                try:
+                    st = _status(pid)
+                except OSError:
+                    self.pids.discard(pid)
+                    continue
+                self.max_rss_mb = max(self.max_rss_mb, _kb(st.get("VmRSS")))
+                self.hwm_mb = max(self.hwm_mb, _kb(st.get("VmHWM")))
+                self.samples += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class Run:
+    tool: str
+    seconds: float  # cp: process; ours: job started_at -> finished_at
+    end_to_end: float  # ours: the CLI process; cp: cp followed by `sync -f` of the destination
+    files: int
+    nbytes: int
+
+    @property
+    def gbps(self) -> float:
+        return self.nbytes / self.seconds / 1e9
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.seconds
+
+
+@dataclass
+class Case:
+    key: str
+    label: str
+    unit: str  # "GB/s" | "files/s"
+    reference: str  # the cp command
+    ours: str
+    ref_runs: list[Run] = field(default_factory=list)
+    our_runs: list[Run] = field(default_factory=list)
+    target: float | None = None
+
+    def rate(self, run: Run, end_to_end: bool = False) -> float:
+        seconds = run.end_to_end if end_to_end else run.seconds
+        return (run.nbytes / seconds / 1e9) if self.unit == "GB/s" else run.files / seconds
+
+    def best(self, runs: list[Run], end_to_end: bool = False) -> float:
+        return max(self.rate(r, end_to_end) for r in runs)
+
+    @property
+    def ratio(self) -> float:
+        return self.best(self.our_runs) / self.best(self.ref_runs)
+
+    @property
+    def ratio_e2e(self) -> float:
+        return self.best(self.our_runs, True) / self.best(self.ref_runs)
+
+    @property
+    def ratio_synced(self) -> float:
+        return self.best(self.our_runs) / self.best(self.ref_runs, True)
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.rstrip("Z"))
+
+
+class Bench:
+    def __init__(self, server: Server, store: Path, workspace: Path) -> None:
+        self.server, self.store, self.workspace = server, store, workspace
+        self.n = 0
+
+    def dest(self, tag: str) -> Path:
+        self.n += 1
+        return self.workspace / f"{self.n:02d}-{tag}"
+
+    def run_cp(self, fs: FileSet, dest: Path, flags: list[str]) -> Run:
+        dest.mkdir(parents=True)
+        src = self.store / fs.rel_dir
+        if fs.count == 1:
+            cmd = ["cp", *flags, str(self.store / fs.paths()[0]), str(dest) + "/"]
+        else:
+            cmd = ["cp", "-r", *flags, str(src), str(dest) + "/"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        seconds = time.perf_counter() - t0
+        # For information: cp plus writing its data to disk (what the worker's fsync waits for).
+        subprocess.run(["sync", "-f", str(dest)], check=True)
+        synced = time.perf_counter() - t0
+        got = count_files(dest)
+        if got != fs.count:
+            raise RuntimeError(f"{' '.join(cmd)}: {got} files, expected {fs.count}")
+        return Run("cp", seconds, synced, fs.count, fs.total_bytes)
+
+    def run_ours(self, fs: FileSet, dest: Path, method: str) -> Run:
+        t0 = time.perf_counter()
+        done = self.server.cli("stage", str(dest), fs.query, "--method", method, "--wait",
+                               check=False)
+        end_to_end = time.perf_counter() - t0
+        found = re.search(r"job (\d+):", done.stderr)
+        if done.returncode != 0 or not found:
+            raise RuntimeError(f"hera-stage stage ({method}) exit {done.returncode}:\n"
+                               f"{done.stderr[-3000:]}")
+        job = self.server.api(f"jobs/{found.group(1)}")
+        if job["state"] != "succeeded" or job["files_done"] != fs.count:
+            raise RuntimeError(f"job {job['id']}: {job['state']} {job['files_done']} files: "
+                               f"{job['error']}")
+        seconds = (_parse_time(job["finished_at"]) - _parse_time(job["started_at"])).total_seconds()
+        return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes)
+
+    def case(self, fs: FileSet, key: str, label: str, unit: str, method: str,
+             cp_flags: list[str], keep: bool, target: float | None) -> Case:
+        ours_name = f"hera-stage {method}" + (" (verified)" if method == "copy" else "")
+        cp_name = "cp" + ("" if fs.count == 1 else " -r") + "".join(f" {f}" for f in cp_flags)
+        case = Case(key, label, unit, cp_name, ours_name, target=target)
+        for tool in ("cp", "ours", "ours", "cp"):  # A-B-B-A
+            read_all(self.store, fs)
+            dest = self.dest(f"{key}-{tool}")
+            if tool == "cp":
+                run = self.run_cp(fs, dest, cp_flags)
+                case.ref_runs.append(run)
+            else:
+                run = self.run_ours(fs, dest, method)
+                case.our_runs.append(run)
+            extra = (f" (end to end {run.end_to_end:.2f} s)" if tool == "ours" else
+                     f" (with sync -f {run.end_to_end:.2f} s)")
+            log(f"    {case.reference if tool == 'cp' else case.ours:<28} {run.seconds:7.2f} s  "
+                f"{case.rate(run):9,.2f} {unit}{extra}")
+            if not keep:
+                remove_tree(dest)
+        return case
+
+
+def remove_tree(path: Path) -> None:
+    def _retry(func, p, _exc):  # type: ignore[no-untyped-def]
+        os.chmod(os.path.dirname(p), 0o700)
+        func(p)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=_retry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def report(cases: list[Case], rss: RssSampler, sets: list[FileSet]) -> bool:
+    log("\n" + "=" * 118)
+    log("Each cell: the better of two runs (A-B-B-A order, source read before every run); "
+        "hera-stage = the job, started_at -> finished_at;")
+    log("e2e = the `hera-stage stage --wait` process end to end (start-up, search, job creation, "
+        "pick-up, copy, polling);")
+    log("cp+sync = the cp run plus `sync -f` of its destination (data on disk, as the worker's "
+        "fsync ensures), for information; ours/it = job best / cp+sync best.")
+    header = (f"{'set':<26} {'reference':<12} {'ref best':>10} {'(runs)':>19} | "
+              f"{'hera-stage':<22} {'job best':>10} {'(runs)':>19} {'ratio':>6} | "
+              f"{'e2e best':>9} {'ratio':>6} | {'cp+sync':>9} {'ours/it':>7}")
+    log(header)
+    log("-" * len(header))
+    for c in cases:
+        fmt = (lambda v: f"{v:.2f}") if c.unit == "GB/s" else (lambda v: f"{v:,.0f}")
+        ref_runs = "/".join(fmt(c.rate(r)) for r in c.ref_runs)
+        our_runs = "/".join(fmt(c.rate(r)) for r in c.our_runs)
+        log(f"{c.label:<26} {c.reference:<12} {fmt(c.best(c.ref_runs)):>10} {ref_runs:>19} | "
+            f"{c.ours:<22} {fmt(c.best(c.our_runs)):>10} {our_runs:>19} {c.ratio:6.2f} | "
+            f"{fmt(c.best(c.our_runs, True)):>9} {c.ratio_e2e:6.2f} | "
+            f"{fmt(c.best(c.ref_runs, True)):>9} {c.ratio_synced:7.2f}   {c.unit}")
+    log(f"\nworker resident memory: max sampled VmRSS {rss.max_rss_mb:.0f} MiB, peak VmHWM "
+        f"{rss.hwm_mb:.0f} MiB ({rss.samples} samples every 50 ms, pids {sorted(rss.pids)})")
+    log("")
+    ok = True
+    for c in cases:
+        if c.target is None:
+            continue
+        passed = c.ratio >= c.target
+        ok &= passed
+        log(f"{'PASS' if passed else 'FAIL'}  {c.label:<26} {c.ours} / {c.reference}: "
+            f"{c.ratio:.2f}x >= {c.target:.1f}x ({c.unit})")
+    peak = max(rss.max_rss_mb, rss.hwm_mb)
+    passed = rss.samples > 0 and peak < TARGET_RSS_MB * 1e6 / MiB
+    ok &= passed
+    log(f"{'PASS' if passed else 'FAIL'}  worker RSS peak {peak * MiB / 1e6:.0f} MB < "
+        f"{TARGET_RSS_MB:.0f} MB")
+    return ok
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sets: 512 MiB, 20 x 64 MiB, 2,000 x 4 KiB in 20 folders")
+    parser.add_argument("--dir", default=None,
+                        help="where to make the temporary directory (default: the system's "
+                        "temp dir); store and destinations share its file system")
+    parser.add_argument("--only", default="", help="comma-separated subset: small,big,medium")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    sets = file_sets(args.quick)
+    only = {s for s in args.only.split(",") if s}
+    if only:
+        sets = [fs for fs in sets if fs.key in only]
+    by_key = {fs.key: fs for fs in sets}
+    workdir = Path(tempfile.mkdtemp(prefix="hera-stage-bench-", dir=args.dir)).resolve()
+    started = time.perf_counter()
+    rss: RssSampler | None = None
+    try:
+        store, workspace = workdir / "store", workdir / "workspace"
+        workspace.mkdir(parents=True)
+        total = sum(fs.total_bytes for fs in sets)
+        need = 3 * total + 2 * GiB
+        free = shutil.disk_usage(workdir).free
+        if free < need:
+            raise SystemExit(f"{workdir}: {free / GiB:.1f} GiB free, the run needs about "
+                             f"{need / GiB:.1f} GiB")
+        log(f"writing {sum(fs.count for fs in sets):,} source files ({total / GiB:.1f} GiB) "
+            f"in {store}")
+        t0 = time.perf_counter()
+        write_sources(store, sets)
+        log(f"  written in {time.perf_counter() - t0:.0f} s")
+        db_url = f"sqlite:///{workdir / 'catalogue.sqlite'}"
+        stores = {STORE: {"path": str(store), "kind": "online"}}
+        log("starting jupyter server (worker: server-started, production settings)")
+        with jupyter_server(workdir / "server", workspace, db_url, stores) as server:
+            globs = [f"{fs.rel_dir}/*/*" if fs.folders > 1 else f"{fs.rel_dir}/*" for fs in sets]
+            t0 = time.perf_counter()
+            done = server.cli("ingest", STORE, *globs, "--quiet")
+            log(f"  hera-stage ingest: {done.stdout.strip()} in {time.perf_counter() - t0:.0f} s")
+            rss = RssSampler(server)
+            rss.start()
+            bench = Bench(server, store, workspace)
+            # Warm-up: the first job starts the worker process (not part of any timing).
+            warm = next(iter(by_key.values()))
+            server.cli("stage", str(workspace / "00-warmup"),
+                       json.dumps({"name-is-exactly": warm.paths()[0].rsplit("/", 1)[1]}),
+                       "--wait")
+            remove_tree(workspace / "00-warmup")
+            cases: list[Case] = []
+            if "small" in by_key:
+                fs = by_key["small"]
+                # Small sets first, nothing deleted until the end (see the module docstring).
+                log(f"\n{fs.label}: copy")
+                cases.append(bench.case(fs, "small", fs.label, "files/s", "copy", [], True,
+                                        TARGET_SMALL))
+                log(f"{fs.label}: hardlink")
+                cases.append(bench.case(fs, "hardlink", f"{fs.label} (hardlink)", "files/s",
+                                        "hardlink", ["-l"], True, None))
+                log(f"{fs.label}: symlink")
+                cases.append(bench.case(fs, "symlink", f"{fs.label} (symlink)", "files/s",
+                                        "symlink", ["-s"], True, None))
+            for key in ("big", "medium"):
+                if key in by_key:
+                    fs = by_key[key]
+                    log(f"\n{fs.label}: copy")
+                    cases.append(bench.case(fs, key, fs.label, "GB/s", "copy", [], False,
+                                            TARGET_LARGE))
+            rss.stop.set()
+            rss.join()
+            ok = report(cases, rss, sets)
+        log(f"(total {time.perf_counter() - started:.0f} s)")
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        log("\ninterrupted; cleaning up")
+        return 130
+    finally:
+        if rss is not None:
+            rss.stop.set()
+        remove_tree(workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
