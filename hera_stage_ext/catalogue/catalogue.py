@@ -83,6 +83,8 @@ _IN_CHUNK = 5_000
 
 
 def _insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """One executemany INSERT (on psycopg, measured faster than multi-row VALUES through
+    SQLAlchemy's insertmanyvalues, which RETURNING would select)."""
     if rows:
         conn.execute(insert(table), rows)
 
@@ -162,7 +164,7 @@ class Catalogue:
         Bulk by design (ingest calls it with hundreds of files): one query each fetches the
         batch's known files, observations, sessions and store paths, every check runs in the
         order of ``specs`` before anything is written, and the new rows go in with one
-        multi-row INSERT per table.
+        executemany INSERT per table (Core, not ORM units of work).
         """
         if store is not None and (paths is None or len(paths) != len(specs)):
             raise InvalidRequest("register: one path per file is needed with a store")

@@ -1,0 +1,515 @@
+"""Search benchmark: a 1,000,000-file catalogue, its ingest rate and REST search latency.
+
+Builds a catalogue of HERA-style names (``zen.<night>.<5 digits>.<pol>.HH.uvh5``, about 1,000
+files a night, two instances per file on two stores at ``<night>/<name>``) through
+``Catalogue.register`` in ingest-sized batches (sizes and checksums are synthesized: nothing is
+hashed), then starts a real ``jupyter server`` with the extension on that database and times
+``POST <base_url>/hera-stage/api/search`` (limit 100) for five searches. Next to each REST figure
+it prints the same searches timed in this process without HTTP: ``Catalogue.search`` (what the
+handler calls: the SQL plus loading instances and building the JSON-ready dicts) and
+``search.run_search`` alone (the SQL). Runs on SQLite and on a throwaway PostgreSQL cluster.
+
+Targets: REST p50 <= 20 ms and p95 <= 50 ms for every search on both databases. A missed target
+prints the query's plan (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE). Exit status 0 when all pass.
+
+    /path/to/venv/bin/python benchmarks/search_bench.py                  # 1,000,000 files, both
+    /path/to/venv/bin/python benchmarks/search_bench.py --files 50000 --db sqlite --requests 100
+
+The PostgreSQL cluster, the server and the temporary directory are removed on exit, Ctrl-C
+included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import requests  # noqa: E402
+import xxhash  # noqa: E402
+
+from hera_stage_ext.catalogue import search as search_language  # noqa: E402
+from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec  # noqa: E402
+from hera_stage_ext.catalogue.db import Database  # noqa: E402
+from hera_stage_ext.catalogue.ingest import BATCH_SIZE  # noqa: E402
+from hera_stage_ext.catalogue.models import File  # noqa: E402
+from hera_stage_ext.catalogue.naming import jd_to_gps  # noqa: E402
+
+TARGET_P50_MS = 20.0
+TARGET_P95_MS = 50.0
+FIRST_NIGHT = 2458000
+POLS = ("xx", "yy", "xy", "yx")
+OBS_PER_NIGHT = 250  # x 4 polarisations = 1,000 files a night
+STEP = 260  # 1e-5 day units between observations: 250 of them span .10000 - .74740
+STORES = ("store-a", "store-b")
+WARMUP = 20
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic archive
+
+
+def nights_for(files: int) -> int:
+    return max(1, math.ceil(files / (OBS_PER_NIGHT * len(POLS))))
+
+
+def file_name(index: int) -> str:
+    night, rest = divmod(index, OBS_PER_NIGHT * len(POLS))
+    obs, pol = divmod(rest, len(POLS))
+    return f"zen.{FIRST_NIGHT + night}.{10000 + STEP * obs:05d}.{POLS[pol]}.HH.uvh5"
+
+
+def file_spec(name: str) -> FileSpec:
+    data = name.encode()
+    return FileSpec(
+        name=name,
+        size=200_000_000 + xxhash.xxh64_intdigest(data) % 3_000_000_000,
+        checksums={"md5": hashlib.md5(data).hexdigest(),
+                   "xxh3-128": xxhash.xxh3_128_hexdigest(data)},
+        source="search-bench",
+    )
+
+
+def night_of(name: str) -> str:
+    return name.split(".")[1]
+
+
+def night_obsid_range(night: int) -> list[int]:
+    """Obsids of every observation of ``night`` (and nothing of the neighbouring nights)."""
+    return [jd_to_gps(night + 0.1), jd_to_gps(night + (10000 + STEP * OBS_PER_NIGHT) / 1e5)]
+
+
+@dataclass
+class IngestResult:
+    seconds: dict[str, float] = field(default_factory=dict)  # store -> time inside register
+    wall: float = 0.0
+
+
+def build(catalogue: Catalogue, files: int, batch: int) -> IngestResult:
+    """Register the files batch by batch, each batch twice: on the first store (new files, their
+    events, observations and sessions, first instances) and then on the second (a second
+    instance of known files), as an archive does when each night's data is copied on arrival.
+    Only the time inside Catalogue.register is counted."""
+    result = IngestResult(seconds=dict.fromkeys(STORES, 0.0))
+    start = last = time.perf_counter()
+    done = 0
+    for first in range(0, files, batch):
+        names = [file_name(i) for i in range(first, min(files, first + batch))]
+        paths = [f"{night_of(n)}/{n}" for n in names]
+        for store in STORES:
+            specs = [file_spec(n) for n in names]
+            t0 = time.perf_counter()
+            registered = catalogue.register(specs, store, paths)
+            result.seconds[store] += time.perf_counter() - t0
+            assert all(r.instance_added for r in registered), "unexpected existing instance"
+        done += len(names)
+        now = time.perf_counter()
+        if now - last >= 15 or done == files:
+            last = now
+            a, b = (result.seconds[s] for s in STORES)
+            log(f"    {done:>9,} / {files:,} files  {done / (a + b):>7,.0f} files/s in register "
+                f"(new file + 1st instance {done / a:>7,.0f}/s, 2nd instance {done / b:>7,.0f}/s)")
+    result.wall = time.perf_counter() - start
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The searches
+
+
+@dataclass
+class Query:
+    key: str
+    label: str
+    make: Callable[[random.Random], Any]  # -> one search (parameters vary per request)
+    expect_full_page: bool = True
+
+
+def queries(files: int) -> list[Query]:
+    last_index = files - 1
+
+    def any_night(rnd: random.Random) -> int:
+        # Nights that are complete (the last one may be partial with --files).
+        full = max(1, files // (OBS_PER_NIGHT * len(POLS)))
+        return FIRST_NIGHT + rnd.randrange(full)
+
+    def any_name(rnd: random.Random) -> str:
+        return file_name(rnd.randint(0, last_index))
+
+    def nested_or(rnd: random.Random) -> dict[str, Any]:
+        return {"or": {
+            "name-is-exactly": any_name(rnd),
+            "name-matches": f"zen.{any_night(rnd)}.%",
+            "obsid-in-range": night_obsid_range(any_night(rnd)),
+        }}
+
+    return [
+        Query("exact", "exact name",
+              lambda rnd: {"name-is-exactly": any_name(rnd)}, expect_full_page=False),
+        Query("prefix", "name prefix",
+              lambda rnd: {"name-matches": f"zen.{any_night(rnd)}.%"}),
+        Query("obsid", "obsid range (1 night)",
+              lambda rnd: {"obsid-in-range": night_obsid_range(any_night(rnd))}),
+        Query("or", "nested or of 3 clauses", nested_or),
+        Query("ninst", "num-instances > 1",
+              lambda rnd: {"num-instances-greater-than": 1}),
+    ]
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass
+class Timing:
+    rest: list[float] = field(default_factory=list)
+    core: list[float] = field(default_factory=list)
+    sql: list[float] = field(default_factory=list)
+
+    def p(self, which: str, q: float) -> float:
+        return percentile(getattr(self, which), q) * 1000
+
+
+def time_queries(
+    db: Database, catalogue: Catalogue, http: requests.Session, url: str, files: int,
+    n_requests: int,
+) -> dict[str, Timing]:
+    """Per search: REST, Catalogue.search and run_search, interleaved request by request
+    (rotating which goes first) so that the three see the same machine."""
+    out: dict[str, Timing] = {}
+    for query in queries(files):
+        rnd = random.Random(f"{query.key}-{files}")
+        searches = [query.make(rnd) for _ in range(WARMUP + n_requests)]
+
+        def rest(search: Any) -> dict[str, Any]:
+            reply = http.post(url, json={"search": search, "limit": 100})
+            if reply.status_code != 200:
+                raise RuntimeError(f"{query.label}: HTTP {reply.status_code}: {reply.text[:500]}")
+            return reply.json()
+
+        def core(search: Any) -> dict[str, Any]:
+            return catalogue.search("files", search, limit=100)
+
+        def sql(search: Any) -> list[str]:
+            with db.read() as s:
+                rows = search_language.run_search(s, "files", search, limit=100).rows
+                return [f.name for f in rows]
+
+        # Sanity: the three agree, and the search finds what it should.
+        first = searches[0]
+        names_rest = [r["name"] for r in rest(first)["results"]]
+        names_core = [r["name"] for r in core(first)["results"]]
+        names_sql = sql(first)
+        if not names_rest == names_core == names_sql:
+            raise RuntimeError(f"{query.label}: REST and in-process results differ")
+        if not names_rest or (query.expect_full_page and len(names_rest) != 100):
+            raise RuntimeError(f"{query.label}: {len(names_rest)} results for {first}")
+
+        timing = Timing()
+        runners = [("rest", rest), ("core", core), ("sql", sql)]
+        for i, search in enumerate(searches):
+            order = runners[i % 3:] + runners[: i % 3]
+            for which, run in order:
+                t0 = time.perf_counter()
+                run(search)
+                elapsed = time.perf_counter() - t0
+                if i >= WARMUP:
+                    getattr(timing, which).append(elapsed)
+        out[query.key] = timing
+        log(f"    {query.label:<24} REST p50 {timing.p('rest', .5):6.1f} ms  "
+            f"p95 {timing.p('rest', .95):6.1f} ms")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans of slow searches
+
+
+def explain(db: Database, search: Any) -> str:
+    """The plan of the search's page query (default sort: name), as run_search builds it."""
+    with db.read() as s:
+        stmt = (
+            search_language.search_select(s, "files", search)
+            .order_by(File.name.asc())
+            .limit(101)
+        )
+        sql = str(stmt.compile(dialect=s.get_bind().dialect,
+                               compile_kwargs={"literal_binds": True}))
+        if db.backend == "sqlite":
+            rows = s.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+            plan = "\n".join(f"      {'  ' * _depth(rows, r)}{r[3]}" for r in rows)
+        else:
+            rows = s.connection().exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}").all()
+            plan = "\n".join(f"      {r[0]}" for r in rows)
+    return f"      SQL: {' '.join(sql.split())}\n{plan}"
+
+
+def _depth(rows: list[Any], row: Any) -> int:
+    parents = {r[0]: r[1] for r in rows}
+    depth, parent = 0, row[1]
+    while parent:
+        depth += 1
+        parent = parents.get(parent, 0)
+    return depth
+
+
+# ---------------------------------------------------------------------------------------------
+# Server, cluster, clean-up
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyter_server(
+    workdir: Path, db_url: str, stores: dict[str, Any]
+) -> Iterator[tuple[str, str]]:
+    """A real ``jupyter server`` with the extension on ``db_url``; yields its search URL and
+    token."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_dir, runtime_dir = workdir / "config", workdir / "runtime"
+    config_dir.mkdir(exist_ok=True)
+    config = {"StagingApp": {"db_url": db_url, "stores": stores}}
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps(config, indent=2))
+    port, token = free_port(), hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir),
+           "JUPYTER_RUNTIME_DIR": str(runtime_dir), "JUPYTER_DATA_DIR": str(workdir / "data")}
+    cmd = [
+        sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}",
+        "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+        "--ServerApp.jpserver_extensions=hera_stage_ext=True",
+        f"--StagingApp.db_url={db_url}", f"--ServerApp.root_dir={workdir}",
+        "--ServerApp.log_level=WARN", "--allow-root",
+    ]
+    server_log = workdir / "server.log"
+    with open(server_log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=workdir, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyter server exited ({proc.returncode}):\n"
+                                   + server_log.read_text()[-3000:])
+            try:
+                reply = requests.get(f"{base}/hera-stage/api/status", timeout=2,
+                                     headers={"Authorization": f"token {token}"})
+                if reply.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("jupyter server did not answer within 120 s:\n"
+                                   + server_log.read_text()[-3000:])
+            time.sleep(0.25)
+        yield f"{base}/hera-stage/api/search", token
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[Any]:
+    from tests.pgcluster import PostgresCluster
+
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            cluster.stop()
+        except Exception as exc:  # e.g. Ctrl-C reached the postmaster first
+            log(f"stopping PostgreSQL: {exc}")
+            shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---------------------------------------------------------------------------------------------
+# One database
+
+
+@dataclass
+class DbResult:
+    backend: str
+    files: int
+    ingest: IngestResult
+    timings: dict[str, Timing]
+    build_seconds: float
+    plans: dict[str, str] = field(default_factory=dict)
+
+
+def bench_database(
+    backend: str, url: str, workdir: Path, args: argparse.Namespace
+) -> DbResult:
+    log(f"\n== {backend}: {url}")
+    stores = {}
+    for name in STORES:
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+        stores[name] = {"path": str(workdir / name)}
+    db = Database(url)
+    try:
+        db.upgrade()
+        catalogue = Catalogue(db)
+        catalogue.sync_stores(stores)
+        log(f"  building {args.files:,} files x {len(STORES)} instances over "
+            f"{nights_for(args.files):,} nights (batches of {args.batch})")
+        t0 = time.perf_counter()
+        ingest = build(catalogue, args.files, args.batch)
+        if backend == "postgresql":
+            # What autovacuum does on its own shortly after a bulk load; done here so that the
+            # timings do not depend on when it happens to run.
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                c.exec_driver_sql("VACUUM ANALYZE")
+        build_seconds = time.perf_counter() - t0
+        counts = catalogue.counts()
+        log(f"  built in {build_seconds:.0f} s: {counts}")
+        log(f"  starting jupyter server; {args.requests} requests per search after "
+            f"{WARMUP} warm-up")
+        with jupyter_server(workdir / "server", url, stores) as (search_url, token):
+            with requests.Session() as http:
+                http.headers["Authorization"] = f"token {token}"
+                timings = time_queries(db, catalogue, http, search_url, args.files,
+                                       args.requests)
+        result = DbResult(backend, args.files, ingest, timings, build_seconds)
+        for query in queries(args.files):
+            t = timings[query.key]
+            if t.p("rest", .5) > TARGET_P50_MS or t.p("rest", .95) > TARGET_P95_MS:
+                result.plans[query.key] = explain(db, query.make(random.Random(query.key)))
+        return result
+    finally:
+        db.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def report(results: list[DbResult], args: argparse.Namespace) -> bool:
+    log("\n" + "=" * 100)
+    log(f"Catalogue: {args.files:,} files, {len(STORES)} instances each; "
+        f"{args.requests} requests per search, limit 100; times in ms")
+    log("\nIngest through Catalogue.register "
+        f"(batches of {args.batch}; time inside register only)")
+    for r in results:
+        a, b = (r.ingest.seconds[s] for s in STORES)
+        log(f"  {r.backend:<10} new files + 1st instance: {r.files / a:>8,.0f} files/s  "
+            f"| 2nd instance: {r.files / b:>8,.0f} files/s  "
+            f"| both passes: {r.files / (a + b):>8,.0f} files/s  "
+            f"(build incl. synthesis: {r.build_seconds:.0f} s)")
+    log("")
+    header = (f"{'database':<10} {'search':<24} | {'REST p50':>8} {'p95':>6} | "
+              f"{'core p50':>8} {'p95':>6} | {'SQL p50':>8} {'p95':>6} | {'HTTP+JSON p50':>13}")
+    log(header)
+    log("-" * len(header))
+    labels = {q.key: q.label for q in queries(args.files)}
+    for r in results:
+        for key, t in r.timings.items():
+            log(f"{r.backend:<10} {labels[key]:<24} | {t.p('rest', .5):8.1f} "
+                f"{t.p('rest', .95):6.1f} | {t.p('core', .5):8.1f} {t.p('core', .95):6.1f} | "
+                f"{t.p('sql', .5):8.1f} {t.p('sql', .95):6.1f} | "
+                f"{t.p('rest', .5) - t.p('core', .5):+12.1f}")
+    log("  REST = POST /hera-stage/api/search through a real jupyter server "
+        "(requests.Session, keep-alive);")
+    log("  core = Catalogue.search in this process (SQL + instances + dicts, no HTTP/JSON); "
+        "SQL = search.run_search alone.")
+    plans = [(r.backend, key, plan) for r in results for key, plan in r.plans.items()]
+    if plans:
+        log("\nPlans of the searches that missed a target:")
+        timings = {(r.backend, key): t for r in results for key, t in r.timings.items()}
+        for backend, key, plan in plans:
+            t = timings[backend, key]
+            rest, core, sql = t.p("rest", .5), t.p("core", .5), t.p("sql", .5)
+            log(f"  {backend} / {labels[key]}: REST p50 {rest:.1f} ms = SQL (run_search) "
+                f"{sql:.1f} + rest of Catalogue.search {core - sql:.1f} + HTTP/JSON "
+                f"{rest - core:.1f}\n{plan}")
+    log("")
+    ok = True
+    for r in results:
+        for key, t in r.timings.items():
+            p50, p95 = t.p("rest", .5), t.p("rest", .95)
+            for name, value, target in (("p50", p50, TARGET_P50_MS), ("p95", p95, TARGET_P95_MS)):
+                passed = value <= target
+                ok &= passed
+                log(f"{'PASS' if passed else 'FAIL'}  {r.backend:<10} {labels[key]:<24} "
+                    f"REST {name} {value:6.1f} ms <= {target:.0f} ms")
+    log(f"{'PASS' if ok else 'FAIL'}  all searches on {', '.join(r.backend for r in results)}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=1_000_000, help="files in the catalogue")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--requests", type=int, default=200, help="timed requests per search")
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE,
+                        help="files per Catalogue.register call (default: ingest's batch)")
+    args = parser.parse_args(argv)
+    if args.files < 1000 or args.requests < 1 or args.batch < 1:
+        parser.error("--files must be at least 1000, --requests and --batch at least 1")
+    signal.signal(signal.SIGTERM, _terminate)
+    backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    workdir = Path(tempfile.mkdtemp(prefix="hera-search-bench-"))
+    results: list[DbResult] = []
+    started = time.perf_counter()
+    try:
+        for backend in backends:
+            if backend == "sqlite":
+                url = f"sqlite:///{workdir / 'sqlite' / 'catalogue.sqlite'}"
+                results.append(bench_database(backend, url, workdir / "sqlite", args))
+            else:
+                with postgres_cluster() as cluster:
+                    results.append(
+                        bench_database(backend, cluster.create_database(), workdir / "pg", args)
+                    )
+        ok = report(results, args)
+        log(f"(total {time.perf_counter() - started:.0f} s)")
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        log("\ninterrupted; cleaning up")
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
