@@ -31,18 +31,33 @@ def store_json(store: Store) -> dict[str, Any]:
     }
 
 
+def instance_fields(
+    file_name: str, store_name: str, store_root: str, store_kind: str, store_available: bool,
+    path: str, available: bool, deletion_policy: str, create_time: dt.datetime,
+) -> dict[str, Any]:
+    """An instance's JSON from plain values (for callers that fetched columns, not objects)."""
+    return {
+        "file": file_name,
+        "store": store_name,
+        "path": path,
+        "full_path": os.path.join(store_root, path),
+        "available": bool(available and store_available),
+        "store_kind": store_kind,
+        "deletion_policy": deletion_policy,
+        "create_time": iso(create_time),
+    }
+
+
+#: The columns ``instance_fields`` takes after the file name, in order.
+INSTANCE_COLUMNS = (Store.name, Store.path, Store.kind, Store.available, Instance.path,
+                    Instance.available, Instance.deletion_policy, Instance.create_time)
+
+
 def instance_json(instance: Instance) -> dict[str, Any]:
     store = instance.store
-    return {
-        "file": instance.file.name,
-        "store": store.name,
-        "path": instance.path,
-        "full_path": os.path.join(store.path, instance.path),
-        "available": instance.available and store.available,
-        "store_kind": store.kind,
-        "deletion_policy": instance.deletion_policy,
-        "create_time": iso(instance.create_time),
-    }
+    return instance_fields(instance.file.name, store.name, store.path, store.kind,
+                           store.available, instance.path, instance.available,
+                           instance.deletion_policy, instance.create_time)
 
 
 def event_json(event: Event) -> dict[str, Any]:
