@@ -8,6 +8,8 @@ import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Widget } from '@lumino/widgets';
 
+import { panelPlugin } from './plugin';
+
 import { IArchiveStatus, StatusResult, statusText, statusTitle } from './status';
 
 export { IArchiveStatus, StatusResult, statusText, statusTitle } from './status';
@@ -160,4 +162,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, panelPlugin];

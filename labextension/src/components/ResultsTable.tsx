@@ -1,0 +1,335 @@
+import * as React from 'react';
+
+import { count, humanSize, shortTime } from '../format';
+import { SearchModel, sortDirection, whereText } from '../model';
+import { IFile, IObservation, ISession, SearchKind, SearchRow } from '../service';
+import { useSignal } from './hooks';
+
+/** Fixed row height: rows are positioned, not measured, so 10,000+ rows stay cheap. */
+export const ROW_HEIGHT = 26;
+/** Rows rendered above and below the visible window. */
+const OVERSCAN = 12;
+
+interface IColumn {
+  id: string;
+  label: string;
+  /** The server's sort key, when the column sorts. */
+  sort?: string;
+  width: string;
+  numeric?: boolean;
+  cell: (row: SearchRow) => string;
+}
+
+const COLUMNS: Record<SearchKind, IColumn[]> = {
+  files: [
+    { id: 'name', label: 'Name', sort: 'name', width: 'minmax(180px, 3fr)', cell: r => (r as IFile).name },
+    { id: 'obsid', label: 'Obsid', sort: 'obsid', width: '92px', numeric: true, cell: r => String((r as IFile).obsid ?? '—') },
+    { id: 'size', label: 'Size', sort: 'size', width: '78px', numeric: true, cell: r => humanSize((r as IFile).size) },
+    { id: 'where', label: 'Where', width: 'minmax(90px, 1fr)', cell: r => whereText(r as IFile) },
+    { id: 'created', label: 'Created (UTC)', sort: 'create_time', width: '124px', cell: r => shortTime((r as IFile).create_time) }
+  ],
+  observations: [
+    { id: 'obsid', label: 'Obsid', sort: 'obsid', width: '110px', numeric: true, cell: r => String((r as IObservation).obsid) },
+    { id: 'session', label: 'Session', sort: 'session_id', width: '90px', numeric: true, cell: r => String((r as IObservation).session_id ?? '—') },
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', width: '120px', numeric: true, cell: r => (r as IObservation).start_time_jd.toFixed(5) },
+    { id: 'lst', label: 'LST (h)', sort: 'start_lst_hr', width: '80px', numeric: true, cell: r => (r as IObservation).start_lst_hr.toFixed(3) }
+  ],
+  sessions: [
+    { id: 'id', label: 'Session', sort: 'id', width: '100px', numeric: true, cell: r => String((r as ISession).id) },
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', width: '120px', numeric: true, cell: r => (r as ISession).start_time_jd.toFixed(5) },
+    { id: 'stop', label: 'Stop JD', sort: 'stop_time_jd', width: '120px', numeric: true, cell: r => (r as ISession).stop_time_jd.toFixed(5) }
+  ]
+};
+
+export interface IResultsTableProps {
+  model: SearchModel;
+}
+
+/** The results grid: virtualized, paged from the server's cursor as it scrolls. */
+export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
+  const { model } = props;
+  useSignal(model.changed);
+  const scroller = React.useRef<HTMLDivElement>(null);
+  const [scrollTop, setScrollTop] = React.useState(0);
+  const [viewport, setViewport] = React.useState(300);
+  const [active, setActive] = React.useState(0);
+  const anchor = React.useRef<number | null>(null);
+
+  const kind = model.rowsKind;
+  const columns = COLUMNS[kind];
+  const selectable = kind === 'files';
+  const template = (selectable ? '28px ' : '') + columns.map(c => c.width).join(' ');
+  const rows = model.rows;
+
+  React.useEffect(() => {
+    const node = scroller.current;
+    if (!node) {
+      return;
+    }
+    const observer = new ResizeObserver(() => setViewport(node.clientHeight || 300));
+    observer.observe(node);
+    setViewport(node.clientHeight || 300);
+    return () => observer.disconnect();
+  }, [model.searched]);
+
+  // Reset the window when a new search replaces the rows.
+  const firstKey = rows.length ? model.key(rows[0]) : '';
+  React.useEffect(() => {
+    setActive(0);
+    anchor.current = null;
+    if (scroller.current) {
+      scroller.current.scrollTop = 0;
+    }
+    setScrollTop(0);
+  }, [firstKey, kind, model.sort]);
+
+  // Fetch the next page when the window nears the end of what is loaded.
+  const last = Math.ceil((scrollTop + viewport) / ROW_HEIGHT);
+  React.useEffect(() => {
+    if (model.hasMore && !model.loading && last + OVERSCAN * 4 >= rows.length) {
+      void model.loadMore();
+    }
+  }, [last, rows.length, model.hasMore, model.loading]);
+
+  if (!model.searched) {
+    return null;
+  }
+
+  const first = Math.max(0, Math.floor(scrollTop / ROW_HEIGHT) - OVERSCAN);
+  const end = Math.min(rows.length, last + OVERSCAN);
+  const selectedCount = model.selection.size;
+
+  const focusRow = (index: number) => {
+    const i = Math.max(0, Math.min(rows.length - 1, index));
+    setActive(i);
+    const node = scroller.current;
+    if (node) {
+      const top = i * ROW_HEIGHT;
+      if (top < node.scrollTop) {
+        node.scrollTop = top;
+      } else if (top + ROW_HEIGHT > node.scrollTop + node.clientHeight - ROW_HEIGHT) {
+        node.scrollTop = top + 2 * ROW_HEIGHT - node.clientHeight;
+      }
+    }
+  };
+
+  const onClickRow = (e: React.MouseEvent, index: number, key: string) => {
+    setActive(index);
+    if (selectable && e.shiftKey && anchor.current !== null) {
+      model.selectRange(anchor.current, index);
+      return;
+    }
+    if (selectable && (e.ctrlKey || e.metaKey)) {
+      model.toggle(key);
+      anchor.current = index;
+      return;
+    }
+    anchor.current = index;
+    model.showDetail(key);
+  };
+
+  const onKeyDown = (e: React.KeyboardEvent) => {
+    if (!rows.length) {
+      return;
+    }
+    const page = Math.max(1, Math.floor(viewport / ROW_HEIGHT) - 1);
+    const key = model.key(rows[Math.min(active, rows.length - 1)]);
+    switch (e.key) {
+      case 'ArrowDown':
+        focusRow(active + 1);
+        break;
+      case 'ArrowUp':
+        focusRow(active - 1);
+        break;
+      case 'PageDown':
+        focusRow(active + page);
+        break;
+      case 'PageUp':
+        focusRow(active - page);
+        break;
+      case 'Home':
+        focusRow(0);
+        break;
+      case 'End':
+        focusRow(rows.length - 1);
+        break;
+      case ' ':
+        if (selectable) {
+          model.toggle(key);
+        }
+        break;
+      case 'Enter':
+        model.showDetail(key);
+        break;
+      case 'a':
+        if ((e.ctrlKey || e.metaKey) && selectable) {
+          model.selectAllLoaded();
+          break;
+        }
+        return;
+      case 'Escape':
+        model.clearSelection();
+        break;
+      default:
+        return;
+    }
+    e.preventDefault();
+    e.stopPropagation();
+  };
+
+  const shown = rows.length;
+  const summary =
+    model.total === null
+      ? `${count(shown)} ${kind}${model.hasMore ? '+' : ''}`
+      : `${count(shown)} of ${count(model.total)} ${kind} loaded`;
+
+  return (
+    <div className="jp-HeraStage-results">
+      <div className="jp-HeraStage-resultsBar" aria-live="polite">
+        <span className="jp-HeraStage-summary">
+          {summary}
+          {selectable && selectedCount ? ` · ${count(selectedCount)} selected` : ''}
+          {model.loading ? ' · loading…' : ''}
+        </span>
+        {selectable && (
+          <span className="jp-HeraStage-resultsActions">
+            <button
+              type="button"
+              className="jp-HeraStage-link"
+              onClick={() => model.selectAllLoaded()}
+              disabled={!rows.length}
+            >
+              Select all loaded
+            </button>
+            <button
+              type="button"
+              className="jp-HeraStage-link"
+              onClick={() => model.clearSelection()}
+              disabled={!selectedCount}
+            >
+              Clear
+            </button>
+          </span>
+        )}
+      </div>
+      <div
+        className="jp-HeraStage-grid"
+        role="grid"
+        aria-label={`Search results (${kind})`}
+        aria-rowcount={(model.total ?? rows.length) + 1}
+        aria-multiselectable={selectable}
+        aria-activedescendant={rows.length ? `jp-HeraStage-row-${active}` : undefined}
+        tabIndex={0}
+        onKeyDown={onKeyDown}
+      >
+        <div
+          className="jp-HeraStage-gridHeader"
+          role="row"
+          aria-rowindex={1}
+          style={{ gridTemplateColumns: template }}
+        >
+          {selectable && (
+            <div role="columnheader" className="jp-HeraStage-cell">
+              <span className="jp-HeraStage-visuallyHidden">Selected</span>
+            </div>
+          )}
+          {columns.map(c => (
+            <div
+              key={c.id}
+              role="columnheader"
+              aria-sort={c.sort ? sortDirection(model.sort, c.sort) : undefined}
+              className={`jp-HeraStage-cell${c.numeric ? ' jp-mod-numeric' : ''}`}
+            >
+              {c.sort ? (
+                <button
+                  type="button"
+                  className="jp-HeraStage-sort"
+                  title={`Sort by ${c.label.toLowerCase()}`}
+                  onClick={() => void model.sortBy(c.sort!)}
+                >
+                  {c.label}
+                  <span aria-hidden="true" className="jp-HeraStage-sortMark">
+                    {sortDirection(model.sort, c.sort) === 'ascending'
+                      ? ' ▲'
+                      : sortDirection(model.sort, c.sort) === 'descending'
+                        ? ' ▼'
+                        : ''}
+                  </span>
+                </button>
+              ) : (
+                c.label
+              )}
+            </div>
+          ))}
+        </div>
+        <div
+          ref={scroller}
+          className="jp-HeraStage-gridBody"
+          onScroll={e => setScrollTop((e.target as HTMLDivElement).scrollTop)}
+        >
+          {!rows.length && !model.loading && (
+            <div className="jp-HeraStage-empty">No {kind} match this search.</div>
+          )}
+          <div style={{ height: rows.length * ROW_HEIGHT, position: 'relative' }}>
+            {rows.slice(first, end).map((row, offset) => {
+              const index = first + offset;
+              const key = model.key(row);
+              const selected = selectable && model.selection.has(key);
+              return (
+                <div
+                  key={key}
+                  id={`jp-HeraStage-row-${index}`}
+                  role="row"
+                  aria-rowindex={index + 2}
+                  aria-selected={selectable ? selected : undefined}
+                  data-key={key}
+                  className={
+                    'jp-HeraStage-gridRow' +
+                    (selected ? ' jp-mod-selected' : '') +
+                    (index === active ? ' jp-mod-active' : '') +
+                    (model.detailKey === key ? ' jp-mod-detail' : '')
+                  }
+                  style={{
+                    gridTemplateColumns: template,
+                    transform: `translateY(${index * ROW_HEIGHT}px)`,
+                    height: ROW_HEIGHT
+                  }}
+                  onClick={e => onClickRow(e, index, key)}
+                >
+                  {selectable && (
+                    <div role="gridcell" className="jp-HeraStage-cell">
+                      <input
+                        type="checkbox"
+                        tabIndex={-1}
+                        aria-label={`Select ${key}`}
+                        checked={selected}
+                        onClick={e => e.stopPropagation()}
+                        onChange={e => {
+                          anchor.current = index;
+                          model.toggle(key, e.target.checked);
+                        }}
+                      />
+                    </div>
+                  )}
+                  {columns.map(c => {
+                    const text = c.cell(row);
+                    return (
+                      <div
+                        key={c.id}
+                        role="gridcell"
+                        className={`jp-HeraStage-cell${c.numeric ? ' jp-mod-numeric' : ''}`}
+                        title={text}
+                      >
+                        {text}
+                      </div>
+                    );
+                  })}
+                </div>
+              );
+            })}
+          </div>
+        </div>
+      </div>
+    </div>
+  );
+}

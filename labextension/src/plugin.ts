@@ -1,0 +1,200 @@
+/**
+ * The side panel plugin: the panel in the left area, its commands, job
+ * notifications, and the wiring of the event stream into the jobs model.
+ */
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { PageConfig } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+
+import { destinationOf, JobsModel, relativeToRoot, SearchModel, StageModel } from './model';
+import { archiveIcon, ArchivePanel, PANEL_ID } from './panel';
+import { ArchiveClient, IJob, StageMethod } from './service';
+import { humanSize, plural } from './format';
+
+export const PANEL_PLUGIN_ID = 'hera_stage_ext:panel';
+
+export namespace PanelCommandIDs {
+  export const open = 'hera-stage:open-panel';
+  export const searchSelection = 'hera-stage:search-selection';
+  export const stageSelected = 'hera-stage:stage-selected';
+  export const stageAll = 'hera-stage:stage-all';
+  export const refreshJobs = 'hera-stage:refresh-jobs';
+}
+
+export const panelPlugin: JupyterFrontEndPlugin<void> = {
+  id: PANEL_PLUGIN_ID,
+  description: 'A side panel to search the archive, stage files and watch jobs.',
+  autoStart: true,
+  optional: [ILayoutRestorer, IDefaultFileBrowser, ICommandPalette, ISettingRegistry],
+  activate: (
+    app: JupyterFrontEnd,
+    restorer: ILayoutRestorer | null,
+    fileBrowser: IDefaultFileBrowser | null,
+    palette: ICommandPalette | null,
+    settingRegistry: ISettingRegistry | null
+  ) => {
+    const serverSettings = app.serviceManager.serverSettings;
+    const client = new ArchiveClient(serverSettings.baseUrl, (url, init) =>
+      ServerConnection.makeRequest(url, init, serverSettings)
+    );
+    const search = new SearchModel(request => client.search(request));
+    const stage = new StageModel(client);
+    const jobs = new JobsModel(client);
+    let notify = true;
+
+    const browserFolder = (): string | null =>
+      fileBrowser ? destinationOf(fileBrowser.model.path) : null;
+    if (fileBrowser) {
+      stage.set({ destination: destinationOf(fileBrowser.model.path) });
+      // Follow the file browser until the user types a destination of their own.
+      let followed = stage.destination;
+      fileBrowser.model.pathChanged.connect(() => {
+        if (stage.destination === followed && !stage.preview) {
+          followed = destinationOf(fileBrowser.model.path);
+          stage.set({ destination: followed });
+        }
+      });
+    }
+
+    const serverRoot = PageConfig.getOption('serverRoot');
+    /** A job's destination as shown and opened: relative to the Jupyter root when inside it. */
+    const displayPath = (destination: string): string =>
+      relativeToRoot(destination, serverRoot) ?? destination;
+    const openFolder = (path: string): void => {
+      const folder = relativeToRoot(path, serverRoot);
+      if (folder === null) {
+        Notification.warning(`${path} is outside the Jupyter root folder: the file browser cannot show it.`, { autoClose: 6000 });
+        return;
+      }
+      if (fileBrowser) {
+        void fileBrowser.model.cd('/' + folder).then(() => app.shell.activateById(fileBrowser.id));
+      } else {
+        void app.commands.execute('filebrowser:go-to-path', { path: folder });
+      }
+    };
+
+    const panel = new ArchivePanel({
+      client,
+      search,
+      stage,
+      jobs,
+      browserFolder,
+      openFolder,
+      displayPath
+    });
+    app.shell.add(panel, 'left', { rank: 650 });
+    if (restorer) {
+      restorer.add(panel, PANEL_ID);
+    }
+
+    // Live progress from the server's event bus; polling is the fallback.
+    app.serviceManager.events.stream.connect((_, event) => jobs.handleEvent(event));
+    stage.launched.connect((_, job) => jobs.add(job));
+
+    jobs.jobEnded.connect((_, job: IJob) => {
+      if (!notify) {
+        return;
+      }
+      const where = job.destination ?? '';
+      const actions = where
+        ? [{ label: 'Open folder', callback: () => openFolder(where), displayType: 'link' as const }]
+        : [];
+      const done = `${plural(job.files_done, 'file')} (${humanSize(job.bytes_done)})`;
+      if (job.state === 'succeeded') {
+        Notification.success(`Staging job ${job.id} finished: ${done} in ${displayPath(where)}`, {
+          autoClose: 8000,
+          actions
+        });
+      } else if (job.state === 'cancelled') {
+        Notification.warning(`Staging job ${job.id} was cancelled after ${done}`, {
+          autoClose: 8000,
+          actions
+        });
+      } else {
+        Notification.error(
+          `Staging job ${job.id} failed${job.error ? `: ${job.error}` : ''} (${done} staged)`,
+          { autoClose: false, actions }
+        );
+      }
+    });
+
+    if (settingRegistry) {
+      settingRegistry
+        .load(PANEL_PLUGIN_ID)
+        .then(settings => {
+          const apply = () => {
+            search.pageSize = settings.get('pageSize').composite as number;
+            stage.method = settings.get('defaultMethod').composite as StageMethod;
+            notify = settings.get('notifyOnJobEnd').composite as boolean;
+            const interval = settings.get('pollInterval').composite as number;
+            jobs.poll.frequency = { ...jobs.poll.frequency, interval };
+          };
+          apply();
+          settings.changed.connect(apply);
+        })
+        .catch(reason => console.warn('hera_stage_ext: settings not loaded', reason));
+    }
+
+    const { commands } = app;
+    const show = () => {
+      app.shell.activateById(panel.id);
+    };
+    commands.addCommand(PanelCommandIDs.open, {
+      label: 'Open HERA Archive Panel',
+      caption: 'Search the archive, stage files and watch jobs',
+      icon: archiveIcon,
+      execute: show
+    });
+    commands.addCommand(PanelCommandIDs.searchSelection, {
+      label: 'Search the Archive for the Selected Text',
+      execute: () => {
+        const text = (window.getSelection()?.toString() ?? '').trim();
+        show();
+        if (text) {
+          search.set({ mode: 'text', text });
+          void search.run();
+        }
+      }
+    });
+    commands.addCommand(PanelCommandIDs.stageSelected, {
+      label: 'Stage the Selected Archive Files (Preview)',
+      isEnabled: () => search.selectedNames().length > 0,
+      execute: () => {
+        show();
+        return stage.previewTarget({ names: search.selectedNames() });
+      }
+    });
+    commands.addCommand(PanelCommandIDs.stageAll, {
+      label: 'Stage All Archive Search Results (Preview)',
+      isEnabled: () => search.rowsKind === 'files' && search.lastBody !== null,
+      execute: () => {
+        show();
+        const body = search.lastBody;
+        if (!body) {
+          return;
+        }
+        return stage.previewTarget(
+          body.search !== undefined ? { search: body.search } : { query: body.query ?? '' }
+        );
+      }
+    });
+    commands.addCommand(PanelCommandIDs.refreshJobs, {
+      label: 'Refresh Archive Staging Jobs',
+      execute: () => jobs.refresh()
+    });
+    search.changed.connect(() => commands.notifyCommandChanged());
+
+    if (palette) {
+      for (const command of Object.values(PanelCommandIDs)) {
+        palette.addItem({ command, category: 'HERA Stage' });
+      }
+    }
+  }
+};

@@ -1,0 +1,351 @@
+/**
+ * Every endpoint of the hera_stage_ext REST API (see hera_stage_ext/api/openapi.py).
+ *
+ * No JupyterLab imports: the transport is injected (index.ts passes
+ * ServerConnection.makeRequest), so jest can test URL building and error
+ * handling with a fake.
+ */
+
+/** The API's route, relative to the server's base URL. */
+export const API_ROUTE = 'hera-stage/api';
+
+/** Kinds of search the panel offers. */
+export type SearchKind = 'files' | 'observations' | 'sessions';
+
+export const SEARCH_KINDS: SearchKind[] = ['files', 'observations', 'sessions'];
+
+export type StageMethod = 'copy' | 'hardlink' | 'symlink' | 'reflink';
+
+export const STAGE_METHODS: StageMethod[] = ['copy', 'hardlink', 'symlink', 'reflink'];
+
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface IInstance {
+  file: string;
+  store: string;
+  path: string;
+  full_path: string;
+  available: boolean;
+  store_kind?: 'online' | 'cold';
+  deletion_policy: string;
+  create_time?: string;
+}
+
+export interface IFile {
+  name: string;
+  type: string;
+  size: number;
+  is_directory?: boolean;
+  checksums: Record<string, string>;
+  create_time: string;
+  obsid: number | null;
+  source?: string;
+  metadata?: Record<string, unknown>;
+  instances?: IInstance[];
+}
+
+export interface IObservation {
+  obsid: number;
+  start_time_jd: number;
+  stop_time_jd: number;
+  start_lst_hr: number;
+  session_id: number | null;
+}
+
+export interface ISession {
+  id: number;
+  start_time_jd: number;
+  stop_time_jd: number;
+}
+
+export interface IArchiveEvent {
+  type: string;
+  time: string;
+  payload: Record<string, unknown>;
+}
+
+export interface IFileDetail extends IFile {
+  instances: IInstance[];
+  observation: IObservation | null;
+  events: IArchiveEvent[];
+}
+
+export type SearchRow = IFile | IObservation | ISession;
+
+export interface ISearchRequest {
+  /** The one-line query text (exactly one of query and search). */
+  query?: string;
+  /** The JSON search language, as an object or as JSON text. */
+  search?: unknown;
+  kind?: SearchKind;
+  limit?: number;
+  cursor?: string | null;
+  count?: boolean;
+  sort?: string | null;
+}
+
+export interface ISearchReply<T = SearchRow> {
+  kind: string;
+  results: T[];
+  next_cursor: string | null;
+  total: number | null;
+  search: unknown;
+}
+
+/** What to stage: exactly one of names, search or query. */
+export type StageTarget =
+  | { names: string[] }
+  | { search: unknown }
+  | { query: string };
+
+export type IStageRequest = StageTarget & {
+  destination: string;
+  method?: StageMethod;
+  dry_run?: boolean;
+  force?: boolean;
+};
+
+export interface IDryRun {
+  destination: string;
+  method: string;
+  files: number;
+  bytes: number;
+  missing: string[];
+  bytes_needed?: number;
+  free_bytes: number;
+  fits: boolean;
+}
+
+export interface IJob {
+  id: number;
+  owner?: string;
+  kind?: string;
+  state: JobState | string;
+  destination?: string;
+  method?: string;
+  search?: unknown;
+  files_total: number;
+  bytes_total: number;
+  files_done: number;
+  bytes_done: number;
+  files_failed?: number;
+  files_skipped?: number;
+  missing?: string[];
+  error?: string | null;
+  created_at?: string | null;
+  started_at?: string | null;
+  finished_at?: string | null;
+  rate_bytes_per_s?: number | null;
+  eta_s?: number | null;
+}
+
+export interface IJobLog {
+  text: string;
+  next_offset: number;
+}
+
+export interface IStore {
+  name: string;
+  path: string;
+  kind: 'online' | 'cold';
+  available: boolean;
+  instances?: number;
+}
+
+/** Transport: (url, init) -> Response. ServerConnection.makeRequest in the lab. */
+export type RequestFunction = (url: string, init: RequestInit) => Promise<Response>;
+
+/**
+ * An answer that was not 2xx, or no answer at all.
+ *
+ * `missing` is true when the server extension itself is absent: no answer, or
+ * a 404 that is not one of the API's own JSON errors (an unknown route).
+ */
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly missing: boolean = false,
+    readonly error?: string
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+/** Join a base URL and path segments with exactly one slash between them. */
+export function joinUrl(base: string, ...parts: string[]): string {
+  let url = base.replace(/\/+$/, '');
+  for (const part of parts) {
+    const p = part.replace(/^\/+/, '').replace(/\/+$/, '');
+    if (p) {
+      url += '/' + p;
+    }
+  }
+  return url;
+}
+
+/** A query string from the defined values ("" when there are none). */
+export function queryString(
+  params: Record<string, string | number | boolean | null | undefined>
+): string {
+  const parts = Object.entries(params)
+    .filter(([, v]) => v !== undefined && v !== null)
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
+  return parts.length ? `?${parts.join('&')}` : '';
+}
+
+/** Builds every endpoint's URL under `<baseUrl>/hera-stage/api`. */
+export class ApiUrls {
+  constructor(readonly baseUrl: string) {}
+
+  get root(): string {
+    return joinUrl(this.baseUrl, API_ROUTE);
+  }
+  status(): string {
+    return joinUrl(this.root, 'status');
+  }
+  stores(): string {
+    return joinUrl(this.root, 'stores');
+  }
+  search(): string {
+    return joinUrl(this.root, 'search');
+  }
+  /** A file's detail; names may hold any character but '/', so encode them. */
+  file(name: string): string {
+    return joinUrl(this.root, 'files', encodeURIComponent(name));
+  }
+  fileContent(name: string): string {
+    return joinUrl(this.file(name), 'content');
+  }
+  stage(): string {
+    return joinUrl(this.root, 'stage');
+  }
+  jobs(): string {
+    return joinUrl(this.root, 'jobs');
+  }
+  job(id: number): string {
+    return joinUrl(this.root, 'jobs', String(Math.trunc(id)));
+  }
+  cancel(id: number): string {
+    return joinUrl(this.job(id), 'cancel');
+  }
+  retry(id: number): string {
+    return joinUrl(this.job(id), 'retry');
+  }
+  log(id: number, offset = 0): string {
+    return joinUrl(this.job(id), 'log') + queryString({ offset: Math.max(0, Math.trunc(offset)) });
+  }
+}
+
+/** The message of an error reply: the API's JSON `message`, else the body's text. */
+async function errorOf(url: string, response: Response): Promise<ApiError> {
+  const text = await response.text().catch(() => '');
+  let payload: { message?: unknown; error?: unknown } | null = null;
+  try {
+    payload = JSON.parse(text);
+  } catch {
+    payload = null;
+  }
+  if (payload && typeof payload.message === 'string') {
+    return new ApiError(
+      payload.message,
+      response.status,
+      false,
+      typeof payload.error === 'string' ? payload.error : undefined
+    );
+  }
+  if (response.status === 404) {
+    return new ApiError(
+      `The hera_stage_ext server extension is not installed or not enabled on this ` +
+        `Jupyter server (${url} answered 404). Check \`jupyter server extension list\`.`,
+      404,
+      true
+    );
+  }
+  const snippet = text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 200);
+  return new ApiError(
+    `The archive server answered HTTP ${response.status}${snippet ? `: ${snippet}` : ''}`,
+    response.status
+  );
+}
+
+/** The client of every endpoint. */
+export class ArchiveClient {
+  constructor(baseUrl: string, request: RequestFunction) {
+    this.urls = new ApiUrls(baseUrl);
+    this._request = request;
+  }
+
+  readonly urls: ApiUrls;
+
+  async status(): Promise<Record<string, unknown>> {
+    return this._call('GET', this.urls.status());
+  }
+
+  async stores(): Promise<{ stores: IStore[] }> {
+    return this._call('GET', this.urls.stores());
+  }
+
+  async search<T = SearchRow>(request: ISearchRequest): Promise<ISearchReply<T>> {
+    return this._call('POST', this.urls.search(), request);
+  }
+
+  async file(name: string): Promise<IFileDetail> {
+    return this._call('GET', this.urls.file(name));
+  }
+
+  async dryRun(request: IStageRequest): Promise<IDryRun> {
+    return this._call('POST', this.urls.stage(), { ...request, dry_run: true });
+  }
+
+  async stage(request: IStageRequest): Promise<IJob> {
+    return this._call('POST', this.urls.stage(), { ...request, dry_run: false });
+  }
+
+  async jobs(): Promise<IJob[]> {
+    const reply = await this._call<{ jobs: IJob[] }>('GET', this.urls.jobs());
+    return reply.jobs;
+  }
+
+  async job(id: number): Promise<IJob> {
+    return this._call('GET', this.urls.job(id));
+  }
+
+  async cancel(id: number): Promise<IJob> {
+    return this._call('POST', this.urls.cancel(id), {});
+  }
+
+  async retry(id: number, force = false): Promise<IJob> {
+    return this._call('POST', this.urls.retry(id), { force });
+  }
+
+  async log(id: number, offset = 0): Promise<IJobLog> {
+    return this._call('GET', this.urls.log(id, offset));
+  }
+
+  private async _call<T>(method: string, url: string, body?: unknown): Promise<T> {
+    const init: RequestInit = { method };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers = { 'Content-Type': 'application/json' };
+    }
+    let response: Response;
+    try {
+      response = await this._request(url, init);
+    } catch (reason) {
+      const message = reason instanceof Error ? reason.message : String(reason);
+      throw new ApiError(`Could not reach the archive server at ${url}: ${message}`, 0, true);
+    }
+    if (!response.ok) {
+      throw await errorOf(url, response);
+    }
+    try {
+      return (await response.json()) as T;
+    } catch (reason) {
+      throw new ApiError(`${url} did not answer JSON: ${reason}`, response.status);
+    }
+  }
+
+  private _request: RequestFunction;
+}
