@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import math
-import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +48,7 @@ from hera_stage_ext.catalogue.db import Database  # noqa: E402
 from hera_stage_ext.catalogue.ingest import BATCH_SIZE  # noqa: E402
 from hera_stage_ext.catalogue.models import File  # noqa: E402
 from hera_stage_ext.catalogue.naming import jd_to_gps  # noqa: E402
+from tests.jupyter_process import jupyter_process  # noqa: E402
 
 TARGET_P50_MS = 20.0
 TARGET_P95_MS = 50.0
@@ -284,12 +281,6 @@ def _depth(rows: list[Any], row: Any) -> int:
 # Server, cluster, clean-up
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def jupyter_server(
     workdir: Path, db_url: str, stores: dict[str, Any]
@@ -297,51 +288,9 @@ def jupyter_server(
     """A real ``jupyter server`` with the extension on ``db_url``; yields its search URL and
     token."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config_dir, runtime_dir = workdir / "config", workdir / "runtime"
-    config_dir.mkdir(exist_ok=True)
     config = {"StagingApp": {"db_url": db_url, "stores": stores}}
-    (config_dir / "jupyter_server_config.json").write_text(json.dumps(config, indent=2))
-    port, token = free_port(), hashlib.sha256(os.urandom(16)).hexdigest()[:32]
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir),
-           "JUPYTER_RUNTIME_DIR": str(runtime_dir), "JUPYTER_DATA_DIR": str(workdir / "data")}
-    cmd = [
-        sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}",
-        "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
-        "--ServerApp.jpserver_extensions=hera_stage_ext=True",
-        f"--StagingApp.db_url={db_url}", f"--ServerApp.root_dir={workdir}",
-        "--ServerApp.log_level=WARN", "--allow-root",
-    ]
-    server_log = workdir / "server.log"
-    with open(server_log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=workdir, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter server exited ({proc.returncode}):\n"
-                                   + server_log.read_text()[-3000:])
-            try:
-                reply = requests.get(f"{base}/hera-stage/api/status", timeout=2,
-                                     headers={"Authorization": f"token {token}"})
-                if reply.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("jupyter server did not answer within 120 s:\n"
-                                   + server_log.read_text()[-3000:])
-            time.sleep(0.25)
-        yield f"{base}/hera-stage/api/search", token
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with jupyter_process(workdir, root_dir=workdir, config=config) as server:
+        yield f"{server.url}hera-stage/api/search", server.token
 
 
 @contextlib.contextmanager

@@ -11,120 +11,48 @@ kernel-manager stand-in that asks the server whether the kernel is alive.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import secrets
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from hera_stage_ext.demo import DemoArchive, make_demo_archive
+from hera_stage_ext.demo import make_demo_archive
 
-
-@dataclass
-class LiveServer:
-    url: str  # ends in '/'
-    token: str
-    pid: int
-    root: Path
-    runtime_dir: Path
-    archive: DemoArchive
-    log_path: Path
-
-    def rest(self, method: str, path: str, body: Any = None) -> requests.Response:
-        return requests.request(method, self.url + path, json=body, timeout=30,
-                                headers={"Authorization": f"token {self.token}"})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .jupyter_process import JupyterProcess, jupyter_process
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory) -> Iterator[LiveServer]:
+def live_server(tmp_path_factory) -> Iterator[JupyterProcess]:
     base = tmp_path_factory.mktemp("live")
     archive = make_demo_archive(base / "demo", files_per_night=6, nights=3)
-    config_dir, runtime_dir = base / "config", base / "runtime"
-    config_dir.mkdir()
-    config = {
-        "ServerApp": {"jpserver_extensions": {"hera_stage_ext": True},
-                      "root_dir": str(archive.workspace)},
-        "StagingApp": {"db_url": archive.db_url, "stores": archive.stores,
-                       "job_log_dir": str(base / "job-logs"),
-                       "worker_idle_exit_seconds": 10.0},
-    }
-    (config_dir / "jupyter_server_config.json").write_text(json.dumps(config))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir),
-           "JUPYTER_RUNTIME_DIR": str(runtime_dir), "JUPYTER_DATA_DIR": str(base / "data")}
-    for name in ("JPY_PARENT_PID", "HERA_STAGE_URL", "HERA_STAGE_TOKEN", "JUPYTERHUB_API_TOKEN",
-                 "JUPYTERHUB_SERVICE_URL"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "jupyter", "server", "--no-browser", "--ip=127.0.0.1",
-               f"--port={port}", f"--IdentityProvider.token={token}",
-               "--ServerApp.port_retries=0", "--ServerApp.log_level=WARN"]
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    log_path = base / "server.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=archive.workspace, start_new_session=True)
-    server = LiveServer(f"http://127.0.0.1:{port}/", token, proc.pid, archive.workspace,
-                        runtime_dir, archive, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("jupyter server exited:\n" + log_path.read_text()[-3000:])
-            try:
-                if server.rest("GET", "hera-stage/api/status").status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("jupyter server did not start:\n" + log_path.read_text())
-            time.sleep(0.2)
+    config = {"StagingApp": {"db_url": archive.db_url, "stores": archive.stores,
+                             "job_log_dir": str(base / "job-logs"),
+                             "worker_idle_exit_seconds": 10.0}}
+    with jupyter_process(base, root_dir=archive.workspace, config=config) as server:
         # Ingest through the REST API, as a user of the server would.
         from hera_stage_ext.client import Client
 
-        client = Client(server.url, token)
+        client = Client(server.url, server.token)
         for store in archive.stores:
             plan = client.ingest_plan(store, ["*/*"])
             report = client.ingest_paths(store, plan["todo"])
             assert not report["errors"], report
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class ServerKernel:
     """What nbclient needs of a kernel manager, for a kernel the server owns."""
 
-    def __init__(self, server: LiveServer, kernel_id: str) -> None:
+    def __init__(self, server: JupyterProcess, kernel_id: str) -> None:
         self.server, self.kernel_id = server, kernel_id
         self.has_kernel = True
 
     async def is_alive(self) -> bool:
-        reply = await asyncio.to_thread(self.server.rest, "GET", f"api/kernels/{self.kernel_id}")
+        reply = await asyncio.to_thread(self.server.request, "GET", f"api/kernels/{self.kernel_id}")
         return reply.status_code == 200 and reply.json().get("execution_state") != "dead"
 
     async def interrupt_kernel(self) -> None:
-        await asyncio.to_thread(self.server.rest, "POST",
+        await asyncio.to_thread(self.server.request, "POST",
                                 f"api/kernels/{self.kernel_id}/interrupt")
 
 
@@ -138,14 +66,14 @@ def notebook(*sources: str) -> Any:
     return nb
 
 
-def run_notebook(server: LiveServer, nb: Any, *, path: str = "test.ipynb",
+def run_notebook(server: JupyterProcess, nb: Any, *, path: str = "test.ipynb",
                  timeout: float = 60.0) -> Any:
     """Execute every cell of ``nb`` in a kernel the server starts for ``path``; cells tagged
     ``raises-exception`` may fail. Returns the executed notebook (outputs, widget state)."""
     from jupyter_client.asynchronous import AsyncKernelClient
     from nbclient import NotebookClient
 
-    reply = server.rest("POST", "api/sessions", {"path": path, "type": "notebook",
+    reply = server.request("POST", "api/sessions", {"path": path, "type": "notebook",
                                                  "kernel": {"name": "python3"}})
     assert reply.status_code == 201, reply.text
     kernel_id = reply.json()["kernel"]["id"]
@@ -170,7 +98,7 @@ def run_notebook(server: LiveServer, nb: Any, *, path: str = "test.ipynb",
     try:
         asyncio.run(run())
     finally:
-        server.rest("DELETE", f"api/sessions/{session_id}")
+        server.request("DELETE", f"api/sessions/{session_id}")
     return nb
 
 

@@ -84,7 +84,7 @@ def test_stage_wait_then_read_and_the_widget_reached_100(executed, live_server):
         text_of(executed["read"]).split()
     assert (state, done, total, wstate) == ("succeeded", "3", "3", "succeeded")
     assert (fvalue, fmax, float(bvalue)) == ("3", "3", 100.0)
-    assert (live_server.root / "night1" / "2457645" / NAME).exists()
+    assert (live_server.root_dir / "night1" / "2457645" / NAME).exists()
     # The model state the frontend received over the comms, as nbclient recorded it.
     model = widget_states(executed["nb"])[model_id]
     assert model["model_name"] == "FloatProgressModel"
