@@ -70,7 +70,12 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.engine = make_engine(url, echo=echo)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # PostgreSQL reads run in autocommit: each statement sees committed data, and a search
+        # saves the BEGIN and ROLLBACK round trips around it. SQLite's reads stay deferred
+        # transactions (cheap there, and one snapshot across a page and its count).
+        read_bind = self.engine if is_sqlite(self.engine) else self.engine.execution_options(
+            isolation_level="AUTOCOMMIT")
+        self._sessions = sessionmaker(read_bind, expire_on_commit=False)
 
     @property
     def backend(self) -> str:
@@ -78,7 +83,7 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reading; rolled back at the end."""
+        """A session for reading (never for writing: use ``write()``); rolled back at the end."""
         with self._sessions() as session:
             try:
                 yield session
