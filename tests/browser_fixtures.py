@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,21 @@ class LabServer:
 
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    with run_lab(tmp_path_factory.mktemp("browser")) as server:
+        yield server
+
+
+@contextmanager
+def run_lab(root: Path, files_per_night: int | None = None,
+            nights: int | None = None) -> Iterator[LabServer]:
+    """A real ``jupyter lab`` on a demo archive made (and ingested) under ``root``; the
+    archive's size is ``make_demo_archive``'s default unless given."""
     chromium_path()  # no point starting a lab without a browser
     if not (LABEXTENSION / "package.json").exists():
         pytest.fail("the lab extension is not built: run `jlpm build` first")
-    root = tmp_path_factory.mktemp("browser")
-    archive = make_demo_archive(root / "demo")
+    sizes = {k: v for k, v in (("files_per_night", files_per_night), ("nights", nights))
+             if v is not None}
+    archive = make_demo_archive(root / "demo", **sizes)
     ingest_demo_archive(archive)
     # Serve this checkout's build of the lab extension, whatever else is installed.
     extensions = root / "labextensions"
@@ -152,6 +163,14 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
 
 @pytest.fixture(scope="module")
 def page(lab_server: LabServer) -> Iterator[Any]:
+    with open_lab_page(lab_server) as page:
+        yield page
+
+
+@contextmanager
+def open_lab_page(lab_server: LabServer, init_script: str | None = None) -> Iterator[Any]:
+    """Chromium on the lab, once the main area and the panel's tab are up. ``init_script``
+    runs in the page before any of the lab's scripts (``page.add_init_script``)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -162,6 +181,8 @@ def page(lab_server: LabServer) -> Iterator[Any]:
                                     headless=True)
         context = browser.new_context(viewport={"width": 1440, "height": 1000})
         page = context.new_page()
+        if init_script:
+            page.add_init_script(init_script)
         page.set_default_timeout(20_000)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -183,3 +204,80 @@ def screenshot(page: Any, name: str, selector: str | None = None) -> Path:
     else:
         page.screenshot(path=str(path))
     return path
+
+
+#: A demo archive of 10,503 files (5 nights of 1,400 observations, 1.5 files each) for the
+#: panel's many-rows check and benchmarks/panel_frames.py.
+BIG_FILES_PER_NIGHT = 1400
+BIG_NIGHTS = 5
+
+
+@pytest.fixture(scope="module")
+def big_lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    with run_lab(tmp_path_factory.mktemp("browser-big"), BIG_FILES_PER_NIGHT,
+                 BIG_NIGHTS) as server:
+        yield server
+
+
+PANEL = ".jp-HeraStage-panel"
+
+
+def open_panel(page: Any) -> None:
+    """Show the side panel (click its tab unless it is the current one)."""
+    tab = page.locator(".lm-TabBar-tab[data-id='hera-stage-panel']")
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
+    page.wait_for_selector(f"{PANEL} .jp-HeraStage-query, {PANEL} .jp-HeraStage-json",
+                           state="visible")
+
+
+def panel_search(page: Any, text: str) -> None:
+    page.fill(f"{PANEL} .jp-HeraStage-query", text)
+    page.press(f"{PANEL} .jp-HeraStage-query", "Enter")
+
+
+#: How many rows are loaded, of how many, from the table's summary ("1,200 of 10,503 files
+#: loaded"); null before a search.
+_LOADED_JS = """() => {
+  const s = document.querySelector('.jp-HeraStage-panel .jp-HeraStage-summary');
+  const m = s && s.textContent.replace(/,/g, '').match(/(\\d+) of (\\d+)/);
+  return m ? [Number(m[1]), Number(m[2]), s.textContent.includes('loading')] : null;
+}"""
+
+
+def loaded_rows(page: Any) -> tuple[int, int, bool] | None:
+    """(rows loaded, total, loading) from the results summary, or None."""
+    value = page.evaluate(_LOADED_JS)
+    return None if value is None else (int(value[0]), int(value[1]), bool(value[2]))
+
+
+def scroll_results_to_end(page: Any, step_px: int = 2600, pause_ms: int = 30,
+                          timeout_s: float = 120.0) -> int:
+    """Scroll the results table with the mouse wheel, as a person would, until every row is
+    loaded and the last one is rendered (the table fetches pages from the server's cursor as
+    the window nears the end). Returns the number of wheel steps."""
+    body = page.locator(f"{PANEL} .jp-HeraStage-gridBody")
+    box = body.bounding_box()
+    assert box, "the results table is not shown"
+    # The grid may be wider than a narrow side panel: point at a part of it that shows.
+    panel = page.locator(PANEL).bounding_box()
+    right = min(box["x"] + box["width"], panel["x"] + panel["width"]) if panel else box["x"] + 60
+    page.mouse.move((box["x"] + right) / 2, box["y"] + box["height"] / 2)
+    deadline = time.monotonic() + timeout_s
+    steps = 0
+    while time.monotonic() < deadline:
+        state = loaded_rows(page)
+        if state and state[0] == state[1] and not state[2]:
+            at_end = page.evaluate(
+                "() => { const b = document.querySelector('.jp-HeraStage-panel"
+                " .jp-HeraStage-gridBody');"
+                " return b.scrollTop + b.clientHeight >= b.scrollHeight - 2; }")
+            if at_end:
+                break
+        page.mouse.wheel(0, step_px)
+        steps += 1
+        page.wait_for_timeout(pause_ms)
+    else:
+        raise AssertionError(f"the table did not reach its end in {timeout_s} s: "
+                             f"{loaded_rows(page)}")
+    return steps
