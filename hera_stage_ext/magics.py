@@ -163,9 +163,8 @@ class StageMagics(Magics):
                 client: Client | None = self.client(options)
             except ClientError:
                 client = None  # markers only
-            watcher = MarkerWatcher(args[0], client)
-            _display(watcher)
-            return watcher
+            # Returned, not displayed: a widget as a cell's value shows itself, once.
+            return MarkerWatcher(args[0], client)
         if len(args) != 1 or not re.fullmatch(r"\d+", args[0]):
             raise UsageError(f"%stage {command} ID: a job id is a number"
                              + (f", not {args[0]!r}" if args else ""))
