@@ -8,14 +8,9 @@ Debian's ``chromium`` package (``scripts/setup.sh`` installs it).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from hera_stage_ext.demo import DemoArchive, ingest_demo_archive, make_demo_archive
+from hera_stage_ext.demo import (
+    LIBRARIAN_AUTHENTICATOR,
+    DemoArchive,
+    ingest_demo_archive,
+    make_demo_archive,
+)
+
+from .jupyter_process import JupyterProcess, jupyter_process
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "test-output" / "screenshots"
@@ -51,38 +53,29 @@ def chromium_path() -> str:
     raise AssertionError  # not reached
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class LabServer:
-    url: str
-    token: str
+    """A running ``jupyter lab`` (``jupyter_process``) and the demo archive it serves."""
+
+    jupyter: JupyterProcess
     archive: DemoArchive
-    process: subprocess.Popen[bytes]
-    log_path: Path
+
+    @property
+    def url(self) -> str:  # no trailing slash
+        return self.jupyter.url.rstrip("/")
+
+    @property
+    def token(self) -> str:
+        return self.jupyter.token
 
     def lab_url(self) -> str:
         return f"{self.url}/lab?token={self.token}&reset"
 
     def api(self, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            f"{self.url}/hera-stage/api/{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-            method="GET" if body is None else "POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return json.loads(reply.read())
+        return self.jupyter.api(path, body)
 
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return self.jupyter.log_tail(chars)
 
 
 @pytest.fixture(scope="module")
@@ -107,58 +100,27 @@ def run_lab(root: Path, files_per_night: int | None = None,
     extensions = root / "labextensions"
     extensions.mkdir()
     (extensions / "hera_stage_ext").symlink_to(LABEXTENSION, target_is_directory=True)
-    config = root / "jupyter_lab_config.py"
-    config.write_text(archive.jupyter_config() + "\n".join([
-        "c.StagingApp.worker_streams = 1",
-        "c.StagingApp.worker_idle_exit_seconds = 30.0",
-        f"c.LabApp.extra_labextensions_path = [{str(extensions)!r}]",
-        f"c.LabApp.user_settings_dir = {str(root / 'settings')!r}",
-        f"c.LabApp.workspaces_dir = {str(root / 'workspaces')!r}",
-        "c.LabApp.expose_app_in_browser = True",
-        "c.LabApp.news_url = None",
-        "c.LabApp.check_for_updates_class = 'jupyterlab.NeverCheckForUpdate'",
-        "",
-    ]))
     # No "news?" prompt over the screenshots.
     notification = root / "settings" / "@jupyterlab" / "apputils-extension"
     notification.mkdir(parents=True)
     (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    port = _free_port()
-    token = "browser-test-token"
-    env = dict(os.environ, HERA_STAGE_TEST_CHUNK_DELAY=CHUNK_DELAY,
-               JUPYTER_CONFIG_DIR=str(root / "jupyter-config"),
-               JUPYTER_RUNTIME_DIR=str(root / "runtime"))
-    command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        "--ServerApp.port_retries=0", f"--config={config}", f"--IdentityProvider.token={token}",
-    ]
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    log_path = root / "lab.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   cwd=archive.workspace)
-    server = LabServer(f"http://127.0.0.1:{port}", token, archive, process, log_path)
+    config = {
+        "StagingApp": {"db_url": archive.db_url, "stores": archive.stores,
+                       "librarian_authenticators": {LIBRARIAN_AUTHENTICATOR: "demo"},
+                       "worker_streams": 1, "worker_idle_exit_seconds": 30.0},
+        "LabApp": {"extra_labextensions_path": [str(extensions)],
+                   "user_settings_dir": str(root / "settings"),
+                   "workspaces_dir": str(root / "workspaces"),
+                   "expose_app_in_browser": True, "news_url": None,
+                   "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"},
+    }
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"jupyter lab exited ({process.returncode}):\n{server.log_tail()}")
-            try:
-                server.api("status")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"jupyter lab did not start:\n{server.log_tail()}")
-                time.sleep(0.3)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with jupyter_process(root / "lab", root_dir=archive.workspace, config=config, lab=True,
+                             env={"HERA_STAGE_TEST_CHUNK_DELAY": CHUNK_DELAY},
+                             startup_timeout=90) as jupyter:
+            yield LabServer(jupyter, archive)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
