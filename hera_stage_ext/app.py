@@ -8,6 +8,7 @@ the handlers themselves live in ``api/``.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import logging
 import os
@@ -32,6 +33,8 @@ from .catalogue.naming import (
 )
 from .core import Core
 from .jobs.launcher import WorkerLauncher
+from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers
+from .transfer.receiver import Receiver
 
 SETTINGS_KEY = "hera_stage"
 
@@ -167,6 +170,49 @@ class StagingApp(ExtensionApp):
         1_000_000, help="Most files one staging job may take (a search resolved at launch)."
     ).tag(config=True)
 
+    peers = Dict(
+        help="""Sites this one sends to, by name (their site_name): {"karoo": {"url":
+        "https://karoo.example/", "secret": "...", "max_bytes_per_s": 0}}. url: the peer
+        server's base URL; secret: what this site presents there (the peer stores its hash in
+        its peer_secrets). A receiving site needs the sender here too: it pulls the bytes from
+        the sender with this secret. max_bytes_per_s: limit on serving that peer's pulls (0:
+        none).""",
+    ).tag(config=True)
+
+    peer_secrets = Dict(
+        value_trait=Unicode(),
+        help="""Sites this one accepts site-to-site requests from, each with the hash of the
+        secret it presents: {"nrao": "sha256$<hex>"} (python -m
+        hera_stage_ext.transfer.peers hash-secret).""",
+    ).tag(config=True)
+
+    receive_store = Unicode(
+        "",
+        help="""The store (a name in stores) that files sent by peers are written into,
+        keeping the sender's sub-folder layout. Empty: this site accepts no transfers.""",
+    ).tag(config=True)
+
+    receive_streams = Int(2, help="Files pulled from peers in parallel.").tag(config=True)
+
+    receive_reserve_bytes = Int(
+        0, help="Free space kept on the receiving store: offers that would eat into it are "
+        "answered no-space."
+    ).tag(config=True)
+
+    receive_max_attempts = Int(
+        5, help="Pulls of one file (after network errors or checksum mismatches) before it "
+        "is reported failed; the sender announcing it again starts over."
+    ).tag(config=True)
+
+    @validate("peers")
+    def _check_peers(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        parse_peers(proposal["value"])
+        return proposal["value"]
+
+    @validate("peer_secrets")
+    def _check_peer_secrets(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        return check_secret_hashes(proposal["value"])
+
     @validate("stores")
     def _check_stores(self, proposal: dict[str, Any]) -> dict[str, Any]:
         for name, spec in proposal["value"].items():
@@ -206,6 +252,13 @@ class StagingApp(ExtensionApp):
                 self.db_url, streams=self.worker_streams,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
             )
+        if self.receive_store and self.receive_store not in self.stores:
+            raise ValueError(f"receive_store {self.receive_store!r} is not one of the stores")
+        peers = PeerRegistry(self.site_name, parse_peers(self.peers), dict(self.peer_secrets))
+        receiver = Receiver(catalogue, peers, self.receive_store or None,
+                            streams=self.receive_streams,
+                            reserve_bytes=self.receive_reserve_bytes,
+                            max_attempts=self.receive_max_attempts)
         self.core = Core(
             version=__version__,
             site_name=self.site_name,
@@ -222,6 +275,8 @@ class StagingApp(ExtensionApp):
             max_stage_files=self.max_stage_files,
             launcher=launcher,
             owner=self.owner,
+            peers=peers,
+            receiver=receiver,
         )
         self.settings[SETTINGS_KEY] = self.core
         self.log.info(
@@ -236,6 +291,12 @@ class StagingApp(ExtensionApp):
         resumed = self.core.resume_jobs()
         if resumed:
             self.log.info("hera_stage_ext: unfinished staging jobs %s are being resumed", resumed)
+        if self.core.receiver is not None:
+            items = await asyncio.get_running_loop().run_in_executor(
+                None, self.core.receiver.resume)
+            if items:
+                self.log.info("hera_stage_ext: %d unfinished incoming transfer(s) resumed",
+                              len(items))
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(api_handlers())

@@ -23,6 +23,8 @@ from .catalogue.models import utcnow
 from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthorized
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
+from .transfer.peers import PeerRegistry
+from .transfer.receiver import Receiver
 
 log = logging.getLogger("hera_stage_ext")
 
@@ -49,6 +51,9 @@ class Core:
     # Whose jobs this server launches and shows: one single-user server belongs to one person
     # (Jupyter's token users are anonymous and new on every request, so they cannot own jobs).
     owner: str = "user"
+    # Site-to-site transfers: the peers (both directions) and the receiving side's pulls.
+    peers: PeerRegistry = field(default_factory=lambda: PeerRegistry("site"))
+    receiver: Receiver | None = None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -200,6 +205,8 @@ class Core:
         return active
 
     def close(self) -> None:
+        if self.receiver is not None:
+            self.receiver.close()
         self.catalogue.db.dispose()
 
 

@@ -11,9 +11,19 @@ import pytest
 from hera_stage_ext.api.openapi import openapi_document
 from hera_stage_ext.api.routes import API_PREFIX, NATIVE_ROUTES, handlers
 
+from hera_stage_ext.transfer.peers import hash_secret
+
 from .api_fixtures import *  # noqa: F403
 
 VERBS = ("get", "post", "put", "patch", "delete")
+PEER_SECRET = "s" * 43
+
+
+@pytest.fixture
+def staging_config():
+    # A known peer, so that a wrong secret for a known site is refused too (port 9: nobody).
+    return {"peer_secrets": {"demo-peer": hash_secret(PEER_SECRET)},
+            "peers": {"demo-peer": {"url": "http://127.0.0.1:9/", "secret": PEER_SECRET}}}
 
 
 def _example_path(pattern: str) -> str:
@@ -46,13 +56,25 @@ async def test_unauthenticated_requests_are_refused(http_server_client, jp_base_
         # The Librarian RPC authenticates by its own authenticator field.
         assert response.code == 400
         assert json.loads(response.body)["success"] is False
+    elif "/hera-stage/peer/" in path:
+        # Site-to-site endpoints authenticate by the peer secret (Authorization: HeraPeer).
+        assert response.code == 401, (path, response.code, response.body[:200])
+        assert json.loads(response.body)["error"] == "Unauthorized"
     else:
         assert response.code == 403, (path, response.code, response.body[:200])
     wrong = await http_server_client.fetch(
         jp_base_url.rstrip("/") + path, method=method, body=body, raise_error=False,
         follow_redirects=False, headers={"Authorization": "token not-the-token"},
     )
-    assert wrong.code == (400 if "librarian" in path else 403)
+    expected = 400 if "librarian" in path else 401 if "/hera-stage/peer/" in path else 403
+    assert wrong.code == expected
+    if "/hera-stage/peer/" in path:
+        for header in ("HeraPeer nobody:" + "x" * 43, "HeraPeer demo-peer:" + "x" * 43):
+            forged = await http_server_client.fetch(
+                jp_base_url.rstrip("/") + path, method=method, body=body, raise_error=False,
+                follow_redirects=False, headers={"Authorization": header},
+            )
+            assert forged.code == 401, (path, header.split(":")[0], forged.code)
 
 
 def test_openapi_paths_are_exactly_the_routes():
@@ -88,4 +110,9 @@ async def test_served_document_validates_real_replies(api, ingested):
     check("Job", job)
     _, job = await api("POST", f"jobs/{job['id']}/cancel", {})
     check("Job", job)
+    _, peers = await api("GET", "peers")
+    assert [p["name"] for p in peers["peers"]] == ["demo-peer"]
+    assert peers["peers"][0]["reachable"] is False and peers["peers"][0]["accepts_from"]
+    for peer in peers["peers"]:
+        check("Peer", peer)
     assert API_PREFIX == doc["servers"][0]["url"]

@@ -253,6 +253,21 @@ SCHEMAS["Job"] = {
     },
 }
 
+SCHEMAS["Peer"] = {
+    "type": "object",
+    "required": ["name", "url", "reachable", "site", "error", "accepts_from"],
+    "properties": {
+        "name": {"type": "string"},
+        "url": {"type": ["string", "null"], "description": "null: a site that only sends here"},
+        "reachable": {"type": ["boolean", "null"],
+                      "description": "an authenticated ping answered (null: not pinged)"},
+        "site": {"type": ["string", "null"], "description": "the site name it answered with"},
+        "error": {"type": "string"},
+        "accepts_from": {"type": "boolean",
+                         "description": "this site accepts transfers from it"},
+    },
+}
+
 NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 JOB_PARAMETER = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
@@ -386,6 +401,16 @@ def openapi_document(version: str) -> dict[str, Any]:
                                   "properties": {"text": {"type": "string"},
                                                  "next_offset": {"type": "integer"}}}, "Log"),
                     **_errors(400, 403, 404),
+                },
+            }},
+            "/peers": {"get": {
+                "summary": "Sites this one sends to (c.StagingApp.peers), each pinged with "
+                           "this site's secret, and the sites it accepts transfers from "
+                           "(c.StagingApp.peer_secrets)",
+                "responses": {
+                    "200": _json({"type": "object", "required": ["peers"], "properties": {
+                        "peers": {"type": "array", "items": ref("Peer")}}}, "Peers"),
+                    **_errors(403),
                 },
             }},
             "/openapi.json": {"get": {

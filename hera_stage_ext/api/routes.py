@@ -28,11 +28,20 @@ from .jobs import (
     StageHandler,
 )
 from .librarian import LibrarianRPCHandler
+from .peer import (
+    PeerAnnounceHandler,
+    PeerFileContentHandler,
+    PeerPingHandler,
+    PeersHandler,
+    PeerStatusHandler,
+)
 from .skao import SkaoStageHandler
 
 API_PREFIX = "/hera-stage/api"
 LIBRARIAN_PREFIX = "/hera-stage/librarian/api"
 SKAO_PREFIX = "/hera-stage/skao"
+#: Site-to-site endpoints (authenticated by the peer secret; see transfer/protocol.py).
+PEER_PREFIX = "/hera-stage/peer"
 
 #: OpenAPI path template -> handler, under API_PREFIX.
 NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
@@ -48,7 +57,16 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/jobs/{job_id}/cancel": JobCancelHandler,
     "/jobs/{job_id}/retry": JobRetryHandler,
     "/jobs/{job_id}/log": JobLogHandler,
+    "/peers": PeersHandler,
     "/openapi.json": OpenAPIHandler,
+}
+
+#: Site-to-site routes under PEER_PREFIX (not in the OpenAPI document of the user API).
+PEER_ROUTES: dict[str, type[RequestHandler]] = {
+    "/ping": PeerPingHandler,
+    "/announce": PeerAnnounceHandler,
+    "/status": PeerStatusHandler,
+    "/files/{name}/content": PeerFileContentHandler,
 }
 
 
@@ -59,5 +77,6 @@ def template_to_regex(template: str) -> str:
 def handlers() -> list[tuple[str, type[RequestHandler]]]:
     table = [(API_PREFIX + template_to_regex(t) + "$", h) for t, h in NATIVE_ROUTES.items()]
     table.append((LIBRARIAN_PREFIX + r"/(?P<operation>[^/]+)$", LibrarianRPCHandler))
+    table += [(PEER_PREFIX + template_to_regex(t) + "$", h) for t, h in PEER_ROUTES.items()]
     table.append((SKAO_PREFIX + r"/stage_data$", SkaoStageHandler))
     return table

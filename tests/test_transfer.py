@@ -1,0 +1,349 @@
+"""Site-to-site transfers between two real sites on loopback.
+
+Two ``jupyter server`` processes (site A sends, site B receives), each with its own SQLite
+catalogue and store, each configured as the other's peer. ``send_files`` runs in this process on
+a Core over A's database (as a transfer job will); B pulls the bytes from A's server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from hera_stage_ext.catalogue import checksums as ck
+from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.catalogue.ingest import Ingester
+from hera_stage_ext.catalogue.models import File, Instance
+from hera_stage_ext.core import Core
+from hera_stage_ext.errors import InvalidRequest, NotFound, Unauthorized
+from hera_stage_ext.transfer import peers as peers_module
+from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
+from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret, parse_peers
+from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR
+from hera_stage_ext.transfer.sender import remote_sites, send_files
+
+from .jupyter_process import JupyterProcess, jupyter_process
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET_AB = "a-to-b-" + "k" * 40  # A presents it at B
+SECRET_BA = "b-to-a-" + "q" * 40  # B presents it at A (its pulls)
+BATCH = [f"zen.2457700.{10000 + 37 * i:05d}.xx.HH.uvh5" for i in range(30)]
+BIG = "zen.2457701.10000.xx.HH.uvh5"
+BIG_SIZE = 48 << 20
+THROTTLE = 24 << 20  # bytes/s A serves B: the big file takes ~2 s
+CONFLICT = "zen.2457702.10000.xx.HH.uvh5"
+CORRUPT = "zen.2457702.20000.xx.HH.uvh5"
+FLIP = "zen.2457702.30000.xx.HH.uvh5"
+FORBIDDEN = "zen.2457702.40000.xx.HH.uvh5"
+
+
+@dataclass
+class Sites:
+    tmp: Path
+    a: JupyterProcess
+    b: JupyterProcess
+    a_store: Path
+    b_store: Path
+    a_core: Core
+    b_db: Database
+    b_config: dict[str, Any]
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    b_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def start_b(self, workdir: str) -> None:
+        self.b = self.b_stack.enter_context(jupyter_process(
+            self.tmp / workdir, root_dir=self.tmp / "b", config=self.b_config,
+            env={FLIP_ONCE_ENV: FLIP}))
+        self.a_core.peers.peers["site-b"] = replace(self.a_core.peers.peers["site-b"],
+                                                    url=self.b.url)
+
+    def b_file(self, name: str) -> requests.Response:
+        return self.b.request("GET", f"hera-stage/api/files/{name}")
+
+    def b_items(self) -> dict[str, TransferItem]:
+        with self.b_db.read() as s:
+            items = {i.name: i for i in s.scalars(select(TransferItem))}
+            s.expunge_all()
+            return items
+
+
+def _write(path: Path, rng: random.Random, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(rng.randbytes(size))
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> Iterator[Sites]:
+    tmp = tmp_path_factory.mktemp("sites")
+    rng = random.Random(6)
+    a_store, b_store = tmp / "a" / "store", tmp / "b" / "store"
+    b_store.mkdir(parents=True)
+    paths = {name: f"2457700/{name}" for name in BATCH}
+    paths[BIG] = f"2457701/{BIG}"
+    paths.update({n: f"2457702/{n}" for n in (CONFLICT, CORRUPT, FLIP, FORBIDDEN)})
+    for name, rel in paths.items():
+        _write(a_store / rel, rng, BIG_SIZE if name == BIG else 65536 + rng.randrange(4096))
+    # B already holds another file under the conflicting name.
+    _write(b_store / "mine" / CONFLICT, rng, 1000)
+
+    a_db_url = f"sqlite:///{tmp / 'a' / 'catalogue.sqlite'}"
+    b_db_url = f"sqlite:///{tmp / 'b' / 'catalogue.sqlite'}"
+    common = {"start_worker": False, "service_log_file": ""}
+    a_config = {"StagingApp": {
+        **common, "db_url": a_db_url, "site_name": "site-a",
+        "stores": {"a-store": {"path": str(a_store)}},
+        # A never calls B in these tests (send_files runs here): B's URL is filled in below.
+        "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
+                             "max_bytes_per_s": THROTTLE}},
+        "peer_secrets": {"site-b": hash_secret(SECRET_BA)},
+    }}
+    stack = contextlib.ExitStack()
+    a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
+                                            config=a_config))
+    b_config = {"StagingApp": {
+        **common, "db_url": b_db_url, "site_name": "site-b",
+        "stores": {"b-store": {"path": str(b_store)}}, "receive_store": "b-store",
+        "peers": {"site-a": {"url": a.url, "secret": SECRET_BA}},
+        "peer_secrets": {"site-a": hash_secret(SECRET_AB)},
+    }}
+    # Site A's catalogue, with metadata, registered in this process (as an ingest would).
+    a_db = Database(a_db_url)
+    catalogue = Catalogue(a_db)
+    specs = []
+    for i, (name, rel) in enumerate(paths.items()):
+        digest = ck.hash_file(a_store / rel)
+        specs.append(FileSpec(name=name, size=digest.size, checksums=digest.checksums,
+                              source="correlator", meta={"index": i, "telescope": "HERA"}))
+    catalogue.register(specs, "a-store", list(paths.values()))
+    registry = PeerRegistry("site-a", parse_peers(a_config["StagingApp"]["peers"]))
+    a_core = Core(version="test", site_name="site-a", catalogue=catalogue,
+                  ingester=Ingester(catalogue), allowed_roots=[str(tmp)], peers=registry)
+    site = Sites(tmp, a, None, a_store, b_store, a_core, Database(b_db_url),  # type: ignore
+                 b_config, stack)
+    site.start_b("b-server")
+    reply = site.b.api("ingest", {"store": "b-store", "globs": ["mine/*"]})
+    assert reply, reply
+    try:
+        yield site
+    finally:
+        site.b_stack.close()
+        stack.close()
+        a_db.dispose()
+        site.b_db.dispose()
+
+
+def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Sites) -> None:
+    report = send_files(sites.a_core, "site-b", BATCH, timeout=60)
+    assert report["counts"] == {"committed": 30}, report
+    assert report["ok"]
+    a_detail = {n: sites.a_core.catalogue.file_detail(n) for n in BATCH}
+    for name in BATCH:
+        arrived = sites.b_store / "2457700" / name
+        assert ck.compare(ck.hash_file(arrived).checksums, a_detail[name]["checksums"])
+        detail = sites.b_file(name).json()
+        assert detail["checksums"] == a_detail[name]["checksums"]
+        assert detail["size"] == a_detail[name]["size"]
+        assert detail["metadata"] == a_detail[name]["metadata"]
+        assert detail["source"] == "correlator"
+        assert detail["obsid"] == a_detail[name]["obsid"] is not None
+        assert detail["observation"] == a_detail[name]["observation"]
+        assert [(i["store"], i["path"]) for i in detail["instances"]] == \
+            [("b-store", f"2457700/{name}")]
+        types = [e["type"] for e in detail["events"]]
+        assert types.count("transfer-received") == 1 and "instance-added" in types
+        assert remote_sites(sites.a_core, name) == ["site-b"]
+        assert "transfer-sent" in [e["type"] for e in sites.a_core.catalogue.file_detail(name)
+                                   ["events"]]
+    assert not list((sites.b_store / INCOMING_DIR).iterdir())
+    inodes = {n: (sites.b_store / "2457700" / n).stat().st_mtime_ns for n in BATCH}
+
+    again = send_files(sites.a_core, "site-b", BATCH, timeout=60)
+    assert again["counts"] == {"have": 30}, again
+    assert {n: (sites.b_store / "2457700" / n).stat().st_mtime_ns for n in BATCH} == inodes
+    assert all(sites.b_items()[n].attempts == 1 for n in BATCH)
+    with sites.a_core.catalogue.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(RemoteInstance)) == 30
+    for name in BATCH[:3]:
+        events = sites.b_file(name).json()["events"]
+        assert [e["type"] for e in events].count("transfer-received") == 1
+
+    # GET peers on B: A is reachable with B's secret.
+    peers = sites.b.api("peers")["peers"]
+    assert peers == [{"name": "site-a", "url": sites.a.url, "reachable": True,
+                      "site": "site-a", "error": "", "accepts_from": True}]
+
+
+def test_wrong_secret_gets_401_and_writes_nothing(sites: Sites) -> None:
+    good = sites.a_core.peers.peers["site-b"]
+    sites.a_core.peers.peers["site-b"] = replace(good, secret="not-the-secret-" + "x" * 30)
+    try:
+        with pytest.raises(Unauthorized) as info:
+            send_files(sites.a_core, "site-b", [FORBIDDEN], timeout=10)
+        assert "401" in info.value.message and "wrong secret" in info.value.message
+        assert SECRET_AB not in info.value.message
+    finally:
+        sites.a_core.peers.peers["site-b"] = good
+    for header in ("HeraPeer site-x:" + SECRET_AB, "token " + sites.b.token, None):
+        reply = requests.post(sites.b.url + "hera-stage/peer/announce", timeout=10,
+                              json={"transfer": "t", "files": []},
+                              headers={"Authorization": header} if header else {})
+        assert reply.status_code == 401, (header, reply.text)
+    assert FORBIDDEN not in sites.b_items()
+    assert sites.b_file(FORBIDDEN).status_code == 404
+    assert not list(sites.b_store.rglob(FORBIDDEN))
+
+
+def test_unknown_peer_is_a_clear_error(sites: Sites) -> None:
+    with pytest.raises(NotFound) as info:
+        send_files(sites.a_core, "nowhere", [FORBIDDEN], timeout=10)
+    assert "no peer named 'nowhere'" in info.value.message and "site-b" in info.value.message
+
+
+def test_conflicting_name_is_reported_and_nothing_overwritten(sites: Sites) -> None:
+    before = (sites.b_store / "mine" / CONFLICT).read_bytes()
+    report = send_files(sites.a_core, "site-b", [CONFLICT], timeout=30)
+    [entry] = report["files"]
+    assert entry["state"] == "conflict" and "other content" in entry["message"]
+    assert not report["ok"]
+    assert (sites.b_store / "mine" / CONFLICT).read_bytes() == before
+    assert not (sites.b_store / "2457702" / CONFLICT).exists()
+    assert [i["path"] for i in sites.b_file(CONFLICT).json()["instances"]] == [
+        f"mine/{CONFLICT}"]
+    assert remote_sites(sites.a_core, CONFLICT) == []
+
+
+def test_bytes_corrupted_at_the_sender_are_caught(sites: Sites) -> None:
+    source = sites.a_store / "2457702" / CORRUPT
+    data = bytearray(source.read_bytes())
+    data[1000] ^= 0x01  # the catalogue still has the checksums of the original
+    source.write_bytes(bytes(data))
+    report = send_files(sites.a_core, "site-b", [CORRUPT], timeout=60)
+    [entry] = report["files"]
+    assert entry["state"] == "failed" and "checksums" in entry["message"], entry
+    assert sites.b_file(CORRUPT).status_code == 404
+    assert not (sites.b_store / "2457702" / CORRUPT).exists()
+    assert not list((sites.b_store / INCOMING_DIR).iterdir())
+    assert sites.b_items()[CORRUPT].state == "failed"
+    assert remote_sites(sites.a_core, CORRUPT) == []
+
+
+def test_byte_flipped_in_flight_is_caught_and_resent(sites: Sites) -> None:
+    report = send_files(sites.a_core, "site-b", [FLIP], timeout=60)
+    assert report["counts"] == {"committed": 1}, report
+    item = sites.b_items()[FLIP]
+    assert item.attempts == 2  # the first pull's checksum did not match
+    arrived = ck.hash_file(sites.b_store / "2457702" / FLIP)
+    assert ck.compare(arrived.checksums, sites.a_core.catalogue.file_detail(FLIP)["checksums"])
+    assert remote_sites(sites.a_core, FLIP) == ["site-b"]
+
+
+def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> None:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(
+        send_files(sites.a_core, "site-b", [BIG], timeout=90)))
+    thread.start()
+    incoming = sites.b_store / INCOMING_DIR
+    deadline = time.monotonic() + 30
+    while True:
+        parts = list(incoming.glob("*.part")) if incoming.exists() else []
+        if parts and parts[0].stat().st_size > 8 << 20:
+            break
+        assert time.monotonic() < deadline, "the pull never started"
+        time.sleep(0.05)
+    os.kill(sites.b.pid, signal.SIGKILL)
+    sites.b.process.wait()
+    received_before = parts[0].stat().st_size
+    assert received_before < BIG_SIZE
+    sites.b_stack.close()
+    sites.b_stack = contextlib.ExitStack()
+    sites.start_b("b-server-2")
+    thread.join(90)
+    assert not thread.is_alive()
+    assert result["counts"] == {"committed": 1}, result
+    item = sites.b_items()[BIG]
+    assert item.state == "committed" and item.resumed_from >= received_before > 0
+    arrived = ck.hash_file(sites.b_store / "2457701" / BIG)
+    assert ck.compare(arrived.checksums, sites.a_core.catalogue.file_detail(BIG)["checksums"])
+    assert arrived.size == BIG_SIZE
+    with sites.b_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
+            File.name == BIG)) == 1
+    assert not list(incoming.iterdir())
+    assert remote_sites(sites.a_core, BIG) == ["site-b"]
+    # Sending it again moves nothing.
+    assert send_files(sites.a_core, "site-b", [BIG], timeout=30)["counts"] == {"have": 1}
+
+
+def test_secret_hashing_helper(capsys) -> None:
+    assert peers_module.main(["hash-secret"]) == 0
+    out = capsys.readouterr().out
+    secret = out.split("peers[...]['secret']): ")[1].split("\n")[0]
+    hashed = out.split("peer_secrets[...]): ")[1].strip()
+    assert hashed == hash_secret(secret) and len(secret) >= peers_module.MIN_SECRET_CHARS
+    registry = PeerRegistry("here", secret_hashes={"there": hashed})
+    assert registry.authenticate(f"HeraPeer there:{secret}") == "there"
+    for header in (f"HeraPeer there:{secret}x", f"HeraPeer else:{secret}", f"token {secret}",
+                   "", f"HeraPeer there{secret}"):
+        with pytest.raises(Unauthorized):
+            registry.authenticate(header)
+    with pytest.raises(InvalidRequest):
+        hash_secret("short")
+
+
+def test_migration_matches_transfer_models(tmp_path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from hera_stage_ext.catalogue.models import Base
+
+    db = Database(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    db.upgrade()
+    with db.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if "transfer_item" in repr(d) or "remote_instance" in repr(d)] == []
+    db.dispose()
+
+
+def test_full_store_answers_no_space_and_directories_wait(tmp_path) -> None:
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    db = Database(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    db.upgrade()
+    catalogue = Catalogue(db)
+    (tmp_path / "store").mkdir()
+    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
+    registry = PeerRegistry("here", parse_peers(
+        {"there": {"url": "http://127.0.0.1:9/", "secret": "s" * 40}}))
+    receiver = Receiver(catalogue, registry, "r", reserve_bytes=10**18)
+    offer = {"name": "zen.2457703.10000.xx.HH.uvh5", "size": 10, "path": "x/y.uvh5",
+             "checksums": {"md5": "0" * 32}}
+    try:
+        reply = receiver.announce("there", {"transfer": "t1", "files": [
+            offer, {**offer, "name": "zen.2457703.20000.xx.HH.uv", "is_directory": True}]})
+        assert [(f["answer"], "free" in f["message"]) for f in reply["files"]] == [
+            ("no-space", True), ("refused", False)]
+        assert "not transferred yet" in reply["files"][1]["message"]
+        unknown = receiver.announce("elsewhere", {"transfer": "t2", "files": [offer]})
+        assert unknown["files"][0]["answer"] == "refused"
+        assert "no URL for peer 'elsewhere'" in unknown["files"][0]["message"]
+        with pytest.raises(InvalidRequest):
+            receiver.announce("there", {"transfer": "t3", "files": [{**offer, "path": "../x"}]})
+        with db.read() as s:
+            assert s.scalar(select(func.count()).select_from(TransferItem)) == 0
+    finally:
+        receiver.close()
+        db.dispose()
