@@ -410,3 +410,78 @@ def test_sigterm_releases_job_for_the_next_worker(big: Site) -> None:
     assert temp_files(dest) == [] and markers.marker_job(dest) == job["id"]
     assert run_pending(big.db, FAST) == [job["id"]]
     assert get_job(big.db, job["id"])["state"] == "succeeded"
+
+
+# ----- deferred commits: written and verified first, renamed and recorded in batches ----------
+def test_sigkill_between_write_and_commit_leaves_no_final_name(big: Site) -> None:
+    """A worker that has written and verified copies but not yet committed them (renamed to
+    their final names, recorded as done) dies: nothing sits under a final name, nothing is
+    recorded, and the next worker removes the temporary files and redoes those items."""
+    job = stage(big, "uncommitted")
+    dest = big.workspace / "uncommitted"
+    wanted = {big.rel[n] for n in big.names}
+    finals = lambda: [p for p in tree(dest) if p in wanted]
+    env = {**os.environ, "HERA_STAGE_TEST_CHUNK_DELAY": "0.02"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--db-url", big.db.url,
+         "--streams", "2", "--chunk-size", str(64 * 1024), "--heartbeat", "0.2", "--lease", "60",
+         "--poll", "0.1", "--commit-seconds", "3600"],  # fsync on: the production path
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(temp_files(dest)) >= 6, timeout=30, step=0.005)
+    finally:
+        first.kill()
+        first.wait(10)
+    left = temp_files(dest)
+    assert len(left) >= 6 and finals() == [], "written, verified, not committed"
+    out = get_job(big.db, job["id"])
+    assert out["state"] == "running" and out["files_done"] == 0
+    with big.db.read() as s:
+        assert set(s.scalars(select(JobItem.state).where(JobItem.job_id == job["id"]))) <= \
+            {"queued", "running"}
+
+    second = start_worker(big.db.url, delay=0)
+    try:
+        wait_for(lambda: get_job(big.db, job["id"])["state"] not in ("queued", "running"))
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(10)
+    out = get_job(big.db, job["id"])
+    assert out["state"] == "succeeded", out
+    assert out["files_done"] == out["files_total"] == len(wanted) and out["files_skipped"] == 0
+    assert temp_files(dest) == []
+    for name in big.names:
+        assert ck.hash_path(dest / big.rel[name]) == ck.hash_path(big.sources[name])
+    log, _ = read_log(out)
+    assert f"removed {len(left)} temporary file(s) left by the previous worker" in log
+    with big.db.read() as s:
+        attempts = dict(s.execute(select(JobItem.dest_path, JobItem.attempts)
+                                  .where(JobItem.job_id == job["id"])).all())
+    for tmp in left:  # the items whose copies were lost with the worker were done again
+        final = os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[1:-len(".hera-tmp")])
+        assert attempts[final] == 2
+
+
+def test_commit_never_overwrites_a_name_that_appeared(tmp_path: Path) -> None:
+    from hera_stage_ext.jobs.methods import ItemSpec, Mover, commit
+
+    src = tmp_path / "src.dat"
+    src.write_bytes(b"staged data" * 100)
+    digest = ck.hash_path(src)
+    dest = tmp_path / "dest"
+    spec = ItemSpec(src, dest / "sub" / "src.dat", digest.size, False, digest.checksums, "copy")
+    mover = Mover(deferred=True)
+    outcome = mover.move(spec)
+    assert outcome.state == "done" and outcome.tmp and outcome.final == str(spec.final)
+    assert os.path.exists(outcome.tmp) and not os.path.lexists(spec.final)
+    spec.final.write_bytes(b"somebody else's")  # appears between the write and the commit
+    [error] = commit([(outcome.tmp, outcome.final)], fsync=True)
+    assert isinstance(error, FileExistsError)
+    assert spec.final.read_bytes() == b"somebody else's" and temp_files(dest) == []
+    # The normal case: renamed, read-only, mtime kept.
+    spec.final.unlink()
+    outcome = mover.move(spec)
+    assert commit([(outcome.tmp, outcome.final)], fsync=True) == [None]
+    assert spec.final.read_bytes() == src.read_bytes() and temp_files(dest) == []
+    assert os.stat(spec.final).st_mtime_ns == os.stat(src).st_mtime_ns
+    assert not os.stat(spec.final).st_mode & 0o222

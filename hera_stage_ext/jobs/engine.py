@@ -4,8 +4,13 @@ them, and keep their logs.
 Life cycle: ``create_stage_job`` resolves the files to instances, checks the destination and
 space, writes the job and its items and takes the directory (STAGING-IN-PROGRESS), all before it
 returns; a worker (``worker.py``, or ``run_pending`` in-process) claims the job under a lease,
-runs its items with a bounded number of streams (each item claimed atomically: ``FOR UPDATE SKIP
-LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and writes the result markers at the end.
+runs its items with a bounded number of streams (items claimed atomically in batches: ``FOR UPDATE
+SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and writes the result markers at the end.
+Streams write and verify each item under its temporary name; about once a second (or sooner when
+much is waiting) one of them commits what all have written: one sync of the file system, the
+renames to the final names, one more sync, then the results in one transaction and the per-file
+log lines in one write. So a file is never recorded as done before it is on disk under its final
+name, and an item a dead worker had not committed is simply redone.
 A worker that dies stops renewing its lease; the next one puts the dead worker's running items
 back in the queue, removes their temporary files and goes on; verified items are never copied
 again. Every state change is a short transaction; the database is the truth.
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..catalogue.db import Database
@@ -36,8 +41,20 @@ from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
 from ..paths import confine
 from . import markers
-from .methods import METHODS, Cancelled, ItemFailed, ItemSpec, Mover, remove_path, temp_path
+from .methods import (
+    METHODS,
+    Cancelled,
+    ItemFailed,
+    ItemSpec,
+    Mover,
+    Outcome,
+    commit,
+    remove_path,
+    temp_path,
+)
 from .models import ACTIVE_STATES, Job, JobItem
+
+_ITEMS = JobItem.__table__
 
 _IN_CHUNK = 5_000
 
@@ -52,8 +69,11 @@ class EngineConfig:
     heartbeat_seconds: float = 1.0  # lease renewal and cancel check interval
     chunk_size: int = 1 << 20  # reused copy buffer per stream
     fsync: bool = True
-    claim_batch: int = 16  # items claimed per transaction
-    flush_seconds: float = 1.0  # results are written at least this often (batched otherwise)
+    claim_batch: int = 256  # items claimed per transaction (at most)...
+    claim_bytes: int = 64 << 20  # ...and no more bytes than this (but always one item)
+    flush_seconds: float = 1.0  # written items are committed and recorded this often...
+    commit_items: int = 4096  # ...or as soon as this many wait...
+    commit_bytes: int = 256 << 20  # ...or this many bytes
     # Test-only throttle: seconds slept after every chunk copied, so a test can kill mid-job.
     chunk_delay: float = field(
         default_factory=lambda: float(os.environ.get("HERA_STAGE_TEST_CHUNK_DELAY", "0") or 0))
@@ -143,23 +163,52 @@ def active_job_ids(db: Database) -> list[int]:
 
 
 class JobLog:
-    """The human-readable log of one job: appended by whoever acts on the job."""
+    """The human-readable log of one job: appended by whoever acts on the job.
+
+    ``log(message)`` appends at once; ``log.note(message)`` (the per-file lines of a run) keeps
+    the line until the next ``flush`` (or the next ``log(...)``, which flushes first), so that a
+    second's worth of lines costs one write instead of an open, a write and a close per file."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._held: list[str] = []
+        self._dir_made = False
+
+    @staticmethod
+    def _line(message: str) -> str:
+        return f"{utcnow().isoformat(timespec='milliseconds')}Z  {message}\n"
 
     def __call__(self, message: str) -> None:
-        stamp = utcnow().isoformat(timespec="milliseconds") + "Z"
-        line = f"{stamp}  {message}\n".encode("utf-8", "surrogateescape")
+        line = self._line(message)
         with self._lock:
+            self._held.append(line)
+            self._write_held()
+
+    def note(self, message: str) -> None:
+        line = self._line(message)
+        with self._lock:
+            self._held.append(line)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._held:
+                self._write_held()
+
+    def _write_held(self) -> None:
+        data = "".join(self._held).encode("utf-8", "surrogateescape")
+        self._held.clear()
+        if not self._dir_made:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # O_APPEND: whole-line writes from several processes never interleave mid-line.
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            self._dir_made = True
+        # O_APPEND: whole writes from several processes never interleave mid-line.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
 
 def read_log(job: Job | Mapping[str, Any], offset: int = 0,
@@ -404,20 +453,32 @@ class _Claimed:
     store: str = ""
 
 
-def _claim_items(db: Database, job_id: int, worker_id: str, n: int) -> list[_Claimed]:
+def _claim_items(db: Database, job_id: int, worker_id: str, n: int,
+                 max_bytes: int | None = None) -> list[_Claimed]:
+    """Take up to ``n`` queued items (and, past the first, no more than ``max_bytes``)."""
+    t = _ITEMS
     with db.write() as s:
-        ids = list(s.scalars(
-            select(JobItem.id).where(JobItem.job_id == job_id, JobItem.state == "queued")
-            .order_by(JobItem.id).limit(n).with_for_update(skip_locked=True)))
-        if not ids:
+        # Core statements on the table (no ORM row handling): this runs once per batch of
+        # small files, its cost per item counts.
+        rows = s.connection().execute(
+            select(t.c.id, t.c.name, t.c.source_path, t.c.dest_path, t.c.size,
+                   t.c.is_directory, t.c.checksums, t.c.attempts, t.c.store)
+            .where(t.c.job_id == job_id, t.c.state == "queued")
+            .order_by(t.c.id).limit(n).with_for_update(skip_locked=True)).all()
+        if max_bytes is not None:
+            total, keep = 0, 0
+            for row in rows:
+                total += row[4]
+                if keep and total > max_bytes:
+                    break
+                keep += 1
+            rows = rows[:keep]
+        if not rows:
             return []
-        s.execute(update(JobItem).where(JobItem.id.in_(ids))
-                  .values(state="running", worker_id=worker_id, attempts=JobItem.attempts + 1))
-        rows = s.execute(select(JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path,
-                                JobItem.size, JobItem.is_directory, JobItem.checksums,
-                                JobItem.attempts, JobItem.store).where(JobItem.id.in_(ids))
-                         .order_by(JobItem.id)).all()
-        return [_Claimed(*row) for row in rows]
+        s.connection().execute(
+            update(t).where(t.c.id.in_([row[0] for row in rows]))
+            .values(state="running", worker_id=worker_id, attempts=t.c.attempts + 1))
+        return [_Claimed(*row[:7], row[7] + 1, row[8]) for row in rows]
 
 
 def _requeue(db: Database, item_ids: Sequence[int]) -> None:
@@ -433,11 +494,14 @@ def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]])
     if not results:
         return
     done = [(c, st) for c, st, _ in results if st in ("done", "skipped")]
+    t = _ITEMS
     with db.write() as s:
-        s.execute(update(JobItem), [
-            {"id": c.id, "state": state, "error": error, "worker_id": None}
-            for c, state, error in results
-        ])
+        s.connection().execute(
+            update(t).where(t.c.id == bindparam("item_id"))
+            .values(state=bindparam("item_state"), error=bindparam("item_error"),
+                    worker_id=None),
+            [{"item_id": c.id, "item_state": state, "item_error": error}
+             for c, state, error in results])
         s.execute(update(Job).where(Job.id == job_id).values(
             files_done=Job.files_done + len(done),
             bytes_done=Job.bytes_done + sum(c.size for c, _ in done),
@@ -481,6 +545,17 @@ class _JobRun:
         # to come with a clear error instead of reading from it.
         self.store_roots: dict[str, str] = {}
         self.unavailable: frozenset[str] = frozenset()
+        # Shared by the streams: destination folders known to exist, and whether each
+        # (relative) folder resolves inside the destination, so neither is asked per file.
+        self.made_dirs: set[str] = set()
+        self.inside: dict[str, bool] = {}
+        # Items through (written and verified, or skipped, or failed) and not yet committed:
+        # (item, state, error, outcome); the outcome carries the rename still to do.
+        self._pending: list[tuple[_Claimed, str, str, Outcome | None]] = []
+        self._pending_bytes = 0
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._last_commit = time.monotonic()
 
     def _refresh_stores(self) -> None:
         with self.db.read() as s:
@@ -492,9 +567,9 @@ class _JobRun:
             self.unavailable = frozenset(s.scalars(select(Store.name).where(
                 Store.name.in_(list(self.store_roots)), Store.available.is_(False))))
 
-    def _explain(self, item: _Claimed, spec: ItemSpec, exc: OSError) -> str:
+    def _explain(self, item: _Claimed, exc: OSError) -> str:
         """What an OSError means for the user: which side failed and why."""
-        source = str(spec.source)
+        source = item.source_path
         on_source = isinstance(exc.filename, str) and (
             exc.filename == source or exc.filename.startswith(source.rstrip("/") + "/"))
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -553,34 +628,40 @@ class _JobRun:
                              f"fail")
 
     def _stream(self) -> None:
-        mover = Mover(self.config.chunk_size, self._check, self.log, self.config.fsync)
+        mover = Mover(self.config.chunk_size, self._check, self.log, self.config.fsync,
+                      deferred=True, made_dirs=self.made_dirs)
         read_only = bool(self.job.options.get("read_only", True))
+        method, dest = self.job.method, self.dest
         while not (self.abort.is_set() or self.stop.is_set()):
-            batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch)
+            batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch,
+                                 self.config.claim_bytes)
             if not batch:
                 return
-            results: list[tuple[_Claimed, str, str]] = []
-            last_flush = time.monotonic()
+            through = 0
             try:
-                for position, item in enumerate(batch):
+                for item in batch:
                     if self.abort.is_set() or self.stop.is_set():
                         break
-                    spec = ItemSpec(Path(item.source_path), self.dest / item.dest_path,
-                                    item.size, item.is_directory, item.checksums,
-                                    self.job.method, read_only)
-                    results.append(self._one(mover, item, spec))
-                    if time.monotonic() - last_flush >= self.config.flush_seconds:
-                        _record(self.db, self.job.id, results)
-                        results, last_flush = [], time.monotonic()
+                    spec = ItemSpec(Path(item.source_path), dest / item.dest_path, item.size,
+                                    item.is_directory, item.checksums, method, read_only)
+                    self._one(mover, item, spec)
+                    through += 1
+                    if self._commit_due():
+                        self._commit(wait=False)
             finally:
-                _record(self.db, self.job.id, results)
-                finished = {c.id for c, _, _ in results}
-                _requeue(self.db, [c.id for c in batch if c.id not in finished])
+                # Items not started go back to the queue; those through are committed by
+                # whichever stream commits next (or at the end of the run).
+                _requeue(self.db, [c.id for c in batch[through:]])
 
-    def _one(self, mover: Mover, item: _Claimed, spec: ItemSpec) -> tuple[_Claimed, str, str]:
+    def _one(self, mover: Mover, item: _Claimed, spec: ItemSpec) -> None:
         started = time.monotonic()
+        outcome = None
         try:
-            if not _within(spec.final.parent, self.dest):
+            folder = os.path.dirname(item.dest_path)
+            inside = self.inside.get(folder)
+            if inside is None:
+                inside = self.inside[folder] = _within(spec.final.parent, self.dest)
+            if not inside:
                 raise ItemFailed("destination sub-directory leads outside the destination")
             if item.store in self.unavailable:
                 raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
@@ -589,27 +670,73 @@ class _JobRun:
         except Cancelled:
             raise
         except ItemFailed as exc:
-            self.log(f"FAILED {item.dest_path}: {exc}")
-            return item, "failed", str(exc)
+            self.log.note(f"FAILED {item.dest_path}: {exc}")
+            return self._add(item, "failed", str(exc), None)
         except (OSError, StagingError) as exc:
-            message = self._explain(item, spec, exc) if isinstance(exc, OSError) else str(exc)
-            self.log(f"FAILED {item.dest_path}: {message}")
-            return item, "failed", message
+            message = self._explain(item, exc) if isinstance(exc, OSError) else str(exc)
+            self.log.note(f"FAILED {item.dest_path}: {message}")
+            return self._add(item, "failed", message, None)
         state = outcome.state
         if state == "skipped" and item.attempts > 1:
             # An earlier attempt of this job finished it before its worker died: it is ours.
             state = "done"
-            self.log(f"verified {item.dest_path} (finished before the worker restarted; "
-                     f"not copied again)")
+            self.log.note(f"verified {item.dest_path} (finished before the worker restarted; "
+                          f"not copied again)")
         elif state == "skipped":
-            self.log(f"skipped {item.dest_path}: {outcome.note}")
+            self.log.note(f"skipped {item.dest_path}: {outcome.note}")
         else:
             seconds = max(time.monotonic() - started, 1e-9)
             with self._lock:
                 self.copied_bytes += item.size
-            self.log(f"{self.job.method} {item.dest_path} ({item.size} bytes, "
-                     f"{item.size / seconds / 1e6:.1f} MB/s{', ' + outcome.note if outcome.note else ''})")
-        return item, state, ""
+            self.log.note(f"{self.job.method} {item.dest_path} ({item.size} bytes, "
+                          f"{item.size / seconds / 1e6:.1f} MB/s"
+                          f"{', ' + outcome.note if outcome.note else ''})")
+        return self._add(item, state, "", outcome)
+
+    # ----- commits: renames and results of a batch at once --------------------------------
+    def _add(self, item: _Claimed, state: str, error: str, outcome: Outcome | None) -> None:
+        with self._pending_lock:
+            self._pending.append((item, state, error, outcome))
+            self._pending_bytes += item.size
+
+    def _commit_due(self) -> bool:
+        return (len(self._pending) >= self.config.commit_items
+                or self._pending_bytes >= self.config.commit_bytes
+                or time.monotonic() - self._last_commit >= self.config.flush_seconds)
+
+    def _commit(self, wait: bool) -> None:
+        """Make every item through so far final (``methods.commit``: sync, renames, sync),
+        then record the results in one transaction. With ``wait`` False, returns at once
+        when another stream is committing (it goes on copying meanwhile)."""
+        if not self._commit_lock.acquire(blocking=wait):
+            return
+        try:
+            with self._pending_lock:
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+                self._last_commit = time.monotonic()
+            if not batch:
+                return
+            # The per-file lines first: a file under its final name always has its line.
+            self.log.flush()
+            renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
+            errors = iter(commit(renames, self.config.fsync))
+            results: list[tuple[_Claimed, str, str]] = []
+            for item, state, error, outcome in batch:
+                if outcome is not None and outcome.tmp:
+                    exc = next(errors)
+                    if exc is not None:
+                        error = ("appeared at the destination while it was being staged; "
+                                 "not overwritten" if isinstance(exc, FileExistsError)
+                                 else self._explain(item, exc))
+                        state = "failed"
+                        self.log.note(f"FAILED {item.dest_path}: {error}")
+                        with self._lock:
+                            self.copied_bytes -= item.size
+                results.append((item, state, error))
+            _record(self.db, self.job.id, results)
+            self.log.flush()
+        finally:
+            self._commit_lock.release()
 
     def run(self, resumed: bool) -> str:
         job = self.job
@@ -644,9 +771,17 @@ class _JobRun:
                 t.join()
         self.abort.set()
         heartbeat.join()
+        if not self.lost:
+            # What the streams wrote and verified becomes final (on cancel and stop too).
+            try:
+                self._commit(wait=True)
+            except Exception as exc:  # the database or the disk gone: released below
+                errors.append(exc)
+        self.log.flush()
         seconds = time.monotonic() - started
         if self.lost:
-            self.log("lease lost to another worker; stopping")
+            self.log("lease lost to another worker; stopping (its uncommitted items are "
+                     "redone by the worker that took the job)")
             return "lost"
         if errors and not self.cancel_requested:
             self.log(f"worker error: {errors[0]!r}; job released for another attempt")

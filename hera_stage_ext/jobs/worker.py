@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size,
                         help="copy buffer per stream, bytes")
     parser.add_argument("--no-fsync", action="store_true", help="skip fsync of copies")
+    parser.add_argument("--commit-seconds", type=float, default=defaults.flush_seconds,
+                        help="seconds between commits (renames of the verified copies to their "
+                        "final names, and their results recorded)")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit when no job is left instead of waiting for more")
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
                           heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
-                          fsync=not args.no_fsync)
+                          fsync=not args.no_fsync, flush_seconds=args.commit_seconds)
     db = Database(args.db_url)
     worker = Worker(db, config)
 
