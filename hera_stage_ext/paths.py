@@ -15,6 +15,8 @@ from .errors import Forbidden, InvalidRequest
 
 #: Longest path accepted from a request, in bytes (Linux's PATH_MAX).
 MAX_PATH_BYTES = 4096
+#: Longest component of a path, in bytes (Linux's NAME_MAX): longer ones fail every system call.
+MAX_NAME_BYTES = 255
 
 
 def check_text(path: object, what: str = "path") -> str:
@@ -25,8 +27,15 @@ def check_text(path: object, what: str = "path") -> str:
         raise InvalidRequest(f"{what} must not be empty")
     if "\x00" in path:
         raise InvalidRequest(f"{what} must not contain NUL")
-    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON "\ud800", or an undecodable name): no file system path.
+        raise InvalidRequest(f"{what} must be valid Unicode (no lone surrogates)") from None
+    if len(encoded) > MAX_PATH_BYTES:
         raise InvalidRequest(f"{what} is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        raise InvalidRequest(f"{what} has a component longer than {MAX_NAME_BYTES} bytes")
     return path
 
 
@@ -52,6 +61,8 @@ def confine(
         raise Forbidden(f"no allowed root is configured for {what}")
     anchor = Path(base) if base is not None else roots[0]
     resolved = Path(os.path.realpath(anchor / path))
+    if len(os.fsencode(resolved)) > MAX_PATH_BYTES:  # the root's length plus the path's
+        raise InvalidRequest(f"{what} {path!r} resolves to more than {MAX_PATH_BYTES} bytes")
     for root in roots:
         if resolved == root or root in resolved.parents:
             return resolved

@@ -26,6 +26,16 @@ MAX_BODY_BYTES = 1 << 20
 AUTH_RESOURCE = "hera_stage"
 
 
+def check_unicode(value: Any) -> None:
+    """Refuse JSON whose strings hold a lone surrogate (an escape such as ``"\\ud800"``): valid
+    JSON text, but no Unicode, so no database or file system can take it (a 500 otherwise)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            "the request holds a string with a lone surrogate (not valid Unicode)") from None
+
+
 class ApiError(web.HTTPError):
     """A domain error on its way out, keeping its JSON payload."""
 
@@ -69,6 +79,10 @@ class BaseHandler(APIHandler):
             )) from None
         if not isinstance(value, dict):
             raise ApiError(InvalidRequest("request body must be a JSON object"))
+        try:
+            check_unicode(value)
+        except InvalidRequest as exc:
+            raise ApiError(exc) from None
         return value
 
     def reply(self, value: Any, status: int = 200) -> None:

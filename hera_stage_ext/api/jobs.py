@@ -65,9 +65,14 @@ class StageHandler(BaseHandler):
         self.reply(result, status=200 if body.get("dry_run") else 202)
 
 
+#: Largest job id (and log offset) a request may name: the database's signed 64-bit integer.
+_MAX_INT = 2**63 - 1
+
+
 def _job_id(text: str) -> int:
-    if not text.isdigit():
-        raise ApiError(InvalidRequest(f"a job id is a number, not {text!r}"))
+    # isascii: str.isdigit() is also true of '²' and other digits int() refuses.
+    if not (text.isascii() and text.isdigit()) or int(text) > _MAX_INT:
+        raise ApiError(InvalidRequest(f"a job id is a number from 0 to {_MAX_INT}, not {text!r}"))
     return int(text)
 
 
@@ -101,7 +106,10 @@ class JobRetryHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
-        force = _bool(self.body_json(), "force")
+        try:
+            force = _bool(self.body_json(), "force")
+        except InvalidRequest as exc:
+            raise ApiError(exc) from exc
         self.reply(await self.call(self.core.retry, _job_id(job_id), force), status=202)
 
 
@@ -110,6 +118,6 @@ class JobLogHandler(BaseHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         offset_text = self.get_query_argument("offset", "0")
-        if not offset_text.isdigit():
+        if not (offset_text.isascii() and offset_text.isdigit()) or int(offset_text) > _MAX_INT:
             raise ApiError(InvalidRequest("'offset' must be a non-negative integer"))
         self.reply(await self.call(self.core.job_log, _job_id(job_id), int(offset_text)))

@@ -20,7 +20,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from ..catalogue.search import parse_search
 from ..core import Core
 from ..errors import InvalidRequest, NotFound, StagingError
-from .base import MAX_BODY_BYTES, BaseHandler
+from .base import MAX_BODY_BYTES, BaseHandler, check_unicode
 
 LISTING_KINDS = {
     "file-listing-json": "files",
@@ -147,6 +147,7 @@ def handle_rpc(core: Core, operation: str, raw_request: str | None) -> dict[str,
         ) from None
     if not isinstance(request, dict):
         raise InvalidRequest("'request' must be a JSON object")
+    check_unicode(request)
     source = core.librarian_source(request.get("authenticator"))
     op = OPERATIONS.get(operation)
     if op is None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..paths import is_within
+from ..paths import check_text, is_within
 from . import checksums as ck
 from . import search as search_language
 from .db import Database
@@ -415,7 +415,7 @@ class Catalogue:
     def file_at(self, full_path: str) -> str:
         """The name of the file whose instance lies at ``full_path`` on some store (the path
         resolved through symlinks and confined to that store's root)."""
-        real = os.path.realpath(full_path)
+        real = os.path.realpath(check_text(full_path, "path on storage"))
         with self.db.read() as s:
             for store in s.scalars(select(Store).where(Store.available)):
                 root = os.path.realpath(store.path)

@@ -12,6 +12,7 @@ sides have, and refuses to compare when they share none.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from typing import Protocol
 import xxhash
 
 from ..errors import InvalidRequest
+from ..paths import is_within
 
 MD5 = "md5"
 XXH3_128 = "xxh3-128"
@@ -87,8 +89,15 @@ def directory_members(path: Path) -> list[str]:
 def hash_directory(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITHMS) -> Digest:
     root = Path(path)
     algorithms = tuple(algorithms)
+    members = directory_members(root)
+    for member in members:
+        # A member that is a symlink out of the data set would have its outside bytes read here
+        # and copied by every staging of the set: refuse the directory instead.
+        if not is_within(root / member, root):
+            raise PermissionError(errno.EPERM, "a member is a symlink leading outside the "
+                                  "directory", str(root / member))
     return manifest_digest(
-        ((member, hash_file(root / member, algorithms)) for member in directory_members(root)),
+        ((member, hash_file(root / member, algorithms)) for member in members),
         algorithms,
     )
 
