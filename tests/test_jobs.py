@@ -166,6 +166,25 @@ def test_checksum_mismatch_fails_item_removes_copy(site: Site) -> None:
         assert item.state == "failed" and "xxh3-128" in item.error
 
 
+@pytest.mark.parametrize("method", ["copy", "hardlink"])
+def test_data_set_member_swapped_for_a_symlink_out_is_not_read(site: Site, tmp_path,
+                                                              method: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not archive data")
+    member = site.sources[MIRIAD_NAME] / "visdata"
+    member.unlink()
+    member.symlink_to(secret)  # after ingest: the catalogue still has the real digest
+    job = stage(site, f"swapped-{method}", [MIRIAD_NAME], method=method)
+    run_pending(site.db, FAST)
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "failed" and out["files_failed"] == 1
+    dest = site.workspace / f"swapped-{method}"
+    assert not os.path.lexists(dest / site.rel[MIRIAD_NAME]) and temp_files(dest) == []
+    assert "outside the directory" in (dest / markers.ERRORS).read_text()
+    assert all(b"not archive data" not in p.read_bytes()
+               for p in dest.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def test_symlink_method_verifies_source(site: Site) -> None:
     bad = [n for n in site.names if n.endswith(".uvh5")][0]
     site.sources[bad].write_bytes(b"x" * site.sources[bad].stat().st_size)

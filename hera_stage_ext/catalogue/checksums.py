@@ -86,16 +86,21 @@ def directory_members(path: Path) -> list[str]:
     return members
 
 
+def contained_members(path: Path) -> list[str]:
+    """``directory_members``, refusing (PermissionError) a data set with a member that is a
+    symlink leading out of it: its outside bytes would be read, and copied by every staging."""
+    members = directory_members(path)
+    for member in members:
+        if not is_within(path / member, path):
+            raise PermissionError(errno.EPERM, "a member is a symlink leading outside the "
+                                  "directory", str(path / member))
+    return members
+
+
 def hash_directory(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITHMS) -> Digest:
     root = Path(path)
     algorithms = tuple(algorithms)
-    members = directory_members(root)
-    for member in members:
-        # A member that is a symlink out of the data set would have its outside bytes read here
-        # and copied by every staging of the set: refuse the directory instead.
-        if not is_within(root / member, root):
-            raise PermissionError(errno.EPERM, "a member is a symlink leading outside the "
-                                  "directory", str(root / member))
+    members = contained_members(root)
     return manifest_digest(
         ((member, hash_file(root / member, algorithms)) for member in members),
         algorithms,

@@ -273,7 +273,7 @@ class Mover:
                   reflink: bool) -> ck.Digest:
         _make_dirs_like(src, dst)
         digests = []
-        for member in ck.directory_members(src):
+        for member in ck.contained_members(src):
             digests.append((member, self._copy_file(src / member, dst / member, algorithm,
                                                     read_only, reflink)))
         _copy_dir_mtimes(src, dst)
@@ -281,7 +281,7 @@ class Mover:
 
     def _link_tree(self, src: Path, dst: Path) -> None:
         _make_dirs_like(src, dst)
-        for member in ck.directory_members(src):
+        for member in ck.contained_members(src):
             os.link(src / member, dst / member)
         _copy_dir_mtimes(src, dst)
 
