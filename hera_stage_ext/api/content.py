@@ -12,12 +12,14 @@ import queue
 import re
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 from jupyter_server.auth.decorator import authorized
 from tornado import iostream, web
 
 from ..catalogue.naming import validate_name
+from ..core import Core
 from ..errors import InvalidRequest, NotFound
 from ..paths import confine
 from .base import ApiError, BaseHandler
@@ -57,64 +59,76 @@ class _QueueWriter:
         return len(data)
 
 
+def online_instance_path(core: Core, name: str) -> Path:
+    """Where an available online instance of ``name`` lies, confined to its store's root."""
+    validate_name(name)
+    instance = core.catalogue.locate(name)
+    if instance["store_kind"] != "online":
+        raise NotFound(f"{name!r} is only on a cold store; recall it first")
+    store = core.catalogue.store(instance["store"])
+    path = confine(instance["path"], [store["path"]], what="instance path")
+    if not path.exists():
+        raise NotFound(f"the instance of {name!r} on {instance['store']} is missing")
+    return path
+
+
+async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = None,
+                    max_bytes_per_s: float = 0) -> None:
+    """Stream a flat file in 1 MiB chunks, honouring one ``bytes=a-b`` Range, at most
+    ``max_bytes_per_s`` when that is set."""
+    size = path.stat().st_size
+    start, end = 0, size - 1
+    handler.set_header("Accept-Ranges", "bytes")
+    handler.set_header("Content-Type", "application/octet-stream")
+    if filename is not None:
+        handler.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+    header = handler.request.headers.get("Range")
+    if header:
+        try:
+            byte_range = parse_range(header, size)
+        except InvalidRequest as exc:
+            raise ApiError(exc) from exc
+        if byte_range is None:
+            handler.set_header("Content-Range", f"bytes */{size}")
+            handler.reply({"error": "RangeNotSatisfiable",
+                           "message": f"range {header!r} is outside the file ({size} bytes)"},
+                          status=416)
+            return
+        start, end = byte_range
+        handler.set_status(206)
+        handler.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+    handler.set_header("Content-Length", str(max(end - start + 1, 0)))
+    remaining = end - start + 1
+    began, sent = time.monotonic(), 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        while remaining > 0:
+            chunk = f.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            handler.write(chunk)
+            try:
+                await handler.flush()
+            except iostream.StreamClosedError:
+                return
+            sent += len(chunk)
+            if max_bytes_per_s:
+                ahead = sent / max_bytes_per_s - (time.monotonic() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+    handler.finish()
+
+
 class FileContentHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        def locate() -> tuple[Path, dict]:
-            validate_name(name)
-            detail = self.core.catalogue.file_detail(name)
-            instance = self.core.catalogue.locate(name)
-            if instance["store_kind"] != "online":
-                raise NotFound(f"{name!r} is only on a cold store; recall it first")
-            store = self.core.catalogue.store(instance["store"])
-            path = confine(instance["path"], [store["path"]], what="instance path")
-            if not path.exists():
-                raise NotFound(f"the instance of {name!r} on {instance['store']} is missing")
-            return path, detail
-
-        path, detail = await self.call(locate)
-        if detail["is_directory"]:
+        path = await self.call(online_instance_path, self.core, name)
+        if path.is_dir():
             await self._send_tar(path, name)
         else:
-            await self._send_file(path, name)
-
-    async def _send_file(self, path: Path, name: str) -> None:
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        self.set_header("Accept-Ranges", "bytes")
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        header = self.request.headers.get("Range")
-        if header:
-            try:
-                byte_range = parse_range(header, size)
-            except InvalidRequest as exc:
-                raise ApiError(exc) from exc
-            if byte_range is None:
-                self.set_header("Content-Range", f"bytes */{size}")
-                self.reply({"error": "RangeNotSatisfiable",
-                            "message": f"range {header!r} is outside the file ({size} bytes)"},
-                           status=416)
-                return
-            start, end = byte_range
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.set_header("Content-Length", str(max(end - start + 1, 0)))
-        remaining = end - start + 1
-        with open(path, "rb") as f:
-            f.seek(start)
-            while remaining > 0:
-                chunk = f.read(min(CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                self.write(chunk)
-                try:
-                    await self.flush()
-                except iostream.StreamClosedError:
-                    return
-        self.finish()
+            await send_file(self, path, filename=name)
 
     async def _send_tar(self, path: Path, name: str) -> None:
         self.set_header("Content-Type", "application/x-tar")

@@ -8,19 +8,13 @@ is read, and nothing is written. The protocol is described in ``transfer/protoco
 
 from __future__ import annotations
 
-import asyncio
-import time
-from pathlib import Path
-
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
-from tornado import iostream, web
+from tornado import web
 
-from ..catalogue.naming import validate_name
-from ..errors import InvalidRequest, NotFound, StagingError
-from ..paths import confine
+from ..errors import NotFound, StagingError
 from ..transfer.sender import list_peers
 from .base import ApiError, BaseHandler
-from .content import CHUNK, parse_range
+from .content import online_instance_path, send_file
 
 
 class PeersHandler(BaseHandler):
@@ -78,58 +72,9 @@ class PeerFileContentHandler(PeerBaseHandler):
     async def get(self, name: str) -> None:
         peer = self.peer()
 
-        def locate() -> Path:
-            validate_name(name)
-            instance = self.core.catalogue.locate(name)
-            if instance["store_kind"] != "online":
-                raise NotFound(f"{name!r} is only on a cold store; recall it first")
-            store = self.core.catalogue.store(instance["store"])
-            path = confine(instance["path"], [store["path"]], what="instance path")
-            if not path.is_file():
-                raise NotFound(f"the instance of {name!r} on {instance['store']} is missing "
-                               "or is a directory")
-            return path
-
-        path = await self.call(locate)
+        path = await self.call(online_instance_path, self.core, name)
+        if path.is_dir():
+            raise ApiError(NotFound(f"{name!r} is a directory: data sets are not sent yet"))
         configured = self.core.peers.peers.get(peer)
-        rate = configured.max_bytes_per_s if configured else 0
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        self.set_header("Accept-Ranges", "bytes")
-        self.set_header("Content-Type", "application/octet-stream")
-        header = self.request.headers.get("Range")
-        if header:
-            try:
-                byte_range = parse_range(header, size)
-            except InvalidRequest as exc:
-                raise ApiError(exc) from exc
-            if byte_range is None:
-                self.set_header("Content-Range", f"bytes */{size}")
-                self.reply({"error": "RangeNotSatisfiable",
-                            "message": f"range {header!r} is outside the file ({size} bytes)"},
-                           status=416)
-                return
-            start, end = byte_range
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.set_header("Content-Length", str(max(end - start + 1, 0)))
-        remaining = end - start + 1
-        began, sent = time.monotonic(), 0
-        with open(path, "rb") as f:
-            f.seek(start)
-            while remaining > 0:
-                chunk = f.read(min(CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                self.write(chunk)
-                try:
-                    await self.flush()
-                except iostream.StreamClosedError:
-                    return
-                sent += len(chunk)
-                if rate:
-                    ahead = sent / rate - (time.monotonic() - began)
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-        self.finish()
+        await send_file(self, path, max_bytes_per_s=configured.max_bytes_per_s if configured
+                        else 0)
