@@ -185,6 +185,22 @@ def test_data_set_member_swapped_for_a_symlink_out_is_not_read(site: Site, tmp_p
                for p in dest.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def test_instance_swapped_for_a_symlink_out_of_its_store_is_not_read(site: Site,
+                                                                    tmp_path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not archive data")
+    bad, good = [n for n in site.names if n.endswith(".uvh5")][:2]
+    site.sources[bad].unlink()
+    site.sources[bad].symlink_to(secret)  # after ingest
+    job = stage(site, "swapped-file", [bad, good])
+    run_pending(site.db, FAST)
+    out = get_job(site.db, job["id"])
+    assert (out["state"], out["files_failed"], out["files_done"]) == ("failed", 1, 1)
+    dest = site.workspace / "swapped-file"
+    assert not os.path.lexists(dest / site.rel[bad]) and temp_files(dest) == []
+    assert "leads outside the store" in (dest / markers.ERRORS).read_text()
+
+
 def test_symlink_method_verifies_source(site: Site) -> None:
     bad = [n for n in site.names if n.endswith(".uvh5")][0]
     site.sources[bad].write_bytes(b"x" * site.sources[bad].stat().st_size)

@@ -39,7 +39,7 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
-from ..paths import confine
+from ..paths import confine, is_within
 from . import markers
 from .methods import (
     METHODS,
@@ -666,6 +666,10 @@ class _JobRun:
             if item.store in self.unavailable:
                 raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
                                  f"catalogue); retry the job when it is back")
+            root = self.store_roots.get(item.store)
+            if root is not None and not is_within(spec.source, root):
+                # An instance swapped for a symlink out of its store after ingest: never read.
+                raise ItemFailed(f"the instance on store {item.store!r} leads outside the store")
             outcome = mover.move(spec)
         except Cancelled:
             raise
