@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,6 @@ def temp_files(path: Path) -> list[str]:
 # ----- helpers for fault tests: real worker processes, real small file systems ----------------
 def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):
     """Poll ``predicate`` until it returns something true; that value, or AssertionError."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

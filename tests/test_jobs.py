@@ -18,19 +18,20 @@ from sqlalchemy import func, select
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.demo import MIRIAD_NAME
 from hera_stage_ext.errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, NotFound
-from hera_stage_ext.jobs import engine, markers
 from hera_stage_ext.jobs import (
     EngineConfig,
     cancel_job,
     create_stage_job,
     dry_run_stage,
+    engine,
     get_job,
+    markers,
     read_log,
     run_pending,
 )
 from hera_stage_ext.jobs.models import Job, JobItem
 
-from .job_fixtures import Site, make_big_site, make_site, temp_files, tree
+from .job_fixtures import Site, make_big_site, make_site, temp_files, tree, wait_for
 
 FAST = EngineConfig(streams=3, heartbeat_seconds=0.2, fsync=False)
 
@@ -327,16 +328,6 @@ def test_migration_matches_models(database) -> None:
 @pytest.fixture
 def big(database, tmp_path) -> Site:
     return make_big_site(database, tmp_path / "big")
-
-
-def wait_for(predicate, timeout: float = 30.0, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
 
 
 def test_cancel_queued_job(big: Site) -> None:
