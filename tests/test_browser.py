@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from .browser_fixtures import LabServer, lab_server, page, screenshot  # noqa: F401
+from .browser_fixtures import (  # noqa: F401
+    PANEL,
+    LabServer,
+    lab_server,
+    open_panel,
+    page,
+    panel_search,
+    screenshot,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -28,7 +36,6 @@ def jp_asyncio_loop() -> None:
 def jp_server_cleanup() -> None:
     return None
 
-PANEL = ".jp-HeraStage-panel"
 ROW = f"{PANEL} .jp-HeraStage-gridRow"
 NIGHT = "2457644"
 
@@ -37,19 +44,6 @@ def expected_names(server: LabServer, night: str = NIGHT) -> list[str]:
     """The demo files of one night, from the store on disk (independent of the server)."""
     onsite = Path(server.archive.stores["onsite"]["path"]) / night
     return sorted(p.name for p in onsite.iterdir() if p.name.startswith(f"zen.{night}."))
-
-
-def open_panel(page: Any) -> None:
-    tab = page.locator(".lm-TabBar-tab[data-id='hera-stage-panel']")
-    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
-        tab.click()
-    page.wait_for_selector(f"{PANEL} .jp-HeraStage-query, {PANEL} .jp-HeraStage-json",
-                           state="visible")
-
-
-def search(page: Any, text: str) -> None:
-    page.fill(f"{PANEL} .jp-HeraStage-query", text)
-    page.press(f"{PANEL} .jp-HeraStage-query", "Enter")
 
 
 def wait_loaded(page: Any) -> None:
@@ -89,7 +83,7 @@ def test_panel_opens_with_archive_icon(page: Any, lab_server: LabServer) -> None
 def test_search_shows_the_right_rows(page: Any, lab_server: LabServer) -> None:
     names = expected_names(lab_server)
     open_panel(page)
-    search(page, f"zen.{NIGHT}.*")
+    panel_search(page, f"zen.{NIGHT}.*")
     summary = page.locator(f"{PANEL} .jp-HeraStage-summary")
     summary.get_by_text(f"of {len(names)} files loaded").wait_for()
     first = page.locator(f"{ROW} [role=gridcell]:nth-child(2)")
@@ -170,7 +164,7 @@ def test_stage_three_files_with_preview(page: Any, lab_server: LabServer) -> Non
 
 def test_cancel_a_second_job(page: Any, lab_server: LabServer) -> None:
     open_panel(page)
-    search(page, "zen.*")
+    panel_search(page, "zen.*")
     page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text(re.compile(r"of [\d,]+ files")).wait_for()
     page.fill(f"{PANEL} #jp-HeraStage-destination", "big")
     page.locator(f"{PANEL} .jp-HeraStage-stageAll").click()
