@@ -1,6 +1,6 @@
 """The job engine: durable, verified, resumable jobs that move a list of items with a method.
 
-One engine for every kind of job (this slice: ``stage``; later transfer, upload, recall).
+One engine for every kind of job (``kinds``: ``stage``, ``transfer``; later upload, recall).
 ``models`` owns the tables, ``engine`` the job life cycle (create, claim, run, resume, cancel,
 logs), ``methods`` how one item is moved and verified, ``markers`` the Librarian's marker files,
 ``worker`` the process that runs jobs outside the Jupyter server.

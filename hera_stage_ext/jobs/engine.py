@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
 from ..paths import confine, is_within
-from . import markers
+from . import kinds, markers
 from .methods import (
     METHODS,
     Cancelled,
@@ -358,41 +358,64 @@ def create_stage_job(
         raise InsufficientSpace(
             f"the destination has {plan.free_bytes} bytes free and the job needs "
             f"{plan.bytes_needed}", needed=plan.bytes_needed, free=plan.free_bytes)
-    log_dir = Path(log_dir) if log_dir is not None else default_log_dir()
     dest = plan.destination
+
+    def take(s: Session, job: Job) -> None:
+        busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job.id,
+                                             Job.state.in_(ACTIVE_STATES)))
+        if busy is not None:
+            raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
+        dest.mkdir(parents=True, exist_ok=True)
+        markers.acquire(dest, job.id, owner, lambda other: _is_active(s, other))
+
+    return create_job(
+        db, owner, "stage", str(dest), method, plan.items, plan.missing, plan.bytes_total,
+        search=search, options={"read_only": read_only}, log_dir=log_dir, take=take,
+        release=lambda job_id: markers.release(dest, job_id),
+        summary=f"{method} {len(plan.items)} file(s), {plan.bytes_total} bytes into {dest}")
+
+
+def create_job(
+    db: Database, owner: str, kind: str, destination: str, method: str,
+    items: Sequence[Mapping[str, Any]], missing: Sequence[str], bytes_total: int, *,
+    search: Any = None, options: dict[str, Any] | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    take: Callable[[Session, Job], None] | None = None,
+    release: Callable[[int], None] | None = None, summary: str = "",
+) -> dict[str, Any]:
+    """Write a job of ``kind`` and its items (``_resolve``'s rows) in one transaction, and start
+    its log; every kind's creation ends here. ``take(session, job)`` runs inside that
+    transaction (claim the job's target; raise to refuse, and nothing is written);
+    ``release(job_id)`` undoes what ``take`` did outside the database if the commit fails."""
+    log_dir = Path(log_dir) if log_dir is not None else default_log_dir()
     taken = False
     job_id: int | None = None
     try:
         with db.write() as s:
-            busy = s.scalar(select(Job.id).where(Job.destination == str(dest),
-                                                 Job.state.in_(ACTIVE_STATES)))
-            if busy is not None:
-                raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
-            job = Job(owner=owner, kind="stage", state="queued", destination=str(dest),
-                      method=method, search=search, options={"read_only": read_only},
-                      files_total=len(plan.items), bytes_total=plan.bytes_total,
+            job = Job(owner=owner, kind=kind, state="queued", destination=destination,
+                      method=method, search=search, options=dict(options or {}),
+                      files_total=len(items), bytes_total=bytes_total,
                       files_done=0, bytes_done=0, files_failed=0, files_skipped=0,
-                      missing=plan.missing, error="", log_path="", cancel_requested=False)
+                      missing=list(missing), error="", log_path="", cancel_requested=False)
             s.add(job)
             s.flush()
             job_id = job.id
             job.log_path = str(log_dir / f"job-{job.id}.log")
             s.execute(insert(JobItem), [
                 {**item, "job_id": job.id, "state": "queued", "attempts": 0, "error": ""}
-                for item in plan.items
+                for item in items
             ])
-            dest.mkdir(parents=True, exist_ok=True)
-            markers.acquire(dest, job.id, owner, lambda other: _is_active(s, other))
-            taken = True
+            if take is not None:
+                take(s, job)
+                taken = True
             out = job_json(job)
     except BaseException:
-        if taken and job_id is not None:
-            markers.release(dest, job_id)
+        if taken and release is not None and job_id is not None:
+            release(job_id)
         raise
     log = JobLog(out["log_path"])
-    log(f"job {job_id} created by {owner}: {method} {len(plan.items)} file(s), "
-        f"{plan.bytes_total} bytes into {dest}")
-    for name in plan.missing:
+    log(f"job {job_id} created by {owner}: {summary}")
+    for name in missing:
         log(f"MISSING {name}: no available instance on an online store")
     return out
 
@@ -534,6 +557,7 @@ class _JobRun:
                  stop: threading.Event) -> None:
         self.db, self.job, self.worker_id, self.config, self.stop = db, job, worker_id, config, stop
         self.dest = Path(job.destination)
+        self.kind = kinds.kind(job.kind)  # how the items of this job are moved
         self.log = JobLog(job.log_path)
         self.abort = threading.Event()  # set on cancel, lost lease or worker stop
         self.cancel_requested = job.cancel_requested
@@ -746,12 +770,8 @@ class _JobRun:
         job = self.job
         self.log(f"worker {self.worker_id} {'resumes' if resumed else 'starts'} job {job.id} "
                  f"({self.config.streams} stream(s))")
-        markers.ensure_in_progress(self.dest, job.id, job.owner)
         self._refresh_stores()
-        if resumed:
-            n = _remove_temps(self.dest, _unfinished_paths(self.db, job.id))
-            if n:
-                self.log(f"removed {n} temporary file(s) left by the previous worker")
+        self.kind.begin(self, resumed)
         started = time.monotonic()
         heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
         heartbeat.start()
@@ -759,7 +779,7 @@ class _JobRun:
 
         def stream() -> None:
             try:
-                self._stream()
+                self.kind.stream(self)
             except Cancelled:
                 pass
             except BaseException as exc:  # a bug or the database gone: stop the job's run
@@ -767,7 +787,7 @@ class _JobRun:
                 self.abort.set()
 
         threads = [threading.Thread(target=stream, name=f"job{job.id}-stream{i}")
-                   for i in range(max(1, self.config.streams))]
+                   for i in range(self.kind.streams(self))]
         if not self.cancel_requested:
             for t in threads:
                 t.start()
@@ -839,9 +859,9 @@ def finish_job(db: Database, job_id: int) -> str:
             JobItem.job_id == job_id, JobItem.state == "failed").order_by(JobItem.id)).all()
     lines = [f"{path}: {error}" for path, error in failed]
     lines += [f"{name}: no available instance on an online store" for name in job.missing]
-    # Markers first, then the database: a crash in between leaves a running job whose
-    # finalisation simply runs again.
-    markers.finish(Path(job.destination), job_id, lines)
+    # The kind's results first (stage: markers), then the database: a crash in between
+    # leaves a running job whose finalisation simply runs again.
+    kinds.kind(job.kind).finish(job, lines)
     state = "failed" if lines else "succeeded"
     with db.write() as s:
         row = s.get(Job, job_id)
@@ -860,8 +880,7 @@ def finish_job(db: Database, job_id: int) -> str:
 
 def finish_cancelled(db: Database, job_id: int) -> str:
     job = _load_job(db, job_id)
-    dest = Path(job.destination)
-    removed = _remove_temps(dest, _unfinished_paths(db, job_id))
+    kind = kinds.kind(job.kind)
     with db.write() as s:
         row = s.get(Job, job_id)
         assert row is not None
@@ -872,7 +891,7 @@ def finish_cancelled(db: Database, job_id: int) -> str:
         row.state, row.finished_at = "cancelled", utcnow()
         row.worker_id, row.lease_expires = None, None
         row.error = f"cancelled; {left} file(s) not staged"
-    markers.finish(dest, job_id, [f"job {job_id} cancelled: {left} file(s) not staged"])
+    removed = kind.cancelled(db, job, left)
     JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
                          f"{removed} temporary file(s) removed")
     return "cancelled"
@@ -949,9 +968,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
     if job.state in ACTIVE_STATES:
         raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
                        f"finished (cancel it first to stop it)", job_id=job_id)
-    dest = Path(job.destination)
-    if allowed_roots and confine(job.destination, allowed_roots, what="destination") != dest:
-        raise InvalidRequest(f"the destination {dest} no longer resolves to itself")
+    kind = kinds.kind(job.kind)
     new_items, still_missing, new_bytes = _resolve(db, job.missing) if job.missing else ([], [], 0)
     with db.read() as s:
         left, left_bytes = s.execute(
@@ -964,12 +981,6 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                 f"{len(still_missing)} missing file(s) still have no available instance",
                 missing=still_missing)
         raise InvalidRequest(f"nothing to retry: job {job_id} {job.state} with no failed file")
-    needed = (int(left_bytes) + new_bytes) if job.method in ("copy", "reflink") else 0
-    free = _free_bytes(dest)
-    if needed > free and not force:
-        raise InsufficientSpace(
-            f"the destination has {free} bytes free and the retry needs {needed}",
-            needed=needed, free=free)
     taken = False
     try:
         with db.write() as s:
@@ -978,12 +989,8 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                 raise NotFound(f"no job {job_id}")
             if row.state in ACTIVE_STATES:  # retried (or resumed) by someone else meanwhile
                 raise Conflict(f"job {job_id} is already {row.state}", job_id=job_id)
-            busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job_id,
-                                                 Job.state.in_(ACTIVE_STATES)))
-            if busy is not None:
-                raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
-            dest.mkdir(parents=True, exist_ok=True)
-            markers.acquire(dest, job_id, row.owner, lambda other: _is_active(s, other))
+            kind.retake(s, row, left_bytes=int(left_bytes) + new_bytes, force=force,
+                        allowed_roots=allowed_roots)
             taken = True
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
                                             JobItem.state.in_(_RETRYABLE))
@@ -1002,7 +1009,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
             out = job_json(row)
     except BaseException:
         if taken:
-            markers.release(dest, job_id)
+            kind.release(job)
         raise
     log = JobLog(out["log_path"])
     log(f"job {job_id} retried{' by ' + actor if actor else ''}: {left} file(s) queued again"
@@ -1029,3 +1036,54 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(log_path)
     return {"deleted": job_id}
+
+
+# ----- the stage kind -------------------------------------------------------------------------
+class StageKind(kinds.JobKind):
+    """Staging: items copied (or linked) into the job's destination directory, which the job
+    holds with the Librarian's markers from launch until its result markers are written."""
+
+    name = "stage"
+
+    def begin(self, run: _JobRun, resumed: bool) -> None:
+        markers.ensure_in_progress(run.dest, run.job.id, run.job.owner)
+        if resumed:
+            n = _remove_temps(run.dest, _unfinished_paths(run.db, run.job.id))
+            if n:
+                run.log(f"removed {n} temporary file(s) left by the previous worker")
+
+    def stream(self, run: _JobRun) -> None:
+        run._stream()
+
+    def finish(self, job: Job, lines: list[str]) -> None:
+        markers.finish(Path(job.destination), job.id, lines)
+
+    def cancelled(self, db: Database, job: Job, left: int) -> int:
+        dest = Path(job.destination)
+        removed = _remove_temps(dest, _unfinished_paths(db, job.id))
+        markers.finish(dest, job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
+        return removed
+
+    def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
+               allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        dest = Path(job.destination)
+        if allowed_roots and confine(job.destination, allowed_roots, what="destination") != dest:
+            raise InvalidRequest(f"the destination {dest} no longer resolves to itself")
+        needed = left_bytes if job.method in ("copy", "reflink") else 0
+        free = _free_bytes(dest)
+        if needed > free and not force:
+            raise InsufficientSpace(
+                f"the destination has {free} bytes free and the retry needs {needed}",
+                needed=needed, free=free)
+        busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job.id,
+                                             Job.state.in_(ACTIVE_STATES)))
+        if busy is not None:
+            raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
+        dest.mkdir(parents=True, exist_ok=True)
+        markers.acquire(dest, job.id, job.owner, lambda other: _is_active(s, other))
+
+    def release(self, job: Job) -> None:
+        markers.release(Path(job.destination), job.id)
+
+
+STAGE = StageKind()
