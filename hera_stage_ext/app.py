@@ -33,7 +33,7 @@ from .catalogue.naming import (
 )
 from .core import Core
 from .jobs.launcher import WorkerLauncher
-from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers
+from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers, peers_env
 from .transfer.receiver import Receiver
 
 SETTINGS_KEY = "hera_stage"
@@ -172,11 +172,16 @@ class StagingApp(ExtensionApp):
 
     peers = Dict(
         help="""Sites this one sends to, by name (their site_name): {"karoo": {"url":
-        "https://karoo.example/", "secret": "...", "max_bytes_per_s": 0}}. url: the peer
-        server's base URL; secret: what this site presents there (the peer stores its hash in
-        its peer_secrets). A receiving site needs the sender here too: it pulls the bytes from
-        the sender with this secret. max_bytes_per_s: limit on serving that peer's pulls (0:
-        none).""",
+        "https://karoo.example/", "secret": "...", "max_bytes_per_s": 0, "max_in_flight": 0,
+        "hours": "", "retry_max_s": 300}}. url: the peer server's base URL; secret: what this
+        site presents there (the peer stores its hash in its peer_secrets). A receiving site
+        needs the sender here too: it pulls the bytes from the sender with this secret.
+        max_bytes_per_s: limit on serving that peer's pulls, all of them together (0: none);
+        max_in_flight: most files announced to it and not yet through, across all transfer
+        jobs (0: no limit); hours: when transfer jobs may announce to it, local time, e.g.
+        "20-06" (empty: any time); retry_max_s: cap of the backoff while it is unreachable.
+        The server's worker gets this setting in its environment (restart the server to
+        change it).""",
     ).tag(config=True)
 
     peer_secrets = Dict(
@@ -251,6 +256,7 @@ class StagingApp(ExtensionApp):
             launcher = WorkerLauncher(
                 self.db_url, streams=self.worker_streams,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
+                env=peers_env(self.site_name, self.peers) if self.peers else None,
             )
         if self.receive_store and self.receive_store not in self.stores:
             raise ValueError(f"receive_store {self.receive_store!r} is not one of the stores")

@@ -23,6 +23,7 @@ from .catalogue.models import utcnow
 from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthorized
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
+from .transfer.jobs import create_transfer_job, peer_destination
 from .transfer.peers import PeerRegistry
 from .transfer.receiver import Receiver
 
@@ -142,6 +143,30 @@ class Core:
         job_id = None if dry_run else result["id"]
         self._audit(via, for_user, action, destination, method, asked, "accepted", "", job_id)
         if job_id is not None and self.launcher is not None:
+            self.launcher.ensure_running()
+        return result
+
+    def transfer(self, peer: str, *, names: Sequence[str] | None = None, search: Any = None,
+                 via: str = "rest") -> dict[str, Any]:
+        """Launch a job sending ``names`` (or what ``search`` matches now) to ``peer``; audited
+        like staging requests, refused ones too."""
+        asked = {"search": search} if names is None else {"names": list(names)[:100],
+                                                          "count": len(names)}
+        destination = peer_destination(peer)
+        try:
+            if names is None:
+                names = self.names_matching(search)
+                if not names:
+                    raise InvalidRequest("the search matches no file: nothing to transfer")
+            result = create_transfer_job(self.catalogue.db, self.owner, names, self.peers, peer,
+                                         search=search, log_dir=self.job_log_dir)
+        except StagingError as exc:
+            self._audit(via, None, "transfer", destination, "transfer", asked, "refused",
+                        exc.message)
+            raise
+        self._audit(via, None, "transfer", destination, "transfer", asked, "accepted", "",
+                    result["id"])
+        if self.launcher is not None:
             self.launcher.ensure_running()
         return result
 

@@ -1,8 +1,9 @@
 """Site-to-site transfers between two real sites on loopback.
 
 Two ``jupyter server`` processes (site A sends, site B receives), each with its own SQLite
-catalogue and store, each configured as the other's peer. ``send_files`` runs in this process on
-a Core over A's database (as a transfer job will); B pulls the bytes from A's server.
+catalogue and store, each configured as the other's peer. A's transfer jobs run in this
+process (``run_pending`` over A's database, the worker's code); B pulls the bytes from A's server.
+Transfer jobs through REST, the worker process and directories: ``test_transfer_jobs.py``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import File, Instance
 from hera_stage_ext.core import Core
 from hera_stage_ext.errors import InvalidRequest, NotFound, Unauthorized
+from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
+from hera_stage_ext.jobs.models import Job, JobItem
 from hera_stage_ext.transfer import peers as peers_module
+from hera_stage_ext.transfer.jobs import PeerRejected, create_transfer_job
 from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret, parse_peers
 from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR
-from hera_stage_ext.transfer.sender import remote_sites, send_files
+from hera_stage_ext.transfer.sender import remote_sites
 
 from .jupyter_process import JupyterProcess, jupyter_process
 
@@ -81,6 +85,22 @@ class Sites:
             return items
 
 
+def send(sites: Sites, names: list[str], peer: str = "site-b") -> dict[str, Any]:
+    """A transfer job of ``names`` to ``peer``, run to its end in this process: the job, its
+    items' (state, error) by name and the count of each state."""
+    db = sites.a_core.catalogue.db
+    job = create_transfer_job(db, "tester", names, sites.a_core.peers, peer,
+                              log_dir=str(sites.tmp / "a-logs"))
+    run_pending(db, EngineConfig(peers=sites.a_core.peers, fsync=False, heartbeat_seconds=0.2))
+    with db.read() as s:
+        items = {i.name: (i.state, i.error) for i in s.scalars(
+            select(JobItem).where(JobItem.job_id == job["id"]))}
+    counts: dict[str, int] = {}
+    for state, _ in items.values():
+        counts[state] = counts.get(state, 0) + 1
+    return {"job": get_job(db, job["id"]), "items": items, "counts": counts}
+
+
 def _write(path: Path, rng: random.Random, size: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(rng.randbytes(size))
@@ -106,7 +126,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     a_config = {"StagingApp": {
         **common, "db_url": a_db_url, "site_name": "site-a",
         "stores": {"a-store": {"path": str(a_store)}},
-        # A never calls B in these tests (send_files runs here): B's URL is filled in below.
+        # B's URL is filled in below (A's jobs run in this process with these peers).
         "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
                              "max_bytes_per_s": THROTTLE}},
         "peer_secrets": {"site-b": hash_secret(SECRET_BA)},
@@ -147,9 +167,9 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
 
 
 def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Sites) -> None:
-    report = send_files(sites.a_core, "site-b", BATCH, timeout=60)
-    assert report["counts"] == {"committed": 30}, report
-    assert report["ok"]
+    report = send(sites, BATCH)
+    assert report["counts"] == {"done": 30}, report
+    assert report["job"]["state"] == "succeeded"
     a_detail = {n: sites.a_core.catalogue.file_detail(n) for n in BATCH}
     for name in BATCH:
         arrived = sites.b_store / "2457700" / name
@@ -171,8 +191,9 @@ def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Si
     assert not list((sites.b_store / INCOMING_DIR).iterdir())
     inodes = {n: (sites.b_store / "2457700" / n).stat().st_mtime_ns for n in BATCH}
 
-    again = send_files(sites.a_core, "site-b", BATCH, timeout=60)
-    assert again["counts"] == {"have": 30}, again
+    again = send(sites, BATCH)
+    assert again["counts"] == {"skipped": 30}, again
+    assert again["job"]["files_skipped"] == 30
     assert {n: (sites.b_store / "2457700" / n).stat().st_mtime_ns for n in BATCH} == inodes
     assert all(sites.b_items()[n].attempts == 1 for n in BATCH)
     with sites.a_core.catalogue.db.read() as s:
@@ -191,9 +212,12 @@ def test_wrong_secret_gets_401_and_writes_nothing(sites: Sites) -> None:
     good = sites.a_core.peers.peers["site-b"]
     sites.a_core.peers.peers["site-b"] = replace(good, secret="not-the-secret-" + "x" * 30)
     try:
-        with pytest.raises(Unauthorized) as info:
-            send_files(sites.a_core, "site-b", [FORBIDDEN], timeout=10)
+        with pytest.raises(PeerRejected) as info:
+            send(sites, [FORBIDDEN])
         assert "401" in info.value.message and "wrong secret" in info.value.message
+        with sites.a_core.catalogue.db.read() as s:
+            assert not s.scalars(select(Job).join(JobItem).where(
+                JobItem.name == FORBIDDEN)).first()
         assert SECRET_AB not in info.value.message
     finally:
         sites.a_core.peers.peers["site-b"] = good
@@ -209,16 +233,16 @@ def test_wrong_secret_gets_401_and_writes_nothing(sites: Sites) -> None:
 
 def test_unknown_peer_is_a_clear_error(sites: Sites) -> None:
     with pytest.raises(NotFound) as info:
-        send_files(sites.a_core, "nowhere", [FORBIDDEN], timeout=10)
+        send(sites, [FORBIDDEN], peer="nowhere")
     assert "no peer named 'nowhere'" in info.value.message and "site-b" in info.value.message
 
 
 def test_conflicting_name_is_reported_and_nothing_overwritten(sites: Sites) -> None:
     before = (sites.b_store / "mine" / CONFLICT).read_bytes()
-    report = send_files(sites.a_core, "site-b", [CONFLICT], timeout=30)
-    [entry] = report["files"]
-    assert entry["state"] == "conflict" and "other content" in entry["message"]
-    assert not report["ok"]
+    report = send(sites, [CONFLICT])
+    state, error = report["items"][CONFLICT]
+    assert state == "failed" and "conflict" in error and "other content" in error
+    assert report["job"]["state"] == "failed" and "conflict" in report["job"]["error"]
     assert (sites.b_store / "mine" / CONFLICT).read_bytes() == before
     assert not (sites.b_store / "2457702" / CONFLICT).exists()
     assert [i["path"] for i in sites.b_file(CONFLICT).json()["instances"]] == [
@@ -231,9 +255,9 @@ def test_bytes_corrupted_at_the_sender_are_caught(sites: Sites) -> None:
     data = bytearray(source.read_bytes())
     data[1000] ^= 0x01  # the catalogue still has the checksums of the original
     source.write_bytes(bytes(data))
-    report = send_files(sites.a_core, "site-b", [CORRUPT], timeout=60)
-    [entry] = report["files"]
-    assert entry["state"] == "failed" and "checksums" in entry["message"], entry
+    report = send(sites, [CORRUPT])
+    state, error = report["items"][CORRUPT]
+    assert state == "failed" and "checksums" in error, error
     assert sites.b_file(CORRUPT).status_code == 404
     assert not (sites.b_store / "2457702" / CORRUPT).exists()
     assert not list((sites.b_store / INCOMING_DIR).iterdir())
@@ -242,8 +266,8 @@ def test_bytes_corrupted_at_the_sender_are_caught(sites: Sites) -> None:
 
 
 def test_byte_flipped_in_flight_is_caught_and_resent(sites: Sites) -> None:
-    report = send_files(sites.a_core, "site-b", [FLIP], timeout=60)
-    assert report["counts"] == {"committed": 1}, report
+    report = send(sites, [FLIP])
+    assert report["counts"] == {"done": 1}, report
     item = sites.b_items()[FLIP]
     assert item.attempts == 2  # the first pull's checksum did not match
     arrived = ck.hash_file(sites.b_store / "2457702" / FLIP)
@@ -253,8 +277,7 @@ def test_byte_flipped_in_flight_is_caught_and_resent(sites: Sites) -> None:
 
 def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> None:
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(
-        send_files(sites.a_core, "site-b", [BIG], timeout=90)))
+    thread = threading.Thread(target=lambda: result.update(send(sites, [BIG])))
     thread.start()
     incoming = sites.b_store / INCOMING_DIR
     deadline = time.monotonic() + 30
@@ -273,7 +296,7 @@ def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> Non
     sites.start_b("b-server-2")
     thread.join(90)
     assert not thread.is_alive()
-    assert result["counts"] == {"committed": 1}, result
+    assert result["counts"] == {"done": 1}, result
     item = sites.b_items()[BIG]
     assert item.state == "committed" and item.resumed_from >= received_before > 0
     arrived = ck.hash_file(sites.b_store / "2457701" / BIG)
@@ -285,7 +308,7 @@ def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> Non
     assert not list(incoming.iterdir())
     assert remote_sites(sites.a_core, BIG) == ["site-b"]
     # Sending it again moves nothing.
-    assert send_files(sites.a_core, "site-b", [BIG], timeout=30)["counts"] == {"have": 1}
+    assert send(sites, [BIG])["counts"] == {"skipped": 1}
 
 
 def test_secret_hashing_helper(capsys) -> None:
@@ -318,7 +341,7 @@ def test_migration_matches_transfer_models(tmp_path) -> None:
     db.dispose()
 
 
-def test_full_store_answers_no_space_and_directories_wait(tmp_path) -> None:
+def test_full_store_answers_no_space(tmp_path) -> None:
     from hera_stage_ext.transfer.receiver import Receiver
 
     db = Database(f"sqlite:///{tmp_path / 'r.sqlite'}")
@@ -335,8 +358,7 @@ def test_full_store_answers_no_space_and_directories_wait(tmp_path) -> None:
         reply = receiver.announce("there", {"transfer": "t1", "files": [
             offer, {**offer, "name": "zen.2457703.20000.xx.HH.uv", "is_directory": True}]})
         assert [(f["answer"], "free" in f["message"]) for f in reply["files"]] == [
-            ("no-space", True), ("refused", False)]
-        assert "not transferred yet" in reply["files"][1]["message"]
+            ("no-space", True), ("no-space", True)]
         unknown = receiver.announce("elsewhere", {"transfer": "t2", "files": [offer]})
         assert unknown["files"][0]["answer"] == "refused"
         assert "no URL for peer 'elsewhere'" in unknown["files"][0]["message"]

@@ -72,10 +72,25 @@ def online_instance_path(core: Core, name: str) -> Path:
     return path
 
 
+class Throttle:
+    """At most ``bytes_per_s`` through everything that consumes it: one response, or every
+    pull of one peer together (the server's single event-loop thread needs no lock)."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.rate = float(bytes_per_s)
+        self.free_at = 0.0  # when the bytes consumed so far will have had their time
+
+    async def consume(self, n: int) -> None:
+        now = time.monotonic()
+        self.free_at = max(self.free_at, now) + n / self.rate
+        if self.free_at > now:
+            await asyncio.sleep(self.free_at - now)
+
+
 async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = None,
-                    max_bytes_per_s: float = 0) -> None:
-    """Stream a flat file in 1 MiB chunks, honouring one ``bytes=a-b`` Range, at most
-    ``max_bytes_per_s`` when that is set."""
+                    throttle: Throttle | None = None) -> None:
+    """Stream a flat file in 1 MiB chunks, honouring one ``bytes=a-b`` Range, no faster than
+    ``throttle`` allows when one is given."""
     size = path.stat().st_size
     start, end = 0, size - 1
     handler.set_header("Accept-Ranges", "bytes")
@@ -99,7 +114,6 @@ async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = 
         handler.set_header("Content-Range", f"bytes {start}-{end}/{size}")
     handler.set_header("Content-Length", str(max(end - start + 1, 0)))
     remaining = end - start + 1
-    began, sent = time.monotonic(), 0
     with open(path, "rb") as f:
         f.seek(start)
         while remaining > 0:
@@ -112,11 +126,8 @@ async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = 
                 await handler.flush()
             except iostream.StreamClosedError:
                 return
-            sent += len(chunk)
-            if max_bytes_per_s:
-                ahead = sent / max_bytes_per_s - (time.monotonic() - began)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+            if throttle is not None:
+                await throttle.consume(len(chunk))
     handler.finish()
 
 
@@ -126,42 +137,47 @@ class FileContentHandler(BaseHandler):
     async def get(self, name: str) -> None:
         path = await self.call(online_instance_path, self.core, name)
         if path.is_dir():
-            await self._send_tar(path, name)
+            await send_tar(self, path, name)
         else:
             await send_file(self, path, filename=name)
 
-    async def _send_tar(self, path: Path, name: str) -> None:
-        self.set_header("Content-Type", "application/x-tar")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}.tar"')
-        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        cancelled = threading.Event()
-        failure: list[BaseException] = []
 
-        def produce() -> None:
-            try:
-                with tarfile.open(fileobj=_QueueWriter(chunks, cancelled), mode="w|",
-                                  bufsize=CHUNK) as tar:
-                    tar.add(path, arcname=name, recursive=True)
-            except BaseException as exc:  # reported to the handler below
-                failure.append(exc)
-            finally:
-                chunks.put(None)
+async def send_tar(handler: BaseHandler, path: Path, name: str, *,
+                   throttle: Throttle | None = None) -> None:
+    """Stream the directory ``path`` as a tar of ``name/...`` in constant memory."""
+    handler.set_header("Content-Type", "application/x-tar")
+    handler.set_header("Content-Disposition", f'attachment; filename="{name}.tar"')
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    cancelled = threading.Event()
+    failure: list[BaseException] = []
 
-        threading.Thread(target=produce, daemon=True, name=f"tar {name}").start()
-        loop = asyncio.get_running_loop()
+    def produce() -> None:
         try:
-            while (chunk := await loop.run_in_executor(None, chunks.get)) is not None:
-                self.write(chunk)
-                await self.flush()
-        except iostream.StreamClosedError:
-            cancelled.set()
-            # Drain so the producer, blocked on a full queue, sees the cancel and exits.
-            await loop.run_in_executor(None, lambda: [_ for _ in iter(chunks.get, None)])
-            return
-        if failure and not isinstance(failure[0], BrokenPipeError):
-            self.log.error("tar of %s failed: %s", name, failure[0])
-            # Headers are gone; closing early makes the client see a truncated tar.
-            self.request.connection.close()
-            return
-        self.finish()
+            with tarfile.open(fileobj=_QueueWriter(chunks, cancelled), mode="w|",
+                              bufsize=CHUNK) as tar:
+                tar.add(path, arcname=name, recursive=True)
+        except BaseException as exc:  # reported to the handler below
+            failure.append(exc)
+        finally:
+            chunks.put(None)
+
+    threading.Thread(target=produce, daemon=True, name=f"tar {name}").start()
+    loop = asyncio.get_running_loop()
+    try:
+        while (chunk := await loop.run_in_executor(None, chunks.get)) is not None:
+            handler.write(chunk)
+            await handler.flush()
+            if throttle is not None:
+                await throttle.consume(len(chunk))
+    except iostream.StreamClosedError:
+        cancelled.set()
+        # Drain so the producer, blocked on a full queue, sees the cancel and exits.
+        await loop.run_in_executor(None, lambda: [_ for _ in iter(chunks.get, None)])
+        return
+    if failure and not isinstance(failure[0], BrokenPipeError):
+        handler.log.error("tar of %s failed: %s", name, failure[0])
+        # Headers are gone; closing early makes the client see a truncated tar.
+        handler.request.connection.close()
+        return
+    handler.finish()
 

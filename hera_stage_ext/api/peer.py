@@ -11,10 +11,10 @@ from __future__ import annotations
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from tornado import web
 
-from ..errors import NotFound, StagingError
+from ..errors import StagingError
 from ..transfer.sender import list_peers
 from .base import ApiError, BaseHandler
-from .content import online_instance_path, send_file
+from .content import Throttle, online_instance_path, send_file, send_tar
 
 
 class PeersHandler(BaseHandler):
@@ -65,16 +65,24 @@ class PeerStatusHandler(PeerBaseHandler):
 
 
 class PeerFileContentHandler(PeerBaseHandler):
-    """The bytes of a flat file for a peer's pull (one ``bytes=a-b`` Range), limited to the
-    peer's ``max_bytes_per_s`` when one is configured."""
+    """The bytes of a file (one ``bytes=a-b`` Range) or the tar stream of a directory data set,
+    for a peer's pull; all pulls of one peer together at most its ``max_bytes_per_s`` (a
+    server-wide throttle per peer) when one is configured."""
 
     @allow_unauthenticated
     async def get(self, name: str) -> None:
         peer = self.peer()
-
         path = await self.call(online_instance_path, self.core, name)
-        if path.is_dir():
-            raise ApiError(NotFound(f"{name!r} is a directory: data sets are not sent yet"))
         configured = self.core.peers.peers.get(peer)
-        await send_file(self, path, max_bytes_per_s=configured.max_bytes_per_s if configured
-                        else 0)
+        throttle = None
+        if configured is not None and configured.max_bytes_per_s:
+            key = (peer, configured.max_bytes_per_s)
+            throttle = _throttles.setdefault(key, Throttle(configured.max_bytes_per_s))
+        if path.is_dir():
+            await send_tar(self, path, name, throttle=throttle)
+        else:
+            await send_file(self, path, throttle=throttle)
+
+
+#: (peer, rate) -> the throttle every pull of that peer shares in this server.
+_throttles: dict[tuple[str, int], Throttle] = {}

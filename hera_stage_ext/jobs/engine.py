@@ -77,6 +77,8 @@ class EngineConfig:
     # Test-only throttle: seconds slept after every chunk copied, so a test can kill mid-job.
     chunk_delay: float = field(
         default_factory=lambda: float(os.environ.get("HERA_STAGE_TEST_CHUNK_DELAY", "0") or 0))
+    # Transfer jobs: the peers (a transfer.peers.PeerRegistry); None: the worker's environment.
+    peers: Any = None
 
 
 def default_log_dir() -> Path:

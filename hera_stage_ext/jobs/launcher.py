@@ -3,7 +3,8 @@
 The worker runs in its own session, so it outlives the server: a restart or an idle-cull of the
 server does not stop a copy in progress, and the next server start finds the job still running
 (or, if the worker died too, resumes it). The worker exits by itself after a spell without work.
-The database URL travels in the environment, never on the command line, where ``ps`` shows it.
+The database URL and the peers' secrets travel in the environment, never on the command line,
+where ``ps`` shows them to everyone (a process's environment is readable by its user only).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from .worker import DB_URL_ENV
@@ -19,8 +21,10 @@ from .worker import DB_URL_ENV
 
 class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
-                 log_file: Path) -> None:
+                 log_file: Path, env: Mapping[str, str] | None = None) -> None:
         self.db_url = db_url
+        # More for the worker's environment (transfer jobs: the peers, secrets included).
+        self.env = dict(env or {})
         self.streams = streams
         self.idle_exit_seconds = idle_exit_seconds
         self.log_file = log_file
@@ -37,7 +41,7 @@ class WorkerLauncher:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "hera_stage_ext.jobs.worker",
                      "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds)],
-                    env={**os.environ, DB_URL_ENV: self.db_url},
+                    env={**os.environ, **self.env, DB_URL_ENV: self.db_url},
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )

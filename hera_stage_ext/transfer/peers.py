@@ -15,6 +15,17 @@ announce, one status poll, one ranged GET per file). Secrets shorter than ``MIN_
 refused for that reason. Hashes are compared with ``hmac.compare_digest``; secrets are never
 logged.
 
+Limits per peer (sending side, ``c.StagingApp.peers[name]``): ``max_in_flight`` (items announced
+to the peer and not yet through, across all transfer jobs; 0: no limit), ``max_bytes_per_s``
+(the rate this site serves the peer's pulls: the bytes stream there), ``hours`` (``"20-06"`` or
+``"19:30-05:00"``, local time of this site: transfer jobs announce only inside that window; empty:
+any time) and ``retry_max_s`` (the cap of the exponential backoff while the peer is unreachable).
+
+Worker processes have no Jupyter configuration: the server hands them the peers in the
+environment variable ``HERA_STAGE_PEERS`` (``peers_env``/``registry_from_env``), like the
+database URL: never on the command line (``ps`` shows it to every user), never in the database
+(a database dump or a read-only database user would expose it).
+
 ``python -m hera_stage_ext.transfer.peers hash-secret`` prints a new secret and its hash
 (``--stdin`` hashes a secret read from standard input instead).
 """
@@ -22,8 +33,12 @@ logged.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import hmac
+import json
+import os
+import re
 import secrets
 import sys
 from dataclasses import dataclass
@@ -35,6 +50,9 @@ SCHEME = "HeraPeer"
 HASH_PREFIX = "sha256$"
 #: Shortest secret accepted (hash-secret makes 43-character ones: 256 random bits).
 MIN_SECRET_CHARS = 32
+#: Environment variable carrying this site's name and its peers to a worker process.
+PEERS_ENV = "HERA_STAGE_PEERS"
+_HOURS = re.compile(r"^(\d{1,2})(?::(\d{2}))?-(\d{1,2})(?::(\d{2}))?$")
 
 
 def hash_secret(secret: str) -> str:
@@ -57,6 +75,36 @@ class Peer:
     url: str  # the peer server's base URL, ending in '/'
     secret: str
     max_bytes_per_s: int = 0  # serving this peer's pulls: 0 = no limit
+    max_in_flight: int = 0  # items announced and not through, across jobs: 0 = no limit
+    hours: str = ""  # "HH[:MM]-HH[:MM]" local time when transfers may run; "" = always
+    retry_max_s: float = 300.0  # cap of the backoff while the peer is unreachable
+
+    def window(self) -> tuple[int, int] | None:
+        """The allowed hours as (start, end) minutes after midnight; None: always."""
+        if not self.hours:
+            return None
+        match = _HOURS.match(self.hours.strip())
+        if not match:
+            raise ValueError(f"peer {self.name!r}: hours must look like '20-06' or "
+                             f"'19:30-05:00', not {self.hours!r}")
+        h1, m1, h2, m2 = (int(g or 0) for g in match.groups())
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59 or start == end or max(start, end) > 1440:
+            raise ValueError(f"peer {self.name!r}: hours {self.hours!r} is not a window")
+        return start, end
+
+    def seconds_until_open(self, now: dt.datetime | None = None) -> float:
+        """0 inside the allowed hours, else the seconds until they begin (local time)."""
+        window = self.window()
+        if window is None:
+            return 0.0
+        now = now or dt.datetime.now()
+        minute = now.hour * 60 + now.minute + now.second / 60
+        start, end = window
+        inside = start <= minute < end if start < end else (minute >= start or minute < end)
+        if inside:
+            return 0.0
+        return ((start - minute) % 1440) * 60
 
     def authorization(self, site_name: str) -> str:
         return f"{SCHEME} {site_name}:{self.secret}"
@@ -74,9 +122,31 @@ def parse_peers(config: dict[str, Any]) -> dict[str, Peer]:
             raise ValueError(f"peer {name!r} needs a 'url' and a 'secret'")
         if ":" in name or not name:
             raise ValueError(f"peer name {name!r} must be non-empty and contain no ':'")
+        unknown = set(spec) - {"url", "secret", "max_bytes_per_s", "max_in_flight", "hours",
+                               "retry_max_s"}
+        if unknown:
+            raise ValueError(f"peer {name!r}: unknown setting(s) {', '.join(sorted(unknown))}")
         url = spec["url"] if spec["url"].endswith("/") else spec["url"] + "/"
-        out[name] = Peer(name, url, spec["secret"], int(spec.get("max_bytes_per_s", 0)))
+        out[name] = Peer(name, url, spec["secret"], int(spec.get("max_bytes_per_s", 0)),
+                         int(spec.get("max_in_flight", 0)), str(spec.get("hours", "")),
+                         float(spec.get("retry_max_s", 300.0)))
+        out[name].window()  # a malformed window is refused with the configuration
     return out
+
+
+def peers_env(site_name: str, config: dict[str, Any]) -> dict[str, str]:
+    """The environment a worker process needs to send to ``config``'s peers."""
+    return {PEERS_ENV: json.dumps({"site_name": site_name, "peers": config})}
+
+
+def registry_from_env(environ: dict[str, str] | None = None) -> PeerRegistry:
+    """The sending half of the peer configuration, as ``peers_env`` passed it (none if
+    unset: every peer is then unknown to this process)."""
+    raw = (os.environ if environ is None else environ).get(PEERS_ENV)
+    if not raw:
+        return PeerRegistry("site")
+    data = json.loads(raw)
+    return PeerRegistry(data["site_name"], parse_peers(data["peers"]))
 
 
 def check_secret_hashes(config: dict[str, Any]) -> dict[str, str]:

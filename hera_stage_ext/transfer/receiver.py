@@ -11,7 +11,13 @@ and never over an existing file), the partial name removed, and file, instance, 
 ``max_attempts``; network errors back off and resume. A server restart resumes every item still
 ``queued`` or ``receiving`` (``resume``).
 
-Directory data sets (MIRIAD) are not transferred yet: they are answered ``refused``.
+Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/<name>/content``
+of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
+members leading out) into ``<store>/.hera-stage-incoming/<item id>.dir``; the tree is then
+hashed exactly as ingest hashes a directory (``checksums.hash_directory``: the Librarian's
+manifest digest of its members) and compared with the announced checksums before it is renamed
+into place (never over an existing path). A tar stream has no offsets: a broken pull of a
+directory starts again from zero (data sets are a few files; big files are flat).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tarfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,7 @@ from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
+from ..jobs.methods import _rename_noreplace, remove_path
 from ..paths import confine
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
@@ -145,9 +154,7 @@ class Receiver:
             except InvalidRequest as exc:
                 answers[name] = (REFUSED, exc.message)
                 continue
-            if offer.get("is_directory"):
-                answers[name] = (REFUSED, "directory data sets are not transferred yet")
-            elif row is not None and not same:
+            if row is not None and not same:
                 answers[name] = (CONFLICT, (f"{name!r} is known here with other content "
                                             f"(size {row.size}, checksums {row.checksums})"))
             elif same and row.instances:
@@ -206,9 +213,15 @@ class Receiver:
 
     def _discard_part(self, item_id: int) -> None:
         try:
-            self._part(self._store_root(), item_id).unlink(missing_ok=True)
+            root = self._store_root()
+            self._part(root, item_id).unlink(missing_ok=True)
+            remove_path(self._tree(root, item_id))
         except (OSError, StagingError):
             pass
+
+    def _tree(self, root: Path, item_id: int) -> Path:
+        """Where a directory data set is unpacked before it is verified."""
+        return root / INCOMING_DIR / f"{item_id}.dir"
 
     def status(self, peer: str, names: Any) -> dict[str, Any]:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
@@ -332,6 +345,9 @@ class Receiver:
             part.unlink(missing_ok=True)
             self._commit(item)
             return
+        if item.spec.get("is_directory"):
+            self._receive_directory(item, root, dest, algorithms)
+            return
         part.parent.mkdir(parents=True, exist_ok=True)
         hasher = ck.StreamHasher(algorithms)
         offset = part.stat().st_size if part.exists() else 0
@@ -374,6 +390,48 @@ class Receiver:
             dest.unlink(missing_ok=True)
             raise
 
+    def _receive_directory(self, item: TransferItem, root: Path, dest: Path,
+                           algorithms: list[str]) -> None:
+        work = self._tree(root, item.id)
+        remove_path(work)  # a broken tar pull starts again from zero
+        work.mkdir(parents=True)
+        client = PeerClient(self.registry.peer(item.peer), self.registry.site_name)
+        try:
+            stream = _ChunkReader(client.content(item.name, 0), self._stop)
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    if member.name.split("/", 1)[0] != item.name:
+                        raise ChecksumMismatch(f"{item.name}: the tar stream holds "
+                                               f"{member.name!r}, outside the data set")
+                    tar.extract(member, work, filter="data")
+        except (tarfile.TarError, EOFError) as exc:
+            remove_path(work)
+            raise Unavailable(f"the tar stream of {item.name!r} broke: {exc}") from None
+        except BaseException:
+            remove_path(work)
+            raise
+        finally:
+            client.close()
+        tree = work / item.name
+        digest = ck.hash_directory(tree, algorithms) if tree.is_dir() else None
+        if digest is None or digest.size != item.size or \
+                not ck.compare(digest.checksums, item.checksums):
+            remove_path(work)
+            raise ChecksumMismatch(
+                f"{item.name}: the received directory has "
+                f"{'no tree' if digest is None else f'{digest.size} bytes, {digest.checksums}'}"
+                f"; announced {item.size} bytes with {item.checksums}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _rename_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
+        finally:
+            remove_path(work)
+        try:
+            self._commit(item)
+        except Conflict:
+            remove_path(dest)
+            raise
+
     def _commit(self, item: TransferItem) -> None:
         spec = spec_from_offer(item.spec, item.peer)
         spec.checksums = dict(item.checksums)
@@ -389,3 +447,26 @@ class Receiver:
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _ChunkReader:
+    """A read-only file object over an iterator of byte chunks (what tarfile's stream mode
+    reads from), stopping when the receiver stops."""
+
+    def __init__(self, chunks: Iterator[bytes], stop: threading.Event) -> None:
+        self._chunks = chunks
+        self._stop = stop
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            if self._stop.is_set():
+                raise _Stopped
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out

@@ -1,0 +1,308 @@
+"""Transfer jobs: ``create_transfer_job`` and the ``transfer`` kind the job engine runs.
+
+A transfer job is a job like a staging one (same tables, progress, log, cancel, retry, resume);
+its ``destination`` is ``peer:<name>``, its items the instances chosen at launch, each item's
+``dest_path`` the instance's path in its store (the layout the receiving store keeps).
+
+A stream of the worker waits for the peer's allowed hours and for room under its
+``max_in_flight``, claims a batch of items, announces it (``protocol.PeerClient.announce``),
+reports at once the files the peer already holds (``have``: item ``skipped``, or ``done`` when an
+earlier attempt of this job sent it) and those it refuses (``failed`` with the peer's reason),
+then polls the peer's ``status`` until each file it accepted is ``committed`` (remote instance
+and ``transfer-sent`` event recorded, item ``done``) or ``failed``. Results go through the
+engine's ``_add``/``_commit`` like staged files. While the peer is unreachable the stream waits
+with exponential backoff (capped by the peer's ``retry_max_s``), saying so in the job's log; the
+job stays running. A worker that dies leaves its items to the next one, which announces them
+again: the peer answers ``have`` for what it committed meanwhile and keeps pulling the rest, so
+nothing moves twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import func, select
+
+from ..catalogue.catalogue import Catalogue
+from ..catalogue.db import Database
+from ..errors import NotFound, StagingError, Unavailable
+from ..jobs.engine import _claim_items, _Claimed, _names, _requeue, _resolve, create_job
+from ..jobs.kinds import JobKind
+from ..jobs.methods import Cancelled
+from ..jobs.models import Job, JobItem
+from .peers import Peer, PeerRegistry, registry_from_env
+from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient, offer_from_detail
+from .sender import record_remote
+
+if TYPE_CHECKING:
+    from ..jobs.engine import _JobRun
+
+T = TypeVar("T")
+DESTINATION_PREFIX = "peer:"
+
+
+class PeerRejected(StagingError):
+    """The peer refused this site (wrong secret, not a hera_stage_ext server, ...)."""
+
+    status = 502
+
+
+def peer_destination(peer: str) -> str:
+    return DESTINATION_PREFIX + peer
+
+
+def create_transfer_job(
+    db: Database, owner: str, names_or_rows: Iterable[str | Mapping[str, Any]],
+    registry: PeerRegistry, peer_name: str, *, search: Any = None,
+    log_dir: str | None = None,
+) -> dict[str, Any]:
+    """Launch a job sending ``names`` to ``peer_name``; returns it (``missing``: names with no
+    available instance on an online store here).
+
+    Before anything is written: NotFound for an unknown peer or when no file has an instance;
+    PeerRejected when the peer answers our ping with a refusal (a wrong secret). A peer that
+    cannot be reached now is no reason to refuse: the job waits for it."""
+    peer = registry.peer(peer_name)
+    items, missing, total = _resolve(db, _names(names_or_rows))
+    if not items:
+        raise NotFound(f"none of the {len(missing)} file(s) has an available instance on an "
+                       f"online store", missing=missing)
+    client = PeerClient(peer, registry.site_name, timeout=10)
+    reachable = ""
+    try:
+        client.ping()
+    except Unavailable as exc:
+        reachable = f"; the peer cannot be reached now ({exc.message}): the job waits for it"
+    except StagingError as exc:
+        raise PeerRejected(f"{exc.message} (check c.StagingApp.peers[{peer_name!r}] here and "
+                           f"the peer's peer_secrets)") from None
+    finally:
+        client.close()
+    return create_job(
+        db, owner, "transfer", peer_destination(peer_name), "transfer", items, missing, total,
+        search=search, options={"peer": peer_name}, log_dir=log_dir,
+        summary=f"send {len(items)} file(s), {total} bytes to peer {peer_name!r}{reachable}")
+
+
+class TransferKind(JobKind):
+    name = "transfer"
+
+    def __init__(self) -> None:
+        self._env_registry: PeerRegistry | None = None
+
+    def registry(self, run: _JobRun) -> PeerRegistry:
+        """The peers: the worker's configuration if it was given one (in-process runs), else
+        what the server passed in the environment."""
+        if run.config.peers is not None:
+            return run.config.peers
+        if self._env_registry is None:
+            self._env_registry = registry_from_env()
+        return self._env_registry
+
+    def stream(self, run: _JobRun) -> None:
+        peer_name = run.job.options["peer"]
+        registry = self.registry(run)
+        try:
+            peer = registry.peer(peer_name)
+        except NotFound as exc:
+            return _fail_all(run, f"{exc.message}; this worker has no configuration for it "
+                             "(was it started by the server?)")
+        sender = _Sender(run, registry, peer)
+        try:
+            sender.loop()
+        finally:
+            sender.client.close()
+
+
+TRANSFER = TransferKind()
+
+
+def _fail_all(run: _JobRun, message: str) -> None:
+    while batch := _claim_items(run.db, run.job.id, run.worker_id, run.config.claim_batch):
+        for item in batch:
+            run.log.note(f"FAILED {item.name}: {message}")
+            run._add(item, "failed", message, None)
+        run._commit(wait=True)
+
+
+class _Sender:
+    """One stream of a transfer job: batches announced, followed and reported."""
+
+    def __init__(self, run: _JobRun, registry: PeerRegistry, peer: Peer) -> None:
+        self.run, self.registry, self.peer = run, registry, peer
+        self.client = PeerClient(peer, registry.site_name)
+        self.catalogue = Catalogue(run.db)
+        self.reported: set[int] = set()
+
+    # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
+    def check(self) -> None:
+        if self.run.abort.is_set() or self.run.stop.is_set():
+            raise Cancelled()
+
+    def sleep(self, seconds: float) -> None:
+        if self.run.abort.wait(seconds) or self.run.stop.is_set():
+            raise Cancelled()
+
+    def wait_for_hours(self) -> None:
+        said = False
+        while (wait := self.peer.seconds_until_open()) > 0:
+            if not said:
+                self.run.log(f"waiting: peer {self.peer.name!r} takes transfers only at hours "
+                             f"{self.peer.hours} (local time of this site); they begin in "
+                             f"{wait / 60:.0f} min")
+                said = True
+            self.sleep(min(wait, 5.0))
+        if said:
+            self.run.log(f"peer {self.peer.name!r}: allowed hours begin, sending")
+
+    def room(self) -> int:
+        """Items this stream may claim now under the peer's ``max_in_flight`` (waits for one)."""
+        n = self.run.config.claim_batch
+        if not self.peer.max_in_flight:
+            return n
+        said = False
+        while True:
+            with self.run.db.read() as s:
+                in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
+                    Job, Job.id == JobItem.job_id).where(
+                    Job.destination == peer_destination(self.peer.name),
+                    Job.state == "running", JobItem.state == "running")) or 0
+            free = self.peer.max_in_flight - in_flight
+            if free > 0:
+                return min(n, free)
+            if not said:
+                self.run.log(f"waiting: {in_flight} item(s) in flight to peer "
+                             f"{self.peer.name!r} (its max_in_flight)")
+                said = True
+            self.sleep(1.0)
+
+    def call(self, what: str, fn: Callable[[PeerClient], T]) -> T:
+        """``fn(client)``, retried with exponential backoff while the peer is unreachable."""
+        delay, attempt = 1.0, 0
+        while True:
+            self.check()
+            try:
+                return fn(self.client)
+            except Unavailable as exc:
+                attempt += 1
+                self.run.log(f"{what}: {exc.message}; attempt {attempt} failed, trying again "
+                             f"in {delay:.0f} s")
+                self.sleep(delay)
+                delay = min(delay * 2, self.peer.retry_max_s)
+                # A new connection, to the peer as configured now (in-process runs may change
+                # it; a worker's configuration is fixed at its start).
+                self.client.close()
+                self.peer = self.registry.peer(self.peer.name)
+                self.client = PeerClient(self.peer, self.registry.site_name)
+
+    # ----- results ------------------------------------------------------------------------
+    def report(self, item: _Claimed, state: str, error: str = "", note: str = "") -> None:
+        run = self.run
+        if state == "failed":
+            run.log.note(f"FAILED {item.name}: {error}")
+        elif note:
+            run.log.note(note)
+        if state == "done":
+            with run._lock:
+                run.copied_bytes += item.size
+        run._add(item, state, error, None)
+        self.reported.add(item.id)
+        if run._commit_due():
+            run._commit(wait=False)
+
+    # ----- the stream ---------------------------------------------------------------------
+    def loop(self) -> None:
+        run = self.run
+        while not (run.abort.is_set() or run.stop.is_set()):
+            self.wait_for_hours()
+            batch = _claim_items(run.db, run.job.id, run.worker_id, self.room())
+            if not batch:
+                return
+            try:
+                self.send(batch)
+            finally:
+                # Claimed and not through (cancel, stop): back to the queue, announced again
+                # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
+                _requeue(run.db, [c.id for c in batch if c.id not in self.reported])
+
+    def send(self, batch: list[_Claimed]) -> None:
+        transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
+        offers, items = [], {}
+        for item in batch:
+            try:
+                detail = self.catalogue.file_detail(item.name)
+            except NotFound as exc:
+                self.report(item, "failed", exc.message)
+                continue
+            offers.append(offer_from_detail(detail, item.dest_path))
+            items[item.name] = item
+        waiting: dict[str, _Claimed] = {}
+        for start in range(0, len(offers), MAX_OFFERS):
+            chunk = offers[start:start + MAX_OFFERS]
+            try:
+                reply = self.call(f"announce to peer {self.peer.name!r}",
+                                  lambda c, chunk=chunk: c.announce(transfer, chunk))
+            except StagingError as exc:  # refused outright (secret changed, bad request)
+                for offer in chunk:
+                    self.report(items[offer["name"]], "failed", exc.message)
+                continue
+            have = []
+            for answer in reply["files"]:
+                item = items[answer["name"]]
+                if answer["answer"] == SEND:
+                    waiting[item.name] = item
+                elif answer["answer"] == HAVE:
+                    have.append(item)
+                else:
+                    self.report(item, "failed", f"peer answered {answer['answer']}: "
+                                f"{answer.get('message', '')}")
+            record_remote(self.run.db, self.peer.name, transfer, [i.name for i in have], HAVE)
+            for item in have:
+                # An earlier attempt of this job sent it (its worker died before recording).
+                mine = item.attempts > 1
+                self.report(item, "done" if mine else "skipped", note=(
+                    f"verified {item.name} at {self.peer.name} (sent before the worker "
+                    f"restarted; not sent again)" if mine
+                    else f"skipped {item.name}: {self.peer.name} already holds it"))
+        self.follow(transfer, waiting)
+
+    def follow(self, transfer: str, waiting: dict[str, _Claimed]) -> None:
+        """Poll the peer until each file it accepted is committed or failed."""
+        interval = 0.2
+        started = time.monotonic()
+        while waiting:
+            self.sleep(interval)
+            interval = min(interval * 1.5, 2.0)
+            names = list(waiting)
+            rows: list[dict[str, Any]] = []
+            for start in range(0, len(names), 10 * MAX_OFFERS):
+                part = names[start:start + 10 * MAX_OFFERS]
+                try:
+                    rows += self.call(f"status from peer {self.peer.name!r}",
+                                      lambda c, part=part: c.status(part))["files"]
+                except StagingError as exc:
+                    for name in part:
+                        self.report(waiting.pop(name), "failed", exc.message)
+            committed = [waiting[r["name"]] for r in rows
+                         if r["state"] == "committed" and r["name"] in waiting]
+            record_remote(self.run.db, self.peer.name, transfer,
+                          [i.name for i in committed], "committed")
+            seconds = max(time.monotonic() - started, 1e-9)
+            for item in committed:
+                del waiting[item.name]
+                self.report(item, "done", note=f"sent {item.name} to {self.peer.name} "
+                            f"({item.size} bytes; verified and registered there; "
+                            f"{seconds:.1f} s since announced)")
+            for row in rows:
+                if row["name"] not in waiting:
+                    continue
+                if row["state"] == "failed":
+                    self.report(waiting.pop(row["name"]), "failed",
+                                f"the peer failed to receive it: {row['error']}")
+                elif row["state"] == "unknown":
+                    self.report(waiting.pop(row["name"]), "failed",
+                                "the peer has no record of it (retry the job to announce it "
+                                "again)")
