@@ -180,18 +180,22 @@ class Mover:
         return Outcome("done", note)
 
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
-        """Refuse a source that resolves outside its store. A plain file is opened without
-        following a final symlink (``_open_source``), so only its folder needs resolving, once
-        per folder; a directory or a linked item is resolved whole."""
+        """Refuse a source that resolves outside its store. Only a file's folder is resolved
+        (once per folder): a copy opens the file itself without following a symlink
+        (``_open_source``), and a link is made only to a file that is not one; a directory is
+        resolved whole."""
         root = spec.source_root
         assert root is not None
-        if spec.is_directory or spec.method not in ("copy", "reflink"):
+        if spec.is_directory:
             inside = is_within(source, root)
         else:
             key = (os.path.dirname(source), root)
             inside = key in self._source_dirs or is_within(key[0], root)
             if inside:
                 self._source_dirs.add(key)
+            if inside and spec.method not in ("copy", "reflink") and os.path.islink(source):
+                # A link to a link: resolve it whole (a copy opens with O_NOFOLLOW instead).
+                inside = is_within(source, root)
         if not inside:
             raise ItemFailed("the instance on its store leads outside the store")
 
