@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -88,6 +90,12 @@ class Database:
         read_bind = self.engine if is_sqlite(self.engine) else self.engine.execution_options(
             isolation_level="AUTOCOMMIT")
         self._sessions = sessionmaker(read_bind, expire_on_commit=False)
+        # SQLite has one writer at a time, and a connection that finds the file locked sleeps
+        # in steps of up to 100 ms before trying again: threads of one process (a worker's
+        # streams and heartbeat) queue on this lock instead, and are woken the moment it is
+        # free. Re-entrant, so a write nested in another on the same thread still works.
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if is_sqlite(self.engine) else contextlib.nullcontext())
 
     @property
     def backend(self) -> str:
@@ -109,17 +117,18 @@ class Database:
         On SQLite it starts with ``BEGIN IMMEDIATE`` so that reading and then writing in the same
         transaction never fails with "database is locked" when another process writes.
         """
-        if is_sqlite(self.engine):
-            connection = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
-        else:
-            connection = self.engine.connect()
-        with connection, Session(bind=connection, expire_on_commit=False) as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with self._write_lock:
+            if is_sqlite(self.engine):
+                connection = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            else:
+                connection = self.engine.connect()
+            with connection, Session(bind=connection, expire_on_commit=False) as session:
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
 
     def upgrade(self) -> None:
         """Create or upgrade the schema to the newest alembic revision."""
