@@ -112,6 +112,13 @@ class StagingApp(ExtensionApp):
         100_000, help="Most rows one Librarian RPC search may list (it has no pagination)."
     ).tag(config=True)
 
+    search_timeout_seconds = Float(
+        10.0,
+        help="""Longest one search may run before it is cancelled and answered 503 with a
+        message (0: no limit), so one costly search cannot hold the database for everyone.
+        PostgreSQL: each statement's statement_timeout; SQLite: the whole search.""",
+    ).tag(config=True)
+
     start_worker = Bool(
         True,
         help="""Start a worker process for staging jobs when there is work. Turn off where
@@ -247,7 +254,7 @@ class StagingApp(ExtensionApp):
         db.upgrade()
         namer = ObservationNamer(self.obsid_pattern, self.site_longitude_deg,
                                  self.observation_seconds)
-        catalogue = Catalogue(db, namer)
+        catalogue = Catalogue(db, namer, search_timeout_s=self.search_timeout_seconds)
         catalogue.sync_stores(self.stores)
         roots = self.allowed_roots or [self.serverapp.root_dir]
         log_dir = Path(self.job_log_dir)

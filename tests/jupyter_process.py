@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ class JupyterProcess:
 def jupyter_process(
     workdir: Path, *, root_dir: Path, config: dict[str, Any], lab: bool = False,
     env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120,
+    prefix: Sequence[str] = (),
 ) -> Iterator[JupyterProcess]:
     """Start ``jupyter server`` (``jupyterlab`` with ``lab``) with ``config`` (traitlets as
     JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers."""
@@ -89,8 +90,10 @@ def jupyter_process(
                "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
                "--ServerApp.log_level=WARN"]
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not prefix:
         command.append("--allow-root")
+    # ``prefix`` runs the server under another identity (e.g. ``setpriv --reuid=...``).
+    command = [*prefix, *command]
     log_path = workdir / ("lab.log" if lab else "server.log")
     with open(log_path, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
