@@ -146,6 +146,18 @@ def cmd_stage(client: Client, args: argparse.Namespace) -> int:
     return _wait(client, job)
 
 
+def cmd_transfer(client: Client, args: argparse.Namespace) -> int:
+    job = client.transfer(args.peer, args.query)
+    print(f"job {job['id']}: sending {job['files_total']} file(s), "
+          f"{human_size(job['bytes_total'])} to peer {args.peer}", file=sys.stderr)
+    for name in job["missing"]:
+        print(f"hera-stage: missing: {name} (no available instance)", file=sys.stderr)
+    if not args.wait:
+        print(job["id"])
+        return 0
+    return _wait(client, job)
+
+
 def _wait(client: Client, job: dict[str, Any]) -> int:
     """Follow a job with a progress bar; exit 0 when it succeeded, else 1 with its errors
     (as the Librarian's stage script did)."""
@@ -158,7 +170,8 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
 
         job = client.wait(job["id"], on_progress=progress)
     if job["state"] == "succeeded":
-        print(f"job {job['id']} succeeded: {job['files_done']} file(s) staged, "
+        done = "sent" if job["kind"] == "transfer" else "staged"
+        print(f"job {job['id']} succeeded: {job['files_done']} file(s) {done}, "
               f"{job['files_skipped']} already there", file=sys.stderr)
         return 0
     text = client.log_text(job["id"])
@@ -279,7 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="launch even if space looks short")
     p.set_defaults(func=cmd_stage)
 
-    p = sub.add_parser("jobs", help="your staging jobs")
+    p = sub.add_parser("transfer", help="send what a search matches to a peer site")
+    p.add_argument("peer", help="a configured peer (c.StagingApp.peers)")
+    p.add_argument("query", help="one-line query or JSON search")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the job; exit 1 with its errors unless it succeeds")
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("jobs", help="your staging and transfer jobs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 

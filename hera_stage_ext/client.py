@@ -521,6 +521,16 @@ class Client:
         reply = self.request("POST", "stage", body)
         return StagePlan(reply) if dry_run else Job(reply)
 
+    def transfer(self, peer: str, query: str | dict[str, Any] | list[Any] | None = None, *,
+                 names: list[str] | None = None) -> Job:
+        """Launch a transfer job sending the files a search matches (or ``names``) to the
+        configured ``peer``: the ``Job`` (follow it with ``wait`` like a staging job)."""
+        if (query is None) == (names is None):
+            raise ValueError("give a query or names, not both")
+        body: dict[str, Any] = {"peer": peer}
+        body.update(search_body(query) if query is not None else {"names": names})
+        return Job(self.request("POST", "transfers", body))
+
     def jobs(self) -> JobList:
         return JobList(Job(j) for j in self.request("GET", "jobs")["jobs"])
 

@@ -72,17 +72,19 @@ class JupyterProcess:
 def jupyter_process(
     workdir: Path, *, root_dir: Path, config: dict[str, Any], lab: bool = False,
     env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120,
-    prefix: Sequence[str] = (),
+    prefix: Sequence[str] = (), port: int | None = None,
 ) -> Iterator[JupyterProcess]:
     """Start ``jupyter server`` (``jupyterlab`` with ``lab``) with ``config`` (traitlets as
-    JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers."""
+    JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers.
+    ``port``: a port chosen beforehand (``free_port()``), for sites configured with each other's
+    URL before either starts."""
     config_dir, runtime_dir = workdir / "config", workdir / "runtime"
     config_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "ServerApp": {"jpserver_extensions": {"hera_stage_ext": True},
                                       **config.get("ServerApp", {})}}
     for name in ("jupyter_server_config.json", "jupyter_lab_config.json"):
         (config_dir / name).write_text(json.dumps(config, indent=2))
-    port, token = free_port(), token or secrets.token_hex(16)
+    port, token = port or free_port(), token or secrets.token_hex(16)
     process_env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
     process_env.update(JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_RUNTIME_DIR=str(runtime_dir),
                        JUPYTER_DATA_DIR=str(workdir / "data"), **(env or {}))

@@ -1,4 +1,5 @@
-"""REST for staging: ``POST stage`` and the ``jobs`` routes, thin handlers over ``Core``.
+"""REST for jobs: ``POST stage``, ``POST transfers`` and the ``jobs`` routes, thin handlers over
+``Core``.
 
 A server's user sees and controls only their own jobs: the owner is the server's owner
 (``c.StagingApp.owner``: the JupyterHub user, else the system user running the server).
@@ -24,17 +25,11 @@ def _bool(body: dict[str, Any], key: str) -> bool:
     return value
 
 
-def stage_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``POST stage`` body: exactly one of names, search (JSON) or query (text)."""
+def _selection(body: dict[str, Any]) -> dict[str, Any]:
+    """The files a job request names: exactly one of names, search (JSON) or query (text)."""
     given = [key for key in ("names", "search", "query") if key in body]
     if len(given) != 1:
         raise InvalidRequest("give exactly one of 'names', 'search' (JSON) or 'query' (text)")
-    destination = body.get("destination")
-    if not isinstance(destination, str) or not destination:
-        raise InvalidRequest("'destination' must be a folder (relative to your root directory)")
-    method = body.get("method", "copy")
-    if not isinstance(method, str):
-        raise InvalidRequest("'method' must be a string")
     names = body.get("names")
     if names is not None and (
         not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
@@ -47,8 +42,29 @@ def stage_request(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(body["query"], str):
             raise InvalidRequest("'query' must be a string")
         search = parse_query_text(body["query"])
-    return {"names": names, "search": search, "destination": destination, "method": method,
+    return {"names": names, "search": search}
+
+
+def stage_request(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``POST stage`` body."""
+    selection = _selection(body)
+    destination = body.get("destination")
+    if not isinstance(destination, str) or not destination:
+        raise InvalidRequest("'destination' must be a folder (relative to your root directory)")
+    method = body.get("method", "copy")
+    if not isinstance(method, str):
+        raise InvalidRequest("'method' must be a string")
+    return {**selection, "destination": destination, "method": method,
             "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force")}
+
+
+def transfer_request(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``POST transfers`` body: the files and the ``peer`` (a configured name)."""
+    selection = _selection(body)
+    peer = body.get("peer")
+    if not isinstance(peer, str) or not peer:
+        raise InvalidRequest("'peer' must name a configured peer (GET peers lists them)")
+    return {**selection, "peer": peer}
 
 
 class StageHandler(BaseHandler):
@@ -63,6 +79,19 @@ class StageHandler(BaseHandler):
 
         result = await self.call(run)
         self.reply(result, status=200 if body.get("dry_run") else 202)
+
+
+class TransfersHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.body_json()
+
+        def run() -> dict[str, Any]:
+            request = transfer_request(body)
+            return self.core.transfer(request.pop("peer"), **request)
+
+        self.reply(await self.call(run), status=202)
 
 
 #: Largest job id (and log offset) a request may name: the database's signed 64-bit integer.

@@ -23,6 +23,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "Conflicts with what is stored",
         413: "Request body too large",
         416: "Range not satisfiable",
+        502: "The peer refused this site (e.g. a wrong secret)",
         503: "Cancelled after the search time limit (narrow the search), or a store or peer "
              "cannot be reached now",
         507: "Not enough free space at the destination",
@@ -209,6 +210,18 @@ SCHEMAS["StageRequest"] = {
         "dry_run": {"type": "boolean", "default": False},
         "force": {"type": "boolean", "default": False,
                   "description": "Launch even when free space looks too small."},
+    },
+}
+SCHEMAS["TransferRequest"] = {
+    "type": "object",
+    "required": ["peer"],
+    "description": "Exactly one of 'names', 'search' (JSON) or 'query' (one-line text), "
+    "resolved to file names at launch; the job sends exactly those to the peer.",
+    "properties": {
+        "names": {"type": "array", "items": {"type": "string"}},
+        "search": {"type": ["object", "array", "string"]},
+        "query": {"type": "string"},
+        "peer": {"type": "string", "description": "A configured peer (GET peers)."},
     },
 }
 SCHEMAS["DryRun"] = {
@@ -421,6 +434,16 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
                     "200": _json({"type": "object", "required": ["peers"], "properties": {
                         "peers": {"type": "array", "items": ref("Peer")}}}, "Peers"),
                     **_errors(403),
+                },
+            }},
+            "/transfers": {"post": {
+                "summary": "Send files to a peer: a transfer job (GET jobs/{job_id} follows "
+                           "it like a staging job; destination 'peer:<name>')",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": ref("TransferRequest")}}},
+                "responses": {
+                    "202": _json(ref("Job"), "The job, queued"),
+                    **_errors(400, 403, 404, 413, 502),
                 },
             }},
             "/openapi.json": {"get": {

@@ -26,6 +26,7 @@ from .jobs import (
     JobRetryHandler,
     JobsHandler,
     StageHandler,
+    TransfersHandler,
 )
 from .librarian import LibrarianRPCHandler
 from .peer import (
@@ -58,6 +59,7 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/jobs/{job_id}/retry": JobRetryHandler,
     "/jobs/{job_id}/log": JobLogHandler,
     "/peers": PeersHandler,
+    "/transfers": TransfersHandler,
     "/openapi.json": OpenAPIHandler,
 }
 

@@ -113,7 +113,12 @@ def _local_worker_dead(worker_id: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    # A killed worker whose parent (the server that launched it) has not reaped it yet.
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 # ----- JSON and logs --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -128,6 +129,10 @@ def _fail_all(run: _JobRun, message: str) -> None:
         run._commit(wait=True)
 
 
+#: Notices already logged, per run (shared by its streams; gone with the run).
+_notices: weakref.WeakKeyDictionary[_JobRun, set[str]] = weakref.WeakKeyDictionary()
+
+
 class _Sender:
     """One stream of a transfer job: batches announced, followed and reported."""
 
@@ -146,24 +151,33 @@ class _Sender:
         if self.run.abort.wait(seconds) or self.run.stop.is_set():
             raise Cancelled()
 
+    def once(self, key: str, message: str) -> None:
+        """Log ``message`` unless another stream of this run logged the same ``key``."""
+        notes = _notices.setdefault(self.run, set())
+        with self.run._lock:
+            if key in notes:
+                return
+            notes.add(key)
+        self.run.log(message)
+
     def wait_for_hours(self) -> None:
-        said = False
+        waited = False
         while (wait := self.peer.seconds_until_open()) > 0:
-            if not said:
-                self.run.log(f"waiting: peer {self.peer.name!r} takes transfers only at hours "
-                             f"{self.peer.hours} (local time of this site); they begin in "
-                             f"{wait / 60:.0f} min")
-                said = True
+            self.once(f"hours-closed-{self.peer.hours}",
+                      f"waiting: peer {self.peer.name!r} takes transfers only at hours "
+                      f"{self.peer.hours} (local time of this site); they begin in "
+                      f"{wait / 60:.0f} min")
+            waited = True
             self.sleep(min(wait, 5.0))
-        if said:
-            self.run.log(f"peer {self.peer.name!r}: allowed hours begin, sending")
+        if waited:
+            self.once(f"hours-open-{self.peer.hours}",
+                      f"peer {self.peer.name!r}: allowed hours begin, sending")
 
     def room(self) -> int:
         """Items this stream may claim now under the peer's ``max_in_flight`` (waits for one)."""
         n = self.run.config.claim_batch
         if not self.peer.max_in_flight:
             return n
-        said = False
         while True:
             with self.run.db.read() as s:
                 in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
@@ -173,10 +187,8 @@ class _Sender:
             free = self.peer.max_in_flight - in_flight
             if free > 0:
                 return min(n, free)
-            if not said:
-                self.run.log(f"waiting: {in_flight} item(s) in flight to peer "
-                             f"{self.peer.name!r} (its max_in_flight)")
-                said = True
+            self.once("in-flight", f"waiting: {in_flight} item(s) in flight to peer "
+                      f"{self.peer.name!r} (its max_in_flight {self.peer.max_in_flight})")
             self.sleep(1.0)
 
     def call(self, what: str, fn: Callable[[PeerClient], T]) -> T:
