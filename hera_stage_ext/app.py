@@ -129,6 +129,11 @@ class StagingApp(ExtensionApp):
         config=True
     )
 
+    worker_copy_processes = Int(
+        0,
+        help="Helper processes of a worker that copy small files (the per-file work of many "
+        "small files then runs on every core); 0 means one per CPU core of the machine.",
+    ).tag(config=True)
     worker_idle_exit_seconds = Float(
         120.0, help="A server-started worker exits after this long without a job."
     ).tag(config=True)
@@ -262,6 +267,7 @@ class StagingApp(ExtensionApp):
         if self.start_worker:
             launcher = WorkerLauncher(
                 self.db_url, streams=self.worker_streams,
+                copy_processes=self.worker_copy_processes, owner=self.owner,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
             )

@@ -258,9 +258,10 @@ def test_retry_and_forget_after_a_sigkilled_worker(big: Site) -> None:
     wanted = set(big.rel.values())
     worker = start_worker(big.db.url, delay=0.03)
     try:
+        # Its helpers (and multiprocessing's resource tracker) start with the worker.
+        helpers = wait_for(lambda: len(found := child_pids(worker.pid)) >= 2 and found)
         wait_for(lambda: len([p for p in tree(dest) if p in wanted]) >= 6 and temp_files(dest),
                  step=0.005)
-        helpers = child_pids(worker.pid)
     finally:
         worker.kill()  # SIGKILL: no cleanup, the job stays "running" under a dead worker
         worker.wait(10)

@@ -288,9 +288,6 @@ def test_four_workers_drain_a_thousand_files_once(postgres: PostgresCluster, bas
     db.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="engine: claim_job takes any owner's job, so a user's own "
-                   "worker (started by their server) runs other users' jobs as itself; needs an "
-                   "owner filter on claims (worker --owner, passed by the server's launcher)")
 def test_a_users_worker_takes_only_that_users_jobs(postgres: PostgresCluster, base: Path) -> None:
     store = base / "gift-store" / "2457800"
     store.mkdir(parents=True)
@@ -310,8 +307,10 @@ def test_a_users_worker_takes_only_that_users_jobs(postgres: PostgresCluster, ba
                          "mine", "copy", [{str(bob.workspace)!r}], base={str(bob.workspace)!r},
                          log_dir={str(bob.path / "logs")!r})
     """), {"HOME": str(bob.path)})
-    # ... when alice's server starts her worker: it must leave bob's job alone.
-    alice_worker = start_worker(db_url, prefix=as_user("hs_alice"), extra=["--exit-when-idle"])
+    # ... when alice's server starts her worker (its launcher passes --owner): it must leave
+    # bob's job alone.
+    alice_worker = start_worker(db_url, prefix=as_user("hs_alice"),
+                                extra=["--owner", "hs_alice", "--exit-when-idle"])
     try:
         alice_worker.wait(60)
     finally:

@@ -451,16 +451,21 @@ def reconcile(db: Database) -> list[int]:
     return dead
 
 
-def claim_job(db: Database, worker_id: str, lease_seconds: float) -> tuple[int, bool] | None:
-    """Take the oldest job that is queued or whose worker is gone; returns (id, resumed)."""
+def claim_job(db: Database, worker_id: str, lease_seconds: float,
+              owner: str | None = None) -> tuple[int, bool] | None:
+    """Take the oldest job that is queued or whose worker is gone; returns (id, resumed).
+
+    With ``owner``, only that user's jobs: a worker started by a user's server runs as that
+    user, so it must never take another user's job (it would write their files as itself).
+    Without, any job (a site's service workers)."""
     now = utcnow()
+    query = select(Job).where(Job.state.in_(ACTIVE_STATES),
+                              or_(Job.worker_id.is_(None), Job.lease_expires < now))
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     with db.write() as s:
-        job = s.scalars(
-            select(Job)
-            .where(Job.state.in_(ACTIVE_STATES),
-                   or_(Job.worker_id.is_(None), Job.lease_expires < now))
-            .order_by(Job.id).limit(1).with_for_update(skip_locked=True)
-        ).first()
+        job = s.scalars(query.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
+                        ).first()
         if job is None:
             return None
         resumed = job.started_at is not None

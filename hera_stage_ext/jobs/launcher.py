@@ -16,16 +16,20 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from .copy_pool import default_size
 from .worker import DB_URL_ENV
 
 
 class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
-                 log_file: Path, env: Mapping[str, str] | None = None) -> None:
+                 log_file: Path, env: Mapping[str, str] | None = None,
+                 copy_processes: int = 0, owner: str | None = None) -> None:
         self.db_url = db_url
         # More for the worker's environment (transfer jobs: the peers, secrets included).
         self.env = dict(env or {})
+        self.owner = owner
         self.streams = streams
+        self.copy_processes = copy_processes or default_size()
         self.idle_exit_seconds = idle_exit_seconds
         self.log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
@@ -40,7 +44,9 @@ class WorkerLauncher:
             with open(self.log_file, "ab") as log:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "hera_stage_ext.jobs.worker",
-                     "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds)],
+                     "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
+                     "--copy-processes", str(self.copy_processes),
+                     *(["--owner", self.owner] if self.owner else [])],
                     env={**os.environ, **self.env, DB_URL_ENV: self.db_url},
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,

@@ -31,8 +31,10 @@ class Worker:
     """Claims and runs jobs until ``stop`` is set."""
 
     def __init__(self, db: Database, config: EngineConfig | None = None,
-                 worker_id: str | None = None, pool: CopyPool | None = None) -> None:
+                 worker_id: str | None = None, pool: CopyPool | None = None,
+                 owner: str | None = None) -> None:
         self.db = db
+        self.owner = owner  # only this user's jobs (None: anyone's)
         self.config = config or EngineConfig()
         self.worker_id = worker_id or new_worker_id()
         self.stop = threading.Event()
@@ -50,7 +52,7 @@ class Worker:
                 if taken:
                     log.info("jobs of dead workers to resume: %s", taken)
                 last_reconcile = time.monotonic()
-            claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds)
+            claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds, self.owner)
             if claimed is None:
                 idle = time.monotonic() - idle_since
                 if exit_when_idle or (idle_exit_seconds is not None and idle >= idle_exit_seconds):
@@ -87,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit-seconds", type=float, default=defaults.flush_seconds,
                         help="seconds between commits (renames of the verified copies to their "
                         "final names, and their results recorded)")
+    parser.add_argument("--owner", default=None,
+                        help="run only this user's jobs (what a server passes for its user's "
+                        "worker); default: every user's, for a site's service workers")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit when no job is left instead of waiting for more")
@@ -105,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Started here, from the main thread, so each helper dies with this process.
     pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
             if args.copy_processes > 0 else None)
-    worker = Worker(db, config, pool=pool)
+    worker = Worker(db, config, pool=pool, owner=args.owner)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)
