@@ -1,0 +1,277 @@
+"""Transfer benchmark: a site-to-site transfer on loopback next to ``curl`` and ``rsync``.
+
+Two real ``jupyter server`` processes with the extension: site A (the sender, whose own worker
+process runs the transfer jobs, as in production) and site B (the receiver, which pulls the
+bytes from A, verifies them and registers them in its catalogue). Both use SQLite. The data: one
+large file (2 GiB) and 10,000 files of 4 KiB in 100 folders, registered at A.
+
+Each set is moved three times, in the order reference, ours, reference (the reference cell is the
+better of its two runs; both are printed):
+
+- the large file: ``curl`` downloads it from A's own file endpoint
+  (``GET /hera-stage/api/files/<name>/content``, the same server and file) into B's directory;
+  ours: ``POST /hera-stage/api/transfers`` at A, timed as the job (``started_at`` to
+  ``finished_at``: announce, B's pull, B's verification and registration, A's record of the
+  remote copy) and end to end (the request to the job's end as seen by polling);
+- the small files: ``rsync -a`` from an rsync daemon on loopback serving A's store; ours as above.
+
+Targets (issue 6): at least 0.8x ``curl`` throughput on the large file; at least 1.0x ``rsync``
+files/s on the small files. Exit status 0 when both pass.
+
+    /path/to/venv/bin/python benchmarks/transfer_bench.py            # full run
+    /path/to/venv/bin/python benchmarks/transfer_bench.py --quick    # 256 MiB, 1,000 x 4 KiB
+
+Needs ``curl`` and ``rsync`` (``apt-get install rsync``). The servers, the rsync daemon and the
+temporary directory are removed on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hera_stage_ext.catalogue.catalogue import Catalogue
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.catalogue.ingest import Ingester
+from hera_stage_ext.transfer.peers import hash_secret
+from tests.jupyter_process import JupyterProcess, free_port, jupyter_process
+
+TARGET_LARGE = 0.8
+TARGET_SMALL = 1.0
+MiB = 1 << 20
+SECRET_AB = "bench-a-to-b-" + "k" * 40
+SECRET_BA = "bench-b-to-a-" + "q" * 40
+BIG_NAME = "zen.2457900.10000.xx.HH.uvh5"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def write_data(store: Path, big_bytes: int, small_files: int) -> list[str]:
+    """The large file under 2457900/ and the small ones under 2457901/dNN/; their names."""
+    big = store / "2457900" / BIG_NAME
+    big.parent.mkdir(parents=True)
+    block = os.urandom(MiB)
+    with open(big, "wb") as f:
+        f.writelines(block[i % 997:] + block[:i % 997] for i in range(big_bytes // MiB))  # no two MiB alike
+    names = []
+    for i in range(small_files):
+        folder = store / "2457901" / f"d{i % 100:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"zen.2457901.{i:05d}.xx.HH.uvh5"
+        (folder / name).write_bytes(os.urandom(4096))
+        names.append(name)
+    return names
+
+
+def read_all(paths: list[Path]) -> None:
+    """Read the sources once, so every run starts with them in the page cache alike."""
+    for path in paths:
+        for root, _dirs, files in os.walk(path) if path.is_dir() else [(path.parent, [], [path.name])]:
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    while f.read(8 * MiB):
+                        pass
+
+
+@contextlib.contextmanager
+def rsync_daemon(tmp: Path, module_path: Path) -> Iterator[str]:
+    port = free_port()
+    conf = tmp / "rsyncd.conf"
+    conf.write_text(f"use chroot = no\npid file = {tmp / 'rsyncd.pid'}\n[bench]\n"
+                    f"path = {module_path}\nread only = yes\nuid = {os.getuid()}\n"
+                    f"gid = {os.getgid()}\n")
+    daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
+                               f"--port={port}", "--address=127.0.0.1"])
+    try:
+        time.sleep(0.5)
+        yield f"rsync://127.0.0.1:{port}/bench/"
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def job_seconds(job: dict[str, Any]) -> float:
+    started = dt.datetime.fromisoformat(job["started_at"].rstrip("Z"))
+    finished = dt.datetime.fromisoformat(job["finished_at"].rstrip("Z"))
+    return (finished - started).total_seconds()
+
+
+def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float]:
+    """One transfer job of ``query`` from A to B; (job seconds, end-to-end seconds)."""
+    started = time.monotonic()
+    job = a.api("transfers", {"query": query, "peer": "site-b"})
+    while job["state"] in ("queued", "running"):
+        time.sleep(0.05)
+        job = a.api(f"jobs/{job['id']}")
+    e2e = time.monotonic() - started
+    if job["state"] != "succeeded" or job["files_done"] != expected:
+        text = a.api(f"jobs/{job['id']}/log")["text"]
+        raise SystemExit(f"transfer job {job['id']} {job['state']}: {job['files_done']} of "
+                         f"{expected} file(s); {job['error']}\n{text[-3000:]}")
+    return job_seconds(job), e2e
+
+
+class Bench:
+    def __init__(self, tmp: Path, big_bytes: int, small_files: int) -> None:
+        self.tmp = tmp
+        self.big_bytes, self.small_files = big_bytes, small_files
+        self.a_store, self.b_root = tmp / "a" / "store", tmp / "b"
+        self.stack = contextlib.ExitStack()
+        self.a_port, self.b_port = free_port(), free_port()
+        self.b_generation = 0
+        self.b: JupyterProcess | None = None
+
+    def start(self) -> None:
+        log(f"writing {self.big_bytes / MiB:,.0f} MiB and {self.small_files:,} x 4 KiB in {self.tmp}")
+        self.names = write_data(self.a_store, self.big_bytes, self.small_files)
+        a_db_url = f"sqlite:///{self.tmp / 'a' / 'catalogue.sqlite'}"
+        db = Database(a_db_url)
+        db.upgrade()
+        catalogue = Catalogue(db)
+        catalogue.sync_stores({"a-store": {"path": str(self.a_store)}})
+        started = time.monotonic()
+        report = Ingester(catalogue).ingest("a-store", ["2457900/*", "2457901/*/*"])
+        db.dispose()
+        log(f"  registered {report.registered:,} file(s) at A in {time.monotonic() - started:.0f} s")
+        common = {"service_log_file": ""}
+        self.a = self.stack.enter_context(jupyter_process(
+            self.tmp / "a-server", root_dir=self.tmp / "a", port=self.a_port, config={
+                "StagingApp": {**common, "db_url": a_db_url, "site_name": "site-a",
+                               "stores": {"a-store": {"path": str(self.a_store)}},
+                               "peers": {"site-b": {"url": f"http://127.0.0.1:{self.b_port}/",
+                                                    "secret": SECRET_AB}},
+                               "peer_secrets": {"site-b": hash_secret(SECRET_BA)}}}))
+        self.start_b()
+
+    def start_b(self) -> None:
+        """A fresh receiving site (empty store and catalogue) on B's port."""
+        if self.b is not None:
+            self.b_stack.close()
+        self.b_generation += 1
+        root = self.b_root / f"run{self.b_generation}"
+        (root / "store").mkdir(parents=True)
+        self.b_stack = contextlib.ExitStack()
+        self.b = self.b_stack.enter_context(jupyter_process(
+            self.tmp / f"b-server{self.b_generation}", root_dir=root, port=self.b_port, config={
+                "StagingApp": {"service_log_file": "", "start_worker": False,
+                               "db_url": f"sqlite:///{root / 'catalogue.sqlite'}",
+                               "site_name": "site-b",
+                               "stores": {"b-store": {"path": str(root / "store")}},
+                               "receive_store": "b-store",
+                               "peers": {"site-a": {"url": self.a.url, "secret": SECRET_BA}},
+                               "peer_secrets": {"site-a": hash_secret(SECRET_AB)}}}))
+        self.b_store = root / "store"
+
+    def close(self) -> None:
+        if self.b is not None:
+            self.b_stack.close()
+        self.stack.close()
+
+    # ----- the runs -----------------------------------------------------------------------
+    def curl(self) -> float:
+        out = self.tmp / "curl" / BIG_NAME
+        out.parent.mkdir(exist_ok=True)
+        out.unlink(missing_ok=True)
+        read_all([self.a_store / "2457900"])
+        started = time.monotonic()
+        subprocess.run(["curl", "-sS", "--fail", "-o", str(out), "-H",
+                        f"Authorization: token {self.a.token}",
+                        f"{self.a.url}hera-stage/api/files/{BIG_NAME}/content"], check=True)
+        seconds = time.monotonic() - started
+        if out.stat().st_size != self.big_bytes:
+            raise SystemExit("curl fetched a short file")
+        return seconds
+
+    def rsync(self, url: str, run: int) -> float:
+        out = self.tmp / f"rsync{run}"
+        read_all([self.a_store / "2457901"])
+        started = time.monotonic()
+        subprocess.run(["rsync", "-a", f"{url}2457901/", f"{out}/"], check=True)
+        seconds = time.monotonic() - started
+        copied = sum(len(files) for _root, _dirs, files in os.walk(out))
+        if copied != self.small_files:
+            raise SystemExit(f"rsync copied {copied} file(s)")
+        return seconds
+
+    def ours(self, query: str, expected: int, source: Path) -> tuple[float, float]:
+        self.start_b()  # a receiver that holds nothing yet
+        read_all([source])
+        return transfer(self.a, query, expected)
+
+
+def fmt_rate(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="256 MiB and 1,000 x 4 KiB")
+    parser.add_argument("--dir", default=None, help="where the temporary directory goes")
+    args = parser.parse_args(argv)
+    big_bytes = (256 if args.quick else 2048) * MiB
+    small_files = 1_000 if args.quick else 10_000
+    tmp = Path(tempfile.mkdtemp(prefix="hera-transfer-bench-", dir=args.dir))
+    bench = Bench(tmp, big_bytes, small_files)
+    results: list[tuple[str, str, list[float], list[float], float, str]] = []
+    try:
+        bench.start()
+        # The large file: MB/s.
+        log("\none large file")
+        ref = [bench.curl()]
+        log(f"    curl                 {ref[0]:7.2f} s  {big_bytes / ref[0] / 1e6:8,.0f} MB/s")
+        job, e2e = bench.ours(BIG_NAME, 1, bench.a_store / "2457900")
+        log(f"    hera-stage transfer  {job:7.2f} s  {big_bytes / job / 1e6:8,.0f} MB/s "
+            f"(end to end {e2e:.2f} s)")
+        ref.append(bench.curl())
+        log(f"    curl                 {ref[1]:7.2f} s  {big_bytes / ref[1] / 1e6:8,.0f} MB/s")
+        results.append((f"{big_bytes / MiB:,.0f} MiB file", "curl", ref, [job], e2e, "MB/s"))
+        # The small files: files/s.
+        log(f"\n{small_files:,} x 4 KiB in 100 folders")
+        with rsync_daemon(tmp, bench.a_store) as url:
+            ref = [bench.rsync(url, 1)]
+            log(f"    rsync                {ref[0]:7.2f} s  {small_files / ref[0]:8,.0f} files/s")
+            job, e2e = bench.ours("zen.2457901.*", small_files, bench.a_store / "2457901")
+            log(f"    hera-stage transfer  {job:7.2f} s  {small_files / job:8,.0f} files/s "
+                f"(end to end {e2e:.2f} s)")
+            ref.append(bench.rsync(url, 2))
+            log(f"    rsync                {ref[1]:7.2f} s  {small_files / ref[1]:8,.0f} files/s")
+        results.append((f"{small_files:,} x 4 KiB", "rsync -a", ref, [job], e2e, "files/s"))
+    finally:
+        bench.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    log("\nreference cell: the better of its two runs; ours: the transfer job (started_at -> "
+        "finished_at), end to end in brackets")
+    log(f"{'set':<22} {'reference':<10} {'ref best':>14} | {'hera-stage':>14} {'ratio':>6} | "
+        f"{'e2e ratio':>9}")
+    ok = True
+    for (label, tool, ref, ours, e2e, unit), target in zip(results, (TARGET_LARGE, TARGET_SMALL)):
+        amount = big_bytes / 1e6 if unit == "MB/s" else small_files
+        ref_rate, our_rate = amount / min(ref), amount / min(ours)
+        ratio = our_rate / ref_rate
+        log(f"{label:<22} {tool:<10} {fmt_rate(ref_rate, unit):>14} | "
+            f"{fmt_rate(our_rate, unit):>14} {ratio:6.2f} | {min(ref) / e2e:9.2f}")
+        passed = ratio >= target
+        ok &= passed
+        log(f"{'PASS' if passed else 'FAIL'}  {label}: hera-stage transfer / {tool}: "
+            f"{ratio:.2f}x >= {target}x ({unit})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
