@@ -75,13 +75,16 @@ def jupyter_process(
     prefix: Sequence[str] = (),
 ) -> Iterator[JupyterProcess]:
     """Start ``jupyter server`` (``jupyterlab`` with ``lab``) with ``config`` (traitlets as
-    JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers."""
+    JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers
+    (or Jupyter itself, when the config disables the extension)."""
     config_dir, runtime_dir = workdir / "config", workdir / "runtime"
     config_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "ServerApp": {"jpserver_extensions": {"hera_stage_ext": True},
                                       **config.get("ServerApp", {})}}
     for name in ("jupyter_server_config.json", "jupyter_lab_config.json"):
         (config_dir / name).write_text(json.dumps(config, indent=2))
+    enabled = config["ServerApp"]["jpserver_extensions"].get("hera_stage_ext")
+    ready_path = "hera-stage/api/status" if enabled else "api/status"
     port, token = free_port(), token or secrets.token_hex(16)
     process_env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
     process_env.update(JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_RUNTIME_DIR=str(runtime_dir),
@@ -107,7 +110,7 @@ def jupyter_process(
                 raise RuntimeError(f"jupyter exited ({process.returncode}):\n"
                                    + server.log_tail())
             with contextlib.suppress(requests.RequestException):
-                if server.request("GET", "hera-stage/api/status", timeout=2).ok:
+                if server.request("GET", ready_path, timeout=2).ok:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"jupyter did not answer within {startup_timeout} s:\n"

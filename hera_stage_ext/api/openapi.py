@@ -252,6 +252,10 @@ SCHEMAS["Job"] = {
         "finished_at": {"type": ["string", "null"]},
         "rate_bytes_per_s": {"type": ["number", "null"]},
         "eta_s": {"type": ["number", "null"]},
+        "marker": {"type": ["string", "null"],
+                   "enum": ["STAGING-IN-PROGRESS", "STAGING-SUCCEEDED", "STAGING-ERRORS", None],
+                   "description": "the marker file in the destination now (GET jobs and "
+                                  "jobs/{job_id} only); null: none"},
     },
 }
 
