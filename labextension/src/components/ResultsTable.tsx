@@ -102,6 +102,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
     anchor.current = null;
     if (scroller.current) {
       scroller.current.scrollTop = 0;
+      scroller.current.scrollLeft = 0;
     }
     setScrollTop(0);
   }, [firstKey, kind, model.sort]);
