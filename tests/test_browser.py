@@ -205,6 +205,7 @@ def test_stage_three_files_with_preview(page: Any, lab_server: LabServer) -> Non
     # A notification says so.
     page.locator(".jp-toast-container, .Toastify").get_by_text(
         re.compile(f"job {job_id} finished")).first.wait_for()
+    page.wait_for_timeout(400)  # the progress bar's transition
     screenshot(page, "03-job-succeeded", PANEL)
 
     # "Open folder" shows the destination in the file browser, with the staged files.
@@ -315,6 +316,7 @@ def test_retry_a_failed_job(page: Any, lab_server: LabServer) -> None:
     assert card.locator(".jp-HeraStage-retry").count() == 0
     staged = list((lab_server.archive.workspace / "retried").rglob(name))
     assert len(staged) == 1 and staged[0].read_bytes() == content
+    page.wait_for_timeout(400)  # the progress bar's transition
     screenshot(page, "11-job-retried", PANEL)
 
 
