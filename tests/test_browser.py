@@ -7,6 +7,7 @@ Screenshots land in test-output/screenshots/ for a person to look at.
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,7 @@ def test_stage_three_files_with_preview(page: Any, lab_server: LabServer) -> Non
     # A notification says so.
     page.locator(".jp-toast-container, .Toastify").get_by_text(
         re.compile(f"job {job_id} finished")).first.wait_for()
+    page.wait_for_timeout(400)  # the progress bar's transition
     screenshot(page, "03-job-succeeded", PANEL)
 
     # "Open folder" shows the destination in the file browser, with the staged files.
@@ -223,13 +225,14 @@ def test_stage_three_files_with_preview(page: Any, lab_server: LabServer) -> Non
 
 def test_cancel_a_second_job(page: Any, lab_server: LabServer) -> None:
     open_panel(page)
+    total = lab_server.api("search", {"query": "zen.*", "count": True, "limit": 1})["total"]
     panel_search(page, "zen.*")
-    page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text(re.compile(r"of [\d,]+ files")).wait_for()
+    page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text(f"of {total:,} files").wait_for()
     page.fill(f"{PANEL} #jp-HeraStage-destination", "big")
     page.locator(f"{PANEL} .jp-HeraStage-stageAll").click()
     preview = page.locator(f"{PANEL} .jp-HeraStage-preview")
     preview.wait_for()
-    total = int(preview.locator("[data-field=files]").inner_text().split()[0].replace(",", ""))
+    assert preview.locator("[data-field=files]").inner_text() == f"{total:,} files"
     assert total > 100
     previous = newest_job_id(page)
     preview.locator(".jp-HeraStage-confirm").click()
@@ -313,6 +316,7 @@ def test_retry_a_failed_job(page: Any, lab_server: LabServer) -> None:
     assert card.locator(".jp-HeraStage-retry").count() == 0
     staged = list((lab_server.archive.workspace / "retried").rglob(name))
     assert len(staged) == 1 and staged[0].read_bytes() == content
+    page.wait_for_timeout(400)  # the progress bar's transition
     screenshot(page, "11-job-retried", PANEL)
 
 
@@ -469,6 +473,30 @@ def test_dark_theme_screenshot(page: Any, lab_server: LabServer) -> None:
     assert path.stat().st_size > 0
 
 
+def test_failing_server_extension_is_said_plainly(page: Any, lab_server: LabServer) -> None:
+    """The server extension is there but fails (its catalogue lost a table under it): the
+    panel shows the error instead of spinning. Last test on this lab."""
+    database = sqlite3.connect(lab_server.archive.db_url.removeprefix("sqlite:///"))
+    database.execute("ALTER TABLE file RENAME TO file_lost")
+    database.commit()
+    try:
+        assert lab_server.jupyter.request("GET", "hera-stage/api/status").status_code == 500
+        page.reload()
+        page.wait_for_selector(".lm-TabBar-tab[data-id='hera-stage-panel']")
+        open_panel(page, ready=False)
+        notice = page.locator(f"{PANEL} .jp-HeraStage-unavailable[role=alert]")
+        notice.get_by_text("The archive server answered with an error.").wait_for()
+        assert "(HTTP 500)" in notice.inner_text()
+        assert page.locator(f"{PANEL} .jp-HeraStage-query").count() == 0
+        screenshot(page, "15-server-extension-error", PANEL)
+    finally:
+        database.execute("ALTER TABLE file_lost RENAME TO file")
+        database.commit()
+        database.close()
+    notice.get_by_role("button", name="Try again").click()
+    page.locator(f"{PANEL} .jp-HeraStage-query").wait_for()
+
+
 def test_missing_server_extension_is_said_plainly(page: Any, tmp_path: Path) -> None:
     """A lab whose server runs without hera_stage_ext: the panel says so (and what to do)
     instead of spinning."""
@@ -476,7 +504,7 @@ def test_missing_server_extension_is_said_plainly(page: Any, tmp_path: Path) -> 
     with run_lab(tmp_path, files_per_night=1, nights=1, server_extension=False) as server:
         assert server.jupyter.request("GET", "hera-stage/api/status").status_code == 404
         with open_lab_page(server, browser=browser) as page:
-            page.locator(".lm-TabBar-tab[data-id='hera-stage-panel']").click()
+            open_panel(page, ready=False)
             notice = page.locator(f"{PANEL} .jp-HeraStage-unavailable[role=alert]")
             notice.get_by_text("The archive server extension is missing.").wait_for()
             assert "jupyter server extension enable hera_stage_ext" in notice.inner_text()

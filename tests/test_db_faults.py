@@ -8,11 +8,13 @@ other test's connections too).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
 from hera_stage_ext.catalogue import checksums as ck
@@ -144,17 +146,29 @@ def test_clock_skew_within_the_lease_changes_nothing(postgres, tmp_path, skewabl
     db.dispose()
 
 
-@pytest.mark.xfail(raises=TakenOver, strict=True, reason=(
-    "engine: leases are stamped and compared with each worker's own clock (Python utcnow), so "
-    "a worker whose clock runs more than the lease ahead takes over live workers' jobs; they "
-    "stop at their next heartbeat and the result stays verified, but work is redone and for "
-    "up to a heartbeat two workers write into one destination (fix: database time, now())"))
 def test_clock_skew_beyond_the_lease(postgres, tmp_path, skewable, monkeypatch) -> None:
     db = Database(postgres.create_database())
     db.upgrade()
     site, out, first, second = run_with_skewed_second_worker(db, tmp_path, monkeypatch, 120)
     db.dispose()
-    # What holds today: every file staged once under its name, verified, nothing left over.
+    # Leases run on the database's clock: the worker ahead leaves the live worker's job alone.
     check_staged(site, out, site.workspace / "skewed")
     if "running job" in second:
         raise TakenOver(f"a worker 120 s ahead took the live worker's job:\n{first}\n{second}")
+
+
+# ----- many servers starting at once --------------------------------------------------------------
+def test_servers_starting_together_create_the_schema_once(postgres) -> None:
+    """A hub restart starts every user's server at once: each migrates the (here empty) shared
+    database at start-up; they take turns, and none fails on another's tables."""
+    url = postgres.create_database()
+    code = f"from hera_stage_ext.catalogue.db import Database; Database({url!r}).upgrade()"
+    starts = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+              for _ in range(4)]
+    failures = [p.communicate(timeout=120)[1] for p in starts]
+    assert [p.returncode for p in starts] == [0] * 4, failures
+    db = Database(url)
+    with db.read() as s:
+        assert s.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+        assert s.execute(select(JobItem.id)).all() == []
+    db.dispose()

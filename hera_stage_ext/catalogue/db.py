@@ -31,6 +31,8 @@ from ..errors import QueryTimeout
 SQLITE_BUSY_TIMEOUT_S = 30
 #: SQLite virtual machine instructions between two looks at a limited read's clock.
 _SQLITE_PROGRESS_STEPS = 10_000
+#: Key of the PostgreSQL advisory lock held while the schema is migrated ("hera" in ASCII).
+_PG_MIGRATION_LOCK = 0x68657261
 #: PostgreSQL's SQLSTATE for a statement cancelled by statement_timeout (query_canceled).
 _PG_QUERY_CANCELED = "57014"
 
@@ -131,10 +133,22 @@ class Database:
                     raise
 
     def upgrade(self) -> None:
-        """Create or upgrade the schema to the newest alembic revision."""
+        """Create or upgrade the schema to the newest alembic revision.
+
+        On PostgreSQL under an advisory lock: the servers of a site's users start together
+        (after a hub restart or an upgrade), and two migrating one database at once fail on
+        each other's tables; the second waits and then finds nothing to do."""
         from .migrations import upgrade
 
-        upgrade(self.engine)
+        if is_sqlite(self.engine):  # one server per SQLite file: nothing to race with
+            upgrade(self.engine)
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+            lock.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_MIGRATION_LOCK})")
+            try:
+                upgrade(self.engine)
+            finally:
+                lock.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_MIGRATION_LOCK})")
 
     @contextlib.contextmanager
     def read_limited(self, timeout_s: float) -> Iterator[Session]:

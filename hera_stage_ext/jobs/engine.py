@@ -435,11 +435,21 @@ def create_job(
 
 
 # ----- claiming -------------------------------------------------------------------------------
+def lease_clock(s: Session) -> dt.datetime:
+    """Now, by the database's clock (naive UTC). Leases are stamped and compared with it, never
+    with a worker's own clock: workers on several hosts agree on whose lease has run out even
+    when their clocks do not."""
+    if s.get_bind().dialect.name == "postgresql":
+        return s.scalar(select(func.timezone("utc", func.now())))  # type: ignore[return-value]
+    text = s.scalar(select(func.strftime("%Y-%m-%d %H:%M:%f", "now")))
+    return dt.datetime.fromisoformat(str(text))
+
+
 def reconcile(db: Database) -> list[int]:
     """Expire the leases of running jobs whose worker process on this host is gone, so they are
     taken over at once; returns the ids of jobs that are now claimable after a worker died."""
-    now = utcnow()
     with db.read() as s:
+        now = lease_clock(s)
         rows = s.execute(select(Job.id, Job.worker_id, Job.lease_expires)
                          .where(Job.state == "running", Job.worker_id.is_not(None))).all()
     dead = [jid for jid, wid, lease in rows
@@ -458,12 +468,12 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
     With ``owner``, only that user's jobs: a worker started by a user's server runs as that
     user, so it must never take another user's job (it would write their files as itself).
     Without, any job (a site's service workers)."""
-    now = utcnow()
-    query = select(Job).where(Job.state.in_(ACTIVE_STATES),
-                              or_(Job.worker_id.is_(None), Job.lease_expires < now))
-    if owner is not None:
-        query = query.where(Job.owner == owner)
     with db.write() as s:
+        now = lease_clock(s)
+        query = select(Job).where(Job.state.in_(ACTIVE_STATES),
+                                  or_(Job.worker_id.is_(None), Job.lease_expires < now))
+        if owner is not None:
+            query = query.where(Job.owner == owner)
         job = s.scalars(query.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
                         ).first()
         if job is None:
@@ -661,9 +671,9 @@ class _JobRun:
             if self.stop.is_set():
                 self.abort.set()
                 return
-            now = utcnow()
             try:
                 with self.db.write() as s:
+                    now = lease_clock(s)
                     row = s.execute(
                         update(Job).where(Job.id == self.job.id, Job.worker_id == self.worker_id)
                         .values(heartbeat_at=now,
@@ -1030,8 +1040,8 @@ def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
     """Cancel a job. A running job's worker sees the request at its next heartbeat (about a
     second), removes its temporary files and marks the job cancelled; a queued job, or one
     whose worker is gone, is cancelled here at once. A finished job is left as it is."""
-    now = utcnow()
     with db.write() as s:
+        now = lease_clock(s)
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise NotFound(f"no job {job_id}")

@@ -8,7 +8,7 @@ import { ResultsTable } from './components/ResultsTable';
 import { SearchBox } from './components/SearchBox';
 import { StageBox } from './components/StageBox';
 import { errorMessage, isMissing, JobsModel, SearchModel, StageModel } from './model';
-import { ArchiveClient, SearchKind } from './service';
+import { ApiError, ArchiveClient, SearchKind } from './service';
 
 /** An archive box. */
 const ARCHIVE_SVG = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16" height="16">
@@ -101,7 +101,11 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
       .catch(reason =>
         setConnection({
           state: isMissing(reason) ? 'missing' : 'error',
-          message: errorMessage(reason)
+          message:
+            errorMessage(reason) +
+            (reason instanceof ApiError && reason.status && !isMissing(reason)
+              ? ` (HTTP ${reason.status})`
+              : '')
         })
       );
   }, [client]);
@@ -145,6 +149,12 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
               : 'The archive server answered with an error.'}
           </strong>
           <p>{connection.message}</p>
+          {connection.state === 'error' && (
+            <p>
+              The Jupyter server&apos;s log says more. Try again in a moment; if the error
+              stays, tell whoever runs this server.
+            </p>
+          )}
           {connection.state === 'missing' && (
             <p>
               Install the <code>hera_stage_ext</code> Python package in the environment that runs

@@ -28,21 +28,21 @@ const CHECK_WIDTH = 26;
 const COLUMNS: Record<SearchKind, IColumn[]> = {
   files: [
     { id: 'name', label: 'Name', sort: 'name', min: 200, fr: 3, cell: r => (r as IFile).name },
-    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 68, fr: 0.8, numeric: true, cell: r => String((r as IFile).obsid ?? '—') },
+    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 96, fr: 0.8, numeric: true, cell: r => String((r as IFile).obsid ?? '—') },
     { id: 'size', label: 'Size', sort: 'size', min: 66, fr: 0.8, numeric: true, cell: r => humanSize((r as IFile).size) },
     { id: 'where', label: 'Where', min: 90, fr: 1.2, cell: r => whereText(r as IFile) },
     { id: 'created', label: 'Created (UTC)', sort: 'create_time', min: 130, fr: 1.2, cell: r => shortTime((r as IFile).create_time) }
   ],
   observations: [
-    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 90, fr: 1, numeric: true, cell: r => String((r as IObservation).obsid) },
+    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 100, fr: 1, numeric: true, cell: r => String((r as IObservation).obsid) },
     { id: 'session', label: 'Session', sort: 'session_id', min: 72, fr: 1, numeric: true, cell: r => String((r as IObservation).session_id ?? '—') },
-    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 104, fr: 1.2, numeric: true, cell: r => (r as IObservation).start_time_jd.toFixed(5) },
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 116, fr: 1.2, numeric: true, cell: r => (r as IObservation).start_time_jd.toFixed(5) },
     { id: 'lst', label: 'LST (h)', sort: 'start_lst_hr', min: 64, fr: 1, numeric: true, cell: r => (r as IObservation).start_lst_hr.toFixed(3) }
   ],
   sessions: [
     { id: 'id', label: 'Session', sort: 'id', min: 80, fr: 1, numeric: true, cell: r => String((r as ISession).id) },
-    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 104, fr: 1, numeric: true, cell: r => (r as ISession).start_time_jd.toFixed(5) },
-    { id: 'stop', label: 'Stop JD', sort: 'stop_time_jd', min: 104, fr: 1, numeric: true, cell: r => (r as ISession).stop_time_jd.toFixed(5) }
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 116, fr: 1, numeric: true, cell: r => (r as ISession).start_time_jd.toFixed(5) },
+    { id: 'stop', label: 'Stop JD', sort: 'stop_time_jd', min: 116, fr: 1, numeric: true, cell: r => (r as ISession).stop_time_jd.toFixed(5) }
   ]
 };
 
@@ -102,6 +102,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
     anchor.current = null;
     if (scroller.current) {
       scroller.current.scrollTop = 0;
+      scroller.current.scrollLeft = 0;
     }
     setScrollTop(0);
   }, [firstKey, kind, model.sort]);
