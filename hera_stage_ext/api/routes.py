@@ -36,6 +36,7 @@ from .peer import (
     PeerStatusHandler,
 )
 from .skao import SkaoStageHandler
+from .upload import UploadHandler
 
 API_PREFIX = "/hera-stage/api"
 LIBRARIAN_PREFIX = "/hera-stage/librarian/api"
@@ -58,6 +59,7 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/jobs/{job_id}/retry": JobRetryHandler,
     "/jobs/{job_id}/log": JobLogHandler,
     "/peers": PeersHandler,
+    "/upload": UploadHandler,
     "/openapi.json": OpenAPIHandler,
 }
 
