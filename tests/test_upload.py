@@ -84,6 +84,22 @@ async def check_uploaded(api, tree: Path, store_root: Path, glob: str = GLOB) ->
     assert not list(store_root.rglob("*.hera-tmp")), "a temporary file was left behind"
 
 
+async def upload_and_kill_worker(api, core, body: dict[str, Any], monkeypatch) -> dict[str, Any]:
+    """Launch ``body``'s upload with a worker slowed down (it sleeps after every chunk: one
+    per small file) and SIGKILL that worker once a quarter of the files are recorded done."""
+    monkeypatch.setenv("HERA_STAGE_TEST_CHUNK_DELAY", "0.15")
+    code, job = await api("POST", "upload", body)
+    assert code == 202, job
+    deadline = time.monotonic() + 60
+    while (await api("GET", f"jobs/{job['id']}"))[1]["files_done"] < N_FILES // 4:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    os.kill(core.launcher.pid, signal.SIGKILL)
+    core.launcher._process.wait()
+    monkeypatch.delenv("HERA_STAGE_TEST_CHUNK_DELAY")
+    return job
+
+
 async def test_upload_into_a_store_and_run_again(api, archive, tree):
     store_root = Path(archive.stores["onsite"]["path"])
     code, job = await api("POST", "upload", {"directory": "run42", "glob": GLOB,
@@ -125,20 +141,9 @@ async def test_upload_killed_half_way_and_run_again(api, archive, tree, jp_serve
                                                     monkeypatch):
     store_root = Path(archive.stores["onsite"]["path"])
     core = jp_serverapp.web_app.settings["hera_stage"]
-    # The worker the server starts sleeps after every chunk (one per small file): slow enough
-    # to be killed half-way.
-    monkeypatch.setenv("HERA_STAGE_TEST_CHUNK_DELAY", "0.15")
     body = {"directory": str(tree), "glob": GLOB, "store": "onsite", "batch": 4,
             "parallel": 2}
-    code, job = await api("POST", "upload", body)
-    assert code == 202, job
-    deadline = time.monotonic() + 60
-    while (await api("GET", f"jobs/{job['id']}"))[1]["files_done"] < N_FILES // 4:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-    os.kill(core.launcher.pid, signal.SIGKILL)
-    core.launcher._process.wait()
-    monkeypatch.delenv("HERA_STAGE_TEST_CHUNK_DELAY")
+    job = await upload_and_kill_worker(api, core, body, monkeypatch)
 
     # The user gives up on the interrupted job (its worker is gone: cancelled at once).
     code, cancelled = await api("POST", f"jobs/{job['id']}/cancel")
@@ -164,6 +169,31 @@ async def test_upload_killed_half_way_and_run_again(api, archive, tree, jp_serve
     assert {f["state"] for f in manifest["files"]} <= {"done", "skipped"}
     assert sum(f["state"] == "skipped" for f in manifest["files"]) == again["files_skipped"]
     assert sorted(f["name"] for f in manifest["files"]) == sorted(sources(tree))
+
+
+@sqlite_only
+async def test_upload_killed_half_way_resumes_with_the_next_worker(api, archive, tree,
+                                                                   jp_serverapp, monkeypatch):
+    """The same job, taken over by the next worker: nothing done is copied again, what the
+    killed worker had in hand is found (identical in the store, or registered) and counted."""
+    store_root = Path(archive.stores["onsite"]["path"])
+    core = jp_serverapp.web_app.settings["hera_stage"]
+    job = await upload_and_kill_worker(api, core, {
+        "directory": "run42", "glob": GLOB, "store": "onsite", "batch": 4, "parallel": 2},
+        monkeypatch)
+    mtimes = {p: p.stat().st_mtime_ns for p in store_root.rglob("*.uvh5")}
+    core.launcher.ensure_running()  # as the next server start, or the next job, does
+    job = await wait_for(api, job["id"])
+    assert job["state"] == "succeeded", job
+    assert (job["files_done"], job["files_skipped"]) == (N_FILES, 0)
+    for path, mtime in mtimes.items():  # what the killed worker finished stays as it was
+        assert path.stat().st_mtime_ns == mtime
+    await check_uploaded(api, tree, store_root)
+    manifest = read_manifest(tree / "upload-manifest.json")
+    assert len(manifest["files"]) == N_FILES and {f["state"] for f in manifest["files"]} == {
+        "done"}
+    code, log = await api("GET", f"jobs/{job['id']}/log")
+    assert code == 200 and "resumes job" in log["text"]
 
 
 @sqlite_only
