@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from hera_stage_ext.catalogue import checksums as ck
@@ -106,6 +107,10 @@ async def test_upload_into_a_store_and_run_again(api, archive, tree):
                                              "store": "onsite", "batch": 8, "parallel": 3})
     assert code == 202, job
     assert (job["kind"], job["state"], job["files_total"]) == ("upload", "queued", N_FILES)
+    _, doc = await api("GET", "openapi.json")
+    jsonschema.validate(job, {**doc, **doc["paths"]["/upload"]["post"]["responses"]["202"]
+                              ["content"]["application/json"]["schema"]},
+                        cls=jsonschema.Draft202012Validator)
     manifest_path = tree / "upload-manifest.json"
     assert {f["state"] for f in read_manifest(manifest_path)["files"]} == {"queued"}
     job = await wait_for(api, job["id"])
@@ -222,16 +227,18 @@ async def test_bad_upload_requests_write_nothing(api, archive, tree, body, code,
 
 
 @sqlite_only
-async def test_cli_upload_wait_manifest_and_errors(cli, api, archive, tree, tmp_path):
+async def test_cli_upload_wait_manifest_and_errors(cli, api, archive, tree, tmp_path,
+                                                   monkeypatch):
     outside = tmp_path / "manifest.json"  # not inside the server's allowed roots
     code, out, err = await cli("upload", str(tree), "--glob", GLOB, "--store", "onsite",
                                "--manifest", str(outside))
     assert out == "" and code == 1 and "manifest" in err and "outside the allowed roots" in err, err
     manifest = tree.parent / "manifests" / "run42.json"
     manifest.parent.mkdir()
-    code, _, err = await cli("upload", str(tree), "--glob", "part1/**/*.uvh5", "--store",
-                               "onsite", "--batch", "5", "--parallel", "2", "--wait",
-                               "--manifest", str(manifest))
+    monkeypatch.chdir(tree.parent)  # relative paths are the shell's, not the server's
+    code, _, err = await cli("upload", "run42", "--glob", "part1/**/*.uvh5", "--store",
+                             "onsite", "--batch", "5", "--parallel", "2", "--wait",
+                             "--manifest", "manifests/run42.json")
     assert code == 0, err
     assert "succeeded: 24 file(s)" in err
     entries = read_manifest(manifest)["files"]
