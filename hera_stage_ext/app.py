@@ -221,6 +221,13 @@ class StagingApp(ExtensionApp):
         "is reported failed; the sender announcing it again starts over."
     ).tag(config=True)
 
+    upload_store = Unicode(
+        "",
+        help="""The store (a name in stores) that bulk uploads to a peer (hera-stage upload
+        --peer) copy and register the files in first, under a folder named after the uploaded
+        directory, before a transfer job sends them. Empty: uploads to a peer are refused.""",
+    ).tag(config=True)
+
     @validate("peers")
     def _check_peers(self, proposal: dict[str, Any]) -> dict[str, Any]:
         parse_peers(proposal["value"])
@@ -271,6 +278,8 @@ class StagingApp(ExtensionApp):
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
             )
+        if self.upload_store and self.upload_store not in self.stores:
+            raise ValueError(f"upload_store {self.upload_store!r} is not one of the stores")
         if self.receive_store and self.receive_store not in self.stores:
             raise ValueError(f"receive_store {self.receive_store!r} is not one of the stores")
         peers = PeerRegistry(self.site_name, parse_peers(self.peers), dict(self.peer_secrets))
@@ -296,6 +305,7 @@ class StagingApp(ExtensionApp):
             owner=self.owner,
             peers=peers,
             receiver=receiver,
+            upload_store=self.upload_store,
         )
         self.settings[SETTINGS_KEY] = self.core
         self.log.info(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -182,6 +183,22 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
     return 1
 
 
+def cmd_upload(client: Client, args: argparse.Namespace) -> int:
+    # The directory and the manifest are paths on this machine (the server reads and writes
+    # them on the same file system): relative ones are taken from the current directory.
+    manifest = os.path.abspath(args.manifest) if args.manifest else None
+    job = client.upload(os.path.abspath(args.directory), args.glob, store=args.store,
+                        peer=args.peer, batch=args.batch, parallel=args.parallel,
+                        manifest=manifest)
+    print(f"job {job['id']}: uploading {job['files_total']} file(s), "
+          f"{human_size(job['bytes_total'])} into {job['destination']}; manifest "
+          f"{job['options']['manifest']}", file=sys.stderr)
+    if not args.wait:
+        print(job["id"])
+        return 0
+    return _wait(client, job)
+
+
 def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
     jobs = client.jobs()
     if args.json:
@@ -299,7 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow the job; exit 1 with its errors unless it succeeds")
     p.set_defaults(func=cmd_transfer)
 
-    p = sub.add_parser("jobs", help="your staging and transfer jobs")
+    p = sub.add_parser("upload", help="upload a directory's files into a store or to a peer")
+    p.add_argument("directory", help="folder on the server's machine (inside its allowed roots)")
+    p.add_argument("--glob", required=True, help="pattern relative to the folder (**/*.uvh5)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--store", help="store to copy the files into")
+    target.add_argument("--peer", help="peer to send them to (through the upload store)")
+    p.add_argument("--batch", type=int, help="files a stream claims at a time (default 16)")
+    p.add_argument("--parallel", type=int, help="parallel streams (default: the worker's)")
+    p.add_argument("--manifest", help="where to write the manifest JSON (default: "
+                   "upload-manifest.json in the folder)")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the job; exit 1 with its errors unless it succeeds")
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("jobs", help="your staging, transfer and upload jobs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 

@@ -531,6 +531,19 @@ class Client:
         body.update(search_body(query) if query is not None else {"names": names})
         return Job(self.request("POST", "transfers", body))
 
+    def upload(self, directory: str, glob: str, *, store: str | None = None,
+               peer: str | None = None, batch: int | None = None, parallel: int | None = None,
+               manifest: str | None = None) -> Job:
+        """Launch a bulk upload of what ``glob`` matches in ``directory`` (a path on the
+        server's machine) into ``store`` or to ``peer``: the ``Job``; ``manifest`` is where its
+        manifest JSON is written (default: upload-manifest.json in the directory)."""
+        body: dict[str, Any] = {"directory": directory, "glob": glob}
+        for key, value in (("store", store), ("peer", peer), ("batch", batch),
+                           ("parallel", parallel), ("manifest", manifest)):
+            if value is not None:
+                body[key] = value
+        return Job(self.request("POST", "upload", body))
+
     def jobs(self) -> JobList:
         return JobList(Job(j) for j in self.request("GET", "jobs")["jobs"])
 

@@ -26,6 +26,7 @@ from .jobs.models import AuditEntry
 from .transfer.jobs import create_transfer_job, peer_destination
 from .transfer.peers import PeerRegistry
 from .transfer.receiver import Receiver
+from .transfer.upload import DEFAULT_BATCH, create_upload_job
 
 log = logging.getLogger("hera_stage_ext")
 
@@ -55,6 +56,8 @@ class Core:
     # Site-to-site transfers: the peers (both directions) and the receiving side's pulls.
     peers: PeerRegistry = field(default_factory=lambda: PeerRegistry("site"))
     receiver: Receiver | None = None
+    # Bulk upload to a peer: the local store the files are catalogued in first.
+    upload_store: str = ""
 
     def status(self) -> dict[str, Any]:
         return {
@@ -170,6 +173,28 @@ class Core:
             self.launcher.ensure_running()
         return result
 
+    def upload(self, directory: str, glob: str, *, store: str | None = None,
+               peer: str | None = None, batch: int = DEFAULT_BATCH, parallel: int | None = None,
+               manifest: str | None = None, via: str = "rest") -> dict[str, Any]:
+        """Launch a bulk upload of what ``glob`` matches in ``directory`` into ``store`` (or to
+        ``peer``, through ``upload_store``) with its manifest; audited like staging."""
+        asked = {"directory": directory, "glob": glob, "store": store, "peer": peer}
+        target = f"peer:{peer}" if peer else f"store:{store}"
+        try:
+            self.check_ingest_allowed()  # an upload registers files
+            result = create_upload_job(
+                self.catalogue.db, self.owner, directory, glob, self.allowed_roots, store=store,
+                peer=peer, registry=self.peers, upload_store=self.upload_store,
+                base=self.root_dir, batch=batch, parallel=parallel, manifest=manifest,
+                read_only=self.staged_read_only, log_dir=self.job_log_dir)
+        except StagingError as exc:
+            self._audit(via, None, "upload", target, "upload", asked, "refused", exc.message)
+            raise
+        self._audit(via, None, "upload", target, "upload", asked, "accepted", "", result["id"])
+        if self.launcher is not None:
+            self.launcher.ensure_running()
+        return result
+
     def _audit(self, via: str, for_user: str | None, action: str, destination: str, method: str,
                asked: dict[str, Any], outcome: str, reason: str, job_id: int | None = None
                ) -> None:
@@ -238,4 +263,6 @@ class Core:
 def _describe(asked: dict[str, Any]) -> str:
     if "names" in asked:
         return f"{asked['count']} name(s)"
+    if "glob" in asked:
+        return f"{asked['glob']!r} in {asked['directory']!r}"
     return "search " + json.dumps(asked["search"])[:200]

@@ -272,6 +272,29 @@ SCHEMAS["Job"] = {
     },
 }
 
+SCHEMAS["UploadRequest"] = {
+    "type": "object",
+    "required": ["directory", "glob"],
+    "additionalProperties": False,
+    "properties": {
+        "directory": {"type": "string", "description": "A folder inside the allowed roots "
+                      "(relative: to the server's root directory)."},
+        "glob": {"type": "string", "description": "Pattern relative to the directory, e.g. "
+                 "'**/*.uvh5'."},
+        "store": {"type": "string", "description": "Upload into this store (give this or "
+                  "peer)."},
+        "peer": {"type": "string", "description": "Upload to this peer, through the local "
+                 "c.StagingApp.upload_store."},
+        "batch": {"type": "integer", "minimum": 1, "default": 16,
+                  "description": "Files a stream claims at a time."},
+        "parallel": {"type": ["integer", "null"], "minimum": 1,
+                     "description": "Streams (default: the worker's)."},
+        "manifest": {"type": "string", "description": "Where the manifest JSON is written "
+                     "(inside the allowed roots; default: upload-manifest.json in the "
+                     "directory)."},
+    },
+}
+
 SCHEMAS["Peer"] = {
     "type": "object",
     "required": ["name", "url", "reachable", "site", "error", "accepts_from"],
@@ -448,6 +471,17 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
                 "responses": {
                     "202": _json(ref("Job"), "The job, queued"),
                     **_errors(400, 403, 404, 413, 502),
+                },
+            }},
+            "/upload": {"post": {
+                "summary": "Upload a directory's files (by glob) into a store or to a peer: "
+                           "checksummed, copied and verified in parallel batches, registered, "
+                           "with a manifest; a re-run skips what is there already",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": ref("UploadRequest")}}},
+                "responses": {
+                    "202": _json(ref("Job"), "The upload job, queued"),
+                    **_errors(400, 403, 404, 409, 413, 503),
                 },
             }},
             "/openapi.json": {"get": {

@@ -37,6 +37,7 @@ from .peer import (
     PeerStatusHandler,
 )
 from .skao import SkaoStageHandler
+from .upload import UploadHandler
 
 API_PREFIX = "/hera-stage/api"
 LIBRARIAN_PREFIX = "/hera-stage/librarian/api"
@@ -60,6 +61,7 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/jobs/{job_id}/log": JobLogHandler,
     "/peers": PeersHandler,
     "/transfers": TransfersHandler,
+    "/upload": UploadHandler,
     "/openapi.json": OpenAPIHandler,
 }
 

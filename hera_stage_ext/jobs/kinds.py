@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 KINDS: dict[str, str] = {
     "stage": "hera_stage_ext.jobs.engine:STAGE",
     "transfer": "hera_stage_ext.transfer.jobs:TRANSFER",
+    "upload": "hera_stage_ext.transfer.upload:UPLOAD",
 }
 
 

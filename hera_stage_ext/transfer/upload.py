@@ -1,0 +1,474 @@
+"""Bulk upload: a directory's files (by glob) copied into a store, verified, registered, with a
+manifest; ``create_upload_job`` and the ``upload`` kind the one job engine runs.
+
+Launch (``create_upload_job``, in the server, before anything is written): the directory is
+confined to the allowed roots (``paths.confine``), the glob checked like ingest's, the matches
+listed (a matched directory is one data set; nothing matched is a 400), their names checked
+(catalogue names are unique, so two matches with one name are refused) and the store checked
+(known, available, online). The job's items are the matches; its ``destination`` is the folder
+the files go to in the store, ``<store root>/<directory's name>``, each item's ``dest_path`` its
+path relative to the directory, so a file ``DIR/a/b.uvh5`` becomes the instance
+``<DIR's name>/a/b.uvh5`` of the store (the layout is kept, under one folder per directory).
+
+Run (``UploadKind.stream``: ``parallel`` streams, each claiming ``batch`` items at a time): each
+item's source is checksummed (``checksums.hash_path``, the ingest's path); a file the catalogue
+already holds on the store with that checksum is ``skipped`` (so a re-run redoes nothing); a
+name known with other content fails (names are immutable); the rest is copied by
+``methods.Mover`` (temporary name, verified against the checksum taken, fsynced, renamed: the
+staging copy path, immediate mode so the file is final before it is registered) and the batch is
+registered as files and instances of the store (``Ingester._register``: one transaction, one by
+one only if something in it conflicts). A worker killed anywhere leaves either nothing under the
+final name, or a file a re-run finds identical and registers, or a registered file it skips.
+
+Manifest (``write_manifest``): JSON written atomically (temporary file, fsync, rename) at launch
+(every file ``queued``), when the job finishes and when it is cancelled: one entry per matched
+file with its name, path in the directory, size, checksums, destination (``<store>:<path>``),
+state (``done``: uploaded by this job, ``skipped``: already there, ``failed``, ``queued``: not
+reached) and error, for downstream ingestion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from ..catalogue import checksums as ck
+from ..catalogue.catalogue import Catalogue, FileSpec
+from ..catalogue.db import Database
+from ..catalogue.ingest import Ingester, IngestReport, _check_glob
+from ..catalogue.models import File, Instance, Store, utcnow
+from ..catalogue.naming import validate_name
+from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
+from ..jobs.engine import (
+    _claim_items,
+    _Claimed,
+    _remove_temps,
+    _requeue,
+    _unfinished_paths,
+    create_job,
+)
+from ..jobs.kinds import JobKind
+from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover
+from ..jobs.models import ACTIVE_STATES, Job, JobItem
+from ..paths import confine, is_within
+from .jobs import TRANSFER, create_transfer_job
+from .models import RemoteInstance
+from .peers import PeerRegistry
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from ..jobs.engine import _JobRun
+
+#: Items a stream claims at a time (``--batch``) and the most a request may ask for.
+DEFAULT_BATCH = 16
+MAX_BATCH = 4096
+#: Most streams a request may ask for (``--parallel``).
+MAX_PARALLEL = 32
+#: The manifest's name in the uploaded directory when the request names none.
+DEFAULT_MANIFEST = "upload-manifest.json"
+
+
+def _positive(value: object, what: str, largest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+        raise InvalidRequest(f"'{what}' must be an integer from 1 to {largest}")
+    return value
+
+
+def _matches(directory: Path, pattern: str, manifest: Path) -> list[str]:
+    """Paths relative to ``directory`` the glob matches (files and data set directories; what
+    lies inside a matched directory is part of it), never the manifest or a temporary copy."""
+    found = set()
+    for path in directory.glob(pattern):
+        if path == manifest or path.name.endswith(TMP_SUFFIX) or not (
+                path.is_file() or path.is_dir()) or path == directory:
+            continue
+        rel = os.path.relpath(path, directory)
+        # A symlink in the tree pointing out of it is refused, like any path from a request.
+        confine(rel, [directory], what="matched path")
+        found.add(rel)
+    out: list[str] = []
+    for rel in sorted(found):
+        if not (out and rel.startswith(out[-1] + "/")):
+            out.append(rel)
+    return out
+
+
+def _size(path: Path) -> int:
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum((path / member).stat().st_size for member in ck.contained_members(path))
+
+
+def _store_root(catalogue: Catalogue, store: str) -> Path:
+    info = catalogue.store(store)  # NotFound for an unknown store
+    if not info["available"]:
+        raise Unavailable(f"store {store!r} is not available")
+    if info["kind"] != "online":
+        raise InvalidRequest(f"store {store!r} is a {info['kind']} store: upload into an "
+                             f"online store")
+    root = Path(os.path.realpath(info["path"]))
+    if not root.is_dir():
+        raise Unavailable(f"store {store!r}: {info['path']} is not a directory")
+    return root
+
+
+def create_upload_job(
+    db: Database, owner: str, directory: str, glob: str, allowed_roots: Sequence[str], *,
+    store: str | None = None, peer: str | None = None, registry: PeerRegistry | None = None,
+    upload_store: str = "", base: str | None = None, batch: int = DEFAULT_BATCH,
+    parallel: int | None = None, manifest: str | None = None, read_only: bool = True,
+    log_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Launch a job uploading what ``glob`` matches in ``directory`` into ``store``, or to
+    ``peer`` (of ``registry``) through the local ``upload_store``; every check runs before
+    anything is written (see the module's docstring)."""
+    if (store is None) == (peer is None):
+        raise InvalidRequest("give exactly one of a store or a peer to upload to")
+    if peer is not None:
+        (registry or PeerRegistry("site")).peer(peer)  # NotFound for an unknown peer
+        if not upload_store:
+            raise InvalidRequest("uploads to a peer are catalogued in a local store first, "
+                                 "and none is configured (c.StagingApp.upload_store)")
+        store = upload_store
+    assert store is not None
+    pattern = _check_glob(glob)
+    batch = _positive(batch, "batch", MAX_BATCH)
+    if parallel is not None:
+        parallel = _positive(parallel, "parallel", MAX_PARALLEL)
+    source = confine(directory, allowed_roots, base=base, what="directory")
+    if not source.is_dir():
+        raise InvalidRequest(f"directory {directory!r} is not a directory")
+    manifest_path = (source / DEFAULT_MANIFEST if manifest is None
+                     else confine(manifest, allowed_roots, base=base, what="manifest"))
+    if manifest_path.is_dir() or not os.access(manifest_path.parent, os.W_OK):
+        raise InvalidRequest(f"manifest {str(manifest_path)!r} cannot be written (a folder, "
+                             f"or its folder is missing or not writable)")
+    catalogue = Catalogue(db)
+    root = _store_root(catalogue, store)
+    if is_within(root, source):  # a re-run would find the uploaded copies among the matches
+        raise InvalidRequest(f"store {store!r} lies inside {str(source)!r}: upload a folder "
+                             f"that does not hold the store")
+    dest = confine(source.name, [root], what="folder in the store")
+    rels = _matches(source, pattern, manifest_path)
+    if not rels:
+        raise InvalidRequest(f"the glob {pattern!r} matches nothing in {str(source)!r}")
+    seen: dict[str, str] = {}
+    items, total = [], 0
+    for rel in rels:
+        path = source / rel
+        name = validate_name(path.name)
+        if name in seen:
+            raise InvalidRequest(f"{seen[name]!r} and {rel!r} have the same name; catalogue "
+                                 f"names are unique: upload them separately")
+        seen[name] = rel
+        size = _size(path)
+        items.append({"name": name, "store": store, "source_path": str(path), "dest_path": rel,
+                      "size": size, "is_directory": path.is_dir(), "checksums": {}})
+        total += size
+
+    def take(s: Session, job: Job) -> None:
+        busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job.id,
+                                             Job.state.in_(ACTIVE_STATES)))
+        if busy is not None:
+            raise Conflict(f"job {busy} is already uploading into {dest}", job_id=busy)
+
+    options = {"store": store, "directory": str(source), "glob": pattern, "batch": batch,
+               "parallel": parallel, "manifest": str(manifest_path), "read_only": read_only,
+               "prefix": os.path.relpath(dest, root), "peer": peer}
+    job = create_job(db, owner, "upload", str(dest), "upload", items, [], total,
+                     options=options, log_dir=log_dir, take=take,
+                     summary=f"upload {len(items)} file(s), {total} bytes from {source} "
+                             f"({pattern}) into store {store!r} at {dest}"
+                             + (f", then send them to peer {peer!r}" if peer else ""))
+    write_manifest(db, job["id"])
+    return job
+
+
+# ----- the manifest ---------------------------------------------------------------------------
+def manifest_json(db: Database, job_id: int, job_state: str | None = None) -> dict[str, Any]:
+    """The manifest of an upload job as it stands (see the module's docstring); ``job_state``
+    the job's state if it is about to change (its final state, written after the manifest)."""
+    with db.read() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        options = dict(job.options)
+        rows = s.execute(select(JobItem.name, JobItem.dest_path, JobItem.size, JobItem.state,
+                                JobItem.error).where(JobItem.job_id == job_id)
+                         .order_by(JobItem.id)).all()
+        names = [r.name for r in rows]
+        known: dict[str, tuple[int, dict[str, str]]] = {}
+        for start in range(0, len(names), 500):
+            known.update({n: (size, sums) for n, size, sums in s.execute(
+                select(File.name, File.size, File.checksums)
+                .where(File.name.in_(names[start:start + 500])))})
+        state = job_state or job.state
+    prefix, peer = options["prefix"], options.get("peer")
+    files = []
+    for r in rows:
+        size, sums = known.get(r.name, (r.size, None)) if r.state in ("done", "skipped") \
+            else (r.size, None)
+        local = f"{options['store']}:{os.path.join(prefix, r.dest_path)}"
+        entry = {"name": r.name, "path": r.dest_path, "size": size, "checksum": sums,
+                 "destination": f"peer:{peer}" if peer else local, "state": r.state,
+                 "error": r.error or None}
+        if peer:
+            entry["local"] = local
+        files.append(entry)
+    return {"job": job_id, "job_state": state, "directory": options["directory"],
+            "glob": options["glob"], "store": options["store"], "peer": peer,
+            "transfer_job": options.get("transfer_job"),
+            "written_at": utcnow().isoformat(timespec="seconds") + "Z", "files": files}
+
+
+def write_manifest(db: Database, job_id: int, job_state: str | None = None) -> Path:
+    """Write the job's manifest atomically: a reader sees the old one or the new one, whole."""
+    with db.read() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        path = Path(job.options["manifest"])
+    data = json.dumps(manifest_json(db, job_id, job_state), indent=1).encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ----- the kind -------------------------------------------------------------------------------
+class UploadKind(JobKind):
+    name = "upload"
+
+    def __init__(self) -> None:
+        # The run of each job this process runs (``finish`` is handed only the job).
+        self._runs: dict[int, _JobRun] = {}
+
+    def streams(self, run: _JobRun) -> int:
+        return run.job.options.get("parallel") or max(1, run.config.streams)
+
+    def begin(self, run: _JobRun, resumed: bool) -> None:
+        self._runs[run.job.id] = run
+        if resumed:
+            n = _remove_temps(run.dest, _unfinished_paths(run.db, run.job.id))
+            if n:
+                run.log(f"removed {n} temporary file(s) left by the previous worker")
+
+    def stream(self, run: _JobRun) -> None:
+        _Uploader(run).loop()
+
+    def finish(self, job: Job, lines: list[str]) -> None:
+        run = self._runs.pop(job.id)
+        if job.options.get("peer"):
+            try:
+                self._send(run, job)
+            except StagingError as exc:  # the job fails with it: a retry sends again
+                lines.append(f"sending to peer {job.options['peer']!r}: {exc.message}")
+                run.log(f"FAILED to launch the transfer: {exc.message}")
+        path = write_manifest(run.db, job.id, "failed" if lines else "succeeded")
+        run.log(f"manifest written: {path}")
+
+    @staticmethod
+    def _send(run: _JobRun, job: Job) -> None:
+        """Launch the transfer job of what is in the local store and not at the peer yet
+        (once: a finalisation run again after a crash finds it recorded)."""
+        peer = job.options["peer"]
+        with run.db.read() as s:
+            if s.get(Job, job.id).options.get("transfer_job") is not None:  # type: ignore[union-attr]
+                return
+            names = list(s.scalars(select(JobItem.name).where(
+                JobItem.job_id == job.id, JobItem.state.in_(("done", "skipped")))
+                .order_by(JobItem.id)))
+        there = _at_peer(run.db, peer, names)
+        names = [n for n in names if n not in there]
+        if not names:
+            run.log(f"nothing to send: peer {peer!r} holds every file already")
+            return
+        transfer = create_transfer_job(run.db, job.owner, names, TRANSFER.registry(run), peer,
+                                       log_dir=os.path.dirname(job.log_path))
+        with run.db.write() as s:
+            row = s.get(Job, job.id)
+            assert row is not None
+            row.options = {**row.options, "transfer_job": transfer["id"]}
+        run.log(f"transfer job {transfer['id']} launched: {len(names)} file(s) to peer "
+                f"{peer!r}")
+
+    def cancelled(self, db: Database, job: Job, left: int) -> int:
+        self._runs.pop(job.id, None)
+        removed = _remove_temps(Path(job.destination), _unfinished_paths(db, job.id))
+        write_manifest(db, job.id)
+        return removed
+
+
+UPLOAD = UploadKind()
+
+
+def _at_peer(db: Database, peer: str, names: list[str]) -> set[str]:
+    """Of ``names``, those ``peer`` is recorded to hold (it answered have, or committed)."""
+    out: set[str] = set()
+    with db.read() as s:
+        for start in range(0, len(names), 500):
+            out.update(s.scalars(select(File.name).join(
+                RemoteInstance, RemoteInstance.file_id == File.id).where(
+                RemoteInstance.site == peer, File.name.in_(names[start:start + 500]))))
+    return out
+
+
+class _Uploader:
+    """One stream of an upload job: claim a batch, checksum, skip or copy, register, report."""
+
+    def __init__(self, run: _JobRun) -> None:
+        self.run = run
+        options = run.job.options
+        self.store, self.prefix = options["store"], options["prefix"]
+        self.directory, self.peer = options["directory"], options.get("peer")
+        self.read_only = bool(options.get("read_only", True))
+        self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync,
+                           made_dirs=run.made_dirs)
+        self.ingester = Ingester(Catalogue(run.db), source="upload")
+
+    def loop(self) -> None:
+        run = self.run
+        while not (run.abort.is_set() or run.stop.is_set()):
+            batch = _claim_items(run.db, run.job.id, run.worker_id, run.job.options["batch"])
+            if not batch:
+                return
+            reported: set[int] = set()
+            try:
+                self.upload(batch, reported)
+            finally:
+                # Claimed and not through (cancel, stop): back to the queue for whoever runs
+                # the job next (a file already renamed into the store is found identical).
+                _requeue(run.db, [c.id for c in batch if c.id not in reported])
+            if run._commit_due():
+                run._commit(wait=False)
+
+    def report(self, item: _Claimed, state: str, error: str, reported: set[int],
+               note: str = "") -> None:
+        if state == "failed":
+            self.run.log.note(f"FAILED {item.dest_path}: {error}")
+        elif note:
+            self.run.log.note(note)
+        self.run._add(item, state, error, None)
+        reported.add(item.id)
+
+    def known(self, names: list[str]) -> dict[str, tuple[int, dict[str, str], str | None]]:
+        """name -> (size, checksums, its instance path on the store or None)."""
+        out: dict[str, tuple[int, dict[str, str], str | None]] = {}
+        with self.run.db.read() as s:
+            for name, size, sums in s.execute(select(File.name, File.size, File.checksums)
+                                              .where(File.name.in_(names))):
+                out[name] = (size, sums, None)
+            for name, path in s.execute(
+                    select(File.name, Instance.path).join(Instance, Instance.file_id == File.id)
+                    .join(Store, Instance.store_id == Store.id)
+                    .where(File.name.in_(names), Store.name == self.store)):
+                out[name] = (*out[name][:2], path)
+        return out
+
+    def upload(self, batch: list[_Claimed], reported: set[int]) -> None:
+        run = self.run
+        known = self.known([c.name for c in batch])
+        at_peer = _at_peer(run.db, self.peer, list(known)) if self.peer else set()
+        copied: list[tuple[_Claimed, ck.Digest, str, float]] = []
+        for item in batch:
+            if run.abort.is_set() or run.stop.is_set():
+                break
+            started = time.monotonic()
+            try:
+                if item.store in run.unavailable:
+                    raise ItemFailed(f"store {item.store!r} became unavailable")
+                if not is_within(item.source_path, self.directory):
+                    raise ItemFailed("the file now leads outside the uploaded directory")
+                digest = ck.hash_path(item.source_path)
+                size, sums, there = known.get(item.name, (None, None, None))
+                if sums is not None and not (size == digest.size
+                                             and ck.compare(sums, digest.checksums)):
+                    raise ItemFailed(f"the catalogue knows {item.name!r} with other content "
+                                     f"(names are immutable); not uploaded")
+                if self.peer and sums is not None and item.name in at_peer:
+                    self.report(item, "skipped", "", reported, f"skipped {item.dest_path}: "
+                                f"peer {self.peer!r} holds it with the same checksum")
+                    continue
+                if there is not None:
+                    mine = item.attempts > 1  # an earlier attempt of this job did it
+                    self.report(item, "done" if mine else "skipped", "", reported,
+                                f"{'verified' if mine else 'skipped'} {item.dest_path}: on "
+                                f"store {self.store!r} at {there} with the same checksum")
+                    continue
+                outcome = self.mover.move(ItemSpec(
+                    Path(item.source_path), run.dest / item.dest_path, digest.size,
+                    digest.is_directory, digest.checksums, "copy", self.read_only))
+                note = outcome.note if outcome.state == "done" else (
+                    f"{outcome.note}, registered")
+                copied.append((item, digest, note, time.monotonic() - started))
+            except ItemFailed as exc:
+                self.report(item, "failed", str(exc), reported)
+            except (OSError, StagingError) as exc:
+                message = run._explain(item, exc) if isinstance(exc, OSError) else str(exc)
+                self.report(item, "failed", message, reported)
+        self.register(copied, reported)
+
+    def register(self, copied: list[tuple[_Claimed, ck.Digest, str, float]],
+                 reported: set[int]) -> None:
+        if not copied:
+            return
+        specs = [FileSpec(name=item.name, size=d.size, checksums=dict(d.checksums),
+                          is_directory=d.is_directory, source="upload")
+                 for item, d, _, _ in copied]
+        rels = [os.path.join(self.prefix, item.dest_path) for item, _, _, _ in copied]
+        report = IngestReport()
+        try:
+            self.ingester._register(self.store, specs, rels, report)
+        except StagingError as exc:
+            report.errors = [{"path": rel, "message": exc.message} for rel in rels]
+        failed = {e["path"]: e["message"] for e in report.errors}
+        for (item, digest, note, seconds), rel in zip(copied, rels):
+            if rel in failed:
+                self.report(item, "failed", f"copied to the store but not registered: "
+                            f"{failed[rel]}", reported)
+                continue
+            with self.run._lock:
+                self.run.copied_bytes += digest.size
+            self.report(item, "done", "", reported,
+                        f"uploaded {item.dest_path} to {self.store}:{rel} ({digest.size} "
+                        f"bytes, {digest.size / max(seconds, 1e-9) / 1e6:.1f} MB/s, {note})")
+
+
+def check_request(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``POST upload`` body into keyword arguments of ``Core.upload``."""
+    for key in ("directory", "glob"):
+        if not isinstance(body.get(key), str) or not body[key]:
+            raise InvalidRequest(f"'{key}' must be a non-empty string")
+    if ("store" in body) == ("peer" in body):
+        raise InvalidRequest("give exactly one of 'store' or 'peer'")
+    target = "store" if "store" in body else "peer"
+    if not isinstance(body[target], str) or not body[target]:
+        raise InvalidRequest(f"'{target}' must be a name")
+    manifest = body.get("manifest")
+    if manifest is not None and not isinstance(manifest, str):
+        raise InvalidRequest("'manifest' must be a path")
+    unknown = set(body) - {"directory", "glob", "store", "peer", "batch", "parallel",
+                           "manifest"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    return {"directory": body["directory"], "glob": body["glob"], target: body[target],
+            "batch": body.get("batch", DEFAULT_BATCH), "parallel": body.get("parallel"),
+            "manifest": manifest}
+
+
