@@ -39,8 +39,8 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
-from ..paths import confine, is_within
-from . import markers
+from ..paths import is_within
+from . import targets
 from .methods import (
     METHODS,
     Cancelled,
@@ -49,14 +49,14 @@ from .methods import (
     Mover,
     Outcome,
     commit,
-    remove_path,
-    temp_path,
 )
 from .models import ACTIVE_STATES, Job, JobItem
 
 _ITEMS = JobItem.__table__
 
 _IN_CHUNK = 5_000
+#: Methods that write every byte again at the destination (so free space is checked for them).
+_COPYING = ("copy", "reflink", "contents")
 
 
 
@@ -234,20 +234,20 @@ def read_log(job: Job | Mapping[str, Any], offset: int = 0,
 # ----- creation -------------------------------------------------------------------------------
 @dataclass
 class StagePlan:
-    destination: Path
+    target: targets.Target
     method: str
     items: list[dict[str, Any]]
     missing: list[str]
     bytes_total: int
     bytes_needed: int
-    free_bytes: int
+    free_bytes: int | None  # None: not a local file system (free space unknown)
 
     def summary(self) -> dict[str, Any]:
         return {
-            "destination": str(self.destination), "method": self.method,
+            "destination": self.target.key, "method": self.method,
             "files": len(self.items), "bytes": self.bytes_total, "missing": self.missing,
             "bytes_needed": self.bytes_needed, "free_bytes": self.free_bytes,
-            "fits": self.bytes_needed <= self.free_bytes,
+            "fits": self.free_bytes is None or self.bytes_needed <= self.free_bytes,
         }
 
 
@@ -276,17 +276,18 @@ def _free_bytes(path: Path) -> int:
 def plan_stage(
     db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
     method: str, allowed_roots: Sequence[str | os.PathLike[str]], *,
-    base: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
 ) -> StagePlan:
-    """Resolve and check everything a staging job needs; reads only, writes nothing."""
+    """Resolve and check everything a staging job needs; reads only, writes nothing.
+    ``contents``: the contents manager's description (``contents.describe_manager``), for the
+    ``contents`` method."""
     if method not in METHODS:
         raise InvalidRequest(f"unknown staging method {method!r}; use one of {', '.join(METHODS)}")
-    dest = confine(destination, allowed_roots, base=base, what="destination")
-    if dest.exists() and not dest.is_dir():
-        raise InvalidRequest(f"destination {destination!r} exists and is not a directory")
+    target = targets.plan_target(destination, method, allowed_roots, base, contents)
     items, missing, total = _resolve(db, _names(names_or_rows))
-    needed = total if method in ("copy", "reflink") else 0
-    return StagePlan(dest, method, items, missing, total, needed, _free_bytes(dest))
+    needed = total if method in _COPYING else 0
+    free = _free_bytes(target.local) if target.local is not None else None
+    return StagePlan(target, method, items, missing, total, needed, free)
 
 
 def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str], int]:
@@ -325,10 +326,11 @@ def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], 
 def dry_run_stage(
     db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
     method: str = "copy", allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
-    base: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a staging job would do: files, de-duplicated bytes, missing names, free space."""
-    return plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base).summary()
+    return plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
+                      contents=contents).summary()
 
 
 def _is_active(s: Session, job_id: int) -> bool:
@@ -342,6 +344,7 @@ def create_stage_job(
     allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
     base: str | os.PathLike[str] | None = None, search: Any = None, force: bool = False,
     read_only: bool = True, log_dir: str | os.PathLike[str] | None = None,
+    contents: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Launch a staging job; returns it (``missing`` lists names with no available instance).
 
@@ -350,26 +353,29 @@ def create_stage_job(
     STAGING-IN-PROGRESS marker created exclusively) here, not when a worker starts, so that a
     poller such as the Librarian's ``--wait`` sees the job from the moment it is accepted.
     """
-    plan = plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base)
+    plan = plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
+                      contents=contents)
     if not plan.items:
         raise NotFound(f"none of the {len(plan.missing)} file(s) has an available instance on "
                        f"an online store", missing=plan.missing)
-    if plan.bytes_needed > plan.free_bytes and not force:
+    if plan.free_bytes is not None and plan.bytes_needed > plan.free_bytes and not force:
         raise InsufficientSpace(
             f"the destination has {plan.free_bytes} bytes free and the job needs "
             f"{plan.bytes_needed}", needed=plan.bytes_needed, free=plan.free_bytes)
     log_dir = Path(log_dir) if log_dir is not None else default_log_dir()
-    dest = plan.destination
+    target = plan.target
+    dest = target.key
     taken = False
     job_id: int | None = None
     try:
         with db.write() as s:
-            busy = s.scalar(select(Job.id).where(Job.destination == str(dest),
+            busy = s.scalar(select(Job.id).where(Job.destination == dest,
                                                  Job.state.in_(ACTIVE_STATES)))
             if busy is not None:
                 raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
-            job = Job(owner=owner, kind="stage", state="queued", destination=str(dest),
-                      method=method, search=search, options={"read_only": read_only},
+            job = Job(owner=owner, kind="stage", state="queued", destination=dest,
+                      method=method, search=search,
+                      options={"read_only": read_only, **target.options()},
                       files_total=len(plan.items), bytes_total=plan.bytes_total,
                       files_done=0, bytes_done=0, files_failed=0, files_skipped=0,
                       missing=plan.missing, error="", log_path="", cancel_requested=False)
@@ -381,13 +387,12 @@ def create_stage_job(
                 {**item, "job_id": job.id, "state": "queued", "attempts": 0, "error": ""}
                 for item in plan.items
             ])
-            dest.mkdir(parents=True, exist_ok=True)
-            markers.acquire(dest, job.id, owner, lambda other: _is_active(s, other))
+            target.acquire(job.id, owner, lambda other: _is_active(s, other))
             taken = True
             out = job_json(job)
     except BaseException:
         if taken and job_id is not None:
-            markers.release(dest, job_id)
+            target.release(job_id)
         raise
     log = JobLog(out["log_path"])
     log(f"job {job_id} created by {owner}: {method} {len(plan.items)} file(s), "
@@ -510,16 +515,6 @@ def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]])
         ))
 
 
-def _remove_temps(dest: Path, rel_paths: Iterable[str]) -> int:
-    removed = 0
-    for rel in rel_paths:
-        tmp = temp_path(dest / rel)
-        if os.path.lexists(tmp):
-            remove_path(tmp)
-            removed += 1
-    return removed
-
-
 def _unfinished_paths(db: Database, job_id: int) -> list[str]:
     with db.read() as s:
         return list(s.scalars(select(JobItem.dest_path).where(
@@ -534,6 +529,7 @@ class _JobRun:
                  stop: threading.Event) -> None:
         self.db, self.job, self.worker_id, self.config, self.stop = db, job, worker_id, config, stop
         self.dest = Path(job.destination)
+        self.target = targets.for_job(job.destination, job.method, job.options)
         self.log = JobLog(job.log_path)
         self.abort = threading.Event()  # set on cancel, lost lease or worker stop
         self.cancel_requested = job.cancel_requested
@@ -628,8 +624,7 @@ class _JobRun:
                              f"fail")
 
     def _stream(self) -> None:
-        mover = Mover(self.config.chunk_size, self._check, self.log, self.config.fsync,
-                      deferred=True, made_dirs=self.made_dirs)
+        mover = self.target.mover(self.config, self._check, self.log, self.made_dirs)
         read_only = bool(self.job.options.get("read_only", True))
         method, dest = self.job.method, self.dest
         while not (self.abort.is_set() or self.stop.is_set()):
@@ -660,7 +655,7 @@ class _JobRun:
             folder = os.path.dirname(item.dest_path)
             inside = self.inside.get(folder)
             if inside is None:
-                inside = self.inside[folder] = _within(spec.final.parent, self.dest)
+                inside = self.inside[folder] = self.target.inside(spec.final.parent)
             if not inside:
                 raise ItemFailed("destination sub-directory leads outside the destination")
             if item.store in self.unavailable:
@@ -746,10 +741,10 @@ class _JobRun:
         job = self.job
         self.log(f"worker {self.worker_id} {'resumes' if resumed else 'starts'} job {job.id} "
                  f"({self.config.streams} stream(s))")
-        markers.ensure_in_progress(self.dest, job.id, job.owner)
+        self.target.ensure_in_progress(job.id, job.owner)
         self._refresh_stores()
         if resumed:
-            n = _remove_temps(self.dest, _unfinished_paths(self.db, job.id))
+            n = self.target.remove_temps(_unfinished_paths(self.db, job.id))
             if n:
                 self.log(f"removed {n} temporary file(s) left by the previous worker")
         started = time.monotonic()
@@ -814,11 +809,6 @@ class _JobRun:
                       .values(worker_id=None, lease_expires=None))
 
 
-def _within(path: Path, root: Path) -> bool:
-    real = os.path.realpath(path)
-    return real == str(root) or real.startswith(str(root).rstrip("/") + "/")
-
-
 def _recount(s: Session, job: Job) -> None:
     """Counters from the items themselves: authoritative whatever a crash lost."""
     counts = dict(s.execute(select(JobItem.state, func.count()).where(JobItem.job_id == job.id)
@@ -841,7 +831,7 @@ def finish_job(db: Database, job_id: int) -> str:
     lines += [f"{name}: no available instance on an online store" for name in job.missing]
     # Markers first, then the database: a crash in between leaves a running job whose
     # finalisation simply runs again.
-    markers.finish(Path(job.destination), job_id, lines)
+    targets.for_job(job.destination, job.method, job.options).finish(job_id, lines)
     state = "failed" if lines else "succeeded"
     with db.write() as s:
         row = s.get(Job, job_id)
@@ -860,8 +850,8 @@ def finish_job(db: Database, job_id: int) -> str:
 
 def finish_cancelled(db: Database, job_id: int) -> str:
     job = _load_job(db, job_id)
-    dest = Path(job.destination)
-    removed = _remove_temps(dest, _unfinished_paths(db, job_id))
+    target = targets.for_job(job.destination, job.method, job.options)
+    removed = target.remove_temps(_unfinished_paths(db, job_id))
     with db.write() as s:
         row = s.get(Job, job_id)
         assert row is not None
@@ -872,7 +862,7 @@ def finish_cancelled(db: Database, job_id: int) -> str:
         row.state, row.finished_at = "cancelled", utcnow()
         row.worker_id, row.lease_expires = None, None
         row.error = f"cancelled; {left} file(s) not staged"
-    markers.finish(dest, job_id, [f"job {job_id} cancelled: {left} file(s) not staged"])
+    target.finish(job_id, [f"job {job_id} cancelled: {left} file(s) not staged"])
     JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
                          f"{removed} temporary file(s) removed")
     return "cancelled"
@@ -949,9 +939,8 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
     if job.state in ACTIVE_STATES:
         raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
                        f"finished (cancel it first to stop it)", job_id=job_id)
-    dest = Path(job.destination)
-    if allowed_roots and confine(job.destination, allowed_roots, what="destination") != dest:
-        raise InvalidRequest(f"the destination {dest} no longer resolves to itself")
+    target = targets.for_job(job.destination, job.method, job.options)
+    target.recheck(allowed_roots)
     new_items, still_missing, new_bytes = _resolve(db, job.missing) if job.missing else ([], [], 0)
     with db.read() as s:
         left, left_bytes = s.execute(
@@ -964,9 +953,9 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                 f"{len(still_missing)} missing file(s) still have no available instance",
                 missing=still_missing)
         raise InvalidRequest(f"nothing to retry: job {job_id} {job.state} with no failed file")
-    needed = (int(left_bytes) + new_bytes) if job.method in ("copy", "reflink") else 0
-    free = _free_bytes(dest)
-    if needed > free and not force:
+    needed = (int(left_bytes) + new_bytes) if job.method in _COPYING else 0
+    free = _free_bytes(target.local) if target.local is not None else None
+    if free is not None and needed > free and not force:
         raise InsufficientSpace(
             f"the destination has {free} bytes free and the retry needs {needed}",
             needed=needed, free=free)
@@ -978,12 +967,12 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                 raise NotFound(f"no job {job_id}")
             if row.state in ACTIVE_STATES:  # retried (or resumed) by someone else meanwhile
                 raise Conflict(f"job {job_id} is already {row.state}", job_id=job_id)
-            busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job_id,
-                                                 Job.state.in_(ACTIVE_STATES)))
+            busy = s.scalar(select(Job.id).where(Job.destination == job.destination,
+                                                 Job.id != job_id, Job.state.in_(ACTIVE_STATES)))
             if busy is not None:
-                raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
-            dest.mkdir(parents=True, exist_ok=True)
-            markers.acquire(dest, job_id, row.owner, lambda other: _is_active(s, other))
+                raise Conflict(f"job {busy} is already staging into {job.destination}",
+                               job_id=busy)
+            target.acquire(job_id, row.owner, lambda other: _is_active(s, other))
             taken = True
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
                                             JobItem.state.in_(_RETRYABLE))
@@ -1002,7 +991,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
             out = job_json(row)
     except BaseException:
         if taken:
-            markers.release(dest, job_id)
+            target.release(job_id)
         raise
     log = JobLog(out["log_path"])
     log(f"job {job_id} retried{' by ' + actor if actor else ''}: {left} file(s) queued again"
