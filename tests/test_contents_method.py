@@ -47,6 +47,7 @@ from .job_fixtures import (
     tree,
     wait_for,
 )
+from .test_cli import cli  # noqa: F401  (a fixture)
 from .test_stage_api import wait_for as wait_for_job
 
 CHUNK = 4096
@@ -315,8 +316,8 @@ def jp_server_config(db_url, archive, staging_config, server_contents, tmp_path)
 
 
 @pytest.mark.parametrize("server_contents", ["database"])
-async def test_rest_stage_into_a_manager_without_files(api, ingested, jp_root_dir,
-                                                       jp_serverapp, archive) -> None:
+async def test_rest_and_cli_stage_into_a_manager_without_files(api, cli, ingested, jp_root_dir,  # noqa: F811
+                                                               jp_serverapp, archive) -> None:
     assert isinstance(jp_serverapp.contents_manager, SQLiteContentsManager)
     name = "zen.2457645.10000.xx.HH.uvh5"
     code, job = await api("POST", "stage", {"names": [name, MIRIAD_NAME], "destination": "db",
@@ -334,3 +335,10 @@ async def test_rest_stage_into_a_manager_without_files(api, ingested, jp_root_di
                                               "method": "contents"})
     assert code == 403 and "outside the contents root" in reply["message"]
     assert not [p for p in cm.paths() if p.startswith("x")]
+    code, out, err = await cli("stage", "viacli", "zen.2457644.1*", "--method", "contents",
+                               "--dry-run")
+    assert code == 0 and out.startswith("9 file(s)") and "contents:viacli" in out, err
+    code, out, err = await cli("stage", "viacli", "zen.2457644.1*", "--method", "contents",
+                               "--wait")
+    assert code == 0 and "succeeded: 9 file(s) staged" in err, err
+    assert len([p for p in cm.paths() if p.startswith("viacli/2457644/")]) == 9

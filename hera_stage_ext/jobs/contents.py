@@ -192,7 +192,11 @@ class Manager:
         for n in range(1, len(parts) + 1):
             sub = "/".join(parts[:n])
             if not self.is_dir(sub):
-                self.save({"type": "directory"}, sub)
+                try:
+                    self.save({"type": "directory"}, sub)
+                except ContentsError:
+                    if not self.is_dir(sub):  # else another stream made it meanwhile
+                        raise
 
     def delete_tree(self, path: str) -> None:
         """Delete a file, or a directory with everything in it (managers refuse to delete a
