@@ -210,10 +210,12 @@ def test_bad_destinations_are_refused_and_nothing_is_written(site: Site, content
     assert contents.paths() == before and not outside.exists()
 
 
-def test_secret_looking_settings_are_not_stored(tmp_path) -> None:
+@pytest.mark.parametrize(("setting", "value"), [
+    ("access_key", "hunter2"), ("db_url", "postgresql://me:hunter2@db.example/contents")])
+def test_secret_looking_settings_are_not_stored(tmp_path, setting, value) -> None:
     config = Config({"SQLiteContentsManager": {"db_file": str(tmp_path / "c.sqlite"),
-                                               "access_key": "hunter2"}})
-    with pytest.raises(Unavailable, match="access_key looks like a secret"):
+                                               setting: value}})
+    with pytest.raises(Unavailable, match=f"{setting} looks like"):
         describe_manager(SQLiteContentsManager(config=config))
 
 

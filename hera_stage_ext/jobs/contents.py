@@ -12,8 +12,9 @@ Design:
   file-based, and the configuration sections of the class and its bases, as JSON. That goes into
   the job's options and the worker builds the same class with the same configuration
   (``open_manager``). Job options are stored in the database, so a setting whose name looks like
-  a secret (password, token, key, credential...) is refused: give such a manager its secret
-  through the environment, which the server-started worker inherits.
+  a secret (password, token, key, credential...) or that holds a URL with a password is
+  refused: give such a manager its secret through the environment, which the server-started
+  worker inherits.
 - Writing: a file is read from its store one chunk (the engine's ``chunk_size``) at a time and
   saved as base64 models with ``chunk`` 1, 2, ... and -1 for the last (the protocol of
   jupyter_server's LargeFileManager and of JupyterLab's uploads), so memory is one chunk whatever
@@ -74,6 +75,8 @@ from .methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
 SCHEME = "contents:"
 _SECRET = re.compile(r"passw|passphrase|secret|token|credential|private|api[_-]?key|"
                      r"access[_-]?key|auth", re.IGNORECASE)
+#: A URL with a password in it (``postgresql://user:password@host/db``).
+_URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 
 
 class ContentsError(StagingError):
@@ -84,19 +87,17 @@ class ContentsError(StagingError):
 
 # ----- the manager: described by the server, rebuilt by the worker ---------------------------
 def _plain(value: Any, where: str) -> Any:
-    """A configuration value as plain JSON; refused when it holds a secret-looking key or is
-    not JSON (a job's options are stored in the database)."""
+    """A configuration value as plain JSON; refused when it holds a secret-looking key or a
+    URL with a password, or is not JSON (a job's options are stored in the database)."""
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if _SECRET.search(str(key)):
-                raise Unavailable(
-                    f"contents staging is not available: the contents manager's setting "
-                    f"{where}.{key} looks like a secret, and staging jobs keep the manager's "
-                    f"settings in the database; give the manager that secret through the "
-                    f"environment instead (the staging worker inherits the server's)")
+                raise _secret(f"{where}.{key}")
             out[str(key)] = _plain(item, f"{where}.{key}")
         return out
+    if isinstance(value, str) and _URL_PASSWORD.search(value):
+        raise _secret(where)
     try:
         json.dumps(value)
     except (TypeError, ValueError):
@@ -104,6 +105,14 @@ def _plain(value: Any, where: str) -> Any:
                           f"{where} ({type(value).__name__}) cannot be passed to the worker") \
             from None
     return value
+
+
+def _secret(where: str) -> Unavailable:
+    return Unavailable(
+        f"contents staging is not available: the contents manager's setting {where} looks "
+        f"like (or holds) a secret, and staging jobs keep the manager's settings in the "
+        f"database; give the manager that secret through the environment instead (the "
+        f"staging worker inherits the server's)")
 
 
 def describe_manager(manager: Any) -> dict[str, Any]:
@@ -275,7 +284,8 @@ class ContentsTarget:
 
     @property
     def manager(self) -> Manager:
-        """This thread's manager (async managers each run their own event loop)."""
+        """This thread's own instance (managers are not promised to be thread-safe; an async
+        one's coroutines run to completion in the calling thread)."""
         manager = getattr(self._threads, "manager", None)
         if manager is None:
             manager = self._threads.manager = Manager(self.spec)
