@@ -112,6 +112,13 @@ class StagingApp(ExtensionApp):
         100_000, help="Most rows one Librarian RPC search may list (it has no pagination)."
     ).tag(config=True)
 
+    search_timeout_seconds = Float(
+        10.0,
+        help="""Longest one search may run before it is cancelled and answered 503 with a
+        message (0: no limit), so one costly search cannot hold the database for everyone.
+        PostgreSQL: each statement's statement_timeout; SQLite: the whole search.""",
+    ).tag(config=True)
+
     start_worker = Bool(
         True,
         help="""Start a worker process for staging jobs when there is work. Turn off where
@@ -122,6 +129,11 @@ class StagingApp(ExtensionApp):
         config=True
     )
 
+    worker_copy_processes = Int(
+        0,
+        help="Helper processes of a worker that copy small files (the per-file work of many "
+        "small files then runs on every core); 0 means one per CPU core of the machine.",
+    ).tag(config=True)
     worker_idle_exit_seconds = Float(
         120.0, help="A server-started worker exits after this long without a job."
     ).tag(config=True)
@@ -242,7 +254,7 @@ class StagingApp(ExtensionApp):
         db.upgrade()
         namer = ObservationNamer(self.obsid_pattern, self.site_longitude_deg,
                                  self.observation_seconds)
-        catalogue = Catalogue(db, namer)
+        catalogue = Catalogue(db, namer, search_timeout_s=self.search_timeout_seconds)
         catalogue.sync_stores(self.stores)
         roots = self.allowed_roots or [self.serverapp.root_dir]
         log_dir = Path(self.job_log_dir)
@@ -250,6 +262,7 @@ class StagingApp(ExtensionApp):
         if self.start_worker:
             launcher = WorkerLauncher(
                 self.db_url, streams=self.worker_streams,
+                copy_processes=self.worker_copy_processes, owner=self.owner,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
             )
         if self.receive_store and self.receive_store not in self.stores:

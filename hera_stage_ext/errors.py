@@ -69,3 +69,15 @@ class Unavailable(StagingError):
     """A store or peer that the request needs cannot be reached now."""
 
     status = 503
+
+
+class QueryTimeout(StagingError):
+    """A search ran past the time limit (``c.StagingApp.search_timeout_seconds``) and was
+    cancelled: the server is fine, the search is too costly as asked."""
+
+    status = 503
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the search took longer than {timeout_s:g} s and was cancelled; "
+                         "narrow it (fewer matches, a name prefix, no count)",
+                         timeout_seconds=timeout_s)

@@ -86,9 +86,11 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
 
 @contextmanager
 def run_lab(root: Path, files_per_night: int | None = None,
-            nights: int | None = None) -> Iterator[LabServer]:
+            nights: int | None = None, server_extension: bool = True) -> Iterator[LabServer]:
     """A real ``jupyter lab`` on a demo archive made (and ingested) under ``root``; the
-    archive's size is ``make_demo_archive``'s default unless given."""
+    archive's size is ``make_demo_archive``'s default unless given. Without
+    ``server_extension`` the lab runs with ``hera_stage_ext`` disabled on the server (the
+    lab extension is still served), as on a server where it is not installed."""
     chromium_path()  # no point starting a lab without a browser
     if not (LABEXTENSION / "package.json").exists():
         pytest.fail("the lab extension is not built: run `jlpm build` first")
@@ -113,6 +115,7 @@ def run_lab(root: Path, files_per_night: int | None = None,
                    "workspaces_dir": str(root / "workspaces"),
                    "expose_app_in_browser": True, "news_url": None,
                    "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"},
+        "ServerApp": {"jpserver_extensions": {"hera_stage_ext": server_extension}},
     }
     try:
         with jupyter_process(root / "lab", root_dir=archive.workspace, config=config, lab=True,
@@ -130,33 +133,48 @@ def page(lab_server: LabServer) -> Iterator[Any]:
 
 
 @contextmanager
-def open_lab_page(lab_server: LabServer, init_script: str | None = None) -> Iterator[Any]:
+def open_lab_page(lab_server: LabServer, init_script: str | None = None,
+                  browser: Any = None) -> Iterator[Any]:
     """Chromium on the lab, once the main area and the panel's tab are up. ``init_script``
-    runs in the page before any of the lab's scripts (``page.add_init_script``)."""
+    runs in the page before any of the lab's scripts (``page.add_init_script``). A test
+    that already holds a browser (the module's ``page``) passes it: Playwright's sync API
+    runs one instance per thread."""
+    if browser is not None:
+        with _lab_page(browser, lab_server, init_script) as page:
+            yield page
+        return
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("Python playwright is not installed (pip install playwright)")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS,
                                     headless=True)
-        context = browser.new_context(viewport={"width": 1440, "height": 1000})
-        page = context.new_page()
-        if init_script:
-            page.add_init_script(init_script)
-        page.set_default_timeout(20_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(lab_server.lab_url())
-        page.wait_for_selector("#jp-main-dock-panel", state="visible", timeout=60_000)
-        page.wait_for_selector(".lm-TabBar-tab[data-id='hera-stage-panel']", timeout=30_000)
         try:
-            yield page
+            with _lab_page(browser, lab_server, init_script) as page:
+                yield page
         finally:
-            context.close()
             browser.close()
-        assert not [e for e in errors if "hera" in e.lower()], errors
+
+
+@contextmanager
+def _lab_page(browser: Any, lab_server: LabServer, init_script: str | None) -> Iterator[Any]:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    if init_script:
+        page.add_init_script(init_script)
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(lab_server.lab_url())
+    page.wait_for_selector("#jp-main-dock-panel", state="visible", timeout=60_000)
+    page.wait_for_selector(".lm-TabBar-tab[data-id='hera-stage-panel']", timeout=30_000)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not [e for e in errors if "hera" in e.lower()], errors
 
 
 def screenshot(page: Any, name: str, selector: str | None = None) -> Path:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,15 +72,19 @@ class JupyterProcess:
 def jupyter_process(
     workdir: Path, *, root_dir: Path, config: dict[str, Any], lab: bool = False,
     env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120,
+    prefix: Sequence[str] = (),
 ) -> Iterator[JupyterProcess]:
     """Start ``jupyter server`` (``jupyterlab`` with ``lab``) with ``config`` (traitlets as
-    JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers."""
+    JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers
+    (or Jupyter itself, when the config disables the extension)."""
     config_dir, runtime_dir = workdir / "config", workdir / "runtime"
     config_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "ServerApp": {"jpserver_extensions": {"hera_stage_ext": True},
                                       **config.get("ServerApp", {})}}
     for name in ("jupyter_server_config.json", "jupyter_lab_config.json"):
         (config_dir / name).write_text(json.dumps(config, indent=2))
+    enabled = config["ServerApp"]["jpserver_extensions"].get("hera_stage_ext")
+    ready_path = "hera-stage/api/status" if enabled else "api/status"
     port, token = free_port(), token or secrets.token_hex(16)
     process_env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
     process_env.update(JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_RUNTIME_DIR=str(runtime_dir),
@@ -89,8 +93,10 @@ def jupyter_process(
                "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
                "--ServerApp.log_level=WARN"]
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not prefix:
         command.append("--allow-root")
+    # ``prefix`` runs the server under another identity (e.g. ``setpriv --reuid=...``).
+    command = [*prefix, *command]
     log_path = workdir / ("lab.log" if lab else "server.log")
     with open(log_path, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
@@ -104,7 +110,7 @@ def jupyter_process(
                 raise RuntimeError(f"jupyter exited ({process.returncode}):\n"
                                    + server.log_tail())
             with contextlib.suppress(requests.RequestException):
-                if server.request("GET", "hera-stage/api/status", timeout=2).ok:
+                if server.request("GET", ready_path, timeout=2).ok:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"jupyter did not answer within {startup_timeout} s:\n"

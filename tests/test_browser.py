@@ -16,9 +16,11 @@ from .browser_fixtures import (  # noqa: F401
     PANEL,
     LabServer,
     lab_server,
+    open_lab_page,
     open_panel,
     page,
     panel_search,
+    run_lab,
     screenshot,
 )
 
@@ -64,20 +66,49 @@ def newest_job_id(page: Any) -> int:
 def test_panel_opens_with_archive_icon(page: Any, lab_server: LabServer) -> None:
     tab = page.locator(".lm-TabBar-tab[data-id='hera-stage-panel']")
     assert tab.locator("svg").count() == 1
-    open_panel(page)
-    # Widen the left area (as a person would) so the table's columns fit the screenshots.
-    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first
-    box = handle.bounding_box()
-    if box:
-        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + 200)
-        page.mouse.down()
-        page.mouse.move(box["x"] + 380, box["y"] + 200, steps=5)
-        page.mouse.up()
+    open_panel(page)  # at the left area's default width, for the whole module
     header = page.locator(f"{PANEL} .jp-HeraStage-header")
     header.get_by_text(re.compile(r"\d[\d,]* files")).wait_for()
     assert page.locator(PANEL).get_attribute("aria-label") == "HERA archive"
     # The destination defaults to the file browser's folder (the root).
     assert page.input_value(f"{PANEL} #jp-HeraStage-destination") == "."
+
+
+def show_file_browser(page: Any) -> Any:
+    """Click the file browser's tab; returns its listing."""
+    tab = page.locator(".lm-TabBar-tab[data-id='filebrowser']")
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
+    return page.locator("#filebrowser .jp-DirListing-content")
+
+
+def test_destination_follows_and_is_picked_from_the_file_browser(
+        page: Any, lab_server: LabServer) -> None:
+    (lab_server.archive.workspace / "picked" / "inner").mkdir(parents=True)
+    destination = f"{PANEL} #jp-HeraStage-destination"
+    listing = show_file_browser(page)
+    page.locator("#filebrowser [data-command='filebrowser:refresh']").click()
+    listing.get_by_text("picked", exact=True).dblclick()
+    page.locator("#filebrowser .jp-BreadCrumbs").get_by_text("picked").wait_for()
+    open_panel(page)
+    # It follows the file browser while the user has not typed a destination of their own.
+    assert page.input_value(destination) == "picked"
+    show_file_browser(page)
+    page.locator("#filebrowser .jp-BreadCrumbs-home").click()
+    page.locator("#filebrowser .jp-DirListing-content").get_by_text(
+        "picked", exact=True).wait_for()
+    open_panel(page)
+    assert page.input_value(destination) == "."
+
+    # Or it is chosen in a folder dialog.
+    page.get_by_role("button", name="Choose the destination folder").click()
+    dialog = page.locator(".jp-Dialog .jp-Open-Dialog")
+    dialog.get_by_text("picked", exact=True).dblclick()
+    dialog.get_by_text("inner", exact=True).click()
+    screenshot(page, "09-folder-dialog")
+    page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").click()
+    page.locator(".jp-Dialog").wait_for(state="detached")
+    assert page.input_value(destination) == "picked/inner"
 
 
 def test_search_shows_the_right_rows(page: Any, lab_server: LabServer) -> None:
@@ -119,6 +150,29 @@ def test_search_shows_the_right_rows(page: Any, lab_server: LabServer) -> None:
     assert "md5" in detail.inner_text()
     screenshot(page, "01-search-and-detail", PANEL)
     detail.get_by_label("Close detail").click()
+    assert_fits_the_panel(page)
+
+
+def assert_fits_the_panel(page: Any) -> None:
+    """At the left area's default width nothing makes the whole panel scroll sideways; a
+    table wider than the panel scrolls inside itself, its checkboxes staying in view."""
+    widths = page.evaluate(
+        "() => { const p = document.querySelector('.jp-HeraStage-panel');"
+        " const b = p.querySelector('.jp-HeraStage-gridBody');"
+        " return [p.scrollWidth, p.clientWidth, b.scrollWidth, b.clientWidth]; }")
+    panel_scroll, panel_width, table_scroll, table_width = widths
+    assert panel_scroll <= panel_width, widths
+    if table_scroll > table_width:
+        body = page.locator(f"{PANEL} .jp-HeraStage-gridBody")
+        body.evaluate("b => { b.scrollLeft = b.scrollWidth; }")
+        box = body.bounding_box()
+        for cell in (page.locator(f"{ROW} [role=gridcell]:first-child").first,  # checkbox
+                     page.locator(f"{ROW} [role=gridcell]:last-child").first):  # created
+            cell_box = cell.bounding_box()
+            assert box["x"] - 1 <= cell_box["x"] and (
+                cell_box["x"] + cell_box["width"] <= box["x"] + box["width"] + 1), widths
+        screenshot(page, "01b-results-scrolled-sideways", PANEL)
+        body.evaluate("b => { b.scrollLeft = 0; }")
 
 
 def test_stage_three_files_with_preview(page: Any, lab_server: LabServer) -> None:
@@ -143,14 +197,19 @@ def test_stage_three_files_with_preview(page: Any, lab_server: LabServer) -> Non
         timeout=60_000)
     card.locator("[role=progressbar][aria-valuenow='100']").wait_for()
     assert "3/3 files" in card.inner_text()
+    # The Librarian's marker in the destination, as the server reads it.
+    card.locator(".jp-HeraStage-marker[data-marker='STAGING-SUCCEEDED']").wait_for()
+    assert lab_server.api(f"jobs/{job_id}")["marker"] == "STAGING-SUCCEEDED"
+    assert (lab_server.archive.workspace / "staged" / "STAGING-SUCCEEDED").exists()
     # A notification says so.
     page.locator(".jp-toast-container, .Toastify").get_by_text(
         re.compile(f"job {job_id} finished")).first.wait_for()
     screenshot(page, "03-job-succeeded", PANEL)
 
-    # The staged files appear in the file browser.
+    # "Open folder" shows the destination in the file browser, with the staged files.
     card.locator(".jp-HeraStage-open").click()
-    listing = page.locator(".jp-FileBrowser .jp-DirListing-content")
+    page.locator("#filebrowser .jp-BreadCrumbs").get_by_text("staged").wait_for()
+    listing = page.locator("#filebrowser .jp-DirListing-content")
     # The engine keeps the store's layout (night folders) under the destination.
     night = listing.get_by_text(NIGHT, exact=True)
     night.wait_for()
@@ -192,12 +251,178 @@ def test_cancel_a_second_job(page: Any, lab_server: LabServer) -> None:
     job = lab_server.api(f"jobs/{job_id}")
     assert job["state"] == "cancelled"
     assert 0 < job["files_done"] < job["files_total"]
+    assert job["marker"] == "STAGING-ERRORS"
+    card.locator(".jp-HeraStage-marker[data-marker='STAGING-ERRORS']").wait_for()
     # The log tails in the panel.
     card.locator(".jp-HeraStage-logToggle").click()
     log = card.locator(".jp-HeraStage-log pre")
     page.wait_for_function("el => el.textContent && !el.textContent.startsWith('The log is empty')",
                            arg=log.element_handle())
     screenshot(page, "06-job-cancelled", PANEL)
+
+
+def wait_state(page: Any, job_id: int, state: str, timeout: float = 60_000) -> None:
+    page.wait_for_selector(
+        f"{PANEL} .jp-HeraStage-job[data-job-id='{job_id}'][data-state={state}]",
+        timeout=timeout)
+
+
+def stage_previewed(page: Any) -> int:
+    """Confirm the preview shown; returns the new job's id once its card is there."""
+    previous = (int(page.locator(f"{PANEL} .jp-HeraStage-job").first.get_attribute(
+        "data-job-id")) if page.locator(f"{PANEL} .jp-HeraStage-job").count() else 0)
+    page.locator(f"{PANEL} .jp-HeraStage-preview .jp-HeraStage-confirm").click()
+    page.wait_for_function(
+        "prev => { const j = document.querySelector('.jp-HeraStage-panel .jp-HeraStage-job');"
+        " return j && Number(j.dataset.jobId) > prev; }", arg=previous)
+    return newest_job_id(page)
+
+
+def test_retry_a_failed_job(page: Any, lab_server: LabServer) -> None:
+    night = "2457646"  # the onsite store alone holds this night: one instance per file
+    name = expected_names(lab_server, night)[0]
+    source = Path(lab_server.archive.stores["onsite"]["path"]) / night / name
+    content = source.read_bytes()
+    open_panel(page)
+    panel_search(page, name)
+    page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text("1 of 1 files").wait_for()
+    page.locator(ROW).first.locator("input[type=checkbox]").check()
+    page.fill(f"{PANEL} #jp-HeraStage-destination", "retried")
+    # The instance goes away after the catalogue recorded it (a disk swapped, a bad sync).
+    aside = source.with_name(name + ".aside")
+    source.rename(aside)
+    try:
+        page.locator(f"{PANEL} .jp-HeraStage-stageSelected").click()
+        page.locator(f"{PANEL} .jp-HeraStage-preview [data-field=files]").get_by_text(
+            "1 file").wait_for()
+        job_id = stage_previewed(page)
+        wait_state(page, job_id, "failed")
+        card = job_card(page, job_id)
+        card.locator(".jp-HeraStage-marker[data-marker='STAGING-ERRORS']").wait_for()
+        assert "1 failed" in card.locator(".jp-HeraStage-jobNotes").inner_text()
+        assert name in card.locator(".jp-HeraStage-error").inner_text()
+        page.locator(".jp-toast-container, .Toastify").get_by_text(
+            re.compile(f"job {job_id} failed")).first.wait_for()
+        screenshot(page, "10-job-failed", PANEL)
+    finally:
+        aside.rename(source)  # the operator puts it back
+
+    card.get_by_role("button", name=f"Retry job {job_id}").click()
+    wait_state(page, job_id, "succeeded")
+    card.locator(".jp-HeraStage-marker[data-marker='STAGING-SUCCEEDED']").wait_for()
+    assert card.locator(".jp-HeraStage-retry").count() == 0
+    staged = list((lab_server.archive.workspace / "retried").rglob(name))
+    assert len(staged) == 1 and staged[0].read_bytes() == content
+    screenshot(page, "11-job-retried", PANEL)
+
+
+def test_stage_all_files_of_an_observation_or_a_session(
+        page: Any, lab_server: LabServer) -> None:
+    open_panel(page)
+    kind = f"{PANEL} #jp-HeraStage-kind"
+    detail = page.locator(f"{PANEL} .jp-HeraStage-detail")
+    preview = page.locator(f"{PANEL} .jp-HeraStage-preview")
+    try:
+        page.select_option(kind, "observations")
+        panel_search(page, "session:2457645")
+        page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text(
+            re.compile(r"of [\d,]+ observations")).wait_for()
+        page.locator(ROW).nth(1).click()
+        obsid = int(page.locator(ROW).nth(1).get_attribute("data-key"))
+        detail.get_by_text(f"Observation {obsid}").wait_for()
+        files = sorted(f["name"] for f in lab_server.api(
+            "search", {"query": f"obsid:{obsid}", "limit": 100})["results"])
+        assert files
+        page.fill(f"{PANEL} #jp-HeraStage-destination", "observation")
+        detail.get_by_role("button", name="Stage all its files").click()
+        preview.locator("[data-field=files]").get_by_text(
+            f"{len(files)} file", exact=False).wait_for()
+        screenshot(page, "12-observation-preview", PANEL)
+        job_id = stage_previewed(page)
+        wait_state(page, job_id, "succeeded")
+        staged = lab_server.archive.workspace / "observation"
+        assert sorted(p.name for p in staged.rglob("zen.*")) == files
+
+        # A session: its preview counts every file of the night.
+        page.select_option(kind, "sessions")
+        panel_search(page, "session:2457646")
+        page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text("1 of 1 sessions").wait_for()
+        page.locator(ROW).first.click()
+        detail.get_by_text("Session 2457646").wait_for()
+        total = lab_server.api("search", {"query": "session:2457646", "count": True,
+                                          "limit": 1})["total"]
+        detail.get_by_role("button", name="Stage all its files").click()
+        preview.locator("[data-field=files]").get_by_text(f"{total} files").wait_for()
+        preview.get_by_role("button", name="Cancel").click()
+        preview.wait_for(state="detached")
+    finally:
+        page.select_option(kind, "files")
+
+
+def is_focused(page: Any, selector: str) -> bool:
+    return bool(page.evaluate("s => document.activeElement?.matches(s)", selector))
+
+
+def tab_to(page: Any, selector: str, limit: int = 30) -> None:
+    """Press Tab until the element matching ``selector`` has the focus."""
+    for _ in range(limit):
+        if is_focused(page, selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {selector}; focus on "
+                         + page.evaluate("() => document.activeElement?.outerHTML.slice(0, 200)"))
+
+
+def test_search_and_stage_with_the_keyboard_only(page: Any, lab_server: LabServer) -> None:
+    names = expected_names(lab_server, "2457645")
+    names = [n for n in names if n.startswith("zen.2457645.10")]
+    # Every button says what it does to a screen reader (a label, or words on it).
+    unnamed = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.jp-HeraStage-panel button'))"
+        ".filter(b => !(b.getAttribute('aria-label') || /[A-Za-z]/.test(b.textContent)))"
+        ".map(b => b.outerHTML.slice(0, 120))")
+    assert unnamed == []
+
+    # The command palette opens the panel, which puts the focus in the query box.
+    page.locator("#jp-main-dock-panel").click()
+    page.keyboard.press("Control+Shift+C")
+    page.keyboard.type("Open HERA Archive Panel")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.activeElement?.matches('.jp-HeraStage-query')")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("zen.2457645.10*")
+    page.keyboard.press("Enter")
+    page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text(
+        f"of {len(names)} files loaded").wait_for()
+
+    # Rows: the grid takes the focus, arrows move, Space selects.
+    tab_to(page, f"{PANEL} [role=grid]")
+    page.keyboard.press("Space")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Space")
+    page.locator(f"{PANEL} .jp-HeraStage-summary").get_by_text("2 selected").wait_for()
+    selected = page.locator(f"{ROW}[aria-selected=true] [role=gridcell]:nth-child(2)")
+    assert [selected.nth(i).inner_text() for i in range(2)] == names[:2]
+
+    tab_to(page, f"{PANEL} #jp-HeraStage-destination")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("keyboard")
+    tab_to(page, f"{PANEL} .jp-HeraStage-stageSelected")
+    page.keyboard.press("Enter")
+    # The preview takes the focus on its confirm button.
+    page.wait_for_function(
+        "() => document.activeElement?.matches('.jp-HeraStage-preview .jp-HeraStage-confirm')")
+    assert page.locator(f"{PANEL} .jp-HeraStage-preview [data-field=files]").inner_text() \
+        == "2 files"
+    screenshot(page, "13-keyboard-preview", PANEL)
+    previous = newest_job_id(page)
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "prev => { const j = document.querySelector('.jp-HeraStage-panel .jp-HeraStage-job');"
+        " return j && Number(j.dataset.jobId) > prev; }", arg=previous)
+    wait_state(page, newest_job_id(page), "succeeded")
+    staged = lab_server.archive.workspace / "keyboard"
+    assert sorted(p.name for p in staged.rglob("zen.*")) == names[:2]
 
 
 def test_invalid_json_search_is_explained(page: Any, lab_server: LabServer) -> None:
@@ -215,7 +440,15 @@ def test_invalid_json_search_is_explained(page: Any, lab_server: LabServer) -> N
     alert = page.locator(f"{PANEL} .jp-HeraStage-searchBox [role=alert]")
     alert.wait_for()
     assert "nme-matches" in alert.inner_text()
+    # Said once: the search's error replaces the validity line's message.
+    messages = page.locator(f"{PANEL} .jp-HeraStage-error, {PANEL} .jp-HeraStage-validity",
+                            has_text="nme-matches")
+    assert sum(messages.nth(i).is_visible() for i in range(messages.count())) == 1
     screenshot(page, "07-invalid-json", PANEL)
+    # Editing the search brings the validity line back (and drops the stale error).
+    editor.fill('{"nme-matches": "zen.2%"}')
+    page.wait_for_selector(f"{PANEL} .jp-HeraStage-validity.jp-mod-error:not(:empty)")
+    assert alert.count() == 0
 
     # A valid JSON search runs.
     editor.fill('{"name-matches": "zen.2457645.%"}')
@@ -234,3 +467,22 @@ def test_dark_theme_screenshot(page: Any, lab_server: LabServer) -> None:
     open_panel(page)
     path = screenshot(page, "08-dark-theme", PANEL)
     assert path.stat().st_size > 0
+
+
+def test_missing_server_extension_is_said_plainly(page: Any, tmp_path: Path) -> None:
+    """A lab whose server runs without hera_stage_ext: the panel says so (and what to do)
+    instead of spinning."""
+    browser = page.context.browser
+    with run_lab(tmp_path, files_per_night=1, nights=1, server_extension=False) as server:
+        assert server.jupyter.request("GET", "hera-stage/api/status").status_code == 404
+        with open_lab_page(server, browser=browser) as page:
+            page.locator(".lm-TabBar-tab[data-id='hera-stage-panel']").click()
+            notice = page.locator(f"{PANEL} .jp-HeraStage-unavailable[role=alert]")
+            notice.get_by_text("The archive server extension is missing.").wait_for()
+            assert "jupyter server extension enable hera_stage_ext" in notice.inner_text()
+            assert page.locator(f"{PANEL} .jp-HeraStage-query").count() == 0
+            assert "connecting" not in page.locator(f"{PANEL} .jp-HeraStage-header").inner_text()
+            screenshot(page, "14-server-extension-missing", PANEL)
+            # "Try again" asks again and says the same, plainly.
+            notice.get_by_role("button", name="Try again").click()
+            notice.get_by_text("The archive server extension is missing.").wait_for()

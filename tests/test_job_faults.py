@@ -35,6 +35,28 @@ from .job_fixtures import (
 )
 
 FAST = EngineConfig(streams=3, heartbeat_seconds=0.2, fsync=False)
+
+
+def child_pids(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -236,11 +258,17 @@ def test_retry_and_forget_after_a_sigkilled_worker(big: Site) -> None:
     wanted = set(big.rel.values())
     worker = start_worker(big.db.url, delay=0.03)
     try:
+        # Its helpers (and multiprocessing's resource tracker) start with the worker.
+        helpers = wait_for(lambda: len(found := child_pids(worker.pid)) >= 2 and found)
         wait_for(lambda: len([p for p in tree(dest) if p in wanted]) >= 6 and temp_files(dest),
                  step=0.005)
     finally:
         worker.kill()  # SIGKILL: no cleanup, the job stays "running" under a dead worker
         worker.wait(10)
+    # Its copy helpers die with it: nothing goes on writing into the destination.
+    assert helpers, "the worker runs its small files in helper processes"
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and not _zombie(pid)
+                             for pid in helpers), timeout=10)
     assert get_job(big.db, job["id"])["state"] == "running" and temp_files(dest)
 
     # Still active: neither retried nor forgotten (it would resume with the next worker).

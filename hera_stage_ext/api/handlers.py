@@ -133,4 +133,4 @@ class OpenAPIHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply(openapi_document(self.core.version))
+        self.reply(openapi_document(self.core.version, self.core.max_search_limit))

@@ -6,6 +6,8 @@ A server's user sees and controls only their own jobs: the owner is the server's
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -14,6 +16,7 @@ from tornado import web
 from ..catalogue.query_text import parse_query_text
 from ..catalogue.search import parse_search
 from ..errors import InvalidRequest
+from ..jobs import markers
 from .base import ApiError, BaseHandler
 
 
@@ -76,18 +79,28 @@ def _job_id(text: str) -> int:
     return int(text)
 
 
+def with_marker(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` with ``marker``: the STAGING-* file in its destination folder now (what the
+    Librarian's ``--wait`` script sees), or None. Read on GET only: a few stats per job."""
+    destination = job.get("destination") or ""
+    job["marker"] = markers.present(Path(destination)) if os.path.isabs(destination) else None
+    return job
+
+
 class JobsHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply({"jobs": await self.call(self.core.list_jobs)})
+        self.reply({"jobs": await self.call(
+            lambda: [with_marker(job) for job in self.core.list_jobs()])})
 
 
 class JobHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        self.reply(await self.call(self.core.job, _job_id(job_id)))
+        number = _job_id(job_id)
+        self.reply(await self.call(lambda: with_marker(self.core.job(number))))
 
     @web.authenticated
     @authorized

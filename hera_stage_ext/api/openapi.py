@@ -23,6 +23,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "Conflicts with what is stored",
         413: "Request body too large",
         416: "Range not satisfiable",
+        503: "Cancelled after the search time limit (narrow the search), or a store or peer "
+             "cannot be reached now",
         507: "Not enough free space at the destination",
     }
     return {str(c): _json(ERROR, meaning[c]) for c in codes}
@@ -257,6 +259,10 @@ SCHEMAS["Job"] = {
         "finished_at": {"type": ["string", "null"]},
         "rate_bytes_per_s": {"type": ["number", "null"]},
         "eta_s": {"type": ["number", "null"]},
+        "marker": {"type": ["string", "null"],
+                   "enum": ["STAGING-IN-PROGRESS", "STAGING-SUCCEEDED", "STAGING-ERRORS", None],
+                   "description": "the marker file in the destination now (GET jobs and "
+                                  "jobs/{job_id} only); null: none"},
     },
 }
 
@@ -279,8 +285,16 @@ NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"ty
 JOB_PARAMETER = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(version: str, max_search_limit: int | None = None) -> dict[str, Any]:
+    """The document; ``max_search_limit`` (this server's ``c.StagingApp.max_search_limit``)
+    becomes the maximum of a search request's ``limit``."""
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    schemas = SCHEMAS
+    if max_search_limit is not None:
+        request = SCHEMAS["SearchRequest"]
+        limit = {**request["properties"]["limit"], "maximum": max_search_limit}
+        schemas = {**SCHEMAS, "SearchRequest": {
+            **request, "properties": {**request["properties"], "limit": limit}}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -290,7 +304,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "servers": [{"url": "/hera-stage/api"}],
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization",
                           "description": "'token <Jupyter server token>'"},
@@ -315,7 +329,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": ref("SearchRequest")}}},
                 "responses": {"200": _json(ref("SearchReply"), "One page of results"),
-                              **_errors(400, 403, 413)},
+                              **_errors(400, 403, 413, 503)},
             }},
             "/files/{name}": {"get": {
                 "summary": "A file with its instances, observation and events",
@@ -350,7 +364,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "responses": {
                     "200": _json(ref("DryRun"), "What the job would do (dry_run)"),
                     "202": _json(ref("Job"), "The job, queued"),
-                    **_errors(400, 403, 404, 409, 413, 507),
+                    **_errors(400, 403, 404, 409, 413, 503, 507),
                 },
             }},
             "/jobs": {"get": {

@@ -112,9 +112,12 @@ def _select_in(s: DbSession, stmt: Select, column: Any, values: Iterable[Any]) -
 
 
 class Catalogue:
-    def __init__(self, db: Database, namer: ObservationNamer | None = None) -> None:
+    def __init__(self, db: Database, namer: ObservationNamer | None = None, *,
+                 search_timeout_s: float = 0) -> None:
         self.db = db
         self.namer = namer or ObservationNamer()
+        # Longest a search statement may run (0: no limit): one user cannot hold the database.
+        self.search_timeout_s = search_timeout_s
 
     # ----- stores -------------------------------------------------------------------------
     def sync_stores(self, configured: dict[str, dict[str, Any]]) -> None:
@@ -459,8 +462,9 @@ class Catalogue:
         count: bool = False,
         sort: str | None = None,
     ) -> dict[str, Any]:
-        """Run a search; the reply of ``POST search``: results, next_cursor, total."""
-        with self.db.read() as s:
+        """Run a search; the reply of ``POST search``: results, next_cursor, total. Raises
+        ``QueryTimeout`` when it runs longer than ``search_timeout_s``."""
+        with self.db.read_limited(self.search_timeout_s) as s:
             page = search_language.run_search(
                 s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort
             )

@@ -73,10 +73,15 @@ def hash_file(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITH
     return Digest(size, {name: h.hexdigest() for name, h in hashers.items()}, False)
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
 def directory_members(path: Path) -> list[str]:
     """Relative paths (``a/b.dat``) of every non-directory entry below ``path``, C-sorted."""
     members = []
-    for root, dirs, files in os.walk(path):
+    # An unreadable or vanished folder is an error, never a silently smaller data set.
+    for root, dirs, files in os.walk(path, onerror=_raise):
         dirs.sort()
         rel_root = os.path.relpath(root, path)
         for name in files:
@@ -105,6 +110,14 @@ def hash_directory(path: str | os.PathLike[str], algorithms: Iterable[str] = ALG
         ((member, hash_file(root / member, algorithms)) for member in members),
         algorithms,
     )
+
+
+def hash_bytes(data: bytes | memoryview, algorithms: Iterable[str] = ALGORITHMS) -> Digest:
+    """Checksums of bytes held in memory (a small file read whole)."""
+    hashers = new_hashers(algorithms)
+    for h in hashers.values():
+        h.update(data)
+    return Digest(len(data), {name: h.hexdigest() for name, h in hashers.items()}, False)
 
 
 class StreamHasher:

@@ -5,22 +5,36 @@ case-sensitive LIKE on SQLite (PostgreSQL's LIKE already is), WAL and a long bus
 server and a worker process can share one SQLite file, foreign keys on, and ``BEGIN IMMEDIATE``
 for write transactions on SQLite (a plain ``BEGIN`` that reads and then writes fails with
 "database is locked" when another process writes, whatever the busy timeout).
-Schema creation and upgrades go through alembic (``upgrade``).
+Schema creation and upgrades go through alembic (``upgrade``). Reads a request can make
+arbitrarily slow (searches) run under a time limit (``read_limited``): PostgreSQL's
+``statement_timeout`` on a connection pool of their own, a progress handler on SQLite.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import QueryTimeout
 
 #: Seconds a SQLite connection waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 30
+#: SQLite virtual machine instructions between two looks at a limited read's clock.
+_SQLITE_PROGRESS_STEPS = 10_000
+#: Key of the PostgreSQL advisory lock held while the schema is migrated ("hera" in ASCII).
+_PG_MIGRATION_LOCK = 0x68657261
+#: PostgreSQL's SQLSTATE for a statement cancelled by statement_timeout (query_canceled).
+_PG_QUERY_CANCELED = "57014"
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -69,6 +83,8 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
+        # Engines of the time-limited reads, by limit (made on first use; see read_limited).
+        self._limited: dict[float, tuple[Engine, sessionmaker[Session]]] = {}
         self.engine = make_engine(url, echo=echo)
         # PostgreSQL reads run in autocommit: each statement sees committed data, and a search
         # saves the BEGIN and ROLLBACK round trips around it. SQLite's reads stay deferred
@@ -76,6 +92,12 @@ class Database:
         read_bind = self.engine if is_sqlite(self.engine) else self.engine.execution_options(
             isolation_level="AUTOCOMMIT")
         self._sessions = sessionmaker(read_bind, expire_on_commit=False)
+        # SQLite has one writer at a time, and a connection that finds the file locked sleeps
+        # in steps of up to 100 ms before trying again: threads of one process (a worker's
+        # streams and heartbeat) queue on this lock instead, and are woken the moment it is
+        # free. Re-entrant, so a write nested in another on the same thread still works.
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if is_sqlite(self.engine) else contextlib.nullcontext())
 
     @property
     def backend(self) -> str:
@@ -97,26 +119,104 @@ class Database:
         On SQLite it starts with ``BEGIN IMMEDIATE`` so that reading and then writing in the same
         transaction never fails with "database is locked" when another process writes.
         """
-        if is_sqlite(self.engine):
-            connection = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
-        else:
-            connection = self.engine.connect()
-        with connection, Session(bind=connection, expire_on_commit=False) as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with self._write_lock:
+            if is_sqlite(self.engine):
+                connection = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            else:
+                connection = self.engine.connect()
+            with connection, Session(bind=connection, expire_on_commit=False) as session:
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
 
     def upgrade(self) -> None:
-        """Create or upgrade the schema to the newest alembic revision."""
+        """Create or upgrade the schema to the newest alembic revision.
+
+        On PostgreSQL under an advisory lock: the servers of a site's users start together
+        (after a hub restart or an upgrade), and two migrating one database at once fail on
+        each other's tables; the second waits and then finds nothing to do."""
         from .migrations import upgrade
 
-        upgrade(self.engine)
+        if is_sqlite(self.engine):  # one server per SQLite file: nothing to race with
+            upgrade(self.engine)
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+            lock.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_MIGRATION_LOCK})")
+            try:
+                upgrade(self.engine)
+            finally:
+                lock.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_MIGRATION_LOCK})")
+
+    @contextlib.contextmanager
+    def read_limited(self, timeout_s: float) -> Iterator[Session]:
+        """``read()`` for queries a request can make arbitrarily slow (searches): a statement
+        running longer than ``timeout_s`` (0: no limit) is cancelled and ``QueryTimeout`` raised.
+
+        PostgreSQL: ``statement_timeout`` set when the connection opens, on an engine of these
+        reads' own (a ``SET`` per search would cost a round trip, and ``SET LOCAL`` needs a
+        transaction these autocommit reads do not have). SQLite: a progress handler ends the
+        read once it has run ``timeout_s`` in all.
+        """
+        if timeout_s <= 0:
+            with self.read() as session:
+                yield session
+            return
+        if is_sqlite(self.engine):
+            with self.read() as session, _sqlite_deadline(session, timeout_s) as fired:
+                try:
+                    yield session
+                except DBAPIError as exc:
+                    if fired():
+                        raise QueryTimeout(timeout_s) from exc
+                    raise
+            return
+        with self._limited_sessions(timeout_s)() as session:
+            try:
+                yield session
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) == _PG_QUERY_CANCELED:
+                    raise QueryTimeout(timeout_s) from exc
+                raise
+            finally:
+                session.rollback()
+
+    def _limited_sessions(self, timeout_s: float) -> sessionmaker[Session]:
+        # A server has one limit (its search timeout), so in practice one extra engine.
+        if timeout_s not in self._limited:
+            ms = max(1, round(timeout_s * 1000))
+            engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=20,
+                                   isolation_level="AUTOCOMMIT",
+                                   connect_args={"options": f"-c statement_timeout={ms}"})
+            self._limited[timeout_s] = (engine, sessionmaker(engine, expire_on_commit=False))
+        return self._limited[timeout_s][1]
 
     def dispose(self) -> None:
         self.engine.dispose()
+        for engine, _ in self._limited.values():
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def _sqlite_deadline(session: Session, timeout_s: float) -> Iterator[Callable[[], bool]]:
+    """Interrupt ``session``'s SQLite statements once ``timeout_s`` has passed; yields a check
+    of whether it did (an interrupted statement raises "interrupted")."""
+    deadline = time.monotonic() + timeout_s
+    fired = False
+
+    def progress() -> int:
+        nonlocal fired
+        fired = fired or time.monotonic() > deadline
+        return int(fired)
+
+    dbapi_connection = session.connection().connection.dbapi_connection
+    dbapi_connection.set_progress_handler(progress, _SQLITE_PROGRESS_STEPS)
+    try:
+        yield lambda: fired
+    finally:
+        dbapi_connection.set_progress_handler(None, _SQLITE_PROGRESS_STEPS)
 
 
 def default_sqlite_url(data_dir: str | os.PathLike[str]) -> str:

@@ -253,6 +253,8 @@ def clean_api_path(destination: str) -> str:
 class ContentsTarget:
     """A folder of the contents manager: the engine's target for the ``contents`` method."""
 
+    poolable = False  # the worker's helper processes write local files only
+
     def __init__(self, key: str, spec: Mapping[str, Any]) -> None:
         self.key = key
         self.spec = dict(spec)
@@ -343,7 +345,7 @@ class ContentsTarget:
                 removed += 1
         return removed
 
-    def inside(self, folder: Path) -> bool:
+    def inside(self, folder: str | os.PathLike[str]) -> bool:
         # Item paths are normalised store-relative paths (never absolute, never ``..``); only a
         # local folder can lead elsewhere, through a symlink.
         return self.local is None or is_within(folder, self.local)
@@ -375,6 +377,10 @@ class ContentsMover:
         final = self.target.api(spec.final)
         tmp = temp_name(final)
         manager = self.manager
+        source = Path(spec.source)
+        if spec.source_root is not None and not is_within(source, spec.source_root):
+            # An instance swapped for a symlink out of its store after ingest: never read.
+            raise ItemFailed("the instance on its store leads outside the store")
         if manager.exists(final):
             manager.delete_quietly(tmp)  # a leftover of a killed worker
             return self._existing(spec, final, algorithm)
@@ -386,9 +392,9 @@ class ContentsMover:
             manager.delete_tree(tmp)
         try:
             if spec.is_directory:
-                digest = self._send_dir(spec.source, tmp, algorithm)
+                digest = self._send_dir(source, tmp, algorithm)
             else:
-                digest = self._send_file(spec.source, tmp, algorithm)
+                digest = self._send_file(source, tmp, algorithm)
             Mover._verify(spec, digest, algorithm, "copy")
             if manager.exists(final):
                 raise ItemFailed("appeared at the destination while it was being staged; "

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,8 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
-from ..paths import is_within
 from . import targets
+from .copy_pool import CopyPool
 from .methods import (
     METHODS,
     Cancelled,
@@ -69,7 +69,13 @@ class EngineConfig:
     heartbeat_seconds: float = 1.0  # lease renewal and cancel check interval
     chunk_size: int = 1 << 20  # reused copy buffer per stream
     fsync: bool = True
-    claim_batch: int = 256  # items claimed per transaction (at most)...
+    # Items up to this size go to the worker's copy helper processes, when it has them, in
+    # hand-overs of at most so many items and bytes (the results are committed between them,
+    # so progress shows and a store going away is seen soon).
+    pool_max_bytes: int = 1 << 20
+    pool_batch_items: int = 256
+    pool_batch_bytes: int = 4 << 20
+    claim_batch: int = 1024  # items claimed per transaction (at most)...
     claim_bytes: int = 64 << 20  # ...and no more bytes than this (but always one item)
     flush_seconds: float = 1.0  # written items are committed and recorded this often...
     commit_items: int = 4096  # ...or as soon as this many wait...
@@ -419,16 +425,21 @@ def reconcile(db: Database) -> list[int]:
     return dead
 
 
-def claim_job(db: Database, worker_id: str, lease_seconds: float) -> tuple[int, bool] | None:
-    """Take the oldest job that is queued or whose worker is gone; returns (id, resumed)."""
+def claim_job(db: Database, worker_id: str, lease_seconds: float,
+              owner: str | None = None) -> tuple[int, bool] | None:
+    """Take the oldest job that is queued or whose worker is gone; returns (id, resumed).
+
+    With ``owner``, only that user's jobs: a worker started by a user's server runs as that
+    user, so it must never take another user's job (it would write their files as itself).
+    Without, any job (a site's service workers)."""
     now = utcnow()
+    query = select(Job).where(Job.state.in_(ACTIVE_STATES),
+                              or_(Job.worker_id.is_(None), Job.lease_expires < now))
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     with db.write() as s:
-        job = s.scalars(
-            select(Job)
-            .where(Job.state.in_(ACTIVE_STATES),
-                   or_(Job.worker_id.is_(None), Job.lease_expires < now))
-            .order_by(Job.id).limit(1).with_for_update(skip_locked=True)
-        ).first()
+        job = s.scalars(query.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
+                        ).first()
         if job is None:
             return None
         resumed = job.started_at is not None
@@ -500,13 +511,25 @@ def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]])
         return
     done = [(c, st) for c, st, _ in results if st in ("done", "skipped")]
     t = _ITEMS
+    # Error-free results in one statement per state (most of a batch), failures one by one.
+    plain: dict[str, list[int]] = {}
+    failed = []
+    for c, state, error in results:
+        if error:
+            failed.append({"item_id": c.id, "item_state": state, "item_error": error})
+        else:
+            plain.setdefault(state, []).append(c.id)
     with db.write() as s:
-        s.connection().execute(
-            update(t).where(t.c.id == bindparam("item_id"))
-            .values(state=bindparam("item_state"), error=bindparam("item_error"),
-                    worker_id=None),
-            [{"item_id": c.id, "item_state": state, "item_error": error}
-             for c, state, error in results])
+        connection = s.connection()
+        for state, ids in plain.items():
+            for start in range(0, len(ids), _IN_CHUNK):
+                connection.execute(update(t).where(t.c.id.in_(ids[start:start + _IN_CHUNK]))
+                                   .values(state=state, error="", worker_id=None))
+        if failed:
+            connection.execute(
+                update(t).where(t.c.id == bindparam("item_id"))
+                .values(state=bindparam("item_state"), error=bindparam("item_error"),
+                        worker_id=None), failed)
         s.execute(update(Job).where(Job.id == job_id).values(
             files_done=Job.files_done + len(done),
             bytes_done=Job.bytes_done + sum(c.size for c, _ in done),
@@ -526,10 +549,13 @@ class _JobRun:
     """One worker's run of one claimed job: streams, heartbeat, finalisation."""
 
     def __init__(self, db: Database, job: Job, worker_id: str, config: EngineConfig,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, pool: CopyPool | None = None) -> None:
         self.db, self.job, self.worker_id, self.config, self.stop = db, job, worker_id, config, stop
         self.dest = Path(job.destination)
+        self.dest_str = job.destination
         self.target = targets.for_job(job.destination, job.method, job.options)
+        self.read_only = bool(job.options.get("read_only", True))
+        self.pool = pool
         self.log = JobLog(job.log_path)
         self.abort = threading.Event()  # set on cancel, lost lease or worker stop
         self.cancel_requested = job.cancel_requested
@@ -541,6 +567,7 @@ class _JobRun:
         # to come with a clear error instead of reading from it.
         self.store_roots: dict[str, str] = {}
         self.unavailable: frozenset[str] = frozenset()
+        self.store_generation = 0  # bumped whenever ``unavailable`` changes
         # Shared by the streams: destination folders known to exist, and whether each
         # (relative) folder resolves inside the destination, so neither is asked per file.
         self.made_dirs: set[str] = set()
@@ -619,60 +646,126 @@ class _JobRun:
                 was = self.unavailable
                 with contextlib.suppress(Exception):  # keep the last answer on a hiccup
                     self._refresh_stores()
+                if self.unavailable != was:
+                    self.store_generation += 1
                 for store in sorted(self.unavailable - was):
                     self.log(f"store {store!r} became unavailable: its files still to stage "
                              f"fail")
 
+    def _spec(self, item: _Claimed) -> ItemSpec:
+        return ItemSpec(item.source_path, os.path.join(self.dest_str, item.dest_path),
+                        item.size, item.is_directory, item.checksums, self.job.method,
+                        self.read_only, self.store_roots.get(item.store))
+
     def _stream(self) -> None:
         mover = self.target.mover(self.config, self._check, self.log, self.made_dirs)
-        read_only = bool(self.job.options.get("read_only", True))
-        method, dest = self.job.method, self.dest
         while not (self.abort.is_set() or self.stop.is_set()):
             batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch,
                                  self.config.claim_bytes)
             if not batch:
                 return
-            through = 0
+            started: set[int] = set()
             try:
-                for item in batch:
+                pooled = [c for c in batch if self._pooled(c)]
+                for part in self._hand_overs(pooled):
                     if self.abort.is_set() or self.stop.is_set():
                         break
-                    spec = ItemSpec(Path(item.source_path), dest / item.dest_path, item.size,
-                                    item.is_directory, item.checksums, method, read_only)
-                    self._one(mover, item, spec)
-                    through += 1
+                    self._move_pooled(part, started)
+                for item in batch:
+                    if item.id in started or self._pooled(item):
+                        continue
+                    if self.abort.is_set() or self.stop.is_set():
+                        break
+                    started.add(item.id)
+                    self._one(mover, item, self._spec(item))
                     if self._commit_due():
                         self._commit(wait=False)
             finally:
                 # Items not started go back to the queue; those through are committed by
                 # whichever stream commits next (or at the end of the run).
-                _requeue(self.db, [c.id for c in batch[through:]])
+                _requeue(self.db, [c.id for c in batch if c.id not in started])
+
+    def _pooled(self, item: _Claimed) -> bool:
+        """Small plain files go to the helper processes (when the worker has them): their
+        cost is Python per file, not bytes; large files and data sets stay in the stream,
+        where a cancel is seen between chunks."""
+        return (self.pool is not None and self.target.poolable and not item.is_directory
+                and item.size <= self.config.pool_max_bytes)
+
+    def _hand_overs(self, items: list[_Claimed]) -> Iterator[list[_Claimed]]:
+        part: list[_Claimed] = []
+        size = 0
+        for item in items:
+            if part and (len(part) >= self.config.pool_batch_items
+                         or size + item.size > self.config.pool_batch_bytes):
+                yield part
+                part, size = [], 0
+            part.append(item)
+            size += item.size
+        if part:
+            yield part
+
+    def _move_pooled(self, items: list[_Claimed], started: set[int]) -> None:
+        assert self.pool is not None
+        specs, ready = [], []
+        for item in items:
+            spec = self._spec(item)
+            try:
+                self._precheck(item, spec)
+            except ItemFailed as exc:
+                started.add(item.id)
+                self._settle(item, None, exc, None)
+                continue
+            specs.append(spec)
+            ready.append(item)
+        if self.abort.is_set() or self.stop.is_set():
+            return
+        generation = self.store_generation
+
+        def interrupt() -> bool:
+            # A store that became unavailable stops the batch too: the items it had not
+            # reached come back to the queue and fail there, with the store's name.
+            return self.abort.is_set() or self.store_generation != generation
+
+        for item, moved in zip(ready, self.pool.move(specs, interrupt)):
+            started.add(item.id)
+            if isinstance(moved, BaseException):
+                self._settle(item, None, moved, None)
+            else:
+                self._settle(item, moved, None, None)
+        if self._commit_due():
+            self._commit(wait=False)
+
+    def _precheck(self, item: _Claimed, spec: ItemSpec) -> None:
+        folder = os.path.dirname(item.dest_path)
+        inside = self.inside.get(folder)
+        if inside is None:
+            inside = self.inside[folder] = self.target.inside(os.path.dirname(spec.final))
+        if not inside:
+            raise ItemFailed("destination sub-directory leads outside the destination")
+        if item.store in self.unavailable:
+            raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
+                             f"catalogue); retry the job when it is back")
 
     def _one(self, mover: Mover, item: _Claimed, spec: ItemSpec) -> None:
         started = time.monotonic()
-        outcome = None
         try:
-            folder = os.path.dirname(item.dest_path)
-            inside = self.inside.get(folder)
-            if inside is None:
-                inside = self.inside[folder] = self.target.inside(spec.final.parent)
-            if not inside:
-                raise ItemFailed("destination sub-directory leads outside the destination")
-            if item.store in self.unavailable:
-                raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
-                                 f"catalogue); retry the job when it is back")
-            root = self.store_roots.get(item.store)
-            if root is not None and not is_within(spec.source, root):
-                # An instance swapped for a symlink out of its store after ingest: never read.
-                raise ItemFailed(f"the instance on store {item.store!r} leads outside the store")
+            self._precheck(item, spec)
+            # The mover never reads an instance swapped for a symlink out of its store.
             outcome = mover.move(spec)
         except Cancelled:
             raise
-        except ItemFailed as exc:
-            self.log.note(f"FAILED {item.dest_path}: {exc}")
-            return self._add(item, "failed", str(exc), None)
-        except (OSError, StagingError) as exc:
-            message = self._explain(item, exc) if isinstance(exc, OSError) else str(exc)
+        except (ItemFailed, OSError, StagingError) as exc:
+            return self._settle(item, None, exc, started)
+        return self._settle(item, outcome, None, started)
+
+    def _settle(self, item: _Claimed, outcome: Outcome | None, error: BaseException | None,
+                started: float | None) -> None:
+        """Log an item's result and queue it for the next commit. ``started`` (when the item
+        was moved alone) gives its rate in the log."""
+        if outcome is None:
+            message = (self._explain(item, error) if isinstance(error, OSError)
+                       else str(error))
             self.log.note(f"FAILED {item.dest_path}: {message}")
             return self._add(item, "failed", message, None)
         state = outcome.state
@@ -684,11 +777,13 @@ class _JobRun:
         elif state == "skipped":
             self.log.note(f"skipped {item.dest_path}: {outcome.note}")
         else:
-            seconds = max(time.monotonic() - started, 1e-9)
             with self._lock:
                 self.copied_bytes += item.size
-            self.log.note(f"{self.job.method} {item.dest_path} ({item.size} bytes, "
-                          f"{item.size / seconds / 1e6:.1f} MB/s"
+            rate = ""
+            if started is not None:
+                seconds = max(time.monotonic() - started, 1e-9)
+                rate = f", {item.size / seconds / 1e6:.1f} MB/s"
+            self.log.note(f"{self.job.method} {item.dest_path} ({item.size} bytes{rate}"
                           f"{', ' + outcome.note if outcome.note else ''})")
         return self._add(item, state, "", outcome)
 
@@ -869,15 +964,17 @@ def finish_cancelled(db: Database, job_id: int) -> str:
 
 
 def run_job(db: Database, job_id: int, worker_id: str, config: EngineConfig | None = None,
-            stop: threading.Event | None = None, resumed: bool = False) -> str:
+            stop: threading.Event | None = None, resumed: bool = False,
+            pool: CopyPool | None = None) -> str:
     """Run a job this worker has claimed until it is finished, cancelled or released."""
     job = _load_job(db, job_id)
-    return _JobRun(db, job, worker_id, config or EngineConfig(), stop or threading.Event()).run(
-        resumed)
+    return _JobRun(db, job, worker_id, config or EngineConfig(), stop or threading.Event(),
+                   pool).run(resumed)
 
 
 def run_pending(db: Database, config: EngineConfig | None = None, *,
-                worker_id: str | None = None, stop: threading.Event | None = None) -> list[int]:
+                worker_id: str | None = None, stop: threading.Event | None = None,
+                pool: CopyPool | None = None) -> list[int]:
     """Claim and run jobs in this process until none is left; returns the ids run."""
     config = config or EngineConfig()
     worker_id = worker_id or new_worker_id()
@@ -886,7 +983,7 @@ def run_pending(db: Database, config: EngineConfig | None = None, *,
         claimed = claim_job(db, worker_id, config.lease_seconds)
         if claimed is None:
             break
-        run_job(db, claimed[0], worker_id, config, stop, resumed=claimed[1])
+        run_job(db, claimed[0], worker_id, config, stop, resumed=claimed[1], pool=pool)
         ran.append(claimed[0])
     return ran
 

@@ -14,14 +14,17 @@ import sys
 import threading
 from pathlib import Path
 
+from .copy_pool import default_size
 from .worker import DB_URL_ENV
 
 
 class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
-                 log_file: Path) -> None:
+                 log_file: Path, copy_processes: int = 0, owner: str | None = None) -> None:
         self.db_url = db_url
+        self.owner = owner
         self.streams = streams
+        self.copy_processes = copy_processes or default_size()
         self.idle_exit_seconds = idle_exit_seconds
         self.log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
@@ -36,7 +39,9 @@ class WorkerLauncher:
             with open(self.log_file, "ab") as log:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "hera_stage_ext.jobs.worker",
-                     "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds)],
+                     "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
+                     "--copy-processes", str(self.copy_processes),
+                     *(["--owner", self.owner] if self.owner else [])],
                     env={**os.environ, DB_URL_ENV: self.db_url},
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,

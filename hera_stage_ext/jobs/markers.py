@@ -48,6 +48,15 @@ def marker_job(directory: Path) -> int | None:
         return None
 
 
+def present(directory: Path) -> str | None:
+    """The marker a poller of ``directory`` sees now (in-progress before a result, as
+    ``finish`` leaves both for a moment), or None: at most three stats, for display."""
+    for name in (IN_PROGRESS, ERRORS, SUCCEEDED):
+        if os.path.exists(directory / name):  # False on any OSError, not a raise
+            return name
+    return None
+
+
 def _create_exclusive(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "w") as f:

@@ -28,10 +28,11 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..catalogue import checksums as ck
+from ..paths import is_within
 
 METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
 TMP_SUFFIX = ".hera-tmp"
@@ -49,19 +50,22 @@ class ItemFailed(Exception):
     """A per-item failure with a message for the job log and STAGING-ERRORS."""
 
 
-@dataclass(frozen=True)
-class ItemSpec:
-    source: Path
-    final: Path
+class ItemSpec(NamedTuple):
+    """One item to move (a tuple: cheap to build and to send to a helper process)."""
+
+    source: str | Path
+    final: str | Path
     size: int
     is_directory: bool
     checksums: dict[str, str]
     method: str
     read_only: bool = True
+    # The root of the store the source is on: when given, nothing is read that does not
+    # resolve inside it (an instance swapped for a symlink out of its store after ingest).
+    source_root: str | None = None
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     state: str  # "done" | "skipped"
     note: str = ""
     # Deferred mode: the verified temporary copy still to rename to its final name (``commit``).
@@ -69,26 +73,28 @@ class Outcome:
     final: str | None = None
 
 
-def temp_path(final: Path) -> Path:
+def temp_path(final: str | os.PathLike[str]) -> str:
     """The temporary name an item is written under, next to its final name (same file system,
-    so the closing ``os.replace`` is atomic)."""
-    return final.with_name(f".{final.name}{TMP_SUFFIX}")
+    so the closing rename is atomic)."""
+    head, tail = os.path.split(os.fspath(final))
+    return os.path.join(head, f".{tail}{TMP_SUFFIX}")
 
 
-def remove_path(path: Path) -> None:
+def remove_path(path: str | os.PathLike[str]) -> None:
     """Remove a file, symlink or (read-only) tree; absent is fine."""
-    if path.is_symlink() or not path.exists():
+    path = os.fspath(path)
+    if os.path.islink(path) or not os.path.exists(path):
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.unlink(path)
         return
-    if path.is_dir():
+    if os.path.isdir(path):
         # Copies may be read-only already: make them writable so rmtree can unlink them.
         def _retry(func, p, _exc):  # type: ignore[no-untyped-def]
             os.chmod(os.path.dirname(p), 0o700)
             func(p)
         shutil.rmtree(path, onerror=_retry)
     else:
-        path.unlink()
+        os.unlink(path)
 
 
 class Mover:
@@ -96,6 +102,8 @@ class Mover:
 
     ``made_dirs`` (may be shared by the streams of a job) remembers the destination folders
     known to exist, so that a folder of 200 files is created (or looked up) once, not 200 times.
+    Paths are handled as strings and checks are cached per folder: with files of a few KiB,
+    per-file Python work (not the copy) decides the speed.
     """
 
     def __init__(
@@ -117,36 +125,54 @@ class Mover:
         self._deferred = deferred
         self._reflink_ok: bool | None = None
         self._made_dirs = made_dirs if made_dirs is not None else set()
+        # Source folders (resolved) known to lie inside their store's root.
+        self._source_dirs: set[tuple[str, str]] = set()
+        # Destination folders this mover created (so they held nothing before).
+        self._fresh_dirs: set[str] = set()
+
+    def forget_folders(self) -> None:
+        """Drop what this mover knows of destination folders (another batch, maybe of another
+        job, follows: what was fresh for the last one is not for this one)."""
+        self._made_dirs.clear()
+        self._fresh_dirs.clear()
 
     # ----- entry point --------------------------------------------------------------------
     def move(self, spec: ItemSpec) -> Outcome:
         algorithm = ck.preferred_algorithm(spec.checksums)
-        final, tmp = spec.final, temp_path(spec.final)
-        if os.path.lexists(final):
-            _discard(tmp)  # a leftover of a killed worker
-            return self._existing(spec, algorithm)
+        final = os.fspath(spec.final)
+        tmp = temp_path(final)
+        source = os.fspath(spec.source)
+        if spec.source_root is not None:
+            self._confine_source(source, spec)
         parent = os.path.dirname(final)
         if parent not in self._made_dirs:
-            os.makedirs(parent, exist_ok=True)
+            if _make_folder(parent):
+                # Made just now, by this mover: nothing can be in it but what it writes (and
+                # a name appearing meanwhile is still never overwritten: see ``commit``).
+                self._fresh_dirs.add(parent)
             self._made_dirs.add(parent)
+        if parent not in self._fresh_dirs and os.path.lexists(final):
+            _discard(tmp)  # a leftover of a killed worker
+            return self._existing(spec, source, final, algorithm)
         try:
-            note = self._write(spec, tmp, algorithm)
+            note = self._write(spec, source, tmp, algorithm)
         except FileExistsError as exc:
             # A leftover of a killed worker under the temporary name: remove it, once.
-            if str(tmp) not in (str(exc.filename), str(exc.filename2)):
+            if tmp not in (exc.filename, exc.filename2):
                 raise
             remove_path(tmp)
-            note = self._write(spec, tmp, algorithm)
+            note = self._write(spec, source, tmp, algorithm)
         except FileNotFoundError as exc:
             # The folder went away since it was made (removed by hand mid-job): make it again.
-            if str(exc.filename) != str(tmp) and str(exc.filename2) != str(tmp):
+            if tmp not in (exc.filename, exc.filename2):
                 raise
             self._made_dirs.discard(parent)
+            self._fresh_dirs.discard(parent)
             os.makedirs(parent, exist_ok=True)
             self._made_dirs.add(parent)
-            note = self._write(spec, tmp, algorithm)
+            note = self._write(spec, source, tmp, algorithm)
         if self._deferred:
-            return Outcome("done", note, str(tmp), str(final))
+            return Outcome("done", note, tmp, final)
         try:
             os.replace(tmp, final)
         except BaseException:
@@ -154,29 +180,63 @@ class Mover:
             raise
         return Outcome("done", note)
 
-    def _write(self, spec: ItemSpec, tmp: Path, algorithm: str) -> str:
+    def _confine_source(self, source: str, spec: ItemSpec) -> None:
+        """Refuse a source that resolves outside its store. Only a file's folder is resolved
+        (once per folder): a copy opens the file itself without following a symlink
+        (``_open_source``), and a link is made only to a file that is not one; a directory is
+        resolved whole."""
+        root = spec.source_root
+        assert root is not None
+        if spec.is_directory:
+            inside = is_within(source, root)
+        else:
+            key = (os.path.dirname(source), root)
+            inside = key in self._source_dirs or is_within(key[0], root)
+            if inside:
+                self._source_dirs.add(key)
+            if inside and spec.method not in ("copy", "reflink") and os.path.islink(source):
+                # A link to a link: resolve it whole (a copy opens with O_NOFOLLOW instead).
+                inside = is_within(source, root)
+        if not inside:
+            raise ItemFailed("the instance on its store leads outside the store")
+
+    @staticmethod
+    def _open_source(source: str, root: str | None) -> int:
+        try:
+            return os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        # A symlink: follow it only where it stays inside the store.
+        if root is not None and not is_within(source, root):
+            raise ItemFailed("the instance on its store leads outside the store")
+        return os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+
+    def _write(self, spec: ItemSpec, source: str, tmp: str, algorithm: str) -> str:
         """Write and verify the item under ``tmp``; on any failure nothing is left there
         (except a leftover of someone else that was already there: FileExistsError)."""
         note = ""
         try:
             if spec.method in ("hardlink", "symlink"):
                 # Nothing is copied: verify the source itself, then link to it.
-                self._verify(spec, ck.hash_path(spec.source, [algorithm]), algorithm, "source")
+                self._verify(spec, ck.hash_path(source, [algorithm]), algorithm, "source")
                 if spec.method == "symlink":
-                    os.symlink(spec.source, tmp, target_is_directory=spec.is_directory)
+                    os.symlink(source, tmp, target_is_directory=spec.is_directory)
+                elif spec.is_directory:
+                    self._link_tree(source, tmp)
                 else:
-                    self._link_tree(spec.source, tmp) if spec.is_directory else os.link(
-                        spec.source, tmp)
+                    os.link(source, tmp)
             else:
                 reflink = spec.method == "reflink"
                 if spec.is_directory:
-                    digest = self._copy_dir(spec.source, tmp, algorithm, spec.read_only, reflink)
+                    digest = self._copy_dir(source, tmp, algorithm, spec.read_only, reflink)
                 else:
-                    digest = self._copy_file(spec.source, tmp, algorithm, spec.read_only, reflink)
+                    digest = self._copy_file(source, tmp, algorithm, spec.read_only, reflink,
+                                             spec)
                 self._verify(spec, digest, algorithm, "copy")
                 note = f"{algorithm} verified"
         except FileExistsError as exc:
-            if str(tmp) not in (str(exc.filename), str(exc.filename2)):
+            if tmp not in (exc.filename, exc.filename2):
                 remove_path(tmp)
             raise
         except BaseException:
@@ -185,23 +245,23 @@ class Mover:
         return note
 
     # ----- what is already there ----------------------------------------------------------
-    def _existing(self, spec: ItemSpec, algorithm: str) -> Outcome:
-        final = spec.final
-        if final.is_symlink():
-            if spec.method == "symlink" and os.readlink(final) == str(spec.source):
+    def _existing(self, spec: ItemSpec, source: str, final: str, algorithm: str) -> Outcome:
+        if os.path.islink(final):
+            if spec.method == "symlink" and os.readlink(final) == source:
                 return Outcome("skipped", "already linked")
             raise ItemFailed("exists as a symbolic link; not overwritten")
         if spec.method == "hardlink" and not spec.is_directory:
             with contextlib.suppress(OSError):
-                if os.path.samefile(final, spec.source):
+                if os.path.samefile(final, source):
                     return Outcome("skipped", "already linked")
-        if final.is_dir() != spec.is_directory:
-            kind = "directory" if final.is_dir() else "file"
+        is_dir = os.path.isdir(final)
+        if is_dir != spec.is_directory:
+            kind = "directory" if is_dir else "file"
             raise ItemFailed(f"exists as a {kind} of other content; not overwritten")
-        if not spec.is_directory and final.stat().st_size != spec.size:
+        if not spec.is_directory and (size := os.stat(final).st_size) != spec.size:
             raise ItemFailed(
-                f"exists with other content ({final.stat().st_size} bytes, catalogue says "
-                f"{spec.size}); not overwritten")
+                f"exists with other content ({size} bytes, catalogue says {spec.size}); "
+                f"not overwritten")
         digest = ck.hash_path(final, [algorithm])
         if digest.size == spec.size and digest.checksums[algorithm] == spec.checksums[algorithm]:
             return Outcome("skipped", f"identical file already there ({algorithm})")
@@ -218,76 +278,103 @@ class Mover:
                 f"changed, the bad copy was removed")
 
     # ----- copying ------------------------------------------------------------------------
-    def _copy_file(self, src: Path, dst: Path, algorithm: str, read_only: bool,
-                   reflink: bool = False) -> ck.Digest:
-        if reflink and self._reflink_ok is not False:
-            st = os.stat(src)
-            digest = self._try_reflink(src, dst, algorithm)
-            if digest is not None:
-                _finish_metadata(dst, st, read_only)
-                return digest
-        hasher = ck.StreamHasher([algorithm])
-        buffer, view = self._buffer, self._view
-        with open(src, "rb", buffering=0) as fin:
-            st = os.fstat(fin.fileno())
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    def _copy_file(self, src: str, dst: str, algorithm: str, read_only: bool,
+                   reflink: bool = False, spec: ItemSpec | None = None) -> ck.Digest:
+        fin = self._open_source(src, spec.source_root if spec is not None else None)
+        try:
+            st = os.fstat(fin)
+            if reflink and self._reflink_ok is not False:
+                digest = self._try_reflink(fin, dst, algorithm)
+                if digest is not None:
+                    _finish_metadata(dst, st, read_only)
+                    return digest
+            # Created with its final permissions where the umask keeps them (no chmod).
+            mode = _final_mode(st, read_only)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
-                # One pass: each chunk is hashed and written from the same reused buffer.
-                while n := fin.readinto(buffer):
-                    chunk = view[:n]
-                    hasher.update(chunk)
-                    while chunk:
-                        chunk = chunk[os.write(fd, chunk):]
-                    self._check(n)
+                digest = self._pump(fin, fd, algorithm, st.st_size)
                 # Metadata through the open descriptor (no second path lookup), before the
                 # fsync so that one flush covers data and metadata.
-                _finish_metadata(fd, st, read_only)
+                if mode & _UMASK:
+                    os.chmod(fd, mode)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
                 if self._fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+        finally:
+            os.close(fin)
+        return digest
+
+    def _pump(self, fin: int, fd: int, algorithm: str, size: int) -> ck.Digest:
+        """Copy ``fin`` to ``fd``, hashing each chunk from the same buffer (one pass)."""
+        hasher = ck.StreamHasher([algorithm])
+        if size < len(self._buffer):
+            # A small file in one read: a read shorter than asked for is the end of a regular
+            # file, so no second read is needed to find it.
+            data = os.read(fin, size + 1)
+            _write_all(fd, data)
+            self._check(len(data))
+            if len(data) <= size:
+                return ck.hash_bytes(data, [algorithm])
+            hasher.update(data)
+        buffer, view = self._buffer, self._view
+        with open(fin, "rb", buffering=0, closefd=False) as reader:
+            while n := reader.readinto(buffer):
+                chunk = view[:n]
+                hasher.update(chunk)
+                _write_all(fd, chunk)
+                self._check(n)
         return hasher.digest()
 
-    def _try_reflink(self, src: Path, dst: Path, algorithm: str) -> ck.Digest | None:
-        with open(src, "rb") as fin:
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.ioctl(fd, FICLONE, fin.fileno())
-                if self._fsync:
-                    os.fsync(fd)
-            except OSError as exc:
-                os.close(fd)
-                os.unlink(dst)
-                if exc.errno not in _NO_REFLINK:
-                    raise
-                if self._reflink_ok is None:
-                    self._log(f"reflink not supported here ({exc.strerror}): "
-                              f"falling back to a plain copy")
-                self._reflink_ok = False
-                return None
+    def _try_reflink(self, fin: int, dst: str, algorithm: str) -> ck.Digest | None:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.ioctl(fd, FICLONE, fin)
+            if self._fsync:
+                os.fsync(fd)
+        except OSError as exc:
             os.close(fd)
+            os.unlink(dst)
+            if exc.errno not in _NO_REFLINK:
+                raise
+            if self._reflink_ok is None:
+                self._log(f"reflink not supported here ({exc.strerror}): "
+                          f"falling back to a plain copy")
+            self._reflink_ok = False
+            return None
+        os.close(fd)
         self._reflink_ok = True
         # The clone shares the source's blocks: hashing it checks what the destination holds.
         return ck.hash_file(dst, [algorithm])
 
-    def _copy_dir(self, src: Path, dst: Path, algorithm: str, read_only: bool,
+    def _copy_dir(self, src: str, dst: str, algorithm: str, read_only: bool,
                   reflink: bool) -> ck.Digest:
         _make_dirs_like(src, dst)
         digests = []
-        for member in ck.contained_members(src):
-            digests.append((member, self._copy_file(src / member, dst / member, algorithm,
+        for member in ck.contained_members(Path(src)):
+            digests.append((member, self._copy_file(os.path.join(src, member),
+                                                    os.path.join(dst, member), algorithm,
                                                     read_only, reflink)))
         _copy_dir_mtimes(src, dst)
         return ck.manifest_digest(digests, [algorithm])
 
-    def _link_tree(self, src: Path, dst: Path) -> None:
+    def _link_tree(self, src: str, dst: str) -> None:
         _make_dirs_like(src, dst)
-        for member in ck.contained_members(src):
-            os.link(src / member, dst / member)
+        for member in ck.contained_members(Path(src)):
+            os.link(os.path.join(src, member), os.path.join(dst, member))
         _copy_dir_mtimes(src, dst)
 
 
-def _discard(path: Path) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _discard(path: str) -> None:
     """``remove_path`` for the common cases in one system call: nothing there, or a file."""
     try:
         os.unlink(path)
@@ -297,28 +384,57 @@ def _discard(path: Path) -> None:
         remove_path(path)
 
 
-def _finish_metadata(path: Path | int, st: os.stat_result, read_only: bool) -> None:
+def _final_mode(st: os.stat_result, read_only: bool) -> int:
     mode = stat.S_IMODE(st.st_mode) | stat.S_IRUSR
-    mode = mode & ~0o222 if read_only else mode | stat.S_IWUSR
-    os.chmod(path, mode)
+    return mode & ~0o222 if read_only else mode | stat.S_IWUSR
+
+
+def _finish_metadata(path: str | int, st: os.stat_result, read_only: bool) -> None:
+    os.chmod(path, _final_mode(st, read_only))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _make_dirs_like(src: Path, dst: Path) -> None:
+def _make_folder(path: str) -> bool:
+    """Make ``path`` (and its parents); True when it did not exist before."""
+    try:
+        os.mkdir(path)
+        return True
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return _make_folder(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return False
+
+
+def _read_umask() -> int:
+    """The process's umask, read without changing it (threads may be creating files)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o777  # unknown: always chmod
+
+
+_UMASK = _read_umask()
+
+
+def _make_dirs_like(src: str, dst: str) -> None:
     # Directories stay writable (the user must be able to delete what was staged).
     os.mkdir(dst, 0o755)
     for root, dirs, _files in os.walk(src):
         rel = os.path.relpath(root, src)
         for name in dirs:
-            os.makedirs(dst / rel / name, 0o755, exist_ok=True)
+            os.makedirs(os.path.join(dst, rel, name), 0o755, exist_ok=True)
 
 
-def _copy_dir_mtimes(src: Path, dst: Path) -> None:
+def _copy_dir_mtimes(src: str, dst: str) -> None:
     # Bottom-up, after every file is written (writing into a directory changes its mtime).
     for root, _dirs, _files in os.walk(src, topdown=False):
         rel = os.path.relpath(root, src)
         st = os.stat(root)
-        os.utime(dst / rel, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(os.path.join(dst, rel), ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 # ----- deferred mode: making a batch final --------------------------------------------------
@@ -389,7 +505,7 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError |
         except OSError as exc:
             for tmp, _final in renames:
                 with contextlib.suppress(OSError):
-                    remove_path(Path(tmp))
+                    remove_path(tmp)
             return [exc] * len(renames)
     errors: list[OSError | None] = []
     for tmp, final in renames:
@@ -398,7 +514,7 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError |
             errors.append(None)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                remove_path(Path(tmp))
+                remove_path(tmp)
             errors.append(exc)
     if fsync:
         _sync_file_systems(parents)

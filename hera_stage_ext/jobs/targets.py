@@ -27,6 +27,7 @@ from .methods import Mover, remove_path, temp_path
 class Target(Protocol):
     key: str  # the job's ``destination`` (the busy check compares it)
     local: Path | None  # the local folder behind it, if any (free space is checked there)
+    poolable: bool  # whether the worker's helper processes may write its small files
 
     def options(self) -> dict[str, Any]: ...
     def acquire(self, job_id: int, owner: str, is_active: Callable[[int], bool]) -> None: ...
@@ -34,7 +35,7 @@ class Target(Protocol):
     def ensure_in_progress(self, job_id: int, owner: str) -> None: ...
     def finish(self, job_id: int, lines: Iterable[str]) -> None: ...
     def remove_temps(self, rel_paths: Iterable[str]) -> int: ...
-    def inside(self, folder: Path) -> bool: ...
+    def inside(self, folder: str | os.PathLike[str]) -> bool: ...
     def recheck(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None: ...
     def mover(self, config: Any, check: Callable[[int], None], log: Callable[[str], None],
               made_dirs: set[str]) -> Any: ...
@@ -42,6 +43,8 @@ class Target(Protocol):
 
 class LocalTarget:
     """A folder on a file system this process can reach."""
+
+    poolable = True
 
     def __init__(self, path: Path) -> None:
         self.local = path
@@ -72,7 +75,7 @@ class LocalTarget:
                 removed += 1
         return removed
 
-    def inside(self, folder: Path) -> bool:
+    def inside(self, folder: str | os.PathLike[str]) -> bool:
         return is_within(folder, self.local)
 
     def recheck(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from ..catalogue.db import Database
+from .copy_pool import CopyPool, default_size
 from .engine import EngineConfig, claim_job, new_worker_id, reconcile, run_job
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
@@ -30,11 +31,14 @@ class Worker:
     """Claims and runs jobs until ``stop`` is set."""
 
     def __init__(self, db: Database, config: EngineConfig | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, pool: CopyPool | None = None,
+                 owner: str | None = None) -> None:
         self.db = db
+        self.owner = owner  # only this user's jobs (None: anyone's)
         self.config = config or EngineConfig()
         self.worker_id = worker_id or new_worker_id()
         self.stop = threading.Event()
+        self.pool = pool
 
     def run(self, poll_seconds: float = 1.0, reconcile_seconds: float = 10.0,
             exit_when_idle: bool = False, idle_exit_seconds: float | None = None) -> None:
@@ -48,7 +52,7 @@ class Worker:
                 if taken:
                     log.info("jobs of dead workers to resume: %s", taken)
                 last_reconcile = time.monotonic()
-            claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds)
+            claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds, self.owner)
             if claimed is None:
                 idle = time.monotonic() - idle_since
                 if exit_when_idle or (idle_exit_seconds is not None and idle >= idle_exit_seconds):
@@ -57,7 +61,8 @@ class Worker:
                 continue
             job_id, resumed = claimed
             log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
-            state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed)
+            state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed,
+                            self.pool)
             log.info("job %s: %s", job_id, state)
             idle_since = time.monotonic()
 
@@ -78,9 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size,
                         help="copy buffer per stream, bytes")
     parser.add_argument("--no-fsync", action="store_true", help="skip fsync of copies")
+    parser.add_argument("--copy-processes", type=int, default=default_size(),
+                        help="helper processes that move small files (default: one per "
+                        "core; 0 moves everything in the worker's own threads)")
     parser.add_argument("--commit-seconds", type=float, default=defaults.flush_seconds,
                         help="seconds between commits (renames of the verified copies to their "
                         "final names, and their results recorded)")
+    parser.add_argument("--owner", default=None,
+                        help="run only this user's jobs (what a server passes for its user's "
+                        "worker); default: every user's, for a site's service workers")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit when no job is left instead of waiting for more")
@@ -96,7 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
                           fsync=not args.no_fsync, flush_seconds=args.commit_seconds)
     db = Database(args.db_url)
-    worker = Worker(db, config)
+    # Started here, from the main thread, so each helper dies with this process.
+    pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
+            if args.copy_processes > 0 else None)
+    worker = Worker(db, config, pool=pool, owner=args.owner)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)
@@ -109,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.run(poll_seconds=args.poll, exit_when_idle=args.exit_when_idle,
                    idle_exit_seconds=args.idle_exit)
     finally:
+        if pool is not None:
+            pool.close()
         db.dispose()
     log.info("worker %s stopped", worker.worker_id)
     return 0

@@ -190,7 +190,14 @@ export class SearchModel {
   set(
     values: Partial<Pick<SearchModel, 'mode' | 'text' | 'jsonText' | 'kind' | 'pageSize'>>
   ): void {
+    const edited = (['mode', 'text', 'jsonText', 'kind'] as const).some(
+      key => values[key] !== undefined && values[key] !== this[key]
+    );
     Object.assign(this, values);
+    if (edited) {
+      // The last error was about a search that is no longer in the box.
+      this.error = null;
+    }
     this._emit();
   }
 
@@ -565,7 +572,7 @@ export function mergeJob(prev: IJob | undefined, update: Partial<IJob> & { id: n
     if (value === undefined) {
       continue;
     }
-    if (stale && (key === 'state' || PROGRESS_FIELDS.includes(key as any))) {
+    if (stale && (key === 'state' || key === 'marker' || PROGRESS_FIELDS.includes(key as any))) {
       continue;
     }
     (next as any)[key] = value;
@@ -720,12 +727,14 @@ export class JobsModel {
       return;
     }
     this._lastEvent = Date.now();
-    const known = this._jobs.has(event.id);
+    const prev = this._jobs.get(event.id);
     const next = reduceJobEvent(this._jobs, event);
     this._set(next.get(event.id)!);
     this._changed.emit();
-    if (!known) {
-      // A job launched elsewhere (CLI, notebook): fetch its whole record.
+    const ended = prev !== undefined && !isTerminal(prev.state) && isTerminal(event.state);
+    if (!prev || ended) {
+      // A job launched elsewhere (CLI, notebook), or one that just ended: fetch its whole
+      // record (events carry progress only, not the error or the marker in its folder).
       void this._client
         .job(event.id)
         .then(job => {

@@ -28,6 +28,8 @@ export interface IArchivePanelOptions {
   jobs: JobsModel;
   /** The file browser's current folder as a destination, or null without a file browser. */
   browserFolder: () => string | null;
+  /** Choose a destination folder in a dialog (null: cancelled), or null without a file browser. */
+  pickFolder: ((current: string) => Promise<string | null>) | null;
   openFolder: (path: string) => void;
   /** A job's destination as shown to the user. */
   displayPath: (destination: string) => string;
@@ -164,7 +166,12 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
       <SearchBox model={search} validate={validate} />
       <ResultsTable model={search} />
       <DetailView model={search} client={client} onStage={target => void stage.previewTarget(target)} />
-      <StageBox stage={stage} search={search} browserFolder={props.browserFolder} />
+      <StageBox
+        stage={stage}
+        search={search}
+        browserFolder={props.browserFolder}
+        pickFolder={props.pickFolder}
+      />
       <JobList
         jobs={jobs}
         client={client}

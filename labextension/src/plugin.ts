@@ -8,7 +8,7 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette, Notification } from '@jupyterlab/apputils';
-import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { FileDialog, IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { PageConfig } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
@@ -63,6 +63,30 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
       });
     }
 
+    /** The folder dialog, opened on the destination when it exists, else on the browser's folder. */
+    const pickFolder = fileBrowser
+      ? async (current: string): Promise<string | null> => {
+          const { manager } = fileBrowser.model;
+          const start = destinationOf(current);
+          const exists =
+            start !== '.' &&
+            !start.startsWith('/') &&
+            (await manager.services.contents
+              .get(start, { content: false })
+              .then(model => model.type === 'directory')
+              .catch(() => false));
+          const result = await FileDialog.getExistingDirectory({
+            manager,
+            title: 'Stage into folder',
+            defaultPath: exists ? start : fileBrowser.model.path
+          });
+          if (!result.button.accept || !result.value?.length) {
+            return null;
+          }
+          return destinationOf(result.value[0].path);
+        }
+      : null;
+
     const serverRoot = PageConfig.getOption('serverRoot');
     /** A job's destination as shown and opened: relative to the Jupyter root when inside it. */
     const displayPath = (destination: string): string =>
@@ -86,6 +110,7 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
       stage,
       jobs,
       browserFolder,
+      pickFolder,
       openFolder,
       displayPath
     });
@@ -150,7 +175,13 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
       label: 'Open HERA Archive Panel',
       caption: 'Search the archive, stage files and watch jobs',
       icon: archiveIcon,
-      execute: show
+      execute: () => {
+        show();
+        // Run from the modal palette, this focuses the query box while the palette still
+        // has the focus; the palette then closes and gives the focus back to the main
+        // area. Focus the query box again once that is done.
+        window.setTimeout(() => panel.focusQuery(), 0);
+      }
     });
     commands.addCommand(PanelCommandIDs.searchSelection, {
       label: 'Search the Archive for the Selected Text',

@@ -137,7 +137,12 @@ export interface IJob {
   finished_at?: string | null;
   rate_bytes_per_s?: number | null;
   eta_s?: number | null;
+  /** The STAGING-* marker file in the destination (GET jobs only); null: none. */
+  marker?: JobMarker | null;
 }
+
+/** The Librarian's marker files a staging destination holds. */
+export type JobMarker = 'STAGING-IN-PROGRESS' | 'STAGING-SUCCEEDED' | 'STAGING-ERRORS';
 
 export interface IJobLog {
   text: string;

@@ -170,6 +170,16 @@ describe('SearchModel pagination', () => {
     expect(model.loading).toBe(false);
   });
 
+  it('forgets the error once the search is edited (one message, about what is in the box)', async () => {
+    const model = new SearchModel(fakeSearch(10));
+    model.set({ text: 'bad' });
+    await model.run();
+    model.set({ text: 'bad', pageSize: 50 });
+    expect(model.error).toBe("unknown field 'bad'");
+    model.set({ text: 'bad2' });
+    expect(model.error).toBeNull();
+  });
+
   it('selects single rows, ranges and all loaded, in row order', async () => {
     const model = new SearchModel(fakeSearch(50), 20);
     await model.run();
@@ -336,6 +346,20 @@ describe('JobsModel', () => {
     model.handleEvent(event({ id: 2, files_done: 3, bytes_done: 30, state: 'succeeded' }));
     model.handleEvent(event({ id: 2, files_done: 3, bytes_done: 30, state: 'succeeded' }));
     expect(ended.map(j => j.state)).toEqual(['succeeded']);
+    model.dispose();
+  });
+
+  it('reads the whole record of a job that ends (its marker and error)', async () => {
+    const list = [running];
+    const model = new JobsModel(fakeClient(list), { autoPoll: false });
+    await model.refresh();
+    list[0] = { ...running, state: 'succeeded', files_done: 3, bytes_done: 30, marker: 'STAGING-SUCCEEDED' };
+    model.handleEvent(event({ id: 2, files_done: 3, bytes_done: 30, state: 'succeeded' }));
+    await new Promise(r => setTimeout(r, 0));
+    expect(model.get(2)?.marker).toBe('STAGING-SUCCEEDED');
+    // A poll answered before the job ended does not bring the in-progress marker back.
+    const stale = mergeJob(model.get(2), { ...running, marker: 'STAGING-IN-PROGRESS' });
+    expect(stale.marker).toBe('STAGING-SUCCEEDED');
     model.dispose();
   });
 

@@ -24,6 +24,7 @@ export function JobList(props: IJobListProps): JSX.Element {
         <button
           type="button"
           className="jp-HeraStage-link"
+          aria-label="Refresh the jobs"
           onClick={() => void jobs.refresh().catch(() => undefined)}
         >
           Refresh
@@ -55,6 +56,8 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
     fn().catch(reason => setError(errorMessage(reason)));
   };
   const label = `Job ${job.id}`;
+  // undefined: not read yet (a launch reply or an event); null: no marker in the folder.
+  const marker = job.marker === undefined ? 'unknown' : (job.marker ?? 'none');
   const where = job.destination ? props.displayPath(job.destination) || '(root folder)' : '?';
   return (
     <li
@@ -90,6 +93,13 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
         </span>
         <span>{active ? humanRate(job.rate_bytes_per_s) : ''}</span>
         <span>{active ? `ETA ${humanDuration(job.eta_s)}` : ''}</span>
+      </div>
+      <div
+        className="jp-HeraStage-marker"
+        data-marker={marker}
+        title="The Librarian's marker file in the destination folder now"
+      >
+        Marker: <span className="jp-HeraStage-mono">{marker === 'unknown' ? '…' : marker}</span>
       </div>
       {(job.files_failed || job.files_skipped || (job.missing && job.missing.length)) ? (
         <div className="jp-HeraStage-jobNotes">
@@ -139,6 +149,7 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
           type="button"
           className="jp-Button jp-mod-styled jp-HeraStage-logToggle"
           aria-expanded={showLog}
+          aria-label={`${showLog ? 'Hide' : 'Show'} the log of job ${job.id}`}
           onClick={() => setShowLog(!showLog)}
         >
           {showLog ? 'Hide log' : 'Log'}
@@ -173,7 +184,13 @@ function LogView(props: { client: ArchiveClient; job: IJob }): JSX.Element {
   return (
     <div className="jp-HeraStage-log">
       <label className="jp-HeraStage-follow">
-        <input type="checkbox" checked={follow} onChange={e => setFollow(e.target.checked)} /> Follow
+        <input
+          type="checkbox"
+          checked={follow}
+          aria-label={`Follow the end of the log of job ${job.id}`}
+          onChange={e => setFollow(e.target.checked)}
+        />{' '}
+        Follow
       </label>
       <pre
         ref={pre}

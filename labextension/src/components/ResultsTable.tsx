@@ -15,31 +15,54 @@ interface IColumn {
   label: string;
   /** The server's sort key, when the column sorts. */
   sort?: string;
-  width: string;
+  /** Narrowest width (px) and share of the width left over (fr). */
+  min: number;
+  fr: number;
   numeric?: boolean;
   cell: (row: SearchRow) => string;
 }
 
+/** Width of the selection checkbox column. */
+const CHECK_WIDTH = 26;
+
 const COLUMNS: Record<SearchKind, IColumn[]> = {
   files: [
-    { id: 'name', label: 'Name', sort: 'name', width: 'minmax(180px, 3fr)', cell: r => (r as IFile).name },
-    { id: 'obsid', label: 'Obsid', sort: 'obsid', width: '92px', numeric: true, cell: r => String((r as IFile).obsid ?? '—') },
-    { id: 'size', label: 'Size', sort: 'size', width: '78px', numeric: true, cell: r => humanSize((r as IFile).size) },
-    { id: 'where', label: 'Where', width: 'minmax(90px, 1fr)', cell: r => whereText(r as IFile) },
-    { id: 'created', label: 'Created (UTC)', sort: 'create_time', width: '124px', cell: r => shortTime((r as IFile).create_time) }
+    { id: 'name', label: 'Name', sort: 'name', min: 200, fr: 3, cell: r => (r as IFile).name },
+    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 68, fr: 0.8, numeric: true, cell: r => String((r as IFile).obsid ?? '—') },
+    { id: 'size', label: 'Size', sort: 'size', min: 66, fr: 0.8, numeric: true, cell: r => humanSize((r as IFile).size) },
+    { id: 'where', label: 'Where', min: 90, fr: 1.2, cell: r => whereText(r as IFile) },
+    { id: 'created', label: 'Created (UTC)', sort: 'create_time', min: 130, fr: 1.2, cell: r => shortTime((r as IFile).create_time) }
   ],
   observations: [
-    { id: 'obsid', label: 'Obsid', sort: 'obsid', width: '110px', numeric: true, cell: r => String((r as IObservation).obsid) },
-    { id: 'session', label: 'Session', sort: 'session_id', width: '90px', numeric: true, cell: r => String((r as IObservation).session_id ?? '—') },
-    { id: 'start', label: 'Start JD', sort: 'start_time_jd', width: '120px', numeric: true, cell: r => (r as IObservation).start_time_jd.toFixed(5) },
-    { id: 'lst', label: 'LST (h)', sort: 'start_lst_hr', width: '80px', numeric: true, cell: r => (r as IObservation).start_lst_hr.toFixed(3) }
+    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 90, fr: 1, numeric: true, cell: r => String((r as IObservation).obsid) },
+    { id: 'session', label: 'Session', sort: 'session_id', min: 72, fr: 1, numeric: true, cell: r => String((r as IObservation).session_id ?? '—') },
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 104, fr: 1.2, numeric: true, cell: r => (r as IObservation).start_time_jd.toFixed(5) },
+    { id: 'lst', label: 'LST (h)', sort: 'start_lst_hr', min: 64, fr: 1, numeric: true, cell: r => (r as IObservation).start_lst_hr.toFixed(3) }
   ],
   sessions: [
-    { id: 'id', label: 'Session', sort: 'id', width: '100px', numeric: true, cell: r => String((r as ISession).id) },
-    { id: 'start', label: 'Start JD', sort: 'start_time_jd', width: '120px', numeric: true, cell: r => (r as ISession).start_time_jd.toFixed(5) },
-    { id: 'stop', label: 'Stop JD', sort: 'stop_time_jd', width: '120px', numeric: true, cell: r => (r as ISession).stop_time_jd.toFixed(5) }
+    { id: 'id', label: 'Session', sort: 'id', min: 80, fr: 1, numeric: true, cell: r => String((r as ISession).id) },
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 104, fr: 1, numeric: true, cell: r => (r as ISession).start_time_jd.toFixed(5) },
+    { id: 'stop', label: 'Stop JD', sort: 'stop_time_jd', min: 104, fr: 1, numeric: true, cell: r => (r as ISession).stop_time_jd.toFixed(5) }
   ]
 };
+
+/**
+ * The grid's column template and the narrowest width it fits in: narrower than that,
+ * the table scrolls sideways inside itself (the selection checkboxes stay in view).
+ */
+export function gridLayout(kind: SearchKind): { template: string; minWidth: number } {
+  const columns = COLUMNS[kind];
+  const check = kind === 'files' ? [`${CHECK_WIDTH}px`] : [];
+  return {
+    template: check.concat(columns.map(c => `minmax(${c.min}px, ${c.fr}fr)`)).join(' '),
+    minWidth: (check.length ? CHECK_WIDTH : 0) + columns.reduce((sum, c) => sum + c.min, 0)
+  };
+}
+
+/** A cell's classes: numbers right-aligned. */
+function cellClass(column: IColumn): string {
+  return 'jp-HeraStage-cell' + (column.numeric ? ' jp-mod-numeric' : '');
+}
 
 export interface IResultsTableProps {
   model: SearchModel;
@@ -58,7 +81,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
   const kind = model.rowsKind;
   const columns = COLUMNS[kind];
   const selectable = kind === 'files';
-  const template = (selectable ? '28px ' : '') + columns.map(c => c.width).join(' ');
+  const { template, minWidth } = gridLayout(kind);
   const rows = model.rows;
 
   React.useEffect(() => {
@@ -104,10 +127,11 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
     setActive(i);
     const node = scroller.current;
     if (node) {
+      // Row i spans [HEADER + i*ROW, HEADER + (i+1)*ROW] under a sticky header of one row.
       const top = i * ROW_HEIGHT;
       if (top < node.scrollTop) {
         node.scrollTop = top;
-      } else if (top + ROW_HEIGHT > node.scrollTop + node.clientHeight - ROW_HEIGHT) {
+      } else if (top + 2 * ROW_HEIGHT > node.scrollTop + node.clientHeight) {
         node.scrollTop = top + 2 * ROW_HEIGHT - node.clientHeight;
       }
     }
@@ -223,54 +247,54 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
         onKeyDown={onKeyDown}
       >
         <div
-          className="jp-HeraStage-gridHeader"
-          role="row"
-          aria-rowindex={1}
-          style={{ gridTemplateColumns: template }}
-        >
-          {selectable && (
-            <div role="columnheader" className="jp-HeraStage-cell">
-              <span className="jp-HeraStage-visuallyHidden">Selected</span>
-            </div>
-          )}
-          {columns.map(c => (
-            <div
-              key={c.id}
-              role="columnheader"
-              aria-sort={c.sort ? sortDirection(model.sort, c.sort) : undefined}
-              className={`jp-HeraStage-cell${c.numeric ? ' jp-mod-numeric' : ''}`}
-            >
-              {c.sort ? (
-                <button
-                  type="button"
-                  className="jp-HeraStage-sort"
-                  title={`Sort by ${c.label.toLowerCase()}`}
-                  onClick={() => void model.sortBy(c.sort!)}
-                >
-                  {c.label}
-                  <span aria-hidden="true" className="jp-HeraStage-sortMark">
-                    {sortDirection(model.sort, c.sort) === 'ascending'
-                      ? ' ▲'
-                      : sortDirection(model.sort, c.sort) === 'descending'
-                        ? ' ▼'
-                        : ''}
-                  </span>
-                </button>
-              ) : (
-                c.label
-              )}
-            </div>
-          ))}
-        </div>
-        <div
           ref={scroller}
           className="jp-HeraStage-gridBody"
           onScroll={e => setScrollTop((e.target as HTMLDivElement).scrollTop)}
         >
+          <div
+            className="jp-HeraStage-gridHeader"
+            role="row"
+            aria-rowindex={1}
+            style={{ gridTemplateColumns: template, minWidth }}
+          >
+            {selectable && (
+              <div role="columnheader" className="jp-HeraStage-cell jp-mod-sticky" style={{ left: 0 }}>
+                <span className="jp-HeraStage-visuallyHidden">Selected</span>
+              </div>
+            )}
+            {columns.map(c => (
+              <div
+                key={c.id}
+                role="columnheader"
+                aria-sort={c.sort ? sortDirection(model.sort, c.sort) : undefined}
+                className={cellClass(c)}
+              >
+                {c.sort ? (
+                  <button
+                    type="button"
+                    className="jp-HeraStage-sort"
+                    title={`Sort by ${c.label.toLowerCase()}`}
+                    onClick={() => void model.sortBy(c.sort!)}
+                  >
+                    {c.label}
+                    <span aria-hidden="true" className="jp-HeraStage-sortMark">
+                      {sortDirection(model.sort, c.sort) === 'ascending'
+                        ? ' ▲'
+                        : sortDirection(model.sort, c.sort) === 'descending'
+                          ? ' ▼'
+                          : ''}
+                    </span>
+                  </button>
+                ) : (
+                  c.label
+                )}
+              </div>
+            ))}
+          </div>
           {!rows.length && !model.loading && (
             <div className="jp-HeraStage-empty">No {kind} match this search.</div>
           )}
-          <div style={{ height: rows.length * ROW_HEIGHT, position: 'relative' }}>
+          <div style={{ height: rows.length * ROW_HEIGHT, minWidth, position: 'relative' }}>
             {rows.slice(first, end).map((row, offset) => {
               const index = first + offset;
               const key = model.key(row);
@@ -297,7 +321,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
                   onClick={e => onClickRow(e, index, key)}
                 >
                   {selectable && (
-                    <div role="gridcell" className="jp-HeraStage-cell">
+                    <div role="gridcell" className="jp-HeraStage-cell jp-mod-sticky" style={{ left: 0 }}>
                       <input
                         type="checkbox"
                         tabIndex={-1}
@@ -317,8 +341,8 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
                       <div
                         key={c.id}
                         role="gridcell"
-                        className={`jp-HeraStage-cell${c.numeric ? ' jp-mod-numeric' : ''}`}
-                        title={text}
+                        className={cellClass(c)}
+                                title={text}
                       >
                         {text}
                       </div>

@@ -50,6 +50,10 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
 
   const run = () => void model.run();
   const json = model.mode === 'json';
+  // One message at a time: the last search's error (it names the same problem the
+  // validity line would) until the box is edited, then the validity line again.
+  const searchError = model.error && !model.missing ? model.error : null;
+  const shown: Validity = searchError ? { state: 'idle' } : validity;
 
   return (
     <form
@@ -94,6 +98,7 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
           type="button"
           className={`jp-Button jp-mod-styled jp-HeraStage-toggleJson${json ? ' jp-mod-active' : ''}`}
           aria-pressed={json}
+          aria-label="Edit the search as JSON"
           title={json ? 'Back to the one-line query' : 'Edit the search as JSON'}
           onClick={() => model.set({ mode: json ? 'text' : 'json' })}
         >
@@ -124,22 +129,22 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
             }}
           />
           <div
-            className={`jp-HeraStage-validity jp-mod-${validity.state}`}
+            className={`jp-HeraStage-validity jp-mod-${shown.state}`}
             aria-live="polite"
           >
-            {validity.state === 'error'
-              ? validity.message
-              : validity.state === 'ok'
+            {shown.state === 'error'
+              ? shown.message
+              : shown.state === 'ok'
                 ? '✓ valid search (Ctrl+Enter to run)'
-                : validity.state === 'checking'
+                : shown.state === 'checking'
                   ? 'checking…'
                   : ''}
           </div>
         </div>
       )}
-      {model.error && !model.missing && (
+      {searchError && (
         <div className="jp-HeraStage-error" role="alert">
-          {model.error}
+          {searchError}
         </div>
       )}
     </form>

@@ -10,6 +10,8 @@ export interface IStageBoxProps {
   search: SearchModel;
   /** The file browser's current folder, as a destination. */
   browserFolder: () => string | null;
+  /** Pick a folder in a dialog (null: cancelled); absent without a file browser. */
+  pickFolder: ((current: string) => Promise<string | null>) | null;
 }
 
 /** Destination, method, "stage selected" / "stage all results", and the dry-run preview. */
@@ -56,6 +58,25 @@ export function StageBox(props: IStageBoxProps): JSX.Element {
         >
           ⤓
         </button>
+        {props.pickFolder && (
+          <button
+            type="button"
+            className="jp-Button jp-mod-styled jp-HeraStage-iconButton jp-HeraStage-browse"
+            title="Choose the destination folder"
+            aria-label="Choose the destination folder"
+            aria-haspopup="dialog"
+            onClick={() => {
+              const pick = props.pickFolder!;
+              void pick(stage.destination)
+                .then(folder => folder !== null && stage.set({ destination: folder }))
+                .catch(reason => console.warn('hera_stage_ext: folder dialog', reason));
+            }}
+          >
+            …
+          </button>
+        )}
+      </div>
+      <div className="jp-HeraStage-row">
         <label className="jp-HeraStage-visuallyHidden" htmlFor="jp-HeraStage-method">
           Method
         </label>
@@ -72,8 +93,6 @@ export function StageBox(props: IStageBoxProps): JSX.Element {
             </option>
           ))}
         </select>
-      </div>
-      <div className="jp-HeraStage-row">
         <button
           type="button"
           className="jp-Button jp-mod-styled jp-HeraStage-stageSelected"
