@@ -6,7 +6,8 @@ store, db_url at a temporary SQLite file; the server starts its own worker proce
 production settings: 4 streams, fsync, xxh3-128 verification), registers the files with
 ``hera-stage ingest`` and then, for each set, copies it with ``cp`` and with
 ``hera-stage stage DEST QUERY --wait`` (method ``copy``), and the small set again with the
-``hardlink`` and ``symlink`` methods next to ``cp -rl`` / ``cp -rs``.
+``hardlink`` and ``symlink`` methods next to ``cp -rl`` / ``cp -rs``, and the 64 MiB set with
+the ``contents`` method (through the server's contents manager) next to ``cp -r``.
 
 Timing. ``cp`` is timed as a process, start to exit. ``hera-stage`` is timed twice: end to end
 (the CLI process: start-up, search, job creation, the worker's pick-up, the copy and the final
@@ -572,6 +573,13 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"\n{fs.label}: copy")
                     cases.append(bench.case(fs, key, fs.label, "GB/s", "copy", [], False,
                                             TARGET_LARGE))
+            if "medium" in by_key:
+                # The contents method (through the server's contents manager, base64 chunks):
+                # no target, a figure for admins choosing it.
+                fs = by_key["medium"]
+                log(f"\n{fs.label}: contents")
+                cases.append(bench.case(fs, "contents", f"{fs.label} (contents)", "GB/s",
+                                        "contents", [], False, None))
             rss.stop.set()
             rss.join()
             ok = report(cases, rss, sets)

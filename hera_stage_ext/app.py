@@ -302,6 +302,7 @@ class StagingApp(ExtensionApp):
             staged_read_only=self.staged_read_only,
             max_stage_files=self.max_stage_files,
             launcher=launcher,
+            contents_manager=self.serverapp.contents_manager,
             owner=self.owner,
             peers=peers,
             receiver=receiver,

@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination", help="folder, relative to the Jupyter server's root")
     p.add_argument("query", help="one-line query or JSON search")
     p.add_argument("--method", default="copy",
-                   choices=("copy", "hardlink", "symlink", "reflink"))
+                   choices=("copy", "hardlink", "symlink", "reflink", "contents"))
     p.add_argument("--dry-run", action="store_true", help="only say what would be staged")
     p.add_argument("--wait", action="store_true",
                    help="follow the job; exit 1 with its errors unless it succeeds")

@@ -21,6 +21,7 @@ from .catalogue.catalogue import Catalogue
 from .catalogue.ingest import Ingester
 from .catalogue.models import utcnow
 from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthorized
+from .jobs.contents import describe_manager
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
 from .transfer.jobs import create_transfer_job, peer_destination
@@ -50,6 +51,8 @@ class Core:
     staged_read_only: bool = True
     max_stage_files: int = 1_000_000
     launcher: WorkerLauncher | None = None
+    # The server's contents manager: the ``contents`` method writes through a copy of it.
+    contents_manager: Any = None
     # Whose jobs this server launches and shows: one single-user server belongs to one person
     # (Jupyter's token users are anonymous and new on every request, so they cannot own jobs).
     owner: str = "user"
@@ -130,14 +133,17 @@ class Core:
                 names = self.names_matching(search)
                 if not names:
                     raise InvalidRequest("the search matches no file: nothing to stage")
+            contents = describe_manager(self.contents_manager) if method == "contents" else None
             if dry_run:
                 result = jobs.dry_run_stage(self.catalogue.db, names, destination, method,
-                                            self.allowed_roots, base=self.root_dir)
+                                            self.allowed_roots, base=self.root_dir,
+                                            contents=contents)
             else:
                 result = jobs.create_stage_job(
                     self.catalogue.db, self.owner, names, destination, method,
                     self.allowed_roots, base=self.root_dir, search=search, force=force,
                     read_only=self.staged_read_only, log_dir=self.job_log_dir,
+                    contents=contents,
                 )
         except StagingError as exc:
             self._audit(via, for_user, action, destination, method, asked, "refused",

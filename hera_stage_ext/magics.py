@@ -27,7 +27,7 @@ SUBCOMMANDS = ("jobs", "job", "log", "cancel", "retry", "wait", "search", "watch
 #: Options that take a value, and flags.
 _VALUED = {"--method", "--url", "--token", "--limit", "--timeout"}
 _FLAGS = {"--dry-run", "--wait", "--force", "--no-widget"}
-METHODS = ("copy", "hardlink", "symlink", "reflink")
+METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")
 
 
 def parse_line(line: str) -> tuple[list[str], dict[str, Any]]:

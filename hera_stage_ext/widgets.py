@@ -221,7 +221,7 @@ class SearchBrowser(w.VBox):
         self.table = w.HTML(layout=w.Layout(max_height="24em", overflow="auto"))
         self.destination = w.Text(value=destination, placeholder="folder under your root",
                                   description="into")
-        self.method = w.Dropdown(options=["copy", "hardlink", "symlink", "reflink"],
+        self.method = w.Dropdown(options=["copy", "hardlink", "symlink", "reflink", "contents"],
                                  value=method, description="method")
         self.stage_button = w.Button(description="Stage", icon="download",
                                      button_style="primary", disabled=True)

@@ -52,6 +52,21 @@ async def test_local_copy_and_symlink_copy(skao, api, ingested, archive, jp_root
     assert (Path(jp_root_dir) / "skao/b/2457646" / NAME).stat().st_nlink == 2
 
 
+async def test_jupyter_copy_goes_through_the_contents_manager(skao, api, ingested, archive,
+                                                              jp_root_dir, jp_serverapp):
+    code, reply = await skao("jupyter_copy", {"local_path_on_storage": source(archive),
+                                              "relative_path": "skao/c"})
+    assert code == 202, reply
+    assert reply["job"]["method"] == "contents"
+    assert reply["job"]["options"]["contents"]["class"].endswith(
+        type(jp_serverapp.contents_manager).__name__)
+    job = await wait_for(api, reply["job"]["id"])
+    assert job["state"] == "succeeded", job
+    dest = Path(jp_root_dir) / "skao/c"
+    assert (dest / "2457646" / NAME).read_bytes() == Path(source(archive)).read_bytes()
+    assert (dest / "STAGING-SUCCEEDED").exists()
+
+
 async def test_direct_download_gives_a_working_link(skao, ingested, archive, http_server_client,
                                                     jp_auth_header):
     code, reply = await skao("direct_download", {"local_path_on_storage": source(archive)})
@@ -70,8 +85,10 @@ async def test_direct_download_gives_a_working_link(skao, ingested, archive, htt
          403, "outside the allowed roots"),
         ("local_copy", {"local_path_on_storage": "SOURCE", "relative_path": "x"}, "eve", 403,
          "stages for 'astro' only"),
-        ("jupyter_copy", {"local_path_on_storage": "SOURCE", "relative_path": "x"}, "astro",
-         400, "not available here"),
+        ("jupyter_copy", {"local_path_on_storage": "SOURCE", "relative_path": "../../x"},
+         "astro", 403, "outside the allowed roots"),
+        ("jupyter_copy", {"local_path_on_storage": "/etc/passwd", "relative_path": "x"},
+         "astro", 404, "not a file of any available store"),
         ("rsync", {"local_path_on_storage": "SOURCE", "relative_path": "x"}, "astro", 400,
          "not available here"),
     ],

@@ -204,9 +204,14 @@ SCHEMAS["StageRequest"] = {
         "search": {"type": ["object", "array", "string"]},
         "query": {"type": "string"},
         "destination": {"type": "string",
-                        "description": "A folder, relative to the server's root directory."},
-        "method": {"type": "string", "enum": ["copy", "hardlink", "symlink", "reflink"],
-                   "default": "copy"},
+                        "description": "A folder, relative to the server's root directory "
+                        "(method contents: a contents path, relative to the contents "
+                        "manager's root)."},
+        "method": {"type": "string",
+                   "enum": ["copy", "hardlink", "symlink", "reflink", "contents"],
+                   "default": "copy",
+                   "description": "contents: through the server's contents manager, in "
+                   "chunks (for contents not on a local file system)."},
         "dry_run": {"type": "boolean", "default": False},
         "force": {"type": "boolean", "default": False,
                   "description": "Launch even when free space looks too small."},
@@ -234,7 +239,9 @@ SCHEMAS["DryRun"] = {
         "bytes": {"type": "integer"},
         "missing": {"type": "array", "items": {"type": "string"}},
         "bytes_needed": {"type": "integer"},
-        "free_bytes": {"type": "integer"},
+        "free_bytes": {"type": ["integer", "null"],
+                       "description": "null: not a local file system (method contents with "
+                       "a manager that is not file-based), free space unknown."},
         "fits": {"type": "boolean"},
     },
 }

@@ -10,11 +10,12 @@ SKAO method        here
 =================  ==============================================================
 ``local_copy``     a staging job, method ``copy`` (verified, read-only)
 ``symlink_copy``   a staging job, method ``hardlink`` (what the SKAO service did)
+``jupyter_copy``   a staging job, method ``contents`` (through the server's contents
+                   manager, in chunks, verified; ``relative_path`` is a contents path)
 ``direct_download`` a link to ``files/<name>/content`` (HTTP Range supported)
 =================  ==============================================================
 
-``jupyter_copy`` (copy through the contents manager) is refused with a clear message until the
-engine's contents method exists. ``username`` must be the server's owner.
+``username`` must be the server's owner.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tornado import web
 from ..errors import Forbidden, InvalidRequest
 from .base import BaseHandler
 
-SKAO_METHODS = {"local_copy": "copy", "symlink_copy": "hardlink"}
+SKAO_METHODS = {"local_copy": "copy", "symlink_copy": "hardlink", "jupyter_copy": "contents"}
 DOWNLOAD = "direct_download"
 
 

@@ -2,8 +2,10 @@
 
 One engine for every kind of job (``kinds``: ``stage``, ``transfer``; later upload, recall).
 ``models`` owns the tables, ``engine`` the job life cycle (create, claim, run, resume, cancel,
-logs), ``methods`` how one item is moved and verified, ``markers`` the Librarian's marker files,
-``worker`` the process that runs jobs outside the Jupyter server.
+logs), ``methods`` how one item is moved and verified, ``contents`` the same through Jupyter's
+contents manager, ``targets`` the destination side (a local folder or a contents folder),
+``markers`` the Librarian's marker files, ``worker`` the process that runs jobs outside the
+Jupyter server.
 """
 
 from __future__ import annotations

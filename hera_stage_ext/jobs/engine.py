@@ -39,8 +39,7 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
-from ..paths import confine
-from . import kinds, markers
+from . import kinds, targets
 from .copy_pool import CopyPool
 from .methods import (
     METHODS,
@@ -50,14 +49,14 @@ from .methods import (
     Mover,
     Outcome,
     commit,
-    remove_path,
-    temp_path,
 )
 from .models import ACTIVE_STATES, Job, JobItem
 
 _ITEMS = JobItem.__table__
 
 _IN_CHUNK = 5_000
+#: Methods that write every byte again at the destination (so free space is checked for them).
+_COPYING = ("copy", "reflink", "contents")
 
 
 
@@ -248,20 +247,20 @@ def read_log(job: Job | Mapping[str, Any], offset: int = 0,
 # ----- creation -------------------------------------------------------------------------------
 @dataclass
 class StagePlan:
-    destination: Path
+    target: targets.Target
     method: str
     items: list[dict[str, Any]]
     missing: list[str]
     bytes_total: int
     bytes_needed: int
-    free_bytes: int
+    free_bytes: int | None  # None: not a local file system (free space unknown)
 
     def summary(self) -> dict[str, Any]:
         return {
-            "destination": str(self.destination), "method": self.method,
+            "destination": self.target.key, "method": self.method,
             "files": len(self.items), "bytes": self.bytes_total, "missing": self.missing,
             "bytes_needed": self.bytes_needed, "free_bytes": self.free_bytes,
-            "fits": self.bytes_needed <= self.free_bytes,
+            "fits": self.free_bytes is None or self.bytes_needed <= self.free_bytes,
         }
 
 
@@ -290,17 +289,18 @@ def _free_bytes(path: Path) -> int:
 def plan_stage(
     db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
     method: str, allowed_roots: Sequence[str | os.PathLike[str]], *,
-    base: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
 ) -> StagePlan:
-    """Resolve and check everything a staging job needs; reads only, writes nothing."""
+    """Resolve and check everything a staging job needs; reads only, writes nothing.
+    ``contents``: the contents manager's description (``contents.describe_manager``), for the
+    ``contents`` method."""
     if method not in METHODS:
         raise InvalidRequest(f"unknown staging method {method!r}; use one of {', '.join(METHODS)}")
-    dest = confine(destination, allowed_roots, base=base, what="destination")
-    if dest.exists() and not dest.is_dir():
-        raise InvalidRequest(f"destination {destination!r} exists and is not a directory")
+    target = targets.plan_target(destination, method, allowed_roots, base, contents)
     items, missing, total = _resolve(db, _names(names_or_rows))
-    needed = total if method in ("copy", "reflink") else 0
-    return StagePlan(dest, method, items, missing, total, needed, _free_bytes(dest))
+    needed = total if method in _COPYING else 0
+    free = _free_bytes(target.local) if target.local is not None else None
+    return StagePlan(target, method, items, missing, total, needed, free)
 
 
 def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str], int]:
@@ -339,10 +339,11 @@ def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], 
 def dry_run_stage(
     db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
     method: str = "copy", allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
-    base: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a staging job would do: files, de-duplicated bytes, missing names, free space."""
-    return plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base).summary()
+    return plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
+                      contents=contents).summary()
 
 
 def _is_active(s: Session, job_id: int) -> bool:
@@ -356,6 +357,7 @@ def create_stage_job(
     allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
     base: str | os.PathLike[str] | None = None, search: Any = None, force: bool = False,
     read_only: bool = True, log_dir: str | os.PathLike[str] | None = None,
+    contents: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Launch a staging job; returns it (``missing`` lists names with no available instance).
 
@@ -364,28 +366,29 @@ def create_stage_job(
     STAGING-IN-PROGRESS marker created exclusively) here, not when a worker starts, so that a
     poller such as the Librarian's ``--wait`` sees the job from the moment it is accepted.
     """
-    plan = plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base)
+    plan = plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
+                      contents=contents)
     if not plan.items:
         raise NotFound(f"none of the {len(plan.missing)} file(s) has an available instance on "
                        f"an online store", missing=plan.missing)
-    if plan.bytes_needed > plan.free_bytes and not force:
+    if plan.free_bytes is not None and plan.bytes_needed > plan.free_bytes and not force:
         raise InsufficientSpace(
             f"the destination has {plan.free_bytes} bytes free and the job needs "
             f"{plan.bytes_needed}", needed=plan.bytes_needed, free=plan.free_bytes)
-    dest = plan.destination
+    target = plan.target
+    dest = target.key
 
     def take(s: Session, job: Job) -> None:
-        busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job.id,
+        busy = s.scalar(select(Job.id).where(Job.destination == dest, Job.id != job.id,
                                              Job.state.in_(ACTIVE_STATES)))
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
-        dest.mkdir(parents=True, exist_ok=True)
-        markers.acquire(dest, job.id, owner, lambda other: _is_active(s, other))
+        target.acquire(job.id, owner, lambda other: _is_active(s, other))
 
     return create_job(
-        db, owner, "stage", str(dest), method, plan.items, plan.missing, plan.bytes_total,
-        search=search, options={"read_only": read_only}, log_dir=log_dir, take=take,
-        release=lambda job_id: markers.release(dest, job_id),
+        db, owner, "stage", dest, method, plan.items, plan.missing, plan.bytes_total,
+        search=search, options={"read_only": read_only, **target.options()}, log_dir=log_dir,
+        take=take, release=target.release,
         summary=f"{method} {len(plan.items)} file(s), {plan.bytes_total} bytes into {dest}")
 
 
@@ -574,16 +577,6 @@ def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]])
         ))
 
 
-def _remove_temps(dest: Path, rel_paths: Iterable[str]) -> int:
-    removed = 0
-    for rel in rel_paths:
-        tmp = temp_path(dest / rel)
-        if os.path.lexists(tmp):
-            remove_path(tmp)
-            removed += 1
-    return removed
-
-
 def _unfinished_paths(db: Database, job_id: int) -> list[str]:
     with db.read() as s:
         return list(s.scalars(select(JobItem.dest_path).where(
@@ -600,6 +593,7 @@ class _JobRun:
         self.dest = Path(job.destination)
         self.kind = kinds.kind(job.kind)  # how the items of this job are moved
         self.dest_str = job.destination
+        self.target = targets.for_job(job.destination, job.method, job.options)
         self.read_only = bool(job.options.get("read_only", True))
         self.pool = pool
         self.log = JobLog(job.log_path)
@@ -704,8 +698,7 @@ class _JobRun:
                         self.read_only, self.store_roots.get(item.store))
 
     def _stream(self) -> None:
-        mover = Mover(self.config.chunk_size, self._check, self.log, self.config.fsync,
-                      deferred=True, made_dirs=self.made_dirs)
+        mover = self.target.mover(self.config, self._check, self.log, self.made_dirs)
         while not (self.abort.is_set() or self.stop.is_set()):
             batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch,
                                  self.config.claim_bytes)
@@ -736,7 +729,7 @@ class _JobRun:
         """Small plain files go to the helper processes (when the worker has them): their
         cost is Python per file, not bytes; large files and data sets stay in the stream,
         where a cancel is seen between chunks."""
-        return (self.pool is not None and not item.is_directory
+        return (self.pool is not None and self.target.poolable and not item.is_directory
                 and item.size <= self.config.pool_max_bytes)
 
     def _hand_overs(self, items: list[_Claimed]) -> Iterator[list[_Claimed]]:
@@ -787,7 +780,7 @@ class _JobRun:
         folder = os.path.dirname(item.dest_path)
         inside = self.inside.get(folder)
         if inside is None:
-            inside = self.inside[folder] = _within(os.path.dirname(spec.final), self.dest)
+            inside = self.inside[folder] = self.target.inside(os.path.dirname(spec.final))
         if not inside:
             raise ItemFailed("destination sub-directory leads outside the destination")
         if item.store in self.unavailable:
@@ -945,11 +938,6 @@ class _JobRun:
                       .values(state="queued", worker_id=None))
             s.execute(update(Job).where(Job.id == self.job.id, Job.worker_id == self.worker_id)
                       .values(worker_id=None, lease_expires=None))
-
-
-def _within(path: Path, root: Path) -> bool:
-    real = os.path.realpath(path)
-    return real == str(root) or real.startswith(str(root).rstrip("/") + "/")
 
 
 def _recount(s: Session, job: Job) -> None:
@@ -1155,15 +1143,16 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
 
 # ----- the stage kind -------------------------------------------------------------------------
 class StageKind(kinds.JobKind):
-    """Staging: items copied (or linked) into the job's destination directory, which the job
-    holds with the Librarian's markers from launch until its result markers are written."""
+    """Staging: items copied (or linked) into the job's destination (``targets``: a local folder
+    or a contents-manager folder), which the job holds with the Librarian's markers from launch
+    until its result markers are written."""
 
     name = "stage"
 
     def begin(self, run: _JobRun, resumed: bool) -> None:
-        markers.ensure_in_progress(run.dest, run.job.id, run.job.owner)
+        run.target.ensure_in_progress(run.job.id, run.job.owner)
         if resumed:
-            n = _remove_temps(run.dest, _unfinished_paths(run.db, run.job.id))
+            n = run.target.remove_temps(_unfinished_paths(run.db, run.job.id))
             if n:
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
@@ -1171,34 +1160,36 @@ class StageKind(kinds.JobKind):
         run._stream()
 
     def finish(self, job: Job, lines: list[str]) -> None:
-        markers.finish(Path(job.destination), job.id, lines)
+        _target(job).finish(job.id, lines)
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
-        dest = Path(job.destination)
-        removed = _remove_temps(dest, _unfinished_paths(db, job.id))
-        markers.finish(dest, job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
+        target = _target(job)
+        removed = target.remove_temps(_unfinished_paths(db, job.id))
+        target.finish(job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
         return removed
 
     def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
-        dest = Path(job.destination)
-        if allowed_roots and confine(job.destination, allowed_roots, what="destination") != dest:
-            raise InvalidRequest(f"the destination {dest} no longer resolves to itself")
-        needed = left_bytes if job.method in ("copy", "reflink") else 0
-        free = _free_bytes(dest)
-        if needed > free and not force:
+        target = _target(job)
+        target.recheck(allowed_roots)
+        needed = left_bytes if job.method in _COPYING else 0
+        free = _free_bytes(target.local) if target.local is not None else None
+        if free is not None and needed > free and not force:
             raise InsufficientSpace(
                 f"the destination has {free} bytes free and the retry needs {needed}",
                 needed=needed, free=free)
-        busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job.id,
-                                             Job.state.in_(ACTIVE_STATES)))
+        busy = s.scalar(select(Job.id).where(Job.destination == job.destination,
+                                             Job.id != job.id, Job.state.in_(ACTIVE_STATES)))
         if busy is not None:
-            raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
-        dest.mkdir(parents=True, exist_ok=True)
-        markers.acquire(dest, job.id, job.owner, lambda other: _is_active(s, other))
+            raise Conflict(f"job {busy} is already staging into {job.destination}", job_id=busy)
+        target.acquire(job.id, job.owner, lambda other: _is_active(s, other))
 
     def release(self, job: Job) -> None:
-        markers.release(Path(job.destination), job.id)
+        _target(job).release(job.id)
+
+
+def _target(job: Job) -> targets.Target:
+    return targets.for_job(job.destination, job.method, job.options)
 
 
 STAGE = StageKind()

@@ -22,16 +22,30 @@ SUCCEEDED = "STAGING-SUCCEEDED"
 ERRORS = "STAGING-ERRORS"
 
 
-def marker_job(directory: Path) -> int | None:
-    """The job id written in the in-progress marker, or None (absent, empty, or unreadable)."""
-    try:
-        first = (directory / IN_PROGRESS).read_text(errors="replace").split("\n", 1)[0]
-    except OSError:
-        return None
-    parts = first.split()
+def in_progress_text(job_id: int, owner: str) -> str:
+    return f"job {job_id}\nowner {owner}\nstarted {utcnow().isoformat()}Z\n"
+
+
+def holder(text: str) -> int | None:
+    """The job id an in-progress marker's text names, or None (empty or foreign)."""
+    parts = text.split("\n", 1)[0].split()
     if len(parts) == 2 and parts[0] == "job" and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+def result_marker(errors: Iterable[str]) -> tuple[str, str]:
+    """The result marker's name and text: SUCCEEDED (empty), or ERRORS with one line each."""
+    lines = [line.replace("\n", " ") for line in errors]
+    return (ERRORS, "".join(f"{line}\n" for line in lines)) if lines else (SUCCEEDED, "")
+
+
+def marker_job(directory: Path) -> int | None:
+    """The job id written in the in-progress marker, or None (absent, empty, or unreadable)."""
+    try:
+        return holder((directory / IN_PROGRESS).read_text(errors="replace"))
+    except OSError:
+        return None
 
 
 def present(directory: Path) -> str | None:
@@ -53,7 +67,7 @@ def acquire(directory: Path, job_id: int, owner: str, is_active: Callable[[int],
     """Take the directory for ``job_id``: clear old result markers and create the in-progress
     marker exclusively. Raises Conflict naming the job that holds it; a marker of a job that
     ``is_active`` says is over is stale and replaced."""
-    text = f"job {job_id}\nowner {owner}\nstarted {utcnow().isoformat()}Z\n"
+    text = in_progress_text(job_id, owner)
     for _ in range(3):
         try:
             _create_exclusive(directory / IN_PROGRESS, text)
@@ -82,7 +96,7 @@ def ensure_in_progress(directory: Path, job_id: int, owner: str) -> None:
     if marker_job(directory) != job_id:
         with contextlib.suppress(FileNotFoundError):
             (directory / IN_PROGRESS).unlink()
-        _create_exclusive(directory / IN_PROGRESS, f"job {job_id}\nowner {owner}\n")
+        _create_exclusive(directory / IN_PROGRESS, in_progress_text(job_id, owner))
 
 
 def release(directory: Path, job_id: int) -> None:
@@ -95,8 +109,7 @@ def release(directory: Path, job_id: int) -> None:
 def finish(directory: Path, job_id: int, errors: Iterable[str]) -> None:
     """Write the result marker, then drop the in-progress one (so a poller never sees neither).
     Writing goes through a temporary name, so a reader never sees a half-written marker."""
-    lines = [line.replace("\n", " ") for line in errors]
-    name, text = (ERRORS, "".join(f"{line}\n" for line in lines)) if lines else (SUCCEEDED, "")
+    name, text = result_marker(errors)
     for other in (SUCCEEDED, ERRORS):
         if other != name:
             with contextlib.suppress(FileNotFoundError):

@@ -1,7 +1,8 @@
 """How one item (a file or a directory data set) gets to its destination, verified.
 
-Owns the methods (``copy``, ``hardlink``, ``symlink``, ``reflink``), the temporary-name-then-
-rename discipline (a killed worker never leaves a partial file under a final name), the
+Owns the local methods (``copy``, ``hardlink``, ``symlink``, ``reflink``; ``contents`` lives in
+``contents.py``), the temporary-name-then-rename discipline (a killed worker never leaves a
+partial file under a final name), the
 verification against the catalogue checksum (the fastest one it has: xxh3-128, MD5 only when
 that is all) and the skip/conflict decision for something already at the final name.
 Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
@@ -33,7 +34,7 @@ from typing import NamedTuple
 from ..catalogue import checksums as ck
 from ..paths import is_within
 
-METHODS = ("copy", "hardlink", "symlink", "reflink")
+METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
 TMP_SUFFIX = ".hera-tmp"
 #: ioctl number of FICLONE (linux/fs.h): share the source's extents (copy-on-write).
 FICLONE = 0x40049409

@@ -50,7 +50,6 @@ from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.engine import (
     _claim_items,
     _Claimed,
-    _remove_temps,
     _requeue,
     _unfinished_paths,
     create_job,
@@ -58,6 +57,7 @@ from ..jobs.engine import (
 from ..jobs.kinds import JobKind
 from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
+from ..jobs.targets import LocalTarget
 from ..paths import confine, is_within
 from .jobs import TRANSFER, create_transfer_job
 from .models import RemoteInstance
@@ -265,7 +265,7 @@ class UploadKind(JobKind):
     def begin(self, run: _JobRun, resumed: bool) -> None:
         self._runs[run.job.id] = run
         if resumed:
-            n = _remove_temps(run.dest, _unfinished_paths(run.db, run.job.id))
+            n = LocalTarget(run.dest).remove_temps(_unfinished_paths(run.db, run.job.id))
             if n:
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
@@ -310,7 +310,7 @@ class UploadKind(JobKind):
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         self._runs.pop(job.id, None)
-        removed = _remove_temps(Path(job.destination), _unfinished_paths(db, job.id))
+        removed = LocalTarget(Path(job.destination)).remove_temps(_unfinished_paths(db, job.id))
         write_manifest(db, job.id)
         return removed
 

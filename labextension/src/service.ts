@@ -14,9 +14,9 @@ export type SearchKind = 'files' | 'observations' | 'sessions';
 
 export const SEARCH_KINDS: SearchKind[] = ['files', 'observations', 'sessions'];
 
-export type StageMethod = 'copy' | 'hardlink' | 'symlink' | 'reflink';
+export type StageMethod = 'copy' | 'hardlink' | 'symlink' | 'reflink' | 'contents';
 
-export const STAGE_METHODS: StageMethod[] = ['copy', 'hardlink', 'symlink', 'reflink'];
+export const STAGE_METHODS: StageMethod[] = ['copy', 'hardlink', 'symlink', 'reflink', 'contents'];
 
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 

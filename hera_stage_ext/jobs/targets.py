@@ -1,0 +1,109 @@
+"""Where a job writes: the destination-side operations of the engine, behind one small seam.
+
+A staging job's destination is either a local folder (``LocalTarget``: the ``copy``,
+``hardlink``, ``symlink`` and ``reflink`` methods) or a folder of the Jupyter contents manager
+(``contents.ContentsTarget``: the ``contents`` method, for deployments whose files need not be on
+a local file system). The engine asks its target, never the file system directly, to take the
+folder (its STAGING-IN-PROGRESS marker), to write the result marker, to remove what a killed
+worker left under temporary names, for the mover that writes items, and whether a folder an item
+goes to still leads inside the destination. ``plan_target`` checks a requested destination and
+``for_job`` rebuilds the target of a stored job (from its destination and options).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import InvalidRequest
+from ..paths import confine, is_within
+from . import markers
+from .contents import ContentsTarget
+from .methods import Mover, remove_path, temp_path
+
+
+class Target(Protocol):
+    key: str  # the job's ``destination`` (the busy check compares it)
+    local: Path | None  # the local folder behind it, if any (free space is checked there)
+    poolable: bool  # whether the worker's helper processes may write its small files
+
+    def options(self) -> dict[str, Any]: ...
+    def acquire(self, job_id: int, owner: str, is_active: Callable[[int], bool]) -> None: ...
+    def release(self, job_id: int) -> None: ...
+    def ensure_in_progress(self, job_id: int, owner: str) -> None: ...
+    def finish(self, job_id: int, lines: Iterable[str]) -> None: ...
+    def remove_temps(self, rel_paths: Iterable[str]) -> int: ...
+    def inside(self, folder: str | os.PathLike[str]) -> bool: ...
+    def recheck(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None: ...
+    def mover(self, config: Any, check: Callable[[int], None], log: Callable[[str], None],
+              made_dirs: set[str]) -> Any: ...
+
+
+class LocalTarget:
+    """A folder on a file system this process can reach."""
+
+    poolable = True
+
+    def __init__(self, path: Path) -> None:
+        self.local = path
+        self.key = str(path)
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def acquire(self, job_id: int, owner: str, is_active: Callable[[int], bool]) -> None:
+        self.local.mkdir(parents=True, exist_ok=True)
+        markers.acquire(self.local, job_id, owner, is_active)
+
+    def release(self, job_id: int) -> None:
+        markers.release(self.local, job_id)
+
+    def ensure_in_progress(self, job_id: int, owner: str) -> None:
+        markers.ensure_in_progress(self.local, job_id, owner)
+
+    def finish(self, job_id: int, lines: Iterable[str]) -> None:
+        markers.finish(self.local, job_id, lines)
+
+    def remove_temps(self, rel_paths: Iterable[str]) -> int:
+        removed = 0
+        for rel in rel_paths:
+            tmp = temp_path(self.local / rel)
+            if os.path.lexists(tmp):
+                remove_path(tmp)
+                removed += 1
+        return removed
+
+    def inside(self, folder: str | os.PathLike[str]) -> bool:
+        return is_within(folder, self.local)
+
+    def recheck(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        """Still inside the roots, and still itself (not a folder swapped for a symlink)."""
+        if allowed_roots and confine(self.key, allowed_roots, what="destination") != self.local:
+            raise InvalidRequest(f"the destination {self.local} no longer resolves to itself")
+
+    def mover(self, config: Any, check: Callable[[int], None], log: Callable[[str], None],
+              made_dirs: set[str]) -> Mover:
+        return Mover(config.chunk_size, check, log, config.fsync, deferred=True,
+                     made_dirs=made_dirs)
+
+
+def plan_target(destination: str, method: str, allowed_roots: Sequence[str | os.PathLike[str]],
+                base: str | os.PathLike[str] | None,
+                contents: Mapping[str, Any] | None = None) -> Target:
+    """The checked target of a request (nothing is written): Forbidden outside the roots,
+    InvalidRequest when it exists and is not a folder."""
+    if method == "contents":
+        return ContentsTarget.plan(destination, contents, allowed_roots)
+    dest = confine(destination, allowed_roots, base=base, what="destination")
+    if dest.exists() and not dest.is_dir():
+        raise InvalidRequest(f"destination {destination!r} exists and is not a directory")
+    return LocalTarget(dest)
+
+
+def for_job(destination: str, method: str, options: Mapping[str, Any] | None) -> Target:
+    """The target of a stored job."""
+    if method == "contents":
+        return ContentsTarget(destination, (options or {})["contents"])
+    return LocalTarget(Path(destination))
