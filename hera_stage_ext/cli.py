@@ -137,23 +137,22 @@ def cmd_stage(client: Client, args: argparse.Namespace) -> int:
             print(f"missing: {name} (no available instance)")
         return 0
     job = client.stage(args.destination, args.query, method=args.method, force=args.force)
-    print(f"job {job['id']}: staging {job['files_total']} file(s), "
-          f"{human_size(job['bytes_total'])} into {job['destination']}", file=sys.stderr)
-    for name in job["missing"]:
-        print(f"hera-stage: missing: {name} (no available instance)", file=sys.stderr)
-    if not args.wait:
-        print(job["id"])
-        return 0
-    return _wait(client, job)
+    return _launched(client, job, f"staging {job['files_total']} file(s), "
+                     f"{human_size(job['bytes_total'])} into {job['destination']}", args.wait)
 
 
 def cmd_transfer(client: Client, args: argparse.Namespace) -> int:
     job = client.transfer(args.peer, args.query)
-    print(f"job {job['id']}: sending {job['files_total']} file(s), "
-          f"{human_size(job['bytes_total'])} to peer {args.peer}", file=sys.stderr)
+    return _launched(client, job, f"sending {job['files_total']} file(s), "
+                     f"{human_size(job['bytes_total'])} to peer {args.peer}", args.wait)
+
+
+def _launched(client: Client, job: dict[str, Any], doing: str, wait: bool) -> int:
+    """Say what a launched job does and what it misses; follow it (``wait``) or print its id."""
+    print(f"job {job['id']}: {doing}", file=sys.stderr)
     for name in job["missing"]:
         print(f"hera-stage: missing: {name} (no available instance)", file=sys.stderr)
-    if not args.wait:
+    if not wait:
         print(job["id"])
         return 0
     return _wait(client, job)

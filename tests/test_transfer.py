@@ -9,6 +9,7 @@ Transfer jobs through REST, the worker process and directories: ``test_transfer_
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import random
 import signal
@@ -53,6 +54,7 @@ CONFLICT = "zen.2457702.10000.xx.HH.uvh5"
 CORRUPT = "zen.2457702.20000.xx.HH.uvh5"
 FLIP = "zen.2457702.30000.xx.HH.uvh5"
 FORBIDDEN = "zen.2457702.40000.xx.HH.uvh5"
+ONE_AT_A_TIME = [f"zen.2457703.{10000 + i}.xx.HH.uvh5" for i in range(3)]
 
 
 @dataclass
@@ -115,6 +117,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     paths = {name: f"2457700/{name}" for name in BATCH}
     paths[BIG] = f"2457701/{BIG}"
     paths.update({n: f"2457702/{n}" for n in (CONFLICT, CORRUPT, FLIP, FORBIDDEN)})
+    paths.update({n: f"2457703/{n}" for n in ONE_AT_A_TIME})
     for name, rel in paths.items():
         _write(a_store / rel, rng, BIG_SIZE if name == BIG else 65536 + rng.randrange(4096))
     # B already holds another file under the conflicting name.
@@ -170,6 +173,7 @@ def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Si
     report = send(sites, BATCH)
     assert report["counts"] == {"done": 30}, report
     assert report["job"]["state"] == "succeeded"
+    assert len({sites.b_items()[n].transfer for n in BATCH}) == 1  # one announce
     a_detail = {n: sites.a_core.catalogue.file_detail(n) for n in BATCH}
     for name in BATCH:
         arrived = sites.b_store / "2457700" / name
@@ -311,6 +315,21 @@ def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> Non
     assert send(sites, [BIG])["counts"] == {"skipped": 1}
 
 
+def test_max_in_flight_announces_one_file_at_a_time(sites: Sites) -> None:
+    good = sites.a_core.peers.peers["site-b"]
+    sites.a_core.peers.peers["site-b"] = replace(good, max_in_flight=1)
+    try:
+        report = send(sites, ONE_AT_A_TIME)
+    finally:
+        sites.a_core.peers.peers["site-b"] = good
+    assert report["counts"] == {"done": 3}, report
+    items = sites.b_items()
+    # Without the limit one announce carries all three (see the first test's batch).
+    assert len({items[n].transfer for n in ONE_AT_A_TIME}) == 3
+    log = Path(report["job"]["log_path"]).read_text()
+    assert "item(s) in flight to peer 'site-b' (its max_in_flight 1)" in log
+
+
 def test_secret_hashing_helper(capsys) -> None:
     assert peers_module.main(["hash-secret"]) == 0
     out = capsys.readouterr().out
@@ -369,3 +388,23 @@ def test_full_store_answers_no_space(tmp_path) -> None:
     finally:
         receiver.close()
         db.dispose()
+
+
+def test_allowed_hours_windows_and_peer_settings() -> None:
+    def peer(**spec: Any) -> Any:
+        return parse_peers({"p": {"url": "http://x/", "secret": "s" * 40, **spec}})["p"]
+
+    night = peer(hours="20-06")
+    at = lambda h, m=0: dt.datetime(2026, 11, 21, h, m)
+    assert night.seconds_until_open(at(23)) == 0 == night.seconds_until_open(at(5, 59))
+    assert night.seconds_until_open(at(6)) == 14 * 3600
+    assert night.seconds_until_open(at(19, 30)) == 30 * 60
+    day = peer(hours="09:30-17:00")
+    assert day.seconds_until_open(at(12)) == 0
+    assert day.seconds_until_open(at(17)) == (16 * 60 + 30) * 60
+    assert peer().seconds_until_open(at(3)) == 0  # no window: any time
+    for bad in ("20", "25-06", "06-06", "8pm-6am", "10:75-11"):
+        with pytest.raises(ValueError, match="hours"):
+            peer(hours=bad)
+    with pytest.raises(ValueError, match="unknown setting"):
+        peer(max_inflight=3)

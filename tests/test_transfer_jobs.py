@@ -267,7 +267,7 @@ def test_a_peer_that_is_down_keeps_the_job_running_and_retrying(sites: Sites) ->
                                     "peer": "site-b-down"})
     assert job["state"] == "queued"
     log = _wait_for("two failed attempts in the log",
-                    lambda: _log_with(sites, job["id"], "attempt 2 failed"), timeout=30)
+                    lambda: _log_with(sites, job["id"], "attempt 2 failed"), timeout=60)
     assert "cannot be reached now" in log and "unreachable" in log
     assert sites.job(job["id"])["state"] == "running"
     sites.a.api(f"jobs/{job['id']}/cancel", {})
@@ -280,7 +280,7 @@ def test_allowed_hours_hold_the_job_until_they_are_changed(sites: Sites) -> None
     job = sites.a.api("transfers", {"names": names, "peer": "site-b-night"})
     log = _wait_for("the wait in the log", lambda: _log_with(
         sites, job["id"], "waiting: peer 'site-b-night' takes transfers only at hours"),
-        timeout=30)
+        timeout=60)
     time.sleep(1.5)
     held = sites.job(job["id"])
     assert held["state"] == "running" and held["files_done"] == 0, (held, log)
@@ -292,7 +292,7 @@ def test_allowed_hours_hold_the_job_until_they_are_changed(sites: Sites) -> None
     sites.a_stack = contextlib.ExitStack()
     sites.start_a("a-server-2", **{"site-b-night": {"hours": _hours(True)}})
     done = _wait_for("the job to finish",
-                     lambda: (j := sites.job(job["id"]))["finished_at"] and j, timeout=60)
+                     lambda: (j := sites.job(job["id"]))["finished_at"] and j, timeout=120)
     assert done["state"] == "succeeded" and done["files_done"] == 2, sites.log(job["id"])
     with sites.b_db.read() as s:
         assert s.scalar(select(func.count()).select_from(File).where(

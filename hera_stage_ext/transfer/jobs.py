@@ -19,6 +19,7 @@ nothing moves twice.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 import weakref
@@ -129,6 +130,8 @@ def _fail_all(run: _JobRun, message: str) -> None:
         run._commit(wait=True)
 
 
+#: Held while a stream counts a peer's items in flight and claims (see ``_Sender.claim``).
+_claim_lock = threading.Lock()
 #: Notices already logged, per run (shared by its streams; gone with the run).
 _notices: weakref.WeakKeyDictionary[_JobRun, set[str]] = weakref.WeakKeyDictionary()
 
@@ -173,23 +176,29 @@ class _Sender:
             self.once(f"hours-open-{self.peer.hours}",
                       f"peer {self.peer.name!r}: allowed hours begin, sending")
 
-    def room(self) -> int:
-        """Items this stream may claim now under the peer's ``max_in_flight`` (waits for one)."""
-        n = self.run.config.claim_batch
-        if not self.peer.max_in_flight:
-            return n
+    def claim(self) -> list[_Claimed]:
+        """The next batch, no more than the peer's ``max_in_flight`` allows (waits for room).
+
+        Counting and claiming hold a lock, so this worker's streams never overshoot together;
+        between worker processes the count is a close bound, not a lock."""
+        run = self.run
         while True:
-            with self.run.db.read() as s:
-                in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
-                    Job, Job.id == JobItem.job_id).where(
-                    Job.destination == peer_destination(self.peer.name),
-                    Job.state == "running", JobItem.state == "running")) or 0
-            free = self.peer.max_in_flight - in_flight
-            if free > 0:
-                return min(n, free)
+            with _claim_lock:
+                n = run.config.claim_batch
+                if self.peer.max_in_flight:
+                    with run.db.read() as s:
+                        in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
+                            Job, Job.id == JobItem.job_id).where(
+                            Job.destination == peer_destination(self.peer.name),
+                            Job.state == "running", JobItem.state == "running")) or 0
+                    n = min(n, self.peer.max_in_flight - in_flight)
+                if n > 0:
+                    return _claim_items(run.db, run.job.id, run.worker_id, n)
+            # Items through but not recorded yet still count as running: record them.
+            run._commit(wait=False)
             self.once("in-flight", f"waiting: {in_flight} item(s) in flight to peer "
                       f"{self.peer.name!r} (its max_in_flight {self.peer.max_in_flight})")
-            self.sleep(1.0)
+            self.sleep(0.5)
 
     def call(self, what: str, fn: Callable[[PeerClient], T]) -> T:
         """``fn(client)``, retried with exponential backoff while the peer is unreachable."""
@@ -230,7 +239,7 @@ class _Sender:
         run = self.run
         while not (run.abort.is_set() or run.stop.is_set()):
             self.wait_for_hours()
-            batch = _claim_items(run.db, run.job.id, run.worker_id, self.room())
+            batch = self.claim()
             if not batch:
                 return
             try:
