@@ -40,7 +40,7 @@ from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
 from ..paths import confine, is_within
-from . import kinds, markers
+from . import kinds, markers, recall
 from .methods import (
     METHODS,
     Cancelled,
@@ -287,20 +287,23 @@ def plan_stage(
     if dest.exists() and not dest.is_dir():
         raise InvalidRequest(f"destination {destination!r} exists and is not a directory")
     items, missing, total = _resolve(db, _names(names_or_rows))
+    recall.check_method(method, items)
     needed = total if method in ("copy", "reflink") else 0
     return StagePlan(dest, method, items, missing, total, needed, _free_bytes(dest))
 
 
-def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str], int]:
+def _resolve(db: Database, names: Sequence[str], kind: str = "online",
+             ) -> tuple[list[dict[str, Any]], list[str], int]:
     """The instance each name is staged from (the first available one on an online store, by
-    store name): ``(items, missing names, total bytes)``."""
+    store name): ``(items, missing names, total bytes)``. Names with none, but one on a cold
+    store, become items that wait for their recall (``recall.resolve_cold``)."""
     chosen: dict[str, Any] = {}
     query = (
         select(File.name, File.size, File.is_directory, File.checksums, Instance.path,
                Store.name, Store.path)
         .join(Instance, Instance.file_id == File.id)
         .join(Store, Instance.store_id == Store.id)
-        .where(Instance.available, Store.available, Store.kind == "online")
+        .where(Instance.available, Store.available, Store.kind == kind)
         .order_by(Store.name, Instance.id)  # the same instance ``Catalogue.locate`` picks
     )
     with db.read() as s:
@@ -321,6 +324,10 @@ def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], 
                       "checksums": dict(sums or {}), "dest_path": rel,
                       "source_path": os.path.join(store_path, inst_path)})
         total += size
+    if missing and kind == "online":
+        cold, missing, cold_bytes = recall.resolve_cold(db, missing, _resolve)
+        items += cold
+        total += cold_bytes
     return items, missing, total
 
 
@@ -404,7 +411,7 @@ def create_job(
             job_id = job.id
             job.log_path = str(log_dir / f"job-{job.id}.log")
             s.execute(insert(JobItem), [
-                {**item, "job_id": job.id, "state": "queued", "attempts": 0, "error": ""}
+                {"state": "queued", **item, "job_id": job.id, "attempts": 0, "error": ""}
                 for item in items
             ])
             if take is not None:
@@ -999,7 +1006,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                       .values(state="queued", error="", worker_id=None))
             if new_items:
                 s.execute(insert(JobItem), [
-                    {**item, "job_id": job_id, "state": "queued", "attempts": 0, "error": ""}
+                    {"state": "queued", **item, "job_id": job_id, "attempts": 0, "error": ""}
                     for item in new_items])
             row.files_total += len(new_items)
             row.bytes_total += new_bytes
@@ -1055,7 +1062,7 @@ class StageKind(kinds.JobKind):
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
     def stream(self, run: _JobRun) -> None:
-        run._stream()
+        recall.with_recall(run, run._stream)
 
     def finish(self, job: Job, lines: list[str]) -> None:
         markers.finish(Path(job.destination), job.id, lines)
