@@ -20,7 +20,15 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import Instance, Store
 from hera_stage_ext.errors import InvalidRequest
-from hera_stage_ext.jobs import EngineConfig, create_stage_job, get_job, read_log, run_pending
+from hera_stage_ext.jobs import (
+    EngineConfig,
+    cancel_job,
+    create_stage_job,
+    dry_run_stage,
+    get_job,
+    read_log,
+    run_pending,
+)
 from hera_stage_ext.jobs.models import RecallCopy
 
 from .job_fixtures import start_worker, stop_worker, wait_for
@@ -154,6 +162,8 @@ def check_log(site: ColdSite, log: str) -> None:
 
 
 def test_cold_files_are_recalled_in_volume_order_under_the_cap(site: ColdSite) -> None:
+    plan = dry_run_stage(site.db, site.names, "run1", "copy", [site.workspace])
+    assert plan["missing"] == [] and plan["files"] == len(site.names)
     job = stage(site, "run1")
     assert job["missing"] == [] and job["files_total"] == len(site.names)
     assert run_pending(site.db, FAST) == [job["id"]]
@@ -209,6 +219,26 @@ def test_a_worker_killed_mid_recall_is_taken_over(site: ColdSite) -> None:
         stop_worker(second)
     log = check_result(site, job, site.workspace / "run5")
     assert "resumes job" in log
+
+
+def test_a_cancelled_job_leaves_nothing_in_the_buffer(site: ColdSite) -> None:
+    job = stage(site, "run6")
+    log_path = Path(job["log_path"])
+    worker = start_worker(site.db.url, 0.05)
+    try:
+        wait_for(lambda: log_path.exists() and "Z  recalled zen" in log_path.read_text())
+        cancel_job(site.db, job["id"])
+        wait_for(lambda: get_job(site.db, job["id"])["state"] == "cancelled")
+    finally:
+        stop_worker(worker)
+    log = log_path.read_text()
+    assert "reaped " in log
+    assert buffer_bytes(site.buffer) == 0
+    with site.db.read() as s:
+        assert list(s.scalars(select(Instance.id).join(Store).where(Store.name == "buffer"))) \
+            == []
+        states = set(s.scalars(select(RecallCopy.state)))
+    assert states <= {"reaped"}
 
 
 def test_two_jobs_share_the_buffer_and_its_cap(site: ColdSite) -> None:

@@ -901,6 +901,7 @@ def finish_cancelled(db: Database, job_id: int) -> str:
         row.worker_id, row.lease_expires = None, None
         row.error = f"cancelled; {left} file(s) not staged"
     removed = kind.cancelled(db, job, left)
+    recall.reap_after_cancel(db, job_id, JobLog(job.log_path))
     JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
                          f"{removed} temporary file(s) removed")
     return "cancelled"

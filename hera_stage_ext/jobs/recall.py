@@ -35,6 +35,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,25 @@ def cold_stores(db: Database) -> dict[str, ColdSettings]:
     return out
 
 
+@dataclass(frozen=True)
+class _Stores:
+    """The cold stores, their buffers, and the root and id of each of them."""
+
+    cold: dict[str, ColdSettings]
+    buffers: frozenset[str]
+    roots: dict[str, str]
+    ids: dict[str, int]
+
+    @classmethod
+    def load(cls, db: Database) -> _Stores:
+        cold = cold_stores(db)
+        buffers = frozenset(settings.buffer for settings in cold.values())
+        with db.read() as s:
+            rows = s.execute(select(Store.name, Store.path, Store.id).where(
+                Store.name.in_(set(cold) | buffers))).all()
+        return cls(cold, buffers, {n: p for n, p, _ in rows}, {n: i for n, _, i in rows})
+
+
 # ----- running: the streams' side -----------------------------------------------------------
 _recalls: weakref.WeakKeyDictionary[_JobRun, _Recall | None] = weakref.WeakKeyDictionary()
 _recalls_lock = threading.Lock()
@@ -134,13 +154,10 @@ def with_recall(run: _JobRun, stream: Callable[[], None]) -> None:
 class _Recall:
     """The recaller of one job's run (one thread) and what its streams wait on."""
 
-    def __init__(self, run: _JobRun, stores: dict[str, ColdSettings]) -> None:
-        self.run, self.db, self.stores = run, run.db, stores
-        self.buffers = {settings.buffer for settings in stores.values()}
-        with self.db.read() as s:
-            roots = dict(s.execute(select(Store.name, Store.path)).all())
-            self.store_ids = dict(s.execute(select(Store.name, Store.id)).all())
-        self.roots = {name: roots[name] for name in set(stores) | self.buffers if name in roots}
+    def __init__(self, run: _JobRun, stores: _Stores) -> None:
+        self.run, self.db = run, run.db
+        self.stores, self.buffers, self.roots = stores.cold, stores.buffers, stores.roots
+        self.store_ids, self.all_stores = stores.ids, stores
         # The engine's per-item check then confines a recalled item's source to its buffer.
         run.store_roots.update({b: self.roots[b] for b in self.buffers if b in self.roots})
         self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync)
@@ -152,12 +169,11 @@ class _Recall:
 
     @classmethod
     def start(cls, run: _JobRun) -> _Recall | None:
-        stores = cold_stores(run.db)
-        buffers = {settings.buffer for settings in stores.values()}
+        stores = _Stores.load(run.db)
         with run.db.read() as s:
             cold = s.scalar(select(func.count()).select_from(JobItem).where(
                 JobItem.job_id == run.job.id, JobItem.state.in_(UNFINISHED),
-                JobItem.store.in_(set(stores) | buffers)))
+                JobItem.store.in_(set(stores.cold) | stores.buffers)))
         if not cold:
             return None
         with run.db.write() as s:
@@ -165,7 +181,7 @@ class _Recall:
             # read from the cold store by the kind's streams).
             s.execute(update(JobItem).where(
                 JobItem.job_id == run.job.id, JobItem.state == "queued",
-                JobItem.store.in_(list(stores))).values(state=WAITING))
+                JobItem.store.in_(list(stores.cold))).values(state=WAITING))
         recall = cls(run, stores)
         recall.thread.start()
         return recall
@@ -379,49 +395,60 @@ class _Recall:
                 JobItem.store.in_(self.buffers))))
 
     def reap(self) -> int:
-        """Remove every recalled copy (in this job's buffers) that no unfinished item of an
-        active job reads: its instance first (the copy ``reaping``: its bytes still count and
-        nobody recalls that path meanwhile), then its bytes, then it is ``reaped``. Copies a
-        dead worker left ``reaping`` are finished too."""
-        with self.db.write() as s:
-            # The buffers' rows, locked as ``_reserve`` does: a copy a job is being pointed at
-            # is never reaped under it.
-            s.execute(select(Store.id).where(Store.name.in_(sorted(self.buffers)))
-                      .order_by(Store.name).with_for_update())
-            copies = s.scalars(select(RecallCopy).where(
-                RecallCopy.buffer.in_(self.buffers),
-                RecallCopy.state.in_(("recalled", "reaping")),
-            ).with_for_update()).all()
-            if not copies:
-                return 0
-            sources = {os.path.join(self.roots.get(c.buffer, ""), c.path): c for c in copies
-                       if c.state == "recalled"}
-            needed = set(s.scalars(select(JobItem.source_path).join(
-                Job, Job.id == JobItem.job_id).where(
-                Job.state.in_(ACTIVE_STATES), JobItem.state.in_(UNFINISHED),
-                JobItem.source_path.in_(list(sources)))))
-            gone = [c for c in copies if c.state == "reaping"]
-            for source, copy in sources.items():
-                if source in needed:
-                    continue
-                store_id = self.store_ids[copy.buffer]
-                file_id = s.scalar(select(Instance.file_id).where(
-                    Instance.store_id == store_id, Instance.path == copy.path))
-                if file_id is not None:
-                    s.execute(delete(Instance).where(Instance.store_id == store_id,
-                                                     Instance.path == copy.path))
-                    s.add(Event(file_id=file_id, type="reaped", payload={
-                        "buffer": copy.buffer, "path": copy.path, "job": self.run.job.id}))
-                copy.state = "reaping"
-                gone.append(copy)
-        for copy in gone:
-            with contextlib.suppress(FileNotFoundError):  # (a crashed reaper's, half gone)
-                remove_path(Path(self.roots[copy.buffer]) / copy.path)
-        if gone:
-            with self.db.write() as s:
-                s.execute(update(RecallCopy).where(
-                    RecallCopy.id.in_([c.id for c in gone]), RecallCopy.state == "reaping",
-                ).values(state="reaped", reaped_at=utcnow()))
-        for copy in gone:
-            self.run.log(f"reaped {copy.name} from buffer {copy.buffer!r} ({copy.size} bytes)")
-        return len(gone)
+        return reap(self.db, self.all_stores, self.run.log, self.run.job.id)
+
+
+def reap_after_cancel(db: Database, job_id: int, log: Callable[[str], None]) -> int:
+    """A cancelled job's recalled copies are no longer needed by it: reap them now (those
+    another active job still reads stay)."""
+    stores = _Stores.load(db)
+    return reap(db, stores, log, job_id) if stores.buffers else 0
+
+
+def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int) -> int:
+    """Remove every recalled copy (in the buffers of ``stores``) that no unfinished item of an
+    active job reads: its instance first (the copy ``reaping``: its bytes still count and
+    nobody recalls that path meanwhile), then its bytes, then it is ``reaped``. Copies a
+    dead worker left ``reaping`` are finished too."""
+    with db.write() as s:
+        # The buffers' rows, locked as ``_reserve`` does: a copy a job is being pointed at
+        # is never reaped under it.
+        s.execute(select(Store.id).where(Store.name.in_(sorted(stores.buffers)))
+                  .order_by(Store.name).with_for_update())
+        copies = s.scalars(select(RecallCopy).where(
+            RecallCopy.buffer.in_(stores.buffers),
+            RecallCopy.state.in_(("recalled", "reaping")),
+        ).with_for_update()).all()
+        if not copies:
+            return 0
+        sources = {os.path.join(stores.roots.get(c.buffer, ""), c.path): c for c in copies
+                   if c.state == "recalled"}
+        needed = set(s.scalars(select(JobItem.source_path).join(
+            Job, Job.id == JobItem.job_id).where(
+            Job.state.in_(ACTIVE_STATES), JobItem.state.in_(UNFINISHED),
+            JobItem.source_path.in_(list(sources)))))
+        gone = [c for c in copies if c.state == "reaping"]
+        for source, copy in sources.items():
+            if source in needed:
+                continue
+            store_id = stores.ids[copy.buffer]
+            file_id = s.scalar(select(Instance.file_id).where(
+                Instance.store_id == store_id, Instance.path == copy.path))
+            if file_id is not None:
+                s.execute(delete(Instance).where(Instance.store_id == store_id,
+                                                 Instance.path == copy.path))
+                s.add(Event(file_id=file_id, type="reaped", payload={
+                    "buffer": copy.buffer, "path": copy.path, "job": job_id}))
+            copy.state = "reaping"
+            gone.append(copy)
+    for copy in gone:
+        with contextlib.suppress(FileNotFoundError):  # (a crashed reaper's, half gone)
+            remove_path(Path(stores.roots[copy.buffer]) / copy.path)
+    if gone:
+        with db.write() as s:
+            s.execute(update(RecallCopy).where(
+                RecallCopy.id.in_([c.id for c in gone]), RecallCopy.state == "reaping",
+            ).values(state="reaped", reaped_at=utcnow()))
+    for copy in gone:
+        log(f"reaped {copy.name} from buffer {copy.buffer!r} ({copy.size} bytes)")
+    return len(gone)
