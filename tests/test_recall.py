@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from hera_stage_ext.catalogue import checksums as ck
-from hera_stage_ext.catalogue.catalogue import Catalogue
+from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
 from hera_stage_ext.catalogue.cold import check_stores
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
@@ -32,6 +32,7 @@ from hera_stage_ext.jobs import (
 from hera_stage_ext.jobs.models import RecallCopy
 
 from .job_fixtures import start_worker, stop_worker, wait_for
+from .test_transfer import Sites, send, sites  # noqa: F401  (the two real sites)
 
 FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False, flush_seconds=0.05)
 SIZE = 32 * 1024
@@ -297,3 +298,35 @@ def test_cold_store_settings_are_checked() -> None:
         with pytest.raises(ValueError, match=message):
             check_stores(bad)
 
+
+
+def test_a_transfer_recalls_cold_files_first(sites: Sites) -> None:  # noqa: F811
+    """Site A sends files only on its tape to site B: recalled by volume into A's buffer,
+    pulled by B from there, verified, and reaped once B has committed them."""
+    rng = random.Random(3)
+    tape, buffer = sites.tmp / "a" / "tape", sites.tmp / "a" / "buffer"
+    buffer.mkdir(parents=True)
+    names = [f"zen.2457703.{10000 + 10 * k:05d}.xx.HH.uvh5" for k in range(4)]
+    rels = [f"{('vol1', 'vol2')[k % 2]}/2457703/{name}" for k, name in enumerate(names)]
+    specs = []
+    for name, rel in zip(names, rels):
+        (tape / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tape / rel).write_bytes(rng.randbytes(SIZE))
+        digest = ck.hash_file(tape / rel)
+        specs.append(FileSpec(name=name, size=digest.size, checksums=digest.checksums))
+    catalogue = sites.a_core.catalogue
+    catalogue.sync_stores({
+        "a-store": {"path": str(sites.a_store)}, "buffer": {"path": str(buffer)},
+        "tape": {"path": str(tape), "kind": "cold", "buffer": "buffer",
+                 "buffer_bytes": 2 * SIZE}})
+    catalogue.register(specs, "tape", rels)
+    report = send(sites, names)
+    assert report["counts"] == {"done": len(names)}, report
+    for name, rel in zip(names, rels):
+        assert (sites.b_store / rel).read_bytes() == (tape / rel).read_bytes()
+        assert sites.b_file(name).json()["checksums"] == specs[names.index(name)].checksums
+    log, _ = read_log(report["job"])
+    assert re.findall(r"recall volume '(\w+)'", log) == ["vol1", "vol2"]
+    assert sorted(re.findall(r"reaped (\S+) from buffer", log)) == names
+    assert buffer_bytes(buffer) == 0
+    assert [i["store"] for i in catalogue.file_detail(names[0])["instances"]] == ["tape"]
