@@ -172,6 +172,8 @@ def test_cold_files_are_recalled_in_volume_order_under_the_cap(site: ColdSite) -
     check_log(site, log)
     with site.db.read() as s:
         assert len(s.scalars(select(RecallCopy.id)).all()) == len(site.cold_rel)
+    assert Catalogue(site.db).store("tape")["options"] == {
+        "buffer": "buffer", "buffer_bytes": CAP, "volume_key": r"^([^/]+)/"}
     for name in site.online:  # online files are staged as ever
         assert (site.workspace / "run1" / "2457700" / name).exists()
 
