@@ -1,8 +1,9 @@
 """The job engine: durable, verified, resumable jobs that move a list of items with a method.
 
-One engine for every kind of job (``kinds``: ``stage``, ``transfer``; later upload, recall).
+One engine for every kind of job (``kinds``: ``stage``, ``transfer``; later upload).
 ``models`` owns the tables, ``engine`` the job life cycle (create, claim, run, resume, cancel,
 logs), ``methods`` how one item is moved and verified, ``markers`` the Librarian's marker files,
+``recall`` how a stage or transfer job first recalls its files that are only on a cold store,
 ``worker`` the process that runs jobs outside the Jupyter server.
 """
 

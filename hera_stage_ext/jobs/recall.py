@@ -170,6 +170,8 @@ class _Recall:
     @classmethod
     def start(cls, run: _JobRun) -> _Recall | None:
         stores = _Stores.load(run.db)
+        if not stores.cold:
+            return None
         with run.db.read() as s:
             cold = s.scalar(select(func.count()).select_from(JobItem).where(
                 JobItem.job_id == run.job.id, JobItem.state.in_(UNFINISHED),
