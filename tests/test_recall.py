@@ -27,6 +27,7 @@ from hera_stage_ext.jobs import (
     dry_run_stage,
     get_job,
     read_log,
+    retry_job,
     run_pending,
 )
 from hera_stage_ext.jobs.models import RecallCopy
@@ -280,6 +281,19 @@ def test_a_corrupt_tape_copy_fails_that_file_only(site: ColdSite) -> None:
     with site.db.read() as s:
         state = s.scalar(select(RecallCopy.state).where(RecallCopy.name == victim))
     assert state == "failed"
+
+    # The tape is repaired: a retry recalls that file again (never reads it from the tape
+    # directly) and stages it.
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    retry_job(site.db, job["id"], allowed_roots=[site.workspace])
+    run_pending(site.db, FAST)
+    done = get_job(site.db, job["id"])
+    assert done["state"] == "succeeded" and done["files_done"] == len(site.names)
+    log, _ = read_log(done)
+    assert re.search(rf"recalled {re.escape(victim)} from 'tape'", log)
+    assert (site.workspace / "run3" / site.cold_rel[victim]).read_bytes() == path.read_bytes()
+    assert buffer_bytes(site.buffer) == 0
 
 
 def test_symlinks_to_cold_files_are_refused(site: ColdSite) -> None:
