@@ -39,6 +39,8 @@ FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False, flush_seconds
 SIZE = 32 * 1024
 VOLUMES = ("tapeA", "tapeB", "tapeC")
 CAP = 3 * SIZE + SIZE // 2  # three files fit, a fourth waits
+#: PostgreSQL where locking matters (the cap across jobs, volume order); SQLite elsewhere.
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 @dataclass
@@ -179,6 +181,7 @@ def test_cold_files_are_recalled_in_volume_order_under_the_cap(site: ColdSite) -
         assert (site.workspace / "run1" / "2457700" / name).exists()
 
 
+@SQLITE_ONLY
 def test_real_worker_never_holds_more_than_the_cap(site: ColdSite) -> None:
     """A real worker process; the test samples the buffer directory itself all along."""
     job = stage(site, "run2")
@@ -203,6 +206,7 @@ def test_real_worker_never_holds_more_than_the_cap(site: ColdSite) -> None:
     assert 0 < high[0] <= CAP, (high[0], output)
 
 
+@SQLITE_ONLY
 def test_a_worker_killed_mid_recall_is_taken_over(site: ColdSite) -> None:
     """SIGKILL while files are being recalled: the next worker recalls what was not
     registered yet, uses what was, and the buffer ends empty with every file verified."""
@@ -225,6 +229,7 @@ def test_a_worker_killed_mid_recall_is_taken_over(site: ColdSite) -> None:
     assert "resumes job" in log
 
 
+@SQLITE_ONLY
 def test_a_cancelled_job_leaves_nothing_in_the_buffer(site: ColdSite) -> None:
     job = stage(site, "run6")
     log_path = Path(job["log_path"])
@@ -263,6 +268,7 @@ def test_two_jobs_share_the_buffer_and_its_cap(site: ColdSite) -> None:
         assert "FAILED" not in log
 
 
+@SQLITE_ONLY
 def test_a_corrupt_tape_copy_fails_that_file_only(site: ColdSite) -> None:
     victim = sorted(site.cold_rel)[4]
     path = site.cold / site.cold_rel[victim]
@@ -296,6 +302,7 @@ def test_a_corrupt_tape_copy_fails_that_file_only(site: ColdSite) -> None:
     assert buffer_bytes(site.buffer) == 0
 
 
+@SQLITE_ONLY
 def test_symlinks_to_cold_files_are_refused(site: ColdSite) -> None:
     with pytest.raises(InvalidRequest, match="cold store"):
         stage(site, "run4", method="symlink")
