@@ -23,6 +23,7 @@ from . import __version__
 from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier
 from .api.routes import handlers as api_handlers
 from .catalogue.catalogue import Catalogue
+from .catalogue.cold import check_stores as check_cold_stores
 from .catalogue.db import Database, default_sqlite_url
 from .catalogue.ingest import Ingester
 from .catalogue.naming import (
@@ -57,7 +58,11 @@ class StagingApp(ExtensionApp):
     stores = Dict(
         help="""Stores by name: {"name": {"path": "/data/store1", "kind": "online" | "cold",
         "available": true, "ssh_host": ""}}. Stores dropped from this setting become
-        unavailable; their instances stay in the catalogue.""",
+        unavailable; their instances stay in the catalogue. A cold store also names its
+        "buffer" (an online store its files are recalled into before a job uses them), and
+        may set "buffer_bytes" (cap on recalled bytes not yet used, default 10 GiB) and
+        "volume_key" (regular expression on the instance path whose first group is the tape;
+        default "^([^/]+)/", the first path component).""",
     ).tag(config=True)
 
     allowed_roots = List(
@@ -244,6 +249,7 @@ class StagingApp(ExtensionApp):
                 raise ValueError(f"store {name!r} needs a 'path'")
             if spec.get("kind", "online") not in ("online", "cold"):
                 raise ValueError(f"store {name!r}: kind must be 'online' or 'cold'")
+        check_cold_stores(proposal["value"])
         return proposal["value"]
 
     def _open_service_log(self) -> None:

@@ -125,6 +125,8 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"type": "string", "enum": ["online", "cold"]},
             "available": {"type": "boolean"},
             "ssh_host": {"type": "string"},
+            "options": {"type": "object", "description": "a cold store's buffer, "
+                        "buffer_bytes and volume_key"},
             "instances": {"type": "integer"},
         },
     },

@@ -21,6 +21,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..paths import check_text, is_within
 from . import checksums as ck
+from . import cold
 from . import search as search_language
 from .db import Database
 from .models import Event, File, Instance, Observation, Session, Store, utcnow
@@ -128,6 +129,7 @@ class Catalogue:
                 raise ValueError(f"store {name!r}: kind must be one of {STORE_KINDS}")
             if "path" not in spec:
                 raise ValueError(f"store {name!r} needs a 'path'")
+        cold.check_stores(configured)
         with self.db.write() as s:
             existing = {st.name: st for st in s.scalars(select(Store))}
             for name, spec in configured.items():
@@ -136,6 +138,7 @@ class Catalogue:
                 store.kind = spec.get("kind", "online")
                 store.available = bool(spec.get("available", True))
                 store.ssh_host = spec.get("ssh_host", "")
+                store.options = cold.store_options(spec)
                 s.add(store)
             for store in existing.values():
                 store.available = False

@@ -61,6 +61,8 @@ class Store(Base):
     kind: Mapped[str] = mapped_column(String(16), default="online")  # "online" | "cold"
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     ssh_host: Mapped[str] = mapped_column(String(256), default="")
+    # Settings beyond the columns (a cold store's buffer, buffer_bytes, volume_key: cold.py).
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="store")
 

@@ -28,6 +28,7 @@ def store_json(store: Store) -> dict[str, Any]:
         "kind": store.kind,
         "available": store.available,
         "ssh_host": store.ssh_host,
+        "options": dict(store.options or {}),  # a cold store's buffer, buffer_bytes, volume_key
     }
 
 

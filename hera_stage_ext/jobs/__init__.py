@@ -1,10 +1,11 @@
 """The job engine: durable, verified, resumable jobs that move a list of items with a method.
 
-One engine for every kind of job (``kinds``: ``stage``, ``transfer``; later upload, recall).
+One engine for every kind of job (``kinds``: ``stage``, ``transfer``, ``upload``).
 ``models`` owns the tables, ``engine`` the job life cycle (create, claim, run, resume, cancel,
 logs), ``methods`` how one item is moved and verified, ``contents`` the same through Jupyter's
 contents manager, ``targets`` the destination side (a local folder or a contents folder),
-``markers`` the Librarian's marker files, ``worker`` the process that runs jobs outside the
+``markers`` the Librarian's marker files, ``recall`` how a stage or transfer job first recalls
+its files that are only on a cold store, ``worker`` the process that runs jobs outside the
 Jupyter server.
 """
 

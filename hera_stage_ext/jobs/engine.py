@@ -39,7 +39,7 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
-from . import kinds, targets
+from . import kinds, recall, targets
 from .copy_pool import CopyPool
 from .methods import (
     METHODS,
@@ -298,21 +298,24 @@ def plan_stage(
         raise InvalidRequest(f"unknown staging method {method!r}; use one of {', '.join(METHODS)}")
     target = targets.plan_target(destination, method, allowed_roots, base, contents)
     items, missing, total = _resolve(db, _names(names_or_rows))
+    recall.check_method(method, items)
     needed = total if method in _COPYING else 0
     free = _free_bytes(target.local) if target.local is not None else None
     return StagePlan(target, method, items, missing, total, needed, free)
 
 
-def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str], int]:
+def _resolve(db: Database, names: Sequence[str], kind: str = "online",
+             ) -> tuple[list[dict[str, Any]], list[str], int]:
     """The instance each name is staged from (the first available one on an online store, by
-    store name): ``(items, missing names, total bytes)``."""
+    store name): ``(items, missing names, total bytes)``. Names with none, but one on a cold
+    store, become items that wait for their recall (``recall.resolve_cold``)."""
     chosen: dict[str, Any] = {}
     query = (
         select(File.name, File.size, File.is_directory, File.checksums, Instance.path,
                Store.name, Store.path)
         .join(Instance, Instance.file_id == File.id)
         .join(Store, Instance.store_id == Store.id)
-        .where(Instance.available, Store.available, Store.kind == "online")
+        .where(Instance.available, Store.available, Store.kind == kind)
         .order_by(Store.name, Instance.id)  # the same instance ``Catalogue.locate`` picks
     )
     with db.read() as s:
@@ -333,6 +336,10 @@ def _resolve(db: Database, names: Sequence[str]) -> tuple[list[dict[str, Any]], 
                       "checksums": dict(sums or {}), "dest_path": rel,
                       "source_path": os.path.join(store_path, inst_path)})
         total += size
+    if missing and kind == "online":
+        cold, missing, cold_bytes = recall.resolve_cold(db, missing, _resolve)
+        items += cold
+        total += cold_bytes
     return items, missing, total
 
 
@@ -419,7 +426,7 @@ def create_job(
             job_id = job.id
             job.log_path = str(log_dir / f"job-{job.id}.log")
             s.execute(insert(JobItem), [
-                {**item, "job_id": job.id, "state": "queued", "attempts": 0, "error": ""}
+                {"state": "queued", **item, "job_id": job.id, "attempts": 0, "error": ""}
                 for item in items
             ])
             if take is not None:
@@ -993,6 +1000,7 @@ def finish_cancelled(db: Database, job_id: int) -> str:
         row.worker_id, row.lease_expires = None, None
         row.error = f"cancelled; {left} file(s) not staged"
     removed = kind.cancelled(db, job, left)
+    recall.reap_after_cancel(db, job_id, JobLog(job.log_path))
     JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
                          f"{removed} temporary file(s) removed")
     return "cancelled"
@@ -1100,7 +1108,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                       .values(state="queued", error="", worker_id=None))
             if new_items:
                 s.execute(insert(JobItem), [
-                    {**item, "job_id": job_id, "state": "queued", "attempts": 0, "error": ""}
+                    {"state": "queued", **item, "job_id": job_id, "attempts": 0, "error": ""}
                     for item in new_items])
             row.files_total += len(new_items)
             row.bytes_total += new_bytes
@@ -1157,7 +1165,7 @@ class StageKind(kinds.JobKind):
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
     def stream(self, run: _JobRun) -> None:
-        run._stream()
+        recall.with_recall(run, run._stream)
 
     def finish(self, job: Job, lines: list[str]) -> None:
         _target(job).finish(job.id, lines)

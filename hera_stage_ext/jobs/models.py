@@ -97,3 +97,33 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # "accepted" | "refused"
     reason: Mapped[str] = mapped_column(Text, default="")
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+#: States of a recall copy: the bytes of ``recalling``, ``recalled`` and ``reaping`` ones count
+#: against the buffer's cap; ``reaped`` and ``failed`` ones are the history.
+RECALL_STATES = ("recalling", "recalled", "reaping", "reaped", "failed")
+HELD_RECALL_STATES = ("recalling", "recalled", "reaping")
+
+
+class RecallCopy(Base):
+    """One file recalled from a cold store into its buffer store for a job (``jobs/recall.py``):
+    reserved (``recalling``) before the copy starts, ``recalled`` once verified and registered
+    as an instance on the buffer, ``reaping`` once no unfinished job needs it (its instance
+    removed), ``reaped`` once the buffer copy is gone. Kept when the job is forgotten (no foreign key)."""
+
+    __tablename__ = "recall_copy"
+    __table_args__ = (Index("ix_recall_copy_buffer_state", "buffer", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    name: Mapped[str] = mapped_column(NameType)
+    cold_store: Mapped[str] = mapped_column(String(128))
+    volume: Mapped[str] = mapped_column(String(256))
+    buffer: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(4096))  # relative to both stores' roots
+    size: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), default="recalling")
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    recalled_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    reaped_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

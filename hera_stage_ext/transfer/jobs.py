@@ -35,6 +35,7 @@ from ..jobs.engine import _claim_items, _Claimed, _names, _requeue, _resolve, cr
 from ..jobs.kinds import JobKind
 from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
+from ..jobs.recall import with_recall
 from .peers import Peer, PeerRegistry, registry_from_env
 from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient, offer_from_detail
 from .sender import record_remote
@@ -114,7 +115,7 @@ class TransferKind(JobKind):
                              "(was it started by the server?)")
         sender = _Sender(run, registry, peer)
         try:
-            sender.loop()
+            with_recall(run, sender.loop)
         finally:
             sender.client.close()
 

@@ -1,0 +1,456 @@
+"""Cold-store recall inside a job: files whose only instance is on a cold store are recalled
+to the store's buffer (an online store), in volume order and under the buffer's byte cap, used
+by the job like any online file, then reaped from the buffer.
+
+At creation (``resolve_cold``, called by the engine's ``_resolve`` for names with no online
+instance) such a file becomes an item of the job like any other, in the state ``waiting``, with
+its cold instance as source: no stream claims it (streams claim ``queued`` items). While the
+job runs, one recaller thread per job (``with_recall`` wraps each of the kind's streams; the
+first starts it):
+
+1. takes the job's waiting items grouped by the cold store's volume key (``catalogue/cold.py``;
+   log ``recall volume V of cold store S: n file(s)``), volumes in sorted order, a volume's
+   files in path order, so one tape is read once, front to back;
+2. for each, reserves its bytes in the buffer (a ``recall_copy`` row, ``recalling``) under the
+   cap shared by every job (``buffer full: waiting`` while the buffer holds too much that is
+   recalled and not yet used), copies it with the engine's ``Mover`` into the buffer store at
+   the same relative path, verified against the catalogue checksum, and in one transaction
+   registers the buffer instance, marks the row ``recalled`` and puts the item in the queue with
+   the buffer copy as its source (``recalled X``): the job's streams stage (or send) it then;
+3. reaps (``reaped X``) every recalled copy no unfinished item of an active job still reads:
+   its instance is removed from the catalogue, then the copy from the buffer. It reaps while
+   waiting for room, and after the last recall until the job's streams have used every copy.
+
+The streams keep running while items wait: when the queue is empty they commit what they have
+(so it can be reaped) and wait for the next recall. A worker that dies mid-recall leaves the
+item ``waiting``; the next run forgets the dead reservation and recalls it again (a copy already
+complete in the buffer is verified, not copied again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, update
+
+from ..catalogue.cold import ColdSettings, cold_settings
+from ..catalogue.db import Database
+from ..catalogue.models import Event, File, Instance, Store, utcnow
+from ..errors import InvalidRequest, StagingError
+from ..paths import is_within
+from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
+from .models import ACTIVE_STATES, HELD_RECALL_STATES, Job, JobItem, RecallCopy
+
+if TYPE_CHECKING:
+    from .engine import _Claimed, _JobRun
+
+#: The state of an item whose file is still on a cold store (no stream claims it).
+WAITING = "waiting"
+#: Item states in which an item may still read its source.
+UNFINISHED = ("queued", "running", WAITING)
+
+
+# ----- creation -----------------------------------------------------------------------------
+def resolve_cold(
+    db: Database, names: Sequence[str],
+    resolve: Callable[..., tuple[list[dict[str, Any]], list[str], int]],
+) -> tuple[list[dict[str, Any]], list[str], int]:
+    """Items (``waiting``) for the ``names`` that have an available instance on a cold store
+    with a buffer; ``(items, names still missing, their bytes)``. ``resolve`` is the engine's
+    ``_resolve`` (one way to turn names into items)."""
+    items, missing, _ = resolve(db, names, kind="cold")
+    settings = cold_stores(db)
+    kept, total = [], 0
+    for item in items:
+        if item["store"] in settings:
+            kept.append({**item, "state": WAITING})
+            total += item["size"]
+        else:  # a cold store with no buffer configured: nothing can read it
+            missing.append(item["name"])
+    return kept, missing, total
+
+
+def check_method(method: str, items: Sequence[Mapping[str, Any]]) -> None:
+    """A symbolic link to a buffer copy would dangle once the copy is reaped."""
+    if method == "symlink" and any(item.get("state") == WAITING for item in items):
+        raise InvalidRequest("files only on a cold store cannot be staged as symbolic links "
+                             "(their recalled copy is removed once staged); use copy")
+
+
+def cold_stores(db: Database) -> dict[str, ColdSettings]:
+    """Every available cold store with valid settings, by name."""
+    with db.read() as s:
+        rows = s.execute(select(Store.name, Store.options).where(
+            Store.kind == "cold", Store.available)).all()
+    out = {}
+    for name, options in rows:
+        try:
+            out[name] = cold_settings(name, options or {})
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class _Stores:
+    """The cold stores, their buffers, and the root and id of each of them."""
+
+    cold: dict[str, ColdSettings]
+    buffers: frozenset[str]
+    roots: dict[str, str]
+    ids: dict[str, int]
+
+    @classmethod
+    def load(cls, db: Database) -> _Stores:
+        cold = cold_stores(db)
+        buffers = frozenset(settings.buffer for settings in cold.values())
+        with db.read() as s:
+            rows = s.execute(select(Store.name, Store.path, Store.id).where(
+                Store.name.in_(set(cold) | buffers))).all()
+        return cls(cold, buffers, {n: p for n, p, _ in rows}, {n: i for n, _, i in rows})
+
+
+# ----- running: the streams' side -----------------------------------------------------------
+_recalls: weakref.WeakKeyDictionary[_JobRun, _Recall | None] = weakref.WeakKeyDictionary()
+_recalls_lock = threading.Lock()
+
+
+def with_recall(run: _JobRun, stream: Callable[[], None]) -> None:
+    """Run one of the job's streams (``stream`` returns when nothing is queued) so that it also
+    takes the items recalled meanwhile, until the recall is through."""
+    with _recalls_lock:
+        if run not in _recalls:
+            _recalls[run] = _Recall.start(run)
+        recall = _recalls[run]
+    if recall is None:  # nothing cold in this job: the kind's stream as it is
+        return stream()
+    try:
+        while not (run.abort.is_set() or run.stop.is_set()):
+            recalled_all = recall.recalled_all.is_set()
+            seen = recall.recalled
+            stream()
+            if recalled_all:
+                break
+            # Make what this stream used final, so that it can be reaped and the buffer frees.
+            run._commit(wait=True)
+            recall.wait_for_more(seen)
+        if not run.abort.is_set():  # (a lost lease: the engine commits nothing more)
+            run._commit(wait=True)
+    finally:
+        recall.thread.join()
+    if recall.error is not None:
+        raise recall.error
+
+
+# ----- running: the recaller ----------------------------------------------------------------
+class _Recall:
+    """The recaller of one job's run (one thread) and what its streams wait on."""
+
+    def __init__(self, run: _JobRun, stores: _Stores) -> None:
+        self.run, self.db = run, run.db
+        self.stores, self.buffers, self.roots = stores.cold, stores.buffers, stores.roots
+        self.store_ids, self.all_stores = stores.ids, stores
+        # The engine's per-item check then confines a recalled item's source to its buffer.
+        run.store_roots.update({b: self.roots[b] for b in self.buffers if b in self.roots})
+        self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync)
+        self.recalled_all = threading.Event()
+        self.recalled = 0  # items put in the queue so far (the streams wait for it to grow)
+        self.changed = threading.Condition()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"job{run.job.id}-recall")
+
+    @classmethod
+    def start(cls, run: _JobRun) -> _Recall | None:
+        stores = _Stores.load(run.db)
+        if not stores.cold:
+            return None
+        with run.db.read() as s:
+            cold = s.scalar(select(func.count()).select_from(JobItem).where(
+                JobItem.job_id == run.job.id, JobItem.state.in_(UNFINISHED),
+                JobItem.store.in_(set(stores.cold) | stores.buffers)))
+        if not cold:
+            return None
+        with run.db.write() as s:
+            # Failed recalls that a retry queued again wait for their recall again (never
+            # read from the cold store by the kind's streams).
+            s.execute(update(JobItem).where(
+                JobItem.job_id == run.job.id, JobItem.state == "queued",
+                JobItem.store.in_(list(stores.cold))).values(state=WAITING))
+        recall = cls(run, stores)
+        recall.thread.start()
+        return recall
+
+    # ----- what the streams see -----------------------------------------------------------
+    def wait_for_more(self, seen: int) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.recalled != seen or self.recalled_all.is_set()
+                                  or self.run.abort.is_set(), timeout=0.5)
+
+    def _announce(self, n: int) -> None:
+        with self.changed:
+            self.recalled += n
+            self.changed.notify_all()
+
+    def _sleep(self, seconds: float) -> None:
+        if self.run.abort.wait(seconds) or self.run.stop.is_set():
+            raise Cancelled()
+
+    # ----- the thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._forget_own_reservations()
+            self.reap()
+            for (store, volume), group in itertools.groupby(self._waiting(),
+                                                            key=lambda w: w[:2]):
+                batch = list(group)
+                self.run.log(f"recall volume {volume!r} of cold store {store!r}: "
+                             f"{len(batch)} file(s), {sum(w[3].size for w in batch)} bytes")
+                for _store, _volume, rel, item in batch:
+                    self._recall(store, volume, rel, item)
+            self.recalled_all.set()
+            self._announce(0)
+            # Reap what the streams use, until nothing of this job reads a buffer copy.
+            while self._job_reads_buffer():
+                self.reap()
+                self._sleep(0.1)
+            self.reap()
+        except Cancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001  (a bug or the database gone: released)
+            self.error = exc
+            self.run.abort.set()
+        finally:
+            self.recalled_all.set()
+            self._announce(0)
+
+    def _forget_own_reservations(self) -> None:
+        """Reservations of this job's earlier run (its worker died mid-recall) hold no bytes
+        any more: their items are waiting and are recalled again."""
+        with self.db.write() as s:
+            s.execute(delete(RecallCopy).where(RecallCopy.job_id == self.run.job.id,
+                                               RecallCopy.state == "recalling"))
+
+    def _waiting(self) -> list[tuple[str, str, str, _Claimed]]:
+        """The job's waiting items as (store, volume, relative path, item), in recall order."""
+        from .engine import _Claimed
+
+        with self.db.read() as s:
+            rows = s.execute(select(
+                JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path, JobItem.size,
+                JobItem.is_directory, JobItem.checksums, JobItem.attempts, JobItem.store,
+            ).where(JobItem.job_id == self.run.job.id, JobItem.state == WAITING)).all()
+        out = []
+        for row in rows:
+            item = _Claimed(*row[:8], row[8])
+            root = self.roots.get(item.store, "")
+            rel = os.path.relpath(item.source_path, root) if root else item.dest_path
+            settings = self.stores.get(item.store)
+            out.append((item.store, settings.volume(rel) if settings else "", rel, item))
+        out.sort(key=lambda w: w[:3])
+        return out
+
+    def _recall(self, store: str, volume: str, rel: str, item: _Claimed) -> None:
+        run = self.run
+        settings = self.stores.get(store)
+        try:
+            if settings is None or settings.buffer not in self.roots:
+                raise ItemFailed(f"cold store {store!r} is not available or has no buffer "
+                                 f"store (c.StagingApp.stores)")
+            if store in run.unavailable:
+                raise ItemFailed(f"cold store {store!r} is unavailable (marked so in the "
+                                 f"catalogue); retry the job when it is back")
+            if not is_within(item.source_path, self.roots[store]):
+                raise ItemFailed(f"the instance on cold store {store!r} leads outside the store")
+        except ItemFailed as exc:
+            return self._failed(item, str(exc))
+        buffer = settings.buffer
+        reserved = self._reserve(item, store, volume, buffer, rel, settings)
+        if reserved is None:
+            return
+        reservation, held = reserved
+        target = Path(self.roots[buffer]) / rel
+        try:
+            outcome = self.mover.move(ItemSpec(Path(item.source_path), target, item.size,
+                                               item.is_directory, item.checksums, "copy"))
+            self._register(item, buffer, rel, reservation, store, volume)
+        except Cancelled:
+            self._drop(reservation)
+            raise
+        except (ItemFailed, OSError, StagingError) as exc:
+            return self._failed(item, str(exc), reservation)
+        note = "verified, already in the buffer" if outcome.state == "skipped" else outcome.note
+        run.log(f"recalled {item.name} from {store!r} volume {volume!r} into {buffer!r} "
+                f"({item.size} bytes, {note}; buffer holds {held} of {settings.buffer_bytes} "
+                f"bytes)")
+        self._announce(1)
+
+    def _reserve(self, item: _Claimed, store: str, volume: str, buffer: str, rel: str,
+                 settings: ColdSettings) -> tuple[int, int] | None:
+        """Reserve the item's bytes in the buffer, waiting (and reaping) while it is full;
+        returns the reservation's id and the bytes the buffer holds with it. None when
+        another job's copy of the file is in the buffer: the item was queued to read it."""
+        said = ""
+        while True:
+            with self.db.write() as s:
+                # The buffer's row, locked: the reservations of every job in this buffer take
+                # turns, so two jobs never recall one file at once nor pass the cap together.
+                s.execute(select(Store.id).where(Store.name == buffer).with_for_update())
+                self._forget_dead_reservations(s, buffer)
+                other = s.execute(select(RecallCopy.state, RecallCopy.job_id).where(
+                    RecallCopy.buffer == buffer, RecallCopy.path == rel,
+                    RecallCopy.state.in_(HELD_RECALL_STATES))).first()
+                if other is not None and other.state == "recalled":
+                    self._queue(s, item, buffer, rel)
+                    break
+                held = int(s.scalar(select(func.coalesce(func.sum(RecallCopy.size), 0)).where(
+                    RecallCopy.buffer == buffer,
+                    RecallCopy.state.in_(HELD_RECALL_STATES))) or 0)
+                if other is None and (held == 0 or held + item.size <= settings.buffer_bytes):
+                    copy = RecallCopy(job_id=self.run.job.id, name=item.name, cold_store=store,
+                                      volume=volume, buffer=buffer, path=rel, size=item.size,
+                                      state="recalling", error="")
+                    s.add(copy)
+                    s.flush()
+                    if said.startswith("buffer full"):
+                        self.run.log(f"buffer {buffer!r} has room again")
+                    return copy.id, held + item.size
+            waiting = (f"waiting for job {other.job_id}, which is recalling {item.name}"
+                       if other is not None and other.state == "recalling" else
+                       f"waiting: an earlier copy of {item.name} is being reaped"
+                       if other is not None else
+                       f"buffer full: waiting ({buffer!r} holds {held} of "
+                       f"{settings.buffer_bytes} bytes recalled and not yet used; "
+                       f"{item.name} needs {item.size})")
+            if waiting.partition(" (")[0] != said:
+                self.run.log(waiting)
+                said = waiting.partition(" (")[0]
+            self.run._commit(wait=False)  # what the streams used becomes reapable
+            self.reap()
+            self._sleep(0.05)
+        self.run.log(f"recalled {item.name}: already in buffer {buffer!r} (recalled by job "
+                     f"{other.job_id}), not recalled again")
+        self._announce(1)
+        return None
+
+    def _forget_dead_reservations(self, s: Any, buffer: str) -> None:
+        """Reservations whose job is not running under a live lease (its worker died before
+        the copy was registered) hold no bytes: that job recalls the file again when it
+        resumes."""
+        now = utcnow()
+        alive = select(Job.id).where(Job.state == "running", Job.lease_expires > now)
+        s.execute(delete(RecallCopy).where(
+            RecallCopy.buffer == buffer, RecallCopy.state == "recalling",
+            RecallCopy.job_id.not_in(alive)).execution_options(synchronize_session=False))
+
+    def _drop(self, reservation: int) -> None:
+        with self.db.write() as s:
+            s.execute(delete(RecallCopy).where(RecallCopy.id == reservation))
+
+    def _failed(self, item: _Claimed, message: str, reservation: int | None = None) -> None:
+        message = f"recall failed: {message}"
+        if reservation is not None:  # kept as history; it holds no bytes any more
+            with self.db.write() as s:
+                s.execute(update(RecallCopy).where(RecallCopy.id == reservation).values(
+                    state="failed", error=message))
+        self.run.log.note(f"FAILED {item.dest_path}: {message}")
+        # Through the engine like a staged item: counted, logged, listed in the job's errors.
+        self.run._add(item, "failed", message, None)
+        self._announce(0)
+
+    def _queue(self, s: Any, item: _Claimed, buffer: str, rel: str) -> None:
+        s.execute(update(JobItem).where(JobItem.id == item.id, JobItem.state == WAITING).values(
+            state="queued", store=buffer, source_path=os.path.join(self.roots[buffer], rel)))
+
+    def _register(self, item: _Claimed, buffer: str, rel: str, reservation: int, store: str,
+                  volume: str) -> None:
+        """In one transaction: the buffer instance, the recall recorded, the item queued."""
+        with self.db.write() as s:
+            file_id = s.scalar(select(File.id).where(File.name == item.name))
+            store_id = self.store_ids[buffer]
+            present = s.scalar(select(Instance.file_id).where(
+                Instance.store_id == store_id, Instance.path == rel))
+            if present is None:
+                s.add(Instance(file_id=file_id, store_id=store_id, path=rel, available=True,
+                               deletion_policy="allowed"))
+            elif present != file_id:
+                raise ItemFailed(f"buffer {buffer!r} already holds another file at {rel}")
+            s.execute(update(RecallCopy).where(RecallCopy.id == reservation).values(
+                state="recalled", recalled_at=utcnow()))
+            s.add(Event(file_id=file_id, type="recalled", payload={
+                "cold_store": store, "volume": volume, "buffer": buffer, "path": rel,
+                "job": self.run.job.id}))
+            self._queue(s, item, buffer, rel)
+
+    # ----- reaping ------------------------------------------------------------------------
+    def _job_reads_buffer(self) -> bool:
+        with self.db.read() as s:
+            return bool(s.scalar(select(func.count()).select_from(JobItem).where(
+                JobItem.job_id == self.run.job.id, JobItem.state.in_(UNFINISHED),
+                JobItem.store.in_(self.buffers))))
+
+    def reap(self) -> int:
+        return reap(self.db, self.all_stores, self.run.log, self.run.job.id)
+
+
+def reap_after_cancel(db: Database, job_id: int, log: Callable[[str], None]) -> int:
+    """A cancelled job's recalled copies are no longer needed by it: reap them now (those
+    another active job still reads stay)."""
+    stores = _Stores.load(db)
+    return reap(db, stores, log, job_id) if stores.buffers else 0
+
+
+def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int) -> int:
+    """Remove every recalled copy (in the buffers of ``stores``) that no unfinished item of an
+    active job reads: its instance first (the copy ``reaping``: its bytes still count and
+    nobody recalls that path meanwhile), then its bytes, then it is ``reaped``. Copies a
+    dead worker left ``reaping`` are finished too."""
+    with db.write() as s:
+        # The buffers' rows, locked as ``_reserve`` does: a copy a job is being pointed at
+        # is never reaped under it.
+        s.execute(select(Store.id).where(Store.name.in_(sorted(stores.buffers)))
+                  .order_by(Store.name).with_for_update())
+        copies = s.scalars(select(RecallCopy).where(
+            RecallCopy.buffer.in_(stores.buffers),
+            RecallCopy.state.in_(("recalled", "reaping")),
+        ).with_for_update()).all()
+        if not copies:
+            return 0
+        sources = {os.path.join(stores.roots.get(c.buffer, ""), c.path): c for c in copies
+                   if c.state == "recalled"}
+        needed = set(s.scalars(select(JobItem.source_path).join(
+            Job, Job.id == JobItem.job_id).where(
+            Job.state.in_(ACTIVE_STATES), JobItem.state.in_(UNFINISHED),
+            JobItem.source_path.in_(list(sources)))))
+        gone = [c for c in copies if c.state == "reaping"]
+        for source, copy in sources.items():
+            if source in needed:
+                continue
+            store_id = stores.ids[copy.buffer]
+            file_id = s.scalar(select(Instance.file_id).where(
+                Instance.store_id == store_id, Instance.path == copy.path))
+            if file_id is not None:
+                s.execute(delete(Instance).where(Instance.store_id == store_id,
+                                                 Instance.path == copy.path))
+                s.add(Event(file_id=file_id, type="reaped", payload={
+                    "buffer": copy.buffer, "path": copy.path, "job": job_id}))
+            copy.state = "reaping"
+            gone.append(copy)
+    for copy in gone:
+        with contextlib.suppress(FileNotFoundError):  # (a crashed reaper's, half gone)
+            remove_path(Path(stores.roots[copy.buffer]) / copy.path)
+    if gone:
+        with db.write() as s:
+            s.execute(update(RecallCopy).where(
+                RecallCopy.id.in_([c.id for c in gone]), RecallCopy.state == "reaping",
+            ).values(state="reaped", reaped_at=utcnow()))
+    for copy in gone:
+        log(f"reaped {copy.name} from buffer {copy.buffer!r} ({copy.size} bytes)")
+    return len(gone)
