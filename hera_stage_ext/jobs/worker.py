@@ -9,6 +9,7 @@ database: claims are atomic and leased.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 from ..catalogue.db import Database
 from .copy_pool import CopyPool, default_size
-from .engine import EngineConfig, claim_job, new_worker_id, reconcile, run_job
+from .engine import EngineConfig, claim_job, new_worker_id, reconcile, release_job, run_job
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 
@@ -61,8 +62,17 @@ class Worker:
                 continue
             job_id, resumed = claimed
             log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
-            state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed,
-                            self.pool)
+            try:
+                state = run_job(self.db, job_id, self.worker_id, self.config, self.stop,
+                                resumed, self.pool)
+            except Exception:  # one job's trouble must not end the worker
+                # E.g. its log cannot be written, or the database went away mid-finish: the
+                # job goes back to the queue (retried by the next claim, resumed where it was).
+                log.exception("job %s: the worker could not run it; released", job_id)
+                with contextlib.suppress(Exception):
+                    release_job(self.db, job_id, self.worker_id)
+                self.stop.wait(poll_seconds)
+                continue
             log.info("job %s: %s", job_id, state)
             idle_since = time.monotonic()
 
