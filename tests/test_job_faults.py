@@ -373,3 +373,21 @@ def test_a_job_the_worker_cannot_run_is_released_not_fatal(site: Site) -> None:
 def _started(site: Site, job_id: int) -> bool:
     with site.db.read() as s:
         return s.scalar(select(Job.started_at).where(Job.id == job_id)) is not None
+
+
+def test_a_long_job_does_not_hold_up_the_next(big: Site) -> None:
+    """One worker runs several jobs at once: a small job launched behind a long one finishes
+    while the long one is still running."""
+    long_job = stage(big, "long")
+    worker = start_worker(big.db.url, delay=0.05)
+    try:
+        wait_for(lambda: get_job(big.db, long_job["id"])["state"] == "running", timeout=30)
+        short = stage(big, "short", big.names[:2])
+        done = wait_for(lambda: (j := get_job(big.db, short["id"]))["state"] in FINISHED and j,
+                        timeout=60)
+        assert done["state"] == "succeeded"
+        assert get_job(big.db, long_job["id"])["state"] == "running"
+        cancel_job(big.db, long_job["id"])
+        finished(big, long_job["id"])
+    finally:
+        stop_worker(worker)
