@@ -391,7 +391,6 @@ def test_search_and_stage_with_the_keyboard_only(page: Any, lab_server: LabServe
     assert unnamed == []
 
     # The command palette opens the panel, which puts the focus in the query box.
-    page.locator("#jp-main-dock-panel").click()
     page.keyboard.press("Control+Shift+C")
     page.keyboard.type("Open HERA Archive Panel")
     page.keyboard.press("Enter")
