@@ -149,6 +149,8 @@ def test_search_shows_the_right_rows(page: Any, lab_server: LabServer) -> None:
     detail = page.locator(f"{PANEL} .jp-HeraStage-detail")
     detail.get_by_text("Instances (2)").wait_for()
     assert "md5" in detail.inner_text()
+    # Playwright scrolled the table sideways to click the Size header: back to the names.
+    page.locator(f"{PANEL} .jp-HeraStage-gridBody").evaluate("b => { b.scrollLeft = 0; }")
     screenshot(page, "01-search-and-detail", PANEL)
     detail.get_by_label("Close detail").click()
     assert_fits_the_panel(page)
