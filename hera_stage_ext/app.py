@@ -134,6 +134,10 @@ class StagingApp(ExtensionApp):
         config=True
     )
 
+    worker_jobs = Int(
+        4, help="Jobs a worker runs at once (each with worker_streams streams): a transfer "
+        "waiting for its peer's hours, or one large job, does not hold up the others.",
+    ).tag(config=True)
     worker_copy_processes = Int(
         0,
         help="Helper processes of a worker that copy small files (the per-file work of many "
@@ -281,6 +285,7 @@ class StagingApp(ExtensionApp):
             launcher = WorkerLauncher(
                 self.db_url, streams=self.worker_streams,
                 copy_processes=self.worker_copy_processes, owner=self.owner,
+                jobs=self.worker_jobs,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
             )

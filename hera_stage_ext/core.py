@@ -75,13 +75,6 @@ class Core:
         if not self.allow_ingest:
             raise Forbidden("ingest is disabled on this server (c.StagingApp.allow_ingest)")
 
-    def check_limit(self, limit: object) -> int:
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise InvalidRequest("limit must be an integer")
-        if not 1 <= limit <= self.max_search_limit:
-            raise InvalidRequest(f"limit must be between 1 and {self.max_search_limit}")
-        return limit
-
     def librarian_source(self, authenticator: object) -> str:
         """The source name an authenticator acts as; Unauthorized if it is not configured.
 

@@ -149,6 +149,8 @@ def test_search_shows_the_right_rows(page: Any, lab_server: LabServer) -> None:
     detail = page.locator(f"{PANEL} .jp-HeraStage-detail")
     detail.get_by_text("Instances (2)").wait_for()
     assert "md5" in detail.inner_text()
+    # Playwright scrolled the table sideways to click the Size header: back to the names.
+    page.locator(f"{PANEL} .jp-HeraStage-gridBody").evaluate("b => { b.scrollLeft = 0; }")
     screenshot(page, "01-search-and-detail", PANEL)
     detail.get_by_label("Close detail").click()
     assert_fits_the_panel(page)
@@ -156,7 +158,7 @@ def test_search_shows_the_right_rows(page: Any, lab_server: LabServer) -> None:
 
 def assert_fits_the_panel(page: Any) -> None:
     """At the left area's default width nothing makes the whole panel scroll sideways; a
-    table wider than the panel scrolls inside itself, its checkboxes staying in view."""
+    table wider than the panel scrolls inside itself, its header following the rows."""
     widths = page.evaluate(
         "() => { const p = document.querySelector('.jp-HeraStage-panel');"
         " const b = p.querySelector('.jp-HeraStage-gridBody');"
@@ -167,8 +169,11 @@ def assert_fits_the_panel(page: Any) -> None:
         body = page.locator(f"{PANEL} .jp-HeraStage-gridBody")
         body.evaluate("b => { b.scrollLeft = b.scrollWidth; }")
         box = body.bounding_box()
-        for cell in (page.locator(f"{ROW} [role=gridcell]:first-child").first,  # checkbox
-                     page.locator(f"{ROW} [role=gridcell]:last-child").first):  # created
+        page.wait_for_function(
+            "() => document.querySelector('.jp-HeraStage-panel .jp-HeraStage-gridHeaderClip')"
+            ".scrollLeft > 0")
+        for cell in (page.locator(f"{PANEL} [role=columnheader]", has_text="Created"),
+                     page.locator(f"{ROW} [role=gridcell]:last-child").first):
             cell_box = cell.bounding_box()
             assert box["x"] - 1 <= cell_box["x"] and (
                 cell_box["x"] + cell_box["width"] <= box["x"] + box["width"] + 1), widths
@@ -388,7 +393,6 @@ def test_search_and_stage_with_the_keyboard_only(page: Any, lab_server: LabServe
     assert unnamed == []
 
     # The command palette opens the panel, which puts the focus in the query box.
-    page.locator("#jp-main-dock-panel").click()
     page.keyboard.press("Control+Shift+C")
     page.keyboard.type("Open HERA Archive Panel")
     page.keyboard.press("Enter")

@@ -347,3 +347,47 @@ def test_forget_a_queued_job_is_refused(site: Site) -> None:
     with pytest.raises(Conflict):
         retry_job(site.db, job["id"])
     assert get_job(site.db, job["id"])["state"] == "queued"
+
+
+# ----- the worker itself ------------------------------------------------------------------------
+def test_a_job_the_worker_cannot_run_is_released_not_fatal(site: Site) -> None:
+    """A job whose log cannot be written (here: a folder stands where the file goes) does not
+    take its worker down: the job is released and retried, and completes once it can."""
+    job = stage(site, "unlogged")
+    log_path = Path(job["log_path"])
+    log_path.unlink()
+    log_path.mkdir()
+    worker = start_worker(site.db.url)
+    try:
+        wait_for(lambda: get_job(site.db, job["id"])["worker_id"] is None
+                 and worker.poll() is None and _started(site, job["id"]), timeout=30)
+        log_path.rmdir()  # the cause goes away: the next claim runs it through
+        out = finished(site, job["id"])
+        assert worker.poll() is None, "the worker is still alive"
+    finally:
+        output = stop_worker(worker)
+    assert out["state"] == "succeeded", output
+    assert "could not run it; released" in output
+
+
+def _started(site: Site, job_id: int) -> bool:
+    with site.db.read() as s:
+        return s.scalar(select(Job.started_at).where(Job.id == job_id)) is not None
+
+
+def test_a_long_job_does_not_hold_up_the_next(big: Site) -> None:
+    """One worker runs several jobs at once: a small job launched behind a long one finishes
+    while the long one is still running."""
+    long_job = stage(big, "long")
+    worker = start_worker(big.db.url, delay=0.05)
+    try:
+        wait_for(lambda: get_job(big.db, long_job["id"])["state"] == "running", timeout=30)
+        short = stage(big, "short", big.names[:2])
+        done = wait_for(lambda: (j := get_job(big.db, short["id"]))["state"] in FINISHED and j,
+                        timeout=60)
+        assert done["state"] == "succeeded"
+        assert get_job(big.db, long_job["id"])["state"] == "running"
+        cancel_job(big.db, long_job["id"])
+        finished(big, long_job["id"])
+    finally:
+        stop_worker(worker)

@@ -185,13 +185,18 @@ class Database:
 
     def _limited_sessions(self, timeout_s: float) -> sessionmaker[Session]:
         # A server has one limit (its search timeout), so in practice one extra engine.
-        if timeout_s not in self._limited:
+        made = self._limited.get(timeout_s)
+        if made is None:
             ms = max(1, round(timeout_s * 1000))
             engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=20,
                                    isolation_level="AUTOCOMMIT",
                                    connect_args={"options": f"-c statement_timeout={ms}"})
-            self._limited[timeout_s] = (engine, sessionmaker(engine, expire_on_commit=False))
-        return self._limited[timeout_s][1]
+            # Two first searches at once: one engine is kept (it has not connected yet).
+            made = self._limited.setdefault(
+                timeout_s, (engine, sessionmaker(engine, expire_on_commit=False)))
+            if made[0] is not engine:
+                engine.dispose()
+        return made[1]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -939,12 +939,17 @@ class _JobRun:
         return finish_job(self.db, job.id)
 
     def _release(self) -> None:
-        with self.db.write() as s:
-            s.execute(update(JobItem).where(JobItem.job_id == self.job.id,
-                                            JobItem.state == "running")
-                      .values(state="queued", worker_id=None))
-            s.execute(update(Job).where(Job.id == self.job.id, Job.worker_id == self.worker_id)
-                      .values(worker_id=None, lease_expires=None))
+        release_job(self.db, self.job.id, self.worker_id)
+
+
+def release_job(db: Database, job_id: int, worker_id: str) -> None:
+    """Give a job this worker holds back to the queue (its items in hand too), for the next
+    worker to resume."""
+    with db.write() as s:
+        s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
+                  .values(state="queued", worker_id=None))
+        s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
+                  .values(worker_id=None, lease_expires=None))
 
 
 def _recount(s: Session, job: Job) -> None:

@@ -23,8 +23,9 @@ from .worker import DB_URL_ENV
 class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
-                 copy_processes: int = 0, owner: str | None = None) -> None:
+                 copy_processes: int = 0, owner: str | None = None, jobs: int = 4) -> None:
         self.db_url = db_url
+        self.jobs = jobs
         # More for the worker's environment (transfer jobs: the peers, secrets included).
         self.env = dict(env or {})
         self.owner = owner
@@ -45,7 +46,7 @@ class WorkerLauncher:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "hera_stage_ext.jobs.worker",
                      "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
-                     "--copy-processes", str(self.copy_processes),
+                     "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
                      *(["--owner", self.owner] if self.owner else [])],
                     env={**os.environ, **self.env, DB_URL_ENV: self.db_url},
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

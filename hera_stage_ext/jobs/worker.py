@@ -1,14 +1,15 @@
 """The worker process: ``python -m hera_stage_ext.jobs.worker --db-url URL``.
 
 Runs jobs outside the Jupyter server, so a restart or an idle-cull of the server loses nothing.
-Loops: reconcile (take over the jobs of dead workers), claim a job, run it; exits cleanly on
-SIGTERM/SIGINT, releasing its job so the next worker resumes it. Several workers may share a
-database: claims are atomic and leased.
+Loops: reconcile (take over the jobs of dead workers), claim jobs and run each in a thread of
+its own (several at once); exits cleanly on SIGTERM/SIGINT, releasing its jobs so the next
+worker resumes them. Several workers may share a database: claims are atomic and leased.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 from ..catalogue.db import Database
 from .copy_pool import CopyPool, default_size
-from .engine import EngineConfig, claim_job, new_worker_id, reconcile, run_job
+from .engine import EngineConfig, claim_job, new_worker_id, reconcile, release_job, run_job
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 
@@ -28,17 +29,20 @@ DB_URL_ENV = "HERA_STAGE_DB_URL"
 
 
 class Worker:
-    """Claims and runs jobs until ``stop`` is set."""
+    """Claims and runs jobs until ``stop`` is set: up to ``max_jobs`` at once, each in a thread
+    of its own, so that one job waiting (a transfer outside its peer's hours, a peer that is
+    down) or one very large job does not hold up the others."""
 
     def __init__(self, db: Database, config: EngineConfig | None = None,
                  worker_id: str | None = None, pool: CopyPool | None = None,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, max_jobs: int = 4) -> None:
         self.db = db
         self.owner = owner  # only this user's jobs (None: anyone's)
         self.config = config or EngineConfig()
         self.worker_id = worker_id or new_worker_id()
         self.stop = threading.Event()
         self.pool = pool
+        self.max_jobs = max(1, max_jobs)
 
     def run(self, poll_seconds: float = 1.0, reconcile_seconds: float = 10.0,
             exit_when_idle: bool = False, idle_exit_seconds: float | None = None) -> None:
@@ -46,25 +50,54 @@ class Worker:
         ``idle_exit_seconds`` once none has been left for that long."""
         last_reconcile = 0.0
         idle_since = time.monotonic()
-        while not self.stop.is_set():
-            if time.monotonic() - last_reconcile >= reconcile_seconds:
-                taken = reconcile(self.db)
-                if taken:
-                    log.info("jobs of dead workers to resume: %s", taken)
-                last_reconcile = time.monotonic()
-            claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds, self.owner)
-            if claimed is None:
-                idle = time.monotonic() - idle_since
-                if exit_when_idle or (idle_exit_seconds is not None and idle >= idle_exit_seconds):
-                    return
+        running: dict[int, threading.Thread] = {}
+        try:
+            while not self.stop.is_set():
+                for job_id in [j for j, t in running.items() if not t.is_alive()]:
+                    running.pop(job_id).join()
+                    idle_since = time.monotonic()
+                claimed = None
+                try:
+                    if time.monotonic() - last_reconcile >= reconcile_seconds:
+                        taken = reconcile(self.db)
+                        if taken:
+                            log.info("jobs of dead workers to resume: %s", taken)
+                        last_reconcile = time.monotonic()
+                    if len(running) < self.max_jobs:
+                        claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds,
+                                            self.owner)
+                except Exception:  # the database away for a moment: try again next poll
+                    log.exception("cannot claim jobs now; trying again")
+                if claimed is not None:
+                    job_id, resumed = claimed
+                    running[job_id] = threading.Thread(
+                        target=self._run_one, args=(job_id, resumed), name=f"job-{job_id}",
+                        daemon=True)
+                    running[job_id].start()
+                    continue  # room for more: claim again at once
+                if not running:
+                    idle = time.monotonic() - idle_since
+                    if exit_when_idle or (idle_exit_seconds is not None
+                                          and idle >= idle_exit_seconds):
+                        return
                 self.stop.wait(poll_seconds)
-                continue
-            job_id, resumed = claimed
-            log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
+        finally:
+            for thread in running.values():  # on stop: each releases its job
+                thread.join()
+
+    def _run_one(self, job_id: int, resumed: bool) -> None:
+        log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
+        try:
             state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed,
                             self.pool)
-            log.info("job %s: %s", job_id, state)
-            idle_since = time.monotonic()
+        except Exception:  # one job's trouble must not end the worker
+            # E.g. its log cannot be written, or the database went away mid-finish: the job
+            # goes back to the queue (retried by the next claim, resumed where it was).
+            log.exception("job %s: the worker could not run it; released", job_id)
+            with contextlib.suppress(Exception):
+                release_job(self.db, job_id, self.worker_id)
+            return
+        log.info("job %s: %s", job_id, state)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit-seconds", type=float, default=defaults.flush_seconds,
                         help="seconds between commits (renames of the verified copies to their "
                         "final names, and their results recorded)")
+    parser.add_argument("--jobs", type=int, default=4,
+                        help="jobs run at once (each with its --streams)")
     parser.add_argument("--owner", default=None,
                         help="run only this user's jobs (what a server passes for its user's "
                         "worker); default: every user's, for a site's service workers")
@@ -110,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Started here, from the main thread, so each helper dies with this process.
     pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
             if args.copy_processes > 0 else None)
-    worker = Worker(db, config, pool=pool, owner=args.owner)
+    worker = Worker(db, config, pool=pool, owner=args.owner, max_jobs=args.jobs)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)

@@ -48,7 +48,7 @@ const COLUMNS: Record<SearchKind, IColumn[]> = {
 
 /**
  * The grid's column template and the narrowest width it fits in: narrower than that,
- * the table scrolls sideways inside itself (the selection checkboxes stay in view).
+ * the table scrolls sideways inside itself, never the whole panel.
  */
 export function gridLayout(kind: SearchKind): { template: string; minWidth: number } {
   const columns = COLUMNS[kind];
@@ -73,6 +73,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
   const { model } = props;
   useSignal(model.changed);
   const scroller = React.useRef<HTMLDivElement>(null);
+  const headerClip = React.useRef<HTMLDivElement>(null);
   const [scrollTop, setScrollTop] = React.useState(0);
   const [viewport, setViewport] = React.useState(300);
   const [active, setActive] = React.useState(0);
@@ -128,12 +129,11 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
     setActive(i);
     const node = scroller.current;
     if (node) {
-      // Row i spans [HEADER + i*ROW, HEADER + (i+1)*ROW] under a sticky header of one row.
       const top = i * ROW_HEIGHT;
       if (top < node.scrollTop) {
         node.scrollTop = top;
-      } else if (top + 2 * ROW_HEIGHT > node.scrollTop + node.clientHeight) {
-        node.scrollTop = top + 2 * ROW_HEIGHT - node.clientHeight;
+      } else if (top + ROW_HEIGHT > node.scrollTop + node.clientHeight) {
+        node.scrollTop = top + ROW_HEIGHT - node.clientHeight;
       }
     }
   };
@@ -247,11 +247,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
         tabIndex={0}
         onKeyDown={onKeyDown}
       >
-        <div
-          ref={scroller}
-          className="jp-HeraStage-gridBody"
-          onScroll={e => setScrollTop((e.target as HTMLDivElement).scrollTop)}
-        >
+        <div ref={headerClip} className="jp-HeraStage-gridHeaderClip">
           <div
             className="jp-HeraStage-gridHeader"
             role="row"
@@ -259,7 +255,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
             style={{ gridTemplateColumns: template, minWidth }}
           >
             {selectable && (
-              <div role="columnheader" className="jp-HeraStage-cell jp-mod-sticky" style={{ left: 0 }}>
+              <div role="columnheader" className="jp-HeraStage-cell">
                 <span className="jp-HeraStage-visuallyHidden">Selected</span>
               </div>
             )}
@@ -292,6 +288,19 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
               </div>
             ))}
           </div>
+        </div>
+        <div
+          ref={scroller}
+          className="jp-HeraStage-gridBody"
+          onScroll={e => {
+            const node = e.target as HTMLDivElement;
+            // The header scrolls sideways with the rows (it sits outside their scroller).
+            if (headerClip.current) {
+              headerClip.current.scrollLeft = node.scrollLeft;
+            }
+            setScrollTop(node.scrollTop);
+          }}
+        >
           {!rows.length && !model.loading && (
             <div className="jp-HeraStage-empty">No {kind} match this search.</div>
           )}
@@ -322,7 +331,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
                   onClick={e => onClickRow(e, index, key)}
                 >
                   {selectable && (
-                    <div role="gridcell" className="jp-HeraStage-cell jp-mod-sticky" style={{ left: 0 }}>
+                    <div role="gridcell" className="jp-HeraStage-cell">
                       <input
                         type="checkbox"
                         tabIndex={-1}
