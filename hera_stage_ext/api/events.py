@@ -76,7 +76,12 @@ class JobProgressNotifier:
 
     def _changed_jobs(self) -> list[dict[str, Any]]:
         changed = []
-        for job in self.core.active_or_recent_jobs():
+        jobs = self.core.active_or_recent_jobs()
+        if self.core.launcher is not None and any(j["state"] == "queued" for j in jobs):
+            # A job launched while the worker was exiting (idle) finds no worker: start one
+            # once that one is gone (a no-op while it lives).
+            self.core.launcher.ensure_running()
+        for job in jobs:
             key = tuple(job[k] for k in _CHANGES)
             if self._seen.get(job["id"]) != key:
                 self._seen[job["id"]] = key
