@@ -21,8 +21,9 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, vali
 
 from . import __version__
 from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier
-from .api.orders import ORDERS_KEY, StandingOrderTimer
+from .api.orders import ORDERS_KEY
 from .api.routes import handlers as api_handlers
+from .api.ticker import Ticker
 from .catalogue.catalogue import Catalogue
 from .catalogue.db import Database, default_sqlite_url
 from .catalogue.ingest import Ingester
@@ -338,7 +339,8 @@ class StagingApp(ExtensionApp):
         self.notifier.start()
         self.order_timer = None
         if self.standing_order_check_seconds > 0:
-            self.order_timer = StandingOrderTimer(self.orders, self.standing_order_check_seconds)
+            self.order_timer = Ticker("standing orders", self.standing_order_check_seconds,
+                                      self.orders.tick)
             self.order_timer.start()
         resumed = self.core.resume_jobs()
         if resumed:

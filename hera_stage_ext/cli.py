@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .client import ApiError, Client, ClientError, error_lines, human_size
@@ -205,15 +205,19 @@ def _order_line(order: dict[str, Any]) -> str:
     return f"{order['name']}\t{state}\t{order['peer']}\t{what}\t{order['last_message']}"
 
 
+def _print_rows(rows: list[dict[str, Any]], as_json: bool,
+                line: Callable[[dict[str, Any]], str]) -> int:
+    if as_json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(line(row))
+    return 0
+
+
 def cmd_orders(client: Client, args: argparse.Namespace) -> int:
     if args.action == "list":
-        orders = client.orders()
-        if args.json:
-            _print_json(orders)
-            return 0
-        for order in orders:
-            print(_order_line(order))
-        return 0
+        return _print_rows(client.orders(), args.json, _order_line)
     if args.action == "delete":
         client.delete_order(args.name)
         print(f"standing order {args.name} deleted")
@@ -234,13 +238,7 @@ def cmd_orders(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
-    jobs = client.jobs()
-    if args.json:
-        _print_json(jobs)
-        return 0
-    for job in jobs:
-        print(_job_line(job))
-    return 0
+    return _print_rows(client.jobs(), args.json, _job_line)
 
 
 def cmd_job(client: Client, args: argparse.Namespace) -> int:
