@@ -21,7 +21,9 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, vali
 
 from . import __version__
 from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier
+from .api.orders import ORDERS_KEY
 from .api.routes import handlers as api_handlers
+from .api.ticker import Ticker
 from .catalogue.catalogue import Catalogue
 from .catalogue.cold import check_stores as check_cold_stores
 from .catalogue.db import Database, default_sqlite_url
@@ -34,6 +36,7 @@ from .catalogue.naming import (
 )
 from .core import Core
 from .jobs.launcher import WorkerLauncher
+from .transfer.orders import StandingOrders
 from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers, peers_env
 from .transfer.receiver import Receiver
 
@@ -237,6 +240,20 @@ class StagingApp(ExtensionApp):
         directory, before a transfer job sends them. Empty: uploads to a peer are refused.""",
     ).tag(config=True)
 
+    standing_order_interval_seconds = Float(
+        300.0,
+        help="""How often every active standing order is evaluated even when nothing new was
+        ingested (files available again, failed sends retried). Orders are also evaluated
+        when new instances are registered on this site (seen within
+        standing_order_check_seconds) and right after one is created or resumed.""",
+    ).tag(config=True)
+
+    standing_order_check_seconds = Float(
+        10.0,
+        help="""How often the server looks for newly registered instances (one indexed read)
+        and for due standing orders; 0: this server evaluates none of its user's orders.""",
+    ).tag(config=True)
+
     @validate("peers")
     def _check_peers(self, proposal: dict[str, Any]) -> dict[str, Any]:
         parse_peers(proposal["value"])
@@ -320,6 +337,8 @@ class StagingApp(ExtensionApp):
             upload_store=self.upload_store,
         )
         self.settings[SETTINGS_KEY] = self.core
+        self.orders = StandingOrders(self.core, self.standing_order_interval_seconds)
+        self.settings[ORDERS_KEY] = self.orders
         self.log.info(
             "hera_stage_ext %s: catalogue on %s, %d store(s)", __version__, db.backend,
             len(self.stores),
@@ -329,6 +348,11 @@ class StagingApp(ExtensionApp):
         self.notifier = JobProgressNotifier(self.core, self.serverapp.event_logger,
                                             self.progress_interval_seconds)
         self.notifier.start()
+        self.order_timer = None
+        if self.standing_order_check_seconds > 0:
+            self.order_timer = Ticker("standing orders", self.standing_order_check_seconds,
+                                      self.orders.tick)
+            self.order_timer.start()
         resumed = self.core.resume_jobs()
         if resumed:
             self.log.info("hera_stage_ext: unfinished staging jobs %s are being resumed", resumed)
@@ -346,6 +370,9 @@ class StagingApp(ExtensionApp):
         notifier = getattr(self, "notifier", None)
         if notifier is not None:
             notifier.stop()
+        order_timer = getattr(self, "order_timer", None)
+        if order_timer is not None:
+            order_timer.stop()
         core = getattr(self, "core", None)
         if core is not None:
             core.close()

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .client import ApiError, Client, ClientError, error_lines, human_size
@@ -198,14 +198,46 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> int:
     return _wait(client, job)
 
 
-def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
-    jobs = client.jobs()
-    if args.json:
-        _print_json(jobs)
-        return 0
-    for job in jobs:
-        print(_job_line(job))
+def _order_line(order: dict[str, Any]) -> str:
+    state = "paused" if order["paused"] else "active"
+    what = order["query"] or json.dumps(order["search"])
+    return f"{order['name']}\t{state}\t{order['peer']}\t{what}\t{order['last_message']}"
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool,
+                line: Callable[[dict[str, Any]], str]) -> int:
+    if as_json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(line(row))
     return 0
+
+
+def cmd_orders(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _print_rows(client.orders(), args.json, _order_line)
+    if args.action == "delete":
+        client.delete_order(args.name)
+        print(f"standing order {args.name} deleted")
+        return 0
+    if args.action == "add":
+        order = client.add_order(args.name, args.peer, args.query)
+    elif args.action == "pause":
+        order = client.pause_order(args.name)
+    elif args.action == "resume":
+        order = client.resume_order(args.name)
+    else:
+        order = client.order(args.name)
+        if args.json:
+            _print_json(order)
+            return 0
+    print(_order_line(order))
+    return 0
+
+
+def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
+    return _print_rows(client.jobs(), args.json, _job_line)
 
 
 def cmd_job(client: Client, args: argparse.Namespace) -> int:
@@ -328,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="follow the job; exit 1 with its errors unless it succeeds")
     p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("orders", help="standing orders: searches kept in sync with a peer")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("list", help="your standing orders")
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("add", help="send what a search matches to a peer, as it arrives")
+    a.add_argument("name", help="the order's name (letters, digits, '.', '_', '-')")
+    a.add_argument("peer", help="a configured peer (c.StagingApp.peers)")
+    a.add_argument("query", help="one-line query or JSON search")
+    for action, text in (("show", "one order and what its last evaluation did"),
+                         ("pause", "stop evaluating an order until resumed"),
+                         ("resume", "evaluate an order again (at once)"),
+                         ("delete", "delete an order (the jobs it launched run on)")):
+        a = actions.add_parser(action, help=text)
+        a.add_argument("name")
+        if action == "show":
+            a.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_orders)
 
     p = sub.add_parser("jobs", help="your staging, transfer and upload jobs")
     p.add_argument("--json", action="store_true")

@@ -544,6 +544,28 @@ class Client:
                 body[key] = value
         return Job(self.request("POST", "upload", body))
 
+    # ----- standing orders ----------------------------------------------------------------
+    def orders(self) -> list[Record]:
+        """Your standing orders."""
+        return [Record(o) for o in self.request("GET", "standing-orders")["standing_orders"]]
+
+    def order(self, name: str) -> Record:
+        return Record(self.request("GET", _order_path(name)))
+
+    def add_order(self, name: str, peer: str, query: str | dict[str, Any] | list[Any]) -> Record:
+        """Create a standing order: what ``query`` matches is sent to ``peer`` as it arrives."""
+        return Record(self.request("POST", "standing-orders",
+                                   {"name": name, "peer": peer, **search_body(query)}))
+
+    def pause_order(self, name: str) -> Record:
+        return Record(self.request("POST", _order_path(name) + "/pause", {}))
+
+    def resume_order(self, name: str) -> Record:
+        return Record(self.request("POST", _order_path(name) + "/resume", {}))
+
+    def delete_order(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", _order_path(name))
+
     def jobs(self) -> JobList:
         return JobList(Job(j) for j in self.request("GET", "jobs")["jobs"])
 
@@ -598,6 +620,10 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout} s")
             time.sleep(poll_seconds)
+
+
+def _order_path(name: str) -> str:
+    return "standing-orders/" + requests.utils.quote(name, safe="")
 
 
 def _id(job_id: Any) -> int:

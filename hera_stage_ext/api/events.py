@@ -8,16 +8,12 @@ emits one event per job whose progress or state changed. Browsers read the event
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 from jupyter_events import EventLogger
-from tornado.ioloop import PeriodicCallback
 
 from ..core import Core
-
-log = logging.getLogger("hera_stage_ext")
+from .ticker import Ticker
 
 JOB_PROGRESS_SCHEMA_ID = "https://github.com/hera-stage-ext/events/job-progress"
 JOB_PROGRESS_SCHEMA: dict[str, Any] = {
@@ -51,32 +47,28 @@ class JobProgressNotifier:
         self.core = core
         self.event_logger = event_logger
         self._seen: dict[int, tuple[Any, ...]] = {}
-        self._callback = PeriodicCallback(self._tick, interval_s * 1000)
-        self._busy = False
+        self._ticker = Ticker("job progress notifier", interval_s, self._changed_jobs,
+                              self._emit)
 
     def start(self) -> None:
-        self._callback.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._callback.stop()
+        self._ticker.stop()
 
-    async def _tick(self) -> None:
-        if self._busy:  # a slow database must not pile up ticks
-            return
-        self._busy = True
-        try:
-            jobs = await asyncio.get_running_loop().run_in_executor(None, self._changed_jobs)
-            for job in jobs:
-                self.event_logger.emit(schema_id=JOB_PROGRESS_SCHEMA_ID,
-                                       data={k: job[k] for k in _FIELDS if k in job})
-        except Exception:  # the notifier must outlive a database hiccup
-            log.exception("job progress notifier")
-        finally:
-            self._busy = False
+    def _emit(self, jobs: list[dict[str, Any]]) -> None:
+        for job in jobs:
+            self.event_logger.emit(schema_id=JOB_PROGRESS_SCHEMA_ID,
+                                   data={k: job[k] for k in _FIELDS if k in job})
 
     def _changed_jobs(self) -> list[dict[str, Any]]:
         changed = []
-        for job in self.core.active_or_recent_jobs():
+        jobs = self.core.active_or_recent_jobs()
+        if self.core.launcher is not None and any(j["state"] == "queued" for j in jobs):
+            # A job launched while the worker was exiting (idle) finds no worker: start one
+            # once that one is gone (a no-op while it lives).
+            self.core.launcher.ensure_running()
+        for job in jobs:
             key = tuple(job[k] for k in _CHANGES)
             if self._seen.get(job["id"]) != key:
                 self._seen[job["id"]] = key

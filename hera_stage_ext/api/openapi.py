@@ -319,6 +319,43 @@ SCHEMAS["Peer"] = {
     },
 }
 
+SCHEMAS["StandingOrderRequest"] = {
+    "type": "object",
+    "required": ["name", "peer"],
+    "additionalProperties": False,
+    "description": "Exactly one of 'search' (JSON) or 'query' (one-line text), validated now; "
+    "the order sends what it matches, as files arrive, until deleted.",
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        "peer": {"type": "string", "minLength": 1,
+                 "description": "A configured peer (GET peers)."},
+        "search": {"type": ["object", "array", "string"]},
+        "query": {"type": "string"},
+    },
+}
+SCHEMAS["StandingOrder"] = {
+    "type": "object",
+    "required": ["name", "owner", "peer", "search", "query", "paused", "created_at",
+                 "last_evaluated_at", "last_launched_at", "last_job_id", "last_files",
+                 "last_message"],
+    "properties": {
+        "name": {"type": "string"},
+        "owner": {"type": "string"},
+        "peer": {"type": "string"},
+        "search": {"type": ["object", "array"], "description": "The JSON search it runs."},
+        "query": {"type": "string", "description": "The one-line text it was given as ('' "
+                  "when given as JSON)."},
+        "paused": {"type": "boolean"},
+        "created_at": {"type": "string"},
+        "last_evaluated_at": {"type": ["string", "null"]},
+        "last_launched_at": {"type": ["string", "null"]},
+        "last_job_id": {"type": ["integer", "null"],
+                        "description": "The transfer job its last launch created."},
+        "last_files": {"type": "integer", "description": "Files that job sends."},
+        "last_message": {"type": "string", "description": "What the last evaluation did."},
+    },
+}
+
 NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 JOB_PARAMETER = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
@@ -492,6 +529,61 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
                     "202": _json(ref("Job"), "The upload job, queued"),
                     **_errors(400, 403, 404, 409, 413, 503),
                 },
+            }},
+            "/standing-orders": {
+                "get": {
+                    "summary": "Your standing orders",
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["standing_orders"],
+                                      "properties": {"standing_orders": {
+                                          "type": "array", "items": ref("StandingOrder")}}},
+                                     "Standing orders, by name"),
+                        **_errors(403),
+                    },
+                },
+                "post": {
+                    "summary": "Create a standing order: what its search matches is sent to "
+                               "the peer (one transfer job per evaluation) when files are "
+                               "ingested here and periodically; files at the peer already "
+                               "are never sent again",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": ref("StandingOrderRequest")}}},
+                    "responses": {
+                        "201": _json(ref("StandingOrder"), "The order"),
+                        **_errors(400, 403, 404, 409, 413),
+                    },
+                },
+            },
+            "/standing-orders/{name}": {
+                "get": {
+                    "summary": "One standing order, with what its last evaluation did",
+                    "parameters": [NAME_PARAMETER],
+                    "responses": {"200": _json(ref("StandingOrder"), "The order"),
+                                  **_errors(400, 403, 404)},
+                },
+                "delete": {
+                    "summary": "Delete a standing order (the jobs it launched run on)",
+                    "parameters": [NAME_PARAMETER],
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["deleted"],
+                                      "properties": {"deleted": {"type": "string"}}},
+                                     "The name of the order deleted"),
+                        **_errors(400, 403, 404),
+                    },
+                },
+            },
+            "/standing-orders/{name}/pause": {"post": {
+                "summary": "Pause a standing order: it is not evaluated until resumed",
+                "parameters": [NAME_PARAMETER],
+                "responses": {"200": _json(ref("StandingOrder"), "The order"),
+                              **_errors(400, 403, 404)},
+            }},
+            "/standing-orders/{name}/resume": {"post": {
+                "summary": "Resume a standing order: evaluated at once, sending what matched "
+                           "while it was paused",
+                "parameters": [NAME_PARAMETER],
+                "responses": {"200": _json(ref("StandingOrder"), "The order"),
+                              **_errors(400, 403, 404)},
             }},
             "/openapi.json": {"get": {
                 "summary": "This document",

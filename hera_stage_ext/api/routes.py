@@ -29,6 +29,12 @@ from .jobs import (
     TransfersHandler,
 )
 from .librarian import LibrarianRPCHandler
+from .orders import (
+    StandingOrderHandler,
+    StandingOrderPauseHandler,
+    StandingOrderResumeHandler,
+    StandingOrdersHandler,
+)
 from .peer import (
     PeerAnnounceHandler,
     PeerFileContentHandler,
@@ -62,6 +68,10 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/peers": PeersHandler,
     "/transfers": TransfersHandler,
     "/upload": UploadHandler,
+    "/standing-orders": StandingOrdersHandler,
+    "/standing-orders/{name}": StandingOrderHandler,
+    "/standing-orders/{name}/pause": StandingOrderPauseHandler,
+    "/standing-orders/{name}/resume": StandingOrderResumeHandler,
     "/openapi.json": OpenAPIHandler,
 }
 
