@@ -36,6 +36,7 @@ from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
 from .peers import Peer, PeerRegistry, registry_from_env
 from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient, offer_from_detail
+from .rclone import RclonePeer, client_for
 from .sender import record_remote
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def create_transfer_job(
     if not items:
         raise NotFound(f"none of the {len(missing)} file(s) has an available instance on an "
                        f"online store", missing=missing)
-    client = PeerClient(peer, registry.site_name, timeout=10)
+    client = client_for(peer, registry.site_name, timeout=10)
     reachable = ""
     try:
         client.ping()
@@ -111,7 +112,11 @@ class TransferKind(JobKind):
         except NotFound as exc:
             return _fail_all(run, f"{exc.message}; this worker has no configuration for it "
                              "(was it started by the server?)")
-        sender = _Sender(run, registry, peer)
+        if isinstance(peer, RclonePeer):  # sites without hera_stage_ext: rclone_send.py
+            from .rclone_send import RcloneSender  # imported here: it builds on _Sender
+            sender: _Sender = RcloneSender(run, registry, peer)
+        else:
+            sender = _Sender(run, registry, peer)
         try:
             sender.loop()
         finally:
@@ -138,7 +143,7 @@ class _Sender:
 
     def __init__(self, run: _JobRun, registry: PeerRegistry, peer: Peer) -> None:
         self.run, self.registry, self.peer = run, registry, peer
-        self.client = PeerClient(peer, registry.site_name)
+        self.client = self.connect()
         self.catalogue = Catalogue(run.db)
         self.reported: set[int] = set()
 
@@ -208,7 +213,10 @@ class _Sender:
                 # it; a worker's configuration is fixed at its start).
                 self.client.close()
                 self.peer = self.registry.peer(self.peer.name)
-                self.client = PeerClient(self.peer, self.registry.site_name)
+                self.client = self.connect()
+
+    def connect(self) -> PeerClient:
+        return PeerClient(self.peer, self.registry.site_name)
 
     # ----- results ------------------------------------------------------------------------
     def report(self, item: _Claimed, state: str, error: str = "", note: str = "") -> None:
