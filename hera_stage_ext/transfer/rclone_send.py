@@ -10,7 +10,8 @@ remote at the instance's path relative to its store:
 2. Copy to a hidden sibling name (``.hera-partial-<job>-<name>``; what a dead attempt left there is
    removed first), so a half-written object never appears under the real name. Files go one at
    a time (``rclone copyto``; a directory data set with ``rclone copy``), each its own rclone
-   run: simple and exact, but a few tenths of a second per file.
+   run: simple and exact, but a few tenths of a second per file; the job's streams (the
+   worker's ``--streams``) claim two items at a time, so that many run at once.
 3. Verify the copy against the catalogue (remote MD5, or the bytes streamed back). A mismatch
    removes the copy and fails the item with both checksums.
 4. Rename it to its name (``rclone moveto``; refused if something took the name meanwhile), then
@@ -33,6 +34,8 @@ from .rclone import RcloneClient, RclonePeer
 from .sender import record_remote
 
 PARTIAL_PREFIX = ".hera-partial-"
+#: Items a stream claims at a time.
+CLAIM = 2
 
 
 class RcloneSender(_Sender):
@@ -43,6 +46,11 @@ class RcloneSender(_Sender):
         run = self.run
         return RcloneClient(self.peer,
                             interrupt=lambda: run.abort.is_set() or run.stop.is_set())
+
+    def room(self) -> int:
+        """Claim few items at a time: each costs whole rclone runs, so the job's other
+        streams should get the rest and run rclone alongside."""
+        return min(super().room(), CLAIM)
 
     def send(self, batch: list[_Claimed]) -> None:
         transfer = f"job{self.run.job.id}.rclone"
