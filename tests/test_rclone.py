@@ -10,6 +10,7 @@ its obscured password passed only through the peer's ``env``. Transfer jobs run 
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import Event, File, Instance, Store
@@ -67,11 +68,18 @@ class Site:
 
     def send(self, names: list[str], peer: str) -> dict[str, Any]:
         """A transfer job run to its end here: the job, items' (state, error), state counts."""
-        job = create_transfer_job(self.db, "tester", names, self.registry, peer,
-                                  log_dir=str(self.tmp / "logs"))
+        job = self.job(names, peer)
+        self.run()
+        return self.result(job["id"])
+
+    def job(self, names: list[str], peer: str) -> dict[str, Any]:
+        return create_transfer_job(self.db, "tester", names, self.registry, peer,
+                                   log_dir=str(self.tmp / "logs"))
+
+    def run(self) -> None:
+        """The pending jobs, run to their end by the worker's code in this process."""
         run_pending(self.db, EngineConfig(peers=self.registry, fsync=False,
                                           heartbeat_seconds=0.2))
-        return self.result(job["id"])
 
     def result(self, job_id: int) -> dict[str, Any]:
         with self.db.read() as s:
@@ -141,6 +149,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
             _wait_port(port, proc)
         peers = {
             "karoo-sftp": {"type": "rclone", "remote": "sf:archive", "config": str(config)},
+            "karoo-sftp-2": {"type": "rclone", "remote": "sf:second", "config": str(config)},
             "karoo-dav": {"type": "rclone", "remote": "dav:archive", "config": str(config),
                           "env": {"RCLONE_CONFIG_DAV_PASS": obscured_dav}},
             "karoo-down": {"type": "rclone", "remote": "down:archive", "config": str(config),
@@ -254,10 +263,27 @@ def test_bytes_that_differ_from_the_catalogue_fail_verification_and_are_removed(
     assert site.send([name], peer)["counts"] == {"done": 1}
 
 
+def test_a_partial_copy_left_by_a_dead_worker_is_replaced(site: Site) -> None:
+    rel = site.path_of(MIRIAD_NAME)
+    job = site.job([MIRIAD_NAME], "karoo-sftp-2")
+    parent, base = posixpath.split(rel)
+    partial = site.sftp_root / "second" / parent / f"{PARTIAL_PREFIX}{job['id']}-{base}"
+    # What a worker killed mid-copy leaves: part of the data set (and here a stray member,
+    # which a copy into it would keep and verification would then refuse).
+    partial.mkdir(parents=True)
+    (partial / "visdata").write_bytes(b"half of it")
+    (partial / "stray").write_bytes(b"not a member")
+    with site.db.write() as s:  # that worker had claimed the item
+        s.execute(update(JobItem).where(JobItem.job_id == job["id"]).values(attempts=1))
+    site.run()
+    assert site.result(job["id"])["items"][MIRIAD_NAME] == ("done", "")
+    assert _same_content(site.store / rel, site.sftp_root / "second" / rel)
+    assert not _partials(site.sftp_root)
+
+
 def test_an_unreachable_remote_keeps_the_job_retrying_until_cancelled(site: Site) -> None:
     name = site.names(1, "2457648")[0]
-    job = create_transfer_job(site.db, "tester", [name], site.registry, "karoo-down",
-                              log_dir=str(site.tmp / "logs"))
+    job = site.job([name], "karoo-down")
     created = read_log(get_job(site.db, job["id"]))[0]
     assert "cannot be reached" in created and "the job waits for it" in created
     worker = threading.Thread(target=run_pending, args=(site.db, EngineConfig(
