@@ -205,7 +205,9 @@ class StagingApp(ExtensionApp):
         jobs (0: no limit); hours: when transfer jobs may announce to it, local time, e.g.
         "20-06" (empty: any time); retry_max_s: cap of the backoff while it is unreachable.
         The server's worker gets this setting in its environment (restart the server to
-        change it).""",
+        change it). A site without hera_stage_ext: {"type": "rclone", "remote":
+        "myremote:bucket/path", "config": "/path/rclone.conf", "env": {"RCLONE_...": "..."},
+        "verify": "auto"} (copied with rclone and verified there; see the admin guide).""",
     ).tag(config=True)
 
     peer_secrets = Dict(

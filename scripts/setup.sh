@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the browser tests (never `playwright install`)
+[ -x /usr/bin/rclone ] || need_apt+=(rclone)  # rclone peers and their tests (tests/test_rclone.py)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -309,13 +309,17 @@ SCHEMAS["Peer"] = {
     "required": ["name", "url", "reachable", "site", "error", "accepts_from"],
     "properties": {
         "name": {"type": "string"},
-        "url": {"type": ["string", "null"], "description": "null: a site that only sends here"},
+        "url": {"type": ["string", "null"],
+                "description": "null: a site that only sends here, or an rclone peer"},
         "reachable": {"type": ["boolean", "null"],
                       "description": "an authenticated ping answered (null: not pinged)"},
         "site": {"type": ["string", "null"], "description": "the site name it answered with"},
         "error": {"type": "string"},
         "accepts_from": {"type": "boolean",
                          "description": "this site accepts transfers from it"},
+        "type": {"type": "string", "enum": ["rclone"],
+                 "description": "only on a peer reached with rclone"},
+        "remote": {"type": "string", "description": "an rclone peer's remote and path"},
     },
 }
 

@@ -38,6 +38,7 @@ from ..jobs.models import Job, JobItem
 from ..jobs.recall import with_recall
 from .peers import Peer, PeerRegistry, registry_from_env
 from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient, offer_from_detail
+from .rclone import RclonePeer, client_for
 from .sender import record_remote
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def create_transfer_job(
     if not items:
         raise NotFound(f"none of the {len(missing)} file(s) has an available instance on an "
                        f"online store", missing=missing)
-    client = PeerClient(peer, registry.site_name, timeout=10)
+    client = client_for(peer, registry.site_name, timeout=10)
     reachable = ""
     try:
         client.ping()
@@ -113,7 +114,11 @@ class TransferKind(JobKind):
         except NotFound as exc:
             return _fail_all(run, f"{exc.message}; this worker has no configuration for it "
                              "(was it started by the server?)")
-        sender = _Sender(run, registry, peer)
+        if isinstance(peer, RclonePeer):  # sites without hera_stage_ext: rclone_send.py
+            from .rclone_send import RcloneSender  # imported here: it builds on _Sender
+            sender: _Sender = RcloneSender(run, registry, peer)
+        else:
+            sender = _Sender(run, registry, peer)
         try:
             with_recall(run, sender.loop)
         finally:
@@ -142,7 +147,7 @@ class _Sender:
 
     def __init__(self, run: _JobRun, registry: PeerRegistry, peer: Peer) -> None:
         self.run, self.registry, self.peer = run, registry, peer
-        self.client = PeerClient(peer, registry.site_name)
+        self.client = self.connect()
         self.catalogue = Catalogue(run.db)
         self.reported: set[int] = set()
 
@@ -218,7 +223,10 @@ class _Sender:
                 # it; a worker's configuration is fixed at its start).
                 self.client.close()
                 self.peer = self.registry.peer(self.peer.name)
-                self.client = PeerClient(self.peer, self.registry.site_name)
+                self.client = self.connect()
+
+    def connect(self) -> PeerClient:
+        return PeerClient(self.peer, self.registry.site_name)
 
     # ----- results ------------------------------------------------------------------------
     def report(self, item: _Claimed, state: str, error: str = "", note: str = "") -> None:

@@ -26,6 +26,8 @@ environment variable ``HERA_STAGE_PEERS`` (``peers_env``/``registry_from_env``),
 database URL: never on the command line (``ps`` shows it to every user), never in the database
 (a database dump or a read-only database user would expose it).
 
+Sites without hera_stage_ext: ``{"type": "rclone", "remote": ...}`` entries (``rclone.py``).
+
 ``python -m hera_stage_ext.transfer.peers hash-secret`` prints a new secret and its hash
 (``--stdin`` hashes a secret read from standard input instead).
 """
@@ -117,9 +119,14 @@ def parse_peers(config: dict[str, Any]) -> dict[str, Peer]:
     """``c.StagingApp.peers`` into Peers; ValueError naming what is wrong."""
     out = {}
     for name, spec in config.items():
+        if isinstance(spec, dict) and spec.get("type") == "rclone":  # not hera_stage_ext
+            from .rclone import parse_rclone_peer  # here: rclone.py builds on Peer
+            out[name] = parse_rclone_peer(name, spec)
+            continue
         if not isinstance(spec, dict) or not isinstance(spec.get("url"), str) \
                 or not isinstance(spec.get("secret"), str):
-            raise ValueError(f"peer {name!r} needs a 'url' and a 'secret'")
+            raise ValueError(f"peer {name!r} needs a 'url' and a 'secret' (or 'type': "
+                             "'rclone' and a 'remote')")
         if ":" in name or not name:
             raise ValueError(f"peer name {name!r} must be non-empty and contain no ':'")
         unknown = set(spec) - {"url", "secret", "max_bytes_per_s", "max_in_flight", "hours",

@@ -14,7 +14,7 @@ from ..catalogue.db import Database
 from ..catalogue.models import Event, File, utcnow
 from ..errors import StagingError
 from .models import RemoteInstance
-from .protocol import PeerClient
+from .rclone import RclonePeer, client_for
 
 if TYPE_CHECKING:
     from ..core import Core
@@ -56,9 +56,11 @@ def list_peers(core: Core, timeout: float = 3.0) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name, "url": None, "reachable": None, "site": None,
                                "error": "", "accepts_from": name in registry.secret_hashes}
         peer = registry.peers.get(name)
+        if isinstance(peer, RclonePeer):
+            row["type"], row["remote"] = "rclone", peer.remote
         if peer is not None:
-            row["url"] = peer.url
-            client = PeerClient(peer, core.site_name, timeout=timeout)
+            row["url"] = peer.url or None
+            client = client_for(peer, core.site_name, timeout=timeout)
             try:
                 row["site"] = client.ping().get("site")
                 row["reachable"] = True
