@@ -11,36 +11,38 @@ Jupyter server.
 
 from __future__ import annotations
 
-from .engine import (
-    active_job_ids,
-    EngineConfig,
-    cancel_job,
-    forget_job,
-    create_stage_job,
-    dry_run_stage,
-    get_job,
-    job_json,
-    list_jobs,
-    read_log,
-    reconcile,
-    retry_job,
-    run_pending,
-)
-from .methods import METHODS
+import importlib
+from typing import Any
+
+#: What ``from hera_stage_ext.jobs import X`` offers, and the module it comes from. Loaded on
+#: first use: a copy helper process imports ``jobs.methods`` and must not pay for the engine
+#: (SQLAlchemy) or the contents method (jupyter_server) it never uses.
+_EXPORTS = {
+    "METHODS": "methods",
+    "EngineConfig": "engine",
+    "active_job_ids": "engine",
+    "cancel_job": "engine",
+    "create_stage_job": "engine",
+    "dry_run_stage": "engine",
+    "forget_job": "engine",
+    "get_job": "engine",
+    "job_json": "engine",
+    "list_jobs": "engine",
+    "read_log": "engine",
+    "reconcile": "engine",
+    "retry_job": "engine",
+    "run_pending": "engine",
+}
 
 __all__ = [
-    "active_job_ids",
-    "EngineConfig",
-    "METHODS",
-    "cancel_job",
-    "forget_job",
-    "create_stage_job",
-    "dry_run_stage",
-    "get_job",
-    "job_json",
-    "list_jobs",
-    "read_log",
-    "reconcile",
-    "retry_job",
-    "run_pending",
+    "METHODS", "EngineConfig", "active_job_ids", "cancel_job", "create_stage_job",
+    "dry_run_stage", "forget_job", "get_job", "job_json", "list_jobs", "read_log", "reconcile",
+    "retry_job", "run_pending",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

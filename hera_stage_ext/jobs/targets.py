@@ -20,7 +20,6 @@ from typing import Any, Protocol
 from ..errors import InvalidRequest
 from ..paths import confine, is_within
 from . import markers
-from .contents import ContentsTarget
 from .methods import Mover, remove_path, temp_path
 
 
@@ -95,6 +94,8 @@ def plan_target(destination: str, method: str, allowed_roots: Sequence[str | os.
     """The checked target of a request (nothing is written): Forbidden outside the roots,
     InvalidRequest when it exists and is not a folder."""
     if method == "contents":
+        from .contents import ContentsTarget  # jupyter_server: only for this method
+
         return ContentsTarget.plan(destination, contents, allowed_roots)
     dest = confine(destination, allowed_roots, base=base, what="destination")
     if dest.exists() and not dest.is_dir():
@@ -105,5 +106,7 @@ def plan_target(destination: str, method: str, allowed_roots: Sequence[str | os.
 def for_job(destination: str, method: str, options: Mapping[str, Any] | None) -> Target:
     """The target of a stored job."""
     if method == "contents":
+        from .contents import ContentsTarget
+
         return ContentsTarget(destination, (options or {})["contents"])
     return LocalTarget(Path(destination))
