@@ -329,8 +329,8 @@ def test_a_transfer_recalls_cold_files_first(sites: Sites) -> None:  # noqa: F81
     rng = random.Random(3)
     tape, buffer = sites.tmp / "a" / "tape", sites.tmp / "a" / "buffer"
     buffer.mkdir(parents=True)
-    names = [f"zen.2457703.{10000 + 10 * k:05d}.xx.HH.uvh5" for k in range(4)]
-    rels = [f"{('vol1', 'vol2')[k % 2]}/2457703/{name}" for k, name in enumerate(names)]
+    names = [f"zen.2457709.{10000 + 10 * k:05d}.xx.HH.uvh5" for k in range(4)]
+    rels = [f"{('vol1', 'vol2')[k % 2]}/2457709/{name}" for k, name in enumerate(names)]
     specs = []
     for name, rel in zip(names, rels):
         (tape / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -25,15 +25,15 @@ def test_worker_outlives_a_killed_server_and_the_next_server_shows_the_job(
                              "allowed_roots": [str(site.workspace)],
                              "worker_idle_exit_seconds": 1}}
     # The worker the server starts copies slowly (the test throttle), so the kill lands mid-job.
-    env = {"HERA_STAGE_TEST_CHUNK_DELAY": "0.03"}
+    env = {"HERA_STAGE_TEST_CHUNK_DELAY": "0.15"}
     with jupyter_process(tmp_path / "first", root_dir=site.workspace, config=config,
                          env=env) as server:
         reply = server.request("POST", "hera-stage/api/stage",
                                {"names": site.names, "destination": "kept"})
         assert reply.status_code == 202, reply.text
         job_id = reply.json()["id"]
-        running = wait_for(lambda: (j := get_job(database, job_id))["files_done"] >= 3 and j,
-                           timeout=60, step=0.05)
+        running = wait_for(lambda: (j := get_job(database, job_id))["files_done"] >= 3
+                           and j["worker_id"] and j, timeout=60, step=0.05)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(10)
     worker_pid = int(running["worker_id"].split(":")[1])

@@ -335,7 +335,9 @@ class Receiver:
 
     def _receive(self, item: TransferItem, root: Path, part: Path) -> None:
         dest = confine(item.path, [root], what="transfer path")
-        algorithms = [a for a in ck.ALGORITHMS if a in item.checksums]
+        # The fastest checksum announced (xxh3-128 when the sender has it; MD5 costs more than
+        # the transfer itself): corruption on the way shows in either.
+        algorithms = [ck.preferred_algorithm(item.checksums)]
         if dest.exists():
             # Linked by an attempt that died before registering (or a stray file): never
             # overwritten; registered only if it is exactly what was announced.
