@@ -31,11 +31,13 @@ from hera_stage_ext.cli import main as cli_main
 from hera_stage_ext.core import Core
 from hera_stage_ext.demo import DemoArchive, ingest_demo_archive, make_demo_archive
 from hera_stage_ext.errors import Conflict, InvalidRequest, NotFound, SearchError
-from hera_stage_ext.jobs import cancel_job
+from hera_stage_ext.jobs import cancel_job, forget_job
 from hera_stage_ext.jobs.models import AuditEntry, Job, JobItem
+from hera_stage_ext.transfer.jobs import refusal
 from hera_stage_ext.transfer.models import RemoteInstance
 from hera_stage_ext.transfer.orders import StandingOrders
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret, parse_peers
+from hera_stage_ext.transfer.protocol import CONFLICT
 from hera_stage_ext.transfer.sender import record_remote
 
 from .jupyter_process import JupyterProcess, free_port, jupyter_process
@@ -159,6 +161,39 @@ def test_evaluation_sends_what_is_neither_at_the_peer_nor_on_its_way(local) -> N
                      ("transfer", "order", "accepted", third["id"])]
     assert orders.delete("night44") == {"deleted": "night44"}
     assert orders.list() == [] and orders.tick() == 0
+
+
+def test_files_the_peer_refused_as_conflicts_are_held_back(local) -> None:
+    """A conflict would fail the same way at every round: held back until the job that
+    recorded it is retried or forgotten. Other failures (the peer down) are offered again."""
+    core, orders = local
+    night = core.names_matching({"name-matches": "zen.2457644.%"})
+    orders.create({"name": "night44", "peer": "b", "query": "zen.2457644.*"})
+    assert orders.tick() == 1
+    [job] = _transfer_jobs(core)
+    conflicted = night[:2]
+    with core.catalogue.db.write() as s:  # the job ended as a sender's job ends
+        for item in s.scalars(select(JobItem).where(JobItem.job_id == job["id"])):
+            item.state = "failed"
+            item.error = (refusal(CONFLICT, "b holds other content under this name")
+                          if item.name in conflicted else "peer 'b' unreachable")
+        s.get(Job, job["id"]).state = "failed"
+
+    orders.set_paused("night44", False)
+    assert orders.tick() == 1
+    second = _transfer_jobs(core)[-1]
+    assert second["names"] == set(night[2:])
+    cancel_job(core.catalogue.db, second["id"])
+    record_remote(core.catalogue.db, "b", "earlier", night[2:], "committed")
+    orders.set_paused("night44", False)
+    assert orders.tick() == 1
+    assert len(_transfer_jobs(core)) == 2
+    assert "refused by it as a conflict" in orders.get("night44")["last_message"]
+
+    forget_job(core.catalogue.db, job["id"])  # the operator sorted the peer's copies out
+    orders.set_paused("night44", False)
+    assert orders.tick() == 1
+    assert _transfer_jobs(core)[-1]["names"] == set(conflicted)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no SQL of its own to compare

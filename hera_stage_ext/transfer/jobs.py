@@ -54,6 +54,12 @@ class PeerRejected(StagingError):
     status = 502
 
 
+def refusal(answer: str, message: str) -> str:
+    """The error of an item the peer refused (``conflict``, ``no-space``, ``refused``);
+    standing orders read the ``conflict`` ones back to hold those files (``orders.py``)."""
+    return f"peer answered {answer}: {message}"
+
+
 def peer_destination(peer: str) -> str:
     return DESTINATION_PREFIX + peer
 
@@ -287,8 +293,8 @@ class _Sender:
                 elif answer["answer"] == HAVE:
                     have.append(item)
                 else:
-                    self.report(item, "failed", f"peer answered {answer['answer']}: "
-                                f"{answer.get('message', '')}")
+                    self.report(item, "failed", refusal(answer["answer"],
+                                                        answer.get("message", "")))
             record_remote(self.run.db, self.peer.name, transfer, [i.name for i in have], HAVE)
             for item in have:
                 # An earlier attempt of this job sent it (its worker died before recording).

@@ -15,6 +15,10 @@ active order when new instances were registered on this site since the last roun
 received and uploads by the worker, whatever process wrote them, and costs ingest nothing),
 when an order was created or resumed, and otherwise every ``interval_s`` (files that became
 available again, failed sends to retry). Paused orders are not evaluated at all.
+
+A file the peer refused as a ``conflict`` (it holds other content under that name) is held
+back: offering it every round would fail the same way. Retrying or forgetting the job that
+recorded the refusal offers it again (once the peer's copy is sorted out).
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ from ..catalogue.search import parse_search, search_select, validate_search
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
-from .jobs import peer_destination
+from .jobs import peer_destination, refusal
 from .models import RemoteInstance
 from .order_models import StandingOrder
+from .protocol import CONFLICT
 
 if TYPE_CHECKING:
     from ..core import Core
@@ -212,8 +217,11 @@ class StandingOrders:
     def pending(self, order: _Due) -> list[str]:
         """The files ``order`` should send now: matched by its search, with an available
         instance on an online store here, not at its peer, not in an unfinished transfer job
-        to it. At most ``max_stage_files`` (the rest go at the next evaluation)."""
+        to it, not refused by it as a conflict. At most ``max_stage_files`` (the rest go at the
+        next evaluation)."""
         destination = peer_destination(order.peer)
+        peer_jobs = (JobItem.name == File.name, JobItem.job_id == Job.id,
+                     Job.destination == destination)
         with self.core.catalogue.db.read() as s:
             stmt = search_select(s, "files", order.search).with_only_columns(File.name).where(
                 exists().where(Instance.file_id == File.id, Instance.available,
@@ -221,8 +229,9 @@ class StandingOrders:
                                Store.kind == "online"),
                 ~exists().where(RemoteInstance.file_id == File.id,
                                 RemoteInstance.site == order.peer),
-                ~exists().where(JobItem.name == File.name, JobItem.job_id == Job.id,
-                                Job.destination == destination, Job.state.in_(ACTIVE_STATES)),
+                ~exists().where(*peer_jobs, Job.state.in_(ACTIVE_STATES)),
+                ~exists().where(*peer_jobs, JobItem.state == "failed",
+                                JobItem.error.startswith(refusal(CONFLICT, ""), autoescape=True)),
             ).order_by(File.name).limit(self.core.max_stage_files)
             return list(s.scalars(stmt))
 
@@ -233,7 +242,8 @@ class StandingOrders:
         try:
             names = self.pending(order)
             if not names:
-                message = f"nothing to send: every matching file is at {order.peer} or on its way"
+                message = (f"nothing to send: every matching file is at {order.peer}, on its way "
+                           f"or refused by it as a conflict")
             else:
                 launched = self.core.transfer(order.peer, names=names, search=order.search,
                                               via="order")
