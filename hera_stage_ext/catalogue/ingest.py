@@ -52,7 +52,8 @@ class IngestPlan:
     errors: list[dict[str, str]]
 
 
-def _check_glob(pattern: object) -> str:
+def check_glob(pattern: object) -> str:
+    """``pattern`` if it is a glob relative to a store that cannot leave it, else 400."""
     check_text(pattern, "glob")
     assert isinstance(pattern, str)
     if os.path.isabs(pattern) or ".." in Path(pattern).parts:
@@ -78,7 +79,7 @@ class Ingester:
     def plan(self, store: str, globs: Sequence[str]) -> IngestPlan:
         if not isinstance(globs, (list, tuple)) or not globs:
             raise InvalidRequest("globs must be a non-empty list of patterns")
-        patterns = [_check_glob(g) for g in globs]
+        patterns = [check_glob(g) for g in globs]
         root = self._store_root(store)
         matches: set[str] = set()
         errors: list[dict[str, str]] = []
@@ -137,14 +138,16 @@ class Ingester:
                                           checksums=digest.checksums,
                                           is_directory=digest.is_directory, source=self.source))
                     rels.append(os.path.relpath(full, root))
-                self._register(store, specs, rels, report)
+                self.register(store, specs, rels, report)
                 if progress is not None:
                     progress(len(batch))
         return report
 
-    def _register(
+    def register(
         self, store: str, specs: list[FileSpec], rels: list[str], report: IngestReport
     ) -> None:
+        """Register hashed files of ``store`` in one transaction, into ``report``; a batch with
+        a bad file is registered one by one so only that file fails (an error in ``report``)."""
         try:
             results = self.catalogue.register(specs, store=store, paths=rels)
         except (Conflict, InvalidRequest):

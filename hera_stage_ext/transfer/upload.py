@@ -16,7 +16,7 @@ already holds on the store with that checksum is ``skipped`` (so a re-run redoes
 name known with other content fails (names are immutable); the rest is copied by
 ``methods.Mover`` (temporary name, verified against the checksum taken, fsynced, renamed: the
 staging copy path, immediate mode so the file is final before it is registered) and the batch is
-registered as files and instances of the store (``Ingester._register``: one transaction, one by
+registered as files and instances of the store (``Ingester.register``: one transaction, one by
 one only if something in it conflicts). A worker killed anywhere leaves either nothing under the
 final name, or a file a re-run finds identical and registers, or a registered file it skips.
 
@@ -43,7 +43,7 @@ from sqlalchemy import select
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue, FileSpec
 from ..catalogue.db import Database
-from ..catalogue.ingest import Ingester, IngestReport, _check_glob
+from ..catalogue.ingest import Ingester, IngestReport, check_glob
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.naming import validate_name
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
@@ -140,7 +140,7 @@ def create_upload_job(
                                  "and none is configured (c.StagingApp.upload_store)")
         store = upload_store
     assert store is not None
-    pattern = _check_glob(glob)
+    pattern = check_glob(glob)
     batch = _positive(batch, "batch", MAX_BATCH)
     if parallel is not None:
         parallel = _positive(parallel, "parallel", MAX_PARALLEL)
@@ -434,7 +434,7 @@ class _Uploader:
         rels = [os.path.join(self.prefix, item.dest_path) for item, _, _, _ in copied]
         report = IngestReport()
         try:
-            self.ingester._register(self.store, specs, rels, report)
+            self.ingester.register(self.store, specs, rels, report)
         except StagingError as exc:
             report.errors = [{"path": rel, "message": exc.message} for rel in rels]
         failed = {e["path"]: e["message"] for e in report.errors}
