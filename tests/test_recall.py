@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
@@ -30,7 +30,7 @@ from hera_stage_ext.jobs import (
     retry_job,
     run_pending,
 )
-from hera_stage_ext.jobs.models import RecallCopy
+from hera_stage_ext.jobs.models import JobItem, RecallCopy
 
 from .job_fixtures import start_worker, stop_worker, wait_for
 from .test_transfer import Sites, send, sites  # noqa: F401  (the two real sites)
@@ -248,6 +248,22 @@ def test_a_cancelled_job_leaves_nothing_in_the_buffer(site: ColdSite) -> None:
             == []
         states = set(s.scalars(select(RecallCopy.state)))
     assert states <= {"reaped"}
+
+    # Retried, it stages everything, cold files not yet recalled at the cancel included.
+    with site.db.read() as s:
+        waiting = s.scalar(select(func.count()).where(JobItem.job_id == job["id"],
+                                                        JobItem.state == "waiting"))
+    assert waiting, "the cancel came before every cold file was recalled"
+    retried = retry_job(site.db, job["id"], allowed_roots=[site.workspace])
+    assert retried["state"] == "queued"
+    assert run_pending(site.db, FAST) == [job["id"]]
+    done = get_job(site.db, job["id"])
+    assert done["state"] == "succeeded" and done["files_done"] == len(site.names)
+    for rel in site.cold_rel.values():  # recalled again where the cancel had reaped them
+        assert ck.hash_path(site.workspace / "run6" / rel) == ck.hash_path(site.cold / rel)
+    assert buffer_bytes(site.buffer) == 0
+    with site.db.read() as s:
+        assert set(s.scalars(select(RecallCopy.state))) == {"reaped"}
 
 
 def test_two_jobs_share_the_buffer_and_its_cap(site: ColdSite) -> None:

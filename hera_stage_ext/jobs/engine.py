@@ -1063,9 +1063,6 @@ def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
     return get_job(db, job_id)
 
 
-_RETRYABLE = ("failed", "queued", "running")
-
-
 def retry_job(db: Database, job_id: int, *, force: bool = False,
               allowed_roots: Sequence[str | os.PathLike[str]] = (),
               actor: str | None = None) -> dict[str, Any]:
@@ -1085,11 +1082,13 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
         raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
                        f"finished (cancel it first to stop it)", job_id=job_id)
     kind = kinds.kind(job.kind)
+    recall.rewind_reaped(db, job_id, _resolve)
     new_items, still_missing, new_bytes = _resolve(db, job.missing) if job.missing else ([], [], 0)
     with db.read() as s:
         left, left_bytes = s.execute(
             select(func.count(), func.coalesce(func.sum(JobItem.size), 0))
-            .where(JobItem.job_id == job_id, JobItem.state.in_(_RETRYABLE))).one()
+            .where(JobItem.job_id == job_id,
+                   JobItem.state.in_((*recall.RETRIED, recall.WAITING)))).one()
     if not left and not new_items:
         if still_missing:
             raise InvalidRequest(
@@ -1109,7 +1108,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                         allowed_roots=allowed_roots)
             taken = True
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
-                                            JobItem.state.in_(_RETRYABLE))
+                                            JobItem.state.in_(recall.RETRIED))
                       .values(state="queued", error="", worker_id=None))
             if new_items:
                 s.execute(insert(JobItem), [

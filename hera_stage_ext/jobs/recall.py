@@ -24,7 +24,9 @@ first starts it):
 The streams keep running while items wait: when the queue is empty they commit what they have
 (so it can be reaped) and wait for the next recall. A worker that dies mid-recall leaves the
 item ``waiting``; the next run forgets the dead reservation and recalls it again (a copy already
-complete in the buffer is verified, not copied again).
+complete in the buffer is verified, not copied again). A cancel reaps the job's recalled copies;
+retrying the job puts the items that read them back to ``waiting`` on their cold instance
+(``rewind_reaped``), so they are recalled again.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 WAITING = "waiting"
 #: Item states in which an item may still read its source.
 UNFINISHED = ("queued", "running", WAITING)
+#: Item states a retry queues again (``waiting`` ones stay so: the retry recalls them first).
+RETRIED = ("failed", "queued", "running")
 
 
 # ----- creation -----------------------------------------------------------------------------
@@ -76,6 +80,37 @@ def resolve_cold(
         else:  # a cold store with no buffer configured: nothing can read it
             missing.append(item["name"])
     return kept, missing, total
+
+
+def rewind_reaped(
+    db: Database, job_id: int,
+    resolve: Callable[..., tuple[list[dict[str, Any]], list[str], int]],
+) -> int:
+    """Before a retry: the job's items to run again that read a recalled copy reaped since (a
+    cancel reaps them) wait again, with their cold instance as source, so the retry recalls
+    them again; returns how many. ``resolve`` is the engine's ``_resolve``."""
+    stores = _Stores.load(db)
+    if not stores.buffers:
+        return 0
+    with db.read() as s:
+        items = s.execute(select(JobItem.id, JobItem.name, JobItem.store, JobItem.source_path)
+                          .where(JobItem.job_id == job_id, JobItem.state.in_(RETRIED),
+                                 JobItem.store.in_(stores.buffers))).all()
+        held = set(s.execute(select(Store.name, Instance.path).join(Store).where(
+            Store.name.in_(stores.buffers), Instance.available)).all())
+    gone = [item for item in items if (item.store, os.path.relpath(
+        item.source_path, stores.roots.get(item.store, "/"))) not in held]
+    if not gone:
+        return 0
+    cold, _, _ = resolve_cold(db, [item.name for item in gone], resolve)
+    by_name = {c["name"]: c for c in cold}
+    with db.write() as s:
+        for item in gone:
+            if item.name in by_name:  # else: no cold copy any more, it fails again, saying so
+                c = by_name[item.name]
+                s.execute(update(JobItem).where(JobItem.id == item.id).values(
+                    store=c["store"], source_path=c["source_path"], state=WAITING, error=""))
+    return len(by_name)
 
 
 def check_method(method: str, items: Sequence[Mapping[str, Any]]) -> None:
