@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,15 @@ from sqlalchemy import select, update
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.models import Store
 from hera_stage_ext.errors import Conflict, InsufficientSpace, InvalidRequest, NotFound
-from hera_stage_ext.jobs import EngineConfig, create_stage_job, get_job, markers, read_log
-from hera_stage_ext.jobs import cancel_job, run_pending
+from hera_stage_ext.jobs import (
+    EngineConfig,
+    cancel_job,
+    create_stage_job,
+    get_job,
+    markers,
+    read_log,
+    run_pending,
+)
 from hera_stage_ext.jobs.engine import forget_job, retry_job
 from hera_stage_ext.jobs.models import Job, JobItem
 
@@ -352,7 +360,8 @@ def test_forget_a_queued_job_is_refused(site: Site) -> None:
 # ----- the worker itself ------------------------------------------------------------------------
 def test_a_job_the_worker_cannot_run_is_released_not_fatal(site: Site) -> None:
     """A job whose log cannot be written (here: a folder stands where the file goes) does not
-    take its worker down: the job is released and retried, and completes once it can."""
+    take its worker down: the job is released, says why, is tried again after a back-off (not
+    in a tight loop), and completes once it can."""
     job = stage(site, "unlogged")
     log_path = Path(job["log_path"])
     log_path.unlink()
@@ -361,13 +370,17 @@ def test_a_job_the_worker_cannot_run_is_released_not_fatal(site: Site) -> None:
     try:
         wait_for(lambda: get_job(site.db, job["id"])["worker_id"] is None
                  and worker.poll() is None and _started(site, job["id"]), timeout=30)
+        held = get_job(site.db, job["id"])
+        assert held["state"] == "running" and "could not run it" in held["error"], held
+        assert "tries again in 5 s" in held["error"]
+        time.sleep(3)  # within the first back-off: not claimed again
         log_path.rmdir()  # the cause goes away: the next claim runs it through
         out = finished(site, job["id"])
         assert worker.poll() is None, "the worker is still alive"
     finally:
         output = stop_worker(worker)
-    assert out["state"] == "succeeded", output
-    assert "could not run it; released" in output
+    assert out["state"] == "succeeded" and out["error"] == "", output
+    assert output.count("could not run it; released") == 1, output
 
 
 def _started(site: Site, job_id: int) -> bool:

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -472,18 +472,21 @@ def reconcile(db: Database) -> list[int]:
 
 
 def claim_job(db: Database, worker_id: str, lease_seconds: float,
-              owner: str | None = None) -> tuple[int, bool] | None:
+              owner: str | None = None, skip: Collection[int] = ()) -> tuple[int, bool] | None:
     """Take the oldest job that is queued or whose worker is gone; returns (id, resumed).
 
     With ``owner``, only that user's jobs: a worker started by a user's server runs as that
     user, so it must never take another user's job (it would write their files as itself).
-    Without, any job (a site's service workers)."""
+    Without, any job (a site's service workers). Never one of ``skip`` (jobs this worker
+    holds back after they failed to run)."""
     with db.write() as s:
         now = lease_clock(s)
         query = select(Job).where(Job.state.in_(ACTIVE_STATES),
                                   or_(Job.worker_id.is_(None), Job.lease_expires < now))
         if owner is not None:
             query = query.where(Job.owner == owner)
+        if skip:
+            query = query.where(Job.id.not_in(skip))
         job = s.scalars(query.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
                         ).first()
         if job is None:
@@ -922,8 +925,7 @@ class _JobRun:
             return "lost"
         if errors and not self.cancel_requested:
             self.log(f"worker error: {errors[0]!r}; job released for another attempt")
-            self._release()
-            return "released"
+            raise errors[0]  # the worker releases the job and takes it again after a back-off
         if self.cancel_requested:
             finish_cancelled(self.db, job.id)
             return "cancelled"
@@ -942,14 +944,17 @@ class _JobRun:
         release_job(self.db, self.job.id, self.worker_id)
 
 
-def release_job(db: Database, job_id: int, worker_id: str) -> None:
+def release_job(db: Database, job_id: int, worker_id: str, error: str | None = None) -> None:
     """Give a job this worker holds back to the queue (its items in hand too), for the next
-    worker to resume."""
+    worker to resume; ``error`` says why, on the job, until it finishes."""
     with db.write() as s:
         s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
                   .values(state="queued", worker_id=None))
+        values: dict[str, Any] = {"worker_id": None, "lease_expires": None}
+        if error is not None:
+            values["error"] = error
         s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
-                  .values(worker_id=None, lease_expires=None))
+                  .values(**values))
 
 
 def _recount(s: Session, job: Job) -> None:

@@ -24,6 +24,9 @@ from .engine import EngineConfig, claim_job, new_worker_id, reconcile, release_j
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 
+#: Back-off after a job failed to run: the first wait, doubled each time, up to the last.
+HOLD_FIRST_SECONDS, HOLD_MAX_SECONDS = 5.0, 300.0
+
 #: Environment variable carrying the database URL to a worker started by the server.
 DB_URL_ENV = "HERA_STAGE_DB_URL"
 
@@ -43,6 +46,11 @@ class Worker:
         self.stop = threading.Event()
         self.pool = pool
         self.max_jobs = max(1, max_jobs)
+        # Jobs that failed to run (the database away, a bug): job id -> (failures, monotonic
+        # time before which this worker does not claim it again). Without it such a job is
+        # claimed again at once, in a loop as fast as the worker can claim.
+        self._held: dict[int, tuple[int, float]] = {}
+        self._held_lock = threading.Lock()
 
     def run(self, poll_seconds: float = 1.0, reconcile_seconds: float = 10.0,
             exit_when_idle: bool = False, idle_exit_seconds: float | None = None) -> None:
@@ -65,7 +73,7 @@ class Worker:
                         last_reconcile = time.monotonic()
                     if len(running) < self.max_jobs:
                         claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds,
-                                            self.owner)
+                                            self.owner, skip=[*running, *self._holding()])
                 except Exception:  # the database away for a moment: try again next poll
                     log.exception("cannot claim jobs now; trying again")
                 if claimed is not None:
@@ -85,18 +93,32 @@ class Worker:
             for thread in running.values():  # on stop: each releases its job
                 thread.join()
 
+    def _holding(self) -> list[int]:
+        now = time.monotonic()
+        with self._held_lock:
+            return [job_id for job_id, (_, until) in self._held.items() if until > now]
+
     def _run_one(self, job_id: int, resumed: bool) -> None:
         log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
         try:
             state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed,
                             self.pool)
-        except Exception:  # one job's trouble must not end the worker
+        except Exception as exc:  # one job's trouble must not end the worker
             # E.g. its log cannot be written, or the database went away mid-finish: the job
-            # goes back to the queue (retried by the next claim, resumed where it was).
-            log.exception("job %s: the worker could not run it; released", job_id)
+            # goes back to the queue, resumed where it was by the next claim after a back-off.
+            with self._held_lock:
+                failures = self._held.get(job_id, (0, 0.0))[0] + 1
+                hold = min(HOLD_MAX_SECONDS, HOLD_FIRST_SECONDS * 2 ** (failures - 1))
+                self._held[job_id] = (failures, time.monotonic() + hold)
+            log.exception("job %s: the worker could not run it; released, tried again in "
+                          "%.0f s", job_id, hold)
             with contextlib.suppress(Exception):
-                release_job(self.db, job_id, self.worker_id)
+                release_job(self.db, job_id, self.worker_id, error=(
+                    f"the worker could not run it ({type(exc).__name__}: {exc}); it tries "
+                    f"again in {hold:.0f} s"))
             return
+        with self._held_lock:
+            self._held.pop(job_id, None)
         log.info("job %s: %s", job_id, state)
 
 
