@@ -5,14 +5,26 @@ server does not stop a copy in progress, and the next server start finds the job
 (or, if the worker died too, resumes it). The worker exits by itself after a spell without work.
 The database URL and the peers' secrets travel in the environment, never on the command line,
 where ``ps`` shows them to everyone (a process's environment is readable by its user only).
+
+A worker's configuration is fixed when it starts, so the launcher records the worker it started
+(``worker-<owner>-<catalogue>.json`` beside the worker log: its pid and a digest of its
+configuration). The next server's launcher on that catalogue adopts that worker when the digest
+matches (one worker per user, not one per server start), and stops it (SIGTERM: it releases
+its jobs, which the new worker resumes where they were) when the configuration changed, e.g. a
+peer's URL or secret. Servers on other catalogues keep their own workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,26 +46,87 @@ class WorkerLauncher:
         self.idle_exit_seconds = idle_exit_seconds
         self.log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
+        self._adopted: int | None = None  # a worker an earlier server started, same config
         self._lock = threading.Lock()
+        # One record per user and catalogue: servers on other catalogues keep their workers.
+        catalogue = hashlib.sha256(db_url.encode()).hexdigest()[:16]
+        self.record = log_file.parent / f"worker-{owner or 'any'}-{catalogue}.json"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "hera_stage_ext.jobs.worker",
+                "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
+                "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
+                *(["--owner", self.owner] if self.owner else [])]
+
+    def _digest(self) -> str:
+        # Secrets are in it: only the digest is written down.
+        config = [self._command()[1:], sorted(self.env.items()), self.db_url]
+        return hashlib.sha256(json.dumps(config).encode()).hexdigest()
 
     def ensure_running(self) -> int:
-        """Start a worker unless the one started last is still alive; return its pid."""
+        """Start a worker unless the one started last (by this server, or by an earlier one
+        with the same configuration) is still alive; return its pid."""
         with self._lock:
             if self._process is not None and self._process.poll() is None:
                 return self._process.pid
+            if self._adopted is not None and _is_worker(self._adopted):
+                return self._adopted
+            recorded = self._recorded()
+            if recorded is not None:
+                pid, digest = recorded
+                if digest == self._digest():
+                    self._adopted = pid
+                    return pid
+                _stop(pid)  # configured differently: it releases its jobs to the new one
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "ab") as log:
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "hera_stage_ext.jobs.worker",
-                     "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
-                     "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
-                     *(["--owner", self.owner] if self.owner else [])],
-                    env={**os.environ, **self.env, DB_URL_ENV: self.db_url},
+                    self._command(), env={**os.environ, **self.env, DB_URL_ENV: self.db_url},
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+            self._adopted = None
+            partial = self.record.with_name(f".{self.record.name}.{os.getpid()}")
+            partial.write_text(json.dumps({"pid": self._process.pid, "config": self._digest()}))
+            partial.replace(self.record)
             return self._process.pid
+
+    def _recorded(self) -> tuple[int, str] | None:
+        """The recorded worker, if it is still alive: (pid, configuration digest)."""
+        try:
+            data = json.loads(self.record.read_text())
+            pid, digest = int(data["pid"]), str(data["config"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (pid, digest) if _is_worker(pid) else None
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        if self._process is not None:
+            return self._process.pid
+        return self._adopted
+
+
+def _is_worker(pid: int) -> bool:
+    """True when ``pid`` is a live worker process of this user (not a reused pid)."""
+    try:
+        for _ in range(40):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    return False
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if argv != [b""]:
+                break
+            time.sleep(0.025)  # forked and not yet exec'd (a worker started a moment ago)
+        return b"hera_stage_ext.jobs.worker" in argv and os.stat(
+            f"/proc/{pid}").st_uid == os.getuid()
+    except (OSError, IndexError):
+        return False
+
+
+def _stop(pid: int) -> None:
+    """Ask a worker to stop: it releases its jobs and exits (the new worker, started at once,
+    claims them as they are released)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,86 @@
+"""The server's worker launcher with real worker processes: one worker per user across server
+starts, replaced when its configuration (here: a peer's secret) changed, so no worker sends with
+peers it was given before."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.jobs.launcher import WorkerLauncher
+from hera_stage_ext.jobs.launcher import _is_worker as _alive  # a zombie is not alive
+from hera_stage_ext.transfer.peers import peers_env
+
+from .job_fixtures import wait_for
+
+
+@pytest.fixture
+def launchers(tmp_path: Path) -> Iterator[list[WorkerLauncher]]:
+    """Launchers made by the test (one per "server start"); their workers are stopped after."""
+    made: list[WorkerLauncher] = []
+    yield made
+    for launcher in made:
+        if launcher.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(launcher.pid, signal.SIGTERM)
+        if launcher._process is not None:
+            launcher._process.wait(10)
+
+
+def test_servers_share_their_users_worker_until_its_configuration_changes(
+        tmp_path: Path, launchers: list[WorkerLauncher]) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
+    database.upgrade()
+    database.dispose()
+
+    def server_start(secret: str, url: str = database.url) -> WorkerLauncher:
+        launcher = WorkerLauncher(
+            url, streams=1, idle_exit_seconds=120, copy_processes=1, owner="alice",
+            log_file=tmp_path / "logs" / "worker.log",
+            env=peers_env("site-a", {"b": {"url": "http://127.0.0.1:9/", "secret": secret}}))
+        launchers.append(launcher)
+        return launcher
+
+    first = server_start("s" * 40)
+    pid = first.ensure_running()
+    assert first.ensure_running() == pid
+    # The next server start (the first one crashed or was culled), same configuration: it
+    # adopts the running worker instead of starting a second one.
+    assert server_start("s" * 40).ensure_running() == pid
+    [record] = (tmp_path / "logs").glob("worker-alice-*.json")
+    recorded = json.loads(record.read_text())
+    assert recorded["pid"] == pid
+    assert "s" * 40 not in json.dumps(recorded), "the secret is never written down"
+
+    log = tmp_path / "logs" / "worker.log"
+    wait_for(lambda: " started" in log.read_text())  # its signal handlers are set
+    # A server started after the peer's secret changed: the old worker is stopped (it exits
+    # cleanly, releasing its jobs) and a new one, with the new configuration, takes over.
+    changed = server_start("t" * 40)
+    new_pid = changed.ensure_running()
+    assert new_pid != pid
+    assert first._process is not None and first._process.wait(10) == 0
+    assert _alive(new_pid)
+    assert json.loads(record.read_text())["pid"] == new_pid
+    # A worker that died is not adopted: the next start replaces it.
+    os.kill(new_pid, signal.SIGKILL)
+    assert changed._process is not None
+    changed._process.wait(10)
+    again = server_start("t" * 40).ensure_running()
+    assert again not in (pid, new_pid)
+    wait_for(lambda: _alive(again))
+    # A server of the same user on another catalogue has a worker of its own, alongside.
+    other = Database(f"sqlite:///{tmp_path / 'other.sqlite'}")
+    other.upgrade()
+    other.dispose()
+    elsewhere = server_start("u" * 40, other.url).ensure_running()
+    assert elsewhere != again
+    wait_for(lambda: " started" in log.read_text().split(str(elsewhere))[-1])
+    assert _alive(again) and _alive(elsewhere)
