@@ -485,10 +485,11 @@ class Catalogue:
     def _files_with_instances(s: DbSession, files: Sequence[Any]) -> list[dict[str, Any]]:
         """Files' JSON (from rows of ``search.FILE_COLUMNS``) with their instances, fetched as
         plain columns in one query: building ORM objects for them cost more than the search
-        itself on a large catalogue."""
+        itself on a large catalogue. Run on the session's connection (same transaction): the
+        ORM's result handling adds a quarter to this query's cost and nothing to plain rows."""
         names = {f.id: f.name for f in files}
         held: dict[int, list[dict[str, Any]]] = {file_id: [] for file_id in names}
-        rows = s.execute(
+        rows = s.connection().execute(
             select(Instance.file_id, *INSTANCE_COLUMNS)
             .join(Store, Instance.store_id == Store.id)
             .where(Instance.file_id.in_(list(names)))
