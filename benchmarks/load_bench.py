@@ -87,8 +87,13 @@ def write_store(store: Path, files: int, size: int) -> None:
             k.to_bytes(8, "little") + block[8:])
 
 
+#: The PostgreSQL server's pid (its postmaster) while the benchmark's cluster runs.
+postgres_pid: int | None = None
+
+
 @contextlib.contextmanager
 def database_url(kind: str, workdir: Path) -> Iterator[str]:
+    global postgres_pid
     if kind == "sqlite":
         yield f"sqlite:///{workdir / 'catalogue.sqlite'}"
         return
@@ -96,9 +101,28 @@ def database_url(kind: str, workdir: Path) -> Iterator[str]:
 
     cluster = PostgresCluster().start()
     try:
-        yield cluster.create_database()
+        url = cluster.create_database()
+        postgres_pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        yield url
     finally:
+        postgres_pid = None
         cluster.stop()
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of the PostgreSQL cluster so far: its server process, the backends that ended
+    (added to the server's children times when reaped) and the running ones. 0 on SQLite."""
+    if postgres_pid is None:
+        return 0.0
+    with open(f"/proc/{postgres_pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])
+    for child in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (child / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == postgres_pid:
+                ticks += int(stat[11]) + int(stat[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def searches(rows: int) -> list[tuple[str, Any]]:
@@ -214,7 +238,9 @@ class Phase:
 
     job: dict[str, Any]
     wall_s: float
-    cpu_s: dict[str, float]  # "server", "worker", "clients" (this process: the client threads)
+    # "server", "worker", "clients" (this process: the client threads), "postgres" (the whole
+    # cluster, 0 on SQLite)
+    cpu_s: dict[str, float]
 
 
 def staged_run(server: JupyterProcess, destination: str, deadline: float,
@@ -222,7 +248,8 @@ def staged_run(server: JupyterProcess, destination: str, deadline: float,
     """Stage the store into ``destination``, with ``during(job_id)`` (a context manager: the
     clients) running meanwhile; then delete the copies so that the next run finds the same free
     space and memory (every run does the same, A-B-A stays symmetric)."""
-    before = {"server": cpu_seconds(server.pid), "clients": time.process_time()}
+    before = {"server": cpu_seconds(server.pid), "clients": time.process_time(),
+              "postgres": postgres_cpu_seconds()}
     wall = time.monotonic()
     job_id = stage(server, destination)
     worker = None
@@ -249,7 +276,8 @@ def staged_run(server: JupyterProcess, destination: str, deadline: float,
     wall_s = time.monotonic() - wall
     cpu = {"server": cpu_seconds(server.pid) - before["server"],
            "worker": worker_cpu - before["worker"],
-           "clients": time.process_time() - before["clients"]}
+           "clients": time.process_time() - before["clients"],
+           "postgres": postgres_cpu_seconds() - before["postgres"]}
     shutil.rmtree(server.root_dir / destination)
     return Phase(job, wall_s, cpu)
 
@@ -364,13 +392,13 @@ def report(args: argparse.Namespace, samples: Samples, serial: dict[str, float],
     for error in samples.errors[:10]:
         log(f"    {error}")
     log(f"{'staging':<16} {'MB/s':>8} {'job s':>6} {'CPU cores used: worker':>23} "
-        f"{'server':>7} {'clients':>8}")
+        f"{'server':>7} {'clients':>8} {'postgres':>9}")
     for name, phase, (rate, seconds) in (("alone, before", alone[0], alone_runs[0]),
                                          ("loaded", loaded, (rate_loaded, s_loaded)),
                                          ("alone, after", alone[1], alone_runs[1])):
         cores = {k: v / phase.wall_s for k, v in phase.cpu_s.items()}
         log(f"{name:<16} {rate:>8.1f} {seconds:>6.1f} {cores['worker']:>23.2f} "
-            f"{cores['server']:>7.2f} {cores['clients']:>8.2f}")
+            f"{cores['server']:>7.2f} {cores['clients']:>8.2f} {cores['postgres']:>9.2f}")
     log(f"ratio loaded / mean of alone: {ratio:.2f}")
     log("")
     checks = [
