@@ -348,7 +348,9 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
                                  "worker_idle_exit_seconds": 3}}
         with jupyter_process(workdir / "jupyter", root_dir=workspace, config=config) as server:
             log("ingesting the store (checksums) ...")
-            server.api("ingest", {"store": BENCH_STORE, "globs": ["*/*"]})
+            # 8 GB to hash: longer than a request's usual 30 s on a busy machine.
+            server.request("POST", "hera-stage/api/ingest", {
+                "store": BENCH_STORE, "globs": ["*/*"]}, timeout=args.max_seconds).raise_for_status()
             # A first run writes into memory the machine has not used lately, slower than the
             # runs after it (each of which reuses what the previous one's deletion freed).
             log("staging once to warm up (not counted) ...")
