@@ -37,6 +37,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.client
+import json
 import os
 import random
 import shutil
@@ -45,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +87,13 @@ def write_store(store: Path, files: int, size: int) -> None:
             k.to_bytes(8, "little") + block[8:])
 
 
+#: The PostgreSQL server's pid (its postmaster) while the benchmark's cluster runs.
+postgres_pid: int | None = None
+
+
 @contextlib.contextmanager
 def database_url(kind: str, workdir: Path) -> Iterator[str]:
+    global postgres_pid
     if kind == "sqlite":
         yield f"sqlite:///{workdir / 'catalogue.sqlite'}"
         return
@@ -93,9 +101,28 @@ def database_url(kind: str, workdir: Path) -> Iterator[str]:
 
     cluster = PostgresCluster().start()
     try:
-        yield cluster.create_database()
+        url = cluster.create_database()
+        postgres_pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        yield url
     finally:
+        postgres_pid = None
         cluster.stop()
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of the PostgreSQL cluster so far: its server process, the backends that ended
+    (added to the server's children times when reaped) and the running ones. 0 on SQLite."""
+    if postgres_pid is None:
+        return 0.0
+    with open(f"/proc/{postgres_pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])
+    for child in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (child / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == postgres_pid:
+                ticks += int(stat[11]) + int(stat[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def searches(rows: int) -> list[tuple[str, Any]]:
@@ -125,8 +152,6 @@ class Samples:
     search_ms: list[float] = field(default_factory=list)
     status_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    server_cpu_s: float = 0.0  # the server process's CPU time during the loaded run
-    wall_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, kind: str, ms: float, error: str | None) -> None:
@@ -138,10 +163,15 @@ class Samples:
 
 def client(server: JupyterProcess, job_id: int, kinds: list[tuple[str, Any]], think: float,
            stop: threading.Event, samples: Samples, seed: int) -> None:
+    """One client: keep-alive HTTP/1.1 with the token. ``http.client`` rather than ``requests``:
+    the clients share the 2-core machine with the server and the worker, and ``requests`` spent
+    about 2.5 ms of CPU per request here, a quarter of a core for 50 clients that would run on
+    other machines in real use. The server sees the same requests either way."""
     rnd = random.Random(seed)
-    session = requests.Session()
-    session.headers["Authorization"] = f"token {server.token}"
-    base = f"{server.url}hera-stage/api/"
+    parsed = urllib.parse.urlsplit(server.url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    headers = {"Authorization": f"token {server.token}", "Content-Type": "application/json"}
+    base = f"{parsed.path}hera-stage/api/"
     turn = rnd.randrange(2)
     stop.wait(rnd.uniform(0, think))  # the clients do not start in step
     while not stop.is_set():
@@ -151,19 +181,22 @@ def client(server: JupyterProcess, job_id: int, kinds: list[tuple[str, Any]], th
         began = time.perf_counter()
         try:
             if kind == "search":
-                reply = session.post(base + "search", timeout=30, json={
-                    "search": rnd.choice(kinds)[1](rnd), "limit": 50})
+                body = json.dumps({"search": rnd.choice(kinds)[1](rnd), "limit": 50})
+                connection.request("POST", base + "search", body, headers)
             else:
-                reply = session.get(base + f"jobs/{job_id}", timeout=30)
-            if reply.status_code >= 300:
-                error = f"HTTP {reply.status_code}: {reply.text[:200]}"
+                connection.request("GET", base + f"jobs/{job_id}", headers=headers)
+            reply = connection.getresponse()
+            text = reply.read()
+            if reply.status >= 300:
+                error = f"HTTP {reply.status}: {text[:200]!r}"
             else:
-                reply.json()
-        except (requests.RequestException, ValueError) as exc:
+                json.loads(text)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             error = repr(exc)
+            connection.close()  # reconnects on the next request
         samples.add(kind, (time.perf_counter() - began) * 1000, error)
         stop.wait(rnd.uniform(0, 2 * think))
-    session.close()
+    connection.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,22 +221,105 @@ def stage(server: JupyterProcess, destination: str) -> int:
     return int(reply.json()["id"])
 
 
-def wait_job(server: JupyterProcess, job_id: int, deadline: float) -> dict[str, Any]:
-    while True:
-        job = server.api(f"jobs/{job_id}")
-        if job["finished_at"] is not None:
-            if job["state"] != "succeeded":
-                raise RuntimeError(f"job {job_id} {job['state']}: {job.get('error')}")
-            return job
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job_id} still running at the time limit")
-        time.sleep(0.5)
-
-
 def throughput(job: dict[str, Any]) -> tuple[float, float]:
     """(MB/s, seconds) of the job, over its own started_at..finished_at."""
     seconds = (_time(job["finished_at"]) - _time(job["started_at"])).total_seconds()
     return job["bytes_total"] / seconds / 1e6, seconds
+
+
+def worker_pid(job: dict[str, Any]) -> int:
+    """The pid of the worker that ran ``job`` (its id is ``host:pid:random``)."""
+    return int(str(job["worker_id"]).split(":")[1])
+
+
+@dataclass
+class Phase:
+    """One staging run: the job's reply and the CPU seconds each process spent meanwhile."""
+
+    job: dict[str, Any]
+    wall_s: float
+    # "server", "worker", "clients" (this process: the client threads), "postgres" (the whole
+    # cluster, 0 on SQLite)
+    cpu_s: dict[str, float]
+
+
+def staged_run(server: JupyterProcess, destination: str, deadline: float,
+               during: Any = None) -> Phase:
+    """Stage the store into ``destination``, with ``during(job_id)`` (a context manager: the
+    clients) running meanwhile; then delete the copies so that the next run finds the same free
+    space and memory (every run does the same, A-B-A stays symmetric)."""
+    before = {"server": cpu_seconds(server.pid), "clients": time.process_time(),
+              "postgres": postgres_cpu_seconds()}
+    wall = time.monotonic()
+    job_id = stage(server, destination)
+    worker = None
+    with during(job_id) if during else contextlib.nullcontext():
+        while worker is None:  # the worker claims the job within a second or so
+            job = server.api(f"jobs/{job_id}")
+            if job["worker_id"]:
+                worker = worker_pid(job)
+                before["worker"] = cpu_seconds(worker)
+            else:
+                time.sleep(0.05)
+        worker_cpu = before["worker"]
+        while True:
+            with contextlib.suppress(OSError):  # the worker may leave right after the job
+                worker_cpu = cpu_seconds(worker)
+            job = server.api(f"jobs/{job_id}")
+            if job["finished_at"] is not None:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} still running at the time limit")
+            time.sleep(0.2)
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"job {job_id} {job['state']}: {job.get('error')}")
+    wall_s = time.monotonic() - wall
+    cpu = {"server": cpu_seconds(server.pid) - before["server"],
+           "worker": worker_cpu - before["worker"],
+           "clients": time.process_time() - before["clients"],
+           "postgres": postgres_cpu_seconds() - before["postgres"]}
+    shutil.rmtree(server.root_dir / destination)
+    return Phase(job, wall_s, cpu)
+
+
+@contextlib.contextmanager
+def clients(args: argparse.Namespace, server: JupyterProcess, job_id: int,
+            samples: Samples) -> Iterator[None]:
+    """``args.clients`` client threads polling ``job_id`` and searching, stopped on exit."""
+    stop, kinds = threading.Event(), searches(args.rows)
+    threads = [threading.Thread(target=client, daemon=True, args=(
+        server, job_id, kinds, args.think, stop, samples, k)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(35)
+
+
+def serial_cpu(server: JupyterProcess, job_id: int, rows: int, n: int) -> dict[str, float]:
+    """The server's CPU milliseconds per request of each route, one request at a time (no
+    contention: the route's own cost), after a warm-up."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"token {server.token}"
+    base = f"{server.url}hera-stage/api/"
+    kinds, rnd = searches(rows), random.Random(0)
+    routes = {
+        "search": lambda: session.post(base + "search", timeout=30, json={
+            "search": rnd.choice(kinds)[1](rnd), "limit": 50}),
+        "status": lambda: session.get(base + f"jobs/{job_id}", timeout=30),
+    }
+    out = {}
+    for name, call in routes.items():
+        for k in range(n // 5 + n):
+            if k == n // 5:
+                before = cpu_seconds(server.pid)
+            call().raise_for_status()
+        out[name] = (cpu_seconds(server.pid) - before) / n * 1000
+    session.close()
+    return out
 
 
 def run(args: argparse.Namespace, workdir: Path) -> bool:
@@ -232,57 +348,60 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
                                  "worker_idle_exit_seconds": 3}}
         with jupyter_process(workdir / "jupyter", root_dir=workspace, config=config) as server:
             log("ingesting the store (checksums) ...")
-            server.api("ingest", {"store": BENCH_STORE, "globs": ["*/*"]})
+            # 8 GB to hash: longer than a request's usual 30 s on a busy machine.
+            server.request("POST", "hera-stage/api/ingest", {
+                "store": BENCH_STORE, "globs": ["*/*"]}, timeout=args.max_seconds).raise_for_status()
+            # A first run writes into memory the machine has not used lately, slower than the
+            # runs after it (each of which reuses what the previous one's deletion freed).
+            log("staging once to warm up (not counted) ...")
+            staged_run(server, "warm-up", deadline)
             log("staging alone ...")
-            alone = [wait_job(server, stage(server, "alone-1"), deadline)]
+            phases = [staged_run(server, "alone-1", deadline)]
+            log(f"server CPU per request, one request at a time ({args.serial} of each) ...")
+            serial = serial_cpu(server, phases[0].job["id"], args.rows, args.serial)
             log(f"staging with {args.clients} clients searching and polling ...")
-            samples, stop = Samples(), threading.Event()
-            kinds = searches(args.rows)
-            cpu_before, wall_before = cpu_seconds(server.pid), time.monotonic()
-            job_id = stage(server, "loaded")
-            threads = [threading.Thread(target=client, daemon=True, args=(
-                server, job_id, kinds, args.think, stop, samples, k))
-                for k in range(args.clients)]
-            for t in threads:
-                t.start()
-            try:
-                loaded = wait_job(server, job_id, deadline)
-            finally:
-                stop.set()
-                for t in threads:
-                    t.join(35)
-            samples.server_cpu_s = cpu_seconds(server.pid) - cpu_before
-            samples.wall_s = time.monotonic() - wall_before
+            samples = Samples()
+            phases.append(staged_run(server, "loaded", deadline,
+                                     lambda job_id: clients(args, server, job_id, samples)))
             log("staging alone again ...")
-            alone.append(wait_job(server, stage(server, "alone-2"), deadline))
-    return report(args, samples, alone, loaded)
+            phases.append(staged_run(server, "alone-2", deadline))
+    return report(args, samples, serial, phases)
 
 
-def report(args: argparse.Namespace, samples: Samples, alone: list[dict[str, Any]],
-           loaded: dict[str, Any]) -> bool:
-    alone_runs = [throughput(job) for job in alone]
+def report(args: argparse.Namespace, samples: Samples, serial: dict[str, float],
+           phases: list[Phase]) -> bool:
+    alone = [phases[0], phases[2]]
+    loaded = phases[1]
+    alone_runs = [throughput(p.job) for p in alone]
     rate_alone = sum(rate for rate, _ in alone_runs) / len(alone_runs)
-    rate_loaded, s_loaded = throughput(loaded)
+    rate_loaded, s_loaded = throughput(loaded.job)
     ratio = rate_loaded / rate_alone
+    job = loaded.job
     log("")
-    log(f"{args.db}: job of {loaded['files_total']} files, {loaded['bytes_total'] / 1e6:,.0f} MB; "
-        f"{args.clients} clients, think {args.think} s")
-    log(f"{'':<10} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    log(f"{args.db}: job of {job['files_total']} files, {job['bytes_total'] / 1e6:,.0f} MB; "
+        f"{args.clients} clients, think {args.think} s; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    log(f"{'':<10} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
+        f"{'server CPU ms/request alone':>28}")
     for name, ms in (("search", samples.search_ms), ("status", samples.status_ms)):
         log(f"{name:<10} {len(ms):>9} {percentile(ms, 0.5):>8.1f} {percentile(ms, 0.95):>8.1f} "
-            f"{max(ms):>8.1f}")
+            f"{max(ms):>8.1f} {serial[name]:>28.2f}")
     requests_made = len(samples.search_ms) + len(samples.status_ms)
-    log(f"server     {samples.server_cpu_s:.1f} CPU s in {samples.wall_s:.1f} s "
-        f"({samples.server_cpu_s / samples.wall_s:.0%} of a core; "
-        f"{samples.server_cpu_s / max(requests_made, 1) * 1000:.1f} ms per request); "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    log(f"loaded: {requests_made / loaded.wall_s:.0f} requests/s; server "
+        f"{loaded.cpu_s['server'] / max(requests_made, 1) * 1000:.1f} ms CPU per request; "
+        f"clients {loaded.cpu_s['clients'] / max(requests_made, 1) * 1000:.1f} ms")
     log(f"errors     {len(samples.errors)}")
     for error in samples.errors[:10]:
         log(f"    {error}")
-    for k, (rate, seconds) in enumerate(alone_runs):
-        log(f"staging alone   {rate:>8.1f} MB/s ({seconds:.1f} s){'  before' if k == 0 else '  after'}")
-    log(f"staging loaded  {rate_loaded:>8.1f} MB/s ({s_loaded:.1f} s)  ratio {ratio:.2f} "
-        f"(to the mean of the unloaded runs)")
+    log(f"{'staging':<16} {'MB/s':>8} {'job s':>6} {'CPU cores used: worker':>23} "
+        f"{'server':>7} {'clients':>8} {'postgres':>9}")
+    for name, phase, (rate, seconds) in (("alone, before", alone[0], alone_runs[0]),
+                                         ("loaded", loaded, (rate_loaded, s_loaded)),
+                                         ("alone, after", alone[1], alone_runs[1])):
+        cores = {k: v / phase.wall_s for k, v in phase.cpu_s.items()}
+        log(f"{name:<16} {rate:>8.1f} {seconds:>6.1f} {cores['worker']:>23.2f} "
+            f"{cores['server']:>7.2f} {cores['clients']:>8.2f} {cores['postgres']:>9.2f}")
+    log(f"ratio loaded / mean of alone: {ratio:.2f}")
     log("")
     checks = [
         (percentile(samples.search_ms, 0.95) < TARGET_P95_MS,
@@ -307,9 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--think", type=float, default=0.5,
                         help="mean pause of a client between two requests, seconds")
-    parser.add_argument("--files", type=int, default=160, help="files in the staged store")
+    parser.add_argument("--files", type=int, default=960, help="files in the staged store")
     parser.add_argument("--size-mib", type=int, default=8, help="size of each, MiB")
     parser.add_argument("--rows", type=int, default=50_000, help="extra catalogue rows")
+    parser.add_argument("--serial", type=int, default=200,
+                        help="requests of each route timed one at a time for their server CPU")
     parser.add_argument("--quick", action="store_true", help="40 files, 10,000 rows")
     parser.add_argument("--max-seconds", type=float, default=600,
                         help="give up (and fail) after this long")

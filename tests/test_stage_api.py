@@ -212,6 +212,23 @@ async def test_unfinished_jobs_resume_when_the_server_starts(api, ingested, jp_s
     assert len(list((Path(jp_root_dir) / "resumed" / "2457645").iterdir())) == 3
 
 
+async def test_a_cancel_shows_in_the_next_poll_at_once(api, ingested, jp_serverapp):
+    from hera_stage_ext import jobs
+
+    core = jp_serverapp.web_app.settings["hera_stage"]
+    # Queued, with no worker to take it (the extension's timers are not started here).
+    job = jobs.create_stage_job(core.catalogue.db, core.owner, THREE, "cancelled",
+                                allowed_roots=core.allowed_roots, base=core.root_dir,
+                                log_dir=core.job_log_dir)
+    for _ in range(3):  # polls within the status cache's reuse time share one read
+        code, polled = await api("GET", f"jobs/{job['id']}")
+        assert (code, polled["state"]) == (200, "queued")
+    code, cancelled = await api("POST", f"jobs/{job['id']}/cancel", {})
+    assert code == 200 and cancelled["state"] == "cancelled", cancelled
+    code, polled = await api("GET", f"jobs/{job['id']}")
+    assert (code, polled["state"]) == (200, "cancelled")
+
+
 async def test_retry_and_forget_through_rest(api, ingested, jp_root_dir, staging_config):
     dest = Path(jp_root_dir) / "again"
     night = dest / "2457645"

@@ -85,10 +85,24 @@ class BaseHandler(APIHandler):
             raise ApiError(exc) from None
         return value
 
+    @property
+    def job_status(self) -> Any:
+        """The server's ``jobs.JobStatusCache`` (one per server, made on first use)."""
+        cache = self.settings.get("hera_stage_job_status")
+        if cache is None:
+            from .jobs import JobStatusCache  # jobs.py imports this module
+
+            cache = self.settings.setdefault("hera_stage_job_status", JobStatusCache())
+        return cache
+
     def reply(self, value: Any, status: int = 200) -> None:
+        self.reply_text(json.dumps(value), status)
+
+    def reply_text(self, text: str, status: int = 200) -> None:
+        """Reply with ``text``, JSON already encoded."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(value))
+        self.finish(text)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
