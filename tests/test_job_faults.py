@@ -373,7 +373,7 @@ def test_a_job_the_worker_cannot_run_is_released_not_fatal(site: Site) -> None:
         held = get_job(site.db, job["id"])
         assert held["state"] == "running" and "could not run it" in held["error"], held
         assert "tries again in 5 s" in held["error"]
-        time.sleep(3)  # within the first back-off: not claimed again
+        time.sleep(2)  # within the first back-off (5 s): not claimed again
         log_path.rmdir()  # the cause goes away: the next claim runs it through
         out = finished(site, job["id"])
         assert worker.poll() is None, "the worker is still alive"

@@ -31,7 +31,15 @@ from hera_stage_ext.jobs import (
 )
 from hera_stage_ext.jobs.models import Job, JobItem
 
-from .job_fixtures import Site, make_big_site, make_site, temp_files, tree, wait_for
+from .job_fixtures import (
+    Site,
+    make_big_site,
+    make_site,
+    stop_worker,
+    temp_files,
+    tree,
+    wait_for,
+)
 
 FAST = EngineConfig(streams=3, heartbeat_seconds=0.2, fsync=False)
 
@@ -415,6 +423,68 @@ def test_resume_after_sigkill(big: Site) -> None:
     with big.db.read() as s:
         states = set(s.scalars(select(JobItem.state).where(JobItem.job_id == job["id"])))
     assert states == {"done"}
+
+
+def _copy_helpers(worker_pid: int) -> list[int]:
+    """The worker's copy helper processes (its spawned children, not the resource tracker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rpartition(b")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == worker_pid and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_copy_helper_killed_mid_hand_over(big: Site) -> None:
+    """A copy helper SIGKILLed with files in hand: the worker goes on with the job (what the
+    helper made final is verified, not copied again; the rest is copied by the worker), the
+    job succeeds with every file present once and verified, and the next job has helpers
+    again."""
+    job = stage(big, "helper-killed")
+    dest = big.workspace / "helper-killed"
+    wanted = {big.rel[n] for n in big.names}
+
+    def finals() -> list[str]:
+        return [p for p in tree(dest) if p in wanted]
+
+    worker = start_worker(big.db.url, delay=0.02)
+    try:
+        wait_for(lambda: len(finals()) >= 4 and temp_files(dest), timeout=30, step=0.005)
+        helpers = _copy_helpers(worker.pid)
+        assert helpers, "the worker has copy helpers"
+        for pid in helpers:
+            os.kill(pid, signal.SIGKILL)
+        before = {p: os.stat(dest / p).st_ino for p in finals()}
+        assert len(before) < len(wanted), "the kill must land mid-job"
+        out = wait_for(lambda: (j := get_job(big.db, job["id"]))["state"] not in (
+            "queued", "running") and j, timeout=60)
+        assert worker.poll() is None, "the worker survives its helpers"
+        assert out["state"] == "succeeded", out
+        assert out["files_done"] == out["files_total"] and out["files_failed"] == 0
+        assert temp_files(dest) == []
+        for name in big.names:
+            assert ck.hash_path(dest / big.rel[name]) == ck.hash_path(big.sources[name])
+        for path, inode in before.items():  # final before the kill: not copied again
+            assert os.stat(dest / path).st_ino == inode
+        log, _ = read_log(out)
+        assert "a copy helper process died" in log
+        for path in wanted - {big.rel[MIRIAD_NAME]}:
+            assert log.count(f"copy {path} (") <= 1, path
+        # The helpers were replaced: the next job's small files go through new ones.
+        again = stage(big, "after-helper-killed")
+        wait_for(lambda: get_job(big.db, again["id"])["state"] == "succeeded", timeout=60)
+        replaced = _copy_helpers(worker.pid)
+        assert replaced and not set(replaced) & set(helpers)
+    finally:
+        stop_worker(worker)
 
 
 def test_sigterm_releases_job_for_the_next_worker(big: Site) -> None:

@@ -1,40 +1,74 @@
-"""Helper processes that move batches of small items with the same ``Mover``, so that the
-per-file Python work of a job of many small files runs on every core instead of queueing
-behind one interpreter lock.
+"""Helper processes that move hand-overs of small items with the same ``Mover`` and make them
+final themselves, so that the per-file work of a job of many small files runs on every core
+instead of queueing behind one interpreter lock.
 
 With files of a few KiB the copy itself is a handful of system calls; what limits a worker is
-the Python around them, and threads cannot share that across cores. A worker therefore starts
-``size`` helper processes once (from its main thread, so that ``PR_SET_PDEATHSIG`` ties each to
-the worker's life: a SIGKILLed worker leaves no helper writing behind it), and a job's streams
-check one out per batch of small items: the helper runs ``Mover.move`` (deferred: written and
-verified under the temporary name) for each and sends back the outcomes; the stream records
-them and its commit renames them, exactly as for items moved in the stream itself.
+the Python around them, and threads cannot share that across cores. So everything done per file
+happens in a helper: the copy and its verification under the temporary name, the job-log line,
+and the rename. A hand-over is made final as the engine's own commits are (``methods.commit``:
+one ``syncfs`` for the data, the renames, one more ``syncfs``), so its files are on disk under
+their final names when the helper replies, and the worker only records the results (in bulk, at
+its next commit). A worker killed at any point leaves what an engine commit would: temporary
+files (removed on resume) and final files not yet recorded (found verified on resume, not
+copied again).
 
-A stop flag per helper, set by the stream when its job is cancelled or loses its lease, is
-checked between chunks like the in-thread check, so a cancel is seen within one file.
+Each helper pipelines: its main thread writes hand-over k+1 while a second thread syncs and
+renames hand-over k and those before it (the waits for the disk release the interpreter lock),
+so both cores keep copying; the worker keeps up to ``DEPTH`` hand-overs in flight per helper, and one reader thread
+per helper routes the replies to the waiting streams.
+
+The worker starts the helpers from one long-lived thread of the pool (``PR_SET_PDEATHSIG`` ties
+a child to the thread that started it): a SIGKILLed worker leaves no helper writing behind it,
+and a helper that dies (killed, out of memory) is replaced; the hand-over it had is reported as
+lost (``HelperDied``) for the engine to redo.
+
+A hand-over is stopped (a cancel, a lost lease, a store gone) through a shared counter: the
+helper checks it before every file and between chunks, so a cancel is seen within one file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime as dt
+import itertools
 import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
+from typing import Any, NamedTuple
 
 from ..errors import StagingError
-from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome
+from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
 
 _PR_SET_PDEATHSIG = 1
+#: Hand-overs in flight per helper: one being written, the others being synced and renamed.
+DEPTH = 4
+#: A helper's commits (syncs and renames) are at least this far apart.
+COMMIT_SECONDS = 0.25
+
+#: What became of one item of a hand-over: None (copied, verified and final under its name),
+#: an Outcome (skipped: already there) or the error that failed it.
+Moved = Outcome | BaseException | None
 
 
-#: What became of one item in a helper: its outcome, or the error that failed it.
-Moved = Outcome | BaseException
+class HandOver(NamedTuple):
+    """What a helper gets: items of one run of a job, and where their log lines go."""
+
+    run: str  # one worker's run of one job (a resumed job is another run)
+    log_path: str
+    fsync: bool
+    specs: list[ItemSpec]
+    rels: list[str]  # each item's destination path as the log names it
+
+
+class HelperDied(RuntimeError):
+    """The helper died with the hand-over in hand: none of its results are known."""
 
 
 def _die_with_parent() -> None:
@@ -43,101 +77,295 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _serve(conn: Connection, stop: Event, chunk_size: int, chunk_delay: float) -> None:
-    """A helper's loop: receive a batch of specs, move them, send back one ``Moved`` each
-    (fewer when stopped: the rest were not started)."""
+def _append(log_path: str, text: str) -> None:
+    """Append to a job's log in one write (O_APPEND: whole lines, whoever else writes)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        data = memoryview(text.encode("utf-8", "surrogateescape"))
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
+def _finish(conn: Connection, jobs: queue.Queue[Any]) -> None:
+    """The committing thread of a helper: log, sync, rename, sync, reply, in order. Commits
+    are at least ``COMMIT_SECONDS`` apart and make final together every hand-over written
+    meanwhile: a sync costs about as much as writing a few hundred small files, and while one
+    runs, creating files waits on the file system's journal."""
+    last_commit = 0.0
+    while True:
+        first = jobs.get()
+        if first is None:
+            return
+        batch = [first]
+        pause = last_commit + COMMIT_SECONDS - time.monotonic()
+        while pause > 0 and len(batch) < DEPTH - 1 and batch[-1] is not None:
+            with contextlib.suppress(queue.Empty):
+                batch.append(jobs.get(timeout=pause))
+            pause = last_commit + COMMIT_SECONDS - time.monotonic()
+        with contextlib.suppress(queue.Empty):
+            while batch[-1] is not None:
+                batch.append(jobs.get_nowait())
+        last = batch[-1] is None
+        batch = [job for job in batch if job is not None]
+        # The lines first: a file under its final name always has its line in the log.
+        # (The engine's log lines' form; not catalogue.models.utcnow: no SQLAlchemy in here.)
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        stamp = f"{now.isoformat(timespec='milliseconds')}Z  "
+        for _request, hand, _results, renames in batch:
+            if renames:
+                method = hand.specs[0].method
+                lines = [f"{stamp}{method} {hand.rels[i]} ({hand.specs[i].size} bytes"
+                         f"{', ' + note if note else ''})\n" for i, _tmp, _final, note in renames]
+                with contextlib.suppress(OSError):  # a log that cannot be written stops no copy
+                    _append(hand.log_path, "".join(lines))
+        fsync = any(hand.fsync for _request, hand, _results, _renames in batch)
+        errors = iter(commit([(tmp, final) for *_rest, renames in batch
+                              for _i, tmp, final, _note in renames], fsync))
+        for request, _hand, results, renames in batch:
+            for i, *_rest in renames:
+                exc = next(errors)
+                if exc is not None:
+                    results[i] = (ItemFailed("appeared at the destination while it was being "
+                                             "staged; not overwritten")
+                                  if isinstance(exc, FileExistsError) else exc)
+            conn.send((request, results))
+        last_commit = time.monotonic()
+        if last:
+            return
+
+
+def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float) -> None:
+    """A helper: receive hand-overs, write and verify each item under its temporary name,
+    then pass the hand-over to the committing thread and take the next one."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when helpers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    current = 0
 
     def check(_n: int) -> None:
-        if stop.is_set():
+        if stop_upto.value >= current:
             raise Cancelled()
         if chunk_delay:
             time.sleep(chunk_delay)
 
     mover = Mover(chunk_size, check, lambda _line: None, deferred=True)
+    jobs: queue.Queue[Any] = queue.Queue()
+    committer = threading.Thread(target=_finish, args=(conn, jobs), daemon=True)
+    committer.start()
+    last_run = None
     while True:
         try:
-            specs: list[ItemSpec] | None = conn.recv()
+            message: tuple[int, HandOver] | None = conn.recv()
         except (EOFError, OSError):
-            return
-        if specs is None:
-            return
-        mover.forget_folders()  # maybe another job's folders: look them up again
+            break
+        if message is None:
+            break
+        current, hand = message
+        if hand.run != last_run:
+            # Another run's folders: what was fresh (made by this helper) is not for it, even
+            # for the same job resumed (its files from before are in them).
+            mover.forget_folders()
+            last_run = hand.run
         results: list[Moved] = []
-        for spec in specs:
-            if stop.is_set():
+        renames: list[tuple[int, str, str, str]] = []
+        for i, spec in enumerate(hand.specs):
+            if stop_upto.value >= current:
                 break
             try:
-                results.append(mover.move(spec))
+                outcome = mover.move(spec)
             except Cancelled:
                 break
             except (ItemFailed, OSError, StagingError) as exc:
                 results.append(exc)
+                continue
             except Exception as exc:  # noqa: BLE001 - a bug fails its item, not the helper
                 results.append(ItemFailed(f"internal error: {exc!r}"))
-        conn.send(results)
+                continue
+            if outcome.tmp is not None:
+                renames.append((i, outcome.tmp, outcome.final or "", outcome.note))
+                results.append(None)
+            else:
+                results.append(outcome)
+        jobs.put((current, hand, results, renames))
+    jobs.put(None)
+    committer.join()
+
+
+@dataclass
+class _Waiting:
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list[Moved] | None = None
+    error: BaseException | None = None
 
 
 class _Helper:
-    def __init__(self, context: mp.context.BaseContext, chunk_size: int,
-                 chunk_delay: float) -> None:
+    def __init__(self, context: Any, chunk_size: int, chunk_delay: float) -> None:
         self.conn, child = context.Pipe()
-        self.stop = context.Event()
+        self.stop_upto = context.RawValue(ctypes.c_longlong, 0)
         self.process = context.Process(target=_serve, name="hera-stage-copy",
-                                       args=(child, self.stop, chunk_size, chunk_delay),
+                                       args=(child, self.stop_upto, chunk_size, chunk_delay),
                                        daemon=True)
         self.process.start()
         child.close()
+        self.waiting: dict[int, _Waiting] = {}
+        self.send_lock = threading.Lock()
+        self.dead = False
+        self.replaced = False  # dead, and a new helper is taking its place
+        self.reader = threading.Thread(target=self._read, name="hera-stage-copy-reader",
+                                       daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        """Route each reply to the stream waiting for it; on the helper's death, fail them."""
+        while True:
+            try:
+                request, results = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            waiting = self.waiting.pop(request, None)
+            if waiting is not None:
+                waiting.results = results
+                waiting.done.set()
+        self.dead = True
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        for request in list(self.waiting):
+            waiting = self.waiting.pop(request)
+            waiting.error = HelperDied(f"a copy helper process died (exit code {code})")
+            waiting.done.set()
 
 
 class CopyPool:
-    """``size`` helper processes, checked out one per batch by a job's streams."""
+    """``size`` helper processes shared by every job of a worker."""
 
     def __init__(self, size: int, chunk_size: int, chunk_delay: float = 0.0) -> None:
         # Spawned (not forked): the worker has threads and database connections that a fork
         # would copy in an unknown state.
-        context = mp.get_context("spawn")
+        self._context = mp.get_context("spawn")
         self.size = size
-        self._all = [_Helper(context, chunk_size, chunk_delay) for _ in range(size)]
-        self._free: queue.Queue[_Helper] = queue.Queue()
-        for helper in self._all:
-            self._free.put(helper)
+        self._chunk = (chunk_size, chunk_delay)
+        self._requests = itertools.count(1)
+        self._cond = threading.Condition()
+        self._closed = False
+        # Helpers are started (and replaced) by this one thread, which lives as long as the
+        # pool: a child started by a thread that exits would be killed with it.
+        self._spawns: queue.Queue[tuple[int, threading.Event] | None] = queue.Queue()
+        self._helpers: list[_Helper] = []
+        self._spawner = threading.Thread(target=self._spawn_loop, name="hera-stage-spawner",
+                                         daemon=True)
+        self._spawner.start()
+        for i in range(size):
+            self._spawn(i)
 
-    @contextlib.contextmanager
-    def helper(self) -> Iterator[_Helper]:
-        helper = self._free.get()
-        helper.stop.clear()
+    def _spawn_loop(self) -> None:
+        while (order := self._spawns.get()) is not None:
+            index, done = order
+            helper = _Helper(self._context, *self._chunk)
+            with self._cond:
+                if index < len(self._helpers):
+                    self._helpers[index] = helper
+                else:
+                    self._helpers.append(helper)
+                self._cond.notify_all()
+            done.set()
+
+    def _spawn(self, index: int) -> None:
+        done = threading.Event()
+        self._spawns.put((index, done))
+        done.wait()
+
+    def _pick(self, request: int, waiting: _Waiting) -> _Helper:
+        """The live helper with the fewest hand-overs in flight, once one has room; the
+        hand-over is registered with it before this returns."""
+        with self._cond:
+            while True:
+                live = [h for h in self._helpers if not h.dead and len(h.waiting) < DEPTH]
+                if live:
+                    helper = min(live, key=lambda h: len(h.waiting))
+                    helper.waiting[request] = waiting
+                    return helper
+                dead = [i for i, h in enumerate(self._helpers) if h.dead and not h.replaced]
+                if dead and not self._closed:
+                    self._helpers[dead[0]].replaced = True
+                    self._cond.release()
+                    try:
+                        self._spawn(dead[0])  # replace a helper that died
+                    finally:
+                        self._cond.acquire()
+                    continue
+                self._cond.wait(0.1)
+
+    def move(self, hand: HandOver, interrupt: Callable[[], bool]) -> list[Moved]:
+        """Move and make final the items of ``hand`` in a helper; returns one ``Moved`` per
+        item started, in order (the rest were not: the caller puts them back in the queue).
+        ``interrupt`` is asked while waiting: when it says so (a cancel, a lost lease, a store
+        gone), the helper stops before its next file and makes final what it has written.
+        Raises HelperDied when the helper died with the hand-over."""
+        request = next(self._requests)
+        waiting = _Waiting()
+        helper = self._pick(request, waiting)
         try:
-            yield helper
-        finally:
-            self._free.put(helper)
-
-    def move(self, specs: Sequence[ItemSpec], interrupt: Callable[[], bool]) -> list[Moved]:
-        """Move ``specs`` in a helper; returns one ``Moved`` per item started (the rest were
-        not: the caller puts them back in the queue). ``interrupt`` is asked while waiting:
-        when it says so (a cancel, a lost lease, a store gone), the helper stops after the file
-        in hand."""
-        with self.helper() as helper:
-            helper.conn.send(list(specs))
-            while not helper.conn.poll(0.1):
-                if interrupt():
-                    helper.stop.set()
-                if not helper.process.is_alive():
-                    raise RuntimeError("a copy helper process died")
-            return helper.conn.recv()
+            with helper.send_lock:
+                helper.conn.send((request, hand))
+        except (OSError, ValueError) as exc:
+            with self._cond:
+                helper.waiting.pop(request, None)
+            raise HelperDied(f"a copy helper process is gone ({exc})") from exc
+        if helper.dead and helper.waiting.pop(request, None) is not None:
+            raise HelperDied("a copy helper process died")
+        while not waiting.done.wait(0.1):
+            if interrupt():
+                # Stops this hand-over (and an older one in the same helper: its stream
+                # takes the items not started back to the queue and goes on).
+                helper.stop_upto.value = max(helper.stop_upto.value, request)
+        with self._cond:
+            self._cond.notify_all()
+        if waiting.error is not None:
+            raise waiting.error
+        assert waiting.results is not None
+        return waiting.results
 
     def close(self) -> None:
-        for helper in self._all:
-            with contextlib.suppress(OSError, BrokenPipeError):
+        with self._cond:
+            self._closed = True
+            helpers = list(self._helpers)
+        for helper in helpers:
+            with contextlib.suppress(OSError, ValueError), helper.send_lock:
                 helper.conn.send(None)
-        for helper in self._all:
+        for helper in helpers:
             helper.process.join(timeout=5)
             if helper.process.is_alive():
                 helper.process.kill()
+            helper.reader.join(timeout=5)
             helper.conn.close()
+        self._spawns.put(None)
+        self._spawner.join(timeout=5)
+
+    def pids(self) -> list[int]:
+        with self._cond:
+            return [h.process.pid for h in self._helpers if h.process.pid is not None]
 
 
 def default_size() -> int:
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def hand_overs(items: Sequence[Any], size_of: Callable[[Any], int], max_items: int,
+               max_bytes: int) -> list[list[Any]]:
+    """``items`` cut into hand-overs of at most ``max_items`` items and ``max_bytes`` bytes
+    (always at least one item)."""
+    parts: list[list[Any]] = []
+    part: list[Any] = []
+    size = 0
+    for item in items:
+        n = size_of(item)
+        if part and (len(part) >= max_items or size + n > max_bytes):
+            parts.append(part)
+            part, size = [], 0
+        part.append(item)
+        size += n
+    if part:
+        parts.append(part)
+    return parts

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound, StagingError
 from . import kinds, recall, targets
-from .copy_pool import CopyPool
+from .copy_pool import CopyPool, HandOver, HelperDied, hand_overs
 from .methods import (
     METHODS,
     Cancelled,
@@ -73,7 +73,7 @@ class EngineConfig:
     # hand-overs of at most so many items and bytes (the results are committed between them,
     # so progress shows and a store going away is seen soon).
     pool_max_bytes: int = 1 << 20
-    pool_batch_items: int = 256
+    pool_batch_items: int = 1024
     pool_batch_bytes: int = 4 << 20
     claim_batch: int = 1024  # items claimed per transaction (at most)...
     claim_bytes: int = 64 << 20  # ...and no more bytes than this (but always one item)
@@ -606,6 +606,7 @@ class _JobRun:
         self.target = targets.for_job(job.destination, job.method, job.options)
         self.read_only = bool(job.options.get("read_only", True))
         self.pool = pool
+        self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another
         self.log = JobLog(job.log_path)
         self.abort = threading.Event()  # set on cancel, lost lease or worker stop
         self.cancel_requested = job.cancel_requested
@@ -625,6 +626,9 @@ class _JobRun:
         # Items through (written and verified, or skipped, or failed) and not yet committed:
         # (item, state, error, outcome); the outcome carries the rename still to do.
         self._pending: list[tuple[_Claimed, str, str, Outcome | None]] = []
+        # Items a copy helper made final already (copied, verified, logged, renamed, synced):
+        # only their results are still to record.
+        self._final: list[_Claimed] = []
         self._pending_bytes = 0
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -717,10 +721,11 @@ class _JobRun:
             started: set[int] = set()
             try:
                 pooled = [c for c in batch if self._pooled(c)]
-                for part in self._hand_overs(pooled):
+                for part in hand_overs(pooled, lambda c: c.size, self.config.pool_batch_items,
+                                       self.config.pool_batch_bytes):
                     if self.abort.is_set() or self.stop.is_set():
                         break
-                    self._move_pooled(part, started)
+                    self._move_pooled(part, started, mover)
                 for item in batch:
                     if item.id in started or self._pooled(item):
                         continue
@@ -742,20 +747,9 @@ class _JobRun:
         return (self.pool is not None and self.target.poolable and not item.is_directory
                 and item.size <= self.config.pool_max_bytes)
 
-    def _hand_overs(self, items: list[_Claimed]) -> Iterator[list[_Claimed]]:
-        part: list[_Claimed] = []
-        size = 0
-        for item in items:
-            if part and (len(part) >= self.config.pool_batch_items
-                         or size + item.size > self.config.pool_batch_bytes):
-                yield part
-                part, size = [], 0
-            part.append(item)
-            size += item.size
-        if part:
-            yield part
-
-    def _move_pooled(self, items: list[_Claimed], started: set[int]) -> None:
+    def _move_pooled(self, items: list[_Claimed], started: set[int], mover: Mover) -> None:
+        """One hand-over to a helper, which copies, verifies, logs and makes final its
+        files (``copy_pool``); here only their results are queued for the next commit."""
         assert self.pool is not None
         specs, ready = [], []
         for item in items:
@@ -768,21 +762,46 @@ class _JobRun:
                 continue
             specs.append(spec)
             ready.append(item)
-        if self.abort.is_set() or self.stop.is_set():
+        if not ready or self.abort.is_set() or self.stop.is_set():
             return
         generation = self.store_generation
 
         def interrupt() -> bool:
-            # A store that became unavailable stops the batch too: the items it had not
+            # A store that became unavailable stops the hand-over too: the items it had not
             # reached come back to the queue and fail there, with the store's name.
             return self.abort.is_set() or self.store_generation != generation
 
-        for item, moved in zip(ready, self.pool.move(specs, interrupt)):
+        hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
+                        [item.dest_path for item in ready])
+        try:
+            moved = self.pool.move(hand, interrupt)
+        except HelperDied as exc:
+            # What it made final is found verified (not copied again); the rest is copied here,
+            # not handed over again, so a file that kills helpers cannot stall the job.
+            self.log(f"{exc}: its {len(ready)} file(s) are moved by the worker itself")
+            for item, spec in zip(ready, specs):
+                if self.abort.is_set() or self.stop.is_set():
+                    break
+                started.add(item.id)
+                item.attempts += 1  # a second attempt: a file found there is its own
+                self._one(mover, item, spec)
+            return
+        final: list[_Claimed] = []
+        for item, result in zip(ready, moved):
             started.add(item.id)
-            if isinstance(moved, BaseException):
-                self._settle(item, None, moved, None)
+            if result is None:
+                final.append(item)
+            elif isinstance(result, BaseException):
+                self._settle(item, None, result, None)
             else:
-                self._settle(item, moved, None, None)
+                self._settle(item, result, None, None)
+        if final:
+            nbytes = sum(item.size for item in final)
+            with self._lock:
+                self.copied_bytes += nbytes
+            with self._pending_lock:
+                self._final.extend(final)
+                self._pending_bytes += nbytes
         if self._commit_due():
             self._commit(wait=False)
 
@@ -820,9 +839,10 @@ class _JobRun:
             return self._add(item, "failed", message, None)
         state = outcome.state
         if state == "skipped" and item.attempts > 1:
-            # An earlier attempt of this job finished it before its worker died: it is ours.
+            # An earlier attempt of this job finished it (before its worker or helper died):
+            # it is ours.
             state = "done"
-            self.log.note(f"verified {item.dest_path} (finished before the worker restarted; "
+            self.log.note(f"verified {item.dest_path} (finished by an earlier attempt; "
                           f"not copied again)")
         elif state == "skipped":
             self.log.note(f"skipped {item.dest_path}: {outcome.note}")
@@ -844,7 +864,7 @@ class _JobRun:
             self._pending_bytes += item.size
 
     def _commit_due(self) -> bool:
-        return (len(self._pending) >= self.config.commit_items
+        return (len(self._pending) + len(self._final) >= self.config.commit_items
                 or self._pending_bytes >= self.config.commit_bytes
                 or time.monotonic() - self._last_commit >= self.config.flush_seconds)
 
@@ -857,14 +877,15 @@ class _JobRun:
         try:
             with self._pending_lock:
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
+                final, self._final = self._final, []
                 self._last_commit = time.monotonic()
-            if not batch:
+            if not batch and not final:
                 return
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
             errors = iter(commit(renames, self.config.fsync))
-            results: list[tuple[_Claimed, str, str]] = []
+            results = [(item, "done", "") for item in final]
             for item, state, error, outcome in batch:
                 if outcome is not None and outcome.tmp:
                     exc = next(errors)
