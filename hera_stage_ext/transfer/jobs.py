@@ -5,11 +5,13 @@ its ``destination`` is ``peer:<name>``, its items the instances chosen at launch
 ``dest_path`` the instance's path in its store (the layout the receiving store keeps).
 
 A stream of the worker waits for the peer's allowed hours and for room under its
-``max_in_flight``, claims a batch of items, announces it (``protocol.PeerClient.announce``),
-reports at once the files the peer already holds (``have``: item ``skipped``, or ``done`` when an
-earlier attempt of this job sent it) and those it refuses (``failed`` with the peer's reason),
-then polls the peer's ``status`` until each file it accepted is ``committed`` (remote instance
-and ``transfer-sent`` event recorded, item ``done``) or ``failed``. Results go through the
+``max_in_flight``, claims a batch of items, announces it (``protocol.PeerClient.announce``, the
+offers read in one query by ``sender.offers_for``), reports at once the files the peer already
+holds (``have``: item ``skipped``, or ``done`` when an earlier attempt of this job sent it) and
+those it refuses (``failed`` with the peer's reason), then asks the peer's ``status`` (a long
+poll, answered as soon as one more file is through) until each file it accepted is
+``committed`` (remote instance and ``transfer-sent`` event recorded, item ``done``) or
+``failed``. Results go through the
 engine's ``_add``/``_commit`` like staged files. While the peer is unreachable the stream waits
 with exponential backoff (capped by the peer's ``retry_max_s``), saying so in the job's log; the
 job stays running. A worker that dies leaves its items to the next one, which announces them
@@ -28,7 +30,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import func, select
 
-from ..catalogue.catalogue import Catalogue
 from ..catalogue.db import Database
 from ..errors import NotFound, StagingError, Unavailable
 from ..jobs.engine import _claim_items, _Claimed, _names, _requeue, _resolve, create_job
@@ -37,15 +38,17 @@ from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
 from ..jobs.recall import with_recall
 from .peers import Peer, PeerRegistry, registry_from_env
-from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient, offer_from_detail
+from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient
 from .rclone import RclonePeer, client_for
-from .sender import record_remote
+from .sender import offers_for, record_remote
 
 if TYPE_CHECKING:
     from ..jobs.engine import _JobRun
 
 T = TypeVar("T")
 DESTINATION_PREFIX = "peer:"
+#: Longest wait of one status long poll (seconds): how late a cancel can be noticed.
+STATUS_WAIT = 2.0
 
 
 class PeerRejected(StagingError):
@@ -148,7 +151,6 @@ class _Sender:
     def __init__(self, run: _JobRun, registry: PeerRegistry, peer: Peer) -> None:
         self.run, self.registry, self.peer = run, registry, peer
         self.client = self.connect()
-        self.catalogue = Catalogue(run.db)
         self.reported: set[int] = set()
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
@@ -260,14 +262,13 @@ class _Sender:
 
     def send(self, batch: list[_Claimed]) -> None:
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
+        known = offers_for(self.run.db, {item.name: item.dest_path for item in batch})
         offers, items = [], {}
         for item in batch:
-            try:
-                detail = self.catalogue.file_detail(item.name)
-            except NotFound as exc:
-                self.report(item, "failed", exc.message)
+            if item.name not in known:
+                self.report(item, "failed", f"no file named {item.name!r}")
                 continue
-            offers.append(offer_from_detail(detail, item.dest_path))
+            offers.append(known[item.name])
             items[item.name] = item
         waiting: dict[str, _Claimed] = {}
         for start in range(0, len(offers), MAX_OFFERS):
@@ -300,19 +301,19 @@ class _Sender:
         self.follow(transfer, waiting)
 
     def follow(self, transfer: str, waiting: dict[str, _Claimed]) -> None:
-        """Poll the peer until each file it accepted is committed or failed."""
-        interval = 0.2
+        """Ask the peer until each file it accepted is committed or failed: a long poll (the
+        peer answers as soon as one more is through, or after ``STATUS_WAIT``)."""
         started = time.monotonic()
         while waiting:
-            self.sleep(interval)
-            interval = min(interval * 1.5, 2.0)
+            self.check()
+            asked = time.monotonic()
             names = list(waiting)
             rows: list[dict[str, Any]] = []
             for start in range(0, len(names), 10 * MAX_OFFERS):
                 part = names[start:start + 10 * MAX_OFFERS]
                 try:
                     rows += self.call(f"status from peer {self.peer.name!r}",
-                                      lambda c, part=part: c.status(part))["files"]
+                                      lambda c, part=part: c.status(part, STATUS_WAIT))["files"]
                 except StagingError as exc:
                     for name in part:
                         self.report(waiting.pop(name), "failed", exc.message)
@@ -336,3 +337,5 @@ class _Sender:
                     self.report(waiting.pop(row["name"]), "failed",
                                 "the peer has no record of it (retry the job to announce it "
                                 "again)")
+            if waiting and not committed and time.monotonic() - asked < 0.1:
+                self.sleep(0.5)  # a peer that answered at once with nothing new: no busy loop
