@@ -189,8 +189,9 @@ class PeerClient:
         finally:
             reply.close()
 
-    def content(self, name: str, offset: int) -> Iterator[bytes]:
-        """The bytes of ``name`` from ``offset`` on, streamed in chunks."""
+    def content(self, name: str, offset: int) -> Iterator[memoryview]:
+        """The bytes of ``name`` from ``offset`` on, streamed in chunks: views of ONE reused
+        buffer (no allocation per chunk), each valid until the next is asked for."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             reply = self.session.get(self._url(f"files/{requests.utils.quote(name)}/content"),
@@ -203,10 +204,13 @@ class PeerClient:
             reply.close()
             raise Unavailable(f"peer {self.peer.name!r} ignored the Range of {name!r}")
         stream = _RawReader(reply, self.peer.name)
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
         try:
-            while chunk := stream.read(CHUNK):
-                yield chunk
+            while n := stream.readinto(buffer):
+                yield view[:n]
         finally:
+            view.release()
             reply.close()
 
 
@@ -226,6 +230,20 @@ class _RawReader:
             return self._raw.read(n, decode_content=True)
         except (requests.RequestException, urllib3.exceptions.HTTPError,
                 http.client.HTTPException, OSError) as exc:
+            raise Unavailable(f"pull from {self._peer!r} broke: {type(exc).__name__}") from None
+
+    def readinto(self, buffer: bytearray) -> int:
+        """Fill ``buffer`` from the stream (0 at its end). Straight from the socket into the
+        buffer through http.client when nothing has to be decoded: one copy less than
+        ``read``, which matters at hundreds of MB/s."""
+        fp = getattr(self._raw, "_fp", None)
+        if fp is None or self._raw.headers.get("Content-Encoding") or self._at < len(self._buffer):
+            data = self.read(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+        try:
+            return fp.readinto(buffer)
+        except (http.client.HTTPException, OSError, ValueError) as exc:
             raise Unavailable(f"pull from {self._peer!r} broke: {type(exc).__name__}") from None
 
     def read(self, n: int) -> bytes:
