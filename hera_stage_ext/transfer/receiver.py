@@ -542,19 +542,20 @@ class Receiver:
             with self._lock:
                 self._running.difference_update(item_ids)
 
-    def _start_batch(self, item_ids: list[int]) -> list[TransferItem]:
-        """Mark the items still active as receiving (one more attempt each); those items."""
+    def _start_batch(self, item_ids: list[int]) -> list[Any]:
+        """Mark the items still active as receiving (one more attempt each); their rows (with
+        the attributes of a TransferItem). Two statements, not an ORM object per item."""
+        active = (TransferItem.id.in_(item_ids), TransferItem.state.in_(ACTIVE_ITEM_STATES))
         with self.db.write() as s:
-            items = list(s.scalars(select(TransferItem).where(
-                TransferItem.id.in_(item_ids), TransferItem.state.in_(ACTIVE_ITEM_STATES))
+            s.execute(update(TransferItem).where(*active).values(
+                state="receiving", resumed_from=0, attempts=TransferItem.attempts + 1,
+                updated_at=utcnow()), execution_options={"synchronize_session": False})
+            return list(s.execute(select(
+                TransferItem.id, TransferItem.peer, TransferItem.name, TransferItem.transfer,
+                TransferItem.path, TransferItem.size, TransferItem.checksums,
+                TransferItem.attempts, TransferItem.spec).where(
+                TransferItem.id.in_(item_ids), TransferItem.state == "receiving")
                 .order_by(TransferItem.id)))
-            now = utcnow()
-            for item in items:
-                item.state, item.resumed_from, item.updated_at = "receiving", 0, now
-                item.attempts += 1
-            s.flush()
-            s.expunge_all()
-        return items
 
     def _pull_batch(self, item_ids: list[int]) -> None:
         root = self._store_root()
