@@ -20,9 +20,10 @@ renames that never replace anything, one more ``syncfs``), registered with ONE
 ``Catalogue.register`` call and committed, with their events, in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
 name is taken meanwhile takes the single-file path (verified there, registered only if it is
-exactly what was announced). Several batches run at once (``streams``), so one streams while
-another syncs and registers. ``changes`` counts finished items, for the long poll of
-``POST status``.
+exactly what was announced). Small files wait in a queue per peer (``_small``) that up to
+``streams`` drainers empty a batch at a time: what several announces queued meanwhile goes in one
+batch, and one batch streams while another syncs and registers. ``changes`` counts finished
+items, for the long poll of ``POST status``.
 
 Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/<name>/content``
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
