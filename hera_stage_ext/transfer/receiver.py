@@ -116,6 +116,7 @@ class Receiver:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.fsync = fsync
+        self._root: Path | None = None
         #: Items finished (committed or failed) since start: the long poll watches it.
         self.changes = 0
         self._pool = ThreadPoolExecutor(max(1, streams), thread_name_prefix="hera-receive")
@@ -131,8 +132,9 @@ class Receiver:
     def _store_root(self) -> Path:
         if self.store is None:
             raise InvalidRequest("this site receives no transfers (c.StagingApp.receive_store)")
-        root = Path(os.path.realpath(self.catalogue.store(self.store)["path"]))
-        return root
+        if self._root is None:  # a store's path is fixed while the server runs
+            self._root = Path(os.path.realpath(self.catalogue.store(self.store)["path"]))
+        return self._root
 
     def _part(self, root: Path, item_id: int) -> Path:
         return root / INCOMING_DIR / f"{item_id}.part"
@@ -218,38 +220,38 @@ class Receiver:
     def _record(self, peer: str, transfer: str, offers: list[dict[str, Any]],
                 answers: dict[str, tuple[str, str]]) -> list[tuple[int, int, bool]]:
         """Create or re-arm the items of every ``send`` answer; their (id, size, is it a
-        directory)."""
+        directory). New items go in with one executemany (announces carry hundreds)."""
         sending = [o for o in offers if answers[o["name"]][0] == SEND]
         if not sending:
             return []
-        recorded = []
+        names = [o["name"] for o in sending]
+        mine = (TransferItem.peer == peer, TransferItem.name.in_(names))
         with self.db.write() as s:
-            rows = {r.name: r for r in s.scalars(select(TransferItem).where(
-                TransferItem.peer == peer,
-                TransferItem.name.in_([o["name"] for o in sending])))}
+            known = {r.name: r for r in s.execute(select(
+                TransferItem.id, TransferItem.name, TransferItem.state, TransferItem.size,
+                TransferItem.checksums).where(*mine))}
+            now = utcnow()
+            new: list[dict[str, Any]] = []
             for offer in sending:
-                item = rows.get(offer["name"])
-                checksums = offer["checksums"]
-                fresh = item is None or item.state not in ACTIVE_ITEM_STATES or \
-                    item.size != offer["size"] or item.checksums != checksums
-                if item is None:
-                    item = TransferItem(peer=peer, name=offer["name"], attempts=0,
-                                        resumed_from=0, created_at=utcnow())
-                    s.add(item)
-                if fresh:
-                    if item.id is not None and (item.size != offer["size"]
-                                                or item.checksums != checksums):
-                        self._discard_part(item.id)  # bytes of other content
-                    item.state, item.attempts, item.error = "queued", 0, ""
-                item.transfer = transfer
-                item.path, item.size = offer["path"], offer["size"]
-                item.checksums = checksums
-                item.spec = offer
-                item.updated_at = utcnow()
-                recorded.append(item)
-            s.flush()
-            return [(i.id, i.size, bool(offer.get("is_directory")))
-                    for i, offer in zip(recorded, sending)]
+                values = {"transfer": transfer, "path": offer["path"], "size": offer["size"],
+                          "checksums": offer["checksums"], "spec": offer, "updated_at": now}
+                row = known.get(offer["name"])
+                if row is None:
+                    new.append({**values, "peer": peer, "name": offer["name"],
+                                "state": "queued", "attempts": 0, "resumed_from": 0,
+                                "error": "", "created_at": now})
+                    continue
+                other = row.size != offer["size"] or row.checksums != offer["checksums"]
+                if other:
+                    self._discard_part(row.id)  # bytes of other content
+                if other or row.state not in ACTIVE_ITEM_STATES:
+                    values.update(state="queued", attempts=0, error="")
+                s.execute(update(TransferItem).where(TransferItem.id == row.id)
+                          .values(**values))
+            if new:
+                s.execute(insert(TransferItem), new)
+            ids = dict(s.execute(select(TransferItem.name, TransferItem.id).where(*mine)).all())
+        return [(ids[o["name"]], o["size"], bool(o.get("is_directory"))) for o in sending]
 
     def _discard_part(self, item_id: int) -> None:
         try:
@@ -281,7 +283,8 @@ class Receiver:
                               "error": ""})
                 continue
             done = item.size if item.state == "committed" else 0
-            if item.state == "receiving" and root is not None:
+            # Progress of a large pull (small files arrive whole, a batch at a time).
+            if item.state == "receiving" and root is not None and item.size > BATCH_FILE_MAX:
                 part = self._part(root, item.id)
                 done = part.stat().st_size if part.exists() else 0
             files.append({"name": name, "state": item.state, "bytes": done,

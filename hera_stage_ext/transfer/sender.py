@@ -7,16 +7,16 @@ engine's worker.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.orm import joinedload
 
 from ..catalogue.db import Database
-from ..catalogue.models import Event, File, Instance, Store, utcnow
-from ..catalogue.serialize import file_json, observation_json
+from ..catalogue.models import Event, File, Instance, Observation, Store, utcnow
+from ..catalogue.serialize import iso
 from ..errors import InvalidRequest, StagingError
 from ..paths import confine
 from .models import RemoteInstance
@@ -82,18 +82,29 @@ def list_peers(core: Core, timeout: float = 3.0) -> list[dict[str, Any]]:
 
 def offers_for(db: Database, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The announce offers of the files ``paths`` names (name -> path in the store), fetched in
-    one query (``Catalogue.file_detail`` per file costs a query and its events each); names
-    no longer known are left out."""
+    one query of columns (``Catalogue.file_detail`` per file costs queries and objects each);
+    names no longer known are left out."""
     out: dict[str, dict[str, Any]] = {}
     names = list(paths)
+    columns = (File.name, File.type, File.size, File.is_directory, File.checksums,
+               File.create_time, File.obsid, File.source, File.meta,
+               Observation.obsid.label("observation"), Observation.start_time_jd,
+               Observation.stop_time_jd, Observation.start_lst_hr, Observation.session_id)
     with db.read() as s:
         for start in range(0, len(names), 5_000):  # SQLite's bound-values limit
-            for file in s.scalars(select(File).where(File.name.in_(names[start:start + 5_000]))
-                                  .options(joinedload(File.observation))):
-                detail = file_json(file)
-                detail["observation"] = (observation_json(file.observation)
-                                         if file.observation else None)
-                out[file.name] = offer_from_detail(detail, paths[file.name])
+            for row in s.execute(select(*columns).outerjoin(
+                    Observation, Observation.obsid == File.obsid)
+                    .where(File.name.in_(names[start:start + 5_000]))):
+                detail = {
+                    "name": row.name, "size": row.size, "checksums": dict(row.checksums),
+                    "is_directory": row.is_directory, "obsid": row.obsid,
+                    "create_time": iso(row.create_time), "source": row.source,
+                    "metadata": row.meta,
+                    "observation": None if row.observation is None else {
+                        "obsid": row.observation, "start_time_jd": row.start_time_jd,
+                        "stop_time_jd": row.stop_time_jd, "start_lst_hr": row.start_lst_hr,
+                        "session_id": row.session_id}}
+                out[row.name] = offer_from_detail(detail, paths[row.name])
     return out
 
 
@@ -116,6 +127,7 @@ def batch_paths(core: Core, names: Any) -> list[tuple[str, Path | str]]:
         for name, is_directory, path, root in rows:
             found.setdefault(name, (path, root, is_directory))
     out: list[tuple[str, Path | str]] = []
+    folders: dict[tuple[str, str], Path | str] = {}  # confined once per folder
     for name in names:
         if name not in found:
             out.append((name, f"{name!r} has no available instance on an online store here"))
@@ -124,8 +136,23 @@ def batch_paths(core: Core, names: Any) -> list[tuple[str, Path | str]]:
         if is_directory:
             out.append((name, f"{name!r} is a directory data set: pull it alone"))
             continue
-        try:
-            out.append((name, confine(path, [root], what="instance path")))
-        except StagingError as exc:
-            out.append((name, exc.message))
+        folder, _, base = path.rpartition("/")
+        if (root, folder) not in folders:
+            try:
+                folders[(root, folder)] = confine(folder or ".", [root], what="instance path")
+            except StagingError as exc:
+                folders[(root, folder)] = exc.message
+        where = folders[(root, folder)]
+        if isinstance(where, str):
+            out.append((name, where))
+            continue
+        full = where / base
+        if base in ("", ".", "..") or os.path.islink(full):
+            # A link may lead anywhere: resolved and confined like any path.
+            try:
+                full = confine(path, [root], what="instance path")
+            except StagingError as exc:
+                out.append((name, exc.message))
+                continue
+        out.append((name, full))
     return out
