@@ -355,6 +355,8 @@ class _Sender:
         for row in rows:
             if row["name"] not in waiting:
                 continue
+            if row["state"] in ("failed", "unknown"):
+                self.announced.pop(row["name"], None)
             if row["state"] == "failed":
                 self.report(waiting.pop(row["name"]), "failed",
                             f"the peer failed to receive it: {row['error']}")

@@ -642,7 +642,14 @@ class Receiver:
             return received, ""
         (root / INCOMING_DIR).mkdir(parents=True, exist_ok=True)
         first = next(iter(wanted.values()))[0]
-        client = PeerClient(self.registry.peer(first.peer), self.registry.site_name)
+        try:
+            peer = self.registry.peer(first.peer)
+        except StagingError as exc:  # no URL for the sender any more (configuration changed)
+            for item, _dest in wanted.values():
+                self._finish(item.id, "failed", exc.message)
+            wanted.clear()
+            return received, ""
+        client = PeerClient(peer, self.registry.site_name)
         flip = os.environ.get(FLIP_ONCE_ENV)
         try:
             for header, member in client.batch(list(wanted)):
