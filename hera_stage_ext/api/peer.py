@@ -69,7 +69,8 @@ class PeerAnnounceHandler(PeerBaseHandler):
 class PeerStatusHandler(PeerBaseHandler):
     """``POST status``; with ``wait``, a long poll: answered as soon as one more of the names is
     committed or failed (the receiver's in-memory change counter says when to look again; the
-    wait costs no thread and no query)."""
+    wait costs no thread and no query); with ``finished_only``, the answer lists only the files
+    committed, failed or unknown (a sender following thousands needs no more)."""
 
     @allow_unauthenticated
     async def post(self) -> None:
@@ -80,22 +81,28 @@ class PeerStatusHandler(PeerBaseHandler):
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
             raise ApiError(InvalidRequest("'wait' must be a non-negative number of seconds"))
         deadline = time.monotonic() + min(float(wait), MAX_STATUS_WAIT)
+        names = body.get("names")
         seen = receiver.changes
-        reply = await self.call(receiver.status, peer, body.get("names"))
+        reply = await self.call(receiver.status, peer, names)
         finished = _finished(reply)
         while time.monotonic() < deadline and finished < len(reply["files"]):
             await asyncio.sleep(0.02)
             if receiver.changes == seen:
                 continue
             seen = receiver.changes
-            reply = await self.call(receiver.status, peer, body.get("names"))
+            reply = await self.call(receiver.status, peer, names)
             if _finished(reply) > finished:
                 break
+        if body.get("finished_only") is True:
+            reply["files"] = [f for f in reply["files"] if f["state"] in _FINISHED]
         self.reply(reply)
 
 
+_FINISHED = ("committed", "failed", "unknown")
+
+
 def _finished(reply: dict[str, Any]) -> int:
-    return sum(f["state"] in ("committed", "failed", "unknown") for f in reply["files"])
+    return sum(f["state"] in _FINISHED for f in reply["files"])
 
 
 class PeerBatchHandler(PeerBaseHandler):

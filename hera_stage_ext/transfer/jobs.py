@@ -334,7 +334,8 @@ class _Sender:
             part = names[start:start + 10 * MAX_OFFERS]
             try:
                 rows += self.call(f"status from peer {self.peer.name!r}",
-                                  lambda c, part=part: c.status(part, STATUS_WAIT))["files"]
+                                  lambda c, part=part: c.status(part, STATUS_WAIT,
+                                                                finished_only=True))["files"]
             except StagingError as exc:
                 for name in part:
                     self.report(waiting.pop(name), "failed", exc.message)

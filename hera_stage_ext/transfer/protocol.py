@@ -16,7 +16,8 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     [{"name", "state", "bytes", "attempts", "error"}]}``; state ``queued``, ``receiving``,
     ``committed``, ``failed`` or ``unknown``. With ``wait`` (at most ``MAX_STATUS_WAIT``) the
     receiver answers as soon as one more of the names is committed or failed, or when the wait
-    is over (a long poll: the sender learns of a commit at once, without polling fast). The
+    is over (a long poll: the sender learns of a commit at once, without polling fast). With
+    ``"finished_only": true`` the answer lists only the names committed, failed or unknown. The
     sender asks until every file is committed or failed.
 ``GET files/<name>/content``  receiver -> sender, with ``Range: bytes=<offset>-``: the bytes (the
     receiver PULLS: tornado serves fast and receives slowly). It resumes a broken pull from the
@@ -154,10 +155,13 @@ class PeerClient:
     def announce(self, transfer: str, offers: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return self._json("POST", "announce", {"transfer": transfer, "files": list(offers)})
 
-    def status(self, names: Sequence[str], wait: float = 0.0) -> dict[str, Any]:
+    def status(self, names: Sequence[str], wait: float = 0.0,
+               finished_only: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"names": list(names)}
         if wait:
             body["wait"] = wait
+        if finished_only:
+            body["finished_only"] = True
         return self._json("POST", "status", body)
 
     def batch(self, names: Sequence[str]) -> Iterator[tuple[dict[str, Any], BatchMember]]:
