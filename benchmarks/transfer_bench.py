@@ -79,13 +79,16 @@ def write_data(store: Path, big_bytes: int, small_files: int) -> list[str]:
 
 
 def read_all(paths: list[Path]) -> None:
-    """Read the sources once, so every run starts with them in the page cache alike."""
+    """Read the sources once, so every run starts with them in the page cache alike, and write
+    out every dirty page first (``sync``), so no run pays for the disk writes of the one before
+    (the references do not sync what they wrote; a verified transfer syncs its own)."""
     for path in paths:
         for root, _dirs, files in os.walk(path) if path.is_dir() else [(path.parent, [], [path.name])]:
             for name in files:
                 with open(os.path.join(root, name), "rb") as f:
                     while f.read(8 * MiB):
                         pass
+    os.sync()
 
 
 @contextlib.contextmanager

@@ -223,7 +223,9 @@ class StagingApp(ExtensionApp):
         keeping the sender's sub-folder layout. Empty: this site accepts no transfers.""",
     ).tag(config=True)
 
-    receive_streams = Int(2, help="Files pulled from peers in parallel.").tag(config=True)
+    receive_streams = Int(
+        2, help="Pulls from peers in parallel: one large file, or one batch of small files, "
+        "each.").tag(config=True)
 
     receive_reserve_bytes = Int(
         0, help="Free space kept on the receiving store: offers that would eat into it are "

@@ -55,6 +55,13 @@ CORRUPT = "zen.2457702.20000.xx.HH.uvh5"
 FLIP = "zen.2457702.30000.xx.HH.uvh5"
 FORBIDDEN = "zen.2457702.40000.xx.HH.uvh5"
 ONE_AT_A_TIME = [f"zen.2457703.{10000 + i}.xx.HH.uvh5" for i in range(3)]
+#: Pulled together with FLIP, whose first pull gets a byte flipped.
+FLIP_COMPANIONS = [f"zen.2457704.{10000 + i}.xx.HH.uvh5" for i in range(4)]
+#: Sent together with a file B has and one that conflicts.
+MIXED = [f"zen.2457705.{10000 + i}.xx.HH.uvh5" for i in range(3)]
+#: Small enough for a batch pull, big enough that the throttled batch takes ~1.5 s.
+KILLED_BATCH = [f"zen.2457706.{10000 + i}.xx.HH.uvh5" for i in range(12)]
+KILLED_BATCH_SIZE = 3 << 20
 
 
 @dataclass
@@ -118,8 +125,13 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     paths[BIG] = f"2457701/{BIG}"
     paths.update({n: f"2457702/{n}" for n in (CONFLICT, CORRUPT, FLIP, FORBIDDEN)})
     paths.update({n: f"2457703/{n}" for n in ONE_AT_A_TIME})
+    paths.update({n: f"2457704/{n}" for n in FLIP_COMPANIONS})
+    paths.update({n: f"2457705/{n}" for n in MIXED})
+    paths.update({n: f"2457706/{n}" for n in KILLED_BATCH})
     for name, rel in paths.items():
-        _write(a_store / rel, rng, BIG_SIZE if name == BIG else 65536 + rng.randrange(4096))
+        size = BIG_SIZE if name == BIG else \
+            KILLED_BATCH_SIZE if name in KILLED_BATCH else 65536 + rng.randrange(4096)
+        _write(a_store / rel, rng, size)
     # B already holds another file under the conflicting name.
     _write(b_store / "mine" / CONFLICT, rng, 1000)
 
@@ -270,13 +282,39 @@ def test_bytes_corrupted_at_the_sender_are_caught(sites: Sites) -> None:
 
 
 def test_byte_flipped_in_flight_is_caught_and_resent(sites: Sites) -> None:
-    report = send(sites, [FLIP])
-    assert report["counts"] == {"done": 1}, report
-    item = sites.b_items()[FLIP]
-    assert item.attempts == 2  # the first pull's checksum did not match
-    arrived = ck.hash_file(sites.b_store / "2457702" / FLIP)
-    assert ck.compare(arrived.checksums, sites.a_core.catalogue.file_detail(FLIP)["checksums"])
-    assert remote_sites(sites.a_core, FLIP) == ["site-b"]
+    """One member of a batch pull arrives damaged: only it is pulled again."""
+    report = send(sites, [FLIP, *FLIP_COMPANIONS])
+    assert report["counts"] == {"done": 5}, report
+    items = sites.b_items()
+    assert items[FLIP].attempts == 2  # the first pull's checksum did not match
+    assert {items[n].attempts for n in FLIP_COMPANIONS} == {1}  # the others went through
+    for name, folder in ((FLIP, "2457702"), *((n, "2457704") for n in FLIP_COMPANIONS)):
+        arrived = ck.hash_file(sites.b_store / folder / name)
+        assert ck.compare(arrived.checksums,
+                          sites.a_core.catalogue.file_detail(name)["checksums"])
+        assert remote_sites(sites.a_core, name) == ["site-b"]
+    assert not list((sites.b_store / INCOMING_DIR).iterdir())
+
+
+def test_one_batch_mixing_have_send_and_conflict(sites: Sites) -> None:
+    have = BATCH[0]  # sent by the first test
+    report = send(sites, [have, CONFLICT, *MIXED])
+    assert report["counts"] == {"skipped": 1, "failed": 1, "done": 3}, report
+    assert report["items"][have] == ("skipped", "")
+    state, error = report["items"][CONFLICT]
+    assert state == "failed" and "conflict" in error and "other content" in error
+    assert not (sites.b_store / "2457702" / CONFLICT).exists()
+    items = sites.b_items()
+    assert items[have].attempts == 1  # nothing pulled again
+    for name in MIXED:
+        assert items[name].state == "committed" and items[name].attempts == 1
+        arrived = ck.hash_file(sites.b_store / "2457705" / name)
+        assert ck.compare(arrived.checksums,
+                          sites.a_core.catalogue.file_detail(name)["checksums"])
+        events = [e["type"] for e in sites.b_file(name).json()["events"]]
+        assert events.count("transfer-received") == 1
+        assert remote_sites(sites.a_core, name) == ["site-b"]
+    assert remote_sites(sites.a_core, CONFLICT) == []
 
 
 def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> None:
@@ -313,6 +351,44 @@ def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> Non
     assert remote_sites(sites.a_core, BIG) == ["site-b"]
     # Sending it again moves nothing.
     assert send(sites, [BIG])["counts"] == {"skipped": 1}
+
+
+def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(send(sites, KILLED_BATCH)))
+    thread.start()
+    incoming = sites.b_store / INCOMING_DIR
+    deadline = time.monotonic() + 30
+    while len(parts := list(incoming.glob("*.part")) if incoming.exists() else []) < 3:
+        assert time.monotonic() < deadline, "the batch pull never started"
+        time.sleep(0.02)
+    os.kill(sites.b.pid, signal.SIGKILL)
+    sites.b.process.wait()
+    assert len(parts) < len(KILLED_BATCH)  # killed half-way through the batch
+    with sites.b_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
+            File.name.in_(KILLED_BATCH))) == 0
+    sites.b_stack.close()
+    sites.b_stack = contextlib.ExitStack()
+    sites.start_b("b-server-3")
+    thread.join(90)
+    assert not thread.is_alive()
+    assert result["counts"] == {"done": len(KILLED_BATCH)}, result
+    items = sites.b_items()
+    with sites.b_db.read() as s:
+        instances = dict(s.execute(select(File.name, func.count(Instance.id)).join(
+            Instance, Instance.file_id == File.id).where(File.name.in_(KILLED_BATCH))
+            .group_by(File.name)).all())
+    assert instances == {n: 1 for n in KILLED_BATCH}  # nothing duplicated
+    for name in KILLED_BATCH:
+        assert items[name].state == "committed"
+        arrived = ck.hash_file(sites.b_store / "2457706" / name)
+        assert arrived.size == KILLED_BATCH_SIZE
+        assert ck.compare(arrived.checksums,
+                          sites.a_core.catalogue.file_detail(name)["checksums"])
+        assert remote_sites(sites.a_core, name) == ["site-b"]
+    assert not list(incoming.iterdir())
+    assert send(sites, KILLED_BATCH)["counts"] == {"skipped": len(KILLED_BATCH)}
 
 
 def test_max_in_flight_announces_one_file_at_a_time(sites: Sites) -> None:

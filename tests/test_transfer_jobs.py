@@ -31,7 +31,7 @@ from hera_stage_ext.catalogue.models import Event, File, Instance
 from hera_stage_ext.cli import main as cli_main
 from hera_stage_ext.demo import MIRIAD_NAME, ingest_demo_archive, make_demo_archive
 from hera_stage_ext.jobs.worker import DB_URL_ENV
-from hera_stage_ext.transfer.models import RemoteInstance
+from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
 from hera_stage_ext.transfer.peers import hash_secret, peers_env
 
 from .jupyter_process import JupyterProcess, free_port, jupyter_process
@@ -193,17 +193,19 @@ def test_200_files_and_a_data_set_arrive_verified_through_a_killed_worker(sites:
     job = sites.a.api("transfers", {"query": SENT_NIGHTS, "peer": "site-b"})
     assert job["kind"] == "transfer" and job["destination"] == "peer:site-b"
     assert job["files_total"] == 201 and job["missing"] == []
-    # Kill the sending site's worker once B has taken some files, before A has seen them all.
+    # Kill the sending site's worker once B has accepted the files (B pulls them in
+    # batches from A's server, throttled: ~3 s), before A has seen any through; restart it
+    # once B holds them: the new worker announces them again and sends nothing twice.
 
-    def b_committed() -> int:
+    def b_count(table: Any) -> int:
         with sites.b_db.read() as s:
-            return s.scalar(select(func.count()).select_from(Instance)) or 0
+            return s.scalar(select(func.count()).select_from(table)) or 0
 
-    _wait_for("B to receive a first few files", lambda: b_committed() >= 20)
+    _wait_for("B to accept the files", lambda: b_count(TransferItem) >= 20)
     running = sites.job(job["id"])
     assert running["state"] == "running" and running["files_done"] < 201, running
     os.kill(_worker_pid(running), signal.SIGKILL)
-    time.sleep(0.5)
+    _wait_for("B to receive a first few files", lambda: b_count(Instance) >= 20)
     sites.start_worker()
     done = _wait_for("the job to finish",
                      lambda: (j := sites.job(job["id"]))["finished_at"] and j, timeout=90)

@@ -8,13 +8,23 @@ is read, and nothing is written. The protocol is described in ``transfer/protoco
 
 from __future__ import annotations
 
-from jupyter_server.auth.decorator import allow_unauthenticated, authorized
-from tornado import web
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
 
-from ..errors import StagingError
-from ..transfer.sender import list_peers
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
+from tornado import iostream, web
+
+from ..core import Core
+from ..errors import InvalidRequest, StagingError
+from ..transfer.protocol import BATCH_FILE_MAX, END_OF_BATCH, MAX_STATUS_WAIT, frame_header
+from ..transfer.sender import batch_paths, list_peers
 from .base import ApiError, BaseHandler
 from .content import Throttle, online_instance_path, send_file, send_tar
+
+#: Bytes gathered before a batch stream is flushed to the socket.
+_FLUSH_BYTES = 1 << 20
 
 
 class PeersHandler(BaseHandler):
@@ -57,11 +67,69 @@ class PeerAnnounceHandler(PeerBaseHandler):
 
 
 class PeerStatusHandler(PeerBaseHandler):
+    """``POST status``; with ``wait``, a long poll: answered as soon as one more of the names is
+    committed or failed (the receiver's in-memory change counter says when to look again; the
+    wait costs no thread and no query); with ``finished_only``, the answer lists only the files
+    committed, failed or unknown (a sender following thousands needs no more)."""
+
     @allow_unauthenticated
     async def post(self) -> None:
         peer = self.peer()
         body = self.body_json()
-        self.reply(await self.call(self.core.receiver.status, peer, body.get("names")))
+        receiver = self.core.receiver
+        wait = body.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ApiError(InvalidRequest("'wait' must be a non-negative number of seconds"))
+        deadline = time.monotonic() + min(float(wait), MAX_STATUS_WAIT)
+        names = body.get("names")
+        seen = receiver.changes
+        reply = await self.call(receiver.status, peer, names)
+        finished = _finished(reply)
+        while time.monotonic() < deadline and finished < len(reply["files"]):
+            await asyncio.sleep(0.02)
+            if receiver.changes == seen:
+                continue
+            seen = receiver.changes
+            reply = await self.call(receiver.status, peer, names)
+            if _finished(reply) > finished:
+                break
+        if body.get("finished_only") is True:
+            reply["files"] = [f for f in reply["files"] if f["state"] in _FINISHED]
+        self.reply(reply)
+
+
+_FINISHED = ("committed", "failed", "unknown")
+
+
+def _finished(reply: dict[str, Any]) -> int:
+    return sum(f["state"] in _FINISHED for f in reply["files"])
+
+
+class PeerBatchHandler(PeerBaseHandler):
+    """``POST files/batch``: many small files in one framed stream (``transfer/protocol.py``),
+    read one at a time; the peer's throttle applies as to single pulls."""
+
+    @allow_unauthenticated
+    async def post(self) -> None:
+        peer = self.peer()
+        body = self.body_json()
+        members = await self.call(batch_paths, self.core, body.get("names"))
+        throttle = _throttle(self.core, peer)
+        self.set_header("Content-Type", "application/octet-stream")
+        done = 0
+        try:
+            while done < len(members):
+                # Files are read in the thread pool, about a flush's worth at a time.
+                frames, done = await self.run(_read_members, members, done)
+                self.write(frames)
+                await self.flush()
+                if throttle is not None:
+                    await throttle.consume(len(frames))
+            self.write(END_OF_BATCH)
+            await self.flush()
+        except iostream.StreamClosedError:
+            return
+        self.finish()
 
 
 class PeerFileContentHandler(PeerBaseHandler):
@@ -73,15 +141,48 @@ class PeerFileContentHandler(PeerBaseHandler):
     async def get(self, name: str) -> None:
         peer = self.peer()
         path = await self.call(online_instance_path, self.core, name)
-        configured = self.core.peers.peers.get(peer)
-        throttle = None
-        if configured is not None and configured.max_bytes_per_s:
-            key = (peer, configured.max_bytes_per_s)
-            throttle = _throttles.setdefault(key, Throttle(configured.max_bytes_per_s))
+        throttle = _throttle(self.core, peer)
         if path.is_dir():
             await send_tar(self, path, name, throttle=throttle)
         else:
             await send_file(self, path, throttle=throttle)
+
+
+def _read_members(members: list[tuple[str, Path | str]], start: int) -> tuple[bytes, int]:
+    """The framed members from ``start`` on, about ``_FLUSH_BYTES`` of them, and the index of
+    the next one. A member that cannot be served is framed with its error (no bytes)."""
+    out = bytearray()
+    i = start
+    while i < len(members) and len(out) < _FLUSH_BYTES:
+        name, path = members[i]
+        i += 1
+        if isinstance(path, str):
+            out += frame_header({"name": name, "error": path})
+            continue
+        try:
+            with open(path, "rb") as f:
+                # Small files (the receiver asks only for those) are read whole.
+                data = f.read(BATCH_FILE_MAX + 1)
+        except OSError as exc:
+            out += frame_header({"name": name, "error": f"cannot read {name!r} here: "
+                                 f"{exc.strerror}"})
+            continue
+        if len(data) > BATCH_FILE_MAX:
+            out += frame_header({"name": name, "error": f"{name!r} is larger than a batch "
+                                 "member may be: pull it alone"})
+            continue
+        out += frame_header({"name": name, "size": len(data)})
+        out += data
+    return bytes(out), i
+
+
+def _throttle(core: Core, peer: str) -> Throttle | None:
+    """The throttle every pull of ``peer`` shares in this server (None: no limit)."""
+    configured = core.peers.peers.get(peer)
+    if configured is None or not configured.max_bytes_per_s:
+        return None
+    key = (peer, configured.max_bytes_per_s)
+    return _throttles.setdefault(key, Throttle(configured.max_bytes_per_s))
 
 
 #: (peer, rate) -> the throttle every pull of that peer shares in this server.

@@ -37,6 +37,7 @@ from .orders import (
 )
 from .peer import (
     PeerAnnounceHandler,
+    PeerBatchHandler,
     PeerFileContentHandler,
     PeerPingHandler,
     PeersHandler,
@@ -81,6 +82,7 @@ PEER_ROUTES: dict[str, type[RequestHandler]] = {
     "/announce": PeerAnnounceHandler,
     "/status": PeerStatusHandler,
     "/files/{name}/content": PeerFileContentHandler,
+    "/files/batch": PeerBatchHandler,
 }
 
 

@@ -5,11 +5,13 @@ its ``destination`` is ``peer:<name>``, its items the instances chosen at launch
 ``dest_path`` the instance's path in its store (the layout the receiving store keeps).
 
 A stream of the worker waits for the peer's allowed hours and for room under its
-``max_in_flight``, claims a batch of items, announces it (``protocol.PeerClient.announce``),
-reports at once the files the peer already holds (``have``: item ``skipped``, or ``done`` when an
-earlier attempt of this job sent it) and those it refuses (``failed`` with the peer's reason),
-then polls the peer's ``status`` until each file it accepted is ``committed`` (remote instance
-and ``transfer-sent`` event recorded, item ``done``) or ``failed``. Results go through the
+``max_in_flight``, claims a batch of items, announces it (``protocol.PeerClient.announce``, the
+offers read in one query by ``sender.offers_for``), reports at once the files the peer already
+holds (``have``: item ``skipped``, or ``done`` when an earlier attempt of this job sent it) and
+those it refuses (``failed`` with the peer's reason), then asks the peer's ``status`` (a long
+poll, answered as soon as one more file is through) until each file it accepted is
+``committed`` (remote instance and ``transfer-sent`` event recorded, item ``done``) or
+``failed``. Results go through the
 engine's ``_add``/``_commit`` like staged files. While the peer is unreachable the stream waits
 with exponential backoff (capped by the peer's ``retry_max_s``), saying so in the job's log; the
 job stays running. A worker that dies leaves its items to the next one, which announces them
@@ -28,7 +30,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import func, select
 
-from ..catalogue.catalogue import Catalogue
 from ..catalogue.db import Database
 from ..errors import NotFound, StagingError, Unavailable
 from ..jobs.engine import _claim_items, _Claimed, _names, _requeue, _resolve, create_job
@@ -37,15 +38,17 @@ from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
 from ..jobs.recall import with_recall
 from .peers import Peer, PeerRegistry, registry_from_env
-from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient, offer_from_detail
+from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient
 from .rclone import RclonePeer, client_for
-from .sender import record_remote
+from .sender import offers_for, record_remote
 
 if TYPE_CHECKING:
     from ..jobs.engine import _JobRun
 
 T = TypeVar("T")
 DESTINATION_PREFIX = "peer:"
+#: Longest wait of one status long poll (seconds): how late a cancel can be noticed.
+STATUS_WAIT = 2.0
 
 
 class PeerRejected(StagingError):
@@ -154,8 +157,10 @@ class _Sender:
     def __init__(self, run: _JobRun, registry: PeerRegistry, peer: Peer) -> None:
         self.run, self.registry, self.peer = run, registry, peer
         self.client = self.connect()
-        self.catalogue = Catalogue(run.db)
         self.reported: set[int] = set()
+        #: Accepted by the peer and not through yet: name -> item, and (transfer, when).
+        self.waiting: dict[str, _Claimed] = {}
+        self.announced: dict[str, tuple[str, float]] = {}
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
     def check(self) -> None:
@@ -188,15 +193,21 @@ class _Sender:
             self.once(f"hours-open-{self.peer.hours}",
                       f"peer {self.peer.name!r}: allowed hours begin, sending")
 
-    def claim(self) -> list[_Claimed]:
-        """The next batch, no more than the peer's ``max_in_flight`` allows (waits for room).
+    def room(self) -> int:
+        """Items one claim takes at most (before the peer's ``max_in_flight``)."""
+        return self.run.config.claim_batch
+
+    def claim(self, wait: bool = True) -> list[_Claimed]:
+        """The next batch, no more than the peer's ``max_in_flight`` allows; without room,
+        waits for it (``wait``) or returns nothing at once (a stream with files in flight
+        follows them meanwhile).
 
         Counting and claiming hold a lock, so this worker's streams never overshoot together;
         between worker processes the count is a close bound, not a lock."""
         run = self.run
         while True:
             with _claim_lock:
-                n = run.config.claim_batch
+                n = self.room()
                 if self.peer.max_in_flight:
                     with run.db.read() as s:
                         in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
@@ -210,6 +221,8 @@ class _Sender:
             run._commit(wait=False)
             self.once("in-flight", f"waiting: {in_flight} item(s) in flight to peer "
                       f"{self.peer.name!r} (its max_in_flight {self.peer.max_in_flight})")
+            if not wait:
+                return []
             self.sleep(0.5)
 
     def call(self, what: str, fn: Callable[[PeerClient], T]) -> T:
@@ -251,31 +264,41 @@ class _Sender:
 
     # ----- the stream ---------------------------------------------------------------------
     def loop(self) -> None:
+        """Claim, announce, follow; the next batch is claimed and announced while the peer
+        still pulls the last one (at most about two claims in flight per stream), so the
+        peer always has work queued."""
         run = self.run
-        while not (run.abort.is_set() or run.stop.is_set()):
-            self.wait_for_hours()
-            batch = self.claim()
-            if not batch:
-                return
-            try:
-                self.send(batch)
-            finally:
-                # Claimed and not through (cancel, stop): back to the queue, announced again
-                # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
-                _requeue(run.db, [c.id for c in batch if c.id not in self.reported])
+        claimed: list[_Claimed] = []
+        try:
+            while not (run.abort.is_set() or run.stop.is_set()):
+                if len(self.waiting) < self.room() and (
+                        not self.waiting or self.peer.seconds_until_open() == 0):
+                    if not self.waiting:
+                        self.wait_for_hours()
+                    batch = self.claim(wait=not self.waiting)
+                    if batch:
+                        claimed += batch
+                        self.send(batch)
+                        continue
+                    if not self.waiting:
+                        return
+                self.follow()
+        finally:
+            # Claimed and not through (cancel, stop): back to the queue, announced again
+            # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
+            _requeue(run.db, [c.id for c in claimed if c.id not in self.reported])
 
     def send(self, batch: list[_Claimed]) -> None:
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
+        known = offers_for(self.run.db, {item.name: item.dest_path for item in batch})
         offers, items = [], {}
         for item in batch:
-            try:
-                detail = self.catalogue.file_detail(item.name)
-            except NotFound as exc:
-                self.report(item, "failed", exc.message)
+            if item.name not in known:
+                self.report(item, "failed", f"no file named {item.name!r}")
                 continue
-            offers.append(offer_from_detail(detail, item.dest_path))
+            offers.append(known[item.name])
             items[item.name] = item
-        waiting: dict[str, _Claimed] = {}
+        announced = time.monotonic()
         for start in range(0, len(offers), MAX_OFFERS):
             chunk = offers[start:start + MAX_OFFERS]
             try:
@@ -289,7 +312,8 @@ class _Sender:
             for answer in reply["files"]:
                 item = items[answer["name"]]
                 if answer["answer"] == SEND:
-                    waiting[item.name] = item
+                    self.waiting[item.name] = item
+                    self.announced[item.name] = (transfer, announced)
                 elif answer["answer"] == HAVE:
                     have.append(item)
                 else:
@@ -303,42 +327,49 @@ class _Sender:
                     f"verified {item.name} at {self.peer.name} (sent before the worker "
                     f"restarted; not sent again)" if mine
                     else f"skipped {item.name}: {self.peer.name} already holds it"))
-        self.follow(transfer, waiting)
 
-    def follow(self, transfer: str, waiting: dict[str, _Claimed]) -> None:
-        """Poll the peer until each file it accepted is committed or failed."""
-        interval = 0.2
-        started = time.monotonic()
-        while waiting:
-            self.sleep(interval)
-            interval = min(interval * 1.5, 2.0)
-            names = list(waiting)
-            rows: list[dict[str, Any]] = []
-            for start in range(0, len(names), 10 * MAX_OFFERS):
-                part = names[start:start + 10 * MAX_OFFERS]
-                try:
-                    rows += self.call(f"status from peer {self.peer.name!r}",
-                                      lambda c, part=part: c.status(part))["files"]
-                except StagingError as exc:
-                    for name in part:
-                        self.report(waiting.pop(name), "failed", exc.message)
-            committed = [waiting[r["name"]] for r in rows
-                         if r["state"] == "committed" and r["name"] in waiting]
-            record_remote(self.run.db, self.peer.name, transfer,
-                          [i.name for i in committed], "committed")
-            seconds = max(time.monotonic() - started, 1e-9)
-            for item in committed:
-                del waiting[item.name]
-                self.report(item, "done", note=f"sent {item.name} to {self.peer.name} "
-                            f"({item.size} bytes; verified and registered there; "
-                            f"{seconds:.1f} s since announced)")
-            for row in rows:
-                if row["name"] not in waiting:
-                    continue
-                if row["state"] == "failed":
-                    self.report(waiting.pop(row["name"]), "failed",
-                                f"the peer failed to receive it: {row['error']}")
-                elif row["state"] == "unknown":
-                    self.report(waiting.pop(row["name"]), "failed",
-                                "the peer has no record of it (retry the job to announce it "
-                                "again)")
+    def follow(self) -> None:
+        """Ask the peer once how the files it accepted are doing, and report those through: a
+        long poll (the peer answers as soon as one more is through, or after
+        ``STATUS_WAIT``)."""
+        waiting = self.waiting
+        asked = time.monotonic()
+        names = list(waiting)
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(names), 10 * MAX_OFFERS):
+            part = names[start:start + 10 * MAX_OFFERS]
+            try:
+                rows += self.call(f"status from peer {self.peer.name!r}",
+                                  lambda c, part=part: c.status(part, STATUS_WAIT,
+                                                                finished_only=True))["files"]
+            except StagingError as exc:
+                for name in part:
+                    self.report(waiting.pop(name), "failed", exc.message)
+        committed = [waiting[r["name"]] for r in rows
+                     if r["state"] == "committed" and r["name"] in waiting]
+        by_transfer: dict[str, list[str]] = {}
+        for item in committed:
+            by_transfer.setdefault(self.announced[item.name][0], []).append(item.name)
+        for transfer, done in by_transfer.items():
+            record_remote(self.run.db, self.peer.name, transfer, done, "committed")
+        now = time.monotonic()
+        for item in committed:
+            del waiting[item.name]
+            _transfer, announced = self.announced.pop(item.name)
+            self.report(item, "done", note=f"sent {item.name} to {self.peer.name} "
+                        f"({item.size} bytes; verified and registered there; "
+                        f"{now - announced:.1f} s since announced)")
+        for row in rows:
+            if row["name"] not in waiting:
+                continue
+            if row["state"] in ("failed", "unknown"):
+                self.announced.pop(row["name"], None)
+            if row["state"] == "failed":
+                self.report(waiting.pop(row["name"]), "failed",
+                            f"the peer failed to receive it: {row['error']}")
+            elif row["state"] == "unknown":
+                self.report(waiting.pop(row["name"]), "failed",
+                            "the peer has no record of it (retry the job to announce it "
+                            "again)")
+        if waiting and not committed and time.monotonic() - asked < 0.1:
+            self.sleep(0.5)  # a peer that answered at once with nothing new: no busy loop

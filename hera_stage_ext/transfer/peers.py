@@ -125,7 +125,7 @@ def parse_peers(config: dict[str, Any]) -> dict[str, Peer]:
             continue
         if not isinstance(spec, dict) or not isinstance(spec.get("url"), str) \
                 or not isinstance(spec.get("secret"), str):
-            raise ValueError(f"peer {name!r} needs a 'url' and a 'secret' (or 'type': "
+            raise ValueError(f"peer {name!r} needs a 'url' and a 'secret' (or 'type': "  # noqa: TRY004 (traitlets reports ValueError)
                              "'rclone' and a 'remote')")
         if ":" in name or not name:
             raise ValueError(f"peer name {name!r} must be non-empty and contain no ':'")

@@ -11,6 +11,20 @@ and never over an existing file), the partial name removed, and file, instance, 
 ``max_attempts``; network errors back off and resume. A server restart resumes every item still
 ``queued`` or ``receiving`` (``resume``).
 
+Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
+(``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
+is written to its own partial file and verified on its own against its announced size and
+checksum (a damaged member is pulled again in the next round, the others go on); then the
+verified ones are made final together with ``methods.commit`` (one ``syncfs`` for their data,
+renames that never replace anything, one more ``syncfs``), registered with ONE
+``Catalogue.register`` call and committed, with their events, in ONE more transaction. A broken
+stream keeps what was verified and pulls the rest again after a backoff; a member whose final
+name is taken meanwhile takes the single-file path (verified there, registered only if it is
+exactly what was announced). Small files wait in a queue per peer (``_small``) that up to
+``streams`` drainers empty a batch at a time: what several announces queued meanwhile goes in one
+batch, and one batch streams while another syncs and registers. ``changes`` counts finished
+items, for the long poll of ``POST status``.
+
 Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/<name>/content``
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
 members leading out) into ``<store>/.hera-stage-incoming/<item id>.dir``; the tree is then
@@ -22,6 +36,7 @@ directory starts again from zero (data sets are a few files; big files are flat)
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -32,17 +47,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
-from ..catalogue.models import File, Instance, Store, utcnow
+from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
-from ..jobs.methods import _rename_noreplace, remove_path
+from ..jobs.methods import _rename_noreplace, commit, remove_path
 from ..paths import confine
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
 from .protocol import (
+    BATCH_FILE_MAX,
+    BATCH_MAX_BYTES,
+    BATCH_MAX_FILES,
     CONFLICT,
     HAVE,
     MAX_OFFERS,
@@ -62,6 +80,22 @@ FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
 
 
+#: While a large file streams in, the disk writes of every this many bytes are started at
+#: once, so the fsync at the end waits for the last few only (and dirty pages stay few).
+_WRITEBACK_BYTES = 64 << 20
+_sync_file_range = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing ``length`` bytes at ``offset`` of ``fd`` to disk, without waiting
+    (Linux's ``sync_file_range``; nothing where there is none: the fsync does it all)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 class ChecksumMismatch(StagingError):
     status = 422
 
@@ -73,7 +107,7 @@ class _Stopped(Exception):
 class Receiver:
     def __init__(self, catalogue: Catalogue, registry: PeerRegistry, store: str | None, *,
                  streams: int = 2, reserve_bytes: int = 0, max_attempts: int = 5,
-                 backoff_s: float = 1.0) -> None:
+                 backoff_s: float = 1.0, fsync: bool = True) -> None:
         self.catalogue = catalogue
         self.db = catalogue.db
         self.registry = registry
@@ -81,17 +115,26 @@ class Receiver:
         self.reserve_bytes = reserve_bytes
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        self.fsync = fsync
+        self._root: Path | None = None
+        #: Items finished (committed or failed) since start: the long poll watches it.
+        self.changes = 0
         self._pool = ThreadPoolExecutor(max(1, streams), thread_name_prefix="hera-receive")
         self._lock = threading.Lock()
         self._running: set[int] = set()
+        self._streams = max(1, streams)
+        #: Small files waiting for a batch pull: peer -> {item id: size}, in arrival order.
+        self._small: dict[str, dict[int, int]] = {}
+        self._drainers = 0  # batch pulls running (at most ``streams``)
         self._stop = threading.Event()
 
     # ----- store --------------------------------------------------------------------------
     def _store_root(self) -> Path:
         if self.store is None:
             raise InvalidRequest("this site receives no transfers (c.StagingApp.receive_store)")
-        root = Path(os.path.realpath(self.catalogue.store(self.store)["path"]))
-        return root
+        if self._root is None:  # a store's path is fixed while the server runs
+            self._root = Path(os.path.realpath(self.catalogue.store(self.store)["path"]))
+        return self._root
 
     def _part(self, root: Path, item_id: int) -> Path:
         return root / INCOMING_DIR / f"{item_id}.part"
@@ -123,8 +166,7 @@ class Receiver:
         queued = self._record(peer, transfer, offers, answers)
         reply["files"] = [{"name": o["name"], "answer": answers[o["name"]][0],
                            "message": answers[o["name"]][1]} for o in offers]
-        for item_id in queued:
-            self._submit(item_id)
+        self._dispatch(peer, queued)
         return reply
 
     def _answers(self, peer: str, offers: list[dict[str, Any]], root: Path
@@ -176,40 +218,40 @@ class Receiver:
         return answers
 
     def _record(self, peer: str, transfer: str, offers: list[dict[str, Any]],
-                answers: dict[str, tuple[str, str]]) -> list[int]:
-        """Create or re-arm the items of every ``send`` answer; their ids."""
+                answers: dict[str, tuple[str, str]]) -> list[tuple[int, int, bool]]:
+        """Create or re-arm the items of every ``send`` answer; their (id, size, is it a
+        directory). New items go in with one executemany (announces carry hundreds)."""
         sending = [o for o in offers if answers[o["name"]][0] == SEND]
         if not sending:
             return []
-        ids = []
+        names = [o["name"] for o in sending]
+        mine = (TransferItem.peer == peer, TransferItem.name.in_(names))
         with self.db.write() as s:
-            rows = {r.name: r for r in s.scalars(select(TransferItem).where(
-                TransferItem.peer == peer,
-                TransferItem.name.in_([o["name"] for o in sending])))}
+            known = {r.name: r for r in s.execute(select(
+                TransferItem.id, TransferItem.name, TransferItem.state, TransferItem.size,
+                TransferItem.checksums).where(*mine))}
+            now = utcnow()
+            new: list[dict[str, Any]] = []
             for offer in sending:
-                item = rows.get(offer["name"])
-                checksums = offer["checksums"]
-                fresh = item is None or item.state not in ACTIVE_ITEM_STATES or \
-                    item.size != offer["size"] or item.checksums != checksums
-                if item is None:
-                    item = TransferItem(peer=peer, name=offer["name"], attempts=0,
-                                        resumed_from=0, created_at=utcnow())
-                    s.add(item)
-                if fresh:
-                    if item.id is not None and (item.size != offer["size"]
-                                                or item.checksums != checksums):
-                        self._discard_part(item.id)  # bytes of other content
-                    item.state, item.attempts, item.error = "queued", 0, ""
-                item.transfer = transfer
-                item.path, item.size = offer["path"], offer["size"]
-                item.checksums = checksums
-                item.spec = offer
-                item.updated_at = utcnow()
-            s.flush()
-            ids = [r.id for r in s.scalars(select(TransferItem).where(
-                TransferItem.peer == peer,
-                TransferItem.name.in_([o["name"] for o in sending])))]
-        return ids
+                values = {"transfer": transfer, "path": offer["path"], "size": offer["size"],
+                          "checksums": offer["checksums"], "spec": offer, "updated_at": now}
+                row = known.get(offer["name"])
+                if row is None:
+                    new.append({**values, "peer": peer, "name": offer["name"],
+                                "state": "queued", "attempts": 0, "resumed_from": 0,
+                                "error": "", "created_at": now})
+                    continue
+                other = row.size != offer["size"] or row.checksums != offer["checksums"]
+                if other:
+                    self._discard_part(row.id)  # bytes of other content
+                if other or row.state not in ACTIVE_ITEM_STATES:
+                    values.update(state="queued", attempts=0, error="")
+                s.execute(update(TransferItem).where(TransferItem.id == row.id)
+                          .values(**values))
+            if new:
+                s.execute(insert(TransferItem), new)
+            ids = dict(s.execute(select(TransferItem.name, TransferItem.id).where(*mine)).all())
+        return [(ids[o["name"]], o["size"], bool(o.get("is_directory"))) for o in sending]
 
     def _discard_part(self, item_id: int) -> None:
         try:
@@ -227,10 +269,11 @@ class Receiver:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
                 or len(names) > 10 * MAX_OFFERS:
             raise InvalidRequest(f"'names' must be a list of at most {10 * MAX_OFFERS} names")
-        with self.db.read() as s:
-            items = {i.name: i for i in s.scalars(select(TransferItem).where(
+        with self.db.read() as s:  # columns, not objects: the long poll asks often
+            items = {i.name: i for i in s.execute(select(
+                TransferItem.id, TransferItem.name, TransferItem.state, TransferItem.size,
+                TransferItem.attempts, TransferItem.error).where(
                 TransferItem.peer == peer, TransferItem.name.in_(names)))}
-            s.expunge_all()  # keep the loaded values past the read session's rollback
         root = self._store_root() if self.store else None
         files = []
         for name in names:
@@ -240,7 +283,8 @@ class Receiver:
                               "error": ""})
                 continue
             done = item.size if item.state == "committed" else 0
-            if item.state == "receiving" and root is not None:
+            # Progress of a large pull (small files arrive whole, a batch at a time).
+            if item.state == "receiving" and root is not None and item.size > BATCH_FILE_MAX:
                 part = self._part(root, item.id)
                 done = part.stat().st_size if part.exists() else 0
             files.append({"name": name, "state": item.state, "bytes": done,
@@ -252,12 +296,61 @@ class Receiver:
         """At server start: pull again every item left queued or receiving."""
         if self.store is None:
             return []
+        by_peer: dict[str, list[tuple[int, int, bool]]] = {}
         with self.db.read() as s:
-            ids = list(s.scalars(select(TransferItem.id).where(
-                TransferItem.state.in_(ACTIVE_ITEM_STATES)).order_by(TransferItem.id)))
-        for item_id in ids:
-            self._submit(item_id)
-        return ids
+            for i in s.scalars(select(TransferItem).where(
+                    TransferItem.state.in_(ACTIVE_ITEM_STATES)).order_by(TransferItem.id)):
+                by_peer.setdefault(i.peer, []).append(
+                    (i.id, i.size, bool(i.spec.get("is_directory"))))
+        for peer, items in by_peer.items():
+            self._dispatch(peer, items)
+        return sorted(i for items in by_peer.values() for i, _size, _is_directory in items)
+
+    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> None:
+        """Pull ``items`` ((id, size, is it a directory) each) of ``peer``: directories and
+        large files one by one, small flat files queued for batch pulls."""
+        small = []
+        for item_id, size, is_directory in items:
+            if is_directory or size > BATCH_FILE_MAX:
+                self._submit(item_id)
+            else:
+                small.append((item_id, size))
+        if not small:
+            return
+        with self._lock:
+            if self._stop.is_set():
+                return
+            queue = self._small.setdefault(peer, {})
+            queue.update((i, size) for i, size in small if i not in self._running)
+            start = self._drainers < self._streams
+            self._drainers += start
+        if start:
+            self._pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        """Pull queued small files in batches until none is left: what several announces
+        queued meanwhile goes in one batch (fewer syncs and transactions)."""
+        while True:
+            with self._lock:
+                item_ids = [] if self._stop.is_set() else self._take()
+                if not item_ids:
+                    self._drainers -= 1
+                    return
+            self._run_batch(item_ids)
+
+    def _take(self) -> list[int]:
+        """The next batch from the queue of small files (the caller holds the lock)."""
+        for queue in self._small.values():
+            item_ids: list[int] = []
+            total = 0
+            while queue and len(item_ids) < BATCH_MAX_FILES and total < BATCH_MAX_BYTES:
+                item_id = next(iter(queue))
+                total += queue.pop(item_id)
+                item_ids.append(item_id)
+            if item_ids:
+                self._running.update(item_ids)
+                return item_ids
+        return []
 
     def _submit(self, item_id: int) -> None:
         with self._lock:
@@ -283,6 +376,11 @@ class Receiver:
             item = s.get(TransferItem, item_id)
             if item is not None:
                 item.state, item.error, item.updated_at = state, error, utcnow()
+        self._changed()
+
+    def _changed(self) -> None:
+        with self._lock:
+            self.changes += 1
 
     def _pull(self, item_id: int) -> None:
         root = self._store_root()
@@ -366,6 +464,7 @@ class Receiver:
             flip = os.environ.get(FLIP_ONCE_ENV)
             try:
                 with open(part, "ab") as f:
+                    flushed = written = offset
                     for chunk in client.content(item.name, offset):
                         if self._stop.is_set():
                             raise _Stopped
@@ -374,6 +473,11 @@ class Receiver:
                             chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                         f.write(chunk)
                         hasher.update(chunk)
+                        written += len(chunk)
+                        if written - flushed >= _WRITEBACK_BYTES:
+                            f.flush()
+                            _start_writeback(f.fileno(), flushed, written - flushed)
+                            flushed = written
                     f.flush()
                     os.fsync(f.fileno())
             finally:
@@ -445,6 +549,225 @@ class Receiver:
         self._finish(item.id, "committed")
         log.info("transfer %s: %s from %s committed to %s:%s", item.transfer, item.name,
                  item.peer, self.store, item.path)
+
+    # ----- batch pulls of small files -----------------------------------------------------
+    def _run_batch(self, item_ids: list[int]) -> None:
+        try:
+            self._pull_batch(item_ids)
+        except _Stopped:
+            pass
+        except Exception:  # a pull must never take the pool down
+            log.exception("transfer items %d..%d: unexpected failure", item_ids[0], item_ids[-1])
+            with self.db.write() as s:
+                s.execute(update(TransferItem).where(
+                    TransferItem.id.in_(item_ids),
+                    TransferItem.state.in_(ACTIVE_ITEM_STATES)).values(
+                    state="failed", error="internal error (see the server log)",
+                    updated_at=utcnow()))
+            self._changed()
+        finally:
+            with self._lock:
+                self._running.difference_update(item_ids)
+
+    def _start_batch(self, item_ids: list[int]) -> list[Any]:
+        """Mark the items still active as receiving (one more attempt each); their rows (with
+        the attributes of a TransferItem). Two statements, not an ORM object per item."""
+        active = (TransferItem.id.in_(item_ids), TransferItem.state.in_(ACTIVE_ITEM_STATES))
+        with self.db.write() as s:
+            s.execute(update(TransferItem).where(*active).values(
+                state="receiving", resumed_from=0, attempts=TransferItem.attempts + 1,
+                updated_at=utcnow()), execution_options={"synchronize_session": False})
+            return list(s.execute(select(
+                TransferItem.id, TransferItem.peer, TransferItem.name, TransferItem.transfer,
+                TransferItem.path, TransferItem.size, TransferItem.checksums,
+                TransferItem.attempts, TransferItem.spec).where(
+                TransferItem.id.in_(item_ids), TransferItem.state == "receiving")
+                .order_by(TransferItem.id)))
+
+    def _pull_batch(self, item_ids: list[int]) -> None:
+        root = self._store_root()
+        pending, rounds = item_ids, 0
+        while pending:
+            if self._stop.is_set():
+                raise _Stopped
+            items = self._start_batch(pending)
+            pending, rounds = [], rounds + 1
+            alone: list[int] = []  # the single-file path: its final name is taken already
+            wanted: dict[str, tuple[TransferItem, Path]] = {}
+            folders: dict[str, Path] = {}  # confined once per folder, not once per file
+            for item in items:
+                folder, _, base = item.path.rpartition("/")
+                try:
+                    if folder not in folders:
+                        folders[folder] = confine(folder or ".", [root],
+                                                  what="transfer path")
+                    if base in ("", ".", ".."):
+                        raise InvalidRequest(f"transfer path {item.path!r} names no file")
+                except StagingError as exc:
+                    self._finish(item.id, "failed", exc.message)
+                    continue
+                dest = folders[folder] / base
+                if os.path.lexists(dest):
+                    alone.append(item.id)
+                else:
+                    wanted[item.name] = (item, dest)
+            received, broken = self._stream_batch(root, wanted)
+            retry = self._commit_batch(received, alone)
+            # Members a broken stream did not deliver, and damaged ones: the next round.
+            for item, _dest in wanted.values():
+                if item.attempts >= self.max_attempts:
+                    self._finish(item.id, "failed", broken or "no attempt left")
+                else:
+                    pending.append(item.id)
+            for item, message in retry:
+                if item.attempts >= self.max_attempts:
+                    self._finish(item.id, "failed", message)
+                else:
+                    pending.append(item.id)
+            if broken and pending:
+                self._set_errors(pending, broken)
+            for item_id in alone:
+                self._pull(item_id)
+            if broken and pending and self._stop.wait(
+                    min(self.backoff_s * 2 ** (rounds - 1), 60.0)):
+                raise _Stopped
+
+    def _stream_batch(self, root: Path, wanted: dict[str, tuple[TransferItem, Path]]
+                      ) -> tuple[list[tuple[TransferItem, Path, Path | str]], str]:
+        """Pull the members ``wanted`` names (removing each from it as it arrives) into their
+        partial files, verifying each; (per member that arrived: item, partial file, final
+        path or why it failed verification; why the stream broke, or "")."""
+        received: list[tuple[TransferItem, Path, Path | str]] = []
+        if not wanted:
+            return received, ""
+        (root / INCOMING_DIR).mkdir(parents=True, exist_ok=True)
+        first = next(iter(wanted.values()))[0]
+        try:
+            peer = self.registry.peer(first.peer)
+        except StagingError as exc:  # no URL for the sender any more (configuration changed)
+            for item, _dest in wanted.values():
+                self._finish(item.id, "failed", exc.message)
+            wanted.clear()
+            return received, ""
+        client = PeerClient(peer, self.registry.site_name)
+        flip = os.environ.get(FLIP_ONCE_ENV)
+        try:
+            for header, member in client.batch(list(wanted)):
+                if self._stop.is_set():
+                    raise _Stopped
+                item, dest = wanted.pop(header["name"], (None, None))
+                if item is None or dest is None:
+                    return received, f"the sender sent {header['name']!r}, not asked for"
+                if "error" in header:
+                    self._finish(item.id, "failed", f"the sender cannot serve it: "
+                                 f"{header['error']}")
+                    continue
+                part = self._part(root, item.id)
+                hasher = ck.StreamHasher([ck.preferred_algorithm(item.checksums)])
+                with open(part, "wb") as f:
+                    for chunk in member.chunks():
+                        if flip == item.name and item.name not in _flipped and chunk:
+                            _flipped.add(item.name)
+                            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                        f.write(chunk)
+                        hasher.update(chunk)
+                digest = hasher.digest()
+                if digest.size != item.size or not ck.compare(digest.checksums, item.checksums):
+                    part.unlink(missing_ok=True)
+                    message = (f"{item.name}: received {digest.size} bytes with checksums "
+                               f"{digest.checksums}, announced {item.size} bytes with "
+                               f"{item.checksums}")
+                    log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
+                                item.peer, message)
+                    received.append((item, part, message))
+                else:
+                    received.append((item, part, dest))
+        except (Unavailable, OSError) as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.warning("batch pull of %d file(s) from %s: %s", len(wanted), first.peer, message)
+            return received, message
+        except StagingError as exc:  # refused at the sender (unauthorized, bad request)
+            for item, _dest in wanted.values():
+                self._finish(item.id, "failed", exc.message)
+            wanted.clear()
+        finally:
+            client.close()
+        if wanted:  # the stream ended without them
+            return received, f"the sender's batch stream left out {len(wanted)} file(s)"
+        return received, ""
+
+    def _commit_batch(self, received: list[tuple[TransferItem, Path, Path | str]],
+                      alone: list[int]) -> list[tuple[TransferItem, str]]:
+        """Make the verified members final (synced), register them in one transaction and
+        commit them with their events in one more; the members to pull again, with why.
+        Members whose final name was taken meanwhile go to ``alone``."""
+        retry = [(item, dest) for item, _part, dest in received if isinstance(dest, str)]
+        good = [(item, part, dest) for item, part, dest in received if isinstance(dest, Path)]
+        if not good:
+            return retry
+        for parent in {dest.parent for _item, _part, dest in good}:
+            parent.mkdir(parents=True, exist_ok=True)
+        try:
+            errors = commit([(str(part), str(dest)) for _item, part, dest in good], self.fsync)
+        except OSError as exc:  # the renames may not be on disk: the single path checks them
+            log.warning("transfer batch: syncing the renames failed: %s", exc)
+            alone += [item.id for item, _part, _dest in good]
+            return retry
+        final: list[TransferItem] = []
+        for (item, _part, _dest), error in zip(good, errors):
+            if error is None:
+                final.append(item)
+            elif isinstance(error, FileExistsError):
+                alone.append(item.id)
+            else:
+                retry.append((item, f"{type(error).__name__}: {error}"))
+        self._register_batch(final)
+        return retry
+
+    def _register_batch(self, items: list[TransferItem]) -> None:
+        if not items:
+            return
+        specs = []
+        for item in items:
+            spec = spec_from_offer(item.spec, item.peer)
+            spec.checksums = dict(item.checksums)
+            specs.append(spec)
+        try:
+            registered = list(zip(items, self.catalogue.register(
+                specs, self.store, [i.path for i in items])))
+        except Conflict:  # something registered meanwhile clashes: each on its own
+            registered = []
+            for item, spec in zip(items, specs):
+                try:
+                    [registration] = self.catalogue.register([spec], self.store, [item.path])
+                    registered.append((item, registration))
+                except Conflict as exc:
+                    (self._store_root() / item.path).unlink(missing_ok=True)
+                    self._finish(item.id, "failed", exc.message)
+        if not registered:
+            return
+        now = utcnow()
+        with self.db.write() as s:
+            names = [item.name for item, _r in registered]
+            ids = dict(s.execute(select(File.name, File.id).where(File.name.in_(names))).all())
+            events = [{"file_id": ids[item.name], "type": "transfer-received", "time": now,
+                       "payload": {"from": item.peer, "transfer": item.transfer,
+                                   "store": self.store, "path": item.path,
+                                   "attempts": item.attempts}}
+                      for item, registration in registered if registration.instance_added]
+            if events:
+                s.execute(insert(Event), events)
+            s.execute(update(TransferItem).where(
+                TransferItem.id.in_([item.id for item, _r in registered])).values(
+                state="committed", error="", updated_at=now))
+        self._changed()
+        log.info("transfer batch: %d file(s) from %s committed to %s", len(registered),
+                 items[0].peer, self.store)
+
+    def _set_errors(self, item_ids: list[int], message: str) -> None:
+        with self.db.write() as s:
+            s.execute(update(TransferItem).where(TransferItem.id.in_(item_ids)).values(
+                error=message, updated_at=utcnow()))
 
     def close(self) -> None:
         self._stop.set()
