@@ -230,6 +230,9 @@ async def test_ingest_bad_input(api, archive):
         ({"store": "onsite", "globs": ["../../etc/*"]}, 400, ".."),
         ({"store": "onsite", "globs": ["/etc/*"]}, 400, "relative"),
         ({"store": "onsite", "globs": "*"}, 400, "list"),
+        ({"store": "onsite", "globs": ["."]}, 400, "matches no file"),
+        ({"store": "onsite", "globs": ["./"]}, 400, "matches no file"),
+        ({"store": "onsite", "globs": [""]}, 400, "glob"),
         ({"store": "onsite", "paths": ["../../../etc/passwd"]}, 200, "outside"),
     ]:
         got, reply = await api("POST", "ingest", body)
