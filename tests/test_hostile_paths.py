@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hera_stage_ext.catalogue.catalogue import Catalogue
@@ -367,6 +367,7 @@ def test_ingest_globs_and_paths(hostile):
     @given(store=st.sampled_from(["onsite", "offsite", "../onsite", "nope"]),
            globs=st.lists(glob, min_size=1, max_size=3), plan=st.booleans(),
            paths=st.none() | st.lists(hostile_paths(s), min_size=1, max_size=3))
+    @example(store="onsite", globs=["*/*"], plan=True, paths=None)  # an accepted one, always
     def check(store: str, globs: list[str], plan: bool, paths: list[str] | None) -> None:
         body: dict[str, Any] = {"store": store, "globs": globs, "plan": plan}
         if paths is not None:

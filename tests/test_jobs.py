@@ -386,8 +386,26 @@ def test_resume_after_sigkill(big: Site) -> None:
     wanted = {big.rel[n] for n in big.names}
     finals = lambda: [p for p in tree(dest) if p in wanted]  # noqa: E731
     first = start_worker(big.db.url, delay=0.03)
+
+    def frozen_mid_job() -> bool:
+        """Stop the worker and its helpers where they are (so no rename slips in between the
+        look and the kill) and look: some files final and a partial copy under its temporary
+        name; if not, let them go on."""
+        if not (len(finals()) >= 8 and temp_files(dest)):
+            return False
+        group = [first.pid, *_copy_helpers(first.pid)]
+        for pid in group:
+            os.kill(pid, signal.SIGSTOP)
+        if len(finals()) >= 8 and temp_files(dest):
+            for pid in group[1:]:
+                os.kill(pid, signal.SIGKILL)
+            return True
+        for pid in group:
+            os.kill(pid, signal.SIGCONT)
+        return False
+
     try:
-        wait_for(lambda: len(finals()) >= 8 and temp_files(dest), timeout=30, step=0.005)
+        wait_for(frozen_mid_job, timeout=30, step=0.005)
     finally:
         first.kill()  # SIGKILL: no cleanup, no release of the lease
         first.wait(10)
