@@ -595,13 +595,17 @@ def test_sigkill_between_write_and_commit_leaves_no_final_name(big: Site) -> Non
          "--streams", "2", "--chunk-size", str(64 * 1024), "--heartbeat", "0.2", "--lease", "60",
          "--poll", "0.1", "--commit-seconds", "3600"],  # fsync on: the production path
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Copies under temporary names, or in a temporary folder (a new folder) under final ones.
+    written = lambda: [p for p in tree(dest)
+                       if ".hera-tmp" in p and not (dest / p).is_dir()]
     try:
-        wait_for(lambda: len(temp_files(dest)) >= 6, timeout=30, step=0.005)
+        wait_for(lambda: len(written()) >= 6, timeout=30, step=0.005)
     finally:
         first.kill()
         first.wait(10)
-    left = temp_files(dest)
-    assert len(left) >= 6 and finals() == [], "written, verified, not committed"
+    left = temp_files(dest)  # temporary files and folders
+    lost = written()
+    assert len(lost) >= 6 and finals() == [], "written, verified, not committed"
     out = get_job(big.db, job["id"])
     assert out["state"] == "running" and out["files_done"] == 0
     with big.db.read() as s:
@@ -625,8 +629,13 @@ def test_sigkill_between_write_and_commit_leaves_no_final_name(big: Site) -> Non
     with big.db.read() as s:
         attempts = dict(s.execute(select(JobItem.dest_path, JobItem.attempts)
                                   .where(JobItem.job_id == job["id"])).all())
-    for tmp in left:  # the items whose copies were lost with the worker were done again
-        final = os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[1:-len(".hera-tmp")])
+    for tmp in lost:  # the items whose copies were lost with the worker were done again
+        head, name = os.path.split(tmp)
+        if name.endswith(".hera-tmp"):  # under its temporary name
+            final = os.path.join(head, name[1:-len(".hera-tmp")])
+        else:  # under its final name in its folder's temporary folder
+            up, folder = os.path.split(head)
+            final = os.path.join(up, folder[1:].rsplit(".", 2)[0], name)
         assert attempts[final] == 2
 
 

@@ -83,8 +83,7 @@ class _Hasher(threading.Thread):
                     want = min(len(view), copied - hashed)
                     n = os.preadv(self._fd, [view[:want]], hashed)
                     if n == 0:  # shorter than copied: truncated under us; the size shows it
-                        copied = hashed
-                        break
+                        return
                     self._hasher.update(view[:n])
                     hashed += n
                     if self._writeback and hashed - started >= WRITEBACK_STEP:
