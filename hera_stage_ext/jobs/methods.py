@@ -143,18 +143,20 @@ class Mover:
         # -> its temporary folder, until ``close_temp_folders``.
         self._temp_folders = temp_folders and deferred
         self._open_temps: dict[str, str] = {}
+        self._used_temps: set[str] = set()  # those holding a written file (for a commit)
 
     def forget_folders(self) -> None:
         """Drop what this mover knows of destination folders (another batch, maybe of another
         job, follows: what was fresh for the last one is not for this one)."""
         self._made_dirs.clear()
         self._fresh_dirs.clear()
-        self._open_temps.clear()
+        self.close_temp_folders()
 
     def close_temp_folders(self) -> None:
         """The temporary folders written so far go to a ``commit``: items moved after this get
         new ones (a folder being renamed into place never receives a file still unverified)."""
         self._open_temps.clear()
+        self._used_temps.clear()
 
     # ----- entry point --------------------------------------------------------------------
     def move(self, spec: ItemSpec) -> Outcome:
@@ -174,9 +176,15 @@ class Mover:
             tmp = os.path.join(folder_tmp, os.path.basename(final))
             try:
                 note = self._write(spec, source, tmp, algorithm)
-            except FileNotFoundError:
-                self._open_temps.pop(parent, None)  # removed by hand mid-job: fail the item
+            except BaseException:
+                # Cancelled, failed, or the folder removed by hand mid-job: a temporary folder
+                # left empty has no commit to rename it, so it goes now.
+                if folder_tmp not in self._used_temps:
+                    self._open_temps.pop(parent, None)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder_tmp)
                 raise
+            self._used_temps.add(folder_tmp)
             return Outcome("done", note, tmp, final)
         if parent not in self._made_dirs:
             if _make_folder(parent):
