@@ -20,6 +20,7 @@ from hera_stage_ext.demo import MIRIAD_NAME
 from hera_stage_ext.errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, NotFound
 from hera_stage_ext.jobs import (
     EngineConfig,
+    bigcopy,
     cancel_job,
     create_stage_job,
     dry_run_stage,
@@ -173,6 +174,29 @@ def test_checksum_mismatch_fails_item_removes_copy(site: Site) -> None:
     with site.db.read() as s:
         item = s.scalar(select(JobItem).where(JobItem.name == bad))
         assert item.state == "failed" and "xxh3-128" in item.error
+
+
+def test_corrupted_large_source_fails_on_the_kernel_copy_path(database, tmp_path) -> None:
+    # Files this big are copied by the kernel and hashed back from the copy in a second
+    # thread (jobs/bigcopy.py); a flipped byte near the end must still fail that file only.
+    site = make_big_site(database, tmp_path / "large", n_files=3, size=bigcopy.MIN_SIZE + 4096)
+    bad, *good = [n for n in site.names if n.endswith(".uvh5")]
+    with open(site.sources[bad], "r+b") as f:
+        f.seek(bigcopy.MIN_SIZE + 100)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0xFF]))  # same size, other bytes: corrupted after ingest
+    job = stage(site, "large", [bad, *good])
+    run_pending(site.db, EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=True))
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "failed" and out["files_failed"] == 1 and out["files_done"] == 2
+    dest = site.workspace / "large"
+    assert not os.path.lexists(dest / site.rel[bad]) and temp_files(dest) == []
+    for name in good:
+        assert (dest / site.rel[name]).read_bytes() == site.sources[name].read_bytes()
+    errors = (dest / markers.ERRORS).read_text().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(site.rel[bad] + ": checksum mismatch")
+    assert "xxh3-128" in errors[0]
 
 
 @pytest.mark.parametrize("method", ["copy", "hardlink"])
@@ -443,6 +467,54 @@ def test_resume_after_sigkill(big: Site) -> None:
     assert states == {"done"}
 
 
+def _temp_folders(dest: Path) -> list[Path]:
+    return [p for p in dest.rglob("*.hera-tmp") if p.is_dir()]
+
+
+def test_sigkill_mid_folder_copy_then_resume(big: Site) -> None:
+    """A folder the job creates is written as a temporary folder (files under their final
+    names) and renamed into place once verified and synced. SIGKILLed while one is being
+    written: nothing is under a final name unverified; on resume the temporary folder is
+    removed, only files not recorded are copied again, each file is there once, verified."""
+    job = stage(big, "folder-kill")
+    dest = big.workspace / "folder-kill"
+    wanted = {big.rel[n] for n in big.names}
+    finals = lambda: [p for p in tree(dest) if p in wanted]
+    first = start_worker(big.db.url, delay=0.03)
+    try:
+        # A temporary folder holding copied files, their final folder not there yet.
+        wait_for(lambda: any(len(os.listdir(t)) >= 2 for t in _temp_folders(dest)),
+                 timeout=30, step=0.005)
+    finally:
+        first.kill()  # SIGKILL: no cleanup, no release of the lease
+        first.wait(10)
+    left = _temp_folders(dest)
+    assert left, "the kill lands while a temporary folder is being written"
+    before = {p: os.stat(dest / p).st_ino for p in finals()}
+    assert len(before) < len(wanted), "the kill must land mid-job"
+    by_rel = {big.rel[n]: n for n in big.names}
+    for path in before:  # under a final name: complete and verified
+        assert ck.hash_path(dest / path) == ck.hash_path(big.sources[by_rel[path]])
+
+    second = start_worker(big.db.url, delay=0)
+    try:
+        out = wait_for(lambda: (j := get_job(big.db, job["id"]))["state"] not in (
+            "queued", "running") and j, timeout=60)
+    finally:
+        stop_worker(second)
+    assert out["state"] == "succeeded", out
+    assert out["files_done"] == out["files_total"] == len(wanted) and out["files_failed"] == 0
+    assert tree(dest) == sorted(
+        wanted | {"2457700", markers.SUCCEEDED, f"{big.rel[MIRIAD_NAME]}/visdata"})
+    assert _temp_folders(dest) == [] and temp_files(dest) == []
+    for name in big.names:
+        assert ck.hash_path(dest / big.rel[name]) == ck.hash_path(big.sources[name])
+    for path, inode in before.items():  # recorded or verified before the kill: not copied
+        assert os.stat(dest / path).st_ino == inode
+    log, _ = read_log(out)
+    assert "temporary file(s) left by the previous worker" in log
+
+
 def _copy_helpers(worker_pid: int) -> list[int]:
     """The worker's copy helper processes (its spawned children, not the resource tracker)."""
     found = []
@@ -541,13 +613,17 @@ def test_sigkill_between_write_and_commit_leaves_no_final_name(big: Site) -> Non
          "--streams", "2", "--chunk-size", str(64 * 1024), "--heartbeat", "0.2", "--lease", "60",
          "--poll", "0.1", "--commit-seconds", "3600"],  # fsync on: the production path
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Copies under temporary names, or in a temporary folder (a new folder) under final ones.
+    written = lambda: [p for p in tree(dest)
+                       if ".hera-tmp" in p and not (dest / p).is_dir()]
     try:
-        wait_for(lambda: len(temp_files(dest)) >= 6, timeout=30, step=0.005)
+        wait_for(lambda: len(written()) >= 6, timeout=30, step=0.005)
     finally:
         first.kill()
         first.wait(10)
-    left = temp_files(dest)
-    assert len(left) >= 6 and finals() == [], "written, verified, not committed"
+    left = temp_files(dest)  # temporary files and folders
+    lost = written()
+    assert len(lost) >= 6 and finals() == [], "written, verified, not committed"
     out = get_job(big.db, job["id"])
     assert out["state"] == "running" and out["files_done"] == 0
     with big.db.read() as s:
@@ -571,8 +647,13 @@ def test_sigkill_between_write_and_commit_leaves_no_final_name(big: Site) -> Non
     with big.db.read() as s:
         attempts = dict(s.execute(select(JobItem.dest_path, JobItem.attempts)
                                   .where(JobItem.job_id == job["id"])).all())
-    for tmp in left:  # the items whose copies were lost with the worker were done again
-        final = os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[1:-len(".hera-tmp")])
+    for tmp in lost:  # the items whose copies were lost with the worker were done again
+        head, name = os.path.split(tmp)
+        if name.endswith(".hera-tmp"):  # under its temporary name
+            final = os.path.join(head, name[1:-len(".hera-tmp")])
+        else:  # under its final name in its folder's temporary folder
+            up, folder = os.path.split(head)
+            final = os.path.join(up, folder[1:].rsplit(".", 2)[0], name)
         assert attempts[final] == 2
 
 

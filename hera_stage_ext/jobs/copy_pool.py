@@ -68,7 +68,12 @@ class HandOver(NamedTuple):
 
 
 class HelperDied(RuntimeError):
-    """The helper died with the hand-over in hand: none of its results are known."""
+    """The helper died with the hand-over in hand: none of its results are known (its
+    temporary folders, named with its ``pid``, are the caller's to remove)."""
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 def _die_with_parent() -> None:
@@ -150,7 +155,7 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         if chunk_delay:
             time.sleep(chunk_delay)
 
-    mover = Mover(chunk_size, check, lambda _line: None, deferred=True)
+    mover = Mover(chunk_size, check, lambda _line: None, deferred=True, temp_folders=True)
     jobs: queue.Queue[Any] = queue.Queue()
     committer = threading.Thread(target=_finish, args=(conn, jobs), daemon=True)
     committer.start()
@@ -168,6 +173,9 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
             # for the same job resumed (its files from before are in them).
             mover.forget_folders()
             last_run = hand.run
+        # This hand-over's new folders are renamed into place by its own commit, which runs
+        # while the next one is written: that one gets temporary folders of its own.
+        mover.close_temp_folders()
         results: list[Moved] = []
         renames: list[tuple[int, str, str, str]] = []
         for i, spec in enumerate(hand.specs):
@@ -233,7 +241,8 @@ class _Helper:
         code = self.process.exitcode
         for request in list(self.waiting):
             waiting = self.waiting.pop(request)
-            waiting.error = HelperDied(f"a copy helper process died (exit code {code})")
+            waiting.error = HelperDied(f"a copy helper process died (exit code {code})",
+                                       self.process.pid)
             waiting.done.set()
 
 
@@ -312,9 +321,10 @@ class CopyPool:
         except (OSError, ValueError) as exc:
             with self._cond:
                 helper.waiting.pop(request, None)
-            raise HelperDied(f"a copy helper process is gone ({exc})") from exc
+            raise HelperDied(f"a copy helper process is gone ({exc})",
+                             helper.process.pid) from exc
         if helper.dead and helper.waiting.pop(request, None) is not None:
-            raise HelperDied("a copy helper process died")
+            raise HelperDied("a copy helper process died", helper.process.pid)
         while not waiting.done.wait(0.1):
             if interrupt():
                 # Stops this hand-over (and an older one in the same helper: its stream

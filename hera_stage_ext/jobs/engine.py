@@ -49,6 +49,7 @@ from .methods import (
     Mover,
     Outcome,
     commit,
+    remove_temp_folders,
 )
 from .models import ACTIVE_STATES, Job, JobItem
 
@@ -779,6 +780,7 @@ class _JobRun:
             # What it made final is found verified (not copied again); the rest is copied here,
             # not handed over again, so a file that kills helpers cannot stall the job.
             self.log(f"{exc}: its {len(ready)} file(s) are moved by the worker itself")
+            remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid)
             for item, spec in zip(ready, specs):
                 if self.abort.is_set() or self.stop.is_set():
                     break

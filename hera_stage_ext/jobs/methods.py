@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import itertools
 import os
 import shutil
 import stat
@@ -33,6 +34,7 @@ from typing import NamedTuple
 
 from ..catalogue import checksums as ck
 from ..paths import is_within
+from . import bigcopy
 
 METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
 TMP_SUFFIX = ".hera-tmp"
@@ -115,6 +117,7 @@ class Mover:
         *,
         deferred: bool = False,
         made_dirs: set[str] | None = None,
+        temp_folders: bool = False,
     ) -> None:
         self._buffer = bytearray(chunk_size)
         self._view = memoryview(self._buffer)
@@ -124,17 +127,36 @@ class Mover:
         self._fsync = fsync and not deferred
         self._deferred = deferred
         self._reflink_ok: bool | None = None
+        # Large files: copied in the kernel and hashed back in a second thread (``bigcopy``)
+        # until the kernel says it cannot copy between these file systems.
+        self._kernel_copy_ok = True
+        # Starting writeback early only helps when the data is to be synced at all.
+        self._writeback = fsync
         self._made_dirs = made_dirs if made_dirs is not None else set()
         # Source folders (resolved) known to lie inside their store's root.
         self._source_dirs: set[tuple[str, str]] = set()
         # Destination folders this mover created (so they held nothing before).
         self._fresh_dirs: set[str] = set()
+        # Deferred, ``temp_folders``: a destination folder that does not exist is written as a
+        # temporary folder beside it, its files under their final names, and ``commit`` renames
+        # the folder into place whole (one rename per folder, not one per file). Final folder
+        # -> its temporary folder, until ``close_temp_folders``.
+        self._temp_folders = temp_folders and deferred
+        self._open_temps: dict[str, str] = {}
+        self._used_temps: set[str] = set()  # those holding a written file (for a commit)
 
     def forget_folders(self) -> None:
         """Drop what this mover knows of destination folders (another batch, maybe of another
         job, follows: what was fresh for the last one is not for this one)."""
         self._made_dirs.clear()
         self._fresh_dirs.clear()
+        self.close_temp_folders()
+
+    def close_temp_folders(self) -> None:
+        """The temporary folders written so far go to a ``commit``: items moved after this get
+        new ones (a folder being renamed into place never receives a file still unverified)."""
+        self._open_temps.clear()
+        self._used_temps.clear()
 
     # ----- entry point --------------------------------------------------------------------
     def move(self, spec: ItemSpec) -> Outcome:
@@ -145,6 +167,25 @@ class Mover:
         if spec.source_root is not None:
             self._confine_source(source, spec)
         parent = os.path.dirname(final)
+        folder_tmp = self._open_temps.get(parent)
+        if (folder_tmp is None and self._temp_folders and parent not in self._made_dirs
+                and not os.path.lexists(parent)):
+            folder_tmp = self._open_temps[parent] = _make_temp_folder(parent)
+        if folder_tmp is not None:
+            # Nothing can be in it but what this mover writes: no check of the final name.
+            tmp = os.path.join(folder_tmp, os.path.basename(final))
+            try:
+                note = self._write(spec, source, tmp, algorithm)
+            except BaseException:
+                # Cancelled, failed, or the folder removed by hand mid-job: a temporary folder
+                # left empty has no commit to rename it, so it goes now.
+                if folder_tmp not in self._used_temps:
+                    self._open_temps.pop(parent, None)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder_tmp)
+                raise
+            self._used_temps.add(folder_tmp)
+            return Outcome("done", note, tmp, final)
         if parent not in self._made_dirs:
             if _make_folder(parent):
                 # Made just now, by this mover: nothing can be in it but what it writes (and
@@ -290,9 +331,18 @@ class Mover:
                     return digest
             # Created with its final permissions where the umask keeps them (no chmod).
             mode = _final_mode(st, read_only)
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            # Read-write: a large file's copy is read back to be hashed (``bigcopy``).
+            fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
-                digest = self._pump(fin, fd, algorithm, st.st_size)
+                digest = None
+                if st.st_size >= bigcopy.MIN_SIZE and self._kernel_copy_ok:
+                    # The pump's buffer is idle meanwhile: the hashing thread reads into it.
+                    digest = bigcopy.copy(fin, fd, algorithm, len(self._buffer), self._check,
+                                          self._buffer, writeback=self._writeback)
+                    if digest is None:
+                        self._kernel_copy_ok = False
+                if digest is None:
+                    digest = self._pump(fin, fd, algorithm, st.st_size)
                 # Metadata through the open descriptor (no second path lookup), before the
                 # fsync so that one flush covers data and metadata.
                 if mode & _UMASK:
@@ -408,6 +458,45 @@ def _make_folder(path: str) -> bool:
         return False
 
 
+_temp_folder_count = itertools.count()
+
+
+def _make_temp_folder(final: str) -> str:
+    """A new, empty temporary folder beside ``final`` (made with its parents), named
+    ``.<name>.<pid>-<n>.hera-tmp``: unique, so two hand-overs never share one, and found by
+    ``temp_folders_of`` when a killed worker left it."""
+    head, tail = os.path.split(final)
+    path = os.path.join(head, f".{tail}.{os.getpid()}-{next(_temp_folder_count)}{TMP_SUFFIX}")
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        os.makedirs(head, exist_ok=True)
+        os.mkdir(path)
+    return path
+
+
+def temp_folders_of(final: str | os.PathLike[str]) -> list[str]:
+    """The temporary folders (``_make_temp_folder``) of the destination folder ``final``."""
+    head, tail = os.path.split(os.fspath(final))
+    prefix = f".{tail}."
+    try:
+        names = os.listdir(head or ".")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(head, name) for name in names
+            if name.startswith(prefix) and name.endswith(TMP_SUFFIX)
+            and name[len(prefix):-len(TMP_SUFFIX)].replace("-", "").isdigit()]
+
+
+def remove_temp_folders(finals: set[str], pid: int | None) -> None:
+    """Remove the temporary folders a dead process ``pid`` (None: any) left for these
+    destination folders."""
+    for final in finals:
+        for tmp in temp_folders_of(final):
+            if pid is None or os.path.basename(tmp).rsplit(".", 2)[-2].startswith(f"{pid}-"):
+                remove_path(tmp)
+
+
 def _read_umask() -> int:
     """The process's umask, read without changing it (threads may be creating files)."""
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
@@ -489,7 +578,10 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError |
     """Make a batch of deferred items final: with ``fsync``, the data of every temporary file
     goes to disk first (one ``syncfs``), then each is renamed to its final name, then the
     renames go to disk (``syncfs`` again) before this returns, so a caller that records the
-    batch as done afterwards never records something a power cut could take back.
+    batch as done afterwards never records something a power cut could take back. Items in a
+    temporary folder (``temp_folders``) are made final by renaming their folder into place,
+    once for all of them; where the folder exists by then (made meanwhile by another batch),
+    file by file into it.
 
     Returns, per item, None or the error that stopped it (its temporary file is removed; an
     existing final name is never overwritten). An error syncing the data (the disk failed or
@@ -498,24 +590,53 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError |
     disk, so the caller must not record them (a later run finds and verifies them)."""
     if not renames:
         return []
-    parents = {os.path.dirname(final) for _tmp, final in renames}
+    folders: dict[tuple[str, str], list[int]] = {}
+    for i, (tmp, final) in enumerate(renames):
+        tmp_dir, final_dir = os.path.dirname(tmp), os.path.dirname(final)
+        if tmp_dir != final_dir:
+            folders.setdefault((tmp_dir, final_dir), []).append(i)
     if fsync:
         try:
-            _sync_file_systems(parents)
+            _sync_file_systems({os.path.dirname(tmp) for tmp, _final in renames})
         except OSError as exc:
             for tmp, _final in renames:
                 with contextlib.suppress(OSError):
                     remove_path(tmp)
+            for tmp_dir, _final_dir in folders:
+                with contextlib.suppress(OSError):
+                    remove_path(tmp_dir)
             return [exc] * len(renames)
-    errors: list[OSError | None] = []
-    for tmp, final in renames:
+    errors: list[OSError | None] = [None] * len(renames)
+    in_folders = {i for members in folders.values() for i in members}
+    for i, (tmp, final) in enumerate(renames):
+        if i not in in_folders:
+            errors[i] = _rename_one(tmp, final)
+    for (tmp_dir, final_dir), members in folders.items():
         try:
-            _rename_noreplace(tmp, final)
-            errors.append(None)
-        except OSError as exc:
+            _rename_noreplace(tmp_dir, final_dir)
+        except FileExistsError:
+            for i in members:
+                errors[i] = _rename_one(*renames[i])
             with contextlib.suppress(OSError):
-                remove_path(tmp)
-            errors.append(exc)
+                remove_path(tmp_dir)
+        except OSError as exc:
+            for i in members:
+                errors[i] = exc
+            with contextlib.suppress(OSError):
+                remove_path(tmp_dir)
     if fsync:
-        _sync_file_systems(parents)
+        done = {os.path.dirname(final) for (_tmp, final), error in zip(renames, errors)
+                if error is None}
+        if done:
+            _sync_file_systems(done)
     return errors
+
+
+def _rename_one(tmp: str, final: str) -> OSError | None:
+    try:
+        _rename_noreplace(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            remove_path(tmp)
+        return exc
+    return None

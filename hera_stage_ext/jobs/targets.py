@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..errors import InvalidRequest
 from ..paths import confine, is_within
 from . import markers
-from .methods import Mover, remove_path, temp_path
+from .methods import Mover, remove_path, temp_folders_of, temp_path
 
 
 class Target(Protocol):
@@ -66,12 +66,21 @@ class LocalTarget:
         markers.finish(self.local, job_id, lines)
 
     def remove_temps(self, rel_paths: Iterable[str]) -> int:
+        """Remove the temporary files of these items and the temporary folders of their
+        folders (``Mover(temp_folders=True)``: only unrecorded files are ever in one)."""
         removed = 0
+        folders = set()
         for rel in rel_paths:
             tmp = temp_path(self.local / rel)
             if os.path.lexists(tmp):
                 remove_path(tmp)
                 removed += 1
+            folders.add(os.path.dirname(rel))
+        for folder in folders:
+            if folder:
+                for tmp in temp_folders_of(self.local / folder):
+                    remove_path(tmp)
+                    removed += 1
         return removed
 
     def inside(self, folder: str | os.PathLike[str]) -> bool:
