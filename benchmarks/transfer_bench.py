@@ -81,10 +81,12 @@ def write_data(store: Path, big_bytes: int, small_files: int) -> list[str]:
     return names
 
 
-def read_all(paths: list[Path]) -> None:
+def read_all(paths: list[Path], settle_s: float) -> None:
     """Read the sources once, so every run starts with them in the page cache alike, and write
     out every dirty page first (``sync``), so no run pays for the disk writes of the one before
-    (the references do not sync what they wrote; a verified transfer syncs its own)."""
+    (the references do not sync what they wrote; a verified transfer syncs its own); then wait
+    ``settle_s``: this machine's virtual disk stays slow for seconds after taking 2 GiB (its
+    host is still writing them), which only a run that syncs its own writes would pay."""
     for path in paths:
         for root, _dirs, files in os.walk(path) if path.is_dir() else [(path.parent, [], [path.name])]:
             for name in files:
@@ -92,6 +94,7 @@ def read_all(paths: list[Path]) -> None:
                     while f.read(8 * MiB):
                         pass
     os.sync()
+    time.sleep(settle_s)
 
 
 @contextlib.contextmanager
@@ -133,8 +136,8 @@ def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float
 
 
 class Bench:
-    def __init__(self, tmp: Path, big_bytes: int, small_files: int) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, big_bytes: int, small_files: int, settle_s: float) -> None:
+        self.tmp, self.settle_s = tmp, settle_s
         self.big_bytes, self.small_files = big_bytes, small_files
         self.a_store, self.b_root = tmp / "a" / "store", tmp / "b"
         self.stack = contextlib.ExitStack()
@@ -194,7 +197,7 @@ class Bench:
         out = self.tmp / "curl" / BIG_NAME
         out.parent.mkdir(exist_ok=True)
         out.unlink(missing_ok=True)
-        read_all([self.a_store / "2457900"])
+        read_all([self.a_store / "2457900"], self.settle_s)
         started = time.monotonic()
         subprocess.run(["curl", "-sS", "--fail", "-o", str(out), "-H",
                         f"Authorization: token {self.a.token}",
@@ -209,7 +212,7 @@ class Bench:
 
     def rsync(self, url: str, run: int) -> float:
         out = self.tmp / f"rsync{run}"
-        read_all([self.a_store / "2457901"])
+        read_all([self.a_store / "2457901"], self.settle_s)
         started = time.monotonic()
         subprocess.run(["rsync", "-a", f"{url}2457901/", f"{out}/"], check=True)
         seconds = time.monotonic() - started
@@ -220,7 +223,7 @@ class Bench:
 
     def ours(self, query: str, expected: int, source: Path) -> tuple[float, float]:
         self.start_b()  # a receiver that holds nothing yet
-        read_all([source])
+        read_all([source], self.settle_s)
         return transfer(self.a, query, expected)
 
 
@@ -274,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="where the temporary directory goes")
     parser.add_argument("--only", choices=("large", "small"), default=None,
                         help="run one of the two sets")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds to wait after the sync before each run")
     args = parser.parse_args(argv)
     big_bytes = (256 if args.quick else 2048) * MiB if args.only != "small" else MiB
     small_files = (1_000 if args.quick else 10_000) if args.only != "large" else 0
     tmp = Path(tempfile.mkdtemp(prefix="hera-transfer-bench-", dir=args.dir))
-    bench = Bench(tmp, big_bytes, small_files)
+    bench = Bench(tmp, big_bytes, small_files, args.settle)
     results: list[Result] = []
     try:
         bench.start()
