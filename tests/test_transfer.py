@@ -46,6 +46,7 @@ pytestmark = pytest.mark.timeout(120)
 
 SECRET_AB = "a-to-b-" + "k" * 40  # A presents it at B
 SECRET_BA = "b-to-a-" + "q" * 40  # B presents it at A (its pulls)
+SECRET_CA = "c-to-a-" + "z" * 40  # a peer A accepts pulls from without a throttle
 BATCH = [f"zen.2457700.{10000 + 37 * i:05d}.xx.HH.uvh5" for i in range(30)]
 BIG = "zen.2457701.10000.xx.HH.uvh5"
 BIG_SIZE = 48 << 20
@@ -144,7 +145,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
         # B's URL is filled in below (A's jobs run in this process with these peers).
         "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
                              "max_bytes_per_s": THROTTLE}},
-        "peer_secrets": {"site-b": hash_secret(SECRET_BA)},
+        "peer_secrets": {"site-b": hash_secret(SECRET_BA), "site-c": hash_secret(SECRET_CA)},
     }}
     stack = contextlib.ExitStack()
     a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
@@ -245,6 +246,42 @@ def test_wrong_secret_gets_401_and_writes_nothing(sites: Sites) -> None:
     assert FORBIDDEN not in sites.b_items()
     assert sites.b_file(FORBIDDEN).status_code == 404
     assert not list(sites.b_store.rglob(FORBIDDEN))
+
+
+def test_file_bytes_by_sendfile_honour_range_and_authentication(sites: Sites) -> None:
+    """Unthrottled responses (a user's download, a peer without ``max_bytes_per_s``) go out by
+    the kernel's sendfile and close the connection after them; a throttled peer keeps the
+    chunked path. Both give the same bytes for the same Range, and authentication still holds."""
+    data = (sites.a_store / "2457701" / BIG).read_bytes()
+    user = f"hera-stage/api/files/{BIG}/content"
+    peer = f"hera-stage/peer/files/{BIG}/content"
+    as_c = {"Authorization": f"HeraPeer site-c:{SECRET_CA}"}
+    as_b = {"Authorization": f"HeraPeer site-b:{SECRET_BA}"}
+    as_user = {"Authorization": f"token {sites.a.token}"}
+    whole = requests.get(sites.a.url + user, headers=as_user, timeout=30)
+    assert whole.status_code == 200 and whole.headers["Connection"] == "close"
+    assert whole.content == data
+    start = 5_000_001  # inside a page, not at a chunk boundary
+    for path, headers in ((user, as_user), (peer, as_c)):
+        reply = requests.get(sites.a.url + path, timeout=30,
+                             headers={**headers, "Range": f"bytes={start}-"})
+        assert reply.status_code == 206, reply.text[:300]
+        assert reply.headers["Content-Range"] == f"bytes {start}-{len(data) - 1}/{len(data)}"
+        assert reply.headers["Connection"] == "close"
+        assert reply.content == data[start:]
+    middle = requests.get(sites.a.url + peer, timeout=30,
+                          headers={**as_c, "Range": "bytes=1000-1999"})
+    assert middle.status_code == 206 and middle.content == data[1000:2000]
+    throttled = requests.get(sites.a.url + peer, timeout=30,
+                             headers={**as_b, "Range": "bytes=1000-1999"})
+    assert throttled.status_code == 206 and throttled.content == data[1000:2000]
+    assert throttled.headers.get("Connection") != "close"  # the 1 MiB chunk path
+    for header in (f"HeraPeer site-c:{SECRET_BA}", f"HeraPeer site-c:{SECRET_CA}x", None):
+        reply = requests.get(sites.a.url + peer, timeout=30, headers={"Range": f"bytes={start}-",
+                             **({"Authorization": header} if header else {})})
+        assert reply.status_code == 401 and data[start:start + 64] not in reply.content
+    anonymous = requests.get(sites.a.url + user, timeout=30, headers={"Range": f"bytes={start}-"})
+    assert anonymous.status_code == 403 and data[start:start + 64] not in anonymous.content
 
 
 def test_unknown_peer_is_a_clear_error(sites: Sites) -> None:

@@ -1,8 +1,12 @@
 """``GET files/<name>/content``: a file's bytes (with HTTP Range), or a directory as a tar stream.
 
 Reads one available instance on an online store, confined to that store's root. Memory stays
-constant: files go out in 1 MiB chunks; a directory is tarred by a thread into a small bounded
-queue that the handler drains, so a slow client slows the tar instead of filling memory.
+constant: a flat file's bytes go from the page cache to the socket by the kernel (``sendfile``,
+driven by the event loop: no Python copy, no thread) once the headers are out, and the connection
+is closed after them (``Connection: close``: the response's end is the end of the stream). A
+throttled response (a peer's ``max_bytes_per_s``) and a TLS connection (the kernel cannot
+encrypt) take the 1 MiB chunk path instead. A directory is tarred by a thread into a small
+bounded queue that the handler drains, so a slow client slows the tar instead of filling memory.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import re
+import socket
+import ssl
 import tarfile
 import threading
 import time
@@ -17,6 +23,7 @@ from pathlib import Path
 
 from jupyter_server.auth.decorator import authorized
 from tornado import iostream, web
+from tornado.http1connection import HTTP1Connection
 
 from ..catalogue.naming import validate_name
 from ..core import Core
@@ -114,6 +121,9 @@ async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = 
         handler.set_header("Content-Range", f"bytes {start}-{end}/{size}")
     handler.set_header("Content-Length", str(max(end - start + 1, 0)))
     remaining = end - start + 1
+    if throttle is None and remaining > 0 and _plain_socket(handler) is not None:
+        await _sendfile(handler, path, start, remaining)
+        return
     with open(path, "rb") as f:
         f.seek(start)
         while remaining > 0:
@@ -129,6 +139,39 @@ async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = 
             if throttle is not None:
                 await throttle.consume(len(chunk))
     handler.finish()
+
+
+def _plain_socket(handler: BaseHandler) -> socket.socket | None:
+    """The connection's socket when the kernel may send a file's bytes on it: plain TCP over
+    HTTP/1.x (not TLS, which the kernel does not encrypt; not an HTTP/2 or test connection)."""
+    connection = handler.request.connection
+    stream = getattr(connection, "stream", None)
+    if not isinstance(connection, HTTP1Connection) or type(stream) is not iostream.IOStream:
+        return None
+    sock = stream.socket
+    return None if sock is None or isinstance(sock, ssl.SSLSocket) else sock
+
+
+async def _sendfile(handler: BaseHandler, path: Path, start: int, count: int) -> None:
+    """Send the headers, then ``count`` bytes of ``path`` from ``start`` with ``sendfile``, then
+    close the connection (the client sees a short body if the file shrank meanwhile)."""
+    handler.set_header("Connection", "close")
+    with open(path, "rb") as f:  # noqa: ASYNC230 (an open, like the chunk path's)
+        try:
+            await handler.flush()  # the headers, and nothing of the body yet
+        except iostream.StreamClosedError:
+            return
+        stream = handler.detach()  # tornado no longer touches the connection
+        try:
+            # Tornado's own event handler must not see the socket's readiness from now on.
+            stream.io_loop.remove_handler(stream.socket)
+            await asyncio.get_running_loop().sock_sendfile(stream.socket, f, start, count,
+                                                           fallback=True)
+        except OSError:
+            pass  # the client went away: nothing to tell it
+        finally:
+            stream.close()
+            handler.application.log_request(handler)
 
 
 class FileContentHandler(BaseHandler):

@@ -193,9 +193,10 @@ class PeerClient:
         finally:
             reply.close()
 
-    def content(self, name: str, offset: int) -> Iterator[memoryview]:
-        """The bytes of ``name`` from ``offset`` on, streamed in chunks: views of ONE reused
-        buffer (no allocation per chunk), each valid until the next is asked for."""
+    def content(self, name: str, offset: int, buffers: int = 1) -> Iterator[memoryview]:
+        """The bytes of ``name`` from ``offset`` on, streamed in chunks: views of ``buffers``
+        reused buffers in turn (no allocation per chunk), each valid until ``buffers`` more
+        are asked for (a consumer that writes chunks behind in another thread needs several)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             reply = self.session.get(self._url(f"files/{requests.utils.quote(name)}/content"),
@@ -208,13 +209,16 @@ class PeerClient:
             reply.close()
             raise Unavailable(f"peer {self.peer.name!r} ignored the Range of {name!r}")
         stream = _RawReader(reply, self.peer.name)
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
+        pool = [bytearray(CHUNK) for _ in range(max(buffers, 1))]
+        views = [memoryview(buffer) for buffer in pool]
+        turn = 0
         try:
-            while n := stream.readinto(buffer):
-                yield view[:n]
+            while n := stream.readinto(pool[turn]):
+                yield views[turn][:n]
+                turn = (turn + 1) % len(pool)
         finally:
-            view.release()
+            for view in views:
+                view.release()
             reply.close()
 
 

@@ -45,6 +45,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -94,6 +95,61 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     (Linux's ``sync_file_range``; nothing where there is none: the fsync does it all)."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+#: Chunks (of ``protocol.CHUNK``) waiting for the disk while the next ones arrive.
+_WRITE_BEHIND = 1
+
+
+class _WriteBehind:
+    """Writes a file's chunks in a thread of its own, so the disk write of one chunk overlaps
+    the network read (and hash) of the next: the slower of the two sets the pace, not their
+    sum. Starts the disk writes of every ``_WRITEBACK_BYTES`` at once. A write error stops the
+    writing, is raised by the next ``write`` or by ``close``, and the rest is drained unwritten
+    so the reader never blocks on a dead writer."""
+
+    def __init__(self, f: Any, offset: int) -> None:
+        self._f = f
+        self._flushed = self._written = offset
+        self._queue: Queue[memoryview | None] = Queue(maxsize=_WRITE_BEHIND)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="write-behind")
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = self._f.fileno()
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._f.write(chunk)
+                self._written += len(chunk)
+                if self._written - self._flushed >= _WRITEBACK_BYTES:
+                    self._f.flush()
+                    _start_writeback(fd, self._flushed, self._written - self._flushed)
+                    self._flushed = self._written
+            except BaseException as exc:  # noqa: BLE001 (raised in the reader's thread)
+                self._error = exc
+
+    def write(self, chunk: memoryview) -> None:
+        """Queue ``chunk`` (its buffer must stay untouched until ``_WRITE_BEHIND + 1`` more
+        have been queued)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def stop(self) -> None:
+        """Let the thread end once the chunks queued so far are written (or dropped)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def close(self) -> None:
+        """Wait for every queued chunk to be written (and flushed); raise a write error."""
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        self._f.flush()
 
 
 class ChecksumMismatch(StagingError):
@@ -464,21 +520,20 @@ class Receiver:
             flip = os.environ.get(FLIP_ONCE_ENV)
             try:
                 with open(part, "ab") as f:
-                    flushed = written = offset
-                    for chunk in client.content(item.name, offset):
-                        if self._stop.is_set():
-                            raise _Stopped
-                        if flip == item.name and item.name not in _flipped and chunk:
-                            _flipped.add(item.name)
-                            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                        f.write(chunk)
-                        hasher.update(chunk)
-                        written += len(chunk)
-                        if written - flushed >= _WRITEBACK_BYTES:
-                            f.flush()
-                            _start_writeback(f.fileno(), flushed, written - flushed)
-                            flushed = written
-                    f.flush()
+                    writer = _WriteBehind(f, offset)
+                    try:
+                        for chunk in client.content(item.name, offset,
+                                                    buffers=_WRITE_BEHIND + 2):
+                            if self._stop.is_set():
+                                raise _Stopped
+                            if flip == item.name and item.name not in _flipped and chunk:
+                                _flipped.add(item.name)
+                                chunk = memoryview(bytes([chunk[0] ^ 0xFF]) + chunk[1:])
+                            hasher.update(chunk)
+                            writer.write(chunk)
+                        writer.close()
+                    finally:
+                        writer.stop()
                     os.fsync(f.fileno())
             finally:
                 client.close()
