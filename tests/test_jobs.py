@@ -30,6 +30,7 @@ from hera_stage_ext.jobs import (
     read_log,
     run_pending,
 )
+from hera_stage_ext.jobs.methods import commit
 from hera_stage_ext.jobs.models import Job, JobItem
 
 from .job_fixtures import (
@@ -680,3 +681,21 @@ def test_commit_never_overwrites_a_name_that_appeared(tmp_path: Path) -> None:
     assert spec.final.read_bytes() == src.read_bytes() and temp_files(dest) == []
     assert os.stat(spec.final).st_mtime_ns == os.stat(src).st_mtime_ns
     assert not os.stat(spec.final).st_mode & 0o222
+
+
+def test_commit_renames_a_file_out_of_a_shared_folder_alone(tmp_path: Path) -> None:
+    """Only a job's own temporary folder is renamed into place as a whole: a temporary file in
+    a folder others share (a receiver's incoming folder) is renamed on its own, and the folder
+    and the other files in it are left as they are."""
+    incoming = tmp_path / ".hera-stage-incoming"
+    incoming.mkdir()
+    (incoming / "1.part").write_bytes(b"one")
+    (incoming / "2.part").write_bytes(b"another pull, still running")
+    (incoming / "3.part").write_bytes(b"three")
+    (tmp_path / "night").mkdir()
+    assert commit([(str(incoming / "1.part"), str(tmp_path / "night" / "a.uvh5"))]) == [None]
+    assert (tmp_path / "night" / "a.uvh5").read_bytes() == b"one"
+    [error] = commit([(str(incoming / "3.part"), str(tmp_path / "absent" / "c.uvh5"))])
+    assert isinstance(error, FileNotFoundError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hera-stage-incoming", "night"]
+    assert (incoming / "2.part").read_bytes() == b"another pull, still running"

@@ -592,9 +592,8 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError |
         return []
     folders: dict[tuple[str, str], list[int]] = {}
     for i, (tmp, final) in enumerate(renames):
-        tmp_dir, final_dir = os.path.dirname(tmp), os.path.dirname(final)
-        if tmp_dir != final_dir:
-            folders.setdefault((tmp_dir, final_dir), []).append(i)
+        if _in_temp_folder(tmp, final):
+            folders.setdefault((os.path.dirname(tmp), os.path.dirname(final)), []).append(i)
     if fsync:
         try:
             _sync_file_systems({os.path.dirname(tmp) for tmp, _final in renames})
@@ -630,6 +629,16 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError |
         if done:
             _sync_file_systems(done)
     return errors
+
+
+def _in_temp_folder(tmp: str, final: str) -> bool:
+    """True when ``tmp`` is ``final``'s file in a temporary folder of ``_make_temp_folder``
+    (the folder is renamed, not the file). Any other temporary name elsewhere (a receiver's
+    ``.hera-stage-incoming/<id>.part``) is renamed on its own: its folder is shared."""
+    tmp_dir, final_dir = os.path.dirname(tmp), os.path.dirname(final)
+    return (tmp_dir != final_dir and tmp_dir.endswith(TMP_SUFFIX)
+            and os.path.dirname(tmp_dir) == os.path.dirname(final_dir)
+            and os.path.basename(tmp) == os.path.basename(final))
 
 
 def _rename_one(tmp: str, final: str) -> OSError | None:
