@@ -27,6 +27,7 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+import hera_stage_ext
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.demo import make_demo_archive
 from hera_stage_ext.jobs.models import Job, JobItem
@@ -87,6 +88,22 @@ def base() -> Iterator[Path]:
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def code_users_can_read(base: Path) -> Iterator[None]:
+    """The users' processes import the package from a copy under ``base``: the checkout may sit
+    in a folder only root can enter (a ``mktemp -d`` clone), and the capability ``as_user``
+    grants does not help there, since alembic looks for its migrations with access(2), which
+    ignores capabilities."""
+    code = base / "code"
+    shutil.copytree(Path(hera_stage_ext.__file__).parent, code / "hera_stage_ext",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    readable_tree(code)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(
+            [str(code), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        yield
 
 
 def make_home(base: Path, user: str) -> Home:
