@@ -214,6 +214,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def reclaimed_directly_mb() -> float:
+    """Memory the kernel has reclaimed so far inside processes' own allocations (direct
+    reclaim, /proc/vmstat ``pgsteal_direct``, MB): CPU time the writer pays when the page cache
+    has filled up, which makes runs unequal."""
+    with open("/proc/vmstat") as f:
+        pages = sum(int(line.split()[1]) for line in f if line.startswith("pgsteal_direct"))
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
 def stage(server: JupyterProcess, destination: str) -> int:
     reply = server.request("POST", "hera-stage/api/stage", {
         "search": {"name-matches": "zen.24590%"}, "destination": destination})
@@ -241,6 +250,7 @@ class Phase:
     # "server", "worker", "clients" (this process: the client threads), "postgres" (the whole
     # cluster, 0 on SQLite)
     cpu_s: dict[str, float]
+    reclaimed_mb: float  # direct reclaim meanwhile (``reclaimed_directly_mb``)
 
 
 def staged_run(server: JupyterProcess, destination: str, deadline: float,
@@ -250,6 +260,7 @@ def staged_run(server: JupyterProcess, destination: str, deadline: float,
     space and memory (every run does the same, A-B-A stays symmetric)."""
     before = {"server": cpu_seconds(server.pid), "clients": time.process_time(),
               "postgres": postgres_cpu_seconds()}
+    reclaimed = reclaimed_directly_mb()
     wall = time.monotonic()
     job_id = stage(server, destination)
     worker = None
@@ -274,12 +285,13 @@ def staged_run(server: JupyterProcess, destination: str, deadline: float,
     if job["state"] != "succeeded":
         raise RuntimeError(f"job {job_id} {job['state']}: {job.get('error')}")
     wall_s = time.monotonic() - wall
+    reclaimed = reclaimed_directly_mb() - reclaimed
     cpu = {"server": cpu_seconds(server.pid) - before["server"],
            "worker": worker_cpu - before["worker"],
            "clients": time.process_time() - before["clients"],
            "postgres": postgres_cpu_seconds() - before["postgres"]}
     shutil.rmtree(server.root_dir / destination)
-    return Phase(job, wall_s, cpu)
+    return Phase(job, wall_s, cpu, reclaimed)
 
 
 @contextlib.contextmanager
@@ -394,13 +406,14 @@ def report(args: argparse.Namespace, samples: Samples, serial: dict[str, float],
     for error in samples.errors[:10]:
         log(f"    {error}")
     log(f"{'staging':<16} {'MB/s':>8} {'job s':>6} {'CPU cores used: worker':>23} "
-        f"{'server':>7} {'clients':>8} {'postgres':>9}")
+        f"{'server':>7} {'clients':>8} {'postgres':>9} {'direct reclaim MB':>18}")
     for name, phase, (rate, seconds) in (("alone, before", alone[0], alone_runs[0]),
                                          ("loaded", loaded, (rate_loaded, s_loaded)),
                                          ("alone, after", alone[1], alone_runs[1])):
         cores = {k: v / phase.wall_s for k, v in phase.cpu_s.items()}
         log(f"{name:<16} {rate:>8.1f} {seconds:>6.1f} {cores['worker']:>23.2f} "
-            f"{cores['server']:>7.2f} {cores['clients']:>8.2f} {cores['postgres']:>9.2f}")
+            f"{cores['server']:>7.2f} {cores['clients']:>8.2f} {cores['postgres']:>9.2f} "
+            f"{phase.reclaimed_mb:>18,.0f}")
     log(f"ratio loaded / mean of alone: {ratio:.2f}")
     log("")
     checks = [

@@ -8,8 +8,9 @@ hashing thread follows right behind, reading each copied piece back *from the de
 memory is added) and feeding the checksum. So the
 check still covers every byte of the copy (not of the source), and runs on the other core
 while the kernel copies; ``xxhash`` and ``os.preadv`` release the GIL. Once a piece is hashed,
-its writeback is started (``sync_file_range(SYNC_FILE_RANGE_WRITE)``): the closing ``fsync``
-(or the batch's ``syncfs``) then waits for the tail only, not for the whole file.
+its disk write is started and older pieces leave the page cache (``writeback.WriteBehind``): the
+closing ``fsync`` (or the batch's ``syncfs``) then waits for the tail only, and a big stage does
+not fill memory with dirty pages.
 
 Where the kernel cannot copy between the two (another file system on an old kernel, a file
 system without the call), ``copy`` returns None before writing anything and the caller uses
@@ -18,35 +19,19 @@ its ordinary pump.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import threading
 from collections.abc import Callable
 
 from ..catalogue import checksums as ck
+from ..writeback import WriteBehind
 
 #: Files at least this big take this path (below it, a thread per file costs more than the
 #: second core gains).
 MIN_SIZE = 8 << 20
-#: Writeback of hashed data is started in steps of this many bytes.
-WRITEBACK_STEP = 16 << 20
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF,
                    errno.EPERM}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing ``length`` bytes at ``offset`` to disk, without waiting
-    (a hint: errors show at the closing sync, which is what guarantees durability)."""
-    if _sync_file_range is not None and length > 0:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
 
 class _Hasher(threading.Thread):
     """Hashes the destination up to what the copier has reported copied."""
@@ -69,7 +54,8 @@ class _Hasher(threading.Thread):
             self._cond.notify()
 
     def run(self) -> None:
-        hashed = started = 0
+        hashed = 0
+        behind = WriteBehind(self._fd) if self._writeback else None
         view = memoryview(self._buffer)
         try:
             while True:
@@ -86,12 +72,11 @@ class _Hasher(threading.Thread):
                         return
                     self._hasher.update(view[:n])
                     hashed += n
-                    if self._writeback and hashed - started >= WRITEBACK_STEP:
-                        start_writeback(self._fd, started, hashed - started)
-                        started = hashed
+                    if behind is not None:
+                        behind.advance(hashed)
                 if finished and hashed >= copied:
                     break
-        except OSError as exc:  # a read error: re-raised in the copier's thread
+        except OSError as exc:  # a read or disk-write error: re-raised in the copier's thread
             self.error = exc
 
     def digest(self) -> ck.Digest:

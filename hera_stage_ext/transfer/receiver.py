@@ -36,7 +36,6 @@ directory starts again from zero (data sets are a few files; big files are flat)
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -56,6 +55,7 @@ from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.methods import _rename_noreplace, commit, remove_path
 from ..paths import confine
+from ..writeback import WriteBehind
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
 from .protocol import (
@@ -81,22 +81,6 @@ FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
 
 
-#: While a large file streams in, the disk writes of every this many bytes are started at
-#: once, so the fsync at the end waits for the last few only (and dirty pages stay few).
-_WRITEBACK_BYTES = 64 << 20
-_sync_file_range = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing ``length`` bytes at ``offset`` of ``fd`` to disk, without waiting
-    (Linux's ``sync_file_range``; nothing where there is none: the fsync does it all)."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
 #: Chunks (of ``protocol.CHUNK``) waiting for the disk while the next ones arrive.
 _WRITE_BEHIND = 1
 
@@ -104,30 +88,28 @@ _WRITE_BEHIND = 1
 class _WriteBehind:
     """Writes a file's chunks in a thread of its own, so the disk write of one chunk overlaps
     the network read (and hash) of the next: the slower of the two sets the pace, not their
-    sum. Starts the disk writes of every ``_WRITEBACK_BYTES`` at once. A write error stops the
-    writing, is raised by the next ``write`` or by ``close``, and the rest is drained unwritten
-    so the reader never blocks on a dead writer."""
+    sum. Starts disk writes as it goes and lets the page cache go (``writeback``). A write
+    error stops the writing, is raised by the next ``write`` or by ``close``, and the rest is
+    drained unwritten so the reader never blocks on a dead writer."""
 
     def __init__(self, f: Any, offset: int) -> None:
         self._f = f
-        self._flushed = self._written = offset
+        self._written = offset
+        self._behind = WriteBehind(f.fileno(), offset)
         self._queue: Queue[memoryview | None] = Queue(maxsize=_WRITE_BEHIND)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="write-behind")
         self._thread.start()
 
     def _run(self) -> None:
-        fd = self._f.fileno()
         while (chunk := self._queue.get()) is not None:
             if self._error is not None:
                 continue
             try:
                 self._f.write(chunk)
                 self._written += len(chunk)
-                if self._written - self._flushed >= _WRITEBACK_BYTES:
-                    self._f.flush()
-                    _start_writeback(fd, self._flushed, self._written - self._flushed)
-                    self._flushed = self._written
+                self._f.flush()  # the kernel has every byte it is asked to write out
+                self._behind.advance(self._written)
             except BaseException as exc:  # noqa: BLE001 (raised in the reader's thread)
                 self._error = exc
 
