@@ -1,10 +1,11 @@
 """Load benchmark: 50 concurrent clients searching and polling job status while a large staging
 job runs, against one real Jupyter server, loopback only.
 
-Writes a store of large files (default 160 x 8 MiB), registers 50,000 more catalogue rows
+Writes a store of large files (default 960 x 8 MiB), registers 50,000 more catalogue rows
 (synthetic, as in search_bench.py) so the searches have a catalogue to search, starts a real
 ``jupyter server`` with the extension (tests/jupyter_process.py; its own worker with the
-production settings: 4 streams, fsync, xxh3-128 verification) and ingests the store. Then:
+production settings: 4 streams, fsync, xxh3-128 verification) and ingests the store. After one
+uncounted warm-up run, ``--rounds`` times (default 2):
 
 1. **alone**: the staging job of every file of the store, nothing else running;
 2. **loaded**: the same job into another folder while ``--clients`` threads (default 50) each
@@ -12,8 +13,9 @@ production settings: 4 streams, fsync, xxh3-128 verification) and ingests the st
    parameters) or a status poll of the running job (``GET jobs/<id>``), alternately, each
    followed by a random pause of ``--think`` seconds on average (0.5: a panel polling twice as
    often as the real one). Every request's latency and answer are recorded until the job ends;
-3. **alone** again, into a third folder (A-B-A: the machine's own drift shows up as a
-   difference between the two unloaded runs, and the ratio uses their mean).
+
+and a last run **alone** (A-B-A-B-A: the machine's own drift, and its swings from one run to the
+next, weigh on both sides; the ratio compares the medians).
 
 Throughput is the job's bytes over its own ``started_at``..``finished_at`` (the worker's time),
 read the same way for both runs. Latencies are measured in the client threads, so they include
@@ -23,7 +25,7 @@ Targets: p95 latency of search and of status < 200 ms, zero errors (a non-2xx an
 failed request), the loaded job >= 0.8x the unloaded job's throughput. Exit status 0 when all
 pass.
 
-    /path/to/venv/bin/python benchmarks/load_bench.py                    # SQLite, about 2 min
+    /path/to/venv/bin/python benchmarks/load_bench.py                    # SQLite, about 4 min
     /path/to/venv/bin/python benchmarks/load_bench.py --db postgresql
     /path/to/venv/bin/python benchmarks/load_bench.py --quick            # 40 x 8 MiB, 10,000 rows
 
@@ -43,6 +45,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -367,28 +370,38 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
             # runs after it (each of which reuses what the previous one's deletion freed).
             log("staging once to warm up (not counted) ...")
             staged_run(server, "warm-up", deadline)
-            log("staging alone ...")
-            phases = [staged_run(server, "alone-1", deadline)]
-            log(f"server CPU per request, one request at a time ({args.serial} of each) ...")
-            serial = serial_cpu(server, phases[0].job["id"], args.rows, args.serial)
-            log(f"staging with {args.clients} clients searching and polling ...")
             samples = Samples()
-            phases.append(staged_run(server, "loaded", deadline,
-                                     lambda job_id: clients(args, server, job_id, samples)))
-            log("staging alone again ...")
-            phases.append(staged_run(server, "alone-2", deadline))
+            phases: list[tuple[str, Phase]] = []
+            serial: dict[str, float] = {}
+            # Alone and loaded runs alternate (A-B-A-B-...-A): a machine whose speed drifts,
+            # or swings from run to run, weighs on both sides alike.
+            for k in range(args.rounds):
+                log(f"staging alone ({k + 1} of {args.rounds + 1}) ...")
+                phases.append(("alone", staged_run(server, f"alone-{k}", deadline)))
+                if not serial:
+                    log(f"server CPU per request, one request at a time ({args.serial} of each)"
+                        " ...")
+                    serial = serial_cpu(server, phases[0][1].job["id"], args.rows, args.serial)
+                log(f"staging with {args.clients} clients searching and polling "
+                    f"({k + 1} of {args.rounds}) ...")
+                phases.append(("loaded", staged_run(
+                    server, f"loaded-{k}", deadline,
+                    lambda job_id: clients(args, server, job_id, samples))))
+            log(f"staging alone ({args.rounds + 1} of {args.rounds + 1}) ...")
+            phases.append(("alone", staged_run(server, f"alone-{args.rounds}", deadline)))
     return report(args, samples, serial, phases)
 
 
 def report(args: argparse.Namespace, samples: Samples, serial: dict[str, float],
-           phases: list[Phase]) -> bool:
-    alone = [phases[0], phases[2]]
-    loaded = phases[1]
-    alone_runs = [throughput(p.job) for p in alone]
-    rate_alone = sum(rate for rate, _ in alone_runs) / len(alone_runs)
-    rate_loaded, s_loaded = throughput(loaded.job)
-    ratio = rate_loaded / rate_alone
-    job = loaded.job
+           phases: list[tuple[str, Phase]]) -> bool:
+    rates = {kind: [throughput(p.job)[0] for k, p in phases if k == kind]
+             for kind in ("alone", "loaded")}
+    ratio = statistics.median(rates["loaded"]) / statistics.median(rates["alone"])
+    loaded_phases = [p for k, p in phases if k == "loaded"]
+    loaded_wall = sum(p.wall_s for p in loaded_phases)
+    loaded_cpu = {name: sum(p.cpu_s[name] for p in loaded_phases)
+                  for name in loaded_phases[0].cpu_s}
+    job = loaded_phases[0].job
     log("")
     log(f"{args.db}: job of {job['files_total']} files, {job['bytes_total'] / 1e6:,.0f} MB; "
         f"{args.clients} clients, think {args.think} s; load average "
@@ -399,22 +412,21 @@ def report(args: argparse.Namespace, samples: Samples, serial: dict[str, float],
         log(f"{name:<10} {len(ms):>9} {percentile(ms, 0.5):>8.1f} {percentile(ms, 0.95):>8.1f} "
             f"{max(ms):>8.1f} {serial[name]:>28.2f}")
     requests_made = len(samples.search_ms) + len(samples.status_ms)
-    log(f"loaded: {requests_made / loaded.wall_s:.0f} requests/s; server "
-        f"{loaded.cpu_s['server'] / max(requests_made, 1) * 1000:.1f} ms CPU per request; "
-        f"clients {loaded.cpu_s['clients'] / max(requests_made, 1) * 1000:.1f} ms")
+    log(f"loaded: {requests_made / loaded_wall:.0f} requests/s; server "
+        f"{loaded_cpu['server'] / max(requests_made, 1) * 1000:.1f} ms CPU per request; "
+        f"clients {loaded_cpu['clients'] / max(requests_made, 1) * 1000:.1f} ms")
     log(f"errors     {len(samples.errors)}")
     for error in samples.errors[:10]:
         log(f"    {error}")
     log(f"{'staging':<16} {'MB/s':>8} {'job s':>6} {'CPU cores used: worker':>23} "
         f"{'server':>7} {'clients':>8} {'postgres':>9} {'direct reclaim MB':>18}")
-    for name, phase, (rate, seconds) in (("alone, before", alone[0], alone_runs[0]),
-                                         ("loaded", loaded, (rate_loaded, s_loaded)),
-                                         ("alone, after", alone[1], alone_runs[1])):
+    for name, phase in phases:
+        rate, seconds = throughput(phase.job)
         cores = {k: v / phase.wall_s for k, v in phase.cpu_s.items()}
         log(f"{name:<16} {rate:>8.1f} {seconds:>6.1f} {cores['worker']:>23.2f} "
             f"{cores['server']:>7.2f} {cores['clients']:>8.2f} {cores['postgres']:>9.2f} "
             f"{phase.reclaimed_mb:>18,.0f}")
-    log(f"ratio loaded / mean of alone: {ratio:.2f}")
+    log(f"ratio: median of loaded / median of alone: {ratio:.2f}")
     log("")
     checks = [
         (percentile(samples.search_ms, 0.95) < TARGET_P95_MS,
@@ -444,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=50_000, help="extra catalogue rows")
     parser.add_argument("--serial", type=int, default=200,
                         help="requests of each route timed one at a time for their server CPU")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="loaded runs, each between two runs alone")
     parser.add_argument("--quick", action="store_true", help="40 files, 10,000 rows")
     parser.add_argument("--max-seconds", type=float, default=600,
                         help="give up (and fail) after this long")
