@@ -3,7 +3,7 @@
 One stream copying one big file through user space (read, hash, write) keeps one core busy
 and runs at about half the speed of ``cp``. Here the bytes go source to destination with
 ``os.copy_file_range`` (in the kernel, no trip through user space), piece by piece, and a
-hashing thread follows right behind, reading each copied piece back *from the destination*
+hashing thread (one of a pool, reused) follows right behind, reading each copied piece back *from the destination*
 (the page cache: it was just written) into the stream's copy buffer (idle meanwhile, so no
 memory is added) and feeding the checksum. So the
 check still covers every byte of the copy (not of the source), and runs on the other core
@@ -21,23 +21,53 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import threading
 from collections.abc import Callable
 
 from ..catalogue import checksums as ck
 from ..writeback import WriteBehind
 
-#: Files at least this big take this path (below it, a thread per file costs more than the
-#: second core gains).
+#: Files at least this big take this path (below it, handing the hashing to another thread
+#: costs more than the second core gains).
 MIN_SIZE = 8 << 20
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF,
                    errno.EPERM}
 
-class _Hasher(threading.Thread):
+class _Threads:
+    """Daemon threads that run the calls given to them, started as needed and kept for reuse:
+    starting a thread for each file cost a scheduling round trip every time (``Thread.start``
+    waits until the new thread runs; milliseconds when the machine is busy). Daemon threads, as
+    the hashing threads were before, so a worker that exits mid-copy is never held up by them.
+    A copier never waits for a hashing thread to start, only for its own hashing to end."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._serve, name="hera-stage-hash", daemon=True).start()
+        self._calls.put(call)
+
+    def _serve(self) -> None:
+        while True:
+            self._calls.get()()
+            with self._lock:
+                self._idle += 1
+
+
+_hashing_threads = _Threads()
+
+
+class _Hasher:
     """Hashes the destination up to what the copier has reported copied."""
 
     def __init__(self, fd: int, algorithm: str, buffer: bytearray, writeback: bool) -> None:
-        super().__init__(name="hera-stage-hash", daemon=True)
         self._fd = fd
         self._hasher = ck.StreamHasher([algorithm])
         self._buffer = buffer
@@ -45,7 +75,14 @@ class _Hasher(threading.Thread):
         self._cond = threading.Condition()
         self._copied = 0
         self._finished = False
+        self._ended = threading.Event()
         self.error: BaseException | None = None
+
+    def start(self) -> None:
+        _hashing_threads.submit(self._run)
+
+    def join(self) -> None:
+        self._ended.wait()
 
     def advance(self, copied: int, finished: bool = False) -> None:
         with self._cond:
@@ -53,7 +90,7 @@ class _Hasher(threading.Thread):
             self._finished = self._finished or finished
             self._cond.notify()
 
-    def run(self) -> None:
+    def _run(self) -> None:
         hashed = 0
         behind = WriteBehind(self._fd) if self._writeback else None
         view = memoryview(self._buffer)
@@ -76,8 +113,10 @@ class _Hasher(threading.Thread):
                         behind.advance(hashed)
                 if finished and hashed >= copied:
                     break
-        except OSError as exc:  # a read or disk-write error: re-raised in the copier's thread
-            self.error = exc
+        except BaseException as exc:  # noqa: BLE001 (raised in the copier's thread by digest)
+            self.error = exc  # a read error, or a disk write's
+        finally:
+            self._ended.set()
 
     def digest(self) -> ck.Digest:
         self.join()
