@@ -53,6 +53,14 @@ class WriteBehind:
             self._dropped = self._started
         self._started = written
 
+    def finish(self, written: int) -> None:
+        """The file is complete at ``written`` bytes: start the disk writes of the rest at
+        once, without waiting (its closing sync, often a batch's, then finds them under way;
+        a file smaller than a step gets its writes started here only)."""
+        if _sync_file_range is not None and written > self._started:
+            _call(self._fd, self._started, written - self._started, _WRITE)
+            self._started = written
+
 
 def _call(fd: int, offset: int, length: int, flags: int) -> None:
     if _sync_file_range(fd, offset, length, flags) != 0:

@@ -113,6 +113,8 @@ class _Hasher:
                         behind.advance(hashed)
                 if finished and hashed >= copied:
                     break
+            if behind is not None:
+                behind.finish(hashed)
         except BaseException as exc:  # noqa: BLE001 (raised in the copier's thread by digest)
             self.error = exc  # a read error, or a disk write's
         finally:
