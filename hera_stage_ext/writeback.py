@@ -5,10 +5,12 @@ transfer left that way fills memory with dirty pages, makes the closing ``fsync`
 them, and pushes everything else (the user's notebooks, the catalogue's database) out of the
 cache, the kernel reclaiming pages in the middle of the writer's own allocations. So as a file
 is written, every ``STEP`` bytes have their disk write started at once
-(``sync_file_range(SYNC_FILE_RANGE_WRITE)``), and the step before that one, by then mostly on
-disk, is waited for and dropped from the cache (``POSIX_FADV_DONTNEED``). At most two steps of
-each file are in memory; the closing ``fsync`` (or a batch's ``syncfs``) waits for the tail only,
-and is still what guarantees durability. A write error seen while waiting is raised at once:
+(``sync_file_range(SYNC_FILE_RANGE_WRITE)``), and the step ``DEPTH`` steps back, by then mostly
+on disk, is waited for and dropped from the cache (``POSIX_FADV_DONTNEED``). So at most
+``DEPTH`` steps of each file are in memory, and as many are in flight to the disk: with a
+depth of one, a 2 GiB stage here took 1.2-2.4 s against 1.0-1.1 s with eight (a disk keeps
+busier with many writes queued). The closing ``fsync`` (or a batch's ``syncfs``) waits for the
+tail only, and is still what guarantees durability. A write error seen while waiting is raised at once:
 the kernel reports it to one waiter only, so the closing ``fsync`` would not see it again.
 
 Linux only; elsewhere nothing is started early and the closing sync does it all.
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections import deque
 
 #: Writes are started, and the cache let go, in steps of this many bytes.
 STEP = 16 << 20
+#: Steps of a file under way to the disk (and in memory) at once.
+DEPTH = 8
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
@@ -34,23 +39,27 @@ class WriteBehind:
     """Follows one file's writing: call ``advance`` with how many bytes (from ``start``) are
     written so far; it starts their disk writes a step at a time and drops older steps."""
 
-    def __init__(self, fd: int, start: int = 0, step: int = STEP) -> None:
+    def __init__(self, fd: int, start: int = 0, step: int = STEP, depth: int = DEPTH) -> None:
         self._fd = fd
         self._step = step
+        self._depth = depth
         self._started = start  # writes started up to here
-        self._dropped = start  # on disk and out of the cache up to here
+        self._in_flight: deque[tuple[int, int]] = deque()  # (offset, length), oldest first
 
     def advance(self, written: int) -> None:
         if _sync_file_range is None or written - self._started < self._step:
             return
-        _call(self._fd, self._started, written - self._started, _WRITE)
-        if self._started > self._dropped:
-            # The previous step: its writes were started a step ago, so this rarely waits long.
-            length = self._started - self._dropped
-            _call(self._fd, self._dropped, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
+        self._start(written)
+        while len(self._in_flight) > self._depth:
+            offset, length = self._in_flight.popleft()
+            # Started ``depth`` steps ago: by now mostly on disk, so this rarely waits long.
+            _call(self._fd, offset, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
             if _DONTNEED is not None:
-                os.posix_fadvise(self._fd, self._dropped, length, _DONTNEED)
-            self._dropped = self._started
+                os.posix_fadvise(self._fd, offset, length, _DONTNEED)
+
+    def _start(self, written: int) -> None:
+        _call(self._fd, self._started, written - self._started, _WRITE)
+        self._in_flight.append((self._started, written - self._started))
         self._started = written
 
     def finish(self, written: int) -> None:
@@ -58,8 +67,7 @@ class WriteBehind:
         once, without waiting (its closing sync, often a batch's, then finds them under way;
         a file smaller than a step gets its writes started here only)."""
         if _sync_file_range is not None and written > self._started:
-            _call(self._fd, self._started, written - self._started, _WRITE)
-            self._started = written
+            self._start(written)
 
 
 def _call(fd: int, offset: int, length: int, flags: int) -> None:

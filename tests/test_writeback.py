@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hera_stage_ext.writeback import STEP, WriteBehind
+from hera_stage_ext.writeback import DEPTH, STEP, WriteBehind
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="sync_file_range and mincore are Linux's")
@@ -56,21 +56,21 @@ def write(path: Path, size: int, behind: bool) -> None:
 
 
 def test_a_large_file_leaves_the_page_cache_as_it_is_written(tmp_path: Path) -> None:
-    size = 8 * STEP
+    size = 3 * DEPTH * STEP
     write(tmp_path / "plain", size, behind=False)
     write(tmp_path / "behind", size, behind=True)
     # Written the usual way, the file stays cached (the comparison shows the probe works here).
     assert cached_bytes(tmp_path / "plain") > size // 2
-    # Written behind, at most the last two steps are still cached.
-    assert cached_bytes(tmp_path / "behind") <= 2 * STEP + (1 << 20)
+    # Written behind, at most the last DEPTH steps (and the unfinished one) are still cached.
+    assert cached_bytes(tmp_path / "behind") <= (DEPTH + 1) * STEP + (1 << 20)
     assert (tmp_path / "behind").stat().st_size == size
 
 
 def test_a_resumed_file_keeps_its_earlier_bytes(tmp_path: Path) -> None:
     path = tmp_path / "part"
-    head = os.urandom(3 * STEP + 12345)
+    head = os.urandom(3 * STEP + 12345)  # a partial file from an earlier attempt
     path.write_bytes(head)
-    tail = os.urandom(4 * STEP)
+    tail = os.urandom((DEPTH + 4) * STEP)
     with open(path, "ab", buffering=0) as f:
         follower = WriteBehind(f.fileno(), start=len(head))
         for k in range(0, len(tail), 1 << 20):
