@@ -60,6 +60,8 @@ WAITING = "waiting"
 UNFINISHED = ("queued", "running", WAITING)
 #: Item states a retry queues again (``waiting`` ones stay so: the retry recalls them first).
 RETRIED = ("failed", "queued", "running")
+#: Names per ``IN (...)`` list (well under the databases' limits on bound parameters).
+_NAMES_PER_QUERY = 5_000
 
 
 # ----- creation -----------------------------------------------------------------------------
@@ -96,8 +98,14 @@ def rewind_reaped(
         items = s.execute(select(JobItem.id, JobItem.name, JobItem.store, JobItem.source_path)
                           .where(JobItem.job_id == job_id, JobItem.state.in_(RETRIED),
                                  JobItem.store.in_(stores.buffers))).all()
-        held = set(s.execute(select(Store.name, Instance.path).join(Store).where(
-            Store.name.in_(stores.buffers), Instance.available)).all())
+        # The buffer copies of these files only (not every copy the buffers hold).
+        names = sorted({item.name for item in items})
+        held: set[tuple[str, str]] = set()
+        for start in range(0, len(names), _NAMES_PER_QUERY):
+            held.update(s.execute(
+                select(Store.name, Instance.path).join(Store).join(File)
+                .where(Store.name.in_(stores.buffers), Instance.available,
+                       File.name.in_(names[start:start + _NAMES_PER_QUERY]))).all())
     gone = [item for item in items if (item.store, os.path.relpath(
         item.source_path, stores.roots.get(item.store, "/"))) not in held]
     if not gone:
