@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -44,13 +45,33 @@ USERS = ("hs_alice", "hs_bob", "hs_carol")
 ROLE = "hera_site"
 
 
+#: Users this module created (removed again when it ends).
+_created: list[str] = []
+
+
 def ensure_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
                        check=True, capture_output=True)
+        _created.append(name)
         return pwd.getpwnam(name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_created_users() -> Iterator[None]:
+    """The machine keeps no user of ours once the module is done (a worker that outlived its
+    server is stopped first: userdel refuses a user with processes)."""
+    yield
+    for name in _created:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
+        for _ in range(50):
+            if subprocess.run(["userdel", name], check=False,
+                              capture_output=True).returncode != 8:  # 8: still logged in
+                break
+            time.sleep(0.1)
+    _created.clear()
 
 
 def shared_database(cluster: PostgresCluster) -> str:
