@@ -89,6 +89,9 @@ from .search_parse import MAX_CLAUSES, check_kind
 
 @dataclass
 class Ctx:
+    """What compiling one search needs and keeps track of: the reference time, the database,
+    the clauses counted so far, and where in the search the clause being compiled stands."""
+
     now: dt.datetime
     postgresql: bool
     clauses: int = 0
