@@ -1,10 +1,11 @@
 """A plain-Python evaluator of the search language: the oracle of the property tests.
 
-Written independently of ``hera_stage_ext.catalogue.search`` (it shares no code with it) from the
-language's definition: clauses of an object are ANDed, ``and``/``or``/``none-of`` take an object
-or a list of objects, a positive comparison never matches a missing value, ``-is-not`` and
-``-not-in-range`` are the exact negations of ``-is-exactly`` and ``-in-range``, ``-matches`` is a
-case-sensitive LIKE without an escape character.
+Written independently of ``hera_stage_ext.catalogue.search`` and its ``search_*`` modules (it
+shares no code with them) from the language's definition: clauses of an object are ANDed,
+``and``/``or``/``none-of`` take an object or a list of objects, a positive comparison never
+matches a missing value, ``-is-not`` and ``-not-in-range`` are the exact negations of
+``-is-exactly`` and ``-in-range``, ``-matches`` is a case-sensitive LIKE without an escape
+character.
 
 Also builds random catalogues (``random_catalogue``) and loads them with the ORM (``load``).
 """

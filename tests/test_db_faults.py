@@ -90,14 +90,15 @@ def _job_or_none(db: Database, job_id: int) -> dict | None:
 
 # ----- clocks ---------------------------------------------------------------------------------
 #: Loaded by every Python process that has its folder on PYTHONPATH: shifts the worker's own
-#: clock (the engine's utcnow: log lines, job times), as on a host whose clock is off.
+#: clock (the engine's utcnow: job times, log lines), as on a host whose clock is off.
 SKEW_HOOK = """
 import datetime as dt, os
 skew = float(os.environ.get("HERA_TEST_CLOCK_SKEW") or 0)
 if skew:
     import hera_stage_ext.jobs.engine as engine
+    import hera_stage_ext.jobs.joblog as joblog
     real = engine.utcnow
-    engine.utcnow = lambda: real() + dt.timedelta(seconds=skew)
+    engine.utcnow = joblog.utcnow = lambda: real() + dt.timedelta(seconds=skew)
 """
 
 

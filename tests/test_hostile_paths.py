@@ -43,7 +43,8 @@ from hypothesis import strategies as st
 from hera_stage_ext.catalogue.catalogue import Catalogue
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
-from hera_stage_ext.catalogue.search import KINDS, _CLAUSES
+from hera_stage_ext.catalogue.search_clauses import CLAUSES
+from hera_stage_ext.catalogue.search_parse import KINDS
 from hera_stage_ext.demo import LIBRARIAN_AUTHENTICATOR, DemoArchive, make_demo_archive
 from hera_stage_ext.errors import StagingError
 from hera_stage_ext.jobs.worker import DB_URL_ENV
@@ -485,7 +486,7 @@ def test_librarian_locate_file_instance(hostile):
 
 
 # ----- searches ---------------------------------------------------------------------------------
-ALL_CLAUSES = sorted({c for kind in _CLAUSES.values() for c in kind}
+ALL_CLAUSES = sorted({c for kind in CLAUSES.values() for c in kind}
                      | {"and", "or", "none-of", "always-true", "always-false"})
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(-2**70, 2**70),

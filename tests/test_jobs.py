@@ -24,7 +24,6 @@ from hera_stage_ext.jobs import (
     cancel_job,
     create_stage_job,
     dry_run_stage,
-    engine,
     get_job,
     markers,
     read_log,
@@ -338,7 +337,7 @@ def test_dry_run_counts_and_writes_nothing(site: Site, monkeypatch) -> None:
     assert dry_run_stage(site.db, names, "dry/run", "symlink", site.roots)["bytes_needed"] == 0
     assert not (site.workspace / "dry").exists() and job_count(site) == 0
     # Free space: refused with a clear message unless forced.
-    monkeypatch.setattr(engine, "_free_bytes", lambda path: 10)
+    monkeypatch.setattr("hera_stage_ext.jobs.plan.free_bytes", lambda path: 10)
     with pytest.raises(InsufficientSpace) as info:
         stage(site, "full")
     assert info.value.status == 507 and info.value.details["free"] == 10

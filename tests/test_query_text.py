@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.query_text import parse_query_text
-from hera_stage_ext.catalogue.search import run_search, validate_search
+from hera_stage_ext.catalogue.search import run_search
+from hera_stage_ext.catalogue.search_compile import validate_search
 from hera_stage_ext.errors import SearchError
 
 from .search_oracle import load

@@ -13,23 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hera_stage_ext.catalogue import search as search_mod
+from hera_stage_ext.catalogue import search_clauses, search_compile
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import File, Instance
 from hera_stage_ext.catalogue.naming import datetime_to_jd
-from hera_stage_ext.catalogue.search import (
+from hera_stage_ext.catalogue.search import SearchPage, run_search, search_select
+from hera_stage_ext.catalogue.search_clauses import clause_names
+from hera_stage_ext.catalogue.search_compile import validate_search
+from hera_stage_ext.catalogue.search_cursor import SORTS
+from hera_stage_ext.catalogue.search_parse import (
     KINDS,
     MAX_CLAUSES,
     MAX_DEPTH,
     MAX_SEARCH_BYTES,
     MAX_STRING_LENGTH,
-    SORTS,
-    SearchPage,
-    clause_names,
     parse_search,
-    run_search,
-    search_select,
-    validate_search,
 )
 from hera_stage_ext.errors import SearchError
 
@@ -491,14 +489,14 @@ def test_search_select_returns_every_match(hand_db: Database) -> None:
 
 
 def test_prefix_upper_bound() -> None:
-    upper = search_mod._prefix_upper
+    upper = search_clauses._prefix_upper
     assert upper("zen.2457644.") == "zen.2457644/"
     assert upper("a\U0010ffff") == "b"
     assert upper("\U0010ffff\U0010ffff") is None
     assert upper("x\ud7ff") == "x\ue000"  # surrogates are not characters: skip them
-    assert search_mod._literal_prefix("zen.%.uv") == "zen."
-    assert search_mod._literal_prefix("ab_c%") == "ab"
-    assert search_mod._literal_prefix("%ab") == ""
+    assert search_clauses._literal_prefix("zen.%.uv") == "zen."
+    assert search_clauses._literal_prefix("ab_c%") == "ab"
+    assert search_clauses._literal_prefix("%ab") == ""
 
 
 def test_prefix_range_with_odd_characters(hand_db_extra) -> None:
@@ -543,28 +541,28 @@ def test_name_matches_uses_the_name_index(hand_db: Database) -> None:
 
 
 def test_observation_clauses_choose_a_plan(hand_db: Database, monkeypatch) -> None:
-    probe = search_mod._observation_probe
+    probe = search_compile._observation_probe
     assert probe({"name-matches": "x%"}) == []
     assert probe({"session-id-is-not": 1, "or": [{"session-id-is-exactly": 1}]}) == []
     nested = [{"session-id-is-exactly": 1}, {"and": {"obs-matches": {"obsid-is-exactly": 2}}}]
     assert probe(nested) == [{"session-id-is-exactly": 1}, {"and": {"obsid-is-exactly": 2}}]
     search = {"start-lst-hr-in-range": [1, 6], "size-greater-than": 0}  # 3 observations
     with hand_db.read() as session:
-        ctx = search_mod._Ctx(now=NOW, postgresql=hand_db.backend == "postgresql")
-        assert search_mod._choose_obs_mode(session, ctx, {"size-greater-than": 0}) is None
-        assert search_mod._choose_obs_mode(session, ctx, search) == "drive"
-        monkeypatch.setattr(search_mod, "DRIVE_MAX_OBSERVATIONS", 2)
-        assert search_mod._choose_obs_mode(session, ctx, search) == "scan"
+        ctx = search_clauses.Ctx(now=NOW, postgresql=hand_db.backend == "postgresql")
+        assert search_compile.choose_obs_mode(session, ctx, {"size-greater-than": 0}) is None
+        assert search_compile.choose_obs_mode(session, ctx, search) == "drive"
+        monkeypatch.setattr(search_compile, "DRIVE_MAX_OBSERVATIONS", 2)
+        assert search_compile.choose_obs_mode(session, ctx, search) == "scan"
         assert {f.name for f in run_search(session, "files", search, now=NOW).rows} == {
             F1, F2, F3, F4
         }
         ctx.obs_mode = "scan"
         sql = str(search_select(session, "files", search).compile(
             dialect=session.get_bind().dialect))
-        scan = str(search_mod._compile(ctx, "files", search, 1, "").compile(
+        scan = str(search_compile.compile_search(ctx, "files", search, 1, "").compile(
             dialect=session.get_bind().dialect))
         ctx.obs_mode = "drive"
-        drive = str(search_mod._compile(ctx, "files", search, 1, "").compile(
+        drive = str(search_compile.compile_search(ctx, "files", search, 1, "").compile(
             dialect=session.get_bind().dialect))
         if hand_db.backend == "sqlite":
             assert "file.obsid + " in scan and "file.obsid + " not in drive
@@ -1039,7 +1037,7 @@ def test_random_searches_match_the_oracle(
     """drive_max 0 compiles a file's observation clauses for a scan, 10_000 for driving from
     the observations: both forms must mean the same."""
     if drive_max is not None:
-        monkeypatch.setattr(search_mod, "DRIVE_MAX_OBSERVATIONS", drive_max)
+        monkeypatch.setattr(search_compile, "DRIVE_MAX_OBSERVATIONS", drive_max)
     @PROPERTY
     @given(search=searches(kind))
     def check(search) -> None:
@@ -1069,7 +1067,7 @@ def test_random_file_searches_match_the_oracle(
 ) -> None:
     """Files, paged with a random sort and limit: the concatenated pages are the oracle's
     matches in the oracle's order (with both plans for the observation clauses)."""
-    monkeypatch.setattr(search_mod, "DRIVE_MAX_OBSERVATIONS", drive_max)
+    monkeypatch.setattr(search_compile, "DRIVE_MAX_OBSERVATIONS", drive_max)
 
     @PROPERTY
     @given(search=searches("files"), sort=st.sampled_from(FILE_SORTS),

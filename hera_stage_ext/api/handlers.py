@@ -13,7 +13,7 @@ from tornado import web
 
 from ..catalogue.naming import validate_name
 from ..catalogue.query_text import parse_query_text
-from ..catalogue.search import KINDS, parse_search
+from ..catalogue.search_parse import KINDS, parse_search
 from ..errors import InvalidRequest, SearchError
 from .base import ApiError, BaseHandler
 from .openapi import openapi_document

@@ -19,7 +19,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..catalogue.query_text import parse_query_text
-from ..catalogue.search import parse_search
+from ..catalogue.search_parse import parse_search
 from ..errors import InvalidRequest
 from ..jobs import markers
 from .base import ApiError, BaseHandler

@@ -17,7 +17,7 @@ from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 
-from ..catalogue.search import parse_search
+from ..catalogue.search_parse import parse_search
 from ..core import Core
 from ..errors import InvalidRequest, NotFound, StagingError
 from .base import MAX_BODY_BYTES, BaseHandler, check_unicode

@@ -52,7 +52,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from ..errors import SearchError
-from .search import KINDS, parse_search, validate_search
+from .search_compile import validate_search
+from .search_parse import KINDS, parse_search
 
 __all__ = ["parse_query_text"]
 

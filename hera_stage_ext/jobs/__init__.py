@@ -1,12 +1,14 @@
 """The job engine: durable, verified, resumable jobs that move a list of items with a method.
 
 One engine for every kind of job (``kinds``: ``stage``, ``transfer``, ``upload``).
-``models`` owns the tables, ``engine`` the job life cycle (create, claim, run, resume, cancel,
-logs), ``methods`` how one item is moved and verified, ``contents`` the same through Jupyter's
-contents manager, ``targets`` the destination side (a local folder or a contents folder),
-``markers`` the Librarian's marker files, ``recall`` how a stage or transfer job first recalls
-its files that are only on a cold store, ``worker`` the process that runs jobs outside the
-Jupyter server.
+``models`` owns the tables, ``engine`` the job life cycle (create, claim, release, finish,
+cancel, retry, forget) and the stage kind, ``plan`` what a stage job would do (names resolved
+to instances, destination and free space checked), ``items`` a job's item queue, ``run`` a
+worker's run of one job (streams, commits, heartbeat), ``joblog`` the jobs' logs, ``methods``
+how one item is moved and verified, ``contents`` the same through Jupyter's contents manager,
+``targets`` the destination side (a local folder or a contents folder), ``markers`` the
+Librarian's marker files, ``recall`` how a stage or transfer job first recalls its files that
+are only on a cold store, ``worker`` the process that runs jobs outside the Jupyter server.
 """
 
 from __future__ import annotations
@@ -19,19 +21,19 @@ from typing import Any
 #: (SQLAlchemy) or the contents method (jupyter_server) it never uses.
 _EXPORTS = {
     "METHODS": "methods",
-    "EngineConfig": "engine",
+    "EngineConfig": "run",
     "active_job_ids": "engine",
     "cancel_job": "engine",
     "create_stage_job": "engine",
-    "dry_run_stage": "engine",
+    "dry_run_stage": "plan",
     "forget_job": "engine",
     "get_job": "engine",
     "job_json": "engine",
     "list_jobs": "engine",
-    "read_log": "engine",
+    "read_log": "joblog",
     "reconcile": "engine",
     "retry_job": "engine",
-    "run_pending": "engine",
+    "run_pending": "run",
 }
 
 __all__ = [

@@ -1,17 +1,18 @@
 """Job kinds: what a job's ``kind`` column means to the one engine.
 
-The engine (``engine.py``) owns everything every kind shares: creating the job and its items
-(``create_job``), claiming jobs under a lease, the heartbeat (cancel, lease), claiming items in
-batches, recording each item's result (``_JobRun._add`` then ``_commit``: counters, per-file log
-lines), resume after a crash, cancel, retry, forget, logs. A kind says only how its claimed items
-are moved and what starting and finishing a job means for it:
+The engine owns everything every kind shares: creating the job and its items
+(``engine.create_job``), claiming jobs under a lease (``engine``), the heartbeat (cancel, lease),
+claiming items in batches (``items``), recording each item's result (``run._JobRun._add`` then
+``_commit``: counters, per-file log lines), resume after a crash, cancel, retry, forget
+(``engine``), logs (``joblog``). A kind says only how its claimed items are moved and what
+starting and finishing a job means for it:
 
 ``begin(run, resumed)``      before the streams start (stage: take the STAGING-IN-PROGRESS
                              marker again, remove a dead worker's temporary files).
-``stream(run)``              one of the job's streams: claim items (``engine._claim_items``),
+``stream(run)``              one of the job's streams: claim items (``items._claim_items``),
                              move them, report each through ``run._add(item, state, error,
                              outcome)`` and ``run._commit``; items claimed and not reported go
-                             back to the queue (``engine._requeue``); raise ``methods.Cancelled``
+                             back to the queue (``items._requeue``); raise ``methods.Cancelled``
                              or return when ``run.abort``/``run.stop`` is set.
 ``streams(run)``             how many streams (default: the worker's ``--streams``).
 ``finish(job, lines)``       after the items are through, before the final state is written
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..catalogue.db import Database
-    from .engine import _JobRun
     from .models import Job
+    from .run import _JobRun
 
 #: kind name -> "module:attribute" of its JobKind instance.
 KINDS: dict[str, str] = {

@@ -2,7 +2,7 @@
 to the store's buffer (an online store), in volume order and under the buffer's byte cap, used
 by the job like any online file, then reaped from the buffer.
 
-At creation (``resolve_cold``, called by the engine's ``_resolve`` for names with no online
+At creation (``resolve_cold``, called by ``plan._resolve`` for names with no online
 instance) such a file becomes an item of the job like any other, in the state ``waiting``, with
 its cold instance as source: no stream claims it (streams claim ``queued`` items). While the
 job runs, one recaller thread per job (``with_recall`` wraps each of the kind's streams; the
@@ -52,7 +52,8 @@ from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
 from .models import ACTIVE_STATES, HELD_RECALL_STATES, Job, JobItem, RecallCopy
 
 if TYPE_CHECKING:
-    from .engine import _Claimed, _JobRun
+    from .items import _Claimed
+    from .run import _JobRun
 
 #: The state of an item whose file is still on a cold store (no stream claims it).
 WAITING = "waiting"
@@ -70,8 +71,8 @@ def resolve_cold(
     resolve: Callable[..., tuple[list[dict[str, Any]], list[str], int]],
 ) -> tuple[list[dict[str, Any]], list[str], int]:
     """Items (``waiting``) for the ``names`` that have an available instance on a cold store
-    with a buffer; ``(items, names still missing, their bytes)``. ``resolve`` is the engine's
-    ``_resolve`` (one way to turn names into items)."""
+    with a buffer; ``(items, names still missing, their bytes)``. ``resolve`` is
+    ``plan._resolve`` (one way to turn names into items)."""
     items, missing, _ = resolve(db, names, kind="cold")
     settings = cold_stores(db)
     kept, total = [], 0
@@ -90,7 +91,7 @@ def rewind_reaped(
 ) -> int:
     """Before a retry: the job's items to run again that read a recalled copy reaped since (a
     cancel reaps them) wait again, with their cold instance as source, so the retry recalls
-    them again; returns how many. ``resolve`` is the engine's ``_resolve``."""
+    them again; returns how many. ``resolve`` is ``plan._resolve``."""
     stores = _Stores.load(db)
     if not stores.buffers:
         return 0
@@ -283,7 +284,7 @@ class _Recall:
 
     def _waiting(self) -> list[tuple[str, str, str, _Claimed]]:
         """The job's waiting items as (store, volume, relative path, item), in recall order."""
-        from .engine import _Claimed
+        from .items import _Claimed
 
         with self.db.read() as s:
             rows = s.execute(select(

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 from ..catalogue.db import Database
 from .copy_pool import CopyPool, default_size
-from .engine import EngineConfig, claim_job, new_worker_id, reconcile, release_job, run_job
+from .engine import claim_job, new_worker_id, reconcile, release_job
+from .run import EngineConfig, run_job
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 

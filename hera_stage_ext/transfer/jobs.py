@@ -32,10 +32,12 @@ from sqlalchemy import func, select
 
 from ..catalogue.db import Database
 from ..errors import NotFound, StagingError, Unavailable
-from ..jobs.engine import _claim_items, _Claimed, _names, _requeue, _resolve, create_job
+from ..jobs.engine import create_job
+from ..jobs.items import _claim_items, _Claimed, _requeue
 from ..jobs.kinds import JobKind
 from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
+from ..jobs.plan import _names, _resolve
 from ..jobs.recall import with_recall
 from .peers import Peer, PeerRegistry, registry_from_env
 from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient
@@ -43,7 +45,7 @@ from .rclone import RclonePeer, client_for
 from .sender import offers_for, record_remote
 
 if TYPE_CHECKING:
-    from ..jobs.engine import _JobRun
+    from ..jobs.run import _JobRun
 
 T = TypeVar("T")
 DESTINATION_PREFIX = "peer:"

@@ -34,7 +34,9 @@ from sqlalchemy.exc import IntegrityError
 
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.query_text import parse_query_text
-from ..catalogue.search import parse_search, search_select, validate_search
+from ..catalogue.search import search_select
+from ..catalogue.search_compile import validate_search
+from ..catalogue.search_parse import parse_search
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
 from ..jobs.models import ACTIVE_STATES, Job, JobItem

@@ -28,7 +28,7 @@ import posixpath
 
 from ..catalogue import checksums as ck
 from ..errors import Conflict, StagingError
-from ..jobs.engine import _Claimed
+from ..jobs.items import _Claimed
 from .jobs import _Sender
 from .rclone import RcloneClient, RclonePeer
 from .sender import record_remote

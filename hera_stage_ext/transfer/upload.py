@@ -47,13 +47,8 @@ from ..catalogue.ingest import Ingester, IngestReport, check_glob
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.naming import validate_name
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
-from ..jobs.engine import (
-    _claim_items,
-    _Claimed,
-    _requeue,
-    _unfinished_paths,
-    create_job,
-)
+from ..jobs.engine import create_job
+from ..jobs.items import _claim_items, _Claimed, _requeue, _unfinished_paths
 from ..jobs.kinds import JobKind
 from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
@@ -66,7 +61,7 @@ from .peers import PeerRegistry
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ..jobs.engine import _JobRun
+    from ..jobs.run import _JobRun
 
 #: Items a stream claims at a time (``--batch``) and the most a request may ask for.
 DEFAULT_BATCH = 16

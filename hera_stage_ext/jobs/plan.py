@@ -1,0 +1,135 @@
+"""Planning a staging job: the names to stage resolved to the instances they are staged from
+(``_resolve``: online stores first, then cold stores through ``recall``), the destination
+checked (``targets.plan_target``) and its free space compared with what the method writes
+(``plan_stage``, ``StagePlan``); ``dry_run_stage`` reports the plan. Reads only, writes nothing:
+``engine.create_stage_job`` writes the job from a plan. ``_names`` and ``_resolve`` also serve
+the transfer kind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ..catalogue.db import Database
+from ..catalogue.models import File, Instance, Store
+from ..errors import InvalidRequest
+from . import recall, targets
+from .items import IN_CHUNK
+from .methods import METHODS
+
+#: Methods that write every byte again at the destination (so free space is checked for them).
+COPYING = ("copy", "reflink", "contents")
+
+
+@dataclass
+class StagePlan:
+    target: targets.Target
+    method: str
+    items: list[dict[str, Any]]
+    missing: list[str]
+    bytes_total: int
+    bytes_needed: int
+    free_bytes: int | None  # None: not a local file system (free space unknown)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "destination": self.target.key, "method": self.method,
+            "files": len(self.items), "bytes": self.bytes_total, "missing": self.missing,
+            "bytes_needed": self.bytes_needed, "free_bytes": self.free_bytes,
+            "fits": self.free_bytes is None or self.bytes_needed <= self.free_bytes,
+        }
+
+
+def _names(names_or_rows: Iterable[str | Mapping[str, Any]]) -> list[str]:
+    names: list[str] = []
+    seen: set[str] = set()
+    for entry in names_or_rows:
+        name = entry.get("name") if isinstance(entry, Mapping) else entry
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"a file to stage must be a name or a row with a name: {entry!r}")
+        if name not in seen:  # a name asked twice is staged (and counted) once
+            seen.add(name)
+            names.append(name)
+    if not names:
+        raise InvalidRequest("nothing to stage: no file names given (did the search match any?)")
+    return names
+
+
+def free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def plan_stage(
+    db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
+    method: str, allowed_roots: Sequence[str | os.PathLike[str]], *,
+    base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
+) -> StagePlan:
+    """Resolve and check everything a staging job needs; reads only, writes nothing.
+    ``contents``: the contents manager's description (``contents.describe_manager``), for the
+    ``contents`` method."""
+    if method not in METHODS:
+        raise InvalidRequest(f"unknown staging method {method!r}; use one of {', '.join(METHODS)}")
+    target = targets.plan_target(destination, method, allowed_roots, base, contents)
+    items, missing, total = _resolve(db, _names(names_or_rows))
+    recall.check_method(method, items)
+    needed = total if method in COPYING else 0
+    free = free_bytes(target.local) if target.local is not None else None
+    return StagePlan(target, method, items, missing, total, needed, free)
+
+
+def _resolve(db: Database, names: Sequence[str], kind: str = "online",
+             ) -> tuple[list[dict[str, Any]], list[str], int]:
+    """The instance each name is staged from (the first available one on an online store, by
+    store name): ``(items, missing names, total bytes)``. Names with none, but one on a cold
+    store, become items that wait for their recall (``recall.resolve_cold``)."""
+    chosen: dict[str, Any] = {}
+    query = (
+        select(File.name, File.size, File.is_directory, File.checksums, Instance.path,
+               Store.name, Store.path)
+        .join(Instance, Instance.file_id == File.id)
+        .join(Store, Instance.store_id == Store.id)
+        .where(Instance.available, Store.available, Store.kind == kind)
+        .order_by(Store.name, Instance.id)  # the same instance ``Catalogue.locate`` picks
+    )
+    with db.read() as s:
+        for start in range(0, len(names), IN_CHUNK):
+            for row in s.execute(query.where(File.name.in_(names[start:start + IN_CHUNK]))):
+                chosen.setdefault(row[0], row)
+    items, missing, total = [], [], 0
+    for name in names:
+        row = chosen.get(name)
+        if row is None:
+            missing.append(name)
+            continue
+        _, size, is_dir, sums, inst_path, store, store_path = row
+        rel = os.path.normpath(inst_path)
+        if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
+            raise InvalidRequest(f"instance path {inst_path!r} of {name!r} leaves its store")
+        items.append({"name": name, "store": store, "size": size, "is_directory": is_dir,
+                      "checksums": dict(sums or {}), "dest_path": rel,
+                      "source_path": os.path.join(store_path, inst_path)})
+        total += size
+    if missing and kind == "online":
+        cold, missing, cold_bytes = recall.resolve_cold(db, missing, _resolve)
+        items += cold
+        total += cold_bytes
+    return items, missing, total
+
+
+def dry_run_stage(
+    db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
+    method: str = "copy", allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
+    base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a staging job would do: files, de-duplicated bytes, missing names, free space."""
+    return plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
+                      contents=contents).summary()

@@ -1,0 +1,479 @@
+"""Running a claimed job: one worker's run of it (``_JobRun``), ``run_job`` and ``run_pending``
+(claim and run in this process), and how a worker runs jobs (``EngineConfig``).
+
+A run takes the job's items in batches (``items._claim_items``) and moves them with a bounded
+number of streams; small plain files go to the worker's copy helper processes in hand-overs
+(``copy_pool``). Streams write and verify each item under its temporary name; about once a
+second (or sooner when much is waiting) one of them commits what all have written: one sync of
+the file system, the renames to the final names, one more sync, then the results in one
+transaction and the per-file log lines in one write. So a file is never recorded as done before
+it is on disk under its final name, and an item a dead worker had not committed is simply
+redone. A heartbeat renews the lease, sees a cancel and notices stores going away. At the end
+the job is finished (``engine.finish_job``), cancelled, or released for another worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from ..catalogue.db import Database
+from ..catalogue.models import Store
+from ..errors import StagingError
+from . import kinds, targets
+from .copy_pool import CopyPool, HandOver, HelperDied, hand_overs
+from .engine import (
+    claim_job,
+    finish_cancelled,
+    finish_job,
+    lease_clock,
+    load_job,
+    new_worker_id,
+    release_job,
+)
+from .items import _claim_items, _Claimed, _record, _requeue, _unfinished_paths
+from .joblog import JobLog
+from .methods import (
+    Cancelled,
+    ItemFailed,
+    ItemSpec,
+    Mover,
+    Outcome,
+    commit,
+    remove_temp_folders,
+)
+from .models import Job, JobItem
+
+
+@dataclass
+class EngineConfig:
+    """How a worker runs jobs (what a job *is* is decided at launch and stored on the job)."""
+
+    streams: int = 4  # parallel item streams per job
+    lease_seconds: float = 30.0  # a worker silent this long is dead; its jobs are taken over
+    heartbeat_seconds: float = 1.0  # lease renewal and cancel check interval
+    chunk_size: int = 1 << 20  # reused copy buffer per stream
+    fsync: bool = True
+    # Items up to this size go to the worker's copy helper processes, when it has them, in
+    # hand-overs of at most so many items and bytes (the results are committed between them,
+    # so progress shows and a store going away is seen soon).
+    pool_max_bytes: int = 1 << 20
+    pool_batch_items: int = 1024
+    pool_batch_bytes: int = 4 << 20
+    claim_batch: int = 1024  # items claimed per transaction (at most)...
+    claim_bytes: int = 64 << 20  # ...and no more bytes than this (but always one item)
+    flush_seconds: float = 1.0  # written items are committed and recorded this often...
+    commit_items: int = 4096  # ...or as soon as this many wait...
+    commit_bytes: int = 256 << 20  # ...or this many bytes
+    # Test-only throttle: seconds slept after every chunk copied, so a test can kill mid-job.
+    chunk_delay: float = field(
+        default_factory=lambda: float(os.environ.get("HERA_STAGE_TEST_CHUNK_DELAY", "0") or 0))
+    # Transfer jobs: the peers (a transfer.peers.PeerRegistry); None: the worker's environment.
+    peers: Any = None
+
+
+class _JobRun:
+    """One worker's run of one claimed job: streams, heartbeat, finalisation."""
+
+    def __init__(self, db: Database, job: Job, worker_id: str, config: EngineConfig,
+                 stop: threading.Event, pool: CopyPool | None = None) -> None:
+        self.db, self.job, self.worker_id, self.config, self.stop = db, job, worker_id, config, stop
+        self.dest = Path(job.destination)
+        self.kind = kinds.kind(job.kind)  # how the items of this job are moved
+        self.dest_str = job.destination
+        self.target = targets.for_job(job.destination, job.method, job.options)
+        self.read_only = bool(job.options.get("read_only", True))
+        self.pool = pool
+        self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another
+        self.log = JobLog(job.log_path)
+        self.abort = threading.Event()  # set on cancel, lost lease or worker stop
+        self.cancel_requested = job.cancel_requested
+        self.lost = False
+        self.copied_bytes = 0
+        self._lock = threading.Lock()
+        # The job's stores (name -> root) and those the catalogue says are unavailable now,
+        # refreshed with every heartbeat: a store taken offline mid-job fails the items still
+        # to come with a clear error instead of reading from it.
+        self.store_roots: dict[str, str] = {}
+        self.unavailable: frozenset[str] = frozenset()
+        self.store_generation = 0  # bumped whenever ``unavailable`` changes
+        # Shared by the streams: destination folders known to exist, and whether each
+        # (relative) folder resolves inside the destination, so neither is asked per file.
+        self.made_dirs: set[str] = set()
+        self.inside: dict[str, bool] = {}
+        # Items through (written and verified, or skipped, or failed) and not yet committed:
+        # (item, state, error, outcome); the outcome carries the rename still to do.
+        self._pending: list[tuple[_Claimed, str, str, Outcome | None]] = []
+        # Items a copy helper made final already (copied, verified, logged, renamed, synced):
+        # only their results are still to record.
+        self._final: list[_Claimed] = []
+        self._pending_bytes = 0
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._last_commit = time.monotonic()
+
+    def _refresh_stores(self) -> None:
+        with self.db.read() as s:
+            if not self.store_roots:
+                names = list(s.scalars(select(JobItem.store).where(
+                    JobItem.job_id == self.job.id).distinct()))
+                self.store_roots = dict(s.execute(select(Store.name, Store.path).where(
+                    Store.name.in_(names))).all())
+            self.unavailable = frozenset(s.scalars(select(Store.name).where(
+                Store.name.in_(list(self.store_roots)), Store.available.is_(False))))
+
+    def _explain(self, item: _Claimed, exc: OSError) -> str:
+        """What an OSError means for the user: which side failed and why."""
+        source = item.source_path
+        on_source = isinstance(exc.filename, str) and (
+            exc.filename == source or exc.filename.startswith(source.rstrip("/") + "/"))
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"No space left on device: the file system holding {self.dest} is full "
+                    f"({exc.strerror}); the partial copy was removed")
+        if on_source and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EIO, errno.ESTALE,
+                                       errno.ENODEV, errno.ENXIO):
+            root = self.store_roots.get(item.store)
+            if root is not None and not os.path.isdir(root):
+                return (f"store {item.store!r} is unavailable: its directory {root} cannot be "
+                        f"read ({exc.strerror}); retry the job when the store is back")
+            return (f"the instance {source} on store {item.store!r} cannot be read "
+                    f"({exc.strerror})")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if on_source:
+                return f"cannot read the instance {source}: {exc.strerror}"
+            where = os.path.dirname(item.dest_path) or "."
+            return (f"{exc.strerror}: cannot write into {where!r} of the destination "
+                    f"{self.dest}")
+        return str(exc)
+
+    def _check(self, n: int) -> None:
+        if self.abort.is_set() or self.stop.is_set():
+            raise Cancelled()
+        if self.config.chunk_delay:
+            time.sleep(self.config.chunk_delay)
+
+    def _heartbeat(self) -> None:
+        while not self.abort.wait(self.config.heartbeat_seconds):
+            if self.stop.is_set():
+                self.abort.set()
+                return
+            try:
+                with self.db.write() as s:
+                    now = lease_clock(s)
+                    row = s.execute(
+                        update(Job).where(Job.id == self.job.id, Job.worker_id == self.worker_id)
+                        .values(heartbeat_at=now,
+                                lease_expires=now + dt.timedelta(seconds=self.config.lease_seconds))
+                        .returning(Job.cancel_requested)).first()
+            except Exception as exc:  # a database hiccup: try again next beat
+                self.log(f"heartbeat failed: {exc}")
+                continue
+            if row is None:
+                self.lost = True
+                self.abort.set()
+            elif row[0]:
+                self.cancel_requested = True
+                self.abort.set()
+            else:
+                was = self.unavailable
+                with contextlib.suppress(Exception):  # keep the last answer on a hiccup
+                    self._refresh_stores()
+                if self.unavailable != was:
+                    self.store_generation += 1
+                for store in sorted(self.unavailable - was):
+                    self.log(f"store {store!r} became unavailable: its files still to stage "
+                             f"fail")
+
+    def _spec(self, item: _Claimed) -> ItemSpec:
+        return ItemSpec(item.source_path, os.path.join(self.dest_str, item.dest_path),
+                        item.size, item.is_directory, item.checksums, self.job.method,
+                        self.read_only, self.store_roots.get(item.store))
+
+    def _stream(self) -> None:
+        mover = self.target.mover(self.config, self._check, self.log, self.made_dirs)
+        while not (self.abort.is_set() or self.stop.is_set()):
+            batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch,
+                                 self.config.claim_bytes)
+            if not batch:
+                return
+            started: set[int] = set()
+            try:
+                pooled = [c for c in batch if self._pooled(c)]
+                for part in hand_overs(pooled, lambda c: c.size, self.config.pool_batch_items,
+                                       self.config.pool_batch_bytes):
+                    if self.abort.is_set() or self.stop.is_set():
+                        break
+                    self._move_pooled(part, started, mover)
+                for item in batch:
+                    if item.id in started or self._pooled(item):
+                        continue
+                    if self.abort.is_set() or self.stop.is_set():
+                        break
+                    started.add(item.id)
+                    self._one(mover, item, self._spec(item))
+                    if self._commit_due():
+                        self._commit(wait=False)
+            finally:
+                # Items not started go back to the queue; those through are committed by
+                # whichever stream commits next (or at the end of the run).
+                _requeue(self.db, [c.id for c in batch if c.id not in started])
+
+    def _pooled(self, item: _Claimed) -> bool:
+        """Small plain files go to the helper processes (when the worker has them): their
+        cost is Python per file, not bytes; large files and data sets stay in the stream,
+        where a cancel is seen between chunks."""
+        return (self.pool is not None and self.target.poolable and not item.is_directory
+                and item.size <= self.config.pool_max_bytes)
+
+    def _move_pooled(self, items: list[_Claimed], started: set[int], mover: Mover) -> None:
+        """One hand-over to a helper, which copies, verifies, logs and makes final its
+        files (``copy_pool``); here only their results are queued for the next commit."""
+        assert self.pool is not None
+        specs, ready = [], []
+        for item in items:
+            spec = self._spec(item)
+            try:
+                self._precheck(item, spec)
+            except ItemFailed as exc:
+                started.add(item.id)
+                self._settle(item, None, exc, None)
+                continue
+            specs.append(spec)
+            ready.append(item)
+        if not ready or self.abort.is_set() or self.stop.is_set():
+            return
+        generation = self.store_generation
+
+        def interrupt() -> bool:
+            # A store that became unavailable stops the hand-over too: the items it had not
+            # reached come back to the queue and fail there, with the store's name.
+            return self.abort.is_set() or self.store_generation != generation
+
+        hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
+                        [item.dest_path for item in ready])
+        try:
+            moved = self.pool.move(hand, interrupt)
+        except HelperDied as exc:
+            # What it made final is found verified (not copied again); the rest is copied here,
+            # not handed over again, so a file that kills helpers cannot stall the job.
+            self.log(f"{exc}: its {len(ready)} file(s) are moved by the worker itself")
+            remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid)
+            for item, spec in zip(ready, specs):
+                if self.abort.is_set() or self.stop.is_set():
+                    break
+                started.add(item.id)
+                item.attempts += 1  # a second attempt: a file found there is its own
+                self._one(mover, item, spec)
+            return
+        final: list[_Claimed] = []
+        for item, result in zip(ready, moved):
+            started.add(item.id)
+            if result is None:
+                final.append(item)
+            elif isinstance(result, BaseException):
+                self._settle(item, None, result, None)
+            else:
+                self._settle(item, result, None, None)
+        if final:
+            nbytes = sum(item.size for item in final)
+            with self._lock:
+                self.copied_bytes += nbytes
+            with self._pending_lock:
+                self._final.extend(final)
+                self._pending_bytes += nbytes
+        if self._commit_due():
+            self._commit(wait=False)
+
+    def _precheck(self, item: _Claimed, spec: ItemSpec) -> None:
+        folder = os.path.dirname(item.dest_path)
+        inside = self.inside.get(folder)
+        if inside is None:
+            inside = self.inside[folder] = self.target.inside(os.path.dirname(spec.final))
+        if not inside:
+            raise ItemFailed("destination sub-directory leads outside the destination")
+        if item.store in self.unavailable:
+            raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
+                             f"catalogue); retry the job when it is back")
+
+    def _one(self, mover: Mover, item: _Claimed, spec: ItemSpec) -> None:
+        started = time.monotonic()
+        try:
+            self._precheck(item, spec)
+            # The mover never reads an instance swapped for a symlink out of its store.
+            outcome = mover.move(spec)
+        except Cancelled:
+            raise
+        except (ItemFailed, OSError, StagingError) as exc:
+            return self._settle(item, None, exc, started)
+        return self._settle(item, outcome, None, started)
+
+    def _settle(self, item: _Claimed, outcome: Outcome | None, error: BaseException | None,
+                started: float | None) -> None:
+        """Log an item's result and queue it for the next commit. ``started`` (when the item
+        was moved alone) gives its rate in the log."""
+        if outcome is None:
+            message = (self._explain(item, error) if isinstance(error, OSError)
+                       else str(error))
+            self.log.note(f"FAILED {item.dest_path}: {message}")
+            return self._add(item, "failed", message, None)
+        state = outcome.state
+        if state == "skipped" and item.attempts > 1:
+            # An earlier attempt of this job finished it (before its worker or helper died):
+            # it is ours.
+            state = "done"
+            self.log.note(f"verified {item.dest_path} (finished by an earlier attempt; "
+                          f"not copied again)")
+        elif state == "skipped":
+            self.log.note(f"skipped {item.dest_path}: {outcome.note}")
+        else:
+            with self._lock:
+                self.copied_bytes += item.size
+            rate = ""
+            if started is not None:
+                seconds = max(time.monotonic() - started, 1e-9)
+                rate = f", {item.size / seconds / 1e6:.1f} MB/s"
+            self.log.note(f"{self.job.method} {item.dest_path} ({item.size} bytes{rate}"
+                          f"{', ' + outcome.note if outcome.note else ''})")
+        return self._add(item, state, "", outcome)
+
+    # ----- commits: renames and results of a batch at once --------------------------------
+    def _add(self, item: _Claimed, state: str, error: str, outcome: Outcome | None) -> None:
+        with self._pending_lock:
+            self._pending.append((item, state, error, outcome))
+            self._pending_bytes += item.size
+
+    def _commit_due(self) -> bool:
+        return (len(self._pending) + len(self._final) >= self.config.commit_items
+                or self._pending_bytes >= self.config.commit_bytes
+                or time.monotonic() - self._last_commit >= self.config.flush_seconds)
+
+    def _commit(self, wait: bool) -> None:
+        """Make every item through so far final (``methods.commit``: sync, renames, sync),
+        then record the results in one transaction. With ``wait`` False, returns at once
+        when another stream is committing (it goes on copying meanwhile)."""
+        if not self._commit_lock.acquire(blocking=wait):
+            return
+        try:
+            with self._pending_lock:
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+                final, self._final = self._final, []
+                self._last_commit = time.monotonic()
+            if not batch and not final:
+                return
+            # The per-file lines first: a file under its final name always has its line.
+            self.log.flush()
+            renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
+            errors = iter(commit(renames, self.config.fsync))
+            results = [(item, "done", "") for item in final]
+            for item, state, error, outcome in batch:
+                if outcome is not None and outcome.tmp:
+                    exc = next(errors)
+                    if exc is not None:
+                        error = ("appeared at the destination while it was being staged; "
+                                 "not overwritten" if isinstance(exc, FileExistsError)
+                                 else self._explain(item, exc))
+                        state = "failed"
+                        self.log.note(f"FAILED {item.dest_path}: {error}")
+                        with self._lock:
+                            self.copied_bytes -= item.size
+                results.append((item, state, error))
+            _record(self.db, self.job.id, results)
+            self.log.flush()
+        finally:
+            self._commit_lock.release()
+
+    def run(self, resumed: bool) -> str:
+        job = self.job
+        self.log(f"worker {self.worker_id} {'resumes' if resumed else 'starts'} job {job.id} "
+                 f"({self.config.streams} stream(s))")
+        self._refresh_stores()
+        self.kind.begin(self, resumed)
+        started = time.monotonic()
+        heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
+        heartbeat.start()
+        errors: list[BaseException] = []
+
+        def stream() -> None:
+            try:
+                self.kind.stream(self)
+            except Cancelled:
+                pass
+            except BaseException as exc:  # a bug or the database gone: stop the job's run
+                errors.append(exc)
+                self.abort.set()
+
+        threads = [threading.Thread(target=stream, name=f"job{job.id}-stream{i}")
+                   for i in range(self.kind.streams(self))]
+        if not self.cancel_requested:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.abort.set()
+        heartbeat.join()
+        if not self.lost:
+            # What the streams wrote and verified becomes final (on cancel and stop too).
+            try:
+                self._commit(wait=True)
+            except Exception as exc:  # the database or the disk gone: released below
+                errors.append(exc)
+        self.log.flush()
+        seconds = time.monotonic() - started
+        if self.lost:
+            self.log("lease lost to another worker; stopping (its uncommitted items are "
+                     "redone by the worker that took the job)")
+            return "lost"
+        if errors and not self.cancel_requested:
+            self.log(f"worker error: {errors[0]!r}; job released for another attempt")
+            raise errors[0]  # the worker releases the job and takes it again after a back-off
+        if self.cancel_requested:
+            finish_cancelled(self.db, job.id)
+            return "cancelled"
+        if self.stop.is_set():
+            self._release()
+            self.log("worker stopping: job released, it resumes with the next worker")
+            return "released"
+        if _unfinished_paths(self.db, job.id):  # another worker still holds some items
+            self._release()
+            return "released"
+        self.log(f"copied {self.copied_bytes} bytes in {seconds:.1f} s "
+                 f"({self.copied_bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
+        return finish_job(self.db, job.id)
+
+    def _release(self) -> None:
+        release_job(self.db, self.job.id, self.worker_id)
+
+
+def run_job(db: Database, job_id: int, worker_id: str, config: EngineConfig | None = None,
+            stop: threading.Event | None = None, resumed: bool = False,
+            pool: CopyPool | None = None) -> str:
+    """Run a job this worker has claimed until it is finished, cancelled or released."""
+    job = load_job(db, job_id)
+    return _JobRun(db, job, worker_id, config or EngineConfig(), stop or threading.Event(),
+                   pool).run(resumed)
+
+
+def run_pending(db: Database, config: EngineConfig | None = None, *,
+                worker_id: str | None = None, stop: threading.Event | None = None,
+                pool: CopyPool | None = None) -> list[int]:
+    """Claim and run jobs in this process until none is left; returns the ids run."""
+    config = config or EngineConfig()
+    worker_id = worker_id or new_worker_id()
+    ran = []
+    while not (stop and stop.is_set()):
+        claimed = claim_job(db, worker_id, config.lease_seconds)
+        if claimed is None:
+            break
+        run_job(db, claimed[0], worker_id, config, stop, resumed=claimed[1], pool=pool)
+        ran.append(claimed[0])
+    return ran
