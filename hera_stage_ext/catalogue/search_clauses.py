@@ -164,60 +164,40 @@ def _file_observation_in(ctx: Ctx, observations: Select) -> ColumnElement[bool]:
     return and_(File.obsid.is_not(None), test)
 
 
+def _per_row(aggregate: Any, child: Any, link: Any, parent: Any, join: Any = None) -> Any:
+    """A scalar subquery: ``aggregate`` over the ``child`` rows that ``link`` ties to the
+    current row of ``parent`` (through ``join``, a (table, on) pair, when given)."""
+    query = select(aggregate).select_from(child)
+    if join is not None:
+        query = query.join(*join)
+    return query.where(link).correlate(parent).scalar_subquery()
+
+
 def _num_instances(ctx: Ctx) -> Any:
     inst = aliased(Instance)
-    return (
-        select(func.count())
-        .select_from(inst)
-        .where(inst.file_id == File.id)
-        .correlate(File)
-        .scalar_subquery()
-    )
+    return _per_row(func.count(), inst, inst.file_id == File.id, File)
 
 
 def _obs_num_files(ctx: Ctx) -> Any:
     f = aliased(File)
-    return (
-        select(func.count())
-        .select_from(f)
-        .where(f.obsid == Observation.obsid)
-        .correlate(Observation)
-        .scalar_subquery()
-    )
+    return _per_row(func.count(), f, f.obsid == Observation.obsid, Observation)
 
 
 def _obs_total_size(ctx: Ctx) -> Any:
     f = aliased(File)
-    total = (
-        select(func.sum(f.size))
-        .where(f.obsid == Observation.obsid)
-        .correlate(Observation)
-        .scalar_subquery()
-    )
-    return func.coalesce(total, 0)
+    return func.coalesce(
+        _per_row(func.sum(f.size), f, f.obsid == Observation.obsid, Observation), 0)
 
 
 def _session_num_obs(ctx: Ctx) -> Any:
     o = aliased(Observation)
-    return (
-        select(func.count())
-        .select_from(o)
-        .where(o.session_id == Session.id)
-        .correlate(Session)
-        .scalar_subquery()
-    )
+    return _per_row(func.count(), o, o.session_id == Session.id, Session)
 
 
 def _session_num_files(ctx: Ctx) -> Any:
     o, f = aliased(Observation), aliased(File)
-    return (
-        select(func.count())
-        .select_from(f)
-        .join(o, f.obsid == o.obsid)
-        .where(o.session_id == Session.id)
-        .correlate(Session)
-        .scalar_subquery()
-    )
+    return _per_row(func.count(), f, o.session_id == Session.id, Session,
+                    join=(o, f.obsid == o.obsid))
 
 
 _OBS_ATTRS: dict[str, _Attr] = {
