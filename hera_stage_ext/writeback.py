@@ -10,8 +10,11 @@ on disk, is waited for and dropped from the cache (``POSIX_FADV_DONTNEED``). So 
 ``DEPTH`` steps of each file are in memory, and as many are in flight to the disk: with a
 depth of one, a 2 GiB stage here took 1.2-2.4 s against 1.0-1.1 s with eight (a disk keeps
 busier with many writes queued). The closing ``fsync`` (or a batch's ``syncfs``) waits for the
-tail only, and is still what guarantees durability. A write error seen while waiting is raised at once:
-the kernel reports it to one waiter only, so the closing ``fsync`` would not see it again.
+tail only, and is still what guarantees durability.
+
+A write error seen while waiting is raised at once: the kernel reports it to one waiter only, so
+the closing ``fsync`` would not see it again. A file that does not take ``sync_file_range`` (a
+pipe, a file system without it) is just left to its closing sync.
 
 Linux only; elsewhere nothing is started early and the closing sync does it all.
 """
@@ -19,6 +22,7 @@ Linux only; elsewhere nothing is started early and the closing sync does it all.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections import deque
 
@@ -33,6 +37,9 @@ if _sync_file_range is not None:
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 _DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
+#: Errors that mean the data did not reach the disk (anything else, such as a file system that
+#: does not take the call, only means this file is left to its closing sync).
+_WRITE_FAILED = {errno.EIO, errno.ENOSPC, errno.EDQUOT}
 
 
 class WriteBehind:
@@ -45,32 +52,38 @@ class WriteBehind:
         self._depth = depth
         self._started = start  # writes started up to here
         self._in_flight: deque[tuple[int, int]] = deque()  # (offset, length), oldest first
+        self._works = _sync_file_range is not None
 
     def advance(self, written: int) -> None:
-        if _sync_file_range is None or written - self._started < self._step:
+        if not self._works or written - self._started < self._step:
             return
         self._start(written)
-        while len(self._in_flight) > self._depth:
+        while self._works and len(self._in_flight) > self._depth:
             offset, length = self._in_flight.popleft()
             # Started ``depth`` steps ago: by now mostly on disk, so this rarely waits long.
-            _call(self._fd, offset, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
-            if _DONTNEED is not None:
+            if self._call(offset, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER) \
+                    and _DONTNEED is not None:
                 os.posix_fadvise(self._fd, offset, length, _DONTNEED)
 
     def _start(self, written: int) -> None:
-        _call(self._fd, self._started, written - self._started, _WRITE)
-        self._in_flight.append((self._started, written - self._started))
+        if self._call(self._started, written - self._started, _WRITE):
+            self._in_flight.append((self._started, written - self._started))
         self._started = written
+
+    def _call(self, offset: int, length: int, flags: int) -> bool:
+        """``sync_file_range``; False (and no more calls for this file) where the file system
+        does not take it; raises when the data did not reach the disk."""
+        if _sync_file_range(self._fd, offset, length, flags) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in _WRITE_FAILED:
+            raise OSError(err, f"writing to disk failed: {os.strerror(err)}")
+        self._works = False
+        return False
 
     def finish(self, written: int) -> None:
         """The file is complete at ``written`` bytes: start the disk writes of the rest at
         once, without waiting (its closing sync, often a batch's, then finds them under way;
         a file smaller than a step gets its writes started here only)."""
-        if _sync_file_range is not None and written > self._started:
+        if self._works and written > self._started:
             self._start(written)
-
-
-def _call(fd: int, offset: int, length: int, flags: int) -> None:
-    if _sync_file_range(fd, offset, length, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"writing to disk failed: {os.strerror(err)}")

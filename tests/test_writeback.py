@@ -7,6 +7,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,27 @@ def test_a_resumed_file_keeps_its_earlier_bytes(tmp_path: Path) -> None:
             follower.advance(len(head) + min(k + (1 << 20), len(tail)))
         os.fsync(f.fileno())
     assert path.read_bytes() == head + tail
+
+
+def test_a_file_without_sync_file_range_is_written_all_the_same() -> None:
+    """A pipe refuses sync_file_range (ESPIPE): the writing goes on, nothing is raised."""
+    read_end, write_end = os.pipe()
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.extend(iter_pipe(read_end)))
+    reader.start()
+    chunk = os.urandom(1 << 20)
+    follower = WriteBehind(write_end)
+    written = 0
+    for _ in range((DEPTH + 2) * STEP // len(chunk)):
+        written += os.write(write_end, chunk)
+        follower.advance(written)
+    follower.finish(written)
+    os.close(write_end)
+    reader.join()
+    os.close(read_end)
+    assert sum(map(len, received)) == written
+
+
+def iter_pipe(fd: int) -> Iterator[bytes]:
+    while data := os.read(fd, 1 << 20):
+        yield data
