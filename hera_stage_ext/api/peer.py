@@ -70,7 +70,8 @@ class PeerStatusHandler(PeerBaseHandler):
     """``POST status``; with ``wait``, a long poll: answered as soon as one more of the names is
     committed or failed (the receiver's in-memory change counter says when to look again; the
     wait costs no thread and no query); with ``finished_only``, the answer lists only the files
-    committed, failed or unknown (a sender following thousands needs no more)."""
+    committed, failed or unknown, and only their rows are read (a sender following thousands
+    needs no more)."""
 
     @allow_unauthenticated
     async def post(self) -> None:
@@ -82,19 +83,18 @@ class PeerStatusHandler(PeerBaseHandler):
             raise ApiError(InvalidRequest("'wait' must be a non-negative number of seconds"))
         deadline = time.monotonic() + min(float(wait), MAX_STATUS_WAIT)
         names = body.get("names")
+        finished_only = body.get("finished_only") is True
         seen = receiver.changes
-        reply = await self.call(receiver.status, peer, names)
+        reply = await self.call(receiver.status, peer, names, finished_only)
         finished = _finished(reply)
-        while time.monotonic() < deadline and finished < len(reply["files"]):
+        while time.monotonic() < deadline and finished < len(names):
             await asyncio.sleep(0.02)
             if receiver.changes == seen:
                 continue
             seen = receiver.changes
-            reply = await self.call(receiver.status, peer, names)
+            reply = await self.call(receiver.status, peer, names, finished_only)
             if _finished(reply) > finished:
                 break
-        if body.get("finished_only") is True:
-            reply["files"] = [f for f in reply["files"] if f["state"] in _FINISHED]
         self.reply(reply)
 
 

@@ -34,17 +34,23 @@ def record_remote(db: Database, site: str, transfer: str, names: Sequence[str],
     if not names:
         return
     with db.write() as s:
-        ids = dict(s.execute(select(File.name, File.id).where(File.name.in_(list(names)))).all())
-        known = set(s.scalars(select(RemoteInstance.file_id).where(
-            RemoteInstance.site == site, RemoteInstance.file_id.in_(list(ids.values())))))
+        # Core statements on the tables (no ORM bookkeeping per row): a batch can be
+        # thousands of files, one executemany per table.
+        conn = s.connection()
+        ids = dict(conn.execute(select(File.name, File.id).where(
+            File.name.in_(list(names)))).all())
+        known = set(conn.execute(select(RemoteInstance.file_id).where(
+            RemoteInstance.site == site,
+            RemoteInstance.file_id.in_(list(ids.values())))).scalars())
         now = utcnow()
         new = [file_id for file_id in ids.values() if file_id not in known]
-        if new:  # one executemany per table (a batch can be thousands of files)
-            s.execute(insert(RemoteInstance), [
+        if new:
+            conn.execute(insert(RemoteInstance.__table__), [
                 {"file_id": i, "site": site, "time": now, "transfer": transfer} for i in new])
-            s.execute(insert(Event), [
-                {"file_id": i, "type": "transfer-sent", "time": now,
-                 "payload": {"to": site, "transfer": transfer, "answer": answer}} for i in new])
+            payload = {"to": site, "transfer": transfer, "answer": answer}
+            conn.execute(insert(Event.__table__), [
+                {"file_id": i, "type": "transfer-sent", "time": now, "payload": payload}
+                for i in new])
 
 
 def remote_sites(core: Core, name: str) -> list[str]:
