@@ -56,6 +56,7 @@ from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.methods import _rename_noreplace, commit, remove_path
 from ..paths import confine
+from .bulk import one_of
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
 from .protocol import (
@@ -237,15 +238,15 @@ class Receiver:
                 select(File.name, File.size, File.checksums,
                        func.count(Instance.id).label("instances"))
                 .outerjoin(Instance, (Instance.file_id == File.id) & Instance.available)
-                .where(File.name.in_(names)).group_by(File.id))}
+                .where(one_of(self.db, File.name, names)).group_by(File.id))}
             held = dict(s.execute(
                 select(Instance.path, File.name).join(File, Instance.file_id == File.id)
                 .join(Store, Instance.store_id == Store.id)
                 .where(Store.name == self.store,
-                       Instance.path.in_([o["path"] for o in offers]))).all())
+                       one_of(self.db, Instance.path, [o["path"] for o in offers]))).all())
             partial = {row.name: row.id for row in s.execute(
                 select(TransferItem.name, TransferItem.id)
-                .where(TransferItem.peer == peer, TransferItem.name.in_(names)))}
+                .where(TransferItem.peer == peer, one_of(self.db, TransferItem.name, names)))}
         free = shutil.disk_usage(root).free - self.reserve_bytes
         answers: dict[str, tuple[str, str]] = {}
         for offer in offers:
@@ -285,7 +286,7 @@ class Receiver:
         if not sending:
             return []
         names = [o["name"] for o in sending]
-        mine = (TransferItem.peer == peer, TransferItem.name.in_(names))
+        mine = (TransferItem.peer == peer, one_of(self.db, TransferItem.name, names))
         with self.db.write() as s:
             known = {r.name: r for r in s.execute(select(
                 TransferItem.id, TransferItem.name, TransferItem.state, TransferItem.size,
@@ -332,7 +333,7 @@ class Receiver:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
                 or len(names) > 10 * MAX_OFFERS:
             raise InvalidRequest(f"'names' must be a list of at most {10 * MAX_OFFERS} names")
-        mine = (TransferItem.peer == peer, TransferItem.name.in_(names))
+        mine = (TransferItem.peer == peer, one_of(self.db, TransferItem.name, names))
         unknown: set[str] = set()
         with self.db.read() as s:  # columns, not objects: the long poll asks often
             query = select(TransferItem.id, TransferItem.name, TransferItem.state,
@@ -818,7 +819,8 @@ class Receiver:
             # Core statements on the tables: no ORM bookkeeping per row of a batch.
             conn = s.connection()
             names = [item.name for item, _r in registered]
-            ids = dict(conn.execute(select(File.name, File.id).where(File.name.in_(names))).all())
+            ids = dict(conn.execute(select(File.name, File.id).where(
+                one_of(self.db, File.name, names))).all())
             events = [{"file_id": ids[item.name], "type": "transfer-received", "time": now,
                        "payload": {"from": item.peer, "transfer": item.transfer,
                                    "store": self.store, "path": item.path,
