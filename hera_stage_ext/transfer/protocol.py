@@ -111,16 +111,30 @@ def check_offer(offer: Any) -> dict[str, Any]:
     return {**offer, "path": path, "checksums": checksums}
 
 
-def spec_from_offer(offer: dict[str, Any], peer: str) -> FileSpec:
-    created = offer.get("create_time")
-    obs = offer.get("observation")
+#: What a receiver keeps of an offer beyond its name, size, checksums and path (columns of
+#: their own): the rest of the file's metadata, for its registration.
+SPEC_FIELDS = ("is_directory", "obsid", "create_time", "source", "meta", "observation")
+
+
+def spec_of(offer: dict[str, Any]) -> dict[str, Any]:
+    """The part of a checked offer a receiver keeps for registering the file."""
+    return {k: offer[k] for k in SPEC_FIELDS if k in offer}
+
+
+def file_spec(item: Any, peer: str) -> FileSpec:
+    """The FileSpec of a received file: ``item``'s name, size and checksums (as announced and
+    verified) and the metadata kept in its ``spec`` (``spec_of``; items recorded by earlier
+    versions keep the whole offer, a superset)."""
+    spec = item.spec
+    created = spec.get("create_time")
+    obs = spec.get("observation")
     return FileSpec(
-        name=offer["name"], size=offer["size"], checksums=dict(offer["checksums"]),
-        is_directory=bool(offer.get("is_directory")),
-        source=offer.get("source") or f"peer:{peer}",
-        obsid=offer.get("obsid"),
+        name=item.name, size=item.size, checksums=dict(item.checksums),
+        is_directory=bool(spec.get("is_directory")),
+        source=spec.get("source") or f"peer:{peer}",
+        obsid=spec.get("obsid"),
         create_time=dt.datetime.fromisoformat(created.rstrip("Z")) if created else None,
-        meta=dict(offer.get("meta") or {}),
+        meta=dict(spec.get("meta") or {}),
         observation=ObservationInfo(**obs) if obs else None,
     )
 

@@ -71,7 +71,8 @@ from .protocol import (
     SEND,
     PeerClient,
     check_offer,
-    spec_from_offer,
+    file_spec,
+    spec_of,
 )
 
 log = logging.getLogger("hera_stage_ext.transfer")
@@ -295,7 +296,8 @@ class Receiver:
             new: list[dict[str, Any]] = []
             for offer in sending:
                 values = {"transfer": transfer, "path": offer["path"], "size": offer["size"],
-                          "checksums": offer["checksums"], "spec": offer, "updated_at": now}
+                          "checksums": offer["checksums"], "spec": spec_of(offer),
+                          "updated_at": now}
                 row = known.get(offer["name"])
                 if row is None:
                     new.append({**values, "peer": peer, "name": offer["name"],
@@ -610,9 +612,8 @@ class Receiver:
             raise
 
     def _commit(self, item: TransferItem) -> None:
-        spec = spec_from_offer(item.spec, item.peer)
-        spec.checksums = dict(item.checksums)
-        [registration] = self.catalogue.register([spec], self.store, [item.path])
+        [registration] = self.catalogue.register([file_spec(item, item.peer)], self.store,
+                                                 [item.path])
         if registration.instance_added:
             self.catalogue.add_event(item.name, "transfer-received", {
                 "from": item.peer, "transfer": item.transfer, "store": self.store,
@@ -795,11 +796,7 @@ class Receiver:
     def _register_batch(self, items: list[TransferItem]) -> None:
         if not items:
             return
-        specs = []
-        for item in items:
-            spec = spec_from_offer(item.spec, item.peer)
-            spec.checksums = dict(item.checksums)
-            specs.append(spec)
+        specs = [file_spec(item, item.peer) for item in items]
         try:
             registered = list(zip(items, self.catalogue.register(
                 specs, self.store, [i.path for i in items])))
