@@ -13,9 +13,10 @@ and never over an existing file), the partial name removed, and file, instance, 
 
 Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
-is written to its own partial file and verified on its own against its announced size and
-checksum (a damaged member is pulled again in the next round, the others go on); then the
-verified ones are made final together with ``methods.commit`` (one ``syncfs`` for their data,
+is verified on its own against its announced size and checksum and only then written to its own
+partial file (a damaged member is never written and is pulled again in the next round, the
+others go on); then the verified ones are made final together with ``methods.commit`` (one
+``syncfs`` for their data,
 renames that never replace anything, one more ``syncfs``), registered with ONE
 ``Catalogue.register`` call and committed, with their events, in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
