@@ -55,7 +55,7 @@ from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
-from ..jobs.methods import _rename_noreplace, commit, remove_path
+from ..jobs.methods import _rename_noreplace, _write_all, commit, remove_path
 from ..paths import confine
 from .bulk import one_of
 from .models import ACTIVE_ITEM_STATES, TransferItem
@@ -848,9 +848,7 @@ def _write_new(path: str, data: bytes) -> None:
     writes thousands of small files, and a buffered file object costs more than the write."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
     finally:
         os.close(fd)
 
