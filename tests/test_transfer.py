@@ -503,6 +503,53 @@ def test_full_store_answers_no_space(tmp_path) -> None:
         db.dispose()
 
 
+def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_path) -> None:
+    """The lookups that bind a batch's names as one JSON array (``transfer/bulk.py``) find
+    exactly the rows named, quotes and non-ASCII included, for more names than SQLite once
+    took as bound variables: the receiver's status (``finished_only`` lists only committed,
+    failed and unknown names), the sender's offers and its remote-instance records (once per
+    file and site)."""
+    from hera_stage_ext.transfer.receiver import Receiver
+    from hera_stage_ext.transfer.sender import offers_for, record_remote
+
+    catalogue = Catalogue(database)
+    (tmp_path / "store").mkdir()
+    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
+    names = [f"zen.2457703.{i:05d}.xx.HH.uvh5" for i in range(1200)]
+    odd = ["zen.it's \"quoted\".uvh5", "zen.\u00e9t\u00e9.uvh5"]
+    catalogue.register([FileSpec(name=n, size=1, checksums={"md5": f"{i:032x}"})
+                        for i, n in enumerate(names + odd)])
+    receiver = Receiver(catalogue, PeerRegistry("here"), "r")
+    try:
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        states = {names[0]: "committed", names[1]: "failed", names[2]: "receiving",
+                  odd[0]: "committed", odd[1]: "queued"}
+        with database.write() as s:
+            s.add_all([TransferItem(transfer="t", peer="there", name=n, path=n, size=1,
+                                    checksums={}, spec={}, state=states.get(n, "queued"),
+                                    created_at=now, updated_at=now) for n in names + odd])
+        asked = names + odd + ["zen.nowhere.uvh5"]
+        full = receiver.status("there", asked)["files"]
+        assert [f["state"] for f in full[:3]] == ["committed", "failed", "receiving"]
+        finished = receiver.status("there", asked, finished_only=True)["files"]
+        assert [(f["name"], f["state"]) for f in finished] == [
+            (names[0], "committed"), (names[1], "failed"), (odd[0], "committed"),
+            ("zen.nowhere.uvh5", "unknown")]
+        assert receiver.status("elsewhere", names[:2], finished_only=True)["files"] == [
+            {"name": n, "state": "unknown", "bytes": 0, "attempts": 0, "error": ""}
+            for n in names[:2]]
+
+        offers = offers_for(database, {n: f"d/{n}" for n in [*odd, names[5], "zen.none.uvh5"]})
+        assert sorted(offers) == sorted([*odd, names[5]])
+        assert offers[odd[0]]["path"] == f"d/{odd[0]}"
+        record_remote(database, "there", "t", names + odd, "committed")
+        record_remote(database, "there", "t", [odd[1], names[0]], "have")
+        with database.read() as s:
+            assert s.scalar(select(func.count()).select_from(RemoteInstance)) == len(names) + 2
+    finally:
+        receiver.close()
+
+
 def test_allowed_hours_windows_and_peer_settings() -> None:
     def peer(**spec: Any) -> Any:
         return parse_peers({"p": {"url": "http://x/", "secret": "s" * 40, **spec}})["p"]

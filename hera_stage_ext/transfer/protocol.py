@@ -111,16 +111,30 @@ def check_offer(offer: Any) -> dict[str, Any]:
     return {**offer, "path": path, "checksums": checksums}
 
 
-def spec_from_offer(offer: dict[str, Any], peer: str) -> FileSpec:
-    created = offer.get("create_time")
-    obs = offer.get("observation")
+#: What a receiver keeps of an offer beyond its name, size, checksums and path (columns of
+#: their own): the rest of the file's metadata, for its registration.
+SPEC_FIELDS = ("is_directory", "obsid", "create_time", "source", "meta", "observation")
+
+
+def spec_of(offer: dict[str, Any]) -> dict[str, Any]:
+    """The part of a checked offer a receiver keeps for registering the file."""
+    return {k: offer[k] for k in SPEC_FIELDS if k in offer}
+
+
+def file_spec(item: Any, peer: str) -> FileSpec:
+    """The FileSpec of a received file: ``item``'s name, size and checksums (as announced and
+    verified) and the metadata kept in its ``spec`` (``spec_of``; items recorded by earlier
+    versions keep the whole offer, a superset)."""
+    spec = item.spec
+    created = spec.get("create_time")
+    obs = spec.get("observation")
     return FileSpec(
-        name=offer["name"], size=offer["size"], checksums=dict(offer["checksums"]),
-        is_directory=bool(offer.get("is_directory")),
-        source=offer.get("source") or f"peer:{peer}",
-        obsid=offer.get("obsid"),
+        name=item.name, size=item.size, checksums=dict(item.checksums),
+        is_directory=bool(spec.get("is_directory")),
+        source=spec.get("source") or f"peer:{peer}",
+        obsid=spec.get("obsid"),
         create_time=dt.datetime.fromisoformat(created.rstrip("Z")) if created else None,
-        meta=dict(offer.get("meta") or {}),
+        meta=dict(spec.get("meta") or {}),
         observation=ObservationInfo(**obs) if obs else None,
     )
 
@@ -164,9 +178,11 @@ class PeerClient:
             body["finished_only"] = True
         return self._json("POST", "status", body)
 
-    def batch(self, names: Sequence[str]) -> Iterator[tuple[dict[str, Any], BatchMember]]:
-        """The members of one ``POST files/batch``: (header, reader of its bytes) each, in the
-        order asked. Each member's bytes must be read (or skipped) before the next one."""
+    def batch(self, names: Sequence[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """The members of one ``POST files/batch``: (header, its bytes) each, in the order
+        asked. A member is at most ``BATCH_FILE_MAX`` bytes (the sender frames a larger file as
+        an error), so one is read whole: memory stays bounded, and a small file costs one
+        slice of the stream's buffer instead of a reader object and chunks."""
         try:
             reply = self.session.post(self._url("files/batch"), json={"names": list(names)},
                                       stream=True, timeout=self.timeout)
@@ -186,10 +202,12 @@ class PeerClient:
                 header = json.loads(stream.exactly(length))
                 if not isinstance(header, dict) or not isinstance(header.get("name"), str):
                     raise Unavailable(f"batch pull from {self.peer.name!r}: a malformed header")
-                member = BatchMember(stream, header.get("size", 0) if "error" not in header
-                                     else 0)
-                yield header, member
-                member.skip()
+                size = 0 if "error" in header else header.get("size", 0)
+                if isinstance(size, bool) or not isinstance(size, int) \
+                        or not 0 <= size <= BATCH_FILE_MAX:
+                    raise Unavailable(f"batch pull from {self.peer.name!r}: a member of "
+                                      f"{size!r} bytes (at most {BATCH_FILE_MAX})")
+                yield header, stream.exactly(size)
         finally:
             reply.close()
 
@@ -273,24 +291,6 @@ class _RawReader:
         out = self._buffer[self._at:self._at + n]
         self._at += n
         return out
-
-
-class BatchMember:
-    """The bytes of one member of a batch stream."""
-
-    def __init__(self, stream: _RawReader, size: int) -> None:
-        self._stream = stream
-        self.remaining = size
-
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
-        while self.remaining > 0:
-            chunk = self._stream.exactly(min(size, self.remaining))
-            self.remaining -= len(chunk)
-            yield chunk
-
-    def skip(self) -> None:
-        for _chunk in self.chunks():
-            pass
 
 
 def frame_header(header: dict[str, Any]) -> bytes:

@@ -13,9 +13,10 @@ and never over an existing file), the partial name removed, and file, instance, 
 
 Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
-is written to its own partial file and verified on its own against its announced size and
-checksum (a damaged member is pulled again in the next round, the others go on); then the
-verified ones are made final together with ``methods.commit`` (one ``syncfs`` for their data,
+is verified on its own against its announced size and checksum and only then written to its own
+partial file (a damaged member is never written and is pulled again in the next round, the
+others go on); then the verified ones are made final together with ``methods.commit`` (one
+``syncfs`` for their data,
 renames that never replace anything, one more ``syncfs``), registered with ONE
 ``Catalogue.register`` call and committed, with their events, in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
@@ -53,9 +54,10 @@ from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
-from ..jobs.methods import _rename_noreplace, commit, remove_path
+from ..jobs.methods import _rename_noreplace, _write_all, commit, remove_path
 from ..paths import confine
 from ..writeback import WriteBehind
+from .bulk import one_of
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
 from .protocol import (
@@ -70,7 +72,8 @@ from .protocol import (
     SEND,
     PeerClient,
     check_offer,
-    spec_from_offer,
+    file_spec,
+    spec_of,
 )
 
 log = logging.getLogger("hera_stage_ext.transfer")
@@ -79,6 +82,10 @@ INCOMING_DIR = ".hera-stage-incoming"
 #: Test-only fault: flip one byte of the first chunk received of this file name, once per process.
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
+_ITEMS = TransferItem.__table__
+_EVENTS = Event.__table__
+#: Item states after which nothing more happens to it (until it is announced again).
+_FINISHED_STATES = ("committed", "failed")
 
 
 #: Chunks (of ``protocol.CHUNK``) waiting for the disk while the next ones arrive.
@@ -215,15 +222,15 @@ class Receiver:
                 select(File.name, File.size, File.checksums,
                        func.count(Instance.id).label("instances"))
                 .outerjoin(Instance, (Instance.file_id == File.id) & Instance.available)
-                .where(File.name.in_(names)).group_by(File.id))}
+                .where(one_of(self.db, File.name, names)).group_by(File.id))}
             held = dict(s.execute(
                 select(Instance.path, File.name).join(File, Instance.file_id == File.id)
                 .join(Store, Instance.store_id == Store.id)
                 .where(Store.name == self.store,
-                       Instance.path.in_([o["path"] for o in offers]))).all())
+                       one_of(self.db, Instance.path, [o["path"] for o in offers]))).all())
             partial = {row.name: row.id for row in s.execute(
                 select(TransferItem.name, TransferItem.id)
-                .where(TransferItem.peer == peer, TransferItem.name.in_(names)))}
+                .where(TransferItem.peer == peer, one_of(self.db, TransferItem.name, names)))}
         free = shutil.disk_usage(root).free - self.reserve_bytes
         answers: dict[str, tuple[str, str]] = {}
         for offer in offers:
@@ -263,7 +270,7 @@ class Receiver:
         if not sending:
             return []
         names = [o["name"] for o in sending]
-        mine = (TransferItem.peer == peer, TransferItem.name.in_(names))
+        mine = (TransferItem.peer == peer, one_of(self.db, TransferItem.name, names))
         with self.db.write() as s:
             known = {r.name: r for r in s.execute(select(
                 TransferItem.id, TransferItem.name, TransferItem.state, TransferItem.size,
@@ -272,7 +279,8 @@ class Receiver:
             new: list[dict[str, Any]] = []
             for offer in sending:
                 values = {"transfer": transfer, "path": offer["path"], "size": offer["size"],
-                          "checksums": offer["checksums"], "spec": offer, "updated_at": now}
+                          "checksums": offer["checksums"], "spec": spec_of(offer),
+                          "updated_at": now}
                 row = known.get(offer["name"])
                 if row is None:
                     new.append({**values, "peer": peer, "name": offer["name"],
@@ -286,8 +294,8 @@ class Receiver:
                     values.update(state="queued", attempts=0, error="")
                 s.execute(update(TransferItem).where(TransferItem.id == row.id)
                           .values(**values))
-            if new:
-                s.execute(insert(TransferItem), new)
+            if new:  # Core: no ORM bookkeeping per row
+                s.connection().execute(insert(_ITEMS), new)
             ids = dict(s.execute(select(TransferItem.name, TransferItem.id).where(*mine)).all())
         return [(ids[o["name"]], o["size"], bool(o.get("is_directory"))) for o in sending]
 
@@ -303,22 +311,33 @@ class Receiver:
         """Where a directory data set is unpacked before it is verified."""
         return root / INCOMING_DIR / f"{item_id}.dir"
 
-    def status(self, peer: str, names: Any) -> dict[str, Any]:
+    def status(self, peer: str, names: Any, finished_only: bool = False) -> dict[str, Any]:
+        """Per name its item's state (``unknown``: no item); with ``finished_only`` only the
+        names committed, failed or unknown: the rows of those still on their way are not
+        even read (a sender following thousands asks often, and most are on their way)."""
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
                 or len(names) > 10 * MAX_OFFERS:
             raise InvalidRequest(f"'names' must be a list of at most {10 * MAX_OFFERS} names")
+        mine = (TransferItem.peer == peer, one_of(self.db, TransferItem.name, names))
+        unknown: set[str] = set()
         with self.db.read() as s:  # columns, not objects: the long poll asks often
-            items = {i.name: i for i in s.execute(select(
-                TransferItem.id, TransferItem.name, TransferItem.state, TransferItem.size,
-                TransferItem.attempts, TransferItem.error).where(
-                TransferItem.peer == peer, TransferItem.name.in_(names)))}
+            query = select(TransferItem.id, TransferItem.name, TransferItem.state,
+                           TransferItem.size, TransferItem.attempts,
+                           TransferItem.error).where(*mine)
+            if finished_only:
+                query = query.where(TransferItem.state.in_(_FINISHED_STATES))
+            items = {i.name: i for i in s.execute(query)}
+            if finished_only and s.scalar(select(func.count()).select_from(TransferItem)
+                                          .where(*mine)) != len(set(names)):
+                unknown = set(names) - set(s.scalars(select(TransferItem.name).where(*mine)))
         root = self._store_root() if self.store else None
         files = []
         for name in names:
             item = items.get(name)
             if item is None:
-                files.append({"name": name, "state": "unknown", "bytes": 0, "attempts": 0,
-                              "error": ""})
+                if not finished_only or name in unknown:
+                    files.append({"name": name, "state": "unknown", "bytes": 0,
+                                  "attempts": 0, "error": ""})
                 continue
             done = item.size if item.state == "committed" else 0
             # Progress of a large pull (small files arrive whole, a batch at a time).
@@ -576,9 +595,8 @@ class Receiver:
             raise
 
     def _commit(self, item: TransferItem) -> None:
-        spec = spec_from_offer(item.spec, item.peer)
-        spec.checksums = dict(item.checksums)
-        [registration] = self.catalogue.register([spec], self.store, [item.path])
+        [registration] = self.catalogue.register([file_spec(item, item.peer)], self.store,
+                                                 [item.path])
         if registration.instance_added:
             self.catalogue.add_event(item.name, "transfer-received", {
                 "from": item.peer, "transfer": item.transfer, "store": self.store,
@@ -630,24 +648,23 @@ class Receiver:
             items = self._start_batch(pending)
             pending, rounds = [], rounds + 1
             alone: list[int] = []  # the single-file path: its final name is taken already
-            wanted: dict[str, tuple[TransferItem, Path]] = {}
-            folders: dict[str, Path] = {}  # confined once per folder, not once per file
+            wanted: dict[str, tuple[Any, str]] = {}
+            # Paths as strings, each folder confined once per batch (not pathlib per file).
+            folders: dict[str, str] = {}
             for item in items:
                 folder, _, base = item.path.rpartition("/")
                 try:
                     if folder not in folders:
-                        folders[folder] = confine(folder or ".", [root],
-                                                  what="transfer path")
+                        folders[folder] = str(confine(folder or ".", [root],
+                                                      what="transfer path"))
                     if base in ("", ".", ".."):
                         raise InvalidRequest(f"transfer path {item.path!r} names no file")
                 except StagingError as exc:
                     self._finish(item.id, "failed", exc.message)
                     continue
-                dest = folders[folder] / base
-                if os.path.lexists(dest):
-                    alone.append(item.id)
-                else:
-                    wanted[item.name] = (item, dest)
+                # No look at the final name first: the rename never replaces anything, and
+                # one that finds the name taken sends the item down the single-file path.
+                wanted[item.name] = (item, f"{folders[folder]}/{base}")
             received, broken = self._stream_batch(root, wanted)
             retry = self._commit_batch(received, alone)
             # Members a broken stream did not deliver, and damaged ones: the next round.
@@ -669,15 +686,17 @@ class Receiver:
                     min(self.backoff_s * 2 ** (rounds - 1), 60.0)):
                 raise _Stopped
 
-    def _stream_batch(self, root: Path, wanted: dict[str, tuple[TransferItem, Path]]
-                      ) -> tuple[list[tuple[TransferItem, Path, Path | str]], str]:
-        """Pull the members ``wanted`` names (removing each from it as it arrives) into their
-        partial files, verifying each; (per member that arrived: item, partial file, final
-        path or why it failed verification; why the stream broke, or "")."""
-        received: list[tuple[TransferItem, Path, Path | str]] = []
+    def _stream_batch(self, root: Path, wanted: dict[str, tuple[Any, str]]
+                      ) -> tuple[list[tuple[Any, str, str, str]], str]:
+        """Pull the members ``wanted`` names (removing each from it as it arrives), verify
+        each and write the verified ones to their partial files; (per member that arrived:
+        item, partial file, final path, why it failed verification or ""; why the stream
+        broke, or "")."""
+        received: list[tuple[Any, str, str, str]] = []
         if not wanted:
             return received, ""
-        (root / INCOMING_DIR).mkdir(parents=True, exist_ok=True)
+        incoming = root / INCOMING_DIR
+        incoming.mkdir(parents=True, exist_ok=True)
         first = next(iter(wanted.values()))[0]
         try:
             peer = self.registry.peer(first.peer)
@@ -689,7 +708,7 @@ class Receiver:
         client = PeerClient(peer, self.registry.site_name)
         flip = os.environ.get(FLIP_ONCE_ENV)
         try:
-            for header, member in client.batch(list(wanted)):
+            for header, data in client.batch(list(wanted)):
                 if self._stop.is_set():
                     raise _Stopped
                 item, dest = wanted.pop(header["name"], (None, None))
@@ -699,26 +718,22 @@ class Receiver:
                     self._finish(item.id, "failed", f"the sender cannot serve it: "
                                  f"{header['error']}")
                     continue
-                part = self._part(root, item.id)
-                hasher = ck.StreamHasher([ck.preferred_algorithm(item.checksums)])
-                with open(part, "wb") as f:
-                    for chunk in member.chunks():
-                        if flip == item.name and item.name not in _flipped and chunk:
-                            _flipped.add(item.name)
-                            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                        f.write(chunk)
-                        hasher.update(chunk)
-                digest = hasher.digest()
+                if flip == item.name and item.name not in _flipped and data:
+                    _flipped.add(item.name)
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                part = f"{incoming}/{item.id}.part"
+                # Verified before anything is written: a damaged member costs no disk.
+                digest = ck.hash_bytes(data, [ck.preferred_algorithm(item.checksums)])
                 if digest.size != item.size or not ck.compare(digest.checksums, item.checksums):
-                    part.unlink(missing_ok=True)
                     message = (f"{item.name}: received {digest.size} bytes with checksums "
                                f"{digest.checksums}, announced {item.size} bytes with "
                                f"{item.checksums}")
                     log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
                                 item.peer, message)
-                    received.append((item, part, message))
-                else:
-                    received.append((item, part, dest))
+                    received.append((item, part, dest, message))
+                    continue
+                _write_new(part, data)
+                received.append((item, part, dest, ""))
         except (Unavailable, OSError) as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             log.warning("batch pull of %d file(s) from %s: %s", len(wanted), first.peer, message)
@@ -733,24 +748,24 @@ class Receiver:
             return received, f"the sender's batch stream left out {len(wanted)} file(s)"
         return received, ""
 
-    def _commit_batch(self, received: list[tuple[TransferItem, Path, Path | str]],
-                      alone: list[int]) -> list[tuple[TransferItem, str]]:
+    def _commit_batch(self, received: list[tuple[Any, str, str, str]],
+                      alone: list[int]) -> list[tuple[Any, str]]:
         """Make the verified members final (synced), register them in one transaction and
         commit them with their events in one more; the members to pull again, with why.
-        Members whose final name was taken meanwhile go to ``alone``."""
-        retry = [(item, dest) for item, _part, dest in received if isinstance(dest, str)]
-        good = [(item, part, dest) for item, part, dest in received if isinstance(dest, Path)]
+        Members whose final name is taken go to ``alone``."""
+        retry = [(item, error) for item, _part, _dest, error in received if error]
+        good = [(item, part, dest) for item, part, dest, error in received if not error]
         if not good:
             return retry
-        for parent in {dest.parent for _item, _part, dest in good}:
-            parent.mkdir(parents=True, exist_ok=True)
+        for parent in {os.path.dirname(dest) for _item, _part, dest in good}:
+            os.makedirs(parent, exist_ok=True)
         try:
-            errors = commit([(str(part), str(dest)) for _item, part, dest in good], self.fsync)
+            errors = commit([(part, dest) for _item, part, dest in good], self.fsync)
         except OSError as exc:  # the renames may not be on disk: the single path checks them
             log.warning("transfer batch: syncing the renames failed: %s", exc)
             alone += [item.id for item, _part, _dest in good]
             return retry
-        final: list[TransferItem] = []
+        final: list[Any] = []
         for (item, _part, _dest), error in zip(good, errors):
             if error is None:
                 final.append(item)
@@ -764,11 +779,7 @@ class Receiver:
     def _register_batch(self, items: list[TransferItem]) -> None:
         if not items:
             return
-        specs = []
-        for item in items:
-            spec = spec_from_offer(item.spec, item.peer)
-            spec.checksums = dict(item.checksums)
-            specs.append(spec)
+        specs = [file_spec(item, item.peer) for item in items]
         try:
             registered = list(zip(items, self.catalogue.register(
                 specs, self.store, [i.path for i in items])))
@@ -785,17 +796,20 @@ class Receiver:
             return
         now = utcnow()
         with self.db.write() as s:
+            # Core statements on the tables: no ORM bookkeeping per row of a batch.
+            conn = s.connection()
             names = [item.name for item, _r in registered]
-            ids = dict(s.execute(select(File.name, File.id).where(File.name.in_(names))).all())
+            ids = dict(conn.execute(select(File.name, File.id).where(
+                one_of(self.db, File.name, names))).all())
             events = [{"file_id": ids[item.name], "type": "transfer-received", "time": now,
                        "payload": {"from": item.peer, "transfer": item.transfer,
                                    "store": self.store, "path": item.path,
                                    "attempts": item.attempts}}
                       for item, registration in registered if registration.instance_added]
             if events:
-                s.execute(insert(Event), events)
-            s.execute(update(TransferItem).where(
-                TransferItem.id.in_([item.id for item, _r in registered])).values(
+                conn.execute(insert(_EVENTS), events)
+            conn.execute(update(_ITEMS).where(
+                _ITEMS.c.id.in_([item.id for item, _r in registered])).values(
                 state="committed", error="", updated_at=now))
         self._changed()
         log.info("transfer batch: %d file(s) from %s committed to %s", len(registered),
@@ -809,6 +823,16 @@ class Receiver:
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Write ``data`` as the file ``path`` (created or truncated); plain ``os`` calls: a batch
+    writes thousands of small files, and a buffered file object costs more than the write."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 class _ChunkReader:

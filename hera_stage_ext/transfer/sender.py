@@ -19,6 +19,7 @@ from ..catalogue.models import Event, File, Instance, Observation, Store, utcnow
 from ..catalogue.serialize import iso
 from ..errors import InvalidRequest, StagingError
 from ..paths import confine
+from .bulk import one_of
 from .models import RemoteInstance
 from .protocol import BATCH_MAX_FILES, offer_from_detail
 from .rclone import RclonePeer, client_for
@@ -34,17 +35,23 @@ def record_remote(db: Database, site: str, transfer: str, names: Sequence[str],
     if not names:
         return
     with db.write() as s:
-        ids = dict(s.execute(select(File.name, File.id).where(File.name.in_(list(names)))).all())
-        known = set(s.scalars(select(RemoteInstance.file_id).where(
-            RemoteInstance.site == site, RemoteInstance.file_id.in_(list(ids.values())))))
+        # Core statements on the tables (no ORM bookkeeping per row): a batch can be
+        # thousands of files, one executemany per table.
+        conn = s.connection()
+        ids = dict(conn.execute(select(File.name, File.id).where(
+            one_of(db, File.name, names))).all())
+        known = set(conn.execute(select(RemoteInstance.file_id).where(
+            RemoteInstance.site == site,
+            RemoteInstance.file_id.in_(list(ids.values())))).scalars())
         now = utcnow()
         new = [file_id for file_id in ids.values() if file_id not in known]
-        if new:  # one executemany per table (a batch can be thousands of files)
-            s.execute(insert(RemoteInstance), [
+        if new:
+            conn.execute(insert(RemoteInstance.__table__), [
                 {"file_id": i, "site": site, "time": now, "transfer": transfer} for i in new])
-            s.execute(insert(Event), [
-                {"file_id": i, "type": "transfer-sent", "time": now,
-                 "payload": {"to": site, "transfer": transfer, "answer": answer}} for i in new])
+            payload = {"to": site, "transfer": transfer, "answer": answer}
+            conn.execute(insert(Event.__table__), [
+                {"file_id": i, "type": "transfer-sent", "time": now, "payload": payload}
+                for i in new])
 
 
 def remote_sites(core: Core, name: str) -> list[str]:
@@ -91,20 +98,19 @@ def offers_for(db: Database, paths: dict[str, str]) -> dict[str, dict[str, Any]]
                Observation.obsid.label("observation"), Observation.start_time_jd,
                Observation.stop_time_jd, Observation.start_lst_hr, Observation.session_id)
     with db.read() as s:
-        for start in range(0, len(names), 5_000):  # SQLite's bound-values limit
-            for row in s.execute(select(*columns).outerjoin(
-                    Observation, Observation.obsid == File.obsid)
-                    .where(File.name.in_(names[start:start + 5_000]))):
-                detail = {
-                    "name": row.name, "size": row.size, "checksums": dict(row.checksums),
-                    "is_directory": row.is_directory, "obsid": row.obsid,
-                    "create_time": iso(row.create_time), "source": row.source,
-                    "metadata": row.meta,
-                    "observation": None if row.observation is None else {
-                        "obsid": row.observation, "start_time_jd": row.start_time_jd,
-                        "stop_time_jd": row.stop_time_jd, "start_lst_hr": row.start_lst_hr,
-                        "session_id": row.session_id}}
-                out[row.name] = offer_from_detail(detail, paths[row.name])
+        for row in s.execute(select(*columns).outerjoin(
+                Observation, Observation.obsid == File.obsid)
+                .where(one_of(db, File.name, names))):
+            detail = {
+                "name": row.name, "size": row.size, "checksums": dict(row.checksums),
+                "is_directory": row.is_directory, "obsid": row.obsid,
+                "create_time": iso(row.create_time), "source": row.source,
+                "metadata": row.meta,
+                "observation": None if row.observation is None else {
+                    "obsid": row.observation, "start_time_jd": row.start_time_jd,
+                    "stop_time_jd": row.stop_time_jd, "start_lst_hr": row.start_lst_hr,
+                    "session_id": row.session_id}}
+            out[row.name] = offer_from_detail(detail, paths[row.name])
     return out
 
 
@@ -121,8 +127,8 @@ def batch_paths(core: Core, names: Any) -> list[tuple[str, Path | str]]:
             select(File.name, File.is_directory, Instance.path, Store.path)
             .join(Instance, Instance.file_id == File.id)
             .join(Store, Instance.store_id == Store.id)
-            .where(File.name.in_(names), Instance.available, Store.available,
-                   Store.kind == "online")
+            .where(one_of(core.catalogue.db, File.name, names), Instance.available,
+                   Store.available, Store.kind == "online")
             .order_by(Store.name, Instance.id))
         for name, is_directory, path, root in rows:
             found.setdefault(name, (path, root, is_directory))
