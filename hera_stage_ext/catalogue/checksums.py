@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ _FACTORIES: dict[str, Callable[[], _Hasher]] = {
     MD5: hashlib.md5,
     XXH3_128: xxhash.xxh3_128,
 }
+#: Hex digits in a digest of each algorithm.
+_HEX_DIGITS = {name: 2 * factory().digest_size  # type: ignore[attr-defined]
+               for name, factory in _FACTORIES.items()}
+_HEX = re.compile("[0-9a-f]*")
 
 
 def new_hashers(algorithms: Iterable[str] = ALGORITHMS) -> dict[str, _Hasher]:
@@ -172,10 +177,10 @@ def normalise(checksums: dict[str, str]) -> dict[str, str]:
         if algorithm not in _FACTORIES:
             raise InvalidRequest(f"unknown checksum algorithm {algorithm!r}")
         value = value.lower()
-        expected_len = 2 * _FACTORIES[algorithm]().digest_size  # type: ignore[attr-defined]
-        if len(value) != expected_len or any(c not in "0123456789abcdef" for c in value):
+        digits = _HEX_DIGITS[algorithm]
+        if len(value) != digits or _HEX.fullmatch(value) is None:
             raise InvalidRequest(
-                f"checksum {algorithm!r} must be {expected_len} hex digits, got {value!r}"
+                f"checksum {algorithm!r} must be {digits} hex digits, got {value!r}"
             )
         out[algorithm] = value
     return out

@@ -32,6 +32,9 @@ _LEAP_SECONDS = (
 )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def validate_name(name: object) -> str:
     """Return ``name`` if the catalogue accepts it, else raise InvalidRequest saying why."""
     if not isinstance(name, str):
@@ -46,7 +49,7 @@ def validate_name(name: object) -> str:
         raise InvalidRequest(f"a file name must not contain '..': {name!r}")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"a file name must be at most {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _CONTROL.search(name):
         raise InvalidRequest(f"a file name must not contain control characters: {name!r}")
     return name
 
