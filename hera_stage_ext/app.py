@@ -146,6 +146,13 @@ class StagingApp(ExtensionApp):
         help="Helper processes of a worker that copy small files (the per-file work of many "
         "small files then runs on every core); 0 means one per CPU core of the machine.",
     ).tag(config=True)
+    worker_nice = Int(
+        10,
+        help="How far the server's worker lowers its CPU priority (nice, 0-19), it and its "
+        "copy helpers: when the CPU is short, the server's requests and the user's kernels go "
+        "first and a staging job takes what is left (its disk I/O is not affected). 0 keeps "
+        "the server's priority.",
+    ).tag(config=True)
     worker_idle_exit_seconds = Float(
         120.0, help="A server-started worker exits after this long without a job."
     ).tag(config=True)
@@ -306,7 +313,7 @@ class StagingApp(ExtensionApp):
             launcher = WorkerLauncher(
                 self.db_url, streams=self.worker_streams,
                 copy_processes=self.worker_copy_processes, owner=self.owner,
-                jobs=self.worker_jobs,
+                jobs=self.worker_jobs, nice=self.worker_nice,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
             )

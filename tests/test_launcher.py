@@ -84,3 +84,30 @@ def test_servers_share_their_users_worker_until_its_configuration_changes(
     assert elsewhere != again
     wait_for(lambda: " started" in log.read_text().split(str(elsewhere))[-1])
     assert _alive(again) and _alive(elsewhere)
+
+
+def nice_of(pid: int) -> int:
+    """A process's nice value (field 19 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def test_the_worker_yields_the_cpu_to_the_server(
+        tmp_path: Path, launchers: list[WorkerLauncher]) -> None:
+    """The server's worker (and its copy helpers) run at a lower CPU priority, so a big stage
+    does not make the user's server and kernels sluggish when the CPU is short."""
+    database = Database(f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
+    database.upgrade()
+    database.dispose()
+    launcher = WorkerLauncher(database.url, streams=1, idle_exit_seconds=120, copy_processes=1,
+                              owner="alice", log_file=tmp_path / "logs" / "worker.log", nice=10)
+    launchers.append(launcher)
+    pid = launcher.ensure_running()
+    log = tmp_path / "logs" / "worker.log"
+    wait_for(lambda: " started" in log.read_text())  # past start-up: its helpers are running
+    # Started by one of its threads: listed under that thread's task.
+    helpers = wait_for(lambda: [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                                for child in (task / "children").read_text().split()])
+    base = os.nice(0)
+    assert nice_of(pid) == min(base + 10, 19)
+    assert all(nice_of(helper) == nice_of(pid) for helper in helpers)

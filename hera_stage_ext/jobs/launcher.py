@@ -35,9 +35,11 @@ from .worker import DB_URL_ENV
 class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
-                 copy_processes: int = 0, owner: str | None = None, jobs: int = 4) -> None:
+                 copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
+                 nice: int = 0) -> None:
         self.db_url = db_url
         self.jobs = jobs
+        self.nice = nice
         # More for the worker's environment (transfer jobs: the peers, secrets included).
         self.env = dict(env or {})
         self.owner = owner
@@ -56,7 +58,7 @@ class WorkerLauncher:
         return [sys.executable, "-m", "hera_stage_ext.jobs.worker",
                 "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
-                *(["--owner", self.owner] if self.owner else [])]
+                "--nice", str(self.nice), *(["--owner", self.owner] if self.owner else [])]
 
     def _digest(self) -> str:
         # Secrets are in it: only the digest is written down.

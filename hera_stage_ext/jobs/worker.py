@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..catalogue.db import Database
 from .copy_pool import CopyPool, default_size
@@ -155,12 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="exit when no job is left instead of waiting for more")
     parser.add_argument("--idle-exit", type=float, default=None,
                         help="exit after this many seconds without a job")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="lower this worker's CPU priority by this much (0-19): the "
+                        "server and the user's kernels go first when the CPU is short")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.db_url:
         parser.error(f"--db-url or ${DB_URL_ENV} is required")
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before any thread or helper starts: they inherit it.
+    lower_priority(args.nice)
     config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
                           heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
                           fsync=not args.no_fsync, flush_seconds=args.commit_seconds)
@@ -186,6 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         db.dispose()
     log.info("worker %s stopped", worker.worker_id)
     return 0
+
+
+def lower_priority(increment: int) -> None:
+    """Yield the CPU to other work when it is short. ``nice`` ranks this process's threads
+    against others in its scheduling group only, and where the kernel groups processes by
+    session (autogroup) the worker, started in a session of its own, is alone in its group:
+    so the group's own nice value is raised too (allowed without privileges)."""
+    if increment <= 0:
+        return
+    os.nice(increment)
+    with contextlib.suppress(OSError):  # no autogroup here, or already lower
+        Path("/proc/self/autogroup").write_text(str(min(increment, 19)))
 
 
 if __name__ == "__main__":
