@@ -206,8 +206,15 @@ def open_panel(page: Any, ready: bool = True) -> None:
     """Show the side panel (click its tab unless it is the current one); with ``ready``, wait
     until it offers a search (it does not when the server extension is missing or fails)."""
     tab = page.locator(".lm-TabBar-tab[data-id='hera-stage-panel']")
-    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
-        tab.click()
+    # Right after a reload the lab may still be restoring its layout: a click that lands just
+    # before the restored panel opens closes it again. So: click until the panel shows.
+    deadline = time.monotonic() + 30
+    while not page.locator(PANEL).is_visible():
+        if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+            tab.click()
+        if time.monotonic() > deadline:
+            raise AssertionError("the side panel did not open")
+        page.wait_for_timeout(250)
     if ready:
         page.wait_for_selector(f"{PANEL} .jp-HeraStage-query, {PANEL} .jp-HeraStage-json",
                                state="visible")
