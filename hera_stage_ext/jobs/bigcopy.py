@@ -6,10 +6,11 @@ and runs at about half the speed of ``cp``. Here the bytes go source to destinat
 hashing thread (one of a pool, reused) follows right behind, reading each copied piece back
 *from the destination* (the page cache: it was just written) into the stream's copy buffer
 (idle meanwhile, so no memory is added) and feeding the checksum. So the check still covers
-every byte of the copy (not of the source), and runs on the other core while the kernel copies; ``xxhash`` and ``os.preadv`` release the GIL. Once a piece is hashed,
-its disk write is started and older pieces leave the page cache (``writeback.WriteBehind``): the
-closing ``fsync`` (or the batch's ``syncfs``) then waits for the tail only, and a big stage does
-not fill memory with dirty pages.
+every byte of the copy (not of the source), and runs on the other core while the kernel
+copies; ``xxhash`` and ``os.preadv`` release the GIL. Once a piece is hashed, its disk write
+is started and older pieces leave the page cache (``writeback.WriteBehind``): the closing
+``fsync`` (or the batch's ``syncfs``) then waits for the tail only, and a big stage does not
+fill memory with dirty pages.
 
 Where the kernel cannot copy between the two (another file system on an old kernel, a file
 system without the call), ``copy`` returns None before writing anything and the caller uses
