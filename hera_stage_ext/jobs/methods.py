@@ -127,11 +127,12 @@ class Mover:
         self._fsync = fsync and not deferred
         self._deferred = deferred
         self._reflink_ok: bool | None = None
-        # Large files: copied in the kernel and hashed back in a second thread (``bigcopy``)
-        # until the kernel says it cannot copy between these file systems.
-        self._kernel_copy_ok = True
-        # Starting writeback early only helps when the data is to be synced at all.
-        self._writeback = fsync
+        # Large files: copied by ``bigcopy`` until it says it cannot copy between these file
+        # systems.
+        self._bigcopy_ok = True
+        # Writing past the page cache, or starting writeback early, only helps when the data
+        # is to be synced at all.
+        self._durable = fsync
         self._made_dirs = made_dirs if made_dirs is not None else set()
         # Source folders (resolved) known to lie inside their store's root.
         self._source_dirs: set[tuple[str, str]] = set()
@@ -331,16 +332,16 @@ class Mover:
                     return digest
             # Created with its final permissions where the umask keeps them (no chmod).
             mode = _final_mode(st, read_only)
-            # Read-write: a large file's copy is read back to be hashed (``bigcopy``).
+            # Read-write: a large file's kernel copy is read back to be hashed (``bigcopy``).
             fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
                 digest = None
-                if st.st_size >= bigcopy.MIN_SIZE and self._kernel_copy_ok:
+                if st.st_size >= bigcopy.MIN_SIZE and self._bigcopy_ok:
                     # The pump's buffer is idle meanwhile: the hashing thread reads into it.
                     digest = bigcopy.copy(fin, fd, algorithm, len(self._buffer), self._check,
-                                          self._buffer, writeback=self._writeback)
+                                          self._buffer, durable=self._durable)
                     if digest is None:
-                        self._kernel_copy_ok = False
+                        self._bigcopy_ok = False
                 if digest is None:
                     digest = self._pump(fin, fd, algorithm, st.st_size)
                 # Metadata through the open descriptor (no second path lookup), before the
