@@ -47,12 +47,13 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, er
 #: block size a disk has).
 _BLOCK = 4096
 #: Bytes per direct write, buffers a copy may have in hand (one being read and hashed, the
-#: others being written) and buffers the whole worker keeps. Measured on a 2 GiB file: 8 or
-#: 16 MiB in two to four buffers all ran at the disk's speed; the pool caps the memory at
-#: 64 MiB whatever the number of streams (a stream waits for a buffer: the disk is the limit).
+#: others being written) and buffers the whole worker keeps. Measured on a 2 GiB file, one
+#: stream and four: 4 to 16 MiB in two to four buffers all ran at the disk's speed (1.4-1.9
+#: GB/s here), 4 MiB a little slower; the pool caps the memory at 32 MiB whatever the number
+#: of streams (a stream waits for a buffer: the disk is the limit anyway).
 DIRECT_CHUNK = 8 << 20
 _DIRECT_DEPTH = 3
-_DIRECT_BUFFERS = 8
+_DIRECT_BUFFERS = 4
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 class _Threads:
