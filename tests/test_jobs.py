@@ -176,9 +176,11 @@ def test_checksum_mismatch_fails_item_removes_copy(site: Site) -> None:
         assert item.state == "failed" and "xxh3-128" in item.error
 
 
-def test_corrupted_large_source_fails_on_the_kernel_copy_path(database, tmp_path) -> None:
-    # Files this big are copied by the kernel and hashed back from the copy in a second
-    # thread (jobs/bigcopy.py); a flipped byte near the end must still fail that file only.
+@pytest.mark.parametrize("fsync", [True, False], ids=["direct", "kernel-copy"])
+def test_corrupted_large_source_fails_that_file_only(database, tmp_path, fsync: bool) -> None:
+    # Files this big are written straight to the disk from a hashed buffer when the copy is
+    # to be durable, else copied by the kernel and hashed back from the copy in a second
+    # thread (jobs/bigcopy.py); a flipped byte near the end must fail that file only, either way.
     site = make_big_site(database, tmp_path / "large", n_files=3, size=bigcopy.MIN_SIZE + 4096)
     bad, *good = [n for n in site.names if n.endswith(".uvh5")]
     with open(site.sources[bad], "r+b") as f:
@@ -187,7 +189,7 @@ def test_corrupted_large_source_fails_on_the_kernel_copy_path(database, tmp_path
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte ^ 0xFF]))  # same size, other bytes: corrupted after ingest
     job = stage(site, "large", [bad, *good])
-    run_pending(site.db, EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=True))
+    run_pending(site.db, EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=fsync))
     out = get_job(site.db, job["id"])
     assert out["state"] == "failed" and out["files_failed"] == 1 and out["files_done"] == 2
     dest = site.workspace / "large"
