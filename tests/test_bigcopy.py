@@ -1,6 +1,6 @@
-"""Large files (``jobs/bigcopy.py``): a durable copy goes to the disk past the page cache and is
-checked byte for byte; a cancelled copy gives back what it held; a full disk is reported as
-full."""
+"""Large files (``jobs/bigcopy.py``, ``directio.py``): a durable copy goes to the disk past the
+page cache and is checked byte for byte; a cancelled copy gives back what it held; a full disk
+is reported as full."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ import threading
 from pathlib import Path
 
 import pytest
-from .job_fixtures import small_filesystem
-from .test_writeback import cached_bytes
 
+from hera_stage_ext import directio
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.jobs import bigcopy
+
+from .job_fixtures import small_filesystem
+from .test_writeback import cached_bytes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="O_DIRECT and mincore are Linux's")
 
 ALGORITHM = ck.XXH3_128
 #: Not a whole number of blocks: the last partial block takes the ordinary way.
-SIZE = 3 * bigcopy.DIRECT_CHUNK + 5000
+SIZE = 3 * directio.CHUNK + 5000
 
 
 def source(tmp_path: Path, size: int = SIZE) -> Path:
@@ -67,7 +69,7 @@ def test_the_checksum_is_of_the_bytes_written(tmp_path: Path) -> None:
     src = source(tmp_path)
     before = ck.hash_file(src, [ALGORITHM])
     with open(src, "r+b") as f:
-        f.seek(2 * bigcopy.DIRECT_CHUNK + 7)
+        f.seek(2 * directio.CHUNK + 7)
         f.write(b"\x00")
     digest = copy(src, tmp_path / "copy", durable=True)
     assert digest is not None
@@ -89,7 +91,7 @@ def test_cancelled_copies_give_their_buffers_back(tmp_path: Path) -> None:
 
     # More cancelled copies than the worker has buffers: a buffer kept by one would hang the
     # next copy.
-    for k in range(3 * bigcopy._DIRECT_BUFFERS):
+    for k in range(3 * directio.BUFFERS):
         with pytest.raises(Stop):
             copy(src, tmp_path / f"cancelled-{k}", durable=True, check=stop_after_two)
     done: list[ck.Digest | None] = []
@@ -124,6 +126,6 @@ def test_a_full_disk_is_reported_as_such(tmp_path: Path) -> None:
         # Nothing held: the same disk takes a copy that fits once the failed one is gone.
         os.unlink(tmp_path / "small" / "copy")
         (tmp_path / "fits").mkdir()
-        small = source(tmp_path / "fits", size=bigcopy.DIRECT_CHUNK + 1)
+        small = source(tmp_path / "fits", size=directio.CHUNK + 1)
         digest = copy(small, tmp_path / "small" / "fits", durable=True)
-        assert digest is not None and digest.size == bigcopy.DIRECT_CHUNK + 1
+        assert digest is not None and digest.size == directio.CHUNK + 1

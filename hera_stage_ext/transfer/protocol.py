@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import mmap
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -52,6 +53,9 @@ from ..catalogue.naming import ObservationInfo, validate_name
 from ..errors import InvalidRequest, StagingError, Unauthorized, Unavailable
 from ..paths import check_text
 from .peers import Peer
+
+#: What a stream fills: a plain buffer, or one of ``directio``'s aligned ones.
+WritableBuffer = bytearray | memoryview | mmap.mmap
 
 PEER_PREFIX = "hera-stage/peer/"
 
@@ -211,10 +215,9 @@ class PeerClient:
         finally:
             reply.close()
 
-    def content(self, name: str, offset: int, buffers: int = 1) -> Iterator[memoryview]:
-        """The bytes of ``name`` from ``offset`` on, streamed in chunks: views of ``buffers``
-        reused buffers in turn (no allocation per chunk), each valid until ``buffers`` more
-        are asked for (a consumer that writes chunks behind in another thread needs several)."""
+    def content(self, name: str, offset: int = 0) -> _RawReader:
+        """The bytes of ``name`` from ``offset`` on, as a stream to ``fill`` buffers from
+        (``close`` it after)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             reply = self.session.get(self._url(f"files/{requests.utils.quote(name)}/content"),
@@ -226,18 +229,19 @@ class PeerClient:
         if offset and reply.status_code != 206:
             reply.close()
             raise Unavailable(f"peer {self.peer.name!r} ignored the Range of {name!r}")
-        stream = _RawReader(reply, self.peer.name)
-        pool = [bytearray(CHUNK) for _ in range(max(buffers, 1))]
-        views = [memoryview(buffer) for buffer in pool]
-        turn = 0
+        return _RawReader(reply, self.peer.name)
+
+    def chunks(self, name: str) -> Iterator[memoryview]:
+        """The bytes of ``name`` in chunks (views of one reused buffer, each valid until the
+        next is asked for)."""
+        stream = self.content(name)
+        buffer = bytearray(CHUNK)
         try:
-            while n := stream.readinto(pool[turn]):
-                yield views[turn][:n]
-                turn = (turn + 1) % len(pool)
+            with memoryview(buffer) as view:
+                while n := stream.fill(buffer):
+                    yield view[:n]
         finally:
-            for view in views:
-                view.release()
-            reply.close()
+            stream.close()
 
 
 class _RawReader:
@@ -246,6 +250,7 @@ class _RawReader:
     network errors as Unavailable."""
 
     def __init__(self, reply: requests.Response, peer: str) -> None:
+        self._reply = reply
         self._raw = reply.raw
         self._peer = peer
         self._buffer = b""
@@ -258,9 +263,9 @@ class _RawReader:
                 http.client.HTTPException, OSError) as exc:
             raise Unavailable(f"pull from {self._peer!r} broke: {type(exc).__name__}") from None
 
-    def readinto(self, buffer: bytearray) -> int:
-        """Fill ``buffer`` from the stream (0 at its end). Straight from the socket into the
-        buffer through http.client when nothing has to be decoded: one copy less than
+    def readinto(self, buffer: WritableBuffer) -> int:
+        """Read into ``buffer`` from the stream (0 at its end). Straight from the socket into
+        the buffer through http.client when nothing has to be decoded: one copy less than
         ``read``, which matters at hundreds of MB/s."""
         fp = getattr(self._raw, "_fp", None)
         if fp is None or self._raw.headers.get("Content-Encoding") or self._at < len(self._buffer):
@@ -271,6 +276,17 @@ class _RawReader:
             return fp.readinto(buffer)
         except (http.client.HTTPException, OSError, ValueError) as exc:
             raise Unavailable(f"pull from {self._peer!r} broke: {type(exc).__name__}") from None
+
+    def fill(self, buffer: WritableBuffer) -> int:
+        """Fill ``buffer`` (fewer bytes only at the end of the stream)."""
+        got = 0
+        with memoryview(buffer) as view:
+            while got < len(view) and (n := self.readinto(view[got:])):
+                got += n
+        return got
+
+    def close(self) -> None:
+        self._reply.close()
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes (fewer only at the end of the stream)."""

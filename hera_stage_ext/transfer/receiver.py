@@ -3,7 +3,10 @@
 Every accepted offer becomes a ``transfer_item`` row (the database is the truth), then a pull in
 a small thread pool of this server: ``GET files/<name>/content`` at the sender, with ``Range``
 from the bytes already in the partial file ``<store>/.hera-stage-incoming/<item id>.part``
-(hashed again on resume, so the checksums cover every byte). When the size and every announced
+(hashed again on resume, so the checksums cover every byte; resumed from a whole block). The
+bytes go straight to the disk from the buffers they arrive in (``directio``: no copy through
+the page cache, which cost this server more CPU than the network), or, where the store's file
+system refuses that, are written behind in a thread of their own. When the size and every announced
 checksum match, the file is hard-linked into the store at the announced relative path (atomic,
 and never over an existing file), the partial name removed, and file, instance, metadata and a
 ``transfer-received`` event registered through ``Catalogue.register``; only then is the item
@@ -50,6 +53,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from .. import directio
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.models import Event, File, Instance, Store, utcnow
@@ -64,6 +68,7 @@ from .protocol import (
     BATCH_FILE_MAX,
     BATCH_MAX_BYTES,
     BATCH_MAX_FILES,
+    CHUNK,
     CONFLICT,
     HAVE,
     MAX_OFFERS,
@@ -93,52 +98,71 @@ _WRITE_BEHIND = 1
 
 
 class _WriteBehind:
-    """Writes a file's chunks in a thread of its own, so the disk write of one chunk overlaps
-    the network read (and hash) of the next: the slower of the two sets the pace, not their
-    sum. Starts disk writes as it goes and lets the page cache go (``writeback``). A write
-    error stops the writing, is raised by the next ``write`` or by ``close``, and the rest is
-    drained unwritten so the reader never blocks on a dead writer."""
+    """Where the store's file system takes no direct writes (``directio``): writes a file's
+    chunks in a thread of its own, so the disk write of one chunk overlaps the network read
+    (and hash) of the next, starting disk writes as it goes and letting the page cache go
+    (``writeback``). The same calls as a ``DirectWriter``. A write error stops the writing, is
+    raised by ``close``, and the rest is drained unwritten so the reader never blocks on a dead
+    writer."""
 
-    def __init__(self, f: Any, offset: int) -> None:
-        self._f = f
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
         self._written = offset
-        self._behind = WriteBehind(f.fileno(), offset)
+        self._behind = WriteBehind(fd, offset)
+        # One being filled, ``_WRITE_BEHIND`` queued, one being written: each buffer is free
+        # again by the time it comes round.
+        self._pool = [bytearray(CHUNK) for _ in range(_WRITE_BEHIND + 2)]
+        self._turn = 0
         self._queue: Queue[memoryview | None] = Queue(maxsize=_WRITE_BEHIND)
-        self._error: BaseException | None = None
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="write-behind")
         self._thread.start()
 
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:
-            if self._error is not None:
+            if self.error is not None:
                 continue
             try:
-                self._f.write(chunk)
-                self._written += len(chunk)
-                self._f.flush()  # the kernel has every byte it is asked to write out
+                while chunk:
+                    n = os.pwrite(self._fd, chunk, self._written)
+                    chunk, self._written = chunk[n:], self._written + n
                 self._behind.advance(self._written)
             except BaseException as exc:  # noqa: BLE001 (raised in the reader's thread)
-                self._error = exc
+                self.error = exc
 
-    def write(self, chunk: memoryview) -> None:
-        """Queue ``chunk`` (its buffer must stay untouched until ``_WRITE_BEHIND + 1`` more
-        have been queued)."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put(chunk)
+    def buffer(self) -> bytearray:
+        self._turn = (self._turn + 1) % len(self._pool)
+        return self._pool[self._turn]
 
-    def stop(self) -> None:
+    def give_back(self, buffer: bytearray) -> None:
+        pass  # the pool turns regardless
+
+    def write(self, buffer: bytearray, length: int) -> None:
+        self._queue.put(memoryview(buffer)[:length])
+
+    def abort(self) -> None:
         """Let the thread end once the chunks queued so far are written (or dropped)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 
     def close(self) -> None:
-        """Wait for every queued chunk to be written (and flushed); raise a write error."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
-        self._f.flush()
+        """Wait for every queued chunk to be written; raise a write error."""
+        self.abort()
+        if self.error is not None:
+            raise self.error
+
+
+def _writer(fd: int, offset: int) -> directio.DirectWriter | _WriteBehind:
+    """Straight to the disk where the file system takes it, else written behind."""
+    try:
+        return directio.DirectWriter(fd, offset)
+    except directio.Unsupported:
+        return _WriteBehind(fd, offset)
 
 
 class ChecksumMismatch(StagingError):
@@ -451,7 +475,8 @@ class Receiver:
                     return
                 item.state = "receiving"
                 item.attempts += 1
-                item.resumed_from = part.stat().st_size if part.exists() else 0
+                held = part.stat().st_size if part.exists() else 0
+                item.resumed_from = held - held % directio.BLOCK  # as ``_receive`` resumes
                 item.updated_at = utcnow()
                 s.flush()
                 s.expunge(item)
@@ -507,37 +532,23 @@ class Receiver:
             return
         part.parent.mkdir(parents=True, exist_ok=True)
         hasher = ck.StreamHasher(algorithms)
-        offset = part.stat().st_size if part.exists() else 0
-        if offset > item.size:
-            part.unlink()
-            offset = 0
-        if offset:
-            with open(part, "rb") as f:
-                while chunk := f.read(ck.CHUNK_SIZE):
-                    hasher.update(chunk)
-        if offset < item.size:
-            peer = self.registry.peer(item.peer)
-            client = PeerClient(peer, self.registry.site_name)
-            flip = os.environ.get(FLIP_ONCE_ENV)
-            try:
-                with open(part, "ab") as f:
-                    writer = _WriteBehind(f, offset)
-                    try:
-                        for chunk in client.content(item.name, offset,
-                                                    buffers=_WRITE_BEHIND + 2):
-                            if self._stop.is_set():
-                                raise _Stopped
-                            if flip == item.name and item.name not in _flipped and chunk:
-                                _flipped.add(item.name)
-                                chunk = memoryview(bytes([chunk[0] ^ 0xFF]) + chunk[1:])
-                            hasher.update(chunk)
-                            writer.write(chunk)
-                        writer.close()
-                    finally:
-                        writer.stop()
-                    os.fsync(f.fileno())
-            finally:
-                client.close()
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            offset = os.fstat(fd).st_size
+            if offset > item.size:
+                offset = 0
+            # Resumed from a whole block (direct writes start on one): the partial block, if
+            # any, comes again.
+            offset -= offset % directio.BLOCK
+            os.ftruncate(fd, offset)
+            if offset:
+                with open(fd, "rb", closefd=False) as f:
+                    while chunk := f.read(ck.CHUNK_SIZE):
+                        hasher.update(chunk)
+            if offset < item.size:
+                self._pull_into(item, fd, offset, hasher)
+        finally:
+            os.close(fd)
         digest = hasher.digest()
         if digest.size != item.size or not ck.compare(digest.checksums, item.checksums):
             raise ChecksumMismatch(
@@ -552,6 +563,41 @@ class Receiver:
             dest.unlink(missing_ok=True)
             raise
 
+    def _pull_into(self, item: TransferItem, fd: int, offset: int,
+                   hasher: ck.StreamHasher) -> None:
+        """Pull ``item``'s bytes from ``offset`` on into ``fd``, hashing them as they come;
+        synced before returning."""
+        client = PeerClient(self.registry.peer(item.peer), self.registry.site_name)
+        flip = os.environ.get(FLIP_ONCE_ENV)
+        try:
+            stream = client.content(item.name, offset)
+            writer = _writer(fd, offset)
+            try:
+                while True:
+                    buffer = writer.buffer()
+                    try:
+                        if self._stop.is_set():
+                            raise _Stopped
+                        n = stream.fill(buffer)
+                    except BaseException:
+                        writer.give_back(buffer)
+                        raise
+                    if flip == item.name and item.name not in _flipped and n:
+                        _flipped.add(item.name)
+                        buffer[0] ^= 0xFF
+                    with memoryview(buffer) as view:
+                        hasher.update(view[:n])
+                    writer.write(buffer, n)
+                    if n < len(buffer) or writer.failed:
+                        break
+                writer.close()
+            finally:
+                writer.abort()
+                stream.close()
+            os.fsync(fd)
+        finally:
+            client.close()
+
     def _receive_directory(self, item: TransferItem, root: Path, dest: Path,
                            algorithms: list[str]) -> None:
         work = self._tree(root, item.id)
@@ -559,7 +605,7 @@ class Receiver:
         work.mkdir(parents=True)
         client = PeerClient(self.registry.peer(item.peer), self.registry.site_name)
         try:
-            stream = _ChunkReader(client.content(item.name, 0), self._stop)
+            stream = _ChunkReader(client.chunks(item.name), self._stop)
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
                     if member.name.split("/", 1)[0] != item.name:
