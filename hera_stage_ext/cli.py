@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("files", "instances", "observations", "sessions"))
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--all", action="store_true", help="every result, page by page")
-    p.add_argument("--sort", help="name, obsid, size, create_time; '-' prefix for descending")
+    p.add_argument("--sort", help="files: name, obsid, size, create_time, type; '-' prefix for "
+                   "descending")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_search)
 
