@@ -170,7 +170,7 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
 
         job = client.wait(job["id"], on_progress=progress)
     if job["state"] == "succeeded":
-        done = "sent" if job["kind"] == "transfer" else "staged"
+        done = {"transfer": "sent", "upload": "uploaded"}.get(job["kind"], "staged")
         print(f"job {job['id']} succeeded: {job['files_done']} file(s) {done}, "
               f"{job['files_skipped']} already there", file=sys.stderr)
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from hera_stage_ext.jobs import (
     run_pending,
 )
 from hera_stage_ext.jobs.models import JobItem, RecallCopy
+from hera_stage_ext.jobs.recall import reap_after_cancel
 
 from .job_fixtures import start_worker, stop_worker, wait_for
 from .test_transfer import Sites, send, sites  # noqa: F401  (the two real sites)
@@ -179,6 +181,39 @@ def test_cold_files_are_recalled_in_volume_order_under_the_cap(site: ColdSite) -
         "buffer": "buffer", "buffer_bytes": CAP, "volume_key": r"^([^/]+)/"}
     for name in site.online:  # online files are staged as ever
         assert (site.workspace / "run1" / "2457700" / name).exists()
+
+
+def test_a_buffer_copy_that_cannot_be_removed_is_left_for_a_later_reap(site: ColdSite) -> None:
+    """On a shared buffer a worker may meet a copy it may not remove (another user's folder);
+    the job goes on and the copy is reaped later by one that can."""
+    job = stage(site, "run-stuck")
+    assert run_pending(site.db, FAST) == [job["id"]]
+    assert get_job(site.db, job["id"])["state"] == "succeeded"
+    # One copy recalled again and still to be reaped, made undeletable even for root.
+    name, rel = min(site.cold_rel.items())
+    copy = site.buffer / rel
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes((site.cold / rel).read_bytes())
+    with site.db.write() as s:
+        row = s.scalars(select(RecallCopy).where(RecallCopy.name == name)).first()
+        row.state = "recalled"
+    if subprocess.run(["chattr", "+i", str(copy)], capture_output=True, check=False).returncode:
+        pytest.skip("cannot make a file immutable here (chattr needs root and ext4)")
+    lines: list[str] = []
+    try:
+        assert reap_after_cancel(site.db, job["id"], lines.append) == 0
+        assert copy.exists() and lines == [
+            (f"could not reap {name} from buffer 'buffer' (Operation not permitted); "
+             "left for a later reap")]
+        with site.db.read() as s:
+            assert s.scalar(select(RecallCopy.state).where(RecallCopy.id == row.id)) == "reaping"
+    finally:
+        subprocess.run(["chattr", "-i", str(copy)], check=True)
+    # The next reap (any worker's, any job's) finishes it.
+    assert reap_after_cancel(site.db, job["id"], lines.append) == 1
+    assert not copy.exists() and lines[-1].startswith(f"reaped {name} from buffer 'buffer'")
+    with site.db.read() as s:
+        assert s.scalar(select(RecallCopy.state).where(RecallCopy.id == row.id)) == "reaped"
 
 
 @SQLITE_ONLY

@@ -577,3 +577,6 @@ def test_allowed_hours_windows_and_peer_settings() -> None:
             peer(hours=bad)
     with pytest.raises(ValueError, match="unknown setting"):
         peer(max_inflight=3)
+    # A guessable secret is refused with the configuration, as hash-secret refuses it.
+    with pytest.raises(ValueError, match="at least 32 characters"):
+        peer(secret="s" * 31)

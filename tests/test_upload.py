@@ -240,7 +240,7 @@ async def test_cli_upload_wait_manifest_and_errors(cli, api, archive, tree, tmp_
                              "onsite", "--batch", "5", "--parallel", "2", "--wait",
                              "--manifest", "manifests/run42.json")
     assert code == 0, err
-    assert "succeeded: 24 file(s)" in err
+    assert "succeeded: 24 file(s) uploaded" in err
     entries = read_manifest(manifest)["files"]
     assert len(entries) == 24 and {e["state"] for e in entries} == {"done"}
     assert all(e["path"].startswith("part1/") for e in entries)

@@ -31,7 +31,6 @@ retrying the job puts the items that read them back to ``waiting`` on their cold
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import threading
@@ -487,14 +486,24 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
                     "buffer": copy.buffer, "path": copy.path, "job": job_id}))
             copy.state = "reaping"
             gone.append(copy)
+    removed = []
     for copy in gone:
-        with contextlib.suppress(FileNotFoundError):  # (a crashed reaper's, half gone)
+        try:
             remove_path(Path(stores.roots[copy.buffer]) / copy.path)
-    if gone:
+        except FileNotFoundError:  # (a crashed reaper's, half gone)
+            pass
+        except OSError as exc:
+            # Not this worker's to remove (another user's folder in a shared buffer, say):
+            # left ``reaping`` for the next reap, by this worker or another; the job goes on.
+            log(f"could not reap {copy.name} from buffer {copy.buffer!r} ({exc.strerror}); "
+                f"left for a later reap")
+            continue
+        removed.append(copy)
+    if removed:
         with db.write() as s:
             s.execute(update(RecallCopy).where(
-                RecallCopy.id.in_([c.id for c in gone]), RecallCopy.state == "reaping",
+                RecallCopy.id.in_([c.id for c in removed]), RecallCopy.state == "reaping",
             ).values(state="reaped", reaped_at=utcnow()))
-    for copy in gone:
+    for copy in removed:
         log(f"reaped {copy.name} from buffer {copy.buffer!r} ({copy.size} bytes)")
-    return len(gone)
+    return len(removed)

@@ -133,6 +133,10 @@ def parse_peers(config: dict[str, Any]) -> dict[str, Peer]:
                                "retry_max_s"}
         if unknown:
             raise ValueError(f"peer {name!r}: unknown setting(s) {', '.join(sorted(unknown))}")
+        if len(spec["secret"]) < MIN_SECRET_CHARS:
+            raise ValueError(f"peer {name!r}: its secret must have at least {MIN_SECRET_CHARS} "
+                             "characters (python -m hera_stage_ext.transfer.peers hash-secret "
+                             "makes one)")
         url = spec["url"] if spec["url"].endswith("/") else spec["url"] + "/"
         out[name] = Peer(name, url, spec["secret"], int(spec.get("max_bytes_per_s", 0)),
                          int(spec.get("max_in_flight", 0)), str(spec.get("hours", "")),
