@@ -8,17 +8,19 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.jobs import create_stage_job, get_job
 from hera_stage_ext.jobs.launcher import WorkerLauncher
 from hera_stage_ext.jobs.launcher import _is_worker as _alive  # a zombie is not alive
 from hera_stage_ext.transfer.peers import peers_env
 
-from .job_fixtures import wait_for
+from .job_fixtures import make_site, wait_for
 
 
 @pytest.fixture
@@ -111,3 +113,26 @@ def test_the_worker_yields_the_cpu_to_the_server(
     base = os.nice(0)
     assert nice_of(pid) == min(base + 10, 19)
     assert all(nice_of(helper) == nice_of(pid) for helper in helpers)
+
+
+def test_a_launched_job_wakes_the_idle_worker(
+        tmp_path: Path, launchers: list[WorkerLauncher]) -> None:
+    """The server's worker polls the database only every ``poll_seconds`` when idle (hundreds of
+    users' idle workers share one PostgreSQL), yet a job launched meanwhile starts at once: the
+    launch wakes it."""
+    database = Database(f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
+    database.upgrade()
+    site = make_site(database, tmp_path / "archive", files_per_night=1, nights=1)
+    launcher = WorkerLauncher(database.url, streams=1, idle_exit_seconds=120, copy_processes=1,
+                              owner="alice", log_file=tmp_path / "logs" / "worker.log",
+                              poll_seconds=600)
+    launchers.append(launcher)
+    launcher.ensure_running()
+    log = tmp_path / "logs" / "worker.log"
+    wait_for(lambda: " started" in log.read_text())
+    time.sleep(1)  # past its first claim: idle, next poll in ten minutes
+    job = create_stage_job(database, "alice", site.names, "woken", "copy", site.roots,
+                           log_dir=site.logs)
+    launcher.ensure_running()  # as the server does after every launch
+    done = wait_for(lambda: get_job(database, job["id"])["state"] == "succeeded", timeout=60)
+    assert done, get_job(database, job["id"])

@@ -12,6 +12,10 @@ configuration). The next server's launcher on that catalogue adopts that worker 
 matches (one worker per user, not one per server start), and stops it (SIGTERM: it releases
 its jobs, which the new worker resumes where they were) when the configuration changed, e.g. a
 peer's URL or secret. Servers on other catalogues keep their own workers.
+
+The server calls ``ensure_running`` after every launch: a worker already running is woken
+(``worker.WAKE_SIGNAL``) and claims the new job at once, so it polls the database only every
+``poll_seconds`` when idle (a site with hundreds of users' idle workers on one PostgreSQL).
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .copy_pool import default_size
-from .worker import DB_URL_ENV
+from .worker import DB_URL_ENV, WAKE_SIGNAL
 
 
 class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
                  copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
-                 nice: int = 0) -> None:
+                 nice: int = 0, poll_seconds: float = 10.0) -> None:
         self.db_url = db_url
+        self.poll_seconds = poll_seconds
         self.jobs = jobs
         self.nice = nice
         # More for the worker's environment (transfer jobs: the peers, secrets included).
@@ -58,7 +63,8 @@ class WorkerLauncher:
         return [sys.executable, "-m", "hera_stage_ext.jobs.worker",
                 "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
-                "--nice", str(self.nice), *(["--owner", self.owner] if self.owner else [])]
+                "--nice", str(self.nice), "--poll", str(self.poll_seconds),
+                *(["--owner", self.owner] if self.owner else [])]
 
     def _digest(self) -> str:
         # Secrets are in it: only the digest is written down.
@@ -67,18 +73,18 @@ class WorkerLauncher:
 
     def ensure_running(self) -> int:
         """Start a worker unless the one started last (by this server, or by an earlier one
-        with the same configuration) is still alive; return its pid."""
+        with the same configuration) is still alive, and wake it; return its pid."""
         with self._lock:
             if self._process is not None and self._process.poll() is None:
-                return self._process.pid
+                return _wake(self._process.pid)
             if self._adopted is not None and _is_worker(self._adopted):
-                return self._adopted
+                return _wake(self._adopted)
             recorded = self._recorded()
             if recorded is not None:
                 pid, digest = recorded
                 if digest == self._digest():
                     self._adopted = pid
-                    return pid
+                    return _wake(pid)
                 _stop(pid)  # configured differently: it releases its jobs to the new one
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "ab") as log:
@@ -125,6 +131,13 @@ def _is_worker(pid: int) -> bool:
             f"/proc/{pid}").st_uid == os.getuid()
     except (OSError, IndexError):
         return False
+
+
+def _wake(pid: int) -> int:
+    """Make the idle worker ``pid`` claim now; returns ``pid``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, WAKE_SIGNAL)
+    return pid
 
 
 def _stop(pid: int) -> None:

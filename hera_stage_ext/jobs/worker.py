@@ -31,6 +31,10 @@ HOLD_FIRST_SECONDS, HOLD_MAX_SECONDS = 5.0, 300.0
 
 #: Environment variable carrying the database URL to a worker started by the server.
 DB_URL_ENV = "HERA_STAGE_DB_URL"
+#: The signal that makes an idle worker claim at once (its server sends it when a job is
+#: launched). SIGURG because its default action is to be ignored: a worker not yet listening
+#: (just started, or of an older version) is not harmed by it.
+WAKE_SIGNAL = signal.SIGURG
 
 
 class Worker:
@@ -46,6 +50,7 @@ class Worker:
         self.config = config or EngineConfig()
         self.worker_id = worker_id or new_worker_id()
         self.stop = threading.Event()
+        self.wake = threading.Event()  # claim now (a job was launched, or stop is set)
         self.pool = pool
         self.max_jobs = max(1, max_jobs)
         # Jobs that failed to run (the database away, a bug): job id -> (failures, monotonic
@@ -90,7 +95,8 @@ class Worker:
                     if exit_when_idle or (idle_exit_seconds is not None
                                           and idle >= idle_exit_seconds):
                         return
-                self.stop.wait(poll_seconds)
+                self.wake.wait(poll_seconds)
+                self.wake.clear()
         finally:
             for thread in running.values():  # on stop: each releases its job
                 thread.join()
@@ -151,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--owner", default=None,
                         help="run only this user's jobs (what a server passes for its user's "
                         "worker); default: every user's, for a site's service workers")
-    parser.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
+    parser.add_argument("--poll", type=float, default=1.0,
+                        help=f"seconds between claims when idle (SIG{WAKE_SIGNAL.name[3:]} "
+                        "makes it claim at once)")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit when no job is left instead of waiting for more")
     parser.add_argument("--idle-exit", type=float, default=None,
@@ -179,9 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)
         worker.stop.set()
+        worker.wake.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(WAKE_SIGNAL, lambda _signum, _frame: worker.wake.set())
     log.info("worker %s started", worker.worker_id)
     try:
         worker.run(poll_seconds=args.poll, exit_when_idle=args.exit_when_idle,
