@@ -102,6 +102,36 @@ def test_cancelled_copies_give_their_buffers_back(tmp_path: Path) -> None:
     assert done and done[0] is not None and done[0].size == SIZE, "a copy after cancels hung"
 
 
+def test_read_errors_give_their_buffers_back(tmp_path: Path) -> None:
+    src = source(tmp_path)
+    errors: list[str] = []
+    done: list[ck.Digest | None] = []
+
+    def fail_then_copy() -> None:
+        unreadable = os.open(tmp_path, os.O_RDONLY)  # a folder: every read fails (EISDIR)
+        try:
+            # More failures than the worker has buffers: a buffer kept by one would hang the
+            # next copy.
+            for k in range(3 * directio.BUFFERS):
+                fd = os.open(tmp_path / f"failed-{k}", os.O_RDWR | os.O_CREAT | os.O_EXCL)
+                try:
+                    bigcopy.copy(unreadable, fd, ALGORITHM, 1 << 20, lambda n: None,
+                                 bytearray(1 << 20), durable=True)
+                except IsADirectoryError as exc:
+                    errors.append(exc.strerror)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(unreadable)
+        done.append(copy(src, tmp_path / "complete", durable=True))
+
+    runner = threading.Thread(target=fail_then_copy, daemon=True)
+    runner.start()
+    runner.join(60)
+    assert errors == ["Is a directory"] * (3 * directio.BUFFERS)
+    assert done and done[0] is not None and done[0].size == SIZE, "a copy after errors hung"
+
+
 def test_streams_sharing_the_buffers_all_finish(tmp_path: Path) -> None:
     # More streams than the buffers allow at full depth: they wait for each other's buffers.
     src = source(tmp_path)

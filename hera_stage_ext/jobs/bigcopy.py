@@ -129,9 +129,13 @@ def _copy_direct(fin: int, fd: int, algorithm: str,
     try:
         while True:
             buffer = writer.buffer()
-            n = _read_full(fin, buffer, offset)
-            with memoryview(buffer) as view:
-                hasher.update(view[:n])
+            try:
+                n = _read_full(fin, buffer, offset)
+                with memoryview(buffer) as view:
+                    hasher.update(view[:n])
+            except BaseException:  # a read error: the buffer goes back to the pool
+                writer.give_back(buffer)
+                raise
             writer.write(buffer, n)
             offset += n
             check(n)

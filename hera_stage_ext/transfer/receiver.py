@@ -579,14 +579,14 @@ class Receiver:
                         if self._stop.is_set():
                             raise _Stopped
                         n = stream.fill(buffer)
-                    except BaseException:
+                        if flip == item.name and item.name not in _flipped and n:
+                            _flipped.add(item.name)
+                            buffer[0] ^= 0xFF
+                        with memoryview(buffer) as view:
+                            hasher.update(view[:n])
+                    except BaseException:  # the buffer goes back to the pool
                         writer.give_back(buffer)
                         raise
-                    if flip == item.name and item.name not in _flipped and n:
-                        _flipped.add(item.name)
-                        buffer[0] ^= 0xFF
-                    with memoryview(buffer) as view:
-                        hasher.update(view[:n])
                     writer.write(buffer, n)
                     if n < len(buffer) or writer.failed:
                         break
