@@ -233,6 +233,7 @@ async def test_ingest_bad_input(api, archive):
         ({"store": "onsite", "globs": ["."]}, 400, "matches no file"),
         ({"store": "onsite", "globs": ["./"]}, 400, "matches no file"),
         ({"store": "onsite", "globs": [""]}, 400, "glob"),
+        ({"store": "onsite", "globs": ["2457644/**a"]}, 400, "whole path component"),
         ({"store": "onsite", "paths": ["../../../etc/passwd"]}, 200, "outside"),
     ]:
         got, reply = await api("POST", "ingest", body)

@@ -58,6 +58,9 @@ def check_glob(pattern: object) -> str:
     assert isinstance(pattern, str)
     if os.path.isabs(pattern) or ".." in Path(pattern).parts:
         raise InvalidRequest(f"glob {pattern!r} must be relative to the store and not use '..'")
+    if any("**" in part and part != "**" for part in Path(pattern).parts):
+        raise InvalidRequest(f"glob {pattern!r}: '**' (any depth of folders) must be a whole "
+                             "path component, e.g. '**/*.uvh5'")
     if not Path(pattern).parts:  # "", ".", "./": the store itself (pathlib cannot glob them)
         raise InvalidRequest(f"glob {pattern!r} matches no file: name files or folders in the "
                              "store, e.g. '*' or '2457644/*.uvh5'")
