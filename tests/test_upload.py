@@ -85,15 +85,24 @@ async def check_uploaded(api, tree: Path, store_root: Path, glob: str = GLOB) ->
     assert not list(store_root.rglob("*.hera-tmp")), "a temporary file was left behind"
 
 
-async def upload_and_kill_worker(api, core, body: dict[str, Any], monkeypatch) -> dict[str, Any]:
+async def upload_and_kill_worker(api, core, body: dict[str, Any], monkeypatch,
+                                 manifest: Path) -> dict[str, Any]:
     """Launch ``body``'s upload with a worker slowed down (it sleeps after every chunk: one
-    per small file) and SIGKILL that worker once a quarter of the files are recorded done."""
+    per small file) and SIGKILL that worker once a quarter of the files are recorded done and
+    the manifest shows the job's progress (it is rewritten while the job runs)."""
     monkeypatch.setenv("HERA_STAGE_TEST_CHUNK_DELAY", "0.15")
     code, job = await api("POST", "upload", body)
     assert code == 202, job
     deadline = time.monotonic() + 60
     while (await api("GET", f"jobs/{job['id']}"))[1]["files_done"] < N_FILES // 4:
         assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    while True:
+        progress = read_manifest(manifest)
+        if progress["job_state"] == "running" and "done" in {f["state"] for f in
+                                                             progress["files"]}:
+            break
+        assert time.monotonic() < deadline, "the running job's manifest shows no progress"
         await asyncio.sleep(0.1)
     os.kill(core.launcher.pid, signal.SIGKILL)
     core.launcher._process.wait()
@@ -148,7 +157,8 @@ async def test_upload_killed_half_way_and_run_again(api, archive, tree, jp_serve
     core = jp_serverapp.web_app.settings["hera_stage"]
     body = {"directory": str(tree), "glob": GLOB, "store": "onsite", "batch": 4,
             "parallel": 2}
-    job = await upload_and_kill_worker(api, core, body, monkeypatch)
+    job = await upload_and_kill_worker(api, core, body, monkeypatch,
+                                       tree / "upload-manifest.json")
 
     # The user gives up on the interrupted job (its worker is gone: cancelled at once).
     code, cancelled = await api("POST", f"jobs/{job['id']}/cancel")
@@ -185,7 +195,7 @@ async def test_upload_killed_half_way_resumes_with_the_next_worker(api, archive,
     core = jp_serverapp.web_app.settings["hera_stage"]
     job = await upload_and_kill_worker(api, core, {
         "directory": "run42", "glob": GLOB, "store": "onsite", "batch": 4, "parallel": 2},
-        monkeypatch)
+        monkeypatch, tree / "upload-manifest.json")
     mtimes = {p: p.stat().st_mtime_ns for p in store_root.rglob("*.uvh5")}
     core.launcher.ensure_running()  # as the next server start, or the next job, does
     job = await wait_for(api, job["id"])

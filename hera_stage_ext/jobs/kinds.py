@@ -62,6 +62,9 @@ class JobKind:
     def streams(self, run: _JobRun) -> int:
         return max(1, run.config.streams)
 
+    def recorded(self, run: _JobRun) -> None:
+        """A batch of results was recorded (one commit at a time)."""
+
     def finish(self, job: Job, lines: list[str]) -> None:
         """All items are through; ``lines`` lists what failed or was missing."""
 

@@ -389,6 +389,7 @@ class _JobRun:
                 results.append((item, state, error))
             _record(self.db, self.job.id, results)
             self.log.flush()
+            self.kind.recorded(self)
         finally:
             self._commit_lock.release()
 

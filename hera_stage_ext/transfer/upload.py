@@ -21,7 +21,9 @@ one only if something in it conflicts). A worker killed anywhere leaves either n
 final name, or a file a re-run finds identical and registers, or a registered file it skips.
 
 Manifest (``write_manifest``): JSON written atomically (temporary file, fsync, rename) at launch
-(every file ``queued``), when the job finishes and when it is cancelled: one entry per matched
+(every file ``queued``), while the job runs (after its first results are recorded, then every
+``MANIFEST_SECONDS``, so a long upload, or one whose worker died, shows how far it got), when the
+job finishes and when it is cancelled: one entry per matched
 file with its name, path in the directory, size, checksums, destination (``<store>:<path>``),
 state (``done``: uploaded by this job, ``skipped``: already there, ``failed``, ``queued``: not
 reached) and error, for downstream ingestion.
@@ -70,6 +72,8 @@ MAX_BATCH = 4096
 MAX_PARALLEL = 32
 #: The manifest's name in the uploaded directory when the request names none.
 DEFAULT_MANIFEST = "upload-manifest.json"
+#: A running upload's manifest is rewritten this often (it lists every file: not at every commit).
+MANIFEST_SECONDS = 30.0
 
 
 def _positive(value: object, what: str, largest: int) -> int:
@@ -253,12 +257,15 @@ class UploadKind(JobKind):
     def __init__(self) -> None:
         # The run of each job this process runs (``finish`` is handed only the job).
         self._runs: dict[int, _JobRun] = {}
+        # When each running job's manifest is next rewritten (monotonic; first: at once).
+        self._manifest_due: dict[int, float] = {}
 
     def streams(self, run: _JobRun) -> int:
         return run.job.options.get("parallel") or max(1, run.config.streams)
 
     def begin(self, run: _JobRun, resumed: bool) -> None:
         self._runs[run.job.id] = run
+        self._manifest_due.pop(run.job.id, None)
         if resumed:
             n = LocalTarget(run.dest).remove_temps(_unfinished_paths(run.db, run.job.id))
             if n:
@@ -267,7 +274,14 @@ class UploadKind(JobKind):
     def stream(self, run: _JobRun) -> None:
         _Uploader(run).loop()
 
+    def recorded(self, run: _JobRun) -> None:
+        now = time.monotonic()
+        if now >= self._manifest_due.get(run.job.id, 0.0):
+            self._manifest_due[run.job.id] = now + MANIFEST_SECONDS
+            write_manifest(run.db, run.job.id)
+
     def finish(self, job: Job, lines: list[str]) -> None:
+        self._manifest_due.pop(job.id, None)
         run = self._runs.pop(job.id)
         if job.options.get("peer"):
             try:
@@ -305,6 +319,7 @@ class UploadKind(JobKind):
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         self._runs.pop(job.id, None)
+        self._manifest_due.pop(job.id, None)
         removed = LocalTarget(Path(job.destination)).remove_temps(_unfinished_paths(db, job.id))
         write_manifest(db, job.id)
         return removed
