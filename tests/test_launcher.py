@@ -18,6 +18,7 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.jobs import create_stage_job, get_job
 from hera_stage_ext.jobs.launcher import WorkerLauncher
 from hera_stage_ext.jobs.launcher import _is_worker as _alive  # a zombie is not alive
+from hera_stage_ext.jobs.worker import WAKE_SIGNAL
 from hera_stage_ext.transfer.peers import peers_env
 
 from .job_fixtures import make_site, wait_for
@@ -136,3 +137,27 @@ def test_a_launched_job_wakes_the_idle_worker(
     launcher.ensure_running()  # as the server does after every launch
     done = wait_for(lambda: get_job(database, job["id"])["state"] == "succeeded", timeout=60)
     assert done, get_job(database, job["id"])
+
+
+def test_a_worker_flooded_with_wake_ups_keeps_working_and_stops(
+        tmp_path: Path, launchers: list[WorkerLauncher]) -> None:
+    """The wake-up arrives as a signal, handled in the worker's main thread whatever it is
+    doing: thousands of them (a server's every launch, every second a job is queued) must
+    neither hang the worker nor stop it from claiming and from exiting on SIGTERM."""
+    database = Database(f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
+    database.upgrade()
+    site = make_site(database, tmp_path / "archive", files_per_night=1, nights=1)
+    launcher = WorkerLauncher(database.url, streams=1, idle_exit_seconds=120, copy_processes=1,
+                              owner="alice", log_file=tmp_path / "logs" / "worker.log",
+                              poll_seconds=0.001)  # its wait entered and left all the time
+    launchers.append(launcher)
+    pid = launcher.ensure_running()
+    wait_for(lambda: " started" in (tmp_path / "logs" / "worker.log").read_text())
+    for _ in range(20_000):
+        os.kill(pid, WAKE_SIGNAL)
+    job = create_stage_job(database, "alice", site.names, "flooded", "copy", site.roots,
+                           log_dir=site.logs)
+    launcher.ensure_running()
+    wait_for(lambda: get_job(database, job["id"])["state"] == "succeeded", timeout=60)
+    os.kill(pid, signal.SIGTERM)
+    assert launcher._process is not None and launcher._process.wait(30) == 0

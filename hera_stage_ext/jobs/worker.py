@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -50,7 +51,10 @@ class Worker:
         self.config = config or EngineConfig()
         self.worker_id = worker_id or new_worker_id()
         self.stop = threading.Event()
-        self.wake = threading.Event()  # claim now (a job was launched, or stop is set)
+        # Claim now: a job was launched (the wake signal), a job ended (a slot is free) or stop
+        # is set. A SimpleQueue, not an Event: its ``put`` is safe in a signal handler, which
+        # runs in the main thread, maybe while that thread holds an Event's lock in ``wait``.
+        self.wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.pool = pool
         self.max_jobs = max(1, max_jobs)
         # Jobs that failed to run (the database away, a bug): job id -> (failures, monotonic
@@ -95,8 +99,10 @@ class Worker:
                     if exit_when_idle or (idle_exit_seconds is not None
                                           and idle >= idle_exit_seconds):
                         return
-                self.wake.wait(poll_seconds)
-                self.wake.clear()
+                with contextlib.suppress(queue.Empty):
+                    self.wake.get(timeout=poll_seconds)
+                    while True:  # one claim round answers every wake-up so far
+                        self.wake.get_nowait()
         finally:
             for thread in running.values():  # on stop: each releases its job
                 thread.join()
@@ -107,6 +113,12 @@ class Worker:
             return [job_id for job_id, (_, until) in self._held.items() if until > now]
 
     def _run_one(self, job_id: int, resumed: bool) -> None:
+        try:
+            self._run_job(job_id, resumed)
+        finally:
+            self.wake.put(None)  # a slot is free: claim the next job now
+
+    def _run_job(self, job_id: int, resumed: bool) -> None:
         log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
         try:
             state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed,
@@ -187,11 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)
         worker.stop.set()
-        worker.wake.set()
+        worker.wake.put(None)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    signal.signal(WAKE_SIGNAL, lambda _signum, _frame: worker.wake.set())
+    signal.signal(WAKE_SIGNAL, lambda _signum, _frame: worker.wake.put(None))
     log.info("worker %s started", worker.worker_id)
     try:
         worker.run(poll_seconds=args.poll, exit_when_idle=args.exit_when_idle,
