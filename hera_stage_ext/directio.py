@@ -92,10 +92,16 @@ class _Buffers:
 
     def get(self) -> mmap.mmap:
         with self._lock:
-            if self._free.empty() and self._made < self._count:
-                self._made += 1
-                return mmap.mmap(-1, self._size)
-        return self._free.get()  # all in use: one comes back as soon as its write ends
+            make = self._free.empty() and self._made < self._count
+            self._made += make
+        if not make:
+            return self._free.get()  # all in use: one comes back as soon as its write ends
+        try:
+            return mmap.mmap(-1, self._size)
+        except BaseException:
+            with self._lock:
+                self._made -= 1
+            raise
 
     def put(self, buffer: mmap.mmap) -> None:
         self._free.put(buffer)
@@ -127,7 +133,7 @@ class DirectWriter:
         self._pending = 0
         self._restored = False
         self._wrote = False  # a direct write went through
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     @property
     def failed(self) -> bool:
@@ -136,7 +142,11 @@ class DirectWriter:
     def buffer(self) -> mmap.mmap:
         """A buffer to fill (waits while ``DEPTH`` of this file's are being written)."""
         self._slots.acquire()
-        return _buffers.get()
+        try:
+            return _buffers.get()
+        except BaseException:
+            self._slots.release()
+            raise
 
     def write(self, buffer: mmap.mmap, length: int) -> None:
         """Write ``buffer[:length]`` next (in a writing thread). Only a file's last write may
@@ -151,7 +161,11 @@ class DirectWriter:
             with self._idle:
                 self._pending += 1
             offset = self._offset
-            threads.submit(lambda: self._write(buffer, whole, offset))
+            try:
+                threads.submit(lambda: self._write(buffer, whole, offset))
+            except BaseException:  # no thread to write it (the process is out of them)
+                self._done(buffer)
+                raise
         else:
             self._release(buffer)
         self._offset += length
@@ -173,18 +187,27 @@ class DirectWriter:
                         n = os.pwrite(self._fd, view, offset)
                         view, offset = view[n:], offset + n
                         self._wrote = True
-        except OSError as exc:
+        except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread by close)
+            # Any error, not only the disk's: a write that did not happen must never pass for
+            # one that did (the checksum, taken from the buffer, would still match).
             self.error = self.error or exc
         finally:
-            self._release(buffer)
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
+            self._done(buffer)
+
+    def _done(self, buffer: mmap.mmap) -> None:
+        self._release(buffer)
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def settle(self) -> None:
+        """Wait for the writes under way."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0)
 
     def abort(self) -> None:
         """Wait for the writes under way and give the descriptor its flags back."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._pending == 0)
+        self.settle()
         if not self._restored:
             self._restored = True
             fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags)
@@ -195,7 +218,8 @@ class DirectWriter:
         alignment this disk does not take: the caller starts again the ordinary way)."""
         self.abort()
         if self.error is not None:
-            if self.error.errno == errno.EINVAL and not self._wrote:
+            if isinstance(self.error, OSError) and self.error.errno == errno.EINVAL \
+                    and not self._wrote:
                 raise Unsupported from self.error
             raise self.error
         if self._tail:

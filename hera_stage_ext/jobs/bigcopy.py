@@ -120,11 +120,11 @@ def _copy_direct(fin: int, fd: int, algorithm: str,
                  check: Callable[[int], None]) -> ck.Digest | None:
     """The direct copy (see the module's docstring); None, with ``fd`` left empty, where the
     file system does not take direct writes."""
+    hasher = ck.StreamHasher([algorithm])
     try:
         writer = directio.DirectWriter(fd)
     except directio.Unsupported:
         return None
-    hasher = ck.StreamHasher([algorithm])
     offset = 0
     try:
         while True:
@@ -137,9 +137,15 @@ def _copy_direct(fin: int, fd: int, algorithm: str,
                 writer.give_back(buffer)
                 raise
             writer.write(buffer, n)
+            if not offset:
+                # The first write says whether the disk takes direct writes at all: settled
+                # before progress counts it (a refusal starts the copy again the other way).
+                writer.settle()
             offset += n
+            if writer.failed:
+                break
             check(n)
-            if n < len(buffer) or writer.failed:
+            if n < len(buffer):
                 break
         writer.close()
     except directio.Unsupported:

@@ -450,6 +450,10 @@ def reap_after_cancel(db: Database, job_id: int, log: Callable[[str], None]) -> 
     return reap(db, stores, log, job_id) if stores.buffers else 0
 
 
+#: Recalled copies this process could not remove (said once in a job's log, not at every reap).
+_unreapable: set[int] = set()
+
+
 def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int) -> int:
     """Remove every recalled copy (in the buffers of ``stores``) that no unfinished item of an
     active job reads: its instance first (the copy ``reaping``: its bytes still count and
@@ -495,9 +499,13 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
         except OSError as exc:
             # Not this worker's to remove (another user's folder in a shared buffer, say):
             # left ``reaping`` for the next reap, by this worker or another; the job goes on.
-            log(f"could not reap {copy.name} from buffer {copy.buffer!r} ({exc.strerror}); "
-                f"left for a later reap")
+            # Said once per copy: a job waiting for room in the buffer reaps many times a second.
+            if copy.id not in _unreapable:
+                _unreapable.add(copy.id)
+                log(f"could not reap {copy.name} from buffer {copy.buffer!r} ({exc.strerror}); "
+                    f"left for a later reap (its {copy.size} bytes still count in the buffer)")
             continue
+        _unreapable.discard(copy.id)
         removed.append(copy)
     if removed:
         with db.write() as s:

@@ -40,6 +40,7 @@ directory starts again from zero (data sets are a few files; big files are flat)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -157,14 +158,6 @@ class _WriteBehind:
             raise self.error
 
 
-def _writer(fd: int, offset: int) -> directio.DirectWriter | _WriteBehind:
-    """Straight to the disk where the file system takes it, else written behind."""
-    try:
-        return directio.DirectWriter(fd, offset)
-    except directio.Unsupported:
-        return _WriteBehind(fd, offset)
-
-
 class ChecksumMismatch(StagingError):
     status = 422
 
@@ -185,6 +178,8 @@ class Receiver:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.fsync = fsync
+        # Large files straight to the disk until the store's file system refuses it.
+        self._direct = True
         self._root: Path | None = None
         #: Items finished (committed or failed) since start: the long poll watches it.
         self.changes = 0
@@ -476,7 +471,8 @@ class Receiver:
                 item.state = "receiving"
                 item.attempts += 1
                 held = part.stat().st_size if part.exists() else 0
-                item.resumed_from = held - held % directio.BLOCK  # as ``_receive`` resumes
+                held = held if held <= item.size else 0  # as ``_receive`` resumes
+                item.resumed_from = held - held % directio.BLOCK
                 item.updated_at = utcnow()
                 s.flush()
                 s.expunge(item)
@@ -571,7 +567,11 @@ class Receiver:
         flip = os.environ.get(FLIP_ONCE_ENV)
         try:
             stream = client.content(item.name, offset)
-            writer = _writer(fd, offset)
+            try:
+                writer = self._writer(fd, offset)
+            except BaseException:
+                stream.close()
+                raise
             try:
                 while True:
                     buffer = writer.buffer()
@@ -591,12 +591,26 @@ class Receiver:
                     if n < len(buffer) or writer.failed:
                         break
                 writer.close()
+            except directio.Unsupported:
+                # The store's file system took the flag and refused the first write: from now
+                # on this receiver writes behind; this pull starts again from ``offset``.
+                self._direct = False
+                os.ftruncate(fd, offset)
+                raise Unavailable("the receive store refuses direct writes: pulling again "
+                                  "the ordinary way") from None
             finally:
                 writer.abort()
                 stream.close()
             os.fsync(fd)
         finally:
             client.close()
+
+    def _writer(self, fd: int, offset: int) -> directio.DirectWriter | _WriteBehind:
+        """Straight to the disk where the file system takes it, else written behind."""
+        if self._direct:
+            with contextlib.suppress(directio.Unsupported):
+                return directio.DirectWriter(fd, offset)
+        return _WriteBehind(fd, offset)
 
     def _receive_directory(self, item: TransferItem, root: Path, dest: Path,
                            algorithms: list[str]) -> None:

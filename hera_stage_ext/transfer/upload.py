@@ -278,7 +278,10 @@ class UploadKind(JobKind):
         now = time.monotonic()
         if now >= self._manifest_due.get(run.job.id, 0.0):
             self._manifest_due[run.job.id] = now + MANIFEST_SECONDS
-            write_manifest(run.db, run.job.id)
+            try:
+                write_manifest(run.db, run.job.id)
+            except OSError as exc:  # a progress view only: the job goes on, ``finish`` reports
+                run.log(f"could not rewrite the manifest now ({exc.strerror}); the job goes on")
 
     def finish(self, job: Job, lines: list[str]) -> None:
         self._manifest_due.pop(job.id, None)
