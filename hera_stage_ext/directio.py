@@ -45,6 +45,14 @@ BUFFERS = 4
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 class Unsupported(Exception):
     """The file system takes no direct writes; nothing was written."""
 
@@ -167,14 +175,11 @@ class DirectWriter:
                 self._done(buffer)
                 raise
         else:
-            self._release(buffer)
+            self.give_back(buffer)
         self._offset += length
 
     def give_back(self, buffer: mmap.mmap) -> None:
         """Return a buffer taken and not written (the stream feeding it broke)."""
-        self._release(buffer)
-
-    def _release(self, buffer: mmap.mmap) -> None:
         _buffers.put(buffer)
         self._slots.release()
 
@@ -182,11 +187,8 @@ class DirectWriter:
         try:
             if self.error is None:
                 with memoryview(buffer) as whole:
-                    view = whole[:length]
-                    while view:
-                        n = os.pwrite(self._fd, view, offset)
-                        view, offset = view[n:], offset + n
-                        self._wrote = True
+                    pwrite_all(self._fd, whole[:length], offset)
+                self._wrote = True
         except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread by close)
             # Any error, not only the disk's: a write that did not happen must never pass for
             # one that did (the checksum, taken from the buffer, would still match).
@@ -195,7 +197,7 @@ class DirectWriter:
             self._done(buffer)
 
     def _done(self, buffer: mmap.mmap) -> None:
-        self._release(buffer)
+        self.give_back(buffer)
         with self._idle:
             self._pending -= 1
             self._idle.notify_all()
@@ -223,8 +225,4 @@ class DirectWriter:
                 raise Unsupported from self.error
             raise self.error
         if self._tail:
-            at = self._offset - len(self._tail)
-            view = memoryview(self._tail)
-            while view:
-                n = os.pwrite(self._fd, view, at)
-                view, at = view[n:], at + n
+            pwrite_all(self._fd, self._tail, self._offset - len(self._tail))

@@ -128,9 +128,8 @@ class _WriteBehind:
             if self.error is not None:
                 continue
             try:
-                while chunk:
-                    n = os.pwrite(self._fd, chunk, self._written)
-                    chunk, self._written = chunk[n:], self._written + n
+                directio.pwrite_all(self._fd, chunk, self._written)
+                self._written += len(chunk)
                 self._behind.advance(self._written)
             except BaseException as exc:  # noqa: BLE001 (raised in the reader's thread)
                 self.error = exc
@@ -470,9 +469,8 @@ class Receiver:
                     return
                 item.state = "receiving"
                 item.attempts += 1
-                held = part.stat().st_size if part.exists() else 0
-                held = held if held <= item.size else 0  # as ``_receive`` resumes
-                item.resumed_from = held - held % directio.BLOCK
+                item.resumed_from = _resume_offset(
+                    part.stat().st_size if part.exists() else 0, item.size)
                 item.updated_at = utcnow()
                 s.flush()
                 s.expunge(item)
@@ -530,12 +528,7 @@ class Receiver:
         hasher = ck.StreamHasher(algorithms)
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            offset = os.fstat(fd).st_size
-            if offset > item.size:
-                offset = 0
-            # Resumed from a whole block (direct writes start on one): the partial block, if
-            # any, comes again.
-            offset -= offset % directio.BLOCK
+            offset = _resume_offset(os.fstat(fd).st_size, item.size)
             os.ftruncate(fd, offset)
             if offset:
                 with open(fd, "rb", closefd=False) as f:
@@ -883,6 +876,14 @@ class Receiver:
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _resume_offset(held: int, size: int) -> int:
+    """Where a pull resumes, given the ``held`` bytes of its partial file: from the last whole
+    block (direct writes start on one; a partial block comes again), from zero if the partial
+    file is longer than the file."""
+    held = held if held <= size else 0
+    return held - held % directio.BLOCK
 
 
 def _write_new(path: str, data: bytes) -> None:
