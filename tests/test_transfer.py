@@ -65,6 +65,12 @@ MIXED = [f"zen.2457705.{10000 + i}.xx.HH.uvh5" for i in range(3)]
 #: Small enough for a batch pull, big enough that the throttled batch takes ~1.5 s.
 KILLED_BATCH = [f"zen.2457706.{10000 + i}.xx.HH.uvh5" for i in range(12)]
 KILLED_BATCH_SIZE = 3 << 20
+#: Pulled while its sender is killed and started again.
+SENDER_KILLED = "zen.2457707.10000.xx.HH.uvh5"
+#: Like BIG, for the partial file left with a hole.
+HOLED = "zen.2457708.10000.xx.HH.uvh5"
+#: The big files, each in a folder of its own.
+BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708"}
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Sites:
     a_core: Core
     b_db: Database
     b_config: dict[str, Any]
+    a_config: dict[str, Any]
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     b_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -86,6 +93,15 @@ class Sites:
             env={FLIP_ONCE_ENV: FLIP}))
         self.a_core.peers.peers["site-b"] = replace(self.a_core.peers.peers["site-b"],
                                                     url=self.b.url)
+
+    def restart_a(self, workdir: str) -> None:
+        """A killed and started again on its port (B is configured with its URL)."""
+        if self.a.process.poll() is None:
+            os.kill(self.a.pid, signal.SIGKILL)
+            self.a.process.wait()
+        port = int(self.a.url.rstrip("/").rsplit(":", 1)[1])
+        self.a = self.stack.enter_context(jupyter_process(
+            self.tmp / workdir, root_dir=self.tmp / "a", config=self.a_config, port=port))
 
     def b_file(self, name: str) -> requests.Response:
         return self.b.request("GET", f"hera-stage/api/files/{name}")
@@ -125,14 +141,14 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     a_store, b_store = tmp / "a" / "store", tmp / "b" / "store"
     b_store.mkdir(parents=True)
     paths = {name: f"2457700/{name}" for name in BATCH}
-    paths[BIG] = f"2457701/{BIG}"
+    paths.update({name: f"{folder}/{name}" for name, folder in BIG_FOLDERS.items()})
     paths.update({n: f"2457702/{n}" for n in (CONFLICT, CORRUPT, FLIP, FORBIDDEN)})
     paths.update({n: f"2457703/{n}" for n in ONE_AT_A_TIME})
     paths.update({n: f"2457704/{n}" for n in FLIP_COMPANIONS})
     paths.update({n: f"2457705/{n}" for n in MIXED})
     paths.update({n: f"2457706/{n}" for n in KILLED_BATCH})
     for name, rel in paths.items():
-        size = BIG_SIZE if name == BIG else \
+        size = BIG_SIZE if name in BIG_FOLDERS else \
             KILLED_BATCH_SIZE if name in KILLED_BATCH else 65536 + rng.randrange(4096)
         _write(a_store / rel, rng, size)
     # B already holds another file under the conflicting name.
@@ -171,7 +187,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     a_core = Core(version="test", site_name="site-a", catalogue=catalogue,
                   ingester=Ingester(catalogue), allowed_roots=[str(tmp)], peers=registry)
     site = Sites(tmp, a, None, a_store, b_store, a_core, Database(b_db_url),  # type: ignore
-                 b_config, stack)
+                 b_config, a_config, stack)
     site.start_b("b-server")
     reply = site.b.api("ingest", {"store": "b-store", "globs": ["mine/*"]})
     assert reply, reply
@@ -356,9 +372,27 @@ def test_one_batch_mixing_have_send_and_conflict(sites: Sites) -> None:
     assert remote_sites(sites.a_core, CONFLICT) == []
 
 
-def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> None:
+def _punch_hole(path: Path, start: int, end: int) -> None:
+    """Leave ``path`` with a hole from ``start`` to ``end``, its bytes after it kept (what
+    direct writes finishing out of order leave when the pull breaks)."""
+    with open(path, "rb") as f:
+        f.seek(end)
+        tail = f.read()
+    os.truncate(path, start)
+    with open(path, "r+b") as f:
+        f.seek(end)
+        f.write(tail)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == start, "no hole made"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", [BIG, HOLED], ids=["cut mid-block", "hole"])
+def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites, name: str) -> None:
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(send(sites, [BIG])))
+    thread = threading.Thread(target=lambda: result.update(send(sites, [name])))
     thread.start()
     incoming = sites.b_store / INCOMING_DIR
     deadline = time.monotonic() + 30
@@ -376,27 +410,63 @@ def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites) -> Non
     # resumes from the last whole block.
     cut = received_before - 1000
     os.truncate(parts[0], cut)
+    resumed = cut - cut % directio.BLOCK
+    if name == HOLED:
+        # An earlier block missing, later ones written: the pull resumes before the hole,
+        # not from zero (the bytes after it were never hashed).
+        resumed = 2 << 20
+        _punch_hole(parts[0], resumed, resumed + (1 << 20))
     sites.b_stack.close()
     sites.b_stack = contextlib.ExitStack()
-    sites.start_b("b-server-2")
+    sites.start_b(f"b-server-{BIG_FOLDERS[name]}")
     thread.join(90)
     assert not thread.is_alive()
     assert result["counts"] == {"done": 1}, result
-    item = sites.b_items()[BIG]
-    assert item.state == "committed" and item.resumed_from == cut - cut % directio.BLOCK > 0
+    item = sites.b_items()[name]
+    assert item.state == "committed" and item.resumed_from == resumed > 0
+    assert item.attempts == 2, item.error  # the pull the kill broke, then one more
+    arrived_path = sites.b_store / BIG_FOLDERS[name] / name
     # Written straight to the disk: of the file, only the part hashed again on resume went
     # through the page cache.
-    assert cached_bytes(sites.b_store / "2457701" / BIG) <= cut + (1 << 20)
-    arrived = ck.hash_file(sites.b_store / "2457701" / BIG)
-    assert ck.compare(arrived.checksums, sites.a_core.catalogue.file_detail(BIG)["checksums"])
+    assert cached_bytes(arrived_path) <= cut + (1 << 20)
+    arrived = ck.hash_file(arrived_path)
+    assert ck.compare(arrived.checksums, sites.a_core.catalogue.file_detail(name)["checksums"])
     assert arrived.size == BIG_SIZE
     with sites.b_db.read() as s:
         assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
-            File.name == BIG)) == 1
+            File.name == name)) == 1
     assert not list(incoming.iterdir())
-    assert remote_sites(sites.a_core, BIG) == ["site-b"]
+    assert remote_sites(sites.a_core, name) == ["site-b"]
     # Sending it again moves nothing.
-    assert send(sites, [BIG])["counts"] == {"skipped": 1}
+    assert send(sites, [name])["counts"] == {"skipped": 1}
+
+
+def test_sender_killed_mid_pull_resumes_where_it_broke(sites: Sites) -> None:
+    """A sender killed mid-body closes the connection: the receiver keeps what arrived and,
+    once the sender is back, pulls only the rest."""
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(send(sites, [SENDER_KILLED])))
+    thread.start()
+    incoming = sites.b_store / INCOMING_DIR
+    deadline = time.monotonic() + 30
+    while True:
+        item = sites.b_items().get(SENDER_KILLED)
+        part = incoming / f"{item.id}.part" if item else None
+        if part is not None and part.exists() and part.stat().st_size > 8 << 20:
+            break
+        assert time.monotonic() < deadline, "the pull never started"
+        time.sleep(0.05)
+    sites.restart_a("a-server-2")
+    thread.join(90)
+    assert not thread.is_alive()
+    assert result["counts"] == {"done": 1}, result
+    item = sites.b_items()[SENDER_KILLED]
+    assert item.state == "committed" and item.resumed_from > 8 << 20, item
+    arrived = ck.hash_file(sites.b_store / BIG_FOLDERS[SENDER_KILLED] / SENDER_KILLED)
+    assert arrived.size == BIG_SIZE
+    assert ck.compare(arrived.checksums,
+                      sites.a_core.catalogue.file_detail(SENDER_KILLED)["checksums"])
+    assert remote_sites(sites.a_core, SENDER_KILLED) == ["site-b"]
 
 
 def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None:

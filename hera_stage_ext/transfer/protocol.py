@@ -273,9 +273,14 @@ class _RawReader:
             buffer[:len(data)] = data
             return len(data)
         try:
-            return fp.readinto(buffer)
+            n = fp.readinto(buffer)
         except (http.client.HTTPException, OSError, ValueError) as exc:
             raise Unavailable(f"pull from {self._peer!r} broke: {type(exc).__name__}") from None
+        if not n and fp.length and len(buffer):
+            # http.client reports a connection closed before the announced length (a sender
+            # killed mid-body) as the end of the body: a break, to resume, not a short file.
+            raise Unavailable(f"pull from {self._peer!r} broke: the stream ended early")
+        return n
 
     def fill(self, buffer: WritableBuffer) -> int:
         """Fill ``buffer`` (fewer bytes only at the end of the stream)."""

@@ -3,7 +3,9 @@
 Every accepted offer becomes a ``transfer_item`` row (the database is the truth), then a pull in
 a small thread pool of this server: ``GET files/<name>/content`` at the sender, with ``Range``
 from the bytes already in the partial file ``<store>/.hera-stage-incoming/<item id>.part``
-(hashed again on resume, so the checksums cover every byte; resumed from a whole block). The
+(hashed again on resume, so the checksums cover every byte; resumed from a whole block, and
+before the partial file's first hole). A connection that ends before its length (a sender
+killed mid-body) is a break to resume from, like any network error. The
 bytes go straight to the disk from the buffers they arrive in (``directio``: no copy through
 the page cache, which cost this server more CPU than the network), or, where the store's file
 system refuses that, are written behind in a thread of their own. When the size and every announced
@@ -469,8 +471,7 @@ class Receiver:
                     return
                 item.state = "receiving"
                 item.attempts += 1
-                item.resumed_from = _resume_offset(
-                    part.stat().st_size if part.exists() else 0, item.size)
+                item.resumed_from = _resume_offset(part, item.size)
                 item.updated_at = utcnow()
                 s.flush()
                 s.expunge(item)
@@ -526,9 +527,9 @@ class Receiver:
             return
         part.parent.mkdir(parents=True, exist_ok=True)
         hasher = ck.StreamHasher(algorithms)
+        offset = _resume_offset(part, item.size)
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            offset = _resume_offset(os.fstat(fd).st_size, item.size)
             os.ftruncate(fd, offset)
             if offset:
                 with open(fd, "rb", closefd=False) as f:
@@ -878,11 +879,24 @@ class Receiver:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _resume_offset(held: int, size: int) -> int:
-    """Where a pull resumes, given the ``held`` bytes of its partial file: from the last whole
-    block (direct writes start on one; a partial block comes again), from zero if the partial
-    file is longer than the file."""
-    held = held if held <= size else 0
+def _resume_offset(part: Path, size: int) -> int:
+    """Where a pull of a file of ``size`` bytes resumes, given its partial file ``part``: after
+    the bytes it holds up to its first hole (parallel direct writes can finish out of order,
+    so a pull that broke can leave a later block written and an earlier one not), from the
+    last whole block (direct writes start on one; a partial block comes again); from zero if
+    there is no partial file or it is longer than the file."""
+    try:
+        fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        held = os.fstat(fd).st_size
+        if held > size:
+            return 0
+        with contextlib.suppress(OSError):  # a file system that cannot say: the size
+            held = min(held, os.lseek(fd, 0, os.SEEK_HOLE))
+    finally:
+        os.close(fd)
     return held - held % directio.BLOCK
 
 
