@@ -64,8 +64,9 @@ class StagingApp(ExtensionApp):
         unavailable; their instances stay in the catalogue. A cold store also names its
         "buffer" (an online store its files are recalled into before a job uses them), and
         may set "buffer_bytes" (cap on recalled bytes not yet used, default 10 GiB) and
-        "volume_key" (regular expression on the instance path whose first group is the tape;
-        default "^([^/]+)/", the first path component).""",
+        "volume_key" (regular expression on the instance path whose first group is the tape
+        and optional second group the file's position on it, a number or text; default
+        "^([^/]+)/", the first path component).""",
     ).tag(config=True)
 
     allowed_roots = List(

@@ -355,6 +355,38 @@ def test_a_corrupt_tape_copy_fails_that_file_only(site: ColdSite) -> None:
 
 
 @SQLITE_ONLY
+def test_files_of_a_volume_are_recalled_by_their_position_on_it(database: Database,
+                                                                  tmp_path: Path) -> None:
+    """A volume key with a second group (here the tape file number) orders a tape's files by
+    it, as a number: 9, 10, 100 (their paths sort 10, 100, 9)."""
+    root = tmp_path.resolve()
+    cold, workspace = root / "tape", root / "workspace"
+    (root / "buffer").mkdir()
+    workspace.mkdir()
+    placed = {"zen.2457700.10000.xx.HH.uvh5": "t1/100", "zen.2457700.10010.xx.HH.uvh5": "t1/9",
+              "zen.2457700.10020.xx.HH.uvh5": "t1/10", "zen.2457700.10030.xx.HH.uvh5": "t0/2",
+              "zen.2457700.10040.xx.HH.uvh5": "t1/nearline"}
+    for name, folder in placed.items():
+        (cold / folder).mkdir(parents=True, exist_ok=True)
+        (cold / folder / name).write_bytes(os.urandom(1024))
+    catalogue = Catalogue(database)
+    catalogue.sync_stores({
+        "tape": {"path": str(cold), "kind": "cold", "buffer": "buffer",
+                 "volume_key": r"^([^/]+)/(\w+)/"},
+        "buffer": {"path": str(root / "buffer")}})
+    assert not Ingester(catalogue, source="test").ingest("tape", ["*/*/*"]).errors
+    job = create_stage_job(database, "alice", list(placed), "run", "copy", [workspace],
+                           log_dir=root / "logs")
+    assert run_pending(database, FAST) == [job["id"]]
+    assert get_job(database, job["id"])["state"] == "succeeded"
+    log, _ = read_log(get_job(database, job["id"]))
+    recalled = re.findall(r"recalled (\S+) from 'tape' volume '(\w+)'", log)
+    assert [(placed[name], volume) for name, volume in recalled] == [
+        ("t0/2", "t0"), ("t1/9", "t1"), ("t1/10", "t1"), ("t1/100", "t1"),
+        ("t1/nearline", "t1")]
+
+
+@SQLITE_ONLY
 def test_symlinks_to_cold_files_are_refused(site: ColdSite) -> None:
     with pytest.raises(InvalidRequest, match="cold store"):
         stage(site, "run4", method="symlink")

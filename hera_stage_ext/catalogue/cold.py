@@ -10,10 +10,13 @@ database and needs no server configuration):
                   every job together (default 10 GiB; a file bigger than the cap is recalled
                   alone, into an empty buffer).
 ``volume_key``    a regular expression searched in each instance's path relative to the store;
-                  the volume is its first group (the whole match when it has no group). Files of
-                  one volume are recalled together, volumes in sorted order, files of a volume
-                  in path order. Default ``^([^/]+)/``: the first path component (a tape per
-                  top-level folder). A path it does not match belongs to the volume ``""``.
+                  the volume is its first group (the whole match when it has no group), and a
+                  second group, when it has one, the file's position on the volume (the tape
+                  file sequence number, say: compared as a number when it is digits, so 9
+                  comes before 10). Files of one volume are recalled together, volumes in sorted
+                  order, files of a volume by position, then path. Default ``^([^/]+)/``: the
+                  first path component (a tape per top-level folder), files in path order. A
+                  path it does not match belongs to the volume ``""``.
 
 This module owns parsing and checking them; the recall itself is ``jobs/recall.py``.
 """
@@ -26,6 +29,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+#: A sort key of a file's position on its volume.
+Position = tuple[int, int, str]
+NO_POSITION: Position = (0, 0, "")
 DEFAULT_BUFFER_BYTES = 10 << 30
 DEFAULT_VOLUME_KEY = r"^([^/]+)/"
 #: The settings of a store's configuration that are columns of the store row.
@@ -38,12 +44,20 @@ class ColdSettings:
     buffer_bytes: int
     volume_key: str
 
-    def volume(self, path: str) -> str:
-        """The volume (tape) holding the instance at ``path`` (relative to the store)."""
+    def place(self, path: str) -> tuple[str, Position]:
+        """The volume (tape) holding the instance at ``path`` (relative to the store), and its
+        position there, as a key to sort by."""
         match = _compiled(self.volume_key).search(path)
         if match is None:
-            return ""
-        return match.group(1) if match.re.groups else match.group(0)
+            return "", NO_POSITION
+        if not match.re.groups:
+            return match.group(0), NO_POSITION
+        position = match.group(2) if match.re.groups > 1 else None
+        if position is None:
+            return match.group(1), NO_POSITION
+        # Numbers first, by value; other positions after them, as text.
+        return match.group(1), ((0, int(position), "") if position.isdigit()
+                                else (1, 0, position))
 
 
 @lru_cache(maxsize=64)

@@ -10,7 +10,8 @@ first starts it):
 
 1. takes the job's waiting items grouped by the cold store's volume key (``catalogue/cold.py``;
    log ``recall volume V of cold store S: n file(s)``), volumes in sorted order, a volume's
-   files in path order, so one tape is read once, front to back;
+   files by their position on it (the key's second group, when it has one) then path, so one
+   tape is read once, front to back;
 2. for each, reserves its bytes in the buffer (a ``recall_copy`` row, ``recalling``) under the
    cap shared by every job (``buffer full: waiting`` while the buffer holds too much that is
    recalled and not yet used), copies it with the engine's ``Mover`` into the buffer store at
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
-from ..catalogue.cold import ColdSettings, cold_settings
+from ..catalogue.cold import NO_POSITION, ColdSettings, cold_settings
 from ..catalogue.db import Database
 from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import InvalidRequest, StagingError
@@ -282,7 +283,8 @@ class _Recall:
                                                RecallCopy.state == "recalling"))
 
     def _waiting(self) -> list[tuple[str, str, str, _Claimed]]:
-        """The job's waiting items as (store, volume, relative path, item), in recall order."""
+        """The job's waiting items as (store, volume, relative path, item), in recall order:
+        by store, volume, position on the volume, path."""
         from .items import _Claimed
 
         with self.db.read() as s:
@@ -290,15 +292,16 @@ class _Recall:
                 JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path, JobItem.size,
                 JobItem.is_directory, JobItem.checksums, JobItem.attempts, JobItem.store,
             ).where(JobItem.job_id == self.run.job.id, JobItem.state == WAITING)).all()
-        out = []
+        placed = []
         for row in rows:
             item = _Claimed(*row[:8], row[8])
             root = self.roots.get(item.store, "")
             rel = os.path.relpath(item.source_path, root) if root else item.dest_path
             settings = self.stores.get(item.store)
-            out.append((item.store, settings.volume(rel) if settings else "", rel, item))
-        out.sort(key=lambda w: w[:3])
-        return out
+            volume, position = settings.place(rel) if settings else ("", NO_POSITION)
+            placed.append(((item.store, volume, position, rel), item))
+        placed.sort(key=lambda p: p[0])
+        return [(store, volume, rel, item) for (store, volume, _pos, rel), item in placed]
 
     def _recall(self, store: str, volume: str, rel: str, item: _Claimed) -> None:
         run = self.run
