@@ -8,12 +8,15 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from sqlalchemy import event
 
 from hera_stage_ext.catalogue import checksums as ck
 
@@ -270,6 +273,125 @@ async def test_cli_upload_wait_manifest_and_errors(cli, api, archive, tree, tmp_
         code, _, err = await cli(*args)
         assert code == 1 and err.count("\n") == 1, err
         assert err.startswith("hera-stage: error: ") and words in err
+
+
+@sqlite_only
+async def test_one_unfinished_upload_per_manifest(api, cli, archive, tree, monkeypatch):
+    """While an upload runs, a second one writing its manifest (the same folder into another
+    store, another folder naming it, a symlink to it) or uploading into its folder is refused
+    with 409 naming it, writes nothing, and the first runs to the end with its own manifest;
+    once it has finished, a re-run takes the manifest over."""
+    manifest = tree / "upload-manifest.json"
+    offsite = Path(archive.stores["offsite"]["path"])
+    other = tree.parent / "run43"
+    other.mkdir()
+    (other / "zen.2459101.10000.xx.HH.uvh5").write_bytes(os.urandom(100))
+    (tree.parent / "alias").symlink_to(tree)
+    part0 = {"directory": "run42", "glob": "part0/*.uvh5", "store": "onsite"}  # 12 files
+    monkeypatch.setenv("HERA_STAGE_TEST_CHUNK_DELAY", "0.25")  # a file every 0.25 s at most
+    code, first = await api("POST", "upload", {**part0, "batch": 1, "parallel": 1})
+    assert code == 202, first
+    before = sorted(offsite.rglob("*"))
+    for body, words in [
+        (part0, "already uploading into"),
+        ({"directory": "run42", "glob": "part1/*.uvh5", "store": "offsite"}, "manifest"),
+        ({"directory": "run43", "glob": "*.uvh5", "store": "offsite",
+          "manifest": "run42/upload-manifest.json"}, "manifest"),
+        ({"directory": "run43", "glob": "*.uvh5", "store": "offsite",
+          "manifest": "alias/upload-manifest.json"}, "manifest"),
+    ]:
+        code, reply = await api("POST", "upload", body)
+        assert code == 409 and reply["job_id"] == first["id"], reply
+        assert reply["message"].startswith(f"job {first['id']} ") and words in reply["message"]
+    assert os.path.realpath(manifest) in reply["message"]
+    code, out, err = await cli("upload", str(other), "--glob", "*.uvh5", "--store", "offsite",
+                               "--manifest", str(tree.parent / "alias" / "upload-manifest.json"))
+    assert (code, out, err.count("\n")) == (1, "", 1), err
+    assert err.startswith(f"hera-stage: error: job {first['id']} ") and "manifest" in err
+    assert sorted(offsite.rglob("*")) == before
+    assert [j["id"] for j in (await api("GET", "jobs"))[1]["jobs"]] == [first["id"]]
+    assert (await api("GET", f"jobs/{first['id']}"))[1]["state"] in ("queued", "running")
+    assert read_manifest(manifest)["job"] == first["id"]
+
+    first = await wait_for(api, first["id"])
+    assert (first["state"], first["files_done"]) == ("succeeded", 12), first
+    written = read_manifest(manifest)
+    assert written["job"] == first["id"] and len(written["files"]) == 12
+    assert {f["state"] for f in written["files"]} == {"done"}
+    monkeypatch.delenv("HERA_STAGE_TEST_CHUNK_DELAY")
+    code, again = await api("POST", "upload", part0)
+    assert code == 202, again
+    again = await wait_for(api, again["id"])
+    assert (again["state"], again["files_skipped"]) == ("succeeded", 12), again
+    written = read_manifest(manifest)
+    assert written["job"] == again["id"] and {f["state"] for f in written["files"]} == {
+        "skipped"}
+
+
+def test_two_launches_at_once_with_one_manifest(db_url, tmp_path):
+    """Two servers (each its own engine and connections on one database) launching uploads of
+    two folders into two stores with one manifest at the same moment: exactly one is accepted,
+    the other refused naming it, and the manifest is the accepted job's. A retry of a finished
+    job whose manifest another unfinished job writes now is refused the same way."""
+    from hera_stage_ext.catalogue.catalogue import Catalogue
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.errors import Conflict
+    from hera_stage_ext.jobs import active_job_ids, cancel_job, retry_job
+    from hera_stage_ext.transfer.upload import create_upload_job
+
+    rounds, stores = 2, ("one", "two")
+    setup, servers = Database(db_url), [Database(db_url), Database(db_url)]
+    setup.upgrade()
+    for server in servers:  # each commit waits a while: both launches' checks are done by then
+        event.listen(server.engine, "commit", lambda _connection: time.sleep(0.3))
+    Catalogue(setup).sync_stores({s: {"path": str(tmp_path / s)} for s in stores})
+    for store in stores:
+        (tmp_path / store).mkdir()
+
+    def folder(label: str) -> Path:
+        path = tmp_path / label
+        path.mkdir()
+        for k in range(3):
+            (path / f"zen.{label}.{k:03d}.uvh5").write_bytes(b"x")
+        return path
+
+    def launch(db: Database, directory: Path, store: str, manifest: Path) -> dict[str, Any]:
+        return create_upload_job(db, "tester", str(directory), "*.uvh5", [str(tmp_path)],
+                                 store=store, manifest=str(manifest), log_dir=tmp_path / "logs")
+
+    def race(folders: list[Path], manifest: Path) -> list[dict[str, Any] | Conflict]:
+        barrier = threading.Barrier(2)
+
+        def go(i: int) -> dict[str, Any] | Conflict:
+            barrier.wait()
+            try:
+                return launch(servers[i], folders[i], stores[i], manifest)
+            except Conflict as exc:
+                return exc
+
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(go, range(2)))
+
+    try:
+        for r in range(rounds):
+            manifest = tmp_path / f"m{r}.json"
+            results = race([folder(f"a{r}"), folder(f"b{r}")], manifest)
+            accepted = [x for x in results if isinstance(x, dict)]
+            refused = [x for x in results if isinstance(x, Conflict)]
+            assert (len(accepted), len(refused)) == (1, 1), results
+            assert refused[0].details["job_id"] == accepted[0]["id"]
+            assert json.loads(manifest.read_text())["job"] == accepted[0]["id"]
+        assert len(active_job_ids(setup)) == rounds  # a refused launch leaves no job behind
+
+        cancel_job(setup, accepted[0]["id"])  # queued, no worker: cancelled at once
+        later = launch(setup, folder("c"), "one", manifest)
+        with pytest.raises(Conflict) as refusal:
+            retry_job(setup, accepted[0]["id"])
+        assert refusal.value.details["job_id"] == later["id"]
+        assert json.loads(manifest.read_text())["job"] == later["id"]
+    finally:
+        for db in (setup, *servers):
+            db.dispose()
 
 
 def test_upload_to_a_peer_through_the_upload_store(tmp_path):

@@ -531,7 +531,11 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
                     "application/json": {"schema": ref("UploadRequest")}}},
                 "responses": {
                     "202": _json(ref("Job"), "The upload job, queued"),
-                    **_errors(400, 403, 404, 409, 413, 503),
+                    **_errors(400, 403, 404, 413, 503),
+                    "409": _json(ERROR, "An unfinished (queued or running) upload job writes "
+                                 "the same manifest (symlinks resolved) or uploads into the "
+                                 "same folder of the store: its id is in 'job_id'; nothing was "
+                                 "written. Run again once it has finished."),
                 },
             }},
             "/standing-orders": {

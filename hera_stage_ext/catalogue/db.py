@@ -78,6 +78,20 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def serialise(session: Session, key: int) -> None:
+    """Inside a ``Database.write()`` transaction: make the write transactions that call this
+    with ``key`` run one after the other, from here to their commit, in every process on the
+    database, so that what one checks here (nothing else holds X) still holds when it commits
+    (it takes X), and the next one's check sees it.
+
+    SQLite's ``write()`` is one writer at a time already (BEGIN IMMEDIATE). On PostgreSQL, a
+    transaction-level advisory lock (released at commit or rollback); a statement after it sees
+    what the previous holder committed, as every statement does under READ COMMITTED
+    (PostgreSQL's default isolation level, which the writes here assume)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(key)})")
+
+
 class Database:
     """An engine plus session factories: ``read()`` for queries, ``write()`` for changes."""
 

@@ -20,6 +20,15 @@ registered as files and instances of the store (``Ingester.register``: one trans
 one only if something in it conflicts). A worker killed anywhere leaves either nothing under the
 final name, or a file a re-run finds identical and registers, or a registered file it skips.
 
+One writer per manifest: a launch (or a retry) whose manifest, symlinks resolved, is the
+manifest of an unfinished (queued or running) upload job, or whose folder in the store is
+another unfinished job's destination, is refused (``Conflict``, 409, naming that job) before
+anything is written: two jobs would overwrite each other's manifest every ``MANIFEST_SECONDS``
+and downstream ingestion would read the wrong job's. Once that job has finished, a re-run with
+the same manifest is a new job like any other. The check and the insert of the job are one
+write transaction, serialised with every other upload launch (``db.serialise``), so two
+launches at the same moment, in two processes, cannot both pass it.
+
 Manifest (``write_manifest``): JSON written atomically (temporary file, fsync, rename) at launch
 (every file ``queued``), while the job runs (after its first results are recorded, then every
 ``MANIFEST_SECONDS``, so a long upload, or one whose worker died, shows how far it got), when the
@@ -44,7 +53,7 @@ from sqlalchemy import select
 
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue, FileSpec
-from ..catalogue.db import Database
+from ..catalogue.db import Database, serialise
 from ..catalogue.ingest import Ingester, IngestReport, check_glob
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.naming import validate_name
@@ -74,6 +83,8 @@ MAX_PARALLEL = 32
 DEFAULT_MANIFEST = "upload-manifest.json"
 #: A running upload's manifest is rewritten this often (it lists every file: not at every commit).
 MANIFEST_SECONDS = 30.0
+#: ``db.serialise`` key of upload launches and retries ("upld" in ASCII).
+LAUNCH_LOCK = 0x75706C64
 
 
 def _positive(value: object, what: str, largest: int) -> int:
@@ -146,8 +157,10 @@ def create_upload_job(
     source = confine(directory, allowed_roots, base=base, what="directory")
     if not source.is_dir():
         raise InvalidRequest(f"directory {directory!r} is not a directory")
-    manifest_path = (source / DEFAULT_MANIFEST if manifest is None
-                     else confine(manifest, allowed_roots, base=base, what="manifest"))
+    # Resolved like any path from a request (the default too: its name may be a symlink), so
+    # two spellings of one manifest are one path for ``_hold``.
+    manifest_path = confine(str(source / DEFAULT_MANIFEST) if manifest is None else manifest,
+                            allowed_roots, base=base, what="manifest")
     if manifest_path.is_dir() or not os.access(manifest_path.parent, os.W_OK):
         raise InvalidRequest(f"manifest {str(manifest_path)!r} cannot be written (a folder, "
                              f"or its folder is missing or not writable)")
@@ -174,22 +187,34 @@ def create_upload_job(
                       "size": size, "is_directory": path.is_dir(), "checksums": {}})
         total += size
 
-    def take(s: Session, job: Job) -> None:
-        busy = s.scalar(select(Job.id).where(Job.destination == str(dest), Job.id != job.id,
-                                             Job.state.in_(ACTIVE_STATES)))
-        if busy is not None:
-            raise Conflict(f"job {busy} is already uploading into {dest}", job_id=busy)
-
     options = {"store": store, "directory": str(source), "glob": pattern, "batch": batch,
                "parallel": parallel, "manifest": str(manifest_path), "read_only": read_only,
                "prefix": os.path.relpath(dest, root), "peer": peer}
     job = create_job(db, owner, "upload", str(dest), "upload", items, [], total,
-                     options=options, log_dir=log_dir, take=take,
+                     options=options, log_dir=log_dir,
+                     take=lambda s, job: _hold(s, job.id, str(dest), str(manifest_path)),
                      summary=f"upload {len(items)} file(s), {total} bytes from {source} "
                              f"({pattern}) into store {store!r} at {dest}"
                              + (f", then send them to peer {peer!r}" if peer else ""))
     write_manifest(db, job["id"])
     return job
+
+
+def _hold(s: Session, job_id: int, dest: str, manifest: str) -> None:
+    """Inside the transaction queueing upload job ``job_id`` (launch or retry): refuse it when
+    another unfinished job uploads into ``dest`` or writes ``manifest`` (see the module's
+    docstring). Manifest paths are stored resolved at launch, so they compare as strings."""
+    serialise(s, LAUNCH_LOCK)
+    busy = s.scalar(select(Job.id).where(Job.destination == dest, Job.id != job_id,
+                                         Job.state.in_(ACTIVE_STATES)))
+    if busy is not None:
+        raise Conflict(f"job {busy} is already uploading into {dest}", job_id=busy)
+    for other, state, options in s.execute(
+            select(Job.id, Job.state, Job.options).where(
+                Job.kind == UploadKind.name, Job.id != job_id, Job.state.in_(ACTIVE_STATES))):
+        if options.get("manifest") == manifest:
+            raise Conflict(f"job {other} ({state}) writes the manifest {manifest}: run again "
+                           f"once it has finished, or name another manifest", job_id=other)
 
 
 # ----- the manifest ---------------------------------------------------------------------------
@@ -319,6 +344,10 @@ class UploadKind(JobKind):
             row.options = {**row.options, "transfer_job": transfer["id"]}
         run.log(f"transfer job {transfer['id']} launched: {len(names)} file(s) to peer "
                 f"{peer!r}")
+
+    def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
+               allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        _hold(s, job.id, job.destination, job.options["manifest"])
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         self._runs.pop(job.id, None)
