@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
-from hera_stage_ext.catalogue.cold import check_stores
+from hera_stage_ext.catalogue.cold import NO_POSITION, check_stores, cold_settings
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import Instance, Store
@@ -391,6 +391,15 @@ def test_symlinks_to_cold_files_are_refused(site: ColdSite) -> None:
     with pytest.raises(InvalidRequest, match="cold store"):
         stage(site, "run4", method="symlink")
     assert not (site.workspace / "run4").exists()
+
+
+def test_volume_key_places_files_on_their_volume() -> None:
+    keyed = cold_settings("t", {"buffer": "b", "volume_key": r"^([^/]+)/([^/]+)/"})
+    order = ["t1/x/f", "t1/10/f", "t0/5/f", "t1/9/f", "t1/²/f", "t1/0010/f", "nowhere"]
+    assert sorted(order, key=lambda p: (*keyed.place(p), p)) == [
+        "nowhere", "t0/5/f", "t1/9/f", "t1/0010/f", "t1/10/f", "t1/x/f", "t1/²/f"]
+    plain = cold_settings("t", {"buffer": "b"})  # the default: a volume, no position
+    assert plain.place("t1/10/f") == plain.place("t1/9/f") == ("t1", NO_POSITION)
 
 
 def test_cold_store_settings_are_checked() -> None:

@@ -56,7 +56,7 @@ class ColdSettings:
         if position is None:
             return match.group(1), NO_POSITION
         # Numbers first, by value; other positions after them, as text.
-        return match.group(1), ((0, int(position), "") if position.isdigit()
+        return match.group(1), ((0, int(position), "") if position.isdecimal()
                                 else (1, 0, position))
 
 
