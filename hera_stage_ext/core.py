@@ -31,9 +31,6 @@ from .transfer.upload import DEFAULT_BATCH, create_upload_job
 
 log = logging.getLogger("hera_stage_ext")
 
-#: Rows fetched per page when a search is resolved to the names a job will stage.
-_RESOLVE_PAGE = 10_000
-
 
 @dataclass
 class Core:
@@ -95,17 +92,11 @@ class Core:
     # ----- staging ------------------------------------------------------------------------
     def names_matching(self, search: Any) -> list[str]:
         """Every file name a search matches now: what a job launched from it will stage."""
-        names: list[str] = []
-        cursor = None
-        while True:
-            page = self.catalogue.search("files", search, limit=_RESOLVE_PAGE, cursor=cursor)
-            names += [row["name"] for row in page["results"]]
-            if len(names) > self.max_stage_files:
-                raise InvalidRequest(
-                    f"the search matches more than {self.max_stage_files} files; narrow it")
-            cursor = page["next_cursor"]
-            if cursor is None:
-                return names
+        names = self.catalogue.names_matching(search, self.max_stage_files)
+        if len(names) > self.max_stage_files:
+            raise InvalidRequest(
+                f"the search matches more than {self.max_stage_files} files; narrow it")
+        return names
 
     def stage(
         self, destination: str, *, names: Sequence[str] | None = None, search: Any = None,

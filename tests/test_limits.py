@@ -5,6 +5,8 @@ the server goes on answering afterwards."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 
@@ -20,7 +22,8 @@ TIMEOUT_S = 0.25
 
 @pytest.fixture
 def staging_config():
-    return {"max_search_limit": 5, "max_rpc_results": 7, "search_timeout_seconds": TIMEOUT_S}
+    return {"max_search_limit": 5, "max_rpc_results": 7, "search_timeout_seconds": TIMEOUT_S,
+            "max_stage_files": 10}
 
 
 def fill(db_url: str, rows: int) -> None:
@@ -76,3 +79,22 @@ async def test_search_page_and_rpc_listing_are_capped(
     limit = document["components"]["schemas"]["SearchRequest"]["properties"]["limit"]
     assert limit["maximum"] == 5
     assert "503" in document["paths"]["/search"]["post"]["responses"]
+
+
+async def test_a_stage_of_more_files_than_allowed_is_refused(
+        api, ingested, jp_root_dir, db_url):
+    """A search staged whole is resolved to at most ``max_stage_files`` names, under the search
+    time limit; more is a 400 and no job, a costly one a 503 and no job."""
+    code, plan = await api("POST", "stage", {"query": "session:2457646", "destination": "ten",
+                                             "dry_run": True})
+    assert code == 200 and plan["files"] == 10, plan  # the limit itself is allowed
+    code, reply = await api("POST", "stage", {"search": {"always-true": 1},
+                                              "destination": "too-many"})
+    assert code == 400 and "more than 10 files; narrow it" in reply["message"], reply
+    fill(db_url, FILLER_ROWS)
+    code, reply = await api("POST", "stage", {"search": COSTLY, "destination": "costly"})
+    assert code == 503 and reply["error"] == "QueryTimeout", reply
+    code, jobs = await api("GET", "jobs")
+    assert jobs["jobs"] == []
+    assert not (Path(jp_root_dir) / "too-many").exists()
+    assert not (Path(jp_root_dir) / "costly").exists()

@@ -481,6 +481,16 @@ class Catalogue:
             return {"kind": kind, "results": results, "next_cursor": page.next_cursor,
                     "total": page.total}
 
+    def names_matching(self, search: Any, limit: int) -> list[str]:
+        """The names of the files ``search`` matches now, in name order: at most ``limit + 1``
+        (one more says there are more). One query of the name column alone: a job launched
+        from a search needs nothing else, and paging through whole results (checksums,
+        metadata, instances) cost more than the rest of a launch."""
+        with self.db.read_limited(self.search_timeout_s) as s:
+            stmt = search_language.search_select(s, "files", search)
+            return list(s.scalars(stmt.with_only_columns(File.name).order_by(File.name)
+                                  .limit(limit + 1)))
+
     @staticmethod
     def _files_with_instances(s: DbSession, files: Sequence[Any]) -> list[dict[str, Any]]:
         """Files' JSON (from rows of ``search.FILE_COLUMNS``) with their instances, fetched as
