@@ -398,6 +398,9 @@ def test_volume_key_places_files_on_their_volume() -> None:
     order = ["t1/x/f", "t1/10/f", "t0/5/f", "t1/9/f", "t1/²/f", "t1/0010/f", "nowhere"]
     assert sorted(order, key=lambda p: (*keyed.place(p), p)) == [
         "nowhere", "t0/5/f", "t1/9/f", "t1/0010/f", "t1/10/f", "t1/x/f", "t1/²/f"]
+    optional = cold_settings("t", {"buffer": "b", "volume_key": r"^(t\d)?/?(\d+)?"})
+    assert sorted(["t1/x", "t1/1", "t1/0", "/3"], key=lambda p: (*optional.place(p), p)) == [
+        "/3", "t1/0", "t1/1", "t1/x"]  # no volume: ""; no position: after the numbers
     plain = cold_settings("t", {"buffer": "b"})  # the default: a volume, no position
     assert plain.place("t1/10/f") == plain.place("t1/9/f") == ("t1", NO_POSITION)
 

@@ -69,8 +69,10 @@ KILLED_BATCH_SIZE = 3 << 20
 SENDER_KILLED = "zen.2457707.10000.xx.HH.uvh5"
 #: Like BIG, for the partial file left with a hole.
 HOLED = "zen.2457708.10000.xx.HH.uvh5"
+#: Shortened at the sender while the receiver is down mid-pull.
+SHRUNK = "zen.2457709.10000.xx.HH.uvh5"
 #: The big files, each in a folder of its own.
-BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708"}
+BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708", SHRUNK: "2457709"}
 
 
 @dataclass
@@ -93,6 +95,13 @@ class Sites:
             env={FLIP_ONCE_ENV: FLIP}))
         self.a_core.peers.peers["site-b"] = replace(self.a_core.peers.peers["site-b"],
                                                     url=self.b.url)
+
+    def kill_b(self) -> None:
+        """B killed (SIGKILL), to be started again with ``start_b``."""
+        os.kill(self.b.pid, signal.SIGKILL)
+        self.b.process.wait()
+        self.b_stack.close()
+        self.b_stack = contextlib.ExitStack()
 
     def restart_a(self, workdir: str) -> None:
         """A killed and started again on its port (B is configured with its URL)."""
@@ -384,40 +393,28 @@ def _punch_hole(path: Path, start: int, end: int) -> None:
         f.write(tail)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert os.lseek(fd, 0, os.SEEK_HOLE) == start, "no hole made"
+        if os.lseek(fd, 0, os.SEEK_HOLE) != start:
+            pytest.skip("this file system does not report holes")
     finally:
         os.close(fd)
 
 
 @pytest.mark.parametrize("name", [BIG, HOLED], ids=["cut mid-block", "hole"])
 def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites, name: str) -> None:
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(send(sites, [name])))
-    thread.start()
-    incoming = sites.b_store / INCOMING_DIR
-    deadline = time.monotonic() + 30
-    while True:
-        parts = list(incoming.glob("*.part")) if incoming.exists() else []
-        if parts and parts[0].stat().st_size > 8 << 20:
-            break
-        assert time.monotonic() < deadline, "the pull never started"
-        time.sleep(0.05)
-    os.kill(sites.b.pid, signal.SIGKILL)
-    sites.b.process.wait()
-    received_before = parts[0].stat().st_size
+    thread, result, part = _send_until_partial(sites, name)
+    sites.kill_b()
+    received_before = part.stat().st_size
     assert received_before < BIG_SIZE
     # A partial file that ends mid-block (as one written the ordinary way can): the pull
     # resumes from the last whole block.
     cut = received_before - 1000
-    os.truncate(parts[0], cut)
+    os.truncate(part, cut)
     resumed = cut - cut % directio.BLOCK
     if name == HOLED:
         # An earlier block missing, later ones written: the pull resumes before the hole,
         # not from zero (the bytes after it were never hashed).
         resumed = 2 << 20
-        _punch_hole(parts[0], resumed, resumed + (1 << 20))
-    sites.b_stack.close()
-    sites.b_stack = contextlib.ExitStack()
+        _punch_hole(part, resumed, resumed + (1 << 20))
     sites.start_b(f"b-server-{BIG_FOLDERS[name]}")
     thread.join(90)
     assert not thread.is_alive()
@@ -435,33 +432,57 @@ def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites, name: 
     with sites.b_db.read() as s:
         assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
             File.name == name)) == 1
-    assert not list(incoming.iterdir())
+    assert not list((sites.b_store / INCOMING_DIR).iterdir())
     assert remote_sites(sites.a_core, name) == ["site-b"]
     # Sending it again moves nothing.
     assert send(sites, [name])["counts"] == {"skipped": 1}
 
 
+def test_a_file_shortened_at_the_sender_is_not_resumed(sites: Sites) -> None:
+    """The sender's file shorter than what the receiver holds of it (damaged there since it
+    was announced): pulled again from zero and failed on its checksum, no partial file left;
+    not a resume the sender answers 416."""
+    thread, result, part = _send_until_partial(sites, SHRUNK)
+    sites.kill_b()
+    os.truncate(sites.a_store / BIG_FOLDERS[SHRUNK] / SHRUNK, part.stat().st_size // 2)
+    sites.start_b("b-server-shrunk")
+    thread.join(90)
+    assert not thread.is_alive()
+    assert result["counts"] == {"failed": 1}, result
+    item = sites.b_items()[SHRUNK]
+    assert item.state == "failed" and "announced" in item.error and "416" not in item.error, \
+        item.error
+    assert not part.exists()
+    assert remote_sites(sites.a_core, SHRUNK) == []
+
+
+def _send_until_partial(sites: Sites, name: str
+                        ) -> tuple[threading.Thread, dict[str, Any], Path]:
+    """Send ``name`` from a thread; once B holds more than 8 MiB of it: the thread, the
+    dictionary its ``send`` result goes to, and B's partial file."""
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(send(sites, [name])))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while True:
+        item = sites.b_items().get(name)
+        part = sites.b_store / INCOMING_DIR / f"{item.id}.part" if item else None
+        if part is not None and part.exists() and part.stat().st_size > 8 << 20:
+            return thread, result, part
+        assert time.monotonic() < deadline, "the pull never started"
+        time.sleep(0.05)
+
+
 def test_sender_killed_mid_pull_resumes_where_it_broke(sites: Sites) -> None:
     """A sender killed mid-body closes the connection: the receiver keeps what arrived and,
     once the sender is back, pulls only the rest."""
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(send(sites, [SENDER_KILLED])))
-    thread.start()
-    incoming = sites.b_store / INCOMING_DIR
-    deadline = time.monotonic() + 30
-    while True:
-        item = sites.b_items().get(SENDER_KILLED)
-        part = incoming / f"{item.id}.part" if item else None
-        if part is not None and part.exists() and part.stat().st_size > 8 << 20:
-            break
-        assert time.monotonic() < deadline, "the pull never started"
-        time.sleep(0.05)
+    thread, result, _part = _send_until_partial(sites, SENDER_KILLED)
     sites.restart_a("a-server-2")
     thread.join(90)
     assert not thread.is_alive()
     assert result["counts"] == {"done": 1}, result
     item = sites.b_items()[SENDER_KILLED]
-    assert item.state == "committed" and item.resumed_from > 8 << 20, item
+    assert item.state == "committed" and item.resumed_from > 8 << 20, vars(item)
     arrived = ck.hash_file(sites.b_store / BIG_FOLDERS[SENDER_KILLED] / SENDER_KILLED)
     assert arrived.size == BIG_SIZE
     assert ck.compare(arrived.checksums,
@@ -478,14 +499,11 @@ def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None
     while len(parts := list(incoming.glob("*.part")) if incoming.exists() else []) < 3:
         assert time.monotonic() < deadline, "the batch pull never started"
         time.sleep(0.02)
-    os.kill(sites.b.pid, signal.SIGKILL)
-    sites.b.process.wait()
+    sites.kill_b()
     assert len(parts) < len(KILLED_BATCH)  # killed half-way through the batch
     with sites.b_db.read() as s:
         assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
             File.name.in_(KILLED_BATCH))) == 0
-    sites.b_stack.close()
-    sites.b_stack = contextlib.ExitStack()
     sites.start_b("b-server-3")
     thread.join(90)
     assert not thread.is_alive()

@@ -276,7 +276,8 @@ async def test_cli_upload_wait_manifest_and_errors(cli, api, archive, tree, tmp_
 
 
 @sqlite_only
-async def test_one_unfinished_upload_per_manifest(api, cli, archive, tree, monkeypatch):
+async def test_one_unfinished_upload_per_manifest(api, cli, archive, tree,  # noqa: F811
+                                                  monkeypatch):
     """While an upload runs, a second one writing its manifest (the same folder into another
     store, another folder naming it, a symlink to it) or uploading into its folder is refused
     with 409 naming it, writes nothing, and the first runs to the end with its own manifest;
@@ -392,6 +393,98 @@ def test_two_launches_at_once_with_one_manifest(db_url, tmp_path):
     finally:
         for db in (setup, *servers):
             db.dispose()
+
+
+def _upload_site(db_url: str, tmp_path: Path, stores: tuple[str, ...] = ("one",)):
+    """A catalogue with ``stores`` (folders under ``tmp_path``) and a launcher of uploads."""
+    from hera_stage_ext.catalogue.catalogue import Catalogue
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.transfer.upload import create_upload_job
+
+    db = Database(db_url)
+    db.upgrade()
+    for store in stores:
+        (tmp_path / store).mkdir()
+    Catalogue(db).sync_stores({s: {"path": str(tmp_path / s)} for s in stores})
+
+    def launch(directory: Path, store: str, manifest: Path | None = None) -> dict[str, Any]:
+        return create_upload_job(db, "tester", str(directory), "*", [str(tmp_path)],
+                                 store=store, manifest=None if manifest is None else str(manifest),
+                                 log_dir=tmp_path / "logs")
+
+    return db, launch
+
+
+def test_a_cancelled_upload_leaves_a_manifest_taken_over_alone(db_url, tmp_path, monkeypatch):
+    """A cancel counts the job finished before its last manifest is written: an upload launched
+    in between takes the manifest over, and the cancelled job does not write over it."""
+    from hera_stage_ext.jobs import cancel_job, get_job
+    from hera_stage_ext.transfer import upload
+
+    db, launch = _upload_site(db_url, tmp_path, ("one", "two"))
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / f"zen.{label}.uvh5").write_bytes(b"x")
+    manifest = tmp_path / "m.json"
+    first = launch(tmp_path / "a", "one", manifest)
+    later: dict[str, Any] = {}
+    hook = upload.UPLOAD.cancelled
+
+    def launch_meanwhile(db_, job, left):
+        later.update(launch(tmp_path / "b", "two", manifest))
+        return hook(db_, job, left)
+
+    monkeypatch.setattr(upload.UPLOAD, "cancelled", launch_meanwhile)
+    try:
+        cancel_job(db, first["id"])  # queued, no worker: cancelled at once
+        assert get_job(db, first["id"])["state"] == "cancelled"
+        assert get_job(db, later["id"])["state"] == "queued"
+        assert json.loads(manifest.read_text())["job"] == later["id"]
+    finally:
+        db.dispose()
+
+
+def test_a_default_manifest_that_is_a_symlink_is_not_uploaded(tmp_path):
+    """``DIR/upload-manifest.json`` may be a symlink to where the manifests of all runs are
+    kept: the manifest is written there, and the symlink is not uploaded as a file."""
+    db, launch = _upload_site(f"sqlite:///{tmp_path / 'c.sqlite'}", tmp_path)
+    run = tmp_path / "run42"
+    run.mkdir()
+    (run / "zen.2459042.10000.xx.HH.uvh5").write_bytes(b"x")
+    (tmp_path / "manifests").mkdir()
+    kept = tmp_path / "manifests" / "run42.json"
+    kept.write_text("{}")  # left by an earlier run
+    (run / "upload-manifest.json").symlink_to(kept)
+    try:
+        job = launch(run, "one")
+        assert job["files_total"] == 1, job
+        written = json.loads(kept.read_text())
+        assert [f["path"] for f in written["files"]] == ["zen.2459042.10000.xx.HH.uvh5"]
+        assert (run / "upload-manifest.json").is_symlink()
+    finally:
+        db.dispose()
+
+
+def test_a_retry_checks_the_upload_paths_again(tmp_path):
+    """A folder swapped for a symlink since the launch is not followed by a retry."""
+    from hera_stage_ext.errors import InvalidRequest
+    from hera_stage_ext.jobs import cancel_job, get_job, retry_job
+
+    db, launch = _upload_site(f"sqlite:///{tmp_path / 'c.sqlite'}", tmp_path)
+    run, elsewhere = tmp_path / "run7", tmp_path / "elsewhere"
+    for folder in (run, elsewhere):
+        folder.mkdir()
+        (folder / "zen.2459007.10000.xx.HH.uvh5").write_bytes(folder.name.encode())
+    try:
+        job = launch(run, "one")
+        cancel_job(db, job["id"])
+        run.rename(tmp_path / "run7-moved")
+        run.symlink_to(elsewhere)
+        with pytest.raises(InvalidRequest, match="directory .* no longer resolves to itself"):
+            retry_job(db, job["id"], allowed_roots=[str(tmp_path)])
+        assert get_job(db, job["id"])["state"] == "cancelled"
+    finally:
+        db.dispose()
 
 
 def test_upload_to_a_peer_through_the_upload_store(tmp_path):

@@ -154,7 +154,8 @@ def _plain_socket(handler: BaseHandler) -> socket.socket | None:
 
 async def _sendfile(handler: BaseHandler, path: Path, start: int, count: int) -> None:
     """Send the headers, then ``count`` bytes of ``path`` from ``start`` with ``sendfile``, then
-    close the connection (the client sees a short body if the file shrank meanwhile)."""
+    close the connection (if the file shrank meanwhile, the body ends before its length: the
+    client sees a broken connection)."""
     handler.set_header("Connection", "close")
     with open(path, "rb") as f:  # noqa: ASYNC230 (an open, like the chunk path's)
         try:

@@ -13,10 +13,11 @@ database and needs no server configuration):
                   the volume is its first group (the whole match when it has no group), and a
                   second group, when it has one, the file's position on the volume (the tape
                   file sequence number, say: compared as a number when it is digits, so 9
-                  comes before 10). Files of one volume are recalled together, volumes in sorted
-                  order, files of a volume by position, then path. Default ``^([^/]+)/``: the
-                  first path component (a tape per top-level folder), files in path order. A
-                  path it does not match belongs to the volume ``""``.
+                  comes before 10; files it gives no position come last). Files of one volume
+                  are recalled together, volumes in sorted order, files of a volume by
+                  position, then path. Default ``^([^/]+)/``: the first path component (a tape
+                  per top-level folder), files in path order. A path it does not match, or
+                  whose first group takes no part, belongs to the volume ``""``.
 
 This module owns parsing and checking them; the recall itself is ``jobs/recall.py``.
 """
@@ -29,9 +30,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-#: A sort key of a file's position on its volume.
+#: A sort key of a file's position on its volume: numbers first, by value, then other
+#: positions as text, then files with none.
 Position = tuple[int, int, str]
-NO_POSITION: Position = (0, 0, "")
+NO_POSITION: Position = (2, 0, "")
 DEFAULT_BUFFER_BYTES = 10 << 30
 DEFAULT_VOLUME_KEY = r"^([^/]+)/"
 #: The settings of a store's configuration that are columns of the store row.
@@ -52,12 +54,11 @@ class ColdSettings:
             return "", NO_POSITION
         if not match.re.groups:
             return match.group(0), NO_POSITION
+        volume = match.group(1) or ""  # an optional group that did not take part
         position = match.group(2) if match.re.groups > 1 else None
         if position is None:
-            return match.group(1), NO_POSITION
-        # Numbers first, by value; other positions after them, as text.
-        return match.group(1), ((0, int(position), "") if position.isdecimal()
-                                else (1, 0, position))
+            return volume, NO_POSITION
+        return volume, ((0, int(position), "") if position.isdecimal() else (1, 0, position))
 
 
 @lru_cache(maxsize=64)

@@ -560,7 +560,15 @@ class Receiver:
         client = PeerClient(self.registry.peer(item.peer), self.registry.site_name)
         flip = os.environ.get(FLIP_ONCE_ENV)
         try:
-            stream = client.content(item.name, offset)
+            try:
+                stream = client.content(item.name, offset)
+            except StagingError as exc:
+                if offset and exc.status == 416:
+                    # The sender's file is shorter than what arrived before: it changed there.
+                    raise ChecksumMismatch(f"{item.name}: the sender holds fewer than the "
+                                           f"{offset} bytes received before; pulling again "
+                                           f"from zero") from None
+                raise
             try:
                 writer = self._writer(fd, offset)
             except BaseException:

@@ -95,10 +95,11 @@ def _positive(value: object, what: str, largest: int) -> int:
 
 def _matches(directory: Path, pattern: str, manifest: Path) -> list[str]:
     """Paths relative to ``directory`` the glob matches (files and data set directories; what
-    lies inside a matched directory is part of it), never the manifest or a temporary copy."""
+    lies inside a matched directory is part of it), never the manifest (``manifest``, resolved:
+    also when a symlink in the directory leads to it) or a temporary copy."""
     found = set()
     for path in directory.glob(pattern):
-        if path == manifest or path.name.endswith(TMP_SUFFIX) or not (
+        if path.name.endswith(TMP_SUFFIX) or os.path.realpath(path) == str(manifest) or not (
                 path.is_file() or path.is_dir()) or path == directory:
             continue
         rel = os.path.relpath(path, directory)
@@ -209,12 +210,22 @@ def _hold(s: Session, job_id: int, dest: str, manifest: str) -> None:
                                          Job.state.in_(ACTIVE_STATES)))
     if busy is not None:
         raise Conflict(f"job {busy} is already uploading into {dest}", job_id=busy)
+    holder = _manifest_holder(s, job_id, manifest)
+    if holder is not None:
+        other, state = holder
+        raise Conflict(f"job {other} ({state}) writes the manifest {manifest}: run again "
+                       f"once it has finished, or name another manifest", job_id=other)
+
+
+def _manifest_holder(s: Session, job_id: int, manifest: str) -> tuple[int, str] | None:
+    """The unfinished upload job other than ``job_id`` that writes ``manifest``, with its
+    state (call after ``serialise(s, LAUNCH_LOCK)``)."""
     for other, state, options in s.execute(
             select(Job.id, Job.state, Job.options).where(
                 Job.kind == UploadKind.name, Job.id != job_id, Job.state.in_(ACTIVE_STATES))):
         if options.get("manifest") == manifest:
-            raise Conflict(f"job {other} ({state}) writes the manifest {manifest}: run again "
-                           f"once it has finished, or name another manifest", job_id=other)
+            return other, state
+    return None
 
 
 # ----- the manifest ---------------------------------------------------------------------------
@@ -347,13 +358,25 @@ class UploadKind(JobKind):
 
     def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        # Still inside the roots and still themselves (not a folder swapped for a symlink
+        # since the launch), as a staging retry checks its destination.
+        for what in ("directory", "manifest"):
+            path = job.options[what]
+            if allowed_roots and str(confine(path, allowed_roots, what=what)) != path:
+                raise InvalidRequest(f"the {what} {path} no longer resolves to itself")
         _hold(s, job.id, job.destination, job.options["manifest"])
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         self._runs.pop(job.id, None)
         self._manifest_due.pop(job.id, None)
         removed = LocalTarget(Path(job.destination)).remove_temps(_unfinished_paths(db, job.id))
-        write_manifest(db, job.id)
+        # The job counts as finished already, so a new upload may have taken its manifest
+        # over: written under the launches' lock, and only if none has (a launch that comes
+        # after writes its own when it is queued).
+        with db.write() as s:
+            serialise(s, LAUNCH_LOCK)
+            if _manifest_holder(s, job.id, job.options["manifest"]) is None:
+                write_manifest(db, job.id)
         return removed
 
 
