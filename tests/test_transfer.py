@@ -70,9 +70,9 @@ SENDER_KILLED = "zen.2457707.10000.xx.HH.uvh5"
 #: Like BIG, for the partial file left with a hole.
 HOLED = "zen.2457708.10000.xx.HH.uvh5"
 #: Shortened at the sender while the receiver is down mid-pull.
-SHRUNK = "zen.2457709.10000.xx.HH.uvh5"
+SHRUNK = "zen.2457719.10000.xx.HH.uvh5"
 #: The big files, each in a folder of its own.
-BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708", SHRUNK: "2457709"}
+BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708", SHRUNK: "2457719"}
 
 
 @dataclass
