@@ -10,7 +10,7 @@ its obscured password passed only through the peer's ``env``. Transfer jobs run 
 from __future__ import annotations
 
 import contextlib
-import posixpath
+import os
 import shutil
 import socket
 import subprocess
@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from hera_stage_ext.catalogue.catalogue import Catalogue
 from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import Event, File, Instance, Store
 from hera_stage_ext.demo import MIRIAD_NAME, ingest_demo_archive, make_demo_archive
 from hera_stage_ext.jobs import EngineConfig, cancel_job, get_job, read_log, run_pending
@@ -263,22 +265,173 @@ def test_bytes_that_differ_from_the_catalogue_fail_verification_and_are_removed(
     assert site.send([name], peer)["counts"] == {"done": 1}
 
 
-def test_a_partial_copy_left_by_a_dead_worker_is_replaced(site: Site) -> None:
+def test_copies_left_by_a_dead_worker_are_removed(site: Site) -> None:
     rel = site.path_of(MIRIAD_NAME)
     job = site.job([MIRIAD_NAME], "karoo-sftp-2")
-    parent, base = posixpath.split(rel)
-    partial = site.sftp_root / "second" / parent / f"{PARTIAL_PREFIX}{job['id']}-{base}"
-    # What a worker killed mid-copy leaves: part of the data set (and here a stray member,
-    # which a copy into it would keep and verification would then refuse).
-    partial.mkdir(parents=True)
-    (partial / "visdata").write_bytes(b"half of it")
-    (partial / "stray").write_bytes(b"not a member")
+    # What a worker killed mid-copy leaves: its batch's hidden folder, with part of the data
+    # set (and a stray member, which verification would refuse).
+    left = site.sftp_root / "second" / f"{PARTIAL_PREFIX}{job['id']}-deadbeef-00000000"
+    (left / rel).mkdir(parents=True)
+    (left / rel / "visdata").write_bytes(b"half of it")
+    (left / rel / "stray").write_bytes(b"not a member")
     with site.db.write() as s:  # that worker had claimed the item
         s.execute(update(JobItem).where(JobItem.job_id == job["id"]).values(attempts=1))
     site.run()
-    assert site.result(job["id"])["items"][MIRIAD_NAME] == ("done", "")
+    result = site.result(job["id"])
+    assert result["items"][MIRIAD_NAME] == ("done", "")
+    assert f"removed {left.name}" in result["log"]
     assert _same_content(site.store / rel, site.sftp_root / "second" / rel)
     assert not _partials(site.sftp_root)
+
+
+def _new_night(site: Site, night: str, n: int) -> list[str]:
+    """``n`` new files of 4 KiB in a night folder of the store, registered; their names."""
+    folder = site.store / night
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"zen.{night}.{i:05d}.xx.HH.uvh5").write_bytes(os.urandom(4096))
+    Ingester(Catalogue(site.db), source="test").ingest("onsite", [f"{night}/*"])
+    return site.names(n, night)
+
+
+def _wrap_rclone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cases: str = "") -> Path:
+    """A wrapper ahead of the real rclone (``$REAL``) on PATH: it logs every run's arguments
+    (to the file it returns), then runs the shell ``case`` arms ``cases`` on them, then rclone."""
+    log = tmp_path / "runs.log"
+    log.touch()
+    wrapper = tmp_path / "bin" / "rclone"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nREAL={shutil.which("rclone")}\necho "$*" >> {log}\n'
+                       f'case " $* " in\n{cases}\nesac\nexec "$REAL" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+@pytest.fixture
+def rclone_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
+    """A function returning the subcommands of the rclone runs since it was last called."""
+    log = _wrap_rclone(tmp_path, monkeypatch)
+
+    def runs() -> list[str]:
+        lines = log.read_text().splitlines()
+        log.write_text("")
+        # The subcommand: the first word after rclone's global flags (--name value pairs).
+        return [next(w for i, w in enumerate(words) if not w.startswith("-") and
+                     not words[i - 1].startswith("-")) for words in map(str.split, lines)]
+    return runs
+
+
+@pytest.mark.parametrize("peer", ["karoo-sftp", "karoo-dav"])
+def test_a_batch_skips_what_is_there_and_fails_conflicts_and_bad_sources_alone(
+        site: Site, peer: str) -> None:
+    night = "2457750" if peer == "karoo-sftp" else "2457751"
+    names = _new_night(site, night, 24)
+    root = (site.sftp_root if peer == "karoo-sftp" else site.dav_root) / "archive"
+    rels = {name: site.path_of(name) for name in names}
+    same, other_bytes, other_size, bad = names[:3], names[3], names[4], names[5]
+    for name in same:  # already there, same content
+        (root / rels[name]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(site.store / rels[name], root / rels[name])
+    theirs = {other_bytes: os.urandom(4096), other_size: b"someone else's"}
+    for name, data in theirs.items():
+        (root / rels[name]).write_bytes(data)
+    source = site.store / rels[bad]
+    original = source.read_bytes()
+    source.write_bytes(original[:7] + bytes([original[7] ^ 1]) + original[8:])
+    try:
+        result = site.send(names, peer)
+    finally:
+        source.write_bytes(original)
+    items = result["items"]
+    assert {items[name] for name in same} == {("skipped", "")}
+    for name, data in theirs.items():
+        state, error = items[name]
+        assert state == "failed" and "conflict" in error and "not overwritten" in error
+        assert (root / rels[name]).read_bytes() == data
+    state, error = items[bad]
+    assert state == "failed" and "verification failed" in error and "removed" in error, error
+    assert not (root / rels[bad]).exists()
+    landed = [name for name in names if name not in (*same, *theirs, bad)]
+    assert {items[name] for name in landed} == {("done", "")}
+    assert all(_same_content(site.store / rels[name], root / rels[name]) for name in landed)
+    assert not _partials(root)
+    with site.db.read() as s:
+        recorded = set(s.scalars(select(File.name).join(RemoteInstance).where(
+            RemoteInstance.site == peer, File.name.in_(names))))
+    assert recorded == {*same, *landed}
+
+
+def test_rclone_runs_do_not_grow_with_the_number_of_files(
+        site: Site, rclone_runs: Callable[[], list[str]]) -> None:
+    few, many = _new_night(site, "2457760", 4), _new_night(site, "2457761", 60)
+    rclone_runs()
+    assert site.send(few, "karoo-sftp")["counts"] == {"done": 4}
+    for_few = rclone_runs()
+    assert site.send(many, "karoo-sftp")["counts"] == {"done": 60}
+    for_many = rclone_runs()
+    assert for_many == for_few, (for_few, for_many)
+    assert len(for_many) <= 6, for_many  # the launch's ping and one batch
+
+
+def test_names_taken_while_the_batch_is_copied_are_not_overwritten(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = _new_night(site, "2457770", 5)
+    root = site.sftp_root / "archive"
+    late, same = (root / site.path_of(names[i]) for i in (2, 3))
+    # After the job looked and copied, before it renames: someone writes other bytes under
+    # one name, and the very file under another (another job sending it too).
+    _wrap_rclone(tmp_path, monkeypatch, f'*" move "*) mkdir -p {late.parent}; '
+                 f'printf late > {late}; cp {site.store / site.path_of(names[3])} {same};;')
+    result = site.send(names, "karoo-sftp")
+    state, error = result["items"][names[2]]
+    assert state == "failed" and "appeared while sending" in error and "not overwritten" in error
+    assert late.read_bytes() == b"late"
+    assert result["items"][names[3]] == ("skipped", "")
+    others = [names[0], names[1], names[4]]
+    assert {result["items"][name] for name in others} == {("done", "")}
+    assert all(_same_content(site.store / site.path_of(name), root / site.path_of(name))
+               for name in [*others, names[3]])
+    assert not _partials(root)
+
+
+def test_files_known_by_xxh3_only_are_read_back_and_verified(site: Site) -> None:
+    good, bad = _new_night(site, "2457780", 2)
+    job = site.job([good, bad], "karoo-sftp")
+    with site.db.write() as s:  # records from a catalogue that kept no MD5
+        for item in s.scalars(select(JobItem).where(JobItem.job_id == job["id"])):
+            item.checksums = {"xxh3-128": item.checksums["xxh3-128"]}
+    source = site.store / site.path_of(bad)
+    source.write_bytes(b"changed after ingest".ljust(4096))
+    site.run()
+    result = site.result(job["id"])
+    assert result["items"][good] == ("done", "")
+    state, error = result["items"][bad]
+    assert state == "failed" and "xxh3-128" in error and "verification failed" in error, error
+    root = site.sftp_root / "archive"
+    assert _same_content(site.store / site.path_of(good), root / site.path_of(good))
+    assert not (root / site.path_of(bad)).exists()
+    assert not _partials(root)
+
+
+def test_a_cancel_mid_batch_stops_rclone_and_removes_the_hidden_copies(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = _new_night(site, "2457790", 6)
+    # The copy goes through, then rclone "hangs" (the wrapper becomes a long sleep).
+    log = _wrap_rclone(tmp_path, monkeypatch, '*" copy "*) "$REAL" "$@"; exec sleep 60;;')
+    job = site.job(names, "karoo-sftp")
+    worker = threading.Thread(target=site.run)
+    worker.start()
+    try:
+        _wait_for("the copies", lambda: "copy" in log.read_text() and _partials(
+            site.sftp_root) and list(_partials(site.sftp_root)[0].rglob("*.uvh5")))
+    finally:
+        cancel_job(site.db, job["id"])
+        worker.join(30)
+    assert not worker.is_alive()
+    assert get_job(site.db, job["id"])["state"] == "cancelled"
+    assert not _partials(site.sftp_root)
+    assert not any((site.sftp_root / "archive" / site.path_of(name)).exists() for name in names)
 
 
 def test_an_unreachable_remote_keeps_the_job_retrying_until_cancelled(site: Site) -> None:

@@ -199,6 +199,10 @@ class _Sender:
         """Items one claim takes at most (before the peer's ``max_in_flight``)."""
         return self.run.config.claim_batch
 
+    def batch_bytes(self) -> int | None:
+        """Bytes one claim takes at most (but always one item); None: no limit."""
+        return None
+
     def claim(self, wait: bool = True) -> list[_Claimed]:
         """The next batch, no more than the peer's ``max_in_flight`` allows; without room,
         waits for it (``wait``) or returns nothing at once (a stream with files in flight
@@ -218,7 +222,8 @@ class _Sender:
                             Job.state == "running", JobItem.state == "running")) or 0
                     n = min(n, self.peer.max_in_flight - in_flight)
                 if n > 0:
-                    return _claim_items(run.db, run.job.id, run.worker_id, n)
+                    return _claim_items(run.db, run.job.id, run.worker_id, n,
+                                        self.batch_bytes())
             # Items through but not recorded yet still count as running: record them.
             run._commit(wait=False)
             self.once("in-flight", f"waiting: {in_flight} item(s) in flight to peer "

@@ -16,22 +16,27 @@ holding a password is refused. rclone's messages are logged with every ``env`` v
 
 ``RcloneClient`` runs rclone for one peer and duck-types the parts of ``protocol.PeerClient``
 the transfer machinery calls (``ping``, ``close``): ``client_for`` picks the one a peer needs.
-Sending itself is ``rclone_send.py``.
+Its commands work on many files per run (rclone takes a few tenths of a second to start): the
+lists of files go to rclone in private temporary files (``--files-from-raw``,
+``--filter-from``), never on its command line. Sending itself is ``rclone_send.py``.
 
-Verification never trusts rclone's exit status alone: ``digest`` computes the remote object's
-checksums to compare with the catalogue's -- from the backend's MD5 when it has them (``rclone
-lsjson --hash``: SFTP, S3, ...) and ``verify`` is ``auto``, else by streaming the object back
-(``rclone cat``) through ``checksums.StreamHasher`` in constant memory. A directory data set
-gets the catalogue's directory digest from its members' checksums.
+Verification never trusts rclone's exit status alone: ``md5s`` gets the MD5 of every file it
+is asked about in one run -- the backend's (``rclone hashsum md5``: SFTP, S3, ...) when
+``verify`` is ``auto``, else, and for files the backend has none for, computed by rclone as it
+reads the bytes back (``--download``) -- for the sender to compare with the catalogue's;
+``download_digest`` streams one object back (``rclone cat``) through
+``checksums.StreamHasher`` in constant memory, for a file the catalogue knows by xxh3-128 only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +54,8 @@ VERIFY_MODES = ("auto", "download")
 _ABSENT = (3, 4)
 #: Connection-string parameters that are secrets (they would show on the command line).
 _SECRET_PARAM = re.compile(r"(pass|secret|key|token|password)", re.IGNORECASE)
+#: The count of server-side renames in rclone's closing statistics.
+_RENAMED = re.compile(r"^Renamed:\s+(\d+)\s*$", re.MULTILINE)
 _TIMESTAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (ERROR |NOTICE |INFO )?:?\s*")
 
 
@@ -70,11 +77,15 @@ class RclonePeer(Peer):
 
     def path(self, relative: str) -> str:
         """The rclone path of ``relative`` under the peer's remote."""
-        base = self.remote if self.remote.endswith((":", "/")) else self.remote + "/"
-        return base + relative
+        return join(self.remote, relative)
 
     def __repr__(self) -> str:  # never show the environment (secrets)
         return f"RclonePeer({self.name!r}, {self.remote!r})"
+
+
+def join(base: str, relative: str) -> str:
+    """The rclone path of ``relative`` under ``base`` (``remote:`` or ``remote:path``)."""
+    return (base if base.endswith((":", "/")) else base + "/") + relative
 
 
 def parse_rclone_peer(name: str, spec: Mapping[str, Any]) -> RclonePeer:
@@ -138,6 +149,8 @@ class RcloneClient:
             self.environ["RCLONE_CONFIG"] = peer.config
         self.environ.update(peer.env)
         self._secrets = [v for _, v in peer.env if len(v) >= 4]
+        #: Whether the backend reports MD5s (until a ``hashsum`` says it does not).
+        self.backend_md5 = True
 
     def close(self) -> None:
         """Nothing held between commands (the PeerClient interface)."""
@@ -194,41 +207,60 @@ class RcloneClient:
                               f"{self.message(proc.stderr)}")
         return {"site": None, "remote": self.peer.remote}
 
-    # ----- objects at the remote ------------------------------------------------------------
-    def listing(self, path: str, directory: bool) -> list[dict[str, Any]] | None:
-        """The members at ``path`` (one for a file) with sizes and any hashes; None if absent.
-        A file where a directory is expected, or the reverse, lists as something else."""
-        args = ("lsjson", "-R", "--files-only", "--hash", path) if directory else \
-            ("lsjson", "--stat", "--hash", path)
-        proc = self.run(*args)
+    # ----- objects at the remote -------------------------------------------------------------
+    def sizes(self, path: str, rules: Sequence[str] = ()) -> dict[str, int]:
+        """Every file below ``path`` (relative path -> size), or those the filter ``rules``
+        (rclone's ``--filter-from`` lines) let through; nothing there is an empty answer."""
+        args = ("lsjson", "-R", "--files-only", "--no-mimetype", "--no-modtime")
+        if rules:
+            with _list_file(rules) as filters:
+                proc = self.run(*args, "--filter-from", filters, path)
+        else:
+            proc = self.run(*args, path)
         if proc.returncode in _ABSENT:
-            return None
+            return {}
         self.check(proc, f"listing {path}")
-        data = json.loads(proc.stdout)
-        return data if directory else [data]
+        return {e["Path"]: int(e["Size"]) for e in json.loads(proc.stdout)}
 
-    def digest(self, path: str, entries: list[dict[str, Any]], directory: bool,
-               expected: Mapping[str, str]) -> ck.Digest:
-        """The checksums at ``path`` that compare with ``expected`` (the catalogue's)."""
-        use_md5 = self.peer.verify == "auto" and ck.MD5 in expected and all(
-            (e.get("Hashes") or {}).get(ck.MD5) for e in entries)
-        algorithm = ck.MD5 if use_md5 else ck.preferred_algorithm(expected)
+    def md5s(self, path: str, files: Collection[str] | None = None) -> dict[str, str]:
+        """The MD5 of each of ``files`` below ``path`` (paths relative to it; None: every
+        file there) that is there: the backend's with ``verify`` ``auto``, else (and for files
+        the backend has none for) computed by rclone as it reads the bytes back
+        (``hashsum --download``). One run, or two when the backend lacks some."""
+        if files is not None and not files:
+            return {}
+        found: dict[str, str] = {}
+        download: Collection[str] | None = files
+        if self.peer.verify == "auto" and self.backend_md5:
+            proc = self._hashsum(path, files, download=False)
+            if proc.returncode != 0 and "hash type not supported" in proc.stderr:
+                self.backend_md5 = False  # plain WebDAV and the like: download from now on
+            elif proc.returncode in _ABSENT:
+                return found
+            else:
+                self.check(proc, f"reading the checksums under {path}")
+                listed = _hashsum_lines(proc.stdout)
+                found = {name: digest for name, digest in listed.items() if digest}
+                download = [name for name, digest in listed.items() if not digest]
+        if download is None or download:
+            proc = self._hashsum(path, download, download=True)
+            if proc.returncode in _ABSENT:
+                return found
+            self.check(proc, f"reading back the files under {path}")
+            found.update(_hashsum_lines(proc.stdout))
+        return found
 
-        def member(entry: dict[str, Any]) -> ck.Digest:
-            if entry.get("IsDir"):
-                raise RcloneFailed(f"{path} is a directory where a file is expected")
-            if use_md5:
-                return ck.Digest(entry["Size"], {ck.MD5: entry["Hashes"][ck.MD5]}, False)
-            return self.download_digest(f"{path}/{entry['Path']}" if directory else path,
-                                        algorithm)
-
-        if not directory:
-            return member(entries[0])
-        entries = sorted(entries, key=lambda e: e["Path"].encode("utf-8", "surrogateescape"))
-        return ck.manifest_digest(((e["Path"], member(e)) for e in entries), (algorithm,))
+    def _hashsum(self, path: str, files: Collection[str] | None, download: bool
+                 ) -> subprocess.CompletedProcess[str]:
+        args = ("hashsum", ck.MD5, *(("--download",) if download else ()))
+        if files is None:
+            return self.run(*args, path)
+        with _list_file(files) as listed:
+            return self.run(*args, "--files-from-raw", listed, path)
 
     def download_digest(self, path: str, algorithm: str) -> ck.Digest:
-        """Stream the object back (``rclone cat``) through the hasher, in constant memory."""
+        """Stream one object back (``rclone cat``) through the hasher, in constant memory: for
+        a file the catalogue knows by no checksum rclone computes (xxh3-128 only)."""
         hasher = ck.StreamHasher((algorithm,))
         proc = subprocess.Popen(self._argv(("cat", path)), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=self.environ)
@@ -248,15 +280,81 @@ class RcloneClient:
         self.check(subprocess.CompletedProcess((), proc.returncode, "", err), f"reading {path}")
         return hasher.digest()
 
-    def upload(self, source: str, path: str, directory: bool) -> None:
-        proc = self.run("copy" if directory else "copyto", source, path)
-        self.check(proc, f"copying to {path}")
+    def copy(self, root: str, files: Collection[str], to: str) -> str:
+        """Copy ``files`` (paths relative to the local folder ``root``) to the same paths
+        under ``to``; "" when rclone says all went well, else its complaint (what did arrive
+        is what verification looks at)."""
+        if not files:
+            return ""
+        with _list_file(files) as listed:
+            proc = self.run("copy", "--files-from-raw", listed, root, to)
+        return self._outcome(proc, f"copying to {to}")
 
-    def move(self, path: str, to: str) -> None:
-        self.check(self.run("moveto", path, to), f"renaming {path} to {to}")
+    def move(self, path: str, to: str, files: Collection[str]) -> tuple[bool, str]:
+        """Move ``files`` (relative to ``path``) to the same paths under ``to``, never over
+        anything there: rclone lists the folders under ``to`` first and leaves a file where it
+        is when its name is taken (``--ignore-existing``). Whether rclone says it renamed
+        every one (its closing count), and "" or its complaint, as for ``copy``."""
+        # Not --no-traverse (a look per name right before its rename): on SFTP that made a
+        # move of 200 files into 20 folders 9x slower (35 ms per file).
+        with _list_file(files) as listed:
+            proc = self.run("move", "--ignore-existing", "--stats-log-level", "NOTICE",
+                            "--files-from-raw", listed, path, to)
+        return self._renamed(proc, len(files)), self._outcome(proc, f"renaming into {to}")
 
-    def remove(self, path: str, directory: bool) -> None:
-        """Delete ``path`` (a whole directory data set); nothing there is no error."""
-        proc = self.run("purge" if directory else "deletefile", path)
-        if proc.returncode != 0 and self.listing(path, directory) is not None:
+    def move_file(self, path: str, to: str) -> tuple[bool, str]:
+        """``move`` for one file at the top of the remote (see ``rclone_send``)."""
+        proc = self.run("moveto", "--ignore-existing", "--stats-log-level", "NOTICE", path, to)
+        return self._renamed(proc, 1), self._outcome(proc, f"renaming to {to}")
+
+    @staticmethod
+    def _renamed(proc: subprocess.CompletedProcess[str], files: int) -> bool:
+        counts = _RENAMED.findall(proc.stderr)
+        return proc.returncode == 0 and bool(counts) and int(counts[-1]) == files
+
+    def _outcome(self, proc: subprocess.CompletedProcess[str], what: str) -> str:
+        try:
+            self.check(proc, what)
+        except RcloneFailed as exc:  # Unavailable goes up: the caller tries again later
+            return exc.message
+        return ""
+
+    def folders(self, path: str) -> list[str]:
+        """The names of the folders right under ``path`` (none if it does not exist)."""
+        proc = self.run("lsjson", "--dirs-only", "--no-mimetype", "--no-modtime", path)
+        if proc.returncode in _ABSENT:
+            return []
+        self.check(proc, f"listing {path}")
+        return [e["Name"] for e in json.loads(proc.stdout)]
+
+    def remove(self, path: str) -> None:
+        """Delete the folder ``path`` and everything in it; nothing there is no error."""
+        proc = self.run("purge", path)
+        if proc.returncode not in (0, *_ABSENT):
             self.check(proc, f"removing {path}")
+
+
+@contextlib.contextmanager
+def _list_file(lines: Iterable[str]) -> Iterator[str]:
+    """A private temporary file of ``lines`` for rclone's ``--files-from-raw`` or
+    ``--filter-from`` (lists go in files: no command-line limit, nothing in ``ps``)."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", errors="surrogateescape",
+                                     prefix="hera-rclone-", suffix=".txt") as f:
+        f.writelines(line + "\n" for line in lines)
+        f.flush()
+        yield f.name
+
+
+def _hashsum_lines(out: str) -> dict[str, str]:
+    """``rclone hashsum md5`` output (``<32 hex>  <path>``) as path -> hex ("" for a file
+    the backend has no MD5 for: a blank)."""
+    found = {}
+    for line in out.splitlines():
+        if len(line) > 34:
+            found[line[34:]] = line[:32].strip().lower()
+    return found
+
+
+def glob_escape(path: str) -> str:
+    """``path`` as a literal in an rclone filter rule."""
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
