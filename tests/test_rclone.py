@@ -35,7 +35,7 @@ from hera_stage_ext.jobs.models import JobItem
 from hera_stage_ext.transfer.jobs import create_transfer_job
 from hera_stage_ext.transfer.models import RemoteInstance
 from hera_stage_ext.transfer.peers import PeerRegistry, parse_peers
-from hera_stage_ext.transfer.rclone_send import PARTIAL_PREFIX
+from hera_stage_ext.transfer.rclone_send import PARTIAL_PREFIX, job_folders
 from hera_stage_ext.transfer.sender import list_peers
 
 from .jupyter_process import free_port, jupyter_process
@@ -270,10 +270,14 @@ def test_copies_left_by_a_dead_worker_are_removed(site: Site) -> None:
     job = site.job([MIRIAD_NAME], "karoo-sftp-2")
     # What a worker killed mid-copy leaves: its batch's hidden folder, with part of the data
     # set (and a stray member, which verification would refuse).
-    left = site.sftp_root / "second" / f"{PARTIAL_PREFIX}{job['id']}-deadbeef-00000000"
+    left = site.sftp_root / "second" / f"{job_folders('site-a', job['id'])}deadbeef-00000000"
     (left / rel).mkdir(parents=True)
     (left / rel / "visdata").write_bytes(b"half of it")
     (left / rel / "stray").write_bytes(b"not a member")
+    # Another site's batch in flight to the same remote, for its own job of the same id.
+    theirs = site.sftp_root / "second" / f"{job_folders('site-z', job['id'])}0be51de0-1234abcd"
+    (theirs / "2457646").mkdir(parents=True)
+    (theirs / "2457646" / "their-file").write_bytes(b"another site's batch")
     with site.db.write() as s:  # that worker had claimed the item
         s.execute(update(JobItem).where(JobItem.job_id == job["id"]).values(attempts=1))
     site.run()
@@ -281,7 +285,25 @@ def test_copies_left_by_a_dead_worker_are_removed(site: Site) -> None:
     assert result["items"][MIRIAD_NAME] == ("done", "")
     assert f"removed {left.name}" in result["log"]
     assert _same_content(site.store / rel, site.sftp_root / "second" / rel)
-    assert not _partials(site.sftp_root)
+    assert _partials(site.sftp_root) == [theirs]  # ours gone, the other site's left alone
+    shutil.rmtree(theirs)
+
+
+def test_files_gone_from_the_hidden_folder_but_not_at_their_names_are_not_sent(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hidden folder removed under the move (by hand, a lifecycle rule): nothing is at the
+    final names, so nothing counts as sent or is recorded."""
+    names = _new_night(site, "2457810", 3)
+    root = site.sftp_root / "archive"
+    _wrap_rclone(tmp_path, monkeypatch, f'*" move "*) rm -rf {root}/{PARTIAL_PREFIX}*;;')
+    result = site.send(names, "karoo-sftp")
+    assert result["counts"] == {"failed": 3}, result["items"]
+    for name in names:
+        assert "not there after the rename" in result["items"][name][1]
+        assert not (root / site.path_of(name)).exists()
+    with site.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(RemoteInstance).join(
+            File, RemoteInstance.file_id == File.id).where(File.name.in_(names))) == 0
 
 
 def _new_night(site: Site, night: str, n: int) -> list[str]:
@@ -371,7 +393,7 @@ def test_rclone_runs_do_not_grow_with_the_number_of_files(
     assert site.send(many, "karoo-sftp")["counts"] == {"done": 60}
     for_many = rclone_runs()
     assert for_many == for_few, (for_few, for_many)
-    assert len(for_many) <= 6, for_many  # the launch's ping and one batch
+    assert len(for_many) <= 7, for_many  # the launch's ping and one batch
 
 
 def test_names_taken_while_the_batch_is_copied_are_not_overwritten(

@@ -2,7 +2,7 @@
 
 A stream claims up to ``BATCH`` items at a time (no more bytes than the worker's
 ``claim_bytes``, but always one item) and sends them with a number of rclone runs that does
-not grow with the number of files: five per batch when nothing is in the way (rclone takes a
+not grow with the number of files: six per batch when nothing is in the way (rclone takes a
 few tenths of a second to start and connect; five runs per file, as before, made 10,000 small
 files most of an hour). Each item lands under the peer's remote at the instance's path
 relative to its store (its ``dest_path``); a directory data set goes as its member files.
@@ -13,7 +13,9 @@ relative to its store (its ``dest_path``); a directory data set goes as its memb
    it there), the remote instance recorded; different -> ``failed`` as a conflict with both
    checksums (or sizes), the remote object left as it is (never overwritten).
 2. Copy the rest into a hidden folder of this batch at the top of the remote,
-   ``.hera-partial-<job>-<run>-<batch>/<dest_path>`` (``rclone copy --files-from-raw``, one run
+   ``.hera-partial-<site>-<job>-<run>-<batch>/<dest_path>`` (``<site>``: a hash of this site's
+   name, so sites sending to one remote never take each other's folders for their own;
+   ``rclone copy --files-from-raw``, one run
    per local folder the sources are under: their store), so a half-written object never
    appears under a real name.
 3. Verify every copy against the catalogue, never trusting rclone's exit status: one
@@ -36,7 +38,9 @@ relative to its store (its ``dest_path``); a directory data set goes as its memb
    renames there (at most the move's own run, about a second per batch), since rclone 1.60
    has no rename-if-absent; a backend whose rename replaces an existing object (S3's
    server-side copy does, some SFTP servers' rename does) would replace it. A data set's
-   members are renamed one by one.
+   members are renamed one by one. What the batch counts as sent is then looked up at its
+   name (one ``lsjson``): gone from the hidden folder is not enough (the hidden folder may
+   have been removed under the move).
 5. Remove the hidden folder (``rclone purge``; with it what failed verification or met a
    conflict), then record the remote instances and ``transfer-sent`` events
    (``sender.record_remote``) and report.
@@ -44,16 +48,19 @@ relative to its store (its ``dest_path``); a directory data set goes as its memb
 A stream whose batch holds items an earlier run had claimed (its worker died or was stopped)
 first removes the hidden folders earlier runs of this job left at the remote, once per run. A
 cancel kills the running rclone within half a second and gives the hidden folder
-``DISCARD_SECONDS`` to go (else a later run of the job removes it). The shared parts come from
-``jobs._Sender``: allowed hours, ``max_in_flight``, reporting, and the exponential backoff while
-the remote cannot be reached: the batch then starts over at step 1 (its hidden folder emptied
-first; what it renamed before counts as sent by it), and the job keeps running and says so in
-its log.
+``DISCARD_SECONDS`` to go (if it cannot, a later run of the job, if there is one, removes it;
+otherwise it stays, and the job's log names it). The shared parts come from ``jobs._Sender``:
+allowed hours, ``max_in_flight``, reporting, and the exponential backoff while the remote cannot
+be reached: the batch then starts over at step 1 (its hidden folder emptied first; a file it
+renamed before counts as sent by it; a data set whose members it had renamed only in part is
+found incomplete at its name and fails as a conflict, left for the operator), and the job keeps
+running and says so in its log.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import posixpath
 import threading
 import time
@@ -118,8 +125,8 @@ class RcloneSender(_Sender):
     def send(self, batch: list[_Claimed]) -> None:
         run = self.run
         self.sweep(batch)
-        sending = _Batch(batch, f"{PARTIAL_PREFIX}{run.job.id}-{run.run_key[:8]}-"
-                                f"{uuid.uuid4().hex[:8]}")
+        sending = _Batch(batch, f"{job_folders(self.registry.site_name, run.job.id)}"
+                                f"{run.run_key[:8]}-{uuid.uuid4().hex[:8]}")
         try:
             outcome = self.call(f"rclone peer {self.peer.name!r}",
                                 lambda c: self.put(c, sending))
@@ -258,6 +265,16 @@ class RcloneSender(_Sender):
                 outcome[item.id] = HAVE if item.id in there and not what else (
                     f"conflict: {self.peer.path(item.dest_path)} appeared while sending{what}; "
                     "not overwritten")
+        # Gone from the hidden folder is not sent: each must be at its name, whole (the
+        # hidden folder may have been removed under the move, by hand or by a lifecycle rule).
+        moved = [item for item, _files in verified if outcome[item.id] == COMMITTED]
+        if moved:
+            sizes = client.sizes(self.peer.remote, _look_rules(moved))
+            for item in moved:
+                files = _found(item, sizes)
+                if not files or sum(files.values()) != item.size:
+                    outcome[item.id] = (f"renaming failed at {self.peer.path(item.dest_path)}: "
+                                        "not there after the rename")
 
     def compare(self, client: RcloneClient, base: str,
                 found: list[tuple[_Claimed, Collection[str]]], md5s: Mapping[str, str]
@@ -294,7 +311,7 @@ class RcloneSender(_Sender):
             if run in _swept:
                 return
             _swept.add(run)
-        job_prefix = f"{PARTIAL_PREFIX}{run.job.id}-"
+        job_prefix = job_folders(self.registry.site_name, run.job.id)
         mine = f"{job_prefix}{run.run_key[:8]}-"
 
         def sweep(client: RcloneClient) -> list[str]:
@@ -325,8 +342,14 @@ class RcloneSender(_Sender):
         try:
             client.remove(self.peer.path(batch.folder))
         except (StagingError, Cancelled):
-            self.run.log(f"could not remove {self.peer.path(batch.folder)} now; a later run "
-                         "of this job removes it")
+            self.run.log(f"could not remove {self.peer.path(batch.folder)} now: it stays at "
+                         "the remote until a later run of this job, if any, removes it")
+
+
+def job_folders(site: str, job_id: int) -> str:
+    """How the hidden folders of this site's job ``job_id`` begin. Job ids are a site's own:
+    with the site in the name, another site sending to the same remote never sweeps them."""
+    return f"{PARTIAL_PREFIX}{hashlib.sha256(site.encode()).hexdigest()[:8]}-{job_id}-"
 
 
 def _look_rules(items: Iterable[_Claimed]) -> list[str]:
@@ -363,8 +386,13 @@ def _sources(item: _Claimed) -> tuple[str, list[str]]:
     root = item.source_path[:-len(item.dest_path) - 1] or "/"
     if not item.is_directory:
         return root, [item.dest_path]
-    return root, [f"{item.dest_path}/{member}"
-                  for member in ck.directory_members(Path(item.source_path))]
+    files = [f"{item.dest_path}/{member}"
+             for member in ck.directory_members(Path(item.source_path))]
+    if any("\n" in path or "\r" in path for path in files):
+        # rclone's file lists and hashsum output are one path per line.
+        raise OSError(errno.EINVAL, "a member's name holds a line break, which rclone's file "
+                      "lists cannot carry", item.source_path)
+    return root, files
 
 
 def _checksum(item: _Claimed, files: Iterable[str], algorithm: str,
