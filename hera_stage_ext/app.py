@@ -317,6 +317,7 @@ class StagingApp(ExtensionApp):
                 jobs=self.worker_jobs, nice=self.worker_nice,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
+                allowed_roots=[os.path.realpath(r) for r in roots],
             )
         if self.upload_store and self.upload_store not in self.stores:
             raise ValueError(f"upload_store {self.upload_store!r} is not one of the stores")

@@ -88,6 +88,22 @@ def make_big_site(db: Database, root: Path, n_files: int = 40, size: int = 256 *
     return _site(db, archive)
 
 
+#: The account a site's archive belongs to in these tests (not the one staging).
+ARCHIVE_UID = ARCHIVE_GID = 65534
+
+
+def give_stores_away(stores: dict[str, dict[str, str]]) -> None:
+    """Make every store's files another account's, as a site's archive is: ``hardlink`` and
+    ``symlink`` link only store files the staging account cannot write (``linkcheck``)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: handing the store's files to another account (chown)")
+    for store in stores.values():
+        for folder, dirs, files in os.walk(store["path"]):
+            for name in [*dirs, *files, ""]:
+                os.chown(os.path.join(folder, name), ARCHIVE_UID, ARCHIVE_GID,
+                         follow_symlinks=False)
+
+
 def tree(path: Path) -> list[str]:
     """Every entry below ``path`` (relative, sorted), directories included."""
     out = []

@@ -34,6 +34,7 @@ from hera_stage_ext.jobs.models import Job, JobItem
 
 from .job_fixtures import (
     Site,
+    give_stores_away,
     make_big_site,
     make_site,
     stop_worker,
@@ -104,6 +105,7 @@ def test_writable_when_configured(site: Site) -> None:
 
 @pytest.mark.parametrize("method", ["hardlink", "symlink"])
 def test_link_methods(site: Site, method: str) -> None:
+    give_stores_away(site.archive.stores)
     job = stage(site, method, method=method)
     run_pending(site.db, FAST)
     assert get_job(site.db, job["id"])["state"] == "succeeded"
@@ -206,6 +208,7 @@ def test_data_set_member_swapped_for_a_symlink_out_is_not_read(site: Site, tmp_p
                                                               method: str) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"not archive data")
+    give_stores_away(site.archive.stores)
     member = site.sources[MIRIAD_NAME] / "visdata"
     member.unlink()
     member.symlink_to(secret)  # after ingest: the catalogue still has the real digest
@@ -239,6 +242,7 @@ def test_instance_swapped_for_a_symlink_out_of_its_store_is_not_read(site: Site,
 def test_symlink_method_verifies_source(site: Site) -> None:
     bad = [n for n in site.names if n.endswith(".uvh5")][0]
     site.sources[bad].write_bytes(b"x" * site.sources[bad].stat().st_size)
+    give_stores_away(site.archive.stores)
     job = stage(site, "links", [bad], method="symlink")
     run_pending(site.db, FAST)
     assert get_job(site.db, job["id"])["files_failed"] == 1

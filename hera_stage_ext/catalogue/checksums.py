@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Protocol
 import xxhash
 
 from ..errors import InvalidRequest
+from .. import safefs
 from ..paths import is_within
 
 MD5 = "md5"
@@ -160,6 +162,38 @@ def hash_path(path: str | os.PathLike[str], algorithms: Iterable[str] = ALGORITH
     if os.path.isdir(path):
         return hash_directory(path, algorithms)
     return hash_file(path, algorithms)
+
+
+def hash_fd(fd: int, algorithms: Iterable[str] = ALGORITHMS) -> Digest:
+    """Checksums of an open file, read from its start (the descriptor is left open)."""
+    hashers = new_hashers(algorithms)
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    size = 0
+    while n := os.preadv(fd, [buffer], size):
+        chunk = view[:n]
+        for h in hashers.values():
+            h.update(chunk)
+        size += n
+    return Digest(size, {name: h.hexdigest() for name, h in hashers.items()}, False)
+
+
+def hash_at(fd: int, algorithms: Iterable[str] = ALGORITHMS) -> Digest:
+    """``hash_path`` of what the open descriptor ``fd`` is: a file, or a folder whose members
+    are opened below it (``safefs``: never outside it, whatever is swapped meanwhile)."""
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        return hash_fd(fd, algorithms)
+    algorithms = tuple(algorithms)
+    _folders, members = safefs.tree(fd)
+
+    def member(rel: str) -> Digest:
+        mfd = safefs.open_beneath(fd, rel, os.O_RDONLY | os.O_CLOEXEC, inner_links=True)
+        try:
+            return hash_fd(mfd, algorithms)
+        finally:
+            os.close(mfd)
+
+    return manifest_digest(((rel, member(rel)) for rel in members), algorithms)
 
 
 def normalise(checksums: dict[str, str]) -> dict[str, str]:

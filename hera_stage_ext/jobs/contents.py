@@ -372,6 +372,9 @@ class ContentsMover:
         self._check = check
         self._made_dirs = made_dirs  # contents folders known to exist (shared by the streams)
 
+    def close(self) -> None:
+        """Nothing to let go (the engine closes every stream's mover)."""
+
     def move(self, spec: ItemSpec) -> Outcome:
         algorithm = ck.preferred_algorithm(spec.checksums)
         final = self.target.api(spec.final)

@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from ..errors import StagingError
+from ..safefs import Pin
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
 
 _PR_SET_PDEATHSIG = 1
@@ -65,6 +66,9 @@ class HandOver(NamedTuple):
     fsync: bool
     specs: list[ItemSpec]
     rels: list[str]  # each item's destination path as the log names it
+    # The job's destination and its identity when the job took it: the helper opens it itself
+    # (no symlink followed) and refuses it when it is another folder now (``safefs.Pin``).
+    root: Pin | None = None
 
 
 class HelperDied(RuntimeError):
@@ -126,8 +130,9 @@ def _finish(conn: Connection, jobs: queue.Queue[Any]) -> None:
                 with contextlib.suppress(OSError):  # a log that cannot be written stops no copy
                     _append(hand.log_path, "".join(lines))
         fsync = any(hand.fsync for _request, hand, _results, _renames in batch)
+        roots = {hand.root for _request, hand, _results, _renames in batch if hand.root}
         errors = iter(commit([(tmp, final) for *_rest, renames in batch
-                              for _i, tmp, final, _note in renames], fsync))
+                              for _i, tmp, final, _note in renames], fsync, roots))
         for request, _hand, results, renames in batch:
             for i, *_rest in renames:
                 exc = next(errors)
@@ -176,6 +181,7 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         # This hand-over's new folders are renamed into place by its own commit, which runs
         # while the next one is written: that one gets temporary folders of its own.
         mover.close_temp_folders()
+        mover.pin(hand.root)
         results: list[Moved] = []
         renames: list[tuple[int, str, str, str]] = []
         for i, spec in enumerate(hand.specs):

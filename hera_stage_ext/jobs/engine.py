@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 from ..catalogue.db import Database
 from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
-from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound
+from ..errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, NotFound
+from ..safefs import PathChanged
 from . import kinds, recall, targets
 from .items import _unfinished_paths
 from .joblog import JobLog, default_log_dir
@@ -160,6 +161,7 @@ def create_stage_job(
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
         target.acquire(job.id, owner, lambda other: _is_active(s, other))
+        job.options = {**job.options, **target.options()}  # the folder's pin, taken just now
 
     return create_job(
         db, owner, "stage", dest, method, plan.items, plan.missing, plan.bytes_total,
@@ -477,22 +479,37 @@ class StageKind(kinds.JobKind):
     name = "stage"
 
     def begin(self, run: _JobRun, resumed: bool) -> None:
-        run.target.ensure_in_progress(run.job.id, run.job.owner)
-        if resumed:
-            n = run.target.remove_temps(_unfinished_paths(run.db, run.job.id))
-            if n:
-                run.log(f"removed {n} temporary file(s) left by the previous worker")
+        try:
+            if run.config.allowed_roots and isinstance(run.target, targets.LocalTarget):
+                # The worker's own roots, not only the server's check at launch.
+                run.target.recheck(run.config.allowed_roots)
+            run.target.ensure_in_progress(run.job.id, run.job.owner)
+            if resumed:
+                n = run.target.remove_temps(_unfinished_paths(run.db, run.job.id))
+                if n:
+                    run.log(f"removed {n} temporary file(s) left by the previous worker")
+        except (PathChanged, Forbidden, InvalidRequest) as exc:
+            # Nothing is written: every item fails with the reason (no marker either).
+            run.refused = f"not written: {exc}"
+            run.log(f"the destination is refused: {exc}")
 
     def stream(self, run: _JobRun) -> None:
         recall.with_recall(run, run._stream)
 
     def finish(self, job: Job, lines: list[str]) -> None:
-        _target(job).finish(job.id, lines)
+        try:
+            _target(job).finish(job.id, lines)
+        except PathChanged as exc:  # the job fails with it; nothing is written there
+            lines.append(f"result marker not written: {exc}")
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         target = _target(job)
-        removed = target.remove_temps(_unfinished_paths(db, job.id))
-        target.finish(job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
+        try:
+            removed = target.remove_temps(_unfinished_paths(db, job.id))
+            target.finish(job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
+        except PathChanged as exc:
+            JobLog(job.log_path)(f"result marker not written: {exc}")
+            return 0
         return removed
 
     def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
@@ -510,6 +527,8 @@ class StageKind(kinds.JobKind):
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {job.destination}", job_id=busy)
         target.acquire(job.id, job.owner, lambda other: _is_active(s, other))
+        # Checked against the roots just now: the folder there is the job's from now on.
+        job.options = {**job.options, **target.options()}
 
     def release(self, job: Job) -> None:
         _target(job).release(job.id)

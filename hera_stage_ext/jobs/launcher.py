@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .copy_pool import default_size
@@ -40,8 +40,10 @@ class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
                  copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
-                 nice: int = 0, poll_seconds: float = 10.0) -> None:
+                 nice: int = 0, poll_seconds: float = 10.0,
+                 allowed_roots: Sequence[str] = ()) -> None:
         self.db_url = db_url
+        self.allowed_roots = list(allowed_roots)
         self.poll_seconds = poll_seconds
         self.jobs = jobs
         self.nice = nice
@@ -64,7 +66,8 @@ class WorkerLauncher:
                 "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
                 "--nice", str(self.nice), "--poll", str(self.poll_seconds),
-                *(["--owner", self.owner] if self.owner else [])]
+                *(["--owner", self.owner] if self.owner else []),
+                *(arg for root in self.allowed_roots for arg in ("--allowed-root", root))]
 
     def _digest(self) -> str:
         # Secrets are in it: only the digest is written down.

@@ -6,6 +6,9 @@ partial file under a final name), the
 verification against the catalogue checksum (the fastest one it has: xxh3-128, MD5 only when
 that is all) and the skip/conflict decision for something already at the final name.
 Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
+Every destination folder is reached without following a symlink and every file created,
+renamed or removed relative to its folder's descriptor (``safefs``); ``hardlink`` and
+``symlink`` link only a store file the staging account cannot write (``linkcheck``).
 
 Two modes. Immediate (``Mover(deferred=False)``): each item is written, verified, fsynced and
 renamed to its final name before ``move`` returns. Deferred (the engine's, for speed on many
@@ -26,15 +29,15 @@ import errno
 import fcntl
 import itertools
 import os
-import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from .. import safefs
 from ..catalogue import checksums as ck
 from ..paths import is_within
-from . import bigcopy
+from . import bigcopy, linkcheck
 
 METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
 TMP_SUFFIX = ".hera-tmp"
@@ -82,30 +85,28 @@ def temp_path(final: str | os.PathLike[str]) -> str:
     return os.path.join(head, f".{tail}{TMP_SUFFIX}")
 
 
-def remove_path(path: str | os.PathLike[str]) -> None:
-    """Remove a file, symlink or (read-only) tree; absent is fine."""
-    path = os.fspath(path)
-    if os.path.islink(path) or not os.path.exists(path):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    if os.path.isdir(path):
-        # Copies may be read-only already: make them writable so rmtree can unlink them.
-        def _retry(func, p, _exc):  # type: ignore[no-untyped-def]
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-        shutil.rmtree(path, onerror=_retry)
-    else:
-        os.unlink(path)
+def remove_path(path: str | os.PathLike[str], folders: safefs.Folders | None = None) -> None:
+    """Remove a file, symlink or (read-only) tree; absent is fine. Its folder is opened without
+    following a symlink and the tree removed descriptor by descriptor (``safefs.remove``)."""
+    safefs.remove_path(os.fspath(path), folders)
+
+
+#: The open flags of a source (a store's instance): never through a symlink it is itself.
+_SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Mover:
-    """Moves items for one stream (thread): owns that stream's reused copy buffer.
+    """Moves items for one stream (thread): owns that stream's reused copy buffer and its open
+    destination folders (``safefs.Folders``).
 
-    ``made_dirs`` (may be shared by the streams of a job) remembers the destination folders
-    known to exist, so that a folder of 200 files is created (or looked up) once, not 200 times.
-    Paths are handled as strings and checks are cached per folder: with files of a few KiB,
-    per-file Python work (not the copy) decides the speed.
+    Every destination folder is opened without following a symlink, below ``root`` (the job's
+    destination, pinned when the job took it: another folder or a symlink found there refuses
+    the item) or the ``roots`` it is given (a store), and every file is created, renamed or
+    removed relative to its folder's descriptor: a link planted or swapped at any moment
+    redirects nothing. ``made_dirs`` (may be shared by the streams of a job) remembers the
+    destination folders known to exist; the folders' descriptors are cached (bounded) per mover,
+    so that a folder of 200 files is opened (or made) once, not 200 times: with files of a few
+    KiB, per-file Python work (not the copy) decides the speed.
     """
 
     def __init__(
@@ -118,6 +119,8 @@ class Mover:
         deferred: bool = False,
         made_dirs: set[str] | None = None,
         temp_folders: bool = False,
+        root: safefs.Pin | None = None,
+        roots: Iterable[str] = (),
     ) -> None:
         self._buffer = bytearray(chunk_size)
         self._view = memoryview(self._buffer)
@@ -134,6 +137,10 @@ class Mover:
         # is to be synced at all.
         self._durable = fsync
         self._made_dirs = made_dirs if made_dirs is not None else set()
+        self._root = root
+        self._roots = tuple(roots)
+        self._folders = safefs.Folders([root] if root is not None else self._roots)
+        self._identity = linkcheck.staging_identity()
         # Source folders (resolved) known to lie inside their store's root.
         self._source_dirs: set[tuple[str, str]] = set()
         # Destination folders this mover created (so they held nothing before).
@@ -146,79 +153,104 @@ class Mover:
         self._open_temps: dict[str, str] = {}
         self._used_temps: set[str] = set()  # those holding a written file (for a commit)
 
+    def pin(self, root: safefs.Pin | None) -> None:
+        """Write below ``root`` from now on (a helper's next hand-over may be another job's)."""
+        if root != self._root:
+            self._root = root
+            self._folders.close()
+            self._folders = safefs.Folders([root] if root is not None else self._roots)
+
     def forget_folders(self) -> None:
         """Drop what this mover knows of destination folders (another batch, maybe of another
         job, follows: what was fresh for the last one is not for this one)."""
         self._made_dirs.clear()
         self._fresh_dirs.clear()
+        self._folders.forget()
         self.close_temp_folders()
 
     def close_temp_folders(self) -> None:
         """The temporary folders written so far go to a ``commit``: items moved after this get
         new ones (a folder being renamed into place never receives a file still unverified)."""
+        for folder in self._open_temps.values():
+            self._folders.forget(folder)
         self._open_temps.clear()
         self._used_temps.clear()
 
+    def close(self) -> None:
+        self._folders.close()
+
     # ----- entry point --------------------------------------------------------------------
-    def move(self, spec: ItemSpec) -> Outcome:
+    def move(self, spec: ItemSpec, source_fd: int | None = None) -> Outcome:
+        """Move one item. ``source_fd``: the source already open (a file, or a data set's
+        folder whose members are opened below it): read from it, never from its path."""
         algorithm = ck.preferred_algorithm(spec.checksums)
         final = os.fspath(spec.final)
-        tmp = temp_path(final)
+        parent, name = os.path.split(final)
+        tmp_name = f".{name}{TMP_SUFFIX}"
         source = os.fspath(spec.source)
-        if spec.source_root is not None:
+        if spec.source_root is not None and source_fd is None:
             self._confine_source(source, spec)
-        parent = os.path.dirname(final)
+        folders = self._folders
         folder_tmp = self._open_temps.get(parent)
-        if (folder_tmp is None and self._temp_folders and parent not in self._made_dirs
-                and not os.path.lexists(parent)):
-            folder_tmp = self._open_temps[parent] = _make_temp_folder(parent)
+        if folder_tmp is None and self._temp_folders and parent not in self._made_dirs:
+            try:
+                folders.get(parent)
+            except FileNotFoundError:
+                folder_tmp = self._open_temps[parent] = _make_temp_folder(parent, folders)
         if folder_tmp is not None:
             # Nothing can be in it but what this mover writes: no check of the final name.
-            tmp = os.path.join(folder_tmp, os.path.basename(final))
             try:
-                note = self._write(spec, source, tmp, algorithm)
+                tmp_fd = folders.get(folder_tmp)
+                note = self._write(spec, source, source_fd, tmp_fd, name, algorithm)
             except BaseException:
                 # Cancelled, failed, or the folder removed by hand mid-job: a temporary folder
                 # left empty has no commit to rename it, so it goes now.
                 if folder_tmp not in self._used_temps:
                     self._open_temps.pop(parent, None)
+                    folders.forget(folder_tmp)
                     with contextlib.suppress(OSError):
-                        os.rmdir(folder_tmp)
+                        head, tail = os.path.split(folder_tmp)
+                        os.rmdir(tail, dir_fd=folders.get(head))
                 raise
             self._used_temps.add(folder_tmp)
-            return Outcome("done", note, tmp, final)
+            return Outcome("done", note, os.path.join(folder_tmp, name), final)
         if parent not in self._made_dirs:
-            if _make_folder(parent):
+            dir_fd, made = folders.open(parent, create=True)
+            if made:
                 # Made just now, by this mover: nothing can be in it but what it writes (and
                 # a name appearing meanwhile is still never overwritten: see ``commit``).
                 self._fresh_dirs.add(parent)
             self._made_dirs.add(parent)
-        if parent not in self._fresh_dirs and os.path.lexists(final):
-            _discard(tmp)  # a leftover of a killed worker
-            return self._existing(spec, source, final, algorithm)
+        else:
+            dir_fd = folders.get(parent, create=True)
+        if parent not in self._fresh_dirs and safefs.lexists(dir_fd, name):
+            _discard(dir_fd, tmp_name)  # a leftover of a killed worker
+            return self._existing(spec, source, source_fd, dir_fd, name, algorithm)
         try:
-            note = self._write(spec, source, tmp, algorithm)
+            note = self._write(spec, source, source_fd, dir_fd, tmp_name, algorithm)
         except FileExistsError as exc:
             # A leftover of a killed worker under the temporary name: remove it, once.
-            if tmp not in (exc.filename, exc.filename2):
+            if exc.filename != tmp_name:
                 raise
-            remove_path(tmp)
-            note = self._write(spec, source, tmp, algorithm)
+            safefs.remove(dir_fd, tmp_name)
+            note = self._write(spec, source, source_fd, dir_fd, tmp_name, algorithm)
         except FileNotFoundError as exc:
             # The folder went away since it was made (removed by hand mid-job): make it again.
-            if tmp not in (exc.filename, exc.filename2):
+            if exc.filename != tmp_name:
                 raise
             self._made_dirs.discard(parent)
             self._fresh_dirs.discard(parent)
-            os.makedirs(parent, exist_ok=True)
+            folders.forget(parent)
+            dir_fd = folders.get(parent, create=True)
             self._made_dirs.add(parent)
-            note = self._write(spec, source, tmp, algorithm)
+            note = self._write(spec, source, source_fd, dir_fd, tmp_name, algorithm)
+        tmp = os.path.join(parent, tmp_name)
         if self._deferred:
             return Outcome("done", note, tmp, final)
         try:
-            os.replace(tmp, final)
+            os.rename(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
-            remove_path(tmp)
+            safefs.remove(dir_fd, tmp_name)
             raise
         return Outcome("done", note)
 
@@ -243,68 +275,118 @@ class Mover:
             raise ItemFailed("the instance on its store leads outside the store")
 
     @staticmethod
-    def _open_source(source: str, root: str | None) -> int:
+    def _open_source(source: str, root: str | None, flags: int = 0) -> int:
         try:
-            return os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            return os.open(source, _SOURCE | flags)
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
         # A symlink: follow it only where it stays inside the store.
         if root is not None and not is_within(source, root):
             raise ItemFailed("the instance on its store leads outside the store")
-        return os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(source, (_SOURCE & ~os.O_NOFOLLOW) | flags)
 
-    def _write(self, spec: ItemSpec, source: str, tmp: str, algorithm: str) -> str:
-        """Write and verify the item under ``tmp``; on any failure nothing is left there
-        (except a leftover of someone else that was already there: FileExistsError)."""
+    def _write(self, spec: ItemSpec, source: str, source_fd: int | None, dir_fd: int,
+               tmp: str, algorithm: str) -> str:
+        """Write and verify the item under ``tmp`` in ``dir_fd``; on any failure nothing is left
+        there (except a leftover of someone else that was already there: FileExistsError)."""
         note = ""
         try:
             if spec.method in ("hardlink", "symlink"):
-                # Nothing is copied: verify the source itself, then link to it.
-                self._verify(spec, ck.hash_path(source, [algorithm]), algorithm, "source")
-                if spec.method == "symlink":
-                    os.symlink(source, tmp, target_is_directory=spec.is_directory)
-                elif spec.is_directory:
-                    self._link_tree(source, tmp)
-                else:
-                    os.link(source, tmp)
+                self._link(spec, source, dir_fd, tmp, algorithm)
             else:
                 reflink = spec.method == "reflink"
-                if spec.is_directory:
-                    digest = self._copy_dir(source, tmp, algorithm, spec.read_only, reflink)
-                else:
-                    digest = self._copy_file(source, tmp, algorithm, spec.read_only, reflink,
-                                             spec)
+                fin = source_fd if source_fd is not None else self._open_source(
+                    source, spec.source_root)
+                try:
+                    if spec.is_directory:
+                        digest = self._copy_dir(fin, dir_fd, tmp, algorithm, spec.read_only,
+                                                reflink)
+                    else:
+                        digest = self._copy_file(fin, dir_fd, tmp, algorithm, spec.read_only,
+                                                 reflink)
+                finally:
+                    if fin != source_fd:
+                        os.close(fin)
                 self._verify(spec, digest, algorithm, "copy")
                 note = f"{algorithm} verified"
         except FileExistsError as exc:
-            if tmp not in (exc.filename, exc.filename2):
-                remove_path(tmp)
+            if exc.filename != tmp:
+                safefs.remove(dir_fd, tmp)
             raise
         except BaseException:
-            remove_path(tmp)
+            safefs.remove(dir_fd, tmp)
             raise
         return note
 
+    # ----- links: the store's own inode (only where the user cannot write it) --------------
+    def _exposure(self, fd: int, st: os.stat_result) -> str | None:
+        uid, gids = self._identity
+        reason = linkcheck.link_exposure(st, uid, gids)
+        if reason is not None and linkcheck.is_immutable(fd):
+            return None
+        return reason
+
+    def _link(self, spec: ItemSpec, source: str, dir_fd: int, tmp: str, algorithm: str) -> None:
+        """Nothing is copied: the source, opened without following a link, is checked (the
+        user must not be able to write it: ``linkcheck``) and verified, then linked."""
+        fin = self._open_source(source, spec.source_root)
+        try:
+            st = os.fstat(fin)
+            reason = self._exposure(fin, st)
+            if reason is None and spec.is_directory:
+                reason = self._tree_exposure(fin)
+            if reason is not None:
+                raise ItemFailed(reason)
+            self._verify(spec, ck.hash_at(fin, [algorithm]), algorithm, "source")
+            if spec.method == "symlink":
+                os.symlink(source, tmp, target_is_directory=spec.is_directory, dir_fd=dir_fd)
+            elif spec.is_directory:
+                self._link_tree(fin, dir_fd, tmp)
+            else:
+                # The inode just checked and verified, not whatever the path holds now.
+                os.link(f"/proc/self/fd/{fin}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
+        finally:
+            os.close(fin)
+
+    def _tree_exposure(self, dir_fd: int) -> str | None:
+        _folders, members = safefs.tree(dir_fd)
+        for member in members:
+            fd = _member(dir_fd, member)
+            try:
+                reason = self._exposure(fd, os.fstat(fd))
+            finally:
+                os.close(fd)
+            if reason is not None:
+                return f"{member}: {reason}"
+        return None
+
     # ----- what is already there ----------------------------------------------------------
-    def _existing(self, spec: ItemSpec, source: str, final: str, algorithm: str) -> Outcome:
-        if os.path.islink(final):
-            if spec.method == "symlink" and os.readlink(final) == source:
+    def _existing(self, spec: ItemSpec, source: str, source_fd: int | None, dir_fd: int,
+                  name: str, algorithm: str) -> Outcome:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            if spec.method == "symlink" and os.readlink(name, dir_fd=dir_fd) == source:
                 return Outcome("skipped", "already linked")
             raise ItemFailed("exists as a symbolic link; not overwritten")
         if spec.method == "hardlink" and not spec.is_directory:
             with contextlib.suppress(OSError):
-                if os.path.samefile(final, source):
+                src = os.stat(source)
+                if (src.st_dev, src.st_ino) == (st.st_dev, st.st_ino):
                     return Outcome("skipped", "already linked")
-        is_dir = os.path.isdir(final)
+        is_dir = stat.S_ISDIR(st.st_mode)
         if is_dir != spec.is_directory:
             kind = "directory" if is_dir else "file"
             raise ItemFailed(f"exists as a {kind} of other content; not overwritten")
-        if not spec.is_directory and (size := os.stat(final).st_size) != spec.size:
+        if not spec.is_directory and st.st_size != spec.size:
             raise ItemFailed(
-                f"exists with other content ({size} bytes, catalogue says {spec.size}); "
+                f"exists with other content ({st.st_size} bytes, catalogue says {spec.size}); "
                 f"not overwritten")
-        digest = ck.hash_path(final, [algorithm])
+        fd = os.open(name, _SOURCE | (os.O_DIRECTORY if is_dir else 0), dir_fd=dir_fd)
+        try:
+            digest = ck.hash_at(fd, [algorithm])
+        finally:
+            os.close(fd)
         if digest.size == spec.size and digest.checksums[algorithm] == spec.checksums[algorithm]:
             return Outcome("skipped", f"identical file already there ({algorithm})")
         raise ItemFailed(f"exists with other content ({algorithm} differs); not overwritten")
@@ -320,41 +402,37 @@ class Mover:
                 f"changed, the bad copy was removed")
 
     # ----- copying ------------------------------------------------------------------------
-    def _copy_file(self, src: str, dst: str, algorithm: str, read_only: bool,
-                   reflink: bool = False, spec: ItemSpec | None = None) -> ck.Digest:
-        fin = self._open_source(src, spec.source_root if spec is not None else None)
+    def _copy_file(self, fin: int, dir_fd: int, dst: str, algorithm: str, read_only: bool,
+                   reflink: bool = False) -> ck.Digest:
+        """Copy the open file ``fin`` to a new file ``dst`` in ``dir_fd``."""
+        st = os.fstat(fin)
+        if reflink and self._reflink_ok is not False:
+            digest = self._try_reflink(fin, dir_fd, dst, algorithm, st, read_only)
+            if digest is not None:
+                return digest
+        # Created with its final permissions where the umask keeps them (no chmod).
+        mode = _final_mode(st, read_only)
+        # Read-write: a large file's kernel copy is read back to be hashed (``bigcopy``).
+        fd = safefs.create(dir_fd, dst, mode, os.O_RDWR)
         try:
-            st = os.fstat(fin)
-            if reflink and self._reflink_ok is not False:
-                digest = self._try_reflink(fin, dst, algorithm)
-                if digest is not None:
-                    _finish_metadata(dst, st, read_only)
-                    return digest
-            # Created with its final permissions where the umask keeps them (no chmod).
-            mode = _final_mode(st, read_only)
-            # Read-write: a large file's kernel copy is read back to be hashed (``bigcopy``).
-            fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-            try:
-                digest = None
-                if st.st_size >= bigcopy.MIN_SIZE and self._bigcopy_ok:
-                    # The pump's buffer is idle meanwhile: the hashing thread reads into it.
-                    digest = bigcopy.copy(fin, fd, algorithm, len(self._buffer), self._check,
-                                          self._buffer, durable=self._durable)
-                    if digest is None:
-                        self._bigcopy_ok = False
+            digest = None
+            if st.st_size >= bigcopy.MIN_SIZE and self._bigcopy_ok:
+                # The pump's buffer is idle meanwhile: the hashing thread reads into it.
+                digest = bigcopy.copy(fin, fd, algorithm, len(self._buffer), self._check,
+                                      self._buffer, durable=self._durable)
                 if digest is None:
-                    digest = self._pump(fin, fd, algorithm, st.st_size)
-                # Metadata through the open descriptor (no second path lookup), before the
-                # fsync so that one flush covers data and metadata.
-                if mode & _UMASK:
-                    os.chmod(fd, mode)
-                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+                    self._bigcopy_ok = False
+            if digest is None:
+                digest = self._pump(fin, fd, algorithm, st.st_size)
+            # Metadata through the open descriptor (no second path lookup), before the
+            # fsync so that one flush covers data and metadata.
+            if mode & _UMASK:
+                os.chmod(fd, mode)
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if self._fsync:
+                os.fsync(fd)
         finally:
-            os.close(fin)
+            os.close(fd)
         return digest
 
     def _pump(self, fin: int, fd: int, algorithm: str, size: int) -> ck.Digest:
@@ -378,43 +456,123 @@ class Mover:
                 self._check(n)
         return hasher.digest()
 
-    def _try_reflink(self, fin: int, dst: str, algorithm: str) -> ck.Digest | None:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    def _try_reflink(self, fin: int, dir_fd: int, dst: str, algorithm: str,
+                     st: os.stat_result, read_only: bool) -> ck.Digest | None:
+        fd = safefs.create(dir_fd, dst, 0o600, os.O_RDWR)
         try:
-            fcntl.ioctl(fd, FICLONE, fin)
+            try:
+                fcntl.ioctl(fd, FICLONE, fin)
+            except OSError as exc:
+                os.close(fd)
+                fd = -1
+                os.unlink(dst, dir_fd=dir_fd)
+                if exc.errno not in _NO_REFLINK:
+                    raise
+                if self._reflink_ok is None:
+                    self._log(f"reflink not supported here ({exc.strerror}): "
+                              f"falling back to a plain copy")
+                self._reflink_ok = False
+                return None
+            self._reflink_ok = True
+            # The clone shares the source's blocks: hashing it checks what the destination
+            # holds.
+            digest = ck.hash_fd(fd, [algorithm])
+            _finish_metadata(fd, st, read_only)
             if self._fsync:
                 os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(dst)
-            if exc.errno not in _NO_REFLINK:
-                raise
-            if self._reflink_ok is None:
-                self._log(f"reflink not supported here ({exc.strerror}): "
-                          f"falling back to a plain copy")
-            self._reflink_ok = False
-            return None
-        os.close(fd)
-        self._reflink_ok = True
-        # The clone shares the source's blocks: hashing it checks what the destination holds.
-        return ck.hash_file(dst, [algorithm])
+            return digest
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
-    def _copy_dir(self, src: str, dst: str, algorithm: str, read_only: bool,
-                  reflink: bool) -> ck.Digest:
-        _make_dirs_like(src, dst)
-        digests = []
-        for member in ck.contained_members(Path(src)):
-            digests.append((member, self._copy_file(os.path.join(src, member),
-                                                    os.path.join(dst, member), algorithm,
-                                                    read_only, reflink)))
-        _copy_dir_mtimes(src, dst)
+    def _copy_dir(self, src_fd: int, dir_fd: int, dst: str, algorithm: str,
+                  read_only: bool, reflink: bool) -> ck.Digest:
+        """Copy the data set open as ``src_fd`` to a new folder ``dst`` in ``dir_fd`` (its
+        members opened below it: one that leads out of it is refused, ``_member``)."""
+        folders, members = safefs.tree(src_fd)
+        # Directories stay writable (the user must be able to delete what was staged).
+        os.mkdir(dst, 0o755, dir_fd=dir_fd)
+        out = _Tree(dir_fd, dst)
+        try:
+            for folder in folders:
+                out.make(folder)
+            digests = []
+            for member in members:
+                fin = _member(src_fd, member)
+                try:
+                    head, tail = os.path.split(member)
+                    digests.append((member, self._copy_file(fin, out.get(head), tail,
+                                                            algorithm, read_only, reflink)))
+                finally:
+                    os.close(fin)
+            out.copy_mtimes(src_fd, folders)
+        finally:
+            out.close()
         return ck.manifest_digest(digests, [algorithm])
 
-    def _link_tree(self, src: str, dst: str) -> None:
-        _make_dirs_like(src, dst)
-        for member in ck.contained_members(Path(src)):
-            os.link(os.path.join(src, member), os.path.join(dst, member))
-        _copy_dir_mtimes(src, dst)
+    def _link_tree(self, src_fd: int, dir_fd: int, dst: str) -> None:
+        folders, members = safefs.tree(src_fd)
+        os.mkdir(dst, 0o755, dir_fd=dir_fd)
+        out = _Tree(dir_fd, dst)
+        try:
+            for folder in folders:
+                out.make(folder)
+            for member in members:
+                fin = _member(src_fd, member)
+                try:
+                    head, tail = os.path.split(member)
+                    os.link(f"/proc/self/fd/{fin}", tail, dst_dir_fd=out.get(head),
+                            follow_symlinks=True)
+                finally:
+                    os.close(fin)
+            out.copy_mtimes(src_fd, folders)
+        finally:
+            out.close()
+
+
+def _member(dir_fd: int, member: str) -> int:
+    """Open a data set's member below its folder: a symlink that stays inside is followed,
+    one leading out of it is refused (its bytes are never read)."""
+    try:
+        return safefs.open_beneath(dir_fd, member, _SOURCE & ~os.O_NOFOLLOW, inner_links=True)
+    except safefs.PathChanged:
+        raise ItemFailed(f"a member is a symlink leading outside the directory (or it changed "
+                         f"while being read): {member}; not read") from None
+
+
+class _Tree:
+    """The folders of a data set being written below a new folder, open by relative path."""
+
+    def __init__(self, dir_fd: int, name: str) -> None:
+        self.fds = {"": os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC, dir_fd=dir_fd)}
+
+    def make(self, rel: str) -> None:
+        head, tail = os.path.split(rel)
+        parent = self.fds[head]
+        os.mkdir(tail, 0o755, dir_fd=parent)
+        self.fds[rel] = os.open(tail, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC, dir_fd=parent)
+
+    def get(self, rel: str) -> int:
+        return self.fds[rel]
+
+    def copy_mtimes(self, src_fd: int, folders: list[str]) -> None:
+        # Deepest first, after every file is written (writing into a folder changes its mtime).
+        for rel in [*sorted(folders, key=lambda f: -f.count("/")), ""]:
+            if rel:
+                fd = safefs.open_beneath(src_fd, rel, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+            else:
+                st = os.fstat(src_fd)
+            os.utime(self.fds[rel], ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -425,14 +583,14 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
             view = view[os.write(fd, view):]
 
 
-def _discard(path: str) -> None:
-    """``remove_path`` for the common cases in one system call: nothing there, or a file."""
+def _discard(dir_fd: int, name: str) -> None:
+    """``safefs.remove`` for the common cases in one system call: nothing there, or a file."""
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
     except OSError:  # a directory (a MIRIAD data set's leftover) or something unusual
-        remove_path(path)
+        safefs.remove(dir_fd, name)
 
 
 def _final_mode(st: os.stat_result, read_only: bool) -> int:
@@ -440,62 +598,57 @@ def _final_mode(st: os.stat_result, read_only: bool) -> int:
     return mode & ~0o222 if read_only else mode | stat.S_IWUSR
 
 
-def _finish_metadata(path: str | int, st: os.stat_result, read_only: bool) -> None:
-    os.chmod(path, _final_mode(st, read_only))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _make_folder(path: str) -> bool:
-    """Make ``path`` (and its parents); True when it did not exist before."""
-    try:
-        os.mkdir(path)
-        return True
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return _make_folder(path)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
-        return False
+def _finish_metadata(fd: int, st: os.stat_result, read_only: bool) -> None:
+    os.chmod(fd, _final_mode(st, read_only))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 _temp_folder_count = itertools.count()
 
 
-def _make_temp_folder(final: str) -> str:
-    """A new, empty temporary folder beside ``final`` (made with its parents), named
+def _make_temp_folder(final: str, folders: safefs.Folders) -> str:
+    """A new, empty temporary folder beside ``final`` (its parents made), named
     ``.<name>.<pid>-<n>.hera-tmp``: unique, so two hand-overs never share one, and found by
     ``temp_folders_of`` when a killed worker left it."""
     head, tail = os.path.split(final)
-    path = os.path.join(head, f".{tail}.{os.getpid()}-{next(_temp_folder_count)}{TMP_SUFFIX}")
-    try:
-        os.mkdir(path)
-    except FileNotFoundError:
-        os.makedirs(head, exist_ok=True)
-        os.mkdir(path)
-    return path
+    name = f".{tail}.{os.getpid()}-{next(_temp_folder_count)}{TMP_SUFFIX}"
+    os.mkdir(name, dir_fd=folders.get(head, create=True))
+    return os.path.join(head, name)
 
 
-def temp_folders_of(final: str | os.PathLike[str]) -> list[str]:
+def _is_temp_folder_of(name: str, tail: str) -> bool:
+    prefix = f".{tail}."
+    return (name.startswith(prefix) and name.endswith(TMP_SUFFIX)
+            and name[len(prefix):-len(TMP_SUFFIX)].replace("-", "").isdigit())
+
+
+def temp_folders_of(final: str | os.PathLike[str],
+                    folders: safefs.Folders | None = None) -> list[str]:
     """The temporary folders (``_make_temp_folder``) of the destination folder ``final``."""
     head, tail = os.path.split(os.fspath(final))
-    prefix = f".{tail}."
     try:
-        names = os.listdir(head or ".")
+        if folders is not None:
+            names = os.listdir(folders.get(head))
+        else:
+            fd, _made = safefs.open_dir(head)
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [os.path.join(head, name) for name in names
-            if name.startswith(prefix) and name.endswith(TMP_SUFFIX)
-            and name[len(prefix):-len(TMP_SUFFIX)].replace("-", "").isdigit()]
+    return [os.path.join(head, name) for name in names if _is_temp_folder_of(name, tail)]
 
 
-def remove_temp_folders(finals: set[str], pid: int | None) -> None:
+def remove_temp_folders(finals: set[str], pid: int | None,
+                        root: safefs.Pin | None = None) -> None:
     """Remove the temporary folders a dead process ``pid`` (None: any) left for these
-    destination folders."""
-    for final in finals:
-        for tmp in temp_folders_of(final):
-            if pid is None or os.path.basename(tmp).rsplit(".", 2)[-2].startswith(f"{pid}-"):
-                remove_path(tmp)
+    destination folders (below ``root``, the job's pinned destination)."""
+    with safefs.Folders([root] if root is not None else []) as folders:
+        for final in finals:
+            for tmp in temp_folders_of(final, folders):
+                if pid is None or os.path.basename(tmp).rsplit(".", 2)[-2].startswith(f"{pid}-"):
+                    remove_path(tmp, folders)
 
 
 def _read_umask() -> int:
@@ -510,33 +663,12 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def _make_dirs_like(src: str, dst: str) -> None:
-    # Directories stay writable (the user must be able to delete what was staged).
-    os.mkdir(dst, 0o755)
-    for root, dirs, _files in os.walk(src):
-        rel = os.path.relpath(root, src)
-        for name in dirs:
-            os.makedirs(os.path.join(dst, rel, name), 0o755, exist_ok=True)
-
-
-def _copy_dir_mtimes(src: str, dst: str) -> None:
-    # Bottom-up, after every file is written (writing into a directory changes its mtime).
-    for root, _dirs, _files in os.walk(src, topdown=False):
-        rel = os.path.relpath(root, src)
-        st = os.stat(root)
-        os.utime(os.path.join(dst, rel), ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
 # ----- deferred mode: making a batch final --------------------------------------------------
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
-_renameat2 = getattr(_libc, "renameat2", None)
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_noreplace_ok = _renameat2 is not None
 
 
-def _sync_file_systems(directories: set[str]) -> None:
+def _sync_file_systems(directories: set[str], folders: safefs.Folders) -> None:
     """Flush every dirty page and the journal of the file systems holding ``directories``: one
     ``syncfs`` per file system (``os.sync`` where there is no ``syncfs``)."""
     if _syncfs is None:
@@ -544,45 +676,38 @@ def _sync_file_systems(directories: set[str]) -> None:
         return
     seen: set[int] = set()
     for directory in directories:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            dev = os.fstat(fd).st_dev
-            if dev in seen:
-                continue
-            seen.add(dev)
-            if _syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"syncfs failed: {os.strerror(err)}", directory)
-        finally:
-            os.close(fd)
+        fd = folders.get(directory)
+        dev = os.fstat(fd).st_dev
+        if dev in seen:
+            continue
+        seen.add(dev)
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs failed: {os.strerror(err)}", directory)
 
 
-def _rename_noreplace(tmp: str, final: str) -> None:
+def _rename_noreplace(tmp: str, final: str, folders: safefs.Folders | None = None) -> None:
     """Rename ``tmp`` to ``final``, failing with FileExistsError if ``final`` appeared since it
-    was checked (never overwrites what someone else put there)."""
-    global _noreplace_ok
-    if _noreplace_ok:
-        if _renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(final),
-                      _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), tmp, None, final)
-        # This file system cannot: check, then rename (the job's marker keeps others out).
-        _noreplace_ok = False
-    if os.path.lexists(final):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), tmp, None, final)
-    os.replace(tmp, final)
+    was checked (never overwrites what someone else put there); both folders opened without
+    following a symlink."""
+    with contextlib.ExitStack() as stack:
+        if folders is None:
+            folders = stack.enter_context(safefs.Folders())
+        src_fd, src = folders.split(tmp)
+        dst_fd, dst = folders.split(final)
+        safefs.rename_noreplace(src_fd, src, dst_fd, dst, final)
 
 
-def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError | None]:
+def commit(renames: list[tuple[str, str]], fsync: bool = True,
+           roots: Iterable[safefs.Pin | str] = ()) -> list[OSError | None]:
     """Make a batch of deferred items final: with ``fsync``, the data of every temporary file
     goes to disk first (one ``syncfs``), then each is renamed to its final name, then the
     renames go to disk (``syncfs`` again) before this returns, so a caller that records the
     batch as done afterwards never records something a power cut could take back. Items in a
     temporary folder (``temp_folders``) are made final by renaming their folder into place,
     once for all of them; where the folder exists by then (made meanwhile by another batch),
-    file by file into it.
+    file by file into it. Folders are opened below ``roots`` (a job's pinned destination)
+    without following a symlink: one swapped since fails its items, nothing is renamed there.
 
     Returns, per item, None or the error that stopped it (its temporary file is removed; an
     existing final name is never overwritten). An error syncing the data (the disk failed or
@@ -591,44 +716,51 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True) -> list[OSError |
     disk, so the caller must not record them (a later run finds and verifies them)."""
     if not renames:
         return []
-    folders: dict[tuple[str, str], list[int]] = {}
+    with safefs.Folders(roots) as folders:
+        return _commit(renames, fsync, folders)
+
+
+def _commit(renames: list[tuple[str, str]], fsync: bool,
+            folders: safefs.Folders) -> list[OSError | None]:
+    groups: dict[tuple[str, str], list[int]] = {}
     for i, (tmp, final) in enumerate(renames):
         if _in_temp_folder(tmp, final):
-            folders.setdefault((os.path.dirname(tmp), os.path.dirname(final)), []).append(i)
+            groups.setdefault((os.path.dirname(tmp), os.path.dirname(final)), []).append(i)
+    errors: list[OSError | None] = [None] * len(renames)
     if fsync:
         try:
-            _sync_file_systems({os.path.dirname(tmp) for tmp, _final in renames})
+            _sync_file_systems({os.path.dirname(tmp) for tmp, _final in renames}, folders)
         except OSError as exc:
             for tmp, _final in renames:
                 with contextlib.suppress(OSError):
-                    remove_path(tmp)
-            for tmp_dir, _final_dir in folders:
+                    remove_path(tmp, folders)
+            for tmp_dir, _final_dir in groups:
                 with contextlib.suppress(OSError):
-                    remove_path(tmp_dir)
+                    remove_path(tmp_dir, folders)
             return [exc] * len(renames)
-    errors: list[OSError | None] = [None] * len(renames)
-    in_folders = {i for members in folders.values() for i in members}
+    in_groups = {i for members in groups.values() for i in members}
     for i, (tmp, final) in enumerate(renames):
-        if i not in in_folders:
-            errors[i] = _rename_one(tmp, final)
-    for (tmp_dir, final_dir), members in folders.items():
+        if i not in in_groups:
+            errors[i] = _rename_one(tmp, final, folders)
+    for (tmp_dir, final_dir), members in groups.items():
         try:
-            _rename_noreplace(tmp_dir, final_dir)
+            _rename_noreplace(tmp_dir, final_dir, folders)
+            folders.forget(tmp_dir)
         except FileExistsError:
             for i in members:
-                errors[i] = _rename_one(*renames[i])
+                errors[i] = _rename_one(*renames[i], folders)
             with contextlib.suppress(OSError):
-                remove_path(tmp_dir)
+                remove_path(tmp_dir, folders)
         except OSError as exc:
             for i in members:
                 errors[i] = exc
             with contextlib.suppress(OSError):
-                remove_path(tmp_dir)
+                remove_path(tmp_dir, folders)
     if fsync:
         done = {os.path.dirname(final) for (_tmp, final), error in zip(renames, errors)
                 if error is None}
         if done:
-            _sync_file_systems(done)
+            _sync_file_systems(done, folders)
     return errors
 
 
@@ -642,11 +774,11 @@ def _in_temp_folder(tmp: str, final: str) -> bool:
             and os.path.basename(tmp) == os.path.basename(final))
 
 
-def _rename_one(tmp: str, final: str) -> OSError | None:
+def _rename_one(tmp: str, final: str, folders: safefs.Folders) -> OSError | None:
     try:
-        _rename_noreplace(tmp, final)
+        _rename_noreplace(tmp, final, folders)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            remove_path(tmp)
+            remove_path(tmp, folders)
         return exc
     return None

@@ -80,6 +80,9 @@ class EngineConfig:
         default_factory=lambda: float(os.environ.get("HERA_STAGE_TEST_CHUNK_DELAY", "0") or 0))
     # Transfer jobs: the peers (a transfer.peers.PeerRegistry); None: the worker's environment.
     peers: Any = None
+    # Folders this worker writes staged files into (resolved); a job's destination outside them
+    # is refused before anything is written. Empty: only the launch's check.
+    allowed_roots: tuple[str, ...] = ()
 
 
 class _JobRun:
@@ -92,6 +95,9 @@ class _JobRun:
         self.kind = kinds.kind(job.kind)  # how the items of this job are moved
         self.dest_str = job.destination
         self.target = targets.for_job(job.destination, job.method, job.options)
+        # Why nothing may be written for this run (the destination refused when it began).
+        self.refused: str | None = None
+        self.root = getattr(self.target, "pin", None)  # the pinned destination, if local
         self.read_only = bool(job.options.get("read_only", True))
         self.pool = pool
         self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another
@@ -201,6 +207,12 @@ class _JobRun:
 
     def _stream(self) -> None:
         mover = self.target.mover(self.config, self._check, self.log, self.made_dirs)
+        try:
+            self._stream_with(mover)
+        finally:
+            mover.close()  # its open folders
+
+    def _stream_with(self, mover: Mover) -> None:
         while not (self.abort.is_set() or self.stop.is_set()):
             batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch,
                                  self.config.claim_bytes)
@@ -260,14 +272,16 @@ class _JobRun:
             return self.abort.is_set() or self.store_generation != generation
 
         hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
-                        [item.dest_path for item in ready])
+                        [item.dest_path for item in ready], self.root)
         try:
             moved = self.pool.move(hand, interrupt)
         except HelperDied as exc:
             # What it made final is found verified (not copied again); the rest is copied here,
             # not handed over again, so a file that kills helpers cannot stall the job.
             self.log(f"{exc}: its {len(ready)} file(s) are moved by the worker itself")
-            remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid)
+            with contextlib.suppress(OSError):  # (a destination swapped: nothing removed there)
+                remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid,
+                                    self.root)
             for item, spec in zip(ready, specs):
                 if self.abort.is_set() or self.stop.is_set():
                     break
@@ -295,6 +309,8 @@ class _JobRun:
             self._commit(wait=False)
 
     def _precheck(self, item: _Claimed, spec: ItemSpec) -> None:
+        if self.refused is not None:
+            raise ItemFailed(self.refused)
         folder = os.path.dirname(item.dest_path)
         inside = self.inside.get(folder)
         if inside is None:
@@ -373,7 +389,8 @@ class _JobRun:
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
-            errors = iter(commit(renames, self.config.fsync))
+            errors = iter(commit(renames, self.config.fsync,
+                                 [self.root] if self.root is not None else ()))
             results = [(item, "done", "") for item in final]
             for item, state, error, outcome in batch:
                 if outcome is not None and outcome.tmp:

@@ -12,15 +12,17 @@ goes to still leads inside the destination. ``plan_target`` checks a requested d
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import safefs
 from ..errors import InvalidRequest
 from ..paths import confine, is_within
 from . import markers
-from .methods import Mover, remove_path, temp_folders_of, temp_path
+from .methods import TMP_SUFFIX, Mover, remove_path, temp_folders_of
 
 
 class Target(Protocol):
@@ -41,46 +43,76 @@ class Target(Protocol):
 
 
 class LocalTarget:
-    """A folder on a file system this process can reach."""
+    """A folder on a file system this process can reach.
+
+    Pinned when a job takes it (``acquire``: its device and inode go into the job's options);
+    every later use opens it again without following a symlink (``safefs``) and refuses it
+    (``safefs.PathChanged``) when another folder, or a symlink, is there now."""
 
     poolable = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, pin: Sequence[int] | None = None) -> None:
         self.local = path
         self.key = str(path)
+        self.pin = safefs.Pin(self.key, int(pin[0]), int(pin[1])) if pin else None
 
     def options(self) -> dict[str, Any]:
-        return {}
+        return {"pin": [self.pin.dev, self.pin.ino]} if self.pin is not None else {}
+
+    @contextlib.contextmanager
+    def _open(self, create: bool = False) -> Iterator[int]:
+        fd, _made = safefs.open_dir(self.key, create=create)
+        try:
+            if self.pin is not None:
+                safefs.check_pin(fd, self.pin)
+            yield fd
+        finally:
+            os.close(fd)
 
     def acquire(self, job_id: int, owner: str, is_active: Callable[[int], bool]) -> None:
-        self.local.mkdir(parents=True, exist_ok=True)
-        markers.acquire(self.local, job_id, owner, is_active)
+        """Take the folder (made if missing) and pin it: from now on it is this folder."""
+        fd, _made = safefs.open_dir(self.key, create=True)
+        try:
+            markers.acquire(fd, job_id, owner, is_active, self.key)
+            self.pin = safefs.pin_of(self.key, fd)
+        finally:
+            os.close(fd)
 
     def release(self, job_id: int) -> None:
-        markers.release(self.local, job_id)
+        with contextlib.suppress(OSError), self._open() as fd:
+            markers.release(fd, job_id)
 
     def ensure_in_progress(self, job_id: int, owner: str) -> None:
-        markers.ensure_in_progress(self.local, job_id, owner)
+        # Made again if it was removed, unless it is pinned: then it is not the job's folder.
+        with self._open(create=self.pin is None) as fd:
+            markers.ensure_in_progress(fd, job_id, owner)
 
     def finish(self, job_id: int, lines: Iterable[str]) -> None:
-        markers.finish(self.local, job_id, lines)
+        with self._open() as fd:
+            markers.finish(fd, job_id, lines)
 
     def remove_temps(self, rel_paths: Iterable[str]) -> int:
         """Remove the temporary files of these items and the temporary folders of their
         folders (``Mover(temp_folders=True)``: only unrecorded files are ever in one)."""
         removed = 0
         folders = set()
-        for rel in rel_paths:
-            tmp = temp_path(self.local / rel)
-            if os.path.lexists(tmp):
-                remove_path(tmp)
-                removed += 1
-            folders.add(os.path.dirname(rel))
-        for folder in folders:
-            if folder:
-                for tmp in temp_folders_of(self.local / folder):
-                    remove_path(tmp)
+        with safefs.Folders([self.pin or self.key]) as open_folders:
+            for rel in rel_paths:
+                folders.add(os.path.dirname(rel))
+                head, tail = os.path.split(os.path.join(self.key, rel))
+                try:
+                    dir_fd = open_folders.get(head)
+                except FileNotFoundError:
+                    continue
+                tmp = f".{tail}{TMP_SUFFIX}"
+                if safefs.lexists(dir_fd, tmp):
+                    safefs.remove(dir_fd, tmp)
                     removed += 1
+            for folder in folders:
+                if folder:
+                    for tmp in temp_folders_of(os.path.join(self.key, folder), open_folders):
+                        remove_path(tmp, open_folders)
+                        removed += 1
         return removed
 
     def inside(self, folder: str | os.PathLike[str]) -> bool:
@@ -94,7 +126,7 @@ class LocalTarget:
     def mover(self, config: Any, check: Callable[[int], None], log: Callable[[str], None],
               made_dirs: set[str]) -> Mover:
         return Mover(config.chunk_size, check, log, config.fsync, deferred=True,
-                     made_dirs=made_dirs)
+                     made_dirs=made_dirs, root=self.pin, roots=[self.key])
 
 
 def plan_target(destination: str, method: str, allowed_roots: Sequence[str | os.PathLike[str]],
@@ -118,4 +150,4 @@ def for_job(destination: str, method: str, options: Mapping[str, Any] | None) ->
         from .contents import ContentsTarget
 
         return ContentsTarget(destination, (options or {})["contents"])
-    return LocalTarget(Path(destination))
+    return LocalTarget(Path(destination), (options or {}).get("pin"))

@@ -164,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit-seconds", type=float, default=defaults.flush_seconds,
                         help="seconds between commits (renames of the verified copies to their "
                         "final names, and their results recorded)")
+    parser.add_argument("--allowed-root", action="append", default=[], dest="allowed_roots",
+                        help="a folder staging may write into (repeat for several); a job's "
+                        "destination outside them is refused before anything is written "
+                        "(default: only the server's check at launch)")
     parser.add_argument("--jobs", type=int, default=4,
                         help="jobs run at once (each with its --streams)")
     parser.add_argument("--owner", default=None,
@@ -189,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lower_priority(args.nice)
     config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
                           heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
-                          fsync=not args.no_fsync, flush_seconds=args.commit_seconds)
+                          fsync=not args.no_fsync, flush_seconds=args.commit_seconds,
+                          allowed_roots=tuple(os.path.realpath(r) for r in args.allowed_roots))
     db = Database(args.db_url)
     # Started here, from the main thread, so each helper dies with this process.
     pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
