@@ -64,6 +64,9 @@ class PathChanged(OSError):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, int]]:  # sent back by copy helpers
+        return PathChanged, (self.message, self.filename, self.errno)
+
 
 class Pin(NamedTuple):
     """A folder and its identity (device, inode) when it was taken: a later open that finds
@@ -254,23 +257,25 @@ class Folders:
         self._open: OrderedDict[str, int] = OrderedDict()
         self._size = max(2, size)
 
-    def add_root(self, root: Pin | str) -> None:
-        self._roots.append(root)
-        self._roots.sort(key=lambda r: -len(r.path if isinstance(r, Pin) else r))
+    def root_fd(self, root: Pin | str, create: bool = False) -> int:
+        """The open root (a pinned one must exist and be itself; another is made with
+        ``create``)."""
+        return self._open_root(root, create)[0]
 
-    def root_fd(self, root: Pin | str) -> int:
+    def _open_root(self, root: Pin | str, create: bool) -> tuple[int, bool]:
         path = root.path if isinstance(root, Pin) else root
         fd = self._root_fds.get(path)
-        if fd is None:
-            fd, _made = open_dir(path)
-            try:
-                if isinstance(root, Pin):
-                    check_pin(fd, root)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._root_fds[path] = fd
-        return fd
+        if fd is not None:
+            return fd, False
+        fd, made = open_dir(path, create=create and not isinstance(root, Pin))
+        try:
+            if isinstance(root, Pin):
+                check_pin(fd, root)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._root_fds[path] = fd
+        return fd, made
 
     def get(self, path: str, create: bool = False) -> int:
         """The open folder ``path`` (made, with its parents, when missing and ``create``)."""
@@ -289,9 +294,9 @@ class Folders:
         for root in self._roots:
             rel = _under(path, root.path if isinstance(root, Pin) else root)
             if rel is not None:
-                start = self.root_fd(root)
+                start, made = self._open_root(root, create)
                 if not rel:
-                    return start, False
+                    return start, made
                 fd, made = open_dir(rel, create=create, below=start, shown=path)
                 break
         else:

@@ -204,7 +204,11 @@ class _Recall:
         self.store_ids, self.all_stores = stores.ids, stores
         # The engine's per-item check then confines a recalled item's source to its buffer.
         run.store_roots.update({b: self.roots[b] for b in self.buffers if b in self.roots})
-        self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync)
+        # Buffers are written below their resolved roots, no symlink followed on the way.
+        self.real_roots = {b: os.path.realpath(self.roots[b]) for b in self.buffers
+                           if b in self.roots}
+        self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync,
+                           roots=self.real_roots.values())
         self.recalled_all = threading.Event()
         self.recalled = 0  # items put in the queue so far (the streams wait for it to grow)
         self.changed = threading.Condition()
@@ -272,6 +276,7 @@ class _Recall:
             self.error = exc
             self.run.abort.set()
         finally:
+            self.mover.close()
             self.recalled_all.set()
             self._announce(0)
 
@@ -322,7 +327,7 @@ class _Recall:
         if reserved is None:
             return
         reservation, held = reserved
-        target = Path(self.roots[buffer]) / rel
+        target = Path(self.real_roots[buffer]) / rel
         try:
             outcome = self.mover.move(ItemSpec(Path(item.source_path), target, item.size,
                                                item.is_directory, item.checksums, "copy"))
@@ -496,7 +501,8 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
     removed = []
     for copy in gone:
         try:
-            remove_path(Path(stores.roots[copy.buffer]) / copy.path)
+            # Below the buffer's resolved root: nothing outside it is removed through a link.
+            remove_path(os.path.join(os.path.realpath(stores.roots[copy.buffer]), copy.path))
         except FileNotFoundError:  # (a crashed reaper's, half gone)
             pass
         except OSError as exc:

@@ -43,6 +43,7 @@ directory starts again from zero (data sets are a few files; big files are flat)
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -56,7 +57,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from .. import directio
+from .. import directio, safefs
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.models import Event, File, Instance, Store, utcnow
@@ -322,7 +323,7 @@ class Receiver:
     def _discard_part(self, item_id: int) -> None:
         try:
             root = self._store_root()
-            self._part(root, item_id).unlink(missing_ok=True)
+            remove_path(self._part(root, item_id))
             remove_path(self._tree(root, item_id))
         except (OSError, StagingError):
             pass
@@ -525,10 +526,23 @@ class Receiver:
         if item.spec.get("is_directory"):
             self._receive_directory(item, root, dest, algorithms)
             return
-        part.parent.mkdir(parents=True, exist_ok=True)
+        # Folders opened without following a symlink, files never written through one.
+        incoming, _made = safefs.open_dir(str(part.parent), create=True)
+        with contextlib.closing(_Fd(incoming)):
+            self._receive_file(item, part, dest, incoming, algorithms)
+        try:
+            self._commit(item)
+        except Conflict:
+            dest.unlink(missing_ok=True)
+            raise
+
+    def _receive_file(self, item: TransferItem, part: Path, dest: Path, incoming: int,
+                      algorithms: list[str]) -> None:
+        """Pull into ``part`` (in the open folder ``incoming``), verify, link to ``dest``."""
         hasher = ck.StreamHasher(algorithms)
-        offset = _resume_offset(part, item.size)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        offset = _resume_offset(part, item.size, incoming)
+        fd = os.open(part.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=incoming)
         try:
             os.ftruncate(fd, offset)
             if offset:
@@ -544,14 +558,13 @@ class Receiver:
             raise ChecksumMismatch(
                 f"{item.name}: received {digest.size} bytes with checksums {digest.checksums}, "
                 f"announced {item.size} bytes with {item.checksums}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.link(part, dest)  # atomic; FileExistsError (an OSError) if something appeared
-        try:
-            part.unlink()
-            self._commit(item)
-        except Conflict:
-            dest.unlink(missing_ok=True)
-            raise
+        folder, _made = safefs.open_dir(str(dest.parent), create=True)
+        try:  # atomic; FileExistsError (an OSError) if something appeared
+            os.link(part.name, dest.name, src_dir_fd=incoming, dst_dir_fd=folder,
+                    follow_symlinks=False)
+        finally:
+            os.close(folder)
+        os.unlink(part.name, dir_fd=incoming)
 
     def _pull_into(self, item: TransferItem, fd: int, offset: int,
                    hasher: ck.StreamHasher) -> None:
@@ -618,7 +631,7 @@ class Receiver:
                            algorithms: list[str]) -> None:
         work = self._tree(root, item.id)
         remove_path(work)  # a broken tar pull starts again from zero
-        work.mkdir(parents=True)
+        work_fd, _made = safefs.open_dir(str(work), create=True)
         client = PeerClient(self.registry.peer(item.peer), self.registry.site_name)
         try:
             stream = _ChunkReader(client.chunks(item.name), self._stop)
@@ -627,7 +640,8 @@ class Receiver:
                     if member.name.split("/", 1)[0] != item.name:
                         raise ChecksumMismatch(f"{item.name}: the tar stream holds "
                                                f"{member.name!r}, outside the data set")
-                    tar.extract(member, work, filter="data")
+                    # Into the folder just opened, whatever its path holds meanwhile.
+                    tar.extract(member, f"/proc/self/fd/{work_fd}", filter="data")
         except (tarfile.TarError, EOFError) as exc:
             remove_path(work)
             raise Unavailable(f"the tar stream of {item.name!r} broke: {exc}") from None
@@ -636,6 +650,7 @@ class Receiver:
             raise
         finally:
             client.close()
+            os.close(work_fd)
         tree = work / item.name
         digest = ck.hash_directory(tree, algorithms) if tree.is_dir() else None
         if digest is None or digest.size != item.size or \
@@ -645,7 +660,7 @@ class Receiver:
                 f"{item.name}: the received directory has "
                 f"{'no tree' if digest is None else f'{digest.size} bytes, {digest.checksums}'}"
                 f"; announced {item.size} bytes with {item.checksums}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.close(safefs.open_dir(str(dest.parent), create=True)[0])
         try:
             _rename_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
         finally:
@@ -758,7 +773,13 @@ class Receiver:
         if not wanted:
             return received, ""
         incoming = root / INCOMING_DIR
-        incoming.mkdir(parents=True, exist_ok=True)
+        incoming_fd, _made = safefs.open_dir(str(incoming), create=True)
+        with contextlib.closing(_Fd(incoming_fd)):
+            return self._stream_into(incoming, incoming_fd, wanted, received)
+
+    def _stream_into(self, incoming: Path, incoming_fd: int, wanted: dict[str, tuple[Any, str]],
+                     received: list[tuple[Any, str, str, str]]
+                     ) -> tuple[list[tuple[Any, str, str, str]], str]:
         first = next(iter(wanted.values()))[0]
         try:
             peer = self.registry.peer(first.peer)
@@ -794,7 +815,7 @@ class Receiver:
                                 item.peer, message)
                     received.append((item, part, dest, message))
                     continue
-                _write_new(part, data)
+                _write_new(incoming_fd, f"{item.id}.part", data)
                 received.append((item, part, dest, ""))
         except (Unavailable, OSError) as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
@@ -820,7 +841,7 @@ class Receiver:
         if not good:
             return retry
         for parent in {os.path.dirname(dest) for _item, _part, dest in good}:
-            os.makedirs(parent, exist_ok=True)
+            os.close(safefs.open_dir(parent, create=True)[0])  # no symlink followed
         try:
             errors = commit([(part, dest) for _item, part, dest in good], self.fsync)
         except OSError as exc:  # the renames may not be on disk: the single path checks them
@@ -887,15 +908,21 @@ class Receiver:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _resume_offset(part: Path, size: int) -> int:
+def _resume_offset(part: Path, size: int, folder: int | None = None) -> int:
     """Where a pull of a file of ``size`` bytes resumes, given its partial file ``part``: after
     the bytes it holds up to its first hole (parallel direct writes can finish out of order,
     so a pull that broke can leave a later block written and an earlier one not), from the
     last whole block (direct writes start on one; a partial block comes again); from zero if
-    there is no partial file or it is longer than the file."""
+    there is no partial file or it is longer than the file (or a symlink: never read through).
+    ``folder``: the open folder of ``part``."""
     try:
-        fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(part.name if folder is not None else part,
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+    except (FileNotFoundError, IsADirectoryError):
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
         return 0
     try:
         held = os.fstat(fd).st_size
@@ -908,14 +935,32 @@ def _resume_offset(part: Path, size: int) -> int:
     return held - held % directio.BLOCK
 
 
-def _write_new(path: str, data: bytes) -> None:
-    """Write ``data`` as the file ``path`` (created or truncated); plain ``os`` calls: a batch
-    writes thousands of small files, and a buffered file object costs more than the write."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+def _write_new(folder: int, name: str, data: bytes) -> None:
+    """Write ``data`` as the file ``name`` of the open ``folder`` (created or truncated; a
+    symlink there is removed, never written through); plain ``os`` calls: a batch writes
+    thousands of small files, and a buffered file object costs more than the write."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o666, dir_fd=folder)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        os.unlink(name, dir_fd=folder)
+        fd = os.open(name, flags | os.O_EXCL, 0o666, dir_fd=folder)
     try:
         _write_all(fd, data)
     finally:
         os.close(fd)
+
+
+class _Fd:
+    """An open descriptor for ``contextlib.closing``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class _ChunkReader:

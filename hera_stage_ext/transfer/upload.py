@@ -11,7 +11,11 @@ path relative to the directory, so a file ``DIR/a/b.uvh5`` becomes the instance
 ``<DIR's name>/a/b.uvh5`` of the store (the layout is kept, under one folder per directory).
 
 Run (``UploadKind.stream``: ``parallel`` streams, each claiming ``batch`` items at a time): each
-item's source is checksummed (``checksums.hash_path``, the ingest's path); a file the catalogue
+item's source is opened below the directory, which was pinned at launch (its device and inode:
+another folder, or a symlink, found there later is refused), without following a symlink on the
+way (``safefs``), then checksummed from that descriptor (``checksums.hash_at``, the ingest's
+digest) and copied from it: a folder swapped after the launch reads nothing outside the
+directory. A file the catalogue
 already holds on the store with that checksum is ``skipped`` (so a re-run redoes nothing); a
 name known with other content fails (names are immutable); the rest is copied by
 ``methods.Mover`` (temporary name, verified against the checksum taken, fsynced, renamed: the
@@ -51,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from .. import safefs
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue, FileSpec
 from ..catalogue.db import Database, serialise
@@ -61,7 +66,7 @@ from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.engine import create_job
 from ..jobs.items import _claim_items, _Claimed, _requeue, _unfinished_paths
 from ..jobs.kinds import JobKind
-from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover
+from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
 from ..jobs.targets import LocalTarget
 from ..paths import confine, is_within
@@ -188,7 +193,14 @@ def create_upload_job(
                       "size": size, "is_directory": path.is_dir(), "checksums": {}})
         total += size
 
-    options = {"store": store, "directory": str(source), "glob": pattern, "batch": batch,
+    # Pinned: the run reads from this very folder (never through a symlink swapped in since).
+    fd, _made = safefs.open_dir(str(source))
+    try:
+        pin = safefs.pin_of(str(source), fd)
+    finally:
+        os.close(fd)
+    options = {"store": store, "directory": str(source), "directory_pin": [pin.dev, pin.ino],
+               "glob": pattern, "batch": batch,
                "parallel": parallel, "manifest": str(manifest_path), "read_only": read_only,
                "prefix": os.path.relpath(dest, root), "peer": peer}
     job = create_job(db, owner, "upload", str(dest), "upload", items, [], total,
@@ -308,7 +320,11 @@ class UploadKind(JobKind):
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
     def stream(self, run: _JobRun) -> None:
-        _Uploader(run).loop()
+        uploader = _Uploader(run)
+        try:
+            uploader.loop()
+        finally:
+            uploader.close()
 
     def recorded(self, run: _JobRun) -> None:
         now = time.monotonic()
@@ -365,6 +381,13 @@ class UploadKind(JobKind):
             if allowed_roots and str(confine(path, allowed_roots, what=what)) != path:
                 raise InvalidRequest(f"the {what} {path} no longer resolves to itself")
         _hold(s, job.id, job.destination, job.options["manifest"])
+        # Checked just now: the folder there is the one the retry reads from.
+        fd, _made = safefs.open_dir(job.options["directory"])
+        try:
+            pin = safefs.pin_of(job.options["directory"], fd)
+        finally:
+            os.close(fd)
+        job.options = {**job.options, "directory_pin": [pin.dev, pin.ino]}
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         self._runs.pop(job.id, None)
@@ -404,8 +427,27 @@ class _Uploader:
         self.directory, self.peer = options["directory"], options.get("peer")
         self.read_only = bool(options.get("read_only", True))
         self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync,
-                           made_dirs=run.made_dirs)
+                           made_dirs=run.made_dirs, roots=[str(run.dest)])
         self.ingester = Ingester(Catalogue(run.db), source="upload")
+        pin = options.get("directory_pin")
+        self.source_root = (safefs.Pin(self.directory, *pin) if pin else self.directory)
+        self.sources = safefs.Folders([self.source_root])
+
+    def open_source(self, item: _Claimed) -> int:
+        """The item opened below the pinned directory, no symlink followed on the way (one
+        inside the directory is, where the kernel can keep it inside): a folder swapped for a
+        symlink after the launch reads nothing outside it."""
+        try:
+            root = self.sources.root_fd(self.source_root)
+            flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if item.is_directory else 0)
+            return safefs.open_beneath(root, item.dest_path, flags, inner_links=True,
+                                       shown=item.source_path)
+        except safefs.PathChanged as exc:
+            raise ItemFailed(f"not read: {exc}") from None
+
+    def close(self) -> None:
+        self.sources.close()
+        self.mover.close()
 
     def loop(self) -> None:
         run = self.run
@@ -458,27 +500,14 @@ class _Uploader:
             try:
                 if item.store in run.unavailable:
                     raise ItemFailed(f"store {item.store!r} became unavailable")
-                if not is_within(item.source_path, self.directory):
-                    raise ItemFailed("the file now leads outside the uploaded directory")
-                digest = ck.hash_path(item.source_path)
-                size, sums, there = known.get(item.name, (None, None, None))
-                if sums is not None and not (size == digest.size
-                                             and ck.compare(sums, digest.checksums)):
-                    raise ItemFailed(f"the catalogue knows {item.name!r} with other content "
-                                     f"(names are immutable); not uploaded")
-                if self.peer and sums is not None and item.name in at_peer:
-                    self.report(item, "skipped", "", reported, f"skipped {item.dest_path}: "
-                                f"peer {self.peer!r} holds it with the same checksum")
+                source_fd = self.open_source(item)
+                try:
+                    outcome, digest = self.upload_one(item, source_fd, known, at_peer,
+                                                      reported)
+                finally:
+                    os.close(source_fd)
+                if outcome is None:
                     continue
-                if there is not None:
-                    mine = item.attempts > 1  # an earlier attempt of this job did it
-                    self.report(item, "done" if mine else "skipped", "", reported,
-                                f"{'verified' if mine else 'skipped'} {item.dest_path}: on "
-                                f"store {self.store!r} at {there} with the same checksum")
-                    continue
-                outcome = self.mover.move(ItemSpec(
-                    Path(item.source_path), run.dest / item.dest_path, digest.size,
-                    digest.is_directory, digest.checksums, "copy", self.read_only))
                 note = outcome.note if outcome.state == "done" else (
                     f"{outcome.note}, registered")
                 copied.append((item, digest, note, time.monotonic() - started))
@@ -488,6 +517,32 @@ class _Uploader:
                 message = run._explain(item, exc) if isinstance(exc, OSError) else str(exc)
                 self.report(item, "failed", message, reported)
         self.register(copied, reported)
+
+    def upload_one(self, item: _Claimed, source_fd: int,
+                   known: dict[str, tuple[int, dict[str, str], str | None]],
+                   at_peer: set[str], reported: set[int]) -> tuple[Outcome | None, ck.Digest]:
+        """Checksum the open source, then skip it (None) or copy it from that descriptor."""
+        run = self.run
+        digest = ck.hash_at(source_fd)
+        size, sums, there = known.get(item.name, (None, None, None))
+        if sums is not None and not (size == digest.size
+                                     and ck.compare(sums, digest.checksums)):
+            raise ItemFailed(f"the catalogue knows {item.name!r} with other content "
+                             f"(names are immutable); not uploaded")
+        if self.peer and sums is not None and item.name in at_peer:
+            self.report(item, "skipped", "", reported, f"skipped {item.dest_path}: "
+                        f"peer {self.peer!r} holds it with the same checksum")
+            return None, digest
+        if there is not None:
+            mine = item.attempts > 1  # an earlier attempt of this job did it
+            self.report(item, "done" if mine else "skipped", "", reported,
+                        f"{'verified' if mine else 'skipped'} {item.dest_path}: on "
+                        f"store {self.store!r} at {there} with the same checksum")
+            return None, digest
+        return self.mover.move(ItemSpec(
+            Path(item.source_path), run.dest / item.dest_path, digest.size,
+            digest.is_directory, digest.checksums, "copy", self.read_only),
+            source_fd), digest
 
     def register(self, copied: list[tuple[_Claimed, ck.Digest, str, float]],
                  reported: set[int]) -> None:
