@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from .api_fixtures import *  # noqa: F403
+from .job_fixtures import give_stores_away
 from .test_cli import cli  # noqa: F401  (fixture)
 
 THREE = ["zen.2457645.10000.xx.HH.uvh5", "zen.2457645.10000.yy.HH.uvh5",
@@ -58,7 +59,8 @@ async def test_stage_three_files_by_name(api, ingested, jp_root_dir, archive):
     assert [j["id"] for j in jobs["jobs"]] == [job["id"]]
 
 
-async def test_stage_from_query_with_dry_run(api, ingested, jp_root_dir):
+async def test_stage_from_query_with_dry_run(api, ingested, jp_root_dir, archive):
+    give_stores_away(archive.stores)  # hardlink links only files the user cannot write
     code, plan = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
                                              "dry_run": True})
     assert code == 200, plan

@@ -478,7 +478,13 @@ class StageKind(kinds.JobKind):
 
     name = "stage"
 
+    def __init__(self) -> None:
+        # Jobs whose destination this process refused when their run began (job id -> why):
+        # their result markers are not written there either.
+        self._refused: dict[int, str] = {}
+
     def begin(self, run: _JobRun, resumed: bool) -> None:
+        self._refused.pop(run.job.id, None)
         try:
             if run.config.allowed_roots and isinstance(run.target, targets.LocalTarget):
                 # The worker's own roots, not only the server's check at launch.
@@ -491,12 +497,17 @@ class StageKind(kinds.JobKind):
         except (PathChanged, Forbidden, InvalidRequest) as exc:
             # Nothing is written: every item fails with the reason (no marker either).
             run.refused = f"not written: {exc}"
+            self._refused[run.job.id] = run.refused
             run.log(f"the destination is refused: {exc}")
 
     def stream(self, run: _JobRun) -> None:
         recall.with_recall(run, run._stream)
 
     def finish(self, job: Job, lines: list[str]) -> None:
+        refused = self._refused.pop(job.id, None)
+        if refused is not None:
+            lines.append(f"result marker {refused}")
+            return
         try:
             _target(job).finish(job.id, lines)
         except PathChanged as exc:  # the job fails with it; nothing is written there

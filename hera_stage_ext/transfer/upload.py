@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +65,7 @@ from ..catalogue.naming import validate_name
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.engine import create_job
 from ..jobs.items import _claim_items, _Claimed, _requeue, _unfinished_paths
+from ..jobs.joblog import JobLog
 from ..jobs.kinds import JobKind
 from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
@@ -283,18 +284,25 @@ def write_manifest(db: Database, job_id: int, job_state: str | None = None) -> P
         assert job is not None
         path = Path(job.options["manifest"])
     data = json.dumps(manifest_json(db, job_id, job_state), indent=1).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    # In its folder (resolved at launch) opened without following a symlink: a folder swapped
+    # since is refused, never written through.
+    folder, _made = safefs.open_dir(str(path.parent))
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        tmp = f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        fd = safefs.create(folder, tmp, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), 0o644)
+                os.fsync(f.fileno())
+            os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+    finally:
+        os.close(folder)
     return path
 
 
@@ -344,8 +352,13 @@ class UploadKind(JobKind):
             except StagingError as exc:  # the job fails with it: a retry sends again
                 lines.append(f"sending to peer {job.options['peer']!r}: {exc.message}")
                 run.log(f"FAILED to launch the transfer: {exc.message}")
-        path = write_manifest(run.db, job.id, "failed" if lines else "succeeded")
-        run.log(f"manifest written: {path}")
+        try:
+            path = write_manifest(run.db, job.id, "failed" if lines else "succeeded")
+        except OSError as exc:  # its folder swapped for a symlink, say: the job fails with it
+            lines.append(f"manifest not written: {exc}")
+            run.log(f"FAILED to write the manifest: {exc}")
+        else:
+            run.log(f"manifest written: {path}")
 
     @staticmethod
     def _send(run: _JobRun, job: Job) -> None:
@@ -399,7 +412,10 @@ class UploadKind(JobKind):
         with db.write() as s:
             serialise(s, LAUNCH_LOCK)
             if _manifest_holder(s, job.id, job.options["manifest"]) is None:
-                write_manifest(db, job.id)
+                try:
+                    write_manifest(db, job.id)
+                except OSError as exc:
+                    JobLog(job.log_path)(f"FAILED to write the manifest: {exc}")
         return removed
 
 
