@@ -24,6 +24,7 @@ changed, and the secret's bytes are nowhere in the root.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -348,6 +349,36 @@ def test_stage_destinations_real_launch(hostile):
     swapped = by_id[launched[-2]["id"]]
     assert swapped["files_done"] == 0, swapped
     assert list(s.outside.iterdir()) == []
+    assert_secret_not_in(s.root)
+
+
+def test_destinations_swapped_while_the_worker_runs(hostile):
+    """The worker itself under attack (issue 15): a launched job's destination, or the
+    sub-folder it writes a night into, is swapped for a symlink (to the sentinel, or to the
+    secret's folder) at a generated moment of its run, before or after the worker made it.
+    Nothing is written through the link: the sentinel stays empty (after each example) and no
+    file outside the root changes (at the end of the module)."""
+    s = hostile
+    counter = itertools.count()
+
+    @settings(FAST, max_examples=16)
+    @given(target=st.sampled_from([s.outside, s.secret.parent]),
+           which=st.sampled_from(["destination", "2457645"]),
+           delay=st.sampled_from([0.0, 0.002, 0.01, 0.05, 0.2]))
+    def check(target: Path, which: str, delay: float) -> None:
+        name = f"swapped-{next(counter)}"
+        r = s.post("hera-stage/api/stage", {"query": "session:2457645", "destination": name})
+        answered(r, (202,))
+        time.sleep(delay)
+        folder = s.root / name / ("" if which == "destination" else which)
+        with contextlib.suppress(OSError):
+            folder.rename(folder.with_name(folder.name + ".orig"))
+        with contextlib.suppress(OSError):  # (the worker made it again meanwhile: not swapped)
+            folder.symlink_to(target, target_is_directory=True)
+        drain_jobs(s.server)
+        assert list(s.outside.iterdir()) == []
+
+    check()
     assert_secret_not_in(s.root)
 
 
