@@ -537,6 +537,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         write_sources(store, sets)
         log(f"  written in {time.perf_counter() - t0:.0f} s")
+        if os.geteuid() == 0:
+            # As a site's archive: another account's files, so hardlink/symlink may link them.
+            for folder, dirs, files in os.walk(store):
+                for name in [*dirs, *files, ""]:
+                    os.chown(os.path.join(folder, name), 65534, 65534)
+        else:
+            log("  (not root: the store is this account's own, so the hardlink and symlink "
+                "rows are refused; see the admin guide)")
         db_url = f"sqlite:///{workdir / 'catalogue.sqlite'}"
         stores = {STORE: {"path": str(store), "kind": "online"}}
         log("starting jupyter server (worker: server-started, production settings)")
