@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .copy_pool import default_size
@@ -40,7 +40,8 @@ class WorkerLauncher:
     def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
                  copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
-                 nice: int = 0, poll_seconds: float = 10.0) -> None:
+                 nice: int = 0, poll_seconds: float = 10.0,
+                 kinds: Sequence[str] = ()) -> None:
         self.db_url = db_url
         self.poll_seconds = poll_seconds
         self.jobs = jobs
@@ -48,6 +49,7 @@ class WorkerLauncher:
         # More for the worker's environment (transfer jobs: the peers, secrets included).
         self.env = dict(env or {})
         self.owner = owner
+        self.kinds = tuple(kinds)  # only jobs of these kinds (the site's own worker)
         self.streams = streams
         self.copy_processes = copy_processes or default_size()
         self.idle_exit_seconds = idle_exit_seconds
@@ -64,7 +66,8 @@ class WorkerLauncher:
                 "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
                 "--nice", str(self.nice), "--poll", str(self.poll_seconds),
-                *(["--owner", self.owner] if self.owner else [])]
+                *(["--owner", self.owner] if self.owner else []),
+                *(["--kinds", ",".join(self.kinds)] if self.kinds else [])]
 
     def _digest(self) -> str:
         # Secrets are in it: only the digest is written down.
