@@ -89,8 +89,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-@contextlib.contextmanager
-def site_service(work: Path, db_url: str) -> Iterator[Site]:
+def prepare_site(work: Path, db_url: str) -> tuple[Path, dict[str, str]]:
+    """A store of FILES, the service's config file, and the users' tokens."""
     store = work / "store"
     store.mkdir(parents=True)
     for i, name in enumerate(FILES):
@@ -111,15 +111,22 @@ def site_service(work: Path, db_url: str) -> Iterator[Site]:
              "reader": tokens.issue(db, "reader", ["read"])[0],
              "boss": tokens.issue(db, "boss", ["admin"])[0]}
     db.dispose()
+    return config, users
+
+
+@contextlib.contextmanager
+def serve_site(work: Path, db_url: str, config: Path, users: dict[str, str],
+               name: str = "service") -> Iterator[Site]:
+    """One ``hera-stage site`` process on ``config``, until the block ends."""
     port = free_port()
     command = [sys.executable, "-m", "hera_stage_ext.cli", "site", "--config", str(config),
                "--port", str(port), "--root-dir", str(work)]
     if os.geteuid() == 0:
         command.append("--allow-root")
-    data = work / "jupyter"
+    data = work / f"jupyter-{name}"
     env = _env(JUPYTER_CONFIG_DIR=str(data / "config"), JUPYTER_RUNTIME_DIR=str(data / "rt"),
                JUPYTER_DATA_DIR=str(data / "data"))
-    log = work / "service.log"
+    log = work / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=work, start_new_session=True)
@@ -133,8 +140,6 @@ def site_service(work: Path, db_url: str) -> Iterator[Site]:
                     break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.25)
-        reply = site.api("boss", "POST", "ingest", {"store": "s1"})
-        assert reply.ok and reply.json()["registered"] == len(FILES), reply.text
         yield site
     finally:
         process.terminate()
@@ -143,6 +148,15 @@ def site_service(work: Path, db_url: str) -> Iterator[Site]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def site_service(work: Path, db_url: str) -> Iterator[Site]:
+    config, users = prepare_site(work, db_url)
+    with serve_site(work, db_url, config, users) as site:
+        reply = site.api("boss", "POST", "ingest", {"store": "s1"})
+        assert reply.ok and reply.json()["registered"] == len(FILES), reply.text
+        yield site
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -344,3 +358,49 @@ def test_worker_command_line_keeps_the_database_out(site: Site, tmp_path: Path) 
                                             HERA_STAGE_DB_URL=site.db_url),
                              capture_output=True, text=True, timeout=60)
     assert with_db.returncode == 2 and "--site-url goes without" in with_db.stderr
+
+
+def test_the_site_worker_never_claims_a_users_stage_job(database: Database,
+                                                        tmp_path: Path) -> None:
+    from hera_stage_ext.jobs.engine import create_job
+    from hera_stage_ext.jobs.store import DbJobStore
+
+    item = {"name": "f", "store": "s", "size": 1, "is_directory": False, "checksums": {},
+            "dest_path": "f", "source_path": "/nowhere/f"}
+    stage = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", [item], [], 1,
+                       log_dir=tmp_path)
+    site_worker = DbJobStore(database, kinds=("transfer", "upload"))
+    assert site_worker.claim_job("site-w", 30) is None
+    assert DbJobStore(database, owner="bob").claim_job("bob-w", 30) is None
+    assert DbJobStore(database, owner="alice").claim_job("alice-w", 30) == (stage["id"], False)
+
+
+def test_two_service_replicas_run_each_job_once(postgres: Any,
+                                                tmp_path_factory: pytest.TempPathFactory
+                                                ) -> None:
+    """Two service processes on one PostgreSQL: alice's workers through either claim each job
+    (and each file) exactly once."""
+    work = tmp_path_factory.mktemp("replicas")
+    db_url = postgres.create_database()
+    with site_service(work, db_url) as one, serve_site(work, db_url, one.config, one.tokens,
+                                                       "replica") as two:
+        numbers = [one.stage("alice", _dest(one, "alice", f"r{i}"))["id"] for i in range(4)]
+        numbers += [two.stage("alice", _dest(two, "alice", f"s{i}"))["id"] for i in range(4)]
+        runs = []
+        for service in (one, two, one):
+            command = [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url",
+                       service.url, "--exit-when-idle", "--copy-processes", "0",
+                       f"--allowed-root={one.home('alice')}", "--jobs", "2"]
+            runs.append(subprocess.Popen(
+                command, env=_env(HERA_STAGE_SITE_TOKEN=one.tokens["alice"],
+                                  XDG_CACHE_HOME=str(work / "cache")),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for run in runs:
+            assert run.wait(120) == 0, run.stderr.read() if run.stderr else ""
+        for number in numbers:
+            job = two.api("alice", "GET", f"jobs/{number}").json()
+            assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+            log = one.api("alice", "GET", f"jobs/{number}/log").json()["text"]
+            assert log.count("starts job") == 1, log
+            for name in FILES:
+                assert log.count(f"copy {name} ") == 1, log
