@@ -363,6 +363,11 @@ class StagingApp(ExtensionApp):
             site_mode=site,
         )
         self.settings[SETTINGS_KEY] = self.core
+        if site:
+            # Tornado's own XSRF check runs before the user is known, so a hub token (whose
+            # check is patched in by HubOAuth) would always fail it; jupyter_server checks
+            # XSRF again after authentication, as jupyterhub's own single-user servers do.
+            self.settings["xsrf_cookies"] = False
         self.orders = StandingOrders(self.core, self.standing_order_interval_seconds)
         self.settings[ORDERS_KEY] = self.orders
         self.log.info(

@@ -404,3 +404,146 @@ def test_two_service_replicas_run_each_job_once(postgres: Any,
             assert log.count("starts job") == 1, log
             for name in FILES:
                 assert log.count(f"copy {name} ") == 1, log
+
+
+# ----- behind a real JupyterHub: hub tokens (HubOAuth) ------------------------------------------
+NO_PROXY = '''
+from jupyterhub.proxy import Proxy
+
+
+class NoProxy(Proxy):
+    """No proxy: the test talks to the hub and to the service directly."""
+
+    should_start = False
+    _routes: dict = {}
+
+    async def add_route(self, routespec, target, data):
+        self._routes[routespec] = {"routespec": routespec, "target": target, "data": data}
+
+    async def delete_route(self, routespec):
+        self._routes.pop(routespec, None)
+
+    async def get_all_routes(self):
+        return dict(self._routes)
+'''
+
+
+def _kill_service_of(config: Path) -> None:
+    """The site service the hub started on ``config``, if the hub left it running."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if str(config).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), 15)
+
+
+def test_hub_tokens_are_users_on_a_hub_managed_service(tmp_path: Path) -> None:
+    """JupyterHub starts the service (as ``c.JupyterHub.services``); programs present hub API
+    tokens, checked by HubOAuth, with the custom scopes and the service's access scope."""
+    pytest.importorskip("jupyterhub")
+    config, users = prepare_site(tmp_path, f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
+    (tmp_path / "noproxy.py").write_text(NO_PROXY)
+    hub_port, service_port = free_port(), free_port()
+    admin_token = "tester-" + os.urandom(16).hex()
+    service_command = [sys.executable, "-m", "hera_stage_ext.cli", "site", "--config",
+                       str(config), "--port", str(service_port),
+                       *(["--allow-root"] if os.geteuid() == 0 else [])]
+    scopes = {f"custom:hera-stage:{s}": {"description": s} for s in ("read", "stage", "admin")}
+    service_env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+                   "JUPYTER_CONFIG_DIR": str(tmp_path / "jc"),
+                   "JUPYTER_RUNTIME_DIR": str(tmp_path / "jr"),
+                   "JUPYTER_DATA_DIR": str(tmp_path / "jd")}
+    (tmp_path / "hub_config.py").write_text(f"""
+c.JupyterHub.proxy_class = "noproxy.NoProxy"
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allowed_users = {{"alice", "bob", "boss"}}
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {free_port()}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.JupyterHub.db_url = "sqlite:///{tmp_path / 'hub.sqlite'}"
+c.JupyterHub.cookie_secret_file = "{tmp_path / 'cookie_secret'}"
+c.JupyterHub.custom_scopes = {scopes!r}
+c.JupyterHub.load_roles = [
+    {{"name": "stagers", "users": ["alice", "bob"],
+     "scopes": ["self", "custom:hera-stage:read", "custom:hera-stage:stage",
+                "access:services!service=hera-stage"]}},
+    {{"name": "archivists", "users": ["boss"],
+     "scopes": ["self", "custom:hera-stage:admin", "access:services!service=hera-stage"]}},
+    {{"name": "tester", "services": ["tester"], "scopes": ["admin:users", "tokens"]}},
+]
+c.JupyterHub.services = [
+    {{"name": "hera-stage", "url": "http://127.0.0.1:{service_port}",
+     "command": {service_command!r}, "environment": {service_env!r},
+     "oauth_no_confirm": True}},
+    {{"name": "tester", "api_token": {admin_token!r}}},
+]
+""")
+    hub_log = open(tmp_path / "hub.log", "wb")
+    hub = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f",
+                            str(tmp_path / "hub_config.py")], cwd=tmp_path,
+                           env=_env(PYTHONPATH=f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"),
+                           stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True)
+    hub_api = f"http://127.0.0.1:{hub_port}/hub/api/"
+    service = f"http://127.0.0.1:{service_port}/services/hera-stage/hera-stage/api/"
+
+    def hub_token(user: str, scopes: list[str]) -> str:
+        reply = requests.post(hub_api + f"users/{user}/tokens", json={"scopes": scopes},
+                              headers={"Authorization": f"token {admin_token}"}, timeout=30)
+        assert reply.ok, reply.text
+        return str(reply.json()["token"])
+
+    def call(token: str | None, method: str, path: str, body: Any = None) -> requests.Response:
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return requests.request(method, service + path, json=body, headers=headers, timeout=30)
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert hub.poll() is None, (tmp_path / "hub.log").read_text(errors="replace")[-3000:]
+            with contextlib.suppress(requests.RequestException):
+                if (requests.get(hub_api, timeout=2).ok
+                        and requests.get(service + "status", timeout=2).status_code == 403):
+                    break
+            assert time.monotonic() < deadline, (tmp_path / "hub.log").read_text()[-3000:]
+            time.sleep(0.5)
+        access = "access:services!service=hera-stage"
+        alice = hub_token("alice", ["custom:hera-stage:read", "custom:hera-stage:stage", access])
+        bob = hub_token("bob", ["custom:hera-stage:read", "custom:hera-stage:stage", access])
+        bob_no_access = hub_token("bob", ["custom:hera-stage:read"])
+        boss = hub_token("boss", ["custom:hera-stage:admin", access])
+        assert call(alice, "GET", "status").json()["user"] == "alice"
+        assert call(bob_no_access, "GET", "status").status_code == 403
+        assert call(None, "GET", "jobs").status_code == 403
+        assert call("not-a-token", "POST", "stage", {}).status_code == 403
+        assert call(boss, "POST", "ingest", {"store": "s1"}).json()["registered"] == len(FILES)
+        job = call(alice, "POST", "stage", {"names": FILES,
+                                            "destination": str(tmp_path / "alice" / "d")})
+        assert job.status_code == 202 and job.json()["owner"] == "alice", job.text
+        number = job.json()["id"]
+        assert call(bob, "GET", f"jobs/{number}").status_code == 404
+        assert call(bob, "POST", f"jobs/{number}/cancel").status_code == 404
+        assert call(bob, "POST", "worker/claim", {"worker_id": "b"}).json()["job"] is None
+        assert number in [j["id"] for j in call(boss, "GET", "jobs").json()["jobs"]]
+        kernels = requests.post(f"http://127.0.0.1:{service_port}/services/hera-stage/api/kernels",
+                                headers={"Authorization": f"token {alice}"}, timeout=30)
+        assert kernels.status_code == 403
+        # A user's worker with her hub token runs her job.
+        run = subprocess.run(
+            [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url",
+             f"http://127.0.0.1:{service_port}/services/hera-stage/", "--exit-when-idle",
+             "--copy-processes", "0", f"--allowed-root={tmp_path / 'alice'}"],
+            env=_env(HERA_STAGE_SITE_TOKEN=alice, XDG_CACHE_HOME=str(tmp_path / "cache")),
+            capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert call(alice, "GET", f"jobs/{number}").json()["state"] == "succeeded"
+        assert sorted(p.name for p in (tmp_path / "alice" / "d").iterdir()) == sorted(
+            [*FILES, "STAGING-SUCCEEDED"])
+    finally:
+        hub.terminate()
+        try:
+            hub.wait(30)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait()
+        hub_log.close()
+        _kill_service_of(config)
