@@ -350,6 +350,36 @@ def test_the_worker_fails_a_job_whose_folder_another_job_holds(site: Site) -> No
     assert _wait_finished(site, "alice", first)["state"] == "succeeded"
 
 
+def test_a_cancel_reaches_the_users_worker(site: Site) -> None:
+    destination = _dest(site, "alice", "cancelled")
+    number = site.stage("alice", destination)["id"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", site.url,
+         "--exit-when-idle", "--copy-processes", "0", "--heartbeat", "0.2", "--streams", "1",
+         f"--allowed-root={site.home('alice')}"],
+        env=_env(HERA_STAGE_SITE_TOKEN=site.tokens["alice"], HERA_STAGE_TEST_CHUNK_DELAY="2",
+                 XDG_CACHE_HOME=str(site.work / "cache-alice")),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while site.api("alice", "GET", f"jobs/{number}").json()["state"] != "running":
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.1)
+        assert site.api("bob", "POST", f"jobs/{number}/cancel").status_code == 404
+        assert site.api("alice", "POST", f"jobs/{number}/cancel").ok
+        assert worker.wait(60) == 0, worker.stderr.read() if worker.stderr else ""
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    job = _wait_finished(site, "alice", number)
+    assert job["state"] == "cancelled", job
+    assert (destination / "STAGING-ERRORS").exists()
+    assert not (destination / "STAGING-IN-PROGRESS").exists()
+    assert not [p for p in destination.rglob("*") if "hera-tmp" in p.name]
+    assert f"job {number} cancelled" in site.api("alice", "GET", f"jobs/{number}/log").json()["text"]
+
+
 def test_worker_command_line_keeps_the_database_out(site: Site, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", site.url]
     no_token = subprocess.run(base, env=_env(), capture_output=True, text=True, timeout=60)
