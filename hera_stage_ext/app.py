@@ -48,6 +48,14 @@ class StagingApp(ExtensionApp):
     description = "Search a HERA-style archive, stage its files, move them between sites."
     load_other_extensions = True
 
+    mode = Enum(
+        ["user", "site"], default_value="user",
+        help="""user: this server is one user's (single-user mode, the default). site: this
+        server is the site service (``hera-stage site`` sets it): every request is one
+        authenticated user's, stage jobs are recorded for the users' own workers, and the
+        service's worker runs only the site's jobs (transfers, uploads).""",
+    ).tag(config=True)
+
     db_url = Unicode(
         help="""SQLAlchemy URL of the catalogue database. Default: a SQLite file in the Jupyter
         data directory (local disk; do not put SQLite on NFS). Shared sites use PostgreSQL:
@@ -310,10 +318,15 @@ class StagingApp(ExtensionApp):
         roots = self.allowed_roots or [self.serverapp.root_dir]
         log_dir = Path(self.job_log_dir)
         launcher = None
+        site = self.mode == "site"
         if self.start_worker:
             launcher = WorkerLauncher(
                 self.db_url, streams=self.worker_streams,
-                copy_processes=self.worker_copy_processes, owner=self.owner,
+                copy_processes=self.worker_copy_processes,
+                # The site's worker runs every user's transfers and uploads, and no stage job:
+                # those write into users' folders, as the users, through their own workers.
+                owner=None if site else self.owner,
+                kinds=("transfer", "upload") if site else (),
                 jobs=self.worker_jobs, nice=self.worker_nice,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
@@ -348,8 +361,14 @@ class StagingApp(ExtensionApp):
             peers=peers,
             receiver=receiver,
             upload_store=self.upload_store,
+            site_mode=site,
         )
         self.settings[SETTINGS_KEY] = self.core
+        if site:
+            # Tornado's own XSRF check runs before the user is known, so a hub token (whose
+            # check is patched in by HubOAuth) would always fail it; jupyter_server checks
+            # XSRF again after authentication, as jupyterhub's own single-user servers do.
+            self.settings["xsrf_cookies"] = False
         self.orders = StandingOrders(self.core, self.standing_order_interval_seconds)
         self.settings[ORDERS_KEY] = self.orders
         self.log.info(
@@ -377,7 +396,7 @@ class StagingApp(ExtensionApp):
                               len(items))
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(api_handlers())
+        self.handlers.extend(api_handlers(site=self.mode == "site"))
 
     async def stop_extension(self) -> None:
         notifier = getattr(self, "notifier", None)

@@ -41,7 +41,7 @@ class WorkerLauncher:
                  log_file: Path, env: Mapping[str, str] | None = None,
                  copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
                  nice: int = 0, poll_seconds: float = 10.0,
-                 allowed_roots: Sequence[str] = ()) -> None:
+                 allowed_roots: Sequence[str] = (), kinds: Sequence[str] = ()) -> None:
         self.db_url = db_url
         self.allowed_roots = list(allowed_roots)
         self.poll_seconds = poll_seconds
@@ -50,6 +50,7 @@ class WorkerLauncher:
         # More for the worker's environment (transfer jobs: the peers, secrets included).
         self.env = dict(env or {})
         self.owner = owner
+        self.kinds = tuple(kinds)  # only jobs of these kinds (the site's own worker)
         self.streams = streams
         self.copy_processes = copy_processes or default_size()
         self.idle_exit_seconds = idle_exit_seconds
@@ -67,7 +68,8 @@ class WorkerLauncher:
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
                 "--nice", str(self.nice), "--poll", str(self.poll_seconds),
                 *(["--owner", self.owner] if self.owner else []),
-                *(arg for root in self.allowed_roots for arg in ("--allowed-root", root))]
+                *(arg for root in self.allowed_roots for arg in ("--allowed-root", root)),
+                *(["--kinds", ",".join(self.kinds)] if self.kinds else [])]
 
     def _digest(self) -> str:
         # Secrets are in it: only the digest is written down.
