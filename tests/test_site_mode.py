@@ -1,0 +1,223 @@
+"""Site mode on the user's side: a user's Jupyter server with ``c.StagingApp.site_url`` holds
+nothing of the site's and forwards its REST API to the site service, with the user's token.
+
+A real site service (``hera-stage site``, hub-less, with a token from ``hera-stage site-token
+issue``) and a real user's Jupyter server in site mode; everything below goes through the
+user's server as the panel, ``%stage`` and the CLI do.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hera_stage_ext.api.forward import SiteConfigError, read_token_file, site_token
+from hera_stage_ext.demo import make_demo_archive
+
+from .job_fixtures import wait_for
+from .jupyter_process import JupyterProcess, free_port, jupyter_process
+
+
+@dataclass
+class SiteSetup:
+    service: JupyterProcess
+    service_token: str  # the user's token at the service
+    user: JupyterProcess  # the user's server, in site mode
+    workspace: Path  # its root (the allowed root)
+    names: list[str]
+
+
+def start_service(stack: ExitStack, base: Path) -> tuple[JupyterProcess, str]:
+    """The site service and a token of the user at it.
+
+    TEMPORARY stand-in until branch ``site`` has ``hera-stage site``: a single-user server
+    of the extension (its own SQLite) answering with the same REST API."""
+    archive = make_demo_archive(base / "archive", files_per_night=3, nights=2)
+    (base / "service-root").mkdir()
+    service = stack.enter_context(jupyter_process(
+        base / "service", root_dir=base / "service-root", config={"StagingApp": {
+            "db_url": f"sqlite:///{base / 'site.sqlite'}", "stores": archive.stores,
+            "allowed_roots": [str(base)], "worker_idle_exit_seconds": 0.5}}))
+    service.api("ingest", {"store": "onsite", "globs": ["*/*"]})
+    return service, service.token
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSetup]:
+    base = tmp_path_factory.mktemp("site-mode")
+    with ExitStack() as stack:
+        service, token = start_service(stack, base)
+        workspace = base / "alice"
+        workspace.mkdir()
+        user = stack.enter_context(jupyter_process(
+            base / "user", root_dir=workspace,
+            config={"StagingApp": {"site_url": service.url, "worker_idle_exit_seconds": 0.5}},
+            env={"HERA_STAGE_SITE_TOKEN": token}))
+        names = [r["name"] for r in user.api(
+            "search", {"search": {"name-matches": "zen.%.xx.HH.uvh5"}, "limit": 100})["results"]]
+        yield SiteSetup(service, token, user, workspace, names)
+
+
+def api(server: JupyterProcess, method: str, path: str, body=None):
+    reply = server.request(method, f"hera-stage/api/{path}", body)
+    return reply.status_code, reply.json(), reply
+
+
+def finished(server: JupyterProcess, job_id: int) -> dict:
+    return wait_for(lambda: (j := server.api(f"jobs/{job_id}"))["finished_at"] and j,
+                    timeout=90, step=0.2)
+
+
+# ----- through the user's server ----------------------------------------------------------------
+def test_search_and_status_come_from_the_service(setup: SiteSetup) -> None:
+    assert len(setup.names) >= 3
+    status = setup.user.api("status")
+    assert status["counts"]["files"] == setup.service.api("status")["counts"]["files"] > 0
+    # Errors come back as the service gave them: status and JSON message.
+    code, body, _ = api(setup.user, "POST", "search", {"query": "nosuchfield:1"})
+    assert code == 400 and body["message"], body
+
+
+def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:
+    code, plan, _ = api(setup.user, "POST", "stage",
+                        {"names": setup.names[:2], "destination": "plan", "dry_run": True})
+    assert code == 200, plan
+    # The destination went out resolved against the user's root.
+    assert plan["destination"] == str(setup.workspace / "plan")
+    code, job, _ = api(setup.user, "POST", "stage",
+                       {"names": setup.names[:2], "destination": "data/night1"})
+    assert code == 202, job
+    assert job["destination"] == str(setup.workspace / "data" / "night1")
+    done = finished(setup.user, job["id"])
+    assert done["state"] == "succeeded", done
+    staged = sorted(p.name for p in (setup.workspace / "data" / "night1").rglob("*.uvh5"))
+    assert staged == sorted(setup.names[:2])
+    assert {p.stat().st_uid for p in (setup.workspace / "data").rglob("*")} == {os.getuid()}
+    # The job list and its log, through the forwarder; the marker read here.
+    listed = setup.user.api("jobs")["jobs"]
+    assert job["id"] in [j["id"] for j in listed]
+    assert all("marker" in j for j in listed)
+    log = setup.user.api(f"jobs/{job['id']}/log?offset=0")
+    assert log["next_offset"] > 0 and log["text"]
+    again = setup.user.api(f"jobs/{job['id']}/log?offset={log['next_offset']}")
+    assert again["text"] == "" and again["next_offset"] == log["next_offset"]
+
+
+def test_destination_outside_the_roots_is_refused_here(setup: SiteSetup) -> None:
+    before = setup.service.api("jobs")["jobs"]
+    for destination in ("../elsewhere", "/etc", str(setup.workspace.parent)):
+        code, body, _ = api(setup.user, "POST", "stage",
+                            {"names": setup.names[:1], "destination": destination})
+        assert code == 403, body
+        assert "outside the allowed roots" in body["message"]
+    code, body, _ = api(setup.user, "POST", "upload",
+                        {"directory": "/etc", "glob": "*", "store": "onsite"})
+    assert code == 403, body
+    assert setup.service.api("jobs")["jobs"] == before
+    assert not (setup.workspace.parent / "elsewhere").exists()
+
+
+def test_cancel_and_forget_through_the_forwarder(setup: SiteSetup) -> None:
+    code, job, _ = api(setup.user, "POST", "stage",
+                       {"names": setup.names, "destination": "cancelled"})
+    assert code == 202, job
+    code, cancelled, _ = api(setup.user, "POST", f"jobs/{job['id']}/cancel", {})
+    assert code == 200, cancelled
+    done = finished(setup.user, job["id"])
+    assert done["state"] in ("cancelled", "succeeded"), done
+    code, forgot, _ = api(setup.user, "DELETE", f"jobs/{job['id']}")
+    assert code == 200, forgot
+    code, gone, _ = api(setup.user, "GET", f"jobs/{job['id']}")
+    assert code == 404 and gone["message"] == f"no job {job['id']}"
+
+
+def test_no_site_secret_in_the_users_processes(setup: SiteSetup) -> None:
+    for pid in [setup.user.pid, *worker_pids(setup.user)]:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert not any(v.startswith((b"HERA_STAGE_DB_URL=", b"HERA_STAGE_PEERS="))
+                       for v in environ), pid
+        assert b"sqlite" not in b"".join(environ) and b"postgresql" not in b"".join(environ)
+        assert setup.service_token.encode() not in cmdline
+
+
+def worker_pids(server: JupyterProcess) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"hera_stage_ext.jobs.worker" in cmd and b"--site-url" in cmd \
+                    and server.url.encode() not in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+# ----- a service that is down -------------------------------------------------------------------
+def test_a_service_that_is_down_answers_502_json(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    dead = f"http://127.0.0.1:{free_port()}/services/hera-stage/"
+    config = {"StagingApp": {"site_url": dead, "start_worker": False}}
+    with jupyter_process(tmp_path / "jp", root_dir=tmp_path / "root", config=config,
+                         env={"HERA_STAGE_SITE_TOKEN": "t0ken"}, ready_path="api/status") as user:
+        for method, path, body in [("GET", "status", None), ("POST", "search", {"query": "x"}),
+                                   ("GET", "jobs/1", None), ("GET", "jobs", None),
+                                   ("GET", "files/x/content", None),
+                                   ("POST", "stage", {"names": ["x"], "destination": "d"})]:
+            code, reply, raw = api(user, method, path, body)
+            assert code == 502, (method, path, code, raw.text)
+            assert raw.headers["Content-Type"].startswith("application/json")
+            assert reply["error"] == "SiteUnavailable"
+            assert f"the site service at {dead} cannot be reached" in reply["message"]
+        assert "Traceback" not in user.log_tail(20000)
+
+
+# ----- refusals at start ----------------------------------------------------------------------
+def test_site_url_with_db_url_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    config = {"StagingApp": {"site_url": "http://127.0.0.1:9/",
+                             "db_url": f"sqlite:///{tmp_path / 'x.sqlite'}"}}
+    with pytest.raises(RuntimeError) as failed:
+        with jupyter_process(tmp_path / "jp", root_dir=tmp_path / "root", config=config,
+                             env={"HERA_STAGE_SITE_TOKEN": "t0ken"}):
+            pass
+    assert "jupyter exited" in str(failed.value)
+    assert "must not hold the site's settings: remove c.StagingApp.db_url" in str(failed.value)
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_token_file_must_be_the_users_own_and_private(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    assert read_token_file(str(token)) == "s3cret"
+    assert site_token(str(token), {}) == "s3cret"
+    assert site_token(str(token), {"HERA_STAGE_SITE_TOKEN": "env"}) == "env"
+    assert site_token(str(token), {"JUPYTERHUB_API_TOKEN": "hub",
+                                   "HERA_STAGE_SITE_TOKEN": "env"}) == "hub"
+    token.chmod(0o644)
+    with pytest.raises(SiteConfigError, match="mode 0644: others may read it"):
+        read_token_file(str(token))
+    token.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(token)
+    with pytest.raises(SiteConfigError, match="not a link"):
+        read_token_file(str(link))
+    with pytest.raises(SiteConfigError, match="not a regular file"):
+        read_token_file(str(tmp_path))
+    if os.geteuid() == 0:
+        os.chown(token, 65534, 65534)
+        with pytest.raises(SiteConfigError, match="belongs to uid 65534"):
+            read_token_file(str(token))
+    with pytest.raises(SiteConfigError, match="no token for the site service"):
+        site_token("", {})
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
