@@ -8,9 +8,10 @@ user's server as the panel, ``%stage`` and the CLI do.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import stat
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from hera_stage_ext.api.events import JOB_PROGRESS_SCHEMA_ID
 from hera_stage_ext.api.forward import SiteConfigError, read_token_file, site_token
 from hera_stage_ext.demo import make_demo_archive
 
@@ -108,6 +113,33 @@ def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:
     assert log["next_offset"] > 0 and log["text"]
     again = setup.user.api(f"jobs/{job['id']}/log?offset={log['next_offset']}")
     assert again["text"] == "" and again["next_offset"] == log["next_offset"]
+
+
+def test_progress_is_pushed_on_the_event_bus(setup: SiteSetup) -> None:
+    """The panel's live progress: events the user's server emits from what the service says."""
+
+    async def follow() -> tuple[dict, list[dict]]:
+        socket = await websocket_connect(HTTPRequest(
+            setup.user.url.replace("http://", "ws://") + "api/events/subscribe",
+            headers={"Authorization": f"token {setup.user.token}"}))
+        loop = asyncio.get_running_loop()
+        code, job, _ = await loop.run_in_executor(None, lambda: api(
+            setup.user, "POST", "stage", {"names": setup.names, "destination": "pushed"}))
+        assert code == 202, job
+        events: list[dict] = []
+        while not any(e["id"] == job["id"] and e["state"] == "succeeded" for e in events):
+            message = await asyncio.wait_for(socket.read_message(), 60)
+            assert message is not None, events
+            event = json.loads(message)
+            if event["schema_id"] == JOB_PROGRESS_SCHEMA_ID:
+                events.append(event)
+        socket.close()
+        return job, [e for e in events if e["id"] == job["id"]]
+
+    job, mine = asyncio.run(follow())
+    done = [e["files_done"] for e in mine]
+    assert done == sorted(done) and done[-1] == job["files_total"] == len(setup.names)
+    assert mine[-1]["bytes_done"] == mine[-1]["bytes_total"] > 0
 
 
 def test_destination_outside_the_roots_is_refused_here(setup: SiteSetup) -> None:
