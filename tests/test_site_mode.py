@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -88,6 +89,27 @@ def test_search_and_status_come_from_the_service(setup: SiteSetup) -> None:
     # Errors come back as the service gave them: status and JSON message.
     code, body, _ = api(setup.user, "POST", "search", {"query": "nosuchfield:1"})
     assert code == 400 and body["message"], body
+
+
+def test_file_contents_stream_through(setup: SiteSetup) -> None:
+    name = setup.names[0]
+    whole = setup.service.request("GET", f"hera-stage/api/files/{name}/content")
+    assert whole.status_code == 200 and len(whole.content) > 1000
+    reply = setup.user.request("GET", f"hera-stage/api/files/{name}/content")
+    assert reply.status_code == 200, reply.text
+    assert reply.content == whole.content
+    assert reply.headers["Content-Type"] == "application/octet-stream"
+    part = requests.get(setup.user.url + f"hera-stage/api/files/{name}/content", timeout=30,
+                        headers={"Authorization": f"token {setup.user.token}",
+                                 "Range": "bytes=10-99"})
+    assert part.status_code == 206 and part.content == whole.content[10:100]
+    assert part.headers["Content-Range"] == f"bytes 10-99/{len(whole.content)}"
+    code, body, _ = api(setup.user, "GET", "files/no-such-file/content")
+    assert code == 404 and body["message"], body
+    # A dot segment could take a proxy on the way to another route: refused here.
+    reply = requests.get(setup.user.url + "hera-stage/api/files/%2e%2e/%2e%2e/api/status",
+                         headers={"Authorization": f"token {setup.user.token}"}, timeout=30)
+    assert reply.status_code == 400 and "'..' segment" in reply.json()["message"]
 
 
 def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:

@@ -64,7 +64,7 @@ _ANSWER_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ra
 CONNECT_TIMEOUT_S = 10.0
 #: Seconds one of the server's own reads (job progress) may take.
 POLL_TIMEOUT_S = 30.0
-_JOB = re.compile(r"jobs/(\d+)$")
+_JOB = re.compile(r"jobs/[0-9]+")
 
 
 class SiteConfigError(ValueError):
@@ -293,21 +293,27 @@ class ForwardHandler(BaseHandler):
         return self.settings[SITE_KEY]
 
     async def forward(self, path: str) -> None:
+        """``path``: the route below the prefix, decoded (what this server acts on); the
+        request goes on with it as it came (percent-encoded), never with a dot segment,
+        which a proxy on the way could resolve to some other route of its own."""
+        self.raw_path = self.request.path[len(self.base_url.rstrip("/") + self.prefix) + 1:]
         try:
+            if {".", ".."} & {*path.split("/"), *self.raw_path.split("/")}:
+                raise InvalidRequest(f"no route {path!r}: a path has no '.' or '..' segment")
             body = self.rewritten_body(path)
         except StagingError as exc:
             raise ApiError(exc) from exc
         if self.request.method == "GET" and _JOB.fullmatch(path):
-            await self.job_status_reply(int(_JOB.fullmatch(path).group(1)), path)
+            await self.job_status_reply(int(path.split("/")[1]))
             return
         if self.request.method == "GET" and path == "jobs":
-            await self.reply_answer(await self.site.fetch(self.outgoing(path, body)),
+            await self.reply_answer(await self.site.fetch(self.outgoing(body)),
                                     rewrite=self.jobs_with_markers)
             return
         if self.streams(path):
-            await self.stream(path, body)
+            await self.stream(body)
             return
-        answer = await self.site.fetch(self.outgoing(path, body))
+        answer = await self.site.fetch(self.outgoing(body))
         self.after(path, answer)
         await self.reply_answer(answer)
 
@@ -325,7 +331,7 @@ class ForwardHandler(BaseHandler):
 
     def after(self, path: str, answer: Answer) -> None:
         """What this server does once the service accepted a request."""
-        match = re.fullmatch(r"jobs/(\d+)(?:/cancel|/retry)?", path)
+        match = re.fullmatch(r"jobs/([0-9]+)(?:/cancel|/retry)?", path)
         if match and self.request.method in ("POST", "DELETE"):
             self.job_status.forget(int(match.group(1)))
         launched = (path == "stage" and answer.code == 202) or (
@@ -334,18 +340,20 @@ class ForwardHandler(BaseHandler):
             self.site.on_launch()
 
     # Building and answering.
-    def outgoing(self, path: str, body: bytes | None, **kwargs: Any) -> HTTPRequest:
+    def outgoing(self, body: bytes | None, **kwargs: Any) -> HTTPRequest:
+        """This request, to go on to the service."""
         headers = {k: v for k in _REQUEST_HEADERS if (v := self.request.headers.get(k))}
-        return self.site.request(self.request.method or "GET", self.prefix.lstrip("/") + "/" +
-                                 path, query=self.request.query, body=body, headers=headers,
+        return self.site.request(self.request.method or "GET",
+                                 f"{self.prefix.lstrip('/')}/{self.raw_path}",
+                                 query=self.request.query, body=body, headers=headers,
                                  with_token=self.with_token, **kwargs)
 
-    async def job_status_reply(self, job_id: int, path: str) -> None:
+    async def job_status_reply(self, job_id: int) -> None:
         """``GET jobs/<id>``: one read of the service answers the polls of the next moment
         (``JobStatusCache``), as one read of the database does in single-user mode."""
 
         async def read() -> str:
-            answer = await self.site.fetch(self.outgoing(path, None))
+            answer = await self.site.fetch(self.outgoing(None))
             if answer.code != 200 or "json" not in answer.headers.get("Content-Type", ""):
                 raise ServiceAnswered(answer)
             return json.dumps(self.site.with_marker(json.loads(answer.body)))
@@ -389,7 +397,7 @@ class ForwardHandler(BaseHandler):
             self.write(body)
         await self.finish()
 
-    async def stream(self, path: str, body: bytes | None) -> None:
+    async def stream(self, body: bytes | None) -> None:
         """Pass the answer on as it arrives (file contents, large and slow)."""
         state: dict[str, Any] = {"started": False, "code": 200, "headers": HTTPHeaders()}
 
@@ -417,7 +425,7 @@ class ForwardHandler(BaseHandler):
             return self.flush()  # the service waits while the browser is slow
 
         answer = await self.site.fetch(self.outgoing(
-            path, body, header_callback=on_header, streaming_callback=on_chunk))
+            body, header_callback=on_header, streaming_callback=on_chunk))
         if state["started"]:
             await self.finish()
             return
