@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,12 +25,18 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+import hera_stage_ext
 from hera_stage_ext.api.events import JOB_PROGRESS_SCHEMA_ID
 from hera_stage_ext.api.forward import SiteConfigError, read_token_file, site_token
 from hera_stage_ext.demo import make_demo_archive
 
 from .job_fixtures import wait_for
 from .jupyter_process import JupyterProcess, free_port, jupyter_process
+from .test_multiuser import as_user, ensure_user, readable_tree, remove_created_users  # noqa: F401
+
+
+#: The throwaway Linux user the user's server runs as, when the tests run as root (CI).
+USER = "hs_sm_alice"
 
 
 @dataclass
@@ -37,6 +45,7 @@ class SiteSetup:
     service_token: str  # the user's token at the service
     user: JupyterProcess  # the user's server, in site mode
     workspace: Path  # its root (the allowed root)
+    uid: int  # whose the user's server (and worker, and staged files) are
     names: list[str]
 
 
@@ -46,6 +55,7 @@ def start_service(stack: ExitStack, base: Path) -> tuple[JupyterProcess, str]:
     TEMPORARY stand-in until branch ``site`` has ``hera-stage site``: a single-user server
     of the extension (its own SQLite) answering with the same REST API."""
     archive = make_demo_archive(base / "archive", files_per_night=3, nights=2)
+    readable_tree(archive.root / "stores")
     (base / "service-root").mkdir()
     service = stack.enter_context(jupyter_process(
         base / "service", root_dir=base / "service-root", config={"StagingApp": {
@@ -55,20 +65,55 @@ def start_service(stack: ExitStack, base: Path) -> tuple[JupyterProcess, str]:
     return service, service.token
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSetup]:
-    base = tmp_path_factory.mktemp("site-mode")
-    with ExitStack() as stack:
-        service, token = start_service(stack, base)
+def user_account(stack: ExitStack, base: Path) -> tuple[Path, int, list[str], dict[str, str]]:
+    """Where the user's server runs: as a throwaway Linux user when root (its home 0700, the
+    package copied where it can read it), else as this process's user. Returns its
+    workspace, uid, command prefix and environment."""
+    if os.geteuid() != 0:
         workspace = base / "alice"
         workspace.mkdir()
-        user = stack.enter_context(jupyter_process(
-            base / "user", root_dir=workspace,
-            config={"StagingApp": {"site_url": service.url, "worker_idle_exit_seconds": 0.5}},
-            env={"HERA_STAGE_SITE_TOKEN": token}))
-        names = [r["name"] for r in user.api(
-            "search", {"search": {"name-matches": "zen.%.xx.HH.uvh5"}, "limit": 100})["results"]]
-        yield SiteSetup(service, token, user, workspace, names)
+        return workspace, os.getuid(), [], {}
+    entry = ensure_user(USER)
+    home = base / "home" / USER
+    (home / "work").mkdir(parents=True)
+    os.chmod(home.parent, 0o755)
+    for path in (home, home / "work"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(home, 0o700)
+    code = base / "code"
+    shutil.copytree(Path(hera_stage_ext.__file__).parent, code / "hera_stage_ext",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    readable_tree(code)
+    patch = stack.enter_context(pytest.MonkeyPatch.context())
+    patch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(code), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = {"HOME": str(home), "USER": USER, "LOGNAME": USER}
+    return home / "work", entry.pw_uid, as_user(USER), env
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[SiteSetup]:
+    # Not pytest's tmp_path: /tmp/pytest-of-root is 0700, so the user could not reach it.
+    base = Path(tempfile.mkdtemp(prefix="hs-site-mode-"))
+    os.chmod(base, 0o755)
+    try:
+        with ExitStack() as stack:
+            service, token = start_service(stack, base)
+            workspace, uid, prefix, env = user_account(stack, base)
+            jupyter_dir = workspace.parent / "jupyter"
+            jupyter_dir.mkdir()
+            os.chown(jupyter_dir, uid, -1)
+            user = stack.enter_context(jupyter_process(
+                jupyter_dir, root_dir=workspace, prefix=prefix,
+                config={"StagingApp": {"site_url": service.url,
+                                       "worker_idle_exit_seconds": 3}},
+                env={**env, "HERA_STAGE_SITE_TOKEN": token}))
+            names = [r["name"] for r in user.api(
+                "search", {"search": {"name-matches": "zen.%.xx.HH.uvh5"},
+                           "limit": 100})["results"]]
+            yield SiteSetup(service, token, user, workspace, uid, names)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def api(server: JupyterProcess, method: str, path: str, body=None):
@@ -126,7 +171,7 @@ def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:
     assert done["state"] == "succeeded", done
     staged = sorted(p.name for p in (setup.workspace / "data" / "night1").rglob("*.uvh5"))
     assert staged == sorted(setup.names[:2])
-    assert {p.stat().st_uid for p in (setup.workspace / "data").rglob("*")} == {os.getuid()}
+    assert {p.stat().st_uid for p in (setup.workspace / "data").rglob("*")} == {setup.uid}
     # The job list and its log, through the forwarder; the marker read here.
     listed = setup.user.api("jobs")["jobs"]
     assert job["id"] in [j["id"] for j in listed]
@@ -193,26 +238,36 @@ def test_cancel_and_forget_through_the_forwarder(setup: SiteSetup) -> None:
 
 
 def test_no_site_secret_in_the_users_processes(setup: SiteSetup) -> None:
-    for pid in [setup.user.pid, *worker_pids(setup.user)]:
+    code, job, _ = api(setup.user, "POST", "stage",
+                       {"names": setup.names[:1], "destination": "secretless"})
+    assert code == 202, job
+    workers = wait_for(lambda: worker_pids(setup.uid), timeout=30, step=0.1)
+    for pid in [setup.user.pid, *workers]:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert not any(v.startswith((b"HERA_STAGE_DB_URL=", b"HERA_STAGE_PEERS="))
                        for v in environ), pid
-        assert b"sqlite" not in b"".join(environ) and b"postgresql" not in b"".join(environ)
-        assert setup.service_token.encode() not in cmdline
+        assert not any(b"sqlite:" in v or b"postgresql" in v for v in environ + cmdline), pid
+        assert setup.service_token.encode() not in b"\0".join(cmdline)
+    # The worker has the token in its environment only, and the service's address.
+    cmdline = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"--site-url") + 1] == setup.service.url.encode()
+    assert cmdline[cmdline.index(b"--allowed-root") + 1] == str(setup.workspace).encode()
+    assert b"--owner" not in cmdline and b"--db-url" not in cmdline
+    finished(setup.user, job["id"])
 
 
-def worker_pids(server: JupyterProcess) -> list[int]:
+def worker_pids(uid: int) -> list[int]:
+    """The site-mode workers running as ``uid``."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
                 cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"hera_stage_ext.jobs.worker" in cmd and b"--site-url" in cmd \
-                    and server.url.encode() not in cmd:
-                pids.append(int(entry.name))
+                if b"hera_stage_ext.jobs.worker" in cmd and b"--site-url" in cmd:
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
     return pids
 
 
