@@ -52,6 +52,14 @@ class StagingApp(ExtensionApp):
     description = "Search a HERA-style archive, stage its files, move them between sites."
     load_other_extensions = True
 
+    mode = Enum(
+        ["user", "site"], default_value="user",
+        help="""user: this server is one user's (single-user mode, the default). site: this
+        server is the site service (``hera-stage site`` sets it): every request is one
+        authenticated user's, stage jobs are recorded for the users' own workers, and the
+        service's worker runs only the site's jobs (transfers, uploads).""",
+    ).tag(config=True)
+
     db_url = Unicode(
         help="""SQLAlchemy URL of the catalogue database. Default: a SQLite file in the Jupyter
         data directory (local disk; do not put SQLite on NFS). Shared sites use PostgreSQL:
@@ -345,10 +353,15 @@ class StagingApp(ExtensionApp):
         roots = self.allowed_roots or [self.serverapp.root_dir]
         log_dir = Path(self.job_log_dir)
         launcher = None
+        site = self.mode == "site"
         if self.start_worker:
             launcher = WorkerLauncher(
                 self.db_url, streams=self.worker_streams,
-                copy_processes=self.worker_copy_processes, owner=self.owner,
+                copy_processes=self.worker_copy_processes,
+                # The site's worker runs every user's transfers and uploads, and no stage job:
+                # those write into users' folders, as the users, through their own workers.
+                owner=None if site else self.owner,
+                kinds=("transfer", "upload") if site else (),
                 jobs=self.worker_jobs, nice=self.worker_nice,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
@@ -382,6 +395,7 @@ class StagingApp(ExtensionApp):
             peers=peers,
             receiver=receiver,
             upload_store=self.upload_store,
+            site_mode=site,
         )
         self.settings[SETTINGS_KEY] = self.core
         self.orders = StandingOrders(self.core, self.standing_order_interval_seconds)
@@ -395,6 +409,9 @@ class StagingApp(ExtensionApp):
         """A user's server at a site: forwards to the service, holds none of its powers. A
         setting that would put the site's powers here, or no token, stops the server."""
         try:
+            if self.mode == "site":
+                raise SiteConfigError("site_url is for a user's server; the site service "
+                                      "(mode = 'site') is what it points at")
             check_forbidden(dict(self.config.get(type(self).__name__, {})))
             token = site_token(self.site_token_file)
         except SiteConfigError as exc:
@@ -452,7 +469,8 @@ class StagingApp(ExtensionApp):
                               len(items))
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(forward_handlers() if self.site_url else api_handlers())
+        self.handlers.extend(forward_handlers() if self.site_url
+                             else api_handlers(site=self.mode == "site"))
 
     async def stop_extension(self) -> None:
         notifier = getattr(self, "notifier", None)

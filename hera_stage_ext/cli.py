@@ -414,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8888)
     p.add_argument("--no-lab", action="store_true", help="make the archive only")
     p.set_defaults(func=None)
+
+    from .site.admin import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -423,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(args)
+        if getattr(args, "local", False):  # the site admin's commands: no client
+            return args.func(args)
         return args.func(Client(args.url, args.token), args)
     except ApiError as exc:
         print(f"hera-stage: error: {exc.message}", file=sys.stderr)

@@ -7,6 +7,7 @@ reports about itself) live here.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hmac
 import json
@@ -24,6 +25,7 @@ from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthori
 from .jobs.contents import describe_manager
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
+from .jobs.recorded import dry_run_recorded, record_stage_job
 from .transfer.jobs import create_transfer_job, peer_destination
 from .transfer.peers import PeerRegistry
 from .transfer.receiver import Receiver
@@ -58,6 +60,21 @@ class Core:
     receiver: Receiver | None = None
     # Bulk upload to a peer: the local store the files are catalogued in first.
     upload_store: str = ""
+    # A site service (``hera-stage site``): one Core per request (``for_user``), owned by the
+    # request's authenticated user; stage jobs are recorded without touching their folder.
+    site_mode: bool = False
+    # What this request's user may do (site mode): scope names such as "read", "stage",
+    # "admin"; None: everything (a single-user server's owner).
+    scopes: frozenset[str] | None = None
+
+    def for_user(self, user: str, scopes: frozenset[str]) -> Core:
+        """This core for one request of ``user`` (site mode): their jobs, their scopes."""
+        return dataclasses.replace(self, owner=user, scopes=scopes)
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether this request sees and controls every user's jobs (scope admin)."""
+        return self.scopes is not None and "admin" in self.scopes
 
     def status(self) -> dict[str, Any]:
         return {
@@ -117,8 +134,17 @@ class Core:
                 names = self.names_matching(search)
                 if not names:
                     raise InvalidRequest("the search matches no file: nothing to stage")
-            contents = describe_manager(self.contents_manager) if method == "contents" else None
-            if dry_run:
+            contents = (describe_manager(self.contents_manager)
+                        if method == "contents" and not self.site_mode else None)
+            if self.site_mode:
+                # The user's server resolved and confined the destination; the user's worker
+                # checks it again and takes the folder. The service never touches it.
+                result = (dry_run_recorded(self.catalogue.db, names, destination, method)
+                          if dry_run else record_stage_job(
+                              self.catalogue.db, self.owner, names, destination, method,
+                              search=search, read_only=self.staged_read_only,
+                              log_dir=self.job_log_dir))
+            elif dry_run:
                 result = jobs.dry_run_stage(self.catalogue.db, names, destination, method,
                                             self.allowed_roots, base=self.root_dir,
                                             contents=contents)
@@ -135,8 +161,8 @@ class Core:
             raise
         job_id = None if dry_run else result["id"]
         self._audit(via, for_user, action, destination, method, asked, "accepted", "", job_id)
-        if job_id is not None and self.launcher is not None:
-            self.launcher.ensure_running()
+        if job_id is not None and self.launcher is not None and not self.site_mode:
+            self.launcher.ensure_running()  # (site mode: the user's worker runs it)
         return result
 
     def transfer(self, peer: str, *, names: Sequence[str] | None = None, search: Any = None,
@@ -198,7 +224,7 @@ class Core:
                              reason=reason, job_id=job_id))
 
     def list_jobs(self) -> list[dict[str, Any]]:
-        return jobs.list_jobs(self.catalogue.db, self.owner)
+        return jobs.list_jobs(self.catalogue.db, None if self.is_admin else self.owner)
 
     def active_or_recent_jobs(self, within_s: float = 60.0) -> list[dict[str, Any]]:
         """This user's unfinished jobs and those that finished in the last ``within_s``."""
@@ -208,27 +234,37 @@ class Core:
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = jobs.get_job(self.catalogue.db, job_id)
-        if job["owner"] != self.owner:
+        if job["owner"] != self.owner and not self.is_admin:
             # Someone else's job does not exist, as far as this user can tell.
             raise NotFound(f"no job {job_id}")
         return job
 
+    def _controlled(self, job_id: int) -> dict[str, Any]:
+        """A job this request may cancel, retry or forget: its own (or any, for an admin),
+        of a kind its scopes launch (stage, transfer, ingest for uploads)."""
+        job = self.job(job_id)
+        needed = KIND_SCOPES.get(job["kind"], "admin")
+        if self.scopes is not None and not self.is_admin and needed not in self.scopes:
+            raise Forbidden(f"job {job_id} is a {job['kind']} job: controlling it needs the "
+                            f"scope custom:hera-stage:{needed}")
+        return job
+
     def cancel(self, job_id: int) -> dict[str, Any]:
-        self.job(job_id)
+        self._controlled(job_id)
         return jobs.cancel_job(self.catalogue.db, job_id)
 
     def retry(self, job_id: int, force: bool = False) -> dict[str, Any]:
         """Queue again what a finished job did not stage (its failed and unfinished files)."""
-        self.job(job_id)
+        job = self._controlled(job_id)
         result = jobs.retry_job(self.catalogue.db, job_id, force=force,
                                        allowed_roots=self.allowed_roots, actor=self.owner)
-        if self.launcher is not None:
+        if self.launcher is not None and not (self.site_mode and job["kind"] == "stage"):
             self.launcher.ensure_running()
         return result
 
     def forget(self, job_id: int) -> dict[str, Any]:
         """Delete a finished job and its log (not what it staged)."""
-        self.job(job_id)
+        self._controlled(job_id)
         return jobs.forget_job(self.catalogue.db, job_id)
 
     def job_log(self, job_id: int, offset: int) -> dict[str, Any]:
@@ -248,6 +284,10 @@ class Core:
         if self.receiver is not None:
             self.receiver.close()
         self.catalogue.db.dispose()
+
+
+#: The scope (site mode) that launches, and so controls, each kind of job.
+KIND_SCOPES = {"stage": "stage", "transfer": "transfer", "upload": "ingest"}
 
 
 def _describe(asked: dict[str, Any]) -> str:

@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -28,10 +30,11 @@ from tornado.websocket import websocket_connect
 import hera_stage_ext
 from hera_stage_ext.api.events import JOB_PROGRESS_SCHEMA_ID
 from hera_stage_ext.api.forward import SiteConfigError, read_token_file, site_token
+from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.demo import make_demo_archive
 
-from .job_fixtures import wait_for
-from .jupyter_process import JupyterProcess, free_port, jupyter_process
+from .job_fixtures import ingest, wait_for
+from .jupyter_process import _FOREIGN_ENV, JupyterProcess, free_port, jupyter_process
 from .test_multiuser import as_user, ensure_user, readable_tree, remove_created_users  # noqa: F401
 
 
@@ -50,19 +53,64 @@ class SiteSetup:
 
 
 def start_service(stack: ExitStack, base: Path) -> tuple[JupyterProcess, str]:
-    """The site service and a token of the user at it.
-
-    TEMPORARY stand-in until branch ``site`` has ``hera-stage site``: a single-user server
-    of the extension (its own SQLite) answering with the same REST API."""
+    """The site service (``hera-stage site``, its own SQLite catalogue with the demo archive,
+    no worker of its own) and the user's token at it (``hera-stage site-token issue``)."""
     archive = make_demo_archive(base / "archive", files_per_night=3, nights=2)
     readable_tree(archive.root / "stores")
-    (base / "service-root").mkdir()
-    service = stack.enter_context(jupyter_process(
-        base / "service", root_dir=base / "service-root", config={"StagingApp": {
-            "db_url": f"sqlite:///{base / 'site.sqlite'}", "stores": archive.stores,
-            "allowed_roots": [str(base)], "worker_idle_exit_seconds": 0.5}}))
-    service.api("ingest", {"store": "onsite", "globs": ["*/*"]})
-    return service, service.token
+    db_url = f"sqlite:///{base / 'site.sqlite'}"
+    db = Database(db_url)
+    db.upgrade()
+    ingest(db, {"onsite": archive.stores["onsite"]})
+    db.dispose()
+    service_dir = base / "service"
+    (service_dir / "root").mkdir(parents=True)
+    config = service_dir / "site_config.py"
+    config.write_text(f"c.StagingApp.db_url = {db_url!r}\n"
+                      f"c.StagingApp.stores = {archive.stores!r}\n"
+                      f"c.StagingApp.job_log_dir = {str(service_dir / 'logs')!r}\n"
+                      "c.StagingApp.start_worker = False\n")
+    config.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
+    issued = subprocess.run([sys.executable, "-m", "hera_stage_ext.cli", "site-token",
+                             "--config", str(config), "issue", USER], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip()
+    port = free_port()
+    command = [sys.executable, "-m", "hera_stage_ext.cli", "site", "--config", str(config),
+               "--port", str(port), "--root-dir", str(service_dir / "root")]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    env.update(JUPYTER_CONFIG_DIR=str(service_dir / "config"),
+               JUPYTER_RUNTIME_DIR=str(service_dir / "runtime"),
+               JUPYTER_DATA_DIR=str(service_dir / "data"))
+    log = service_dir / "service.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=service_dir, start_new_session=True)
+    stack.callback(stop, process)
+    service = JupyterProcess(process, f"http://127.0.0.1:{port}/", token, service_dir / "root",
+                             service_dir / "runtime", log)
+    wait_for(lambda: _answers(service) or (process.poll() is not None and pytest.fail(
+        "the site service exited:\n" + log.read_text()[-3000:])), timeout=90, step=0.25)
+    return service, token
+
+
+def _answers(service: JupyterProcess) -> bool:
+    try:
+        return service.request("GET", "hera-stage/api/status", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def user_account(stack: ExitStack, base: Path) -> tuple[Path, int, list[str], dict[str, str]]:
@@ -113,7 +161,8 @@ def setup() -> Iterator[SiteSetup]:
                            "limit": 100})["results"]]
             yield SiteSetup(service, token, user, workspace, uid, names)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if not os.environ.get("HS_KEEP"):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def api(server: JupyterProcess, method: str, path: str, body=None):

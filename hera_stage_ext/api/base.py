@@ -49,7 +49,13 @@ class BaseHandler(APIHandler):
 
     @property
     def core(self) -> Core:
-        return self.settings["hera_stage"]
+        """The core; on a site service, the core of this request's authenticated user."""
+        core: Core = self.settings["hera_stage"]
+        if core.site_mode and self.current_user is not None:
+            from ..site.auth import user_scopes
+
+            return core.for_user(self.current_user.username, user_scopes(self.current_user))
+        return core
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (blocking) core call in the thread pool."""
@@ -88,11 +94,13 @@ class BaseHandler(APIHandler):
     @property
     def job_status(self) -> Any:
         """The server's ``jobs.JobStatusCache`` (one per server, made on first use)."""
-        cache = self.settings.get("hera_stage_job_status")
+        # One per user (a site service answers many): a reply is never shown to another.
+        caches = self.settings.setdefault("hera_stage_job_status", {})
+        cache = caches.get(self.core.owner)
         if cache is None:
             from .jobs import JobStatusCache  # jobs.py imports this module
 
-            cache = self.settings.setdefault("hera_stage_job_status", JobStatusCache())
+            cache = caches.setdefault(self.core.owner, JobStatusCache())
         return cache
 
     def reply(self, value: Any, status: int = 200) -> None:

@@ -42,12 +42,12 @@ from tornado.httputil import HTTPHeaders
 
 from ..errors import InvalidRequest, StagingError, Unavailable
 from ..jobs import markers
+from ..jobs.worker import SITE_TOKEN_ENV
 from ..paths import confine
 from .base import MAX_BODY_BYTES, ApiError, BaseHandler, check_unicode
+from .jobs import JobStatusCache
 from .routes import API_PREFIX, LIBRARIAN_PREFIX, SKAO_PREFIX
 
-#: The environment variable holding the user's token for the service without a hub.
-SITE_TOKEN_ENV = "HERA_STAGE_SITE_TOKEN"
 #: The hub's token of the user's server: the service accepts it under JupyterHub.
 HUB_TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 #: Settings key of the ``SiteClient``.
@@ -291,6 +291,11 @@ class ForwardHandler(BaseHandler):
     @property
     def site(self) -> SiteClient:
         return self.settings[SITE_KEY]
+
+    @property
+    def job_status(self) -> JobStatusCache:
+        """One cache for the server: every request goes on with the one user's token."""
+        return self.settings.setdefault("hera_stage_site_job_status", JobStatusCache())
 
     async def forward(self, path: str) -> None:
         """``path``: the route below the prefix, decoded (what this server acts on); the

@@ -112,11 +112,13 @@ def _job_id(text: str) -> int:
     return int(text)
 
 
-def with_marker(job: dict[str, Any]) -> dict[str, Any]:
+def with_marker(job: dict[str, Any], look: bool = True) -> dict[str, Any]:
     """``job`` with ``marker``: the STAGING-* file in its destination folder now (what the
-    Librarian's ``--wait`` script sees), or None. Read on GET only: a few stats per job."""
+    Librarian's ``--wait`` script sees), or None. Read on GET only: a few stats per job.
+    A site service does not ``look`` (users' folders are not its to read): None."""
     destination = job.get("destination") or ""
-    job["marker"] = markers.present(Path(destination)) if os.path.isabs(destination) else None
+    job["marker"] = (markers.present(Path(destination))
+                     if look and os.path.isabs(destination) else None)
     return job
 
 
@@ -163,8 +165,9 @@ class JobsHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        core = self.core
         self.reply({"jobs": await self.call(
-            lambda: [with_marker(job) for job in self.core.list_jobs()])})
+            lambda: [with_marker(job, not core.site_mode) for job in core.list_jobs()])})
 
 
 class JobHandler(BaseHandler):
@@ -172,8 +175,9 @@ class JobHandler(BaseHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         number = _job_id(job_id)
+        core = self.core
         text = await self.job_status.get(number, lambda: self.call(
-            lambda: json.dumps(with_marker(self.core.job(number)))))
+            lambda: json.dumps(with_marker(core.job(number), not core.site_mode))))
         self.reply_text(text)
 
     @web.authenticated

@@ -21,7 +21,7 @@ ORDERS_KEY = "hera_stage_orders"
 class _OrdersHandler(BaseHandler):
     @property
     def orders(self) -> StandingOrders:
-        return self.settings[ORDERS_KEY]
+        return self.settings[ORDERS_KEY].for_core(self.core)
 
 
 class StandingOrdersHandler(_OrdersHandler):

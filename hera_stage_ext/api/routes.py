@@ -45,6 +45,7 @@ from .peer import (
 )
 from .skao import SkaoStageHandler
 from .upload import UploadHandler
+from .worker import worker_handlers
 
 API_PREFIX = "/hera-stage/api"
 LIBRARIAN_PREFIX = "/hera-stage/librarian/api"
@@ -90,8 +91,11 @@ def template_to_regex(template: str) -> str:
     return re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
 
 
-def handlers() -> list[tuple[str, type[RequestHandler]]]:
+def handlers(site: bool = False) -> list[tuple[str, type[RequestHandler]]]:
+    """The routes; ``site``: a site service's, with the worker API of users' workers."""
     table = [(API_PREFIX + template_to_regex(t) + "$", h) for t, h in NATIVE_ROUTES.items()]
+    if site:
+        table += worker_handlers(API_PREFIX)
     table.append((LIBRARIAN_PREFIX + r"/(?P<operation>[^/]+)$", LibrarianRPCHandler))
     table += [(PEER_PREFIX + template_to_regex(t) + "$", h) for t, h in PEER_ROUTES.items()]
     table.append((SKAO_PREFIX + r"/stage_data$", SkaoStageHandler))

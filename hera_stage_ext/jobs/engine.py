@@ -28,7 +28,15 @@ from sqlalchemy.orm import Session
 from ..catalogue.db import Database
 from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
-from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound
+from ..errors import (
+    Conflict,
+    Forbidden,
+    InsufficientSpace,
+    InvalidRequest,
+    NotFound,
+    StagingError,
+)
+from ..paths import confine
 from . import kinds, recall, targets
 from .items import _unfinished_paths
 from .joblog import JobLog, default_log_dir
@@ -243,19 +251,23 @@ def reconcile(db: Database) -> list[int]:
 
 
 def claim_job(db: Database, worker_id: str, lease_seconds: float,
-              owner: str | None = None, skip: Collection[int] = ()) -> tuple[int, bool] | None:
+              owner: str | None = None, skip: Collection[int] = (),
+              kinds: Collection[str] | None = None) -> tuple[int, bool] | None:
     """Take the oldest job that is queued or whose worker is gone; returns (id, resumed).
 
     With ``owner``, only that user's jobs: a worker started by a user's server runs as that
     user, so it must never take another user's job (it would write their files as itself).
-    Without, any job (a site's service workers). Never one of ``skip`` (jobs this worker
-    holds back after they failed to run)."""
+    Without, any job (a site's service workers). With ``kinds``, only jobs of those kinds (a
+    site's own worker runs transfers and uploads, never a user's stage job). Never one of
+    ``skip`` (jobs this worker holds back after they failed to run)."""
     with db.write() as s:
         now = lease_clock(s)
         query = select(Job).where(Job.state.in_(ACTIVE_STATES),
                                   or_(Job.worker_id.is_(None), Job.lease_expires < now))
         if owner is not None:
             query = query.where(Job.owner == owner)
+        if kinds is not None:
+            query = query.where(Job.kind.in_(list(kinds)))
         if skip:
             query = query.where(Job.id.not_in(skip))
         job = s.scalars(query.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
@@ -303,17 +315,28 @@ def _recount(s: Session, job: Job) -> None:
         JobItem.job_id == job.id, JobItem.state.in_(("done", "skipped")))) or 0)
 
 
+def result_lines(db: Database, job: Job) -> list[str]:
+    """One line per failed or missing file of a job whose items are all through."""
+    with db.read() as s:
+        failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
+            JobItem.job_id == job.id, JobItem.state == "failed").order_by(JobItem.id)).all()
+    lines = [f"{path}: {error}" for path, error in failed]
+    return lines + [f"{name}: no available instance on an online store" for name in job.missing]
+
+
 def finish_job(db: Database, job_id: int) -> str:
     """Write the result marker and the final state of a job whose items are all through."""
     job = load_job(db, job_id)
-    with db.read() as s:
-        failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
-            JobItem.job_id == job_id, JobItem.state == "failed").order_by(JobItem.id)).all()
-    lines = [f"{path}: {error}" for path, error in failed]
-    lines += [f"{name}: no available instance on an online store" for name in job.missing]
+    lines = result_lines(db, job)
     # The kind's results first (stage: markers), then the database: a crash in between
     # leaves a running job whose finalisation simply runs again.
     kinds.kind(job.kind).finish(job, lines)
+    return record_finish(db, job, lines)
+
+
+def record_finish(db: Database, job: Job, lines: list[str]) -> str:
+    """The final state of a finished job in the database, and its summary in its log."""
+    job_id = job.id
     state = "failed" if lines else "succeeded"
     with db.write() as s:
         row = s.get(Job, job_id)
@@ -332,7 +355,17 @@ def finish_job(db: Database, job_id: int) -> str:
 
 def finish_cancelled(db: Database, job_id: int) -> str:
     job = load_job(db, job_id)
-    kind = kinds.kind(job.kind)
+    left = record_cancelled(db, job)
+    removed = kinds.kind(job.kind).cancelled(db, job, left)
+    recall.reap_after_cancel(db, job_id, JobLog(job.log_path))
+    JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
+                         f"{removed} temporary file(s) removed")
+    return "cancelled"
+
+
+def record_cancelled(db: Database, job: Job) -> int:
+    """A cancelled job's state in the database; returns how many of its files were left."""
+    job_id = job.id
     with db.write() as s:
         row = s.get(Job, job_id)
         assert row is not None
@@ -343,11 +376,24 @@ def finish_cancelled(db: Database, job_id: int) -> str:
         row.state, row.finished_at = "cancelled", utcnow()
         row.worker_id, row.lease_expires = None, None
         row.error = f"cancelled; {left} file(s) not staged"
-    removed = kind.cancelled(db, job, left)
-    recall.reap_after_cancel(db, job_id, JobLog(job.log_path))
-    JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
-                         f"{removed} temporary file(s) removed")
-    return "cancelled"
+    return left
+
+
+def fail_job(db: Database, job_id: int, worker_id: str, error: str) -> str:
+    """End a job this worker holds as failed before it ran (``kinds.JobRefused``: e.g. its
+    destination is outside the worker's allowed roots, or another job holds the folder).
+    Its items stay queued: a retry runs them."""
+    with db.write() as s:
+        s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
+                  .values(state="queued", worker_id=None))
+        row = s.get(Job, job_id, with_for_update=True)
+        if row is None or row.worker_id != worker_id:
+            return "lost"
+        row.state, row.finished_at, row.error = "failed", utcnow(), error
+        row.worker_id, row.lease_expires = None, None
+        log_path = row.log_path
+    JobLog(log_path)(f"job {job_id} failed: {error}")
+    return "failed"
 
 
 
@@ -472,47 +518,86 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
 class StageKind(kinds.JobKind):
     """Staging: items copied (or linked) into the job's destination (``targets``: a local folder
     or a contents-manager folder), which the job holds with the Librarian's markers from launch
-    until its result markers are written."""
+    until its result markers are written.
+
+    A job a site service recorded (``recorded.record_stage_job``: options ``recorded``) was
+    launched without touching the folder: the user's worker confines it against its own
+    allowed roots and takes it when it begins, and the service side (cancel with no worker,
+    retry) leaves the folder alone."""
 
     name = "stage"
 
     def begin(self, run: _JobRun, resumed: bool) -> None:
-        run.target.ensure_in_progress(run.job.id, run.job.owner)
+        if run.job.options.get("recorded"):
+            self._take(run)
+        else:
+            run.target.ensure_in_progress(run.job.id, run.job.owner)
         if resumed:
-            n = run.target.remove_temps(_unfinished_paths(run.db, run.job.id))
+            n = run.target.remove_temps(run.store.unfinished_paths(run.job.id))
             if n:
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
+    @staticmethod
+    def _take(run: _JobRun) -> None:
+        """The user's worker takes a recorded job's folder: inside its allowed roots, itself
+        (no symlink on the way), and not held by another unfinished job."""
+        destination = run.job.destination
+        try:
+            if confine(destination, run.config.allowed_roots,
+                       what="destination") != Path(destination):
+                raise Forbidden(f"the destination {destination} does not resolve to itself "
+                                f"(a symbolic link on the way)")
+            run.target.acquire(run.job.id, run.job.owner, run.store.is_active)
+        except StagingError as exc:
+            raise kinds.JobRefused(f"{exc.message} (checked by the worker of "
+                                   f"{run.job.owner})") from exc
+        except OSError as exc:
+            raise kinds.JobRefused(f"cannot take the destination {destination}: "
+                                   f"{exc.strerror or exc}") from exc
+
     def stream(self, run: _JobRun) -> None:
-        recall.with_recall(run, run._stream)
+        if run.db is None:  # a worker without the catalogue: no cold files (refused at launch)
+            run._stream()
+        else:
+            recall.with_recall(run, run._stream)
 
     def finish(self, job: Job, lines: list[str]) -> None:
         _target(job).finish(job.id, lines)
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
+        if job.options.get("recorded"):
+            return 0  # the folder is the user's: their worker cleans it (``cancel_at_target``)
+        return self.cancel_at_target(job, left, _unfinished_paths(db, job.id))
+
+    def cancel_at_target(self, job: Job, left: int, unfinished: list[str]) -> int:
+        """Remove a cancelled job's temporary files and write its result marker."""
         target = _target(job)
-        removed = target.remove_temps(_unfinished_paths(db, job.id))
+        removed = target.remove_temps(unfinished)
         target.finish(job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
         return removed
 
     def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        recorded = job.options.get("recorded")  # the user's worker takes the folder again
         target = _target(job)
-        target.recheck(allowed_roots)
-        needed = left_bytes if job.method in COPYING else 0
-        free = free_bytes(target.local) if target.local is not None else None
-        if free is not None and needed > free and not force:
-            raise InsufficientSpace(
-                f"the destination has {free} bytes free and the retry needs {needed}",
-                needed=needed, free=free)
+        if not recorded:
+            target.recheck(allowed_roots)
+            needed = left_bytes if job.method in COPYING else 0
+            free = free_bytes(target.local) if target.local is not None else None
+            if free is not None and needed > free and not force:
+                raise InsufficientSpace(
+                    f"the destination has {free} bytes free and the retry needs {needed}",
+                    needed=needed, free=free)
         busy = s.scalar(select(Job.id).where(Job.destination == job.destination,
                                              Job.id != job.id, Job.state.in_(ACTIVE_STATES)))
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {job.destination}", job_id=busy)
-        target.acquire(job.id, job.owner, lambda other: _is_active(s, other))
+        if not recorded:
+            target.acquire(job.id, job.owner, lambda other: _is_active(s, other))
 
     def release(self, job: Job) -> None:
-        _target(job).release(job.id)
+        if not job.options.get("recorded"):
+            _target(job).release(job.id)
 
 
 def _target(job: Job) -> targets.Target:

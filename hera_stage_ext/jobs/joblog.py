@@ -54,6 +54,13 @@ class JobLog:
             if self._held:
                 self._write_held()
 
+    def append_lines(self, text: str) -> None:
+        """Append lines written elsewhere (a user's worker in site mode ships its job's log
+        to the service), as they are."""
+        with self._lock:
+            self._held.append(text)
+            self._write_held()
+
     def _write_held(self) -> None:
         data = "".join(self._held).encode("utf-8", "surrogateescape")
         self._held.clear()

@@ -8,7 +8,8 @@ claiming items in batches (``items``), recording each item's result (``run._JobR
 starting and finishing a job means for it:
 
 ``begin(run, resumed)``      before the streams start (stage: take the STAGING-IN-PROGRESS
-                             marker again, remove a dead worker's temporary files).
+                             marker again, remove a dead worker's temporary files); raise
+                             ``JobRefused`` to end the job as failed without running it.
 ``stream(run)``              one of the job's streams: claim items (``items._claim_items``),
                              move them, report each through ``run._add(item, state, error,
                              outcome)`` and ``run._commit``; items claimed and not reported go
@@ -46,6 +47,11 @@ KINDS: dict[str, str] = {
     "transfer": "hera_stage_ext.transfer.jobs:TRANSFER",
     "upload": "hera_stage_ext.transfer.upload:UPLOAD",
 }
+
+
+class JobRefused(Exception):
+    """Raised by ``begin`` when the job must not run at all (its run ends it as failed with
+    this message), e.g. a recorded stage job whose destination the user's worker refuses."""
 
 
 class JobKind:

@@ -39,10 +39,8 @@ from pathlib import Path
 
 from ..transfer.peers import PEERS_ENV
 from .copy_pool import default_size
-from .worker import DB_URL_ENV, WAKE_SIGNAL
+from .worker import DB_URL_ENV, SITE_TOKEN_ENV, WAKE_SIGNAL
 
-#: The worker's token for the site service (site mode), in its environment only.
-SITE_TOKEN_ENV = "HERA_STAGE_SITE_TOKEN"
 #: What a site-mode worker's environment never holds: the site's secrets.
 _SITE_SECRETS = (DB_URL_ENV, PEERS_ENV, SITE_TOKEN_ENV)
 
@@ -51,8 +49,9 @@ class WorkerLauncher:
     def __init__(self, db_url: str = "", *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
                  copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
-                 nice: int = 0, poll_seconds: float = 10.0, site_url: str = "",
-                 site_token: str = "", allowed_roots: Sequence[str] = ()) -> None:
+                 nice: int = 0, poll_seconds: float = 10.0, kinds: Sequence[str] = (),
+                 site_url: str = "", site_token: str = "",
+                 allowed_roots: Sequence[str] = ()) -> None:
         if bool(db_url) == bool(site_url):
             raise ValueError("a worker needs either a database URL or a site service URL")
         self.db_url = db_url
@@ -65,6 +64,7 @@ class WorkerLauncher:
         # More for the worker's environment (transfer jobs: the peers, secrets included).
         self.env = dict(env or {})
         self.owner = owner
+        self.kinds = tuple(kinds)  # only jobs of these kinds (the site's own worker)
         self.streams = streams
         self.copy_processes = copy_processes or default_size()
         self.idle_exit_seconds = idle_exit_seconds
@@ -85,7 +85,8 @@ class WorkerLauncher:
         return [sys.executable, "-m", "hera_stage_ext.jobs.worker",
                 "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
-                "--nice", str(self.nice), "--poll", str(self.poll_seconds), *whose]
+                "--nice", str(self.nice), "--poll", str(self.poll_seconds), *whose,
+                *(["--kinds", ",".join(self.kinds)] if self.kinds else [])]
 
     def _environment(self) -> dict[str, str]:
         if self.site_url:

@@ -14,8 +14,6 @@ the job is finished (``engine.finish_job``), cancelled, or released for another 
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import errno
 import os
 import threading
@@ -25,24 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
-
 from ..catalogue.db import Database
-from ..catalogue.models import Store
 from ..errors import StagingError
 from . import kinds, targets
 from .copy_pool import CopyPool, HandOver, HelperDied, hand_overs
-from .engine import (
-    claim_job,
-    finish_cancelled,
-    finish_job,
-    lease_clock,
-    load_job,
-    new_worker_id,
-    release_job,
-)
-from .items import _claim_items, _Claimed, _record, _requeue, _unfinished_paths
-from .joblog import JobLog
+from .engine import new_worker_id
+from .items import _Claimed
 from .methods import (
     Cancelled,
     ItemFailed,
@@ -52,7 +38,8 @@ from .methods import (
     commit,
     remove_temp_folders,
 )
-from .models import Job, JobItem
+from .models import Job
+from .store import JobStore, as_store
 
 
 @dataclass
@@ -80,14 +67,19 @@ class EngineConfig:
         default_factory=lambda: float(os.environ.get("HERA_STAGE_TEST_CHUNK_DELAY", "0") or 0))
     # Transfer jobs: the peers (a transfer.peers.PeerRegistry); None: the worker's environment.
     peers: Any = None
+    # Folders a recorded stage job (site mode) may write into, checked by the user's worker.
+    allowed_roots: tuple[str, ...] = ()
 
 
 class _JobRun:
     """One worker's run of one claimed job: streams, heartbeat, finalisation."""
 
-    def __init__(self, db: Database, job: Job, worker_id: str, config: EngineConfig,
+    def __init__(self, store: JobStore, job: Job, worker_id: str, config: EngineConfig,
                  stop: threading.Event, pool: CopyPool | None = None) -> None:
-        self.db, self.job, self.worker_id, self.config, self.stop = db, job, worker_id, config, stop
+        self.store, self.job, self.worker_id, self.config, self.stop = (
+            store, job, worker_id, config, stop)
+        # The catalogue, for kinds that read it while they run (None over HTTP: ``store``).
+        self.db: Database | None = store.db
         self.dest = Path(job.destination)
         self.kind = kinds.kind(job.kind)  # how the items of this job are moved
         self.dest_str = job.destination
@@ -95,7 +87,7 @@ class _JobRun:
         self.read_only = bool(job.options.get("read_only", True))
         self.pool = pool
         self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another
-        self.log = JobLog(job.log_path)
+        self.log = store.log(job)
         self.abort = threading.Event()  # set on cancel, lost lease or worker stop
         self.cancel_requested = job.cancel_requested
         self.lost = False
@@ -122,15 +114,24 @@ class _JobRun:
         self._commit_lock = threading.Lock()
         self._last_commit = time.monotonic()
 
-    def _refresh_stores(self) -> None:
-        with self.db.read() as s:
-            if not self.store_roots:
-                names = list(s.scalars(select(JobItem.store).where(
-                    JobItem.job_id == self.job.id).distinct()))
-                self.store_roots = dict(s.execute(select(Store.name, Store.path).where(
-                    Store.name.in_(names))).all())
-            self.unavailable = frozenset(s.scalars(select(Store.name).where(
-                Store.name.in_(list(self.store_roots)), Store.available.is_(False))))
+    def _beat(self) -> None:
+        """Renew the lease; see a cancel, a lost lease and stores going away."""
+        beat = self.store.heartbeat(self.job.id, self.worker_id, self.config.lease_seconds,
+                                    list(self.store_roots))
+        if beat.state == "lost":
+            self.lost = True
+            self.abort.set()
+        elif beat.state == "cancel":
+            self.cancel_requested = True
+            self.abort.set()
+        elif beat.unavailable is not None:  # None: keep the last answer on a hiccup
+            was = self.unavailable
+            self.unavailable = beat.unavailable
+            if self.unavailable != was:
+                self.store_generation += 1
+            for store in sorted(self.unavailable - was):
+                self.log(f"store {store!r} became unavailable: its files still to stage "
+                         f"fail")
 
     def _explain(self, item: _Claimed, exc: OSError) -> str:
         """What an OSError means for the user: which side failed and why."""
@@ -168,31 +169,9 @@ class _JobRun:
                 self.abort.set()
                 return
             try:
-                with self.db.write() as s:
-                    now = lease_clock(s)
-                    row = s.execute(
-                        update(Job).where(Job.id == self.job.id, Job.worker_id == self.worker_id)
-                        .values(heartbeat_at=now,
-                                lease_expires=now + dt.timedelta(seconds=self.config.lease_seconds))
-                        .returning(Job.cancel_requested)).first()
-            except Exception as exc:  # a database hiccup: try again next beat
+                self._beat()
+            except Exception as exc:  # a database (or service) hiccup: try again next beat
                 self.log(f"heartbeat failed: {exc}")
-                continue
-            if row is None:
-                self.lost = True
-                self.abort.set()
-            elif row[0]:
-                self.cancel_requested = True
-                self.abort.set()
-            else:
-                was = self.unavailable
-                with contextlib.suppress(Exception):  # keep the last answer on a hiccup
-                    self._refresh_stores()
-                if self.unavailable != was:
-                    self.store_generation += 1
-                for store in sorted(self.unavailable - was):
-                    self.log(f"store {store!r} became unavailable: its files still to stage "
-                             f"fail")
 
     def _spec(self, item: _Claimed) -> ItemSpec:
         return ItemSpec(item.source_path, os.path.join(self.dest_str, item.dest_path),
@@ -202,8 +181,8 @@ class _JobRun:
     def _stream(self) -> None:
         mover = self.target.mover(self.config, self._check, self.log, self.made_dirs)
         while not (self.abort.is_set() or self.stop.is_set()):
-            batch = _claim_items(self.db, self.job.id, self.worker_id, self.config.claim_batch,
-                                 self.config.claim_bytes)
+            batch = self.store.claim_items(self.job.id, self.worker_id,
+                                           self.config.claim_batch, self.config.claim_bytes)
             if not batch:
                 return
             started: set[int] = set()
@@ -226,7 +205,7 @@ class _JobRun:
             finally:
                 # Items not started go back to the queue; those through are committed by
                 # whichever stream commits next (or at the end of the run).
-                _requeue(self.db, [c.id for c in batch if c.id not in started])
+                self.store.requeue(self.job.id, [c.id for c in batch if c.id not in started])
 
     def _pooled(self, item: _Claimed) -> bool:
         """Small plain files go to the helper processes (when the worker has them): their
@@ -387,7 +366,7 @@ class _JobRun:
                         with self._lock:
                             self.copied_bytes -= item.size
                 results.append((item, state, error))
-            _record(self.db, self.job.id, results)
+            self.store.record(self.job.id, results)
             self.log.flush()
             self.kind.recorded(self)
         finally:
@@ -397,8 +376,15 @@ class _JobRun:
         job = self.job
         self.log(f"worker {self.worker_id} {'resumes' if resumed else 'starts'} job {job.id} "
                  f"({self.config.streams} stream(s))")
-        self._refresh_stores()
-        self.kind.begin(self, resumed)
+        self.store_roots = self.store.store_roots(job.id)
+        self._beat()
+        try:
+            self.kind.begin(self, resumed)
+        except kinds.JobRefused as exc:
+            self.log(f"job {job.id} refused by the worker: {exc}")
+            state = self.store.fail(job, self.worker_id, str(exc))
+            self.store.close_log(job, self.log)
+            return state
         started = time.monotonic()
         heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
         heartbeat.start()
@@ -429,7 +415,13 @@ class _JobRun:
             except Exception as exc:  # the database or the disk gone: released below
                 errors.append(exc)
         self.log.flush()
-        seconds = time.monotonic() - started
+        try:
+            return self._end(errors, time.monotonic() - started)
+        finally:
+            self.store.close_log(job, self.log)
+
+    def _end(self, errors: list[BaseException], seconds: float) -> str:
+        job = self.job
         if self.lost:
             self.log("lease lost to another worker; stopping (its uncommitted items are "
                      "redone by the worker that took the job)")
@@ -438,41 +430,43 @@ class _JobRun:
             self.log(f"worker error: {errors[0]!r}; job released for another attempt")
             raise errors[0]  # the worker releases the job and takes it again after a back-off
         if self.cancel_requested:
-            finish_cancelled(self.db, job.id)
-            return "cancelled"
+            return self.store.finish_cancelled(job)
         if self.stop.is_set():
             self._release()
             self.log("worker stopping: job released, it resumes with the next worker")
             return "released"
-        if _unfinished_paths(self.db, job.id):  # another worker still holds some items
+        if self.store.unfinished_paths(job.id):  # another worker still holds some items
             self._release()
             return "released"
         self.log(f"copied {self.copied_bytes} bytes in {seconds:.1f} s "
                  f"({self.copied_bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
-        return finish_job(self.db, job.id)
+        self.log.flush()
+        return self.store.finish(job)
 
     def _release(self) -> None:
-        release_job(self.db, self.job.id, self.worker_id)
+        self.store.release(self.job.id, self.worker_id)
 
 
-def run_job(db: Database, job_id: int, worker_id: str, config: EngineConfig | None = None,
-            stop: threading.Event | None = None, resumed: bool = False,
-            pool: CopyPool | None = None) -> str:
+def run_job(db: Database | JobStore, job_id: int, worker_id: str,
+            config: EngineConfig | None = None, stop: threading.Event | None = None,
+            resumed: bool = False, pool: CopyPool | None = None) -> str:
     """Run a job this worker has claimed until it is finished, cancelled or released."""
-    job = load_job(db, job_id)
-    return _JobRun(db, job, worker_id, config or EngineConfig(), stop or threading.Event(),
+    store = as_store(db)
+    job = store.load_job(job_id)
+    return _JobRun(store, job, worker_id, config or EngineConfig(), stop or threading.Event(),
                    pool).run(resumed)
 
 
-def run_pending(db: Database, config: EngineConfig | None = None, *,
+def run_pending(db: Database | JobStore, config: EngineConfig | None = None, *,
                 worker_id: str | None = None, stop: threading.Event | None = None,
                 pool: CopyPool | None = None) -> list[int]:
     """Claim and run jobs in this process until none is left; returns the ids run."""
     config = config or EngineConfig()
     worker_id = worker_id or new_worker_id()
+    db = as_store(db)
     ran = []
     while not (stop and stop.is_set()):
-        claimed = claim_job(db, worker_id, config.lease_seconds)
+        claimed = db.claim_job(worker_id, config.lease_seconds)
         if claimed is None:
             break
         run_job(db, claimed[0], worker_id, config, stop, resumed=claimed[1], pool=pool)

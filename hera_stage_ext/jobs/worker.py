@@ -1,9 +1,12 @@
-"""The worker process: ``python -m hera_stage_ext.jobs.worker --db-url URL``.
+"""The worker process: ``python -m hera_stage_ext.jobs.worker --db-url URL`` (over the
+catalogue database) or ``--site-url URL`` (a user's worker in site mode: over the site
+service's worker API, with the user's token in ``$HERA_STAGE_SITE_TOKEN``).
 
 Runs jobs outside the Jupyter server, so a restart or an idle-cull of the server loses nothing.
 Loops: reconcile (take over the jobs of dead workers), claim jobs and run each in a thread of
 its own (several at once); exits cleanly on SIGTERM/SIGINT, releasing its jobs so the next
 worker resumes them. Several workers may share a database: claims are atomic and leased.
+Everything it asks of the job store goes through ``store.JobStore``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from pathlib import Path
 
 from ..catalogue.db import Database
 from .copy_pool import CopyPool, default_size
-from .engine import claim_job, new_worker_id, reconcile, release_job
+from .engine import new_worker_id
 from .run import EngineConfig, run_job
+from .store import DbJobStore, JobStore
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 
@@ -32,6 +36,8 @@ HOLD_FIRST_SECONDS, HOLD_MAX_SECONDS = 5.0, 300.0
 
 #: Environment variable carrying the database URL to a worker started by the server.
 DB_URL_ENV = "HERA_STAGE_DB_URL"
+#: Environment variable carrying the user's token to a worker in site mode (--site-url).
+SITE_TOKEN_ENV = "HERA_STAGE_SITE_TOKEN"
 #: The signal that makes an idle worker claim at once (its server sends it when a job is
 #: launched). SIGURG because its default action is to be ignored: a worker not yet listening
 #: (just started, or of an older version) is not harmed by it.
@@ -43,11 +49,11 @@ class Worker:
     of its own, so that one job waiting (a transfer outside its peer's hours, a peer that is
     down) or one very large job does not hold up the others."""
 
-    def __init__(self, db: Database, config: EngineConfig | None = None,
+    def __init__(self, store: JobStore | Database, config: EngineConfig | None = None,
                  worker_id: str | None = None, pool: CopyPool | None = None,
                  owner: str | None = None, max_jobs: int = 4) -> None:
-        self.db = db
-        self.owner = owner  # only this user's jobs (None: anyone's)
+        # ``owner``: only this user's jobs (None: anyone's), for a store given as a database.
+        self.store = DbJobStore(store, owner) if isinstance(store, Database) else store
         self.config = config or EngineConfig()
         self.worker_id = worker_id or new_worker_id()
         self.stop = threading.Event()
@@ -78,13 +84,14 @@ class Worker:
                 claimed = None
                 try:
                     if time.monotonic() - last_reconcile >= reconcile_seconds:
-                        taken = reconcile(self.db)
+                        taken = self.store.reconcile()
                         if taken:
                             log.info("jobs of dead workers to resume: %s", taken)
                         last_reconcile = time.monotonic()
                     if len(running) < self.max_jobs:
-                        claimed = claim_job(self.db, self.worker_id, self.config.lease_seconds,
-                                            self.owner, skip=[*running, *self._holding()])
+                        claimed = self.store.claim_job(self.worker_id,
+                                                       self.config.lease_seconds,
+                                                       skip=[*running, *self._holding()])
                 except Exception:  # the database away for a moment: try again next poll
                     log.exception("cannot claim jobs now; trying again")
                 if claimed is not None:
@@ -121,8 +128,8 @@ class Worker:
     def _run_job(self, job_id: int, resumed: bool) -> None:
         log.info("running job %s%s", job_id, " (resumed)" if resumed else "")
         try:
-            state = run_job(self.db, job_id, self.worker_id, self.config, self.stop, resumed,
-                            self.pool)
+            state = run_job(self.store, job_id, self.worker_id, self.config, self.stop,
+                            resumed, self.pool)
         except Exception as exc:  # one job's trouble must not end the worker
             # E.g. its log cannot be written, or the database went away mid-finish: the job
             # goes back to the queue, resumed where it was by the next claim after a back-off.
@@ -133,7 +140,7 @@ class Worker:
             log.exception("job %s: the worker could not run it; released, tried again in "
                           "%.0f s", job_id, hold)
             with contextlib.suppress(Exception):
-                release_job(self.db, job_id, self.worker_id, error=(
+                self.store.release(job_id, self.worker_id, error=(
                     f"the worker could not run it ({type(exc).__name__}: {exc}); it tries "
                     f"again in {hold:.0f} s"))
             return
@@ -149,6 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db-url", default=os.environ.get(DB_URL_ENV),
                         help=f"SQLAlchemy URL of the catalogue (default: ${DB_URL_ENV}, which "
                         "keeps a password out of the process list)")
+    parser.add_argument("--site-url", default=None,
+                        help="the site service's URL (site mode: a user's worker, which runs "
+                        "that user's stage jobs through the service's worker API, never the "
+                        f"database); the user's token in ${SITE_TOKEN_ENV}")
+    parser.add_argument("--allowed-root", action="append", default=None, metavar="DIR",
+                        help="a folder recorded stage jobs may write into (repeat for more; "
+                        "default: your home directory); checked again by this worker")
+    parser.add_argument("--kinds", default=None,
+                        help="run only jobs of these kinds, comma-separated (the site's own "
+                        "worker: transfer,upload)")
     parser.add_argument("--streams", type=int, default=defaults.streams,
                         help="parallel item streams per job")
     parser.add_argument("--lease", type=float, default=defaults.lease_seconds,
@@ -181,20 +198,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "server and the user's kernels go first when the CPU is short")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    if not args.db_url:
-        parser.error(f"--db-url or ${DB_URL_ENV} is required")
+    if args.site_url and (args.db_url or args.owner or args.kinds):
+        # A user's worker learns who it works for from the service, never from the database.
+        parser.error("--site-url goes without --db-url (and $HERA_STAGE_DB_URL), --owner "
+                     "and --kinds")
+    if not args.site_url and not args.db_url:
+        parser.error(f"--db-url, ${DB_URL_ENV} or --site-url is required")
+    token = os.environ.get(SITE_TOKEN_ENV, "")
+    if args.site_url and not token:
+        parser.error(f"--site-url needs the user's token in ${SITE_TOKEN_ENV}")
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Before any thread or helper starts: they inherit it.
     lower_priority(args.nice)
+    roots = tuple(os.path.realpath(r) for r in (args.allowed_root
+                                                 or [os.path.expanduser("~")]))
     config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
                           heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
-                          fsync=not args.no_fsync, flush_seconds=args.commit_seconds)
-    db = Database(args.db_url)
+                          fsync=not args.no_fsync, flush_seconds=args.commit_seconds,
+                          allowed_roots=roots)
+    store: JobStore
+    if args.site_url:
+        from .http_store import HttpJobStore  # requests: only for a worker in site mode
+
+        store = HttpJobStore(args.site_url, token)
+        os.environ.pop(SITE_TOKEN_ENV, None)  # not inherited by the copy helpers
+    else:
+        kinds = [k for k in (args.kinds or "").split(",") if k] or None
+        store = DbJobStore(Database(args.db_url), args.owner, kinds)
     # Started here, from the main thread, so each helper dies with this process.
     pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
             if args.copy_processes > 0 else None)
-    worker = Worker(db, config, pool=pool, owner=args.owner, max_jobs=args.jobs)
+    worker = Worker(store, config, pool=pool, max_jobs=args.jobs)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)
@@ -211,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.close()
-        db.dispose()
+        store.close()
     log.info("worker %s stopped", worker.worker_id)
     return 0
 

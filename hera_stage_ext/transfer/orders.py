@@ -23,6 +23,7 @@ recorded the refusal offers it again (once the peer's copy is sorted out).
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -127,6 +128,15 @@ class StandingOrders:
         self._seen: int | None = None  # newest instance id when the last round began
         self._next_round = 0.0  # monotonic time of the next periodic round
 
+    def for_core(self, core: Core) -> StandingOrders:
+        """These orders as one request's user sees them (site mode: a core per request);
+        evaluation rounds and wake-ups stay shared."""
+        if core is self.core:
+            return self
+        view = copy.copy(self)
+        view.core = core
+        return view
+
     # ----- CRUD -----------------------------------------------------------------------------
     def _row(self, s: Any, name: str) -> StandingOrder:
         order = s.scalar(select(StandingOrder).where(
@@ -202,11 +212,13 @@ class StandingOrders:
         with self._round:
             with self.core.catalogue.db.read() as s:
                 newest = s.scalar(select(func.max(Instance.id)))
-                orders = [_Due(*row) for row in s.execute(select(
+                query = select(
                     StandingOrder.id, StandingOrder.name, StandingOrder.owner,
                     StandingOrder.peer, StandingOrder.search).where(
-                    StandingOrder.owner == self.core.owner, StandingOrder.paused.is_(False))
-                    .order_by(StandingOrder.name))]
+                    StandingOrder.paused.is_(False)).order_by(StandingOrder.name)
+                if not self.core.site_mode:  # a site service evaluates every user's orders
+                    query = query.where(StandingOrder.owner == self.core.owner)
+                orders = [_Due(*row) for row in s.execute(query)]
             now = time.monotonic()
             if not (self._wake.is_set() or newest != self._seen or now >= self._next_round):
                 return 0
@@ -247,8 +259,10 @@ class StandingOrders:
                 message = (f"nothing to send: every matching file is at {order.peer}, on its way "
                            f"or refused by it as a conflict")
             else:
-                launched = self.core.transfer(order.peer, names=names, search=order.search,
-                                              via="order")
+                core = (self.core.for_user(order.owner, frozenset({"transfer"}))
+                        if self.core.site_mode else self.core)
+                launched = core.transfer(order.peer, names=names, search=order.search,
+                                         via="order")
                 message = (f"launched job {launched['id']}: {launched['files_total']} file(s) "
                            f"not yet at {order.peer}")
         except StagingError as exc:  # peer gone from the configuration, refusing us, ...

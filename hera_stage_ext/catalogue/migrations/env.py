@@ -8,6 +8,7 @@ from hera_stage_ext.catalogue.models import Base
 import hera_stage_ext.jobs.models  # noqa: F401  (the job and transfer tables share Base.metadata)
 import hera_stage_ext.transfer.models  # noqa: F401
 import hera_stage_ext.transfer.order_models  # noqa: F401
+import hera_stage_ext.site.models  # noqa: F401
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:

@@ -1,0 +1,276 @@
+"""The job store of a user's worker in site mode: the site service's worker API over HTTP.
+
+The worker holds no database URL. It sends the user's token (``Authorization: token ...``)
+with every call, and the service decides from that token whose jobs it may claim (stage jobs
+only, never transfers or uploads). Item results go in batches, as the engine commits them.
+
+The job's log is written locally as in any run (a spool file in the user's cache folder, so
+the worker's copy helpers append to it as they do elsewhere) and shipped to the service, which
+keeps job logs, about once a second and when the run ends (``LogShipper``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from ..errors import StagingError
+from .items import _Claimed
+from .joblog import JobLog
+from .models import Job
+from .store import Beat
+
+log = logging.getLogger("hera_stage_ext.jobs.worker")
+
+#: Where the worker API lives under the site service's URL.
+WORKER_API = "hera-stage/api/worker/"
+#: Answers a call is tried again after (the service restarting, a proxy between).
+RETRY_STATUSES = (502, 503, 504)
+#: Most bytes of log shipped in one call.
+LOG_CHUNK = 256 << 10
+
+
+class ServiceError(StagingError):
+    """The site service refused a call (its status and message) or could not be reached."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def default_spool_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "hera_stage" / "worker-logs"
+
+
+class HttpJobStore:
+    db = None  # no catalogue: kinds that need it never reach a user's worker
+
+    def __init__(self, site_url: str, token: str, *, timeout: float = 30.0,
+                 spool_dir: Path | None = None, attempts: int = 3) -> None:
+        self.base = site_url.rstrip("/") + "/" + WORKER_API
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+        self.timeout = timeout
+        self.attempts = attempts
+        self.spool_dir = spool_dir or default_spool_dir()
+        self._shippers: dict[int, LogShipper] = {}
+        self._lock = threading.Lock()
+
+    # ----- HTTP -------------------------------------------------------------------------------
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One call of the worker API; its JSON answer. Tried again when the service cannot
+        be reached or answers 502-504 (every call is safe to repeat, except that a repeated
+        claim may leave a job to the next claim after its lease)."""
+        for attempt in range(self.attempts):
+            try:
+                reply = self.session.request(method, self.base + path, json=body,
+                                             timeout=self.timeout)
+            except requests.RequestException as exc:
+                if attempt + 1 == self.attempts:
+                    raise ServiceError(f"the site service cannot be reached: {exc}") from exc
+            else:
+                if reply.status_code not in RETRY_STATUSES or attempt + 1 == self.attempts:
+                    break
+            time.sleep(0.5 * 2 ** attempt)
+        if reply.status_code >= 400:
+            try:
+                message = reply.json().get("message") or reply.reason
+            except ValueError:
+                message = reply.text[:200] or reply.reason
+            raise ServiceError(f"the site service answered {reply.status_code} to {method} "
+                               f"{path}: {message}", reply.status_code)
+        return reply.json()
+
+    def _job(self, job_id: int, action: str, body: dict[str, Any] | None = None,
+             method: str = "POST") -> Any:
+        return self.call(method, f"jobs/{job_id}/{action}", body)
+
+    # ----- JobStore ---------------------------------------------------------------------------
+    def reconcile(self) -> list[int]:
+        return []  # the service takes over the jobs of dead workers (their leases run out)
+
+    def claim_job(self, worker_id: str, lease_seconds: float,
+                  skip: Collection[int] = ()) -> tuple[int, bool] | None:
+        answer = self.call("POST", "claim", {"worker_id": worker_id,
+                                             "lease_seconds": lease_seconds,
+                                             "skip": list(skip)})
+        if answer.get("job") is None:
+            return None
+        return int(answer["job"]), bool(answer["resumed"])
+
+    def load_job(self, job_id: int) -> Job:
+        data = self.call("GET", f"jobs/{job_id}")
+        # This worker confines every job's folder itself, whatever the service recorded.
+        options = {**(data.get("options") or {}), "recorded": True}
+        return Job(id=data["id"], owner=data["owner"], kind=data["kind"], state=data["state"],
+                   destination=data["destination"], method=data["method"], options=options,
+                   missing=list(data.get("missing") or []), log_path="",
+                   cancel_requested=bool(data.get("cancel_requested")),
+                   files_total=data.get("files_total", 0), bytes_total=data.get("bytes_total", 0),
+                   worker_id=data.get("worker_id"))
+
+    def is_active(self, job_id: int) -> bool:
+        try:
+            return bool(self._job(job_id, "active", method="GET")["active"])
+        except ServiceError as exc:
+            if exc.status == 404:  # not one of this user's jobs: its marker is no claim
+                return False
+            raise
+
+    def store_roots(self, job_id: int) -> dict[str, str]:
+        return dict(self._job(job_id, "stores", method="GET")["roots"])
+
+    def claim_items(self, job_id: int, worker_id: str, n: int,
+                    max_bytes: int | None = None) -> list[_Claimed]:
+        answer = self._job(job_id, "items/claim", {"worker_id": worker_id, "n": n,
+                                                   "max_bytes": max_bytes})
+        return [_Claimed(*row) for row in answer["items"]]
+
+    def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
+        if item_ids:
+            self._job(job_id, "items/requeue", {"ids": list(item_ids)})
+
+    def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None:
+        if results:
+            self._job(job_id, "items/record", {
+                "results": [[item.id, state, error] for item, state, error in results]})
+
+    def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
+                  stores: Collection[str]) -> Beat:
+        answer = self._job(job_id, "heartbeat", {"worker_id": worker_id,
+                                                 "lease_seconds": lease_seconds,
+                                                 "stores": list(stores)})
+        unavailable = answer.get("unavailable")
+        return Beat(answer["state"], None if unavailable is None else frozenset(unavailable))
+
+    def unfinished_paths(self, job_id: int) -> list[str]:
+        return list(self._job(job_id, "unfinished", method="GET")["paths"])
+
+    def finish(self, job: Job) -> str:
+        from . import kinds
+
+        lines = list(self._job(job.id, "results", method="GET")["lines"])
+        kinds.kind(job.kind).finish(job, lines)  # the result marker, in the user's folder
+        self._ship(job.id)
+        return str(self._job(job.id, "finish", {"worker_id": job.worker_id or ""})["state"])
+
+    def finish_cancelled(self, job: Job) -> str:
+        from .engine import STAGE
+
+        answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
+        removed = STAGE.cancel_at_target(job, int(answer["left"]), list(answer["unfinished"]))
+        shipper = self._shippers.get(job.id)
+        if shipper is not None:
+            shipper.log(f"job {job.id} cancelled: {answer['left']} file(s) not staged, "
+                        f"{removed} temporary file(s) removed")
+        return "cancelled"
+
+    def fail(self, job: Job, worker_id: str, error: str) -> str:
+        self._ship(job.id)
+        return str(self._job(job.id, "fail", {"worker_id": worker_id, "error": error})["state"])
+
+    def release(self, job_id: int, worker_id: str, error: str | None = None) -> None:
+        self._ship(job_id)
+        self._job(job_id, "release", {"worker_id": worker_id, "error": error})
+
+    def log(self, job: Job) -> JobLog:
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.spool_dir / f"job-{job.id}-{uuid.uuid4().hex[:8]}.log"
+        shipper = LogShipper(self, job.id, JobLog(path))
+        with self._lock:
+            old = self._shippers.pop(job.id, None)
+            self._shippers[job.id] = shipper
+        if old is not None:
+            old.close()
+        shipper.start()
+        return shipper.joblog
+
+    def close_log(self, job: Job, log: JobLog) -> None:
+        with self._lock:
+            shipper = self._shippers.get(job.id)
+            if shipper is not None and shipper.joblog is log:
+                del self._shippers[job.id]
+            else:
+                shipper = None
+        if shipper is not None:
+            shipper.close()
+
+    def _ship(self, job_id: int) -> None:
+        shipper = self._shippers.get(job_id)
+        if shipper is not None:
+            shipper.ship()
+
+    def close(self) -> None:
+        for shipper in list(self._shippers.values()):
+            shipper.close()
+        self.session.close()
+
+
+class LogShipper:
+    """Sends the whole lines appended to a run's local log to the service, every ``interval``
+    seconds and on ``close`` (which removes the local file once all of it is sent)."""
+
+    def __init__(self, store: HttpJobStore, job_id: int, joblog: JobLog,
+                 interval: float = 1.0) -> None:
+        self.store, self.job_id, self.joblog, self.interval = store, job_id, joblog, interval
+        self.offset = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"job{job_id}-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def log(self, message: str) -> None:
+        self.joblog(message)
+        self.ship()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.ship()
+            except Exception as exc:  # the service away for a moment: the lines wait
+                log.warning("job %s: log not shipped yet: %s", self.job_id, exc)
+
+    def ship(self) -> None:
+        self.joblog.flush()
+        with self._lock:
+            try:
+                with open(self.joblog.path, "rb") as f:
+                    f.seek(self.offset)
+                    data = f.read(LOG_CHUNK)
+                    while data:
+                        end = data.rfind(b"\n") + 1
+                        if end == 0:
+                            break
+                        self.store.call("POST", f"jobs/{self.job_id}/log",
+                                        {"text": data[:end].decode("utf-8", "replace")})
+                        self.offset += end
+                        f.seek(self.offset)
+                        data = f.read(LOG_CHUNK)
+            except FileNotFoundError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+        try:
+            self.ship()
+        except Exception as exc:
+            log.warning("job %s: the end of its log could not be sent (%s); it stays in %s",
+                        self.job_id, exc, self.joblog.path)
+            return
+        try:
+            os.unlink(self.joblog.path)
+        except FileNotFoundError:
+            pass

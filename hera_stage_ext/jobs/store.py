@@ -1,0 +1,162 @@
+"""The job store: what one run of a job needs from wherever jobs are kept, behind one seam.
+
+A worker claims a job, claims its items in batches, records their results in batches, renews
+its lease (and learns of a cancel), finishes, fails or releases the job, and writes the job's
+log. ``JobStore`` names exactly those operations; the run engine (``run._JobRun``) and the
+worker loop (``worker.Worker``) call nothing else. Two implementations, one engine:
+
+- ``DbJobStore`` (here): the catalogue database itself, for single-user servers, the site
+  service's own worker and tests (the engine's functions in ``engine`` and ``items``).
+- ``http_store.HttpJobStore``: a user's worker in site mode, which holds no database URL and
+  reaches the site service's worker API (``api/worker.py``) with the user's token; the service
+  decides whose jobs it may claim, from the token.
+
+Kinds that read the catalogue while they run (transfer, upload, recall into a buffer) need
+``store.db``: they run only in workers over the database (the site's own worker).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import select, update
+
+from ..catalogue.db import Database
+from ..catalogue.models import Store
+from . import engine, items
+from .items import _Claimed
+from .joblog import JobLog
+from .models import ACTIVE_STATES, Job, JobItem
+
+
+@dataclass
+class Beat:
+    """A heartbeat's answer: ``state`` is "ok", "cancel" (cancel requested) or "lost" (another
+    worker holds the job now); ``unavailable``: those of the asked stores that are
+    unavailable (None when they could not be read this time)."""
+
+    state: str
+    unavailable: frozenset[str] | None = None
+
+
+class JobStore(Protocol):
+    #: The catalogue database when the store is the database (kinds that read the catalogue
+    #: while they run need it); None for a store reached over HTTP.
+    db: Database | None
+
+    def reconcile(self) -> list[int]: ...
+    def claim_job(self, worker_id: str, lease_seconds: float,
+                  skip: Collection[int] = ()) -> tuple[int, bool] | None: ...
+    def load_job(self, job_id: int) -> Job: ...
+    def is_active(self, job_id: int) -> bool: ...
+    def store_roots(self, job_id: int) -> dict[str, str]: ...
+    def claim_items(self, job_id: int, worker_id: str, n: int,
+                    max_bytes: int | None = None) -> list[_Claimed]: ...
+    def requeue(self, job_id: int, item_ids: Sequence[int]) -> None: ...
+    def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None: ...
+    def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
+                  stores: Collection[str]) -> Beat: ...
+    def unfinished_paths(self, job_id: int) -> list[str]: ...
+    def finish(self, job: Job) -> str: ...
+    def finish_cancelled(self, job: Job) -> str: ...
+    def fail(self, job: Job, worker_id: str, error: str) -> str: ...
+    def release(self, job_id: int, worker_id: str, error: str | None = None) -> None: ...
+    def log(self, job: Job) -> JobLog: ...
+    def close_log(self, job: Job, log: JobLog) -> None: ...
+    def close(self) -> None: ...
+
+
+class DbJobStore:
+    """The job store over the catalogue database. With ``owner`` it claims only that user's
+    jobs; with ``kinds``, only jobs of those kinds (the site worker: not users' stage jobs)."""
+
+    def __init__(self, db: Database, owner: str | None = None,
+                 kinds: Collection[str] | None = None) -> None:
+        self.db = db
+        self.owner = owner
+        self.kinds = tuple(kinds) if kinds else None
+
+    def reconcile(self) -> list[int]:
+        return engine.reconcile(self.db)
+
+    def claim_job(self, worker_id: str, lease_seconds: float,
+                  skip: Collection[int] = ()) -> tuple[int, bool] | None:
+        return engine.claim_job(self.db, worker_id, lease_seconds, self.owner, skip=skip,
+                                kinds=self.kinds)
+
+    def load_job(self, job_id: int) -> Job:
+        return engine.load_job(self.db, job_id)
+
+    def is_active(self, job_id: int) -> bool:
+        with self.db.read() as s:
+            return s.scalar(select(Job.state).where(Job.id == job_id)) in ACTIVE_STATES
+
+    def store_roots(self, job_id: int) -> dict[str, str]:
+        with self.db.read() as s:
+            names = list(s.scalars(select(JobItem.store).where(
+                JobItem.job_id == job_id).distinct()))
+            return dict(s.execute(select(Store.name, Store.path).where(
+                Store.name.in_(names))).all())
+
+    def claim_items(self, job_id: int, worker_id: str, n: int,
+                    max_bytes: int | None = None) -> list[_Claimed]:
+        return items._claim_items(self.db, job_id, worker_id, n, max_bytes)
+
+    def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
+        items._requeue(self.db, item_ids)
+
+    def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None:
+        items._record(self.db, job_id, results)
+
+    def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
+                  stores: Collection[str]) -> Beat:
+        with self.db.write() as s:
+            now = engine.lease_clock(s)
+            row = s.execute(
+                update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
+                .values(heartbeat_at=now, lease_expires=now + dt.timedelta(seconds=lease_seconds))
+                .returning(Job.cancel_requested)).first()
+        if row is None:
+            return Beat("lost")
+        if row[0]:
+            return Beat("cancel")
+        try:
+            with self.db.read() as s:
+                unavailable = frozenset(s.scalars(select(Store.name).where(
+                    Store.name.in_(list(stores)), Store.available.is_(False))))
+        except Exception:  # keep the last answer on a hiccup
+            unavailable = None
+        return Beat("ok", unavailable)
+
+    def unfinished_paths(self, job_id: int) -> list[str]:
+        return items._unfinished_paths(self.db, job_id)
+
+    def finish(self, job: Job) -> str:
+        return engine.finish_job(self.db, job.id)
+
+    def finish_cancelled(self, job: Job) -> str:
+        return engine.finish_cancelled(self.db, job.id)
+
+    def fail(self, job: Job, worker_id: str, error: str) -> str:
+        return engine.fail_job(self.db, job.id, worker_id, error)
+
+    def release(self, job_id: int, worker_id: str, error: str | None = None) -> None:
+        engine.release_job(self.db, job_id, worker_id, error)
+
+    def log(self, job: Job) -> JobLog:
+        return JobLog(job.log_path)
+
+    def close_log(self, job: Job, log: JobLog) -> None:
+        log.flush()
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def as_store(db_or_store: Database | JobStore) -> JobStore:
+    """A store for a database (the engine's callers may still hand it the database)."""
+    return DbJobStore(db_or_store) if isinstance(db_or_store, Database) else db_or_store
+

@@ -1,0 +1,91 @@
+"""Per-user API tokens of a site service without a hub: issued by an admin command
+(``hera-stage site-token issue USER``), printed once, stored as a SHA-256 hash with the user
+they stand for and their scopes; checked on every request, revoked by id.
+
+A token is 32 random bytes: a plain hash (no salt, no slow hash) is as strong as the token and
+lets one indexed lookup find it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from ..catalogue.db import Database
+from ..catalogue.serialize import iso
+from ..errors import InvalidRequest, NotFound
+from .models import SiteToken
+
+#: The scopes a site token (or a hub token, as custom:hera-stage:<scope>) may carry.
+SCOPES = ("read", "stage", "transfer", "ingest", "admin")
+#: What a token carries when its issuer names no scope: what a user needs to stage.
+DEFAULT_SCOPES = ("read", "stage")
+TOKEN_PREFIX = "hst_"
+
+
+@dataclass(frozen=True)
+class TokenUser:
+    user: str
+    scopes: frozenset[str]
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    out = sorted(set(scopes))
+    unknown = [s for s in out if s not in SCOPES]
+    if unknown:
+        raise InvalidRequest(f"unknown scope(s) {', '.join(unknown)}; one of {', '.join(SCOPES)}")
+    return out
+
+
+def issue(db: Database, user: str, scopes: Iterable[str] = DEFAULT_SCOPES,
+          note: str = "") -> tuple[str, dict[str, Any]]:
+    """A new token of ``user``: (the token, shown once; its record)."""
+    if not user or len(user) > 256 or user != user.strip() or "\x00" in user:
+        raise InvalidRequest("a token needs a user name (at most 256 characters)")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with db.write() as s:
+        row = SiteToken(user=user, scopes=check_scopes(scopes), token_hash=token_hash(token),
+                        prefix=token[:10], note=note)
+        s.add(row)
+        s.flush()
+        return token, _json(row)
+
+
+def _json(row: SiteToken) -> dict[str, Any]:
+    return {"id": row.id, "user": row.user, "scopes": list(row.scopes), "prefix": row.prefix,
+            "note": row.note, "created_at": iso(row.created_at)}
+
+
+def list_tokens(db: Database, user: str | None = None) -> list[dict[str, Any]]:
+    query = select(SiteToken).order_by(SiteToken.id)
+    if user is not None:
+        query = query.where(SiteToken.user == user)
+    with db.read() as s:
+        return [_json(row) for row in s.scalars(query)]
+
+
+def revoke(db: Database, token_id: int) -> None:
+    with db.write() as s:
+        if not s.execute(delete(SiteToken).where(SiteToken.id == token_id)).rowcount:
+            raise NotFound(f"no site token {token_id}")
+
+
+def lookup(db: Database, token: str) -> TokenUser | None:
+    """Who ``token`` stands for, or None."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    with db.read() as s:
+        row = s.execute(select(SiteToken.user, SiteToken.scopes).where(
+            SiteToken.token_hash == token_hash(token))).first()
+    if row is None:
+        return None
+    return TokenUser(row[0], frozenset(row[1] or ()))

@@ -1,0 +1,205 @@
+"""The service side of the worker API: what a user's worker may do to that user's stage jobs.
+
+Every operation is for one authenticated user (``owner``, from the request's token, never from
+the request's body): a job that is not theirs, or not a stage job, does not exist here (404), so
+a user's worker never claims, sees or reports on another user's job, nor on a transfer or an
+upload (those are the site worker's). Operations on a claimed job also need the worker that
+holds it (``worker_id``). Item results are checked against the database: only items of the job
+still running are recorded, with the sizes the database holds, so a result sent twice (a retry
+after a lost answer) counts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from ..catalogue.db import Database
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..jobs import engine, items
+from ..jobs.items import _Claimed
+from ..jobs.joblog import JobLog
+from ..jobs.models import ACTIVE_STATES, Job, JobItem
+from ..jobs.store import DbJobStore
+
+#: The only kind a user's worker runs.
+USER_KINDS = ("stage",)
+#: Most items one claim may take, and most results one report may carry.
+MAX_BATCH = 10_000
+#: Most bytes of log one call may append.
+MAX_LOG_BYTES = 1 << 20
+RESULT_STATES = ("done", "skipped", "failed")
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = 2**63 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"'{what}' must be an integer from {low} to {high}")
+    return value
+
+
+def _text(value: Any, what: str, most: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > most:
+        raise InvalidRequest(f"'{what}' must be a non-empty string of at most {most} "
+                             f"characters")
+    return value
+
+
+def worker_id_of(body: dict[str, Any]) -> str:
+    return _text(body.get("worker_id"), "worker_id", 128)
+
+
+def lease_of(body: dict[str, Any]) -> float:
+    lease = body.get("lease_seconds", 30.0)
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 1 <= lease <= 3600:
+        raise InvalidRequest("'lease_seconds' must be a number from 1 to 3600")
+    return float(lease)
+
+
+class WorkerOps:
+    """The worker API's operations for the user ``owner``."""
+
+    def __init__(self, db: Database, owner: str) -> None:
+        self.db = db
+        self.owner = owner
+        self.store = DbJobStore(db, owner, USER_KINDS)
+
+    def _job(self, job_id: int) -> Job:
+        job = engine.load_job(self.db, job_id) if job_id > 0 else None
+        if job is None or job.owner != self.owner or job.kind not in USER_KINDS:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def _held(self, job_id: int, body: dict[str, Any]) -> Job:
+        """The job, held by the worker the body names."""
+        job = self._job(job_id)
+        worker_id = worker_id_of(body)
+        if job.worker_id != worker_id:
+            raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
+        return job
+
+    # ----- jobs -----------------------------------------------------------------------------
+    def claim(self, body: dict[str, Any]) -> dict[str, Any]:
+        skip = body.get("skip", [])
+        if not isinstance(skip, list) or len(skip) > MAX_BATCH:
+            raise InvalidRequest("'skip' must be a list of job ids")
+        skip = [_int(j, "skip") for j in skip]
+        claimed = self.store.claim_job(worker_id_of(body), lease_of(body), skip)
+        if claimed is None:
+            return {"job": None, "resumed": False}
+        return {"job": claimed[0], "resumed": claimed[1]}
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return engine.job_json(self._job(job_id))
+
+    def active(self, job_id: int) -> dict[str, Any]:
+        return {"active": self._job(job_id).state in ACTIVE_STATES}
+
+    def stores(self, job_id: int) -> dict[str, Any]:
+        self._job(job_id)
+        return {"roots": self.store.store_roots(job_id)}
+
+    def heartbeat(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        self._job(job_id)
+        stores = body.get("stores", [])
+        if not isinstance(stores, list) or not all(isinstance(s, str) for s in stores):
+            raise InvalidRequest("'stores' must be a list of store names")
+        beat = self.store.heartbeat(job_id, worker_id_of(body), lease_of(body), stores[:1000])
+        return {"state": beat.state,
+                "unavailable": None if beat.unavailable is None else sorted(beat.unavailable)}
+
+    def unfinished(self, job_id: int) -> dict[str, Any]:
+        self._job(job_id)
+        return {"paths": self.store.unfinished_paths(job_id)}
+
+    def results(self, job_id: int) -> dict[str, Any]:
+        return {"lines": engine.result_lines(self.db, self._job(job_id))}
+
+    def finish(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._held(job_id, body)
+        if self.store.unfinished_paths(job_id):
+            raise Conflict(f"job {job_id} still has files to stage", job_id=job_id)
+        # The lines again from the database (not from the worker): the job's state is ours.
+        return {"state": engine.record_finish(self.db, job, engine.result_lines(self.db, job))}
+
+    def cancelled(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._held(job_id, body)
+        if not job.cancel_requested:
+            raise Conflict(f"job {job_id} was not cancelled", job_id=job_id)
+        left = engine.record_cancelled(self.db, job)
+        return {"left": left, "unfinished": self.store.unfinished_paths(job_id)}
+
+    def fail(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._held(job_id, body)
+        error = _text(body.get("error"), "error", 4096)
+        return {"state": engine.fail_job(self.db, job.id, job.worker_id or "", error)}
+
+    def release(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._held(job_id, body)
+        error = body.get("error")
+        if error is not None:
+            error = _text(error, "error", 4096)
+        engine.release_job(self.db, job_id, job.worker_id or "", error)
+        return {"released": job_id}
+
+    def log(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._job(job_id)
+        text = body.get("text")
+        if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > MAX_LOG_BYTES:
+            raise InvalidRequest(f"'text' must be a string of at most {MAX_LOG_BYTES} bytes")
+        if text:
+            if not text.endswith("\n"):
+                text += "\n"
+            JobLog(job.log_path).append_lines(text)
+        return {"appended": len(text)}
+
+    # ----- items ----------------------------------------------------------------------------
+    def claim_items(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._held(job_id, body)
+        n = _int(body.get("n", 1024), "n", 1, MAX_BATCH)
+        max_bytes = body.get("max_bytes")
+        if max_bytes is not None:
+            max_bytes = _int(max_bytes, "max_bytes", 1)
+        claimed = self.store.claim_items(job.id, job.worker_id or "", n, max_bytes)
+        return {"items": [[c.id, c.name, c.source_path, c.dest_path, c.size, c.is_directory,
+                           c.checksums, c.attempts, c.store] for c in claimed]}
+
+    def _running(self, job_id: int, ids: Sequence[int]) -> dict[int, int]:
+        """Of ``ids``, those that are running items of the job: id -> size."""
+        found: dict[int, int] = {}
+        with self.db.read() as s:
+            for start in range(0, len(ids), items.IN_CHUNK):
+                found.update(s.execute(select(JobItem.id, JobItem.size).where(
+                    JobItem.job_id == job_id, JobItem.state == "running",
+                    JobItem.id.in_(list(ids[start:start + items.IN_CHUNK])))).all())
+        return found
+
+    def requeue(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        self._job(job_id)
+        ids = body.get("ids")
+        if not isinstance(ids, list) or len(ids) > MAX_BATCH:
+            raise InvalidRequest(f"'ids' must be a list of at most {MAX_BATCH} item ids")
+        mine = list(self._running(job_id, [_int(i, "ids") for i in ids]))
+        self.store.requeue(job_id, mine)
+        return {"requeued": len(mine)}
+
+    def record(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        self._job(job_id)
+        results = body.get("results")
+        if not isinstance(results, list) or len(results) > MAX_BATCH:
+            raise InvalidRequest(f"'results' must be a list of at most {MAX_BATCH} "
+                                 f"[item id, state, error]")
+        checked = []
+        for entry in results:
+            if (not isinstance(entry, list) or len(entry) != 3
+                    or entry[1] not in RESULT_STATES or not isinstance(entry[2], str)):
+                raise InvalidRequest("each result must be [item id, 'done' | 'skipped' | "
+                                     "'failed', error text]")
+            checked.append((_int(entry[0], "item id"), entry[1], entry[2][:4096]))
+        sizes = self._running(job_id, [item_id for item_id, _, _ in checked])
+        rows = [(_Claimed(item_id, "", "", "", sizes[item_id], False, {}, 0), state, error)
+                for item_id, state, error in checked if item_id in sizes]
+        self.store.record(job_id, rows)
+        return {"recorded": len(rows)}
+

@@ -1,0 +1,406 @@
+"""The site service (``hera-stage site``) without a hub: site tokens, per-request owners, the
+worker API and a user's worker over HTTP.
+
+One real service process per backend (SQLite and a real PostgreSQL), started by the
+``hera-stage site`` command with its own config file; users are tokens issued by
+``hera-stage site-token``. What a user would notice: bob sees nothing of alice's jobs and
+cannot act on them (404, as if they did not exist), nor claim them through the worker API; no
+token reaches a Jupyter resource (kernels, contents, sessions, terminals); a job belongs to the
+token's user whatever the request says; a stage job alice launches is run by a worker started
+with her token, and the files land in her folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.site import tokens
+
+from .jupyter_process import free_port
+
+FILES = [f"zen.2459000.{i}.uvh5" for i in range(1, 4)]
+CLEAN_ENV = ("JPY_PARENT_PID", "HERA_STAGE_URL", "HERA_STAGE_TOKEN", "JUPYTERHUB_API_TOKEN",
+             "JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_SERVICE_PREFIX", "HERA_STAGE_DB_URL",
+             "HERA_STAGE_SITE_TOKEN")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Site:
+    url: str  # the service's base URL, ending in '/'
+    db_url: str
+    config: Path
+    work: Path
+    tokens: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def call(self, user: str | None, method: str, path: str, body: Any = None,
+             token: str | None = None) -> requests.Response:
+        headers = {}
+        if token is not None or user is not None:
+            headers["Authorization"] = f"token {self.tokens[user] if user else token}"
+        return requests.request(method, self.url + path, json=body, headers=headers,
+                                timeout=30)
+
+    def api(self, user: str, method: str, path: str, body: Any = None) -> requests.Response:
+        return self.call(user, method, f"hera-stage/api/{path}", body)
+
+    def home(self, user: str) -> Path:
+        path = self.work / "homes" / user
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def stage(self, user: str, destination: Path | str, **body: Any) -> dict[str, Any]:
+        reply = self.api(user, "POST", "stage",
+                         {"names": FILES, "destination": str(destination), **body})
+        assert reply.status_code == 202, reply.text
+        return reply.json()
+
+    def worker(self, user: str, *roots: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A user's worker run until no job of the user's is left."""
+        command = [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", self.url,
+                   "--exit-when-idle", "--copy-processes", "0", "--heartbeat", "0.2",
+                   *[f"--allowed-root={root}" for root in roots]]
+        return subprocess.run(command, env=_env(HERA_STAGE_SITE_TOKEN=self.tokens[user],
+                                                XDG_CACHE_HOME=str(self.work / f"cache-{user}")),
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hera_stage_ext.cli", *args], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def prepare_site(work: Path, db_url: str) -> tuple[Path, dict[str, str]]:
+    """A store of FILES, the service's config file, and the users' tokens."""
+    store = work / "store"
+    store.mkdir(parents=True)
+    for i, name in enumerate(FILES):
+        (store / name).write_bytes(os.urandom(1000 + i))
+    config = work / "site_config.py"
+    config.write_text(
+        f"c.StagingApp.db_url = {db_url!r}\n"
+        f"c.StagingApp.stores = {{'s1': {{'path': {str(store)!r}}}}}\n"
+        f"c.StagingApp.job_log_dir = {str(work / 'logs')!r}\n"
+        "c.StagingApp.start_worker = False\n")
+    config.chmod(0o600)
+    # The CLI issues alice's token (printed once on stdout); the others in-process.
+    issued = _cli("site-token", "--config", str(config), "issue", "alice", "--note", "test")
+    assert issued.returncode == 0, issued.stderr
+    db = Database(db_url)
+    users = {"alice": issued.stdout.strip(),
+             "bob": tokens.issue(db, "bob", ["read", "stage"])[0],
+             "reader": tokens.issue(db, "reader", ["read"])[0],
+             "boss": tokens.issue(db, "boss", ["admin"])[0]}
+    db.dispose()
+    return config, users
+
+
+@contextlib.contextmanager
+def serve_site(work: Path, db_url: str, config: Path, users: dict[str, str],
+               name: str = "service") -> Iterator[Site]:
+    """One ``hera-stage site`` process on ``config``, until the block ends."""
+    port = free_port()
+    command = [sys.executable, "-m", "hera_stage_ext.cli", "site", "--config", str(config),
+               "--port", str(port), "--root-dir", str(work)]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    data = work / f"jupyter-{name}"
+    env = _env(JUPYTER_CONFIG_DIR=str(data / "config"), JUPYTER_RUNTIME_DIR=str(data / "rt"),
+               JUPYTER_DATA_DIR=str(data / "data"))
+    log = work / f"{name}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=work, start_new_session=True)
+    site = Site(f"http://127.0.0.1:{port}/", db_url, config, work, users, process)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(requests.RequestException):
+                if site.api("alice", "GET", "status").ok:
+                    break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.25)
+        yield site
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def site_service(work: Path, db_url: str) -> Iterator[Site]:
+    config, users = prepare_site(work, db_url)
+    with serve_site(work, db_url, config, users) as site:
+        reply = site.api("boss", "POST", "ingest", {"store": "s1"})
+        assert reply.ok and reply.json()["registered"] == len(FILES), reply.text
+        yield site
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Site]:
+    work = tmp_path_factory.mktemp(f"site-{request.param}")
+    if request.param == "sqlite":
+        db_url = f"sqlite:///{work / 'catalogue.sqlite'}"
+    else:
+        db_url = request.getfixturevalue("postgres").create_database()
+    with site_service(work, db_url) as running:
+        yield running
+
+
+def _dest(site: Site, user: str, name: str) -> Path:
+    return site.home(user) / name
+
+
+# ----- identity -------------------------------------------------------------------------------
+def test_a_token_is_its_user(site: Site) -> None:
+    for user in ("alice", "bob", "boss"):
+        reply = site.api(user, "GET", "status")
+        assert reply.status_code == 200 and reply.json()["user"] == user
+
+
+@pytest.mark.parametrize("token", [None, "hst_not-a-token", "garbage", ""])
+def test_a_bad_or_missing_token_is_refused_with_json(site: Site, token: str | None) -> None:
+    reply = site.call(None, "GET", "hera-stage/api/jobs", token=token)
+    assert reply.status_code in (401, 403)
+    assert "message" in reply.json()
+    # A token in the URL is not taken either (it would be in every access log).
+    reply = requests.get(site.url + "hera-stage/api/status",
+                         params={"token": site.tokens["alice"]}, timeout=30)
+    assert reply.status_code in (401, 403)
+
+
+def test_a_revoked_token_is_refused(site: Site) -> None:
+    db = Database(site.db_url)
+    try:
+        token, record = tokens.issue(db, "carol", ["read"])
+        assert site.call(None, "GET", "hera-stage/api/status", token=token).ok
+        listed = _cli("site-token", "--config", str(site.config), "list", "--json")
+        assert listed.returncode == 0
+        rows = json.loads(listed.stdout)
+        assert record["id"] in [row["id"] for row in rows]
+        assert token not in listed.stdout and all("hash" not in row for row in rows)
+        revoked = _cli("site-token", "--config", str(site.config), "revoke", str(record["id"]))
+        assert revoked.returncode == 0, revoked.stderr
+        assert site.call(None, "GET", "hera-stage/api/status", token=token).status_code == 403
+        again = _cli("site-token", "--config", str(site.config), "revoke", str(record["id"]))
+        assert again.returncode == 1 and "no site token" in again.stderr
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "api/contents"), ("POST", "api/kernels"), ("GET", "api/kernels"),
+    ("GET", "api/sessions"), ("POST", "api/sessions"), ("GET", "api/kernelspecs"),
+    ("PUT", "api/contents/x.txt"), ("POST", "api/terminals"), ("GET", "api/nbconvert"),
+])
+def test_no_jupyter_resource_for_anyone(site: Site, method: str, path: str) -> None:
+    for user in ("alice", "boss"):
+        body = {"type": "file", "format": "text", "content": "x"} if method == "PUT" else {}
+        reply = site.call(user, method, path, body)
+        assert reply.status_code in (403, 404), (user, method, path, reply.text)
+    assert not (site.work / "x.txt").exists()
+
+
+def test_scopes_limit_what_a_token_does(site: Site) -> None:
+    assert site.api("reader", "POST", "search", {"query": "name ~ zen"}).ok
+    reply = site.api("reader", "POST", "stage", {"names": FILES,
+                                                 "destination": str(site.home("reader"))})
+    assert reply.status_code == 403
+    assert site.api("alice", "POST", "ingest", {"store": "s1"}).status_code == 403
+    assert site.api("reader", "POST", "worker/claim", {"worker_id": "w"}).status_code == 403
+
+
+# ----- owners ---------------------------------------------------------------------------------
+def test_bob_cannot_see_or_touch_alices_jobs(site: Site) -> None:
+    job = site.stage("alice", _dest(site, "alice", "private"))
+    number = job["id"]
+    assert job["owner"] == "alice"
+    assert number not in [j["id"] for j in site.api("bob", "GET", "jobs").json()["jobs"]]
+    for method, path in [("GET", f"jobs/{number}"), ("GET", f"jobs/{number}/log"),
+                         ("POST", f"jobs/{number}/cancel"), ("POST", f"jobs/{number}/retry"),
+                         ("DELETE", f"jobs/{number}"),
+                         ("GET", f"worker/jobs/{number}"),
+                         ("POST", f"worker/jobs/{number}/items/claim"),
+                         ("POST", f"worker/jobs/{number}/heartbeat"),
+                         ("POST", f"worker/jobs/{number}/log")]:
+        reply = site.api("bob", method, path, {"worker_id": "bob-w", "text": "x\n"}
+                         if method == "POST" else None)
+        assert reply.status_code == 404, (method, path, reply.text)
+        assert reply.json()["error"] == "NotFound"
+    # Bob's worker claims nothing although alice's job waits.
+    reply = site.api("bob", "POST", "worker/claim", {"worker_id": "bob-w"})
+    assert reply.status_code == 200 and reply.json()["job"] is None
+    assert site.api("alice", "GET", f"jobs/{number}").json()["state"] == "queued"
+    assert "x\n" not in site.api("alice", "GET", f"jobs/{number}/log").json()["text"]
+    # The admin sees every user's jobs.
+    assert number in [j["id"] for j in site.api("boss", "GET", "jobs").json()["jobs"]]
+    assert site.api("alice", "POST", f"jobs/{number}/cancel").json()["state"] == "cancelled"
+    assert not _dest(site, "alice", "private").exists()  # the service never touched it
+
+
+def test_the_owner_comes_only_from_the_token(site: Site) -> None:
+    destination = _dest(site, "bob", "mine")
+    reply = site.call("bob", "POST", "hera-stage/api/stage",
+                      {"names": FILES, "destination": str(destination), "owner": "alice"})
+    # Unknown fields are ignored or refused; never taken as the owner.
+    assert reply.status_code in (202, 400), reply.text
+    if reply.status_code == 202:
+        number = reply.json()["id"]
+        assert reply.json()["owner"] == "bob"
+        assert site.api("alice", "GET", f"jobs/{number}").status_code == 404
+        site.api("bob", "POST", f"jobs/{number}/cancel")
+    forged = requests.post(site.url + "hera-stage/api/stage", timeout=30,
+                           json={"names": FILES, "destination": str(destination)},
+                           headers={"Authorization": f"token {site.tokens['bob']}",
+                                    "X-Forwarded-User": "alice", "X-Remote-User": "alice"})
+    assert forged.status_code == 202 and forged.json()["owner"] == "bob"
+    site.api("bob", "POST", f"jobs/{forged.json()['id']}/cancel")
+    # Bob cannot claim for alice through her name in a worker request either.
+    site.stage("alice", _dest(site, "alice", "waiting"))
+    claim = site.api("bob", "POST", "worker/claim", {"worker_id": "w", "owner": "alice"})
+    assert claim.json()["job"] is None
+
+
+def test_a_relative_destination_is_refused(site: Site) -> None:
+    for destination in ("relative/dir", "/a/../b", "/a//b/"):
+        reply = site.api("alice", "POST", "stage", {"names": FILES, "destination": destination})
+        assert reply.status_code == 400 and "absolute" in reply.json()["message"]
+
+
+# ----- the user's worker ----------------------------------------------------------------------
+def _wait_finished(site: Site, user: str, number: int) -> dict[str, Any]:
+    job = site.api(user, "GET", f"jobs/{number}").json()
+    assert job["state"] not in ("queued", "running"), job
+    return job
+
+
+def test_a_users_worker_runs_her_job_and_the_files_land(site: Site) -> None:
+    destination = _dest(site, "alice", "staged")
+    number = site.stage("alice", destination)["id"]
+    # Bob's worker runs nothing of hers.
+    bobs = site.worker("bob", site.home("bob"))
+    assert bobs.returncode == 0, bobs.stderr
+    assert not destination.exists()
+    run = site.worker("alice", site.home("alice"))
+    assert run.returncode == 0, run.stderr
+    job = _wait_finished(site, "alice", number)
+    assert job["state"] == "succeeded", job
+    assert sorted(p.name for p in destination.iterdir()) == sorted([*FILES, "STAGING-SUCCEEDED"])
+    for name in FILES:
+        assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
+    log = site.api("alice", "GET", f"jobs/{number}/log").json()["text"]
+    assert "starts job" in log and f"job {number} succeeded" in log
+    assert all(f"copy {name}" in log for name in FILES)
+    assert not list((site.work / "cache-alice").rglob("*.log"))  # shipped, then removed
+
+
+def test_the_worker_refuses_a_folder_outside_its_roots(site: Site) -> None:
+    elsewhere = site.work / "elsewhere" / "dest"
+    number = site.stage("alice", elsewhere)["id"]
+    run = site.worker("alice", site.home("alice"))
+    assert run.returncode == 0, run.stderr
+    job = _wait_finished(site, "alice", number)
+    assert job["state"] == "failed"
+    assert "outside the allowed roots" in job["error"]
+    assert not elsewhere.exists()
+
+
+def test_the_worker_fails_a_job_whose_folder_another_job_holds(site: Site) -> None:
+    stale = _dest(site, "alice", "stale")
+    stale.mkdir()
+    (stale / "STAGING-IN-PROGRESS").write_text("job 999999999\nowner someone\n")
+    taken = site.stage("alice", stale)["id"]
+    # A marker naming an unfinished job of alice's holds the folder.
+    first = site.stage("alice", _dest(site, "alice", "first"))["id"]
+    held = _dest(site, "alice", "held")
+    held.mkdir()
+    (held / "STAGING-IN-PROGRESS").write_text(f"job {first}\nowner alice\n")
+    refused = site.stage("alice", held)["id"]
+    run = site.worker("alice", site.home("alice"))
+    assert run.returncode == 0, run.stderr
+    # A marker naming no job of alice's is stale: the worker takes the folder and stages.
+    assert _wait_finished(site, "alice", taken)["state"] == "succeeded"
+    job = _wait_finished(site, "alice", refused)
+    assert job["state"] == "failed" and f"job {first} is already staging" in job["error"]
+    assert sorted(p.name for p in held.iterdir()) == ["STAGING-IN-PROGRESS"]
+    assert _wait_finished(site, "alice", first)["state"] == "succeeded"
+
+
+def test_worker_command_line_keeps_the_database_out(site: Site, tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", site.url]
+    no_token = subprocess.run(base, env=_env(), capture_output=True, text=True, timeout=60)
+    assert no_token.returncode == 2 and "HERA_STAGE_SITE_TOKEN" in no_token.stderr
+    with_db = subprocess.run(base, env=_env(HERA_STAGE_SITE_TOKEN=site.tokens["alice"],
+                                            HERA_STAGE_DB_URL=site.db_url),
+                             capture_output=True, text=True, timeout=60)
+    assert with_db.returncode == 2 and "--site-url goes without" in with_db.stderr
+
+
+def test_the_site_worker_never_claims_a_users_stage_job(database: Database,
+                                                        tmp_path: Path) -> None:
+    from hera_stage_ext.jobs.engine import create_job
+    from hera_stage_ext.jobs.store import DbJobStore
+
+    item = {"name": "f", "store": "s", "size": 1, "is_directory": False, "checksums": {},
+            "dest_path": "f", "source_path": "/nowhere/f"}
+    stage = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", [item], [], 1,
+                       log_dir=tmp_path)
+    site_worker = DbJobStore(database, kinds=("transfer", "upload"))
+    assert site_worker.claim_job("site-w", 30) is None
+    assert DbJobStore(database, owner="bob").claim_job("bob-w", 30) is None
+    assert DbJobStore(database, owner="alice").claim_job("alice-w", 30) == (stage["id"], False)
+
+
+def test_two_service_replicas_run_each_job_once(postgres: Any,
+                                                tmp_path_factory: pytest.TempPathFactory
+                                                ) -> None:
+    """Two service processes on one PostgreSQL: alice's workers through either claim each job
+    (and each file) exactly once."""
+    work = tmp_path_factory.mktemp("replicas")
+    db_url = postgres.create_database()
+    with site_service(work, db_url) as one, serve_site(work, db_url, one.config, one.tokens,
+                                                       "replica") as two:
+        numbers = [one.stage("alice", _dest(one, "alice", f"r{i}"))["id"] for i in range(4)]
+        numbers += [two.stage("alice", _dest(two, "alice", f"s{i}"))["id"] for i in range(4)]
+        runs = []
+        for service in (one, two, one):
+            command = [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url",
+                       service.url, "--exit-when-idle", "--copy-processes", "0",
+                       f"--allowed-root={one.home('alice')}", "--jobs", "2"]
+            runs.append(subprocess.Popen(
+                command, env=_env(HERA_STAGE_SITE_TOKEN=one.tokens["alice"],
+                                  XDG_CACHE_HOME=str(work / "cache")),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for run in runs:
+            assert run.wait(120) == 0, run.stderr.read() if run.stderr else ""
+        for number in numbers:
+            job = two.api("alice", "GET", f"jobs/{number}").json()
+            assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+            log = one.api("alice", "GET", f"jobs/{number}/log").json()["text"]
+            assert log.count("starts job") == 1, log
+            for name in FILES:
+                assert log.count(f"copy {name} ") == 1, log
