@@ -3,7 +3,9 @@
 Every setting is a trait on ``StagingApp`` (``c.StagingApp.db_url = ...`` in
 ``jupyter_server_config.py`` or ``jupyter_hera_stage_ext_config.py``). ``initialize_settings``
 opens the catalogue and hands the core objects to the handlers through tornado settings;
-the handlers themselves live in ``api/``.
+the handlers themselves live in ``api/``. With ``site_url`` set (site mode, a user's server at
+a site) it opens nothing of the site's and forwards the REST API to the site service instead
+(``api/forward.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
 
 from . import __version__
-from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier
+from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier, SiteJobs
+from .api.forward import SITE_KEY, SiteClient, SiteConfigError, check_forbidden, \
+    forward_handlers, site_token
 from .api.orders import ORDERS_KEY
 from .api.routes import handlers as api_handlers
 from .api.ticker import Ticker
@@ -75,6 +79,33 @@ class StagingApp(ExtensionApp):
         "volume_key" (regular expression on the instance path whose first group is the tape
         and optional second group the file's position on it, a number or text; default
         "^([^/]+)/", the first path component).""",
+    ).tag(config=True)
+
+    site_url = Unicode(
+        "",
+        help="""Site mode: the site service this server forwards its REST API to, e.g.
+        "http://127.0.0.1:8000/services/hera-stage/" (through JupyterHub's proxy) or the
+        service's own address. This server then opens no database and holds no site secret
+        (db_url, peers, peer_secrets and librarian_authenticators are refused here: they are
+        the service's); it authenticates to the service with the user's token (see
+        site_token_file) and checks staging destinations against allowed_roots before
+        forwarding them. The user's worker claims the user's jobs from the service. Empty:
+        single-user mode, everything in this server.""",
+    ).tag(config=True)
+
+    @validate("site_url")
+    def _check_site_url(self, proposal: dict[str, Any]) -> str:
+        url = proposal["value"].strip()
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError(f"site_url must be an http(s) URL, not {url!r}")
+        return url and url.rstrip("/") + "/"
+
+    site_token_file = Unicode(
+        "",
+        help="""Site mode without JupyterHub: a file holding the user's token for the site
+        service (what `hera-stage site-token issue` printed). It must be a regular file of
+        this user with mode 0600; the server refuses to start otherwise. Used only when
+        neither $JUPYTERHUB_API_TOKEN (under a hub) nor $HERA_STAGE_SITE_TOKEN is set.""",
     ).tag(config=True)
 
     allowed_roots = List(
@@ -309,6 +340,10 @@ class StagingApp(ExtensionApp):
     def initialize_settings(self) -> None:
         self.serverapp.event_logger.register_event_schema(JOB_PROGRESS_SCHEMA)
         self._open_service_log()
+        self.site: SiteClient | None = None
+        if self.site_url:
+            self._initialize_site_mode()
+            return
         db = Database(self.db_url)
         db.upgrade()
         namer = ObservationNamer(self.obsid_pattern, self.site_longitude_deg,
@@ -376,7 +411,51 @@ class StagingApp(ExtensionApp):
             len(self.stores),
         )
 
+    def _initialize_site_mode(self) -> None:
+        """A user's server at a site: forwards to the service, holds none of its powers. A
+        setting that would put the site's powers here, or no token, stops the server."""
+        try:
+            if self.mode == "site":
+                raise SiteConfigError("site_url is for a user's server; the site service "
+                                      "(mode = 'site') is what it points at")
+            check_forbidden(dict(self.config.get(type(self).__name__, {})))
+            token = site_token(self.site_token_file)
+        except SiteConfigError as exc:
+            self.log.critical("hera_stage_ext: %s", exc)
+            raise SystemExit(f"hera_stage_ext: {exc}") from None
+        roots = [os.path.realpath(r) for r in self.allowed_roots or [self.serverapp.root_dir]]
+        launcher = None
+        if self.start_worker:
+            launcher = WorkerLauncher(
+                site_url=self.site_url, site_token=token, allowed_roots=roots,
+                streams=self.worker_streams, copy_processes=self.worker_copy_processes,
+                jobs=self.worker_jobs, nice=self.worker_nice,
+                idle_exit_seconds=self.worker_idle_exit_seconds,
+                log_file=Path(self.job_log_dir) / "worker.log")
+        self.site = SiteClient(self.site_url, token, roots,
+                               os.path.realpath(self.serverapp.root_dir))
+        self.site_jobs = SiteJobs(self.site, launcher)
+
+        def launched() -> None:
+            self.site_jobs.wake()
+            if launcher is not None:
+                asyncio.get_running_loop().run_in_executor(None, launcher.ensure_running)
+
+        self.site.on_launch = launched
+        self.settings[SITE_KEY] = self.site
+        self.log.info("hera_stage_ext %s: site mode, forwarding to %s", __version__,
+                      self.site_url)
+
+    async def _start_site_mode(self) -> None:
+        self.notifier = JobProgressNotifier(None, self.serverapp.event_logger,
+                                            self.progress_interval_seconds,
+                                            site_jobs=self.site_jobs)
+        self.notifier.start()
+
     async def _start_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+        if self.site is not None:
+            await self._start_site_mode()
+            return
         self.notifier = JobProgressNotifier(self.core, self.serverapp.event_logger,
                                             self.progress_interval_seconds)
         self.notifier.start()
@@ -396,7 +475,8 @@ class StagingApp(ExtensionApp):
                               len(items))
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(api_handlers(site=self.mode == "site"))
+        self.handlers.extend(forward_handlers() if self.site_url
+                             else api_handlers(site=self.mode == "site"))
 
     async def stop_extension(self) -> None:
         notifier = getattr(self, "notifier", None)
@@ -408,6 +488,9 @@ class StagingApp(ExtensionApp):
         core = getattr(self, "core", None)
         if core is not None:
             core.close()
+        site = getattr(self, "site", None)
+        if site is not None:
+            site.close()
         handler = getattr(self, "_service_log_handler", None)
         if handler is not None:
             logging.getLogger("hera_stage_ext").removeHandler(handler)

@@ -72,13 +72,14 @@ class JupyterProcess:
 def jupyter_process(
     workdir: Path, *, root_dir: Path, config: dict[str, Any], lab: bool = False,
     env: dict[str, str] | None = None, token: str | None = None, startup_timeout: float = 120,
-    prefix: Sequence[str] = (), port: int | None = None,
+    prefix: Sequence[str] = (), port: int | None = None, ready_path: str | None = None,
 ) -> Iterator[JupyterProcess]:
     """Start ``jupyter server`` (``jupyterlab`` with ``lab``) with ``config`` (traitlets as
     JSON: ``{"StagingApp": {...}, "LabApp": {...}}``) and wait until the extension answers
     (or Jupyter itself, when the config disables the extension). ``port``: a port chosen
     beforehand (``free_port()``), for sites configured with each other's URL before either
-    starts."""
+    starts. ``ready_path``: what must answer for the server to count as started (default: the
+    extension's status, else Jupyter's)."""
     config_dir, runtime_dir = workdir / "config", workdir / "runtime"
     config_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "ServerApp": {"jpserver_extensions": {"hera_stage_ext": True},
@@ -86,7 +87,7 @@ def jupyter_process(
     for name in ("jupyter_server_config.json", "jupyter_lab_config.json"):
         (config_dir / name).write_text(json.dumps(config, indent=2))
     enabled = config["ServerApp"]["jpserver_extensions"].get("hera_stage_ext")
-    ready_path = "hera-stage/api/status" if enabled else "api/status"
+    ready_path = ready_path or ("hera-stage/api/status" if enabled else "api/status")
     port, token = port or free_port(), token or secrets.token_hex(16)
     process_env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
     process_env.update(JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_RUNTIME_DIR=str(runtime_dir),

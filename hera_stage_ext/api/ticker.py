@@ -1,5 +1,6 @@
 """``Ticker``: blocking work run in the thread pool at a fixed interval by the server's event loop,
-for the server's periodic duties (job progress events, standing orders).
+for the server's periodic duties (job progress events, standing orders); a coroutine function
+(a request to the site service) runs on the loop itself.
 
 A tick is skipped while the previous one still runs, so a slow database never piles them up; an
 exception is logged and the next tick runs as usual.
@@ -8,6 +9,7 @@ exception is logged and the next tick runs as usual.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +39,10 @@ class Ticker:
             return
         self._busy = True
         try:
-            result = await asyncio.get_running_loop().run_in_executor(None, self.work)
+            if inspect.iscoroutinefunction(self.work):
+                result = await self.work()
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(None, self.work)
             if self.then is not None:
                 self.then(result)
         except Exception:  # a periodic duty must outlive a database hiccup

@@ -16,6 +16,11 @@ peer's URL or secret. Servers on other catalogues keep their own workers.
 The server calls ``ensure_running`` after every launch: a worker already running is woken
 (``worker.WAKE_SIGNAL``) and claims the new job at once, so it polls the database only every
 ``poll_seconds`` when idle (a site with hundreds of users' idle workers on one PostgreSQL).
+
+In site mode (``site_url``) the worker talks to the site service, never the database:
+``--site-url`` and the user's ``--allowed-root`` folders on its command line, the user's token
+in its environment (``HERA_STAGE_SITE_TOKEN``), and no database URL or peer variable there even
+when the server's own environment has one. The service says whose jobs it may claim.
 """
 
 from __future__ import annotations
@@ -32,17 +37,26 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..transfer.peers import PEERS_ENV
 from .copy_pool import default_size
-from .worker import DB_URL_ENV, WAKE_SIGNAL
+from .worker import DB_URL_ENV, SITE_TOKEN_ENV, WAKE_SIGNAL
+
+#: What a site-mode worker's environment never holds: the site's secrets.
+_SITE_SECRETS = (DB_URL_ENV, PEERS_ENV, SITE_TOKEN_ENV)
 
 
 class WorkerLauncher:
-    def __init__(self, db_url: str, *, streams: int, idle_exit_seconds: float,
+    def __init__(self, db_url: str = "", *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
                  copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
-                 nice: int = 0, poll_seconds: float = 10.0,
-                 allowed_roots: Sequence[str] = (), kinds: Sequence[str] = ()) -> None:
+                 nice: int = 0, poll_seconds: float = 10.0, kinds: Sequence[str] = (),
+                 site_url: str = "", site_token: str = "",
+                 allowed_roots: Sequence[str] = ()) -> None:
+        if bool(db_url) == bool(site_url):
+            raise ValueError("a worker needs either a database URL or a site service URL")
         self.db_url = db_url
+        self.site_url = site_url
+        self.site_token = site_token
         self.allowed_roots = list(allowed_roots)
         self.poll_seconds = poll_seconds
         self.jobs = jobs
@@ -59,21 +73,31 @@ class WorkerLauncher:
         self._adopted: int | None = None  # a worker an earlier server started, same config
         self._lock = threading.Lock()
         # One record per user and catalogue: servers on other catalogues keep their workers.
-        catalogue = hashlib.sha256(db_url.encode()).hexdigest()[:16]
+        catalogue = hashlib.sha256((site_url or db_url).encode()).hexdigest()[:16]
         self.record = log_file.parent / f"worker-{owner or 'any'}-{catalogue}.json"
 
     def _command(self) -> list[str]:
+        if self.site_url:  # the service knows whose jobs this worker may take
+            whose = ["--site-url", self.site_url]
+        else:
+            whose = ["--owner", self.owner] if self.owner else []
         return [sys.executable, "-m", "hera_stage_ext.jobs.worker",
                 "--streams", str(self.streams), "--idle-exit", str(self.idle_exit_seconds),
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
-                "--nice", str(self.nice), "--poll", str(self.poll_seconds),
-                *(["--owner", self.owner] if self.owner else []),
+                "--nice", str(self.nice), "--poll", str(self.poll_seconds), *whose,
                 *(arg for root in self.allowed_roots for arg in ("--allowed-root", root)),
                 *(["--kinds", ",".join(self.kinds)] if self.kinds else [])]
 
+    def _environment(self) -> dict[str, str]:
+        if self.site_url:
+            inherited = {k: v for k, v in os.environ.items() if k not in _SITE_SECRETS}
+            return {**inherited, **self.env, SITE_TOKEN_ENV: self.site_token}
+        return {**os.environ, **self.env, DB_URL_ENV: self.db_url}
+
     def _digest(self) -> str:
-        # Secrets are in it: only the digest is written down.
-        config = [self._command()[1:], sorted(self.env.items()), self.db_url]
+        # Secrets are in it: only the digest is written down. A new token (the hub's, at each
+        # server start) makes a new worker: the old one's may be revoked.
+        config = [self._command()[1:], sorted(self.env.items()), self.db_url, self.site_token]
         return hashlib.sha256(json.dumps(config).encode()).hexdigest()
 
     def ensure_running(self) -> int:
@@ -94,7 +118,7 @@ class WorkerLauncher:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "ab") as log:
                 self._process = subprocess.Popen(
-                    self._command(), env={**os.environ, **self.env, DB_URL_ENV: self.db_url},
+                    self._command(), env=self._environment(),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )

@@ -1,0 +1,543 @@
+"""Site mode on the user's side: the user's Jupyter server forwards the REST API to the site
+service (``c.StagingApp.site_url``) and holds nothing of the site's.
+
+Every ``<base_url>/hera-stage/api/<path>`` request is checked by the user's own Jupyter
+authentication as in single-user mode, then sent on to ``<site_url>hera-stage/api/<path>``
+with the same method, query and body and ``Authorization: token <the user's token>``: the
+service learns who the user is from that token only. The browser's cookies, the request's own
+``Authorization`` and XSRF headers never leave this server, and the service's cookies never
+reach the browser. Answers come back with their status, body and content type, file contents
+streamed. A service that cannot be reached answers 502 (503 while it is starting or
+overloaded: its own answer) with a JSON message, never a traceback.
+
+Paths of the user's file system are this server's business, not the service's: a staging
+destination (``POST stage``, its dry run, the SKAO entry point's ``relative_path``) and an
+upload's folder and manifest are confined to ``allowed_roots`` here (``paths.confine``,
+relative to the server's root) and forwarded resolved and absolute; outside answers 403
+without a request to the service. The user's worker checks each job's destination again
+before it writes (``--allowed-root``).
+
+The Librarian RPC is authenticated by its ``authenticator``, not by Jupyter, so it goes on
+without the user's token (exactly as if the caller had asked the service). The site-to-site
+routes are not served by a user's server at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
+from tornado import httputil, web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders
+
+from ..errors import InvalidRequest, StagingError, Unavailable
+from ..jobs import markers
+from ..jobs.worker import SITE_TOKEN_ENV
+from ..paths import confine
+from .base import MAX_BODY_BYTES, ApiError, BaseHandler, check_unicode
+from .jobs import JobStatusCache
+from .routes import API_PREFIX, LIBRARIAN_PREFIX, SKAO_PREFIX
+
+#: The hub's token of the user's server: the service accepts it under JupyterHub.
+HUB_TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
+#: Settings key of the ``SiteClient``.
+SITE_KEY = "hera_stage_site"
+
+#: Request headers passed on (everything else, cookies and credentials above all, stays here).
+_REQUEST_HEADERS = ("Content-Type", "Accept", "Range", "If-Range", "If-None-Match",
+                    "If-Modified-Since", "User-Agent")
+#: Answer headers passed back (never Set-Cookie: the service's cookies are not this server's).
+_ANSWER_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges",
+                   "Content-Disposition", "ETag", "Last-Modified", "Retry-After",
+                   "Cache-Control")
+#: Seconds to connect to the service before it counts as down.
+CONNECT_TIMEOUT_S = 10.0
+#: Seconds one of the server's own reads (job progress) may take.
+POLL_TIMEOUT_S = 30.0
+_JOB = re.compile(r"jobs/[0-9]+")
+
+
+class SiteConfigError(ValueError):
+    """Site mode is configured in a way that would put the site's powers in a user's hands,
+    or without the user's token: the server refuses to start."""
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path``: a regular file of this user that nobody else may read (mode
+    0600 or stricter), opened without following a link; SiteConfigError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SiteConfigError(f"site_token_file {path!r} cannot be opened: {exc.strerror} "
+                              "(it must be a regular file, not a link)") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SiteConfigError(f"site_token_file {path!r} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise SiteConfigError(f"site_token_file {path!r} belongs to uid {info.st_uid}, "
+                                  f"not to this user (uid {os.geteuid()})")
+        if info.st_mode & 0o077:
+            raise SiteConfigError(
+                f"site_token_file {path!r} has mode {stat.S_IMODE(info.st_mode):04o}: others "
+                f"may read it; chmod 600 {path}")
+        token = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    if not token:
+        raise SiteConfigError(f"site_token_file {path!r} is empty")
+    return token
+
+
+def site_token(token_file: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """The user's token for the service: the hub's token of this server, else
+    ``$HERA_STAGE_SITE_TOKEN``, else the token file; SiteConfigError when there is none."""
+    for name in (HUB_TOKEN_ENV, SITE_TOKEN_ENV):
+        if environ.get(name, "").strip():
+            return environ[name].strip()
+    if token_file:
+        return read_token_file(os.path.expanduser(token_file))
+    raise SiteConfigError(
+        f"site_url is set but there is no token for the site service: run under JupyterHub "
+        f"(${HUB_TOKEN_ENV}), set ${SITE_TOKEN_ENV}, or point c.StagingApp.site_token_file at "
+        "a file (mode 0600) holding the token `hera-stage site-token issue` printed")
+
+
+def site_error(code: int, message: str) -> bytes:
+    return json.dumps({"error": "SiteUnavailable" if code in (502, 503, 504) else "SiteError",
+                       "message": message}).encode()
+
+
+@dataclass
+class Answer:
+    """An answer of the service, whole."""
+
+    code: int
+    headers: HTTPHeaders
+    body: bytes
+
+
+class ServiceAnswered(Exception):
+    """An answer that is not a plain 200 JSON (for callers that want only those)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.code)
+        self.answer = answer
+
+
+@dataclass
+class SiteClient:
+    """The one HTTP client of this server towards the site service, with the user's token."""
+
+    site_url: str  # ends in '/'
+    token: str
+    allowed_roots: list[str]
+    root_dir: str
+    #: Called after a stage job was launched or retried here (the user's worker wakes).
+    on_launch: Callable[[], None] | None = None
+    _http: AsyncHTTPClient | None = field(default=None, repr=False)
+
+    @property
+    def http(self) -> AsyncHTTPClient:
+        # Made on first use, on the running loop; large bodies pass streamed.
+        if self._http is None:
+            self._http = AsyncHTTPClient(force_instance=True, max_clients=64,
+                                         defaults={"max_body_size": 1 << 62})
+        return self._http
+
+    def url(self, path: str, query: str = "") -> str:
+        return self.site_url + path.lstrip("/") + (f"?{query}" if query else "")
+
+    def request(self, method: str, path: str, *, query: str = "", body: bytes | None = None,
+                headers: dict[str, str] | None = None, with_token: bool = True,
+                timeout: float = 0, **kwargs: Any) -> HTTPRequest:
+        out = dict(headers or {})
+        if with_token:
+            out["Authorization"] = f"token {self.token}"
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        return HTTPRequest(self.url(path, query), method=method, headers=out, body=body,
+                           follow_redirects=False, connect_timeout=CONNECT_TIMEOUT_S,
+                           request_timeout=timeout, decompress_response=False,
+                           allow_nonstandard_methods=True, **kwargs)
+
+    async def fetch(self, request: HTTPRequest) -> Answer:
+        """The service's answer to ``request``; a 502 answer when it cannot be reached."""
+        try:
+            response: HTTPResponse = await self.http.fetch(request, raise_error=False)
+        except HTTPClientError as exc:  # a timeout (599)
+            return self.unreachable(str(exc))
+        except OSError as exc:  # refused, reset, no route, name unknown
+            return self.unreachable(exc.strerror or str(exc))
+        if response.code == 599:
+            return self.unreachable(str(response.error))
+        return Answer(response.code, response.headers, response.body or b"")
+
+    def unreachable(self, why: str) -> Answer:
+        return Answer(502, HTTPHeaders({"Content-Type": "application/json"}), site_error(
+            502, f"the site service at {self.site_url} cannot be reached: {why}"))
+
+    async def api(self, method: str, path: str, body: Any = None) -> Any:
+        """The JSON of ``hera-stage/api/<path>`` (this server's own reads); ServiceAnswered
+        for anything but a 2xx JSON answer."""
+        request = self.request(method, "hera-stage/api/" + path,
+                               body=None if body is None else json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json"},
+                               timeout=POLL_TIMEOUT_S)
+        answer = await self.fetch(request)
+        if not 200 <= answer.code < 300 or "json" not in answer.headers.get("Content-Type", ""):
+            raise ServiceAnswered(answer)
+        return json.loads(answer.body)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    # ----- paths of the user's file system ------------------------------------------------
+    def confine(self, path: object, what: str) -> str:
+        """``path`` resolved inside the allowed roots (relative to the server's root), as an
+        absolute path; Forbidden outside them."""
+        if not isinstance(path, str) or not path:
+            raise InvalidRequest(f"'{what}' must be a folder (relative to your root directory)")
+        return str(confine(path, self.allowed_roots, base=self.root_dir, what=what))
+
+    def with_marker(self, job: dict[str, Any]) -> dict[str, Any]:
+        """``job`` with ``marker`` read here (the service cannot see the user's folders), for
+        destinations inside the allowed roots only."""
+        destination = job.get("destination") or ""
+        job["marker"] = None
+        if os.path.isabs(destination):
+            try:
+                self.confine(destination, "destination")
+            except StagingError:
+                return job
+            job["marker"] = markers.present(Path(destination))
+        return job
+
+
+# ----- request bodies rewritten before they leave ----------------------------------------------
+def _json_body(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        value = json.loads(raw or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    check_unicode(value)
+    return value
+
+
+def confine_stage(site: SiteClient, body: dict[str, Any]) -> dict[str, Any]:
+    """A ``POST stage`` body (dry run too) with its destination resolved and checked here."""
+    method = body.get("method", "copy")
+    if method == "contents":
+        # The contents method writes through this server's contents manager: a folder of
+        # the user's file system only when that manager is file based.
+        raise Unavailable("the 'contents' method is not available when staging through the "
+                          "site service; use 'copy'")
+    return {**body, "destination": site.confine(body.get("destination"), "destination")}
+
+
+def confine_upload(site: SiteClient, body: dict[str, Any]) -> dict[str, Any]:
+    """A ``POST upload`` body with its folder (and manifest) resolved and checked here."""
+    out = {**body, "directory": site.confine(body.get("directory"), "directory")}
+    if body.get("manifest") is not None:
+        out["manifest"] = site.confine(body["manifest"], "manifest")
+    return out
+
+
+def confine_skao(site: SiteClient, query: dict[str, list[bytes]],
+                 body: dict[str, Any]) -> dict[str, Any]:
+    """An SKAO ``stage_data`` body with its ``relative_path`` resolved and checked here."""
+    method = (query.get("method") or [b""])[0].decode("utf-8", "replace")
+    if method == "direct_download":
+        return body
+    if method == "jupyter_copy":
+        raise Unavailable("'jupyter_copy' is not available when staging through the site "
+                          "service; use 'local_copy'")
+    return {**body, "relative_path": site.confine(body.get("relative_path"), "relative_path")}
+
+
+#: Route (relative to the API prefix) -> rewrite of its JSON body before forwarding.
+_API_REWRITES: dict[str, Callable[[SiteClient, dict[str, Any]], dict[str, Any]]] = {
+    "stage": confine_stage,
+    "upload": confine_upload,
+}
+
+
+# ----- the handlers ---------------------------------------------------------------------------
+class ForwardHandler(BaseHandler):
+    """Passes one request on to the service and its answer back (``BaseHandler`` for its
+    error answers and the job status cache; it has no ``core`` here)."""
+
+    #: The prefix of this route, here and at the service.
+    prefix = API_PREFIX
+    #: Whether the user's token goes with the request.
+    with_token = True
+
+    @property
+    def site(self) -> SiteClient:
+        return self.settings[SITE_KEY]
+
+    @property
+    def job_status(self) -> JobStatusCache:
+        """One cache for the server: every request goes on with the one user's token."""
+        return self.settings.setdefault("hera_stage_site_job_status", JobStatusCache())
+
+    async def forward(self, path: str) -> None:
+        """``path``: the route below the prefix, decoded (what this server acts on); the
+        request goes on with it as it came (percent-encoded), never with a dot segment,
+        which a proxy on the way could resolve to some other route of its own."""
+        self.raw_path = self.request.path[len(self.base_url.rstrip("/") + self.prefix) + 1:]
+        try:
+            if {".", ".."} & {*path.split("/"), *self.raw_path.split("/")}:
+                raise InvalidRequest(f"no route {path!r}: a path has no '.' or '..' segment")
+            body = self.rewritten_body(path)
+        except StagingError as exc:
+            raise ApiError(exc) from exc
+        if self.request.method == "GET" and _JOB.fullmatch(path):
+            await self.job_status_reply(int(path.split("/")[1]))
+            return
+        if self.request.method == "GET" and path == "jobs":
+            await self.reply_answer(await self.site.fetch(self.outgoing(body)),
+                                    rewrite=self.jobs_with_markers)
+            return
+        if self.streams(path):
+            await self.stream(body)
+            return
+        answer = await self.site.fetch(self.outgoing(body))
+        self.after(path, answer)
+        await self.reply_answer(answer)
+
+    # What a subclass changes.
+    def rewritten_body(self, path: str) -> bytes | None:
+        if self.request.method in ("GET", "HEAD", "DELETE"):
+            return None
+        rewrite = _API_REWRITES.get(path)
+        if rewrite is None:
+            return self.request.body
+        return json.dumps(rewrite(self.site, _json_body(self.request.body))).encode()
+
+    def streams(self, path: str) -> bool:
+        return path.endswith("/content")
+
+    def after(self, path: str, answer: Answer) -> None:
+        """What this server does once the service accepted a request."""
+        match = re.fullmatch(r"jobs/([0-9]+)(?:/cancel|/retry)?", path)
+        if match and self.request.method in ("POST", "DELETE"):
+            self.job_status.forget(int(match.group(1)))
+        launched = (path == "stage" and answer.code == 202) or (
+            path.endswith("/retry") and answer.code == 202)
+        if launched and self.site.on_launch is not None:
+            self.site.on_launch()
+
+    # Building and answering.
+    def outgoing(self, body: bytes | None, **kwargs: Any) -> HTTPRequest:
+        """This request, to go on to the service."""
+        headers = {k: v for k in _REQUEST_HEADERS if (v := self.request.headers.get(k))}
+        return self.site.request(self.request.method or "GET",
+                                 f"{self.prefix.lstrip('/')}/{self.raw_path}",
+                                 query=self.request.query, body=body, headers=headers,
+                                 with_token=self.with_token, **kwargs)
+
+    async def job_status_reply(self, job_id: int) -> None:
+        """``GET jobs/<id>``: one read of the service answers the polls of the next moment
+        (``JobStatusCache``), as one read of the database does in single-user mode."""
+
+        async def read() -> str:
+            answer = await self.site.fetch(self.outgoing(None))
+            if answer.code != 200 or "json" not in answer.headers.get("Content-Type", ""):
+                raise ServiceAnswered(answer)
+            return json.dumps(self.site.with_marker(json.loads(answer.body)))
+
+        try:
+            text = await self.job_status.get(job_id, read)
+        except ServiceAnswered as exc:
+            await self.reply_answer(exc.answer)
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(text)
+
+    def jobs_with_markers(self, value: Any) -> Any:
+        for job in value.get("jobs", []) if isinstance(value, dict) else []:
+            self.site.with_marker(job)
+        return value
+
+    async def reply_answer(self, answer: Answer,
+                           rewrite: Callable[[Any], Any] | None = None) -> None:
+        ctype = answer.headers.get("Content-Type", "")
+        body = answer.body
+        if answer.code >= 400 and "json" not in ctype:
+            # An HTML error page (a proxy's, a login redirect's): a message instead.
+            body = site_error(answer.code, f"the site service answered {answer.code} "
+                              f"{httputil.responses.get(answer.code, '')}".rstrip())
+            ctype = "application/json"
+        elif rewrite is not None and answer.code == 200 and "json" in ctype:
+            body = json.dumps(rewrite(json.loads(body))).encode()
+        elif 300 <= answer.code < 400:
+            body = site_error(502, f"the site service answered {answer.code} (a redirect: is "
+                              "site_url the service's address and the token valid?)")
+            answer = Answer(502, answer.headers, body)
+            ctype = "application/json"
+        self.set_status(answer.code)
+        for name in _ANSWER_HEADERS:
+            if name in answer.headers and name != "Content-Length":
+                self.set_header(name, answer.headers[name])
+        if ctype:
+            self.set_header("Content-Type", ctype)
+        if answer.code not in (204, 304):
+            self.write(body)
+        await self.finish()
+
+    async def stream(self, body: bytes | None) -> None:
+        """Pass the answer on as it arrives (file contents, large and slow)."""
+        state: dict[str, Any] = {"started": False, "code": 200, "headers": HTTPHeaders()}
+
+        def on_header(line: str) -> None:
+            if line.startswith("HTTP/"):
+                state["code"] = httputil.parse_response_start_line(line.strip()).code
+                state["headers"] = HTTPHeaders()
+            elif line.strip():
+                state["headers"].parse_line(line)
+
+        def start() -> None:
+            state["started"] = True
+            self.set_status(state["code"])
+            for name in _ANSWER_HEADERS:
+                if name in state["headers"]:
+                    self.set_header(name, state["headers"][name])
+
+        def on_chunk(chunk: bytes) -> Awaitable[None]:
+            if not state["started"]:
+                if state["code"] >= 300:  # an error's JSON: buffered, answered whole below
+                    state.setdefault("error", bytearray()).extend(chunk)
+                    return _done()
+                start()
+            self.write(chunk)
+            return self.flush()  # the service waits while the browser is slow
+
+        answer = await self.site.fetch(self.outgoing(
+            body, header_callback=on_header, streaming_callback=on_chunk))
+        if state["started"]:
+            await self.finish()
+            return
+        if answer.code == 502 and not state["headers"]:
+            await self.reply_answer(answer)
+            return
+        await self.reply_answer(Answer(state["code"], state["headers"],
+                                       bytes(state.get("error", b""))))
+
+    # Every method goes the same way.
+    @web.authenticated
+    @authorized
+    async def get(self, path: str) -> None:
+        await self.forward(path)
+
+    @web.authenticated
+    @authorized
+    async def post(self, path: str) -> None:
+        await self.forward(path)
+
+    @web.authenticated
+    @authorized
+    async def put(self, path: str) -> None:
+        await self.forward(path)
+
+    @web.authenticated
+    @authorized
+    async def patch(self, path: str) -> None:
+        await self.forward(path)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, path: str) -> None:
+        await self.forward(path)
+
+
+def _done() -> Awaitable[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+class SkaoForwardHandler(ForwardHandler):
+    prefix = SKAO_PREFIX
+
+    def rewritten_body(self, path: str) -> bytes | None:
+        body = confine_skao(self.site, httputil.parse_qs_bytes(self.request.query),
+                            _json_body(self.request.body))
+        return json.dumps(body).encode()
+
+    def after(self, path: str, answer: Answer) -> None:
+        if answer.code == 202 and self.site.on_launch is not None:
+            self.site.on_launch()
+
+    async def reply_answer(self, answer: Answer,
+                           rewrite: Callable[[Any], Any] | None = None) -> None:
+        # A direct download's link points into the service: here it is this server's route.
+        service_base = urlsplit(self.site.site_url).path
+
+        def local_link(value: Any) -> Any:
+            link = value.get("download_url") if isinstance(value, dict) else None
+            if isinstance(link, str) and link.startswith(service_base):
+                value["download_url"] = self.base_url + link[len(service_base):]
+            return value
+
+        await super().reply_answer(answer, rewrite or local_link)
+
+
+class LibrarianForwardHandler(ForwardHandler):
+    """The Librarian RPC, authenticated by its authenticator at the service: sent on without
+    the user's token, so a caller who is not the user cannot act as the user."""
+
+    prefix = LIBRARIAN_PREFIX
+    with_token = False
+
+    def rewritten_body(self, path: str) -> bytes | None:
+        return self.request.body
+
+    def check_xsrf_cookie(self) -> None:
+        return None  # a form post by a script, with no cookie to ride on
+
+    @allow_unauthenticated
+    async def post(self, path: str) -> None:
+        await self.forward(path)
+
+    @allow_unauthenticated
+    async def get(self, path: str) -> None:
+        await self.forward(path)
+
+
+def forward_handlers() -> list[tuple[str, type[web.RequestHandler]]]:
+    """The routes of a user's server in site mode."""
+    return [
+        (API_PREFIX + r"/(?P<path>.+)$", ForwardHandler),
+        (LIBRARIAN_PREFIX + r"/(?P<path>[^/]+)$", LibrarianForwardHandler),
+        (SKAO_PREFIX + r"/(?P<path>stage_data)$", SkaoForwardHandler),
+    ]
+
+
+def check_forbidden(configured: dict[str, Any]) -> None:
+    """Refuse site mode next to the site's own settings (``configured``: the settings given
+    in the user's server's config, by name)."""
+    held = [name for name in ("db_url", "peers", "peer_secrets", "librarian_authenticators")
+            if name in configured]
+    if held:
+        raise SiteConfigError(
+            f"site_url is set, so this server forwards to the site service and must not hold "
+            f"the site's settings: remove {', '.join(f'c.StagingApp.{n}' for n in held)} from "
+            "this server's configuration (they belong to the service's config)")
+

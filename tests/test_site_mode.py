@@ -1,0 +1,381 @@
+"""Site mode on the user's side: a user's Jupyter server with ``c.StagingApp.site_url`` holds
+nothing of the site's and forwards its REST API to the site service, with the user's token.
+
+A real site service (``hera-stage site``, hub-less, with a token from ``hera-stage site-token
+issue``) and a real user's Jupyter server in site mode; everything below goes through the
+user's server as the panel, ``%stage`` and the CLI do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+import hera_stage_ext
+from hera_stage_ext.api.events import JOB_PROGRESS_SCHEMA_ID
+from hera_stage_ext.api.forward import SiteConfigError, read_token_file, site_token
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.demo import make_demo_archive
+
+from .job_fixtures import ingest, wait_for
+from .jupyter_process import _FOREIGN_ENV, JupyterProcess, free_port, jupyter_process
+from .test_multiuser import as_user, ensure_user, readable_tree, remove_created_users  # noqa: F401
+
+
+#: The throwaway Linux user the user's server runs as, when the tests run as root (CI).
+USER = "hs_sm_alice"
+
+
+@dataclass
+class SiteSetup:
+    service: JupyterProcess
+    service_token: str  # the user's token at the service
+    user: JupyterProcess  # the user's server, in site mode
+    workspace: Path  # its root (the allowed root)
+    uid: int  # whose the user's server (and worker, and staged files) are
+    names: list[str]
+
+
+def start_service(stack: ExitStack, base: Path) -> tuple[JupyterProcess, str]:
+    """The site service (``hera-stage site``, its own SQLite catalogue with the demo archive,
+    no worker of its own) and the user's token at it (``hera-stage site-token issue``)."""
+    archive = make_demo_archive(base / "archive", files_per_night=3, nights=2)
+    readable_tree(archive.root / "stores")
+    db_url = f"sqlite:///{base / 'site.sqlite'}"
+    db = Database(db_url)
+    db.upgrade()
+    ingest(db, {"onsite": archive.stores["onsite"]})
+    db.dispose()
+    service_dir = base / "service"
+    (service_dir / "root").mkdir(parents=True)
+    config = service_dir / "site_config.py"
+    config.write_text(f"c.StagingApp.db_url = {db_url!r}\n"
+                      f"c.StagingApp.stores = {archive.stores!r}\n"
+                      f"c.StagingApp.job_log_dir = {str(service_dir / 'logs')!r}\n"
+                      "c.StagingApp.start_worker = False\n")
+    config.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
+    issued = subprocess.run([sys.executable, "-m", "hera_stage_ext.cli", "site-token",
+                             "--config", str(config), "issue", USER], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip()
+    port = free_port()
+    command = [sys.executable, "-m", "hera_stage_ext.cli", "site", "--config", str(config),
+               "--port", str(port), "--root-dir", str(service_dir / "root")]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    env.update(JUPYTER_CONFIG_DIR=str(service_dir / "config"),
+               JUPYTER_RUNTIME_DIR=str(service_dir / "runtime"),
+               JUPYTER_DATA_DIR=str(service_dir / "data"))
+    log = service_dir / "service.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=service_dir, start_new_session=True)
+    stack.callback(stop, process)
+    service = JupyterProcess(process, f"http://127.0.0.1:{port}/", token, service_dir / "root",
+                             service_dir / "runtime", log)
+    wait_for(lambda: _answers(service) or (process.poll() is not None and pytest.fail(
+        "the site service exited:\n" + log.read_text()[-3000:])), timeout=90, step=0.25)
+    return service, token
+
+
+def _answers(service: JupyterProcess) -> bool:
+    try:
+        return service.request("GET", "hera-stage/api/status", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def user_account(stack: ExitStack, base: Path) -> tuple[Path, int, list[str], dict[str, str]]:
+    """Where the user's server runs: as a throwaway Linux user when root (its home 0700, the
+    package copied where it can read it), else as this process's user. Returns its
+    workspace, uid, command prefix and environment."""
+    if os.geteuid() != 0:
+        workspace = base / "alice"
+        workspace.mkdir()
+        return workspace, os.getuid(), [], {}
+    entry = ensure_user(USER)
+    home = base / "home" / USER
+    (home / "work").mkdir(parents=True)
+    os.chmod(home.parent, 0o755)
+    for path in (home, home / "work"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chmod(home, 0o700)
+    code = base / "code"
+    shutil.copytree(Path(hera_stage_ext.__file__).parent, code / "hera_stage_ext",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    readable_tree(code)
+    patch = stack.enter_context(pytest.MonkeyPatch.context())
+    patch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(code), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = {"HOME": str(home), "USER": USER, "LOGNAME": USER}
+    return home / "work", entry.pw_uid, as_user(USER), env
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[SiteSetup]:
+    # Not pytest's tmp_path: /tmp/pytest-of-root is 0700, so the user could not reach it.
+    base = Path(tempfile.mkdtemp(prefix="hs-site-mode-"))
+    os.chmod(base, 0o755)
+    try:
+        with ExitStack() as stack:
+            service, token = start_service(stack, base)
+            workspace, uid, prefix, env = user_account(stack, base)
+            jupyter_dir = workspace.parent / "jupyter"
+            jupyter_dir.mkdir()
+            os.chown(jupyter_dir, uid, -1)
+            user = stack.enter_context(jupyter_process(
+                jupyter_dir, root_dir=workspace, prefix=prefix,
+                config={"StagingApp": {"site_url": service.url,
+                                       "worker_idle_exit_seconds": 3}},
+                env={**env, "HERA_STAGE_SITE_TOKEN": token}))
+            names = [r["name"] for r in user.api(
+                "search", {"search": {"name-matches": "zen.%.xx.HH.uvh5"},
+                           "limit": 100})["results"]]
+            yield SiteSetup(service, token, user, workspace, uid, names)
+    finally:
+        if not os.environ.get("HS_KEEP"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def api(server: JupyterProcess, method: str, path: str, body=None):
+    reply = server.request(method, f"hera-stage/api/{path}", body)
+    return reply.status_code, reply.json(), reply
+
+
+def finished(server: JupyterProcess, job_id: int) -> dict:
+    return wait_for(lambda: (j := server.api(f"jobs/{job_id}"))["finished_at"] and j,
+                    timeout=90, step=0.2)
+
+
+# ----- through the user's server ----------------------------------------------------------------
+def test_search_and_status_come_from_the_service(setup: SiteSetup) -> None:
+    assert len(setup.names) >= 3
+    status = setup.user.api("status")
+    assert status["counts"]["files"] == setup.service.api("status")["counts"]["files"] > 0
+    # Errors come back as the service gave them: status and JSON message.
+    code, body, _ = api(setup.user, "POST", "search", {"query": "nosuchfield:1"})
+    assert code == 400 and body["message"], body
+
+
+def test_file_contents_stream_through(setup: SiteSetup) -> None:
+    name = setup.names[0]
+    whole = setup.service.request("GET", f"hera-stage/api/files/{name}/content")
+    assert whole.status_code == 200 and len(whole.content) > 1000
+    reply = setup.user.request("GET", f"hera-stage/api/files/{name}/content")
+    assert reply.status_code == 200, reply.text
+    assert reply.content == whole.content
+    assert reply.headers["Content-Type"] == "application/octet-stream"
+    part = requests.get(setup.user.url + f"hera-stage/api/files/{name}/content", timeout=30,
+                        headers={"Authorization": f"token {setup.user.token}",
+                                 "Range": "bytes=10-99"})
+    assert part.status_code == 206 and part.content == whole.content[10:100]
+    assert part.headers["Content-Range"] == f"bytes 10-99/{len(whole.content)}"
+    code, body, _ = api(setup.user, "GET", "files/no-such-file/content")
+    assert code == 404 and body["message"], body
+    # A dot segment could take a proxy on the way to another route: refused here.
+    reply = requests.get(setup.user.url + "hera-stage/api/files/%2e%2e/%2e%2e/api/status",
+                         headers={"Authorization": f"token {setup.user.token}"}, timeout=30)
+    assert reply.status_code == 400 and "'..' segment" in reply.json()["message"]
+
+
+def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:
+    code, plan, _ = api(setup.user, "POST", "stage",
+                        {"names": setup.names[:2], "destination": "plan", "dry_run": True})
+    assert code == 200, plan
+    # The destination went out resolved against the user's root.
+    assert plan["destination"] == str(setup.workspace / "plan")
+    code, job, _ = api(setup.user, "POST", "stage",
+                       {"names": setup.names[:2], "destination": "data/night1"})
+    assert code == 202, job
+    assert job["destination"] == str(setup.workspace / "data" / "night1")
+    done = finished(setup.user, job["id"])
+    assert done["state"] == "succeeded", done
+    staged = sorted(p.name for p in (setup.workspace / "data" / "night1").rglob("*.uvh5"))
+    assert staged == sorted(setup.names[:2])
+    assert {p.stat().st_uid for p in (setup.workspace / "data").rglob("*")} == {setup.uid}
+    # The job list and its log, through the forwarder; the marker read here.
+    listed = setup.user.api("jobs")["jobs"]
+    assert job["id"] in [j["id"] for j in listed]
+    assert all("marker" in j for j in listed)
+    log = setup.user.api(f"jobs/{job['id']}/log?offset=0")
+    assert log["next_offset"] > 0 and log["text"]
+    again = setup.user.api(f"jobs/{job['id']}/log?offset={log['next_offset']}")
+    assert again["text"] == "" and again["next_offset"] == log["next_offset"]
+
+
+def test_progress_is_pushed_on_the_event_bus(setup: SiteSetup) -> None:
+    """The panel's live progress: events the user's server emits from what the service says."""
+
+    async def follow() -> tuple[dict, list[dict]]:
+        socket = await websocket_connect(HTTPRequest(
+            setup.user.url.replace("http://", "ws://") + "api/events/subscribe",
+            headers={"Authorization": f"token {setup.user.token}"}))
+        loop = asyncio.get_running_loop()
+        code, job, _ = await loop.run_in_executor(None, lambda: api(
+            setup.user, "POST", "stage", {"names": setup.names, "destination": "pushed"}))
+        assert code == 202, job
+        events: list[dict] = []
+        while not any(e["id"] == job["id"] and e["state"] == "succeeded" for e in events):
+            message = await asyncio.wait_for(socket.read_message(), 60)
+            assert message is not None, events
+            event = json.loads(message)
+            if event["schema_id"] == JOB_PROGRESS_SCHEMA_ID:
+                events.append(event)
+        socket.close()
+        return job, [e for e in events if e["id"] == job["id"]]
+
+    job, mine = asyncio.run(follow())
+    done = [e["files_done"] for e in mine]
+    assert done == sorted(done) and done[-1] == job["files_total"] == len(setup.names)
+    assert mine[-1]["bytes_done"] == mine[-1]["bytes_total"] > 0
+
+
+def test_destination_outside_the_roots_is_refused_here(setup: SiteSetup) -> None:
+    before = setup.service.api("jobs")["jobs"]
+    for destination in ("../elsewhere", "/etc", str(setup.workspace.parent)):
+        code, body, _ = api(setup.user, "POST", "stage",
+                            {"names": setup.names[:1], "destination": destination})
+        assert code == 403, body
+        assert "outside the allowed roots" in body["message"]
+    code, body, _ = api(setup.user, "POST", "upload",
+                        {"directory": "/etc", "glob": "*", "store": "onsite"})
+    assert code == 403, body
+    assert setup.service.api("jobs")["jobs"] == before
+    assert not (setup.workspace.parent / "elsewhere").exists()
+
+
+def test_cancel_and_forget_through_the_forwarder(setup: SiteSetup) -> None:
+    code, job, _ = api(setup.user, "POST", "stage",
+                       {"names": setup.names, "destination": "cancelled"})
+    assert code == 202, job
+    code, cancelled, _ = api(setup.user, "POST", f"jobs/{job['id']}/cancel", {})
+    assert code == 200, cancelled
+    done = finished(setup.user, job["id"])
+    assert done["state"] in ("cancelled", "succeeded"), done
+    code, forgot, _ = api(setup.user, "DELETE", f"jobs/{job['id']}")
+    assert code == 200, forgot
+    code, gone, _ = api(setup.user, "GET", f"jobs/{job['id']}")
+    assert code == 404 and gone["message"] == f"no job {job['id']}"
+
+
+def test_no_site_secret_in_the_users_processes(setup: SiteSetup) -> None:
+    code, job, _ = api(setup.user, "POST", "stage",
+                       {"names": setup.names[:1], "destination": "secretless"})
+    assert code == 202, job
+    workers = wait_for(lambda: worker_pids(setup.uid), timeout=30, step=0.1)
+    for pid in [setup.user.pid, *workers]:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert not any(v.startswith((b"HERA_STAGE_DB_URL=", b"HERA_STAGE_PEERS="))
+                       for v in environ), pid
+        assert not any(b"sqlite:" in v or b"postgresql" in v for v in environ + cmdline), pid
+        assert setup.service_token.encode() not in b"\0".join(cmdline)
+    # The worker has the token in its environment only, and the service's address.
+    cmdline = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"--site-url") + 1] == setup.service.url.encode()
+    assert cmdline[cmdline.index(b"--allowed-root") + 1] == str(setup.workspace).encode()
+    assert b"--owner" not in cmdline and b"--db-url" not in cmdline
+    finished(setup.user, job["id"])
+
+
+def worker_pids(uid: int) -> list[int]:
+    """The site-mode workers running as ``uid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                cmd = (entry / "cmdline").read_bytes()
+                if b"hera_stage_ext.jobs.worker" in cmd and b"--site-url" in cmd:
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+# ----- a service that is down -------------------------------------------------------------------
+def test_a_service_that_is_down_answers_502_json(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    dead = f"http://127.0.0.1:{free_port()}/services/hera-stage/"
+    config = {"StagingApp": {"site_url": dead, "start_worker": False}}
+    with jupyter_process(tmp_path / "jp", root_dir=tmp_path / "root", config=config,
+                         env={"HERA_STAGE_SITE_TOKEN": "t0ken"}, ready_path="api/status") as user:
+        for method, path, body in [("GET", "status", None), ("POST", "search", {"query": "x"}),
+                                   ("GET", "jobs/1", None), ("GET", "jobs", None),
+                                   ("GET", "files/x/content", None),
+                                   ("POST", "stage", {"names": ["x"], "destination": "d"})]:
+            code, reply, raw = api(user, method, path, body)
+            assert code == 502, (method, path, code, raw.text)
+            assert raw.headers["Content-Type"].startswith("application/json")
+            assert reply["error"] == "SiteUnavailable"
+            assert f"the site service at {dead} cannot be reached" in reply["message"]
+        assert "Traceback" not in user.log_tail(20000)
+
+
+# ----- refusals at start ----------------------------------------------------------------------
+def test_site_url_with_db_url_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    config = {"StagingApp": {"site_url": "http://127.0.0.1:9/",
+                             "db_url": f"sqlite:///{tmp_path / 'x.sqlite'}"}}
+    with pytest.raises(RuntimeError) as failed:
+        with jupyter_process(tmp_path / "jp", root_dir=tmp_path / "root", config=config,
+                             env={"HERA_STAGE_SITE_TOKEN": "t0ken"}):
+            pass
+    assert "jupyter exited" in str(failed.value)
+    assert "must not hold the site's settings: remove c.StagingApp.db_url" in str(failed.value)
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_token_file_must_be_the_users_own_and_private(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    assert read_token_file(str(token)) == "s3cret"
+    assert site_token(str(token), {}) == "s3cret"
+    assert site_token(str(token), {"HERA_STAGE_SITE_TOKEN": "env"}) == "env"
+    assert site_token(str(token), {"JUPYTERHUB_API_TOKEN": "hub",
+                                   "HERA_STAGE_SITE_TOKEN": "env"}) == "hub"
+    token.chmod(0o644)
+    with pytest.raises(SiteConfigError, match="mode 0644: others may read it"):
+        read_token_file(str(token))
+    token.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(token)
+    with pytest.raises(SiteConfigError, match="not a link"):
+        read_token_file(str(link))
+    with pytest.raises(SiteConfigError, match="not a regular file"):
+        read_token_file(str(tmp_path))
+    if os.geteuid() == 0:
+        os.chown(token, 65534, 65534)
+        with pytest.raises(SiteConfigError, match="belongs to uid 65534"):
+            read_token_file(str(token))
+    with pytest.raises(SiteConfigError, match="no token for the site service"):
+        site_token("", {})
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
