@@ -233,6 +233,7 @@ class HubSite:
     peer_dir: Path
     archive_stores: dict[str, dict[str, Any]]
     incoming: Path  # the site's receive store
+    db_port: int  # PostgreSQL's loopback port (it asks every role for its password)
     #: Every secret of the site: none may be in a user's reach.
     secrets: dict[str, str]
     passwords: dict[str, str]  # the hub's login of each test user
@@ -491,7 +492,7 @@ def run_hub_site() -> Iterator[HubSite]:
             hub_site = HubSite(
                 base=base, url=url, hub_dir=hub_dir, runtime=runtime, accounts=accounts,
                 driver_token=driver_token, peer=peer, peer_dir=peer_dir,
-                archive_stores=stores, incoming=incoming,
+                archive_stores=stores, incoming=incoming, db_port=cluster.port,
                 secrets={"the database password": db_password,
                          "the site's secret towards its peer": nrao_secret,
                          "the peer's secret towards the site": karoo_secret},
