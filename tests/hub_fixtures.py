@@ -49,6 +49,8 @@ from .pgcluster import PostgresCluster, find_pg_bin
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYING = REPO / "docs" / "deploying.md"
 PROXY = REPO / ".hub" / "node_modules" / ".bin" / "configurable-http-proxy"
+#: Where the hub's log is kept after the run (the site's own folder is removed).
+LOGS = REPO / "test-output" / "hub-site"
 
 ALICE, BOB, SITE = "hs_alice", "hs_bob", "hs_site"
 #: A hub user without a Linux account or a server: the site's archivist (ingest, transfers).
@@ -532,6 +534,10 @@ def run_hub_site() -> Iterator[HubSite]:
                     os.killpg(hub.pid, 9)
                     hub.wait()
             stack.close()
+            # The hub's log has the service's and the users' servers' output too.
+            with contextlib.suppress(OSError):
+                LOGS.mkdir(parents=True, exist_ok=True)
+                shutil.copy(base / "hub" / "hub.log", LOGS / "hub.log")
             remove_accounts([ALICE, BOB, SITE], created)
             if cluster is not None:
                 cluster.stop()
