@@ -353,12 +353,16 @@ def test_the_service_runs_as_its_own_account(site: HubSite) -> None:
     service = [p for p in user_processes(site.accounts[SITE].uid)
                if "site" in process_cmdline(p)]
     assert service, "no hera-stage site process runs as the service's account"
-    # It serves nothing but the archive: no kernels, terminals or files through it.
+    # It serves nothing but the archive: no kernels, terminals or files through it, even to
+    # an archivist (403; terminals are not even there: 404).
     token = site.token(ARCHIVIST)
     for path in ("api/kernels", "api/terminals", "api/contents", "api/sessions"):
         reply = site.request(token, "GET", f"services/hera-stage/{path}")
-        assert reply.status_code == 403, (path, reply.status_code)
+        assert reply.status_code in (403, 404), (path, reply.status_code)
+    assert site.request(token, "GET", "services/hera-stage/api/kernels").status_code == 403
     assert site.request(token, "POST", "services/hera-stage/api/kernels", {}).status_code == 403
+    assert site.request(token, "POST", "services/hera-stage/api/terminals", {}).status_code in (
+        403, 404)
 
 
 # ----- the panel and %stage, through the hub -------------------------------------------------------
@@ -388,13 +392,18 @@ def test_the_panel_through_the_hub(site: HubSite) -> None:
             for i in range(2):
                 rows.nth(i).locator("input[type=checkbox]").check()
             page.fill(f"{PANEL} #jp-HeraStage-destination", "from-the-panel")
+            before = {j["id"] for j in site.server(ALICE, "GET", "jobs").json()["jobs"]}
             page.locator(f"{PANEL} .jp-HeraStage-stageSelected").click()
             preview = page.locator(f"{PANEL} .jp-HeraStage-preview")
             preview.wait_for()
             assert preview.locator("[data-field=files]").inner_text() == "2 files"
             preview.locator(".jp-HeraStage-confirm").click()
-            page.wait_for_selector(f"{PANEL} .jp-HeraStage-job[data-state=succeeded]",
-                                   timeout=120_000)
+            job_id = wait_until("the panel's job", lambda: [
+                j["id"] for j in site.server(ALICE, "GET", "jobs").json()["jobs"]
+                if j["id"] not in before], 30)[0]
+            page.wait_for_selector(
+                f"{PANEL} .jp-HeraStage-job[data-job-id='{job_id}'][data-state=succeeded]",
+                timeout=120_000)
         finally:
             browser.close()
     staged = sorted((alice.home / "from-the-panel").rglob("zen.*"))
