@@ -388,6 +388,7 @@ def run_hub_site() -> Iterator[HubSite]:
     os.chmod(base, 0o755)
     cluster: PostgresCluster | None = None
     hub: subprocess.Popen[bytes] | None = None
+    proxy_api_port = free_port()
     with contextlib.ExitStack() as stack:
         try:
             # Code and Python the users can run.
@@ -427,7 +428,7 @@ def run_hub_site() -> Iterator[HubSite]:
             stores = {**archive.stores, "incoming": {"path": str(incoming), "kind": "online"}}
 
             # The peer site, a plain single-user server (root's: its files are its own).
-            proxy_port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+            proxy_port, hub_port = free_port(), free_port()
             service_port, peer_port = free_port(), free_port()
             url = f"http://127.0.0.1:{proxy_port}"
             nrao_secret, karoo_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -526,13 +527,21 @@ def run_hub_site() -> Iterator[HubSite]:
                         hub_site.secrets["the service's hub token"] = token
             yield hub_site
         finally:
-            if hub is not None and hub.poll() is None:
-                hub.terminate()  # the hub stops the proxy, the servers and the service
-                try:
-                    hub.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(hub.pid, 9)
-                    hub.wait()
+            if hub is not None:
+                if hub.poll() is None:
+                    hub.terminate()  # the hub stops the proxy, the servers and the service
+                    try:
+                        hub.wait(60)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(hub.pid, 9)
+                        hub.wait()
+                # A hub that died starting up (a service that would not start) leaves its
+                # proxy running.
+                for pid in user_processes(0):
+                    command = process_cmdline(pid)
+                    if str(PROXY) in command and str(proxy_api_port) in command:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, 9)
             stack.close()
             # The hub's log has the service's and the users' servers' output too.
             with contextlib.suppress(OSError):
