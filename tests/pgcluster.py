@@ -3,6 +3,10 @@
 Uses Debian's server binaries (``/usr/lib/postgresql/<major>/bin``). ``initdb`` and ``pg_ctl``
 refuse to run as root, so as root they run as the ``postgres`` system user. The cluster lives in
 a temporary directory and is stopped and deleted by ``stop()``.
+
+With ``password_auth`` the loopback port asks every role for its password (SCRAM), as a site's
+server does; the superuser then connects through the cluster's Unix socket, in a directory only
+``postgres`` (and root) can enter.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self) -> None:
+    def __init__(self, password_auth: bool = False) -> None:
+        self.password_auth = password_auth
         bin_dir = find_pg_bin()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
@@ -54,7 +59,9 @@ class PostgresCluster:
 
     def start(self) -> PostgresCluster:
         self._run(
-            self.bin_dir / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
+            self.bin_dir / "initdb", "-D", self.data, "-U", "postgres",
+            *(["--auth-local=trust", "--auth-host=scram-sha-256"] if self.password_auth
+              else ["--auth=trust"]),
             "--encoding=UTF8", "--locale=C.UTF-8",
         )
         self._options = (
@@ -77,14 +84,17 @@ class PostgresCluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
+    def superuser_conninfo(self, database: str = "postgres") -> str:
+        """libpq connection string of the superuser (the socket under ``password_auth``)."""
+        host = self.dir if self.password_auth else "127.0.0.1"
+        return f"host={host} port={self.port} user=postgres dbname={database}"
+
     def create_database(self) -> str:
         """A new empty database; returns its SQLAlchemy URL."""
         import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(
-            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
-        ) as conn:
+        with psycopg.connect(self.superuser_conninfo(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
