@@ -18,7 +18,8 @@ unreachable server, a wrong token or an unknown job are one-line errors (also in
 Results are small typed objects with a readable repr and an HTML repr for notebooks:
 ``FileInfo``, ``Job``, ``StagePlan`` (dicts with attribute access, so ``job["id"]`` and
 ``job.id`` both work), ``JobList`` and ``SearchResults`` (``.to_dataframe()`` when pandas is
-installed).
+installed). ``Job.shown_state`` is the state to show a person (``cancelling`` once a cancel is
+asked); ``RateMeter`` turns the byte counts of successive polls into a rate and an ETA.
 """
 
 from __future__ import annotations

@@ -126,6 +126,7 @@ class StageMagics(Magics):
         %stage jobs | job ID | log ID | cancel ID | retry ID | wait ID
         %stage search QUERY [--limit N]
         %stage watch DIR
+        %stage --help
         (all: [--url URL] [--token TOKEN])
         """
         if _asks_help(line):

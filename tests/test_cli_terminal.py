@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -156,8 +157,6 @@ def columns_aligned(lines: list[str]) -> list[str]:
     """The header's labels, after checking the lines form aligned columns: every line has one
     cell per label (cells are two or more spaces apart), and each column's cells all start
     (left-aligned) or all end (right-aligned) at the same place."""
-    import re
-
     cells = [[(m.start(), m.end()) for m in re.finditer(r"\S+(?: \S+)*", line)]
              for line in lines]
     labels = [lines[0][a:b] for a, b in cells[0]]
