@@ -127,8 +127,9 @@ class JobProgress(w.VBox):
         with self._lock:
             job = self.client.job(self.job_id)
             self._read_log(until_quiet=job.finished)
-            self.job = job
             self._render(job)
+            # After the render: whoever sees ``finished`` also sees the bars at the end.
+            self.job = job
             return job
 
     def wait(self, timeout: float | None = None) -> Job:
