@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .client import (
     ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, error_lines, human_size,
@@ -39,12 +39,12 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
-class Column:
+class Column(NamedTuple):
     """A table column: its header, how a row shows in it, and its alignment (numbers right)."""
 
-    def __init__(self, header: str, cell: Callable[[dict[str, Any]], Any],
-                 right: bool = False) -> None:
-        self.header, self.cell, self.right = header, cell, right
+    header: str
+    cell: Callable[[dict[str, Any]], Any]
+    right: bool = False
 
 
 def _print_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> None:
