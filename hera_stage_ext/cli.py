@@ -1,7 +1,16 @@
 """``hera-stage``: the command line, a thin face over ``client.Client`` (and the demo).
 
 Errors print one line, ``hera-stage: error: <message>``, on stderr and exit 1; usage errors
-exit 2 (argparse's convention).
+exit 2 (argparse's convention). Lists print as tables with a header and aligned columns;
+``--json`` prints the server's JSON as it is, for scripts.
+
+A reader that goes away (``hera-stage search ... | head -3``) ends the command quietly with
+status 141, the status a shell reports for a C tool killed by SIGPIPE (``yes | head``), so a
+``set -o pipefail`` script sees what it sees from ``grep`` or ``cat``, and 1 stays "an error".
+(Restoring SIGPIPE's default action would give the same status but would also kill the
+process on a write to a closed server socket, which must stay an error we report.) Ctrl+C
+while following a job (``--wait``) stops following, not the job: it says how to follow or
+cancel it and exits 130.
 """
 
 from __future__ import annotations
@@ -11,12 +20,18 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from .client import ApiError, Client, ClientError, error_lines, human_size
+from .client import (
+    ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, error_lines, human_size,
+)
 
 #: Store-relative paths the CLI sends per ingest request (one progress step each).
 INGEST_BATCH = 100
+#: Exit status when the reader of our output went away (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
+#: Exit status after Ctrl+C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 def _print_json(value: Any) -> None:
@@ -24,10 +39,49 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _file_line(f: dict[str, Any]) -> str:
+class Column(NamedTuple):
+    """A table column: its header, how a row shows in it, and its alignment (numbers right)."""
+
+    header: str
+    cell: Callable[[dict[str, Any]], Any]
+    right: bool = False
+
+
+def _print_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> None:
+    """A header and one line per row, columns two spaces apart and aligned (the last one not
+    padded, so lines carry no trailing blanks)."""
+    cells = [[c.header for c in columns]]
+    cells += [["-" if (v := c.cell(row)) is None else str(v) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        parts = [text.rjust(width) if column.right else text.ljust(width)
+                 for text, width, column in zip(line, widths, columns)]
+        print("  ".join(parts).rstrip())
+
+
+def _stores_of(f: dict[str, Any]) -> str:
     stores = ",".join(sorted({i["store"] for i in f.get("instances", []) if i["available"]}))
-    obsid = "-" if f["obsid"] is None else str(f["obsid"])
-    return f"{f['name']}\t{human_size(f['size'])}\t{obsid}\t{stores or '(no instance)'}"
+    return stores or "(no instance)"
+
+
+def _jd(value: float | None) -> str | None:
+    return None if value is None else f"{value:.5f}"
+
+
+SEARCH_COLUMNS: dict[str, list[Column]] = {
+    "files": [Column("NAME", lambda f: f["name"]),
+              Column("SIZE", lambda f: human_size(f["size"]), right=True),
+              Column("OBSID", lambda f: f["obsid"], right=True),
+              Column("STORES", _stores_of)],
+    "instances": [Column("FILE", lambda r: r["file"]), Column("STORE", lambda r: r["store"]),
+                  Column("PATH", lambda r: r["full_path"])],
+    "observations": [Column("OBSID", lambda r: r["obsid"], right=True),
+                     Column("START JD", lambda r: _jd(r["start_time_jd"]), right=True),
+                     Column("SESSION", lambda r: r["session_id"], right=True)],
+    "sessions": [Column("SESSION", lambda r: r["id"], right=True),
+                 Column("START JD", lambda r: _jd(r["start_time_jd"]), right=True),
+                 Column("STOP JD", lambda r: _jd(r["stop_time_jd"]), right=True)],
+}
 
 
 def cmd_search(client: Client, args: argparse.Namespace) -> int:
@@ -41,15 +95,7 @@ def cmd_search(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(results)
         return 0
-    for row in results:
-        if args.kind == "files":
-            print(_file_line(row))
-        elif args.kind == "instances":
-            print(f"{row['file']}\t{row['store']}\t{row['full_path']}")
-        elif args.kind == "observations":
-            print(f"{row['obsid']}\tJD {row['start_time_jd']:.5f}\tsession {row['session_id']}")
-        else:
-            print(f"{row['id']}\tJD {row['start_time_jd']:.5f} - {row['stop_time_jd']:.5f}")
+    _print_table(SEARCH_COLUMNS[args.kind], results)
     if total is not None and total > len(results):
         print(f"({len(results)} of {total} shown; --all lists every one)", file=sys.stderr)
     return 0
@@ -88,14 +134,13 @@ def cmd_locate(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_stores(client: Client, args: argparse.Namespace) -> int:
-    stores = client.stores()
-    if args.json:
-        _print_json(stores)
-        return 0
-    for s in stores:
-        state = "available" if s["available"] else "unavailable"
-        print(f"{s['name']}\t{s['kind']}\t{state}\t{s['instances']} instances\t{s['path']}")
-    return 0
+    return _print_rows(client.stores(), args.json, STORE_COLUMNS)
+
+
+STORE_COLUMNS = [Column("NAME", lambda s: s["name"]), Column("KIND", lambda s: s["kind"]),
+                 Column("STATE", lambda s: "available" if s["available"] else "unavailable"),
+                 Column("INSTANCES", lambda s: s["instances"], right=True),
+                 Column("PATH", lambda s: s["path"])]
 
 
 def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
@@ -121,10 +166,16 @@ def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _job_line(job: dict[str, Any]) -> str:
-    return (f"{job['id']}\t{job['state']}\t{job['files_done']}/{job['files_total']} files\t"
-            f"{human_size(job['bytes_done'])}/{human_size(job['bytes_total'])}\t"
-            f"{job['method']}\t{job['destination']}")
+JOB_COLUMNS = [
+    Column("ID", lambda j: j["id"], right=True),
+    Column("STATE", lambda j: Job(j).shown_state),
+    Column("FILES", lambda j: f"{j['files_done']}/{j['files_total']}", right=True),
+    Column("BYTES", lambda j: f"{human_size(j['bytes_done'])}/{human_size(j['bytes_total'])}",
+           right=True),
+    Column("FAILED", lambda j: j.get("files_failed", 0), right=True),
+    Column("METHOD", lambda j: j["method"]),
+    Column("DESTINATION", lambda j: j["destination"]),
+]
 
 
 def cmd_stage(client: Client, args: argparse.Namespace) -> int:
@@ -158,17 +209,41 @@ def _launched(client: Client, job: dict[str, Any], doing: str, wait: bool) -> in
     return _wait(client, job)
 
 
-def _wait(client: Client, job: dict[str, Any]) -> int:
-    """Follow a job with a progress bar; exit 0 when it succeeded, else 1 with its errors
-    (as the Librarian's stage script did)."""
+def job_bar(job: dict[str, Any], **options: Any) -> Any:
+    """A tqdm bar of a job's bytes whose rate and ETA come from a ``RateMeter`` over the
+    byte counts the server reports (tqdm's own would time our polls, not the bytes: a stall
+    then a jump would show a burst's rate). ``bar.show(job)`` moves it to a job snapshot."""
     from tqdm import tqdm
 
-    with tqdm(total=job["bytes_total"], unit="B", unit_scale=True, unit_divisor=1024,
-              desc=f"job {job['id']}", disable=None) as bar:
-        def progress(current: dict[str, Any]) -> None:
-            bar.update(current["bytes_done"] - bar.n)
+    class JobBar(tqdm):
+        meter = RateMeter()
 
-        job = client.wait(job["id"], on_progress=progress)
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            return {**super().format_dict, "job_rate": self.meter.rate_text(),
+                    "job_eta": self.meter.eta_text(), "job_done": human_size(self.n),
+                    "job_total": human_size(self.total)}
+
+        def show(self, current: dict[str, Any]) -> None:
+            self.meter.add(current["bytes_done"], current["bytes_total"])
+            self.total = current["bytes_total"]
+            self.update(current["bytes_done"] - self.n)
+            self.refresh()
+
+    return JobBar(total=job["bytes_total"], desc=f"job {job['id']}",
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {job_done}/{job_total} "
+                  "[{job_rate}, ETA {job_eta}]", **options)
+
+
+def _wait(client: Client, job: dict[str, Any]) -> int:
+    """Follow a job with a progress bar; exit 0 when it succeeded, else 1 with its errors
+    (as the Librarian's stage script did). Ctrl+C stops following, not the job."""
+    try:
+        with job_bar(job, disable=None) as bar:
+            job = client.wait(job["id"], on_progress=bar.show)
+    except KeyboardInterrupt:
+        _still_running(job["id"])
+        return EXIT_INTERRUPTED
     if job["state"] == "succeeded":
         done = {"transfer": "sent", "upload": "uploaded"}.get(job["kind"], "staged")
         print(f"job {job['id']} succeeded: {job['files_done']} file(s) {done}, "
@@ -198,25 +273,34 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> int:
     return _wait(client, job)
 
 
-def _order_line(order: dict[str, Any]) -> str:
-    state = "paused" if order["paused"] else "active"
-    what = order["query"] or json.dumps(order["search"])
-    return f"{order['name']}\t{state}\t{order['peer']}\t{what}\t{order['last_message']}"
+def _still_running(job_id: int) -> None:
+    """What Ctrl+C while following a job leaves: the job, and how to get back to it."""
+    print(f"\nhera-stage: stopped following job {job_id}; the job goes on.\n"
+          f"  follow it again: hera-stage job {job_id} --wait   (its log: hera-stage log "
+          f"{job_id} --follow)\n"
+          f"  cancel it:       hera-stage cancel {job_id}", file=sys.stderr)
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool,
-                line: Callable[[dict[str, Any]], str]) -> int:
+ORDER_COLUMNS = [
+    Column("NAME", lambda o: o["name"]),
+    Column("STATE", lambda o: "paused" if o["paused"] else "active"),
+    Column("PEER", lambda o: o["peer"]),
+    Column("SEARCH", lambda o: o["query"] or json.dumps(o["search"])),
+    Column("LAST RESULT", lambda o: o["last_message"]),
+]
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[Column]) -> int:
     if as_json:
         _print_json(rows)
     else:
-        for row in rows:
-            print(line(row))
+        _print_table(columns, rows)
     return 0
 
 
 def cmd_orders(client: Client, args: argparse.Namespace) -> int:
     if args.action == "list":
-        return _print_rows(client.orders(), args.json, _order_line)
+        return _print_rows(client.orders(), args.json, ORDER_COLUMNS)
     if args.action == "delete":
         client.delete_order(args.name)
         print(f"standing order {args.name} deleted")
@@ -232,25 +316,35 @@ def cmd_orders(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             _print_json(order)
             return 0
-    print(_order_line(order))
+    _print_table(ORDER_COLUMNS, [order])
     return 0
 
 
 def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
-    return _print_rows(client.jobs(), args.json, _job_line)
+    return _print_rows(client.jobs(), args.json, JOB_COLUMNS)
 
 
 def cmd_job(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.id)
-    if args.wait and job["state"] not in ("succeeded", "failed", "cancelled"):
+    if args.wait and job["state"] not in FINISHED_STATES:
         return _wait(client, job)
-    _print_json(job) if args.json else print(_job_line(job))
+    _print_json(job) if args.json else _print_table(JOB_COLUMNS, [job])
     return 0
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.cancel(args.id)
-    print(_job_line(job))
+    if args.wait and not job.finished:
+        try:
+            job = client.wait(job["id"], poll_seconds=0.2)
+        except KeyboardInterrupt:
+            print(f"\nhera-stage: job {args.id} is still cancelling", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    # As it is now: "cancelling" while its worker stops it, "cancelled" once it has.
+    _print_table(JOB_COLUMNS, [job])
+    if not job.finished:
+        print(f"hera-stage: job {args.id} stops within seconds; hera-stage job {args.id} "
+              "shows when it has", file=sys.stderr)
     return 0
 
 
@@ -258,7 +352,7 @@ def cmd_retry(client: Client, args: argparse.Namespace) -> int:
     job = client.retry(args.id, force=args.force)
     if args.wait:
         return _wait(client, job)
-    print(_job_line(job))
+    _print_table(JOB_COLUMNS, [job])
     return 0
 
 
@@ -272,17 +366,21 @@ def cmd_log(client: Client, args: argparse.Namespace) -> int:
     import time
 
     offset = 0
-    while True:
-        text, offset = client.log(args.id, offset)
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        if not args.follow:
-            return 0
-        if not text and client.job(args.id)["state"] in ("succeeded", "failed", "cancelled"):
+    try:
+        while True:
             text, offset = client.log(args.id, offset)
             sys.stdout.write(text)
-            return 0
-        time.sleep(0.5)
+            sys.stdout.flush()
+            if not args.follow:
+                return 0
+            if not text and client.job(args.id)["state"] in FINISHED_STATES:
+                text, offset = client.log(args.id, offset)
+                sys.stdout.write(text)
+                return 0
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _still_running(args.id)
+        return EXIT_INTERRUPTED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -390,8 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_job)
 
-    p = sub.add_parser("cancel", help="cancel a job")
+    p = sub.add_parser("cancel", help="cancel a job (prints it as it is then: cancelling, "
+                       "or cancelled)")
     p.add_argument("id", type=int)
+    p.add_argument("--wait", action="store_true", help="wait until it has stopped")
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("retry", help="stage again what a finished job did not")
@@ -421,6 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_gone() -> int:
+    """stdout's reader went away: send what is still buffered nowhere (so the interpreter's
+    own flush at exit does not fail again) and end quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is no file descriptor (a test's StringIO)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -428,8 +540,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return cmd_demo(args)
         if getattr(args, "local", False):  # the site admin's commands: no client
-            return args.func(args)
-        return args.func(Client(args.url, args.token), args)
+            code = args.func(args)
+        else:
+            code = args.func(Client(args.url, args.token), args)
+        sys.stdout.flush()  # here, so that a reader gone away is seen here
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ApiError as exc:
         print(f"hera-stage: error: {exc.message}", file=sys.stderr)
         return 1

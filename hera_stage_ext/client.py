@@ -18,7 +18,8 @@ unreachable server, a wrong token or an unknown job are one-line errors (also in
 Results are small typed objects with a readable repr and an HTML repr for notebooks:
 ``FileInfo``, ``Job``, ``StagePlan`` (dicts with attribute access, so ``job["id"]`` and
 ``job.id`` both work), ``JobList`` and ``SearchResults`` (``.to_dataframe()`` when pandas is
-installed).
+installed). ``Job.shown_state`` is the state to show a person (``cancelling`` once a cancel is
+asked); ``RateMeter`` turns the byte counts of successive polls into a rate and an ETA.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import html
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +59,55 @@ def human_duration(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class RateMeter:
+    """A transfer rate and an ETA from a job's byte counts as the server reports them, over a
+    sliding window of samples (not since the start, nor from the last two polls only): a
+    stall then a jump shows the average over the window, never a burst's rate. ``rate`` is
+    None until two samples in the window differ (nothing measured yet, or nothing moved for
+    a whole window): show "—" then, never a made-up number."""
+
+    def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._samples: deque[tuple[float, int]] = deque()
+        self.remaining: int | None = None
+
+    def add(self, bytes_done: int, bytes_total: int | None = None) -> None:
+        now = self.clock()
+        if self._samples and bytes_done < self._samples[-1][1]:
+            self._samples.clear()  # counted again from less (a retry): old samples lie
+        self._samples.append((now, bytes_done))
+        # Keep one sample at or before the window's start, so the span covers the window.
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_s:
+            self._samples.popleft()
+        if bytes_total is not None:
+            self.remaining = max(bytes_total - bytes_done, 0)
+
+    @property
+    def rate(self) -> float | None:
+        """Bytes per second over the window, or None (see the class)."""
+        if len(self._samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        if b1 == b0 or t1 <= t0:
+            return None
+        return (b1 - b0) / (t1 - t0)
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.rate
+        return None if rate is None or self.remaining is None else self.remaining / rate
+
+    def rate_text(self) -> str:
+        rate = self.rate
+        return "—" if rate is None else f"{human_size(rate)}/s"
+
+    def eta_text(self) -> str:
+        eta = self.eta_s
+        return "—" if eta is None else human_duration(eta)
 
 
 # ----- errors ---------------------------------------------------------------------------------
@@ -238,6 +289,13 @@ class Job(Record):
         return self.get("state") == "succeeded"
 
     @property
+    def shown_state(self) -> str:
+        """The state a person should read: ``cancelling`` for an unfinished job whose cancel
+        was asked (its worker stops it within seconds), else ``state``."""
+        state = str(self.get("state"))
+        return "cancelling" if self.get("cancel_requested") and not self.finished else state
+
+    @property
     def fraction(self) -> float:
         """Progress from 0 to 1 (by bytes; by files when the job has no bytes)."""
         if self.get("bytes_total"):
@@ -252,7 +310,7 @@ class Job(Record):
         return round(100.0 * self.fraction, 1)
 
     def summary(self) -> str:
-        text = (f"job {self.get('id')} {self.get('state')}: "
+        text = (f"job {self.get('id')} {self.shown_state}: "
                 f"{self.get('files_done', 0)}/{self.get('files_total', 0)} files, "
                 f"{human_size(self.get('bytes_done', 0))}/{human_size(self.get('bytes_total', 0))}"
                 f" ({self.percent:g}%), {self.get('method')} into {self.get('destination')}")
@@ -266,7 +324,7 @@ class Job(Record):
         return f"<Job {self.summary()[4:]}>"
 
     def _repr_html_(self) -> str:
-        rows = [("job", self.get("id")), ("state", self.get("state")),
+        rows = [("job", self.get("id")), ("state", self.shown_state),
                 ("files", f"{self.get('files_done', 0)} / {self.get('files_total', 0)}"
                  + (f" ({self['files_failed']} failed)" if self.get("files_failed") else "")),
                 ("bytes", f"{human_size(self.get('bytes_done', 0))} / "
@@ -308,7 +366,7 @@ class JobList(list):
         return "\n".join(repr(j) for j in self) if self else "<no jobs>"
 
     def _repr_html_(self) -> str:
-        rows = [(j.get("id"), j.get("state"), f"{j.get('files_done')}/{j.get('files_total')}",
+        rows = [(j.get("id"), j.shown_state, f"{j.get('files_done')}/{j.get('files_total')}",
                  f"{human_size(j.get('bytes_done'))}/{human_size(j.get('bytes_total'))}",
                  f"{j.percent:g}%", j.get("method"), j.get("destination"), j.get("created_at"))
                 for j in self]

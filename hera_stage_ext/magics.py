@@ -5,12 +5,15 @@
     %stage jobs | job ID | log ID | cancel ID | retry ID | wait ID
     %stage search QUERY [--limit N]
     %stage watch DIR                                   <- a MarkerWatcher on any folder
+    %stage --help                                      <- this usage
 
 Every form also takes ``--url URL`` and ``--token TOKEN`` (default: the kernel's own server).
 QUERY is the one-line query syntax or JSON, written as it is (no quoting, no ``$``/``{}``
 expansion). A stage returns the ``Job`` and displays its live ``JobProgress`` widget
-(``job.widget``); ``--wait`` blocks until the job ends and raises ``JobFailed`` with its errors
-unless it succeeded. Errors are one line, not a traceback.
+(``job.widget``), the cell's one output: the returned job shows nothing more in that cell (a
+table of it would freeze at ``queued``), and its widget again when shown in a later cell.
+``--wait`` blocks until the job ends and raises ``JobFailed`` with its errors unless it
+succeeded. Errors are one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -57,10 +60,47 @@ def parse_line(line: str) -> tuple[list[str], dict[str, Any]]:
     return words, options
 
 
+USAGE = """\
+%stage DEST QUERY [--method M] [--dry-run] [--wait] [--timeout S] [--force] [--no-widget]
+        stage what QUERY (one-line syntax or JSON, as it is) matches into the folder DEST
+%%stage DEST [--method M] [--dry-run] [--wait]      with the search in the cell
+%stage jobs                 your jobs
+%stage job ID               one job (its live widget while it runs)
+%stage log ID               its log
+%stage cancel ID | retry ID
+%stage wait ID              block until it ends; JobFailed unless it succeeded
+%stage search QUERY [--limit N]
+%stage watch DIR            the STAGING-* markers of any folder, live
+%stage --help               this
+
+Methods: copy (default), hardlink, symlink, reflink, contents. Every form also takes
+--url URL --token TOKEN (default: this kernel's own Jupyter server)."""
+
+
 def _display(obj: Any) -> None:
     from IPython.display import display
 
     display(obj)
+
+
+def _cell_number(shell: Any) -> int | None:
+    return getattr(shell, "execution_count", None)
+
+
+class ShownJob(Job):
+    """The ``Job`` a stage returns after displaying its live widget: in the cell that shows
+    the widget it displays nothing more (the widget is the job's one live view); displayed in
+    a later cell, it shows its widget again. ``print(job)`` is the usual one-line summary."""
+
+    widget: Any = None
+    shown_in: int | None = None
+
+    def _ipython_display_(self) -> None:
+        from IPython import get_ipython
+
+        if self.widget is not None and self.shown_in == _cell_number(get_ipython()):
+            return
+        _display(self.widget if self.widget is not None else Job(self))
 
 
 @magics_class
@@ -86,8 +126,12 @@ class StageMagics(Magics):
         %stage jobs | job ID | log ID | cancel ID | retry ID | wait ID
         %stage search QUERY [--limit N]
         %stage watch DIR
+        %stage --help
         (all: [--url URL] [--token TOKEN])
         """
+        if _asks_help(line):
+            print(USAGE)
+            return None
         words, options = parse_line(line)
         if not words:
             raise UsageError("%stage DEST QUERY [--method M] [--dry-run] [--wait], or "
@@ -104,6 +148,9 @@ class StageMagics(Magics):
     def stage_cell(self, line: str, cell: str) -> Any:
         """%%stage DEST [--method M] [--dry-run] [--wait]: stage what the cell's search (JSON,
         or the one-line syntax) matches."""
+        if _asks_help(line):
+            print(USAGE)
+            return None
         words, options = parse_line(line)
         if len(words) != 1:
             raise UsageError("%%stage DEST [--method M] [--dry-run] [--wait], with the search "
@@ -131,20 +178,20 @@ class StageMagics(Magics):
 
             widget = JobProgress(job, client)
             _display(widget)
-        job.widget = widget
-        if not options.get("wait"):
-            return job
-        timeout = float(options["timeout"]) if options.get("timeout") else None
-        if widget is not None:
-            final = widget.wait(timeout)
-        else:
-            final = client.wait(job["id"], timeout=timeout)
-        final.widget = widget
-        if not final.succeeded:
-            from .client import JobFailed
+        if options.get("wait"):
+            timeout = float(options["timeout"]) if options.get("timeout") else None
+            job = widget.wait(timeout) if widget is not None else client.wait(job["id"],
+                                                                             timeout=timeout)
+            if not job.succeeded:
+                from .client import JobFailed
 
-            raise JobFailed(final, client.errors(final["id"]))
-        return final
+                raise JobFailed(job, client.errors(job["id"]))
+        if widget is None:
+            job.widget = None
+            return job
+        shown = ShownJob(job)
+        shown.widget, shown.shown_in = widget, _cell_number(self.shell)
+        return shown
 
     def _subcommand(self, command: str, args: list[str], options: dict[str, Any]) -> Any:
         if command == "search":
@@ -183,6 +230,12 @@ class StageMagics(Magics):
         if command == "wait" or not job.finished:
             return self._follow(client, job, options)
         return job
+
+
+def _asks_help(line: str) -> bool:
+    """``--help`` anywhere, or ``-h`` alone (elsewhere ``-h`` is a query's "not named h")."""
+    words = line.split()
+    return "--help" in words or words == ["-h"]
 
 
 def load_ipython_extension(ipython: Any) -> None:

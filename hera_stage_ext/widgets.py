@@ -4,12 +4,16 @@ They are faces over ``client.Client`` (no domain logic). ``JobProgress`` and ``M
 follow their job from a background thread that polls the REST API and sets widget traits;
 ipywidgets sends trait changes from any thread over the kernel's comms, so the widgets move
 while the kernel is idle and while other cells run. The thread stops when the job ends.
+``SearchBrowser`` previews a stage (a dry run) and moves bytes only on its confirm button, as
+the JupyterLab panel does. A finished job's buttons are disabled and unstyled: nothing about
+them invites a click.
 """
 
 from __future__ import annotations
 
 import contextvars
 import html
+import os
 import threading
 import time
 from collections import deque
@@ -19,7 +23,7 @@ from typing import Any
 import ipywidgets as w
 
 from .client import (
-    Client, ClientError, Job, SearchResults, human_duration, human_size,
+    Client, ClientError, Job, SearchResults, StagePlan, human_duration, human_size,
 )
 
 _BAR_STYLE = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}
@@ -38,6 +42,20 @@ def _start_thread(target: Any, name: str) -> threading.Thread:
 
 def _client(client: Client | None) -> Client:
     return (client or Client()).copy()
+
+
+def _finished_button(button: w.Button, description: str) -> None:
+    """A button whose work is over: disabled and unstyled (a coloured button looks live even
+    when disabled), saying how things ended."""
+    button.disabled = True
+    button.button_style = ""
+    button.icon = ""
+    button.description = description
+    button.tooltip = "finished: nothing to do here"
+
+
+def _error_html(message: str) -> str:
+    return f"<span style='color:#c00'>{html.escape(message)}</span>"
 
 
 class JobProgress(w.VBox):
@@ -109,8 +127,9 @@ class JobProgress(w.VBox):
         with self._lock:
             job = self.client.job(self.job_id)
             self._read_log(until_quiet=job.finished)
-            self.job = job
             self._render(job)
+            # After the render: whoever sees ``finished`` also sees the bars at the end.
+            self.job = job
             return job
 
     def wait(self, timeout: float | None = None) -> Job:
@@ -175,7 +194,8 @@ class JobProgress(w.VBox):
     def _render(self, job: Job) -> None:
         state = job["state"]
         self.error = None
-        self.title.value = (f"<b>job {job['id']}</b> &middot; {html.escape(state)} &middot; "
+        self.title.value = (f"<b>job {job['id']}</b> &middot; {html.escape(job.shown_state)} "
+                            "&middot; "
                             f"{html.escape(str(job.get('method')))} into "
                             f"<code>{html.escape(str(job.get('destination')))}</code>"
                             + (f" &middot; <span style='color:#c00'>"
@@ -191,12 +211,11 @@ class JobProgress(w.VBox):
         self.bytes_label.value = (f"{human_size(job.get('bytes_done', 0))} / "
                                   f"{human_size(job.get('bytes_total', 0))} ({job.percent:g}%)")
         rate = job.get("rate_bytes_per_s")
-        self.rate_label.value = (f"{state}  ·  rate {human_size(rate) + '/s' if rate else '-'}  ·  "
+        self.rate_label.value = (f"{job.shown_state}  ·  "
+                                 f"rate {human_size(rate) + '/s' if rate else '-'}  ·  "
                                  f"ETA {human_duration(job.get('eta_s'))}")
         if job.finished:
-            self.cancel_button.disabled = True
-            self.cancel_button.description = state.capitalize()
-            self.cancel_button.button_style = style
+            _finished_button(self.cancel_button, state.capitalize())
         self.log_view.value = ("<pre style='margin:0;font-size:11px'>"
                                + html.escape("\n".join(self._log_tail)) + "</pre>"
                                if self._log_tail else "")
@@ -206,15 +225,20 @@ class JobProgress(w.VBox):
 
 
 class SearchBrowser(w.VBox):
-    """A query box, a results table and a stage button (which shows the job's progress)."""
+    """A query box, a results table and a stage button. "Stage…" shows a preview (a dry run:
+    files, bytes, missing files skipped, free space) with a confirm button; only the confirm
+    moves bytes, and then shows the job's progress. Editing the query, the folder or the
+    method withdraws a preview, so a confirm always stages what its preview said."""
 
     def __init__(self, query: str = "", client: Client | None = None, *, limit: int = 100,
                  destination: str = "", method: str = "copy") -> None:
         self.client = client or Client()
         self.limit = limit
         self.results: SearchResults | None = None
+        self.plan: StagePlan | None = None
+        self._planned: tuple[str, str, str] | None = None  # (query, destination, method)
         self.jobs: list[JobProgress] = []
-        self.query = w.Text(value=query, placeholder="zen.2457644.* obsid>1157000000 or JSON",
+        self.query = w.Text(value=query, placeholder="zen.2457644.* size>10k or JSON",
                             description="query", layout=w.Layout(width="60%"))
         self.search_button = w.Button(description="Search", icon="search")
         self.status = w.HTML()
@@ -223,25 +247,40 @@ class SearchBrowser(w.VBox):
                                   description="into")
         self.method = w.Dropdown(options=["copy", "hardlink", "symlink", "reflink", "contents"],
                                  value=method, description="method")
-        self.stage_button = w.Button(description="Stage", icon="download",
-                                     button_style="primary", disabled=True)
+        self.stage_button = w.Button(description="Stage…", icon="download", disabled=True,
+                                     tooltip="Preview what would be staged (nothing moves yet)")
+        self.preview_view = w.HTML()
+        self.confirm_button = w.Button(description="Stage", icon="download",
+                                       button_style="primary", disabled=True,
+                                       tooltip="Stage what the preview shows")
+        self.discard_button = w.Button(description="Cancel", disabled=True,
+                                       tooltip="Close the preview; nothing is staged")
+        self.preview_box = w.VBox([self.preview_view,
+                                   w.HBox([self.confirm_button, self.discard_button])],
+                                  layout=w.Layout(display="none"))
         self.output = w.VBox()
         self.search_button.on_click(lambda _b: self.run_search())
         self.query.on_submit(lambda _t: self.run_search())
-        self.stage_button.on_click(lambda _b: self.stage())
+        self.stage_button.on_click(lambda _b: self.preview())
+        self.confirm_button.on_click(lambda _b: self.confirm())
+        self.discard_button.on_click(lambda _b: self._close_preview())
+        for field in (self.query, self.destination, self.method):
+            field.observe(self._inputs_changed, names="value")
         super().__init__(children=[
             w.HBox([self.query, self.search_button]), self.status, self.table,
-            w.HBox([self.destination, self.method, self.stage_button]), self.output,
+            w.HBox([self.destination, self.method, self.stage_button]), self.preview_box,
+            self.output,
         ])
         if query:
             self.run_search()
 
     def run_search(self) -> SearchResults | None:
+        self._close_preview()
         try:
             self.results = self.client.search(self.query.value, limit=self.limit, count=True)
         except ClientError as exc:
             self.results = None
-            self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+            self.status.value = _error_html(str(exc))
             self.table.value = ""
             self.stage_button.disabled = True
             return None
@@ -254,21 +293,88 @@ class SearchBrowser(w.VBox):
         self.stage_button.disabled = not total
         return self.results
 
-    def stage(self) -> Job | None:
-        """Stage what the query matches into the destination; returns the job."""
+    def preview(self) -> StagePlan | None:
+        """Show what staging the query in the box would do (a dry run; nothing moves) and
+        offer the confirm button; returns the plan."""
+        self._close_preview()
         if not self.destination.value:
-            self.status.value = "<span style='color:#c00'>give a destination folder</span>"
+            self.status.value = _error_html("give a destination folder")
             return None
+        planned = (self.query.value, self.destination.value, self.method.value)
         try:
-            job = self.client.stage(self.destination.value, self.query.value,
-                                    method=self.method.value)
+            plan = self.client.stage(planned[1], planned[0], method=planned[2], dry_run=True)
         except ClientError as exc:
-            self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+            self.status.value = _error_html(str(exc))
             return None
+        self.plan, self._planned = plan, planned
+        self.preview_view.value = _plan_html(plan, planned[0])
+        files = plan.get("files", 0)
+        self.confirm_button.description = f"Stage {files} file(s)"
+        self.confirm_button.button_style = "primary"
+        self.confirm_button.icon = "download"
+        self.confirm_button.tooltip = "Stage what the preview shows"
+        self.confirm_button.disabled = not files or not plan.get("fits", True)
+        self.discard_button.disabled = False
+        self.preview_box.layout.display = None
+        return plan
+
+    def confirm(self) -> Job | None:
+        """Stage what the shown preview planned; returns the job (None without a preview)."""
+        if self._planned is None or self.plan is None or self.confirm_button.disabled:
+            return None
+        query, destination, method = self._planned
+        planned_files = self.plan.get("files")
+        try:
+            job = self.client.stage(destination, query, method=method)
+        except ClientError as exc:
+            self.status.value = _error_html(str(exc))
+            return None
+        self._planned = None
+        _finished_button(self.confirm_button, f"Launched job {job['id']}")
+        self.discard_button.disabled = True
+        if job.get("files_total") != planned_files:
+            self.status.value = (f"the archive changed since the preview: job {job['id']} "
+                                 f"stages {job.get('files_total')} file(s), not {planned_files}")
         progress = JobProgress(job, self.client)
         self.jobs.append(progress)
         self.output.children = (*self.output.children, progress)
         return job
+
+    def _close_preview(self, note: str = "") -> None:
+        self.plan, self._planned = None, None
+        self.confirm_button.disabled = self.discard_button.disabled = True
+        self.preview_box.layout.display = "none" if not note else None
+        self.preview_view.value = note
+
+    def _inputs_changed(self, change: Any) -> None:
+        if change["owner"] is self.query and self.results is not None \
+                and "stale" not in self.status.value:
+            self.status.value += (" <span class='stale'>&mdash; <i>results of an earlier "
+                                  "query: press Search</i></span>")
+        if self._planned is not None:
+            self._close_preview("<i>The query, folder or method changed: "
+                                "press Stage… for a new preview.</i>")
+
+
+def _plan_html(plan: StagePlan, query: str) -> str:
+    """The preview: what a confirm would stage, and what it would not."""
+    missing = list(plan.get("missing", []))
+    lines = [f"<b>Stage {plan.get('files', 0)} file(s), {human_size(plan.get('bytes'))}</b> "
+             f"into <code>{html.escape(str(plan.get('destination')))}</code> by "
+             f"{html.escape(str(plan.get('method')))}",
+             f"query <code>{html.escape(query)}</code>"]
+    free = plan.get("free_bytes")
+    if free is not None:
+        lines.append(f"{human_size(free)} free there"
+                     + ("" if plan.get("fits", True) else
+                        " &mdash; <b style='color:#c00'>not enough space</b>"))
+    if missing:
+        shown = ", ".join(html.escape(name) for name in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        lines.append(f"{len(missing)} skipped: no available copy ({shown}{more})")
+    if not plan.get("files"):
+        lines.append("<b>nothing to stage</b>")
+    return "<br>".join(lines)
 
 
 class MarkerWatcher(w.VBox):
@@ -351,9 +457,27 @@ class MarkerWatcher(w.VBox):
             self.state = "succeeded"
         else:
             self.state = "none"
+        if self.finished and self.job_id is None:
+            self.job_id = self._finished_job()
         self._follow_job()
         self._render()
         return self.state
+
+    def _finished_job(self) -> int | None:
+        """The newest of your jobs that staged into this folder (a result marker does not
+        name its job), so a finished folder shows its numbers; None without a server or when
+        none of your jobs did."""
+        if self.client is None:
+            return None
+        try:
+            folder = self.directory.resolve()
+            for job in self.client.jobs():  # newest first
+                destination = str(job.get("destination") or "")
+                if os.path.isabs(destination) and Path(destination).resolve() == folder:
+                    return int(job["id"])
+        except (ClientError, OSError):
+            pass
+        return None
 
     def _follow_job(self) -> None:
         if self.job_id is None or self.client is None:
@@ -388,11 +512,17 @@ class MarkerWatcher(w.VBox):
         if job is not None:
             self.files_bar.max = max(1, job.get("files_total") or 0)
             self.files_bar.value = min(self.files_bar.max, job.get("files_done", 0))
+            skipped = f", {job['files_skipped']} already there" if job.get("files_skipped") else ""
+            failed = f", {job['files_failed']} failed" if job.get("files_failed") else ""
             self.files_label.value = (f"{job.get('files_done', 0)} / {job.get('files_total', 0)}"
-                                      f", {human_size(job.get('bytes_done', 0))} "
+                                      f"{skipped}{failed}, "
+                                      f"{human_size(job.get('bytes_done', 0))} "
                                       f"({job.percent:g}%)")
         elif self.state == "succeeded":
             self.files_bar.value = self.files_bar.max
+            self.files_label.value = "all staged"
+        elif self.state == "errors":
+            self.files_label.value = f"{len(self.errors)} error line(s)"
         style = {"succeeded": "success", "errors": "danger"}.get(self.state, "")
         self.files_bar.bar_style = style
         lines = list(self._log_tail) or self.errors

@@ -96,7 +96,10 @@ def test_stage_magic_widgets_render_in_lab(page: Any, lab_server: LabServer) -> 
     assert f"{len(names)} / {len(names)}" in label_text, label_text
     assert "(100%)" in label_text, label_text
     assert re.search(r"\bsucceeded\b", label_text), label_text
-    assert job_output.locator(".widget-button", has_text="Succeeded").is_disabled()
+    finished_button = job_output.locator(".widget-button", has_text="Succeeded")
+    # Disabled, and grey: no coloured "live" style on a button that does nothing.
+    assert finished_button.is_disabled() and "mod-" not in (finished_button.get_attribute(
+        "class") or "")
     # The cell's own result: the kernel's view of the same job.
     job_output.get_by_text(f"('succeeded', {len(names)})").wait_for()
 
@@ -116,10 +119,17 @@ def test_stage_magic_widgets_render_in_lab(page: Any, lab_server: LabServer) -> 
     assert query_box.input_value() == "zen.2457645.1*"
     browser_output.get_by_text(re.compile(r"\d+ file\(s\) match")).wait_for()
     assert browser_output.locator("table tr").count() > 1
-    assert browser_output.locator(".widget-button", has_text="Stage").is_enabled()
+    stage_button = browser_output.locator(".widget-button", has_text="Stage…")
+    assert stage_button.is_enabled()
 
     page.wait_for_timeout(300)  # let the last layout settle for the picture
     screenshot(page, "widgets-notebook", ".jp-NotebookPanel:visible")
+    # "Stage…" previews (nothing moves): the plan and its confirm button show.
+    stage_button.click()
+    browser_output.get_by_text(re.compile(r"Stage \d+ file\(s\), [\d.]+ KiB")).wait_for()
+    confirm = browser_output.locator(".widget-button", has_text=re.compile(r"Stage \d+ file"))
+    assert confirm.is_visible() and confirm.is_enabled()
+    assert not (lab_server.archive.workspace / "nbdest2").exists()
     cells.nth(3).scroll_into_view_if_needed()
     # The panel's "job finished" toast would cover the stage button in this picture.
     page.add_style_tag(content=".Toastify { display: none !important; }")

@@ -21,7 +21,9 @@ pytest.importorskip("ipykernel")
 THREE_QUERY = "zen.2457645.10000.* OR zen.2457645.10745.*"  # 3 files: 2 + 1 polarisation
 NAME = "zen.2457645.10000.xx.HH.uvh5"
 
-CELLS: list[tuple[str, str, bool]] = [  # (key, source, may raise)
+# (key, source, may raise: the test of a cell that must not raise checks it has no error, so
+# one broken cell fails its own test, not the whole notebook)
+CELLS: list[tuple[str, str, bool]] = [
     ("load", "%load_ext hera_stage_ext", False),
     ("discover", "import os\nfrom hera_stage_ext.client import Client\nclient = Client()\n"
                  "print(client.server.source, client.server.url, os.environ['JPY_PARENT_PID'])",
@@ -31,7 +33,8 @@ CELLS: list[tuple[str, str, bool]] = [  # (key, source, may raise)
              f"assert len(data) == client.info('{NAME}').size > 0\n"
              "w = job.widget\n"
              "print(job.state, job.files_done, job.files_total, w.state, w.files_bar.value,\n"
-             "      w.files_bar.max, w.bytes_bar.value, w.bytes_bar.model_id)", False),
+             "      w.files_bar.max, w.bytes_bar.value, w.bytes_bar.model_id,"
+             " w.cancel_button.model_id)", False),
     ("launch", "job2 = %stage night3 session:2457646", False),
     ("busy", "import time\nt0 = time.monotonic()\n"
              "while not job2.widget.finished and time.monotonic() - t0 < 30:\n"
@@ -56,10 +59,25 @@ CELLS: list[tuple[str, str, bool]] = [  # (key, source, may raise)
     ("markers", "from hera_stage_ext.widgets import MarkerWatcher, SearchBrowser\n"
                 "print(MarkerWatcher('night1').state, MarkerWatcher('night2').state,"
                 " MarkerWatcher('nowhere', start=False).state)", False),
-    ("browser", "sb = SearchBrowser('zen.2457644.1*', destination='night4')\n"
-                "print(sb.status.value)\nj = sb.stage()\nwatcher = MarkerWatcher('night4')\n"
-                "print(sb.jobs[0].wait(30).state, watcher.wait(30), watcher.job_id in (None, j.id))",
-     False),
+    ("browser", "import os\n"
+                "sb = SearchBrowser('zen.2457644.1*', destination='night4')\n"
+                "print(sb.status.value)\nbefore = len(client.jobs())\n"
+                "sb.stage_button.click()  # a preview: nothing moves\n"
+                "print(len(client.jobs()) - before, os.path.exists('night4'),"
+                " sb.confirm_button.disabled, repr(sb.confirm_button.description))\n"
+                "print(sb.preview_view.value)\n"
+                "sb.destination.value = 'night4b'  # the preview no longer says what happens\n"
+                "print(sb.confirm_button.disabled, sb.confirm(), len(client.jobs()) - before)\n"
+                "sb.destination.value = 'night4'\nsb.stage_button.click()\n"
+                "sb.confirm_button.click()  # now it stages\n"
+                "watcher = MarkerWatcher('night4')\n"
+                "print(sb.jobs[0].wait(30).state, watcher.wait(30),"
+                " watcher.job_id in (None, sb.jobs[0].job_id), sb.confirm_button.disabled,"
+                " len(client.jobs()) - before, sb.confirm_button.model_id)", True),
+    ("bare", "%stage night6 zen.2457646.1*", True),
+    ("help", "%stage --help", True),
+    ("finished", "done = MarkerWatcher('night1')\n"
+                 "print(done.state, done.job_id == job.id, repr(done.files_label.value))", True),
 ]
 
 
@@ -78,9 +96,16 @@ def test_discovers_its_parent_server_with_no_configuration(executed, live_server
                                                      str(live_server.pid)]
 
 
+def widget_views(cell: Any) -> list[str]:
+    """The model ids of the widgets a cell's outputs show."""
+    return [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+            for o in cell.outputs
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+
+
 def test_stage_wait_then_read_and_the_widget_reached_100(executed, live_server):
     assert error_of(executed["stage"]) is None
-    state, done, total, wstate, fvalue, fmax, bvalue, model_id = \
+    state, done, total, wstate, fvalue, fmax, bvalue, model_id, button_id = \
         text_of(executed["read"]).split()
     assert (state, done, total, wstate) == ("succeeded", "3", "3", "succeeded")
     assert (fvalue, fmax, float(bvalue)) == ("3", "3", 100.0)
@@ -91,9 +116,11 @@ def test_stage_wait_then_read_and_the_widget_reached_100(executed, live_server):
     assert model["state"]["value"] == model["state"]["max"] == 100.0
     assert model["state"]["bar_style"] == "success"
     # The widget was displayed by the magic.
-    views = [o for o in executed["stage"].outputs
-             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(views) == 1
+    assert len(widget_views(executed["stage"])) == 1
+    # A finished job's button is disabled and unstyled: nothing invites a click.
+    button = widget_states(executed["nb"])[button_id]["state"]
+    assert button["disabled"] is True and button["button_style"] == ""
+    assert button["description"] == "Succeeded"
 
 
 def test_widget_follows_the_job_while_other_cells_run(executed):
@@ -133,17 +160,51 @@ def test_bad_magic_syntax_is_ipythons_one_line_usage_error(executed):
 
 def test_cell_magic_jobs_log_search_markers_browser(executed):
     assert error_of(executed["cellmagic"]) is None
-    assert (executed["cellmagic"].outputs[-1]["data"]["text/plain"]
-            .startswith("<Job ") and "succeeded" in
-            executed["cellmagic"].outputs[-1]["data"]["text/plain"])
+    # The finished job's widget is the cell's one output (no table of the job beside it).
+    assert len(widget_views(executed["cellmagic"])) == len(executed["cellmagic"].outputs) == 1
     count, states = text_of(executed["jobs"]).split(" ", 1)
     assert int(count) == 4 and "'failed'" in states
     assert "succeeded" in text_of(executed["log"])
     assert text_of(executed["search"]).split() == ["9", "9", "zen.2457644.10000.xx.HH.uvh5"]
     assert text_of(executed["markers"]).split() == ["succeeded", "errors", "none"]
-    status, result = text_of(executed["browser"]).splitlines()
+
+def test_search_browser_previews_then_stages_only_on_confirm(executed, live_server):
+    assert error_of(executed["browser"]) is None, executed["browser"].outputs
+    status, previewed, preview, withdrawn, result = text_of(executed["browser"]).splitlines()
     assert status.startswith("9 file(s) match")
-    assert result.split() == ["succeeded", "succeeded", "True"]
+    # One click on "Stage…" launched nothing and wrote nothing: it showed a preview.
+    assert previewed.split(" ", 3) == ["0", "False", "False", "'Stage 9 file(s)'"]
+    assert "Stage 9 file(s)" in preview and "KiB" in preview and "night4" in preview
+    assert "zen.2457644.1*" in preview  # the query it stages, as it will run
+    # Another folder: the preview is withdrawn and a confirm does nothing.
+    assert withdrawn.split() == ["True", "None", "0"]
+    state, marker, same_job, confirm_disabled, launched, confirm_id = result.split()
+    assert (state, marker, same_job, launched) == ("succeeded", "succeeded", "True", "1")
+    assert not (live_server.root_dir / "night4b").exists()
+    assert confirm_disabled == "True"
+    confirm = widget_states(executed["nb"])[confirm_id]["state"]
+    assert confirm["disabled"] is True and confirm["button_style"] == ""
+
+
+def test_a_bare_stage_shows_one_live_widget_and_no_frozen_table(executed):
+    cell = executed["bare"]
+    assert error_of(cell) is None
+    views = widget_views(cell)
+    assert len(views) == 1 and len(cell.outputs) == 1, cell.outputs
+    assert not any("text/html" in o.get("data", {}) for o in cell.outputs)
+
+
+def test_stage_help_prints_the_usage(executed):
+    assert error_of(executed["help"]) is None
+    text = text_of(executed["help"])
+    assert text.startswith("%stage DEST QUERY [--method M]") and "%stage watch DIR" in text
+
+
+def test_marker_watcher_on_a_finished_folder_shows_its_numbers(executed):
+    assert error_of(executed["finished"]) is None
+    state, same_job, label = text_of(executed["finished"]).split(" ", 2)
+    assert (state, same_job) == ("succeeded", "True")
+    assert label.startswith("'3 / 3, ") and "(100%)" in label
 
 
 # ----- widgets and magic parsing without a kernel (fast) ----------------------------------

@@ -93,6 +93,43 @@ def test_translation(text: str, expected) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("size>10k", {"size-greater-than": 10_000}),
+        ("size>10K", {"size-greater-than": 10_000}),
+        ("size>10kB", {"size-greater-than": 10_000}),
+        ("size>1.5GiB", {"size-greater-than": 1_610_612_736}),
+        ("size>1.5gib", {"size-greater-than": 1_610_612_736}),
+        ("size>1.5Gi", {"size-greater-than": 1_610_612_736}),
+        ("size<=2M", {"size-less-than": 2_000_001}),
+        ("size>=2M", {"size-greater-than": 1_999_999}),
+        ("size:1k..2MiB", {"size-in-range": [1000, 2_097_152]}),
+        ("size:3T", {"size-is-exactly": 3 * 10**12}),
+        ("size<1TiB", {"size-less-than": 2**40}),
+        ("size>1P", {"size-greater-than": 10**15}),
+        ("size:100B", {"size-is-exactly": 100}),
+        ("size>.5k", {"size-greater-than": 500}),
+        ("size>1e3k", {"size-greater-than": 10**6}),
+        # between two whole bytes: rounded so that the comparison on whole sizes is the same
+        ("size>1.1KiB", {"size-greater-than": 1126}),
+        ("size<1.1KiB", {"size-less-than": 1127}),
+        ("size>=1.1KiB", {"size-greater-than": 1126}),
+        ("size<=1.1KiB", {"size-less-than": 1127}),
+        ("size:1.1KiB..2.9KiB", {"size-in-range": [1127, 2969]}),
+        ("obsid>=5", {"obsid-greater-than": 4}),
+        ("obsid<=5", {"obsid-less-than": 6}),
+    ],
+)
+def test_size_units_and_inclusive_comparisons(text: str, expected: dict) -> None:
+    assert parse_query_text(text) == expected
+
+
+def test_size_units_for_observations_total_size() -> None:
+    assert parse_query_text("size>1GiB", "observations") == {"total-size-greater-than": 2**30}
+    assert parse_query_text("total-size<=1k", "observations") == {"total-size-less-than": 1001}
+
+
+@pytest.mark.parametrize(
     ("kind", "text", "expected"),
     [
         ("instances", "store:pot1 policy:allowed",
@@ -120,8 +157,17 @@ def test_translation_per_kind(kind: str, text: str, expected: dict) -> None:
         ("zen.* size:1.5", "files", r"column 12: '1.5' is not an integer"),
         ("size:1e40", "files", r"not an integer"),
         ("size:99999999999999999999", "files", r"out of range"),
-        ("size>=5", "files", r"column 1: '>=' is not supported: use size:A..B"),
-        ("size<=5", "files", r"'<=' is not supported"),
+        ("jd>=5", "files", r"column 1: '>=' is for whole numbers: use jd:A..B"),
+        ("lst<=5", "files", r"'<=' is for whole numbers"),
+        ("size>10X", "files", r"column 8: unknown size unit 'X': use k, M, G, T, P \(powers "
+         r"of 1000\) or KiB, MiB, GiB, TiB, PiB \(powers of 1024\); case does not matter"),
+        ("size>2kbit", "files", r"column 7: unknown size unit 'kbit'"),
+        ("size>1.5Gib2", "files", r"'1.5Gib2' is not an integer"),
+        ("size:1.1KiB", "files", r"column 6: '1.1KiB' is 1126.4 bytes, not a whole number"),
+        ("size>1e40k", "files", r"out of range"),
+        ("size>9000PiB", "files", r"out of range"),
+        ("obsid>10k", "files", r"'10k' is not an integer"),
+        ("files>1k", "observations", r"'1k' is not an integer"),
         ("bogus:1", "files", r"column 1: unknown field 'bogus' for files"),
         ("a store:x", "files", r"column 3: unknown field 'store' for files"),
         ("jd:5", "files", r"'jd' is a float: use jd:A..B"),

@@ -137,13 +137,15 @@ async def test_cli_stage_wait_and_jobs(cli, api, ingested, jp_root_dir):
     assert "succeeded: 9 file(s) staged" in err
     assert len(list((Path(jp_root_dir) / "cli-dest" / "2457644").iterdir())) == 9
     code, out, _ = await cli("jobs")
-    assert "succeeded\t9/9 files" in out
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["ID", "STATE", "FILES"] and row.split()[1:3] == ["succeeded",
+                                                                                   "9/9"]
     code, out, err = await cli("stage", "cli-dest2", "zen.2457644.1*", "--dry-run")
     assert code == 0 and out.startswith("9 file(s)")
     code, out, err = await cli("stage", "../escape", "zen.*")
     assert code == 1 and "outside the allowed roots" in err
     code, out, _ = await cli("jobs")
-    job_id = int(out.split("\t")[0])
+    job_id = int(out.splitlines()[1].split()[0])  # the newest, under the header
     code, out, err = await cli("retry", str(job_id))
     assert code == 1 and "nothing to retry" in err
     code, out, _ = await cli("forget", str(job_id))

@@ -340,7 +340,7 @@ def test_new_ingests_reach_the_peer_without_operator_action(sites: Sites, capsys
 
     # Paused: new files stay at A.
     assert sites.cli("orders", "pause", "night50") == 0
-    assert "night50\tpaused\tsite-b" in capsys.readouterr().out
+    assert "night50 paused site-b" in " ".join(capsys.readouterr().out.split())  # a table row
     second = _new_files(sites.store, 3, 2)
     assert sites.cli("ingest", "onsite", f"{NEW_NIGHT}/*", "--quiet") == 0
     evaluated = sites.order("night50")["last_evaluated_at"]
@@ -350,7 +350,7 @@ def test_new_ingests_reach_the_peer_without_operator_action(sites: Sites, capsys
 
     # Resumed: they go at once, and only they.
     assert sites.cli("orders", "resume", "night50") == 0
-    assert "night50\tactive\tsite-b" in capsys.readouterr().out
+    assert "night50 active site-b" in " ".join(capsys.readouterr().out.split())  # a table row
     _wait_for("the files ingested while paused at B", lambda: sites.at_b(second),
               detail=lambda: (sites.order("night50"), sites.transfer_jobs()))
     jobs = sites.transfer_jobs()
@@ -359,8 +359,9 @@ def test_new_ingests_reach_the_peer_without_operator_action(sites: Sites, capsys
 
     # Listed and shown by the CLI; deleted, the order sends nothing more.
     assert sites.cli("orders", "list") == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"night50\tactive\tsite-b\t{ORDER_QUERY}\t")
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["NAME", "STATE", "PEER", "SEARCH"]
+    assert row.split()[:3] == ["night50", "active", "site-b"] and f"  {ORDER_QUERY}  " in row
     assert sites.cli("orders", "show", "night50", "--json") == 0
     assert '"peer": "site-b"' in capsys.readouterr().out
     assert sites.cli("orders", "delete", "night50") == 0

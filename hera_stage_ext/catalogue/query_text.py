@@ -21,6 +21,11 @@ Query text                         JSON search
 ``obsid:null``                     ``obsid-is-null``
 ``size>1000000`` ``size<5e6``      ``size-greater-than`` / ``size-less-than`` (integers;
                                    ``5e6`` is accepted because it is a whole number)
+``size>10k`` ``size<=1.5GiB``      sizes take units: k, M, G, T, P (powers of 1000) and KiB,
+``size:1k..2MiB``                  MiB, GiB, TiB, PiB (powers of 1024); case-insensitive, the
+                                   ``B`` optional (``10kb`` = ``10K`` = 10000, ``1Ki`` = 1024)
+``obsid>=N`` ``size<=N``           whole-number fields only: ``x>=N`` is ``x-greater-than``
+                                   N-1, ``x<=N`` is ``x-less-than`` N+1
 ``session:2457644``                ``session-id-is-exactly`` (also ``A..B``, ``>``, ``<``)
 ``jd:2457644.1..2457644.5``        ``start-time-jd-in-range`` (also ``jd>X``, ``jd<X``)
 ``lst:1.5..3``                     ``start-lst-hr-in-range`` (also ``>``, ``<``)
@@ -49,7 +54,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 
 from ..errors import SearchError
 from .search_compile import validate_search
@@ -126,6 +131,26 @@ _SHORT: dict[str, dict[str, str]] = {
 
 _FIELD = re.compile(r"([A-Za-z][A-Za-z_-]*)(>=|<=|:|>|<)")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+#: Attributes counted in bytes: their values take units.
+_BYTE_ATTRS = frozenset({"size", "total-size"})
+#: Size units, case-insensitive: decimal (k = K = 1000) and binary (an ``i``: KiB = 1024), the
+#: ``B`` optional. Case carries no meaning because nobody sizes files in bits or millibytes.
+_SIZE_UNITS = {"b": 1}
+for _power, _letter in enumerate("kmgtp", start=1):
+    _SIZE_UNITS.update({_letter: 1000**_power, f"{_letter}b": 1000**_power,
+                        f"{_letter}i": 1024**_power, f"{_letter}ib": 1024**_power})
+_UNITS_HELP = ("use k, M, G, T, P (powers of 1000) or KiB, MiB, GiB, TiB, PiB (powers of "
+               "1024); case does not matter and the B is optional")
+_SIZE = re.compile(rf"(?P<number>{_NUMBER.pattern})(?P<unit>[A-Za-z]*)")
+#: Comparison -> (clause suffix, rounding of a value between two whole numbers, shift): the
+#: strict clauses express the inclusive ones on whole numbers (``x>=5`` is ``x>4``).
+_COMPARISONS = {
+    ">": ("greater-than", ROUND_FLOOR, 0),
+    "<": ("less-than", ROUND_CEILING, 0),
+    ">=": ("greater-than", ROUND_CEILING, -1),
+    "<=": ("less-than", ROUND_FLOOR, 1),
+}
 
 
 @dataclass
@@ -254,15 +279,15 @@ class _Parser:
         attr = self.attribute(field, word)
         rest = word.segments[match.end() :]
         value_column = word.column + match.end()
-        if op in (">=", "<="):
-            raise _error(
-                f"'{op}' is not supported: use {field}:A..B (inclusive) or '{op[0]}'",
-                word.column,
-                word.raw,
-            )
         if not rest:
             raise _error(f"missing value after '{field}{op}'", word.column, word.raw)
         kind = _ATTRS[self.kind][attr]
+        if op in (">=", "<=") and kind != "i":
+            raise _error(
+                f"'{op}' is for whole numbers: use {field}:A..B (inclusive) or '{op[0]}'",
+                word.column,
+                word.raw,
+            )
         if kind == "s":
             if op != ":":
                 raise _error(f"'{field}' is text: use {field}:VALUE", word.column, word.raw)
@@ -272,11 +297,16 @@ class _Parser:
             if op != ":":
                 raise _error(f"use {field}:DAYS", word.column, word.raw)
             return {attr: _float(value, value_column, word)}
-        number = _int if kind == "i" else _float
-        if op == ">":
-            return {f"{attr}-greater-than": number(value, value_column, word)}
-        if op == "<":
-            return {f"{attr}-less-than": number(value, value_column, word)}
+        if attr in _BYTE_ATTRS:
+            number = _bytes
+        else:
+            number = _int if kind == "i" else _float
+        if op in _COMPARISONS:
+            name, rounding, shift = _COMPARISONS[op]
+            bound = number(value, value_column, word, rounding) + shift
+            if shift and not _INT_MIN <= bound <= _INT_MAX:
+                raise _error(f"{value!r} is out of range", value_column, word.raw)
+            return {f"{attr}-{name}": bound}
         if value.lower() == "null" and not rest[0][1]:
             if self.kind in ("files", "instances") and attr == "obsid":
                 return {"obsid-is-null": True}
@@ -287,8 +317,8 @@ class _Parser:
                 raise _error("a range needs both ends, A..B", value_column, word.raw)
             return {
                 f"{attr}-in-range": [
-                    number(low, value_column, word),
-                    number(high, value_column + len(low) + 2, word),
+                    number(low, value_column, word, ROUND_CEILING),
+                    number(high, value_column + len(low) + 2, word, ROUND_FLOOR),
                 ]
             }
         if kind == "f":
@@ -338,7 +368,7 @@ def _unquoted_prefix(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]
     return prefix
 
 
-def _int(text: str, column: int, word: _Word) -> int:
+def _int(text: str, column: int, word: _Word, rounding: str | None = None) -> int:
     if not _NUMBER.fullmatch(text):
         raise _error(f"{text!r} is not an integer", column, word.raw)
     try:
@@ -353,7 +383,32 @@ def _int(text: str, column: int, word: _Word) -> int:
     return number
 
 
-def _float(text: str, column: int, word: _Word) -> float | int:
+def _bytes(text: str, column: int, word: _Word, rounding: str | None = None) -> int:
+    """A size: a whole number of bytes, or a number with a unit (``10k``, ``1.5GiB``). A
+    value with a unit that falls between two whole bytes is rounded the way that keeps the
+    comparison exact (``rounding``: ``size>1.1KiB`` is ``size>1126``); an exact size must be
+    whole."""
+    match = _SIZE.fullmatch(text)
+    if match is None or not match["unit"]:
+        return _int(text, column, word)
+    number, unit = match["number"], match["unit"]
+    factor = _SIZE_UNITS.get(unit.lower())
+    if factor is None:
+        raise _error(f"unknown size unit {unit!r}: {_UNITS_HELP}", column + len(number),
+                     word.raw)
+    value = Decimal(number) * factor
+    if abs(value.adjusted()) > 30:
+        raise _error(f"{text!r} is out of range", column, word.raw)
+    if rounding is None and value != value.to_integral_value():
+        raise _error(f"{text!r} is {value.normalize():f} bytes, not a whole number", column,
+                     word.raw)
+    whole = int(value.to_integral_value(rounding or ROUND_FLOOR))
+    if not _INT_MIN <= whole <= _INT_MAX:
+        raise _error(f"{text!r} is out of range", column, word.raw)
+    return whole
+
+
+def _float(text: str, column: int, word: _Word, rounding: str | None = None) -> float | int:
     if not _NUMBER.fullmatch(text):
         raise _error(f"{text!r} is not a number", column, word.raw)
     value = float(text)
