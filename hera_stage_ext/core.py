@@ -58,6 +58,8 @@ class Core:
     receiver: Receiver | None = None
     # Bulk upload to a peer: the local store the files are catalogued in first.
     upload_store: str = ""
+    # Fixity, repair, safe deletion and offload (stewardship.Stewardship).
+    stewardship: Any = None
 
     def status(self) -> dict[str, Any]:
         return {
