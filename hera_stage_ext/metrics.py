@@ -27,7 +27,7 @@ from .transfer.models import ACTIVE_ITEM_STATES, TransferItem
 log = logging.getLogger("hera_stage_ext")
 
 _watched: list[Any] = []
-_lock = threading.Lock()
+_lock = threading.RLock()
 _registered = False
 
 
@@ -36,6 +36,10 @@ def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
 
 
 class _ArchiveCollector(Collector):
+    def describe(self) -> list[Any]:
+        """Nothing up front: registering must not run the queries (no server is watched yet)."""
+        return []
+
     def collect(self) -> Iterator[Any]:
         with _lock:
             cores = list(_watched)
@@ -90,13 +94,14 @@ class _ArchiveCollector(Collector):
                 moved_bytes.add_metric([site, kind], nbytes or 0)
                 moved_files.add_metric([site, kind], nfiles or 0)
             for kind, state, n in s.execute(
-                    select(Job.kind, JobItem.state, func.count())
+                    select(Job.kind, JobItem.state, func.count()).select_from(JobItem)
                     .join(Job, JobItem.job_id == Job.id)
                     .where(JobItem.state.in_(("queued", "running")))
                     .group_by(Job.kind, JobItem.state)):
                 queue.add_metric([site, kind, state], n)
             for kind, n in s.execute(
-                    select(Job.kind, func.count()).join(Job, JobItem.job_id == Job.id)
+                    select(Job.kind, func.count()).select_from(JobItem)
+                    .join(Job, JobItem.job_id == Job.id)
                     .where(JobItem.state == "failed").group_by(Job.kind)):
                 errors.add_metric([site, kind], n)
             waiting_since: dict[str, Any] = {}

@@ -263,7 +263,8 @@ def offload(db: Database, source: str, dest: str, rule: DeletionRule, *,
     under the deletion rule. Returns what happened to each."""
     moved, kept, failed = [], [], []
     with db.read() as s:
-        dest_row = s.scalar(select(Store).where(Store.name == dest))
+        dest_id, dest_root = s.execute(select(Store.id, Store.path)
+                                       .where(Store.name == dest)).one()
     for instance_id in pending_offload(db, source, dest, batch):
         with db.read() as s:
             row = s.execute(
@@ -275,21 +276,21 @@ def offload(db: Database, source: str, dest: str, rule: DeletionRule, *,
             if row is None:
                 continue
             file_id, name, size, sums, path, policy, fixity, root = row
-            there = s.scalar(select(Instance).where(Instance.file_id == file_id,
-                                                    Instance.store_id == dest_row.id))
+            there = s.scalar(select(Instance.id).where(Instance.file_id == file_id,
+                                                       Instance.store_id == dest_id))
         try:
             if fixity in ("bad", "missing"):
                 raise Conflict(f"the copy on {source!r} is {fixity}; repair it first")
             if there is not None:
                 # A copy there already: it counts once it checks ok now.
-                if verify_instance(db, there.id, context="offload").state != "ok":
+                if verify_instance(db, there, context="offload").state != "ok":
                     raise Conflict(f"the copy on {dest!r} is bad; repair it first")
             else:
-                if _path_taken(db, dest_row.id, path):
+                if _path_taken(db, dest_id, path):
                     raise Conflict(f"{dest}:{path} holds another file")
-                final = instance_location(dest_row.path, path)
+                final = instance_location(dest_root, path)
                 copy_verified(instance_location(root, path), final, size, dict(sums))
-                _register_copy(db, file_id, dest_row.id, dest, path, policy)
+                _register_copy(db, file_id, dest_id, dest, path, policy)
         except (OSError, StagingError) as exc:
             failed.append({"name": name, "reason": getattr(exc, "message", None) or str(exc)})
             continue
