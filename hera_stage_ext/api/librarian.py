@@ -210,8 +210,11 @@ def op_assign_observing_sessions(core: Core, request: dict[str, Any], source: st
 
 def op_describe_session_without_event(core: Core, request: dict[str, Any], source: str
                                       ) -> dict[str, Any]:
+    source_name = request.get("source")
+    if not isinstance(source_name, str):  # "" is a source too: files registered without one
+        raise InvalidRequest("the request needs 'source' (a string)")
     return sessions.describe_session_without_event(
-        core.catalogue.db, _text(request, "source"), _text(request, "event_type"))
+        core.catalogue.db, source_name, _text(request, "event_type"))
 
 
 def op_register_instances(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
