@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 
 from ..errors import InvalidRequest, NotFound
 from ..paths import is_within
@@ -89,50 +89,83 @@ def record(db: Database, instance_id: int, state: str, detail: str,
     A bad or missing copy becomes unavailable; a copy that was bad and checks ok again (an
     operator put the bytes back, or a repair did) becomes available again. Changes are events.
     """
-    when = when or utcnow()
     with db.write() as s:
-        inst = s.get(Instance, instance_id)
-        if inst is None:  # deleted meanwhile
-            return False
-        before = inst.fixity
-        inst.fixity, inst.verified_at, inst.fixity_detail = state, when, detail[:2000]
-        store = s.get(Store, inst.store_id)
-        payload = {"store": store.name if store else "", "path": inst.path, "detail": detail,
-                   "context": context}
-        if state in BAD_STATES:
-            inst.available = False
-            if before != state:
-                s.add(Event(file_id=inst.file_id, type=f"fixity-{state}", payload=payload))
-        elif before in BAD_STATES:
-            inst.available = True
-            s.add(Event(file_id=inst.file_id, type="fixity-restored", payload=payload))
-        return before != state
+        return _record_in(s, instance_id, state, detail, when or utcnow(), context)
 
 
-def _target(s: Any, instance_id: int) -> tuple[Any, ...]:
-    row = s.execute(
-        select(Instance.id, File.name, Store.name, Store.path, Instance.path, File.size,
-               File.checksums)
-        .join(File, Instance.file_id == File.id).join(Store, Instance.store_id == Store.id)
-        .where(Instance.id == instance_id)).first()
-    if row is None:
-        raise NotFound(f"no instance {instance_id}")
-    return tuple(row)
+def _record_in(s: Any, instance_id: int, state: str, detail: str, when: dt.datetime,
+               context: str) -> bool:
+    """``record`` inside a write transaction (the audit records a batch in one)."""
+    inst = s.get(Instance, instance_id)
+    if inst is None:  # deleted meanwhile
+        return False
+    before = inst.fixity
+    inst.fixity, inst.verified_at, inst.fixity_detail = state, when, detail[:2000]
+    store = s.get(Store, inst.store_id)
+    payload = {"store": store.name if store else "", "path": inst.path, "detail": detail,
+               "context": context}
+    if state in BAD_STATES:
+        inst.available = False
+        if before != state:
+            s.add(Event(file_id=inst.file_id, type=f"fixity-{state}", payload=payload))
+    elif before in BAD_STATES:
+        inst.available = True
+        s.add(Event(file_id=inst.file_id, type="fixity-restored", payload=payload))
+    return before != state
 
 
-def verify_instance(db: Database, instance_id: int, *, context: str = "audit") -> Finding:
-    """Re-hash one instance now and record the finding."""
-    with db.read() as s:
-        _, name, store, root, path, size, sums = _target(s, instance_id)
+def _record_batch(db: Database, batch: list[tuple[int, Finding]]) -> None:
+    """Record the audit's findings of one batch in one transaction: findings that need no event
+    (the usual case) in one executemany UPDATE, the others one by one."""
+    when = utcnow()
+    with db.write() as s:
+        before = dict(s.execute(select(Instance.id, Instance.fixity)
+                                .where(Instance.id.in_([i for i, _ in batch]))).all())
+        def quiet(i: int, f: Finding) -> bool:  # no event, no change of availability
+            return before.get(i) == f.state or (before.get(i) == "unchecked" and f.state == "ok")
+
+        same = [{"iid": i, "state": f.state, "detail": f.detail[:2000]} for i, f in batch
+                if quiet(i, f)]
+        if same:
+            table = Instance.__table__
+            s.connection().execute(
+                update(table).where(table.c.id == bindparam("iid"))
+                .values(verified_at=when, fixity=bindparam("state"),
+                        fixity_detail=bindparam("detail")), same)
+        for instance_id, finding in batch:
+            if instance_id in before and not quiet(instance_id, finding):
+                _record_in(s, instance_id, finding.state, finding.detail, when, "audit")
+
+
+_TARGET_COLUMNS = (Instance.id, File.name, Store.name, Store.path, Instance.path, File.size,
+                   File.checksums)
+
+
+def _check_target(row: Any) -> Finding:
+    """Re-hash the instance of a ``_TARGET_COLUMNS`` row (no database access)."""
+    _, name, store, root, path, size, sums = row
     try:
         full = instance_location(root, path)
         state, detail, read = check_copy(full, size, dict(sums or {}))
     except (NotFound, InvalidRequest) as exc:
         state, detail, read = "missing", exc.message, 0
-    record(db, instance_id, state, detail, context=context)
     if state in BAD_STATES:
         log.warning("fixity: %s on %s:%s is %s (%s)", name, store, path, state, detail)
     return Finding(name, store, path, state, detail, read)
+
+
+def verify_instance(db: Database, instance_id: int, *, context: str = "audit") -> Finding:
+    """Re-hash one instance now and record the finding."""
+    with db.read() as s:
+        row = s.execute(select(*_TARGET_COLUMNS)
+                        .join(File, Instance.file_id == File.id)
+                        .join(Store, Instance.store_id == Store.id)
+                        .where(Instance.id == instance_id)).first()
+    if row is None:
+        raise NotFound(f"no instance {instance_id}")
+    finding = _check_target(row)
+    record(db, instance_id, finding.state, finding.detail, context=context)
+    return finding
 
 
 def verify_file(db: Database, name: str, store: str | None = None) -> list[Finding]:
@@ -208,15 +241,18 @@ class Auditor:
         with self.db.read() as s:
             return s.scalar(select(Job.id).where(Job.state.in_(ACTIVE_STATES)).limit(1)) is not None
 
-    def _due(self, s: Any) -> list[int]:
-        return list(s.scalars(
-            select(Instance.id).join(Store, Instance.store_id == Store.id)
-            .where(Instance.available, Store.available, Store.kind == "online")
-            .order_by(Instance.verified_at.asc().nulls_first(), Instance.id)
-            .limit(self.batch)))
+    def _due(self, s: Any, skip: set[int]) -> list[Any]:
+        query = (select(*_TARGET_COLUMNS)
+                 .join(File, Instance.file_id == File.id)
+                 .join(Store, Instance.store_id == Store.id)
+                 .where(Instance.available, Store.available, Store.kind == "online")
+                 .order_by(Instance.verified_at.asc().nulls_first(), Instance.id)
+                 .limit(self.batch))
+        return [row for row in s.execute(query) if row[0] not in skip]
 
     def tick(self) -> list[Finding]:
-        """One round of the audit; returns what it found (ok copies included)."""
+        """One round of the audit; returns what it found (ok copies included). The findings
+        of each batch are recorded in one transaction."""
         with self._lock:
             now = time.monotonic()
             self.budget = min(self.capacity, self.budget + (now - self._last) * self.rate)
@@ -227,19 +263,19 @@ class Auditor:
             checked: set[int] = set()
             while self.budget > 0:
                 with self.db.read() as s:
-                    due = [i for i in self._due(s) if i not in checked]
+                    due = self._due(s, checked)
                 if not due:
                     break
-                for instance_id in due:
+                batch: list[tuple[int, Finding]] = []
+                for row in due:
                     if self.budget <= 0:
                         break
-                    checked.add(instance_id)
-                    try:
-                        finding = verify_instance(self.db, instance_id)
-                    except NotFound:
-                        continue  # deleted meanwhile
-                    found.append(finding)
+                    checked.add(row[0])
+                    finding = _check_target(row)
+                    batch.append((row[0], finding))
                     self.budget -= max(finding.size, 1)
                     self.bytes_read += finding.size
                     self.instances_checked += 1
+                _record_batch(self.db, batch)
+                found += [finding for _, finding in batch]
             return found
