@@ -14,9 +14,7 @@ import asyncio
 import getpass
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any

@@ -23,7 +23,14 @@ from sqlalchemy import select
 from ..errors import Conflict, NotFound, StagingError
 from . import checksums as ck
 from .db import Database
-from .fixity import BAD_STATES, Finding, check_copy, instance_location, record, verify_instance
+from .fixity import (
+    BAD_STATES,
+    Finding,
+    check_copy,
+    instance_location,
+    record,
+    verify_instance,
+)
 from .models import Event, File, Instance, Store
 
 CHUNK = ck.CHUNK_SIZE
