@@ -37,7 +37,8 @@ Query text                         JSON search
 =================================  =========================================================
 
 More fields, per kind of search (the second argument): instances also take ``store:NAME``
-(``store-name``), ``policy:P`` (``deletion-policy``) and ``fixity:bad`` (``fixity``); observations take ``obsid``, ``session``,
+(``store-name``), ``policy:P`` (``deletion-policy``) and ``fixity:bad`` (``fixity``);
+observations take ``obsid``, ``session``,
 ``jd``, ``lst``, ``duration``, ``files`` (``num-files``), ``size`` (``total-size``); sessions take
 ``session``, ``jd``, ``duration``, ``obs`` (``num-obs``), ``files`` (``num-files``), ``age``.
 Every attribute name of the JSON language is also a field (``stop-time-jd>2457644.5``,
