@@ -11,6 +11,7 @@ a site) it opens nothing of the site's and forwards the REST API to the site ser
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import getpass
 import logging
 import os
@@ -21,7 +22,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
 
-from . import __version__
+from . import __version__, metrics
 from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier, SiteJobs
 from .api.forward import SITE_KEY, SiteClient, SiteConfigError, check_forbidden, \
     forward_handlers, site_token
@@ -31,6 +32,8 @@ from .api.ticker import Ticker
 from .catalogue.catalogue import Catalogue
 from .catalogue.cold import check_stores as check_cold_stores
 from .catalogue.db import Database, default_sqlite_url
+from .catalogue.deletion import DeletionRule
+from .catalogue.fixity import Auditor
 from .catalogue.ingest import Ingester
 from .catalogue.naming import (
     DEFAULT_LONGITUDE_DEG,
@@ -40,6 +43,7 @@ from .catalogue.naming import (
 )
 from .core import Core
 from .jobs.launcher import WorkerLauncher
+from .stewardship import Stewardship
 from .transfer.orders import StandingOrders
 from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers, peers_env
 from .transfer.receiver import Receiver
@@ -305,6 +309,34 @@ class StagingApp(ExtensionApp):
         and for due standing orders; 0: this server evaluates none of its user's orders.""",
     ).tag(config=True)
 
+    fixity_bytes_per_hour = Float(
+        20 * 2**30,
+        help="""How many bytes of stored copies the fixity audit re-hashes per hour, on average
+        (oldest check first, every online store). 0: no periodic audit (hera-stage fsck
+        --check still checks a file on demand).""",
+    ).tag(config=True)
+
+    fixity_check_seconds = Float(
+        60.0, help="How often the fixity audit runs (each run reads what its budget allows)."
+    ).tag(config=True)
+
+    fixity_pause_while_jobs = Bool(
+        False, help="Whether the fixity audit waits while staging or transfer jobs run."
+    ).tag(config=True)
+
+    deletion_min_copies = Int(
+        1,
+        help="""Other verified copies a file must keep for one of its instances to be deleted
+        (instances here whose last fixity check was ok, and copies at peers confirmed within
+        deletion_peer_max_age_seconds). At least 1: a file's last copy is never deleted.""",
+    ).tag(config=True)
+
+    deletion_peer_max_age_seconds = Float(
+        86400.0,
+        help="How recent a peer's confirmation of its copy's checksum must be for that copy "
+        "to count towards deletion_min_copies.",
+    ).tag(config=True)
+
     @validate("peers")
     def _check_peers(self, proposal: dict[str, Any]) -> dict[str, Any]:
         parse_peers(proposal["value"])
@@ -398,6 +430,15 @@ class StagingApp(ExtensionApp):
             upload_store=self.upload_store,
             site_mode=site,
         )
+        self.core.stewardship = Stewardship(
+            catalogue,
+            DeletionRule(self.deletion_min_copies,
+                         dt.timedelta(seconds=self.deletion_peer_max_age_seconds)),
+            auditor=Auditor(db, self.fixity_bytes_per_hour,
+                            pause_while_jobs=self.fixity_pause_while_jobs)
+            if self.fixity_bytes_per_hour > 0 else None,
+            allow_changes=self.allow_ingest, max_matching=self.max_rpc_results)
+        metrics.watch(self.core)
         self.settings[SETTINGS_KEY] = self.core
         if site:
             # Tornado's own XSRF check runs before the user is known, so a hub token (whose
@@ -464,6 +505,11 @@ class StagingApp(ExtensionApp):
             self.order_timer = Ticker("standing orders", self.standing_order_check_seconds,
                                       self.orders.tick)
             self.order_timer.start()
+        self.fixity_timer = None
+        if self.core.stewardship.auditor is not None:
+            self.fixity_timer = Ticker("fixity audit", self.fixity_check_seconds,
+                                       self.core.stewardship.auditor.tick)
+            self.fixity_timer.start()
         resumed = self.core.resume_jobs()
         if resumed:
             self.log.info("hera_stage_ext: unfinished staging jobs %s are being resumed", resumed)
@@ -485,8 +531,12 @@ class StagingApp(ExtensionApp):
         order_timer = getattr(self, "order_timer", None)
         if order_timer is not None:
             order_timer.stop()
+        fixity_timer = getattr(self, "fixity_timer", None)
+        if fixity_timer is not None:
+            fixity_timer.stop()
         core = getattr(self, "core", None)
         if core is not None:
+            metrics.unwatch(core)
             core.close()
         site = getattr(self, "site", None)
         if site is not None:

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from . import cli_steward
 from .client import (
     ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, error_lines, human_size,
 )
@@ -508,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
     p.set_defaults(func=cmd_log)
+
+    cli_steward.add_parsers(sub)  # fsck, delete, policy, offload
 
     p = sub.add_parser("demo", help="make a demo archive and start JupyterLab on it")
     p.add_argument("--dir", default="hera-stage-demo", help="where to make it")

@@ -60,6 +60,8 @@ class Core:
     receiver: Receiver | None = None
     # Bulk upload to a peer: the local store the files are catalogued in first.
     upload_store: str = ""
+    # Fixity, repair, safe deletion and offload (stewardship.Stewardship).
+    stewardship: Any = None
     # A site service (``hera-stage site``): one Core per request (``for_user``), owned by the
     # request's authenticated user; stage jobs are recorded without touching their folder.
     site_mode: bool = False

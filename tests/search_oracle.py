@@ -85,6 +85,9 @@ class Oracle:
             return f[attr]
         if attr == "num-instances":
             return sum(1 for i in cat.instances if i["file_id"] == f["id"])
+        if attr == "num-bad-instances":
+            return sum(1 for i in cat.instances if i["file_id"] == f["id"]
+                       and i.get("fixity", "unchecked") in ("bad", "missing"))
         obs = cat.obs_by_id.get(f["obsid"]) if f["obsid"] is not None else None
         if obs is None:
             return None
@@ -146,13 +149,14 @@ class Oracle:
         if name == "always-false":
             return False
         if kind == "instances":
-            if name.startswith(("store-name-", "deletion-policy-")):
-                attr = "store-name" if name.startswith("store-name-") else "deletion-policy"
-                value = (
-                    self.cat.store_by_id[row["store_id"]]["name"]
-                    if attr == "store-name"
-                    else row["deletion_policy"]
-                )
+            if name.startswith(("store-name-", "deletion-policy-", "fixity-")):
+                attr = next(a for a in ("store-name", "deletion-policy", "fixity")
+                            if name.startswith(a + "-"))
+                value = {
+                    "store-name": lambda: self.cat.store_by_id[row["store_id"]]["name"],
+                    "deletion-policy": lambda: row["deletion_policy"],
+                    "fixity": lambda: row.get("fixity", "unchecked"),
+                }[attr]()
                 return self.compare(name[len(attr):], value, payload, False)
             return self.clause("files", name, payload, self.cat.file_by_id[row["file_id"]])
         if kind == "files":
@@ -283,6 +287,8 @@ def random_catalogue(seed: int, now: dt.datetime, n_files: int = 40) -> Catalogu
                     "store_id": rnd.choice([1, 2, 3]),
                     "path": f"{name}.{k}",
                     "deletion_policy": rnd.choice(["allowed", "disallowed"]),
+                    # Not drawn from rnd: the rest of the catalogue stays as it was.
+                    "fixity": ("unchecked", "ok", "ok", "bad", "missing")[instance_id % 5],
                 }
             )
     for event_id, f in enumerate(rnd.sample(cat.files, len(cat.files) // 2), start=1):

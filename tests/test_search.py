@@ -91,14 +91,17 @@ HAND = Catalogue(
         _file(7, F7, 1000, None, 5, "admin"),
     ],
     instances=[
-        {"id": 1, "file_id": 1, "store_id": 1, "path": "a/1", "deletion_policy": "allowed"},
-        {"id": 2, "file_id": 1, "store_id": 2, "path": "a/1", "deletion_policy": "disallowed"},
+        {"id": 1, "file_id": 1, "store_id": 1, "path": "a/1", "deletion_policy": "allowed",
+         "fixity": "ok"},
+        {"id": 2, "file_id": 1, "store_id": 2, "path": "a/1", "deletion_policy": "disallowed",
+         "fixity": "bad"},
         {"id": 3, "file_id": 2, "store_id": 1, "path": "a/2", "deletion_policy": "disallowed"},
         {"id": 4, "file_id": 4, "store_id": 2, "path": "a/4", "deletion_policy": "allowed"},
         {"id": 5, "file_id": 5, "store_id": 1, "path": "a/5", "deletion_policy": "disallowed"},
         {"id": 6, "file_id": 7, "store_id": 1, "path": "a/7", "deletion_policy": "disallowed"},
         {"id": 7, "file_id": 7, "store_id": 2, "path": "a/7", "deletion_policy": "disallowed"},
-        {"id": 8, "file_id": 7, "store_id": 3, "path": "a/7", "deletion_policy": "disallowed"},
+        {"id": 8, "file_id": 7, "store_id": 3, "path": "a/7", "deletion_policy": "disallowed",
+         "fixity": "missing"},
     ],
     events=[
         {"id": 1, "file_id": 1, "type": "create_instance"},
@@ -250,6 +253,12 @@ CASES = [
     files({"num-instances-less-than": 1}, F3, F6),
     files({"num-instances-in-range": [1, 2]}, F1, F2, F4, F5),
     files({"num-instances-not-in-range": [2, 1]}, F3, F6, F7),
+    files({"num-bad-instances-greater-than": 0}, F1, F7),
+    files({"num-bad-instances-is-exactly": 0}, F2, F3, F4, F5, F6),
+    files({"num-bad-instances-is-not": 1}, F2, F3, F4, F5, F6),
+    files({"num-bad-instances-less-than": 1}, F2, F3, F4, F5, F6),
+    files({"num-bad-instances-in-range": [1, 1]}, F1, F7),
+    files({"num-bad-instances-not-in-range": [0, 0]}, F1, F7),
     # --- through the observation (files without one never match a positive clause)
     files({"start-time-jd-greater-than": 2457644.1}, F3, F4),
     files({"start-time-jd-less-than": 2457645.1}, F1, F2, F3),
@@ -303,6 +312,9 @@ CASES = [
     instances({"name-matches": "zen.%"}, 1, 2, 3),
     instances({"name-is-exactly": F7, "store-name-is-not": "tape"}, 6, 7),
     instances({"num-instances-greater-than": 1}, 1, 2, 6, 7, 8),
+    instances({"fixity-is-exactly": "bad"}, 2),
+    instances({"fixity-is-not": "unchecked"}, 1, 2, 8),
+    instances({"fixity-matches": "%ss%"}, 8),
     instances({"obsid-is-null": 1}, 5, 6, 7, 8),
     instances({"obsid-is-not": 1000}, 4, 5, 6, 7, 8),
     instances({"session-id-is-exactly": 1}, 1, 2, 3),
@@ -908,6 +920,7 @@ def _attribute_values() -> dict[str, dict[str, st.SearchStrategy]]:
         "source": ([f["source"] for f in cat.files], ["%orrelator", "C%", "%"]),
         "store-name": (["pot1", "pot2", "Cold", "cold"], ["pot_", "%o%", "C%"]),
         "deletion-policy": (["allowed", "disallowed"], ["dis%", "%allowed"]),
+        "fixity": (["unchecked", "ok", "bad", "missing"], ["%s%", "o_"]),
     }
     text = st.text(alphabet="zZen.%_#\\uvcH\u00e9x24", max_size=7)
     values: dict[str, dict[str, st.SearchStrategy]] = {}
@@ -925,6 +938,7 @@ def _attribute_values() -> dict[str, dict[str, st.SearchStrategy]]:
         "size": [f["size"] for f in cat.files],
         "obsid": [o["obsid"] for o in cat.observations],
         "num-instances": [0, 1, 2, 3],
+        "num-bad-instances": [0, 1, 2],
     }
     for attr, vals in file_ints.items():
         values[attr] = {"i": _int_pool(vals)}
@@ -943,7 +957,7 @@ VALUES = _attribute_values()
 
 ATTRIBUTES = {
     "files": [("name", "s"), ("type", "s"), ("source", "s"), ("size", "i"), ("obsid", "i"),
-              ("num-instances", "i"), ("obs:start-time-jd", "f"), ("obs:stop-time-jd", "f"),
+              ("num-instances", "i"), ("num-bad-instances", "i"), ("obs:start-time-jd", "f"), ("obs:stop-time-jd", "f"),
               ("obs:start-lst-hr", "f"), ("obs:session-id", "i")],
     "observations": [("obs:obsid", "i"), ("obs:start-time-jd", "f"), ("obs:stop-time-jd", "f"),
                      ("obs:start-lst-hr", "f"), ("obs:session-id", "i"), ("obs:duration", "f"),
@@ -952,7 +966,8 @@ ATTRIBUTES = {
                  ("session:stop-time-jd", "f"), ("session:duration", "f"),
                  ("session:num-obs", "i"), ("session:num-files", "i"), ("session:age", "f")],
 }
-ATTRIBUTES["instances"] = [*ATTRIBUTES["files"], ("store-name", "s"), ("deletion-policy", "s")]
+ATTRIBUTES["instances"] = [*ATTRIBUTES["files"], ("store-name", "s"), ("deletion-policy", "s"),
+                           ("fixity", "s")]
 
 
 def _leaf(kind: str, depth: int = 0) -> st.SearchStrategy:

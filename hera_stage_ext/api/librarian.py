@@ -2,9 +2,11 @@
 
 ``POST <base_url>/hera-stage/librarian/api/<operation>`` with a form field ``request`` holding a
 JSON object that carries an ``authenticator``. The reply is ``{"success": true, ...}`` or
-``{"success": false, "message": ...}`` with a 4xx status. These requests are authenticated by the
-authenticator (checked in constant time against ``c.StagingApp.librarian_authenticators``), not by
-a Jupyter token, as the stock client has none.
+``{"success": false, "message": ...}`` with a 4xx status (400 for a wrong or missing
+authenticator, as v1). These requests are authenticated by the authenticator (checked in
+constant time against ``c.StagingApp.librarian_authenticators``), not by a Jupyter token, as the
+stock client has none. Every v1 operation is here (``OPERATIONS``); a JSON search may carry v1's
+``#`` comments (stripped outside JSON strings only).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 
+from ..catalogue import sessions, v1upload
+from ..catalogue.catalogue import FileSpec
 from ..catalogue.search_parse import parse_search
 from ..core import Core
-from ..errors import InvalidRequest, NotFound, StagingError
+from ..errors import InvalidRequest, NotFound, StagingError, Unauthorized
 from .base import MAX_BODY_BYTES, BaseHandler, check_unicode
 
 LISTING_KINDS = {
@@ -86,7 +90,7 @@ def op_search(core: Core, request: dict[str, Any], source: str) -> dict[str, Any
         )
     if "search" not in request:
         raise InvalidRequest("the request has no 'search'")
-    search = parse_search(request["search"])
+    search = _search(request, "search")
     if output_format == STAGE_FORMAT:
         return _stage(core, request, search)
     kind = LISTING_KINDS[output_format]
@@ -115,24 +119,214 @@ def op_search(core: Core, request: dict[str, Any], source: str) -> dict[str, Any
 
 
 def op_locate_file_instance(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
-    name = request.get("file_name")
-    if not isinstance(name, str):
-        raise InvalidRequest("the request needs 'file_name'")
+    name = _text(request, "file_name")
     instance = core.catalogue.locate(name)
     store = core.catalogue.store(instance["store"])
     return {
         "full_path_on_store": instance["full_path"],
         "store_name": instance["store"],
-        "store_path": store["path"],
+        "store_path": instance["path"],  # v1: the file's path within its store
         "store_ssh_host": store["ssh_host"],
     }
+
+
+def _text(request: dict[str, Any], key: str, *, optional: bool = False) -> Any:
+    value = request.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"the request needs '{key}' (a string)")
+    return value
+
+
+def _number(request: dict[str, Any], key: str) -> float | None:
+    value = request.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"'{key}' must be a number")
+    return float(value)
+
+
+def strip_comments(text: str) -> str:
+    """v1's ``#`` comments in a JSON search: from ``#`` to the end of the line, outside JSON
+    strings only (v1 stripped inside strings too, breaking names that hold ``#``)."""
+    out, in_string, escaped, skipping = [], False, False, False
+    for char in text:
+        if skipping:
+            if char == "\n":
+                skipping = False
+                out.append(char)
+            continue
+        if in_string:
+            out.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == "#":
+            skipping = True
+        else:
+            out.append(char)
+            in_string = char == '"'
+    return "".join(out)
+
+
+def _search(request: dict[str, Any], key: str) -> Any:
+    if key not in request:
+        raise InvalidRequest(f"the request has no '{key}'")
+    value = request[key]
+    return parse_search(strip_comments(value) if isinstance(value, str) else value)
+
+
+def _mode(request: dict[str, Any]) -> bool:
+    """v1's deletion ``mode``: "standard" deletes, "noop" only says what it would do."""
+    mode = request.get("mode", "standard")
+    if mode not in ("standard", "noop"):
+        raise InvalidRequest(f"unexpected deletion operations mode {mode!r}")
+    return mode == "noop"
+
+
+def op_create_file_event(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
+    name, type_ = _text(request, "file_name"), _text(request, "type")
+    payload = request.get("payload")
+    if not isinstance(payload, dict):
+        raise InvalidRequest("'payload' must be an object")
+    if len(type_) > 64:
+        raise InvalidRequest("an event type is at most 64 characters")
+    core.catalogue.add_event(name, type_, payload)
+    return {}
+
+
+def op_assign_observing_sessions(core: Core, request: dict[str, Any], source: str
+                                 ) -> dict[str, Any]:
+    core.check_ingest_allowed()
+    return {"new_sessions": sessions.assign_sessions(
+        core.catalogue.db, _number(request, "minimum_start_jd"),
+        _number(request, "maximum_start_jd"))}
+
+
+def op_describe_session_without_event(core: Core, request: dict[str, Any], source: str
+                                      ) -> dict[str, Any]:
+    source_name = request.get("source")
+    if not isinstance(source_name, str):  # "" is a source too: files registered without one
+        raise InvalidRequest("the request needs 'source' (a string)")
+    return sessions.describe_session_without_event(
+        core.catalogue.db, source_name, _text(request, "event_type"))
+
+
+def op_register_instances(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
+    """What ``add_obs_librarian.py`` sends: full paths on a store with their size, md5 and
+    type. Copies already known are skipped; new ones are checked by the fixity audit first
+    (never verified)."""
+    core.check_ingest_allowed()
+    store = core.catalogue.store(_text(request, "store_name"))
+    file_info = request.get("file_info")
+    if not isinstance(file_info, dict):
+        raise InvalidRequest("'file_info' must be an object of full path to file information")
+    prefix = store["path"].rstrip("/") + "/"
+    paths, specs = [], []
+    for full_path in sorted(file_info):
+        info = file_info[full_path]
+        if not full_path.startswith(prefix):
+            raise InvalidRequest(f"file path {full_path!r} should start with {prefix!r}")
+        if not isinstance(info, dict) or not isinstance(info.get("md5"), str) \
+                or not isinstance(info.get("size"), int):
+            raise InvalidRequest(f"{full_path!r}: the information needs 'md5' and 'size'")
+        rel = full_path[len(prefix):]
+        paths.append(rel)
+        specs.append(FileSpec(name=os.path.basename(rel), size=info["size"],
+                              checksums={"md5": info["md5"]}, source=source,
+                              is_directory=os.path.isdir(full_path),
+                              obsid=info.get("obsid") if isinstance(info.get("obsid"), int)
+                              else None))
+    known = core.catalogue.known_instances(store["name"], paths)
+    new = [(p, sp) for p, sp in zip(paths, specs) if p not in known]
+    if new:
+        core.catalogue.register([sp for _, sp in new], store=store["name"],
+                                paths=[p for p, _ in new])
+    return {}
+
+
+def op_set_one_file_deletion_policy(core: Core, request: dict[str, Any], source: str
+                                    ) -> dict[str, Any]:
+    core.stewardship.set_policy(_text(request, "file_name"), request.get("deletion_policy"),
+                                store=_text(request, "restrict_to_store", optional=True))
+    return {}
+
+
+def op_delete_file_instances(core: Core, request: dict[str, Any], source: str
+                             ) -> dict[str, Any]:
+    result = core.stewardship.delete(
+        _text(request, "file_name"), store=_text(request, "restrict_to_store", optional=True),
+        dry_run=_mode(request), context=f"librarian:{source}")
+    return {k: result[k] for k in ("n_deleted", "n_kept", "n_error", "instances")}
+
+
+def op_delete_file_instances_matching_query(core: Core, request: dict[str, Any], source: str
+                                            ) -> dict[str, Any]:
+    stats = core.stewardship.delete_matching(
+        _search(request, "query"), store=_text(request, "restrict_to_store", optional=True),
+        dry_run=_mode(request), context=f"librarian:{source}")
+    return {"stats": stats}
+
+
+def op_launch_file_copy(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
+    """A transfer job sending the file to the peer named ``connection_name``; the peer files
+    it under the path it has here (``remote_store_path`` and pre-staged uploads are v1's
+    ssh copies, which our site-to-site protocol does not need)."""
+    name, peer = _text(request, "file_name"), _text(request, "connection_name")
+    if request.get("known_staging_store") is not None or \
+            request.get("known_staging_subdir") is not None:
+        raise InvalidRequest("pre-staged copies (known_staging_store) are not supported: the "
+                             "peer pulls the bytes itself")
+    core.catalogue.locate(name)  # NotFound when there is no usable copy to send
+    job = core.transfer(peer, names=[name], via="librarian")
+    return {"job_id": job["id"]}
+
+
+def op_initiate_offload(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
+    return core.stewardship.offload(_text(request, "source_store_name"),
+                                    _text(request, "dest_store_name"))
+
+
+def op_initiate_upload(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
+    core.check_ingest_allowed()
+    return v1upload.initiate(core.catalogue, request, source)
+
+
+def op_complete_upload(core: Core, request: dict[str, Any], source: str) -> dict[str, Any]:
+    core.check_ingest_allowed()
+    return v1upload.complete(core.catalogue, request, source)
 
 
 OPERATIONS: dict[str, Callable[[Core, dict[str, Any], str], dict[str, Any]]] = {
     "ping": op_ping,
     "search": op_search,
     "locate_file_instance": op_locate_file_instance,
+    "create_file_event": op_create_file_event,
+    "assign_observing_sessions": op_assign_observing_sessions,
+    "describe_session_without_event": op_describe_session_without_event,
+    "register_instances": op_register_instances,
+    "set_one_file_deletion_policy": op_set_one_file_deletion_policy,
+    "delete_file_instances": op_delete_file_instances,
+    "delete_file_instances_matching_query": op_delete_file_instances_matching_query,
+    "launch_file_copy": op_launch_file_copy,
+    "initiate_offload": op_initiate_offload,
+    "initiate_upload": op_initiate_upload,
+    "complete_upload": op_complete_upload,
 }
+
+
+def _authenticate(core: Core, request: dict[str, Any]) -> str:
+    """The source an authenticator acts as. A refusal is a 400, as v1 answered: the stock
+    Python 2 client raises on a 401 before it reads the message."""
+    try:
+        return core.librarian_source(request.get("authenticator"))
+    except Unauthorized as exc:
+        raise InvalidRequest(f"authentication failed: {exc.message}") from None
 
 
 def handle_rpc(core: Core, operation: str, raw_request: str | None) -> dict[str, Any]:
@@ -148,7 +342,7 @@ def handle_rpc(core: Core, operation: str, raw_request: str | None) -> dict[str,
     if not isinstance(request, dict):
         raise InvalidRequest("'request' must be a JSON object")
     check_unicode(request)
-    source = core.librarian_source(request.get("authenticator"))
+    source = _authenticate(core, request)
     op = OPERATIONS.get(operation)
     if op is None:
         raise NotFound(f"unknown operation {operation!r}")

@@ -52,8 +52,12 @@ SCHEMAS: dict[str, Any] = {
             "full_path": {"type": "string"},
             "available": {"type": "boolean"},
             "store_kind": {"type": "string", "enum": ["online", "cold"]},
-            "deletion_policy": {"type": "string"},
+            "deletion_policy": {"type": "string", "enum": ["allowed", "disallowed"]},
             "create_time": {"type": "string", "format": "date-time"},
+            "fixity": {"type": "string", "enum": ["unchecked", "ok", "bad", "missing"],
+                       "description": "What the copy's last fixity check found; a bad or "
+                                      "missing copy is unavailable."},
+            "verified_at": {"type": ["string", "null"], "format": "date-time"},
         },
     },
     "File": {
@@ -360,6 +364,33 @@ SCHEMAS["StandingOrder"] = {
     },
 }
 
+SCHEMAS["StoreChoice"] = {
+    "type": "object", "properties": {"store": {"type": "string"}},
+}
+SCHEMAS["FixityFinding"] = {
+    "type": "object", "required": ["name", "store", "path", "state", "detail"],
+    "properties": {
+        "name": {"type": "string"}, "store": {"type": "string"}, "path": {"type": "string"},
+        "state": {"type": "string", "enum": ["unchecked", "ok", "bad", "missing"]},
+        "detail": {"type": "string"},
+        "verified_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+SCHEMAS["FixityReport"] = {
+    "type": "object", "required": ["instances", "summary", "oldest_check"],
+    "properties": {
+        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/FixityFinding"}},
+        "summary": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "oldest_check": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+SCHEMAS["FixityChecks"] = {
+    "type": "object", "required": ["instances"],
+    "properties": {
+        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/FixityFinding"}},
+    },
+}
+
 NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 JOB_PARAMETER = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
@@ -592,6 +623,71 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
                 "parameters": [NAME_PARAMETER],
                 "responses": {"200": _json(ref("StandingOrder"), "The order"),
                               **_errors(400, 403, 404)},
+            }},
+            "/fixity": {"get": {
+                "summary": "Copies by what their last fixity check found (default: bad and "
+                           "missing), with a count of every state and the oldest check",
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {
+                        "type": "string", "enum": ["unchecked", "ok", "bad", "missing"]}},
+                    {"name": "store", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": _json(ref("FixityReport"), "Findings"),
+                              **_errors(400, 403, 404)},
+            }},
+            "/fixity/audit": {"post": {
+                "summary": "Run one round of the periodic fixity audit now (within its budget)",
+                "responses": {"200": _json(ref("FixityChecks"), "What it checked"),
+                              **_errors(400, 403)},
+            }},
+            "/files/{name}/fixity": {"post": {
+                "summary": "Re-hash the file's copies on online stores now",
+                "parameters": [NAME_PARAMETER],
+                "requestBody": {"content": {"application/json": {"schema": ref("StoreChoice")}}},
+                "responses": {"200": _json(ref("FixityChecks"), "What each check found"),
+                              **_errors(400, 403, 404, 413)},
+            }},
+            "/files/{name}/repair": {"post": {
+                "summary": "Replace the file's bad or missing copies with the bytes of a good "
+                           "copy at this site (re-verified; every step an event)",
+                "parameters": [NAME_PARAMETER],
+                "requestBody": {"content": {"application/json": {"schema": ref("StoreChoice")}}},
+                "responses": {"200": _json({"type": "object"}, "Repaired and failed copies"),
+                              **_errors(400, 403, 404, 409, 413)},
+            }},
+            "/files/{name}/deletion-policy": {"post": {
+                "summary": "Set the deletion policy of one copy (the first, on 'store' if "
+                           "given) or of every copy ('all')",
+                "parameters": [NAME_PARAMETER],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["policy"], "properties": {
+                        "policy": {"type": "string", "enum": ["allowed", "disallowed"]},
+                        "store": {"type": "string"}, "all": {"type": "boolean"}}}}}},
+                "responses": {"200": _json({"type": "object"}, "The copies changed"),
+                              **_errors(400, 403, 404, 413)},
+            }},
+            "/delete-instances": {"post": {
+                "summary": "Delete copies of files (names, a search or a query) that the "
+                           "deletion rule allows: policy 'allowed' and enough other verified "
+                           "copies; a file's last copy never",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {
+                        "names": {"type": "array", "items": {"type": "string"}},
+                        "search": {}, "query": {"type": "string"},
+                        "store": {"type": "string"}, "dry_run": {"type": "boolean"}}}}}},
+                "responses": {"200": _json({"type": "object"}, "Per file, each copy's outcome"),
+                              **_errors(400, 403, 404, 413, 503)},
+            }},
+            "/offload": {"post": {
+                "summary": "Move the copies of one store onto another, verified, then delete "
+                           "the source copies under the deletion rule",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["source", "dest"], "properties": {
+                        "source": {"type": "string"}, "dest": {"type": "string"},
+                        "wait": {"type": "boolean"}}}}}},
+                "responses": {"200": _json({"type": "object"}, "Launched, or what it did"),
+                              **_errors(400, 403, 404, 409, 413)},
             }},
             "/openapi.json": {"get": {
                 "summary": "This document",

@@ -44,6 +44,15 @@ from .peer import (
     PeerStatusHandler,
 )
 from .skao import SkaoStageHandler
+from .stewardship import (
+    DeleteInstancesHandler,
+    DeletionPolicyHandler,
+    FileFixityHandler,
+    FileRepairHandler,
+    FixityAuditHandler,
+    FixityHandler,
+    OffloadHandler,
+)
 from .upload import UploadHandler
 from .worker import worker_handlers
 
@@ -74,6 +83,13 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/standing-orders/{name}": StandingOrderHandler,
     "/standing-orders/{name}/pause": StandingOrderPauseHandler,
     "/standing-orders/{name}/resume": StandingOrderResumeHandler,
+    "/fixity": FixityHandler,
+    "/fixity/audit": FixityAuditHandler,
+    "/files/{name}/fixity": FileFixityHandler,
+    "/files/{name}/repair": FileRepairHandler,
+    "/files/{name}/deletion-policy": DeletionPolicyHandler,
+    "/delete-instances": DeleteInstancesHandler,
+    "/offload": OffloadHandler,
     "/openapi.json": OpenAPIHandler,
 }
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects import postgresql
@@ -126,7 +127,11 @@ class Instance(Base):
     """One copy of a file on a store, at a path relative to the store's root."""
 
     __tablename__ = "instance"
-    __table_args__ = (UniqueConstraint("store_id", "path", name="uq_instance_store_path"),)
+    __table_args__ = (
+        UniqueConstraint("store_id", "path", name="uq_instance_store_path"),
+        # The audit's "oldest check first" per store.
+        Index("ix_instance_store_verified", "store_id", "verified_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("file.id"), index=True)
@@ -135,6 +140,12 @@ class Instance(Base):
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     deletion_policy: Mapped[str] = mapped_column(String(16), default="disallowed")
     create_time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Fixity (catalogue/fixity.py): what the last re-hash of this copy found ("unchecked",
+    # "ok", "bad": bytes differ, "missing": gone or unreadable), when, and its details. A copy
+    # found bad or missing is also made unavailable, so nothing serves, stages or sends it.
+    fixity: Mapped[str] = mapped_column(String(16), default="unchecked")
+    verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    fixity_detail: Mapped[str] = mapped_column(Text, default="")
 
     file: Mapped[File] = relationship(back_populates="instances")
     store: Mapped[Store] = relationship(back_populates="instances")

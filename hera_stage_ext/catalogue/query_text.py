@@ -30,6 +30,8 @@ Query text                         JSON search
 ``jd:2457644.1..2457644.5``        ``start-time-jd-in-range`` (also ``jd>X``, ``jd<X``)
 ``lst:1.5..3``                     ``start-lst-hr-in-range`` (also ``>``, ``<``)
 ``instances>1``                    ``num-instances-greater-than`` (also ``:N``, ``A..B``, ``<``)
+``bad>0``                          ``num-bad-instances-greater-than``: files with a copy whose
+                                   last fixity check found it bad or missing
 ``newer:7``                        ``not-older-than`` 7 (days)
 ``older:30``                       ``not-newer-than`` 30 (days)
 ``-TERM``                          ``{"none-of": [TERM]}``
@@ -40,7 +42,8 @@ Query text                         JSON search
 =================================  =========================================================
 
 More fields, per kind of search (the second argument): instances also take ``store:NAME``
-(``store-name``) and ``policy:P`` (``deletion-policy``); observations take ``obsid``, ``session``,
+(``store-name``), ``policy:P`` (``deletion-policy``) and ``fixity:bad`` (``fixity``);
+observations take ``obsid``, ``session``,
 ``jd``, ``lst``, ``duration``, ``files`` (``num-files``), ``size`` (``total-size``); sessions take
 ``session``, ``jd``, ``duration``, ``obs`` (``num-obs``), ``files`` (``num-files``), ``age``.
 Every attribute name of the JSON language is also a field (``stop-time-jd>2457644.5``,
@@ -72,6 +75,7 @@ _FILE_ATTRS = {
     "size": "i",
     "obsid": "i",
     "num-instances": "i",
+    "num-bad-instances": "i",
     "start-time-jd": "f",
     "stop-time-jd": "f",
     "start-lst-hr": "f",
@@ -81,7 +85,7 @@ _FILE_ATTRS = {
 }
 _ATTRS: dict[str, dict[str, str]] = {
     "files": _FILE_ATTRS,
-    "instances": {**_FILE_ATTRS, "store-name": "s", "deletion-policy": "s"},
+    "instances": {**_FILE_ATTRS, "store-name": "s", "deletion-policy": "s", "fixity": "s"},
     "observations": {
         "obsid": "i",
         "start-time-jd": "f",
@@ -107,6 +111,7 @@ _FILE_SHORT = {
     "jd": "start-time-jd",
     "lst": "start-lst-hr",
     "instances": "num-instances",
+    "bad": "num-bad-instances",
     "newer": "not-older-than",
     "older": "not-newer-than",
 }

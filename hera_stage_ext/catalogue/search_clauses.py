@@ -22,14 +22,17 @@ Attribute clauses, generated per attribute X
 
 Attributes per kind of search (s = string, i = integer, f = float)
     files         name s, type s, source s, size i, obsid i, num-instances i (count of instances),
+                  num-bad-instances i (instances whose last fixity check found them bad or
+                  missing: ``{"num-bad-instances-greater-than": 0}``),
                   and through the file's observation: start-time-jd f, stop-time-jd f,
                   start-lst-hr f, session-id i.
                   Special: ``obs-matches`` (an observation sub-search), ``obsid-is-null`` (payload
                   ignored), ``not-older-than`` / ``not-newer-than`` (days: create_time strictly
                   after / before ``now - days``, as in v1); aliases ``name-like`` =
                   ``name-matches``, ``source-is`` = ``source-is-exactly``.
-    instances     every file clause (applied to the instance's file), plus store-name s and
-                  deletion-policy s.
+    instances     every file clause (applied to the instance's file), plus store-name s,
+                  deletion-policy s and fixity s (``unchecked``, ``ok``, ``bad``, ``missing``:
+                  what the copy's last fixity check found).
     observations  obsid i, start-time-jd f, stop-time-jd f, start-lst-hr f, session-id i,
                   duration f (days, stop - start), num-files i, total-size i (sum of the file
                   sizes, 0 without files).
@@ -178,6 +181,12 @@ def _num_instances(ctx: Ctx) -> Any:
     return _per_row(func.count(), inst, inst.file_id == File.id, File)
 
 
+def _num_bad_instances(ctx: Ctx) -> Any:
+    inst = aliased(Instance)
+    return _per_row(func.count(), inst,
+                    and_(inst.file_id == File.id, inst.fixity.in_(("bad", "missing"))), File)
+
+
 def _obs_num_files(ctx: Ctx) -> Any:
     f = aliased(File)
     return _per_row(func.count(), f, f.obsid == Observation.obsid, Observation)
@@ -220,6 +229,7 @@ _FILE_ATTRS: dict[str, _Attr] = {
     "size": _Attr("i", _column(lambda ctx: File.size)),
     "obsid": _Attr("i", _column(lambda ctx: File.obsid, nullable=True)),
     "num-instances": _Attr("i", _column(_num_instances)),
+    "num-bad-instances": _Attr("i", _column(_num_bad_instances)),
     **{
         name: _Attr(_OBS_ATTRS[name].type, _through_observation(_OBS_ATTRS[name]))
         for name in ("start-time-jd", "stop-time-jd", "start-lst-hr", "session-id")
@@ -229,6 +239,7 @@ _FILE_ATTRS: dict[str, _Attr] = {
 _INSTANCE_ATTRS: dict[str, _Attr] = {
     "store-name": _Attr("s", _column(lambda ctx: Store.name)),
     "deletion-policy": _Attr("s", _column(lambda ctx: Instance.deletion_policy)),
+    "fixity": _Attr("s", _column(lambda ctx: Instance.fixity)),
 }
 
 _SESSION_ATTRS: dict[str, _Attr] = {

@@ -35,6 +35,7 @@ def store_json(store: Store) -> dict[str, Any]:
 def instance_fields(
     file_name: str, store_name: str, store_root: str, store_kind: str, store_available: bool,
     path: str, available: bool, deletion_policy: str, create_time: dt.datetime,
+    fixity: str = "unchecked", verified_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """An instance's JSON from plain values (for callers that fetched columns, not objects)."""
     return {
@@ -46,19 +47,23 @@ def instance_fields(
         "store_kind": store_kind,
         "deletion_policy": deletion_policy,
         "create_time": iso(create_time),
+        "fixity": fixity,
+        "verified_at": iso(verified_at),
     }
 
 
 #: The columns ``instance_fields`` takes after the file name, in order.
 INSTANCE_COLUMNS = (Store.name, Store.path, Store.kind, Store.available, Instance.path,
-                    Instance.available, Instance.deletion_policy, Instance.create_time)
+                    Instance.available, Instance.deletion_policy, Instance.create_time,
+                    Instance.fixity, Instance.verified_at)
 
 
 def instance_json(instance: Instance) -> dict[str, Any]:
     store = instance.store
     return instance_fields(instance.file.name, store.name, store.path, store.kind,
                            store.available, instance.path, instance.available,
-                           instance.deletion_policy, instance.create_time)
+                           instance.deletion_policy, instance.create_time, instance.fixity,
+                           instance.verified_at)
 
 
 def event_json(event: Event) -> dict[str, Any]:
