@@ -9,18 +9,19 @@ a Jupyter token, as the stock client has none.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
+from tornado import web
 
 from ..catalogue.search_parse import parse_search
 from ..core import Core
 from ..errors import InvalidRequest, NotFound, StagingError
-from .base import MAX_BODY_BYTES, BaseHandler, check_unicode
+from ..jsonbody import load_json
+from .base import MAX_BODY_BYTES, BaseHandler
 
 LISTING_KINDS = {
     "file-listing-json": "files",
@@ -139,15 +140,9 @@ def handle_rpc(core: Core, operation: str, raw_request: str | None) -> dict[str,
     """Run one RPC; raises StagingError on failure (the handler turns it into a reply)."""
     if raw_request is None:
         raise InvalidRequest("the form field 'request' is missing")
-    try:
-        request = json.loads(raw_request)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"'request' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+    request = load_json(raw_request, "'request'", max_bytes=MAX_BODY_BYTES)
     if not isinstance(request, dict):
         raise InvalidRequest("'request' must be a JSON object")
-    check_unicode(request)
     source = core.librarian_source(request.get("authenticator"))
     op = OPERATIONS.get(operation)
     if op is None:
@@ -164,7 +159,11 @@ class LibrarianRPCHandler(BaseHandler):
         if len(self.request.body or b"") > MAX_BODY_BYTES:
             self._fail(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
             return
-        raw = self.get_body_argument("request", default=None)
+        try:
+            raw = self.get_body_argument("request", default=None)
+        except web.HTTPError:  # tornado decodes the field when asked: not UTF-8
+            self._fail(400, "the form field 'request' is not valid UTF-8")
+            return
         try:
             result = await self.run(handle_rpc, self.core, operation, raw)
         except StagingError as exc:
