@@ -329,6 +329,27 @@ def test_missing_files_are_listed_not_dropped(site: Site) -> None:
     assert "MISSING zen.2457999.11111.xx.HH.uvh5" in read_log(out)[0]
 
 
+@pytest.mark.parametrize("missing", [
+    "zen.nope\n* * * * * root touch /tmp/pwned\nzen.more",  # a line of its own (cron)
+    "zen.nope\r\nINJECTED", "zen.nope\u2028INJECTED", "zen.nope\x85INJECTED",
+    "zen.nope\udcffINJECTED", "zen." + "n" * 300,
+])
+def test_a_missing_name_cannot_inject_a_line(site: Site, missing: str) -> None:
+    """A name the catalogue does not hold is checked like any name at launch: one holding a
+    line break (or a lone surrogate, or too long) is refused with the reason, and no job, log
+    line or marker is written."""
+    with pytest.raises(InvalidRequest) as info:
+        stage(site, "inj", [site.names[0], missing])
+    assert info.value.status == 400
+    assert "\n" not in info.value.message and "\r" not in info.value.message
+    assert "file name" in info.value.message
+    with pytest.raises(InvalidRequest):
+        dry_run_stage(site.db, [missing], "inj", "copy", site.roots)
+    assert job_count(site) == 0 and not (site.workspace / "inj").exists()
+    assert not site.logs.exists() or not any(
+        "INJECTED" in p.read_text() or "pwned" in p.read_text() for p in site.logs.iterdir())
+
+
 def test_dry_run_counts_and_writes_nothing(site: Site, monkeypatch) -> None:
     names = site.names + site.names[:2] + ["zen.2457999.11111.xx.HH.uvh5"]
     plan = dry_run_stage(site.db, names, "dry/run", "copy", site.roots)

@@ -96,6 +96,10 @@ async def test_second_job_into_the_same_folder_conflicts(api, ingested):
         ({"names": THREE, "query": "zen.*", "destination": "x"}, 400, "exactly one of"),
         ({"names": ["no-such-file"], "destination": "x"}, 404, "available instance"),
         ({"search": {"bogus": 1}, "destination": "x"}, 400, "bogus"),
+        # A name the catalogue lacks, holding a line break: refused before any log or marker.
+        ({"names": [THREE[0], "zen.nope\nINJECTED"], "destination": "x"}, 400,
+         "must not contain control characters: 'zen.nope\\nINJECTED'"),
+        ({"names": [THREE[0], "z" * 300], "destination": "x"}, 400, "at most 256 characters"),
     ],
 )
 async def test_bad_stage_requests_write_nothing(api, ingested, jp_root_dir, body, code, words):

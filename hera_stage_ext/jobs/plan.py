@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store
+from ..catalogue.naming import validate_name
 from ..errors import InvalidRequest
 from . import recall, targets
 from .items import IN_CHUNK
@@ -52,7 +53,11 @@ def _names(names_or_rows: Iterable[str | Mapping[str, Any]]) -> list[str]:
     for entry in names_or_rows:
         name = entry.get("name") if isinstance(entry, Mapping) else entry
         if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"a file to stage must be a name or a row with a name: {entry!r}")
+            raise InvalidRequest("a file to stage must be a name or a row with a name: "
+                                 f"{repr(entry)[:80]}")
+        # Checked like any name, held or not: a missing one goes into the job's log, the
+        # error marker and replies, where a line break would start a line of its own.
+        validate_name(name)
         if name not in seen:  # a name asked twice is staged (and counted) once
             seen.add(name)
             names.append(name)
