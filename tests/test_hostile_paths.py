@@ -50,6 +50,7 @@ from hera_stage_ext.errors import StagingError
 from hera_stage_ext.jobs.worker import DB_URL_ENV
 from hera_stage_ext.paths import confine
 
+from .job_fixtures import store_of_another_account
 from .jupyter_process import JupyterProcess, jupyter_process
 
 SECRET = b"the secret that lives outside every root and store\n"
@@ -157,6 +158,8 @@ def site(workdir: Path, db_url: str | None = None) -> Iterator[Site]:
     ingest(archive, db_url)
     outside, secret = lay_traps(archive)
     swap_for_symlink(archive, secret)
+    if os.geteuid() == 0:  # as the admin guide asks for hardlink/symlink staging to run
+        store_of_another_account(*(spec["path"] for spec in archive.stores.values()))
     config = {"StagingApp": {
         "db_url": db_url, "stores": archive.stores, "owner": OWNER,
         "librarian_authenticators": {LIBRARIAN_AUTHENTICATOR: "demo"},

@@ -37,6 +37,7 @@ from .job_fixtures import (
     make_big_site,
     make_site,
     stop_worker,
+    store_of_another_account,
     temp_files,
     tree,
     wait_for,
@@ -102,8 +103,15 @@ def test_writable_when_configured(site: Site) -> None:
     assert os.stat(site.workspace / "rw" / site.rel[name]).st_mode & stat.S_IWUSR
 
 
+def give_stores_away(site: Site) -> None:
+    """The stores as ``hardlink``/``symlink`` staging needs them: another account's files
+    without write bits (skips when the test cannot give files away)."""
+    store_of_another_account(*(spec["path"] for spec in site.archive.stores.values()))
+
+
 @pytest.mark.parametrize("method", ["hardlink", "symlink"])
 def test_link_methods(site: Site, method: str) -> None:
+    give_stores_away(site)
     job = stage(site, method, method=method)
     run_pending(site.db, FAST)
     assert get_job(site.db, job["id"])["state"] == "succeeded"
@@ -122,6 +130,50 @@ def test_link_methods(site: Site, method: str) -> None:
     again = stage(site, method, method=method)
     run_pending(site.db, FAST)
     assert get_job(site.db, again["id"])["files_skipped"] == len(site.names)
+
+
+def _chattr(path: Path, flag: str) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_link_staging_refused_where_the_user_could_write_the_store_file(site: Site) -> None:
+    """``hardlink`` and ``symlink`` hand the user the store's inode: refused at launch, with
+    the reason and the methods that copy, while the staging account could write it (owns it,
+    or holds a write bit through its group or as other), unless it is immutable."""
+    flat = next(n for n in site.names if n != MIRIAD_NAME)
+    for method in ("hardlink", "symlink"):
+        for names in ([flat], [MIRIAD_NAME], site.names):
+            with pytest.raises(InvalidRequest) as info:
+                stage(site, f"mine-{method}", names, method=method)
+            message = info.value.message
+            assert info.value.status == 400
+            assert "owned by the staging account" in message, message
+            assert "'reflink' or 'copy'" in message and method in message
+            assert info.value.details["refused"][0] in names
+    assert job_count(site) == 0 and tree(site.workspace) == []
+    # Given to another account, without write bits: linked.
+    give_stores_away(site)
+    source = site.sources[flat]
+    stage(site, "theirs", [flat], method="hardlink")
+    run_pending(site.db, FAST)
+    assert os.path.samefile(site.workspace / "theirs" / site.rel[flat], source)
+    # A write bit the user holds through a group, or as any account: refused again.
+    os.chown(source, -1, os.getegid())
+    for bits, words in ((0o464, "writable by its group"), (0o446, "writable by every account")):
+        os.chmod(source, bits)
+        with pytest.raises(InvalidRequest, match=words):
+            stage(site, "writable", [flat], method="symlink")
+    # Owned by the staging account but immutable (chattr +i): nobody can write it.
+    os.chown(source, os.geteuid(), -1)
+    os.chmod(source, 0o644)
+    if not _chattr(source, "+i"):
+        pytest.skip("this file system takes no immutable attribute (chattr +i)")
+    try:
+        job = stage(site, "immutable", [flat], method="symlink")
+        run_pending(site.db, FAST)
+        assert get_job(site.db, job["id"])["state"] == "succeeded"
+    finally:
+        _chattr(source, "-i")
 
 
 def test_reflink_copies_or_falls_back(site: Site) -> None:
@@ -209,6 +261,8 @@ def test_data_set_member_swapped_for_a_symlink_out_is_not_read(site: Site, tmp_p
     member = site.sources[MIRIAD_NAME] / "visdata"
     member.unlink()
     member.symlink_to(secret)  # after ingest: the catalogue still has the real digest
+    if method == "hardlink":
+        give_stores_away(site)
     job = stage(site, f"swapped-{method}", [MIRIAD_NAME], method=method)
     run_pending(site.db, FAST)
     out = get_job(site.db, job["id"])
@@ -239,6 +293,7 @@ def test_instance_swapped_for_a_symlink_out_of_its_store_is_not_read(site: Site,
 def test_symlink_method_verifies_source(site: Site) -> None:
     bad = [n for n in site.names if n.endswith(".uvh5")][0]
     site.sources[bad].write_bytes(b"x" * site.sources[bad].stat().st_size)
+    give_stores_away(site)
     job = stage(site, "links", [bad], method="symlink")
     run_pending(site.db, FAST)
     assert get_job(site.db, job["id"])["files_failed"] == 1
@@ -357,7 +412,12 @@ def test_dry_run_counts_and_writes_nothing(site: Site, monkeypatch) -> None:
     assert plan["files"] == len(site.names) and plan["bytes"] == total
     assert plan["missing"] == ["zen.2457999.11111.xx.HH.uvh5"]
     assert plan["free_bytes"] > 0 and plan["fits"]
-    assert dry_run_stage(site.db, names, "dry/run", "symlink", site.roots)["bytes_needed"] == 0
+    with pytest.raises(InvalidRequest, match="reflink"):  # the stores are this account's
+        dry_run_stage(site.db, names, "dry/run", "symlink", site.roots)
+    if os.geteuid() == 0:  # given away, they may be linked
+        give_stores_away(site)
+        assert dry_run_stage(site.db, names, "dry/run", "symlink",
+                             site.roots)["bytes_needed"] == 0
     assert not (site.workspace / "dry").exists() and job_count(site) == 0
     # Free space: refused with a clear message unless forced.
     monkeypatch.setattr("hera_stage_ext.jobs.plan.free_bytes", lambda path: 10)

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from .api_fixtures import *  # noqa: F403
+from .job_fixtures import store_of_another_account
 from .test_cli import cli  # noqa: F401  (fixture)
 
 THREE = ["zen.2457645.10000.xx.HH.uvh5", "zen.2457645.10000.yy.HH.uvh5",
@@ -58,12 +59,18 @@ async def test_stage_three_files_by_name(api, ingested, jp_root_dir, archive):
     assert [j["id"] for j in jobs["jobs"]] == [job["id"]]
 
 
-async def test_stage_from_query_with_dry_run(api, ingested, jp_root_dir):
+async def test_stage_from_query_with_dry_run(api, ingested, jp_root_dir, archive):
     code, plan = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
                                              "dry_run": True})
     assert code == 200, plan
     assert plan["files"] == 10 and plan["missing"] == [] and plan["fits"] is True
     assert not (Path(jp_root_dir) / "n3").exists()  # a dry run writes nothing
+    # Hard links hand over the store's inodes: refused while this account could write them.
+    code, refused = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
+                                                "method": "hardlink"})
+    assert code == 400 and "'reflink' or 'copy'" in refused["message"], refused
+    assert not (Path(jp_root_dir) / "n3").exists()
+    store_of_another_account(*(spec["path"] for spec in archive.stores.values()))
     code, job = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
                                             "method": "hardlink"})
     assert code == 202
