@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
+from ..paths import CONTROL_CHARACTERS
 from .models import MAX_NAME_LENGTH
 
 #: Matches HERA's raw-data names: ``zen.<JD with 5 decimals>.<anything>``.
@@ -32,11 +33,6 @@ _LEAP_SECONDS = (
     (1483228800, 18), (1435708800, 17), (1341100800, 16), (1230768000, 15),
     (1136073600, 14), (915148800, 13), (867715200, 12), (820454400, 11),
 )
-
-
-#: C0 and C1 control characters and the Unicode line and paragraph separators: whatever a
-#: reader of lines (Python's splitlines among them) may take for the end of a line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def shown(name: str, limit: int = 80) -> str:
@@ -61,7 +57,7 @@ def validate_name(name: object) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"a file name must be at most {MAX_NAME_LENGTH} characters: "
                              f"{shown(name)}")
-    if _CONTROL.search(name):
+    if CONTROL_CHARACTERS.search(name):
         raise InvalidRequest(f"a file name must not contain control characters: {shown(name)}")
     try:
         name.encode("utf-8")
