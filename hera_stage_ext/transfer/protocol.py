@@ -11,7 +11,12 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     holds the same content: nothing moves), ``conflict`` (the name is known with other content,
     or the path holds another file), ``no-space`` or ``refused`` (e.g. a directory data set: not
     transferred yet). Announcing again is harmless: a file being received keeps going, a failed
-    one is tried again, a committed one is ``have``.
+    one is tried again, a committed one is ``have``. Every offer is checked entirely first
+    (``check_offer``: the path canonical and outside the receiver's own folders, every field as
+    the catalogue will store it): one malformed offer, or two names at one path, refuses the
+    whole announce with 400 naming the file and the field, and nothing of it is recorded. (Per
+    file answers are for what the receiver decides; a malformed offer is a sender that does not
+    speak the protocol, and its other files wait for a correct announce.)
 ``POST status``  sender -> receiver. ``{"names": [...], "wait": seconds}`` -> ``{"files":
     [{"name", "state", "bytes", "attempts", "error"}]}``; state ``queued``, ``receiving``,
     ``committed``, ``failed`` or ``unknown``. With ``wait`` (at most ``MAX_STATUS_WAIT``) the
