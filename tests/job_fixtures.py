@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import random
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -90,6 +88,22 @@ def make_big_site(db: Database, root: Path, n_files: int = 40, size: int = 256 *
     return _site(db, archive)
 
 
+#: The account a site's archive belongs to in these tests (not the one staging).
+ARCHIVE_UID = ARCHIVE_GID = 65534
+
+
+def give_stores_away(stores: dict[str, dict[str, str]]) -> None:
+    """Make every store's files another account's, as a site's archive is: ``hardlink`` and
+    ``symlink`` link only store files the staging account cannot write (``linkcheck``)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: handing the store's files to another account (chown)")
+    for store in stores.values():
+        for folder, dirs, files in os.walk(store["path"]):
+            for name in [*dirs, *files, ""]:
+                os.chown(os.path.join(folder, name), ARCHIVE_UID, ARCHIVE_GID,
+                         follow_symlinks=False)
+
+
 def tree(path: Path) -> list[str]:
     """Every entry below ``path`` (relative, sorted), directories included."""
     out = []
@@ -97,25 +111,6 @@ def tree(path: Path) -> list[str]:
         for name in dirs + files:
             out.append(os.path.relpath(os.path.join(root, name), path))
     return sorted(out)
-
-
-def store_of_another_account(*tops: str | os.PathLike[str]) -> None:
-    """Make every file and folder under ``tops`` owned by ``nobody`` and every file without a
-    write bit: what the admin guide asks of a store that ``hardlink`` and ``symlink`` staging
-    link from (the staging account must not be able to write the archive's inodes; it still
-    reads them). Needs root to give files away: skips the test otherwise."""
-    if os.geteuid() != 0:
-        pytest.skip("hardlink/symlink staging needs a store owned by another account; giving "
-                    "the test's store away (chown) needs root")
-    nobody = pwd.getpwnam("nobody")
-    for top in tops:
-        for folder, dirs, files in os.walk(top):
-            for name in (*dirs, *files):
-                path = os.path.join(folder, name)
-                os.lchown(path, nobody.pw_uid, nobody.pw_gid)
-                st = os.lstat(path)
-                if stat.S_ISREG(st.st_mode):
-                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o222)
 
 
 def temp_files(path: Path) -> list[str]:

@@ -34,10 +34,10 @@ from hera_stage_ext.jobs.models import Job, JobItem
 
 from .job_fixtures import (
     Site,
+    give_stores_away,
     make_big_site,
     make_site,
     stop_worker,
-    store_of_another_account,
     temp_files,
     tree,
     wait_for,
@@ -103,15 +103,9 @@ def test_writable_when_configured(site: Site) -> None:
     assert os.stat(site.workspace / "rw" / site.rel[name]).st_mode & stat.S_IWUSR
 
 
-def give_stores_away(site: Site) -> None:
-    """The stores as ``hardlink``/``symlink`` staging needs them: another account's files
-    without write bits (skips when the test cannot give files away)."""
-    store_of_another_account(*(spec["path"] for spec in site.archive.stores.values()))
-
-
 @pytest.mark.parametrize("method", ["hardlink", "symlink"])
 def test_link_methods(site: Site, method: str) -> None:
-    give_stores_away(site)
+    give_stores_away(site.archive.stores)
     job = stage(site, method, method=method)
     run_pending(site.db, FAST)
     assert get_job(site.db, job["id"])["state"] == "succeeded"
@@ -151,8 +145,8 @@ def test_link_staging_refused_where_the_user_could_write_the_store_file(site: Si
             assert "'reflink' or 'copy'" in message and method in message
             assert info.value.details["refused"][0] in names
     assert job_count(site) == 0 and tree(site.workspace) == []
-    # Given to another account, without write bits: linked.
-    give_stores_away(site)
+    # Given to another account, without a write bit for this one: linked.
+    give_stores_away(site.archive.stores)
     source = site.sources[flat]
     stage(site, "theirs", [flat], method="hardlink")
     run_pending(site.db, FAST)
@@ -258,11 +252,10 @@ def test_data_set_member_swapped_for_a_symlink_out_is_not_read(site: Site, tmp_p
                                                               method: str) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"not archive data")
+    give_stores_away(site.archive.stores)
     member = site.sources[MIRIAD_NAME] / "visdata"
     member.unlink()
     member.symlink_to(secret)  # after ingest: the catalogue still has the real digest
-    if method == "hardlink":
-        give_stores_away(site)
     job = stage(site, f"swapped-{method}", [MIRIAD_NAME], method=method)
     run_pending(site.db, FAST)
     out = get_job(site.db, job["id"])
@@ -293,7 +286,7 @@ def test_instance_swapped_for_a_symlink_out_of_its_store_is_not_read(site: Site,
 def test_symlink_method_verifies_source(site: Site) -> None:
     bad = [n for n in site.names if n.endswith(".uvh5")][0]
     site.sources[bad].write_bytes(b"x" * site.sources[bad].stat().st_size)
-    give_stores_away(site)
+    give_stores_away(site.archive.stores)
     job = stage(site, "links", [bad], method="symlink")
     run_pending(site.db, FAST)
     assert get_job(site.db, job["id"])["files_failed"] == 1
@@ -415,7 +408,7 @@ def test_dry_run_counts_and_writes_nothing(site: Site, monkeypatch) -> None:
     with pytest.raises(InvalidRequest, match="reflink"):  # the stores are this account's
         dry_run_stage(site.db, names, "dry/run", "symlink", site.roots)
     if os.geteuid() == 0:  # given away, they may be linked
-        give_stores_away(site)
+        give_stores_away(site.archive.stores)
         assert dry_run_stage(site.db, names, "dry/run", "symlink",
                              site.roots)["bytes_needed"] == 0
     assert not (site.workspace / "dry").exists() and job_count(site) == 0

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from .api_fixtures import *  # noqa: F403
-from .job_fixtures import store_of_another_account
+from .job_fixtures import give_stores_away
 from .test_stage_api import wait_for
 
 NAME = "zen.2457646.10000.xx.HH.uvh5"
@@ -50,7 +50,7 @@ async def test_local_copy_and_symlink_copy(skao, api, ingested, archive, jp_root
     code, reply = await skao("symlink_copy", {"local_path_on_storage": source(archive),
                                               "relative_path": "skao/b"})
     assert code == 400 and "'reflink' or 'copy'" in reply["message"], reply
-    store_of_another_account(*(spec["path"] for spec in archive.stores.values()))
+    give_stores_away(archive.stores)
     code, reply = await skao("symlink_copy", {"local_path_on_storage": source(archive),
                                               "relative_path": "skao/b"})
     assert code == 202

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from .api_fixtures import *  # noqa: F403
-from .job_fixtures import store_of_another_account
+from .job_fixtures import give_stores_away
 from .test_cli import cli  # noqa: F401  (fixture)
 
 THREE = ["zen.2457645.10000.xx.HH.uvh5", "zen.2457645.10000.yy.HH.uvh5",
@@ -60,17 +60,12 @@ async def test_stage_three_files_by_name(api, ingested, jp_root_dir, archive):
 
 
 async def test_stage_from_query_with_dry_run(api, ingested, jp_root_dir, archive):
+    give_stores_away(archive.stores)  # hardlink links only files the user cannot write
     code, plan = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
                                              "dry_run": True})
     assert code == 200, plan
     assert plan["files"] == 10 and plan["missing"] == [] and plan["fits"] is True
     assert not (Path(jp_root_dir) / "n3").exists()  # a dry run writes nothing
-    # Hard links hand over the store's inodes: refused while this account could write them.
-    code, refused = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
-                                                "method": "hardlink"})
-    assert code == 400 and "'reflink' or 'copy'" in refused["message"], refused
-    assert not (Path(jp_root_dir) / "n3").exists()
-    store_of_another_account(*(spec["path"] for spec in archive.stores.values()))
     code, job = await api("POST", "stage", {"query": "session:2457646", "destination": "n3",
                                             "method": "hardlink"})
     assert code == 202
@@ -116,6 +111,22 @@ async def test_bad_stage_requests_write_nothing(api, ingested, jp_root_dir, body
     assert words in reply["message"]
     assert sorted(os.listdir(jp_root_dir)) == before
     assert not Path("/tmp/elsewhere").exists()
+    _, jobs = await api("GET", "jobs")
+    assert jobs["jobs"] == []
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+async def test_links_to_the_users_own_store_files_are_refused_at_launch(api, ingested,
+                                                                         jp_root_dir, method):
+    """The demo stores are this account's: a link would hand it the archive's own inodes."""
+    code, reply = await api("POST", "stage", {"query": "session:2457646", "destination": "ln",
+                                              "method": method, "dry_run": True})
+    assert code == 400 and "owned by the staging account" in reply["message"], reply
+    assert "'reflink' or 'copy'" in reply["message"] and reply["refused"], reply
+    code, reply = await api("POST", "stage", {"query": "session:2457646", "destination": "ln",
+                                              "method": method})
+    assert code == 400 and "'reflink' or 'copy'" in reply["message"], reply
+    assert not (Path(jp_root_dir) / "ln").exists()
     _, jobs = await api("GET", "jobs")
     assert jobs["jobs"] == []
 
