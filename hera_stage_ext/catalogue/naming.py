@@ -3,9 +3,10 @@
 A name is a single path component (the Librarian's rule): no ``/``, no NUL, no ``..``, not empty,
 at most ``MAX_NAME_LENGTH`` characters, no control characters or line separators, valid Unicode.
 Every name from outside is checked so (a name to stage that the catalogue does not hold too,
-before it reaches a job's log, a marker or a reply). ``zen.2457644.12345.xx.HH.uvc`` carries the Julian date
-of its observation's start; a configurable regular expression with a named group ``jd`` (or
-``obsid``, GPS seconds) extracts it, and the observation's obsid, LST and session follow.
+before it reaches a job's log, a marker or a reply). ``zen.2457644.12345.xx.HH.uvc`` carries
+the Julian date of its observation's start; a configurable regular expression with a named
+group ``jd`` (or ``obsid``, GPS seconds) extracts it, and the observation's obsid, LST and
+session follow.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 (``_resolve``: online stores first, then cold stores through ``recall``), the destination
 checked (``targets.plan_target``) and its free space compared with what the method writes
 (``plan_stage``, ``StagePlan``); ``hardlink`` and ``symlink`` only from store files the
-staging account cannot write (``check_links``); ``dry_run_stage`` reports the plan. Reads only,
-writes nothing: ``engine.create_stage_job`` writes the job from a plan. ``_names`` and ``_resolve`` also serve
-the transfer kind."""
+staging account cannot write (``check_links``); ``dry_run_stage`` reports the plan. Reads
+only, writes nothing: ``engine.create_stage_job`` writes the job from a plan. ``_names`` and
+``_resolve`` also serve the transfer kind."""
 
 from __future__ import annotations
 
