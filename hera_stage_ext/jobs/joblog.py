@@ -115,7 +115,6 @@ class JobLog:
         finally:
             os.close(fd)
 
-
     def _set_mode(self, fd: int) -> None:
         """Give the log the mode (and group) its folder calls for; a log of another account,
         or one written before logs were private, is left as the file system allows."""
