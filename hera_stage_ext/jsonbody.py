@@ -38,6 +38,14 @@ def json_depth(text: str) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
+def check_depth(text: str, what: str = "request body", max_depth: int = MAX_JSON_DEPTH,
+                error: type[InvalidRequest] = InvalidRequest) -> None:
+    """Refuse JSON text nested deeper than ``max_depth`` (``error`` naming ``what``), before
+    any parser recurses into it."""
+    if (depth := json_depth(text)) > max_depth:
+        raise error(f"{what} is nested {depth} levels deep; at most {max_depth} are accepted")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -71,8 +79,7 @@ def load_json(data: str | bytes, what: str = "request body", *,
         text = data
     if max_bytes is not None and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise PayloadTooLarge(f"{what} is larger than {max_bytes} bytes")
-    if (depth := json_depth(text)) > max_depth:
-        raise error(f"{what} is nested {depth} levels deep; at most {max_depth} are accepted")
+    check_depth(text, what, max_depth, error)
     try:
         value = json.loads(text, object_pairs_hook=object_pairs_hook,
                            parse_constant=_reject_constant)

@@ -20,7 +20,8 @@ from tornado import web
 
 from ..core import Core
 from ..errors import InvalidRequest, StagingError
-from ..jsonbody import load_json
+from ..jsonbody import check_depth, load_json
+from ..jsonbody import check_unicode as check_unicode  # the Librarian RPC's, from here
 
 T = TypeVar("T")
 
@@ -55,6 +56,11 @@ class BaseHandler(APIHandler):
             return await self.run(fn, *args, **kwargs)
         except StagingError as exc:
             raise ApiError(exc) from exc
+
+    @staticmethod
+    def check_json_depth(text: str, what: str) -> None:
+        """``jsonbody.check_depth`` for JSON a handler parses itself (a form field)."""
+        check_depth(text, what)
 
     def body_json(self) -> dict[str, Any]:
         """The request body as a JSON object, or a 4xx that says what is wrong with it."""

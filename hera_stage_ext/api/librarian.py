@@ -9,6 +9,7 @@ a Jupyter token, as the stock client has none.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 from collections.abc import Callable
@@ -20,8 +21,7 @@ from tornado import web
 from ..catalogue.search_parse import parse_search
 from ..core import Core
 from ..errors import InvalidRequest, NotFound, StagingError
-from ..jsonbody import load_json
-from .base import MAX_BODY_BYTES, BaseHandler
+from .base import MAX_BODY_BYTES, BaseHandler, check_unicode
 
 LISTING_KINDS = {
     "file-listing-json": "files",
@@ -140,9 +140,15 @@ def handle_rpc(core: Core, operation: str, raw_request: str | None) -> dict[str,
     """Run one RPC; raises StagingError on failure (the handler turns it into a reply)."""
     if raw_request is None:
         raise InvalidRequest("the form field 'request' is missing")
-    request = load_json(raw_request, "'request'", max_bytes=MAX_BODY_BYTES)
+    try:
+        request = json.loads(raw_request)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"'request' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     if not isinstance(request, dict):
         raise InvalidRequest("'request' must be a JSON object")
+    check_unicode(request)
     source = core.librarian_source(request.get("authenticator"))
     op = OPERATIONS.get(operation)
     if op is None:
@@ -161,8 +167,13 @@ class LibrarianRPCHandler(BaseHandler):
             return
         try:
             raw = self.get_body_argument("request", default=None)
+            if raw is not None:  # nested too deep for the parser: refused before it recurses
+                self.check_json_depth(raw, "'request'")
         except web.HTTPError:  # tornado decodes the field when asked: not UTF-8
             self._fail(400, "the form field 'request' is not valid UTF-8")
+            return
+        except StagingError as exc:
+            self._fail(exc.status, exc.message)
             return
         try:
             result = await self.run(handle_rpc, self.core, operation, raw)
