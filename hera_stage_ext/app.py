@@ -42,6 +42,7 @@ from .catalogue.naming import (
     ObservationNamer,
 )
 from .core import Core
+from .jobs.joblog import prepare_log_dir
 from .jobs.launcher import WorkerLauncher
 from .stewardship import Stewardship
 from .transfer.orders import StandingOrders
@@ -210,6 +211,12 @@ class StagingApp(ExtensionApp):
     def _default_job_log_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "hera_stage_ext" / "logs")
 
+    job_log_group = Unicode(
+        "", help="A group allowed to read the job logs (e.g. the site's operators): the log "
+        "folder is then 2750 in that group and each log 0640. Empty: logs are private to the "
+        "user (folder 0700, logs 0600). Logs name the user's paths.",
+    ).tag(config=True)
+
     staged_read_only = Bool(
         True, help="Make staged files read-only (they are immutable archive data)."
     ).tag(config=True)
@@ -371,6 +378,7 @@ class StagingApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         self.serverapp.event_logger.register_event_schema(JOB_PROGRESS_SCHEMA)
+        prepare_log_dir(self.job_log_dir, self.job_log_group)
         self._open_service_log()
         self.site: SiteClient | None = None
         if self.site_url:

@@ -3,11 +3,14 @@
 Every path that enters through a request (a staging destination, an ingest glob, a store-relative
 path, an upload directory) goes through ``confine`` before anything is read or written. The check
 is real containment after resolving symlinks (``os.path.realpath``), never a string-prefix test.
+A path that names a place inside a store by its text (a peer's offer) must also be canonical
+(``check_canonical``): one spelling per place, so no second name for a file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,6 +40,38 @@ def check_text(path: object, what: str = "path") -> str:
     if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
         raise InvalidRequest(f"{what} has a component longer than {MAX_NAME_BYTES} bytes")
     return path
+
+
+#: C0 and C1 control characters and the Unicode line and paragraph separators: what no name
+#: from outside may hold (a reader of lines, Python's splitlines among them, may end a line there).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_canonical(path: object, what: str = "path") -> str:
+    """Return ``path`` if it is a canonical relative path, else raise InvalidRequest naming it
+    and the problem: ``check_text``'s limits, no control characters, no leading or trailing
+    ``/``, no empty (``//``), ``.`` or ``..`` component. Such a path has exactly one spelling:
+    ``os.path.normpath`` leaves it as it is."""
+    if not isinstance(path, str):
+        check_text(path, what)  # says what it is instead
+    text = str(path)
+    shown = repr(text[:120]) + ("..." if len(text) > 120 else "")
+    try:
+        check_text(text, what)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{what} {shown}: {exc.message.removeprefix(what + ' ')}") \
+            from None
+    if CONTROL_CHARACTERS.search(text):
+        raise InvalidRequest(f"{what} {shown} holds a control character")
+    if text.startswith("/"):
+        raise InvalidRequest(f"{what} {shown} must be relative (no leading '/')")
+    if text.endswith("/"):
+        raise InvalidRequest(f"{what} {shown} must name a file (no trailing '/')")
+    for part in text.split("/"):
+        if part in ("", ".", ".."):
+            problem = "an empty component ('//')" if not part else f"a {part!r} component"
+            raise InvalidRequest(f"{what} {shown} is not canonical: it has {problem}")
+    return text
 
 
 def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:

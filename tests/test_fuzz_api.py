@@ -14,15 +14,18 @@ the root stays empty and nothing outside the root changes.
 from __future__ import annotations
 
 import http.cookiejar
+import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -34,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from hera_stage_ext.api.openapi import openapi_document
 from hera_stage_ext.app import StagingApp
+from hera_stage_ext.demo import LIBRARIAN_AUTHENTICATOR
 
 from .test_hostile_paths import Site, site
 
@@ -97,3 +101,69 @@ def test_operation(schema, fuzzed, path, method, mode):
     fuzz()
     for job in fuzzed.server.api("jobs")["jobs"]:
         assert Path(os.path.realpath(job["destination"])).is_relative_to(fuzzed.root), job
+
+
+# ----- nesting and bad JSON at every entry point that reads a body (issue 15, finding 7) -------
+def _nested(depth: int, shape: str) -> str:
+    """JSON text nested ``depth`` deep: lists, objects, or ``and`` clauses of a search."""
+    if shape == "lists":
+        return "[" * depth + "]" * depth
+    if shape == "objects":
+        return '{"a": ' * depth + "1" + "}" * depth
+    return '{"and": [' * depth + "{}" + "]}" * depth
+
+
+def _bodies(s: Site, depth: int, shape: str, place: str) -> tuple[str, dict[str, Any], Any]:
+    """(URL path, extra request arguments, expected reply shape) posting text nested
+    ``depth`` deep at ``place``."""
+    text = _nested(depth, shape)
+    token = {"Authorization": f"token {s.server.token}"}
+    if place == "rpc-field":
+        return "hera-stage/librarian/api/search", {"data": {"request": text}}, "v1"
+    if place == "rpc-search":
+        request = json.dumps({"authenticator": LIBRARIAN_AUTHENTICATOR,
+                              "output_format": "file-listing-json"})
+        return "hera-stage/librarian/api/search", {
+            "data": {"request": request[:-1] + ', "search": ' + text + "}"}}, "v1"
+    if place == "rpc-search-text":
+        return "hera-stage/librarian/api/search", {"data": {"request": json.dumps(
+            {"authenticator": LIBRARIAN_AUTHENTICATOR, "search": text})}}, "v1"
+    if place == "query":
+        query = "(" * depth + "x" + ")" * depth if shape != "lists" else "-" * depth + "x"
+        return "hera-stage/api/search", {"json": {"query": query}, "headers": token}, "rest"
+    if place == "search-text":
+        return "hera-stage/api/search", {"json": {"search": text}, "headers": token}, "rest"
+    path = {"search": "hera-stage/api/search", "stage": "hera-stage/api/stage",
+            "skao": "hera-stage/skao/stage_data?method=local_copy&username=astro"}[place]
+    field = {"search": "search", "stage": "names", "skao": "relative_path"}[place]
+    return path, {"data": '{"' + field + '": ' + text + "}", "headers": token}, "rest"
+
+
+PLACES = ["search", "search-text", "query", "stage", "skao", "rpc-field", "rpc-search",
+          "rpc-search-text"]
+
+
+def test_nested_bodies_are_answered_4xx_with_json(fuzzed):
+    """Any depth, any shape, at any place a body is read: a 2xx or a 4xx with a JSON message
+    (the Librarian RPC's in its v1 shape), never a 5xx."""
+
+    @settings(max_examples=60, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(depth=st.one_of(st.integers(1, 80), st.integers(80, 6000)),
+           shape=st.sampled_from(["lists", "objects", "search"]),
+           place=st.sampled_from(PLACES))
+    def check(depth: int, shape: str, place: str) -> None:
+        path, kwargs, style = _bodies(fuzzed, depth, shape, place)
+        reply = requests.post(fuzzed.server.url + path, timeout=30, **kwargs)
+        assert reply.status_code < 500, (place, depth, shape, reply.text[:300])
+        body = reply.json()
+        if reply.status_code >= 400:
+            assert isinstance(body.get("message"), str), body
+            if style == "v1":
+                assert body["success"] is False, body
+        if depth > 5000 // 2:  # far past every limit: refused, and the reason is the nesting
+            assert reply.status_code in (400, 403), (place, body)
+            assert "nested" in body["message"] or reply.status_code == 403, (place, body)
+
+    check()
+    assert fuzzed.server.api("stores")  # the server goes on

@@ -126,6 +126,50 @@ def test_link_methods(site: Site, method: str) -> None:
     assert get_job(site.db, again["id"])["files_skipped"] == len(site.names)
 
 
+def _chattr(path: Path, flag: str) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_link_staging_refused_where_the_user_could_write_the_store_file(site: Site) -> None:
+    """``hardlink`` and ``symlink`` hand the user the store's inode: refused at launch, with
+    the reason and the methods that copy, while the staging account could write it (owns it,
+    or holds a write bit through its group or as other), unless it is immutable."""
+    flat = next(n for n in site.names if n != MIRIAD_NAME)
+    for method in ("hardlink", "symlink"):
+        for names in ([flat], [MIRIAD_NAME], site.names):
+            with pytest.raises(InvalidRequest) as info:
+                stage(site, f"mine-{method}", names, method=method)
+            message = info.value.message
+            assert info.value.status == 400
+            assert "owned by the staging account" in message, message
+            assert "'reflink' or 'copy'" in message and method in message
+            assert info.value.details["refused"][0] in names
+    assert job_count(site) == 0 and tree(site.workspace) == []
+    # Given to another account, without a write bit for this one: linked.
+    give_stores_away(site.archive.stores)
+    source = site.sources[flat]
+    stage(site, "theirs", [flat], method="hardlink")
+    run_pending(site.db, FAST)
+    assert os.path.samefile(site.workspace / "theirs" / site.rel[flat], source)
+    # A write bit the user holds through a group, or as any account: refused again.
+    os.chown(source, -1, os.getegid())
+    for bits, words in ((0o464, "writable by its group"), (0o446, "writable by every account")):
+        os.chmod(source, bits)
+        with pytest.raises(InvalidRequest, match=words):
+            stage(site, "writable", [flat], method="symlink")
+    # Owned by the staging account but immutable (chattr +i): nobody can write it.
+    os.chown(source, os.geteuid(), -1)
+    os.chmod(source, 0o644)
+    if not _chattr(source, "+i"):
+        pytest.skip("this file system takes no immutable attribute (chattr +i)")
+    try:
+        job = stage(site, "immutable", [flat], method="symlink")
+        run_pending(site.db, FAST)
+        assert get_job(site.db, job["id"])["state"] == "succeeded"
+    finally:
+        _chattr(source, "-i")
+
+
 def test_reflink_copies_or_falls_back(site: Site) -> None:
     names = [n for n in site.names if n != MIRIAD_NAME][:3]
     job = stage(site, "cow", names, method="reflink")
@@ -333,6 +377,27 @@ def test_missing_files_are_listed_not_dropped(site: Site) -> None:
     assert "MISSING zen.2457999.11111.xx.HH.uvh5" in read_log(out)[0]
 
 
+@pytest.mark.parametrize("missing", [
+    "zen.nope\n* * * * * root touch /tmp/pwned\nzen.more",  # a line of its own (cron)
+    "zen.nope\r\nINJECTED", "zen.nope\u2028INJECTED", "zen.nope\x85INJECTED",
+    "zen.nope\udcffINJECTED", "zen." + "n" * 300,
+])
+def test_a_missing_name_cannot_inject_a_line(site: Site, missing: str) -> None:
+    """A name the catalogue does not hold is checked like any name at launch: one holding a
+    line break (or a lone surrogate, or too long) is refused with the reason, and no job, log
+    line or marker is written."""
+    with pytest.raises(InvalidRequest) as info:
+        stage(site, "inj", [site.names[0], missing])
+    assert info.value.status == 400
+    assert "\n" not in info.value.message and "\r" not in info.value.message
+    assert "file name" in info.value.message
+    with pytest.raises(InvalidRequest):
+        dry_run_stage(site.db, [missing], "inj", "copy", site.roots)
+    assert job_count(site) == 0 and not (site.workspace / "inj").exists()
+    assert not site.logs.exists() or not any(
+        "INJECTED" in p.read_text() or "pwned" in p.read_text() for p in site.logs.iterdir())
+
+
 def test_dry_run_counts_and_writes_nothing(site: Site, monkeypatch) -> None:
     names = site.names + site.names[:2] + ["zen.2457999.11111.xx.HH.uvh5"]
     plan = dry_run_stage(site.db, names, "dry/run", "copy", site.roots)
@@ -340,7 +405,12 @@ def test_dry_run_counts_and_writes_nothing(site: Site, monkeypatch) -> None:
     assert plan["files"] == len(site.names) and plan["bytes"] == total
     assert plan["missing"] == ["zen.2457999.11111.xx.HH.uvh5"]
     assert plan["free_bytes"] > 0 and plan["fits"]
-    assert dry_run_stage(site.db, names, "dry/run", "symlink", site.roots)["bytes_needed"] == 0
+    with pytest.raises(InvalidRequest, match="reflink"):  # the stores are this account's
+        dry_run_stage(site.db, names, "dry/run", "symlink", site.roots)
+    if os.geteuid() == 0:  # given away, they may be linked
+        give_stores_away(site.archive.stores)
+        assert dry_run_stage(site.db, names, "dry/run", "symlink",
+                             site.roots)["bytes_needed"] == 0
     assert not (site.workspace / "dry").exists() and job_count(site) == 0
     # Free space: refused with a clear message unless forced.
     monkeypatch.setattr("hera_stage_ext.jobs.plan.free_bytes", lambda path: 10)

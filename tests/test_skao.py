@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .api_fixtures import *  # noqa: F403
+from .job_fixtures import give_stores_away
 from .test_stage_api import wait_for
 
 NAME = "zen.2457646.10000.xx.HH.uvh5"
@@ -45,6 +46,11 @@ async def test_local_copy_and_symlink_copy(skao, api, ingested, archive, jp_root
     assert job["state"] == "succeeded"
     staged = Path(jp_root_dir) / "skao/a/2457646" / NAME
     assert staged.read_bytes() == Path(source(archive)).read_bytes()
+    # symlink_copy is a hard link: refused while this account could write the store's file.
+    code, reply = await skao("symlink_copy", {"local_path_on_storage": source(archive),
+                                              "relative_path": "skao/b"})
+    assert code == 400 and "'reflink' or 'copy'" in reply["message"], reply
+    give_stores_away(archive.stores)
     code, reply = await skao("symlink_copy", {"local_path_on_storage": source(archive),
                                               "relative_path": "skao/b"})
     assert code == 202

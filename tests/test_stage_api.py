@@ -98,6 +98,10 @@ async def test_second_job_into_the_same_folder_conflicts(api, ingested):
         ({"names": THREE, "query": "zen.*", "destination": "x"}, 400, "exactly one of"),
         ({"names": ["no-such-file"], "destination": "x"}, 404, "available instance"),
         ({"search": {"bogus": 1}, "destination": "x"}, 400, "bogus"),
+        # A name the catalogue lacks, holding a line break: refused before any log or marker.
+        ({"names": [THREE[0], "zen.nope\nINJECTED"], "destination": "x"}, 400,
+         "must not contain control characters: 'zen.nope\\nINJECTED'"),
+        ({"names": [THREE[0], "z" * 300], "destination": "x"}, 400, "at most 256 characters"),
     ],
 )
 async def test_bad_stage_requests_write_nothing(api, ingested, jp_root_dir, body, code, words):
@@ -107,6 +111,22 @@ async def test_bad_stage_requests_write_nothing(api, ingested, jp_root_dir, body
     assert words in reply["message"]
     assert sorted(os.listdir(jp_root_dir)) == before
     assert not Path("/tmp/elsewhere").exists()
+    _, jobs = await api("GET", "jobs")
+    assert jobs["jobs"] == []
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+async def test_links_to_the_users_own_store_files_are_refused_at_launch(api, ingested,
+                                                                         jp_root_dir, method):
+    """The demo stores are this account's: a link would hand it the archive's own inodes."""
+    code, reply = await api("POST", "stage", {"query": "session:2457646", "destination": "ln",
+                                              "method": method, "dry_run": True})
+    assert code == 400 and "owned by the staging account" in reply["message"], reply
+    assert "'reflink' or 'copy'" in reply["message"] and reply["refused"], reply
+    code, reply = await api("POST", "stage", {"query": "session:2457646", "destination": "ln",
+                                              "method": method})
+    assert code == 400 and "'reflink' or 'copy'" in reply["message"], reply
+    assert not (Path(jp_root_dir) / "ln").exists()
     _, jobs = await api("GET", "jobs")
     assert jobs["jobs"] == []
 

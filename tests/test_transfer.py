@@ -585,7 +585,8 @@ def test_full_store_answers_no_space(tmp_path) -> None:
              "checksums": {"md5": "0" * 32}}
     try:
         reply = receiver.announce("there", {"transfer": "t1", "files": [
-            offer, {**offer, "name": "zen.2457703.20000.xx.HH.uv", "is_directory": True}]})
+            offer, {**offer, "name": "zen.2457703.20000.xx.HH.uv", "is_directory": True,
+                    "path": "x/z.uv"}]})
         assert [(f["answer"], "free" in f["message"]) for f in reply["files"]] == [
             ("no-space", True), ("no-space", True)]
         unknown = receiver.announce("elsewhere", {"transfer": "t2", "files": [offer]})

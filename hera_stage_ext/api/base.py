@@ -1,5 +1,8 @@
 """What every REST handler shares: access to the core, JSON bodies, and the one error mapping.
 
+A JSON body is read through ``jsonbody.load_json``: at most ``MAX_BODY_BYTES``, nested at most
+``jsonbody.MAX_JSON_DEPTH`` deep, otherwise a 4xx naming the limit (never a RecursionError).
+
 Domain errors (``errors.StagingError``) become HTTP answers here and only here: the status the
 error names, with a JSON body ``{"error": ..., "message": ...}``. Core calls run in a thread
 pool so a slow query or a long ingest never stalls the server's event loop.
@@ -16,7 +19,9 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..core import Core
-from ..errors import InvalidRequest, PayloadTooLarge, StagingError
+from ..errors import InvalidRequest, StagingError
+from ..jsonbody import check_depth, load_json
+from ..jsonbody import check_unicode as check_unicode  # the Librarian RPC's, from here
 
 T = TypeVar("T")
 
@@ -24,16 +29,6 @@ T = TypeVar("T")
 MAX_BODY_BYTES = 1 << 20
 #: Resource name for Jupyter's authorizer (``authorized`` decorator).
 AUTH_RESOURCE = "hera_stage"
-
-
-def check_unicode(value: Any) -> None:
-    """Refuse JSON whose strings hold a lone surrogate (an escape such as ``"\\ud800"``): valid
-    JSON text, but no Unicode, so no database or file system can take it (a 500 otherwise)."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(
-            "the request holds a string with a lone surrogate (not valid Unicode)") from None
 
 
 class ApiError(web.HTTPError):
@@ -68,25 +63,20 @@ class BaseHandler(APIHandler):
         except StagingError as exc:
             raise ApiError(exc) from exc
 
+    @staticmethod
+    def check_json_depth(text: str, what: str) -> None:
+        """``jsonbody.check_depth`` for JSON a handler parses itself (a form field)."""
+        check_depth(text, what)
+
     def body_json(self) -> dict[str, Any]:
         """The request body as a JSON object, or a 4xx that says what is wrong with it."""
         body = self.request.body or b""
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes"))
-        if not body.strip():
-            return {}
         try:
-            value = json.loads(body)
-        except UnicodeDecodeError:
-            raise ApiError(InvalidRequest("request body is not UTF-8")) from None
-        except json.JSONDecodeError as exc:
-            raise ApiError(InvalidRequest(
-                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            )) from None
-        if not isinstance(value, dict):
-            raise ApiError(InvalidRequest("request body must be a JSON object"))
-        try:
-            check_unicode(value)
+            if len(body) <= MAX_BODY_BYTES and not body.strip():
+                return {}
+            value = load_json(body, max_bytes=MAX_BODY_BYTES)
+            if not isinstance(value, dict):
+                raise InvalidRequest("request body must be a JSON object")
         except InvalidRequest as exc:
             raise ApiError(exc) from None
         return value

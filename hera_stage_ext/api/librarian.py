@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
+from tornado import web
 
 from ..catalogue import sessions, v1upload
 from ..catalogue.catalogue import FileSpec
@@ -358,7 +359,16 @@ class LibrarianRPCHandler(BaseHandler):
         if len(self.request.body or b"") > MAX_BODY_BYTES:
             self._fail(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
             return
-        raw = self.get_body_argument("request", default=None)
+        try:
+            raw = self.get_body_argument("request", default=None)
+            if raw is not None:  # nested too deep for the parser: refused before it recurses
+                self.check_json_depth(raw, "'request'")
+        except web.HTTPError:  # tornado decodes the field when asked: not UTF-8
+            self._fail(400, "the form field 'request' is not valid UTF-8")
+            return
+        except StagingError as exc:
+            self._fail(exc.status, exc.message)
+            return
         try:
             result = await self.run(handle_rpc, self.core, operation, raw)
         except StagingError as exc:

@@ -1,9 +1,12 @@
 """What a file name may be, and what it tells: its type and, for HERA-style names, its observation.
 
 A name is a single path component (the Librarian's rule): no ``/``, no NUL, no ``..``, not empty,
-at most ``MAX_NAME_LENGTH`` characters. ``zen.2457644.12345.xx.HH.uvc`` carries the Julian date
-of its observation's start; a configurable regular expression with a named group ``jd`` (or
-``obsid``, GPS seconds) extracts it, and the observation's obsid, LST and session follow.
+at most ``MAX_NAME_LENGTH`` characters, no control characters or line separators, valid Unicode.
+Every name from outside is checked so (a name to stage that the catalogue does not hold too,
+before it reaches a job's log, a marker or a reply). ``zen.2457644.12345.xx.HH.uvc`` carries
+the Julian date of its observation's start; a configurable regular expression with a named
+group ``jd`` (or ``obsid``, GPS seconds) extracts it, and the observation's obsid, LST and
+session follow.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
+from ..paths import CONTROL_CHARACTERS
 from .models import MAX_NAME_LENGTH
 
 #: Matches HERA's raw-data names: ``zen.<JD with 5 decimals>.<anything>``.
@@ -32,11 +36,15 @@ _LEAP_SECONDS = (
 )
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+def shown(name: str, limit: int = 80) -> str:
+    """``name`` as an error message shows it: quoted with its control characters escaped (a
+    line break in a name never starts a line of a log or a marker), cut at ``limit``."""
+    return repr(name[:limit]) + ("..." if len(name) > limit else "")
 
 
 def validate_name(name: object) -> str:
-    """Return ``name`` if the catalogue accepts it, else raise InvalidRequest saying why."""
+    """Return ``name`` if the catalogue accepts it, else raise InvalidRequest saying why (the
+    name shown escaped: ``shown``)."""
     if not isinstance(name, str):
         raise InvalidRequest(f"a file name must be a string, got {type(name).__name__}")
     if not name or name == ".":
@@ -44,13 +52,19 @@ def validate_name(name: object) -> str:
     if "\x00" in name:
         raise InvalidRequest("a file name must not contain NUL")
     if "/" in name or "\\" in name:
-        raise InvalidRequest(f"a file name must not contain '/' or '\\\\': {name!r}")
+        raise InvalidRequest(f"a file name must not contain '/' or '\\\\': {shown(name)}")
     if ".." in name:
-        raise InvalidRequest(f"a file name must not contain '..': {name!r}")
+        raise InvalidRequest(f"a file name must not contain '..': {shown(name)}")
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidRequest(f"a file name must be at most {MAX_NAME_LENGTH} characters")
-    if _CONTROL.search(name):
-        raise InvalidRequest(f"a file name must not contain control characters: {name!r}")
+        raise InvalidRequest(f"a file name must be at most {MAX_NAME_LENGTH} characters: "
+                             f"{shown(name)}")
+    if CONTROL_CHARACTERS.search(name):
+        raise InvalidRequest(f"a file name must not contain control characters: {shown(name)}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"a file name must be valid Unicode (no lone surrogates): "
+                             f"{shown(name)}") from None
     return name
 
 

@@ -66,6 +66,8 @@ from .search_parse import KINDS, parse_search
 __all__ = ["parse_query_text"]
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+#: Most '(' and '-' around one term (the search they make is checked for depth after).
+_MAX_NESTING = 64
 
 # attribute -> type: "s" string, "i" integer, "f" float, "d" days
 _FILE_ATTRS = {
@@ -227,6 +229,14 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
         self.kind = kind
+        self.depth = 0  # open parentheses and '-' around the term being read
+
+    def nested(self, token: _Symbol) -> None:
+        """One level deeper; refused past what a search may nest (the parser recurses per
+        level: thousands of '(' must be a clear error, not a RecursionError)."""
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise _error(f"nested deeper than {_MAX_NESTING} levels", token.column, token.raw)
 
     def peek(self) -> _Word | _Symbol | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -260,13 +270,18 @@ class _Parser:
         if token.kind == "-":
             if self.peek() is None:
                 raise _error("'-' needs a term after it", token.column, token.raw)
-            return {"none-of": [self.unary()]}
+            self.nested(token)
+            negated = {"none-of": [self.unary()]}
+            self.depth -= 1
+            return negated
         if token.kind == "(":
+            self.nested(token)
             terms = self.conjunction()
             closing = self.peek()
             if closing is None:
                 raise _error("unclosed parenthesis", token.column, token.raw)
             self.take()
+            self.depth -= 1
             return _combine(terms)
         if token.kind == "OR":
             raise _error("OR needs a term before it", token.column, token.raw)

@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 from ..errors import SearchError
+from ..jsonbody import MAX_JSON_DEPTH, json_depth
 
 #: The kinds of things one can search for.
 KINDS = ("files", "instances", "observations", "sessions")
@@ -67,6 +68,8 @@ def parse_search(value: str | bytes | dict | list) -> dict | list:
             len(value.encode("utf-8", "surrogatepass")) > MAX_SEARCH_BYTES
         ):
             raise SearchError(f"search text is larger than {MAX_SEARCH_BYTES} bytes")
+        if json_depth(value) > MAX_JSON_DEPTH:
+            raise SearchError(f"search is nested deeper than {MAX_DEPTH} levels")
         try:
             parsed = json.loads(
                 value, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
@@ -77,7 +80,7 @@ def parse_search(value: str | bytes | dict | list) -> dict | list:
                 line=exc.lineno,
                 column=exc.colno,
             ) from None
-        except RecursionError:
+        except RecursionError:  # not reached within MAX_JSON_DEPTH; no text may cause a 500
             raise SearchError(f"search is nested deeper than {MAX_DEPTH} levels") from None
         except ValueError as exc:  # e.g. an integer literal with too many digits
             raise SearchError(f"invalid JSON: {exc}") from None

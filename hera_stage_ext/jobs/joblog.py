@@ -1,10 +1,20 @@
 """Job logs: the human-readable log of each job (``JobLog``, appended by whoever acts on the
-job: creation, workers, cancel, retry), where logs are kept by default, and reading a log back a
-piece at a time (``read_log``, for tails that never see half a line)."""
+job: creation, workers, cancel, retry), where logs are kept by default and who may read them
+(``prepare_log_dir``), and reading a log back a piece at a time (``read_log``, for tails that
+never see half a line).
+
+Logs name users' paths, so they are private: the log folder is 0700 and each log 0600. With a
+site group (``c.StagingApp.job_log_group``) the folder is 2750 in that group (new files take the
+group) and each log 0640. A log takes its mode from its folder, so every process that writes
+one (the server, the worker, a cancel) gives it the same without being told the group."""
 
 from __future__ import annotations
 
+import contextlib
+import grp
+import logging
 import os
+import stat
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,10 +25,42 @@ from ..errors import InvalidRequest
 from .models import Job
 
 
+log = logging.getLogger("hera_stage_ext.jobs")
+
+#: The log folder's mode without a site group, and with one (setgid: new files take its group).
+PRIVATE_DIR, GROUP_DIR = 0o700, 0o2750
+
+
 def default_log_dir() -> Path:
     from jupyter_core.paths import jupyter_data_dir
 
     return Path(jupyter_data_dir()) / "hera_stage" / "job-logs"
+
+
+def prepare_log_dir(path: str | os.PathLike[str], group: str = "") -> None:
+    """Create the log folder if needed and make it 0700, or 2750 in ``group`` (a group name;
+    ValueError if there is none of that name). A folder this account does not own keeps its
+    mode (a warning says so)."""
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"job_log_group: no group named {group!r}") from None
+    folder = Path(path)
+    folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    try:
+        if gid != -1:
+            os.chown(folder, -1, gid)
+        os.chmod(folder, GROUP_DIR if gid != -1 else PRIVATE_DIR)
+    except OSError as exc:
+        log.warning("hera_stage_ext: cannot make the job log folder %s private (%s): job logs "
+                    "there may be readable by others", folder, exc.strerror)
+
+
+def _file_mode(folder_mode: int) -> int:
+    """A log's mode: group-readable only where its folder is."""
+    return 0o640 if folder_mode & stat.S_IRGRP else 0o600
 
 
 class JobLog:
@@ -32,7 +74,7 @@ class JobLog:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._held: list[str] = []
-        self._dir_made = False
+        self._checked = False  # the file's mode and group set (once per JobLog)
 
     @staticmethod
     def _line(message: str) -> str:
@@ -64,17 +106,33 @@ class JobLog:
     def _write_held(self) -> None:
         data = "".join(self._held).encode("utf-8", "surrogateescape")
         self._held.clear()
-        if not self._dir_made:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._dir_made = True
-        # O_APPEND: whole writes from several processes never interleave mid-line.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        if not self._checked:
+            self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        # O_APPEND: whole writes from several processes never interleave mid-line. Created
+        # 0600 whatever the umask says; made 0640 below where the folder is group-readable.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+                     | os.O_NOFOLLOW, 0o600)
         try:
+            if not self._checked:
+                self._set_mode(fd)
+                self._checked = True
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
+
+    def _set_mode(self, fd: int) -> None:
+        """Give the log the mode (and group) its folder calls for; a log of another account,
+        or one written before logs were private, is left as the file system allows."""
+        folder = os.stat(self.path.parent)
+        mine = os.fstat(fd)
+        want = _file_mode(folder.st_mode)
+        with contextlib.suppress(OSError):
+            if want & stat.S_IRGRP and mine.st_gid != folder.st_gid:
+                os.fchown(fd, -1, folder.st_gid)
+            if stat.S_IMODE(mine.st_mode) != want:
+                os.fchmod(fd, want)
 
 
 def read_log(job: Job | Mapping[str, Any], offset: int = 0,

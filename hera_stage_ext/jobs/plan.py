@@ -1,14 +1,16 @@
 """Planning a staging job: the names to stage resolved to the instances they are staged from
 (``_resolve``: online stores first, then cold stores through ``recall``), the destination
 checked (``targets.plan_target``) and its free space compared with what the method writes
-(``plan_stage``, ``StagePlan``); ``dry_run_stage`` reports the plan. Reads only, writes nothing:
-``engine.create_stage_job`` writes the job from a plan. ``_names`` and ``_resolve`` also serve
-the transfer kind."""
+(``plan_stage``, ``StagePlan``); ``hardlink`` and ``symlink`` only from store files the
+staging account cannot write (``check_links``); ``dry_run_stage`` reports the plan. Reads
+only, writes nothing: ``engine.create_stage_job`` writes the job from a plan. ``_names`` and
+``_resolve`` also serve the transfer kind."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +20,18 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store
+from ..catalogue.naming import shown, validate_name
 from ..errors import InvalidRequest
-from . import recall, targets
+from . import linkcheck, recall, targets
 from .items import IN_CHUNK
 from .methods import METHODS
 
 #: Methods that write every byte again at the destination (so free space is checked for them).
 COPYING = ("copy", "reflink", "contents")
+#: Methods that hand the user the store's own inode (``linkcheck``).
+LINKING = ("hardlink", "symlink")
+#: Refused files named in a refusal's details (the message names the first).
+_REFUSED_SHOWN = 20
 
 
 @dataclass
@@ -52,13 +59,82 @@ def _names(names_or_rows: Iterable[str | Mapping[str, Any]]) -> list[str]:
     for entry in names_or_rows:
         name = entry.get("name") if isinstance(entry, Mapping) else entry
         if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"a file to stage must be a name or a row with a name: {entry!r}")
+            raise InvalidRequest("a file to stage must be a name or a row with a name: "
+                                 f"{repr(entry)[:80]}")
+        # Checked like any name, held or not: a missing one goes into the job's log, the
+        # error marker and replies, where a line break would start a line of its own.
+        validate_name(name)
         if name not in seen:  # a name asked twice is staged (and counted) once
             seen.add(name)
             names.append(name)
     if not names:
         raise InvalidRequest("nothing to stage: no file names given (did the search match any?)")
     return names
+
+
+def check_links(method: str, items: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a ``hardlink`` or ``symlink`` launch (InvalidRequest naming the first file, the
+    reason and the methods that copy) when the staging account could write any chosen store
+    file (``linkcheck.link_exposure``): a link hands it that inode, and an edit of the staged
+    file would change the archive's. A data set is judged by every file in it, and for a
+    symbolic link by its folders too (the link hands over the folder itself). Items waiting for
+    a recall have no file yet (their buffer copy is checked when it is staged); a file gone
+    from its store is left to the worker, which reports it."""
+    uid, gids = linkcheck.staging_identity()
+    refused: list[str] = []
+    first = ""
+    for item in items:
+        if item.get("state") == recall.WAITING:
+            continue
+        reason = _exposure(item["source_path"], bool(item["is_directory"]), method, uid, gids)
+        if reason:
+            refused.append(item["name"])
+            first = first or f"{shown(item['name'])} ({item['store']}:{item['dest_path']}): " \
+                f"{reason}"
+    if refused:
+        raise InvalidRequest(
+            f"cannot stage {len(refused)} file(s) by {method}: {first}", method=method,
+            refused=refused[:_REFUSED_SHOWN])
+
+
+def _exposure(path: str, is_directory: bool, method: str, uid: int, gids: frozenset[int]
+              ) -> str | None:
+    """Why linking the store file (or data set) at ``path`` would expose it, or None. The file
+    a link would hand over: the instance's own path through a symlink (a link to a file is
+    made to its target); in a data set every member, a symlink member left out (the worker
+    refuses one that leads out of the data set, and one that stays in leads to a member
+    judged here)."""
+    # A hard-linked tree gets folders of its own: only its files are the store's.
+    paths = [path] if not is_directory or method == "symlink" else []
+    if is_directory:
+        for folder, dirs, files in os.walk(path):
+            paths += [os.path.join(folder, f) for f in files]
+            if method == "symlink":
+                paths += [os.path.join(folder, d) for d in dirs]
+    for one in paths:
+        try:
+            st = os.stat(one) if one == path else os.lstat(one)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        reason = linkcheck.link_exposure(st, uid, gids)
+        if reason is not None and not _immutable(one):
+            return reason if one == path else f"{os.path.relpath(one, path)} in it: {reason}"
+    return None
+
+
+def _immutable(path: str) -> bool:
+    """The immutable attribute of the file at ``path`` (asked only of files a link would
+    otherwise expose: most stores need no open per file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return linkcheck.is_immutable(fd)
+    finally:
+        os.close(fd)
 
 
 def free_bytes(path: Path) -> int:
@@ -81,6 +157,8 @@ def plan_stage(
     target = targets.plan_target(destination, method, allowed_roots, base, contents)
     items, missing, total = _resolve(db, _names(names_or_rows))
     recall.check_method(method, items)
+    if method in LINKING:
+        check_links(method, items)
     needed = total if method in COPYING else 0
     free = free_bytes(target.local) if target.local is not None else None
     return StagePlan(target, method, items, missing, total, needed, free)

@@ -11,7 +11,12 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     holds the same content: nothing moves), ``conflict`` (the name is known with other content,
     or the path holds another file), ``no-space`` or ``refused`` (e.g. a directory data set: not
     transferred yet). Announcing again is harmless: a file being received keeps going, a failed
-    one is tried again, a committed one is ``have``.
+    one is tried again, a committed one is ``have``. Every offer is checked entirely first
+    (``check_offer``: the path canonical and outside the receiver's own folders, every field as
+    the catalogue will store it): one malformed offer, or two names at one path, refuses the
+    whole announce with 400 naming the file and the field, and nothing of it is recorded. (Per
+    file answers are for what the receiver decides; a malformed offer is a sender that does not
+    speak the protocol, and its other files wait for a correct announce.)
 ``POST status``  sender -> receiver. ``{"names": [...], "wait": seconds}`` -> ``{"files":
     [{"name", "state", "bytes", "attempts", "error"}]}``; state ``queued``, ``receiving``,
     ``committed``, ``failed`` or ``unknown``. With ``wait`` (at most ``MAX_STATUS_WAIT``) the
@@ -39,6 +44,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import math
 import mmap
 import struct
 from collections.abc import Iterator, Sequence
@@ -51,7 +57,7 @@ from ..catalogue import checksums as ck
 from ..catalogue.catalogue import FileSpec
 from ..catalogue.naming import ObservationInfo, validate_name
 from ..errors import InvalidRequest, StagingError, Unauthorized, Unavailable
-from ..paths import check_text
+from ..paths import CONTROL_CHARACTERS, check_canonical
 from .peers import Peer
 
 #: What a stream fills: a plain buffer, or one of ``directio``'s aligned ones.
@@ -93,26 +99,131 @@ def offer_from_detail(detail: dict[str, Any], path: str) -> dict[str, Any]:
     }
 
 
-def check_offer(offer: Any) -> dict[str, Any]:
-    """Validate one offer from a peer (InvalidRequest naming the problem)."""
+#: Largest integer the catalogue stores (sizes, obsids, sessions: signed 64 bits).
+_INT64_MAX = 2**63 - 1
+#: Longest ``source`` the catalogue stores.
+_MAX_SOURCE = 256
+
+
+def _int64(value: Any, low: int = -_INT64_MAX - 1) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= _INT64_MAX
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) \
+        and math.isfinite(value)
+
+
+def _no_nul(value: Any) -> bool:
+    """No NUL in any string of a JSON value, keys included (PostgreSQL's jsonb takes none).
+    Walked with a stack: the body's depth limit bounds it, but nothing here recurses."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+        elif isinstance(item, dict):
+            stack += item.keys()
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return True
+
+
+def _create_time(value: Any) -> str | None:
+    """An offer's ``create_time`` as the receiver stores it: naive UTC in ISO form (a time
+    with an offset converted); ValueError if it is none."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("must be an ISO 8601 date and time, e.g. 2026-01-31T12:00:00Z")
+    when = dt.datetime.fromisoformat(value[:-1] if value.endswith("Z") else value)
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when.isoformat()
+
+
+def _observation(obs: Any) -> str | None:
+    """Why an offer's ``observation`` cannot be registered, or None."""
+    if not isinstance(obs, dict) or set(obs) != set(_OBSERVATION_FIELDS):
+        return f"must be an object of exactly {', '.join(_OBSERVATION_FIELDS)}"
+    for key in ("obsid", "session_id"):
+        if not _int64(obs[key]):
+            return f"{key} must be an integer of at most 64 bits, got {obs[key]!r:.40}"
+    for key in ("start_time_jd", "stop_time_jd", "start_lst_hr"):
+        if not _finite(obs[key]):
+            return f"{key} must be a finite number, got {obs[key]!r:.40}"
+    if obs["start_time_jd"] > obs["stop_time_jd"]:
+        return "start_time_jd is after stop_time_jd"
+    if not 0 <= obs["start_lst_hr"] <= 24:
+        return "start_lst_hr must be from 0 to 24 hours"
+    return None
+
+
+def check_offer(offer: Any, reserved: Sequence[str] = (), reserved_suffix: str = ""
+                ) -> dict[str, Any]:
+    """Validate one offer from a peer entirely, every field as the catalogue will store it, so
+    that nothing found wrong after its bytes arrived can stop its registration; the offer with
+    its checksums, path and ``create_time`` normalised. InvalidRequest names the file, the
+    field and the problem. The path must be canonical (``paths.check_canonical``: one spelling
+    per file) and stay out of the receiver's own folders: no component in ``reserved``, none
+    ending in ``reserved_suffix``."""
     if not isinstance(offer, dict):
         raise InvalidRequest("each offer must be an object")
-    validate_name(offer.get("name"))
+    name = validate_name(offer.get("name"))
+
+    def bad(field: str, problem: str) -> InvalidRequest:
+        return InvalidRequest(f"offer of {name!r}: {field} {problem}", name=name, field=field)
+
     size = offer.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidRequest(f"{offer['name']}: size must be a non-negative integer")
+    if not _int64(size, 0):
+        raise bad("size", "must be a non-negative integer of at most 64 bits")
     if not isinstance(offer.get("checksums"), dict) or not offer["checksums"]:
-        raise InvalidRequest(f"{offer['name']}: checksums are required")
-    checksums = ck.normalise(offer["checksums"])
-    path = check_text(offer.get("path", offer["name"]), "path")
-    if path.startswith("/") or ".." in path.split("/"):
-        raise InvalidRequest(f"{offer['name']}: path must be relative, without '..'")
-    if not isinstance(offer.get("meta", {}), dict):
-        raise InvalidRequest(f"{offer['name']}: meta must be an object")
+        raise bad("checksums", "are required (an object of algorithm to hex digest)")
+    try:
+        checksums = ck.normalise(offer["checksums"])
+    except InvalidRequest as exc:
+        raise bad("checksums", f"are malformed: {exc.message}") from None
+    try:
+        path = check_canonical(offer.get("path", name), "path")
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"offer of {name!r}: {exc.message}", name=name,
+                             field="path") from None
+    parts = path.split("/")
+    if reserved and any(part in reserved for part in parts):
+        raise bad("path", f"{path!r} is inside a folder the receiver keeps for itself "
+                  f"({', '.join(reserved)})")
+    if reserved_suffix and any(part.endswith(reserved_suffix) for part in parts):
+        raise bad("path", f"{path!r} ends a component in {reserved_suffix!r}, which the "
+                  "receiver keeps for files being written")
+    if not isinstance(offer.get("is_directory", False), bool):
+        raise bad("is_directory", "must be true or false")
+    obsid = offer.get("obsid")
+    if obsid is not None and not _int64(obsid):
+        raise bad("obsid", f"must be an integer of at most 64 bits or null, got {obsid!r:.40}")
+    try:
+        created = _create_time(offer.get("create_time"))
+    except ValueError as exc:
+        raise bad("create_time", f"{offer.get('create_time')!r:.60} is no date and time: "
+                  f"{exc}") from None
+    source = offer.get("source", "")
+    if not isinstance(source, str) or len(source) > _MAX_SOURCE \
+            or CONTROL_CHARACTERS.search(source):
+        raise bad("source", f"must be a string of at most {_MAX_SOURCE} characters without "
+                  "control characters")
+    meta = offer.get("meta", {})
+    if not isinstance(meta, dict) or not _no_nul(meta):
+        raise bad("meta", "must be an object whose strings hold no NUL")
     obs = offer.get("observation")
-    if obs is not None and (not isinstance(obs, dict) or set(obs) != set(_OBSERVATION_FIELDS)):
-        raise InvalidRequest(f"{offer['name']}: observation needs {_OBSERVATION_FIELDS}")
-    return {**offer, "path": path, "checksums": checksums}
+    if obs is not None:
+        if (problem := _observation(obs)) is not None:
+            raise bad("observation", problem)
+        if obsid is not None and obsid != obs["obsid"]:
+            raise bad("obsid", f"{obsid} is not its observation's ({obs['obsid']})")
+    elif obsid is not None:
+        raise bad("observation", f"is missing: obsid {obsid} needs its observation")
+    return {**offer, "path": path, "checksums": checksums, "create_time": created}
 
 
 #: What a receiver keeps of an offer beyond its name, size, checksums and path (columns of

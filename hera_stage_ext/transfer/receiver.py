@@ -62,8 +62,8 @@ from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
-from ..jobs.methods import _rename_noreplace, _write_all, commit, remove_path
-from ..paths import confine
+from ..jobs.methods import TMP_SUFFIX, _rename_noreplace, _write_all, commit, remove_path
+from ..paths import CONTROL_CHARACTERS, confine
 from ..writeback import WriteBehind
 from .bulk import one_of
 from .models import ACTIVE_ITEM_STATES, TransferItem
@@ -88,6 +88,8 @@ from .protocol import (
 log = logging.getLogger("hera_stage_ext.transfer")
 
 INCOMING_DIR = ".hera-stage-incoming"
+#: Folders of the receiving store that are the receiver's own: no offered path may enter one.
+RESERVED_DIRS = (INCOMING_DIR,)
 #: Test-only fault: flip one byte of the first chunk received of this file name, once per process.
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
@@ -208,14 +210,20 @@ class Receiver:
     # ----- announce and status ------------------------------------------------------------
     def announce(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
         transfer = body.get("transfer")
-        if not isinstance(transfer, str) or not 0 < len(transfer) <= 64:
-            raise InvalidRequest("'transfer' must be a string of 1 to 64 characters")
+        if not isinstance(transfer, str) or not 0 < len(transfer) <= 64 \
+                or CONTROL_CHARACTERS.search(transfer):
+            raise InvalidRequest("'transfer' must be a string of 1 to 64 characters without "
+                                 "control characters")
         offers = body.get("files")
         if not isinstance(offers, list) or len(offers) > MAX_OFFERS:
             raise InvalidRequest(f"'files' must be a list of at most {MAX_OFFERS} offers")
-        offers = [check_offer(o) for o in offers]
+        # Every offer checked whole before anything is recorded or pulled: one malformed
+        # field refuses the announce (400 naming the file and field), nothing of it is kept.
+        offers = [check_offer(o, RESERVED_DIRS, TMP_SUFFIX) for o in offers]
         if len({o["name"] for o in offers}) != len(offers):
             raise InvalidRequest("a name is offered twice")
+        if len({o["path"] for o in offers}) != len(offers):
+            raise InvalidRequest("a path is offered twice (for two names)")
         reply = {"transfer": transfer, "site": self.registry.site_name, "files": []}
         refusal = None
         if self.store is None:
