@@ -24,6 +24,7 @@ from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import File
+from hera_stage_ext.errors import InvalidRequest
 from hera_stage_ext.jobs import EngineConfig, create_stage_job, get_job, markers, run_pending
 from hera_stage_ext.transfer.upload import create_upload_job
 
@@ -86,7 +87,11 @@ def test_marker_temporary_names_planted_as_symlinks_are_not_written_through(site
     dest.mkdir()
     for name in (markers.ERRORS, markers.SUCCEEDED):
         (dest / f".{name}.hera-tmp").symlink_to(victim)
-    missing = "zen.nothing.uvh5\n* * * * * root evil-command"
+    # A missing name holding a line break is refused at launch (it never reaches a marker);
+    # one without is a line of the error marker.
+    with pytest.raises(InvalidRequest, match="control characters"):
+        stage(site, "d", site.names[:2] + ["zen.nothing.uvh5\n* * * * * root evil-command"])
+    missing = "zen.nothing.uvh5"
     names = site.names[:2] + ([missing] if result == "errors" else [])
     job = stage(site, "d", names)
     run_pending(site.db, FAST)
@@ -97,7 +102,7 @@ def test_marker_temporary_names_planted_as_symlinks_are_not_written_through(site
     assert marker.is_file() and not marker.is_symlink()
     if result == "errors":
         lines = marker.read_text().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("zen.nothing.uvh5 * * * * * root"), lines
+        assert len(lines) == 1 and lines[0].startswith("zen.nothing.uvh5: "), lines
     assert not (dest / markers.IN_PROGRESS).exists()
 
 
@@ -298,7 +303,12 @@ def test_links_to_store_files_the_user_could_write_are_refused(site, method):
     to use instead; the archive's bytes are as they were."""
     name = [n for n in site.names if n.endswith(".uvh5")][0]
     before = site.sources[name].read_bytes()
+    with pytest.raises(InvalidRequest, match="owned by the staging account"):
+        stage(site, f"l-{method}", [name], method=method)  # refused at launch already
+    # Given away for the launch, the staging account's again by the time it is moved.
+    give_stores_away(site.archive.stores)
     job = stage(site, f"l-{method}", [name], method=method)
+    os.chown(site.sources[name], os.geteuid(), os.getegid())
     run_pending(site.db, FAST)
     out = get_job(site.db, job["id"])
     assert out["state"] == "failed" and out["files_failed"] == 1, out
@@ -312,10 +322,10 @@ def test_links_to_store_files_the_user_could_write_are_refused(site, method):
 def test_links_to_store_files_others_may_write_are_refused(site, bits, reason):
     give_stores_away(site.archive.stores)
     name = [n for n in site.names if n.endswith(".uvh5")][0]
+    job = stage(site, "grp", [name], method="symlink")  # made writable after the launch
     os.chmod(site.sources[name], bits)
     if reason == "its group":
         os.chown(site.sources[name], 65534, os.getegid())
-    job = stage(site, "grp", [name], method="symlink")
     run_pending(site.db, FAST)
     out = get_job(site.db, job["id"])
     assert out["state"] == "failed" and reason in out["error"], out
