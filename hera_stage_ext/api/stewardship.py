@@ -35,6 +35,9 @@ class FixityHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        unknown = sorted(set(self.request.query_arguments) - {"state", "store", "limit"})
+        if unknown:  # a misspelt filter must not answer the unfiltered default
+            raise ApiError(InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}"))
         states = self.get_arguments("state") or None
         store = self.get_argument("store", None) or None
         try:

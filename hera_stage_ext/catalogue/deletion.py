@@ -262,10 +262,11 @@ def offload(db: Database, source: str, dest: str, rule: DeletionRule, *,
     ``dest`` holds a verified copy already), verified, registered, and its source copy deleted
     under the deletion rule. Returns what happened to each."""
     moved, kept, failed = [], [], []
+    pending = pending_offload(db, source, dest, batch)  # checks both stores first
     with db.read() as s:
         dest_id, dest_root = s.execute(select(Store.id, Store.path)
                                        .where(Store.name == dest)).one()
-    for instance_id in pending_offload(db, source, dest, batch):
+    for instance_id in pending:
         with db.read() as s:
             row = s.execute(
                 select(File.id, File.name, File.size, File.checksums, Instance.path,
