@@ -345,7 +345,7 @@ class Mover:
                 self._link_tree(fin, dir_fd, tmp)
             else:
                 # The inode just checked and verified, not whatever the path holds now.
-                os.link(f"/proc/self/fd/{fin}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
+                _hardlink(fin, tmp, dir_fd)
         finally:
             os.close(fin)
 
@@ -521,13 +521,26 @@ class Mover:
                 fin = _member(src_fd, member)
                 try:
                     head, tail = os.path.split(member)
-                    os.link(f"/proc/self/fd/{fin}", tail, dst_dir_fd=out.get(head),
-                            follow_symlinks=True)
+                    _hardlink(fin, tail, out.get(head))
                 finally:
                     os.close(fin)
             out.copy_mtimes(src_fd, folders)
         finally:
             out.close()
+
+
+def _hardlink(fin: int, name: str, dir_fd: int) -> None:
+    """Hard-link the open file ``fin`` (the inode checked and verified, not whatever its path
+    holds now) as ``name`` in ``dir_fd``."""
+    try:
+        os.link(f"/proc/self/fd/{fin}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    except PermissionError:
+        # fs.protected_hardlinks: an account may link only files it owns or can write, which
+        # is exactly what a safe store's files are not (``linkcheck``).
+        raise ItemFailed(
+            "the kernel refuses to hard-link a file this account neither owns nor can write "
+            "(fs.protected_hardlinks = 1); stage with symlink, reflink or copy, or run the "
+            "worker with CAP_FOWNER") from None
 
 
 def _member(dir_fd: int, member: str) -> int:
