@@ -241,9 +241,15 @@ export class SearchModel {
     const edited = (['mode', 'text', 'jsonText', 'kind'] as const).some(
       key => values[key] !== undefined && values[key] !== this[key]
     );
+    const kindBefore = this.kind;
     Object.assign(this, values);
-    // A sort the new kind does not offer would make every search of it fail.
-    this.sort = sortFor(this.kind, this.sort);
+    if (this.kind !== kindBefore) {
+      // Each kind keeps its own sort; a sort the new kind does not offer would make every
+      // search of it fail, so it starts from the one before only where that one applies.
+      this._sorts[kindBefore] = this.sort;
+      const kept = this._sorts[this.kind];
+      this.sort = kept !== undefined ? kept : sortFor(this.kind, this.sort);
+    }
     if (edited) {
       // The last error was about a search that is no longer in the box.
       this.error = null;
@@ -421,6 +427,7 @@ export class SearchModel {
   }
 
   private _search: SearchFunction;
+  private _sorts: Partial<Record<SearchKind, string | null>> = {};
   private _generation = 0;
   private _changed = new Signal<this, void>(this);
 }

@@ -263,11 +263,10 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
         }
       }
     });
-    app.contextMenu.addItem({
-      command: PanelCommandIDs.searchSelection,
-      selector: '.jp-Notebook .jp-Cell, .jp-FileEditor, .jp-OutputArea',
-      rank: 90
-    });
+    // (A context menu selector takes no commas: one item per place.)
+    for (const selector of ['.jp-Notebook .jp-Cell', '.jp-FileEditor', '.jp-OutputArea-output']) {
+      app.contextMenu.addItem({ command: PanelCommandIDs.searchSelection, selector, rank: 90 });
+    }
     commands.addCommand(PanelCommandIDs.stageSelected, {
       label: 'Stage the Selected Archive Files (Preview)',
       isEnabled: () => search.selectedNames().length > 0,

@@ -83,6 +83,8 @@ describe('search staleness and sort', () => {
     model.sort = '-size';
     model.set({ kind: 'observations' });
     expect(model.sort).toBeNull();
+    model.set({ kind: 'files' });
+    expect(model.sort).toBe('-size'); // each kind keeps its own
   });
 
   it('marks rows stale when the box changes or a search fails, and stages none of them', async () => {

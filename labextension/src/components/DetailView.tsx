@@ -49,6 +49,7 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
   const [detail, setDetail] = React.useState<IFileDetail | null>(null);
   const [error, setError] = React.useState<string | null>(null);
   const heading = React.useRef<HTMLHeadingElement>(null);
+  const section = React.useRef<HTMLElement>(null);
 
   React.useEffect(() => {
     setDetail(null);
@@ -75,7 +76,6 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
   if (!key) {
     return null;
   }
-  const section = React.useRef<HTMLElement>(null);
   /** Close, and give the focus back to the results (never to the page's body). */
   const close = () => {
     const view = section.current?.closest('.jp-HeraStage-view');

@@ -64,7 +64,7 @@ export function gridLayout(kind: SearchKind, compact = false): { template: strin
   if (compact) {
     return {
       template: check
-        .concat(columns.map((c, i) => (i === 0 ? 'minmax(0, 1fr)' : `${Math.min(c.min, 96)}px`)))
+        .concat(columns.map((c, i) => (i === 0 ? 'minmax(0, 1fr)' : `${Math.min(c.min, c.numeric ? 70 : 96)}px`)))
         .join(' '),
       minWidth: 0
     };
@@ -76,17 +76,12 @@ export function gridLayout(kind: SearchKind, compact = false): { template: strin
 }
 
 /**
- * A file name split so that its end stays visible when the cell is narrow: the head is cut
- * with an ellipsis, the tail (from the extension's dot, at most 12 characters) always shows.
+ * A file name split so that its extension stays visible when the cell is narrow: the head
+ * is cut with an ellipsis, the tail (from the last dot, at most 8 characters) always shows.
  */
 export function splitName(name: string): [string, string] {
   const dot = name.lastIndexOf('.');
-  let cut = dot > 0 && name.length - dot <= 12 ? dot : name.length - Math.min(8, name.length);
-  // Keep the part before the extension with it too (".xx.HH.uvh5"), room permitting.
-  const before = name.lastIndexOf('.', cut - 1);
-  if (before > 0 && name.length - before <= 12) {
-    cut = before;
-  }
+  const cut = dot > 0 && name.length - dot <= 8 ? dot : name.length - Math.min(6, name.length);
   return [name.slice(0, cut), name.slice(cut)];
 }
 

@@ -95,11 +95,15 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
         )}
         {json && <span className="jp-HeraStage-grow">JSON search</span>}
         <button
-          type="submit"
-          className="jp-Button jp-mod-styled jp-mod-accept jp-HeraStage-searchButton"
-          disabled={model.loading}
+          type="button"
+          className={`jp-Button jp-mod-styled jp-HeraStage-iconButton jp-HeraStage-helpToggle${help ? ' jp-mod-active' : ''}`}
+          aria-expanded={help}
+          aria-controls="jp-HeraStage-queryHelp"
+          aria-label="Query syntax and examples"
+          title="Query syntax and examples"
+          onClick={() => setHelp(!help)}
         >
-          Search
+          ?
         </button>
       </div>
       <div className="jp-HeraStage-row">
@@ -129,16 +133,13 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
         >
           {'{ }'}
         </button>
+        <span className="jp-HeraStage-grow" />
         <button
-          type="button"
-          className={`jp-Button jp-mod-styled jp-HeraStage-iconButton jp-HeraStage-helpToggle${help ? ' jp-mod-active' : ''}`}
-          aria-expanded={help}
-          aria-controls="jp-HeraStage-queryHelp"
-          aria-label="Query syntax and examples"
-          title="Query syntax and examples"
-          onClick={() => setHelp(!help)}
+          type="submit"
+          className="jp-Button jp-mod-styled jp-mod-accept jp-HeraStage-searchButton"
+          disabled={model.loading}
         >
-          ?
+          Search
         </button>
       </div>
       {help && (
