@@ -481,16 +481,17 @@ def test_rate_and_eta_come_from_the_bytes_moved(page: Any) -> None:
             "button", name="Refresh the jobs").click()
         card = page.locator(f"{PANEL} .jp-HeraStage-job[data-job-id='990001']")
         card.wait_for()
-        rate = card.locator("[data-field=rate]")
+        stats = card.locator(".jp-HeraStage-jobStats span")  # files, bytes, rate, ETA
+        rate = stats.nth(2)
         page.wait_for_function(
             "el => /MiB\\/s/.test(el.textContent)", arg=rate.element_handle(), timeout=20_000)
         page.wait_for_timeout(2500)  # a few more samples
         value = float(rate.inner_text().split()[0])
         assert 14 <= value <= 26, rate.inner_text()
-        eta = card.locator("[data-field=eta]").inner_text()
+        eta = stats.nth(3).inner_text()
         minutes = re.match(r"ETA (\d+) min", eta)
         assert minutes and 2 <= int(minutes.group(1)) <= 4, eta  # ~4 GiB at 20 MiB/s
-        assert "GiB" in card.locator("[data-field=bytes]").inner_text()
+        assert "GiB" in stats.nth(1).inner_text()
         screenshot(page, "panel-running-multi-gb-job", f"{PANEL} .jp-HeraStage-jobs")
     finally:
         page.unroute(JOBS_URL, jobs_route)

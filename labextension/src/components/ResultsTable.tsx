@@ -401,7 +401,12 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
                       const [head, tail] = splitName(text);
                       return (
                         <div key={c.id} role="gridcell" className={cellClass(c) + ' jp-HeraStage-nameCell'} title={text}>
-                          <span className="jp-HeraStage-nameHead">{head}</span>
+                          <span
+                            className="jp-HeraStage-nameHead"
+                            style={{ maxWidth: `calc(100% - ${tail.length + 1}ch)` }}
+                          >
+                            {head}
+                          </span>
                           <span className="jp-HeraStage-nameTail">{tail}</span>
                         </div>
                       );
