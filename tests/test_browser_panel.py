@@ -291,8 +291,9 @@ def test_the_main_area_view(page: Any, lab_server: LabServer) -> None:
     files = lab_server.api("search", {"query": f"obsid:{detail['obsid']}", "limit": 100})
     names = sorted(f["name"] for f in files["results"])
     assert sorted(obs_page.locator("table tbody tr td:first-child").all_inner_texts()) == names
-    total = sum(f["size"] for f in files["results"])
-    assert f"{len(names)} file" in obs_page.locator("[data-field=totals]").inner_text()
+    totals = obs_page.locator("[data-field=totals]").inner_text()
+    total = human_kib(sum(f["size"] for f in files["results"]))
+    assert f"{len(names)} file" in totals and total in totals, totals
     observation = detail["observation"]
     assert f"{observation['start_time_jd']:.5f}" in obs_page.locator("[data-field=jd]").inner_text()
     assert f"{observation['start_lst_hr']:.4f}" in obs_page.locator("[data-field=lst]").inner_text()
@@ -312,7 +313,6 @@ def test_the_main_area_view(page: Any, lab_server: LabServer) -> None:
     assert session_page.locator("tbody tr").count() == observations
     row = session_page.locator(f"tbody tr[data-key='{detail['obsid']}']")
     assert row.locator("td").nth(3).inner_text() == str(len(names))
-    del total
     screenshot(page, "panel-main-area-session")
     # Back goes back.
     main.locator(".jp-HeraStage-back").click()
@@ -335,6 +335,12 @@ def test_the_main_area_view(page: Any, lab_server: LabServer) -> None:
     page.locator(ROW).first.click()
     page.locator(f"{PANEL} .jp-HeraStage-detail .jp-HeraStage-openPage").click()
     main.locator(".jp-HeraStage-page[data-kind=file]").wait_for()
+
+
+def human_kib(size: int) -> str:
+    """A size between 1 KiB and 1 MiB as the panel writes it (three significant digits)."""
+    kib = size / 1024
+    return f"{kib:.{2 if kib < 10 else 1 if kib < 100 else 0}f} KiB"
 
 
 def test_jobs_you_can_manage(page: Any, lab_server: LabServer) -> None:
@@ -398,14 +404,14 @@ def test_jobs_you_can_manage(page: Any, lab_server: LabServer) -> None:
     open_panel(page)
     jobs.locator(".jp-HeraStage-clearFinished").click()
     page.wait_for_function(
-        "() => !document.querySelector('.jp-HeraStage-panel .jp-HeraStage-job[data-state=succeeded]')")
+        "() => !document.querySelector("
+        "'.jp-HeraStage-panel .jp-HeraStage-job[data-state=succeeded]')")
     assert not [j for j in lab_server.api("jobs")["jobs"] if j["state"] == "succeeded"]
 
 
 def test_the_preview_says_what_will_happen(page: Any, lab_server: LabServer) -> None:
     """Point 8: files already there, another job writing into the folder, the allowed root."""
     open_panel(page)
-    names = night_names(lab_server, "2457645")
     job_id = stage_names(page, "zen.2457645.1*", 3, "again")
     wait_job(page, job_id, "succeeded")
     preview = page.locator(f"{PANEL} .jp-HeraStage-preview")
@@ -446,7 +452,6 @@ def test_the_preview_says_what_will_happen(page: Any, lab_server: LabServer) -> 
     error.get_by_text("outside the allowed roots").wait_for()
     assert str(lab_server.archive.workspace.resolve()) in error.inner_text()
     page.fill(f"{PANEL} #jp-HeraStage-destination", ".")
-    del names
 
 
 def test_rate_and_eta_come_from_the_bytes_moved(page: Any) -> None:
@@ -592,14 +597,14 @@ def test_the_keyboard_keeps_its_place(page: Any, lab_server: LabServer) -> None:
         page.set_viewport_size({"width": 1440, "height": 1000})
 
 
-def contrast_js(selector: str) -> str:
-    """JS giving the contrast ratio of an element's text on its background, from computed
-    colours (resolved through a canvas, so color-mix() and any colour syntax work)."""
-    return """(sel) => {
+#: The contrast ratio of an element's text on its background, from computed colours (resolved
+#: through a canvas, so color-mix() and any colour syntax work).
+CONTRAST_JS = """(sel) => {
   const el = document.querySelector(sel);
   const rgb = css => { const c = document.createElement('canvas'); c.width = c.height = 1;
     const g = c.getContext('2d'); g.fillStyle = '#000'; g.fillRect(0, 0, 1, 1);
-    g.fillStyle = css; g.fillRect(0, 0, 1, 1); return Array.from(g.getImageData(0, 0, 1, 1).data); };
+    g.fillStyle = css; g.fillRect(0, 0, 1, 1);
+    return Array.from(g.getImageData(0, 0, 1, 1).data); };
   let node = el, bg = null;
   while (node) { const c = getComputedStyle(node).backgroundColor;
     const v = rgb(c); if (!/rgba\\(.*, 0\\)$/.test(c) && c !== 'transparent') { bg = v; break; }
@@ -627,9 +632,9 @@ def test_dark_theme_is_readable(page: Any) -> None:
         page.locator(ROW).nth(2).click()
         page.locator(f"{PANEL} .jp-HeraStage-badge.jp-mod-ok").first.wait_for()
         page.mouse.move(0, 0)  # no hover colour on the rows
-        selected = page.evaluate(contrast_js(""), f"{PANEL} .jp-HeraStage-gridRow.jp-mod-selected"
+        selected = page.evaluate(CONTRAST_JS, f"{PANEL} .jp-HeraStage-gridRow.jp-mod-selected"
                                  " [role=gridcell]:nth-child(2)")
-        badge = page.evaluate(contrast_js(""), f"{PANEL} .jp-HeraStage-badge.jp-mod-ok")
+        badge = page.evaluate(CONTRAST_JS, f"{PANEL} .jp-HeraStage-badge.jp-mod-ok")
         screenshot(page, "panel-dark-theme", PANEL)
         assert selected >= 4.5, selected
         assert badge >= 4.5, badge

@@ -26,6 +26,7 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
   useSignal(model.changed);
   const [validity, setValidity] = React.useState<Validity>({ state: 'idle' });
   const [help, setHelp] = React.useState(false);
+  const form = React.useRef<HTMLFormElement>(null);
   const json = model.mode === 'json';
 
   // JSON syntax is checked here, the search language on the server (its own message), debounced.
@@ -48,6 +49,11 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
     setValidity({ state: 'checking' });
     let live = true;
     const handle = setTimeout(() => {
+      // The panel and the main area share the search: only a box that shows asks the server.
+      if (!form.current || form.current.offsetParent === null) {
+        setValidity({ state: 'idle' });
+        return;
+      }
       props
         .validate(request, model.kind)
         .then(message => {
@@ -71,6 +77,7 @@ export function SearchBox(props: ISearchBoxProps): JSX.Element {
 
   return (
     <form
+      ref={form}
       className="jp-HeraStage-searchBox"
       role="search"
       aria-label="Search the archive"
