@@ -83,12 +83,14 @@ def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> boo
 
 def confine(
     path: str, roots: Iterable[str | os.PathLike[str]], *, base: str | os.PathLike[str] | None = None,
-    what: str = "path",
+    what: str = "path", name_roots: bool = False,
 ) -> Path:
     """Resolve ``path`` (relative to ``base``, or to the first root) and return it if it lies
     inside one of ``roots`` after every symlink is followed; raise Forbidden otherwise.
 
     The returned path is the resolved one, so a caller acts on exactly what was checked.
+    ``name_roots``: the refusal names the roots (for the user's own destinations, never for a
+    path from a peer, whose reader must not learn them).
     """
     check_text(path, what)
     roots = [Path(os.path.realpath(r)) for r in roots]
@@ -101,4 +103,5 @@ def confine(
     for root in roots:
         if resolved == root or root in resolved.parents:
             return resolved
-    raise Forbidden(f"{what} {path!r} resolves outside the allowed roots")
+    allowed = f" ({', '.join(map(str, roots))})" if name_roots else ""
+    raise Forbidden(f"{what} {path!r} resolves outside the allowed roots{allowed}")

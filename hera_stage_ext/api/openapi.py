@@ -245,6 +245,10 @@ SCHEMAS["DryRun"] = {
         "bytes": {"type": "integer"},
         "missing": {"type": "array", "items": {"type": "string"}},
         "bytes_needed": {"type": "integer"},
+        "already_there": {"type": ["integer", "null"], "description":
+                          "Files found at their place in the destination with the catalogue's "
+                          "size (or, for symlink, linked to their instance): the job checks "
+                          "and skips them. Null where the destination is not a local folder."},
         "free_bytes": {"type": ["integer", "null"],
                        "description": "null: not a local file system (method contents with "
                        "a manager that is not file-based), free space unknown."},
@@ -459,6 +463,21 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
                             "content": {"application/octet-stream": {}}},
                     **_errors(400, 403, 404, 416),
                 },
+            }},
+            "/files/{name}/members": {"get": {
+                "summary": "What a directory data set holds: member paths, sizes and types",
+                "parameters": [NAME_PARAMETER],
+                "responses": {"200": _json({
+                    "type": "object", "required": ["name", "members", "truncated"],
+                    "properties": {
+                        "name": {"type": "string"}, "truncated": {"type": "boolean"},
+                        "members": {"type": "array", "items": {
+                            "type": "object", "required": ["path", "size", "type"],
+                            "properties": {
+                                "path": {"type": "string"},
+                                "size": {"type": ["integer", "null"]},
+                                "type": {"enum": ["file", "folder", "link"]}}}}}},
+                    "The members (at most 10,000)"), **_errors(400, 403, 404)},
             }},
             "/ingest": {"post": {
                 "summary": "Register what lies on a store (when ingest is allowed)",

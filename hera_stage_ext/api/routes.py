@@ -29,6 +29,7 @@ from .jobs import (
     TransfersHandler,
 )
 from .librarian import LibrarianRPCHandler
+from .members import FileMembersHandler
 from .orders import (
     StandingOrderHandler,
     StandingOrderPauseHandler,
@@ -69,6 +70,7 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/search": SearchHandler,
     "/files/{name}": FileHandler,
     "/files/{name}/content": FileContentHandler,
+    "/files/{name}/members": FileMembersHandler,
     "/ingest": IngestHandler,
     "/stage": StageHandler,
     "/jobs": JobsHandler,

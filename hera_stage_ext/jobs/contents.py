@@ -270,7 +270,8 @@ class ContentsTarget:
             raise Unavailable("contents staging is not available: no contents manager given")
         if contents.get("file_based"):
             root = Path(os.path.realpath(contents["root_dir"]))
-            local = confine(destination, allowed_roots, base=root, what="destination")
+            local = confine(destination, allowed_roots, base=root, what="destination",
+                           name_roots=True)
             if not is_within(local, root):
                 raise Forbidden(f"destination {destination!r} is outside the contents "
                                 f"manager's root directory")

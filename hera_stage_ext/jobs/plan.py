@@ -208,6 +208,32 @@ def dry_run_stage(
     method: str = "copy", allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
     base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a staging job would do: files, de-duplicated bytes, missing names, free space."""
-    return plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
-                      contents=contents).summary()
+    """What a staging job would do: files, de-duplicated bytes, missing names, free space, and
+    how many files are already there (``already_there``)."""
+    plan = plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
+                      contents=contents)
+    return {**plan.summary(), "already_there": already_there(plan)}
+
+
+def already_there(plan: StagePlan) -> int | None:
+    """How many of the plan's files lie at their place in a local destination with the
+    catalogue's size and kind (a symlink: pointing at its instance), so that the job will
+    check them and skip them as identical; None when the destination is not a local folder.
+    Metadata only (``lstat``): the job compares checksums."""
+    if plan.target.local is None:
+        return None
+    count = 0
+    for item in plan.items:
+        final = os.path.join(plan.target.local, item["dest_path"])
+        try:
+            info = os.lstat(final)
+        except OSError:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            if plan.method == "symlink" and os.readlink(final) == item["source_path"]:
+                count += 1
+        elif item["is_directory"]:
+            count += stat.S_ISDIR(info.st_mode)
+        elif stat.S_ISREG(info.st_mode) and info.st_size == item["size"]:
+            count += 1
+    return count

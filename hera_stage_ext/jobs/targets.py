@@ -138,7 +138,8 @@ def plan_target(destination: str, method: str, allowed_roots: Sequence[str | os.
         from .contents import ContentsTarget  # jupyter_server: only for this method
 
         return ContentsTarget.plan(destination, contents, allowed_roots)
-    dest = confine(destination, allowed_roots, base=base, what="destination")
+    dest = confine(destination, allowed_roots, base=base, what="destination",
+                   name_roots=True)
     if dest.exists() and not dest.is_dir():
         raise InvalidRequest(f"destination {destination!r} exists and is not a directory")
     return LocalTarget(dest)

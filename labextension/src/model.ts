@@ -51,6 +51,39 @@ export function rowKey(kind: SearchKind, row: SearchRow): string {
   }
 }
 
+/** The server's sort keys per kind of search (what the column headers offer). */
+export const SORT_KEYS: Record<SearchKind, ReadonlyArray<string>> = {
+  files: ['name', 'obsid', 'size', 'create_time'],
+  observations: ['obsid', 'session_id', 'start_time_jd', 'start_lst_hr'],
+  sessions: ['id', 'start_time_jd', 'stop_time_jd']
+};
+
+/** `sort` if the kind offers it, else null (the server's default order). */
+export function sortFor(kind: SearchKind, sort: string | null): string | null {
+  return sort !== null && SORT_KEYS[kind].includes(sort.replace(/^-/, '')) ? sort : null;
+}
+
+/** Whether two search bodies ask the same thing (same query, kind and sort). */
+export function sameSearch(a: ISearchRequest | null, b: ISearchRequest | null): boolean {
+  if (!a || !b) {
+    return a === b;
+  }
+  return (
+    (a.kind ?? 'files') === (b.kind ?? 'files') &&
+    (a.sort ?? null) === (b.sort ?? null) &&
+    (a.query ?? null) === (b.query ?? null) &&
+    JSON.stringify(a.search ?? null) === JSON.stringify(b.search ?? null)
+  );
+}
+
+/** A search body as a person reads it: the query text, or the JSON. */
+export function describeSearch(body: ISearchRequest): string {
+  if (body.search !== undefined) {
+    return typeof body.search === 'string' ? body.search : JSON.stringify(body.search);
+  }
+  return body.query ?? '';
+}
+
 /**
  * The next server `sort` after clicking a column header: ascending, then
  * descending, then back to the server's default order (null).
@@ -167,6 +200,8 @@ export class SearchModel {
   missing = false;
   /** Whether a search has run since the panel opened. */
   searched = false;
+  /** The last search asked for failed: the rows shown are from an earlier one. */
+  failed = false;
   /** The body of the last search that ran (without cursor), for "stage all results". */
   lastBody: ISearchRequest | null = null;
   /** Names (or obsids / session ids) selected. */
@@ -182,6 +217,19 @@ export class SearchModel {
     return this.nextCursor !== null;
   }
 
+  /** The search in the box (query or JSON, kind, sort), without paging fields. */
+  currentBody(): ISearchRequest {
+    return searchBody(this.mode, this.mode === 'json' ? this.jsonText : this.text, this.kind, this.sort);
+  }
+
+  /**
+   * The rows shown are not those of the search in the box: it was edited since, or running
+   * it failed. Stale rows are marked and cannot be staged.
+   */
+  get stale(): boolean {
+    return this.searched && (this.failed || !sameSearch(this.currentBody(), this.lastBody));
+  }
+
   /** The JSON text for the JSON editor's current content, or the error. */
   get jsonCheck(): JsonCheck {
     return checkJson(this.jsonText);
@@ -193,7 +241,15 @@ export class SearchModel {
     const edited = (['mode', 'text', 'jsonText', 'kind'] as const).some(
       key => values[key] !== undefined && values[key] !== this[key]
     );
+    const kindBefore = this.kind;
     Object.assign(this, values);
+    if (this.kind !== kindBefore) {
+      // Each kind keeps its own sort; a sort the new kind does not offer would make every
+      // search of it fail, so it starts from the one before only where that one applies.
+      this._sorts[kindBefore] = this.sort;
+      const kept = this._sorts[this.kind];
+      this.sort = kept !== undefined ? kept : sortFor(this.kind, this.sort);
+    }
     if (edited) {
       // The last error was about a search that is no longer in the box.
       this.error = null;
@@ -201,14 +257,32 @@ export class SearchModel {
     this._emit();
   }
 
+  /**
+   * Open the JSON editor on the search in the one-line box (the server translates it); an
+   * empty box gives an empty search. A box the server cannot translate stays open, with the
+   * server's message as the error.
+   */
+  async openJson(): Promise<void> {
+    if (this.mode === 'json') {
+      return;
+    }
+    const text = this.text.trim();
+    if (!text) {
+      this.set({ mode: 'json', jsonText: '{}' });
+      return;
+    }
+    try {
+      const reply = await this._search({ query: text, kind: this.kind, limit: 1 });
+      this.set({ mode: 'json', jsonText: JSON.stringify(reply.search ?? {}, null, 2) });
+    } catch (reason) {
+      this.error = errorMessage(reason);
+      this._emit();
+    }
+  }
+
   /** Run the search from the first page. */
   async run(): Promise<void> {
-    const body = searchBody(
-      this.mode,
-      this.mode === 'json' ? this.jsonText : this.text,
-      this.kind,
-      this.sort
-    );
+    const body = this.currentBody();
     const generation = ++this._generation;
     this.loading = true;
     this.error = null;
@@ -231,12 +305,14 @@ export class SearchModel {
       this.detailKey = null;
       this.missing = false;
       this.searched = true;
+      this.failed = false;
     } catch (reason) {
       if (generation !== this._generation) {
         return;
       }
       this.error = errorMessage(reason);
       this.missing = isMissing(reason);
+      this.failed = true;
     } finally {
       if (generation === this._generation) {
         this.loading = false;
@@ -278,7 +354,7 @@ export class SearchModel {
 
   /** Sort by a column on the server (asc, desc, default) and reload from page one. */
   async sortBy(column: string): Promise<void> {
-    this.sort = nextSort(this.sort, column);
+    this.sort = sortFor(this.kind, nextSort(this.sort, column));
     if (this.searched) {
       await this.run();
     } else {
@@ -325,12 +401,20 @@ export class SearchModel {
     this._emit();
   }
 
-  /** The selected file names, in row order (files only). */
+  /** The selected file names, in row order (files only; none while the rows are stale). */
   selectedNames(): string[] {
-    if (this.rowsKind !== 'files') {
+    if (this.rowsKind !== 'files' || this.stale) {
       return [];
     }
     return this.rows.map(r => (r as IFile).name).filter(n => this.selection.has(n));
+  }
+
+  /** The stage target "all results" of the search shown, or null (stale, not files, none). */
+  allResultsTarget(): StageTarget | null {
+    if (!this.searched || this.stale || this.rowsKind !== 'files' || !this.lastBody || !this.rows.length) {
+      return null;
+    }
+    return targetOfSearch(this.lastBody);
   }
 
   showDetail(key: string | null): void {
@@ -343,6 +427,7 @@ export class SearchModel {
   }
 
   private _search: SearchFunction;
+  private _sorts: Partial<Record<SearchKind, string | null>> = {};
   private _generation = 0;
   private _changed = new Signal<this, void>(this);
 }
@@ -618,13 +703,125 @@ export function jobProgress(job: IJob): { files: number; bytes: number; percent:
   return { files: Math.min(1, files), bytes: Math.min(1, bytes), percent };
 }
 
+/** How far back (ms) the rate shown looks at the bytes a job reported. */
+export const RATE_WINDOW_MS = 10 * 1000;
+/** The least time (ms) the samples must span before a rate is shown. */
+export const RATE_MIN_SPAN_MS = 2 * 1000;
+
+/** A job's bytes done at a moment (ms). */
+export interface IByteSample {
+  t: number;
+  bytes: number;
+}
+
+/**
+ * Add a sample of a job's bytes at time `t`, keeping those of the last `windowMs` and the
+ * newest one before them (where the window starts); bytes going back (a retry) restart it.
+ */
+export function addSample(
+  samples: IByteSample[],
+  t: number,
+  bytes: number,
+  windowMs = RATE_WINDOW_MS
+): IByteSample[] {
+  const last = samples[samples.length - 1];
+  if (last && bytes < last.bytes) {
+    samples = [];
+  } else if (last && bytes === last.bytes) {
+    return samples; // nothing moved: the rate falls as the window passes
+  }
+  const next = samples.concat([{ t, bytes }]);
+  let first = 0;
+  while (first + 1 < next.length && next[first + 1].t <= t - windowMs) {
+    first++;
+  }
+  return next.slice(first);
+}
+
+/**
+ * Bytes per second over the last `windowMs` before `now`, from the samples: the bytes moved
+ * since the window's start over the time since then (so a job that stops moving shows its
+ * rate falling). Null until the samples span `minSpanMs`.
+ */
+export function windowRate(
+  samples: ReadonlyArray<IByteSample>,
+  now: number,
+  windowMs = RATE_WINDOW_MS,
+  minSpanMs = RATE_MIN_SPAN_MS
+): number | null {
+  if (!samples.length) {
+    return null;
+  }
+  let start = samples[0];
+  for (const sample of samples) {
+    if (sample.t <= now - windowMs) {
+      start = sample;
+    } else {
+      break;
+    }
+  }
+  const span = now - start.t;
+  if (span < minSpanMs) {
+    return null;
+  }
+  const moved = samples[samples.length - 1].bytes - start.bytes;
+  return Math.max(0, moved) / (span / 1000);
+}
+
+/** A job's rate (bytes/s) and ETA (s) from its byte samples; null where not known yet. */
+export function jobSpeed(
+  job: IJob,
+  samples: ReadonlyArray<IByteSample>,
+  now: number
+): { rate: number | null; eta: number | null } {
+  if (isTerminal(job.state) || job.state === 'queued') {
+    return { rate: null, eta: null };
+  }
+  const rate = windowRate(samples, now);
+  const left = Math.max(0, job.bytes_total - job.bytes_done);
+  const eta = rate && rate > 0 ? left / rate : left === 0 ? 0 : null;
+  return { rate, eta };
+}
+
+/** The job list's filters. */
+export type JobFilter = 'all' | 'running' | 'finished' | 'failed';
+
+export const JOB_FILTERS: JobFilter[] = ['all', 'running', 'finished', 'failed'];
+
+/** Whether a job shows under a filter: running (queued too), finished (succeeded), failed (or cancelled). */
+export function jobMatches(job: IJob, filter: JobFilter): boolean {
+  switch (filter) {
+    case 'all':
+      return true;
+    case 'running':
+      return !isTerminal(job.state);
+    case 'finished':
+      return job.state === 'succeeded';
+    case 'failed':
+      return job.state === 'failed' || job.state === 'cancelled';
+  }
+}
+
+/** Seconds a job has run: from its start to its end, or to `now` while it runs; null before it starts. */
+export function jobDuration(job: IJob, now: number): number | null {
+  if (!job.started_at) {
+    return null;
+  }
+  const start = Date.parse(job.started_at);
+  const end = job.finished_at ? Date.parse(job.finished_at) : now;
+  if (Number.isNaN(start) || Number.isNaN(end)) {
+    return null;
+  }
+  return Math.max(0, (end - start) / 1000);
+}
+
 /**
  * Every job of this user: listed by polling (backing off, standing by when
  * the page is hidden or nothing runs) and updated live from the event stream.
  */
 export class JobsModel {
   constructor(
-    client: Pick<ArchiveClient, 'jobs' | 'job' | 'cancel' | 'retry'>,
+    client: Pick<ArchiveClient, 'jobs' | 'job' | 'cancel' | 'retry' | 'forget'>,
     options: { interval?: number; maxInterval?: number; autoPoll?: boolean } = {}
   ) {
     this._client = client;
@@ -758,6 +955,37 @@ export class JobsModel {
     void this._poll.refresh();
   }
 
+  /** Forget a job that has ended (and its log); what it staged stays. */
+  async forget(id: number): Promise<void> {
+    await this._client.forget(id);
+    this._jobs.delete(id);
+    this._samples.delete(id);
+    this._changed.emit();
+  }
+
+  /** Forget every job that succeeded or was cancelled (failed ones stay, to be retried or read). */
+  async clearFinished(): Promise<number> {
+    let forgotten = 0;
+    try {
+      for (const job of this.jobs) {
+        if (job.state === 'succeeded' || job.state === 'cancelled') {
+          await this._client.forget(job.id);
+          this._jobs.delete(job.id);
+          this._samples.delete(job.id);
+          forgotten++;
+        }
+      }
+    } finally {
+      this._changed.emit();
+    }
+    return forgotten;
+  }
+
+  /** A job's rate and ETA, from the bytes it reported over the last seconds. */
+  speed(job: IJob, now = Date.now()): { rate: number | null; eta: number | null } {
+    return jobSpeed(job, this._samples.get(job.id) ?? [], now);
+  }
+
   dispose(): void {
     this._poll.dispose();
     Signal.clearData(this);
@@ -779,12 +1007,18 @@ export class JobsModel {
   private _set(job: IJob): void {
     const prev = this._jobs.get(job.id);
     this._jobs.set(job.id, job);
+    if (job.state === 'running') {
+      this._samples.set(job.id, addSample(this._samples.get(job.id) ?? [], Date.now(), job.bytes_done));
+    } else {
+      this._samples.delete(job.id);
+    }
     if (prev && !isTerminal(prev.state) && isTerminal(job.state)) {
       this._jobEnded.emit(job);
     }
   }
 
-  private _client: Pick<ArchiveClient, 'jobs' | 'job' | 'cancel' | 'retry'>;
+  private _client: Pick<ArchiveClient, 'jobs' | 'job' | 'cancel' | 'retry' | 'forget'>;
+  private _samples = new Map<number, IByteSample[]>();
   private _jobs = new Map<number, IJob>();
   private _poll: Poll;
   private _visible = true;

@@ -8,7 +8,11 @@ import { ResultsTable } from './components/ResultsTable';
 import { SearchBox } from './components/SearchBox';
 import { StageBox } from './components/StageBox';
 import { errorMessage, isMissing, JobsModel, SearchModel, StageModel } from './model';
-import { ApiError, ArchiveClient, SearchKind } from './service';
+import { useInterval } from './components/hooks';
+import { ApiError, ArchiveClient, ISearchRequest, SearchKind } from './service';
+
+/** How often (ms) the archive's counts are read again while the panel shows (ingests happen elsewhere). */
+export const COUNTS_INTERVAL_MS = 10 * 1000;
 
 /** An archive box. */
 const ARCHIVE_SVG = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16" height="16">
@@ -33,6 +37,20 @@ export interface IArchivePanelOptions {
   openFolder: (path: string) => void;
   /** A job's destination as shown to the user. */
   displayPath: (destination: string) => string;
+  /** Open the main-area view: the results, a row's page, or the jobs (and one job's log). */
+  openMain: (page?: { kind: SearchKind; key: string } | { jobs: true; job?: number | null }) => void;
+}
+
+/** Ask the server whether a search is valid (a one-row search): null, or its message. */
+export function serverValidator(client: ArchiveClient) {
+  return async (request: Pick<ISearchRequest, 'query' | 'search'>, kind: SearchKind): Promise<string | null> => {
+    try {
+      await client.search({ ...request, kind, limit: 1 });
+      return null;
+    } catch (reason) {
+      return errorMessage(reason);
+    }
+  };
 }
 
 type Connection =
@@ -62,11 +80,13 @@ export class ArchivePanel extends ReactWidget {
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
     this._options.jobs.setVisible(true);
+    this.update();
   }
 
   protected onAfterHide(msg: Message): void {
     super.onAfterHide(msg);
     this._options.jobs.setVisible(false);
+    this.update();
   }
 
   protected onActivateRequest(msg: Message): void {
@@ -75,18 +95,20 @@ export class ArchivePanel extends ReactWidget {
   }
 
   render(): JSX.Element {
-    return <ArchiveView {...this._options} />;
+    return <ArchiveView {...this._options} visible={this.isVisible} />;
   }
 
   private _options: IArchivePanelOptions;
 }
 
-function ArchiveView(props: IArchivePanelOptions): JSX.Element {
+function ArchiveView(props: IArchivePanelOptions & { visible: boolean }): JSX.Element {
   const { client, search, stage, jobs } = props;
   const [connection, setConnection] = React.useState<Connection>({ state: 'checking' });
 
-  const check = React.useCallback(() => {
-    setConnection({ state: 'checking' });
+  const check = React.useCallback((quiet = false) => {
+    if (!quiet) {
+      setConnection({ state: 'checking' });
+    }
     client
       .status()
       .then(status => {
@@ -96,7 +118,9 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
           files: typeof counts?.files === 'number' ? counts.files : null,
           site: typeof status.site_name === 'string' ? status.site_name : null
         });
-        void jobs.refresh().catch(() => undefined);
+        if (!quiet) {
+          void jobs.refresh().catch(() => undefined);
+        }
       })
       .catch(reason =>
         setConnection({
@@ -109,24 +133,33 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
         })
       );
   }, [client]);
-  React.useEffect(check, [check]);
+  React.useEffect(() => check(), [check]);
+  // Files arrive by ingests elsewhere (the CLI, a transfer, another server): read the counts
+  // again now and then while the panel shows. A job that ends may have added files too.
+  useInterval(() => check(true), COUNTS_INTERVAL_MS, props.visible && connection.state === 'ok');
+  React.useEffect(() => {
+    const onEnded = () => check(true);
+    jobs.jobEnded.connect(onEnded);
+    return () => {
+      jobs.jobEnded.disconnect(onEnded);
+    };
+  }, [jobs, check]);
 
-  const validate = React.useCallback(
-    async (value: unknown, kind: SearchKind) => {
-      try {
-        await client.search({ search: value, kind, limit: 1 });
-        return null;
-      } catch (reason) {
-        return errorMessage(reason);
-      }
-    },
-    [client]
-  );
+  const validate = React.useMemo(() => serverValidator(client), [client]);
 
   const header = (
     <header className="jp-HeraStage-header">
       <h2>HERA archive</h2>
-      <span className="jp-HeraStage-muted" aria-live="polite">
+      <button
+        type="button"
+        className="jp-HeraStage-link jp-HeraStage-openMain"
+        title="Open the archive in a main-area tab (every column, pages, jobs)"
+        aria-label="Open the archive in the main area"
+        onClick={() => props.openMain()}
+      >
+        ⤢
+      </button>
+      <span className="jp-HeraStage-muted jp-HeraStage-counts" aria-live="polite">
         {connection.state === 'ok'
           ? `${connection.site ? connection.site + ' · ' : ''}${
               connection.files !== null ? connection.files.toLocaleString('en-US') + ' files' : 'connected'
@@ -162,7 +195,7 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
               and restart the server.
             </p>
           )}
-          <button type="button" className="jp-Button jp-mod-styled jp-mod-accept" onClick={check}>
+          <button type="button" className="jp-Button jp-mod-styled jp-mod-accept" onClick={() => check()}>
             Try again
           </button>
         </div>
@@ -174,11 +207,17 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
     <div className="jp-HeraStage-view">
       {header}
       <SearchBox model={search} validate={validate} />
-      <ResultsTable model={search} />
-      <DetailView model={search} client={client} onStage={target => void stage.previewTarget(target)} />
+      <ResultsTable model={search} compact />
+      <DetailView
+        model={search}
+        client={client}
+        onStage={target => void stage.previewTarget(target)}
+        onOpenPage={(kind, key) => props.openMain({ kind, key })}
+      />
       <StageBox
         stage={stage}
         search={search}
+        jobs={jobs}
         browserFolder={props.browserFolder}
         pickFolder={props.pickFolder}
       />
@@ -187,6 +226,7 @@ function ArchiveView(props: IArchivePanelOptions): JSX.Element {
         client={client}
         openFolder={props.openFolder}
         displayPath={props.displayPath}
+        openInMain={job => props.openMain({ jobs: true, job })}
       />
     </div>
   );

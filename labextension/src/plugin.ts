@@ -13,15 +13,18 @@ import { PageConfig } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
+import { ArchiveMain, MainNavigation, pageOf } from './main';
 import { destinationOf, JobsModel, relativeToRoot, SearchModel, StageModel } from './model';
-import { archiveIcon, ArchivePanel, PANEL_ID } from './panel';
-import { ArchiveClient, IJob, StageMethod } from './service';
+import { archiveIcon, ArchivePanel, PANEL_ID, serverValidator } from './panel';
+import { loadPanelState, panelState, savePanelState, stateKey } from './persist';
+import { ArchiveClient, IJob, SearchKind, StageMethod } from './service';
 import { humanSize, plural } from './format';
 
 export const PANEL_PLUGIN_ID = 'hera_stage_ext:panel';
 
 export namespace PanelCommandIDs {
   export const open = 'hera-stage:open-panel';
+  export const openMain = 'hera-stage:open-main';
   export const searchSelection = 'hera-stage:search-selection';
   export const stageSelected = 'hera-stage:stage-selected';
   export const stageAll = 'hera-stage:stage-all';
@@ -49,6 +52,10 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
     const jobs = new JobsModel(client);
     let notify = true;
 
+    // What the user had in the panel before a reload.
+    const storageKey = stateKey(serverSettings.baseUrl);
+    const restored = loadPanelState(window.localStorage, storageKey) ?? {};
+
     const browserFolder = (): string | null =>
       fileBrowser ? destinationOf(fileBrowser.model.path) : null;
     if (fileBrowser) {
@@ -62,6 +69,16 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
         }
       });
     }
+    const { sort, destination, method, ...query } = restored;
+    search.set(query);
+    search.sort = sort === undefined ? search.sort : sort;
+    stage.set({
+      ...(destination !== undefined ? { destination } : {}),
+      ...(method !== undefined ? { method } : {})
+    });
+    const save = () => savePanelState(window.localStorage, storageKey, panelState(search, stage));
+    search.changed.connect(save);
+    stage.changed.connect(save);
 
     /** The folder dialog, opened on the destination when it exists, else on the browser's folder. */
     const pickFolder = fileBrowser
@@ -78,7 +95,10 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
           const result = await FileDialog.getExistingDirectory({
             manager,
             title: 'Stage into folder',
-            defaultPath: exists ? start : fileBrowser.model.path
+            defaultPath: exists ? start : fileBrowser.model.path,
+            // The focus on the Select button, not on the listing (which would select its first
+            // folder): with nothing selected, Select chooses the folder shown.
+            focusNodeSelector: '.jp-Dialog-button.jp-mod-accept'
           });
           if (!result.button.accept || !result.value?.length) {
             return null;
@@ -104,6 +124,35 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
       }
     };
 
+    // The main-area view, made when first opened and again after it is closed.
+    const navigation = new MainNavigation();
+    let main: ArchiveMain | null = null;
+    const validate = serverValidator(client);
+    const openMain = (page?: { kind: SearchKind; key: string } | { jobs: true; job?: number | null }): void => {
+      if (!main || main.isDisposed) {
+        main = new ArchiveMain({
+          client,
+          search,
+          jobs,
+          navigation,
+          validate,
+          openFolder,
+          displayPath,
+          onStage: target => {
+            app.shell.activateById(PANEL_ID);
+            void stage.previewTarget(target);
+          }
+        });
+      }
+      if (page) {
+        navigation.go('jobs' in page ? { page: 'jobs', job: page.job ?? null } : pageOf(page.kind, page.key));
+      }
+      if (!main.isAttached) {
+        app.shell.add(main, 'main');
+      }
+      app.shell.activateById(main.id);
+    };
+
     const panel = new ArchivePanel({
       client,
       search,
@@ -112,7 +161,8 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
       browserFolder,
       pickFolder,
       openFolder,
-      displayPath
+      displayPath,
+      openMain
     });
     app.shell.add(panel, 'left', { rank: 650 });
     if (restorer) {
@@ -150,18 +200,23 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
       }
     });
 
+    let restoredMethod = method !== undefined;
     if (settingRegistry) {
       settingRegistry
         .load(PANEL_PLUGIN_ID)
         .then(settings => {
           const apply = () => {
             search.pageSize = settings.get('pageSize').composite as number;
-            stage.method = settings.get('defaultMethod').composite as StageMethod;
+            if (!restoredMethod) {
+              stage.method = settings.get('defaultMethod').composite as StageMethod;
+            }
             notify = settings.get('notifyOnJobEnd').composite as boolean;
             const interval = settings.get('pollInterval').composite as number;
             jobs.poll.frequency = { ...jobs.poll.frequency, interval };
           };
           apply();
+          // A method the user chose before the reload wins at load; a change of the setting wins after.
+          restoredMethod = false;
           settings.changed.connect(apply);
         })
         .catch(reason => console.warn('hera_stage_ext: settings not loaded', reason));
@@ -183,10 +238,24 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
         window.setTimeout(() => panel.focusQuery(), 0);
       }
     });
+    commands.addCommand(PanelCommandIDs.openMain, {
+      label: 'Open HERA Archive in the Main Area',
+      caption: 'The results with every column, pages of files, observations and sessions, and the jobs',
+      icon: archiveIcon,
+      execute: () => openMain()
+    });
+    // The palette takes the focus (and the page's selection) before a command runs: remember
+    // the last text selected outside it.
+    let lastSelection = '';
+    document.addEventListener('selectionchange', () => {
+      if (!document.activeElement?.closest('.lm-CommandPalette')) {
+        lastSelection = (window.getSelection()?.toString() ?? '').trim();
+      }
+    });
     commands.addCommand(PanelCommandIDs.searchSelection, {
       label: 'Search the Archive for the Selected Text',
       execute: () => {
-        const text = (window.getSelection()?.toString() ?? '').trim();
+        const text = (editorSelection(app.shell.currentWidget) || lastSelection).trim().split('\n')[0];
         show();
         if (text) {
           search.set({ mode: 'text', text });
@@ -194,6 +263,10 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
         }
       }
     });
+    // (A context menu selector takes no commas: one item per place.)
+    for (const selector of ['.jp-Notebook .jp-Cell', '.jp-FileEditor', '.jp-OutputArea-output']) {
+      app.contextMenu.addItem({ command: PanelCommandIDs.searchSelection, selector, rank: 90 });
+    }
     commands.addCommand(PanelCommandIDs.stageSelected, {
       label: 'Stage the Selected Archive Files (Preview)',
       isEnabled: () => search.selectedNames().length > 0,
@@ -204,16 +277,11 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
     });
     commands.addCommand(PanelCommandIDs.stageAll, {
       label: 'Stage All Archive Search Results (Preview)',
-      isEnabled: () => search.rowsKind === 'files' && search.lastBody !== null,
+      isEnabled: () => search.allResultsTarget() !== null,
       execute: () => {
         show();
-        const body = search.lastBody;
-        if (!body) {
-          return;
-        }
-        return stage.previewTarget(
-          body.search !== undefined ? { search: body.search } : { query: body.query ?? '' }
-        );
+        const target = search.allResultsTarget();
+        return target ? stage.previewTarget(target) : undefined;
       }
     });
     commands.addCommand(PanelCommandIDs.refreshJobs, {
@@ -229,3 +297,23 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
     }
   }
 };
+
+/**
+ * The text selected in a widget's code editor (a notebook's active cell, a file editor), or ''.
+ * Typed loosely so the panel needs no notebook or file editor package.
+ */
+function editorSelection(widget: unknown): string {
+  const content = (widget as { content?: any } | null)?.content;
+  const editor = content?.activeCell?.editor ?? content?.editor;
+  if (!editor || typeof editor.getSelection !== 'function') {
+    return '';
+  }
+  try {
+    const selection = editor.getSelection();
+    const a = editor.getOffsetAt(selection.start);
+    const b = editor.getOffsetAt(selection.end);
+    return editor.model.sharedModel.getSource().slice(Math.min(a, b), Math.max(a, b));
+  } catch {
+    return '';
+  }
+}

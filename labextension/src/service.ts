@@ -114,6 +114,8 @@ export interface IDryRun {
   bytes_needed?: number;
   free_bytes: number;
   fits: boolean;
+  /** Files already at their place in the destination (the job checks and skips them); null: not a local folder. */
+  already_there?: number | null;
 }
 
 export interface IJob {
@@ -147,6 +149,19 @@ export type JobMarker = 'STAGING-IN-PROGRESS' | 'STAGING-SUCCEEDED' | 'STAGING-E
 export interface IJobLog {
   text: string;
   next_offset: number;
+}
+
+/** One member of a directory data set (GET files/<name>/members). */
+export interface IMember {
+  path: string;
+  size: number | null;
+  type: 'file' | 'folder' | 'link';
+}
+
+export interface IMembersReply {
+  name: string;
+  members: IMember[];
+  truncated: boolean;
 }
 
 export interface IStore {
@@ -219,6 +234,9 @@ export class ApiUrls {
   /** A file's detail; names may hold any character but '/', so encode them. */
   file(name: string): string {
     return joinUrl(this.root, 'files', encodeURIComponent(name));
+  }
+  fileMembers(name: string): string {
+    return joinUrl(this.file(name), 'members');
   }
   fileContent(name: string): string {
     return joinUrl(this.file(name), 'content');
@@ -300,6 +318,10 @@ export class ArchiveClient {
     return this._call('GET', this.urls.file(name));
   }
 
+  async members(name: string): Promise<IMembersReply> {
+    return this._call('GET', this.urls.fileMembers(name));
+  }
+
   async dryRun(request: IStageRequest): Promise<IDryRun> {
     return this._call('POST', this.urls.stage(), { ...request, dry_run: true });
   }
@@ -315,6 +337,11 @@ export class ArchiveClient {
 
   async job(id: number): Promise<IJob> {
     return this._call('GET', this.urls.job(id));
+  }
+
+  /** Forget a finished job and its log (what it staged stays). */
+  async forget(id: number): Promise<void> {
+    await this._call('DELETE', this.urls.job(id));
   }
 
   async cancel(id: number): Promise<IJob> {

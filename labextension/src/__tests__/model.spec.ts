@@ -331,7 +331,10 @@ describe('JobsModel', () => {
       jobs: async () => list.map(j => ({ ...j })),
       job: async (id: number) => ({ ...list.find(j => j.id === id)! }),
       cancel: async (id: number) => ({ ...list.find(j => j.id === id)!, state: 'cancelled' }),
-      retry: async (id: number) => ({ ...list.find(j => j.id === id)!, state: 'queued' })
+      retry: async (id: number) => ({ ...list.find(j => j.id === id)!, state: 'queued' }),
+      forget: async (id: number) => {
+        list.splice(list.findIndex(j => j.id === id), 1);
+      }
     };
   }
   const running: IJob = { id: 2, state: 'running', destination: 'd', files_total: 3, files_done: 0, bytes_total: 30, bytes_done: 0 };

@@ -1,14 +1,43 @@
 import * as React from 'react';
+import { Clipboard } from '@jupyterlab/apputils';
 
 import { humanSize, shortTime } from '../format';
 import { errorMessage, SearchModel } from '../model';
-import { ArchiveClient, IFileDetail, IObservation, ISession, StageTarget } from '../service';
+import { ArchiveClient, IFileDetail, IObservation, ISession, SearchKind, StageTarget } from '../service';
 import { useSignal } from './hooks';
 
 export interface IDetailViewProps {
   model: SearchModel;
   client: ArchiveClient;
   onStage: (target: StageTarget) => void;
+  /** Open the row's page in the main area. */
+  onOpenPage?: (kind: SearchKind, key: string) => void;
+}
+
+/** A small button that copies `text` and says so for a moment. */
+export function CopyButton(props: { text: string; label: string }): JSX.Element {
+  const [copied, setCopied] = React.useState(false);
+  React.useEffect(() => {
+    if (!copied) {
+      return;
+    }
+    const handle = setTimeout(() => setCopied(false), 1500);
+    return () => clearTimeout(handle);
+  }, [copied]);
+  return (
+    <button
+      type="button"
+      className="jp-HeraStage-link jp-HeraStage-copy"
+      aria-label={props.label}
+      title={props.label}
+      onClick={() => {
+        Clipboard.copyToSystem(props.text);
+        setCopied(true);
+      }}
+    >
+      {copied ? 'copied' : 'copy'}
+    </button>
+  );
 }
 
 /** The detail of the row clicked: a file (instances, checksums, metadata, events), an observation or a session. */
@@ -20,6 +49,7 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
   const [detail, setDetail] = React.useState<IFileDetail | null>(null);
   const [error, setError] = React.useState<string | null>(null);
   const heading = React.useRef<HTMLHeadingElement>(null);
+  const section = React.useRef<HTMLElement>(null);
 
   React.useEffect(() => {
     setDetail(null);
@@ -46,7 +76,12 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
   if (!key) {
     return null;
   }
-  const close = () => model.showDetail(null);
+  /** Close, and give the focus back to the results (never to the page's body). */
+  const close = () => {
+    const view = section.current?.closest('.jp-HeraStage-view');
+    model.showDetail(null);
+    view?.querySelector<HTMLElement>('.jp-HeraStage-grid')?.focus();
+  };
   const row = model.rows.find(r => model.key(r) === key);
 
   let body: JSX.Element;
@@ -62,7 +97,10 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
     ) : !detail ? (
       <div className="jp-HeraStage-muted">Loading…</div>
     ) : (
-      <FileDetailBody detail={detail} />
+      <FileDetailBody
+        detail={detail}
+        onObservation={props.onOpenPage ? obsid => props.onOpenPage!('observations', String(obsid)) : undefined}
+      />
     );
   } else if (kind === 'observations') {
     const obs = row as IObservation | undefined;
@@ -104,6 +142,7 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
 
   return (
     <section
+      ref={section}
       className="jp-HeraStage-detail"
       aria-label={`Detail of ${key}`}
       onKeyDown={e => {
@@ -124,6 +163,16 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
         >
           {stageLabel}
         </button>
+        {props.onOpenPage && (
+          <button
+            type="button"
+            className="jp-Button jp-mod-styled jp-HeraStage-openPage"
+            title="Open its page in the main area"
+            onClick={() => props.onOpenPage!(kind, key)}
+          >
+            Page
+          </button>
+        )}
         <button
           type="button"
           className="jp-Button jp-mod-styled jp-mod-reject jp-HeraStage-close"
@@ -139,7 +188,12 @@ export function DetailView(props: IDetailViewProps): JSX.Element | null {
   );
 }
 
-function FileDetailBody(props: { detail: IFileDetail }): JSX.Element {
+/** A file's fields, checksums (with copy buttons), instances, metadata and events. */
+export function FileDetailBody(props: {
+  detail: IFileDetail;
+  /** Open an observation's page (the obsid becomes a link). */
+  onObservation?: (obsid: number) => void;
+}): JSX.Element {
   const d = props.detail;
   const metadata = d.metadata && Object.keys(d.metadata).length ? d.metadata : null;
   return (
@@ -152,7 +206,15 @@ function FileDetailBody(props: { detail: IFileDetail }): JSX.Element {
           {humanSize(d.size)} ({d.size.toLocaleString('en-US')} bytes)
         </dd>
         <dt>Obsid</dt>
-        <dd>{d.obsid ?? '—'}</dd>
+        <dd>
+          {d.obsid !== null && props.onObservation ? (
+            <button type="button" className="jp-HeraStage-link jp-HeraStage-obsidLink" onClick={() => props.onObservation!(d.obsid!)}>
+              {d.obsid}
+            </button>
+          ) : (
+            d.obsid ?? '—'
+          )}
+        </dd>
         <dt>Created</dt>
         <dd>{shortTime(d.create_time)} UTC</dd>
         {d.source && (
@@ -164,7 +226,10 @@ function FileDetailBody(props: { detail: IFileDetail }): JSX.Element {
         {Object.entries(d.checksums).map(([alg, digest]) => (
           <React.Fragment key={alg}>
             <dt>{alg}</dt>
-            <dd className="jp-HeraStage-mono">{digest}</dd>
+            <dd>
+              <span className="jp-HeraStage-mono">{digest}</span>{' '}
+              <CopyButton text={digest} label={`Copy the ${alg} checksum`} />
+            </dd>
           </React.Fragment>
         ))}
       </dl>
@@ -179,7 +244,8 @@ function FileDetailBody(props: { detail: IFileDetail }): JSX.Element {
             {inst.store_kind === 'cold' ? ' (cold)' : ''}:{' '}
             <span className="jp-HeraStage-mono" title={inst.full_path}>
               {inst.path}
-            </span>
+            </span>{' '}
+            <CopyButton text={inst.full_path} label={`Copy the full path on ${inst.store}`} />
           </li>
         ))}
       </ul>

@@ -1,7 +1,18 @@
 import * as React from 'react';
+import { Clipboard } from '@jupyterlab/apputils';
 
-import { count, humanDuration, humanRate, humanSize } from '../format';
-import { errorMessage, isTerminal, jobProgress, JobsModel, LogTail } from '../model';
+import { count, humanDuration, humanRate, humanSize, shortTime } from '../format';
+import {
+  errorMessage,
+  isTerminal,
+  JOB_FILTERS,
+  JobFilter,
+  jobDuration,
+  jobMatches,
+  jobProgress,
+  JobsModel,
+  LogTail
+} from '../model';
 import { ArchiveClient, IJob } from '../service';
 import { useInterval, useSignal } from './hooks';
 
@@ -10,32 +21,100 @@ export interface IJobListProps {
   client: ArchiveClient;
   openFolder: (path: string) => void;
   displayPath: (destination: string) => string;
+  /** Open the jobs (and this job's log) in the main area; absent there. */
+  openInMain?: (jobId: number | null) => void;
+  /** The job whose log is open at first (the main area's jobs page). */
+  logOpen?: number | null;
 }
 
-/** Every job, newest first, with live progress. */
+const FILTER_LABELS: Record<JobFilter, string> = {
+  all: 'All',
+  running: 'Running',
+  finished: 'Finished',
+  failed: 'Failed'
+};
+
+/** Every job, newest first, with live progress; filtered, forgotten one by one or all finished at once. */
 export function JobList(props: IJobListProps): JSX.Element {
   const { jobs } = props;
   useSignal(jobs.changed);
-  const list = jobs.jobs;
+  const [filter, setFilter] = React.useState<JobFilter>('all');
+  const [error, setError] = React.useState<string | null>(null);
+  const all = jobs.jobs;
+  const list = all.filter(job => jobMatches(job, filter));
+  const finished = all.filter(j => j.state === 'succeeded' || j.state === 'cancelled').length;
+  // Rates and durations move with time, not only with events: redraw every second while jobs run.
+  const [, setTick] = React.useState(0);
+  useInterval(() => setTick(t => t + 1), 1000, jobs.hasActive);
+
   return (
     <section className="jp-HeraStage-jobs" aria-label="Staging jobs">
       <h3 className="jp-HeraStage-sectionTitle">
         Jobs
+        <span>
+          {props.openInMain && (
+            <button
+              type="button"
+              className="jp-HeraStage-link"
+              aria-label="Open the jobs in the main area"
+              onClick={() => props.openInMain!(null)}
+            >
+              Open
+            </button>
+          )}
+          <button
+            type="button"
+            className="jp-HeraStage-link"
+            aria-label="Refresh the jobs"
+            onClick={() => void jobs.refresh().catch(() => undefined)}
+          >
+            Refresh
+          </button>
+        </span>
+      </h3>
+      <div className="jp-HeraStage-row jp-HeraStage-jobTools">
+        <div className="jp-HeraStage-filters" role="radiogroup" aria-label="Show jobs">
+          {JOB_FILTERS.map(f => (
+            <button
+              key={f}
+              type="button"
+              role="radio"
+              aria-checked={filter === f}
+              className={`jp-HeraStage-filter${filter === f ? ' jp-mod-active' : ''}`}
+              data-filter={f}
+              onClick={() => setFilter(f)}
+            >
+              {FILTER_LABELS[f]} ({all.filter(job => jobMatches(job, f)).length})
+            </button>
+          ))}
+        </div>
         <button
           type="button"
-          className="jp-HeraStage-link"
-          aria-label="Refresh the jobs"
-          onClick={() => void jobs.refresh().catch(() => undefined)}
+          className="jp-HeraStage-link jp-HeraStage-clearFinished"
+          disabled={!finished}
+          title="Forget every job that succeeded or was cancelled (what they staged stays)"
+          onClick={() => {
+            setError(null);
+            jobs.clearFinished().catch(reason => setError(errorMessage(reason)));
+          }}
         >
-          Refresh
+          Clear finished
         </button>
-      </h3>
+      </div>
       {jobs.error && !jobs.missing && (
-        <div className="jp-HeraStage-error" role="alert">
+        <div className="jp-HeraStage-error jp-HeraStage-jobsError" role="alert">
           {jobs.error}
         </div>
       )}
-      {!list.length && <div className="jp-HeraStage-muted">No jobs yet.</div>}
+      {error && (
+        <div className="jp-HeraStage-error" role="alert">
+          {error}
+        </div>
+      )}
+      {!all.length && <div className="jp-HeraStage-muted">No jobs yet.</div>}
+      {all.length > 0 && !list.length && (
+        <div className="jp-HeraStage-muted">No {FILTER_LABELS[filter].toLowerCase()} jobs.</div>
+      )}
       <ul className="jp-HeraStage-jobList">
         {list.map(job => (
           <JobCard key={job.id} job={job} {...props} />
@@ -45,25 +124,37 @@ export function JobList(props: IJobListProps): JSX.Element {
   );
 }
 
+/** An action's error on a card, and the job state it was about: it goes when the state changes. */
+interface ICardError {
+  message: string;
+  state: string;
+}
+
 function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
   const { job, jobs } = props;
-  const [showLog, setShowLog] = React.useState(false);
-  const [error, setError] = React.useState<string | null>(null);
+  const [showLog, setShowLog] = React.useState(props.logOpen === job.id);
+  const [error, setError] = React.useState<ICardError | null>(null);
   const progress = jobProgress(job);
   const active = !isTerminal(job.state);
+  const now = Date.now();
+  const speed = jobs.speed(job, now);
+  const duration = jobDuration(job, now);
   const act = (fn: () => Promise<void>) => () => {
     setError(null);
-    fn().catch(reason => setError(errorMessage(reason)));
+    fn().catch(reason => setError({ message: errorMessage(reason), state: job.state }));
   };
   const label = `Job ${job.id}`;
   // undefined: not read yet (a launch reply or an event); null: no marker in the folder.
   const marker = job.marker === undefined ? 'unknown' : (job.marker ?? 'none');
   const where = job.destination ? props.displayPath(job.destination) || '(root folder)' : '?';
+  // An error about what the job was doing is gone once the job has moved on.
+  const shownError = error && error.state === job.state ? error.message : null;
   return (
     <li
       className={`jp-HeraStage-job jp-mod-${job.state}`}
       data-job-id={job.id}
       data-state={job.state}
+      tabIndex={-1}
       aria-label={`${label}, ${job.state}, ${progress.percent}%`}
     >
       <div className="jp-HeraStage-jobHeader">
@@ -71,6 +162,13 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
           #{job.id} {job.kind ?? 'stage'} → {where}
         </span>
         <span className={`jp-HeraStage-state jp-mod-${job.state}`}>{job.state}</span>
+      </div>
+      <div className="jp-HeraStage-jobMeta" data-field="meta">
+        <span title="Staging method">{job.method ?? '—'}</span>
+        <span title="Started (UTC)">{job.started_at ? `started ${shortTime(job.started_at)}` : 'not started'}</span>
+        <span title="How long it ran" data-field="duration">
+          {duration === null ? '' : `${active ? 'running for' : 'took'} ${humanDuration(duration)}`}
+        </span>
       </div>
       <div
         className="jp-HeraStage-progress"
@@ -88,11 +186,13 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
         <span>
           {count(job.files_done)}/{count(job.files_total)} files
         </span>
-        <span>
+        <span data-field="bytes">
           {humanSize(job.bytes_done)} / {humanSize(job.bytes_total)}
         </span>
-        <span>{active ? humanRate(job.rate_bytes_per_s) : ''}</span>
-        <span>{active ? `ETA ${humanDuration(job.eta_s)}` : ''}</span>
+        <span data-field="rate" title="Bytes moved over the last 10 s">
+          {job.state === 'running' ? (speed.rate === null ? 'measuring…' : humanRate(speed.rate)) : ''}
+        </span>
+        <span data-field="eta">{job.state === 'running' ? `ETA ${humanDuration(speed.eta)}` : ''}</span>
       </div>
       <div
         className="jp-HeraStage-marker"
@@ -109,9 +209,17 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
         </div>
       ) : null}
       {job.error && <div className="jp-HeraStage-error">{job.error}</div>}
-      {error && (
-        <div className="jp-HeraStage-error" role="alert">
-          {error}
+      {shownError && (
+        <div className="jp-HeraStage-error jp-HeraStage-cardError" role="alert">
+          {shownError}
+          <button
+            type="button"
+            className="jp-HeraStage-link"
+            aria-label={`Dismiss the message of job ${job.id}`}
+            onClick={() => setError(null)}
+          >
+            ✕
+          </button>
         </div>
       )}
       <div className="jp-HeraStage-jobActions">
@@ -154,18 +262,36 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
         >
           {showLog ? 'Hide log' : 'Log'}
         </button>
+        {!active && (
+          <button
+            type="button"
+            className="jp-Button jp-mod-styled jp-HeraStage-forget"
+            aria-label={`Forget job ${job.id}`}
+            title="Remove it from the list (what it staged stays)"
+            onClick={act(() => jobs.forget(job.id))}
+          >
+            Forget
+          </button>
+        )}
       </div>
-      {showLog && <LogView client={props.client} job={job} />}
+      {showLog && (
+        <LogView
+          client={props.client}
+          job={job}
+          openInMain={props.openInMain ? () => props.openInMain!(job.id) : undefined}
+        />
+      )}
     </li>
   );
 }
 
 /** The job's log, tailing live while the job runs, following the end unless scrolled up. */
-function LogView(props: { client: ArchiveClient; job: IJob }): JSX.Element {
+export function LogView(props: { client: ArchiveClient; job: IJob; openInMain?: () => void }): JSX.Element {
   const { job } = props;
   const tail = React.useMemo(() => new LogTail(props.client, job.id), [job.id]);
   const [, setTick] = React.useState(0);
   const [follow, setFollow] = React.useState(true);
+  const [copied, setCopied] = React.useState(false);
   const pre = React.useRef<HTMLPreElement>(null);
   const active = !isTerminal(job.state);
 
@@ -183,15 +309,39 @@ function LogView(props: { client: ArchiveClient; job: IJob }): JSX.Element {
 
   return (
     <div className="jp-HeraStage-log">
-      <label className="jp-HeraStage-follow">
-        <input
-          type="checkbox"
-          checked={follow}
-          aria-label={`Follow the end of the log of job ${job.id}`}
-          onChange={e => setFollow(e.target.checked)}
-        />{' '}
-        Follow
-      </label>
+      <div className="jp-HeraStage-row">
+        <label className="jp-HeraStage-follow">
+          <input
+            type="checkbox"
+            checked={follow}
+            aria-label={`Follow the end of the log of job ${job.id}`}
+            onChange={e => setFollow(e.target.checked)}
+          />{' '}
+          Follow
+        </label>
+        <button
+          type="button"
+          className="jp-HeraStage-link jp-HeraStage-copyLog"
+          aria-label={`Copy the log of job ${job.id}`}
+          onClick={() => {
+            Clipboard.copyToSystem(tail.text);
+            setCopied(true);
+            window.setTimeout(() => setCopied(false), 1500);
+          }}
+        >
+          {copied ? 'Copied' : 'Copy'}
+        </button>
+        {props.openInMain && (
+          <button
+            type="button"
+            className="jp-HeraStage-link"
+            aria-label={`Open the log of job ${job.id} in the main area`}
+            onClick={props.openInMain}
+          >
+            Open in main area
+          </button>
+        )}
+      </div>
       <pre
         ref={pre}
         className="jp-HeraStage-pre"

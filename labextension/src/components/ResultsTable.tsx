@@ -1,7 +1,7 @@
 import * as React from 'react';
 
 import { count, humanSize, shortTime } from '../format';
-import { SearchModel, sortDirection, whereText } from '../model';
+import { describeSearch, SearchModel, sortDirection, whereText } from '../model';
 import { IFile, IObservation, ISession, SearchKind, SearchRow } from '../service';
 import { useSignal } from './hooks';
 
@@ -19,6 +19,8 @@ interface IColumn {
   min: number;
   fr: number;
   numeric?: boolean;
+  /** Shown in the side panel (the main area shows every column). */
+  compact?: boolean;
   cell: (row: SearchRow) => string;
 }
 
@@ -27,36 +29,60 @@ const CHECK_WIDTH = 26;
 
 const COLUMNS: Record<SearchKind, IColumn[]> = {
   files: [
-    { id: 'name', label: 'Name', sort: 'name', min: 200, fr: 3, cell: r => (r as IFile).name },
+    { id: 'name', label: 'Name', sort: 'name', min: 200, fr: 3, compact: true, cell: r => (r as IFile).name },
     { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 96, fr: 0.8, numeric: true, cell: r => String((r as IFile).obsid ?? '—') },
-    { id: 'size', label: 'Size', sort: 'size', min: 66, fr: 0.8, numeric: true, cell: r => humanSize((r as IFile).size) },
+    { id: 'size', label: 'Size', sort: 'size', min: 66, fr: 0.8, numeric: true, compact: true, cell: r => humanSize((r as IFile).size) },
     { id: 'where', label: 'Where', min: 90, fr: 1.2, cell: r => whereText(r as IFile) },
     { id: 'created', label: 'Created (UTC)', sort: 'create_time', min: 130, fr: 1.2, cell: r => shortTime((r as IFile).create_time) }
   ],
   observations: [
-    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 100, fr: 1, numeric: true, cell: r => String((r as IObservation).obsid) },
+    { id: 'obsid', label: 'Obsid', sort: 'obsid', min: 100, fr: 1, numeric: true, compact: true, cell: r => String((r as IObservation).obsid) },
     { id: 'session', label: 'Session', sort: 'session_id', min: 72, fr: 1, numeric: true, cell: r => String((r as IObservation).session_id ?? '—') },
-    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 116, fr: 1.2, numeric: true, cell: r => (r as IObservation).start_time_jd.toFixed(5) },
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 116, fr: 1.2, numeric: true, compact: true, cell: r => (r as IObservation).start_time_jd.toFixed(5) },
     { id: 'lst', label: 'LST (h)', sort: 'start_lst_hr', min: 64, fr: 1, numeric: true, cell: r => (r as IObservation).start_lst_hr.toFixed(3) }
   ],
   sessions: [
-    { id: 'id', label: 'Session', sort: 'id', min: 80, fr: 1, numeric: true, cell: r => String((r as ISession).id) },
-    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 116, fr: 1, numeric: true, cell: r => (r as ISession).start_time_jd.toFixed(5) },
+    { id: 'id', label: 'Session', sort: 'id', min: 80, fr: 1, numeric: true, compact: true, cell: r => String((r as ISession).id) },
+    { id: 'start', label: 'Start JD', sort: 'start_time_jd', min: 116, fr: 1, numeric: true, compact: true, cell: r => (r as ISession).start_time_jd.toFixed(5) },
     { id: 'stop', label: 'Stop JD', sort: 'stop_time_jd', min: 116, fr: 1, numeric: true, cell: r => (r as ISession).stop_time_jd.toFixed(5) }
   ]
 };
 
+/** The columns shown: every one in the main area, the compact ones in the side panel. */
+export function visibleColumns(kind: SearchKind, compact: boolean): IColumn[] {
+  return COLUMNS[kind].filter(c => !compact || c.compact);
+}
+
 /**
  * The grid's column template and the narrowest width it fits in: narrower than that,
- * the table scrolls sideways inside itself, never the whole panel.
+ * the table scrolls sideways inside itself, never the whole panel. Compact (the side
+ * panel): the first column takes what is left, so the table never scrolls sideways.
  */
-export function gridLayout(kind: SearchKind): { template: string; minWidth: number } {
-  const columns = COLUMNS[kind];
+export function gridLayout(kind: SearchKind, compact = false): { template: string; minWidth: number } {
+  const columns = visibleColumns(kind, compact);
   const check = kind === 'files' ? [`${CHECK_WIDTH}px`] : [];
+  if (compact) {
+    return {
+      template: check
+        .concat(columns.map((c, i) => (i === 0 ? 'minmax(0, 1fr)' : `${Math.min(c.min, c.numeric ? 70 : 96)}px`)))
+        .join(' '),
+      minWidth: 0
+    };
+  }
   return {
     template: check.concat(columns.map(c => `minmax(${c.min}px, ${c.fr}fr)`)).join(' '),
     minWidth: (check.length ? CHECK_WIDTH : 0) + columns.reduce((sum, c) => sum + c.min, 0)
   };
+}
+
+/**
+ * A file name split so that its extension stays visible when the cell is narrow: the head
+ * is cut with an ellipsis, the tail (from the last dot, at most 8 characters) always shows.
+ */
+export function splitName(name: string): [string, string] {
+  const dot = name.lastIndexOf('.');
+  const cut = dot > 0 && name.length - dot <= 8 ? dot : name.length - Math.min(6, name.length);
+  return [name.slice(0, cut), name.slice(cut)];
 }
 
 /** A cell's classes: numbers right-aligned. */
@@ -66,6 +92,10 @@ function cellClass(column: IColumn): string {
 
 export interface IResultsTableProps {
   model: SearchModel;
+  /** The side panel's narrow table (the main area shows every column). */
+  compact?: boolean;
+  /** Open a row (its page in the main area); without it a click shows the panel's detail. */
+  onOpen?: (kind: SearchKind, key: string) => void;
 }
 
 /** The results grid: virtualized, paged from the server's cursor as it scrolls. */
@@ -80,9 +110,12 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
   const anchor = React.useRef<number | null>(null);
 
   const kind = model.rowsKind;
-  const columns = COLUMNS[kind];
+  const compact = props.compact ?? false;
+  const columns = visibleColumns(kind, compact);
   const selectable = kind === 'files';
-  const { template, minWidth } = gridLayout(kind);
+  const { template, minWidth } = gridLayout(kind, compact);
+  const stale = model.stale;
+  const open = (key: string) => (props.onOpen ? props.onOpen(kind, key) : model.showDetail(key));
   const rows = model.rows;
 
   React.useEffect(() => {
@@ -150,7 +183,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
       return;
     }
     anchor.current = index;
-    model.showDetail(key);
+    open(key);
   };
 
   const onKeyDown = (e: React.KeyboardEvent) => {
@@ -184,7 +217,7 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
         }
         break;
       case 'Enter':
-        model.showDetail(key);
+        open(key);
         break;
       case 'a':
         if ((e.ctrlKey || e.metaKey) && selectable) {
@@ -209,9 +242,16 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
       : `${count(shown)} of ${count(model.total)} ${kind} loaded`;
 
   return (
-    <div className="jp-HeraStage-results">
+    <div className={'jp-HeraStage-results' + (stale ? ' jp-mod-stale' : '')}>
+      {stale && (
+        <div className="jp-HeraStage-stale" role="status">
+          {model.failed
+            ? 'The last search failed: these rows are from the search before it and cannot be staged.'
+            : 'These rows are from an earlier search, not the one in the box: press Enter (Search) to run it before staging.'}
+        </div>
+      )}
       <div className="jp-HeraStage-resultsBar" aria-live="polite">
-        <span className="jp-HeraStage-summary">
+        <span className="jp-HeraStage-summary" title={model.lastBody ? `Results of: ${describeSearch(model.lastBody) || '(everything)'}` : undefined}>
           {summary}
           {selectable && selectedCount ? ` · ${count(selectedCount)} selected` : ''}
           {model.loading ? ' · loading…' : ''}
@@ -247,7 +287,17 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
         tabIndex={0}
         onKeyDown={onKeyDown}
       >
-        <div ref={headerClip} className="jp-HeraStage-gridHeaderClip">
+        <div
+          ref={headerClip}
+          className="jp-HeraStage-gridHeaderClip"
+          onScroll={() => {
+            // Tabbing onto a header scrolls the header into view: the rows follow it.
+            const clip = headerClip.current;
+            if (clip && scroller.current && scroller.current.scrollLeft !== clip.scrollLeft) {
+              scroller.current.scrollLeft = clip.scrollLeft;
+            }
+          }}
+        >
           <div
             className="jp-HeraStage-gridHeader"
             role="row"
@@ -347,13 +397,22 @@ export function ResultsTable(props: IResultsTableProps): JSX.Element | null {
                   )}
                   {columns.map(c => {
                     const text = c.cell(row);
+                    if (c.id === 'name') {
+                      const [head, tail] = splitName(text);
+                      return (
+                        <div key={c.id} role="gridcell" className={cellClass(c) + ' jp-HeraStage-nameCell'} title={text}>
+                          <span
+                            className="jp-HeraStage-nameHead"
+                            style={{ maxWidth: `calc(100% - ${tail.length + 1}ch)` }}
+                          >
+                            {head}
+                          </span>
+                          <span className="jp-HeraStage-nameTail">{tail}</span>
+                        </div>
+                      );
+                    }
                     return (
-                      <div
-                        key={c.id}
-                        role="gridcell"
-                        className={cellClass(c)}
-                                title={text}
-                      >
+                      <div key={c.id} role="gridcell" className={cellClass(c)} title={text}>
                         {text}
                       </div>
                     );

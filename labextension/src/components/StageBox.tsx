@@ -1,13 +1,15 @@
 import * as React from 'react';
 
 import { humanSize, plural } from '../format';
-import { describeTarget, SearchModel, StageModel, targetOfSearch } from '../model';
+import { describeTarget, isTerminal, JobsModel, SearchModel, StageModel } from '../model';
 import { STAGE_METHODS, StageMethod } from '../service';
 import { useSignal } from './hooks';
 
 export interface IStageBoxProps {
   stage: StageModel;
   search: SearchModel;
+  /** The jobs, to say when another one is writing into the destination. */
+  jobs: JobsModel;
   /** The file browser's current folder, as a destination. */
   browserFolder: () => string | null;
   /** Pick a folder in a dialog (null: cancelled); absent without a file browser. */
@@ -19,11 +21,14 @@ export function StageBox(props: IStageBoxProps): JSX.Element {
   const { stage, search } = props;
   useSignal(stage.changed);
   useSignal(search.changed);
+  useSignal(props.jobs.changed);
   const selected = search.selectedNames();
-  const canStageAll =
-    search.searched && search.rowsKind === 'files' && search.lastBody !== null && search.rows.length > 0;
+  const allTarget = search.allResultsTarget();
   const preview = stage.preview;
   const confirmRef = React.useRef<HTMLButtonElement>(null);
+  const section = React.useRef<HTMLElement>(null);
+  // The button that asked for the preview gets the focus back when it closes.
+  const opener = React.useRef<HTMLElement | null>(null);
 
   React.useEffect(() => {
     if (preview) {
@@ -31,8 +36,29 @@ export function StageBox(props: IStageBoxProps): JSX.Element {
     }
   }, [preview]);
 
+  const ask = (event: React.MouseEvent<HTMLElement>, target: Parameters<StageModel['previewTarget']>[0]) => {
+    opener.current = event.currentTarget;
+    void stage.previewTarget(target);
+  };
+  /** Keep the focus in the panel when the preview goes: on the new job's card, else the opener. */
+  const refocus = (jobId: number | null) => {
+    window.setTimeout(() => {
+      const root = section.current?.closest('.jp-HeraStage-view');
+      const card = jobId !== null ? root?.querySelector<HTMLElement>(`.jp-HeraStage-job[data-job-id='${jobId}']`) : null;
+      const fallback = opener.current && opener.current.isConnected && !(opener.current as HTMLButtonElement).disabled
+        ? opener.current
+        : root?.querySelector<HTMLElement>('#jp-HeraStage-destination');
+      (card ?? fallback)?.focus();
+    }, 0);
+  };
+  // Another active job of ours writing into the previewed folder: this one would be refused.
+  const busy = preview
+    ? props.jobs.jobs.find(j => !isTerminal(j.state) && j.destination === preview.destination)
+    : undefined;
+  const staleNote = search.stale ? 'The results shown are not those of the search in the box: search again first' : undefined;
+
   return (
-    <section className="jp-HeraStage-stage" aria-label="Stage files">
+    <section ref={section} className="jp-HeraStage-stage" aria-label="Stage files">
       <div className="jp-HeraStage-row">
         <label className="jp-HeraStage-label" htmlFor="jp-HeraStage-destination">
           Into
@@ -97,23 +123,23 @@ export function StageBox(props: IStageBoxProps): JSX.Element {
           type="button"
           className="jp-Button jp-mod-styled jp-HeraStage-stageSelected"
           disabled={!selected.length || stage.busy}
-          onClick={() => void stage.previewTarget({ names: selected })}
+          title={staleNote}
+          onClick={e => ask(e, { names: selected })}
         >
           Stage selected ({selected.length.toLocaleString('en-US')})
         </button>
         <button
           type="button"
           className="jp-Button jp-mod-styled jp-HeraStage-stageAll"
-          disabled={!canStageAll || stage.busy}
+          disabled={!allTarget || stage.busy}
           title={
-            search.rowsKind !== 'files'
-              ? 'Open an observation or a session to stage its files'
-              : undefined
+            staleNote ??
+            (search.rowsKind !== 'files' ? 'Open an observation or a session to stage its files' : undefined)
           }
-          onClick={() => search.lastBody && void stage.previewTarget(targetOfSearch(search.lastBody))}
+          onClick={e => allTarget && ask(e, allTarget)}
         >
           Stage all results
-          {canStageAll && search.total !== null ? ` (${search.total.toLocaleString('en-US')})` : ''}
+          {allTarget && search.total !== null ? ` (${search.total.toLocaleString('en-US')})` : ''}
         </button>
       </div>
       {stage.busy && !preview && <div className="jp-HeraStage-muted">Asking the server…</div>}
@@ -140,6 +166,14 @@ export function StageBox(props: IStageBoxProps): JSX.Element {
                   }`
                 : 'none'}
             </dd>
+            <dt>Already there</dt>
+            <dd data-field="already">
+              {preview.already_there === null || preview.already_there === undefined
+                ? 'unknown'
+                : preview.already_there
+                  ? `${plural(preview.already_there, 'file')} will be checked and skipped`
+                  : 'none'}
+            </dd>
             <dt>Free space</dt>
             <dd data-field="free">
               {humanSize(preview.free_bytes)}
@@ -150,20 +184,28 @@ export function StageBox(props: IStageBoxProps): JSX.Element {
               {preview.destination} ({preview.method})
             </dd>
           </dl>
+          {busy && (
+            <div className="jp-HeraStage-error jp-HeraStage-busy" role="alert">
+              Job {busy.id} is writing into this folder now: wait for it to end, or choose another folder.
+            </div>
+          )}
           <div className="jp-HeraStage-row">
             <button
               ref={confirmRef}
               type="button"
               className="jp-Button jp-mod-styled jp-mod-accept jp-HeraStage-confirm"
-              disabled={stage.busy || preview.files === 0}
-              onClick={() => void stage.confirm(!preview.fits)}
+              disabled={stage.busy || preview.files === 0 || busy !== undefined}
+              onClick={() => void stage.confirm(!preview.fits).then(job => refocus(job ? job.id : null))}
             >
               {preview.fits ? 'Start staging' : 'Stage anyway'}
             </button>
             <button
               type="button"
               className="jp-Button jp-mod-styled jp-mod-reject"
-              onClick={() => stage.dismiss()}
+              onClick={() => {
+                stage.dismiss();
+                refocus(null);
+              }}
             >
               Cancel
             </button>
