@@ -226,9 +226,10 @@ def job_bar(job: dict[str, Any], **options: Any) -> Any:
                     "job_total": human_size(self.total)}
 
         def show(self, current: dict[str, Any]) -> None:
-            self.meter.add(current["bytes_done"], current["bytes_total"])
+            moved = current["bytes_done"] + (current.get("bytes_moving") or 0)
+            self.meter.add(moved, current["bytes_total"])
             self.total = current["bytes_total"]
-            self.update(current["bytes_done"] - self.n)
+            self.update(moved - self.n)
             self.refresh()
 
     return JobBar(total=job["bytes_total"], desc=f"job {job['id']}",

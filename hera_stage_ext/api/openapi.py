@@ -269,6 +269,11 @@ SCHEMAS["Job"] = {
         "bytes_total": {"type": "integer"},
         "files_done": {"type": "integer"},
         "bytes_done": {"type": "integer"},
+        "bytes_moving": {"type": "integer", "description": "Bytes written (or received by "
+                         "the peer) and not yet committed: progress inside files, never "
+                         "counted in bytes_done; 0 unless the job is running. Progress in "
+                         "bytes is bytes_done + bytes_moving (rate_bytes_per_s and eta_s "
+                         "use it)."},
         "files_failed": {"type": "integer"},
         "files_skipped": {"type": "integer"},
         "missing": {"type": "array", "items": {"type": "string"}},
