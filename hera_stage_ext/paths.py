@@ -91,7 +91,9 @@ def confine(
     The returned path is the resolved one, so a caller acts on exactly what was checked.
     """
     check_text(path, what)
-    roots = [Path(os.path.realpath(r)) for r in roots]
+    configured = list(roots)
+    shown = [os.fspath(r) for r in configured]  # as configured, for the refusal
+    roots = [Path(os.path.realpath(r)) for r in configured]
     if not roots:
         raise Forbidden(f"no allowed root is configured for {what}")
     anchor = Path(base) if base is not None else roots[0]
@@ -101,4 +103,5 @@ def confine(
     for root in roots:
         if resolved == root or root in resolved.parents:
             return resolved
-    raise Forbidden(f"{what} {path!r} resolves outside the allowed roots")
+    raise Forbidden(f"{what} {path!r} resolves outside the allowed roots (allowed: "
+                    f"{', '.join(shown)})", allowed_roots=shown)

@@ -221,6 +221,10 @@ SCHEMAS["StageRequest"] = {
         "dry_run": {"type": "boolean", "default": False},
         "force": {"type": "boolean", "default": False,
                   "description": "Launch even when free space looks too small."},
+        "with_items": {"type": "boolean", "default": False,
+                       "description": "Dry run at the site service (set by the user's "
+                       "server): also list the items, for the user's server to look at "
+                       "the destination."},
     },
 }
 SCHEMAS["TransferRequest"] = {
@@ -249,6 +253,21 @@ SCHEMAS["DryRun"] = {
                        "description": "null: not a local file system (method contents with "
                        "a manager that is not file-based), free space unknown."},
         "fits": {"type": "boolean"},
+        "already_there": {"type": ["integer", "null"],
+                          "description": "Files whose final name already holds them (same "
+                          "size and checksum): the job skips them. null: the destination "
+                          "cannot be looked at from here."},
+        "already_there_bytes": {"type": ["integer", "null"]},
+        "conflicts": {"type": ["integer", "null"],
+                      "description": "Final names holding something else: those files fail "
+                      "(nothing is overwritten)."},
+        "not_checked": {"type": "integer",
+                        "description": "Files not looked at (the preview's work is bounded: "
+                        "10,000 names, 256 MiB hashed); the job still skips or refuses each "
+                        "as it comes."},
+        "busy_job": {"type": ["integer", "null"],
+                     "description": "An unfinished job already staging into this folder: a "
+                     "launch is refused until it ends (or is cancelled)."},
     },
 }
 SCHEMAS["Job"] = {
