@@ -25,6 +25,7 @@ routes are not served by a user's server at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -338,8 +339,9 @@ class ForwardHandler(BaseHandler):
         self.after(path, answer)
         if path == "stage" and answer.code == 200 and "json" in answer.headers.get(
                 "Content-Type", ""):  # a dry run: the files already there, looked at here
-            plan = await asyncio.to_thread(self.site.with_preview, json.loads(answer.body))
-            answer = Answer(200, answer.headers, json.dumps(plan).encode())
+            with contextlib.suppress(ValueError):  # (not JSON after all: passed on as it is)
+                plan = await asyncio.to_thread(self.site.with_preview, json.loads(answer.body))
+                answer = Answer(200, answer.headers, json.dumps(plan).encode())
         await self.reply_answer(answer)
 
     # What a subclass changes.
