@@ -388,7 +388,7 @@ def test_the_users_worker_reports_bytes_as_they_move(site: Site) -> None:
     worker = subprocess.Popen(
         [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", site.url,
          "--exit-when-idle", "--copy-processes", "0", "--heartbeat", "0.1", "--streams", "1",
-         "--chunk-size", "256", f"--allowed-root={site.home('alice')}"],
+         "--chunk-size", "128", f"--allowed-root={site.home('alice')}"],
         env=_env(HERA_STAGE_SITE_TOKEN=site.tokens["alice"], HERA_STAGE_TEST_CHUNK_DELAY="0.3",
                  XDG_CACHE_HOME=str(site.work / "cache-alice")),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
