@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 from . import cli_steward
 from .client import (
-    ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, error_lines, human_size,
+    ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, StagePlan, error_lines,
+    human_size,
 )
 
 #: Store-relative paths the CLI sends per ingest request (one progress step each).
@@ -187,6 +188,8 @@ def cmd_stage(client: Client, args: argparse.Namespace) -> int:
               + ("" if plan["fits"] else " (NOT ENOUGH)"))
         for name in plan["missing"]:
             print(f"missing: {name} (no available instance)")
+        for note in plan.notes() if isinstance(plan, StagePlan) else ():
+            print(note)
         return 0
     job = client.stage(args.destination, args.query, method=args.method, force=args.force)
     return _launched(client, job, f"staging {job['files_total']} file(s), "

@@ -354,13 +354,28 @@ class StagePlan(Record):
                 + ("" if self.get("fits", True) else " (NOT ENOUGH)"))
         if self.get("missing"):
             text += f"; {len(self['missing'])} missing"
-        return text + ">"
+        return text + "".join(f"; {line}" for line in self.notes()) + ">"
+
+    def notes(self) -> list[str]:
+        """What the destination holds already, and a job holding it (a launch is refused)."""
+        notes = []
+        if self.get("already_there"):
+            notes.append(f"{self['already_there']} already there "
+                         f"({human_size(self.get('already_there_bytes'))}): skipped")
+        if self.get("conflicts"):
+            notes.append(f"{self['conflicts']} in the way (other content at their names): "
+                         f"they fail, nothing is overwritten")
+        if self.get("busy_job") is not None:
+            notes.append(f"job {self['busy_job']} is staging into this folder: a launch is "
+                         f"refused until it ends")
+        return notes
 
     def _repr_html_(self) -> str:
         rows = [("files", self.get("files")), ("bytes", human_size(self.get("bytes"))),
                 ("destination", self.get("destination")), ("method", self.get("method")),
                 ("free", human_size(self.get("free_bytes"))), ("fits", self.get("fits")),
-                ("missing", ", ".join(self.get("missing", [])) or "none")]
+                ("missing", ", ".join(self.get("missing", [])) or "none"),
+                *[("note", note) for note in self.notes()]]
         return "<b>StagePlan</b>" + _html_table(rows)
 
 

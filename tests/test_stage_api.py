@@ -211,6 +211,8 @@ async def test_cli_stage_wait_and_jobs(cli, api, ingested, jp_root_dir):
                                                                                    "9/9"]
     code, out, err = await cli("stage", "cli-dest2", "zen.2457644.1*", "--dry-run")
     assert code == 0 and out.startswith("9 file(s)")
+    code, out, err = await cli("stage", "cli-dest", "zen.2457644.1*", "--dry-run")
+    assert code == 0 and "9 already there" in out and ": skipped" in out, out
     code, out, err = await cli("stage", "../escape", "zen.*")
     assert code == 1 and "outside the allowed roots" in err
     code, out, _ = await cli("jobs")
