@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 from . import cli_steward
 from .client import (
-    ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, error_lines, human_size,
+    ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, StagePlan, error_lines,
+    human_size,
 )
 
 #: Store-relative paths the CLI sends per ingest request (one progress step each).
@@ -187,6 +188,8 @@ def cmd_stage(client: Client, args: argparse.Namespace) -> int:
               + ("" if plan["fits"] else " (NOT ENOUGH)"))
         for name in plan["missing"]:
             print(f"missing: {name} (no available instance)")
+        for note in plan.notes() if isinstance(plan, StagePlan) else ():
+            print(note)
         return 0
     job = client.stage(args.destination, args.query, method=args.method, force=args.force)
     return _launched(client, job, f"staging {job['files_total']} file(s), "
@@ -226,9 +229,10 @@ def job_bar(job: dict[str, Any], **options: Any) -> Any:
                     "job_total": human_size(self.total)}
 
         def show(self, current: dict[str, Any]) -> None:
-            self.meter.add(current["bytes_done"], current["bytes_total"])
+            moved = current["bytes_done"] + (current.get("bytes_moving") or 0)
+            self.meter.add(moved, current["bytes_total"])
             self.total = current["bytes_total"]
-            self.update(current["bytes_done"] - self.n)
+            self.update(moved - self.n)
             self.refresh()
 
     return JobBar(total=job["bytes_total"], desc=f"job {job['id']}",

@@ -296,10 +296,15 @@ class Job(Record):
         return "cancelling" if self.get("cancel_requested") and not self.finished else state
 
     @property
+    def bytes_moved(self) -> int:
+        """Bytes committed plus those on their way (``bytes_moving``: inside files)."""
+        return int(self.get("bytes_done", 0)) + int(self.get("bytes_moving") or 0)
+
+    @property
     def fraction(self) -> float:
-        """Progress from 0 to 1 (by bytes; by files when the job has no bytes)."""
+        """Progress from 0 to 1 (by bytes moved; by files when the job has no bytes)."""
         if self.get("bytes_total"):
-            return min(1.0, self["bytes_done"] / self["bytes_total"])
+            return min(1.0, self.bytes_moved / self["bytes_total"])
         if self.get("files_total"):
             return min(1.0, (self["files_done"] + self.get("files_skipped", 0))
                        / self["files_total"])
@@ -312,7 +317,7 @@ class Job(Record):
     def summary(self) -> str:
         text = (f"job {self.get('id')} {self.shown_state}: "
                 f"{self.get('files_done', 0)}/{self.get('files_total', 0)} files, "
-                f"{human_size(self.get('bytes_done', 0))}/{human_size(self.get('bytes_total', 0))}"
+                f"{human_size(self.bytes_moved)}/{human_size(self.get('bytes_total', 0))}"
                 f" ({self.percent:g}%), {self.get('method')} into {self.get('destination')}")
         if self.get("files_failed"):
             text += f", {self['files_failed']} failed"
@@ -327,7 +332,7 @@ class Job(Record):
         rows = [("job", self.get("id")), ("state", self.shown_state),
                 ("files", f"{self.get('files_done', 0)} / {self.get('files_total', 0)}"
                  + (f" ({self['files_failed']} failed)" if self.get("files_failed") else "")),
-                ("bytes", f"{human_size(self.get('bytes_done', 0))} / "
+                ("bytes", f"{human_size(self.bytes_moved)} / "
                  f"{human_size(self.get('bytes_total', 0))} ({self.percent:g}%)"),
                 ("method", self.get("method")), ("destination", self.get("destination"))]
         if self.get("rate_bytes_per_s"):
@@ -349,13 +354,28 @@ class StagePlan(Record):
                 + ("" if self.get("fits", True) else " (NOT ENOUGH)"))
         if self.get("missing"):
             text += f"; {len(self['missing'])} missing"
-        return text + ">"
+        return text + "".join(f"; {line}" for line in self.notes()) + ">"
+
+    def notes(self) -> list[str]:
+        """What the destination holds already, and a job holding it (a launch is refused)."""
+        notes = []
+        if self.get("already_there"):
+            notes.append(f"{self['already_there']} already there "
+                         f"({human_size(self.get('already_there_bytes'))}): skipped")
+        if self.get("conflicts"):
+            notes.append(f"{self['conflicts']} in the way (other content at their names): "
+                         f"they fail, nothing is overwritten")
+        if self.get("busy_job") is not None:
+            notes.append(f"job {self['busy_job']} is staging into this folder: a launch is "
+                         f"refused until it ends")
+        return notes
 
     def _repr_html_(self) -> str:
         rows = [("files", self.get("files")), ("bytes", human_size(self.get("bytes"))),
                 ("destination", self.get("destination")), ("method", self.get("method")),
                 ("free", human_size(self.get("free_bytes"))), ("fits", self.get("fits")),
-                ("missing", ", ".join(self.get("missing", [])) or "none")]
+                ("missing", ", ".join(self.get("missing", [])) or "none"),
+                *[("note", note) for note in self.notes()]]
         return "<b>StagePlan</b>" + _html_table(rows)
 
 

@@ -120,12 +120,14 @@ class Core:
     def stage(
         self, destination: str, *, names: Sequence[str] | None = None, search: Any = None,
         method: str = "copy", dry_run: bool = False, force: bool = False, via: str = "rest",
-        for_user: str | None = None,
+        for_user: str | None = None, with_items: bool = False,
     ) -> dict[str, Any]:
         """Launch a staging job of ``names``, or of what ``search`` matches now, owned by this
         server's user (with ``dry_run``, only say what it would do). A relative destination is
         taken from the server's root directory. ``for_user``, when a request names the user it
-        stages for, must be this server's owner. Every request is audited, refused ones too."""
+        stages for, must be this server's owner. Every request is audited, refused ones too.
+        ``with_items`` (site mode, a dry run): the items too, for the user's server to look
+        at the destination (``preview``)."""
         asked = {"search": search} if names is None else {"names": list(names)[:100],
                                                           "count": len(names)}
         action = "dry-run" if dry_run else "stage"
@@ -141,7 +143,8 @@ class Core:
             if self.site_mode:
                 # The user's server resolved and confined the destination; the user's worker
                 # checks it again and takes the folder. The service never touches it.
-                result = (dry_run_recorded(self.catalogue.db, names, destination, method)
+                result = (dry_run_recorded(self.catalogue.db, names, destination, method,
+                                           with_items)
                           if dry_run else record_stage_job(
                               self.catalogue.db, self.owner, names, destination, method,
                               search=search, read_only=self.staged_read_only,

@@ -93,7 +93,9 @@ def confine(
     path from a peer, whose reader must not learn them).
     """
     check_text(path, what)
-    roots = [Path(os.path.realpath(r)) for r in roots]
+    configured = list(roots)
+    shown = [os.fspath(r) for r in configured]  # as configured, for the refusal
+    roots = [Path(os.path.realpath(r)) for r in configured]
     if not roots:
         raise Forbidden(f"no allowed root is configured for {what}")
     anchor = Path(base) if base is not None else roots[0]
@@ -103,5 +105,7 @@ def confine(
     for root in roots:
         if resolved == root or root in resolved.parents:
             return resolved
-    allowed = f" ({', '.join(map(str, roots))})" if name_roots else ""
-    raise Forbidden(f"{what} {path!r} resolves outside the allowed roots{allowed}")
+    if not name_roots:
+        raise Forbidden(f"{what} {path!r} resolves outside the allowed roots")
+    raise Forbidden(f"{what} {path!r} resolves outside the allowed roots (allowed: "
+                    f"{', '.join(shown)})", allowed_roots=shown)

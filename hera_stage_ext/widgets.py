@@ -208,7 +208,7 @@ class JobProgress(w.VBox):
         self.files_bar.bar_style = self.bytes_bar.bar_style = style
         failed = f", {job['files_failed']} failed" if job.get("files_failed") else ""
         self.files_label.value = f"{job.get('files_done', 0)} / {job.get('files_total', 0)}{failed}"
-        self.bytes_label.value = (f"{human_size(job.get('bytes_done', 0))} / "
+        self.bytes_label.value = (f"{human_size(job.bytes_moved)} / "
                                   f"{human_size(job.get('bytes_total', 0))} ({job.percent:g}%)")
         rate = job.get("rate_bytes_per_s")
         self.rate_label.value = (f"{job.shown_state}  ·  "
@@ -516,7 +516,7 @@ class MarkerWatcher(w.VBox):
             failed = f", {job['files_failed']} failed" if job.get("files_failed") else ""
             self.files_label.value = (f"{job.get('files_done', 0)} / {job.get('files_total', 0)}"
                                       f"{skipped}{failed}, "
-                                      f"{human_size(job.get('bytes_done', 0))} "
+                                      f"{human_size(job.bytes_moved)} "
                                       f"({job.percent:g}%)")
         elif self.state == "succeeded":
             self.files_bar.value = self.files_bar.max

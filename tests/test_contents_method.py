@@ -12,6 +12,7 @@ import base64
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,31 @@ def test_cancel_leaves_no_temporary_file(site: Site, contents: Contents) -> None
     assert temps(contents) == []
     names = {p.rpartition("/")[2] for p in contents.paths("c")}
     assert markers.IN_PROGRESS not in names and markers.ERRORS in names
+
+
+def test_a_file_shows_its_bytes_chunk_by_chunk_before_it_is_committed(
+        site: Site, contents: Contents) -> None:
+    """13 chunks of 4 KiB through the manager, slowed: the job's bytes (done + moving) rise
+    in steps while its file is not done yet, and never pass its total (issue 17, point 5)."""
+    job = stage(site, contents, "progress", [BINARY])
+    slow = EngineConfig(streams=1, heartbeat_seconds=0.05, chunk_size=CHUNK, chunk_delay=0.1,
+                        fsync=False)
+    runner = threading.Thread(target=run_pending, args=(site.db, slow))
+    runner.start()
+    seen = []
+    try:
+        while runner.is_alive():
+            seen.append(get_job(site.db, job["id"]))
+            time.sleep(0.02)
+    finally:
+        runner.join(30)
+    total = seen[0]["bytes_total"]
+    assert all(j["bytes_done"] + j["bytes_moving"] <= total for j in seen)
+    steps = {j["bytes_moving"] for j in seen if j["files_done"] == 0
+             and 0 < j["bytes_moving"] < total}  # part of the file written
+    assert len(steps) >= 3, steps
+    end = get_job(site.db, job["id"])
+    assert (end["state"], end["bytes_done"], end["bytes_moving"]) == ("succeeded", total, 0)
 
 
 # ----- a worker process SIGKILLed mid-job ---------------------------------------------------

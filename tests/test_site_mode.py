@@ -212,6 +212,7 @@ def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:
     assert code == 200, plan
     # The destination went out resolved against the user's root.
     assert plan["destination"] == str(setup.workspace / "plan")
+    assert (plan["already_there"], plan["conflicts"], plan["busy_job"]) == (0, 0, None), plan
     code, job, _ = api(setup.user, "POST", "stage",
                        {"names": setup.names[:2], "destination": "data/night1"})
     assert code == 202, job
@@ -220,6 +221,16 @@ def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:
     assert done["state"] == "succeeded", done
     staged = sorted(p.name for p in (setup.workspace / "data" / "night1").rglob("*.uvh5"))
     assert staged == sorted(setup.names[:2])
+    # The preview of the same files there: the user's server looked (the service cannot).
+    code, plan, _ = api(setup.user, "POST", "stage", {"names": setup.names[:3],
+                                                      "destination": "data/night1",
+                                                      "dry_run": True})
+    assert code == 200 and "items" not in plan, plan
+    assert (plan["already_there"], plan["conflicts"], plan["not_checked"]) == (2, 0, 0), plan
+    assert plan["already_there_bytes"] == done["bytes_total"]
+    at_service = setup.service.api("stage", {"names": setup.names[:3], "dry_run": True,
+                                             "destination": plan["destination"]})
+    assert at_service["already_there"] is None and "items" not in at_service, at_service
     assert {p.stat().st_uid for p in (setup.workspace / "data").rglob("*")} == {setup.uid}
     # The job list and its log, through the forwarder; the marker read here.
     listed = setup.user.api("jobs")["jobs"]
@@ -265,6 +276,8 @@ def test_destination_outside_the_roots_is_refused_here(setup: SiteSetup) -> None
                             {"names": setup.names[:1], "destination": destination})
         assert code == 403, body
         assert "outside the allowed roots" in body["message"]
+        assert [os.path.realpath(r) for r in body["allowed_roots"]] == [
+            os.path.realpath(setup.workspace)] and body["allowed_roots"][0] in body["message"]
     code, body, _ = api(setup.user, "POST", "upload",
                         {"directory": "/etc", "glob": "*", "store": "onsite"})
     assert code == 403, body

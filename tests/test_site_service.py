@@ -380,6 +380,36 @@ def test_a_cancel_reaches_the_users_worker(site: Site) -> None:
     assert f"job {number} cancelled" in site.api("alice", "GET", f"jobs/{number}/log").json()["text"]
 
 
+def test_the_users_worker_reports_bytes_as_they_move(site: Site) -> None:
+    """Through the worker API (the worker holds no database): the bytes a user's worker has
+    written and not yet committed reach the job's JSON with its heartbeat, in steps, while no
+    file is done (issue 17, point 5)."""
+    number = site.stage("alice", _dest(site, "alice", "followed"))["id"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", site.url,
+         "--exit-when-idle", "--copy-processes", "0", "--heartbeat", "0.1", "--streams", "1",
+         "--chunk-size", "128", f"--allowed-root={site.home('alice')}"],
+        env=_env(HERA_STAGE_SITE_TOKEN=site.tokens["alice"], HERA_STAGE_TEST_CHUNK_DELAY="0.3",
+                 XDG_CACHE_HOME=str(site.work / "cache-alice")),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        while worker.poll() is None:
+            seen.append(site.api("alice", "GET", f"jobs/{number}").json())
+            time.sleep(0.05)
+        assert worker.returncode == 0, worker.stderr.read() if worker.stderr else ""
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    total = seen[0]["bytes_total"]
+    assert all(j["bytes_done"] + j["bytes_moving"] <= total for j in seen)
+    steps = {j["bytes_moving"] for j in seen if j["files_done"] == 0 and j["bytes_moving"]}
+    assert len(steps) >= 2, steps
+    job = _wait_finished(site, "alice", number)
+    assert (job["state"], job["bytes_done"], job["bytes_moving"]) == ("succeeded", total, 0)
+
+
 def test_worker_command_line_keeps_the_database_out(site: Site, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", site.url]
     no_token = subprocess.run(base, env=_env(), capture_output=True, text=True, timeout=60)

@@ -75,6 +75,55 @@ async def test_stage_from_query_with_dry_run(api, ingested, jp_root_dir, archive
     assert staged.stat().st_nlink == 2
 
 
+async def test_the_dry_run_says_what_is_already_there_and_which_job_holds_the_folder(
+        api, ingested, jp_root_dir, monkeypatch):
+    """The preview tells what the job would do before it is confirmed (issue 17, point 8):
+    files already there (skipped), names holding something else (failed), and an unfinished
+    job writing into the folder (a launch is refused); outside the roots, which roots."""
+    code, job = await api("POST", "stage", {"names": THREE[:2], "destination": "again"})
+    assert code == 202
+    assert (await wait_for(api, job["id"]))["state"] == "succeeded"
+    night = Path(jp_root_dir) / "again" / "2457645"
+    first = night / THREE[0]
+    size = first.stat().st_size
+    first.chmod(0o644)
+    first.write_bytes(b"x" * size)  # the same size, other bytes: only its checksum tells
+    code, plan = await api("POST", "stage", {"names": THREE, "destination": "again",
+                                             "dry_run": True})
+    assert code == 200, plan
+    sizes = {name: (night / name).stat().st_size for name in THREE[1:2]}
+    assert (plan["already_there"], plan["already_there_bytes"], plan["conflicts"],
+            plan["not_checked"], plan["busy_job"]) == (1, sizes[THREE[1]], 1, 0, None), plan
+    code, plan = await api("POST", "stage", {"names": THREE, "destination": "new-folder",
+                                             "dry_run": True})
+    assert (plan["already_there"], plan["conflicts"], plan["not_checked"]) == (0, 0, 0), plan
+    assert not (Path(jp_root_dir) / "new-folder").exists()
+    # Bounded: past its hashing budget, a name of the right size is left to the job.
+    monkeypatch.setattr("hera_stage_ext.jobs.preview.CHECK_BYTES", 1)
+    code, plan = await api("POST", "stage", {"names": THREE, "destination": "again",
+                                             "dry_run": True})
+    assert (plan["already_there"], plan["conflicts"], plan["not_checked"]) == (0, 0, 2), plan
+    monkeypatch.undo()
+
+    monkeypatch.setenv("HERA_STAGE_TEST_CHUNK_DELAY", "0.5")  # the worker started now is slow
+    code, running = await api("POST", "stage", {"query": "zen.*", "destination": "held"})
+    assert code == 202
+    code, plan = await api("POST", "stage", {"names": THREE, "destination": "held",
+                                             "dry_run": True})
+    assert code == 200 and plan["busy_job"] == running["id"], plan
+    await api("POST", f"jobs/{running['id']}/cancel")
+    await wait_for(api, running["id"])
+    code, plan = await api("POST", "stage", {"names": THREE, "destination": "held",
+                                             "dry_run": True})
+    assert plan["busy_job"] is None, plan
+
+    code, refused = await api("POST", "stage", {"names": THREE, "destination": "/tmp/else",
+                                                "dry_run": True})
+    root = os.path.realpath(jp_root_dir)
+    assert code == 403 and root in refused["message"], refused
+    assert [os.path.realpath(r) for r in refused["allowed_roots"]] == [root]
+
+
 async def test_second_job_into_the_same_folder_conflicts(api, ingested):
     code, first = await api("POST", "stage", {"query": "zen.*", "destination": "busy"})
     assert code == 202
@@ -162,6 +211,8 @@ async def test_cli_stage_wait_and_jobs(cli, api, ingested, jp_root_dir):
                                                                                    "9/9"]
     code, out, err = await cli("stage", "cli-dest2", "zen.2457644.1*", "--dry-run")
     assert code == 0 and out.startswith("9 file(s)")
+    code, out, err = await cli("stage", "cli-dest", "zen.2457644.1*", "--dry-run")
+    assert code == 0 and "9 already there" in out and ": skipped" in out, out
     code, out, err = await cli("stage", "../escape", "zen.*")
     assert code == 1 and "outside the allowed roots" in err
     code, out, _ = await cli("jobs")

@@ -71,6 +71,9 @@ SENDER_KILLED = "zen.2457707.10000.xx.HH.uvh5"
 HOLED = "zen.2457708.10000.xx.HH.uvh5"
 #: Shortened at the sender while the receiver is down mid-pull.
 SHRUNK = "zen.2457719.10000.xx.HH.uvh5"
+#: Followed while B pulls it (~3 s at the throttle): the job's bytes rise before it is done.
+FOLLOWED = "zen.2457720.10000.xx.HH.uvh5"
+FOLLOWED_SIZE = 72 << 20
 #: The big files, each in a folder of its own.
 BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708", SHRUNK: "2457719"}
 
@@ -156,8 +159,9 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     paths.update({n: f"2457704/{n}" for n in FLIP_COMPANIONS})
     paths.update({n: f"2457705/{n}" for n in MIXED})
     paths.update({n: f"2457706/{n}" for n in KILLED_BATCH})
+    paths[FOLLOWED] = f"2457720/{FOLLOWED}"
     for name, rel in paths.items():
-        size = BIG_SIZE if name in BIG_FOLDERS else \
+        size = BIG_SIZE if name in BIG_FOLDERS else FOLLOWED_SIZE if name == FOLLOWED else \
             KILLED_BATCH_SIZE if name in KILLED_BATCH else 65536 + rng.randrange(4096)
         _write(a_store / rel, rng, size)
     # B already holds another file under the conflicting name.
@@ -250,6 +254,31 @@ def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Si
     peers = sites.b.api("peers")["peers"]
     assert peers == [{"name": "site-a", "url": sites.a.url, "reachable": True,
                       "site": "site-a", "error": "", "accepts_from": True}]
+
+
+def test_a_large_file_shows_the_bytes_the_peer_has_pulled_before_it_is_done(
+        sites: Sites) -> None:
+    """The job's bytes (done + moving) follow the peer's pull of a large file in steps, while
+    the file is not done, never past the job's total (issue 17, point 5)."""
+    db = sites.a_core.catalogue.db
+    job = create_transfer_job(db, "tester", [FOLLOWED], sites.a_core.peers, "site-b",
+                              log_dir=str(sites.tmp / "a-logs"))
+    runner = threading.Thread(target=run_pending, args=(db, EngineConfig(
+        peers=sites.a_core.peers, fsync=False, heartbeat_seconds=0.1)))
+    runner.start()
+    seen = []
+    try:
+        while runner.is_alive():
+            seen.append(get_job(db, job["id"]))
+            time.sleep(0.05)
+    finally:
+        runner.join(60)
+    assert all(j["bytes_done"] + j["bytes_moving"] <= FOLLOWED_SIZE for j in seen)
+    steps = {j["bytes_moving"] for j in seen
+             if j["files_done"] == 0 and 0 < j["bytes_moving"] < FOLLOWED_SIZE}
+    assert len(steps) >= 3, sorted(steps)
+    end = get_job(db, job["id"])
+    assert (end["state"], end["files_done"], end["bytes_moving"]) == ("succeeded", 1, 0)
 
 
 def test_wrong_secret_gets_401_and_writes_nothing(sites: Sites) -> None:

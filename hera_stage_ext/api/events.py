@@ -48,12 +48,14 @@ JOB_PROGRESS_SCHEMA: dict[str, Any] = {
         "files_skipped": {"type": "integer"},
         "bytes_total": {"type": "integer"},
         "bytes_done": {"type": "integer"},
+        "bytes_moving": {"type": "integer"},
         "rate_bytes_per_s": {"type": ["number", "null"]},
         "eta_s": {"type": ["number", "null"]},
     },
 }
 _FIELDS = tuple(JOB_PROGRESS_SCHEMA["properties"])
-_CHANGES = ("state", "files_done", "files_failed", "files_skipped", "bytes_done")
+_CHANGES = ("state", "files_done", "files_failed", "files_skipped", "bytes_done",
+            "bytes_moving")
 
 
 #: Seconds after its end a finished job is still reported (its last event is not missed).
@@ -99,7 +101,7 @@ class JobProgressNotifier:
     def _changes(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         changed = []
         for job in jobs:
-            key = tuple(job[k] for k in _CHANGES)
+            key = tuple(job.get(k) for k in _CHANGES)
             if self._seen.get(job["id"]) != key:
                 self._seen[job["id"]] = key
                 changed.append(job)

@@ -25,6 +25,7 @@ routes are not served by a user's server at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -41,7 +42,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from tornado.httputil import HTTPHeaders
 
 from ..errors import InvalidRequest, StagingError, Unavailable
-from ..jobs import markers
+from ..jobs import markers, preview
 from ..jobs.worker import SITE_TOKEN_ENV
 from ..paths import confine
 from .base import MAX_BODY_BYTES, ApiError, BaseHandler, check_unicode
@@ -210,7 +211,8 @@ class SiteClient:
         absolute path; Forbidden outside them."""
         if not isinstance(path, str) or not path:
             raise InvalidRequest(f"'{what}' must be a folder (relative to your root directory)")
-        return str(confine(path, self.allowed_roots, base=self.root_dir, what=what))
+        return str(confine(path, self.allowed_roots, base=self.root_dir, what=what,
+                           name_roots=True))
 
     def with_marker(self, job: dict[str, Any]) -> dict[str, Any]:
         """``job`` with ``marker`` read here (the service cannot see the user's folders), for
@@ -224,6 +226,20 @@ class SiteClient:
                 return job
             job["marker"] = markers.present(Path(destination))
         return job
+
+    def with_preview(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """A dry run's answer with what its job would find in the destination, looked at here
+        (the service sends the ``items`` to look for, and cannot look itself)."""
+        items = plan.pop("items", None)
+        destination = plan.get("destination")
+        if isinstance(items, list) and isinstance(destination, str):
+            try:
+                self.confine(destination, "destination")
+            except StagingError:
+                return plan
+            plan.update(preview.check_destination(destination, items, plan.get("method", ""),
+                                                  int(plan.get("files", len(items)))))
+        return plan
 
 
 # ----- request bodies rewritten before they leave ----------------------------------------------
@@ -248,7 +264,9 @@ def confine_stage(site: SiteClient, body: dict[str, Any]) -> dict[str, Any]:
         # the user's file system only when that manager is file based.
         raise Unavailable("the 'contents' method is not available when staging through the "
                           "site service; use 'copy'")
-    return {**body, "destination": site.confine(body.get("destination"), "destination")}
+    # A dry run: the service sends the items back, for this server to look at the folder.
+    return {**body, "destination": site.confine(body.get("destination"), "destination"),
+            **({"with_items": True} if body.get("dry_run") is True else {})}
 
 
 def confine_upload(site: SiteClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -320,6 +338,11 @@ class ForwardHandler(BaseHandler):
             return
         answer = await self.site.fetch(self.outgoing(body))
         self.after(path, answer)
+        if path == "stage" and answer.code == 200 and "json" in answer.headers.get(
+                "Content-Type", ""):  # a dry run: the files already there, looked at here
+            with contextlib.suppress(ValueError):  # (not JSON after all: passed on as it is)
+                plan = await asyncio.to_thread(self.site.with_preview, json.loads(answer.body))
+                answer = Answer(200, answer.headers, json.dumps(plan).encode())
         await self.reply_answer(answer)
 
     # What a subclass changes.

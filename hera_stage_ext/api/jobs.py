@@ -61,8 +61,11 @@ def stage_request(body: dict[str, Any]) -> dict[str, Any]:
     method = body.get("method", "copy")
     if not isinstance(method, str):
         raise InvalidRequest("'method' must be a string")
-    return {**selection, "destination": destination, "method": method,
-            "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force")}
+    request = {**selection, "destination": destination, "method": method,
+               "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force")}
+    if "with_items" in body:  # (a user's server asking the site service: ``forward``)
+        request["with_items"] = _bool(body, "with_items")
+    return request
 
 
 def transfer_request(body: dict[str, Any]) -> dict[str, Any]:

@@ -221,6 +221,10 @@ SCHEMAS["StageRequest"] = {
         "dry_run": {"type": "boolean", "default": False},
         "force": {"type": "boolean", "default": False,
                   "description": "Launch even when free space looks too small."},
+        "with_items": {"type": "boolean", "default": False,
+                       "description": "Dry run at the site service (set by the user's "
+                       "server): also list the items, for the user's server to look at "
+                       "the destination."},
     },
 }
 SCHEMAS["TransferRequest"] = {
@@ -253,6 +257,21 @@ SCHEMAS["DryRun"] = {
                        "description": "null: not a local file system (method contents with "
                        "a manager that is not file-based), free space unknown."},
         "fits": {"type": "boolean"},
+        "already_there": {"type": ["integer", "null"],
+                          "description": "Files whose final name already holds them (same "
+                          "size and checksum): the job skips them. null: the destination "
+                          "cannot be looked at from here."},
+        "already_there_bytes": {"type": ["integer", "null"]},
+        "conflicts": {"type": ["integer", "null"],
+                      "description": "Final names holding something else: those files fail "
+                      "(nothing is overwritten)."},
+        "not_checked": {"type": "integer",
+                        "description": "Files not looked at (the preview's work is bounded: "
+                        "10,000 names, 256 MiB hashed); the job still skips or refuses each "
+                        "as it comes."},
+        "busy_job": {"type": ["integer", "null"],
+                     "description": "An unfinished job already staging into this folder: a "
+                     "launch is refused until it ends (or is cancelled)."},
     },
 }
 SCHEMAS["Job"] = {
@@ -273,6 +292,11 @@ SCHEMAS["Job"] = {
         "bytes_total": {"type": "integer"},
         "files_done": {"type": "integer"},
         "bytes_done": {"type": "integer"},
+        "bytes_moving": {"type": "integer", "description": "Bytes written (or received by "
+                         "the peer) and not yet committed: progress inside files, never "
+                         "counted in bytes_done; 0 unless the job is running. Progress in "
+                         "bytes is bytes_done + bytes_moving (rate_bytes_per_s and eta_s "
+                         "use it)."},
         "files_failed": {"type": "integer"},
         "files_skipped": {"type": "integer"},
         "missing": {"type": "array", "items": {"type": "string"}},

@@ -24,6 +24,8 @@ lost (``HelperDied``) for the engine to redo.
 
 A hand-over is stopped (a cancel, a lost lease, a store gone) through a shared counter: the
 helper checks it before every file and between chunks, so a cancel is seen within one file.
+While it writes a hand-over, a helper reports the bytes written so far about every
+``PROGRESS_SECONDS`` (the job's progress between commits: ``progress.InFlight``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ _PR_SET_PDEATHSIG = 1
 DEPTH = 4
 #: A helper's commits (syncs and renames) are at least this far apart.
 COMMIT_SECONDS = 0.25
+#: A helper reports a hand-over's bytes written about this often.
+PROGRESS_SECONDS = 0.25
 
 #: What became of one item of a hand-over: None (copied, verified and final under its name),
 #: an Outcome (skipped: already there) or the error that failed it.
@@ -97,7 +101,7 @@ def _append(log_path: str, text: str) -> None:
         os.close(fd)
 
 
-def _finish(conn: Connection, jobs: queue.Queue[Any]) -> None:
+def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock) -> None:
     """The committing thread of a helper: log, sync, rename, sync, reply, in order. Commits
     are at least ``COMMIT_SECONDS`` apart and make final together every hand-over written
     meanwhile: a sync costs about as much as writing a few hundred small files, and while one
@@ -140,7 +144,8 @@ def _finish(conn: Connection, jobs: queue.Queue[Any]) -> None:
                     results[i] = (ItemFailed("appeared at the destination while it was being "
                                              "staged; not overwritten")
                                   if isinstance(exc, FileExistsError) else exc)
-            conn.send((request, results))
+            with send_lock:
+                conn.send((request, results))
         last_commit = time.monotonic()
         if last:
             return
@@ -153,16 +158,24 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when helpers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     current = 0
+    send_lock = threading.Lock()  # the replies (committing thread) and the progress (here)
+    written, reported = 0, 0.0  # this hand-over's bytes written; when last reported
 
-    def check(_n: int) -> None:
+    def check(n: int) -> None:
+        nonlocal written, reported
         if stop_upto.value >= current:
             raise Cancelled()
+        written += n
+        if time.monotonic() - reported >= PROGRESS_SECONDS:
+            reported = time.monotonic()
+            with send_lock:
+                conn.send((current, written))
         if chunk_delay:
             time.sleep(chunk_delay)
 
     mover = Mover(chunk_size, check, lambda _line: None, deferred=True, temp_folders=True)
     jobs: queue.Queue[Any] = queue.Queue()
-    committer = threading.Thread(target=_finish, args=(conn, jobs), daemon=True)
+    committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock), daemon=True)
     committer.start()
     last_run = None
     while True:
@@ -173,6 +186,7 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         if message is None:
             break
         current, hand = message
+        written = 0
         if hand.run != last_run:
             # Another run's folders: what was fresh (made by this helper) is not for it, even
             # for the same job resumed (its files from before are in them).
@@ -212,6 +226,7 @@ class _Waiting:
     done: threading.Event = field(default_factory=threading.Event)
     results: list[Moved] | None = None
     error: BaseException | None = None
+    written: int = 0  # bytes the helper reported written so far
 
 
 class _Helper:
@@ -232,12 +247,18 @@ class _Helper:
         self.reader.start()
 
     def _read(self) -> None:
-        """Route each reply to the stream waiting for it; on the helper's death, fail them."""
+        """Route each reply (or progress report) to the stream waiting for it; on the helper's
+        death, fail them."""
         while True:
             try:
                 request, results = self.conn.recv()
             except (EOFError, OSError):
                 break
+            if isinstance(results, int):  # bytes written so far
+                waiting = self.waiting.get(request)
+                if waiting is not None:
+                    waiting.written = results
+                continue
             waiting = self.waiting.pop(request, None)
             if waiting is not None:
                 waiting.results = results
@@ -312,11 +333,13 @@ class CopyPool:
                     continue
                 self._cond.wait(0.1)
 
-    def move(self, hand: HandOver, interrupt: Callable[[], bool]) -> list[Moved]:
+    def move(self, hand: HandOver, interrupt: Callable[[], bool],
+             progress: Callable[[int], None] | None = None) -> list[Moved]:
         """Move and make final the items of ``hand`` in a helper; returns one ``Moved`` per
         item started, in order (the rest were not: the caller puts them back in the queue).
         ``interrupt`` is asked while waiting: when it says so (a cancel, a lost lease, a store
         gone), the helper stops before its next file and makes final what it has written.
+        ``progress`` is told the bytes written so far as the helper reports them.
         Raises HelperDied when the helper died with the hand-over."""
         request = next(self._requests)
         waiting = _Waiting()
@@ -331,7 +354,11 @@ class CopyPool:
                              helper.process.pid) from exc
         if helper.dead and helper.waiting.pop(request, None) is not None:
             raise HelperDied("a copy helper process died", helper.process.pid)
+        shown = 0
         while not waiting.done.wait(0.1):
+            if progress is not None and waiting.written != shown:
+                shown = waiting.written
+                progress(shown)
             if interrupt():
                 # Stops this hand-over (and an older one in the same helper: its stream
                 # takes the items not started back to the queue and goes on).

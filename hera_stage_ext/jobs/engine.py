@@ -80,21 +80,31 @@ def job_json(job: Job) -> dict[str, Any]:
     elapsed = None
     if job.started_at is not None:
         elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
-    rate = job.bytes_done / elapsed if elapsed and elapsed > 0 else None
+    moving = moving_bytes(job)
+    moved = job.bytes_done + moving
+    rate = moved / elapsed if elapsed and elapsed > 0 else None
     eta = None
     if rate and job.state in ACTIVE_STATES:
-        eta = max(job.bytes_total - job.bytes_done, 0) / rate
+        eta = max(job.bytes_total - moved, 0) / rate
     return {
         "id": job.id, "owner": job.owner, "kind": job.kind, "state": job.state,
         "destination": job.destination, "method": job.method, "search": job.search,
         "options": job.options, "files_total": job.files_total, "bytes_total": job.bytes_total,
-        "files_done": job.files_done, "bytes_done": job.bytes_done,
+        "files_done": job.files_done, "bytes_done": job.bytes_done, "bytes_moving": moving,
         "files_failed": job.files_failed, "files_skipped": job.files_skipped,
         "missing": job.missing, "error": job.error, "log_path": job.log_path,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at), "cancel_requested": job.cancel_requested,
         "worker_id": job.worker_id, "rate_bytes_per_s": rate, "eta_s": eta,
     }
+
+
+def moving_bytes(job: Job) -> int:
+    """The bytes its worker has moved and not committed yet, as shown: only while a worker holds
+    the job (a dead worker's count is stale), and never past the bytes still to do."""
+    if job.state != "running" or not job.worker_id:
+        return 0
+    return max(0, min(job.bytes_moving or 0, job.bytes_total - job.bytes_done))
 
 
 def load_job(db: Database, job_id: int) -> Job:
@@ -278,6 +288,7 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
             return None
         resumed = job.started_at is not None
         job.worker_id = worker_id
+        job.bytes_moving = 0  # the last worker's count: its uncommitted bytes are redone
         job.heartbeat_at = now
         job.lease_expires = now + dt.timedelta(seconds=lease_seconds)
         if job.state == "queued":
@@ -297,7 +308,7 @@ def release_job(db: Database, job_id: int, worker_id: str, error: str | None = N
     with db.write() as s:
         s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
                   .values(state="queued", worker_id=None))
-        values: dict[str, Any] = {"worker_id": None, "lease_expires": None}
+        values: dict[str, Any] = {"worker_id": None, "lease_expires": None, "bytes_moving": 0}
         if error is not None:
             values["error"] = error
         s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id)

@@ -145,10 +145,10 @@ class HttpJobStore:
                 "results": [[item.id, state, error] for item, state, error in results]})
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
-                  stores: Collection[str]) -> Beat:
+                  stores: Collection[str], moving: int = 0) -> Beat:
         answer = self._job(job_id, "heartbeat", {"worker_id": worker_id,
                                                  "lease_seconds": lease_seconds,
-                                                 "stores": list(stores)})
+                                                 "stores": list(stores), "moving": moving})
         unavailable = answer.get("unavailable")
         return Beat(answer["state"], None if unavailable is None else frozenset(unavailable))
 

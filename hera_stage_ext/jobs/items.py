@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, select, update
 
 from ..catalogue.db import Database
 from .models import Job, JobItem
@@ -94,9 +94,14 @@ def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]])
                 update(t).where(t.c.id == bindparam("item_id"))
                 .values(state=bindparam("item_state"), error=bindparam("item_error"),
                         worker_id=None), failed)
+        done_bytes = sum(c.size for c, _ in done)
         s.execute(update(Job).where(Job.id == job_id).values(
             files_done=Job.files_done + len(done),
-            bytes_done=Job.bytes_done + sum(c.size for c, _ in done),
+            bytes_done=Job.bytes_done + done_bytes,
+            # Those bytes were (mostly) counted as moving at the last heartbeat: no longer, so
+            # done + moving never counts them twice until the next one.
+            bytes_moving=case((Job.bytes_moving > done_bytes, Job.bytes_moving - done_bytes),
+                              else_=0),
             files_skipped=Job.files_skipped + sum(1 for _, st in done if st == "skipped"),
             files_failed=Job.files_failed + sum(1 for _, st, _ in results if st == "failed"),
         ))

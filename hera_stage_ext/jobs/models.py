@@ -24,7 +24,9 @@ ITEM_STATES = ("queued", "running", "done", "skipped", "failed")
 class Job(Base):
     """One job. Counters: ``files_done``/``bytes_done`` count items present and verified at the
     destination (copied *or* skipped as identical); ``files_skipped`` and ``files_failed`` are
-    the subsets that were skipped or failed. Progress is (done + failed) / total."""
+    the subsets that were skipped or failed. Progress is (done + failed) / total.
+    ``bytes_moving``: bytes the running worker has written (or a peer has received) and not
+    yet committed, as its last heartbeat said; never part of ``bytes_done``."""
 
     __tablename__ = "job"
     __table_args__ = (Index("ix_job_state_lease", "state", "lease_expires"),)
@@ -43,6 +45,7 @@ class Job(Base):
     files_done: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     files_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_moving: Mapped[int] = mapped_column(BigInteger, default=0)
     files_skipped: Mapped[int] = mapped_column(BigInteger, default=0)
     # Names asked for that had no available instance on an online store at launch.
     missing: Mapped[list[str]] = mapped_column(JSONType, default=list)

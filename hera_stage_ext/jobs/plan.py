@@ -2,9 +2,10 @@
 (``_resolve``: online stores first, then cold stores through ``recall``), the destination
 checked (``targets.plan_target``) and its free space compared with what the method writes
 (``plan_stage``, ``StagePlan``); ``hardlink`` and ``symlink`` only from store files the
-staging account cannot write (``check_links``); ``dry_run_stage`` reports the plan. Reads
-only, writes nothing: ``engine.create_stage_job`` writes the job from a plan. ``_names`` and
-``_resolve`` also serve the transfer kind."""
+staging account cannot write (``check_links``); ``dry_run_stage`` reports the plan, what the
+job would find at the destination (``preview``) and an unfinished job already staging there
+(``busy_job``). Reads only, writes nothing: ``engine.create_stage_job`` writes the job from a
+plan. ``_names`` and ``_resolve`` also serve the transfer kind."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store
+from .models import ACTIVE_STATES, Job
 from ..catalogue.naming import shown, validate_name
 from ..errors import InvalidRequest
-from . import linkcheck, recall, targets
+from . import linkcheck, preview, recall, targets
 from .items import IN_CHUNK
 from .methods import METHODS
 
@@ -208,32 +210,19 @@ def dry_run_stage(
     method: str = "copy", allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
     base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a staging job would do: files, de-duplicated bytes, missing names, free space, and
-    how many files are already there (``already_there``)."""
+    """What a staging job would do: files, de-duplicated bytes, missing names, free space, the
+    files already there (skipped) or in the way (failed), and an unfinished job already
+    staging into the folder (``busy_job``: a launch would be refused)."""
     plan = plan_stage(db, names_or_rows, destination, method, allowed_roots, base=base,
                       contents=contents)
-    return {**plan.summary(), "already_there": already_there(plan)}
+    local = plan.target.local
+    found = (preview.check_destination(local, plan.items, method, len(plan.items))
+             if local is not None else preview.nothing_checked(len(plan.items)))
+    return {**plan.summary(), **found, "busy_job": busy_job(db, plan.target.key)}
 
 
-def already_there(plan: StagePlan) -> int | None:
-    """How many of the plan's files lie at their place in a local destination with the
-    catalogue's size and kind (a symlink: pointing at its instance), so that the job will
-    check them and skip them as identical; None when the destination is not a local folder.
-    Metadata only (``lstat``): the job compares checksums."""
-    if plan.target.local is None:
-        return None
-    count = 0
-    for item in plan.items:
-        final = os.path.join(plan.target.local, item["dest_path"])
-        try:
-            info = os.lstat(final)
-        except OSError:
-            continue
-        if stat.S_ISLNK(info.st_mode):
-            if plan.method == "symlink" and os.readlink(final) == item["source_path"]:
-                count += 1
-        elif item["is_directory"]:
-            count += stat.S_ISDIR(info.st_mode)
-        elif stat.S_ISREG(info.st_mode) and info.st_size == item["size"]:
-            count += 1
-    return count
+def busy_job(db: Database, destination: str) -> int | None:
+    """The unfinished job already staging into ``destination`` (a launch there is refused)."""
+    with db.read() as s:
+        return s.scalar(select(Job.id).where(Job.destination == destination,
+                                             Job.state.in_(ACTIVE_STATES)).limit(1))

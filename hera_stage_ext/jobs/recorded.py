@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..paths import check_text
-from . import recall
+from . import preview, recall
 from .engine import create_job
 from .methods import METHODS
 from .models import ACTIVE_STATES, Job
-from .plan import COPYING, _names, _resolve
+from .plan import COPYING, _names, _resolve, busy_job
 
 #: Methods a user's worker runs from a recorded job (``contents`` needs the user's server).
 RECORDED_METHODS = tuple(m for m in METHODS if m != "contents")
@@ -60,12 +60,20 @@ def _plan(db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destin
 
 
 def dry_run_recorded(db: Database, names_or_rows: Iterable[str | Mapping[str, Any]],
-                     destination: object, method: str = "copy") -> dict[str, Any]:
-    """What a recorded job would stage (free space is the user's server's to tell)."""
+                     destination: object, method: str = "copy",
+                     with_items: bool = False) -> dict[str, Any]:
+    """What a recorded job would stage (free space and the files already there are the user's
+    server's to tell: with ``with_items``, ``items`` lists what it needs to look, at most
+    ``preview.CHECK_FILES`` of them)."""
     dest, items, missing, total = _plan(db, names_or_rows, destination, method)
     needed = total if method in COPYING else 0
-    return {"destination": dest, "method": method, "files": len(items), "bytes": total,
-            "missing": missing, "bytes_needed": needed, "free_bytes": None, "fits": True}
+    out = {"destination": dest, "method": method, "files": len(items), "bytes": total,
+           "missing": missing, "bytes_needed": needed, "free_bytes": None, "fits": True,
+           **preview.nothing_checked(len(items)), "busy_job": busy_job(db, dest)}
+    if with_items:
+        out["items"] = [{key: item[key] for key in preview.ITEM_KEYS}
+                        for item in items[:preview.CHECK_FILES]]
+    return out
 
 
 def busy_check(s: Session, destination: str, job_id: int) -> None:

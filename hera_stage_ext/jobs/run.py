@@ -14,6 +14,7 @@ the job is finished (``engine.finish_job``), cancelled, or released for another 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -39,6 +40,7 @@ from .methods import (
     remove_temp_folders,
 )
 from .models import Job
+from .progress import InFlight
 from .store import JobStore, as_store
 
 
@@ -118,11 +120,17 @@ class _JobRun:
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._last_commit = time.monotonic()
+        # Bytes moved and not committed yet, published with each heartbeat. A heartbeat and
+        # the recording of a commit never overlap: a count taken before a commit and written
+        # after it would count that commit's bytes twice (done and moving).
+        self.inflight = InFlight()
+        self._beat_lock = threading.Lock()
 
     def _beat(self) -> None:
         """Renew the lease; see a cancel, a lost lease and stores going away."""
-        beat = self.store.heartbeat(self.job.id, self.worker_id, self.config.lease_seconds,
-                                    list(self.store_roots))
+        with self._beat_lock:
+            beat = self.store.heartbeat(self.job.id, self.worker_id, self.config.lease_seconds,
+                                        list(self.store_roots), self.inflight.total())
         if beat.state == "lost":
             self.lost = True
             self.abort.set()
@@ -184,7 +192,13 @@ class _JobRun:
                         self.read_only, self.store_roots.get(item.store))
 
     def _stream(self) -> None:
-        mover = self.target.mover(self.config, self._check, self.log, self.made_dirs)
+        key = threading.get_ident()  # this stream's file being moved (``_one``)
+
+        def check(n: int) -> None:
+            self.inflight.add(key, n)
+            self._check(n)
+
+        mover = self.target.mover(self.config, check, self.log, self.made_dirs)
         try:
             self._stream_with(mover)
         finally:
@@ -251,8 +265,9 @@ class _JobRun:
 
         hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
                         [item.dest_path for item in ready], self.root)
+        key = ("pool", id(hand))
         try:
-            moved = self.pool.move(hand, interrupt)
+            moved = self.pool.move(hand, interrupt, lambda n: self.inflight.set(key, n))
         except HelperDied as exc:
             # What it made final is found verified (not copied again); the rest is copied here,
             # not handed over again, so a file that kills helpers cannot stall the job.
@@ -267,6 +282,8 @@ class _JobRun:
                 item.attempts += 1  # a second attempt: a file found there is its own
                 self._one(mover, item, spec)
             return
+        finally:
+            self.inflight.drop(key)
         final: list[_Claimed] = []
         for item, result in zip(ready, moved):
             started.add(item.id)
@@ -283,6 +300,7 @@ class _JobRun:
             with self._pending_lock:
                 self._final.extend(final)
                 self._pending_bytes += nbytes
+            self.inflight.through(nbytes)
         if self._commit_due():
             self._commit(wait=False)
 
@@ -309,6 +327,9 @@ class _JobRun:
             raise
         except (ItemFailed, OSError, StagingError) as exc:
             return self._settle(item, None, exc, started)
+        finally:
+            # Its bytes moving so far: counted again below as through, when it is.
+            self.inflight.drop(threading.get_ident())
         return self._settle(item, outcome, None, started)
 
     def _settle(self, item: _Claimed, outcome: Outcome | None, error: BaseException | None,
@@ -345,6 +366,8 @@ class _JobRun:
         with self._pending_lock:
             self._pending.append((item, state, error, outcome))
             self._pending_bytes += item.size
+        if state in ("done", "skipped"):
+            self.inflight.through(item.size)
 
     def _commit_due(self) -> bool:
         return (len(self._pending) + len(self._final) >= self.config.commit_items
@@ -370,6 +393,8 @@ class _JobRun:
             errors = iter(commit(renames, self.config.fsync,
                                  [self.root] if self.root is not None else ()))
             results = [(item, "done", "") for item in final]
+            through = sum(item.size for item in final) + sum(
+                item.size for item, state, _, _ in batch if state in ("done", "skipped"))
             for item, state, error, outcome in batch:
                 if outcome is not None and outcome.tmp:
                     exc = next(errors)
@@ -382,7 +407,9 @@ class _JobRun:
                         with self._lock:
                             self.copied_bytes -= item.size
                 results.append((item, state, error))
-            self.store.record(self.job.id, results)
+            with self._beat_lock:
+                self.store.record(self.job.id, results)
+                self.inflight.committed(through)
             self.log.flush()
             self.kind.recorded(self)
         finally:

@@ -58,7 +58,7 @@ class JobStore(Protocol):
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None: ...
     def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None: ...
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
-                  stores: Collection[str]) -> Beat: ...
+                  stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
     def finish(self, job: Job) -> str: ...
     def finish_cancelled(self, job: Job) -> str: ...
@@ -112,12 +112,15 @@ class DbJobStore:
         items._record(self.db, job_id, results)
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
-                  stores: Collection[str]) -> Beat:
+                  stores: Collection[str], moving: int = 0) -> Beat:
+        """Renew the lease and publish ``moving``: the bytes the run has moved and not yet
+        committed (the job's ``bytes_moving``)."""
         with self.db.write() as s:
             now = engine.lease_clock(s)
             row = s.execute(
                 update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
-                .values(heartbeat_at=now, lease_expires=now + dt.timedelta(seconds=lease_seconds))
+                .values(heartbeat_at=now, lease_expires=now + dt.timedelta(seconds=lease_seconds),
+                        bytes_moving=moving)
                 .returning(Job.cancel_requested)).first()
         if row is None:
             return Beat("lost")

@@ -105,7 +105,9 @@ class WorkerOps:
         stores = body.get("stores", [])
         if not isinstance(stores, list) or not all(isinstance(s, str) for s in stores):
             raise InvalidRequest("'stores' must be a list of store names")
-        beat = self.store.heartbeat(job_id, worker_id_of(body), lease_of(body), stores[:1000])
+        moving = _int(body.get("moving", 0), "moving")  # bytes moved, not yet committed
+        beat = self.store.heartbeat(job_id, worker_id_of(body), lease_of(body), stores[:1000],
+                                    moving)
         return {"state": beat.state,
                 "unavailable": None if beat.unavailable is None else sorted(beat.unavailable)}
 

@@ -40,7 +40,7 @@ from ..jobs.models import Job, JobItem
 from ..jobs.plan import _names, _resolve
 from ..jobs.recall import with_recall
 from .peers import Peer, PeerRegistry, registry_from_env
-from .protocol import HAVE, MAX_OFFERS, SEND, PeerClient
+from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, PeerClient
 from .rclone import RclonePeer, client_for
 from .sender import offers_for, record_remote
 
@@ -51,6 +51,8 @@ T = TypeVar("T")
 DESTINATION_PREFIX = "peer:"
 #: Longest wait of one status long poll (seconds): how late a cancel can be noticed.
 STATUS_WAIT = 2.0
+#: ...and while a large file is being pulled, how often the bytes it has are asked for.
+PROGRESS_WAIT = 0.5
 
 
 class PeerRejected(StagingError):
@@ -264,6 +266,7 @@ class _Sender:
         if state == "done":
             with run._lock:
                 run.copied_bytes += item.size
+        run.inflight.drop(("peer", item.name))  # (its bytes pulled so far, ``progress``)
         run._add(item, state, error, None)
         self.reported.add(item.id)
         if run._commit_due():
@@ -294,6 +297,8 @@ class _Sender:
             # Claimed and not through (cancel, stop): back to the queue, announced again
             # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
             _requeue(run.db, [c.id for c in claimed if c.id not in self.reported])
+            for name in self.waiting:
+                run.inflight.drop(("peer", name))
 
     def send(self, batch: list[_Claimed]) -> None:
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
@@ -342,12 +347,14 @@ class _Sender:
         waiting = self.waiting
         asked = time.monotonic()
         names = list(waiting)
+        large = [name for name, item in waiting.items() if item.size > BATCH_FILE_MAX]
+        wait = PROGRESS_WAIT if large else STATUS_WAIT
         rows: list[dict[str, Any]] = []
         for start in range(0, len(names), 10 * MAX_OFFERS):
             part = names[start:start + 10 * MAX_OFFERS]
             try:
                 rows += self.call(f"status from peer {self.peer.name!r}",
-                                  lambda c, part=part: c.status(part, STATUS_WAIT,
+                                  lambda c, part=part: c.status(part, wait,
                                                                 finished_only=True))["files"]
             except StagingError as exc:
                 for name in part:
@@ -378,5 +385,22 @@ class _Sender:
                 self.report(waiting.pop(row["name"]), "failed",
                             "the peer has no record of it (retry the job to announce it "
                             "again)")
+        self.progress([name for name in large if name in waiting])
         if waiting and not committed and time.monotonic() - asked < 0.1:
             self.sleep(0.5)  # a peer that answered at once with nothing new: no busy loop
+
+    def progress(self, names: list[str]) -> None:
+        """The bytes the peer has of these large files it is pulling, for the job's progress
+        (small files arrive whole, a batch at a time: they count when committed)."""
+        for start in range(0, len(names), 10 * MAX_OFFERS):
+            part = names[start:start + 10 * MAX_OFFERS]
+            try:
+                rows = self.call(f"status from peer {self.peer.name!r}",
+                                 lambda c, part=part: c.status(part))["files"]
+            except StagingError:
+                return  # progress only: the next long poll says what became of them
+            for row in rows:
+                item = self.waiting.get(row["name"])
+                if item is not None and row.get("state") == "receiving":
+                    self.run.inflight.set(("peer", item.name),
+                                          min(int(row.get("bytes") or 0), item.size))
