@@ -5,6 +5,7 @@ depends on the database."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,13 +53,20 @@ async def test_the_preview_counts_files_already_there_and_names_the_roots(
     (staged / "2457644").mkdir(parents=True)
     source = Path(archive.stores["onsite"]["path"]) / "2457644" / FLAT_FILE
     (staged / "2457644" / FLAT_FILE).write_bytes(source.read_bytes())
+    # An empty folder where the data set goes is in the way, not there: the job compares
+    # the whole data set (its checksum), as it does for a file.
     (staged / "2457646" / MIRIAD_NAME).mkdir(parents=True)
     code, plan = await api("POST", "stage", request)
-    assert plan["already_there"] == 2
-    # Another size is not "there": the job would refuse to overwrite it, not skip it.
+    assert plan["already_there"] == 1 and plan["conflicts"] == 1
+    (staged / "2457646" / MIRIAD_NAME).rmdir()
+    shutil.copytree(Path(archive.stores["onsite"]["path"]) / "2457646" / MIRIAD_NAME,
+                    staged / "2457646" / MIRIAD_NAME)
+    code, plan = await api("POST", "stage", request)
+    assert plan["already_there"] == 2 and plan["conflicts"] == 0
+    # Other bytes are not "there": the job would refuse to overwrite them, not skip them.
     (staged / "2457644" / FLAT_FILE).write_bytes(b"other")
     code, plan = await api("POST", "stage", request)
-    assert plan["already_there"] == 1
+    assert plan["already_there"] == 1 and plan["conflicts"] == 1
 
     code, reply = await api("POST", "stage", {**request, "destination": "/tmp/elsewhere"})
     assert code == 403
