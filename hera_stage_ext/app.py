@@ -48,6 +48,7 @@ from .stewardship import Stewardship
 from .transfer.orders import StandingOrders
 from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers, peers_env
 from .transfer.receiver import Receiver
+from .transfer.repair import PeerRepairSource
 
 SETTINGS_KEY = "hera_stage"
 
@@ -460,7 +461,8 @@ class StagingApp(ExtensionApp):
             auditor=Auditor(db, self.fixity_bytes_per_hour,
                             pause_while_jobs=self.fixity_pause_while_jobs)
             if self.fixity_bytes_per_hour > 0 else None,
-            allow_changes=self.allow_ingest, max_matching=self.max_rpc_results)
+            allow_changes=self.allow_ingest, max_matching=self.max_rpc_results,
+            peers=PeerRepairSource(db, peers, receiver) if peers.peers else None)
         metrics.watch(self.core)
         self.settings[SETTINGS_KEY] = self.core
         if site:
