@@ -5,7 +5,6 @@ against a real Jupyter server."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -26,8 +25,6 @@ from hera_stage_ext.jobs.cleaner import listing
 
 from .api_fixtures import *  # noqa: F403
 from .job_fixtures import Site, make_site, unprivileged_prefix
-from .test_site_mode import SiteSetup, finished, setup  # noqa: F401  (fixture)
-from .test_site_mode import api as site_api
 from .test_stage_api import THREE, wait_for
 
 FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False)
@@ -258,47 +255,3 @@ async def test_bad_expiry_and_clean_requests_answer_400(api, ingested) -> None:
         assert code == 400, (body, error)
     code, error = await api("POST", "staged/clean", {"folders": ["never-staged"]})
     assert code == 404 and "not one of your staged folders" in error["message"]
-
-
-# ----- site mode: the user's server cleans, as the user; the service gives the records -------
-def test_site_mode_clean_runs_in_the_users_server(setup: SiteSetup) -> None:
-    user = setup.user
-    # The service, as the user (their token there).
-    service = dataclasses.replace(setup.service, token=setup.service_token)
-    jobs = {}
-    for folder in ("lc/expiring", "lc/shared"):
-        code, job, _ = site_api(user, "POST", "stage", {"names": setup.names[:2],
-                                                        "destination": folder,
-                                                        "expires_in": 1})
-        assert code == 202, job
-        jobs[folder] = finished(user, job["id"])
-        assert jobs[folder]["state"] == "succeeded"
-    shared = setup.workspace / "lc" / "shared"
-    mine = shared / "mine.txt"
-    mine.write_text("the user's own file, beside the staged ones")
-    time.sleep(1.1)
-    # The service knows the records only; it never reads the folders, nor cleans them.
-    code, view, _ = site_api(service, "GET", "staged")
-    assert code == 200 and {f["state"] for f in view["folders"]} >= {"unchecked"}
-    code, refused, _ = site_api(service, "POST", "staged/clean", {"expired": True})
-    assert code == 400 and "your own Jupyter server" in refused["message"]
-
-    code, view, _ = site_api(user, "GET", "staged")
-    assert code == 200, view
-    ours = {f["destination"]: f for f in view["folders"]
-            if f["destination"].startswith(str(setup.workspace / "lc"))}
-    assert ours[str(shared)]["foreign"] == ["mine.txt"] and ours[str(shared)]["expired"]
-    expiring = str(setup.workspace / "lc" / "expiring")
-    assert ours[expiring]["state"] == "intact" and ours[expiring]["made"]
-
-    code, report, _ = site_api(user, "POST", "staged/clean", {"folders": ["lc/expiring",
-                                                                          "lc/shared"]})
-    assert code == 200, report
-    by_path = {f["destination"]: f for f in report["folders"]}
-    assert by_path[expiring]["folder_removed"] and not Path(expiring).exists()
-    assert by_path[str(shared)]["removed_files"] == 2 and mine.exists()
-    assert sorted(p.name for p in shared.rglob("*") if p.is_file()) == ["mine.txt"]
-    # The service recorded the clean: the folders are no longer listed there.
-    code, view, _ = site_api(service, "GET", "staged")
-    assert not [f for f in view["folders"] if f["destination"].startswith(
-        str(setup.workspace / "lc"))]
