@@ -5,6 +5,7 @@ against a real Jupyter server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from hera_stage_ext.jobs.cleaner import listing
 
 from .api_fixtures import *  # noqa: F403
 from .job_fixtures import Site, make_site, unprivileged_prefix
+from .test_cli import cli  # noqa: F401  (fixture)
 from .test_stage_api import THREE, wait_for
 
 FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False)
@@ -255,3 +257,25 @@ async def test_bad_expiry_and_clean_requests_answer_400(api, ingested) -> None:
         assert code == 400, (body, error)
     code, error = await api("POST", "staged/clean", {"folders": ["never-staged"]})
     assert code == 404 and "not one of your staged folders" in error["message"]
+
+
+async def test_cli_stage_with_expiry_staged_and_clean(cli, ingested, jp_root_dir) -> None:
+    code, out, err = await cli("stage", "night", "zen.2457645.10000.xx.HH.uvh5",
+                               "--expires-in", "1", "--wait")
+    assert code == 0, err
+    await asyncio.sleep(1.1)
+    code, out, err = await cli("staged", "-v")
+    assert code == 0, err
+    assert "INTACT" in out and "(expired)" in out and out.rstrip().endswith(
+        f"under {Path(jp_root_dir).resolve()}")
+    code, out, err = await cli("clean", "--expired", "--dry-run")
+    assert code == 0 and "would remove 1 file(s)" in out, (out, err)
+    assert (Path(jp_root_dir) / "night").is_dir()
+    code, out, err = await cli("clean", "--expired")
+    assert code == 0 and "removed 1 file(s)" in out and "folder removed" in out, (out, err)
+    assert not (Path(jp_root_dir) / "night").exists()
+    code, out, err = await cli("clean")
+    assert code == 2 and "--expired" in err
+    code, out, err = await cli("stage", "x", "zen.2457645.10000.xx.HH.uvh5",
+                               "--expires-in", "soon")
+    assert code == 1 and "'expires_in' 'soon' is not a duration" in err
