@@ -48,6 +48,7 @@ from .stewardship import Stewardship
 from .transfer.orders import StandingOrders
 from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers, peers_env
 from .transfer.receiver import Receiver
+from .transfer.repair import PeerRepairSource
 
 SETTINGS_KEY = "hera_stage"
 
@@ -219,6 +220,19 @@ class StagingApp(ExtensionApp):
 
     staged_read_only = Bool(
         True, help="Make staged files read-only (they are immutable archive data)."
+    ).tag(config=True)
+
+    staged_expiry_days = Float(
+        0.0, help="""Default expiry of a staged folder, in days after launch, when the request
+        gives none (expires_in / expires_at); `hera-stage clean --expired` removes expired
+        folders. 0: staged folders do not expire unless asked.""",
+    ).tag(config=True)
+
+    staging_quota_bytes = Int(
+        0, help="""Most bytes of unexpired staged data each user may hold (their finished
+        jobs' staged bytes not cleaned yet, and what their queued and running jobs will stage);
+        a launch past it is refused with a 403 naming the quota, the use and the request's
+        size. 0: no quota.""",
     ).tag(config=True)
 
     service_log_file = Unicode(
@@ -429,6 +443,8 @@ class StagingApp(ExtensionApp):
             root_dir=os.path.realpath(self.serverapp.root_dir),
             job_log_dir=log_dir,
             staged_read_only=self.staged_read_only,
+            staged_expiry_seconds=self.staged_expiry_days * 86400.0,
+            staging_quota_bytes=self.staging_quota_bytes,
             max_stage_files=self.max_stage_files,
             launcher=launcher,
             contents_manager=self.serverapp.contents_manager,
@@ -445,7 +461,8 @@ class StagingApp(ExtensionApp):
             auditor=Auditor(db, self.fixity_bytes_per_hour,
                             pause_while_jobs=self.fixity_pause_while_jobs)
             if self.fixity_bytes_per_hour > 0 else None,
-            allow_changes=self.allow_ingest, max_matching=self.max_rpc_results)
+            allow_changes=self.allow_ingest, max_matching=self.max_rpc_results,
+            peers=PeerRepairSource(db, peers, receiver) if peers.peers else None)
         metrics.watch(self.core)
         self.settings[SETTINGS_KEY] = self.core
         if site:

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import cli_steward
+from . import cli_staged, cli_steward
 from .client import (
     ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, StagePlan, error_lines,
     human_size,
@@ -191,7 +191,8 @@ def cmd_stage(client: Client, args: argparse.Namespace) -> int:
         for note in plan.notes() if isinstance(plan, StagePlan) else ():
             print(note)
         return 0
-    job = client.stage(args.destination, args.query, method=args.method, force=args.force)
+    job = client.stage(args.destination, args.query, method=args.method, force=args.force,
+                       expires_in=args.expires_in, expires_at=args.expires_at)
     return _launched(client, job, f"staging {job['files_total']} file(s), "
                      f"{human_size(job['bytes_total'])} into {job['destination']}", args.wait)
 
@@ -442,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="follow the job; exit 1 with its errors unless it succeeds")
     p.add_argument("--force", action="store_true", help="launch even if space looks short")
+    cli_staged.add_stage_options(p)
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("transfer", help="send what a search matches to a peer site")
@@ -515,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_log)
 
     cli_steward.add_parsers(sub)  # fsck, delete, policy, offload
+    cli_staged.add_parsers(sub)  # staged, clean
 
     p = sub.add_parser("demo", help="make a demo archive and start JupyterLab on it")
     p.add_argument("--dir", default="hera-stage-demo", help="where to make it")

@@ -587,17 +587,35 @@ class Client:
         method: str = "copy",
         dry_run: bool = False,
         force: bool = False,
+        expires_in: str | float | None = None,
+        expires_at: str | None = None,
     ) -> Job | StagePlan:
         """Launch a staging job of the files a search matches (or of ``names``): the ``Job``;
         with ``dry_run``, what it would do: a ``StagePlan``. ``destination`` is relative to
-        the server's root."""
+        the server's root; ``expires_in`` (seconds, or text such as "7d") or ``expires_at``
+        (ISO 8601): when ``clean(expired=True)`` may remove the folder."""
         if (query is None) == (names is None):
             raise ValueError("give a query or names, not both")
         body: dict[str, Any] = {"destination": destination, "method": method,
                                 "dry_run": dry_run, "force": force}
+        for key, value in (("expires_in", expires_in), ("expires_at", expires_at)):
+            if value is not None:
+                body[key] = value
         body.update(search_body(query) if query is not None else {"names": names})
         reply = self.request("POST", "stage", body)
         return StagePlan(reply) if dry_run else Job(reply)
+
+    def staged(self) -> dict[str, Any]:
+        """Your staged folders (sizes, expiry, whether intact) and how much you hold where."""
+        return self.request("GET", "staged")
+
+    def clean(self, folders: list[str] | None = None, *, expired: bool = False,
+              dry_run: bool = False) -> dict[str, Any]:
+        """Remove expired (``expired``) and/or chosen staged folders: only what is still the
+        staged data, never anything else; ``dry_run``: say what would go."""
+        return self.request("POST", "staged/clean", {"folders": list(folders or []),
+                                                     "expired": expired, "dry_run": dry_run},
+                            timeout=None)
 
     def transfer(self, peer: str, query: str | dict[str, Any] | list[Any] | None = None, *,
                  names: list[str] | None = None) -> Job:

@@ -22,6 +22,7 @@ from .catalogue.catalogue import Catalogue
 from .catalogue.ingest import Ingester
 from .catalogue.models import utcnow
 from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthorized
+from .jobs import lifecycle
 from .jobs.contents import describe_manager
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
@@ -68,6 +69,10 @@ class Core:
     # What this request's user may do (site mode): scope names such as "read", "stage",
     # "admin"; None: everything (a single-user server's owner).
     scopes: frozenset[str] | None = None
+    # Staged data's life cycle (jobs/lifecycle.py): a launch's default expiry (0: none) and
+    # each user's quota of unexpired staged bytes (0: none).
+    staged_expiry_seconds: float = 0.0
+    staging_quota_bytes: int = 0
 
     def for_user(self, user: str, scopes: frozenset[str]) -> Core:
         """This core for one request of ``user`` (site mode): their jobs, their scopes."""
@@ -120,14 +125,16 @@ class Core:
     def stage(
         self, destination: str, *, names: Sequence[str] | None = None, search: Any = None,
         method: str = "copy", dry_run: bool = False, force: bool = False, via: str = "rest",
-        for_user: str | None = None, with_items: bool = False,
+        for_user: str | None = None, with_items: bool = False, expires_in: Any = None,
+        expires_at: Any = None,
     ) -> dict[str, Any]:
         """Launch a staging job of ``names``, or of what ``search`` matches now, owned by this
         server's user (with ``dry_run``, only say what it would do). A relative destination is
         taken from the server's root directory. ``for_user``, when a request names the user it
         stages for, must be this server's owner. Every request is audited, refused ones too.
         ``with_items`` (site mode, a dry run): the items too, for the user's server to look
-        at the destination (``preview``)."""
+        at the destination (``preview``). ``expires_in``/``expires_at``: when the staged folder
+        may be cleaned (``lifecycle``)."""
         asked = {"search": search} if names is None else {"names": list(names)[:100],
                                                           "count": len(names)}
         action = "dry-run" if dry_run else "stage"
@@ -138,6 +145,8 @@ class Core:
                 names = self.names_matching(search)
                 if not names:
                     raise InvalidRequest("the search matches no file: nothing to stage")
+            expiry = lifecycle.expiry_options(expires_in, expires_at, self.staged_expiry_seconds)
+            admit = lifecycle.quota_admission(self.staging_quota_bytes, self.owner)
             contents = (describe_manager(self.contents_manager)
                         if method == "contents" and not self.site_mode else None)
             if self.site_mode:
@@ -148,7 +157,7 @@ class Core:
                           if dry_run else record_stage_job(
                               self.catalogue.db, self.owner, names, destination, method,
                               search=search, read_only=self.staged_read_only,
-                              log_dir=self.job_log_dir))
+                              log_dir=self.job_log_dir, options=expiry, admit=admit))
             elif dry_run:
                 result = jobs.dry_run_stage(self.catalogue.db, names, destination, method,
                                             self.allowed_roots, base=self.root_dir,
@@ -158,7 +167,7 @@ class Core:
                     self.catalogue.db, self.owner, names, destination, method,
                     self.allowed_roots, base=self.root_dir, search=search, force=force,
                     read_only=self.staged_read_only, log_dir=self.job_log_dir,
-                    contents=contents,
+                    contents=contents, options=expiry, admit=admit,
                 )
         except StagingError as exc:
             self._audit(via, for_user, action, destination, method, asked, "refused",
@@ -268,8 +277,11 @@ class Core:
         return result
 
     def forget(self, job_id: int) -> dict[str, Any]:
-        """Delete a finished job and its log (not what it staged)."""
-        self._controlled(job_id)
+        """Delete a finished job and its log (not what it staged). Under a staging quota, not
+        while its staged data counts (it would stop counting, and stay)."""
+        job = self._controlled(job_id)
+        if self.staging_quota_bytes > 0:
+            lifecycle.check_forgettable(job)
         return jobs.forget_job(self.catalogue.db, job_id)
 
     def job_log(self, job_id: int, offset: int) -> dict[str, Any]:

@@ -81,3 +81,9 @@ class QueryTimeout(StagingError):
         super().__init__(f"the search took longer than {timeout_s:g} s and was cancelled; "
                          "narrow it (fewer matches, a name prefix, no count)",
                          timeout_seconds=timeout_s)
+
+
+class QuotaExceeded(Forbidden):
+    """A staging launch would take the user past their staging quota
+    (``c.StagingApp.staging_quota_bytes``): the message names the quota, the use and the
+    request's size."""

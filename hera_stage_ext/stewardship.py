@@ -20,9 +20,11 @@ from .errors import Forbidden, InvalidRequest
 class Stewardship:
     def __init__(self, catalogue: Catalogue, rule: DeletionRule, *,
                  auditor: fixity.Auditor | None = None, allow_changes: bool = True,
-                 max_matching: int = 100_000) -> None:
+                 max_matching: int = 100_000,
+                 peers: replicate.PeerSource | None = None) -> None:
         self.catalogue, self.db, self.rule = catalogue, catalogue.db, rule
         self.auditor = auditor
+        self.peers = peers  # where a file with no good copy here is pulled again from
         self.allow_changes = allow_changes
         self.max_matching = max_matching
         self.offloader = Offloader(self.db, rule)
@@ -53,7 +55,7 @@ class Stewardship:
 
     def repair(self, name: str, store: str | None = None) -> dict[str, Any]:
         self._check_allowed()
-        return replicate.repair_file(self.db, name, store)
+        return replicate.repair_file(self.db, name, store, peers=self.peers)
 
     # ----- deletion ---------------------------------------------------------------------------
     def set_policy(self, name: str, policy: str, *, store: str | None = None,

@@ -9,6 +9,7 @@ user's server as the panel, ``%stage`` and the CLI do.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -297,6 +299,50 @@ def test_cancel_and_forget_through_the_forwarder(setup: SiteSetup) -> None:
     assert code == 200, forgot
     code, gone, _ = api(setup.user, "GET", f"jobs/{job['id']}")
     assert code == 404 and gone["message"] == f"no job {job['id']}"
+
+
+def test_site_mode_clean_runs_in_the_users_server(setup: SiteSetup) -> None:
+    """Staged folders are listed and cleaned by the user's server, as the user, from the
+    service's records; the service never reads them and records what was cleaned."""
+    user = setup.user
+    # The service, as the user (their token there).
+    service = dataclasses.replace(setup.service, token=setup.service_token)
+    jobs = {}
+    for folder in ("lc/expiring", "lc/shared"):
+        code, job, _ = api(user, "POST", "stage", {"names": setup.names[:2],
+                                                   "destination": folder, "expires_in": 1})
+        assert code == 202, job
+        jobs[folder] = finished(user, job["id"])
+        assert jobs[folder]["state"] == "succeeded"
+    shared = setup.workspace / "lc" / "shared"
+    mine = shared / "mine.txt"
+    mine.write_text("the user's own file, beside the staged ones")
+    time.sleep(1.1)
+    # The service knows the records only; it never reads the folders, nor cleans them.
+    code, view, _ = api(service, "GET", "staged")
+    assert code == 200 and {f["state"] for f in view["folders"]} >= {"unchecked"}
+    code, refused, _ = api(service, "POST", "staged/clean", {"expired": True})
+    assert code == 400 and "your own Jupyter server" in refused["message"]
+
+    code, view, _ = api(user, "GET", "staged")
+    assert code == 200, view
+    ours = {f["destination"]: f for f in view["folders"]
+            if f["destination"].startswith(str(setup.workspace / "lc"))}
+    assert ours[str(shared)]["foreign"] == ["mine.txt"] and ours[str(shared)]["expired"]
+    expiring = str(setup.workspace / "lc" / "expiring")
+    assert ours[expiring]["state"] == "intact" and ours[expiring]["made"]
+
+    code, report, _ = api(user, "POST", "staged/clean",
+                          {"folders": ["lc/expiring", "lc/shared"]})
+    assert code == 200, report
+    by_path = {f["destination"]: f for f in report["folders"]}
+    assert by_path[expiring]["folder_removed"] and not Path(expiring).exists()
+    assert by_path[str(shared)]["removed_files"] == 2 and mine.exists()
+    assert sorted(p.name for p in shared.rglob("*") if p.is_file()) == ["mine.txt"]
+    # The service recorded the clean: the folders are no longer listed there.
+    code, view, _ = api(service, "GET", "staged")
+    assert not [f for f in view["folders"] if f["destination"].startswith(
+        str(setup.workspace / "lc"))]
 
 
 def test_no_site_secret_in_the_users_processes(setup: SiteSetup) -> None:

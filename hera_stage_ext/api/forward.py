@@ -46,6 +46,7 @@ from ..jobs import markers, preview
 from ..jobs.worker import SITE_TOKEN_ENV
 from ..paths import confine
 from .base import MAX_BODY_BYTES, ApiError, BaseHandler, check_unicode
+from . import staged
 from .jobs import JobStatusCache
 from .routes import API_PREFIX, LIBRARIAN_PREFIX, SKAO_PREFIX
 
@@ -326,6 +327,9 @@ class ForwardHandler(BaseHandler):
             body = self.rewritten_body(path)
         except StagingError as exc:
             raise ApiError(exc) from exc
+        if path in staged.LOCAL_ROUTES:  # the user's folders: read and cleaned here
+            await staged.serve_in_site_mode(self, path)
+            return
         if self.request.method == "GET" and _JOB.fullmatch(path):
             await self.job_status_reply(int(path.split("/")[1]))
             return

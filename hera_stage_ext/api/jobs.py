@@ -62,7 +62,8 @@ def stage_request(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(method, str):
         raise InvalidRequest("'method' must be a string")
     request = {**selection, "destination": destination, "method": method,
-               "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force")}
+               "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force"),
+               "expires_in": body.get("expires_in"), "expires_at": body.get("expires_at")}
     if "with_items" in body:  # (a user's server asking the site service: ``forward``)
         request["with_items"] = _bool(body, "with_items")
     return request

@@ -225,6 +225,12 @@ SCHEMAS["StageRequest"] = {
                        "description": "Dry run at the site service (set by the user's "
                        "server): also list the items, for the user's server to look at "
                        "the destination."},
+        "expires_in": {"type": ["number", "string"],
+                       "description": "When the staged folder expires (`POST staged/clean` "
+                       "with expired: true may then remove it): seconds, or text such as "
+                       "'7d', '12h', '90m', '2w'. Default: the site's staged_expiry_days."},
+        "expires_at": {"type": "string", "format": "date-time",
+                       "description": "The same as an ISO 8601 time (UTC unless it says)."},
     },
 }
 SCHEMAS["TransferRequest"] = {
@@ -731,6 +737,43 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
                         "wait": {"type": "boolean"}}}}}},
                 "responses": {"200": _json({"type": "object"}, "Launched, or what it did"),
                               **_errors(400, 403, 404, 409, 413)},
+            }},
+            "/staged": {"get": {
+                "summary": "Your staged folders (sizes, expiry, whether still intact) and how "
+                           "much staged data you hold where, with your quota",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "folders": {"type": "array", "items": {"type": "object"}},
+                    "total_bytes": {"type": "integer"}, "expired_bytes": {"type": "integer"},
+                    "unexpired_bytes": {"type": "integer"},
+                    "quota_bytes": {"type": ["integer", "null"]},
+                    "by_root": {"type": "object"}}}, "Staged folders"),
+                              **_errors(403)},
+            }},
+            "/staged/clean": {"post": {
+                "summary": "Remove expired or chosen staged folders of yours: only what is "
+                           "still the staged data (checked by checksum), never anything else",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {
+                        "expired": {"type": "boolean"},
+                        "folders": {"type": "array", "items": {"type": "string"}},
+                        "dry_run": {"type": "boolean"}}}}}},
+                "responses": {"200": _json({"type": "object"}, "Per folder, what was (or "
+                                           "would be) removed and what was kept, and why"),
+                              **_errors(400, 403, 404)},
+            }},
+            "/staged/records": {"get": {
+                "summary": "The records of your staged folders (what each must still hold); "
+                           "what a server in site mode checks your folders against",
+                "responses": {"200": _json({"type": "object"}, "Records"), **_errors(403)},
+            }},
+            "/staged/records/cleaned": {"post": {
+                "summary": "Record that the folders of these finished jobs of yours were "
+                           "cleaned (sent by your server in site mode)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["jobs"], "properties": {
+                        "jobs": {"type": "array", "items": {"type": "integer"}}}}}}},
+                "responses": {"200": _json({"type": "object"}, "The jobs marked"),
+                              **_errors(400, 403)},
             }},
             "/openapi.json": {"get": {
                 "summary": "This document",

@@ -45,6 +45,12 @@ from .peer import (
     PeerStatusHandler,
 )
 from .skao import SkaoStageHandler
+from .staged import (
+    StagedCleanedHandler,
+    StagedCleanHandler,
+    StagedHandler,
+    StagedRecordsHandler,
+)
 from .stewardship import (
     DeleteInstancesHandler,
     DeletionPolicyHandler,
@@ -92,6 +98,10 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
     "/files/{name}/deletion-policy": DeletionPolicyHandler,
     "/delete-instances": DeleteInstancesHandler,
     "/offload": OffloadHandler,
+    "/staged": StagedHandler,
+    "/staged/clean": StagedCleanHandler,
+    "/staged/records": StagedRecordsHandler,
+    "/staged/records/cleaned": StagedCleanedHandler,
     "/openapi.json": OpenAPIHandler,
 }
 

@@ -1,12 +1,16 @@
 """Copying a file's bytes from one good instance to a place in a store, verified before they
-count, and the two users of that: repairing a bad copy from another good copy at this site, and
-removing a copy's bytes (read-only data sets included).
+count, and the two users of that: repairing a bad copy from another good copy at this site (else
+by pulling it again from a peer that holds it), and removing a copy's bytes (read-only data sets
+included).
 
 A copy is written under a hidden temporary name beside its final place, hashed as it is
 written (a directory is hashed again after the copy), compared with the file's checksums, and
 only then renamed into place: a flat file with one ``rename`` (atomic: readers see the old bytes
-or the new, never a mix), a directory by moving the old one aside first. Every repair step is an
-event on the file (``repair-started``, ``repair-source-bad``, ``repair-copied``,
+or the new, never a mix), a directory by moving the old one aside first. A pull from a peer
+lands under such a temporary name too, through the transfer protocol's receiving side, which
+verifies it as it verifies every transfer (``PeerSource``: ``transfer/repair.py``); it is put in
+place the same way. Every repair step is an event on the file (``repair-started``,
+``repair-source-bad``, ``repair-copied``, ``repair-pull-started``, ``repair-pulled``,
 ``repair-verified``, ``repair-failed``).
 """
 
@@ -16,7 +20,7 @@ import os
 import shutil
 import stat
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
@@ -38,6 +42,19 @@ CHUNK = ck.CHUNK_SIZE
 
 class CopyFailed(StagingError):
     status = 500
+
+
+class PeerSource(Protocol):
+    """Where a file with no good copy at this site is pulled again from."""
+
+    def holders(self, name: str) -> list[str]:
+        """The configured peers to try, those known to hold the file first."""
+        ...
+
+    def pull(self, peer: str, name: str, size: int, checksums: dict[str, str],
+             is_directory: bool, work: str) -> str:
+        """Pull and verify the file (``Receiver.pull_verified``): the verified path."""
+        ...
 
 
 def _temp_beside(final: str) -> str:
@@ -97,22 +114,28 @@ def copy_verified(src: str, final: str, size: int, checksums: dict[str, str]) ->
         if digest.size != size or digest.checksums[algorithm] != checksums[algorithm]:
             raise CopyFailed(f"the copy of {src} does not match the file's checksums "
                              f"({algorithm} {digest.checksums[algorithm]}, size {digest.size})")
-        if os.path.isdir(temp):
-            if os.path.lexists(final):
-                aside = _temp_beside(final)
-                os.rename(final, aside)
-                os.rename(temp, final)
-                remove_path(aside)
-            else:
-                os.rename(temp, final)
-        else:
-            if os.path.isdir(final) and not os.path.islink(final):
-                remove_path(final)
-            os.replace(temp, final)
+        put_in_place(temp, final)
     except BaseException:
         if os.path.lexists(temp):
             remove_path(temp)
         raise
+
+
+def put_in_place(verified: str, final: str) -> None:
+    """Move the verified ``verified`` (beside ``final``) over what ``final`` holds: one atomic
+    rename for a file; a directory's old tree is moved aside first, then removed."""
+    if os.path.isdir(verified) and not os.path.islink(verified):
+        if os.path.lexists(final):
+            aside = _temp_beside(final)
+            os.rename(final, aside)
+            os.rename(verified, final)
+            remove_path(aside)
+        else:
+            os.rename(verified, final)
+    else:
+        if os.path.isdir(final) and not os.path.islink(final):
+            remove_path(final)
+        os.replace(verified, final)
 
 
 def _event(db: Database, file_id: int, type_: str, payload: dict[str, Any]) -> None:
@@ -120,16 +143,19 @@ def _event(db: Database, file_id: int, type_: str, payload: dict[str, Any]) -> N
         s.add(Event(file_id=file_id, type=type_, payload=payload))
 
 
-def repair_file(db: Database, name: str, store: str | None = None) -> dict[str, Any]:
+def repair_file(db: Database, name: str, store: str | None = None,
+                peers: PeerSource | None = None) -> dict[str, Any]:
     """Replace every bad or missing instance of ``name`` (on ``store`` only, if given) with the
-    bytes of another good instance at this site, then re-verify it.
+    bytes of another good instance at this site, else (``peers``) pulled again from a peer
+    that holds it, then re-verify it.
 
     A source is re-hashed before it is used (a copy that went bad unnoticed is recorded bad and
     the next is tried). Returns ``{"repaired": [...], "failed": [...]}``; a file with no bad
-    copy is a Conflict, one with no good copy here has its bad copies listed as failed.
+    copy is a Conflict, one with no good copy here nor at a peer has its bad copies listed as
+    failed.
     """
     with db.read() as s:
-        file = s.execute(select(File.id, File.size, File.checksums)
+        file = s.execute(select(File.id, File.size, File.checksums, File.is_directory)
                          .where(File.name == name)).first()
         if file is None:
             raise NotFound(f"no file named {name!r}")
@@ -178,9 +204,56 @@ def repair_file(db: Database, name: str, store: str | None = None) -> dict[str, 
                 break
             _event(db, file.id, "repair-failed", {**where, "source": s_store,
                                                   "detail": f"re-verification: {detail}"})
+        if not done and peers is not None:
+            peer = _repair_from_peers(db, file, name, target_id, (t_root, t_path), where,
+                                      peers)
+            if peer is not None:
+                repaired.append({**where, "source": f"peer {peer}"})
+                done = True
         if not done:
             if not sources:
                 _event(db, file.id, "repair-failed",
-                       {**where, "detail": "no good copy at this site"})
-            failed.append({**where, "reason": "no good copy at this site could replace it"})
+                       {**where, "detail": "no good copy at this site"
+                        + (" nor at a peer" if peers is not None else "")})
+            failed.append({**where, "reason": "no good copy at this site"
+                           + (" nor at a peer" if peers is not None else "")
+                           + " could replace it"})
     return {"name": name, "repaired": repaired, "failed": failed}
+
+
+def _repair_from_peers(db: Database, file: Any, name: str, target_id: int,
+                       location: tuple[str, str], where: dict[str, Any],
+                       peers: PeerSource) -> str | None:
+    """Pull the file again from each peer in turn (verified by the receiving side), put it in
+    place of the bad copy (``location``: its store root and path) and re-verify it there;
+    the peer that repaired it, or None."""
+    checksums = dict(file.checksums)
+    try:
+        final = instance_location(*location)
+    except StagingError as exc:
+        _event(db, file.id, "repair-failed", {**where, "detail": exc.message})
+        return None
+    for peer in peers.holders(name):
+        _event(db, file.id, "repair-pull-started", {**where, "peer": peer})
+        work = _temp_beside(final)
+        try:
+            verified = peers.pull(peer, name, file.size, checksums, bool(file.is_directory),
+                                  work)
+            _event(db, file.id, "repair-pulled", {**where, "peer": peer})
+            put_in_place(verified, final)
+        except (OSError, StagingError) as exc:
+            detail = getattr(exc, "message", None) or str(exc)
+            _event(db, file.id, "repair-failed", {**where, "peer": peer, "detail": detail})
+            continue
+        finally:
+            if os.path.lexists(work):
+                remove_path(work)
+        _event(db, file.id, "repair-copied", {**where, "source": f"peer {peer}"})
+        state, detail, _ = check_copy(final, file.size, checksums)
+        record(db, target_id, state, detail, context="repair")
+        if state == "ok":
+            _event(db, file.id, "repair-verified", {**where, "source": f"peer {peer}"})
+            return peer
+        _event(db, file.id, "repair-failed", {**where, "peer": peer,
+                                              "detail": f"re-verification: {detail}"})
+    return None

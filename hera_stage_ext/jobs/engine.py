@@ -152,9 +152,12 @@ def create_stage_job(
     allowed_roots: Sequence[str | os.PathLike[str]] = (), *,
     base: str | os.PathLike[str] | None = None, search: Any = None, force: bool = False,
     read_only: bool = True, log_dir: str | os.PathLike[str] | None = None,
-    contents: Mapping[str, Any] | None = None,
+    contents: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
+    admit: Callable[[Session, Job], None] | None = None,
 ) -> dict[str, Any]:
     """Launch a staging job; returns it (``missing`` lists names with no available instance).
+    ``options``: more of the job's options (its expiry); ``admit(session, job)``: a check in
+    the job's own transaction before the folder is taken (the staging quota).
 
     Every check (method, destination confinement, names, free space, a job already running in
     the directory) happens before anything is written. The destination is taken (its
@@ -174,6 +177,8 @@ def create_stage_job(
     dest = target.key
 
     def take(s: Session, job: Job) -> None:
+        if admit is not None:
+            admit(s, job)
         busy = s.scalar(select(Job.id).where(Job.destination == dest, Job.id != job.id,
                                              Job.state.in_(ACTIVE_STATES)))
         if busy is not None:
@@ -183,7 +188,8 @@ def create_stage_job(
 
     return create_job(
         db, owner, "stage", dest, method, plan.items, plan.missing, plan.bytes_total,
-        search=search, options={"read_only": read_only, **target.options()}, log_dir=log_dir,
+        search=search, options={"read_only": read_only, **(options or {}), **target.options()},
+        log_dir=log_dir,
         take=take, release=target.release,
         summary=f"{method} {len(plan.items)} file(s), {plan.bytes_total} bytes into {dest}")
 
@@ -576,6 +582,8 @@ class StageKind(kinds.JobKind):
                 raise Forbidden(f"the destination {destination} does not resolve to itself "
                                 f"(a symbolic link on the way)")
             run.target.acquire(run.job.id, run.job.owner, run.store.is_active)
+            # The pin and whether the folder was made here: the store records ``made``.
+            run.job.options = {**run.job.options, **run.target.options()}
         except StagingError as exc:
             raise kinds.JobRefused(f"{exc.message} (checked by the worker of "
                                    f"{run.job.owner})") from exc

@@ -161,7 +161,8 @@ class HttpJobStore:
         lines = list(self._job(job.id, "results", method="GET")["lines"])
         kinds.kind(job.kind).finish(job, lines)  # the result marker, in the user's folder
         self._ship(job.id)
-        return str(self._job(job.id, "finish", {"worker_id": job.worker_id or ""})["state"])
+        return str(self._job(job.id, "finish", {"worker_id": job.worker_id or "",
+                                                "made": bool(job.options.get("made"))})["state"])
 
     def finish_cancelled(self, job: Job) -> str:
         from .engine import STAGE

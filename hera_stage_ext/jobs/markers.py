@@ -29,8 +29,11 @@ SUCCEEDED = "STAGING-SUCCEEDED"
 ERRORS = "STAGING-ERRORS"
 
 
-def in_progress_text(job_id: int, owner: str) -> str:
-    return f"job {job_id}\nowner {owner}\nstarted {utcnow().isoformat()}Z\n"
+def in_progress_text(job_id: int, owner: str, made: bool = False) -> str:
+    """The in-progress marker's text; ``made``: the job made the folder (so a worker that
+    resumes the job knows it, for ``hera-stage clean``)."""
+    return (f"job {job_id}\nowner {owner}\nstarted {utcnow().isoformat()}Z\n"
+            + ("made yes\n" if made else ""))
 
 
 def holder(text: str) -> int | None:
@@ -52,6 +55,13 @@ def result_marker(errors: Iterable[str]) -> tuple[str, str]:
 _MARKER_BYTES = 4096
 
 
+def made_by(dir_fd: int, job_id: int) -> bool:
+    """Whether the open folder's in-progress marker is ``job_id``'s and says it made the
+    folder."""
+    text = _marker_text(dir_fd)
+    return text is not None and holder(text) == job_id and "\nmade yes\n" in text
+
+
 def marker_job(directory: Path | int) -> int | None:
     """The job id written in the in-progress marker of ``directory`` (a path, or the open
     folder), or None (absent, empty, unreadable, or not a plain file: a symlink is not read)."""
@@ -64,15 +74,21 @@ def marker_job(directory: Path | int) -> int | None:
             return marker_job(fd)
         finally:
             os.close(fd)
+    text = _marker_text(directory)
+    return None if text is None else holder(text)
+
+
+def _marker_text(dir_fd: int) -> str | None:
+    """The in-progress marker's text, or None (absent, unreadable, not a plain file)."""
     try:
         fd = os.open(IN_PROGRESS, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=directory)
+                     dir_fd=dir_fd)
     except OSError:
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted there
             return None
-        return holder(os.read(fd, _MARKER_BYTES).decode(errors="replace"))
+        return os.read(fd, _MARKER_BYTES).decode(errors="replace")
     except OSError:
         return None
     finally:
@@ -106,11 +122,11 @@ def _unlink(dir_fd: int, name: str) -> None:
 
 
 def acquire(dir_fd: int, job_id: int, owner: str, is_active: Callable[[int], bool],
-            shown: str = "the destination") -> None:
+            shown: str = "the destination", made: bool = False) -> None:
     """Take the open folder for ``job_id``: clear old result markers and create the
     in-progress marker exclusively. Raises Conflict naming the job that holds it; a marker of a
     job that ``is_active`` says is over is stale and replaced."""
-    text = in_progress_text(job_id, owner)
+    text = in_progress_text(job_id, owner, made)
     for _ in range(3):
         try:
             _write_new(dir_fd, IN_PROGRESS, text)

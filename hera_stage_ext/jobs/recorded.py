@@ -13,7 +13,7 @@ allowed roots and takes the folder (STAGING-IN-PROGRESS) when it starts the job
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -87,17 +87,25 @@ def busy_check(s: Session, destination: str, job_id: int) -> None:
 def record_stage_job(
     db: Database, owner: str, names_or_rows: Iterable[str | Mapping[str, Any]],
     destination: object, method: str = "copy", *, search: Any = None, read_only: bool = True,
-    log_dir: str | os.PathLike[str] | None = None,
+    log_dir: str | os.PathLike[str] | None = None, options: Mapping[str, Any] | None = None,
+    admit: Callable[[Session, Job], None] | None = None,
 ) -> dict[str, Any]:
-    """Record a stage job of ``owner`` into ``destination``, for the user's worker to run."""
+    """Record a stage job of ``owner`` into ``destination``, for the user's worker to run
+    (``options`` and ``admit`` as ``engine.create_stage_job``'s)."""
     dest, items, missing, total = _plan(db, names_or_rows, destination, method)
     if not items:
         raise NotFound(f"none of the {len(missing)} file(s) has an available instance on "
                        f"an online store", missing=missing)
+
+    def take(s: Session, job: Job) -> None:
+        if admit is not None:
+            admit(s, job)
+        busy_check(s, dest, job.id)
+
     return create_job(
         db, owner, "stage", dest, method, items, missing, total, search=search,
-        options={"read_only": read_only, "recorded": True}, log_dir=log_dir,
-        take=lambda s, job: busy_check(s, dest, job.id),
+        options={"read_only": read_only, **(options or {}), "recorded": True}, log_dir=log_dir,
+        take=take,
         summary=f"{method} {len(items)} file(s), {total} bytes into {dest} (recorded by the "
                 f"site service; the user's worker takes the folder)")
 

@@ -47,17 +47,23 @@ class LocalTarget:
 
     Pinned when a job takes it (``acquire``: its device and inode go into the job's options);
     every later use opens it again without following a symlink (``safefs``) and refuses it
-    (``safefs.PathChanged``) when another folder, or a symlink, is there now."""
+    (``safefs.PathChanged``) when another folder, or a symlink, is there now. Whether the job
+    made the folder is kept too (``made``): ``hera-stage clean`` removes only folders the
+    engine made."""
 
     poolable = True
 
-    def __init__(self, path: Path, pin: Sequence[int] | None = None) -> None:
+    def __init__(self, path: Path, pin: Sequence[int] | None = None, made: bool = False) -> None:
         self.local = path
         self.key = str(path)
         self.pin = safefs.Pin(self.key, int(pin[0]), int(pin[1])) if pin else None
+        self.made = made
 
     def options(self) -> dict[str, Any]:
-        return {"pin": [self.pin.dev, self.pin.ino]} if self.pin is not None else {}
+        out: dict[str, Any] = {"pin": [self.pin.dev, self.pin.ino]} if self.pin else {}
+        if self.made:  # never False: a retry takes the folder the job made, and it stays so
+            out["made"] = True
+        return out
 
     @contextlib.contextmanager
     def _open(self, create: bool = False) -> Iterator[int]:
@@ -71,9 +77,11 @@ class LocalTarget:
 
     def acquire(self, job_id: int, owner: str, is_active: Callable[[int], bool]) -> None:
         """Take the folder (made if missing) and pin it: from now on it is this folder."""
-        fd, _made = safefs.open_dir(self.key, create=True)
+        fd, made = safefs.open_dir(self.key, create=True)
         try:
-            markers.acquire(fd, job_id, owner, is_active, self.key)
+            markers.acquire(fd, job_id, owner, is_active, self.key, made=made)
+            # A worker resuming a job that made the folder finds it made (its marker says so).
+            self.made = self.made or made or markers.made_by(fd, job_id)
             self.pin = safefs.pin_of(self.key, fd)
         finally:
             os.close(fd)
@@ -151,4 +159,5 @@ def for_job(destination: str, method: str, options: Mapping[str, Any] | None) ->
         from .contents import ContentsTarget
 
         return ContentsTarget(destination, (options or {})["contents"])
-    return LocalTarget(Path(destination), (options or {}).get("pin"))
+    options = options or {}
+    return LocalTarget(Path(destination), options.get("pin"), bool(options.get("made")))

@@ -62,7 +62,7 @@ def user_scopes(user: Any) -> frozenset[str]:
 
 @functools.cache
 def _scope_table() -> dict[type, dict[str, str]]:
-    from ..api import content, handlers, jobs, orders, peer, skao, upload, worker
+    from ..api import content, handlers, jobs, orders, peer, skao, staged, upload, worker
 
     return {
         handlers.StatusHandler: {"GET": "read"},
@@ -86,6 +86,10 @@ def _scope_table() -> dict[type, dict[str, str]]:
         orders.StandingOrderHandler: {"GET": "read", "DELETE": "transfer"},
         orders.StandingOrderPauseHandler: {"POST": "transfer"},
         orders.StandingOrderResumeHandler: {"POST": "transfer"},
+        staged.StagedHandler: {"GET": "stage"},
+        staged.StagedCleanHandler: {"POST": "stage"},
+        staged.StagedRecordsHandler: {"GET": "stage"},
+        staged.StagedCleanedHandler: {"POST": "stage"},
         worker.WorkerClaimHandler: {"POST": "stage"},
         worker.WorkerJobHandler: {"GET": "stage", "POST": "stage"},
     }

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..jobs import engine, items
+from ..jobs import engine, items, lifecycle
 from ..jobs.items import _Claimed
 from ..jobs.joblog import JobLog
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
@@ -122,6 +122,8 @@ class WorkerOps:
         job = self._held(job_id, body)
         if self.store.unfinished_paths(job_id):
             raise Conflict(f"job {job_id} still has files to stage", job_id=job_id)
+        if body.get("made") is True:  # the worker made the folder (``hera-stage clean``)
+            lifecycle.note_made(self.db, job_id)
         # The lines again from the database (not from the worker): the job's state is ours.
         return {"state": engine.record_finish(self.db, job, engine.result_lines(self.db, job))}
 

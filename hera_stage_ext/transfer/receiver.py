@@ -547,6 +547,20 @@ class Receiver:
     def _receive_file(self, item: TransferItem, part: Path, dest: Path, incoming: int,
                       algorithms: list[str]) -> None:
         """Pull into ``part`` (in the open folder ``incoming``), verify, link to ``dest``."""
+        self._pull_file(item, part, incoming, algorithms)
+        folder, _made = safefs.open_dir(str(dest.parent), create=True)
+        try:  # atomic; FileExistsError (an OSError) if something appeared
+            os.link(part.name, dest.name, src_dir_fd=incoming, dst_dir_fd=folder,
+                    follow_symlinks=False)
+        finally:
+            os.close(folder)
+        os.unlink(part.name, dir_fd=incoming)
+
+    def _pull_file(self, item: TransferItem, part: Path, incoming: int,
+                   algorithms: list[str]) -> None:
+        """Pull ``item``'s bytes into ``part`` (in the open folder ``incoming``; resumed from
+        what it holds, hashed again), then verify them: ChecksumMismatch unless they are the
+        announced size and checksums."""
         hasher = ck.StreamHasher(algorithms)
         offset = _resume_offset(part, item.size, incoming)
         fd = os.open(part.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
@@ -566,13 +580,6 @@ class Receiver:
             raise ChecksumMismatch(
                 f"{item.name}: received {digest.size} bytes with checksums {digest.checksums}, "
                 f"announced {item.size} bytes with {item.checksums}")
-        folder, _made = safefs.open_dir(str(dest.parent), create=True)
-        try:  # atomic; FileExistsError (an OSError) if something appeared
-            os.link(part.name, dest.name, src_dir_fd=incoming, dst_dir_fd=folder,
-                    follow_symlinks=False)
-        finally:
-            os.close(folder)
-        os.unlink(part.name, dir_fd=incoming)
 
     def _pull_into(self, item: TransferItem, fd: int, offset: int,
                    hasher: ck.StreamHasher) -> None:
@@ -638,6 +645,21 @@ class Receiver:
     def _receive_directory(self, item: TransferItem, root: Path, dest: Path,
                            algorithms: list[str]) -> None:
         work = self._tree(root, item.id)
+        tree = self._pull_tree(item, work, algorithms)
+        os.close(safefs.open_dir(str(dest.parent), create=True)[0])
+        try:
+            _rename_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
+        finally:
+            remove_path(work)
+        try:
+            self._commit(item)
+        except Conflict:
+            remove_path(dest)
+            raise
+
+    def _pull_tree(self, item: TransferItem, work: Path, algorithms: list[str]) -> Path:
+        """Pull the data set ``item`` (a tar stream) into the folder ``work`` and verify it;
+        returns the tree (``work/<name>``). On any failure ``work`` is removed."""
         remove_path(work)  # a broken tar pull starts again from zero
         work_fd, _made = safefs.open_dir(str(work), create=True)
         client = PeerClient(self.registry.peer(item.peer), self.registry.site_name)
@@ -668,16 +690,32 @@ class Receiver:
                 f"{item.name}: the received directory has "
                 f"{'no tree' if digest is None else f'{digest.size} bytes, {digest.checksums}'}"
                 f"; announced {item.size} bytes with {item.checksums}")
-        os.close(safefs.open_dir(str(dest.parent), create=True)[0])
+        return tree
+
+    # ----- a verified pull for repair (catalogue/replicate.py) ----------------------------
+    def pull_verified(self, peer: str, name: str, size: int, checksums: dict[str, str],
+                      is_directory: bool, work: str) -> str:
+        """Pull ``name`` from ``peer`` exactly as a transfer's pull does, and verify it against
+        ``size`` and ``checksums``; the verified bytes end at the returned path (``work``
+        itself for a file, a tree inside the folder ``work`` for a data set), for the caller
+        to move into place and then remove ``work``. ``work`` must not exist; on any failure
+        nothing is left there. Raises ChecksumMismatch, Unavailable, or the peer's refusal."""
+        item = TransferItem(peer=peer, name=name, size=size, checksums=dict(checksums),
+                            spec={"is_directory": is_directory}, transfer="repair", path="")
+        algorithms = [ck.preferred_algorithm(checksums)]
+        if is_directory:
+            return str(self._pull_tree(item, Path(work), algorithms))
+        part = Path(work)
+        folder, _made = safefs.open_dir(str(part.parent), create=True)
         try:
-            _rename_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
-        finally:
-            remove_path(work)
-        try:
-            self._commit(item)
-        except Conflict:
-            remove_path(dest)
+            self._pull_file(item, part, folder, algorithms)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part.name, dir_fd=folder)
             raise
+        finally:
+            os.close(folder)
+        return work
 
     def _commit(self, item: TransferItem) -> None:
         [registration] = self.catalogue.register([file_spec(item, item.peer)], self.store,

@@ -1,0 +1,155 @@
+"""REST for staged data's life cycle: ``GET staged`` (the user's staged folders: sizes,
+expiry, whether still intact, and how much they hold where), ``POST staged/clean`` (remove
+expired or chosen staged folders; ``dry_run``), and the records a user's server in site mode
+asks the site service for (``GET staged/records``, ``POST staged/records/cleaned``).
+
+Folders are read and removed only by the user's own server (``jobs.cleaner``, as the user): a
+single-user server here; in site mode ``api/forward.py`` serves ``staged`` and
+``staged/clean`` itself with ``clean_with`` and asks the service only for the records. A site
+service answers ``staged`` from its records alone (``state: "unchecked"``) and refuses
+``staged/clean``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ..core import Core
+from ..errors import InvalidRequest, StagingError
+from ..jobs import cleaner, lifecycle
+from .base import ApiError, BaseHandler
+from .jobs import _bool
+
+#: The routes a user's server in site mode serves itself (folder work), not the service.
+LOCAL_ROUTES = ("staged", "staged/clean")
+# On a site service every route here needs the scope stage (``site/auth.py``).
+
+
+def clean_request(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``POST staged/clean`` body: ``expired`` and/or ``folders``, ``dry_run``."""
+    folders = body.get("folders", [])
+    if not isinstance(folders, list) or not all(isinstance(f, str) and f for f in folders):
+        raise InvalidRequest("'folders' must be a list of folder paths")
+    unknown = sorted(set(body) - {"expired", "folders", "dry_run"})
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
+    return {"expired": _bool(body, "expired"), "folders": folders,
+            "dry_run": _bool(body, "dry_run")}
+
+
+def clean_with(records: list[dict[str, Any]], request: dict[str, Any],
+               allowed_roots: Sequence[str], root_dir: str) -> tuple[dict[str, Any], list[int]]:
+    """The folder work of a clean, from ``records`` (this process runs as the user)."""
+    chosen = cleaner.select_folders(records, expired=request["expired"],
+                                    folders=request["folders"], root_dir=root_dir)
+    return cleaner.clean(chosen, allowed_roots, dry_run=request["dry_run"])
+
+
+def staged_view(core: Core) -> dict[str, Any]:
+    use = lifecycle.usage(core.catalogue.db, core.owner, core.staging_quota_bytes)
+    if core.site_mode:  # the service does not read users' folders
+        records = lifecycle.staged_records(core.catalogue.db, core.owner, entries=False)
+        return {"folders": [{**r, "state": "unchecked"} for r in records],
+                "total_bytes": sum(r["bytes"] for r in records), **use}
+    return cleaner.listing(lifecycle.staged_records(core.catalogue.db, core.owner),
+                           core.allowed_roots, use)
+
+
+def clean_here(core: Core, body: dict[str, Any]) -> dict[str, Any]:
+    request = clean_request(body)
+    if core.site_mode:
+        raise InvalidRequest("the site service does not touch your folders: clean them from "
+                             "your own Jupyter server (its POST staged/clean), which runs as you")
+    report, cleaned = clean_with(lifecycle.staged_records(core.catalogue.db, core.owner),
+                                 request, core.allowed_roots, core.root_dir)
+    lifecycle.mark_cleaned(core.catalogue.db, core.owner, cleaned)
+    return report
+
+
+class StagedHandler(BaseHandler):
+    """``GET staged``: the user's staged folders and how much they hold."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply(await self.call(staged_view, self.core))
+
+
+class StagedCleanHandler(BaseHandler):
+    """``POST staged/clean`` ``{"expired"?, "folders"?, "dry_run"?}``."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.body_json()
+        self.reply(await self.call(clean_here, self.core, body))
+
+
+class StagedRecordsHandler(BaseHandler):
+    """``GET staged/records``: the records of the user's staged folders, with what each must
+    hold (what a user's server in site mode checks its folders against)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        def run() -> dict[str, Any]:
+            core = self.core
+            return {"records": lifecycle.staged_records(core.catalogue.db, core.owner),
+                    **lifecycle.usage(core.catalogue.db, core.owner, core.staging_quota_bytes)}
+
+        self.reply(await self.call(run))
+
+
+class StagedCleanedHandler(BaseHandler):
+    """``POST staged/records/cleaned`` ``{"jobs": [ids]}``: the user's server cleaned the
+    folders of these jobs (of the user's, finished)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.body_json()
+
+        def run() -> dict[str, Any]:
+            core = self.core
+            ids = body.get("jobs")
+            if not isinstance(ids, list) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63
+                    for i in ids):
+                raise InvalidRequest("'jobs' must be a list of job ids")
+            return {"marked": lifecycle.mark_cleaned(core.catalogue.db, core.owner, ids)}
+
+        self.reply(await self.call(run))
+
+
+async def serve_in_site_mode(handler: Any, path: str) -> None:
+    """``staged`` and ``staged/clean`` in a user's server in site mode (``handler``: its
+    ``ForwardHandler``): the records from the service, the folder work here in the thread
+    pool (this server runs as the user), and what was cleaned back to the service."""
+    from .forward import ServiceAnswered, _json_body
+
+    site = handler.site
+    method = handler.request.method
+    try:
+        if method not in ("GET", "POST") or (method == "GET") != (path == "staged"):
+            raise web.HTTPError(405)
+        request = clean_request(_json_body(handler.request.body)) if method == "POST" else None
+        answer = await site.api("GET", "staged/records")
+        if request is None:
+            use = {k: answer.get(k) for k in ("unexpired_bytes", "quota_bytes")}
+            value = await handler.call(cleaner.listing, answer["records"], site.allowed_roots,
+                                       use)
+        else:
+            value, cleaned = await handler.call(clean_with, answer["records"], request,
+                                                site.allowed_roots, site.root_dir)
+            if cleaned:
+                await site.api("POST", "staged/records/cleaned", {"jobs": cleaned})
+    except ServiceAnswered as exc:
+        await handler.reply_answer(exc.answer)
+        return
+    except StagingError as exc:
+        raise ApiError(exc) from exc
+    handler.reply(value)
