@@ -466,7 +466,8 @@ def test_rate_and_eta_come_from_the_bytes_moved(page: Any) -> None:
     def job() -> dict[str, Any]:
         return {"id": 990001, "owner": "me", "kind": "stage", "state": "running",
                 "destination": "/big/night", "method": "contents", "files_total": 2,
-                "files_done": 0, "bytes_total": 4 * 1024**3, "bytes_done": fake_bytes(),
+                "files_done": 0, "bytes_total": 4 * 1024**3, "bytes_done": 0,
+                "bytes_moving": fake_bytes(),  # written, not committed: all of it uncommitted
                 "files_failed": 0, "files_skipped": 0, "missing": [], "error": "",
                 "created_at": "2026-01-01T00:00:00Z", "started_at": "2026-01-01T00:00:05Z",
                 "finished_at": None, "rate_bytes_per_s": 0, "eta_s": None,
@@ -496,7 +497,8 @@ def test_rate_and_eta_come_from_the_bytes_moved(page: Any) -> None:
         eta = stats.nth(3).inner_text()
         minutes = re.match(r"ETA (\d+) min", eta)
         assert minutes and 2 <= int(minutes.group(1)) <= 4, eta  # ~4 GiB at 20 MiB/s
-        assert "GiB" in stats.nth(1).inner_text()
+        shown = stats.nth(1).inner_text()  # the bytes moved include those not committed yet
+        assert re.match(r"\d+(\.\d+)? [MG]iB / 4(\.0+)? GiB", shown) and not shown.startswith("0 B"), shown
         screenshot(page, "panel-running-multi-gb-job", f"{PANEL} .jp-HeraStage-jobs")
     finally:
         page.unroute(JOBS_URL, jobs_route)

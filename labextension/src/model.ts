@@ -623,6 +623,7 @@ const PROGRESS_FIELDS = [
   'files_skipped',
   'bytes_total',
   'bytes_done',
+  'bytes_moving',
   'rate_bytes_per_s',
   'eta_s'
 ] as const;
@@ -690,10 +691,19 @@ export function reduceJobEvent(
   return next;
 }
 
+/**
+ * The bytes a job has moved as shown: those committed and those written but not committed
+ * yet (`bytes_moving`), never past the total.
+ */
+export function bytesMoved(job: IJob): number {
+  const moved = job.bytes_done + Math.max(0, job.bytes_moving ?? 0);
+  return job.bytes_total > 0 ? Math.min(job.bytes_total, moved) : moved;
+}
+
 /** Fractions done (0..1) by files and bytes, and the percent shown. */
 export function jobProgress(job: IJob): { files: number; bytes: number; percent: number } {
   const files = job.files_total > 0 ? (job.files_done + (job.files_skipped ?? 0)) / job.files_total : 0;
-  const bytes = job.bytes_total > 0 ? job.bytes_done / job.bytes_total : files;
+  const bytes = job.bytes_total > 0 ? bytesMoved(job) / job.bytes_total : files;
   let percent = Math.floor(Math.min(1, Math.max(0, bytes)) * 100);
   if (job.state === 'succeeded') {
     percent = 100;
@@ -778,7 +788,7 @@ export function jobSpeed(
     return { rate: null, eta: null };
   }
   const rate = windowRate(samples, now);
-  const left = Math.max(0, job.bytes_total - job.bytes_done);
+  const left = Math.max(0, job.bytes_total - bytesMoved(job));
   const eta = rate && rate > 0 ? left / rate : left === 0 ? 0 : null;
   return { rate, eta };
 }
@@ -1008,7 +1018,7 @@ export class JobsModel {
     const prev = this._jobs.get(job.id);
     this._jobs.set(job.id, job);
     if (job.state === 'running') {
-      this._samples.set(job.id, addSample(this._samples.get(job.id) ?? [], Date.now(), job.bytes_done));
+      this._samples.set(job.id, addSample(this._samples.get(job.id) ?? [], Date.now(), bytesMoved(job)));
     } else {
       this._samples.delete(job.id);
     }

@@ -130,6 +130,8 @@ export interface IJob {
   bytes_total: number;
   files_done: number;
   bytes_done: number;
+  /** Bytes written and not committed yet (counted in the rate and ETA). */
+  bytes_moving?: number;
   files_failed?: number;
   files_skipped?: number;
   missing?: string[];

@@ -1,4 +1,5 @@
 import {
+  bytesMoved,
   checkJson,
   describeTarget,
   destinationOf,
@@ -319,6 +320,8 @@ describe('job progress reduction', () => {
     const base: IJob = { id: 1, state: 'running', files_total: 4, files_done: 1, bytes_total: 1000, bytes_done: 500 };
     expect(jobProgress(base)).toEqual({ files: 0.25, bytes: 0.5, percent: 50 });
     expect(jobProgress({ ...base, bytes_done: 1000 }).percent).toBe(99);
+    expect(jobProgress({ ...base, bytes_done: 250, bytes_moving: 250 }).percent).toBe(50);
+    expect(bytesMoved({ ...base, bytes_done: 900, bytes_moving: 500 })).toBe(1000);
     expect(jobProgress({ ...base, state: 'succeeded', bytes_done: 1000, files_done: 4 }).percent).toBe(100);
     expect(jobProgress({ ...base, bytes_total: 0, files_done: 2 }).percent).toBe(50);
     expect(jobProgress({ ...base, files_total: 0, bytes_total: 0, files_done: 0, state: 'succeeded' }).percent).toBe(100);

@@ -3,6 +3,7 @@ import { Clipboard } from '@jupyterlab/apputils';
 
 import { count, humanDuration, humanRate, humanSize, shortTime } from '../format';
 import {
+  bytesMoved,
   errorMessage,
   isTerminal,
   JOB_FILTERS,
@@ -187,7 +188,7 @@ function JobCard(props: IJobListProps & { job: IJob }): JSX.Element {
           {count(job.files_done)}/{count(job.files_total)} files
         </span>
         <span data-field="bytes">
-          {humanSize(job.bytes_done)} / {humanSize(job.bytes_total)}
+          {humanSize(bytesMoved(job))} / {humanSize(job.bytes_total)}
         </span>
         <span data-field="rate" title="Bytes moved over the last 10 s">
           {job.state === 'running' ? (speed.rate === null ? 'measuring…' : humanRate(speed.rate)) : ''}
