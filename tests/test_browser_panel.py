@@ -337,6 +337,51 @@ def test_the_main_area_view(page: Any, lab_server: LabServer) -> None:
     main.locator(".jp-HeraStage-page[data-kind=file]").wait_for()
 
 
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_bad_copy_is_badged_and_a_file_with_no_good_copy_is_marked(
+        page: Any, lab_server: LabServer) -> None:
+    """A copy the fixity check found changed shows "bad copy" on the file's page, and a file
+    whose every copy is bad says so in its results row."""
+    name = night_names(lab_server)[-1]
+    copies = {store: Path(conf["path"]) / NIGHT / name
+              for store, conf in lab_server.archive.stores.items()
+              if (Path(conf["path"]) / NIGHT / name).is_file()}
+    assert len(copies) == 2, copies
+    for path in copies.values():
+        flip_byte(path)
+    try:
+        checked = lab_server.api(f"files/{name}/fixity", {})
+        assert sorted(r["state"] for r in checked["instances"]) == ["bad", "bad"], checked
+        open_panel(page)
+        panel_search(page, name)
+        wait_searched(page)
+        page.locator(ROW, has_text=name).first.click()
+        badges = page.locator(f"{PANEL} .jp-HeraStage-detail .jp-HeraStage-instances "
+                              ".jp-HeraStage-badge[data-fixity=bad]")
+        badges.first.wait_for()
+        assert badges.all_inner_texts() == ["bad copy", "bad copy"]
+        screenshot(page, "panel-bad-copy", f"{PANEL} .jp-HeraStage-detail")
+        # The main area's results show where the copies are: none of them good.
+        run_palette(page, "Open HERA Archive in the Main Area")
+        main = page.locator(MAIN)
+        main.locator(".jp-HeraStage-mainTab", has_text="Search results").click()
+        main.locator(".jp-HeraStage-query").fill(name)
+        main.locator(".jp-HeraStage-query").press("Enter")
+        row = main.locator(".jp-HeraStage-gridRow", has_text=name).first
+        row.get_by_text("no good copy").wait_for()
+        assert row.inner_text().count("(bad copy)") == 2, row.inner_text()
+    finally:
+        for path in copies.values():
+            flip_byte(path)
+        restored = lab_server.api(f"files/{name}/fixity", {})
+        assert all(r["state"] == "ok" for r in restored["instances"]), restored
+
+
 def human_kib(size: int) -> str:
     """A size between 1 KiB and 1 MiB as the panel writes it (three significant digits)."""
     kib = size / 1024

@@ -12,6 +12,7 @@ import {
   ArchiveClient,
   IDryRun,
   IFile,
+  IInstance,
   IJob,
   IObservation,
   ISearchReply,
@@ -112,7 +113,23 @@ export function sortDirection(
   return 'none';
 }
 
-/** Where a file has instances, e.g. "onsite, offsite" (unavailable ones marked). */
+/** The badge a copy whose fixity check failed shows ("bad copy", "missing"); null if none. */
+export function fixityBadge(inst: IInstance): string | null {
+  if (inst.fixity === 'bad') {
+    return 'bad copy';
+  }
+  return inst.fixity === 'missing' ? 'missing' : null;
+}
+
+/** Whether a copy can be staged from: available and not found bad or missing. */
+export function isGoodCopy(inst: IInstance): boolean {
+  return inst.available && fixityBadge(inst) === null;
+}
+
+/**
+ * Where a file has instances, e.g. "onsite, offsite" (unavailable, bad and missing copies
+ * marked), led by "no good copy:" when none of them can be staged from.
+ */
 export function whereText(file: IFile): string {
   const instances = file.instances ?? [];
   if (!instances.length) {
@@ -120,12 +137,14 @@ export function whereText(file: IFile): string {
   }
   const stores: string[] = [];
   for (const inst of instances) {
-    const label = inst.available ? inst.store : `${inst.store} (offline)`;
+    const badge = fixityBadge(inst);
+    const label = badge ? `${inst.store} (${badge})` : inst.available ? inst.store : `${inst.store} (offline)`;
     if (!stores.includes(label)) {
       stores.push(label);
     }
   }
-  return stores.join(', ');
+  const where = stores.join(', ');
+  return instances.some(isGoodCopy) ? where : `no good copy: ${where}`;
 }
 
 // ---------------------------------------------------------------- search

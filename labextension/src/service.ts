@@ -29,6 +29,9 @@ export interface IInstance {
   store_kind?: 'online' | 'cold';
   deletion_policy: string;
   create_time?: string;
+  /** The last fixity check's outcome; "bad" and "missing" copies are never staged from. */
+  fixity?: 'unchecked' | 'ok' | 'bad' | 'missing';
+  verified_at?: string | null;
 }
 
 export interface IFile {

@@ -447,5 +447,13 @@ describe('whereText', () => {
     };
     expect(whereText(f)).toBe('onsite, tape (offline)');
     expect(whereText(file(2))).toBe('—');
+    const bad: IFile = {
+      ...file(3),
+      instances: [
+        { file: 'a', store: 'onsite', path: 'p', full_path: '/p', available: false, deletion_policy: 'x', fixity: 'bad' },
+        { file: 'a', store: 'offsite', path: 'p', full_path: '/p', available: true, deletion_policy: 'x', fixity: 'missing' }
+      ]
+    };
+    expect(whereText(bad)).toBe('no good copy: onsite (bad copy), offsite (missing)');
   });
 });

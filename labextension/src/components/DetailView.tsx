@@ -2,7 +2,7 @@ import * as React from 'react';
 import { Clipboard } from '@jupyterlab/apputils';
 
 import { humanSize, shortTime } from '../format';
-import { errorMessage, SearchModel } from '../model';
+import { errorMessage, fixityBadge, SearchModel } from '../model';
 import { ArchiveClient, IFileDetail, IObservation, ISession, SearchKind, StageTarget } from '../service';
 import { useSignal } from './hooks';
 
@@ -240,6 +240,19 @@ export function FileDetailBody(props: {
             <span className={`jp-HeraStage-badge jp-mod-${inst.available ? 'ok' : 'off'}`}>
               {inst.available ? 'available' : 'unavailable'}
             </span>{' '}
+            {fixityBadge(inst) && (
+              <>
+                <span
+                  className="jp-HeraStage-badge jp-mod-bad"
+                  data-fixity={inst.fixity}
+                  title={`The fixity check${inst.verified_at ? ` at ${shortTime(inst.verified_at)}` : ''} found this copy ${
+                    inst.fixity === 'bad' ? 'changed: it does not match its checksum' : 'missing from its store'
+                  }; it is never staged from`}
+                >
+                  {fixityBadge(inst)}
+                </span>{' '}
+              </>
+            )}
             <strong>{inst.store}</strong>
             {inst.store_kind === 'cold' ? ' (cold)' : ''}:{' '}
             <span className="jp-HeraStage-mono" title={inst.full_path}>
