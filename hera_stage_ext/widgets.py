@@ -88,11 +88,16 @@ class JobProgress(w.VBox):
                                       button_style="warning",
                                       tooltip="Cancel this job (staged files stay)")
         self.cancel_button.on_click(lambda _button: self.cancel())
+        # Shown once the job has failed or been cancelled: queue again what it did not stage.
+        self.retry_button = w.Button(description="Retry", icon="redo", button_style="primary",
+                                     tooltip="Queue again the files this job did not stage",
+                                     layout=w.Layout(display="none"))
+        self.retry_button.on_click(lambda _button: self.retry())
         super().__init__(children=[
             self.title,
             w.HBox([self.files_bar, self.files_label]),
             w.HBox([self.bytes_bar, self.bytes_label]),
-            w.HBox([self.rate_label, self.cancel_button]),
+            w.HBox([self.rate_label, self.cancel_button, self.retry_button]),
             self.log_view,
         ])
         if self.job is not None:
@@ -159,6 +164,24 @@ class JobProgress(w.VBox):
         self.cancel_button.description = "Cancelling"
         return job
 
+    def retry(self) -> Job | None:
+        """Queue again what the job did not stage (the client's retry), and follow it."""
+        try:
+            with self._lock:
+                job = self.client.retry(self.job_id)
+                self._render(job)
+                self.job = job
+        except ClientError as exc:
+            self._show_error(str(exc))
+            return None
+        self.cancel_button.disabled = False
+        self.cancel_button.button_style = "warning"
+        self.cancel_button.icon = "stop"
+        self.cancel_button.description = "Cancel"
+        self.cancel_button.tooltip = "Cancel this job (staged files stay)"
+        self.start()
+        return job
+
     # ----- the thread -----------------------------------------------------------------------
     def _run(self) -> None:
         failures = 0
@@ -216,6 +239,9 @@ class JobProgress(w.VBox):
                                  f"ETA {human_duration(job.get('eta_s'))}")
         if job.finished:
             _finished_button(self.cancel_button, state.capitalize())
+        retryable = state in ("failed", "cancelled")
+        self.retry_button.layout.display = None if retryable else "none"
+        self.retry_button.disabled = not retryable
         self.log_view.value = ("<pre style='margin:0;font-size:11px'>"
                                + html.escape("\n".join(self._log_tail)) + "</pre>"
                                if self._log_tail else "")
