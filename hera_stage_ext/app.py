@@ -361,7 +361,7 @@ class StagingApp(ExtensionApp):
                 # The site's worker runs every user's transfers and uploads, and no stage job:
                 # those write into users' folders, as the users, through their own workers.
                 owner=None if site else self.owner,
-                kinds=("transfer", "upload") if site else (),
+                kinds=("transfer", "upload", "recall") if site else (),
                 jobs=self.worker_jobs, nice=self.worker_nice,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
@@ -433,7 +433,8 @@ class StagingApp(ExtensionApp):
                 idle_exit_seconds=self.worker_idle_exit_seconds,
                 log_file=Path(self.job_log_dir) / "worker.log")
         self.site = SiteClient(self.site_url, token, roots,
-                               os.path.realpath(self.serverapp.root_dir))
+                               os.path.realpath(self.serverapp.root_dir),
+                               contents_manager=self.serverapp.contents_manager)
         self.site_jobs = SiteJobs(self.site, launcher)
 
         def launched() -> None:

@@ -61,8 +61,10 @@ def stage_request(body: dict[str, Any]) -> dict[str, Any]:
     method = body.get("method", "copy")
     if not isinstance(method, str):
         raise InvalidRequest("'method' must be a string")
+    # ``contents``: a user's server's description of its contents manager (site mode only).
     return {**selection, "destination": destination, "method": method,
-            "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force")}
+            "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force"),
+            "contents": body.get("contents")}
 
 
 def transfer_request(body: dict[str, Any]) -> dict[str, Any]:
