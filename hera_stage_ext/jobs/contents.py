@@ -400,7 +400,13 @@ class ContentsTarget:
         the description builds decides whether it writes local files (whatever the
         description says); if it does, the destination is its root and path, resolved,
         inside the worker's allowed roots; else the job's destination is the contents path."""
-        cm = self.manager.cm
+        try:
+            cm = self.manager.cm
+        except StagingError:
+            raise
+        except Exception as exc:  # (an ImportError, a manager refusing its configuration)
+            raise Unavailable(f"the contents manager {self.spec.get('class')} cannot be "
+                              f"built here: {exc!r}") from exc
         root = getattr(cm, "root_dir", None)
         if isinstance(cm, FileManagerMixin) and root is not None:
             local = Path(os.path.realpath(root)) / self.path if self.path else Path(
