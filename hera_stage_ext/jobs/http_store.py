@@ -186,7 +186,12 @@ class HttpJobStore:
         return list(self._job(job_id, "unfinished", method="GET")["paths"])
 
     def waiting(self, job_id: int) -> int:
-        return int(self._job(job_id, "waiting", method="GET")["waiting"])
+        try:
+            return int(self._job(job_id, "waiting", method="GET")["waiting"])
+        except ServiceError as exc:
+            if exc.status == 400 and "no worker action" in str(exc):
+                return 0  # a service older than recalls for users' workers: none waits
+            raise
 
     def finish(self, job: Job) -> str:
         from . import kinds
