@@ -80,6 +80,10 @@ class HttpJobStore:
         self.spool_dir = spool_dir or default_spool_dir()
         self._shippers: dict[int, LogShipper] = {}
         self._lock = threading.Lock()
+        # What the job's answer said, so the run does not ask again: its stores' roots, and
+        # the jobs none of whose files waits for a recall (a count that only goes down).
+        self._roots: dict[int, dict[str, str]] = {}
+        self._none_waiting: set[int] = set()
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -139,6 +143,13 @@ class HttpJobStore:
 
     def load_job(self, job_id: int) -> Job:
         data = self.call("GET", f"jobs/{job_id}")
+        with self._lock:
+            if isinstance(data.get("store_roots"), dict):
+                self._roots[job_id] = dict(data["store_roots"])
+            if data.get("waiting") == 0:
+                self._none_waiting.add(job_id)
+            else:
+                self._none_waiting.discard(job_id)
         # This worker confines every job's folder itself, whatever the service recorded.
         options = {**(data.get("options") or {}), "recorded": True}
         return Job(id=data["id"], owner=data["owner"], kind=data["kind"], state=data["state"],
@@ -157,6 +168,10 @@ class HttpJobStore:
             raise
 
     def store_roots(self, job_id: int) -> dict[str, str]:
+        with self._lock:
+            known = self._roots.pop(job_id, None)
+        if known is not None:
+            return known
         return dict(self._job(job_id, "stores", method="GET")["roots"])
 
     def claim_items(self, job_id: int, worker_id: str, n: int,
@@ -186,8 +201,13 @@ class HttpJobStore:
         return list(self._job(job_id, "unfinished", method="GET")["paths"])
 
     def waiting(self, job_id: int) -> int:
+        if job_id in self._none_waiting:
+            return 0
         try:
-            return int(self._job(job_id, "waiting", method="GET")["waiting"])
+            waiting = int(self._job(job_id, "waiting", method="GET")["waiting"])
+            if not waiting:
+                self._none_waiting.add(job_id)
+            return waiting
         except ServiceError as exc:
             if exc.status == 400 and "no worker action" in str(exc):
                 return 0  # a service older than recalls for users' workers: none waits
