@@ -57,7 +57,8 @@ class StagingApp(ExtensionApp):
         help="""user: this server is one user's (single-user mode, the default). site: this
         server is the site service (``hera-stage site`` sets it): every request is one
         authenticated user's, stage jobs are recorded for the users' own workers, and the
-        service's worker runs only the site's jobs (transfers, uploads).""",
+        service's worker runs only the site's jobs (transfers, uploads, recalls from cold
+        stores).""",
     ).tag(config=True)
 
     db_url = Unicode(
