@@ -428,7 +428,8 @@ def report(args: argparse.Namespace, samples: Samples, serial: dict[str, float],
                   for name in loaded_phases[0].cpu_s}
     job = loaded_phases[0].job
     log("")
-    log(f"{args.db}, {where}: job of {job['files_total']} files, {job['bytes_total'] / 1e6:,.0f} MB; "
+    log(f"{args.db}, {where}: job of {job['files_total']} files, "
+        f"{job['bytes_total'] / 1e6:,.0f} MB; "
         f"{args.clients} clients, think {args.think} s; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     log(f"{'':<10} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "

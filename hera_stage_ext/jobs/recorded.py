@@ -125,13 +125,13 @@ def record_stage_job(
         if cold:
             add_recall_job(s, job, log_dir)
 
+    recalled = f"; {cold} file(s) recalled from cold storage by the site first" if cold else ""
     return create_job(
         db, owner, "stage", dest, method, items, missing, total, search=search,
         options={"read_only": read_only, "recorded": True, **options}, log_dir=log_dir,
         take=take,
         summary=f"{method} {len(items)} file(s), {total} bytes into {dest} (recorded by the "
-                f"site service; the user's worker takes the folder"
-                f"{f'; {cold} file(s) recalled from cold storage by the site first' if cold else ''})")
+                f"site service; the user's worker takes the folder{recalled})")
 
 
 def add_recall_job(s: Session, stage: Job, log_dir: str | os.PathLike[str] | None) -> Job:
