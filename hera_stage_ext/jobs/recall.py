@@ -28,6 +28,11 @@ item ``waiting``; the next run forgets the dead reservation and recalls it again
 complete in the buffer is verified, not copied again). A cancel reaps the job's recalled copies;
 retrying the job puts the items that read them back to ``waiting`` on their cold instance
 (``rewind_reaped``), so they are recalled again.
+
+Site mode: a user's worker cannot write the site's buffer, so a recorded stage job's recall is a
+job of its own, kind ``recall`` (``RecallKind``), run by the site's worker: the same recaller,
+for the stage job's items, with its reservations under the recall job's lease and its lines in
+the stage job's log; the user's worker stages what it puts in the queue (``await_recall``).
 """
 
 from __future__ import annotations
@@ -298,7 +303,7 @@ class _Recall:
                                                             key=lambda w: w[:2]):
                 batch = list(group)
                 self.log(f"recall volume {volume!r} of cold store {store!r}: "
-                             f"{len(batch)} file(s), {sum(w[3].size for w in batch)} bytes")
+                         f"{len(batch)} file(s), {sum(w[3].size for w in batch)} bytes")
                 for _store, _volume, rel, item in batch:
                     self._recall(store, volume, rel, item)
             self.recalled_all.set()
@@ -377,8 +382,8 @@ class _Recall:
             return self._failed(item, str(exc), reservation)
         note = "verified, already in the buffer" if outcome.state == "skipped" else outcome.note
         self.log(f"recalled {item.name} from {store!r} volume {volume!r} into {buffer!r} "
-                f"({item.size} bytes, {note}; buffer holds {held} of {settings.buffer_bytes} "
-                f"bytes)")
+                 f"({item.size} bytes, {note}; buffer holds {held} of {settings.buffer_bytes} "
+                 f"bytes)")
         self._announce(1)
 
     def _reserve(self, item: _Claimed, store: str, volume: str, buffer: str, rel: str,
@@ -425,7 +430,7 @@ class _Recall:
             self.reap()
             self._sleep(self.poll)
         self.log(f"recalled {item.name}: already in buffer {buffer!r} (recalled by job "
-                     f"{other.job_id}), not recalled again")
+                 f"{other.job_id}), not recalled again")
         self._announce(1)
         return None
 
