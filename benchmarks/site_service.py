@@ -132,16 +132,19 @@ def _default(name: str) -> Any:
 
 @contextlib.contextmanager
 def user_worker(service: SiteService, roots: Sequence[Path], log_file: Path,
-                idle_exit_seconds: float = 3600.0) -> Iterator[int]:
+                idle_exit_seconds: float = 3600.0, poll_seconds: float = 1.0) -> Iterator[int]:
     """The user's worker (over the service's worker API, the user's token), started as a
     user's server in site mode starts it, with the server's default settings; its pid. Stopped
-    (SIGTERM: it releases its jobs) when the block ends."""
+    (SIGTERM: it releases its jobs) when the block ends. It looks for jobs every
+    ``poll_seconds`` (a user's server wakes its worker at each launch; a job launched straight
+    at the service, as the benchmarks' CLI does, waits for the next look: it does not count in
+    a job's own time, which starts when the worker claims it)."""
     launcher = WorkerLauncher(
         site_url=service.url, site_token=service.token,
         allowed_roots=[os.path.realpath(r) for r in roots],
         streams=_default("worker_streams"), copy_processes=_default("worker_copy_processes"),
         jobs=_default("worker_jobs"), nice=_default("worker_nice"),
-        idle_exit_seconds=idle_exit_seconds, log_file=log_file)
+        idle_exit_seconds=idle_exit_seconds, log_file=log_file, poll_seconds=poll_seconds)
     pid = launcher.ensure_running()
     try:
         yield pid

@@ -30,9 +30,10 @@ Site mode (``--site``): the same server goes on as single-user mode, and beside 
 service without a hub (``hera-stage site``, its own SQLite catalogue of the same store, a site
 token) and the token user's worker over HTTP (``--site-url``, started as a user's server in site
 mode starts it: ``benchmarks/site_service.py``). Every copy, hardlink and symlink case then runs
-in the order cp, single-user, site, site, single-user, cp, ``hera-stage stage --wait`` talking to
-the service with the token for the site runs, and a second table compares the medians of the
-two modes (the job's own time, started_at -> finished_at, on each side).
+cp, ``--pairs`` interleaved pairs (single-user, site; site, single-user; ...; default 2), cp,
+``hera-stage stage --wait`` talking to the service with the token for the site runs, and a
+second table compares the medians of the two modes (the job's own time, started_at ->
+finished_at, on each side).
 
 Targets: verified copy >= 0.9x ``cp`` throughput on the large files (the 2 GiB file and the
 64 MiB files, each); >= 1.0x ``cp -r`` files/s on the small ones; worker RSS < 300 MB
@@ -407,9 +408,10 @@ def _parse_time(value: str) -> dt.datetime:
 
 class Bench:
     def __init__(self, server: Server, store: Path, workspace: Path,
-                 site: Server | None = None) -> None:
+                 site: Server | None = None, pairs: int = 2) -> None:
         self.server, self.store, self.workspace = server, store, workspace
         self.site = site  # ``--site``: the site service, the user's worker beside it
+        self.pairs = pairs  # single-user/site pairs per case
         self.n = 0
 
     def dest(self, tag: str) -> Path:
@@ -458,10 +460,14 @@ class Bench:
         case = Case(key, label, unit, cp_name, ours_name, target=target,
                     site_target=TARGET_SITE if method == "copy" else None)
         site = self.site is not None and method != "contents"
-        # A-B-B-A; with site mode A-B-C-C-B-A (the user's server adds the contents method's
-        # description: the service alone does not run that method).
-        order = ("cp", "ours", "site", "site", "ours", "cp") if site else ("cp", "ours", "ours",
-                                                                           "cp")
+        # A-B-B-A; with site mode A, then ``pairs`` interleaved pairs B-C, C-B, ..., then A (the
+        # user's server adds the contents method's description: the service alone does not run
+        # that method, so it has no site runs here).
+        order: list[str] = ["cp", "ours", "ours", "cp"]
+        if site:
+            pairs = [("ours", "site") if k % 2 == 0 else ("site", "ours")
+                     for k in range(self.pairs)]
+            order = ["cp", *(tool for pair in pairs for tool in pair), "cp"]
         for tool in order:
             read_all(self.store, fs)
             dest = self.dest(f"{key}-{tool}")
@@ -496,7 +502,8 @@ def remove_tree(path: Path) -> None:
 # Report
 
 
-def report(cases: list[Case], rss: RssSampler, sets: list[FileSet]) -> bool:
+def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
+           site_rss: RssSampler | None = None) -> bool:
     log("\n" + "=" * 118)
     log("Each cell: the better of two runs (A-B-B-A order, source read before every run); "
         "hera-stage = the job, started_at -> finished_at;")
@@ -535,6 +542,10 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet]) -> bool:
     log(f"\nworker resident memory: max sampled VmRSS {rss.max_rss_mb:.0f} MiB, peak VmHWM "
         f"{rss.hwm_mb:.0f} MiB ({rss.samples} samples every 50 ms, pids {sorted(rss.pids)}); "
         f"with its {rss.helpers} copy helper process(es): {rss.max_total_mb:.0f} MiB")
+    if site_rss is not None:
+        log(f"site mode, the user's worker: max sampled VmRSS {site_rss.max_rss_mb:.0f} MiB, "
+            f"peak VmHWM {site_rss.hwm_mb:.0f} MiB; with its {site_rss.helpers} copy helper "
+            f"process(es): {site_rss.max_total_mb:.0f} MiB")
     log("")
     ok = True
     for c in cases:
@@ -570,8 +581,10 @@ def start_site(stack: contextlib.ExitStack, workdir: Path, stores: dict[str, Any
     service = stack.enter_context(site_service(
         workdir / "site", f"sqlite:///{workdir / 'site-catalogue.sqlite'}", stores, workspace))
     stack.enter_context(user_worker(service, [workspace], workdir / "site" / "worker.log"))
-    return Server(service.process, service.url, service.token, workspace,
-                  worker_parent=os.getpid())
+    server = Server(service.process, service.url, service.token, workspace,
+                    worker_parent=os.getpid())
+    server.known_workers = set()  # type: ignore[attr-defined]  (RssSampler adds to it)
+    return server
 
 
 def _terminate(signum: int, _frame: Any) -> None:
@@ -589,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", action="store_true",
                         help="also run each case in site mode (a site service without a hub, "
                         "the user's worker over HTTP) and compare it with single-user mode")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="with --site: interleaved single-user/site pairs per case (the "
+                        "medians of each side are compared; default 2)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     sets = file_sets(args.quick)
@@ -638,7 +654,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{done.stdout.strip()} in {time.perf_counter() - t0:.0f} s")
             rss = RssSampler(server)
             rss.start()
-            bench = Bench(server, store, workspace, site)
+            site_rss = RssSampler(site) if site is not None else None
+            if site_rss is not None:
+                site_rss.start()
+            bench = Bench(server, store, workspace, site, max(1, args.pairs))
             # Warm-up: the first job starts the worker process (not part of any timing).
             warm = next(iter(by_key.values()))
             for each in (server, site):
@@ -672,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"\n{fs.label}: contents")
                 cases.append(bench.case(fs, "contents", f"{fs.label} (contents)", "GB/s",
                                         "contents", [], False, None))
-            rss.stop.set()
-            rss.join()
-            ok = report(cases, rss, sets)
+            for sampler in (rss, site_rss):
+                if sampler is not None:
+                    sampler.stop.set()
+                    sampler.join()
+            ok = report(cases, rss, sets, site_rss)
         log(f"(total {time.perf_counter() - started:.0f} s)")
         return 0 if ok else 1
     except KeyboardInterrupt:
