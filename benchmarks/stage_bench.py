@@ -26,12 +26,23 @@ one's source read, the same for both tools.
 The worker's resident memory is sampled every 50 ms from /proc/<pid>/status (VmRSS) for the
 whole run, and its peak (VmHWM) read at the end.
 
+Site mode (``--site``): the same server goes on as single-user mode, and beside it a site
+service without a hub (``hera-stage site``, its own SQLite catalogue of the same store, a site
+token) and the token user's worker over HTTP (``--site-url``, started as a user's server in site
+mode starts it: ``benchmarks/site_service.py``). Every copy, hardlink and symlink case then runs
+cp, ``--pairs`` interleaved pairs (single-user, site; site, single-user; ...; default 2), cp,
+``hera-stage stage --wait`` talking to the service with the token for the site runs, and a
+second table compares the medians of the two modes (the job's own time, started_at ->
+finished_at, on each side).
+
 Targets: verified copy >= 0.9x ``cp`` throughput on the large files (the 2 GiB file and the
 64 MiB files, each); >= 1.0x ``cp -r`` files/s on the small ones; worker RSS < 300 MB
-throughout. Exit status 0 when all pass.
+throughout; with ``--site``, site mode >= 0.9x single-user mode's files/s (small files) and GB/s
+(large files) on the verified copy. Exit status 0 when all pass.
 
     /path/to/venv/bin/python benchmarks/stage_bench.py           # full run (about 6-9 minutes)
     /path/to/venv/bin/python benchmarks/stage_bench.py --quick   # 512 MiB, 20 x 64 MiB, 2,000 x 4 KiB
+    /path/to/venv/bin/python benchmarks/stage_bench.py --site    # and site mode beside it
 
 The server, its worker and the temporary directory are removed on exit, Ctrl-C included.
 """
@@ -48,6 +59,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +78,7 @@ import requests  # noqa: E402
 TARGET_LARGE = 0.9
 TARGET_SMALL = 1.0
 TARGET_RSS_MB = 300.0
+TARGET_SITE = 0.9  # site mode / single-user mode, verified copy
 STORE = "bench"
 MiB = 1 << 20
 GiB = 1 << 30
@@ -169,6 +182,8 @@ class Server:
     url: str
     token: str
     workdir: Path
+    # The process that starts the staging worker (default: the server itself).
+    worker_parent: int | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(Path(sys.executable).with_name("hera-stage")), "--url", self.url,
@@ -196,7 +211,8 @@ class Server:
                 ppid = _status(int(entry)).get("PPid")
             except OSError:
                 continue
-            if b"hera_stage_ext.jobs.worker" in cmdline and ppid == str(self.proc.pid):
+            parent = self.worker_parent or self.proc.pid
+            if b"hera_stage_ext.jobs.worker" in cmdline and ppid == str(parent):
                 pids.append(int(entry))
         return pids
 
@@ -355,7 +371,16 @@ class Case:
     ours: str
     ref_runs: list[Run] = field(default_factory=list)
     our_runs: list[Run] = field(default_factory=list)
+    site_runs: list[Run] = field(default_factory=list)  # ``--site``: the same, in site mode
     target: float | None = None
+    site_target: float | None = None
+
+    def median(self, runs: list[Run]) -> float:
+        return statistics.median(self.rate(r) for r in runs)
+
+    @property
+    def site_ratio(self) -> float:
+        return self.median(self.site_runs) / self.median(self.our_runs)
 
     def rate(self, run: Run, end_to_end: bool = False) -> float:
         seconds = run.end_to_end if end_to_end else run.seconds
@@ -382,8 +407,11 @@ def _parse_time(value: str) -> dt.datetime:
 
 
 class Bench:
-    def __init__(self, server: Server, store: Path, workspace: Path) -> None:
+    def __init__(self, server: Server, store: Path, workspace: Path,
+                 site: Server | None = None, pairs: int = 2) -> None:
         self.server, self.store, self.workspace = server, store, workspace
+        self.site = site  # ``--site``: the site service, the user's worker beside it
+        self.pairs = pairs  # single-user/site pairs per case
         self.n = 0
 
     def dest(self, tag: str) -> Path:
@@ -408,16 +436,17 @@ class Bench:
             raise RuntimeError(f"{' '.join(cmd)}: {got} files, expected {fs.count}")
         return Run("cp", seconds, synced, fs.count, fs.total_bytes)
 
-    def run_ours(self, fs: FileSet, dest: Path, method: str) -> Run:
+    def run_ours(self, fs: FileSet, dest: Path, method: str, server: Server | None = None) -> Run:
+        server = server or self.server
         t0 = time.perf_counter()
-        done = self.server.cli("stage", str(dest), fs.query, "--method", method, "--wait",
-                               check=False)
+        done = server.cli("stage", str(dest), fs.query, "--method", method, "--wait",
+                          check=False)
         end_to_end = time.perf_counter() - t0
         found = re.search(r"job (\d+):", done.stderr)
         if done.returncode != 0 or not found:
             raise RuntimeError(f"hera-stage stage ({method}) exit {done.returncode}:\n"
                                f"{done.stderr[-3000:]}")
-        job = self.server.api(f"jobs/{found.group(1)}")
+        job = server.api(f"jobs/{found.group(1)}")
         if job["state"] != "succeeded" or job["files_done"] != fs.count:
             raise RuntimeError(f"job {job['id']}: {job['state']} {job['files_done']} files: "
                                f"{job['error']}")
@@ -428,20 +457,33 @@ class Bench:
              cp_flags: list[str], keep: bool, target: float | None) -> Case:
         ours_name = f"hera-stage {method}" + (" (verified)" if method == "copy" else "")
         cp_name = "cp" + ("" if fs.count == 1 else " -r") + "".join(f" {f}" for f in cp_flags)
-        case = Case(key, label, unit, cp_name, ours_name, target=target)
-        for tool in ("cp", "ours", "ours", "cp"):  # A-B-B-A
+        case = Case(key, label, unit, cp_name, ours_name, target=target,
+                    site_target=TARGET_SITE if method == "copy" else None)
+        site = self.site is not None and method != "contents"
+        # A-B-B-A; with site mode A, then ``pairs`` interleaved pairs B-C, C-B, ..., then A (the
+        # user's server adds the contents method's description: the service alone does not run
+        # that method, so it has no site runs here).
+        order: list[str] = ["cp", "ours", "ours", "cp"]
+        if site:
+            pairs = [("ours", "site") if k % 2 == 0 else ("site", "ours")
+                     for k in range(self.pairs)]
+            order = ["cp", *(tool for pair in pairs for tool in pair), "cp"]
+        for tool in order:
             read_all(self.store, fs)
             dest = self.dest(f"{key}-{tool}")
             if tool == "cp":
                 run = self.run_cp(fs, dest, cp_flags)
                 case.ref_runs.append(run)
+            elif tool == "site":
+                run = self.run_ours(fs, dest, method, self.site)
+                case.site_runs.append(run)
             else:
                 run = self.run_ours(fs, dest, method)
                 case.our_runs.append(run)
-            extra = (f" (end to end {run.end_to_end:.2f} s)" if tool == "ours" else
+            extra = (f" (end to end {run.end_to_end:.2f} s)" if tool != "cp" else
                      f" (with sync -f {run.end_to_end:.2f} s)")
-            log(f"    {case.reference if tool == 'cp' else case.ours:<28} {run.seconds:7.2f} s  "
-                f"{case.rate(run):9,.2f} {unit}{extra}")
+            name = {"cp": case.reference, "ours": case.ours, "site": f"site: {case.ours}"}[tool]
+            log(f"    {name:<34} {run.seconds:7.2f} s  {case.rate(run):9,.2f} {unit}{extra}")
             if not keep:
                 remove_tree(dest)
         return case
@@ -460,7 +502,8 @@ def remove_tree(path: Path) -> None:
 # Report
 
 
-def report(cases: list[Case], rss: RssSampler, sets: list[FileSet]) -> bool:
+def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
+           site_rss: RssSampler | None = None) -> bool:
     log("\n" + "=" * 118)
     log("Each cell: the better of two runs (A-B-B-A order, source read before every run); "
         "hera-stage = the job, started_at -> finished_at;")
@@ -481,9 +524,28 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet]) -> bool:
             f"{c.ours:<22} {fmt(c.best(c.our_runs)):>10} {our_runs:>19} {c.ratio:6.2f} | "
             f"{fmt(c.best(c.our_runs, True)):>9} {c.ratio_e2e:6.2f} | "
             f"{fmt(c.best(c.ref_runs, True)):>9} {c.ratio_synced:7.2f}   {c.unit}")
+    sited = [c for c in cases if c.site_runs]
+    if sited:
+        log("\nsite mode (a site service without a hub, the user's worker over HTTP) beside "
+            "single-user mode: the median of each side's runs (the job's own time)")
+        head = (f"{'set':<34} {'single-user':>12} {'(runs)':>19} | {'site':>10} "
+                f"{'(runs)':>19} | {'site/single':>11}")
+        log(head)
+        log("-" * len(head))
+        for c in sited:
+            fmt = (lambda v: f"{v:.2f}") if c.unit == "GB/s" else (lambda v: f"{v:,.0f}")
+            log(f"{c.label:<34} {fmt(c.median(c.our_runs)):>12} "
+                f"{'/'.join(fmt(c.rate(r)) for r in c.our_runs):>19} | "
+                f"{fmt(c.median(c.site_runs)):>10} "
+                f"{'/'.join(fmt(c.rate(r)) for r in c.site_runs):>19} | "
+                f"{c.site_ratio:10.2f}x   {c.unit}")
     log(f"\nworker resident memory: max sampled VmRSS {rss.max_rss_mb:.0f} MiB, peak VmHWM "
         f"{rss.hwm_mb:.0f} MiB ({rss.samples} samples every 50 ms, pids {sorted(rss.pids)}); "
         f"with its {rss.helpers} copy helper process(es): {rss.max_total_mb:.0f} MiB")
+    if site_rss is not None:
+        log(f"site mode, the user's worker: max sampled VmRSS {site_rss.max_rss_mb:.0f} MiB, "
+            f"peak VmHWM {site_rss.hwm_mb:.0f} MiB; with its {site_rss.helpers} copy helper "
+            f"process(es): {site_rss.max_total_mb:.0f} MiB")
     log("")
     ok = True
     for c in cases:
@@ -493,12 +555,36 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet]) -> bool:
         ok &= passed
         log(f"{'PASS' if passed else 'FAIL'}  {c.label:<26} {c.ours} / {c.reference}: "
             f"{c.ratio:.2f}x >= {c.target:.1f}x ({c.unit})")
+    for c in sited:
+        if c.site_target is None:
+            continue
+        passed = c.site_ratio >= c.site_target
+        ok &= passed
+        log(f"{'PASS' if passed else 'FAIL'}  {c.label:<26} site mode / single-user mode: "
+            f"{c.site_ratio:.2f}x >= {c.site_target:.1f}x ({c.unit})")
     peak = max(rss.max_rss_mb, rss.hwm_mb, rss.max_total_mb)
     passed = rss.samples > 0 and peak < TARGET_RSS_MB * 1e6 / MiB
     ok &= passed
     log(f"{'PASS' if passed else 'FAIL'}  worker RSS peak {peak * MiB / 1e6:.0f} MB < "
         f"{TARGET_RSS_MB:.0f} MB")
     return ok
+
+
+def start_site(stack: contextlib.ExitStack, workdir: Path, stores: dict[str, Any],
+               workspace: Path) -> Server:
+    """``--site``: a site service (its own catalogue of the same store) and its token user's
+    worker over HTTP, until ``stack`` closes; the service as a ``Server`` for the CLI."""
+    from benchmarks.site_service import site_service, user_worker
+
+    log("starting the site service (hera-stage site, a site token) and the user's worker "
+        "(--site-url)")
+    service = stack.enter_context(site_service(
+        workdir / "site", f"sqlite:///{workdir / 'site-catalogue.sqlite'}", stores, workspace))
+    stack.enter_context(user_worker(service, [workspace], workdir / "site" / "worker.log"))
+    server = Server(service.process, service.url, service.token, workspace,
+                    worker_parent=os.getpid())
+    server.known_workers = set()  # type: ignore[attr-defined]  (RssSampler adds to it)
+    return server
 
 
 def _terminate(signum: int, _frame: Any) -> None:
@@ -513,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to make the temporary directory (default: the system's "
                         "temp dir); store and destinations share its file system")
     parser.add_argument("--only", default="", help="comma-separated subset: small,big,medium")
+    parser.add_argument("--site", action="store_true",
+                        help="also run each case in site mode (a site service without a hub, "
+                        "the user's worker over HTTP) and compare it with single-user mode")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="with --site: interleaved single-user/site pairs per case (the "
+                        "medians of each side are compared; default 2)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     sets = file_sets(args.quick)
@@ -548,20 +640,31 @@ def main(argv: list[str] | None = None) -> int:
         db_url = f"sqlite:///{workdir / 'catalogue.sqlite'}"
         stores = {STORE: {"path": str(store), "kind": "online"}}
         log("starting jupyter server (worker: server-started, production settings)")
-        with jupyter_server(workdir / "server", workspace, db_url, stores) as server:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(jupyter_server(workdir / "server", workspace, db_url,
+                                                        stores))
             globs = [f"{fs.rel_dir}/*/*" if fs.folders > 1 else f"{fs.rel_dir}/*" for fs in sets]
-            t0 = time.perf_counter()
-            done = server.cli("ingest", STORE, *globs, "--quiet")
-            log(f"  hera-stage ingest: {done.stdout.strip()} in {time.perf_counter() - t0:.0f} s")
+            site = start_site(stack, workdir, stores, workspace) if args.site else None
+            for each in (server, site):
+                if each is None:
+                    continue
+                t0 = time.perf_counter()
+                done = each.cli("ingest", STORE, *globs, "--quiet")
+                log(f"  hera-stage ingest{' (site)' if each is site else ''}: "
+                    f"{done.stdout.strip()} in {time.perf_counter() - t0:.0f} s")
             rss = RssSampler(server)
             rss.start()
-            bench = Bench(server, store, workspace)
+            site_rss = RssSampler(site) if site is not None else None
+            if site_rss is not None:
+                site_rss.start()
+            bench = Bench(server, store, workspace, site, max(1, args.pairs))
             # Warm-up: the first job starts the worker process (not part of any timing).
             warm = next(iter(by_key.values()))
-            server.cli("stage", str(workspace / "00-warmup"),
-                       json.dumps({"name-is-exactly": warm.paths()[0].rsplit("/", 1)[1]}),
-                       "--wait")
-            remove_tree(workspace / "00-warmup")
+            for each in (server, site):
+                if each is not None:
+                    each.cli("stage", str(workspace / "00-warmup"), json.dumps(
+                        {"name-is-exactly": warm.paths()[0].rsplit("/", 1)[1]}), "--wait")
+                    remove_tree(workspace / "00-warmup")
             cases: list[Case] = []
             if "small" in by_key:
                 fs = by_key["small"]
@@ -588,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"\n{fs.label}: contents")
                 cases.append(bench.case(fs, "contents", f"{fs.label} (contents)", "GB/s",
                                         "contents", [], False, None))
-            rss.stop.set()
-            rss.join()
-            ok = report(cases, rss, sets)
+            for sampler in (rss, site_rss):
+                if sampler is not None:
+                    sampler.stop.set()
+                    sampler.join()
+            ok = report(cases, rss, sets, site_rss)
         log(f"(total {time.perf_counter() - started:.0f} s)")
         return 0 if ok else 1
     except KeyboardInterrupt:

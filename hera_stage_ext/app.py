@@ -63,7 +63,8 @@ class StagingApp(ExtensionApp):
         help="""user: this server is one user's (single-user mode, the default). site: this
         server is the site service (``hera-stage site`` sets it): every request is one
         authenticated user's, stage jobs are recorded for the users' own workers, and the
-        service's worker runs only the site's jobs (transfers, uploads).""",
+        service's worker runs only the site's jobs (transfers, uploads, recalls from cold
+        stores).""",
     ).tag(config=True)
 
     db_url = Unicode(
@@ -415,7 +416,7 @@ class StagingApp(ExtensionApp):
                 # The site's worker runs every user's transfers and uploads, and no stage job:
                 # those write into users' folders, as the users, through their own workers.
                 owner=None if site else self.owner,
-                kinds=("transfer", "upload") if site else (),
+                kinds=("transfer", "upload", "recall") if site else (),
                 jobs=self.worker_jobs, nice=self.worker_nice,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
@@ -499,7 +500,8 @@ class StagingApp(ExtensionApp):
                 idle_exit_seconds=self.worker_idle_exit_seconds,
                 log_file=Path(self.job_log_dir) / "worker.log")
         self.site = SiteClient(self.site_url, token, roots,
-                               os.path.realpath(self.serverapp.root_dir))
+                               os.path.realpath(self.serverapp.root_dir),
+                               contents_manager=self.serverapp.contents_manager)
         self.site_jobs = SiteJobs(self.site, launcher)
 
         def launched() -> None:

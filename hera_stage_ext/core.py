@@ -26,7 +26,7 @@ from .jobs import lifecycle
 from .jobs.contents import describe_manager
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
-from .jobs.recorded import dry_run_recorded, record_stage_job
+from .jobs.recorded import dry_run_recorded, ensure_recall, recall_jobs, record_stage_job
 from .transfer.jobs import create_transfer_job, peer_destination
 from .transfer.peers import PeerRegistry
 from .transfer.receiver import Receiver
@@ -126,7 +126,7 @@ class Core:
         self, destination: str, *, names: Sequence[str] | None = None, search: Any = None,
         method: str = "copy", dry_run: bool = False, force: bool = False, via: str = "rest",
         for_user: str | None = None, with_items: bool = False, expires_in: Any = None,
-        expires_at: Any = None,
+        expires_at: Any = None, contents: Any = None,
     ) -> dict[str, Any]:
         """Launch a staging job of ``names``, or of what ``search`` matches now, owned by this
         server's user (with ``dry_run``, only say what it would do). A relative destination is
@@ -134,7 +134,9 @@ class Core:
         stages for, must be this server's owner. Every request is audited, refused ones too.
         ``with_items`` (site mode, a dry run): the items too, for the user's server to look
         at the destination (``preview``). ``expires_in``/``expires_at``: when the staged folder
-        may be cleaned (``lifecycle``)."""
+        may be cleaned (``lifecycle``). ``contents``: on a site service, the user's server's
+        description of its contents manager (the ``contents`` method); a single-user server
+        describes its own."""
         asked = {"search": search} if names is None else {"names": list(names)[:100],
                                                           "count": len(names)}
         action = "dry-run" if dry_run else "stage"
@@ -147,36 +149,38 @@ class Core:
                     raise InvalidRequest("the search matches no file: nothing to stage")
             expiry = lifecycle.expiry_options(expires_in, expires_at, self.staged_expiry_seconds)
             admit = lifecycle.quota_admission(self.staging_quota_bytes, self.owner)
-            contents = (describe_manager(self.contents_manager)
-                        if method == "contents" and not self.site_mode else None)
             if self.site_mode:
                 # The user's server resolved and confined the destination; the user's worker
                 # checks it again and takes the folder. The service never touches it.
                 result = (dry_run_recorded(self.catalogue.db, names, destination, method,
-                                           with_items)
+                                           with_items, contents)
                           if dry_run else record_stage_job(
                               self.catalogue.db, self.owner, names, destination, method,
                               search=search, read_only=self.staged_read_only,
-                              log_dir=self.job_log_dir, options=expiry, admit=admit))
-            elif dry_run:
-                result = jobs.dry_run_stage(self.catalogue.db, names, destination, method,
-                                            self.allowed_roots, base=self.root_dir,
-                                            contents=contents)
+                              log_dir=self.job_log_dir, contents=contents, options=expiry,
+                              admit=admit))
             else:
-                result = jobs.create_stage_job(
-                    self.catalogue.db, self.owner, names, destination, method,
-                    self.allowed_roots, base=self.root_dir, search=search, force=force,
-                    read_only=self.staged_read_only, log_dir=self.job_log_dir,
-                    contents=contents, options=expiry, admit=admit,
-                )
+                own = (describe_manager(self.contents_manager)
+                       if method == "contents" else None)
+                result = (jobs.dry_run_stage(self.catalogue.db, names, destination, method,
+                                             self.allowed_roots, base=self.root_dir,
+                                             contents=own)
+                          if dry_run else jobs.create_stage_job(
+                              self.catalogue.db, self.owner, names, destination, method,
+                              self.allowed_roots, base=self.root_dir, search=search,
+                              force=force, read_only=self.staged_read_only,
+                              log_dir=self.job_log_dir, contents=own, options=expiry,
+                              admit=admit))
         except StagingError as exc:
             self._audit(via, for_user, action, destination, method, asked, "refused",
                         exc.message)
             raise
         job_id = None if dry_run else result["id"]
         self._audit(via, for_user, action, destination, method, asked, "accepted", "", job_id)
-        if job_id is not None and self.launcher is not None and not self.site_mode:
-            self.launcher.ensure_running()  # (site mode: the user's worker runs it)
+        if job_id is not None and self.launcher is not None and (
+                not self.site_mode or recall_jobs(self.catalogue.db, job_id, active=True)):
+            # (Site mode: the user's worker runs it; the site's worker recalls its cold files.)
+            self.launcher.ensure_running()
         return result
 
     def transfer(self, peer: str, *, names: Sequence[str] | None = None, search: Any = None,
@@ -238,13 +242,16 @@ class Core:
                              reason=reason, job_id=job_id))
 
     def list_jobs(self) -> list[dict[str, Any]]:
-        return jobs.list_jobs(self.catalogue.db, None if self.is_admin else self.owner)
+        return [job for job in jobs.list_jobs(self.catalogue.db,
+                                              None if self.is_admin else self.owner)
+                if self.is_admin or job["kind"] not in SITE_KINDS]
 
     def active_or_recent_jobs(self, within_s: float = 60.0) -> list[dict[str, Any]]:
         """This user's unfinished jobs and those that finished in the last ``within_s``."""
         since = (utcnow() - dt.timedelta(seconds=within_s)).isoformat() + "Z"
         return [job for job in jobs.list_jobs(self.catalogue.db, self.owner, limit=50)
-                if job["finished_at"] is None or job["finished_at"] >= since]
+                if (job["finished_at"] is None or job["finished_at"] >= since)
+                and job["kind"] not in SITE_KINDS]
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = jobs.get_job(self.catalogue.db, job_id)
@@ -265,14 +272,20 @@ class Core:
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         self._controlled(job_id)
-        return jobs.cancel_job(self.catalogue.db, job_id)
+        result = jobs.cancel_job(self.catalogue.db, job_id)
+        for recall_id in recall_jobs(self.catalogue.db, job_id, active=True):
+            jobs.cancel_job(self.catalogue.db, recall_id)  # (site mode: its recall stops too)
+        return result
 
     def retry(self, job_id: int, force: bool = False) -> dict[str, Any]:
         """Queue again what a finished job did not stage (its failed and unfinished files)."""
         job = self._controlled(job_id)
         result = jobs.retry_job(self.catalogue.db, job_id, force=force,
                                        allowed_roots=self.allowed_roots, actor=self.owner)
-        if self.launcher is not None and not (self.site_mode and job["kind"] == "stage"):
+        recalls = (self.site_mode and job["kind"] == "stage"
+                   and ensure_recall(self.catalogue.db, job_id, self.job_log_dir) is not None)
+        if self.launcher is not None and (recalls or not (self.site_mode
+                                                          and job["kind"] == "stage")):
             self.launcher.ensure_running()
         return result
 
@@ -282,7 +295,10 @@ class Core:
         job = self._controlled(job_id)
         if self.staging_quota_bytes > 0:
             lifecycle.check_forgettable(job)
-        return jobs.forget_job(self.catalogue.db, job_id)
+        result = jobs.forget_job(self.catalogue.db, job_id)
+        for recall_id in recall_jobs(self.catalogue.db, job_id, active=False):
+            jobs.forget_job(self.catalogue.db, recall_id)  # (site mode: its recall jobs)
+        return result
 
     def job_log(self, job_id: int, offset: int) -> dict[str, Any]:
         text, next_offset = jobs.read_log(self.job(job_id), offset)
@@ -303,8 +319,11 @@ class Core:
         self.catalogue.db.dispose()
 
 
-#: The scope (site mode) that launches, and so controls, each kind of job.
+#: The scope (site mode) that launches, and so controls, each kind of job (others: admin).
 KIND_SCOPES = {"stage": "stage", "transfer": "transfer", "upload": "ingest"}
+#: Kinds of jobs the site runs for a user's job (a stage job's recall), listed to admins only:
+#: a user follows, cancels and retries the stage job.
+SITE_KINDS = ("recall",)
 
 
 def _describe(asked: dict[str, Any]) -> str:

@@ -244,6 +244,64 @@ def test_stage_lands_in_the_users_folder(setup: SiteSetup) -> None:
     assert again["text"] == "" and again["next_offset"] == log["next_offset"]
 
 
+def test_contents_method_through_the_users_server(setup: SiteSetup) -> None:
+    """The ``contents`` method: the user's server describes its contents manager, the service
+    stores the description, the user's worker builds the manager and writes through it."""
+    body = {"names": setup.names[:2], "destination": "through-cm", "method": "contents"}
+    code, plan, _ = api(setup.user, "POST", "stage", {**body, "dry_run": True})
+    assert code == 200, plan
+    assert plan["destination"] == str(setup.workspace / "through-cm")
+    code, job, _ = api(setup.user, "POST", "stage", body)
+    assert code == 202, job
+    described = job["options"]["contents"]
+    assert described["file_based"] and described["path"] == "through-cm"
+    assert described["root_dir"] == str(setup.workspace)
+    done = finished(setup.user, job["id"])
+    assert done["state"] == "succeeded", done
+    folder = setup.workspace / "through-cm"
+    staged = sorted(p.name for p in folder.rglob("*.uvh5"))
+    assert staged == sorted(setup.names[:2])
+    assert (folder / "STAGING-SUCCEEDED").exists()
+    assert {p.stat().st_uid for p in folder.rglob("*")} == {setup.uid}
+    log = setup.user.api(f"jobs/{job['id']}/log?offset=0")["text"]
+    assert "through the contents manager" in log
+    # Outside the allowed roots: refused by the user's server, nothing sent.
+    code, refused, _ = api(setup.user, "POST", "stage", {**body, "destination": "../out"})
+    assert code == 403, refused
+
+
+def test_the_service_stores_a_contents_description_and_never_builds_it(setup: SiteSetup) -> None:
+    """A description straight to the service (the user's token, no user's server): checked as
+    plain JSON and stored; a class the service could not even import is kept as it is (the
+    service never imports or builds it), and the user's worker is the one that refuses it."""
+    service = setup.service
+    destination = str(setup.workspace / "never-built")
+    description = {"class": "no_such_module_anywhere:Manager", "config": {}, "root_dir": None,
+                   "file_based": False, "path": "never-built"}
+    body = {"names": setup.names[:1], "method": "contents", "contents": description,
+            "destination": "contents:never-built"}
+    reply = service.request("POST", "hera-stage/api/stage", body)
+    assert reply.status_code == 202, reply.text
+    number = reply.json()["id"]
+    assert reply.json()["options"]["contents"] == description
+    assert service.request("POST", f"hera-stage/api/jobs/{number}/cancel").ok
+    for bad, why in [
+        ({**description, "config": {"X": {"password": "p"}}}, "secret"),
+        ({**description, "config": {"X": {"a": "b" * 70_000}}}, "larger than"),
+        ({**description, "class": "os.system"}, "module:ClassName"),
+        ({**description, "path": "../up"}, "outside"),
+        ({**description, "path": "elsewhere"}, "not the contents path"),
+        ("a string", "JSON object"),
+    ]:
+        reply = service.request("POST", "hera-stage/api/stage", {**body, "contents": bad})
+        assert reply.status_code in (400, 403) and why in reply.json()["message"], reply.text
+    reply = service.request("POST", "hera-stage/api/stage",
+                            {**body, "destination": destination,
+                             "contents": {**description, "file_based": True}})
+    assert reply.status_code == 400 and "root_dir" in reply.json()["message"], reply.text
+    assert not (setup.workspace / "never-built").exists()
+
+
 def test_progress_is_pushed_on_the_event_bus(setup: SiteSetup) -> None:
     """The panel's live progress: events the user's server emits from what the service says."""
 

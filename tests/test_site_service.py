@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -116,9 +117,10 @@ def prepare_site(work: Path, db_url: str) -> tuple[Path, dict[str, str]]:
 
 @contextlib.contextmanager
 def serve_site(work: Path, db_url: str, config: Path, users: dict[str, str],
-               name: str = "service") -> Iterator[Site]:
-    """One ``hera-stage site`` process on ``config``, until the block ends."""
-    port = free_port()
+               name: str = "service", port: int | None = None) -> Iterator[Site]:
+    """One ``hera-stage site`` process on ``config`` (on ``port``, else a free one), until the
+    block ends."""
+    port = port or free_port()
     command = [sys.executable, "-m", "hera_stage_ext.cli", "site", "--config", str(config),
                "--port", str(port), "--root-dir", str(work)]
     if os.geteuid() == 0:
@@ -408,6 +410,50 @@ def test_the_users_worker_reports_bytes_as_they_move(site: Site) -> None:
     assert len(steps) >= 2, steps
     job = _wait_finished(site, "alice", number)
     assert (job["state"], job["bytes_done"], job["bytes_moving"]) == ("succeeded", total, 0)
+
+
+def test_the_users_worker_waits_out_a_service_restart(tmp_path: Path) -> None:
+    """The service stops mid-job and starts again a few seconds later: alice's worker backs
+    off and tries again (saying so in its log) and goes on with its run; the job completes
+    with every file copied once."""
+    db_url = f"sqlite:///{tmp_path / 'catalogue.sqlite'}"
+    config, users = prepare_site(tmp_path, db_url)
+    port = free_port()
+    destination = tmp_path / "homes" / "alice" / "through-a-restart"
+    with serve_site(tmp_path, db_url, config, users, port=port) as site:
+        assert site.api("boss", "POST", "ingest", {"store": "s1"}).ok
+        number = site.stage("alice", destination)["id"]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "hera_stage_ext.jobs.worker", "--site-url", site.url,
+             "--exit-when-idle", "--copy-processes", "0", "--heartbeat", "0.2",
+             "--streams", "1", "--commit-seconds", "0.2", f"--allowed-root={site.home('alice')}"],
+            env=_env(HERA_STAGE_SITE_TOKEN=users["alice"], HERA_STAGE_TEST_CHUNK_DELAY="1.5",
+                     XDG_CACHE_HOME=str(tmp_path / "cache-alice")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while site.api("alice", "GET", f"jobs/{number}").json()["files_done"] < 1:
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.1)
+    try:
+        time.sleep(2)  # the service is down: the worker's calls fail and are tried again
+        assert worker.poll() is None
+        with serve_site(tmp_path, db_url, config, users, name="again", port=port) as site:
+            assert worker.wait(120) == 0
+            stderr = worker.stderr.read() if worker.stderr else ""
+            job = _wait_finished(site, "alice", number)
+            log = site.api("alice", "GET", f"jobs/{number}/log").json()["text"]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), (job, stderr)
+    assert re.search(r"the site service cannot be reached: .*attempt \d+\); trying again in "
+                     r"[0-9.]+ s", stderr), stderr
+    assert "released" not in stderr and log.count("starts job") == 1, (stderr, log)
+    assert "resumes" not in log and "earlier attempt" not in log, log
+    for name in FILES:
+        assert log.count(f"copy {name} ") == 1, log
+        assert (destination / name).read_bytes() == (tmp_path / "store" / name).read_bytes()
 
 
 def test_worker_command_line_keeps_the_database_out(site: Site, tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ Paths of the user's file system are this server's business, not the service's: a
 destination (``POST stage``, its dry run, the SKAO entry point's ``relative_path``) and an
 upload's folder and manifest are confined to ``allowed_roots`` here (``paths.confine``,
 relative to the server's root) and forwarded resolved and absolute; outside answers 403
-without a request to the service. The user's worker checks each job's destination again
+without a request to the service. The ``contents`` method goes with this server's description
+of its contents manager (``contents.describe_manager``), which the service stores and the
+user's worker builds. The user's worker checks each job's destination again
 before it writes (``--allowed-root``).
 
 The Librarian RPC is authenticated by its ``authenticator``, not by Jupyter, so it goes on
@@ -43,6 +45,7 @@ from tornado.httputil import HTTPHeaders
 
 from ..errors import InvalidRequest, StagingError, Unavailable
 from ..jobs import markers, preview
+from ..jobs.contents import ContentsTarget, describe_manager
 from ..jobs.worker import SITE_TOKEN_ENV
 from ..paths import confine
 from .base import MAX_BODY_BYTES, ApiError, BaseHandler, check_unicode
@@ -147,6 +150,9 @@ class SiteClient:
     root_dir: str
     #: Called after a stage job was launched or retried here (the user's worker wakes).
     on_launch: Callable[[], None] | None = None
+    #: This server's contents manager (the ``contents`` method writes through a copy of it,
+    #: built by the user's worker from its description).
+    contents_manager: Any = None
     _http: AsyncHTTPClient | None = field(default=None, repr=False)
 
     @property
@@ -258,16 +264,25 @@ def _json_body(raw: bytes) -> dict[str, Any]:
 
 
 def confine_stage(site: SiteClient, body: dict[str, Any]) -> dict[str, Any]:
-    """A ``POST stage`` body (dry run too) with its destination resolved and checked here."""
-    method = body.get("method", "copy")
-    if method == "contents":
-        # The contents method writes through this server's contents manager: a folder of
-        # the user's file system only when that manager is file based.
-        raise Unavailable("the 'contents' method is not available when staging through the "
-                          "site service; use 'copy'")
-    # A dry run: the service sends the items back, for this server to look at the folder.
-    return {**body, "destination": site.confine(body.get("destination"), "destination"),
-            **({"with_items": True} if body.get("dry_run") is True else {})}
+    """A ``POST stage`` body (dry run too) with its destination resolved and checked here.
+    The ``contents`` method: the destination is planned against this server's contents
+    manager (inside its root and the allowed roots, or a clean contents path when the
+    manager holds no files) and the manager's description goes with it, for the user's
+    worker to build the same manager (the service only stores it). A dry run into a local
+    folder: the service sends the items back, for this server to look at the folder."""
+    body = {k: v for k, v in body.items() if k != "contents"}  # only this server's own
+    if body.get("method", "copy") != "contents":
+        return {**body, "destination": site.confine(body.get("destination"), "destination"),
+                **({"with_items": True} if body.get("dry_run") is True else {})}
+    destination = body.get("destination")
+    if not isinstance(destination, str) or not destination:
+        raise InvalidRequest("'destination' must be a folder (relative to your root directory)")
+    if site.contents_manager is None:
+        raise Unavailable("contents staging is not available: this server has no contents "
+                          "manager")
+    target = ContentsTarget.plan(destination, describe_manager(site.contents_manager),
+                                 site.allowed_roots)
+    return {**body, "destination": target.key, "contents": target.spec}
 
 
 def confine_upload(site: SiteClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -324,7 +339,11 @@ class ForwardHandler(BaseHandler):
         try:
             if {".", ".."} & {*path.split("/"), *self.raw_path.split("/")}:
                 raise InvalidRequest(f"no route {path!r}: a path has no '.' or '..' segment")
-            body = self.rewritten_body(path)
+            if path == "stage":  # (the contents method asks this server's contents manager)
+                body = await asyncio.get_running_loop().run_in_executor(
+                    None, self.rewritten_body, path)
+            else:
+                body = self.rewritten_body(path)
         except StagingError as exc:
             raise ApiError(exc) from exc
         if path in staged.LOCAL_ROUTES:  # the user's folders: read and cleaned here

@@ -61,9 +61,11 @@ def stage_request(body: dict[str, Any]) -> dict[str, Any]:
     method = body.get("method", "copy")
     if not isinstance(method, str):
         raise InvalidRequest("'method' must be a string")
+    # ``contents``: a user's server's description of its contents manager (site mode only).
     request = {**selection, "destination": destination, "method": method,
                "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force"),
-               "expires_in": body.get("expires_in"), "expires_at": body.get("expires_at")}
+               "expires_in": body.get("expires_in"), "expires_at": body.get("expires_at"),
+               "contents": body.get("contents")}
     if "with_items" in body:  # (a user's server asking the site service: ``forward``)
         request["with_items"] = _bool(body, "with_items")
     return request

@@ -24,6 +24,7 @@ ACTIONS: dict[str, tuple[str, str, bool]] = {
     "active": ("GET", "active", False),
     "stores": ("GET", "stores", False),
     "unfinished": ("GET", "unfinished", False),
+    "waiting": ("GET", "waiting", False),
     "results": ("GET", "results", False),
     "heartbeat": ("POST", "heartbeat", True),
     "finish": ("POST", "finish", True),

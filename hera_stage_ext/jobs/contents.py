@@ -129,6 +129,46 @@ def describe_manager(manager: Any) -> dict[str, Any]:
             "file_based": isinstance(manager, FileManagerMixin) and root is not None}
 
 
+#: Most bytes of a description (as JSON) a site service stores with a job.
+MAX_DESCRIPTION_BYTES = 64 << 10
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def check_description(spec: object) -> dict[str, Any]:
+    """A description (``describe_manager``'s, with the destination's ``path``) that came in a
+    request to the site service, checked as data only: plain JSON of bounded size, the keys
+    and types a worker reads, no secret-looking setting, a clean contents path. Nothing is
+    imported or built from it here (the user's worker does that); InvalidRequest else."""
+    if not isinstance(spec, Mapping):
+        raise InvalidRequest("'contents' must be the JSON object describing your server's "
+                             "contents manager (your Jupyter server adds it)")
+    try:
+        size = len(json.dumps(spec, allow_nan=False).encode())
+    except (TypeError, ValueError):
+        raise InvalidRequest("'contents' is not plain JSON") from None
+    if size > MAX_DESCRIPTION_BYTES:
+        raise InvalidRequest(f"'contents' is larger than {MAX_DESCRIPTION_BYTES} bytes")
+    cls, config, root, file_based, path = (spec.get(k) for k in (
+        "class", "config", "root_dir", "file_based", "path"))
+    if not isinstance(cls, str) or not _CLASS_PATH.fullmatch(cls):
+        raise InvalidRequest("'contents.class' must be 'module:ClassName'")
+    if not isinstance(config, Mapping):
+        raise InvalidRequest("'contents.config' must be an object")
+    if root is not None and (not isinstance(root, str) or not os.path.isabs(root)):
+        raise InvalidRequest("'contents.root_dir' must be an absolute path or null")
+    if not isinstance(file_based, bool) or (file_based and root is None):
+        raise InvalidRequest("'contents.file_based' must be true (with a root_dir) or false")
+    if not isinstance(path, str) or clean_api_path(path or ".") != path:
+        raise InvalidRequest("'contents.path' must be a clean path relative to the contents "
+                             "root")
+    try:
+        config = _plain(config, "config")
+    except Unavailable as exc:  # a secret in it: never stored
+        raise InvalidRequest(exc.message) from None
+    return {"class": cls, "config": config, "root_dir": root, "file_based": file_based,
+            "path": path}
+
+
 def open_manager(spec: Mapping[str, Any]) -> ContentsManager:
     """A contents manager built from ``describe_manager``'s description."""
     module, _, qualname = spec["class"].partition(":")
@@ -355,6 +395,30 @@ class ContentsTarget:
         if self.local is not None and allowed_roots and confine(
                 self.key, allowed_roots, what="destination") != self.local:
             raise InvalidRequest(f"the destination {self.local} no longer resolves to itself")
+
+    def confine_recorded(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        """A site's recorded job, in the user's worker before it takes the folder: the manager
+        the description builds decides whether it writes local files (whatever the
+        description says); if it does, the destination is its root and path, resolved,
+        inside the worker's allowed roots; else the job's destination is the contents path."""
+        try:
+            cm = self.manager.cm
+        except StagingError:
+            raise
+        except Exception as exc:  # (an ImportError, a manager refusing its configuration)
+            raise Unavailable(f"the contents manager {self.spec.get('class')} cannot be "
+                              f"built here: {exc!r}") from exc
+        root = getattr(cm, "root_dir", None)
+        if isinstance(cm, FileManagerMixin) and root is not None:
+            local = Path(os.path.realpath(root)) / self.path if self.path else Path(
+                os.path.realpath(root))
+            if self.local is None or local != self.local or confine(
+                    self.key, allowed_roots, what="destination") != self.local:
+                raise Forbidden(f"the destination {self.key} is not the folder {local} of "
+                                f"the contents manager, inside the allowed roots")
+        elif self.key != SCHEME + clean_api_path(self.path or "."):
+            raise Forbidden(f"the destination {self.key} is not the contents path "
+                            f"{self.path!r}")
 
     def mover(self, config: Any, check: Callable[[int], None], log: Callable[[str], None],
               made_dirs: set[str]) -> ContentsMover:

@@ -36,7 +36,6 @@ from ..errors import (
     NotFound,
     StagingError,
 )
-from ..paths import confine
 from ..safefs import PathChanged
 from . import kinds, recall, targets
 from .items import _unfinished_paths
@@ -463,6 +462,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
                        f"finished (cancel it first to stop it)", job_id=job_id)
     kind = kinds.kind(job.kind)
     recall.rewind_reaped(db, job_id, _resolve)
+    cold = sorted(recall.cold_stores(db))
     new_items, still_missing, new_bytes = _resolve(db, job.missing) if job.missing else ([], [], 0)
     with db.read() as s:
         left, left_bytes = s.execute(
@@ -490,6 +490,10 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
                                             JobItem.state.in_(recall.RETRIED))
                       .values(state="queued", error="", worker_id=None))
+            if cold:  # failed recalls wait for their recall again, never read from tape
+                s.execute(update(JobItem).where(
+                    JobItem.job_id == job_id, JobItem.state == "queued",
+                    JobItem.store.in_(cold)).values(state=recall.WAITING))
             if new_items:
                 s.execute(insert(JobItem), [
                     {"state": "queued", **item, "job_id": job_id, "attempts": 0, "error": ""}
@@ -577,10 +581,7 @@ class StageKind(kinds.JobKind):
         (no symlink on the way), and not held by another unfinished job."""
         destination = run.job.destination
         try:
-            if confine(destination, run.config.allowed_roots,
-                       what="destination") != Path(destination):
-                raise Forbidden(f"the destination {destination} does not resolve to itself "
-                                f"(a symbolic link on the way)")
+            run.target.confine_recorded(run.config.allowed_roots)
             run.target.acquire(run.job.id, run.job.owner, run.store.is_active)
             # The pin and whether the folder was made here: the store records ``made``.
             run.job.options = {**run.job.options, **run.target.options()}
@@ -592,8 +593,10 @@ class StageKind(kinds.JobKind):
                                    f"{exc.strerror or exc}") from exc
 
     def stream(self, run: _JobRun) -> None:
-        if run.db is None:  # a worker without the catalogue: no cold files (refused at launch)
-            run._stream()
+        if run.db is None or run.job.options.get("recorded"):
+            # A site's job: the site's recall job recalls its cold files; this worker stages
+            # each once it is in the queue.
+            recall.await_recall(run, run._stream)
         else:
             recall.with_recall(run, run._stream)
 

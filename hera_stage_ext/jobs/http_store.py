@@ -4,6 +4,11 @@ The worker holds no database URL. It sends the user's token (``Authorization: to
 with every call, and the service decides from that token whose jobs it may claim (stage jobs
 only, never transfers or uploads). Item results go in batches, as the engine commits them.
 
+A service that cannot be reached (restarting, a network outage) is waited out: every call is
+tried again with a capped exponential back-off and jitter for up to ``PATIENCE_S`` seconds,
+each attempt said in the worker's log, so a run goes on where it was instead of releasing its
+job.
+
 The job's log is written locally as in any run (a spool file in the user's cache folder, so
 the worker's copy helpers append to it as they do elsewhere) and shipped to the service, which
 keeps job logs, about once a second and when the run ends (``LogShipper``).
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -34,6 +40,13 @@ log = logging.getLogger("hera_stage_ext.jobs.worker")
 WORKER_API = "hera-stage/api/worker/"
 #: Answers a call is tried again after (the service restarting, a proxy between).
 RETRY_STATUSES = (502, 503, 504)
+#: Back-off while the service cannot be reached: the first wait, doubled at each attempt up to
+#: the cap, each one drawn between half and all of that (jitter: the workers of a site's users
+#: do not all call again at the same instant when the service comes back).
+BACKOFF_FIRST_S, BACKOFF_CAP_S = 0.5, 15.0
+#: How long a call goes on trying before it gives up (then the run releases its job, and the
+#: worker claims it again later): a service restart or a short outage is waited out.
+PATIENCE_S = 300.0
 #: Most bytes of log shipped in one call.
 LOG_CHUNK = 256 << 10
 
@@ -55,32 +68,53 @@ class HttpJobStore:
     db = None  # no catalogue: kinds that need it never reach a user's worker
 
     def __init__(self, site_url: str, token: str, *, timeout: float = 30.0,
-                 spool_dir: Path | None = None, attempts: int = 3) -> None:
+                 spool_dir: Path | None = None, patience: float = PATIENCE_S,
+                 stop: threading.Event | None = None) -> None:
         self.base = site_url.rstrip("/") + "/" + WORKER_API
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
         self.timeout = timeout
-        self.attempts = attempts
+        self.patience = patience
+        # Set when the worker stops: a call waiting for the service gives up at once.
+        self.stop = stop or threading.Event()
         self.spool_dir = spool_dir or default_spool_dir()
         self._shippers: dict[int, LogShipper] = {}
         self._lock = threading.Lock()
+        # What the job's answer said, so the run does not ask again: its stores' roots, and
+        # the jobs none of whose files waits for a recall (a count that only goes down).
+        self._roots: dict[int, dict[str, str]] = {}
+        self._none_waiting: set[int] = set()
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One call of the worker API; its JSON answer. Tried again when the service cannot
-        be reached or answers 502-504 (every call is safe to repeat, except that a repeated
-        claim may leave a job to the next claim after its lease)."""
-        for attempt in range(self.attempts):
+        """One call of the worker API; its JSON answer. Tried again, with a capped exponential
+        back-off and jitter (``backoff``), while the service cannot be reached or answers
+        502-504, for up to ``patience`` seconds (every call is safe to repeat: results are
+        recorded once; a repeated claim may leave items to the next claim after a release)."""
+        deadline = time.monotonic() + self.patience
+        attempt = 0
+        while True:
             try:
-                reply = self.session.request(method, self.base + path, json=body,
-                                             timeout=self.timeout)
+                reply: requests.Response | None = self.session.request(
+                    method, self.base + path, json=body, timeout=self.timeout)
             except requests.RequestException as exc:
-                if attempt + 1 == self.attempts:
-                    raise ServiceError(f"the site service cannot be reached: {exc}") from exc
+                reply, problem = None, f"cannot be reached: {exc}"
             else:
-                if reply.status_code not in RETRY_STATUSES or attempt + 1 == self.attempts:
+                if reply.status_code not in RETRY_STATUSES:
                     break
-            time.sleep(0.5 * 2 ** attempt)
+                problem = f"answered {reply.status_code} {reply.reason}"
+            attempt += 1
+            wait = backoff(attempt)
+            if time.monotonic() + wait > deadline or self.stop.is_set():
+                if reply is None:
+                    raise ServiceError(f"the site service {problem} (gave up after "
+                                       f"{attempt} attempt(s))")
+                break
+            log.warning("the site service %s (%s %s, attempt %d); trying again in %.1f s",
+                        problem, method, path, attempt, wait)
+            if self.stop.wait(wait):
+                raise ServiceError(f"the site service {problem}; the worker is stopping")
+        assert reply is not None
         if reply.status_code >= 400:
             try:
                 message = reply.json().get("message") or reply.reason
@@ -109,6 +143,13 @@ class HttpJobStore:
 
     def load_job(self, job_id: int) -> Job:
         data = self.call("GET", f"jobs/{job_id}")
+        with self._lock:
+            if isinstance(data.get("store_roots"), dict):
+                self._roots[job_id] = dict(data["store_roots"])
+            if data.get("waiting") == 0:
+                self._none_waiting.add(job_id)
+            else:
+                self._none_waiting.discard(job_id)
         # This worker confines every job's folder itself, whatever the service recorded.
         options = {**(data.get("options") or {}), "recorded": True}
         return Job(id=data["id"], owner=data["owner"], kind=data["kind"], state=data["state"],
@@ -127,6 +168,10 @@ class HttpJobStore:
             raise
 
     def store_roots(self, job_id: int) -> dict[str, str]:
+        with self._lock:
+            known = self._roots.pop(job_id, None)
+        if known is not None:
+            return known
         return dict(self._job(job_id, "stores", method="GET")["roots"])
 
     def claim_items(self, job_id: int, worker_id: str, n: int,
@@ -154,6 +199,19 @@ class HttpJobStore:
 
     def unfinished_paths(self, job_id: int) -> list[str]:
         return list(self._job(job_id, "unfinished", method="GET")["paths"])
+
+    def waiting(self, job_id: int) -> int:
+        if job_id in self._none_waiting:
+            return 0
+        try:
+            waiting = int(self._job(job_id, "waiting", method="GET")["waiting"])
+            if not waiting:
+                self._none_waiting.add(job_id)
+            return waiting
+        except ServiceError as exc:
+            if exc.status == 400 and "no worker action" in str(exc):
+                return 0  # a service older than recalls for users' workers: none waits
+            raise
 
     def finish(self, job: Job) -> str:
         from . import kinds
@@ -214,6 +272,12 @@ class HttpJobStore:
         for shipper in list(self._shippers.values()):
             shipper.close()
         self.session.close()
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with jitter."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** min(attempt - 1, 30))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 class LogShipper:

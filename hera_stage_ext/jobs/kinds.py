@@ -46,6 +46,7 @@ KINDS: dict[str, str] = {
     "stage": "hera_stage_ext.jobs.engine:STAGE",
     "transfer": "hera_stage_ext.transfer.jobs:TRANSFER",
     "upload": "hera_stage_ext.transfer.upload:UPLOAD",
+    "recall": "hera_stage_ext.jobs.recall:RECALL",
 }
 
 

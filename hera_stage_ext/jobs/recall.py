@@ -28,6 +28,11 @@ item ``waiting``; the next run forgets the dead reservation and recalls it again
 complete in the buffer is verified, not copied again). A cancel reaps the job's recalled copies;
 retrying the job puts the items that read them back to ``waiting`` on their cold instance
 (``rewind_reaped``), so they are recalled again.
+
+Site mode: a user's worker cannot write the site's buffer, so a recorded stage job's recall is a
+job of its own, kind ``recall`` (``RecallKind``), run by the site's worker: the same recaller,
+for the stage job's items, with its reservations under the recall job's lease and its lines in
+the stage job's log; the user's worker stages what it puts in the queue (``await_recall``).
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ from ..catalogue.db import Database
 from ..catalogue.models import Event, File, Instance, Store, utcnow
 from ..errors import InvalidRequest, StagingError
 from ..paths import is_within
+from .items import _record
+from .joblog import JobLog
+from .kinds import JobKind
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
 from .models import ACTIVE_STATES, HELD_RECALL_STATES, Job, JobItem, RecallCopy
 
@@ -194,20 +202,50 @@ def with_recall(run: _JobRun, stream: Callable[[], None]) -> None:
         raise recall.error
 
 
+def await_recall(run: _JobRun, stream: Callable[[], None], poll: float = 0.5) -> None:
+    """Run one of a recorded job's streams (site mode) so that it also takes the items the
+    site's recall job puts in the queue, until none of the job's items waits any more. The
+    count is read before each pass: what was recalled by then is in the queue the pass
+    empties, so no item is left behind when the count reaches zero."""
+    while True:
+        waiting = run.store.waiting(run.job.id)
+        stream()
+        if not waiting or run.abort.is_set() or run.stop.is_set():
+            return
+        # Make what this stream used final, so that its buffer copies can be reaped.
+        run._commit(wait=True)
+        if run.abort.wait(poll):
+            return
+
+
 # ----- running: the recaller ----------------------------------------------------------------
 class _Recall:
     """The recaller of one job's run (one thread) and what its streams wait on."""
 
-    def __init__(self, run: _JobRun, stores: _Stores) -> None:
+    def __init__(self, run: _JobRun, stores: _Stores, for_job: int | None = None,
+                 log: JobLog | None = None) -> None:
+        assert run.db is not None
         self.run, self.db = run, run.db
         self.stores, self.buffers, self.roots = stores.cold, stores.buffers, stores.roots
         self.store_ids, self.all_stores = stores.ids, stores
+        # The job whose reservations these are (its lease says whether they are alive), and
+        # the job whose items are recalled: the same job, except for a site's recall job,
+        # which recalls for a user's stage job (``for_job``) and writes into its log.
+        self.job_id = run.job.id
+        self.items_job = for_job if for_job is not None else run.job.id
+        self.remote = for_job is not None
+        self.log = log if log is not None else run.log
+        # A site's recall job waits for another process (the user's worker) to use the copies:
+        # it looks again less often than a recaller beside the job's own streams.
+        self.poll = 0.5 if self.remote else 0.05
         # The engine's per-item check then confines a recalled item's source to its buffer.
         run.store_roots.update({b: self.roots[b] for b in self.buffers if b in self.roots})
+        if self.remote:  # (and the heartbeat sees a cold store going away)
+            run.store_roots.update({c: self.roots[c] for c in self.stores if c in self.roots})
         # Buffers are written below their resolved roots, no symlink followed on the way.
         self.real_roots = {b: os.path.realpath(self.roots[b]) for b in self.buffers
                            if b in self.roots}
-        self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync,
+        self.mover = Mover(run.config.chunk_size, run._check, self.log, run.config.fsync,
                            roots=self.real_roots.values())
         self.recalled_all = threading.Event()
         self.recalled = 0  # items put in the queue so far (the streams wait for it to grow)
@@ -216,13 +254,18 @@ class _Recall:
         self.thread = threading.Thread(target=self._run, name=f"job{run.job.id}-recall")
 
     @classmethod
-    def start(cls, run: _JobRun) -> _Recall | None:
+    def start(cls, run: _JobRun, for_job: int | None = None,
+              log: JobLog | None = None) -> _Recall | None:
+        """The recaller of ``run``'s job (or, for a site's recall job, of ``for_job``),
+        started; None when none of that job's files is on a cold store."""
+        assert run.db is not None
+        job_id = for_job if for_job is not None else run.job.id
         stores = _Stores.load(run.db)
         if not stores.cold:
             return None
         with run.db.read() as s:
             cold = s.scalar(select(func.count()).select_from(JobItem).where(
-                JobItem.job_id == run.job.id, JobItem.state.in_(UNFINISHED),
+                JobItem.job_id == job_id, JobItem.state.in_(UNFINISHED),
                 JobItem.store.in_(set(stores.cold) | stores.buffers)))
         if not cold:
             return None
@@ -230,9 +273,9 @@ class _Recall:
             # Failed recalls that a retry queued again wait for their recall again (never
             # read from the cold store by the kind's streams).
             s.execute(update(JobItem).where(
-                JobItem.job_id == run.job.id, JobItem.state == "queued",
+                JobItem.job_id == job_id, JobItem.state == "queued",
                 JobItem.store.in_(list(stores.cold))).values(state=WAITING))
-        recall = cls(run, stores)
+        recall = cls(run, stores, for_job, log)
         recall.thread.start()
         return recall
 
@@ -259,8 +302,8 @@ class _Recall:
             for (store, volume), group in itertools.groupby(self._waiting(),
                                                             key=lambda w: w[:2]):
                 batch = list(group)
-                self.run.log(f"recall volume {volume!r} of cold store {store!r}: "
-                             f"{len(batch)} file(s), {sum(w[3].size for w in batch)} bytes")
+                self.log(f"recall volume {volume!r} of cold store {store!r}: "
+                         f"{len(batch)} file(s), {sum(w[3].size for w in batch)} bytes")
                 for _store, _volume, rel, item in batch:
                     self._recall(store, volume, rel, item)
             self.recalled_all.set()
@@ -268,7 +311,7 @@ class _Recall:
             # Reap what the streams use, until nothing of this job reads a buffer copy.
             while self._job_reads_buffer():
                 self.reap()
-                self._sleep(0.1)
+                self._sleep(max(0.1, self.poll))
             self.reap()
         except Cancelled:
             pass
@@ -284,7 +327,7 @@ class _Recall:
         """Reservations of this job's earlier run (its worker died mid-recall) hold no bytes
         any more: their items are waiting and are recalled again."""
         with self.db.write() as s:
-            s.execute(delete(RecallCopy).where(RecallCopy.job_id == self.run.job.id,
+            s.execute(delete(RecallCopy).where(RecallCopy.job_id == self.job_id,
                                                RecallCopy.state == "recalling"))
 
     def _waiting(self) -> list[tuple[str, str, str, _Claimed]]:
@@ -296,7 +339,7 @@ class _Recall:
             rows = s.execute(select(
                 JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path, JobItem.size,
                 JobItem.is_directory, JobItem.checksums, JobItem.attempts, JobItem.store,
-            ).where(JobItem.job_id == self.run.job.id, JobItem.state == WAITING)).all()
+            ).where(JobItem.job_id == self.items_job, JobItem.state == WAITING)).all()
         placed = []
         for row in rows:
             item = _Claimed(*row[:8], row[8])
@@ -338,9 +381,9 @@ class _Recall:
         except (ItemFailed, OSError, StagingError) as exc:
             return self._failed(item, str(exc), reservation)
         note = "verified, already in the buffer" if outcome.state == "skipped" else outcome.note
-        run.log(f"recalled {item.name} from {store!r} volume {volume!r} into {buffer!r} "
-                f"({item.size} bytes, {note}; buffer holds {held} of {settings.buffer_bytes} "
-                f"bytes)")
+        self.log(f"recalled {item.name} from {store!r} volume {volume!r} into {buffer!r} "
+                 f"({item.size} bytes, {note}; buffer holds {held} of {settings.buffer_bytes} "
+                 f"bytes)")
         self._announce(1)
 
     def _reserve(self, item: _Claimed, store: str, volume: str, buffer: str, rel: str,
@@ -365,13 +408,13 @@ class _Recall:
                     RecallCopy.buffer == buffer,
                     RecallCopy.state.in_(HELD_RECALL_STATES))) or 0)
                 if other is None and (held == 0 or held + item.size <= settings.buffer_bytes):
-                    copy = RecallCopy(job_id=self.run.job.id, name=item.name, cold_store=store,
+                    copy = RecallCopy(job_id=self.job_id, name=item.name, cold_store=store,
                                       volume=volume, buffer=buffer, path=rel, size=item.size,
                                       state="recalling", error="")
                     s.add(copy)
                     s.flush()
                     if said.startswith("buffer full"):
-                        self.run.log(f"buffer {buffer!r} has room again")
+                        self.log(f"buffer {buffer!r} has room again")
                     return copy.id, held + item.size
             waiting = (f"waiting for job {other.job_id}, which is recalling {item.name}"
                        if other is not None and other.state == "recalling" else
@@ -381,13 +424,13 @@ class _Recall:
                        f"{settings.buffer_bytes} bytes recalled and not yet used; "
                        f"{item.name} needs {item.size})")
             if waiting.partition(" (")[0] != said:
-                self.run.log(waiting)
+                self.log(waiting)
                 said = waiting.partition(" (")[0]
             self.run._commit(wait=False)  # what the streams used becomes reapable
             self.reap()
-            self._sleep(0.05)
-        self.run.log(f"recalled {item.name}: already in buffer {buffer!r} (recalled by job "
-                     f"{other.job_id}), not recalled again")
+            self._sleep(self.poll)
+        self.log(f"recalled {item.name}: already in buffer {buffer!r} (recalled by job "
+                 f"{other.job_id}), not recalled again")
         self._announce(1)
         return None
 
@@ -411,9 +454,13 @@ class _Recall:
             with self.db.write() as s:
                 s.execute(update(RecallCopy).where(RecallCopy.id == reservation).values(
                     state="failed", error=message))
-        self.run.log.note(f"FAILED {item.dest_path}: {message}")
-        # Through the engine like a staged item: counted, logged, listed in the job's errors.
-        self.run._add(item, "failed", message, None)
+        if self.remote:  # the stage job's item, recorded here (its worker is elsewhere)
+            self.log(f"FAILED {item.dest_path}: {message}")
+            _record(self.db, self.items_job, [(item, "failed", message)])
+        else:
+            self.run.log.note(f"FAILED {item.dest_path}: {message}")
+            # Through the engine like a staged item: counted, logged, listed in the errors.
+            self.run._add(item, "failed", message, None)
         self._announce(0)
 
     def _queue(self, s: Any, item: _Claimed, buffer: str, rel: str) -> None:
@@ -437,18 +484,69 @@ class _Recall:
                 state="recalled", recalled_at=utcnow()))
             s.add(Event(file_id=file_id, type="recalled", payload={
                 "cold_store": store, "volume": volume, "buffer": buffer, "path": rel,
-                "job": self.run.job.id}))
+                "job": self.items_job}))
             self._queue(s, item, buffer, rel)
 
     # ----- reaping ------------------------------------------------------------------------
     def _job_reads_buffer(self) -> bool:
+        """Whether the job, still active, has items to stage from a buffer copy."""
         with self.db.read() as s:
-            return bool(s.scalar(select(func.count()).select_from(JobItem).where(
-                JobItem.job_id == self.run.job.id, JobItem.state.in_(UNFINISHED),
-                JobItem.store.in_(self.buffers))))
+            return bool(s.scalar(select(func.count()).select_from(JobItem).join(
+                Job, Job.id == JobItem.job_id).where(
+                JobItem.job_id == self.items_job, JobItem.state.in_(UNFINISHED),
+                JobItem.store.in_(self.buffers), Job.state.in_(ACTIVE_STATES))))
 
     def reap(self) -> int:
-        return reap(self.db, self.all_stores, self.run.log, self.run.job.id)
+        return reap(self.db, self.all_stores, self.log, self.items_job)
+
+
+# ----- site mode: the site's recall job -----------------------------------------------------
+class RecallKind(JobKind):
+    """A site service's recall job (kind ``recall``, ``options["stage_job"]``): the site's own
+    worker recalls the cold files of one user's recorded stage job into the buffer, as the
+    recaller of a single-user run does (same order, cap, verification and reaping, its lines
+    in the stage job's log), while the user's worker stages each file once it is queued
+    (``await_recall``). It ends when the stage job reads no buffer copy any more."""
+
+    name = "recall"
+
+    def streams(self, run: _JobRun) -> int:
+        return 1
+
+    def stream(self, run: _JobRun) -> None:
+        if run.db is None:
+            raise StagingError("a recall job runs in the site's own worker, over the catalogue")
+        stage_id = int(run.job.options.get("stage_job", 0))
+        with run.db.read() as s:
+            log_path = s.scalar(select(Job.log_path).where(Job.id == stage_id))
+        if log_path is None:  # the stage job was forgotten: nothing to recall for it
+            return
+        recall = _Recall.start(run, for_job=stage_id, log=JobLog(log_path))
+        if recall is None:
+            return
+        recall.thread.join()
+        if recall.error is not None:
+            raise recall.error
+
+    def cancelled(self, db: Database, job: Job, left: int) -> int:
+        """A recall job cancelled while its stage job goes on (an admin's cancel): the files
+        still waiting fail, so the user's worker does not wait for them for ever. (Cancelling
+        the stage job cancels its recall job too; its waiting files then wait for a retry.)"""
+        stage_id = int(job.options.get("stage_job", 0))
+        with db.write() as s:
+            stage = s.execute(select(Job.state, Job.cancel_requested).where(
+                Job.id == stage_id)).first()
+            if stage is None or stage.state not in ACTIVE_STATES or stage.cancel_requested:
+                return 0
+            failed = s.execute(update(JobItem).where(
+                JobItem.job_id == stage_id, JobItem.state == WAITING).values(
+                state="failed", error=f"recall failed: recall job {job.id} was cancelled"))
+            s.execute(update(Job).where(Job.id == stage_id).values(
+                files_failed=Job.files_failed + failed.rowcount))
+        return 0
+
+
+RECALL = RecallKind()
 
 
 def reap_after_cancel(db: Database, job_id: int, log: Callable[[str], None]) -> int:

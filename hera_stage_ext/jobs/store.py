@@ -12,7 +12,9 @@ worker loop (``worker.Worker``) call nothing else. Two implementations, one engi
   decides whose jobs it may claim, from the token.
 
 Kinds that read the catalogue while they run (transfer, upload, recall into a buffer) need
-``store.db``: they run only in workers over the database (the site's own worker).
+``store.db``: they run only in workers over the database (the site's own worker). A user's
+stage job with files on a cold store waits for the site's recall job (``waiting``: how many of
+its items are not recalled yet).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from ..catalogue.db import Database
 from ..catalogue.models import Store
@@ -30,6 +32,7 @@ from . import engine, items
 from .items import _Claimed
 from .joblog import JobLog
 from .models import ACTIVE_STATES, Job, JobItem
+from .recall import WAITING
 
 
 @dataclass
@@ -60,6 +63,7 @@ class JobStore(Protocol):
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
+    def waiting(self, job_id: int) -> int: ...
     def finish(self, job: Job) -> str: ...
     def finish_cancelled(self, job: Job) -> str: ...
     def fail(self, job: Job, worker_id: str, error: str) -> str: ...
@@ -95,11 +99,18 @@ class DbJobStore:
             return s.scalar(select(Job.state).where(Job.id == job_id)) in ACTIVE_STATES
 
     def store_roots(self, job_id: int) -> dict[str, str]:
+        """The roots of the job's stores, and of the buffers its cold stores recall into
+        (the items of those files are staged from there)."""
         with self.db.read() as s:
-            names = list(s.scalars(select(JobItem.store).where(
+            names = set(s.scalars(select(JobItem.store).where(
                 JobItem.job_id == job_id).distinct()))
+            for kind, options in s.execute(select(Store.kind, Store.options).where(
+                    Store.name.in_(names))).all():
+                buffer = (options or {}).get("buffer") if kind == "cold" else None
+                if isinstance(buffer, str):
+                    names.add(buffer)
             return dict(s.execute(select(Store.name, Store.path).where(
-                Store.name.in_(names))).all())
+                Store.name.in_(sorted(names)))).all())
 
     def claim_items(self, job_id: int, worker_id: str, n: int,
                     max_bytes: int | None = None) -> list[_Claimed]:
@@ -136,6 +147,12 @@ class DbJobStore:
 
     def unfinished_paths(self, job_id: int) -> list[str]:
         return items._unfinished_paths(self.db, job_id)
+
+    def waiting(self, job_id: int) -> int:
+        """How many of the job's items wait for their recall from a cold store."""
+        with self.db.read() as s:
+            return int(s.scalar(select(func.count()).select_from(JobItem).where(
+                JobItem.job_id == job_id, JobItem.state == WAITING)) or 0)
 
     def finish(self, job: Job) -> str:
         return engine.finish_job(self.db, job.id)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import safefs
-from ..errors import InvalidRequest
+from ..errors import Forbidden, InvalidRequest
 from ..paths import confine, is_within
 from . import markers
 from .methods import TMP_SUFFIX, Mover, remove_path, temp_folders_of
@@ -38,6 +38,7 @@ class Target(Protocol):
     def remove_temps(self, rel_paths: Iterable[str]) -> int: ...
     def inside(self, folder: str | os.PathLike[str]) -> bool: ...
     def recheck(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None: ...
+    def confine_recorded(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None: ...
     def mover(self, config: Any, check: Callable[[int], None], log: Callable[[str], None],
               made_dirs: set[str]) -> Any: ...
 
@@ -130,6 +131,13 @@ class LocalTarget:
         """Still inside the roots, and still itself (not a folder swapped for a symlink)."""
         if allowed_roots and confine(self.key, allowed_roots, what="destination") != self.local:
             raise InvalidRequest(f"the destination {self.local} no longer resolves to itself")
+
+    def confine_recorded(self, allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        """A site's recorded job, before the user's worker takes the folder: inside the
+        worker's own roots, and itself (no symlink on the way); Forbidden else."""
+        if confine(self.key, allowed_roots, what="destination") != self.local:
+            raise Forbidden(f"the destination {self.key} does not resolve to itself "
+                            f"(a symbolic link on the way)")
 
     def mover(self, config: Any, check: Callable[[int], None], log: Callable[[str], None],
               made_dirs: set[str]) -> Mover:

@@ -232,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
             if args.copy_processes > 0 else None)
     worker = Worker(store, config, pool=pool, max_jobs=args.jobs)
+    if args.site_url:
+        store.stop = worker.stop  # type: ignore[union-attr]  (stop waiting for the service)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)

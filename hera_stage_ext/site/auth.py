@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
@@ -28,7 +29,7 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from tornado import web
 
 from ..api.base import AUTH_RESOURCE
-from .tokens import SCOPES, lookup
+from .tokens import SCOPES, TokenUser, lookup, token_hash
 
 #: Hub RBAC custom scopes: this prefix, then one of ``tokens.SCOPES``.
 HUB_SCOPE_PREFIX = "custom:hera-stage:"
@@ -120,9 +121,19 @@ class SiteAuthorizer(Authorizer):
         return needed in have
 
 
+#: Seconds a site token's lookup answers the requests after it (a worker, a panel's polls):
+#: the lookup is a database read on a thread, which cost the service more than a status poll
+#: itself (load_bench.py --site). A revoked token stops working within this time.
+TOKEN_REUSE_SECONDS = 1.0
+#: Most lookups kept (by the token's hash, never the token).
+TOKEN_CACHE_SIZE = 4096
+
+
 class SiteTokenIdentityProvider(IdentityProvider):
     """Users by their site tokens (``hera-stage site-token issue``); no login page, no cookie,
     no Jupyter token."""
+
+    _seen: dict[str, tuple[float, TokenUser]] = {}
 
     @property
     def auth_enabled(self) -> bool:
@@ -140,8 +151,21 @@ class SiteTokenIdentityProvider(IdentityProvider):
         core = handler.settings.get("hera_stage")
         if core is None:
             return None
-        found = await asyncio.get_running_loop().run_in_executor(
-            None, lookup, core.catalogue.db, match.group(2).strip())
+        token = match.group(2).strip()
+        key, now = token_hash(token), time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] <= TOKEN_REUSE_SECONDS:
+            found: TokenUser | None = seen[1]
+        else:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, lookup, core.catalogue.db, token)
+            if len(self._seen) >= TOKEN_CACHE_SIZE:
+                type(self)._seen = {k: v for k, v in self._seen.items()
+                                    if now - v[0] <= TOKEN_REUSE_SECONDS}
+            if found is None:
+                self._seen.pop(key, None)
+            else:
+                self._seen[key] = (now, found)
         if found is None:
             return None
         handler._token_authenticated = True  # type: ignore[attr-defined]  (no XSRF check)

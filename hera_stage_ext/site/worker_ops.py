@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..jobs import engine, items, lifecycle
+from ..jobs import engine, items, lifecycle, recall
 from ..jobs.items import _Claimed
 from ..jobs.joblog import JobLog
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
@@ -91,7 +91,10 @@ class WorkerOps:
         return {"job": claimed[0], "resumed": claimed[1]}
 
     def job(self, job_id: int) -> dict[str, Any]:
-        return engine.job_json(self._job(job_id))
+        """The job, with what its run asks first (its stores' roots, how many of its files
+        wait for their recall): one round trip where the run would make three."""
+        return {**engine.job_json(self._job(job_id)), "store_roots": self.store.store_roots(
+            job_id), "waiting": self.store.waiting(job_id)}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._job(job_id).state in ACTIVE_STATES}
@@ -115,12 +118,17 @@ class WorkerOps:
         self._job(job_id)
         return {"paths": self.store.unfinished_paths(job_id)}
 
+    def waiting(self, job_id: int) -> dict[str, Any]:
+        """How many of the job's files wait for their recall (the site's recall job)."""
+        self._job(job_id)
+        return {"waiting": self.store.waiting(job_id)}
+
     def results(self, job_id: int) -> dict[str, Any]:
         return {"lines": engine.result_lines(self.db, self._job(job_id))}
 
     def finish(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         job = self._held(job_id, body)
-        if self.store.unfinished_paths(job_id):
+        if self.store.unfinished_paths(job_id) or self.store.waiting(job_id):
             raise Conflict(f"job {job_id} still has files to stage", job_id=job_id)
         if body.get("made") is True:  # the worker made the folder (``hera-stage clean``)
             lifecycle.note_made(self.db, job_id)
@@ -132,6 +140,9 @@ class WorkerOps:
         if not job.cancel_requested:
             raise Conflict(f"job {job_id} was not cancelled", job_id=job_id)
         left = engine.record_cancelled(self.db, job)
+        # Recalled copies this job was to stage are not needed any more (the site's recall
+        # job, cancelled with it, may have stopped already).
+        recall.reap_after_cancel(self.db, job_id, JobLog(job.log_path))
         return {"left": left, "unfinished": self.store.unfinished_paths(job_id)}
 
     def fail(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
