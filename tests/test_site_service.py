@@ -294,9 +294,14 @@ def test_a_relative_destination_is_refused(site: Site) -> None:
 
 
 # ----- the user's worker ----------------------------------------------------------------------
-def _wait_finished(site: Site, user: str, number: int) -> dict[str, Any]:
-    job = site.api(user, "GET", f"jobs/{number}").json()
-    assert job["state"] not in ("queued", "running"), job
+def _wait_finished(site: Site, user: str, number: int, timeout: float = 15.0) -> dict[str, Any]:
+    """The job once it has ended (its worker has exited: the service's status cache may still
+    answer its last state for a moment)."""
+    deadline = time.monotonic() + timeout
+    while (job := site.api(user, "GET", f"jobs/{number}").json())["state"] in ("queued",
+                                                                              "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
     return job
 
 
