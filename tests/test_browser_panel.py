@@ -467,7 +467,9 @@ def test_the_preview_says_what_will_happen(page: Any, lab_server: LabServer) -> 
     preview.get_by_role("button", name="Cancel").click()
     preview.wait_for(state="detached")
     # Cancel keeps the focus in the panel.
-    assert page.evaluate("() => !!document.activeElement?.closest('.jp-HeraStage-panel')")
+    # (The focus moves on the next tick after the preview goes.)
+    page.wait_for_function("() => !!document.activeElement?.closest('.jp-HeraStage-panel')",
+                           timeout=5000)
 
     # Another job writing into the folder: said in the preview, before confirming.
     panel_search(page, "zen.*")
