@@ -234,6 +234,11 @@ def test_scopes_limit_what_a_token_does(site: Site) -> None:
     assert reply.status_code == 403
     assert site.api("alice", "POST", "ingest", {"store": "s1"}).status_code == 403
     assert site.api("reader", "POST", "worker/claim", {"worker_id": "w"}).status_code == 403
+    # Reading is reading: a data set's members (the panel's page) and the fixity report.
+    members = site.api("reader", "GET", f"files/{FILES[0]}/members")
+    assert members.status_code == 400 and "not a data set" in members.json()["message"]
+    assert site.api("reader", "GET", "fixity").ok
+    assert site.api("reader", "POST", "fixity/audit", {}).status_code == 403
 
 
 # ----- owners ---------------------------------------------------------------------------------

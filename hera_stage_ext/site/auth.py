@@ -63,7 +63,19 @@ def user_scopes(user: Any) -> frozenset[str]:
 
 @functools.cache
 def _scope_table() -> dict[type, dict[str, str]]:
-    from ..api import content, handlers, jobs, orders, peer, skao, staged, upload, worker
+    from ..api import (
+        content,
+        handlers,
+        jobs,
+        members,
+        orders,
+        peer,
+        skao,
+        staged,
+        stewardship,
+        upload,
+        worker,
+    )
 
     return {
         handlers.StatusHandler: {"GET": "read"},
@@ -73,6 +85,8 @@ def _scope_table() -> dict[type, dict[str, str]]:
         handlers.OpenAPIHandler: {"GET": "read"},
         handlers.IngestHandler: {"POST": "ingest"},
         content.FileContentHandler: {"GET": "read"},
+        members.FileMembersHandler: {"GET": "read"},
+        stewardship.FixityHandler: {"GET": "read"},
         jobs.StageHandler: {"POST": "stage"},
         skao.SkaoStageHandler: {"POST": "stage"},
         jobs.JobsHandler: {"GET": "read"},
