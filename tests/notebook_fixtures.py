@@ -23,12 +23,24 @@ from .jupyter_process import JupyterProcess, jupyter_process
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory) -> Iterator[JupyterProcess]:
-    base = tmp_path_factory.mktemp("live")
-    archive = make_demo_archive(base / "demo", files_per_night=6, nights=3)
+    yield from _demo_server(tmp_path_factory.mktemp("live"), files_per_night=6, nights=3)
+
+
+@pytest.fixture
+def slow_server(tmp_path) -> Iterator[JupyterProcess]:
+    """A server whose worker waits 0.5 s after each chunk it copies, so a job is still running
+    when a test cancels it."""
+    yield from _demo_server(tmp_path, files_per_night=3, nights=1,
+                            env={"HERA_STAGE_TEST_CHUNK_DELAY": "0.5"})
+
+
+def _demo_server(base, *, files_per_night: int, nights: int,
+                 env: dict[str, str] | None = None) -> Iterator[JupyterProcess]:
+    archive = make_demo_archive(base / "demo", files_per_night=files_per_night, nights=nights)
     config = {"StagingApp": {"db_url": archive.db_url, "stores": archive.stores,
                              "job_log_dir": str(base / "job-logs"),
                              "worker_idle_exit_seconds": 10.0}}
-    with jupyter_process(base, root_dir=archive.workspace, config=config) as server:
+    with jupyter_process(base, root_dir=archive.workspace, config=config, env=env) as server:
         # Ingest through the REST API, as a user of the server would.
         from hera_stage_ext.client import Client
 
