@@ -136,6 +136,7 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
           client,
           search,
           jobs,
+          staged,
           navigation,
           validate,
           openFolder,

@@ -11,6 +11,8 @@ export interface IStagedListProps {
   openFolder: (path: string) => void;
   /** A destination as shown to the user (relative to the Jupyter root when inside it). */
   displayPath: (destination: string) => string;
+  /** Read the folders when shown (the main area's page; the side panel reads them when it shows). */
+  refreshOnMount?: boolean;
 }
 
 /** The confirmation of a clean: what the dry run says would go, and what stays and why. */
@@ -51,7 +53,9 @@ export async function confirmClean(
     body,
     buttons: plan.actionable
       ? [Dialog.cancelButton(), Dialog.warnButton({ label: 'Remove', ariaLabel: 'Remove the staged files' })]
-      : [Dialog.okButton({ label: 'Close' })]
+      : [Dialog.okButton({ label: 'Close' })],
+    // Enter does not remove: the focus starts on Cancel.
+    defaultButton: 0
   });
   return plan.actionable && result.button.accept;
 }
@@ -69,10 +73,14 @@ const STATE_TITLES: Record<string, string> = {
 export function StagedList(props: IStagedListProps): JSX.Element {
   const { staged, displayPath } = props;
   useSignal(staged.changed);
+  React.useEffect(() => {
+    if (props.refreshOnMount) {
+      void staged.refresh();
+    }
+  }, [staged]);
   const view = staged.view;
   const folders = view?.folders ?? [];
   const expired = folders.filter(f => f.expired);
-  const where = (path: string) => displayPath(path) || '(root folder)';
   const run = (target: CleanTarget) =>
     void staged.clean(target, (plan, t) => confirmClean(plan, t, displayPath), displayPath);
   const outcome = staged.outcome;
@@ -106,8 +114,8 @@ export function StagedList(props: IStagedListProps): JSX.Element {
           {view.by_root && Object.keys(view.by_root).length > 0 && (
             <ul className="jp-HeraStage-stagedRoots" aria-label="Staged data per place">
               {Object.entries(view.by_root).map(([root, bytes]) => (
-                <li key={root} title={root}>
-                  {humanSize(bytes)} under <span className="jp-HeraStage-mono">{root ? where(root) : 'other places'}</span>
+                <li key={root}>
+                  {humanSize(bytes)} under <span className="jp-HeraStage-mono">{root || 'other places'}</span>
                 </li>
               ))}
             </ul>
@@ -176,18 +184,14 @@ function StagedFolder(props: IStagedListProps & { folder: IStagedFolder; onRemov
       data-expired={folder.expired}
       aria-label={`Staged folder ${where}, ${folder.state}${folder.expired ? ', expired' : ''}`}
     >
-      <div className="jp-HeraStage-jobHeader">
-        <span className="jp-HeraStage-jobTitle jp-HeraStage-mono" title={folder.destination}>
-          {where}
-        </span>
-        <span>
-          {folder.expired && <span className="jp-HeraStage-state jp-mod-expired">expired</span>}{' '}
-          <span className={`jp-HeraStage-state jp-mod-${folder.state}`} title={STATE_TITLES[folder.state] ?? ''}>
-            {folder.state}
-          </span>
-        </span>
+      <div className="jp-HeraStage-stagedPath jp-HeraStage-mono" title={folder.destination}>
+        {where}
       </div>
       <div className="jp-HeraStage-jobMeta">
+        {folder.expired && <span className="jp-HeraStage-state jp-mod-expired">expired</span>}
+        <span className={`jp-HeraStage-state jp-mod-${folder.state}`} title={STATE_TITLES[folder.state] ?? ''}>
+          {folder.state}
+        </span>
         <span data-field="size">
           {plural(folder.files, 'file')}, {humanSize(folder.bytes)}
         </span>
