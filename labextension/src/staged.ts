@@ -42,11 +42,20 @@ export interface ICleanOutcome {
 }
 
 /** "expired 2026-12-06 07:05", "expires …", or "no expiry". */
-export function expiryText(folder: Pick<IStagedFolder, 'expires_at' | 'expired'>): string {
+export function expiryText(folder: Pick<IStagedFolder, 'expires_at' | 'expired' | 'state'>, now = Date.now()): string {
   if (!folder.expires_at) {
     return 'no expiry';
   }
-  return `${folder.expired ? 'expired' : 'expires'} ${shortTime(folder.expires_at)} UTC`;
+  return `${hasExpired(folder, now) ? 'expired' : 'expires'} ${shortTime(folder.expires_at)} UTC`;
+}
+
+/** Whether a folder has expired, by the server's word or by the clock since it was read. */
+export function hasExpired(folder: Pick<IStagedFolder, 'expires_at' | 'expired' | 'state'>, now = Date.now()): boolean {
+  if (folder.expired) {
+    return true;
+  }
+  const until = folder.expires_at ? Date.parse(folder.expires_at) : NaN;
+  return folder.state !== 'busy' && Number.isFinite(until) && until <= now;
 }
 
 /** The state in a few words: "intact", "changed: 1 file of yours, 2 changed", the reason. */
@@ -162,16 +171,25 @@ export class StagedModel {
 
   /** Read the staged folders again. */
   async refresh(): Promise<void> {
+    // Only the latest read counts (a slow earlier one must not overwrite it).
+    const generation = ++this._generation;
     this._loading = true;
     this._changed.emit();
     try {
-      this._view = await this._client.staged();
-      this._error = null;
+      const view = await this._client.staged();
+      if (generation === this._generation) {
+        this._view = view;
+        this._error = null;
+      }
     } catch (reason) {
-      this._error = errorMessage(reason);
+      if (generation === this._generation) {
+        this._error = errorMessage(reason);
+      }
     } finally {
-      this._loading = false;
-      this._changed.emit();
+      if (generation === this._generation) {
+        this._loading = false;
+        this._changed.emit();
+      }
     }
   }
 
@@ -223,6 +241,7 @@ export class StagedModel {
   private _view: IStagedView | null = null;
   private _error: string | null = null;
   private _loading = false;
+  private _generation = 0;
   private _cleaning = false;
   private _outcome: ICleanOutcome | null = null;
   private _changed = new Signal<this, void>(this);

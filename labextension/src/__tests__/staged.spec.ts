@@ -1,5 +1,5 @@
 import { ApiError, ArchiveClient, ICleanReport, ICleanRequest, IStagedFolder, IStagedView } from '../service';
-import { expiryText, ICleanPlan, keptLines, outcomeOf, planOf, StagedModel, stateText } from '../staged';
+import { expiryText, hasExpired, ICleanPlan, keptLines, outcomeOf, planOf, StagedModel, stateText } from '../staged';
 
 function reply(status: number, body: unknown): Response {
   const text = JSON.stringify(body);
@@ -77,10 +77,22 @@ describe('staged service calls', () => {
 });
 
 describe('staged folders in words', () => {
+  const before = Date.parse('2026-12-06T07:00:00Z');
+  const after = Date.parse('2026-12-06T08:00:00Z');
+
   it('says the expiry', () => {
-    expect(expiryText(folder())).toBe('expired 2026-12-06 07:05 UTC');
-    expect(expiryText(folder({ expired: false }))).toBe('expires 2026-12-06 07:05 UTC');
-    expect(expiryText(folder({ expires_at: null, expired: false }))).toBe('no expiry');
+    expect(expiryText(folder(), before)).toBe('expired 2026-12-06 07:05 UTC');
+    expect(expiryText(folder({ expired: false }), before)).toBe('expires 2026-12-06 07:05 UTC');
+    expect(expiryText(folder({ expires_at: null, expired: false }), after)).toBe('no expiry');
+  });
+
+  it('counts a folder as expired once its time has passed, even if read before', () => {
+    expect(hasExpired(folder({ expired: false }), before)).toBe(false);
+    expect(hasExpired(folder({ expired: false }), after)).toBe(true);
+    expect(hasExpired(folder({ expired: true }), before)).toBe(true); // the server's word
+    // A job still stages into it: not expired (the server says so too).
+    expect(hasExpired(folder({ expired: false, state: 'busy' }), after)).toBe(false);
+    expect(hasExpired(folder({ expired: false, expires_at: null }), after)).toBe(false);
   });
 
   it('says what changed, and why a folder is left alone', () => {
@@ -226,6 +238,22 @@ describe('StagedModel.clean', () => {
     const outcome = await model.clean({ folders: ['old'] }, async () => true);
     expect(outcome).toEqual({ kind: 'error', message: "'old' is not one of your staged folders", kept: [] });
     expect(model.outcome).toEqual(outcome);
+  });
+
+  it('keeps only the latest read', async () => {
+    const slow: Array<(v: IStagedView) => void> = [];
+    const model = new StagedModel({
+      staged: () => new Promise<IStagedView>(resolve => slow.push(resolve)),
+      cleanStaged: async () => dry
+    });
+    const first = model.refresh();
+    const second = model.refresh();
+    slow[1](view([folder({ destination: '/new' })]));
+    await second;
+    slow[0](view([folder({ destination: '/old' })]));
+    await first;
+    expect(model.view!.folders.map(f => f.destination)).toEqual(['/new']);
+    expect(model.loading).toBe(false);
   });
 
   it("keeps the list's error until a load succeeds", async () => {

@@ -2,7 +2,7 @@ import * as React from 'react';
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 
 import { count, humanSize, plural } from '../format';
-import { CleanTarget, expiryText, ICleanPlan, StagedModel, stateText } from '../staged';
+import { CleanTarget, expiryText, hasExpired, ICleanPlan, StagedModel, stateText } from '../staged';
 import { IStagedFolder } from '../service';
 import { useSignal } from './hooks';
 
@@ -80,7 +80,7 @@ export function StagedList(props: IStagedListProps): JSX.Element {
   }, [staged]);
   const view = staged.view;
   const folders = view?.folders ?? [];
-  const expired = folders.filter(f => f.expired);
+  const expired = folders.filter(f => hasExpired(f));
   const run = (target: CleanTarget) =>
     void staged.clean(target, (plan, t) => confirmClean(plan, t, displayPath), displayPath);
   const outcome = staged.outcome;
@@ -176,19 +176,20 @@ export function StagedList(props: IStagedListProps): JSX.Element {
 function StagedFolder(props: IStagedListProps & { folder: IStagedFolder; onRemove: () => void }): JSX.Element {
   const { folder, staged } = props;
   const where = props.displayPath(folder.destination) || '(root folder)';
+  const expired = hasExpired(folder);
   return (
     <li
-      className={`jp-HeraStage-stagedFolder jp-mod-${folder.state}${folder.expired ? ' jp-mod-expired' : ''}`}
+      className={`jp-HeraStage-stagedFolder jp-mod-${folder.state}${expired ? ' jp-mod-expired' : ''}`}
       data-destination={folder.destination}
       data-state={folder.state}
-      data-expired={folder.expired}
-      aria-label={`Staged folder ${where}, ${folder.state}${folder.expired ? ', expired' : ''}`}
+      data-expired={expired}
+      aria-label={`Staged folder ${where}, ${folder.state}${expired ? ', expired' : ''}`}
     >
       <div className="jp-HeraStage-stagedPath jp-HeraStage-mono" title={folder.destination}>
         {where}
       </div>
       <div className="jp-HeraStage-jobMeta">
-        {folder.expired && <span className="jp-HeraStage-state jp-mod-expired">expired</span>}
+        {expired && <span className="jp-HeraStage-state jp-mod-expired">expired</span>}
         <span className={`jp-HeraStage-state jp-mod-${folder.state}`} title={STATE_TITLES[folder.state] ?? ''}>
           {folder.state}
         </span>
