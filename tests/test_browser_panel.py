@@ -815,7 +815,9 @@ def test_clean_expired_removes_the_staged_folder_and_keeps_a_file_beside_it(
     dialog.get_by_role("button", name="Remove the staged files").click()
     dialog.wait_for(state="detached")
     page.wait_for_selector(f"{STAGED} .jp-HeraStage-cleanOutcome[data-kind=cleaned]")
-    assert "Removed 1 file" in page.locator(f"{STAGED} .jp-HeraStage-cleanOutcome").inner_text()
+    outcome = page.locator(f"{STAGED} .jp-HeraStage-cleanOutcome")
+    assert "Removed 1 file" in outcome.inner_text()
+    assert outcome.evaluate("node => node === document.activeElement")  # the focus follows
     card.wait_for(state="detached")
     assert not (workspace / "expiring" / "night").exists()
     assert notes.read_text() == "my notes, beside the staged folder"

@@ -81,9 +81,23 @@ export function StagedList(props: IStagedListProps): JSX.Element {
   const view = staged.view;
   const folders = view?.folders ?? [];
   const expired = folders.filter(f => hasExpired(f));
-  const run = (target: CleanTarget) =>
+  // Whether this list (the side panel's or the main area's, which share the model) started
+  // the clean under way: its outcome takes the focus there only.
+  const startedHere = React.useRef(false);
+  const run = (target: CleanTarget) => {
+    startedHere.current = true;
     void staged.clean(target, (plan, t) => confirmClean(plan, t, displayPath), displayPath);
+  };
   const outcome = staged.outcome;
+  // After a clean the button that started it may be gone (its folder's card): put the focus
+  // on what the clean did, which a screen reader then reads.
+  const outcomeNode = React.useRef<HTMLDivElement>(null);
+  React.useEffect(() => {
+    if (outcome && startedHere.current && outcomeNode.current) {
+      startedHere.current = false;
+      outcomeNode.current.focus();
+    }
+  }, [outcome]);
 
   return (
     <section className="jp-HeraStage-staged" aria-label="Staged data" aria-busy={staged.loading || staged.cleaning}>
@@ -143,6 +157,8 @@ export function StagedList(props: IStagedListProps): JSX.Element {
           className={`${outcome.kind === 'error' ? 'jp-HeraStage-error' : 'jp-HeraStage-notice'} jp-HeraStage-cleanOutcome`}
           data-kind={outcome.kind}
           role={outcome.kind === 'error' ? 'alert' : 'status'}
+          ref={outcomeNode}
+          tabIndex={-1}
         >
           {outcome.message}
           {outcome.kept.length > 0 && (
