@@ -4,7 +4,7 @@ module.exports = {
   testEnvironment: 'node',
   roots: ['<rootDir>/labextension/src'],
   testRegex: '/__tests__/.*\\.spec\\.ts$',
-  collectCoverageFrom: ['labextension/src/{status,format,service,model,persist}.ts'],
+  collectCoverageFrom: ['labextension/src/{status,format,service,model,persist,staged}.ts'],
   coverageDirectory: '<rootDir>/test-output/coverage',
   coverageReporters: ['text-summary', 'lcov'],
   transform: {

@@ -753,3 +753,81 @@ def test_state_is_kept_across_a_reload_and_counts_follow_an_ingest(
     reply = lab_server.api("ingest", {"store": "onsite", "paths": ["notes/late-note.txt"]})
     assert reply["errors"] == [], reply
     counts.get_by_text(f"{before + 1:,} files").wait_for(timeout=30_000)
+
+
+# ----- staged data (issue 18, point 4) -----------------------------------------------------------
+STAGED = f"{PANEL} .jp-HeraStage-staged"
+
+
+def stage_by_rest(server: LabServer, name: str, destination: str, **options: Any) -> str:
+    """Stage ``name`` into ``destination`` through the REST API and wait for it; the staged
+    folder's absolute path (as GET staged names it)."""
+    job = server.api("stage", {"names": [name], "destination": destination, **options})
+    deadline = time.monotonic() + 60
+    while (job := server.api(f"jobs/{job['id']}"))["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", job
+    return job["destination"]
+
+
+def staged_card(page: Any, destination: str) -> Any:
+    return page.locator(f"{STAGED} .jp-HeraStage-stagedFolder[data-destination='{destination}']")
+
+
+def test_clean_expired_removes_the_staged_folder_and_keeps_a_file_beside_it(
+        page: Any, lab_server: LabServer) -> None:
+    """Issue 18, point 4: the panel lists a staged folder as expired; "Clean expired" shows
+    the dry run, and once confirmed the folder is gone from disk and from the list, while a
+    file of the user's beside it stays. A stale "Remove" shows the server's refusal."""
+    names = night_names(lab_server)
+    workspace = lab_server.archive.workspace
+    expiring = stage_by_rest(lab_server, names[0], "expiring/night", expires_in=1)
+    other = stage_by_rest(lab_server, names[1], "kept/night")
+    notes = workspace / "expiring" / "notes.txt"
+    notes.write_text("my notes, beside the staged folder")
+    time.sleep(1.1)  # past the expiry
+
+    open_panel(page)
+    page.locator(STAGED).get_by_role("button", name="Refresh the staged folders").click()
+    card = staged_card(page, expiring)
+    page.wait_for_selector(f"{STAGED} .jp-HeraStage-stagedFolder"
+                           f"[data-destination='{expiring}'][data-expired=true][data-state=intact]")
+    assert "expired" in card.inner_text() and "1 file" in card.inner_text()
+    assert staged_card(page, other).get_attribute("data-expired") == "false"
+    card.scroll_into_view_if_needed()
+    screenshot(page, "panel-staged", STAGED)
+    # The main area's "Staged data" page shows the same folders.
+    page.locator(f"{PANEL} .jp-HeraStage-openMain").click()
+    main = page.locator(MAIN)
+    main.locator(".jp-HeraStage-mainTab", has_text="Staged data").click()
+    main.locator(f".jp-HeraStage-stagedFolder[data-destination='{expiring}']"
+                 "[data-expired=true]").wait_for()
+
+    page.locator(f"{STAGED} .jp-HeraStage-cleanExpired").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.get_by_text("Clean expired staged folders?").wait_for()
+    plan = dialog.locator(f".jp-HeraStage-cleanPlan li[data-destination='{expiring}']")
+    assert "1 file" in plan.inner_text(), plan.inner_text()
+    assert dialog.locator(".jp-HeraStage-cleanPlan > ul > li").count() == 1  # not kept/night
+    assert (workspace / "expiring" / "night").is_dir()  # a dry run so far
+    screenshot(page, "panel-staged-confirm", ".jp-Dialog-content")
+    dialog.get_by_role("button", name="Remove the staged files").click()
+    dialog.wait_for(state="detached")
+    page.wait_for_selector(f"{STAGED} .jp-HeraStage-cleanOutcome[data-kind=cleaned]")
+    outcome = page.locator(f"{STAGED} .jp-HeraStage-cleanOutcome")
+    assert "Removed 1 file" in outcome.inner_text()
+    assert outcome.evaluate("node => node === document.activeElement")  # the focus follows
+    card.wait_for(state="detached")
+    assert not (workspace / "expiring" / "night").exists()
+    assert notes.read_text() == "my notes, beside the staged folder"
+    listed = [f["destination"] for f in lab_server.api("staged")["folders"]]
+    assert expiring not in listed and other in listed
+
+    # Cleaned elsewhere (the CLI, say) while the panel still lists it: "Remove" shows the
+    # server's refusal, and the list catches up.
+    lab_server.api("staged/clean", {"folders": [other]})
+    staged_card(page, other).get_by_role("button", name="Remove the staged files of").click()
+    refusal = page.locator(f"{STAGED} .jp-HeraStage-cleanOutcome[data-kind=error][role=alert]")
+    refusal.get_by_text("is not one of your staged folders").wait_for()
+    staged_card(page, other).wait_for(state="detached")

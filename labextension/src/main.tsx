@@ -12,10 +12,12 @@ import { FileDetailBody } from './components/DetailView';
 import { JobList } from './components/JobList';
 import { ResultsTable } from './components/ResultsTable';
 import { SearchBox } from './components/SearchBox';
+import { StagedList } from './components/StagedList';
 import { useSignal } from './components/hooks';
 import { count, humanSize, plural } from './format';
 import { errorMessage, JobsModel, SearchModel } from './model';
 import { archiveIcon } from './panel';
+import { StagedModel } from './staged';
 import {
   ArchiveClient,
   IFile,
@@ -35,6 +37,7 @@ export const MAIN_ID = 'hera-stage-main';
 export type MainPage =
   | { page: 'results' }
   | { page: 'jobs'; job?: number | null }
+  | { page: 'staged' }
   | { page: 'file' | 'observation' | 'session'; key: string };
 
 /** The page shown and the way back. */
@@ -77,6 +80,7 @@ export interface IMainViewOptions {
   client: ArchiveClient;
   search: SearchModel;
   jobs: JobsModel;
+  staged: StagedModel;
   navigation: MainNavigation;
   /** Preview staging `target` (the preview shows in the side panel). */
   onStage: (target: StageTarget) => void;
@@ -99,9 +103,10 @@ export class ArchiveMain extends MainAreaWidget<ReactWidget> {
   }
 }
 
-const TABS: ReadonlyArray<['results' | 'jobs', string]> = [
+const TABS: ReadonlyArray<['results' | 'jobs' | 'staged', string]> = [
   ['results', 'Search results'],
-  ['jobs', 'Jobs']
+  ['jobs', 'Jobs'],
+  ['staged', 'Staged data']
 ];
 
 function MainView(props: IMainViewOptions): JSX.Element {
@@ -129,6 +134,9 @@ function MainView(props: IMainViewOptions): JSX.Element {
           logOpen={page.job ?? null}
         />
       );
+      break;
+    case 'staged':
+      body = <StagedList staged={props.staged} openFolder={props.openFolder} displayPath={props.displayPath} refreshOnMount />;
       break;
     case 'file':
       body = <FilePage key={page.key} name={page.key} {...props} />;
@@ -158,7 +166,7 @@ function MainView(props: IMainViewOptions): JSX.Element {
             type="button"
             className={`jp-HeraStage-mainTab${page.page === id ? ' jp-mod-active' : ''}`}
             aria-current={page.page === id ? 'page' : undefined}
-            onClick={() => go(id === 'jobs' ? { page: 'jobs' } : { page: 'results' })}
+            onClick={() => go({ page: id })}
           >
             {label}
           </button>

@@ -7,9 +7,11 @@ import { JobList } from './components/JobList';
 import { ResultsTable } from './components/ResultsTable';
 import { SearchBox } from './components/SearchBox';
 import { StageBox } from './components/StageBox';
+import { StagedList } from './components/StagedList';
 import { errorMessage, isMissing, JobsModel, SearchModel, StageModel } from './model';
 import { useInterval } from './components/hooks';
 import { ApiError, ArchiveClient, ISearchRequest, SearchKind } from './service';
+import { StagedModel } from './staged';
 
 /** How often (ms) the archive's counts are read again while the panel shows (ingests happen elsewhere). */
 export const COUNTS_INTERVAL_MS = 10 * 1000;
@@ -30,6 +32,8 @@ export interface IArchivePanelOptions {
   search: SearchModel;
   stage: StageModel;
   jobs: JobsModel;
+  /** The user's staged folders (read when the panel shows and when a job ends). */
+  staged: StagedModel;
   /** The file browser's current folder as a destination, or null without a file browser. */
   browserFolder: () => string | null;
   /** Choose a destination folder in a dialog (null: cancelled), or null without a file browser. */
@@ -102,7 +106,7 @@ export class ArchivePanel extends ReactWidget {
 }
 
 function ArchiveView(props: IArchivePanelOptions & { visible: boolean }): JSX.Element {
-  const { client, search, stage, jobs } = props;
+  const { client, search, stage, jobs, staged } = props;
   const [connection, setConnection] = React.useState<Connection>({ state: 'checking' });
 
   const check = React.useCallback((quiet = false) => {
@@ -137,13 +141,24 @@ function ArchiveView(props: IArchivePanelOptions & { visible: boolean }): JSX.El
   // Files arrive by ingests elsewhere (the CLI, a transfer, another server): read the counts
   // again now and then while the panel shows. A job that ends may have added files too.
   useInterval(() => check(true), COUNTS_INTERVAL_MS, props.visible && connection.state === 'ok');
+  // The staged folders: read when the panel shows (the CLI may have cleaned some) and when a
+  // job ends (a new staged folder).
+  const online = connection.state === 'ok';
   React.useEffect(() => {
-    const onEnded = () => check(true);
+    if (props.visible && online) {
+      void staged.refresh();
+    }
+  }, [staged, props.visible, online]);
+  React.useEffect(() => {
+    const onEnded = () => {
+      check(true);
+      void staged.refresh();
+    };
     jobs.jobEnded.connect(onEnded);
     return () => {
       jobs.jobEnded.disconnect(onEnded);
     };
-  }, [jobs, check]);
+  }, [jobs, staged, check]);
 
   const validate = React.useMemo(() => serverValidator(client), [client]);
 
@@ -228,6 +243,7 @@ function ArchiveView(props: IArchivePanelOptions & { visible: boolean }): JSX.El
         displayPath={props.displayPath}
         openInMain={job => props.openMain({ jobs: true, job })}
       />
+      <StagedList staged={staged} openFolder={props.openFolder} displayPath={props.displayPath} />
     </div>
   );
 }

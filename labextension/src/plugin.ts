@@ -18,6 +18,7 @@ import { destinationOf, JobsModel, relativeToRoot, SearchModel, StageModel } fro
 import { archiveIcon, ArchivePanel, PANEL_ID, serverValidator } from './panel';
 import { loadPanelState, panelState, savePanelState, stateKey } from './persist';
 import { ArchiveClient, IJob, SearchKind, StageMethod } from './service';
+import { StagedModel } from './staged';
 import { humanSize, plural } from './format';
 
 export const PANEL_PLUGIN_ID = 'hera_stage_ext:panel';
@@ -50,6 +51,7 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
     const search = new SearchModel(request => client.search(request));
     const stage = new StageModel(client);
     const jobs = new JobsModel(client);
+    const staged = new StagedModel(client);
     let notify = true;
 
     // What the user had in the panel before a reload.
@@ -134,6 +136,7 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
           client,
           search,
           jobs,
+          staged,
           navigation,
           validate,
           openFolder,
@@ -158,6 +161,7 @@ export const panelPlugin: JupyterFrontEndPlugin<void> = {
       search,
       stage,
       jobs,
+      staged,
       browserFolder,
       pickFolder,
       openFolder,

@@ -264,6 +264,12 @@ export class ApiUrls {
   log(id: number, offset = 0): string {
     return joinUrl(this.job(id), 'log') + queryString({ offset: Math.max(0, Math.trunc(offset)) });
   }
+  staged(): string {
+    return joinUrl(this.root, 'staged');
+  }
+  stagedClean(): string {
+    return joinUrl(this.root, 'staged', 'clean');
+  }
 }
 
 /** The message of an error reply: the API's JSON `message`, else the body's text. */
@@ -361,6 +367,16 @@ export class ArchiveClient {
     return this._call('GET', this.urls.log(id, offset));
   }
 
+  /** The user's staged folders: what each holds, expiry, state; totals, per place, quota. */
+  async staged(): Promise<IStagedView> {
+    return this._call('GET', this.urls.staged());
+  }
+
+  /** Remove expired or chosen staged folders; `dry_run`: only say what would go. */
+  async cleanStaged(request: ICleanRequest): Promise<ICleanReport> {
+    return this._call('POST', this.urls.stagedClean(), request);
+  }
+
   private async _call<T>(method: string, url: string, body?: unknown): Promise<T> {
     const init: RequestInit = { method };
     if (body !== undefined) {
@@ -385,4 +401,84 @@ export class ArchiveClient {
   }
 
   private _request: RequestFunction;
+}
+
+// ------------------------------------------------------------ staged data (GET staged, POST staged/clean)
+
+/**
+ * A staged folder's state: `intact` (every staged entry there by name, kind and size, nothing
+ * else), `changed` (entries missing or changed, or the user's own files beside them), `gone`
+ * (no folder), `moved` (the path leads elsewhere now: nothing is read through it), `busy`
+ * (a job still stages into it), `unchecked` (a site service's view: its records only).
+ */
+export type StagedState = 'intact' | 'changed' | 'gone' | 'moved' | 'busy' | 'unchecked';
+
+/** One staged folder (GET staged) as `jobs/cleaner.py` `examine` reports it. */
+export interface IStagedFolder {
+  /** Absolute path on the server. */
+  destination: string;
+  jobs: number[];
+  files: number;
+  bytes: number;
+  expires_at: string | null;
+  expired: boolean;
+  created_at: string | null;
+  finished_at: string | null;
+  /** Whether the engine made the folder (then it goes once empty). */
+  made: boolean;
+  state: StagedState | string;
+  /** Why (gone, moved, busy). */
+  reason?: string;
+  present_files?: number;
+  present_bytes?: number;
+  missing?: string[];
+  missing_count?: number;
+  changed?: Array<{ path: string; reason: string }>;
+  changed_count?: number;
+  /** Anything in the folder that was not staged (kept, always); folders end in '/'. */
+  foreign?: string[];
+  foreign_count?: number;
+  /** Checked by checksum (a clean), not only by name, kind and size. */
+  verified?: boolean;
+}
+
+/** GET staged. */
+export interface IStagedView {
+  folders: IStagedFolder[];
+  total_bytes: number;
+  expired_bytes?: number;
+  /** Bytes per allowed root (absolute path). */
+  by_root?: Record<string, number>;
+  /** What a quota counts: unexpired staged bytes, plus what unfinished jobs will stage. */
+  unexpired_bytes: number;
+  quota_bytes: number | null;
+}
+
+/** POST staged/clean: the expired folders and/or these (absolute, or relative to the root). */
+export interface ICleanRequest {
+  expired?: boolean;
+  folders?: string[];
+  dry_run?: boolean;
+}
+
+/** A folder of a clean's report: what was (or would be) removed, what stays and why. */
+export interface ICleanedFolder extends IStagedFolder {
+  /** dry run */
+  would_remove_files?: number;
+  would_remove_bytes?: number;
+  /** done */
+  removed_files?: number;
+  removed_bytes?: number;
+  folder_removed?: boolean;
+  errors?: Array<{ path: string; reason: string }>;
+}
+
+/** POST staged/clean's reply. */
+export interface ICleanReport {
+  dry_run: boolean;
+  folders: ICleanedFolder[];
+  removed_files: number;
+  removed_bytes: number;
+  /** The jobs whose folders are clean now (no longer listed). */
+  cleaned_jobs: number[];
 }
