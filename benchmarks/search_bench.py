@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -294,10 +296,35 @@ def jupyter_server(
 
 
 @contextlib.contextmanager
-def postgres_cluster() -> Iterator[Any]:
+def postgres_cluster(reuse: Path | None = None) -> Iterator[Any]:
+    """A throwaway cluster; with ``reuse``, one kept in ``reuse/pg-cluster`` across runs (made
+    on the first run, started again on the next ones, stopped but not deleted on exit)."""
     from tests.pgcluster import PostgresCluster
 
     cluster = PostgresCluster()
+    if reuse is not None:
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+        cluster.dir = reuse / "pg-cluster"
+        cluster.data = cluster.dir / "data"
+        if not (cluster.data / "PG_VERSION").exists():
+            shutil.rmtree(cluster.dir, ignore_errors=True)
+            cluster.dir.mkdir(parents=True)
+            if os.geteuid() == 0:
+                shutil.chown(cluster.dir, "postgres", "postgres")
+            os.chmod(cluster.dir, 0o700)
+            cluster.start()
+        else:
+            cluster._options = (  # as PostgresCluster.start sets them, on a new port
+                f"-c listen_addresses=127.0.0.1 -c port={cluster.port} "
+                f"-c unix_socket_directories={cluster.dir} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+            cluster._run(cluster.bin_dir / "pg_ctl", "-D", cluster.data, "-l",
+                          cluster.dir / "log", "-o", cluster._options, "-w", "start")
+        try:
+            yield cluster
+        finally:
+            cluster._run(cluster.bin_dir / "pg_ctl", "-D", cluster.data, "-m", "fast", "stop")
+        return
     try:
         cluster.start()
         yield cluster
@@ -307,6 +334,17 @@ def postgres_cluster() -> Iterator[Any]:
         except Exception as exc:  # e.g. Ctrl-C reached the postmaster first
             log(f"stopping PostgreSQL: {exc}")
             shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def reused_database(cluster: Any) -> str:
+    """The URL of the bench's database in a kept cluster, created when missing."""
+    import psycopg
+
+    with psycopg.connect(cluster.superuser_conninfo(), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'search_bench'").fetchone() \
+                is None:
+            conn.execute('CREATE DATABASE "search_bench"')
+    return cluster.url("search_bench")
 
 
 def _terminate(signum: int, _frame: Any) -> None:
@@ -340,16 +378,28 @@ def bench_database(
         db.upgrade()
         catalogue = Catalogue(db)
         catalogue.sync_stores(stores)
-        log(f"  building {args.files:,} files x {len(STORES)} instances over "
-            f"{nights_for(args.files):,} nights (batches of {args.batch})")
-        t0 = time.perf_counter()
-        ingest = build(catalogue, args.files, args.batch)
-        if backend == "postgresql":
-            # What autovacuum does on its own shortly after a bulk load; done here so that the
-            # timings do not depend on when it happens to run.
-            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-                c.exec_driver_sql("VACUUM ANALYZE")
-        build_seconds = time.perf_counter() - t0
+        built = workdir / f"built-{args.files}-{args.batch}.json"
+        if args.reuse is not None and built.exists():
+            saved = json.loads(built.read_text())
+            ingest = IngestResult(saved["seconds"], saved["wall"])
+            build_seconds = saved["build_seconds"]
+            log(f"  reusing the {args.files:,}-file catalogue built earlier in {workdir}")
+        else:
+            if args.reuse is not None and catalogue.counts().get("files"):
+                raise SystemExit(f"{workdir} holds another catalogue: give another --reuse")
+            log(f"  building {args.files:,} files x {len(STORES)} instances over "
+                f"{nights_for(args.files):,} nights (batches of {args.batch})")
+            t0 = time.perf_counter()
+            ingest = build(catalogue, args.files, args.batch)
+            if backend == "postgresql":
+                # What autovacuum does on its own shortly after a bulk load; done here so that
+                # the timings do not depend on when it happens to run.
+                with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                    c.exec_driver_sql("VACUUM ANALYZE")
+            build_seconds = time.perf_counter() - t0
+            if args.reuse is not None:
+                built.write_text(json.dumps({"seconds": ingest.seconds, "wall": ingest.wall,
+                                             "build_seconds": build_seconds}))
         counts = catalogue.counts()
         log(f"  built in {build_seconds:.0f} s: {counts}")
         log(f"  starting jupyter server; {args.requests} requests per search after "
@@ -432,12 +482,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="timed requests per search")
     parser.add_argument("--batch", type=int, default=BATCH_SIZE,
                         help="files per Catalogue.register call (default: ingest's batch)")
+    parser.add_argument("--reuse", type=Path, metavar="DIR",
+                        help="keep the catalogues (and the PostgreSQL cluster) in DIR and reuse "
+                             "them on the next run with the same --files and --batch")
     args = parser.parse_args(argv)
     if args.files < 1000 or args.requests < 1 or args.batch < 1:
         parser.error("--files must be at least 1000, --requests and --batch at least 1")
     signal.signal(signal.SIGTERM, _terminate)
     backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
-    workdir = Path(tempfile.mkdtemp(prefix="hera-search-bench-"))
+    if args.reuse is not None:
+        workdir = args.reuse.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o755)  # the kept cluster's owner (postgres) goes through it
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="hera-search-bench-"))
     results: list[DbResult] = []
     started = time.perf_counter()
     try:
@@ -446,10 +504,10 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"sqlite:///{workdir / 'sqlite' / 'catalogue.sqlite'}"
                 results.append(bench_database(backend, url, workdir / "sqlite", args))
             else:
-                with postgres_cluster() as cluster:
-                    results.append(
-                        bench_database(backend, cluster.create_database(), workdir / "pg", args)
-                    )
+                with postgres_cluster(args.reuse and workdir) as cluster:
+                    url = (cluster.create_database() if args.reuse is None
+                           else reused_database(cluster))
+                    results.append(bench_database(backend, url, workdir / "pg", args))
         ok = report(results, args)
         log(f"(total {time.perf_counter() - started:.0f} s)")
         return 0 if ok else 1
@@ -457,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         log("\ninterrupted; cleaning up")
         return 130
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.reuse is None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,11 @@ from . import search as search_language
 from .db import Database
 from .models import Event, File, Instance, Observation, Session, Store, utcnow
 from .naming import ObservationInfo, ObservationNamer, file_type, validate_name
+from .search_rows import files_with_instances
 from .serialize import (
-    INSTANCE_COLUMNS,
     SERIALIZERS,
     event_json,
     file_json,
-    instance_fields,
     instance_json,
     observation_json,
     store_json,
@@ -474,7 +473,7 @@ class Catalogue:
             )
             rows = page.rows
             if kind == "files" and rows:
-                results = self._files_with_instances(s, rows)
+                results = files_with_instances(s, rows)
             else:
                 # Instance rows come with their file and store loaded by the search.
                 results = [SERIALIZERS[kind](r) for r in rows]
@@ -491,20 +490,3 @@ class Catalogue:
             return list(s.scalars(stmt.with_only_columns(File.name).order_by(File.name)
                                   .limit(limit + 1)))
 
-    @staticmethod
-    def _files_with_instances(s: DbSession, files: Sequence[Any]) -> list[dict[str, Any]]:
-        """Files' JSON (from rows of ``search.FILE_COLUMNS``) with their instances, fetched as
-        plain columns in one query: building ORM objects for them cost more than the search
-        itself on a large catalogue. Run on the session's connection (same transaction): the
-        ORM's result handling adds a quarter to this query's cost and nothing to plain rows."""
-        names = {f.id: f.name for f in files}
-        held: dict[int, list[dict[str, Any]]] = {file_id: [] for file_id in names}
-        rows = s.connection().execute(
-            select(Instance.file_id, *INSTANCE_COLUMNS)
-            .join(Store, Instance.store_id == Store.id)
-            .where(Instance.file_id.in_(list(names)))
-            .order_by(Instance.id)
-        )
-        for file_id, *fields in rows:
-            held[file_id].append(instance_fields(names[file_id], *fields))
-        return [{**file_json(f), "instances": held[f.id]} for f in files]
