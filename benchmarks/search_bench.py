@@ -9,8 +9,9 @@ it prints the same searches timed in this process without HTTP: ``Catalogue.sear
 handler calls: the SQL plus loading instances and building the JSON-ready dicts) and
 ``search.run_search`` alone (the SQL). Runs on SQLite and on a throwaway PostgreSQL cluster.
 
-Targets: REST p50 <= 20 ms and p95 <= 50 ms for every search on both databases. A missed target
-prints the query's plan (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE). Exit status 0 when all pass.
+Targets (issue 19): REST p50 <= 5 ms and p95 <= 15 ms for every search on both databases. A
+missed target prints the query's plan (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE). Exit status 0
+when all pass.
 
     /path/to/venv/bin/python benchmarks/search_bench.py                  # 1,000,000 files, both
     /path/to/venv/bin/python benchmarks/search_bench.py --files 50000 --db sqlite --requests 100
@@ -52,8 +53,8 @@ from hera_stage_ext.catalogue.models import File  # noqa: E402
 from hera_stage_ext.catalogue.naming import jd_to_gps  # noqa: E402
 from tests.jupyter_process import jupyter_process  # noqa: E402
 
-TARGET_P50_MS = 20.0
-TARGET_P95_MS = 50.0
+TARGET_P50_MS = 5.0
+TARGET_P95_MS = 15.0
 FIRST_NIGHT = 2458000
 POLS = ("xx", "yy", "xy", "yx")
 OBS_PER_NIGHT = 250  # x 4 polarisations = 1,000 files a night
