@@ -466,7 +466,8 @@ class Catalogue:
     ) -> dict[str, Any]:
         """Run a search; the reply of ``POST search``: results, next_cursor, total. Raises
         ``QueryTimeout`` when it runs longer than ``search_timeout_s``."""
-        with self.db.read_limited(self.search_timeout_s) as s:
+
+        def read(s: DbSession) -> dict[str, Any]:
             page = search_language.run_search(
                 s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
                 plain=kind == "files",
@@ -480,13 +481,18 @@ class Catalogue:
             return {"kind": kind, "results": results, "next_cursor": page.next_cursor,
                     "total": page.total}
 
+        return self.db.run_limited(self.search_timeout_s, read)
+
     def names_matching(self, search: Any, limit: int) -> list[str]:
         """The names of the files ``search`` matches now, in name order: at most ``limit + 1``
         (one more says there are more). One query of the name column alone: a job launched
         from a search needs nothing else, and paging through whole results (checksums,
         metadata, instances) cost more than the rest of a launch."""
-        with self.db.read_limited(self.search_timeout_s) as s:
+
+        def read(s: DbSession) -> list[str]:
             stmt = search_language.search_select(s, "files", search)
             return list(s.scalars(stmt.with_only_columns(File.name).order_by(File.name)
                                   .limit(limit + 1)))
+
+        return self.db.run_limited(self.search_timeout_s, read)
 
