@@ -192,27 +192,46 @@ class Timing:
     rest: list[float] = field(default_factory=list)
     core: list[float] = field(default_factory=list)
     sql: list[float] = field(default_factory=list)
+    compared: list[float] = field(default_factory=list)  # REST of the --compare-with server
+    differing: int = 0  # requests whose reply differed from the compared server's
 
     def p(self, which: str, q: float) -> float:
         return percentile(getattr(self, which), q) * 1000
 
 
+@dataclass
+class Server:
+    url: str  # of POST search
+    token: str
+
+
 def time_queries(
-    db: Database, catalogue: Catalogue, http: requests.Session, url: str, files: int,
-    n_requests: int,
+    db: Database, catalogue: Catalogue, http: requests.Session, server: Server, files: int,
+    n_requests: int, compared: Server | None = None,
 ) -> dict[str, Timing]:
-    """Per search: REST, Catalogue.search and run_search, interleaved request by request
-    (rotating which goes first) so that the three see the same machine."""
+    """Per search: REST, Catalogue.search and run_search (and REST of the ``compared`` server),
+    interleaved request by request (rotating which goes first) so that they see the same
+    machine; each reply of ``compared`` is checked byte for byte against ``server``'s."""
     out: dict[str, Timing] = {}
     for query in queries(files):
         rnd = random.Random(f"{query.key}-{files}")
         searches = [query.make(rnd) for _ in range(WARMUP + n_requests)]
+        bodies: dict[str, bytes] = {}
 
-        def rest(search: Any) -> dict[str, Any]:
-            reply = http.post(url, json={"search": search, "limit": 100})
+        def post(which: str, to: Server, search: Any) -> dict[str, Any]:
+            reply = http.post(to.url, json={"search": search, "limit": 100},
+                              headers={"Authorization": f"token {to.token}"})
             if reply.status_code != 200:
                 raise RuntimeError(f"{query.label}: HTTP {reply.status_code}: {reply.text[:500]}")
+            bodies[which] = reply.content
             return reply.json()
+
+        def rest(search: Any) -> dict[str, Any]:
+            return post("rest", server, search)
+
+        def rest_compared(search: Any) -> dict[str, Any]:
+            assert compared is not None
+            return post("compared", compared, search)
 
         def core(search: Any) -> dict[str, Any]:
             return catalogue.search("files", search, limit=100)
@@ -234,17 +253,24 @@ def time_queries(
 
         timing = Timing()
         runners = [("rest", rest), ("core", core), ("sql", sql)]
+        if compared is not None:
+            runners.append(("compared", rest_compared))
         for i, search in enumerate(searches):
-            order = runners[i % 3:] + runners[: i % 3]
-            for which, run in order:
+            turn = i % len(runners)
+            for which, run in runners[turn:] + runners[:turn]:
                 t0 = time.perf_counter()
                 run(search)
                 elapsed = time.perf_counter() - t0
                 if i >= WARMUP:
                     getattr(timing, which).append(elapsed)
+            if compared is not None and bodies["rest"] != bodies["compared"]:
+                timing.differing += 1
         out[query.key] = timing
         log(f"    {query.label:<24} REST p50 {timing.p('rest', .5):6.1f} ms  "
-            f"p95 {timing.p('rest', .95):6.1f} ms")
+            f"p95 {timing.p('rest', .95):6.1f} ms"
+            + ("" if compared is None else
+               f"  | compared p50 {timing.p('compared', .5):6.1f} ms  "
+               f"p95 {timing.p('compared', .95):6.1f} ms, {timing.differing} replies differ"))
     return out
 
 
@@ -286,14 +312,16 @@ def _depth(rows: list[Any], row: Any) -> int:
 
 @contextlib.contextmanager
 def jupyter_server(
-    workdir: Path, db_url: str, stores: dict[str, Any]
-) -> Iterator[tuple[str, str]]:
-    """A real ``jupyter server`` with the extension on ``db_url``; yields its search URL and
-    token."""
+    workdir: Path, db_url: str, stores: dict[str, Any], code: Path | None = None
+) -> Iterator[Server]:
+    """A real ``jupyter server`` with the extension on ``db_url`` (the extension's code from
+    the checkout ``code`` when given); yields its search URL and token."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = {"StagingApp": {"db_url": db_url, "stores": stores}}
-    with jupyter_process(workdir, root_dir=workdir, config=config) as server:
-        yield f"{server.url}hera-stage/api/search", server.token
+    env = None if code is None else {
+        "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with jupyter_process(workdir, root_dir=workdir, config=config, env=env) as server:
+        yield Server(f"{server.url}hera-stage/api/search", server.token)
 
 
 @contextlib.contextmanager
@@ -405,11 +433,13 @@ def bench_database(
         log(f"  built in {build_seconds:.0f} s: {counts}")
         log(f"  starting jupyter server; {args.requests} requests per search after "
             f"{WARMUP} warm-up")
-        with jupyter_server(workdir / "server", url, stores) as (search_url, token):
-            with requests.Session() as http:
-                http.headers["Authorization"] = f"token {token}"
-                timings = time_queries(db, catalogue, http, search_url, args.files,
-                                       args.requests)
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(jupyter_server(workdir / "server", url, stores, REPO))
+            compared = None if args.compare_with is None else stack.enter_context(
+                jupyter_server(workdir / "server-compared", url, stores, args.compare_with))
+            http = stack.enter_context(requests.Session())
+            timings = time_queries(db, catalogue, http, server, args.files, args.requests,
+                                   compared)
         result = DbResult(backend, args.files, ingest, timings, build_seconds)
         for query in queries(args.files):
             t = timings[query.key]
@@ -452,6 +482,14 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
         "(requests.Session, keep-alive);")
     log("  core = Catalogue.search in this process (SQL + instances + dicts, no HTTP/JSON); "
         "SQL = search.run_search alone.")
+    if args.compare_with is not None:
+        log(f"\nThe same requests to a server running {args.compare_with} (interleaved):")
+        for r in results:
+            for key, t in r.timings.items():
+                log(f"{r.backend:<10} {labels[key]:<24} | REST p50 {t.p('rest', .5):6.1f} "
+                    f"p95 {t.p('rest', .95):6.1f} | compared p50 {t.p('compared', .5):6.1f} "
+                    f"p95 {t.p('compared', .95):6.1f} | replies differing: {t.differing} of "
+                    f"{WARMUP + args.requests}")
     plans = [(r.backend, key, plan) for r in results for key, plan in r.plans.items()]
     if plans:
         log("\nPlans of the searches that missed a target:")
@@ -472,6 +510,11 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
                 ok &= passed
                 log(f"{'PASS' if passed else 'FAIL'}  {r.backend:<10} {labels[key]:<24} "
                     f"REST {name} {value:6.1f} ms <= {target:.0f} ms")
+    if args.compare_with is not None:
+        differing = sum(t.differing for r in results for t in r.timings.values())
+        ok &= differing == 0
+        log(f"{'PASS' if differing == 0 else 'FAIL'}  every reply the same, byte for byte, as "
+            f"{args.compare_with}'s ({differing} differ)")
     log(f"{'PASS' if ok else 'FAIL'}  all searches on {', '.join(r.backend for r in results)}")
     return ok
 
@@ -486,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", type=Path, metavar="DIR",
                         help="keep the catalogues (and the PostgreSQL cluster) in DIR and reuse "
                              "them on the next run with the same --files and --batch")
+    parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
+                        help="also time a second server running the extension from CHECKOUT "
+                             "(e.g. a worktree of main), request by request with this one, and "
+                             "check that every reply is the same, byte for byte")
     args = parser.parse_args(argv)
     if args.files < 1000 or args.requests < 1 or args.batch < 1:
         parser.error("--files must be at least 1000, --requests and --batch at least 1")
