@@ -194,6 +194,7 @@ class Timing:
     sql: list[float] = field(default_factory=list)
     compared: list[float] = field(default_factory=list)  # REST of the --compare-with server
     differing: int = 0  # requests whose reply differed from the compared server's
+    cpu: dict[str, float] = field(default_factory=dict)  # server -> CPU seconds per request
 
     def p(self, which: str, q: float) -> float:
         return percentile(getattr(self, which), q) * 1000
@@ -203,6 +204,13 @@ class Timing:
 class Server:
     url: str  # of POST search
     token: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all its threads), from /proc: on a
+        busy machine a steadier measure of the server's own cost than the latency."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def time_queries(
@@ -255,6 +263,8 @@ def time_queries(
         runners = [("rest", rest), ("core", core), ("sql", sql)]
         if compared is not None:
             runners.append(("compared", rest_compared))
+        servers = {"rest": server} if compared is None else {"rest": server, "compared": compared}
+        cpu_before = {which: s.cpu_seconds() for which, s in servers.items()}
         for i, search in enumerate(searches):
             turn = i % len(runners)
             for which, run in runners[turn:] + runners[:turn]:
@@ -265,12 +275,15 @@ def time_queries(
                     getattr(timing, which).append(elapsed)
             if compared is not None and bodies["rest"] != bodies["compared"]:
                 timing.differing += 1
+        timing.cpu = {which: (s.cpu_seconds() - cpu_before[which]) / len(searches)
+                      for which, s in servers.items()}
         out[query.key] = timing
         log(f"    {query.label:<24} REST p50 {timing.p('rest', .5):6.1f} ms  "
-            f"p95 {timing.p('rest', .95):6.1f} ms"
+            f"p95 {timing.p('rest', .95):6.1f} ms  server CPU {timing.cpu['rest'] * 1000:.2f} ms"
             + ("" if compared is None else
                f"  | compared p50 {timing.p('compared', .5):6.1f} ms  "
-               f"p95 {timing.p('compared', .95):6.1f} ms, {timing.differing} replies differ"))
+               f"p95 {timing.p('compared', .95):6.1f} ms  server CPU "
+               f"{timing.cpu['compared'] * 1000:.2f} ms, {timing.differing} replies differ"))
     return out
 
 
@@ -317,11 +330,13 @@ def jupyter_server(
     """A real ``jupyter server`` with the extension on ``db_url`` (the extension's code from
     the checkout ``code`` when given); yields its search URL and token."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = {"StagingApp": {"db_url": db_url, "stores": stores}}
+    # No fixity audit: the stores hold no files, so it would mark copies missing (changing the
+    # replies, and using CPU) while the searches are timed.
+    config = {"StagingApp": {"db_url": db_url, "stores": stores, "fixity_bytes_per_hour": 0}}
     env = None if code is None else {
         "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with jupyter_process(workdir, root_dir=workdir, config=config, env=env) as server:
-        yield Server(f"{server.url}hera-stage/api/search", server.token)
+        yield Server(f"{server.url}hera-stage/api/search", server.token, server.pid)
 
 
 @contextlib.contextmanager
@@ -468,7 +483,8 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
             f"(build incl. synthesis: {r.build_seconds:.0f} s)")
     log("")
     header = (f"{'database':<10} {'search':<24} | {'REST p50':>8} {'p95':>6} | "
-              f"{'core p50':>8} {'p95':>6} | {'SQL p50':>8} {'p95':>6} | {'HTTP+JSON p50':>13}")
+              f"{'core p50':>8} {'p95':>6} | {'SQL p50':>8} {'p95':>6} | {'HTTP+JSON p50':>13} "
+              f"| {'server CPU':>10}")
     log(header)
     log("-" * len(header))
     labels = {q.key: q.label for q in queries(args.files)}
@@ -477,9 +493,10 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
             log(f"{r.backend:<10} {labels[key]:<24} | {t.p('rest', .5):8.1f} "
                 f"{t.p('rest', .95):6.1f} | {t.p('core', .5):8.1f} {t.p('core', .95):6.1f} | "
                 f"{t.p('sql', .5):8.1f} {t.p('sql', .95):6.1f} | "
-                f"{t.p('rest', .5) - t.p('core', .5):+12.1f}")
+                f"{t.p('rest', .5) - t.p('core', .5):+12.1f}  | {t.cpu['rest'] * 1000:10.2f}")
     log("  REST = POST /hera-stage/api/search through a real jupyter server "
-        "(requests.Session, keep-alive);")
+        "(requests.Session, keep-alive); server CPU = the server process's CPU time per "
+        "request;")
     log("  core = Catalogue.search in this process (SQL + instances + dicts, no HTTP/JSON); "
         "SQL = search.run_search alone.")
     if args.compare_with is not None:
@@ -487,8 +504,9 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
         for r in results:
             for key, t in r.timings.items():
                 log(f"{r.backend:<10} {labels[key]:<24} | REST p50 {t.p('rest', .5):6.1f} "
-                    f"p95 {t.p('rest', .95):6.1f} | compared p50 {t.p('compared', .5):6.1f} "
-                    f"p95 {t.p('compared', .95):6.1f} | replies differing: {t.differing} of "
+                    f"p95 {t.p('rest', .95):6.1f} CPU {t.cpu['rest'] * 1000:5.2f} | compared "
+                    f"p50 {t.p('compared', .5):6.1f} p95 {t.p('compared', .95):6.1f} CPU "
+                    f"{t.cpu['compared'] * 1000:5.2f} | replies differing: {t.differing} of "
                     f"{WARMUP + args.requests}")
     plans = [(r.backend, key, plan) for r in results for key, plan in r.plans.items()]
     if plans:
