@@ -145,7 +145,8 @@ def run_search(
     stmt = stmt.order_by(*order_by(ctx, keys, descending)).limit(limit + 1)
     # Plain rows on the session's connection (same transaction): the ORM's statement handling
     # costs as much as the rows' own processing and adds nothing to plain columns.
-    rows = (session.connection().execute(stmt) if plain else session.scalars(stmt)).all()
+    rows: list[Any] = list(
+        (session.connection().execute(stmt) if plain else session.scalars(stmt)).all())
 
     next_cursor = None
     if len(rows) > limit:

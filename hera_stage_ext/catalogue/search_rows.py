@@ -63,12 +63,11 @@ def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict
                                           tuple(names)).all()
     processors = _processors(dialect)
     for row in rows:
-        if processors:
-            row = list(row)
-            for position, processor in processors:
-                row[position] = processor(row[position])
-        file_id = row[0]
-        held[file_id].append(instance_fields(names[file_id], *row[1:]))
+        values: list[Any] = list(row)
+        for position, processor in processors:
+            values[position] = processor(values[position])
+        file_id = values[0]
+        held[file_id].append(instance_fields(names[file_id], *values[1:]))
     results = []
     for f in files:
         result = file_json(f)
