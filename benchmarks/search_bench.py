@@ -9,8 +9,9 @@ it prints the same searches timed in this process without HTTP: ``Catalogue.sear
 handler calls: the SQL plus loading instances and building the JSON-ready dicts) and
 ``search.run_search`` alone (the SQL). Runs on SQLite and on a throwaway PostgreSQL cluster.
 
-Targets: REST p50 <= 20 ms and p95 <= 50 ms for every search on both databases. A missed target
-prints the query's plan (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE). Exit status 0 when all pass.
+Targets (issue 19): REST p50 <= 5 ms and p95 <= 15 ms for every search on both databases. A
+missed target prints the query's plan (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE). Exit status 0
+when all pass.
 
     /path/to/venv/bin/python benchmarks/search_bench.py                  # 1,000,000 files, both
     /path/to/venv/bin/python benchmarks/search_bench.py --files 50000 --db sqlite --requests 100
@@ -24,7 +25,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -50,8 +53,8 @@ from hera_stage_ext.catalogue.models import File  # noqa: E402
 from hera_stage_ext.catalogue.naming import jd_to_gps  # noqa: E402
 from tests.jupyter_process import jupyter_process  # noqa: E402
 
-TARGET_P50_MS = 20.0
-TARGET_P95_MS = 50.0
+TARGET_P50_MS = 5.0
+TARGET_P95_MS = 15.0
 FIRST_NIGHT = 2458000
 POLS = ("xx", "yy", "xy", "yx")
 OBS_PER_NIGHT = 250  # x 4 polarisations = 1,000 files a night
@@ -189,27 +192,54 @@ class Timing:
     rest: list[float] = field(default_factory=list)
     core: list[float] = field(default_factory=list)
     sql: list[float] = field(default_factory=list)
+    compared: list[float] = field(default_factory=list)  # REST of the --compare-with server
+    differing: int = 0  # requests whose reply differed from the compared server's
+    cpu: dict[str, float] = field(default_factory=dict)  # server -> CPU seconds per request
 
     def p(self, which: str, q: float) -> float:
         return percentile(getattr(self, which), q) * 1000
 
 
+@dataclass
+class Server:
+    url: str  # of POST search
+    token: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all its threads), from /proc: on a
+        busy machine a steadier measure of the server's own cost than the latency."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def time_queries(
-    db: Database, catalogue: Catalogue, http: requests.Session, url: str, files: int,
-    n_requests: int,
+    db: Database, catalogue: Catalogue, http: requests.Session, server: Server, files: int,
+    n_requests: int, compared: Server | None = None,
 ) -> dict[str, Timing]:
-    """Per search: REST, Catalogue.search and run_search, interleaved request by request
-    (rotating which goes first) so that the three see the same machine."""
+    """Per search: REST, Catalogue.search and run_search (and REST of the ``compared`` server),
+    interleaved request by request (rotating which goes first) so that they see the same
+    machine; each reply of ``compared`` is checked byte for byte against ``server``'s."""
     out: dict[str, Timing] = {}
     for query in queries(files):
         rnd = random.Random(f"{query.key}-{files}")
         searches = [query.make(rnd) for _ in range(WARMUP + n_requests)]
+        bodies: dict[str, bytes] = {}
 
-        def rest(search: Any) -> dict[str, Any]:
-            reply = http.post(url, json={"search": search, "limit": 100})
+        def post(which: str, to: Server, search: Any) -> dict[str, Any]:
+            reply = http.post(to.url, json={"search": search, "limit": 100},
+                              headers={"Authorization": f"token {to.token}"})
             if reply.status_code != 200:
                 raise RuntimeError(f"{query.label}: HTTP {reply.status_code}: {reply.text[:500]}")
+            bodies[which] = reply.content
             return reply.json()
+
+        def rest(search: Any) -> dict[str, Any]:
+            return post("rest", server, search)
+
+        def rest_compared(search: Any) -> dict[str, Any]:
+            assert compared is not None
+            return post("compared", compared, search)
 
         def core(search: Any) -> dict[str, Any]:
             return catalogue.search("files", search, limit=100)
@@ -231,17 +261,29 @@ def time_queries(
 
         timing = Timing()
         runners = [("rest", rest), ("core", core), ("sql", sql)]
+        if compared is not None:
+            runners.append(("compared", rest_compared))
+        servers = {"rest": server} if compared is None else {"rest": server, "compared": compared}
+        cpu_before = {which: s.cpu_seconds() for which, s in servers.items()}
         for i, search in enumerate(searches):
-            order = runners[i % 3:] + runners[: i % 3]
-            for which, run in order:
+            turn = i % len(runners)
+            for which, run in runners[turn:] + runners[:turn]:
                 t0 = time.perf_counter()
                 run(search)
                 elapsed = time.perf_counter() - t0
                 if i >= WARMUP:
                     getattr(timing, which).append(elapsed)
+            if compared is not None and bodies["rest"] != bodies["compared"]:
+                timing.differing += 1
+        timing.cpu = {which: (s.cpu_seconds() - cpu_before[which]) / len(searches)
+                      for which, s in servers.items()}
         out[query.key] = timing
         log(f"    {query.label:<24} REST p50 {timing.p('rest', .5):6.1f} ms  "
-            f"p95 {timing.p('rest', .95):6.1f} ms")
+            f"p95 {timing.p('rest', .95):6.1f} ms  server CPU {timing.cpu['rest'] * 1000:.2f} ms"
+            + ("" if compared is None else
+               f"  | compared p50 {timing.p('compared', .5):6.1f} ms  "
+               f"p95 {timing.p('compared', .95):6.1f} ms  server CPU "
+               f"{timing.cpu['compared'] * 1000:.2f} ms, {timing.differing} replies differ"))
     return out
 
 
@@ -283,21 +325,50 @@ def _depth(rows: list[Any], row: Any) -> int:
 
 @contextlib.contextmanager
 def jupyter_server(
-    workdir: Path, db_url: str, stores: dict[str, Any]
-) -> Iterator[tuple[str, str]]:
-    """A real ``jupyter server`` with the extension on ``db_url``; yields its search URL and
-    token."""
+    workdir: Path, db_url: str, stores: dict[str, Any], code: Path | None = None
+) -> Iterator[Server]:
+    """A real ``jupyter server`` with the extension on ``db_url`` (the extension's code from
+    the checkout ``code`` when given); yields its search URL and token."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = {"StagingApp": {"db_url": db_url, "stores": stores}}
-    with jupyter_process(workdir, root_dir=workdir, config=config) as server:
-        yield f"{server.url}hera-stage/api/search", server.token
+    # No fixity audit: the stores hold no files, so it would mark copies missing (changing the
+    # replies, and using CPU) while the searches are timed.
+    config = {"StagingApp": {"db_url": db_url, "stores": stores, "fixity_bytes_per_hour": 0}}
+    env = None if code is None else {
+        "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with jupyter_process(workdir, root_dir=workdir, config=config, env=env) as server:
+        yield Server(f"{server.url}hera-stage/api/search", server.token, server.pid)
 
 
 @contextlib.contextmanager
-def postgres_cluster() -> Iterator[Any]:
+def postgres_cluster(reuse: Path | None = None) -> Iterator[Any]:
+    """A throwaway cluster; with ``reuse``, one kept in ``reuse/pg-cluster`` across runs (made
+    on the first run, started again on the next ones, stopped but not deleted on exit)."""
     from tests.pgcluster import PostgresCluster
 
     cluster = PostgresCluster()
+    if reuse is not None:
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+        cluster.dir = reuse / "pg-cluster"
+        cluster.data = cluster.dir / "data"
+        if not (cluster.data / "PG_VERSION").exists():
+            shutil.rmtree(cluster.dir, ignore_errors=True)
+            cluster.dir.mkdir(parents=True)
+            if os.geteuid() == 0:
+                shutil.chown(cluster.dir, "postgres", "postgres")
+            os.chmod(cluster.dir, 0o700)
+            cluster.start()
+        else:
+            cluster._options = (  # as PostgresCluster.start sets them, on a new port
+                f"-c listen_addresses=127.0.0.1 -c port={cluster.port} "
+                f"-c unix_socket_directories={cluster.dir} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+            cluster._run(cluster.bin_dir / "pg_ctl", "-D", cluster.data, "-l",
+                          cluster.dir / "log", "-o", cluster._options, "-w", "start")
+        try:
+            yield cluster
+        finally:
+            cluster._run(cluster.bin_dir / "pg_ctl", "-D", cluster.data, "-m", "fast", "stop")
+        return
     try:
         cluster.start()
         yield cluster
@@ -307,6 +378,17 @@ def postgres_cluster() -> Iterator[Any]:
         except Exception as exc:  # e.g. Ctrl-C reached the postmaster first
             log(f"stopping PostgreSQL: {exc}")
             shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def reused_database(cluster: Any) -> str:
+    """The URL of the bench's database in a kept cluster, created when missing."""
+    import psycopg
+
+    with psycopg.connect(cluster.superuser_conninfo(), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'search_bench'").fetchone() \
+                is None:
+            conn.execute('CREATE DATABASE "search_bench"')
+    return cluster.url("search_bench")
 
 
 def _terminate(signum: int, _frame: Any) -> None:
@@ -340,25 +422,39 @@ def bench_database(
         db.upgrade()
         catalogue = Catalogue(db)
         catalogue.sync_stores(stores)
-        log(f"  building {args.files:,} files x {len(STORES)} instances over "
-            f"{nights_for(args.files):,} nights (batches of {args.batch})")
-        t0 = time.perf_counter()
-        ingest = build(catalogue, args.files, args.batch)
-        if backend == "postgresql":
-            # What autovacuum does on its own shortly after a bulk load; done here so that the
-            # timings do not depend on when it happens to run.
-            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-                c.exec_driver_sql("VACUUM ANALYZE")
-        build_seconds = time.perf_counter() - t0
+        built = workdir / f"built-{args.files}-{args.batch}.json"
+        if args.reuse is not None and built.exists():
+            saved = json.loads(built.read_text())
+            ingest = IngestResult(saved["seconds"], saved["wall"])
+            build_seconds = saved["build_seconds"]
+            log(f"  reusing the {args.files:,}-file catalogue built earlier in {workdir}")
+        else:
+            if args.reuse is not None and catalogue.counts().get("files"):
+                raise SystemExit(f"{workdir} holds another catalogue: give another --reuse")
+            log(f"  building {args.files:,} files x {len(STORES)} instances over "
+                f"{nights_for(args.files):,} nights (batches of {args.batch})")
+            t0 = time.perf_counter()
+            ingest = build(catalogue, args.files, args.batch)
+            if backend == "postgresql":
+                # What autovacuum does on its own shortly after a bulk load; done here so that
+                # the timings do not depend on when it happens to run.
+                with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                    c.exec_driver_sql("VACUUM ANALYZE")
+            build_seconds = time.perf_counter() - t0
+            if args.reuse is not None:
+                built.write_text(json.dumps({"seconds": ingest.seconds, "wall": ingest.wall,
+                                             "build_seconds": build_seconds}))
         counts = catalogue.counts()
         log(f"  built in {build_seconds:.0f} s: {counts}")
         log(f"  starting jupyter server; {args.requests} requests per search after "
             f"{WARMUP} warm-up")
-        with jupyter_server(workdir / "server", url, stores) as (search_url, token):
-            with requests.Session() as http:
-                http.headers["Authorization"] = f"token {token}"
-                timings = time_queries(db, catalogue, http, search_url, args.files,
-                                       args.requests)
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(jupyter_server(workdir / "server", url, stores, REPO))
+            compared = None if args.compare_with is None else stack.enter_context(
+                jupyter_server(workdir / "server-compared", url, stores, args.compare_with))
+            http = stack.enter_context(requests.Session())
+            timings = time_queries(db, catalogue, http, server, args.files, args.requests,
+                                   compared)
         result = DbResult(backend, args.files, ingest, timings, build_seconds)
         for query in queries(args.files):
             t = timings[query.key]
@@ -387,7 +483,8 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
             f"(build incl. synthesis: {r.build_seconds:.0f} s)")
     log("")
     header = (f"{'database':<10} {'search':<24} | {'REST p50':>8} {'p95':>6} | "
-              f"{'core p50':>8} {'p95':>6} | {'SQL p50':>8} {'p95':>6} | {'HTTP+JSON p50':>13}")
+              f"{'core p50':>8} {'p95':>6} | {'SQL p50':>8} {'p95':>6} | {'HTTP+JSON p50':>13} "
+              f"| {'server CPU':>10}")
     log(header)
     log("-" * len(header))
     labels = {q.key: q.label for q in queries(args.files)}
@@ -396,11 +493,21 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
             log(f"{r.backend:<10} {labels[key]:<24} | {t.p('rest', .5):8.1f} "
                 f"{t.p('rest', .95):6.1f} | {t.p('core', .5):8.1f} {t.p('core', .95):6.1f} | "
                 f"{t.p('sql', .5):8.1f} {t.p('sql', .95):6.1f} | "
-                f"{t.p('rest', .5) - t.p('core', .5):+12.1f}")
+                f"{t.p('rest', .5) - t.p('core', .5):+12.1f}  | {t.cpu['rest'] * 1000:10.2f}")
     log("  REST = POST /hera-stage/api/search through a real jupyter server "
-        "(requests.Session, keep-alive);")
+        "(requests.Session, keep-alive); server CPU = the server process's CPU time per "
+        "request;")
     log("  core = Catalogue.search in this process (SQL + instances + dicts, no HTTP/JSON); "
         "SQL = search.run_search alone.")
+    if args.compare_with is not None:
+        log(f"\nThe same requests to a server running {args.compare_with} (interleaved):")
+        for r in results:
+            for key, t in r.timings.items():
+                log(f"{r.backend:<10} {labels[key]:<24} | REST p50 {t.p('rest', .5):6.1f} "
+                    f"p95 {t.p('rest', .95):6.1f} CPU {t.cpu['rest'] * 1000:5.2f} | compared "
+                    f"p50 {t.p('compared', .5):6.1f} p95 {t.p('compared', .95):6.1f} CPU "
+                    f"{t.cpu['compared'] * 1000:5.2f} | replies differing: {t.differing} of "
+                    f"{WARMUP + args.requests}")
     plans = [(r.backend, key, plan) for r in results for key, plan in r.plans.items()]
     if plans:
         log("\nPlans of the searches that missed a target:")
@@ -421,6 +528,11 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
                 ok &= passed
                 log(f"{'PASS' if passed else 'FAIL'}  {r.backend:<10} {labels[key]:<24} "
                     f"REST {name} {value:6.1f} ms <= {target:.0f} ms")
+    if args.compare_with is not None:
+        differing = sum(t.differing for r in results for t in r.timings.values())
+        ok &= differing == 0
+        log(f"{'PASS' if differing == 0 else 'FAIL'}  every reply the same, byte for byte, as "
+            f"{args.compare_with}'s ({differing} differ)")
     log(f"{'PASS' if ok else 'FAIL'}  all searches on {', '.join(r.backend for r in results)}")
     return ok
 
@@ -432,12 +544,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="timed requests per search")
     parser.add_argument("--batch", type=int, default=BATCH_SIZE,
                         help="files per Catalogue.register call (default: ingest's batch)")
+    parser.add_argument("--reuse", type=Path, metavar="DIR",
+                        help="keep the catalogues (and the PostgreSQL cluster) in DIR and reuse "
+                             "them on the next run with the same --files and --batch")
+    parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
+                        help="also time a second server running the extension from CHECKOUT "
+                             "(e.g. a worktree of main), request by request with this one, and "
+                             "check that every reply is the same, byte for byte")
     args = parser.parse_args(argv)
     if args.files < 1000 or args.requests < 1 or args.batch < 1:
         parser.error("--files must be at least 1000, --requests and --batch at least 1")
     signal.signal(signal.SIGTERM, _terminate)
     backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
-    workdir = Path(tempfile.mkdtemp(prefix="hera-search-bench-"))
+    if args.reuse is not None:
+        workdir = args.reuse.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o755)  # the kept cluster's owner (postgres) goes through it
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="hera-search-bench-"))
     results: list[DbResult] = []
     started = time.perf_counter()
     try:
@@ -446,10 +570,10 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"sqlite:///{workdir / 'sqlite' / 'catalogue.sqlite'}"
                 results.append(bench_database(backend, url, workdir / "sqlite", args))
             else:
-                with postgres_cluster() as cluster:
-                    results.append(
-                        bench_database(backend, cluster.create_database(), workdir / "pg", args)
-                    )
+                with postgres_cluster(args.reuse and workdir) as cluster:
+                    url = (cluster.create_database() if args.reuse is None
+                           else reused_database(cluster))
+                    results.append(bench_database(backend, url, workdir / "pg", args))
         ok = report(results, args)
         log(f"(total {time.perf_counter() - started:.0f} s)")
         return 0 if ok else 1
@@ -457,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         log("\ninterrupted; cleaning up")
         return 130
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.reuse is None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,11 @@ from . import search as search_language
 from .db import Database
 from .models import Event, File, Instance, Observation, Session, Store, utcnow
 from .naming import ObservationInfo, ObservationNamer, file_type, validate_name
+from .search_rows import files_with_instances
 from .serialize import (
-    INSTANCE_COLUMNS,
     SERIALIZERS,
     event_json,
     file_json,
-    instance_fields,
     instance_json,
     observation_json,
     store_json,
@@ -467,44 +466,33 @@ class Catalogue:
     ) -> dict[str, Any]:
         """Run a search; the reply of ``POST search``: results, next_cursor, total. Raises
         ``QueryTimeout`` when it runs longer than ``search_timeout_s``."""
-        with self.db.read_limited(self.search_timeout_s) as s:
+
+        def read(s: DbSession) -> dict[str, Any]:
             page = search_language.run_search(
                 s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
                 plain=kind == "files",
             )
             rows = page.rows
             if kind == "files" and rows:
-                results = self._files_with_instances(s, rows)
+                results = files_with_instances(s, rows)
             else:
                 # Instance rows come with their file and store loaded by the search.
                 results = [SERIALIZERS[kind](r) for r in rows]
             return {"kind": kind, "results": results, "next_cursor": page.next_cursor,
                     "total": page.total}
 
+        return self.db.run_limited(self.search_timeout_s, read)
+
     def names_matching(self, search: Any, limit: int) -> list[str]:
         """The names of the files ``search`` matches now, in name order: at most ``limit + 1``
         (one more says there are more). One query of the name column alone: a job launched
         from a search needs nothing else, and paging through whole results (checksums,
         metadata, instances) cost more than the rest of a launch."""
-        with self.db.read_limited(self.search_timeout_s) as s:
+
+        def read(s: DbSession) -> list[str]:
             stmt = search_language.search_select(s, "files", search)
             return list(s.scalars(stmt.with_only_columns(File.name).order_by(File.name)
                                   .limit(limit + 1)))
 
-    @staticmethod
-    def _files_with_instances(s: DbSession, files: Sequence[Any]) -> list[dict[str, Any]]:
-        """Files' JSON (from rows of ``search.FILE_COLUMNS``) with their instances, fetched as
-        plain columns in one query: building ORM objects for them cost more than the search
-        itself on a large catalogue. Run on the session's connection (same transaction): the
-        ORM's result handling adds a quarter to this query's cost and nothing to plain rows."""
-        names = {f.id: f.name for f in files}
-        held: dict[int, list[dict[str, Any]]] = {file_id: [] for file_id in names}
-        rows = s.connection().execute(
-            select(Instance.file_id, *INSTANCE_COLUMNS)
-            .join(Store, Instance.store_id == Store.id)
-            .where(Instance.file_id.in_(list(names)))
-            .order_by(Instance.id)
-        )
-        for file_id, *fields in rows:
-            held[file_id].append(instance_fields(names[file_id], *fields))
-        return [{**file_json(f), "instances": held[f.id]} for f in files]
+        return self.db.run_limited(self.search_timeout_s, read)
+

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -26,6 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import QueryTimeout
+
+T = TypeVar("T")
 
 #: Seconds a SQLite connection waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -197,12 +199,27 @@ class Database:
             finally:
                 session.rollback()
 
+    def run_limited(self, timeout_s: float, read: Callable[[Session], T]) -> T:
+        """``read(session)`` in ``read_limited``; run once more, on a new connection, when its
+        connection turned out to be dead (the database restarted since it was last used). The
+        limited reads' pool does not ping a connection before each use: on PostgreSQL the ping
+        was a round trip of its own, as long as a small search, on every search."""
+        try:
+            with self.read_limited(timeout_s) as session:
+                return read(session)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self.read_limited(timeout_s) as session:
+            return read(session)
+
     def _limited_sessions(self, timeout_s: float) -> sessionmaker[Session]:
-        # A server has one limit (its search timeout), so in practice one extra engine.
+        # A server has one limit (its search timeout), so in practice one extra engine. No
+        # pre-ping: its callers go through run_limited, which retries on a dead connection.
         made = self._limited.get(timeout_s)
         if made is None:
             ms = max(1, round(timeout_s * 1000))
-            engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=20,
+            engine = create_engine(self.url, pool_size=5, max_overflow=20,
                                    isolation_level="AUTOCOMMIT",
                                    connect_args={"options": f"-c statement_timeout={ms}"})
             # Two first searches at once: one engine is kept (it has not connected yet).

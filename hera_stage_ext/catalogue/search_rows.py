@@ -1,0 +1,76 @@
+"""The results of a files search as JSON-ready dicts: a page of file rows (``search.FILE_COLUMNS``)
+with each file's instances, as ``POST search`` returns them (``serialize.file_json`` and
+``serialize.instance_fields`` decide the shape; this module only fetches).
+
+The instances of the page's files come from one statement written out here and run as the
+driver's SQL (``exec_driver_sql``) on the search's connection, with the values converted by the
+same result processors SQLAlchemy applies to these column types: building, caching and
+processing a SQLAlchemy statement for it cost twice the statement itself on SQLite, and a fixed
+text lets PostgreSQL's driver prepare it once per connection (``= ANY`` of an array, one text
+whatever the page size). Errors still come wrapped as SQLAlchemy's (``DBAPIError``), so a
+search's time limit (``Database.read_limited``) applies to it as to the page itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Dialect
+from sqlalchemy.orm import Session as OrmSession
+
+from .serialize import INSTANCE_COLUMNS, file_json, instance_fields
+
+#: The instances of a set of files, with their stores, in instance id order: ``file_id`` then
+#: the columns of ``serialize.INSTANCE_COLUMNS``, in that order.
+_INSTANCES_SQL = (
+    "SELECT instance.file_id, store.name, store.path, store.kind, store.available, "
+    "instance.path, instance.available, instance.deletion_policy, instance.create_time, "
+    "instance.fixity, instance.verified_at "
+    "FROM instance JOIN store ON instance.store_id = store.id "
+    "WHERE instance.file_id {match} ORDER BY instance.id"
+)
+_INSTANCES_PG = _INSTANCES_SQL.format(match="= ANY(%s)")
+
+#: Per dialect name: (position in a row, SQLAlchemy's result processor) of the columns that have
+#: one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
+_PROCESSORS: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+
+
+def _processors(dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
+    found = _PROCESSORS.get(dialect.name)
+    if found is None:
+        found = []
+        for position, column in enumerate(INSTANCE_COLUMNS, start=1):
+            processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if processor is not None:
+                found.append((position, processor))
+        _PROCESSORS[dialect.name] = found
+    return found
+
+
+def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict[str, Any]]:
+    """The JSON of each file row of ``files`` with ``"instances"``: its instances in id order."""
+    names = {f.id: f.name for f in files}
+    held: dict[int, list[dict[str, Any]]] = {file_id: [] for file_id in names}
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect.name == "postgresql":
+        rows = connection.exec_driver_sql(_INSTANCES_PG, (list(names),)).all()
+    else:
+        match = f"IN ({', '.join('?' * len(names))})"
+        rows = connection.exec_driver_sql(_INSTANCES_SQL.format(match=match),
+                                          tuple(names)).all()
+    processors = _processors(dialect)
+    for row in rows:
+        values: list[Any] = list(row)
+        for position, processor in processors:
+            values[position] = processor(values[position])
+        file_id = values[0]
+        held[file_id].append(instance_fields(names[file_id], *values[1:]))
+    results = []
+    for f in files:
+        result = file_json(f)
+        result["instances"] = held[f.id]
+        results.append(result)
+    return results
