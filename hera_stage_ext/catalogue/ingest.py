@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Conflict, InvalidRequest, StagingError
+from ..errors import InvalidRequest, StagingError
 from ..paths import check_text, confine
 from .catalogue import Catalogue, FileSpec
 from .checksums import hash_path
@@ -152,19 +152,16 @@ class Ingester:
     def register(
         self, store: str, specs: list[FileSpec], rels: list[str], report: IngestReport
     ) -> None:
-        """Register hashed files of ``store`` in one transaction, into ``report``; a batch with
-        a bad file is registered one by one so only that file fails (an error in ``report``)."""
-        try:
-            results = self.catalogue.register(specs, store=store, paths=rels)
-        except (Conflict, InvalidRequest):
-            # One bad file must not sink its batch: register one by one to find it.
-            results = []
-            for spec, rel in zip(specs, rels):
-                try:
-                    results += self.catalogue.register([spec], store=store, paths=[rel])
-                except (Conflict, InvalidRequest) as exc:
-                    report.errors.append({"path": rel, "name": spec.name, "message": exc.message,
-                                          "reason": type(exc).__name__.lower()})
+        """Register hashed files of ``store`` into ``report`` (``Catalogue.register_each``: a
+        bad file is an error in ``report``, the rest are registered)."""
+        results = []
+        for spec, rel, outcome in zip(specs, rels,
+                                      self.catalogue.register_each(specs, store, rels)):
+            if isinstance(outcome, StagingError):
+                report.errors.append({"path": rel, "name": spec.name, "message": outcome.message,
+                                      "reason": type(outcome).__name__.lower()})
+            else:
+                results.append(outcome)
         for r in results:
             report.registered += r.created
             report.instances_added += r.instance_added
