@@ -8,13 +8,14 @@ nothing; the same content again is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import joinedload, selectinload
 
@@ -295,7 +296,7 @@ class Catalogue:
         if store_row is not None and added_paths:
             store_id, store_name = store_row
             store_text = json_string(store_name)
-            instances = [(name, store_id, path, True, "disallowed", now)
+            instances = [(name, store_id, path, True, "disallowed", now, "unchecked", None, "")
                          for path, (name, _i) in added_paths.items()]
             events += [
                 (name, "instance-added", now,
@@ -387,12 +388,14 @@ class Catalogue:
     def add_event(self, name: str, type_: str, payload: dict[str, Any]) -> None:
         self.add_events([(name, type_, payload)])
 
-    def add_events(self, events: Sequence[tuple[str | int, str, dict[str, Any]]]) -> None:
-        """Record events, each (file name or id, type, payload), in one transaction; NotFound
-        (and nothing recorded) when a named file does not exist."""
+    def add_events(self, events: Sequence[tuple[str | int, str, dict[str, Any]]], *,
+                   within: DbSession | None = None) -> None:
+        """Record events, each (file name or id, type, payload), in one transaction (or in the
+        write session ``within``); NotFound (and nothing recorded) when a named file does not
+        exist."""
         if not events:
             return
-        with self.db.write() as s:
+        with self._writing(within) as s:
             tables = Tables(s)
             names = {file for file, _t, _p in events if isinstance(file, str)}
             missing = sorted(names - tables.file_ids(names).keys())
@@ -401,6 +404,47 @@ class Catalogue:
             now = tables.time(utcnow())
             tables.write(events=[(file, type_, now, dumps(payload))
                                  for file, type_, payload in events])
+
+    def add_instance(self, file_id: int, store_id: int, path: str, *,
+                     deletion_policy: str = "disallowed", fixity: str = "unchecked",
+                     verified_at: dt.datetime | None = None, fixity_detail: str = "",
+                     event: tuple[str, dict[str, Any]] | None = None,
+                     within: DbSession | None = None) -> None:
+        """Record an available instance of a file at ``path`` of a store (a copy made by an
+        offload, a recall's buffer copy), with ``event`` (type, payload) when given, in one
+        transaction (or in the write session ``within``)."""
+        with self._writing(within) as s:
+            tables = Tables(s)
+            now = tables.time(utcnow())
+            tables.write(
+                instances=[(file_id, store_id, path, True, deletion_policy, now, fixity,
+                            None if verified_at is None else tables.time(verified_at),
+                            fixity_detail)],
+                events=[] if event is None else [(file_id, event[0], now, dumps(event[1]))])
+
+    def remove_instance(self, instance_id: int,
+                        event: tuple[str, dict[str, Any]] | None = None, *,
+                        within: DbSession | None = None) -> bool:
+        """Forget an instance (its bytes are gone), with ``event`` (type, payload) for its file
+        when given; False if it was not there."""
+        with self._writing(within) as s:
+            row = s.execute(select(Instance.file_id).where(Instance.id == instance_id)).first()
+            if row is None:
+                return False
+            s.execute(delete(Instance).where(Instance.id == instance_id),
+                      execution_options={"synchronize_session": False})
+            if event is not None:
+                self.add_events([(row.file_id, event[0], event[1])], within=s)
+            return True
+
+    @contextlib.contextmanager
+    def _writing(self, within: DbSession | None) -> Iterator[DbSession]:
+        """The write session ``within``, else a write transaction of its own."""
+        if within is not None:
+            yield within
+            return
+        with self.db.write() as s:
+            yield s
 
     def record_remote(self, site: str, transfer: str, names: Sequence[str],
                       answer: str) -> None:

@@ -32,7 +32,8 @@ from ..errors import Conflict, InvalidRequest, NotFound, StagingError
 from ..transfer.models import RemoteInstance
 from .db import Database
 from .fixity import instance_location, verify_instance
-from .models import Event, File, Instance, Store, utcnow
+from .catalogue import Catalogue
+from .models import File, Instance, Store, utcnow
 from .replicate import copy_verified, remove_path
 
 log = logging.getLogger("hera_stage_ext")
@@ -92,8 +93,8 @@ def set_policy(db: Database, name: str, policy: str, *, store: str | None = None
             payload = {"store": store_name, "path": inst.path, "new_policy": policy}
             if context:
                 payload["context"] = context
-            s.add(Event(file_id=file_id, type="instance-deletion-policy-changed",
-                        payload=payload))
+            Catalogue(db).add_events(
+                [(file_id, "instance-deletion-policy-changed", payload)], within=s)
             changed.append({"store": store_name, "path": inst.path, "deletion_policy": policy})
         return changed
 
@@ -183,14 +184,13 @@ def _delete_one(db: Database, instance_id: int, store_id: int | None, rule: Dele
             if inst is not None:
                 inst.available = was_available
         return {**where, "outcome": "error", "reason": detail}
+    payload = {**where}
+    if context:
+        payload["context"] = context
     with db.write() as s:
-        inst = s.get(Instance, instance_id)
-        if inst is not None:
-            s.delete(inst)
-        payload = {**where}
-        if context:
-            payload["context"] = context
-        s.add(Event(file_id=file_id, type="instance-deleted", payload=payload))
+        if not Catalogue(db).remove_instance(instance_id, ("instance-deleted", payload),
+                                             within=s):
+            Catalogue(db).add_events([(file_id, "instance-deleted", payload)], within=s)
     log.info("deleted instance %s:%s", where["store"], path)
     return {**where, "outcome": "deleted", "reason": ""}
 
@@ -316,9 +316,7 @@ def _path_taken(db: Database, store_id: int, path: str) -> bool:
 def _register_copy(db: Database, file_id: int, store_id: int, store: str, path: str,
                    policy: str) -> None:
     """Record a verified copy made by an offload."""
-    with db.write() as s:
-        s.add(Instance(file_id=file_id, store_id=store_id, path=path, available=True,
-                       deletion_policy=policy, fixity="ok", verified_at=utcnow(),
-                       fixity_detail="verified when copied by an offload"))
-        s.add(Event(file_id=file_id, type="instance-added",
-                    payload={"store": store, "path": path, "context": "offload"}))
+    Catalogue(db).add_instance(
+        file_id, store_id, path, deletion_policy=policy, fixity="ok", verified_at=utcnow(),
+        fixity_detail="verified when copied by an offload",
+        event=("instance-added", {"store": store, "path": path, "context": "offload"}))

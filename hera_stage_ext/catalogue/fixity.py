@@ -31,7 +31,8 @@ from ..errors import InvalidRequest, NotFound
 from ..paths import is_within
 from . import checksums as ck
 from .db import Database
-from .models import Event, File, Instance, Store, utcnow
+from .catalogue import Catalogue
+from .models import File, Instance, Store, utcnow
 
 log = logging.getLogger("hera_stage_ext")
 
@@ -90,12 +91,13 @@ def record(db: Database, instance_id: int, state: str, detail: str,
     operator put the bytes back, or a repair did) becomes available again. Changes are events.
     """
     with db.write() as s:
-        return _record_in(s, instance_id, state, detail, when or utcnow(), context)
+        return _record_in(db, s, instance_id, state, detail, when or utcnow(), context)
 
 
-def _record_in(s: Any, instance_id: int, state: str, detail: str, when: dt.datetime,
+def _record_in(db: Database, s: Any, instance_id: int, state: str, detail: str, when: dt.datetime,
                context: str) -> bool:
     """``record`` inside a write transaction (the audit records a batch in one)."""
+    events = Catalogue(db)
     inst = s.get(Instance, instance_id)
     if inst is None:  # deleted meanwhile
         return False
@@ -107,10 +109,10 @@ def _record_in(s: Any, instance_id: int, state: str, detail: str, when: dt.datet
     if state in BAD_STATES:
         inst.available = False
         if before != state:
-            s.add(Event(file_id=inst.file_id, type=f"fixity-{state}", payload=payload))
+            events.add_events([(inst.file_id, f"fixity-{state}", payload)], within=s)
     elif before in BAD_STATES:
         inst.available = True
-        s.add(Event(file_id=inst.file_id, type="fixity-restored", payload=payload))
+        events.add_events([(inst.file_id, "fixity-restored", payload)], within=s)
     return before != state
 
 
@@ -134,7 +136,7 @@ def _record_batch(db: Database, batch: list[tuple[int, Finding]]) -> None:
                         fixity_detail=bindparam("detail")), same)
         for instance_id, finding in batch:
             if instance_id in before and not quiet(instance_id, finding):
-                _record_in(s, instance_id, finding.state, finding.detail, when, "audit")
+                _record_in(db, s, instance_id, finding.state, finding.detail, when, "audit")
 
 
 _TARGET_COLUMNS = (Instance.id, File.name, Store.name, Store.path, Instance.path, File.size,

@@ -22,8 +22,10 @@ from ..paths import check_text, confine
 from .catalogue import Catalogue, FileSpec
 from .checksums import hash_path
 
-#: Files registered per database transaction.
-BATCH_SIZE = 200
+#: Files registered per database transaction: a transaction's fixed cost (its round trips,
+#: statements and commit) is a few files' worth of rows; at 200 a batch it was a third of
+#: PostgreSQL's time (``benchmarks/register_bench.py``).
+BATCH_SIZE = 1000
 
 
 @dataclass

@@ -20,7 +20,7 @@ by a batch (the time, a store's name) is converted once, and rows go to the data
 
 Lookups by many keys use ``inlist`` (one bound list). Values are stored as SQLAlchemy stores them
 (``models``): JSON as ``json.dumps`` text (JSONB on PostgreSQL), SQLite's datetimes in
-SQLAlchemy's text form, and the Python-side column defaults filled in here.
+SQLAlchemy's text form; every column is given (the models' defaults are Python-side).
 """
 
 from __future__ import annotations
@@ -58,14 +58,13 @@ _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
              ("metadata", "text", "::jsonb")),
     "instance": (("file_id", "text", ""), ("store_id", "int8", ""), ("path", "text", ""),
                  ("available", "bool", ""), ("deletion_policy", "text", ""),
-                 ("create_time", "timestamp", "")),
+                 ("create_time", "timestamp", ""), ("fixity", "text", ""),
+                 ("verified_at", "timestamp", ""), ("fixity_detail", "text", "")),
     "event": (("file_id", "text", ""), ("type", "text", ""), ("time", "timestamp", ""),
               ("payload", "text", "::jsonb")),
     "remote_instance": (("file_id", "text", ""), ("site", "text", ""),
                         ("time", "timestamp", ""), ("transfer", "text", "")),
 }
-# Python-side defaults (``models``) of columns the rows above leave out.
-_DEFAULTS = {"instance": (("fixity", "'unchecked'"), ("fixity_detail", "''"))}
 
 
 def _element(index: int, kind: str, cast: str) -> str:
@@ -244,22 +243,20 @@ class Tables:
         if not rows:
             return
         columns = _COLUMNS[table]
-        defaults = _DEFAULTS.get(table, ())
-        names = ", ".join([c for c, _t, _x in columns] + [c for c, _v in defaults])
+        names = ", ".join(c for c, _t, _x in columns)
         by_name = columns[0][0] == "file_id"
         if not self.pg:
             if by_name:
                 ids = self.file_ids(row[0] for row in rows if isinstance(row[0], str))
                 rows = [row if isinstance(row[0], int) else (ids[row[0]], *row[1:])
                         for row in rows]
-            marks = ", ".join(["?"] * len(columns) + [v for _c, v in defaults])
+            marks = ", ".join("?" * len(columns))
             self._raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
             return
         values = [_element(i, kind, cast) for i, (_c, kind, cast) in enumerate(columns)]
         if by_name:  # the file's id, or its name (a file of this very batch, perhaps)
             values[0] = ("CASE jsonb_typeof(e->0) WHEN 'number' THEN (e->>0)::int8 "
                          "ELSE (SELECT f.id FROM file f WHERE f.name = e->>0) END")
-        values += [v for _c, v in defaults]
         self._raw.cursor().execute(
             f"INSERT INTO {table} ({names}) SELECT {', '.join(values)} "
             "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n) ORDER BY n",

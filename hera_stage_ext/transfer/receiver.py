@@ -61,7 +61,7 @@ from .. import directio, safefs
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.inlist import one_of
-from ..catalogue.models import Event, File, Instance, Store, utcnow
+from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.methods import TMP_SUFFIX, _rename_noreplace, _write_all, commit, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
@@ -94,7 +94,6 @@ RESERVED_DIRS = (INCOMING_DIR,)
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
 _ITEMS = TransferItem.__table__
-_EVENTS = Event.__table__
 #: Item states after which nothing more happens to it (until it is announced again).
 _FINISHED_STATES = ("committed", "failed")
 
