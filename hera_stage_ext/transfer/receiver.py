@@ -23,7 +23,8 @@ partial file (a damaged member is never written and is pulled again in the next 
 others go on); then the verified ones are made final together with ``methods.commit`` (one
 ``syncfs`` for their data,
 renames that never replace anything, one more ``syncfs``), registered with ONE
-``Catalogue.register`` call and committed, with their events, in ONE more transaction. A broken
+``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one only if
+something in it conflicts) and committed in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
 name is taken meanwhile takes the single-file path (verified there, registered only if it is
 exactly what was announced). Small files wait in a queue per peer (``_small``) that up to
