@@ -178,3 +178,28 @@ def test_events_in_bulk_by_name_or_id(catalogue):
     with pytest.raises(NotFound, match="nobody"):
         catalogue.add_events([("one", "note", {}), ("nobody", "note", {})])
     assert table_counts(catalogue) == before
+
+
+def test_ingest_confines_every_path_while_resolving_each_folder_once(catalogue, tmp_path):
+    """Ingest resolves a folder once for all its files: a file that is a symlink out of the
+    store, a folder that is one, and a '..' path sent to ingest_paths are still refused."""
+    from hera_stage_ext.catalogue.ingest import Ingester
+
+    store = tmp_path / "a"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dat").write_bytes(b"secret")
+    (store / "night").mkdir()
+    for i in range(3):
+        (store / "night" / f"f{i}.dat").write_bytes(bytes([i]) * 10)
+    (store / "night" / "leak.dat").symlink_to(outside / "secret.dat")
+    (store / "away").symlink_to(outside, target_is_directory=True)
+    ingester = Ingester(catalogue)
+    plan = ingester.plan("a", ["*/*"])
+    assert sorted(plan.todo) == ["night/f0.dat", "night/f1.dat", "night/f2.dat"]
+    assert sorted(e["path"] for e in plan.errors) == ["away/secret.dat", "night/leak.dat"]
+    report = ingester.ingest_paths(
+        "a", [*plan.todo, "night/leak.dat", "night/../../outside/secret.dat"])
+    assert report.registered == 3
+    assert len(report.errors) == 2
+    assert catalogue.counts()["files"] == 3

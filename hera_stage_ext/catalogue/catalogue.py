@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import joinedload, selectinload
 
@@ -442,6 +442,28 @@ class Catalogue:
             if event is not None:
                 self.add_events([(row.file_id, event[0], event[1])], within=s)
             return True
+
+    #: Instance columns ``update_instances`` changes (the rest say where a copy is: immutable).
+    INSTANCE_STATE = ("available", "deletion_policy", "fixity", "verified_at", "fixity_detail")
+
+    def update_instances(self, changes: Sequence[tuple[int, dict[str, Any]]], *,
+                         within: DbSession | None = None) -> None:
+        """Change the state of instances (``INSTANCE_STATE``), each (instance id, {column:
+        value}): one executemany UPDATE per set of columns changed, in one transaction (or
+        in the write session ``within``). An instance gone meanwhile is left alone."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for instance_id, values in changes:
+            unknown = set(values) - set(self.INSTANCE_STATE)
+            if unknown:
+                raise ValueError(f"not instance state: {sorted(unknown)}")
+            groups.setdefault(tuple(sorted(values)), []).append(
+                {"instance_id": instance_id, **values})
+        table = Instance.__table__
+        with self._writing(within) as s:
+            for columns, rows in groups.items():
+                s.connection().execute(
+                    update(table).where(table.c.id == bindparam("instance_id"))
+                    .values({c: bindparam(c) for c in columns}), rows)
 
     @contextlib.contextmanager
     def _writing(self, within: DbSession | None) -> Iterator[DbSession]:

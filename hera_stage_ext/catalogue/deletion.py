@@ -88,7 +88,7 @@ def set_policy(db: Database, name: str, policy: str, *, store: str | None = None
                            + (f" on store {store!r}" if store else "") + " on this site")
         changed = []
         for inst in instances if all_instances else instances[:1]:
-            inst.deletion_policy = policy
+            Catalogue(db).update_instances([(inst.id, {"deletion_policy": policy})], within=s)
             store_name = s.scalar(select(Store.name).where(Store.id == inst.store_id))
             payload = {"store": store_name, "path": inst.path, "new_policy": policy}
             if context:
@@ -170,7 +170,7 @@ def _delete_one(db: Database, instance_id: int, store_id: int | None, rule: Dele
         if dry_run:
             return {**where, "outcome": "would-delete", "reason": ""}
         was_available = inst.available
-        inst.available = False
+        Catalogue(db).update_instances([(instance_id, {"available": False})], within=s)
         root, path, file_id = store.path, inst.path, inst.file_id
     try:
         remove_path(instance_location(root, path))
@@ -179,10 +179,7 @@ def _delete_one(db: Database, instance_id: int, store_id: int | None, rule: Dele
     except (OSError, StagingError) as exc:
         detail = getattr(exc, "message", None) or str(exc)
         log.warning("deletion of %s:%s failed: %s", where["store"], path, detail)
-        with db.write() as s:
-            inst = s.get(Instance, instance_id)
-            if inst is not None:
-                inst.available = was_available
+        Catalogue(db).update_instances([(instance_id, {"available": was_available})])
         return {**where, "outcome": "error", "reason": detail}
     payload = {**where}
     if context:
