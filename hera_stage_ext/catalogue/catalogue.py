@@ -1,7 +1,11 @@
 """The catalogue's operations: stores, registering files and instances, lookups, search, events.
 
 This is the core API every face (REST, Librarian RPC, CLI through REST, jobs, transfers) calls;
-it knows nothing of tornado. Registration keeps the Librarian's invariant: a name, once known,
+it knows nothing of tornado. It owns its tables: every write of a file, instance, event or
+remote instance goes through a method here (in bulk where callers write many: ``register``,
+``register_each``, ``add_events``, ``update_instances``, ``record_remote``), most of them through
+``tables`` (the driver, not SQLAlchemy's per-row work); a caller already in a write transaction
+passes its session (``within``). Registration keeps the Librarian's invariant: a name, once known,
 always means the same bytes. Registering it again with other content is a Conflict that changes
 nothing; the same content again is a no-op.
 """

@@ -152,9 +152,7 @@ class Tables:
             stores = files = held = observations = sessions = None
             if store is not None:
                 stores = self._run("SELECT id, name FROM store WHERE name = ?", [store])
-                held = self._where_in(
-                    "SELECT i.path, i.file_id FROM instance i JOIN store s ON s.id = i.store_id"
-                    " WHERE s.name = ? AND", "i.path", paths, [store])
+                held = self._held(store, paths)
             files = self._where_in("SELECT id, name, size, checksums FROM file WHERE", "name",
                                    names)
             observations = self._where_in("SELECT obsid FROM observation WHERE", "obsid",
@@ -180,10 +178,36 @@ class Tables:
 
     def names_without_remote(self, site: str, names: Iterable[str]) -> list[str]:
         """Of ``names``, the files not yet recorded as held by ``site``."""
-        cursor = self._where_in(
-            "SELECT f.name FROM file f WHERE NOT EXISTS (SELECT 1 FROM remote_instance r "
-            "WHERE r.file_id = f.id AND r.site = ?) AND", "f.name", names, [site])
-        return [] if cursor is None else [row[0] for row in cursor.fetchall()]
+        names = list(names)
+        if not names:
+            return []
+        if self.pg:  # one probe of the (file, site) index a file, whatever the statistics
+            cursor = self._run(
+                "SELECT name FROM (SELECT f.name, EXISTS (SELECT 1 FROM remote_instance r "
+                "WHERE r.file_id = f.id AND r.site = ?) AS held FROM file f "
+                "WHERE f.name = ANY(?) OFFSET 0) AS h WHERE NOT held", [site, names])
+        else:
+            cursor = self._where_in(
+                "SELECT f.name FROM file f WHERE NOT EXISTS (SELECT 1 FROM remote_instance r "
+                "WHERE r.file_id = f.id AND r.site = ?) AND", "f.name", names, [site])
+        return [row[0] for row in cursor.fetchall()]
+
+    def _held(self, store: str, paths: Iterable[str]) -> Any:
+        """The cursor of (path, file id) of ``paths`` that ``store`` holds; None for none."""
+        paths = list(paths)
+        if not paths or not self.pg:
+            return self._where_in(
+                "SELECT i.path, i.file_id FROM instance i JOIN store s ON s.id = i.store_id"
+                " WHERE s.name = ? AND", "i.path", paths, [store])
+        # One probe of the (store, path) index a path. Given the list, PostgreSQL's planner
+        # took the store's index and filtered every instance of the store by path whenever
+        # its statistics were older than the last few batches: a scan a batch.
+        return self._run(
+            "SELECT path, file_id FROM (SELECT p.path, (SELECT i.file_id FROM instance i "
+            "WHERE i.store_id = s.id AND i.path = p.path) AS file_id FROM store s, "
+            "unnest(?::text[]) AS p(path) WHERE s.name = ? OFFSET 0) AS h "  # 0: probe once
+            "WHERE file_id IS NOT NULL",
+            [paths, store])
 
     # ----- writes -------------------------------------------------------------------------
     def write(self, *, sessions: Sequence[tuple[Any, ...]] = (),
