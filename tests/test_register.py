@@ -203,3 +203,23 @@ def test_ingest_confines_every_path_while_resolving_each_folder_once(catalogue, 
     assert report.registered == 3
     assert len(report.errors) == 2
     assert catalogue.counts()["files"] == 3
+
+
+def test_instance_state_changes_in_bulk(catalogue):
+    catalogue.register([spec("one"), spec("two")], "a", ["1", "2"])
+    with catalogue.db.read() as s:
+        ids = dict(s.execute(select(Instance.path, Instance.id)).all())
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 6)
+    catalogue.update_instances([
+        (ids["1"], {"fixity": "bad", "available": False, "verified_at": when,
+                    "fixity_detail": "x"}),
+        (ids["2"], {"deletion_policy": "allowed"}),
+        (ids["2"] + 100, {"deletion_policy": "allowed"}),  # gone meanwhile: nothing happens
+    ])
+    with catalogue.db.read() as s:
+        one, two = (s.get(Instance, ids[p]) for p in ("1", "2"))
+        assert (one.fixity, one.available, one.verified_at, one.fixity_detail,
+                one.deletion_policy) == ("bad", False, when, "x", "disallowed")
+        assert (two.fixity, two.available, two.deletion_policy) == ("unchecked", True, "allowed")
+    with pytest.raises(ValueError, match="path"):
+        catalogue.update_instances([(ids["1"], {"path": "elsewhere"})])

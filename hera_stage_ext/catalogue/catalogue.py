@@ -203,8 +203,8 @@ class Catalogue:
                     path = paths[i]
                     owner = added_paths.get(path)
                     if owner is None and path in held:
-                        known = plan.known.get(spec.name)
-                        if known is None or held[path] != known.id:
+                        stored = plan.known.get(spec.name)
+                        if stored is None or held[path] != stored.id:
                             raise Conflict(f"{store}:{path} already holds another file",
                                            name=spec.name)
                     elif owner is not None and owner[0] != spec.name:
@@ -315,9 +315,9 @@ class Catalogue:
             ]
             if instance_events is not None:
                 for name, i in added_paths.values():
-                    if instance_events[i] is not None:
-                        type_, payload = instance_events[i]
-                        events.append((name, type_, now, dumps(payload)))
+                    extra = instance_events[i]
+                    if extra is not None:
+                        events.append((name, extra[0], now, dumps(extra[1])))
         tables.write(
             sessions=[(sid, v[0], v[1]) for sid, v in plan.sessions.items() if not v[2]],
             session_updates=[(v[0], v[1], sid) for sid, v in plan.sessions.items()
@@ -462,11 +462,10 @@ class Catalogue:
                 raise ValueError(f"not instance state: {sorted(unknown)}")
             groups.setdefault(tuple(sorted(values)), []).append(
                 {"instance_id": instance_id, **values})
-        table = Instance.__table__
         with self._writing(within) as s:
             for columns, rows in groups.items():
                 s.connection().execute(
-                    update(table).where(table.c.id == bindparam("instance_id"))
+                    update(Instance).where(Instance.id == bindparam("instance_id"))
                     .values({c: bindparam(c) for c in columns}), rows)
 
     @contextlib.contextmanager

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +106,12 @@ class Tables:
         self._ids: dict[str, int] = {}
         # A timestamp as a row of ``write`` gives it: SQLite stores SQLAlchemy's text form (its
         # DATETIME type's own conversion); PostgreSQL casts ISO text.
-        self._time = (lambda t: t.isoformat(" ")) if self.pg else (
-            Event.__table__.c.time.type.dialect_impl(connection.dialect)
-            .bind_processor(connection.dialect))
+        self._time: Callable[[dt.datetime], Any] = (lambda t: t.isoformat(" "))
+        if not self.pg:
+            processor = Event.__table__.c.time.type.dialect_impl(
+                connection.dialect).bind_processor(connection.dialect)
+            assert processor is not None
+            self._time = processor
 
     def time(self, when: dt.datetime) -> Any:
         """``when`` (naive UTC) as a timestamp column takes it."""
