@@ -13,6 +13,10 @@ batches of ingest's size (``ingest.BATCH_SIZE``):
 and end to end, ``ingest``: ``Ingester.ingest`` of ``--ingest-files`` files of 4 KiB in 100
 folders of a store (glob, plan, hash, register; the files are written once, before the cases).
 
+Beside each rate: files per CPU second of this process and (PostgreSQL) the server processes of
+its connections (``/proc/<pid>/stat``): the cost of the work whatever else runs on the machine,
+and what a quiet machine's wall rate approaches.
+
 With ``--baseline DIR`` (another checkout, e.g. ``/work/main``) every case also runs with that
 tree's code, in interleaved pairs (ours, baseline; baseline, ours; ...), each case in a
 subprocess of its own with the tree first on ``PYTHONPATH``; the table shows the medians and the
