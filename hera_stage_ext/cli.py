@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from . import cli_staged, cli_steward
@@ -28,8 +28,11 @@ from .client import (
     human_size,
 )
 
-#: Store-relative paths the CLI sends per ingest request (one progress step each).
-INGEST_BATCH = 100
+#: Store-relative paths the CLI sends per ingest request (one progress step each, one
+#: registration transaction on the server: ``ingest.BATCH_SIZE``), and at most this many bytes
+#: of them (well inside a request body's limit).
+INGEST_BATCH = 1000
+INGEST_BATCH_BYTES = 256 << 10
 #: Exit status when the reader of our output went away (128 + SIGPIPE, as a shell reports it).
 EXIT_BROKEN_PIPE = 141
 #: Exit status after Ctrl+C (128 + SIGINT).
@@ -145,6 +148,19 @@ STORE_COLUMNS = [Column("NAME", lambda s: s["name"]), Column("KIND", lambda s: s
                  Column("PATH", lambda s: s["path"])]
 
 
+def _ingest_batches(todo: list[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for path in todo:
+        if batch and (len(batch) == INGEST_BATCH or size + len(path) > INGEST_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += len(path.encode("utf-8", "surrogateescape")) + 4
+    if batch:
+        yield batch
+
+
 def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -154,8 +170,7 @@ def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
     registered = instances = 0
     with tqdm(total=len(todo), unit="file", desc=f"ingest {args.store}",
               disable=args.quiet or None) as bar:
-        for start in range(0, len(todo), INGEST_BATCH):
-            batch = todo[start : start + INGEST_BATCH]
+        for batch in _ingest_batches(todo):
             report = client.ingest_paths(args.store, batch)
             registered += report["registered"]
             instances += report["instances_added"]

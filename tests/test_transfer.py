@@ -631,7 +631,7 @@ def test_full_store_answers_no_space(tmp_path) -> None:
 
 
 def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_path) -> None:
-    """The lookups that bind a batch's names as one JSON array (``transfer/bulk.py``) find
+    """The lookups that bind a batch's names as one JSON array (``catalogue/inlist.py``) find
     exactly the rows named, quotes and non-ASCII included, for more names than SQLite once
     took as bound variables: the receiver's status (``finished_only`` lists only committed,
     failed and unknown names), the sender's offers and its remote-instance records (once per

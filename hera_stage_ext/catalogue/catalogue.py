@@ -1,30 +1,36 @@
 """The catalogue's operations: stores, registering files and instances, lookups, search, events.
 
 This is the core API every face (REST, Librarian RPC, CLI through REST, jobs, transfers) calls;
-it knows nothing of tornado. Registration keeps the Librarian's invariant: a name, once known,
+it knows nothing of tornado. It owns its tables: every write of a file, instance, event or
+remote instance goes through a method here (in bulk where callers write many: ``register``,
+``register_each``, ``add_events``, ``update_instances``, ``record_remote``), most of them through
+``tables`` (the driver, not SQLAlchemy's per-row work); a caller already in a write transaction
+passes its session (``within``). Registration keeps the Librarian's invariant: a name, once known,
 always means the same bytes. Registering it again with other content is a Conflict that changes
 nothing; the same content again is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Select, Table, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, StagingError
 from ..paths import check_text, is_within
 from . import checksums as ck
 from . import cold
 from . import search as search_language
 from .db import Database
-from .models import Event, File, Instance, Observation, Session, Store, utcnow
+from .inlist import one_of
+from .models import File, Instance, Observation, Session, Store, utcnow
 from .naming import ObservationInfo, ObservationNamer, file_type, validate_name
 from .search_rows import files_with_instances
 from .serialize import (
@@ -35,6 +41,7 @@ from .serialize import (
     observation_json,
     store_json,
 )
+from .tables import Found, Tables, dumps, json_string
 
 STORE_KINDS = ("online", "cold")
 
@@ -75,40 +82,15 @@ class _RegistrationPlan:
     new: dict[str, FileSpec] = field(default_factory=dict)  # name -> the spec that creates it
     new_known: dict[str, _KnownFile] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be created
-    files: list[dict[str, Any]] = field(default_factory=list)  # rows of table file
-    observations: list[dict[str, Any]] = field(default_factory=list)
+    files: list[tuple[Any, ...]] = field(default_factory=list)  # rows of tables.FILE_COLUMNS
+    observations: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: dict[int, list[Any]] = field(default_factory=dict)  # id -> [start, stop, old, dirty]
 
 
-#: Values per ``IN (...)`` list (SQLite allows 32,766 bound values per statement).
-_IN_CHUNK = 5_000
-
-
-def _insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """One executemany INSERT (on psycopg, measured faster than multi-row VALUES through
-    SQLAlchemy's insertmanyvalues, which RETURNING would select)."""
-    if rows:
-        conn.execute(insert(table), rows)
-
-
-def _select_in(s: DbSession, stmt: Select, column: Any, values: Iterable[Any]) -> list[Any]:
-    """The rows of ``stmt`` restricted to ``column IN values`` (queried in chunks).
-
-    On PostgreSQL the values are rendered into the SQL text. With bound parameters every batch
-    sends the same text, which psycopg turns into a server-side prepared statement after five
-    runs; PostgreSQL then keeps the generic plan it chose while the tables were nearly empty (a
-    sequential scan) until the next ANALYZE, and a fresh catalogue's first ingest minute ran at
-    a few hundred files/s, slowing as the tables grew. Literal values get a plan per batch.
-    """
-    values = list(values)
-    literal = s.get_bind().dialect.name == "postgresql"
-    rows: list[Any] = []
-    for start in range(0, len(values), _IN_CHUNK):
-        chunk = values[start : start + _IN_CHUNK]
-        if literal:
-            chunk = bindparam("values", chunk, expanding=True, literal_execute=True)
-        rows.extend(s.execute(stmt.where(column.in_(chunk))))
-    return rows
+def _checksums_json(checksums: dict[str, str]) -> str:
+    """``dumps`` of checksums that ``checksums.normalise`` passed (known algorithm names, hex
+    digits: nothing to escape), without the JSON encoder's cost per file."""
+    return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
 
 
 class Catalogue:
@@ -161,20 +143,26 @@ class Catalogue:
 
     # ----- registration -------------------------------------------------------------------
     def register(
-        self, specs: Sequence[FileSpec], store: str | None = None, paths: Sequence[str] | None = None
+        self, specs: Sequence[FileSpec], store: str | None = None,
+        paths: Sequence[str] | None = None, *,
+        instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
     ) -> list[Registration]:
         """Register files (and, with ``store``, their instances at ``paths``) in one transaction.
 
         Raises Conflict, leaving the catalogue unchanged, when any name is known with other
-        content or any store path already holds another file.
+        content or any store path already holds another file. ``instance_events``: per spec,
+        an event (type, payload) more to record with its instance when this call adds it (a
+        transfer's ``transfer-received``).
 
         Bulk by design (ingest calls it with hundreds of files): one query each fetches the
         batch's known files, observations, sessions and store paths, every check runs in the
         order of ``specs`` before anything is written, and the new rows go in with one
-        executemany INSERT per table (Core, not ORM units of work).
+        statement per table (``tables``: through the driver, not SQLAlchemy's per-row work).
         """
         if store is not None and (paths is None or len(paths) != len(specs)):
             raise InvalidRequest("register: one path per file is needed with a store")
+        if instance_events is not None and len(instance_events) != len(specs):
+            raise InvalidRequest("register: one instance event (or None) per file is needed")
         for spec in specs:
             validate_name(spec.name)
             spec.checksums = ck.normalise(spec.checksums)
@@ -182,38 +170,24 @@ class Catalogue:
                 raise InvalidRequest(f"{spec.name}: at least one checksum is required")
             if not isinstance(spec.size, int) or spec.size < 0:
                 raise InvalidRequest(f"{spec.name}: size must be a non-negative integer")
+        # Every spec's observation (what a new file of that name would belong to): looked up
+        # with the rest, before it is known which names are new.
+        observed = [spec.observation or self.namer.observation_of(spec.name) for spec in specs]
+        obsids = {obs.obsid for obs in observed if obs is not None}
+        obsids |= {spec.obsid for spec in specs if spec.obsid is not None}
         with self.db.write() as s:
-            store_row = None
-            if store is not None:
-                store_row = s.execute(
-                    select(Store.id, Store.name).where(Store.name == store)
-                ).first()
-                if store_row is None:
-                    raise NotFound(f"no store named {store!r}")
-            plan = _RegistrationPlan()
-            plan.known = {
-                row.name: _KnownFile(row.id, row.size, row.checksums)
-                for row in _select_in(
-                    s, select(File.id, File.name, File.size, File.checksums), File.name,
-                    {sp.name for sp in specs},
-                )
-            }
-            self._plan_new_files(s, specs, plan)
-            if store_row is not None:
-                assert paths is not None
-                held = {
-                    row.path: row.file_id
-                    for row in _select_in(
-                        s,
-                        select(Instance.path, Instance.file_id).where(
-                            Instance.store_id == store_row.id
-                        ),
-                        Instance.path,
-                        set(paths),
-                    )
-                }
+            tables = Tables(s)
+            found = tables.find(store, {spec.name for spec in specs},
+                                set(paths) if store is not None and paths else (),
+                                obsids, {obs.session_id for obs in observed if obs is not None})
+            if store is not None and found.store is None:
+                raise NotFound(f"no store named {store!r}")
+            plan = _RegistrationPlan(known={
+                name: _KnownFile(*row) for name, row in found.files.items()})
+            self._plan_new_files(tables, specs, observed, found, plan)
+            held = found.held
             # Every check, in the order of the batch, before anything is written.
-            added_paths: dict[str, str] = {}  # path -> name, for instances added by this batch
+            added_paths: dict[str, tuple[str, int]] = {}  # path -> name, index of its spec
             results = []
             for i, spec in enumerate(specs):
                 created = spec.name in plan.new and plan.new[spec.name] is spec
@@ -223,24 +197,47 @@ class Catalogue:
                     known = plan.known.get(spec.name) or plan.new_known[spec.name]
                     self._check_same_content(known, spec)
                 added = False
-                if store_row is not None:
+                if found.store is not None:
                     assert paths is not None
                     path = paths[i]
                     owner = added_paths.get(path)
                     if owner is None and path in held:
-                        known = plan.known.get(spec.name)
-                        if known is None or held[path] != known.id:
-                            raise Conflict(f"{store_row.name}:{path} already holds another file",
+                        stored = plan.known.get(spec.name)
+                        if stored is None or held[path] != stored.id:
+                            raise Conflict(f"{store}:{path} already holds another file",
                                            name=spec.name)
-                    elif owner is not None and owner != spec.name:
-                        raise Conflict(f"{store_row.name}:{path} already holds another file",
+                    elif owner is not None and owner[0] != spec.name:
+                        raise Conflict(f"{store}:{path} already holds another file",
                                        name=spec.name)
                     elif owner is None:
-                        added_paths[path] = spec.name
+                        added_paths[path] = (spec.name, i)
                         added = True
                 results.append(Registration(spec.name, created, added))
-            self._write_registration(s, plan, store_row, added_paths)
+            self._write_registration(tables, plan, found.store, added_paths, instance_events)
             return results
+
+    def register_each(
+        self, specs: Sequence[FileSpec], store: str | None = None,
+        paths: Sequence[str] | None = None, *,
+        instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
+    ) -> list[Registration | StagingError]:
+        """``register``, where one bad file must not sink the rest (ingest, an upload, a
+        transfer's batch): the batch in one transaction, or, if anything in it is refused,
+        each file in a transaction of its own. Per spec, its Registration or its refusal
+        (Conflict, InvalidRequest); a missing store is raised."""
+        try:
+            return list(self.register(specs, store, paths, instance_events=instance_events))
+        except (Conflict, InvalidRequest):
+            pass
+        out: list[Registration | StagingError] = []
+        for i, spec in enumerate(specs):
+            try:
+                out += self.register(
+                    [spec], store, None if paths is None else [paths[i]],
+                    instance_events=None if instance_events is None else [instance_events[i]])
+            except (Conflict, InvalidRequest) as exc:
+                out.append(exc)
+        return out
 
     @staticmethod
     def _check_same_content(file: File | _KnownFile, spec: FileSpec) -> None:
@@ -251,35 +248,21 @@ class Catalogue:
                 name=spec.name,
             )
 
-    def _plan_new_files(
-        self, s: DbSession, specs: Sequence[FileSpec], plan: _RegistrationPlan
-    ) -> None:
+    @staticmethod
+    def _plan_new_files(tables: Tables, specs: Sequence[FileSpec],
+                        observed: Sequence[ObservationInfo | None], found: Found,
+                        plan: _RegistrationPlan) -> None:
         """Decide the rows of the batch's new files, observations and sessions (in order: the
         first spec of a new name creates it, an obsid must exist or be created earlier)."""
-        fresh: list[tuple[FileSpec, ObservationInfo | None]] = []
-        for spec in specs:
+        existing_obs = found.observations
+        sessions = {  # id -> [start, stop, stored already, changed]
+            id_: [start, stop, True, False] for id_, (start, stop) in found.sessions.items()}
+        now = tables.time(utcnow())
+        for spec, obs in zip(specs, observed):
             if spec.name in plan.known or spec.name in plan.new:
                 continue
             plan.new[spec.name] = spec
             plan.new_known[spec.name] = _KnownFile(None, spec.size, spec.checksums)
-            fresh.append((spec, spec.observation or self.namer.observation_of(spec.name)))
-        if not fresh:
-            return
-        wanted = {obs.obsid for _, obs in fresh if obs is not None}
-        wanted |= {sp.obsid for sp, _ in fresh if sp.obsid is not None}
-        existing_obs = {
-            row.obsid for row in _select_in(s, select(Observation.obsid), Observation.obsid, wanted)
-        }
-        session_ids = {obs.session_id for _, obs in fresh if obs is not None}
-        sessions = {
-            row.id: [row.start_time_jd, row.stop_time_jd, True, False]  # start, stop, old, dirty
-            for row in _select_in(
-                s, select(Session.id, Session.start_time_jd, Session.stop_time_jd), Session.id,
-                session_ids,
-            )
-        }
-        now = utcnow()
-        for spec, obs in fresh:
             obsid = spec.obsid if spec.obsid is not None else (obs.obsid if obs else None)
             if obs is not None and obsid == obs.obsid:
                 if obs.obsid not in existing_obs:
@@ -292,89 +275,64 @@ class Catalogue:
                         session[0] = min(session[0], obs.start_time_jd)
                         session[1] = max(session[1], obs.stop_time_jd)
                         session[3] = True
-                    plan.observations.append({
-                        "obsid": obs.obsid, "start_time_jd": obs.start_time_jd,
-                        "stop_time_jd": obs.stop_time_jd, "start_lst_hr": obs.start_lst_hr,
-                        "session_id": obs.session_id,
-                    })
+                    plan.observations.append((obs.obsid, obs.start_time_jd, obs.stop_time_jd,
+                                              obs.start_lst_hr, obs.session_id))
             elif obsid is not None and obsid not in existing_obs:
                 # Raised by ``register`` in batch order, after the checks of earlier files.
                 plan.invalid[spec.name] = f"{spec.name}: unknown obsid {obsid}"
                 continue
-            plan.files.append({
-                "name": spec.name, "type": file_type(spec.name), "size": spec.size,
-                "is_directory": spec.is_directory, "checksums": spec.checksums,
-                "create_time": spec.create_time or now, "obsid": obsid, "source": spec.source,
-                "metadata": spec.meta,
-            })
+            plan.files.append((
+                spec.name, file_type(spec.name), spec.size, spec.is_directory,
+                _checksums_json(spec.checksums),
+                now if spec.create_time is None else tables.time(spec.create_time),
+                obsid, spec.source, dumps(spec.meta) if spec.meta else "{}",
+            ))
         plan.sessions = sessions
 
     @staticmethod
     def _write_registration(
-        s: DbSession, plan: _RegistrationPlan, store_row: Any, added_paths: dict[str, str]
+        tables: Tables, plan: _RegistrationPlan, store_row: tuple[int, str] | None,
+        added_paths: dict[str, tuple[str, int]],
+        instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None,
     ) -> None:
-        conn = s.connection()
-        new_sessions = [
-            {"id": sid, "start_time_jd": v[0], "stop_time_jd": v[1]}
-            for sid, v in plan.sessions.items() if not v[2]
+        """Write what ``register`` decided: one statement a table (``Tables.write``)."""
+        now = tables.time(utcnow())
+        events: list[tuple[str, str, Any, str]] = [
+            (row[0], "file-registered", now, f'{{"source": {json_string(row[7])}}}')
+            for row in plan.files
         ]
-        if new_sessions:
-            _insert_rows(conn, Session.__table__, new_sessions)
-        changed = [
-            {"sid": sid, "start": v[0], "stop": v[1]}
-            for sid, v in plan.sessions.items() if v[2] and v[3]
-        ]
-        if changed:
-            table = Session.__table__
-            conn.execute(
-                update(table)
-                .where(table.c.id == bindparam("sid"))
-                .values(start_time_jd=bindparam("start"), stop_time_jd=bindparam("stop")),
-                changed,
-            )
-        if plan.observations:
-            _insert_rows(conn, Observation.__table__, plan.observations)
-        now = utcnow()
-        ids = {name: known.id for name, known in plan.known.items()}
-        if plan.files:
-            table = File.__table__
-            rows = conn.execute(
-                insert(table).returning(table.c.id, table.c.name),
-                plan.files,
-            )
-            ids.update({row.name: row.id for row in rows})
-            _insert_rows(conn, Event.__table__, [
-                {"file_id": ids[f["name"]], "type": "file-registered", "time": now,
-                 "payload": {"source": f["source"]}}
-                for f in plan.files
-            ])
-        if added_paths:
-            _insert_rows(conn, Instance.__table__, [
-                {"file_id": ids[name], "store_id": store_row.id, "path": path,
-                 "available": True, "deletion_policy": "disallowed", "create_time": now}
-                for path, name in added_paths.items()
-            ])
-            _insert_rows(conn, Event.__table__, [
-                {"file_id": ids[name], "type": "instance-added", "time": now,
-                 "payload": {"store": store_row.name, "path": path}}
-                for path, name in added_paths.items()
-            ])
+        instances = []
+        if store_row is not None and added_paths:
+            store_id, store_name = store_row
+            store_text = json_string(store_name)
+            instances = [(name, store_id, path, True, "disallowed", now, "unchecked", None, "")
+                         for path, (name, _i) in added_paths.items()]
+            events += [
+                (name, "instance-added", now,
+                 f'{{"store": {store_text}, "path": {json_string(path)}}}')
+                for path, (name, _i) in added_paths.items()
+            ]
+            if instance_events is not None:
+                for name, i in added_paths.values():
+                    extra = instance_events[i]
+                    if extra is not None:
+                        events.append((name, extra[0], now, dumps(extra[1])))
+        tables.write(
+            sessions=[(sid, v[0], v[1]) for sid, v in plan.sessions.items() if not v[2]],
+            session_updates=[(v[0], v[1], sid) for sid, v in plan.sessions.items()
+                             if v[2] and v[3]],
+            observations=plan.observations, files=plan.files, instances=instances,
+            events=events)
 
     def known_instances(self, store: str, paths: Iterable[str]) -> dict[str, int]:
         """Of ``paths`` on ``store``, those already registered, with their file's size."""
-        paths = list(paths)
-        out: dict[str, int] = {}
         with self.db.read() as s:
-            for start in range(0, len(paths), 500):
-                chunk = paths[start : start + 500]
-                rows = s.execute(
-                    select(Instance.path, File.size)
-                    .join(File, Instance.file_id == File.id)
-                    .join(Store, Instance.store_id == Store.id)
-                    .where(Store.name == store, Instance.path.in_(chunk))
-                )
-                out.update({path: size for path, size in rows})
-        return out
+            return dict(s.execute(
+                select(Instance.path, File.size)
+                .join(File, Instance.file_id == File.id)
+                .join(Store, Instance.store_id == Store.id)
+                .where(Store.name == store, one_of(self.db, Instance.path, paths))
+            ).all())
 
     # ----- lookups ------------------------------------------------------------------------
     def file_detail(self, name: str) -> dict[str, Any]:
@@ -437,11 +395,100 @@ class Catalogue:
         raise NotFound(f"{full_path!r} is not a file of any available store's catalogue")
 
     def add_event(self, name: str, type_: str, payload: dict[str, Any]) -> None:
+        self.add_events([(name, type_, payload)])
+
+    def add_events(self, events: Sequence[tuple[str | int, str, dict[str, Any]]], *,
+                   within: DbSession | None = None) -> None:
+        """Record events, each (file name or id, type, payload), in one transaction (or in the
+        write session ``within``); NotFound (and nothing recorded) when a named file does not
+        exist."""
+        if not events:
+            return
+        with self._writing(within) as s:
+            tables = Tables(s)
+            names = {file for file, _t, _p in events if isinstance(file, str)}
+            missing = sorted(names - tables.file_ids(names).keys())
+            if missing:
+                raise NotFound(f"no file named {missing[0]!r}")
+            now = tables.time(utcnow())
+            tables.write(events=[(file, type_, now, dumps(payload))
+                                 for file, type_, payload in events])
+
+    def add_instance(self, file_id: int, store_id: int, path: str, *,
+                     deletion_policy: str = "disallowed", fixity: str = "unchecked",
+                     verified_at: dt.datetime | None = None, fixity_detail: str = "",
+                     event: tuple[str, dict[str, Any]] | None = None,
+                     within: DbSession | None = None) -> None:
+        """Record an available instance of a file at ``path`` of a store (a copy made by an
+        offload, a recall's buffer copy), with ``event`` (type, payload) when given, in one
+        transaction (or in the write session ``within``)."""
+        with self._writing(within) as s:
+            tables = Tables(s)
+            now = tables.time(utcnow())
+            tables.write(
+                instances=[(file_id, store_id, path, True, deletion_policy, now, fixity,
+                            None if verified_at is None else tables.time(verified_at),
+                            fixity_detail)],
+                events=[] if event is None else [(file_id, event[0], now, dumps(event[1]))])
+
+    def remove_instance(self, instance_id: int,
+                        event: tuple[str, dict[str, Any]] | None = None, *,
+                        within: DbSession | None = None) -> bool:
+        """Forget an instance (its bytes are gone), with ``event`` (type, payload) for its file
+        when given; False if it was not there."""
+        with self._writing(within) as s:
+            row = s.execute(select(Instance.file_id).where(Instance.id == instance_id)).first()
+            if row is None:
+                return False
+            s.execute(delete(Instance).where(Instance.id == instance_id),
+                      execution_options={"synchronize_session": False})
+            if event is not None:
+                self.add_events([(row.file_id, event[0], event[1])], within=s)
+            return True
+
+    #: Instance columns ``update_instances`` changes (the rest say where a copy is: immutable).
+    INSTANCE_STATE = ("available", "deletion_policy", "fixity", "verified_at", "fixity_detail")
+
+    def update_instances(self, changes: Sequence[tuple[int, dict[str, Any]]], *,
+                         within: DbSession | None = None) -> None:
+        """Change the state of instances (``INSTANCE_STATE``), each (instance id, {column:
+        value}): one executemany UPDATE per set of columns changed, in one transaction (or
+        in the write session ``within``). An instance gone meanwhile is left alone."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for instance_id, values in changes:
+            unknown = set(values) - set(self.INSTANCE_STATE)
+            if unknown:
+                raise ValueError(f"not instance state: {sorted(unknown)}")
+            groups.setdefault(tuple(sorted(values)), []).append(
+                {"instance_id": instance_id, **values})
+        with self._writing(within) as s:
+            for columns, rows in groups.items():
+                s.connection().execute(
+                    update(Instance).where(Instance.id == bindparam("instance_id"))
+                    .values({c: bindparam(c) for c in columns}), rows)
+
+    @contextlib.contextmanager
+    def _writing(self, within: DbSession | None) -> Iterator[DbSession]:
+        """The write session ``within``, else a write transaction of its own."""
+        if within is not None:
+            yield within
+            return
         with self.db.write() as s:
-            file_id = s.scalar(select(File.id).where(File.name == name))
-            if file_id is None:
-                raise NotFound(f"no file named {name!r}")
-            s.add(Event(file_id=file_id, type=type_, payload=payload))
+            yield s
+
+    def record_remote(self, site: str, transfer: str, names: Sequence[str],
+                      answer: str) -> None:
+        """Record that ``site`` holds a verified copy of each of ``names`` (once per file and
+        site), with a ``transfer-sent`` event; names the catalogue does not hold are left."""
+        if not names:
+            return
+        with self.db.write() as s:
+            tables = Tables(s)
+            new = tables.names_without_remote(site, names)
+            now = tables.time(utcnow())
+            payload = dumps({"to": site, "transfer": transfer, "answer": answer})
+            tables.write(remote_instances=[(name, site, now, transfer) for name in new],
+                         events=[(name, "transfer-sent", now, payload) for name in new])
 
     def counts(self) -> dict[str, int]:
         with self.db.read() as s:

@@ -32,7 +32,8 @@ from ..errors import Conflict, InvalidRequest, NotFound, StagingError
 from ..transfer.models import RemoteInstance
 from .db import Database
 from .fixity import instance_location, verify_instance
-from .models import Event, File, Instance, Store, utcnow
+from .catalogue import Catalogue
+from .models import File, Instance, Store, utcnow
 from .replicate import copy_verified, remove_path
 
 log = logging.getLogger("hera_stage_ext")
@@ -87,13 +88,13 @@ def set_policy(db: Database, name: str, policy: str, *, store: str | None = None
                            + (f" on store {store!r}" if store else "") + " on this site")
         changed = []
         for inst in instances if all_instances else instances[:1]:
-            inst.deletion_policy = policy
+            Catalogue(db).update_instances([(inst.id, {"deletion_policy": policy})], within=s)
             store_name = s.scalar(select(Store.name).where(Store.id == inst.store_id))
             payload = {"store": store_name, "path": inst.path, "new_policy": policy}
             if context:
                 payload["context"] = context
-            s.add(Event(file_id=file_id, type="instance-deletion-policy-changed",
-                        payload=payload))
+            Catalogue(db).add_events(
+                [(file_id, "instance-deletion-policy-changed", payload)], within=s)
             changed.append({"store": store_name, "path": inst.path, "deletion_policy": policy})
         return changed
 
@@ -169,7 +170,7 @@ def _delete_one(db: Database, instance_id: int, store_id: int | None, rule: Dele
         if dry_run:
             return {**where, "outcome": "would-delete", "reason": ""}
         was_available = inst.available
-        inst.available = False
+        Catalogue(db).update_instances([(instance_id, {"available": False})], within=s)
         root, path, file_id = store.path, inst.path, inst.file_id
     try:
         remove_path(instance_location(root, path))
@@ -178,19 +179,15 @@ def _delete_one(db: Database, instance_id: int, store_id: int | None, rule: Dele
     except (OSError, StagingError) as exc:
         detail = getattr(exc, "message", None) or str(exc)
         log.warning("deletion of %s:%s failed: %s", where["store"], path, detail)
-        with db.write() as s:
-            inst = s.get(Instance, instance_id)
-            if inst is not None:
-                inst.available = was_available
+        Catalogue(db).update_instances([(instance_id, {"available": was_available})])
         return {**where, "outcome": "error", "reason": detail}
+    payload = {**where}
+    if context:
+        payload["context"] = context
     with db.write() as s:
-        inst = s.get(Instance, instance_id)
-        if inst is not None:
-            s.delete(inst)
-        payload = {**where}
-        if context:
-            payload["context"] = context
-        s.add(Event(file_id=file_id, type="instance-deleted", payload=payload))
+        if not Catalogue(db).remove_instance(instance_id, ("instance-deleted", payload),
+                                             within=s):
+            Catalogue(db).add_events([(file_id, "instance-deleted", payload)], within=s)
     log.info("deleted instance %s:%s", where["store"], path)
     return {**where, "outcome": "deleted", "reason": ""}
 
@@ -316,9 +313,7 @@ def _path_taken(db: Database, store_id: int, path: str) -> bool:
 def _register_copy(db: Database, file_id: int, store_id: int, store: str, path: str,
                    policy: str) -> None:
     """Record a verified copy made by an offload."""
-    with db.write() as s:
-        s.add(Instance(file_id=file_id, store_id=store_id, path=path, available=True,
-                       deletion_policy=policy, fixity="ok", verified_at=utcnow(),
-                       fixity_detail="verified when copied by an offload"))
-        s.add(Event(file_id=file_id, type="instance-added",
-                    payload={"store": store, "path": path, "context": "offload"}))
+    Catalogue(db).add_instance(
+        file_id, store_id, path, deletion_policy=policy, fixity="ok", verified_at=utcnow(),
+        fixity_detail="verified when copied by an offload",
+        event=("instance-added", {"store": store, "path": path, "context": "offload"}))

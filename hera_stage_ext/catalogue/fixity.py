@@ -25,13 +25,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select
 
 from ..errors import InvalidRequest, NotFound
 from ..paths import is_within
 from . import checksums as ck
 from .db import Database
-from .models import Event, File, Instance, Store, utcnow
+from .catalogue import Catalogue
+from .models import File, Instance, Store, utcnow
 
 log = logging.getLogger("hera_stage_ext")
 
@@ -90,27 +91,33 @@ def record(db: Database, instance_id: int, state: str, detail: str,
     operator put the bytes back, or a repair did) becomes available again. Changes are events.
     """
     with db.write() as s:
-        return _record_in(s, instance_id, state, detail, when or utcnow(), context)
+        return _record_in(db, s, instance_id, state, detail, when or utcnow(), context)
 
 
-def _record_in(s: Any, instance_id: int, state: str, detail: str, when: dt.datetime,
+def _record_in(db: Database, s: Any, instance_id: int, state: str, detail: str, when: dt.datetime,
                context: str) -> bool:
     """``record`` inside a write transaction (the audit records a batch in one)."""
+    catalogue = Catalogue(db)
     inst = s.get(Instance, instance_id)
     if inst is None:  # deleted meanwhile
         return False
     before = inst.fixity
-    inst.fixity, inst.verified_at, inst.fixity_detail = state, when, detail[:2000]
+    change: dict[str, Any] = {"fixity": state, "verified_at": when,
+                              "fixity_detail": detail[:2000]}
     store = s.get(Store, inst.store_id)
     payload = {"store": store.name if store else "", "path": inst.path, "detail": detail,
                "context": context}
+    events = []
     if state in BAD_STATES:
-        inst.available = False
+        change["available"] = False
         if before != state:
-            s.add(Event(file_id=inst.file_id, type=f"fixity-{state}", payload=payload))
+            events.append((inst.file_id, f"fixity-{state}", payload))
     elif before in BAD_STATES:
-        inst.available = True
-        s.add(Event(file_id=inst.file_id, type="fixity-restored", payload=payload))
+        change["available"] = True
+        events.append((inst.file_id, "fixity-restored", payload))
+    catalogue.update_instances([(instance_id, change)], within=s)
+    catalogue.add_events(events, within=s)
+    s.expire(inst)  # changed underneath the ORM: read again if used
     return before != state
 
 
@@ -124,17 +131,12 @@ def _record_batch(db: Database, batch: list[tuple[int, Finding]]) -> None:
         def quiet(i: int, f: Finding) -> bool:  # no event, no change of availability
             return before.get(i) == f.state or (before.get(i) == "unchecked" and f.state == "ok")
 
-        same = [{"iid": i, "state": f.state, "detail": f.detail[:2000]} for i, f in batch
-                if quiet(i, f)]
-        if same:
-            table = Instance.__table__
-            s.connection().execute(
-                update(table).where(table.c.id == bindparam("iid"))
-                .values(verified_at=when, fixity=bindparam("state"),
-                        fixity_detail=bindparam("detail")), same)
+        Catalogue(db).update_instances(
+            [(i, {"verified_at": when, "fixity": f.state, "fixity_detail": f.detail[:2000]})
+             for i, f in batch if quiet(i, f)], within=s)
         for instance_id, finding in batch:
             if instance_id in before and not quiet(instance_id, finding):
-                _record_in(s, instance_id, finding.state, finding.detail, when, "audit")
+                _record_in(db, s, instance_id, finding.state, finding.detail, when, "audit")
 
 
 _TARGET_COLUMNS = (Instance.id, File.name, Store.name, Store.path, Instance.path, File.size,

@@ -12,6 +12,7 @@ session follow.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -134,17 +135,24 @@ class ObservationNamer:
             raise ValueError("the observation pattern needs a named group 'jd' or 'obsid'")
         self.longitude_deg = longitude_deg
         self.observation_days = observation_seconds / 86400.0
+        # The files of one observation (its polarisations, its products) share the text the
+        # observation comes from: registering a batch works each one out once.
+        self._observation = functools.lru_cache(maxsize=4096)(self._observation_from)
 
     def observation_of(self, name: str) -> ObservationInfo | None:
         match = self.regex.search(name)
         if match is None:
             return None
         groups = match.groupdict()
-        if groups.get("jd"):
-            jd = float(groups["jd"])
+        return self._observation(groups.get("jd"), groups.get("obsid"))
+
+    def _observation_from(self, jd_text: str | None,
+                          obsid_text: str | None) -> ObservationInfo | None:
+        if jd_text:
+            jd = float(jd_text)
             obsid = jd_to_gps(jd)
-        elif groups.get("obsid"):
-            obsid = int(groups["obsid"])
+        elif obsid_text:
+            obsid = int(obsid_text)
             jd = gps_to_jd(obsid)
         else:
             return None

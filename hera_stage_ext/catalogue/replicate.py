@@ -35,7 +35,8 @@ from .fixity import (
     record,
     verify_instance,
 )
-from .models import Event, File, Instance, Store
+from .catalogue import Catalogue
+from .models import File, Instance, Store
 
 CHUNK = ck.CHUNK_SIZE
 
@@ -139,8 +140,7 @@ def put_in_place(verified: str, final: str) -> None:
 
 
 def _event(db: Database, file_id: int, type_: str, payload: dict[str, Any]) -> None:
-    with db.write() as s:
-        s.add(Event(file_id=file_id, type=type_, payload=payload))
+    Catalogue(db).add_events([(file_id, type_, payload)])
 
 
 def repair_file(db: Database, name: str, store: str | None = None,

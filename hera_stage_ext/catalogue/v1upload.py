@@ -141,11 +141,12 @@ def complete(catalogue: Catalogue, request: dict[str, Any], source: str) -> dict
         raise
     with catalogue.db.write() as s:
         store_id = s.scalar(select(Store.id).where(Store.name == store_name))
-        inst = s.scalar(select(Instance).where(Instance.store_id == store_id,
-                                               Instance.path == dest))
-        if inst is not None:
-            inst.deletion_policy, inst.fixity, inst.verified_at = policy, "ok", utcnow()
-            inst.fixity_detail = "verified when the upload completed"
+        instance_id = s.scalar(select(Instance.id).where(Instance.store_id == store_id,
+                                                         Instance.path == dest))
+        if instance_id is not None:
+            catalogue.update_instances([(instance_id, {
+                "deletion_policy": policy, "fixity": "ok", "verified_at": utcnow(),
+                "fixity_detail": "verified when the upload completed"})], within=s)
     if not request.get("staging_was_known"):
         _remove_staging(root, staging_dir)
     return {}

@@ -48,9 +48,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
+from ..catalogue.catalogue import Catalogue
 from ..catalogue.cold import NO_POSITION, ColdSettings, cold_settings
 from ..catalogue.db import Database
-from ..catalogue.models import Event, File, Instance, Store, utcnow
+from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import InvalidRequest, StagingError
 from ..paths import is_within
 from .items import _record
@@ -475,16 +476,17 @@ class _Recall:
             store_id = self.store_ids[buffer]
             present = s.scalar(select(Instance.file_id).where(
                 Instance.store_id == store_id, Instance.path == rel))
+            catalogue = Catalogue(self.db)
             if present is None:
-                s.add(Instance(file_id=file_id, store_id=store_id, path=rel, available=True,
-                               deletion_policy="allowed"))
+                catalogue.add_instance(file_id, store_id, rel, deletion_policy="allowed",
+                                       within=s)
             elif present != file_id:
                 raise ItemFailed(f"buffer {buffer!r} already holds another file at {rel}")
             s.execute(update(RecallCopy).where(RecallCopy.id == reservation).values(
                 state="recalled", recalled_at=utcnow()))
-            s.add(Event(file_id=file_id, type="recalled", payload={
+            catalogue.add_events([(file_id, "recalled", {
                 "cold_store": store, "volume": volume, "buffer": buffer, "path": rel,
-                "job": self.items_job}))
+                "job": self.items_job})], within=s)
             self._queue(s, item, buffer, rel)
 
     # ----- reaping ------------------------------------------------------------------------
@@ -587,13 +589,11 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
             if source in needed:
                 continue
             store_id = stores.ids[copy.buffer]
-            file_id = s.scalar(select(Instance.file_id).where(
+            instance_id = s.scalar(select(Instance.id).where(
                 Instance.store_id == store_id, Instance.path == copy.path))
-            if file_id is not None:
-                s.execute(delete(Instance).where(Instance.store_id == store_id,
-                                                 Instance.path == copy.path))
-                s.add(Event(file_id=file_id, type="reaped", payload={
-                    "buffer": copy.buffer, "path": copy.path, "job": job_id}))
+            if instance_id is not None:
+                Catalogue(db).remove_instance(instance_id, ("reaped", {
+                    "buffer": copy.buffer, "path": copy.path, "job": job_id}), within=s)
             copy.state = "reaping"
             gone.append(copy)
     removed = []

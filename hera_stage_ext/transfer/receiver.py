@@ -23,7 +23,8 @@ partial file (a damaged member is never written and is pulled again in the next 
 others go on); then the verified ones are made final together with ``methods.commit`` (one
 ``syncfs`` for their data,
 renames that never replace anything, one more ``syncfs``), registered with ONE
-``Catalogue.register`` call and committed, with their events, in ONE more transaction. A broken
+``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one only if
+something in it conflicts) and committed in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
 name is taken meanwhile takes the single-file path (verified there, registered only if it is
 exactly what was announced). Small files wait in a queue per peer (``_small``) that up to
@@ -60,12 +61,12 @@ from sqlalchemy import func, insert, select, update
 from .. import directio, safefs
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
-from ..catalogue.models import Event, File, Instance, Store, utcnow
+from ..catalogue.inlist import one_of
+from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.methods import TMP_SUFFIX, _rename_noreplace, _write_all, commit, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..writeback import WriteBehind
-from .bulk import one_of
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
 from .protocol import (
@@ -94,7 +95,6 @@ RESERVED_DIRS = (INCOMING_DIR,)
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
 _ITEMS = TransferItem.__table__
-_EVENTS = Event.__table__
 #: Item states after which nothing more happens to it (until it is announced again).
 _FINISHED_STATES = ("committed", "failed")
 
@@ -718,12 +718,8 @@ class Receiver:
         return work
 
     def _commit(self, item: TransferItem) -> None:
-        [registration] = self.catalogue.register([file_spec(item, item.peer)], self.store,
-                                                 [item.path])
-        if registration.instance_added:
-            self.catalogue.add_event(item.name, "transfer-received", {
-                "from": item.peer, "transfer": item.transfer, "store": self.store,
-                "path": item.path, "attempts": item.attempts})
+        self.catalogue.register([file_spec(item, item.peer)], self.store, [item.path],
+                                instance_events=[self._received_event(item)])
         self._finish(item.id, "committed")
         log.info("transfer %s: %s from %s committed to %s:%s", item.transfer, item.name,
                  item.peer, self.store, item.path)
@@ -908,41 +904,32 @@ class Receiver:
     def _register_batch(self, items: list[TransferItem]) -> None:
         if not items:
             return
-        specs = [file_spec(item, item.peer) for item in items]
-        try:
-            registered = list(zip(items, self.catalogue.register(
-                specs, self.store, [i.path for i in items])))
-        except Conflict:  # something registered meanwhile clashes: each on its own
-            registered = []
-            for item, spec in zip(items, specs):
-                try:
-                    [registration] = self.catalogue.register([spec], self.store, [item.path])
-                    registered.append((item, registration))
-                except Conflict as exc:
-                    (self._store_root() / item.path).unlink(missing_ok=True)
-                    self._finish(item.id, "failed", exc.message)
+        outcomes = self.catalogue.register_each(
+            [file_spec(item, item.peer) for item in items], self.store,
+            [item.path for item in items],
+            instance_events=[self._received_event(item) for item in items])
+        registered = []
+        for item, outcome in zip(items, outcomes):
+            if isinstance(outcome, StagingError):  # something registered meanwhile clashes
+                (self._store_root() / item.path).unlink(missing_ok=True)
+                self._finish(item.id, "failed", outcome.message)
+            else:
+                registered.append(item)
         if not registered:
             return
-        now = utcnow()
         with self.db.write() as s:
-            # Core statements on the tables: no ORM bookkeeping per row of a batch.
-            conn = s.connection()
-            names = [item.name for item, _r in registered]
-            ids = dict(conn.execute(select(File.name, File.id).where(
-                one_of(self.db, File.name, names))).all())
-            events = [{"file_id": ids[item.name], "type": "transfer-received", "time": now,
-                       "payload": {"from": item.peer, "transfer": item.transfer,
-                                   "store": self.store, "path": item.path,
-                                   "attempts": item.attempts}}
-                      for item, registration in registered if registration.instance_added]
-            if events:
-                conn.execute(insert(_EVENTS), events)
-            conn.execute(update(_ITEMS).where(
-                _ITEMS.c.id.in_([item.id for item, _r in registered])).values(
-                state="committed", error="", updated_at=now))
+            s.execute(update(_ITEMS).where(
+                _ITEMS.c.id.in_([item.id for item in registered])).values(
+                state="committed", error="", updated_at=utcnow()))
         self._changed()
         log.info("transfer batch: %d file(s) from %s committed to %s", len(registered),
                  items[0].peer, self.store)
+
+    def _received_event(self, item: Any) -> tuple[str, dict[str, Any]]:
+        """The ``transfer-received`` event registered with a received file's instance."""
+        return ("transfer-received", {"from": item.peer, "transfer": item.transfer,
+                                      "store": self.store, "path": item.path,
+                                      "attempts": item.attempts})
 
     def _set_errors(self, item_ids: list[int], message: str) -> None:
         with self.db.write() as s:

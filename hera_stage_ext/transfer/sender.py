@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
+from ..catalogue.catalogue import Catalogue
 from ..catalogue.db import Database
-from ..catalogue.models import Event, File, Instance, Observation, Store, utcnow
+from ..catalogue.inlist import one_of
+from ..catalogue.models import File, Instance, Observation, Store
 from ..catalogue.serialize import iso
 from ..errors import InvalidRequest, StagingError
 from ..paths import confine
-from .bulk import one_of
 from .models import RemoteInstance
 from .protocol import BATCH_MAX_FILES, offer_from_detail
 from .rclone import RclonePeer, client_for
@@ -32,26 +33,7 @@ def record_remote(db: Database, site: str, transfer: str, names: Sequence[str],
                   answer: str) -> None:
     """Record that ``site`` holds a verified copy of each of ``names`` (once per file and site),
     with a ``transfer-sent`` event."""
-    if not names:
-        return
-    with db.write() as s:
-        # Core statements on the tables (no ORM bookkeeping per row): a batch can be
-        # thousands of files, one executemany per table.
-        conn = s.connection()
-        ids = dict(conn.execute(select(File.name, File.id).where(
-            one_of(db, File.name, names))).all())
-        known = set(conn.execute(select(RemoteInstance.file_id).where(
-            RemoteInstance.site == site,
-            RemoteInstance.file_id.in_(list(ids.values())))).scalars())
-        now = utcnow()
-        new = [file_id for file_id in ids.values() if file_id not in known]
-        if new:
-            conn.execute(insert(RemoteInstance.__table__), [
-                {"file_id": i, "site": site, "time": now, "transfer": transfer} for i in new])
-            payload = {"to": site, "transfer": transfer, "answer": answer}
-            conn.execute(insert(Event.__table__), [
-                {"file_id": i, "type": "transfer-sent", "time": now, "payload": payload}
-                for i in new])
+    Catalogue(db).record_remote(site, transfer, names, answer)
 
 
 def remote_sites(core: Core, name: str) -> list[str]:

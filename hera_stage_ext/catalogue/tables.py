@@ -1,0 +1,290 @@
+"""Bulk reads and writes of the catalogue's tables inside one write transaction, through the driver.
+
+``Catalogue`` writes every file, instance, event and remote instance row; where a caller hands it
+hundreds or thousands at once (an ingest batch, a transfer's batch of received files) it goes
+through ``Tables``: SQL written for the database driver, on the connection (and so in the
+transaction) of a ``Database.write()`` session. Registering files through SQLAlchemy spent most
+of its time in Python per row and per value (compiling, bind processors, a JSON and a datetime
+conversion per column), and on PostgreSQL in two dozen round trips a batch. Here a value shared
+by a batch (the time, a store's name) is converted once, and rows go to the database as:
+
+- SQLite: ``executemany`` of one prepared statement; a multi-row ``INSERT ... VALUES ...
+  RETURNING`` for the files, whose new ids the instances and events need;
+- PostgreSQL: one ``INSERT ... SELECT FROM jsonb_array_elements(rows)`` a table, the rows bound
+  as ONE JSON text (``json.dumps`` of the batch, in C: binding arrays cost more Python per
+  value), instances and events finding their file's id by name, so that every statement of a
+  batch is sent at once in psycopg's pipeline mode: one round trip for the lookups, one for the
+  writes, whatever the count. Statements are never prepared server-side (``prepare=False``): a
+  generic plan made while the tables were nearly empty (a sequential scan) would be kept as
+  they grow.
+
+Lookups by many keys use ``inlist`` (one bound list). Values are stored as SQLAlchemy stores them
+(``models``): JSON as ``json.dumps`` text (JSONB on PostgreSQL), SQLite's datetimes in
+SQLAlchemy's text form; every column is given (the models' defaults are Python-side).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session as DbSession
+
+from .inlist import bound_values, one_of_sql
+from .models import Event
+
+#: Rows per multi-row ``INSERT ... VALUES`` on SQLite (9 values a file row: well under its
+#: 32,766 bound variables a statement).
+_SQLITE_ROWS_PER_INSERT = 1_000
+
+#: Columns of the rows ``insert_files`` takes, in order.
+FILE_COLUMNS = ("name", "type", "size", "is_directory", "checksums", "create_time", "obsid",
+                "source", "metadata")
+# Per table: (column, PostgreSQL type, cast of the value when not to that type). JSON travels as
+# text; an instance's or event's file is given by name (its id is not known yet).
+_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "session": (("id", "int8", ""), ("start_time_jd", "float8", ""),
+                ("stop_time_jd", "float8", "")),
+    "observation": (("obsid", "int8", ""), ("start_time_jd", "float8", ""),
+                    ("stop_time_jd", "float8", ""), ("start_lst_hr", "float8", ""),
+                    ("session_id", "int8", "")),
+    "file": (("name", "text", ""), ("type", "text", ""), ("size", "int8", ""),
+             ("is_directory", "bool", ""), ("checksums", "text", "::jsonb"),
+             ("create_time", "timestamp", ""), ("obsid", "int8", ""), ("source", "text", ""),
+             ("metadata", "text", "::jsonb")),
+    "instance": (("file_id", "text", ""), ("store_id", "int8", ""), ("path", "text", ""),
+                 ("available", "bool", ""), ("deletion_policy", "text", ""),
+                 ("create_time", "timestamp", ""), ("fixity", "text", ""),
+                 ("verified_at", "timestamp", ""), ("fixity_detail", "text", "")),
+    "event": (("file_id", "text", ""), ("type", "text", ""), ("time", "timestamp", ""),
+              ("payload", "text", "::jsonb")),
+    "remote_instance": (("file_id", "text", ""), ("site", "text", ""),
+                        ("time", "timestamp", ""), ("transfer", "text", "")),
+}
+
+
+def _element(index: int, kind: str, cast: str) -> str:
+    """SQL of column ``index`` of a row given as a JSON array ``e`` (PostgreSQL)."""
+    return f"(e->>{index}){cast or '::' + kind}"
+
+
+def dumps(value: Any) -> str:
+    """JSON text of a column value, as SQLAlchemy's JSON type writes it."""
+    return json.dumps(value)
+
+
+#: JSON text of a string, as ``dumps`` writes it (for payloads put together from parts).
+json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+@dataclass
+class Found:
+    """What ``Tables.find`` found of a registration batch."""
+
+    store: tuple[int, str] | None = None  # id, name
+    files: dict[str, tuple[int, int, dict[str, str]]] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)  # path on the store -> file id
+    observations: set[int] = field(default_factory=set)
+    sessions: dict[int, tuple[float, float]] = field(default_factory=dict)  # id -> start, stop
+
+
+class Tables:
+    """The catalogue's tables, on the connection of the write session ``s`` (its transaction
+    begun: on SQLite that is ``BEGIN IMMEDIATE``)."""
+
+    def __init__(self, s: DbSession) -> None:
+        connection = s.connection()
+        self.backend = connection.dialect.name
+        self.pg = self.backend == "postgresql"
+        self._raw: Any = connection.connection.driver_connection
+        # File ids by name, of the files this transaction inserted or looked up (SQLite's
+        # instances and events take the id; PostgreSQL's find it by name).
+        self._ids: dict[str, int] = {}
+        # A timestamp as a row of ``write`` gives it: SQLite stores SQLAlchemy's text form (its
+        # DATETIME type's own conversion); PostgreSQL casts ISO text.
+        self._time: Callable[[dt.datetime], Any] = (lambda t: t.isoformat(" "))
+        if not self.pg:
+            processor = Event.__table__.c.time.type.dialect_impl(
+                connection.dialect).bind_processor(connection.dialect)
+            assert processor is not None
+            self._time = processor
+
+    def time(self, when: dt.datetime) -> Any:
+        """``when`` (naive UTC) as a timestamp column takes it."""
+        return self._time(when)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """PostgreSQL: the statements run in here are sent together (pipeline mode); each
+        result is waited for when it is fetched, or at the end."""
+        if self.pg:
+            with self._raw.pipeline():
+                yield
+        else:
+            yield
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement (``?`` marks parameters); its cursor."""
+        if self.pg:
+            cursor = self._raw.cursor()
+            cursor.execute(sql.replace("?", "%b"), params, prepare=False)
+            return cursor
+        return self._raw.execute(sql, params)
+
+    def _where_in(self, sql: str, column: str, values: Iterable[Any],
+                  params: Sequence[Any] = ()) -> Any:
+        """``_run`` of ``sql`` (ending in WHERE or AND) with ``column IN values`` appended;
+        None for no values."""
+        values = list(values)
+        if not values:
+            return None
+        condition = one_of_sql(self.backend, column).replace("%s", "?")
+        return self._run(f"{sql} {condition}", [*params, bound_values(self.backend, values)])
+
+    # ----- reads --------------------------------------------------------------------------
+    def find(self, store: str | None, names: Iterable[str], paths: Iterable[str],
+             obsids: Iterable[int], session_ids: Iterable[int]) -> Found:
+        """The store, the files of ``names``, which of ``paths`` the store holds (and the
+        file there), which ``obsids`` and sessions exist: five queries, sent together."""
+        found = Found()
+        with self._batch():
+            stores = files = held = observations = sessions = None
+            if store is not None:
+                stores = self._run("SELECT id, name FROM store WHERE name = ?", [store])
+                held = self._held(store, paths)
+            files = self._where_in("SELECT id, name, size, checksums FROM file WHERE", "name",
+                                   names)
+            observations = self._where_in("SELECT obsid FROM observation WHERE", "obsid",
+                                          obsids)
+            sessions = self._where_in(
+                "SELECT id, start_time_jd, stop_time_jd FROM session WHERE", "id", session_ids)
+            if stores is not None:
+                row = stores.fetchone()
+                found.store = None if row is None else (row[0], row[1])
+            if held is not None:
+                found.held = dict(held.fetchall())
+            if files is not None:
+                for id_, name, size, checksums in files.fetchall():
+                    if isinstance(checksums, str):  # SQLite gives JSON's text
+                        checksums = json.loads(checksums)
+                    found.files[name] = (id_, size, checksums)
+                    self._ids[name] = id_
+            if observations is not None:
+                found.observations = {row[0] for row in observations.fetchall()}
+            if sessions is not None:
+                found.sessions = {id_: (start, stop) for id_, start, stop in sessions.fetchall()}
+        return found
+
+    def names_without_remote(self, site: str, names: Iterable[str]) -> list[str]:
+        """Of ``names``, the files not yet recorded as held by ``site``."""
+        names = list(names)
+        if not names:
+            return []
+        if self.pg:  # one probe of the (file, site) index a file, whatever the statistics
+            cursor = self._run(
+                "SELECT name FROM (SELECT f.name, EXISTS (SELECT 1 FROM remote_instance r "
+                "WHERE r.file_id = f.id AND r.site = ?) AS held FROM file f "
+                "WHERE f.name = ANY(?) OFFSET 0) AS h WHERE NOT held", [site, names])
+        else:
+            cursor = self._where_in(
+                "SELECT f.name FROM file f WHERE NOT EXISTS (SELECT 1 FROM remote_instance r "
+                "WHERE r.file_id = f.id AND r.site = ?) AND", "f.name", names, [site])
+        return [row[0] for row in cursor.fetchall()]
+
+    def _held(self, store: str, paths: Iterable[str]) -> Any:
+        """The cursor of (path, file id) of ``paths`` that ``store`` holds; None for none."""
+        paths = list(paths)
+        if not paths or not self.pg:
+            return self._where_in(
+                "SELECT i.path, i.file_id FROM instance i JOIN store s ON s.id = i.store_id"
+                " WHERE s.name = ? AND", "i.path", paths, [store])
+        # One probe of the (store, path) index a path. Given the list, PostgreSQL's planner
+        # took the store's index and filtered every instance of the store by path whenever
+        # its statistics were older than the last few batches: a scan a batch.
+        return self._run(
+            "SELECT path, file_id FROM (SELECT p.path, (SELECT i.file_id FROM instance i "
+            "WHERE i.store_id = s.id AND i.path = p.path) AS file_id FROM store s, "
+            "unnest(?::text[]) AS p(path) WHERE s.name = ? OFFSET 0) AS h "  # 0: probe once
+            "WHERE file_id IS NOT NULL",
+            [paths, store])
+
+    # ----- writes -------------------------------------------------------------------------
+    def write(self, *, sessions: Sequence[tuple[Any, ...]] = (),
+              session_updates: Sequence[tuple[float, float, int]] = (),
+              observations: Sequence[tuple[Any, ...]] = (),
+              files: Sequence[tuple[Any, ...]] = (),
+              instances: Sequence[tuple[Any, ...]] = (),
+              events: Sequence[tuple[Any, ...]] = (),
+              remote_instances: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Insert rows, one statement a table, in this order (all sent together on
+        PostgreSQL). Rows are tuples in the order of ``_COLUMNS``, times as ``time`` gives them,
+        JSON as text; ``session_updates``: (start, stop, id). An instance, event or remote
+        instance gives its file by id or by name (a file of this very transaction, perhaps);
+        the name of a file that does not exist is an error."""
+        with self._batch():
+            self._insert("session", sessions)
+            if session_updates:
+                if self.pg:
+                    self._raw.cursor().executemany(
+                        "UPDATE session SET start_time_jd = %s, stop_time_jd = %s "
+                        "WHERE id = %s", session_updates)
+                else:
+                    self._raw.executemany(
+                        "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?",
+                        session_updates)
+            self._insert("observation", observations)
+            self._insert_files(files)
+            self._insert("instance", instances)
+            self._insert("event", events)
+            self._insert("remote_instance", remote_instances)
+
+    def file_ids(self, names: Iterable[str]) -> dict[str, int]:
+        """Ids of the files of ``names`` that exist, by name (and of other files this
+        transaction has seen)."""
+        names = [n for n in set(names) if n not in self._ids]
+        cursor = self._where_in("SELECT name, id FROM file WHERE", "name", names)
+        if cursor is not None:
+            self._ids.update(cursor.fetchall())
+        return self._ids
+
+    def _insert_files(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if self.pg:
+            self._insert("file", rows)
+            return
+        columns = ", ".join(FILE_COLUMNS)
+        row_marks = "(" + ", ".join("?" * len(FILE_COLUMNS)) + ")"
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+            chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+            cursor = self._raw.execute(
+                f"INSERT INTO file ({columns}) VALUES {', '.join([row_marks] * len(chunk))} "
+                "RETURNING id, name", [value for row in chunk for value in row])
+            self._ids.update((name, id_) for id_, name in cursor.fetchall())
+
+    def _insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        columns = _COLUMNS[table]
+        names = ", ".join(c for c, _t, _x in columns)
+        by_name = columns[0][0] == "file_id"
+        if not self.pg:
+            if by_name:
+                ids = self.file_ids(row[0] for row in rows if isinstance(row[0], str))
+                rows = [row if isinstance(row[0], int) else (ids[row[0]], *row[1:])
+                        for row in rows]
+            marks = ", ".join("?" * len(columns))
+            self._raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+            return
+        values = [_element(i, kind, cast) for i, (_c, kind, cast) in enumerate(columns)]
+        if by_name:  # the file's id, or its name (a file of this very batch, perhaps)
+            values[0] = ("CASE jsonb_typeof(e->0) WHEN 'number' THEN (e->>0)::int8 "
+                         "ELSE (SELECT f.id FROM file f WHERE f.name = e->>0) END")
+        self._raw.cursor().execute(
+            f"INSERT INTO {table} ({names}) SELECT {', '.join(values)} "
+            "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n) ORDER BY n",
+            [json.dumps(rows)], prepare=False)

@@ -1,0 +1,225 @@
+"""Registration's semantics through the bulk writes (``catalogue/tables.py``), on both databases:
+what a batch writes (files, instances, observations, sessions, events) read back through the
+ORM as every other reader does, names repeated within a batch, conflicts that change nothing,
+an idempotent second run, events given with instances, and ``register_each``'s one-by-one
+fallback."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select
+
+from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
+from hera_stage_ext.catalogue.models import Event, File, Instance, Observation, Session
+from hera_stage_ext.catalogue.naming import ObservationNamer
+from hera_stage_ext.errors import Conflict, InvalidRequest, NotFound
+
+NIGHT = "zen.2457644.{:05d}.{}.HH.uvh5"
+
+
+def spec(name: str, size: int = 10, md5: str = "a" * 32, **kw) -> FileSpec:
+    return FileSpec(name=name, size=size, checksums={"md5": md5}, **kw)
+
+
+@pytest.fixture
+def catalogue(database, tmp_path) -> Catalogue:
+    catalogue = Catalogue(database)
+    for store in ("a", "b"):
+        (tmp_path / store).mkdir()
+    catalogue.sync_stores({"a": {"path": str(tmp_path / "a")},
+                           "b": {"path": str(tmp_path / "b")}})
+    return catalogue
+
+
+def table_counts(catalogue: Catalogue) -> dict[str, int]:
+    with catalogue.db.read() as s:
+        return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+                for t in (File, Instance, Event, Observation, Session)}
+
+
+def test_a_batch_writes_every_row_as_the_orm_reads_it(catalogue):
+    names = [NIGHT.format(10000 + 100 * (i // 2), ("xx", "yy")[i % 2]) for i in range(6)]
+    before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    result = catalogue.register(
+        [spec(n, size=i, md5=f"{i:032x}", source="ingest", meta={"k": [i, "é"]})
+         for i, n in enumerate(names)] + [spec("plain.dat", source="up'load\"")],
+        "a", [f"2457644/{n}" for n in names] + ["x/plain.dat"])
+    assert [(r.name, r.created, r.instance_added) for r in result] == [
+        (n, True, True) for n in [*names, "plain.dat"]]
+    detail = catalogue.file_detail(names[3])
+    assert detail["size"] == 3 and detail["checksums"] == {"md5": f"{3:032x}"}
+    assert detail["type"] == "uvh5" and detail["source"] == "ingest"
+    assert detail["metadata"] == {"k": [3, "é"]}
+    assert [(e["type"], e["payload"]) for e in detail["events"]] == [
+        ("file-registered", {"source": "ingest"}),
+        ("instance-added", {"store": "a", "path": f"2457644/{names[3]}"})]
+    [instance] = detail["instances"]
+    assert (instance["store"], instance["path"], instance["available"]) == (
+        "a", f"2457644/{names[3]}", True)
+    with catalogue.db.read() as s:
+        file = s.scalar(select(File).where(File.name == names[3]))
+        assert before <= file.create_time <= dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        row = s.scalar(select(Instance).where(Instance.file_id == file.id))
+        assert (row.deletion_policy, row.fixity, row.fixity_detail, row.verified_at) == (
+            "disallowed", "unchecked", "", None)
+        assert all(isinstance(e.time, dt.datetime) for e in s.scalars(select(Event)))
+        # Three observations of two files each, all in the night's session.
+        info = ObservationNamer().observation_of(names[0])
+        assert s.scalar(select(func.count()).select_from(Observation)) == 3
+        assert file.obsid == ObservationNamer().observation_of(names[3]).obsid
+        session = s.get(Session, info.session_id)
+        assert session.start_time_jd == info.start_time_jd
+        assert session.stop_time_jd == ObservationNamer().observation_of(
+            names[-1]).stop_time_jd
+    plain = catalogue.file_detail("plain.dat")
+    assert plain["events"][0]["payload"] == {"source": "up'load\""}
+    assert plain["obsid"] is None
+
+
+def test_a_later_observation_widens_its_session(catalogue):
+    catalogue.register([spec(NIGHT.format(20000, "xx"))])
+    late = NIGHT.format(30000, "xx")
+    catalogue.register([spec(late)])
+    info = ObservationNamer().observation_of(late)
+    with catalogue.db.read() as s:
+        session = s.get(Session, info.session_id)
+        assert (session.start_time_jd, session.stop_time_jd) == (
+            ObservationNamer().observation_of(NIGHT.format(20000, "xx")).start_time_jd,
+            info.stop_time_jd)
+    assert table_counts(catalogue)["session"] == 1
+
+
+def test_a_name_twice_in_one_batch(catalogue):
+    name = NIGHT.format(10000, "xx")
+    result = catalogue.register([spec(name), spec(name)], "a", ["d/1", "d/2"])
+    assert [(r.created, r.instance_added) for r in result] == [(True, True), (False, True)]
+    assert sorted(i["path"] for i in catalogue.file_detail(name)["instances"]) == ["d/1", "d/2"]
+    # The same file twice at one path is one instance.
+    again = catalogue.register([spec("f"), spec("f")], "a", ["e/f", "e/f"])
+    assert [(r.created, r.instance_added) for r in again] == [(True, True), (False, False)]
+    before = table_counts(catalogue)
+    with pytest.raises(Conflict, match="other content"):
+        catalogue.register([spec("g"), spec("g", md5="b" * 32)], "a", ["g1", "g2"])
+    with pytest.raises(Conflict, match="already holds another file"):
+        catalogue.register([spec("h"), spec("i")], "a", ["same", "same"])
+    assert table_counts(catalogue) == before
+
+
+def test_register_again_changes_nothing(catalogue):
+    specs = [spec(NIGHT.format(10000 + 100 * i, "xx"), md5=f"{i:032x}") for i in range(50)]
+    paths = [f"p/{s.name}" for s in specs]
+    catalogue.register(specs, "a", paths)
+    before = table_counts(catalogue)
+    assert before == {"file": 50, "instance": 50, "event": 100, "observation": 50, "session": 1}
+    again = catalogue.register(specs, "a", paths)
+    assert not any(r.created or r.instance_added for r in again)
+    assert table_counts(catalogue) == before
+    second = catalogue.register(specs, "b", paths)
+    assert all(r.instance_added and not r.created for r in second)
+    assert table_counts(catalogue) == {**before, "instance": 100, "event": 150}
+
+
+def test_conflicts_change_nothing(catalogue):
+    catalogue.register([spec("known")], "a", ["k"])
+    before = table_counts(catalogue)
+    with pytest.raises(Conflict, match="other content"):
+        catalogue.register([spec("new-1"), spec("known", size=11)], "a", ["n1", "k"])
+    with pytest.raises(Conflict, match="already holds another file"):
+        catalogue.register([spec("new-2")], "a", ["k"])
+    with pytest.raises(InvalidRequest, match="unknown obsid 42"):
+        catalogue.register([spec("new-3"), spec("obs", obsid=42)])
+    with pytest.raises(NotFound, match="no store"):
+        catalogue.register([spec("new-4")], "nowhere", ["x"])
+    assert table_counts(catalogue) == before
+
+
+def test_instance_events_are_written_with_the_instances_they_come_with(catalogue):
+    catalogue.register([spec("old")], "a", ["o"])
+    got = ("transfer-received", {"from": "peer", "attempts": 1})
+    catalogue.register([spec("old"), spec("new")], "a", ["o", "n"],
+                       instance_events=[got, got])
+    assert [e["type"] for e in catalogue.file_detail("old")["events"]] == [
+        "file-registered", "instance-added"]
+    assert [(e["type"], e["payload"]) for e in catalogue.file_detail("new")["events"]] == [
+        ("file-registered", {"source": ""}), ("instance-added", {"store": "a", "path": "n"}),
+        got]
+
+
+def test_register_each_keeps_the_good_files_of_a_bad_batch(catalogue):
+    catalogue.register([spec("known")], "a", ["k"])
+    outcomes = catalogue.register_each(
+        [spec("good-1"), spec("known", size=11), spec("good-2"), spec("taken"),
+         spec("obs", obsid=42)],
+        "a", ["g1", "k2", "g2", "k", "o"],
+        instance_events=[("e", {"i": i}) for i in range(5)])
+    assert [type(o).__name__ for o in outcomes] == [
+        "Registration", "Conflict", "Registration", "Conflict", "InvalidRequest"]
+    assert outcomes[0].created and outcomes[2].instance_added
+    assert [e["type"] for e in catalogue.file_detail("good-2")["events"]] == [
+        "file-registered", "instance-added", "e"]
+    with pytest.raises(NotFound):
+        catalogue.file_detail("taken")
+    # A batch with nothing wrong is one transaction, as register.
+    assert [o.created for o in catalogue.register_each([spec("c"), spec("d")])] == [True, True]
+
+
+def test_events_in_bulk_by_name_or_id(catalogue):
+    catalogue.register([spec("one"), spec("two")], "a", ["1", "2"])
+    with catalogue.db.read() as s:
+        two = s.scalar(select(File.id).where(File.name == "two"))
+    catalogue.add_events([("one", "note", {"n": 1}), (two, "note", {"n": 2}),
+                          ("one", "note", {"n": 3})])
+    assert [e["payload"] for e in catalogue.file_detail("one")["events"][2:]] == [
+        {"n": 1}, {"n": 3}]
+    assert catalogue.file_detail("two")["events"][2]["payload"] == {"n": 2}
+    before = table_counts(catalogue)
+    with pytest.raises(NotFound, match="nobody"):
+        catalogue.add_events([("one", "note", {}), ("nobody", "note", {})])
+    assert table_counts(catalogue) == before
+
+
+def test_ingest_confines_every_path_while_resolving_each_folder_once(catalogue, tmp_path):
+    """Ingest resolves a folder once for all its files: a file that is a symlink out of the
+    store, a folder that is one, and a '..' path sent to ingest_paths are still refused."""
+    from hera_stage_ext.catalogue.ingest import Ingester
+
+    store = tmp_path / "a"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dat").write_bytes(b"secret")
+    (store / "night").mkdir()
+    for i in range(3):
+        (store / "night" / f"f{i}.dat").write_bytes(bytes([i]) * 10)
+    (store / "night" / "leak.dat").symlink_to(outside / "secret.dat")
+    (store / "away").symlink_to(outside, target_is_directory=True)
+    ingester = Ingester(catalogue)
+    plan = ingester.plan("a", ["*/*"])
+    assert sorted(plan.todo) == ["night/f0.dat", "night/f1.dat", "night/f2.dat"]
+    assert sorted(e["path"] for e in plan.errors) == ["away/secret.dat", "night/leak.dat"]
+    report = ingester.ingest_paths(
+        "a", [*plan.todo, "night/leak.dat", "night/../../outside/secret.dat"])
+    assert report.registered == 3
+    assert len(report.errors) == 2
+    assert catalogue.counts()["files"] == 3
+
+
+def test_instance_state_changes_in_bulk(catalogue):
+    catalogue.register([spec("one"), spec("two")], "a", ["1", "2"])
+    with catalogue.db.read() as s:
+        ids = dict(s.execute(select(Instance.path, Instance.id)).all())
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 6)
+    catalogue.update_instances([
+        (ids["1"], {"fixity": "bad", "available": False, "verified_at": when,
+                    "fixity_detail": "x"}),
+        (ids["2"], {"deletion_policy": "allowed"}),
+        (ids["2"] + 100, {"deletion_policy": "allowed"}),  # gone meanwhile: nothing happens
+    ])
+    with catalogue.db.read() as s:
+        one, two = (s.get(Instance, ids[p]) for p in ("1", "2"))
+        assert (one.fixity, one.available, one.verified_at, one.fixity_detail,
+                one.deletion_policy) == ("bad", False, when, "x", "disallowed")
+        assert (two.fixity, two.available, two.deletion_policy) == ("unchecked", True, "allowed")
+    with pytest.raises(ValueError, match="path"):
+        catalogue.update_instances([(ids["1"], {"path": "elsewhere"})])
