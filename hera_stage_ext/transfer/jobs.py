@@ -53,6 +53,8 @@ DESTINATION_PREFIX = "peer:"
 STATUS_WAIT = 2.0
 #: ...and while a large file is being pulled, how often the bytes it has are asked for.
 PROGRESS_WAIT = 0.5
+#: Claims a stream keeps announced ahead of the peer's pulls (``_Sender.ahead``).
+AHEAD_CLAIMS = 3
 
 
 class PeerRejected(StagingError):
@@ -201,6 +203,12 @@ class _Sender:
         """Items one claim takes at most (before the peer's ``max_in_flight``)."""
         return self.run.config.claim_batch
 
+    def ahead(self) -> int:
+        """Items a stream keeps announced and not yet through: ``AHEAD_CLAIMS`` claims, so the
+        peer's queue never runs dry while this worker records a committed batch and claims
+        the next (the peer pulls from one queue per sender; ``max_in_flight`` still caps)."""
+        return AHEAD_CLAIMS * self.room()
+
     def batch_bytes(self) -> int | None:
         """Bytes one claim takes at most (but always one item); None: no limit."""
         return None
@@ -274,14 +282,14 @@ class _Sender:
 
     # ----- the stream ---------------------------------------------------------------------
     def loop(self) -> None:
-        """Claim, announce, follow; the next batch is claimed and announced while the peer
-        still pulls the last one (at most about two claims in flight per stream), so the
-        peer always has work queued."""
+        """Claim, announce, follow; further batches are claimed and announced while the peer
+        still pulls the first (at most about ``AHEAD_CLAIMS`` claims in flight per stream),
+        so the peer always has work queued."""
         run = self.run
         claimed: list[_Claimed] = []
         try:
             while not (run.abort.is_set() or run.stop.is_set()):
-                if len(self.waiting) < self.room() and (
+                if len(self.waiting) < self.ahead() and (
                         not self.waiting or self.peer.seconds_until_open() == 0):
                     if not self.waiting:
                         self.wait_for_hours()
