@@ -21,6 +21,7 @@ nothing moves twice.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -354,10 +355,13 @@ class _Sender:
     def follow(self) -> None:
         """Ask the peer once how the files it accepted are doing, and report those through: a
         long poll (the peer answers as soon as one more is through, or after
-        ``STATUS_WAIT``)."""
+        ``STATUS_WAIT``). Only about the oldest claim's worth of them: the peer pulls small
+        files in the order they were announced, and a poll (parsed and looked up at the peer
+        again at every change there) costs per name asked; the later ones are asked about
+        once they are the oldest."""
         waiting = self.waiting
         asked = time.monotonic()
-        names = list(waiting)
+        names = list(itertools.islice(waiting, self.room()))
         large = [name for name, item in waiting.items() if item.size > BATCH_FILE_MAX]
         wait = PROGRESS_WAIT if large else STATUS_WAIT
         rows: list[dict[str, Any]] = []
