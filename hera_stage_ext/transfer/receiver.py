@@ -294,8 +294,7 @@ class Receiver:
     def _record(self, peer: str, transfer: str, offers: list[dict[str, Any]],
                 answers: dict[str, tuple[str, str]]) -> list[tuple[int, int, bool]]:
         """Create or re-arm the items of every ``send`` answer; their (id, size, is it a
-        directory). New items go in with one INSERT returning their ids (announces carry
-        hundreds)."""
+        directory). New items go in with one executemany (announces carry hundreds)."""
         sending = [o for o in offers if answers[o["name"]][0] == SEND]
         if not sending:
             return []
@@ -324,11 +323,9 @@ class Receiver:
                     values.update(state="queued", attempts=0, error="")
                 s.execute(update(TransferItem).where(TransferItem.id == row.id)
                           .values(**values))
-            ids = {name: row.id for name, row in known.items()}
-            if new:  # Core, with the new ids returned: no ORM bookkeeping, no second look
-                ids.update(s.connection().execute(
-                    insert(_ITEMS).returning(_ITEMS.c.name, _ITEMS.c.id,
-                                             sort_by_parameter_order=True), new).all())
+            if new:  # Core: no ORM bookkeeping per row
+                s.connection().execute(insert(_ITEMS), new)
+            ids = dict(s.execute(select(TransferItem.name, TransferItem.id).where(*mine)).all())
         return [(ids[o["name"]], o["size"], bool(o.get("is_directory"))) for o in sending]
 
     def _discard_part(self, item_id: int) -> None:
@@ -752,18 +749,18 @@ class Receiver:
 
     def _start_batch(self, item_ids: list[int]) -> list[Any]:
         """Mark the items still active as receiving (one more attempt each); their rows (with
-        the attributes of a TransferItem), in the order of their ids. One statement (UPDATE
-        ... RETURNING, on the table: no ORM object per item)."""
+        the attributes of a TransferItem). Two statements, not an ORM object per item."""
+        active = (TransferItem.id.in_(item_ids), TransferItem.state.in_(ACTIVE_ITEM_STATES))
         with self.db.write() as s:
-            rows = s.connection().execute(
-                update(_ITEMS).where(_ITEMS.c.id.in_(item_ids),
-                                     _ITEMS.c.state.in_(ACTIVE_ITEM_STATES))
-                .values(state="receiving", resumed_from=0, attempts=_ITEMS.c.attempts + 1,
-                        updated_at=utcnow())
-                .returning(_ITEMS.c.id, _ITEMS.c.peer, _ITEMS.c.name, _ITEMS.c.transfer,
-                           _ITEMS.c.path, _ITEMS.c.size, _ITEMS.c.checksums,
-                           _ITEMS.c.attempts, _ITEMS.c.spec)).all()
-        return sorted(rows, key=lambda row: row.id)
+            s.execute(update(TransferItem).where(*active).values(
+                state="receiving", resumed_from=0, attempts=TransferItem.attempts + 1,
+                updated_at=utcnow()), execution_options={"synchronize_session": False})
+            return list(s.execute(select(
+                TransferItem.id, TransferItem.peer, TransferItem.name, TransferItem.transfer,
+                TransferItem.path, TransferItem.size, TransferItem.checksums,
+                TransferItem.attempts, TransferItem.spec).where(
+                TransferItem.id.in_(item_ids), TransferItem.state == "receiving")
+                .order_by(TransferItem.id)))
 
     def _pull_batch(self, item_ids: list[int]) -> None:
         root = self._store_root()
