@@ -355,14 +355,18 @@ class _Sender:
     def follow(self) -> None:
         """Ask the peer once how the files it accepted are doing, and report those through: a
         long poll (the peer answers as soon as one more is through, or after
-        ``STATUS_WAIT``). Only about the oldest claim's worth of them: the peer pulls small
-        files in the order they were announced, and a poll (parsed and looked up at the peer
-        again at every change there) costs per name asked; the later ones are asked about
-        once they are the oldest."""
+        ``STATUS_WAIT``). About every large file, and the oldest claim's worth of small ones:
+        the peer pulls small files in batches in the order they were announced, and a poll
+        (parsed and looked up at the peer again at every change there) costs per name asked;
+        later small files are asked about once they are the oldest. (Large files are pulled
+        one by one beside the batches, a few per claim: all of them, so a slow one never holds
+        back the report of small files behind it.)"""
         waiting = self.waiting
         asked = time.monotonic()
-        names = list(itertools.islice(waiting, self.room()))
         large = [name for name, item in waiting.items() if item.size > BATCH_FILE_MAX]
+        names = large + list(itertools.islice(
+            (name for name, item in waiting.items() if item.size <= BATCH_FILE_MAX),
+            self.room()))
         wait = PROGRESS_WAIT if large else STATUS_WAIT
         rows: list[dict[str, Any]] = []
         for start in range(0, len(names), 10 * MAX_OFFERS):
