@@ -21,7 +21,6 @@ nothing moves twice.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import uuid
@@ -54,8 +53,6 @@ DESTINATION_PREFIX = "peer:"
 STATUS_WAIT = 2.0
 #: ...and while a large file is being pulled, how often the bytes it has are asked for.
 PROGRESS_WAIT = 0.5
-#: Claims a stream keeps announced ahead of the peer's pulls (``_Sender.ahead``).
-AHEAD_CLAIMS = 3
 
 
 class PeerRejected(StagingError):
@@ -207,12 +204,6 @@ class _Sender:
         claim = self.run.config.claim_batch
         return max(claim - claim % MAX_OFFERS, min(claim, MAX_OFFERS))
 
-    def ahead(self) -> int:
-        """Items a stream keeps announced and not yet through: ``AHEAD_CLAIMS`` claims, so the
-        peer's queue never runs dry while this worker records a committed batch and claims
-        the next (the peer pulls from one queue per sender; ``max_in_flight`` still caps)."""
-        return AHEAD_CLAIMS * self.room()
-
     def batch_bytes(self) -> int | None:
         """Bytes one claim takes at most (but always one item); None: no limit."""
         return None
@@ -286,14 +277,14 @@ class _Sender:
 
     # ----- the stream ---------------------------------------------------------------------
     def loop(self) -> None:
-        """Claim, announce, follow; further batches are claimed and announced while the peer
-        still pulls the first (at most about ``AHEAD_CLAIMS`` claims in flight per stream),
-        so the peer always has work queued."""
+        """Claim, announce, follow; the next batch is claimed and announced while the peer
+        still pulls the last one (at most about two claims in flight per stream), so the
+        peer always has work queued."""
         run = self.run
         claimed: list[_Claimed] = []
         try:
             while not (run.abort.is_set() or run.stop.is_set()):
-                if len(self.waiting) < self.ahead() and (
+                if len(self.waiting) < self.room() and (
                         not self.waiting or self.peer.seconds_until_open() == 0):
                     if not self.waiting:
                         self.wait_for_hours()
@@ -355,18 +346,11 @@ class _Sender:
     def follow(self) -> None:
         """Ask the peer once how the files it accepted are doing, and report those through: a
         long poll (the peer answers as soon as one more is through, or after
-        ``STATUS_WAIT``). About every large file, and the oldest claim's worth of small ones:
-        the peer pulls small files in batches in the order they were announced, and a poll
-        (parsed and looked up at the peer again at every change there) costs per name asked;
-        later small files are asked about once they are the oldest. (Large files are pulled
-        one by one beside the batches, a few per claim: all of them, so a slow one never holds
-        back the report of small files behind it.)"""
+        ``STATUS_WAIT``)."""
         waiting = self.waiting
         asked = time.monotonic()
+        names = list(waiting)
         large = [name for name, item in waiting.items() if item.size > BATCH_FILE_MAX]
-        names = large + list(itertools.islice(
-            (name for name, item in waiting.items() if item.size <= BATCH_FILE_MAX),
-            self.room()))
         wait = PROGRESS_WAIT if large else STATUS_WAIT
         rows: list[dict[str, Any]] = []
         for start in range(0, len(names), 10 * MAX_OFFERS):
