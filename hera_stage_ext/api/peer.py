@@ -72,7 +72,7 @@ class PeerStatusHandler(PeerBaseHandler):
     committed or failed (the receiver's in-memory change counter says when to look again; the
     wait costs no thread and no query); with ``finished_only``, the answer lists only the files
     committed, failed or unknown, and only their rows are read (a sender following thousands
-    needs no more)."""
+    needs no more), and it comes at once when it lists any."""
 
     @allow_unauthenticated
     async def post(self) -> None:
@@ -88,7 +88,10 @@ class PeerStatusHandler(PeerBaseHandler):
         seen = receiver.changes
         reply = await self.call(receiver.status, peer, names, finished_only)
         finished = _finished(reply)
-        while time.monotonic() < deadline and finished < len(names):
+        # A finished_only reply that lists a file is news already (the sender drops what it
+        # learns, so every file listed finished since it last asked): answered at once.
+        while time.monotonic() < deadline and finished < len(names) \
+                and not (finished_only and finished):
             await asyncio.sleep(0.02)
             if receiver.changes == seen:
                 continue

@@ -198,8 +198,11 @@ class _Sender:
                       f"peer {self.peer.name!r}: allowed hours begin, sending")
 
     def room(self) -> int:
-        """Items one claim takes at most (before the peer's ``max_in_flight``)."""
-        return self.run.config.claim_batch
+        """Items one claim takes at most (before the peer's ``max_in_flight``): a whole number
+        of announces where the engine's claim allows it (1,024 would announce 500, 500 and 24:
+        a third round trip, and a third transaction at the peer, for 24 files)."""
+        claim = self.run.config.claim_batch
+        return max(claim - claim % MAX_OFFERS, min(claim, MAX_OFFERS))
 
     def batch_bytes(self) -> int | None:
         """Bytes one claim takes at most (but always one item); None: no limit."""

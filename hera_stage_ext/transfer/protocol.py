@@ -22,8 +22,9 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     ``committed``, ``failed`` or ``unknown``. With ``wait`` (at most ``MAX_STATUS_WAIT``) the
     receiver answers as soon as one more of the names is committed or failed, or when the wait
     is over (a long poll: the sender learns of a commit at once, without polling fast). With
-    ``"finished_only": true`` the answer lists only the names committed, failed or unknown. The
-    sender asks until every file is committed or failed.
+    ``"finished_only": true`` the answer lists only the names committed, failed or unknown, and a
+    long poll whose first look finds any answers at once. The sender asks until every file is
+    committed or failed.
 ``GET files/<name>/content``  receiver -> sender, with ``Range: bytes=<offset>-``: the bytes (the
     receiver PULLS: tornado serves fast and receives slowly). It resumes a broken pull from the
     bytes already received. Used for files larger than ``BATCH_FILE_MAX`` and directories.
