@@ -9,6 +9,7 @@ need_apt=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the browser tests (never `playwright install`)
 [ -x /usr/bin/rclone ] || need_apt+=(rclone)  # rclone peers and their tests (tests/test_rclone.py)
+[ -x /usr/bin/rsync ] || need_apt+=(rsync)  # the reference tool of benchmarks/transfer_bench.py
 # The hub tests' users run the system's Python of the same version as ours (tests/hub_fixtures.py).
 py=python3.$(python3 -c 'import sys; print(sys.version_info.minor)')
 [ -x "/usr/bin/$py" ] && "/usr/bin/$py" -c 'import venv' 2>/dev/null || need_apt+=("$py" "$py-venv")
