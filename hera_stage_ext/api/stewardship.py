@@ -1,5 +1,6 @@
 """REST for stewardship: fixity findings and checks, repair, deletion policies, safe deletion
-and offload; thin handlers over ``stewardship.Stewardship``."""
+and offload; thin handlers over ``stewardship.Stewardship``, their bodies read with
+``models.py``."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ from ..catalogue.naming import validate_name
 from ..errors import InvalidRequest
 from ..stewardship import Stewardship
 from .base import ApiError, BaseHandler
-from .jobs import _bool, _selection
-
-
-def _optional_text(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise InvalidRequest(f"'{key}' must be a non-empty string")
-    return value
+from .models import (
+    DeleteInstancesRequest,
+    DeletionPolicyRequest,
+    OffloadRequest,
+    StoreChoice,
+)
 
 
 class _StewardHandler(BaseHandler):
@@ -65,9 +64,8 @@ class FileFixityHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        body = self.body_json()
-        self.reply(await self.call(lambda: self.steward.check(
-            validate_name(name), _optional_text(body, "store"))))
+        store = self.body_as(StoreChoice).store
+        self.reply(await self.call(lambda: self.steward.check(validate_name(name), store)))
 
 
 class FileRepairHandler(_StewardHandler):
@@ -76,9 +74,8 @@ class FileRepairHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        body = self.body_json()
-        self.reply(await self.call(lambda: self.steward.repair(
-            validate_name(name), _optional_text(body, "store"))))
+        store = self.body_as(StoreChoice).store
+        self.reply(await self.call(lambda: self.steward.repair(validate_name(name), store)))
 
 
 class DeletionPolicyHandler(_StewardHandler):
@@ -87,12 +84,11 @@ class DeletionPolicyHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        body = self.body_json()
+        request = self.body_as(DeletionPolicyRequest)
 
         def run() -> dict[str, Any]:
-            return self.steward.set_policy(
-                validate_name(name), body.get("policy"), store=_optional_text(body, "store"),
-                all_instances=_bool(body, "all"))
+            return self.steward.set_policy(validate_name(name), request.policy,
+                                           store=request.store, all_instances=request.all)
 
         self.reply(await self.call(run))
 
@@ -104,18 +100,17 @@ class DeleteInstancesHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
+        request = self.body_as(DeleteInstancesRequest)
+        store, dry_run = request.store, request.dry_run
 
         def run() -> dict[str, Any]:
-            selection = _selection(body)
-            store, dry_run = _optional_text(body, "store"), _bool(body, "dry_run")
-            if selection["names"] is not None:
+            if request.names is not None:
                 files = {validate_name(n): self.steward.delete(n, store=store, dry_run=dry_run)
-                         for n in selection["names"]}
+                         for n in request.names}
                 for result in files.values():
                     del result["name"], result["dry_run"]
             else:
-                files = self.steward.delete_matching(selection["search"], store=store,
+                files = self.steward.delete_matching(request.parsed_search(), store=store,
                                                      dry_run=dry_run)
             return {"dry_run": dry_run, "files": files,
                     "n_deleted": sum(f["n_deleted"] for f in files.values()),
@@ -131,12 +126,6 @@ class OffloadHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
-
-        def run() -> dict[str, Any]:
-            source, dest = _optional_text(body, "source"), _optional_text(body, "dest")
-            if source is None or dest is None:
-                raise InvalidRequest("an offload needs 'source' and 'dest' store names")
-            return self.steward.offload(source, dest, wait=_bool(body, "wait"))
-
-        self.reply(await self.call(run))
+        request = self.body_as(OffloadRequest)
+        self.reply(await self.call(self.steward.offload, request.source, request.dest,
+                                   wait=request.wait))
