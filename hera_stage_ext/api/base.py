@@ -23,10 +23,11 @@ from ..core import Core
 from ..errors import InvalidRequest, StagingError
 from ..jsonbody import check_depth, load_json
 from ..jsonbody import check_unicode as check_unicode  # the Librarian RPC's, from here
-from .models import RequestModel
+from .models import QueryModel, RequestModel
 
 T = TypeVar("T")
 M = TypeVar("M", bound=RequestModel)
+Q = TypeVar("Q", bound=QueryModel)
 
 #: Largest JSON request body accepted, in bytes.
 MAX_BODY_BYTES = 1 << 20
@@ -90,6 +91,13 @@ class BaseHandler(APIHandler):
         body = self.body_json()
         try:
             return model.parse(body, **context)
+        except InvalidRequest as exc:
+            raise ApiError(exc) from None
+
+    def query_as(self, model: type[Q], **context: Any) -> Q:
+        """The query string validated by ``model``, or a 400 naming the parameter."""
+        try:
+            return model.from_arguments(self.request.query_arguments, **context)
         except InvalidRequest as exc:
             raise ApiError(exc) from None
 

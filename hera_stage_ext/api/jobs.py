@@ -21,7 +21,7 @@ from tornado import web
 from ..errors import InvalidRequest
 from ..jobs import markers
 from .base import ApiError, BaseHandler
-from .models import MAX_ID, RetryRequest, StageRequest, TransferRequest
+from .models import MAX_ID, JobLogQuery, RetryRequest, StageRequest, TransferRequest
 
 
 class StageHandler(BaseHandler):
@@ -164,7 +164,5 @@ class JobLogHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        offset_text = self.get_query_argument("offset", "0")
-        if not (offset_text.isascii() and offset_text.isdigit()) or int(offset_text) > MAX_ID:
-            raise ApiError(InvalidRequest("'offset' must be a non-negative integer"))
-        self.reply(await self.call(self.core.job_log, _job_id(job_id), int(offset_text)))
+        offset = self.query_as(JobLogQuery).offset
+        self.reply(await self.call(self.core.job_log, _job_id(job_id), offset))

@@ -13,7 +13,7 @@ The reply shapes are in ``replies.py``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import field_validator, model_validator
@@ -23,8 +23,10 @@ from ..catalogue.query_text import parse_query_text
 from ..catalogue.search_parse import parse_search
 from ..errors import InvalidRequest
 from ..transfer.upload import DEFAULT_BATCH
+from .replies import FixityState
 
 M = TypeVar("M", bound="RequestModel")
+Q = TypeVar("Q", bound="QueryModel")
 
 #: Largest job id a request may name: the database's signed 64-bit integer.
 MAX_ID = 2**63 - 1
@@ -78,12 +80,15 @@ class RequestModel(BaseModel):
         except ValidationError as exc:
             raise InvalidRequest(cls._message(exc, context)) from None
 
+    #: What an unknown key is called in a message.
+    unknown_what: ClassVar[str] = "field(s)"
+
     @classmethod
     def _message(cls, exc: ValidationError, context: Mapping[str, Any]) -> str:
         errors = exc.errors(include_url=False)
         unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
         if unknown:
-            return f"unknown field(s): {', '.join(sorted(unknown))}"
+            return f"unknown {cls.unknown_what}: {', '.join(sorted(unknown))}"
         error = errors[0]
         field = _field(error["loc"])
         own = cls.field_messages.get(str(error["loc"][0]) if error["loc"] else "")
@@ -343,9 +348,62 @@ class StagedCleanedRequest(RequestModel):
     field_messages: ClassVar[Mapping[str, str]] = {"jobs": "'jobs' must be a list of job ids"}
 
 
+class QueryModel(RequestModel):
+    """The query string of a request: strings read as the fields' types (``limit=5`` is a
+    number); an unknown parameter is refused (a misspelt filter must not answer the unfiltered
+    default). A field typed as a list takes every value of its repeated parameter."""
+
+    model_config = ConfigDict(strict=False, extra="forbid")
+    unknown_what: ClassVar[str] = "query parameter(s)"
+
+    @classmethod
+    def from_arguments(cls: type[Q], arguments: Mapping[str, list[bytes]],
+                       **context: Any) -> Q:
+        """The model of tornado's ``request.query_arguments``, or ``InvalidRequest``."""
+        values: dict[str, Any] = {}
+        for key, given in arguments.items():
+            texts = [v.decode("utf-8", "replace") for v in given]
+            field = cls.model_fields.get(key)
+            is_list = field is not None and get_origin(field.annotation) is list
+            values[key] = texts if is_list else texts[-1]
+        return cls.parse(values, **context)
+
+
+class FixityQuery(QueryModel):
+    state: list[FixityState] = Field([], description="Default: bad and missing.")
+    store: str = Field("", description="Only copies on this store.")
+    limit: int = Field(1000, ge=1, description="At most the server's "
+                       "c.StagingApp.max_search_limit.")
+
+    field_messages: ClassVar[Mapping[str, str]] = {
+        "state": f"unknown fixity state {{input}}: one of {', '.join(get_args(FixityState))}",
+        "limit": "'limit' must be an integer between 1 and {max_search_limit}",
+    }
+
+    @field_validator("limit")
+    @classmethod
+    def _at_most_the_configured(cls, limit: int, info: ValidationInfo) -> int:
+        most = (info.context or {}).get("max_search_limit")
+        if most is not None and limit > most:
+            raise InvalidRequest(f"'limit' must be an integer between 1 and {most}")
+        return limit
+
+
+class JobLogQuery(QueryModel):
+    model_config = ConfigDict(strict=False, extra="ignore")  # (``?token=`` authenticates)
+
+    offset: int = Field(0, ge=0, le=MAX_ID, description="A byte offset: a previous reply's "
+                        "next_offset.")
+
+    field_messages: ClassVar[Mapping[str, str]] = {
+        "offset": "'offset' must be a non-negative integer"}
+
+
 #: Every request body, for the OpenAPI document.
 REQUEST_MODELS: tuple[type[RequestModel], ...] = (
     SearchRequest, StageRequest, TransferRequest, RetryRequest, IngestRequest, UploadRequest,
     StandingOrderRequest, StoreChoice, DeletionPolicyRequest, DeleteInstancesRequest,
     OffloadRequest, StagedCleanRequest, StagedCleanedRequest,
 )
+#: Every query string model (their fields are the operations' query parameters).
+QUERY_MODELS: tuple[type[QueryModel], ...] = (FixityQuery, JobLogQuery)

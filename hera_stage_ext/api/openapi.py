@@ -56,13 +56,9 @@ class Operation:
     errors: tuple[int, ...] = (403,)
     body: type[rq.RequestModel] | None = None
     body_required: bool = True
-    query: tuple[dict[str, Any], ...] = ()
+    query: type[rq.QueryModel] | None = None
     #: Error statuses whose description says more than ``ERROR_MEANINGS``.
     error_notes: Mapping[int, str] = field(default_factory=dict)
-
-
-def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
 OPERATIONS: dict[str, dict[str, Operation]] = {
@@ -104,7 +100,7 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
         {202: rp.Job}, (400, 403, 404, 409, 507), rq.RetryRequest, body_required=False)},
     "/jobs/{job_id}/log": {"get": Operation(
         "The job's log from a byte offset (whole lines)", {200: rp.JobLog}, (400, 403, 404),
-        query=(_query("offset", {"type": "integer", "minimum": 0}),))},
+        query=rq.JobLogQuery)},
     "/peers": {"get": Operation(
         "Sites this one sends to (c.StagingApp.peers), each pinged with this site's secret, and "
         "the sites it accepts transfers from (c.StagingApp.peer_secrets)", {200: rp.PeerList})},
@@ -143,9 +139,7 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
     "/fixity": {"get": Operation(
         "Copies by what their last fixity check found (default: bad and missing), with a "
         "count of every state and the oldest check", {200: rp.FixityReport}, (400, 403, 404),
-        query=(_query("state", {"type": "string",
-                                "enum": ["unchecked", "ok", "bad", "missing"]}),
-               _query("store", {"type": "string"}), _query("limit", {"type": "integer"})))},
+        query=rq.FixityQuery)},
     "/fixity/audit": {"post": Operation(
         "Run one round of the periodic fixity audit now (within its budget)",
         {200: rp.FixityChecks}, (400, 403))},
@@ -212,6 +206,19 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _query_parameters(model: type[rq.QueryModel]) -> list[dict[str, Any]]:
+    """A query model's fields as OpenAPI query parameters."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE, schema_generator=_Schemas)
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        parameter = {"name": name, "in": "query", "required": name in required}
+        if "description" in prop:
+            parameter["description"] = prop.pop("description")
+        parameters.append({**parameter, "schema": prop})
+    return parameters
+
+
 def _operation(template: str, op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, reply in op.replies.items():
@@ -227,7 +234,9 @@ def _operation(template: str, op: Operation) -> dict[str, Any]:
                                        op.error_notes.get(status, ERROR_MEANINGS[status]))
     parameters = [{"name": name, "in": "path", "required": True,
                    "schema": PATH_PARAMETERS[name]}
-                  for name in re.findall(r"\{(\w+)\}", template)] + list(op.query)
+                  for name in re.findall(r"\{(\w+)\}", template)]
+    if op.query is not None:
+        parameters += _query_parameters(op.query)
     out: dict[str, Any] = {"summary": op.summary, "responses": responses}
     if parameters:
         out["parameters"] = parameters
@@ -245,11 +254,14 @@ def _paths() -> dict[str, Any]:
 
 def openapi_document(version: str, max_search_limit: int | None = None) -> dict[str, Any]:
     """The document; ``max_search_limit`` (this server's ``c.StagingApp.max_search_limit``,
-    what ``SearchRequest.parse`` enforces) becomes the maximum of a search request's
+    what ``SearchRequest`` and ``FixityQuery`` enforce) becomes the maximum of their
     ``limit``."""
-    schemas = copy.deepcopy(component_schemas())
+    schemas, paths = copy.deepcopy(component_schemas()), copy.deepcopy(_paths())
     if max_search_limit is not None:
         schemas["SearchRequest"]["properties"]["limit"]["maximum"] = max_search_limit
+        for parameter in paths["/fixity"]["get"]["parameters"]:
+            if parameter["name"] == "limit":
+                parameter["schema"]["maximum"] = max_search_limit
     return {
         "openapi": "3.1.0",
         "info": {
@@ -266,7 +278,7 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
             },
         },
         "security": [{"token": []}],
-        "paths": copy.deepcopy(_paths()),
+        "paths": paths,
     }
 
 

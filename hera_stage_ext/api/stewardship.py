@@ -10,12 +10,12 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..catalogue.naming import validate_name
-from ..errors import InvalidRequest
 from ..stewardship import Stewardship
-from .base import ApiError, BaseHandler
+from .base import BaseHandler
 from .models import (
     DeleteInstancesRequest,
     DeletionPolicyRequest,
+    FixityQuery,
     OffloadRequest,
     StoreChoice,
 )
@@ -34,19 +34,9 @@ class FixityHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        unknown = sorted(set(self.request.query_arguments) - {"state", "store", "limit"})
-        if unknown:  # a misspelt filter must not answer the unfiltered default
-            raise ApiError(InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}"))
-        states = self.get_arguments("state") or None
-        store = self.get_argument("store", None) or None
-        try:
-            limit = int(self.get_argument("limit", "1000"))
-        except ValueError:
-            raise ApiError(InvalidRequest("'limit' must be an integer")) from None
-        if not 1 <= limit <= self.core.max_search_limit:
-            raise ApiError(InvalidRequest(
-                f"'limit' must be between 1 and {self.core.max_search_limit}"))
-        self.reply(await self.call(self.steward.fsck, states=states, store=store, limit=limit))
+        query = self.query_as(FixityQuery, max_search_limit=self.core.max_search_limit)
+        self.reply(await self.call(self.steward.fsck, states=list(query.state) or None,
+                                   store=query.store or None, limit=query.limit))
 
 
 class FixityAuditHandler(_StewardHandler):
