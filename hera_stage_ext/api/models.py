@@ -231,8 +231,8 @@ class RetryRequest(RequestModel):
 
 
 class IngestRequest(RequestModel):
-    """``{"store", "globs"}`` ingests all; ``"plan": true`` only lists what is new;
-    ``{"store", "paths"}`` ingests exactly those store-relative paths (the CLI's batches)."""
+    """'store' and 'globs' ingest everything the patterns match ('plan': only list what is
+    new); 'store' and 'paths' ingest exactly those store-relative paths (the CLI's batches)."""
 
     store: str = Field(min_length=1)
     globs: list[str] = Field(["*"], description="Patterns relative to the store's root.")
@@ -282,9 +282,9 @@ class UploadRequest(RequestModel):
 
 class StandingOrderRequest(RequestModel):
     """Exactly one of 'search' (JSON) or 'query' (one-line text), validated now; the order
-    sends what it matches, as files arrive, until deleted. (Checked, and refusals audited, by
-    ``transfer.orders``.)"""
+    sends what it matches, as files arrive, until deleted."""
 
+    # Checked by ``transfer.orders.order_request``, which audits refusals too.
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

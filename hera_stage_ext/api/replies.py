@@ -23,7 +23,7 @@ class Reply(BaseModel):
 
 
 class Error(Reply):
-    """Every 4xx and 5xx of the API: ``error`` (the kind) and a ``message`` for people."""
+    """Every 4xx and 5xx of the API: 'error' (its kind) and a 'message' for people."""
 
     error: str = ""
     message: str
