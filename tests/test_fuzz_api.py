@@ -95,6 +95,9 @@ def test_operation(schema, fuzzed, path, method, mode):
         # Nor is a generated Host header (another host, or none valid): tornado answers it
         # with a bare 400 before any handler runs.
         assume(all(k.lower() != "host" for k in (case.headers or {})))
+        # A query parameter given as an empty list is not sent at all: the request is then
+        # another one than the case says (a "violating" extra parameter that never arrives).
+        assume(all(v != [] for v in (case.query or {}).values()))
         # An empty, '.' or '..' path segment makes another URL (the client drops dot
         # segments): Jupyter's own 404 page for it is not this operation's answer.
         assume(all(str(v) not in ("", ".", "..") for v in (case.path_parameters or {}).values()))

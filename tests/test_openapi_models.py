@@ -4,9 +4,12 @@ search page limit the document advertises is the one a search is held to."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 from tornado.web import RequestHandler
 
@@ -74,3 +77,24 @@ async def test_a_configured_search_limit_is_advertised_and_enforced(api, ingeste
     assert reply["results"] and reply["next_cursor"] is None
     code, reply = await api("POST", "search", {"query": "zen.*", "limit": 20_001})
     assert code == 400 and "'limit' must be an integer from 1 to 20000" in reply["message"]
+
+
+@sqlite_only
+async def test_a_staged_listing_is_as_documented(api, ingested):
+    """GET staged after a job staged a folder: the reply the staged-data view reads
+    validates against the document's StagedListing (and each folder its StagedFolder)."""
+    code, job = await api("POST", "stage", {"query": "session:2457646", "destination": "one"})
+    assert code == 202, job
+    deadline = time.monotonic() + 60
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.1)
+        _, job = await api("GET", f"jobs/{job['id']}")
+    assert job["state"] == "succeeded", job
+    _, document = await api("GET", "openapi.json")
+    code, listing = await api("GET", "staged")
+    assert code == 200 and [f["state"] for f in listing["folders"]] == ["intact"], listing
+    jsonschema.validate(listing, {**document, "$ref": "#/components/schemas/StagedListing"},
+                        cls=jsonschema.Draft202012Validator)
+    folder = document["components"]["schemas"]["StagedFolder"]
+    assert set(folder["required"]) <= set(listing["folders"][0])

@@ -263,10 +263,32 @@ class FixityChecks(Reply):
     instances: list[FixityFinding]
 
 
+class StagedFolder(Reply):
+    """A staged folder of yours and what it holds of what was staged."""
+
+    destination: str
+    jobs: list[int] = Field(description="The stage jobs that staged into it.")
+    files: int
+    bytes: int
+    expires_at: str | None = Field(description="null: never.")
+    expired: bool
+    created_at: str | None
+    finished_at: str | None
+    state: Literal["intact", "changed", "gone", "moved", "busy", "unchecked"] = Field(
+        description="What a look at the folder found (unchecked: a site service, which "
+        "does not read users' folders).")
+    reason: str = Field("", description="Why it is gone, moved or busy.")
+    present_files: int = 0
+    present_bytes: int = 0
+    missing_count: int = 0
+    changed_count: int = 0
+    foreign_count: int = Field(0, description="Entries that were not staged.")
+
+
 class StagedListing(Reply):
     """Your staged folders and how much staged data you hold where, with your quota."""
 
-    folders: list[dict[str, Any]] = []
+    folders: list[StagedFolder] = []
     total_bytes: int = 0
     expired_bytes: int = 0
     unexpired_bytes: int = 0
@@ -279,5 +301,5 @@ REPLY_MODELS: tuple[type[Reply], ...] = (
     Error, Instance, File, Observation, Session, Event, FileDetail, Store, StoreList, Status,
     SearchReply, IngestReply, DryRun, Job, JobList, JobDeleted, JobLog, Member, Members, Peer,
     PeerList, StandingOrder, StandingOrderList, OrderDeleted, FixityFinding, FixityReport,
-    FixityChecks, StagedListing,
+    FixityChecks, StagedFolder, StagedListing,
 )
