@@ -81,8 +81,9 @@ async def test_a_configured_search_limit_is_advertised_and_enforced(api, ingeste
 
 @sqlite_only
 async def test_a_staged_listing_is_as_documented(api, ingested):
-    """GET staged after a job staged a folder: the reply the staged-data view reads
-    validates against the document's StagedListing (and each folder its StagedFolder)."""
+    """GET staged after a job staged a folder, and a clean of it (dry run, then done): the
+    replies the staged-data view reads validate against the document's StagedListing and
+    CleanReport."""
     code, job = await api("POST", "stage", {"query": "session:2457646", "destination": "one"})
     assert code == 202, job
     deadline = time.monotonic() + 60
@@ -92,9 +93,19 @@ async def test_a_staged_listing_is_as_documented(api, ingested):
         _, job = await api("GET", f"jobs/{job['id']}")
     assert job["state"] == "succeeded", job
     _, document = await api("GET", "openapi.json")
+
+    def check(value: object, schema: str) -> None:
+        jsonschema.validate(value, {**document, "$ref": f"#/components/schemas/{schema}"},
+                            cls=jsonschema.Draft202012Validator)
+
     code, listing = await api("GET", "staged")
     assert code == 200 and [f["state"] for f in listing["folders"]] == ["intact"], listing
-    jsonschema.validate(listing, {**document, "$ref": "#/components/schemas/StagedListing"},
-                        cls=jsonschema.Draft202012Validator)
+    check(listing, "StagedListing")
     folder = document["components"]["schemas"]["StagedFolder"]
     assert set(folder["required"]) <= set(listing["folders"][0])
+    for dry_run in (True, False):
+        code, report = await api("POST", "staged/clean", {"folders": ["one"],
+                                                          "dry_run": dry_run})
+        assert code == 200 and report["dry_run"] is dry_run, report
+        check(report, "CleanReport")
+    assert report["removed_files"] == job["files_total"] and report["cleaned_jobs"] == [job["id"]]

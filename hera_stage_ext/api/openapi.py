@@ -166,7 +166,7 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
         "you hold where, with your quota", {200: rp.StagedListing})},
     "/staged/clean": {"post": Operation(
         "Remove expired or chosen staged folders of yours: only what is still the staged data "
-        "(checked by checksum), never anything else", {200: ANY_OBJECT}, (400, 403, 404),
+        "(checked by checksum), never anything else", {200: rp.CleanReport}, (400, 403, 404),
         rq.StagedCleanRequest)},
     "/staged/records": {"get": Operation(
         "The records of your staged folders (what each must still hold); what a server in "

@@ -263,10 +263,15 @@ class FixityChecks(Reply):
     instances: list[FixityFinding]
 
 
+class PathReason(Reply):
+    path: str
+    reason: str
+
+
 class StagedFolder(Reply):
     """A staged folder of yours and what it holds of what was staged."""
 
-    destination: str
+    destination: str = Field(description="Absolute path on the server.")
     jobs: list[int] = Field(description="The stage jobs that staged into it.")
     files: int
     bytes: int
@@ -274,26 +279,56 @@ class StagedFolder(Reply):
     expired: bool
     created_at: str | None
     finished_at: str | None
+    made: bool = Field(description="The engine made the folder (then it goes once empty).")
     state: Literal["intact", "changed", "gone", "moved", "busy", "unchecked"] = Field(
-        description="What a look at the folder found (unchecked: a site service, which "
-        "does not read users' folders).")
+        description="intact: every staged entry there by name, kind and size, nothing else; "
+        "changed: entries missing or changed, or other files beside them; gone: no folder; "
+        "moved: the path leads elsewhere now (nothing is read through it); busy: a job still "
+        "stages into it; unchecked: a site service's view (its records only).")
     reason: str = Field("", description="Why it is gone, moved or busy.")
     present_files: int = 0
     present_bytes: int = 0
+    missing: list[str] = Field([], description="The first of the staged entries not there.")
     missing_count: int = 0
+    changed: list[PathReason] = Field([], description="The first of the entries changed.")
     changed_count: int = 0
-    foreign_count: int = Field(0, description="Entries that were not staged.")
+    foreign: list[str] = Field([], description="The first of what was not staged (kept, "
+                               "always); folders end in '/'.")
+    foreign_count: int = 0
+    verified: bool = Field(False, description="Checked by checksum (a clean), not only by "
+                           "name, kind and size.")
 
 
 class StagedListing(Reply):
     """Your staged folders and how much staged data you hold where, with your quota."""
 
-    folders: list[StagedFolder] = []
-    total_bytes: int = 0
+    folders: list[StagedFolder]
+    total_bytes: int
     expired_bytes: int = 0
-    unexpired_bytes: int = 0
-    quota_bytes: int | None = None
-    by_root: dict[str, Any] = {}
+    unexpired_bytes: int = Field(description="What a quota counts: unexpired staged bytes, "
+                                 "plus what unfinished jobs will stage.")
+    quota_bytes: int | None
+    by_root: dict[str, int] = Field({}, description="Bytes per allowed root (absolute path).")
+
+
+class CleanedFolder(StagedFolder):
+    """A folder of a clean's report: what was (or would be) removed, what stays and why."""
+
+    would_remove_files: int = Field(0, description="A dry run's.")
+    would_remove_bytes: int = Field(0, description="A dry run's.")
+    removed_files: int = 0
+    removed_bytes: int = 0
+    folder_removed: bool = False
+    errors: list[PathReason] = []
+
+
+class CleanReport(Reply):
+    dry_run: bool
+    folders: list[CleanedFolder]
+    removed_files: int
+    removed_bytes: int
+    cleaned_jobs: list[int] = Field(description="The jobs whose folders are clean now (no "
+                                    "longer listed).")
 
 
 #: Every reply, for the OpenAPI document.
@@ -301,5 +336,5 @@ REPLY_MODELS: tuple[type[Reply], ...] = (
     Error, Instance, File, Observation, Session, Event, FileDetail, Store, StoreList, Status,
     SearchReply, IngestReply, DryRun, Job, JobList, JobDeleted, JobLog, Member, Members, Peer,
     PeerList, StandingOrder, StandingOrderList, OrderDeleted, FixityFinding, FixityReport,
-    FixityChecks, StagedFolder, StagedListing,
+    FixityChecks, PathReason, StagedFolder, StagedListing, CleanedFolder, CleanReport,
 )
