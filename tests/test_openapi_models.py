@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from tornado.web import RequestHandler
 
-from hera_stage_ext.api.models import StageRequest
+from hera_stage_ext.api.models import StagedCleanRequest, StageRequest
 from hera_stage_ext.api.openapi import main, openapi_document
 from hera_stage_ext.api.routes import NATIVE_ROUTES
 from hera_stage_ext.catalogue.search import MAX_LIMIT
@@ -57,6 +57,9 @@ def test_a_bad_body_names_its_field():
         StageRequest.parse({"names": ["a", 3], "destination": "d"})
     with pytest.raises(InvalidRequest, match="exactly one of 'names'"):
         StageRequest.parse({"names": ["a"], "query": "x", "destination": "d"})
+    # A path no file system holds is refused before any folder is looked for (was a 500).
+    with pytest.raises(InvalidRequest, match="'folders' entry must not contain NUL"):
+        StagedCleanRequest.parse({"folders": ["ok", "a\x00b"], "expired": True})
 
 
 @pytest.fixture

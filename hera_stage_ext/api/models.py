@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from ..catalogue.query_text import parse_query_text
 from ..catalogue.search_parse import parse_search
 from ..errors import InvalidRequest
+from ..paths import check_text
 from ..transfer.upload import DEFAULT_BATCH
 from .replies import FixityState
 
@@ -329,12 +330,17 @@ class OffloadRequest(RequestModel):
     }
 
 
+#: A folder a request names: a path some file system may hold (``paths.check_text``).
+FolderPath = Annotated[str, Field(min_length=1),
+                       AfterValidator(lambda path: check_text(path, "a 'folders' entry"))]
+
+
 class StagedCleanRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     expired: bool = Field(False, description="Every expired folder of yours.")
-    folders: list[Annotated[str, Field(min_length=1)]] = Field(
-        [], description="These staged folders.")
+    folders: list[FolderPath] = Field(
+        [], description="These staged folders (absolute, or relative to your root directory).")
     dry_run: bool = False
 
     field_messages: ClassVar[Mapping[str, str]] = {
