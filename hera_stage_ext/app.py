@@ -41,6 +41,7 @@ from .catalogue.naming import (
     DEFAULT_OBSID_PATTERN,
     ObservationNamer,
 )
+from .catalogue.search import MAX_LIMIT
 from .core import Core
 from .jobs.joblog import prepare_log_dir
 from .jobs.launcher import WorkerLauncher
@@ -160,7 +161,8 @@ class StagingApp(ExtensionApp):
     ).tag(config=True)
 
     max_search_limit = Int(
-        10_000, help="Largest page a search may ask for."
+        MAX_LIMIT, help="Largest page a search may ask for (the REST API's OpenAPI document "
+        "states it)."
     ).tag(config=True)
 
     max_rpc_results = Int(
@@ -403,7 +405,8 @@ class StagingApp(ExtensionApp):
         db.upgrade()
         namer = ObservationNamer(self.obsid_pattern, self.site_longitude_deg,
                                  self.observation_seconds)
-        catalogue = Catalogue(db, namer, search_timeout_s=self.search_timeout_seconds)
+        catalogue = Catalogue(db, namer, search_timeout_s=self.search_timeout_seconds,
+                              max_search_limit=self.max_search_limit)
         catalogue.sync_stores(self.stores)
         roots = self.allowed_roots or [self.serverapp.root_dir]
         log_dir = Path(self.job_log_dir)
@@ -439,7 +442,6 @@ class StagingApp(ExtensionApp):
             allowed_roots=[os.path.realpath(r) for r in roots],
             allow_ingest=self.allow_ingest,
             librarian_authenticators=dict(self.librarian_authenticators),
-            max_search_limit=self.max_search_limit,
             max_rpc_results=self.max_rpc_results,
             root_dir=os.path.realpath(self.serverapp.root_dir),
             job_log_dir=log_dir,

@@ -44,7 +44,6 @@ class Core:
     allowed_roots: list[str]
     allow_ingest: bool = True
     librarian_authenticators: dict[str, str] = field(default_factory=dict)
-    max_search_limit: int = 10_000
     max_rpc_results: int = 100_000
     root_dir: str = "."
     job_log_dir: Path | None = None
@@ -73,6 +72,11 @@ class Core:
     # each user's quota of unexpired staged bytes (0: none).
     staged_expiry_seconds: float = 0.0
     staging_quota_bytes: int = 0
+
+    @property
+    def max_search_limit(self) -> int:
+        """Largest page of a search: the catalogue's (``c.StagingApp.max_search_limit``)."""
+        return self.catalogue.max_search_limit
 
     def for_user(self, user: str, scopes: frozenset[str]) -> Core:
         """This core for one request of ``user`` (site mode): their jobs, their scopes."""

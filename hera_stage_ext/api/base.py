@@ -1,7 +1,8 @@
 """What every REST handler shares: access to the core, JSON bodies, and the one error mapping.
 
 A JSON body is read through ``jsonbody.load_json``: at most ``MAX_BODY_BYTES``, nested at most
-``jsonbody.MAX_JSON_DEPTH`` deep, otherwise a 4xx naming the limit (never a RecursionError).
+``jsonbody.MAX_JSON_DEPTH`` deep, otherwise a 4xx naming the limit (never a RecursionError);
+``body_as`` then validates it with its request model (``models.py``).
 
 Domain errors (``errors.StagingError``) become HTTP answers here and only here: the status the
 error names, with a JSON body ``{"error": ..., "message": ...}``. Core calls run in a thread
@@ -22,8 +23,11 @@ from ..core import Core
 from ..errors import InvalidRequest, StagingError
 from ..jsonbody import check_depth, load_json
 from ..jsonbody import check_unicode as check_unicode  # the Librarian RPC's, from here
+from .models import QueryModel, RequestModel
 
 T = TypeVar("T")
+M = TypeVar("M", bound=RequestModel)
+Q = TypeVar("Q", bound=QueryModel)
 
 #: Largest JSON request body accepted, in bytes.
 MAX_BODY_BYTES = 1 << 20
@@ -80,6 +84,22 @@ class BaseHandler(APIHandler):
         except InvalidRequest as exc:
             raise ApiError(exc) from None
         return value
+
+    def body_as(self, model: type[M], **context: Any) -> M:
+        """The request body validated by ``model`` (``models.py``), or a 400 naming the field
+        that is wrong; ``context``: what the model's checks read (``max_search_limit``)."""
+        body = self.body_json()
+        try:
+            return model.parse(body, **context)
+        except InvalidRequest as exc:
+            raise ApiError(exc) from None
+
+    def query_as(self, model: type[Q], **context: Any) -> Q:
+        """The query string validated by ``model``, or a 400 naming the parameter."""
+        try:
+            return model.from_arguments(self.request.query_arguments, **context)
+        except InvalidRequest as exc:
+            raise ApiError(exc) from None
 
     @property
     def job_status(self) -> Any:

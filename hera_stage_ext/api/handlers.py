@@ -1,7 +1,8 @@
 """The native REST API under ``<base_url>/hera-stage/api/``: thin handlers over the core.
 
 Each handler checks Jupyter's authentication and authorization, reads its input, calls one core
-operation and writes its JSON. The OpenAPI document (``openapi.py``) describes every route here.
+operation and writes its JSON. Bodies are read with their request models (``models.py``); the
+OpenAPI document (``openapi.py``) is generated from those and describes every route here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..catalogue.naming import validate_name
-from ..catalogue.query_text import parse_query_text
-from ..catalogue.search_parse import KINDS, parse_search
-from ..errors import InvalidRequest, SearchError
+from ..errors import InvalidRequest
 from .base import ApiError, BaseHandler
+from .models import IngestRequest, SearchRequest
 from .openapi import openapi_document
 
 
@@ -35,47 +35,18 @@ class StoresHandler(BaseHandler):
         self.reply({"stores": await self.call(self.core.catalogue.stores)})
 
 
-def search_request(body: dict[str, Any], max_limit: int) -> dict[str, Any]:
-    """Validate a search request body into keyword arguments of ``Catalogue.search``."""
-    kind = body.get("kind", "files")
-    if kind not in KINDS:
-        raise SearchError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    if ("search" in body) == ("query" in body):
-        raise InvalidRequest("give exactly one of 'search' (JSON) or 'query' (one-line text)")
-    if "query" in body:
-        if not isinstance(body["query"], str):
-            raise InvalidRequest("'query' must be a string")
-        search = parse_query_text(body["query"], kind)
-    else:
-        search = parse_search(body["search"])
-    limit = body.get("limit", 100)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
-        raise InvalidRequest(f"'limit' must be an integer from 1 to {max_limit}")
-    cursor = body.get("cursor")
-    if cursor is not None and not isinstance(cursor, str):
-        raise InvalidRequest("'cursor' must be a string from a previous reply's next_cursor")
-    count = body.get("count", False)
-    if not isinstance(count, bool):
-        raise InvalidRequest("'count' must be true or false")
-    sort = body.get("sort")
-    if sort is not None and not isinstance(sort, str):
-        raise InvalidRequest("'sort' must be a string such as 'name' or '-size'")
-    return {"kind": kind, "search": search, "limit": limit, "cursor": cursor, "count": count,
-            "sort": sort}
-
-
 class SearchHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
+        request = self.body_as(SearchRequest, max_search_limit=self.core.max_search_limit)
         try:
-            request = search_request(body, self.core.max_search_limit)
+            search = request.parsed_search()
         except InvalidRequest as exc:
             raise ApiError(exc) from exc
-        kind = request.pop("kind")
-        search = request.pop("search")
-        result = await self.call(self.core.catalogue.search, kind, search, **request)
+        result = await self.call(self.core.catalogue.search, request.kind, search,
+                                 limit=request.limit, cursor=request.cursor, count=request.count,
+                                 sort=request.sort)
         result["search"] = search
         self.reply(result)
 
@@ -91,27 +62,20 @@ class FileHandler(BaseHandler):
 
 
 class IngestHandler(BaseHandler):
-    """``{"store", "globs"}`` ingests all; ``"plan": true`` only lists what is new;
-    ``{"store", "paths"}`` ingests exactly those store-relative paths (the CLI's batches)."""
+    """``POST ingest``: ``models.IngestRequest``."""
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
-        store = body.get("store")
-        if not isinstance(store, str) or not store:
-            raise ApiError(InvalidRequest("'store' must name a configured store"))
-        ingester = self.core.ingester
+        request = self.body_as(IngestRequest)
+        store, ingester = request.store, self.core.ingester
 
         def run() -> dict[str, Any]:
             self.core.check_ingest_allowed()
-            if "paths" in body:
-                paths = body["paths"]
-                if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-                    raise InvalidRequest("'paths' must be a list of store-relative paths")
-                return ingester.ingest_paths(store, paths).to_json()
-            globs = body.get("globs", ["*"])
-            if body.get("plan"):
+            if request.paths is not None:
+                return ingester.ingest_paths(store, request.paths).to_json()
+            globs = request.globs
+            if request.plan:
                 plan = ingester.plan(store, globs)
                 return {"store": store, "todo": plan.todo, "unchanged": plan.unchanged,
                         "errors": plan.errors}

@@ -1,5 +1,5 @@
 """REST for jobs: ``POST stage``, ``POST transfers`` and the ``jobs`` routes, thin handlers over
-``Core``.
+``Core``; their bodies are ``models.StageRequest``, ``TransferRequest`` and ``RetryRequest``.
 
 A server's user sees and controls only their own jobs: the owner is the server's owner
 (``c.StagingApp.owner``: the JupyterHub user, else the system user running the server).
@@ -18,103 +18,44 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..catalogue.query_text import parse_query_text
-from ..catalogue.search_parse import parse_search
 from ..errors import InvalidRequest
 from ..jobs import markers
 from .base import ApiError, BaseHandler
-
-
-def _bool(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"'{key}' must be true or false")
-    return value
-
-
-def _selection(body: dict[str, Any]) -> dict[str, Any]:
-    """The files a job request names: exactly one of names, search (JSON) or query (text)."""
-    given = [key for key in ("names", "search", "query") if key in body]
-    if len(given) != 1:
-        raise InvalidRequest("give exactly one of 'names', 'search' (JSON) or 'query' (text)")
-    names = body.get("names")
-    if names is not None and (
-        not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
-    ):
-        raise InvalidRequest("'names' must be a non-empty list of file names")
-    search = None
-    if "search" in body:
-        search = parse_search(body["search"])
-    elif "query" in body:
-        if not isinstance(body["query"], str):
-            raise InvalidRequest("'query' must be a string")
-        search = parse_query_text(body["query"])
-    return {"names": names, "search": search}
-
-
-def stage_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``POST stage`` body."""
-    selection = _selection(body)
-    destination = body.get("destination")
-    if not isinstance(destination, str) or not destination:
-        raise InvalidRequest("'destination' must be a folder (relative to your root directory)")
-    method = body.get("method", "copy")
-    if not isinstance(method, str):
-        raise InvalidRequest("'method' must be a string")
-    # ``contents``: a user's server's description of its contents manager (site mode only).
-    request = {**selection, "destination": destination, "method": method,
-               "dry_run": _bool(body, "dry_run"), "force": _bool(body, "force"),
-               "expires_in": body.get("expires_in"), "expires_at": body.get("expires_at"),
-               "contents": body.get("contents")}
-    if "with_items" in body:  # (a user's server asking the site service: ``forward``)
-        request["with_items"] = _bool(body, "with_items")
-    return request
-
-
-def transfer_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``POST transfers`` body: the files and the ``peer`` (a configured name)."""
-    selection = _selection(body)
-    peer = body.get("peer")
-    if not isinstance(peer, str) or not peer:
-        raise InvalidRequest("'peer' must name a configured peer (GET peers lists them)")
-    return {**selection, "peer": peer}
+from .models import MAX_ID, JobLogQuery, RetryRequest, StageRequest, TransferRequest
 
 
 class StageHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
+        request = self.body_as(StageRequest)
+        options = request.model_dump(exclude={"names", "search", "query", "destination"})
 
         def run() -> dict[str, Any]:
-            request = stage_request(body)
-            return self.core.stage(request.pop("destination"), **request)
+            return self.core.stage(request.destination, names=request.names,
+                                   search=request.parsed_search(), **options)
 
         result = await self.call(run)
-        self.reply(result, status=200 if body.get("dry_run") else 202)
+        self.reply(result, status=200 if request.dry_run else 202)
 
 
 class TransfersHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
+        request = self.body_as(TransferRequest)
 
         def run() -> dict[str, Any]:
-            request = transfer_request(body)
-            return self.core.transfer(request.pop("peer"), **request)
+            return self.core.transfer(request.peer, names=request.names,
+                                      search=request.parsed_search())
 
         self.reply(await self.call(run), status=202)
 
 
-#: Largest job id (and log offset) a request may name: the database's signed 64-bit integer.
-_MAX_INT = 2**63 - 1
-
-
 def _job_id(text: str) -> int:
     # isascii: str.isdigit() is also true of '²' and other digits int() refuses.
-    if not (text.isascii() and text.isdigit()) or int(text) > _MAX_INT:
-        raise ApiError(InvalidRequest(f"a job id is a number from 0 to {_MAX_INT}, not {text!r}"))
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
+        raise ApiError(InvalidRequest(f"a job id is a number from 0 to {MAX_ID}, not {text!r}"))
     return int(text)
 
 
@@ -211,10 +152,7 @@ class JobRetryHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
-        try:
-            force = _bool(self.body_json(), "force")
-        except InvalidRequest as exc:
-            raise ApiError(exc) from exc
+        force = self.body_as(RetryRequest).force
         number = _job_id(job_id)
         try:
             self.reply(await self.call(self.core.retry, number, force), status=202)
@@ -226,7 +164,5 @@ class JobLogHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        offset_text = self.get_query_argument("offset", "0")
-        if not (offset_text.isascii() and offset_text.isdigit()) or int(offset_text) > _MAX_INT:
-            raise ApiError(InvalidRequest("'offset' must be a non-negative integer"))
-        self.reply(await self.call(self.core.job_log, _job_id(job_id), int(offset_text)))
+        offset = self.query_as(JobLogQuery).offset
+        self.reply(await self.call(self.core.job_log, _job_id(job_id), offset))

@@ -34,7 +34,8 @@ LISTING_KINDS = {
     "session-listing-json": "sessions",
 }
 STAGE_FORMAT = "stage-the-files-json"
-#: Rows fetched per page while collecting a Librarian listing.
+#: Rows fetched per page while collecting a Librarian listing (at most the configured
+#: largest page, ``c.StagingApp.max_search_limit``).
 PAGE = 5000
 
 
@@ -98,7 +99,8 @@ def op_search(core: Core, request: dict[str, Any], source: str) -> dict[str, Any
     rows: list[dict[str, Any]] = []
     cursor = None
     while True:
-        page = core.catalogue.search(kind, search, limit=PAGE, cursor=cursor)
+        page = core.catalogue.search(kind, search, limit=min(PAGE, core.max_search_limit),
+                                     cursor=cursor)
         rows.extend(page["results"])
         if len(rows) > core.max_rpc_results:
             raise InvalidRequest(

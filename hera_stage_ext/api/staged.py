@@ -22,7 +22,7 @@ from ..core import Core
 from ..errors import InvalidRequest, StagingError
 from ..jobs import cleaner, lifecycle
 from .base import ApiError, BaseHandler
-from .jobs import _bool
+from .models import StagedCleanedRequest, StagedCleanRequest
 
 #: The routes a user's server in site mode serves itself (folder work), not the service.
 LOCAL_ROUTES = ("staged", "staged/clean")
@@ -30,15 +30,9 @@ LOCAL_ROUTES = ("staged", "staged/clean")
 
 
 def clean_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``POST staged/clean`` body: ``expired`` and/or ``folders``, ``dry_run``."""
-    folders = body.get("folders", [])
-    if not isinstance(folders, list) or not all(isinstance(f, str) and f for f in folders):
-        raise InvalidRequest("'folders' must be a list of folder paths")
-    unknown = sorted(set(body) - {"expired", "folders", "dry_run"})
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
-    return {"expired": _bool(body, "expired"), "folders": folders,
-            "dry_run": _bool(body, "dry_run")}
+    """A ``POST staged/clean`` body (``models.StagedCleanRequest``) as ``clean_with`` reads
+    it: ``expired``, ``folders``, ``dry_run``."""
+    return StagedCleanRequest.parse(body).model_dump()
 
 
 def clean_with(records: list[dict[str, Any]], request: dict[str, Any],
@@ -111,15 +105,10 @@ class StagedCleanedHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
+        ids = self.body_as(StagedCleanedRequest).jobs
 
         def run() -> dict[str, Any]:
             core = self.core
-            ids = body.get("jobs")
-            if not isinstance(ids, list) or not all(
-                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63
-                    for i in ids):
-                raise InvalidRequest("'jobs' must be a list of job ids")
             return {"marked": lifecycle.mark_cleaned(core.catalogue.db, core.owner, ids)}
 
         self.reply(await self.call(run))

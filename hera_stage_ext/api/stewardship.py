@@ -1,5 +1,6 @@
 """REST for stewardship: fixity findings and checks, repair, deletion policies, safe deletion
-and offload; thin handlers over ``stewardship.Stewardship``."""
+and offload; thin handlers over ``stewardship.Stewardship``, their bodies read with
+``models.py``."""
 
 from __future__ import annotations
 
@@ -9,17 +10,15 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..catalogue.naming import validate_name
-from ..errors import InvalidRequest
 from ..stewardship import Stewardship
-from .base import ApiError, BaseHandler
-from .jobs import _bool, _selection
-
-
-def _optional_text(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise InvalidRequest(f"'{key}' must be a non-empty string")
-    return value
+from .base import BaseHandler
+from .models import (
+    DeleteInstancesRequest,
+    DeletionPolicyRequest,
+    FixityQuery,
+    OffloadRequest,
+    StoreChoice,
+)
 
 
 class _StewardHandler(BaseHandler):
@@ -35,19 +34,9 @@ class FixityHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        unknown = sorted(set(self.request.query_arguments) - {"state", "store", "limit"})
-        if unknown:  # a misspelt filter must not answer the unfiltered default
-            raise ApiError(InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}"))
-        states = self.get_arguments("state") or None
-        store = self.get_argument("store", None) or None
-        try:
-            limit = int(self.get_argument("limit", "1000"))
-        except ValueError:
-            raise ApiError(InvalidRequest("'limit' must be an integer")) from None
-        if not 1 <= limit <= self.core.max_search_limit:
-            raise ApiError(InvalidRequest(
-                f"'limit' must be between 1 and {self.core.max_search_limit}"))
-        self.reply(await self.call(self.steward.fsck, states=states, store=store, limit=limit))
+        query = self.query_as(FixityQuery, max_search_limit=self.core.max_search_limit)
+        self.reply(await self.call(self.steward.fsck, states=list(query.state) or None,
+                                   store=query.store or None, limit=query.limit))
 
 
 class FixityAuditHandler(_StewardHandler):
@@ -65,9 +54,8 @@ class FileFixityHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        body = self.body_json()
-        self.reply(await self.call(lambda: self.steward.check(
-            validate_name(name), _optional_text(body, "store"))))
+        store = self.body_as(StoreChoice).store
+        self.reply(await self.call(lambda: self.steward.check(validate_name(name), store)))
 
 
 class FileRepairHandler(_StewardHandler):
@@ -76,9 +64,8 @@ class FileRepairHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        body = self.body_json()
-        self.reply(await self.call(lambda: self.steward.repair(
-            validate_name(name), _optional_text(body, "store"))))
+        store = self.body_as(StoreChoice).store
+        self.reply(await self.call(lambda: self.steward.repair(validate_name(name), store)))
 
 
 class DeletionPolicyHandler(_StewardHandler):
@@ -87,12 +74,11 @@ class DeletionPolicyHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
-        body = self.body_json()
+        request = self.body_as(DeletionPolicyRequest)
 
         def run() -> dict[str, Any]:
-            return self.steward.set_policy(
-                validate_name(name), body.get("policy"), store=_optional_text(body, "store"),
-                all_instances=_bool(body, "all"))
+            return self.steward.set_policy(validate_name(name), request.policy,
+                                           store=request.store, all_instances=request.all)
 
         self.reply(await self.call(run))
 
@@ -104,18 +90,17 @@ class DeleteInstancesHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
+        request = self.body_as(DeleteInstancesRequest)
+        store, dry_run = request.store, request.dry_run
 
         def run() -> dict[str, Any]:
-            selection = _selection(body)
-            store, dry_run = _optional_text(body, "store"), _bool(body, "dry_run")
-            if selection["names"] is not None:
+            if request.names is not None:
                 files = {validate_name(n): self.steward.delete(n, store=store, dry_run=dry_run)
-                         for n in selection["names"]}
+                         for n in request.names}
                 for result in files.values():
                     del result["name"], result["dry_run"]
             else:
-                files = self.steward.delete_matching(selection["search"], store=store,
+                files = self.steward.delete_matching(request.parsed_search(), store=store,
                                                      dry_run=dry_run)
             return {"dry_run": dry_run, "files": files,
                     "n_deleted": sum(f["n_deleted"] for f in files.values()),
@@ -131,12 +116,6 @@ class OffloadHandler(_StewardHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.body_json()
-
-        def run() -> dict[str, Any]:
-            source, dest = _optional_text(body, "source"), _optional_text(body, "dest")
-            if source is None or dest is None:
-                raise InvalidRequest("an offload needs 'source' and 'dest' store names")
-            return self.steward.offload(source, dest, wait=_bool(body, "wait"))
-
-        self.reply(await self.call(run))
+        request = self.body_as(OffloadRequest)
+        self.reply(await self.call(self.steward.offload, request.source, request.dest,
+                                   wait=request.wait))

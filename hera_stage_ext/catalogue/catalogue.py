@@ -95,11 +95,14 @@ def _checksums_json(checksums: dict[str, str]) -> str:
 
 class Catalogue:
     def __init__(self, db: Database, namer: ObservationNamer | None = None, *,
-                 search_timeout_s: float = 0) -> None:
+                 search_timeout_s: float = 0,
+                 max_search_limit: int = search_language.MAX_LIMIT) -> None:
         self.db = db
         self.namer = namer or ObservationNamer()
         # Longest a search statement may run (0: no limit): one user cannot hold the database.
         self.search_timeout_s = search_timeout_s
+        # Largest page of a search (c.StagingApp.max_search_limit; the REST API's maximum).
+        self.max_search_limit = max_search_limit
 
     # ----- stores -------------------------------------------------------------------------
     def sync_stores(self, configured: dict[str, dict[str, Any]]) -> None:
@@ -517,7 +520,7 @@ class Catalogue:
         def read(s: DbSession) -> dict[str, Any]:
             page = search_language.run_search(
                 s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
-                plain=kind == "files",
+                plain=kind == "files", max_limit=self.max_search_limit,
             )
             rows = page.rows
             if kind == "files" and rows:

@@ -30,7 +30,8 @@ from .search_cursor import (
 )
 from .search_parse import check_kind, parse_search
 
-#: Largest page.
+#: Largest page by default: the default of ``c.StagingApp.max_search_limit``, the setting a
+#: ``Catalogue`` passes as ``max_limit`` (and the REST API advertises and enforces).
 MAX_LIMIT = 10_000
 
 
@@ -102,6 +103,7 @@ def run_search(
     sort: str | None = None,
     now: dt.datetime | None = None,
     plain: bool = False,
+    max_limit: int = MAX_LIMIT,
 ) -> SearchPage:
     """One page of the rows of ``kind`` matching ``search`` (JSON text or parsed).
 
@@ -125,8 +127,8 @@ def run_search(
     check_kind(kind)
     if plain and kind != "files":
         raise ValueError("plain rows are for files searches")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise SearchError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
+        raise SearchError(f"limit must be an integer from 1 to {max_limit}, got {limit!r}")
     parsed = parse_search(search)
     ctx = Ctx(now=_naive_utc(now), postgresql=_is_postgresql(session))
     predicate = compile_search(ctx, kind, parsed, 1, "")  # validates

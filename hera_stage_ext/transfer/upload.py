@@ -584,27 +584,3 @@ class _Uploader:
             self.report(item, "done", "", reported,
                         f"uploaded {item.dest_path} to {self.store}:{rel} ({digest.size} "
                         f"bytes, {digest.size / max(seconds, 1e-9) / 1e6:.1f} MB/s, {note})")
-
-
-def check_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``POST upload`` body into keyword arguments of ``Core.upload``."""
-    for key in ("directory", "glob"):
-        if not isinstance(body.get(key), str) or not body[key]:
-            raise InvalidRequest(f"'{key}' must be a non-empty string")
-    if ("store" in body) == ("peer" in body):
-        raise InvalidRequest("give exactly one of 'store' or 'peer'")
-    target = "store" if "store" in body else "peer"
-    if not isinstance(body[target], str) or not body[target]:
-        raise InvalidRequest(f"'{target}' must be a name")
-    manifest = body.get("manifest")
-    if manifest is not None and not isinstance(manifest, str):
-        raise InvalidRequest("'manifest' must be a path")
-    unknown = set(body) - {"directory", "glob", "store", "peer", "batch", "parallel",
-                           "manifest"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    return {"directory": body["directory"], "glob": body["glob"], target: body[target],
-            "batch": body.get("batch", DEFAULT_BATCH), "parallel": body.get("parallel"),
-            "manifest": manifest}
-
-

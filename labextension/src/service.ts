@@ -1,99 +1,51 @@
 /**
- * Every endpoint of the hera_stage_ext REST API (see hera_stage_ext/api/openapi.py).
+ * Every endpoint of the hera_stage_ext REST API. Its types come from the API's OpenAPI
+ * document (labextension/openapi.json, generated from hera_stage_ext/api/models.py and
+ * replies.py), turned into TypeScript by openapi-typescript when the extension is built.
  *
  * No JupyterLab imports: the transport is injected (index.ts passes
  * ServerConnection.makeRequest), so jest can test URL building and error
  * handling with a fake.
  */
 
+import type { components } from './generated/openapi';
+
 /** The API's route, relative to the server's base URL. */
 export const API_ROUTE = 'hera-stage/api';
 
+/** The API's schemas, generated from its OpenAPI document at build time (`jlpm build:api-types`). */
+type Schemas = components['schemas'];
+
 /** Kinds of search the panel offers. */
-export type SearchKind = 'files' | 'observations' | 'sessions';
+export type SearchKind = Exclude<NonNullable<Schemas['SearchRequest']['kind']>, 'instances'>;
 
 export const SEARCH_KINDS: SearchKind[] = ['files', 'observations', 'sessions'];
 
-export type StageMethod = 'copy' | 'hardlink' | 'symlink' | 'reflink' | 'contents';
+export type StageMethod = NonNullable<Schemas['StageRequest']['method']>;
 
 export const STAGE_METHODS: StageMethod[] = ['copy', 'hardlink', 'symlink', 'reflink', 'contents'];
 
-export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+export type JobState = Schemas['Job']['state'];
 
-export interface IInstance {
-  file: string;
-  store: string;
-  path: string;
-  full_path: string;
-  available: boolean;
-  store_kind?: 'online' | 'cold';
-  deletion_policy: string;
-  create_time?: string;
-  /** The last fixity check's outcome; "bad" and "missing" copies are never staged from. */
-  fixity?: 'unchecked' | 'ok' | 'bad' | 'missing';
-  verified_at?: string | null;
-}
-
-export interface IFile {
-  name: string;
-  type: string;
-  size: number;
-  is_directory?: boolean;
-  checksums: Record<string, string>;
-  create_time: string;
-  obsid: number | null;
-  source?: string;
-  metadata?: Record<string, unknown>;
-  instances?: IInstance[];
-}
-
-export interface IObservation {
-  obsid: number;
-  start_time_jd: number;
-  stop_time_jd: number;
-  start_lst_hr: number;
-  session_id: number | null;
-}
-
-export interface ISession {
-  id: number;
-  start_time_jd: number;
-  stop_time_jd: number;
-}
-
-export interface IArchiveEvent {
-  type: string;
-  time: string;
-  payload: Record<string, unknown>;
-}
-
-export interface IFileDetail extends IFile {
-  instances: IInstance[];
-  observation: IObservation | null;
-  events: IArchiveEvent[];
-}
+/** A copy of a file; `fixity` "bad" and "missing" copies are never staged from. */
+export type IInstance = Schemas['Instance'];
+export type IFile = Schemas['File'];
+export type IObservation = Schemas['Observation'];
+export type ISession = Schemas['Session'];
+export type IArchiveEvent = Schemas['Event'];
+export type IFileDetail = Schemas['FileDetail'];
 
 export type SearchRow = IFile | IObservation | ISession;
 
-export interface ISearchRequest {
-  /** The one-line query text (exactly one of query and search). */
-  query?: string;
-  /** The JSON search language, as an object or as JSON text. */
-  search?: unknown;
-  kind?: SearchKind;
-  limit?: number;
-  cursor?: string | null;
-  count?: boolean;
-  sort?: string | null;
-}
+/**
+ * Exactly one of `query` (one-line text) and `search` (the JSON language: any JSON the
+ * user typed, judged by the server's parser, which names the problem).
+ */
+export type ISearchRequest = Omit<Schemas['SearchRequest'], 'search'> & { search?: unknown };
 
-export interface ISearchReply<T = SearchRow> {
-  kind: string;
+export type ISearchReply<T = SearchRow> = Omit<Schemas['SearchReply'], 'results'> & {
   results: T[];
-  next_cursor: string | null;
-  total: number | null;
-  search: unknown;
-}
+};
 
 /** What to stage: exactly one of names, search or query. */
 export type StageTarget =
@@ -101,81 +53,25 @@ export type StageTarget =
   | { search: unknown }
   | { query: string };
 
-export type IStageRequest = StageTarget & {
-  destination: string;
-  method?: StageMethod;
-  dry_run?: boolean;
-  force?: boolean;
-};
+export type IStageRequest = StageTarget &
+  Omit<Schemas['StageRequest'], 'names' | 'search' | 'query' | 'with_items'>;
 
-export interface IDryRun {
-  destination: string;
-  method: string;
-  files: number;
-  bytes: number;
-  missing: string[];
-  bytes_needed?: number;
-  free_bytes: number;
-  fits: boolean;
-  /** Files already at their place in the destination (the job checks and skips them); null: not a local folder. */
-  already_there?: number | null;
-}
+/** A dry run's answer: what the job would do. */
+export type IDryRun = Schemas['DryRun'];
 
-export interface IJob {
-  id: number;
-  owner?: string;
-  kind?: string;
-  state: JobState | string;
-  destination?: string;
-  method?: string;
-  search?: unknown;
-  files_total: number;
-  bytes_total: number;
-  files_done: number;
-  bytes_done: number;
-  /** Bytes written and not committed yet (counted in the rate and ETA). */
-  bytes_moving?: number;
-  files_failed?: number;
-  files_skipped?: number;
-  missing?: string[];
-  error?: string | null;
-  created_at?: string | null;
-  started_at?: string | null;
-  finished_at?: string | null;
-  rate_bytes_per_s?: number | null;
-  eta_s?: number | null;
-  /** The STAGING-* marker file in the destination (GET jobs only); null: none. */
-  marker?: JobMarker | null;
-}
+export type IJob = Schemas['Job'];
 
 /** The Librarian's marker files a staging destination holds. */
-export type JobMarker = 'STAGING-IN-PROGRESS' | 'STAGING-SUCCEEDED' | 'STAGING-ERRORS';
+export type JobMarker = NonNullable<IJob['marker']>;
 
-export interface IJobLog {
-  text: string;
-  next_offset: number;
-}
+export type IJobLog = Schemas['JobLog'];
 
 /** One member of a directory data set (GET files/<name>/members). */
-export interface IMember {
-  path: string;
-  size: number | null;
-  type: 'file' | 'folder' | 'link';
-}
+export type IMember = Schemas['Member'];
 
-export interface IMembersReply {
-  name: string;
-  members: IMember[];
-  truncated: boolean;
-}
+export type IMembersReply = Schemas['Members'];
 
-export interface IStore {
-  name: string;
-  path: string;
-  kind: 'online' | 'cold';
-  available: boolean;
-  instances?: number;
-}
+export type IStore = Schemas['Store'];
 
 /** Transport: (url, init) -> Response. ServerConnection.makeRequest in the lab. */
 export type RequestFunction = (url: string, init: RequestInit) => Promise<Response>;

@@ -21,6 +21,7 @@ import {
   whereText
 } from '../model';
 import { ApiError, IFile, IJob, ISearchReply, ISearchRequest } from '../service';
+import { aJob } from './fixtures';
 
 function file(i: number): IFile {
   return {
@@ -245,7 +246,7 @@ describe('stage helpers', () => {
       },
       stage: async r => {
         requests.push(r);
-        return { id: 5, state: 'queued', files_total: 3, files_done: 0, bytes_total: 10, bytes_done: 0 };
+        return aJob({ id: 5, state: 'queued', files_total: 3, files_done: 0, bytes_total: 10, bytes_done: 0 });
       }
     });
     const launched: IJob[] = [];
@@ -317,7 +318,7 @@ describe('job progress reduction', () => {
   });
 
   it('computes fractions and the percent shown', () => {
-    const base: IJob = { id: 1, state: 'running', files_total: 4, files_done: 1, bytes_total: 1000, bytes_done: 500 };
+    const base = aJob({ id: 1, state: 'running', files_total: 4, files_done: 1, bytes_total: 1000, bytes_done: 500 });
     expect(jobProgress(base)).toEqual({ files: 0.25, bytes: 0.5, percent: 50 });
     expect(jobProgress({ ...base, bytes_done: 1000 }).percent).toBe(99);
     expect(jobProgress({ ...base, bytes_done: 250, bytes_moving: 250 }).percent).toBe(50);
@@ -333,14 +334,14 @@ describe('JobsModel', () => {
     return {
       jobs: async () => list.map(j => ({ ...j })),
       job: async (id: number) => ({ ...list.find(j => j.id === id)! }),
-      cancel: async (id: number) => ({ ...list.find(j => j.id === id)!, state: 'cancelled' }),
-      retry: async (id: number) => ({ ...list.find(j => j.id === id)!, state: 'queued' }),
+      cancel: async (id: number) => ({ ...list.find(j => j.id === id)!, state: 'cancelled' as const }),
+      retry: async (id: number) => ({ ...list.find(j => j.id === id)!, state: 'queued' as const }),
       forget: async (id: number) => {
         list.splice(list.findIndex(j => j.id === id), 1);
       }
     };
   }
-  const running: IJob = { id: 2, state: 'running', destination: 'd', files_total: 3, files_done: 0, bytes_total: 30, bytes_done: 0 };
+  const running = aJob({ id: 2, state: 'running', destination: 'd', files_total: 3, files_done: 0, bytes_total: 30, bytes_done: 0 });
 
   it('announces a job that ends while watched, once', async () => {
     const model = new JobsModel(fakeClient([running]), { autoPoll: false });
@@ -440,9 +441,9 @@ describe('whereText', () => {
     const f: IFile = {
       ...file(1),
       instances: [
-        { file: 'a', store: 'onsite', path: 'p', full_path: '/p', available: true, deletion_policy: 'x' },
-        { file: 'a', store: 'onsite', path: 'q', full_path: '/q', available: true, deletion_policy: 'x' },
-        { file: 'a', store: 'tape', path: 'p', full_path: '/p', available: false, deletion_policy: 'x' }
+        { file: 'a', store: 'onsite', path: 'p', full_path: '/p', available: true, deletion_policy: 'allowed' },
+        { file: 'a', store: 'onsite', path: 'q', full_path: '/q', available: true, deletion_policy: 'allowed' },
+        { file: 'a', store: 'tape', path: 'p', full_path: '/p', available: false, deletion_policy: 'allowed' }
       ]
     };
     expect(whereText(f)).toBe('onsite, tape (offline)');
@@ -450,8 +451,8 @@ describe('whereText', () => {
     const bad: IFile = {
       ...file(3),
       instances: [
-        { file: 'a', store: 'onsite', path: 'p', full_path: '/p', available: false, deletion_policy: 'x', fixity: 'bad' },
-        { file: 'a', store: 'offsite', path: 'p', full_path: '/p', available: true, deletion_policy: 'x', fixity: 'missing' }
+        { file: 'a', store: 'onsite', path: 'p', full_path: '/p', available: false, deletion_policy: 'allowed', fixity: 'bad' },
+        { file: 'a', store: 'offsite', path: 'p', full_path: '/p', available: true, deletion_policy: 'allowed', fixity: 'missing' }
       ]
     };
     expect(whereText(bad)).toBe('no good copy: onsite (bad copy), offsite (missing)');

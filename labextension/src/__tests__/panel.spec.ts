@@ -10,7 +10,8 @@ import {
   windowRate
 } from '../model';
 import { loadPanelState, panelState, savePanelState } from '../persist';
-import { IJob, ISearchReply, ISearchRequest } from '../service';
+import { ISearchReply, ISearchRequest } from '../service';
+import { aJob } from './fixtures';
 
 const MiB = 1024 * 1024;
 
@@ -45,7 +46,7 @@ describe('rate from byte samples', () => {
   });
 
   it('gives an ETA from the rate and the bytes left', () => {
-    const job: IJob = { id: 1, state: 'running', files_total: 1, files_done: 0, bytes_total: 100 * MiB, bytes_done: 40 * MiB };
+    const job = aJob({ id: 1, state: 'running', files_total: 1, files_done: 0, bytes_total: 100 * MiB, bytes_done: 40 * MiB });
     const samples = [
       { t: 0, bytes: 20 * MiB },
       { t: 4000, bytes: 40 * MiB }
@@ -58,7 +59,7 @@ describe('rate from byte samples', () => {
 });
 
 describe('jobs', () => {
-  const base: IJob = { id: 1, state: 'running', files_total: 1, files_done: 0, bytes_total: 1, bytes_done: 0 };
+  const base = aJob({ id: 1, state: 'running', files_total: 1, files_done: 0, bytes_total: 1, bytes_done: 0 });
   it('filters by state', () => {
     expect(jobMatches({ ...base, state: 'queued' }, 'running')).toBe(true);
     expect(jobMatches({ ...base, state: 'succeeded' }, 'finished')).toBe(true);
