@@ -307,74 +307,19 @@ export class ArchiveClient {
  * (no folder), `moved` (the path leads elsewhere now: nothing is read through it), `busy`
  * (a job still stages into it), `unchecked` (a site service's view: its records only).
  */
-export type StagedState = 'intact' | 'changed' | 'gone' | 'moved' | 'busy' | 'unchecked';
+export type StagedState = Schemas['StagedFolder']['state'];
 
 /** One staged folder (GET staged) as `jobs/cleaner.py` `examine` reports it. */
-export interface IStagedFolder {
-  /** Absolute path on the server. */
-  destination: string;
-  jobs: number[];
-  files: number;
-  bytes: number;
-  expires_at: string | null;
-  expired: boolean;
-  created_at: string | null;
-  finished_at: string | null;
-  /** Whether the engine made the folder (then it goes once empty). */
-  made: boolean;
-  state: StagedState | string;
-  /** Why (gone, moved, busy). */
-  reason?: string;
-  present_files?: number;
-  present_bytes?: number;
-  missing?: string[];
-  missing_count?: number;
-  changed?: Array<{ path: string; reason: string }>;
-  changed_count?: number;
-  /** Anything in the folder that was not staged (kept, always); folders end in '/'. */
-  foreign?: string[];
-  foreign_count?: number;
-  /** Checked by checksum (a clean), not only by name, kind and size. */
-  verified?: boolean;
-}
+export type IStagedFolder = Schemas['StagedFolder'];
 
-/** GET staged. */
-export interface IStagedView {
-  folders: IStagedFolder[];
-  total_bytes: number;
-  expired_bytes?: number;
-  /** Bytes per allowed root (absolute path). */
-  by_root?: Record<string, number>;
-  /** What a quota counts: unexpired staged bytes, plus what unfinished jobs will stage. */
-  unexpired_bytes: number;
-  quota_bytes: number | null;
-}
+/** GET staged: the folders, the bytes held per allowed root, the quota. */
+export type IStagedView = Schemas['StagedListing'];
 
 /** POST staged/clean: the expired folders and/or these (absolute, or relative to the root). */
-export interface ICleanRequest {
-  expired?: boolean;
-  folders?: string[];
-  dry_run?: boolean;
-}
+export type ICleanRequest = Partial<Schemas['StagedCleanRequest']>;
 
 /** A folder of a clean's report: what was (or would be) removed, what stays and why. */
-export interface ICleanedFolder extends IStagedFolder {
-  /** dry run */
-  would_remove_files?: number;
-  would_remove_bytes?: number;
-  /** done */
-  removed_files?: number;
-  removed_bytes?: number;
-  folder_removed?: boolean;
-  errors?: Array<{ path: string; reason: string }>;
-}
+export type ICleanedFolder = Schemas['CleanedFolder'];
 
 /** POST staged/clean's reply. */
-export interface ICleanReport {
-  dry_run: boolean;
-  folders: ICleanedFolder[];
-  removed_files: number;
-  removed_bytes: number;
-  /** The jobs whose folders are clean now (no longer listed). */
-  cleaned_jobs: number[];
-}
+export type ICleanReport = Schemas['CleanReport'];
