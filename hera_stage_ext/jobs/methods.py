@@ -256,9 +256,9 @@ class Mover:
 
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
         """Refuse a source that resolves outside its store. Only a file's folder is resolved
-        (once per folder): a copy opens the file itself without following a symlink
-        (``_open_source``), and a link is made only to a file that is not one; a directory is
-        resolved whole."""
+        (once per folder): every method opens the file itself without following a symlink
+        (``_open_source``: one that is a symlink is resolved there); a directory is resolved
+        whole."""
         root = spec.source_root
         assert root is not None
         if spec.is_directory:
@@ -268,9 +268,9 @@ class Mover:
             inside = key in self._source_dirs or is_within(key[0], root)
             if inside:
                 self._source_dirs.add(key)
-            if inside and spec.method not in ("copy", "reflink") and os.path.islink(source):
-                # A link to a link: resolve it whole (a copy opens with O_NOFOLLOW instead).
-                inside = is_within(source, root)
+            # A source that is itself a symlink is followed only where it stays inside the
+            # store: every method opens it with O_NOFOLLOW first (``_open_source``), the link
+            # methods too (they link only what they opened and verified).
         if not inside:
             raise ItemFailed("the instance on its store leads outside the store")
 

@@ -206,8 +206,7 @@ class _JobRun:
 
     def _stream_with(self, mover: Mover) -> None:
         while not (self.abort.is_set() or self.stop.is_set()):
-            batch = self.store.claim_items(self.job.id, self.worker_id,
-                                           self.config.claim_batch, self.config.claim_bytes)
+            batch = self._next_batch()
             if not batch:
                 return
             started: set[int] = set()
@@ -231,6 +230,16 @@ class _JobRun:
                 # Items not started go back to the queue; those through are committed by
                 # whichever stream commits next (or at the end of the run).
                 self.store.requeue(self.job.id, [c.id for c in batch if c.id not in started])
+
+    def _next_batch(self) -> list[_Claimed]:
+        """This stream's next items. The results waiting to be recorded go with the claim, in
+        one transaction (one round trip over HTTP), unless another stream is committing: then
+        the claim goes alone and that stream records them."""
+        n, max_bytes = self.config.claim_batch, self.config.claim_bytes
+        claimed = self._commit(wait=False, claim=(n, max_bytes))
+        if claimed is None:
+            claimed = self.store.claim_items(self.job.id, self.worker_id, n, max_bytes)
+        return claimed
 
     def _pooled(self, item: _Claimed) -> bool:
         """Small plain files go to the helper processes (when the worker has them): their
@@ -374,19 +383,22 @@ class _JobRun:
                 or self._pending_bytes >= self.config.commit_bytes
                 or time.monotonic() - self._last_commit >= self.config.flush_seconds)
 
-    def _commit(self, wait: bool) -> None:
+    def _commit(self, wait: bool, claim: tuple[int, int] | None = None
+                ) -> list[_Claimed] | None:
         """Make every item through so far final (``methods.commit``: sync, renames, sync),
-        then record the results in one transaction. With ``wait`` False, returns at once
-        when another stream is committing (it goes on copying meanwhile)."""
+        then record the results in one transaction. With ``wait`` False, returns None at once
+        when another stream is committing (it goes on copying meanwhile).
+
+        With ``claim`` (items, bytes): a stream's claim of its next items, made in the same
+        transaction and returned. Then items still to rename wait for a commit that is due
+        (a sync per claim would cost more than it saves); items already final (a copy
+        helper's) and those with nothing to rename (failed, skipped) are recorded at once."""
         if not self._commit_lock.acquire(blocking=wait):
-            return
+            return None
         try:
-            with self._pending_lock:
-                batch, self._pending, self._pending_bytes = self._pending, [], 0
-                final, self._final = self._final, []
-                self._last_commit = time.monotonic()
+            batch, final = self._take_pending(renames=claim is None or self._commit_due())
             if not batch and not final:
-                return
+                return self._record([], 0, claim)
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
@@ -407,13 +419,39 @@ class _JobRun:
                         with self._lock:
                             self.copied_bytes -= item.size
                 results.append((item, state, error))
-            with self._beat_lock:
-                self.store.record(self.job.id, results)
-                self.inflight.committed(through)
+            claimed = self._record(results, through, claim)
             self.log.flush()
             self.kind.recorded(self)
+            return claimed
         finally:
             self._commit_lock.release()
+
+    def _take_pending(self, renames: bool
+                      ) -> tuple[list[tuple[_Claimed, str, str, Outcome | None]], list[_Claimed]]:
+        """What waits to be committed: (items moved here, items a copy helper made final).
+        Without ``renames``, items still under a temporary name stay for a later commit."""
+        with self._pending_lock:
+            final, self._final = self._final, []
+            if renames:
+                batch, self._pending = self._pending, []
+                self._last_commit = time.monotonic()
+            else:
+                batch = [p for p in self._pending if p[3] is None or not p[3].tmp]
+                self._pending = [p for p in self._pending if p[3] is not None and p[3].tmp]
+            self._pending_bytes = sum(p[0].size for p in self._pending)
+        return batch, final
+
+    def _record(self, results: list[tuple[_Claimed, str, str]], through: int,
+                claim: tuple[int, int] | None) -> list[_Claimed]:
+        """Record ``results`` (and claim, with ``claim``) in one transaction."""
+        with self._beat_lock:
+            if claim is None:
+                self.store.record(self.job.id, results)
+                claimed: list[_Claimed] = []
+            else:
+                claimed = self.store.exchange(self.job.id, self.worker_id, results, *claim)
+            self.inflight.committed(through)
+        return claimed
 
     def run(self, resumed: bool) -> str:
         job = self.job
