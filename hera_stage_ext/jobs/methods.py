@@ -338,7 +338,7 @@ class Mover:
                 reason = self._tree_exposure(fin)
             if reason is not None:
                 raise ItemFailed(reason)
-            self._verify(spec, ck.hash_at(fin, [algorithm]), algorithm, "source")
+            self._verify(spec, self._hash_source(fin, st, algorithm), algorithm, "source")
             if spec.method == "symlink":
                 os.symlink(source, tmp, target_is_directory=spec.is_directory, dir_fd=dir_fd)
             elif spec.is_directory:
@@ -348,6 +348,24 @@ class Mover:
                 _hardlink(fin, tmp, dir_fd)
         finally:
             os.close(fin)
+
+    def _hash_source(self, fd: int, st: os.stat_result, algorithm: str) -> ck.Digest:
+        """The checksum of the open source ``fd`` (``st``: its fstat). A file is read into
+        this mover's reused buffer (a small one in one read: per file, a fresh buffer cost more
+        than hashing it); a folder as ``hash_at`` does."""
+        if stat.S_ISDIR(st.st_mode):
+            return ck.hash_at(fd, [algorithm])
+        if st.st_size < len(self._buffer):
+            # A read shorter than asked for is the end of a regular file.
+            data = os.pread(fd, st.st_size + 1, 0)
+            if len(data) <= st.st_size:
+                return ck.hash_bytes(data, [algorithm])
+        hasher = ck.StreamHasher([algorithm])
+        offset = 0
+        while n := os.preadv(fd, [self._buffer], offset):
+            hasher.update(self._view[:n])
+            offset += n
+        return hasher.digest()
 
     def _tree_exposure(self, dir_fd: int) -> str | None:
         _folders, members = safefs.tree(dir_fd)

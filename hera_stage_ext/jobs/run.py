@@ -27,7 +27,7 @@ from typing import Any
 from ..catalogue.db import Database
 from ..errors import StagingError
 from . import kinds, targets
-from .copy_pool import CopyPool, HandOver, HelperDied, hand_overs
+from .copy_pool import CopyPool, HandOver, HelperDied, Ticket, hand_overs
 from .engine import new_worker_id
 from .items import _Claimed
 from .methods import (
@@ -60,6 +60,9 @@ class EngineConfig:
     pool_batch_items: int = 1024
     pool_batch_bytes: int = 4 << 20
     claim_batch: int = 1024  # items claimed per transaction (at most)...
+    # ...by a stage job's stream when the worker has helpers: it hands a claim's small files
+    # over in several hand-overs at once, so that each helper has the next one to write...
+    pool_claim_batch: int = 4096
     claim_bytes: int = 64 << 20  # ...and no more bytes than this (but always one item)
     flush_seconds: float = 1.0  # written items are committed and recorded this often...
     commit_items: int = 4096  # ...or as soon as this many wait...
@@ -73,6 +76,17 @@ class EngineConfig:
     # is refused before anything is written (a site's user worker also takes a recorded job's
     # folder only inside them). Empty: only the launch's check.
     allowed_roots: tuple[str, ...] = ()
+
+
+@dataclass
+class _HandedOver:
+    """Items submitted to a copy helper (``_JobRun._hand_over``), their results to collect."""
+
+    items: list[_Claimed]
+    specs: list[ItemSpec]
+    generation: int  # the run's ``store_generation`` when they were sent
+    ticket: Ticket | None = None
+    died: HelperDied | None = None  # the helper was gone before it took them
 
 
 class _JobRun:
@@ -212,11 +226,10 @@ class _JobRun:
             started: set[int] = set()
             try:
                 pooled = [c for c in batch if self._pooled(c)]
-                for part in hand_overs(pooled, lambda c: c.size, self.config.pool_batch_items,
-                                       self.config.pool_batch_bytes):
-                    if self.abort.is_set() or self.stop.is_set():
-                        break
-                    self._move_pooled(part, started, mover)
+                if pooled:
+                    self._move_pooled(hand_overs(pooled, lambda c: c.size,
+                                                 self.config.pool_batch_items,
+                                                 self.config.pool_batch_bytes), started, mover)
                 for item in batch:
                     if item.id in started or self._pooled(item):
                         continue
@@ -235,7 +248,8 @@ class _JobRun:
         """This stream's next items. The results waiting to be recorded go with the claim, in
         one transaction (one round trip over HTTP), unless another stream is committing: then
         the claim goes alone and that stream records them."""
-        n, max_bytes = self.config.claim_batch, self.config.claim_bytes
+        n = self.config.pool_claim_batch if self.pool is not None else self.config.claim_batch
+        max_bytes = self.config.claim_bytes
         claimed = self._commit(wait=False, claim=(n, max_bytes))
         if claimed is None:
             claimed = self.store.claim_items(self.job.id, self.worker_id, n, max_bytes)
@@ -248,9 +262,26 @@ class _JobRun:
         return (self.pool is not None and self.target.poolable and not item.is_directory
                 and item.size <= self.config.pool_max_bytes)
 
-    def _move_pooled(self, items: list[_Claimed], started: set[int], mover: Mover) -> None:
-        """One hand-over to a helper, which copies, verifies, logs and makes final its
-        files (``copy_pool``); here only their results are queued for the next commit."""
+    def _move_pooled(self, parts: list[list[_Claimed]], started: set[int],
+                     mover: Mover) -> None:
+        """Hand ``parts`` over to the helpers, all before waiting for any (a helper writes one
+        while it makes others final), which copy, verify, log and make final their files
+        (``copy_pool``); here only their results are queued for the next commit. Every
+        hand-over sent is collected, whatever happens meanwhile."""
+        sent: list[_HandedOver] = []
+        for part in parts:
+            if self.abort.is_set() or self.stop.is_set():
+                break
+            handed = self._hand_over(part, started)
+            if handed is not None:
+                sent.append(handed)
+        for handed in sent:
+            self._collect(handed, started, mover)
+            if self._commit_due():
+                self._commit(wait=False)
+
+    def _hand_over(self, items: list[_Claimed], started: set[int]) -> _HandedOver | None:
+        """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
         assert self.pool is not None
         specs, ready = [], []
         for item in items:
@@ -263,20 +294,34 @@ class _JobRun:
                 continue
             specs.append(spec)
             ready.append(item)
-        if not ready or self.abort.is_set() or self.stop.is_set():
-            return
-        generation = self.store_generation
+        if not ready:
+            return None
+        hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
+                        [item.dest_path for item in ready], self.root)
+        handed = _HandedOver(ready, specs, self.store_generation)
+        try:
+            handed.ticket = self.pool.submit(hand)
+        except HelperDied as exc:
+            handed.died = exc
+        return handed
+
+    def _collect(self, handed: _HandedOver, started: set[int], mover: Mover) -> None:
+        """Wait for a hand-over's results and queue them for the next commit."""
+        assert self.pool is not None
+        ready, specs = handed.items, handed.specs
 
         def interrupt() -> bool:
             # A store that became unavailable stops the hand-over too: the items it had not
             # reached come back to the queue and fail there, with the store's name.
-            return self.abort.is_set() or self.store_generation != generation
+            return self.abort.is_set() or self.store_generation != handed.generation
 
-        hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
-                        [item.dest_path for item in ready], self.root)
-        key = ("pool", id(hand))
+        key = ("pool", id(handed))
         try:
-            moved = self.pool.move(hand, interrupt, lambda n: self.inflight.set(key, n))
+            if handed.ticket is None:
+                assert handed.died is not None
+                raise handed.died
+            moved = self.pool.collect(handed.ticket, interrupt,
+                                      lambda n: self.inflight.set(key, n))
         except HelperDied as exc:
             # What it made final is found verified (not copied again); the rest is copied here,
             # not handed over again, so a file that kills helpers cannot stall the job.
@@ -310,8 +355,6 @@ class _JobRun:
                 self._final.extend(final)
                 self._pending_bytes += nbytes
             self.inflight.through(nbytes)
-        if self._commit_due():
-            self._commit(wait=False)
 
     def _precheck(self, item: _Claimed, spec: ItemSpec) -> None:
         if self.refused is not None:
