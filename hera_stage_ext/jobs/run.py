@@ -219,8 +219,10 @@ class _JobRun:
             mover.close()  # its open folders
 
     def _stream_with(self, mover: Mover) -> None:
+        first = True
         while not (self.abort.is_set() or self.stop.is_set()):
-            batch = self._next_batch()
+            batch = self._next_batch(first)
+            first = False
             if not batch:
                 return
             started: set[int] = set()
@@ -244,11 +246,13 @@ class _JobRun:
                 # whichever stream commits next (or at the end of the run).
                 self.store.requeue(self.job.id, [c.id for c in batch if c.id not in started])
 
-    def _next_batch(self) -> list[_Claimed]:
+    def _next_batch(self, first: bool) -> list[_Claimed]:
         """This stream's next items. The results waiting to be recorded go with the claim, in
         one transaction (one round trip over HTTP), unless another stream is committing: then
-        the claim goes alone and that stream records them."""
-        n = self.config.pool_claim_batch if self.pool is not None else self.config.claim_batch
+        the claim goes alone and that stream records them. A stream's first claim is a small
+        one, so that the helpers start writing sooner."""
+        n = (self.config.pool_claim_batch if self.pool is not None and not first
+             else self.config.claim_batch)
         max_bytes = self.config.claim_bytes
         claimed = self._commit(wait=False, claim=(n, max_bytes))
         if claimed is None:
@@ -264,19 +268,16 @@ class _JobRun:
 
     def _move_pooled(self, parts: list[list[_Claimed]], started: set[int],
                      mover: Mover) -> None:
-        """Hand ``parts`` over to the helpers, all before waiting for any (a helper writes one
-        while it makes others final), which copy, verify, log and make final their files
-        (``copy_pool``); here only their results are queued for the next commit. Every
-        hand-over sent is collected, whatever happens meanwhile."""
-        sent: list[_HandedOver] = []
+        """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
+        and makes final its files: ``copy_pool``); here only their results are queued for the
+        next commit. One at a time per stream: the streams keep the helpers busy together, and
+        a hand-over's results are recorded (when due) before the next one starts writing."""
         for part in parts:
             if self.abort.is_set() or self.stop.is_set():
                 break
             handed = self._hand_over(part, started)
             if handed is not None:
-                sent.append(handed)
-        for handed in sent:
-            self._collect(handed, started, mover)
+                self._collect(handed, started, mover)
             if self._commit_due():
                 self._commit(wait=False)
 
