@@ -252,6 +252,7 @@ def test_bob_cannot_see_or_touch_alices_jobs(site: Site) -> None:
                          ("DELETE", f"jobs/{number}"),
                          ("GET", f"worker/jobs/{number}"),
                          ("POST", f"worker/jobs/{number}/items/claim"),
+                         ("POST", f"worker/jobs/{number}/items/exchange"),
                          ("POST", f"worker/jobs/{number}/heartbeat"),
                          ("POST", f"worker/jobs/{number}/log")]:
         reply = site.api("bob", method, path, {"worker_id": "bob-w", "text": "x\n"}
@@ -489,6 +490,38 @@ def test_the_site_worker_never_claims_a_users_stage_job(database: Database,
     assert site_worker.claim_job("site-w", 30) is None
     assert DbJobStore(database, owner="bob").claim_job("bob-w", 30) is None
     assert DbJobStore(database, owner="alice").claim_job("alice-w", 30) == (stage["id"], False)
+
+
+def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path: Path) -> None:
+    """``items/exchange``: the results of a worker's last items and its next items in one call;
+    a result sent twice counts once, one for an item the worker does not hold is ignored, and
+    another user's worker sees no such job."""
+    from hera_stage_ext.errors import InvalidRequest, NotFound
+    from hera_stage_ext.jobs.engine import create_job, get_job
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    items = [{"name": f"f{k}", "store": "s", "size": 10, "is_directory": False,
+              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
+             for k in range(5)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 50,
+                     log_dir=tmp_path)
+    alice = WorkerOps(database, "alice")
+    assert alice.claim({"worker_id": "w"})["job"] == job["id"]
+    first = alice.exchange(job["id"], {"worker_id": "w", "results": [], "n": 2})
+    assert first["recorded"] == 0 and [row[1] for row in first["items"]] == ["f0", "f1"]
+    done = [[row[0], "done", ""] for row in first["items"]]
+    second = alice.exchange(job["id"], {"worker_id": "w", "results": done, "n": 2})
+    assert second["recorded"] == 2 and [row[1] for row in second["items"]] == ["f2", "f3"]
+    again = alice.exchange(job["id"], {"worker_id": "w", "n": 0, "results": [
+        *done, [second["items"][0][0], "failed", "disk on fire"], [10**9, "done", ""]]})
+    assert again == {"recorded": 1, "items": []}
+    state = get_job(database, job["id"])
+    assert (state["files_done"], state["bytes_done"], state["files_failed"]) == (2, 20, 1)
+    with pytest.raises(InvalidRequest):
+        alice.exchange(job["id"], {"worker_id": "w", "results": [["x", "done", ""]], "n": 1})
+    with pytest.raises(NotFound):
+        WorkerOps(database, "bob").exchange(job["id"], {"worker_id": "w", "results": [],
+                                                        "n": 1})
 
 
 def test_two_service_replicas_run_each_job_once(postgres: Any,

@@ -35,6 +35,7 @@ ACTIONS: dict[str, tuple[str, str, bool]] = {
     "items/claim": ("POST", "claim_items", True),
     "items/requeue": ("POST", "requeue", True),
     "items/record": ("POST", "record", True),
+    "items/exchange": ("POST", "exchange", True),
 }
 
 

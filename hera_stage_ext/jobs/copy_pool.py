@@ -52,8 +52,10 @@ from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
 _PR_SET_PDEATHSIG = 1
 #: Hand-overs in flight per helper: one being written, the others being synced and renamed.
 DEPTH = 4
-#: A helper's commits (syncs and renames) are at least this far apart.
+#: While a helper writes its next hand-over, its commits (syncs and renames) are at least this
+#: far apart; how often the committing thread looks whether it is still writing.
 COMMIT_SECONDS = 0.25
+WRITING_POLL_SECONDS = 0.005
 #: A helper reports a hand-over's bytes written about this often.
 PROGRESS_SECONDS = 0.25
 
@@ -84,10 +86,16 @@ class HelperDied(RuntimeError):
         self.pid = pid
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the worker dies; exit now if it already has. A helper starts (imports)
+    for a while: a worker killed meanwhile sent no signal to it, and the hand-overs it had
+    sent still wait in the pipe. Written after its death, they would land beside the next
+    worker's resume (its temporary folders after it removed those it found)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _append(log_path: str, text: str) -> None:
@@ -101,22 +109,28 @@ def _append(log_path: str, text: str) -> None:
         os.close(fd)
 
 
-def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock) -> None:
-    """The committing thread of a helper: log, sync, rename, sync, reply, in order. Commits
-    are at least ``COMMIT_SECONDS`` apart and make final together every hand-over written
-    meanwhile: a sync costs about as much as writing a few hundred small files, and while one
-    runs, creating files waits on the file system's journal."""
+def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock,
+            writing: threading.Event) -> None:
+    """The committing thread of a helper: log, sync, rename, sync, reply, in order. While the
+    helper is writing another hand-over, a commit waits for it (up to ``COMMIT_SECONDS``
+    after the last commit, and ``DEPTH - 1`` hand-overs) to make them final together: a sync
+    costs about as much as writing a few hundred small files, and while one runs, creating
+    files waits on the file system's journal. A helper with nothing else to write commits at
+    once: its streams wait for the reply to hand over their next items, so a commit held
+    back then only leaves the helper idle."""
     last_commit = 0.0
     while True:
         first = jobs.get()
         if first is None:
             return
         batch = [first]
-        pause = last_commit + COMMIT_SECONDS - time.monotonic()
-        while pause > 0 and len(batch) < DEPTH - 1 and batch[-1] is not None:
-            with contextlib.suppress(queue.Empty):
-                batch.append(jobs.get(timeout=pause))
+        while len(batch) < DEPTH - 1 and batch[-1] is not None and writing.is_set():
             pause = last_commit + COMMIT_SECONDS - time.monotonic()
+            if pause <= 0:
+                break
+            with contextlib.suppress(queue.Empty):
+                # Short waits: the helper may run out of work before the pause is over.
+                batch.append(jobs.get(timeout=min(pause, WRITING_POLL_SECONDS)))
         with contextlib.suppress(queue.Empty):
             while batch[-1] is not None:
                 batch.append(jobs.get_nowait())
@@ -151,10 +165,11 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock)
             return
 
 
-def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float) -> None:
+def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float,
+           parent: int) -> None:
     """A helper: receive hand-overs, write and verify each item under its temporary name,
     then pass the hand-over to the committing thread and take the next one."""
-    _die_with_parent()
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when helpers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     current = 0
@@ -175,7 +190,9 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
 
     mover = Mover(chunk_size, check, lambda _line: None, deferred=True, temp_folders=True)
     jobs: queue.Queue[Any] = queue.Queue()
-    committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock), daemon=True)
+    writing = threading.Event()  # set while this thread writes a hand-over
+    committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock, writing),
+                                 daemon=True)
     committer.start()
     last_run = None
     while True:
@@ -185,6 +202,7 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
             break
         if message is None:
             break
+        writing.set()
         current, hand = message
         written = 0
         if hand.run != last_run:
@@ -216,6 +234,8 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
                 results.append(None)
             else:
                 results.append(outcome)
+        if not conn.poll():
+            writing.clear()  # (before the put: the committer never waits for nothing)
         jobs.put((current, hand, results, renames))
     jobs.put(None)
     committer.join()
@@ -230,11 +250,14 @@ class _Waiting:
 
 
 class _Helper:
-    def __init__(self, context: Any, chunk_size: int, chunk_delay: float) -> None:
+    def __init__(self, context: Any, chunk_size: int, chunk_delay: float,
+                 replied: Callable[[], None]) -> None:
+        self.replied = replied  # told after each reply (the pool's streams wait for room)
         self.conn, child = context.Pipe()
         self.stop_upto = context.RawValue(ctypes.c_longlong, 0)
         self.process = context.Process(target=_serve, name="hera-stage-copy",
-                                       args=(child, self.stop_upto, chunk_size, chunk_delay),
+                                       args=(child, self.stop_upto, chunk_size, chunk_delay,
+                                             os.getpid()),
                                        daemon=True)
         self.process.start()
         child.close()
@@ -263,6 +286,7 @@ class _Helper:
             if waiting is not None:
                 waiting.results = results
                 waiting.done.set()
+            self.replied()
         self.dead = True
         self.process.join(timeout=5)
         code = self.process.exitcode
@@ -271,6 +295,15 @@ class _Helper:
             waiting.error = HelperDied(f"a copy helper process died (exit code {code})",
                                        self.process.pid)
             waiting.done.set()
+        self.replied()
+
+
+class Ticket(NamedTuple):
+    """A hand-over submitted to a helper (``CopyPool.submit``), to ``collect``."""
+
+    request: int
+    helper: _Helper
+    waiting: _Waiting
 
 
 class CopyPool:
@@ -298,7 +331,7 @@ class CopyPool:
     def _spawn_loop(self) -> None:
         while (order := self._spawns.get()) is not None:
             index, done = order
-            helper = _Helper(self._context, *self._chunk)
+            helper = _Helper(self._context, *self._chunk, self._replied)
             with self._cond:
                 if index < len(self._helpers):
                     self._helpers[index] = helper
@@ -335,12 +368,14 @@ class CopyPool:
 
     def move(self, hand: HandOver, interrupt: Callable[[], bool],
              progress: Callable[[int], None] | None = None) -> list[Moved]:
-        """Move and make final the items of ``hand`` in a helper; returns one ``Moved`` per
-        item started, in order (the rest were not: the caller puts them back in the queue).
-        ``interrupt`` is asked while waiting: when it says so (a cancel, a lost lease, a store
-        gone), the helper stops before its next file and makes final what it has written.
-        ``progress`` is told the bytes written so far as the helper reports them.
-        Raises HelperDied when the helper died with the hand-over."""
+        """Move and make final the items of ``hand`` in a helper (``submit``, ``collect``)."""
+        return self.collect(self.submit(hand), interrupt, progress)
+
+    def submit(self, hand: HandOver) -> Ticket:
+        """Send ``hand`` to the live helper with the fewest hand-overs in flight (waiting for
+        room); ``collect`` its results. A stream submits several before collecting: a helper
+        writes one while it makes the others final. Raises HelperDied when the helper is
+        gone."""
         request = next(self._requests)
         waiting = _Waiting()
         helper = self._pick(request, waiting)
@@ -354,6 +389,17 @@ class CopyPool:
                              helper.process.pid) from exc
         if helper.dead and helper.waiting.pop(request, None) is not None:
             raise HelperDied("a copy helper process died", helper.process.pid)
+        return Ticket(request, helper, waiting)
+
+    def collect(self, ticket: Ticket, interrupt: Callable[[], bool],
+                progress: Callable[[int], None] | None = None) -> list[Moved]:
+        """The results of a submitted hand-over: one ``Moved`` per item started, in order (the
+        rest were not: the caller puts them back in the queue). ``interrupt`` is asked while
+        waiting: when it says so (a cancel, a lost lease, a store gone), the helper stops
+        before its next file and makes final what it has written. ``progress`` is told the
+        bytes written so far as the helper reports them. Raises HelperDied when the helper
+        died with the hand-over."""
+        request, helper, waiting = ticket
         shown = 0
         while not waiting.done.wait(0.1):
             if progress is not None and waiting.written != shown:
@@ -363,12 +409,15 @@ class CopyPool:
                 # Stops this hand-over (and an older one in the same helper: its stream
                 # takes the items not started back to the queue and goes on).
                 helper.stop_upto.value = max(helper.stop_upto.value, request)
-        with self._cond:
-            self._cond.notify_all()
         if waiting.error is not None:
             raise waiting.error
         assert waiting.results is not None
         return waiting.results
+
+    def _replied(self) -> None:
+        """A helper has room again: wake a stream waiting to submit (``_pick``)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

@@ -2,7 +2,8 @@
 
 The worker holds no database URL. It sends the user's token (``Authorization: token ...``)
 with every call, and the service decides from that token whose jobs it may claim (stage jobs
-only, never transfers or uploads). Item results go in batches, as the engine commits them.
+only, never transfers or uploads). Item results go in batches, as the engine commits them,
+with the claim of the stream's next items (``exchange``: one round trip per hand-over).
 
 A service that cannot be reached (restarting, a network outage) is waited out: every call is
 tried again with a capped exponential back-off and jitter for up to ``PATIENCE_S`` seconds,
@@ -188,6 +189,14 @@ class HttpJobStore:
         if results:
             self._job(job_id, "items/record", {
                 "results": [[item.id, state, error] for item, state, error in results]})
+
+    def exchange(self, job_id: int, worker_id: str, results: list[tuple[_Claimed, str, str]],
+                 n: int, max_bytes: int | None = None) -> list[_Claimed]:
+        """The results of the last hand-over and the next items, one round trip."""
+        answer = self._job(job_id, "items/exchange", {
+            "worker_id": worker_id, "n": n, "max_bytes": max_bytes,
+            "results": [[item.id, state, error] for item, state, error in results]})
+        return [_Claimed(*row) for row in answer["items"]]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:

@@ -1,15 +1,22 @@
 """A job's items as a queue: claiming a batch of queued items for a stream (atomically:
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), putting those not
-started back, recording a batch of results with the job's counters in one transaction, and the
-paths of the items not through yet. Every kind's streams use these (``run._JobRun`` for stage
-jobs, the transfer and upload kinds), under the names they had in ``engine``."""
+started back, recording a batch of results with the job's counters in one transaction, both at
+once (``_exchange``: a stream hands in what it moved and takes its next batch in one
+transaction, one round trip for a worker over HTTP), and the paths of the items not through
+yet. Every kind's streams use these (``run._JobRun`` for stage jobs, the transfer and upload
+kinds), under the names they had in ``engine``.
+
+Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``), not by a list
+of every id: a claim of 1,024 small files is one run, and SQLAlchemy's per-value expansion of an
+``IN`` list cost more Python per item than the database spent on the statement."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import ColumnElement, bindparam, case, or_, select, update
+from sqlalchemy.engine import Connection
 
 from ..catalogue.db import Database
 from .models import Job, JobItem
@@ -18,6 +25,8 @@ _ITEMS = JobItem.__table__
 
 #: Most values in one SQL ``IN (...)`` list.
 IN_CHUNK = 5_000
+#: Most id runs (``BETWEEN`` terms) in one statement.
+RUN_CHUNK = 200
 
 
 @dataclass
@@ -33,46 +42,96 @@ class _Claimed:
     store: str = ""
 
 
+#: One item's result for ``_record``: the item, its state ("done", "skipped", "failed"), the
+#: error (empty unless failed).
+Result = tuple[_Claimed, str, str]
+
+
+def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """``ids`` as runs of consecutive values: [(first, last), ...], ascending."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(set(ids)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def id_terms(ids: Iterable[int]) -> list[ColumnElement[bool]]:
+    """WHERE terms that together select exactly ``ids`` (one per ``RUN_CHUNK`` runs)."""
+    column = _ITEMS.c.id
+    runs = id_runs(ids)
+    terms = []
+    for start in range(0, len(runs), RUN_CHUNK):
+        terms.append(or_(*(column == a if a == b else column.between(a, b)
+                           for a, b in runs[start:start + RUN_CHUNK])))
+    return terms
+
+
 def _claim_items(db: Database, job_id: int, worker_id: str, n: int,
                  max_bytes: int | None = None) -> list[_Claimed]:
     """Take up to ``n`` queued items (and, past the first, no more than ``max_bytes``)."""
-    t = _ITEMS
+    return _exchange(db, job_id, worker_id, [], n, max_bytes)
+
+
+def _exchange(db: Database, job_id: int, worker_id: str, results: list[Result], n: int,
+              max_bytes: int | None = None) -> list[_Claimed]:
+    """Record ``results`` (``_record``) and take up to ``n`` queued items (``_claim_items``)
+    in one transaction; ``n`` 0 only records."""
+    if not results and n <= 0:
+        return []
     with db.write() as s:
-        # Core statements on the table (no ORM row handling): this runs once per batch of
-        # small files, its cost per item counts.
-        rows = s.connection().execute(
-            select(t.c.id, t.c.name, t.c.source_path, t.c.dest_path, t.c.size,
-                   t.c.is_directory, t.c.checksums, t.c.attempts, t.c.store)
-            .where(t.c.job_id == job_id, t.c.state == "queued")
-            .order_by(t.c.id).limit(n).with_for_update(skip_locked=True)).all()
-        if max_bytes is not None:
-            total, keep = 0, 0
-            for row in rows:
-                total += row[4]
-                if keep and total > max_bytes:
-                    break
-                keep += 1
-            rows = rows[:keep]
-        if not rows:
-            return []
-        s.connection().execute(
-            update(t).where(t.c.id.in_([row[0] for row in rows]))
-            .values(state="running", worker_id=worker_id, attempts=t.c.attempts + 1))
-        return [_Claimed(*row[:7], row[7] + 1, row[8]) for row in rows]
+        connection = s.connection()
+        if results:
+            _record_in(connection, job_id, results)
+        return _claim_in(connection, job_id, worker_id, n, max_bytes) if n > 0 else []
+
+
+def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
+              max_bytes: int | None) -> list[_Claimed]:
+    t = _ITEMS
+    # Core statements on the table (no ORM row handling): this runs once per batch of
+    # small files, its cost per item counts.
+    rows = connection.execute(
+        select(t.c.id, t.c.name, t.c.source_path, t.c.dest_path, t.c.size,
+               t.c.is_directory, t.c.checksums, t.c.attempts, t.c.store)
+        .where(t.c.job_id == job_id, t.c.state == "queued")
+        .order_by(t.c.id).limit(n).with_for_update(skip_locked=True)).all()
+    if max_bytes is not None:
+        total, keep = 0, 0
+        for row in rows:
+            total += row[4]
+            if keep and total > max_bytes:
+                break
+            keep += 1
+        rows = rows[:keep]
+    if not rows:
+        return []
+    # Exactly the rows selected (and locked) above: runs of their own ids.
+    for term in id_terms(row[0] for row in rows):
+        connection.execute(update(t).where(term).values(
+            state="running", worker_id=worker_id, attempts=t.c.attempts + 1))
+    return [_Claimed(*row[:7], row[7] + 1, row[8]) for row in rows]
 
 
 def _requeue(db: Database, item_ids: Sequence[int]) -> None:
     if item_ids:
         with db.write() as s:
-            s.execute(update(JobItem).where(JobItem.id.in_(list(item_ids)),
-                                            JobItem.state == "running")
-                      .values(state="queued", worker_id=None))
+            connection = s.connection()
+            for term in id_terms(item_ids):
+                connection.execute(update(_ITEMS).where(term, _ITEMS.c.state == "running")
+                                   .values(state="queued", worker_id=None))
 
 
-def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None:
+def _record(db: Database, job_id: int, results: list[Result]) -> None:
     """Write a batch of item results and bump the job's counters in one transaction."""
-    if not results:
-        return
+    if results:
+        with db.write() as s:
+            _record_in(s.connection(), job_id, results)
+
+
+def _record_in(connection: Connection, job_id: int, results: list[Result]) -> None:
     done = [(c, st) for c, st, _ in results if st in ("done", "skipped")]
     t = _ITEMS
     # Error-free results in one statement per state (most of a batch), failures one by one.
@@ -83,28 +142,27 @@ def _record(db: Database, job_id: int, results: list[tuple[_Claimed, str, str]])
             failed.append({"item_id": c.id, "item_state": state, "item_error": error})
         else:
             plain.setdefault(state, []).append(c.id)
-    with db.write() as s:
-        connection = s.connection()
-        for state, ids in plain.items():
-            for start in range(0, len(ids), IN_CHUNK):
-                connection.execute(update(t).where(t.c.id.in_(ids[start:start + IN_CHUNK]))
-                                   .values(state=state, error="", worker_id=None))
-        if failed:
-            connection.execute(
-                update(t).where(t.c.id == bindparam("item_id"))
-                .values(state=bindparam("item_state"), error=bindparam("item_error"),
-                        worker_id=None), failed)
-        done_bytes = sum(c.size for c, _ in done)
-        s.execute(update(Job).where(Job.id == job_id).values(
-            files_done=Job.files_done + len(done),
-            bytes_done=Job.bytes_done + done_bytes,
-            # Those bytes were (mostly) counted as moving at the last heartbeat: no longer, so
-            # done + moving never counts them twice until the next one.
-            bytes_moving=case((Job.bytes_moving > done_bytes, Job.bytes_moving - done_bytes),
-                              else_=0),
-            files_skipped=Job.files_skipped + sum(1 for _, st in done if st == "skipped"),
-            files_failed=Job.files_failed + sum(1 for _, st, _ in results if st == "failed"),
-        ))
+    for state, ids in plain.items():
+        for term in id_terms(ids):
+            connection.execute(update(t).where(term).values(state=state, error="",
+                                                            worker_id=None))
+    if failed:
+        connection.execute(
+            update(t).where(t.c.id == bindparam("item_id"))
+            .values(state=bindparam("item_state"), error=bindparam("item_error"),
+                    worker_id=None), failed)
+    done_bytes = sum(c.size for c, _ in done)
+    jobs = Job.__table__
+    connection.execute(update(jobs).where(jobs.c.id == job_id).values(
+        files_done=jobs.c.files_done + len(done),
+        bytes_done=jobs.c.bytes_done + done_bytes,
+        # Those bytes were (mostly) counted as moving at the last heartbeat: no longer, so
+        # done + moving never counts them twice until the next one.
+        bytes_moving=case((jobs.c.bytes_moving > done_bytes, jobs.c.bytes_moving - done_bytes),
+                          else_=0),
+        files_skipped=jobs.c.files_skipped + sum(1 for _, st in done if st == "skipped"),
+        files_failed=jobs.c.files_failed + sum(1 for _, st, _ in results if st == "failed"),
+    ))
 
 
 def _unfinished_paths(db: Database, job_id: int) -> list[str]:

@@ -256,9 +256,9 @@ class Mover:
 
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
         """Refuse a source that resolves outside its store. Only a file's folder is resolved
-        (once per folder): a copy opens the file itself without following a symlink
-        (``_open_source``), and a link is made only to a file that is not one; a directory is
-        resolved whole."""
+        (once per folder): every method opens the file itself without following a symlink
+        (``_open_source``: one that is a symlink is resolved there); a directory is resolved
+        whole."""
         root = spec.source_root
         assert root is not None
         if spec.is_directory:
@@ -268,9 +268,9 @@ class Mover:
             inside = key in self._source_dirs or is_within(key[0], root)
             if inside:
                 self._source_dirs.add(key)
-            if inside and spec.method not in ("copy", "reflink") and os.path.islink(source):
-                # A link to a link: resolve it whole (a copy opens with O_NOFOLLOW instead).
-                inside = is_within(source, root)
+            # A source that is itself a symlink is followed only where it stays inside the
+            # store: every method opens it with O_NOFOLLOW first (``_open_source``), the link
+            # methods too (they link only what they opened and verified).
         if not inside:
             raise ItemFailed("the instance on its store leads outside the store")
 
@@ -338,7 +338,7 @@ class Mover:
                 reason = self._tree_exposure(fin)
             if reason is not None:
                 raise ItemFailed(reason)
-            self._verify(spec, ck.hash_at(fin, [algorithm]), algorithm, "source")
+            self._verify(spec, self._hash_source(fin, st, algorithm), algorithm, "source")
             if spec.method == "symlink":
                 os.symlink(source, tmp, target_is_directory=spec.is_directory, dir_fd=dir_fd)
             elif spec.is_directory:
@@ -348,6 +348,24 @@ class Mover:
                 _hardlink(fin, tmp, dir_fd)
         finally:
             os.close(fin)
+
+    def _hash_source(self, fd: int, st: os.stat_result, algorithm: str) -> ck.Digest:
+        """The checksum of the open source ``fd`` (``st``: its fstat). A file is read into
+        this mover's reused buffer (a small one in one read: per file, a fresh buffer cost more
+        than hashing it); a folder as ``hash_at`` does."""
+        if stat.S_ISDIR(st.st_mode):
+            return ck.hash_at(fd, [algorithm])
+        if st.st_size < len(self._buffer):
+            # A read shorter than asked for is the end of a regular file.
+            data = os.pread(fd, st.st_size + 1, 0)
+            if len(data) <= st.st_size:
+                return ck.hash_bytes(data, [algorithm])
+        hasher = ck.StreamHasher([algorithm])
+        offset = 0
+        while n := os.preadv(fd, [self._buffer], offset):
+            hasher.update(self._view[:n])
+            offset += n
+        return hasher.digest()
 
     def _tree_exposure(self, dir_fd: int) -> str | None:
         _folders, members = safefs.tree(dir_fd)

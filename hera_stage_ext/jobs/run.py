@@ -27,7 +27,7 @@ from typing import Any
 from ..catalogue.db import Database
 from ..errors import StagingError
 from . import kinds, targets
-from .copy_pool import CopyPool, HandOver, HelperDied, hand_overs
+from .copy_pool import CopyPool, HandOver, HelperDied, Ticket, hand_overs
 from .engine import new_worker_id
 from .items import _Claimed
 from .methods import (
@@ -60,6 +60,9 @@ class EngineConfig:
     pool_batch_items: int = 1024
     pool_batch_bytes: int = 4 << 20
     claim_batch: int = 1024  # items claimed per transaction (at most)...
+    # ...by a stage job's stream when the worker has helpers: it hands a claim's small files
+    # over in several hand-overs at once, so that each helper has the next one to write...
+    pool_claim_batch: int = 4096
     claim_bytes: int = 64 << 20  # ...and no more bytes than this (but always one item)
     flush_seconds: float = 1.0  # written items are committed and recorded this often...
     commit_items: int = 4096  # ...or as soon as this many wait...
@@ -73,6 +76,17 @@ class EngineConfig:
     # is refused before anything is written (a site's user worker also takes a recorded job's
     # folder only inside them). Empty: only the launch's check.
     allowed_roots: tuple[str, ...] = ()
+
+
+@dataclass
+class _HandedOver:
+    """Items submitted to a copy helper (``_JobRun._hand_over``), their results to collect."""
+
+    items: list[_Claimed]
+    specs: list[ItemSpec]
+    generation: int  # the run's ``store_generation`` when they were sent
+    ticket: Ticket | None = None
+    died: HelperDied | None = None  # the helper was gone before it took them
 
 
 class _JobRun:
@@ -205,19 +219,19 @@ class _JobRun:
             mover.close()  # its open folders
 
     def _stream_with(self, mover: Mover) -> None:
+        first = True
         while not (self.abort.is_set() or self.stop.is_set()):
-            batch = self.store.claim_items(self.job.id, self.worker_id,
-                                           self.config.claim_batch, self.config.claim_bytes)
+            batch = self._next_batch(first)
+            first = False
             if not batch:
                 return
             started: set[int] = set()
             try:
                 pooled = [c for c in batch if self._pooled(c)]
-                for part in hand_overs(pooled, lambda c: c.size, self.config.pool_batch_items,
-                                       self.config.pool_batch_bytes):
-                    if self.abort.is_set() or self.stop.is_set():
-                        break
-                    self._move_pooled(part, started, mover)
+                if pooled:
+                    self._move_pooled(hand_overs(pooled, lambda c: c.size,
+                                                 self.config.pool_batch_items,
+                                                 self.config.pool_batch_bytes), started, mover)
                 for item in batch:
                     if item.id in started or self._pooled(item):
                         continue
@@ -232,6 +246,19 @@ class _JobRun:
                 # whichever stream commits next (or at the end of the run).
                 self.store.requeue(self.job.id, [c.id for c in batch if c.id not in started])
 
+    def _next_batch(self, first: bool) -> list[_Claimed]:
+        """This stream's next items. The results waiting to be recorded go with the claim, in
+        one transaction (one round trip over HTTP), unless another stream is committing: then
+        the claim goes alone and that stream records them. A stream's first claim is a small
+        one, so that the helpers start writing sooner."""
+        n = (self.config.pool_claim_batch if self.pool is not None and not first
+             else self.config.claim_batch)
+        max_bytes = self.config.claim_bytes
+        claimed = self._commit(wait=False, claim=(n, max_bytes))
+        if claimed is None:
+            claimed = self.store.claim_items(self.job.id, self.worker_id, n, max_bytes)
+        return claimed
+
     def _pooled(self, item: _Claimed) -> bool:
         """Small plain files go to the helper processes (when the worker has them): their
         cost is Python per file, not bytes; large files and data sets stay in the stream,
@@ -239,9 +266,23 @@ class _JobRun:
         return (self.pool is not None and self.target.poolable and not item.is_directory
                 and item.size <= self.config.pool_max_bytes)
 
-    def _move_pooled(self, items: list[_Claimed], started: set[int], mover: Mover) -> None:
-        """One hand-over to a helper, which copies, verifies, logs and makes final its
-        files (``copy_pool``); here only their results are queued for the next commit."""
+    def _move_pooled(self, parts: list[list[_Claimed]], started: set[int],
+                     mover: Mover) -> None:
+        """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
+        and makes final its files: ``copy_pool``); here only their results are queued for the
+        next commit. One at a time per stream: the streams keep the helpers busy together, and
+        a hand-over's results are recorded (when due) before the next one starts writing."""
+        for part in parts:
+            if self.abort.is_set() or self.stop.is_set():
+                break
+            handed = self._hand_over(part, started)
+            if handed is not None:
+                self._collect(handed, started, mover)
+            if self._commit_due():
+                self._commit(wait=False)
+
+    def _hand_over(self, items: list[_Claimed], started: set[int]) -> _HandedOver | None:
+        """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
         assert self.pool is not None
         specs, ready = [], []
         for item in items:
@@ -254,20 +295,34 @@ class _JobRun:
                 continue
             specs.append(spec)
             ready.append(item)
-        if not ready or self.abort.is_set() or self.stop.is_set():
-            return
-        generation = self.store_generation
+        if not ready:
+            return None
+        hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
+                        [item.dest_path for item in ready], self.root)
+        handed = _HandedOver(ready, specs, self.store_generation)
+        try:
+            handed.ticket = self.pool.submit(hand)
+        except HelperDied as exc:
+            handed.died = exc
+        return handed
+
+    def _collect(self, handed: _HandedOver, started: set[int], mover: Mover) -> None:
+        """Wait for a hand-over's results and queue them for the next commit."""
+        assert self.pool is not None
+        ready, specs = handed.items, handed.specs
 
         def interrupt() -> bool:
             # A store that became unavailable stops the hand-over too: the items it had not
             # reached come back to the queue and fail there, with the store's name.
-            return self.abort.is_set() or self.store_generation != generation
+            return self.abort.is_set() or self.store_generation != handed.generation
 
-        hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
-                        [item.dest_path for item in ready], self.root)
-        key = ("pool", id(hand))
+        key = ("pool", id(handed))
         try:
-            moved = self.pool.move(hand, interrupt, lambda n: self.inflight.set(key, n))
+            if handed.ticket is None:
+                assert handed.died is not None
+                raise handed.died
+            moved = self.pool.collect(handed.ticket, interrupt,
+                                      lambda n: self.inflight.set(key, n))
         except HelperDied as exc:
             # What it made final is found verified (not copied again); the rest is copied here,
             # not handed over again, so a file that kills helpers cannot stall the job.
@@ -301,8 +356,6 @@ class _JobRun:
                 self._final.extend(final)
                 self._pending_bytes += nbytes
             self.inflight.through(nbytes)
-        if self._commit_due():
-            self._commit(wait=False)
 
     def _precheck(self, item: _Claimed, spec: ItemSpec) -> None:
         if self.refused is not None:
@@ -374,19 +427,22 @@ class _JobRun:
                 or self._pending_bytes >= self.config.commit_bytes
                 or time.monotonic() - self._last_commit >= self.config.flush_seconds)
 
-    def _commit(self, wait: bool) -> None:
+    def _commit(self, wait: bool, claim: tuple[int, int] | None = None
+                ) -> list[_Claimed] | None:
         """Make every item through so far final (``methods.commit``: sync, renames, sync),
-        then record the results in one transaction. With ``wait`` False, returns at once
-        when another stream is committing (it goes on copying meanwhile)."""
+        then record the results in one transaction. With ``wait`` False, returns None at once
+        when another stream is committing (it goes on copying meanwhile).
+
+        With ``claim`` (items, bytes): a stream's claim of its next items, made in the same
+        transaction and returned. Then items still to rename wait for a commit that is due
+        (a sync per claim would cost more than it saves); items already final (a copy
+        helper's) and those with nothing to rename (failed, skipped) are recorded at once."""
         if not self._commit_lock.acquire(blocking=wait):
-            return
+            return None
         try:
-            with self._pending_lock:
-                batch, self._pending, self._pending_bytes = self._pending, [], 0
-                final, self._final = self._final, []
-                self._last_commit = time.monotonic()
+            batch, final = self._take_pending(renames=claim is None or self._commit_due())
             if not batch and not final:
-                return
+                return self._record([], 0, claim)
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
@@ -407,13 +463,39 @@ class _JobRun:
                         with self._lock:
                             self.copied_bytes -= item.size
                 results.append((item, state, error))
-            with self._beat_lock:
-                self.store.record(self.job.id, results)
-                self.inflight.committed(through)
+            claimed = self._record(results, through, claim)
             self.log.flush()
             self.kind.recorded(self)
+            return claimed
         finally:
             self._commit_lock.release()
+
+    def _take_pending(self, renames: bool
+                      ) -> tuple[list[tuple[_Claimed, str, str, Outcome | None]], list[_Claimed]]:
+        """What waits to be committed: (items moved here, items a copy helper made final).
+        Without ``renames``, items still under a temporary name stay for a later commit."""
+        with self._pending_lock:
+            final, self._final = self._final, []
+            if renames:
+                batch, self._pending = self._pending, []
+                self._last_commit = time.monotonic()
+            else:
+                batch = [p for p in self._pending if p[3] is None or not p[3].tmp]
+                self._pending = [p for p in self._pending if p[3] is not None and p[3].tmp]
+            self._pending_bytes = sum(p[0].size for p in self._pending)
+        return batch, final
+
+    def _record(self, results: list[tuple[_Claimed, str, str]], through: int,
+                claim: tuple[int, int] | None) -> list[_Claimed]:
+        """Record ``results`` (and claim, with ``claim``) in one transaction."""
+        with self._beat_lock:
+            if claim is None:
+                self.store.record(self.job.id, results)
+                claimed: list[_Claimed] = []
+            else:
+                claimed = self.store.exchange(self.job.id, self.worker_id, results, *claim)
+            self.inflight.committed(through)
+        return claimed
 
     def run(self, resumed: bool) -> str:
         job = self.job

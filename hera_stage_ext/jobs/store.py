@@ -1,8 +1,8 @@
 """The job store: what one run of a job needs from wherever jobs are kept, behind one seam.
 
-A worker claims a job, claims its items in batches, records their results in batches, renews
-its lease (and learns of a cancel), finishes, fails or releases the job, and writes the job's
-log. ``JobStore`` names exactly those operations; the run engine (``run._JobRun``) and the
+A worker claims a job, claims its items in batches, records their results in batches (both
+in one call per hand-over: ``exchange``), renews its lease (and learns of a cancel), finishes,
+fails or releases the job, and writes the job's log. ``JobStore`` names exactly those operations; the run engine (``run._JobRun``) and the
 worker loop (``worker.Worker``) call nothing else. Two implementations, one engine:
 
 - ``DbJobStore`` (here): the catalogue database itself, for single-user servers, the site
@@ -60,6 +60,8 @@ class JobStore(Protocol):
                     max_bytes: int | None = None) -> list[_Claimed]: ...
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None: ...
     def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None: ...
+    def exchange(self, job_id: int, worker_id: str, results: list[tuple[_Claimed, str, str]],
+                 n: int, max_bytes: int | None = None) -> list[_Claimed]: ...
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
@@ -121,6 +123,11 @@ class DbJobStore:
 
     def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None:
         items._record(self.db, job_id, results)
+
+    def exchange(self, job_id: int, worker_id: str, results: list[tuple[_Claimed, str, str]],
+                 n: int, max_bytes: int | None = None) -> list[_Claimed]:
+        """``record`` and ``claim_items`` at once, in one transaction (a stream's hand-over)."""
+        return items._exchange(self.db, job_id, worker_id, results, n, max_bytes)
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:

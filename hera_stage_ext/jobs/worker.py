@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import queue
@@ -232,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
             if args.copy_processes > 0 else None)
     worker = Worker(store, config, pool=pool, max_jobs=args.jobs)
+    quiet_garbage_collector()
     if args.site_url:
         store.stop = worker.stop  # type: ignore[union-attr]  (stop waiting for the service)
 
@@ -253,6 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.close()
     log.info("worker %s stopped", worker.worker_id)
     return 0
+
+
+def quiet_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off what lives as long as the worker (modules,
+    SQLAlchemy's tables and compiled statements: ``gc.freeze``) and let it run less often: a
+    job of many small files allocates a few objects per file, almost none in cycles, and each
+    collection walked every object the worker holds (a tenth of its time per small file)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def lower_priority(increment: int) -> None:

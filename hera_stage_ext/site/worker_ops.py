@@ -177,17 +177,15 @@ class WorkerOps:
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
         claimed = self.store.claim_items(job.id, job.worker_id or "", n, max_bytes)
-        return {"items": [[c.id, c.name, c.source_path, c.dest_path, c.size, c.is_directory,
-                           c.checksums, c.attempts, c.store] for c in claimed]}
+        return {"items": _items_json(claimed)}
 
     def _running(self, job_id: int, ids: Sequence[int]) -> dict[int, int]:
         """Of ``ids``, those that are running items of the job: id -> size."""
         found: dict[int, int] = {}
         with self.db.read() as s:
-            for start in range(0, len(ids), items.IN_CHUNK):
+            for term in items.id_terms(ids):
                 found.update(s.execute(select(JobItem.id, JobItem.size).where(
-                    JobItem.job_id == job_id, JobItem.state == "running",
-                    JobItem.id.in_(list(ids[start:start + items.IN_CHUNK])))).all())
+                    JobItem.job_id == job_id, JobItem.state == "running", term)).all())
         return found
 
     def requeue(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +199,25 @@ class WorkerOps:
 
     def record(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         self._job(job_id)
-        results = body.get("results")
+        rows = self._results(job_id, body.get("results"))
+        self.store.record(job_id, rows)
+        return {"recorded": len(rows)}
+
+    def exchange(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """``record`` and ``claim_items`` in one call and one transaction: a stream hands in
+        what it moved and takes its next items (one round trip per hand-over, not two)."""
+        job = self._held(job_id, body)
+        rows = self._results(job_id, body.get("results", []))
+        n = _int(body.get("n", 1024), "n", 0, MAX_BATCH)
+        max_bytes = body.get("max_bytes")
+        if max_bytes is not None:
+            max_bytes = _int(max_bytes, "max_bytes", 1)
+        claimed = self.store.exchange(job.id, job.worker_id or "", rows, n, max_bytes)
+        return {"recorded": len(rows), "items": _items_json(claimed)}
+
+    def _results(self, job_id: int, results: Any) -> list[tuple[_Claimed, str, str]]:
+        """A report's results, checked: only running items of the job, with the sizes the
+        database holds (a result sent twice counts once)."""
         if not isinstance(results, list) or len(results) > MAX_BATCH:
             raise InvalidRequest(f"'results' must be a list of at most {MAX_BATCH} "
                                  f"[item id, state, error]")
@@ -212,9 +228,13 @@ class WorkerOps:
                 raise InvalidRequest("each result must be [item id, 'done' | 'skipped' | "
                                      "'failed', error text]")
             checked.append((_int(entry[0], "item id"), entry[1], entry[2][:4096]))
+        if not checked:
+            return []
         sizes = self._running(job_id, [item_id for item_id, _, _ in checked])
-        rows = [(_Claimed(item_id, "", "", "", sizes[item_id], False, {}, 0), state, error)
+        return [(_Claimed(item_id, "", "", "", sizes[item_id], False, {}, 0), state, error)
                 for item_id, state, error in checked if item_id in sizes]
-        self.store.record(job_id, rows)
-        return {"recorded": len(rows)}
 
+
+def _items_json(claimed: list[_Claimed]) -> list[list[Any]]:
+    return [[c.id, c.name, c.source_path, c.dest_path, c.size, c.is_directory, c.checksums,
+             c.attempts, c.store] for c in claimed]
