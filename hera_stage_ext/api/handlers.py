@@ -75,9 +75,8 @@ class SearchHandler(BaseHandler):
             raise ApiError(exc) from exc
         kind = request.pop("kind")
         search = request.pop("search")
-        result = await self.call(self.core.catalogue.search, kind, search, **request)
-        result["search"] = search
-        self.reply(result)
+        # The reply's JSON is written in the thread pool, straight from the rows.
+        self.reply_text(await self.call(self.core.catalogue.search_text, kind, search, **request))
 
 
 class FileHandler(BaseHandler):
