@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Dialect
 from sqlalchemy.orm import Session as OrmSession
 
-from .search_reply import file_text, instance_text, name_text
+from .search_reply import InstanceWriter, file_text, name_text
 from .serialize import INSTANCE_COLUMNS, file_json, instance_fields
 
 #: The instances of a set of files, with their stores, in instance id order: ``file_id`` then
@@ -92,6 +92,7 @@ def files_with_instances_text(session: OrmSession, files: Sequence[Any]) -> list
     byte), written by ``search_reply`` without the dicts."""
     names = {f.id: name_text(f.name) for f in files}
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
+    instance_text = InstanceWriter().text
     for values in _instances(session, list(names)):
         file_id = values[0]
         held[file_id].append(instance_text(names[file_id], *values[1:]))
