@@ -101,16 +101,18 @@ class InstanceWriter:
                 f'"verified_at": {_time(verified_at)}}}')
 
 
-def file_text(file: Any, name_json: str, instances: Sequence[str]) -> str:
-    """``json.dumps`` of ``serialize.file_json(file)`` with ``"instances"`` (their texts)."""
-    checksums = file.checksums
-    obsid = file.obsid
-    return (f'{{"name": {name_json}, "type": {_text(file.type)}, "size": {_int(file.size)}, '
-            f'"is_directory": {_bool(file.is_directory)}, '
+def file_text(name_json: str, type_: str, size: int, is_directory: Any, checksums: Any,
+              create_time: Any, obsid: Any, source: str, meta: Any, instances: Sequence[str]
+              ) -> str:
+    """``json.dumps`` of ``serialize.file_json`` of a file with these values (``search``'s
+    ``FILE_COLUMNS`` after id and name, in that order) with ``"instances"`` (their texts);
+    ``name_json`` is the file's name already encoded."""
+    return (f'{{"name": {name_json}, "type": {_text(type_)}, "size": {_int(size)}, '
+            f'"is_directory": {_bool(is_directory)}, '
             f'"checksums": {_decoded(checksums if type(checksums) is dict else dict(checksums))}, '
-            f'"create_time": {_time(file.create_time)}, '
+            f'"create_time": {_time(create_time)}, '
             f'"obsid": {"null" if obsid is None else _int(obsid)}, '
-            f'"source": {_text(file.source)}, "metadata": {_decoded(file.meta)}, '
+            f'"source": {_text(source)}, "metadata": {_decoded(meta)}, '
             f'"instances": [{", ".join(instances)}]}}')
 
 

@@ -90,10 +90,15 @@ def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict
 def files_with_instances_text(session: OrmSession, files: Sequence[Any]) -> list[str]:
     """``files_with_instances`` as each file's JSON text (``json.dumps`` of its dict, byte for
     byte), written by ``search_reply`` without the dicts."""
-    names = {f.id: name_text(f.name) for f in files}
+    # Rows unpacked by position (FILE_COLUMNS: id, name, then file_text's values in order):
+    # reading a row's values by name costs 0.3 us each, most of a file's formatting.
+    names = {row[0]: name_text(row[1]) for row in files}
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
     instance_text = InstanceWriter().text
     for values in _instances(session, list(names)):
         file_id = values[0]
         held[file_id].append(instance_text(names[file_id], *values[1:]))
-    return [file_text(f, names[f.id], held[f.id]) for f in files]
+    results = []
+    for file_id, _name, *values in files:
+        results.append(file_text(names[file_id], *values, held[file_id]))
+    return results
