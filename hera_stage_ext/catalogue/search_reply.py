@@ -102,8 +102,8 @@ class InstanceWriter:
 
 
 def file_text(name_json: str, type_: str, size: int, is_directory: Any, checksums: Any,
-              create_time: Any, obsid: Any, source: str, meta: Any, instances: Sequence[str]
-              ) -> str:
+              create_time: Any, obsid: Any, source: str, meta: Any, *,
+              instances: Sequence[str]) -> str:
     """``json.dumps`` of ``serialize.file_json`` of a file with these values (``search``'s
     ``FILE_COLUMNS`` after id and name, in that order) with ``"instances"`` (their texts);
     ``name_json`` is the file's name already encoded."""

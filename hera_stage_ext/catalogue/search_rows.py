@@ -100,5 +100,5 @@ def files_with_instances_text(session: OrmSession, files: Sequence[Any]) -> list
         held[file_id].append(instance_text(names[file_id], *values[1:]))
     results = []
     for file_id, _name, *values in files:
-        results.append(file_text(names[file_id], *values, held[file_id]))
+        results.append(file_text(names[file_id], *values, instances=held[file_id]))
     return results
