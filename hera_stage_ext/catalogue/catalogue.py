@@ -505,9 +505,9 @@ class Catalogue:
 
         return self.db.run_limited(self.search_timeout_s, read)
 
-    @staticmethod
-    def _search_page(s: DbSession, kind: str, search: Any, limit: int, cursor: str | None,
-                     count: bool, sort: str | None) -> search_language.SearchPage:
+    def _search_page(self, s: DbSession, kind: str, search: Any, limit: int,
+                     cursor: str | None, count: bool, sort: str | None
+                     ) -> search_language.SearchPage:
         return search_language.run_search(
             s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
             plain=kind == "files",
