@@ -44,11 +44,10 @@ class SearchHandler(BaseHandler):
             search = request.parsed_search()
         except InvalidRequest as exc:
             raise ApiError(exc) from exc
-        result = await self.call(self.core.catalogue.search, request.kind, search,
-                                 limit=request.limit, cursor=request.cursor, count=request.count,
-                                 sort=request.sort)
-        result["search"] = search
-        self.reply(result)
+        # The reply's JSON is written in the thread pool, straight from the rows.
+        self.reply_text(await self.call(
+            self.core.catalogue.search_text, request.kind, search, limit=request.limit,
+            cursor=request.cursor, count=request.count, sort=request.sort))
 
 
 class FileHandler(BaseHandler):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from .db import Database
 from .inlist import one_of
 from .models import File, Instance, Observation, Session, Store, utcnow
 from .naming import ObservationInfo, ObservationNamer, file_type, validate_name
-from .search_rows import files_with_instances
+from .search_reply import reply_text
+from .search_rows import files_with_instances, files_with_instances_text
 from .serialize import (
     SERIALIZERS,
     event_json,
@@ -518,10 +520,7 @@ class Catalogue:
         ``QueryTimeout`` when it runs longer than ``search_timeout_s``."""
 
         def read(s: DbSession) -> dict[str, Any]:
-            page = search_language.run_search(
-                s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
-                plain=kind == "files", max_limit=self.max_search_limit,
-            )
+            page = self._search_page(s, kind, search, limit, cursor, count, sort)
             rows = page.rows
             if kind == "files" and rows:
                 results = files_with_instances(s, rows)
@@ -532,6 +531,37 @@ class Catalogue:
                     "total": page.total}
 
         return self.db.run_limited(self.search_timeout_s, read)
+
+    def search_text(
+        self,
+        kind: str,
+        search: Any,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        count: bool = False,
+        sort: str | None = None,
+    ) -> str:
+        """``json.dumps`` of ``search``'s reply with ``"search": search`` added (the body of
+        ``POST search``), a files page written as text straight from its rows."""
+        if kind != "files":
+            return json.dumps({**self.search(kind, search, limit=limit, cursor=cursor,
+                                             count=count, sort=sort), "search": search})
+
+        def read(s: DbSession) -> str:
+            page = self._search_page(s, kind, search, limit, cursor, count, sort)
+            results = files_with_instances_text(s, page.rows) if page.rows else []
+            return reply_text(kind, results, page.next_cursor, page.total, search)
+
+        return self.db.run_limited(self.search_timeout_s, read)
+
+    def _search_page(self, s: DbSession, kind: str, search: Any, limit: int,
+                     cursor: str | None, count: bool, sort: str | None
+                     ) -> search_language.SearchPage:
+        return search_language.run_search(
+            s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
+            plain=kind == "files", max_limit=self.max_search_limit,
+        )
 
     def names_matching(self, search: Any, limit: int) -> list[str]:
         """The names of the files ``search`` matches now, in name order: at most ``limit + 1``

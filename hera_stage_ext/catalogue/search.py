@@ -55,7 +55,9 @@ def _naive_utc(now: dt.datetime | None) -> dt.datetime:
 
 
 #: The file columns of a ``plain`` files search, named as File's attributes (``meta``, not the
-#: column's name ``metadata``): what ``serialize.file_json`` and the cursor read.
+#: column's name ``metadata``): what ``serialize.file_json`` and the cursor read, and what
+#: ``search_rows.files_with_instances_text`` unpacks by position (id, name, then the values of
+#: ``search_reply.file_text`` in its order).
 FILE_COLUMNS = (File.id, File.name, File.type, File.size, File.is_directory, File.checksums,
                 File.create_time, File.obsid, File.source, File.meta.label("meta"))
 
