@@ -12,7 +12,7 @@ from ..catalogue.naming import validate_name
 from ..errors import InvalidRequest
 from ..stewardship import Stewardship
 from .base import ApiError, BaseHandler
-from .jobs import _bool, _selection
+from .params import file_selection, flag
 
 
 def _optional_text(body: dict[str, Any], key: str) -> str | None:
@@ -92,7 +92,7 @@ class DeletionPolicyHandler(_StewardHandler):
         def run() -> dict[str, Any]:
             return self.steward.set_policy(
                 validate_name(name), body.get("policy"), store=_optional_text(body, "store"),
-                all_instances=_bool(body, "all"))
+                all_instances=flag(body, "all"))
 
         self.reply(await self.call(run))
 
@@ -107,8 +107,8 @@ class DeleteInstancesHandler(_StewardHandler):
         body = self.body_json()
 
         def run() -> dict[str, Any]:
-            selection = _selection(body)
-            store, dry_run = _optional_text(body, "store"), _bool(body, "dry_run")
+            selection = file_selection(body)
+            store, dry_run = _optional_text(body, "store"), flag(body, "dry_run")
             if selection["names"] is not None:
                 files = {validate_name(n): self.steward.delete(n, store=store, dry_run=dry_run)
                          for n in selection["names"]}
@@ -137,6 +137,6 @@ class OffloadHandler(_StewardHandler):
             source, dest = _optional_text(body, "source"), _optional_text(body, "dest")
             if source is None or dest is None:
                 raise InvalidRequest("an offload needs 'source' and 'dest' store names")
-            return self.steward.offload(source, dest, wait=_bool(body, "wait"))
+            return self.steward.offload(source, dest, wait=flag(body, "wait"))
 
         self.reply(await self.call(run))
