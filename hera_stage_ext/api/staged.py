@@ -21,6 +21,7 @@ from tornado import web
 from ..core import Core
 from ..errors import InvalidRequest
 from ..jobs import cleaner, lifecycle
+from ..states import FolderState
 from .base import BaseHandler
 from .params import flag
 
@@ -53,7 +54,7 @@ def staged_view(core: Core) -> dict[str, Any]:
     use = lifecycle.usage(core.catalogue.db, core.owner, core.staging_quota_bytes)
     if core.site_mode:  # the service does not read users' folders
         records = lifecycle.staged_records(core.catalogue.db, core.owner, entries=False)
-        return {"folders": [{**r, "state": "unchecked"} for r in records],
+        return {"folders": [{**r, "state": FolderState.UNCHECKED} for r in records],
                 "total_bytes": sum(r["bytes"] for r in records), **use}
     return cleaner.listing(lifecycle.staged_records(core.catalogue.db, core.owner),
                            core.allowed_roots, use)

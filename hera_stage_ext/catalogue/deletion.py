@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
+from ..states import BAD_FIXITY_STATES, FixityState
 from ..transfer.models import RemoteInstance
 from .db import Database
 from .fixity import instance_location, verify_instance
@@ -104,7 +105,7 @@ def _other_verified_copies(s: Any, inst: Instance, rule: DeletionRule, now: dt.d
     local = s.scalar(
         select(func.count()).select_from(Instance).join(Store, Instance.store_id == Store.id)
         .where(Instance.file_id == inst.file_id, Instance.id != inst.id,
-               Instance.fixity == "ok", Instance.available, Store.available)) or 0
+               Instance.fixity == FixityState.OK, Instance.available, Store.available)) or 0
     remote = s.scalar(
         select(func.count()).select_from(RemoteInstance)
         .where(RemoteInstance.file_id == inst.file_id,
@@ -277,11 +278,11 @@ def offload(db: Database, source: str, dest: str, rule: DeletionRule, *,
             there = s.scalar(select(Instance.id).where(Instance.file_id == file_id,
                                                        Instance.store_id == dest_id))
         try:
-            if fixity in ("bad", "missing"):
+            if fixity in BAD_FIXITY_STATES:
                 raise Conflict(f"the copy on {source!r} is {fixity}; repair it first")
             if there is not None:
                 # A copy there already: it counts once it checks ok now.
-                if verify_instance(db, there, context="offload").state != "ok":
+                if verify_instance(db, there, context="offload").state != FixityState.OK:
                     raise Conflict(f"the copy on {dest!r} is bad; repair it first")
             else:
                 if _path_taken(db, dest_id, path):
@@ -314,6 +315,6 @@ def _register_copy(db: Database, file_id: int, store_id: int, store: str, path: 
                    policy: str) -> None:
     """Record a verified copy made by an offload."""
     Catalogue(db).add_instance(
-        file_id, store_id, path, deletion_policy=policy, fixity="ok", verified_at=utcnow(),
+        file_id, store_id, path, deletion_policy=policy, fixity=FixityState.OK, verified_at=utcnow(),
         fixity_detail="verified when copied by an offload",
         event=("instance-added", {"store": store, "path": path, "context": "offload"}))

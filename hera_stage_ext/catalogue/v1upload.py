@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ..errors import Conflict, InvalidRequest, NotFound
+from ..states import FixityState
 from . import checksums as ck
 from .catalogue import Catalogue, FileSpec
 from .deletion import check_policy
@@ -145,7 +146,7 @@ def complete(catalogue: Catalogue, request: dict[str, Any], source: str) -> dict
                                                          Instance.path == dest))
         if instance_id is not None:
             catalogue.update_instances([(instance_id, {
-                "deletion_policy": policy, "fixity": "ok", "verified_at": utcnow(),
+                "deletion_policy": policy, "fixity": FixityState.OK, "verified_at": utcnow(),
                 "fixity_detail": "verified when the upload completed"})], within=s)
     if not request.get("staging_was_known"):
         _remove_staging(root, staging_dir)
