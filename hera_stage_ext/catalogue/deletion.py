@@ -159,6 +159,7 @@ def _delete_one(db: Database, instance_id: int, store_id: int | None, rule: Dele
         s.execute(select(File.id).where(File.id == inst.file_id).with_for_update())
         s.refresh(inst)
         store = s.get(Store, inst.store_id)
+        assert store is not None  # an instance's store is never deleted (foreign key)
         where = {"store": store.name, "path": inst.path}
         if store_id is not None and inst.store_id != store_id:
             return {**where, "outcome": "kept", "reason": "on another store"}

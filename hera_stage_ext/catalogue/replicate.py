@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from ..errors import Conflict, NotFound, StagingError
+from ..errors import Conflict, CopyFailed, NotFound, StagingError
 from . import checksums as ck
 from .db import Database
 from ..states import BAD_FIXITY_STATES, FixityState
@@ -39,10 +39,6 @@ from .catalogue import Catalogue
 from .models import File, Instance, Store
 
 CHUNK = ck.CHUNK_SIZE
-
-
-class CopyFailed(StagingError):
-    status = 500
 
 
 class PeerSource(Protocol):

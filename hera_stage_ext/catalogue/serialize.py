@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..states import FixityState
@@ -106,7 +107,8 @@ def session_json(session: Session) -> dict[str, Any]:
     }
 
 
-SERIALIZERS = {
+#: The reply of each kind of search, by kind.
+SERIALIZERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "files": file_json,
     "instances": instance_json,
     "observations": observation_json,
