@@ -154,7 +154,7 @@ class SiteTokenIdentityProvider(IdentityProvider):
                 self._seen[key] = (now, found)
         if found is None:
             return None
-        handler._token_authenticated = True  # type: ignore[attr-defined]  (no XSRF check)
+        handler._token_authenticated = True  # type: ignore[attr-defined]  # no XSRF check
         return SiteUser(found.user, found.scopes)
 
     def get_handlers(self) -> list[tuple[str, object]]:
