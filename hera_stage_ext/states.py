@@ -69,6 +69,10 @@ class TransferItemState(State):
     FAILED = "failed"
 
 
+#: The states of a file the receiving site has yet to finish.
+ACTIVE_TRANSFER_ITEM_STATES = (TransferItemState.QUEUED, TransferItemState.RECEIVING)
+
+
 class FixityState(State):
     """What the last re-hash of a copy found (``instance.fixity``)."""
 

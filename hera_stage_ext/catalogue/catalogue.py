@@ -306,7 +306,8 @@ class Catalogue:
         if store_row is not None and added_paths:
             store_id, store_name = store_row
             store_text = json_string(store_name)
-            instances = [(name, store_id, path, True, "disallowed", now, FixityState.UNCHECKED, None, "")
+            instances = [(name, store_id, path, True, "disallowed", now, FixityState.UNCHECKED,
+                          None, "")
                          for path, (name, _i) in added_paths.items()]
             events += [
                 (name, "instance-added", now,

@@ -316,6 +316,6 @@ def _register_copy(db: Database, file_id: int, store_id: int, store: str, path: 
                    policy: str) -> None:
     """Record a verified copy made by an offload."""
     Catalogue(db).add_instance(
-        file_id, store_id, path, deletion_policy=policy, fixity=FixityState.OK, verified_at=utcnow(),
-        fixity_detail="verified when copied by an offload",
+        file_id, store_id, path, deletion_policy=policy, fixity=FixityState.OK,
+        verified_at=utcnow(), fixity_detail="verified when copied by an offload",
         event=("instance-added", {"store": store, "path": path, "context": "offload"}))

@@ -241,7 +241,8 @@ class Auditor:
         from ..jobs.models import Job
 
         with self.db.read() as s:
-            return s.scalar(select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES)).limit(1)) is not None
+            running = select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES)).limit(1)
+            return s.scalar(running) is not None
 
     def _due(self, s: Any, skip: set[int]) -> list[Any]:
         query = (select(*_TARGET_COLUMNS)
