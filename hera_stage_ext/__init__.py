@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("hera_stage_ext")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from .version import __version__ as __version__
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

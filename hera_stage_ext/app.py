@@ -22,7 +22,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
 
-from . import __version__, metrics
+from . import metrics
 from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier, SiteJobs
 from .api.forward import SITE_KEY, SiteClient, SiteConfigError, check_forbidden, \
     forward_handlers, site_token
@@ -50,6 +50,7 @@ from .transfer.orders import StandingOrders
 from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers, peers_env
 from .transfer.receiver import Receiver
 from .transfer.repair import PeerRepairSource
+from .version import __version__
 
 SETTINGS_KEY = "hera_stage"
 

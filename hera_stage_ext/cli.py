@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 
 from . import cli_staged, cli_steward
 from .client import (
-    ApiError, Client, ClientError, FINISHED_STATES, Job, RateMeter, StagePlan, error_lines,
-    human_size,
+    ApiError, Client, ClientError, Job, RateMeter, StagePlan, error_lines, human_size,
 )
+from .states import FINISHED_JOB_STATES, JobState
 
 #: Store-relative paths the CLI sends per ingest request (one progress step each, one
 #: registration transaction on the server: ``ingest.BATCH_SIZE``), and at most this many bytes
@@ -265,7 +265,7 @@ def _wait(client: Client, job: dict[str, Any]) -> int:
     except KeyboardInterrupt:
         _still_running(job["id"])
         return EXIT_INTERRUPTED
-    if job["state"] == "succeeded":
+    if job["state"] == JobState.SUCCEEDED:
         done = {"transfer": "sent", "upload": "uploaded"}.get(job["kind"], "staged")
         print(f"job {job['id']} succeeded: {job['files_done']} file(s) {done}, "
               f"{job['files_skipped']} already there", file=sys.stderr)
@@ -347,7 +347,7 @@ def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_job(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.id)
-    if args.wait and job["state"] not in FINISHED_STATES:
+    if args.wait and job["state"] not in FINISHED_JOB_STATES:
         return _wait(client, job)
     _print_json(job) if args.json else _print_table(JOB_COLUMNS, [job])
     return 0
@@ -394,7 +394,7 @@ def cmd_log(client: Client, args: argparse.Namespace) -> int:
             sys.stdout.flush()
             if not args.follow:
                 return 0
-            if not text and client.job(args.id)["state"] in FINISHED_STATES:
+            if not text and client.job(args.id)["state"] in FINISHED_JOB_STATES:
                 text, offset = client.log(args.id, offset)
                 sys.stdout.write(text)
                 return 0

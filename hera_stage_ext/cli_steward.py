@@ -11,6 +11,7 @@ import urllib.parse
 from typing import Any
 
 from .client import Client
+from .states import BAD_FIXITY_STATES, FixityState
 
 
 def _json(value: Any) -> None:
@@ -45,7 +46,7 @@ def cmd_fsck(client: Client, args: argparse.Namespace) -> int:
                   else client.request("POST", "fixity/audit", {}))
         rows = result["instances"]
     else:
-        params: dict[str, Any] = {"state": args.state or ["bad", "missing"]}
+        params: dict[str, Any] = {"state": args.state or list(BAD_FIXITY_STATES)}
         if args.store:
             params["store"] = args.store
         result = client.request("GET", "fixity", params=params)
@@ -58,7 +59,7 @@ def cmd_fsck(client: Client, args: argparse.Namespace) -> int:
         if "summary" in result:
             counts = ", ".join(f"{n} {state}" for state, n in result["summary"].items())
             print(f"copies: {counts}; oldest check: {result['oldest_check'] or 'never'}")
-    return 1 if any(r["state"] in ("bad", "missing") for r in rows) else 0
+    return 1 if any(r["state"] in BAD_FIXITY_STATES for r in rows) else 0
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> int:
@@ -111,7 +112,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("fsck", help="copies whose fixity check failed; check or repair a file")
     p.add_argument("--store", help="only this store")
     p.add_argument("--state", action="append",
-                   choices=["unchecked", "ok", "bad", "missing"],
+                   choices=list(FixityState),
                    help="list copies in this state (repeatable; default bad and missing)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--check", metavar="NAME", help="re-hash this file's copies now")

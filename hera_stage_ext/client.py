@@ -35,9 +35,9 @@ from typing import Any
 
 import requests
 
+from .states import FINISHED_JOB_STATES, JobState
+
 DEFAULT_TIMEOUT_S = 60.0
-#: Job states after which nothing more happens.
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
 #: Log lines that describe a file the job could not stage.
 _ERROR_WORDS = ("FAILED", "MISSING", "CONFLICT")
 
@@ -282,11 +282,11 @@ class Job(Record):
 
     @property
     def finished(self) -> bool:
-        return self.get("state") in FINISHED_STATES
+        return self.get("state") in FINISHED_JOB_STATES
 
     @property
     def succeeded(self) -> bool:
-        return self.get("state") == "succeeded"
+        return self.get("state") == JobState.SUCCEEDED
 
     @property
     def shown_state(self) -> str:

@@ -83,6 +83,13 @@ class QueryTimeout(StagingError):
                          timeout_seconds=timeout_s)
 
 
+class CopyFailed(StagingError):
+    """A copy made to repair or offload a file does not match the file's checksums (nothing
+    at its destination was changed)."""
+
+    status = 500
+
+
 class QuotaExceeded(Forbidden):
     """A staging launch would take the user past their staging quota
     (``c.StagingApp.staging_quota_bytes``): the message names the quota, the use and the

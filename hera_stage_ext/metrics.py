@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 
 from .catalogue.models import Instance, utcnow
 from .jobs.models import Job, JobItem
-from .transfer.models import ACTIVE_ITEM_STATES, TransferItem
+from .states import ACTIVE_TRANSFER_ITEM_STATES, ItemState
+from .transfer.models import TransferItem
 
 log = logging.getLogger("hera_stage_ext")
 
@@ -96,13 +97,13 @@ class _ArchiveCollector(Collector):
             for kind, state, n in s.execute(
                     select(Job.kind, JobItem.state, func.count()).select_from(JobItem)
                     .join(Job, JobItem.job_id == Job.id)
-                    .where(JobItem.state.in_(("queued", "running")))
+                    .where(JobItem.state.in_((ItemState.QUEUED, ItemState.RUNNING)))
                     .group_by(Job.kind, JobItem.state)):
                 queue.add_metric([site, kind, state], n)
             for kind, n in s.execute(
                     select(Job.kind, func.count()).select_from(JobItem)
                     .join(Job, JobItem.job_id == Job.id)
-                    .where(JobItem.state == "failed").group_by(Job.kind)):
+                    .where(JobItem.state == ItemState.FAILED).group_by(Job.kind)):
                 errors.add_metric([site, kind], n)
             waiting_since: dict[str, Any] = {}
             for peer, state, n, oldest in s.execute(
@@ -110,7 +111,7 @@ class _ArchiveCollector(Collector):
                            func.min(TransferItem.created_at))
                     .group_by(TransferItem.peer, TransferItem.state)):
                 incoming.add_metric([site, peer, state], n)
-                if state in ACTIVE_ITEM_STATES and oldest is not None:
+                if state in ACTIVE_TRANSFER_ITEM_STATES and oldest is not None:
                     waiting_since[peer] = min(oldest, waiting_since.get(peer, oldest))
             for peer, oldest in waiting_since.items():
                 lag.add_metric([site, peer], max(0.0, (now - oldest).total_seconds()))

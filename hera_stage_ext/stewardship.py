@@ -15,6 +15,7 @@ from .catalogue import deletion, fixity, replicate
 from .catalogue.catalogue import Catalogue
 from .catalogue.deletion import DeletionRule, Offloader
 from .errors import Forbidden, InvalidRequest
+from .states import BAD_FIXITY_STATES
 
 
 class Stewardship:
@@ -38,7 +39,7 @@ class Stewardship:
     def fsck(self, *, states: list[str] | None = None, store: str | None = None,
              limit: int = 1000) -> dict[str, Any]:
         """Copies whose last check found ``states`` (default: bad and missing), and a summary."""
-        chosen = tuple(states) if states else fixity.BAD_STATES
+        chosen = tuple(states) if states else BAD_FIXITY_STATES
         return fixity.findings(self.db, states=chosen, store=store, limit=limit)
 
     def check(self, name: str, store: str | None = None) -> dict[str, Any]:

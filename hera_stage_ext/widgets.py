@@ -25,8 +25,10 @@ import ipywidgets as w
 from .client import (
     Client, ClientError, Job, SearchResults, StagePlan, human_duration, human_size,
 )
+from .states import JobState, MarkerState
 
-_BAR_STYLE = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}
+_BAR_STYLE = {JobState.SUCCEEDED: "success", JobState.FAILED: "danger",
+              JobState.CANCELLED: "warning"}
 #: Consecutive polling errors after which a widget gives up (the last one is shown).
 MAX_POLL_ERRORS = 20
 
@@ -227,7 +229,7 @@ class JobProgress(w.VBox):
         self.files_bar.max = files_total
         self.files_bar.value = min(files_total, job.get("files_done", 0))
         self.bytes_bar.value = job.percent
-        style = _BAR_STYLE.get(state, "info" if state == "running" else "")
+        style = _BAR_STYLE.get(state, "info" if state == JobState.RUNNING else "")
         self.files_bar.bar_style = self.bytes_bar.bar_style = style
         failed = f", {job['files_failed']} failed" if job.get("files_failed") else ""
         self.files_label.value = f"{job.get('files_done', 0)} / {job.get('files_total', 0)}{failed}"
@@ -239,7 +241,7 @@ class JobProgress(w.VBox):
                                  f"ETA {human_duration(job.get('eta_s'))}")
         if job.finished:
             _finished_button(self.cancel_button, state.capitalize())
-        retryable = state in ("failed", "cancelled")
+        retryable = state in (JobState.FAILED, JobState.CANCELLED)
         self.retry_button.layout.display = None if retryable else "none"
         self.retry_button.disabled = not retryable
         self.log_view.value = ("<pre style='margin:0;font-size:11px'>"
@@ -418,7 +420,7 @@ class MarkerWatcher(w.VBox):
         self.directory = Path(directory).expanduser()
         self.follow_log = follow_log
         self.interval = interval
-        self.state = "none"
+        self.state = MarkerState.NONE
         self.job_id: int | None = None
         self.job: Job | None = None
         self.errors: list[str] = []
@@ -441,7 +443,7 @@ class MarkerWatcher(w.VBox):
 
     @property
     def finished(self) -> bool:
-        return self.state in ("succeeded", "errors")
+        return self.state in (MarkerState.SUCCEEDED, MarkerState.ERRORS)
 
     @property
     def client(self) -> Client | None:
@@ -471,18 +473,18 @@ class MarkerWatcher(w.VBox):
 
         d = self.directory
         if (d / IN_PROGRESS).exists():
-            self.state = "in-progress"
+            self.state = MarkerState.IN_PROGRESS
             self.job_id = marker_job(d) or self.job_id
         elif (d / ERRORS).exists():
-            self.state = "errors"
+            self.state = MarkerState.ERRORS
             try:
                 self.errors = (d / ERRORS).read_text(errors="replace").splitlines()
             except OSError:
                 self.errors = []
         elif (d / SUCCEEDED).exists():
-            self.state = "succeeded"
+            self.state = MarkerState.SUCCEEDED
         else:
-            self.state = "none"
+            self.state = MarkerState.NONE
         if self.finished and self.job_id is None:
             self.job_id = self._finished_job()
         self._follow_job()
@@ -529,8 +531,10 @@ class MarkerWatcher(w.VBox):
                 self.title.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
 
     def _render(self) -> None:
-        label = {"none": "no staging markers (yet)", "in-progress": "staging in progress",
-                 "succeeded": "staging succeeded", "errors": "staging finished with errors"}
+        label = {MarkerState.NONE: "no staging markers (yet)",
+                 MarkerState.IN_PROGRESS: "staging in progress",
+                 MarkerState.SUCCEEDED: "staging succeeded",
+                 MarkerState.ERRORS: "staging finished with errors"}
         who = f" by job {self.job_id}" if self.job_id is not None else ""
         self.title.value = (f"<code>{html.escape(str(self.directory))}</code>: "
                             f"{label[self.state]}{who}")
@@ -544,12 +548,13 @@ class MarkerWatcher(w.VBox):
                                       f"{skipped}{failed}, "
                                       f"{human_size(job.bytes_moved)} "
                                       f"({job.percent:g}%)")
-        elif self.state == "succeeded":
+        elif self.state == MarkerState.SUCCEEDED:
             self.files_bar.value = self.files_bar.max
             self.files_label.value = "all staged"
-        elif self.state == "errors":
+        elif self.state == MarkerState.ERRORS:
             self.files_label.value = f"{len(self.errors)} error line(s)"
-        style = {"succeeded": "success", "errors": "danger"}.get(self.state, "")
+        style = {MarkerState.SUCCEEDED: "success",
+                 MarkerState.ERRORS: "danger"}.get(self.state, "")
         self.files_bar.bar_style = style
         lines = list(self._log_tail) or self.errors
         self.log_view.value = ("<pre style='margin:0;font-size:11px'>"

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from hera_stage_ext.api.jobs import JobStatusCache
+from hera_stage_ext.api.job_status import JobStatusCache
 
 
 async def test_polls_share_one_read_and_a_later_poll_reads_again() -> None:

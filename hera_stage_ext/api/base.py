@@ -23,6 +23,8 @@ from ..core import Core
 from ..errors import InvalidRequest, StagingError
 from ..jsonbody import check_depth, load_json
 from ..jsonbody import check_unicode as check_unicode  # the Librarian RPC's, from here
+from ..site.scopes import user_scopes
+from .job_status import JobStatusCache
 from .models import QueryModel, RequestModel
 
 T = TypeVar("T")
@@ -51,8 +53,6 @@ class BaseHandler(APIHandler):
         """The core; on a site service, the core of this request's authenticated user."""
         core: Core = self.settings["hera_stage"]
         if core.site_mode and self.current_user is not None:
-            from ..site.auth import user_scopes
-
             return core.for_user(self.current_user.username, user_scopes(self.current_user))
         return core
 
@@ -102,14 +102,12 @@ class BaseHandler(APIHandler):
             raise ApiError(exc) from None
 
     @property
-    def job_status(self) -> Any:
-        """The server's ``jobs.JobStatusCache`` (one per server, made on first use)."""
+    def job_status(self) -> JobStatusCache:
+        """The server's ``JobStatusCache`` (one per server, made on first use)."""
         # One per user (a site service answers many): a reply is never shown to another.
         caches = self.settings.setdefault("hera_stage_job_status", {})
         cache = caches.get(self.core.owner)
         if cache is None:
-            from .jobs import JobStatusCache  # jobs.py imports this module
-
             cache = caches.setdefault(self.core.owner, JobStatusCache())
         return cache
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_events import EventLogger
 
 from ..catalogue.models import utcnow
+from ..states import JobState
 from .ticker import Ticker
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class JobProgressNotifier:
     def _changed_jobs(self) -> list[dict[str, Any]]:
         assert self.core is not None
         jobs = self.core.active_or_recent_jobs(RECENT_SECONDS)
-        if self.core.launcher is not None and any(j["state"] == "queued" for j in jobs):
+        if self.core.launcher is not None and any(j["state"] == JobState.QUEUED for j in jobs):
             # A job launched while the worker was exiting (idle) finds no worker: start one
             # once that one is gone (a no-op while it lives).
             self.core.launcher.ensure_running()
@@ -132,7 +133,7 @@ class SiteJobs:
                 if job.get("finished_at") is None or job["finished_at"] >= since]
         self._skip = 0 if jobs else self.idle_every - 1
         if self.launcher is not None and any(
-                job["state"] == "queued" and job.get("kind", "stage") == "stage"
+                job["state"] == JobState.QUEUED and job.get("kind", "stage") == "stage"
                 for job in jobs):
             # The user's worker runs the user's staging jobs (the site's worker the rest).
             await _in_thread(self.launcher.ensure_running)

@@ -44,13 +44,13 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from tornado.httputil import HTTPHeaders
 
 from ..errors import InvalidRequest, StagingError, Unavailable
-from ..jobs import markers, preview
+from ..jobs import cleaner, markers, preview
 from ..jobs.contents import ContentsTarget, describe_manager
 from ..jobs.worker import SITE_TOKEN_ENV
 from ..paths import confine
 from .base import MAX_BODY_BYTES, ApiError, BaseHandler, check_unicode
 from . import staged
-from .jobs import JobStatusCache
+from .job_status import JobStatusCache
 from .routes import API_PREFIX, LIBRARIAN_PREFIX, SKAO_PREFIX
 
 #: The hub's token of the user's server: the service accepts it under JupyterHub.
@@ -347,7 +347,7 @@ class ForwardHandler(BaseHandler):
         except StagingError as exc:
             raise ApiError(exc) from exc
         if path in staged.LOCAL_ROUTES:  # the user's folders: read and cleaned here
-            await staged.serve_in_site_mode(self, path)
+            await serve_staged(self, path)
             return
         if self.request.method == "GET" and _JOB.fullmatch(path):
             await self.job_status_reply(int(path.split("/")[1]))
@@ -587,3 +587,32 @@ def check_forbidden(configured: dict[str, Any]) -> None:
             f"the site's settings: remove {', '.join(f'c.StagingApp.{n}' for n in held)} from "
             "this server's configuration (they belong to the service's config)")
 
+
+# ----- the staged data routes a user's server serves itself --------------------------------------
+async def serve_staged(handler: Any, path: str) -> None:
+    """``staged`` and ``staged/clean`` in a user's server in site mode (``handler``: its
+    ``ForwardHandler``): the records from the service, the folder work here in the thread
+    pool (this server runs as the user), and what was cleaned back to the service."""
+    site = handler.site
+    method = handler.request.method
+    try:
+        if method not in ("GET", "POST") or (method == "GET") != (path == "staged"):
+            raise web.HTTPError(405)
+        request = (staged.clean_request(_json_body(handler.request.body))
+                   if method == "POST" else None)
+        answer = await site.api("GET", "staged/records")
+        if request is None:
+            use = {k: answer.get(k) for k in ("unexpired_bytes", "quota_bytes")}
+            value = await handler.call(cleaner.listing, answer["records"], site.allowed_roots,
+                                       use)
+        else:
+            value, cleaned = await handler.call(staged.clean_with, answer["records"], request,
+                                                site.allowed_roots, site.root_dir)
+            if cleaned:
+                await site.api("POST", "staged/records/cleaned", {"jobs": cleaned})
+    except ServiceAnswered as exc:
+        await handler.reply_answer(exc.answer)
+        return
+    except StagingError as exc:
+        raise ApiError(exc) from exc
+    handler.reply(value)

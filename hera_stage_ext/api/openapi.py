@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from ..catalogue.search import MAX_LIMIT
+from ..version import __version__
 from . import models as rq
 from . import replies as rp
 
@@ -285,8 +286,6 @@ def openapi_document(version: str, max_search_limit: int | None = None) -> dict[
 def main(argv: list[str]) -> None:
     """Write the document (this package's version, the default search limit) to ``argv[0]``,
     or to standard output."""
-    from .. import __version__
-
     text = json.dumps(openapi_document(__version__, MAX_LIMIT), indent=2) + "\n"
     if argv:
         with open(argv[0], "w", encoding="utf-8") as out:

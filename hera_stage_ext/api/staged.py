@@ -19,9 +19,10 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..core import Core
-from ..errors import InvalidRequest, StagingError
+from ..errors import InvalidRequest
 from ..jobs import cleaner, lifecycle
-from .base import ApiError, BaseHandler
+from ..states import FolderState
+from .base import BaseHandler
 from .models import StagedCleanedRequest, StagedCleanRequest
 
 #: The routes a user's server in site mode serves itself (folder work), not the service.
@@ -47,7 +48,7 @@ def staged_view(core: Core) -> dict[str, Any]:
     use = lifecycle.usage(core.catalogue.db, core.owner, core.staging_quota_bytes)
     if core.site_mode:  # the service does not read users' folders
         records = lifecycle.staged_records(core.catalogue.db, core.owner, entries=False)
-        return {"folders": [{**r, "state": "unchecked"} for r in records],
+        return {"folders": [{**r, "state": FolderState.UNCHECKED} for r in records],
                 "total_bytes": sum(r["bytes"] for r in records), **use}
     return cleaner.listing(lifecycle.staged_records(core.catalogue.db, core.owner),
                            core.allowed_roots, use)
@@ -112,33 +113,3 @@ class StagedCleanedHandler(BaseHandler):
             return {"marked": lifecycle.mark_cleaned(core.catalogue.db, core.owner, ids)}
 
         self.reply(await self.call(run))
-
-
-async def serve_in_site_mode(handler: Any, path: str) -> None:
-    """``staged`` and ``staged/clean`` in a user's server in site mode (``handler``: its
-    ``ForwardHandler``): the records from the service, the folder work here in the thread
-    pool (this server runs as the user), and what was cleaned back to the service."""
-    from .forward import ServiceAnswered, _json_body
-
-    site = handler.site
-    method = handler.request.method
-    try:
-        if method not in ("GET", "POST") or (method == "GET") != (path == "staged"):
-            raise web.HTTPError(405)
-        request = clean_request(_json_body(handler.request.body)) if method == "POST" else None
-        answer = await site.api("GET", "staged/records")
-        if request is None:
-            use = {k: answer.get(k) for k in ("unexpired_bytes", "quota_bytes")}
-            value = await handler.call(cleaner.listing, answer["records"], site.allowed_roots,
-                                       use)
-        else:
-            value, cleaned = await handler.call(clean_with, answer["records"], request,
-                                                site.allowed_roots, site.root_dir)
-            if cleaned:
-                await site.api("POST", "staged/records/cleaned", {"jobs": cleaned})
-    except ServiceAnswered as exc:
-        await handler.reply_answer(exc.answer)
-        return
-    except StagingError as exc:
-        raise ApiError(exc) from exc
-    handler.reply(value)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
 from ..paths import check_text, is_within
+from ..states import FixityState
 from . import checksums as ck
 from . import cold
 from . import search as search_language
@@ -310,7 +311,8 @@ class Catalogue:
         if store_row is not None and added_paths:
             store_id, store_name = store_row
             store_text = json_string(store_name)
-            instances = [(name, store_id, path, True, "disallowed", now, "unchecked", None, "")
+            instances = [(name, store_id, path, True, "disallowed", now, FixityState.UNCHECKED,
+                          None, "")
                          for path, (name, _i) in added_paths.items()]
             events += [
                 (name, "instance-added", now,
@@ -420,7 +422,7 @@ class Catalogue:
                                  for file, type_, payload in events])
 
     def add_instance(self, file_id: int, store_id: int, path: str, *,
-                     deletion_policy: str = "disallowed", fixity: str = "unchecked",
+                     deletion_policy: str = "disallowed", fixity: str = FixityState.UNCHECKED,
                      verified_at: dt.datetime | None = None, fixity_detail: str = "",
                      event: tuple[str, dict[str, Any]] | None = None,
                      within: DbSession | None = None) -> None:

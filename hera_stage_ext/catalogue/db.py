@@ -248,6 +248,7 @@ def _sqlite_deadline(session: Session, timeout_s: float) -> Iterator[Callable[[]
         return int(fired)
 
     dbapi_connection = session.connection().connection.dbapi_connection
+    assert dbapi_connection is not None  # the session's connection is open
     dbapi_connection.set_progress_handler(progress, _SQLITE_PROGRESS_STEPS)
     try:
         yield lambda: fired

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
+from ..states import BAD_FIXITY_STATES, FixityState
 from ..transfer.models import RemoteInstance
 from .db import Database
 from .fixity import instance_location, verify_instance
@@ -104,7 +105,7 @@ def _other_verified_copies(s: Any, inst: Instance, rule: DeletionRule, now: dt.d
     local = s.scalar(
         select(func.count()).select_from(Instance).join(Store, Instance.store_id == Store.id)
         .where(Instance.file_id == inst.file_id, Instance.id != inst.id,
-               Instance.fixity == "ok", Instance.available, Store.available)) or 0
+               Instance.fixity == FixityState.OK, Instance.available, Store.available)) or 0
     remote = s.scalar(
         select(func.count()).select_from(RemoteInstance)
         .where(RemoteInstance.file_id == inst.file_id,
@@ -158,6 +159,7 @@ def _delete_one(db: Database, instance_id: int, store_id: int | None, rule: Dele
         s.execute(select(File.id).where(File.id == inst.file_id).with_for_update())
         s.refresh(inst)
         store = s.get(Store, inst.store_id)
+        assert store is not None  # an instance's store is never deleted (foreign key)
         where = {"store": store.name, "path": inst.path}
         if store_id is not None and inst.store_id != store_id:
             return {**where, "outcome": "kept", "reason": "on another store"}
@@ -277,11 +279,11 @@ def offload(db: Database, source: str, dest: str, rule: DeletionRule, *,
             there = s.scalar(select(Instance.id).where(Instance.file_id == file_id,
                                                        Instance.store_id == dest_id))
         try:
-            if fixity in ("bad", "missing"):
+            if fixity in BAD_FIXITY_STATES:
                 raise Conflict(f"the copy on {source!r} is {fixity}; repair it first")
             if there is not None:
                 # A copy there already: it counts once it checks ok now.
-                if verify_instance(db, there, context="offload").state != "ok":
+                if verify_instance(db, there, context="offload").state != FixityState.OK:
                     raise Conflict(f"the copy on {dest!r} is bad; repair it first")
             else:
                 if _path_taken(db, dest_id, path):
@@ -314,6 +316,6 @@ def _register_copy(db: Database, file_id: int, store_id: int, store: str, path: 
                    policy: str) -> None:
     """Record a verified copy made by an offload."""
     Catalogue(db).add_instance(
-        file_id, store_id, path, deletion_policy=policy, fixity="ok", verified_at=utcnow(),
-        fixity_detail="verified when copied by an offload",
+        file_id, store_id, path, deletion_policy=policy, fixity=FixityState.OK,
+        verified_at=utcnow(), fixity_detail="verified when copied by an offload",
         event=("instance-added", {"store": store, "path": path, "context": "offload"}))

@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 
 from ..errors import InvalidRequest, NotFound
 from ..paths import is_within
+from ..states import ACTIVE_JOB_STATES, BAD_FIXITY_STATES, FixityState
 from . import checksums as ck
 from .db import Database
 from .catalogue import Catalogue
@@ -36,9 +37,6 @@ from .models import File, Instance, Store, utcnow
 
 log = logging.getLogger("hera_stage_ext")
 
-FIXITY_STATES = ("unchecked", "ok", "bad", "missing")
-#: States of a copy that must never be used: bytes differ, or nothing readable is there.
-BAD_STATES = ("bad", "missing")
 
 
 @dataclass
@@ -48,7 +46,7 @@ class Finding:
     name: str
     store: str
     path: str
-    state: str  # one of FIXITY_STATES except "unchecked"
+    state: FixityState  # never UNCHECKED
     detail: str
     size: int  # bytes read (the file's size when it was read whole)
 
@@ -66,21 +64,22 @@ def instance_location(store_root: str, path: str) -> str:
     return full
 
 
-def check_copy(full_path: str, size: int, checksums: dict[str, str]) -> tuple[str, str, int]:
-    """Re-hash one copy: ``(state, detail, bytes read)``, state "ok", "bad" or "missing"."""
+def check_copy(full_path: str, size: int,
+               checksums: dict[str, str]) -> tuple[FixityState, str, int]:
+    """Re-hash one copy: ``(state, detail, bytes read)``, state OK, BAD or MISSING."""
     algorithm = ck.preferred_algorithm(checksums)
     try:
         digest = ck.hash_path(full_path, (algorithm,))
     except FileNotFoundError:
-        return "missing", "no file or directory at the instance's path", 0
+        return FixityState.MISSING, "no file or directory at the instance's path", 0
     except OSError as exc:
-        return "missing", f"unreadable: {exc.strerror or exc}", 0
+        return FixityState.MISSING, f"unreadable: {exc.strerror or exc}", 0
     if digest.size != size:
-        return "bad", f"size {digest.size}, expected {size}", digest.size
+        return FixityState.BAD, f"size {digest.size}, expected {size}", digest.size
     if digest.checksums[algorithm] != checksums[algorithm]:
-        return ("bad", f"{algorithm} {digest.checksums[algorithm]}, expected "
+        return (FixityState.BAD, f"{algorithm} {digest.checksums[algorithm]}, expected "
                 f"{checksums[algorithm]}", digest.size)
-    return "ok", f"{algorithm} matches", digest.size
+    return FixityState.OK, f"{algorithm} matches", digest.size
 
 
 def record(db: Database, instance_id: int, state: str, detail: str,
@@ -108,11 +107,11 @@ def _record_in(db: Database, s: Any, instance_id: int, state: str, detail: str, 
     payload = {"store": store.name if store else "", "path": inst.path, "detail": detail,
                "context": context}
     events = []
-    if state in BAD_STATES:
+    if state in BAD_FIXITY_STATES:
         change["available"] = False
         if before != state:
             events.append((inst.file_id, f"fixity-{state}", payload))
-    elif before in BAD_STATES:
+    elif before in BAD_FIXITY_STATES:
         change["available"] = True
         events.append((inst.file_id, "fixity-restored", payload))
     catalogue.update_instances([(instance_id, change)], within=s)
@@ -129,7 +128,8 @@ def _record_batch(db: Database, batch: list[tuple[int, Finding]]) -> None:
         before = dict(s.execute(select(Instance.id, Instance.fixity)
                                 .where(Instance.id.in_([i for i, _ in batch]))).all())
         def quiet(i: int, f: Finding) -> bool:  # no event, no change of availability
-            return before.get(i) == f.state or (before.get(i) == "unchecked" and f.state == "ok")
+            return before.get(i) == f.state or (before.get(i) == FixityState.UNCHECKED
+                                                and f.state == FixityState.OK)
 
         Catalogue(db).update_instances(
             [(i, {"verified_at": when, "fixity": f.state, "fixity_detail": f.detail[:2000]})
@@ -150,8 +150,8 @@ def _check_target(row: Any) -> Finding:
         full = instance_location(root, path)
         state, detail, read = check_copy(full, size, dict(sums or {}))
     except (NotFound, InvalidRequest) as exc:
-        state, detail, read = "missing", exc.message, 0
-    if state in BAD_STATES:
+        state, detail, read = FixityState.MISSING, exc.message, 0
+    if state in BAD_FIXITY_STATES:
         log.warning("fixity: %s on %s:%s is %s (%s)", name, store, path, state, detail)
     return Finding(name, store, path, state, detail, read)
 
@@ -184,13 +184,13 @@ def verify_file(db: Database, name: str, store: str | None = None) -> list[Findi
     return [verify_instance(db, i, context="check") for i in ids]
 
 
-def findings(db: Database, *, states: tuple[str, ...] = BAD_STATES, store: str | None = None,
-             limit: int = 1000) -> dict[str, Any]:
+def findings(db: Database, *, states: tuple[str, ...] = BAD_FIXITY_STATES,
+             store: str | None = None, limit: int = 1000) -> dict[str, Any]:
     """Instances whose last check found one of ``states``, with a summary of every state."""
     for state in states:
-        if state not in FIXITY_STATES:
+        if state not in tuple(FixityState):
             raise InvalidRequest(f"unknown fixity state {state!r}; one of "
-                                 f"{', '.join(FIXITY_STATES)}")
+                                 f"{', '.join(FixityState)}")
     with db.read() as s:
         query = (select(File.name, Store.name, Instance.path, Instance.fixity,
                         Instance.verified_at, Instance.fixity_detail)
@@ -211,7 +211,7 @@ def findings(db: Database, *, states: tuple[str, ...] = BAD_STATES, store: str |
         rows = [{"name": n, "store": st, "path": p, "state": f,
                  "verified_at": None if v is None else v.isoformat() + "Z", "detail": d}
                 for n, st, p, f, v, d in s.execute(query)]
-        summary = {state: 0 for state in FIXITY_STATES}
+        summary = {state.value: 0 for state in FixityState}
         summary.update(dict(s.execute(summary_q).all()))
         oldest = s.scalar(oldest_q)
     return {"instances": rows, "summary": summary,
@@ -238,10 +238,11 @@ class Auditor:
         self.instances_checked = 0
 
     def _jobs_running(self) -> bool:
-        from ..jobs.models import ACTIVE_STATES, Job
+        from ..jobs.models import Job
 
         with self.db.read() as s:
-            return s.scalar(select(Job.id).where(Job.state.in_(ACTIVE_STATES)).limit(1)) is not None
+            running = select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES)).limit(1)
+            return s.scalar(running) is not None
 
     def _due(self, s: Any, skip: set[int]) -> list[Any]:
         query = (select(*_TARGET_COLUMNS)

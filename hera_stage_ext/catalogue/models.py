@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ..states import FixityState
+
 #: Longest file name the catalogue accepts, in characters.
 MAX_NAME_LENGTH = 256
 
@@ -143,7 +145,7 @@ class Instance(Base):
     # Fixity (catalogue/fixity.py): what the last re-hash of this copy found ("unchecked",
     # "ok", "bad": bytes differ, "missing": gone or unreadable), when, and its details. A copy
     # found bad or missing is also made unavailable, so nothing serves, stages or sends it.
-    fixity: Mapped[str] = mapped_column(String(16), default="unchecked")
+    fixity: Mapped[str] = mapped_column(String(16), default=FixityState.UNCHECKED)
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     fixity_detail: Mapped[str] = mapped_column(Text, default="")
 

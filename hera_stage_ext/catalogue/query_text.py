@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 
@@ -317,6 +318,7 @@ class _Parser:
             if op != ":":
                 raise _error(f"use {field}:DAYS", word.column, word.raw)
             return {attr: _float(value, value_column, word)}
+        number: Callable[[str, int, _Word, str | None], float]
         if attr in _BYTE_ATTRS:
             number = _bytes
         else:
@@ -380,7 +382,7 @@ class _Parser:
 
 
 def _unquoted_prefix(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
-    prefix = []
+    prefix: list[tuple[str, bool]] = []
     for text, quoted in segments:
         if quoted:
             break

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from ..errors import Conflict, NotFound, StagingError
+from ..errors import Conflict, CopyFailed, NotFound, StagingError
 from . import checksums as ck
 from .db import Database
+from ..states import BAD_FIXITY_STATES, FixityState
 from .fixity import (
-    BAD_STATES,
     Finding,
     check_copy,
     instance_location,
@@ -39,10 +39,6 @@ from .catalogue import Catalogue
 from .models import File, Instance, Store
 
 CHUNK = ck.CHUNK_SIZE
-
-
-class CopyFailed(StagingError):
-    status = 500
 
 
 class PeerSource(Protocol):
@@ -164,12 +160,13 @@ def repair_file(db: Database, name: str, store: str | None = None,
                    Store.kind, Store.available, Instance.path)
             .join(Store, Instance.store_id == Store.id)
             .where(Instance.file_id == file.id).order_by(Store.name, Instance.id)).all()
-    bad = [r for r in rows if r[1] in BAD_STATES and r[5] == "online"
+    bad = [r for r in rows if r[1] in BAD_FIXITY_STATES and r[5] == "online"
            and (store is None or r[3] == store)]
     if not bad:
         raise Conflict(f"{name!r} has no bad or missing copy"
                        + (f" on {store!r}" if store else "") + " to repair")
-    sources = [r for r in rows if r[1] not in BAD_STATES and r[2] and r[6] and r[5] == "online"]
+    sources = [r for r in rows
+               if r[1] not in BAD_FIXITY_STATES and r[2] and r[6] and r[5] == "online"]
     checksums = dict(file.checksums)
     repaired: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -181,7 +178,7 @@ def repair_file(db: Database, name: str, store: str | None = None,
         for source in sources:
             s_id, _, _, s_store, s_root, _, _, s_path = source
             source_finding: Finding = verify_instance(db, s_id, context="repair source")
-            if source_finding.state != "ok":
+            if source_finding.state != FixityState.OK:
                 _event(db, file.id, "repair-source-bad",
                        {**where, "source": s_store, "detail": source_finding.detail})
                 continue
@@ -197,7 +194,7 @@ def repair_file(db: Database, name: str, store: str | None = None,
             _event(db, file.id, "repair-copied", {**where, "source": s_store})
             state, detail, _ = check_copy(final, file.size, checksums)
             record(db, target_id, state, detail, context="repair")
-            if state == "ok":
+            if state == FixityState.OK:
                 _event(db, file.id, "repair-verified", {**where, "source": s_store})
                 repaired.append({**where, "source": s_store})
                 done = True
@@ -251,7 +248,7 @@ def _repair_from_peers(db: Database, file: Any, name: str, target_id: int,
         _event(db, file.id, "repair-copied", {**where, "source": f"peer {peer}"})
         state, detail, _ = check_copy(final, file.size, checksums)
         record(db, target_id, state, detail, context="repair")
-        if state == "ok":
+        if state == FixityState.OK:
             _event(db, file.id, "repair-verified", {**where, "source": f"peer {peer}"})
             return peer
         _event(db, file.id, "repair-failed", {**where, "peer": peer,

@@ -121,6 +121,7 @@ def _leaf_clause(ctx: Ctx, kind: str, name: str, payload: Any, depth: int, path:
             path=path,
         )
     kind_of_payload = clause.payload
+    value: Any  # what the clause's ``build`` reads, by the kind of its payload
     if kind_of_payload == "ignored":
         value = None
     elif kind_of_payload == "str":
@@ -191,7 +192,7 @@ def choose_obs_mode(session: OrmSession, ctx: Ctx, search: dict | list) -> str |
         .limit(DRIVE_MAX_OBSERVATIONS + 1)
         .subquery()
     )
-    found = session.scalar(select(func.count()).select_from(matching))
+    found = session.scalar(select(func.count()).select_from(matching)) or 0
     return "drive" if found <= DRIVE_MAX_OBSERVATIONS else "scan"
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from typing import Any
 
+from ..states import FixityState
 from .models import Event, File, Instance, Observation, Session, Store
 
 
@@ -35,7 +37,7 @@ def store_json(store: Store) -> dict[str, Any]:
 def instance_fields(
     file_name: str, store_name: str, store_root: str, store_kind: str, store_available: bool,
     path: str, available: bool, deletion_policy: str, create_time: dt.datetime,
-    fixity: str = "unchecked", verified_at: dt.datetime | None = None,
+    fixity: str = FixityState.UNCHECKED, verified_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """An instance's JSON from plain values (for callers that fetched columns, not objects)."""
     return {
@@ -105,7 +107,8 @@ def session_json(session: Session) -> dict[str, Any]:
     }
 
 
-SERIALIZERS = {
+#: The reply of each kind of search, by kind.
+SERIALIZERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "files": file_json,
     "instances": instance_json,
     "observations": observation_json,

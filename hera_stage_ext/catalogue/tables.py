@@ -78,7 +78,7 @@ def dumps(value: Any) -> str:
 
 
 #: JSON text of a string, as ``dumps`` writes it (for payloads put together from parts).
-json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+json_string = json.encoder.encode_basestring_ascii
 
 
 @dataclass

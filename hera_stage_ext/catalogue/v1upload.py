@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ..errors import Conflict, InvalidRequest, NotFound
+from ..states import FixityState
 from . import checksums as ck
 from .catalogue import Catalogue, FileSpec
 from .deletion import check_policy
@@ -48,10 +49,11 @@ def initiate(catalogue: Catalogue, request: dict[str, Any], source: str) -> dict
     if known_store is not None:
         if known_store not in stores:
             raise NotFound(f"no available online store named {known_store!r}")
-        chosen = stores[known_store]
+        chosen: dict[str, Any] | None = stores[known_store]
+    elif stores:
+        chosen = max(stores.values(), key=lambda st: shutil.disk_usage(st["path"]).free)
     else:
-        chosen = max(stores.values(), default=None,
-                     key=lambda st: shutil.disk_usage(st["path"]).free)
+        chosen = None
     if chosen is None:
         raise InvalidRequest("this site has no available online store")
     free = shutil.disk_usage(chosen["path"]).free
@@ -101,13 +103,16 @@ def _create_records(catalogue: Catalogue, request: dict[str, Any], source: str) 
     catalogue.register(specs)
 
 
+def _required_text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f'"{key}" is required')
+    return value
+
+
 def complete(catalogue: Catalogue, request: dict[str, Any], source: str) -> dict[str, Any]:
-    store_name, staging_dir = request.get("store_name"), request.get("staging_dir")
-    dest = request.get("dest_store_path")
-    for key, value in (("store_name", store_name), ("staging_dir", staging_dir),
-                       ("dest_store_path", dest)):
-        if not isinstance(value, str) or not value:
-            raise InvalidRequest(f'"{key}" is required')
+    store_name, staging_dir, dest = (_required_text(request, key)
+                                     for key in ("store_name", "staging_dir", "dest_store_path"))
     meta_mode = request.get("meta_mode")
     if meta_mode not in ("direct", "infer"):
         raise InvalidRequest('"meta_mode" must be "direct" or "infer"')
@@ -145,7 +150,7 @@ def complete(catalogue: Catalogue, request: dict[str, Any], source: str) -> dict
                                                          Instance.path == dest))
         if instance_id is not None:
             catalogue.update_instances([(instance_id, {
-                "deletion_policy": policy, "fixity": "ok", "verified_at": utcnow(),
+                "deletion_policy": policy, "fixity": FixityState.OK, "verified_at": utcnow(),
                 "fixity_detail": "verified when the upload completed"})], within=s)
     if not request.get("staging_was_known"):
         _remove_staging(root, staging_dir)

@@ -67,7 +67,7 @@ def cmd_site_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("site", help="start the site service (site admins)")
     service.build_parser(p)
     p.set_defaults(func=cmd_site, local=True)

@@ -20,7 +20,6 @@ transfer, ingest, or admin (which holds them all). Hub users carry them as the c
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from typing import Any
 
@@ -28,94 +27,67 @@ from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.auth.identity import IdentityProvider, User
 from tornado import web
 
+from ..api import (
+    content,
+    handlers,
+    jobs,
+    members,
+    orders,
+    peer,
+    skao,
+    staged,
+    stewardship,
+    upload,
+    worker,
+)
 from ..api.base import AUTH_RESOURCE
-from .tokens import SCOPES, TokenUser, lookup, token_hash
+from .scopes import SiteUser, user_scopes
+from .tokens import TokenUser, lookup, token_hash
 
-#: Hub RBAC custom scopes: this prefix, then one of ``tokens.SCOPES``.
-HUB_SCOPE_PREFIX = "custom:hera-stage:"
 #: Cancel, retry and forget: any scope that launches jobs (``Core`` then checks the job's kind).
 CONTROL = "control"
 LAUNCHING = frozenset({"stage", "transfer", "ingest"})
 
 
-class SiteUser(User):
-    """A user authenticated by a site token, with the token's scopes."""
-
-    def __init__(self, username: str, scopes: frozenset[str]) -> None:
-        super().__init__(username=username)
-        self.scopes = scopes
-
-
-def user_scopes(user: Any) -> frozenset[str]:
-    """The hera-stage scopes of an authenticated user (admin brings every other one)."""
-    if isinstance(user, SiteUser):
-        scopes = set(user.scopes)
-    else:
-        hub_user = getattr(user, "hub_user", None) or {}
-        # Only unfiltered custom scopes: a filter ("!user=...") has no meaning here.
-        scopes = {s[len(HUB_SCOPE_PREFIX):] for s in hub_user.get("scopes", ())
-                  if isinstance(s, str) and s.startswith(HUB_SCOPE_PREFIX) and "!" not in s}
-    scopes &= set(SCOPES)
-    if "admin" in scopes:
-        scopes |= set(SCOPES)
-    return frozenset(scopes)
-
-
-@functools.cache
-def _scope_table() -> dict[type, dict[str, str]]:
-    from ..api import (
-        content,
-        handlers,
-        jobs,
-        members,
-        orders,
-        peer,
-        skao,
-        staged,
-        stewardship,
-        upload,
-        worker,
-    )
-
-    return {
-        handlers.StatusHandler: {"GET": "read"},
-        handlers.StoresHandler: {"GET": "read"},
-        handlers.SearchHandler: {"POST": "read"},
-        handlers.FileHandler: {"GET": "read"},
-        handlers.OpenAPIHandler: {"GET": "read"},
-        handlers.IngestHandler: {"POST": "ingest"},
-        content.FileContentHandler: {"GET": "read"},
-        members.FileMembersHandler: {"GET": "read"},
-        stewardship.FixityHandler: {"GET": "read"},
-        jobs.StageHandler: {"POST": "stage"},
-        skao.SkaoStageHandler: {"POST": "stage"},
-        jobs.JobsHandler: {"GET": "read"},
-        jobs.JobHandler: {"GET": "read", "DELETE": CONTROL},
-        jobs.JobCancelHandler: {"POST": CONTROL},
-        jobs.JobRetryHandler: {"POST": CONTROL},
-        jobs.JobLogHandler: {"GET": "read"},
-        jobs.TransfersHandler: {"POST": "transfer"},
-        peer.PeersHandler: {"GET": "read"},
-        upload.UploadHandler: {"POST": "ingest"},
-        orders.StandingOrdersHandler: {"GET": "read", "POST": "transfer"},
-        orders.StandingOrderHandler: {"GET": "read", "DELETE": "transfer"},
-        orders.StandingOrderPauseHandler: {"POST": "transfer"},
-        orders.StandingOrderResumeHandler: {"POST": "transfer"},
-        staged.StagedHandler: {"GET": "stage"},
-        staged.StagedCleanHandler: {"POST": "stage"},
-        staged.StagedRecordsHandler: {"GET": "stage"},
-        staged.StagedCleanedHandler: {"POST": "stage"},
-        worker.WorkerClaimHandler: {"POST": "stage"},
-        worker.WorkerJobHandler: {"GET": "stage", "POST": "stage"},
-    }
+#: The scope each hera_stage handler's methods need.
+SCOPE_TABLE: dict[type, dict[str, str]] = {
+    handlers.StatusHandler: {"GET": "read"},
+    handlers.StoresHandler: {"GET": "read"},
+    handlers.SearchHandler: {"POST": "read"},
+    handlers.FileHandler: {"GET": "read"},
+    handlers.OpenAPIHandler: {"GET": "read"},
+    handlers.IngestHandler: {"POST": "ingest"},
+    content.FileContentHandler: {"GET": "read"},
+    members.FileMembersHandler: {"GET": "read"},
+    stewardship.FixityHandler: {"GET": "read"},
+    jobs.StageHandler: {"POST": "stage"},
+    skao.SkaoStageHandler: {"POST": "stage"},
+    jobs.JobsHandler: {"GET": "read"},
+    jobs.JobHandler: {"GET": "read", "DELETE": CONTROL},
+    jobs.JobCancelHandler: {"POST": CONTROL},
+    jobs.JobRetryHandler: {"POST": CONTROL},
+    jobs.JobLogHandler: {"GET": "read"},
+    jobs.TransfersHandler: {"POST": "transfer"},
+    peer.PeersHandler: {"GET": "read"},
+    upload.UploadHandler: {"POST": "ingest"},
+    orders.StandingOrdersHandler: {"GET": "read", "POST": "transfer"},
+    orders.StandingOrderHandler: {"GET": "read", "DELETE": "transfer"},
+    orders.StandingOrderPauseHandler: {"POST": "transfer"},
+    orders.StandingOrderResumeHandler: {"POST": "transfer"},
+    staged.StagedHandler: {"GET": "stage"},
+    staged.StagedCleanHandler: {"POST": "stage"},
+    staged.StagedRecordsHandler: {"GET": "stage"},
+    staged.StagedCleanedHandler: {"POST": "stage"},
+    worker.WorkerClaimHandler: {"POST": "stage"},
+    worker.WorkerJobHandler: {"GET": "stage", "POST": "stage"},
+}
 
 
 def required_scope(handler: web.RequestHandler) -> str:
     """The scope a request to ``handler`` needs; admin for anything not in the table."""
-    table = _scope_table()
     for cls in type(handler).__mro__:
-        if cls in table:
-            return table[cls].get(handler.request.method or "", "admin")
+        if cls in SCOPE_TABLE:
+            return SCOPE_TABLE[cls].get(handler.request.method or "", "admin")
     return "admin"
 
 
@@ -182,7 +154,7 @@ class SiteTokenIdentityProvider(IdentityProvider):
                 self._seen[key] = (now, found)
         if found is None:
             return None
-        handler._token_authenticated = True  # type: ignore[attr-defined]  (no XSRF check)
+        handler._token_authenticated = True  # type: ignore[attr-defined]  # no XSRF check
         return SiteUser(found.user, found.scopes)
 
     def get_handlers(self) -> list[tuple[str, object]]:

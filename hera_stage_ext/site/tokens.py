@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..catalogue.serialize import iso
@@ -75,8 +75,10 @@ def list_tokens(db: Database, user: str | None = None) -> list[dict[str, Any]]:
 
 def revoke(db: Database, token_id: int) -> None:
     with db.write() as s:
-        if not s.execute(delete(SiteToken).where(SiteToken.id == token_id)).rowcount:
+        token = s.get(SiteToken, token_id)
+        if token is None:
             raise NotFound(f"no site token {token_id}")
+        s.delete(token)
 
 
 def lookup(db: Database, token: str) -> TokenUser | None:
