@@ -49,7 +49,7 @@ class TransfersHandler(BaseHandler):
         self.reply(await self.call(run), status=202)
 
 
-def _job_id(text: str) -> int:
+def parse_job_id(text: str) -> int:
     # isascii: str.isdigit() is also true of '²' and other digits int() refuses.
     if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
         raise ApiError(InvalidRequest(f"a job id is a number from 0 to {MAX_ID}, not {text!r}"))
@@ -79,7 +79,7 @@ class JobHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        number = _job_id(job_id)
+        number = parse_job_id(job_id)
         core = self.core
         text = await self.job_status.get(number, lambda: self.call(
             lambda: json.dumps(with_marker(core.job(number), not core.site_mode))))
@@ -88,7 +88,7 @@ class JobHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def delete(self, job_id: str) -> None:
-        number = _job_id(job_id)
+        number = parse_job_id(job_id)
         try:
             self.reply(await self.call(self.core.forget, number))
         finally:
@@ -99,7 +99,7 @@ class JobCancelHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
-        number = _job_id(job_id)
+        number = parse_job_id(job_id)
         try:
             self.reply(await self.call(self.core.cancel, number))
         finally:
@@ -111,7 +111,7 @@ class JobRetryHandler(BaseHandler):
     @authorized
     async def post(self, job_id: str) -> None:
         force = self.body_as(RetryRequest).force
-        number = _job_id(job_id)
+        number = parse_job_id(job_id)
         try:
             self.reply(await self.call(self.core.retry, number, force), status=202)
         finally:
@@ -123,4 +123,4 @@ class JobLogHandler(BaseHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         offset = self.query_as(JobLogQuery).offset
-        self.reply(await self.call(self.core.job_log, _job_id(job_id), offset))
+        self.reply(await self.call(self.core.job_log, parse_job_id(job_id), offset))

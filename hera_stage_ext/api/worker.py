@@ -13,7 +13,7 @@ from tornado import web
 from ..errors import InvalidRequest
 from ..site.worker_ops import WorkerOps
 from .base import ApiError, BaseHandler
-from .jobs import _job_id
+from .jobs import parse_job_id
 
 #: Where the worker API lives, under the native API's prefix.
 WORKER_PREFIX = "/worker"
@@ -58,7 +58,7 @@ class WorkerJobHandler(_WorkerHandler):
         entry = ACTIONS.get(action)
         if entry is None or entry[0] != method:
             raise ApiError(InvalidRequest(f"no worker action {method} {action!r}"))
-        number = _job_id(job_id)
+        number = parse_job_id(job_id)
         fn = getattr(self.ops, entry[1])
         args: list[Any] = [number, self.body_json()] if entry[2] else [number]
         self.reply(await self.call(fn, *args))

@@ -38,13 +38,13 @@ from ..errors import (
 )
 from ..safefs import PathChanged
 from . import kinds, recall, targets
-from .items import _unfinished_paths
+from .items import unfinished_paths
 from .joblog import JobLog, default_log_dir
 from .models import ACTIVE_STATES, Job, JobItem
-from .plan import COPYING, _resolve, free_bytes, plan_stage
+from .plan import COPYING, resolve_names, free_bytes, plan_stage
 
 if TYPE_CHECKING:
-    from .run import _JobRun
+    from .run import JobRun
 
 
 def new_worker_id() -> str:
@@ -201,7 +201,7 @@ def create_job(
     take: Callable[[Session, Job], None] | None = None,
     release: Callable[[int], None] | None = None, summary: str = "",
 ) -> dict[str, Any]:
-    """Write a job of ``kind`` and its items (``_resolve``'s rows) in one transaction, and start
+    """Write a job of ``kind`` and its items (``resolve_names``'s rows) in one transaction, and start
     its log; every kind's creation ends here. ``take(session, job)`` runs inside that
     transaction (claim the job's target; raise to refuse, and nothing is written);
     ``release(job_id)`` undoes what ``take`` did outside the database if the commit fails."""
@@ -461,9 +461,9 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
         raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
                        f"finished (cancel it first to stop it)", job_id=job_id)
     kind = kinds.kind(job.kind)
-    recall.rewind_reaped(db, job_id, _resolve)
+    recall.rewind_reaped(db, job_id, resolve_names)
     cold = sorted(recall.cold_stores(db))
-    new_items, still_missing, new_bytes = _resolve(db, job.missing) if job.missing else ([], [], 0)
+    new_items, still_missing, new_bytes = resolve_names(db, job.missing) if job.missing else ([], [], 0)
     with db.read() as s:
         left, left_bytes = s.execute(
             select(func.count(), func.coalesce(func.sum(JobItem.size), 0))
@@ -555,7 +555,7 @@ class StageKind(kinds.JobKind):
         # their result markers are not written there either.
         self._refused: dict[int, str] = {}
 
-    def begin(self, run: _JobRun, resumed: bool) -> None:
+    def begin(self, run: JobRun, resumed: bool) -> None:
         self._refused.pop(run.job.id, None)
         try:
             if run.job.options.get("recorded"):
@@ -576,7 +576,7 @@ class StageKind(kinds.JobKind):
             run.log(f"the destination is refused: {exc}")
 
     @staticmethod
-    def _take(run: _JobRun) -> None:
+    def _take(run: JobRun) -> None:
         """The user's worker takes a recorded job's folder: inside its allowed roots, itself
         (no symlink on the way), and not held by another unfinished job."""
         destination = run.job.destination
@@ -592,7 +592,7 @@ class StageKind(kinds.JobKind):
             raise kinds.JobRefused(f"cannot take the destination {destination}: "
                                    f"{exc.strerror or exc}") from exc
 
-    def stream(self, run: _JobRun) -> None:
+    def stream(self, run: JobRun) -> None:
         if run.db is None or run.job.options.get("recorded"):
             # A site's job: the site's recall job recalls its cold files; this worker stages
             # each once it is in the queue.
@@ -613,7 +613,7 @@ class StageKind(kinds.JobKind):
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         if job.options.get("recorded"):
             return 0  # the folder is the user's: their worker cleans it (``cancel_at_target``)
-        return self.cancel_at_target(job, left, _unfinished_paths(db, job.id))
+        return self.cancel_at_target(job, left, unfinished_paths(db, job.id))
 
     def cancel_at_target(self, job: Job, left: int, unfinished: list[str]) -> int:
         """Remove a cancelled job's temporary files and write its result marker."""

@@ -30,7 +30,7 @@ from typing import Any
 import requests
 
 from ..errors import StagingError
-from .items import _Claimed
+from .items import ClaimedItem
 from .joblog import JobLog
 from .models import Job
 from .store import Beat
@@ -176,27 +176,27 @@ class HttpJobStore:
         return dict(self._job(job_id, "stores", method="GET")["roots"])
 
     def claim_items(self, job_id: int, worker_id: str, n: int,
-                    max_bytes: int | None = None) -> list[_Claimed]:
+                    max_bytes: int | None = None) -> list[ClaimedItem]:
         answer = self._job(job_id, "items/claim", {"worker_id": worker_id, "n": n,
                                                    "max_bytes": max_bytes})
-        return [_Claimed(*row) for row in answer["items"]]
+        return [ClaimedItem(*row) for row in answer["items"]]
 
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
         if item_ids:
             self._job(job_id, "items/requeue", {"ids": list(item_ids)})
 
-    def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None:
+    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
         if results:
             self._job(job_id, "items/record", {
                 "results": [[item.id, state, error] for item, state, error in results]})
 
-    def exchange(self, job_id: int, worker_id: str, results: list[tuple[_Claimed, str, str]],
-                 n: int, max_bytes: int | None = None) -> list[_Claimed]:
+    def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
+                 n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
         """The results of the last hand-over and the next items, one round trip."""
         answer = self._job(job_id, "items/exchange", {
             "worker_id": worker_id, "n": n, "max_bytes": max_bytes,
             "results": [[item.id, state, error] for item, state, error in results]})
-        return [_Claimed(*row) for row in answer["items"]]
+        return [ClaimedItem(*row) for row in answer["items"]]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:

@@ -3,7 +3,7 @@
 started back, recording a batch of results with the job's counters in one transaction, both at
 once (``_exchange``: a stream hands in what it moved and takes its next batch in one
 transaction, one round trip for a worker over HTTP), and the paths of the items not through
-yet. Every kind's streams use these (``run._JobRun`` for stage jobs, the transfer and upload
+yet. Every kind's streams use these (``run.JobRun`` for stage jobs, the transfer and upload
 kinds), under the names they had in ``engine``.
 
 Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``), not by a list
@@ -30,7 +30,7 @@ RUN_CHUNK = 200
 
 
 @dataclass
-class _Claimed:
+class ClaimedItem:
     id: int
     name: str
     source_path: str
@@ -42,9 +42,9 @@ class _Claimed:
     store: str = ""
 
 
-#: One item's result for ``_record``: the item, its state ("done", "skipped", "failed"), the
+#: One item's result for ``record_results``: the item, its state ("done", "skipped", "failed"), the
 #: error (empty unless failed).
-Result = tuple[_Claimed, str, str]
+Result = tuple[ClaimedItem, str, str]
 
 
 def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
@@ -69,15 +69,15 @@ def id_terms(ids: Iterable[int]) -> list[ColumnElement[bool]]:
     return terms
 
 
-def _claim_items(db: Database, job_id: int, worker_id: str, n: int,
-                 max_bytes: int | None = None) -> list[_Claimed]:
+def claim_items(db: Database, job_id: int, worker_id: str, n: int,
+                 max_bytes: int | None = None) -> list[ClaimedItem]:
     """Take up to ``n`` queued items (and, past the first, no more than ``max_bytes``)."""
     return _exchange(db, job_id, worker_id, [], n, max_bytes)
 
 
 def _exchange(db: Database, job_id: int, worker_id: str, results: list[Result], n: int,
-              max_bytes: int | None = None) -> list[_Claimed]:
-    """Record ``results`` (``_record``) and take up to ``n`` queued items (``_claim_items``)
+              max_bytes: int | None = None) -> list[ClaimedItem]:
+    """Record ``results`` (``record_results``) and take up to ``n`` queued items (``claim_items``)
     in one transaction; ``n`` 0 only records."""
     if not results and n <= 0:
         return []
@@ -89,7 +89,7 @@ def _exchange(db: Database, job_id: int, worker_id: str, results: list[Result], 
 
 
 def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
-              max_bytes: int | None) -> list[_Claimed]:
+              max_bytes: int | None) -> list[ClaimedItem]:
     t = _ITEMS
     # Core statements on the table (no ORM row handling): this runs once per batch of
     # small files, its cost per item counts.
@@ -112,10 +112,10 @@ def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
     for term in id_terms(row[0] for row in rows):
         connection.execute(update(t).where(term).values(
             state="running", worker_id=worker_id, attempts=t.c.attempts + 1))
-    return [_Claimed(*row[:7], row[7] + 1, row[8]) for row in rows]
+    return [ClaimedItem(*row[:7], row[7] + 1, row[8]) for row in rows]
 
 
-def _requeue(db: Database, item_ids: Sequence[int]) -> None:
+def requeue_items(db: Database, item_ids: Sequence[int]) -> None:
     if item_ids:
         with db.write() as s:
             connection = s.connection()
@@ -124,7 +124,7 @@ def _requeue(db: Database, item_ids: Sequence[int]) -> None:
                                    .values(state="queued", worker_id=None))
 
 
-def _record(db: Database, job_id: int, results: list[Result]) -> None:
+def record_results(db: Database, job_id: int, results: list[Result]) -> None:
     """Write a batch of item results and bump the job's counters in one transaction."""
     if results:
         with db.write() as s:
@@ -165,7 +165,7 @@ def _record_in(connection: Connection, job_id: int, results: list[Result]) -> No
     ))
 
 
-def _unfinished_paths(db: Database, job_id: int) -> list[str]:
+def unfinished_paths(db: Database, job_id: int) -> list[str]:
     with db.read() as s:
         return list(s.scalars(select(JobItem.dest_path).where(
             JobItem.job_id == job_id, JobItem.state.in_(("queued", "running")))))

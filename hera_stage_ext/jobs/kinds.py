@@ -2,7 +2,7 @@
 
 The engine owns everything every kind shares: creating the job and its items
 (``engine.create_job``), claiming jobs under a lease (``engine``), the heartbeat (cancel, lease),
-claiming items in batches (``items``), recording each item's result (``run._JobRun._add`` then
+claiming items in batches (``items``), recording each item's result (``run.JobRun._add`` then
 ``_commit``: counters, per-file log lines), resume after a crash, cancel, retry, forget
 (``engine``), logs (``joblog``). A kind says only how its claimed items are moved and what
 starting and finishing a job means for it:
@@ -10,10 +10,10 @@ starting and finishing a job means for it:
 ``begin(run, resumed)``      before the streams start (stage: take the STAGING-IN-PROGRESS
                              marker again, remove a dead worker's temporary files); raise
                              ``JobRefused`` to end the job as failed without running it.
-``stream(run)``              one of the job's streams: claim items (``items._claim_items``),
+``stream(run)``              one of the job's streams: claim items (``items.claim_items``),
                              move them, report each through ``run._add(item, state, error,
                              outcome)`` and ``run._commit``; items claimed and not reported go
-                             back to the queue (``items._requeue``); raise ``methods.Cancelled``
+                             back to the queue (``items.requeue_items``); raise ``methods.Cancelled``
                              or return when ``run.abort``/``run.stop`` is set.
 ``streams(run)``             how many streams (default: the worker's ``--streams``).
 ``finish(job, lines)``       after the items are through, before the final state is written
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from ..catalogue.db import Database
     from .models import Job
-    from .run import _JobRun
+    from .run import JobRun
 
 #: kind name -> "module:attribute" of its JobKind instance.
 KINDS: dict[str, str] = {
@@ -60,16 +60,16 @@ class JobKind:
 
     name = ""
 
-    def begin(self, run: _JobRun, resumed: bool) -> None:
+    def begin(self, run: JobRun, resumed: bool) -> None:
         """Before the streams start."""
 
-    def stream(self, run: _JobRun) -> None:
+    def stream(self, run: JobRun) -> None:
         raise NotImplementedError
 
-    def streams(self, run: _JobRun) -> int:
+    def streams(self, run: JobRun) -> int:
         return max(1, run.config.streams)
 
-    def recorded(self, run: _JobRun) -> None:
+    def recorded(self, run: JobRun) -> None:
         """A batch of results was recorded (one commit at a time)."""
 
     def finish(self, job: Job, lines: list[str]) -> None:

@@ -460,7 +460,7 @@ class Mover:
             # A small file in one read: a read shorter than asked for is the end of a regular
             # file, so no second read is needed to find it.
             data = os.read(fin, size + 1)
-            _write_all(fd, data)
+            write_all(fd, data)
             self._check(len(data))
             if len(data) <= size:
                 return ck.hash_bytes(data, [algorithm])
@@ -470,7 +470,7 @@ class Mover:
             while n := reader.readinto(buffer):
                 chunk = view[:n]
                 hasher.update(chunk)
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
                 self._check(n)
         return hasher.digest()
 
@@ -606,7 +606,7 @@ class _Tree:
             os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     written = os.write(fd, data)
     if written < len(data):
         view = memoryview(data)[written:]
@@ -717,7 +717,7 @@ def _sync_file_systems(directories: set[str], folders: safefs.Folders) -> None:
             raise OSError(err, f"syncfs failed: {os.strerror(err)}", directory)
 
 
-def _rename_noreplace(tmp: str, final: str, folders: safefs.Folders | None = None) -> None:
+def rename_path_noreplace(tmp: str, final: str, folders: safefs.Folders | None = None) -> None:
     """Rename ``tmp`` to ``final``, failing with FileExistsError if ``final`` appeared since it
     was checked (never overwrites what someone else put there); both folders opened without
     following a symlink."""
@@ -775,7 +775,7 @@ def _commit(renames: list[tuple[str, str]], fsync: bool,
             errors[i] = _rename_one(tmp, final, folders)
     for (tmp_dir, final_dir), members in groups.items():
         try:
-            _rename_noreplace(tmp_dir, final_dir, folders)
+            rename_path_noreplace(tmp_dir, final_dir, folders)
             folders.forget(tmp_dir)
         except FileExistsError:
             for i in members:
@@ -807,7 +807,7 @@ def _in_temp_folder(tmp: str, final: str) -> bool:
 
 def _rename_one(tmp: str, final: str, folders: safefs.Folders) -> OSError | None:
     try:
-        _rename_noreplace(tmp, final, folders)
+        rename_path_noreplace(tmp, final, folders)
     except OSError as exc:
         with contextlib.suppress(OSError):
             remove_path(tmp, folders)

@@ -1,11 +1,11 @@
 """Planning a staging job: the names to stage resolved to the instances they are staged from
-(``_resolve``: online stores first, then cold stores through ``recall``), the destination
+(``resolve_names``: online stores first, then cold stores through ``recall``), the destination
 checked (``targets.plan_target``) and its free space compared with what the method writes
 (``plan_stage``, ``StagePlan``); ``hardlink`` and ``symlink`` only from store files the
 staging account cannot write (``check_links``); ``dry_run_stage`` reports the plan, what the
 job would find at the destination (``preview``) and an unfinished job already staging there
 (``busy_job``). Reads only, writes nothing: ``engine.create_stage_job`` writes the job from a
-plan. ``_names`` and ``_resolve`` also serve the transfer kind."""
+plan. ``unique_names`` and ``resolve_names`` also serve the transfer kind."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class StagePlan:
         }
 
 
-def _names(names_or_rows: Iterable[str | Mapping[str, Any]]) -> list[str]:
+def unique_names(names_or_rows: Iterable[str | Mapping[str, Any]]) -> list[str]:
     names: list[str] = []
     seen: set[str] = set()
     for entry in names_or_rows:
@@ -157,7 +157,7 @@ def plan_stage(
     if method not in METHODS:
         raise InvalidRequest(f"unknown staging method {method!r}; use one of {', '.join(METHODS)}")
     target = targets.plan_target(destination, method, allowed_roots, base, contents)
-    items, missing, total = _resolve(db, _names(names_or_rows))
+    items, missing, total = resolve_names(db, unique_names(names_or_rows))
     recall.check_method(method, items)
     if method in LINKING:
         check_links(method, items)
@@ -166,7 +166,7 @@ def plan_stage(
     return StagePlan(target, method, items, missing, total, needed, free)
 
 
-def _resolve(db: Database, names: Sequence[str], kind: str = "online",
+def resolve_names(db: Database, names: Sequence[str], kind: str = "online",
              ) -> tuple[list[dict[str, Any]], list[str], int]:
     """The instance each name is staged from (the first available one on an online store, by
     store name): ``(items, missing names, total bytes)``. Names with none, but one on a cold
@@ -199,7 +199,7 @@ def _resolve(db: Database, names: Sequence[str], kind: str = "online",
                       "source_path": os.path.join(store_path, inst_path)})
         total += size
     if missing and kind == "online":
-        cold, missing, cold_bytes = recall.resolve_cold(db, missing, _resolve)
+        cold, missing, cold_bytes = recall.resolve_cold(db, missing, resolve_names)
         items += cold
         total += cold_bytes
     return items, missing, total

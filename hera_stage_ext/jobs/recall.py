@@ -2,7 +2,7 @@
 to the store's buffer (an online store), in volume order and under the buffer's byte cap, used
 by the job like any online file, then reaped from the buffer.
 
-At creation (``resolve_cold``, called by ``plan._resolve`` for names with no online
+At creation (``resolve_cold``, called by ``plan.resolve_names`` for names with no online
 instance) such a file becomes an item of the job like any other, in the state ``waiting``, with
 its cold instance as source: no stream claims it (streams claim ``queued`` items). While the
 job runs, one recaller thread per job (``with_recall`` wraps each of the kind's streams; the
@@ -54,15 +54,15 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import InvalidRequest, StagingError
 from ..paths import is_within
-from .items import _record
+from .items import record_results
 from .joblog import JobLog
 from .kinds import JobKind
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
 from .models import ACTIVE_STATES, HELD_RECALL_STATES, Job, JobItem, RecallCopy
 
 if TYPE_CHECKING:
-    from .items import _Claimed
-    from .run import _JobRun
+    from .items import ClaimedItem
+    from .run import JobRun
 
 #: The state of an item whose file is still on a cold store (no stream claims it).
 WAITING = "waiting"
@@ -81,7 +81,7 @@ def resolve_cold(
 ) -> tuple[list[dict[str, Any]], list[str], int]:
     """Items (``waiting``) for the ``names`` that have an available instance on a cold store
     with a buffer; ``(items, names still missing, their bytes)``. ``resolve`` is
-    ``plan._resolve`` (one way to turn names into items)."""
+    ``plan.resolve_names`` (one way to turn names into items)."""
     items, missing, _ = resolve(db, names, kind="cold")
     settings = cold_stores(db)
     kept, total = [], 0
@@ -100,7 +100,7 @@ def rewind_reaped(
 ) -> int:
     """Before a retry: the job's items to run again that read a recalled copy reaped since (a
     cancel reaps them) wait again, with their cold instance as source, so the retry recalls
-    them again; returns how many. ``resolve`` is ``plan._resolve``."""
+    them again; returns how many. ``resolve`` is ``plan.resolve_names``."""
     stores = _Stores.load(db)
     if not stores.buffers:
         return 0
@@ -172,11 +172,11 @@ class _Stores:
 
 
 # ----- running: the streams' side -----------------------------------------------------------
-_recalls: weakref.WeakKeyDictionary[_JobRun, _Recall | None] = weakref.WeakKeyDictionary()
+_recalls: weakref.WeakKeyDictionary[JobRun, _Recall | None] = weakref.WeakKeyDictionary()
 _recalls_lock = threading.Lock()
 
 
-def with_recall(run: _JobRun, stream: Callable[[], None]) -> None:
+def with_recall(run: JobRun, stream: Callable[[], None]) -> None:
     """Run one of the job's streams (``stream`` returns when nothing is queued) so that it also
     takes the items recalled meanwhile, until the recall is through."""
     with _recalls_lock:
@@ -203,7 +203,7 @@ def with_recall(run: _JobRun, stream: Callable[[], None]) -> None:
         raise recall.error
 
 
-def await_recall(run: _JobRun, stream: Callable[[], None], poll: float = 0.5) -> None:
+def await_recall(run: JobRun, stream: Callable[[], None], poll: float = 0.5) -> None:
     """Run one of a recorded job's streams (site mode) so that it also takes the items the
     site's recall job puts in the queue, until none of the job's items waits any more. The
     count is read before each pass: what was recalled by then is in the queue the pass
@@ -223,7 +223,7 @@ def await_recall(run: _JobRun, stream: Callable[[], None], poll: float = 0.5) ->
 class _Recall:
     """The recaller of one job's run (one thread) and what its streams wait on."""
 
-    def __init__(self, run: _JobRun, stores: _Stores, for_job: int | None = None,
+    def __init__(self, run: JobRun, stores: _Stores, for_job: int | None = None,
                  log: JobLog | None = None) -> None:
         assert run.db is not None
         self.run, self.db = run, run.db
@@ -255,7 +255,7 @@ class _Recall:
         self.thread = threading.Thread(target=self._run, name=f"job{run.job.id}-recall")
 
     @classmethod
-    def start(cls, run: _JobRun, for_job: int | None = None,
+    def start(cls, run: JobRun, for_job: int | None = None,
               log: JobLog | None = None) -> _Recall | None:
         """The recaller of ``run``'s job (or, for a site's recall job, of ``for_job``),
         started; None when none of that job's files is on a cold store."""
@@ -331,10 +331,10 @@ class _Recall:
             s.execute(delete(RecallCopy).where(RecallCopy.job_id == self.job_id,
                                                RecallCopy.state == "recalling"))
 
-    def _waiting(self) -> list[tuple[str, str, str, _Claimed]]:
+    def _waiting(self) -> list[tuple[str, str, str, ClaimedItem]]:
         """The job's waiting items as (store, volume, relative path, item), in recall order:
         by store, volume, position on the volume, path."""
-        from .items import _Claimed
+        from .items import ClaimedItem
 
         with self.db.read() as s:
             rows = s.execute(select(
@@ -343,7 +343,7 @@ class _Recall:
             ).where(JobItem.job_id == self.items_job, JobItem.state == WAITING)).all()
         placed = []
         for row in rows:
-            item = _Claimed(*row[:8], row[8])
+            item = ClaimedItem(*row[:8], row[8])
             root = self.roots.get(item.store, "")
             rel = os.path.relpath(item.source_path, root) if root else item.dest_path
             settings = self.stores.get(item.store)
@@ -352,7 +352,7 @@ class _Recall:
         placed.sort(key=lambda p: p[0])
         return [(store, volume, rel, item) for (store, volume, _pos, rel), item in placed]
 
-    def _recall(self, store: str, volume: str, rel: str, item: _Claimed) -> None:
+    def _recall(self, store: str, volume: str, rel: str, item: ClaimedItem) -> None:
         run = self.run
         settings = self.stores.get(store)
         try:
@@ -387,7 +387,7 @@ class _Recall:
                  f"bytes)")
         self._announce(1)
 
-    def _reserve(self, item: _Claimed, store: str, volume: str, buffer: str, rel: str,
+    def _reserve(self, item: ClaimedItem, store: str, volume: str, buffer: str, rel: str,
                  settings: ColdSettings) -> tuple[int, int] | None:
         """Reserve the item's bytes in the buffer, waiting (and reaping) while it is full;
         returns the reservation's id and the bytes the buffer holds with it. None when
@@ -449,7 +449,7 @@ class _Recall:
         with self.db.write() as s:
             s.execute(delete(RecallCopy).where(RecallCopy.id == reservation))
 
-    def _failed(self, item: _Claimed, message: str, reservation: int | None = None) -> None:
+    def _failed(self, item: ClaimedItem, message: str, reservation: int | None = None) -> None:
         message = f"recall failed: {message}"
         if reservation is not None:  # kept as history; it holds no bytes any more
             with self.db.write() as s:
@@ -457,18 +457,18 @@ class _Recall:
                     state="failed", error=message))
         if self.remote:  # the stage job's item, recorded here (its worker is elsewhere)
             self.log(f"FAILED {item.dest_path}: {message}")
-            _record(self.db, self.items_job, [(item, "failed", message)])
+            record_results(self.db, self.items_job, [(item, "failed", message)])
         else:
             self.run.log.note(f"FAILED {item.dest_path}: {message}")
             # Through the engine like a staged item: counted, logged, listed in the errors.
             self.run._add(item, "failed", message, None)
         self._announce(0)
 
-    def _queue(self, s: Any, item: _Claimed, buffer: str, rel: str) -> None:
+    def _queue(self, s: Any, item: ClaimedItem, buffer: str, rel: str) -> None:
         s.execute(update(JobItem).where(JobItem.id == item.id, JobItem.state == WAITING).values(
             state="queued", store=buffer, source_path=os.path.join(self.roots[buffer], rel)))
 
-    def _register(self, item: _Claimed, buffer: str, rel: str, reservation: int, store: str,
+    def _register(self, item: ClaimedItem, buffer: str, rel: str, reservation: int, store: str,
                   volume: str) -> None:
         """In one transaction: the buffer instance, the recall recorded, the item queued."""
         with self.db.write() as s:
@@ -512,10 +512,10 @@ class RecallKind(JobKind):
 
     name = "recall"
 
-    def streams(self, run: _JobRun) -> int:
+    def streams(self, run: JobRun) -> int:
         return 1
 
-    def stream(self, run: _JobRun) -> None:
+    def stream(self, run: JobRun) -> None:
         if run.db is None:
             raise StagingError("a recall job runs in the site's own worker, over the catalogue")
         stage_id = int(run.job.options.get("stage_job", 0))

@@ -37,7 +37,7 @@ from .engine import create_job
 from .joblog import JobLog, default_log_dir
 from .methods import METHODS
 from .models import ACTIVE_STATES, Job, JobItem
-from .plan import COPYING, _names, _resolve, busy_job
+from .plan import COPYING, unique_names, resolve_names, busy_job
 
 #: Where the site's recall job of stage job N says it works (``Job.destination``).
 RECALL_FOR = "job:{}"
@@ -66,7 +66,7 @@ def _plan(db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destin
         raise InvalidRequest(f"unknown staging method {method!r}; use one of "
                              f"{', '.join(METHODS)}")
     dest = check_destination(destination, method)
-    items, missing, total = _resolve(db, _names(names_or_rows))
+    items, missing, total = resolve_names(db, unique_names(names_or_rows))
     recall.check_method(method, items)
     return dest, items, missing, total
 

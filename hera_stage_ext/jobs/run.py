@@ -1,7 +1,7 @@
-"""Running a claimed job: one worker's run of it (``_JobRun``), ``run_job`` and ``run_pending``
+"""Running a claimed job: one worker's run of it (``JobRun``), ``run_job`` and ``run_pending``
 (claim and run in this process), and how a worker runs jobs (``EngineConfig``).
 
-A run takes the job's items in batches (``items._claim_items``) and moves them with a bounded
+A run takes the job's items in batches (``items.claim_items``) and moves them with a bounded
 number of streams; small plain files go to the worker's copy helper processes in hand-overs
 (``copy_pool``). Streams write and verify each item under its temporary name; about once a
 second (or sooner when much is waiting) one of them commits what all have written: one sync of
@@ -29,7 +29,7 @@ from ..errors import StagingError
 from . import kinds, targets
 from .copy_pool import CopyPool, HandOver, HelperDied, Ticket, hand_overs
 from .engine import new_worker_id
-from .items import _Claimed
+from .items import ClaimedItem
 from .methods import (
     Cancelled,
     ItemFailed,
@@ -80,16 +80,16 @@ class EngineConfig:
 
 @dataclass
 class _HandedOver:
-    """Items submitted to a copy helper (``_JobRun._hand_over``), their results to collect."""
+    """Items submitted to a copy helper (``JobRun._hand_over``), their results to collect."""
 
-    items: list[_Claimed]
+    items: list[ClaimedItem]
     specs: list[ItemSpec]
     generation: int  # the run's ``store_generation`` when they were sent
     ticket: Ticket | None = None
     died: HelperDied | None = None  # the helper was gone before it took them
 
 
-class _JobRun:
+class JobRun:
     """One worker's run of one claimed job: streams, heartbeat, finalisation."""
 
     def __init__(self, store: JobStore, job: Job, worker_id: str, config: EngineConfig,
@@ -126,10 +126,10 @@ class _JobRun:
         self.inside: dict[str, bool] = {}
         # Items through (written and verified, or skipped, or failed) and not yet committed:
         # (item, state, error, outcome); the outcome carries the rename still to do.
-        self._pending: list[tuple[_Claimed, str, str, Outcome | None]] = []
+        self._pending: list[tuple[ClaimedItem, str, str, Outcome | None]] = []
         # Items a copy helper made final already (copied, verified, logged, renamed, synced):
         # only their results are still to record.
-        self._final: list[_Claimed] = []
+        self._final: list[ClaimedItem] = []
         self._pending_bytes = 0
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -160,7 +160,7 @@ class _JobRun:
                 self.log(f"store {store!r} became unavailable: its files still to stage "
                          f"fail")
 
-    def _explain(self, item: _Claimed, exc: OSError) -> str:
+    def _explain(self, item: ClaimedItem, exc: OSError) -> str:
         """What an OSError means for the user: which side failed and why."""
         source = item.source_path
         on_source = isinstance(exc.filename, str) and (
@@ -200,7 +200,7 @@ class _JobRun:
             except Exception as exc:  # a database (or service) hiccup: try again next beat
                 self.log(f"heartbeat failed: {exc}")
 
-    def _spec(self, item: _Claimed) -> ItemSpec:
+    def _spec(self, item: ClaimedItem) -> ItemSpec:
         return ItemSpec(item.source_path, os.path.join(self.dest_str, item.dest_path),
                         item.size, item.is_directory, item.checksums, self.job.method,
                         self.read_only, self.store_roots.get(item.store))
@@ -246,7 +246,7 @@ class _JobRun:
                 # whichever stream commits next (or at the end of the run).
                 self.store.requeue(self.job.id, [c.id for c in batch if c.id not in started])
 
-    def _next_batch(self, first: bool) -> list[_Claimed]:
+    def _next_batch(self, first: bool) -> list[ClaimedItem]:
         """This stream's next items. The results waiting to be recorded go with the claim, in
         one transaction (one round trip over HTTP), unless another stream is committing: then
         the claim goes alone and that stream records them. A stream's first claim is a small
@@ -259,14 +259,14 @@ class _JobRun:
             claimed = self.store.claim_items(self.job.id, self.worker_id, n, max_bytes)
         return claimed
 
-    def _pooled(self, item: _Claimed) -> bool:
+    def _pooled(self, item: ClaimedItem) -> bool:
         """Small plain files go to the helper processes (when the worker has them): their
         cost is Python per file, not bytes; large files and data sets stay in the stream,
         where a cancel is seen between chunks."""
         return (self.pool is not None and self.target.poolable and not item.is_directory
                 and item.size <= self.config.pool_max_bytes)
 
-    def _move_pooled(self, parts: list[list[_Claimed]], started: set[int],
+    def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int],
                      mover: Mover) -> None:
         """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
         and makes final its files: ``copy_pool``); here only their results are queued for the
@@ -281,7 +281,7 @@ class _JobRun:
             if self._commit_due():
                 self._commit(wait=False)
 
-    def _hand_over(self, items: list[_Claimed], started: set[int]) -> _HandedOver | None:
+    def _hand_over(self, items: list[ClaimedItem], started: set[int]) -> _HandedOver | None:
         """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
         assert self.pool is not None
         specs, ready = [], []
@@ -339,7 +339,7 @@ class _JobRun:
             return
         finally:
             self.inflight.drop(key)
-        final: list[_Claimed] = []
+        final: list[ClaimedItem] = []
         for item, result in zip(ready, moved):
             started.add(item.id)
             if result is None:
@@ -357,7 +357,7 @@ class _JobRun:
                 self._pending_bytes += nbytes
             self.inflight.through(nbytes)
 
-    def _precheck(self, item: _Claimed, spec: ItemSpec) -> None:
+    def _precheck(self, item: ClaimedItem, spec: ItemSpec) -> None:
         if self.refused is not None:
             raise ItemFailed(self.refused)
         folder = os.path.dirname(item.dest_path)
@@ -370,7 +370,7 @@ class _JobRun:
             raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
                              f"catalogue); retry the job when it is back")
 
-    def _one(self, mover: Mover, item: _Claimed, spec: ItemSpec) -> None:
+    def _one(self, mover: Mover, item: ClaimedItem, spec: ItemSpec) -> None:
         started = time.monotonic()
         try:
             self._precheck(item, spec)
@@ -385,7 +385,7 @@ class _JobRun:
             self.inflight.drop(threading.get_ident())
         return self._settle(item, outcome, None, started)
 
-    def _settle(self, item: _Claimed, outcome: Outcome | None, error: BaseException | None,
+    def _settle(self, item: ClaimedItem, outcome: Outcome | None, error: BaseException | None,
                 started: float | None) -> None:
         """Log an item's result and queue it for the next commit. ``started`` (when the item
         was moved alone) gives its rate in the log."""
@@ -415,7 +415,7 @@ class _JobRun:
         return self._add(item, state, "", outcome)
 
     # ----- commits: renames and results of a batch at once --------------------------------
-    def _add(self, item: _Claimed, state: str, error: str, outcome: Outcome | None) -> None:
+    def _add(self, item: ClaimedItem, state: str, error: str, outcome: Outcome | None) -> None:
         with self._pending_lock:
             self._pending.append((item, state, error, outcome))
             self._pending_bytes += item.size
@@ -428,7 +428,7 @@ class _JobRun:
                 or time.monotonic() - self._last_commit >= self.config.flush_seconds)
 
     def _commit(self, wait: bool, claim: tuple[int, int] | None = None
-                ) -> list[_Claimed] | None:
+                ) -> list[ClaimedItem] | None:
         """Make every item through so far final (``methods.commit``: sync, renames, sync),
         then record the results in one transaction. With ``wait`` False, returns None at once
         when another stream is committing (it goes on copying meanwhile).
@@ -471,7 +471,7 @@ class _JobRun:
             self._commit_lock.release()
 
     def _take_pending(self, renames: bool
-                      ) -> tuple[list[tuple[_Claimed, str, str, Outcome | None]], list[_Claimed]]:
+                      ) -> tuple[list[tuple[ClaimedItem, str, str, Outcome | None]], list[ClaimedItem]]:
         """What waits to be committed: (items moved here, items a copy helper made final).
         Without ``renames``, items still under a temporary name stay for a later commit."""
         with self._pending_lock:
@@ -485,13 +485,13 @@ class _JobRun:
             self._pending_bytes = sum(p[0].size for p in self._pending)
         return batch, final
 
-    def _record(self, results: list[tuple[_Claimed, str, str]], through: int,
-                claim: tuple[int, int] | None) -> list[_Claimed]:
+    def _record(self, results: list[tuple[ClaimedItem, str, str]], through: int,
+                claim: tuple[int, int] | None) -> list[ClaimedItem]:
         """Record ``results`` (and claim, with ``claim``) in one transaction."""
         with self._beat_lock:
             if claim is None:
                 self.store.record(self.job.id, results)
-                claimed: list[_Claimed] = []
+                claimed: list[ClaimedItem] = []
             else:
                 claimed = self.store.exchange(self.job.id, self.worker_id, results, *claim)
             self.inflight.committed(through)
@@ -578,7 +578,7 @@ def run_job(db: Database | JobStore, job_id: int, worker_id: str,
     """Run a job this worker has claimed until it is finished, cancelled or released."""
     store = as_store(db)
     job = store.load_job(job_id)
-    return _JobRun(store, job, worker_id, config or EngineConfig(), stop or threading.Event(),
+    return JobRun(store, job, worker_id, config or EngineConfig(), stop or threading.Event(),
                    pool).run(resumed)
 
 

@@ -2,7 +2,7 @@
 
 A worker claims a job, claims its items in batches, records their results in batches (both
 in one call per hand-over: ``exchange``), renews its lease (and learns of a cancel), finishes,
-fails or releases the job, and writes the job's log. ``JobStore`` names exactly those operations; the run engine (``run._JobRun``) and the
+fails or releases the job, and writes the job's log. ``JobStore`` names exactly those operations; the run engine (``run.JobRun``) and the
 worker loop (``worker.Worker``) call nothing else. Two implementations, one engine:
 
 - ``DbJobStore`` (here): the catalogue database itself, for single-user servers, the site
@@ -29,7 +29,7 @@ from sqlalchemy import func, select, update
 from ..catalogue.db import Database
 from ..catalogue.models import Store
 from . import engine, items
-from .items import _Claimed
+from .items import ClaimedItem
 from .joblog import JobLog
 from .models import ACTIVE_STATES, Job, JobItem
 from .recall import WAITING
@@ -57,11 +57,11 @@ class JobStore(Protocol):
     def is_active(self, job_id: int) -> bool: ...
     def store_roots(self, job_id: int) -> dict[str, str]: ...
     def claim_items(self, job_id: int, worker_id: str, n: int,
-                    max_bytes: int | None = None) -> list[_Claimed]: ...
+                    max_bytes: int | None = None) -> list[ClaimedItem]: ...
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None: ...
-    def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None: ...
-    def exchange(self, job_id: int, worker_id: str, results: list[tuple[_Claimed, str, str]],
-                 n: int, max_bytes: int | None = None) -> list[_Claimed]: ...
+    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None: ...
+    def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
+                 n: int, max_bytes: int | None = None) -> list[ClaimedItem]: ...
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
@@ -115,17 +115,17 @@ class DbJobStore:
                 Store.name.in_(sorted(names)))).all())
 
     def claim_items(self, job_id: int, worker_id: str, n: int,
-                    max_bytes: int | None = None) -> list[_Claimed]:
-        return items._claim_items(self.db, job_id, worker_id, n, max_bytes)
+                    max_bytes: int | None = None) -> list[ClaimedItem]:
+        return items.claim_items(self.db, job_id, worker_id, n, max_bytes)
 
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
-        items._requeue(self.db, item_ids)
+        items.requeue_items(self.db, item_ids)
 
-    def record(self, job_id: int, results: list[tuple[_Claimed, str, str]]) -> None:
-        items._record(self.db, job_id, results)
+    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
+        items.record_results(self.db, job_id, results)
 
-    def exchange(self, job_id: int, worker_id: str, results: list[tuple[_Claimed, str, str]],
-                 n: int, max_bytes: int | None = None) -> list[_Claimed]:
+    def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
+                 n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
         """``record`` and ``claim_items`` at once, in one transaction (a stream's hand-over)."""
         return items._exchange(self.db, job_id, worker_id, results, n, max_bytes)
 
@@ -153,7 +153,7 @@ class DbJobStore:
         return Beat("ok", unavailable)
 
     def unfinished_paths(self, job_id: int) -> list[str]:
-        return items._unfinished_paths(self.db, job_id)
+        return items.unfinished_paths(self.db, job_id)
 
     def waiting(self, job_id: int) -> int:
         """How many of the job's items wait for their recall from a cold store."""

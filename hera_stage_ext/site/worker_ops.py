@@ -19,7 +19,7 @@ from sqlalchemy import select
 from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..jobs import engine, items, lifecycle, recall
-from ..jobs.items import _Claimed
+from ..jobs.items import ClaimedItem
 from ..jobs.joblog import JobLog
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
 from ..jobs.store import DbJobStore
@@ -215,7 +215,7 @@ class WorkerOps:
         claimed = self.store.exchange(job.id, job.worker_id or "", rows, n, max_bytes)
         return {"recorded": len(rows), "items": _items_json(claimed)}
 
-    def _results(self, job_id: int, results: Any) -> list[tuple[_Claimed, str, str]]:
+    def _results(self, job_id: int, results: Any) -> list[tuple[ClaimedItem, str, str]]:
         """A report's results, checked: only running items of the job, with the sizes the
         database holds (a result sent twice counts once)."""
         if not isinstance(results, list) or len(results) > MAX_BATCH:
@@ -231,10 +231,10 @@ class WorkerOps:
         if not checked:
             return []
         sizes = self._running(job_id, [item_id for item_id, _, _ in checked])
-        return [(_Claimed(item_id, "", "", "", sizes[item_id], False, {}, 0), state, error)
+        return [(ClaimedItem(item_id, "", "", "", sizes[item_id], False, {}, 0), state, error)
                 for item_id, state, error in checked if item_id in sizes]
 
 
-def _items_json(claimed: list[_Claimed]) -> list[list[Any]]:
+def _items_json(claimed: list[ClaimedItem]) -> list[list[Any]]:
     return [[c.id, c.name, c.source_path, c.dest_path, c.size, c.is_directory, c.checksums,
              c.attempts, c.store] for c in claimed]

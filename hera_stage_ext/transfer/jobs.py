@@ -33,11 +33,11 @@ from sqlalchemy import func, select
 from ..catalogue.db import Database
 from ..errors import NotFound, StagingError, Unavailable
 from ..jobs.engine import create_job
-from ..jobs.items import _claim_items, _Claimed, _requeue
+from ..jobs.items import claim_items, ClaimedItem, requeue_items
 from ..jobs.kinds import JobKind
 from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
-from ..jobs.plan import _names, _resolve
+from ..jobs.plan import unique_names, resolve_names
 from ..jobs.recall import with_recall
 from .peers import Peer, PeerRegistry, registry_from_env
 from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, PeerClient
@@ -45,7 +45,7 @@ from .rclone import RclonePeer, client_for
 from .sender import offers_for, record_remote
 
 if TYPE_CHECKING:
-    from ..jobs.run import _JobRun
+    from ..jobs.run import JobRun
 
 T = TypeVar("T")
 DESTINATION_PREFIX = "peer:"
@@ -83,7 +83,7 @@ def create_transfer_job(
     PeerRejected when the peer answers our ping with a refusal (a wrong secret). A peer that
     cannot be reached now is no reason to refuse: the job waits for it."""
     peer = registry.peer(peer_name)
-    items, missing, total = _resolve(db, _names(names_or_rows))
+    items, missing, total = resolve_names(db, unique_names(names_or_rows))
     if not items:
         raise NotFound(f"none of the {len(missing)} file(s) has an available instance on an "
                        f"online store", missing=missing)
@@ -110,7 +110,7 @@ class TransferKind(JobKind):
     def __init__(self) -> None:
         self._env_registry: PeerRegistry | None = None
 
-    def registry(self, run: _JobRun) -> PeerRegistry:
+    def registry(self, run: JobRun) -> PeerRegistry:
         """The peers: the worker's configuration if it was given one (in-process runs), else
         what the server passed in the environment."""
         if run.config.peers is not None:
@@ -119,7 +119,7 @@ class TransferKind(JobKind):
             self._env_registry = registry_from_env()
         return self._env_registry
 
-    def stream(self, run: _JobRun) -> None:
+    def stream(self, run: JobRun) -> None:
         peer_name = run.job.options["peer"]
         registry = self.registry(run)
         try:
@@ -128,10 +128,10 @@ class TransferKind(JobKind):
             return _fail_all(run, f"{exc.message}; this worker has no configuration for it "
                              "(was it started by the server?)")
         if isinstance(peer, RclonePeer):  # sites without hera_stage_ext: rclone_send.py
-            from .rclone_send import RcloneSender  # imported here: it builds on _Sender
-            sender: _Sender = RcloneSender(run, registry, peer)
+            from .rclone_send import RcloneSender  # imported here: it builds on PeerSender
+            sender: PeerSender = RcloneSender(run, registry, peer)
         else:
-            sender = _Sender(run, registry, peer)
+            sender = PeerSender(run, registry, peer)
         try:
             with_recall(run, sender.loop)
         finally:
@@ -141,29 +141,29 @@ class TransferKind(JobKind):
 TRANSFER = TransferKind()
 
 
-def _fail_all(run: _JobRun, message: str) -> None:
-    while batch := _claim_items(run.db, run.job.id, run.worker_id, run.config.claim_batch):
+def _fail_all(run: JobRun, message: str) -> None:
+    while batch := claim_items(run.db, run.job.id, run.worker_id, run.config.claim_batch):
         for item in batch:
             run.log.note(f"FAILED {item.name}: {message}")
             run._add(item, "failed", message, None)
         run._commit(wait=True)
 
 
-#: Held while a stream counts a peer's items in flight and claims (see ``_Sender.claim``).
+#: Held while a stream counts a peer's items in flight and claims (see ``PeerSender.claim``).
 _claim_lock = threading.Lock()
 #: Notices already logged, per run (shared by its streams; gone with the run).
-_notices: weakref.WeakKeyDictionary[_JobRun, set[str]] = weakref.WeakKeyDictionary()
+_notices: weakref.WeakKeyDictionary[JobRun, set[str]] = weakref.WeakKeyDictionary()
 
 
-class _Sender:
+class PeerSender:
     """One stream of a transfer job: batches announced, followed and reported."""
 
-    def __init__(self, run: _JobRun, registry: PeerRegistry, peer: Peer) -> None:
+    def __init__(self, run: JobRun, registry: PeerRegistry, peer: Peer) -> None:
         self.run, self.registry, self.peer = run, registry, peer
         self.client = self.connect()
         self.reported: set[int] = set()
         #: Accepted by the peer and not through yet: name -> item, and (transfer, when).
-        self.waiting: dict[str, _Claimed] = {}
+        self.waiting: dict[str, ClaimedItem] = {}
         self.announced: dict[str, tuple[str, float]] = {}
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
@@ -208,7 +208,7 @@ class _Sender:
         """Bytes one claim takes at most (but always one item); None: no limit."""
         return None
 
-    def claim(self, wait: bool = True) -> list[_Claimed]:
+    def claim(self, wait: bool = True) -> list[ClaimedItem]:
         """The next batch, no more than the peer's ``max_in_flight`` allows; without room,
         waits for it (``wait``) or returns nothing at once (a stream with files in flight
         follows them meanwhile).
@@ -227,7 +227,7 @@ class _Sender:
                             Job.state == "running", JobItem.state == "running")) or 0
                     n = min(n, self.peer.max_in_flight - in_flight)
                 if n > 0:
-                    return _claim_items(run.db, run.job.id, run.worker_id, n,
+                    return claim_items(run.db, run.job.id, run.worker_id, n,
                                         self.batch_bytes())
             # Items through but not recorded yet still count as running: record them.
             run._commit(wait=False)
@@ -260,7 +260,7 @@ class _Sender:
         return PeerClient(self.peer, self.registry.site_name)
 
     # ----- results ------------------------------------------------------------------------
-    def report(self, item: _Claimed, state: str, error: str = "", note: str = "") -> None:
+    def report(self, item: ClaimedItem, state: str, error: str = "", note: str = "") -> None:
         run = self.run
         if state == "failed":
             run.log.note(f"FAILED {item.name}: {error}")
@@ -281,7 +281,7 @@ class _Sender:
         still pulls the last one (at most about two claims in flight per stream), so the
         peer always has work queued."""
         run = self.run
-        claimed: list[_Claimed] = []
+        claimed: list[ClaimedItem] = []
         try:
             while not (run.abort.is_set() or run.stop.is_set()):
                 if len(self.waiting) < self.room() and (
@@ -299,11 +299,11 @@ class _Sender:
         finally:
             # Claimed and not through (cancel, stop): back to the queue, announced again
             # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
-            _requeue(run.db, [c.id for c in claimed if c.id not in self.reported])
+            requeue_items(run.db, [c.id for c in claimed if c.id not in self.reported])
             for name in self.waiting:
                 run.inflight.drop(("peer", name))
 
-    def send(self, batch: list[_Claimed]) -> None:
+    def send(self, batch: list[ClaimedItem]) -> None:
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
         known = offers_for(self.run.db, {item.name: item.dest_path for item in batch})
         offers, items = [], {}

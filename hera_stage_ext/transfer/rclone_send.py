@@ -49,7 +49,7 @@ A stream whose batch holds items an earlier run had claimed (its worker died or 
 first removes the hidden folders earlier runs of this job left at the remote, once per run. A
 cancel kills the running rclone within half a second and gives the hidden folder
 ``DISCARD_SECONDS`` to go (if it cannot, a later run of the job, if there is one, removes it;
-otherwise it stays, and the job's log names it). The shared parts come from ``jobs._Sender``:
+otherwise it stays, and the job's log names it). The shared parts come from ``jobs.PeerSender``:
 allowed hours, ``max_in_flight``, reporting, and the exponential backoff while the remote cannot
 be reached: the batch then starts over at step 1 (its hidden folder emptied first; a file it
 renamed before counts as sent by it; a data set whose members it had renamed only in part is
@@ -73,14 +73,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..catalogue import checksums as ck
 from ..errors import StagingError
-from ..jobs.items import _Claimed
+from ..jobs.items import ClaimedItem
 from ..jobs.methods import Cancelled
-from .jobs import _Sender
+from .jobs import PeerSender
 from .rclone import RcloneClient, RclonePeer, glob_escape, join
 from .sender import record_remote
 
 if TYPE_CHECKING:
-    from ..jobs.run import _JobRun
+    from ..jobs.run import JobRun
 
 T = TypeVar("T")
 PARTIAL_PREFIX = ".hera-partial-"
@@ -92,7 +92,7 @@ DISCARD_SECONDS = 5.0
 COMMITTED, HAVE = "committed", "have"
 
 #: Runs that have removed the hidden folders their job's earlier runs left (once per run).
-_swept: weakref.WeakSet[_JobRun] = weakref.WeakSet()
+_swept: weakref.WeakSet[JobRun] = weakref.WeakSet()
 _swept_lock = threading.Lock()
 
 
@@ -100,13 +100,13 @@ _swept_lock = threading.Lock()
 class _Batch:
     """Items sent together, and what one attempt leaves the next (after the remote was away)."""
 
-    items: list[_Claimed]
+    items: list[ClaimedItem]
     folder: str  # the hidden folder's name, at the top of the remote
     there: set[int] | None = None  # the items the first look found at the remote
     copied: bool = False  # the hidden folder may hold something
 
 
-class RcloneSender(_Sender):
+class RcloneSender(PeerSender):
     peer: RclonePeer
     client: RcloneClient  # type: ignore[assignment]
 
@@ -122,7 +122,7 @@ class RcloneSender(_Sender):
         return self.run.config.claim_bytes
 
     # ----- a batch ------------------------------------------------------------------------
-    def send(self, batch: list[_Claimed]) -> None:
+    def send(self, batch: list[ClaimedItem]) -> None:
         run = self.run
         self.sweep(batch)
         sending = _Batch(batch, f"{job_folders(self.registry.site_name, run.job.id)}"
@@ -188,7 +188,7 @@ class RcloneSender(_Sender):
                 outcome[item_id] = HAVE if item_id in batch.there else COMMITTED
         return outcome
 
-    def examine(self, client: RcloneClient, items: list[_Claimed]
+    def examine(self, client: RcloneClient, items: list[ClaimedItem]
                 ) -> tuple[set[int], dict[int, str]]:
         """The items something is at the remote under the name of, and those of them where
         it is not the catalogue's content, with what differs."""
@@ -202,8 +202,8 @@ class RcloneSender(_Sender):
                                for path in files]))
         return {item.id for item, _ in there}, differs
 
-    def copy(self, client: RcloneClient, hidden: str, todo: list[_Claimed],
-             outcome: dict[int, str]) -> list[tuple[_Claimed, list[str]]]:
+    def copy(self, client: RcloneClient, hidden: str, todo: list[ClaimedItem],
+             outcome: dict[int, str]) -> list[tuple[ClaimedItem, list[str]]]:
         """Steps 2 and 3: ``todo`` copied into the hidden folder and verified; the items
         verified, with their files. The others' failures go to ``outcome``."""
         sources: dict[str, list[str]] = {}  # local folder -> files to copy, relative to it
@@ -235,7 +235,7 @@ class RcloneSender(_Sender):
         return [(item, files) for item, files in arrived if item.id not in differs]
 
     def rename(self, client: RcloneClient, hidden: str,
-               verified: list[tuple[_Claimed, list[str]]], outcome: dict[int, str]) -> None:
+               verified: list[tuple[ClaimedItem, list[str]]], outcome: dict[int, str]) -> None:
         """Step 4: the verified copies renamed to their names; their outcomes."""
         tops: dict[str, list[str]] = {}  # folder at the top of the remote -> paths in it
         for _item, files in verified:
@@ -277,7 +277,7 @@ class RcloneSender(_Sender):
                                         "not there after the rename")
 
     def compare(self, client: RcloneClient, base: str,
-                found: list[tuple[_Claimed, Collection[str]]], md5s: Mapping[str, str]
+                found: list[tuple[ClaimedItem, Collection[str]]], md5s: Mapping[str, str]
                 ) -> dict[int, str]:
         """What differs between the catalogue and each item's files under ``base`` (the
         paths in ``found``, their MD5s in ``md5s``), for the items where something does."""
@@ -301,7 +301,7 @@ class RcloneSender(_Sender):
         return differs
 
     # ----- hidden folders -----------------------------------------------------------------
-    def sweep(self, batch: list[_Claimed]) -> None:
+    def sweep(self, batch: list[ClaimedItem]) -> None:
         """Remove the hidden folders earlier runs of this job left at the remote, when this
         batch holds items one of them had claimed; once per run."""
         run = self.run
@@ -352,7 +352,7 @@ def job_folders(site: str, job_id: int) -> str:
     return f"{PARTIAL_PREFIX}{hashlib.sha256(site.encode()).hexdigest()[:8]}-{job_id}-"
 
 
-def _look_rules(items: Iterable[_Claimed]) -> list[str]:
+def _look_rules(items: Iterable[ClaimedItem]) -> list[str]:
     """rclone filter rules listing the folders the items go to (their files, one level) and
     their data sets (recursively)."""
     rules = set()
@@ -365,7 +365,7 @@ def _look_rules(items: Iterable[_Claimed]) -> list[str]:
     return [*sorted(rules), "- **"]
 
 
-def _found(item: _Claimed, listing: Mapping[str, T]) -> dict[str, T]:
+def _found(item: ClaimedItem, listing: Mapping[str, T]) -> dict[str, T]:
     """The entries of a listing (by path) under ``item``'s name: the file, or a data set's
     members (and a file with the data set's name)."""
     if not item.is_directory:
@@ -378,7 +378,7 @@ def _found(item: _Claimed, listing: Mapping[str, T]) -> dict[str, T]:
     return found
 
 
-def _sources(item: _Claimed) -> tuple[str, list[str]]:
+def _sources(item: ClaimedItem) -> tuple[str, list[str]]:
     """The local folder ``item`` is in at its ``dest_path`` (its store's root, or its recall
     buffer's), and its files relative to that folder (a data set's members)."""
     if not item.source_path.endswith("/" + item.dest_path):
@@ -395,7 +395,7 @@ def _sources(item: _Claimed) -> tuple[str, list[str]]:
     return root, files
 
 
-def _checksum(item: _Claimed, files: Iterable[str], algorithm: str,
+def _checksum(item: ClaimedItem, files: Iterable[str], algorithm: str,
               member: Callable[[str], str]) -> str:
     """``item``'s checksum from its files' (``member``): a data set's is its directory
     checksum over its members."""

@@ -64,7 +64,7 @@ from ..catalogue.catalogue import Catalogue
 from ..catalogue.inlist import one_of
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
-from ..jobs.methods import TMP_SUFFIX, _rename_noreplace, _write_all, commit, remove_path
+from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, commit, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..writeback import WriteBehind
 from .models import ACTIVE_ITEM_STATES, TransferItem
@@ -648,7 +648,7 @@ class Receiver:
         tree = self._pull_tree(item, work, algorithms)
         os.close(safefs.open_dir(str(dest.parent), create=True)[0])
         try:
-            _rename_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
+            rename_path_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
         finally:
             remove_path(work)
         try:
@@ -981,7 +981,7 @@ def _write_new(folder: int, name: str, data: bytes) -> None:
         os.unlink(name, dir_fd=folder)
         fd = os.open(name, flags | os.O_EXCL, 0o666, dir_fd=folder)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -64,7 +64,7 @@ from ..catalogue.models import File, Instance, Store, utcnow
 from ..catalogue.naming import validate_name
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.engine import create_job
-from ..jobs.items import _claim_items, _Claimed, _requeue, _unfinished_paths
+from ..jobs.items import claim_items, ClaimedItem, requeue_items, unfinished_paths
 from ..jobs.joblog import JobLog
 from ..jobs.kinds import JobKind
 from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
@@ -78,7 +78,7 @@ from .peers import PeerRegistry
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ..jobs.run import _JobRun
+    from ..jobs.run import JobRun
 
 #: Items a stream claims at a time (``--batch``) and the most a request may ask for.
 DEFAULT_BATCH = 16
@@ -312,29 +312,29 @@ class UploadKind(JobKind):
 
     def __init__(self) -> None:
         # The run of each job this process runs (``finish`` is handed only the job).
-        self._runs: dict[int, _JobRun] = {}
+        self._runs: dict[int, JobRun] = {}
         # When each running job's manifest is next rewritten (monotonic; first: at once).
         self._manifest_due: dict[int, float] = {}
 
-    def streams(self, run: _JobRun) -> int:
+    def streams(self, run: JobRun) -> int:
         return run.job.options.get("parallel") or max(1, run.config.streams)
 
-    def begin(self, run: _JobRun, resumed: bool) -> None:
+    def begin(self, run: JobRun, resumed: bool) -> None:
         self._runs[run.job.id] = run
         self._manifest_due.pop(run.job.id, None)
         if resumed:
-            n = LocalTarget(run.dest).remove_temps(_unfinished_paths(run.db, run.job.id))
+            n = LocalTarget(run.dest).remove_temps(unfinished_paths(run.db, run.job.id))
             if n:
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
-    def stream(self, run: _JobRun) -> None:
+    def stream(self, run: JobRun) -> None:
         uploader = _Uploader(run)
         try:
             uploader.loop()
         finally:
             uploader.close()
 
-    def recorded(self, run: _JobRun) -> None:
+    def recorded(self, run: JobRun) -> None:
         now = time.monotonic()
         if now >= self._manifest_due.get(run.job.id, 0.0):
             self._manifest_due[run.job.id] = now + MANIFEST_SECONDS
@@ -361,7 +361,7 @@ class UploadKind(JobKind):
             run.log(f"manifest written: {path}")
 
     @staticmethod
-    def _send(run: _JobRun, job: Job) -> None:
+    def _send(run: JobRun, job: Job) -> None:
         """Launch the transfer job of what is in the local store and not at the peer yet
         (once: a finalisation run again after a crash finds it recorded)."""
         peer = job.options["peer"]
@@ -405,7 +405,7 @@ class UploadKind(JobKind):
     def cancelled(self, db: Database, job: Job, left: int) -> int:
         self._runs.pop(job.id, None)
         self._manifest_due.pop(job.id, None)
-        removed = LocalTarget(Path(job.destination)).remove_temps(_unfinished_paths(db, job.id))
+        removed = LocalTarget(Path(job.destination)).remove_temps(unfinished_paths(db, job.id))
         # The job counts as finished already, so a new upload may have taken its manifest
         # over: written under the launches' lock, and only if none has (a launch that comes
         # after writes its own when it is queued).
@@ -436,7 +436,7 @@ def _at_peer(db: Database, peer: str, names: list[str]) -> set[str]:
 class _Uploader:
     """One stream of an upload job: claim a batch, checksum, skip or copy, register, report."""
 
-    def __init__(self, run: _JobRun) -> None:
+    def __init__(self, run: JobRun) -> None:
         self.run = run
         options = run.job.options
         self.store, self.prefix = options["store"], options["prefix"]
@@ -449,7 +449,7 @@ class _Uploader:
         self.source_root = (safefs.Pin(self.directory, *pin) if pin else self.directory)
         self.sources = safefs.Folders([self.source_root])
 
-    def open_source(self, item: _Claimed) -> int:
+    def open_source(self, item: ClaimedItem) -> int:
         """The item opened below the pinned directory, no symlink followed on the way (one
         inside the directory is, where the kernel can keep it inside): a folder swapped for a
         symlink after the launch reads nothing outside it."""
@@ -468,7 +468,7 @@ class _Uploader:
     def loop(self) -> None:
         run = self.run
         while not (run.abort.is_set() or run.stop.is_set()):
-            batch = _claim_items(run.db, run.job.id, run.worker_id, run.job.options["batch"])
+            batch = claim_items(run.db, run.job.id, run.worker_id, run.job.options["batch"])
             if not batch:
                 return
             reported: set[int] = set()
@@ -477,11 +477,11 @@ class _Uploader:
             finally:
                 # Claimed and not through (cancel, stop): back to the queue for whoever runs
                 # the job next (a file already renamed into the store is found identical).
-                _requeue(run.db, [c.id for c in batch if c.id not in reported])
+                requeue_items(run.db, [c.id for c in batch if c.id not in reported])
             if run._commit_due():
                 run._commit(wait=False)
 
-    def report(self, item: _Claimed, state: str, error: str, reported: set[int],
+    def report(self, item: ClaimedItem, state: str, error: str, reported: set[int],
                note: str = "") -> None:
         if state == "failed":
             self.run.log.note(f"FAILED {item.dest_path}: {error}")
@@ -504,11 +504,11 @@ class _Uploader:
                 out[name] = (*out[name][:2], path)
         return out
 
-    def upload(self, batch: list[_Claimed], reported: set[int]) -> None:
+    def upload(self, batch: list[ClaimedItem], reported: set[int]) -> None:
         run = self.run
         known = self.known([c.name for c in batch])
         at_peer = _at_peer(run.db, self.peer, list(known)) if self.peer else set()
-        copied: list[tuple[_Claimed, ck.Digest, str, float]] = []
+        copied: list[tuple[ClaimedItem, ck.Digest, str, float]] = []
         for item in batch:
             if run.abort.is_set() or run.stop.is_set():
                 break
@@ -534,7 +534,7 @@ class _Uploader:
                 self.report(item, "failed", message, reported)
         self.register(copied, reported)
 
-    def upload_one(self, item: _Claimed, source_fd: int,
+    def upload_one(self, item: ClaimedItem, source_fd: int,
                    known: dict[str, tuple[int, dict[str, str], str | None]],
                    at_peer: set[str], reported: set[int]) -> tuple[Outcome | None, ck.Digest]:
         """Checksum the open source, then skip it (None) or copy it from that descriptor."""
@@ -560,7 +560,7 @@ class _Uploader:
             digest.is_directory, digest.checksums, "copy", self.read_only),
             source_fd), digest
 
-    def register(self, copied: list[tuple[_Claimed, ck.Digest, str, float]],
+    def register(self, copied: list[tuple[ClaimedItem, ck.Digest, str, float]],
                  reported: set[int]) -> None:
         if not copied:
             return
