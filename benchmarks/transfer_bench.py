@@ -252,8 +252,9 @@ class Bench:
 
     @contextlib.contextmanager
     def profiled(self, pid: int, what: str) -> Iterator[None]:
-        """With ``--profile DIR``: py-spy samples ``pid`` (all threads, idle ones left out)
-        meanwhile, into ``DIR/<what>-<n>.txt`` (collapsed stacks)."""
+        """With ``--profile DIR``: py-spy (on the PATH or beside this Python) samples ``pid``
+        (all threads, idle ones left out) meanwhile, into ``DIR/<what>-<n>.txt`` (collapsed
+        stacks)."""
         if self.profile is None:
             yield
             return
@@ -281,7 +282,7 @@ class Bench:
         self.start_b()  # a receiver that holds nothing yet
         read_all([source], self.settle_s)
         before = {pid: cpu_seconds(pid) for pids in self.processes().values() for pid in pids}
-        with self.profiled(self.b.pid, "b-server"):
+        with self.profiled(self.b.pid, "b-server"), self.profiled(self.a.pid, "a-server"):
             result = transfer(self.a, query, expected)
         spent = {who: sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids)
                  for who, pids in self.processes().items()}
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to wait after the sync before each run")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="py-spy (on the PATH) samples B's server during each run of ours "
+                        help="py-spy samples A's and B's servers during each run of ours "
                              "into DIR (collapsed stacks)")
     args = parser.parse_args(argv)
     if args.profile is not None:

@@ -743,3 +743,39 @@ def test_item_rows_written_by_the_driver_read_back_through_the_orm(database: Dat
     assert (items[names[2]].state, items[names[2]].transfer) == ("queued", "t2")
     assert items[names[3]].spec == spec and items[names[3]].updated_at == now
     assert items[names[3]].created_at == now
+
+
+def test_a_batch_serves_links_only_inside_the_store(tmp_path) -> None:
+    """``POST files/batch`` at the sender opens each file without following a link: a file
+    served as it is, a link resolved and served only if it stays inside the store (the other
+    member framed with an error, its target's bytes never sent)."""
+    from hera_stage_ext.api.peer import _read_members
+    from hera_stage_ext.transfer.sender import batch_paths
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    (store / "d").mkdir(parents=True)
+    outside.mkdir()
+    (store / "d" / "plain.uvh5").write_bytes(b"PLAIN")
+    (outside / "secret").write_bytes(b"secret")
+    (store / "d" / "out.uvh5").symlink_to(outside / "secret")
+    (store / "d" / "in.uvh5").symlink_to(store / "d" / "plain.uvh5")
+    db = Database(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    db.upgrade()
+    try:
+        catalogue = Catalogue(db)
+        catalogue.sync_stores({"s": {"path": str(store)}})
+        names = ["zen.plain.uvh5", "zen.out.uvh5", "zen.in.uvh5"]
+        catalogue.register([FileSpec(name=n, size=5, checksums={"md5": "0" * 32})
+                            for n in names], "s", ["d/plain.uvh5", "d/out.uvh5", "d/in.uvh5"])
+        core = Core(version="test", site_name="site-a", catalogue=catalogue,
+                    ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
+                    peers=PeerRegistry("site-a"))
+        members = batch_paths(core, names + ["zen.none.uvh5"])
+        frames, done = _read_members(members, 0)
+    finally:
+        db.dispose()
+    assert done == 4
+    assert b"secret" not in frames
+    assert frames.count(b"}PLAIN") == 2
+    assert b"resolves outside the allowed roots" in frames
+    assert b"no available instance" in frames
