@@ -121,9 +121,13 @@ class ItemRows:
             "error = CASE WHEN ? THEN '' ELSE error END WHERE id = ?",
             [(*row[:6], row[6], row[6], row[6], row[7]) for row in rows])
 
-    def start(self, item_ids: Sequence[int], now: dt.datetime) -> list[ItemRow]:
+    def start(self, item_ids: Sequence[int], now: dt.datetime,
+              parsed: dict[int, tuple[str, str, dict[str, str], dict[str, Any]]] | None = None
+              ) -> list[ItemRow]:
         """Mark the items of ``item_ids`` still active as receiving (one more attempt each,
-        from zero); their rows, in id order."""
+        from zero); their rows, in id order. ``parsed``: item id -> (checksums and spec as JSON
+        text, and as values) of what this process wrote itself; a row holding exactly that
+        text takes the values instead of parsing its JSON again (each entry is used once)."""
         condition, values = self._where("id", item_ids)
         self._run(f"UPDATE transfer_item SET state = 'receiving', resumed_from = 0, "
                   f"attempts = attempts + 1, updated_at = ? WHERE {condition} "
@@ -132,10 +136,17 @@ class ItemRows:
             "SELECT id, peer, name, transfer, path, size, checksums, attempts, spec "
             f"FROM transfer_item WHERE {condition} AND state = 'receiving' ORDER BY id",
             [values]).fetchall()
-        loads = self._loads
-        return [ItemRow(id_, peer, name, transfer, path, size, loads(checksums), attempts,
-                        loads(spec))
-                for id_, peer, name, transfer, path, size, checksums, attempts, spec in rows]
+        loads, parsed = self._loads, parsed if parsed is not None else {}
+        out = []
+        for id_, peer, name, transfer, path, size, checksums, attempts, spec in rows:
+            known = parsed.pop(id_, None)
+            if known is not None and known[0] == checksums and known[1] == spec:
+                checksums, spec = known[2], known[3]
+            else:
+                checksums, spec = loads(checksums), loads(spec)
+            out.append(ItemRow(id_, peer, name, transfer, path, size, checksums, attempts,
+                               spec))
+        return out
 
     def set_state(self, item_ids: Sequence[int], state: str, error: str,
                   now: dt.datetime) -> None:

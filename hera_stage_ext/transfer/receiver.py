@@ -195,6 +195,9 @@ class Receiver:
         #: Small files waiting for a batch pull: peer -> {item id: size}, in arrival order.
         self._small: dict[str, dict[int, int]] = {}
         self._drainers = 0  # batch pulls running (at most ``streams``)
+        #: Small items recorded by this process, until their batch starts: id -> their
+        #: checksums and spec as JSON text and as values (``ItemRows.start``: not parsed again).
+        self._parsed: dict[int, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
         self._stop = threading.Event()
 
     # ----- store --------------------------------------------------------------------------
@@ -306,8 +309,12 @@ class Receiver:
             now = rows.time(utcnow())
             new: list[tuple[Any, ...]] = []
             again: list[tuple[Any, ...]] = []
+            parsed: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
             for offer in sending:
-                checksums, spec = json.dumps(offer["checksums"]), json.dumps(spec_of(offer))
+                spec_value = spec_of(offer)
+                checksums, spec = json.dumps(offer["checksums"]), json.dumps(spec_value)
+                if offer["size"] <= BATCH_FILE_MAX and not offer.get("is_directory"):
+                    parsed[offer["name"]] = (checksums, spec, offer["checksums"], spec_value)
                 row = known.get(offer["name"])
                 if row is None:  # in the order of item_rows.NEW_COLUMNS
                     new.append((transfer, peer, offer["name"], offer["path"], offer["size"],
@@ -323,6 +330,7 @@ class Receiver:
             rows.insert(new)
             ids = rows.ids(peer, names) if new else {}
         ids.update((name, row[0]) for name, row in known.items())
+        self._parsed.update((ids[name], value) for name, value in parsed.items())
         return [(ids[o["name"]], o["size"], bool(o.get("is_directory"))) for o in sending]
 
     def _discard_part(self, item_id: int) -> None:
@@ -744,7 +752,7 @@ class Receiver:
         """Mark the items still active as receiving (one more attempt each); their rows (with
         the attributes of a TransferItem). Two statements, not an ORM object per item."""
         with self.db.write() as s:
-            return ItemRows(s).start(item_ids, utcnow())
+            return ItemRows(s).start(item_ids, utcnow(), self._parsed)
 
     def _pull_batch(self, item_ids: list[int]) -> None:
         root = self._store_root()
