@@ -178,6 +178,9 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
         "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
                              "max_bytes_per_s": THROTTLE}},
         "peer_secrets": {"site-b": hash_secret(SECRET_BA), "site-c": hash_secret(SECRET_CA)},
+        # No fixity audit: files damaged here on purpose must reach B's checks as they are
+        # (an audit that marks one missing first makes it unavailable, a different failure).
+        "fixity_bytes_per_hour": 0,
     }}
     stack = contextlib.ExitStack()
     a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
