@@ -117,14 +117,16 @@ def rsync_daemon(tmp: Path, module_path: Path) -> Iterator[str]:
         daemon.wait(10)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of ``pid`` so far (0 once it is gone)."""
+def cpu_seconds(pid: int, system_only: bool = False) -> float:
+    """User and system CPU seconds of ``pid`` so far (only system with ``system_only``; 0 once
+    it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -282,11 +284,15 @@ class Bench:
         self.start_b()  # a receiver that holds nothing yet
         read_all([source], self.settle_s)
         before = {pid: cpu_seconds(pid) for pids in self.processes().values() for pid in pids}
+        b_system = cpu_seconds(self.b.pid, system_only=True)
         with self.profiled(self.b.pid, "b-server"), self.profiled(self.a.pid, "a-server"):
             result = transfer(self.a, query, expected)
         spent = {who: sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids)
                  for who, pids in self.processes().items()}
-        log("      CPU s: " + ", ".join(f"{who} {seconds:.2f}" for who, seconds in spent.items()))
+        b_system = cpu_seconds(self.b.pid, system_only=True) - b_system
+        log("      CPU s: " + ", ".join(f"{who} {seconds:.2f}" for who, seconds in spent.items())
+            + f" (B: {spent['B server'] / expected * 1e6:,.0f} us a file, of which system "
+            f"{b_system / expected * 1e6:,.0f})")
         return result
 
 
