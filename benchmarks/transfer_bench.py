@@ -37,6 +37,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -116,14 +117,16 @@ def rsync_daemon(tmp: Path, module_path: Path) -> Iterator[str]:
         daemon.wait(10)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of ``pid`` so far (0 once it is gone)."""
+def cpu_seconds(pid: int, system_only: bool = False) -> float:
+    """User and system CPU seconds of ``pid`` so far (only system with ``system_only``; 0 once
+    it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -162,8 +165,10 @@ def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float
 
 
 class Bench:
-    def __init__(self, tmp: Path, big_bytes: int, small_files: int, settle_s: float) -> None:
-        self.tmp, self.settle_s = tmp, settle_s
+    def __init__(self, tmp: Path, big_bytes: int, small_files: int, settle_s: float,
+                 profile: Path | None = None) -> None:
+        self.tmp, self.settle_s, self.profile = tmp, settle_s, profile
+        self.profiles = 0
         self.big_bytes, self.small_files = big_bytes, small_files
         self.a_store, self.b_root = tmp / "a" / "store", tmp / "b"
         self.stack = contextlib.ExitStack()
@@ -247,6 +252,27 @@ class Bench:
             raise SystemExit(f"rsync copied {copied} file(s)")
         return seconds
 
+    @contextlib.contextmanager
+    def profiled(self, pid: int, what: str) -> Iterator[None]:
+        """With ``--profile DIR``: py-spy (on the PATH or beside this Python) samples ``pid``
+        (all threads, idle ones left out) meanwhile, into ``DIR/<what>-<n>.txt`` (collapsed
+        stacks)."""
+        if self.profile is None:
+            yield
+            return
+        self.profiles += 1
+        out = self.profile / f"{what}-{self.profiles}.txt"
+        spy_exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        spy = subprocess.Popen([spy_exe, "record", "--pid", str(pid), "--rate", "250",
+                                "--format", "raw", "--output", str(out), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+            log(f"      profile of {what}: {out}")
+
     def processes(self) -> dict[str, list[int]]:
         assert self.b is not None
         worker = children(self.a.pid)
@@ -258,10 +284,15 @@ class Bench:
         self.start_b()  # a receiver that holds nothing yet
         read_all([source], self.settle_s)
         before = {pid: cpu_seconds(pid) for pids in self.processes().values() for pid in pids}
-        result = transfer(self.a, query, expected)
+        b_system = cpu_seconds(self.b.pid, system_only=True)
+        with self.profiled(self.b.pid, "b-server"), self.profiled(self.a.pid, "a-server"):
+            result = transfer(self.a, query, expected)
         spent = {who: sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids)
                  for who, pids in self.processes().items()}
-        log("      CPU s: " + ", ".join(f"{who} {seconds:.2f}" for who, seconds in spent.items()))
+        b_system = cpu_seconds(self.b.pid, system_only=True) - b_system
+        log("      CPU s: " + ", ".join(f"{who} {seconds:.2f}" for who, seconds in spent.items())
+            + f" (B: {spent['B server'] / expected * 1e6:,.0f} us a file, of which system "
+            f"{b_system / expected * 1e6:,.0f})")
         return result
 
 
@@ -317,11 +348,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="run one of the two sets")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to wait after the sync before each run")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy samples A's and B's servers during each run of ours "
+                             "into DIR (collapsed stacks)")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     big_bytes = (256 if args.quick else 2048) * MiB if args.only != "small" else MiB
     small_files = (1_000 if args.quick else 10_000) if args.only != "large" else 0
     tmp = Path(tempfile.mkdtemp(prefix="hera-transfer-bench-", dir=args.dir))
-    bench = Bench(tmp, big_bytes, small_files, args.settle)
+    bench = Bench(tmp, big_bytes, small_files, args.settle, args.profile)
     results: list[Result] = []
     try:
         bench.start()

@@ -137,3 +137,32 @@ def test_depth_is_measured_without_recursion():
     assert load_json(nested_lists(MAX_JSON_DEPTH)) is not None
     with pytest.raises(InvalidRequest, match="not a number JSON allows"):
         load_json('{"a": Infinity}')
+
+
+@pytest.mark.parametrize("text", [
+    nested_lists(MAX_JSON_DEPTH), nested_lists(MAX_JSON_DEPTH + 1),
+    # Brackets and escapes inside strings: the exact path, never counted as nesting.
+    '{"a": "' + "[" * 100 + '"}', '{"a": "\\"' + "{" * 100 + '"}',
+    '["a", "b]", ' + nested_lists(MAX_JSON_DEPTH - 1) + "]",
+    '[' * MAX_JSON_DEPTH + '"x"' + ']' * MAX_JSON_DEPTH,
+    '[' * (MAX_JSON_DEPTH + 1) + '"x"' + ']' * (MAX_JSON_DEPTH + 1),
+    '{"k": [{"a": 1, "b": {}}]}' * 1, '[{"x": "\\u00e9", "y": "]"}]',
+])
+def test_bytes_and_text_get_the_same_answer(text):
+    """A body as bytes (the fast path of ``load_json``) is refused exactly when the same text
+    is, and both parse to the same value: the depth of its nesting outside strings."""
+    def outcome(data):
+        try:
+            return load_json(data)
+        except InvalidRequest as exc:
+            return exc.message
+    by_text, by_bytes = outcome(text), outcome(text.encode())
+    assert by_text == by_bytes
+    assert isinstance(by_text, str) == (json_depth(text) > MAX_JSON_DEPTH)
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDFFF", "\\udbff"])
+def test_a_lone_surrogate_escape_in_bytes_is_refused(escape):
+    with pytest.raises(InvalidRequest, match="lone surrogate"):
+        load_json(f'{{"names": ["a", "b{escape}"]}}'.encode())
+    assert load_json('["\\ud83d\\ude00"]'.encode()) == ["\U0001F600"]

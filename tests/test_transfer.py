@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import random
 import signal
@@ -177,6 +178,9 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
         "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
                              "max_bytes_per_s": THROTTLE}},
         "peer_secrets": {"site-b": hash_secret(SECRET_BA), "site-c": hash_secret(SECRET_CA)},
+        # No fixity audit: files damaged here on purpose must reach B's checks as they are
+        # (an audit that marks one missing first makes it unavailable, a different failure).
+        "fixity_bytes_per_hour": 0,
     }}
     stack = contextlib.ExitStack()
     a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
@@ -698,3 +702,90 @@ def test_allowed_hours_windows_and_peer_settings() -> None:
     # A guessable secret is refused with the configuration, as hash-secret refuses it.
     with pytest.raises(ValueError, match="at least 32 characters"):
         peer(secret="s" * 31)
+
+
+def test_item_rows_written_by_the_driver_read_back_through_the_orm(database: Database) -> None:
+    """The receiver's bulk item writes (``transfer/item_rows.py``: announce, re-announce, a
+    batch's start and commit) store what the ORM reads as its own on both databases: a restart
+    (``Receiver.resume``) and the status endpoint see every value as written."""
+    from hera_stage_ext.transfer.item_rows import ItemRows
+
+    now = dt.datetime(2026, 12, 6, 8, 30, 15, 123456)
+    names = [f"zen.2457703.{i:05d}.xx.HH.uvh5" for i in range(3)] + ["zen.it's \u00e9.uvh5"]
+    spec = {"obsid": 2457703, "meta": {"k": [1, "\u00e9"]}}
+    with database.write() as s:
+        rows = ItemRows(s)
+        rows.insert([("t1", "there", n, f"d/{n}", 4096, json.dumps({"md5": "0" * 32}),
+                      json.dumps(spec), "queued", 0, 0, "", rows.time(now), rows.time(now))
+                     for n in names])
+    with database.write() as s:
+        rows = ItemRows(s)
+        known = rows.known("there", names + ["zen.none.uvh5"])
+        assert sorted(known) == sorted(names)
+        assert known[names[0]][1:] == ("queued", 4096, {"md5": "0" * 32})
+        ids = rows.ids("there", names)
+        assert rows.ids("elsewhere", names) == {}
+        # What this process wrote is not parsed again, unless the row holds other text now.
+        mine = {"md5": "0" * 32}
+        parsed = {ids[names[0]]: (json.dumps(mine), json.dumps(spec), mine, spec),
+                  ids[names[1]]: ("{}", json.dumps(spec), {}, spec)}
+        started = rows.start([ids[n] for n in names[:2]], now, parsed)
+        assert [(r.name, r.attempts, r.spec, r.checksums) for r in started] == [
+            (n, 1, spec, {"md5": "0" * 32}) for n in names[:2]]
+        # (PostgreSQL: the driver parses JSONB itself.)
+        assert (started[0].checksums is mine) == (database.backend == "sqlite")
+        assert parsed == {}
+        rows.set_state([ids[names[0]]], "committed", "", now)
+        rows.set_state([ids[names[1]]], "failed", "it broke", now)
+        # Announced again: the failed one from zero, the queued one keeps its state.
+        rows.rearm([("t2", "e/x", 10, json.dumps({"md5": "1" * 32}), json.dumps({}),
+                     rows.time(now), True, ids[names[1]]),
+                    ("t2", f"d/{names[2]}", 4096, json.dumps({"md5": "0" * 32}),
+                     json.dumps(spec), rows.time(now), False, ids[names[2]])])
+    with database.read() as s:
+        items = {i.name: i for i in s.scalars(select(TransferItem))}
+        s.expunge_all()
+    assert (items[names[0]].state, items[names[0]].attempts) == ("committed", 1)
+    failed = items[names[1]]
+    assert (failed.state, failed.attempts, failed.error, failed.transfer, failed.path,
+            failed.size, failed.checksums, failed.spec) == (
+        "queued", 0, "", "t2", "e/x", 10, {"md5": "1" * 32}, {})
+    assert (items[names[2]].state, items[names[2]].transfer) == ("queued", "t2")
+    assert items[names[3]].spec == spec and items[names[3]].updated_at == now
+    assert items[names[3]].created_at == now
+
+
+def test_a_batch_serves_links_only_inside_the_store(tmp_path) -> None:
+    """``POST files/batch`` at the sender opens each file without following a link: a file
+    served as it is, a link resolved and served only if it stays inside the store (the other
+    member framed with an error, its target's bytes never sent)."""
+    from hera_stage_ext.api.peer import _read_members
+    from hera_stage_ext.transfer.sender import batch_paths
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    (store / "d").mkdir(parents=True)
+    outside.mkdir()
+    (store / "d" / "plain.uvh5").write_bytes(b"PLAIN")
+    (outside / "secret").write_bytes(b"secret")
+    (store / "d" / "out.uvh5").symlink_to(outside / "secret")
+    (store / "d" / "in.uvh5").symlink_to(store / "d" / "plain.uvh5")
+    db = Database(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    db.upgrade()
+    try:
+        catalogue = Catalogue(db)
+        catalogue.sync_stores({"s": {"path": str(store)}})
+        names = ["zen.plain.uvh5", "zen.out.uvh5", "zen.in.uvh5"]
+        catalogue.register([FileSpec(name=n, size=5, checksums={"md5": "0" * 32})
+                            for n in names], "s", ["d/plain.uvh5", "d/out.uvh5", "d/in.uvh5"])
+        core = Core(version="test", site_name="site-a", catalogue=catalogue,
+                    ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
+                    peers=PeerRegistry("site-a"))
+        members = batch_paths(core, names + ["zen.none.uvh5"])
+        frames, done = _read_members(members, 0)
+    finally:
+        db.dispose()
+    assert done == 4
+    assert b"secret" not in frames
+    assert frames.count(b"}PLAIN") == 2
+    assert b"resolves outside the allowed roots" in frames
+    assert b"no available instance" in frames

@@ -9,9 +9,7 @@ is read, and nothing is written. The protocol is described in ``transfer/protoco
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
@@ -20,7 +18,7 @@ from tornado import iostream, web
 from ..core import Core
 from ..errors import InvalidRequest, StagingError
 from ..transfer.protocol import BATCH_FILE_MAX, END_OF_BATCH, MAX_STATUS_WAIT, frame_header
-from ..transfer.sender import batch_paths, list_peers
+from ..transfer.sender import BatchMember, batch_paths, list_peers, read_member
 from .base import ApiError, BaseHandler
 from .content import Throttle, online_instance_path, send_file, send_tar
 
@@ -152,22 +150,26 @@ class PeerFileContentHandler(PeerBaseHandler):
             await send_file(self, path, throttle=throttle)
 
 
-def _read_members(members: list[tuple[str, Path | str]], start: int) -> tuple[bytes, int]:
+def _read_members(members: list[BatchMember], start: int) -> tuple[bytes, int]:
     """The framed members from ``start`` on, about ``_FLUSH_BYTES`` of them, and the index of
     the next one. A member that cannot be served is framed with its error (no bytes)."""
     out = bytearray()
     i = start
     while i < len(members) and len(out) < _FLUSH_BYTES:
-        name, path = members[i]
+        member = members[i]
+        name = member.name
         i += 1
-        if isinstance(path, str):
-            out += frame_header({"name": name, "error": path})
+        if member.error:
+            out += frame_header({"name": name, "error": member.error})
             continue
         try:
-            data = _read_small(path)
+            data = read_member(member, BATCH_FILE_MAX)
         except OSError as exc:
             out += frame_header({"name": name, "error": f"cannot read {name!r} here: "
                                  f"{exc.strerror}"})
+            continue
+        except StagingError as exc:  # a link leading out of the store
+            out += frame_header({"name": name, "error": exc.message})
             continue
         if len(data) > BATCH_FILE_MAX:
             out += frame_header({"name": name, "error": f"{name!r} is larger than a batch "
@@ -176,21 +178,6 @@ def _read_members(members: list[tuple[str, Path | str]], start: int) -> tuple[by
         out += frame_header({"name": name, "size": len(data)})
         out += data
     return bytes(out), i
-
-
-def _read_small(path: Path) -> bytes:
-    """A small file whole (the receiver asks only for those), or its first
-    ``BATCH_FILE_MAX + 1`` bytes when it is larger: read as large as the file is, not as the
-    limit (a read of the limit allocates megabytes per file), with plain ``os`` calls."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        want = min(os.fstat(fd).st_size, BATCH_FILE_MAX) + 1
-        data = os.read(fd, want)
-        while len(data) < want - 1 and (more := os.read(fd, want - len(data))):
-            data += more  # a short read (a file system that returns less than asked)
-        return data
-    finally:
-        os.close(fd)
 
 
 def _throttle(core: Core, peer: str) -> Throttle | None:

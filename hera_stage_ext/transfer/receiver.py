@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -56,7 +57,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 
 from .. import directio, safefs
 from ..catalogue import checksums as ck
@@ -67,6 +68,7 @@ from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, commit, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..writeback import WriteBehind
+from .item_rows import ItemRow, ItemRows
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
 from .protocol import (
@@ -94,7 +96,6 @@ RESERVED_DIRS = (INCOMING_DIR,)
 #: Test-only fault: flip one byte of the first chunk received of this file name, once per process.
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
-_ITEMS = TransferItem.__table__
 #: Item states after which nothing more happens to it (until it is announced again).
 _FINISHED_STATES = ("committed", "failed")
 
@@ -194,6 +195,9 @@ class Receiver:
         #: Small files waiting for a batch pull: peer -> {item id: size}, in arrival order.
         self._small: dict[str, dict[int, int]] = {}
         self._drainers = 0  # batch pulls running (at most ``streams``)
+        #: Small items recorded by this process, until their batch starts: id -> their
+        #: checksums and spec as JSON text and as values (``ItemRows.start``: not parsed again).
+        self._parsed: dict[int, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
         self._stop = threading.Event()
 
     # ----- store --------------------------------------------------------------------------
@@ -299,33 +303,34 @@ class Receiver:
         if not sending:
             return []
         names = [o["name"] for o in sending]
-        mine = (TransferItem.peer == peer, one_of(self.db, TransferItem.name, names))
         with self.db.write() as s:
-            known = {r.name: r for r in s.execute(select(
-                TransferItem.id, TransferItem.name, TransferItem.state, TransferItem.size,
-                TransferItem.checksums).where(*mine))}
-            now = utcnow()
-            new: list[dict[str, Any]] = []
+            rows = ItemRows(s)
+            known = rows.known(peer, names)
+            now = rows.time(utcnow())
+            new: list[tuple[Any, ...]] = []
+            again: list[tuple[Any, ...]] = []
+            parsed: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
             for offer in sending:
-                values = {"transfer": transfer, "path": offer["path"], "size": offer["size"],
-                          "checksums": offer["checksums"], "spec": spec_of(offer),
-                          "updated_at": now}
+                spec_value = spec_of(offer)
+                checksums, spec = json.dumps(offer["checksums"]), json.dumps(spec_value)
+                if offer["size"] <= BATCH_FILE_MAX and not offer.get("is_directory"):
+                    parsed[offer["name"]] = (checksums, spec, offer["checksums"], spec_value)
                 row = known.get(offer["name"])
-                if row is None:
-                    new.append({**values, "peer": peer, "name": offer["name"],
-                                "state": "queued", "attempts": 0, "resumed_from": 0,
-                                "error": "", "created_at": now})
+                if row is None:  # in the order of item_rows.NEW_COLUMNS
+                    new.append((transfer, peer, offer["name"], offer["path"], offer["size"],
+                                checksums, spec, "queued", 0, 0, "", now, now))
                     continue
-                other = row.size != offer["size"] or row.checksums != offer["checksums"]
+                item_id, state, size, known_checksums = row
+                other = size != offer["size"] or known_checksums != offer["checksums"]
                 if other:
-                    self._discard_part(row.id)  # bytes of other content
-                if other or row.state not in ACTIVE_ITEM_STATES:
-                    values.update(state="queued", attempts=0, error="")
-                s.execute(update(TransferItem).where(TransferItem.id == row.id)
-                          .values(**values))
-            if new:  # Core: no ORM bookkeeping per row
-                s.connection().execute(insert(_ITEMS), new)
-            ids = dict(s.execute(select(TransferItem.name, TransferItem.id).where(*mine)).all())
+                    self._discard_part(item_id)  # bytes of other content
+                again.append((transfer, offer["path"], offer["size"], checksums, spec, now,
+                              other or state not in ACTIVE_ITEM_STATES, item_id))
+            rows.rearm(again)
+            rows.insert(new)
+            ids = rows.ids(peer, names) if new else {}
+        ids.update((name, row[0]) for name, row in known.items())
+        self._parsed.update((ids[name], value) for name, value in parsed.items())
         return [(ids[o["name"]], o["size"], bool(o.get("is_directory"))) for o in sending]
 
     def _discard_part(self, item_id: int) -> None:
@@ -743,20 +748,11 @@ class Receiver:
             with self._lock:
                 self._running.difference_update(item_ids)
 
-    def _start_batch(self, item_ids: list[int]) -> list[Any]:
+    def _start_batch(self, item_ids: list[int]) -> list[ItemRow]:
         """Mark the items still active as receiving (one more attempt each); their rows (with
         the attributes of a TransferItem). Two statements, not an ORM object per item."""
-        active = (TransferItem.id.in_(item_ids), TransferItem.state.in_(ACTIVE_ITEM_STATES))
         with self.db.write() as s:
-            s.execute(update(TransferItem).where(*active).values(
-                state="receiving", resumed_from=0, attempts=TransferItem.attempts + 1,
-                updated_at=utcnow()), execution_options={"synchronize_session": False})
-            return list(s.execute(select(
-                TransferItem.id, TransferItem.peer, TransferItem.name, TransferItem.transfer,
-                TransferItem.path, TransferItem.size, TransferItem.checksums,
-                TransferItem.attempts, TransferItem.spec).where(
-                TransferItem.id.in_(item_ids), TransferItem.state == "receiving")
-                .order_by(TransferItem.id)))
+            return ItemRows(s).start(item_ids, utcnow(), self._parsed)
 
     def _pull_batch(self, item_ids: list[int]) -> None:
         root = self._store_root()
@@ -918,9 +914,7 @@ class Receiver:
         if not registered:
             return
         with self.db.write() as s:
-            s.execute(update(_ITEMS).where(
-                _ITEMS.c.id.in_([item.id for item in registered])).values(
-                state="committed", error="", updated_at=utcnow()))
+            ItemRows(s).set_state([item.id for item in registered], "committed", "", utcnow())
         self._changed()
         log.info("transfer batch: %d file(s) from %s committed to %s", len(registered),
                  items[0].peer, self.store)

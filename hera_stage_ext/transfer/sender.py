@@ -7,10 +7,10 @@ engine's worker.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select
 
@@ -96,10 +96,21 @@ def offers_for(db: Database, paths: dict[str, str]) -> dict[str, dict[str, Any]]
     return out
 
 
-def batch_paths(core: Core, names: Any) -> list[tuple[str, Path | str]]:
+class BatchMember(NamedTuple):
+    """A file a peer's ``POST files/batch`` asked for: where it lies (the folder confined to
+    ``root``; the file itself is opened without following a link, ``read_member``), or why it
+    cannot be served (``error``)."""
+
+    name: str
+    path: str = ""
+    root: str = ""
+    error: str = ""
+
+
+def batch_paths(core: Core, names: Any) -> list[BatchMember]:
     """What a peer's ``POST files/batch`` gets, in the order asked: per name the path of an
-    available flat instance on an available online store (confined to the store's root), or
-    why it cannot be served. One query for the whole batch."""
+    available flat instance on an available online store (its folder confined to the store's
+    root), or why it cannot be served. One query for the whole batch."""
     if not isinstance(names, list) or not 0 < len(names) <= BATCH_MAX_FILES \
             or not all(isinstance(n, str) for n in names):
         raise InvalidRequest(f"'names' must be a list of 1 to {BATCH_MAX_FILES} names")
@@ -114,33 +125,51 @@ def batch_paths(core: Core, names: Any) -> list[tuple[str, Path | str]]:
             .order_by(Store.name, Instance.id))
         for name, is_directory, path, root in rows:
             found.setdefault(name, (path, root, is_directory))
-    out: list[tuple[str, Path | str]] = []
-    folders: dict[tuple[str, str], Path | str] = {}  # confined once per folder
+    out: list[BatchMember] = []
+    folders: dict[tuple[str, str], tuple[str, str]] = {}  # confined once per folder
     for name in names:
         if name not in found:
-            out.append((name, f"{name!r} has no available instance on an online store here"))
+            out.append(BatchMember(name, error=f"{name!r} has no available instance on an "
+                                   "online store here"))
             continue
         path, root, is_directory = found[name]
         if is_directory:
-            out.append((name, f"{name!r} is a directory data set: pull it alone"))
+            out.append(BatchMember(name, error=f"{name!r} is a directory data set: pull it "
+                                   "alone"))
             continue
         folder, _, base = path.rpartition("/")
         if (root, folder) not in folders:
             try:
-                folders[(root, folder)] = confine(folder or ".", [root], what="instance path")
+                folders[(root, folder)] = (str(confine(folder or ".", [root],
+                                                       what="instance path")), "")
             except StagingError as exc:
-                folders[(root, folder)] = exc.message
-        where = folders[(root, folder)]
-        if isinstance(where, str):
-            out.append((name, where))
+                folders[(root, folder)] = ("", exc.message)
+        where, error = folders[(root, folder)]
+        if error or base in ("", ".", ".."):
+            out.append(BatchMember(name, error=error or f"{name!r}: instance path {path!r} "
+                                   "names no file"))
             continue
-        full = where / base
-        if base in ("", ".", "..") or os.path.islink(full):
-            # A link may lead anywhere: resolved and confined like any path.
-            try:
-                full = confine(path, [root], what="instance path")
-            except StagingError as exc:
-                out.append((name, exc.message))
-                continue
-        out.append((name, full))
+        out.append(BatchMember(name, f"{where}/{base}", root))
     return out
+
+
+def read_member(member: BatchMember, limit: int) -> bytes:
+    """The bytes of a batch member whole, or its first ``limit + 1`` bytes when it is larger
+    (read as large as the file is, not as the limit: a read of the limit allocates megabytes
+    per file), with plain ``os`` calls. The file is opened without following a link: a link
+    (rare in a store) is resolved and confined to the store's root first (StagingError)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    try:
+        fd = os.open(member.path, flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        fd = os.open(confine(member.path, [member.root], what="instance path"), flags)
+    try:
+        want = min(os.fstat(fd).st_size, limit) + 1
+        data = os.read(fd, want)
+        while len(data) < want - 1 and (more := os.read(fd, want - len(data))):
+            data += more  # a short read (a file system that returns less than asked)
+        return data
+    finally:
+        os.close(fd)
