@@ -47,7 +47,8 @@ from .jobs.joblog import prepare_log_dir
 from .jobs.launcher import WorkerLauncher
 from .stewardship import Stewardship
 from .transfer.orders import StandingOrders
-from .transfer.peers import PeerRegistry, check_secret_hashes, parse_peers, peers_env
+from .transfer.peer_config import parse_peers, peers_env
+from .transfer.peers import PeerRegistry, check_secret_hashes
 from .transfer.receiver import Receiver
 from .transfer.repair import PeerRepairSource
 from .version import __version__

@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 #: does an entry here that is no longer found (so the list stays exactly what is left).
 KNOWN_UNTIL_JOBS_AND_TRANSFER_MERGE: frozenset[str] = frozenset({
     "circle: transfer.jobs, transfer.rclone_send",
-    "circle: transfer.peers, transfer.protocol, transfer.rclone",
 })
 #: The only places an entry above may name (the areas other branches are changing).
 _MERGING = ("jobs.", "transfer.", "api.worker", "site.worker_ops")

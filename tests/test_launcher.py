@@ -19,7 +19,7 @@ from hera_stage_ext.jobs import create_stage_job, get_job
 from hera_stage_ext.jobs.launcher import WorkerLauncher
 from hera_stage_ext.jobs.launcher import _is_worker as _alive  # a zombie is not alive
 from hera_stage_ext.jobs.worker import WAKE_SIGNAL
-from hera_stage_ext.transfer.peers import peers_env
+from hera_stage_ext.transfer.peer_config import peers_env
 
 from .job_fixtures import make_site, wait_for
 

@@ -24,7 +24,8 @@ from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.core import Core
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.transfer.jobs import create_transfer_job
-from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret, parse_peers
+from hera_stage_ext.transfer.peer_config import parse_peers
+from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 
 from .jupyter_process import JupyterProcess, free_port, jupyter_process
 from .test_stewardship import flip_byte

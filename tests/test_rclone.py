@@ -34,7 +34,8 @@ from hera_stage_ext.jobs import EngineConfig, cancel_job, get_job, read_log, run
 from hera_stage_ext.jobs.models import JobItem
 from hera_stage_ext.transfer.jobs import create_transfer_job
 from hera_stage_ext.transfer.models import RemoteInstance
-from hera_stage_ext.transfer.peers import PeerRegistry, parse_peers
+from hera_stage_ext.transfer.peer_config import parse_peers
+from hera_stage_ext.transfer.peers import PeerRegistry
 from hera_stage_ext.transfer.rclone_send import PARTIAL_PREFIX, job_folders
 from hera_stage_ext.transfer.sender import list_peers
 

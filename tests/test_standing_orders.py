@@ -36,7 +36,8 @@ from hera_stage_ext.jobs.models import AuditEntry, Job, JobItem
 from hera_stage_ext.transfer.jobs import refusal
 from hera_stage_ext.transfer.models import RemoteInstance
 from hera_stage_ext.transfer.orders import StandingOrders
-from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret, parse_peers
+from hera_stage_ext.transfer.peer_config import parse_peers
+from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.protocol import CONFLICT
 from hera_stage_ext.transfer.sender import record_remote
 

@@ -38,7 +38,8 @@ from hera_stage_ext.jobs.models import Job, JobItem
 from hera_stage_ext.transfer import peers as peers_module
 from hera_stage_ext.transfer.jobs import PeerRejected, create_transfer_job
 from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
-from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret, parse_peers
+from hera_stage_ext.transfer.peer_config import parse_peers
+from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR
 from hera_stage_ext.transfer.sender import remote_sites
 

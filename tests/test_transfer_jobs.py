@@ -32,7 +32,8 @@ from hera_stage_ext.cli import main as cli_main
 from hera_stage_ext.demo import MIRIAD_NAME, ingest_demo_archive, make_demo_archive
 from hera_stage_ext.jobs.worker import DB_URL_ENV
 from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
-from hera_stage_ext.transfer.peers import hash_secret, peers_env
+from hera_stage_ext.transfer.peer_config import peers_env
+from hera_stage_ext.transfer.peers import hash_secret
 
 from .jupyter_process import JupyterProcess, free_port, jupyter_process
 

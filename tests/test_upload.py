@@ -493,7 +493,8 @@ def test_upload_to_a_peer_through_the_upload_store(tmp_path):
     process (the worker's code), as in test_transfer.py; B pulls the bytes from A's server."""
     from hera_stage_ext.catalogue.db import Database
     from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
-    from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret, parse_peers
+    from hera_stage_ext.transfer.peer_config import parse_peers
+    from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
     from hera_stage_ext.transfer.upload import create_upload_job
 
     from .jupyter_process import jupyter_process

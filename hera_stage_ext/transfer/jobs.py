@@ -39,7 +39,8 @@ from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
 from ..jobs.plan import unique_names, resolve_names
 from ..jobs.recall import with_recall
-from .peers import Peer, PeerRegistry, registry_from_env
+from .peer_config import registry_from_env
+from .peers import Peer, PeerRegistry
 from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, PeerClient
 from .rclone import RclonePeer, client_for
 from .sender import offers_for, record_remote

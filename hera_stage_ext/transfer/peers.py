@@ -22,11 +22,12 @@ to the peer and not yet through, across all transfer jobs; 0: no limit), ``max_b
 any time) and ``retry_max_s`` (the cap of the exponential backoff while the peer is unreachable).
 
 Worker processes have no Jupyter configuration: the server hands them the peers in the
-environment variable ``HERA_STAGE_PEERS`` (``peers_env``/``registry_from_env``), like the
+environment variable ``HERA_STAGE_PEERS`` (``peer_config.peers_env``/``registry_from_env``), like the
 database URL: never on the command line (``ps`` shows it to every user), never in the database
 (a database dump or a read-only database user would expose it).
 
 Sites without hera_stage_ext: ``{"type": "rclone", "remote": ...}`` entries (``rclone.py``).
+The configuration of both kinds is read by ``peer_config.py``.
 
 ``python -m hera_stage_ext.transfer.peers hash-secret`` prints a new secret and its hash
 (``--stdin`` hashes a secret read from standard input instead).
@@ -38,8 +39,6 @@ import argparse
 import datetime as dt
 import hashlib
 import hmac
-import json
-import os
 import re
 import secrets
 import sys
@@ -113,51 +112,6 @@ class Peer:
 
     def __repr__(self) -> str:  # never show the secret
         return f"Peer({self.name!r}, {self.url!r})"
-
-
-def parse_peers(config: dict[str, Any]) -> dict[str, Peer]:
-    """``c.StagingApp.peers`` into Peers; ValueError naming what is wrong."""
-    out = {}
-    for name, spec in config.items():
-        if isinstance(spec, dict) and spec.get("type") == "rclone":  # not hera_stage_ext
-            from .rclone import parse_rclone_peer  # here: rclone.py builds on Peer
-            out[name] = parse_rclone_peer(name, spec)
-            continue
-        if not isinstance(spec, dict) or not isinstance(spec.get("url"), str) \
-                or not isinstance(spec.get("secret"), str):
-            raise ValueError(f"peer {name!r} needs a 'url' and a 'secret' (or 'type': "  # noqa: TRY004 (traitlets reports ValueError)
-                             "'rclone' and a 'remote')")
-        if ":" in name or not name:
-            raise ValueError(f"peer name {name!r} must be non-empty and contain no ':'")
-        unknown = set(spec) - {"url", "secret", "max_bytes_per_s", "max_in_flight", "hours",
-                               "retry_max_s"}
-        if unknown:
-            raise ValueError(f"peer {name!r}: unknown setting(s) {', '.join(sorted(unknown))}")
-        if len(spec["secret"]) < MIN_SECRET_CHARS:
-            raise ValueError(f"peer {name!r}: its secret must have at least {MIN_SECRET_CHARS} "
-                             "characters (python -m hera_stage_ext.transfer.peers hash-secret "
-                             "makes one)")
-        url = spec["url"] if spec["url"].endswith("/") else spec["url"] + "/"
-        out[name] = Peer(name, url, spec["secret"], int(spec.get("max_bytes_per_s", 0)),
-                         int(spec.get("max_in_flight", 0)), str(spec.get("hours", "")),
-                         float(spec.get("retry_max_s", 300.0)))
-        out[name].window()  # a malformed window is refused with the configuration
-    return out
-
-
-def peers_env(site_name: str, config: dict[str, Any]) -> dict[str, str]:
-    """The environment a worker process needs to send to ``config``'s peers."""
-    return {PEERS_ENV: json.dumps({"site_name": site_name, "peers": config})}
-
-
-def registry_from_env(environ: dict[str, str] | None = None) -> PeerRegistry:
-    """The sending half of the peer configuration, as ``peers_env`` passed it (none if
-    unset: every peer is then unknown to this process)."""
-    raw = (os.environ if environ is None else environ).get(PEERS_ENV)
-    if not raw:
-        return PeerRegistry("site")
-    data = json.loads(raw)
-    return PeerRegistry(data["site_name"], parse_peers(data["peers"]))
 
 
 def check_secret_hashes(config: dict[str, Any]) -> dict[str, str]:
