@@ -10,13 +10,13 @@ import json
 import os
 from typing import Any
 
-from .peers import PEERS_ENV, Peer, PeerRegistry
+from .peers import MIN_SECRET_CHARS, PEERS_ENV, Peer, PeerRegistry
 from .rclone import parse_rclone_peer
 
 
 def parse_peers(config: dict[str, Any]) -> dict[str, Peer]:
     """``c.StagingApp.peers`` into Peers; ValueError naming what is wrong."""
-    out = {}
+    out: dict[str, Peer] = {}
     for name, spec in config.items():
         if isinstance(spec, dict) and spec.get("type") == "rclone":  # not hera_stage_ext
             out[name] = parse_rclone_peer(name, spec)
