@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..safefs import PathChanged
 from . import kinds, recall, targets
+from .contract import JobKind, JobRefused
 from .items import unfinished_paths
 from .joblog import JobLog, default_log_dir
 from .models import ACTIVE_STATES, Job, JobItem
@@ -398,7 +399,7 @@ def record_cancelled(db: Database, job: Job) -> int:
 
 
 def fail_job(db: Database, job_id: int, worker_id: str, error: str) -> str:
-    """End a job this worker holds as failed before it ran (``kinds.JobRefused``: e.g. its
+    """End a job this worker holds as failed before it ran (``JobRefused``: e.g. its
     destination is outside the worker's allowed roots, or another job holds the folder).
     Its items stay queued: a retry runs them."""
     with db.write() as s:
@@ -538,7 +539,7 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
 
 
 # ----- the stage kind -------------------------------------------------------------------------
-class StageKind(kinds.JobKind):
+class StageKind(JobKind):
     """Staging: items copied (or linked) into the job's destination (``targets``: a local folder
     or a contents-manager folder), which the job holds with the Librarian's markers from launch
     until its result markers are written.
@@ -586,10 +587,10 @@ class StageKind(kinds.JobKind):
             # The pin and whether the folder was made here: the store records ``made``.
             run.job.options = {**run.job.options, **run.target.options()}
         except StagingError as exc:
-            raise kinds.JobRefused(f"{exc.message} (checked by the worker of "
+            raise JobRefused(f"{exc.message} (checked by the worker of "
                                    f"{run.job.owner})") from exc
         except OSError as exc:
-            raise kinds.JobRefused(f"cannot take the destination {destination}: "
+            raise JobRefused(f"cannot take the destination {destination}: "
                                    f"{exc.strerror or exc}") from exc
 
     def stream(self, run: JobRun) -> None:

@@ -22,11 +22,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from ..catalogue.db import Database
 from ..errors import StagingError
 from . import kinds, targets
+from .contract import JobRefused
 from .copy_pool import CopyPool, HandOver, HelperDied, Ticket, hand_overs
 from .engine import new_worker_id
 from .items import ClaimedItem
@@ -42,6 +44,8 @@ from .methods import (
 from .models import Job
 from .progress import InFlight
 from .store import JobStore, as_store
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -114,6 +118,9 @@ class JobRun:
         self.lost = False
         self.copied_bytes = 0
         self._lock = threading.Lock()
+        # The kinds' per-run state (``state_for``): key -> value.
+        self._kind_state: dict[object, Any] = {}
+        self._state_lock = threading.Lock()
         # The job's stores (name -> root) and those the catalogue says are unavailable now,
         # refreshed with every heartbeat: a store taken offline mid-job fails the items still
         # to come with a clear error instead of reading from it.
@@ -160,7 +167,20 @@ class JobRun:
                 self.log(f"store {store!r} became unavailable: its files still to stage "
                          f"fail")
 
-    def _explain(self, item: ClaimedItem, exc: OSError) -> str:
+    def count_copied(self, nbytes: int) -> None:
+        """Count ``nbytes`` copied (the rate in the job's log)."""
+        with self._lock:
+            self.copied_bytes += nbytes
+
+    def state_for(self, key: object, factory: Callable[[], T]) -> T:
+        """A kind's state for this run under ``key``, made by ``factory`` on first use (once,
+        whichever stream asks first); gone with the run."""
+        with self._state_lock:
+            if key not in self._kind_state:
+                self._kind_state[key] = factory()
+            return cast(T, self._kind_state[key])
+
+    def explain(self, item: ClaimedItem, exc: OSError) -> str:
         """What an OSError means for the user: which side failed and why."""
         source = item.source_path
         on_source = isinstance(exc.filename, str) and (
@@ -184,8 +204,18 @@ class JobRun:
                     f"{self.dest}")
         return str(exc)
 
-    def _check(self, n: int) -> None:
-        if self.abort.is_set() or self.stop.is_set():
+    def stopping(self) -> bool:
+        """The run is to stop: cancelled, its lease lost, or the worker stopping."""
+        return self.abort.is_set() or self.stop.is_set()
+
+    def wait_stopping(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True (at once) when the run is stopping."""
+        return self.abort.wait(seconds) or self.stop.is_set()
+
+    def check(self, n: int) -> None:
+        """A mover's progress callback: raises ``Cancelled`` when the run is stopping (and
+        sleeps the test-only chunk delay)."""
+        if self.stopping():
             raise Cancelled()
         if self.config.chunk_delay:
             time.sleep(self.config.chunk_delay)
@@ -210,7 +240,7 @@ class JobRun:
 
         def check(n: int) -> None:
             self.inflight.add(key, n)
-            self._check(n)
+            self.check(n)
 
         mover = self.target.mover(self.config, check, self.log, self.made_dirs)
         try:
@@ -220,7 +250,7 @@ class JobRun:
 
     def _stream_with(self, mover: Mover) -> None:
         first = True
-        while not (self.abort.is_set() or self.stop.is_set()):
+        while not self.stopping():
             batch = self._next_batch(first)
             first = False
             if not batch:
@@ -235,12 +265,12 @@ class JobRun:
                 for item in batch:
                     if item.id in started or self._pooled(item):
                         continue
-                    if self.abort.is_set() or self.stop.is_set():
+                    if self.stopping():
                         break
                     started.add(item.id)
                     self._one(mover, item, self._spec(item))
-                    if self._commit_due():
-                        self._commit(wait=False)
+                    if self.commit_due():
+                        self.commit(wait=False)
             finally:
                 # Items not started go back to the queue; those through are committed by
                 # whichever stream commits next (or at the end of the run).
@@ -254,7 +284,7 @@ class JobRun:
         n = (self.config.pool_claim_batch if self.pool is not None and not first
              else self.config.claim_batch)
         max_bytes = self.config.claim_bytes
-        claimed = self._commit(wait=False, claim=(n, max_bytes))
+        claimed = self.commit(wait=False, claim=(n, max_bytes))
         if claimed is None:
             claimed = self.store.claim_items(self.job.id, self.worker_id, n, max_bytes)
         return claimed
@@ -273,13 +303,13 @@ class JobRun:
         next commit. One at a time per stream: the streams keep the helpers busy together, and
         a hand-over's results are recorded (when due) before the next one starts writing."""
         for part in parts:
-            if self.abort.is_set() or self.stop.is_set():
+            if self.stopping():
                 break
             handed = self._hand_over(part, started)
             if handed is not None:
                 self._collect(handed, started, mover)
-            if self._commit_due():
-                self._commit(wait=False)
+            if self.commit_due():
+                self.commit(wait=False)
 
     def _hand_over(self, items: list[ClaimedItem], started: set[int]) -> _HandedOver | None:
         """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
@@ -331,7 +361,7 @@ class JobRun:
                 remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid,
                                     self.root)
             for item, spec in zip(ready, specs):
-                if self.abort.is_set() or self.stop.is_set():
+                if self.stopping():
                     break
                 started.add(item.id)
                 item.attempts += 1  # a second attempt: a file found there is its own
@@ -350,8 +380,7 @@ class JobRun:
                 self._settle(item, result, None, None)
         if final:
             nbytes = sum(item.size for item in final)
-            with self._lock:
-                self.copied_bytes += nbytes
+            self.count_copied(nbytes)
             with self._pending_lock:
                 self._final.extend(final)
                 self._pending_bytes += nbytes
@@ -390,10 +419,10 @@ class JobRun:
         """Log an item's result and queue it for the next commit. ``started`` (when the item
         was moved alone) gives its rate in the log."""
         if outcome is None:
-            message = (self._explain(item, error) if isinstance(error, OSError)
+            message = (self.explain(item, error) if isinstance(error, OSError)
                        else str(error))
             self.log.note(f"FAILED {item.dest_path}: {message}")
-            return self._add(item, "failed", message, None)
+            return self.report(item, "failed", message, None)
         state = outcome.state
         if state == "skipped" and item.attempts > 1:
             # An earlier attempt of this job finished it (before its worker or helper died):
@@ -404,30 +433,32 @@ class JobRun:
         elif state == "skipped":
             self.log.note(f"skipped {item.dest_path}: {outcome.note}")
         else:
-            with self._lock:
-                self.copied_bytes += item.size
+            self.count_copied(item.size)
             rate = ""
             if started is not None:
                 seconds = max(time.monotonic() - started, 1e-9)
                 rate = f", {item.size / seconds / 1e6:.1f} MB/s"
             self.log.note(f"{self.job.method} {item.dest_path} ({item.size} bytes{rate}"
                           f"{', ' + outcome.note if outcome.note else ''})")
-        return self._add(item, state, "", outcome)
+        return self.report(item, state, "", outcome)
 
     # ----- commits: renames and results of a batch at once --------------------------------
-    def _add(self, item: ClaimedItem, state: str, error: str, outcome: Outcome | None) -> None:
+    def report(self, item: ClaimedItem, state: str, error: str = "",
+               outcome: Outcome | None = None) -> None:
+        """Queue an item's result for the next commit (``outcome``: a rename still to do)."""
         with self._pending_lock:
             self._pending.append((item, state, error, outcome))
             self._pending_bytes += item.size
         if state in ("done", "skipped"):
             self.inflight.through(item.size)
 
-    def _commit_due(self) -> bool:
+    def commit_due(self) -> bool:
+        """Enough results wait (or long enough) that a stream should commit now."""
         return (len(self._pending) + len(self._final) >= self.config.commit_items
                 or self._pending_bytes >= self.config.commit_bytes
                 or time.monotonic() - self._last_commit >= self.config.flush_seconds)
 
-    def _commit(self, wait: bool, claim: tuple[int, int] | None = None
+    def commit(self, wait: bool = True, claim: tuple[int, int] | None = None
                 ) -> list[ClaimedItem] | None:
         """Make every item through so far final (``methods.commit``: sync, renames, sync),
         then record the results in one transaction. With ``wait`` False, returns None at once
@@ -440,7 +471,7 @@ class JobRun:
         if not self._commit_lock.acquire(blocking=wait):
             return None
         try:
-            batch, final = self._take_pending(renames=claim is None or self._commit_due())
+            batch, final = self._take_pending(renames=claim is None or self.commit_due())
             if not batch and not final:
                 return self._record([], 0, claim)
             # The per-file lines first: a file under its final name always has its line.
@@ -457,11 +488,10 @@ class JobRun:
                     if exc is not None:
                         error = ("appeared at the destination while it was being staged; "
                                  "not overwritten" if isinstance(exc, FileExistsError)
-                                 else self._explain(item, exc))
+                                 else self.explain(item, exc))
                         state = "failed"
                         self.log.note(f"FAILED {item.dest_path}: {error}")
-                        with self._lock:
-                            self.copied_bytes -= item.size
+                        self.count_copied(-item.size)
                 results.append((item, state, error))
             claimed = self._record(results, through, claim)
             self.log.flush()
@@ -505,7 +535,7 @@ class JobRun:
         self._beat()
         try:
             self.kind.begin(self, resumed)
-        except kinds.JobRefused as exc:
+        except JobRefused as exc:
             self.log(f"job {job.id} refused by the worker: {exc}")
             state = self.store.fail(job, self.worker_id, str(exc))
             self.store.close_log(job, self.log)
@@ -536,7 +566,7 @@ class JobRun:
         if not self.lost:
             # What the streams wrote and verified becomes final (on cancel and stop too).
             try:
-                self._commit(wait=True)
+                self.commit(wait=True)
             except Exception as exc:  # the database or the disk gone: released below
                 errors.append(exc)
         self.log.flush()

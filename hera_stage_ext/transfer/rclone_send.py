@@ -80,7 +80,7 @@ from .rclone import RcloneClient, RclonePeer, glob_escape, join
 from .sender import record_remote
 
 if TYPE_CHECKING:
-    from ..jobs.run import JobRun
+    from ..jobs.contract import KindRun
 
 T = TypeVar("T")
 PARTIAL_PREFIX = ".hera-partial-"
@@ -92,7 +92,7 @@ DISCARD_SECONDS = 5.0
 COMMITTED, HAVE = "committed", "have"
 
 #: Runs that have removed the hidden folders their job's earlier runs left (once per run).
-_swept: weakref.WeakSet[JobRun] = weakref.WeakSet()
+_swept: weakref.WeakSet[KindRun] = weakref.WeakSet()
 _swept_lock = threading.Lock()
 
 
@@ -113,7 +113,7 @@ class RcloneSender(PeerSender):
     def connect(self) -> RcloneClient:  # type: ignore[override]
         run = self.run
         return RcloneClient(self.peer,
-                            interrupt=lambda: run.abort.is_set() or run.stop.is_set())
+                            interrupt=run.stopping)
 
     def room(self) -> int:
         return min(super().room(), BATCH)
