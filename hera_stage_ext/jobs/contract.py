@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..catalogue.db import Database
+    from ..safefs import Pin
+    from .copy_pool import CopyPool
     from .items import ClaimedItem
     from .joblog import JobLog
     from .methods import Outcome
@@ -57,7 +59,12 @@ class KindRun(Protocol):
     #: the catalogue says are unavailable now (refreshed with every heartbeat).
     store_roots: dict[str, str]
     unavailable: frozenset[str]
+    store_generation: int  # bumped whenever ``unavailable`` changes
     made_dirs: set[str]  # destination folders known to exist (shared by the streams)
+    pool: CopyPool | None  # the worker's copy helper processes, if it has them
+    #: The folder the reported items' renames are confined below (the kind sets it in
+    #: ``begin``: a stage job's pinned destination); None: not confined.
+    rename_root: Pin | str | None
 
     def stopping(self) -> bool:
         """The run is to stop: cancelled, its lease lost, or the worker stopping."""
@@ -72,6 +79,10 @@ class KindRun(Protocol):
     def report(self, item: ClaimedItem, state: str, error: str = "",
                outcome: Outcome | None = None) -> None:
         """Queue an item's result for the next commit (``outcome``: a rename still to do)."""
+
+    def report_final(self, items: list[ClaimedItem]) -> None:
+        """Queue the results of items already made final (a copy helper copied, verified,
+        logged, renamed and synced them) as done."""
 
     def commit_due(self) -> bool:
         """Enough results wait (or long enough) that a stream should commit now."""
