@@ -1,5 +1,6 @@
 """The job engine's public face: the life cycle of a job as the database holds it (create,
-claim under a lease, release, finish, cancel, retry, forget), its JSON, and the stage kind.
+claim under a lease, release, finish, cancel, retry, forget) and its JSON; each kind's own part
+is its ``contract.JobKind`` (the stage kind: ``stage_kind``).
 
 Life cycle: ``create_stage_job`` resolves the files to instances and checks the destination
 and space (``plan``), writes the job and its items and takes the directory
@@ -20,7 +21,7 @@ import socket
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -28,23 +29,11 @@ from sqlalchemy.orm import Session
 from ..catalogue.db import Database
 from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
-from ..errors import (
-    Conflict,
-    Forbidden,
-    InsufficientSpace,
-    InvalidRequest,
-    NotFound,
-    StagingError,
-)
-from ..safefs import PathChanged
-from . import kinds, recall, targets
-from .items import unfinished_paths
+from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound
+from . import kinds, recall
 from .joblog import JobLog, default_log_dir
 from .models import ACTIVE_STATES, Job, JobItem
-from .plan import COPYING, resolve_names, free_bytes, plan_stage
-
-if TYPE_CHECKING:
-    from .run import JobRun
+from .plan import resolve_names, plan_stage
 
 
 def new_worker_id() -> str:
@@ -140,7 +129,7 @@ def active_job_ids(db: Database) -> list[int]:
 
 
 # ----- creation -------------------------------------------------------------------------------
-def _is_active(s: Session, job_id: int) -> bool:
+def job_is_active(s: Session, job_id: int) -> bool:
     state = s.scalar(select(Job.state).where(Job.id == job_id))
     return state in ACTIVE_STATES
 
@@ -182,7 +171,7 @@ def create_stage_job(
                                              Job.state.in_(ACTIVE_STATES)))
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
-        target.acquire(job.id, owner, lambda other: _is_active(s, other))
+        target.acquire(job.id, owner, lambda other: job_is_active(s, other))
         job.options = {**job.options, **target.options()}  # the folder's pin, taken just now
 
     return create_job(
@@ -398,7 +387,7 @@ def record_cancelled(db: Database, job: Job) -> int:
 
 
 def fail_job(db: Database, job_id: int, worker_id: str, error: str) -> str:
-    """End a job this worker holds as failed before it ran (``kinds.JobRefused``: e.g. its
+    """End a job this worker holds as failed before it ran (``JobRefused``: e.g. its
     destination is outside the worker's allowed roots, or another job holds the folder).
     Its items stay queued: a retry runs them."""
     with db.write() as s:
@@ -535,124 +524,3 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(log_path)
     return {"deleted": job_id}
-
-
-# ----- the stage kind -------------------------------------------------------------------------
-class StageKind(kinds.JobKind):
-    """Staging: items copied (or linked) into the job's destination (``targets``: a local folder
-    or a contents-manager folder), which the job holds with the Librarian's markers from launch
-    until its result markers are written.
-
-    A job a site service recorded (``recorded.record_stage_job``: options ``recorded``) was
-    launched without touching the folder: the user's worker confines it against its own
-    allowed roots and takes it when it begins, and the service side (cancel with no worker,
-    retry) leaves the folder alone."""
-
-    name = "stage"
-
-    def __init__(self) -> None:
-        # Jobs whose destination this process refused when their run began (job id -> why):
-        # their result markers are not written there either.
-        self._refused: dict[int, str] = {}
-
-    def begin(self, run: JobRun, resumed: bool) -> None:
-        self._refused.pop(run.job.id, None)
-        try:
-            if run.job.options.get("recorded"):
-                self._take(run)
-            else:
-                if run.config.allowed_roots and isinstance(run.target, targets.LocalTarget):
-                    # The worker's own roots, not only the server's check at launch.
-                    run.target.recheck(run.config.allowed_roots)
-                run.target.ensure_in_progress(run.job.id, run.job.owner)
-            if resumed:
-                n = run.target.remove_temps(run.store.unfinished_paths(run.job.id))
-                if n:
-                    run.log(f"removed {n} temporary file(s) left by the previous worker")
-        except (PathChanged, Forbidden, InvalidRequest) as exc:
-            # Nothing is written: every item fails with the reason (no marker either).
-            run.refused = f"not written: {exc}"
-            self._refused[run.job.id] = run.refused
-            run.log(f"the destination is refused: {exc}")
-
-    @staticmethod
-    def _take(run: JobRun) -> None:
-        """The user's worker takes a recorded job's folder: inside its allowed roots, itself
-        (no symlink on the way), and not held by another unfinished job."""
-        destination = run.job.destination
-        try:
-            run.target.confine_recorded(run.config.allowed_roots)
-            run.target.acquire(run.job.id, run.job.owner, run.store.is_active)
-            # The pin and whether the folder was made here: the store records ``made``.
-            run.job.options = {**run.job.options, **run.target.options()}
-        except StagingError as exc:
-            raise kinds.JobRefused(f"{exc.message} (checked by the worker of "
-                                   f"{run.job.owner})") from exc
-        except OSError as exc:
-            raise kinds.JobRefused(f"cannot take the destination {destination}: "
-                                   f"{exc.strerror or exc}") from exc
-
-    def stream(self, run: JobRun) -> None:
-        if run.db is None or run.job.options.get("recorded"):
-            # A site's job: the site's recall job recalls its cold files; this worker stages
-            # each once it is in the queue.
-            recall.await_recall(run, run._stream)
-        else:
-            recall.with_recall(run, run._stream)
-
-    def finish(self, job: Job, lines: list[str]) -> None:
-        refused = self._refused.pop(job.id, None)
-        if refused is not None:
-            lines.append(f"result marker {refused}")
-            return
-        try:
-            _target(job).finish(job.id, lines)
-        except PathChanged as exc:  # the job fails with it; nothing is written there
-            lines.append(f"result marker not written: {exc}")
-
-    def cancelled(self, db: Database, job: Job, left: int) -> int:
-        if job.options.get("recorded"):
-            return 0  # the folder is the user's: their worker cleans it (``cancel_at_target``)
-        return self.cancel_at_target(job, left, unfinished_paths(db, job.id))
-
-    def cancel_at_target(self, job: Job, left: int, unfinished: list[str]) -> int:
-        """Remove a cancelled job's temporary files and write its result marker."""
-        target = _target(job)
-        try:
-            removed = target.remove_temps(unfinished)
-            target.finish(job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
-        except PathChanged:
-            return 0  # the folder is not the job's any more: nothing is written there
-        return removed
-
-    def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
-               allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
-        recorded = job.options.get("recorded")  # the user's worker takes the folder again
-        target = _target(job)
-        if not recorded:
-            target.recheck(allowed_roots)
-            needed = left_bytes if job.method in COPYING else 0
-            free = free_bytes(target.local) if target.local is not None else None
-            if free is not None and needed > free and not force:
-                raise InsufficientSpace(
-                    f"the destination has {free} bytes free and the retry needs {needed}",
-                    needed=needed, free=free)
-        busy = s.scalar(select(Job.id).where(Job.destination == job.destination,
-                                             Job.id != job.id, Job.state.in_(ACTIVE_STATES)))
-        if busy is not None:
-            raise Conflict(f"job {busy} is already staging into {job.destination}", job_id=busy)
-        if not recorded:
-            target.acquire(job.id, job.owner, lambda other: _is_active(s, other))
-            # Checked against the roots just now: the folder there is the job's from now on.
-            job.options = {**job.options, **target.options()}
-
-    def release(self, job: Job) -> None:
-        if not job.options.get("recorded"):
-            _target(job).release(job.id)
-
-
-def _target(job: Job) -> targets.Target:
-    return targets.for_job(job.destination, job.method, job.options)
-
-
-STAGE = StageKind()

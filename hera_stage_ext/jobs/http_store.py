@@ -232,7 +232,7 @@ class HttpJobStore:
                                                 "made": bool(job.options.get("made"))})["state"])
 
     def finish_cancelled(self, job: Job) -> str:
-        from .engine import STAGE
+        from .stage_kind import STAGE
 
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
         removed = STAGE.cancel_at_target(job, int(answer["left"]), list(answer["unfinished"]))

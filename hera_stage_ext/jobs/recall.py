@@ -40,7 +40,6 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +55,13 @@ from ..errors import InvalidRequest, StagingError
 from ..paths import is_within
 from .items import record_results
 from .joblog import JobLog
-from .kinds import JobKind
+from .contract import JobKind
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
 from .models import ACTIVE_STATES, HELD_RECALL_STATES, Job, JobItem, RecallCopy
 
 if TYPE_CHECKING:
     from .items import ClaimedItem
-    from .run import JobRun
+    from .contract import KindRun
 
 #: The state of an item whose file is still on a cold store (no stream claims it).
 WAITING = "waiting"
@@ -172,38 +171,35 @@ class _Stores:
 
 
 # ----- running: the streams' side -----------------------------------------------------------
-_recalls: weakref.WeakKeyDictionary[JobRun, _Recall | None] = weakref.WeakKeyDictionary()
-_recalls_lock = threading.Lock()
+#: The run's state key of its recaller (None: nothing cold in the job).
+_RECALLER = "recall.recaller"
 
 
-def with_recall(run: JobRun, stream: Callable[[], None]) -> None:
+def with_recall(run: KindRun, stream: Callable[[], None]) -> None:
     """Run one of the job's streams (``stream`` returns when nothing is queued) so that it also
     takes the items recalled meanwhile, until the recall is through."""
-    with _recalls_lock:
-        if run not in _recalls:
-            _recalls[run] = _Recall.start(run)
-        recall = _recalls[run]
+    recall = run.state_for(_RECALLER, lambda: _Recall.start(run))
     if recall is None:  # nothing cold in this job: the kind's stream as it is
         return stream()
     try:
-        while not (run.abort.is_set() or run.stop.is_set()):
+        while not (run.stopping()):
             recalled_all = recall.recalled_all.is_set()
             seen = recall.recalled
             stream()
             if recalled_all:
                 break
             # Make what this stream used final, so that it can be reaped and the buffer frees.
-            run._commit(wait=True)
+            run.commit(wait=True)
             recall.wait_for_more(seen)
         if not run.abort.is_set():  # (a lost lease: the engine commits nothing more)
-            run._commit(wait=True)
+            run.commit(wait=True)
     finally:
         recall.thread.join()
     if recall.error is not None:
         raise recall.error
 
 
-def await_recall(run: JobRun, stream: Callable[[], None], poll: float = 0.5) -> None:
+def await_recall(run: KindRun, stream: Callable[[], None], poll: float = 0.5) -> None:
     """Run one of a recorded job's streams (site mode) so that it also takes the items the
     site's recall job puts in the queue, until none of the job's items waits any more. The
     count is read before each pass: what was recalled by then is in the queue the pass
@@ -211,10 +207,10 @@ def await_recall(run: JobRun, stream: Callable[[], None], poll: float = 0.5) -> 
     while True:
         waiting = run.store.waiting(run.job.id)
         stream()
-        if not waiting or run.abort.is_set() or run.stop.is_set():
+        if not waiting or run.stopping():
             return
         # Make what this stream used final, so that its buffer copies can be reaped.
-        run._commit(wait=True)
+        run.commit(wait=True)
         if run.abort.wait(poll):
             return
 
@@ -223,7 +219,7 @@ def await_recall(run: JobRun, stream: Callable[[], None], poll: float = 0.5) -> 
 class _Recall:
     """The recaller of one job's run (one thread) and what its streams wait on."""
 
-    def __init__(self, run: JobRun, stores: _Stores, for_job: int | None = None,
+    def __init__(self, run: KindRun, stores: _Stores, for_job: int | None = None,
                  log: JobLog | None = None) -> None:
         assert run.db is not None
         self.run, self.db = run, run.db
@@ -246,7 +242,7 @@ class _Recall:
         # Buffers are written below their resolved roots, no symlink followed on the way.
         self.real_roots = {b: os.path.realpath(self.roots[b]) for b in self.buffers
                            if b in self.roots}
-        self.mover = Mover(run.config.chunk_size, run._check, self.log, run.config.fsync,
+        self.mover = Mover(run.config.chunk_size, run.check, self.log, run.config.fsync,
                            roots=self.real_roots.values())
         self.recalled_all = threading.Event()
         self.recalled = 0  # items put in the queue so far (the streams wait for it to grow)
@@ -255,7 +251,7 @@ class _Recall:
         self.thread = threading.Thread(target=self._run, name=f"job{run.job.id}-recall")
 
     @classmethod
-    def start(cls, run: JobRun, for_job: int | None = None,
+    def start(cls, run: KindRun, for_job: int | None = None,
               log: JobLog | None = None) -> _Recall | None:
         """The recaller of ``run``'s job (or, for a site's recall job, of ``for_job``),
         started; None when none of that job's files is on a cold store."""
@@ -292,7 +288,7 @@ class _Recall:
             self.changed.notify_all()
 
     def _sleep(self, seconds: float) -> None:
-        if self.run.abort.wait(seconds) or self.run.stop.is_set():
+        if self.run.wait_stopping(seconds):
             raise Cancelled()
 
     # ----- the thread ---------------------------------------------------------------------
@@ -427,7 +423,7 @@ class _Recall:
             if waiting.partition(" (")[0] != said:
                 self.log(waiting)
                 said = waiting.partition(" (")[0]
-            self.run._commit(wait=False)  # what the streams used becomes reapable
+            self.run.commit(wait=False)  # what the streams used becomes reapable
             self.reap()
             self._sleep(self.poll)
         self.log(f"recalled {item.name}: already in buffer {buffer!r} (recalled by job "
@@ -461,7 +457,7 @@ class _Recall:
         else:
             self.run.log.note(f"FAILED {item.dest_path}: {message}")
             # Through the engine like a staged item: counted, logged, listed in the errors.
-            self.run._add(item, "failed", message, None)
+            self.run.report(item, "failed", message)
         self._announce(0)
 
     def _queue(self, s: Any, item: ClaimedItem, buffer: str, rel: str) -> None:
@@ -512,10 +508,10 @@ class RecallKind(JobKind):
 
     name = "recall"
 
-    def streams(self, run: JobRun) -> int:
+    def streams(self, run: KindRun) -> int:
         return 1
 
-    def stream(self, run: JobRun) -> None:
+    def stream(self, run: KindRun) -> None:
         if run.db is None:
             raise StagingError("a recall job runs in the site's own worker, over the catalogue")
         stage_id = int(run.job.options.get("stage_job", 0))

@@ -7,7 +7,7 @@ path; a method a user's worker can run; the files) and that no other unfinished 
 the same folder (in the database). The job is stored with ``options["recorded"] = True``; the
 user's worker (``jobs.worker --site-url``) confines the destination again against its own
 allowed roots and takes the folder (STAGING-IN-PROGRESS) when it starts the job
-(``engine.StageKind.begin``).
+(``stage_kind.StageKind.begin``).
 
 Files only on a cold store: the job's items for them wait (``recall.WAITING``) and a recall
 job (kind ``recall``, the same owner, destination ``job:<stage job id>``) is recorded with it,

@@ -1,10 +1,10 @@
-"""Running a claimed job: one worker's run of it (``JobRun``), ``run_job`` and ``run_pending``
-(claim and run in this process), and how a worker runs jobs (``EngineConfig``).
+"""Running a claimed job, whatever its kind: one worker's run of it (``JobRun``, which a kind
+sees as ``contract.KindRun``), ``run_job`` and ``run_pending`` (claim and run in this process),
+and how a worker runs jobs (``EngineConfig``).
 
-A run takes the job's items in batches (``items.claim_items``) and moves them with a bounded
-number of streams; small plain files go to the worker's copy helper processes in hand-overs
-(``copy_pool``). Streams write and verify each item under its temporary name; about once a
-second (or sooner when much is waiting) one of them commits what all have written: one sync of
+A run starts the job's kind (``begin``) and runs its streams (``stream``, a bounded number of
+threads; the stage kind's: ``stage_kind``). The streams report each item's result; about once a
+second (or sooner when much is waiting) one of them commits what all have reported: one sync of
 the file system, the renames to the final names, one more sync, then the results in one
 transaction and the per-file log lines in one write. So a file is never recorded as done before
 it is on disk under its final name, and an item a dead worker had not committed is simply
@@ -14,34 +14,29 @@ the job is finished (``engine.finish_job``), cancelled, or released for another 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..catalogue.db import Database
-from ..errors import StagingError
-from . import kinds, targets
-from .copy_pool import CopyPool, HandOver, HelperDied, Ticket, hand_overs
+from ..safefs import Pin
+from . import kinds
+from .contract import JobRefused
+from .copy_pool import CopyPool
 from .engine import new_worker_id
 from .items import ClaimedItem
-from .methods import (
-    Cancelled,
-    ItemFailed,
-    ItemSpec,
-    Mover,
-    Outcome,
-    commit,
-    remove_temp_folders,
-)
+from .methods import Cancelled, Outcome, commit
 from .models import Job
 from .progress import InFlight
 from .store import JobStore, as_store
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,19 +73,8 @@ class EngineConfig:
     allowed_roots: tuple[str, ...] = ()
 
 
-@dataclass
-class _HandedOver:
-    """Items submitted to a copy helper (``JobRun._hand_over``), their results to collect."""
-
-    items: list[ClaimedItem]
-    specs: list[ItemSpec]
-    generation: int  # the run's ``store_generation`` when they were sent
-    ticket: Ticket | None = None
-    died: HelperDied | None = None  # the helper was gone before it took them
-
-
 class JobRun:
-    """One worker's run of one claimed job: streams, heartbeat, finalisation."""
+    """One worker's run of one claimed job: its kind's streams, heartbeat, commits, finalisation."""
 
     def __init__(self, store: JobStore, job: Job, worker_id: str, config: EngineConfig,
                  stop: threading.Event, pool: CopyPool | None = None) -> None:
@@ -100,13 +84,10 @@ class JobRun:
         self.db: Database | None = store.db
         self.dest = Path(job.destination)
         self.kind = kinds.kind(job.kind)  # how the items of this job are moved
-        self.dest_str = job.destination
-        self.target = targets.for_job(job.destination, job.method, job.options)
-        # Why nothing may be written for this run (the destination refused when it began).
-        self.refused: str | None = None
-        self.root = getattr(self.target, "pin", None)  # the pinned destination, if local
-        self.read_only = bool(job.options.get("read_only", True))
-        self.pool = pool
+        # The folder the reported items' renames are confined below (set by the kind: a stage
+        # job's pinned destination).
+        self.rename_root: Pin | str | None = None
+        self.pool = pool  # the worker's copy helper processes, for kinds that use them
         self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another
         self.log = store.log(job)
         self.abort = threading.Event()  # set on cancel, lost lease or worker stop
@@ -114,16 +95,17 @@ class JobRun:
         self.lost = False
         self.copied_bytes = 0
         self._lock = threading.Lock()
+        # The kinds' per-run state (``state_for``): key -> value.
+        self._kind_state: dict[object, Any] = {}
+        self._state_lock = threading.Lock()
         # The job's stores (name -> root) and those the catalogue says are unavailable now,
         # refreshed with every heartbeat: a store taken offline mid-job fails the items still
         # to come with a clear error instead of reading from it.
         self.store_roots: dict[str, str] = {}
         self.unavailable: frozenset[str] = frozenset()
         self.store_generation = 0  # bumped whenever ``unavailable`` changes
-        # Shared by the streams: destination folders known to exist, and whether each
-        # (relative) folder resolves inside the destination, so neither is asked per file.
+        # Shared by the streams: destination folders known to exist (not asked per file).
         self.made_dirs: set[str] = set()
-        self.inside: dict[str, bool] = {}
         # Items through (written and verified, or skipped, or failed) and not yet committed:
         # (item, state, error, outcome); the outcome carries the rename still to do.
         self._pending: list[tuple[ClaimedItem, str, str, Outcome | None]] = []
@@ -160,7 +142,20 @@ class JobRun:
                 self.log(f"store {store!r} became unavailable: its files still to stage "
                          f"fail")
 
-    def _explain(self, item: ClaimedItem, exc: OSError) -> str:
+    def count_copied(self, nbytes: int) -> None:
+        """Count ``nbytes`` copied (the rate in the job's log)."""
+        with self._lock:
+            self.copied_bytes += nbytes
+
+    def state_for(self, key: object, factory: Callable[[], T]) -> T:
+        """A kind's state for this run under ``key``, made by ``factory`` on first use (once,
+        whichever stream asks first); gone with the run."""
+        with self._state_lock:
+            if key not in self._kind_state:
+                self._kind_state[key] = factory()
+            return cast(T, self._kind_state[key])
+
+    def explain(self, item: ClaimedItem, exc: OSError) -> str:
         """What an OSError means for the user: which side failed and why."""
         source = item.source_path
         on_source = isinstance(exc.filename, str) and (
@@ -184,8 +179,18 @@ class JobRun:
                     f"{self.dest}")
         return str(exc)
 
-    def _check(self, n: int) -> None:
-        if self.abort.is_set() or self.stop.is_set():
+    def stopping(self) -> bool:
+        """The run is to stop: cancelled, its lease lost, or the worker stopping."""
+        return self.abort.is_set() or self.stop.is_set()
+
+    def wait_stopping(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True (at once) when the run is stopping."""
+        return self.abort.wait(seconds) or self.stop.is_set()
+
+    def check(self, n: int) -> None:
+        """A mover's progress callback: raises ``Cancelled`` when the run is stopping (and
+        sleeps the test-only chunk delay)."""
+        if self.stopping():
             raise Cancelled()
         if self.config.chunk_delay:
             time.sleep(self.config.chunk_delay)
@@ -200,234 +205,32 @@ class JobRun:
             except Exception as exc:  # a database (or service) hiccup: try again next beat
                 self.log(f"heartbeat failed: {exc}")
 
-    def _spec(self, item: ClaimedItem) -> ItemSpec:
-        return ItemSpec(item.source_path, os.path.join(self.dest_str, item.dest_path),
-                        item.size, item.is_directory, item.checksums, self.job.method,
-                        self.read_only, self.store_roots.get(item.store))
-
-    def _stream(self) -> None:
-        key = threading.get_ident()  # this stream's file being moved (``_one``)
-
-        def check(n: int) -> None:
-            self.inflight.add(key, n)
-            self._check(n)
-
-        mover = self.target.mover(self.config, check, self.log, self.made_dirs)
-        try:
-            self._stream_with(mover)
-        finally:
-            mover.close()  # its open folders
-
-    def _stream_with(self, mover: Mover) -> None:
-        first = True
-        while not (self.abort.is_set() or self.stop.is_set()):
-            batch = self._next_batch(first)
-            first = False
-            if not batch:
-                return
-            started: set[int] = set()
-            try:
-                pooled = [c for c in batch if self._pooled(c)]
-                if pooled:
-                    self._move_pooled(hand_overs(pooled, lambda c: c.size,
-                                                 self.config.pool_batch_items,
-                                                 self.config.pool_batch_bytes), started, mover)
-                for item in batch:
-                    if item.id in started or self._pooled(item):
-                        continue
-                    if self.abort.is_set() or self.stop.is_set():
-                        break
-                    started.add(item.id)
-                    self._one(mover, item, self._spec(item))
-                    if self._commit_due():
-                        self._commit(wait=False)
-            finally:
-                # Items not started go back to the queue; those through are committed by
-                # whichever stream commits next (or at the end of the run).
-                self.store.requeue(self.job.id, [c.id for c in batch if c.id not in started])
-
-    def _next_batch(self, first: bool) -> list[ClaimedItem]:
-        """This stream's next items. The results waiting to be recorded go with the claim, in
-        one transaction (one round trip over HTTP), unless another stream is committing: then
-        the claim goes alone and that stream records them. A stream's first claim is a small
-        one, so that the helpers start writing sooner."""
-        n = (self.config.pool_claim_batch if self.pool is not None and not first
-             else self.config.claim_batch)
-        max_bytes = self.config.claim_bytes
-        claimed = self._commit(wait=False, claim=(n, max_bytes))
-        if claimed is None:
-            claimed = self.store.claim_items(self.job.id, self.worker_id, n, max_bytes)
-        return claimed
-
-    def _pooled(self, item: ClaimedItem) -> bool:
-        """Small plain files go to the helper processes (when the worker has them): their
-        cost is Python per file, not bytes; large files and data sets stay in the stream,
-        where a cancel is seen between chunks."""
-        return (self.pool is not None and self.target.poolable and not item.is_directory
-                and item.size <= self.config.pool_max_bytes)
-
-    def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int],
-                     mover: Mover) -> None:
-        """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
-        and makes final its files: ``copy_pool``); here only their results are queued for the
-        next commit. One at a time per stream: the streams keep the helpers busy together, and
-        a hand-over's results are recorded (when due) before the next one starts writing."""
-        for part in parts:
-            if self.abort.is_set() or self.stop.is_set():
-                break
-            handed = self._hand_over(part, started)
-            if handed is not None:
-                self._collect(handed, started, mover)
-            if self._commit_due():
-                self._commit(wait=False)
-
-    def _hand_over(self, items: list[ClaimedItem], started: set[int]) -> _HandedOver | None:
-        """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
-        assert self.pool is not None
-        specs, ready = [], []
-        for item in items:
-            spec = self._spec(item)
-            try:
-                self._precheck(item, spec)
-            except ItemFailed as exc:
-                started.add(item.id)
-                self._settle(item, None, exc, None)
-                continue
-            specs.append(spec)
-            ready.append(item)
-        if not ready:
-            return None
-        hand = HandOver(self.run_key, str(self.log.path), self.config.fsync, specs,
-                        [item.dest_path for item in ready], self.root)
-        handed = _HandedOver(ready, specs, self.store_generation)
-        try:
-            handed.ticket = self.pool.submit(hand)
-        except HelperDied as exc:
-            handed.died = exc
-        return handed
-
-    def _collect(self, handed: _HandedOver, started: set[int], mover: Mover) -> None:
-        """Wait for a hand-over's results and queue them for the next commit."""
-        assert self.pool is not None
-        ready, specs = handed.items, handed.specs
-
-        def interrupt() -> bool:
-            # A store that became unavailable stops the hand-over too: the items it had not
-            # reached come back to the queue and fail there, with the store's name.
-            return self.abort.is_set() or self.store_generation != handed.generation
-
-        key = ("pool", id(handed))
-        try:
-            if handed.ticket is None:
-                assert handed.died is not None
-                raise handed.died
-            moved = self.pool.collect(handed.ticket, interrupt,
-                                      lambda n: self.inflight.set(key, n))
-        except HelperDied as exc:
-            # What it made final is found verified (not copied again); the rest is copied here,
-            # not handed over again, so a file that kills helpers cannot stall the job.
-            self.log(f"{exc}: its {len(ready)} file(s) are moved by the worker itself")
-            with contextlib.suppress(OSError):  # (a destination swapped: nothing removed there)
-                remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid,
-                                    self.root)
-            for item, spec in zip(ready, specs):
-                if self.abort.is_set() or self.stop.is_set():
-                    break
-                started.add(item.id)
-                item.attempts += 1  # a second attempt: a file found there is its own
-                self._one(mover, item, spec)
-            return
-        finally:
-            self.inflight.drop(key)
-        final: list[ClaimedItem] = []
-        for item, result in zip(ready, moved):
-            started.add(item.id)
-            if result is None:
-                final.append(item)
-            elif isinstance(result, BaseException):
-                self._settle(item, None, result, None)
-            else:
-                self._settle(item, result, None, None)
-        if final:
-            nbytes = sum(item.size for item in final)
-            with self._lock:
-                self.copied_bytes += nbytes
-            with self._pending_lock:
-                self._final.extend(final)
-                self._pending_bytes += nbytes
-            self.inflight.through(nbytes)
-
-    def _precheck(self, item: ClaimedItem, spec: ItemSpec) -> None:
-        if self.refused is not None:
-            raise ItemFailed(self.refused)
-        folder = os.path.dirname(item.dest_path)
-        inside = self.inside.get(folder)
-        if inside is None:
-            inside = self.inside[folder] = self.target.inside(os.path.dirname(spec.final))
-        if not inside:
-            raise ItemFailed("destination sub-directory leads outside the destination")
-        if item.store in self.unavailable:
-            raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
-                             f"catalogue); retry the job when it is back")
-
-    def _one(self, mover: Mover, item: ClaimedItem, spec: ItemSpec) -> None:
-        started = time.monotonic()
-        try:
-            self._precheck(item, spec)
-            # The mover never reads an instance swapped for a symlink out of its store.
-            outcome = mover.move(spec)
-        except Cancelled:
-            raise
-        except (ItemFailed, OSError, StagingError) as exc:
-            return self._settle(item, None, exc, started)
-        finally:
-            # Its bytes moving so far: counted again below as through, when it is.
-            self.inflight.drop(threading.get_ident())
-        return self._settle(item, outcome, None, started)
-
-    def _settle(self, item: ClaimedItem, outcome: Outcome | None, error: BaseException | None,
-                started: float | None) -> None:
-        """Log an item's result and queue it for the next commit. ``started`` (when the item
-        was moved alone) gives its rate in the log."""
-        if outcome is None:
-            message = (self._explain(item, error) if isinstance(error, OSError)
-                       else str(error))
-            self.log.note(f"FAILED {item.dest_path}: {message}")
-            return self._add(item, "failed", message, None)
-        state = outcome.state
-        if state == "skipped" and item.attempts > 1:
-            # An earlier attempt of this job finished it (before its worker or helper died):
-            # it is ours.
-            state = "done"
-            self.log.note(f"verified {item.dest_path} (finished by an earlier attempt; "
-                          f"not copied again)")
-        elif state == "skipped":
-            self.log.note(f"skipped {item.dest_path}: {outcome.note}")
-        else:
-            with self._lock:
-                self.copied_bytes += item.size
-            rate = ""
-            if started is not None:
-                seconds = max(time.monotonic() - started, 1e-9)
-                rate = f", {item.size / seconds / 1e6:.1f} MB/s"
-            self.log.note(f"{self.job.method} {item.dest_path} ({item.size} bytes{rate}"
-                          f"{', ' + outcome.note if outcome.note else ''})")
-        return self._add(item, state, "", outcome)
-
     # ----- commits: renames and results of a batch at once --------------------------------
-    def _add(self, item: ClaimedItem, state: str, error: str, outcome: Outcome | None) -> None:
+    def report(self, item: ClaimedItem, state: str, error: str = "",
+               outcome: Outcome | None = None) -> None:
+        """Queue an item's result for the next commit (``outcome``: a rename still to do)."""
         with self._pending_lock:
             self._pending.append((item, state, error, outcome))
             self._pending_bytes += item.size
         if state in ("done", "skipped"):
             self.inflight.through(item.size)
 
-    def _commit_due(self) -> bool:
+    def report_final(self, items: list[ClaimedItem]) -> None:
+        """Queue the results of items already made final (a copy helper copied, verified,
+        logged, renamed and synced them): only their results are still to record."""
+        nbytes = sum(item.size for item in items)
+        with self._pending_lock:
+            self._final.extend(items)
+            self._pending_bytes += nbytes
+        self.inflight.through(nbytes)
+
+    def commit_due(self) -> bool:
+        """Enough results wait (or long enough) that a stream should commit now."""
         return (len(self._pending) + len(self._final) >= self.config.commit_items
                 or self._pending_bytes >= self.config.commit_bytes
                 or time.monotonic() - self._last_commit >= self.config.flush_seconds)
 
-    def _commit(self, wait: bool, claim: tuple[int, int] | None = None
+    def commit(self, wait: bool = True, claim: tuple[int, int] | None = None
                 ) -> list[ClaimedItem] | None:
         """Make every item through so far final (``methods.commit``: sync, renames, sync),
         then record the results in one transaction. With ``wait`` False, returns None at once
@@ -440,14 +243,14 @@ class JobRun:
         if not self._commit_lock.acquire(blocking=wait):
             return None
         try:
-            batch, final = self._take_pending(renames=claim is None or self._commit_due())
+            batch, final = self._take_pending(renames=claim is None or self.commit_due())
             if not batch and not final:
                 return self._record([], 0, claim)
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
             errors = iter(commit(renames, self.config.fsync,
-                                 [self.root] if self.root is not None else ()))
+                                 [self.rename_root] if self.rename_root is not None else ()))
             results = [(item, "done", "") for item in final]
             through = sum(item.size for item in final) + sum(
                 item.size for item, state, _, _ in batch if state in ("done", "skipped"))
@@ -457,11 +260,10 @@ class JobRun:
                     if exc is not None:
                         error = ("appeared at the destination while it was being staged; "
                                  "not overwritten" if isinstance(exc, FileExistsError)
-                                 else self._explain(item, exc))
+                                 else self.explain(item, exc))
                         state = "failed"
                         self.log.note(f"FAILED {item.dest_path}: {error}")
-                        with self._lock:
-                            self.copied_bytes -= item.size
+                        self.count_copied(-item.size)
                 results.append((item, state, error))
             claimed = self._record(results, through, claim)
             self.log.flush()
@@ -505,7 +307,7 @@ class JobRun:
         self._beat()
         try:
             self.kind.begin(self, resumed)
-        except kinds.JobRefused as exc:
+        except JobRefused as exc:
             self.log(f"job {job.id} refused by the worker: {exc}")
             state = self.store.fail(job, self.worker_id, str(exc))
             self.store.close_log(job, self.log)
@@ -536,7 +338,7 @@ class JobRun:
         if not self.lost:
             # What the streams wrote and verified becomes final (on cancel and stop too).
             try:
-                self._commit(wait=True)
+                self.commit(wait=True)
             except Exception as exc:  # the database or the disk gone: released below
                 errors.append(exc)
         self.log.flush()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,7 +33,7 @@ from ..catalogue.db import Database
 from ..errors import NotFound, StagingError, Unavailable
 from ..jobs.engine import create_job
 from ..jobs.items import claim_items, ClaimedItem, requeue_items
-from ..jobs.kinds import JobKind
+from ..jobs.contract import JobKind
 from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
 from ..jobs.plan import unique_names, resolve_names
@@ -46,7 +45,7 @@ from .rclone import RclonePeer, client_for
 from .sender import offers_for, record_remote
 
 if TYPE_CHECKING:
-    from ..jobs.run import JobRun
+    from ..jobs.contract import KindRun
 
 T = TypeVar("T")
 DESTINATION_PREFIX = "peer:"
@@ -111,7 +110,7 @@ class TransferKind(JobKind):
     def __init__(self) -> None:
         self._env_registry: PeerRegistry | None = None
 
-    def registry(self, run: JobRun) -> PeerRegistry:
+    def registry(self, run: KindRun) -> PeerRegistry:
         """The peers: the worker's configuration if it was given one (in-process runs), else
         what the server passed in the environment."""
         if run.config.peers is not None:
@@ -120,7 +119,7 @@ class TransferKind(JobKind):
             self._env_registry = registry_from_env()
         return self._env_registry
 
-    def stream(self, run: JobRun) -> None:
+    def stream(self, run: KindRun) -> None:
         peer_name = run.job.options["peer"]
         registry = self.registry(run)
         try:
@@ -142,24 +141,33 @@ class TransferKind(JobKind):
 TRANSFER = TransferKind()
 
 
-def _fail_all(run: JobRun, message: str) -> None:
+def _fail_all(run: KindRun, message: str) -> None:
     while batch := claim_items(run.db, run.job.id, run.worker_id, run.config.claim_batch):
         for item in batch:
             run.log.note(f"FAILED {item.name}: {message}")
-            run._add(item, "failed", message, None)
-        run._commit(wait=True)
+            run.report(item, "failed", message)
+        run.commit(wait=True)
 
 
 #: Held while a stream counts a peer's items in flight and claims (see ``PeerSender.claim``).
 _claim_lock = threading.Lock()
-#: Notices already logged, per run (shared by its streams; gone with the run).
-_notices: weakref.WeakKeyDictionary[JobRun, set[str]] = weakref.WeakKeyDictionary()
+
+
+class _Notices:
+    """Notices already logged by a run's streams (its state under ``_NOTICES``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.keys: set[str] = set()
+
+
+_NOTICES = "transfer.notices"
 
 
 class PeerSender:
     """One stream of a transfer job: batches announced, followed and reported."""
 
-    def __init__(self, run: JobRun, registry: PeerRegistry, peer: Peer) -> None:
+    def __init__(self, run: KindRun, registry: PeerRegistry, peer: Peer) -> None:
         self.run, self.registry, self.peer = run, registry, peer
         self.client = self.connect()
         self.reported: set[int] = set()
@@ -169,20 +177,20 @@ class PeerSender:
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
     def check(self) -> None:
-        if self.run.abort.is_set() or self.run.stop.is_set():
+        if self.run.stopping():
             raise Cancelled()
 
     def sleep(self, seconds: float) -> None:
-        if self.run.abort.wait(seconds) or self.run.stop.is_set():
+        if self.run.wait_stopping(seconds):
             raise Cancelled()
 
     def once(self, key: str, message: str) -> None:
         """Log ``message`` unless another stream of this run logged the same ``key``."""
-        notes = _notices.setdefault(self.run, set())
-        with self.run._lock:
-            if key in notes:
+        notes = self.run.state_for(_NOTICES, _Notices)
+        with notes.lock:
+            if key in notes.keys:
                 return
-            notes.add(key)
+            notes.keys.add(key)
         self.run.log(message)
 
     def wait_for_hours(self) -> None:
@@ -231,7 +239,7 @@ class PeerSender:
                     return claim_items(run.db, run.job.id, run.worker_id, n,
                                         self.batch_bytes())
             # Items through but not recorded yet still count as running: record them.
-            run._commit(wait=False)
+            run.commit(wait=False)
             self.once("in-flight", f"waiting: {in_flight} item(s) in flight to peer "
                       f"{self.peer.name!r} (its max_in_flight {self.peer.max_in_flight})")
             if not wait:
@@ -268,13 +276,12 @@ class PeerSender:
         elif note:
             run.log.note(note)
         if state == "done":
-            with run._lock:
-                run.copied_bytes += item.size
+            run.count_copied(item.size)
         run.inflight.drop(("peer", item.name))  # (its bytes pulled so far, ``progress``)
-        run._add(item, state, error, None)
+        run.report(item, state, error)
         self.reported.add(item.id)
-        if run._commit_due():
-            run._commit(wait=False)
+        if run.commit_due():
+            run.commit(wait=False)
 
     # ----- the stream ---------------------------------------------------------------------
     def loop(self) -> None:
@@ -284,7 +291,7 @@ class PeerSender:
         run = self.run
         claimed: list[ClaimedItem] = []
         try:
-            while not (run.abort.is_set() or run.stop.is_set()):
+            while not (run.stopping()):
                 if len(self.waiting) < self.room() and (
                         not self.waiting or self.peer.seconds_until_open() == 0):
                     if not self.waiting:

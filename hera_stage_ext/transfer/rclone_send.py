@@ -65,11 +65,10 @@ import posixpath
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from ..catalogue import checksums as ck
 from ..errors import StagingError
@@ -78,9 +77,6 @@ from ..jobs.methods import Cancelled
 from .jobs import PeerSender
 from .rclone import RcloneClient, RclonePeer, glob_escape, join
 from .sender import record_remote
-
-if TYPE_CHECKING:
-    from ..jobs.run import JobRun
 
 T = TypeVar("T")
 PARTIAL_PREFIX = ".hera-partial-"
@@ -91,9 +87,17 @@ DISCARD_SECONDS = 5.0
 #: Outcomes of an item other than an error: sent by this job, or found there already.
 COMMITTED, HAVE = "committed", "have"
 
-#: Runs that have removed the hidden folders their job's earlier runs left (once per run).
-_swept: weakref.WeakSet[JobRun] = weakref.WeakSet()
-_swept_lock = threading.Lock()
+
+class _Sweep:
+    """Whether a run has removed the hidden folders its job's earlier runs left (once per
+    run: its state under ``_SWEEP``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+
+
+_SWEEP = "rclone.sweep"
 
 
 @dataclass
@@ -113,7 +117,7 @@ class RcloneSender(PeerSender):
     def connect(self) -> RcloneClient:  # type: ignore[override]
         run = self.run
         return RcloneClient(self.peer,
-                            interrupt=lambda: run.abort.is_set() or run.stop.is_set())
+                            interrupt=run.stopping)
 
     def room(self) -> int:
         return min(super().room(), BATCH)
@@ -307,10 +311,11 @@ class RcloneSender(PeerSender):
         run = self.run
         if all(item.attempts == 1 for item in batch):
             return
-        with _swept_lock:
-            if run in _swept:
+        swept = run.state_for(_SWEEP, _Sweep)
+        with swept.lock:
+            if swept.done:
                 return
-            _swept.add(run)
+            swept.done = True
         job_prefix = job_folders(self.registry.site_name, run.job.id)
         mine = f"{job_prefix}{run.run_key[:8]}-"
 

@@ -66,7 +66,7 @@ from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.engine import create_job
 from ..jobs.items import claim_items, ClaimedItem, requeue_items, unfinished_paths
 from ..jobs.joblog import JobLog
-from ..jobs.kinds import JobKind
+from ..jobs.contract import JobKind
 from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
 from ..jobs.targets import LocalTarget
@@ -78,7 +78,7 @@ from .peers import PeerRegistry
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ..jobs.run import JobRun
+    from ..jobs.contract import KindRun
 
 #: Items a stream claims at a time (``--batch``) and the most a request may ask for.
 DEFAULT_BATCH = 16
@@ -312,14 +312,14 @@ class UploadKind(JobKind):
 
     def __init__(self) -> None:
         # The run of each job this process runs (``finish`` is handed only the job).
-        self._runs: dict[int, JobRun] = {}
+        self._runs: dict[int, KindRun] = {}
         # When each running job's manifest is next rewritten (monotonic; first: at once).
         self._manifest_due: dict[int, float] = {}
 
-    def streams(self, run: JobRun) -> int:
+    def streams(self, run: KindRun) -> int:
         return run.job.options.get("parallel") or max(1, run.config.streams)
 
-    def begin(self, run: JobRun, resumed: bool) -> None:
+    def begin(self, run: KindRun, resumed: bool) -> None:
         self._runs[run.job.id] = run
         self._manifest_due.pop(run.job.id, None)
         if resumed:
@@ -327,14 +327,14 @@ class UploadKind(JobKind):
             if n:
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
-    def stream(self, run: JobRun) -> None:
+    def stream(self, run: KindRun) -> None:
         uploader = _Uploader(run)
         try:
             uploader.loop()
         finally:
             uploader.close()
 
-    def recorded(self, run: JobRun) -> None:
+    def recorded(self, run: KindRun) -> None:
         now = time.monotonic()
         if now >= self._manifest_due.get(run.job.id, 0.0):
             self._manifest_due[run.job.id] = now + MANIFEST_SECONDS
@@ -361,7 +361,7 @@ class UploadKind(JobKind):
             run.log(f"manifest written: {path}")
 
     @staticmethod
-    def _send(run: JobRun, job: Job) -> None:
+    def _send(run: KindRun, job: Job) -> None:
         """Launch the transfer job of what is in the local store and not at the peer yet
         (once: a finalisation run again after a crash finds it recorded)."""
         peer = job.options["peer"]
@@ -436,13 +436,13 @@ def _at_peer(db: Database, peer: str, names: list[str]) -> set[str]:
 class _Uploader:
     """One stream of an upload job: claim a batch, checksum, skip or copy, register, report."""
 
-    def __init__(self, run: JobRun) -> None:
+    def __init__(self, run: KindRun) -> None:
         self.run = run
         options = run.job.options
         self.store, self.prefix = options["store"], options["prefix"]
         self.directory, self.peer = options["directory"], options.get("peer")
         self.read_only = bool(options.get("read_only", True))
-        self.mover = Mover(run.config.chunk_size, run._check, run.log, run.config.fsync,
+        self.mover = Mover(run.config.chunk_size, run.check, run.log, run.config.fsync,
                            made_dirs=run.made_dirs, roots=[str(run.dest)])
         self.ingester = Ingester(Catalogue(run.db), source="upload")
         pin = options.get("directory_pin")
@@ -467,7 +467,7 @@ class _Uploader:
 
     def loop(self) -> None:
         run = self.run
-        while not (run.abort.is_set() or run.stop.is_set()):
+        while not (run.stopping()):
             batch = claim_items(run.db, run.job.id, run.worker_id, run.job.options["batch"])
             if not batch:
                 return
@@ -478,8 +478,8 @@ class _Uploader:
                 # Claimed and not through (cancel, stop): back to the queue for whoever runs
                 # the job next (a file already renamed into the store is found identical).
                 requeue_items(run.db, [c.id for c in batch if c.id not in reported])
-            if run._commit_due():
-                run._commit(wait=False)
+            if run.commit_due():
+                run.commit(wait=False)
 
     def report(self, item: ClaimedItem, state: str, error: str, reported: set[int],
                note: str = "") -> None:
@@ -487,7 +487,7 @@ class _Uploader:
             self.run.log.note(f"FAILED {item.dest_path}: {error}")
         elif note:
             self.run.log.note(note)
-        self.run._add(item, state, error, None)
+        self.run.report(item, state, error)
         reported.add(item.id)
 
     def known(self, names: list[str]) -> dict[str, tuple[int, dict[str, str], str | None]]:
@@ -510,7 +510,7 @@ class _Uploader:
         at_peer = _at_peer(run.db, self.peer, list(known)) if self.peer else set()
         copied: list[tuple[ClaimedItem, ck.Digest, str, float]] = []
         for item in batch:
-            if run.abort.is_set() or run.stop.is_set():
+            if run.stopping():
                 break
             started = time.monotonic()
             try:
@@ -530,7 +530,7 @@ class _Uploader:
             except ItemFailed as exc:
                 self.report(item, "failed", str(exc), reported)
             except (OSError, StagingError) as exc:
-                message = run._explain(item, exc) if isinstance(exc, OSError) else str(exc)
+                message = run.explain(item, exc) if isinstance(exc, OSError) else str(exc)
                 self.report(item, "failed", message, reported)
         self.register(copied, reported)
 
@@ -579,8 +579,7 @@ class _Uploader:
                 self.report(item, "failed", f"copied to the store but not registered: "
                             f"{failed[rel]}", reported)
                 continue
-            with self.run._lock:
-                self.run.copied_bytes += digest.size
+            self.run.count_copied(digest.size)
             self.report(item, "done", "", reported,
                         f"uploaded {item.dest_path} to {self.store}:{rel} ({digest.size} "
                         f"bytes, {digest.size / max(seconds, 1e-9) / 1e6:.1f} MB/s, {note})")

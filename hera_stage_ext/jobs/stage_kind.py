@@ -1,0 +1,409 @@
+"""The stage kind: a job's items copied (or linked) into its destination folder.
+
+``StageKind`` holds the destination (``targets``: a local folder or a contents-manager folder)
+from launch until its result markers are written; ``StageRun`` is what one run of a stage job
+keeps (the target, whether it was refused, which folders resolve inside it), and
+``_StageStream`` one of its streams: it claims items in batches and moves them with a bounded
+number of streams; small plain files go to the worker's copy helper processes in hand-overs
+(``copy_pool``). Streams write and verify each item under its temporary name and report it to
+the run, which commits (renames and records) the results in batches (``run.JobRun.commit``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..catalogue.db import Database
+from ..errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, StagingError
+from ..safefs import PathChanged
+from . import recall, targets
+from .contract import JobKind, JobRefused, KindRun
+from .copy_pool import HandOver, HelperDied, Ticket, hand_overs
+from .engine import job_is_active
+from .items import ClaimedItem, unfinished_paths
+from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, remove_temp_folders
+from .models import ACTIVE_STATES, Job
+from .plan import COPYING, free_bytes
+
+
+@dataclass
+class _HandedOver:
+    """Items submitted to a copy helper (``_StageStream._hand_over``), their results to collect."""
+
+    items: list[ClaimedItem]
+    specs: list[ItemSpec]
+    generation: int  # the run's ``store_generation`` when they were sent
+    ticket: Ticket | None = None
+    died: HelperDied | None = None  # the helper was gone before it took them
+
+
+
+
+class StageRun:
+    """What one run of a stage job keeps (``run.state_for(StageRun, ...)``), shared by its
+    streams."""
+
+    def __init__(self, run: KindRun) -> None:
+        job = run.job
+        self.target = targets.for_job(job.destination, job.method, job.options)
+        # Why nothing may be written for this run (the destination refused when it began).
+        self.refused: str | None = None
+        self.root = getattr(self.target, "pin", None)  # the pinned destination, if local
+        self.read_only = bool(job.options.get("read_only", True))
+        # Whether each (relative) folder resolves inside the destination, so that it is not
+        # asked per file.
+        self.inside: dict[str, bool] = {}
+
+    @staticmethod
+    def of(run: KindRun) -> StageRun:
+        return run.state_for(StageRun, lambda: StageRun(run))
+
+
+class _StageStream:
+    """One stream of a stage job's run."""
+
+    def __init__(self, run: KindRun, stage: StageRun) -> None:
+        self.run, self.stage = run, stage
+
+    def _spec(self, item: ClaimedItem) -> ItemSpec:
+        return ItemSpec(item.source_path, os.path.join(self.run.job.destination, item.dest_path),
+                        item.size, item.is_directory, item.checksums, self.run.job.method,
+                        self.stage.read_only, self.run.store_roots.get(item.store))
+
+    def run_stream(self) -> None:
+        """Claim, move and report items until none is left (or the run stops)."""
+        key = threading.get_ident()  # this stream's file being moved (``_one``)
+
+        def check(n: int) -> None:
+            self.run.inflight.add(key, n)
+            self.run.check(n)
+
+        mover = self.stage.target.mover(self.run.config, check, self.run.log, self.run.made_dirs)
+        try:
+            self._stream_with(mover)
+        finally:
+            mover.close()  # its open folders
+
+    def _stream_with(self, mover: Mover) -> None:
+        first = True
+        while not self.run.stopping():
+            batch = self._next_batch(first)
+            first = False
+            if not batch:
+                return
+            started: set[int] = set()
+            try:
+                pooled = [c for c in batch if self._pooled(c)]
+                if pooled:
+                    self._move_pooled(hand_overs(pooled, lambda c: c.size,
+                                                 self.run.config.pool_batch_items,
+                                                 self.run.config.pool_batch_bytes), started, mover)
+                for item in batch:
+                    if item.id in started or self._pooled(item):
+                        continue
+                    if self.run.stopping():
+                        break
+                    started.add(item.id)
+                    self._one(mover, item, self._spec(item))
+                    if self.run.commit_due():
+                        self.run.commit(wait=False)
+            finally:
+                # Items not started go back to the queue; those through are committed by
+                # whichever stream commits next (or at the end of the run).
+                self.run.store.requeue(self.run.job.id,
+                                       [c.id for c in batch if c.id not in started])
+
+    def _next_batch(self, first: bool) -> list[ClaimedItem]:
+        """This stream's next items. The results waiting to be recorded go with the claim, in
+        one transaction (one round trip over HTTP), unless another stream is committing: then
+        the claim goes alone and that stream records them. A stream's first claim is a small
+        one, so that the helpers start writing sooner."""
+        n = (self.run.config.pool_claim_batch if self.run.pool is not None and not first
+             else self.run.config.claim_batch)
+        max_bytes = self.run.config.claim_bytes
+        claimed = self.run.commit(wait=False, claim=(n, max_bytes))
+        if claimed is None:
+            claimed = self.run.store.claim_items(self.run.job.id, self.run.worker_id, n, max_bytes)
+        return claimed
+
+    def _pooled(self, item: ClaimedItem) -> bool:
+        """Small plain files go to the helper processes (when the worker has them): their
+        cost is Python per file, not bytes; large files and data sets stay in the stream,
+        where a cancel is seen between chunks."""
+        return (self.run.pool is not None and self.stage.target.poolable and not item.is_directory
+                and item.size <= self.run.config.pool_max_bytes)
+
+    def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int],
+                     mover: Mover) -> None:
+        """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
+        and makes final its files: ``copy_pool``); here only their results are queued for the
+        next commit. One at a time per stream: the streams keep the helpers busy together, and
+        a hand-over's results are recorded (when due) before the next one starts writing."""
+        for part in parts:
+            if self.run.stopping():
+                break
+            handed = self._hand_over(part, started)
+            if handed is not None:
+                self._collect(handed, started, mover)
+            if self.run.commit_due():
+                self.run.commit(wait=False)
+
+    def _hand_over(self, items: list[ClaimedItem], started: set[int]) -> _HandedOver | None:
+        """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
+        assert self.run.pool is not None
+        specs, ready = [], []
+        for item in items:
+            spec = self._spec(item)
+            try:
+                self._precheck(item, spec)
+            except ItemFailed as exc:
+                started.add(item.id)
+                self._settle(item, None, exc, None)
+                continue
+            specs.append(spec)
+            ready.append(item)
+        if not ready:
+            return None
+        hand = HandOver(self.run.run_key, str(self.run.log.path), self.run.config.fsync, specs,
+                        [item.dest_path for item in ready], self.stage.root)
+        handed = _HandedOver(ready, specs, self.run.store_generation)
+        try:
+            handed.ticket = self.run.pool.submit(hand)
+        except HelperDied as exc:
+            handed.died = exc
+        return handed
+
+    def _collect(self, handed: _HandedOver, started: set[int], mover: Mover) -> None:
+        """Wait for a hand-over's results and queue them for the next commit."""
+        assert self.run.pool is not None
+        ready, specs = handed.items, handed.specs
+
+        def interrupt() -> bool:
+            # A store that became unavailable stops the hand-over too: the items it had not
+            # reached come back to the queue and fail there, with the store's name.
+            return self.run.abort.is_set() or self.run.store_generation != handed.generation
+
+        key = ("pool", id(handed))
+        try:
+            if handed.ticket is None:
+                assert handed.died is not None
+                raise handed.died
+            moved = self.run.pool.collect(handed.ticket, interrupt,
+                                      lambda n: self.run.inflight.set(key, n))
+        except HelperDied as exc:
+            # What it made final is found verified (not copied again); the rest is copied here,
+            # not handed over again, so a file that kills helpers cannot stall the job.
+            self.run.log(f"{exc}: its {len(ready)} file(s) are moved by the worker itself")
+            with contextlib.suppress(OSError):  # (a destination swapped: nothing removed there)
+                remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid,
+                                    self.stage.root)
+            for item, spec in zip(ready, specs):
+                if self.run.stopping():
+                    break
+                started.add(item.id)
+                item.attempts += 1  # a second attempt: a file found there is its own
+                self._one(mover, item, spec)
+            return
+        finally:
+            self.run.inflight.drop(key)
+        final: list[ClaimedItem] = []
+        for item, result in zip(ready, moved):
+            started.add(item.id)
+            if result is None:
+                final.append(item)
+            elif isinstance(result, BaseException):
+                self._settle(item, None, result, None)
+            else:
+                self._settle(item, result, None, None)
+        if final:
+            self.run.count_copied(sum(item.size for item in final))
+            self.run.report_final(final)
+
+    def _precheck(self, item: ClaimedItem, spec: ItemSpec) -> None:
+        if self.stage.refused is not None:
+            raise ItemFailed(self.stage.refused)
+        folder = os.path.dirname(item.dest_path)
+        inside = self.stage.inside.get(folder)
+        if inside is None:
+            inside = self.stage.inside[folder] = self.stage.target.inside(
+                os.path.dirname(spec.final))
+        if not inside:
+            raise ItemFailed("destination sub-directory leads outside the destination")
+        if item.store in self.run.unavailable:
+            raise ItemFailed(f"store {item.store!r} is unavailable (marked so in the "
+                             f"catalogue); retry the job when it is back")
+
+    def _one(self, mover: Mover, item: ClaimedItem, spec: ItemSpec) -> None:
+        started = time.monotonic()
+        try:
+            self._precheck(item, spec)
+            # The mover never reads an instance swapped for a symlink out of its store.
+            outcome = mover.move(spec)
+        except Cancelled:
+            raise
+        except (ItemFailed, OSError, StagingError) as exc:
+            return self._settle(item, None, exc, started)
+        finally:
+            # Its bytes moving so far: counted again below as through, when it is.
+            self.run.inflight.drop(threading.get_ident())
+        return self._settle(item, outcome, None, started)
+
+    def _settle(self, item: ClaimedItem, outcome: Outcome | None, error: BaseException | None,
+                started: float | None) -> None:
+        """Log an item's result and queue it for the next commit. ``started`` (when the item
+        was moved alone) gives its rate in the log."""
+        if outcome is None:
+            message = (self.run.explain(item, error) if isinstance(error, OSError)
+                       else str(error))
+            self.run.log.note(f"FAILED {item.dest_path}: {message}")
+            return self.run.report(item, "failed", message, None)
+        state = outcome.state
+        if state == "skipped" and item.attempts > 1:
+            # An earlier attempt of this job finished it (before its worker or helper died):
+            # it is ours.
+            state = "done"
+            self.run.log.note(f"verified {item.dest_path} (finished by an earlier attempt; "
+                          f"not copied again)")
+        elif state == "skipped":
+            self.run.log.note(f"skipped {item.dest_path}: {outcome.note}")
+        else:
+            self.run.count_copied(item.size)
+            rate = ""
+            if started is not None:
+                seconds = max(time.monotonic() - started, 1e-9)
+                rate = f", {item.size / seconds / 1e6:.1f} MB/s"
+            self.run.log.note(f"{self.run.job.method} {item.dest_path} ({item.size} bytes{rate}"
+                          f"{', ' + outcome.note if outcome.note else ''})")
+        return self.run.report(item, state, "", outcome)
+
+
+class StageKind(JobKind):
+    """Staging: items copied (or linked) into the job's destination (``targets``: a local folder
+    or a contents-manager folder), which the job holds with the Librarian's markers from launch
+    until its result markers are written.
+
+    A job a site service recorded (``recorded.record_stage_job``: options ``recorded``) was
+    launched without touching the folder: the user's worker confines it against its own
+    allowed roots and takes it when it begins, and the service side (cancel with no worker,
+    retry) leaves the folder alone."""
+
+    name = "stage"
+
+    def __init__(self) -> None:
+        # Jobs whose destination this process refused when their run began (job id -> why):
+        # their result markers are not written there either.
+        self._refused: dict[int, str] = {}
+
+    def begin(self, run: KindRun, resumed: bool) -> None:
+        self._refused.pop(run.job.id, None)
+        stage = StageRun.of(run)
+        # The items' renames stay below the destination as pinned at launch.
+        run.rename_root = stage.root
+        try:
+            if run.job.options.get("recorded"):
+                self._take(run, stage.target)
+            else:
+                if run.config.allowed_roots and isinstance(stage.target, targets.LocalTarget):
+                    # The worker's own roots, not only the server's check at launch.
+                    stage.target.recheck(run.config.allowed_roots)
+                stage.target.ensure_in_progress(run.job.id, run.job.owner)
+            if resumed:
+                n = stage.target.remove_temps(run.store.unfinished_paths(run.job.id))
+                if n:
+                    run.log(f"removed {n} temporary file(s) left by the previous worker")
+        except (PathChanged, Forbidden, InvalidRequest) as exc:
+            # Nothing is written: every item fails with the reason (no marker either).
+            stage.refused = f"not written: {exc}"
+            self._refused[run.job.id] = stage.refused
+            run.log(f"the destination is refused: {exc}")
+
+    @staticmethod
+    def _take(run: KindRun, target: targets.Target) -> None:
+        """The user's worker takes a recorded job's folder: inside its allowed roots, itself
+        (no symlink on the way), and not held by another unfinished job."""
+        destination = run.job.destination
+        try:
+            target.confine_recorded(run.config.allowed_roots)
+            target.acquire(run.job.id, run.job.owner, run.store.is_active)
+            # The pin and whether the folder was made here: the store records ``made``.
+            run.job.options = {**run.job.options, **target.options()}
+        except StagingError as exc:
+            raise JobRefused(f"{exc.message} (checked by the worker of "
+                             f"{run.job.owner})") from exc
+        except OSError as exc:
+            raise JobRefused(f"cannot take the destination {destination}: "
+                             f"{exc.strerror or exc}") from exc
+
+    def stream(self, run: KindRun) -> None:
+        streamer = _StageStream(run, StageRun.of(run))
+        if run.db is None or run.job.options.get("recorded"):
+            # A site's job: the site's recall job recalls its cold files; this worker stages
+            # each once it is in the queue.
+            recall.await_recall(run, streamer.run_stream)
+        else:
+            recall.with_recall(run, streamer.run_stream)
+
+    def finish(self, job: Job, lines: list[str]) -> None:
+        refused = self._refused.pop(job.id, None)
+        if refused is not None:
+            lines.append(f"result marker {refused}")
+            return
+        try:
+            _target(job).finish(job.id, lines)
+        except PathChanged as exc:  # the job fails with it; nothing is written there
+            lines.append(f"result marker not written: {exc}")
+
+    def cancelled(self, db: Database, job: Job, left: int) -> int:
+        if job.options.get("recorded"):
+            return 0  # the folder is the user's: their worker cleans it (``cancel_at_target``)
+        return self.cancel_at_target(job, left, unfinished_paths(db, job.id))
+
+    def cancel_at_target(self, job: Job, left: int, unfinished: list[str]) -> int:
+        """Remove a cancelled job's temporary files and write its result marker."""
+        target = _target(job)
+        try:
+            removed = target.remove_temps(unfinished)
+            target.finish(job.id, [f"job {job.id} cancelled: {left} file(s) not staged"])
+        except PathChanged:
+            return 0  # the folder is not the job's any more: nothing is written there
+        return removed
+
+    def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
+               allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
+        recorded = job.options.get("recorded")  # the user's worker takes the folder again
+        target = _target(job)
+        if not recorded:
+            target.recheck(allowed_roots)
+            needed = left_bytes if job.method in COPYING else 0
+            free = free_bytes(target.local) if target.local is not None else None
+            if free is not None and needed > free and not force:
+                raise InsufficientSpace(
+                    f"the destination has {free} bytes free and the retry needs {needed}",
+                    needed=needed, free=free)
+        busy = s.scalar(select(Job.id).where(Job.destination == job.destination,
+                                             Job.id != job.id, Job.state.in_(ACTIVE_STATES)))
+        if busy is not None:
+            raise Conflict(f"job {busy} is already staging into {job.destination}", job_id=busy)
+        if not recorded:
+            target.acquire(job.id, job.owner, lambda other: job_is_active(s, other))
+            # Checked against the roots just now: the folder there is the job's from now on.
+            job.options = {**job.options, **target.options()}
+
+    def release(self, job: Job) -> None:
+        if not job.options.get("recorded"):
+            _target(job).release(job.id)
+
+
+def _target(job: Job) -> targets.Target:
+    return targets.for_job(job.destination, job.method, job.options)
+
+
+STAGE = StageKind()
