@@ -83,7 +83,9 @@ def site_service(workdir: Path, db_url: str, stores: dict[str, Any], workspace: 
     config.write_text(f"c.StagingApp.db_url = {db_url!r}\n"
                       f"c.StagingApp.stores = {stores!r}\n"
                       f"c.StagingApp.job_log_dir = {str(workdir / 'logs')!r}\n"
-                      "c.StagingApp.start_worker = False\n")
+                      "c.StagingApp.start_worker = False\n"
+                      # no background fixity audit during timed runs (as stage_bench's server)
+                      "c.StagingApp.fixity_bytes_per_hour = 0\n")
     config.chmod(0o600)
     db = Database(db_url)
     db.upgrade()
