@@ -24,18 +24,6 @@ import pytest
 PACKAGE = "hera_stage_ext"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
-#: What is left in the engine (``jobs/``, ``api/worker.py``, ``site/worker_ops.py``) and in
-#: ``transfer/``, which other branches are rewriting at the time of writing; the lead removes
-#: each entry as it goes, and this list is then emptied and dropped. Module names without the
-#: leading ``hera_stage_ext.``. A new circle or private import anywhere fails the tests, and so
-#: does an entry here that is no longer found (so the list stays exactly what is left).
-KNOWN_UNTIL_JOBS_AND_TRANSFER_MERGE: frozenset[str] = frozenset({
-    "circle: transfer.jobs, transfer.rclone_send",
-})
-#: The only places an entry above may name (the areas other branches are changing).
-_MERGING = ("jobs.", "transfer.", "api.worker", "site.worker_ops")
-
-
 @dataclass(frozen=True)
 class Import:
     importer: str  # the importing module
@@ -155,13 +143,8 @@ def graph() -> tuple[dict[str, Path], list[Import]]:
     return modules, list(imports(modules))
 
 
-def _compare(kind: str, found: dict[str, str]) -> None:
-    known = {entry for entry in KNOWN_UNTIL_JOBS_AND_TRANSFER_MERGE if entry.startswith(kind)}
-    new = sorted(set(found) - known)
-    gone = sorted(known - set(found))
-    assert not new, f"new {kind}(s):\n" + "\n".join(f"{key}: {found[key]}" for key in new)
-    assert not gone, ("no longer found: remove from KNOWN_UNTIL_JOBS_AND_TRANSFER_MERGE:\n"
-                      + "\n".join(gone))
+def _none(kind: str, found: dict[str, str]) -> None:
+    assert not found, f"{kind}(s):\n" + "\n".join(f"{key}: {where}" for key, where in found.items())
 
 
 def test_the_check_sees_the_package(graph):
@@ -182,18 +165,9 @@ def test_the_check_sees_the_package(graph):
     assert private_imports(made) == {"private: b imports a._hidden": "b line 9"}
 
 
-def test_what_is_left_lies_where_other_branches_are_working():
-    for entry in KNOWN_UNTIL_JOBS_AND_TRANSFER_MERGE:
-        kind, _, names = entry.partition(": ")
-        assert kind in ("circle", "private"), entry
-        # A circle's modules; a private import's importer (what imports it is what changes).
-        modules = names.split(", ") if kind == "circle" else [names.split(" imports ")[0]]
-        assert all(m.startswith(_MERGING) for m in modules), entry
-
-
 def test_no_import_circles(graph):
-    _compare("circle", circles(*graph))
+    _none("circle", circles(*graph))
 
 
 def test_no_module_imports_another_modules_private_names(graph):
-    _compare("private", private_imports(graph[1]))
+    _none("private", private_imports(graph[1]))

@@ -33,7 +33,7 @@ from hera_stage_ext.demo import DemoArchive, ingest_demo_archive, make_demo_arch
 from hera_stage_ext.errors import Conflict, InvalidRequest, NotFound, SearchError
 from hera_stage_ext.jobs import cancel_job, forget_job
 from hera_stage_ext.jobs.models import AuditEntry, Job, JobItem
-from hera_stage_ext.transfer.jobs import refusal
+from hera_stage_ext.transfer.peer_sender import refusal
 from hera_stage_ext.transfer.models import RemoteInstance
 from hera_stage_ext.transfer.orders import StandingOrders
 from hera_stage_ext.transfer.peer_config import parse_peers

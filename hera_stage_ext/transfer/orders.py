@@ -41,7 +41,7 @@ from ..catalogue.search_parse import parse_search
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
 from ..jobs.models import ACTIVE_STATES, Job, JobItem
-from .jobs import peer_destination, refusal
+from .peer_sender import peer_destination, refusal
 from .models import RemoteInstance
 from .order_models import StandingOrder
 from .protocol import CONFLICT

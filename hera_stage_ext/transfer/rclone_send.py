@@ -49,7 +49,7 @@ A stream whose batch holds items an earlier run had claimed (its worker died or 
 first removes the hidden folders earlier runs of this job left at the remote, once per run. A
 cancel kills the running rclone within half a second and gives the hidden folder
 ``DISCARD_SECONDS`` to go (if it cannot, a later run of the job, if there is one, removes it;
-otherwise it stays, and the job's log names it). The shared parts come from ``jobs.PeerSender``:
+otherwise it stays, and the job's log names it). The shared parts come from ``peer_sender.PeerSender``:
 allowed hours, ``max_in_flight``, reporting, and the exponential backoff while the remote cannot
 be reached: the batch then starts over at step 1 (its hidden folder emptied first; a file it
 renamed before counts as sent by it; a data set whose members it had renamed only in part is
@@ -74,7 +74,7 @@ from ..catalogue import checksums as ck
 from ..errors import StagingError
 from ..jobs.items import ClaimedItem
 from ..jobs.methods import Cancelled
-from .jobs import PeerSender
+from .peer_sender import PeerSender
 from .rclone import RcloneClient, RclonePeer, glob_escape, join
 from .sender import record_remote
 

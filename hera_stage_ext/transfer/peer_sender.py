@@ -1,0 +1,314 @@
+"""One stream of a transfer job towards a peer running hera_stage_ext (``PeerSender``): it
+waits for the peer's hours and room under its ``max_in_flight``, claims a batch, announces it,
+reports what the peer already has or refuses, and follows the accepted files with ``status``
+long polls until each is committed or failed. ``rclone_send.RcloneSender`` builds on it for
+rclone remotes; ``jobs.TransferKind`` picks one of the two per peer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import func, select
+
+from ..errors import StagingError, Unavailable
+from ..jobs.items import claim_items, ClaimedItem, requeue_items
+from ..jobs.methods import Cancelled
+from ..jobs.models import Job, JobItem
+from .peers import Peer, PeerRegistry
+from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, PeerClient
+from .sender import offers_for, record_remote
+
+if TYPE_CHECKING:
+    from ..jobs.contract import KindRun
+
+T = TypeVar("T")
+DESTINATION_PREFIX = "peer:"
+#: Longest wait of one status long poll (seconds): how late a cancel can be noticed.
+STATUS_WAIT = 2.0
+#: ...and while a large file is being pulled, how often the bytes it has are asked for.
+PROGRESS_WAIT = 0.5
+
+
+def peer_destination(peer: str) -> str:
+    return DESTINATION_PREFIX + peer
+
+
+def refusal(answer: str, message: str) -> str:
+    """The error of an item the peer refused (``conflict``, ``no-space``, ``refused``);
+    standing orders read the ``conflict`` ones back to hold those files (``orders.py``)."""
+    return f"peer answered {answer}: {message}"
+
+
+
+#: Held while a stream counts a peer's items in flight and claims (see ``PeerSender.claim``).
+_claim_lock = threading.Lock()
+
+
+class _Notices:
+    """Notices already logged by a run's streams (its state under ``_NOTICES``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.keys: set[str] = set()
+
+
+_NOTICES = "transfer.notices"
+
+
+
+class PeerSender:
+    """One stream of a transfer job: batches announced, followed and reported."""
+
+    def __init__(self, run: KindRun, registry: PeerRegistry, peer: Peer) -> None:
+        self.run, self.registry, self.peer = run, registry, peer
+        self.client = self.connect()
+        self.reported: set[int] = set()
+        #: Accepted by the peer and not through yet: name -> item, and (transfer, when).
+        self.waiting: dict[str, ClaimedItem] = {}
+        self.announced: dict[str, tuple[str, float]] = {}
+
+    # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
+    def check(self) -> None:
+        if self.run.stopping():
+            raise Cancelled()
+
+    def sleep(self, seconds: float) -> None:
+        if self.run.wait_stopping(seconds):
+            raise Cancelled()
+
+    def once(self, key: str, message: str) -> None:
+        """Log ``message`` unless another stream of this run logged the same ``key``."""
+        notes = self.run.state_for(_NOTICES, _Notices)
+        with notes.lock:
+            if key in notes.keys:
+                return
+            notes.keys.add(key)
+        self.run.log(message)
+
+    def wait_for_hours(self) -> None:
+        waited = False
+        while (wait := self.peer.seconds_until_open()) > 0:
+            self.once(f"hours-closed-{self.peer.hours}",
+                      f"waiting: peer {self.peer.name!r} takes transfers only at hours "
+                      f"{self.peer.hours} (local time of this site); they begin in "
+                      f"{wait / 60:.0f} min")
+            waited = True
+            self.sleep(min(wait, 5.0))
+        if waited:
+            self.once(f"hours-open-{self.peer.hours}",
+                      f"peer {self.peer.name!r}: allowed hours begin, sending")
+
+    def room(self) -> int:
+        """Items one claim takes at most (before the peer's ``max_in_flight``): a whole number
+        of announces where the engine's claim allows it (1,024 would announce 500, 500 and 24:
+        a third round trip, and a third transaction at the peer, for 24 files)."""
+        claim = self.run.config.claim_batch
+        return max(claim - claim % MAX_OFFERS, min(claim, MAX_OFFERS))
+
+    def batch_bytes(self) -> int | None:
+        """Bytes one claim takes at most (but always one item); None: no limit."""
+        return None
+
+    def claim(self, wait: bool = True) -> list[ClaimedItem]:
+        """The next batch, no more than the peer's ``max_in_flight`` allows; without room,
+        waits for it (``wait``) or returns nothing at once (a stream with files in flight
+        follows them meanwhile).
+
+        Counting and claiming hold a lock, so this worker's streams never overshoot together;
+        between worker processes the count is a close bound, not a lock."""
+        run = self.run
+        while True:
+            with _claim_lock:
+                n = self.room()
+                if self.peer.max_in_flight:
+                    with run.db.read() as s:
+                        in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
+                            Job, Job.id == JobItem.job_id).where(
+                            Job.destination == peer_destination(self.peer.name),
+                            Job.state == "running", JobItem.state == "running")) or 0
+                    n = min(n, self.peer.max_in_flight - in_flight)
+                if n > 0:
+                    return claim_items(run.db, run.job.id, run.worker_id, n,
+                                        self.batch_bytes())
+            # Items through but not recorded yet still count as running: record them.
+            run.commit(wait=False)
+            self.once("in-flight", f"waiting: {in_flight} item(s) in flight to peer "
+                      f"{self.peer.name!r} (its max_in_flight {self.peer.max_in_flight})")
+            if not wait:
+                return []
+            self.sleep(0.5)
+
+    def call(self, what: str, fn: Callable[[PeerClient], T]) -> T:
+        """``fn(client)``, retried with exponential backoff while the peer is unreachable."""
+        delay, attempt = 1.0, 0
+        while True:
+            self.check()
+            try:
+                return fn(self.client)
+            except Unavailable as exc:
+                attempt += 1
+                self.run.log(f"{what}: {exc.message}; attempt {attempt} failed, trying again "
+                             f"in {delay:.0f} s")
+                self.sleep(delay)
+                delay = min(delay * 2, self.peer.retry_max_s)
+                # A new connection, to the peer as configured now (in-process runs may change
+                # it; a worker's configuration is fixed at its start).
+                self.client.close()
+                self.peer = self.registry.peer(self.peer.name)
+                self.client = self.connect()
+
+    def connect(self) -> PeerClient:
+        return PeerClient(self.peer, self.registry.site_name)
+
+    # ----- results ------------------------------------------------------------------------
+    def report(self, item: ClaimedItem, state: str, error: str = "", note: str = "") -> None:
+        run = self.run
+        if state == "failed":
+            run.log.note(f"FAILED {item.name}: {error}")
+        elif note:
+            run.log.note(note)
+        if state == "done":
+            run.count_copied(item.size)
+        run.inflight.drop(("peer", item.name))  # (its bytes pulled so far, ``progress``)
+        run.report(item, state, error)
+        self.reported.add(item.id)
+        if run.commit_due():
+            run.commit(wait=False)
+
+    # ----- the stream ---------------------------------------------------------------------
+    def loop(self) -> None:
+        """Claim, announce, follow; the next batch is claimed and announced while the peer
+        still pulls the last one (at most about two claims in flight per stream), so the
+        peer always has work queued."""
+        run = self.run
+        claimed: list[ClaimedItem] = []
+        try:
+            while not (run.stopping()):
+                if len(self.waiting) < self.room() and (
+                        not self.waiting or self.peer.seconds_until_open() == 0):
+                    if not self.waiting:
+                        self.wait_for_hours()
+                    batch = self.claim(wait=not self.waiting)
+                    if batch:
+                        claimed += batch
+                        self.send(batch)
+                        continue
+                    if not self.waiting:
+                        return
+                self.follow()
+        finally:
+            # Claimed and not through (cancel, stop): back to the queue, announced again
+            # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
+            requeue_items(run.db, [c.id for c in claimed if c.id not in self.reported])
+            for name in self.waiting:
+                run.inflight.drop(("peer", name))
+
+    def send(self, batch: list[ClaimedItem]) -> None:
+        transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
+        known = offers_for(self.run.db, {item.name: item.dest_path for item in batch})
+        offers, items = [], {}
+        for item in batch:
+            if item.name not in known:
+                self.report(item, "failed", f"no file named {item.name!r}")
+                continue
+            offers.append(known[item.name])
+            items[item.name] = item
+        announced = time.monotonic()
+        for start in range(0, len(offers), MAX_OFFERS):
+            chunk = offers[start:start + MAX_OFFERS]
+            try:
+                reply = self.call(f"announce to peer {self.peer.name!r}",
+                                  lambda c, chunk=chunk: c.announce(transfer, chunk))
+            except StagingError as exc:  # refused outright (secret changed, bad request)
+                for offer in chunk:
+                    self.report(items[offer["name"]], "failed", exc.message)
+                continue
+            have = []
+            for answer in reply["files"]:
+                item = items[answer["name"]]
+                if answer["answer"] == SEND:
+                    self.waiting[item.name] = item
+                    self.announced[item.name] = (transfer, announced)
+                elif answer["answer"] == HAVE:
+                    have.append(item)
+                else:
+                    self.report(item, "failed", refusal(answer["answer"],
+                                                        answer.get("message", "")))
+            record_remote(self.run.db, self.peer.name, transfer, [i.name for i in have], HAVE)
+            for item in have:
+                # An earlier attempt of this job sent it (its worker died before recording).
+                mine = item.attempts > 1
+                self.report(item, "done" if mine else "skipped", note=(
+                    f"verified {item.name} at {self.peer.name} (sent before the worker "
+                    f"restarted; not sent again)" if mine
+                    else f"skipped {item.name}: {self.peer.name} already holds it"))
+
+    def follow(self) -> None:
+        """Ask the peer once how the files it accepted are doing, and report those through: a
+        long poll (the peer answers as soon as one more is through, or after
+        ``STATUS_WAIT``)."""
+        waiting = self.waiting
+        asked = time.monotonic()
+        names = list(waiting)
+        large = [name for name, item in waiting.items() if item.size > BATCH_FILE_MAX]
+        wait = PROGRESS_WAIT if large else STATUS_WAIT
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(names), 10 * MAX_OFFERS):
+            part = names[start:start + 10 * MAX_OFFERS]
+            try:
+                rows += self.call(f"status from peer {self.peer.name!r}",
+                                  lambda c, part=part: c.status(part, wait,
+                                                                finished_only=True))["files"]
+            except StagingError as exc:
+                for name in part:
+                    self.report(waiting.pop(name), "failed", exc.message)
+        committed = [waiting[r["name"]] for r in rows
+                     if r["state"] == "committed" and r["name"] in waiting]
+        by_transfer: dict[str, list[str]] = {}
+        for item in committed:
+            by_transfer.setdefault(self.announced[item.name][0], []).append(item.name)
+        for transfer, done in by_transfer.items():
+            record_remote(self.run.db, self.peer.name, transfer, done, "committed")
+        now = time.monotonic()
+        for item in committed:
+            del waiting[item.name]
+            _transfer, announced = self.announced.pop(item.name)
+            self.report(item, "done", note=f"sent {item.name} to {self.peer.name} "
+                        f"({item.size} bytes; verified and registered there; "
+                        f"{now - announced:.1f} s since announced)")
+        for row in rows:
+            if row["name"] not in waiting:
+                continue
+            if row["state"] in ("failed", "unknown"):
+                self.announced.pop(row["name"], None)
+            if row["state"] == "failed":
+                self.report(waiting.pop(row["name"]), "failed",
+                            f"the peer failed to receive it: {row['error']}")
+            elif row["state"] == "unknown":
+                self.report(waiting.pop(row["name"]), "failed",
+                            "the peer has no record of it (retry the job to announce it "
+                            "again)")
+        self.progress([name for name in large if name in waiting])
+        if waiting and not committed and time.monotonic() - asked < 0.1:
+            self.sleep(0.5)  # a peer that answered at once with nothing new: no busy loop
+
+    def progress(self, names: list[str]) -> None:
+        """The bytes the peer has of these large files it is pulling, for the job's progress
+        (small files arrive whole, a batch at a time: they count when committed)."""
+        for start in range(0, len(names), 10 * MAX_OFFERS):
+            part = names[start:start + 10 * MAX_OFFERS]
+            try:
+                rows = self.call(f"status from peer {self.peer.name!r}",
+                                 lambda c, part=part: c.status(part))["files"]
+            except StagingError:
+                return  # progress only: the next long poll says what became of them
+            for row in rows:
+                item = self.waiting.get(row["name"])
+                if item is not None and row.get("state") == "receiving":
+                    self.run.inflight.set(("peer", item.name),
+                                          min(int(row.get("bytes") or 0), item.size))
