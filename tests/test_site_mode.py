@@ -407,30 +407,39 @@ def test_no_site_secret_in_the_users_processes(setup: SiteSetup) -> None:
     code, job, _ = api(setup.user, "POST", "stage",
                        {"names": setup.names[:1], "destination": "secretless"})
     assert code == 202, job
-    workers = wait_for(lambda: worker_pids(setup.uid), timeout=30, step=0.1)
+    workers = wait_for(lambda: worker_pids(setup.uid, setup.service.url), timeout=30, step=0.1)
+    seen: list[list[bytes]] = []  # the workers' command lines
     for pid in [setup.user.pid, *workers]:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:  # a worker that finished meanwhile has nothing left to show
+            assert pid != setup.user.pid
+            continue
         assert not any(v.startswith((b"HERA_STAGE_DB_URL=", b"HERA_STAGE_PEERS="))
                        for v in environ), pid
         assert not any(b"sqlite:" in v or b"postgresql" in v for v in environ + cmdline), pid
         assert setup.service_token.encode() not in b"\0".join(cmdline)
+        if pid != setup.user.pid:
+            seen.append(cmdline)
+    assert seen, "no worker of this user lived long enough to be read"
     # The worker has the token in its environment only, and the service's address.
-    cmdline = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+    cmdline = seen[0]
     assert cmdline[cmdline.index(b"--site-url") + 1] == setup.service.url.encode()
     assert cmdline[cmdline.index(b"--allowed-root") + 1] == str(setup.workspace).encode()
     assert b"--owner" not in cmdline and b"--db-url" not in cmdline
     finished(setup.user, job["id"])
 
 
-def worker_pids(uid: int) -> list[int]:
-    """The site-mode workers running as ``uid``."""
+def worker_pids(uid: int, site_url: str) -> list[int]:
+    """The site-mode workers running as ``uid`` towards the service at ``site_url`` (not the
+    workers another test's service left running for the same user)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and entry.stat().st_uid == uid:
                 cmd = (entry / "cmdline").read_bytes()
-                if b"hera_stage_ext.jobs.worker" in cmd and b"--site-url" in cmd:
+                if b"hera_stage_ext.jobs.worker" in cmd and site_url.encode() in cmd:
                     pids.append(int(entry.name))
         except OSError:
             continue
