@@ -66,7 +66,7 @@ from tornado import web
 from traitlets.config import Config
 
 from ..catalogue import checksums as ck
-from ..errors import Conflict, Forbidden, InvalidRequest, StagingError, Unavailable
+from ..errors import Conflict, ContentsError, Forbidden, InvalidRequest, StagingError, Unavailable
 from ..paths import check_text, confine, is_within
 from . import markers
 from .methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
@@ -77,12 +77,6 @@ _SECRET = re.compile(r"passw|passphrase|secret|token|credential|private|api[_-]?
                      r"access[_-]?key|auth", re.IGNORECASE)
 #: A URL with a password in it (``postgresql://user:password@host/db``).
 _URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
-
-
-class ContentsError(StagingError):
-    """The contents manager refused or failed an operation."""
-
-    status = 502
 
 
 # ----- the manager: described by the server, rebuilt by the worker ---------------------------

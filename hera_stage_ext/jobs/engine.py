@@ -30,7 +30,9 @@ from ..catalogue.db import Database
 from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound
-from . import kinds, recall
+from . import recall
+from .contract import JobKind
+from .kinds import KindRegistry
 from .joblog import JobLog, default_log_dir
 from .models import ACTIVE_STATES, Job, JobItem
 from .plan import resolve_names, plan_stage
@@ -331,13 +333,14 @@ def result_lines(db: Database, job: Job) -> list[str]:
     return lines + [f"{name}: no available instance on an online store" for name in job.missing]
 
 
-def finish_job(db: Database, job_id: int) -> str:
-    """Write the result marker and the final state of a job whose items are all through."""
+def finish_job(db: Database, job_id: int, kind: JobKind) -> str:
+    """Write the result marker and the final state of a job (of ``kind``) whose items are all
+    through."""
     job = load_job(db, job_id)
     lines = result_lines(db, job)
     # The kind's results first (stage: markers), then the database: a crash in between
     # leaves a running job whose finalisation simply runs again.
-    kinds.kind(job.kind).finish(job, lines)
+    kind.finish(job, lines)
     return record_finish(db, job, lines)
 
 
@@ -360,10 +363,11 @@ def record_finish(db: Database, job: Job, lines: list[str]) -> str:
     return state
 
 
-def finish_cancelled(db: Database, job_id: int) -> str:
+def finish_cancelled(db: Database, job_id: int, kind: JobKind) -> str:
+    """End a cancelled job (of ``kind``): its state, then the kind's temporary files."""
     job = load_job(db, job_id)
     left = record_cancelled(db, job)
-    removed = kinds.kind(job.kind).cancelled(db, job, left)
+    removed = kind.cancelled(db, job, left)
     recall.reap_after_cancel(db, job_id, JobLog(job.log_path))
     JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
                          f"{removed} temporary file(s) removed")
@@ -405,10 +409,11 @@ def fail_job(db: Database, job_id: int, worker_id: str, error: str) -> str:
 
 
 # ----- control --------------------------------------------------------------------------------
-def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
+def cancel_job(db: Database, job_id: int, kinds: KindRegistry) -> dict[str, Any]:
     """Cancel a job. A running job's worker sees the request at its next heartbeat (about a
     second), removes its temporary files and marks the job cancelled; a queued job, or one
-    whose worker is gone, is cancelled here at once. A finished job is left as it is."""
+    whose worker is gone, is cancelled here at once (its kind, from ``kinds``, removes its
+    temporary files). A finished job is left as it is."""
     with db.write() as s:
         now = lease_clock(s)
         job = s.get(Job, job_id, with_for_update=True)
@@ -427,11 +432,11 @@ def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
             job.lease_expires = now + dt.timedelta(seconds=60)
     if not worker_alive:
         JobLog(job.log_path)(f"job {job_id} cancelled while no worker held it")
-        finish_cancelled(db, job_id)
+        finish_cancelled(db, job_id, kinds.get(job.kind))
     return get_job(db, job_id)
 
 
-def retry_job(db: Database, job_id: int, *, force: bool = False,
+def retry_job(db: Database, job_id: int, kinds: KindRegistry, *, force: bool = False,
               allowed_roots: Sequence[str | os.PathLike[str]] = (),
               actor: str | None = None) -> dict[str, Any]:
     """Put a finished job back in the queue with only what it did not stage: its failed items
@@ -449,7 +454,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
     if job.state in ACTIVE_STATES:
         raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
                        f"finished (cancel it first to stop it)", job_id=job_id)
-    kind = kinds.kind(job.kind)
+    kind = kinds.get(job.kind)
     recall.rewind_reaped(db, job_id, resolve_names)
     cold = sorted(recall.cold_stores(db))
     new_items, still_missing, new_bytes = resolve_names(db, job.missing) if job.missing else ([], [], 0)

@@ -26,10 +26,10 @@ from typing import Any, TypeVar, cast
 
 from ..catalogue.db import Database
 from ..safefs import Pin
-from . import kinds
 from .contract import JobRefused
 from .copy_pool import CopyPool
 from .engine import new_worker_id
+from .kinds import KindRegistry
 from .items import ClaimedItem
 from .methods import Cancelled, Outcome, commit
 from .models import Job
@@ -71,6 +71,9 @@ class EngineConfig:
     # is refused before anything is written (a site's user worker also takes a recorded job's
     # folder only inside them). Empty: only the launch's check.
     allowed_roots: tuple[str, ...] = ()
+    # The kinds this worker runs (its composition root fills it: ``standard_kinds``); a job of
+    # another kind fails to run (``UnknownKind``) and goes back to the queue.
+    kinds: KindRegistry = field(default_factory=KindRegistry)
 
 
 class JobRun:
@@ -83,7 +86,7 @@ class JobRun:
         # The catalogue, for kinds that read it while they run (None over HTTP: ``store``).
         self.db: Database | None = store.db
         self.dest = Path(job.destination)
-        self.kind = kinds.kind(job.kind)  # how the items of this job are moved
+        self.kind = config.kinds.get(job.kind)  # how the items of this job are moved
         # The folder the reported items' renames are confined below (set by the kind: a stage
         # job's pinned destination).
         self.rename_root: Pin | str | None = None
@@ -357,7 +360,7 @@ class JobRun:
             self.log(f"worker error: {errors[0]!r}; job released for another attempt")
             raise errors[0]  # the worker releases the job and takes it again after a back-off
         if self.cancel_requested:
-            return self.store.finish_cancelled(job)
+            return self.store.finish_cancelled(job, self.kind)
         if self.stop.is_set():
             self._release()
             self.log("worker stopping: job released, it resumes with the next worker")
@@ -368,7 +371,7 @@ class JobRun:
         self.log(f"copied {self.copied_bytes} bytes in {seconds:.1f} s "
                  f"({self.copied_bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
         self.log.flush()
-        return self.store.finish(job)
+        return self.store.finish(job, self.kind)
 
     def _release(self) -> None:
         self.store.release(self.job.id, self.worker_id)

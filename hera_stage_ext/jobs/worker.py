@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..catalogue.db import Database
+from ..standard_kinds import standard_kinds  # the process's composition root: its kinds
 from .copy_pool import CopyPool, default_size
 from .engine import new_worker_id
 from .run import EngineConfig, run_job
@@ -219,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
                           heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
                           fsync=not args.no_fsync, flush_seconds=args.commit_seconds,
-                          allowed_roots=roots)
+                          allowed_roots=roots, kinds=standard_kinds())
     store: JobStore
     if args.site_url:
         from .http_store import HttpJobStore  # requests: only for a worker in site mode
