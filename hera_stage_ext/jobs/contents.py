@@ -68,6 +68,7 @@ from traitlets.config import Config
 from ..catalogue import checksums as ck
 from ..errors import Conflict, ContentsError, Forbidden, InvalidRequest, StagingError, Unavailable
 from ..paths import check_text, confine, is_within
+from ..states import ItemState
 from . import markers
 from .methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
 
@@ -465,7 +466,7 @@ class ContentsMover:
         except BaseException:
             manager.delete_quietly(tmp)
             raise
-        return Outcome("done", f"{algorithm} verified, through the contents manager")
+        return Outcome(ItemState.DONE, f"{algorithm} verified, through the contents manager")
 
     def _send_file(self, src: Path, path: str, algorithm: str) -> ck.Digest:
         hasher = ck.StreamHasher([algorithm])
@@ -517,7 +518,7 @@ class ContentsMover:
                                  f"{spec.size}); not overwritten")
         digest = self._hash(final, is_dir, algorithm)
         if digest.size == spec.size and digest.checksums[algorithm] == spec.checksums[algorithm]:
-            return Outcome("skipped", f"identical file already there ({algorithm})")
+            return Outcome(ItemState.SKIPPED, f"identical file already there ({algorithm})")
         raise ItemFailed(f"exists with other content ({algorithm} differs); not overwritten")
 
     def _hash(self, path: str, is_dir: bool, algorithm: str) -> ck.Digest:

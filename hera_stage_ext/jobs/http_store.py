@@ -30,6 +30,7 @@ from typing import Any
 import requests
 
 from ..errors import ServiceError
+from ..states import JobState
 from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
@@ -88,11 +89,12 @@ class HttpJobStore:
         deadline = time.monotonic() + self.patience
         attempt = 0
         while True:
+            reply: requests.Response | None = None
             try:
-                reply: requests.Response | None = self.session.request(
+                reply = self.session.request(
                     method, self.base + path, json=body, timeout=self.timeout)
             except requests.RequestException as exc:
-                reply, problem = None, f"cannot be reached: {exc}"
+                problem = f"cannot be reached: {exc}"
             else:
                 if reply.status_code not in RETRY_STATUSES:
                     break
@@ -231,7 +233,7 @@ class HttpJobStore:
         if shipper is not None:
             shipper.log(f"job {job.id} cancelled: {answer['left']} file(s) not staged, "
                         f"{removed} temporary file(s) removed")
-        return "cancelled"
+        return JobState.CANCELLED
 
     def fail(self, job: Job, worker_id: str, error: str) -> str:
         self._ship(job.id)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 from ..catalogue.db import Database
 from ..safefs import Pin
+from ..states import ARRIVED_ITEM_STATES, ItemState
 from .contract import JobRefused
 from .copy_pool import CopyPool
 from .engine import new_worker_id
@@ -215,7 +216,7 @@ class JobRun:
         with self._pending_lock:
             self._pending.append((item, state, error, outcome))
             self._pending_bytes += item.size
-        if state in ("done", "skipped"):
+        if state in ARRIVED_ITEM_STATES:
             self.inflight.through(item.size)
 
     def report_final(self, items: list[ClaimedItem]) -> None:
@@ -251,20 +252,22 @@ class JobRun:
                 return self._record([], 0, claim)
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
-            renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
+            renames = [(o.tmp, o.final) for _, _, _, o in batch
+                       if o is not None and o.tmp and o.final]
             errors = iter(commit(renames, self.config.fsync,
                                  [self.rename_root] if self.rename_root is not None else ()))
-            results = [(item, "done", "") for item in final]
+            results: list[tuple[ClaimedItem, str, str]] = [
+                (item, ItemState.DONE, "") for item in final]
             through = sum(item.size for item in final) + sum(
-                item.size for item, state, _, _ in batch if state in ("done", "skipped"))
+                item.size for item, state, _, _ in batch if state in ARRIVED_ITEM_STATES)
             for item, state, error, outcome in batch:
-                if outcome is not None and outcome.tmp:
+                if outcome is not None and outcome.tmp and outcome.final:
                     exc = next(errors)
                     if exc is not None:
                         error = ("appeared at the destination while it was being staged; "
                                  "not overwritten" if isinstance(exc, FileExistsError)
                                  else self.explain(item, exc))
-                        state = "failed"
+                        state = ItemState.FAILED
                         self.log.note(f"FAILED {item.dest_path}: {error}")
                         self.count_copied(-item.size)
                 results.append((item, state, error))

@@ -28,12 +28,12 @@ from sqlalchemy import func, select, update
 
 from ..catalogue.db import Database
 from ..catalogue.models import Store
+from ..states import ItemState
 from . import engine, items
 from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
 from .models import ACTIVE_STATES, Job, JobItem
-from .recall import WAITING
 
 
 @dataclass
@@ -47,9 +47,10 @@ class Beat:
 
 
 class JobStore(Protocol):
-    #: The catalogue database when the store is the database (kinds that read the catalogue
-    #: while they run need it); None for a store reached over HTTP.
-    db: Database | None
+    @property
+    def db(self) -> Database | None:
+        """The catalogue database when the store is the database (kinds that read the
+        catalogue while they run need it); None for a store reached over HTTP."""
 
     def reconcile(self) -> list[int]: ...
     def claim_job(self, worker_id: str, lease_seconds: float,
@@ -160,7 +161,7 @@ class DbJobStore:
         """How many of the job's items wait for their recall from a cold store."""
         with self.db.read() as s:
             return int(s.scalar(select(func.count()).select_from(JobItem).where(
-                JobItem.job_id == job_id, JobItem.state == WAITING)) or 0)
+                JobItem.job_id == job_id, JobItem.state == ItemState.WAITING)) or 0)
 
     def finish(self, job: Job, kind: JobKind) -> str:
         return engine.finish_job(self.db, job.id, kind)
