@@ -31,6 +31,9 @@ from hera_stage_ext.jobs import (
 )
 from hera_stage_ext.jobs.methods import commit
 from hera_stage_ext.jobs.models import Job, JobItem
+from hera_stage_ext.jobs.kinds import KindRegistry
+from hera_stage_ext.jobs.recall import RECALL
+from hera_stage_ext.jobs.worker import Worker
 from hera_stage_ext.standard_kinds import standard_kinds
 
 from .job_fixtures import (
@@ -438,6 +441,23 @@ def test_migration_matches_models(database) -> None:
 @pytest.fixture
 def big(database, tmp_path) -> Site:
     return make_big_site(database, tmp_path / "big")
+
+
+def test_a_worker_without_the_jobs_kind_gives_it_back(site: Site) -> None:
+    """The engine knows only the kinds its process registered: a worker that runs recalls
+    only gives a stage job back at once, saying why, and a worker with the standard kinds
+    stages it."""
+    job = stage(site, "k")
+    only_recalls = Worker(site.db, EngineConfig(kinds=KindRegistry([RECALL]), fsync=False))
+    only_recalls.run(poll_seconds=0.05, exit_when_idle=True)
+    shown = get_job(site.db, job["id"])
+    assert shown["state"] in ("queued", "running") and shown["worker_id"] is None
+    assert "no job kind 'stage' is registered here (known: recall)" in shown["error"]
+    assert [p.name for p in (site.workspace / "k").iterdir()] == [markers.IN_PROGRESS]
+    assert run_pending(site.db, FAST) == [job["id"]]
+    assert get_job(site.db, job["id"])["state"] == "succeeded"
+    with pytest.raises(ValueError, match="registered already"):
+        KindRegistry([RECALL, RECALL])
 
 
 def test_cancel_queued_job(big: Site) -> None:
