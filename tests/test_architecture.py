@@ -192,6 +192,11 @@ def test_the_job_engine_knows_no_kind_of_transfer(graph):
         if (imp.importer == jobs or imp.importer.startswith(jobs + "."))
         and (imp.module == transfer or imp.module.startswith(transfer + "."))}
     assert imported <= JOBS_FROM_TRANSFER, sorted(imported - JOBS_FROM_TRANSFER)
+    # The worker process's ``main`` is a composition root: the one module of jobs/ that may
+    # reach the kinds through the standard list.
+    rooted = {_short(imp.importer) for imp in found if imp.module == f"{PACKAGE}.standard_kinds"
+              and imp.importer.startswith(jobs + ".")}
+    assert rooted <= {"jobs.worker"}, rooted
     named = sorted(
         f"{_short(name)} line {node.lineno}: {node.value!r}"
         for name, path in modules.items() if name == jobs or name.startswith(jobs + ".")
