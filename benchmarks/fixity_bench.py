@@ -43,6 +43,7 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.fixity import Auditor
 from hera_stage_ext.catalogue.models import Instance
 from hera_stage_ext.jobs import EngineConfig, create_stage_job, get_job, run_pending
+from hera_stage_ext.standard_kinds import standard_kinds
 
 TARGET = 0.8
 #: The audit's default throttle (bytes per hour) and interval, as a server has them.
@@ -175,7 +176,7 @@ def stage_for(db: Database, names: list[str], workspace: Path, seconds: float,
 def cost_to_staging(db: Database, store: Path, job_names: list[str], workspace: Path,
                     args: argparse.Namespace) -> bool:
     """The second figure: a staging job's rate alone and with the audit running."""
-    config = EngineConfig()
+    config = EngineConfig(kinds=standard_kinds())
     print(f"\nstaging {len(job_names)} x {args.job_size / 2**20:.0f} MiB per job for "
           f"{args.seconds:g} s per run; audit at {args.bytes_per_hour / 2**30:g} GiB/h, a tick "
           f"every {args.tick_seconds:g} s")

@@ -52,6 +52,7 @@ from hera_stage_ext.jobs.engine import load_job
 from hera_stage_ext.transfer.jobs import create_transfer_job
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry
+from hera_stage_ext.standard_kinds import standard_kinds
 
 NIGHT = "2457901"
 PASSWORD = "bench-rclone-" + "p" * 20
@@ -145,7 +146,7 @@ class Bench:
         started = time.monotonic()
         job = create_transfer_job(self.db, "bench", self.names, registry, peer,
                                   log_dir=str(self.tmp / "logs"))
-        run_pending(self.db, EngineConfig(peers=registry))
+        run_pending(self.db, EngineConfig(kinds=standard_kinds(), peers=registry))
         e2e = time.monotonic() - started
         done = get_job(self.db, job["id"])
         if done["state"] != "succeeded" or done["files_done"] != self.files or \

@@ -45,6 +45,7 @@ from .catalogue.search import MAX_LIMIT
 from .core import Core
 from .jobs.joblog import prepare_log_dir
 from .jobs.launcher import WorkerLauncher
+from .standard_kinds import standard_kinds
 from .stewardship import Stewardship
 from .transfer.orders import StandingOrders
 from .transfer.peer_config import parse_peers, peers_env
@@ -458,6 +459,7 @@ class StagingApp(ExtensionApp):
             receiver=receiver,
             upload_store=self.upload_store,
             site_mode=site,
+            kinds=standard_kinds(),
         )
         self.core.stewardship = Stewardship(
             catalogue,

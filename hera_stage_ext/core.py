@@ -24,9 +24,11 @@ from .catalogue.models import utcnow
 from .errors import Forbidden, InvalidRequest, NotFound, StagingError, Unauthorized
 from .jobs import lifecycle
 from .jobs.contents import describe_manager
+from .jobs.kinds import KindRegistry
 from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
 from .jobs.recorded import dry_run_recorded, ensure_recall, recall_jobs, record_stage_job
+from .standard_kinds import standard_kinds
 from .transfer.jobs import create_transfer_job, peer_destination
 from .transfer.peers import PeerRegistry
 from .transfer.receiver import Receiver
@@ -72,6 +74,9 @@ class Core:
     # each user's quota of unexpired staged bytes (0: none).
     staged_expiry_seconds: float = 0.0
     staging_quota_bytes: int = 0
+    # The job kinds a cancel or a retry of a job no worker holds hands the job to (the
+    # server's composition root passes its registry).
+    kinds: KindRegistry = field(default_factory=standard_kinds)
 
     @property
     def max_search_limit(self) -> int:
@@ -276,15 +281,15 @@ class Core:
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         self._controlled(job_id)
-        result = jobs.cancel_job(self.catalogue.db, job_id)
+        result = jobs.cancel_job(self.catalogue.db, job_id, self.kinds)
         for recall_id in recall_jobs(self.catalogue.db, job_id, active=True):
-            jobs.cancel_job(self.catalogue.db, recall_id)  # (site mode: its recall stops too)
+            jobs.cancel_job(self.catalogue.db, recall_id, self.kinds)  # (site mode: its recall stops too)
         return result
 
     def retry(self, job_id: int, force: bool = False) -> dict[str, Any]:
         """Queue again what a finished job did not stage (its failed and unfinished files)."""
         job = self._controlled(job_id)
-        result = jobs.retry_job(self.catalogue.db, job_id, force=force,
+        result = jobs.retry_job(self.catalogue.db, job_id, self.kinds, force=force,
                                        allowed_roots=self.allowed_roots, actor=self.owner)
         recalls = (self.site_mode and job["kind"] == "stage"
                    and ensure_recall(self.catalogue.db, job_id, self.job_log_dir) is not None)

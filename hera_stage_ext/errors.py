@@ -94,3 +94,24 @@ class QuotaExceeded(Forbidden):
     """A staging launch would take the user past their staging quota
     (``c.StagingApp.staging_quota_bytes``): the message names the quota, the use and the
     request's size."""
+
+
+class ContentsError(StagingError):
+    """Jupyter's contents manager refused or failed an operation (the ``contents`` method)."""
+
+    status = 502
+
+
+class ServiceError(StagingError):
+    """The site service refused a call from a user's worker (its status and message) or could
+    not be reached (503)."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UnknownKind(StagingError):
+    """A job's kind is not one this process runs (none registered under that name)."""
+
+    status = 500

@@ -41,9 +41,14 @@ class ItemState(State):
 
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # its file is only on a cold store: no stream claims it until recalled
     DONE = "done"
     SKIPPED = "skipped"
     FAILED = "failed"
+
+
+#: The states of an item whose file is at its destination (moved by the job, or there already).
+ARRIVED_ITEM_STATES = (ItemState.DONE, ItemState.SKIPPED)
 
 
 class RecallState(State):

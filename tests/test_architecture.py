@@ -171,3 +171,36 @@ def test_no_import_circles(graph):
 
 def test_no_module_imports_another_modules_private_names(graph):
     _none("private", private_imports(graph[1]))
+
+
+#: All that ``jobs/`` may take from ``transfer/``: the name of the peers' environment variable
+#: (the launcher keeps the site's secrets out of a user's worker).
+JOBS_FROM_TRANSFER = {"jobs.launcher imports transfer.peers.PEERS_ENV"}
+
+
+def test_the_job_engine_knows_no_kind_of_transfer(graph):
+    """``jobs/`` runs the transfer and upload kinds without naming them: the composition roots
+    register them (``standard_kinds``), so no module of ``jobs/`` imports ``transfer/`` or
+    names one of its modules in a string (an import string is an import all the same)."""
+    modules, found = graph
+    jobs = f"{PACKAGE}.jobs"
+    transfer = f"{PACKAGE}.transfer"
+    imported = {
+        f"{_short(imp.importer)} imports {_short(imp.module)}"
+        + (f".{imp.name}" if imp.name else "")
+        for imp in found
+        if (imp.importer == jobs or imp.importer.startswith(jobs + "."))
+        and (imp.module == transfer or imp.module.startswith(transfer + "."))}
+    assert imported <= JOBS_FROM_TRANSFER, sorted(imported - JOBS_FROM_TRANSFER)
+    # The worker process's ``main`` is a composition root: the one module of jobs/ that may
+    # reach the kinds through the standard list.
+    rooted = {_short(imp.importer) for imp in found if imp.module == f"{PACKAGE}.standard_kinds"
+              and imp.importer.startswith(jobs + ".")}
+    assert rooted <= {"jobs.worker"}, rooted
+    named = sorted(
+        f"{_short(name)} line {node.lineno}: {node.value!r}"
+        for name, path in modules.items() if name == jobs or name.startswith(jobs + ".")
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and node.value.startswith(transfer))
+    assert not named, named

@@ -35,6 +35,7 @@ from hera_stage_ext.jobs import (
     run_pending,
 )
 from hera_stage_ext.jobs.contents import Manager, describe_manager
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .api_fixtures import *
 from .contents_double import SQLiteContentsManager
@@ -52,7 +53,8 @@ from .test_cli import cli  # noqa: F401  (a fixture)
 from .test_stage_api import wait_for as wait_for_job
 
 CHUNK = 4096
-FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False, chunk_size=CHUNK)
+FAST = EngineConfig(kinds=standard_kinds(),
+                    streams=2, heartbeat_seconds=0.2, fsync=False, chunk_size=CHUNK)
 BINARY = "zen.2457646.50000.xx.HH.uvh5"
 
 
@@ -176,7 +178,7 @@ def test_checksum_mismatch_fails_the_file_and_leaves_no_copy(site: Site,
     errors = contents.read(f"verify/{markers.ERRORS}").decode().splitlines()
     assert len(errors) == 1 and errors[0].startswith(f"{site.rel[bad]}: checksum mismatch")
     site.sources[bad].write_bytes(original)  # repaired: a retry stages just that file
-    retry_job(site.db, job["id"], allowed_roots=site.roots)
+    retry_job(site.db, job["id"], standard_kinds(), allowed_roots=site.roots)
     run_pending(site.db, FAST)
     assert get_job(site.db, job["id"])["state"] == "succeeded"
     assert contents.read(f"verify/{site.rel[bad]}") == original
@@ -222,13 +224,14 @@ def test_secret_looking_settings_are_not_stored(tmp_path, setting, value) -> Non
 
 def test_cancel_leaves_no_temporary_file(site: Site, contents: Contents) -> None:
     job = stage(site, contents, "c", [BINARY, MIRIAD_NAME])
-    slow = EngineConfig(streams=1, heartbeat_seconds=0.1, chunk_size=1024, chunk_delay=0.05,
+    slow = EngineConfig(kinds=standard_kinds(),
+                        streams=1, heartbeat_seconds=0.1, chunk_size=1024, chunk_delay=0.05,
                         fsync=False)
     runner = threading.Thread(target=run_pending, args=(site.db, slow))
     runner.start()
     try:
         wait_for(lambda: temps(contents))
-        cancel_job(site.db, job["id"])
+        cancel_job(site.db, job["id"], standard_kinds())
         wait_for(lambda: get_job(site.db, job["id"])["state"] == "cancelled", timeout=10)
     finally:
         runner.join(20)
@@ -242,7 +245,8 @@ def test_a_file_shows_its_bytes_chunk_by_chunk_before_it_is_committed(
     """13 chunks of 4 KiB through the manager, slowed: the job's bytes (done + moving) rise
     in steps while its file is not done yet, and never pass its total (issue 17, point 5)."""
     job = stage(site, contents, "progress", [BINARY])
-    slow = EngineConfig(streams=1, heartbeat_seconds=0.05, chunk_size=CHUNK, chunk_delay=0.1,
+    slow = EngineConfig(kinds=standard_kinds(),
+                        streams=1, heartbeat_seconds=0.05, chunk_size=CHUNK, chunk_delay=0.1,
                         fsync=False)
     runner = threading.Thread(target=run_pending, args=(site.db, slow))
     runner.start()

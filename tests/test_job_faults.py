@@ -27,6 +27,7 @@ from hera_stage_ext.jobs import (
 )
 from hera_stage_ext.jobs.engine import forget_job, retry_job
 from hera_stage_ext.jobs.models import Job, JobItem
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .job_fixtures import (
     Site,
@@ -42,7 +43,7 @@ from .job_fixtures import (
     wait_for,
 )
 
-FAST = EngineConfig(streams=3, heartbeat_seconds=0.2, fsync=False)
+FAST = EngineConfig(kinds=standard_kinds(), streams=3, heartbeat_seconds=0.2, fsync=False)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -142,7 +143,7 @@ def assert_retry_completes(site: Site, job_id: int, dest: Path, done_before: lis
     inodes = assert_staged_intact(site, dest, done_before)
     recorded = [p for p, r in items(site, job_id).items() if r.state in ("done", "skipped")]
     assert set(recorded) <= set(done_before)
-    again = retry_job(site.db, job_id)
+    again = retry_job(site.db, job_id, standard_kinds())
     assert again["state"] == "queued" and again["error"] == ""
     assert again["files_done"] == len(recorded) and again["files_failed"] == 0
     assert markers.marker_job(dest) == job_id and not (dest / markers.ERRORS).exists()
@@ -183,7 +184,7 @@ def test_destination_fills_up(big: Site) -> None:
 
         # Retrying on a disk still full is refused up front, with the numbers.
         with pytest.raises(InsufficientSpace) as again:
-            retry_job(big.db, job["id"])
+            retry_job(big.db, job["id"], standard_kinds())
         assert again.value.details["needed"] == sum(items(big, job["id"])[p].size
                                                      for p in failed)
         assert get_job(big.db, job["id"])["state"] == "failed"
@@ -249,7 +250,7 @@ def test_store_goes_unavailable_mid_job(big: Site, how: str) -> None:
     if how == "marked":
         assert "store 'onsite' became unavailable" in read_log(out)[0]
         # Still marked unavailable: the retry fails the same files again, clearly.
-        assert retry_job(big.db, job["id"])["state"] == "queued"
+        assert retry_job(big.db, job["id"], standard_kinds())["state"] == "queued"
         run_pending(big.db, FAST)
         assert_failed_job(big, get_job(big.db, job["id"]), dest, words)
         with big.db.write() as s:
@@ -281,13 +282,13 @@ def test_retry_and_forget_after_a_sigkilled_worker(big: Site) -> None:
 
     # Still active: neither retried nor forgotten (it would resume with the next worker).
     with pytest.raises(Conflict) as busy:
-        retry_job(big.db, job["id"])
+        retry_job(big.db, job["id"], standard_kinds())
     assert busy.value.status == 409 and "cancel it first" in busy.value.message
     with pytest.raises(Conflict):
         forget_job(big.db, job["id"])
 
     # Cancelled (the dead worker cannot act: done at once), temporary files removed.
-    assert cancel_job(big.db, job["id"])["state"] == "cancelled"
+    assert cancel_job(big.db, job["id"], standard_kinds())["state"] == "cancelled"
     assert temp_files(dest) == []
     done = [p for p in tree(dest) if p in wanted]  # finished before the kill (some unrecorded)
     assert 6 <= len(done) < len(wanted)
@@ -295,17 +296,17 @@ def test_retry_and_forget_after_a_sigkilled_worker(big: Site) -> None:
     # While another job holds the folder, the retry cannot take it back.
     other = stage(big, "killed", big.names[:1])
     with pytest.raises(Conflict) as held:
-        retry_job(big.db, job["id"])
+        retry_job(big.db, job["id"], standard_kinds())
     assert held.value.details["job_id"] == other["id"]
     assert markers.marker_job(dest) == other["id"]
-    cancel_job(big.db, other["id"])
+    cancel_job(big.db, other["id"], standard_kinds())
 
     out = assert_retry_completes(big, job["id"], dest, done)
     rows = items(big, job["id"])
     assert max(r.attempts for r in rows.values()) == 2  # the items in hand at the kill
     assert min(r.attempts for r in rows.values()) == 1
     with pytest.raises(InvalidRequest, match="nothing to retry"):
-        retry_job(big.db, job["id"])
+        retry_job(big.db, job["id"], standard_kinds())
 
     # Forget: the record, its items and its log go; what it staged stays.
     staged = tree(dest)
@@ -334,12 +335,12 @@ def test_retry_picks_up_files_missing_at_launch(site: Site) -> None:
     out = get_job(site.db, job["id"])
     assert out["state"] == "failed" and out["files_failed"] == 0
     with pytest.raises(InvalidRequest) as info:  # still down: nothing to retry yet
-        retry_job(site.db, job["id"])
+        retry_job(site.db, job["id"], standard_kinds())
     assert info.value.details["missing"] == job["missing"]
 
     with site.db.write() as s:
         s.execute(update(Store).where(Store.name == "onsite").values(available=True))
-    again = retry_job(site.db, job["id"])
+    again = retry_job(site.db, job["id"], standard_kinds())
     assert again["missing"] == [] and again["files_total"] == len(site.names)
     run_pending(site.db, FAST)
     out = get_job(site.db, job["id"])
@@ -353,7 +354,7 @@ def test_forget_a_queued_job_is_refused(site: Site) -> None:
     with pytest.raises(Conflict):
         forget_job(site.db, job["id"])
     with pytest.raises(Conflict):
-        retry_job(site.db, job["id"])
+        retry_job(site.db, job["id"], standard_kinds())
     assert get_job(site.db, job["id"])["state"] == "queued"
 
 
@@ -396,7 +397,7 @@ def test_a_long_job_does_not_hold_up_the_next(big: Site) -> None:
                         timeout=60)
         assert done["state"] == "succeeded"
         assert get_job(big.db, long_job["id"])["state"] == "running"
-        cancel_job(big.db, long_job["id"])
+        cancel_job(big.db, long_job["id"], standard_kinds())
         finished(big, long_job["id"])
     finally:
         stop_worker(worker)

@@ -16,6 +16,7 @@ import pytest
 
 from hera_stage_ext.jobs import EngineConfig, create_stage_job, get_job, run_pending
 from hera_stage_ext.jobs.joblog import JobLog, prepare_log_dir
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .api_fixtures import *  # noqa: F403
 from .job_fixtures import Site, make_site
@@ -72,7 +73,7 @@ def test_job_logs_are_private_by_default(site: Site, loose_umask: None) -> None:
                            log_dir=site.logs)
     log = Path(job["log_path"])
     assert mode(log) == 0o600  # created by the launch
-    run_pending(site.db, EngineConfig(fsync=False))
+    run_pending(site.db, EngineConfig(kinds=standard_kinds(), fsync=False))
     assert get_job(site.db, job["id"])["state"] == "succeeded"
     assert mode(log) == 0o600 and "succeeded" in log.read_text()
     JobLog(old)("appended")

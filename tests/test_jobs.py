@@ -31,6 +31,10 @@ from hera_stage_ext.jobs import (
 )
 from hera_stage_ext.jobs.methods import commit
 from hera_stage_ext.jobs.models import Job, JobItem
+from hera_stage_ext.jobs.kinds import KindRegistry
+from hera_stage_ext.jobs.recall import RECALL
+from hera_stage_ext.jobs.worker import Worker
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .job_fixtures import (
     Site,
@@ -43,7 +47,7 @@ from .job_fixtures import (
     wait_for,
 )
 
-FAST = EngineConfig(streams=3, heartbeat_seconds=0.2, fsync=False)
+FAST = EngineConfig(kinds=standard_kinds(), streams=3, heartbeat_seconds=0.2, fsync=False)
 
 
 @pytest.fixture
@@ -235,7 +239,8 @@ def test_corrupted_large_source_fails_that_file_only(database, tmp_path, fsync: 
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte ^ 0xFF]))  # same size, other bytes: corrupted after ingest
     job = stage(site, "large", [bad, *good])
-    run_pending(site.db, EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=fsync))
+    run_pending(site.db, EngineConfig(kinds=standard_kinds(),
+                                      streams=2, heartbeat_seconds=0.2, fsync=fsync))
     out = get_job(site.db, job["id"])
     assert out["state"] == "failed" and out["files_failed"] == 1 and out["files_done"] == 2
     dest = site.workspace / "large"
@@ -438,9 +443,26 @@ def big(database, tmp_path) -> Site:
     return make_big_site(database, tmp_path / "big")
 
 
+def test_a_worker_without_the_jobs_kind_gives_it_back(site: Site) -> None:
+    """The engine knows only the kinds its process registered: a worker that runs recalls
+    only gives a stage job back at once, saying why, and a worker with the standard kinds
+    stages it."""
+    job = stage(site, "k")
+    only_recalls = Worker(site.db, EngineConfig(kinds=KindRegistry([RECALL]), fsync=False))
+    only_recalls.run(poll_seconds=0.05, exit_when_idle=True)
+    shown = get_job(site.db, job["id"])
+    assert shown["state"] in ("queued", "running") and shown["worker_id"] is None
+    assert "no job kind 'stage' is registered here (known: recall)" in shown["error"]
+    assert [p.name for p in (site.workspace / "k").iterdir()] == [markers.IN_PROGRESS]
+    assert run_pending(site.db, FAST) == [job["id"]]
+    assert get_job(site.db, job["id"])["state"] == "succeeded"
+    with pytest.raises(ValueError, match="registered already"):
+        KindRegistry([RECALL, RECALL])
+
+
 def test_cancel_queued_job(big: Site) -> None:
     job = stage(big, "q")
-    out = cancel_job(big.db, job["id"])
+    out = cancel_job(big.db, job["id"], standard_kinds())
     assert out["state"] == "cancelled"
     dest = big.workspace / "q"
     assert not (dest / markers.IN_PROGRESS).exists()
@@ -451,14 +473,15 @@ def test_cancel_queued_job(big: Site) -> None:
 def test_cancel_running_job_stops_within_seconds(big: Site) -> None:
     job = stage(big, "c")
     dest = big.workspace / "c"
-    slow = EngineConfig(streams=2, heartbeat_seconds=0.2, chunk_size=64 * 1024,
+    slow = EngineConfig(kinds=standard_kinds(),
+                        streams=2, heartbeat_seconds=0.2, chunk_size=64 * 1024,
                         chunk_delay=0.05, fsync=False)
     runner = threading.Thread(target=run_pending, args=(big.db, slow))
     runner.start()
     try:
         wait_for(lambda: temp_files(dest))
         asked = time.monotonic()
-        assert cancel_job(big.db, job["id"])["cancel_requested"]
+        assert cancel_job(big.db, job["id"], standard_kinds())["cancel_requested"]
         wait_for(lambda: get_job(big.db, job["id"])["state"] == "cancelled", timeout=5)
         assert time.monotonic() - asked < 5
     finally:

@@ -23,13 +23,14 @@ from hera_stage_ext.demo import MIRIAD_NAME
 from hera_stage_ext.jobs import EngineConfig, create_stage_job, get_job, run_pending
 from hera_stage_ext.jobs import lifecycle
 from hera_stage_ext.jobs.cleaner import listing
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .api_fixtures import *  # noqa: F403
 from .job_fixtures import Site, make_site, unprivileged_prefix
 from .test_cli import cli  # noqa: F401  (fixture)
 from .test_stage_api import THREE, wait_for
 
-FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False)
+FAST = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2, fsync=False)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.transfer.jobs import create_transfer_job
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .jupyter_process import JupyterProcess, free_port, jupyter_process
 from .test_stewardship import flip_byte
@@ -91,7 +92,8 @@ def two_sites(tmp_path_factory) -> Iterator[TwoSites]:
                     ingester=Ingester(catalogue), allowed_roots=[str(tmp)], peers=registry)
         job = create_transfer_job(a_db, "tester", [GOOD, BOTH_BAD, DATASET], core.peers,
                                   "site-b", log_dir=str(tmp / "a-logs"))
-        run_pending(a_db, EngineConfig(peers=core.peers, fsync=False, heartbeat_seconds=0.2))
+        run_pending(a_db, EngineConfig(kinds=standard_kinds(),
+                                       peers=core.peers, fsync=False, heartbeat_seconds=0.2))
         assert get_job(a_db, job["id"])["state"] == "succeeded"
         yield TwoSites(a, b, a_store, b_store / "2457800")
 

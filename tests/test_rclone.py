@@ -38,6 +38,7 @@ from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry
 from hera_stage_ext.transfer.rclone_send import PARTIAL_PREFIX, job_folders
 from hera_stage_ext.transfer.sender import list_peers
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .jupyter_process import free_port, jupyter_process
 
@@ -81,7 +82,7 @@ class Site:
 
     def run(self) -> None:
         """The pending jobs, run to their end by the worker's code in this process."""
-        run_pending(self.db, EngineConfig(peers=self.registry, fsync=False,
+        run_pending(self.db, EngineConfig(kinds=standard_kinds(), peers=self.registry, fsync=False,
                                           heartbeat_seconds=0.2))
 
     def result(self, job_id: int) -> dict[str, Any]:
@@ -449,7 +450,7 @@ def test_a_cancel_mid_batch_stops_rclone_and_removes_the_hidden_copies(
         _wait_for("the copies", lambda: "copy" in log.read_text() and _partials(
             site.sftp_root) and list(_partials(site.sftp_root)[0].rglob("*.uvh5")))
     finally:
-        cancel_job(site.db, job["id"])
+        cancel_job(site.db, job["id"], standard_kinds())
         worker.join(30)
     assert not worker.is_alive()
     assert get_job(site.db, job["id"])["state"] == "cancelled"
@@ -463,7 +464,7 @@ def test_an_unreachable_remote_keeps_the_job_retrying_until_cancelled(site: Site
     created = read_log(get_job(site.db, job["id"]))[0]
     assert "cannot be reached" in created and "the job waits for it" in created
     worker = threading.Thread(target=run_pending, args=(site.db, EngineConfig(
-        peers=site.registry, fsync=False, heartbeat_seconds=0.2)))
+        kinds=standard_kinds(), peers=site.registry, fsync=False, heartbeat_seconds=0.2)))
     worker.start()
     try:
         log = _wait_for("two failed attempts", lambda: (
@@ -472,7 +473,7 @@ def test_an_unreachable_remote_keeps_the_job_retrying_until_cancelled(site: Site
         assert "cannot be reached" in log and "connection refused" in log
         assert get_job(site.db, job["id"])["state"] == "running"
     finally:
-        cancel_job(site.db, job["id"])
+        cancel_job(site.db, job["id"], standard_kinds())
         worker.join(30)
     assert get_job(site.db, job["id"])["state"] == "cancelled"
     assert _remote_count(site, "karoo-down") == 0

@@ -33,11 +33,13 @@ from hera_stage_ext.jobs import (
 )
 from hera_stage_ext.jobs.models import JobItem, RecallCopy
 from hera_stage_ext.jobs.recall import reap_after_cancel
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .job_fixtures import start_worker, stop_worker, wait_for
 from .test_transfer import Sites, send, sites  # noqa: F401  (the two real sites)
 
-FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False, flush_seconds=0.05)
+FAST = EngineConfig(kinds=standard_kinds(),
+                    streams=2, heartbeat_seconds=0.2, fsync=False, flush_seconds=0.05)
 SIZE = 32 * 1024
 VOLUMES = ("tapeA", "tapeB", "tapeC")
 CAP = 3 * SIZE + SIZE // 2  # three files fit, a fourth waits
@@ -272,7 +274,7 @@ def test_a_cancelled_job_leaves_nothing_in_the_buffer(site: ColdSite) -> None:
     worker = start_worker(site.db.url, 0.05)
     try:
         wait_for(lambda: log_path.exists() and "Z  recalled zen" in log_path.read_text())
-        cancel_job(site.db, job["id"])
+        cancel_job(site.db, job["id"], standard_kinds())
         wait_for(lambda: get_job(site.db, job["id"])["state"] == "cancelled")
     finally:
         stop_worker(worker)
@@ -290,7 +292,7 @@ def test_a_cancelled_job_leaves_nothing_in_the_buffer(site: ColdSite) -> None:
         waiting = s.scalar(select(func.count()).where(JobItem.job_id == job["id"],
                                                         JobItem.state == "waiting"))
     assert waiting, "the cancel came before every cold file was recalled"
-    retried = retry_job(site.db, job["id"], allowed_roots=[site.workspace])
+    retried = retry_job(site.db, job["id"], standard_kinds(), allowed_roots=[site.workspace])
     assert retried["state"] == "queued"
     assert run_pending(site.db, FAST) == [job["id"]]
     done = get_job(site.db, job["id"])
@@ -344,7 +346,7 @@ def test_a_corrupt_tape_copy_fails_that_file_only(site: ColdSite) -> None:
     # directly) and stages it.
     data[100] ^= 1
     path.write_bytes(bytes(data))
-    retry_job(site.db, job["id"], allowed_roots=[site.workspace])
+    retry_job(site.db, job["id"], standard_kinds(), allowed_roots=[site.workspace])
     run_pending(site.db, FAST)
     done = get_job(site.db, job["id"])
     assert done["state"] == "succeeded" and done["files_done"] == len(site.names)

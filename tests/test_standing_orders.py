@@ -40,6 +40,7 @@ from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.protocol import CONFLICT
 from hera_stage_ext.transfer.sender import record_remote
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .jupyter_process import JupyterProcess, free_port, jupyter_process
 
@@ -131,7 +132,7 @@ def test_evaluation_sends_what_is_neither_at_the_peer_nor_on_its_way(local) -> N
 
     # Half the night reached the peer, then the job was cancelled: only the rest is sent.
     record_remote(core.catalogue.db, "b", "earlier", night[:3], "committed")
-    cancel_job(core.catalogue.db, job["id"])
+    cancel_job(core.catalogue.db, job["id"], standard_kinds())
     orders.set_paused("night44", False)
     assert orders.tick() == 1
     second = _transfer_jobs(core)[-1]
@@ -147,7 +148,7 @@ def test_evaluation_sends_what_is_neither_at_the_peer_nor_on_its_way(local) -> N
     assert orders.tick() == 0
     assert len(_transfer_jobs(core)) == 2
     orders.set_paused("night44", False)
-    cancel_job(core.catalogue.db, second["id"])
+    cancel_job(core.catalogue.db, second["id"], standard_kinds())
     record_remote(core.catalogue.db, "b", "earlier", night[3:], "committed")
     assert orders.tick() == 1
     third = _transfer_jobs(core)[-1]
@@ -184,7 +185,7 @@ def test_files_the_peer_refused_as_conflicts_are_held_back(local) -> None:
     assert orders.tick() == 1
     second = _transfer_jobs(core)[-1]
     assert second["names"] == set(night[2:])
-    cancel_job(core.catalogue.db, second["id"])
+    cancel_job(core.catalogue.db, second["id"], standard_kinds())
     record_remote(core.catalogue.db, "b", "earlier", night[2:], "committed")
     orders.set_paused("night44", False)
     assert orders.tick() == 1

@@ -42,6 +42,7 @@ from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR
 from hera_stage_ext.transfer.sender import remote_sites
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .jupyter_process import JupyterProcess, jupyter_process
 from .test_writeback import cached_bytes
@@ -133,7 +134,8 @@ def send(sites: Sites, names: list[str], peer: str = "site-b") -> dict[str, Any]
     db = sites.a_core.catalogue.db
     job = create_transfer_job(db, "tester", names, sites.a_core.peers, peer,
                               log_dir=str(sites.tmp / "a-logs"))
-    run_pending(db, EngineConfig(peers=sites.a_core.peers, fsync=False, heartbeat_seconds=0.2))
+    run_pending(db, EngineConfig(kinds=standard_kinds(),
+                                 peers=sites.a_core.peers, fsync=False, heartbeat_seconds=0.2))
     with db.read() as s:
         items = {i.name: (i.state, i.error) for i in s.scalars(
             select(JobItem).where(JobItem.job_id == job["id"]))}
@@ -269,7 +271,7 @@ def test_a_large_file_shows_the_bytes_the_peer_has_pulled_before_it_is_done(
     job = create_transfer_job(db, "tester", [FOLLOWED], sites.a_core.peers, "site-b",
                               log_dir=str(sites.tmp / "a-logs"))
     runner = threading.Thread(target=run_pending, args=(db, EngineConfig(
-        peers=sites.a_core.peers, fsync=False, heartbeat_seconds=0.1)))
+        kinds=standard_kinds(), peers=sites.a_core.peers, fsync=False, heartbeat_seconds=0.1)))
     runner.start()
     seen = []
     try:

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import event
 
 from hera_stage_ext.catalogue import checksums as ck
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .api_fixtures import *  # noqa: F403
 from .test_cli import cli  # noqa: F401  (fixture)
@@ -384,10 +385,11 @@ def test_two_launches_at_once_with_one_manifest(db_url, tmp_path):
             assert json.loads(manifest.read_text())["job"] == accepted[0]["id"]
         assert len(active_job_ids(setup)) == rounds  # a refused launch leaves no job behind
 
-        cancel_job(setup, accepted[0]["id"])  # queued, no worker: cancelled at once
+        # queued, no worker: cancelled at once
+        cancel_job(setup, accepted[0]["id"], standard_kinds())
         later = launch(setup, folder("c"), "one", manifest)
         with pytest.raises(Conflict) as refusal:
-            retry_job(setup, accepted[0]["id"])
+            retry_job(setup, accepted[0]["id"], standard_kinds())
         assert refusal.value.details["job_id"] == later["id"]
         assert json.loads(manifest.read_text())["job"] == later["id"]
     finally:
@@ -436,7 +438,7 @@ def test_a_cancelled_upload_leaves_a_manifest_taken_over_alone(db_url, tmp_path,
 
     monkeypatch.setattr(upload.UPLOAD, "cancelled", launch_meanwhile)
     try:
-        cancel_job(db, first["id"])  # queued, no worker: cancelled at once
+        cancel_job(db, first["id"], standard_kinds())  # queued, no worker: cancelled at once
         assert get_job(db, first["id"])["state"] == "cancelled"
         assert get_job(db, later["id"])["state"] == "queued"
         assert json.loads(manifest.read_text())["job"] == later["id"]
@@ -477,11 +479,11 @@ def test_a_retry_checks_the_upload_paths_again(tmp_path):
         (folder / "zen.2459007.10000.xx.HH.uvh5").write_bytes(folder.name.encode())
     try:
         job = launch(run, "one")
-        cancel_job(db, job["id"])
+        cancel_job(db, job["id"], standard_kinds())
         run.rename(tmp_path / "run7-moved")
         run.symlink_to(elsewhere)
         with pytest.raises(InvalidRequest, match="directory .* no longer resolves to itself"):
-            retry_job(db, job["id"], allowed_roots=[str(tmp_path)])
+            retry_job(db, job["id"], standard_kinds(), allowed_roots=[str(tmp_path)])
         assert get_job(db, job["id"])["state"] == "cancelled"
     finally:
         db.dispose()
@@ -531,7 +533,7 @@ def test_upload_to_a_peer_through_the_upload_store(tmp_path):
                                         [str(tmp_path / "a")], peer="site-b", registry=registry,
                                         upload_store="a-store", batch=5,
                                         log_dir=tmp_path / "logs")
-                run_pending(db, EngineConfig(peers=registry, fsync=False,
+                run_pending(db, EngineConfig(kinds=standard_kinds(), peers=registry, fsync=False,
                                              heartbeat_seconds=0.2))
                 return get_job(db, job["id"]), read_manifest(upload / "upload-manifest.json")
 

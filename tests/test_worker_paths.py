@@ -27,6 +27,7 @@ from hera_stage_ext.catalogue.models import File
 from hera_stage_ext.errors import InvalidRequest
 from hera_stage_ext.jobs import EngineConfig, create_stage_job, get_job, markers, run_pending
 from hera_stage_ext.transfer.upload import create_upload_job
+from hera_stage_ext.standard_kinds import standard_kinds
 
 from .job_fixtures import (
     Site,
@@ -39,7 +40,7 @@ from .job_fixtures import (
     wait_for,
 )
 
-FAST = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False)
+FAST = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2, fsync=False)
 FINISHED = ("succeeded", "failed", "cancelled")
 PRECIOUS = b"a file of the user's that no job may touch\n"
 
@@ -148,7 +149,7 @@ def test_the_worker_checks_the_destination_against_its_own_roots(site, tmp_path)
     """A worker told its roots (``--allowed-root``) refuses a job whose destination is outside
     them, whatever the server accepted."""
     job = stage(site, "elsewhere", site.names[:1])
-    config = EngineConfig(streams=1, heartbeat_seconds=0.2, fsync=False,
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2, fsync=False,
                           allowed_roots=(str(tmp_path / "another-root"),))
     run_pending(site.db, config)
     out = get_job(site.db, job["id"])

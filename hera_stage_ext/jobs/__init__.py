@@ -1,14 +1,16 @@
 """The job engine: durable, verified, resumable jobs that move a list of items with a method.
 
-One engine for every kind of job (``kinds``: ``stage``, ``transfer``, ``upload``).
-``models`` owns the tables, ``engine`` the job life cycle (create, claim, release, finish,
-cancel, retry, forget) and the stage kind, ``plan`` what a stage job would do (names resolved
-to instances, destination and free space checked), ``items`` a job's item queue, ``run`` a
-worker's run of one job (streams, commits, heartbeat), ``joblog`` the jobs' logs, ``methods``
-how one item is moved and verified, ``contents`` the same through Jupyter's contents manager,
-``targets`` the destination side (a local folder or a contents folder), ``markers`` the
-Librarian's marker files, ``recall`` how a stage or transfer job first recalls its files that
-are only on a cold store, ``worker`` the process that runs jobs outside the Jupyter server.
+One engine for every kind of job; it knows no kind: the composition roots register theirs
+(``kinds.KindRegistry``, filled by ``hera_stage_ext.standard_kinds``; the contract is
+``contract``). ``models`` owns the tables, ``engine`` the job life cycle (create, claim,
+release, finish, cancel, retry, forget), ``stage_kind`` the stage kind, ``plan`` what a stage
+job would do (names resolved to instances, destination and free space checked), ``items`` a
+job's item queue, ``run`` a worker's run of one job (streams, commits, heartbeat), ``joblog``
+the jobs' logs, ``methods`` how one item is moved and verified, ``contents`` the same through
+Jupyter's contents manager, ``targets`` the destination side (a local folder or a contents
+folder), ``markers`` the Librarian's marker files, ``recall`` how a stage or transfer job first
+recalls its files that are only on a cold store, ``worker`` the process that runs jobs outside
+the Jupyter server.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from .. import safefs
 from ..catalogue import checksums as ck
 from ..errors import InvalidRequest, NotFound, StagingError
 from ..paths import confine
+from ..states import FolderState
 from . import markers
 
 MARKERS = (markers.IN_PROGRESS, markers.SUCCEEDED, markers.ERRORS)
@@ -282,26 +283,27 @@ def examine(record: dict[str, Any], allowed_roots: Sequence[str], *, verify: boo
                                         "expired", "created_at", "finished_at", "made")}
     destination = record["destination"]
     if record["active"]:
-        return {**out, "state": "busy",
+        return {**out, "state": FolderState.BUSY,
                 "reason": "a job is still staging into it; cancel or wait for it first"}
     survey = _Survey(verify=verify, remove=remove)
     try:
         if str(confine(destination, allowed_roots, what="staged folder")) != destination:
-            return {**out, "state": "moved", "reason": "the path leads elsewhere now (a "
+            return {**out, "state": FolderState.MOVED, "reason": "the path leads elsewhere now (a "
                     "symbolic link on the way); nothing is read or removed through it"}
         fd, _made = safefs.open_dir(destination)
     except FileNotFoundError:
-        return {**out, "state": "gone", "reason": "the folder is not there any more"}
+        return {**out, "state": FolderState.GONE, "reason": "the folder is not there any more"}
     except StagingError as exc:  # outside the allowed roots (the roots changed since)
-        return {**out, "state": "moved", "reason": exc.message}
+        return {**out, "state": FolderState.MOVED, "reason": exc.message}
     except OSError as exc:  # safefs.PathChanged: a link or not a folder now
-        return {**out, "state": "moved", "reason": str(exc)}
+        return {**out, "state": FolderState.MOVED, "reason": str(exc)}
     try:
         pin = record.get("pin")
         st = os.fstat(fd)
         if pin and (st.st_dev, st.st_ino) != (pin[0], pin[1]):
-            return {**out, "state": "moved", "reason": "another folder is at this path now "
-                    "(the one staged into was moved or replaced); nothing is removed"}
+            return {**out, "state": FolderState.MOVED,
+                    "reason": "another folder is at this path now (the one staged into was "
+                    "moved or replaced); nothing is removed"}
         wanted, below = _layout(record["entries"] or ())
         empty = _walk(fd, "", wanted, below, survey, engine_folders=bool(record["made"]))
     finally:
@@ -311,7 +313,7 @@ def examine(record: dict[str, Any], allowed_roots: Sequence[str], *, verify: boo
         folder_removed = _remove_folder(destination, st, survey)
     intact = not (survey.missing or survey.changed or survey.foreign)
     report = {
-        **out, "state": "intact" if intact else "changed",
+        **out, "state": FolderState.INTACT if intact else FolderState.CHANGED,
         "present_files": survey.present, "present_bytes": survey.present_bytes,
         "missing": _shown(survey.missing), "missing_count": len(survey.missing),
         "changed": _shown(survey.changed), "changed_count": len(survey.changed),
@@ -407,8 +409,9 @@ def clean(records: list[dict[str, Any]], allowed_roots: Sequence[str], *,
         reports.append(report)
         if dry_run:
             continue
-        if report["state"] == "gone" or (report["state"] in ("intact", "changed")
-                                         and not report["errors"]):
+        if report["state"] == FolderState.GONE or (
+                report["state"] in (FolderState.INTACT, FolderState.CHANGED)
+                and not report["errors"]):
             cleaned.extend(record["jobs"])
     if dry_run:
         for report in reports:  # what a clean would remove: what is verified present now

@@ -66,8 +66,9 @@ from tornado import web
 from traitlets.config import Config
 
 from ..catalogue import checksums as ck
-from ..errors import Conflict, Forbidden, InvalidRequest, StagingError, Unavailable
+from ..errors import Conflict, ContentsError, Forbidden, InvalidRequest, StagingError, Unavailable
 from ..paths import check_text, confine, is_within
+from ..states import ItemState
 from . import markers
 from .methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
 
@@ -77,12 +78,6 @@ _SECRET = re.compile(r"passw|passphrase|secret|token|credential|private|api[_-]?
                      r"access[_-]?key|auth", re.IGNORECASE)
 #: A URL with a password in it (``postgresql://user:password@host/db``).
 _URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
-
-
-class ContentsError(StagingError):
-    """The contents manager refused or failed an operation."""
-
-    status = 502
 
 
 # ----- the manager: described by the server, rebuilt by the worker ---------------------------
@@ -471,7 +466,7 @@ class ContentsMover:
         except BaseException:
             manager.delete_quietly(tmp)
             raise
-        return Outcome("done", f"{algorithm} verified, through the contents manager")
+        return Outcome(ItemState.DONE, f"{algorithm} verified, through the contents manager")
 
     def _send_file(self, src: Path, path: str, algorithm: str) -> ck.Digest:
         hasher = ck.StreamHasher([algorithm])
@@ -523,7 +518,7 @@ class ContentsMover:
                                  f"{spec.size}); not overwritten")
         digest = self._hash(final, is_dir, algorithm)
         if digest.size == spec.size and digest.checksums[algorithm] == spec.checksums[algorithm]:
-            return Outcome("skipped", f"identical file already there ({algorithm})")
+            return Outcome(ItemState.SKIPPED, f"identical file already there ({algorithm})")
         raise ItemFailed(f"exists with other content ({algorithm} differs); not overwritten")
 
     def _hash(self, path: str, is_dir: bool, algorithm: str) -> ck.Digest:

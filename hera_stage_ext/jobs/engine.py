@@ -30,9 +30,12 @@ from ..catalogue.db import Database
 from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound
-from . import kinds, recall
+from ..states import ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, ItemState, JobState
+from . import recall
+from .contract import JobKind
+from .kinds import KindRegistry
 from .joblog import JobLog, default_log_dir
-from .models import ACTIVE_STATES, Job, JobItem
+from .models import JOB_ITEM_TABLE, Job, JobItem
 from .plan import resolve_names, plan_stage
 
 
@@ -72,7 +75,7 @@ def job_json(job: Job) -> dict[str, Any]:
     moved = job.bytes_done + moving
     rate = moved / elapsed if elapsed and elapsed > 0 else None
     eta = None
-    if rate and job.state in ACTIVE_STATES:
+    if rate and job.state in ACTIVE_JOB_STATES:
         eta = max(job.bytes_total - moved, 0) / rate
     return {
         "id": job.id, "owner": job.owner, "kind": job.kind, "state": job.state,
@@ -90,7 +93,7 @@ def job_json(job: Job) -> dict[str, Any]:
 def moving_bytes(job: Job) -> int:
     """The bytes its worker has moved and not committed yet, as shown: only while a worker holds
     the job (a dead worker's count is stale), and never past the bytes still to do."""
-    if job.state != "running" or not job.worker_id:
+    if job.state != JobState.RUNNING or not job.worker_id:
         return 0
     return max(0, min(job.bytes_moving or 0, job.bytes_total - job.bytes_done))
 
@@ -125,13 +128,14 @@ def list_jobs(db: Database, owner: str | None = None, limit: int = 200) -> list[
 def active_job_ids(db: Database) -> list[int]:
     """Jobs not finished yet (queued, or running under some worker)."""
     with db.read() as s:
-        return list(s.scalars(select(Job.id).where(Job.state.in_(ACTIVE_STATES)).order_by(Job.id)))
+        return list(s.scalars(select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES))
+                              .order_by(Job.id)))
 
 
 # ----- creation -------------------------------------------------------------------------------
 def job_is_active(s: Session, job_id: int) -> bool:
     state = s.scalar(select(Job.state).where(Job.id == job_id))
-    return state in ACTIVE_STATES
+    return state in ACTIVE_JOB_STATES
 
 
 def create_stage_job(
@@ -168,7 +172,7 @@ def create_stage_job(
         if admit is not None:
             admit(s, job)
         busy = s.scalar(select(Job.id).where(Job.destination == dest, Job.id != job.id,
-                                             Job.state.in_(ACTIVE_STATES)))
+                                             Job.state.in_(ACTIVE_JOB_STATES)))
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
         target.acquire(job.id, owner, lambda other: job_is_active(s, other))
@@ -199,7 +203,7 @@ def create_job(
     job_id: int | None = None
     try:
         with db.write() as s:
-            job = Job(owner=owner, kind=kind, state="queued", destination=destination,
+            job = Job(owner=owner, kind=kind, state=JobState.QUEUED, destination=destination,
                       method=method, search=search, options=dict(options or {}),
                       files_total=len(items), bytes_total=bytes_total,
                       files_done=0, bytes_done=0, files_failed=0, files_skipped=0,
@@ -210,8 +214,8 @@ def create_job(
             job.log_path = str(log_dir / f"job-{job.id}.log")
             # Core on the table: the ORM's bulk insert spent more Python per row than the
             # database did (a 20,000-file launch: 0.57 s of 1.3).
-            s.connection().execute(insert(JobItem.__table__), [
-                {"state": "queued", **item, "job_id": job.id, "attempts": 0, "error": ""}
+            s.connection().execute(insert(JOB_ITEM_TABLE), [
+                {"state": ItemState.QUEUED, **item, "job_id": job.id, "attempts": 0, "error": ""}
                 for item in items
             ])
             if take is not None:
@@ -246,12 +250,12 @@ def reconcile(db: Database) -> list[int]:
     with db.read() as s:
         now = lease_clock(s)
         rows = s.execute(select(Job.id, Job.worker_id, Job.lease_expires)
-                         .where(Job.state == "running", Job.worker_id.is_not(None))).all()
+                         .where(Job.state == JobState.RUNNING, Job.worker_id.is_not(None))).all()
     dead = [jid for jid, wid, lease in rows
             if (lease is not None and lease < now) or _local_worker_dead(wid)]
     if dead:
         with db.write() as s:
-            s.execute(update(Job).where(Job.id.in_(dead), Job.state == "running")
+            s.execute(update(Job).where(Job.id.in_(dead), Job.state == JobState.RUNNING)
                       .values(worker_id=None, lease_expires=None))
     return dead
 
@@ -268,7 +272,7 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
     ``skip`` (jobs this worker holds back after they failed to run)."""
     with db.write() as s:
         now = lease_clock(s)
-        query = select(Job).where(Job.state.in_(ACTIVE_STATES),
+        query = select(Job).where(Job.state.in_(ACTIVE_JOB_STATES),
                                   or_(Job.worker_id.is_(None), Job.lease_expires < now))
         if owner is not None:
             query = query.where(Job.owner == owner)
@@ -285,23 +289,27 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
         job.bytes_moving = 0  # the last worker's count: its uncommitted bytes are redone
         job.heartbeat_at = now
         job.lease_expires = now + dt.timedelta(seconds=lease_seconds)
-        if job.state == "queued":
-            job.state = "running"
+        if job.state == JobState.QUEUED:
+            job.state = JobState.RUNNING
             job.started_at = job.started_at or now
         # Items a dead worker had in hand go back to the queue (their temp files are removed
         # before anything else runs); done and skipped items stay as they are.
-        s.execute(update(JobItem).where(JobItem.job_id == job.id, JobItem.state == "running")
-                  .values(state="queued", worker_id=None))
+        requeue_running(s, job.id)
         return job.id, resumed
 
+
+
+def requeue_running(s: Session, job_id: int) -> None:
+    """Put the job's items a worker had in hand (``running``) back in the queue."""
+    s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == ItemState.RUNNING)
+              .values(state=ItemState.QUEUED, worker_id=None))
 
 
 def release_job(db: Database, job_id: int, worker_id: str, error: str | None = None) -> None:
     """Give a job this worker holds back to the queue (its items in hand too), for the next
     worker to resume; ``error`` says why, on the job, until it finishes."""
     with db.write() as s:
-        s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
-                  .values(state="queued", worker_id=None))
+        requeue_running(s, job_id)
         values: dict[str, Any] = {"worker_id": None, "lease_expires": None, "bytes_moving": 0}
         if error is not None:
             values["error"] = error
@@ -314,37 +322,38 @@ def _recount(s: Session, job: Job) -> None:
     """Counters from the items themselves: authoritative whatever a crash lost."""
     counts = dict(s.execute(select(JobItem.state, func.count()).where(JobItem.job_id == job.id)
                             .group_by(JobItem.state)).all())
-    job.files_done = counts.get("done", 0) + counts.get("skipped", 0)
-    job.files_skipped = counts.get("skipped", 0)
-    job.files_failed = counts.get("failed", 0)
+    job.files_done = counts.get(ItemState.DONE, 0) + counts.get(ItemState.SKIPPED, 0)
+    job.files_skipped = counts.get(ItemState.SKIPPED, 0)
+    job.files_failed = counts.get(ItemState.FAILED, 0)
     # int(): PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here).
     job.bytes_done = int(s.scalar(select(func.coalesce(func.sum(JobItem.size), 0)).where(
-        JobItem.job_id == job.id, JobItem.state.in_(("done", "skipped")))) or 0)
+        JobItem.job_id == job.id, JobItem.state.in_(ARRIVED_ITEM_STATES))) or 0)
 
 
 def result_lines(db: Database, job: Job) -> list[str]:
     """One line per failed or missing file of a job whose items are all through."""
     with db.read() as s:
         failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
-            JobItem.job_id == job.id, JobItem.state == "failed").order_by(JobItem.id)).all()
+            JobItem.job_id == job.id, JobItem.state == ItemState.FAILED).order_by(JobItem.id)).all()
     lines = [f"{path}: {error}" for path, error in failed]
     return lines + [f"{name}: no available instance on an online store" for name in job.missing]
 
 
-def finish_job(db: Database, job_id: int) -> str:
-    """Write the result marker and the final state of a job whose items are all through."""
+def finish_job(db: Database, job_id: int, kind: JobKind) -> str:
+    """Write the result marker and the final state of a job (of ``kind``) whose items are all
+    through."""
     job = load_job(db, job_id)
     lines = result_lines(db, job)
     # The kind's results first (stage: markers), then the database: a crash in between
     # leaves a running job whose finalisation simply runs again.
-    kinds.kind(job.kind).finish(job, lines)
+    kind.finish(job, lines)
     return record_finish(db, job, lines)
 
 
 def record_finish(db: Database, job: Job, lines: list[str]) -> str:
     """The final state of a finished job in the database, and its summary in its log."""
     job_id = job.id
-    state = "failed" if lines else "succeeded"
+    state = JobState.FAILED if lines else JobState.SUCCEEDED
     with db.write() as s:
         row = s.get(Job, job_id)
         assert row is not None
@@ -360,14 +369,15 @@ def record_finish(db: Database, job: Job, lines: list[str]) -> str:
     return state
 
 
-def finish_cancelled(db: Database, job_id: int) -> str:
+def finish_cancelled(db: Database, job_id: int, kind: JobKind) -> str:
+    """End a cancelled job (of ``kind``): its state, then the kind's temporary files."""
     job = load_job(db, job_id)
     left = record_cancelled(db, job)
-    removed = kinds.kind(job.kind).cancelled(db, job, left)
+    removed = kind.cancelled(db, job, left)
     recall.reap_after_cancel(db, job_id, JobLog(job.log_path))
     JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
                          f"{removed} temporary file(s) removed")
-    return "cancelled"
+    return JobState.CANCELLED
 
 
 def record_cancelled(db: Database, job: Job) -> int:
@@ -376,11 +386,10 @@ def record_cancelled(db: Database, job: Job) -> int:
     with db.write() as s:
         row = s.get(Job, job_id)
         assert row is not None
-        s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
-                  .values(state="queued", worker_id=None))
+        requeue_running(s, job_id)
         _recount(s, row)
         left = row.files_total - row.files_done - row.files_failed
-        row.state, row.finished_at = "cancelled", utcnow()
+        row.state, row.finished_at = JobState.CANCELLED, utcnow()
         row.worker_id, row.lease_expires = None, None
         row.error = f"cancelled; {left} file(s) not staged"
     return left
@@ -391,33 +400,33 @@ def fail_job(db: Database, job_id: int, worker_id: str, error: str) -> str:
     destination is outside the worker's allowed roots, or another job holds the folder).
     Its items stay queued: a retry runs them."""
     with db.write() as s:
-        s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == "running")
-                  .values(state="queued", worker_id=None))
+        requeue_running(s, job_id)
         row = s.get(Job, job_id, with_for_update=True)
         if row is None or row.worker_id != worker_id:
             return "lost"
-        row.state, row.finished_at, row.error = "failed", utcnow(), error
+        row.state, row.finished_at, row.error = JobState.FAILED, utcnow(), error
         row.worker_id, row.lease_expires = None, None
         log_path = row.log_path
     JobLog(log_path)(f"job {job_id} failed: {error}")
-    return "failed"
+    return JobState.FAILED
 
 
 
 # ----- control --------------------------------------------------------------------------------
-def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
+def cancel_job(db: Database, job_id: int, kinds: KindRegistry) -> dict[str, Any]:
     """Cancel a job. A running job's worker sees the request at its next heartbeat (about a
     second), removes its temporary files and marks the job cancelled; a queued job, or one
-    whose worker is gone, is cancelled here at once. A finished job is left as it is."""
+    whose worker is gone, is cancelled here at once (its kind, from ``kinds``, removes its
+    temporary files). A finished job is left as it is."""
     with db.write() as s:
         now = lease_clock(s)
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise NotFound(f"no job {job_id}")
-        if job.state not in ACTIVE_STATES:
+        if job.state not in ACTIVE_JOB_STATES:
             return job_json(job)
         job.cancel_requested = True
-        worker_alive = (job.state == "running" and job.worker_id is not None
+        worker_alive = (job.state == JobState.RUNNING and job.worker_id is not None
                         and job.lease_expires is not None and job.lease_expires > now
                         and not _local_worker_dead(job.worker_id))
         if not worker_alive:
@@ -427,11 +436,11 @@ def cancel_job(db: Database, job_id: int) -> dict[str, Any]:
             job.lease_expires = now + dt.timedelta(seconds=60)
     if not worker_alive:
         JobLog(job.log_path)(f"job {job_id} cancelled while no worker held it")
-        finish_cancelled(db, job_id)
+        finish_cancelled(db, job_id, kinds.get(job.kind))
     return get_job(db, job_id)
 
 
-def retry_job(db: Database, job_id: int, *, force: bool = False,
+def retry_job(db: Database, job_id: int, kinds: KindRegistry, *, force: bool = False,
               allowed_roots: Sequence[str | os.PathLike[str]] = (),
               actor: str | None = None) -> dict[str, Any]:
     """Put a finished job back in the queue with only what it did not stage: its failed items
@@ -446,10 +455,10 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
     them (a folder swapped for a symlink since launch is refused).
     """
     job = load_job(db, job_id)
-    if job.state in ACTIVE_STATES:
+    if job.state in ACTIVE_JOB_STATES:
         raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
                        f"finished (cancel it first to stop it)", job_id=job_id)
-    kind = kinds.kind(job.kind)
+    kind = kinds.get(job.kind)
     recall.rewind_reaped(db, job_id, resolve_names)
     cold = sorted(recall.cold_stores(db))
     new_items, still_missing, new_bytes = resolve_names(db, job.missing) if job.missing else ([], [], 0)
@@ -457,7 +466,7 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
         left, left_bytes = s.execute(
             select(func.count(), func.coalesce(func.sum(JobItem.size), 0))
             .where(JobItem.job_id == job_id,
-                   JobItem.state.in_((*recall.RETRIED, recall.WAITING)))).one()
+                   JobItem.state.in_((*recall.RETRIED, ItemState.WAITING)))).one()
     if not left and not new_items:
         if still_missing:
             raise InvalidRequest(
@@ -471,26 +480,27 @@ def retry_job(db: Database, job_id: int, *, force: bool = False,
             row = s.get(Job, job_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no job {job_id}")
-            if row.state in ACTIVE_STATES:  # retried (or resumed) by someone else meanwhile
+            if row.state in ACTIVE_JOB_STATES:  # retried (or resumed) by someone else meanwhile
                 raise Conflict(f"job {job_id} is already {row.state}", job_id=job_id)
             kind.retake(s, row, left_bytes=int(left_bytes) + new_bytes, force=force,
                         allowed_roots=allowed_roots)
             taken = True
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
                                             JobItem.state.in_(recall.RETRIED))
-                      .values(state="queued", error="", worker_id=None))
+                      .values(state=ItemState.QUEUED, error="", worker_id=None))
             if cold:  # failed recalls wait for their recall again, never read from tape
                 s.execute(update(JobItem).where(
-                    JobItem.job_id == job_id, JobItem.state == "queued",
-                    JobItem.store.in_(cold)).values(state=recall.WAITING))
+                    JobItem.job_id == job_id, JobItem.state == ItemState.QUEUED,
+                    JobItem.store.in_(cold)).values(state=ItemState.WAITING))
             if new_items:
                 s.execute(insert(JobItem), [
-                    {"state": "queued", **item, "job_id": job_id, "attempts": 0, "error": ""}
+                    {"state": ItemState.QUEUED, **item, "job_id": job_id, "attempts": 0,
+                     "error": ""}
                     for item in new_items])
             row.files_total += len(new_items)
             row.bytes_total += new_bytes
             row.missing = still_missing
-            row.state, row.finished_at, row.error = "queued", None, ""
+            row.state, row.finished_at, row.error = JobState.QUEUED, None, ""
             row.cancel_requested = False
             row.worker_id, row.lease_expires, row.heartbeat_at = None, None, None
             _recount(s, row)
@@ -513,7 +523,7 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
         row = s.get(Job, job_id, with_for_update=True)
         if row is None:
             raise NotFound(f"no job {job_id}")
-        if row.state in ACTIVE_STATES:
+        if row.state in ACTIVE_JOB_STATES:
             raise Conflict(f"job {job_id} is still {row.state}: cancel it before forgetting it",
                            job_id=job_id)
         log_path = row.log_path

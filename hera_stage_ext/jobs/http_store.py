@@ -29,7 +29,9 @@ from typing import Any
 
 import requests
 
-from ..errors import StagingError
+from ..errors import ServiceError
+from ..states import JobState
+from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
 from .models import Job
@@ -50,14 +52,6 @@ BACKOFF_FIRST_S, BACKOFF_CAP_S = 0.5, 15.0
 PATIENCE_S = 300.0
 #: Most bytes of log shipped in one call.
 LOG_CHUNK = 256 << 10
-
-
-class ServiceError(StagingError):
-    """The site service refused a call (its status and message) or could not be reached."""
-
-    def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def default_spool_dir() -> Path:
@@ -95,11 +89,12 @@ class HttpJobStore:
         deadline = time.monotonic() + self.patience
         attempt = 0
         while True:
+            reply: requests.Response | None = None
             try:
-                reply: requests.Response | None = self.session.request(
+                reply = self.session.request(
                     method, self.base + path, json=body, timeout=self.timeout)
             except requests.RequestException as exc:
-                reply, problem = None, f"cannot be reached: {exc}"
+                problem = f"cannot be reached: {exc}"
             else:
                 if reply.status_code not in RETRY_STATUSES:
                     break
@@ -222,16 +217,14 @@ class HttpJobStore:
                 return 0  # a service older than recalls for users' workers: none waits
             raise
 
-    def finish(self, job: Job) -> str:
-        from . import kinds
-
+    def finish(self, job: Job, kind: JobKind) -> str:
         lines = list(self._job(job.id, "results", method="GET")["lines"])
-        kinds.kind(job.kind).finish(job, lines)  # the result marker, in the user's folder
+        kind.finish(job, lines)  # the result marker, in the user's folder
         self._ship(job.id)
         return str(self._job(job.id, "finish", {"worker_id": job.worker_id or "",
                                                 "made": bool(job.options.get("made"))})["state"])
 
-    def finish_cancelled(self, job: Job) -> str:
+    def finish_cancelled(self, job: Job, kind: JobKind) -> str:
         from .stage_kind import STAGE
 
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
@@ -240,7 +233,7 @@ class HttpJobStore:
         if shipper is not None:
             shipper.log(f"job {job.id} cancelled: {answer['left']} file(s) not staged, "
                         f"{removed} temporary file(s) removed")
-        return "cancelled"
+        return JobState.CANCELLED
 
     def fail(self, job: Job, worker_id: str, error: str) -> str:
         self._ship(job.id)

@@ -19,9 +19,10 @@ from sqlalchemy import ColumnElement, bindparam, case, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..catalogue.db import Database
-from .models import Job, JobItem
+from ..states import ARRIVED_ITEM_STATES, ItemState
+from .models import JOB_ITEM_TABLE, JOB_TABLE, JobItem
 
-_ITEMS = JobItem.__table__
+_ITEMS = JOB_ITEM_TABLE
 
 #: Most values in one SQL ``IN (...)`` list.
 IN_CHUNK = 5_000
@@ -96,7 +97,7 @@ def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
     rows = connection.execute(
         select(t.c.id, t.c.name, t.c.source_path, t.c.dest_path, t.c.size,
                t.c.is_directory, t.c.checksums, t.c.attempts, t.c.store)
-        .where(t.c.job_id == job_id, t.c.state == "queued")
+        .where(t.c.job_id == job_id, t.c.state == ItemState.QUEUED)
         .order_by(t.c.id).limit(n).with_for_update(skip_locked=True)).all()
     if max_bytes is not None:
         total, keep = 0, 0
@@ -111,7 +112,7 @@ def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
     # Exactly the rows selected (and locked) above: runs of their own ids.
     for term in id_terms(row[0] for row in rows):
         connection.execute(update(t).where(term).values(
-            state="running", worker_id=worker_id, attempts=t.c.attempts + 1))
+            state=ItemState.RUNNING, worker_id=worker_id, attempts=t.c.attempts + 1))
     return [ClaimedItem(*row[:7], row[7] + 1, row[8]) for row in rows]
 
 
@@ -120,8 +121,8 @@ def requeue_items(db: Database, item_ids: Sequence[int]) -> None:
         with db.write() as s:
             connection = s.connection()
             for term in id_terms(item_ids):
-                connection.execute(update(_ITEMS).where(term, _ITEMS.c.state == "running")
-                                   .values(state="queued", worker_id=None))
+                connection.execute(update(_ITEMS).where(term, _ITEMS.c.state == ItemState.RUNNING)
+                                   .values(state=ItemState.QUEUED, worker_id=None))
 
 
 def record_results(db: Database, job_id: int, results: list[Result]) -> None:
@@ -132,7 +133,7 @@ def record_results(db: Database, job_id: int, results: list[Result]) -> None:
 
 
 def _record_in(connection: Connection, job_id: int, results: list[Result]) -> None:
-    done = [(c, st) for c, st, _ in results if st in ("done", "skipped")]
+    done = [(c, st) for c, st, _ in results if st in ARRIVED_ITEM_STATES]
     t = _ITEMS
     # Error-free results in one statement per state (most of a batch), failures one by one.
     plain: dict[str, list[int]] = {}
@@ -152,7 +153,7 @@ def _record_in(connection: Connection, job_id: int, results: list[Result]) -> No
             .values(state=bindparam("item_state"), error=bindparam("item_error"),
                     worker_id=None), failed)
     done_bytes = sum(c.size for c, _ in done)
-    jobs = Job.__table__
+    jobs = JOB_TABLE
     connection.execute(update(jobs).where(jobs.c.id == job_id).values(
         files_done=jobs.c.files_done + len(done),
         bytes_done=jobs.c.bytes_done + done_bytes,
@@ -160,12 +161,12 @@ def _record_in(connection: Connection, job_id: int, results: list[Result]) -> No
         # done + moving never counts them twice until the next one.
         bytes_moving=case((jobs.c.bytes_moving > done_bytes, jobs.c.bytes_moving - done_bytes),
                           else_=0),
-        files_skipped=jobs.c.files_skipped + sum(1 for _, st in done if st == "skipped"),
-        files_failed=jobs.c.files_failed + sum(1 for _, st, _ in results if st == "failed"),
+        files_skipped=jobs.c.files_skipped + sum(1 for _, st in done if st == ItemState.SKIPPED),
+        files_failed=jobs.c.files_failed + sum(1 for _, st, _ in results if st == ItemState.FAILED),
     ))
 
 
 def unfinished_paths(db: Database, job_id: int) -> list[str]:
     with db.read() as s:
         return list(s.scalars(select(JobItem.dest_path).where(
-            JobItem.job_id == job_id, JobItem.state.in_(("queued", "running")))))
+            JobItem.job_id == job_id, JobItem.state.in_((ItemState.QUEUED, ItemState.RUNNING)))))

@@ -1,32 +1,45 @@
 """Job kinds by name: what a job's ``kind`` column means to the one engine.
 
 What a kind is and what it may use of a run is the contract (``contract.JobKind``,
-``contract.KindRun``). Kinds are found by name in ``KINDS`` (``"module:attribute"``, imported on
-first use, so the engine does not import transfer code and a new kind is one line here).
+``contract.KindRun``). The engine knows no kind: the composition roots (the server's
+``app.py``, the worker process's ``main``, the site service, which is the server in site mode)
+fill a ``KindRegistry`` with the kinds they run (``hera_stage_ext.standard_kinds``) and hand
+it to the engine: a worker through ``EngineConfig.kinds``, a cancel or a retry as an argument.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Iterable
 
+from ..errors import UnknownKind
 from .contract import JobKind
 
-#: kind name -> "module:attribute" of its JobKind instance.
-KINDS: dict[str, str] = {
-    "stage": "hera_stage_ext.jobs.stage_kind:STAGE",
-    "transfer": "hera_stage_ext.transfer.jobs:TRANSFER",
-    "upload": "hera_stage_ext.transfer.upload:UPLOAD",
-    "recall": "hera_stage_ext.jobs.recall:RECALL",
-}
 
-_loaded: dict[str, JobKind] = {}
+class KindRegistry:
+    """The kinds a process runs, by name (``JobKind.name``)."""
 
+    def __init__(self, kinds: Iterable[JobKind] = ()) -> None:
+        self._kinds: dict[str, JobKind] = {}
+        for kind in kinds:
+            self.register(kind)
 
-def kind(name: str) -> JobKind:
-    """The JobKind of ``name``; KeyError for a kind no code handles."""
-    found = _loaded.get(name)
-    if found is None:
-        module, _, attribute = KINDS[name].partition(":")
-        found = _loaded[name] = getattr(importlib.import_module(module), attribute)
-    return found
+    def register(self, kind: JobKind) -> None:
+        """Add ``kind`` under its name; a second kind of the same name is a mistake."""
+        if kind.name in self._kinds:
+            raise ValueError(f"a job kind named {kind.name!r} is registered already")
+        self._kinds[kind.name] = kind
 
+    def get(self, name: str) -> JobKind:
+        """The kind called ``name``; ``UnknownKind`` when this process runs no such kind."""
+        found = self._kinds.get(name)
+        if found is None:
+            known = ", ".join(sorted(self._kinds)) or "none"
+            raise UnknownKind(f"no job kind {name!r} is registered here (known: {known})",
+                              kind=name)
+        return found
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._kinds))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds

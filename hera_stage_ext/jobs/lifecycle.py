@@ -29,7 +29,8 @@ from ..catalogue.db import Database
 from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, QuotaExceeded
-from .models import ACTIVE_STATES, Job, JobItem
+from ..states import ACTIVE_JOB_STATES, ItemState
+from .models import Job, JobItem
 
 #: ``expires_in`` as text: a number and a unit (seconds, minutes, hours, days, weeks).
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*")
@@ -102,7 +103,7 @@ def expires_at(options: Mapping[str, Any] | None) -> dt.datetime | None:
 
 def _staged_bytes(state: str, bytes_total: int, bytes_done: int) -> int:
     """What a job holds (or will, while it runs) in its folder."""
-    return int(bytes_total if state in ACTIVE_STATES else bytes_done)
+    return int(bytes_total if state in ACTIVE_JOB_STATES else bytes_done)
 
 
 def staged_use(s: Session, owner: str, now: dt.datetime | None = None,
@@ -163,7 +164,7 @@ def staged_records(db: Database, owner: str, now: dt.datetime | None = None,
                 "files": 0, "created_at": iso(job.created_at), "finished_at": None,
                 "entries": {}})
             record["jobs"].append(job.id)
-            record["active"] |= job.state in ACTIVE_STATES
+            record["active"] |= job.state in ACTIVE_JOB_STATES
             record["made"] |= bool(options.get("made"))
             if options.get("pin"):
                 record["pin"] = list(options["pin"])  # the latest job's: the folder now
@@ -175,7 +176,7 @@ def staged_records(db: Database, owner: str, now: dt.datetime | None = None,
             record["finished_at"] = iso(job.finished_at)
             done = s.execute(select(JobItem.dest_path, JobItem.size, JobItem.is_directory,
                                     JobItem.checksums, JobItem.source_path)
-                             .where(JobItem.job_id == job.id, JobItem.state == "done"))
+                             .where(JobItem.job_id == job.id, JobItem.state == ItemState.DONE))
             for path, size, is_dir, checksums, source in done:
                 algorithm = preferred_algorithm(checksums)
                 record["entries"][path] = {
@@ -211,7 +212,7 @@ def mark_cleaned(db: Database, owner: str, job_ids: Iterable[int]) -> list[int]:
     with db.write() as s:
         for job in s.scalars(select(Job).where(Job.id.in_(ids), Job.owner == owner,
                                                Job.kind == "stage",
-                                               Job.state.not_in(ACTIVE_STATES))):
+                                               Job.state.not_in(ACTIVE_JOB_STATES))):
             job.options = {**(job.options or {}), "cleaned_at": stamp}
             marked.append(job.id)
     return marked

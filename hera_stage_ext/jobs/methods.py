@@ -37,6 +37,7 @@ from typing import NamedTuple
 from .. import safefs
 from ..catalogue import checksums as ck
 from ..paths import is_within
+from ..states import ItemState
 from . import bigcopy, linkcheck
 
 METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
@@ -71,7 +72,7 @@ class ItemSpec(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    state: str  # "done" | "skipped"
+    state: ItemState  # DONE or SKIPPED
     note: str = ""
     # Deferred mode: the verified temporary copy still to rename to its final name (``commit``).
     tmp: str | None = None
@@ -213,7 +214,7 @@ class Mover:
                         os.rmdir(tail, dir_fd=folders.get(head))
                 raise
             self._used_temps.add(folder_tmp)
-            return Outcome("done", note, os.path.join(folder_tmp, name), final)
+            return Outcome(ItemState.DONE, note, os.path.join(folder_tmp, name), final)
         if parent not in self._made_dirs:
             dir_fd, made = folders.open(parent, create=True)
             if made:
@@ -246,13 +247,13 @@ class Mover:
             note = self._write(spec, source, source_fd, dir_fd, tmp_name, algorithm)
         tmp = os.path.join(parent, tmp_name)
         if self._deferred:
-            return Outcome("done", note, tmp, final)
+            return Outcome(ItemState.DONE, note, tmp, final)
         try:
             os.rename(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             safefs.remove(dir_fd, tmp_name)
             raise
-        return Outcome("done", note)
+        return Outcome(ItemState.DONE, note)
 
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
         """Refuse a source that resolves outside its store. Only a file's folder is resolved
@@ -385,13 +386,13 @@ class Mover:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             if spec.method == "symlink" and os.readlink(name, dir_fd=dir_fd) == source:
-                return Outcome("skipped", "already linked")
+                return Outcome(ItemState.SKIPPED, "already linked")
             raise ItemFailed("exists as a symbolic link; not overwritten")
         if spec.method == "hardlink" and not spec.is_directory:
             with contextlib.suppress(OSError):
                 src = os.stat(source)
                 if (src.st_dev, src.st_ino) == (st.st_dev, st.st_ino):
-                    return Outcome("skipped", "already linked")
+                    return Outcome(ItemState.SKIPPED, "already linked")
         is_dir = stat.S_ISDIR(st.st_mode)
         if is_dir != spec.is_directory:
             kind = "directory" if is_dir else "file"
@@ -406,7 +407,7 @@ class Mover:
         finally:
             os.close(fd)
         if digest.size == spec.size and digest.checksums[algorithm] == spec.checksums[algorithm]:
-            return Outcome("skipped", f"identical file already there ({algorithm})")
+            return Outcome(ItemState.SKIPPED, f"identical file already there ({algorithm})")
         raise ItemFailed(f"exists with other content ({algorithm} differs); not overwritten")
 
     @staticmethod

@@ -14,11 +14,11 @@ from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..catalogue.models import Base, JSONType, NameType, utcnow
+from ..states import ACTIVE_JOB_STATES, ItemState, JobState, RecallState
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-#: States in which a job still holds its destination (and its STAGING-IN-PROGRESS marker).
-ACTIVE_STATES = ("queued", "running")
-ITEM_STATES = ("queued", "running", "done", "skipped", "failed")
+#: ``states.ACTIVE_JOB_STATES`` under the name transfer/upload.py and site/worker_ops.py still
+#: import it by (the jobs package itself uses ``states``).
+ACTIVE_STATES = ACTIVE_JOB_STATES
 
 
 class Job(Base):
@@ -34,7 +34,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner: Mapped[str] = mapped_column(String(256), index=True)
     kind: Mapped[str] = mapped_column(String(16), default="stage")
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)  # a JobState
     destination: Mapped[str] = mapped_column(String(4096), index=True)  # resolved, absolute
     method: Mapped[str] = mapped_column(String(16), default="copy")
     search: Mapped[Any] = mapped_column(JSONType, nullable=True)
@@ -77,10 +77,16 @@ class JobItem(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     is_directory: Mapped[bool] = mapped_column(Boolean, default=False)
     checksums: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=ItemState.QUEUED)  # an ItemState
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+#: The two tables as Core ``Table`` objects (to a type checker ``__table__`` is only a
+#: ``FromClause``), for Core statements where the ORM's cost per row counts.
+JOB_TABLE = Base.metadata.tables[Job.__tablename__]
+JOB_ITEM_TABLE = Base.metadata.tables[JobItem.__tablename__]
 
 
 class AuditEntry(Base):
@@ -102,12 +108,6 @@ class AuditEntry(Base):
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
-#: States of a recall copy: the bytes of ``recalling``, ``recalled`` and ``reaping`` ones count
-#: against the buffer's cap; ``reaped`` and ``failed`` ones are the history.
-RECALL_STATES = ("recalling", "recalled", "reaping", "reaped", "failed")
-HELD_RECALL_STATES = ("recalling", "recalled", "reaping")
-
-
 class RecallCopy(Base):
     """One file recalled from a cold store into its buffer store for a job (``jobs/recall.py``):
     reserved (``recalling``) before the copy starts, ``recalled`` once verified and registered
@@ -125,7 +125,9 @@ class RecallCopy(Base):
     buffer: Mapped[str] = mapped_column(String(128))
     path: Mapped[str] = mapped_column(String(4096))  # relative to both stores' roots
     size: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(16), default="recalling")
+    # A RecallState: the bytes of the ``HELD_RECALL_STATES`` count against the buffer's cap;
+    # ``reaped`` and ``failed`` ones are the history.
+    state: Mapped[str] = mapped_column(String(16), default=RecallState.RECALLING)
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     recalled_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

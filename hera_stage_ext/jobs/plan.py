@@ -1,7 +1,7 @@
 """Planning a staging job: the names to stage resolved to the instances they are staged from
 (``resolve_names``: online stores first, then cold stores through ``recall``), the destination
 checked (``targets.plan_target``) and its free space compared with what the method writes
-(``plan_stage``, ``StagePlan``); ``hardlink`` and ``symlink`` only from store files the
+(``plan_stage``, ``ResolvedStage``); ``hardlink`` and ``symlink`` only from store files the
 staging account cannot write (``check_links``); ``dry_run_stage`` reports the plan, what the
 job would find at the destination (``preview``) and an unfinished job already staging there
 (``busy_job``). Reads only, writes nothing: ``engine.create_stage_job`` writes the job from a
@@ -21,9 +21,10 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store
-from .models import ACTIVE_STATES, Job
+from .models import Job
 from ..catalogue.naming import shown, validate_name
 from ..errors import InvalidRequest
+from ..states import ACTIVE_JOB_STATES, ItemState
 from . import linkcheck, preview, recall, targets
 from .items import IN_CHUNK
 from .methods import METHODS
@@ -37,7 +38,12 @@ _REFUSED_SHOWN = 20
 
 
 @dataclass
-class StagePlan:
+class ResolvedStage:
+    """A staging request resolved and checked, nothing written yet: its target, the items
+    (names resolved to instances), the names missing, and the bytes it needs against the
+    destination's free space. (``client.StagePlan`` is the dry run's reply as a notebook
+    sees it.)"""
+
     target: targets.Target
     method: str
     items: list[dict[str, Any]]
@@ -86,7 +92,7 @@ def check_links(method: str, items: Sequence[Mapping[str, Any]]) -> None:
     refused: list[str] = []
     first = ""
     for item in items:
-        if item.get("state") == recall.WAITING:
+        if item.get("state") == ItemState.WAITING:
             continue
         reason = _exposure(item["source_path"], bool(item["is_directory"]), method, uid, gids)
         if reason:
@@ -150,7 +156,7 @@ def plan_stage(
     db: Database, names_or_rows: Iterable[str | Mapping[str, Any]], destination: str,
     method: str, allowed_roots: Sequence[str | os.PathLike[str]], *,
     base: str | os.PathLike[str] | None = None, contents: Mapping[str, Any] | None = None,
-) -> StagePlan:
+) -> ResolvedStage:
     """Resolve and check everything a staging job needs; reads only, writes nothing.
     ``contents``: the contents manager's description (``contents.describe_manager``), for the
     ``contents`` method."""
@@ -163,7 +169,7 @@ def plan_stage(
         check_links(method, items)
     needed = total if method in COPYING else 0
     free = free_bytes(target.local) if target.local is not None else None
-    return StagePlan(target, method, items, missing, total, needed, free)
+    return ResolvedStage(target, method, items, missing, total, needed, free)
 
 
 def resolve_names(db: Database, names: Sequence[str], kind: str = "online",
@@ -184,13 +190,15 @@ def resolve_names(db: Database, names: Sequence[str], kind: str = "online",
         for start in range(0, len(names), IN_CHUNK):
             for row in s.execute(query.where(File.name.in_(names[start:start + IN_CHUNK]))):
                 chosen.setdefault(row[0], row)
-    items, missing, total = [], [], 0
+    items: list[dict[str, Any]] = []
+    missing: list[str] = []
+    total = 0
     for name in names:
-        row = chosen.get(name)
-        if row is None:
+        found = chosen.get(name)
+        if found is None:
             missing.append(name)
             continue
-        _, size, is_dir, sums, inst_path, store, store_path = row
+        _, size, is_dir, sums, inst_path, store, store_path = found
         rel = os.path.normpath(inst_path)
         if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
             raise InvalidRequest(f"instance path {inst_path!r} of {name!r} leaves its store")
@@ -225,4 +233,4 @@ def busy_job(db: Database, destination: str) -> int | None:
     """The unfinished job already staging into ``destination`` (a launch there is refused)."""
     with db.read() as s:
         return s.scalar(select(Job.id).where(Job.destination == destination,
-                                             Job.state.in_(ACTIVE_STATES)).limit(1))
+                                             Job.state.in_(ACTIVE_JOB_STATES)).limit(1))

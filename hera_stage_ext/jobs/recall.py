@@ -53,22 +53,21 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import InvalidRequest, StagingError
 from ..paths import is_within
+from ..states import ACTIVE_JOB_STATES, HELD_RECALL_STATES, ItemState, JobState, RecallState
 from .items import record_results
 from .joblog import JobLog
 from .contract import JobKind
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
-from .models import ACTIVE_STATES, HELD_RECALL_STATES, Job, JobItem, RecallCopy
+from .models import Job, JobItem, RecallCopy
 
 if TYPE_CHECKING:
     from .items import ClaimedItem
     from .contract import KindRun
 
-#: The state of an item whose file is still on a cold store (no stream claims it).
-WAITING = "waiting"
 #: Item states in which an item may still read its source.
-UNFINISHED = ("queued", "running", WAITING)
+UNFINISHED = (ItemState.QUEUED, ItemState.RUNNING, ItemState.WAITING)
 #: Item states a retry queues again (``waiting`` ones stay so: the retry recalls them first).
-RETRIED = ("failed", "queued", "running")
+RETRIED = (ItemState.FAILED, ItemState.QUEUED, ItemState.RUNNING)
 #: Names per ``IN (...)`` list (well under the databases' limits on bound parameters).
 _NAMES_PER_QUERY = 5_000
 
@@ -86,7 +85,7 @@ def resolve_cold(
     kept, total = [], 0
     for item in items:
         if item["store"] in settings:
-            kept.append({**item, "state": WAITING})
+            kept.append({**item, "state": ItemState.WAITING})
             total += item["size"]
         else:  # a cold store with no buffer configured: nothing can read it
             missing.append(item["name"])
@@ -126,13 +125,14 @@ def rewind_reaped(
             if item.name in by_name:  # else: no cold copy any more, it fails again, saying so
                 c = by_name[item.name]
                 s.execute(update(JobItem).where(JobItem.id == item.id).values(
-                    store=c["store"], source_path=c["source_path"], state=WAITING, error=""))
+                    store=c["store"], source_path=c["source_path"], state=ItemState.WAITING,
+                    error=""))
     return len(by_name)
 
 
 def check_method(method: str, items: Sequence[Mapping[str, Any]]) -> None:
     """A symbolic link to a buffer copy would dangle once the copy is reaped."""
-    if method == "symlink" and any(item.get("state") == WAITING for item in items):
+    if method == "symlink" and any(item.get("state") == ItemState.WAITING for item in items):
         raise InvalidRequest("files only on a cold store cannot be staged as symbolic links "
                              "(their recalled copy is removed once staged); use copy")
 
@@ -270,8 +270,8 @@ class _Recall:
             # Failed recalls that a retry queued again wait for their recall again (never
             # read from the cold store by the kind's streams).
             s.execute(update(JobItem).where(
-                JobItem.job_id == job_id, JobItem.state == "queued",
-                JobItem.store.in_(list(stores.cold))).values(state=WAITING))
+                JobItem.job_id == job_id, JobItem.state == ItemState.QUEUED,
+                JobItem.store.in_(list(stores.cold))).values(state=ItemState.WAITING))
         recall = cls(run, stores, for_job, log)
         recall.thread.start()
         return recall
@@ -325,7 +325,7 @@ class _Recall:
         any more: their items are waiting and are recalled again."""
         with self.db.write() as s:
             s.execute(delete(RecallCopy).where(RecallCopy.job_id == self.job_id,
-                                               RecallCopy.state == "recalling"))
+                                               RecallCopy.state == RecallState.RECALLING))
 
     def _waiting(self) -> list[tuple[str, str, str, ClaimedItem]]:
         """The job's waiting items as (store, volume, relative path, item), in recall order:
@@ -336,7 +336,7 @@ class _Recall:
             rows = s.execute(select(
                 JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path, JobItem.size,
                 JobItem.is_directory, JobItem.checksums, JobItem.attempts, JobItem.store,
-            ).where(JobItem.job_id == self.items_job, JobItem.state == WAITING)).all()
+            ).where(JobItem.job_id == self.items_job, JobItem.state == ItemState.WAITING)).all()
         placed = []
         for row in rows:
             item = ClaimedItem(*row[:8], row[8])
@@ -377,7 +377,8 @@ class _Recall:
             raise
         except (ItemFailed, OSError, StagingError) as exc:
             return self._failed(item, str(exc), reservation)
-        note = "verified, already in the buffer" if outcome.state == "skipped" else outcome.note
+        note = ("verified, already in the buffer" if outcome.state == ItemState.SKIPPED
+                else outcome.note)
         self.log(f"recalled {item.name} from {store!r} volume {volume!r} into {buffer!r} "
                  f"({item.size} bytes, {note}; buffer holds {held} of {settings.buffer_bytes} "
                  f"bytes)")
@@ -398,7 +399,7 @@ class _Recall:
                 other = s.execute(select(RecallCopy.state, RecallCopy.job_id).where(
                     RecallCopy.buffer == buffer, RecallCopy.path == rel,
                     RecallCopy.state.in_(HELD_RECALL_STATES))).first()
-                if other is not None and other.state == "recalled":
+                if other is not None and other.state == RecallState.RECALLED:
                     self._queue(s, item, buffer, rel)
                     break
                 held = int(s.scalar(select(func.coalesce(func.sum(RecallCopy.size), 0)).where(
@@ -407,14 +408,14 @@ class _Recall:
                 if other is None and (held == 0 or held + item.size <= settings.buffer_bytes):
                     copy = RecallCopy(job_id=self.job_id, name=item.name, cold_store=store,
                                       volume=volume, buffer=buffer, path=rel, size=item.size,
-                                      state="recalling", error="")
+                                      state=RecallState.RECALLING, error="")
                     s.add(copy)
                     s.flush()
                     if said.startswith("buffer full"):
                         self.log(f"buffer {buffer!r} has room again")
                     return copy.id, held + item.size
             waiting = (f"waiting for job {other.job_id}, which is recalling {item.name}"
-                       if other is not None and other.state == "recalling" else
+                       if other is not None and other.state == RecallState.RECALLING else
                        f"waiting: an earlier copy of {item.name} is being reaped"
                        if other is not None else
                        f"buffer full: waiting ({buffer!r} holds {held} of "
@@ -436,9 +437,9 @@ class _Recall:
         the copy was registered) hold no bytes: that job recalls the file again when it
         resumes."""
         now = utcnow()
-        alive = select(Job.id).where(Job.state == "running", Job.lease_expires > now)
+        alive = select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_expires > now)
         s.execute(delete(RecallCopy).where(
-            RecallCopy.buffer == buffer, RecallCopy.state == "recalling",
+            RecallCopy.buffer == buffer, RecallCopy.state == RecallState.RECALLING,
             RecallCopy.job_id.not_in(alive)).execution_options(synchronize_session=False))
 
     def _drop(self, reservation: int) -> None:
@@ -450,25 +451,29 @@ class _Recall:
         if reservation is not None:  # kept as history; it holds no bytes any more
             with self.db.write() as s:
                 s.execute(update(RecallCopy).where(RecallCopy.id == reservation).values(
-                    state="failed", error=message))
+                    state=RecallState.FAILED, error=message))
         if self.remote:  # the stage job's item, recorded here (its worker is elsewhere)
             self.log(f"FAILED {item.dest_path}: {message}")
-            record_results(self.db, self.items_job, [(item, "failed", message)])
+            record_results(self.db, self.items_job, [(item, ItemState.FAILED, message)])
         else:
             self.run.log.note(f"FAILED {item.dest_path}: {message}")
             # Through the engine like a staged item: counted, logged, listed in the errors.
-            self.run.report(item, "failed", message)
+            self.run.report(item, ItemState.FAILED, message)
         self._announce(0)
 
     def _queue(self, s: Any, item: ClaimedItem, buffer: str, rel: str) -> None:
-        s.execute(update(JobItem).where(JobItem.id == item.id, JobItem.state == WAITING).values(
-            state="queued", store=buffer, source_path=os.path.join(self.roots[buffer], rel)))
+        s.execute(update(JobItem)
+                  .where(JobItem.id == item.id, JobItem.state == ItemState.WAITING)
+                  .values(state=ItemState.QUEUED, store=buffer,
+                          source_path=os.path.join(self.roots[buffer], rel)))
 
     def _register(self, item: ClaimedItem, buffer: str, rel: str, reservation: int, store: str,
                   volume: str) -> None:
         """In one transaction: the buffer instance, the recall recorded, the item queued."""
         with self.db.write() as s:
             file_id = s.scalar(select(File.id).where(File.name == item.name))
+            if file_id is None:  # removed from the catalogue while it was being recalled
+                raise ItemFailed(f"{item.name} is no longer in the catalogue")
             store_id = self.store_ids[buffer]
             present = s.scalar(select(Instance.file_id).where(
                 Instance.store_id == store_id, Instance.path == rel))
@@ -479,7 +484,7 @@ class _Recall:
             elif present != file_id:
                 raise ItemFailed(f"buffer {buffer!r} already holds another file at {rel}")
             s.execute(update(RecallCopy).where(RecallCopy.id == reservation).values(
-                state="recalled", recalled_at=utcnow()))
+                state=RecallState.RECALLED, recalled_at=utcnow()))
             catalogue.add_events([(file_id, "recalled", {
                 "cold_store": store, "volume": volume, "buffer": buffer, "path": rel,
                 "job": self.items_job})], within=s)
@@ -492,7 +497,7 @@ class _Recall:
             return bool(s.scalar(select(func.count()).select_from(JobItem).join(
                 Job, Job.id == JobItem.job_id).where(
                 JobItem.job_id == self.items_job, JobItem.state.in_(UNFINISHED),
-                JobItem.store.in_(self.buffers), Job.state.in_(ACTIVE_STATES))))
+                JobItem.store.in_(self.buffers), Job.state.in_(ACTIVE_JOB_STATES))))
 
     def reap(self) -> int:
         return reap(self.db, self.all_stores, self.log, self.items_job)
@@ -534,13 +539,14 @@ class RecallKind(JobKind):
         with db.write() as s:
             stage = s.execute(select(Job.state, Job.cancel_requested).where(
                 Job.id == stage_id)).first()
-            if stage is None or stage.state not in ACTIVE_STATES or stage.cancel_requested:
+            if stage is None or stage.state not in ACTIVE_JOB_STATES or stage.cancel_requested:
                 return 0
-            failed = s.execute(update(JobItem).where(
-                JobItem.job_id == stage_id, JobItem.state == WAITING).values(
-                state="failed", error=f"recall failed: recall job {job.id} was cancelled"))
+            failed = s.scalars(update(JobItem).where(
+                JobItem.job_id == stage_id, JobItem.state == ItemState.WAITING).values(
+                state=ItemState.FAILED, error=f"recall failed: recall job {job.id} was cancelled")
+                .returning(JobItem.id)).all()
             s.execute(update(Job).where(Job.id == stage_id).values(
-                files_failed=Job.files_failed + failed.rowcount))
+                files_failed=Job.files_failed + len(failed)))
         return 0
 
 
@@ -570,17 +576,17 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
                   .order_by(Store.name).with_for_update())
         copies = s.scalars(select(RecallCopy).where(
             RecallCopy.buffer.in_(stores.buffers),
-            RecallCopy.state.in_(("recalled", "reaping")),
+            RecallCopy.state.in_((RecallState.RECALLED, RecallState.REAPING)),
         ).with_for_update()).all()
         if not copies:
             return 0
         sources = {os.path.join(stores.roots.get(c.buffer, ""), c.path): c for c in copies
-                   if c.state == "recalled"}
+                   if c.state == RecallState.RECALLED}
         needed = set(s.scalars(select(JobItem.source_path).join(
             Job, Job.id == JobItem.job_id).where(
-            Job.state.in_(ACTIVE_STATES), JobItem.state.in_(UNFINISHED),
+            Job.state.in_(ACTIVE_JOB_STATES), JobItem.state.in_(UNFINISHED),
             JobItem.source_path.in_(list(sources)))))
-        gone = [c for c in copies if c.state == "reaping"]
+        gone = [c for c in copies if c.state == RecallState.REAPING]
         for source, copy in sources.items():
             if source in needed:
                 continue
@@ -590,7 +596,7 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
             if instance_id is not None:
                 Catalogue(db).remove_instance(instance_id, ("reaped", {
                     "buffer": copy.buffer, "path": copy.path, "job": job_id}), within=s)
-            copy.state = "reaping"
+            copy.state = RecallState.REAPING
             gone.append(copy)
     removed = []
     for copy in gone:
@@ -613,8 +619,8 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
     if removed:
         with db.write() as s:
             s.execute(update(RecallCopy).where(
-                RecallCopy.id.in_([c.id for c in removed]), RecallCopy.state == "reaping",
-            ).values(state="reaped", reaped_at=utcnow()))
+                RecallCopy.id.in_([c.id for c in removed]), RecallCopy.state == RecallState.REAPING,
+            ).values(state=RecallState.REAPED, reaped_at=utcnow()))
     for copy in removed:
         log(f"reaped {copy.name} from buffer {copy.buffer!r} ({copy.size} bytes)")
     return len(removed)

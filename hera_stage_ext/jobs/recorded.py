@@ -9,7 +9,7 @@ user's worker (``jobs.worker --site-url``) confines the destination again agains
 allowed roots and takes the folder (STAGING-IN-PROGRESS) when it starts the job
 (``stage_kind.StageKind.begin``).
 
-Files only on a cold store: the job's items for them wait (``recall.WAITING``) and a recall
+Files only on a cold store: the job's items for them wait (``ItemState.WAITING``) and a recall
 job (kind ``recall``, the same owner, destination ``job:<stage job id>``) is recorded with it,
 for the site's own worker, which recalls them into the buffer (``recall.RecallKind``); the
 user's worker stages each once it is in the queue. The ``contents`` method: the user's server
@@ -31,12 +31,13 @@ from sqlalchemy.orm import Session
 from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..paths import check_text
+from ..states import ACTIVE_JOB_STATES, ItemState, JobState
 from . import preview, recall
 from .contents import SCHEME, check_description, clean_api_path
 from .engine import create_job
 from .joblog import JobLog, default_log_dir
 from .methods import METHODS
-from .models import ACTIVE_STATES, Job, JobItem
+from .models import Job, JobItem
 from .plan import COPYING, unique_names, resolve_names, busy_job
 
 #: Where the site's recall job of stage job N says it works (``Job.destination``).
@@ -92,7 +93,7 @@ def dry_run_recorded(db: Database, names_or_rows: Iterable[str | Mapping[str, An
 def busy_check(s: Session, destination: str, job_id: int) -> None:
     """Conflict when another unfinished job goes into ``destination``."""
     busy = s.scalar(select(Job.id).where(Job.destination == destination, Job.id != job_id,
-                                         Job.state.in_(ACTIVE_STATES)))
+                                         Job.state.in_(ACTIVE_JOB_STATES)))
     if busy is not None:
         raise Conflict(f"job {busy} is already staging into {destination}", job_id=busy)
 
@@ -127,7 +128,7 @@ def record_stage_job(
     if not items:
         raise NotFound(f"none of the {len(missing)} file(s) has an available instance on "
                        f"an online store", missing=missing)
-    cold = sum(1 for item in items if item.get("state") == recall.WAITING)
+    cold = sum(1 for item in items if item.get("state") == ItemState.WAITING)
 
     def take(s: Session, job: Job) -> None:
         if admit is not None:
@@ -149,7 +150,7 @@ def record_stage_job(
 def add_recall_job(s: Session, stage: Job, log_dir: str | os.PathLike[str] | None) -> Job:
     """The site's recall job of ``stage`` (in the session's transaction): the site's worker
     claims it (kind ``recall``) and recalls the stage job's cold files into the buffer."""
-    row = Job(owner=stage.owner, kind="recall", state="queued",
+    row = Job(owner=stage.owner, kind="recall", state=JobState.QUEUED,
               destination=RECALL_FOR.format(stage.id), method="recall",
               options={"stage_job": stage.id}, files_total=0, bytes_total=0, files_done=0,
               bytes_done=0, files_failed=0, files_skipped=0, missing=[], error="",
@@ -167,8 +168,8 @@ def recall_jobs(db: Database, stage_id: int, active: bool | None = None) -> list
     query = select(Job.id).where(Job.kind == "recall",
                                  Job.destination == RECALL_FOR.format(stage_id))
     if active is not None:
-        query = query.where(Job.state.in_(ACTIVE_STATES) if active
-                            else Job.state.not_in(ACTIVE_STATES))
+        query = query.where(Job.state.in_(ACTIVE_JOB_STATES) if active
+                            else Job.state.not_in(ACTIVE_JOB_STATES))
     with db.read() as s:
         return list(s.scalars(query.order_by(Job.id)))
 
@@ -179,13 +180,13 @@ def ensure_recall(db: Database, stage_id: int,
     unless one is active already; returns its id (None: none needed or one runs)."""
     with db.write() as s:
         stage = s.get(Job, stage_id, with_for_update=True)
-        if stage is None or stage.state not in ACTIVE_STATES:
+        if stage is None or stage.state not in ACTIVE_JOB_STATES:
             return None
         waiting = s.scalar(select(func.count()).select_from(JobItem).where(
-            JobItem.job_id == stage_id, JobItem.state == recall.WAITING))
+            JobItem.job_id == stage_id, JobItem.state == ItemState.WAITING))
         running = s.scalar(select(Job.id).where(
             Job.kind == "recall", Job.destination == RECALL_FOR.format(stage_id),
-            Job.state.in_(ACTIVE_STATES)))
+            Job.state.in_(ACTIVE_JOB_STATES)))
         if not waiting or running is not None:
             return None
         row = add_recall_job(s, stage, log_dir)

@@ -26,10 +26,11 @@ from typing import Any, TypeVar, cast
 
 from ..catalogue.db import Database
 from ..safefs import Pin
-from . import kinds
+from ..states import ARRIVED_ITEM_STATES, ItemState
 from .contract import JobRefused
 from .copy_pool import CopyPool
 from .engine import new_worker_id
+from .kinds import KindRegistry
 from .items import ClaimedItem
 from .methods import Cancelled, Outcome, commit
 from .models import Job
@@ -71,6 +72,9 @@ class EngineConfig:
     # is refused before anything is written (a site's user worker also takes a recorded job's
     # folder only inside them). Empty: only the launch's check.
     allowed_roots: tuple[str, ...] = ()
+    # The kinds this worker runs (its composition root fills it: ``standard_kinds``); a job of
+    # another kind fails to run (``UnknownKind``) and goes back to the queue.
+    kinds: KindRegistry = field(default_factory=KindRegistry)
 
 
 class JobRun:
@@ -83,7 +87,7 @@ class JobRun:
         # The catalogue, for kinds that read it while they run (None over HTTP: ``store``).
         self.db: Database | None = store.db
         self.dest = Path(job.destination)
-        self.kind = kinds.kind(job.kind)  # how the items of this job are moved
+        self.kind = config.kinds.get(job.kind)  # how the items of this job are moved
         # The folder the reported items' renames are confined below (set by the kind: a stage
         # job's pinned destination).
         self.rename_root: Pin | str | None = None
@@ -212,7 +216,7 @@ class JobRun:
         with self._pending_lock:
             self._pending.append((item, state, error, outcome))
             self._pending_bytes += item.size
-        if state in ("done", "skipped"):
+        if state in ARRIVED_ITEM_STATES:
             self.inflight.through(item.size)
 
     def report_final(self, items: list[ClaimedItem]) -> None:
@@ -248,20 +252,22 @@ class JobRun:
                 return self._record([], 0, claim)
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
-            renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
+            renames = [(o.tmp, o.final) for _, _, _, o in batch
+                       if o is not None and o.tmp and o.final]
             errors = iter(commit(renames, self.config.fsync,
                                  [self.rename_root] if self.rename_root is not None else ()))
-            results = [(item, "done", "") for item in final]
+            results: list[tuple[ClaimedItem, str, str]] = [
+                (item, ItemState.DONE, "") for item in final]
             through = sum(item.size for item in final) + sum(
-                item.size for item, state, _, _ in batch if state in ("done", "skipped"))
+                item.size for item, state, _, _ in batch if state in ARRIVED_ITEM_STATES)
             for item, state, error, outcome in batch:
-                if outcome is not None and outcome.tmp:
+                if outcome is not None and outcome.tmp and outcome.final:
                     exc = next(errors)
                     if exc is not None:
                         error = ("appeared at the destination while it was being staged; "
                                  "not overwritten" if isinstance(exc, FileExistsError)
                                  else self.explain(item, exc))
-                        state = "failed"
+                        state = ItemState.FAILED
                         self.log.note(f"FAILED {item.dest_path}: {error}")
                         self.count_copied(-item.size)
                 results.append((item, state, error))
@@ -357,7 +363,7 @@ class JobRun:
             self.log(f"worker error: {errors[0]!r}; job released for another attempt")
             raise errors[0]  # the worker releases the job and takes it again after a back-off
         if self.cancel_requested:
-            return self.store.finish_cancelled(job)
+            return self.store.finish_cancelled(job, self.kind)
         if self.stop.is_set():
             self._release()
             self.log("worker stopping: job released, it resumes with the next worker")
@@ -368,7 +374,7 @@ class JobRun:
         self.log(f"copied {self.copied_bytes} bytes in {seconds:.1f} s "
                  f"({self.copied_bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
         self.log.flush()
-        return self.store.finish(job)
+        return self.store.finish(job, self.kind)
 
     def _release(self) -> None:
         self.store.release(self.job.id, self.worker_id)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from ..catalogue.db import Database
 from ..errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, StagingError
 from ..safefs import PathChanged
+from ..states import ItemState
 from . import recall, targets
 from .contract import JobKind, JobRefused, KindRun
 from .copy_pool import HandOver, HelperDied, Ticket, hand_overs
@@ -264,15 +265,15 @@ class _StageStream:
             message = (self.run.explain(item, error) if isinstance(error, OSError)
                        else str(error))
             self.run.log.note(f"FAILED {item.dest_path}: {message}")
-            return self.run.report(item, "failed", message, None)
+            return self.run.report(item, ItemState.FAILED, message, None)
         state = outcome.state
-        if state == "skipped" and item.attempts > 1:
+        if state == ItemState.SKIPPED and item.attempts > 1:
             # An earlier attempt of this job finished it (before its worker or helper died):
             # it is ours.
-            state = "done"
+            state = ItemState.DONE
             self.run.log.note(f"verified {item.dest_path} (finished by an earlier attempt; "
                           f"not copied again)")
-        elif state == "skipped":
+        elif state == ItemState.SKIPPED:
             self.run.log.note(f"skipped {item.dest_path}: {outcome.note}")
         else:
             self.run.count_copied(item.size)

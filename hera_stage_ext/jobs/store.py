@@ -28,11 +28,12 @@ from sqlalchemy import func, select, update
 
 from ..catalogue.db import Database
 from ..catalogue.models import Store
+from ..states import ItemState
 from . import engine, items
+from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
 from .models import ACTIVE_STATES, Job, JobItem
-from .recall import WAITING
 
 
 @dataclass
@@ -46,9 +47,10 @@ class Beat:
 
 
 class JobStore(Protocol):
-    #: The catalogue database when the store is the database (kinds that read the catalogue
-    #: while they run need it); None for a store reached over HTTP.
-    db: Database | None
+    @property
+    def db(self) -> Database | None:
+        """The catalogue database when the store is the database (kinds that read the
+        catalogue while they run need it); None for a store reached over HTTP."""
 
     def reconcile(self) -> list[int]: ...
     def claim_job(self, worker_id: str, lease_seconds: float,
@@ -66,8 +68,8 @@ class JobStore(Protocol):
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
     def waiting(self, job_id: int) -> int: ...
-    def finish(self, job: Job) -> str: ...
-    def finish_cancelled(self, job: Job) -> str: ...
+    def finish(self, job: Job, kind: JobKind) -> str: ...
+    def finish_cancelled(self, job: Job, kind: JobKind) -> str: ...
     def fail(self, job: Job, worker_id: str, error: str) -> str: ...
     def release(self, job_id: int, worker_id: str, error: str | None = None) -> None: ...
     def log(self, job: Job) -> JobLog: ...
@@ -159,13 +161,13 @@ class DbJobStore:
         """How many of the job's items wait for their recall from a cold store."""
         with self.db.read() as s:
             return int(s.scalar(select(func.count()).select_from(JobItem).where(
-                JobItem.job_id == job_id, JobItem.state == WAITING)) or 0)
+                JobItem.job_id == job_id, JobItem.state == ItemState.WAITING)) or 0)
 
-    def finish(self, job: Job) -> str:
-        return engine.finish_job(self.db, job.id)
+    def finish(self, job: Job, kind: JobKind) -> str:
+        return engine.finish_job(self.db, job.id, kind)
 
-    def finish_cancelled(self, job: Job) -> str:
-        return engine.finish_cancelled(self.db, job.id)
+    def finish_cancelled(self, job: Job, kind: JobKind) -> str:
+        return engine.finish_cancelled(self.db, job.id, kind)
 
     def fail(self, job: Job, worker_id: str, error: str) -> str:
         return engine.fail_job(self.db, job.id, worker_id, error)

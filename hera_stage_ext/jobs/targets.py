@@ -26,9 +26,18 @@ from .methods import TMP_SUFFIX, Mover, remove_path, temp_folders_of
 
 
 class Target(Protocol):
-    key: str  # the job's ``destination`` (the busy check compares it)
-    local: Path | None  # the local folder behind it, if any (free space is checked there)
-    poolable: bool  # whether the worker's helper processes may write its small files
+    # Read-only to the engine (so a target whose folder is always local may say ``Path``).
+    @property
+    def key(self) -> str:
+        """The job's ``destination`` (the busy check compares it)."""
+
+    @property
+    def local(self) -> Path | None:
+        """The local folder behind it, if any (free space is checked there)."""
+
+    @property
+    def poolable(self) -> bool:
+        """Whether the worker's helper processes may write its small files."""
 
     def options(self) -> dict[str, Any]: ...
     def acquire(self, job_id: int, owner: str, is_active: Callable[[int], bool]) -> None: ...

@@ -23,12 +23,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..catalogue.db import Database
+from ..standard_kinds import standard_kinds  # the process's composition root: its kinds
 from .copy_pool import CopyPool, default_size
 from .engine import new_worker_id
 from .run import EngineConfig, run_job
 from .store import DbJobStore, JobStore
+
+if TYPE_CHECKING:
+    from .http_store import HttpJobStore
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 
@@ -54,7 +59,7 @@ class Worker:
                  worker_id: str | None = None, pool: CopyPool | None = None,
                  owner: str | None = None, max_jobs: int = 4) -> None:
         # ``owner``: only this user's jobs (None: anyone's), for a store given as a database.
-        self.store = DbJobStore(store, owner) if isinstance(store, Database) else store
+        self.store: JobStore = DbJobStore(store, owner) if isinstance(store, Database) else store
         self.config = config or EngineConfig()
         self.worker_id = worker_id or new_worker_id()
         self.stop = threading.Event()
@@ -219,12 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = EngineConfig(streams=args.streams, lease_seconds=args.lease,
                           heartbeat_seconds=args.heartbeat, chunk_size=args.chunk_size,
                           fsync=not args.no_fsync, flush_seconds=args.commit_seconds,
-                          allowed_roots=roots)
+                          allowed_roots=roots, kinds=standard_kinds())
     store: JobStore
+    service: HttpJobStore | None = None  # a worker in site mode: over the site service
     if args.site_url:
         from .http_store import HttpJobStore  # requests: only for a worker in site mode
 
-        store = HttpJobStore(args.site_url, token)
+        store = service = HttpJobStore(args.site_url, token)
         os.environ.pop(SITE_TOKEN_ENV, None)  # not inherited by the copy helpers
     else:
         kinds = [k for k in (args.kinds or "").split(",") if k] or None
@@ -234,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.copy_processes > 0 else None)
     worker = Worker(store, config, pool=pool, max_jobs=args.jobs)
     quiet_garbage_collector()
-    if args.site_url:
-        store.stop = worker.stop  # type: ignore[union-attr]  (stop waiting for the service)
+    if service is not None:
+        service.stop = worker.stop  # stop waiting for the service when the worker stops
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)
