@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -569,7 +570,7 @@ class Client:
         return SearchResults(kind, rows, None, len(rows), query)
 
     def info(self, name: str) -> FileInfo:
-        return FileInfo(self.request("GET", "files/" + requests.utils.quote(name, safe="")))
+        return FileInfo(self.request("GET", "files/" + quote(name, safe="")))
 
     def ingest_plan(self, store: str, globs: list[str]) -> dict[str, Any]:
         return self.request("POST", "ingest", {"store": store, "globs": globs, "plan": True})
@@ -719,7 +720,7 @@ class Client:
 
 
 def _order_path(name: str) -> str:
-    return "standing-orders/" + requests.utils.quote(name, safe="")
+    return "standing-orders/" + quote(name, safe="")
 
 
 def _id(job_id: Any) -> int:

@@ -94,3 +94,15 @@ class QuotaExceeded(Forbidden):
     """A staging launch would take the user past their staging quota
     (``c.StagingApp.staging_quota_bytes``): the message names the quota, the use and the
     request's size."""
+
+
+class PeerRejected(StagingError):
+    """The peer refused this site (wrong secret, not a hera_stage_ext server, ...)."""
+
+    status = 502
+
+
+class RcloneFailed(StagingError):
+    """rclone reached the remote and failed (its message, secrets blanked)."""
+
+    status = 502

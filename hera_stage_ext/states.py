@@ -46,6 +46,10 @@ class ItemState(State):
     FAILED = "failed"
 
 
+#: The states of an item whose file is at its destination (moved by the job, or there already).
+ARRIVED_ITEM_STATES = (ItemState.DONE, ItemState.SKIPPED)
+
+
 class RecallState(State):
     """A recall copy's ``state`` (``recall_copy``): a cold file brought to a buffer store."""
 

@@ -18,7 +18,7 @@ from tornado import iostream, web
 from ..core import Core
 from ..errors import InvalidRequest, StagingError
 from ..transfer.protocol import BATCH_FILE_MAX, END_OF_BATCH, MAX_STATUS_WAIT, frame_header
-from ..transfer.sender import BatchMember, batch_paths, list_peers, read_member
+from ..transfer.outgoing import BatchMember, batch_paths, list_peers, read_member
 from .base import ApiError, BaseHandler
 from .content import Throttle, online_instance_path, send_file, send_tar
 

@@ -21,7 +21,7 @@ import socket
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -34,6 +34,9 @@ from . import kinds, recall
 from .joblog import JobLog, default_log_dir
 from .models import ACTIVE_STATES, Job, JobItem
 from .plan import resolve_names, plan_stage
+
+if TYPE_CHECKING:
+    from .contract import KindRun
 
 
 def new_worker_id() -> str:
@@ -331,13 +334,13 @@ def result_lines(db: Database, job: Job) -> list[str]:
     return lines + [f"{name}: no available instance on an online store" for name in job.missing]
 
 
-def finish_job(db: Database, job_id: int) -> str:
+def finish_job(db: Database, job_id: int, run: KindRun) -> str:
     """Write the result marker and the final state of a job whose items are all through."""
     job = load_job(db, job_id)
     lines = result_lines(db, job)
     # The kind's results first (stage: markers), then the database: a crash in between
     # leaves a running job whose finalisation simply runs again.
-    kinds.kind(job.kind).finish(job, lines)
+    kinds.kind(job.kind).finish(run, job, lines)
     return record_finish(db, job, lines)
 
 

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -34,6 +34,9 @@ from .items import ClaimedItem
 from .joblog import JobLog
 from .models import Job
 from .store import Beat
+
+if TYPE_CHECKING:
+    from .contract import KindRun
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 
@@ -222,11 +225,11 @@ class HttpJobStore:
                 return 0  # a service older than recalls for users' workers: none waits
             raise
 
-    def finish(self, job: Job) -> str:
+    def finish(self, job: Job, run: KindRun) -> str:
         from . import kinds
 
         lines = list(self._job(job.id, "results", method="GET")["lines"])
-        kinds.kind(job.kind).finish(job, lines)  # the result marker, in the user's folder
+        kinds.kind(job.kind).finish(run, job, lines)  # the result marker, in the user's folder
         self._ship(job.id)
         return str(self._job(job.id, "finish", {"worker_id": job.worker_id or "",
                                                 "made": bool(job.options.get("made"))})["state"])

@@ -14,7 +14,7 @@ from .contract import JobKind
 #: kind name -> "module:attribute" of its JobKind instance.
 KINDS: dict[str, str] = {
     "stage": "hera_stage_ext.jobs.stage_kind:STAGE",
-    "transfer": "hera_stage_ext.transfer.jobs:TRANSFER",
+    "transfer": "hera_stage_ext.transfer.transfer_kind:TRANSFER",
     "upload": "hera_stage_ext.transfer.upload:UPLOAD",
     "recall": "hera_stage_ext.jobs.recall:RECALL",
 }

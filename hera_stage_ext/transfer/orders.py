@@ -181,11 +181,11 @@ class StandingOrders:
                 raise Conflict(f"a standing order named {request['name']!r} exists "
                                "already") from None
         except StagingError as exc:
-            self.core._audit(via, None, "order-create", destination, "standing-order", asked,
-                             "refused", exc.message)
+            self.core.audit(via, None, "order-create", destination, "standing-order", asked,
+                            "refused", exc.message)
             raise
-        self.core._audit(via, None, "order-create", destination, "standing-order", asked,
-                         "accepted", "")
+        self.core.audit(via, None, "order-create", destination, "standing-order", asked,
+                        "accepted", "")
         self._wake.set()
         return result
 

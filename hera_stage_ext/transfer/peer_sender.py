@@ -21,7 +21,7 @@ from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
 from .peers import Peer, PeerRegistry
 from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, PeerClient
-from .sender import offers_for, record_remote
+from .outgoing import offers_for, record_remote
 
 if TYPE_CHECKING:
     from ..jobs.contract import KindRun

@@ -50,6 +50,7 @@ import mmap
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -332,7 +333,7 @@ class PeerClient:
         (``close`` it after)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            reply = self.session.get(self._url(f"files/{requests.utils.quote(name)}/content"),
+            reply = self.session.get(self._url(f"files/{quote(name)}/content"),
                                      headers=headers, stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
             raise Unavailable(f"peer {self.peer.name!r} is unreachable: "

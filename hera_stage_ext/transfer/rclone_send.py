@@ -43,7 +43,7 @@ relative to its store (its ``dest_path``); a directory data set goes as its memb
    have been removed under the move).
 5. Remove the hidden folder (``rclone purge``; with it what failed verification or met a
    conflict), then record the remote instances and ``transfer-sent`` events
-   (``sender.record_remote``) and report.
+   (``outgoing.record_remote``) and report.
 
 A stream whose batch holds items an earlier run had claimed (its worker died or was stopped)
 first removes the hidden folders earlier runs of this job left at the remote, once per run. A
@@ -76,7 +76,7 @@ from ..jobs.items import ClaimedItem
 from ..jobs.methods import Cancelled
 from .peer_sender import PeerSender
 from .rclone import RcloneClient, RclonePeer, glob_escape, join
-from .sender import record_remote
+from .outgoing import record_remote
 
 T = TypeVar("T")
 PARTIAL_PREFIX = ".hera-partial-"
