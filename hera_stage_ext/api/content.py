@@ -29,7 +29,7 @@ from ..catalogue.naming import validate_name
 from ..core import Core
 from ..errors import InvalidRequest, NotFound
 from ..paths import confine
-from .base import ApiError, BaseHandler
+from .base import ApiHttpError, BaseHandler
 
 CHUNK = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -109,7 +109,7 @@ async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = 
         try:
             byte_range = parse_range(header, size)
         except InvalidRequest as exc:
-            raise ApiError(exc) from exc
+            raise ApiHttpError(exc) from exc
         if byte_range is None:
             handler.set_header("Content-Range", f"bytes */{size}")
             handler.reply({"error": "RangeNotSatisfiable",

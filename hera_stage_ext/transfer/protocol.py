@@ -69,6 +69,9 @@ PEER_PREFIX = "hera-stage/peer/"
 
 SEND, HAVE, CONFLICT, NO_SPACE, REFUSED = "send", "have", "conflict", "no-space", "refused"
 ANSWERS = (SEND, HAVE, CONFLICT, NO_SPACE, REFUSED)
+#: ``status``'s state for a name the receiver holds no item of (the others: a
+#: ``states.TransferItemState``).
+UNKNOWN = "unknown"
 #: Most offers in one announce (keeps its body well under the 1 MiB limit).
 MAX_OFFERS = 500
 #: Bytes per read of a single-file pull (large reads: fewer trips through urllib3 and the GIL).

@@ -118,9 +118,9 @@ def parse_rclone_peer(name: str, spec: Mapping[str, Any]) -> RclonePeer:
     return peer
 
 
-def client_for(peer: Peer, site_name: str, timeout: float | None = None
-               ) -> PeerClient | RcloneClient:
-    """The client that talks to ``peer``: rclone for an rclone peer, else the protocol's."""
+def client_for(peer: Peer, site_name: str, timeout: float) -> PeerClient | RcloneClient:
+    """The client that talks to ``peer``: rclone for an rclone peer, else the protocol's;
+    ``timeout``: how long one request (or rclone command) may take, in seconds."""
     if isinstance(peer, RclonePeer):
         return RcloneClient(peer, timeout=timeout)
     return PeerClient(peer, site_name, timeout=timeout)

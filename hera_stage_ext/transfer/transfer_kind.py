@@ -6,16 +6,17 @@ its ``destination`` is ``peer:<name>``, its items the instances chosen at launch
 
 A stream of the worker (``peer_sender.PeerSender``) waits for the peer's allowed hours and for
 room under its ``max_in_flight``, claims a batch of items, announces it
-(``protocol.PeerClient.announce``, the offers read in one query by ``outgoing.offers_for``), reports at once the files the peer already
-holds (``have``: item ``skipped``, or ``done`` when an earlier attempt of this job sent it) and
-those it refuses (``failed`` with the peer's reason), then asks the peer's ``status`` (a long
-poll, answered as soon as one more file is through) until each file it accepted is
-``committed`` (remote instance and ``transfer-sent`` event recorded, item ``done``) or
-``failed``. Results go through the run's ``report`` and ``commit`` like staged files. While the peer is unreachable the stream waits
-with exponential backoff (capped by the peer's ``retry_max_s``), saying so in the job's log; the
-job stays running. A worker that dies leaves its items to the next one, which announces them
-again: the peer answers ``have`` for what it committed meanwhile and keeps pulling the rest, so
-nothing moves twice.
+(``protocol.PeerClient.announce``, the offers read in one query by ``outgoing.offers_for``),
+reports at once the files the peer already holds (``have``: item ``skipped``, or ``done`` when
+an earlier attempt of this job sent it) and those it refuses (``failed`` with the peer's
+reason), then asks the peer's ``status`` (a long poll, answered as soon as one more file is
+through) until each file it accepted is ``committed`` (remote instance and ``transfer-sent``
+event recorded, item ``done``) or ``failed``. Results go through the run's ``report`` and
+``commit`` like staged files. While the peer is unreachable the stream waits with exponential
+backoff (capped by the peer's ``retry_max_s``), saying so in the job's log; the job stays
+running. A worker that dies leaves its items to the next one, which announces them again: the
+peer answers ``have`` for what it committed meanwhile and keeps pulling the rest, so nothing
+moves twice.
 """
 
 from __future__ import annotations
