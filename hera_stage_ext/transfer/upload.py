@@ -72,10 +72,10 @@ from ..jobs.models import Job, JobItem
 from ..jobs.targets import LocalTarget
 from ..paths import confine, is_within
 from ..states import ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, ItemState, JobState
-from .transfer_kind import TRANSFER, create_transfer_job
 from .kind_db import catalogue_db
 from .models import RemoteInstance
 from .peers import PeerRegistry
+from .transfer_kind import TRANSFER, create_transfer_job
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
