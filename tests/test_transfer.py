@@ -32,17 +32,16 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import File, Instance
 from hera_stage_ext.core import Core
-from hera_stage_ext.errors import InvalidRequest, NotFound, Unauthorized
+from hera_stage_ext.errors import InvalidRequest, NotFound, PeerRejected, Unauthorized
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.jobs.models import Job, JobItem
 from hera_stage_ext.transfer import peers as peers_module
-from hera_stage_ext.errors import PeerRejected
-from hera_stage_ext.transfer.transfer_kind import create_transfer_job
 from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
+from hera_stage_ext.transfer.outgoing import remote_sites
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR
-from hera_stage_ext.transfer.outgoing import remote_sites
+from hera_stage_ext.transfer.transfer_kind import create_transfer_job
 
 from .jupyter_process import JupyterProcess, jupyter_process
 from .test_writeback import cached_bytes
