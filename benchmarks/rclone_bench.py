@@ -49,7 +49,7 @@ from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import File
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.jobs.engine import load_job
-from hera_stage_ext.transfer.jobs import create_transfer_job
+from hera_stage_ext.transfer.transfer_kind import create_transfer_job
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry
 from hera_stage_ext.standard_kinds import standard_kinds

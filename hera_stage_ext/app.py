@@ -16,7 +16,7 @@ import getpass
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -53,6 +53,10 @@ from .transfer.peers import PeerRegistry, check_secret_hashes
 from .transfer.receiver import Receiver
 from .transfer.repair import PeerRepairSource
 from .version import __version__
+
+if TYPE_CHECKING:
+    from jupyter_events import EventLogger
+    from jupyter_server.serverapp import ServerApp
 
 SETTINGS_KEY = "hera_stage"
 
@@ -396,8 +400,23 @@ class StagingApp(ExtensionApp):
         logger.addHandler(handler)
         self._service_log_handler = handler
 
+    @property
+    def server(self) -> ServerApp:
+        """The Jupyter server this extension runs in (linked before any hook below runs)."""
+        if self.serverapp is None:
+            raise RuntimeError("hera_stage_ext is not linked to a Jupyter server yet")
+        return self.serverapp
+
+    @property
+    def event_logger(self) -> EventLogger:
+        """The server's event bus (the panel's job progress); jupyter_server makes it when it
+        starts, before the extensions' hooks."""
+        if self.server.event_logger is None:
+            raise RuntimeError("the Jupyter server has no event logger")
+        return self.server.event_logger
+
     def initialize_settings(self) -> None:
-        self.serverapp.event_logger.register_event_schema(JOB_PROGRESS_SCHEMA)
+        self.event_logger.register_event_schema(JOB_PROGRESS_SCHEMA)
         prepare_log_dir(self.job_log_dir, self.job_log_group)
         self._open_service_log()
         self.site: SiteClient | None = None
@@ -411,7 +430,7 @@ class StagingApp(ExtensionApp):
         catalogue = Catalogue(db, namer, search_timeout_s=self.search_timeout_seconds,
                               max_search_limit=self.max_search_limit)
         catalogue.sync_stores(self.stores)
-        roots = self.allowed_roots or [self.serverapp.root_dir]
+        roots = self.allowed_roots or [self.server.root_dir]
         log_dir = Path(self.job_log_dir)
         launcher = None
         site = self.mode == "site"
@@ -446,14 +465,14 @@ class StagingApp(ExtensionApp):
             allow_ingest=self.allow_ingest,
             librarian_authenticators=dict(self.librarian_authenticators),
             max_rpc_results=self.max_rpc_results,
-            root_dir=os.path.realpath(self.serverapp.root_dir),
+            root_dir=os.path.realpath(self.server.root_dir),
             job_log_dir=log_dir,
             staged_read_only=self.staged_read_only,
             staged_expiry_seconds=self.staged_expiry_days * 86400.0,
             staging_quota_bytes=self.staging_quota_bytes,
             max_stage_files=self.max_stage_files,
             launcher=launcher,
-            contents_manager=self.serverapp.contents_manager,
+            contents_manager=self.server.contents_manager,
             owner=self.owner,
             peers=peers,
             receiver=receiver,
@@ -496,7 +515,7 @@ class StagingApp(ExtensionApp):
         except SiteConfigError as exc:
             self.log.critical("hera_stage_ext: %s", exc)
             raise SystemExit(f"hera_stage_ext: {exc}") from None
-        roots = [os.path.realpath(r) for r in self.allowed_roots or [self.serverapp.root_dir]]
+        roots = [os.path.realpath(r) for r in self.allowed_roots or [self.server.root_dir]]
         launcher = None
         if self.start_worker:
             launcher = WorkerLauncher(
@@ -506,8 +525,8 @@ class StagingApp(ExtensionApp):
                 idle_exit_seconds=self.worker_idle_exit_seconds,
                 log_file=Path(self.job_log_dir) / "worker.log")
         self.site = SiteClient(self.site_url, token, roots,
-                               os.path.realpath(self.serverapp.root_dir),
-                               contents_manager=self.serverapp.contents_manager)
+                               os.path.realpath(self.server.root_dir),
+                               contents_manager=self.server.contents_manager)
         self.site_jobs = SiteJobs(self.site, launcher)
 
         def launched() -> None:
@@ -521,16 +540,16 @@ class StagingApp(ExtensionApp):
                       self.site_url)
 
     async def _start_site_mode(self) -> None:
-        self.notifier = JobProgressNotifier(None, self.serverapp.event_logger,
+        self.notifier = JobProgressNotifier(None, self.event_logger,
                                             self.progress_interval_seconds,
                                             site_jobs=self.site_jobs)
         self.notifier.start()
 
-    async def _start_jupyter_server_extension(self, serverapp) -> None:  # type: ignore[no-untyped-def]
+    async def _start_jupyter_server_extension(self, serverapp: ServerApp) -> None:
         if self.site is not None:
             await self._start_site_mode()
             return
-        self.notifier = JobProgressNotifier(self.core, self.serverapp.event_logger,
+        self.notifier = JobProgressNotifier(self.core, self.event_logger,
                                             self.progress_interval_seconds)
         self.notifier.start()
         self.order_timer = None

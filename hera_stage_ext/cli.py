@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import cli_staged, cli_steward
@@ -48,11 +48,11 @@ class Column(NamedTuple):
     """A table column: its header, how a row shows in it, and its alignment (numbers right)."""
 
     header: str
-    cell: Callable[[dict[str, Any]], Any]
+    cell: Callable[[Mapping[str, Any]], Any]
     right: bool = False
 
 
-def _print_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> None:
+def _print_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> None:
     """A header and one line per row, columns two spaces apart and aligned (the last one not
     padded, so lines carry no trailing blanks)."""
     cells = [[c.header for c in columns]]
@@ -64,7 +64,7 @@ def _print_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> N
         print("  ".join(parts).rstrip())
 
 
-def _stores_of(f: dict[str, Any]) -> str:
+def _stores_of(f: Mapping[str, Any]) -> str:
     stores = ",".join(sorted({i["store"] for i in f.get("instances", []) if i["available"]}))
     return stores or "(no instance)"
 
@@ -90,6 +90,7 @@ SEARCH_COLUMNS: dict[str, list[Column]] = {
 
 
 def cmd_search(client: Client, args: argparse.Namespace) -> int:
+    total: int | None
     if args.all:
         results = list(client.iter_search(args.query, kind=args.kind, sort=args.sort))
         total = len(results)
@@ -311,7 +312,8 @@ ORDER_COLUMNS = [
 ]
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[Column]) -> int:
+def _print_rows(rows: Sequence[Mapping[str, Any]], as_json: bool, columns: Sequence[Column]
+                ) -> int:
     if as_json:
         _print_json(rows)
     else:

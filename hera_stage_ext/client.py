@@ -29,9 +29,10 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
+from urllib.parse import quote
 
 import requests
 
@@ -225,7 +226,7 @@ def _html_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = No
     return "".join(out)
 
 
-class Record(dict):
+class Record(dict[str, Any]):
     """A JSON object from the server: a ``dict`` whose keys are also attributes
     (``job["state"] == job.state``)."""
 
@@ -401,7 +402,8 @@ class SearchResults:
     """One page of search results: ``results`` (typed rows), ``next_cursor`` (``None`` on the
     last page), ``total`` (when counted). Iterable and indexable like its rows."""
 
-    def __init__(self, kind: str, results: list[dict[str, Any]], next_cursor: str | None = None,
+    def __init__(self, kind: str, results: Sequence[Mapping[str, Any]],
+                 next_cursor: str | None = None,
                  total: int | None = None, search: Any = None) -> None:
         row_type = _ROW_TYPES.get(kind, Record)
         self.kind = kind
@@ -456,9 +458,9 @@ class SearchResults:
                      ",".join(r.stores) or "(no instance)") for r in self.results]
             return head + _html_table(rows, ("name", "size", "obsid", "stores"))
         keys = list(self.results[0]) if self.results else []
-        rows = [[json.dumps(r.get(k)) if isinstance(r.get(k), (dict, list)) else r.get(k)
-                 for k in keys] for r in self.results]
-        return head + _html_table(rows, keys)
+        cells = [[json.dumps(r.get(k)) if isinstance(r.get(k), (dict, list)) else r.get(k)
+                  for k in keys] for r in self.results]
+        return head + _html_table(cells, keys)
 
 
 #: The name this type had before it was typed; kept for existing callers.
@@ -569,7 +571,7 @@ class Client:
         return SearchResults(kind, rows, None, len(rows), query)
 
     def info(self, name: str) -> FileInfo:
-        return FileInfo(self.request("GET", "files/" + requests.utils.quote(name, safe="")))
+        return FileInfo(self.request("GET", "files/" + quote(name, safe="")))
 
     def ingest_plan(self, store: str, globs: list[str]) -> dict[str, Any]:
         return self.request("POST", "ingest", {"store": store, "globs": globs, "plan": True})
@@ -578,6 +580,24 @@ class Client:
         return self.request("POST", "ingest", {"store": store, "paths": paths}, timeout=None)
 
     # ----- staging ------------------------------------------------------------------------
+    @overload
+    def stage(self, destination: str, query: str | dict[str, Any] | list[Any] | None = None, *,
+              names: list[str] | None = None, method: str = "copy",
+              dry_run: Literal[False] = False, force: bool = False,
+              expires_in: str | float | None = None, expires_at: str | None = None) -> Job: ...
+
+    @overload
+    def stage(self, destination: str, query: str | dict[str, Any] | list[Any] | None = None, *,
+              names: list[str] | None = None, method: str = "copy", dry_run: Literal[True],
+              force: bool = False, expires_in: str | float | None = None,
+              expires_at: str | None = None) -> StagePlan: ...
+
+    @overload
+    def stage(self, destination: str, query: str | dict[str, Any] | list[Any] | None = None, *,
+              names: list[str] | None = None, method: str = "copy", dry_run: bool,
+              force: bool = False, expires_in: str | float | None = None,
+              expires_at: str | None = None) -> Job | StagePlan: ...
+
     def stage(
         self,
         destination: str,
@@ -686,7 +706,8 @@ class Client:
 
     def log_text(self, job_id: int) -> str:
         """The whole log as it is now."""
-        parts, offset = [], 0
+        parts: list[str] = []
+        offset = 0
         while True:
             text, offset = self.log(job_id, offset)
             if not text:
@@ -719,7 +740,7 @@ class Client:
 
 
 def _order_path(name: str) -> str:
-    return "standing-orders/" + requests.utils.quote(name, safe="")
+    return "standing-orders/" + quote(name, safe="")
 
 
 def _id(job_id: Any) -> int:

@@ -29,7 +29,7 @@ from .jobs.launcher import WorkerLauncher
 from .jobs.models import AuditEntry
 from .jobs.recorded import dry_run_recorded, ensure_recall, recall_jobs, record_stage_job
 from .standard_kinds import standard_kinds
-from .transfer.jobs import create_transfer_job, peer_destination
+from .transfer.transfer_kind import create_transfer_job, peer_destination
 from .transfer.peers import PeerRegistry
 from .transfer.receiver import Receiver
 from .transfer.upload import DEFAULT_BATCH, create_upload_job
@@ -181,11 +181,11 @@ class Core:
                               log_dir=self.job_log_dir, contents=own, options=expiry,
                               admit=admit))
         except StagingError as exc:
-            self._audit(via, for_user, action, destination, method, asked, "refused",
-                        exc.message)
+            self.audit(via, for_user, action, destination, method, asked, "refused",
+                       exc.message)
             raise
         job_id = None if dry_run else result["id"]
-        self._audit(via, for_user, action, destination, method, asked, "accepted", "", job_id)
+        self.audit(via, for_user, action, destination, method, asked, "accepted", "", job_id)
         if job_id is not None and self.launcher is not None and (
                 not self.site_mode or recall_jobs(self.catalogue.db, job_id, active=True)):
             # (Site mode: the user's worker runs it; the site's worker recalls its cold files.)
@@ -207,11 +207,11 @@ class Core:
             result = create_transfer_job(self.catalogue.db, self.owner, names, self.peers, peer,
                                          search=search, log_dir=self.job_log_dir)
         except StagingError as exc:
-            self._audit(via, None, "transfer", destination, "transfer", asked, "refused",
-                        exc.message)
+            self.audit(via, None, "transfer", destination, "transfer", asked, "refused",
+                       exc.message)
             raise
-        self._audit(via, None, "transfer", destination, "transfer", asked, "accepted", "",
-                    result["id"])
+        self.audit(via, None, "transfer", destination, "transfer", asked, "accepted", "",
+                   result["id"])
         if self.launcher is not None:
             self.launcher.ensure_running()
         return result
@@ -231,16 +231,19 @@ class Core:
                 base=self.root_dir, batch=batch, parallel=parallel, manifest=manifest,
                 read_only=self.staged_read_only, log_dir=self.job_log_dir)
         except StagingError as exc:
-            self._audit(via, None, "upload", target, "upload", asked, "refused", exc.message)
+            self.audit(via, None, "upload", target, "upload", asked, "refused", exc.message)
             raise
-        self._audit(via, None, "upload", target, "upload", asked, "accepted", "", result["id"])
+        self.audit(via, None, "upload", target, "upload", asked, "accepted", "", result["id"])
         if self.launcher is not None:
             self.launcher.ensure_running()
         return result
 
-    def _audit(self, via: str, for_user: str | None, action: str, destination: str, method: str,
-               asked: dict[str, Any], outcome: str, reason: str, job_id: int | None = None
-               ) -> None:
+    def audit(self, via: str, for_user: str | None, action: str, destination: str, method: str,
+              asked: dict[str, Any], outcome: str, reason: str, job_id: int | None = None
+              ) -> None:
+        """Record a launch request in the audit table (and the server's log): who asked (the
+        owner, or ``for_user``), through which face (``via``), what (``asked``), and whether it
+        was ``accepted`` (its ``job_id``) or ``refused`` (``reason``)."""
         user = for_user or self.owner
         log.info("audit: %s %s by %s via %s into %r (%s): %s%s%s", action, method, user, via,
                  destination, _describe(asked), outcome, f" job {job_id}" if job_id else "",

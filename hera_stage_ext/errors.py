@@ -102,6 +102,12 @@ class ContentsError(StagingError):
     status = 502
 
 
+class PeerRejected(StagingError):
+    """The peer refused this site (wrong secret, not a hera_stage_ext server, ...)."""
+
+    status = 502
+
+
 class ServiceError(StagingError):
     """The site service refused a call from a user's worker (its status and message) or could
     not be reached (503)."""
@@ -115,3 +121,9 @@ class UnknownKind(StagingError):
     """A job's kind is not one this process runs (none registered under that name)."""
 
     status = 500
+
+
+class RcloneFailed(StagingError):
+    """rclone reached the remote and failed (its message, secrets blanked)."""
+
+    status = 502

@@ -95,14 +95,14 @@ def confine(
     check_text(path, what)
     configured = list(roots)
     shown = [os.fspath(r) for r in configured]  # as configured, for the refusal
-    roots = [Path(os.path.realpath(r)) for r in configured]
-    if not roots:
+    real_roots = [Path(os.path.realpath(r)) for r in configured]
+    if not real_roots:
         raise Forbidden(f"no allowed root is configured for {what}")
-    anchor = Path(base) if base is not None else roots[0]
+    anchor = Path(base) if base is not None else real_roots[0]
     resolved = Path(os.path.realpath(anchor / path))
     if len(os.fsencode(resolved)) > MAX_PATH_BYTES:  # the root's length plus the path's
         raise InvalidRequest(f"{what} {path!r} resolves to more than {MAX_PATH_BYTES} bytes")
-    for root in roots:
+    for root in real_roots:
         if resolved == root or root in resolved.parents:
             return resolved
     if not name_roots:

@@ -64,8 +64,10 @@ class PathChanged(OSError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple[type, tuple[str, str, int]]:  # sent back by copy helpers
-        return PathChanged, (self.message, self.filename, self.errno)
+    def __reduce__(self) -> tuple[type[PathChanged], tuple[str, str, int]]:
+        """Pickled as built (copy helpers send it back); ``__init__`` set the path and the
+        errno, which OSError only types as optional."""
+        return PathChanged, (self.message, str(self.filename), self.errno or errno.ELOOP)
 
 
 class Pin(NamedTuple):
@@ -352,7 +354,7 @@ def rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str,
     """Rename ``src`` (in ``src_fd``) to ``dst`` (in ``dst_fd``), never over an existing name
     (FileExistsError). Where the file system cannot refuse atomically: check, then rename."""
     global _noreplace_ok
-    if _noreplace_ok:
+    if _noreplace_ok and _renameat2 is not None:
         if _renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst),
                       _RENAME_NOREPLACE) == 0:
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .jobs.kinds import KindRegistry
 from .jobs.recall import RECALL
 from .jobs.stage_kind import STAGE
-from .transfer.jobs import TRANSFER
+from .transfer.transfer_kind import TRANSFER
 from .transfer.upload import UPLOAD
 
 

@@ -147,7 +147,9 @@ class JobProgress(w.VBox):
             if left is not None and left <= 0:
                 raise TimeoutError(f"job {self.job_id} is still {self.state} after {timeout} s")
             self._thread.join(0.2 if left is None else min(0.2, left))
-        job = self.job if self.finished else self.refresh()
+        job = self.job
+        if job is None or not job.finished:
+            job = self.refresh()
         if not job.finished:
             return self.client.wait(self.job_id, timeout=timeout)
         # From the waiting (main) thread, so the final state goes out with this cell too.

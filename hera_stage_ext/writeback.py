@@ -73,6 +73,8 @@ class WriteBehind:
     def _call(self, offset: int, length: int, flags: int) -> bool:
         """``sync_file_range``; False (and no more calls for this file) where the file system
         does not take it; raises when the data did not reach the disk."""
+        if _sync_file_range is None:  # (``_works`` is False then: never called)
+            return False
         if _sync_file_range(self._fd, offset, length, flags) == 0:
             return True
         err = ctypes.get_errno()

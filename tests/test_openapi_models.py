@@ -18,6 +18,7 @@ from hera_stage_ext.api.openapi import main, openapi_document
 from hera_stage_ext.api.routes import NATIVE_ROUTES
 from hera_stage_ext.catalogue.search import MAX_LIMIT
 from hera_stage_ext.errors import InvalidRequest
+from hera_stage_ext.states import FixityState, FolderState, JobState
 
 from .api_fixtures import *  # noqa: F403
 
@@ -33,6 +34,19 @@ def test_the_panels_copy_of_the_document_is_current():
     assert committed == openapi_document(committed["info"]["version"], MAX_LIMIT), (
         "labextension/openapi.json is stale: run "
         "`python -m hera_stage_ext.api.openapi labextension/openapi.json`")
+
+
+@pytest.mark.parametrize(("schema", "field", "states"), [
+    ("Job", "state", JobState), ("Instance", "fixity", FixityState),
+    ("FixityFinding", "state", FixityState), ("StagedFolder", "state", FolderState),
+    ("CleanedFolder", "state", FolderState)])
+def test_the_document_lists_every_state_a_reply_holds(schema, field, states):
+    """The reply models spell the states out for the document (a Literal: inline, as the
+    panel's types expect); they are ``states.py``'s, every one, so a reply never holds a state
+    the document does not list."""
+    document = openapi_document("0", MAX_LIMIT)
+    assert document["components"]["schemas"][schema]["properties"][field]["enum"] == [
+        state.value for state in states]
 
 
 def test_main_writes_the_document(tmp_path):

@@ -32,7 +32,7 @@ from hera_stage_ext.transfer.models import TransferItem
 from hera_stage_ext.transfer.peers import hash_secret
 from hera_stage_ext.transfer.protocol import check_offer
 from hera_stage_ext.transfer.receiver import INCOMING_DIR
-from hera_stage_ext.transfer.sender import offers_for
+from hera_stage_ext.transfer.outgoing import offers_for
 
 from .jupyter_process import JupyterProcess, jupyter_process
 

@@ -23,7 +23,7 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.core import Core
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
-from hera_stage_ext.transfer.jobs import create_transfer_job
+from hera_stage_ext.transfer.transfer_kind import create_transfer_job
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.standard_kinds import standard_kinds

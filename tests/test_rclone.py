@@ -32,12 +32,12 @@ from hera_stage_ext.catalogue.models import Event, File, Instance, Store
 from hera_stage_ext.demo import MIRIAD_NAME, ingest_demo_archive, make_demo_archive
 from hera_stage_ext.jobs import EngineConfig, cancel_job, get_job, read_log, run_pending
 from hera_stage_ext.jobs.models import JobItem
-from hera_stage_ext.transfer.jobs import create_transfer_job
+from hera_stage_ext.transfer.transfer_kind import create_transfer_job
 from hera_stage_ext.transfer.models import RemoteInstance
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry
 from hera_stage_ext.transfer.rclone_send import PARTIAL_PREFIX, job_folders
-from hera_stage_ext.transfer.sender import list_peers
+from hera_stage_ext.transfer.outgoing import list_peers
 from hera_stage_ext.standard_kinds import standard_kinds
 
 from .jupyter_process import free_port, jupyter_process

@@ -39,7 +39,7 @@ from hera_stage_ext.transfer.orders import StandingOrders
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.protocol import CONFLICT
-from hera_stage_ext.transfer.sender import record_remote
+from hera_stage_ext.transfer.outgoing import record_remote
 from hera_stage_ext.standard_kinds import standard_kinds
 
 from .jupyter_process import JupyterProcess, free_port, jupyter_process

@@ -32,16 +32,16 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import File, Instance
 from hera_stage_ext.core import Core
-from hera_stage_ext.errors import InvalidRequest, NotFound, Unauthorized
+from hera_stage_ext.errors import InvalidRequest, NotFound, PeerRejected, Unauthorized
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.jobs.models import Job, JobItem
 from hera_stage_ext.transfer import peers as peers_module
-from hera_stage_ext.transfer.jobs import PeerRejected, create_transfer_job
 from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
+from hera_stage_ext.transfer.outgoing import remote_sites
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR
-from hera_stage_ext.transfer.sender import remote_sites
+from hera_stage_ext.transfer.transfer_kind import create_transfer_job
 from hera_stage_ext.standard_kinds import standard_kinds
 
 from .jupyter_process import JupyterProcess, jupyter_process
@@ -644,7 +644,7 @@ def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_p
     failed and unknown names), the sender's offers and its remote-instance records (once per
     file and site)."""
     from hera_stage_ext.transfer.receiver import Receiver
-    from hera_stage_ext.transfer.sender import offers_for, record_remote
+    from hera_stage_ext.transfer.outgoing import offers_for, record_remote
 
     catalogue = Catalogue(database)
     (tmp_path / "store").mkdir()
@@ -763,7 +763,7 @@ def test_a_batch_serves_links_only_inside_the_store(tmp_path) -> None:
     served as it is, a link resolved and served only if it stays inside the store (the other
     member framed with an error, its target's bytes never sent)."""
     from hera_stage_ext.api.peer import _read_members
-    from hera_stage_ext.transfer.sender import batch_paths
+    from hera_stage_ext.transfer.outgoing import batch_paths
 
     store, outside = tmp_path / "store", tmp_path / "outside"
     (store / "d").mkdir(parents=True)

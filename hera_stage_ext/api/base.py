@@ -37,7 +37,7 @@ MAX_BODY_BYTES = 1 << 20
 AUTH_RESOURCE = "hera_stage"
 
 
-class ApiError(web.HTTPError):
+class ApiHttpError(web.HTTPError):
     """A domain error on its way out, keeping its JSON payload."""
 
     def __init__(self, error: StagingError) -> None:
@@ -65,7 +65,7 @@ class BaseHandler(APIHandler):
         try:
             return await self.run(fn, *args, **kwargs)
         except StagingError as exc:
-            raise ApiError(exc) from exc
+            raise ApiHttpError(exc) from exc
 
     @staticmethod
     def check_json_depth(text: str, what: str) -> None:
@@ -82,7 +82,7 @@ class BaseHandler(APIHandler):
             if not isinstance(value, dict):
                 raise InvalidRequest("request body must be a JSON object")
         except InvalidRequest as exc:
-            raise ApiError(exc) from None
+            raise ApiHttpError(exc) from None
         return value
 
     def body_as(self, model: type[M], **context: Any) -> M:
@@ -92,14 +92,14 @@ class BaseHandler(APIHandler):
         try:
             return model.parse(body, **context)
         except InvalidRequest as exc:
-            raise ApiError(exc) from None
+            raise ApiHttpError(exc) from None
 
     def query_as(self, model: type[Q], **context: Any) -> Q:
         """The query string validated by ``model``, or a 400 naming the parameter."""
         try:
             return model.from_arguments(self.request.query_arguments, **context)
         except InvalidRequest as exc:
-            raise ApiError(exc) from None
+            raise ApiHttpError(exc) from None
 
     @property
     def job_status(self) -> JobStatusCache:
@@ -122,7 +122,7 @@ class BaseHandler(APIHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
+        if isinstance(exc, ApiHttpError):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps(exc.payload))
             return

@@ -12,6 +12,7 @@ bounded queue that the handler drains, so a slow client slows the tar instead of
 from __future__ import annotations
 
 import asyncio
+import io
 import queue
 import re
 import socket
@@ -20,6 +21,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jupyter_server.auth.decorator import authorized
 from tornado import iostream, web
@@ -29,7 +31,10 @@ from ..catalogue.naming import validate_name
 from ..core import Core
 from ..errors import InvalidRequest, NotFound
 from ..paths import confine
-from .base import ApiError, BaseHandler
+from .base import ApiHttpError, BaseHandler
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 CHUNK = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -52,18 +57,23 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-class _QueueWriter:
+class _QueueWriter(io.BufferedIOBase):
     """A write-only file object feeding a bounded queue (the tar thread's side)."""
 
     def __init__(self, q: queue.Queue[bytes | None], cancelled: threading.Event) -> None:
+        super().__init__()
         self.q = q
         self.cancelled = cancelled
 
-    def write(self, data: bytes) -> int:
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer, /) -> int:
         if self.cancelled.is_set():
             raise BrokenPipeError("client went away")
-        self.q.put(bytes(data))
-        return len(data)
+        chunk = bytes(data)
+        self.q.put(chunk)
+        return len(chunk)
 
 
 def online_instance_path(core: Core, name: str) -> Path:
@@ -109,7 +119,7 @@ async def send_file(handler: BaseHandler, path: Path, *, filename: str | None = 
         try:
             byte_range = parse_range(header, size)
         except InvalidRequest as exc:
-            raise ApiError(exc) from exc
+            raise ApiHttpError(exc) from exc
         if byte_range is None:
             handler.set_header("Content-Range", f"bytes */{size}")
             handler.reply({"error": "RangeNotSatisfiable",
@@ -221,7 +231,10 @@ async def send_tar(handler: BaseHandler, path: Path, name: str, *,
     if failure and not isinstance(failure[0], BrokenPipeError):
         handler.log.error("tar of %s failed: %s", name, failure[0])
         # Headers are gone; closing early makes the client see a truncated tar.
-        handler.request.connection.close()
+        # (Tornado's server connections are HTTP1Connections; another has nothing to close.)
+        connection = handler.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.close()
         return
     handler.finish()
 

@@ -48,7 +48,7 @@ from ..jobs import cleaner, markers, preview
 from ..jobs.contents import ContentsTarget, describe_manager
 from ..jobs.worker import SITE_TOKEN_ENV
 from ..paths import confine
-from .base import MAX_BODY_BYTES, ApiError, BaseHandler, check_unicode
+from .base import MAX_BODY_BYTES, ApiHttpError, BaseHandler, check_unicode
 from . import staged
 from .job_status import JobStatusCache
 from .routes import API_PREFIX, LIBRARIAN_PREFIX, SKAO_PREFIX
@@ -345,7 +345,7 @@ class ForwardHandler(BaseHandler):
             else:
                 body = self.rewritten_body(path)
         except StagingError as exc:
-            raise ApiError(exc) from exc
+            raise ApiHttpError(exc) from exc
         if path in staged.LOCAL_ROUTES:  # the user's folders: read and cleaned here
             await serve_staged(self, path)
             return
@@ -614,5 +614,5 @@ async def serve_staged(handler: Any, path: str) -> None:
         await handler.reply_answer(exc.answer)
         return
     except StagingError as exc:
-        raise ApiError(exc) from exc
+        raise ApiHttpError(exc) from exc
     handler.reply(value)

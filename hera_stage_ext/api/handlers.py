@@ -14,7 +14,7 @@ from tornado import web
 
 from ..catalogue.naming import validate_name
 from ..errors import InvalidRequest
-from .base import ApiError, BaseHandler
+from .base import ApiHttpError, BaseHandler
 from .models import IngestRequest, SearchRequest
 from .openapi import openapi_document
 
@@ -43,7 +43,7 @@ class SearchHandler(BaseHandler):
         try:
             search = request.parsed_search()
         except InvalidRequest as exc:
-            raise ApiError(exc) from exc
+            raise ApiHttpError(exc) from exc
         # The reply's JSON is written in the thread pool, straight from the rows.
         self.reply_text(await self.call(
             self.core.catalogue.search_text, request.kind, search, limit=request.limit,

@@ -17,7 +17,7 @@ from tornado import web
 
 from ..errors import InvalidRequest
 from ..jobs import markers
-from .base import ApiError, BaseHandler
+from .base import ApiHttpError, BaseHandler
 from .models import MAX_ID, JobLogQuery, RetryRequest, StageRequest, TransferRequest
 
 
@@ -52,7 +52,7 @@ class TransfersHandler(BaseHandler):
 def parse_job_id(text: str) -> int:
     # isascii: str.isdigit() is also true of '²' and other digits int() refuses.
     if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
-        raise ApiError(InvalidRequest(f"a job id is a number from 0 to {MAX_ID}, not {text!r}"))
+        raise ApiHttpError(InvalidRequest(f"a job id is a number from 0 to {MAX_ID}, not {text!r}"))
     return int(text)
 
 

@@ -16,10 +16,13 @@ from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from tornado import iostream, web
 
 from ..core import Core
-from ..errors import InvalidRequest, StagingError
-from ..transfer.protocol import BATCH_FILE_MAX, END_OF_BATCH, MAX_STATUS_WAIT, frame_header
-from ..transfer.sender import BatchMember, batch_paths, list_peers, read_member
-from .base import ApiError, BaseHandler
+from ..errors import InvalidRequest, NotFound, StagingError
+from ..states import TransferItemState
+from ..transfer.protocol import (
+    BATCH_FILE_MAX, END_OF_BATCH, MAX_STATUS_WAIT, UNKNOWN, frame_header)
+from ..transfer.outgoing import BatchMember, batch_paths, list_peers, read_member
+from ..transfer.receiver import Receiver
+from .base import ApiHttpError, BaseHandler
 from .content import Throttle, online_instance_path, send_file, send_tar
 
 #: Bytes gathered before a batch stream is flushed to the socket.
@@ -47,7 +50,15 @@ class PeerBaseHandler(BaseHandler):
             self.log.warning("hera_stage_ext: refused site-to-site %s %s from %s: %s",
                              self.request.method, self.request.path, self.request.remote_ip,
                              exc.message)
-            raise ApiError(exc) from exc
+            raise ApiHttpError(exc) from exc
+
+    def receiver(self) -> Receiver:
+        """This server's receiver; 404 where there is none (a server that only forwards to its
+        site service holds no catalogue to receive into)."""
+        receiver = self.core.receiver
+        if receiver is None:
+            raise ApiHttpError(NotFound("this server receives no site-to-site transfers"))
+        return receiver
 
 
 class PeerPingHandler(PeerBaseHandler):
@@ -62,7 +73,7 @@ class PeerAnnounceHandler(PeerBaseHandler):
     async def post(self) -> None:
         peer = self.peer()
         body = self.body_json()
-        self.reply(await self.call(self.core.receiver.announce, peer, body))
+        self.reply(await self.call(self.receiver().announce, peer, body))
 
 
 class PeerStatusHandler(PeerBaseHandler):
@@ -76,19 +87,20 @@ class PeerStatusHandler(PeerBaseHandler):
     async def post(self) -> None:
         peer = self.peer()
         body = self.body_json()
-        receiver = self.core.receiver
+        receiver = self.receiver()
         wait = body.get("wait", 0)
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-            raise ApiError(InvalidRequest("'wait' must be a non-negative number of seconds"))
+            raise ApiHttpError(InvalidRequest("'wait' must be a non-negative number of seconds"))
         deadline = time.monotonic() + min(float(wait), MAX_STATUS_WAIT)
         names = body.get("names")
         finished_only = body.get("finished_only") is True
         seen = receiver.changes
-        reply = await self.call(receiver.status, peer, names, finished_only)
+        reply = await self.call(receiver.status, peer, names, finished_only)  # 400 unless names
+        asked = len(names) if isinstance(names, list) else 0
         finished = _finished(reply)
         # A finished_only reply that lists a file is news already (the sender drops what it
         # learns, so every file listed finished since it last asked): answered at once.
-        while time.monotonic() < deadline and finished < len(names) \
+        while time.monotonic() < deadline and finished < asked \
                 and not (finished_only and finished):
             await asyncio.sleep(0.02)
             if receiver.changes == seen:
@@ -100,7 +112,7 @@ class PeerStatusHandler(PeerBaseHandler):
         self.reply(reply)
 
 
-_FINISHED = ("committed", "failed", "unknown")
+_FINISHED = (TransferItemState.COMMITTED, TransferItemState.FAILED, UNKNOWN)
 
 
 def _finished(reply: dict[str, Any]) -> int:

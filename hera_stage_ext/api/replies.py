@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 StoreKind = Literal["online", "cold"]
+# ``states.py``'s states spelt out, so the document shows them in place (as the panel's types
+# expect); tests/test_openapi_models.py keeps them equal to the enums.
 FixityState = Literal["unchecked", "ok", "bad", "missing"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobMarker = Literal["STAGING-IN-PROGRESS", "STAGING-SUCCEEDED", "STAGING-ERRORS"]

@@ -12,7 +12,7 @@ from tornado import web
 
 from ..errors import InvalidRequest
 from ..site.worker_ops import WorkerOps
-from .base import ApiError, BaseHandler
+from .base import ApiHttpError, BaseHandler
 from .jobs import parse_job_id
 
 #: Where the worker API lives, under the native API's prefix.
@@ -57,7 +57,7 @@ class WorkerJobHandler(_WorkerHandler):
     async def _act(self, method: str, job_id: str, action: str) -> None:
         entry = ACTIONS.get(action)
         if entry is None or entry[0] != method:
-            raise ApiError(InvalidRequest(f"no worker action {method} {action!r}"))
+            raise ApiHttpError(InvalidRequest(f"no worker action {method} {action!r}"))
         number = parse_job_id(job_id)
         fn = getattr(self.ops, entry[1])
         args: list[Any] = [number, self.body_json()] if entry[2] else [number]

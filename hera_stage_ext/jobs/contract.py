@@ -130,9 +130,9 @@ class JobKind(Protocol):
         """A batch of results was recorded (one commit at a time)."""
         return None
 
-    def finish(self, job: Job, lines: list[str]) -> None:
+    def finish(self, run: KindRun, job: Job, lines: list[str]) -> None:
         """All items are through, before the final state is written (stage: the result
-        markers); ``lines`` lists what failed or was missing."""
+        markers); ``job`` as recorded now, ``lines`` lists what failed or was missing."""
         return None
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:

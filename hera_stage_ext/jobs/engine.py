@@ -21,7 +21,7 @@ import socket
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -37,6 +37,9 @@ from .kinds import KindRegistry
 from .joblog import JobLog, default_log_dir
 from .models import JOB_ITEM_TABLE, Job, JobItem
 from .plan import resolve_names, plan_stage
+
+if TYPE_CHECKING:
+    from .contract import KindRun
 
 
 def new_worker_id() -> str:
@@ -339,14 +342,14 @@ def result_lines(db: Database, job: Job) -> list[str]:
     return lines + [f"{name}: no available instance on an online store" for name in job.missing]
 
 
-def finish_job(db: Database, job_id: int, kind: JobKind) -> str:
-    """Write the result marker and the final state of a job (of ``kind``) whose items are all
-    through."""
+def finish_job(db: Database, job_id: int, kind: JobKind, run: KindRun) -> str:
+    """Write the result marker and the final state of a job (of ``kind``, run by ``run``)
+    whose items are all through."""
     job = load_job(db, job_id)
     lines = result_lines(db, job)
     # The kind's results first (stage: markers), then the database: a crash in between
     # leaves a running job whose finalisation simply runs again.
-    kind.finish(job, lines)
+    kind.finish(run, job, lines)
     return record_finish(db, job, lines)
 
 

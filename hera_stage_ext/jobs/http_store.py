@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -36,6 +36,9 @@ from .items import ClaimedItem
 from .joblog import JobLog
 from .models import Job
 from .store import Beat
+
+if TYPE_CHECKING:
+    from .contract import KindRun
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 
@@ -217,9 +220,9 @@ class HttpJobStore:
                 return 0  # a service older than recalls for users' workers: none waits
             raise
 
-    def finish(self, job: Job, kind: JobKind) -> str:
+    def finish(self, job: Job, kind: JobKind, run: KindRun) -> str:
         lines = list(self._job(job.id, "results", method="GET")["lines"])
-        kind.finish(job, lines)  # the result marker, in the user's folder
+        kind.finish(run, job, lines)  # the result marker, in the user's folder
         self._ship(job.id)
         return str(self._job(job.id, "finish", {"worker_id": job.worker_id or "",
                                                 "made": bool(job.options.get("made"))})["state"])

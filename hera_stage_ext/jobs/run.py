@@ -374,7 +374,7 @@ class JobRun:
         self.log(f"copied {self.copied_bytes} bytes in {seconds:.1f} s "
                  f"({self.copied_bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)")
         self.log.flush()
-        return self.store.finish(job, self.kind)
+        return self.store.finish(job, self.kind, self)
 
     def _release(self) -> None:
         self.store.release(self.job.id, self.worker_id)

@@ -352,7 +352,7 @@ class StageKind(JobKind):
         else:
             recall.with_recall(run, streamer.run_stream)
 
-    def finish(self, job: Job, lines: list[str]) -> None:
+    def finish(self, run: KindRun, job: Job, lines: list[str]) -> None:
         refused = self._refused.pop(job.id, None)
         if refused is not None:
             lines.append(f"result marker {refused}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select, update
 
@@ -34,6 +34,9 @@ from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
 from .models import ACTIVE_STATES, Job, JobItem
+
+if TYPE_CHECKING:
+    from .contract import KindRun
 
 
 @dataclass
@@ -68,7 +71,7 @@ class JobStore(Protocol):
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
     def waiting(self, job_id: int) -> int: ...
-    def finish(self, job: Job, kind: JobKind) -> str: ...
+    def finish(self, job: Job, kind: JobKind, run: KindRun) -> str: ...
     def finish_cancelled(self, job: Job, kind: JobKind) -> str: ...
     def fail(self, job: Job, worker_id: str, error: str) -> str: ...
     def release(self, job_id: int, worker_id: str, error: str | None = None) -> None: ...
@@ -163,8 +166,8 @@ class DbJobStore:
             return int(s.scalar(select(func.count()).select_from(JobItem).where(
                 JobItem.job_id == job_id, JobItem.state == ItemState.WAITING)) or 0)
 
-    def finish(self, job: Job, kind: JobKind) -> str:
-        return engine.finish_job(self.db, job.id, kind)
+    def finish(self, job: Job, kind: JobKind, run: KindRun) -> str:
+        return engine.finish_job(self.db, job.id, kind, run)
 
     def finish_cancelled(self, job: Job, kind: JobKind) -> str:
         return engine.finish_cancelled(self.db, job.id, kind)

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 from sqlalchemy.orm import Session as DbSession
 
 from ..catalogue.inlist import bound_values, one_of_sql
-from .models import ACTIVE_ITEM_STATES, TransferItem
+from ..states import ACTIVE_TRANSFER_ITEM_STATES
+from .models import TransferItem
 
 
 class ItemRow(NamedTuple):
@@ -42,7 +43,7 @@ class ItemRow(NamedTuple):
 #: Columns of a new row, in the order ``ItemRows.insert`` takes them.
 NEW_COLUMNS = ("transfer", "peer", "name", "path", "size", "checksums", "spec", "state",
                "attempts", "resumed_from", "error", "created_at", "updated_at")
-_ACTIVE = "('" + "', '".join(ACTIVE_ITEM_STATES) + "')"
+_ACTIVE = "('" + "', '".join(ACTIVE_TRANSFER_ITEM_STATES) + "')"
 
 
 class ItemRows:

@@ -20,10 +20,7 @@ from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text, 
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..catalogue.models import Base, JSONType, NameType, utcnow
-
-#: States of a transfer item on the receiver. ``queued``/``receiving`` are resumed on restart.
-ITEM_STATES = ("queued", "receiving", "committed", "failed")
-ACTIVE_ITEM_STATES = ("queued", "receiving")
+from ..states import TransferItemState
 
 
 class TransferItem(Base):
@@ -39,7 +36,9 @@ class TransferItem(Base):
     checksums: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     # The file's metadata as announced (FileSpec fields, observation), for registration.
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # A ``states.TransferItemState``; ``queued``/``receiving`` are resumed on restart.
+    state: Mapped[str] = mapped_column(String(16), default=TransferItemState.QUEUED,
+                                       index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Bytes already in the partial file when the last attempt started (> 0: a resume).
     resumed_from: Mapped[int] = mapped_column(BigInteger, default=0)

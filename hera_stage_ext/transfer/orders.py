@@ -23,6 +23,7 @@ recorded the refusal offers it again (once the peer's copy is sorted out).
 
 from __future__ import annotations
 
+import builtins
 import copy
 import logging
 import re
@@ -40,7 +41,8 @@ from ..catalogue.search_compile import validate_search
 from ..catalogue.search_parse import parse_search
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
-from ..jobs.models import ACTIVE_STATES, Job, JobItem
+from ..jobs.models import Job, JobItem
+from ..states import ACTIVE_JOB_STATES, ItemState
 from .peer_sender import peer_destination, refusal
 from .models import RemoteInstance
 from .order_models import StandingOrder
@@ -181,11 +183,11 @@ class StandingOrders:
                 raise Conflict(f"a standing order named {request['name']!r} exists "
                                "already") from None
         except StagingError as exc:
-            self.core._audit(via, None, "order-create", destination, "standing-order", asked,
-                             "refused", exc.message)
+            self.core.audit(via, None, "order-create", destination, "standing-order", asked,
+                            "refused", exc.message)
             raise
-        self.core._audit(via, None, "order-create", destination, "standing-order", asked,
-                         "accepted", "")
+        self.core.audit(via, None, "order-create", destination, "standing-order", asked,
+                        "accepted", "")
         self._wake.set()
         return result
 
@@ -228,7 +230,7 @@ class StandingOrders:
                 self.evaluate(order)
             return len(orders)
 
-    def pending(self, order: _Due) -> list[str]:
+    def pending(self, order: _Due) -> builtins.list[str]:  # (``list``: the method above)
         """The files ``order`` should send now: matched by its search, with an available
         instance on an online store here, not at its peer, not in an unfinished transfer job
         to it, not refused by it as a conflict. At most ``max_stage_files`` (the rest go at the
@@ -243,8 +245,8 @@ class StandingOrders:
                                Store.kind == "online"),
                 ~exists().where(RemoteInstance.file_id == File.id,
                                 RemoteInstance.site == order.peer),
-                ~exists().where(*peer_jobs, Job.state.in_(ACTIVE_STATES)),
-                ~exists().where(*peer_jobs, JobItem.state == "failed",
+                ~exists().where(*peer_jobs, Job.state.in_(ACTIVE_JOB_STATES)),
+                ~exists().where(*peer_jobs, JobItem.state == ItemState.FAILED,
                                 JobItem.error.startswith(refusal(CONFLICT, ""), autoescape=True)),
             ).order_by(File.name).limit(self.core.max_stage_files)
             return list(s.scalars(stmt))

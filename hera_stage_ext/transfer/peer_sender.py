@@ -19,9 +19,10 @@ from ..errors import StagingError, Unavailable
 from ..jobs.items import claim_items, ClaimedItem, requeue_items
 from ..jobs.methods import Cancelled
 from ..jobs.models import Job, JobItem
+from ..states import ItemState, JobState, TransferItemState
 from .peers import Peer, PeerRegistry
-from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, PeerClient
-from .sender import offers_for, record_remote
+from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, UNKNOWN, PeerClient
+from .outgoing import offers_for, record_remote
 
 if TYPE_CHECKING:
     from ..jobs.contract import KindRun
@@ -130,7 +131,8 @@ class PeerSender:
                         in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
                             Job, Job.id == JobItem.job_id).where(
                             Job.destination == peer_destination(self.peer.name),
-                            Job.state == "running", JobItem.state == "running")) or 0
+                            Job.state == JobState.RUNNING,
+                            JobItem.state == ItemState.RUNNING)) or 0
                     n = min(n, self.peer.max_in_flight - in_flight)
                 if n > 0:
                     return claim_items(run.db, run.job.id, run.worker_id, n,
@@ -166,13 +168,14 @@ class PeerSender:
         return PeerClient(self.peer, self.registry.site_name)
 
     # ----- results ------------------------------------------------------------------------
-    def report(self, item: ClaimedItem, state: str, error: str = "", note: str = "") -> None:
+    def report(self, item: ClaimedItem, state: ItemState, error: str = "",
+               note: str = "") -> None:
         run = self.run
-        if state == "failed":
+        if state == ItemState.FAILED:
             run.log.note(f"FAILED {item.name}: {error}")
         elif note:
             run.log.note(note)
-        if state == "done":
+        if state == ItemState.DONE:
             run.count_copied(item.size)
         run.inflight.drop(("peer", item.name))  # (its bytes pulled so far, ``progress``)
         run.report(item, state, error)
@@ -214,7 +217,7 @@ class PeerSender:
         offers, items = [], {}
         for item in batch:
             if item.name not in known:
-                self.report(item, "failed", f"no file named {item.name!r}")
+                self.report(item, ItemState.FAILED, f"no file named {item.name!r}")
                 continue
             offers.append(known[item.name])
             items[item.name] = item
@@ -226,7 +229,7 @@ class PeerSender:
                                   lambda c, chunk=chunk: c.announce(transfer, chunk))
             except StagingError as exc:  # refused outright (secret changed, bad request)
                 for offer in chunk:
-                    self.report(items[offer["name"]], "failed", exc.message)
+                    self.report(items[offer["name"]], ItemState.FAILED, exc.message)
                 continue
             have = []
             for answer in reply["files"]:
@@ -237,13 +240,13 @@ class PeerSender:
                 elif answer["answer"] == HAVE:
                     have.append(item)
                 else:
-                    self.report(item, "failed", refusal(answer["answer"],
-                                                        answer.get("message", "")))
+                    self.report(item, ItemState.FAILED, refusal(answer["answer"],
+                                                                answer.get("message", "")))
             record_remote(self.run.db, self.peer.name, transfer, [i.name for i in have], HAVE)
             for item in have:
                 # An earlier attempt of this job sent it (its worker died before recording).
                 mine = item.attempts > 1
-                self.report(item, "done" if mine else "skipped", note=(
+                self.report(item, ItemState.DONE if mine else ItemState.SKIPPED, note=(
                     f"verified {item.name} at {self.peer.name} (sent before the worker "
                     f"restarted; not sent again)" if mine
                     else f"skipped {item.name}: {self.peer.name} already holds it"))
@@ -266,31 +269,32 @@ class PeerSender:
                                                                 finished_only=True))["files"]
             except StagingError as exc:
                 for name in part:
-                    self.report(waiting.pop(name), "failed", exc.message)
+                    self.report(waiting.pop(name), ItemState.FAILED, exc.message)
         committed = [waiting[r["name"]] for r in rows
-                     if r["state"] == "committed" and r["name"] in waiting]
+                     if r["state"] == TransferItemState.COMMITTED and r["name"] in waiting]
         by_transfer: dict[str, list[str]] = {}
         for item in committed:
             by_transfer.setdefault(self.announced[item.name][0], []).append(item.name)
         for transfer, done in by_transfer.items():
-            record_remote(self.run.db, self.peer.name, transfer, done, "committed")
+            record_remote(self.run.db, self.peer.name, transfer, done,
+                          TransferItemState.COMMITTED)
         now = time.monotonic()
         for item in committed:
             del waiting[item.name]
             _transfer, announced = self.announced.pop(item.name)
-            self.report(item, "done", note=f"sent {item.name} to {self.peer.name} "
+            self.report(item, ItemState.DONE, note=f"sent {item.name} to {self.peer.name} "
                         f"({item.size} bytes; verified and registered there; "
                         f"{now - announced:.1f} s since announced)")
         for row in rows:
             if row["name"] not in waiting:
                 continue
-            if row["state"] in ("failed", "unknown"):
+            if row["state"] in (TransferItemState.FAILED, UNKNOWN):
                 self.announced.pop(row["name"], None)
-            if row["state"] == "failed":
-                self.report(waiting.pop(row["name"]), "failed",
+            if row["state"] == TransferItemState.FAILED:
+                self.report(waiting.pop(row["name"]), ItemState.FAILED,
                             f"the peer failed to receive it: {row['error']}")
-            elif row["state"] == "unknown":
-                self.report(waiting.pop(row["name"]), "failed",
+            elif row["state"] == UNKNOWN:
+                self.report(waiting.pop(row["name"]), ItemState.FAILED,
                             "the peer has no record of it (retry the job to announce it "
                             "again)")
         self.progress([name for name in large if name in waiting])
@@ -309,6 +313,6 @@ class PeerSender:
                 return  # progress only: the next long poll says what became of them
             for row in rows:
                 item = self.waiting.get(row["name"])
-                if item is not None and row.get("state") == "receiving":
+                if item is not None and row.get("state") == TransferItemState.RECEIVING:
                     self.run.inflight.set(("peer", item.name),
                                           min(int(row.get("bytes") or 0), item.size))

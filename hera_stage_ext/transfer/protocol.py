@@ -50,6 +50,7 @@ import mmap
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -68,6 +69,9 @@ PEER_PREFIX = "hera-stage/peer/"
 
 SEND, HAVE, CONFLICT, NO_SPACE, REFUSED = "send", "have", "conflict", "no-space", "refused"
 ANSWERS = (SEND, HAVE, CONFLICT, NO_SPACE, REFUSED)
+#: ``status``'s state for a name the receiver holds no item of (the others: a
+#: ``states.TransferItemState``).
+UNKNOWN = "unknown"
 #: Most offers in one announce (keeps its body well under the 1 MiB limit).
 MAX_OFFERS = 500
 #: Bytes per read of a single-file pull (large reads: fewer trips through urllib3 and the GIL).
@@ -332,7 +336,7 @@ class PeerClient:
         (``close`` it after)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            reply = self.session.get(self._url(f"files/{requests.utils.quote(name)}/content"),
+            reply = self.session.get(self._url(f"files/{quote(name)}/content"),
                                      headers=headers, stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
             raise Unavailable(f"peer {self.peer.name!r} is unreachable: "

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..catalogue import checksums as ck
-from ..errors import StagingError, Unavailable
+from ..errors import RcloneFailed, StagingError, Unavailable
 from ..jobs.methods import Cancelled
 from .peers import PEERS_ENV, Peer
 from .protocol import PeerClient
@@ -57,12 +57,6 @@ _SECRET_PARAM = re.compile(r"(pass|secret|key|token|password)", re.IGNORECASE)
 #: The count of server-side renames in rclone's closing statistics.
 _RENAMED = re.compile(r"^Renamed:\s+(\d+)\s*$", re.MULTILINE)
 _TIMESTAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (ERROR |NOTICE |INFO )?:?\s*")
-
-
-class RcloneFailed(StagingError):
-    """rclone reached the remote and failed (its message, secrets blanked)."""
-
-    status = 502
 
 
 @dataclass(frozen=True, repr=False)
@@ -124,9 +118,9 @@ def parse_rclone_peer(name: str, spec: Mapping[str, Any]) -> RclonePeer:
     return peer
 
 
-def client_for(peer: Peer, site_name: str, timeout: float | None = None
-               ) -> PeerClient | RcloneClient:
-    """The client that talks to ``peer``: rclone for an rclone peer, else the protocol's."""
+def client_for(peer: Peer, site_name: str, timeout: float) -> PeerClient | RcloneClient:
+    """The client that talks to ``peer``: rclone for an rclone peer, else the protocol's;
+    ``timeout``: how long one request (or rclone command) may take, in seconds."""
     if isinstance(peer, RclonePeer):
         return RcloneClient(peer, timeout=timeout)
     return PeerClient(peer, site_name, timeout=timeout)

@@ -43,18 +43,18 @@ relative to its store (its ``dest_path``); a directory data set goes as its memb
    have been removed under the move).
 5. Remove the hidden folder (``rclone purge``; with it what failed verification or met a
    conflict), then record the remote instances and ``transfer-sent`` events
-   (``sender.record_remote``) and report.
+   (``outgoing.record_remote``) and report.
 
 A stream whose batch holds items an earlier run had claimed (its worker died or was stopped)
 first removes the hidden folders earlier runs of this job left at the remote, once per run. A
 cancel kills the running rclone within half a second and gives the hidden folder
 ``DISCARD_SECONDS`` to go (if it cannot, a later run of the job, if there is one, removes it;
-otherwise it stays, and the job's log names it). The shared parts come from ``peer_sender.PeerSender``:
-allowed hours, ``max_in_flight``, reporting, and the exponential backoff while the remote cannot
-be reached: the batch then starts over at step 1 (its hidden folder emptied first; a file it
-renamed before counts as sent by it; a data set whose members it had renamed only in part is
-found incomplete at its name and fails as a conflict, left for the operator), and the job keeps
-running and says so in its log.
+otherwise it stays, and the job's log names it). The shared parts come from
+``peer_sender.PeerSender``: allowed hours, ``max_in_flight``, reporting, and the exponential
+backoff while the remote cannot be reached: the batch then starts over at step 1 (its hidden
+folder emptied first; a file it renamed before counts as sent by it; a data set whose members it
+had renamed only in part is found incomplete at its name and fails as a conflict, left for the
+operator), and the job keeps running and says so in its log.
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ import posixpath
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,9 +75,12 @@ from ..catalogue import checksums as ck
 from ..errors import StagingError
 from ..jobs.items import ClaimedItem
 from ..jobs.methods import Cancelled
+from ..states import ItemState, TransferItemState
+from . import protocol
+from .kind_db import catalogue_db
+from .outgoing import record_remote
 from .peer_sender import PeerSender
 from .rclone import RcloneClient, RclonePeer, glob_escape, join
-from .sender import record_remote
 
 T = TypeVar("T")
 PARTIAL_PREFIX = ".hera-partial-"
@@ -84,8 +88,9 @@ PARTIAL_PREFIX = ".hera-partial-"
 BATCH = 1000
 #: Seconds a cancelled batch may spend removing its hidden folder.
 DISCARD_SECONDS = 5.0
-#: Outcomes of an item other than an error: sent by this job, or found there already.
-COMMITTED, HAVE = "committed", "have"
+#: Outcomes of an item other than an error: sent by this job, or found there already (the
+#: answers a hera_stage_ext peer gives too).
+COMMITTED, HAVE = TransferItemState.COMMITTED, protocol.HAVE
 
 
 class _Sweep:
@@ -112,12 +117,17 @@ class _Batch:
 
 class RcloneSender(PeerSender):
     peer: RclonePeer
+    # Narrower than PeerSender's: an rclone peer's stream talks rclone, never the protocol.
     client: RcloneClient  # type: ignore[assignment]
 
-    def connect(self) -> RcloneClient:  # type: ignore[override]
-        run = self.run
-        return RcloneClient(self.peer,
-                            interrupt=run.stopping)
+    def connect(self) -> RcloneClient:  # type: ignore[override]  # (see ``client``)
+        return RcloneClient(self.peer, interrupt=self.run.stopping)
+
+    def rclone(self, what: str, fn: Callable[[RcloneClient], T]) -> T:
+        """``fn`` with this stream's rclone client, retried like ``call`` while the remote
+        cannot be reached (``call`` connects again before each retry: ``self.client`` is
+        read when ``fn`` runs)."""
+        return self.call(what, lambda _client: fn(self.client))
 
     def room(self) -> int:
         return min(super().room(), BATCH)
@@ -132,8 +142,8 @@ class RcloneSender(PeerSender):
         sending = _Batch(batch, f"{job_folders(self.registry.site_name, run.job.id)}"
                                 f"{run.run_key[:8]}-{uuid.uuid4().hex[:8]}")
         try:
-            outcome = self.call(f"rclone peer {self.peer.name!r}",
-                                lambda c: self.put(c, sending))
+            outcome = self.rclone(f"rclone peer {self.peer.name!r}",
+                                  lambda c: self.put(c, sending))
         except Cancelled:
             self.discard(sending)
             raise
@@ -142,21 +152,21 @@ class RcloneSender(PeerSender):
             outcome = {item.id: exc.message for item in batch}
         transfer = f"job{run.job.id}.rclone"
         for answer in (COMMITTED, HAVE):
-            record_remote(run.db, self.peer.name, transfer,
+            record_remote(catalogue_db(run), self.peer.name, transfer,
                           [i.name for i in batch if outcome[i.id] == answer], answer)
         for item in batch:
             answer, where = outcome[item.id], self.peer.path(item.dest_path)
             if answer == COMMITTED:
-                self.report(item, "done", note=f"sent {item.name} to {where} ({item.size} "
+                self.report(item, ItemState.DONE, note=f"sent {item.name} to {where} ({item.size} "
                             "bytes; checksum verified at the remote)")
             elif answer == HAVE and item.attempts > 1:
-                self.report(item, "done", note=f"verified {item.name} at {where} (sent "
+                self.report(item, ItemState.DONE, note=f"verified {item.name} at {where} (sent "
                             "before the worker restarted; not sent again)")
             elif answer == HAVE:
-                self.report(item, "skipped", note=f"skipped {item.name}: {where} already "
+                self.report(item, ItemState.SKIPPED, note=f"skipped {item.name}: {where} already "
                             "holds it (same checksum)")
             else:
-                self.report(item, "failed", answer)
+                self.report(item, ItemState.FAILED, answer)
 
     def put(self, client: RcloneClient, batch: _Batch) -> dict[int, str]:
         """Steps 1-5 of the module's docstring: per item, ``COMMITTED``, ``HAVE`` or why it
@@ -275,13 +285,13 @@ class RcloneSender(PeerSender):
         if moved:
             sizes = client.sizes(self.peer.remote, _look_rules(moved))
             for item in moved:
-                files = _found(item, sizes)
-                if not files or sum(files.values()) != item.size:
+                arrived = _found(item, sizes)
+                if not arrived or sum(arrived.values()) != item.size:
                     outcome[item.id] = (f"renaming failed at {self.peer.path(item.dest_path)}: "
                                         "not there after the rename")
 
     def compare(self, client: RcloneClient, base: str,
-                found: list[tuple[ClaimedItem, Collection[str]]], md5s: Mapping[str, str]
+                found: Sequence[tuple[ClaimedItem, Collection[str]]], md5s: Mapping[str, str]
                 ) -> dict[int, str]:
         """What differs between the catalogue and each item's files under ``base`` (the
         paths in ``found``, their MD5s in ``md5s``), for the items where something does."""
@@ -292,8 +302,8 @@ class RcloneSender(PeerSender):
                 continue
             if ck.MD5 not in item.checksums:  # xxh3-128 only: each file streamed back
                 algorithm = ck.preferred_algorithm(item.checksums)
-                checksum = _checksum(item, files, algorithm, lambda path, a=algorithm:
-                                     client.download_digest(join(base, path), a).checksums[a])
+                checksum = _checksum(item, files, algorithm,
+                                     partial(_streamed_checksum, client, base, algorithm))
             elif lost := [path for path in files if path not in md5s]:
                 differs[item.id] = f"{lost[0]} could not be read back"
                 continue
@@ -327,7 +337,7 @@ class RcloneSender(PeerSender):
             return old
 
         try:
-            old = self.call(f"rclone peer {self.peer.name!r}", sweep)
+            old = self.rclone(f"rclone peer {self.peer.name!r}", sweep)
         except StagingError as exc:
             run.log(f"could not remove what earlier attempts left at {self.peer.remote}: "
                     f"{exc.message}")
@@ -398,6 +408,11 @@ def _sources(item: ClaimedItem) -> tuple[str, list[str]]:
         raise OSError(errno.EINVAL, "a member's name holds a line break, which rclone's file "
                       "lists cannot carry", item.source_path)
     return root, files
+
+
+def _streamed_checksum(client: RcloneClient, base: str, algorithm: str, path: str) -> str:
+    """The ``algorithm`` checksum of the file at ``path`` under ``base``, streamed back."""
+    return client.download_digest(join(base, path), algorithm).checksums[algorithm]
 
 
 def _checksum(item: ClaimedItem, files: Iterable[str], algorithm: str,

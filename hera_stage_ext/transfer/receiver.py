@@ -67,9 +67,10 @@ from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, commit, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
+from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
 from ..writeback import WriteBehind
 from .item_rows import ItemRow, ItemRows
-from .models import ACTIVE_ITEM_STATES, TransferItem
+from .models import TransferItem
 from .peers import PeerRegistry
 from .protocol import (
     BATCH_FILE_MAX,
@@ -82,6 +83,7 @@ from .protocol import (
     NO_SPACE,
     REFUSED,
     SEND,
+    UNKNOWN,
     PeerClient,
     check_offer,
     file_spec,
@@ -97,7 +99,7 @@ RESERVED_DIRS = (INCOMING_DIR,)
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
 #: Item states after which nothing more happens to it (until it is announced again).
-_FINISHED_STATES = ("committed", "failed")
+_FINISHED_STATES = (TransferItemState.COMMITTED, TransferItemState.FAILED)
 
 
 #: Chunks (of ``protocol.CHUNK``) waiting for the disk while the next ones arrive.
@@ -318,14 +320,14 @@ class Receiver:
                 row = known.get(offer["name"])
                 if row is None:  # in the order of item_rows.NEW_COLUMNS
                     new.append((transfer, peer, offer["name"], offer["path"], offer["size"],
-                                checksums, spec, "queued", 0, 0, "", now, now))
+                                checksums, spec, TransferItemState.QUEUED, 0, 0, "", now, now))
                     continue
                 item_id, state, size, known_checksums = row
                 other = size != offer["size"] or known_checksums != offer["checksums"]
                 if other:
                     self._discard_part(item_id)  # bytes of other content
                 again.append((transfer, offer["path"], offer["size"], checksums, spec, now,
-                              other or state not in ACTIVE_ITEM_STATES, item_id))
+                              other or state not in ACTIVE_TRANSFER_ITEM_STATES, item_id))
             rows.rearm(again)
             rows.insert(new)
             ids = rows.ids(peer, names) if new else {}
@@ -370,12 +372,13 @@ class Receiver:
             item = items.get(name)
             if item is None:
                 if not finished_only or name in unknown:
-                    files.append({"name": name, "state": "unknown", "bytes": 0,
+                    files.append({"name": name, "state": UNKNOWN, "bytes": 0,
                                   "attempts": 0, "error": ""})
                 continue
-            done = item.size if item.state == "committed" else 0
+            done = item.size if item.state == TransferItemState.COMMITTED else 0
             # Progress of a large pull (small files arrive whole, a batch at a time).
-            if item.state == "receiving" and root is not None and item.size > BATCH_FILE_MAX:
+            if item.state == TransferItemState.RECEIVING and root is not None \
+                    and item.size > BATCH_FILE_MAX:
                 part = self._part(root, item.id)
                 done = part.stat().st_size if part.exists() else 0
             files.append({"name": name, "state": item.state, "bytes": done,
@@ -390,7 +393,7 @@ class Receiver:
         by_peer: dict[str, list[tuple[int, int, bool]]] = {}
         with self.db.read() as s:
             for i in s.scalars(select(TransferItem).where(
-                    TransferItem.state.in_(ACTIVE_ITEM_STATES)).order_by(TransferItem.id)):
+                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).order_by(TransferItem.id)):
                 by_peer.setdefault(i.peer, []).append(
                     (i.id, i.size, bool(i.spec.get("is_directory"))))
         for peer, items in by_peer.items():
@@ -457,7 +460,7 @@ class Receiver:
             pass
         except Exception:  # a pull must never take the pool down
             log.exception("transfer item %d: unexpected failure", item_id)
-            self._finish(item_id, "failed", "internal error (see the server log)")
+            self._finish(item_id, TransferItemState.FAILED, "internal error (see the server log)")
         finally:
             with self._lock:
                 self._running.discard(item_id)
@@ -481,9 +484,9 @@ class Receiver:
             part = self._part(root, item_id)
             with self.db.write() as s:
                 item = s.get(TransferItem, item_id)
-                if item is None or item.state not in ACTIVE_ITEM_STATES:
+                if item is None or item.state not in ACTIVE_TRANSFER_ITEM_STATES:
                     return
-                item.state = "receiving"
+                item.state = TransferItemState.RECEIVING
                 item.attempts += 1
                 item.resumed_from = _resume_offset(part, item.size)
                 item.updated_at = utcnow()
@@ -497,7 +500,7 @@ class Receiver:
                 log.warning("transfer %s of %s from %s: %s", item.transfer, item.name, item.peer,
                             exc.message)
                 if item.attempts >= self.max_attempts:
-                    self._finish(item_id, "failed", exc.message)
+                    self._finish(item_id, TransferItemState.FAILED, exc.message)
                     return
                 self._set_error(item_id, exc.message)
             except (Unavailable, OSError) as exc:
@@ -505,7 +508,7 @@ class Receiver:
                 log.warning("transfer %s of %s from %s: %s", item.transfer, item.name, item.peer,
                             message)
                 if item.attempts >= self.max_attempts:
-                    self._finish(item_id, "failed", message)
+                    self._finish(item_id, TransferItemState.FAILED, message)
                     return
                 self._set_error(item_id, message)
                 if self._stop.wait(min(self.backoff_s * 2 ** (item.attempts - 1), 60.0)):
@@ -513,7 +516,7 @@ class Receiver:
             except StagingError as exc:  # conflict, unauthorized at the sender, bad request
                 log.warning("transfer %s of %s from %s failed: %s", item.transfer, item.name,
                             item.peer, exc.message)
-                self._finish(item_id, "failed", exc.message)
+                self._finish(item_id, TransferItemState.FAILED, exc.message)
                 return
 
     def _set_error(self, item_id: int, message: str) -> None:
@@ -725,7 +728,7 @@ class Receiver:
     def _commit(self, item: TransferItem) -> None:
         self.catalogue.register([file_spec(item, item.peer)], self.store, [item.path],
                                 instance_events=[self._received_event(item)])
-        self._finish(item.id, "committed")
+        self._finish(item.id, TransferItemState.COMMITTED)
         log.info("transfer %s: %s from %s committed to %s:%s", item.transfer, item.name,
                  item.peer, self.store, item.path)
 
@@ -740,8 +743,8 @@ class Receiver:
             with self.db.write() as s:
                 s.execute(update(TransferItem).where(
                     TransferItem.id.in_(item_ids),
-                    TransferItem.state.in_(ACTIVE_ITEM_STATES)).values(
-                    state="failed", error="internal error (see the server log)",
+                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).values(
+                    state=TransferItemState.FAILED, error="internal error (see the server log)",
                     updated_at=utcnow()))
             self._changed()
         finally:
@@ -775,7 +778,7 @@ class Receiver:
                     if base in ("", ".", ".."):
                         raise InvalidRequest(f"transfer path {item.path!r} names no file")
                 except StagingError as exc:
-                    self._finish(item.id, "failed", exc.message)
+                    self._finish(item.id, TransferItemState.FAILED, exc.message)
                     continue
                 # No look at the final name first: the rename never replaces anything, and
                 # one that finds the name taken sends the item down the single-file path.
@@ -785,12 +788,12 @@ class Receiver:
             # Members a broken stream did not deliver, and damaged ones: the next round.
             for item, _dest in wanted.values():
                 if item.attempts >= self.max_attempts:
-                    self._finish(item.id, "failed", broken or "no attempt left")
+                    self._finish(item.id, TransferItemState.FAILED, broken or "no attempt left")
                 else:
                     pending.append(item.id)
             for item, message in retry:
                 if item.attempts >= self.max_attempts:
-                    self._finish(item.id, "failed", message)
+                    self._finish(item.id, TransferItemState.FAILED, message)
                 else:
                     pending.append(item.id)
             if broken and pending:
@@ -823,7 +826,7 @@ class Receiver:
             peer = self.registry.peer(first.peer)
         except StagingError as exc:  # no URL for the sender any more (configuration changed)
             for item, _dest in wanted.values():
-                self._finish(item.id, "failed", exc.message)
+                self._finish(item.id, TransferItemState.FAILED, exc.message)
             wanted.clear()
             return received, ""
         client = PeerClient(peer, self.registry.site_name)
@@ -836,7 +839,7 @@ class Receiver:
                 if item is None or dest is None:
                     return received, f"the sender sent {header['name']!r}, not asked for"
                 if "error" in header:
-                    self._finish(item.id, "failed", f"the sender cannot serve it: "
+                    self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
                                  f"{header['error']}")
                     continue
                 if flip == item.name and item.name not in _flipped and data:
@@ -861,7 +864,7 @@ class Receiver:
             return received, message
         except StagingError as exc:  # refused at the sender (unauthorized, bad request)
             for item, _dest in wanted.values():
-                self._finish(item.id, "failed", exc.message)
+                self._finish(item.id, TransferItemState.FAILED, exc.message)
             wanted.clear()
         finally:
             client.close()
@@ -908,13 +911,14 @@ class Receiver:
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
                 (self._store_root() / item.path).unlink(missing_ok=True)
-                self._finish(item.id, "failed", outcome.message)
+                self._finish(item.id, TransferItemState.FAILED, outcome.message)
             else:
                 registered.append(item)
         if not registered:
             return
         with self.db.write() as s:
-            ItemRows(s).set_state([item.id for item in registered], "committed", "", utcnow())
+            ItemRows(s).set_state([item.id for item in registered], TransferItemState.COMMITTED,
+                                  "", utcnow())
         self._changed()
         log.info("transfer batch: %d file(s) from %s committed to %s", len(registered),
                  items[0].peer, self.store)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..catalogue.models import File
+from ..states import TransferItemState
 from .models import RemoteInstance, TransferItem
 from .peers import PeerRegistry
 from .receiver import Receiver
@@ -31,7 +32,7 @@ class PeerRepairSource:
             confirmed = set(s.scalars(select(RemoteInstance.site).join(
                 File, RemoteInstance.file_id == File.id).where(File.name == name)))
             senders = set(s.scalars(select(TransferItem.peer).where(
-                TransferItem.name == name, TransferItem.state == "committed")))
+                TransferItem.name == name, TransferItem.state == TransferItemState.COMMITTED)))
         configured = sorted(self.registry.peers)
         known = [p for p in configured if p in confirmed | senders]
         return known + [p for p in configured if p not in known]

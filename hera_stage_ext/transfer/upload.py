@@ -68,12 +68,14 @@ from ..jobs.items import claim_items, ClaimedItem, requeue_items, unfinished_pat
 from ..jobs.joblog import JobLog
 from ..jobs.contract import JobKind
 from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
-from ..jobs.models import ACTIVE_STATES, Job, JobItem
+from ..jobs.models import Job, JobItem
 from ..jobs.targets import LocalTarget
 from ..paths import confine, is_within
-from .jobs import TRANSFER, create_transfer_job
+from ..states import ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, ItemState, JobState
+from .kind_db import catalogue_db
 from .models import RemoteInstance
 from .peers import PeerRegistry
+from .transfer_kind import TRANSFER, create_transfer_job
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -220,7 +222,7 @@ def _hold(s: Session, job_id: int, dest: str, manifest: str) -> None:
     docstring). Manifest paths are stored resolved at launch, so they compare as strings."""
     serialise(s, LAUNCH_LOCK)
     busy = s.scalar(select(Job.id).where(Job.destination == dest, Job.id != job_id,
-                                         Job.state.in_(ACTIVE_STATES)))
+                                         Job.state.in_(ACTIVE_JOB_STATES)))
     if busy is not None:
         raise Conflict(f"job {busy} is already uploading into {dest}", job_id=busy)
     holder = _manifest_holder(s, job_id, manifest)
@@ -235,7 +237,8 @@ def _manifest_holder(s: Session, job_id: int, manifest: str) -> tuple[int, str] 
     state (call after ``serialise(s, LAUNCH_LOCK)``)."""
     for other, state, options in s.execute(
             select(Job.id, Job.state, Job.options).where(
-                Job.kind == UploadKind.name, Job.id != job_id, Job.state.in_(ACTIVE_STATES))):
+                Job.kind == UploadKind.name, Job.id != job_id,
+                Job.state.in_(ACTIVE_JOB_STATES))):
         if options.get("manifest") == manifest:
             return other, state
     return None
@@ -262,7 +265,7 @@ def manifest_json(db: Database, job_id: int, job_state: str | None = None) -> di
     prefix, peer = options["prefix"], options.get("peer")
     files = []
     for r in rows:
-        size, sums = known.get(r.name, (r.size, None)) if r.state in ("done", "skipped") \
+        size, sums = known.get(r.name, (r.size, None)) if r.state in ARRIVED_ITEM_STATES \
             else (r.size, None)
         local = f"{options['store']}:{os.path.join(prefix, r.dest_path)}"
         entry = {"name": r.name, "path": r.dest_path, "size": size, "checksum": sums,
@@ -307,23 +310,27 @@ def write_manifest(db: Database, job_id: int, job_state: str | None = None) -> P
 
 
 # ----- the kind -------------------------------------------------------------------------------
-class UploadKind(JobKind):
-    name = "upload"
+class _ManifestClock:
+    """When a run's manifest is next rewritten (its state under ``_MANIFEST``; monotonic, first:
+    at once). ``recorded`` is called one commit at a time, so it needs no lock."""
 
     def __init__(self) -> None:
-        # The run of each job this process runs (``finish`` is handed only the job).
-        self._runs: dict[int, KindRun] = {}
-        # When each running job's manifest is next rewritten (monotonic; first: at once).
-        self._manifest_due: dict[int, float] = {}
+        self.due = 0.0
+
+
+_MANIFEST = "upload.manifest"
+
+
+class UploadKind(JobKind):
+    name = "upload"
 
     def streams(self, run: KindRun) -> int:
         return run.job.options.get("parallel") or max(1, run.config.streams)
 
     def begin(self, run: KindRun, resumed: bool) -> None:
-        self._runs[run.job.id] = run
-        self._manifest_due.pop(run.job.id, None)
         if resumed:
-            n = LocalTarget(run.dest).remove_temps(unfinished_paths(run.db, run.job.id))
+            n = LocalTarget(run.dest).remove_temps(unfinished_paths(catalogue_db(run),
+                                                                    run.job.id))
             if n:
                 run.log(f"removed {n} temporary file(s) left by the previous worker")
 
@@ -335,17 +342,15 @@ class UploadKind(JobKind):
             uploader.close()
 
     def recorded(self, run: KindRun) -> None:
-        now = time.monotonic()
-        if now >= self._manifest_due.get(run.job.id, 0.0):
-            self._manifest_due[run.job.id] = now + MANIFEST_SECONDS
+        clock, now = run.state_for(_MANIFEST, _ManifestClock), time.monotonic()
+        if now >= clock.due:
+            clock.due = now + MANIFEST_SECONDS
             try:
-                write_manifest(run.db, run.job.id)
+                write_manifest(catalogue_db(run), run.job.id)
             except OSError as exc:  # a progress view only: the job goes on, ``finish`` reports
                 run.log(f"could not rewrite the manifest now ({exc.strerror}); the job goes on")
 
-    def finish(self, job: Job, lines: list[str]) -> None:
-        self._manifest_due.pop(job.id, None)
-        run = self._runs.pop(job.id)
+    def finish(self, run: KindRun, job: Job, lines: list[str]) -> None:
         if job.options.get("peer"):
             try:
                 self._send(run, job)
@@ -353,7 +358,8 @@ class UploadKind(JobKind):
                 lines.append(f"sending to peer {job.options['peer']!r}: {exc.message}")
                 run.log(f"FAILED to launch the transfer: {exc.message}")
         try:
-            path = write_manifest(run.db, job.id, "failed" if lines else "succeeded")
+            path = write_manifest(catalogue_db(run), job.id,
+                                  JobState.FAILED if lines else JobState.SUCCEEDED)
         except OSError as exc:  # its folder swapped for a symlink, say: the job fails with it
             lines.append(f"manifest not written: {exc}")
             run.log(f"FAILED to write the manifest: {exc}")
@@ -364,21 +370,23 @@ class UploadKind(JobKind):
     def _send(run: KindRun, job: Job) -> None:
         """Launch the transfer job of what is in the local store and not at the peer yet
         (once: a finalisation run again after a crash finds it recorded)."""
-        peer = job.options["peer"]
-        with run.db.read() as s:
-            if s.get(Job, job.id).options.get("transfer_job") is not None:  # type: ignore[union-attr]
+        peer, db = job.options["peer"], catalogue_db(run)
+        with db.read() as s:
+            row = s.get(Job, job.id)
+            assert row is not None
+            if row.options.get("transfer_job") is not None:
                 return
             names = list(s.scalars(select(JobItem.name).where(
-                JobItem.job_id == job.id, JobItem.state.in_(("done", "skipped")))
+                JobItem.job_id == job.id, JobItem.state.in_(ARRIVED_ITEM_STATES))
                 .order_by(JobItem.id)))
-        there = _at_peer(run.db, peer, names)
+        there = _at_peer(db, peer, names)
         names = [n for n in names if n not in there]
         if not names:
             run.log(f"nothing to send: peer {peer!r} holds every file already")
             return
-        transfer = create_transfer_job(run.db, job.owner, names, TRANSFER.registry(run), peer,
+        transfer = create_transfer_job(db, job.owner, names, TRANSFER.registry(run), peer,
                                        log_dir=os.path.dirname(job.log_path))
-        with run.db.write() as s:
+        with db.write() as s:
             row = s.get(Job, job.id)
             assert row is not None
             row.options = {**row.options, "transfer_job": transfer["id"]}
@@ -403,8 +411,6 @@ class UploadKind(JobKind):
         job.options = {**job.options, "directory_pin": [pin.dev, pin.ino]}
 
     def cancelled(self, db: Database, job: Job, left: int) -> int:
-        self._runs.pop(job.id, None)
-        self._manifest_due.pop(job.id, None)
         removed = LocalTarget(Path(job.destination)).remove_temps(unfinished_paths(db, job.id))
         # The job counts as finished already, so a new upload may have taken its manifest
         # over: written under the launches' lock, and only if none has (a launch that comes
@@ -444,7 +450,8 @@ class _Uploader:
         self.read_only = bool(options.get("read_only", True))
         self.mover = Mover(run.config.chunk_size, run.check, run.log, run.config.fsync,
                            made_dirs=run.made_dirs, roots=[str(run.dest)])
-        self.ingester = Ingester(Catalogue(run.db), source="upload")
+        self.db = catalogue_db(run)
+        self.ingester = Ingester(Catalogue(self.db), source="upload")
         pin = options.get("directory_pin")
         self.source_root = (safefs.Pin(self.directory, *pin) if pin else self.directory)
         self.sources = safefs.Folders([self.source_root])
@@ -468,7 +475,7 @@ class _Uploader:
     def loop(self) -> None:
         run = self.run
         while not (run.stopping()):
-            batch = claim_items(run.db, run.job.id, run.worker_id, run.job.options["batch"])
+            batch = claim_items(self.db, run.job.id, run.worker_id, run.job.options["batch"])
             if not batch:
                 return
             reported: set[int] = set()
@@ -477,13 +484,13 @@ class _Uploader:
             finally:
                 # Claimed and not through (cancel, stop): back to the queue for whoever runs
                 # the job next (a file already renamed into the store is found identical).
-                requeue_items(run.db, [c.id for c in batch if c.id not in reported])
+                requeue_items(self.db, [c.id for c in batch if c.id not in reported])
             if run.commit_due():
                 run.commit(wait=False)
 
-    def report(self, item: ClaimedItem, state: str, error: str, reported: set[int],
+    def report(self, item: ClaimedItem, state: ItemState, error: str, reported: set[int],
                note: str = "") -> None:
-        if state == "failed":
+        if state == ItemState.FAILED:
             self.run.log.note(f"FAILED {item.dest_path}: {error}")
         elif note:
             self.run.log.note(note)
@@ -493,7 +500,7 @@ class _Uploader:
     def known(self, names: list[str]) -> dict[str, tuple[int, dict[str, str], str | None]]:
         """name -> (size, checksums, its instance path on the store or None)."""
         out: dict[str, tuple[int, dict[str, str], str | None]] = {}
-        with self.run.db.read() as s:
+        with self.db.read() as s:
             for name, size, sums in s.execute(select(File.name, File.size, File.checksums)
                                               .where(File.name.in_(names))):
                 out[name] = (size, sums, None)
@@ -507,7 +514,7 @@ class _Uploader:
     def upload(self, batch: list[ClaimedItem], reported: set[int]) -> None:
         run = self.run
         known = self.known([c.name for c in batch])
-        at_peer = _at_peer(run.db, self.peer, list(known)) if self.peer else set()
+        at_peer = _at_peer(self.db, self.peer, list(known)) if self.peer else set()
         copied: list[tuple[ClaimedItem, ck.Digest, str, float]] = []
         for item in batch:
             if run.stopping():
@@ -524,14 +531,14 @@ class _Uploader:
                     os.close(source_fd)
                 if outcome is None:
                     continue
-                note = outcome.note if outcome.state == "done" else (
+                note = outcome.note if outcome.state == ItemState.DONE else (
                     f"{outcome.note}, registered")
                 copied.append((item, digest, note, time.monotonic() - started))
             except ItemFailed as exc:
-                self.report(item, "failed", str(exc), reported)
+                self.report(item, ItemState.FAILED, str(exc), reported)
             except (OSError, StagingError) as exc:
                 message = run.explain(item, exc) if isinstance(exc, OSError) else str(exc)
-                self.report(item, "failed", message, reported)
+                self.report(item, ItemState.FAILED, message, reported)
         self.register(copied, reported)
 
     def upload_one(self, item: ClaimedItem, source_fd: int,
@@ -546,12 +553,12 @@ class _Uploader:
             raise ItemFailed(f"the catalogue knows {item.name!r} with other content "
                              f"(names are immutable); not uploaded")
         if self.peer and sums is not None and item.name in at_peer:
-            self.report(item, "skipped", "", reported, f"skipped {item.dest_path}: "
+            self.report(item, ItemState.SKIPPED, "", reported, f"skipped {item.dest_path}: "
                         f"peer {self.peer!r} holds it with the same checksum")
             return None, digest
         if there is not None:
             mine = item.attempts > 1  # an earlier attempt of this job did it
-            self.report(item, "done" if mine else "skipped", "", reported,
+            self.report(item, ItemState.DONE if mine else ItemState.SKIPPED, "", reported,
                         f"{'verified' if mine else 'skipped'} {item.dest_path}: on "
                         f"store {self.store!r} at {there} with the same checksum")
             return None, digest
@@ -576,10 +583,10 @@ class _Uploader:
         failed = {e["path"]: e["message"] for e in report.errors}
         for (item, digest, note, seconds), rel in zip(copied, rels):
             if rel in failed:
-                self.report(item, "failed", f"copied to the store but not registered: "
+                self.report(item, ItemState.FAILED, f"copied to the store but not registered: "
                             f"{failed[rel]}", reported)
                 continue
             self.run.count_copied(digest.size)
-            self.report(item, "done", "", reported,
+            self.report(item, ItemState.DONE, "", reported,
                         f"uploaded {item.dest_path} to {self.store}:{rel} ({digest.size} "
                         f"bytes, {digest.size / max(seconds, 1e-9) / 1e6:.1f} MB/s, {note})")

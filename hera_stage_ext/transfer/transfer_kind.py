@@ -4,33 +4,36 @@ A transfer job is a job like a staging one (same tables, progress, log, cancel, 
 its ``destination`` is ``peer:<name>``, its items the instances chosen at launch, each item's
 ``dest_path`` the instance's path in its store (the layout the receiving store keeps).
 
-A stream of the worker (``peer_sender.PeerSender``) waits for the peer's allowed hours and for room under its
-``max_in_flight``, claims a batch of items, announces it (``protocol.PeerClient.announce``, the
-offers read in one query by ``sender.offers_for``), reports at once the files the peer already
-holds (``have``: item ``skipped``, or ``done`` when an earlier attempt of this job sent it) and
-those it refuses (``failed`` with the peer's reason), then asks the peer's ``status`` (a long
-poll, answered as soon as one more file is through) until each file it accepted is
-``committed`` (remote instance and ``transfer-sent`` event recorded, item ``done``) or
-``failed``. Results go through the
-engine's ``_add``/``_commit`` like staged files. While the peer is unreachable the stream waits
-with exponential backoff (capped by the peer's ``retry_max_s``), saying so in the job's log; the
-job stays running. A worker that dies leaves its items to the next one, which announces them
-again: the peer answers ``have`` for what it committed meanwhile and keeps pulling the rest, so
-nothing moves twice.
+A stream of the worker (``peer_sender.PeerSender``) waits for the peer's allowed hours and for
+room under its ``max_in_flight``, claims a batch of items, announces it
+(``protocol.PeerClient.announce``, the offers read in one query by ``outgoing.offers_for``),
+reports at once the files the peer already holds (``have``: item ``skipped``, or ``done`` when
+an earlier attempt of this job sent it) and those it refuses (``failed`` with the peer's
+reason), then asks the peer's ``status`` (a long poll, answered as soon as one more file is
+through) until each file it accepted is ``committed`` (remote instance and ``transfer-sent``
+event recorded, item ``done``) or ``failed``. Results go through the run's ``report`` and
+``commit`` like staged files. While the peer is unreachable the stream waits with exponential
+backoff (capped by the peer's ``retry_max_s``), saying so in the job's log; the job stays
+running. A worker that dies leaves its items to the next one, which announces them again: the
+peer answers ``have`` for what it committed meanwhile and keeps pulling the rest, so nothing
+moves twice.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..catalogue.db import Database
-from ..errors import NotFound, StagingError, Unavailable
+from ..errors import NotFound, PeerRejected, StagingError, Unavailable
 from ..jobs.engine import create_job
 from ..jobs.items import claim_items
 from ..jobs.contract import JobKind
 from ..jobs.plan import unique_names, resolve_names
 from ..jobs.recall import with_recall
+from ..states import ItemState
+from .kind_db import catalogue_db
 from .peer_config import registry_from_env
 from .peers import PeerRegistry
 from .rclone import RclonePeer, client_for
@@ -41,17 +44,10 @@ if TYPE_CHECKING:
     from ..jobs.contract import KindRun
 
 
-class PeerRejected(StagingError):
-    """The peer refused this site (wrong secret, not a hera_stage_ext server, ...)."""
-
-    status = 502
-
-
-
 def create_transfer_job(
     db: Database, owner: str, names_or_rows: Iterable[str | Mapping[str, Any]],
     registry: PeerRegistry, peer_name: str, *, search: Any = None,
-    log_dir: str | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Launch a job sending ``names`` to ``peer_name``; returns it (``missing``: names with no
     available instance on an online store here).
@@ -118,8 +114,9 @@ TRANSFER = TransferKind()
 
 
 def _fail_all(run: KindRun, message: str) -> None:
-    while batch := claim_items(run.db, run.job.id, run.worker_id, run.config.claim_batch):
+    db = catalogue_db(run)
+    while batch := claim_items(db, run.job.id, run.worker_id, run.config.claim_batch):
         for item in batch:
             run.log.note(f"FAILED {item.name}: {message}")
-            run.report(item, "failed", message)
+            run.report(item, ItemState.FAILED, message)
         run.commit(wait=True)

@@ -1,7 +1,8 @@
-"""The sending side's records and views: ``record_remote`` (a peer holds a verified copy),
-``remote_sites``, ``list_peers`` (``GET peers``), and the bulk lookups of a batch
-(``offers_for``: the announce of many files; ``batch_paths``: the files a peer's
-``POST files/batch`` pulls). Sending itself is a transfer job (``jobs.py``), run by the job
+"""The sending site's records and lookups (it sends nothing itself): ``record_remote`` (a peer
+holds a verified copy), ``remote_sites``, ``list_peers`` (``GET peers``), and the bulk lookups
+of a batch (``offers_for``: the announce of many files; ``batch_paths`` and ``read_member``: the
+files a peer's ``POST files/batch`` pulls). Sending itself is a transfer job
+(``transfer_kind.py``; its streams: ``peer_sender.py``, ``rclone_send.py``), run by the job
 engine's worker.
 """
 
