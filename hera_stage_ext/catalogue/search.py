@@ -154,8 +154,9 @@ def run_search(
     if plain and not count:
         # The page's statement compiled once per shape of search (``search_statements``).
         connection = session.connection()
+        # A cursor's missing (NULL) sort value has SQL of its own (``rows_after``).
         key = (connection.dialect.name, kind, shape, ctx.obs_mode, sort_text,
-               cursor_values is None)
+               None if cursor_values is None else tuple(v is None for v in cursor_values))
         statement = page_statement(key, lambda: (build(limit_parameter(limit)), ctx),
                                    connection.dialect)
         rows = list(statement.rows(connection, ctx, limit))

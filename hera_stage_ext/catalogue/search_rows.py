@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Dialect
+from sqlalchemy import DateTime, Dialect
 from sqlalchemy.orm import Session as OrmSession
 
-from .search_reply import InstanceWriter, file_text, name_text
+from .search_reply import InstanceWriter, file_text, iso_time_or, name_text
 from .serialize import INSTANCE_COLUMNS, file_json, instance_fields
 
 #: The instances of a set of files, with their stores, in instance id order: ``file_id`` then
@@ -34,26 +34,30 @@ _INSTANCES_SQL = (
 )
 _INSTANCES_PG = _INSTANCES_SQL.format(match="= ANY(%s)")
 
-#: Per dialect name: (position in a row, SQLAlchemy's result processor) of the columns that have
-#: one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
-_PROCESSORS: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+#: Per (dialect name, for text): (position in a row, SQLAlchemy's result processor) of the
+#: columns that have one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
+_PROCESSORS: dict[tuple[str, bool], list[tuple[int, Callable[[Any], Any]]]] = {}
 
 
-def _processors(dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
-    found = _PROCESSORS.get(dialect.name)
+def _processors(dialect: Dialect, text: bool) -> list[tuple[int, Callable[[Any], Any]]]:
+    found = _PROCESSORS.get((dialect.name, text))
     if found is None:
         found = []
         for position, column in enumerate(INSTANCE_COLUMNS, start=1):
             processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
             if processor is not None:
+                if text and isinstance(column.type, DateTime):
+                    processor = iso_time_or(processor)
                 found.append((position, processor))
-        _PROCESSORS[dialect.name] = found
+        _PROCESSORS[dialect.name, text] = found
     return found
 
 
-def _instances(session: OrmSession, file_ids: list[int]) -> list[list[Any]]:
+def _instances(session: OrmSession, file_ids: list[int], *, text: bool = False
+               ) -> list[list[Any]]:
     """The instances of ``file_ids`` in id order: ``file_id`` then ``INSTANCE_COLUMNS``'
-    values, converted as SQLAlchemy would."""
+    values, converted as SQLAlchemy would (with ``text``, a time stored as SQLite's text may
+    come as its ISO text instead, ``search_reply.IsoTime``)."""
     connection = session.connection()
     dialect = connection.dialect
     if dialect.name == "postgresql":
@@ -62,7 +66,7 @@ def _instances(session: OrmSession, file_ids: list[int]) -> list[list[Any]]:
         match = f"IN ({', '.join('?' * len(file_ids))})"
         rows = connection.exec_driver_sql(_INSTANCES_SQL.format(match=match),
                                           tuple(file_ids)).all()
-    processors = _processors(dialect)
+    processors = _processors(dialect, text)
     found = []
     for row in rows:
         values: list[Any] = list(row)
@@ -95,7 +99,7 @@ def files_with_instances_text(session: OrmSession, files: Sequence[Any]) -> list
     names = {row[0]: name_text(row[1]) for row in files}
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
     instance_text = InstanceWriter().text
-    for values in _instances(session, list(names)):
+    for values in _instances(session, list(names), text=True):
         file_id = values[0]
         held[file_id].append(instance_text(names[file_id], *values[1:]))
     results = []
