@@ -5,10 +5,13 @@ finds exactly its own rows, on SQLite and PostgreSQL.
 Every files case of ``test_search``'s hand-made catalogue runs through the cache in order and
 in reverse (so most run on a statement compiled for another case's values) and must find its
 expected files; random searches walked page by page (cursors too come from the cache) must find
-the oracle's files in the oracle's order.
+the oracle's files in the oracle's order, with their instances where the page's statement brings
+them (PostgreSQL).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 from hypothesis import given
@@ -39,15 +42,21 @@ FILE_CASES = [(case.values[1], case.values[2]) for case in CASES if case.values[
 
 
 def _names(db: Database, search, *, limit: int = 10_000, sort: str | None = None,
-           now=NOW) -> list[str]:
-    """Every page of ``search`` through the cached statements (plain rows, no count)."""
+           now=NOW, instances: list[dict] | None = None) -> list[str]:
+    """Every page of ``search`` through the cached statements (plain rows, no count, with the
+    instances where the page's statement brings them: each page's files must have theirs,
+    ``instances`` of the catalogue)."""
     names: list[str] = []
     cursor = None
     with db.read() as session:
         for _ in range(1000):
             page = run_search(session, "files", search, limit=limit, cursor=cursor, sort=sort,
-                              now=now, plain=True)
+                              now=now, plain=True, with_instances=True)
             names.extend(row.name for row in page.rows)
+            if page.instances is not None and instances is not None:
+                held = Counter(values[0] for values in page.instances)
+                for row in page.rows:
+                    assert held[row.id] == sum(1 for i in instances if i["file_id"] == row.id)
             cursor = page.next_cursor
             if cursor is None:
                 return names
@@ -81,6 +90,7 @@ def test_random_file_searches_through_the_cache_match_the_oracle(
     def check(search, sort, limit) -> None:
         matching = [f for f in RANDOM.files if ORACLE.matches("files", search, f)]
         expected = [f["name"] for f in _expected_order(RANDOM, "files", matching, sort)]
-        assert _names(random_db, search, limit=limit, sort=sort, now=RANDOM_NOW) == expected
+        assert _names(random_db, search, limit=limit, sort=sort, now=RANDOM_NOW,
+                      instances=RANDOM.instances) == expected
 
     check()

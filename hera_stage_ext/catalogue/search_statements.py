@@ -148,7 +148,9 @@ def _with_instances(page_sql: str, stmt: Select, dialect: Dialect) -> str:
 
     file_nulls = nulls([column.type for column in stmt.selected_columns])
     instance_nulls = nulls([Integer(), *(column.type for column in INSTANCE_COLUMNS)])
-    return (f"WITH page AS MATERIALIZED ({page_sql}) "
+    # Referred to twice, the page is computed once (materialized) on every PostgreSQL version,
+    # and its rows are numbered in the order its ORDER BY gave them.
+    return (f"WITH page AS ({page_sql}) "
             f"SELECT 0 AS part, row_number() OVER () AS place, page.*, {instance_nulls} "
             "FROM page UNION ALL "
             f"SELECT 1, instance.id, {file_nulls}, {INSTANCE_SELECT} FROM {INSTANCE_FROM} "
