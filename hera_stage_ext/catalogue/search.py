@@ -185,4 +185,3 @@ def run_search(
         predicate = compile_search(ctx, kind, parsed, 1, "")
         total = session.scalar(_from(kind, entity=False).where(predicate))
     return SearchPage(rows, next_cursor, total, instances)
-

@@ -165,7 +165,6 @@ def _leaf_clause(ctx: Ctx, kind: str, name: str, payload: Any, depth: int, path:
         if not isinstance(payload, (dict, list)):
             raise payload_error(name, path, "an observation search (an object of clauses)", payload)
         ctx.shape.append(name)
-        ctx.leaves.append(None)
         outer_top, ctx.top = ctx.top, False
         try:
             value = compile_search(ctx, "observations", payload, depth + 1, path)
