@@ -4,7 +4,8 @@ OFFSET); ``search_select``, every match unordered, for callers that go through t
 
 The language itself: ``search_parse`` (reading a search, its limits), ``search_clauses`` (the
 clauses and their SQL), ``search_compile`` (a search to one predicate, ``validate_search``);
-sorts and cursors: ``search_cursor``.
+sorts and cursors: ``search_cursor``; a files page's statement, compiled once per shape of
+search: ``search_statements``.
 """
 
 from __future__ import annotations
