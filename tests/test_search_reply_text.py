@@ -81,3 +81,20 @@ def test_other_kinds_reply_as_json_dumps(catalogue: Any) -> None:
     search = {"store-name-is-exactly": "b"}
     expected = json.dumps({**catalogue.search("instances", search, limit=2), "search": search})
     assert catalogue.search_text("instances", search, limit=2) == expected
+
+
+@pytest.mark.parametrize("stored", [
+    "2026-01-02 03:04:05.678901", "2026-01-02 03:04:05.000000", "0999-12-31 23:59:59.000001",
+    "2026-01-02 03:04:05", "2026-01-02", "2026-01-02 03:04:05.5",
+])
+def test_a_time_stored_by_sqlite_is_written_as_its_datetime_would_be(stored: str) -> None:
+    """The reply writes SQLAlchemy's SQLite form of a time without parsing it: the same text as
+    the parsed datetime's, and any other form still goes through SQLAlchemy's parsing."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from hera_stage_ext.catalogue.search_reply import _time, iso_time_or
+
+    dialect = sqlite.dialect()
+    processor = DateTime().dialect_impl(dialect).result_processor(dialect, None)
+    assert _time(iso_time_or(processor)(stored)) == json.dumps(processor(stored).isoformat() + "Z")

@@ -525,7 +525,7 @@ class Catalogue:
             page = self._search_page(s, kind, search, limit, cursor, count, sort)
             rows = page.rows
             if kind == "files" and rows:
-                results = files_with_instances(s, rows)
+                results = files_with_instances(s, rows, page.instances)
             else:
                 # Instance rows come with their file and store loaded by the search.
                 results = [SERIALIZERS[kind](r) for r in rows]
@@ -552,7 +552,7 @@ class Catalogue:
 
         def read(s: DbSession) -> str:
             page = self._search_page(s, kind, search, limit, cursor, count, sort)
-            results = files_with_instances_text(s, page.rows) if page.rows else []
+            results = files_with_instances_text(s, page.rows, page.instances) if page.rows else []
             return reply_text(kind, results, page.next_cursor, page.total, search)
 
         return self.db.run_limited(self.search_timeout_s, read)
@@ -562,7 +562,7 @@ class Catalogue:
                      ) -> search_language.SearchPage:
         return search_language.run_search(
             s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
-            plain=kind == "files", max_limit=self.max_search_limit,
+            plain=kind == "files", max_limit=self.max_search_limit, with_instances=True,
         )
 
     def names_matching(self, search: Any, limit: int) -> list[str]:

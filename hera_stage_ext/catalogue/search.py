@@ -4,7 +4,8 @@ OFFSET); ``search_select``, every match unordered, for callers that go through t
 
 The language itself: ``search_parse`` (reading a search, its limits), ``search_clauses`` (the
 clauses and their SQL), ``search_compile`` (a search to one predicate, ``validate_search``);
-sorts and cursors: ``search_cursor``.
+sorts and cursors: ``search_cursor``; a files page's statement, compiled once per shape of
+search: ``search_statements``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.orm import contains_eager
 from ..errors import SearchError
 from .models import File, Instance, Observation, Session, Store, utcnow
 from .search_clauses import Ctx
-from .search_compile import choose_obs_mode, compile_search, search_predicate
+from .search_compile import choose_obs_mode, compile_search, search_predicate, search_shape
 from .search_cursor import (
     decode_cursor,
     encode_cursor,
@@ -29,6 +30,7 @@ from .search_cursor import (
     search_digest,
 )
 from .search_parse import check_kind, parse_search
+from .search_statements import limit_parameter, page_statement
 
 #: Largest page by default: the default of ``c.StagingApp.max_search_limit``, the setting a
 #: ``Catalogue`` passes as ``max_limit`` (and the REST API advertises and enforces).
@@ -37,11 +39,14 @@ MAX_LIMIT = 10_000
 
 class SearchPage(NamedTuple):
     """One page of results: ORM rows, the cursor of the next page (None on the last page) and
-    the number of matching rows (None unless ``count=True`` was asked)."""
+    the number of matching rows (None unless ``count=True`` was asked); with
+    ``with_instances``, where the page's statement brought them, the instance rows of its files
+    (``search_rows``' columns; None: not fetched)."""
 
     rows: list
     next_cursor: str | None
     total: int | None
+    instances: list | None = None
 
 
 def _naive_utc(now: dt.datetime | None) -> dt.datetime:
@@ -106,6 +111,7 @@ def run_search(
     now: dt.datetime | None = None,
     plain: bool = False,
     max_limit: int = MAX_LIMIT,
+    with_instances: bool = False,
 ) -> SearchPage:
     """One page of the rows of ``kind`` matching ``search`` (JSON text or parsed).
 
@@ -124,7 +130,8 @@ def run_search(
     ``cursor`` with the same kind, search and sort; pagination is keyset, so pages stay
     consistent and fast however deep. ``count=True`` fills ``total`` with the number of
     matching rows (a separate COUNT query). ``now`` (naive UTC, default the current time) is
-    the reference of not-older-than, not-newer-than and age.
+    the reference of not-older-than, not-newer-than and age. ``with_instances`` (plain rows): on
+    PostgreSQL, fetch the page's instances in the page's statement (``SearchPage.instances``).
     """
     check_kind(kind)
     if plain and kind != "files":
@@ -133,24 +140,41 @@ def run_search(
         raise SearchError(f"limit must be an integer from 1 to {max_limit}, got {limit!r}")
     parsed = parse_search(search)
     ctx = Ctx(now=_naive_utc(now), postgresql=_is_postgresql(session))
-    predicate = compile_search(ctx, kind, parsed, 1, "")  # validates
+    shape = search_shape(ctx, kind, parsed)  # validates
     sort_text, descending, keys = resolve_sort(kind, sort)
     digest = search_digest(kind, parsed)
     cursor_values = None if cursor is None else decode_cursor(cursor, sort_text, digest, keys)
     if kind in ("files", "instances"):
         ctx.obs_mode = choose_obs_mode(session, ctx, parsed)
-        if ctx.obs_mode is not None:
-            ctx.clauses = 0
-            predicate = compile_search(ctx, kind, parsed, 1, "")
-
-    stmt = _from(kind, entity=True, plain=plain).where(predicate)
     if cursor_values is not None:
-        stmt = stmt.where(rows_after(ctx, keys, cursor_values, descending))
-    stmt = stmt.order_by(*order_by(ctx, keys, descending)).limit(limit + 1)
-    # Plain rows on the session's connection (same transaction): the ORM's statement handling
-    # costs as much as the rows' own processing and adds nothing to plain columns.
-    rows: list[Any] = list(
-        (session.connection().execute(stmt) if plain else session.scalars(stmt)).all())
+        ctx.cursor_values = cursor_values
+
+    def build(page_limit: Any) -> Select:
+        ctx.reset()
+        stmt = _from(kind, entity=True, plain=plain).where(compile_search(ctx, kind, parsed, 1, ""))
+        if cursor_values is not None:
+            stmt = stmt.where(rows_after(ctx, keys, cursor_values, descending))
+        return stmt.order_by(*order_by(ctx, keys, descending)).limit(page_limit)
+
+    rows: list[Any]
+    instances = None
+    if plain and not count:
+        # The page's statement compiled once per shape of search (``search_statements``).
+        connection = session.connection()
+        # A cursor's missing (NULL) sort value has SQL of its own (``rows_after``).
+        key = (connection.dialect.name, kind, shape, ctx.obs_mode, sort_text,
+               None if cursor_values is None else tuple(v is None for v in cursor_values))
+        statement = page_statement(key, lambda: (build(limit_parameter(limit)), ctx),
+                                   connection.dialect)
+        if with_instances and statement.with_instances is not None:
+            rows, instances = statement.rows_and_instances(connection, ctx, limit)
+        else:
+            rows = statement.rows(connection, ctx, limit)
+    else:
+        stmt = build(limit + 1)
+        # Plain rows on the session's connection (same transaction): the ORM's statement
+        # handling costs as much as the rows' own processing and adds nothing to plain columns.
+        rows = list((session.connection().execute(stmt) if plain else session.scalars(stmt)).all())
 
     next_cursor = None
     if len(rows) > limit:
@@ -158,5 +182,7 @@ def run_search(
         next_cursor = encode_cursor(sort_text, digest, keys, rows[-1])
     total = None
     if count:
+        ctx.reset()
+        predicate = compile_search(ctx, kind, parsed, 1, "")
         total = session.scalar(_from(kind, entity=False).where(predicate))
-    return SearchPage(rows, next_cursor, total)
+    return SearchPage(rows, next_cursor, total, instances)

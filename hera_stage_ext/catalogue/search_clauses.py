@@ -67,22 +67,25 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     ColumnElement,
     Float,
     Select,
     and_,
     any_,
+    bindparam,
     func,
     literal,
     not_,
     select,
 )
 from sqlalchemy.orm import aliased
+from sqlalchemy.types import NULLTYPE, TypeEngine
 
 from ..errors import SearchError
 from .models import Event, File, Instance, Observation, Session, Store
@@ -102,6 +105,18 @@ class Ctx:
     # ``_file_observation_in``): None (plain IN), "drive" or "scan".
     obs_mode: str | None = None
     top: bool = True  # compiling a clause of the top-level conjunction
+    # Walking the search only to check it and read its shape and values (``search_compile.
+    # search_shape``): no SQL is built.
+    collect_only: bool = False
+    # The shape of the search walked so far (its clauses and combinators, no values) and each
+    # leaf clause's checked value, in walking order: what a cached statement is keyed by and
+    # filled with (``search_statements``).
+    shape: list[Any] = field(default_factory=list)
+    leaves: list[Any] = field(default_factory=list)
+    # Each bound value of the SQL built so far: its parameter's name, the leaf it came from and
+    # how it is computed from that leaf's value (and this Ctx: ``now``, the cursor's values).
+    binds: list[Bind] = field(default_factory=list)
+    cursor_values: list[Any] = field(default_factory=list)
 
     @property
     def now_jd(self) -> float:
@@ -111,6 +126,34 @@ class Ctx:
         self.clauses += 1
         if self.clauses > MAX_CLAUSES:
             raise SearchError(f"search has more than {MAX_CLAUSES} clauses")
+
+    def bind(self, value: Any, recipe: Recipe = None, type_: TypeEngine[Any] | None = None
+             ) -> BindParameter[Any]:
+        """A named parameter for ``value``, a value that depends on the search: the current
+        leaf's value through ``recipe`` (default: the value itself). Untyped, it takes the type
+        of the column it is compared with, as a plain Python value would."""
+        name = f"sp{len(self.binds)}"
+        self.binds.append(Bind(name, len(self.leaves) - 1, recipe))
+        return bindparam(name, value, type_=NULLTYPE if type_ is None else type_)
+
+    def reset(self) -> None:
+        """Ready to compile the same search again (e.g. after choosing ``obs_mode``)."""
+        self.clauses = 0
+        self.binds = []
+        self.leaves = []
+        self.shape = []
+
+
+#: How a bound value is computed from its leaf clause's checked value and the Ctx (None: it is
+#: that value).
+Recipe = Callable[["Ctx", Any], Any] | None
+
+
+@dataclass(frozen=True)
+class Bind:
+    name: str
+    leaf: int
+    recipe: Recipe
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +227,8 @@ def _num_instances(ctx: Ctx) -> Any:
 def _num_bad_instances(ctx: Ctx) -> Any:
     inst = aliased(Instance)
     return _per_row(func.count(), inst,
-                    and_(inst.file_id == File.id, inst.fixity.in_(("bad", "missing"))), File)
+                    and_(inst.file_id == File.id,
+                         inst.fixity.in_([literal("bad"), literal("missing")])), File)
 
 
 def _obs_num_files(ctx: Ctx) -> Any:
@@ -207,6 +251,10 @@ def _session_num_files(ctx: Ctx) -> Any:
     o, f = aliased(Observation), aliased(File)
     return _per_row(func.count(), f, o.session_id == Session.id, Session,
                     join=(o, f.obsid == o.obsid))
+
+
+def _now_jd(ctx: Ctx, value: Any) -> float:
+    return ctx.now_jd
 
 
 _OBS_ATTRS: dict[str, _Attr] = {
@@ -249,7 +297,8 @@ _SESSION_ATTRS: dict[str, _Attr] = {
     "duration": _Attr("f", _column(lambda ctx: Session.stop_time_jd - Session.start_time_jd)),
     "num-obs": _Attr("i", _column(_session_num_obs)),
     "num-files": _Attr("i", _column(_session_num_files)),
-    "age": _Attr("f", _column(lambda ctx: literal(ctx.now_jd, Float) - Session.stop_time_jd)),
+    "age": _Attr("f", _column(lambda ctx: ctx.bind(ctx.now_jd, _now_jd, Float())
+                              - Session.stop_time_jd)),
 }
 
 
@@ -262,14 +311,25 @@ class _Clause:
     # "ignored" | "str" | "int" | "num" | "int-range" | "num-range" | "observations"
     payload: str
     build: Callable[[Ctx, Any], ColumnElement[bool]]
+    # What of the payload's value, besides the clause itself, decides the clause's SQL (the
+    # rest only fills its parameters): None when nothing does.
+    shape: Callable[[Any], Any] | None = None
 
 
-def _bind(attr: _Attr, value: Any) -> Any:
+def _bind(ctx: Ctx, attr: _Attr, value: Any, recipe: Recipe = None) -> Any:
     if attr.type == "i":
-        return literal(value, BigInteger)
+        return ctx.bind(value, recipe, BigInteger())
     if attr.type == "f":
-        return literal(value, Float)
-    return value
+        return ctx.bind(value, recipe, Float())
+    return ctx.bind(value, recipe)
+
+
+def _low(ctx: Ctx, value: tuple[Any, Any]) -> Any:
+    return value[0]
+
+
+def _high(ctx: Ctx, value: tuple[Any, Any]) -> Any:
+    return value[1]
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -290,26 +350,43 @@ def _prefix_upper(prefix: str) -> str | None:
     return None
 
 
+def _like_shape(pattern: str) -> tuple[bool, bool]:
+    """What of a ``-matches`` pattern decides its SQL (``_like``) on an indexed column: whether it
+    has a literal prefix, and whether that prefix has an upper bound."""
+    prefix = _literal_prefix(pattern)
+    return bool(prefix), bool(prefix) and _prefix_upper(prefix) is None
+
+
+def _prefix_of(ctx: Ctx, pattern: str) -> str:
+    return _literal_prefix(pattern)
+
+
+def _upper_of(ctx: Ctx, pattern: str) -> str | None:
+    return _prefix_upper(_literal_prefix(pattern))
+
+
 def _like(ctx: Ctx, value: Any, pattern: str, indexed_prefix: bool) -> ColumnElement[bool]:
     # No escape character on either database (PostgreSQL's default escape is a backslash).
-    like = value.like(pattern, escape="") if ctx.postgresql else value.like(pattern)
+    bound = ctx.bind(pattern)
+    like = value.like(bound, escape="") if ctx.postgresql else value.like(bound)
     prefix = _literal_prefix(pattern) if indexed_prefix else ""
     if not prefix:
         return like
-    bounds = [value >= prefix]
+    bounds = [value >= ctx.bind(prefix, _prefix_of)]
     upper = _prefix_upper(prefix)
     if upper is not None:
-        bounds.append(value < upper)
+        bounds.append(value < ctx.bind(upper, _upper_of))
     return and_(*bounds, like)
 
 
 def _attribute_clauses(name: str, attr: _Attr) -> dict[str, _Clause]:
     def is_exactly(ctx: Ctx, v: Any) -> ColumnElement[bool]:
-        return attr.test(ctx, lambda col: col == _bind(attr, v))
+        return attr.test(ctx, lambda col: col == _bind(ctx, attr, v))
 
     def in_range(ctx: Ctx, v: tuple[Any, Any]) -> ColumnElement[bool]:
         low, high = v
-        return attr.test(ctx, lambda col: and_(col >= _bind(attr, low), col <= _bind(attr, high)))
+        return attr.test(ctx, lambda col: and_(col >= _bind(ctx, attr, low, _low),
+                                               col <= _bind(ctx, attr, high, _high)))
 
     clauses: dict[str, _Clause] = {}
     scalar = {"s": "str", "i": "int", "f": "num"}[attr.type]
@@ -320,14 +397,15 @@ def _attribute_clauses(name: str, attr: _Attr) -> dict[str, _Clause]:
         clauses[f"{name}-matches"] = _Clause(
             "str",
             lambda ctx, v: attr.test(ctx, lambda col: _like(ctx, col, v, attr.indexed_prefix)),
+            _like_shape if attr.indexed_prefix else None,
         )
     else:
         range_kind = "int-range" if attr.type == "i" else "num-range"
         clauses[f"{name}-greater-than"] = _Clause(
-            scalar, lambda ctx, v: attr.test(ctx, lambda col: col > _bind(attr, v))
+            scalar, lambda ctx, v: attr.test(ctx, lambda col: col > _bind(ctx, attr, v))
         )
         clauses[f"{name}-less-than"] = _Clause(
-            scalar, lambda ctx, v: attr.test(ctx, lambda col: col < _bind(attr, v))
+            scalar, lambda ctx, v: attr.test(ctx, lambda col: col < _bind(ctx, attr, v))
         )
         clauses[f"{name}-in-range"] = _Clause(range_kind, in_range)
         clauses[f"{name}-not-in-range"] = _Clause(range_kind, lambda ctx, v: not_(in_range(ctx, v)))
@@ -348,13 +426,17 @@ def _cutoff(now: dt.datetime, days: float) -> dt.datetime:
         return dt.datetime.min if days > 0 else dt.datetime.max
 
 
+def _cutoff_of(ctx: Ctx, days: float) -> dt.datetime:
+    return _cutoff(ctx.now, days)
+
+
 def _no_file_has_event(ctx: Ctx, event_type: str) -> ColumnElement[bool]:
     e, f, o = aliased(Event), aliased(File), aliased(Observation)
     has_event = (
         select(e.id)
         .join(f, e.file_id == f.id)
         .join(o, f.obsid == o.obsid)
-        .where(o.session_id == Session.id, e.type == event_type)
+        .where(o.session_id == Session.id, e.type == ctx.bind(event_type))
         .correlate(Session)
         .exists()
     )
@@ -370,10 +452,10 @@ _FILE_CLAUSES.update(
         ),
         "obsid-is-null": _Clause("ignored", lambda ctx, v: File.obsid.is_(None)),
         "not-older-than": _Clause(
-            "num", lambda ctx, days: File.create_time > _cutoff(ctx.now, days)
+            "num", lambda ctx, days: File.create_time > ctx.bind(_cutoff(ctx.now, days), _cutoff_of)
         ),
         "not-newer-than": _Clause(
-            "num", lambda ctx, days: File.create_time < _cutoff(ctx.now, days)
+            "num", lambda ctx, days: File.create_time < ctx.bind(_cutoff(ctx.now, days), _cutoff_of)
         ),
         "name-like": _FILE_CLAUSES["name-matches"],
         "source-is": _FILE_CLAUSES["source-is-exactly"],

@@ -37,14 +37,33 @@ from .search_parse import (
 
 
 def compile_search(ctx: Ctx, kind: str, search: dict | list, depth: int, path: str) -> Any:
-    """A dict (clauses ANDed) or a list of dicts (ANDed), as one predicate."""
+    """A dict (clauses ANDed) or a list of dicts (ANDed), as one predicate (None when
+    ``ctx.collect_only``: the search is checked and its shape and values read, no SQL built)."""
     if isinstance(search, list):
+        ctx.shape.append("[")
         parts = []
         for i, item in enumerate(search):
             ctx.count_clause()
-            parts.append(and_(true(), *_object_clauses(ctx, kind, item, depth, _join(path, i))))
-        return and_(true(), *parts)
-    return and_(true(), *_object_clauses(ctx, kind, search, depth, path))
+            parts.append(_all(ctx, _object_clauses(ctx, kind, item, depth, _join(path, i))))
+        ctx.shape.append("]")
+        return _all(ctx, parts)
+    return _all(ctx, _object_clauses(ctx, kind, search, depth, path))
+
+
+def _all(ctx: Ctx, parts: list[Any]) -> Any:
+    return None if ctx.collect_only else and_(true(), *parts)
+
+
+def search_shape(ctx: Ctx, kind: str, search: dict | list) -> tuple[Any, ...]:
+    """Check ``search`` (raising what ``compile_search`` raises) and read its shape: what
+    decides its SQL, its values left out. ``ctx.leaves`` gets each leaf clause's value, in
+    the order ``compile_search`` numbers them."""
+    ctx.collect_only = True
+    try:
+        compile_search(ctx, kind, search, 1, "")
+    finally:
+        ctx.collect_only = False
+    return tuple(ctx.shape)
 
 
 def _object_clauses(ctx: Ctx, kind: str, obj: Any, depth: int, path: str) -> list[Any]:
@@ -56,9 +75,11 @@ def _object_clauses(ctx: Ctx, kind: str, obj: Any, depth: int, path: str) -> lis
     if depth > MAX_DEPTH:
         raise SearchError(f"search is nested deeper than {MAX_DEPTH} levels (at {path})", path=path)
     parts = []
+    ctx.shape.append("{")
     for name, payload in obj.items():
         ctx.count_clause()
         parts.append(_compile_clause(ctx, kind, name, payload, depth, _join(path, name)))
+    ctx.shape.append("}")
     return parts
 
 
@@ -72,10 +93,13 @@ def _compile_clause(ctx: Ctx, kind: str, name: Any, payload: Any, depth: int, pa
     if name in ("and", "or", "none-of"):
         outer_top = ctx.top
         ctx.top = outer_top and name == "and"
+        ctx.shape.append(name)
         try:
             items = _combinator_items(ctx, kind, name, payload, depth, path)
         finally:
             ctx.top = outer_top
+        if ctx.collect_only:
+            return None
         if name == "and":
             return and_(true(), *items)
         if name == "or":
@@ -91,6 +115,7 @@ def _combinator_items(
         items = _object_clauses(ctx, kind, payload, depth + 1, path)
     elif isinstance(payload, list):
         items = []
+        ctx.shape.append("[")
         for i, item in enumerate(payload):
             ctx.count_clause()
             if not isinstance(item, dict):
@@ -100,17 +125,19 @@ def _combinator_items(
                     clause=name,
                     path=_join(path, i),
                 )
-            items.append(and_(true(), *_object_clauses(ctx, kind, item, depth + 1, _join(path, i))))
+            items.append(_all(ctx, _object_clauses(ctx, kind, item, depth + 1, _join(path, i))))
+        ctx.shape.append("]")
     else:
         raise payload_error(name, path, "an object of clauses or a list of objects", payload)
     return items
 
 
 def _leaf_clause(ctx: Ctx, kind: str, name: str, payload: Any, depth: int, path: str) -> Any:
-    if name == "always-true":
-        return true()
-    if name == "always-false":
-        return false()
+    if name in ("always-true", "always-false"):
+        ctx.shape.append(name)
+        if ctx.collect_only:
+            return None
+        return true() if name == "always-true" else false()
     clause = CLAUSES[kind].get(name)
     if clause is None:
         close = difflib.get_close_matches(name, [*GENERIC, *CLAUSES[kind]], n=3)
@@ -137,14 +164,18 @@ def _leaf_clause(ctx: Ctx, kind: str, name: str, payload: Any, depth: int, path:
     elif kind_of_payload == "observations":
         if not isinstance(payload, (dict, list)):
             raise payload_error(name, path, "an observation search (an object of clauses)", payload)
+        ctx.shape.append(name)
         outer_top, ctx.top = ctx.top, False
         try:
             value = compile_search(ctx, "observations", payload, depth + 1, path)
         finally:
             ctx.top = outer_top
+        return None if ctx.collect_only else clause.build(ctx, value)
     else:  # pragma: no cover - table error
         raise AssertionError(kind_of_payload)
-    return clause.build(ctx, value)
+    ctx.shape.append((name, None if clause.shape is None else clause.shape(value)))
+    ctx.leaves.append(value)
+    return None if ctx.collect_only else clause.build(ctx, value)
 
 
 #: A file search whose top-level observation clauses match at most this many observations

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, String, and_, false, literal, or_
+from sqlalchemy import BigInteger, DateTime, Float, String, and_, false, or_
+from sqlalchemy.types import TypeEngine
 
 from ..errors import SearchError
 from .models import File, Instance, Observation, Session, Store
@@ -110,15 +111,17 @@ def order_by(ctx: Ctx, keys: list[SortKey], descending: bool) -> list[Any]:
     return order
 
 
-def rows_after(ctx: Ctx, keys: list[SortKey], values: list[Any], descending: bool) -> Any:
-    """Rows strictly after ``values`` in the order of ``order_by``."""
+def rows_after(ctx: Ctx, keys: list[SortKey], values: list[Any], descending: bool,
+               position: int = 0) -> Any:
+    """Rows strictly after ``values`` in the order of ``order_by`` (``values[0]`` is the
+    cursor's value at ``position``, ``ctx.cursor_values``' numbering)."""
     key, value = keys[0], values[0]
     column = _sort_column(ctx, key)
-    bind = _sort_bind(key, value)
     if value is None:  # only for nullable keys
         beyond = column.is_not(None) if descending else false()
         same = column.is_(None)
     else:
+        bind = ctx.bind(value, _CURSOR_VALUE[position], _SORT_TYPES[key.type]())
         beyond = column < bind if descending else column > bind
         if key.nullable:
             beyond = and_(column.is_not(None), beyond)
@@ -129,17 +132,23 @@ def rows_after(ctx: Ctx, keys: list[SortKey], values: list[Any], descending: boo
             same = column == bind
     if len(keys) == 1:
         return beyond
-    return or_(beyond, and_(same, rows_after(ctx, keys[1:], values[1:], descending)))
+    return or_(beyond, and_(same, rows_after(ctx, keys[1:], values[1:], descending,
+                                              position + 1)))
 
 
-def _sort_bind(key: SortKey, value: Any) -> Any:
-    if key.type == "int":
-        return literal(value, BigInteger)
-    if key.type == "float":
-        return literal(value, Float)
-    if key.type == "datetime":
-        return literal(value, DateTime())
-    return literal(value, String())
+_SORT_TYPES: dict[str, type[TypeEngine[Any]]] = {
+    "int": BigInteger, "float": Float, "datetime": DateTime, "str": String}
+
+
+def _cursor_value(position: int) -> Callable[[Ctx, Any], Any]:
+    def value(ctx: Ctx, _leaf: Any) -> Any:
+        return ctx.cursor_values[position]
+
+    return value
+
+
+#: The cursor's value at each position of a sort's keys (a sort has at most two).
+_CURSOR_VALUE = [_cursor_value(0), _cursor_value(1)]
 
 
 def search_digest(kind: str, search: Any) -> str:

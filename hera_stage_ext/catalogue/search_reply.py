@@ -15,7 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -55,9 +56,37 @@ def _time(value: Any) -> str:
     """``serialize.iso`` of a time, encoded (an ISO text needs no escaping)."""
     if value is None:
         return "null"
-    if type(value) is dt.datetime:
+    if type(value) is dt.datetime or type(value) is IsoTime:
         return f'"{value.isoformat()}Z"'
     return _text(value.isoformat() + "Z")
+
+
+class IsoTime(str):
+    """A time as the ISO text ``datetime.isoformat`` gives, for a time SQLite stored as
+    SQLAlchemy writes it (``YYYY-MM-DD HH:MM:SS.ffffff``): written into a reply without
+    parsing it into a datetime and formatting that again."""
+
+    def isoformat(self) -> str:
+        return str.__str__(self)
+
+
+#: SQLAlchemy's own form of a time in SQLite, the only one ``iso_time_or`` rewrites.
+_SQLITE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}")
+
+
+def iso_time_or(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A time column's result processor for a reply's text: SQLAlchemy's SQLite form as its
+    ``IsoTime`` (``isoformat`` leaves out a zero microsecond), anything else through
+    ``processor``. Only the digits are checked, not that the date exists."""
+    match = _SQLITE_TIME.fullmatch
+
+    def process(value: Any) -> Any:
+        if type(value) is str and match(value):
+            return IsoTime(value[:10] + "T" + value[11:19] if value.endswith(".000000")
+                           else value[:10] + "T" + value[11:])
+        return processor(value)
+
+    return process
 
 
 def _full_path(root: str, path: str) -> str:

@@ -17,52 +17,64 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Dialect
+from sqlalchemy import DateTime, Dialect
 from sqlalchemy.orm import Session as OrmSession
 
-from .search_reply import InstanceWriter, file_text, name_text
+from .search_reply import InstanceWriter, file_text, iso_time_or, name_text
 from .serialize import INSTANCE_COLUMNS, file_json, instance_fields
 
-#: The instances of a set of files, with their stores, in instance id order: ``file_id`` then
-#: the columns of ``serialize.INSTANCE_COLUMNS``, in that order.
-_INSTANCES_SQL = (
-    "SELECT instance.file_id, store.name, store.path, store.kind, store.available, "
+#: The columns of an instance row: ``file_id`` then those of ``serialize.INSTANCE_COLUMNS``, in
+#: that order, and where they come from.
+INSTANCE_SELECT = (
+    "instance.file_id, store.name, store.path, store.kind, store.available, "
     "instance.path, instance.available, instance.deletion_policy, instance.create_time, "
-    "instance.fixity, instance.verified_at "
-    "FROM instance JOIN store ON instance.store_id = store.id "
+    "instance.fixity, instance.verified_at"
+)
+INSTANCE_FROM = "instance JOIN store ON instance.store_id = store.id"
+#: The instances of a set of files, with their stores, in instance id order.
+_INSTANCES_SQL = (
+    f"SELECT {INSTANCE_SELECT} FROM {INSTANCE_FROM} "
     "WHERE instance.file_id {match} ORDER BY instance.id"
 )
 _INSTANCES_PG = _INSTANCES_SQL.format(match="= ANY(%s)")
 
-#: Per dialect name: (position in a row, SQLAlchemy's result processor) of the columns that have
-#: one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
-_PROCESSORS: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+#: Per (dialect name, for text): (position in a row, SQLAlchemy's result processor) of the
+#: columns that have one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
+_PROCESSORS: dict[tuple[str, bool], list[tuple[int, Callable[[Any], Any]]]] = {}
 
 
-def _processors(dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
-    found = _PROCESSORS.get(dialect.name)
+def _processors(dialect: Dialect, text: bool) -> list[tuple[int, Callable[[Any], Any]]]:
+    found = _PROCESSORS.get((dialect.name, text))
     if found is None:
         found = []
         for position, column in enumerate(INSTANCE_COLUMNS, start=1):
             processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
             if processor is not None:
+                if text and isinstance(column.type, DateTime):
+                    processor = iso_time_or(processor)
                 found.append((position, processor))
-        _PROCESSORS[dialect.name] = found
+        _PROCESSORS[dialect.name, text] = found
     return found
 
 
-def _instances(session: OrmSession, file_ids: list[int]) -> list[list[Any]]:
-    """The instances of ``file_ids`` in id order: ``file_id`` then ``INSTANCE_COLUMNS``'
-    values, converted as SQLAlchemy would."""
+def _instances(session: OrmSession, file_ids: list[int], fetched: Sequence[Sequence[Any]] | None,
+               *, text: bool = False) -> list[list[Any]]:
+    """The instances of ``file_ids`` in id order (``fetched``: their rows, when the page's
+    statement brought them): ``file_id`` then ``INSTANCE_COLUMNS``' values, converted as
+    SQLAlchemy would (with ``text``, a time stored as SQLite's text may come as its ISO text
+    instead, ``search_reply.IsoTime``)."""
     connection = session.connection()
     dialect = connection.dialect
-    if dialect.name == "postgresql":
+    rows: Sequence[Sequence[Any]]
+    if fetched is not None:
+        rows = fetched
+    elif dialect.name == "postgresql":
         rows = connection.exec_driver_sql(_INSTANCES_PG, (file_ids,)).all()
     else:
         match = f"IN ({', '.join('?' * len(file_ids))})"
         rows = connection.exec_driver_sql(_INSTANCES_SQL.format(match=match),
                                           tuple(file_ids)).all()
-    processors = _processors(dialect)
+    processors = _processors(dialect, text)
     found = []
     for row in rows:
         values: list[Any] = list(row)
@@ -72,13 +84,18 @@ def _instances(session: OrmSession, file_ids: list[int]) -> list[list[Any]]:
     return found
 
 
-def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict[str, Any]]:
-    """The JSON of each file row of ``files`` with ``"instances"``: its instances in id order."""
+def files_with_instances(session: OrmSession, files: Sequence[Any],
+                         instances: Sequence[Sequence[Any]] | None = None
+                         ) -> list[dict[str, Any]]:
+    """The JSON of each file row of ``files`` with ``"instances"``: its instances in id order
+    (``instances``: their rows, when the page's statement brought them; rows of other files
+    are left out)."""
     names = {f.id: f.name for f in files}
     held: dict[int, list[dict[str, Any]]] = {file_id: [] for file_id in names}
-    for values in _instances(session, list(names)):
+    for values in _instances(session, list(names), instances):
         file_id = values[0]
-        held[file_id].append(instance_fields(names[file_id], *values[1:]))
+        if file_id in held:
+            held[file_id].append(instance_fields(names[file_id], *values[1:]))
     results = []
     for f in files:
         result = file_json(f)
@@ -87,7 +104,8 @@ def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict
     return results
 
 
-def files_with_instances_text(session: OrmSession, files: Sequence[Any]) -> list[str]:
+def files_with_instances_text(session: OrmSession, files: Sequence[Any],
+                              instances: Sequence[Sequence[Any]] | None = None) -> list[str]:
     """``files_with_instances`` as each file's JSON text (``json.dumps`` of its dict, byte for
     byte), written by ``search_reply`` without the dicts."""
     # Rows unpacked by position (FILE_COLUMNS: id, name, then file_text's values in order):
@@ -95,9 +113,10 @@ def files_with_instances_text(session: OrmSession, files: Sequence[Any]) -> list
     names = {row[0]: name_text(row[1]) for row in files}
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
     instance_text = InstanceWriter().text
-    for values in _instances(session, list(names)):
+    for values in _instances(session, list(names), instances, text=True):
         file_id = values[0]
-        held[file_id].append(instance_text(names[file_id], *values[1:]))
+        if file_id in held:
+            held[file_id].append(instance_text(names[file_id], *values[1:]))
     results = []
     for file_id, _name, *values in files:
         results.append(file_text(names[file_id], *values, instances=held[file_id]))

@@ -1,0 +1,185 @@
+"""The page statement of a files search, compiled once per *shape* of search and run as the
+driver's SQL.
+
+Two searches have the same shape when they differ only in their values (``{"name-is-exactly":
+"a"}`` and ``{"name-is-exactly": "b"}``; a ``-matches`` pattern's shape also says whether it has
+a literal prefix, which decides its SQL): the same clauses and combinators, sort, kind of
+cursor and observation plan (``search_compile.search_shape``). Building a search's SQLAlchemy
+statement, computing its cache key and SQLAlchemy's execution and row processing cost more than
+the database's own work for most searches; here the statement of a shape is built and compiled
+on its first search, and every later search of that shape only computes its parameters from its
+values (each bound value's recipe, ``search_clauses.Ctx.bind``) and runs the SQL text with the
+values converted by the same processors SQLAlchemy applies (``exec_driver_sql``, so errors
+still come wrapped as SQLAlchemy's and a search's time limit applies as before).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Dialect, Integer, Select, bindparam, cast, null
+
+from .search_clauses import Ctx
+from .search_rows import INSTANCE_FROM, INSTANCE_SELECT
+from .serialize import INSTANCE_COLUMNS
+
+#: Most shapes kept (the least recently used goes first): a statement is a few kB.
+MAX_STATEMENTS = 512
+
+#: The name of the page size's parameter (the page's limit plus one).
+LIMIT_PARAMETER = "sp_limit"
+
+
+class FileRow(NamedTuple):
+    """A file row of a files page: ``search.FILE_COLUMNS``' values, by their names."""
+
+    id: int
+    name: str
+    type: str
+    size: int
+    is_directory: bool
+    checksums: Any
+    create_time: Any
+    obsid: int | None
+    source: str
+    meta: Any
+
+
+Processor = Callable[[Any], Any]
+
+
+class PageStatement:
+    """One shape's compiled statement: its SQL text and how to fill its parameters."""
+
+    def __init__(self, stmt: Select, ctx: Ctx, dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = compiled.string
+        if "POSTCOMPILE" in self.sql:  # an expanding IN: its SQL depends on its values
+            raise ValueError("a search statement must not have expanding parameters")
+        values = compiled.construct_params()
+        computed = {b.name: b for b in ctx.binds}
+        # Per parameter: (name, constant value or None, leaf, recipe, bind processor).
+        self._parameters: list[tuple[str, Any, int, Any, Processor | None]] = []
+        self._computed = False
+        for name in compiled.positiontup or list(values):
+            processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            bind = computed.get(name)
+            if bind is not None:
+                self._parameters.append((name, None, bind.leaf, bind.recipe, processor))
+            elif name == LIMIT_PARAMETER:
+                self._parameters.append((name, None, -2, None, processor))
+            else:
+                value = values[name]
+                self._parameters.append(
+                    (name, value if processor is None else processor(value), -3, None, None))
+        self.positional = compiled.positiontup is not None
+        self.columns = [(position, processor) for position, processor in (
+            (position, column.type.dialect_impl(dialect).result_processor(dialect, None))
+            for position, column in enumerate(stmt.selected_columns)) if processor is not None]
+        self.with_instances = _with_instances(self.sql, stmt, dialect) \
+            if dialect.name == "postgresql" else None
+
+    def parameters(self, ctx: Ctx, limit: int) -> tuple[Any, ...] | dict[str, Any]:
+        """The parameters of the search read into ``ctx`` (its leaves, ``now``, the cursor's
+        values) for a page of ``limit`` rows."""
+        leaves = ctx.leaves
+        found = []
+        for _name, value, leaf, recipe, processor in self._parameters:
+            if leaf == -3:
+                found.append(value)
+                continue
+            if leaf == -2:
+                value = limit + 1
+            else:
+                value = leaves[leaf] if leaf >= 0 else None
+                if recipe is not None:
+                    value = recipe(ctx, value)
+            found.append(value if processor is None else processor(value))
+        if self.positional:
+            return tuple(found)
+        return {entry[0]: value for entry, value in zip(self._parameters, found)}
+
+    def rows(self, connection: Connection, ctx: Ctx, limit: int) -> list[FileRow]:
+        """The page's rows (at most ``limit + 1``), values converted as SQLAlchemy would."""
+        result = connection.exec_driver_sql(self.sql, self.parameters(ctx, limit)).all()
+        columns = self.columns
+        rows = []
+        for row in result:
+            values = list(row)
+            for position, processor in columns:
+                values[position] = processor(values[position])
+            rows.append(FileRow(*values))
+        return rows
+
+
+    def rows_and_instances(self, connection: Connection, ctx: Ctx, limit: int
+                           ) -> tuple[list[FileRow], list[Any]]:
+        """``rows`` and the instance rows of those files (``search_rows``' columns, in instance
+        id order), on PostgreSQL from one statement: a round trip fewer, which on a busy
+        machine is a wait for the database's process to be scheduled."""
+        if self.with_instances is None:
+            return self.rows(connection, ctx, limit), []
+        result = connection.exec_driver_sql(self.with_instances,
+                                            self.parameters(ctx, limit)).all()
+        columns = self.columns
+        rows, instances = [], []
+        width = len(FileRow._fields)
+        for row in result:
+            if row[0] == 0:
+                values = list(row[2:2 + width])
+                for position, processor in columns:
+                    values[position] = processor(values[position])
+                rows.append(FileRow(*values))
+            else:
+                instances.append(row[2 + width:])
+        return rows, instances
+
+
+def _with_instances(page_sql: str, stmt: Select, dialect: Dialect) -> str:
+    """The page's rows then its files' instances, as one PostgreSQL statement: each row has
+    ``part`` (0 a file, 1 an instance), its place, the file's columns and the instance's, the
+    other part's NULL."""
+
+    def nulls(types: list[Any]) -> str:
+        return ", ".join(str(cast(null(), t).compile(dialect=dialect)) for t in types)
+
+    file_nulls = nulls([column.type for column in stmt.selected_columns])
+    instance_nulls = nulls([Integer(), *(column.type for column in INSTANCE_COLUMNS)])
+    # Referred to twice, the page is computed once (materialized) on every PostgreSQL version,
+    # and its rows are numbered in the order its ORDER BY gave them.
+    return (f"WITH page AS ({page_sql}) "
+            f"SELECT 0 AS part, row_number() OVER () AS place, page.*, {instance_nulls} "
+            "FROM page UNION ALL "
+            f"SELECT 1, instance.id, {file_nulls}, {INSTANCE_SELECT} FROM {INSTANCE_FROM} "
+            "WHERE instance.file_id IN (SELECT id FROM page) ORDER BY part, place")
+
+
+_statements: OrderedDict[Hashable, PageStatement] = OrderedDict()
+_lock = threading.Lock()
+
+
+def page_statement(key: Hashable, build: Callable[[], tuple[Select, Ctx]],
+                   dialect: Dialect) -> PageStatement:
+    """The statement of shape ``key``, made from ``build()`` (the statement of a search of that
+    shape, with a page limit of ``limit_parameter()``, and the Ctx it was compiled with) when it
+    is not kept yet."""
+    with _lock:
+        found = _statements.get(key)
+        if found is not None:
+            _statements.move_to_end(key)
+            return found
+    stmt, ctx = build()
+    made = PageStatement(stmt, ctx, dialect)
+    with _lock:
+        _statements[key] = made
+        while len(_statements) > MAX_STATEMENTS:
+            _statements.popitem(last=False)
+    return made
+
+
+def limit_parameter(limit: int) -> Any:
+    """The page size as the statement's parameter (``LIMIT_PARAMETER``): ``limit + 1`` rows."""
+    return bindparam(LIMIT_PARAMETER, limit + 1, type_=Integer())
