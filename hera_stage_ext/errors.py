@@ -94,3 +94,10 @@ class QuotaExceeded(Forbidden):
     """A staging launch would take the user past their staging quota
     (``c.StagingApp.staging_quota_bytes``): the message names the quota, the use and the
     request's size."""
+
+
+class ChecksumMismatch(StagingError):
+    """Bytes received from a peer are not the size or checksums it announced (the receiver
+    discards them and pulls again)."""
+
+    status = 422
