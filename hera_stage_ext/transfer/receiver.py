@@ -10,8 +10,8 @@ bytes go straight to the disk from the buffers they arrive in (``directio``: no 
 the page cache, which cost this server more CPU than the network), or, where the store's file
 system refuses that, are written behind in a thread of their own. When the size and every announced
 checksum match, the file is hard-linked into the store at the announced relative path (atomic,
-and never over an existing file), the partial name removed, and file, instance, metadata and a
-``transfer-received`` event registered through ``Catalogue.register``; only then is the item
+and never over an existing file; the folder synced, up to the store), the partial name removed,
+and file, instance, metadata and a ``transfer-received`` event registered through ``Catalogue.register``; only then is the item
 ``committed``. A mismatch discards the partial file and pulls again from zero, up to
 ``max_attempts``; network errors back off and resume. A server restart resumes every item still
 ``queued`` or ``receiving`` (``resume``).
@@ -20,9 +20,10 @@ Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches inste
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
 is verified on its own against its announced size and checksum and only then written to its own
 partial file (a damaged member is never written and is pulled again in the next round, the
-others go on); then the verified ones are made final together with ``methods.commit`` (one
-``syncfs`` for their data,
-renames that never replace anything, one more ``syncfs``), registered with ONE
+others go on) and handed to a pool of threads that syncs each file's data (``durable.py``:
+``fdatasync``, overlapping the rest of the stream; not a ``syncfs``, which would write back
+every other writer's dirty pages too); once all are synced they are renamed into place (never
+over anything) and the folders that changed are synced; then they are registered with ONE
 ``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one only if
 something in it conflicts) and committed in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
@@ -36,8 +37,8 @@ Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
 members leading out) into ``<store>/.hera-stage-incoming/<item id>.dir``; the tree is then
 hashed exactly as ingest hashes a directory (``checksums.hash_directory``: the Librarian's
-manifest digest of its members) and compared with the announced checksums before it is renamed
-into place (never over an existing path). A tar stream has no offsets: a broken pull of a
+manifest digest of its members) and compared with the announced checksums, and its files and
+folders synced, before it is renamed into place (never over an existing path). A tar stream has no offsets: a broken pull of a
 directory starts again from zero (data sets are a few files; big files are flat).
 """
 
@@ -53,7 +54,7 @@ import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -67,7 +68,7 @@ from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import ChecksumMismatch, Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
-from .durable import FileSyncer, Rename, make_final, sync_tree, sync_up_to
+from .durable import FileSyncer, Rename, SyncBatch, make_final, sync_tree, sync_up_to
 from .item_rows import ItemRow, ItemRows
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
@@ -110,14 +111,12 @@ class _Stopped(Exception):
 
 class _Member(NamedTuple):
     """A member of a batch that arrived: its item, its partial file (a name in the incoming
-    folder), its final path, why it failed verification ("": verified and written), and the
-    sync of its data (None: not written, or the receiver does not sync)."""
+    folder), its final path, and why it failed verification ("": verified and written)."""
 
     item: ItemRow
     part: str
     dest: str
     error: str
-    synced: Future[None] | None
 
 
 class Receiver:
@@ -754,8 +753,10 @@ class Receiver:
             if wanted:
                 incoming_fd, _made = safefs.open_dir(str(root / INCOMING_DIR), create=True)
                 try:
-                    received, broken = self._stream_batch(incoming_fd, wanted)
-                    retry = self._commit_batch(str(root), incoming_fd, received, alone)
+                    with self._syncer.batch() as syncs:
+                        received, broken = self._stream_batch(incoming_fd, wanted, syncs)
+                        retry = self._commit_batch(str(root), incoming_fd, received, syncs,
+                                                   alone)
                 finally:
                     os.close(incoming_fd)
             # Members a broken stream did not deliver, and damaged ones: the next round.
@@ -777,12 +778,13 @@ class Receiver:
                     min(self.backoff_s * 2 ** (rounds - 1), 60.0)):
                 raise _Stopped
 
-    def _stream_batch(self, incoming_fd: int, wanted: dict[str, tuple[ItemRow, str]]
-                      ) -> tuple[list[_Member], str]:
+    def _stream_batch(self, incoming_fd: int, wanted: dict[str, tuple[ItemRow, str]],
+                      syncs: SyncBatch) -> tuple[list[_Member], str]:
         """Pull the members ``wanted`` names (removing each from it as it arrives), verify
         each and write the verified ones to their partial files in the open folder
-        ``incoming_fd``, each handed to the syncer as soon as it is written; (per member that
-        arrived: its ``_Member``; why the stream broke, or "")."""
+        ``incoming_fd``, each handed to ``syncs`` as soon as it is written (unless the
+        receiver does not sync); (per member that arrived: its ``_Member``; why the stream
+        broke, or "")."""
         received: list[_Member] = []
         first = next(iter(wanted.values()))[0]
         try:
@@ -794,7 +796,6 @@ class Receiver:
             return received, ""
         client = PeerClient(peer, self.registry.site_name)
         flip = os.environ.get(FLIP_ONCE_ENV)
-        syncer = self._syncer if self.fsync else None
         try:
             for header, data in client.batch(list(wanted)):
                 if self._stop.is_set():
@@ -819,14 +820,14 @@ class Receiver:
                                f"{item.checksums}")
                     log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
                                 item.peer, message)
-                    received.append(_Member(item, part, dest, message, None))
+                    received.append(_Member(item, part, dest, message))
                     continue
                 fd = _write_new(incoming_fd, part, data)
-                if syncer is None:
-                    os.close(fd)
-                    received.append(_Member(item, part, dest, "", None))
+                if self.fsync:
+                    syncs.add(fd, part)
                 else:
-                    received.append(_Member(item, part, dest, "", syncer.sync_and_close(fd)))
+                    os.close(fd)
+                received.append(_Member(item, part, dest, ""))
         except (Unavailable, OSError) as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             log.warning("batch pull of %d file(s) from %s: %s", len(wanted), first.peer, message)
@@ -842,17 +843,18 @@ class Receiver:
         return received, ""
 
     def _commit_batch(self, root: str, incoming_fd: int, received: list[_Member],
-                      alone: list[int]) -> list[tuple[ItemRow, str]]:
+                      syncs: SyncBatch, alone: list[int]) -> list[tuple[ItemRow, str]]:
         """Make the verified members final once their data is synced (``durable.make_final``:
         renames that never replace anything, then the folders synced), register them in one
         transaction and commit them with their events in one more; the members to pull
         again, with why. Members whose final name is taken go to ``alone``."""
         retry = [(m.item, m.error) for m in received if m.error]
+        unsynced = syncs.wait()
         good: list[_Member] = []
         for member in received:
             if member.error:
                 continue
-            error = member.synced.exception() if member.synced is not None else None
+            error = unsynced.get(member.part)
             if error is None:
                 good.append(member)
                 continue
