@@ -11,10 +11,10 @@ the page cache, which cost this server more CPU than the network), or, where the
 system refuses that, are written behind in a thread of their own. When the size and every announced
 checksum match, the file is hard-linked into the store at the announced relative path (atomic,
 and never over an existing file; the folder synced, up to the store), the partial name removed,
-and file, instance, metadata and a ``transfer-received`` event registered through ``Catalogue.register``; only then is the item
-``committed``. A mismatch discards the partial file and pulls again from zero, up to
-``max_attempts``; network errors back off and resume. A server restart resumes every item still
-``queued`` or ``receiving`` (``resume``).
+and file, instance, metadata and a ``transfer-received`` event registered through
+``Catalogue.register``; only then is the item ``committed``. A mismatch discards the partial
+file and pulls again from zero, up to ``max_attempts``; network errors back off and resume. A
+server restart resumes every item still ``queued`` or ``receiving`` (``resume``).
 
 Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
@@ -38,15 +38,16 @@ of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, 
 members leading out) into ``<store>/.hera-stage-incoming/<item id>.dir``; the tree is then
 hashed exactly as ingest hashes a directory (``checksums.hash_directory``: the Librarian's
 manifest digest of its members) and compared with the announced checksums, and its files and
-folders synced, before it is renamed into place (never over an existing path). A tar stream has no offsets: a broken pull of a
-directory starts again from zero (data sets are a few files; big files are flat).
+folders synced, before it is renamed into place (never over an existing path). A tar stream
+has no offsets: a broken pull of a directory starts again from zero (data sets are a few files;
+big files are flat).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import errno
+import io
 import json
 import logging
 import os
@@ -72,7 +73,6 @@ from .durable import FileSyncer, Rename, SyncBatch, make_final, sync_tree, sync_
 from .item_rows import ItemRow, ItemRows
 from .models import ACTIVE_ITEM_STATES, TransferItem
 from .peers import PeerRegistry
-from .thread_writer import ChunkWriter, ThreadWriter
 from .protocol import (
     BATCH_FILE_MAX,
     BATCH_MAX_BYTES,
@@ -89,6 +89,7 @@ from .protocol import (
     file_spec,
     spec_of,
 )
+from .thread_writer import ChunkWriter, ThreadWriter
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -990,7 +991,8 @@ class _ChunkReader(io.RawIOBase):
         super().__init__()
         self._chunks = chunks
         self._stop = stop
-        self._left: memoryview | bytes = b""  # what the last chunk holds beyond the last read
+        #: What the last chunk holds beyond the last read (a view: taking from it copies nothing).
+        self._left = memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -1002,7 +1004,7 @@ class _ChunkReader(io.RawIOBase):
             chunk = next(self._chunks, None)
             if chunk is None:
                 return 0
-            self._left = bytes(chunk)  # the chunk's buffer is reused for the next one
+            self._left = memoryview(bytes(chunk))  # its buffer is reused for the next chunk
         with memoryview(buffer) as view:
             n = min(len(view), len(self._left))
             view[:n] = self._left[:n]
