@@ -127,3 +127,10 @@ class RcloneFailed(StagingError):
     """rclone reached the remote and failed (its message, secrets blanked)."""
 
     status = 502
+
+
+class ChecksumMismatch(StagingError):
+    """Bytes received from a peer are not the size or checksums it announced (the receiver
+    discards them and pulls again)."""
+
+    status = 422

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import func, select
 
+from ..catalogue.db import Database
 from ..errors import StagingError, Unavailable
 from ..jobs.items import claim_items, ClaimedItem, requeue_items
 from ..jobs.methods import Cancelled
@@ -66,7 +67,10 @@ class PeerSender:
     """One stream of a transfer job: batches announced, followed and reported."""
 
     def __init__(self, run: KindRun, registry: PeerRegistry, peer: Peer) -> None:
+        if run.db is None:  # a transfer's streams record what the peer holds in the catalogue
+            raise StagingError("a transfer job runs only with the catalogue at hand")
         self.run, self.registry, self.peer = run, registry, peer
+        self.db: Database = run.db
         self.client = self.connect()
         self.reported: set[int] = set()
         #: Accepted by the peer and not through yet: name -> item, and (transfer, when).
@@ -127,7 +131,7 @@ class PeerSender:
             with _claim_lock:
                 n = self.room()
                 if self.peer.max_in_flight:
-                    with run.db.read() as s:
+                    with self.db.read() as s:
                         in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
                             Job, Job.id == JobItem.job_id).where(
                             Job.destination == peer_destination(self.peer.name),
@@ -135,7 +139,7 @@ class PeerSender:
                             JobItem.state == ItemState.RUNNING)) or 0
                     n = min(n, self.peer.max_in_flight - in_flight)
                 if n > 0:
-                    return claim_items(run.db, run.job.id, run.worker_id, n,
+                    return claim_items(self.db, run.job.id, run.worker_id, n,
                                         self.batch_bytes())
             # Items through but not recorded yet still count as running: record them.
             run.commit(wait=False)
@@ -207,13 +211,13 @@ class PeerSender:
         finally:
             # Claimed and not through (cancel, stop): back to the queue, announced again
             # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
-            requeue_items(run.db, [c.id for c in claimed if c.id not in self.reported])
+            requeue_items(self.db, [c.id for c in claimed if c.id not in self.reported])
             for name in self.waiting:
                 run.inflight.drop(("peer", name))
 
     def send(self, batch: list[ClaimedItem]) -> None:
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
-        known = offers_for(self.run.db, {item.name: item.dest_path for item in batch})
+        known = offers_for(self.db, {item.name: item.dest_path for item in batch})
         offers, items = [], {}
         for item in batch:
             if item.name not in known:
@@ -226,7 +230,7 @@ class PeerSender:
             chunk = offers[start:start + MAX_OFFERS]
             try:
                 reply = self.call(f"announce to peer {self.peer.name!r}",
-                                  lambda c, chunk=chunk: c.announce(transfer, chunk))
+                                  _announce(transfer, chunk))
             except StagingError as exc:  # refused outright (secret changed, bad request)
                 for offer in chunk:
                     self.report(items[offer["name"]], ItemState.FAILED, exc.message)
@@ -242,7 +246,7 @@ class PeerSender:
                 else:
                     self.report(item, ItemState.FAILED, refusal(answer["answer"],
                                                                 answer.get("message", "")))
-            record_remote(self.run.db, self.peer.name, transfer, [i.name for i in have], HAVE)
+            record_remote(self.db, self.peer.name, transfer, [i.name for i in have], HAVE)
             for item in have:
                 # An earlier attempt of this job sent it (its worker died before recording).
                 mine = item.attempts > 1
@@ -265,8 +269,7 @@ class PeerSender:
             part = names[start:start + 10 * MAX_OFFERS]
             try:
                 rows += self.call(f"status from peer {self.peer.name!r}",
-                                  lambda c, part=part: c.status(part, wait,
-                                                                finished_only=True))["files"]
+                                  _status(part, wait, finished_only=True))["files"]
             except StagingError as exc:
                 for name in part:
                     self.report(waiting.pop(name), ItemState.FAILED, exc.message)
@@ -276,7 +279,7 @@ class PeerSender:
         for item in committed:
             by_transfer.setdefault(self.announced[item.name][0], []).append(item.name)
         for transfer, done in by_transfer.items():
-            record_remote(self.run.db, self.peer.name, transfer, done,
+            record_remote(self.db, self.peer.name, transfer, done,
                           TransferItemState.COMMITTED)
         now = time.monotonic()
         for item in committed:
@@ -308,7 +311,7 @@ class PeerSender:
             part = names[start:start + 10 * MAX_OFFERS]
             try:
                 rows = self.call(f"status from peer {self.peer.name!r}",
-                                 lambda c, part=part: c.status(part))["files"]
+                                 _status(part))["files"]
             except StagingError:
                 return  # progress only: the next long poll says what became of them
             for row in rows:
@@ -316,3 +319,15 @@ class PeerSender:
                 if item is not None and row.get("state") == TransferItemState.RECEIVING:
                     self.run.inflight.set(("peer", item.name),
                                           min(int(row.get("bytes") or 0), item.size))
+
+
+def _announce(transfer: str, offers: list[dict[str, Any]]
+              ) -> Callable[[PeerClient], dict[str, Any]]:
+    """A call of ``announce`` for ``PeerSender.call`` (bound now, not to a loop's variable)."""
+    return lambda client: client.announce(transfer, offers)
+
+
+def _status(names: list[str], wait: float = 0.0, finished_only: bool = False
+            ) -> Callable[[PeerClient], dict[str, Any]]:
+    """A call of ``status`` for ``PeerSender.call``."""
+    return lambda client: client.status(names, wait, finished_only=finished_only)

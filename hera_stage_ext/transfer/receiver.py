@@ -10,19 +10,20 @@ bytes go straight to the disk from the buffers they arrive in (``directio``: no 
 the page cache, which cost this server more CPU than the network), or, where the store's file
 system refuses that, are written behind in a thread of their own. When the size and every announced
 checksum match, the file is hard-linked into the store at the announced relative path (atomic,
-and never over an existing file), the partial name removed, and file, instance, metadata and a
-``transfer-received`` event registered through ``Catalogue.register``; only then is the item
-``committed``. A mismatch discards the partial file and pulls again from zero, up to
-``max_attempts``; network errors back off and resume. A server restart resumes every item still
-``queued`` or ``receiving`` (``resume``).
+and never over an existing file; the folder synced, up to the store), the partial name removed,
+and file, instance, metadata and a ``transfer-received`` event registered through
+``Catalogue.register``; only then is the item ``committed``. A mismatch discards the partial
+file and pulls again from zero, up to ``max_attempts``; network errors back off and resume. A
+server restart resumes every item still ``queued`` or ``receiving`` (``resume``).
 
 Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
 is verified on its own against its announced size and checksum and only then written to its own
 partial file (a damaged member is never written and is pulled again in the next round, the
-others go on); then the verified ones are made final together with ``methods.commit`` (one
-``syncfs`` for their data,
-renames that never replace anything, one more ``syncfs``), registered with ONE
+others go on) and handed to a pool of threads that syncs each file's data (``durable.py``:
+``fdatasync``, overlapping the rest of the stream; not a ``syncfs``, which would write back
+every other writer's dirty pages too); once all are synced they are renamed into place (never
+over anything) and the folders that changed are synced; then they are registered with ONE
 ``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one only if
 something in it conflicts) and committed in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
@@ -36,15 +37,17 @@ Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
 members leading out) into ``<store>/.hera-stage-incoming/<item id>.dir``; the tree is then
 hashed exactly as ingest hashes a directory (``checksums.hash_directory``: the Librarian's
-manifest digest of its members) and compared with the announced checksums before it is renamed
-into place (never over an existing path). A tar stream has no offsets: a broken pull of a
-directory starts again from zero (data sets are a few files; big files are flat).
+manifest digest of its members) and compared with the announced checksums, and its files and
+folders synced, before it is renamed into place (never over an existing path). A tar stream
+has no offsets: a broken pull of a directory starts again from zero (data sets are a few files;
+big files are flat).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -54,8 +57,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from queue import Queue
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import func, select, update
 
@@ -64,11 +66,11 @@ from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.inlist import one_of
 from ..catalogue.models import File, Instance, Store, utcnow
-from ..errors import Conflict, InvalidRequest, StagingError, Unavailable
-from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, commit, remove_path
+from ..errors import ChecksumMismatch, Conflict, InvalidRequest, StagingError, Unavailable
+from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
-from ..writeback import WriteBehind
+from .durable import FileSyncer, Rename, SyncBatch, make_final, sync_tree, sync_up_to
 from .item_rows import ItemRow, ItemRows
 from .models import TransferItem
 from .peers import PeerRegistry
@@ -89,6 +91,10 @@ from .protocol import (
     file_spec,
     spec_of,
 )
+from .thread_writer import ChunkWriter, ThreadWriter
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger("hera_stage_ext.transfer")
 
@@ -102,75 +108,18 @@ _flipped: set[str] = set()
 _FINISHED_STATES = (TransferItemState.COMMITTED, TransferItemState.FAILED)
 
 
-#: Chunks (of ``protocol.CHUNK``) waiting for the disk while the next ones arrive.
-_WRITE_BEHIND = 1
-
-
-class _WriteBehind:
-    """Where the store's file system takes no direct writes (``directio``): writes a file's
-    chunks in a thread of its own, so the disk write of one chunk overlaps the network read
-    (and hash) of the next, starting disk writes as it goes and letting the page cache go
-    (``writeback``). The same calls as a ``DirectWriter``. A write error stops the writing, is
-    raised by ``close``, and the rest is drained unwritten so the reader never blocks on a dead
-    writer."""
-
-    def __init__(self, fd: int, offset: int) -> None:
-        self._fd = fd
-        self._written = offset
-        self._behind = WriteBehind(fd, offset)
-        # One being filled, ``_WRITE_BEHIND`` queued, one being written: each buffer is free
-        # again by the time it comes round.
-        self._pool = [bytearray(CHUNK) for _ in range(_WRITE_BEHIND + 2)]
-        self._turn = 0
-        self._queue: Queue[memoryview | None] = Queue(maxsize=_WRITE_BEHIND)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="write-behind")
-        self._thread.start()
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self.error is not None:
-                continue
-            try:
-                directio.pwrite_all(self._fd, chunk, self._written)
-                self._written += len(chunk)
-                self._behind.advance(self._written)
-            except BaseException as exc:  # noqa: BLE001 (raised in the reader's thread)
-                self.error = exc
-
-    def buffer(self) -> bytearray:
-        self._turn = (self._turn + 1) % len(self._pool)
-        return self._pool[self._turn]
-
-    def give_back(self, buffer: bytearray) -> None:
-        pass  # the pool turns regardless
-
-    def write(self, buffer: bytearray, length: int) -> None:
-        self._queue.put(memoryview(buffer)[:length])
-
-    def abort(self) -> None:
-        """Let the thread end once the chunks queued so far are written (or dropped)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def close(self) -> None:
-        """Wait for every queued chunk to be written; raise a write error."""
-        self.abort()
-        if self.error is not None:
-            raise self.error
-
-
-class ChecksumMismatch(StagingError):
-    status = 422
-
-
 class _Stopped(Exception):
     pass
+
+
+class _Member(NamedTuple):
+    """A member of a batch that arrived: its item, its partial file (a name in the incoming
+    folder), its final path, and why it failed verification ("": verified and written)."""
+
+    item: ItemRow
+    part: str
+    dest: str
+    error: str
 
 
 class Receiver:
@@ -200,6 +149,8 @@ class Receiver:
         #: Small items recorded by this process, until their batch starts: id -> their
         #: checksums and spec as JSON text and as values (``ItemRows.start``: not parsed again).
         self._parsed: dict[int, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
+        #: Syncs each file of a batch as it is written (``durable.py``).
+        self._syncer = FileSyncer()
         self._stop = threading.Event()
 
     # ----- store --------------------------------------------------------------------------
@@ -230,7 +181,8 @@ class Receiver:
             raise InvalidRequest("a name is offered twice")
         if len({o["path"] for o in offers}) != len(offers):
             raise InvalidRequest("a path is offered twice (for two names)")
-        reply = {"transfer": transfer, "site": self.registry.site_name, "files": []}
+        reply: dict[str, Any] = {"transfer": transfer, "site": self.registry.site_name,
+                                 "files": []}
         refusal = None
         if self.store is None:
             refusal = "this site receives no transfers (c.StagingApp.receive_store)"
@@ -279,7 +231,7 @@ class Receiver:
             if row is not None and not same:
                 answers[name] = (CONFLICT, (f"{name!r} is known here with other content "
                                             f"(size {row.size}, checksums {row.checksums})"))
-            elif same and row.instances:
+            elif row is not None and same and row.instances:
                 answers[name] = (HAVE, "")
             elif held.get(offer["path"], name) != name:
                 answers[name] = (CONFLICT, f"{self.store}:{offer['path']} holds another file")
@@ -537,6 +489,9 @@ class Receiver:
             if digest.size != item.size or not ck.compare(digest.checksums, item.checksums):
                 raise Conflict(f"{self.store}:{item.path} already holds other content")
             part.unlink(missing_ok=True)
+            if self.fsync:  # on disk (its attempt may have died before syncing it)
+                sync_tree(str(dest))
+                self._sync_folder(root, dest.parent)
             self._commit(item)
             return
         if item.spec.get("is_directory"):
@@ -545,21 +500,23 @@ class Receiver:
         # Folders opened without following a symlink, files never written through one.
         incoming, _made = safefs.open_dir(str(part.parent), create=True)
         with contextlib.closing(_Fd(incoming)):
-            self._receive_file(item, part, dest, incoming, algorithms)
+            self._receive_file(item, root, part, dest, incoming, algorithms)
         try:
             self._commit(item)
         except Conflict:
             dest.unlink(missing_ok=True)
             raise
 
-    def _receive_file(self, item: TransferItem, part: Path, dest: Path, incoming: int,
-                      algorithms: list[str]) -> None:
+    def _receive_file(self, item: TransferItem, root: Path, part: Path, dest: Path,
+                      incoming: int, algorithms: list[str]) -> None:
         """Pull into ``part`` (in the open folder ``incoming``), verify, link to ``dest``."""
         self._pull_file(item, part, incoming, algorithms)
         folder, _made = safefs.open_dir(str(dest.parent), create=True)
         try:  # atomic; FileExistsError (an OSError) if something appeared
             os.link(part.name, dest.name, src_dir_fd=incoming, dst_dir_fd=folder,
                     follow_symlinks=False)
+            if self.fsync:  # the new name on disk before the item is committed
+                sync_up_to(str(root), folder, str(dest.parent))
         finally:
             os.close(folder)
         os.unlink(part.name, dir_fd=incoming)
@@ -643,22 +600,34 @@ class Receiver:
         finally:
             client.close()
 
-    def _writer(self, fd: int, offset: int) -> directio.DirectWriter | _WriteBehind:
-        """Straight to the disk where the file system takes it, else written behind."""
+    def _writer(self, fd: int, offset: int) -> ChunkWriter:
+        """Straight to the disk where the file system takes it, else in a thread of its own."""
         if self._direct:
             with contextlib.suppress(directio.Unsupported):
                 return directio.DirectWriter(fd, offset)
-        return _WriteBehind(fd, offset)
+        return ThreadWriter(fd, offset)
+
+    def _sync_folder(self, root: Path, folder: Path) -> None:
+        """The entries of ``folder`` (below ``root``) on disk, and the folder itself."""
+        fd, _made = safefs.open_dir(str(folder))
+        try:
+            sync_up_to(str(root), fd, str(folder))
+        finally:
+            os.close(fd)
 
     def _receive_directory(self, item: TransferItem, root: Path, dest: Path,
                            algorithms: list[str]) -> None:
         work = self._tree(root, item.id)
         tree = self._pull_tree(item, work, algorithms)
+        if self.fsync:  # its files on disk before they take their final name
+            sync_tree(str(tree))
         os.close(safefs.open_dir(str(dest.parent), create=True)[0])
         try:
             rename_path_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
         finally:
             remove_path(work)
+        if self.fsync:
+            self._sync_folder(root, dest.parent)
         try:
             self._commit(item)
         except Conflict:
@@ -766,7 +735,7 @@ class Receiver:
             items = self._start_batch(pending)
             pending, rounds = [], rounds + 1
             alone: list[int] = []  # the single-file path: its final name is taken already
-            wanted: dict[str, tuple[Any, str]] = {}
+            wanted: dict[str, tuple[ItemRow, str]] = {}
             # Paths as strings, each folder confined once per batch (not pathlib per file).
             folders: dict[str, str] = {}
             for item in items:
@@ -783,8 +752,17 @@ class Receiver:
                 # No look at the final name first: the rename never replaces anything, and
                 # one that finds the name taken sends the item down the single-file path.
                 wanted[item.name] = (item, f"{folders[folder]}/{base}")
-            received, broken = self._stream_batch(root, wanted)
-            retry = self._commit_batch(received, alone)
+            retry: list[tuple[ItemRow, str]] = []
+            broken = ""
+            if wanted:
+                incoming_fd, _made = safefs.open_dir(str(root / INCOMING_DIR), create=True)
+                try:
+                    with self._syncer.batch() as syncs:
+                        received, broken = self._stream_batch(incoming_fd, wanted, syncs)
+                        retry = self._commit_batch(str(root), incoming_fd, received, syncs,
+                                                   alone)
+                finally:
+                    os.close(incoming_fd)
             # Members a broken stream did not deliver, and damaged ones: the next round.
             for item, _dest in wanted.values():
                 if item.attempts >= self.max_attempts:
@@ -804,23 +782,14 @@ class Receiver:
                     min(self.backoff_s * 2 ** (rounds - 1), 60.0)):
                 raise _Stopped
 
-    def _stream_batch(self, root: Path, wanted: dict[str, tuple[Any, str]]
-                      ) -> tuple[list[tuple[Any, str, str, str]], str]:
+    def _stream_batch(self, incoming_fd: int, wanted: dict[str, tuple[ItemRow, str]],
+                      syncs: SyncBatch) -> tuple[list[_Member], str]:
         """Pull the members ``wanted`` names (removing each from it as it arrives), verify
-        each and write the verified ones to their partial files; (per member that arrived:
-        item, partial file, final path, why it failed verification or ""; why the stream
+        each and write the verified ones to their partial files in the open folder
+        ``incoming_fd``, each handed to ``syncs`` as soon as it is written (unless the
+        receiver does not sync); (per member that arrived: its ``_Member``; why the stream
         broke, or "")."""
-        received: list[tuple[Any, str, str, str]] = []
-        if not wanted:
-            return received, ""
-        incoming = root / INCOMING_DIR
-        incoming_fd, _made = safefs.open_dir(str(incoming), create=True)
-        with contextlib.closing(_Fd(incoming_fd)):
-            return self._stream_into(incoming, incoming_fd, wanted, received)
-
-    def _stream_into(self, incoming: Path, incoming_fd: int, wanted: dict[str, tuple[Any, str]],
-                     received: list[tuple[Any, str, str, str]]
-                     ) -> tuple[list[tuple[Any, str, str, str]], str]:
+        received: list[_Member] = []
         first = next(iter(wanted.values()))[0]
         try:
             peer = self.registry.peer(first.peer)
@@ -835,9 +804,10 @@ class Receiver:
             for header, data in client.batch(list(wanted)):
                 if self._stop.is_set():
                     raise _Stopped
-                item, dest = wanted.pop(header["name"], (None, None))
-                if item is None or dest is None:
+                entry = wanted.pop(header["name"], None)
+                if entry is None:
                     return received, f"the sender sent {header['name']!r}, not asked for"
+                item, dest = entry
                 if "error" in header:
                     self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
                                  f"{header['error']}")
@@ -845,7 +815,7 @@ class Receiver:
                 if flip == item.name and item.name not in _flipped and data:
                     _flipped.add(item.name)
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
-                part = f"{incoming}/{item.id}.part"
+                part = f"{item.id}.part"
                 # Verified before anything is written: a damaged member costs no disk.
                 digest = ck.hash_bytes(data, [ck.preferred_algorithm(item.checksums)])
                 if digest.size != item.size or not ck.compare(digest.checksums, item.checksums):
@@ -854,10 +824,14 @@ class Receiver:
                                f"{item.checksums}")
                     log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
                                 item.peer, message)
-                    received.append((item, part, dest, message))
+                    received.append(_Member(item, part, dest, message))
                     continue
-                _write_new(incoming_fd, f"{item.id}.part", data)
-                received.append((item, part, dest, ""))
+                fd = _write_new(incoming_fd, part, data)
+                if self.fsync:
+                    syncs.add(fd, part)
+                else:
+                    os.close(fd)
+                received.append(_Member(item, part, dest, ""))
         except (Unavailable, OSError) as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             log.warning("batch pull of %d file(s) from %s: %s", len(wanted), first.peer, message)
@@ -872,35 +846,50 @@ class Receiver:
             return received, f"the sender's batch stream left out {len(wanted)} file(s)"
         return received, ""
 
-    def _commit_batch(self, received: list[tuple[Any, str, str, str]],
-                      alone: list[int]) -> list[tuple[Any, str]]:
-        """Make the verified members final (synced), register them in one transaction and
-        commit them with their events in one more; the members to pull again, with why.
-        Members whose final name is taken go to ``alone``."""
-        retry = [(item, error) for item, _part, _dest, error in received if error]
-        good = [(item, part, dest) for item, part, dest, error in received if not error]
+    def _commit_batch(self, root: str, incoming_fd: int, received: list[_Member],
+                      syncs: SyncBatch, alone: list[int]) -> list[tuple[ItemRow, str]]:
+        """Make the verified members final once their data is synced (``durable.make_final``:
+        renames that never replace anything, then the folders synced), register them in one
+        transaction and commit them with their events in one more; the members to pull
+        again, with why. Members whose final name is taken go to ``alone``."""
+        retry = [(m.item, m.error) for m in received if m.error]
+        unsynced = syncs.wait()
+        good: list[_Member] = []
+        for member in received:
+            if member.error:
+                continue
+            error = unsynced.get(member.part)
+            if error is None:
+                good.append(member)
+                continue
+            # The disk failed or filled up: never renamed, pulled again.
+            with contextlib.suppress(OSError):
+                os.unlink(member.part, dir_fd=incoming_fd)
+            retry.append((member.item, f"{type(error).__name__}: {error}"))
         if not good:
             return retry
-        for parent in {os.path.dirname(dest) for _item, _part, dest in good}:
-            os.close(safefs.open_dir(parent, create=True)[0])  # no symlink followed
         try:
-            errors = commit([(part, dest) for _item, part, dest in good], self.fsync)
+            errors = make_final(root, incoming_fd, [Rename(m.part, m.dest) for m in good],
+                                self._syncer if self.fsync else None)
         except OSError as exc:  # the renames may not be on disk: the single path checks them
             log.warning("transfer batch: syncing the renames failed: %s", exc)
-            alone += [item.id for item, _part, _dest in good]
+            alone += [m.item.id for m in good]
             return retry
-        final: list[Any] = []
-        for (item, _part, _dest), error in zip(good, errors):
+        final: list[ItemRow] = []
+        for member, error in zip(good, errors):
             if error is None:
-                final.append(item)
-            elif isinstance(error, FileExistsError):
-                alone.append(item.id)
+                final.append(member.item)
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(member.part, dir_fd=incoming_fd)
+            if isinstance(error, FileExistsError):
+                alone.append(member.item.id)
             else:
-                retry.append((item, f"{type(error).__name__}: {error}"))
+                retry.append((member.item, f"{type(error).__name__}: {error}"))
         self._register_batch(final)
         return retry
 
-    def _register_batch(self, items: list[TransferItem]) -> None:
+    def _register_batch(self, items: list[ItemRow]) -> None:
         if not items:
             return
         outcomes = self.catalogue.register_each(
@@ -923,7 +912,7 @@ class Receiver:
         log.info("transfer batch: %d file(s) from %s committed to %s", len(registered),
                  items[0].peer, self.store)
 
-    def _received_event(self, item: Any) -> tuple[str, dict[str, Any]]:
+    def _received_event(self, item: TransferItem | ItemRow) -> tuple[str, dict[str, Any]]:
         """The ``transfer-received`` event registered with a received file's instance."""
         return ("transfer-received", {"from": item.peer, "transfer": item.transfer,
                                       "store": self.store, "path": item.path,
@@ -937,6 +926,7 @@ class Receiver:
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._syncer.close()
 
 
 def _resume_offset(part: Path, size: int, folder: int | None = None) -> int:
@@ -966,10 +956,11 @@ def _resume_offset(part: Path, size: int, folder: int | None = None) -> int:
     return held - held % directio.BLOCK
 
 
-def _write_new(folder: int, name: str, data: bytes) -> None:
+def _write_new(folder: int, name: str, data: bytes) -> int:
     """Write ``data`` as the file ``name`` of the open ``folder`` (created or truncated; a
-    symlink there is removed, never written through); plain ``os`` calls: a batch writes
-    thousands of small files, and a buffered file object costs more than the write."""
+    symlink there is removed, never written through); its descriptor, still open (for its
+    sync). Plain ``os`` calls: a batch writes thousands of small files, and a buffered file
+    object costs more than the write."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(name, flags, 0o666, dir_fd=folder)
@@ -980,8 +971,10 @@ def _write_new(folder: int, name: str, data: bytes) -> None:
         fd = os.open(name, flags | os.O_EXCL, 0o666, dir_fd=folder)
     try:
         write_all(fd, data)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 class _Fd:
@@ -994,24 +987,30 @@ class _Fd:
         os.close(self.fd)
 
 
-class _ChunkReader:
-    """A read-only file object over an iterator of byte chunks (what tarfile's stream mode
-    reads from), stopping when the receiver stops."""
+class _ChunkReader(io.RawIOBase):
+    """A read-only raw file over an iterator of byte chunks (what tarfile's stream mode reads
+    from), stopping when the receiver stops."""
 
-    def __init__(self, chunks: Iterator[bytes], stop: threading.Event) -> None:
+    def __init__(self, chunks: Iterator[memoryview], stop: threading.Event) -> None:
+        super().__init__()
         self._chunks = chunks
         self._stop = stop
-        self._buffer = b""
+        #: What the last chunk holds beyond the last read (a view: taking from it copies nothing).
+        self._left = memoryview(b"")
 
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            if self._stop.is_set():
-                raise _Stopped
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        if self._stop.is_set():
+            raise _Stopped
+        if not self._left:
             chunk = next(self._chunks, None)
             if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
+                return 0
+            self._left = memoryview(bytes(chunk))  # its buffer is reused for the next chunk
+        with memoryview(buffer) as view:
+            n = min(len(view), len(self._left))
+            view[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n

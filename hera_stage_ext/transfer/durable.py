@@ -1,0 +1,223 @@
+"""Making a receiver's batch of small files durable without flushing the whole file system.
+
+A staging batch is made durable with ``syncfs`` (``jobs.methods.commit``), which writes back
+every dirty page of the file system: on a store shared with other writers a batch of the
+receiver paid for their data too, and most of the receiving server's CPU was the kernel's inside
+it (``benchmarks/README.md``, issue 19). Here each file of a batch is synced by itself
+(``fdatasync``) by a small pool of threads as soon as it is written (``FileSyncer.sync_and_close``),
+so the syncs overlap the rest of the batch's stream and the file system's journal commits many
+of them together; once a batch's files are synced they are renamed into place, never over an
+existing name (``make_final``), and the folders that changed are synced (``fsync`` of each
+destination folder, of every folder between it and the store, which may have been created just
+now, and of the incoming folder), so the renames are on disk before the caller records
+anything. What a batch syncs is its own files and folders, whatever else the file system holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
+
+from .. import safefs
+
+#: Threads syncing files: the journal commits what they wait for together, so more threads
+#: mean fewer commits per file (measured on ext4: 8 threads about as fast as 16 or 64).
+SYNC_THREADS = 8
+#: Files one thread syncs in a row: a task per file cost 25-40 us of Python a file (futures,
+#: wake-ups), a task per 16 a few.
+GROUP = 16
+#: Descriptors waiting for their sync at most (a stream waits for a slot beyond that): well
+#: under the 1,024 a server process is often allowed.
+MAX_OPEN = 256
+
+
+class FileSyncer:
+    """Syncs and closes descriptors handed to it, in threads of its own; at most ``MAX_OPEN``
+    of them open at once. Each batch of files collects its own (``batch``)."""
+
+    def __init__(self, threads: int = SYNC_THREADS, max_open: int = MAX_OPEN) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hera-sync")
+        self._slots = threading.BoundedSemaphore(max_open)
+
+    def batch(self) -> SyncBatch:
+        return SyncBatch(self)
+
+    def reserve(self, wait: bool = True) -> bool:
+        """Take a slot for one more open descriptor (with ``wait``, waits while all are
+        taken); whether one was taken."""
+        return self._slots.acquire(blocking=wait)
+
+    def submit(self, group: list[tuple[int, str]]) -> Future[dict[str, OSError]]:
+        """Sync and close each descriptor of ``group`` ((descriptor, name) each, a slot
+        reserved for each), in one thread; the future gives the names whose sync failed."""
+        try:
+            return self._pool.submit(self._sync_and_close, group)
+        except RuntimeError:  # shut down (the server stops): synced here instead
+            done: Future[dict[str, OSError]] = Future()
+            done.set_result(self._sync_and_close(group))
+            return done
+
+    def _sync_and_close(self, group: list[tuple[int, str]]) -> dict[str, OSError]:
+        failed: dict[str, OSError] = {}
+        for fd, name in group:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                failed[name] = exc
+            finally:
+                os.close(fd)
+                self._slots.release()
+        return failed
+
+    def sync_folders(self, fds: Sequence[int]) -> None:
+        """``fsync`` each open folder of ``fds``, in the pool; raises the first error."""
+        try:
+            futures = [self._pool.submit(os.fsync, fd) for fd in fds]
+        except RuntimeError:  # shut down
+            for fd in fds:
+                os.fsync(fd)
+            return
+        for future in futures:
+            future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class SyncBatch:
+    """The files of one batch being synced: ``add`` each as soon as it is written, ``wait``
+    once all are. Used as a context manager, so that no descriptor stays open whatever
+    happens on the way."""
+
+    def __init__(self, syncer: FileSyncer) -> None:
+        self._syncer = syncer
+        self._group: list[tuple[int, str]] = []
+        self._futures: list[Future[dict[str, OSError]]] = []
+
+    def add(self, fd: int, name: str) -> None:
+        """Sync the data of the open file ``fd`` (known as ``name``) and close it, whatever
+        happens; waits while ``MAX_OPEN`` files are waiting for their sync."""
+        try:
+            if not self._syncer.reserve(wait=False):
+                # Every slot taken: this batch's own files go first, so the wait ends.
+                self._flush()
+                self._syncer.reserve()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._group.append((fd, name))
+        if len(self._group) >= GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._group:
+            self._futures.append(self._syncer.submit(self._group))
+            self._group = []
+
+    def __enter__(self) -> SyncBatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wait()
+
+    def wait(self) -> dict[str, OSError]:
+        """Wait until every file added is synced and closed; the names whose sync failed,
+        with the error."""
+        self._flush()
+        failed: dict[str, OSError] = {}
+        for future in self._futures:
+            failed.update(future.result())
+        self._futures = []
+        return failed
+
+
+class Rename(NamedTuple):
+    """One verified, synced file to make final: ``part`` in the incoming folder to the
+    absolute path ``dest`` (below the store's ``root``)."""
+
+    part: str
+    dest: str
+
+
+def make_final(root: str, incoming: int, renames: Sequence[Rename],
+               syncer: FileSyncer | None) -> list[OSError | None]:
+    """Rename each file of ``renames`` from the open folder ``incoming`` to its destination
+    (folders made as needed, none followed through a symlink), never over an existing name;
+    then, with a ``syncer``, sync every folder that changed. Per rename None or the error that
+    stopped it (FileExistsError: the name is taken; the partial file stays for the caller). An
+    error syncing the folders is raised: the files are under their final names but may not be
+    on disk, so the caller must not record them."""
+    errors: list[OSError | None] = [None] * len(renames)
+    with contextlib.ExitStack() as stack:
+        folders: dict[str, int] = {}
+
+        def folder(path: str, create: bool) -> int:
+            if path not in folders:
+                fd, _made = safefs.open_dir(path, create=create)
+                stack.callback(os.close, fd)
+                folders[path] = fd
+            return folders[path]
+
+        changed: set[str] = set()
+        for i, (part, dest) in enumerate(renames):
+            parent, _, base = dest.rpartition("/")
+            try:
+                safefs.rename_noreplace(incoming, part, folder(parent, True), base, dest)
+            except OSError as exc:
+                errors[i] = exc
+                continue
+            changed.add(parent)
+        if syncer is None or not changed:
+            return errors
+        changed.update(ancestor for parent in list(changed)
+                       for ancestor in _ancestors(root, parent))
+        syncer.sync_folders([incoming] + [folder(path, False) for path in sorted(changed)])
+    return errors
+
+
+def sync_up_to(root: str, folder: int, path: str) -> None:
+    """``fsync`` the open ``folder`` (at ``path``, below ``root``) and every folder between
+    it and ``root``: a new name in it on disk, and the folder itself."""
+    os.fsync(folder)
+    for ancestor in _ancestors(root, path):
+        fd, _made = safefs.open_dir(ancestor)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _ancestors(root: str, path: str) -> list[str]:
+    """The folders from ``path``'s parent up to ``root`` (none when ``path`` is ``root``). A
+    destination folder may have been created just now (here, or by another batch that has
+    not synced it yet): its entry in its parent must reach the disk too."""
+    out = []
+    while path != root and path.startswith(root + "/"):
+        path = os.path.dirname(path)
+        out.append(path)
+    return out
+
+
+def sync_tree(path: str) -> None:
+    """``fsync`` the file ``path``, or every file and folder of the tree ``path`` (a data set
+    unpacked from a tar stream, a few files), never following a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not os.path.isdir(path) or os.path.islink(path):
+        return
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            child = os.path.join(folder, name)
+            if not os.path.islink(child):
+                fd = os.open(child, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)

@@ -1,0 +1,103 @@
+"""How the receiver makes a batch of small files final (``transfer/durable.py``): each file
+synced and closed by the syncer, renamed into place never over an existing file nor through a
+symlinked folder, and no descriptor left open whatever happens to the batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hera_stage_ext.safefs import PathChanged
+from hera_stage_ext.transfer.durable import FileSyncer, Rename, make_final
+
+
+@pytest.fixture
+def syncer():
+    syncer = FileSyncer(threads=2, max_open=4)
+    yield syncer
+    syncer.close()
+
+
+def _written(folder: Path, name: str, data: bytes) -> int:
+    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, data)
+    return fd
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_batch_lands_in_new_folders_and_never_over_an_existing_file(tmp_path, syncer):
+    root, incoming = tmp_path / "store", tmp_path / "store" / "incoming"
+    incoming.mkdir(parents=True)
+    (root / "night" / "b").mkdir(parents=True)
+    (root / "night" / "b" / "taken.uvh5").write_bytes(b"someone else's")
+    fds = []
+    with syncer.batch() as syncs:
+        # More files than the syncer may hold open: adding waits for slots, never fails.
+        for i in range(10):
+            fd = _written(incoming, f"{i}.part", b"x" * i)
+            fds.append(fd)
+            syncs.add(fd, f"{i}.part")
+        assert syncs.wait() == {}
+    assert not any(_is_open(fd) for fd in fds)
+    renames = [Rename(f"{i}.part", f"{root}/night/a/deep/{i}.uvh5") for i in range(9)]
+    renames.append(Rename("9.part", f"{root}/night/b/taken.uvh5"))
+    in_fd = os.open(incoming, os.O_RDONLY)
+    try:
+        errors = make_final(str(root), in_fd, renames, syncer)
+    finally:
+        os.close(in_fd)
+    assert errors[:9] == [None] * 9
+    assert isinstance(errors[9], FileExistsError)
+    assert [(root / "night" / "a" / "deep" / f"{i}.uvh5").read_bytes() for i in range(9)] == \
+        [b"x" * i for i in range(9)]
+    assert (root / "night" / "b" / "taken.uvh5").read_bytes() == b"someone else's"
+    assert sorted(os.listdir(incoming)) == ["9.part"]  # for the caller to pull alone
+
+
+def test_a_symlinked_destination_folder_is_refused(tmp_path, syncer):
+    root, incoming, elsewhere = tmp_path / "store", tmp_path / "store" / "in", tmp_path / "out"
+    incoming.mkdir(parents=True)
+    elsewhere.mkdir()
+    (root / "night").symlink_to(elsewhere)
+    (incoming / "1.part").write_bytes(b"data")
+    in_fd = os.open(incoming, os.O_RDONLY)
+    try:
+        errors = make_final(str(root), in_fd, [Rename("1.part", f"{root}/night/f.uvh5")],
+                            syncer)
+    finally:
+        os.close(in_fd)
+    assert isinstance(errors[0], PathChanged)
+    assert os.listdir(elsewhere) == []
+    assert (incoming / "1.part").exists()
+
+
+def test_a_failed_sync_is_reported_and_every_descriptor_closed(tmp_path, syncer):
+    read_end, write_end = os.pipe()  # a pipe cannot be synced: EINVAL
+    good = _written(tmp_path, "good.part", b"data")
+    with syncer.batch() as syncs:
+        syncs.add(read_end, "pipe")
+        syncs.add(good, "good.part")
+        failed = syncs.wait()
+    assert list(failed) == ["pipe"] and isinstance(failed["pipe"], OSError)
+    assert not _is_open(read_end) and not _is_open(good)
+    os.close(write_end)
+
+
+def test_an_abandoned_batch_still_closes_what_it_was_given(tmp_path, syncer):
+    fds = []
+    with pytest.raises(RuntimeError):
+        with syncer.batch() as syncs:
+            for i in range(3):
+                fds.append(_written(tmp_path, f"{i}.part", b"data"))
+                syncs.add(fds[-1], f"{i}.part")
+            raise RuntimeError("the stream broke")
+    assert not any(_is_open(fd) for fd in fds)
