@@ -85,7 +85,7 @@ class _RegistrationPlan:
     new: dict[str, FileSpec] = field(default_factory=dict)  # name -> the spec that creates it
     new_known: dict[str, _KnownFile] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be created
-    files: list[tuple[Any, ...]] = field(default_factory=list)  # rows of tables.FILE_COLUMNS
+    files: list[tuple[Any, ...]] = field(default_factory=list)  # file rows, but for their id
     observations: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: dict[int, list[Any]] = field(default_factory=dict)  # id -> [start, stop, old, dirty]
 
@@ -301,21 +301,27 @@ class Catalogue:
         added_paths: dict[str, tuple[str, int]],
         instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None,
     ) -> None:
-        """Write what ``register`` decided: one statement a table (``Tables.write``)."""
+        """Write what ``register`` decided: one statement a table (``Tables.write``), the new
+        files' instances and events given their ids (``Tables.new_file_ids``)."""
         now = tables.time(utcnow())
-        events: list[tuple[str, str, Any, str]] = [
-            (row[0], "file-registered", now, f'{{"source": {json_string(row[7])}}}')
-            for row in plan.files
+        ids = tables.new_file_ids(len(plan.files))
+        files = [(id_, *row) for id_, row in zip(ids, plan.files)]
+        events: list[tuple[int, str, Any, str]] = [
+            (row[0], "file-registered", now, f'{{"source": {json_string(row[8])}}}')
+            for row in files
         ]
         instances = []
         if store_row is not None and added_paths:
+            file_ids = {name: known.id for name, known in plan.known.items()
+                        if known.id is not None}
+            file_ids.update((row[1], row[0]) for row in files)
             store_id, store_name = store_row
             store_text = json_string(store_name)
-            instances = [(name, store_id, path, True, "disallowed", now, FixityState.UNCHECKED,
-                          None, "")
+            instances = [(file_ids[name], store_id, path, True, "disallowed", now,
+                          FixityState.UNCHECKED, None, "")
                          for path, (name, _i) in added_paths.items()]
             events += [
-                (name, "instance-added", now,
+                (file_ids[name], "instance-added", now,
                  f'{{"store": {store_text}, "path": {json_string(path)}}}')
                 for path, (name, _i) in added_paths.items()
             ]
@@ -323,12 +329,12 @@ class Catalogue:
                 for name, i in added_paths.values():
                     extra = instance_events[i]
                     if extra is not None:
-                        events.append((name, extra[0], now, dumps(extra[1])))
+                        events.append((file_ids[name], extra[0], now, dumps(extra[1])))
         tables.write(
             sessions=[(sid, v[0], v[1]) for sid, v in plan.sessions.items() if not v[2]],
             session_updates=[(v[0], v[1], sid) for sid, v in plan.sessions.items()
                              if v[2] and v[3]],
-            observations=plan.observations, files=plan.files, instances=instances,
+            observations=plan.observations, files=files, instances=instances,
             events=events)
 
     def known_instances(self, store: str, paths: Iterable[str]) -> dict[str, int]:

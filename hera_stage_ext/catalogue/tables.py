@@ -37,13 +37,9 @@ from sqlalchemy.orm import Session as DbSession
 from .inlist import bound_values, one_of_sql
 from .models import Event
 
-#: Rows per multi-row ``INSERT ... VALUES`` on SQLite (9 values a file row: well under its
-#: 32,766 bound variables a statement).
-_SQLITE_ROWS_PER_INSERT = 1_000
-
-#: Columns of the rows ``insert_files`` takes, in order.
-FILE_COLUMNS = ("name", "type", "size", "is_directory", "checksums", "create_time", "obsid",
-                "source", "metadata")
+#: Rows of a table from which PostgreSQL gets them by ``COPY`` (two round trips of its own)
+#: rather than in one statement sent with the others.
+_COPY_FROM_ROWS = 50
 # Per table: (column, PostgreSQL type, cast of the value when not to that type). JSON travels as
 # text; an instance's or event's file is given by name (its id is not known yet).
 _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -52,7 +48,7 @@ _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "observation": (("obsid", "int8", ""), ("start_time_jd", "float8", ""),
                     ("stop_time_jd", "float8", ""), ("start_lst_hr", "float8", ""),
                     ("session_id", "int8", "")),
-    "file": (("name", "text", ""), ("type", "text", ""), ("size", "int8", ""),
+    "file": (("id", "int8", ""), ("name", "text", ""), ("type", "text", ""), ("size", "int8", ""),
              ("is_directory", "bool", ""), ("checksums", "text", "::jsonb"),
              ("create_time", "timestamp", ""), ("obsid", "int8", ""), ("source", "text", ""),
              ("metadata", "text", "::jsonb")),
@@ -213,6 +209,21 @@ class Tables:
             [paths, store])
 
     # ----- writes -------------------------------------------------------------------------
+    def new_file_ids(self, count: int) -> list[int]:
+        """Ids for ``count`` new files, ascending: the ids the database would have given them
+        (SQLite: the next after the largest, this transaction holding the write lock;
+        PostgreSQL: the next of the id's sequence), so that their rows, instances and events
+        go in with ids, and PostgreSQL's by ``COPY``."""
+        if count <= 0:
+            return []
+        if self.pg:
+            cursor = self._run("SELECT nextval(pg_get_serial_sequence('file', 'id')) "
+                               "FROM generate_series(1, ?::int4) ORDER BY 1", [count])
+            return [row[0] for row in cursor.fetchall()]
+        (last,) = self._raw.execute("SELECT max(id) FROM file").fetchone()
+        first = (last or 0) + 1
+        return list(range(first, first + count))
+
     def write(self, *, sessions: Sequence[tuple[Any, ...]] = (),
               session_updates: Sequence[tuple[float, float, int]] = (),
               observations: Sequence[tuple[Any, ...]] = (),
@@ -220,27 +231,28 @@ class Tables:
               instances: Sequence[tuple[Any, ...]] = (),
               events: Sequence[tuple[Any, ...]] = (),
               remote_instances: Sequence[tuple[Any, ...]] = ()) -> None:
-        """Insert rows, one statement a table, in this order (all sent together on
-        PostgreSQL). Rows are tuples in the order of ``_COLUMNS``, times as ``time`` gives them,
-        JSON as text; ``session_updates``: (start, stop, id). An instance, event or remote
-        instance gives its file by id or by name (a file of this very transaction, perhaps);
-        the name of a file that does not exist is an error."""
-        with self._batch():
-            self._insert("session", sessions)
-            if session_updates:
-                if self.pg:
-                    self._raw.cursor().executemany(
-                        "UPDATE session SET start_time_jd = %s, stop_time_jd = %s "
-                        "WHERE id = %s", session_updates)
-                else:
-                    self._raw.executemany(
-                        "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?",
-                        session_updates)
-            self._insert("observation", observations)
-            self._insert_files(files)
-            self._insert("instance", instances)
-            self._insert("event", events)
-            self._insert("remote_instance", remote_instances)
+        """Insert rows, one statement a table, in this order. Rows are tuples in the order of
+        ``_COLUMNS`` (a file's id from ``new_file_ids``), times as ``time`` gives them, JSON as
+        text; ``session_updates``: (start, stop, id). An instance, event or remote instance
+        gives its file by id or by name (a file of this very transaction, perhaps); the name of
+        a file that does not exist is an error.
+
+        PostgreSQL: a table's rows go by ``COPY`` when there are many and their files are given
+        by id (the least work per row for the server, which is most of a registration's time);
+        the other statements between two ``COPY`` are sent together (pipeline mode)."""
+        steps = [(table, rows) for table, rows in (
+            ("session", sessions), ("session update", session_updates),
+            ("observation", observations), ("file", files), ("instance", instances),
+            ("event", events), ("remote_instance", remote_instances)) if rows]
+        while steps:
+            copy = next((i for i, (table, rows) in enumerate(steps) if self._copies(table, rows)),
+                        len(steps))
+            with self._batch():
+                for table, rows in steps[:copy]:
+                    self._insert(table, rows)
+            if copy < len(steps):
+                self._copy(*steps[copy])
+            steps = steps[copy + 1:]
 
     def file_ids(self, names: Iterable[str]) -> dict[str, int]:
         """Ids of the files of ``names`` that exist, by name (and of other files this
@@ -251,29 +263,31 @@ class Tables:
             self._ids.update(cursor.fetchall())
         return self._ids
 
-    def _insert_files(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        if self.pg:
-            self._insert("file", rows)
-            return
-        columns = ", ".join(FILE_COLUMNS)
-        row_marks = "(" + ", ".join("?" * len(FILE_COLUMNS)) + ")"
-        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
-            chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
-            cursor = self._raw.execute(
-                f"INSERT INTO file ({columns}) VALUES {', '.join([row_marks] * len(chunk))} "
-                "RETURNING id, name", [value for row in chunk for value in row])
-            self._ids.update((name, id_) for id_, name in cursor.fetchall())
+    def _copies(self, table: str, rows: Sequence[tuple[Any, ...]]) -> bool:
+        """Whether ``rows`` go to ``table`` by ``COPY`` (PostgreSQL, many, files by id)."""
+        return (self.pg and len(rows) >= _COPY_FROM_ROWS and table in _COLUMNS
+                and (_COLUMNS[table][0][0] != "file_id"
+                     or all(isinstance(row[0], int) for row in rows)))
+
+    def _copy(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        names = ", ".join(c for c, _t, _x in _COLUMNS[table])
+        with self._raw.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
+        if table == "session update":
+            sql = "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?"
+            if self.pg:
+                self._raw.cursor().executemany(sql.replace("?", "%s"), rows)
+            else:
+                self._raw.executemany(sql, rows)
             return
         columns = _COLUMNS[table]
         names = ", ".join(c for c, _t, _x in columns)
         by_name = columns[0][0] == "file_id"
         if not self.pg:
-            if by_name:
+            if by_name and not all(isinstance(row[0], int) for row in rows):
                 ids = self.file_ids(row[0] for row in rows if isinstance(row[0], str))
                 rows = [row if isinstance(row[0], int) else (ids[row[0]], *row[1:])
                         for row in rows]
