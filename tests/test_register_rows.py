@@ -5,7 +5,10 @@ one-by-one fallback, an idempotent repeat) is run on both databases and every ro
 instance, event, observation and session tables, read through the driver (SQLite's stored text,
 PostgreSQL's ``row_to_json``), is compared with ``data/register_rows.json``, written by the code
 before registration's writes were rewritten for speed (issue 19). So is what each call returned
-or raised. Times the catalogue takes from the clock are compared by form, not value.
+or raised. Times the catalogue takes from the clock are compared by form, not value. The
+scenario runs twice: with the batch sizes as configured (its tables' rows are few: PostgreSQL's
+pipelined statements), and with every table's rows taken in bulk in small pieces (PostgreSQL's
+``COPY``, SQLite's multi-row INSERT in several chunks: what ingest's batches take).
 
 After a deliberate change of what registration stores, write the file anew with
 ``python -m tests.test_register_rows`` (from the repository's root) and say why in the commit.
@@ -21,6 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hera_stage_ext.catalogue import tables
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec, Registration
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.errors import StagingError
@@ -145,7 +151,12 @@ def run(db_url: str) -> dict[str, Any]:
         db.dispose()
 
 
-def test_registration_writes_the_rows_it_always_has(db_url):
+@pytest.mark.parametrize("batches", ["as configured", "every table in bulk, in small pieces"])
+def test_registration_writes_the_rows_it_always_has(db_url, batches, monkeypatch):
+    if batches != "as configured":  # the scenario's batches are small: PostgreSQL's COPY and
+        # SQLite's chunks of a multi-row INSERT are what ingest's batches of 1,000 take
+        monkeypatch.setattr(tables, "_COPY_FROM_ROWS", 1)
+        monkeypatch.setattr(tables, "_SQLITE_ROWS_PER_INSERT", 3)
     expected = json.loads(GOLDEN.read_text())[db_url.split(":", 1)[0].split("+")[0]]
     got = run(db_url)
     assert got["outcomes"] == expected["outcomes"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -301,7 +302,7 @@ class Tables:
                 chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
                 self._raw.execute(
                     f"INSERT INTO {table} ({names}) VALUES {', '.join([row_marks] * len(chunk))}",
-                    [value for row in chunk for value in row])
+                    list(itertools.chain.from_iterable(chunk)))
             return
         values = [_element(i, kind, cast) for i, (_c, kind, cast) in enumerate(columns)]
         if by_name:  # the file's id, or its name (a file of this very batch, perhaps)
