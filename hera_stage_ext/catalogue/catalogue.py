@@ -72,7 +72,7 @@ class Registration:
 
 
 class _KnownFile(NamedTuple):
-    id: int | None  # None: created by the batch being registered
+    id: int
     size: int
     checksums: dict[str, str]
 
@@ -83,7 +83,6 @@ class _RegistrationPlan:
 
     known: dict[str, _KnownFile] = field(default_factory=dict)  # name -> row already stored
     new: dict[str, FileSpec] = field(default_factory=dict)  # name -> the spec that creates it
-    new_known: dict[str, _KnownFile] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be created
     files: list[tuple[Any, ...]] = field(default_factory=list)  # file rows, but for their id
     observations: list[tuple[Any, ...]] = field(default_factory=list)
@@ -196,11 +195,11 @@ class Catalogue:
             added_paths: dict[str, tuple[str, int]] = {}  # path -> name, index of its spec
             results = []
             for i, spec in enumerate(specs):
-                created = spec.name in plan.new and plan.new[spec.name] is spec
+                created = plan.new.get(spec.name) is spec
                 if created and spec.name in plan.invalid:
                     raise InvalidRequest(plan.invalid[spec.name])
                 if not created:
-                    known = plan.known.get(spec.name) or plan.new_known[spec.name]
+                    known = plan.known.get(spec.name) or plan.new[spec.name]
                     self._check_same_content(known, spec)
                 added = False
                 if found.store is not None:
@@ -246,7 +245,7 @@ class Catalogue:
         return out
 
     @staticmethod
-    def _check_same_content(file: File | _KnownFile, spec: FileSpec) -> None:
+    def _check_same_content(file: File | _KnownFile | FileSpec, spec: FileSpec) -> None:
         if file.size == spec.size and file.checksums == spec.checksums:
             return  # the usual case of a known file, without compare's work per algorithm
         if file.size != spec.size or not ck.compare(file.checksums, spec.checksums):
@@ -270,7 +269,6 @@ class Catalogue:
             if spec.name in plan.known or spec.name in plan.new:
                 continue
             plan.new[spec.name] = spec
-            plan.new_known[spec.name] = _KnownFile(None, spec.size, spec.checksums)
             obsid = spec.obsid if spec.obsid is not None else (obs.obsid if obs else None)
             if obs is not None and obsid == obs.obsid:
                 if obs.obsid not in existing_obs:
@@ -314,8 +312,7 @@ class Catalogue:
         ]
         instances = []
         if store_row is not None and added_paths:
-            file_ids = {name: known.id for name, known in plan.known.items()
-                        if known.id is not None}
+            file_ids = {name: known.id for name, known in plan.known.items()}
             file_ids.update((row[1], row[0]) for row in files)
             store_id, store_name = store_row
             store_text = json_string(store_name)
