@@ -6,17 +6,20 @@ through ``Tables``: SQL written for the database driver, on the connection (and 
 transaction) of a ``Database.write()`` session. Registering files through SQLAlchemy spent most
 of its time in Python per row and per value (compiling, bind processors, a JSON and a datetime
 conversion per column), and on PostgreSQL in two dozen round trips a batch. Here a value shared
-by a batch (the time, a store's name) is converted once, and rows go to the database as:
+by a batch (the time, a store's name) is converted once, new files get their ids first
+(``new_file_ids``: the ids the database would have given them) so that their instances and events
+are written with ids, and rows go to the database as:
 
-- SQLite: ``executemany`` of one prepared statement; a multi-row ``INSERT ... VALUES ...
-  RETURNING`` for the files, whose new ids the instances and events need;
-- PostgreSQL: one ``INSERT ... SELECT FROM jsonb_array_elements(rows)`` a table, the rows bound
-  as ONE JSON text (``json.dumps`` of the batch, in C: binding arrays cost more Python per
-  value), instances and events finding their file's id by name, so that every statement of a
-  batch is sent at once in psycopg's pipeline mode: one round trip for the lookups, one for the
-  writes, whatever the count. Statements are never prepared server-side (``prepare=False``): a
-  generic plan made while the tables were nearly empty (a sequential scan) would be kept as
-  they grow.
+- SQLite: multi-row ``INSERT ... VALUES`` of a few hundred rows (a third less work a row than
+  ``executemany`` of a one-row statement);
+- PostgreSQL: a table's many rows by ``COPY`` (the least work a row for the server, which does
+  most of a registration's work: every row's index entries and foreign-key checks); a few rows,
+  or rows that give their file by name, by one ``INSERT ... SELECT FROM jsonb_array_elements``
+  with the rows bound as ONE JSON text (``json.dumps`` of them, in C), instances and events
+  finding their file's id by name; the statements between two ``COPY`` are sent at once in
+  psycopg's pipeline mode (a ``COPY`` cannot be). Statements are never prepared server-side
+  (``prepare=False``): a generic plan made while the tables were nearly empty (a sequential
+  scan) would be kept as they grow.
 
 Lookups by many keys use ``inlist`` (one bound list). Values are stored as SQLAlchemy stores them
 (``models``): JSON as ``json.dumps`` text (JSONB on PostgreSQL), SQLite's datetimes in
@@ -47,7 +50,7 @@ _SQLITE_ROWS_PER_INSERT = 250
 #: rather than in one statement sent with the others.
 _COPY_FROM_ROWS = 50
 # Per table: (column, PostgreSQL type, cast of the value when not to that type). JSON travels as
-# text; an instance's or event's file is given by name (its id is not known yet).
+# text; an instance's or event's file is given by id, or by name (``write``).
 _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "session": (("id", "int8", ""), ("start_time_jd", "float8", ""),
                 ("stop_time_jd", "float8", "")),
