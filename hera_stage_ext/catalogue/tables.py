@@ -10,16 +10,17 @@ by a batch (the time, a store's name) is converted once, new files get their ids
 (``new_file_ids``: the ids the database would have given them) so that their instances and events
 are written with ids, and rows go to the database as:
 
-- SQLite: multi-row ``INSERT ... VALUES`` of a few hundred rows (a third less work a row than
+- SQLite: multi-row ``INSERT ... VALUES`` of up to 1,000 rows (a third less work a row than
   ``executemany`` of a one-row statement);
-- PostgreSQL: a table's many rows by ``COPY`` (the least work a row for the server, which does
-  most of a registration's work: every row's index entries and foreign-key checks); a few rows,
-  or rows that give their file by name, by one ``INSERT ... SELECT FROM jsonb_array_elements``
-  with the rows bound as ONE JSON text (``json.dumps`` of them, in C), instances and events
-  finding their file's id by name; the statements between two ``COPY`` are sent at once in
-  psycopg's pipeline mode (a ``COPY`` cannot be). Statements are never prepared server-side
-  (``prepare=False``): a generic plan made while the tables were nearly empty (a sequential
-  scan) would be kept as they grow.
+- PostgreSQL: one ``INSERT ... SELECT FROM jsonb_array_elements(rows)`` a table, the rows bound
+  as ONE JSON text (``json.dumps`` of the batch, in C: binding arrays cost more Python per
+  value), every statement of a batch sent at once in psycopg's pipeline mode: one round trip for
+  the lookups, one for the ids, one for the writes, whatever the count. (``COPY`` was measured
+  too: no less CPU in all, server's and ours, two round trips a table instead of none, and the
+  lookups of the next batches ran slower in wall time, which its ring buffer would explain: it
+  writes the new rows through 16 MB of the server's cache rather than leaving them there.) Statements are never
+  prepared server-side (``prepare=False``): a generic plan made while the tables were nearly
+  empty (a sequential scan) would be kept as they grow.
 
 Lookups by many keys use ``inlist`` (one bound list). Values are stored as SQLAlchemy stores them
 (``models``): JSON as ``json.dumps`` text (JSONB on PostgreSQL), SQLite's datetimes in
@@ -48,9 +49,6 @@ from .models import Event
 #: rows a statement wrote 35% more than 1,000. The sqlite3 module keeps each size compiled.
 _SQLITE_ROWS_PER_INSERT = 1_000
 
-#: Rows of a table from which PostgreSQL gets them by ``COPY`` (two round trips of its own)
-#: rather than in one statement sent with the others.
-_COPY_FROM_ROWS = 50
 # Per table: (column, PostgreSQL type, cast of the value when not to that type). JSON travels as
 # text; an instance's or event's file is given by id, or by name (``write``).
 _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -223,8 +221,8 @@ class Tables:
     def new_file_ids(self, count: int) -> list[int]:
         """Ids for ``count`` new files, ascending: the ids the database would have given them
         (SQLite: the next after the largest, this transaction holding the write lock;
-        PostgreSQL: the next of the id's sequence), so that their rows, instances and events
-        go in with ids, and PostgreSQL's by ``COPY``."""
+        PostgreSQL: the next of the id's sequence), so that their instances and events go in
+        with ids: no lookup by name a row."""
         if count <= 0:
             return []
         if self.pg:
@@ -242,28 +240,25 @@ class Tables:
               instances: Sequence[tuple[Any, ...]] = (),
               events: Sequence[tuple[Any, ...]] = (),
               remote_instances: Sequence[tuple[Any, ...]] = ()) -> None:
-        """Insert rows, one statement a table, in this order. Rows are tuples in the order of
-        ``_COLUMNS`` (a file's id from ``new_file_ids``), times as ``time`` gives them, JSON as
-        text; ``session_updates``: (start, stop, id). An instance, event or remote instance
-        gives its file by id or by name (a file of this very transaction, perhaps); the name of
-        a file that does not exist is an error.
-
-        PostgreSQL: a table's rows go by ``COPY`` when there are many and their files are given
-        by id (the least work per row for the server, which is most of a registration's time);
-        the other statements between two ``COPY`` are sent together (pipeline mode)."""
-        steps = [(table, rows) for table, rows in (
-            ("session", sessions), ("session update", session_updates),
-            ("observation", observations), ("file", files), ("instance", instances),
-            ("event", events), ("remote_instance", remote_instances)) if rows]
-        while steps:
-            copy = next((i for i, (table, rows) in enumerate(steps) if self._copies(table, rows)),
-                        len(steps))
-            with self._batch():
-                for table, rows in steps[:copy]:
-                    self._insert(table, rows)
-            if copy < len(steps):
-                self._copy(*steps[copy])
-            steps = steps[copy + 1:]
+        """Insert rows, one statement a table, in this order (all sent together on
+        PostgreSQL). Rows are tuples in the order of ``_COLUMNS`` (a file's id from
+        ``new_file_ids``), times as ``time`` gives them, JSON as text; ``session_updates``:
+        (start, stop, id). An instance, event or remote instance gives its file by id or by
+        name (a file of this very transaction, perhaps); the name of a file that does not exist
+        is an error."""
+        with self._batch():
+            self._insert("session", sessions)
+            if session_updates:
+                sql = "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?"
+                if self.pg:
+                    self._raw.cursor().executemany(sql.replace("?", "%s"), session_updates)
+                else:
+                    self._raw.executemany(sql, session_updates)
+            self._insert("observation", observations)
+            self._insert("file", files)
+            self._insert("instance", instances)
+            self._insert("event", events)
+            self._insert("remote_instance", remote_instances)
 
     def file_ids(self, names: Iterable[str]) -> dict[str, int]:
         """Ids of the files of ``names`` that exist, by name (and of other files this
@@ -274,25 +269,8 @@ class Tables:
             self._ids.update(cursor.fetchall())
         return self._ids
 
-    def _copies(self, table: str, rows: Sequence[tuple[Any, ...]]) -> bool:
-        """Whether ``rows`` go to ``table`` by ``COPY`` (PostgreSQL, many, files by id)."""
-        return (self.pg and len(rows) >= _COPY_FROM_ROWS and table in _COLUMNS
-                and (_COLUMNS[table][0][0] != "file_id"
-                     or all(isinstance(row[0], int) for row in rows)))
-
-    def _copy(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        names = ", ".join(c for c, _t, _x in _COLUMNS[table])
-        with self._raw.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-
     def _insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        if table == "session update":
-            sql = "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?"
-            if self.pg:
-                self._raw.cursor().executemany(sql.replace("?", "%s"), rows)
-            else:
-                self._raw.executemany(sql, rows)
+        if not rows:
             return
         columns = _COLUMNS[table]
         names = ", ".join(c for c, _t, _x in columns)
