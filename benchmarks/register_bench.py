@@ -15,7 +15,8 @@ folders of a store (glob, plan, hash, register; the files are written once, befo
 
 Beside each rate: files per CPU second of this process and (PostgreSQL) the server processes of
 its connections (``/proc/<pid>/stat``): the cost of the work whatever else runs on the machine,
-and what a quiet machine's wall rate approaches.
+and what a quiet machine's wall rate approaches; on PostgreSQL also the server's share of it
+(``server%``: what no change to our Python can win back).
 
 With ``--baseline DIR`` (another checkout, e.g. ``/work/main``) every case also runs with that
 tree's code, in interleaved pairs (ours, baseline; baseline, ours; ...), each case in a
@@ -51,6 +52,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 TARGET_FILES_PER_S = 30_000
 PHASES = ("new", "2nd", "again", "ingest")
+#: Per phase: files/s of wall time, files per CPU second, the PostgreSQL server's share of it.
+SUFFIXES = ("", "-cpu", "-server%")
 POLS = ("xx", "yy", "xy", "yx")
 FIRST_NIGHT = 2458000
 OBS_PER_NIGHT = 250  # x 4 polarisations = 1,000 files a night
@@ -96,7 +99,7 @@ def run_case(url: str, workdir: Path, files: int, batch: int, ingest_dir: str) -
 
         def register(phase: str, store: str) -> None:
             seconds = cpu = 0.0
-            server = server_cpu(db)
+            server = -server_cpu(db)
             for first in range(0, files, batch):
                 chunk = names[first:first + batch]
                 specs = [FileSpec(name=n, size=4096 + i, checksums=dict(sums[n]), source="bench")
@@ -106,8 +109,10 @@ def run_case(url: str, workdir: Path, files: int, batch: int, ingest_dir: str) -
                 catalogue.register(specs, store, paths)
                 seconds += time.perf_counter() - t0
                 cpu += time.process_time() - c0
-            cpu += server_cpu(db) - server
-            out[phase], out[f"{phase}-cpu"] = files / seconds, files / cpu
+            server += server_cpu(db)
+            out[phase], out[f"{phase}-cpu"] = files / seconds, files / (cpu + server)
+            if db.backend == "postgresql":
+                out[f"{phase}-server%"] = 100 * server / (cpu + server)
 
         out: dict[str, float] = {}
         register("new", "store-a")
@@ -116,12 +121,15 @@ def run_case(url: str, workdir: Path, files: int, batch: int, ingest_dir: str) -
         counts = catalogue.counts()
         assert counts["files"] == files and counts["instances"] == 2 * files, counts
         if ingest_dir:
-            c0, t0 = time.process_time() + server_cpu(db), time.perf_counter()
+            c0, s0, t0 = time.process_time(), server_cpu(db), time.perf_counter()
             report = Ingester(catalogue).ingest("store-c", ["*/*"])
             seconds = time.perf_counter() - t0
+            cpu, server = time.process_time() - c0, server_cpu(db) - s0
             assert report.registered == report.matched and not report.errors, report.to_json()
             out["ingest"] = report.registered / seconds
-            out["ingest-cpu"] = report.registered / (time.process_time() + server_cpu(db) - c0)
+            out["ingest-cpu"] = report.registered / (cpu + server)
+            if db.backend == "postgresql":
+                out["ingest-server%"] = 100 * server / (cpu + server)
         return out
     finally:
         db.dispose()
@@ -191,7 +199,7 @@ def one_case(tree: Path, url: str, workdir: Path, args: argparse.Namespace,
 def bench(backend: str, new_url: Any, tmp: Path, trees: dict[str, Path],
           args: argparse.Namespace, ingest_root: Path) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {
-        side: {f"{p}{suffix}": [] for p in PHASES for suffix in ("", "-cpu")}
+        side: {f"{p}{suffix}": [] for p in PHASES for suffix in SUFFIXES}
         for side in trees}
     order = list(trees)
     for pair in range(args.pairs):
@@ -203,7 +211,9 @@ def bench(backend: str, new_url: Any, tmp: Path, trees: dict[str, Path],
                 ingest_dir = str(tmp / f"ingest-{backend}-{n}")
                 shutil.copytree(ingest_root, ingest_dir, copy_function=os.link)
             got = one_case(trees[side], new_url(workdir), workdir, args, ingest_dir)
-            line = "  ".join(f"{p} {got[p]:>7,.0f} ({got[p + '-cpu']:>7,.0f} cpu)"
+            line = "  ".join(f"{p} {got[p]:>7,.0f} ({got[p + '-cpu']:>7,.0f} cpu"
+                             + (f", server {got[p + '-server%']:.0f}%" if p + "-server%" in got
+                                else "") + ")"
                              for p in PHASES if p in got)
             log(f"  {backend:<10} {side:<8} pair {pair + 1}: {line}  files/s")
             for phase, rate in got.items():
@@ -266,16 +276,18 @@ def main(argv: list[str] | None = None) -> int:
 
     log("\nmedian files/s (time inside Catalogue.register; ingest end to end); 'cpu': files per "
         "CPU second of this process and its PostgreSQL backends (what a quiet machine's wall "
-        "rate approaches)")
-    header = f"  {'database':<11}{'phase':<11}" + "".join(f"{side:>12}" for side in trees)
+        "rate approaches); 'server%': the backends' share of those CPU seconds")
+    header = f"  {'database':<11}{'phase':<15}" + "".join(f"{side:>12}" for side in trees)
     log(header + ("       ratio" if args.baseline else ""))
     ok = True
     for backend, sides in results.items():
-        for phase in [f"{p}{suffix}" for p in PHASES for suffix in ("", "-cpu")]:
+        for phase in [f"{p}{suffix}" for p in PHASES for suffix in SUFFIXES]:
             if not sides["ours"].get(phase):
                 continue
             medians = {side: statistics.median(v[phase]) for side, v in sides.items()}
-            line = f"  {backend:<11}{phase:<11}" + "".join(f"{m:>12,.0f}" for m in medians.values())
+            unit = "%" if phase.endswith("%") else ""
+            line = f"  {backend:<11}{phase:<15}" + "".join(
+                f"{m:>11,.0f}{unit or ' '}" for m in medians.values())
             if args.baseline:
                 line += f"{medians['ours'] / medians['baseline']:>11.2f}x"
             log(line)

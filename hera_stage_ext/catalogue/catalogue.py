@@ -72,7 +72,7 @@ class Registration:
 
 
 class _KnownFile(NamedTuple):
-    id: int | None  # None: created by the batch being registered
+    id: int
     size: int
     checksums: dict[str, str]
 
@@ -83,9 +83,8 @@ class _RegistrationPlan:
 
     known: dict[str, _KnownFile] = field(default_factory=dict)  # name -> row already stored
     new: dict[str, FileSpec] = field(default_factory=dict)  # name -> the spec that creates it
-    new_known: dict[str, _KnownFile] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be created
-    files: list[tuple[Any, ...]] = field(default_factory=list)  # rows of tables.FILE_COLUMNS
+    files: list[tuple[Any, ...]] = field(default_factory=list)  # file rows, but for their id
     observations: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: dict[int, list[Any]] = field(default_factory=dict)  # id -> [start, stop, old, dirty]
 
@@ -196,11 +195,11 @@ class Catalogue:
             added_paths: dict[str, tuple[str, int]] = {}  # path -> name, index of its spec
             results = []
             for i, spec in enumerate(specs):
-                created = spec.name in plan.new and plan.new[spec.name] is spec
+                created = plan.new.get(spec.name) is spec
                 if created and spec.name in plan.invalid:
                     raise InvalidRequest(plan.invalid[spec.name])
                 if not created:
-                    known = plan.known.get(spec.name) or plan.new_known[spec.name]
+                    known = plan.known.get(spec.name) or plan.new[spec.name]
                     self._check_same_content(known, spec)
                 added = False
                 if found.store is not None:
@@ -246,7 +245,9 @@ class Catalogue:
         return out
 
     @staticmethod
-    def _check_same_content(file: File | _KnownFile, spec: FileSpec) -> None:
+    def _check_same_content(file: File | _KnownFile | FileSpec, spec: FileSpec) -> None:
+        if file.size == spec.size and file.checksums == spec.checksums:
+            return  # the usual case of a known file, without compare's work per algorithm
         if file.size != spec.size or not ck.compare(file.checksums, spec.checksums):
             raise Conflict(
                 f"{spec.name!r} is already registered with other content "
@@ -268,7 +269,6 @@ class Catalogue:
             if spec.name in plan.known or spec.name in plan.new:
                 continue
             plan.new[spec.name] = spec
-            plan.new_known[spec.name] = _KnownFile(None, spec.size, spec.checksums)
             obsid = spec.obsid if spec.obsid is not None else (obs.obsid if obs else None)
             if obs is not None and obsid == obs.obsid:
                 if obs.obsid not in existing_obs:
@@ -301,21 +301,26 @@ class Catalogue:
         added_paths: dict[str, tuple[str, int]],
         instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None,
     ) -> None:
-        """Write what ``register`` decided: one statement a table (``Tables.write``)."""
+        """Write what ``register`` decided: one statement a table (``Tables.write``), the new
+        files' instances and events given their ids (``Tables.new_file_ids``)."""
         now = tables.time(utcnow())
-        events: list[tuple[str, str, Any, str]] = [
-            (row[0], "file-registered", now, f'{{"source": {json_string(row[7])}}}')
-            for row in plan.files
+        ids = tables.new_file_ids(len(plan.files))
+        files = [(id_, *row) for id_, row in zip(ids, plan.files)]
+        events: list[tuple[int, str, Any, str]] = [
+            (row[0], "file-registered", now, f'{{"source": {json_string(row[8])}}}')
+            for row in files
         ]
         instances = []
         if store_row is not None and added_paths:
+            file_ids = {name: known.id for name, known in plan.known.items()}
+            file_ids.update((row[1], row[0]) for row in files)
             store_id, store_name = store_row
             store_text = json_string(store_name)
-            instances = [(name, store_id, path, True, "disallowed", now, FixityState.UNCHECKED,
-                          None, "")
+            instances = [(file_ids[name], store_id, path, True, "disallowed", now,
+                          FixityState.UNCHECKED, None, "")
                          for path, (name, _i) in added_paths.items()]
             events += [
-                (name, "instance-added", now,
+                (file_ids[name], "instance-added", now,
                  f'{{"store": {store_text}, "path": {json_string(path)}}}')
                 for path, (name, _i) in added_paths.items()
             ]
@@ -323,12 +328,12 @@ class Catalogue:
                 for name, i in added_paths.values():
                     extra = instance_events[i]
                     if extra is not None:
-                        events.append((name, extra[0], now, dumps(extra[1])))
+                        events.append((file_ids[name], extra[0], now, dumps(extra[1])))
         tables.write(
             sessions=[(sid, v[0], v[1]) for sid, v in plan.sessions.items() if not v[2]],
             session_updates=[(v[0], v[1], sid) for sid, v in plan.sessions.items()
                              if v[2] and v[3]],
-            observations=plan.observations, files=plan.files, instances=instances,
+            observations=plan.observations, files=files, instances=instances,
             events=events)
 
     def known_instances(self, store: str, paths: Iterable[str]) -> dict[str, int]:

@@ -6,17 +6,21 @@ through ``Tables``: SQL written for the database driver, on the connection (and 
 transaction) of a ``Database.write()`` session. Registering files through SQLAlchemy spent most
 of its time in Python per row and per value (compiling, bind processors, a JSON and a datetime
 conversion per column), and on PostgreSQL in two dozen round trips a batch. Here a value shared
-by a batch (the time, a store's name) is converted once, and rows go to the database as:
+by a batch (the time, a store's name) is converted once, new files get their ids first
+(``new_file_ids``: the ids the database would have given them) so that their instances and events
+are written with ids, and rows go to the database as:
 
-- SQLite: ``executemany`` of one prepared statement; a multi-row ``INSERT ... VALUES ...
-  RETURNING`` for the files, whose new ids the instances and events need;
+- SQLite: multi-row ``INSERT ... VALUES`` of up to 1,000 rows (a third less work a row than
+  ``executemany`` of a one-row statement);
 - PostgreSQL: one ``INSERT ... SELECT FROM jsonb_array_elements(rows)`` a table, the rows bound
   as ONE JSON text (``json.dumps`` of the batch, in C: binding arrays cost more Python per
-  value), instances and events finding their file's id by name, so that every statement of a
-  batch is sent at once in psycopg's pipeline mode: one round trip for the lookups, one for the
-  writes, whatever the count. Statements are never prepared server-side (``prepare=False``): a
-  generic plan made while the tables were nearly empty (a sequential scan) would be kept as
-  they grow.
+  value), every statement of a batch sent at once in psycopg's pipeline mode: one round trip for
+  the lookups, one for the ids, one for the writes, whatever the count. (``COPY`` was measured
+  too: no less CPU in all, server's and ours, two round trips a table instead of none, and the
+  lookups of the next batches ran slower in wall time, which its ring buffer would explain: it
+  writes the new rows through 16 MB of the server's cache rather than leaving them there.) Statements are never
+  prepared server-side (``prepare=False``): a generic plan made while the tables were nearly
+  empty (a sequential scan) would be kept as they grow.
 
 Lookups by many keys use ``inlist`` (one bound list). Values are stored as SQLAlchemy stores them
 (``models``): JSON as ``json.dumps`` text (JSONB on PostgreSQL), SQLite's datetimes in
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,22 +42,22 @@ from sqlalchemy.orm import Session as DbSession
 from .inlist import bound_values, one_of_sql
 from .models import Event
 
-#: Rows per multi-row ``INSERT ... VALUES`` on SQLite (9 values a file row: well under its
-#: 32,766 bound variables a statement).
+#: Rows per multi-row ``INSERT ... VALUES`` on SQLite: a third less work a row than
+#: ``executemany`` of a one-row statement, and well under SQLite's 32,766 bound variables a
+#: statement (10 a file row). Fewer, larger statements also write less of SQLite's statement
+#: journal (pages a statement changes, kept to undo it; to a temporary file past 64 KiB): 250
+#: rows a statement wrote 35% more than 1,000. The sqlite3 module keeps each size compiled.
 _SQLITE_ROWS_PER_INSERT = 1_000
 
-#: Columns of the rows ``insert_files`` takes, in order.
-FILE_COLUMNS = ("name", "type", "size", "is_directory", "checksums", "create_time", "obsid",
-                "source", "metadata")
 # Per table: (column, PostgreSQL type, cast of the value when not to that type). JSON travels as
-# text; an instance's or event's file is given by name (its id is not known yet).
+# text; an instance's or event's file is given by id, or by name (``write``).
 _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "session": (("id", "int8", ""), ("start_time_jd", "float8", ""),
                 ("stop_time_jd", "float8", "")),
     "observation": (("obsid", "int8", ""), ("start_time_jd", "float8", ""),
                     ("stop_time_jd", "float8", ""), ("start_lst_hr", "float8", ""),
                     ("session_id", "int8", "")),
-    "file": (("name", "text", ""), ("type", "text", ""), ("size", "int8", ""),
+    "file": (("id", "int8", ""), ("name", "text", ""), ("type", "text", ""), ("size", "int8", ""),
              ("is_directory", "bool", ""), ("checksums", "text", "::jsonb"),
              ("create_time", "timestamp", ""), ("obsid", "int8", ""), ("source", "text", ""),
              ("metadata", "text", "::jsonb")),
@@ -213,6 +218,21 @@ class Tables:
             [paths, store])
 
     # ----- writes -------------------------------------------------------------------------
+    def new_file_ids(self, count: int) -> list[int]:
+        """Ids for ``count`` new files, ascending: the ids the database would have given them
+        (SQLite: the next after the largest, this transaction holding the write lock;
+        PostgreSQL: the next of the id's sequence), so that their instances and events go in
+        with ids: no lookup by name a row."""
+        if count <= 0:
+            return []
+        if self.pg:
+            cursor = self._run("SELECT nextval(pg_get_serial_sequence('file', 'id')) "
+                               "FROM generate_series(1, ?::int4) ORDER BY 1", [count])
+            return [row[0] for row in cursor.fetchall()]
+        (last,) = self._raw.execute("SELECT max(id) FROM file").fetchone()
+        first = (last or 0) + 1
+        return list(range(first, first + count))
+
     def write(self, *, sessions: Sequence[tuple[Any, ...]] = (),
               session_updates: Sequence[tuple[float, float, int]] = (),
               observations: Sequence[tuple[Any, ...]] = (),
@@ -221,23 +241,21 @@ class Tables:
               events: Sequence[tuple[Any, ...]] = (),
               remote_instances: Sequence[tuple[Any, ...]] = ()) -> None:
         """Insert rows, one statement a table, in this order (all sent together on
-        PostgreSQL). Rows are tuples in the order of ``_COLUMNS``, times as ``time`` gives them,
-        JSON as text; ``session_updates``: (start, stop, id). An instance, event or remote
-        instance gives its file by id or by name (a file of this very transaction, perhaps);
-        the name of a file that does not exist is an error."""
+        PostgreSQL). Rows are tuples in the order of ``_COLUMNS`` (a file's id from
+        ``new_file_ids``), times as ``time`` gives them, JSON as text; ``session_updates``:
+        (start, stop, id). An instance, event or remote instance gives its file by id or by
+        name (a file of this very transaction, perhaps); the name of a file that does not exist
+        is an error."""
         with self._batch():
             self._insert("session", sessions)
             if session_updates:
+                sql = "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?"
                 if self.pg:
-                    self._raw.cursor().executemany(
-                        "UPDATE session SET start_time_jd = %s, stop_time_jd = %s "
-                        "WHERE id = %s", session_updates)
+                    self._raw.cursor().executemany(sql.replace("?", "%s"), session_updates)
                 else:
-                    self._raw.executemany(
-                        "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?",
-                        session_updates)
+                    self._raw.executemany(sql, session_updates)
             self._insert("observation", observations)
-            self._insert_files(files)
+            self._insert("file", files)
             self._insert("instance", instances)
             self._insert("event", events)
             self._insert("remote_instance", remote_instances)
@@ -251,21 +269,6 @@ class Tables:
             self._ids.update(cursor.fetchall())
         return self._ids
 
-    def _insert_files(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        if self.pg:
-            self._insert("file", rows)
-            return
-        columns = ", ".join(FILE_COLUMNS)
-        row_marks = "(" + ", ".join("?" * len(FILE_COLUMNS)) + ")"
-        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
-            chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
-            cursor = self._raw.execute(
-                f"INSERT INTO file ({columns}) VALUES {', '.join([row_marks] * len(chunk))} "
-                "RETURNING id, name", [value for row in chunk for value in row])
-            self._ids.update((name, id_) for id_, name in cursor.fetchall())
-
     def _insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
@@ -273,12 +276,16 @@ class Tables:
         names = ", ".join(c for c, _t, _x in columns)
         by_name = columns[0][0] == "file_id"
         if not self.pg:
-            if by_name:
+            if by_name and not all(isinstance(row[0], int) for row in rows):
                 ids = self.file_ids(row[0] for row in rows if isinstance(row[0], str))
                 rows = [row if isinstance(row[0], int) else (ids[row[0]], *row[1:])
                         for row in rows]
-            marks = ", ".join("?" * len(columns))
-            self._raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+            row_marks = "(" + ", ".join("?" * len(columns)) + ")"
+            for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+                chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+                self._raw.execute(
+                    f"INSERT INTO {table} ({names}) VALUES {', '.join([row_marks] * len(chunk))}",
+                    list(itertools.chain.from_iterable(chunk)))
             return
         values = [_element(i, kind, cast) for i, (_c, kind, cast) in enumerate(columns)]
         if by_name:  # the file's id, or its name (a file of this very batch, perhaps)
