@@ -31,7 +31,7 @@ from .contract import JobRefused
 from .copy_pool import CopyPool
 from .engine import new_worker_id
 from .items import ClaimedItem
-from .methods import Cancelled, Outcome, commit
+from .methods import NO_DATA, Cancelled, Outcome, commit
 from .models import Job
 from .progress import InFlight
 from .store import JobStore, as_store
@@ -250,7 +250,8 @@ class JobRun:
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch if o is not None and o.tmp]
             errors = iter(commit(renames, self.config.fsync,
-                                 [self.rename_root] if self.rename_root is not None else ()))
+                                 [self.rename_root] if self.rename_root is not None else (),
+                                 data=self.job.method not in NO_DATA))
             results = [(item, "done", "") for item in final]
             through = sum(item.size for item in final) + sum(
                 item.size for item, state, _, _ in batch if state in ("done", "skipped"))
