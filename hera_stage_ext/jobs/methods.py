@@ -188,7 +188,7 @@ class Mover:
         folder whose members are opened below it): read from it, never from its path."""
         algorithm = ck.preferred_algorithm(spec.checksums)
         final = os.fspath(spec.final)
-        parent, name = os.path.split(final)
+        parent, name = _split(final) if final.startswith("/") else os.path.split(final)
         tmp_name = f".{name}{TMP_SUFFIX}"
         source = os.fspath(spec.source)
         if spec.source_root is not None and source_fd is None:
@@ -267,7 +267,8 @@ class Mover:
         if spec.is_directory:
             inside = is_within(source, root)
         else:
-            key = (os.path.dirname(source), root)
+            key = (_split(source)[0] if source.startswith("/") else os.path.dirname(source),
+                   root)
             inside = key in self._source_dirs or is_within(key[0], root)
             if inside:
                 self._source_dirs.add(key)
