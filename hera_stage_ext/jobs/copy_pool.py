@@ -6,7 +6,7 @@ With files of a few KiB the copy itself is a handful of system calls; what limit
 the Python around them, and threads cannot share that across cores. So everything done per file
 happens in a helper: the copy and its verification under the temporary name, the job-log line,
 and the rename. A hand-over is made final as the engine's own commits are (``methods.commit``:
-one ``syncfs`` for the data, the renames, one more ``syncfs``), so its files are on disk under
+one ``syncfs`` for the data, the renames, an ``fsync`` of the folders they changed), so its files are on disk under
 their final names when the helper replies, and the worker only records the results (in bulk, at
 its next commit). A worker killed at any point leaves what an engine commit would: temporary
 files (removed on resume) and final files not yet recorded (found verified on resume, not

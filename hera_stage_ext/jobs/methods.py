@@ -15,8 +15,10 @@ renamed to its final name before ``move`` returns. Deferred (the engine's, for s
 small files): ``move`` writes and verifies the item under its temporary name and returns the
 rename still to do (``Outcome.tmp``); ``commit`` then makes a whole batch final at once: one
 ``syncfs`` of the destination's file system for the data of every temporary file (instead of
-one fsync, hence one journal commit, per file), the renames (never over an existing name), one
-more ``syncfs`` so the renames are on disk before the caller records the batch as done. Nothing
+one fsync, hence one journal commit, per file), the renames (never over an existing name), an
+``fsync`` of the folders they changed (up to the job's destination) so the renames are on disk
+before the caller records the batch as done (hard links, which hold no data of their own, skip
+the first ``syncfs``). Nothing
 partial ever sits under a final name, even after a crash or a power cut; an item whose rename
 was not done when its worker died is simply redone (its temporary file removed on resume).
 """

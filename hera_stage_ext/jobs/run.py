@@ -5,7 +5,7 @@ and how a worker runs jobs (``EngineConfig``).
 A run starts the job's kind (``begin``) and runs its streams (``stream``, a bounded number of
 threads; the stage kind's: ``stage_kind``). The streams report each item's result; about once a
 second (or sooner when much is waiting) one of them commits what all have reported: one sync of
-the file system, the renames to the final names, one more sync, then the results in one
+the file system, the renames to the final names, an fsync of the folders they changed, then the results in one
 transaction and the per-file log lines in one write. So a file is never recorded as done before
 it is on disk under its final name, and an item a dead worker had not committed is simply
 redone. A heartbeat renews the lease, sees a cancel and notices stores going away. At the end
