@@ -25,7 +25,10 @@ after a bulk delete); the large-file destinations are deleted after each run, be
 one's source read, the same for both tools.
 
 The worker's resident memory is sampled every 50 ms from /proc/<pid>/status (VmRSS) for the
-whole run, and its peak (VmHWM) read at the end.
+whole run, and its peak (VmHWM) read at the end. The CPU time of each run is printed per file
+(less noisy than files/s on a shared host): cp's process (``RUSAGE_CHILDREN``), and the
+worker's with its copy helper processes (``/proc/<pid>/stat`` before and after the job; not
+the server's or the site service's share).
 
 Site mode (``--site``): the same server goes on as single-user mode, and beside it a site
 service without a hub (``hera-stage site``, its own SQLite catalogue of the same store, a site
