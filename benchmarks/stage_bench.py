@@ -25,7 +25,10 @@ after a bulk delete); the large-file destinations are deleted after each run, be
 one's source read, the same for both tools.
 
 The worker's resident memory is sampled every 50 ms from /proc/<pid>/status (VmRSS) for the
-whole run, and its peak (VmHWM) read at the end.
+whole run, and its peak (VmHWM) read at the end. The CPU time of each run is printed per file
+(less noisy than files/s on a shared host): cp's process (``RUSAGE_CHILDREN``), and the
+worker's with its copy helper processes (``/proc/<pid>/stat`` before and after the job; not
+the server's or the site service's share).
 
 Site mode (``--site``): the same server goes on as single-user mode, and beside it a site
 service without a hub (``hera-stage site``, its own SQLite catalogue of the same store, a site
@@ -59,6 +62,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -230,6 +234,18 @@ def _status(pid: int) -> dict[str, str]:
     return out
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds used so far by ``pids`` and their children (a worker and
+    its copy helper processes, which live as long as it does)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in {*pids, *(child for pid in pids for child in _children(pid))}:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def _kb(value: str | None) -> float:
     return float(value.split()[0]) / 1024 if value else 0.0  # "123 kB" -> MiB
 
@@ -360,6 +376,13 @@ class Run:
     end_to_end: float  # ours: the CLI process; cp: cp followed by `sync -f` of the destination
     files: int
     nbytes: int
+    # CPU seconds the tool used for the run: cp's process; ours, the worker with its copy
+    # helpers (not the server's or the service's share).
+    cpu: float | None = None
+
+    @property
+    def cpu_us_per_file(self) -> float | None:
+        return None if self.cpu is None else self.cpu / self.files * 1e6
 
     @property
     def gbps(self) -> float:
@@ -436,19 +459,24 @@ class Bench:
             cmd = ["cp", *flags, str(self.store / fs.paths()[0]), str(dest) + "/"]
         else:
             cmd = ["cp", "-r", *flags, str(src), str(dest) + "/"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         seconds = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         # For information: cp plus writing its data to disk (what the worker's fsync waits for).
         subprocess.run(["sync", "-f", str(dest)], check=True)
         synced = time.perf_counter() - t0
         got = count_files(dest)
         if got != fs.count:
             raise RuntimeError(f"{' '.join(cmd)}: {got} files, expected {fs.count}")
-        return Run("cp", seconds, synced, fs.count, fs.total_bytes)
+        return Run("cp", seconds, synced, fs.count, fs.total_bytes, cpu)
 
     def run_ours(self, fs: FileSet, dest: Path, method: str, server: Server | None = None) -> Run:
         server = server or self.server
+        workers = server.worker_pids()
+        cpu0 = _cpu_seconds(workers)
         t0 = time.perf_counter()
         done = server.cli("stage", str(dest), fs.query, "--method", method, "--wait",
                           check=False)
@@ -462,7 +490,8 @@ class Bench:
             raise RuntimeError(f"job {job['id']}: {job['state']} {job['files_done']} files: "
                                f"{job['error']}")
         seconds = (_parse_time(job["finished_at"]) - _parse_time(job["started_at"])).total_seconds()
-        return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes)
+        cpu = _cpu_seconds(workers) - cpu0 if workers == server.worker_pids() else None
+        return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes, cpu)
 
     def case(self, fs: FileSet, key: str, label: str, unit: str, method: str,
              cp_flags: list[str], keep: bool, target: float | None,
@@ -497,6 +526,8 @@ class Bench:
             extra = (f" (end to end {run.end_to_end:.2f} s)" if tool != "cp" else
                      f" (with sync -f {run.end_to_end:.2f} s)")
             name = {"cp": case.reference, "ours": case.ours, "site": f"site: {case.ours}"}[tool]
+            if run.cpu_us_per_file is not None and unit == "files/s":
+                extra += f" [CPU {run.cpu_us_per_file:.0f} us/file]"
             log(f"    {name:<34} {run.seconds:7.2f} s  {case.rate(run):9,.2f} {unit}{extra}")
             if not keep:
                 remove_tree(dest)
@@ -539,6 +570,15 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
             f"{c.ours:<22} {fmt(c.best(c.our_runs)):>10} {our_runs:>19} {c.ratio:6.2f} | "
             f"{fmt(c.best(c.our_runs, True)):>9} {c.ratio_e2e:6.2f} | "
             f"{fmt(c.best(c.ref_runs, True)):>9} {c.ratio_synced:7.2f}   {c.unit}")
+    per_file = [c for c in cases if c.unit == "files/s"]
+    if per_file:
+        log("\nCPU time per file (median of the runs; cp: its process; hera-stage: the worker "
+            "with its copy helpers, not the server's or the service's share)")
+        for c in per_file:
+            cells = [f"{name} {_median_cpu(runs)}" for name, runs in (
+                (c.reference, c.ref_runs), ("single-user", c.our_runs), ("site", c.site_runs))
+                if runs]
+            log(f"{c.label:<34} " + ", ".join(cells))
     sited = [c for c in cases if c.site_runs]
     if sited:
         log("\nsite mode (a site service without a hub, the user's worker over HTTP) beside "
@@ -591,6 +631,11 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
     log(f"{'PASS' if passed else 'FAIL'}  worker RSS peak {peak * MiB / 1e6:.0f} MB < "
         f"{TARGET_RSS_MB:.0f} MB")
     return ok
+
+
+def _median_cpu(runs: list[Run]) -> str:
+    known = [r.cpu_us_per_file for r in runs if r.cpu_us_per_file is not None]
+    return f"{statistics.median(known):.0f} us/file" if known else "-"
 
 
 def start_site(stack: contextlib.ExitStack, workdir: Path, stores: dict[str, Any],

@@ -632,6 +632,48 @@ def _copy_helpers(worker_pid: int) -> list[int]:
     return found
 
 
+def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
+    """A stream claims its next items while a helper writes its last hand-over: a worker
+    stopping then releases the job with every item either done (its file final and verified,
+    counted once) or queued again, and the next run stages the rest exactly once."""
+    from hera_stage_ext.jobs.copy_pool import CopyPool
+
+    job = stage(big, "ahead")
+    dest = big.workspace / "ahead"
+    config = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False, claim_batch=6,
+                          pool_claim_batch=6, pool_batch_items=3, flush_seconds=0.05)
+    stop = threading.Event()
+    pool = CopyPool(1, 64 * 1024, chunk_delay=0.02)
+    try:
+        runner = threading.Thread(target=run_pending, args=(big.db, config),
+                                  kwargs={"stop": stop, "pool": pool})
+        runner.start()
+        wait_for(lambda: get_job(big.db, job["id"])["files_done"] >= 6, timeout=30,
+                 step=0.005)
+        stop.set()
+        runner.join(30)
+        assert not runner.is_alive()
+        with big.db.read() as s:
+            states = dict(s.execute(select(JobItem.dest_path, JobItem.state).where(
+                JobItem.job_id == job["id"])).all())
+        assert "running" not in states.values(), states
+        assert "queued" in states.values(), "the stop must land mid-job"
+        out = get_job(big.db, job["id"])
+        assert out["worker_id"] is None and out["files_done"] == sum(
+            1 for state in states.values() if state == "done")
+        for path, state in states.items():
+            assert (dest / path).exists() == (state == "done"), path
+        assert run_pending(big.db, config, pool=pool) == [job["id"]]
+    finally:
+        pool.close()
+    out = get_job(big.db, job["id"])
+    assert out["state"] == "succeeded", out
+    assert out["files_done"] == out["files_total"] and out["files_failed"] == 0
+    assert temp_files(dest) == []
+    for name in big.names:
+        assert ck.hash_path(dest / big.rel[name]) == ck.hash_path(big.sources[name])
+
+
 def test_copy_helper_killed_mid_hand_over(big: Site) -> None:
     """A copy helper SIGKILLed with files in hand: the worker goes on with the job (what the
     helper made final is verified, not copied again; the rest is copied by the worker), the

@@ -6,7 +6,7 @@ With files of a few KiB the copy itself is a handful of system calls; what limit
 the Python around them, and threads cannot share that across cores. So everything done per file
 happens in a helper: the copy and its verification under the temporary name, the job-log line,
 and the rename. A hand-over is made final as the engine's own commits are (``methods.commit``:
-one ``syncfs`` for the data, the renames, one more ``syncfs``), so its files are on disk under
+one ``syncfs`` for the data, the renames, an ``fsync`` of the folders they changed), so its files are on disk under
 their final names when the helper replies, and the worker only records the results (in bulk, at
 its next commit). A worker killed at any point leaves what an engine commit would: temporary
 files (removed on resume) and final files not yet recorded (found verified on resume, not
@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 
 from ..errors import StagingError
 from ..safefs import Pin
-from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
+from .methods import NO_DATA, Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
 
 _PR_SET_PDEATHSIG = 1
 #: Hand-overs in flight per helper: one being written, the others being synced and renamed.
@@ -149,8 +149,11 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock,
                     _append(hand.log_path, "".join(lines))
         fsync = any(hand.fsync for _request, hand, _results, _renames in batch)
         roots = {hand.root for _request, hand, _results, _renames in batch if hand.root}
+        # Hard links wrote no data: only their folders' entries are to sync.
+        data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames
+                   in batch if renames)
         errors = iter(commit([(tmp, final) for *_rest, renames in batch
-                              for _i, tmp, final, _note in renames], fsync, roots))
+                              for _i, tmp, final, _note in renames], fsync, roots, data=data))
         for request, _hand, results, renames in batch:
             for i, *_rest in renames:
                 exc = next(errors)

@@ -53,6 +53,8 @@ BACKOFF_FIRST_S, BACKOFF_CAP_S = 0.5, 15.0
 #: How long a call goes on trying before it gives up (then the run releases its job, and the
 #: worker claims it again later): a service restart or a short outage is waited out.
 PATIENCE_S = 300.0
+#: Most results one call carries (the service's limit, ``site.worker_ops.MAX_BATCH``).
+RESULTS_PER_CALL = 10_000
 #: Most bytes of log shipped in one call.
 LOG_CHUNK = 256 << 10
 
@@ -184,16 +186,21 @@ class HttpJobStore:
             self._job(job_id, "items/requeue", {"ids": list(item_ids)})
 
     def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
-        if results:
+        for start in range(0, len(results), RESULTS_PER_CALL):
             self._job(job_id, "items/record", {
-                "results": [[item.id, state, error] for item, state, error in results]})
+                "results": [[item.id, state, error]
+                            for item, state, error in results[start:start + RESULTS_PER_CALL]]})
 
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
-        """The results of the last hand-over and the next items, one round trip."""
+        """The results of the last hand-over and the next items, one round trip (more when
+        the results are more than one call may carry: all but the last part recorded
+        first)."""
+        last = len(results) - (len(results) - 1) % RESULTS_PER_CALL - 1 if results else 0
+        self.record(job_id, results[:last])
         answer = self._job(job_id, "items/exchange", {
             "worker_id": worker_id, "n": n, "max_bytes": max_bytes,
-            "results": [[item.id, state, error] for item, state, error in results]})
+            "results": [[item.id, state, error] for item, state, error in results[last:]]})
         return [ClaimedItem(*row) for row in answer["items"]]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,

@@ -15,8 +15,10 @@ renamed to its final name before ``move`` returns. Deferred (the engine's, for s
 small files): ``move`` writes and verifies the item under its temporary name and returns the
 rename still to do (``Outcome.tmp``); ``commit`` then makes a whole batch final at once: one
 ``syncfs`` of the destination's file system for the data of every temporary file (instead of
-one fsync, hence one journal commit, per file), the renames (never over an existing name), one
-more ``syncfs`` so the renames are on disk before the caller records the batch as done. Nothing
+one fsync, hence one journal commit, per file), the renames (never over an existing name), an
+``fsync`` of the folders they changed (up to the job's destination) so the renames are on disk
+before the caller records the batch as done (hard links, which hold no data of their own, skip
+the first ``syncfs``). Nothing
 partial ever sits under a final name, even after a crash or a power cut; an item whose rename
 was not done when its worker died is simply redone (its temporary file removed on resume).
 """
@@ -41,6 +43,9 @@ from ..states import ItemState
 from . import bigcopy, linkcheck
 
 METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
+#: Methods whose temporary files hold no data of their own (a hard link is the store's inode,
+#: on disk already): ``commit`` syncs only their folders' entries.
+NO_DATA = frozenset({"hardlink"})
 TMP_SUFFIX = ".hera-tmp"
 #: ioctl number of FICLONE (linux/fs.h): share the source's extents (copy-on-write).
 FICLONE = 0x40049409
@@ -186,7 +191,7 @@ class Mover:
         folder whose members are opened below it): read from it, never from its path."""
         algorithm = ck.preferred_algorithm(spec.checksums)
         final = os.fspath(spec.final)
-        parent, name = os.path.split(final)
+        parent, name = _split(final) if final.startswith("/") else os.path.split(final)
         tmp_name = f".{name}{TMP_SUFFIX}"
         source = os.fspath(spec.source)
         if spec.source_root is not None and source_fd is None:
@@ -265,7 +270,8 @@ class Mover:
         if spec.is_directory:
             inside = is_within(source, root)
         else:
-            key = (os.path.dirname(source), root)
+            key = (_split(source)[0] if source.startswith("/") else os.path.dirname(source),
+                   root)
             inside = key in self._source_dirs or is_within(key[0], root)
             if inside:
                 self._source_dirs.add(key)
@@ -731,11 +737,15 @@ def rename_path_noreplace(tmp: str, final: str, folders: safefs.Folders | None =
 
 
 def commit(renames: list[tuple[str, str]], fsync: bool = True,
-           roots: Iterable[safefs.Pin | str] = ()) -> list[OSError | None]:
+           roots: Iterable[safefs.Pin | str] = (), *, data: bool = True
+           ) -> list[OSError | None]:
     """Make a batch of deferred items final: with ``fsync``, the data of every temporary file
     goes to disk first (one ``syncfs``), then each is renamed to its final name, then the
-    renames go to disk (``syncfs`` again) before this returns, so a caller that records the
-    batch as done afterwards never records something a power cut could take back. Items in a
+    renames go to disk (with ``roots``, an ``fsync`` of each folder they changed and of the
+    folders above it up to its root; without, ``syncfs`` again) before this returns, so a caller that records the batch as
+    done afterwards never records something a power cut could take back. ``data`` False: the
+    temporary files hold no data of their own (hard links to the store's files, already on
+    disk): no ``syncfs`` first, the folders' ``fsync`` makes their entries durable. Items in a
     temporary folder (``temp_folders``) are made final by renaming their folder into place,
     once for all of them; where the folder exists by then (made meanwhile by another batch),
     file by file into it. Folders are opened below ``roots`` (a job's pinned destination)
@@ -748,20 +758,36 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True,
     disk, so the caller must not record them (a later run finds and verifies them)."""
     if not renames:
         return []
+    roots = list(roots)
     with safefs.Folders(roots) as folders:
-        return _commit(renames, fsync, folders)
+        return _commit(renames, fsync, folders, data,
+                       [r.path if isinstance(r, safefs.Pin) else r for r in roots])
 
 
-def _commit(renames: list[tuple[str, str]], fsync: bool,
-            folders: safefs.Folders) -> list[OSError | None]:
+def _split(path: str) -> tuple[str, str]:
+    """``os.path.split`` of an absolute, normalised path, in one string operation (it runs per
+    file of every batch)."""
+    head, _sep, tail = path.rpartition("/")
+    return head or "/", tail
+
+
+def _commit(renames: list[tuple[str, str]], fsync: bool, folders: safefs.Folders,
+            data: bool = True, roots: list[str] | None = None) -> list[OSError | None]:
+    # Per item: its folders and names; items written in a temporary folder are grouped by it.
+    parts = [(_split(tmp), _split(final)) for tmp, final in renames]
+    temp_folder: dict[tuple[str, str], bool] = {}
     groups: dict[tuple[str, str], list[int]] = {}
-    for i, (tmp, final) in enumerate(renames):
-        if _in_temp_folder(tmp, final):
-            groups.setdefault((os.path.dirname(tmp), os.path.dirname(final)), []).append(i)
+    for i, ((tmp_dir, tmp_name), (final_dir, final_name)) in enumerate(parts):
+        pair = (tmp_dir, final_dir)
+        is_temp = temp_folder.get(pair)
+        if is_temp is None:
+            is_temp = temp_folder[pair] = _is_temp_folder_pair(tmp_dir, final_dir)
+        if is_temp and tmp_name == final_name:
+            groups.setdefault(pair, []).append(i)
     errors: list[OSError | None] = [None] * len(renames)
-    if fsync:
+    if fsync and data:
         try:
-            _sync_file_systems({os.path.dirname(tmp) for tmp, _final in renames}, folders)
+            _sync_file_systems({tmp_dir for (tmp_dir, _), _ in parts}, folders)
         except OSError as exc:
             for tmp, _final in renames:
                 with contextlib.suppress(OSError):
@@ -789,21 +815,42 @@ def _commit(renames: list[tuple[str, str]], fsync: bool,
             with contextlib.suppress(OSError):
                 remove_path(tmp_dir, folders)
     if fsync:
-        done = {os.path.dirname(final) for (_tmp, final), error in zip(renames, errors)
-                if error is None}
-        if done:
+        done = {parts[i][1][0] for i, error in enumerate(errors) if error is None}
+        if done and roots:
+            _sync_folders(done, folders, roots)
+        elif done:  # no root to stop at: the whole file system
             _sync_file_systems(done, folders)
     return errors
 
 
-def _in_temp_folder(tmp: str, final: str) -> bool:
-    """True when ``tmp`` is ``final``'s file in a temporary folder of ``_make_temp_folder``
-    (the folder is renamed, not the file). Any other temporary name elsewhere (a receiver's
-    ``.hera-stage-incoming/<id>.part``) is renamed on its own: its folder is shared."""
-    tmp_dir, final_dir = os.path.dirname(tmp), os.path.dirname(final)
+def _sync_folders(changed: set[str], folders: safefs.Folders, roots: list[str]) -> None:
+    """``fsync`` the folders in ``changed`` (their entries) and those above them up to the
+    root each is under (a folder made or renamed into place is an entry of its parent): the
+    renames of a batch are on disk when this returns, without waiting for every other dirty
+    page of the file system as ``syncfs`` would."""
+    todo: set[str] = set()
+    for folder in changed:
+        root = max((r for r in roots if folder == r or folder.startswith(r.rstrip("/") + "/")),
+                   key=len, default=None)
+        while folder not in todo:
+            todo.add(folder)
+            if root is None:  # under no root: itself and its parent (its entry)
+                todo.add(_split(folder)[0])
+                break
+            if folder == root or folder == "/":
+                break
+            folder = _split(folder)[0]
+    for folder in sorted(todo, key=len, reverse=True):
+        os.fsync(folders.get(folder))
+
+
+def _is_temp_folder_pair(tmp_dir: str, final_dir: str) -> bool:
+    """True when ``tmp_dir`` is a temporary folder of ``_make_temp_folder`` for ``final_dir``
+    (its files are made final by renaming the folder, not each file). Any other temporary name
+    elsewhere (a receiver's ``.hera-stage-incoming/<id>.part``) is renamed on its own: its
+    folder is shared."""
     return (tmp_dir != final_dir and tmp_dir.endswith(TMP_SUFFIX)
-            and os.path.dirname(tmp_dir) == os.path.dirname(final_dir)
-            and os.path.basename(tmp) == os.path.basename(final))
+            and _split(tmp_dir)[0] == _split(final_dir)[0])
 
 
 def _rename_one(tmp: str, final: str, folders: safefs.Folders) -> OSError | None:

@@ -5,7 +5,7 @@ and how a worker runs jobs (``EngineConfig``).
 A run starts the job's kind (``begin``) and runs its streams (``stream``, a bounded number of
 threads; the stage kind's: ``stage_kind``). The streams report each item's result; about once a
 second (or sooner when much is waiting) one of them commits what all have reported: one sync of
-the file system, the renames to the final names, one more sync, then the results in one
+the file system, the renames to the final names, an fsync of the folders they changed, then the results in one
 transaction and the per-file log lines in one write. So a file is never recorded as done before
 it is on disk under its final name, and an item a dead worker had not committed is simply
 redone. A heartbeat renews the lease, sees a cancel and notices stores going away. At the end
@@ -32,7 +32,7 @@ from .copy_pool import CopyPool
 from .engine import new_worker_id
 from .kinds import KindRegistry
 from .items import ClaimedItem
-from .methods import Cancelled, Outcome, commit
+from .methods import NO_DATA, Cancelled, Outcome, commit
 from .models import Job
 from .progress import InFlight
 from .store import JobStore, as_store
@@ -255,7 +255,8 @@ class JobRun:
             renames = [(o.tmp, o.final) for _, _, _, o in batch
                        if o is not None and o.tmp and o.final]
             errors = iter(commit(renames, self.config.fsync,
-                                 [self.rename_root] if self.rename_root is not None else ()))
+                                 [self.rename_root] if self.rename_root is not None else (),
+                                 data=self.job.method not in NO_DATA))
             results: list[tuple[ClaimedItem, str, str]] = [
                 (item, ItemState.DONE, "") for item in final]
             through = sum(item.size for item in final) + sum(

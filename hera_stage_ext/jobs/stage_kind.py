@@ -94,19 +94,20 @@ class _StageStream:
             mover.close()  # its open folders
 
     def _stream_with(self, mover: Mover) -> None:
-        first = True
-        while not self.run.stopping():
-            batch = self._next_batch(first)
-            first = False
-            if not batch:
-                return
+        batch = self._next_batch(first=True)
+        while batch and not self.run.stopping():
             started: set[int] = set()
+            # The next items, claimed while the helpers still write the last hand-over of
+            # these (``_move_pooled``): this stream never waits for the claim's round trip.
+            claimed: list[ClaimedItem] | None = None
             try:
                 pooled = [c for c in batch if self._pooled(c)]
+                rest = len(pooled) < len(batch)
                 if pooled:
-                    self._move_pooled(hand_overs(pooled, lambda c: c.size,
-                                                 self.run.config.pool_batch_items,
-                                                 self.run.config.pool_batch_bytes), started, mover)
+                    claimed = self._move_pooled(
+                        hand_overs(pooled, lambda c: c.size, self.run.config.pool_batch_items,
+                                   self.run.config.pool_batch_bytes), started, mover,
+                        prefetch=not rest)
                 for item in batch:
                     if item.id in started or self._pooled(item):
                         continue
@@ -116,11 +117,20 @@ class _StageStream:
                     self._one(mover, item, self._spec(item))
                     if self.run.commit_due():
                         self.run.commit(wait=False)
+            except BaseException:
+                if claimed:  # claimed ahead and never started: back to the queue too
+                    self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
+                raise
             finally:
                 # Items not started go back to the queue; those through are committed by
                 # whichever stream commits next (or at the end of the run).
                 self.run.store.requeue(self.run.job.id,
                                        [c.id for c in batch if c.id not in started])
+            if self.run.stopping():
+                if claimed:
+                    self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
+                return
+            batch = claimed if claimed is not None else self._next_batch(first=False)
 
     def _next_batch(self, first: bool) -> list[ClaimedItem]:
         """This stream's next items. The results waiting to be recorded go with the claim, in
@@ -142,20 +152,35 @@ class _StageStream:
         return (self.run.pool is not None and self.stage.target.poolable and not item.is_directory
                 and item.size <= self.run.config.pool_max_bytes)
 
-    def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int],
-                     mover: Mover) -> None:
+    def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int], mover: Mover,
+                     prefetch: bool = False) -> list[ClaimedItem] | None:
         """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
         and makes final its files: ``copy_pool``); here only their results are queued for the
         next commit. One at a time per stream: the streams keep the helpers busy together, and
-        a hand-over's results are recorded (when due) before the next one starts writing."""
-        for part in parts:
+        a hand-over's results are recorded (when due) before the next one starts writing.
+
+        With ``prefetch``, while a helper writes the last part, this stream records what is
+        through and claims its next items (``_next_batch``: one transaction, one round trip
+        over HTTP), and returns them (None: not claimed here)."""
+        claimed: list[ClaimedItem] | None = None
+        for k, part in enumerate(parts):
             if self.run.stopping():
                 break
             handed = self._hand_over(part, started)
             if handed is not None:
-                self._collect(handed, started, mover)
-            if self.run.commit_due():
+                try:
+                    if prefetch and k == len(parts) - 1 and handed.ticket is not None:
+                        claimed = self._next_batch(first=False)
+                finally:
+                    try:
+                        self._collect(handed, started, mover)
+                    except BaseException:
+                        if claimed:  # claimed ahead, never started: back to the queue
+                            self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
+                        raise
+            if claimed is None and self.run.commit_due():
                 self.run.commit(wait=False)
+        return claimed
 
     def _hand_over(self, items: list[ClaimedItem], started: set[int]) -> _HandedOver | None:
         """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
