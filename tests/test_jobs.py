@@ -640,8 +640,9 @@ def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
 
     job = stage(big, "ahead")
     dest = big.workspace / "ahead"
-    config = EngineConfig(streams=2, heartbeat_seconds=0.2, fsync=False, claim_batch=6,
-                          pool_claim_batch=6, pool_batch_items=3, flush_seconds=0.05)
+    config = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2, fsync=False,
+                          claim_batch=6, pool_claim_batch=6, pool_batch_items=3,
+                          flush_seconds=0.05)
     stop = threading.Event()
     pool = CopyPool(1, 64 * 1024, chunk_delay=0.02)
     try:
