@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from .catalogue.models import Instance, utcnow
-from .jobs.models import Job, JobItem
+from .jobs.models import JobRow, JobItem
 from .states import ACTIVE_TRANSFER_ITEM_STATES, ItemState
 from .transfer.models import TransferItem
 
@@ -87,23 +87,24 @@ class _ArchiveCollector(Collector):
         now = utcnow()
         with core.catalogue.db.read() as s:
             for kind, state, n in s.execute(
-                    select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)):
+                    select(JobRow.kind, JobRow.state, func.count())
+                    .group_by(JobRow.kind, JobRow.state)):
                 jobs.add_metric([site, kind, state], n)
             for kind, nbytes, nfiles in s.execute(
-                    select(Job.kind, func.sum(Job.bytes_done), func.sum(Job.files_done))
-                    .group_by(Job.kind)):
+                    select(JobRow.kind, func.sum(JobRow.bytes_done), func.sum(JobRow.files_done))
+                    .group_by(JobRow.kind)):
                 moved_bytes.add_metric([site, kind], nbytes or 0)
                 moved_files.add_metric([site, kind], nfiles or 0)
             for kind, state, n in s.execute(
-                    select(Job.kind, JobItem.state, func.count()).select_from(JobItem)
-                    .join(Job, JobItem.job_id == Job.id)
+                    select(JobRow.kind, JobItem.state, func.count()).select_from(JobItem)
+                    .join(JobRow, JobItem.job_id == JobRow.id)
                     .where(JobItem.state.in_((ItemState.QUEUED, ItemState.RUNNING)))
-                    .group_by(Job.kind, JobItem.state)):
+                    .group_by(JobRow.kind, JobItem.state)):
                 queue.add_metric([site, kind, state], n)
             for kind, n in s.execute(
-                    select(Job.kind, func.count()).select_from(JobItem)
-                    .join(Job, JobItem.job_id == Job.id)
-                    .where(JobItem.state == ItemState.FAILED).group_by(Job.kind)):
+                    select(JobRow.kind, func.count()).select_from(JobItem)
+                    .join(JobRow, JobItem.job_id == JobRow.id)
+                    .where(JobItem.state == ItemState.FAILED).group_by(JobRow.kind)):
                 errors.add_metric([site, kind], n)
             waiting_since: dict[str, Any] = {}
             for peer, state, n, oldest in s.execute(

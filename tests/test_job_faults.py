@@ -26,7 +26,7 @@ from hera_stage_ext.jobs import (
     run_pending,
 )
 from hera_stage_ext.jobs.engine import forget_job, retry_job
-from hera_stage_ext.jobs.models import Job, JobItem
+from hera_stage_ext.jobs.models import JobRow, JobItem
 from hera_stage_ext.standard_kinds import standard_kinds
 
 from .job_fixtures import (
@@ -319,7 +319,7 @@ def test_retry_and_forget_after_a_sigkilled_worker(big: Site) -> None:
     assert tree(dest) == staged and (dest / markers.SUCCEEDED).exists()
     assert_staged_intact(big, dest, wanted)
     with big.db.read() as s:
-        assert s.get(Job, other["id"]) is not None  # other jobs are untouched
+        assert s.get(JobRow, other["id"]) is not None  # other jobs are untouched
     # The folder is free for a new job, which finds everything there already.
     fresh = stage(big, "killed")
     run_pending(big.db, FAST)

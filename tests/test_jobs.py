@@ -30,7 +30,7 @@ from hera_stage_ext.jobs import (
     run_pending,
 )
 from hera_stage_ext.jobs.methods import commit
-from hera_stage_ext.jobs.models import Job, JobItem
+from hera_stage_ext.jobs.models import JobRow, JobItem
 from hera_stage_ext.jobs.kinds import KindRegistry
 from hera_stage_ext.jobs.recall import RECALL
 from hera_stage_ext.jobs.worker import Worker
@@ -62,7 +62,7 @@ def stage(site: Site, dest: str, names=None, method: str = "copy", **kw):
 
 def job_count(site: Site) -> int:
     with site.db.read() as s:
-        return s.scalar(select(func.count()).select_from(Job)) or 0
+        return s.scalar(select(func.count()).select_from(JobRow)) or 0
 
 
 def test_copy_keeps_layout_content_mtime_and_read_only(site: Site) -> None:
@@ -731,7 +731,7 @@ def test_sigterm_releases_job_for_the_next_worker(big: Site) -> None:
         if worker.poll() is None:
             worker.kill()
     with big.db.read() as s:
-        row = s.get(Job, job["id"])
+        row = s.get(JobRow, job["id"])
         assert (row.state, row.worker_id) == ("running", None)
         assert "running" not in set(s.scalars(select(JobItem.state)
                                               .where(JobItem.job_id == job["id"])))

@@ -31,7 +31,7 @@ from sqlalchemy import select
 import hera_stage_ext
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.demo import make_demo_archive
-from hera_stage_ext.jobs.models import Job, JobItem
+from hera_stage_ext.jobs.models import JobRow, JobItem
 
 from .job_fixtures import ingest, start_worker, stop_worker, wait_for
 from .jupyter_process import JupyterProcess, jupyter_process
@@ -302,7 +302,8 @@ def test_four_workers_drain_a_thousand_files_once(postgres: PostgresCluster, bas
         outputs = [stop_worker(w) for w in workers]
 
     with db.read() as s:
-        jobs = s.execute(select(Job.id, Job.state, Job.files_done).order_by(Job.id)).all()
+        jobs = s.execute(select(JobRow.id, JobRow.state, JobRow.files_done)
+                         .order_by(JobRow.id)).all()
         items = s.execute(select(JobItem.state, JobItem.attempts)).all()
     assert [state for _, state, _ in jobs] == ["succeeded"] * N_JOBS
     assert sum(done for _, _, done in jobs) == N_FILES
@@ -350,6 +351,6 @@ def test_a_users_worker_takes_only_that_users_jobs(postgres: PostgresCluster, ba
     finally:
         output = stop_worker(alice_worker)
     with db.read() as s:
-        state, started = s.execute(select(Job.state, Job.started_at)).one()
+        state, started = s.execute(select(JobRow.state, JobRow.started_at)).one()
     db.dispose()
     assert (state, started) == ("queued", None), output

@@ -32,7 +32,7 @@ from hera_stage_ext.core import Core
 from hera_stage_ext.demo import DemoArchive, ingest_demo_archive, make_demo_archive
 from hera_stage_ext.errors import Conflict, InvalidRequest, NotFound, SearchError
 from hera_stage_ext.jobs import cancel_job, forget_job
-from hera_stage_ext.jobs.models import AuditEntry, Job, JobItem
+from hera_stage_ext.jobs.models import AuditEntry, JobRow, JobItem
 from hera_stage_ext.transfer.peer_sender import refusal
 from hera_stage_ext.transfer.models import RemoteInstance
 from hera_stage_ext.transfer.orders import StandingOrders
@@ -100,7 +100,8 @@ def _transfer_jobs(core: Core) -> list[dict[str, Any]]:
     with core.catalogue.db.read() as s:
         jobs = [{"id": j.id, "destination": j.destination, "files_total": j.files_total,
                  "state": j.state, "search": j.search}
-                for j in s.scalars(select(Job).where(Job.kind == "transfer").order_by(Job.id))]
+                for j in s.scalars(select(JobRow).where(JobRow.kind == "transfer")
+                                   .order_by(JobRow.id))]
         for job in jobs:
             job["names"] = set(s.scalars(select(JobItem.name).where(JobItem.job_id == job["id"])))
     return jobs
@@ -179,7 +180,7 @@ def test_files_the_peer_refused_as_conflicts_are_held_back(local) -> None:
             item.state = "failed"
             item.error = (refusal(CONFLICT, "b holds other content under this name")
                           if item.name in conflicted else "peer 'b' unreachable")
-        s.get(Job, job["id"]).state = "failed"
+        s.get(JobRow, job["id"]).state = "failed"
 
     orders.set_paused("night44", False)
     assert orders.tick() == 1

@@ -34,7 +34,7 @@ from hera_stage_ext.catalogue.models import File, Instance
 from hera_stage_ext.core import Core
 from hera_stage_ext.errors import InvalidRequest, NotFound, PeerRejected, Unauthorized
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
-from hera_stage_ext.jobs.models import Job, JobItem
+from hera_stage_ext.jobs.models import JobRow, JobItem
 from hera_stage_ext.transfer import peers as peers_module
 from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
 from hera_stage_ext.transfer.outgoing import remote_sites
@@ -296,7 +296,7 @@ def test_wrong_secret_gets_401_and_writes_nothing(sites: Sites) -> None:
             send(sites, [FORBIDDEN])
         assert "401" in info.value.message and "wrong secret" in info.value.message
         with sites.a_core.catalogue.db.read() as s:
-            assert not s.scalars(select(Job).join(JobItem).where(
+            assert not s.scalars(select(JobRow).join(JobItem).where(
                 JobItem.name == FORBIDDEN)).first()
         assert SECRET_AB not in info.value.message
     finally:

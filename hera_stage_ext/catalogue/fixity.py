@@ -238,10 +238,10 @@ class Auditor:
         self.instances_checked = 0
 
     def _jobs_running(self) -> bool:
-        from ..jobs.models import Job
+        from ..jobs.models import JobRow
 
         with self.db.read() as s:
-            running = select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES)).limit(1)
+            running = select(JobRow.id).where(JobRow.state.in_(ACTIVE_JOB_STATES)).limit(1)
             return s.scalar(running) is not None
 
     def _due(self, s: Any, skip: set[int]) -> list[Any]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .items import ClaimedItem
     from .joblog import JobLog
     from .methods import Outcome
-    from .models import Job
+    from .models import JobRow
     from .progress import InFlight
     from .run import EngineConfig
     from .store import JobStore
@@ -41,7 +41,7 @@ class JobRefused(Exception):
 class KindRun(Protocol):
     """One worker's run of one claimed job, as a kind sees it."""
 
-    job: Job
+    job: JobRow
     #: The catalogue, for kinds that read it while they run (None over HTTP: ``store``).
     db: Database | None
     store: JobStore
@@ -130,21 +130,21 @@ class JobKind(Protocol):
         """A batch of results was recorded (one commit at a time)."""
         return None
 
-    def finish(self, run: KindRun, job: Job, lines: list[str]) -> None:
+    def finish(self, run: KindRun, job: JobRow, lines: list[str]) -> None:
         """All items are through, before the final state is written (stage: the result
         markers); ``job`` as recorded now, ``lines`` lists what failed or was missing."""
         return None
 
-    def cancelled(self, db: Database, job: Job, left: int) -> int:
+    def cancelled(self, db: Database, job: JobRow, left: int) -> int:
         """On cancel; returns how many temporary files it removed."""
         return 0
 
-    def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
+    def retake(self, s: Session, job: JobRow, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
         """A retry about to queue the job again takes its target again (inside its write
         transaction; stage: the destination marker)."""
         return None
 
-    def release(self, job: Job) -> None:
+    def release(self, job: JobRow) -> None:
         """A retry that took the target failed: give it back."""
         return None

@@ -35,7 +35,7 @@ from . import recall
 from .contract import JobKind
 from .kinds import KindRegistry
 from .joblog import JobLog, default_log_dir
-from .models import JOB_ITEM_TABLE, Job, JobItem
+from .models import JOB_ITEM_TABLE, JobRow, JobItem
 from .plan import resolve_names, plan_stage
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _local_worker_dead(worker_id: str | None) -> bool:
 
 
 # ----- JSON and reads --------------------------------------------------------------------------
-def job_json(job: Job) -> dict[str, Any]:
+def job_json(job: JobRow) -> dict[str, Any]:
     elapsed = None
     if job.started_at is not None:
         elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
@@ -93,7 +93,7 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
-def moving_bytes(job: Job) -> int:
+def moving_bytes(job: JobRow) -> int:
     """The bytes its worker has moved and not committed yet, as shown: only while a worker holds
     the job (a dead worker's count is stale), and never past the bytes still to do."""
     if job.state != JobState.RUNNING or not job.worker_id:
@@ -101,10 +101,10 @@ def moving_bytes(job: Job) -> int:
     return max(0, min(job.bytes_moving or 0, job.bytes_total - job.bytes_done))
 
 
-def load_job(db: Database, job_id: int) -> Job:
+def load_job(db: Database, job_id: int) -> JobRow:
     """A detached snapshot of a job row (a read session's rollback would expire it)."""
     with db.read() as s:
-        job = s.get(Job, job_id)
+        job = s.get(JobRow, job_id)
         if job is None:
             raise NotFound(f"no job {job_id}")
         s.expunge(job)
@@ -113,7 +113,7 @@ def load_job(db: Database, job_id: int) -> Job:
 
 def get_job(db: Database, job_id: int) -> dict[str, Any]:
     with db.read() as s:
-        job = s.get(Job, job_id)
+        job = s.get(JobRow, job_id)
         if job is None:
             raise NotFound(f"no job {job_id}")
         return job_json(job)
@@ -121,9 +121,9 @@ def get_job(db: Database, job_id: int) -> dict[str, Any]:
 
 def list_jobs(db: Database, owner: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """The newest jobs first; only ``owner``'s when given."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    query = select(JobRow).order_by(JobRow.id.desc()).limit(limit)
     if owner is not None:
-        query = query.where(Job.owner == owner)
+        query = query.where(JobRow.owner == owner)
     with db.read() as s:
         return [job_json(job) for job in s.scalars(query)]
 
@@ -131,13 +131,13 @@ def list_jobs(db: Database, owner: str | None = None, limit: int = 200) -> list[
 def active_job_ids(db: Database) -> list[int]:
     """Jobs not finished yet (queued, or running under some worker)."""
     with db.read() as s:
-        return list(s.scalars(select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES))
-                              .order_by(Job.id)))
+        return list(s.scalars(select(JobRow.id).where(JobRow.state.in_(ACTIVE_JOB_STATES))
+                              .order_by(JobRow.id)))
 
 
 # ----- creation -------------------------------------------------------------------------------
 def job_is_active(s: Session, job_id: int) -> bool:
-    state = s.scalar(select(Job.state).where(Job.id == job_id))
+    state = s.scalar(select(JobRow.state).where(JobRow.id == job_id))
     return state in ACTIVE_JOB_STATES
 
 
@@ -148,7 +148,7 @@ def create_stage_job(
     base: str | os.PathLike[str] | None = None, search: Any = None, force: bool = False,
     read_only: bool = True, log_dir: str | os.PathLike[str] | None = None,
     contents: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
-    admit: Callable[[Session, Job], None] | None = None,
+    admit: Callable[[Session, JobRow], None] | None = None,
 ) -> dict[str, Any]:
     """Launch a staging job; returns it (``missing`` lists names with no available instance).
     ``options``: more of the job's options (its expiry); ``admit(session, job)``: a check in
@@ -171,11 +171,11 @@ def create_stage_job(
     target = plan.target
     dest = target.key
 
-    def take(s: Session, job: Job) -> None:
+    def take(s: Session, job: JobRow) -> None:
         if admit is not None:
             admit(s, job)
-        busy = s.scalar(select(Job.id).where(Job.destination == dest, Job.id != job.id,
-                                             Job.state.in_(ACTIVE_JOB_STATES)))
+        busy = s.scalar(select(JobRow.id).where(JobRow.destination == dest, JobRow.id != job.id,
+                                             JobRow.state.in_(ACTIVE_JOB_STATES)))
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {dest}", job_id=busy)
         target.acquire(job.id, owner, lambda other: job_is_active(s, other))
@@ -194,7 +194,7 @@ def create_job(
     items: Sequence[Mapping[str, Any]], missing: Sequence[str], bytes_total: int, *,
     search: Any = None, options: dict[str, Any] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
-    take: Callable[[Session, Job], None] | None = None,
+    take: Callable[[Session, JobRow], None] | None = None,
     release: Callable[[int], None] | None = None, summary: str = "",
 ) -> dict[str, Any]:
     """Write a job of ``kind`` and its items (``resolve_names``'s rows) in one transaction, and start
@@ -206,7 +206,7 @@ def create_job(
     job_id: int | None = None
     try:
         with db.write() as s:
-            job = Job(owner=owner, kind=kind, state=JobState.QUEUED, destination=destination,
+            job = JobRow(owner=owner, kind=kind, state=JobState.QUEUED, destination=destination,
                       method=method, search=search, options=dict(options or {}),
                       files_total=len(items), bytes_total=bytes_total,
                       files_done=0, bytes_done=0, files_failed=0, files_skipped=0,
@@ -252,13 +252,14 @@ def reconcile(db: Database) -> list[int]:
     taken over at once; returns the ids of jobs that are now claimable after a worker died."""
     with db.read() as s:
         now = lease_clock(s)
-        rows = s.execute(select(Job.id, Job.worker_id, Job.lease_expires)
-                         .where(Job.state == JobState.RUNNING, Job.worker_id.is_not(None))).all()
+        rows = s.execute(select(JobRow.id, JobRow.worker_id, JobRow.lease_expires)
+                         .where(JobRow.state == JobState.RUNNING,
+                                JobRow.worker_id.is_not(None))).all()
     dead = [jid for jid, wid, lease in rows
             if (lease is not None and lease < now) or _local_worker_dead(wid)]
     if dead:
         with db.write() as s:
-            s.execute(update(Job).where(Job.id.in_(dead), Job.state == JobState.RUNNING)
+            s.execute(update(JobRow).where(JobRow.id.in_(dead), JobRow.state == JobState.RUNNING)
                       .values(worker_id=None, lease_expires=None))
     return dead
 
@@ -275,15 +276,15 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
     ``skip`` (jobs this worker holds back after they failed to run)."""
     with db.write() as s:
         now = lease_clock(s)
-        query = select(Job).where(Job.state.in_(ACTIVE_JOB_STATES),
-                                  or_(Job.worker_id.is_(None), Job.lease_expires < now))
+        query = select(JobRow).where(JobRow.state.in_(ACTIVE_JOB_STATES),
+                                  or_(JobRow.worker_id.is_(None), JobRow.lease_expires < now))
         if owner is not None:
-            query = query.where(Job.owner == owner)
+            query = query.where(JobRow.owner == owner)
         if kinds is not None:
-            query = query.where(Job.kind.in_(list(kinds)))
+            query = query.where(JobRow.kind.in_(list(kinds)))
         if skip:
-            query = query.where(Job.id.not_in(skip))
-        job = s.scalars(query.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
+            query = query.where(JobRow.id.not_in(skip))
+        job = s.scalars(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True)
                         ).first()
         if job is None:
             return None
@@ -316,12 +317,12 @@ def release_job(db: Database, job_id: int, worker_id: str, error: str | None = N
         values: dict[str, Any] = {"worker_id": None, "lease_expires": None, "bytes_moving": 0}
         if error is not None:
             values["error"] = error
-        s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
+        s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.worker_id == worker_id)
                   .values(**values))
 
 
 # ----- finishing ------------------------------------------------------------------------------
-def _recount(s: Session, job: Job) -> None:
+def _recount(s: Session, job: JobRow) -> None:
     """Counters from the items themselves: authoritative whatever a crash lost."""
     counts = dict(s.execute(select(JobItem.state, func.count()).where(JobItem.job_id == job.id)
                             .group_by(JobItem.state)).all())
@@ -333,7 +334,7 @@ def _recount(s: Session, job: Job) -> None:
         JobItem.job_id == job.id, JobItem.state.in_(ARRIVED_ITEM_STATES))) or 0)
 
 
-def result_lines(db: Database, job: Job) -> list[str]:
+def result_lines(db: Database, job: JobRow) -> list[str]:
     """One line per failed or missing file of a job whose items are all through."""
     with db.read() as s:
         failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
@@ -353,12 +354,12 @@ def finish_job(db: Database, job_id: int, kind: JobKind, run: KindRun) -> str:
     return record_finish(db, job, lines)
 
 
-def record_finish(db: Database, job: Job, lines: list[str]) -> str:
+def record_finish(db: Database, job: JobRow, lines: list[str]) -> str:
     """The final state of a finished job in the database, and its summary in its log."""
     job_id = job.id
     state = JobState.FAILED if lines else JobState.SUCCEEDED
     with db.write() as s:
-        row = s.get(Job, job_id)
+        row = s.get(JobRow, job_id)
         assert row is not None
         _recount(s, row)
         row.state, row.finished_at = state, utcnow()
@@ -383,11 +384,11 @@ def finish_cancelled(db: Database, job_id: int, kind: JobKind) -> str:
     return JobState.CANCELLED
 
 
-def record_cancelled(db: Database, job: Job) -> int:
+def record_cancelled(db: Database, job: JobRow) -> int:
     """A cancelled job's state in the database; returns how many of its files were left."""
     job_id = job.id
     with db.write() as s:
-        row = s.get(Job, job_id)
+        row = s.get(JobRow, job_id)
         assert row is not None
         requeue_running(s, job_id)
         _recount(s, row)
@@ -404,7 +405,7 @@ def fail_job(db: Database, job_id: int, worker_id: str, error: str) -> str:
     Its items stay queued: a retry runs them."""
     with db.write() as s:
         requeue_running(s, job_id)
-        row = s.get(Job, job_id, with_for_update=True)
+        row = s.get(JobRow, job_id, with_for_update=True)
         if row is None or row.worker_id != worker_id:
             return "lost"
         row.state, row.finished_at, row.error = JobState.FAILED, utcnow(), error
@@ -423,7 +424,7 @@ def cancel_job(db: Database, job_id: int, kinds: KindRegistry) -> dict[str, Any]
     temporary files). A finished job is left as it is."""
     with db.write() as s:
         now = lease_clock(s)
-        job = s.get(Job, job_id, with_for_update=True)
+        job = s.get(JobRow, job_id, with_for_update=True)
         if job is None:
             raise NotFound(f"no job {job_id}")
         if job.state not in ACTIVE_JOB_STATES:
@@ -480,7 +481,7 @@ def retry_job(db: Database, job_id: int, kinds: KindRegistry, *, force: bool = F
     taken = False
     try:
         with db.write() as s:
-            row = s.get(Job, job_id, with_for_update=True)
+            row = s.get(JobRow, job_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no job {job_id}")
             if row.state in ACTIVE_JOB_STATES:  # retried (or resumed) by someone else meanwhile
@@ -523,7 +524,7 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
     """Delete a finished job: its row, its items and its log. What it staged (files and result
     markers) stays where it is, and the audit entry of its request is kept."""
     with db.write() as s:
-        row = s.get(Job, job_id, with_for_update=True)
+        row = s.get(JobRow, job_id, with_for_update=True)
         if row is None:
             raise NotFound(f"no job {job_id}")
         if row.state in ACTIVE_JOB_STATES:
@@ -531,7 +532,7 @@ def forget_job(db: Database, job_id: int) -> dict[str, Any]:
                            job_id=job_id)
         log_path = row.log_path
         s.execute(delete(JobItem).where(JobItem.job_id == job_id))
-        s.execute(delete(Job).where(Job.id == job_id))
+        s.execute(delete(JobRow).where(JobRow.id == job_id))
     # Only the log this engine named for the job (never some other file a row might point at).
     if log_path and os.path.basename(log_path) == f"job-{job_id}.log":
         with contextlib.suppress(FileNotFoundError):

@@ -34,7 +34,7 @@ from ..states import JobState
 from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
-from .models import Job
+from .models import JobRow
 from .store import Beat
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class HttpJobStore:
             return None
         return int(answer["job"]), bool(answer["resumed"])
 
-    def load_job(self, job_id: int) -> Job:
+    def load_job(self, job_id: int) -> JobRow:
         data = self.call("GET", f"jobs/{job_id}")
         with self._lock:
             if isinstance(data.get("store_roots"), dict):
@@ -153,7 +153,7 @@ class HttpJobStore:
                 self._none_waiting.discard(job_id)
         # This worker confines every job's folder itself, whatever the service recorded.
         options = {**(data.get("options") or {}), "recorded": True}
-        return Job(id=data["id"], owner=data["owner"], kind=data["kind"], state=data["state"],
+        return JobRow(id=data["id"], owner=data["owner"], kind=data["kind"], state=data["state"],
                    destination=data["destination"], method=data["method"], options=options,
                    missing=list(data.get("missing") or []), log_path="",
                    cancel_requested=bool(data.get("cancel_requested")),
@@ -227,14 +227,14 @@ class HttpJobStore:
                 return 0  # a service older than recalls for users' workers: none waits
             raise
 
-    def finish(self, job: Job, kind: JobKind, run: KindRun) -> str:
+    def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
         lines = list(self._job(job.id, "results", method="GET")["lines"])
         kind.finish(run, job, lines)  # the result marker, in the user's folder
         self._ship(job.id)
         return str(self._job(job.id, "finish", {"worker_id": job.worker_id or "",
                                                 "made": bool(job.options.get("made"))})["state"])
 
-    def finish_cancelled(self, job: Job, kind: JobKind) -> str:
+    def finish_cancelled(self, job: JobRow, kind: JobKind) -> str:
         from .stage_kind import STAGE
 
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
@@ -245,7 +245,7 @@ class HttpJobStore:
                         f"{removed} temporary file(s) removed")
         return JobState.CANCELLED
 
-    def fail(self, job: Job, worker_id: str, error: str) -> str:
+    def fail(self, job: JobRow, worker_id: str, error: str) -> str:
         self._ship(job.id)
         return str(self._job(job.id, "fail", {"worker_id": worker_id, "error": error})["state"])
 
@@ -253,7 +253,7 @@ class HttpJobStore:
         self._ship(job_id)
         self._job(job_id, "release", {"worker_id": worker_id, "error": error})
 
-    def log(self, job: Job) -> JobLog:
+    def log(self, job: JobRow) -> JobLog:
         self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.spool_dir / f"job-{job.id}-{uuid.uuid4().hex[:8]}.log"
         shipper = LogShipper(self, job.id, JobLog(path))
@@ -265,7 +265,7 @@ class HttpJobStore:
         shipper.start()
         return shipper.joblog
 
-    def close_log(self, job: Job, log: JobLog) -> None:
+    def close_log(self, job: JobRow, log: JobLog) -> None:
         with self._lock:
             shipper = self._shippers.get(job.id)
             if shipper is not None and shipper.joblog is log:

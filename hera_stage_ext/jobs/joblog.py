@@ -22,7 +22,7 @@ from typing import Any
 
 from ..catalogue.models import utcnow
 from ..errors import InvalidRequest
-from .models import Job
+from .models import JobRow
 
 
 log = logging.getLogger("hera_stage_ext.jobs")
@@ -135,7 +135,7 @@ class JobLog:
                 os.fchmod(fd, want)
 
 
-def read_log(job: Job | Mapping[str, Any], offset: int = 0,
+def read_log(job: JobRow | Mapping[str, Any], offset: int = 0,
              max_bytes: int = 1 << 20) -> tuple[str, int]:
     """The log from byte ``offset``: ``(text, next_offset)``, whole lines only, so a tail can
     call again with ``next_offset`` and never see half a line."""

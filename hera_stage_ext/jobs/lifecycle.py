@@ -30,7 +30,7 @@ from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, QuotaExceeded
 from ..states import ACTIVE_JOB_STATES, ItemState
-from .models import Job, JobItem
+from .models import JobRow, JobItem
 
 #: ``expires_in`` as text: a number and a unit (seconds, minutes, hours, days, weeks).
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*")
@@ -112,8 +112,9 @@ def staged_use(s: Session, owner: str, now: dt.datetime | None = None,
     count what they will stage)."""
     now = now or utcnow()
     used = 0
-    rows = s.execute(select(Job.id, Job.state, Job.bytes_total, Job.bytes_done, Job.options)
-                     .where(Job.owner == owner, Job.kind == "stage"))
+    rows = s.execute(select(JobRow.id, JobRow.state, JobRow.bytes_total, JobRow.bytes_done,
+                            JobRow.options)
+                     .where(JobRow.owner == owner, JobRow.kind == "stage"))
     for job_id, state, total, done, options in rows:
         options = options or {}
         until = expires_at(options)
@@ -124,14 +125,14 @@ def staged_use(s: Session, owner: str, now: dt.datetime | None = None,
     return used
 
 
-def quota_admission(quota: int, owner: str) -> Callable[[Session, Job], None] | None:
+def quota_admission(quota: int, owner: str) -> Callable[[Session, JobRow], None] | None:
     """The check a launch of ``owner`` runs in its own transaction (``create_job``'s
     ``take``): QuotaExceeded when the job would take the user past ``quota`` bytes of
     unexpired staged data. None when there is no quota."""
     if quota <= 0:
         return None
 
-    def admit(s: Session, job: Job) -> None:
+    def admit(s: Session, job: JobRow) -> None:
         used = staged_use(s, owner, exclude=job.id)
         if used + job.bytes_total > quota:
             raise QuotaExceeded(
@@ -151,8 +152,8 @@ def staged_records(db: Database, owner: str, now: dt.datetime | None = None,
     what each folder must hold (for ``cleaner``); without, only the counts."""
     now = now or utcnow()
     with db.read() as s:
-        jobs = list(s.scalars(select(Job).where(Job.owner == owner, Job.kind == "stage",
-                                                Job.method != "contents").order_by(Job.id)))
+        jobs = list(s.scalars(select(JobRow).where(JobRow.owner == owner, JobRow.kind == "stage",
+                                                JobRow.method != "contents").order_by(JobRow.id)))
         folders: dict[str, dict[str, Any]] = {}
         for job in jobs:
             options = job.options or {}
@@ -210,9 +211,9 @@ def mark_cleaned(db: Database, owner: str, job_ids: Iterable[int]) -> list[int]:
     marked = []
     stamp = iso(utcnow())
     with db.write() as s:
-        for job in s.scalars(select(Job).where(Job.id.in_(ids), Job.owner == owner,
-                                               Job.kind == "stage",
-                                               Job.state.not_in(ACTIVE_JOB_STATES))):
+        for job in s.scalars(select(JobRow).where(JobRow.id.in_(ids), JobRow.owner == owner,
+                                               JobRow.kind == "stage",
+                                               JobRow.state.not_in(ACTIVE_JOB_STATES))):
             job.options = {**(job.options or {}), "cleaned_at": stamp}
             marked.append(job.id)
     return marked
@@ -234,6 +235,6 @@ def check_forgettable(job: Mapping[str, Any]) -> None:
 def note_made(db: Database, job_id: int) -> None:
     """Record that ``job_id`` made its folder (a user's worker says so when it finishes)."""
     with db.write() as s:
-        job = s.get(Job, job_id)
+        job = s.get(JobRow, job_id)
         if job is not None and not (job.options or {}).get("made"):
             job.options = {**(job.options or {}), "made": True}

@@ -14,14 +14,10 @@ from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..catalogue.models import Base, JSONType, NameType, utcnow
-from ..states import ACTIVE_JOB_STATES, ItemState, JobState, RecallState
-
-#: ``states.ACTIVE_JOB_STATES`` under the name transfer/upload.py and site/worker_ops.py still
-#: import it by (the jobs package itself uses ``states``).
-ACTIVE_STATES = ACTIVE_JOB_STATES
+from ..states import ItemState, JobState, RecallState
 
 
-class Job(Base):
+class JobRow(Base):
     """One job. Counters: ``files_done``/``bytes_done`` count items present and verified at the
     destination (copied *or* skipped as identical); ``files_skipped`` and ``files_failed`` are
     the subsets that were skipped or failed. Progress is (done + failed) / total.
@@ -85,7 +81,7 @@ class JobItem(Base):
 
 #: The two tables as Core ``Table`` objects (to a type checker ``__table__`` is only a
 #: ``FromClause``), for Core statements where the ORM's cost per row counts.
-JOB_TABLE = Base.metadata.tables[Job.__tablename__]
+JOB_TABLE = Base.metadata.tables[JobRow.__tablename__]
 JOB_ITEM_TABLE = Base.metadata.tables[JobItem.__tablename__]
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store
-from .models import Job
+from .models import JobRow
 from ..catalogue.naming import shown, validate_name
 from ..errors import InvalidRequest
 from ..states import ACTIVE_JOB_STATES, ItemState
@@ -232,5 +232,5 @@ def dry_run_stage(
 def busy_job(db: Database, destination: str) -> int | None:
     """The unfinished job already staging into ``destination`` (a launch there is refused)."""
     with db.read() as s:
-        return s.scalar(select(Job.id).where(Job.destination == destination,
-                                             Job.state.in_(ACTIVE_JOB_STATES)).limit(1))
+        return s.scalar(select(JobRow.id).where(JobRow.destination == destination,
+                                             JobRow.state.in_(ACTIVE_JOB_STATES)).limit(1))

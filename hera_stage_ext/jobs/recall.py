@@ -58,7 +58,7 @@ from .items import record_results
 from .joblog import JobLog
 from .contract import JobKind
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
-from .models import Job, JobItem, RecallCopy
+from .models import JobRow, JobItem, RecallCopy
 
 if TYPE_CHECKING:
     from .items import ClaimedItem
@@ -437,7 +437,8 @@ class _Recall:
         the copy was registered) hold no bytes: that job recalls the file again when it
         resumes."""
         now = utcnow()
-        alive = select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_expires > now)
+        alive = select(JobRow.id).where(JobRow.state == JobState.RUNNING,
+                                        JobRow.lease_expires > now)
         s.execute(delete(RecallCopy).where(
             RecallCopy.buffer == buffer, RecallCopy.state == RecallState.RECALLING,
             RecallCopy.job_id.not_in(alive)).execution_options(synchronize_session=False))
@@ -495,9 +496,9 @@ class _Recall:
         """Whether the job, still active, has items to stage from a buffer copy."""
         with self.db.read() as s:
             return bool(s.scalar(select(func.count()).select_from(JobItem).join(
-                Job, Job.id == JobItem.job_id).where(
+                JobRow, JobRow.id == JobItem.job_id).where(
                 JobItem.job_id == self.items_job, JobItem.state.in_(UNFINISHED),
-                JobItem.store.in_(self.buffers), Job.state.in_(ACTIVE_JOB_STATES))))
+                JobItem.store.in_(self.buffers), JobRow.state.in_(ACTIVE_JOB_STATES))))
 
     def reap(self) -> int:
         return reap(self.db, self.all_stores, self.log, self.items_job)
@@ -521,7 +522,7 @@ class RecallKind(JobKind):
             raise StagingError("a recall job runs in the site's own worker, over the catalogue")
         stage_id = int(run.job.options.get("stage_job", 0))
         with run.db.read() as s:
-            log_path = s.scalar(select(Job.log_path).where(Job.id == stage_id))
+            log_path = s.scalar(select(JobRow.log_path).where(JobRow.id == stage_id))
         if log_path is None:  # the stage job was forgotten: nothing to recall for it
             return
         recall = _Recall.start(run, for_job=stage_id, log=JobLog(log_path))
@@ -531,22 +532,22 @@ class RecallKind(JobKind):
         if recall.error is not None:
             raise recall.error
 
-    def cancelled(self, db: Database, job: Job, left: int) -> int:
+    def cancelled(self, db: Database, job: JobRow, left: int) -> int:
         """A recall job cancelled while its stage job goes on (an admin's cancel): the files
         still waiting fail, so the user's worker does not wait for them for ever. (Cancelling
         the stage job cancels its recall job too; its waiting files then wait for a retry.)"""
         stage_id = int(job.options.get("stage_job", 0))
         with db.write() as s:
-            stage = s.execute(select(Job.state, Job.cancel_requested).where(
-                Job.id == stage_id)).first()
+            stage = s.execute(select(JobRow.state, JobRow.cancel_requested).where(
+                JobRow.id == stage_id)).first()
             if stage is None or stage.state not in ACTIVE_JOB_STATES or stage.cancel_requested:
                 return 0
             failed = s.scalars(update(JobItem).where(
                 JobItem.job_id == stage_id, JobItem.state == ItemState.WAITING).values(
                 state=ItemState.FAILED, error=f"recall failed: recall job {job.id} was cancelled")
                 .returning(JobItem.id)).all()
-            s.execute(update(Job).where(Job.id == stage_id).values(
-                files_failed=Job.files_failed + len(failed)))
+            s.execute(update(JobRow).where(JobRow.id == stage_id).values(
+                files_failed=JobRow.files_failed + len(failed)))
         return 0
 
 
@@ -583,8 +584,8 @@ def reap(db: Database, stores: _Stores, log: Callable[[str], None], job_id: int)
         sources = {os.path.join(stores.roots.get(c.buffer, ""), c.path): c for c in copies
                    if c.state == RecallState.RECALLED}
         needed = set(s.scalars(select(JobItem.source_path).join(
-            Job, Job.id == JobItem.job_id).where(
-            Job.state.in_(ACTIVE_JOB_STATES), JobItem.state.in_(UNFINISHED),
+            JobRow, JobRow.id == JobItem.job_id).where(
+            JobRow.state.in_(ACTIVE_JOB_STATES), JobItem.state.in_(UNFINISHED),
             JobItem.source_path.in_(list(sources)))))
         gone = [c for c in copies if c.state == RecallState.REAPING]
         for source, copy in sources.items():

@@ -37,10 +37,10 @@ from .contents import SCHEME, check_description, clean_api_path
 from .engine import create_job
 from .joblog import JobLog, default_log_dir
 from .methods import METHODS
-from .models import Job, JobItem
+from .models import JobRow, JobItem
 from .plan import COPYING, unique_names, resolve_names, busy_job
 
-#: Where the site's recall job of stage job N says it works (``Job.destination``).
+#: Where the site's recall job of stage job N says it works (``JobRow.destination``).
 RECALL_FOR = "job:{}"
 
 
@@ -92,8 +92,8 @@ def dry_run_recorded(db: Database, names_or_rows: Iterable[str | Mapping[str, An
 
 def busy_check(s: Session, destination: str, job_id: int) -> None:
     """Conflict when another unfinished job goes into ``destination``."""
-    busy = s.scalar(select(Job.id).where(Job.destination == destination, Job.id != job_id,
-                                         Job.state.in_(ACTIVE_JOB_STATES)))
+    busy = s.scalar(select(JobRow.id).where(JobRow.destination == destination, JobRow.id != job_id,
+                                         JobRow.state.in_(ACTIVE_JOB_STATES)))
     if busy is not None:
         raise Conflict(f"job {busy} is already staging into {destination}", job_id=busy)
 
@@ -118,7 +118,7 @@ def record_stage_job(
     db: Database, owner: str, names_or_rows: Iterable[str | Mapping[str, Any]],
     destination: object, method: str = "copy", *, search: Any = None, read_only: bool = True,
     log_dir: str | os.PathLike[str] | None = None, options: Mapping[str, Any] | None = None,
-    admit: Callable[[Session, Job], None] | None = None, contents: object = None,
+    admit: Callable[[Session, JobRow], None] | None = None, contents: object = None,
 ) -> dict[str, Any]:
     """Record a stage job of ``owner`` into ``destination``, for the user's worker to run
     (``options`` and ``admit`` as ``engine.create_stage_job``'s); files only on a cold store
@@ -130,7 +130,7 @@ def record_stage_job(
                        f"an online store", missing=missing)
     cold = sum(1 for item in items if item.get("state") == ItemState.WAITING)
 
-    def take(s: Session, job: Job) -> None:
+    def take(s: Session, job: JobRow) -> None:
         if admit is not None:
             admit(s, job)
         busy_check(s, dest, job.id)
@@ -147,10 +147,10 @@ def record_stage_job(
                 f"site service; the user's worker takes the folder{recalled})")
 
 
-def add_recall_job(s: Session, stage: Job, log_dir: str | os.PathLike[str] | None) -> Job:
+def add_recall_job(s: Session, stage: JobRow, log_dir: str | os.PathLike[str] | None) -> JobRow:
     """The site's recall job of ``stage`` (in the session's transaction): the site's worker
     claims it (kind ``recall``) and recalls the stage job's cold files into the buffer."""
-    row = Job(owner=stage.owner, kind="recall", state=JobState.QUEUED,
+    row = JobRow(owner=stage.owner, kind="recall", state=JobState.QUEUED,
               destination=RECALL_FOR.format(stage.id), method="recall",
               options={"stage_job": stage.id}, files_total=0, bytes_total=0, files_done=0,
               bytes_done=0, files_failed=0, files_skipped=0, missing=[], error="",
@@ -165,13 +165,13 @@ def add_recall_job(s: Session, stage: Job, log_dir: str | os.PathLike[str] | Non
 def recall_jobs(db: Database, stage_id: int, active: bool | None = None) -> list[int]:
     """The ids of the site's recall jobs of stage job ``stage_id`` (only the active ones, or
     only the finished ones)."""
-    query = select(Job.id).where(Job.kind == "recall",
-                                 Job.destination == RECALL_FOR.format(stage_id))
+    query = select(JobRow.id).where(JobRow.kind == "recall",
+                                 JobRow.destination == RECALL_FOR.format(stage_id))
     if active is not None:
-        query = query.where(Job.state.in_(ACTIVE_JOB_STATES) if active
-                            else Job.state.not_in(ACTIVE_JOB_STATES))
+        query = query.where(JobRow.state.in_(ACTIVE_JOB_STATES) if active
+                            else JobRow.state.not_in(ACTIVE_JOB_STATES))
     with db.read() as s:
-        return list(s.scalars(query.order_by(Job.id)))
+        return list(s.scalars(query.order_by(JobRow.id)))
 
 
 def ensure_recall(db: Database, stage_id: int,
@@ -179,14 +179,14 @@ def ensure_recall(db: Database, stage_id: int,
     """After a retry: a recall job for the stage job's files that wait for their recall,
     unless one is active already; returns its id (None: none needed or one runs)."""
     with db.write() as s:
-        stage = s.get(Job, stage_id, with_for_update=True)
+        stage = s.get(JobRow, stage_id, with_for_update=True)
         if stage is None or stage.state not in ACTIVE_JOB_STATES:
             return None
         waiting = s.scalar(select(func.count()).select_from(JobItem).where(
             JobItem.job_id == stage_id, JobItem.state == ItemState.WAITING))
-        running = s.scalar(select(Job.id).where(
-            Job.kind == "recall", Job.destination == RECALL_FOR.format(stage_id),
-            Job.state.in_(ACTIVE_JOB_STATES)))
+        running = s.scalar(select(JobRow.id).where(
+            JobRow.kind == "recall", JobRow.destination == RECALL_FOR.format(stage_id),
+            JobRow.state.in_(ACTIVE_JOB_STATES)))
         if not waiting or running is not None:
             return None
         row = add_recall_job(s, stage, log_dir)

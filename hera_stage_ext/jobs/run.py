@@ -33,7 +33,7 @@ from .engine import new_worker_id
 from .kinds import KindRegistry
 from .items import ClaimedItem
 from .methods import NO_DATA, Cancelled, Outcome, commit
-from .models import Job
+from .models import JobRow
 from .progress import InFlight
 from .store import JobStore, as_store
 
@@ -80,7 +80,7 @@ class EngineConfig:
 class JobRun:
     """One worker's run of one claimed job: its kind's streams, heartbeat, commits, finalisation."""
 
-    def __init__(self, store: JobStore, job: Job, worker_id: str, config: EngineConfig,
+    def __init__(self, store: JobStore, job: JobRow, worker_id: str, config: EngineConfig,
                  stop: threading.Event, pool: CopyPool | None = None) -> None:
         self.store, self.job, self.worker_id, self.config, self.stop = (
             store, job, worker_id, config, stop)

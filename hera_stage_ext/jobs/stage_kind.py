@@ -24,14 +24,14 @@ from sqlalchemy.orm import Session
 from ..catalogue.db import Database
 from ..errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, StagingError
 from ..safefs import PathChanged
-from ..states import ItemState
+from ..states import ACTIVE_JOB_STATES, ItemState
 from . import recall, targets
 from .contract import JobKind, JobRefused, KindRun
 from .copy_pool import HandOver, HelperDied, Ticket, hand_overs
 from .engine import job_is_active
 from .items import ClaimedItem, unfinished_paths
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, remove_temp_folders
-from .models import ACTIVE_STATES, Job
+from .models import JobRow
 from .plan import COPYING, free_bytes
 
 
@@ -377,7 +377,7 @@ class StageKind(JobKind):
         else:
             recall.with_recall(run, streamer.run_stream)
 
-    def finish(self, run: KindRun, job: Job, lines: list[str]) -> None:
+    def finish(self, run: KindRun, job: JobRow, lines: list[str]) -> None:
         refused = self._refused.pop(job.id, None)
         if refused is not None:
             lines.append(f"result marker {refused}")
@@ -387,12 +387,12 @@ class StageKind(JobKind):
         except PathChanged as exc:  # the job fails with it; nothing is written there
             lines.append(f"result marker not written: {exc}")
 
-    def cancelled(self, db: Database, job: Job, left: int) -> int:
+    def cancelled(self, db: Database, job: JobRow, left: int) -> int:
         if job.options.get("recorded"):
             return 0  # the folder is the user's: their worker cleans it (``cancel_at_target``)
         return self.cancel_at_target(job, left, unfinished_paths(db, job.id))
 
-    def cancel_at_target(self, job: Job, left: int, unfinished: list[str]) -> int:
+    def cancel_at_target(self, job: JobRow, left: int, unfinished: list[str]) -> int:
         """Remove a cancelled job's temporary files and write its result marker."""
         target = _target(job)
         try:
@@ -402,7 +402,7 @@ class StageKind(JobKind):
             return 0  # the folder is not the job's any more: nothing is written there
         return removed
 
-    def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
+    def retake(self, s: Session, job: JobRow, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
         recorded = job.options.get("recorded")  # the user's worker takes the folder again
         target = _target(job)
@@ -414,8 +414,9 @@ class StageKind(JobKind):
                 raise InsufficientSpace(
                     f"the destination has {free} bytes free and the retry needs {needed}",
                     needed=needed, free=free)
-        busy = s.scalar(select(Job.id).where(Job.destination == job.destination,
-                                             Job.id != job.id, Job.state.in_(ACTIVE_STATES)))
+        busy = s.scalar(select(JobRow.id).where(JobRow.destination == job.destination,
+                                                JobRow.id != job.id,
+                                                JobRow.state.in_(ACTIVE_JOB_STATES)))
         if busy is not None:
             raise Conflict(f"job {busy} is already staging into {job.destination}", job_id=busy)
         if not recorded:
@@ -423,12 +424,12 @@ class StageKind(JobKind):
             # Checked against the roots just now: the folder there is the job's from now on.
             job.options = {**job.options, **target.options()}
 
-    def release(self, job: Job) -> None:
+    def release(self, job: JobRow) -> None:
         if not job.options.get("recorded"):
             _target(job).release(job.id)
 
 
-def _target(job: Job) -> targets.Target:
+def _target(job: JobRow) -> targets.Target:
     return targets.for_job(job.destination, job.method, job.options)
 
 

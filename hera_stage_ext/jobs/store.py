@@ -28,12 +28,12 @@ from sqlalchemy import func, select, update
 
 from ..catalogue.db import Database
 from ..catalogue.models import Store
-from ..states import ItemState
+from ..states import ACTIVE_JOB_STATES, ItemState
 from . import engine, items
 from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
-from .models import ACTIVE_STATES, Job, JobItem
+from .models import JobRow, JobItem
 
 if TYPE_CHECKING:
     from .contract import KindRun
@@ -58,7 +58,7 @@ class JobStore(Protocol):
     def reconcile(self) -> list[int]: ...
     def claim_job(self, worker_id: str, lease_seconds: float,
                   skip: Collection[int] = ()) -> tuple[int, bool] | None: ...
-    def load_job(self, job_id: int) -> Job: ...
+    def load_job(self, job_id: int) -> JobRow: ...
     def is_active(self, job_id: int) -> bool: ...
     def store_roots(self, job_id: int) -> dict[str, str]: ...
     def claim_items(self, job_id: int, worker_id: str, n: int,
@@ -71,12 +71,12 @@ class JobStore(Protocol):
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
     def waiting(self, job_id: int) -> int: ...
-    def finish(self, job: Job, kind: JobKind, run: KindRun) -> str: ...
-    def finish_cancelled(self, job: Job, kind: JobKind) -> str: ...
-    def fail(self, job: Job, worker_id: str, error: str) -> str: ...
+    def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str: ...
+    def finish_cancelled(self, job: JobRow, kind: JobKind) -> str: ...
+    def fail(self, job: JobRow, worker_id: str, error: str) -> str: ...
     def release(self, job_id: int, worker_id: str, error: str | None = None) -> None: ...
-    def log(self, job: Job) -> JobLog: ...
-    def close_log(self, job: Job, log: JobLog) -> None: ...
+    def log(self, job: JobRow) -> JobLog: ...
+    def close_log(self, job: JobRow, log: JobLog) -> None: ...
     def close(self) -> None: ...
 
 
@@ -98,12 +98,12 @@ class DbJobStore:
         return engine.claim_job(self.db, worker_id, lease_seconds, self.owner, skip=skip,
                                 kinds=self.kinds)
 
-    def load_job(self, job_id: int) -> Job:
+    def load_job(self, job_id: int) -> JobRow:
         return engine.load_job(self.db, job_id)
 
     def is_active(self, job_id: int) -> bool:
         with self.db.read() as s:
-            return s.scalar(select(Job.state).where(Job.id == job_id)) in ACTIVE_STATES
+            return s.scalar(select(JobRow.state).where(JobRow.id == job_id)) in ACTIVE_JOB_STATES
 
     def store_roots(self, job_id: int) -> dict[str, str]:
         """The roots of the job's stores, and of the buffers its cold stores recall into
@@ -141,10 +141,10 @@ class DbJobStore:
         with self.db.write() as s:
             now = engine.lease_clock(s)
             row = s.execute(
-                update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
+                update(JobRow).where(JobRow.id == job_id, JobRow.worker_id == worker_id)
                 .values(heartbeat_at=now, lease_expires=now + dt.timedelta(seconds=lease_seconds),
                         bytes_moving=moving)
-                .returning(Job.cancel_requested)).first()
+                .returning(JobRow.cancel_requested)).first()
         if row is None:
             return Beat("lost")
         if row[0]:
@@ -166,22 +166,22 @@ class DbJobStore:
             return int(s.scalar(select(func.count()).select_from(JobItem).where(
                 JobItem.job_id == job_id, JobItem.state == ItemState.WAITING)) or 0)
 
-    def finish(self, job: Job, kind: JobKind, run: KindRun) -> str:
+    def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
         return engine.finish_job(self.db, job.id, kind, run)
 
-    def finish_cancelled(self, job: Job, kind: JobKind) -> str:
+    def finish_cancelled(self, job: JobRow, kind: JobKind) -> str:
         return engine.finish_cancelled(self.db, job.id, kind)
 
-    def fail(self, job: Job, worker_id: str, error: str) -> str:
+    def fail(self, job: JobRow, worker_id: str, error: str) -> str:
         return engine.fail_job(self.db, job.id, worker_id, error)
 
     def release(self, job_id: int, worker_id: str, error: str | None = None) -> None:
         engine.release_job(self.db, job_id, worker_id, error)
 
-    def log(self, job: Job) -> JobLog:
+    def log(self, job: JobRow) -> JobLog:
         return JobLog(job.log_path)
 
-    def close_log(self, job: Job, log: JobLog) -> None:
+    def close_log(self, job: JobRow, log: JobLog) -> None:
         log.flush()
 
     def close(self) -> None:

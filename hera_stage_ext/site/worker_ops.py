@@ -21,8 +21,9 @@ from ..errors import Conflict, InvalidRequest, NotFound
 from ..jobs import engine, items, lifecycle, recall
 from ..jobs.items import ClaimedItem
 from ..jobs.joblog import JobLog
-from ..jobs.models import ACTIVE_STATES, Job, JobItem
+from ..jobs.models import JobRow, JobItem
 from ..jobs.store import DbJobStore
+from ..states import ACTIVE_JOB_STATES
 
 #: The only kind a user's worker runs.
 USER_KINDS = ("stage",)
@@ -65,13 +66,13 @@ class WorkerOps:
         self.owner = owner
         self.store = DbJobStore(db, owner, USER_KINDS)
 
-    def _job(self, job_id: int) -> Job:
+    def _job(self, job_id: int) -> JobRow:
         job = engine.load_job(self.db, job_id) if job_id > 0 else None
         if job is None or job.owner != self.owner or job.kind not in USER_KINDS:
             raise NotFound(f"no job {job_id}")
         return job
 
-    def _held(self, job_id: int, body: dict[str, Any]) -> Job:
+    def _held(self, job_id: int, body: dict[str, Any]) -> JobRow:
         """The job, held by the worker the body names."""
         job = self._job(job_id)
         worker_id = worker_id_of(body)
@@ -97,7 +98,7 @@ class WorkerOps:
             job_id), "waiting": self.store.waiting(job_id)}
 
     def active(self, job_id: int) -> dict[str, Any]:
-        return {"active": self._job(job_id).state in ACTIVE_STATES}
+        return {"active": self._job(job_id).state in ACTIVE_JOB_STATES}
 
     def stores(self, job_id: int) -> dict[str, Any]:
         self._job(job_id)

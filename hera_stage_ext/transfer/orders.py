@@ -41,7 +41,7 @@ from ..catalogue.search_compile import validate_search
 from ..catalogue.search_parse import parse_search
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
-from ..jobs.models import Job, JobItem
+from ..jobs.models import JobRow, JobItem
 from ..states import ACTIVE_JOB_STATES, ItemState
 from .peer_sender import peer_destination, refusal
 from .models import RemoteInstance
@@ -236,8 +236,8 @@ class StandingOrders:
         to it, not refused by it as a conflict. At most ``max_stage_files`` (the rest go at the
         next evaluation)."""
         destination = peer_destination(order.peer)
-        peer_jobs = (JobItem.name == File.name, JobItem.job_id == Job.id,
-                     Job.destination == destination)
+        peer_jobs = (JobItem.name == File.name, JobItem.job_id == JobRow.id,
+                     JobRow.destination == destination)
         with self.core.catalogue.db.read() as s:
             stmt = search_select(s, "files", order.search).with_only_columns(File.name).where(
                 exists().where(Instance.file_id == File.id, Instance.available,
@@ -245,7 +245,7 @@ class StandingOrders:
                                Store.kind == "online"),
                 ~exists().where(RemoteInstance.file_id == File.id,
                                 RemoteInstance.site == order.peer),
-                ~exists().where(*peer_jobs, Job.state.in_(ACTIVE_JOB_STATES)),
+                ~exists().where(*peer_jobs, JobRow.state.in_(ACTIVE_JOB_STATES)),
                 ~exists().where(*peer_jobs, JobItem.state == ItemState.FAILED,
                                 JobItem.error.startswith(refusal(CONFLICT, ""), autoescape=True)),
             ).order_by(File.name).limit(self.core.max_stage_files)

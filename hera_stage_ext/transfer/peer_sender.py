@@ -19,7 +19,7 @@ from ..catalogue.db import Database
 from ..errors import StagingError, Unavailable
 from ..jobs.items import claim_items, ClaimedItem, requeue_items
 from ..jobs.methods import Cancelled
-from ..jobs.models import Job, JobItem
+from ..jobs.models import JobRow, JobItem
 from ..states import ItemState, JobState, TransferItemState
 from .peers import Peer, PeerRegistry
 from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, UNKNOWN, PeerClient
@@ -133,9 +133,9 @@ class PeerSender:
                 if self.peer.max_in_flight:
                     with self.db.read() as s:
                         in_flight = s.scalar(select(func.count()).select_from(JobItem).join(
-                            Job, Job.id == JobItem.job_id).where(
-                            Job.destination == peer_destination(self.peer.name),
-                            Job.state == JobState.RUNNING,
+                            JobRow, JobRow.id == JobItem.job_id).where(
+                            JobRow.destination == peer_destination(self.peer.name),
+                            JobRow.state == JobState.RUNNING,
                             JobItem.state == ItemState.RUNNING)) or 0
                     n = min(n, self.peer.max_in_flight - in_flight)
                 if n > 0:

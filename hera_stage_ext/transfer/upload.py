@@ -68,7 +68,7 @@ from ..jobs.items import claim_items, ClaimedItem, requeue_items, unfinished_pat
 from ..jobs.joblog import JobLog
 from ..jobs.contract import JobKind
 from ..jobs.methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
-from ..jobs.models import Job, JobItem
+from ..jobs.models import JobRow, JobItem
 from ..jobs.targets import LocalTarget
 from ..paths import confine, is_within
 from ..states import ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, ItemState, JobState
@@ -221,8 +221,8 @@ def _hold(s: Session, job_id: int, dest: str, manifest: str) -> None:
     another unfinished job uploads into ``dest`` or writes ``manifest`` (see the module's
     docstring). Manifest paths are stored resolved at launch, so they compare as strings."""
     serialise(s, LAUNCH_LOCK)
-    busy = s.scalar(select(Job.id).where(Job.destination == dest, Job.id != job_id,
-                                         Job.state.in_(ACTIVE_JOB_STATES)))
+    busy = s.scalar(select(JobRow.id).where(JobRow.destination == dest, JobRow.id != job_id,
+                                         JobRow.state.in_(ACTIVE_JOB_STATES)))
     if busy is not None:
         raise Conflict(f"job {busy} is already uploading into {dest}", job_id=busy)
     holder = _manifest_holder(s, job_id, manifest)
@@ -236,9 +236,9 @@ def _manifest_holder(s: Session, job_id: int, manifest: str) -> tuple[int, str] 
     """The unfinished upload job other than ``job_id`` that writes ``manifest``, with its
     state (call after ``serialise(s, LAUNCH_LOCK)``)."""
     for other, state, options in s.execute(
-            select(Job.id, Job.state, Job.options).where(
-                Job.kind == UploadKind.name, Job.id != job_id,
-                Job.state.in_(ACTIVE_JOB_STATES))):
+            select(JobRow.id, JobRow.state, JobRow.options).where(
+                JobRow.kind == UploadKind.name, JobRow.id != job_id,
+                JobRow.state.in_(ACTIVE_JOB_STATES))):
         if options.get("manifest") == manifest:
             return other, state
     return None
@@ -249,7 +249,7 @@ def manifest_json(db: Database, job_id: int, job_state: str | None = None) -> di
     """The manifest of an upload job as it stands (see the module's docstring); ``job_state``
     the job's state if it is about to change (its final state, written after the manifest)."""
     with db.read() as s:
-        job = s.get(Job, job_id)
+        job = s.get(JobRow, job_id)
         assert job is not None
         options = dict(job.options)
         rows = s.execute(select(JobItem.name, JobItem.dest_path, JobItem.size, JobItem.state,
@@ -283,7 +283,7 @@ def manifest_json(db: Database, job_id: int, job_state: str | None = None) -> di
 def write_manifest(db: Database, job_id: int, job_state: str | None = None) -> Path:
     """Write the job's manifest atomically: a reader sees the old one or the new one, whole."""
     with db.read() as s:
-        job = s.get(Job, job_id)
+        job = s.get(JobRow, job_id)
         assert job is not None
         path = Path(job.options["manifest"])
     data = json.dumps(manifest_json(db, job_id, job_state), indent=1).encode()
@@ -350,7 +350,7 @@ class UploadKind(JobKind):
             except OSError as exc:  # a progress view only: the job goes on, ``finish`` reports
                 run.log(f"could not rewrite the manifest now ({exc.strerror}); the job goes on")
 
-    def finish(self, run: KindRun, job: Job, lines: list[str]) -> None:
+    def finish(self, run: KindRun, job: JobRow, lines: list[str]) -> None:
         if job.options.get("peer"):
             try:
                 self._send(run, job)
@@ -367,12 +367,12 @@ class UploadKind(JobKind):
             run.log(f"manifest written: {path}")
 
     @staticmethod
-    def _send(run: KindRun, job: Job) -> None:
+    def _send(run: KindRun, job: JobRow) -> None:
         """Launch the transfer job of what is in the local store and not at the peer yet
         (once: a finalisation run again after a crash finds it recorded)."""
         peer, db = job.options["peer"], catalogue_db(run)
         with db.read() as s:
-            row = s.get(Job, job.id)
+            row = s.get(JobRow, job.id)
             assert row is not None
             if row.options.get("transfer_job") is not None:
                 return
@@ -387,13 +387,13 @@ class UploadKind(JobKind):
         transfer = create_transfer_job(db, job.owner, names, TRANSFER.registry(run), peer,
                                        log_dir=os.path.dirname(job.log_path))
         with db.write() as s:
-            row = s.get(Job, job.id)
+            row = s.get(JobRow, job.id)
             assert row is not None
             row.options = {**row.options, "transfer_job": transfer["id"]}
         run.log(f"transfer job {transfer['id']} launched: {len(names)} file(s) to peer "
                 f"{peer!r}")
 
-    def retake(self, s: Session, job: Job, *, left_bytes: int, force: bool,
+    def retake(self, s: Session, job: JobRow, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
         # Still inside the roots and still themselves (not a folder swapped for a symlink
         # since the launch), as a staging retry checks its destination.
@@ -410,7 +410,7 @@ class UploadKind(JobKind):
             os.close(fd)
         job.options = {**job.options, "directory_pin": [pin.dev, pin.ino]}
 
-    def cancelled(self, db: Database, job: Job, left: int) -> int:
+    def cancelled(self, db: Database, job: JobRow, left: int) -> int:
         removed = LocalTarget(Path(job.destination)).remove_temps(unfinished_paths(db, job.id))
         # The job counts as finished already, so a new upload may have taken its manifest
         # over: written under the launches' lock, and only if none has (a launch that comes
