@@ -139,6 +139,12 @@ class JobKind(Protocol):
         """On cancel; returns how many temporary files it removed."""
         return 0
 
+    def cancel_at_target(self, job: JobRow, left: int, unfinished: list[str]) -> int:
+        """On cancel, in the worker that holds the target (a user's worker in site mode, told
+        by the service which items were ``unfinished``); returns how many temporary files it
+        removed."""
+        return 0
+
     def retake(self, s: Session, job: JobRow, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
         """A retry about to queue the job again takes its target again (inside its write

@@ -235,10 +235,8 @@ class HttpJobStore:
                                                 "made": bool(job.options.get("made"))})["state"])
 
     def finish_cancelled(self, job: JobRow, kind: JobKind) -> str:
-        from .stage_kind import STAGE
-
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
-        removed = STAGE.cancel_at_target(job, int(answer["left"]), list(answer["unfinished"]))
+        removed = kind.cancel_at_target(job, int(answer["left"]), list(answer["unfinished"]))
         shipper = self._shippers.get(job.id)
         if shipper is not None:
             shipper.log(f"job {job.id} cancelled: {answer['left']} file(s) not staged, "
