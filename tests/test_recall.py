@@ -315,11 +315,13 @@ def test_two_jobs_share_the_buffer_and_its_cap(site: ColdSite) -> None:
         t.start()
     for t in threads:
         t.join(120)
+    held: list[int] = []
     for job, dest in zip(jobs, ("a", "b")):
         log = check_result(site, job, site.workspace / dest)
-        held = [int(h) for h in re.findall(r"buffer holds (\d+) of", log)]
-        assert held and max(held) <= CAP
+        # A job that found every copy already recalled by the other logs no buffer line.
+        held += [int(h) for h in re.findall(r"buffer holds (\d+) of", log)]
         assert "FAILED" not in log
+    assert held and max(held) <= CAP
 
 
 @SQLITE_ONLY
