@@ -49,6 +49,8 @@ class ItemState(State):
 
 #: The states of an item whose file is at its destination (moved by the job, or there already).
 ARRIVED_ITEM_STATES = (ItemState.DONE, ItemState.SKIPPED)
+#: The item states a retry queues again (``waiting`` ones stay so: a retry recalls them first).
+RETRIED_ITEM_STATES = (ItemState.FAILED, ItemState.QUEUED, ItemState.RUNNING)
 
 
 class RecallState(State):

@@ -204,3 +204,24 @@ def test_the_job_engine_knows_no_kind_of_transfer(graph):
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
         and node.value.startswith(transfer))
     assert not named, named
+
+
+#: The generic parts of ``jobs/``: the job's life cycle, its run, the item queue and the job
+#: stores. They call a kind only through ``contract.JobKind``'s hooks.
+GENERIC_JOB_MODULES = ("jobs.engine", "jobs.run", "jobs.items", "jobs.store", "jobs.http_store",
+                       "jobs.kinds", "jobs.contract")
+#: The kinds' own modules in ``jobs/``.
+KIND_MODULES = ("jobs.stage_kind", "jobs.recall")
+
+
+def test_the_job_engine_names_no_kinds_module(graph):
+    """Cancel and retry reach a kind's bookkeeping (a stage job's recalled copies, say) through
+    its hooks (``after_cancel``, ``before_retry``, ``requeued``), never by importing the kind's
+    module: a new kind needs no change to the engine. Imports for type checking count too."""
+    modules, found = graph
+    named = sorted(
+        f"{_short(imp.importer)} line {imp.line} imports {_short(imp.module)}"
+        for imp in found
+        if _short(imp.importer) in GENERIC_JOB_MODULES and _short(imp.module) in KIND_MODULES)
+    assert all(f"{PACKAGE}.{m}" in modules for m in GENERIC_JOB_MODULES + KIND_MODULES)
+    assert not named, named

@@ -139,6 +139,11 @@ class JobKind(Protocol):
         """On cancel; returns how many temporary files it removed."""
         return 0
 
+    def after_cancel(self, db: Database, job: JobRow) -> None:
+        """After ``cancelled``: what the job held in the catalogue it gives back (stage and
+        transfer: the recalled copies it no longer reads are reaped from the buffer)."""
+        return None
+
     def cancel_at_target(self, job: JobRow, left: int, unfinished: list[str]) -> int:
         """On cancel, in the worker that holds the target (a user's worker in site mode, told
         by the service which items were ``unfinished``); returns how many temporary files it
@@ -153,4 +158,16 @@ class JobKind(Protocol):
 
     def release(self, job: JobRow) -> None:
         """A retry that took the target failed: give it back."""
+        return None
+
+    def before_retry(self, db: Database, job: JobRow) -> None:
+        """A retry is about to count what it queues again, before its write transaction
+        (stage and transfer: items whose recalled copy was reaped since wait for their recall
+        again, on their cold instance)."""
+        return None
+
+    def requeued(self, s: Session, job: JobRow) -> None:
+        """Inside the retry's write transaction, once the job's failed and unfinished items are
+        queued again (stage and transfer: those on a cold store wait for their recall again,
+        never read from tape)."""
         return None

@@ -30,8 +30,8 @@ from ..catalogue.db import Database
 from ..catalogue.models import utcnow
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InsufficientSpace, InvalidRequest, NotFound
-from ..states import ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, ItemState, JobState
-from . import recall
+from ..states import (ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, RETRIED_ITEM_STATES, ItemState,
+                      JobState)
 from .contract import JobKind
 from .kinds import KindRegistry
 from .joblog import JobLog, default_log_dir
@@ -378,7 +378,7 @@ def finish_cancelled(db: Database, job_id: int, kind: JobKind) -> str:
     job = load_job(db, job_id)
     left = record_cancelled(db, job)
     removed = kind.cancelled(db, job, left)
-    recall.reap_after_cancel(db, job_id, JobLog(job.log_path))
+    kind.after_cancel(db, job)
     JobLog(job.log_path)(f"job {job_id} cancelled: {left} file(s) not staged, "
                          f"{removed} temporary file(s) removed")
     return JobState.CANCELLED
@@ -463,14 +463,13 @@ def retry_job(db: Database, job_id: int, kinds: KindRegistry, *, force: bool = F
         raise Conflict(f"job {job_id} is still {job.state}: it can be retried once it has "
                        f"finished (cancel it first to stop it)", job_id=job_id)
     kind = kinds.get(job.kind)
-    recall.rewind_reaped(db, job_id, resolve_names)
-    cold = sorted(recall.cold_stores(db))
+    kind.before_retry(db, job)
     new_items, still_missing, new_bytes = resolve_names(db, job.missing) if job.missing else ([], [], 0)
     with db.read() as s:
         left, left_bytes = s.execute(
             select(func.count(), func.coalesce(func.sum(JobItem.size), 0))
             .where(JobItem.job_id == job_id,
-                   JobItem.state.in_((*recall.RETRIED, ItemState.WAITING)))).one()
+                   JobItem.state.in_((*RETRIED_ITEM_STATES, ItemState.WAITING)))).one()
     if not left and not new_items:
         if still_missing:
             raise InvalidRequest(
@@ -490,12 +489,9 @@ def retry_job(db: Database, job_id: int, kinds: KindRegistry, *, force: bool = F
                         allowed_roots=allowed_roots)
             taken = True
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
-                                            JobItem.state.in_(recall.RETRIED))
+                                            JobItem.state.in_(RETRIED_ITEM_STATES))
                       .values(state=ItemState.QUEUED, error="", worker_id=None))
-            if cold:  # failed recalls wait for their recall again, never read from tape
-                s.execute(update(JobItem).where(
-                    JobItem.job_id == job_id, JobItem.state == ItemState.QUEUED,
-                    JobItem.store.in_(cold)).values(state=ItemState.WAITING))
+            kind.requeued(s, row)
             if new_items:
                 s.execute(insert(JobItem), [
                     {"state": ItemState.QUEUED, **item, "job_id": job_id, "attempts": 0,

@@ -53,7 +53,8 @@ from ..catalogue.db import Database
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import InvalidRequest, StagingError
 from ..paths import is_within
-from ..states import ACTIVE_JOB_STATES, HELD_RECALL_STATES, ItemState, JobState, RecallState
+from ..states import (ACTIVE_JOB_STATES, HELD_RECALL_STATES, RETRIED_ITEM_STATES, ItemState,
+                      JobState, RecallState)
 from .items import record_results
 from .joblog import JobLog
 from .contract import JobKind
@@ -61,13 +62,13 @@ from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
 from .models import JobRow, JobItem, RecallCopy
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from .items import ClaimedItem
     from .contract import KindRun
 
 #: Item states in which an item may still read its source.
 UNFINISHED = (ItemState.QUEUED, ItemState.RUNNING, ItemState.WAITING)
-#: Item states a retry queues again (``waiting`` ones stay so: the retry recalls them first).
-RETRIED = (ItemState.FAILED, ItemState.QUEUED, ItemState.RUNNING)
 #: Names per ``IN (...)`` list (well under the databases' limits on bound parameters).
 _NAMES_PER_QUERY = 5_000
 
@@ -104,7 +105,7 @@ def rewind_reaped(
         return 0
     with db.read() as s:
         items = s.execute(select(JobItem.id, JobItem.name, JobItem.store, JobItem.source_path)
-                          .where(JobItem.job_id == job_id, JobItem.state.in_(RETRIED),
+                          .where(JobItem.job_id == job_id, JobItem.state.in_(RETRIED_ITEM_STATES),
                                  JobItem.store.in_(stores.buffers))).all()
         # The buffer copies of these files only (not every copy the buffers hold).
         names = sorted({item.name for item in items})
@@ -137,11 +138,25 @@ def check_method(method: str, items: Sequence[Mapping[str, Any]]) -> None:
                              "(their recalled copy is removed once staged); use copy")
 
 
+def wait_for_recall_again(s: Session, job_id: int) -> None:
+    """In a retry's write transaction, once its items are queued again: those whose source is
+    a cold store (a recall that failed) wait for their recall again, never read from tape."""
+    cold = sorted(_cold_stores(s))
+    if cold:
+        s.execute(update(JobItem).where(
+            JobItem.job_id == job_id, JobItem.state == ItemState.QUEUED,
+            JobItem.store.in_(cold)).values(state=ItemState.WAITING))
+
+
 def cold_stores(db: Database) -> dict[str, ColdSettings]:
     """Every available cold store with valid settings, by name."""
     with db.read() as s:
-        rows = s.execute(select(Store.name, Store.options).where(
-            Store.kind == "cold", Store.available)).all()
+        return _cold_stores(s)
+
+
+def _cold_stores(s: Session) -> dict[str, ColdSettings]:
+    rows = s.execute(select(Store.name, Store.options).where(
+        Store.kind == "cold", Store.available)).all()
     out = {}
     for name, options in rows:
         try:
@@ -550,6 +565,9 @@ class RecallKind(JobKind):
                 files_failed=JobRow.files_failed + len(failed)))
         return 0
 
+    def after_cancel(self, db: Database, job: JobRow) -> None:
+        reap_after_cancelled_job(db, job)
+
 
 RECALL = RecallKind()
 
@@ -559,6 +577,12 @@ def reap_after_cancel(db: Database, job_id: int, log: Callable[[str], None]) -> 
     another active job still reads stay)."""
     stores = _Stores.load(db)
     return reap(db, stores, log, job_id) if stores.buffers else 0
+
+
+def reap_after_cancelled_job(db: Database, job: JobRow) -> int:
+    """``reap_after_cancel`` for ``job``, saying what it reaps in the job's log (the
+    ``after_cancel`` hook of the kinds whose items may be recalled)."""
+    return reap_after_cancel(db, job.id, JobLog(job.log_path))
 
 
 #: Recalled copies this process could not remove (said once in a job's log, not at every reap).

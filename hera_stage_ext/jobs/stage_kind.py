@@ -32,7 +32,7 @@ from .engine import job_is_active
 from .items import ClaimedItem, unfinished_paths
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, remove_temp_folders
 from .models import JobRow
-from .plan import COPYING, free_bytes
+from .plan import COPYING, free_bytes, resolve_names
 
 
 @dataclass
@@ -427,6 +427,17 @@ class StageKind(JobKind):
     def release(self, job: JobRow) -> None:
         if not job.options.get("recorded"):
             _target(job).release(job.id)
+
+    # Cold files (``recall``): a cancel reaps the job's recalled copies; a retry recalls
+    # again what was reaped since, and what failed to be recalled.
+    def after_cancel(self, db: Database, job: JobRow) -> None:
+        recall.reap_after_cancelled_job(db, job)
+
+    def before_retry(self, db: Database, job: JobRow) -> None:
+        recall.rewind_reaped(db, job.id, resolve_names)
+
+    def requeued(self, s: Session, job: JobRow) -> None:
+        recall.wait_for_recall_again(s, job.id)
 
 
 def _target(job: JobRow) -> targets.Target:

@@ -31,7 +31,7 @@ from ..jobs.engine import create_job
 from ..jobs.items import claim_items
 from ..jobs.contract import JobKind
 from ..jobs.plan import unique_names, resolve_names
-from ..jobs.recall import with_recall
+from ..jobs import recall
 from ..states import ItemState
 from .kind_db import catalogue_db
 from .peer_config import registry_from_env
@@ -41,7 +41,10 @@ from .peer_sender import PeerSender, peer_destination
 from .rclone_send import RcloneSender
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from ..jobs.contract import KindRun
+    from ..jobs.models import JobRow
 
 
 def create_transfer_job(
@@ -105,9 +108,20 @@ class TransferKind(JobKind):
         else:
             sender = PeerSender(run, registry, peer)
         try:
-            with_recall(run, sender.loop)
+            recall.with_recall(run, sender.loop)
         finally:
             sender.client.close()
+
+    # Cold files, as a stage job's (``recall``): a cancel reaps the job's recalled copies; a
+    # retry recalls again what was reaped since, and what failed to be recalled.
+    def after_cancel(self, db: Database, job: JobRow) -> None:
+        recall.reap_after_cancelled_job(db, job)
+
+    def before_retry(self, db: Database, job: JobRow) -> None:
+        recall.rewind_reaped(db, job.id, resolve_names)
+
+    def requeued(self, s: Session, job: JobRow) -> None:
+        recall.wait_for_recall_again(s, job.id)
 
 
 TRANSFER = TransferKind()
