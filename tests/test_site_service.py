@@ -214,6 +214,26 @@ def test_a_revoked_token_is_refused(site: Site) -> None:
         db.dispose()
 
 
+def test_a_revoke_takes_effect_on_the_next_request_of_every_replica(site: Site) -> None:
+    """A token each replica has just accepted (so a lookup cache would still hold it) is
+    refused by both on the very next request once it is revoked: a second service on the same
+    database, as a site runs replicas, learns of the revoke from the database alone."""
+    db = Database(site.db_url)
+    try:
+        token, record = tokens.issue(db, "dave", ["read"])
+        with serve_site(site.work, site.db_url, site.config, site.tokens, "replica") as two:
+            for service in (site, two, site, two):
+                assert service.call(None, "GET", "hera-stage/api/status", token=token).ok
+            tokens.revoke(db, record["id"])
+            for service in (site, two):
+                reply = service.call(None, "GET", "hera-stage/api/status", token=token)
+                assert reply.status_code == 403, reply.text
+                assert reply.json()["message"]
+            assert two.api("reader", "GET", "status").ok  # the other tokens still work
+    finally:
+        db.dispose()
+
+
 @pytest.mark.parametrize("method,path", [
     ("GET", "api/contents"), ("POST", "api/kernels"), ("GET", "api/kernels"),
     ("GET", "api/sessions"), ("POST", "api/sessions"), ("GET", "api/kernelspecs"),

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -107,6 +107,7 @@ class Database:
         # transactions (cheap there, and one snapshot across a page and its count).
         read_bind = self.engine if is_sqlite(self.engine) else self.engine.execution_options(
             isolation_level="AUTOCOMMIT")
+        self._read_bind = read_bind
         self._sessions = sessionmaker(read_bind, expire_on_commit=False)
         # SQLite has one writer at a time, and a connection that finds the file locked sleeps
         # in steps of up to 100 ms before trying again: threads of one process (a worker's
@@ -127,6 +128,16 @@ class Database:
                 yield session
             finally:
                 session.rollback()
+
+    @contextlib.contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A bare connection for one small read, without the ORM's session (a quarter of the
+        CPU on SQLite: the site token looked up on every request of a site service)."""
+        with self._read_bind.connect() as connection:
+            try:
+                yield connection
+            finally:
+                connection.rollback()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:

@@ -20,7 +20,6 @@ transfer, ingest, or admin (which holds them all). Hub users carry them as the c
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
@@ -42,7 +41,7 @@ from ..api import (
 )
 from ..api.base import AUTH_RESOURCE
 from .scopes import SiteUser, user_scopes
-from .tokens import TokenUser, lookup, token_hash
+from .tokens import lookup
 
 #: Cancel, retry and forget: any scope that launches jobs (``Core`` then checks the job's kind).
 CONTROL = "control"
@@ -107,19 +106,9 @@ class SiteAuthorizer(Authorizer):
         return needed in have
 
 
-#: Seconds a site token's lookup answers the requests after it (a worker, a panel's polls):
-#: the lookup is a database read on a thread, which cost the service more than a status poll
-#: itself (load_bench.py --site). A revoked token stops working within this time.
-TOKEN_REUSE_SECONDS = 1.0
-#: Most lookups kept (by the token's hash, never the token).
-TOKEN_CACHE_SIZE = 4096
-
-
 class SiteTokenIdentityProvider(IdentityProvider):
     """Users by their site tokens (``hera-stage site-token issue``); no login page, no cookie,
     no Jupyter token."""
-
-    _seen: dict[str, tuple[float, TokenUser]] = {}
 
     @property
     def auth_enabled(self) -> bool:
@@ -138,20 +127,10 @@ class SiteTokenIdentityProvider(IdentityProvider):
         if core is None:
             return None
         token = match.group(2).strip()
-        key, now = token_hash(token), time.monotonic()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen[0] <= TOKEN_REUSE_SECONDS:
-            found: TokenUser | None = seen[1]
-        else:
-            found = await asyncio.get_running_loop().run_in_executor(
-                None, lookup, core.catalogue.db, token)
-            if len(self._seen) >= TOKEN_CACHE_SIZE:
-                type(self)._seen = {k: v for k, v in self._seen.items()
-                                    if now - v[0] <= TOKEN_REUSE_SECONDS}
-            if found is None:
-                self._seen.pop(key, None)
-            else:
-                self._seen[key] = (now, found)
+        # Looked up on every request (no cache): a revoked token is refused at once by every
+        # replica of the service.
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, lookup, core.catalogue.db, token)
         if found is None:
             return None
         handler._token_authenticated = True  # type: ignore[attr-defined]  # no XSRF check

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..catalogue.db import Database
 from ..catalogue.serialize import iso
@@ -26,6 +26,8 @@ SCOPES = ("read", "stage", "transfer", "ingest", "admin")
 #: What a token carries when its issuer names no scope: what a user needs to stage.
 DEFAULT_SCOPES = ("read", "stage")
 TOKEN_PREFIX = "hst_"
+_LOOKUP = select(SiteToken.user, SiteToken.scopes).where(
+    SiteToken.token_hash == bindparam("hash"))
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,13 @@ def revoke(db: Database, token_id: int) -> None:
 
 
 def lookup(db: Database, token: str) -> TokenUser | None:
-    """Who ``token`` stands for, or None."""
+    """Who ``token`` stands for, or None: read from the database on every request, never
+    from a cache, so a revoke takes effect on the next request of every replica of the
+    service (one indexed read on a bare connection: ``benchmarks/token_bench.py``)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
-    with db.read() as s:
-        row = s.execute(select(SiteToken.user, SiteToken.scopes).where(
-            SiteToken.token_hash == token_hash(token))).first()
+    with db.read_connection() as connection:
+        row = connection.execute(_LOOKUP, {"hash": token_hash(token)}).first()
     if row is None:
         return None
     return TokenUser(row[0], frozenset(row[1] or ()))
