@@ -24,8 +24,8 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, vali
 
 from . import metrics
 from .api.events import JOB_PROGRESS_SCHEMA, JobProgressNotifier, SiteJobs
-from .api.forward import SITE_KEY, SiteClient, SiteConfigError, check_forbidden, \
-    forward_handlers, site_token
+from .api.forward import (ANSWER_TIMEOUT_S, SITE_KEY, SiteClient, SiteConfigError,
+                          check_forbidden, forward_handlers, site_token)
 from .api.orders import ORDERS_KEY
 from .api.routes import handlers as api_handlers
 from .api.ticker import Ticker
@@ -122,6 +122,22 @@ class StagingApp(ExtensionApp):
         this user with mode 0600; the server refuses to start otherwise. Used only when
         neither $JUPYTERHUB_API_TOKEN (under a hub) nor $HERA_STAGE_SITE_TOKEN is set.""",
     ).tag(config=True)
+
+    site_request_timeout = Float(
+        ANSWER_TIMEOUT_S,
+        help="""Site mode: seconds a request forwarded to the site service may wait for its
+        answer; a service that does not answer in time gives the user a 504 with a message.
+        Calls whose work grows with the data (ingest, offload, a fixity audit, deleting
+        instances, a repair) wait up to an hour; a file's contents must begin within this
+        time and then never pause longer, however long the whole download takes. Keep it
+        under the notebook client's 60 s, so that the CLI shows the service's message.""",
+    ).tag(config=True)
+
+    @validate("site_request_timeout")
+    def _check_site_request_timeout(self, proposal: dict[str, Any]) -> float:
+        if not proposal["value"] > 0:
+            raise ValueError("site_request_timeout must be a number of seconds above 0")
+        return float(proposal["value"])
 
     allowed_roots = List(
         Unicode(),
@@ -526,7 +542,8 @@ class StagingApp(ExtensionApp):
                 log_file=Path(self.job_log_dir) / "worker.log")
         self.site = SiteClient(self.site_url, token, roots,
                                os.path.realpath(self.server.root_dir),
-                               contents_manager=self.server.contents_manager)
+                               contents_manager=self.server.contents_manager,
+                               answer_timeout_s=self.site_request_timeout)
         self.site_jobs = SiteJobs(self.site, launcher)
 
         def launched() -> None:
@@ -592,7 +609,7 @@ class StagingApp(ExtensionApp):
             core.close()
         site = getattr(self, "site", None)
         if site is not None:
-            site.close()
+            await site.aclose()
         handler = getattr(self, "_service_log_handler", None)
         if handler is not None:
             logging.getLogger("hera_stage_ext").removeHandler(handler)

@@ -9,14 +9,17 @@ user's server as the panel, ``%stage`` and the CLI do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -463,6 +466,89 @@ def test_a_service_that_is_down_answers_502_json(tmp_path: Path) -> None:
             assert reply["error"] == "SiteUnavailable"
             assert f"the site service at {dead} cannot be reached" in reply["message"]
         assert "Traceback" not in user.log_tail(20000)
+
+
+class SilentService:
+    """A site service that hangs: it accepts connections and reads the requests but never
+    answers them; a request for a path holding ``stalls-mid`` gets the start of an answer
+    (headers and 10 of 1,000 bytes) and then nothing more."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/services/hera-stage/"
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.held.append(connection)
+            threading.Thread(target=self.hold, args=(connection,), daemon=True).start()
+
+    @staticmethod
+    def hold(connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            head = connection.recv(65536)
+            if b"stalls-mid" in head.split(b"\r\n", 1)[0]:
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream"
+                                   b"\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            while connection.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_a_service_that_stops_answering_gives_504_json_in_bounded_time(tmp_path: Path) -> None:
+    """A hung service (it takes the connection, then says nothing) costs the user the
+    request's bound, not for ever: a 504 with a JSON message, which the CLI shows."""
+    (tmp_path / "root").mkdir()
+    silent = SilentService()
+    bound = 2.0
+    config = {"StagingApp": {"site_url": silent.url, "start_worker": False,
+                             "site_request_timeout": bound}}
+    try:
+        with jupyter_process(tmp_path / "jp", root_dir=tmp_path / "root", config=config,
+                             env={"HERA_STAGE_SITE_TOKEN": "t0ken"},
+                             ready_path="api/status") as user:
+            for method, path, body, what in [
+                    ("GET", "status", None, "answer GET"),
+                    ("POST", "search", {"query": "x"}, "answer POST"),
+                    ("GET", "jobs", None, "answer GET"),
+                    ("GET", "jobs/1", None, "answer GET"),
+                    ("POST", "stage", {"names": ["x"], "destination": "d"}, "answer POST"),
+                    ("GET", "files/x/content", None, "begin to answer GET")]:
+                started = time.monotonic()
+                code, reply, raw = api(user, method, path, body)
+                waited = time.monotonic() - started
+                assert code == 504, (method, path, code, raw.text)
+                assert raw.headers["Content-Type"].startswith("application/json")
+                assert reply["error"] == "SiteUnavailable"
+                assert (f"the site service at {silent.url} did not {what} "
+                        f"/services/hera-stage/hera-stage/api/{path} within 2 s"
+                        ) in reply["message"], reply
+                # The bound, and never the test's own 30 s timeout (the service never answers).
+                assert bound <= waited < bound + 15, (path, waited)
+            # A download the service stops sending mid-way ends short of its length.
+            started = time.monotonic()
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                user.request("GET", "hera-stage/api/files/stalls-mid/content").content
+            assert time.monotonic() - started < bound + 15
+            # The CLI, through the user's server, prints the message and fails.
+            cli = subprocess.run(
+                [sys.executable, "-m", "hera_stage_ext.cli", "search", "x"],
+                env={**os.environ, "HERA_STAGE_URL": user.url, "HERA_STAGE_TOKEN": user.token},
+                capture_output=True, text=True, timeout=60)
+            assert cli.returncode != 0 and "did not answer" in cli.stderr, cli
+            assert "Traceback" not in cli.stderr + user.log_tail(20000)
+    finally:
+        silent.close()
 
 
 # ----- refusals at start ----------------------------------------------------------------------

@@ -10,6 +10,26 @@ reach the browser. Answers come back with their status, body and content type, f
 streamed. A service that cannot be reached answers 502 (503 while it is starting or
 overloaded: its own answer) with a JSON message, never a traceback.
 
+Every request has a bound (``SiteClient.bound``; T is ``c.StagingApp.site_request_timeout``,
+45 s by default); a service that does not answer within it answers 504 with a JSON message,
+so a hung service never leaves the panel, ``%stage`` or the CLI waiting for ever:
+
+- connecting: 10 s for every route (a service that cannot be reached answers 502);
+- an ordinary call (a search, a status, a launch, a job's log, a cancel): its whole answer
+  within T. These do bounded work at the service; T is far above their slowest legitimate
+  time (a launch of 100,000 names takes seconds) and below the notebook client's own 60 s,
+  so the CLI and ``%stage`` show this message rather than a timeout of their own;
+- a call whose work grows with the data and runs while the request waits (``ingest``,
+  ``offload``, ``fixity/audit``, ``delete-instances``, ``files/<name>/repair``): an hour (or
+  T if longer), so a large ingest is not cut (the client waits for these without a bound);
+- a file's contents (streamed, of any size): the answer must begin within T and then no gap
+  between two chunks may exceed T, with no bound on the whole download: a large file at any
+  pace the browser reads it goes through (the wait for a slow browser is not counted), a
+  service that stops sending mid-file is cut (the download ends short of its length).
+
+No route of the user's API is a long poll; the site-to-site routes (the peers' long-polled
+``status``) are not forwarded.
+
 Paths of the user's file system are this server's business, not the service's: a staging
 destination (``POST stage``, its dry run, the SKAO entry point's ``relative_path``) and an
 upload's folder and manifest are confined to ``allowed_roots`` here (``paths.confine``,
@@ -32,15 +52,17 @@ import json
 import os
 import re
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
+import httpx
 from tornado import httputil, web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
 from tornado.httputil import HTTPHeaders
 
 from ..errors import InvalidRequest, StagingError, Unavailable
@@ -69,7 +91,27 @@ _ANSWER_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ra
 CONNECT_TIMEOUT_S = 10.0
 #: Seconds one of the server's own reads (job progress) may take.
 POLL_TIMEOUT_S = 30.0
+#: Default seconds a forwarded call may wait for the service's answer (``site_request_timeout``):
+#: under the notebook client's own 60 s.
+ANSWER_TIMEOUT_S = 45.0
+#: Seconds a call whose work grows with the data may wait for its answer.
+SLOW_ANSWER_TIMEOUT_S = 3600.0
+#: Routes (below the API prefix, POST) whose work grows with the data while the request waits.
+SLOW_ROUTES = re.compile(r"ingest|offload|fixity/audit|delete-instances|files/[^/]+/repair")
 _JOB = re.compile(r"jobs/[0-9]+")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """How long one forwarded request may take: ``answer`` seconds for the whole answer, or
+    (``streamed``) for the answer to begin and then for each gap between two chunks."""
+
+    answer: float
+    streamed: bool = False
+
+    def httpx(self) -> httpx.Timeout:
+        # httpx's read timeout is per read from the socket: the gap between two chunks.
+        return httpx.Timeout(self.answer, connect=min(CONNECT_TIMEOUT_S, self.answer))
 
 
 class SiteConfigError(ValueError):
@@ -123,6 +165,10 @@ def site_error(code: int, message: str) -> bytes:
                        "message": message}).encode()
 
 
+class TimedOut(Exception):
+    """The service did not answer (or stopped sending) within the request's bound."""
+
+
 @dataclass
 class Answer:
     """An answer of the service, whole."""
@@ -153,43 +199,85 @@ class SiteClient:
     #: This server's contents manager (the ``contents`` method writes through a copy of it,
     #: built by the user's worker from its description).
     contents_manager: Any = None
-    _http: AsyncHTTPClient | None = field(default=None, repr=False)
+    #: Seconds an ordinary forwarded call may wait for its answer (see the module's text).
+    answer_timeout_s: float = ANSWER_TIMEOUT_S
+    _http: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @property
-    def http(self) -> AsyncHTTPClient:
-        # Made on first use, on the running loop; large bodies pass streamed.
+    def http(self) -> httpx.AsyncClient:
+        # Made on first use, on the running loop. (tornado's client has no bound on the gap
+        # between two chunks of a streamed answer, only on the whole request.)
         if self._http is None:
-            self._http = AsyncHTTPClient(force_instance=True, max_clients=64,
-                                         defaults={"max_body_size": 1 << 62})
+            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                           limits=httpx.Limits(max_connections=64))
         return self._http
+
+    def bound(self, method: str, path: str) -> Bound:
+        """The bound of a forwarded request of ``method`` to ``path`` (below the API prefix)."""
+        if path.endswith("/content"):
+            return Bound(self.answer_timeout_s, streamed=True)
+        if method == "POST" and SLOW_ROUTES.fullmatch(path):
+            return Bound(max(SLOW_ANSWER_TIMEOUT_S, self.answer_timeout_s))
+        return Bound(self.answer_timeout_s)
 
     def url(self, path: str, query: str = "") -> str:
         return self.site_url + path.lstrip("/") + (f"?{query}" if query else "")
 
     def request(self, method: str, path: str, *, query: str = "", body: bytes | None = None,
                 headers: dict[str, str] | None = None, with_token: bool = True,
-                timeout: float = 0, **kwargs: Any) -> HTTPRequest:
-        out = dict(headers or {})
+                bound: Bound) -> tuple[httpx.Request, Bound]:
+        # Bytes pass as they are: no compression asked for (a streamed answer is not decoded).
+        out = {"Accept-Encoding": "identity", **(headers or {})}
         if with_token:
             out["Authorization"] = f"token {self.token}"
         if body is None and method in ("POST", "PUT", "PATCH"):
             body = b""
-        return HTTPRequest(self.url(path, query), method=method, headers=out, body=body,
-                           follow_redirects=False, connect_timeout=CONNECT_TIMEOUT_S,
-                           request_timeout=timeout, decompress_response=False,
-                           allow_nonstandard_methods=True, **kwargs)
+        return self.http.build_request(method, self.url(path, query), headers=out,
+                                       content=body, timeout=bound.httpx()), bound
 
-    async def fetch(self, request: HTTPRequest) -> Answer:
-        """The service's answer to ``request``; a 502 answer when it cannot be reached."""
+    async def fetch(self, outgoing: tuple[httpx.Request, Bound]) -> Answer:
+        """The service's whole answer to ``outgoing``; a 502 answer when it cannot be reached,
+        a 504 one when it does not answer within the bound."""
+        request, bound = outgoing
         try:
-            response: HTTPResponse = await self.http.fetch(request, raise_error=False)
-        except HTTPClientError as exc:  # a timeout (599)
-            return self.unreachable(str(exc))
-        except OSError as exc:  # refused, reset, no route, name unknown
-            return self.unreachable(exc.strerror or str(exc))
-        if response.code == 599:
-            return self.unreachable(str(response.error))
-        return Answer(response.code, response.headers, response.body or b"")
+            async with asyncio.timeout(bound.answer):
+                response = await self.http.send(request)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            return self.failed(request, bound, exc)
+        except httpx.HTTPError as exc:  # refused, reset, no route, name unknown
+            return self.failed(request, bound, exc)
+        return Answer(response.status_code, headers_of(response), response.content)
+
+    async def open_stream(self, outgoing: tuple[httpx.Request, Bound]
+                          ) -> httpx.Response | Answer:
+        """The service's answer to ``outgoing`` begun (status and headers; its body to read
+        with ``chunks`` and then ``aclose``), or an error Answer as ``fetch`` gives."""
+        request, bound = outgoing
+        try:
+            async with asyncio.timeout(bound.answer):
+                return await self.http.send(request, stream=True)
+        except (TimeoutError, httpx.HTTPError) as exc:
+            return self.failed(request, bound, exc)
+
+    @staticmethod
+    async def chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+        """The body of a begun answer as it arrives; TimedOut when the service stops sending
+        for longer than the bound (the read timeout of each chunk)."""
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise TimedOut(str(exc) or type(exc).__name__) from exc
+
+    def failed(self, request: httpx.Request, bound: Bound, exc: BaseException) -> Answer:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError) or not isinstance(
+                exc, TimeoutError | httpx.TimeoutException):
+            return self.unreachable(str(exc) or type(exc).__name__)
+        what = "begin to answer" if bound.streamed else "answer"
+        return Answer(504, HTTPHeaders({"Content-Type": "application/json"}), site_error(
+            504, f"the site service at {self.site_url} did not {what} {request.method} "
+                 f"{request.url.path} within {bound.answer:g} s; try again later, or ask the "
+                 "site's admins whether the service is overloaded or stuck"))
 
     def unreachable(self, why: str) -> Answer:
         return Answer(502, HTTPHeaders({"Content-Type": "application/json"}), site_error(
@@ -201,15 +289,15 @@ class SiteClient:
         request = self.request(method, "hera-stage/api/" + path,
                                body=None if body is None else json.dumps(body).encode(),
                                headers={"Content-Type": "application/json"},
-                               timeout=POLL_TIMEOUT_S)
+                               bound=Bound(min(POLL_TIMEOUT_S, self.answer_timeout_s)))
         answer = await self.fetch(request)
         if not 200 <= answer.code < 300 or "json" not in answer.headers.get("Content-Type", ""):
             raise ServiceAnswered(answer)
         return json.loads(answer.body)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         if self._http is not None:
-            self._http.close()
+            await self._http.aclose()
             self._http = None
 
     # ----- paths of the user's file system ------------------------------------------------
@@ -391,13 +479,14 @@ class ForwardHandler(BaseHandler):
             self.site.on_launch()
 
     # Building and answering.
-    def outgoing(self, body: bytes | None, **kwargs: Any) -> HTTPRequest:
-        """This request, to go on to the service."""
+    def outgoing(self, body: bytes | None) -> tuple[httpx.Request, Bound]:
+        """This request, to go on to the service, with its bound."""
         headers = {k: v for k in _REQUEST_HEADERS if (v := self.request.headers.get(k))}
-        return self.site.request(self.request.method or "GET",
-                                 f"{self.prefix.lstrip('/')}/{self.raw_path}",
+        method = self.request.method or "GET"
+        bound = self.site.bound(method, self.raw_path if self.prefix == API_PREFIX else "")
+        return self.site.request(method, f"{self.prefix.lstrip('/')}/{self.raw_path}",
                                  query=self.request.query, body=body, headers=headers,
-                                 with_token=self.with_token, **kwargs)
+                                 with_token=self.with_token, bound=bound)
 
     async def job_status_reply(self, job_id: int) -> None:
         """``GET jobs/<id>``: one read of the service answers the polls of the next moment
@@ -450,41 +539,37 @@ class ForwardHandler(BaseHandler):
 
     async def stream(self, body: bytes | None) -> None:
         """Pass the answer on as it arrives (file contents, large and slow)."""
-        state: dict[str, Any] = {"started": False, "code": 200, "headers": HTTPHeaders()}
-
-        def on_header(line: str) -> None:
-            if line.startswith("HTTP/"):
-                state["code"] = httputil.parse_response_start_line(line.strip()).code
-                state["headers"] = HTTPHeaders()
-            elif line.strip():
-                state["headers"].parse_line(line)
-
-        def start() -> None:
-            state["started"] = True
-            self.set_status(state["code"])
+        opened = await self.site.open_stream(self.outgoing(body))
+        if isinstance(opened, Answer):
+            await self.reply_answer(opened)
+            return
+        response = opened
+        try:
+            if response.status_code >= 300:  # an error's JSON: answered whole
+                await self.reply_answer(Answer(response.status_code, headers_of(response),
+                                               await response.aread()))
+                return
+            self.set_status(response.status_code)
             for name in _ANSWER_HEADERS:
-                if name in state["headers"]:
-                    self.set_header(name, state["headers"][name])
-
-        def on_chunk(chunk: bytes) -> Awaitable[None]:
-            if not state["started"]:
-                if state["code"] >= 300:  # an error's JSON: buffered, answered whole below
-                    state.setdefault("error", bytearray()).extend(chunk)
-                    return _done()
-                start()
-            self.write(chunk)
-            return self.flush()  # the service waits while the browser is slow
-
-        answer = await self.site.fetch(self.outgoing(
-            body, header_callback=on_header, streaming_callback=on_chunk))
-        if state["started"]:
+                if name in response.headers:
+                    self.set_header(name, response.headers[name])
+            try:
+                async for chunk in self.site.chunks(response):
+                    self.write(chunk)
+                    await self.flush()  # the service waits while the browser is slow
+            except StreamClosedError:
+                return  # the browser went away: nothing more to send
+            except (TimedOut, httpx.HTTPError) as exc:
+                # Begun already: the status cannot change. The download ends short of its
+                # Content-Length, which every client reports as an incomplete transfer.
+                self.log.warning("hera_stage_ext: %s from the site service stopped: %s",
+                                 self.request.path, exc)
+                if isinstance(self.request.connection, HTTP1Connection):
+                    self.request.connection.close()
+                return
             await self.finish()
-            return
-        if answer.code == 502 and not state["headers"]:
-            await self.reply_answer(answer)
-            return
-        await self.reply_answer(Answer(state["code"], state["headers"],
-                                       bytes(state.get("error", b""))))
+        finally:
+            await response.aclose()
 
     # Every method goes the same way.
     @web.authenticated
@@ -513,10 +598,11 @@ class ForwardHandler(BaseHandler):
         await self.forward(path)
 
 
-def _done() -> Awaitable[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future
+def headers_of(response: httpx.Response) -> HTTPHeaders:
+    headers = HTTPHeaders()
+    for name, value in response.headers.multi_items():
+        headers.add(name, value)
+    return headers
 
 
 class SkaoForwardHandler(ForwardHandler):
