@@ -34,7 +34,8 @@ from tornado.websocket import websocket_connect
 
 import hera_stage_ext
 from hera_stage_ext.api.events import JOB_PROGRESS_SCHEMA_ID
-from hera_stage_ext.api.forward import SiteConfigError, read_token_file, site_token
+from hera_stage_ext.api.forward import (Bound, SiteClient, SiteConfigError, read_token_file,
+                                        site_token)
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.demo import make_demo_archive
 
@@ -549,6 +550,22 @@ def test_a_service_that_stops_answering_gives_504_json_in_bounded_time(tmp_path:
             assert "Traceback" not in cli.stderr + user.log_tail(20000)
     finally:
         silent.close()
+
+
+def test_each_route_kind_has_its_bound() -> None:
+    """Ordinary calls wait T; calls whose work grows with the data an hour; file contents T
+    for the answer to begin and for each gap, with no bound on the whole download."""
+    site = SiteClient("http://127.0.0.1:9/", "t", [], "/", answer_timeout_s=45)
+    assert site.bound("GET", "status") == Bound(45)
+    assert site.bound("POST", "stage") == Bound(45)
+    assert site.bound("GET", "jobs/3/log") == Bound(45)
+    for path in ("ingest", "offload", "fixity/audit", "delete-instances", "files/a.uvh5/repair"):
+        assert site.bound("POST", path) == Bound(3600), path
+    assert site.bound("GET", "fixity/audit") == Bound(45)
+    content = site.bound("GET", "files/a.uvh5/content")
+    assert content == Bound(45, streamed=True)
+    timeout = content.httpx()
+    assert (timeout.connect, timeout.read) == (10, 45)  # read: the gap between two chunks
 
 
 # ----- refusals at start ----------------------------------------------------------------------
