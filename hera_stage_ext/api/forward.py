@@ -52,18 +52,18 @@ import json
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 import httpx
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from tornado import httputil, web
 from tornado.http1connection import HTTP1Connection
-from tornado.iostream import StreamClosedError
 from tornado.httputil import HTTPHeaders
+from tornado.iostream import StreamClosedError
 
 from ..errors import InvalidRequest, StagingError, Unavailable
 from ..jobs import cleaner, markers, preview
@@ -165,10 +165,6 @@ def site_error(code: int, message: str) -> bytes:
                        "message": message}).encode()
 
 
-class TimedOut(Exception):
-    """The service did not answer (or stopped sending) within the request's bound."""
-
-
 @dataclass
 class Answer:
     """An answer of the service, whole."""
@@ -242,16 +238,15 @@ class SiteClient:
         try:
             async with asyncio.timeout(bound.answer):
                 response = await self.http.send(request)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            return self.failed(request, bound, exc)
-        except httpx.HTTPError as exc:  # refused, reset, no route, name unknown
+        except (TimeoutError, httpx.HTTPError) as exc:
             return self.failed(request, bound, exc)
         return Answer(response.status_code, headers_of(response), response.content)
 
     async def open_stream(self, outgoing: tuple[httpx.Request, Bound]
                           ) -> httpx.Response | Answer:
         """The service's answer to ``outgoing`` begun (status and headers; its body to read
-        with ``chunks`` and then ``aclose``), or an error Answer as ``fetch`` gives."""
+        with ``aiter_raw``, each read bounded, and then ``aclose``), or an error Answer as
+        ``fetch`` gives."""
         request, bound = outgoing
         try:
             async with asyncio.timeout(bound.answer):
@@ -259,17 +254,9 @@ class SiteClient:
         except (TimeoutError, httpx.HTTPError) as exc:
             return self.failed(request, bound, exc)
 
-    @staticmethod
-    async def chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-        """The body of a begun answer as it arrives; TimedOut when the service stops sending
-        for longer than the bound (the read timeout of each chunk)."""
-        try:
-            async for chunk in response.aiter_raw():
-                yield chunk
-        except httpx.TimeoutException as exc:
-            raise TimedOut(str(exc) or type(exc).__name__) from exc
-
     def failed(self, request: httpx.Request, bound: Bound, exc: BaseException) -> Answer:
+        """The answer to a request that got none: 504 when the bound passed with the service
+        connected, else 502 (refused, reset, no route, name unknown, no connection in time)."""
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError) or not isinstance(
                 exc, TimeoutError | httpx.TimeoutException):
             return self.unreachable(str(exc) or type(exc).__name__)
@@ -554,12 +541,12 @@ class ForwardHandler(BaseHandler):
                 if name in response.headers:
                     self.set_header(name, response.headers[name])
             try:
-                async for chunk in self.site.chunks(response):
+                async for chunk in response.aiter_raw():  # each read within the bound
                     self.write(chunk)
                     await self.flush()  # the service waits while the browser is slow
             except StreamClosedError:
                 return  # the browser went away: nothing more to send
-            except (TimedOut, httpx.HTTPError) as exc:
+            except httpx.HTTPError as exc:  # the service stopped sending (or went away)
                 # Begun already: the status cannot change. The download ends short of its
                 # Content-Length, which every client reports as an incomplete transfer.
                 self.log.warning("hera_stage_ext: %s from the site service stopped: %s",

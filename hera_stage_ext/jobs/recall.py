@@ -27,7 +27,9 @@ The streams keep running while items wait: when the queue is empty they commit w
 item ``waiting``; the next run forgets the dead reservation and recalls it again (a copy already
 complete in the buffer is verified, not copied again). A cancel reaps the job's recalled copies;
 retrying the job puts the items that read them back to ``waiting`` on their cold instance
-(``rewind_reaped``), so they are recalled again.
+(``rewind_reaped``), so they are recalled again, as are those whose recall failed
+(``wait_for_recall_again``): the stage and transfer kinds call these from their contract hooks
+(``after_cancel``, ``before_retry``, ``requeued``), the engine never names this module.
 
 Site mode: a user's worker cannot write the site's buffer, so a recorded stage job's recall is a
 job of its own, kind ``recall`` (``RecallKind``), run by the site's worker: the same recaller,

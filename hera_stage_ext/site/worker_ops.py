@@ -143,7 +143,7 @@ class WorkerOps:
         left = engine.record_cancelled(self.db, job)
         # Recalled copies this job was to stage are not needed any more (the site's recall
         # job, cancelled with it, may have stopped already).
-        recall.reap_after_cancel(self.db, job_id, JobLog(job.log_path))
+        recall.reap_after_cancelled_job(self.db, job)
         return {"left": left, "unfinished": self.store.unfinished_paths(job_id)}
 
     def fail(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
