@@ -4,10 +4,12 @@ instances, a session widened, files without a store, conflicts refused, ``regist
 one-by-one fallback, an idempotent repeat) is run on both databases and every row of the file,
 instance, event, observation and session tables, read through the driver (SQLite's stored text,
 PostgreSQL's ``row_to_json``), is compared with ``data/register_rows.json``, written by the code
-before registration's writes were rewritten for speed (issue 19). So is what each call returned
-or raised, and every file's events as a reader is shown them (``Catalogue.file_detail``: the CLI,
-REST and the v1 RPC), against ``data/register_events_shown.json``, taken from the event rows main
-stored before a registration's two events became one row (``file_events``). Times the catalogue takes from the clock are compared by form, not value. The
+before registration's writes were rewritten for speed (issue 19); its event rows written anew in
+session 10, when a new file's ``file-registered`` and first ``instance-added`` became one row
+(``catalogue/file_events``). So is what each call returned or raised, and every file's events
+as readers are shown them (``Catalogue.file_detail``: the CLI, REST and the v1 RPC), against
+``data/register_events_shown.json``, taken from the two-row events the code stored before.
+Times the catalogue takes from the clock are compared by form, not value. The
 scenario runs twice: with the batch sizes as configured, and with SQLite's multi-row INSERT
 taking a table's rows in several statements (what ingest's batches take).
 
