@@ -6,7 +6,8 @@ batches of ingest's size (``ingest.BATCH_SIZE``):
 
 - ``new``: ``--files`` HERA-style names (``zen.<JD>.<5 digits>.<pol>.HH.uvh5``, 1,000 a night, so
   the namer makes their observations and sessions) registered with an instance on store A:
-  what ingest, an upload and a transfer's receiver write (a file row, an instance, two events);
+  what ingest, an upload and a transfer's receiver write (a file row, an instance, one event row
+  for its two events: ``catalogue/file_events``);
 - ``2nd``: the same files with a second instance on store B (known files: same-content checks);
 - ``again``: the same calls as ``new`` once more (idempotent: nothing is written);
 

@@ -112,13 +112,14 @@ def test_register_again_changes_nothing(catalogue):
     paths = [f"p/{s.name}" for s in specs]
     catalogue.register(specs, "a", paths)
     before = table_counts(catalogue)
-    assert before == {"file": 50, "instance": 50, "event": 100, "observation": 50, "session": 1}
+    # One event row a file for its registration with its copy (shown as two: file_events).
+    assert before == {"file": 50, "instance": 50, "event": 50, "observation": 50, "session": 1}
     again = catalogue.register(specs, "a", paths)
     assert not any(r.created or r.instance_added for r in again)
     assert table_counts(catalogue) == before
     second = catalogue.register(specs, "b", paths)
     assert all(r.instance_added and not r.created for r in second)
-    assert table_counts(catalogue) == {**before, "instance": 100, "event": 150}
+    assert table_counts(catalogue) == {**before, "instance": 100, "event": 100}
 
 
 def test_conflicts_change_nothing(catalogue):
@@ -223,3 +224,28 @@ def test_instance_state_changes_in_bulk(catalogue):
         assert (two.fixity, two.available, two.deletion_policy) == ("unchecked", True, "allowed")
     with pytest.raises(ValueError, match="path"):
         catalogue.update_instances([(ids["1"], {"path": "elsewhere"})])
+
+
+def test_a_registration_with_its_copy_is_found_by_either_event_type(catalogue):
+    """Stored as one row (``file_events``), a new file's ``file-registered`` and first
+    ``instance-added`` are still two events to every reader: the file's detail, the search
+    ``no-file-has-event`` and the v1 RPC's ``describe_session_without_event``."""
+    from hera_stage_ext.catalogue.sessions import describe_session_without_event
+
+    name = NIGHT.format(10000, "xx")
+    catalogue.register([spec(name, source="rtp")], "a", ["d/1"])
+    catalogue.register([spec(name, source="rtp")], "b", ["d/1"])
+    assert [(e["type"], e["payload"]) for e in catalogue.file_detail(name)["events"]] == [
+        ("file-registered", {"source": "rtp"}),
+        ("instance-added", {"store": "a", "path": "d/1"}),
+        ("instance-added", {"store": "b", "path": "d/1"})]
+    session_id = catalogue.search("sessions", {})["results"][0]["id"]
+    for type_, without in (("file-registered", []), ("instance-added", []),
+                           ("staged", [session_id])):
+        found = catalogue.search("sessions", {"no-file-has-event": type_})["results"]
+        assert [r["id"] for r in found] == without, type_
+        reply = describe_session_without_event(catalogue.db, "rtp", type_)
+        assert reply["any_matching"] == bool(without), type_
+    # The stored type is the catalogue's own: no caller records it.
+    with pytest.raises(InvalidRequest, match="reserved"):
+        catalogue.add_event(name, "file-registered+instance-added", {})

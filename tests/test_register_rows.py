@@ -4,8 +4,12 @@ instances, a session widened, files without a store, conflicts refused, ``regist
 one-by-one fallback, an idempotent repeat) is run on both databases and every row of the file,
 instance, event, observation and session tables, read through the driver (SQLite's stored text,
 PostgreSQL's ``row_to_json``), is compared with ``data/register_rows.json``, written by the code
-before registration's writes were rewritten for speed (issue 19). So is what each call returned
-or raised. Times the catalogue takes from the clock are compared by form, not value. The
+before registration's writes were rewritten for speed (issue 19); its event rows written anew in
+session 10, when a new file's ``file-registered`` and first ``instance-added`` became one row
+(``catalogue/file_events``). So is what each call returned or raised, and every file's events
+as readers are shown them (``Catalogue.file_detail``: the CLI, REST and the v1 RPC), against
+``data/register_events_shown.json``, taken from the two-row events the code stored before.
+Times the catalogue takes from the clock are compared by form, not value. The
 scenario runs twice: with the batch sizes as configured, and with SQLite's multi-row INSERT
 taking a table's rows in several statements (what ingest's batches take).
 
@@ -31,6 +35,7 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.errors import StagingError
 
 GOLDEN = Path(__file__).parent / "data" / "register_rows.json"
+SHOWN = Path(__file__).parent / "data" / "register_events_shown.json"
 TABLES = {"session": "id", "observation": "obsid", "file": "id", "instance": "id", "event": "id"}
 GIVEN_TIME = dt.datetime(2001, 2, 3, 4, 5, 6, 789000)
 CLOCK = re.compile(r"^20[2-9]\d-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?$")
@@ -145,7 +150,12 @@ def run(db_url: str) -> dict[str, Any]:
             catalogue.sync_stores({"a": {"path": f"{root}/a"}, "b": {"path": f"{root}/b"}})
             since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
             outcomes = scenario(catalogue)
-        return {"outcomes": outcomes, "rows": stored_rows(db, since)}
+        rows = stored_rows(db, since)
+        shown = {}
+        for file in rows["file"]:
+            events = catalogue.file_detail(file["name"])["events"]
+            shown[file["name"]] = [[e["type"], e["payload"]] for e in events]
+        return {"outcomes": outcomes, "rows": rows, "shown": shown}
     finally:
         db.dispose()
 
@@ -160,6 +170,13 @@ def test_registration_writes_the_rows_it_always_has(db_url, batches, monkeypatch
     assert got["outcomes"] == expected["outcomes"]
     for table in TABLES:
         assert got["rows"][table] == expected["rows"][table], table
+
+
+def test_every_file_shows_the_events_it_always_has(db_url):
+    """One event row for a registration with its first copy: readers show the two events it
+    stands for, in the same order, with the same payloads, as when they were two rows."""
+    got = run(db_url)["shown"]
+    assert got == json.loads(SHOWN.read_text())
 
 
 def write_golden() -> None:

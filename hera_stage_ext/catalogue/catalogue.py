@@ -29,6 +29,7 @@ from ..paths import check_text, is_within
 from ..states import FixityState
 from . import checksums as ck
 from . import cold
+from . import file_events
 from . import search as search_language
 from .db import Database
 from .inlist import one_of
@@ -38,7 +39,7 @@ from .search_reply import reply_text
 from .search_rows import files_with_instances, files_with_instances_text
 from .serialize import (
     SERIALIZERS,
-    event_json,
+    events_json,
     file_json,
     instance_json,
     observation_json,
@@ -306,29 +307,39 @@ class Catalogue:
         now = tables.time(utcnow())
         ids = tables.new_file_ids(len(plan.files))
         files = [(id_, *row) for id_, row in zip(ids, plan.files)]
-        events: list[tuple[int, str, Any, str]] = [
-            (row[0], "file-registered", now, f'{{"source": {json_string(row[8])}}}')
-            for row in files
-        ]
+        # A new file with its first copy: one event row for its two events (``file_events``).
+        first_copy: dict[int, str] = {}  # new file's id -> the JSON of its first copy's path
         instances = []
+        instance_added: list[tuple[int, str, Any, str]] = []
+        extra_events: list[tuple[int, str, Any, str]] = []
+        store_text = ""
         if store_row is not None and added_paths:
             file_ids = {name: known.id for name, known in plan.known.items()}
             file_ids.update((row[1], row[0]) for row in files)
             store_id, store_name = store_row
             store_text = json_string(store_name)
-            instances = [(file_ids[name], store_id, path, True, "disallowed", now,
-                          FixityState.UNCHECKED, None, "")
-                         for path, (name, _i) in added_paths.items()]
-            events += [
-                (file_ids[name], "instance-added", now,
-                 f'{{"store": {store_text}, "path": {json_string(path)}}}')
-                for path, (name, _i) in added_paths.items()
-            ]
-            if instance_events is not None:
-                for name, i in added_paths.values():
-                    extra = instance_events[i]
-                    if extra is not None:
-                        events.append((file_ids[name], extra[0], now, dumps(extra[1])))
+            for path, (name, i) in added_paths.items():
+                file_id = file_ids[name]
+                instances.append((file_id, store_id, path, True, "disallowed", now,
+                                  FixityState.UNCHECKED, None, ""))
+                if name in plan.known or file_id in first_copy:
+                    instance_added.append((
+                        file_id, file_events.INSTANCE_ADDED, now,
+                        f'{{"store": {store_text}, "path": {json_string(path)}}}'))
+                else:
+                    first_copy[file_id] = json_string(path)
+                extra = None if instance_events is None else instance_events[i]
+                if extra is not None:
+                    extra_events.append((file_id, extra[0], now, dumps(extra[1])))
+        events: list[tuple[int, str, Any, str]] = [
+            (row[0], file_events.REGISTERED, now, f'{{"source": {json_string(row[8])}}}')
+            if row[0] not in first_copy else
+            (row[0], file_events.REGISTERED_WITH_COPY, now,
+             file_events.registered_with_copy_payload(
+                 json_string(row[8]), store_text, first_copy[row[0]]))
+            for row in files
+        ]
+        events += instance_added + extra_events
         tables.write(
             sessions=[(sid, v[0], v[1]) for sid, v in plan.sessions.items() if not v[2]],
             session_updates=[(v[0], v[1], sid) for sid, v in plan.sessions.items()
@@ -363,7 +374,7 @@ class Catalogue:
                 raise NotFound(f"no file named {name!r}")
             out = file_json(file, instances=True)
             out["observation"] = observation_json(file.observation) if file.observation else None
-            out["events"] = [event_json(e) for e in file.events]
+            out["events"] = [shown for e in file.events for shown in events_json(e)]
             return out
 
     def locate(self, name: str, *, store: str | None = None) -> dict[str, Any]:
@@ -416,6 +427,9 @@ class Catalogue:
         exist."""
         if not events:
             return
+        if any(type_ == file_events.REGISTERED_WITH_COPY for _f, type_, _p in events):
+            raise InvalidRequest(f"the event type {file_events.REGISTERED_WITH_COPY!r} is "
+                                 "reserved: record 'file-registered' and 'instance-added'")
         with self._writing(within) as s:
             tables = Tables(s)
             names = {file for file, _t, _p in events if isinstance(file, str)}

@@ -137,7 +137,8 @@ class Instance(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("file.id"), index=True)
-    store_id: Mapped[int] = mapped_column(ForeignKey("store.id"), index=True)
+    # No index of its own: the two above begin with it (migration 0011).
+    store_id: Mapped[int] = mapped_column(ForeignKey("store.id"))
     path: Mapped[str] = mapped_column(String(4096))
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     deletion_policy: Mapped[str] = mapped_column(String(16), default="disallowed")

@@ -88,6 +88,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.types import NULLTYPE, TypeEngine
 
 from ..errors import SearchError
+from .file_events import stored_type_alias
 from .models import Event, File, Instance, Observation, Session, Store
 from .naming import datetime_to_jd
 from .search_parse import MAX_CLAUSES, check_kind
@@ -430,13 +431,19 @@ def _cutoff_of(ctx: Ctx, days: float) -> dt.datetime:
     return _cutoff(ctx.now, days)
 
 
+def _stored_type_alias_of(ctx: Ctx, event_type: str) -> str:
+    return stored_type_alias(event_type)
+
+
 def _no_file_has_event(ctx: Ctx, event_type: str) -> ColumnElement[bool]:
     e, f, o = aliased(Event), aliased(File), aliased(Observation)
     has_event = (
         select(e.id)
         .join(f, e.file_id == f.id)
         .join(o, f.obsid == o.obsid)
-        .where(o.session_id == Session.id, e.type == ctx.bind(event_type))
+        .where(o.session_id == Session.id,  # either stored type that shows it (file_events)
+               e.type.in_([ctx.bind(event_type),
+                           ctx.bind(stored_type_alias(event_type), _stored_type_alias_of)]))
         .correlate(Session)
         .exists()
     )

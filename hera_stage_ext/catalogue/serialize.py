@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..states import FixityState
+from . import file_events
 from .models import Event, File, Instance, Observation, Session, Store
 
 
@@ -68,8 +69,10 @@ def instance_json(instance: Instance) -> dict[str, Any]:
                            instance.verified_at)
 
 
-def event_json(event: Event) -> dict[str, Any]:
-    return {"type": event.type, "time": iso(event.time), "payload": event.payload}
+def events_json(event: Event) -> list[dict[str, Any]]:
+    """The events a stored event row stands for (one, or two: ``file_events``)."""
+    return [{"type": type_, "time": iso(time), "payload": payload}
+            for type_, time, payload in file_events.shown(event.type, event.time, event.payload)]
 
 
 def file_json(file: File, *, instances: bool = False) -> dict[str, Any]:

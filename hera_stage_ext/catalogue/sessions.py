@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import exists, select
 
+from . import file_events
 from .db import Database
 from .models import Event, File, Instance, Observation, Session, Store
 
@@ -74,7 +75,8 @@ def describe_session_without_event(db: Database, source: str, event_type: str
     in it (one copy each, in order of start), its date, polarization, path in its store, the
     store's root and host, and the observation's length in days."""
     with db.read() as s:
-        no_event = ~exists().where(Event.file_id == File.id, Event.type == event_type)
+        no_event = ~exists().where(Event.file_id == File.id,
+                                   Event.type.in_(file_events.stored_types(event_type)))
         session_id = s.scalar(
             select(Observation.session_id).join(File, File.obsid == Observation.obsid)
             .where(Observation.session_id.is_not(None), File.source == source, no_event)

@@ -1,0 +1,77 @@
+"""Schema migrations: a catalogue made by an earlier revision upgrades in place, on both databases,
+to exactly the schema the models describe, its rows and events read as before.
+
+The catalogue is made at revision 0010 (main's schema before the instance's store index went,
+issue 19) and filled by registration as it wrote then: two event rows for a file registered
+with its copy. After the upgrade, registering more files writes one row for the two; both
+kinds read the same.
+"""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from hera_stage_ext.catalogue import migrations
+from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.catalogue.models import Base, utcnow
+from hera_stage_ext.catalogue.tables import Tables, dumps
+
+
+def _schema_differences(db: Database) -> list[object]:
+    with db.engine.connect() as c:
+        return compare_metadata(MigrationContext.configure(c), Base.metadata)
+
+
+def test_a_catalogue_of_revision_0010_upgrades_in_place(db_url, tmp_path):
+    db = Database(db_url)
+    try:
+        migrations.upgrade(db.engine, "0010")
+        assert "ix_instance_store_id" in {
+            ix["name"] for ix in inspect(db.engine).get_indexes("instance")}
+        catalogue = Catalogue(db)
+        catalogue.sync_stores({"a": {"path": str(tmp_path / "a")}})
+        # What registration wrote before: a file, its instance and two event rows.
+        catalogue.register([FileSpec("old.dat", 1, {"md5": "1" * 32}, source="ingest")],
+                           "a", ["old.dat"])
+        with db.write() as s:
+            tables = Tables(s)
+            old_id = tables.file_ids(["old.dat"])["old.dat"]
+            # Today's code writes one row for the two: make them main's two rows.
+            assert s.connection().exec_driver_sql("SELECT count(*) FROM event").scalar() == 1
+            s.connection().exec_driver_sql("DELETE FROM event")
+            now = tables.time(utcnow())
+            tables.write(events=[
+                (old_id, "file-registered", now, dumps({"source": "ingest"})),
+                (old_id, "instance-added", now, dumps({"store": "a", "path": "old.dat"}))])
+
+        db.upgrade()
+
+        assert "ix_instance_store_id" not in {
+            ix["name"] for ix in inspect(db.engine).get_indexes("instance")}
+        assert _schema_differences(db) == []
+        catalogue.register([FileSpec("new.dat", 2, {"md5": "2" * 32}, source="ingest")],
+                           "a", ["new.dat"])
+        for name in ("old.dat", "new.dat"):
+            detail = catalogue.file_detail(name)
+            assert [(e["type"], e["payload"]) for e in detail["events"]] == [
+                ("file-registered", {"source": "ingest"}),
+                ("instance-added", {"store": "a", "path": name})]
+            assert [i["path"] for i in detail["instances"]] == [name]
+        with db.engine.connect() as c:
+            assert c.exec_driver_sql("SELECT count(*) FROM event").scalar() == 3
+        # Search by store still finds both through the remaining (store, path) index.
+        assert catalogue.known_instances("a", ["old.dat", "new.dat"]) == {
+            "old.dat": 1, "new.dat": 2}
+
+        migrations.command.downgrade(migrations.alembic_config(db.engine), "0010")
+        assert "ix_instance_store_id" in {
+            ix["name"] for ix in inspect(db.engine).get_indexes("instance")}
+    finally:
+        db.dispose()
+
+
+def test_a_fresh_catalogue_has_the_models_schema(database):
+    assert _schema_differences(database) == []
