@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect
+from sqlalchemy import Connection, DateTime, Dialect
 from sqlalchemy.orm import Session as OrmSession
 
 from .search_reply import InstanceWriter, file_text, iso_time_or, name_text
@@ -57,13 +57,13 @@ def _processors(dialect: Dialect, text: bool) -> list[tuple[int, Callable[[Any],
     return found
 
 
-def _instances(session: OrmSession, file_ids: list[int], fetched: Sequence[Sequence[Any]] | None,
+def _instances(session: OrmSession | Connection, file_ids: list[int], fetched: Sequence[Sequence[Any]] | None,
                *, text: bool = False) -> list[list[Any]]:
     """The instances of ``file_ids`` in id order (``fetched``: their rows, when the page's
     statement brought them): ``file_id`` then ``INSTANCE_COLUMNS``' values, converted as
     SQLAlchemy would (with ``text``, a time stored as SQLite's text may come as its ISO text
     instead, ``search_reply.IsoTime``)."""
-    connection = session.connection()
+    connection = session if isinstance(session, Connection) else session.connection()
     dialect = connection.dialect
     rows: Sequence[Sequence[Any]]
     if fetched is not None:
@@ -104,7 +104,7 @@ def files_with_instances(session: OrmSession, files: Sequence[Any],
     return results
 
 
-def files_with_instances_text(session: OrmSession, files: Sequence[Any],
+def files_with_instances_text(session: OrmSession | Connection, files: Sequence[Any],
                               instances: Sequence[Sequence[Any]] | None = None) -> list[str]:
     """``files_with_instances`` as each file's JSON text (``json.dumps`` of its dict, byte for
     byte), written by ``search_reply`` without the dicts."""
