@@ -4,8 +4,8 @@ instances, as ``POST search`` returns them, as JSON-ready dicts (``serialize.fil
 the same bytes as ``json.dumps`` of the dicts, for the REST reply).
 
 The instances of the page's files come from one statement written out here and run as the
-driver's SQL (``exec_driver_sql``) on the search's connection, with the values converted by the
-same result processors SQLAlchemy applies to these column types: building, caching and
+driver's SQL on the search's connection's cursor (``db.driver_rows``), with the values
+converted by the same result processors SQLAlchemy applies to these column types: building, caching and
 processing a SQLAlchemy statement for it cost twice the statement itself on SQLite, and a fixed
 text lets PostgreSQL's driver prepare it once per connection (``= ANY`` of an array, one text
 whatever the page size). Errors still come wrapped as SQLAlchemy's (``DBAPIError``), so a
@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, Dialect
 from sqlalchemy.orm import Session as OrmSession
 
+from .db import driver_rows
 from .search_reply import InstanceWriter, file_text, iso_time_or, name_text
 from .serialize import INSTANCE_COLUMNS, file_json, instance_fields
 
@@ -69,11 +70,10 @@ def _instances(session: OrmSession | Connection, file_ids: list[int], fetched: S
     if fetched is not None:
         rows = fetched
     elif dialect.name == "postgresql":
-        rows = connection.exec_driver_sql(_INSTANCES_PG, (file_ids,)).all()
+        rows = driver_rows(connection, _INSTANCES_PG, (file_ids,))
     else:
         match = f"IN ({', '.join('?' * len(file_ids))})"
-        rows = connection.exec_driver_sql(_INSTANCES_SQL.format(match=match),
-                                          tuple(file_ids)).all()
+        rows = driver_rows(connection, _INSTANCES_SQL.format(match=match), tuple(file_ids))
     processors = _processors(dialect, text)
     found = []
     for row in rows:

@@ -9,8 +9,8 @@ statement, computing its cache key and SQLAlchemy's execution and row processing
 the database's own work for most searches; here the statement of a shape is built and compiled
 on its first search, and every later search of that shape only computes its parameters from its
 values (each bound value's recipe, ``search_clauses.Ctx.bind``) and runs the SQL text with the
-values converted by the same processors SQLAlchemy applies (``exec_driver_sql``, so errors
-still come wrapped as SQLAlchemy's and a search's time limit applies as before).
+values converted by the same processors SQLAlchemy applies (``db.driver_rows``: the driver's
+cursor itself, its errors wrapped as SQLAlchemy's, so a search's time limit applies as before).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Dialect, Integer, Select, bindparam, cast, null
 
+from .db import driver_rows
 from .search_clauses import Ctx
 from .search_rows import INSTANCE_FROM, INSTANCE_SELECT
 from .serialize import INSTANCE_COLUMNS
@@ -104,7 +105,7 @@ class PageStatement:
 
     def rows(self, connection: Connection, ctx: Ctx, limit: int) -> list[FileRow]:
         """The page's rows (at most ``limit + 1``), values converted as SQLAlchemy would."""
-        result = connection.exec_driver_sql(self.sql, self.parameters(ctx, limit)).all()
+        result = driver_rows(connection, self.sql, self.parameters(ctx, limit))
         columns = self.columns
         rows = []
         for row in result:
@@ -122,8 +123,7 @@ class PageStatement:
         machine is a wait for the database's process to be scheduled."""
         if self.with_instances is None:
             return self.rows(connection, ctx, limit), []
-        result = connection.exec_driver_sql(self.with_instances,
-                                            self.parameters(ctx, limit)).all()
+        result = driver_rows(connection, self.with_instances, self.parameters(ctx, limit))
         columns = self.columns
         rows, instances = [], []
         width = len(FileRow._fields)
