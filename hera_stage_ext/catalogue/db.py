@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -270,7 +270,7 @@ def driver_rows(connection: Connection, sql: str, parameters: Any) -> list[Any]:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql, parameters)
-        return cursor.fetchall()
+        return cast("list[Any]", cursor.fetchall())  # both drivers return a list
     except error as exc:
         lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
         if lost:
