@@ -105,9 +105,9 @@ class Database:
         # PostgreSQL reads run in autocommit: each statement sees committed data, and a search
         # saves the BEGIN and ROLLBACK round trips around it. SQLite's reads stay deferred
         # transactions (cheap there, and one snapshot across a page and its count).
-        read_bind = self.engine if is_sqlite(self.engine) else self.engine.execution_options(
-            isolation_level="AUTOCOMMIT")
-        self._sessions = sessionmaker(read_bind, expire_on_commit=False)
+        self._read_bind = self.engine if is_sqlite(self.engine) else \
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._sessions = sessionmaker(self._read_bind, expire_on_commit=False)
         # SQLite has one writer at a time, and a connection that finds the file locked sleeps
         # in steps of up to 100 ms before trying again: threads of one process (a worker's
         # streams and heartbeat) queue on this lock instead, and are woken the moment it is
@@ -207,8 +207,7 @@ class Database:
                     yield connection
             return
         if timeout_s <= 0:
-            with self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT") as connection:
+            with self._read_bind.connect() as connection:
                 yield connection
             return
         with self._limited_engine(timeout_s).connect() as connection, \
