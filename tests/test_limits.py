@@ -53,6 +53,9 @@ async def test_a_costly_search_is_cancelled_with_a_clear_503(
     assert code == 503, reply
     assert reply["error"] == "QueryTimeout"
     assert "narrow it" in reply["message"] and reply["timeout_seconds"] == TIMEOUT_S
+    # A page alone (no count) runs its own statement on the driver's cursor: the same answer.
+    code, reply = await api("POST", "search", {"search": COSTLY, "limit": 5})
+    assert code == 503 and reply["error"] == "QueryTimeout", reply
     # The server (and the cancelled connection, back in its pool) answers the next search.
     code, reply = await api("POST", "search", {"search": {"name-matches": "fill.1234%"},
                                                "count": True, "limit": 5})

@@ -1,6 +1,7 @@
 """A search after PostgreSQL restarted answers as before: the searches' connection pool does not
 ping before each use (a round trip per search), so a connection the restart cut is found dead by
-the search itself, which runs again on a new one (``Database.run_limited``).
+the search itself, which runs again on a new one (``Database.run_limited``, and
+``run_limited_plain`` for REST's search on a plain connection).
 
 A cluster of its own: restarting the session's would cut every other test's connections.
 """
@@ -39,6 +40,7 @@ def test_search_after_a_database_restart(own_cluster: PostgresCluster, tmp_path)
         search = {"name-matches": "zen.%"}
         before = catalogue.search("files", search)
         assert [r["name"] for r in before["results"]] == names
+        before_text = catalogue.search_text("files", search)  # REST's, on a plain connection
         assert catalogue.names_matching(search, 10) == names
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             # The throwaway cluster runs without synchronous commits, and restart() stops it as
@@ -48,6 +50,8 @@ def test_search_after_a_database_restart(own_cluster: PostgresCluster, tmp_path)
         own_cluster.restart()  # every connection cut, the pool's included
 
         assert catalogue.search("files", search) == before
+        own_cluster.restart()
+        assert catalogue.search_text("files", search) == before_text
         own_cluster.restart()
         assert catalogue.names_matching(search, 10) == names
     finally:

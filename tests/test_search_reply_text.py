@@ -64,12 +64,18 @@ def catalogue(db_url: str, tmp_path) -> Any:
 ])
 def test_text_reply_is_json_dumps_of_the_dicts(catalogue: Any, search: Any, sort: Any,
                                                pages: int) -> None:
+    unlimited = Catalogue(catalogue.db)  # no time limit: a plain connection of its own
     cursor = None
     seen = 0
     while True:
         asked = {"limit": 3, "cursor": cursor, "count": True, "sort": sort}
         expected = json.dumps({**catalogue.search("files", search, **asked), "search": search})
         assert catalogue.search_text("files", search, **asked) == expected
+        # Without a count the page comes from its shape's kept statement on the driver's cursor.
+        page = {**asked, "count": False}
+        expected_page = json.dumps({**catalogue.search("files", search, **page), "search": search})
+        assert catalogue.search_text("files", search, **page) == expected_page
+        assert unlimited.search_text("files", search, **page) == expected_page
         seen += 1
         cursor = json.loads(expected)["next_cursor"]
         if cursor is None:
@@ -98,3 +104,26 @@ def test_a_time_stored_by_sqlite_is_written_as_its_datetime_would_be(stored: str
     dialect = sqlite.dialect()
     processor = DateTime().dialect_impl(dialect).result_processor(dialect, None)
     assert _time(iso_time_or(processor)(stored)) == json.dumps(processor(stored).isoformat() + "Z")
+
+
+@pytest.mark.parametrize("stored", [
+    "{}", '{"md5": "0123", "xxh3-128": "abcd"}', '{"a": [1, 2.5, -0.0, 1e300, null, true]}',
+    '{"\\u00e9": "\\ud83d\\ude00", "q": "\\"\\\\"}', ' {}', '{} ', '\t{"a": 1}\n', "[1, 2]", "5",
+    '"text"', "null", "NaN", '{"a": 1}{"b": 2}', '{"a": ', "", '{"a": 1, "a": 2}',
+])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_json_column_is_decoded_as_json_loads_would(stored: str, as_bytes: bool) -> None:
+    from hera_stage_ext.catalogue.db import loads_json_column
+
+    encodings = ["utf-8", "utf-8-sig", "utf-16-le", "utf-16"] if as_bytes else [None]
+    for encoding in encodings:
+        value: Any = stored.encode(encoding) if encoding else stored
+        try:
+            expected = ("value", json.loads(value))
+        except ValueError as exc:
+            expected = ("error", type(exc), str(exc))
+        try:
+            got = ("value", loads_json_column(value))
+        except ValueError as exc:
+            got = ("error", type(exc), str(exc))
+        assert repr(got) == repr(expected), (stored, encoding)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import joinedload, selectinload
 
@@ -569,14 +569,16 @@ class Catalogue:
             return json.dumps({**self.search(kind, search, limit=limit, cursor=cursor,
                                              count=count, sort=sort), "search": search})
 
-        def read(s: DbSession) -> str:
-            page = self._search_page(s, kind, search, limit, cursor, count, sort)
-            results = files_with_instances_text(s, page.rows, page.instances) if page.rows else []
+        def read(connection: Connection) -> str:
+            page = self._search_page(connection, kind, search, limit, cursor, count, sort)
+            results = (files_with_instances_text(connection, page.rows, page.instances)
+                       if page.rows else [])
             return reply_text(kind, results, page.next_cursor, page.total, search)
 
-        return self.db.run_limited(self.search_timeout_s, read)
+        # Plain rows on a plain connection: no ORM session per search.
+        return self.db.run_limited_plain(self.search_timeout_s, read)
 
-    def _search_page(self, s: DbSession, kind: str, search: Any, limit: int,
+    def _search_page(self, s: DbSession | Connection, kind: str, search: Any, limit: int,
                      cursor: str | None, count: bool, sort: str | None
                      ) -> search_language.SearchPage:
         return search_language.run_search(

@@ -13,12 +13,13 @@ arbitrarily slow (searches) run under a time limit (``read_limited``): PostgreSQ
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -52,7 +53,10 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if engine.dialect.driver == "psycopg":
+        _load_json_columns_fast(engine)
+    return engine
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -74,6 +78,48 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+#: json's own C scanner, as ``json.loads`` runs it (one decoder, made once).
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def loads_json_column(value: Any) -> Any:
+    """``json.loads(value)`` (a JSON column's stored text, ``str`` or UTF-8 ``bytes``), faster
+    for what such a column usually holds: ``{}``, or a text that json's own scanner reads from
+    its first character to its last. Anything else (whitespace around the value, another
+    encoding, an error) goes through ``json.loads`` itself, so the result or error is exactly
+    its. On a search page's 101 rows the checksums and metadata decoded by ``json.loads`` (its
+    encoding check, two whitespace matches and ``raw_decode`` around the scanner) were the
+    largest single cost of the page's rows."""
+    if type(value) is bytes:
+        if value == b"{}":
+            return {}
+        # json.loads decodes bytes as UTF-8 unless they start with a BOM or a NUL byte.
+        if value[:1] != b"{" or len(value) < 2 or value[1] == 0:
+            return json.loads(value)
+        text = value.decode("utf-8", "surrogatepass")
+    elif type(value) is str:
+        if value == "{}":
+            return {}
+        text = value
+    else:
+        return json.loads(value)
+    try:
+        found, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(value)
+    return found if end == len(text) else json.loads(value)
+
+
+def _load_json_columns_fast(engine: Engine) -> None:
+    """PostgreSQL: psycopg decodes JSON columns on each of ``engine``'s connections with
+    ``loads_json_column`` instead of ``json.loads``."""
+    from psycopg.types.json import set_json_loads
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        set_json_loads(loads_json_column, dbapi_connection)
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -105,10 +151,9 @@ class Database:
         # PostgreSQL reads run in autocommit: each statement sees committed data, and a search
         # saves the BEGIN and ROLLBACK round trips around it. SQLite's reads stay deferred
         # transactions (cheap there, and one snapshot across a page and its count).
-        read_bind = self.engine if is_sqlite(self.engine) else self.engine.execution_options(
-            isolation_level="AUTOCOMMIT")
-        self._read_bind = read_bind
-        self._sessions = sessionmaker(read_bind, expire_on_commit=False)
+        self._read_bind = self.engine if is_sqlite(self.engine) else \
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._sessions = sessionmaker(self._read_bind, expire_on_commit=False)
         # SQLite has one writer at a time, and a connection that finds the file locked sleeps
         # in steps of up to 100 ms before trying again: threads of one process (a worker's
         # streams and heartbeat) queue on this lock instead, and are woken the moment it is
@@ -192,39 +237,57 @@ class Database:
                 yield session
             return
         if is_sqlite(self.engine):
-            with self.read() as session, _sqlite_deadline(session, timeout_s) as fired:
-                try:
-                    yield session
-                except DBAPIError as exc:
-                    if fired():
-                        raise QueryTimeout(timeout_s) from exc
-                    raise
+            with self.read() as session, _sqlite_deadline(session.connection(), timeout_s):
+                yield session
             return
-        with self._limited_sessions(timeout_s)() as session:
+        with self._limited_sessions(timeout_s)() as session, _pg_timed_out(timeout_s):
             try:
                 yield session
-            except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) == _PG_QUERY_CANCELED:
-                    raise QueryTimeout(timeout_s) from exc
-                raise
             finally:
                 session.rollback()
+
+    @contextlib.contextmanager
+    def connect_limited(self, timeout_s: float) -> Iterator[Connection]:
+        """``read_limited`` on a plain ``Connection`` rather than an ORM session, for reads of
+        plain rows (a files search's page and instances): the session's set-up, its BEGIN
+        bookkeeping and rollback were a sixth of a small search's CPU. On SQLite one deferred
+        transaction (a snapshot across the read's statements), rolled back when the connection
+        closes; on PostgreSQL autocommit, as ``read()``."""
+        if is_sqlite(self.engine):
+            with self.engine.connect() as connection:
+                connection.begin()  # BEGIN DEFERRED now: driver_rows' statements go round it
+                if timeout_s <= 0:
+                    yield connection
+                    return
+                with _sqlite_deadline(connection, timeout_s):
+                    yield connection
+            return
+        if timeout_s <= 0:
+            with self._read_bind.connect() as connection:
+                yield connection
+            return
+        with self._limited_engine(timeout_s).connect() as connection, \
+                _pg_timed_out(timeout_s):
+            yield connection
 
     def run_limited(self, timeout_s: float, read: Callable[[Session], T]) -> T:
         """``read(session)`` in ``read_limited``; run once more, on a new connection, when its
         connection turned out to be dead (the database restarted since it was last used). The
         limited reads' pool does not ping a connection before each use: on PostgreSQL the ping
         was a round trip of its own, as long as a small search, on every search."""
-        try:
-            with self.read_limited(timeout_s) as session:
-                return read(session)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        with self.read_limited(timeout_s) as session:
-            return read(session)
+        return _once_more_if_dead(lambda: self.read_limited(timeout_s), read)
+
+    def run_limited_plain(self, timeout_s: float, read: Callable[[Connection], T]) -> T:
+        """``run_limited`` on a plain ``Connection`` (``connect_limited``)."""
+        return _once_more_if_dead(lambda: self.connect_limited(timeout_s), read)
+
+    def _limited_engine(self, timeout_s: float) -> Engine:
+        return self._limited_made(timeout_s)[0]
 
     def _limited_sessions(self, timeout_s: float) -> sessionmaker[Session]:
+        return self._limited_made(timeout_s)[1]
+
+    def _limited_made(self, timeout_s: float) -> tuple[Engine, sessionmaker[Session]]:
         # A server has one limit (its search timeout), so in practice one extra engine. No
         # pre-ping: its callers go through run_limited, which retries on a dead connection.
         made = self._limited.get(timeout_s)
@@ -233,12 +296,14 @@ class Database:
             engine = create_engine(self.url, pool_size=5, max_overflow=20,
                                    isolation_level="AUTOCOMMIT",
                                    connect_args={"options": f"-c statement_timeout={ms}"})
+            if engine.dialect.driver == "psycopg":
+                _load_json_columns_fast(engine)
             # Two first searches at once: one engine is kept (it has not connected yet).
             made = self._limited.setdefault(
                 timeout_s, (engine, sessionmaker(engine, expire_on_commit=False)))
             if made[0] is not engine:
                 engine.dispose()
-        return made[1]
+        return made
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -246,10 +311,63 @@ class Database:
             engine.dispose()
 
 
+def driver_rows(connection: Connection, sql: str, parameters: Any) -> list[Any]:
+    """The rows of ``sql`` (the driver's SQL and parameter style) as the driver's tuples, run on
+    ``connection``'s DBAPI cursor: what ``exec_driver_sql(sql, parameters).all()`` returns,
+    without SQLAlchemy's set-up per statement (an execution context, the result's metadata
+    built from the cursor's description, a ``Row`` per row), which cost a third of the client's
+    CPU of a 300-row search page on PostgreSQL. A driver error is raised as SQLAlchemy's
+    ``DBAPIError`` and a lost connection invalidated, as ``exec_driver_sql`` does, so a time
+    limit and ``run_limited``'s retry on a dead connection work the same. On SQLite the
+    connection's transaction must have begun (``connect_limited``'s has)."""
+    dialect = connection.dialect
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # the connection is open
+    error = dialect.loaded_dbapi.Error
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, parameters)
+        return cast("list[Any]", cursor.fetchall())  # both drivers return a list
+    except error as exc:
+        lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(sql, parameters, exc, error, dialect=dialect,
+                                  connection_invalidated=lost) from exc
+    finally:
+        with contextlib.suppress(error):
+            cursor.close()
+
+
+def _once_more_if_dead(opened: Callable[[], contextlib.AbstractContextManager[Any]],
+                       read: Callable[[Any], T]) -> T:
+    """``read`` of what ``opened()`` yields; once more on a new one when its connection turned
+    out to be dead."""
+    try:
+        with opened() as reading:
+            return read(reading)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    with opened() as reading:
+        return read(reading)
+
+
 @contextlib.contextmanager
-def _sqlite_deadline(session: Session, timeout_s: float) -> Iterator[Callable[[], bool]]:
-    """Interrupt ``session``'s SQLite statements once ``timeout_s`` has passed; yields a check
-    of whether it did (an interrupted statement raises "interrupted")."""
+def _pg_timed_out(timeout_s: float) -> Iterator[None]:
+    """A PostgreSQL statement cancelled by ``statement_timeout`` as ``QueryTimeout``."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _PG_QUERY_CANCELED:
+            raise QueryTimeout(timeout_s) from exc
+        raise
+
+
+@contextlib.contextmanager
+def _sqlite_deadline(connection: Connection, timeout_s: float) -> Iterator[None]:
+    """Interrupt ``connection``'s SQLite statements once ``timeout_s`` has passed, raising
+    ``QueryTimeout`` (an interrupted statement raises "interrupted")."""
     deadline = time.monotonic() + timeout_s
     fired = False
 
@@ -258,11 +376,15 @@ def _sqlite_deadline(session: Session, timeout_s: float) -> Iterator[Callable[[]
         fired = fired or time.monotonic() > deadline
         return int(fired)
 
-    dbapi_connection = session.connection().connection.dbapi_connection
-    assert dbapi_connection is not None  # the session's connection is open
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # the connection is open
     dbapi_connection.set_progress_handler(progress, _SQLITE_PROGRESS_STEPS)
     try:
-        yield lambda: fired
+        yield
+    except DBAPIError as exc:
+        if fired:
+            raise QueryTimeout(timeout_s) from exc
+        raise
     finally:
         dbapi_connection.set_progress_handler(None, _SQLITE_PROGRESS_STEPS)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import contains_eager
 
@@ -85,8 +85,14 @@ def _from(kind: str, *, entity: bool, plain: bool = False) -> Select:
     return select(Session) if entity else select(func.count()).select_from(Session)
 
 
-def _is_postgresql(session: OrmSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def _is_postgresql(session: OrmSession | Connection) -> bool:
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    return bind.dialect.name == "postgresql"
+
+
+def _connection(session: OrmSession | Connection) -> Connection:
+    """The connection a session's reads go through (a plain connection: itself)."""
+    return session if isinstance(session, Connection) else session.connection()
 
 
 def search_select(
@@ -100,7 +106,7 @@ def search_select(
 
 
 def run_search(
-    session: OrmSession,
+    session: OrmSession | Connection,
     kind: str,
     search: Any,
     *,
@@ -117,7 +123,8 @@ def run_search(
 
     ``rows`` are ORM objects (File, Instance with its file and store loaded, Observation,
     Session); with ``plain`` (files only), rows of ``FILE_COLUMNS`` instead, which read the same
-    attributes at a fraction of the cost (no objects, no identity map). In the order of
+    attributes at a fraction of the cost (no objects, no identity map), and ``session`` may be
+    a plain ``Connection``. In the order of
     ``sort``: for files name|obsid|size|create_time|type, for instances
     id|name|store_name|create_time, for observations obsid|start_time_jd|stop_time_jd|
     start_lst_hr|session_id, for sessions id|start_time_jd|stop_time_jd; a leading "-" sorts
@@ -136,6 +143,8 @@ def run_search(
     check_kind(kind)
     if plain and kind != "files":
         raise ValueError("plain rows are for files searches")
+    if not plain and isinstance(session, Connection):
+        raise ValueError("ORM rows need an ORM session")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
         raise SearchError(f"limit must be an integer from 1 to {max_limit}, got {limit!r}")
     parsed = parse_search(search)
@@ -160,7 +169,7 @@ def run_search(
     instances = None
     if plain and not count:
         # The page's statement compiled once per shape of search (``search_statements``).
-        connection = session.connection()
+        connection = _connection(session)
         # A cursor's missing (NULL) sort value has SQL of its own (``rows_after``).
         key = (connection.dialect.name, kind, shape, ctx.obs_mode, sort_text,
                None if cursor_values is None else tuple(v is None for v in cursor_values))
@@ -174,7 +183,11 @@ def run_search(
         stmt = build(limit + 1)
         # Plain rows on the session's connection (same transaction): the ORM's statement
         # handling costs as much as the rows' own processing and adds nothing to plain columns.
-        rows = list((session.connection().execute(stmt) if plain else session.scalars(stmt)).all())
+        if plain:
+            rows = list(_connection(session).execute(stmt).all())
+        else:
+            assert isinstance(session, OrmSession)  # checked above
+            rows = list(session.scalars(stmt).all())
 
     next_cursor = None
     if len(rows) > limit:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from sqlalchemy import and_, false, func, literal, not_, or_, select, true
+from sqlalchemy import Connection, and_, false, func, literal, not_, or_, select, true
 from sqlalchemy.orm import Session as OrmSession
 
 from ..errors import SearchError
@@ -209,7 +209,8 @@ def _observation_probe(search: dict | list) -> list[dict]:
     return found
 
 
-def choose_obs_mode(session: OrmSession, ctx: Ctx, search: dict | list) -> str | None:
+def choose_obs_mode(session: OrmSession | Connection, ctx: Ctx, search: dict | list
+                    ) -> str | None:
     """One cheap count on the observation table picks how file searches use observations."""
     probe = _observation_probe(search)
     if not probe:

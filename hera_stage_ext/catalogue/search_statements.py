@@ -9,8 +9,8 @@ statement, computing its cache key and SQLAlchemy's execution and row processing
 the database's own work for most searches; here the statement of a shape is built and compiled
 on its first search, and every later search of that shape only computes its parameters from its
 values (each bound value's recipe, ``search_clauses.Ctx.bind``) and runs the SQL text with the
-values converted by the same processors SQLAlchemy applies (``exec_driver_sql``, so errors
-still come wrapped as SQLAlchemy's and a search's time limit applies as before).
+values converted by the same processors SQLAlchemy applies (``db.driver_rows``: the driver's
+cursor itself, its errors wrapped as SQLAlchemy's, so a search's time limit applies as before).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Dialect, Integer, Select, bindparam, cast, null
+from sqlalchemy.sql import sqltypes
 
+from .db import driver_rows, loads_json_column
 from .search_clauses import Ctx
 from .search_rows import INSTANCE_FROM, INSTANCE_SELECT
 from .serialize import INSTANCE_COLUMNS
@@ -76,8 +78,9 @@ class PageStatement:
                 self._parameters.append(
                     (name, value if processor is None else processor(value), -3, None, None))
         self.positional = compiled.positiontup is not None
-        self.columns = [(position, processor) for position, processor in (
-            (position, column.type.dialect_impl(dialect).result_processor(dialect, None))
+        self.columns = [(position, _json_text_first(processor, column.type, dialect))
+                        for position, column, processor in (
+            (position, column, column.type.dialect_impl(dialect).result_processor(dialect, None))
             for position, column in enumerate(stmt.selected_columns)) if processor is not None]
         self.with_instances = _with_instances(self.sql, stmt, dialect) \
             if dialect.name == "postgresql" else None
@@ -104,7 +107,7 @@ class PageStatement:
 
     def rows(self, connection: Connection, ctx: Ctx, limit: int) -> list[FileRow]:
         """The page's rows (at most ``limit + 1``), values converted as SQLAlchemy would."""
-        result = connection.exec_driver_sql(self.sql, self.parameters(ctx, limit)).all()
+        result = driver_rows(connection, self.sql, self.parameters(ctx, limit))
         columns = self.columns
         rows = []
         for row in result:
@@ -122,8 +125,7 @@ class PageStatement:
         machine is a wait for the database's process to be scheduled."""
         if self.with_instances is None:
             return self.rows(connection, ctx, limit), []
-        result = connection.exec_driver_sql(self.with_instances,
-                                            self.parameters(ctx, limit)).all()
+        result = driver_rows(connection, self.with_instances, self.parameters(ctx, limit))
         columns = self.columns
         rows, instances = [], []
         width = len(FileRow._fields)
@@ -136,6 +138,19 @@ class PageStatement:
             else:
                 instances.append(row[2 + width:])
         return rows, instances
+
+
+def _json_text_first(processor: Processor, type_: Any, dialect: Dialect) -> Processor:
+    """A JSON column's result processor (SQLite's: ``json.loads`` of the stored text) with its
+    text decoded by ``db.loads_json_column`` (the same value, faster); other columns' as they
+    are."""
+    if not isinstance(type_.dialect_impl(dialect), sqltypes.JSON):
+        return processor
+
+    def process(value: Any) -> Any:
+        return loads_json_column(value) if type(value) is str else processor(value)
+
+    return process
 
 
 def _with_instances(page_sql: str, stmt: Select, dialect: Dialect) -> str:
