@@ -15,7 +15,6 @@ anything. What a batch syncs is its own files and folders, whatever else the fil
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -152,54 +151,24 @@ def make_final(root: str, incoming: int, renames: Sequence[Rename],
     error syncing the folders is raised: the files are under their final names but may not be
     on disk, so the caller must not record them."""
     errors: list[OSError | None] = [None] * len(renames)
-    with contextlib.ExitStack() as stack:
-        folders: dict[str, int] = {}
-
-        def folder(path: str, create: bool) -> int:
-            if path not in folders:
-                fd, _made = safefs.open_dir(path, create=create)
-                stack.callback(os.close, fd)
-                folders[path] = fd
-            return folders[path]
-
+    with safefs.Folders([root]) as folders:
         changed: set[str] = set()
         for i, (part, dest) in enumerate(renames):
             parent, _, base = dest.rpartition("/")
             try:
-                safefs.rename_noreplace(incoming, part, folder(parent, True), base, dest)
+                safefs.rename_noreplace(incoming, part, folders.get(parent, create=True), base,
+                                        dest)
             except OSError as exc:
                 errors[i] = exc
                 continue
             changed.add(parent)
         if syncer is None or not changed:
             return errors
-        changed.update(ancestor for parent in list(changed)
-                       for ancestor in _ancestors(root, parent))
-        syncer.sync_folders([incoming] + [folder(path, False) for path in sorted(changed)])
+        # Every folder between a destination and the store too: one may have been created just
+        # now (here, or by another batch that has not synced it yet).
+        safefs.sync_folders(changed, [root], folders, syncer.sync_folders)
+    os.fsync(incoming)
     return errors
-
-
-def sync_up_to(root: str, folder: int, path: str) -> None:
-    """``fsync`` the open ``folder`` (at ``path``, below ``root``) and every folder between
-    it and ``root``: a new name in it on disk, and the folder itself."""
-    os.fsync(folder)
-    for ancestor in _ancestors(root, path):
-        fd, _made = safefs.open_dir(ancestor)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _ancestors(root: str, path: str) -> list[str]:
-    """The folders from ``path``'s parent up to ``root`` (none when ``path`` is ``root``). A
-    destination folder may have been created just now (here, or by another batch that has
-    not synced it yet): its entry in its parent must reach the disk too."""
-    out = []
-    while path != root and path.startswith(root + "/"):
-        path = os.path.dirname(path)
-        out.append(path)
-    return out
 
 
 def sync_tree(path: str) -> None:
