@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import gc
 import itertools
 import multiprocessing as mp
 import os
@@ -192,6 +193,9 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
             time.sleep(chunk_delay)
 
     mover = Mover(chunk_size, check, lambda _line: None, deferred=True, temp_folders=True)
+    # What the helper holds from now on is long-lived: out of the cyclic collector's passes,
+    # which the many small objects of each hand-over trigger (as the worker does, ``run``).
+    gc.freeze()
     jobs: queue.Queue[Any] = queue.Queue()
     writing = threading.Event()  # set while this thread writes a hand-over
     committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock, writing),

@@ -47,6 +47,8 @@ from . import bigcopy, linkcheck
 METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
 #: Methods that give the store's own inode or a link to it: nothing is copied.
 _LINKS = frozenset({"hardlink", "symlink"})
+#: A copy's note in the job log, per algorithm (built once, not per file).
+_VERIFIED = {name: f"{name} verified" for name in ck.ALGORITHMS}
 #: Methods whose temporary files hold no data of their own (a hard link is the store's inode,
 #: on disk already): ``commit`` syncs only their folders' entries.
 NO_DATA = frozenset({"hardlink"})
@@ -309,8 +311,9 @@ class Mover:
         else:
             key = (_split(source)[0] if source.startswith("/") else os.path.dirname(source),
                    root)
-            inside = key in self._source_dirs or is_within(key[0], root)
-            if inside:
+            inside = key in self._source_dirs
+            if not inside and is_within(key[0], root):
+                inside = True
                 self._source_dirs.add(key)
             # A source that is itself a symlink is followed only where it stays inside the
             # store: every method opens it with O_NOFOLLOW first (``_open_source``), the link
@@ -346,14 +349,15 @@ class Mover:
                     if spec.is_directory:
                         digest = self._copy_dir(fin, dir_fd, tmp, algorithm, spec.read_only,
                                                 reflink)
+                        size, got = digest.size, digest.checksums[algorithm]
                     else:
-                        digest = self._copy_file(fin, dir_fd, tmp, algorithm, spec.read_only,
-                                                 reflink)
+                        size, got = self._copy_file(fin, dir_fd, tmp, algorithm,
+                                                    spec.read_only, reflink)
                 finally:
                     if fin != source_fd:
                         os.close(fin)
-                self._verify(spec, digest, algorithm, "copy")
-                note = f"{algorithm} verified"
+                self._check_sum(spec, size, got, algorithm, "copy")
+                note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
         except FileExistsError as exc:
             if exc.filename != tmp:
                 safefs.remove(dir_fd, tmp)
@@ -471,27 +475,30 @@ class Mover:
 
     # ----- copying ------------------------------------------------------------------------
     def _copy_file(self, fin: int, dir_fd: int, dst: str, algorithm: str, read_only: bool,
-                   reflink: bool = False) -> ck.Digest:
-        """Copy the open file ``fin`` to a new file ``dst`` in ``dir_fd``."""
+                   reflink: bool = False) -> tuple[int, str]:
+        """Copy the open file ``fin`` to a new file ``dst`` in ``dir_fd``: the size and the
+        ``algorithm`` checksum of what was written."""
         st = os.fstat(fin)
         if reflink and self._reflink_ok is not False:
             digest = self._try_reflink(fin, dir_fd, dst, algorithm, st, read_only)
             if digest is not None:
-                return digest
+                return digest.size, digest.checksums[algorithm]
         # Created with its final permissions where the umask keeps them (no chmod).
         mode = _final_mode(st, read_only)
         # Read-write: a large file's kernel copy is read back to be hashed (``bigcopy``).
         fd = safefs.create(dir_fd, dst, mode, os.O_RDWR)
         try:
-            digest = None
+            result = None
             if st.st_size >= bigcopy.MIN_SIZE and self._bigcopy_ok:
                 # The pump's buffer is idle meanwhile: the hashing thread reads into it.
                 digest = bigcopy.copy(fin, fd, algorithm, len(self._buffer), self._check,
                                       self._buffer, durable=self._durable)
                 if digest is None:
                     self._bigcopy_ok = False
-            if digest is None:
-                digest = self._pump(fin, fd, algorithm, st.st_size)
+                else:
+                    result = digest.size, digest.checksums[algorithm]
+            if result is None:
+                result = self._pump(fin, fd, algorithm, st.st_size)
             # Metadata through the open descriptor (no second path lookup), before the
             # fsync so that one flush covers data and metadata.
             if mode & _UMASK:
@@ -501,11 +508,12 @@ class Mover:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        return digest
+        return result
 
-    def _pump(self, fin: int, fd: int, algorithm: str, size: int) -> ck.Digest:
-        """Copy ``fin`` to ``fd``, hashing each chunk from the same buffer (one pass)."""
-        hasher = ck.StreamHasher([algorithm])
+    def _pump(self, fin: int, fd: int, algorithm: str, size: int) -> tuple[int, str]:
+        """Copy ``fin`` to ``fd``, hashing each chunk from the same buffer (one pass): the size
+        and checksum of what was written."""
+        data = b""
         if size < len(self._buffer):
             # A small file in one read: a read shorter than asked for is the end of a regular
             # file, so no second read is needed to find it.
@@ -513,7 +521,9 @@ class Mover:
             write_all(fd, data)
             self._check(len(data))
             if len(data) <= size:
-                return ck.hash_bytes(data, [algorithm])
+                return len(data), ck.hex_digest(data, algorithm)
+        hasher = ck.StreamHasher([algorithm])
+        if data:
             hasher.update(data)
         buffer, view = self._buffer, self._view
         with open(fin, "rb", buffering=0, closefd=False) as reader:
@@ -522,7 +532,8 @@ class Mover:
                 hasher.update(chunk)
                 write_all(fd, chunk)
                 self._check(n)
-        return hasher.digest()
+        digest = hasher.digest()
+        return digest.size, digest.checksums[algorithm]
 
     def _try_reflink(self, fin: int, dir_fd: int, dst: str, algorithm: str,
                      st: os.stat_result, read_only: bool) -> ck.Digest | None:
@@ -569,8 +580,9 @@ class Mover:
                 fin = _member(src_fd, member)
                 try:
                     head, tail = os.path.split(member)
-                    digests.append((member, self._copy_file(fin, out.get(head), tail,
-                                                            algorithm, read_only, reflink)))
+                    size, got = self._copy_file(fin, out.get(head), tail, algorithm, read_only,
+                                                reflink)
+                    digests.append((member, ck.Digest(size, {algorithm: got}, False)))
                 finally:
                     os.close(fin)
             out.copy_mtimes(src_fd, folders)
