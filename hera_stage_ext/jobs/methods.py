@@ -236,7 +236,8 @@ class Mover:
         else:
             dir_fd = folders.get(parent, create=True)
         if spec.method in _LINKS and not spec.is_directory:
-            return self._link_in_place(spec, source, source_fd, final, dir_fd, algorithm)
+            return self._link_in_place(spec, source, source_fd, final, parent, dir_fd, name,
+                                       algorithm)
         if parent not in self._fresh_dirs and safefs.lexists(dir_fd, name):
             _discard(dir_fd, tmp_name)  # a leftover of a killed worker
             return self._existing(spec, source, source_fd, dir_fd, name, algorithm)
@@ -269,14 +270,13 @@ class Mover:
         return Outcome(ItemState.DONE, note)
 
     def _link_in_place(self, spec: ItemSpec, source: str, source_fd: int | None, final: str,
-                       dir_fd: int, algorithm: str) -> Outcome:
+                       parent: str, dir_fd: int, name: str, algorithm: str) -> Outcome:
         """A link of one file is made whole or not at all (``linkat``, ``symlinkat``): it is
         made straight under its final name, after the source is checked and verified, with no
         temporary name and no rename. Something already there (EEXIST) is judged as
         ``_existing`` judges it (the same link: skipped). Deferred, the item is returned as
         its own "rename" (``tmp == final``): ``commit`` renames nothing and syncs its folder
         before the caller records it."""
-        parent, name = _split(final) if final.startswith("/") else os.path.split(final)
         try:
             try:
                 self._link(spec, source, dir_fd, name, algorithm)
@@ -831,32 +831,45 @@ def _split(path: str) -> tuple[str, str]:
 
 def _commit(renames: list[tuple[str, str]], fsync: bool, folders: safefs.Folders,
             data: bool = True, roots: list[str] | None = None) -> list[OSError | None]:
-    # Per item: its folders and names; items written in a temporary folder are grouped by it.
-    parts = [(_split(tmp), _split(final)) for tmp, final in renames]
-    temp_folder: dict[tuple[str, str], bool] = {}
+    # The items by (temporary folder, final folder): one dictionary step per item, the rest
+    # per pair (a batch of 1,024 small files has a handful of pairs).
+    pairs: dict[tuple[str, str], list[int]] = {}
+    for i, (tmp, final) in enumerate(renames):
+        pair = (tmp.rpartition("/")[0] or "/", final.rpartition("/")[0] or "/")
+        members = pairs.get(pair)
+        if members is None:
+            pairs[pair] = [i]
+        else:
+            members.append(i)
+    # Items written in a temporary folder (under their final names) go with it.
     groups: dict[tuple[str, str], list[int]] = {}
-    for i, ((tmp_dir, tmp_name), (final_dir, final_name)) in enumerate(parts):
-        pair = (tmp_dir, final_dir)
-        is_temp = temp_folder.get(pair)
-        if is_temp is None:
-            is_temp = temp_folder[pair] = _is_temp_folder_pair(tmp_dir, final_dir)
-        if is_temp and tmp_name == final_name:
-            groups.setdefault(pair, []).append(i)
+    singles: list[int] = []
+    for pair, members in pairs.items():
+        if _is_temp_folder_pair(*pair):
+            for i in members:
+                tmp, final = renames[i]
+                if tmp.rpartition("/")[2] == final.rpartition("/")[2]:
+                    groups.setdefault(pair, []).append(i)
+                else:
+                    singles.append(i)
+        else:
+            singles.extend(members)
     errors: list[OSError | None] = [None] * len(renames)
     if fsync and data:
         try:
-            _sync_file_systems({tmp_dir for (tmp_dir, _), _ in parts}, folders)
+            _sync_file_systems({tmp_dir for tmp_dir, _final_dir in pairs}, folders)
         except OSError as exc:
-            for tmp, _final in renames:
-                with contextlib.suppress(OSError):
-                    remove_path(tmp, folders)
+            for tmp, final in renames:
+                if tmp != final:  # (a link in place is the store's verified file: it stays)
+                    with contextlib.suppress(OSError):
+                        remove_path(tmp, folders)
             for tmp_dir, _final_dir in groups:
                 with contextlib.suppress(OSError):
                     remove_path(tmp_dir, folders)
             return [exc] * len(renames)
-    in_groups = {i for members in groups.values() for i in members}
-    for i, (tmp, final) in enumerate(renames):
-        if i not in in_groups and tmp != final:  # tmp == final: in place already (a link)
+    for i in singles:
+        tmp, final = renames[i]
+        if tmp != final:  # tmp == final: in place already (a link)
             errors[i] = _rename_one(tmp, final, folders)
     for (tmp_dir, final_dir), members in groups.items():
         try:
@@ -873,7 +886,8 @@ def _commit(renames: list[tuple[str, str]], fsync: bool, folders: safefs.Folders
             with contextlib.suppress(OSError):
                 remove_path(tmp_dir, folders)
     if fsync:
-        done = {parts[i][1][0] for i, error in enumerate(errors) if error is None}
+        done = {final_dir for (_tmp_dir, final_dir), members in pairs.items()
+                if any(errors[i] is None for i in members)}
         if done:
             safefs.sync_folders(done, roots or (), folders)
     return errors
