@@ -1,16 +1,16 @@
 """Making a receiver's batch of small files durable without flushing the whole file system.
 
-A staging batch is made durable with ``syncfs`` (``jobs.methods.commit``), which writes back
-every dirty page of the file system: on a store shared with other writers a batch of the
-receiver paid for their data too, and most of the receiving server's CPU was the kernel's inside
-it (``benchmarks/README.md``, issue 19). Here each file of a batch is synced by itself
+A staging batch's data is made durable with one ``syncfs`` (``jobs.methods.commit``), which
+writes back every dirty page of the file system: on a store shared with other writers a batch of
+the receiver paid for their data too, and most of the receiving server's CPU was the kernel's
+inside it (``benchmarks/README.md``, issue 19). Here each file of a batch is synced by itself
 (``fdatasync``) by a small pool of threads as soon as it is written (``FileSyncer.sync_and_close``),
 so the syncs overlap the rest of the batch's stream and the file system's journal commits many
 of them together; once a batch's files are synced they are renamed into place, never over an
 existing name (``make_final``), and the folders that changed are synced (``fsync`` of each
 destination folder, of every folder between it and the store, which may have been created just
-now, and of the incoming folder), so the renames are on disk before the caller records
-anything. What a batch syncs is its own files and folders, whatever else the file system holds.
+now: ``safefs.sync_folders``, the rule staging commits use too; and of the incoming folder), so
+the renames are on disk before the caller records anything. What a batch syncs is its own files and folders, whatever else the file system holds.
 """
 
 from __future__ import annotations
