@@ -2,7 +2,8 @@
 
 Owns the local methods (``copy``, ``hardlink``, ``symlink``, ``reflink``; ``contents`` lives in
 ``contents.py``), the temporary-name-then-rename discipline (a killed worker never leaves a
-partial file under a final name), the
+partial file under a final name; a link of one file, made whole or not at all by the kernel,
+goes straight under its final name once its source is verified), the
 verification against the catalogue checksum (the fastest one it has: xxh3-128, MD5 only when
 that is all) and the skip/conflict decision for something already at the final name.
 Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
@@ -18,7 +19,8 @@ rename still to do (``Outcome.tmp``); ``commit`` then makes a whole batch final 
 one fsync, hence one journal commit, per file), the renames (never over an existing name), an
 ``fsync`` of the folders they changed (up to the job's destination) so the renames are on disk
 before the caller records the batch as done (hard links, which hold no data of their own, skip
-the first ``syncfs``). Nothing
+the first ``syncfs``; a link already under its final name is only in its folder's ``fsync``).
+Nothing
 partial ever sits under a final name, even after a crash or a power cut; an item whose rename
 was not done when its worker died is simply redone (its temporary file removed on resume).
 """
@@ -43,6 +45,10 @@ from ..states import ItemState
 from . import bigcopy, linkcheck
 
 METHODS = ("copy", "hardlink", "symlink", "reflink", "contents")  # contents: see contents.py
+#: Methods that give the store's own inode or a link to it: nothing is copied.
+_LINKS = frozenset({"hardlink", "symlink"})
+#: A copy's note in the job log, per algorithm (built once, not per file).
+_VERIFIED = {name: f"{name} verified" for name in ck.ALGORITHMS}
 #: Methods whose temporary files hold no data of their own (a hard link is the store's inode,
 #: on disk already): ``commit`` syncs only their folders' entries.
 NO_DATA = frozenset({"hardlink"})
@@ -229,6 +235,9 @@ class Mover:
             self._made_dirs.add(parent)
         else:
             dir_fd = folders.get(parent, create=True)
+        if spec.method in _LINKS and not spec.is_directory:
+            return self._link_in_place(spec, source, source_fd, final, parent, dir_fd, name,
+                                       algorithm)
         if parent not in self._fresh_dirs and safefs.lexists(dir_fd, name):
             _discard(dir_fd, tmp_name)  # a leftover of a killed worker
             return self._existing(spec, source, source_fd, dir_fd, name, algorithm)
@@ -260,6 +269,36 @@ class Mover:
             raise
         return Outcome(ItemState.DONE, note)
 
+    def _link_in_place(self, spec: ItemSpec, source: str, source_fd: int | None, final: str,
+                       parent: str, dir_fd: int, name: str, algorithm: str) -> Outcome:
+        """A link of one file is made whole or not at all (``linkat``, ``symlinkat``): it is
+        made straight under its final name, after the source is checked and verified, with no
+        temporary name and no rename. Something already there (EEXIST) is judged as
+        ``_existing`` judges it (the same link: skipped). Deferred, the item is returned as
+        its own "rename" (``tmp == final``): ``commit`` renames nothing and syncs its folder
+        before the caller records it."""
+        try:
+            try:
+                self._link(spec, source, dir_fd, name, algorithm)
+            except FileNotFoundError as exc:
+                # The folder went away since it was made (removed by hand mid-job).
+                if exc.filename2 != name:
+                    raise
+                self._made_dirs.discard(parent)
+                self._fresh_dirs.discard(parent)
+                self._folders.forget(parent)
+                dir_fd = self._folders.get(parent, create=True)
+                self._made_dirs.add(parent)
+                self._link(spec, source, dir_fd, name, algorithm)
+        except FileExistsError as exc:
+            if exc.filename2 != name:
+                raise
+            _discard(dir_fd, f".{name}{TMP_SUFFIX}")  # a leftover of a killed worker
+            return self._existing(spec, source, source_fd, dir_fd, name, algorithm)
+        if self._deferred:
+            return Outcome(ItemState.DONE, "", final, final)
+        return Outcome(ItemState.DONE)
+
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
         """Refuse a source that resolves outside its store. Only a file's folder is resolved
         (once per folder): every method opens the file itself without following a symlink
@@ -272,8 +311,9 @@ class Mover:
         else:
             key = (_split(source)[0] if source.startswith("/") else os.path.dirname(source),
                    root)
-            inside = key in self._source_dirs or is_within(key[0], root)
-            if inside:
+            inside = key in self._source_dirs
+            if not inside and is_within(key[0], root):
+                inside = True
                 self._source_dirs.add(key)
             # A source that is itself a symlink is followed only where it stays inside the
             # store: every method opens it with O_NOFOLLOW first (``_open_source``), the link
@@ -299,7 +339,7 @@ class Mover:
         there (except a leftover of someone else that was already there: FileExistsError)."""
         note = ""
         try:
-            if spec.method in ("hardlink", "symlink"):
+            if spec.method in _LINKS:
                 self._link(spec, source, dir_fd, tmp, algorithm)
             else:
                 reflink = spec.method == "reflink"
@@ -309,14 +349,15 @@ class Mover:
                     if spec.is_directory:
                         digest = self._copy_dir(fin, dir_fd, tmp, algorithm, spec.read_only,
                                                 reflink)
+                        size, got = digest.size, digest.checksums[algorithm]
                     else:
-                        digest = self._copy_file(fin, dir_fd, tmp, algorithm, spec.read_only,
-                                                 reflink)
+                        size, got = self._copy_file(fin, dir_fd, tmp, algorithm,
+                                                    spec.read_only, reflink)
                 finally:
                     if fin != source_fd:
                         os.close(fin)
-                self._verify(spec, digest, algorithm, "copy")
-                note = f"{algorithm} verified"
+                self._check_sum(spec, size, got, algorithm, "copy")
+                note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
         except FileExistsError as exc:
             if exc.filename != tmp:
                 safefs.remove(dir_fd, tmp)
@@ -345,7 +386,7 @@ class Mover:
                 reason = self._tree_exposure(fin)
             if reason is not None:
                 raise ItemFailed(reason)
-            self._verify(spec, self._hash_source(fin, st, algorithm), algorithm, "source")
+            self._check_sum(spec, *self._hash_source(fin, st, algorithm), algorithm, "source")
             if spec.method == "symlink":
                 os.symlink(source, tmp, target_is_directory=spec.is_directory, dir_fd=dir_fd)
             elif spec.is_directory:
@@ -356,23 +397,26 @@ class Mover:
         finally:
             os.close(fin)
 
-    def _hash_source(self, fd: int, st: os.stat_result, algorithm: str) -> ck.Digest:
-        """The checksum of the open source ``fd`` (``st``: its fstat). A file is read into
-        this mover's reused buffer (a small one in one read: per file, a fresh buffer cost more
-        than hashing it); a folder as ``hash_at`` does."""
+    def _hash_source(self, fd: int, st: os.stat_result, algorithm: str) -> tuple[int, str]:
+        """The size and ``algorithm`` checksum of the open source ``fd`` (``st``: its fstat).
+        A small file is read whole in one call and hashed in one (per file, a hasher object,
+        a fresh buffer or a ``Digest`` cost more than hashing it); a larger one through this
+        mover's reused buffer; a folder as ``hash_at`` does."""
         if stat.S_ISDIR(st.st_mode):
-            return ck.hash_at(fd, [algorithm])
+            digest = ck.hash_at(fd, [algorithm])
+            return digest.size, digest.checksums[algorithm]
         if st.st_size < len(self._buffer):
             # A read shorter than asked for is the end of a regular file.
             data = os.pread(fd, st.st_size + 1, 0)
             if len(data) <= st.st_size:
-                return ck.hash_bytes(data, [algorithm])
+                return len(data), ck.hex_digest(data, algorithm)
         hasher = ck.StreamHasher([algorithm])
         offset = 0
         while n := os.preadv(fd, [self._buffer], offset):
             hasher.update(self._view[:n])
             offset += n
-        return hasher.digest()
+        digest = hasher.digest()
+        return digest.size, digest.checksums[algorithm]
 
     def _tree_exposure(self, dir_fd: int) -> str | None:
         _folders, members = safefs.tree(dir_fd)
@@ -418,37 +462,43 @@ class Mover:
 
     @staticmethod
     def _verify(spec: ItemSpec, digest: ck.Digest, algorithm: str, what: str) -> None:
+        Mover._check_sum(spec, digest.size, digest.checksums[algorithm], algorithm, what)
+
+    @staticmethod
+    def _check_sum(spec: ItemSpec, size: int, got: str, algorithm: str, what: str) -> None:
         expected = spec.checksums[algorithm]
-        got = digest.checksums[algorithm]
-        if digest.size != spec.size or got != expected:
+        if size != spec.size or got != expected:
             raise ItemFailed(
-                f"checksum mismatch: {algorithm} of the {what} is {got} ({digest.size} bytes), "
+                f"checksum mismatch: {algorithm} of the {what} is {got} ({size} bytes), "
                 f"the catalogue says {expected} ({spec.size} bytes); the source is corrupt or "
                 f"changed, the bad copy was removed")
 
     # ----- copying ------------------------------------------------------------------------
     def _copy_file(self, fin: int, dir_fd: int, dst: str, algorithm: str, read_only: bool,
-                   reflink: bool = False) -> ck.Digest:
-        """Copy the open file ``fin`` to a new file ``dst`` in ``dir_fd``."""
+                   reflink: bool = False) -> tuple[int, str]:
+        """Copy the open file ``fin`` to a new file ``dst`` in ``dir_fd``: the size and the
+        ``algorithm`` checksum of what was written."""
         st = os.fstat(fin)
         if reflink and self._reflink_ok is not False:
             digest = self._try_reflink(fin, dir_fd, dst, algorithm, st, read_only)
             if digest is not None:
-                return digest
+                return digest.size, digest.checksums[algorithm]
         # Created with its final permissions where the umask keeps them (no chmod).
         mode = _final_mode(st, read_only)
         # Read-write: a large file's kernel copy is read back to be hashed (``bigcopy``).
         fd = safefs.create(dir_fd, dst, mode, os.O_RDWR)
         try:
-            digest = None
+            result = None
             if st.st_size >= bigcopy.MIN_SIZE and self._bigcopy_ok:
                 # The pump's buffer is idle meanwhile: the hashing thread reads into it.
                 digest = bigcopy.copy(fin, fd, algorithm, len(self._buffer), self._check,
                                       self._buffer, durable=self._durable)
                 if digest is None:
                     self._bigcopy_ok = False
-            if digest is None:
-                digest = self._pump(fin, fd, algorithm, st.st_size)
+                else:
+                    result = digest.size, digest.checksums[algorithm]
+            if result is None:
+                result = self._pump(fin, fd, algorithm, st.st_size)
             # Metadata through the open descriptor (no second path lookup), before the
             # fsync so that one flush covers data and metadata.
             if mode & _UMASK:
@@ -458,11 +508,12 @@ class Mover:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        return digest
+        return result
 
-    def _pump(self, fin: int, fd: int, algorithm: str, size: int) -> ck.Digest:
-        """Copy ``fin`` to ``fd``, hashing each chunk from the same buffer (one pass)."""
-        hasher = ck.StreamHasher([algorithm])
+    def _pump(self, fin: int, fd: int, algorithm: str, size: int) -> tuple[int, str]:
+        """Copy ``fin`` to ``fd``, hashing each chunk from the same buffer (one pass): the size
+        and checksum of what was written."""
+        data = b""
         if size < len(self._buffer):
             # A small file in one read: a read shorter than asked for is the end of a regular
             # file, so no second read is needed to find it.
@@ -470,7 +521,9 @@ class Mover:
             write_all(fd, data)
             self._check(len(data))
             if len(data) <= size:
-                return ck.hash_bytes(data, [algorithm])
+                return len(data), ck.hex_digest(data, algorithm)
+        hasher = ck.StreamHasher([algorithm])
+        if data:
             hasher.update(data)
         buffer, view = self._buffer, self._view
         with open(fin, "rb", buffering=0, closefd=False) as reader:
@@ -479,7 +532,8 @@ class Mover:
                 hasher.update(chunk)
                 write_all(fd, chunk)
                 self._check(n)
-        return hasher.digest()
+        digest = hasher.digest()
+        return digest.size, digest.checksums[algorithm]
 
     def _try_reflink(self, fin: int, dir_fd: int, dst: str, algorithm: str,
                      st: os.stat_result, read_only: bool) -> ck.Digest | None:
@@ -526,8 +580,9 @@ class Mover:
                 fin = _member(src_fd, member)
                 try:
                     head, tail = os.path.split(member)
-                    digests.append((member, self._copy_file(fin, out.get(head), tail,
-                                                            algorithm, read_only, reflink)))
+                    size, got = self._copy_file(fin, out.get(head), tail, algorithm, read_only,
+                                                reflink)
+                    digests.append((member, ck.Digest(size, {algorithm: got}, False)))
                 finally:
                     os.close(fin)
             out.copy_mtimes(src_fd, folders)
@@ -741,11 +796,14 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True,
            ) -> list[OSError | None]:
     """Make a batch of deferred items final: with ``fsync``, the data of every temporary file
     goes to disk first (one ``syncfs``), then each is renamed to its final name, then the
-    renames go to disk (with ``roots``, an ``fsync`` of each folder they changed and of the
-    folders above it up to its root; without, ``syncfs`` again) before this returns, so a caller that records the batch as
+    renames go to disk (``safefs.sync_folders``: an ``fsync`` of each folder they changed and
+    of the folders above it up to its root in ``roots``; under none, of its parent) before
+    this returns, so a caller that records the batch as
     done afterwards never records something a power cut could take back. ``data`` False: the
     temporary files hold no data of their own (hard links to the store's files, already on
-    disk): no ``syncfs`` first, the folders' ``fsync`` makes their entries durable. Items in a
+    disk): no ``syncfs`` first, the folders' ``fsync`` makes their entries durable. An item
+    with ``tmp == final`` is in place already (a link, ``Mover._link_in_place``): nothing is
+    renamed, its folder is synced with the others. Items in a
     temporary folder (``temp_folders``) are made final by renaming their folder into place,
     once for all of them; where the folder exists by then (made meanwhile by another batch),
     file by file into it. Folders are opened below ``roots`` (a job's pinned destination)
@@ -773,32 +831,45 @@ def _split(path: str) -> tuple[str, str]:
 
 def _commit(renames: list[tuple[str, str]], fsync: bool, folders: safefs.Folders,
             data: bool = True, roots: list[str] | None = None) -> list[OSError | None]:
-    # Per item: its folders and names; items written in a temporary folder are grouped by it.
-    parts = [(_split(tmp), _split(final)) for tmp, final in renames]
-    temp_folder: dict[tuple[str, str], bool] = {}
+    # The items by (temporary folder, final folder): one dictionary step per item, the rest
+    # per pair (a batch of 1,024 small files has a handful of pairs).
+    pairs: dict[tuple[str, str], list[int]] = {}
+    for i, (tmp, final) in enumerate(renames):
+        pair = (tmp.rpartition("/")[0] or "/", final.rpartition("/")[0] or "/")
+        members = pairs.get(pair)
+        if members is None:
+            pairs[pair] = [i]
+        else:
+            members.append(i)
+    # Items written in a temporary folder (under their final names) go with it.
     groups: dict[tuple[str, str], list[int]] = {}
-    for i, ((tmp_dir, tmp_name), (final_dir, final_name)) in enumerate(parts):
-        pair = (tmp_dir, final_dir)
-        is_temp = temp_folder.get(pair)
-        if is_temp is None:
-            is_temp = temp_folder[pair] = _is_temp_folder_pair(tmp_dir, final_dir)
-        if is_temp and tmp_name == final_name:
-            groups.setdefault(pair, []).append(i)
+    singles: list[int] = []
+    for pair, members in pairs.items():
+        if _is_temp_folder_pair(*pair):
+            for i in members:
+                tmp, final = renames[i]
+                if tmp.rpartition("/")[2] == final.rpartition("/")[2]:
+                    groups.setdefault(pair, []).append(i)
+                else:
+                    singles.append(i)
+        else:
+            singles.extend(members)
     errors: list[OSError | None] = [None] * len(renames)
     if fsync and data:
         try:
-            _sync_file_systems({tmp_dir for (tmp_dir, _), _ in parts}, folders)
+            _sync_file_systems({tmp_dir for tmp_dir, _final_dir in pairs}, folders)
         except OSError as exc:
-            for tmp, _final in renames:
-                with contextlib.suppress(OSError):
-                    remove_path(tmp, folders)
+            for tmp, final in renames:
+                if tmp != final:  # (a link in place is the store's verified file: it stays)
+                    with contextlib.suppress(OSError):
+                        remove_path(tmp, folders)
             for tmp_dir, _final_dir in groups:
                 with contextlib.suppress(OSError):
                     remove_path(tmp_dir, folders)
             return [exc] * len(renames)
-    in_groups = {i for members in groups.values() for i in members}
-    for i, (tmp, final) in enumerate(renames):
-        if i not in in_groups:
+    for i in singles:
+        tmp, final = renames[i]
+        if tmp != final:  # tmp == final: in place already (a link)
             errors[i] = _rename_one(tmp, final, folders)
     for (tmp_dir, final_dir), members in groups.items():
         try:
@@ -815,33 +886,11 @@ def _commit(renames: list[tuple[str, str]], fsync: bool, folders: safefs.Folders
             with contextlib.suppress(OSError):
                 remove_path(tmp_dir, folders)
     if fsync:
-        done = {parts[i][1][0] for i, error in enumerate(errors) if error is None}
-        if done and roots:
-            _sync_folders(done, folders, roots)
-        elif done:  # no root to stop at: the whole file system
-            _sync_file_systems(done, folders)
+        done = {final_dir for (_tmp_dir, final_dir), members in pairs.items()
+                if any(errors[i] is None for i in members)}
+        if done:
+            safefs.sync_folders(done, roots or (), folders)
     return errors
-
-
-def _sync_folders(changed: set[str], folders: safefs.Folders, roots: list[str]) -> None:
-    """``fsync`` the folders in ``changed`` (their entries) and those above them up to the
-    root each is under (a folder made or renamed into place is an entry of its parent): the
-    renames of a batch are on disk when this returns, without waiting for every other dirty
-    page of the file system as ``syncfs`` would."""
-    todo: set[str] = set()
-    for folder in changed:
-        root = max((r for r in roots if folder == r or folder.startswith(r.rstrip("/") + "/")),
-                   key=len, default=None)
-        while folder not in todo:
-            todo.add(folder)
-            if root is None:  # under no root: itself and its parent (its entry)
-                todo.add(_split(folder)[0])
-                break
-            if folder == root or folder == "/":
-                break
-            folder = _split(folder)[0]
-    for folder in sorted(todo, key=len, reverse=True):
-        os.fsync(folders.get(folder))
 
 
 def _is_temp_folder_pair(tmp_dir: str, final_dir: str) -> bool:

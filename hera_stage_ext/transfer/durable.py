@@ -1,21 +1,20 @@
 """Making a receiver's batch of small files durable without flushing the whole file system.
 
-A staging batch is made durable with ``syncfs`` (``jobs.methods.commit``), which writes back
-every dirty page of the file system: on a store shared with other writers a batch of the
-receiver paid for their data too, and most of the receiving server's CPU was the kernel's inside
-it (``benchmarks/README.md``, issue 19). Here each file of a batch is synced by itself
+A staging batch's data is made durable with one ``syncfs`` (``jobs.methods.commit``), which
+writes back every dirty page of the file system: on a store shared with other writers a batch of
+the receiver paid for their data too, and most of the receiving server's CPU was the kernel's
+inside it (``benchmarks/README.md``, issue 19). Here each file of a batch is synced by itself
 (``fdatasync``) by a small pool of threads as soon as it is written (``FileSyncer.sync_and_close``),
 so the syncs overlap the rest of the batch's stream and the file system's journal commits many
 of them together; once a batch's files are synced they are renamed into place, never over an
 existing name (``make_final``), and the folders that changed are synced (``fsync`` of each
 destination folder, of every folder between it and the store, which may have been created just
-now, and of the incoming folder), so the renames are on disk before the caller records
-anything. What a batch syncs is its own files and folders, whatever else the file system holds.
+now: ``safefs.sync_folders``, the rule staging commits use too; and of the incoming folder), so
+the renames are on disk before the caller records anything. What a batch syncs is its own files and folders, whatever else the file system holds.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -152,54 +151,24 @@ def make_final(root: str, incoming: int, renames: Sequence[Rename],
     error syncing the folders is raised: the files are under their final names but may not be
     on disk, so the caller must not record them."""
     errors: list[OSError | None] = [None] * len(renames)
-    with contextlib.ExitStack() as stack:
-        folders: dict[str, int] = {}
-
-        def folder(path: str, create: bool) -> int:
-            if path not in folders:
-                fd, _made = safefs.open_dir(path, create=create)
-                stack.callback(os.close, fd)
-                folders[path] = fd
-            return folders[path]
-
+    with safefs.Folders([root]) as folders:
         changed: set[str] = set()
         for i, (part, dest) in enumerate(renames):
             parent, _, base = dest.rpartition("/")
             try:
-                safefs.rename_noreplace(incoming, part, folder(parent, True), base, dest)
+                safefs.rename_noreplace(incoming, part, folders.get(parent, create=True), base,
+                                        dest)
             except OSError as exc:
                 errors[i] = exc
                 continue
             changed.add(parent)
         if syncer is None or not changed:
             return errors
-        changed.update(ancestor for parent in list(changed)
-                       for ancestor in _ancestors(root, parent))
-        syncer.sync_folders([incoming] + [folder(path, False) for path in sorted(changed)])
+        # Every folder between a destination and the store too: one may have been created just
+        # now (here, or by another batch that has not synced it yet).
+        safefs.sync_folders(changed, [root], folders, syncer.sync_folders)
+    os.fsync(incoming)
     return errors
-
-
-def sync_up_to(root: str, folder: int, path: str) -> None:
-    """``fsync`` the open ``folder`` (at ``path``, below ``root``) and every folder between
-    it and ``root``: a new name in it on disk, and the folder itself."""
-    os.fsync(folder)
-    for ancestor in _ancestors(root, path):
-        fd, _made = safefs.open_dir(ancestor)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _ancestors(root: str, path: str) -> list[str]:
-    """The folders from ``path``'s parent up to ``root`` (none when ``path`` is ``root``). A
-    destination folder may have been created just now (here, or by another batch that has
-    not synced it yet): its entry in its parent must reach the disk too."""
-    out = []
-    while path != root and path.startswith(root + "/"):
-        path = os.path.dirname(path)
-        out.append(path)
-    return out
 
 
 def sync_tree(path: str) -> None:

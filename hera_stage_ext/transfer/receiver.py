@@ -70,7 +70,7 @@ from ..errors import ChecksumMismatch, Conflict, InvalidRequest, StagingError, U
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
-from .durable import FileSyncer, Rename, SyncBatch, make_final, sync_tree, sync_up_to
+from .durable import FileSyncer, Rename, SyncBatch, make_final, sync_tree
 from .item_rows import ItemRow, ItemRows
 from .models import TransferItem
 from .peers import PeerRegistry
@@ -511,14 +511,12 @@ class Receiver:
                       incoming: int, algorithms: list[str]) -> None:
         """Pull into ``part`` (in the open folder ``incoming``), verify, link to ``dest``."""
         self._pull_file(item, part, incoming, algorithms)
-        folder, _made = safefs.open_dir(str(dest.parent), create=True)
-        try:  # atomic; FileExistsError (an OSError) if something appeared
-            os.link(part.name, dest.name, src_dir_fd=incoming, dst_dir_fd=folder,
-                    follow_symlinks=False)
+        with safefs.Folders([str(root)]) as folders:
+            # atomic; FileExistsError (an OSError) if something appeared
+            os.link(part.name, dest.name, src_dir_fd=incoming,
+                    dst_dir_fd=folders.get(str(dest.parent), create=True), follow_symlinks=False)
             if self.fsync:  # the new name on disk before the item is committed
-                sync_up_to(str(root), folder, str(dest.parent))
-        finally:
-            os.close(folder)
+                safefs.sync_folders([str(dest.parent)], [str(root)], folders)
         os.unlink(part.name, dir_fd=incoming)
 
     def _pull_file(self, item: TransferItem, part: Path, incoming: int,
@@ -609,11 +607,7 @@ class Receiver:
 
     def _sync_folder(self, root: Path, folder: Path) -> None:
         """The entries of ``folder`` (below ``root``) on disk, and the folder itself."""
-        fd, _made = safefs.open_dir(str(folder))
-        try:
-            sync_up_to(str(root), fd, str(folder))
-        finally:
-            os.close(fd)
+        safefs.sync_folders([str(folder)], [str(root)])
 
     def _receive_directory(self, item: TransferItem, root: Path, dest: Path,
                            algorithms: list[str]) -> None:

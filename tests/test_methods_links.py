@@ -1,0 +1,110 @@
+"""A link of one file is made straight under its final name (no temporary name, no rename), and
+what that changes for a batch's commit; ``safefs.sync_folders``, the one folder-sync rule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hera_stage_ext import safefs
+from hera_stage_ext.catalogue import checksums as ck
+from hera_stage_ext.jobs.methods import ItemFailed, ItemSpec, Mover, commit
+from hera_stage_ext.states import ItemState
+
+from .job_fixtures import ARCHIVE_GID, ARCHIVE_UID
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """Two read-only files of another account (a site's archive: they may be linked)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: handing the store's files to another account (chown)")
+    root = tmp_path / "store"
+    (root / "night").mkdir(parents=True)
+    for name, data in (("a.uvh5", b"first file" * 50), ("b.uvh5", b"second file" * 70)):
+        path = root / "night" / name
+        path.write_bytes(data)
+        path.chmod(0o444)
+        os.chown(path, ARCHIVE_UID, ARCHIVE_GID)
+    return root
+
+
+def spec(store: Path, dest: Path, name: str, method: str) -> ItemSpec:
+    source = store / "night" / name
+    digest = ck.hash_path(source)
+    return ItemSpec(str(source), str(dest / "night" / name), digest.size, False,
+                    digest.checksums, method, True, str(store))
+
+
+def entries(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+def test_a_link_goes_straight_under_its_final_name(store: Path, tmp_path: Path,
+                                                   method: str) -> None:
+    """Into an existing folder: the link is under its final name when ``move`` returns (no
+    temporary name ever), the commit renames nothing and succeeds; moved again (a resumed
+    job), the same link is skipped, not made twice."""
+    dest = tmp_path / "dest"
+    (dest / "night").mkdir(parents=True)
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    pin = safefs.pin_of(str(dest), fd)
+    os.close(fd)
+    mover = Mover(deferred=True, temp_folders=True, root=pin)
+    item = spec(store, dest, "a.uvh5", method)
+    outcome = mover.move(item)
+    assert outcome.state == ItemState.DONE and outcome.tmp == outcome.final == item.final
+    assert entries(dest / "night") == ["a.uvh5"]  # no temporary name beside it
+    assert commit([(outcome.tmp, outcome.final)], True, [pin], data=method != "hardlink") \
+        == [None]
+    final = Path(item.final)
+    if method == "hardlink":
+        assert os.path.samefile(final, item.source)
+    else:
+        assert os.readlink(final) == item.source
+    again = Mover(deferred=True, root=pin).move(item)
+    assert again.state == ItemState.SKIPPED and again.note == "already linked"
+    assert entries(dest / "night") == ["a.uvh5"]
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+def test_a_link_never_replaces_what_is_at_its_final_name(store: Path, tmp_path: Path,
+                                                         method: str) -> None:
+    """Another file under the final name: the item fails, the file keeps its bytes."""
+    dest = tmp_path / "dest"
+    (dest / "night").mkdir(parents=True)
+    (dest / "night" / "a.uvh5").write_bytes(b"somebody else's")
+    item = spec(store, dest, "a.uvh5", method)
+    with pytest.raises(ItemFailed, match="not overwritten"):
+        Mover(deferred=True).move(item)
+    assert (dest / "night" / "a.uvh5").read_bytes() == b"somebody else's"
+    assert entries(dest / "night") == ["a.uvh5"]
+
+
+def test_a_corrupt_source_is_never_linked(store: Path, tmp_path: Path) -> None:
+    """Verified before it is linked: a source whose bytes differ from the catalogue's leaves
+    nothing under the final name."""
+    dest = tmp_path / "dest"
+    (dest / "night").mkdir(parents=True)
+    item = spec(store, dest, "a.uvh5", "hardlink")._replace(
+        checksums={ck.XXH3_128: "0" * 32})
+    with pytest.raises(ItemFailed, match="checksum mismatch"):
+        Mover(deferred=True).move(item)
+    assert entries(dest / "night") == []
+
+
+def test_sync_folders_refuses_a_folder_swapped_for_a_symlink(tmp_path: Path) -> None:
+    """The folders to sync are opened below the root without following a symlink: one swapped
+    for a link leading out is refused (PathChanged), nothing outside is opened."""
+    root = tmp_path / "dest"
+    (root / "night").mkdir(parents=True)
+    safefs.sync_folders([str(root / "night")], [str(root)])  # the normal case
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "night").rmdir()
+    (root / "night").symlink_to(outside)
+    with pytest.raises(safefs.PathChanged):
+        safefs.sync_folders([str(root / "night")], [str(root)])
