@@ -132,7 +132,8 @@ class DbJobStore:
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
         """``record`` and ``claim_items`` at once, in one transaction (a stream's hand-over)."""
-        return items._exchange(self.db, job_id, worker_id, results, n, max_bytes)
+        return items.exchange(self.db, job_id, worker_id, items.ids_of(results), n,
+                              max_bytes)[1]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:
