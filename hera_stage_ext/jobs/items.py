@@ -8,7 +8,9 @@ kinds), under the names they had in ``engine``.
 
 Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``), not by a list
 of every id: a claim of 1,024 small files is one run, and SQLAlchemy's per-value expansion of an
-``IN`` list cost more Python per item than the database spent on the statement."""
+``IN`` list cost more Python per item than the database spent on the statement. A batch's
+results are counted from the rows each ``UPDATE`` wrote (``RETURNING`` their sizes), so a report
+from a worker over HTTP can be limited to the job's running items in the same statement."""
 
 from __future__ import annotations
 
