@@ -82,9 +82,11 @@ class HttpJobStore:
         self.spool_dir = spool_dir or default_spool_dir()
         self._shippers: dict[int, LogShipper] = {}
         self._lock = threading.Lock()
-        # What the job's answer said, so the run does not ask again: its stores' roots, and
-        # the jobs none of whose files waits for a recall (a count that only goes down).
+        # What the job's answer said, so the run does not ask again: its stores' roots, the
+        # run's first heartbeat (the claim has just renewed the lease), and the jobs none of
+        # whose files waits for a recall (a count that only goes down).
         self._roots: dict[int, dict[str, str]] = {}
+        self._first_beat: dict[int, Beat] = {}
         self._none_waiting: set[int] = set()
 
     # ----- HTTP -------------------------------------------------------------------------------
@@ -149,6 +151,10 @@ class HttpJobStore:
         with self._lock:
             if isinstance(data.get("store_roots"), dict):
                 self._roots[job_id] = dict(data["store_roots"])
+            if isinstance(data.get("unavailable"), list):  # (a service older than it: asked)
+                self._first_beat[job_id] = Beat(
+                    "cancel" if data.get("cancel_requested") else "ok",
+                    frozenset(data["unavailable"]))
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)
             else:
@@ -208,6 +214,10 @@ class HttpJobStore:
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:
+        with self._lock:
+            first = self._first_beat.pop(job_id, None)
+        if first is not None:
+            return first
         answer = self._job(job_id, "heartbeat", {"worker_id": worker_id,
                                                  "lease_seconds": lease_seconds,
                                                  "stores": list(stores), "moving": moving})

@@ -151,12 +151,16 @@ class DbJobStore:
         if row[0]:
             return Beat("cancel")
         try:
-            with self.db.read() as s:
-                unavailable = frozenset(s.scalars(select(Store.name).where(
-                    Store.name.in_(list(stores)), Store.available.is_(False))))
+            unavailable = self.unavailable(stores)
         except Exception:  # keep the last answer on a hiccup
             unavailable = None
         return Beat("ok", unavailable)
+
+    def unavailable(self, stores: Collection[str]) -> frozenset[str]:
+        """Those of ``stores`` the catalogue marks unavailable."""
+        with self.db.read() as s:
+            return frozenset(s.scalars(select(Store.name).where(
+                Store.name.in_(list(stores)), Store.available.is_(False))))
 
     def unfinished_paths(self, job_id: int) -> list[str]:
         return items.unfinished_paths(self.db, job_id)

@@ -91,10 +91,13 @@ class WorkerOps:
         return {"job": claimed[0], "resumed": claimed[1]}
 
     def job(self, job_id: int) -> dict[str, Any]:
-        """The job, with what its run asks first (its stores' roots, how many of its files
-        wait for their recall): one round trip where the run would make three."""
-        return {**engine.job_json(self._job(job_id)), "store_roots": self.store.store_roots(
-            job_id), "waiting": self.store.waiting(job_id)}
+        """The job, with what its run asks first (its stores' roots and which of them are
+        unavailable, how many of its files wait for their recall): one round trip where the
+        run would make four."""
+        roots = self.store.store_roots(job_id)
+        return {**engine.job_json(self._job(job_id)), "store_roots": roots,
+                "unavailable": sorted(self.store.unavailable(roots)),
+                "waiting": self.store.waiting(job_id)}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._job(job_id).state in ACTIVE_JOB_STATES}
