@@ -29,10 +29,13 @@ from hera_stage_ext.jobs import (
     read_log,
     run_pending,
 )
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.jobs.items import ClaimedItem
 from hera_stage_ext.jobs.methods import commit
 from hera_stage_ext.jobs.models import JobRow, JobItem
 from hera_stage_ext.jobs.kinds import KindRegistry
 from hera_stage_ext.jobs.recall import RECALL
+from hera_stage_ext.jobs.store import DbJobStore
 from hera_stage_ext.jobs.worker import Worker
 from hera_stage_ext.standard_kinds import standard_kinds
 
@@ -632,10 +635,46 @@ def _copy_helpers(worker_pid: int) -> list[int]:
     return found
 
 
+class _StopAfterClaimAhead(DbJobStore):
+    """The database store, with a stop set the moment a stream claims ahead (a stream's
+    second claim: its first batch's last hand-over is still with a helper), and the job's
+    item states noted when the run releases the job (before the release puts back whatever
+    is still running)."""
+
+    def __init__(self, db: Database, stop: threading.Event) -> None:
+        super().__init__(db)
+        self.stop = stop
+        self.claims: dict[int, int] = {}  # thread -> claims made
+        self.claimed_ahead: list[int] = []
+        self.at_release: dict[int, str] | None = None
+
+    def _claimed(self, claimed: list[ClaimedItem]) -> list[ClaimedItem]:
+        me = threading.get_ident()
+        self.claims[me] = self.claims.get(me, 0) + 1
+        if claimed and self.claims[me] == 2 and not self.stop.is_set():
+            self.claimed_ahead = [c.id for c in claimed]
+            self.stop.set()
+        return claimed
+
+    def claim_items(self, job_id, worker_id, n, max_bytes=None):  # type: ignore[override]
+        return self._claimed(super().claim_items(job_id, worker_id, n, max_bytes))
+
+    def exchange(self, job_id, worker_id, results, n, max_bytes=None):  # type: ignore[override]
+        return self._claimed(super().exchange(job_id, worker_id, results, n, max_bytes))
+
+    def release(self, job_id: int, worker_id: str, error: str | None = None) -> None:
+        with self.db.read() as s:
+            self.at_release = dict(s.execute(select(JobItem.id, JobItem.state).where(
+                JobItem.job_id == job_id)).all())
+        super().release(job_id, worker_id, error)
+
+
 def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
-    """A stream claims its next items while a helper writes its last hand-over: a worker
-    stopping then releases the job with every item either done (its file final and verified,
-    counted once) or queued again, and the next run stages the rest exactly once."""
+    """A stream claims its next items while a helper writes its last hand-over. A worker
+    stopping right then puts those items back itself (none is left running for the release
+    to sweep up, nor handed over), releases the job with every item either done (its file
+    final and verified, counted once) or queued, and the next run stages the rest, each file
+    copied exactly once over both runs."""
     from hera_stage_ext.jobs.copy_pool import CopyPool
 
     job = stage(big, "ahead")
@@ -644,16 +683,17 @@ def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
                           claim_batch=6, pool_claim_batch=6, pool_batch_items=3,
                           flush_seconds=0.05)
     stop = threading.Event()
+    store = _StopAfterClaimAhead(big.db, stop)
     pool = CopyPool(1, 64 * 1024, chunk_delay=0.02)
     try:
-        runner = threading.Thread(target=run_pending, args=(big.db, config),
-                                  kwargs={"stop": stop, "pool": pool})
-        runner.start()
-        wait_for(lambda: get_job(big.db, job["id"])["files_done"] >= 6, timeout=30,
-                 step=0.005)
-        stop.set()
-        runner.join(30)
-        assert not runner.is_alive()
+        assert run_pending(store, config, stop=stop, pool=pool) == [job["id"]]
+        assert store.claimed_ahead, "a stream must claim ahead before the stop"
+        assert store.at_release is not None, "the stopped run releases the job"
+        assert "running" not in store.at_release.values(), (
+            "claimed and never started, yet still running at the release",
+            {i: st for i, st in store.at_release.items() if st == "running"})
+        for item_id in store.claimed_ahead:  # never handed over: queued again, not done
+            assert store.at_release[item_id] == "queued"
         with big.db.read() as s:
             states = dict(s.execute(select(JobItem.dest_path, JobItem.state).where(
                 JobItem.job_id == job["id"])).all())
@@ -671,8 +711,11 @@ def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
     assert out["state"] == "succeeded", out
     assert out["files_done"] == out["files_total"] and out["files_failed"] == 0
     assert temp_files(dest) == []
+    log, _ = read_log(out)
     for name in big.names:
         assert ck.hash_path(dest / big.rel[name]) == ck.hash_path(big.sources[name])
+        if big.rel[name].endswith(".uvh5"):  # each file copied once over both runs
+            assert log.count(f"copy {big.rel[name]} (") == 1, big.rel[name]
 
 
 def test_copy_helper_killed_mid_hand_over(big: Site) -> None:

@@ -544,6 +544,49 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
                                                         "n": 1})
 
 
+def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
+    """A user's worker sends its results in calls of at most the service's limit (10,000; 2
+    here): a hand-over with more goes as records of that many and the rest with the claim;
+    every result is counted once and the job succeeds."""
+    from hera_stage_ext.jobs.engine import get_job
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    db = Database(site.db_url)
+    try:
+        site.tokens["carol"] = tokens.issue(db, "carol", ["read", "stage"])[0]
+    finally:
+        db.dispose()
+    destination = _dest(site, "carol", "split")
+    destination.mkdir(parents=True)
+    for name in FILES:  # already there: skipped, so recorded at the claim (no rename to wait)
+        (destination / name).write_bytes((site.work / "store" / name).read_bytes())
+    number = site.stage("carol", destination)["id"]
+    sent: list[tuple[str, int]] = []
+
+    class Counting(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            if body and body.get("results"):
+                sent.append((path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1],
+                             len(body["results"])))
+            return super().call(method, path, body)
+
+    store = Counting(site.url, site.tokens["carol"], spool_dir=site.work / "cache-carol",
+                     results_per_call=2)
+    config = EngineConfig(kinds=standard_kinds(), streams=1, claim_batch=len(FILES),
+                          heartbeat_seconds=0.2, fsync=False,
+                          allowed_roots=(str(site.home("carol").resolve()),))
+    try:
+        assert run_pending(store, config) == [number]
+    finally:
+        store.close()
+    assert sent == [("items/record", 2), ("items/exchange", 1)], sent
+    job = _wait_finished(site, "carol", number)
+    assert job["state"] == "succeeded", job
+    assert (job["files_done"], job["files_skipped"], job["files_failed"]) == (3, 3, 0), job
+
+
 def test_two_service_replicas_run_each_job_once(postgres: Any,
                                                 tmp_path_factory: pytest.TempPathFactory
                                                 ) -> None:

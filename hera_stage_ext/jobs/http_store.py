@@ -69,20 +69,24 @@ class HttpJobStore:
 
     def __init__(self, site_url: str, token: str, *, timeout: float = 30.0,
                  spool_dir: Path | None = None, patience: float = PATIENCE_S,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 results_per_call: int = RESULTS_PER_CALL) -> None:
         self.base = site_url.rstrip("/") + "/" + WORKER_API
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
         self.timeout = timeout
         self.patience = patience
+        self.results_per_call = results_per_call  # at most the service's limit
         # Set when the worker stops: a call waiting for the service gives up at once.
         self.stop = stop or threading.Event()
         self.spool_dir = spool_dir or default_spool_dir()
         self._shippers: dict[int, LogShipper] = {}
         self._lock = threading.Lock()
-        # What the job's answer said, so the run does not ask again: its stores' roots, and
-        # the jobs none of whose files waits for a recall (a count that only goes down).
+        # What the job's answer said, so the run does not ask again: its stores' roots, the
+        # run's first heartbeat (the claim has just renewed the lease), and the jobs none of
+        # whose files waits for a recall (a count that only goes down).
         self._roots: dict[int, dict[str, str]] = {}
+        self._first_beat: dict[int, Beat] = {}
         self._none_waiting: set[int] = set()
 
     # ----- HTTP -------------------------------------------------------------------------------
@@ -147,6 +151,10 @@ class HttpJobStore:
         with self._lock:
             if isinstance(data.get("store_roots"), dict):
                 self._roots[job_id] = dict(data["store_roots"])
+            if isinstance(data.get("unavailable"), list):  # (a service older than it: asked)
+                self._first_beat[job_id] = Beat(
+                    "cancel" if data.get("cancel_requested") else "ok",
+                    frozenset(data["unavailable"]))
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)
             else:
@@ -186,17 +194,18 @@ class HttpJobStore:
             self._job(job_id, "items/requeue", {"ids": list(item_ids)})
 
     def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
-        for start in range(0, len(results), RESULTS_PER_CALL):
+        most = self.results_per_call
+        for start in range(0, len(results), most):
             self._job(job_id, "items/record", {
                 "results": [[item.id, state, error]
-                            for item, state, error in results[start:start + RESULTS_PER_CALL]]})
+                            for item, state, error in results[start:start + most]]})
 
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
         """The results of the last hand-over and the next items, one round trip (more when
         the results are more than one call may carry: all but the last part recorded
         first)."""
-        last = len(results) - (len(results) - 1) % RESULTS_PER_CALL - 1 if results else 0
+        last = len(results) - (len(results) - 1) % self.results_per_call - 1 if results else 0
         self.record(job_id, results[:last])
         answer = self._job(job_id, "items/exchange", {
             "worker_id": worker_id, "n": n, "max_bytes": max_bytes,
@@ -205,6 +214,10 @@ class HttpJobStore:
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:
+        with self._lock:
+            first = self._first_beat.pop(job_id, None)
+        if first is not None:
+            return first
         answer = self._job(job_id, "heartbeat", {"worker_id": worker_id,
                                                  "lease_seconds": lease_seconds,
                                                  "stores": list(stores), "moving": moving})

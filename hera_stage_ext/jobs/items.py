@@ -1,21 +1,24 @@
 """A job's items as a queue: claiming a batch of queued items for a stream (atomically:
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), putting those not
 started back, recording a batch of results with the job's counters in one transaction, both at
-once (``_exchange``: a stream hands in what it moved and takes its next batch in one
+once (``exchange``: a stream hands in what it moved and takes its next batch in one
 transaction, one round trip for a worker over HTTP), and the paths of the items not through
 yet. Every kind's streams use these (``run.JobRun`` for stage jobs, the transfer and upload
 kinds), under the names they had in ``engine``.
 
 Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``), not by a list
 of every id: a claim of 1,024 small files is one run, and SQLAlchemy's per-value expansion of an
-``IN`` list cost more Python per item than the database spent on the statement."""
+``IN`` list cost more Python per item than the database spent on the statement. A batch's
+results are counted from the rows each ``UPDATE`` wrote (``RETURNING`` their sizes), so a report
+from a worker over HTTP can be limited to the job's running items in the same statement."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, bindparam, case, or_, select, update
+from sqlalchemy import ColumnElement, Text, case, cast, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..catalogue.db import Database
@@ -46,6 +49,10 @@ class ClaimedItem:
 #: One item's result for ``record_results``: the item, its state ("done", "skipped", "failed"), the
 #: error (empty unless failed).
 Result = tuple[ClaimedItem, str, str]
+#: The same by the item's id (as a worker reports it over HTTP).
+IdResult = tuple[int, str, str]
+#: The states a result may give an item.
+RESULT_STATES = (ItemState.DONE, ItemState.SKIPPED, ItemState.FAILED)
 
 
 def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
@@ -73,20 +80,23 @@ def id_terms(ids: Iterable[int]) -> list[ColumnElement[bool]]:
 def claim_items(db: Database, job_id: int, worker_id: str, n: int,
                  max_bytes: int | None = None) -> list[ClaimedItem]:
     """Take up to ``n`` queued items (and, past the first, no more than ``max_bytes``)."""
-    return _exchange(db, job_id, worker_id, [], n, max_bytes)
+    return exchange(db, job_id, worker_id, [], n, max_bytes)[1]
 
 
-def _exchange(db: Database, job_id: int, worker_id: str, results: list[Result], n: int,
-              max_bytes: int | None = None) -> list[ClaimedItem]:
+def exchange(db: Database, job_id: int, worker_id: str, results: Sequence[IdResult], n: int,
+             max_bytes: int | None = None, *, running_only: bool = False
+             ) -> tuple[int, list[ClaimedItem]]:
     """Record ``results`` (``record_results``) and take up to ``n`` queued items (``claim_items``)
-    in one transaction; ``n`` 0 only records."""
+    in one transaction; ``n`` 0 only records. Returns how many results were recorded and the
+    items taken. With ``running_only`` (a report from a worker over HTTP), only results for
+    items of the job still running are recorded: one sent twice counts once."""
     if not results and n <= 0:
-        return []
+        return 0, []
     with db.write() as s:
         connection = s.connection()
-        if results:
-            _record_in(connection, job_id, results)
-        return _claim_in(connection, job_id, worker_id, n, max_bytes) if n > 0 else []
+        recorded = _record_in(connection, job_id, results, running_only) if results else 0
+        claimed = _claim_in(connection, job_id, worker_id, n, max_bytes) if n > 0 else []
+    return recorded, claimed
 
 
 def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
@@ -94,9 +104,11 @@ def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
     t = _ITEMS
     # Core statements on the table (no ORM row handling): this runs once per batch of
     # small files, its cost per item counts.
+    # The checksums as their JSON text, decoded below in one call for the whole batch: the
+    # column type's decoding per row was a quarter of a claim's cost.
     rows = connection.execute(
         select(t.c.id, t.c.name, t.c.source_path, t.c.dest_path, t.c.size,
-               t.c.is_directory, t.c.checksums, t.c.attempts, t.c.store)
+               t.c.is_directory, cast(t.c.checksums, Text), t.c.attempts, t.c.store)
         .where(t.c.job_id == job_id, t.c.state == ItemState.QUEUED)
         .order_by(t.c.id).limit(n).with_for_update(skip_locked=True)).all()
     if max_bytes is not None:
@@ -113,7 +125,9 @@ def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
     for term in id_terms(row[0] for row in rows):
         connection.execute(update(t).where(term).values(
             state=ItemState.RUNNING, worker_id=worker_id, attempts=t.c.attempts + 1))
-    return [ClaimedItem(*row[:7], row[7] + 1, row[8]) for row in rows]
+    checksums = json.loads("[" + ",".join(row[6] or "{}" for row in rows) + "]")
+    return [ClaimedItem(row[0], row[1], row[2], row[3], row[4], row[5], sums or {},
+                        row[7] + 1, row[8]) for row, sums in zip(rows, checksums)]
 
 
 def requeue_items(db: Database, item_ids: Sequence[int]) -> None:
@@ -129,41 +143,60 @@ def record_results(db: Database, job_id: int, results: list[Result]) -> None:
     """Write a batch of item results and bump the job's counters in one transaction."""
     if results:
         with db.write() as s:
-            _record_in(s.connection(), job_id, results)
+            _record_in(s.connection(), job_id, ids_of(results))
 
 
-def _record_in(connection: Connection, job_id: int, results: list[Result]) -> None:
-    done = [(c, st) for c, st, _ in results if st in ARRIVED_ITEM_STATES]
+def ids_of(results: Iterable[Result]) -> list[IdResult]:
+    """``results`` by item id."""
+    return [(item.id, state, error) for item, state, error in results]
+
+
+def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
+               running_only: bool = False) -> int:
+    """Write ``results`` and bump the job's counters by the rows actually written (their sizes
+    from the database, returned by the ``UPDATE`` itself: exact when two reports of the same
+    items race). Returns how many were written."""
     t = _ITEMS
-    # Error-free results in one statement per state (most of a batch), failures one by one.
+    where = [t.c.job_id == job_id]
+    if running_only:
+        where.append(t.c.state == ItemState.RUNNING)
+    # Error-free results in one statement per state and id run (most of a batch), the others
+    # one by one.
     plain: dict[str, list[int]] = {}
-    failed = []
-    for c, state, error in results:
+    with_error = []
+    for item_id, state, error in results:
         if error:
-            failed.append({"item_id": c.id, "item_state": state, "item_error": error})
+            with_error.append((item_id, state, error))
         else:
-            plain.setdefault(state, []).append(c.id)
+            plain.setdefault(state, []).append(item_id)
+    files: dict[str, int] = dict.fromkeys(RESULT_STATES, 0)
+    done_bytes = 0
     for state, ids in plain.items():
         for term in id_terms(ids):
-            connection.execute(update(t).where(term).values(state=state, error="",
-                                                            worker_id=None))
-    if failed:
-        connection.execute(
-            update(t).where(t.c.id == bindparam("item_id"))
-            .values(state=bindparam("item_state"), error=bindparam("item_error"),
-                    worker_id=None), failed)
-    done_bytes = sum(c.size for c, _ in done)
+            sizes = connection.execute(update(t).where(term, *where).values(
+                state=state, error="", worker_id=None).returning(t.c.size)).scalars().all()
+            files[state] = files.get(state, 0) + len(sizes)
+            if state in ARRIVED_ITEM_STATES:
+                done_bytes += sum(sizes)
+    for item_id, state, error in with_error:
+        size = connection.execute(update(t).where(t.c.id == item_id, *where).values(
+            state=state, error=error, worker_id=None).returning(t.c.size)).scalar()
+        if size is not None:
+            files[state] = files.get(state, 0) + 1
+            if state in ARRIVED_ITEM_STATES:
+                done_bytes += size
     jobs = JOB_TABLE
     connection.execute(update(jobs).where(jobs.c.id == job_id).values(
-        files_done=jobs.c.files_done + len(done),
+        files_done=jobs.c.files_done + files[ItemState.DONE] + files[ItemState.SKIPPED],
         bytes_done=jobs.c.bytes_done + done_bytes,
         # Those bytes were (mostly) counted as moving at the last heartbeat: no longer, so
         # done + moving never counts them twice until the next one.
         bytes_moving=case((jobs.c.bytes_moving > done_bytes, jobs.c.bytes_moving - done_bytes),
                           else_=0),
-        files_skipped=jobs.c.files_skipped + sum(1 for _, st in done if st == ItemState.SKIPPED),
-        files_failed=jobs.c.files_failed + sum(1 for _, st, _ in results if st == ItemState.FAILED),
+        files_skipped=jobs.c.files_skipped + files[ItemState.SKIPPED],
+        files_failed=jobs.c.files_failed + files[ItemState.FAILED],
     ))
+    return sum(files.values())
 
 
 def unfinished_paths(db: Database, job_id: int) -> list[str]:

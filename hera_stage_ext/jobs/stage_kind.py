@@ -131,6 +131,8 @@ class _StageStream:
                     self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
                 return
             batch = claimed if claimed is not None else self._next_batch(first=False)
+        if batch:  # claimed, and the run stopped before any of it started: back to the queue
+            self.run.store.requeue(self.run.job.id, [c.id for c in batch])
 
     def _next_batch(self, first: bool) -> list[ClaimedItem]:
         """This stream's next items. The results waiting to be recorded go with the claim, in

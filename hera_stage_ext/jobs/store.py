@@ -132,7 +132,8 @@ class DbJobStore:
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
         """``record`` and ``claim_items`` at once, in one transaction (a stream's hand-over)."""
-        return items._exchange(self.db, job_id, worker_id, results, n, max_bytes)
+        return items.exchange(self.db, job_id, worker_id, items.ids_of(results), n,
+                              max_bytes)[1]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:
@@ -150,12 +151,16 @@ class DbJobStore:
         if row[0]:
             return Beat("cancel")
         try:
-            with self.db.read() as s:
-                unavailable = frozenset(s.scalars(select(Store.name).where(
-                    Store.name.in_(list(stores)), Store.available.is_(False))))
+            unavailable = self.unavailable(stores)
         except Exception:  # keep the last answer on a hiccup
             unavailable = None
         return Beat("ok", unavailable)
+
+    def unavailable(self, stores: Collection[str]) -> frozenset[str]:
+        """Those of ``stores`` the catalogue marks unavailable."""
+        with self.db.read() as s:
+            return frozenset(s.scalars(select(Store.name).where(
+                Store.name.in_(list(stores)), Store.available.is_(False))))
 
     def unfinished_paths(self, job_id: int) -> list[str]:
         return items.unfinished_paths(self.db, job_id)

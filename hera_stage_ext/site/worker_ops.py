@@ -31,7 +31,6 @@ USER_KINDS = ("stage",)
 MAX_BATCH = 10_000
 #: Most bytes of log one call may append.
 MAX_LOG_BYTES = 1 << 20
-RESULT_STATES = ("done", "skipped", "failed")
 
 
 def _int(value: Any, what: str, low: int = 0, high: int = 2**63 - 1) -> int:
@@ -92,10 +91,13 @@ class WorkerOps:
         return {"job": claimed[0], "resumed": claimed[1]}
 
     def job(self, job_id: int) -> dict[str, Any]:
-        """The job, with what its run asks first (its stores' roots, how many of its files
-        wait for their recall): one round trip where the run would make three."""
-        return {**engine.job_json(self._job(job_id)), "store_roots": self.store.store_roots(
-            job_id), "waiting": self.store.waiting(job_id)}
+        """The job, with what its run asks first (its stores' roots and which of them are
+        unavailable, how many of its files wait for their recall): one round trip where the
+        run would make four."""
+        roots = self.store.store_roots(job_id)
+        return {**engine.job_json(self._job(job_id)), "store_roots": roots,
+                "unavailable": sorted(self.store.unavailable(roots)),
+                "waiting": self.store.waiting(job_id)}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._job(job_id).state in ACTIVE_JOB_STATES}
@@ -200,40 +202,39 @@ class WorkerOps:
 
     def record(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         self._job(job_id)
-        rows = self._results(job_id, body.get("results"))
-        self.store.record(job_id, rows)
-        return {"recorded": len(rows)}
+        rows = self._results(body.get("results"))
+        recorded, _ = items.exchange(self.db, job_id, "", rows, 0, running_only=True)
+        return {"recorded": recorded}
 
     def exchange(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         """``record`` and ``claim_items`` in one call and one transaction: a stream hands in
         what it moved and takes its next items (one round trip per hand-over, not two)."""
         job = self._held(job_id, body)
-        rows = self._results(job_id, body.get("results", []))
+        rows = self._results(body.get("results", []))
         n = _int(body.get("n", 1024), "n", 0, MAX_BATCH)
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
-        claimed = self.store.exchange(job.id, job.worker_id or "", rows, n, max_bytes)
-        return {"recorded": len(rows), "items": _items_json(claimed)}
+        recorded, claimed = items.exchange(self.db, job.id, job.worker_id or "", rows, n,
+                                           max_bytes, running_only=True)
+        return {"recorded": recorded, "items": _items_json(claimed)}
 
-    def _results(self, job_id: int, results: Any) -> list[tuple[ClaimedItem, str, str]]:
-        """A report's results, checked: only running items of the job, with the sizes the
-        database holds (a result sent twice counts once)."""
+    @staticmethod
+    def _results(results: Any) -> list[items.IdResult]:
+        """A report's results, checked for form. Only those for running items of the job are
+        recorded, with the sizes the database holds (``items.exchange``, ``running_only``): a
+        result sent twice counts once."""
         if not isinstance(results, list) or len(results) > MAX_BATCH:
             raise InvalidRequest(f"'results' must be a list of at most {MAX_BATCH} "
                                  f"[item id, state, error]")
         checked = []
         for entry in results:
             if (not isinstance(entry, list) or len(entry) != 3
-                    or entry[1] not in RESULT_STATES or not isinstance(entry[2], str)):
+                    or entry[1] not in items.RESULT_STATES or not isinstance(entry[2], str)):
                 raise InvalidRequest("each result must be [item id, 'done' | 'skipped' | "
                                      "'failed', error text]")
             checked.append((_int(entry[0], "item id"), entry[1], entry[2][:4096]))
-        if not checked:
-            return []
-        sizes = self._running(job_id, [item_id for item_id, _, _ in checked])
-        return [(ClaimedItem(item_id, "", "", "", sizes[item_id], False, {}, 0), state, error)
-                for item_id, state, error in checked if item_id in sizes]
+        return checked
 
 
 def _items_json(claimed: list[ClaimedItem]) -> list[list[Any]]:
