@@ -211,7 +211,7 @@ def test_the_job_engine_knows_no_kind_of_transfer(graph):
 GENERIC_JOB_MODULES = ("jobs.engine", "jobs.run", "jobs.items", "jobs.store", "jobs.http_store",
                        "jobs.kinds", "jobs.contract")
 #: The kinds' own modules in ``jobs/``.
-KIND_MODULES = ("jobs.stage_kind", "jobs.recall")
+KIND_MODULES = ("jobs.stage_kind", "jobs.cold_kind", "jobs.recall")
 
 
 def test_the_job_engine_names_no_kinds_module(graph):

@@ -26,13 +26,14 @@ from ..errors import Conflict, Forbidden, InsufficientSpace, InvalidRequest, Sta
 from ..safefs import PathChanged
 from ..states import ACTIVE_JOB_STATES, ItemState
 from . import recall, targets
-from .contract import JobKind, JobRefused, KindRun
+from .cold_kind import ColdFileKind
+from .contract import JobRefused, KindRun
 from .copy_pool import HandOver, HelperDied, Ticket, hand_overs
 from .engine import job_is_active
 from .items import ClaimedItem, unfinished_paths
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, Outcome, remove_temp_folders
 from .models import JobRow
-from .plan import COPYING, free_bytes, resolve_names
+from .plan import COPYING, free_bytes
 
 
 @dataclass
@@ -313,7 +314,7 @@ class _StageStream:
         return self.run.report(item, state, "", outcome)
 
 
-class StageKind(JobKind):
+class StageKind(ColdFileKind):
     """Staging: items copied (or linked) into the job's destination (``targets``: a local folder
     or a contents-manager folder), which the job holds with the Librarian's markers from launch
     until its result markers are written.
@@ -430,16 +431,6 @@ class StageKind(JobKind):
         if not job.options.get("recorded"):
             _target(job).release(job.id)
 
-    # Cold files (``recall``): a cancel reaps the job's recalled copies; a retry recalls
-    # again what was reaped since, and what failed to be recalled.
-    def after_cancel(self, db: Database, job: JobRow) -> None:
-        recall.reap_after_cancelled_job(db, job)
-
-    def before_retry(self, db: Database, job: JobRow) -> None:
-        recall.rewind_reaped(db, job.id, resolve_names)
-
-    def requeued(self, s: Session, job: JobRow) -> None:
-        recall.wait_for_recall_again(s, job.id)
 
 
 def _target(job: JobRow) -> targets.Target:

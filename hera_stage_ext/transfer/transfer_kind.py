@@ -29,7 +29,7 @@ from ..catalogue.db import Database
 from ..errors import NotFound, PeerRejected, StagingError, Unavailable
 from ..jobs.engine import create_job
 from ..jobs.items import claim_items
-from ..jobs.contract import JobKind
+from ..jobs.cold_kind import ColdFileKind
 from ..jobs.plan import unique_names, resolve_names
 from ..jobs import recall
 from ..states import ItemState
@@ -41,10 +41,7 @@ from .peer_sender import PeerSender, peer_destination
 from .rclone_send import RcloneSender
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from ..jobs.contract import KindRun
-    from ..jobs.models import JobRow
 
 
 def create_transfer_job(
@@ -80,7 +77,7 @@ def create_transfer_job(
         summary=f"send {len(items)} file(s), {total} bytes to peer {peer_name!r}{reachable}")
 
 
-class TransferKind(JobKind):
+class TransferKind(ColdFileKind):
     name = "transfer"
 
     def __init__(self) -> None:
@@ -112,16 +109,6 @@ class TransferKind(JobKind):
         finally:
             sender.client.close()
 
-    # Cold files, as a stage job's (``recall``): a cancel reaps the job's recalled copies; a
-    # retry recalls again what was reaped since, and what failed to be recalled.
-    def after_cancel(self, db: Database, job: JobRow) -> None:
-        recall.reap_after_cancelled_job(db, job)
-
-    def before_retry(self, db: Database, job: JobRow) -> None:
-        recall.rewind_reaped(db, job.id, resolve_names)
-
-    def requeued(self, s: Session, job: JobRow) -> None:
-        recall.wait_for_recall_again(s, job.id)
 
 
 TRANSFER = TransferKind()
