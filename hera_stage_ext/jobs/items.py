@@ -33,7 +33,7 @@ IN_CHUNK = 5_000
 RUN_CHUNK = 200
 
 
-@dataclass
+@dataclass(slots=True)  # thousands a claim: no dict each
 class ClaimedItem:
     id: int
     name: str
