@@ -311,7 +311,8 @@ class Database:
             engine.dispose()
 
 
-def driver_rows(connection: Connection, sql: str, parameters: Any) -> list[Any]:
+def driver_rows(connection: Connection, sql: str, parameters: Any,
+                fetch: bool = True) -> list[Any]:
     """The rows of ``sql`` (the driver's SQL and parameter style) as the driver's tuples, run on
     ``connection``'s DBAPI cursor: what ``exec_driver_sql(sql, parameters).all()`` returns,
     without SQLAlchemy's set-up per statement (an execution context, the result's metadata
@@ -327,6 +328,8 @@ def driver_rows(connection: Connection, sql: str, parameters: Any) -> list[Any]:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql, parameters)
+        if not fetch:  # a statement without rows (psycopg refuses to fetch from it)
+            return []
         return cast("list[Any]", cursor.fetchall())  # both drivers return a list
     except error as exc:
         lost = dialect.is_disconnect(exc, dbapi_connection, cursor)

@@ -102,14 +102,14 @@ class _StageStream:
             # these (``_move_pooled``): this stream never waits for the claim's round trip.
             claimed: list[ClaimedItem] | None = None
             try:
-                pooled = [c for c in batch if self._pooled(c)]
+                pooled = self._pooled_of(batch)
                 rest = len(pooled) < len(batch)
                 if pooled:
                     claimed = self._move_pooled(
-                        hand_overs(pooled, lambda c: c.size, self.run.config.pool_batch_items,
+                        hand_overs(pooled, _size, self.run.config.pool_batch_items,
                                    self.run.config.pool_batch_bytes), started, mover,
                         prefetch=not rest)
-                for item in batch:
+                for item in batch if rest else ():  # (all pooled: nothing left to move here)
                     if item.id in started or self._pooled(item):
                         continue
                     if self.run.stopping():
@@ -148,12 +148,17 @@ class _StageStream:
             claimed = self.run.store.claim_items(self.run.job.id, self.run.worker_id, n, max_bytes)
         return claimed
 
+    def _pooled_of(self, batch: list[ClaimedItem]) -> list[ClaimedItem]:
+        """Those of ``batch`` that go to the helper processes (when the worker has them):
+        small plain files, whose cost is Python per file, not bytes; large files and data
+        sets stay in the stream, where a cancel is seen between chunks."""
+        if self.run.pool is None or not self.stage.target.poolable:
+            return []
+        most = self.run.config.pool_max_bytes
+        return [c for c in batch if not c.is_directory and c.size <= most]
+
     def _pooled(self, item: ClaimedItem) -> bool:
-        """Small plain files go to the helper processes (when the worker has them): their
-        cost is Python per file, not bytes; large files and data sets stay in the stream,
-        where a cancel is seen between chunks."""
-        return (self.run.pool is not None and self.stage.target.poolable and not item.is_directory
-                and item.size <= self.run.config.pool_max_bytes)
+        return bool(self._pooled_of([item]))
 
     def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int], mover: Mover,
                      prefetch: bool = False) -> list[ClaimedItem] | None:
@@ -189,14 +194,24 @@ class _StageStream:
         """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
         assert self.run.pool is not None
         specs, ready = [], []
+        # ``_spec`` and ``_precheck`` of each item, their lookups made once per hand-over
+        # (this loop runs for every small file).
+        job, stage = self.run.job, self.stage
+        destination, method, read_only = job.destination, job.method, stage.read_only
+        roots, unavailable, inside = self.run.store_roots, self.run.unavailable, stage.inside
+        join, dirname = os.path.join, os.path.dirname
         for item in items:
-            spec = self._spec(item)
-            try:
-                self._precheck(item, spec)
-            except ItemFailed as exc:
-                started.add(item.id)
-                self._settle(item, None, exc, None)
-                continue
+            spec = ItemSpec(item.source_path, join(destination, item.dest_path), item.size,
+                            item.is_directory, item.checksums, method, read_only,
+                            roots.get(item.store))
+            if (stage.refused is not None or inside.get(dirname(item.dest_path)) is not True
+                    or item.store in unavailable):
+                try:
+                    self._precheck(item, spec)
+                except ItemFailed as exc:
+                    started.add(item.id)
+                    self._settle(item, None, exc, None)
+                    continue
             specs.append(spec)
             ready.append(item)
         if not ready:
@@ -431,6 +446,10 @@ class StageKind(ColdFileKind):
         if not job.options.get("recorded"):
             _target(job).release(job.id)
 
+
+
+def _size(item: ClaimedItem) -> int:
+    return item.size
 
 
 def _target(job: JobRow) -> targets.Target:
