@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..catalogue import checksums as ck
-from ..errors import RcloneFailed, StagingError, Unavailable
+from ..errors import RcloneFailed, Unavailable
 from ..jobs.methods import Cancelled
 from .peers import PEERS_ENV, Peer
 from .protocol import PeerClient

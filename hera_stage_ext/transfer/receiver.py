@@ -78,7 +78,6 @@ from .protocol import (
     BATCH_FILE_MAX,
     BATCH_MAX_BYTES,
     BATCH_MAX_FILES,
-    CHUNK,
     CONFLICT,
     HAVE,
     MAX_OFFERS,
