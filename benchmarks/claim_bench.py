@@ -5,7 +5,8 @@ loopback port, the user's ``HttpJobStore``), on SQLite.
 Each round makes a fresh stage job of ``--items`` small-file items for the token's user, claims
 the job and then exchanges every batch's results for the next batch (as a stream does), with
 ``--first`` items for the first claims of ``--streams`` streams at once (threads, as a run's
-streams start) and ``--batch`` items after. Printed: the first claims' wall times (when each
+streams start) and ``--batch`` items after. This process's garbage collector is set as a
+worker's (``quiet_garbage_collector``). Printed: the first claims' wall times (when each
 answered, from the start), then per item: the service's CPU (``/proc`` for the service process,
 ``process_time`` in-process) and the worker's.
 
@@ -36,6 +37,7 @@ from benchmarks.site_service import site_service  # noqa: E402
 from hera_stage_ext.catalogue.db import Database  # noqa: E402
 from hera_stage_ext.jobs.http_store import HttpJobStore  # noqa: E402
 from hera_stage_ext.jobs.models import JOB_ITEM_TABLE, JOB_TABLE  # noqa: E402
+from hera_stage_ext.jobs.worker import quiet_garbage_collector  # noqa: E402
 from hera_stage_ext.site.worker_ops import WorkerOps  # noqa: E402
 
 USER = "bench"
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-http", action="store_true", help="in-process only")
     args = parser.parse_args(argv)
+    quiet_garbage_collector()  # as the worker's (and the service's) own
     with tempfile.TemporaryDirectory(prefix="hera-claim-bench-") as tmp:
         workdir = Path(tmp)
         workspace = workdir / "workspace"
