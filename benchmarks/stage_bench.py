@@ -614,8 +614,9 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
         log("the job's first files made final (ms from its start; median) and the service's "
             "CPU during the job (us a file; median)")
         for c in sited:
-            log(f"{c.label:<34} first files: single-user {_median_of(c.our_runs, 'first_file', 1e3)}"
-                f", site {_median_of(c.site_runs, 'first_file', 1e3)}; service CPU "
+            log(f"{c.label:<34} first files: single-user "
+                f"{_median_of(c.our_runs, 'first_file', 1e3)}, site "
+                f"{_median_of(c.site_runs, 'first_file', 1e3)}; service CPU "
                 f"{_median_of(c.site_runs, 'service_cpu', 1e6, per_file=True)}")
     log(f"\nworker resident memory: max sampled VmRSS {rss.max_rss_mb:.0f} MiB, peak VmHWM "
         f"{rss.hwm_mb:.0f} MiB ({rss.samples} samples every 50 ms, pids {sorted(rss.pids)}); "
