@@ -664,17 +664,17 @@ class CpuSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
         self.start()
 
     def run(self) -> None:
         while True:
             self.samples.append((time.time(), _cpu_seconds([self.pid])))
-            if self._stop.wait(self.interval):
+            if self._done.wait(self.interval):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
     def between(self, start: float, end: float) -> float | None:
