@@ -379,6 +379,10 @@ class Run:
     # CPU seconds the tool used for the run: cp's process; ours, the worker with its copy
     # helpers (not the server's or the service's share).
     cpu: float | None = None
+    # Ours: seconds from the job's start to its first files' log line (the first hand-over
+    # made final); in site mode, the service's CPU seconds during the job (its own time).
+    first_file: float | None = None
+    service_cpu: float | None = None
 
     @property
     def cpu_us_per_file(self) -> float | None:
@@ -477,10 +481,15 @@ class Bench:
         server = server or self.server
         workers = server.worker_pids()
         cpu0 = _cpu_seconds(workers)
+        # The site service's CPU, sampled through the run (its share of the job's own time is
+        # read from the samples around the job's start and end).
+        service = CpuSampler(server.proc.pid) if server is self.site else None
         t0 = time.perf_counter()
         done = server.cli("stage", str(dest), fs.query, "--method", method, "--wait",
                           check=False)
         end_to_end = time.perf_counter() - t0
+        if service is not None:
+            service.stop()
         found = re.search(r"job (\d+):", done.stderr)
         if done.returncode != 0 or not found:
             raise RuntimeError(f"hera-stage stage ({method}) exit {done.returncode}:\n"
@@ -491,7 +500,11 @@ class Bench:
                                f"{job['error']}")
         seconds = (_parse_time(job["finished_at"]) - _parse_time(job["started_at"])).total_seconds()
         cpu = _cpu_seconds(workers) - cpu0 if workers == server.worker_pids() else None
-        return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes, cpu)
+        started = _parse_time(job["started_at"])
+        service_cpu = None if service is None else service.between(
+            _epoch(started), _epoch(_parse_time(job["finished_at"])))
+        return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes, cpu,
+                   _first_file(server, job["id"], started), service_cpu)
 
     def case(self, fs: FileSet, key: str, label: str, unit: str, method: str,
              cp_flags: list[str], keep: bool, target: float | None,
@@ -528,6 +541,10 @@ class Bench:
             name = {"cp": case.reference, "ours": case.ours, "site": f"site: {case.ours}"}[tool]
             if run.cpu_us_per_file is not None and unit == "files/s":
                 extra += f" [CPU {run.cpu_us_per_file:.0f} us/file]"
+            if run.service_cpu is not None and unit == "files/s":
+                extra += f" [service CPU {run.service_cpu / run.files * 1e6:.0f} us/file]"
+            if run.first_file is not None:
+                extra += f" [first files {run.first_file * 1e3:.0f} ms]"
             log(f"    {name:<34} {run.seconds:7.2f} s  {case.rate(run):9,.2f} {unit}{extra}")
             if not keep:
                 remove_tree(dest)
@@ -594,6 +611,13 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
                 f"{fmt(c.median(c.site_runs)):>10} "
                 f"{'/'.join(fmt(c.rate(r)) for r in c.site_runs):>19} | "
                 f"{c.site_ratio:10.2f}x   {c.unit}")
+        log("the job's first files made final (ms from its start; median) and the service's "
+            "CPU during the job (us a file; median)")
+        for c in sited:
+            log(f"{c.label:<34} first files: single-user "
+                f"{_median_of(c.our_runs, 'first_file', 1e3)}, site "
+                f"{_median_of(c.site_runs, 'first_file', 1e3)}; service CPU "
+                f"{_median_of(c.site_runs, 'service_cpu', 1e6, per_file=True)}")
     log(f"\nworker resident memory: max sampled VmRSS {rss.max_rss_mb:.0f} MiB, peak VmHWM "
         f"{rss.hwm_mb:.0f} MiB ({rss.samples} samples every 50 ms, pids {sorted(rss.pids)}); "
         f"with its {rss.helpers} copy helper process(es): {rss.max_total_mb:.0f} MiB")
@@ -631,6 +655,56 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
     log(f"{'PASS' if passed else 'FAIL'}  worker RSS peak {peak * MiB / 1e6:.0f} MB < "
         f"{TARGET_RSS_MB:.0f} MB")
     return ok
+
+
+class CpuSampler(threading.Thread):
+    """A process's CPU seconds, sampled every ``interval`` seconds with the wall clock."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append((time.time(), _cpu_seconds([self.pid])))
+            if self._done.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def between(self, start: float, end: float) -> float | None:
+        """CPU seconds from the last sample at or before ``start`` to the first at or after
+        ``end`` (a little more than the interval: at most one ``interval`` each side)."""
+        before = [cpu for t, cpu in self.samples if t <= start]
+        after = [cpu for t, cpu in self.samples if t >= end]
+        return after[0] - before[-1] if before and after else None
+
+
+def _epoch(moment: dt.datetime) -> float:
+    return moment.replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+#: A per-file line of a job's log: its time stamp, then the method.
+_FILE_LINE = re.compile(r"^(\S+)Z  (?:copy|hardlink|symlink|contents) ", re.M)
+
+
+def _first_file(server: Server, job_id: int, started: dt.datetime) -> float | None:
+    """Seconds from the job's start to the first per-file line of its log."""
+    found = _FILE_LINE.search(server.api(f"jobs/{job_id}/log")["text"])
+    if found is None:
+        return None
+    return (_parse_time(found.group(1)) - started).total_seconds()
+
+
+def _median_of(runs: list[Run], what: str, scale: float, per_file: bool = False) -> str:
+    known = [getattr(r, what) * scale / (r.files if per_file else 1) for r in runs
+             if getattr(r, what) is not None]
+    return f"{statistics.median(known):.0f}" if known else "-"
 
 
 def _median_cpu(runs: list[Run]) -> str:

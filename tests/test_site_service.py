@@ -521,24 +521,31 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
     from hera_stage_ext.site.worker_ops import WorkerOps
 
     items = [{"name": f"f{k}", "store": "s", "size": 10, "is_directory": False,
-              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
-             for k in range(5)]
+              "checksums": {"md5": "0" * 32} if k else {}, "dest_path": f"f{k}",
+              "source_path": f"/nowhere/f{k}"} for k in range(5)]
+    items[1]["dest_path"] = "sub/\u00e9t\u00e9 \"1\".uvh5"  # the answer is JSON whatever the text
     job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 50,
                      log_dir=tmp_path)
-    alice = WorkerOps(database, "alice")
-    assert alice.claim({"worker_id": "w"})["job"] == job["id"]
-    first = alice.exchange(job["id"], {"worker_id": "w", "results": [], "n": 2})
+    ops = WorkerOps(database, "alice")
+
+    def exchange(body: dict[str, Any]) -> Any:  # the answer as the worker reads it
+        return json.loads(ops.exchange(job["id"], {"worker_id": "w", **body}))
+
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    first = exchange({"results": [], "n": 2})
     assert first["recorded"] == 0 and [row[1] for row in first["items"]] == ["f0", "f1"]
+    assert first["items"][0][1:] == ["f0", "/nowhere/f0", "f0", 10, False, {}, 1, "s"]
+    assert first["items"][1][3:7] == ["sub/\u00e9t\u00e9 \"1\".uvh5", 10, False, {"md5": "0" * 32}]
     done = [[row[0], "done", ""] for row in first["items"]]
-    second = alice.exchange(job["id"], {"worker_id": "w", "results": done, "n": 2})
+    second = exchange({"results": done, "n": 2})
     assert second["recorded"] == 2 and [row[1] for row in second["items"]] == ["f2", "f3"]
-    again = alice.exchange(job["id"], {"worker_id": "w", "n": 0, "results": [
+    again = exchange({"n": 0, "results": [
         *done, [second["items"][0][0], "failed", "disk on fire"], [10**9, "done", ""]]})
     assert again == {"recorded": 1, "items": []}
     state = get_job(database, job["id"])
     assert (state["files_done"], state["bytes_done"], state["files_failed"]) == (2, 20, 1)
     with pytest.raises(InvalidRequest):
-        alice.exchange(job["id"], {"worker_id": "w", "results": [["x", "done", ""]], "n": 1})
+        exchange({"results": [["x", "done", ""]], "n": 1})
     with pytest.raises(NotFound):
         WorkerOps(database, "bob").exchange(job["id"], {"worker_id": "w", "results": [],
                                                         "n": 1})

@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..errors import InvalidRequest
-from ..site.worker_ops import WorkerOps
+from ..site.worker_ops import JsonText, WorkerOps
 from .base import ApiHttpError, BaseHandler
 from .jobs import parse_job_id
 
@@ -61,7 +61,11 @@ class WorkerJobHandler(_WorkerHandler):
         number = parse_job_id(job_id)
         fn = getattr(self.ops, entry[1])
         args: list[Any] = [number, self.body_json()] if entry[2] else [number]
-        self.reply(await self.call(fn, *args))
+        answer = await self.call(fn, *args)
+        if isinstance(answer, JsonText):
+            self.reply_text(answer)
+        else:
+            self.reply(answer)
 
     @web.authenticated
     @authorized

@@ -19,7 +19,6 @@ from sqlalchemy import select
 from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..jobs import engine, items, lifecycle, recall
-from ..jobs.items import ClaimedItem
 from ..jobs.joblog import JobLog
 from ..jobs.models import JobRow, JobItem
 from ..jobs.store import DbJobStore
@@ -31,6 +30,11 @@ USER_KINDS = ("stage",)
 MAX_BATCH = 10_000
 #: Most bytes of log one call may append.
 MAX_LOG_BYTES = 1 << 20
+
+
+class JsonText(str):
+    """An answer already encoded as JSON (a claim's items, built from the database's rows),
+    sent as it is."""
 
 
 def _int(value: Any, what: str, low: int = 0, high: int = 2**63 - 1) -> int:
@@ -173,14 +177,17 @@ class WorkerOps:
         return {"appended": len(text)}
 
     # ----- items ----------------------------------------------------------------------------
-    def claim_items(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    def claim_items(self, job_id: int, body: dict[str, Any]) -> JsonText:
+        """Up to ``n`` queued items (and, past the first, no more than ``max_bytes``): the
+        answer's text, ``{"items": [[id, name, source_path, dest_path, size, is_directory,
+        checksums, attempts, store], ...]}`` (``items.exchange_json``)."""
         job = self._held(job_id, body)
         n = _int(body.get("n", 1024), "n", 1, MAX_BATCH)
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
-        claimed = self.store.claim_items(job.id, job.worker_id or "", n, max_bytes)
-        return {"items": _items_json(claimed)}
+        return JsonText('{"items":%s}' % items.exchange_json(
+            self.db, job.id, job.worker_id or "", [], n, max_bytes)[1])
 
     def _running(self, job_id: int, ids: Sequence[int]) -> dict[int, int]:
         """Of ``ids``, those that are running items of the job: id -> size."""
@@ -206,18 +213,19 @@ class WorkerOps:
         recorded, _ = items.exchange(self.db, job_id, "", rows, 0, running_only=True)
         return {"recorded": recorded}
 
-    def exchange(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    def exchange(self, job_id: int, body: dict[str, Any]) -> JsonText:
         """``record`` and ``claim_items`` in one call and one transaction: a stream hands in
-        what it moved and takes its next items (one round trip per hand-over, not two)."""
+        what it moved and takes its next items (one round trip per hand-over, not two). The
+        answer's text: ``{"recorded": n, "items": [...]}`` as ``claim_items``'."""
         job = self._held(job_id, body)
         rows = self._results(body.get("results", []))
         n = _int(body.get("n", 1024), "n", 0, MAX_BATCH)
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
-        recorded, claimed = items.exchange(self.db, job.id, job.worker_id or "", rows, n,
-                                           max_bytes, running_only=True)
-        return {"recorded": recorded, "items": _items_json(claimed)}
+        recorded, claimed = items.exchange_json(self.db, job.id, job.worker_id or "", rows, n,
+                                                max_bytes)
+        return JsonText('{"recorded":%d,"items":%s}' % (recorded, claimed))
 
     @staticmethod
     def _results(results: Any) -> list[items.IdResult]:
@@ -236,7 +244,3 @@ class WorkerOps:
             checked.append((_int(entry[0], "item id"), entry[1], entry[2][:4096]))
         return checked
 
-
-def _items_json(claimed: list[ClaimedItem]) -> list[list[Any]]:
-    return [[c.id, c.name, c.source_path, c.dest_path, c.size, c.is_directory, c.checksums,
-             c.attempts, c.store] for c in claimed]
