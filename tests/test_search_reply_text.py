@@ -2,7 +2,7 @@
 ``json.dumps`` of the dicts ``Catalogue.search`` builds, byte for byte, for any values a row can
 hold: names and metadata outside ASCII, control characters, nested metadata with floats and
 nulls, a directory, a file without an obsid, copies checked, unavailable or on an unavailable
-store; every page of a paged search, a count, an empty page; on SQLite and PostgreSQL.
+store, paths outside their store's root or with characters JSON escapes; every page of a paged search, a count, an empty page; on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def catalogue(db_url: str, tmp_path) -> Any:
         s.execute(update(Instance).where(Instance.id == 1).values(
             fixity="ok", verified_at=dt.datetime(2026, 2, 3, 4, 5, 6, 789)))
         s.execute(update(Instance).where(Instance.id == 2).values(available=False))
+        # A path outside its store's root, and one with what JSON escapes (written joined to
+        # the root's text).
+        s.execute(update(Instance).where(Instance.id == 3).values(path="/elsewhere/\U0001f600"))
+        s.execute(update(Instance).where(Instance.id == 4).values(path="q\"\\\x01\u2028é"))
         s.execute(update(Store).where(Store.name == "b").values(available=False))
     yield catalogue
     db.dispose()
@@ -99,11 +103,14 @@ def test_a_time_stored_by_sqlite_is_written_as_its_datetime_would_be(stored: str
     from sqlalchemy import DateTime
     from sqlalchemy.dialects import sqlite
 
-    from hera_stage_ext.catalogue.search_reply import _time, iso_time_or
+    from hera_stage_ext.catalogue.search_reply import PageWriter
 
     dialect = sqlite.dialect()
     processor = DateTime().dialect_impl(dialect).result_processor(dialect, None)
-    assert _time(iso_time_or(processor)(stored)) == json.dumps(processor(stored).isoformat() + "Z")
+    writer = PageWriter(processor)
+    expected = json.dumps(processor(stored).isoformat() + "Z")
+    assert writer.time(stored) == expected
+    assert writer.time(stored) == expected  # as the page's earlier copy of it wrote it
 
 
 @pytest.mark.parametrize("stored", [

@@ -62,7 +62,7 @@ def _naive_utc(now: dt.datetime | None) -> dt.datetime:
 #: The file columns of a ``plain`` files search, named as File's attributes (``meta``, not the
 #: column's name ``metadata``): what ``serialize.file_json`` and the cursor read, and what
 #: ``search_rows.files_with_instances_text`` unpacks by position (id, name, then the values of
-#: ``search_reply.file_text`` in its order).
+#: ``search_reply.PageWriter.file`` in its order).
 FILE_COLUMNS = (File.id, File.name, File.type, File.size, File.is_directory, File.checksums,
                 File.create_time, File.obsid, File.source, File.meta.label("meta"))
 

@@ -7,7 +7,10 @@ order and the same spacing (``json.dumps``'s defaults: ``", "``, ``": "``, ASCII
 value goes through ``json``'s own encoders, a fast path for the exact types the columns hold
 (``str``, ``int``, ``bool``, ``datetime``) and ``json.dumps``'s encoder for anything else, so
 the text is the same byte for byte whatever a row holds (``tests/test_search_reply_text.py``
-checks it against ``json.dumps`` of the dicts).
+checks it against ``json.dumps`` of the dicts). ``PageWriter`` writes a page's files and
+instances from the driver's rows, encoding once what a page repeats (its time values, a
+store's parts of an instance's text): the conversions and formatting per value were half of a
+page's Python CPU.
 """
 
 from __future__ import annotations
@@ -56,37 +59,14 @@ def _time(value: Any) -> str:
     """``serialize.iso`` of a time, encoded (an ISO text needs no escaping)."""
     if value is None:
         return "null"
-    if type(value) is dt.datetime or type(value) is IsoTime:
+    if type(value) is dt.datetime:
         return f'"{value.isoformat()}Z"'
     return _text(value.isoformat() + "Z")
 
 
-class IsoTime(str):
-    """A time as the ISO text ``datetime.isoformat`` gives, for a time SQLite stored as
-    SQLAlchemy writes it (``YYYY-MM-DD HH:MM:SS.ffffff``): written into a reply without
-    parsing it into a datetime and formatting that again."""
-
-    def isoformat(self) -> str:
-        return str.__str__(self)
-
-
-#: SQLAlchemy's own form of a time in SQLite, the only one ``iso_time_or`` rewrites.
+#: SQLAlchemy's own form of a time in SQLite, the only one ``PageWriter.time`` writes without
+#: parsing it into a datetime.
 _SQLITE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}")
-
-
-def iso_time_or(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A time column's result processor for a reply's text: SQLAlchemy's SQLite form as its
-    ``IsoTime`` (``isoformat`` leaves out a zero microsecond), anything else through
-    ``processor``. Only the digits are checked, not that the date exists."""
-    match = _SQLITE_TIME.fullmatch
-
-    def process(value: Any) -> Any:
-        if type(value) is str and match(value):
-            return IsoTime(value[:10] + "T" + value[11:19] if value.endswith(".000000")
-                           else value[:10] + "T" + value[11:])
-        return processor(value)
-
-    return process
 
 
 def _full_path(root: str, path: str) -> str:
@@ -100,49 +80,124 @@ def _full_path(root: str, path: str) -> str:
     return root + "/" + path
 
 
-class InstanceWriter:
-    """``json.dumps(serialize.instance_fields(...))`` of an instance's values, for the
-    instances of one page: the texts a page repeats (a store's name and kind, a deletion
-    policy, a fixity state) are encoded once."""
+class PageWriter:
+    """The JSON texts of one page's files and instances. What a page repeats is encoded once:
+    each time value (the files and copies of one ingest share theirs) and, per combination of
+    store, deletion policy, fixity state and availability, the fixed parts of an instance's
+    text. ``parse_time``: the time columns' SQLAlchemy result processor where the driver gives
+    times as text (SQLite), None where it gives datetimes."""
 
-    def __init__(self) -> None:
-        self._encoded: dict[Any, str] = {}
+    def __init__(self, parse_time: Callable[[Any], Any] | None = None) -> None:
+        self._parse_time = parse_time
+        self._times: dict[Any, str] = {}  # by the driver's value
+        self._converted_times: dict[dt.datetime, str] = {}  # by SQLAlchemy's
+        # (store name, root, kind, deletion policy, fixity, available) -> the text around the
+        # instance's own values (empty: a value that is not a text, written the long way).
+        self._fixed: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
-    def _repeated(self, value: Any) -> str:
-        encoded = self._encoded.get(value) if type(value) is str else None
-        if encoded is None:
-            encoded = _text(value)
-            if type(value) is str:
-                self._encoded[value] = encoded
-        return encoded
+    def time(self, value: Any) -> str:
+        """``_time`` of a time column's value as the driver gave it, converted as SQLAlchemy
+        would."""
+        kind = type(value)
+        if kind is not str and kind is not dt.datetime:
+            return "null" if value is None else _time(self._parsed(value))
+        found = self._times.get(value)
+        if found is None:
+            found = self._time_text(value)
+            # An aware datetime equals others at the same instant written differently.
+            if kind is str or value.tzinfo is None:
+                self._times[value] = found
+        return found
 
-    def text(self, name_json: str, store_name: str, store_root: str, store_kind: str,
-             store_available: Any, path: str, available: Any, deletion_policy: str,
-             create_time: Any, fixity: str, verified_at: Any) -> str:
-        """The instance's JSON text; ``name_json`` is the file's name already encoded."""
-        repeated = self._repeated
-        return (f'{{"file": {name_json}, "store": {repeated(store_name)}, '
+    def converted_time(self, value: Any) -> str:
+        """``_time`` of a time as SQLAlchemy converted it (a naive datetime, or None)."""
+        if type(value) is not dt.datetime or value.tzinfo is not None:
+            return _time(value)
+        found = self._converted_times.get(value)
+        if found is None:
+            found = self._converted_times[value] = _time(value)
+        return found
+
+    def _parsed(self, value: Any) -> Any:
+        return value if self._parse_time is None else self._parse_time(value)
+
+    def _time_text(self, value: Any) -> str:
+        if type(value) is str and self._parse_time is not None and _SQLITE_TIME.fullmatch(value):
+            # What the parsed datetime's isoformat gives (no fraction for a zero microsecond).
+            clock = value[11:19] if value.endswith(".000000") else value[11:]
+            return f'"{value[:10]}T{clock}Z"'
+        return _time(self._parsed(value))
+
+    def instance(self, name_json: str, row: Sequence[Any]) -> str:
+        """``json.dumps(serialize.instance_fields(...))`` of an instance row (``search_rows``'
+        columns: file id, then ``serialize.INSTANCE_COLUMNS``' values as the driver gave them;
+        a boolean as SQLite's integer is read for its truth, as ``bool`` of it would be);
+        ``name_json`` is the file's name already encoded."""
+        (_file_id, store_name, store_root, store_kind, store_available, path, available,
+         deletion_policy, create_time, fixity, verified_at) = row
+        key = (store_name, store_root, store_kind, deletion_policy, fixity,
+               True if available and store_available else False)
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            fixed = self._fixed[key] = _fixed_parts(*key)
+        if not fixed:
+            return self._instance_long(name_json, row)
+        head, root_json, middle, tail = fixed
+        if type(path) is str and not path.startswith("/"):
+            # Escaping is per character: the root's text and the path's joined are the text of
+            # the joined path.
+            path_json = encode_basestring_ascii(path)
+            full_json = root_json + path_json[1:]
+        else:
+            path_json = _text(path)
+            full_json = _text(_full_path(store_root, path))
+        return (f'{{"file": {name_json}{head}{path_json}, "full_path": {full_json}{middle}'
+                f'{self.time(create_time)}{tail}{self.time(verified_at)}}}')
+
+    def _instance_long(self, name_json: str, row: Sequence[Any]) -> str:
+        (_file_id, store_name, store_root, store_kind, store_available, path, available,
+         deletion_policy, create_time, fixity, verified_at) = row
+        return (f'{{"file": {name_json}, "store": {_text(store_name)}, '
                 f'"path": {_text(path)}, "full_path": {_text(_full_path(store_root, path))}, '
                 f'"available": {"true" if available and store_available else "false"}, '
-                f'"store_kind": {repeated(store_kind)}, '
-                f'"deletion_policy": {repeated(deletion_policy)}, '
-                f'"create_time": {_time(create_time)}, "fixity": {repeated(fixity)}, '
-                f'"verified_at": {_time(verified_at)}}}')
+                f'"store_kind": {_text(store_kind)}, '
+                f'"deletion_policy": {_text(deletion_policy)}, '
+                f'"create_time": {self.time(create_time)}, "fixity": {_text(fixity)}, '
+                f'"verified_at": {self.time(verified_at)}}}')
+
+    def file(self, name_json: str, type_: str, size: int, is_directory: Any, checksums: Any,
+             create_time: Any, obsid: Any, source: str, meta: Any, *,
+             instances: Sequence[str]) -> str:
+        """``json.dumps`` of ``serialize.file_json`` of a file with these values
+        (``search``'s ``FILE_COLUMNS`` after id and name, in that order, converted as
+        SQLAlchemy does) with ``"instances"`` (their texts); ``name_json`` is the file's name
+        already encoded."""
+        if type(checksums) is not dict:
+            checksums = dict(checksums)
+        return (f'{{"name": {name_json}, "type": {_text(type_)}, "size": {_int(size)}, '
+                f'"is_directory": {_bool(is_directory)}, "checksums": {_decoded(checksums)}, '
+                f'"create_time": {self.converted_time(create_time)}, '
+                f'"obsid": {"null" if obsid is None else _int(obsid)}, '
+                f'"source": {_text(source)}, "metadata": {_decoded(meta)}, '
+                f'"instances": [{", ".join(instances)}]}}')
 
 
-def file_text(name_json: str, type_: str, size: int, is_directory: Any, checksums: Any,
-              create_time: Any, obsid: Any, source: str, meta: Any, *,
-              instances: Sequence[str]) -> str:
-    """``json.dumps`` of ``serialize.file_json`` of a file with these values (``search``'s
-    ``FILE_COLUMNS`` after id and name, in that order) with ``"instances"`` (their texts);
-    ``name_json`` is the file's name already encoded."""
-    return (f'{{"name": {name_json}, "type": {_text(type_)}, "size": {_int(size)}, '
-            f'"is_directory": {_bool(is_directory)}, '
-            f'"checksums": {_decoded(checksums if type(checksums) is dict else dict(checksums))}, '
-            f'"create_time": {_time(create_time)}, '
-            f'"obsid": {"null" if obsid is None else _int(obsid)}, '
-            f'"source": {_text(source)}, "metadata": {_decoded(meta)}, '
-            f'"instances": [{", ".join(instances)}]}}')
+def _fixed_parts(store_name: Any, store_root: Any, store_kind: Any, deletion_policy: Any,
+                 fixity: Any, available: bool) -> tuple[str, ...]:
+    """An instance text's parts around its path and times: the text after the file's name up
+    to the path's, the full path's text without its closing quote up to where the path goes,
+    the text between the full path's and the creation time's, and that between the creation
+    time's and the time of its check. Empty when a value is not a text."""
+    if not all(type(v) is str for v in (store_name, store_root, store_kind, deletion_policy,
+                                         fixity)):
+        return ()
+    root = store_root if not store_root or store_root.endswith("/") else store_root + "/"
+    return (f', "store": {_text(store_name)}, "path": ',
+            _text(root)[:-1],
+            f', "available": {"true" if available else "false"}, '
+            f'"store_kind": {_text(store_kind)}, "deletion_policy": {_text(deletion_policy)}, '
+            '"create_time": ',
+            f', "fixity": {_text(fixity)}, "verified_at": ')
 
 
 def name_text(name: Any) -> str:

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Dialect
+from sqlalchemy import Boolean, Connection, DateTime, Dialect
 from sqlalchemy.orm import Session as OrmSession
 
 from .db import driver_rows
-from .search_reply import InstanceWriter, file_text, iso_time_or, name_text
+from .search_reply import PageWriter, name_text
 from .serialize import INSTANCE_COLUMNS, file_json, instance_fields
 
 #: The columns of an instance row: ``file_id`` then those of ``serialize.INSTANCE_COLUMNS``, in
@@ -41,49 +41,66 @@ _INSTANCES_SQL = (
 )
 _INSTANCES_PG = _INSTANCES_SQL.format(match="= ANY(%s)")
 
-#: Per (dialect name, for text): (position in a row, SQLAlchemy's result processor) of the
-#: columns that have one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
-_PROCESSORS: dict[tuple[str, bool], list[tuple[int, Callable[[Any], Any]]]] = {}
+#: Per dialect name: (position in a row, SQLAlchemy's result processor) of the columns that
+#: have one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
+_PROCESSORS: dict[str, list[tuple[int, Callable[[Any], Any], Any]]] = {}
 
 
-def _processors(dialect: Dialect, text: bool) -> list[tuple[int, Callable[[Any], Any]]]:
-    found = _PROCESSORS.get((dialect.name, text))
+def _processors(dialect: Dialect) -> list[tuple[int, Callable[[Any], Any], Any]]:
+    """(position, processor, column type) of the instance columns that have a processor."""
+    found = _PROCESSORS.get(dialect.name)
     if found is None:
         found = []
         for position, column in enumerate(INSTANCE_COLUMNS, start=1):
             processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
             if processor is not None:
-                if text and isinstance(column.type, DateTime):
-                    processor = iso_time_or(processor)
-                found.append((position, processor))
-        _PROCESSORS[dialect.name, text] = found
+                found.append((position, processor, column.type))
+        _PROCESSORS[dialect.name] = found
     return found
+
+
+def _instance_rows(connection: Connection, file_ids: list[int],
+                   fetched: Sequence[Sequence[Any]] | None) -> Sequence[Sequence[Any]]:
+    """The instance rows of ``file_ids`` as the driver gives them (``fetched``: those the
+    page's statement brought), each file's in id order: ``file_id`` then
+    ``INSTANCE_COLUMNS``' values."""
+    if fetched is not None:
+        return fetched
+    if connection.dialect.name == "postgresql":
+        return driver_rows(connection, _INSTANCES_PG, (file_ids,))
+    match = f"IN ({', '.join('?' * len(file_ids))})"
+    return driver_rows(connection, _INSTANCES_SQL.format(match=match), tuple(file_ids))
 
 
 def _instances(session: OrmSession | Connection, file_ids: list[int],
-               fetched: Sequence[Sequence[Any]] | None, *, text: bool = False) -> list[list[Any]]:
-    """The instances of ``file_ids``, each file's in id order (``fetched``: their rows, when the
-    page's statement brought them): ``file_id`` then ``INSTANCE_COLUMNS``' values, converted as
-    SQLAlchemy would (with ``text``, a time stored as SQLite's text may come as its ISO text
-    instead, ``search_reply.IsoTime``)."""
+               fetched: Sequence[Sequence[Any]] | None) -> list[list[Any]]:
+    """``_instance_rows`` with their values converted as SQLAlchemy would."""
     connection = session if isinstance(session, Connection) else session.connection()
-    dialect = connection.dialect
-    rows: Sequence[Sequence[Any]]
-    if fetched is not None:
-        rows = fetched
-    elif dialect.name == "postgresql":
-        rows = driver_rows(connection, _INSTANCES_PG, (file_ids,))
-    else:
-        match = f"IN ({', '.join('?' * len(file_ids))})"
-        rows = driver_rows(connection, _INSTANCES_SQL.format(match=match), tuple(file_ids))
-    processors = _processors(dialect, text)
+    processors = _processors(connection.dialect)
     found = []
-    for row in rows:
+    for row in _instance_rows(connection, file_ids, fetched):
         values: list[Any] = list(row)
-        for position, processor in processors:
+        for position, processor, _type in processors:
             values[position] = processor(values[position])
         found.append(values)
     return found
+
+
+def _page_writer(dialect: Dialect) -> tuple[PageWriter, list[tuple[int, Callable[[Any], Any]]]]:
+    """A writer for a page's text and the processors its instance rows still need: a boolean's
+    is left out (the writer reads its truth, and SQLAlchemy's is ``bool``), a time's goes to the
+    writer (which parses only what is not in SQLAlchemy's SQLite form), any other column's
+    stays."""
+    parse_time = None
+    others = []
+    for position, processor, type_ in _processors(dialect):
+        if isinstance(type_, Boolean):
+            continue
+        if isinstance(type_, DateTime) and parse_time in (None, processor):
+            parse_time = processor
+            continue
+        others.append((position, processor))
+    return PageWriter(parse_time), others
 
 
 def files_with_instances(session: OrmSession, files: Sequence[Any],
@@ -106,20 +123,24 @@ def files_with_instances(session: OrmSession, files: Sequence[Any],
     return results
 
 
-def files_with_instances_text(session: OrmSession | Connection, files: Sequence[Any],
+def files_with_instances_text(connection: Connection, files: Sequence[Any],
                               instances: Sequence[Sequence[Any]] | None = None) -> list[str]:
     """``files_with_instances`` as each file's JSON text (``json.dumps`` of its dict, byte for
-    byte), written by ``search_reply`` without the dicts."""
-    # Rows unpacked by position (FILE_COLUMNS: id, name, then file_text's values in order):
-    # reading a row's values by name costs 0.3 us each, most of a file's formatting.
+    byte), written by ``search_reply.PageWriter`` from the rows without the dicts."""
+    # Rows unpacked by position (FILE_COLUMNS: id, name, then PageWriter.file's values in
+    # order): reading a row's values by name costs 0.3 us each, most of a file's formatting.
     names = {row[0]: name_text(row[1]) for row in files}
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
-    instance_text = InstanceWriter().text
-    for values in _instances(session, list(names), instances, text=True):
-        file_id = values[0]
+    writer, processors = _page_writer(connection.dialect)
+    instance_text = writer.instance
+    for row in _instance_rows(connection, list(names), instances):
+        file_id = row[0]
         if file_id in held:
-            held[file_id].append(instance_text(names[file_id], *values[1:]))
-    results = []
-    for file_id, _name, *values in files:
-        results.append(file_text(names[file_id], *values, instances=held[file_id]))
-    return results
+            if processors:
+                row = list(row)
+                for position, processor in processors:
+                    row[position] = processor(row[position])
+            held[file_id].append(instance_text(names[file_id], row))
+    file_text = writer.file
+    return [file_text(names[file_id], *values, instances=held[file_id])
+            for file_id, _name, *values in files]
