@@ -12,6 +12,7 @@ them (PostgreSQL).
 from __future__ import annotations
 
 from collections import Counter
+from itertools import chain
 
 import pytest
 from hypothesis import given
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from hera_stage_ext.catalogue import search_compile, search_statements
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.search import run_search
+from hera_stage_ext.catalogue.search_rows import files_with_instances
 
 from .test_search import (  # noqa: F401 (fixtures)
     CASES,
@@ -43,20 +45,20 @@ FILE_CASES = [(case.values[1], case.values[2]) for case in CASES if case.values[
 
 def _names(db: Database, search, *, limit: int = 10_000, sort: str | None = None,
            now=NOW, instances: list[dict] | None = None) -> list[str]:
-    """Every page of ``search`` through the cached statements (plain rows, no count, with the
-    instances where the page's statement brings them: each page's files must have theirs,
-    ``instances`` of the catalogue)."""
+    """Every page of ``search`` through the cached statements (plain rows, no count; with
+    ``instances`` of the catalogue, each page's files must have theirs)."""
     names: list[str] = []
     cursor = None
     with db.read() as session:
         for _ in range(1000):
             page = run_search(session, "files", search, limit=limit, cursor=cursor, sort=sort,
-                              now=now, plain=True, with_instances=True)
+                              now=now, plain=True)
             names.extend(row.name for row in page.rows)
-            if page.instances is not None and instances is not None:
-                held = Counter(values[0] for values in page.instances)
+            if instances is not None and page.rows:
+                held = Counter(value["file"] for value in chain.from_iterable(
+                    result["instances"] for result in files_with_instances(session, page.rows)))
                 for row in page.rows:
-                    assert held[row.id] == sum(1 for i in instances if i["file_id"] == row.id)
+                    assert held[row.name] == sum(1 for i in instances if i["file_id"] == row.id)
             cursor = page.next_cursor
             if cursor is None:
                 return names

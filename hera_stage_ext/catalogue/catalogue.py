@@ -544,7 +544,7 @@ class Catalogue:
             page = self._search_page(s, kind, search, limit, cursor, count, sort)
             rows = page.rows
             if kind == "files" and rows:
-                results = files_with_instances(s, rows, page.instances)
+                results = files_with_instances(s, rows)
             else:
                 # Instance rows come with their file and store loaded by the search.
                 results = [SERIALIZERS[kind](r) for r in rows]
@@ -571,7 +571,7 @@ class Catalogue:
 
         def read(connection: Connection) -> str:
             page = self._search_page(connection, kind, search, limit, cursor, count, sort)
-            results = (files_with_instances_text(connection, page.rows, page.instances)
+            results = (files_with_instances_text(connection, page.rows)
                        if page.rows else [])
             return reply_text(kind, results, page.next_cursor, page.total, search)
 
@@ -583,7 +583,7 @@ class Catalogue:
                      ) -> search_language.SearchPage:
         return search_language.run_search(
             s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
-            plain=kind == "files", max_limit=self.max_search_limit, with_instances=True,
+            plain=kind == "files", max_limit=self.max_search_limit,
         )
 
     def names_matching(self, search: Any, limit: int) -> list[str]:

@@ -39,14 +39,11 @@ MAX_LIMIT = 10_000
 
 class SearchPage(NamedTuple):
     """One page of results: ORM rows, the cursor of the next page (None on the last page) and
-    the number of matching rows (None unless ``count=True`` was asked); with
-    ``with_instances``, where the page's statement brought them, the instance rows of its files
-    (``search_rows``' columns; None: not fetched)."""
+    the number of matching rows (None unless ``count=True`` was asked)."""
 
     rows: list
     next_cursor: str | None
     total: int | None
-    instances: list | None = None
 
 
 def _naive_utc(now: dt.datetime | None) -> dt.datetime:
@@ -117,7 +114,6 @@ def run_search(
     now: dt.datetime | None = None,
     plain: bool = False,
     max_limit: int = MAX_LIMIT,
-    with_instances: bool = False,
 ) -> SearchPage:
     """One page of the rows of ``kind`` matching ``search`` (JSON text or parsed).
 
@@ -137,8 +133,7 @@ def run_search(
     ``cursor`` with the same kind, search and sort; pagination is keyset, so pages stay
     consistent and fast however deep. ``count=True`` fills ``total`` with the number of
     matching rows (a separate COUNT query). ``now`` (naive UTC, default the current time) is
-    the reference of not-older-than, not-newer-than and age. ``with_instances`` (plain rows): on
-    PostgreSQL, fetch the page's instances in the page's statement (``SearchPage.instances``).
+    the reference of not-older-than, not-newer-than and age.
     """
     check_kind(kind)
     if plain and kind != "files":
@@ -166,7 +161,6 @@ def run_search(
         return stmt.order_by(*order_by(ctx, keys, descending)).limit(page_limit)
 
     rows: list[Any]
-    instances = None
     if plain and not count:
         # The page's statement compiled once per shape of search (``search_statements``).
         connection = _connection(session)
@@ -175,10 +169,7 @@ def run_search(
                None if cursor_values is None else tuple(v is None for v in cursor_values))
         statement = page_statement(key, lambda: (build(limit_parameter(limit)), ctx),
                                    connection.dialect)
-        if with_instances and statement.with_instances is not None:
-            rows, instances = statement.rows_and_instances(connection, ctx, limit)
-        else:
-            rows = statement.rows(connection, ctx, limit)
+        rows = statement.rows(connection, ctx, limit)
     else:
         stmt = build(limit + 1)
         # Plain rows on the session's connection (same transaction): the ORM's statement
@@ -198,4 +189,4 @@ def run_search(
         ctx.reset()
         predicate = compile_search(ctx, kind, parsed, 1, "")
         total = session.scalar(_from(kind, entity=False).where(predicate))
-    return SearchPage(rows, next_cursor, total, instances)
+    return SearchPage(rows, next_cursor, total)

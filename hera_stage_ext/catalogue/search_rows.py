@@ -59,26 +59,21 @@ def _processors(dialect: Dialect) -> list[tuple[int, Callable[[Any], Any], Any]]
     return found
 
 
-def _instance_rows(connection: Connection, file_ids: list[int],
-                   fetched: Sequence[Sequence[Any]] | None) -> Sequence[Sequence[Any]]:
-    """The instance rows of ``file_ids`` as the driver gives them (``fetched``: those the
-    page's statement brought), each file's in id order: ``file_id`` then
-    ``INSTANCE_COLUMNS``' values."""
-    if fetched is not None:
-        return fetched
+def _instance_rows(connection: Connection, file_ids: list[int]) -> Sequence[Sequence[Any]]:
+    """The instance rows of ``file_ids`` as the driver gives them, each file's in id order:
+    ``file_id`` then ``INSTANCE_COLUMNS``' values."""
     if connection.dialect.name == "postgresql":
         return driver_rows(connection, _INSTANCES_PG, (file_ids,))
     match = f"IN ({', '.join('?' * len(file_ids))})"
     return driver_rows(connection, _INSTANCES_SQL.format(match=match), tuple(file_ids))
 
 
-def _instances(session: OrmSession | Connection, file_ids: list[int],
-               fetched: Sequence[Sequence[Any]] | None) -> list[list[Any]]:
+def _instances(session: OrmSession | Connection, file_ids: list[int]) -> list[list[Any]]:
     """``_instance_rows`` with their values converted as SQLAlchemy would."""
     connection = session if isinstance(session, Connection) else session.connection()
     processors = _processors(connection.dialect)
     found = []
-    for row in _instance_rows(connection, file_ids, fetched):
+    for row in _instance_rows(connection, file_ids):
         values: list[Any] = list(row)
         for position, processor, _type in processors:
             values[position] = processor(values[position])
@@ -103,15 +98,12 @@ def _page_writer(dialect: Dialect) -> tuple[PageWriter, list[tuple[int, Callable
     return PageWriter(parse_time), others
 
 
-def files_with_instances(session: OrmSession, files: Sequence[Any],
-                         instances: Sequence[Sequence[Any]] | None = None
-                         ) -> list[dict[str, Any]]:
-    """The JSON of each file row of ``files`` with ``"instances"``: its instances in id order
-    (``instances``: their rows, when the page's statement brought them; rows of other files
-    are left out)."""
+def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict[str, Any]]:
+    """The JSON of each file row of ``files`` with ``"instances"``: its instances in id
+    order."""
     names = {f.id: f.name for f in files}
     held: dict[int, list[dict[str, Any]]] = {file_id: [] for file_id in names}
-    for values in _instances(session, list(names), instances):
+    for values in _instances(session, list(names)):
         file_id = values[0]
         if file_id in held:
             held[file_id].append(instance_fields(names[file_id], *values[1:]))
@@ -123,8 +115,7 @@ def files_with_instances(session: OrmSession, files: Sequence[Any],
     return results
 
 
-def files_with_instances_text(connection: Connection, files: Sequence[Any],
-                              instances: Sequence[Sequence[Any]] | None = None) -> list[str]:
+def files_with_instances_text(connection: Connection, files: Sequence[Any]) -> list[str]:
     """``files_with_instances`` as each file's JSON text (``json.dumps`` of its dict, byte for
     byte), written by ``search_reply.PageWriter`` from the rows without the dicts."""
     # Rows unpacked by position (FILE_COLUMNS: id, name, then PageWriter.file's values in
@@ -133,7 +124,7 @@ def files_with_instances_text(connection: Connection, files: Sequence[Any],
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
     writer, processors = _page_writer(connection.dialect)
     instance_text = writer.instance
-    for row in _instance_rows(connection, list(names), instances):
+    for row in _instance_rows(connection, list(names)):
         file_id = row[0]
         if file_id in held:
             if processors:

@@ -20,13 +20,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Dialect, Integer, Select, bindparam, cast, null
+from sqlalchemy import Connection, Dialect, Integer, Select, bindparam
 from sqlalchemy.sql import sqltypes
 
 from .db import driver_rows, loads_json_column
 from .search_clauses import Ctx
-from .search_rows import INSTANCE_FROM, INSTANCE_SELECT
-from .serialize import INSTANCE_COLUMNS
 
 #: Most shapes kept (the least recently used goes first): a statement is a few kB.
 MAX_STATEMENTS = 512
@@ -82,8 +80,6 @@ class PageStatement:
                         for position, column, processor in (
             (position, column, column.type.dialect_impl(dialect).result_processor(dialect, None))
             for position, column in enumerate(stmt.selected_columns)) if processor is not None]
-        self.with_instances = _with_instances(self.sql, stmt, dialect) \
-            if dialect.name == "postgresql" else None
 
     def parameters(self, ctx: Ctx, limit: int) -> tuple[Any, ...] | dict[str, Any]:
         """The parameters of the search read into ``ctx`` (its leaves, ``now``, the cursor's
@@ -118,28 +114,6 @@ class PageStatement:
         return rows
 
 
-    def rows_and_instances(self, connection: Connection, ctx: Ctx, limit: int
-                           ) -> tuple[list[FileRow], list[Any]]:
-        """``rows`` and the instance rows of those files (``search_rows``' columns, in instance
-        id order), on PostgreSQL from one statement: a round trip fewer, which on a busy
-        machine is a wait for the database's process to be scheduled."""
-        if self.with_instances is None:
-            return self.rows(connection, ctx, limit), []
-        result = driver_rows(connection, self.with_instances, self.parameters(ctx, limit))
-        columns = self.columns
-        rows, instances = [], []
-        width = len(FileRow._fields)
-        for row in result:
-            if row[0] == 0:
-                values = list(row[2:2 + width])
-                for position, processor in columns:
-                    values[position] = processor(values[position])
-                rows.append(FileRow(*values))
-            else:
-                instances.append(row[2 + width:])
-        return rows, instances
-
-
 def _json_text_first(processor: Processor, type_: Any, dialect: Dialect) -> Processor:
     """A JSON column's result processor (SQLite's: ``json.loads`` of the stored text) with its
     text decoded by ``db.loads_json_column`` (the same value, faster); other columns' as they
@@ -151,25 +125,6 @@ def _json_text_first(processor: Processor, type_: Any, dialect: Dialect) -> Proc
         return loads_json_column(value) if type(value) is str else processor(value)
 
     return process
-
-
-def _with_instances(page_sql: str, stmt: Select, dialect: Dialect) -> str:
-    """The page's rows then its files' instances, as one PostgreSQL statement: each row has
-    ``part`` (0 a file, 1 an instance), its place, the file's columns and the instance's, the
-    other part's NULL."""
-
-    def nulls(types: list[Any]) -> str:
-        return ", ".join(str(cast(null(), t).compile(dialect=dialect)) for t in types)
-
-    file_nulls = nulls([column.type for column in stmt.selected_columns])
-    instance_nulls = nulls([Integer(), *(column.type for column in INSTANCE_COLUMNS)])
-    # Referred to twice, the page is computed once (materialized) on every PostgreSQL version,
-    # and its rows are numbered in the order its ORDER BY gave them.
-    return (f"WITH page AS ({page_sql}) "
-            f"SELECT 0 AS part, row_number() OVER () AS place, page.*, {instance_nulls} "
-            "FROM page UNION ALL "
-            f"SELECT 1, instance.id, {file_nulls}, {INSTANCE_SELECT} FROM {INSTANCE_FROM} "
-            "WHERE instance.file_id IN (SELECT id FROM page) ORDER BY part, place")
 
 
 _statements: OrderedDict[Hashable, PageStatement] = OrderedDict()
