@@ -35,7 +35,7 @@ from ..states import (ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, RETRIED_ITEM_STATE
 from .contract import JobKind
 from .kinds import KindRegistry
 from .joblog import JobLog, default_log_dir
-from .models import JOB_ITEM_TABLE, JobRow, JobItem
+from .models import JOB_ITEM_TABLE, JobRow, JobItem, item_state_is
 from .plan import resolve_names, plan_stage
 
 if TYPE_CHECKING:
@@ -338,7 +338,7 @@ def result_lines(db: Database, job: JobRow) -> list[str]:
     """One line per failed or missing file of a job whose items are all through."""
     with db.read() as s:
         failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
-            JobItem.job_id == job.id, JobItem.state == ItemState.FAILED).order_by(JobItem.id)).all()
+            JobItem.job_id == job.id, item_state_is(ItemState.FAILED)).order_by(JobItem.id)).all()
     lines = [f"{path}: {error}" for path, error in failed]
     return lines + [f"{name}: no available instance on an online store" for name in job.missing]
 

@@ -123,8 +123,7 @@ def _claim_rows_in(connection: Connection, job_id: int, worker_id: str, n: int,
     and per row (a ``Row``) cost more than the database's."""
     mark = _mark(connection)
     lock = "" if connection.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    rows = driver_rows(connection, _CLAIM_SQL.format(m=mark, lock=lock),
-                       (job_id, _QUEUED, n))
+    rows = driver_rows(connection, _CLAIM_SQL.format(m=mark, lock=lock), (job_id, n))
     if max_bytes is not None:
         total, keep = 0, 0
         for row in rows:
@@ -141,11 +140,13 @@ def _claim_rows_in(connection: Connection, job_id: int, worker_id: str, n: int,
     return rows
 
 
+# The state written in the SQL, not bound: the queued items' partial index (``models.
+# JOB_ITEM_INDEXES``) answers it, also in the generic plan of a statement psycopg prepared.
 _CLAIM_SQL = ("SELECT id, name, source_path, dest_path, size, is_directory, "
               "CAST(checksums AS TEXT), attempts, store FROM job_item "
-              "WHERE job_id = {m} AND state = {m} ORDER BY id LIMIT {m}{lock}")
+              f"WHERE job_id = {{m}} AND state = '{ItemState.QUEUED}' ORDER BY id LIMIT {{m}}{{lock}}")
 # States as plain strings: the driver is given no enum to adapt.
-_QUEUED, _RUNNING = str(ItemState.QUEUED), str(ItemState.RUNNING)
+_RUNNING = str(ItemState.RUNNING)
 
 
 def _mark(connection: Connection) -> str:
