@@ -306,7 +306,7 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
 def requeue_running(s: Session, job_id: int) -> None:
     """Put the job's items a worker had in hand (``running``) back in the queue."""
     s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == ItemState.RUNNING)
-              .values(state=ItemState.QUEUED, worker_id=None))
+              .values(state=ItemState.QUEUED))
 
 
 def release_job(db: Database, job_id: int, worker_id: str, error: str | None = None) -> None:
@@ -490,7 +490,7 @@ def retry_job(db: Database, job_id: int, kinds: KindRegistry, *, force: bool = F
             taken = True
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
                                             JobItem.state.in_(RETRIED_ITEM_STATES))
-                      .values(state=ItemState.QUEUED, error="", worker_id=None))
+                      .values(state=ItemState.QUEUED, error=""))
             kind.requeued(s, row)
             if new_items:
                 s.execute(insert(JobItem), [
