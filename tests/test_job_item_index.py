@@ -63,7 +63,8 @@ def test_a_claim_walks_the_queued_items_index_in_id_order(database):
             raw = connection.connection.dbapi_connection
             with raw.cursor() as cursor:
                 cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-                cursor.execute(f"PREPARE claim(int, int) AS {sql.replace('%s', '$1', 1).replace('%s', '$2', 1)}")
+                numbered = sql.replace("%s", "$1", 1).replace("%s", "$2", 1)
+                cursor.execute(f"PREPARE claim(int, int) AS {numbered}")
                 cursor.execute(f"EXPLAIN EXECUTE claim({job_id}, 100)")
                 generic = "\n".join(row[0] for row in cursor.fetchall())
                 cursor.execute("DEALLOCATE claim")
