@@ -21,8 +21,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from .catalogue.models import Instance, utcnow
-from .jobs.models import JobRow, JobItem
-from .states import ACTIVE_TRANSFER_ITEM_STATES, ItemState
+from .jobs.models import JobRow, JobItem, item_state_is
+from .states import ACTIVE_JOB_STATES, ACTIVE_TRANSFER_ITEM_STATES, ItemState
 from .transfer.models import TransferItem
 
 log = logging.getLogger("hera_stage_ext")
@@ -95,16 +95,19 @@ class _ArchiveCollector(Collector):
                     .group_by(JobRow.kind)):
                 moved_bytes.add_metric([site, kind], nbytes or 0)
                 moved_files.add_metric([site, kind], nfiles or 0)
-            for kind, state, n in s.execute(
-                    select(JobRow.kind, JobItem.state, func.count()).select_from(JobItem)
-                    .join(JobRow, JobItem.job_id == JobRow.id)
-                    .where(JobItem.state.in_((ItemState.QUEUED, ItemState.RUNNING)))
-                    .group_by(JobRow.kind, JobItem.state)):
-                queue.add_metric([site, kind, state], n)
+            # By state, each its own query: queued items are read from their own index, running
+            # ones from the unfinished jobs' rows (no index holds them: ``JOB_ITEM_INDEXES``).
+            for state in (ItemState.QUEUED, ItemState.RUNNING):
+                for kind, n in s.execute(
+                        select(JobRow.kind, func.count()).select_from(JobRow)
+                        .join(JobItem, JobItem.job_id == JobRow.id)
+                        .where(JobRow.state.in_(ACTIVE_JOB_STATES), item_state_is(state))
+                        .group_by(JobRow.kind)):
+                    queue.add_metric([site, kind, state], n)
             for kind, n in s.execute(
                     select(JobRow.kind, func.count()).select_from(JobItem)
                     .join(JobRow, JobItem.job_id == JobRow.id)
-                    .where(JobItem.state == ItemState.FAILED).group_by(JobRow.kind)):
+                    .where(item_state_is(ItemState.FAILED)).group_by(JobRow.kind)):
                 errors.add_metric([site, kind], n)
             waiting_since: dict[str, Any] = {}
             for peer, state, n, oldest in s.execute(

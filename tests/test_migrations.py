@@ -75,3 +75,46 @@ def test_a_catalogue_of_revision_0010_upgrades_in_place(db_url, tmp_path):
 
 def test_a_fresh_catalogue_has_the_models_schema(database):
     assert _schema_differences(database) == []
+
+
+def test_job_items_of_revision_0011_keep_their_states_and_are_claimed_after_the_upgrade(db_url):
+    """0012 replaces job_item's (job_id, state) index with partial ones: a job half through
+    when the site upgrades goes on where it was, its queued items claimed in order."""
+    from sqlalchemy import func, insert, select
+
+    from hera_stage_ext.jobs import items
+    from hera_stage_ext.jobs.models import JOB_ITEM_TABLE, JobItem, JobRow
+
+    db = Database(db_url)
+    try:
+        migrations.upgrade(db.engine, "0011")
+        states = ["done", "skipped", "failed", "waiting", "running", "queued", "queued", "done",
+                  "queued"]
+        with db.write() as s:
+            job = JobRow(owner="u", destination="/d", files_total=len(states))
+            s.add(job)
+            s.flush()
+            job_id = job.id
+            s.connection().execute(insert(JOB_ITEM_TABLE), [dict(
+                job_id=job_id, name=f"f{i}", store="a", source_path=f"/a/f{i}", dest_path=f"f{i}",
+                size=1, checksums={}, state=state) for i, state in enumerate(states)])
+
+        db.upgrade()
+
+        indexes = {ix["name"] for ix in inspect(db.engine).get_indexes("job_item")}
+        assert indexes == {"ix_job_item_job", "ix_job_item_queued", "ix_job_item_waiting",
+                           "ix_job_item_failed"}
+        assert _schema_differences(db) == []
+        with db.read() as s:
+            counts = dict(s.execute(select(JobItem.state, func.count()).where(
+                JobItem.job_id == job_id).group_by(JobItem.state)).all())
+        assert counts == {"done": 2, "skipped": 1, "failed": 1, "waiting": 1, "running": 1,
+                          "queued": 3}
+        assert [c.name for c in items.claim_items(db, job_id, "w", 2)] == ["f5", "f6"]
+        assert [c.name for c in items.claim_items(db, job_id, "w", 5)] == ["f8"]
+
+        migrations.command.downgrade(migrations.alembic_config(db.engine), "0011")
+        assert {ix["name"] for ix in inspect(db.engine).get_indexes("job_item")} == {
+            "ix_job_item_job_state"}
+    finally:
+        db.dispose()

@@ -35,7 +35,7 @@ from ..states import (ACTIVE_JOB_STATES, ARRIVED_ITEM_STATES, RETRIED_ITEM_STATE
 from .contract import JobKind
 from .kinds import KindRegistry
 from .joblog import JobLog, default_log_dir
-from .models import JOB_ITEM_TABLE, JobRow, JobItem
+from .models import JOB_ITEM_TABLE, JobRow, JobItem, item_state_is
 from .plan import resolve_names, plan_stage
 
 if TYPE_CHECKING:
@@ -306,7 +306,7 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
 def requeue_running(s: Session, job_id: int) -> None:
     """Put the job's items a worker had in hand (``running``) back in the queue."""
     s.execute(update(JobItem).where(JobItem.job_id == job_id, JobItem.state == ItemState.RUNNING)
-              .values(state=ItemState.QUEUED, worker_id=None))
+              .values(state=ItemState.QUEUED))
 
 
 def release_job(db: Database, job_id: int, worker_id: str, error: str | None = None) -> None:
@@ -338,7 +338,7 @@ def result_lines(db: Database, job: JobRow) -> list[str]:
     """One line per failed or missing file of a job whose items are all through."""
     with db.read() as s:
         failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
-            JobItem.job_id == job.id, JobItem.state == ItemState.FAILED).order_by(JobItem.id)).all()
+            JobItem.job_id == job.id, item_state_is(ItemState.FAILED)).order_by(JobItem.id)).all()
     lines = [f"{path}: {error}" for path, error in failed]
     return lines + [f"{name}: no available instance on an online store" for name in job.missing]
 
@@ -490,7 +490,7 @@ def retry_job(db: Database, job_id: int, kinds: KindRegistry, *, force: bool = F
             taken = True
             s.execute(update(JobItem).where(JobItem.job_id == job_id,
                                             JobItem.state.in_(RETRIED_ITEM_STATES))
-                      .values(state=ItemState.QUEUED, error="", worker_id=None))
+                      .values(state=ItemState.QUEUED, error=""))
             kind.requeued(s, row)
             if new_items:
                 s.execute(insert(JobItem), [

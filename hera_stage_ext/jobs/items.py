@@ -10,7 +10,13 @@ Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``
 of every id: a claim of 1,024 small files is one run, and SQLAlchemy's per-value expansion of an
 ``IN`` list cost more Python per item than the database spent on the statement. A batch's
 results are counted from the rows each ``UPDATE`` wrote (``RETURNING`` their sizes), so a report
-from a worker over HTTP can be limited to the job's running items in the same statement."""
+from a worker over HTTP can be limited to the job's running items in the same statement.
+
+Each item row is written twice (claimed, recorded), so each write is kept small: a claim sets the
+state and counts the attempt, a result sets the state and error; neither names the worker in the
+row (``worker_id`` is taken for the callers: the job's row names the one worker holding its
+running items), and a done or skipped result changes no indexed column (``models.
+JOB_ITEM_INDEXES``)."""
 
 from __future__ import annotations
 
@@ -100,20 +106,20 @@ def exchange(db: Database, job_id: int, worker_id: str, results: Sequence[IdResu
     with db.write() as s:
         connection = s.connection()
         recorded = _record_in(connection, job_id, results, running_only) if results else 0
-        claimed = _claim_in(connection, job_id, worker_id, n, max_bytes) if n > 0 else []
+        claimed = _claim_in(connection, job_id, n, max_bytes) if n > 0 else []
     return recorded, claimed
 
 
-def _claim_in(connection: Connection, job_id: int, worker_id: str, n: int,
+def _claim_in(connection: Connection, job_id: int, n: int,
               max_bytes: int | None) -> list[ClaimedItem]:
-    rows = _claim_rows_in(connection, job_id, worker_id, n, max_bytes)
+    rows = _claim_rows_in(connection, job_id, n, max_bytes)
     # The checksums' JSON texts decoded in one call for the whole batch.
     checksums = json.loads("[" + ",".join(row[6] or "{}" for row in rows) + "]")
     return [ClaimedItem(row[0], row[1], row[2], row[3], row[4], bool(row[5]), sums or {},
                         row[7] + 1, row[8]) for row, sums in zip(rows, checksums)]
 
 
-def _claim_rows_in(connection: Connection, job_id: int, worker_id: str, n: int,
+def _claim_rows_in(connection: Connection, job_id: int, n: int,
                    max_bytes: int | None) -> list[Any]:
     """Claim up to ``n`` queued items: their rows as the driver's tuples (``_CLAIM_SQL``'s
     columns: the checksums as their JSON text, the attempts before this claim's).
@@ -123,8 +129,7 @@ def _claim_rows_in(connection: Connection, job_id: int, worker_id: str, n: int,
     and per row (a ``Row``) cost more than the database's."""
     mark = _mark(connection)
     lock = "" if connection.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-    rows = driver_rows(connection, _CLAIM_SQL.format(m=mark, lock=lock),
-                       (job_id, _QUEUED, n))
+    rows = driver_rows(connection, _CLAIM_SQL.format(m=mark, lock=lock), (job_id, n))
     if max_bytes is not None:
         total, keep = 0, 0
         for row in rows:
@@ -135,17 +140,19 @@ def _claim_rows_in(connection: Connection, job_id: int, worker_id: str, n: int,
         rows = rows[:keep]
     # Exactly the rows selected (and locked) above: runs of their own ids.
     for where, ids in _id_sql((row[0] for row in rows), mark):
-        driver_rows(connection, f"UPDATE job_item SET state = {mark}, worker_id = {mark}, "
-                                f"attempts = attempts + 1 WHERE {where}",
-                    (_RUNNING, worker_id, *ids), fetch=False)
+        driver_rows(connection, f"UPDATE job_item SET state = {mark}, attempts = attempts + 1 "
+                                f"WHERE {where}", (_RUNNING, *ids), fetch=False)
     return rows
 
 
+# The state written in the SQL, not bound: the queued items' partial index (``models.
+# JOB_ITEM_INDEXES``) answers it, also in the generic plan of a statement psycopg prepared.
 _CLAIM_SQL = ("SELECT id, name, source_path, dest_path, size, is_directory, "
               "CAST(checksums AS TEXT), attempts, store FROM job_item "
-              "WHERE job_id = {m} AND state = {m} ORDER BY id LIMIT {m}{lock}")
+              f"WHERE job_id = {{m}} AND state = '{ItemState.QUEUED}' "
+              "ORDER BY id LIMIT {m}{lock}")
 # States as plain strings: the driver is given no enum to adapt.
-_QUEUED, _RUNNING = str(ItemState.QUEUED), str(ItemState.RUNNING)
+_RUNNING = str(ItemState.RUNNING)
 
 
 def _mark(connection: Connection) -> str:
@@ -176,7 +183,7 @@ def requeue_items(db: Database, item_ids: Sequence[int]) -> None:
             connection = s.connection()
             for term in id_terms(item_ids):
                 connection.execute(update(_ITEMS).where(term, _ITEMS.c.state == ItemState.RUNNING)
-                                   .values(state=ItemState.QUEUED, worker_id=None))
+                                   .values(state=ItemState.QUEUED))
 
 
 def record_results(db: Database, job_id: int, results: list[Result]) -> None:
@@ -212,15 +219,15 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
     scope: tuple[object, ...] = (job_id, _RUNNING) if running_only else (job_id,)
     for state, ids in plain.items():
         for terms, params in _id_sql(ids, mark):
-            sizes = driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = '', "
-                                f"worker_id = NULL WHERE {terms} AND {where} RETURNING size",
+            sizes = driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = '' "
+                                f"WHERE {terms} AND {where} RETURNING size",
                                 (str(state), *params, *scope))
             files[state] = files.get(state, 0) + len(sizes)
             if state in ARRIVED_ITEM_STATES:
                 done_bytes += sum(row[0] for row in sizes)
     for item_id, state, error in with_error:
-        sizes = driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = {mark}, "
-                            f"worker_id = NULL WHERE id = {mark} AND {where} RETURNING size",
+        sizes = driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = {mark} "
+                            f"WHERE id = {mark} AND {where} RETURNING size",
                             (str(state), error, item_id, *scope))
         if sizes:
             files[state] = files.get(state, 0) + 1
@@ -261,7 +268,7 @@ def exchange_json(db: Database, job_id: int, worker_id: str, results: Sequence[I
     with db.write() as s:
         connection = s.connection()
         recorded = _record_in(connection, job_id, results, True) if results else 0
-        rows = _claim_rows_in(connection, job_id, worker_id, n, max_bytes) if n > 0 else []
+        rows = _claim_rows_in(connection, job_id, n, max_bytes) if n > 0 else []
     text = encode_basestring_ascii
     return recorded, "[" + ",".join([
         f"[{r[0]:d},{text(r[1])},{text(r[2])},{text(r[3])},{r[4]:d},"

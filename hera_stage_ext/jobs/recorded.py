@@ -37,7 +37,7 @@ from .contents import SCHEME, check_description, clean_api_path
 from .engine import create_job
 from .joblog import JobLog, default_log_dir
 from .methods import METHODS
-from .models import JobRow, JobItem
+from .models import JobRow, JobItem, item_state_is
 from .plan import COPYING, unique_names, resolve_names, busy_job
 
 #: Where the site's recall job of stage job N says it works (``JobRow.destination``).
@@ -183,7 +183,7 @@ def ensure_recall(db: Database, stage_id: int,
         if stage is None or stage.state not in ACTIVE_JOB_STATES:
             return None
         waiting = s.scalar(select(func.count()).select_from(JobItem).where(
-            JobItem.job_id == stage_id, JobItem.state == ItemState.WAITING))
+            JobItem.job_id == stage_id, item_state_is(ItemState.WAITING)))
         running = s.scalar(select(JobRow.id).where(
             JobRow.kind == "recall", JobRow.destination == RECALL_FOR.format(stage_id),
             JobRow.state.in_(ACTIVE_JOB_STATES)))

@@ -33,7 +33,7 @@ from . import engine, items
 from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
-from .models import JobRow, JobItem
+from .models import JobRow, JobItem, item_state_is
 
 if TYPE_CHECKING:
     from .contract import KindRun
@@ -169,7 +169,7 @@ class DbJobStore:
         """How many of the job's items wait for their recall from a cold store."""
         with self.db.read() as s:
             return int(s.scalar(select(func.count()).select_from(JobItem).where(
-                JobItem.job_id == job_id, JobItem.state == ItemState.WAITING)) or 0)
+                JobItem.job_id == job_id, item_state_is(ItemState.WAITING))) or 0)
 
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
         return engine.finish_job(self.db, job.id, kind, run)
