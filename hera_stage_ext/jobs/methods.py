@@ -105,6 +105,8 @@ def remove_path(path: str | os.PathLike[str], folders: safefs.Folders | None = N
 
 #: The open flags of a source (a store's instance): never through a symlink it is itself.
 _SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+#: Source folders a mover keeps open (``Mover._source_folder``).
+_SOURCE_FOLDERS = 64
 
 
 class Mover:
@@ -153,8 +155,11 @@ class Mover:
         self._roots = tuple(roots)
         self._folders = safefs.Folders([root] if root is not None else self._roots)
         self._identity = linkcheck.staging_identity()
-        # Source folders (resolved) known to lie inside their store's root.
-        self._source_dirs: set[tuple[str, str]] = set()
+        # Source folders by (path, store root), open (``O_PATH``), each checked once to lie
+        # inside its store's root: a source file is opened by its name below its folder's
+        # descriptor (one path component a file, not the whole path; and always in the folder
+        # that was checked, whatever is swapped on its path later). Bounded: oldest closed.
+        self._source_dirs: dict[tuple[str, str | None], int] = {}
         # Destination folders this mover created (so they held nothing before).
         self._fresh_dirs: set[str] = set()
         # Deferred, ``temp_folders``: a destination folder that does not exist is written as a
@@ -179,6 +184,12 @@ class Mover:
         self._fresh_dirs.clear()
         self._folders.forget()
         self.close_temp_folders()
+        self._forget_sources()
+
+    def _forget_sources(self) -> None:
+        for fd in self._source_dirs.values():
+            os.close(fd)
+        self._source_dirs.clear()
 
     def close_temp_folders(self) -> None:
         """The temporary folders written so far go to a ``commit``: items moved after this get
@@ -190,6 +201,7 @@ class Mover:
 
     def close(self) -> None:
         self._folders.close()
+        self._forget_sources()
 
     # ----- entry point --------------------------------------------------------------------
     def move(self, spec: ItemSpec, source_fd: int | None = None) -> Outcome:
@@ -198,7 +210,6 @@ class Mover:
         algorithm = ck.preferred_algorithm(spec.checksums)
         final = os.fspath(spec.final)
         parent, name = _split(final) if final.startswith("/") else os.path.split(final)
-        tmp_name = f".{name}{TMP_SUFFIX}"
         source = os.fspath(spec.source)
         if spec.source_root is not None and source_fd is None:
             self._confine_source(source, spec)
@@ -225,7 +236,9 @@ class Mover:
                         os.rmdir(tail, dir_fd=folders.get(head))
                 raise
             self._used_temps.add(folder_tmp)
-            return Outcome(ItemState.DONE, note, os.path.join(folder_tmp, name), final)
+            # (``folder_tmp`` is a joined path that never ends in "/": no ``os.path.join``.)
+            return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
+        tmp_name = f".{name}{TMP_SUFFIX}"
         if parent not in self._made_dirs:
             dir_fd, made = folders.open(parent, create=True)
             if made:
@@ -307,19 +320,61 @@ class Mover:
         root = spec.source_root
         assert root is not None
         if spec.is_directory:
-            inside = is_within(source, root)
-        else:
-            key = (_split(source)[0] if source.startswith("/") else os.path.dirname(source),
-                   root)
-            inside = key in self._source_dirs
-            if not inside and is_within(key[0], root):
-                inside = True
-                self._source_dirs.add(key)
-            # A source that is itself a symlink is followed only where it stays inside the
-            # store: every method opens it with O_NOFOLLOW first (``_open_source``), the link
-            # methods too (they link only what they opened and verified).
-        if not inside:
+            if not is_within(source, root):
+                raise ItemFailed("the instance on its store leads outside the store")
+        elif source.startswith("/"):
+            # The folder opened and checked once (``_source_folder``); a source that is itself
+            # a symlink is followed only where it stays inside the store: every method opens
+            # it with O_NOFOLLOW first (``_open_file``), the link methods too (they link only
+            # what they opened and verified).
+            folder = _split(source)[0]
+            if self._source_folder(folder, root) is None and not is_within(folder, root):
+                raise ItemFailed("the instance on its store leads outside the store")
+        elif not is_within(os.path.dirname(source), root):
             raise ItemFailed("the instance on its store leads outside the store")
+
+    def _source_folder(self, folder: str, root: str | None) -> int | None:
+        """The open source folder ``folder`` (``O_PATH``), refused (ItemFailed) where it does
+        not lie inside the store ``root``: the folder the descriptor holds is checked (its
+        path as the kernel names it), so what is opened below it is inside. None when it
+        cannot be opened (missing, not a folder): the caller goes by path, and opening the
+        file says what is wrong as it always did."""
+        key = (folder, root)
+        fd = self._source_dirs.get(key)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if root is not None and not is_within(os.readlink(f"/proc/self/fd/{fd}"), root):
+                raise ItemFailed("the instance on its store leads outside the store")
+        except BaseException:
+            os.close(fd)
+            raise
+        if len(self._source_dirs) >= _SOURCE_FOLDERS:
+            os.close(self._source_dirs.pop(next(iter(self._source_dirs))))
+        self._source_dirs[key] = fd
+        return fd
+
+    def _open_file(self, source: str, root: str | None) -> int:
+        """Open the source file ``source`` (absolute) by its name below its open folder
+        (``_source_folder``), without following a symlink it is itself. Anything else than
+        the file opened (a symlink, a missing file, a folder that cannot be opened) goes by
+        path as ``_open_source`` goes, which resolves a symlink or says what is wrong as it
+        always did; a file missing drops its folder's descriptor (the folder may have been
+        replaced since it was opened)."""
+        folder, name = _split(source)
+        dir_fd = self._source_folder(folder, root)
+        if dir_fd is not None:
+            try:
+                return os.open(name, _SOURCE, dir_fd=dir_fd)
+            except FileNotFoundError:
+                os.close(self._source_dirs.pop((folder, root)))
+            except OSError:
+                pass
+        return self._open_source(source, root)
 
     @staticmethod
     def _open_source(source: str, root: str | None, flags: int = 0) -> int:
@@ -343,8 +398,10 @@ class Mover:
                 self._link(spec, source, dir_fd, tmp, algorithm)
             else:
                 reflink = spec.method == "reflink"
-                fin = source_fd if source_fd is not None else self._open_source(
-                    source, spec.source_root)
+                fin = source_fd if source_fd is not None else (
+                    self._open_file(source, spec.source_root)
+                    if not spec.is_directory and source.startswith("/")
+                    else self._open_source(source, spec.source_root))
                 try:
                     if spec.is_directory:
                         digest = self._copy_dir(fin, dir_fd, tmp, algorithm, spec.read_only,
@@ -378,7 +435,9 @@ class Mover:
     def _link(self, spec: ItemSpec, source: str, dir_fd: int, tmp: str, algorithm: str) -> None:
         """Nothing is copied: the source, opened without following a link, is checked (the
         user must not be able to write it: ``linkcheck``) and verified, then linked."""
-        fin = self._open_source(source, spec.source_root)
+        fin = (self._open_file(source, spec.source_root)
+               if not spec.is_directory and source.startswith("/")
+               else self._open_source(source, spec.source_root))
         try:
             st = os.fstat(fin)
             reason = self._exposure(fin, st)
