@@ -8,8 +8,10 @@ verification against the catalogue checksum (the fastest one it has: xxh3-128, M
 that is all) and the skip/conflict decision for something already at the final name.
 Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
 Every destination folder is reached without following a symlink and every file created,
-renamed or removed relative to its folder's descriptor (``safefs``); ``hardlink`` and
-``symlink`` link only a store file the staging account cannot write (``linkcheck``).
+renamed or removed relative to its folder's descriptor (``safefs``); a source file is opened
+by its name below its folder's descriptor, that folder opened and checked to lie inside its
+store once per mover; ``hardlink`` and ``symlink`` link only a store file the staging account
+cannot write (``linkcheck``).
 
 Two modes. Immediate (``Mover(deferred=False)``): each item is written, verified, fsynced and
 renamed to its final name before ``move`` returns. Deferred (the engine's, for speed on many
@@ -360,20 +362,25 @@ class Mover:
 
     def _open_file(self, source: str, root: str | None) -> int:
         """Open the source file ``source`` (absolute) by its name below its open folder
-        (``_source_folder``), without following a symlink it is itself. Anything else than
-        the file opened (a symlink, a missing file, a folder that cannot be opened) goes by
-        path as ``_open_source`` goes, which resolves a symlink or says what is wrong as it
-        always did; a file missing drops its folder's descriptor (the folder may have been
-        replaced since it was opened)."""
+        (``_source_folder``), without following a symlink it is itself. A file missing there
+        drops the folder's descriptor (the folder may have been removed or replaced since) and
+        opens and checks the folder again, once. Anything else than the file opened (a
+        symlink, a file missing from the folder just checked, a folder that cannot be opened)
+        goes by path as ``_open_source`` goes: it resolves a symlink or says what is wrong as
+        it always did."""
         folder, name = _split(source)
-        dir_fd = self._source_folder(folder, root)
-        if dir_fd is not None:
+        for again in (False, True):
+            dir_fd = self._source_folder(folder, root)
+            if dir_fd is None:
+                break
             try:
                 return os.open(name, _SOURCE, dir_fd=dir_fd)
             except FileNotFoundError:
                 os.close(self._source_dirs.pop((folder, root)))
+                if again:
+                    break
             except OSError:
-                pass
+                break
         return self._open_source(source, root)
 
     @staticmethod
