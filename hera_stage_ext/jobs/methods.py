@@ -107,6 +107,8 @@ def remove_path(path: str | os.PathLike[str], folders: safefs.Folders | None = N
 
 #: The open flags of a source (a store's instance): never through a symlink it is itself.
 _SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+#: Methods of a single file that ``Mover._move_file`` takes (reflink: the general path).
+_PLAIN = frozenset({"copy", "hardlink", "symlink"})
 #: Source folders a mover keeps open (``Mover._source_folder``).
 _SOURCE_FOLDERS = 64
 
@@ -209,6 +211,10 @@ class Mover:
     def move(self, spec: ItemSpec, source_fd: int | None = None) -> Outcome:
         """Move one item. ``source_fd``: the source already open (a file, or a data set's
         folder whose members are opened below it): read from it, never from its path."""
+        if source_fd is None and not spec.is_directory:
+            outcome = self._move_file(spec)
+            if outcome is not None:
+                return outcome
         algorithm = ck.preferred_algorithm(spec.checksums)
         final = os.fspath(spec.final)
         parent, name = _split(final) if final.startswith("/") else os.path.split(final)
@@ -228,14 +234,8 @@ class Mover:
                 tmp_fd = folders.get(folder_tmp)
                 note = self._write(spec, source, source_fd, tmp_fd, name, algorithm)
             except BaseException:
-                # Cancelled, failed, or the folder removed by hand mid-job: a temporary folder
-                # left empty has no commit to rename it, so it goes now.
                 if folder_tmp not in self._used_temps:
-                    self._open_temps.pop(parent, None)
-                    folders.forget(folder_tmp)
-                    with contextlib.suppress(OSError):
-                        head, tail = os.path.split(folder_tmp)
-                        os.rmdir(tail, dir_fd=folders.get(head))
+                    self._drop_temp_folder(parent, folder_tmp)
                 raise
             self._used_temps.add(folder_tmp)
             # (``folder_tmp`` is a joined path that never ends in "/": no ``os.path.join``.)
@@ -284,6 +284,57 @@ class Mover:
             raise
         return Outcome(ItemState.DONE, note)
 
+    def _move_file(self, spec: ItemSpec) -> Outcome | None:
+        """``move`` of one file into a temporary folder of this mover, from a source folder
+        it holds open (most files of a job after the first of their folder): the general
+        path's steps for that case, without its choices. None, having done nothing, for any
+        other case or a source that does not open as a file: the general path takes it."""
+        final, source = spec.final, spec.source
+        if type(final) is not str or type(source) is not str:
+            return None
+        parent, _sep, name = final.rpartition("/")
+        folder_tmp = self._open_temps.get(parent)
+        src_dir, _sep, src_name = source.rpartition("/")
+        src_fd = self._source_dirs.get((src_dir, spec.source_root))
+        method = spec.method
+        if folder_tmp is None or src_fd is None or method not in _PLAIN or not parent \
+                or not src_dir:
+            return None
+        try:
+            fin = os.open(src_name, _SOURCE, dir_fd=src_fd)
+        except OSError:
+            return None  # the general path opens it again, with its fallbacks and errors
+        algorithm = ck.preferred_algorithm(spec.checksums)
+        tmp_fd = -1
+        try:
+            tmp_fd = self._folders.get(folder_tmp)
+            if method == "copy":
+                size, got = self._copy_file(fin, tmp_fd, name, algorithm, spec.read_only)
+                self._check_sum(spec, size, got, algorithm, "copy")
+                note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
+            else:
+                st = os.fstat(fin)
+                reason = self._exposure(fin, st)
+                if reason is not None:
+                    raise ItemFailed(reason)
+                self._check_sum(spec, *self._hash_source(fin, st, algorithm), algorithm,
+                                "source")
+                if method == "symlink":
+                    os.symlink(source, name, dir_fd=tmp_fd)
+                else:
+                    _hardlink(fin, name, tmp_fd)
+                note = ""
+        except BaseException as exc:
+            if tmp_fd >= 0 and not (isinstance(exc, FileExistsError) and exc.filename == name):
+                safefs.remove(tmp_fd, name)
+            if folder_tmp not in self._used_temps:
+                self._drop_temp_folder(parent, folder_tmp)
+            raise
+        finally:
+            os.close(fin)
+        self._used_temps.add(folder_tmp)
+        return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
+
     def _link_in_place(self, spec: ItemSpec, source: str, source_fd: int | None, final: str,
                        parent: str, dir_fd: int, name: str, algorithm: str) -> Outcome:
         """A link of one file is made whole or not at all (``linkat``, ``symlinkat``): it is
@@ -313,6 +364,15 @@ class Mover:
         if self._deferred:
             return Outcome(ItemState.DONE, "", final, final)
         return Outcome(ItemState.DONE)
+
+    def _drop_temp_folder(self, parent: str, folder_tmp: str) -> None:
+        """Cancelled, failed, or the folder removed by hand mid-job: a temporary folder left
+        empty has no commit to rename it, so it goes now."""
+        self._open_temps.pop(parent, None)
+        self._folders.forget(folder_tmp)
+        with contextlib.suppress(OSError):
+            head, tail = os.path.split(folder_tmp)
+            os.rmdir(tail, dir_fd=self._folders.get(head))
 
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
         """Refuse a source that resolves outside its store. Only a file's folder is resolved
