@@ -108,3 +108,27 @@ def test_sync_folders_refuses_a_folder_swapped_for_a_symlink(tmp_path: Path) -> 
     (root / "night").symlink_to(outside)
     with pytest.raises(safefs.PathChanged):
         safefs.sync_folders([str(root / "night")], [str(root)])
+
+
+@pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])
+def test_a_store_folder_swapped_for_a_link_out_of_the_store_is_not_read(
+        store: Path, tmp_path: Path, method: str) -> None:
+    """A source is opened below its folder, opened and checked once: when the store's folder
+    is replaced after a first file by a symlink to a folder outside the store holding the
+    same bytes, the next file is refused (the folder is checked again), never read or linked
+    through the link."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.uvh5").write_bytes((store / "night" / "b.uvh5").read_bytes())
+    (outside / "b.uvh5").chmod(0o444)
+    os.chown(outside / "b.uvh5", ARCHIVE_UID, ARCHIVE_GID)
+    items = [spec(store, dest, name, method) for name in ("a.uvh5", "b.uvh5")]
+    mover = Mover(deferred=True, temp_folders=True)
+    assert mover.move(items[0]).state == ItemState.DONE
+    safefs.remove_path(str(store / "night"))
+    (store / "night").symlink_to(outside)
+    with pytest.raises(ItemFailed, match="leads outside the store"):
+        mover.move(items[1])
+    mover.close()

@@ -8,8 +8,10 @@ verification against the catalogue checksum (the fastest one it has: xxh3-128, M
 that is all) and the skip/conflict decision for something already at the final name.
 Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
 Every destination folder is reached without following a symlink and every file created,
-renamed or removed relative to its folder's descriptor (``safefs``); ``hardlink`` and
-``symlink`` link only a store file the staging account cannot write (``linkcheck``).
+renamed or removed relative to its folder's descriptor (``safefs``); a source file is opened
+by its name below its folder's descriptor, that folder opened and checked to lie inside its
+store once per mover; ``hardlink`` and ``symlink`` link only a store file the staging account
+cannot write (``linkcheck``).
 
 Two modes. Immediate (``Mover(deferred=False)``): each item is written, verified, fsynced and
 renamed to its final name before ``move`` returns. Deferred (the engine's, for speed on many
@@ -105,6 +107,10 @@ def remove_path(path: str | os.PathLike[str], folders: safefs.Folders | None = N
 
 #: The open flags of a source (a store's instance): never through a symlink it is itself.
 _SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+#: Methods of a single file that ``Mover._move_file`` takes (reflink: the general path).
+_PLAIN = frozenset({"copy", "hardlink", "symlink"})
+#: Source folders a mover keeps open (``Mover._source_folder``).
+_SOURCE_FOLDERS = 64
 
 
 class Mover:
@@ -153,8 +159,11 @@ class Mover:
         self._roots = tuple(roots)
         self._folders = safefs.Folders([root] if root is not None else self._roots)
         self._identity = linkcheck.staging_identity()
-        # Source folders (resolved) known to lie inside their store's root.
-        self._source_dirs: set[tuple[str, str]] = set()
+        # Source folders by (path, store root), open (``O_PATH``), each checked once to lie
+        # inside its store's root: a source file is opened by its name below its folder's
+        # descriptor (one path component a file, not the whole path; and always in the folder
+        # that was checked, whatever is swapped on its path later). Bounded: oldest closed.
+        self._source_dirs: dict[tuple[str, str | None], int] = {}
         # Destination folders this mover created (so they held nothing before).
         self._fresh_dirs: set[str] = set()
         # Deferred, ``temp_folders``: a destination folder that does not exist is written as a
@@ -179,6 +188,12 @@ class Mover:
         self._fresh_dirs.clear()
         self._folders.forget()
         self.close_temp_folders()
+        self._forget_sources()
+
+    def _forget_sources(self) -> None:
+        for fd in self._source_dirs.values():
+            os.close(fd)
+        self._source_dirs.clear()
 
     def close_temp_folders(self) -> None:
         """The temporary folders written so far go to a ``commit``: items moved after this get
@@ -190,15 +205,19 @@ class Mover:
 
     def close(self) -> None:
         self._folders.close()
+        self._forget_sources()
 
     # ----- entry point --------------------------------------------------------------------
     def move(self, spec: ItemSpec, source_fd: int | None = None) -> Outcome:
         """Move one item. ``source_fd``: the source already open (a file, or a data set's
         folder whose members are opened below it): read from it, never from its path."""
+        if source_fd is None and not spec.is_directory:
+            outcome = self._move_file(spec)
+            if outcome is not None:
+                return outcome
         algorithm = ck.preferred_algorithm(spec.checksums)
         final = os.fspath(spec.final)
         parent, name = _split(final) if final.startswith("/") else os.path.split(final)
-        tmp_name = f".{name}{TMP_SUFFIX}"
         source = os.fspath(spec.source)
         if spec.source_root is not None and source_fd is None:
             self._confine_source(source, spec)
@@ -215,17 +234,13 @@ class Mover:
                 tmp_fd = folders.get(folder_tmp)
                 note = self._write(spec, source, source_fd, tmp_fd, name, algorithm)
             except BaseException:
-                # Cancelled, failed, or the folder removed by hand mid-job: a temporary folder
-                # left empty has no commit to rename it, so it goes now.
                 if folder_tmp not in self._used_temps:
-                    self._open_temps.pop(parent, None)
-                    folders.forget(folder_tmp)
-                    with contextlib.suppress(OSError):
-                        head, tail = os.path.split(folder_tmp)
-                        os.rmdir(tail, dir_fd=folders.get(head))
+                    self._drop_temp_folder(parent, folder_tmp)
                 raise
             self._used_temps.add(folder_tmp)
-            return Outcome(ItemState.DONE, note, os.path.join(folder_tmp, name), final)
+            # (``folder_tmp`` is a joined path that never ends in "/": no ``os.path.join``.)
+            return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
+        tmp_name = f".{name}{TMP_SUFFIX}"
         if parent not in self._made_dirs:
             dir_fd, made = folders.open(parent, create=True)
             if made:
@@ -269,6 +284,57 @@ class Mover:
             raise
         return Outcome(ItemState.DONE, note)
 
+    def _move_file(self, spec: ItemSpec) -> Outcome | None:
+        """``move`` of one file into a temporary folder of this mover, from a source folder
+        it holds open (most files of a job after the first of their folder): the general
+        path's steps for that case, without its choices. None, having done nothing, for any
+        other case or a source that does not open as a file: the general path takes it."""
+        final, source = spec.final, spec.source
+        if type(final) is not str or type(source) is not str:
+            return None
+        parent, _sep, name = final.rpartition("/")
+        folder_tmp = self._open_temps.get(parent)
+        src_dir, _sep, src_name = source.rpartition("/")
+        src_fd = self._source_dirs.get((src_dir, spec.source_root))
+        method = spec.method
+        if folder_tmp is None or src_fd is None or method not in _PLAIN or not parent \
+                or not src_dir:
+            return None
+        try:
+            fin = os.open(src_name, _SOURCE, dir_fd=src_fd)
+        except OSError:
+            return None  # the general path opens it again, with its fallbacks and errors
+        algorithm = ck.preferred_algorithm(spec.checksums)
+        tmp_fd = -1
+        try:
+            tmp_fd = self._folders.get(folder_tmp)
+            if method == "copy":
+                size, got = self._copy_file(fin, tmp_fd, name, algorithm, spec.read_only)
+                self._check_sum(spec, size, got, algorithm, "copy")
+                note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
+            else:
+                st = os.fstat(fin)
+                reason = self._exposure(fin, st)
+                if reason is not None:
+                    raise ItemFailed(reason)
+                self._check_sum(spec, *self._hash_source(fin, st, algorithm), algorithm,
+                                "source")
+                if method == "symlink":
+                    os.symlink(source, name, dir_fd=tmp_fd)
+                else:
+                    _hardlink(fin, name, tmp_fd)
+                note = ""
+        except BaseException as exc:
+            if tmp_fd >= 0 and not (isinstance(exc, FileExistsError) and exc.filename == name):
+                safefs.remove(tmp_fd, name)
+            if folder_tmp not in self._used_temps:
+                self._drop_temp_folder(parent, folder_tmp)
+            raise
+        finally:
+            os.close(fin)
+        self._used_temps.add(folder_tmp)
+        return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
+
     def _link_in_place(self, spec: ItemSpec, source: str, source_fd: int | None, final: str,
                        parent: str, dir_fd: int, name: str, algorithm: str) -> Outcome:
         """A link of one file is made whole or not at all (``linkat``, ``symlinkat``): it is
@@ -299,6 +365,15 @@ class Mover:
             return Outcome(ItemState.DONE, "", final, final)
         return Outcome(ItemState.DONE)
 
+    def _drop_temp_folder(self, parent: str, folder_tmp: str) -> None:
+        """Cancelled, failed, or the folder removed by hand mid-job: a temporary folder left
+        empty has no commit to rename it, so it goes now."""
+        self._open_temps.pop(parent, None)
+        self._folders.forget(folder_tmp)
+        with contextlib.suppress(OSError):
+            head, tail = os.path.split(folder_tmp)
+            os.rmdir(tail, dir_fd=self._folders.get(head))
+
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
         """Refuse a source that resolves outside its store. Only a file's folder is resolved
         (once per folder): every method opens the file itself without following a symlink
@@ -307,19 +382,66 @@ class Mover:
         root = spec.source_root
         assert root is not None
         if spec.is_directory:
-            inside = is_within(source, root)
-        else:
-            key = (_split(source)[0] if source.startswith("/") else os.path.dirname(source),
-                   root)
-            inside = key in self._source_dirs
-            if not inside and is_within(key[0], root):
-                inside = True
-                self._source_dirs.add(key)
-            # A source that is itself a symlink is followed only where it stays inside the
-            # store: every method opens it with O_NOFOLLOW first (``_open_source``), the link
-            # methods too (they link only what they opened and verified).
-        if not inside:
+            if not is_within(source, root):
+                raise ItemFailed("the instance on its store leads outside the store")
+        elif source.startswith("/"):
+            # The folder opened and checked once (``_source_folder``); a source that is itself
+            # a symlink is followed only where it stays inside the store: every method opens
+            # it with O_NOFOLLOW first (``_open_file``), the link methods too (they link only
+            # what they opened and verified).
+            folder = _split(source)[0]
+            if self._source_folder(folder, root) is None and not is_within(folder, root):
+                raise ItemFailed("the instance on its store leads outside the store")
+        elif not is_within(os.path.dirname(source), root):
             raise ItemFailed("the instance on its store leads outside the store")
+
+    def _source_folder(self, folder: str, root: str | None) -> int | None:
+        """The open source folder ``folder`` (``O_PATH``), refused (ItemFailed) where it does
+        not lie inside the store ``root``: the folder the descriptor holds is checked (its
+        path as the kernel names it), so what is opened below it is inside. None when it
+        cannot be opened (missing, not a folder): the caller goes by path, and opening the
+        file says what is wrong as it always did."""
+        key = (folder, root)
+        fd = self._source_dirs.get(key)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if root is not None and not is_within(os.readlink(f"/proc/self/fd/{fd}"), root):
+                raise ItemFailed("the instance on its store leads outside the store")
+        except BaseException:
+            os.close(fd)
+            raise
+        if len(self._source_dirs) >= _SOURCE_FOLDERS:
+            os.close(self._source_dirs.pop(next(iter(self._source_dirs))))
+        self._source_dirs[key] = fd
+        return fd
+
+    def _open_file(self, source: str, root: str | None) -> int:
+        """Open the source file ``source`` (absolute) by its name below its open folder
+        (``_source_folder``), without following a symlink it is itself. A file missing there
+        drops the folder's descriptor (the folder may have been removed or replaced since) and
+        opens and checks the folder again, once. Anything else than the file opened (a
+        symlink, a file missing from the folder just checked, a folder that cannot be opened)
+        goes by path as ``_open_source`` goes: it resolves a symlink or says what is wrong as
+        it always did."""
+        folder, name = _split(source)
+        for again in (False, True):
+            dir_fd = self._source_folder(folder, root)
+            if dir_fd is None:
+                break
+            try:
+                return os.open(name, _SOURCE, dir_fd=dir_fd)
+            except FileNotFoundError:
+                os.close(self._source_dirs.pop((folder, root)))
+                if again:
+                    break
+            except OSError:
+                break
+        return self._open_source(source, root)
 
     @staticmethod
     def _open_source(source: str, root: str | None, flags: int = 0) -> int:
@@ -343,8 +465,10 @@ class Mover:
                 self._link(spec, source, dir_fd, tmp, algorithm)
             else:
                 reflink = spec.method == "reflink"
-                fin = source_fd if source_fd is not None else self._open_source(
-                    source, spec.source_root)
+                fin = source_fd if source_fd is not None else (
+                    self._open_file(source, spec.source_root)
+                    if not spec.is_directory and source.startswith("/")
+                    else self._open_source(source, spec.source_root))
                 try:
                     if spec.is_directory:
                         digest = self._copy_dir(fin, dir_fd, tmp, algorithm, spec.read_only,
@@ -378,7 +502,9 @@ class Mover:
     def _link(self, spec: ItemSpec, source: str, dir_fd: int, tmp: str, algorithm: str) -> None:
         """Nothing is copied: the source, opened without following a link, is checked (the
         user must not be able to write it: ``linkcheck``) and verified, then linked."""
-        fin = self._open_source(source, spec.source_root)
+        fin = (self._open_file(source, spec.source_root)
+               if not spec.is_directory and source.startswith("/")
+               else self._open_source(source, spec.source_root))
         try:
             st = os.fstat(fin)
             reason = self._exposure(fin, st)
