@@ -113,6 +113,20 @@ def test_a_time_stored_by_sqlite_is_written_as_its_datetime_would_be(stored: str
     assert writer.time(stored) == expected  # as the page's earlier copy of it wrote it
 
 
+def test_a_datetime_given_where_times_are_text_is_written_as_it_is() -> None:
+    """A writer for SQLite's text times still writes a datetime a driver gave (a column whose
+    processor is not the writer's): not parsed as text again (a TypeError: a 500)."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from hera_stage_ext.catalogue.search_reply import PageWriter
+
+    dialect = sqlite.dialect()
+    writer = PageWriter(DateTime().dialect_impl(dialect).result_processor(dialect, None))
+    moment = dt.datetime(2026, 1, 2, 3, 4, 5, 678901)
+    assert writer.time(moment) == json.dumps(moment.isoformat() + "Z")
+
+
 @pytest.mark.parametrize("stored", [
     "{}", '{"md5": "0123", "xxh3-128": "abcd"}', '{"a": [1, 2.5, -0.0, 1e300, null, true]}',
     '{"\\u00e9": "\\ud83d\\ude00", "q": "\\"\\\\"}', ' {}', '{} ', '\t{"a": 1}\n', "[1, 2]", "5",

@@ -119,7 +119,9 @@ class PageWriter:
         return found
 
     def _parsed(self, value: Any) -> Any:
-        return value if self._parse_time is None else self._parse_time(value)
+        # Only text is parsed (SQLite's form); a datetime a driver gave is used as it is.
+        return value if self._parse_time is None or type(value) is not str \
+            else self._parse_time(value)
 
     def _time_text(self, value: Any) -> str:
         if type(value) is str and self._parse_time is not None and _SQLITE_TIME.fullmatch(value):

@@ -102,7 +102,8 @@ class JobItem(Base):
     # No longer written (migration 0012's release): the job's ``worker_id`` names the one worker
     # holding all its running items, and writing it into each claimed row and clearing it at its
     # record cost 0.7 us an item on SQLite. Kept while a site's replicas of the version before
-    # may still write it during an upgrade; always NULL otherwise.
+    # may still write it during an upgrade; a row running at the upgrade keeps its stale value
+    # (nothing reads the column).
     worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 

@@ -61,7 +61,7 @@ from .items import record_results
 from .joblog import JobLog
 from .contract import JobKind
 from .methods import Cancelled, ItemFailed, ItemSpec, Mover, remove_path
-from .models import JobRow, JobItem, RecallCopy
+from .models import JobRow, JobItem, RecallCopy, item_state_is
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -146,7 +146,7 @@ def wait_for_recall_again(s: Session, job_id: int) -> None:
     cold = sorted(_cold_stores(s))
     if cold:
         s.execute(update(JobItem).where(
-            JobItem.job_id == job_id, JobItem.state == ItemState.QUEUED,
+            JobItem.job_id == job_id, item_state_is(ItemState.QUEUED),
             JobItem.store.in_(cold)).values(state=ItemState.WAITING))
 
 
@@ -287,7 +287,7 @@ class _Recall:
             # Failed recalls that a retry queued again wait for their recall again (never
             # read from the cold store by the kind's streams).
             s.execute(update(JobItem).where(
-                JobItem.job_id == job_id, JobItem.state == ItemState.QUEUED,
+                JobItem.job_id == job_id, item_state_is(ItemState.QUEUED),
                 JobItem.store.in_(list(stores.cold))).values(state=ItemState.WAITING))
         recall = cls(run, stores, for_job, log)
         recall.thread.start()
@@ -353,7 +353,7 @@ class _Recall:
             rows = s.execute(select(
                 JobItem.id, JobItem.name, JobItem.source_path, JobItem.dest_path, JobItem.size,
                 JobItem.is_directory, JobItem.checksums, JobItem.attempts, JobItem.store,
-            ).where(JobItem.job_id == self.items_job, JobItem.state == ItemState.WAITING)).all()
+            ).where(JobItem.job_id == self.items_job, item_state_is(ItemState.WAITING))).all()
         placed = []
         for row in rows:
             item = ClaimedItem(*row[:8], row[8])
@@ -560,7 +560,7 @@ class RecallKind(JobKind):
             if stage is None or stage.state not in ACTIVE_JOB_STATES or stage.cancel_requested:
                 return 0
             failed = s.scalars(update(JobItem).where(
-                JobItem.job_id == stage_id, JobItem.state == ItemState.WAITING).values(
+                JobItem.job_id == stage_id, item_state_is(ItemState.WAITING)).values(
                 state=ItemState.FAILED, error=f"recall failed: recall job {job.id} was cancelled")
                 .returning(JobItem.id)).all()
             s.execute(update(JobRow).where(JobRow.id == stage_id).values(

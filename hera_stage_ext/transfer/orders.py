@@ -41,7 +41,7 @@ from ..catalogue.search_compile import validate_search
 from ..catalogue.search_parse import parse_search
 from ..catalogue.serialize import iso
 from ..errors import Conflict, InvalidRequest, NotFound, StagingError
-from ..jobs.models import JobRow, JobItem
+from ..jobs.models import JobRow, JobItem, item_state_is
 from ..states import ACTIVE_JOB_STATES, ItemState
 from .peer_sender import peer_destination, refusal
 from .models import RemoteInstance
@@ -246,7 +246,7 @@ class StandingOrders:
                 ~exists().where(RemoteInstance.file_id == File.id,
                                 RemoteInstance.site == order.peer),
                 ~exists().where(*peer_jobs, JobRow.state.in_(ACTIVE_JOB_STATES)),
-                ~exists().where(*peer_jobs, JobItem.state == ItemState.FAILED,
+                ~exists().where(*peer_jobs, item_state_is(ItemState.FAILED),
                                 JobItem.error.startswith(refusal(CONFLICT, ""), autoescape=True)),
             ).order_by(File.name).limit(self.core.max_stage_files)
             return list(s.scalars(stmt))
