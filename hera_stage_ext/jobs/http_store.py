@@ -95,6 +95,9 @@ class HttpJobStore:
         self._roots: dict[int, dict[str, str]] = {}
         self._first_beat: dict[int, Beat] = {}
         self._none_waiting: set[int] = set()
+        # The result lines the last ``unfinished`` answer carried (none left to do), for the
+        # finish that follows; dropped by any call that changes the job's items.
+        self._lines: dict[int, list[str]] = {}
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -138,6 +141,8 @@ class HttpJobStore:
 
     def _job(self, job_id: int, action: str, body: dict[str, Any] | None = None,
              method: str = "POST") -> Any:
+        if action.startswith("items/"):
+            self._lines.pop(job_id, None)
         return self.call(method, f"jobs/{job_id}/{action}", body)
 
     # ----- JobStore ---------------------------------------------------------------------------
@@ -232,7 +237,10 @@ class HttpJobStore:
         return Beat(answer["state"], None if unavailable is None else frozenset(unavailable))
 
     def unfinished_paths(self, job_id: int) -> list[str]:
-        return list(self._job(job_id, "unfinished", method="GET")["paths"])
+        answer = self._job(job_id, "unfinished", method="GET")
+        if isinstance(answer.get("lines"), list):
+            self._lines[job_id] = [str(line) for line in answer["lines"]]
+        return list(answer["paths"])
 
     def waiting(self, job_id: int) -> int:
         if job_id in self._none_waiting:
@@ -248,7 +256,9 @@ class HttpJobStore:
             raise
 
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
-        lines = list(self._job(job.id, "results", method="GET")["lines"])
+        lines = self._lines.pop(job.id, None)
+        if lines is None:
+            lines = list(self._job(job.id, "results", method="GET")["lines"])
         kind.finish(run, job, lines)  # the result marker, in the user's folder
         body = {"worker_id": job.worker_id or "", "made": bool(job.options.get("made"))}
         shipper = self._shippers.get(job.id)

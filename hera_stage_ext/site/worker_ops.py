@@ -129,8 +129,13 @@ class WorkerOps:
                 "unavailable": None if beat.unavailable is None else sorted(beat.unavailable)}
 
     def unfinished(self, job_id: int) -> dict[str, Any]:
-        self._job(job_id)
-        return {"paths": self.store.unfinished_paths(job_id)}
+        """The items still to do; when none is, the job's result lines too (``results``:
+        what a run asks next, before its finish; one round trip fewer)."""
+        job = self._job(job_id)
+        paths = self.store.unfinished_paths(job_id)
+        if paths:
+            return {"paths": paths}
+        return {"paths": paths, "lines": engine.result_lines(self.db, job)}
 
     def waiting(self, job_id: int) -> dict[str, Any]:
         """How many of the job's files wait for their recall (the site's recall job)."""
