@@ -383,6 +383,8 @@ class Run:
     # made final); in site mode, the service's CPU seconds during the job (its own time).
     first_file: float | None = None
     service_cpu: float | None = None
+    # Ours: seconds from its last per-file log line to the job's end (``_file_times``).
+    end_after_files: float | None = None
 
     @property
     def cpu_us_per_file(self) -> float | None:
@@ -503,8 +505,9 @@ class Bench:
         started = _parse_time(job["started_at"])
         service_cpu = None if service is None else service.between(
             _epoch(started), _epoch(_parse_time(job["finished_at"])))
-        return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes, cpu,
-                   _first_file(server, job["id"], started), service_cpu)
+        first, end = _file_times(server, job["id"], started, _parse_time(job["finished_at"]))
+        return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes, cpu, first,
+                   service_cpu, end)
 
     def case(self, fs: FileSet, key: str, label: str, unit: str, method: str,
              cp_flags: list[str], keep: bool, target: float | None,
@@ -545,6 +548,8 @@ class Bench:
                 extra += f" [service CPU {run.service_cpu / run.files * 1e6:.0f} us/file]"
             if run.first_file is not None:
                 extra += f" [first files {run.first_file * 1e3:.0f} ms]"
+            if run.end_after_files is not None:
+                extra += f" [end {run.end_after_files * 1e3:.0f} ms]"
             log(f"    {name:<34} {run.seconds:7.2f} s  {case.rate(run):9,.2f} {unit}{extra}")
             if not keep:
                 remove_tree(dest)
@@ -611,12 +616,15 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
                 f"{fmt(c.median(c.site_runs)):>10} "
                 f"{'/'.join(fmt(c.rate(r)) for r in c.site_runs):>19} | "
                 f"{c.site_ratio:10.2f}x   {c.unit}")
-        log("the job's first files made final (ms from its start; median) and the service's "
-            "CPU during the job (us a file; median)")
+        log("the job's first files made final (ms from its start; median), its end (ms from "
+            "its last files to finished; median) and the service's CPU during the job (us a "
+            "file; median)")
         for c in sited:
             log(f"{c.label:<34} first files: single-user "
                 f"{_median_of(c.our_runs, 'first_file', 1e3)}, site "
-                f"{_median_of(c.site_runs, 'first_file', 1e3)}; service CPU "
+                f"{_median_of(c.site_runs, 'first_file', 1e3)}; end: single-user "
+                f"{_median_of(c.our_runs, 'end_after_files', 1e3)}, site "
+                f"{_median_of(c.site_runs, 'end_after_files', 1e3)}; service CPU "
                 f"{_median_of(c.site_runs, 'service_cpu', 1e6, per_file=True)}")
     log(f"\nworker resident memory: max sampled VmRSS {rss.max_rss_mb:.0f} MiB, peak VmHWM "
         f"{rss.hwm_mb:.0f} MiB ({rss.samples} samples every 50 ms, pids {sorted(rss.pids)}); "
@@ -693,12 +701,26 @@ def _epoch(moment: dt.datetime) -> float:
 _FILE_LINE = re.compile(r"^(\S+)Z  (?:copy|hardlink|symlink|contents) ", re.M)
 
 
-def _first_file(server: Server, job_id: int, started: dt.datetime) -> float | None:
-    """Seconds from the job's start to the first per-file line of its log."""
-    found = _FILE_LINE.search(server.api(f"jobs/{job_id}/log")["text"])
-    if found is None:
-        return None
-    return (_parse_time(found.group(1)) - started).total_seconds()
+def _file_times(server: Server, job_id: int, started: dt.datetime, finished: dt.datetime
+                ) -> tuple[float | None, float | None]:
+    """Seconds from the job's start to the first per-file line of its log, and from the last
+    one to the job's end (what its run does after its last files: the last results, the
+    checks, the marker, the finish)."""
+    first = last = None
+    offset = 0
+    while True:  # (the log comes in pages of whole lines)
+        page = server.api(f"jobs/{job_id}/log?offset={offset}")
+        if not page["text"]:
+            break
+        times = _FILE_LINE.findall(page["text"])
+        if times:
+            first = first or times[0]
+            last = times[-1]
+        offset = page["next_offset"]
+    if first is None or last is None:
+        return None, None
+    return ((_parse_time(first) - started).total_seconds(),
+            (finished - _parse_time(last)).total_seconds())
 
 
 def _median_of(runs: list[Run], what: str, scale: float, per_file: bool = False) -> str:

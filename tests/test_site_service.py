@@ -766,3 +766,55 @@ c.JupyterHub.services = [
             hub.wait()
         hub_log.close()
         _kill_service_of(config)
+
+
+def test_the_logs_last_lines_come_with_the_finish(site: Site) -> None:
+    """At a run's end the user's worker sends its log's last lines with the job's finish (one
+    round trip, not a log call before it), and the service appends them before the job shows
+    finished: the whole log, in order, is there when the job reads succeeded. A finish whose
+    log is no text is refused and leaves the job as it was."""
+    from hera_stage_ext.errors import InvalidRequest
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.site.worker_ops import WorkerOps
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    db = Database(site.db_url)
+    try:
+        site.tokens["dave"] = tokens.issue(db, "dave", ["read", "stage"])[0]
+    finally:
+        db.dispose()
+    destination = _dest(site, "dave", "logged")
+    number = site.stage("dave", destination)["id"]
+    calls: list[str] = []
+    seen_at_finish: list[str] = []
+
+    class Watching(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            calls.append(path.split("/", 2)[-1])
+            if path.endswith("/finish"):
+                seen_at_finish.append(str((body or {}).get("log")))
+                job = site.api("dave", "GET", f"jobs/{number}").json()
+                assert job["state"] == "running", job  # not finished before its log is in
+            return super().call(method, path, body)
+
+    store = Watching(site.url, site.tokens["dave"], spool_dir=site.work / "cache-dave")
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
+                          fsync=False, allowed_roots=(str(site.home("dave").resolve()),))
+    try:
+        with pytest.raises(InvalidRequest):  # (a log that is no text: refused, nothing done)
+            WorkerOps(Database(site.db_url), "dave").finish(number, {"worker_id": "x",
+                                                                     "log": 5})
+        assert run_pending(store, config) == [number]
+    finally:
+        store.close()
+    end = calls[calls.index("unfinished"):calls.index("finish") + 1]
+    # The result lines with the last unfinished answer, the log's last lines with the finish.
+    assert end == ["unfinished", "finish"], calls
+    assert "copied" in seen_at_finish[0] and "bytes in" in seen_at_finish[0], seen_at_finish
+    job = _wait_finished(site, "dave", number)  # (the status read above is cached 0.25 s)
+    assert job["state"] == "succeeded", job
+    log = site.api("dave", "GET", f"jobs/{number}/log").json()["text"]
+    assert all(log.count(f"copy {name} ") == 1 for name in FILES), log
+    assert 0 < log.index("bytes in") < log.index(f"job {number} succeeded"), log
+    assert not list((site.work / "cache-dave").rglob("*.log"))  # shipped, then removed

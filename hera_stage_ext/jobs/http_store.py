@@ -12,7 +12,9 @@ job.
 
 The job's log is written locally as in any run (a spool file in the user's cache folder, so
 the worker's copy helpers append to it as they do elsewhere) and shipped to the service, which
-keeps job logs, about once a second and when the run ends (``LogShipper``).
+keeps job logs, as it grows (``LogShipper``: a call per ``LOG_SOON`` bytes, at least once a
+second), so that little is left when the run ends; the last lines go with the job's ``finish``
+(one round trip, and the service appends them before the job shows finished).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import requests
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .contract import KindRun
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
+T = TypeVar("T")
 
 #: Where the worker API lives under the site service's URL.
 WORKER_API = "hera-stage/api/worker/"
@@ -57,6 +60,10 @@ PATIENCE_S = 300.0
 RESULTS_PER_CALL = 10_000
 #: Most bytes of log shipped in one call.
 LOG_CHUNK = 256 << 10
+#: A run's log is shipped as soon as this much is waiting (checked every ``LOG_POLL_S``), not
+#: only once a second: a small-file job writes megabytes of per-file lines a second, which
+#: would otherwise all wait for the run's end (a round trip per ``LOG_CHUNK`` then).
+LOG_SOON, LOG_POLL_S = 96 << 10, 0.1
 
 
 def default_spool_dir() -> Path:
@@ -88,6 +95,9 @@ class HttpJobStore:
         self._roots: dict[int, dict[str, str]] = {}
         self._first_beat: dict[int, Beat] = {}
         self._none_waiting: set[int] = set()
+        # The result lines the last ``unfinished`` answer carried (none left to do), for the
+        # finish that follows; dropped by any call that changes the job's items.
+        self._lines: dict[int, list[str]] = {}
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -131,6 +141,8 @@ class HttpJobStore:
 
     def _job(self, job_id: int, action: str, body: dict[str, Any] | None = None,
              method: str = "POST") -> Any:
+        if action.startswith("items/"):
+            self._lines.pop(job_id, None)
         return self.call(method, f"jobs/{job_id}/{action}", body)
 
     # ----- JobStore ---------------------------------------------------------------------------
@@ -225,7 +237,10 @@ class HttpJobStore:
         return Beat(answer["state"], None if unavailable is None else frozenset(unavailable))
 
     def unfinished_paths(self, job_id: int) -> list[str]:
-        return list(self._job(job_id, "unfinished", method="GET")["paths"])
+        answer = self._job(job_id, "unfinished", method="GET")
+        if isinstance(answer.get("lines"), list):
+            self._lines[job_id] = [str(line) for line in answer["lines"]]
+        return list(answer["paths"])
 
     def waiting(self, job_id: int) -> int:
         if job_id in self._none_waiting:
@@ -241,11 +256,22 @@ class HttpJobStore:
             raise
 
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
-        lines = list(self._job(job.id, "results", method="GET")["lines"])
+        lines = self._lines.pop(job.id, None)
+        if lines is None:
+            lines = list(self._job(job.id, "results", method="GET")["lines"])
         kind.finish(run, job, lines)  # the result marker, in the user's folder
-        self._ship(job.id)
-        return str(self._job(job.id, "finish", {"worker_id": job.worker_id or "",
-                                                "made": bool(job.options.get("made"))})["state"])
+        body = {"worker_id": job.worker_id or "", "made": bool(job.options.get("made"))}
+        shipper = self._shippers.get(job.id)
+        if shipper is None:
+            return str(self._job(job.id, "finish", body)["state"])
+        def finish_with(text: str) -> Any:
+            answer = self._job(job.id, "finish", {**body, "log": text})
+            if text and "logged" not in answer:  # a service older than it: they go after
+                self.call("POST", f"jobs/{job.id}/log", {"text": text})
+            return answer
+
+        # The log's last lines go with the finish (the service appends them first).
+        return str(shipper.ship_then(finish_with)["state"])
 
     def finish_cancelled(self, job: JobRow, kind: JobKind) -> str:
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
@@ -304,12 +330,14 @@ def backoff(attempt: int) -> float:
 
 
 class LogShipper:
-    """Sends the whole lines appended to a run's local log to the service, every ``interval``
-    seconds and on ``close`` (which removes the local file once all of it is sent)."""
+    """Sends the whole lines appended to a run's local log to the service: as soon as
+    ``soon`` bytes wait (looked at every ``poll`` seconds), at least every ``interval``
+    seconds, and on ``close`` (which removes the local file once all of it is sent)."""
 
     def __init__(self, store: HttpJobStore, job_id: int, joblog: JobLog,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, soon: int = LOG_SOON, poll: float = LOG_POLL_S) -> None:
         self.store, self.job_id, self.joblog, self.interval = store, job_id, joblog, interval
+        self.soon, self.poll = soon, poll
         self.offset = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -322,31 +350,58 @@ class LogShipper:
         self.joblog(message)
         self.ship()
 
+    def _waiting(self) -> int:
+        """Bytes written to the local log (by the copy helpers too) and not shipped yet."""
+        try:
+            return os.stat(self.joblog.path).st_size - self.offset
+        except FileNotFoundError:
+            return 0
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        last = time.monotonic()
+        while not self._stop.wait(self.poll):
+            if self._waiting() < self.soon and time.monotonic() - last < self.interval:
+                continue
+            last = time.monotonic()
             try:
                 self.ship()
             except Exception as exc:  # the service away for a moment: the lines wait
                 log.warning("job %s: log not shipped yet: %s", self.job_id, exc)
 
     def ship(self) -> None:
+        """Send the whole lines not sent yet."""
+        self._send(None)
+
+    def ship_then(self, last: Callable[[str], T]) -> T:
+        """``ship``, but the last part (up to ``LOG_CHUNK``, perhaps empty) goes by
+        ``last(text)`` (the job's finish, carrying them), whose answer is returned."""
+        return cast(T, self._send(last))
+
+    def _send(self, last: Callable[[str], Any] | None) -> Any:
         self.joblog.flush()
         with self._lock:
             try:
-                with open(self.joblog.path, "rb") as f:
+                f = open(self.joblog.path, "rb")
+            except FileNotFoundError:
+                return None if last is None else last("")
+            with f:
+                f.seek(self.offset)
+                data = f.read(LOG_CHUNK)
+                while True:
+                    end = data.rfind(b"\n") + 1
+                    text = data[:end].decode("utf-8", "replace")
+                    # The last part: the file ended within it (or a line longer than a call
+                    # may carry, left where it is).
+                    if last is not None and (len(data) < LOG_CHUNK or end == 0):
+                        answer = last(text)
+                        self.offset += end
+                        return answer
+                    if end == 0:
+                        return None
+                    self.store.call("POST", f"jobs/{self.job_id}/log", {"text": text})
+                    self.offset += end
                     f.seek(self.offset)
                     data = f.read(LOG_CHUNK)
-                    while data:
-                        end = data.rfind(b"\n") + 1
-                        if end == 0:
-                            break
-                        self.store.call("POST", f"jobs/{self.job_id}/log",
-                                        {"text": data[:end].decode("utf-8", "replace")})
-                        self.offset += end
-                        f.seek(self.offset)
-                        data = f.read(LOG_CHUNK)
-            except FileNotFoundError:
-                return
 
     def close(self) -> None:
         self._stop.set()

@@ -50,6 +50,13 @@ def _text(value: Any, what: str, most: int) -> str:
     return value
 
 
+def _log_text(text: Any, what: str = "log") -> str:
+    """Lines for a job's log, checked (at most ``MAX_LOG_BYTES``), ending with a newline."""
+    if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > MAX_LOG_BYTES:
+        raise InvalidRequest(f"'{what}' must be a string of at most {MAX_LOG_BYTES} bytes")
+    return text + "\n" if text and not text.endswith("\n") else text
+
+
 def worker_id_of(body: dict[str, Any]) -> str:
     return _text(body.get("worker_id"), "worker_id", 128)
 
@@ -122,8 +129,13 @@ class WorkerOps:
                 "unavailable": None if beat.unavailable is None else sorted(beat.unavailable)}
 
     def unfinished(self, job_id: int) -> dict[str, Any]:
-        self._job(job_id)
-        return {"paths": self.store.unfinished_paths(job_id)}
+        """The items still to do; when none is, the job's result lines too (``results``:
+        what a run asks next, before its finish; one round trip fewer)."""
+        job = self._job(job_id)
+        paths = self.store.unfinished_paths(job_id)
+        if paths:
+            return {"paths": paths}
+        return {"paths": paths, "lines": engine.result_lines(self.db, job)}
 
     def waiting(self, job_id: int) -> dict[str, Any]:
         """How many of the job's files wait for their recall (the site's recall job)."""
@@ -134,13 +146,19 @@ class WorkerOps:
         return {"lines": engine.result_lines(self.db, self._job(job_id))}
 
     def finish(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """The job's end; ``log`` (optional): the last lines of its log, appended before the
+        job shows finished (one round trip fewer at the end of every run)."""
+        text = _log_text(body.get("log", ""))
         job = self._held(job_id, body)
         if self.store.unfinished_paths(job_id) or self.store.waiting(job_id):
             raise Conflict(f"job {job_id} still has files to stage", job_id=job_id)
+        if text:
+            JobLog(job.log_path).append_lines(text)
         if body.get("made") is True:  # the worker made the folder (``hera-stage clean``)
             lifecycle.note_made(self.db, job_id)
         # The lines again from the database (not from the worker): the job's state is ours.
-        return {"state": engine.record_finish(self.db, job, engine.result_lines(self.db, job))}
+        return {"state": engine.record_finish(self.db, job, engine.result_lines(self.db, job)),
+                "logged": len(text)}
 
     def cancelled(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         job = self._held(job_id, body)
@@ -167,12 +185,8 @@ class WorkerOps:
 
     def log(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         job = self._job(job_id)
-        text = body.get("text")
-        if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > MAX_LOG_BYTES:
-            raise InvalidRequest(f"'text' must be a string of at most {MAX_LOG_BYTES} bytes")
+        text = _log_text(body.get("text"), "text")
         if text:
-            if not text.endswith("\n"):
-                text += "\n"
             JobLog(job.log_path).append_lines(text)
         return {"appended": len(text)}
 
