@@ -69,7 +69,7 @@ def test_a_claim_walks_the_queued_items_index_in_id_order(database):
                 generic = "\n".join(row[0] for row in cursor.fetchall())
                 cursor.execute("DEALLOCATE claim")
             assert "ix_job_item_queued" in generic and "Sort" not in generic
-    claimed = items.claim_items(database, job_id, "w", 5)
+    claimed = items.claim_items(database, job_id, 5)
     assert [c.name for c in claimed] == [f"f{N_JOBS - 1}.{i}" for i in range(101, 106)]
 
 

@@ -110,8 +110,8 @@ def test_job_items_of_revision_0011_keep_their_states_and_are_claimed_after_the_
                 JobItem.job_id == job_id).group_by(JobItem.state)).all())
         assert counts == {"done": 2, "skipped": 1, "failed": 1, "waiting": 1, "running": 1,
                           "queued": 3}
-        assert [c.name for c in items.claim_items(db, job_id, "w", 2)] == ["f5", "f6"]
-        assert [c.name for c in items.claim_items(db, job_id, "w", 5)] == ["f8"]
+        assert [c.name for c in items.claim_items(db, job_id, 2)] == ["f5", "f6"]
+        assert [c.name for c in items.claim_items(db, job_id, 5)] == ["f8"]
 
         migrations.command.downgrade(migrations.alembic_config(db.engine), "0011")
         assert {ix["name"] for ix in inspect(db.engine).get_indexes("job_item")} == {

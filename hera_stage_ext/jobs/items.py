@@ -14,8 +14,7 @@ from a worker over HTTP can be limited to the job's running items in the same st
 
 Each item row is written twice (claimed, recorded), so each write is kept small: a claim sets the
 state and counts the attempt, a result sets the state and error; neither names the worker in the
-row (``worker_id`` is taken for the callers: the job's row names the one worker holding its
-running items), and a done or skipped result changes no indexed column (``models.
+row (the job's row names the one worker holding its running items), and a done or skipped result changes no indexed column (``models.
 JOB_ITEM_INDEXES``)."""
 
 from __future__ import annotations
@@ -88,13 +87,13 @@ def id_terms(ids: Iterable[int]) -> list[ColumnElement[bool]]:
     return terms
 
 
-def claim_items(db: Database, job_id: int, worker_id: str, n: int,
+def claim_items(db: Database, job_id: int, n: int,
                  max_bytes: int | None = None) -> list[ClaimedItem]:
     """Take up to ``n`` queued items (and, past the first, no more than ``max_bytes``)."""
-    return exchange(db, job_id, worker_id, [], n, max_bytes)[1]
+    return exchange(db, job_id, [], n, max_bytes)[1]
 
 
-def exchange(db: Database, job_id: int, worker_id: str, results: Sequence[IdResult], n: int,
+def exchange(db: Database, job_id: int, results: Sequence[IdResult], n: int,
              max_bytes: int | None = None, *, running_only: bool = False
              ) -> tuple[int, list[ClaimedItem]]:
     """Record ``results`` (``record_results``) and take up to ``n`` queued items (``claim_items``)
@@ -254,7 +253,7 @@ def unfinished_paths(db: Database, job_id: int) -> list[str]:
 
 
 # ----- a worker's claim over HTTP (site mode) ---------------------------------------------------
-def exchange_json(db: Database, job_id: int, worker_id: str, results: Sequence[IdResult],
+def exchange_json(db: Database, job_id: int, results: Sequence[IdResult],
                   n: int, max_bytes: int | None = None) -> tuple[int, str]:
     """``exchange(..., running_only=True)`` for a worker over HTTP, the items taken given as
     the JSON text of the worker API's answer: ``[[id, name, source_path, dest_path, size,

@@ -121,7 +121,7 @@ class DbJobStore:
 
     def claim_items(self, job_id: int, worker_id: str, n: int,
                     max_bytes: int | None = None) -> list[ClaimedItem]:
-        return items.claim_items(self.db, job_id, worker_id, n, max_bytes)
+        return items.claim_items(self.db, job_id, n, max_bytes)
 
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
         items.requeue_items(self.db, item_ids)
@@ -132,8 +132,7 @@ class DbJobStore:
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
         """``record`` and ``claim_items`` at once, in one transaction (a stream's hand-over)."""
-        return items.exchange(self.db, job_id, worker_id, items.ids_of(results), n,
-                              max_bytes)[1]
+        return items.exchange(self.db, job_id, items.ids_of(results), n, max_bytes)[1]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:

@@ -201,7 +201,7 @@ class WorkerOps:
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
         return JsonText('{"items":%s}' % items.exchange_json(
-            self.db, job.id, job.worker_id or "", [], n, max_bytes)[1])
+            self.db, job.id, [], n, max_bytes)[1])
 
     def _running(self, job_id: int, ids: Sequence[int]) -> dict[int, int]:
         """Of ``ids``, those that are running items of the job: id -> size."""
@@ -224,7 +224,7 @@ class WorkerOps:
     def record(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         self._job(job_id)
         rows = self._results(body.get("results"))
-        recorded, _ = items.exchange(self.db, job_id, "", rows, 0, running_only=True)
+        recorded, _ = items.exchange(self.db, job_id, rows, 0, running_only=True)
         return {"recorded": recorded}
 
     def exchange(self, job_id: int, body: dict[str, Any]) -> JsonText:
@@ -237,8 +237,7 @@ class WorkerOps:
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
-        recorded, claimed = items.exchange_json(self.db, job.id, job.worker_id or "", rows, n,
-                                                max_bytes)
+        recorded, claimed = items.exchange_json(self.db, job.id, rows, n, max_bytes)
         return JsonText('{"recorded":%d,"items":%s}' % (recorded, claimed))
 
     @staticmethod

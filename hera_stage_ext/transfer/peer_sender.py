@@ -139,7 +139,7 @@ class PeerSender:
                             JobItem.state == ItemState.RUNNING)) or 0
                     n = min(n, self.peer.max_in_flight - in_flight)
                 if n > 0:
-                    return claim_items(self.db, run.job.id, run.worker_id, n,
+                    return claim_items(self.db, run.job.id, n,
                                         self.batch_bytes())
             # Items through but not recorded yet still count as running: record them.
             run.commit(wait=False)

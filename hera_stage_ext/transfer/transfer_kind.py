@@ -116,7 +116,7 @@ TRANSFER = TransferKind()
 
 def _fail_all(run: KindRun, message: str) -> None:
     db = catalogue_db(run)
-    while batch := claim_items(db, run.job.id, run.worker_id, run.config.claim_batch):
+    while batch := claim_items(db, run.job.id, run.config.claim_batch):
         for item in batch:
             run.log.note(f"FAILED {item.name}: {message}")
             run.report(item, ItemState.FAILED, message)

@@ -475,7 +475,7 @@ class _Uploader:
     def loop(self) -> None:
         run = self.run
         while not (run.stopping()):
-            batch = claim_items(self.db, run.job.id, run.worker_id, run.job.options["batch"])
+            batch = claim_items(self.db, run.job.id, run.job.options["batch"])
             if not batch:
                 return
             reported: set[int] = set()
