@@ -718,6 +718,41 @@ def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
             assert log.count(f"copy {big.rel[name]} (") == 1, big.rel[name]
 
 
+def _held_in(pids: list[int], folders: list[str]) -> list[str]:
+    """What the processes ``pids`` hold open inside any of ``folders``."""
+    held = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:  # closed meanwhile
+                continue
+            if any(target == f or target.startswith(f + "/") for f in folders):
+                held.append(target)
+    return held
+
+
+def test_an_idle_copy_helper_keeps_no_store_folder_open(site: Site) -> None:
+    """Once a run is over, the copy helpers that staged its files hold nothing open inside a
+    store (an open folder would stop the store being unmounted)."""
+    from hera_stage_ext.jobs.copy_pool import CopyPool
+
+    stores = [os.path.realpath(s["path"]) for s in site.archive.stores.values()]
+    job = stage(site, "idle")
+    pool = CopyPool(1, 64 * 1024)
+    try:
+        assert run_pending(site.db, FAST, pool=pool) == [job["id"]]
+        out = get_job(site.db, job["id"])
+        assert out["state"] == "succeeded" and out["files_done"] == out["files_total"]
+        assert "copy " in read_log(out)[0]
+        deadline = time.monotonic() + 5
+        while _held_in(pool.pids(), stores) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _held_in(pool.pids(), stores) == []
+    finally:
+        pool.close()
+
+
 def test_copy_helper_killed_mid_hand_over(big: Site) -> None:
     """A copy helper SIGKILLed with files in hand: the worker goes on with the job (what the
     helper made final is verified, not copied again; the rest is copied by the worker), the

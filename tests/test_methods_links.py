@@ -132,3 +132,94 @@ def test_a_store_folder_swapped_for_a_link_out_of_the_store_is_not_read(
     with pytest.raises(ItemFailed, match="leads outside the store"):
         mover.move(items[1])
     mover.close()
+
+
+@pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])
+def test_a_checked_folder_moved_aside_and_a_link_out_in_its_place_is_not_read(
+        store: Path, tmp_path: Path, method: str) -> None:
+    """The folder checked after a first file is renamed (it stays inside the store), its next
+    file is made a symlink and the folder's old name a symlink to a folder outside the store
+    holding that file's bytes: the file is refused (what was opened, not its path, is checked),
+    nothing outside is read or linked, nothing is left under a final or temporary name."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.uvh5").write_bytes((store / "night" / "b.uvh5").read_bytes())
+    (outside / "b.uvh5").chmod(0o444)
+    os.chown(outside / "b.uvh5", ARCHIVE_UID, ARCHIVE_GID)
+    items = [spec(store, dest, name, method) for name in ("a.uvh5", "b.uvh5")]
+    mover = Mover(deferred=True, temp_folders=True)
+    first = mover.move(items[0])
+    assert first.state == ItemState.DONE
+    (store / "night").rename(store / "night.old")
+    (store / "night.old" / "b.uvh5").unlink()
+    (store / "night.old" / "b.uvh5").symlink_to("a.uvh5")
+    (store / "night").symlink_to(outside)
+    with pytest.raises(ItemFailed, match="leads outside the store"):
+        mover.move(items[1])
+    mover.close()
+    assert first.tmp is not None
+    assert sorted(os.listdir(Path(first.tmp).parent)) == ["a.uvh5"]
+    assert not (dest / "night").exists()
+
+
+@pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_a_source_that_is_a_symlink_inside_its_store_is_staged(
+        store: Path, tmp_path: Path, method: str, absolute: bool) -> None:
+    """A catalogued instance that is itself a symlink to another file of its store (relative
+    or absolute) is followed: first of its folder and after a first file."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    target = store / "night" / "b.uvh5"
+    (store / "night" / "c.uvh5").symlink_to(target if absolute else "b.uvh5")
+    assert Path(spec(store, dest, "c.uvh5", method).source).resolve() == target
+    mover = Mover(deferred=True, temp_folders=True)
+    for name in ("c.uvh5", "a.uvh5", "c.uvh5"):
+        item = spec(store, dest, name, method)
+        if name == "c.uvh5":
+            mover.close_temp_folders()  # a new temporary folder: no clash with the first c
+        outcome = mover.move(item)
+        assert outcome.state == ItemState.DONE and outcome.tmp is not None
+        made, real = Path(outcome.tmp), Path(item.source).resolve()
+        if method == "symlink":
+            assert os.readlink(made) == item.source
+        elif method == "hardlink":
+            assert os.path.samefile(made, real)
+        else:
+            assert made.read_bytes() == real.read_bytes()
+    mover.close()
+
+
+@pytest.mark.parametrize(("method", "fault"), [
+    ("hardlink", "writable"), ("symlink", "writable"),
+    ("copy", "corrupt"), ("hardlink", "corrupt"), ("symlink", "corrupt")])
+def test_a_second_file_of_a_folder_fails_as_a_first_one_would(
+        store: Path, tmp_path: Path, method: str, fault: str) -> None:
+    """A file moved after another of its folder (opened below the folder held open since)
+    is refused (a store file the staging account could write: not linked) or caught (bytes
+    other than the catalogue's) with the same error as when it is the first of its folder;
+    nothing of it is left under any name, the first file's commit is unharmed."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    good, bad = (spec(store, dest, name, method) for name in ("a.uvh5", "b.uvh5"))
+    if fault == "writable":
+        os.chown(bad.source, os.geteuid(), os.getegid())
+    else:
+        bad = bad._replace(checksums={ck.XXH3_128: "0" * 32})
+    alone = Mover(deferred=True, temp_folders=True)
+    with pytest.raises(ItemFailed) as first_of_folder:
+        alone.move(bad)
+    alone.close()
+    assert entries(dest) == []  # its temporary folder went with it
+    mover = Mover(deferred=True, temp_folders=True)
+    first = mover.move(good)
+    with pytest.raises(ItemFailed) as second_of_folder:
+        mover.move(bad)
+    mover.close()
+    assert str(second_of_folder.value) == str(first_of_folder.value)
+    assert first.tmp is not None and first.final is not None
+    assert entries(Path(first.tmp).parent) == ["a.uvh5"]
+    assert commit([(first.tmp, first.final)], True) == [None]
+    assert entries(dest) == ["night"] and entries(dest / "night") == ["a.uvh5"]

@@ -215,6 +215,10 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
     committer.start()
     last_run = None
     while True:
+        if not conn.poll():
+            # Idle (its run ended, or the next hand-over is not sent yet): keep no store
+            # folder open meanwhile, which would stop that store being unmounted.
+            mover.close_sources()
         try:
             message: tuple[int, HandOver] | None = conn.recv()
         except (EOFError, OSError):

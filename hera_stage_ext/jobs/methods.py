@@ -10,7 +10,9 @@ Knows nothing of the database: the engine hands it an ``ItemSpec`` and records t
 Every destination folder is reached without following a symlink and every file created,
 renamed or removed relative to its folder's descriptor (``safefs``); a source file is opened
 by its name below its folder's descriptor, that folder opened and checked to lie inside its
-store once per mover; ``hardlink`` and ``symlink`` link only a store file the staging account
+store once per mover, and anything opened by its path is checked after it is opened (where
+the kernel says it is, not where its path pointed when checked): nothing outside a store is
+read or linked; ``hardlink`` and ``symlink`` link only a store file the staging account
 cannot write (``linkcheck``).
 
 Two modes. Immediate (``Mover(deferred=False)``): each item is written, verified, fsynced and
@@ -36,6 +38,7 @@ import fcntl
 import itertools
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -105,12 +108,17 @@ def remove_path(path: str | os.PathLike[str], folders: safefs.Folders | None = N
     safefs.remove_path(os.fspath(path), folders)
 
 
-#: The open flags of a source (a store's instance): never through a symlink it is itself.
+#: The open flags of a source (a store's instance) below its folder: never through a symlink
+#: it is itself.
 _SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-#: Methods of a single file that ``Mover._move_file`` takes (reflink: the general path).
-_PLAIN = frozenset({"copy", "hardlink", "symlink"})
+#: The open flags of a source by its path (``Mover._open_source``: checked once open).
+_READ = os.O_RDONLY | os.O_CLOEXEC
+#: Methods of a single file that ``Mover._move_file`` takes.
+_FILE_METHODS = frozenset({"copy", "hardlink", "symlink", "reflink"})
 #: Source folders a mover keeps open (``Mover._source_folder``).
 _SOURCE_FOLDERS = 64
+#: A refusal of a source that is not (or no longer) inside its store.
+_OUTSIDE = "the instance on its store leads outside the store"
 
 
 class Mover:
@@ -159,11 +167,18 @@ class Mover:
         self._roots = tuple(roots)
         self._folders = safefs.Folders([root] if root is not None else self._roots)
         self._identity = linkcheck.staging_identity()
-        # Source folders by (path, store root), open (``O_PATH``), each checked once to lie
-        # inside its store's root: a source file is opened by its name below its folder's
-        # descriptor (one path component a file, not the whole path; and always in the folder
-        # that was checked, whatever is swapped on its path later). Bounded: oldest closed.
-        self._source_dirs: dict[tuple[str, str | None], int] = {}
+        # Source folders by (path, store root), open (``O_PATH``), each checked once, when it
+        # is opened, to lie inside its store's root: a source file is opened by its name below
+        # its folder's descriptor (one path component a file, not the whole path; and always
+        # in the folder that was checked, whatever is swapped on its path later). The check is
+        # not repeated: a folder renamed out of the store after it was checked is still read
+        # from until it is dropped (no escalation: renaming a store's folder takes write
+        # permission on the store). Bounded: least recently used closed first; all closed
+        # with ``close_sources``.
+        self._source_dirs: OrderedDict[tuple[str, str | None], int] = OrderedDict()
+        # Store roots as given -> resolved (once: the kernel's names of what was opened are
+        # compared with these, ``_check_inside``).
+        self._real_roots: dict[str, str] = {}
         # Destination folders this mover created (so they held nothing before).
         self._fresh_dirs: set[str] = set()
         # Deferred, ``temp_folders``: a destination folder that does not exist is written as a
@@ -188,12 +203,15 @@ class Mover:
         self._fresh_dirs.clear()
         self._folders.forget()
         self.close_temp_folders()
-        self._forget_sources()
+        self.close_sources()
 
-    def _forget_sources(self) -> None:
+    def close_sources(self) -> None:
+        """Close the source folders this mover holds open (an idle mover must not keep a
+        store busy: an open descriptor stops it being unmounted)."""
         for fd in self._source_dirs.values():
             os.close(fd)
         self._source_dirs.clear()
+        self._real_roots.clear()
 
     def close_temp_folders(self) -> None:
         """The temporary folders written so far go to a ``commit``: items moved after this get
@@ -205,7 +223,7 @@ class Mover:
 
     def close(self) -> None:
         self._folders.close()
-        self._forget_sources()
+        self.close_sources()
 
     # ----- entry point --------------------------------------------------------------------
     def move(self, spec: ItemSpec, source_fd: int | None = None) -> Outcome:
@@ -229,17 +247,8 @@ class Mover:
             except FileNotFoundError:
                 folder_tmp = self._open_temps[parent] = _make_temp_folder(parent, folders)
         if folder_tmp is not None:
-            # Nothing can be in it but what this mover writes: no check of the final name.
-            try:
-                tmp_fd = folders.get(folder_tmp)
-                note = self._write(spec, source, source_fd, tmp_fd, name, algorithm)
-            except BaseException:
-                if folder_tmp not in self._used_temps:
-                    self._drop_temp_folder(parent, folder_tmp)
-                raise
-            self._used_temps.add(folder_tmp)
-            # (``folder_tmp`` is a joined path that never ends in "/": no ``os.path.join``.)
-            return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
+            return self._into_temp_folder(spec, source, source_fd, final, parent, folder_tmp,
+                                          name, algorithm)
         tmp_name = f".{name}{TMP_SUFFIX}"
         if parent not in self._made_dirs:
             dir_fd, made = folders.open(parent, create=True)
@@ -286,53 +295,47 @@ class Mover:
 
     def _move_file(self, spec: ItemSpec) -> Outcome | None:
         """``move`` of one file into a temporary folder of this mover, from a source folder
-        it holds open (most files of a job after the first of their folder): the general
-        path's steps for that case, without its choices. None, having done nothing, for any
-        other case or a source that does not open as a file: the general path takes it."""
+        it holds open (most files of a job after the first of their folder): the file opened
+        below that folder, then the general path's own writing (``_into_temp_folder``),
+        without its choices. None, having done nothing, for any other case or a source that
+        does not open as a file: the general path takes it."""
         final, source = spec.final, spec.source
         if type(final) is not str or type(source) is not str:
             return None
         parent, _sep, name = final.rpartition("/")
         folder_tmp = self._open_temps.get(parent)
         src_dir, _sep, src_name = source.rpartition("/")
-        src_fd = self._source_dirs.get((src_dir, spec.source_root))
-        method = spec.method
-        if folder_tmp is None or src_fd is None or method not in _PLAIN or not parent \
-                or not src_dir:
+        key = (src_dir, spec.source_root)
+        src_fd = self._source_dirs.get(key)
+        if folder_tmp is None or src_fd is None or spec.method not in _FILE_METHODS \
+                or not parent or not src_dir:
             return None
         try:
             fin = os.open(src_name, _SOURCE, dir_fd=src_fd)
         except OSError:
             return None  # the general path opens it again, with its fallbacks and errors
-        algorithm = ck.preferred_algorithm(spec.checksums)
-        tmp_fd = -1
         try:
-            tmp_fd = self._folders.get(folder_tmp)
-            if method == "copy":
-                size, got = self._copy_file(fin, tmp_fd, name, algorithm, spec.read_only)
-                self._check_sum(spec, size, got, algorithm, "copy")
-                note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
-            else:
-                st = os.fstat(fin)
-                reason = self._exposure(fin, st)
-                if reason is not None:
-                    raise ItemFailed(reason)
-                self._check_sum(spec, *self._hash_source(fin, st, algorithm), algorithm,
-                                "source")
-                if method == "symlink":
-                    os.symlink(source, name, dir_fd=tmp_fd)
-                else:
-                    _hardlink(fin, name, tmp_fd)
-                note = ""
-        except BaseException as exc:
-            if tmp_fd >= 0 and not (isinstance(exc, FileExistsError) and exc.filename == name):
-                safefs.remove(tmp_fd, name)
+            self._source_dirs.move_to_end(key)
+            return self._into_temp_folder(spec, source, fin, final, parent, folder_tmp, name,
+                                          ck.preferred_algorithm(spec.checksums))
+        finally:
+            os.close(fin)
+
+    def _into_temp_folder(self, spec: ItemSpec, source: str, source_fd: int | None,
+                          final: str, parent: str, folder_tmp: str, name: str,
+                          algorithm: str) -> Outcome:
+        """Write the item under its final name ``name`` in the temporary folder ``folder_tmp``
+        of ``parent`` (nothing can be in it but what this mover writes: no check of the final
+        name); a failure leaves nothing there, and a temporary folder still empty goes."""
+        try:
+            note = self._write(spec, source, source_fd, self._folders.get(folder_tmp), name,
+                               algorithm)
+        except BaseException:
             if folder_tmp not in self._used_temps:
                 self._drop_temp_folder(parent, folder_tmp)
             raise
-        finally:
-            os.close(fin)
         self._used_temps.add(folder_tmp)
+        # (``folder_tmp`` is a joined path that never ends in "/": no ``os.path.join``.)
         return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
 
     def _link_in_place(self, spec: ItemSpec, source: str, source_fd: int | None, final: str,
@@ -345,7 +348,7 @@ class Mover:
         before the caller records it."""
         try:
             try:
-                self._link(spec, source, dir_fd, name, algorithm)
+                self._link(spec, source, source_fd, dir_fd, name, algorithm)
             except FileNotFoundError as exc:
                 # The folder went away since it was made (removed by hand mid-job).
                 if exc.filename2 != name:
@@ -355,7 +358,7 @@ class Mover:
                 self._folders.forget(parent)
                 dir_fd = self._folders.get(parent, create=True)
                 self._made_dirs.add(parent)
-                self._link(spec, source, dir_fd, name, algorithm)
+                self._link(spec, source, source_fd, dir_fd, name, algorithm)
         except FileExistsError as exc:
             if exc.filename2 != name:
                 raise
@@ -375,59 +378,74 @@ class Mover:
             os.rmdir(tail, dir_fd=self._folders.get(head))
 
     def _confine_source(self, source: str, spec: ItemSpec) -> None:
-        """Refuse a source that resolves outside its store. Only a file's folder is resolved
-        (once per folder): every method opens the file itself without following a symlink
-        (``_open_source``: one that is a symlink is resolved there); a directory is resolved
-        whole."""
+        """Refuse early (before anything is made at the destination, or an item found there
+        is judged) a source that leads outside its store: a file's folder is opened and
+        checked (``_source_folder``, once per folder), a directory resolved. What confines
+        the read is not this but the check of every source once it is open (below a checked
+        folder, or ``_open_source``'s check of what was opened)."""
         root = spec.source_root
         assert root is not None
         if spec.is_directory:
             if not is_within(source, root):
-                raise ItemFailed("the instance on its store leads outside the store")
+                raise ItemFailed(_OUTSIDE)
         elif source.startswith("/"):
-            # The folder opened and checked once (``_source_folder``); a source that is itself
-            # a symlink is followed only where it stays inside the store: every method opens
-            # it with O_NOFOLLOW first (``_open_file``), the link methods too (they link only
-            # what they opened and verified).
             folder = _split(source)[0]
             if self._source_folder(folder, root) is None and not is_within(folder, root):
-                raise ItemFailed("the instance on its store leads outside the store")
+                raise ItemFailed(_OUTSIDE)
         elif not is_within(os.path.dirname(source), root):
-            raise ItemFailed("the instance on its store leads outside the store")
+            raise ItemFailed(_OUTSIDE)
+
+    def _check_inside(self, fd: int, root: str) -> None:
+        """Refuse (ItemFailed) the open ``fd`` unless it lies inside the store ``root``: what
+        the descriptor holds, as the kernel names it (whatever path led to it, and whatever is
+        swapped on that path since), against the root resolved once (``_real_roots``); the
+        kernel's answer is compared as it is, never resolved again."""
+        real = self._real_roots.get(root)
+        if real is None:
+            real = self._real_roots[root] = os.path.realpath(root)
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        try:
+            inside = os.path.commonpath([where, real]) == real
+        except ValueError:  # not a path of this file system tree (relative): not inside
+            inside = False
+        if not inside:
+            raise ItemFailed(_OUTSIDE)
 
     def _source_folder(self, folder: str, root: str | None) -> int | None:
         """The open source folder ``folder`` (``O_PATH``), refused (ItemFailed) where it does
-        not lie inside the store ``root``: the folder the descriptor holds is checked (its
-        path as the kernel names it), so what is opened below it is inside. None when it
-        cannot be opened (missing, not a folder): the caller goes by path, and opening the
-        file says what is wrong as it always did."""
+        not lie inside the store ``root`` (``_check_inside``), so a file opened below it
+        without following a symlink is inside; checked when it is opened, not again while it
+        is cached. None when it cannot be opened (missing, not a folder): the caller goes by
+        path (``_open_source``), which says what is wrong."""
         key = (folder, root)
         fd = self._source_dirs.get(key)
         if fd is not None:
+            self._source_dirs.move_to_end(key)
             return fd
         try:
             fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            if root is not None and not is_within(os.readlink(f"/proc/self/fd/{fd}"), root):
-                raise ItemFailed("the instance on its store leads outside the store")
+            if root is not None:
+                self._check_inside(fd, root)
         except BaseException:
             os.close(fd)
             raise
         if len(self._source_dirs) >= _SOURCE_FOLDERS:
-            os.close(self._source_dirs.pop(next(iter(self._source_dirs))))
+            os.close(self._source_dirs.popitem(last=False)[1])
         self._source_dirs[key] = fd
         return fd
 
     def _open_file(self, source: str, root: str | None) -> int:
         """Open the source file ``source`` (absolute) by its name below its open folder
-        (``_source_folder``), without following a symlink it is itself. A file missing there
-        drops the folder's descriptor (the folder may have been removed or replaced since) and
-        opens and checks the folder again, once. Anything else than the file opened (a
-        symlink, a file missing from the folder just checked, a folder that cannot be opened)
-        goes by path as ``_open_source`` goes: it resolves a symlink or says what is wrong as
-        it always did."""
+        (``_source_folder``), without following a symlink it is itself. The folder is the one
+        checked when it was opened, even if it was renamed since (inside the store or out of
+        it: see ``_source_dirs``). A file missing there drops the folder's descriptor (the
+        folder may have been removed or replaced since) and opens and checks the folder again,
+        once. Anything else (a source that is a symlink, a file missing twice, a folder that
+        cannot be opened) goes by path (``_open_source``): what that opens is checked to lie
+        inside the store, and its errors say what is wrong as they always did."""
         folder, name = _split(source)
         for again in (False, True):
             dir_fd = self._source_folder(folder, root)
@@ -443,17 +461,25 @@ class Mover:
                 break
         return self._open_source(source, root)
 
-    @staticmethod
-    def _open_source(source: str, root: str | None, flags: int = 0) -> int:
+    def _open_source(self, source: str, root: str | None) -> int:
+        """Open ``source`` (a file or a directory) by its path, following symlinks, for
+        reading. Under a store ``root`` it is first opened ``O_PATH`` (nothing read, no side
+        effect of opening a device or a FIFO), refused unless what was opened lies inside the
+        store (``_check_inside``: a symlink staying inside is followed, one leading out, on
+        the way or the last component, is not, whenever it was swapped in), then reopened
+        for reading through that descriptor: exactly the inode checked."""
+        if root is None:
+            return os.open(source, _READ)
+        path_fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
         try:
-            return os.open(source, _SOURCE | flags)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            self._check_inside(path_fd, root)
+            try:
+                return os.open(f"/proc/self/fd/{path_fd}", _READ)
+            except OSError as exc:
+                exc.filename = source
                 raise
-        # A symlink: follow it only where it stays inside the store.
-        if root is not None and not is_within(source, root):
-            raise ItemFailed("the instance on its store leads outside the store")
-        return os.open(source, (_SOURCE & ~os.O_NOFOLLOW) | flags)
+        finally:
+            os.close(path_fd)
 
     def _write(self, spec: ItemSpec, source: str, source_fd: int | None, dir_fd: int,
                tmp: str, algorithm: str) -> str:
@@ -462,7 +488,7 @@ class Mover:
         note = ""
         try:
             if spec.method in _LINKS:
-                self._link(spec, source, dir_fd, tmp, algorithm)
+                self._link(spec, source, source_fd, dir_fd, tmp, algorithm)
             else:
                 reflink = spec.method == "reflink"
                 fin = source_fd if source_fd is not None else (
@@ -499,12 +525,15 @@ class Mover:
             return None
         return reason
 
-    def _link(self, spec: ItemSpec, source: str, dir_fd: int, tmp: str, algorithm: str) -> None:
-        """Nothing is copied: the source, opened without following a link, is checked (the
-        user must not be able to write it: ``linkcheck``) and verified, then linked."""
-        fin = (self._open_file(source, spec.source_root)
-               if not spec.is_directory and source.startswith("/")
-               else self._open_source(source, spec.source_root))
+    def _link(self, spec: ItemSpec, source: str, source_fd: int | None, dir_fd: int, tmp: str,
+              algorithm: str) -> None:
+        """Nothing is copied: the source (``source_fd``, or opened as ``_open_file`` or
+        ``_open_source`` open it: inside its store) is checked (the user must not be able to
+        write it: ``linkcheck``) and verified, then linked."""
+        fin = source_fd if source_fd is not None else (
+            self._open_file(source, spec.source_root)
+            if not spec.is_directory and source.startswith("/")
+            else self._open_source(source, spec.source_root))
         try:
             st = os.fstat(fin)
             reason = self._exposure(fin, st)
@@ -521,7 +550,8 @@ class Mover:
                 # The inode just checked and verified, not whatever the path holds now.
                 _hardlink(fin, tmp, dir_fd)
         finally:
-            os.close(fin)
+            if fin != source_fd:
+                os.close(fin)
 
     def _hash_source(self, fd: int, st: os.stat_result, algorithm: str) -> tuple[int, str]:
         """The size and ``algorithm`` checksum of the open source ``fd`` (``st``: its fstat).
