@@ -110,13 +110,10 @@ def test_sync_folders_refuses_a_folder_swapped_for_a_symlink(tmp_path: Path) -> 
         safefs.sync_folders([str(root / "night")], [str(root)])
 
 
-@pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])
-def test_a_store_folder_swapped_for_a_link_out_of_the_store_is_not_read(
-        store: Path, tmp_path: Path, method: str) -> None:
-    """A source is opened below its folder, opened and checked once: when the store's folder
-    is replaced after a first file by a symlink to a folder outside the store holding the
-    same bytes, the next file is refused (the folder is checked again), never read or linked
-    through the link."""
+def _two_files_and_an_outside_copy(store: Path, tmp_path: Path, method: str
+                                   ) -> tuple[list[ItemSpec], Path]:
+    """The specs of ``night/a.uvh5`` and ``night/b.uvh5`` into a fresh destination, and a folder
+    outside the store holding the same bytes as ``b.uvh5`` (owned as the store's files are)."""
     dest = tmp_path / "dest"
     dest.mkdir()
     outside = tmp_path / "outside"
@@ -124,7 +121,17 @@ def test_a_store_folder_swapped_for_a_link_out_of_the_store_is_not_read(
     (outside / "b.uvh5").write_bytes((store / "night" / "b.uvh5").read_bytes())
     (outside / "b.uvh5").chmod(0o444)
     os.chown(outside / "b.uvh5", ARCHIVE_UID, ARCHIVE_GID)
-    items = [spec(store, dest, name, method) for name in ("a.uvh5", "b.uvh5")]
+    return [spec(store, dest, name, method) for name in ("a.uvh5", "b.uvh5")], outside
+
+
+@pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])
+def test_a_store_folder_swapped_for_a_link_out_of_the_store_is_not_read(
+        store: Path, tmp_path: Path, method: str) -> None:
+    """A source is opened below its folder, opened and checked once: when the store's folder
+    is replaced after a first file by a symlink to a folder outside the store holding the
+    same bytes, the next file is refused (the folder is checked again), never read or linked
+    through the link."""
+    items, outside = _two_files_and_an_outside_copy(store, tmp_path, method)
     mover = Mover(deferred=True, temp_folders=True)
     assert mover.move(items[0]).state == ItemState.DONE
     safefs.remove_path(str(store / "night"))
@@ -141,14 +148,7 @@ def test_a_checked_folder_moved_aside_and_a_link_out_in_its_place_is_not_read(
     file is made a symlink and the folder's old name a symlink to a folder outside the store
     holding that file's bytes: the file is refused (what was opened, not its path, is checked),
     nothing outside is read or linked, nothing is left under a final or temporary name."""
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "b.uvh5").write_bytes((store / "night" / "b.uvh5").read_bytes())
-    (outside / "b.uvh5").chmod(0o444)
-    os.chown(outside / "b.uvh5", ARCHIVE_UID, ARCHIVE_GID)
-    items = [spec(store, dest, name, method) for name in ("a.uvh5", "b.uvh5")]
+    items, outside = _two_files_and_an_outside_copy(store, tmp_path, method)
     mover = Mover(deferred=True, temp_folders=True)
     first = mover.move(items[0])
     assert first.state == ItemState.DONE
@@ -161,7 +161,7 @@ def test_a_checked_folder_moved_aside_and_a_link_out_in_its_place_is_not_read(
     mover.close()
     assert first.tmp is not None
     assert sorted(os.listdir(Path(first.tmp).parent)) == ["a.uvh5"]
-    assert not (dest / "night").exists()
+    assert not (tmp_path / "dest" / "night").exists()
 
 
 @pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])

@@ -173,6 +173,15 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield running
 
 
+def _issue_stage_token(site: Any, user: str) -> None:
+    """A site token for ``user`` (read and stage scopes), kept in ``site.tokens``."""
+    db = Database(site.db_url)
+    try:
+        site.tokens[user] = tokens.issue(db, user, ["read", "stage"])[0]
+    finally:
+        db.dispose()
+
+
 def _dest(site: Site, user: str, name: str) -> Path:
     return site.home(user) / name
 
@@ -555,16 +564,11 @@ def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     """A user's worker sends its results in calls of at most the service's limit (10,000; 2
     here): a hand-over with more goes as records of that many and the rest with the claim;
     every result is counted once and the job succeeds."""
-    from hera_stage_ext.jobs.engine import get_job
     from hera_stage_ext.jobs.http_store import HttpJobStore
     from hera_stage_ext.jobs.run import EngineConfig, run_pending
     from hera_stage_ext.standard_kinds import standard_kinds
 
-    db = Database(site.db_url)
-    try:
-        site.tokens["carol"] = tokens.issue(db, "carol", ["read", "stage"])[0]
-    finally:
-        db.dispose()
+    _issue_stage_token(site, "carol")
     destination = _dest(site, "carol", "split")
     destination.mkdir(parents=True)
     for name in FILES:  # already there: skipped, so recorded at the claim (no rename to wait)
@@ -779,11 +783,7 @@ def test_the_logs_last_lines_come_with_the_finish(site: Site) -> None:
     from hera_stage_ext.site.worker_ops import WorkerOps
     from hera_stage_ext.standard_kinds import standard_kinds
 
-    db = Database(site.db_url)
-    try:
-        site.tokens["dave"] = tokens.issue(db, "dave", ["read", "stage"])[0]
-    finally:
-        db.dispose()
+    _issue_stage_token(site, "dave")
     destination = _dest(site, "dave", "logged")
     number = site.stage("dave", destination)["id"]
     calls: list[str] = []
