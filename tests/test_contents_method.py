@@ -34,8 +34,10 @@ from hera_stage_ext.jobs import (
     retry_job,
     run_pending,
 )
-from hera_stage_ext.jobs.contents import Manager, describe_manager
+from hera_stage_ext.jobs.contents import ContentsMover, ContentsTarget, Manager, describe_manager
+from hera_stage_ext.jobs.methods import ItemFailed, ItemSpec
 from hera_stage_ext.standard_kinds import standard_kinds
+from hera_stage_ext.states import ItemState
 
 from .api_fixtures import *
 from .contents_double import SQLiteContentsManager
@@ -264,6 +266,86 @@ def test_a_file_shows_its_bytes_chunk_by_chunk_before_it_is_committed(
     assert len(steps) >= 3, steps
     end = get_job(site.db, job["id"])
     assert (end["state"], end["bytes_done"], end["bytes_moving"]) == ("succeeded", total, 0)
+
+
+# ----- a store's folder swapped for a symlink out of the store while it is staged ------------
+def _store_with_an_outside_twin(tmp_path: Path, outside_bytes: bytes | None = None
+                                ) -> tuple[Path, Path, dict[str, bytes]]:
+    """A store whose ``night`` folder holds a file and a data set (two members), and a folder
+    outside the store laid out the same, holding the same bytes (or ``outside_bytes`` for the
+    data set's second member)."""
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    files = {"b.uvh5": bytes(range(256)) * 3, "set.uv/a": b"first member" * 40,
+             "set.uv/z": b"second member" * 40}
+    for top in (store / "night", outside):
+        (top / "set.uv").mkdir(parents=True)
+        for rel, data in files.items():
+            (top / rel).write_bytes(data)
+    if outside_bytes is not None:
+        (outside / "set.uv" / "z").write_bytes(outside_bytes)
+    return store, outside, files
+
+
+def _contents_item(tmp_path: Path, store: Path, name: str, check=lambda n: None):
+    """A ``ContentsMover`` into ``dest`` of a LargeFileManager rooted at ``workspace``, and
+    the item of ``night/name`` on ``store`` (catalogue checksums taken now)."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    spec = describe_manager(LargeFileManager(root_dir=str(workspace)))
+    target = ContentsTarget.plan("dest", spec, [workspace])
+    source = store / "night" / name
+    digest = ck.hash_path(source)
+    item = ItemSpec(str(source), f"{target.key}/night/{name}", digest.size, source.is_dir(),
+                    digest.checksums, "contents", True, str(store))
+    return ContentsMover(target, 64, check, set()), item, workspace
+
+
+@pytest.mark.parametrize("name", ["b.uvh5", "set.uv"])
+def test_a_folder_swapped_for_a_link_out_of_the_store_after_the_check_is_not_read(
+        tmp_path, monkeypatch, name) -> None:
+    """The store's folder is renamed aside (it stays inside the store) and its name made a
+    symlink to a folder outside holding the same bytes, after the item's source was checked
+    and before it is read (while the destination folder is made): what is opened is checked,
+    so the item (a file, or a data set) is refused and nothing outside is read into the
+    destination."""
+    store, outside, _files = _store_with_an_outside_twin(tmp_path)
+    mover, item, workspace = _contents_item(tmp_path, store, name)
+    make_dirs = mover.manager.make_dirs
+
+    def swap_then_make_dirs(path: str) -> None:
+        (store / "night").rename(store / "night.old")
+        (store / "night").symlink_to(outside)
+        make_dirs(path)
+
+    monkeypatch.setattr(mover.manager, "make_dirs", swap_then_make_dirs)
+    with pytest.raises(ItemFailed, match="the instance on its store leads outside the store"):
+        mover.move(item)
+    assert (store / "night").is_symlink()  # the swap was made
+    assert [p for p in tree(workspace) if not (workspace / p).is_dir()] == []
+
+
+def test_a_data_set_folder_swapped_after_its_first_member_is_read_from_the_folder_opened(
+        tmp_path) -> None:
+    """A data set is read below the folder opened (and checked) for it: its store folder
+    renamed aside and its name made a symlink out of the store after the first member was sent,
+    the next member still comes from the folder opened, never from outside (which holds other
+    bytes there)."""
+    store, outside, files = _store_with_an_outside_twin(tmp_path, b"outside bytes" * 40)
+    swapped = []
+
+    def swap_after_the_first_member(_nbytes: int) -> None:
+        if not swapped:
+            (store / "night").rename(store / "night.old")
+            (store / "night").symlink_to(outside)
+            swapped.append(True)
+
+    mover, item, workspace = _contents_item(tmp_path, store, "set.uv",
+                                            swap_after_the_first_member)
+    outcome = mover.move(item)
+    assert swapped and outcome.state == ItemState.DONE and "verified" in outcome.note
+    for member in ("a", "z"):
+        assert (workspace / "dest" / "night" / "set.uv" / member).read_bytes() == files[
+            f"set.uv/{member}"]
 
 
 # ----- a worker process SIGKILLed mid-job ---------------------------------------------------

@@ -70,7 +70,8 @@ from ..errors import Conflict, ContentsError, Forbidden, InvalidRequest, Staging
 from ..paths import check_text, confine, is_within
 from ..states import ItemState
 from . import markers
-from .methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome
+from .. import safefs
+from .methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome, open_inside, open_member
 
 #: Prefix of a job destination held by a manager that is not file-based.
 SCHEME = "contents:"
@@ -431,6 +432,7 @@ class ContentsMover:
         self.chunk_size = max(1, chunk_size)
         self._check = check
         self._made_dirs = made_dirs  # contents folders known to exist (shared by the streams)
+        self._real_roots: dict[str, str] = {}  # store roots resolved once (``open_inside``)
 
     def close(self) -> None:
         """Nothing to let go (the engine closes every stream's mover)."""
@@ -440,9 +442,12 @@ class ContentsMover:
         final = self.target.api(spec.final)
         tmp = temp_name(final)
         manager = self.manager
-        source = Path(spec.source)
+        source = os.fspath(spec.source)
         if spec.source_root is not None and not is_within(source, spec.source_root):
-            # An instance swapped for a symlink out of its store after ingest: never read.
+            # Refused early, before anything is judged or made at the destination. What
+            # confines the read is not this but the check of the source once it is open
+            # (``open_inside``): a folder swapped for a symlink out of the store after this
+            # check is refused then, never read through.
             raise ItemFailed("the instance on its store leads outside the store")
         if manager.exists(final):
             manager.delete_quietly(tmp)  # a leftover of a killed worker
@@ -454,10 +459,14 @@ class ContentsMover:
         if manager.exists(tmp):  # a leftover of a killed worker
             manager.delete_tree(tmp)
         try:
-            if spec.is_directory:
-                digest = self._send_dir(source, tmp, algorithm)
-            else:
-                digest = self._send_file(source, tmp, algorithm)
+            fin = open_inside(source, spec.source_root, self._real_roots)
+            try:
+                if spec.is_directory:
+                    digest = self._send_dir(fin, tmp, algorithm)
+                else:
+                    digest = self._send_file(fin, tmp, algorithm)
+            finally:
+                os.close(fin)
             Mover._verify(spec, digest, algorithm, "copy")
             if manager.exists(final):
                 raise ItemFailed("appeared at the destination while it was being staged; "
@@ -468,9 +477,10 @@ class ContentsMover:
             raise
         return Outcome(ItemState.DONE, f"{algorithm} verified, through the contents manager")
 
-    def _send_file(self, src: Path, path: str, algorithm: str) -> ck.Digest:
+    def _send_file(self, fin: int, path: str, algorithm: str) -> ck.Digest:
+        """Send the open file ``fin`` (read from its descriptor, never by a path)."""
         hasher = ck.StreamHasher([algorithm])
-        with open(src, "rb", buffering=0) as f:
+        with open(fin, "rb", buffering=0, closefd=False) as f:
             data = f.read(self.chunk_size)
             ahead = f.read(self.chunk_size) if data else b""
             number = 1
@@ -495,15 +505,22 @@ class ContentsMover:
                              f"{digest.size} were sent; the copy was removed")
         return digest
 
-    def _send_dir(self, src: Path, path: str, algorithm: str) -> ck.Digest:
-        members = ck.contained_members(src)
+    def _send_dir(self, src_fd: int, path: str, algorithm: str) -> ck.Digest:
+        """Send the data set open as ``src_fd``: its tree listed and its members opened below
+        that descriptor (``safefs.tree``, ``open_member``: one leading out of it is refused),
+        as the ``copy`` method reads one, never by a path."""
+        folders, members = safefs.tree(src_fd)
         self.manager.save({"type": "directory"}, path)
-        folders = sorted({os.path.relpath(root, src) for root, _d, _f in os.walk(src)} - {"."})
-        for folder in folders:  # sorted: a parent comes before its children
+        for folder in folders:  # parents first
             self.manager.save({"type": "directory"}, _join(path, folder))
-        return ck.manifest_digest(
-            [(m, self._send_file(src / m, _join(path, m), algorithm)) for m in members],
-            [algorithm])
+        digests = []
+        for member in members:
+            fin = open_member(src_fd, member)
+            try:
+                digests.append((member, self._send_file(fin, _join(path, member), algorithm)))
+            finally:
+                os.close(fin)
+        return ck.manifest_digest(digests, [algorithm])
 
     # ----- what is already there ----------------------------------------------------------
     def _existing(self, spec: ItemSpec, final: str, algorithm: str) -> Outcome:

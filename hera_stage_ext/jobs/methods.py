@@ -111,7 +111,7 @@ def remove_path(path: str | os.PathLike[str], folders: safefs.Folders | None = N
 #: The open flags of a source (a store's instance) below its folder: never through a symlink
 #: it is itself.
 _SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-#: The open flags of a source by its path (``Mover._open_source``: checked once open).
+#: The open flags of a source by its path (``open_inside``: checked once open).
 _READ = os.O_RDONLY | os.O_CLOEXEC
 #: Methods of a single file that ``Mover._move_file`` takes.
 _FILE_METHODS = frozenset({"copy", "hardlink", "symlink", "reflink"})
@@ -177,7 +177,7 @@ class Mover:
         # with ``close_sources``.
         self._source_dirs: OrderedDict[tuple[str, str | None], int] = OrderedDict()
         # Store roots as given -> resolved (once: the kernel's names of what was opened are
-        # compared with these, ``_check_inside``).
+        # compared with these, ``check_inside``).
         self._real_roots: dict[str, str] = {}
         # Destination folders this mover created (so they held nothing before).
         self._fresh_dirs: set[str] = set()
@@ -382,7 +382,7 @@ class Mover:
         is judged) a source that leads outside its store: a file's folder is opened and
         checked (``_source_folder``, once per folder), a directory resolved. What confines
         the read is not this but the check of every source once it is open (below a checked
-        folder, or ``_open_source``'s check of what was opened)."""
+        folder, or ``open_inside``'s check of what was opened)."""
         root = spec.source_root
         assert root is not None
         if spec.is_directory:
@@ -395,28 +395,12 @@ class Mover:
         elif not is_within(os.path.dirname(source), root):
             raise ItemFailed(_OUTSIDE)
 
-    def _check_inside(self, fd: int, root: str) -> None:
-        """Refuse (ItemFailed) the open ``fd`` unless it lies inside the store ``root``: what
-        the descriptor holds, as the kernel names it (whatever path led to it, and whatever is
-        swapped on that path since), against the root resolved once (``_real_roots``); the
-        kernel's answer is compared as it is, never resolved again."""
-        real = self._real_roots.get(root)
-        if real is None:
-            real = self._real_roots[root] = os.path.realpath(root)
-        where = os.readlink(f"/proc/self/fd/{fd}")
-        try:
-            inside = os.path.commonpath([where, real]) == real
-        except ValueError:  # not a path of this file system tree (relative): not inside
-            inside = False
-        if not inside:
-            raise ItemFailed(_OUTSIDE)
-
     def _source_folder(self, folder: str, root: str | None) -> int | None:
         """The open source folder ``folder`` (``O_PATH``), refused (ItemFailed) where it does
-        not lie inside the store ``root`` (``_check_inside``), so a file opened below it
+        not lie inside the store ``root`` (``check_inside``), so a file opened below it
         without following a symlink is inside; checked when it is opened, not again while it
         is cached. None when it cannot be opened (missing, not a folder): the caller goes by
-        path (``_open_source``), which says what is wrong."""
+        path (``open_inside``), which says what is wrong."""
         key = (folder, root)
         fd = self._source_dirs.get(key)
         if fd is not None:
@@ -428,7 +412,7 @@ class Mover:
             return None
         try:
             if root is not None:
-                self._check_inside(fd, root)
+                check_inside(fd, root, self._real_roots)
         except BaseException:
             os.close(fd)
             raise
@@ -444,7 +428,7 @@ class Mover:
         it: see ``_source_dirs``). A file missing there drops the folder's descriptor (the
         folder may have been removed or replaced since) and opens and checks the folder again,
         once. Anything else (a source that is a symlink, a file missing twice, a folder that
-        cannot be opened) goes by path (``_open_source``): what that opens is checked to lie
+        cannot be opened) goes by path (``open_inside``): what that opens is checked to lie
         inside the store, and its errors say what is wrong as they always did."""
         folder, name = _split(source)
         for again in (False, True):
@@ -459,27 +443,7 @@ class Mover:
                     break
             except OSError:
                 break
-        return self._open_source(source, root)
-
-    def _open_source(self, source: str, root: str | None) -> int:
-        """Open ``source`` (a file or a directory) by its path, following symlinks, for
-        reading. Under a store ``root`` it is first opened ``O_PATH`` (nothing read, no side
-        effect of opening a device or a FIFO), refused unless what was opened lies inside the
-        store (``_check_inside``: a symlink staying inside is followed, one leading out, on
-        the way or the last component, is not, whenever it was swapped in), then reopened
-        for reading through that descriptor: exactly the inode checked."""
-        if root is None:
-            return os.open(source, _READ)
-        path_fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
-        try:
-            self._check_inside(path_fd, root)
-            try:
-                return os.open(f"/proc/self/fd/{path_fd}", _READ)
-            except OSError as exc:
-                exc.filename = source
-                raise
-        finally:
-            os.close(path_fd)
+        return open_inside(source, root, self._real_roots)
 
     def _write(self, spec: ItemSpec, source: str, source_fd: int | None, dir_fd: int,
                tmp: str, algorithm: str) -> str:
@@ -494,7 +458,7 @@ class Mover:
                 fin = source_fd if source_fd is not None else (
                     self._open_file(source, spec.source_root)
                     if not spec.is_directory and source.startswith("/")
-                    else self._open_source(source, spec.source_root))
+                    else open_inside(source, spec.source_root, self._real_roots))
                 try:
                     if spec.is_directory:
                         digest = self._copy_dir(fin, dir_fd, tmp, algorithm, spec.read_only,
@@ -528,12 +492,12 @@ class Mover:
     def _link(self, spec: ItemSpec, source: str, source_fd: int | None, dir_fd: int, tmp: str,
               algorithm: str) -> None:
         """Nothing is copied: the source (``source_fd``, or opened as ``_open_file`` or
-        ``_open_source`` open it: inside its store) is checked (the user must not be able to
+        ``open_inside`` open it: inside its store) is checked (the user must not be able to
         write it: ``linkcheck``) and verified, then linked."""
         fin = source_fd if source_fd is not None else (
             self._open_file(source, spec.source_root)
             if not spec.is_directory and source.startswith("/")
-            else self._open_source(source, spec.source_root))
+            else open_inside(source, spec.source_root, self._real_roots))
         try:
             st = os.fstat(fin)
             reason = self._exposure(fin, st)
@@ -577,7 +541,7 @@ class Mover:
     def _tree_exposure(self, dir_fd: int) -> str | None:
         _folders, members = safefs.tree(dir_fd)
         for member in members:
-            fd = _member(dir_fd, member)
+            fd = open_member(dir_fd, member)
             try:
                 reason = self._exposure(fd, os.fstat(fd))
             finally:
@@ -723,7 +687,7 @@ class Mover:
     def _copy_dir(self, src_fd: int, dir_fd: int, dst: str, algorithm: str,
                   read_only: bool, reflink: bool) -> ck.Digest:
         """Copy the data set open as ``src_fd`` to a new folder ``dst`` in ``dir_fd`` (its
-        members opened below it: one that leads out of it is refused, ``_member``)."""
+        members opened below it: one that leads out of it is refused, ``open_member``)."""
         folders, members = safefs.tree(src_fd)
         # Directories stay writable (the user must be able to delete what was staged).
         os.mkdir(dst, 0o755, dir_fd=dir_fd)
@@ -733,7 +697,7 @@ class Mover:
                 out.make(folder)
             digests = []
             for member in members:
-                fin = _member(src_fd, member)
+                fin = open_member(src_fd, member)
                 try:
                     head, tail = os.path.split(member)
                     size, got = self._copy_file(fin, out.get(head), tail, algorithm, read_only,
@@ -754,7 +718,7 @@ class Mover:
             for folder in folders:
                 out.make(folder)
             for member in members:
-                fin = _member(src_fd, member)
+                fin = open_member(src_fd, member)
                 try:
                     head, tail = os.path.split(member)
                     _hardlink(fin, tail, out.get(head))
@@ -779,7 +743,48 @@ def _hardlink(fin: int, name: str, dir_fd: int) -> None:
             "worker with CAP_FOWNER") from None
 
 
-def _member(dir_fd: int, member: str) -> int:
+def check_inside(fd: int, root: str, real_roots: dict[str, str]) -> None:
+    """Refuse (ItemFailed) the open ``fd`` unless it lies inside the store ``root``: what the
+    descriptor holds, as the kernel names it (whatever path led to it, and whatever is swapped
+    on that path since), against the root resolved once (``real_roots``: root as given ->
+    resolved, the caller's cache); the kernel's answer is compared as it is, never resolved
+    again."""
+    real = real_roots.get(root)
+    if real is None:
+        real = real_roots[root] = os.path.realpath(root)
+    where = os.readlink(f"/proc/self/fd/{fd}")
+    try:
+        inside = os.path.commonpath([where, real]) == real
+    except ValueError:  # not a path of this file system tree (relative): not inside
+        inside = False
+    if not inside:
+        raise ItemFailed(_OUTSIDE)
+
+
+def open_inside(source: str | os.PathLike[str], root: str | None,
+                real_roots: dict[str, str]) -> int:
+    """Open ``source`` (a file or a directory) by its path, following symlinks, for reading.
+    Under a store ``root`` it is first opened ``O_PATH`` (nothing read, no side effect of
+    opening a device or a FIFO), refused unless what was opened lies inside the store
+    (``check_inside``: a symlink staying inside is followed, one leading out, on the way or
+    the last component, is not, whenever it was swapped in), then reopened for reading
+    through that descriptor: exactly the inode checked. The one check of a source opened by
+    its path, for every method (``Mover``, ``contents.ContentsMover``)."""
+    if root is None:
+        return os.open(source, _READ)
+    path_fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
+    try:
+        check_inside(path_fd, root, real_roots)
+        try:
+            return os.open(f"/proc/self/fd/{path_fd}", _READ)
+        except OSError as exc:
+            exc.filename = os.fspath(source)
+            raise
+    finally:
+        os.close(path_fd)
+
+
+def open_member(dir_fd: int, member: str) -> int:
     """Open a data set's member below its folder: a symlink that stays inside is followed,
     one leading out of it is refused (its bytes are never read)."""
     try:
