@@ -24,6 +24,11 @@ Design:
   must be the catalogue's too, which catches a manager that dropped or repeated chunks. A
   directory (MIRIAD data set) is written member by member and checked with the Librarian's
   directory digest.
+- Reading: the source is opened as the other methods open one by its path
+  (``methods.open_inside``: what was opened is checked to lie inside its store, then read from
+  that descriptor), a data set's members below its folder's descriptor (``open_member``): a
+  store folder swapped for a symlink out of the store is never read through, whenever it is
+  swapped (before the open: refused; after it: the folder opened is read).
 - Crash safety: an item is written under ``<name>.hera-tmp`` (not a dot name: file-based managers
   refuse hidden names by default) and renamed with ``ContentsManager.rename`` (which never
   overwrites) once verified, before ``move`` returns: the engine's batched renames are local
