@@ -76,7 +76,8 @@ from ..paths import check_text, confine, is_within
 from ..states import ItemState
 from . import markers
 from .. import safefs
-from .methods import TMP_SUFFIX, ItemFailed, ItemSpec, Mover, Outcome, open_inside, open_member
+from .methods import (TMP_SUFFIX, ItemFailed, ItemSpec, Outcome, check_sum, open_inside,
+                      open_member)
 
 #: Prefix of a job destination held by a manager that is not file-based.
 SCHEME = "contents:"
@@ -472,7 +473,7 @@ class ContentsMover:
                     digest = self._send_file(fin, tmp, algorithm)
             finally:
                 os.close(fin)
-            Mover._verify(spec, digest, algorithm, "copy")
+            check_sum(spec, digest.size, digest.checksums[algorithm], algorithm, "copy")
             if manager.exists(final):
                 raise ItemFailed("appeared at the destination while it was being staged; "
                                  "not overwritten")

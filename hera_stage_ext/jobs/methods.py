@@ -470,7 +470,7 @@ class Mover:
                 finally:
                     if fin != source_fd:
                         os.close(fin)
-                self._check_sum(spec, size, got, algorithm, "copy")
+                check_sum(spec, size, got, algorithm, "copy")
                 note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
         except FileExistsError as exc:
             if exc.filename != tmp:
@@ -505,7 +505,7 @@ class Mover:
                 reason = self._tree_exposure(fin)
             if reason is not None:
                 raise ItemFailed(reason)
-            self._check_sum(spec, *self._hash_source(fin, st, algorithm), algorithm, "source")
+            check_sum(spec, *self._hash_source(fin, st, algorithm), algorithm, "source")
             if spec.method == "symlink":
                 os.symlink(source, tmp, target_is_directory=spec.is_directory, dir_fd=dir_fd)
             elif spec.is_directory:
@@ -579,19 +579,6 @@ class Mover:
         if digest.size == spec.size and digest.checksums[algorithm] == spec.checksums[algorithm]:
             return Outcome(ItemState.SKIPPED, f"identical file already there ({algorithm})")
         raise ItemFailed(f"exists with other content ({algorithm} differs); not overwritten")
-
-    @staticmethod
-    def _verify(spec: ItemSpec, digest: ck.Digest, algorithm: str, what: str) -> None:
-        Mover._check_sum(spec, digest.size, digest.checksums[algorithm], algorithm, what)
-
-    @staticmethod
-    def _check_sum(spec: ItemSpec, size: int, got: str, algorithm: str, what: str) -> None:
-        expected = spec.checksums[algorithm]
-        if size != spec.size or got != expected:
-            raise ItemFailed(
-                f"checksum mismatch: {algorithm} of the {what} is {got} ({size} bytes), "
-                f"the catalogue says {expected} ({spec.size} bytes); the source is corrupt or "
-                f"changed, the bad copy was removed")
 
     # ----- copying ------------------------------------------------------------------------
     def _copy_file(self, fin: int, dir_fd: int, dst: str, algorithm: str, read_only: bool,
@@ -727,6 +714,17 @@ class Mover:
             out.copy_mtimes(src_fd, folders)
         finally:
             out.close()
+
+
+def check_sum(spec: ItemSpec, size: int, got: str, algorithm: str, what: str) -> None:
+    """Refuse (``ItemFailed``) a ``what`` ("copy", "source") whose size or ``algorithm``
+    checksum ``got`` is not what the catalogue says of ``spec``."""
+    expected = spec.checksums[algorithm]
+    if size != spec.size or got != expected:
+        raise ItemFailed(
+            f"checksum mismatch: {algorithm} of the {what} is {got} ({size} bytes), "
+            f"the catalogue says {expected} ({spec.size} bytes); the source is corrupt or "
+            f"changed, the bad copy was removed")
 
 
 def _hardlink(fin: int, name: str, dir_fd: int) -> None:
