@@ -76,6 +76,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+        if connection.connection.dbapi_connection.in_transaction:
+            return  # begun on the driver's connection already (``Database.connect_limited``)
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
 
@@ -255,7 +257,13 @@ class Database:
         closes; on PostgreSQL autocommit, as ``read()``."""
         if is_sqlite(self.engine):
             with self.engine.connect() as connection:
-                connection.begin()  # BEGIN DEFERRED now: driver_rows' statements go round it
+                # BEGIN DEFERRED now, on the driver's connection: driver_rows' statements go
+                # round SQLAlchemy, and its begin (an event and a statement executed through its
+                # whole machinery) cost as much as the BEGIN itself. The connection's return to
+                # the pool rolls the transaction back (the pool's reset on return).
+                dbapi_connection = connection.connection.dbapi_connection
+                assert dbapi_connection is not None  # the connection is open
+                dbapi_connection.execute("BEGIN DEFERRED")
                 if timeout_s <= 0:
                     yield connection
                     return
