@@ -252,11 +252,12 @@ class Client:
 
 def time_queries(
     db: Database, catalogue: Catalogue, http_client: Client, server: Server, files: int,
-    n_requests: int, compared: Server | None = None,
+    n_requests: int, compared: Server | None = None, rest_alone: bool = False,
 ) -> dict[str, Timing]:
     """Per search: REST, Catalogue.search and run_search (and REST of the ``compared`` server),
     interleaved request by request (rotating which goes first) so that they see the same
-    machine; each reply of ``compared`` is checked byte for byte against ``server``'s."""
+    machine; each reply of ``compared`` is checked byte for byte against ``server``'s. With
+    ``rest_alone``, only the REST requests are timed, back to back."""
     out: dict[str, Timing] = {}
     for query in queries(files):
         rnd = random.Random(f"{query.key}-{files}")
@@ -296,7 +297,9 @@ def time_queries(
             raise RuntimeError(f"{query.label}: {len(names_rest)} results for {first}")
 
         timing = Timing()
-        runners = [("rest", rest), ("core", core), ("sql", sql)]
+        runners = [("rest", rest)]
+        if not rest_alone:
+            runners += [("core", core), ("sql", sql)]
         if compared is not None:
             runners.append(("compared", rest_compared))
         servers = {"rest": server} if compared is None else {"rest": server, "compared": compared}
@@ -491,7 +494,7 @@ def bench_database(
             client = Client(args.client)
             stack.callback(client.close)
             timings = time_queries(db, catalogue, client, server, args.files, args.requests,
-                                   compared)
+                                   compared, args.rest_alone)
         result = DbResult(backend, args.files, ingest, timings, build_seconds)
         for query in queries(args.files):
             t = timings[query.key]
@@ -592,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time a second server running the extension from CHECKOUT "
                              "(e.g. a worktree of main), request by request with this one, and "
                              "check that every reply is the same, byte for byte")
+    parser.add_argument("--rest-alone", action="store_true",
+                        help="time only the REST requests, back to back (no in-process search "
+                             "between two of them, which leaves the server's caches cold); the "
+                             "core and SQL columns are then empty")
     args = parser.parse_args(argv)
     if args.files < 1000 or args.requests < 1 or args.batch < 1:
         parser.error("--files must be at least 1000, --requests and --batch at least 1")
