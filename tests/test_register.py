@@ -249,3 +249,37 @@ def test_a_registration_with_its_copy_is_found_by_either_event_type(catalogue):
     # The stored type is the catalogue's own: no caller records it.
     with pytest.raises(InvalidRequest, match="reserved"):
         catalogue.add_event(name, "file-registered+instance-added", {})
+
+
+def test_an_instance_or_event_of_no_file_or_store_is_refused(catalogue):
+    """Instances and events have no foreign keys (migration 0013): the catalogue refuses an id
+    that is not a file or a store itself, with NotFound, and writes nothing of the call."""
+    catalogue.register([spec("one")], "a", ["1"])
+    with catalogue.db.read() as s:
+        one = s.scalar(select(File.id).where(File.name == "one"))
+        store_a = s.scalar(select(Instance.store_id))
+    before = table_counts(catalogue)
+    with pytest.raises(NotFound, match=f"no file with id {one + 1000}"):
+        catalogue.add_events([(one, "note", {}), (one + 1000, "note", {})])
+    with pytest.raises(NotFound, match=f"no file with id {one + 1000}"):
+        catalogue.add_instance(one + 1000, store_a, "x", event=("copied", {}))
+    with pytest.raises(NotFound, match=f"no store with id {store_a + 1000}"):
+        catalogue.add_instance(one, store_a + 1000, "x", event=("copied", {}))
+    assert table_counts(catalogue) == before
+    catalogue.add_instance(one, store_a, "copy", event=("copied", {}))
+    assert [i["path"] for i in catalogue.file_detail("one")["instances"]] == ["1", "copy"]
+
+
+@pytest.mark.parametrize("table", ["file", "store"])
+def test_file_and_store_rows_are_never_deleted(catalogue, table):
+    """What the instances' and events' ids point to stays: the database refuses deleting a file
+    or a store row (migration 0013's triggers), even a store no instance is on."""
+    from sqlalchemy.exc import DBAPIError
+
+    catalogue.register([spec("one")], "a", ["1"])
+    catalogue.register([spec("alone")])
+    where = {"file": "name = 'alone'", "store": "name = 'b'"}[table]
+    with pytest.raises(DBAPIError, match=f"rows of the {table} table are never deleted"):
+        with catalogue.db.write() as s:
+            s.connection().exec_driver_sql(f"DELETE FROM {table} WHERE {where}")
+    assert catalogue.counts()["files"] == 2 and catalogue.counts()["stores"] == 2
