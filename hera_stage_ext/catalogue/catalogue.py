@@ -48,6 +48,24 @@ from .serialize import (
 from .tables import Found, Tables, dumps, json_string
 
 STORE_KINDS = ("online", "cold")
+#: SQLSTATE of a unique index's refusal (PostgreSQL).
+_UNIQUE_VIOLATION = "23505"
+
+
+@contextlib.contextmanager
+def _raced_as_conflict() -> Iterator[None]:
+    """A registration's transaction whose writes a unique index refused (PostgreSQL: another
+    registration committed one of its names or store paths after this one's checks; SQLite's
+    writers take turns, so its checks see it) raises Conflict, as if the checks had seen it: the
+    transaction is rolled back, nothing of the batch is written, and ``register_each`` goes on
+    file by file."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise
+        raise Conflict("another registration took a name or store path of this batch while "
+                       f"it was written; nothing of the batch was registered ({exc})") from exc
 
 
 @dataclass
@@ -181,7 +199,7 @@ class Catalogue:
         observed = [spec.observation or self.namer.observation_of(spec.name) for spec in specs]
         obsids = {obs.obsid for obs in observed if obs is not None}
         obsids |= {spec.obsid for spec in specs if spec.obsid is not None}
-        with self.db.write() as s:
+        with _raced_as_conflict(), self.db.write() as s:
             tables = Tables(s)
             found = tables.find(store, {spec.name for spec in specs},
                                 set(paths) if store is not None and paths else (),
