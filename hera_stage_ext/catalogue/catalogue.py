@@ -55,17 +55,18 @@ _UNIQUE_VIOLATION = "23505"
 @contextlib.contextmanager
 def _raced_as_conflict() -> Iterator[None]:
     """A registration's transaction whose writes a unique index refused (PostgreSQL: another
-    registration committed one of its names or store paths after this one's checks; SQLite's
-    writers take turns, so its checks see it) raises Conflict, as if the checks had seen it: the
+    registration committed one of its names, store paths, observations or sessions after this
+    one's checks; SQLite's writers take turns, so its checks see them) raises Conflict: the
     transaction is rolled back, nothing of the batch is written, and ``register_each`` goes on
-    file by file."""
+    file by file (whose checks then see the other's rows)."""
     try:
         yield
     except Exception as exc:
         if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
             raise
-        raise Conflict("another registration took a name or store path of this batch while "
-                       f"it was written; nothing of the batch was registered ({exc})") from exc
+        raise Conflict("another registration wrote a name, store path, observation or session "
+                       "of this batch while it was written; nothing of the batch was registered "
+                       f"(try again): {exc}") from exc
 
 
 @dataclass
@@ -174,9 +175,10 @@ class Catalogue:
         """Register files (and, with ``store``, their instances at ``paths``) in one transaction.
 
         Raises Conflict, leaving the catalogue unchanged, when any name is known with other
-        content or any store path already holds another file. ``instance_events``: per spec,
-        an event (type, payload) more to record with its instance when this call adds it (a
-        transfer's ``transfer-received``).
+        content or any store path already holds another file (also when another registration
+        commits such a row while this one writes: ``_raced_as_conflict``). ``instance_events``:
+        per spec, an event (type, payload) more to record with its instance when this call adds
+        it (a transfer's ``transfer-received``).
 
         Bulk by design (ingest calls it with hundreds of files): one query each fetches the
         batch's known files, observations, sessions and store paths, every check runs in the

@@ -49,8 +49,9 @@ def upgrade() -> None:
             " BEGIN RAISE EXCEPTION 'rows of the % table are never deleted', TG_TABLE_NAME"
             " USING ERRCODE = 'restrict_violation'; END $$")
         for table in _KEPT:
-            op.execute(f'CREATE TRIGGER {_trigger_name(table)} BEFORE DELETE OR TRUNCATE ON "{table}"'
-                       " FOR EACH STATEMENT EXECUTE FUNCTION catalogue_rows_never_deleted()")
+            op.execute(f"CREATE TRIGGER {_trigger_name(table)} BEFORE DELETE OR TRUNCATE"
+                       f' ON "{table}" FOR EACH STATEMENT'
+                       " EXECUTE FUNCTION catalogue_rows_never_deleted()")
         return
     for table in ("instance", "event"):
         with op.batch_alter_table(table, naming_convention=_SQLITE_FK_NAMES) as batch_op:
@@ -66,7 +67,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     postgresql = op.get_bind().dialect.name == "postgresql"
     for table in _KEPT:
-        op.execute(f'DROP TRIGGER {_trigger_name(table)}' + (f' ON "{table}"' if postgresql else ""))
+        op.execute(f"DROP TRIGGER {_trigger_name(table)}"
+                   + (f' ON "{table}"' if postgresql else ""))
     if postgresql:
         op.execute("DROP FUNCTION catalogue_rows_never_deleted()")
     for table, column, referred in _DROPPED:
