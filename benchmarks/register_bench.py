@@ -17,7 +17,8 @@ folders of a store (glob, plan, hash, register; the files are written once, befo
 Beside each rate: files per CPU second of this process and (PostgreSQL) the server processes of
 its connections (``/proc/<pid>/stat``): the cost of the work whatever else runs on the machine,
 and what a quiet machine's wall rate approaches; on PostgreSQL also the server's share of it
-(``server%``: what no change to our Python can win back).
+(``server%``: what no change to our Python can win back), and the CPU microseconds a file of
+each side (``client-us``: this process; ``server-us``: the backends).
 
 With ``--baseline DIR`` (another checkout, e.g. ``/work/main``) every case also runs with that
 tree's code, in interleaved pairs (ours, baseline; baseline, ours; ...), each case in a
@@ -53,8 +54,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 TARGET_FILES_PER_S = 30_000
 PHASES = ("new", "2nd", "again", "ingest")
-#: Per phase: files/s of wall time, files per CPU second, the PostgreSQL server's share of it.
-SUFFIXES = ("", "-cpu", "-server%")
+#: Per phase: files/s of wall time, files per CPU second, the PostgreSQL server's share of it,
+#: CPU microseconds a file of this process (the client) and of the server's backends.
+SUFFIXES = ("", "-cpu", "-server%", "-client-us", "-server-us")
 POLS = ("xx", "yy", "xy", "yx")
 FIRST_NIGHT = 2458000
 OBS_PER_NIGHT = 250  # x 4 polarisations = 1,000 files a night
@@ -112,8 +114,10 @@ def run_case(url: str, workdir: Path, files: int, batch: int, ingest_dir: str) -
                 cpu += time.process_time() - c0
             server += server_cpu(db)
             out[phase], out[f"{phase}-cpu"] = files / seconds, files / (cpu + server)
+            out[f"{phase}-client-us"] = 1e6 * cpu / files
             if db.backend == "postgresql":
                 out[f"{phase}-server%"] = 100 * server / (cpu + server)
+                out[f"{phase}-server-us"] = 1e6 * server / files
 
         out: dict[str, float] = {}
         register("new", "store-a")
@@ -129,8 +133,10 @@ def run_case(url: str, workdir: Path, files: int, batch: int, ingest_dir: str) -
             assert report.registered == report.matched and not report.errors, report.to_json()
             out["ingest"] = report.registered / seconds
             out["ingest-cpu"] = report.registered / (cpu + server)
+            out["ingest-client-us"] = 1e6 * cpu / report.registered
             if db.backend == "postgresql":
                 out["ingest-server%"] = 100 * server / (cpu + server)
+                out["ingest-server-us"] = 1e6 * server / report.registered
         return out
     finally:
         db.dispose()
@@ -214,6 +220,9 @@ def bench(backend: str, new_url: Any, tmp: Path, trees: dict[str, Path],
             got = one_case(trees[side], new_url(workdir), workdir, args, ingest_dir)
             line = "  ".join(f"{p} {got[p]:>7,.0f} ({got[p + '-cpu']:>7,.0f} cpu"
                              + (f", server {got[p + '-server%']:.0f}%" if p + "-server%" in got
+                                else "")
+                             + f"; us/file client {got[p + '-client-us']:.1f}"
+                             + (f" server {got[p + '-server-us']:.1f}" if p + "-server-us" in got
                                 else "") + ")"
                              for p in PHASES if p in got)
             log(f"  {backend:<10} {side:<8} pair {pair + 1}: {line}  files/s")
@@ -277,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log("\nmedian files/s (time inside Catalogue.register; ingest end to end); 'cpu': files per "
         "CPU second of this process and its PostgreSQL backends (what a quiet machine's wall "
-        "rate approaches); 'server%': the backends' share of those CPU seconds")
-    header = f"  {'database':<11}{'phase':<15}" + "".join(f"{side:>12}" for side in trees)
+        "rate approaches); 'server%': the backends' share of those CPU seconds; '-us': CPU "
+        "microseconds a file of this process ('client') and of the backends ('server')")
+    header = f"  {'database':<11}{'phase':<17}" + "".join(f"{side:>12}" for side in trees)
     log(header + ("       ratio" if args.baseline else ""))
     ok = True
     for backend, sides in results.items():
@@ -287,18 +297,23 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             medians = {side: statistics.median(v[phase]) for side, v in sides.items()}
             unit = "%" if phase.endswith("%") else ""
-            line = f"  {backend:<11}{phase:<15}" + "".join(
-                f"{m:>11,.0f}{unit or ' '}" for m in medians.values())
+            digits = 1 if phase.endswith("-us") else 0
+            line = f"  {backend:<11}{phase:<17}" + "".join(
+                f"{m:>11,.{digits}f}{unit or ' '}" for m in medians.values())
             if args.baseline:
                 line += f"{medians['ours'] / medians['baseline']:>11.2f}x"
             log(line)
     for backend, sides in results.items():
         rate = statistics.median(sides["ours"]["new"])
         cpu = statistics.median(sides["ours"]["new-cpu"])
+        client_us = statistics.median(sides["ours"]["new-client-us"])
+        server = sides["ours"]["new-server-us"]
         passed = rate >= TARGET_FILES_PER_S
         ok &= passed
         log(f"{'PASS' if passed else 'FAIL'}: register on {backend}: {rate:,.0f} files/s "
-            f"(target >= {TARGET_FILES_PER_S:,}; {cpu:,.0f} files per CPU second)")
+            f"(target >= {TARGET_FILES_PER_S:,}; {cpu:,.0f} files per CPU second; CPU a file: "
+            f"client {client_us:.1f} us"
+            + (f", server {statistics.median(server):.1f} us" if server else "") + ")")
     return 0 if ok else 1
 
 

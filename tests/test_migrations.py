@@ -9,6 +9,7 @@ kinds read the same.
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -116,5 +117,55 @@ def test_job_items_of_revision_0011_keep_their_states_and_are_claimed_after_the_
         migrations.command.downgrade(migrations.alembic_config(db.engine), "0011")
         assert {ix["name"] for ix in inspect(db.engine).get_indexes("job_item")} == {
             "ix_job_item_job_state"}
+    finally:
+        db.dispose()
+
+
+def test_a_catalogue_of_revision_0012_loses_the_row_checks_but_keeps_its_rows(db_url, tmp_path):
+    """0013 drops the foreign keys of instances and events (to file and store) and makes file
+    and store rows undeletable instead: the rows read as before, the schema is the models',
+    and a downgrade puts the foreign keys back."""
+    from sqlalchemy.exc import DBAPIError
+
+    db = Database(db_url)
+    try:
+        migrations.upgrade(db.engine, "0012")
+        catalogue = Catalogue(db)
+        catalogue.sync_stores({"a": {"path": str(tmp_path / "a")},
+                               "b": {"path": str(tmp_path / "b")}})
+        catalogue.register([FileSpec("old.dat", 1, {"md5": "1" * 32}, source="ingest")],
+                           "a", ["old.dat"])
+        before = catalogue.file_detail("old.dat")
+
+        def foreign_keys() -> set[tuple[str, str]]:
+            found = set()
+            for table in ("instance", "event", "file"):
+                for fk in inspect(db.engine).get_foreign_keys(table):
+                    found.add((table, fk["referred_table"]))
+            return found
+
+        assert foreign_keys() == {("instance", "file"), ("instance", "store"),
+                                  ("event", "file"), ("file", "observation")}
+
+        db.upgrade()
+
+        assert foreign_keys() == {("file", "observation")}
+        assert _schema_differences(db) == []
+        assert catalogue.file_detail("old.dat") == before
+        catalogue.register([FileSpec("old.dat", 1, {"md5": "1" * 32})], "b", ["old.dat"])
+        after = catalogue.file_detail("old.dat")
+        assert [i["store"] for i in after["instances"]] == ["a", "b"]
+        for table in ("file", "store"):
+            with pytest.raises(DBAPIError, match="never deleted"):
+                with db.write() as s:
+                    s.connection().exec_driver_sql(f"DELETE FROM {table}")
+
+        migrations.command.downgrade(migrations.alembic_config(db.engine), "0012")
+        assert foreign_keys() == {("instance", "file"), ("instance", "store"),
+                                  ("event", "file"), ("file", "observation")}
+        assert catalogue.file_detail("old.dat") == after
+        catalogue.sync_stores({name: {"path": str(tmp_path / name)} for name in "abc"})
+        with db.write() as s:  # no trigger left: an unused row may go again
+            s.connection().exec_driver_sql("DELETE FROM store WHERE name = 'c'")
     finally:
         db.dispose()

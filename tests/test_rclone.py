@@ -62,7 +62,7 @@ class Site:
 
     def path_of(self, name: str) -> str:
         with self.db.read() as s:
-            return s.scalar(select(Instance.path).join(File).join(Store).where(
+            return s.scalar(select(Instance.path).join(Instance.file).join(Instance.store).where(
                 File.name == name, Store.name == "onsite"))
 
     def names(self, n: int, night: str) -> list[str]:

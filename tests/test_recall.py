@@ -133,9 +133,9 @@ def check_result(site: ColdSite, job: dict, dest: Path) -> str:
     # Reaped: the buffer holds no file and the catalogue no instance on it; the tape is intact.
     assert buffer_bytes(site.buffer) == 0
     with site.db.read() as s:
-        on_buffer = s.scalars(select(Instance.path).join(Store).where(Store.name == "buffer"))
+        on_buffer = s.scalars(select(Instance.path).join(Instance.store).where(Store.name == "buffer"))
         assert list(on_buffer) == []
-        on_tape = s.scalars(select(Instance.path).join(Store).where(Store.name == "tape"))
+        on_tape = s.scalars(select(Instance.path).join(Instance.store).where(Store.name == "tape"))
         assert sorted(on_tape) == sorted(site.cold_rel.values())
         copies = s.execute(select(RecallCopy.name, RecallCopy.state, RecallCopy.volume)
                            .where(RecallCopy.job_id == job["id"])).all()
@@ -282,7 +282,7 @@ def test_a_cancelled_job_leaves_nothing_in_the_buffer(site: ColdSite) -> None:
     assert "reaped " in log
     assert buffer_bytes(site.buffer) == 0
     with site.db.read() as s:
-        assert list(s.scalars(select(Instance.id).join(Store).where(Store.name == "buffer"))) \
+        assert list(s.scalars(select(Instance.id).join(Instance.store).where(Store.name == "buffer"))) \
             == []
         states = set(s.scalars(select(RecallCopy.state)))
     assert states <= {"reaped"}

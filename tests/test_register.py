@@ -249,3 +249,97 @@ def test_a_registration_with_its_copy_is_found_by_either_event_type(catalogue):
     # The stored type is the catalogue's own: no caller records it.
     with pytest.raises(InvalidRequest, match="reserved"):
         catalogue.add_event(name, "file-registered+instance-added", {})
+
+
+def test_an_instance_or_event_of_no_file_or_store_is_refused(catalogue):
+    """Instances and events have no foreign keys (migration 0013): the catalogue refuses an id
+    that is not a file or a store itself, with NotFound, and writes nothing of the call."""
+    catalogue.register([spec("one")], "a", ["1"])
+    with catalogue.db.read() as s:
+        one = s.scalar(select(File.id).where(File.name == "one"))
+        store_a = s.scalar(select(Instance.store_id))
+    before = table_counts(catalogue)
+    with pytest.raises(NotFound, match=f"no file with id {one + 1000}"):
+        catalogue.add_events([(one, "note", {}), (one + 1000, "note", {})])
+    with pytest.raises(NotFound, match=f"no file with id {one + 1000}"):
+        catalogue.add_instance(one + 1000, store_a, "x", event=("copied", {}))
+    with pytest.raises(NotFound, match=f"no store with id {store_a + 1000}"):
+        catalogue.add_instance(one, store_a + 1000, "x", event=("copied", {}))
+    assert table_counts(catalogue) == before
+    catalogue.add_instance(one, store_a, "copy", event=("copied", {}))
+    assert [i["path"] for i in catalogue.file_detail("one")["instances"]] == ["1", "copy"]
+
+
+@pytest.mark.parametrize("table", ["file", "store"])
+def test_file_and_store_rows_are_never_deleted(catalogue, table):
+    """What the instances' and events' ids point to stays: the database refuses deleting a file
+    or a store row (migration 0013's triggers), even a store no instance is on."""
+    from sqlalchemy.exc import DBAPIError
+
+    catalogue.register([spec("one")], "a", ["1"])
+    catalogue.register([spec("alone")])
+    where = {"file": "name = 'alone'", "store": "name = 'b'"}[table]
+    with pytest.raises(DBAPIError, match=f"rows of the {table} table are never deleted"):
+        with catalogue.db.write() as s:
+            s.connection().exec_driver_sql(f"DELETE FROM {table} WHERE {where}")
+    assert catalogue.counts()["files"] == 2 and catalogue.counts()["stores"] == 2
+
+
+@pytest.mark.parametrize("call", ["register", "register_each"])
+def test_a_batch_refused_by_the_database_leaves_nothing_of_itself(catalogue, call):
+    """Without foreign keys a batch is still one transaction: when another writer takes one of
+    its store paths between its checks and its writes (the unique (store, path) index refuses
+    the instance), ``register`` raises Conflict and none of the batch's files, instances or
+    events remain; ``register_each`` then goes file by file: the others are registered, the
+    one whose path was taken is its Conflict."""
+    import threading
+
+    from sqlalchemy import text
+
+    catalogue.register([spec("first")], "a", ["f"])
+    before = table_counts(catalogue)
+    with catalogue.db.read() as s:
+        first, store_a = s.execute(select(Instance.file_id, Instance.store_id)).one()
+    other = catalogue.db.engine.connect()
+    if catalogue.db.backend == "sqlite":
+        other = other.execution_options(sqlite_begin="IMMEDIATE")
+    outcome: list[object] = []
+    with other:
+        other.begin()
+        # Another writer's copy of "first" at the path the batch below wants, not committed yet.
+        other.execute(text(
+            "INSERT INTO instance (file_id, store_id, path, available, deletion_policy, "
+            "create_time, fixity, fixity_detail) VALUES (:f, :s, 'taken', true, 'disallowed', "
+            "'2026-01-01 00:00:00', 'unchecked', '')"), {"f": first, "s": store_a})
+
+        def register() -> None:
+            try:
+                outcome.append(getattr(catalogue, call)(
+                    [spec("new-1"), spec("new-2"), spec("new-3")], "a", ["n1", "taken", "n3"]))
+            except Conflict as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=register)
+        thread.start()
+        thread.join(0.5)  # it waits: on the (store, path) index (PostgreSQL), the lock (SQLite)
+        assert thread.is_alive() and outcome == []
+        other.commit()
+    thread.join(10)
+    assert len(outcome) == 1
+    if call == "register":
+        # SQLite: checked after the other's commit; PostgreSQL: refused by the index meanwhile.
+        assert isinstance(outcome[0], Conflict), outcome
+        assert table_counts(catalogue) == {**before, "instance": before["instance"] + 1}
+        for name in ("new-1", "new-2", "new-3"):
+            with pytest.raises(NotFound):
+                catalogue.file_detail(name)
+        return
+    results = outcome[0]
+    assert [type(r).__name__ for r in results] == ["Registration", "Conflict", "Registration"]
+    assert "already holds another file" in str(results[1])
+    for name, path in (("new-1", "n1"), ("new-3", "n3")):
+        detail = catalogue.file_detail(name)
+        assert [i["path"] for i in detail["instances"]] == [path]
+        assert [e["type"] for e in detail["events"]] == ["file-registered", "instance-added"]
+    with pytest.raises(NotFound):
+        catalogue.file_detail("new-2")

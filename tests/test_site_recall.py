@@ -110,7 +110,7 @@ def check_reaped(site: Site, stage_id: int) -> None:
     wait(lambda: all(j["state"] not in ("queued", "running") for j in recall_jobs(site, stage_id)))
     assert buffer_files(site) == []
     with catalogue(site) as db, db.read() as s:
-        assert not list(s.scalars(select(Instance.path).join(Store).where(Store.name == "buffer")))
+        assert not list(s.scalars(select(Instance.path).join(Instance.store).where(Store.name == "buffer")))
         states = set(s.scalars(select(RecallCopy.state)))
     assert states <= {"reaped"}
 

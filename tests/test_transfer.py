@@ -466,7 +466,7 @@ def test_receiver_killed_mid_transfer_resumes_after_restart(sites: Sites, name: 
     assert ck.compare(arrived.checksums, sites.a_core.catalogue.file_detail(name)["checksums"])
     assert arrived.size == BIG_SIZE
     with sites.b_db.read() as s:
-        assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
+        assert s.scalar(select(func.count()).select_from(Instance).join(Instance.file).where(
             File.name == name)) == 1
     assert not list((sites.b_store / INCOMING_DIR).iterdir())
     assert remote_sites(sites.a_core, name) == ["site-b"]
@@ -538,7 +538,7 @@ def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None
     sites.kill_b()
     assert len(parts) < len(KILLED_BATCH)  # killed half-way through the batch
     with sites.b_db.read() as s:
-        assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
+        assert s.scalar(select(func.count()).select_from(Instance).join(Instance.file).where(
             File.name.in_(KILLED_BATCH))) == 0
     sites.start_b("b-server-3")
     thread.join(90)

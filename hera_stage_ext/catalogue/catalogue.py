@@ -48,6 +48,25 @@ from .serialize import (
 from .tables import Found, Tables, dumps, json_string
 
 STORE_KINDS = ("online", "cold")
+#: SQLSTATE of a unique index's refusal (PostgreSQL).
+_UNIQUE_VIOLATION = "23505"
+
+
+@contextlib.contextmanager
+def _raced_as_conflict() -> Iterator[None]:
+    """A registration's transaction whose writes a unique index refused (PostgreSQL: another
+    registration committed one of its names, store paths, observations or sessions after this
+    one's checks; SQLite's writers take turns, so its checks see them) raises Conflict: the
+    transaction is rolled back, nothing of the batch is written, and ``register_each`` goes on
+    file by file (whose checks then see the other's rows)."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise
+        raise Conflict("another registration wrote a name, store path, observation or session "
+                       "of this batch while it was written; nothing of the batch was registered "
+                       f"(try again): {exc}") from exc
 
 
 @dataclass
@@ -156,9 +175,10 @@ class Catalogue:
         """Register files (and, with ``store``, their instances at ``paths``) in one transaction.
 
         Raises Conflict, leaving the catalogue unchanged, when any name is known with other
-        content or any store path already holds another file. ``instance_events``: per spec,
-        an event (type, payload) more to record with its instance when this call adds it (a
-        transfer's ``transfer-received``).
+        content or any store path already holds another file (also when another registration
+        commits such a row while this one writes: ``_raced_as_conflict``). ``instance_events``:
+        per spec, an event (type, payload) more to record with its instance when this call adds
+        it (a transfer's ``transfer-received``).
 
         Bulk by design (ingest calls it with hundreds of files): one query each fetches the
         batch's known files, observations, sessions and store paths, every check runs in the
@@ -181,7 +201,7 @@ class Catalogue:
         observed = [spec.observation or self.namer.observation_of(spec.name) for spec in specs]
         obsids = {obs.obsid for obs in observed if obs is not None}
         obsids |= {spec.obsid for spec in specs if spec.obsid is not None}
-        with self.db.write() as s:
+        with _raced_as_conflict(), self.db.write() as s:
             tables = Tables(s)
             found = tables.find(store, {spec.name for spec in specs},
                                 set(paths) if store is not None and paths else (),

@@ -7,6 +7,10 @@ Names follow the HERA Librarian's data model: a *file* is an immutable, uniquely
 flat file or a directory such as a MIRIAD data set); an *instance* is one copy of it on a *store*
 at a path relative to the store's root; an *observation* groups the files of one obsid and belongs
 to an observing *session*; an *event* records something that happened to a file.
+
+A file or store row is never deleted (a trigger refuses it: migration 0013), so the ids instances
+and events hold stay valid without a foreign key checked a row; ``tables.Tables.write`` writes
+them only with ids that exist. The relationships below say their joins explicitly.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class Store(Base):
     # Settings beyond the columns (a cold store's buffer, buffer_bytes, volume_key: cold.py).
     options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
-    instances: Mapped[list[Instance]] = relationship(back_populates="store")
+    instances: Mapped[list[Instance]] = relationship(
+        back_populates="store", primaryjoin="Store.id == foreign(Instance.store_id)")
 
 
 class Session(Base):
@@ -120,9 +125,11 @@ class File(Base):
 
     observation: Mapped[Observation | None] = relationship(back_populates="files")
     instances: Mapped[list[Instance]] = relationship(
-        back_populates="file", order_by="Instance.id"
-    )
-    events: Mapped[list[Event]] = relationship(back_populates="file", order_by="Event.id")
+        back_populates="file", order_by="Instance.id",
+        primaryjoin="File.id == foreign(Instance.file_id)")
+    events: Mapped[list[Event]] = relationship(
+        back_populates="file", order_by="Event.id",
+        primaryjoin="File.id == foreign(Event.file_id)")
 
 
 class Instance(Base):
@@ -136,9 +143,10 @@ class Instance(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("file.id"), index=True)
+    # The file's and the store's ids: no foreign keys (migration 0013; see the module's doc).
+    file_id: Mapped[int] = mapped_column(Integer, index=True)
     # No index of its own: the two above begin with it (migration 0011).
-    store_id: Mapped[int] = mapped_column(ForeignKey("store.id"))
+    store_id: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(4096))
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     deletion_policy: Mapped[str] = mapped_column(String(16), default="disallowed")
@@ -150,8 +158,10 @@ class Instance(Base):
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     fixity_detail: Mapped[str] = mapped_column(Text, default="")
 
-    file: Mapped[File] = relationship(back_populates="instances")
-    store: Mapped[Store] = relationship(back_populates="instances")
+    file: Mapped[File] = relationship(
+        back_populates="instances", primaryjoin="File.id == foreign(Instance.file_id)")
+    store: Mapped[Store] = relationship(
+        back_populates="instances", primaryjoin="Store.id == foreign(Instance.store_id)")
 
 
 class Event(Base):
@@ -161,9 +171,10 @@ class Event(Base):
     __table_args__ = (Index("ix_event_type_file", "type", "file_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("file.id"), index=True)
+    file_id: Mapped[int] = mapped_column(Integer, index=True)  # no foreign key: migration 0013
     type: Mapped[str] = mapped_column(String(64))
     time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
-    file: Mapped[File] = relationship(back_populates="events")
+    file: Mapped[File] = relationship(
+        back_populates="events", primaryjoin="File.id == foreign(Event.file_id)")

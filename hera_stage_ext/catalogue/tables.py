@@ -22,6 +22,11 @@ are written with ids, and rows go to the database as:
   prepared server-side (``prepare=False``): a generic plan made while the tables were nearly
   empty (a sequential scan) would be kept as they grow.
 
+Instances and events have no foreign keys (migration 0013: a check a row, a fifth of the
+PostgreSQL server's work in registering); file and store rows are never deleted (a trigger refuses
+it), and ``write`` takes an instance's or event's file and store ids only when this transaction
+allocated or looked them up, or after one query a statement finds them (``NotFound`` if not).
+
 Lookups by many keys use ``inlist`` (one bound list). Values are stored as SQLAlchemy stores them
 (``models``): JSON as ``json.dumps`` text (JSONB on PostgreSQL), SQLite's datetimes in
 SQLAlchemy's text form; every column is given (the models' defaults are Python-side).
@@ -39,6 +44,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session as DbSession
 
+from ..errors import NotFound
 from .inlist import bound_values, one_of_sql
 from .models import Event
 
@@ -109,6 +115,9 @@ class Tables:
         # File ids by name, of the files this transaction inserted or looked up (SQLite's
         # instances and events take the id; PostgreSQL's find it by name).
         self._ids: dict[str, int] = {}
+        # Ids known to exist (allocated, or read, in this transaction): ``write`` checks others.
+        self._file_ids: set[int] = set()
+        self._store_ids: set[int] = set()
         # A timestamp as a row of ``write`` gives it: SQLite stores SQLAlchemy's text form (its
         # DATETIME type's own conversion); PostgreSQL casts ISO text.
         self._time: Callable[[dt.datetime], Any] = (lambda t: t.isoformat(" "))
@@ -170,6 +179,8 @@ class Tables:
             if stores is not None:
                 row = stores.fetchone()
                 found.store = None if row is None else (row[0], row[1])
+                if row is not None:
+                    self._store_ids.add(row[0])
             if held is not None:
                 found.held = dict(held.fetchall())
             if files is not None:
@@ -178,6 +189,7 @@ class Tables:
                         checksums = json.loads(checksums)
                     found.files[name] = (id_, size, checksums)
                     self._ids[name] = id_
+                    self._file_ids.add(id_)
             if observations is not None:
                 found.observations = {row[0] for row in observations.fetchall()}
             if sessions is not None:
@@ -232,10 +244,12 @@ class Tables:
                 "SELECT nextval(q.seq) FROM (SELECT pg_get_serial_sequence('file', 'id')"
                 "::regclass AS seq OFFSET 0) AS q, generate_series(1, ?::int4) ORDER BY 1",
                 [count])
-            return [row[0] for row in cursor.fetchall()]
-        (last,) = self._raw.execute("SELECT max(id) FROM file").fetchone()
-        first = (last or 0) + 1
-        return list(range(first, first + count))
+            ids = [row[0] for row in cursor.fetchall()]
+        else:
+            (last,) = self._raw.execute("SELECT max(id) FROM file").fetchone()
+            ids = list(range((last or 0) + 1, (last or 0) + 1 + count))
+        self._file_ids.update(ids)
+        return ids
 
     def write(self, *, sessions: Sequence[tuple[Any, ...]] = (),
               session_updates: Sequence[tuple[float, float, int]] = (),
@@ -249,7 +263,10 @@ class Tables:
         ``new_file_ids``), times as ``time`` gives them, JSON as text; ``session_updates``:
         (start, stop, id). An instance, event or remote instance gives its file by id or by
         name (a file of this very transaction, perhaps); the name of a file that does not exist
-        is an error."""
+        is an error, and so is an id of a file or store that does not exist (``NotFound``)."""
+        self._check_exist("file", [row[0] for rows in (instances, events) for row in rows
+                                   if isinstance(row[0], int)], self._file_ids)
+        self._check_exist("store", [row[1] for row in instances], self._store_ids)
         with self._batch():
             self._insert("session", sessions)
             if session_updates:
@@ -264,6 +281,18 @@ class Tables:
             self._insert("event", events)
             self._insert("remote_instance", remote_instances)
 
+    def _check_exist(self, table: str, ids: Iterable[int], known: set[int]) -> None:
+        """Raise NotFound unless every one of ``ids`` is a row of ``table`` (a file or store:
+        never deleted, so one found stays); ``known``: ids already known to exist, extended."""
+        unknown = set(ids) - known
+        if not unknown:
+            return
+        cursor = self._where_in(f"SELECT id FROM {table} WHERE", "id", unknown)
+        known.update(row[0] for row in cursor.fetchall())
+        missing = sorted(unknown - known)
+        if missing:
+            raise NotFound(f"no {table} with id {missing[0]}")
+
     def file_ids(self, names: Iterable[str]) -> dict[str, int]:
         """Ids of the files of ``names`` that exist, by name (and of other files this
         transaction has seen)."""
@@ -271,6 +300,7 @@ class Tables:
         cursor = self._where_in("SELECT name, id FROM file WHERE", "name", names)
         if cursor is not None:
             self._ids.update(cursor.fetchall())
+            self._file_ids.update(self._ids.values())
         return self._ids
 
     def _insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:

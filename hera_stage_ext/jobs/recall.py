@@ -114,7 +114,8 @@ def rewind_reaped(
         held: set[tuple[str, str]] = set()
         for start in range(0, len(names), _NAMES_PER_QUERY):
             held.update(s.execute(
-                select(Store.name, Instance.path).join(Store).join(File)
+                select(Store.name, Instance.path).select_from(Instance)
+                .join(Instance.store).join(Instance.file)
                 .where(Store.name.in_(stores.buffers), Instance.available,
                        File.name.in_(names[start:start + _NAMES_PER_QUERY]))).all())
     gone = [item for item in items if (item.store, os.path.relpath(
