@@ -560,6 +560,44 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
                                                         "n": 1})
 
 
+def test_results_may_come_as_id_runs_and_count_once(database: Database, tmp_path: Path) -> None:
+    """A worker may send a hand-over's error-free results as runs of item ids (``runs``): only
+    the job's running items in them are recorded (one queued, done already or out of the job
+    is not), each once, the sizes from the database; a malformed or oversized run is a 400."""
+    from hera_stage_ext.errors import InvalidRequest, NotFound
+    from hera_stage_ext.jobs.engine import create_job, get_job
+    from hera_stage_ext.site.worker_ops import MAX_BATCH, WorkerOps
+
+    items = [{"name": f"f{k}", "store": "s", "size": 10 + k, "is_directory": False,
+              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
+             for k in range(6)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 75,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    assert ops.job(job["id"])["result_runs"] is True  # what tells the worker it may
+    taken = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 4}))["items"]
+    ids = [row[0] for row in taken]  # f0..f3 running; f4, f5 still queued
+    answer = json.loads(ops.exchange(job["id"], {
+        "worker_id": "w", "n": 0, "results": [[ids[3], "failed", "disk on fire"]],
+        "runs": {"done": [[ids[0], ids[1]], [ids[1], ids[1]], [ids[3] + 1, ids[3] + 9]],
+                 "skipped": [[ids[2], ids[2]]]}}))
+    assert answer == {"recorded": 4, "items": []}
+    state = get_job(database, job["id"])
+    assert (state["files_done"], state["bytes_done"], state["files_skipped"],
+            state["files_failed"]) == (3, 10 + 11 + 12, 1, 1), state
+    # Sent again (a retry after a lost answer): nothing counts twice.
+    assert ops.record(job["id"], {"runs": {"done": [[ids[0], ids[3]]]}}) == {"recorded": 0}
+    assert get_job(database, job["id"])["files_done"] == 3
+    for bad in ({"failed": [[ids[0], ids[0]]]}, {"done": [[ids[1], ids[0]]]},
+                {"done": [[1, MAX_BATCH + 1]]}, {"done": [ids[0]]}, [[ids[0], ids[0]]],
+                {"done": [["1", "2"]]}):
+        with pytest.raises(InvalidRequest):
+            ops.record(job["id"], {"runs": bad})
+    with pytest.raises(NotFound):
+        WorkerOps(database, "bob").record(job["id"], {"runs": {"done": [[ids[0], ids[3]]]}})
+
+
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     """A user's worker sends its results in calls of at most the service's limit (10,000; 2
     here): a hand-over with more goes as records of that many and the rest with the claim;

@@ -34,7 +34,7 @@ import requests
 from ..errors import ServiceError
 from ..states import JobState
 from .contract import JobKind
-from .items import ClaimedItem
+from .items import ClaimedItem, id_runs
 from .joblog import JobLog
 from .models import JobRow
 from .store import Beat
@@ -98,6 +98,8 @@ class HttpJobStore:
         # The result lines the last ``unfinished`` answer carried (none left to do), for the
         # finish that follows; dropped by any call that changes the job's items.
         self._lines: dict[int, list[str]] = {}
+        # Whether the service takes error-free results as id runs (its job answer says so).
+        self._result_runs = False
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -167,6 +169,8 @@ class HttpJobStore:
                 self._first_beat[job_id] = Beat(
                     "cancel" if data.get("cancel_requested") else "ok",
                     frozenset(data["unavailable"]))
+            # A service that takes results as id runs says so (an older one would ignore them).
+            self._result_runs = data.get("result_runs") is True
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)
             else:
@@ -208,9 +212,25 @@ class HttpJobStore:
     def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
         most = self.results_per_call
         for start in range(0, len(results), most):
-            self._job(job_id, "items/record", {
-                "results": [[item.id, state, error]
-                            for item, state, error in results[start:start + most]]})
+            self._job(job_id, "items/record", self._results(results[start:start + most]))
+
+    def _results(self, results: list[tuple[ClaimedItem, str, str]]) -> dict[str, Any]:
+        """``results`` as a call's body carries them: the error-free ones as runs of
+        consecutive ids per state (``runs``: a hand-over's results are mostly one run of
+        "done", a few numbers instead of a triple a file, for this worker to encode and the
+        service to decode and check) where the service takes them, the others one by one."""
+        if not self._result_runs:
+            return {"results": [[item.id, state, error] for item, state, error in results]}
+        plain: dict[str, list[int]] = {}
+        others = []
+        for item, state, error in results:
+            if error or state not in ("done", "skipped"):
+                others.append([item.id, state, error])
+            else:
+                plain.setdefault(state, []).append(item.id)
+        return {"results": others,
+                "runs": {state: [list(run) for run in id_runs(ids)]
+                         for state, ids in plain.items()}}
 
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
@@ -221,7 +241,7 @@ class HttpJobStore:
         self.record(job_id, results[:last])
         answer = self._job(job_id, "items/exchange", {
             "worker_id": worker_id, "n": n, "max_bytes": max_bytes,
-            "results": [[item.id, state, error] for item, state, error in results[last:]]})
+            **self._results(results[last:])})
         return [ClaimedItem(*row) for row in answer["items"]]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
