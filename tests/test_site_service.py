@@ -576,6 +576,7 @@ def test_results_may_come_as_id_runs_and_count_once(database: Database, tmp_path
     ops = WorkerOps(database, "alice")
     assert ops.claim({"worker_id": "w"})["job"] == job["id"]
     assert ops.job(job["id"])["result_runs"] is True  # what tells the worker it may
+    assert ops.job(job["id"])["items_log"] is True
     taken = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 4}))["items"]
     ids = [row[0] for row in taken]  # f0..f3 running; f4, f5 still queued
     answer = json.loads(ops.exchange(job["id"], {
@@ -583,6 +584,10 @@ def test_results_may_come_as_id_runs_and_count_once(database: Database, tmp_path
         "runs": {"done": [[ids[0], ids[1]], [ids[1], ids[1]], [ids[3] + 1, ids[3] + 9]],
                  "skipped": [[ids[2], ids[2]]]}}))
     assert answer == {"recorded": 4, "items": []}
+    # Lines of the job's log may come with an item call (appended before its results).
+    ops.record(job["id"], {"runs": {}, "log": "COPIED f0\nCOPIED f1"})
+    log_text = Path(get_job(database, job["id"])["log_path"]).read_text()
+    assert log_text.endswith("COPIED f0\nCOPIED f1\n"), log_text
     state = get_job(database, job["id"])
     assert (state["files_done"], state["bytes_done"], state["files_skipped"],
             state["files_failed"]) == (3, 10 + 11 + 12, 1, 1), state
@@ -616,9 +621,12 @@ def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
 
     class Counting(HttpJobStore):
         def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-            if body and body.get("results"):
-                sent.append((path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1],
-                             len(body["results"])))
+            # Results one by one and (error-free ones) as id runs.
+            count = len((body or {}).get("results", [])) + sum(
+                last - first + 1 for runs in (body or {}).get("runs", {}).values()
+                for first, last in runs)
+            if count:
+                sent.append((path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1], count))
             return super().call(method, path, body)
 
     store = Counting(site.url, site.tokens["carol"], spool_dir=site.work / "cache-carol",

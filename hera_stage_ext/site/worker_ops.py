@@ -90,21 +90,23 @@ class WorkerOps:
             raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
         return job
 
-    def _mine(self, job_id: int, body: dict[str, Any] | None = None) -> None:
-        """``_job``'s check (and with ``body``, ``_held``'s) for the item calls, which need
-        nothing else of the job: three columns read, no ORM object loaded (each hand-over
-        makes one such call)."""
+    def _mine(self, job_id: int, body: dict[str, Any] | None = None) -> Any:
+        """``_job``'s check (and with ``body``, ``_held``'s) for the calls made many times a
+        run (items, log), which need little of the job: a few columns read (owner, kind,
+        worker_id, log_path), no ORM object loaded."""
         row = None
         if job_id > 0:
+            jobs = JOB_TABLE.c
             with self.db.read() as s:
-                row = s.execute(select(JOB_TABLE.c.owner, JOB_TABLE.c.kind, JOB_TABLE.c.worker_id)
-                                .where(JOB_TABLE.c.id == job_id)).first()
+                row = s.execute(select(jobs.owner, jobs.kind, jobs.worker_id, jobs.log_path)
+                                .where(jobs.id == job_id)).first()
         if row is None or row.owner != self.owner or row.kind not in USER_KINDS:
             raise NotFound(f"no job {job_id}")
         if body is not None:
             worker_id = worker_id_of(body)
             if row.worker_id != worker_id:
                 raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
+        return row
 
     # ----- jobs -----------------------------------------------------------------------------
     def claim(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +127,9 @@ class WorkerOps:
         return {**engine.job_json(self._job(job_id)), "store_roots": roots,
                 "unavailable": sorted(self.store.unavailable(roots)),
                 "waiting": self.store.waiting(job_id),
-                "result_runs": True}  # results may come as id runs (``_runs``)
+                # What the item calls take besides results one by one: results as id runs
+                # (``_runs``) and the log's lines (``_append_log``).
+                "result_runs": True, "items_log": True}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._job(job_id).state in ACTIVE_JOB_STATES}
@@ -201,7 +205,7 @@ class WorkerOps:
         return {"released": job_id}
 
     def log(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        job = self._job(job_id)
+        job = self._mine(job_id)
         text = _log_text(body.get("text"), "text")
         if text:
             JobLog(job.log_path).append_lines(text)
@@ -239,23 +243,34 @@ class WorkerOps:
         return {"requeued": len(mine)}
 
     def record(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        self._mine(job_id)
+        job = self._mine(job_id)
         rows = self._results(body.get("results", [] if "runs" in body else None))
         runs = self._runs(body.get("runs"), len(rows))
+        self._append_log(job, body)
         recorded, _ = items.exchange(self.db, job_id, rows, 0, running_only=True, runs=runs)
         return {"recorded": recorded}
+
+    @staticmethod
+    def _append_log(job: Any, body: dict[str, Any]) -> None:
+        """An item call's ``log`` (optional): lines of the job's log that came with it (a
+        ``log`` call's), appended before its results are recorded, so a file recorded has
+        its line in the log. One call fewer per hand-over's lines."""
+        text = _log_text(body.get("log", ""))
+        if text:
+            JobLog(job.log_path).append_lines(text)
 
     def exchange(self, job_id: int, body: dict[str, Any]) -> JsonText:
         """``record`` and ``claim_items`` in one call and one transaction: a stream hands in
         what it moved and takes its next items (one round trip per hand-over, not two). The
         answer's text: ``{"recorded": n, "items": [...]}`` as ``claim_items``'."""
-        self._mine(job_id, body)
+        job = self._mine(job_id, body)
         rows = self._results(body.get("results", []))
         runs = self._runs(body.get("runs"), len(rows))
         n = _int(body.get("n", 1024), "n", 0, MAX_BATCH)
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
+        self._append_log(job, body)
         recorded, claimed = items.exchange_json(self.db, job_id, rows, n, max_bytes, runs)
         return JsonText('{"recorded":%d,"items":%s}' % (recorded, claimed))
 
