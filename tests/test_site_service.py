@@ -644,6 +644,49 @@ def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     assert (job["files_done"], job["files_skipped"], job["files_failed"]) == (3, 3, 0), job
 
 
+def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Site) -> None:
+    """A user's worker sends a hand-over's error-free results as runs of item ids, and the
+    job's log lines with its item calls; the service's log of the job has every file's line
+    once, and every file is counted once."""
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.jobs.engine import get_job
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "dave")
+    destination = _dest(site, "dave", "runs")
+    number = site.stage("dave", destination)["id"]
+    bodies: list[tuple[str, dict[str, Any]]] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            bodies.append((path.rsplit("/", 1)[-1], dict(body or {})))
+            return super().call(method, path, body)
+
+    store = Recording(site.url, site.tokens["dave"], spool_dir=site.work / "cache-dave")
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
+                          fsync=False, allowed_roots=(str(site.home("dave").resolve()),))
+    try:
+        assert run_pending(store, config) == [number]
+    finally:
+        store.close()
+    reported = [body for action, body in bodies if action in ("record", "exchange")
+                and (body.get("results") or body.get("runs"))]
+    assert reported and all(not body["results"] for body in reported), reported
+    assert sum(last - first + 1 for body in reported for first, last in body["runs"]["done"]
+               ) == len(FILES)
+    job = _wait_finished(site, "dave", number)
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+    db = Database(site.db_url)
+    try:
+        text = Path(get_job(db, number)["log_path"]).read_text()
+    finally:
+        db.dispose()
+    for name in FILES:
+        assert text.count(f"  copy {name} (") == 1, text
+
+
 def test_two_service_replicas_run_each_job_once(postgres: Any,
                                                 tmp_path_factory: pytest.TempPathFactory
                                                 ) -> None:
