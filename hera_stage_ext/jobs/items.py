@@ -10,7 +10,8 @@ Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``
 of every id: a claim of 1,024 small files is one run, and SQLAlchemy's per-value expansion of an
 ``IN`` list cost more Python per item than the database spent on the statement. A batch's
 results are counted from the rows each ``UPDATE`` wrote (``RETURNING`` their sizes), so a report
-from a worker over HTTP can be limited to the job's running items in the same statement.
+from a worker over HTTP can be limited to the job's running items in the same statement (which
+also lets it give its error-free results as id runs: ``RunResults``).
 
 Each item row is written twice (claimed, recorded), so each write is kept small: a claim sets the
 state and counts the attempt, a result sets the state and error; neither names the worker in the
