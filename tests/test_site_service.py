@@ -560,6 +560,49 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
                                                         "n": 1})
 
 
+def test_results_may_come_as_id_runs_and_count_once(database: Database, tmp_path: Path) -> None:
+    """A worker may send a hand-over's error-free results as runs of item ids (``runs``): only
+    the job's running items in them are recorded (one queued, done already or out of the job
+    is not), each once, the sizes from the database; a malformed or oversized run is a 400."""
+    from hera_stage_ext.errors import InvalidRequest, NotFound
+    from hera_stage_ext.jobs.engine import create_job, get_job
+    from hera_stage_ext.site.worker_ops import MAX_BATCH, WorkerOps
+
+    items = [{"name": f"f{k}", "store": "s", "size": 10 + k, "is_directory": False,
+              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
+             for k in range(6)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 75,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    assert ops.job(job["id"])["result_runs"] is True  # what tells the worker it may
+    assert ops.job(job["id"])["items_log"] is True
+    taken = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 4}))["items"]
+    ids = [row[0] for row in taken]  # f0..f3 running; f4, f5 still queued
+    answer = json.loads(ops.exchange(job["id"], {
+        "worker_id": "w", "n": 0, "results": [[ids[3], "failed", "disk on fire"]],
+        "runs": {"done": [[ids[0], ids[1]], [ids[1], ids[1]], [ids[3] + 1, ids[3] + 9]],
+                 "skipped": [[ids[2], ids[2]]]}}))
+    assert answer == {"recorded": 4, "items": []}
+    # Lines of the job's log may come with an item call (appended before its results).
+    ops.record(job["id"], {"runs": {}, "log": "COPIED f0\nCOPIED f1"})
+    log_text = Path(get_job(database, job["id"])["log_path"]).read_text()
+    assert log_text.endswith("COPIED f0\nCOPIED f1\n"), log_text
+    state = get_job(database, job["id"])
+    assert (state["files_done"], state["bytes_done"], state["files_skipped"],
+            state["files_failed"]) == (3, 10 + 11 + 12, 1, 1), state
+    # Sent again (a retry after a lost answer): nothing counts twice.
+    assert ops.record(job["id"], {"runs": {"done": [[ids[0], ids[3]]]}}) == {"recorded": 0}
+    assert get_job(database, job["id"])["files_done"] == 3
+    for bad in ({"failed": [[ids[0], ids[0]]]}, {"done": [[ids[1], ids[0]]]},
+                {"done": [[1, MAX_BATCH + 1]]}, {"done": [ids[0]]}, [[ids[0], ids[0]]],
+                {"done": [["1", "2"]]}):
+        with pytest.raises(InvalidRequest):
+            ops.record(job["id"], {"runs": bad})
+    with pytest.raises(NotFound):
+        WorkerOps(database, "bob").record(job["id"], {"runs": {"done": [[ids[0], ids[3]]]}})
+
+
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     """A user's worker sends its results in calls of at most the service's limit (10,000; 2
     here): a hand-over with more goes as records of that many and the rest with the claim;
@@ -578,9 +621,12 @@ def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
 
     class Counting(HttpJobStore):
         def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-            if body and body.get("results"):
-                sent.append((path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1],
-                             len(body["results"])))
+            # Results one by one and (error-free ones) as id runs.
+            count = len((body or {}).get("results", [])) + sum(
+                last - first + 1 for runs in (body or {}).get("runs", {}).values()
+                for first, last in runs)
+            if count:
+                sent.append((path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1], count))
             return super().call(method, path, body)
 
     store = Counting(site.url, site.tokens["carol"], spool_dir=site.work / "cache-carol",
@@ -596,6 +642,49 @@ def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     job = _wait_finished(site, "carol", number)
     assert job["state"] == "succeeded", job
     assert (job["files_done"], job["files_skipped"], job["files_failed"]) == (3, 3, 0), job
+
+
+def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Site) -> None:
+    """A user's worker sends a hand-over's error-free results as runs of item ids, and the
+    job's log lines with its item calls; the service's log of the job has every file's line
+    once, and every file is counted once."""
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.jobs.engine import get_job
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "dave")
+    destination = _dest(site, "dave", "runs")
+    number = site.stage("dave", destination)["id"]
+    bodies: list[tuple[str, dict[str, Any]]] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            bodies.append((path.rsplit("/", 1)[-1], dict(body or {})))
+            return super().call(method, path, body)
+
+    store = Recording(site.url, site.tokens["dave"], spool_dir=site.work / "cache-dave")
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
+                          fsync=False, allowed_roots=(str(site.home("dave").resolve()),))
+    try:
+        assert run_pending(store, config) == [number]
+    finally:
+        store.close()
+    reported = [body for action, body in bodies if action in ("record", "exchange")
+                and (body.get("results") or body.get("runs"))]
+    assert reported and all(not body["results"] for body in reported), reported
+    assert sum(last - first + 1 for body in reported for first, last in body["runs"]["done"]
+               ) == len(FILES)
+    job = _wait_finished(site, "dave", number)
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+    db = Database(site.db_url)
+    try:
+        text = Path(get_job(db, number)["log_path"]).read_text()
+    finally:
+        db.dispose()
+    for name in FILES:
+        assert text.count(f"  copy {name} (") == 1, text
 
 
 def test_two_service_replicas_run_each_job_once(postgres: Any,

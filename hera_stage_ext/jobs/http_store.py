@@ -3,7 +3,9 @@
 The worker holds no database URL. It sends the user's token (``Authorization: token ...``)
 with every call, and the service decides from that token whose jobs it may claim (stage jobs
 only, never transfers or uploads). Item results go in batches, as the engine commits them,
-with the claim of the stream's next items (``exchange``: one round trip per hand-over).
+with the claim of the stream's next items (``exchange``: one round trip per hand-over), the
+error-free ones as runs of item ids and with the job's log lines waiting to be shipped, where the
+service says it takes them.
 
 A service that cannot be reached (restarting, a network outage) is waited out: every call is
 tried again with a capped exponential back-off and jitter for up to ``PATIENCE_S`` seconds,
@@ -34,7 +36,7 @@ import requests
 from ..errors import ServiceError
 from ..states import JobState
 from .contract import JobKind
-from .items import ClaimedItem
+from .items import ClaimedItem, id_runs
 from .joblog import JobLog
 from .models import JobRow
 from .store import Beat
@@ -98,6 +100,10 @@ class HttpJobStore:
         # The result lines the last ``unfinished`` answer carried (none left to do), for the
         # finish that follows; dropped by any call that changes the job's items.
         self._lines: dict[int, list[str]] = {}
+        # Whether the service takes error-free results as id runs (its job answer says so).
+        self._result_runs = False
+        # Whether its item calls take the job's log lines along (the same answer says so).
+        self._items_log = False
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -167,6 +173,9 @@ class HttpJobStore:
                 self._first_beat[job_id] = Beat(
                     "cancel" if data.get("cancel_requested") else "ok",
                     frozenset(data["unavailable"]))
+            # A service that takes results as id runs says so (an older one would ignore them).
+            self._result_runs = data.get("result_runs") is True
+            self._items_log = data.get("items_log") is True
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)
             else:
@@ -208,9 +217,34 @@ class HttpJobStore:
     def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
         most = self.results_per_call
         for start in range(0, len(results), most):
-            self._job(job_id, "items/record", {
-                "results": [[item.id, state, error]
-                            for item, state, error in results[start:start + most]]})
+            self._with_log(job_id, "items/record", self._results(results[start:start + most]))
+
+    def _with_log(self, job_id: int, action: str, body: dict[str, Any]) -> Any:
+        """An item call, carrying the job's log lines waiting to be shipped (where the
+        service takes them: one call a hand-over, not one more for its lines)."""
+        shipper = self._shippers.get(job_id) if self._items_log else None
+        if shipper is None:
+            return self._job(job_id, action, body)
+        return shipper.ship_then(
+            lambda text: self._job(job_id, action, {**body, "log": text} if text else body))
+
+    def _results(self, results: list[tuple[ClaimedItem, str, str]]) -> dict[str, Any]:
+        """``results`` as a call's body carries them: the error-free ones as runs of
+        consecutive ids per state (``runs``: a hand-over's results are mostly one run of
+        "done", a few numbers instead of a triple a file, for this worker to encode and the
+        service to decode and check) where the service takes them, the others one by one."""
+        if not self._result_runs:
+            return {"results": [[item.id, state, error] for item, state, error in results]}
+        plain: dict[str, list[int]] = {}
+        others = []
+        for item, state, error in results:
+            if error or state not in ("done", "skipped"):
+                others.append([item.id, state, error])
+            else:
+                plain.setdefault(state, []).append(item.id)
+        return {"results": others,
+                "runs": {state: [list(run) for run in id_runs(ids)]
+                         for state, ids in plain.items()}}
 
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]:
@@ -219,9 +253,9 @@ class HttpJobStore:
         first)."""
         last = len(results) - (len(results) - 1) % self.results_per_call - 1 if results else 0
         self.record(job_id, results[:last])
-        answer = self._job(job_id, "items/exchange", {
+        answer = self._with_log(job_id, "items/exchange", {
             "worker_id": worker_id, "n": n, "max_bytes": max_bytes,
-            "results": [[item.id, state, error] for item, state, error in results[last:]]})
+            **self._results(results[last:])})
         return [ClaimedItem(*row) for row in answer["items"]]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
@@ -293,7 +327,10 @@ class HttpJobStore:
     def log(self, job: JobRow) -> JobLog:
         self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.spool_dir / f"job-{job.id}-{uuid.uuid4().hex[:8]}.log"
-        shipper = LogShipper(self, job.id, JobLog(path))
+        # Where the item calls carry the lines, this ships only what piles up beyond one
+        # call's worth, and a quiet run's lines once a second.
+        shipper = LogShipper(self, job.id, JobLog(path),
+                             soon=LOG_CHUNK if self._items_log else LOG_SOON)
         with self._lock:
             old = self._shippers.pop(job.id, None)
             self._shippers[job.id] = shipper
@@ -339,6 +376,7 @@ class LogShipper:
         self.store, self.job_id, self.joblog, self.interval = store, job_id, joblog, interval
         self.soon, self.poll = soon, poll
         self.offset = 0
+        self._sent = time.monotonic()  # when lines last went (by any call)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"job{job_id}-log", daemon=True)
@@ -358,11 +396,10 @@ class LogShipper:
             return 0
 
     def _run(self) -> None:
-        last = time.monotonic()
         while not self._stop.wait(self.poll):
-            if self._waiting() < self.soon and time.monotonic() - last < self.interval:
+            if self._waiting() < self.soon and time.monotonic() - self._sent < self.interval:
                 continue
-            last = time.monotonic()
+            self._sent = time.monotonic()
             try:
                 self.ship()
             except Exception as exc:  # the service away for a moment: the lines wait
@@ -395,6 +432,8 @@ class LogShipper:
                     if last is not None and (len(data) < LOG_CHUNK or end == 0):
                         answer = last(text)
                         self.offset += end
+                        if end:
+                            self._sent = time.monotonic()
                         return answer
                     if end == 0:
                         return None

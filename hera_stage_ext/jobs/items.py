@@ -10,7 +10,8 @@ Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``
 of every id: a claim of 1,024 small files is one run, and SQLAlchemy's per-value expansion of an
 ``IN`` list cost more Python per item than the database spent on the statement. A batch's
 results are counted from the rows each ``UPDATE`` wrote (``RETURNING`` their sizes), so a report
-from a worker over HTTP can be limited to the job's running items in the same statement.
+from a worker over HTTP can be limited to the job's running items in the same statement (which
+also lets it give its error-free results as id runs: ``RunResults``).
 
 Each item row is written twice (claimed, recorded), so each write is kept small: a claim sets the
 state and counts the attempt, a result sets the state and error; neither names the worker in the
@@ -20,7 +21,7 @@ JOB_ITEM_INDEXES``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -60,6 +61,10 @@ Result = tuple[ClaimedItem, str, str]
 IdResult = tuple[int, str, str]
 #: The states a result may give an item.
 RESULT_STATES = (ItemState.DONE, ItemState.SKIPPED, ItemState.FAILED)
+#: Error-free results by runs of consecutive item ids: state -> [(first id, last id), ...]
+#: (a worker over HTTP sends most of a hand-over's results so: a few numbers, not a triple an
+#: item). Only the running items of the job in those runs are recorded.
+RunResults = Mapping[str, Sequence[tuple[int, int]]]
 
 
 def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
@@ -94,13 +99,14 @@ def claim_items(db: Database, job_id: int, n: int,
 
 
 def exchange(db: Database, job_id: int, results: Sequence[IdResult], n: int,
-             max_bytes: int | None = None, *, running_only: bool = False
-             ) -> tuple[int, list[ClaimedItem]]:
+             max_bytes: int | None = None, *, running_only: bool = False,
+             runs: RunResults | None = None) -> tuple[int, list[ClaimedItem]]:
     """Record ``results`` (``record_results``) and take up to ``n`` queued items (``claim_items``)
     in one transaction; ``n`` 0 only records. Returns how many results were recorded and the
     items taken. With ``running_only`` (a report from a worker over HTTP), only results for
-    items of the job still running are recorded: one sent twice counts once."""
-    recorded, rows = _exchange_rows(db, job_id, results, n, max_bytes, running_only)
+    items of the job still running are recorded: one sent twice counts once; ``runs`` then
+    gives more error-free results by id runs (``RunResults``)."""
+    recorded, rows = _exchange_rows(db, job_id, results, n, max_bytes, running_only, runs)
     # The checksums' JSON texts decoded in one call for the whole batch.
     checksums = json.loads("[" + ",".join(row[6] or "{}" for row in rows) + "]")
     return recorded, [ClaimedItem(row[0], row[1], row[2], row[3], row[4], bool(row[5]),
@@ -109,14 +115,16 @@ def exchange(db: Database, job_id: int, results: Sequence[IdResult], n: int,
 
 
 def _exchange_rows(db: Database, job_id: int, results: Sequence[IdResult], n: int,
-                   max_bytes: int | None, running_only: bool) -> tuple[int, list[Any]]:
+                   max_bytes: int | None, running_only: bool,
+                   runs: RunResults | None = None) -> tuple[int, list[Any]]:
     """``exchange``'s transaction: how many results were recorded, and the items taken as the
     driver's rows (``_claim_rows_in``)."""
-    if not results and n <= 0:
+    if not results and not runs and n <= 0:
         return 0, []
     with db.write() as s:
         connection = s.connection()
-        recorded = _record_in(connection, job_id, results, running_only) if results else 0
+        recorded = (_record_in(connection, job_id, results, running_only, runs)
+                    if results or runs else 0)
         rows = _claim_rows_in(connection, job_id, n, max_bytes) if n > 0 else []
     return recorded, rows
 
@@ -164,7 +172,11 @@ def _mark(connection: Connection) -> str:
 
 def _id_sql(ids: Iterable[int], mark: str) -> list[tuple[str, list[int]]]:
     """``id_terms`` in the driver's SQL: (condition, its parameters) per ``RUN_CHUNK`` runs."""
-    runs = id_runs(ids)
+    return _runs_sql(id_runs(ids), mark)
+
+
+def _runs_sql(runs: Sequence[tuple[int, int]], mark: str) -> list[tuple[str, list[int]]]:
+    """The ids of ``runs`` ([(first, last), ...]) in the driver's SQL, as ``_id_sql``."""
     out = []
     for start in range(0, len(runs), RUN_CHUNK):
         terms, params = [], []
@@ -201,10 +213,10 @@ def ids_of(results: Iterable[Result]) -> list[IdResult]:
 
 
 def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
-               running_only: bool = False) -> int:
-    """Write ``results`` and bump the job's counters by the rows actually written (their sizes
-    from the database, returned by the ``UPDATE`` itself: exact when two reports of the same
-    items race). Returns how many were written."""
+               running_only: bool = False, runs: RunResults | None = None) -> int:
+    """Write ``results`` (and, with ``running_only``, ``runs``) and bump the job's counters by
+    the rows actually written (their sizes from the database, returned by the ``UPDATE``
+    itself: exact when two reports of the same items race). Returns how many were written."""
     # Error-free results in one statement per state and id run (most of a batch), the others
     # one by one.
     plain: dict[str, list[int]] = {}
@@ -214,13 +226,19 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
             with_error.append((item_id, state, error))
         else:
             plain.setdefault(state, []).append(item_id)
+    # A run may name items that are not running (or another job's): only running items of
+    # this job are written, so runs are taken only where that is checked.
+    assert running_only or not runs, "result runs are recorded for running items only"
+    by_runs = {state: id_runs(ids) for state, ids in plain.items()}
+    for state, more in (runs or {}).items():
+        by_runs[state] = by_runs.get(state, []) + list(more)
     files: dict[str, int] = dict.fromkeys(RESULT_STATES, 0)
     done_bytes = 0
     mark = _mark(connection)
     where = f"job_id = {mark}" + (f" AND state = {mark}" if running_only else "")
     scope: tuple[object, ...] = (job_id, _RUNNING) if running_only else (job_id,)
-    for state, ids in plain.items():
-        for terms, params in _id_sql(ids, mark):
+    for state, state_runs in by_runs.items():
+        for terms, params in _runs_sql(state_runs, mark):
             sizes = driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = '' "
                                 f"WHERE {terms} AND {where} RETURNING size",
                                 (str(state), *params, *scope))
@@ -257,7 +275,8 @@ def unfinished_paths(db: Database, job_id: int) -> list[str]:
 
 # ----- a worker's claim over HTTP (site mode) ---------------------------------------------------
 def exchange_json(db: Database, job_id: int, results: Sequence[IdResult],
-                  n: int, max_bytes: int | None = None) -> tuple[int, str]:
+                  n: int, max_bytes: int | None = None,
+                  runs: RunResults | None = None) -> tuple[int, str]:
     """``exchange(..., running_only=True)`` for a worker over HTTP, the items taken given as
     the JSON text of the worker API's answer: ``[[id, name, source_path, dest_path, size,
     is_directory, checksums, attempts, store], ...]``, ``ClaimedItem``'s fields in order.
@@ -265,7 +284,7 @@ def exchange_json(db: Database, job_id: int, results: Sequence[IdResult],
     decoding and encoding again of the checksums, spliced in as the JSON text the database
     holds): the answer's Python per item 0.7 us, against 2.2 through ``ClaimedItem`` and
     ``json.dumps``."""
-    recorded, rows = _exchange_rows(db, job_id, results, n, max_bytes, True)
+    recorded, rows = _exchange_rows(db, job_id, results, n, max_bytes, True, runs)
     text = encode_basestring_ascii
     return recorded, "[" + ",".join([
         f"[{r[0]:d},{text(r[1])},{text(r[2])},{text(r[3])},{r[4]:d},"

@@ -20,7 +20,7 @@ from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..jobs import engine, items, lifecycle, recall
 from ..jobs.joblog import JobLog
-from ..jobs.models import JobRow, JobItem
+from ..jobs.models import JOB_TABLE, JobRow, JobItem
 from ..jobs.store import DbJobStore
 from ..states import ACTIVE_JOB_STATES
 
@@ -90,6 +90,24 @@ class WorkerOps:
             raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
         return job
 
+    def _mine(self, job_id: int, body: dict[str, Any] | None = None) -> Any:
+        """``_job``'s check (and with ``body``, ``_held``'s) for the calls made many times a
+        run (items, log), which need little of the job: a few columns read (owner, kind,
+        worker_id, log_path), no ORM object loaded."""
+        row = None
+        if job_id > 0:
+            jobs = JOB_TABLE.c
+            with self.db.read() as s:
+                row = s.execute(select(jobs.owner, jobs.kind, jobs.worker_id, jobs.log_path)
+                                .where(jobs.id == job_id)).first()
+        if row is None or row.owner != self.owner or row.kind not in USER_KINDS:
+            raise NotFound(f"no job {job_id}")
+        if body is not None:
+            worker_id = worker_id_of(body)
+            if row.worker_id != worker_id:
+                raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
+        return row
+
     # ----- jobs -----------------------------------------------------------------------------
     def claim(self, body: dict[str, Any]) -> dict[str, Any]:
         skip = body.get("skip", [])
@@ -108,7 +126,10 @@ class WorkerOps:
         roots = self.store.store_roots(job_id)
         return {**engine.job_json(self._job(job_id)), "store_roots": roots,
                 "unavailable": sorted(self.store.unavailable(roots)),
-                "waiting": self.store.waiting(job_id)}
+                "waiting": self.store.waiting(job_id),
+                # What the item calls take besides results one by one: results as id runs
+                # (``_runs``) and the log's lines (``_append_log``).
+                "result_runs": True, "items_log": True}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._job(job_id).state in ACTIVE_JOB_STATES}
@@ -184,7 +205,7 @@ class WorkerOps:
         return {"released": job_id}
 
     def log(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        job = self._job(job_id)
+        job = self._mine(job_id)
         text = _log_text(body.get("text"), "text")
         if text:
             JobLog(job.log_path).append_lines(text)
@@ -195,13 +216,13 @@ class WorkerOps:
         """Up to ``n`` queued items (and, past the first, no more than ``max_bytes``): the
         answer's text, ``{"items": [[id, name, source_path, dest_path, size, is_directory,
         checksums, attempts, store], ...]}`` (``items.exchange_json``)."""
-        job = self._held(job_id, body)
+        self._mine(job_id, body)
         n = _int(body.get("n", 1024), "n", 1, MAX_BATCH)
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
         return JsonText('{"items":%s}' % items.exchange_json(
-            self.db, job.id, [], n, max_bytes)[1])
+            self.db, job_id, [], n, max_bytes)[1])
 
     def _running(self, job_id: int, ids: Sequence[int]) -> dict[int, int]:
         """Of ``ids``, those that are running items of the job: id -> size."""
@@ -213,7 +234,7 @@ class WorkerOps:
         return found
 
     def requeue(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        self._job(job_id)
+        self._mine(job_id)
         ids = body.get("ids")
         if not isinstance(ids, list) or len(ids) > MAX_BATCH:
             raise InvalidRequest(f"'ids' must be a list of at most {MAX_BATCH} item ids")
@@ -222,22 +243,35 @@ class WorkerOps:
         return {"requeued": len(mine)}
 
     def record(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        self._job(job_id)
-        rows = self._results(body.get("results"))
-        recorded, _ = items.exchange(self.db, job_id, rows, 0, running_only=True)
+        job = self._mine(job_id)
+        rows = self._results(body.get("results", [] if "runs" in body else None))
+        runs = self._runs(body.get("runs"), len(rows))
+        self._append_log(job, body)
+        recorded, _ = items.exchange(self.db, job_id, rows, 0, running_only=True, runs=runs)
         return {"recorded": recorded}
+
+    @staticmethod
+    def _append_log(job: Any, body: dict[str, Any]) -> None:
+        """An item call's ``log`` (optional): lines of the job's log that came with it (a
+        ``log`` call's), appended before its results are recorded, so a file recorded has
+        its line in the log. One call fewer per hand-over's lines."""
+        text = _log_text(body.get("log", ""))
+        if text:
+            JobLog(job.log_path).append_lines(text)
 
     def exchange(self, job_id: int, body: dict[str, Any]) -> JsonText:
         """``record`` and ``claim_items`` in one call and one transaction: a stream hands in
         what it moved and takes its next items (one round trip per hand-over, not two). The
         answer's text: ``{"recorded": n, "items": [...]}`` as ``claim_items``'."""
-        job = self._held(job_id, body)
+        job = self._mine(job_id, body)
         rows = self._results(body.get("results", []))
+        runs = self._runs(body.get("runs"), len(rows))
         n = _int(body.get("n", 1024), "n", 0, MAX_BATCH)
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
-        recorded, claimed = items.exchange_json(self.db, job.id, rows, n, max_bytes)
+        self._append_log(job, body)
+        recorded, claimed = items.exchange_json(self.db, job_id, rows, n, max_bytes, runs)
         return JsonText('{"recorded":%d,"items":%s}' % (recorded, claimed))
 
     @staticmethod
@@ -255,5 +289,33 @@ class WorkerOps:
                 raise InvalidRequest("each result must be [item id, 'done' | 'skipped' | "
                                      "'failed', error text]")
             checked.append((_int(entry[0], "item id"), entry[1], entry[2][:4096]))
+        return checked
+
+    @staticmethod
+    def _runs(runs: Any, results: int) -> items.RunResults:
+        """A report's error-free results by id runs (``{"done": [[first, last], ...],
+        "skipped": [...]}``, optional), checked for form: together with ``results`` at most
+        ``MAX_BATCH`` items. As ``_results``', only running items of the job are recorded."""
+        if runs is None:
+            return {}
+        problem = InvalidRequest(f"'runs' must map 'done' and 'skipped' to lists of [first "
+                                 f"item id, last item id], at most {MAX_BATCH} items with "
+                                 f"'results'")
+        if not isinstance(runs, dict) or not set(runs) <= {"done", "skipped"}:
+            raise problem
+        checked: dict[str, list[tuple[int, int]]] = {}
+        total = results
+        for state, pairs in runs.items():
+            if not isinstance(pairs, list):
+                raise problem
+            out = checked[state] = []
+            for pair in pairs:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise problem
+                first, last = _int(pair[0], "item id"), _int(pair[1], "item id")
+                total += last - first + 1
+                if last < first or total > MAX_BATCH:
+                    raise problem
+                out.append((first, last))
         return checked
 
