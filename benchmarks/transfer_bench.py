@@ -169,9 +169,10 @@ def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float
 
 class Bench:
     def __init__(self, tmp: Path, big_bytes: int, small_files: int, settle_s: float,
-                 profile: Path | None = None, receive_streams: int = 0) -> None:
+                 profile: Path | None = None, receive_streams: int = 0,
+                 worker_nice: int | None = None) -> None:
         self.tmp, self.settle_s, self.profile = tmp, settle_s, profile
-        self.receive_streams = receive_streams
+        self.receive_streams, self.worker_nice = receive_streams, worker_nice
         self.profiles = 0
         self.big_bytes, self.small_files = big_bytes, small_files
         self.a_store, self.b_root = tmp / "a" / "store", tmp / "b"
@@ -198,9 +199,10 @@ class Bench:
         # at its first tick, B's as they arrive) once a minute, which lands in some runs and
         # not others; rsync's side does nothing of the kind.
         common = {"service_log_file": "", "fixity_bytes_per_hour": 0.0}
+        nice = {} if self.worker_nice is None else {"worker_nice": self.worker_nice}
         self.a = self.stack.enter_context(jupyter_process(
             self.tmp / "a-server", root_dir=self.tmp / "a", port=self.a_port, config={
-                "StagingApp": {**common, "db_url": a_db_url, "site_name": "site-a",
+                "StagingApp": {**common, **nice, "db_url": a_db_url, "site_name": "site-a",
                                "stores": {"a-store": {"path": str(self.a_store)}},
                                "peers": {"site-b": {"url": f"http://127.0.0.1:{self.b_port}/",
                                                     "secret": SECRET_AB}},
@@ -378,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                              "during each run of ours into DIR (collapsed stacks)")
     parser.add_argument("--receive-streams", type=int, default=0, metavar="N",
                         help="B's receive_streams (default: the setting's default)")
+    parser.add_argument("--worker-nice", type=int, default=None, metavar="N",
+                        help="A's worker_nice, the sending worker's nice value (default: the "
+                             "setting's default)")
     args = parser.parse_args(argv)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     small_files = (1_000 if args.quick else 10_000) if args.only != "large" else 0
     tmp = Path(tempfile.mkdtemp(prefix="hera-transfer-bench-", dir=args.dir))
     bench = Bench(tmp, big_bytes, small_files, args.settle, args.profile,
-                  args.receive_streams)
+                  args.receive_streams, args.worker_nice)
     results: list[Result] = []
     try:
         bench.start()
