@@ -15,7 +15,7 @@ from hera_stage_ext.transfer.durable import FileSyncer, Rename, make_final
 
 @pytest.fixture
 def syncer():
-    syncer = FileSyncer(threads=2, max_open=4)
+    syncer = FileSyncer(threads=2, held=4)
     yield syncer
     syncer.close()
 

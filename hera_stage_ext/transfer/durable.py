@@ -8,7 +8,7 @@ inside it (``benchmarks/README.md``, issue 19). Here each file of a batch is syn
 not as soon as it is written: its disk write is started at once
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, no wait, ``writeback.WriteBehind``) and its
 descriptor held (``SyncBatch.add``); the ``fdatasync`` calls come once the batch's stream is
-written, or once ``MAX_OPEN`` descriptors are held, all at once in a small pool of threads
+written, or once ``max_open()`` descriptors are held, all at once in a small pool of threads
 (``SyncBatch.wait``). By then the data is mostly on disk, and the metadata the files share (a
 block of the inode table holds 16 inodes, one folder holds them all; on a journalled file system
 one commit holds them all) is written by the first sync that needs it and found clean by the
@@ -36,20 +36,25 @@ from ..writeback import WriteBehind
 #: Threads syncing files (and folders): the syncs of one round run at once, so the disk's cache
 #: flushes (and a journal's commits) serve many of them together.
 SYNC_THREADS = 8
-#: Descriptors held for their sync at most (a stream syncs what it holds, then waits for a
-#: slot beyond that): a quarter of what this process may open, at most a batch's 1,000 files
-#: (256 under the 1,024 a server process is often allowed).
-MAX_OPEN = max(64, min(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+
+
+def max_open() -> int:
+    """Descriptors held for their sync at most (a stream syncs what it holds, then waits for a
+    slot beyond that): a quarter of what this process may open now, at most a batch's 1,000
+    files (256 under the 1,024 a process is often allowed; the Jupyter server raises its own
+    limit to 4,096 at its start)."""
+    return max(64, min(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 
 
 class FileSyncer:
-    """Syncs and closes descriptors handed to it, in threads of its own; at most ``MAX_OPEN``
-    of them open at once. Each batch of files collects its own (``batch``)."""
+    """Syncs and closes descriptors handed to it, in threads of its own; at most ``held``
+    of them open at once (default ``max_open()``). Each batch of files collects its own
+    (``batch``)."""
 
-    def __init__(self, threads: int = SYNC_THREADS, max_open: int = MAX_OPEN) -> None:
+    def __init__(self, threads: int = SYNC_THREADS, held: int | None = None) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hera-sync")
-        self._slots = threading.BoundedSemaphore(max_open)
+        self._slots = threading.BoundedSemaphore(held or max_open())
 
     def batch(self) -> SyncBatch:
         return SyncBatch(self)
@@ -116,7 +121,7 @@ class SyncBatch:
     def add(self, fd: int, name: str, size: int) -> None:
         """Start the disk write of the open file ``fd`` (known as ``name``, ``size`` bytes
         written) and hold it for its sync; it is synced and closed whatever happens. When
-        ``MAX_OPEN`` files are held, those of this batch are synced first (so the wait for a
+        the syncer's limit of files is held, those of this batch are synced first (so the wait for a
         slot ends)."""
         try:
             if not self._syncer.reserve(wait=False):
