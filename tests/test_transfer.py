@@ -566,9 +566,9 @@ def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None
 
 def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothing(
         sites: Sites) -> None:
-    """Killed once a batch's members are written and before they are synced: none of them is
-    under its final name or registered; after the restart the batch is pulled again and each
-    file arrives verified and registered once."""
+    """Killed once a batch's members are written and before they are made final (their syncs
+    waited for, renamed): none of them is under its final name or registered; after the
+    restart the batch is pulled again and each file arrives verified and registered once."""
     paused = sites.tmp / "paused-before-sync"
     sites.kill_b()
     sites.start_b("b-server-paused", env={PAUSE_BEFORE_SYNC_ENV: str(paused)})

@@ -15,7 +15,7 @@ from hera_stage_ext.transfer.durable import FileSyncer, Rename, make_final
 
 @pytest.fixture
 def syncer():
-    syncer = FileSyncer(threads=2, held=4)
+    syncer = FileSyncer(threads=2, max_open=4)
     yield syncer
     syncer.close()
 
@@ -45,7 +45,7 @@ def test_a_batch_lands_in_new_folders_and_never_over_an_existing_file(tmp_path, 
         for i in range(10):
             fd = _written(incoming, f"{i}.part", b"x" * i)
             fds.append(fd)
-            syncs.add(fd, f"{i}.part", i)
+            syncs.add(fd, f"{i}.part")
         assert syncs.wait() == {}
     assert not any(_is_open(fd) for fd in fds)
     renames = [Rename(f"{i}.part", f"{root}/night/a/deep/{i}.uvh5") for i in range(9)]
@@ -84,8 +84,8 @@ def test_a_failed_sync_is_reported_and_every_descriptor_closed(tmp_path, syncer)
     read_end, write_end = os.pipe()  # a pipe cannot be synced: EINVAL
     good = _written(tmp_path, "good.part", b"data")
     with syncer.batch() as syncs:
-        syncs.add(read_end, "pipe", 0)
-        syncs.add(good, "good.part", 4)
+        syncs.add(read_end, "pipe")
+        syncs.add(good, "good.part")
         failed = syncs.wait()
     assert list(failed) == ["pipe"] and isinstance(failed["pipe"], OSError)
     assert not _is_open(read_end) and not _is_open(good)
@@ -98,6 +98,6 @@ def test_an_abandoned_batch_still_closes_what_it_was_given(tmp_path, syncer):
         with syncer.batch() as syncs:
             for i in range(3):
                 fds.append(_written(tmp_path, f"{i}.part", b"data"))
-                syncs.add(fds[-1], f"{i}.part", 4)
+                syncs.add(fds[-1], f"{i}.part")
             raise RuntimeError("the stream broke")
     assert not any(_is_open(fd) for fd in fds)

@@ -4,57 +4,44 @@ A staging batch's data is made durable with one ``syncfs`` (``jobs.methods.commi
 writes back every dirty page of the file system: on a store shared with other writers a batch of
 the receiver paid for their data too, and most of the receiving server's CPU was the kernel's
 inside it (``benchmarks/README.md``, issue 19). Here each file of a batch is synced by itself
-(``fdatasync``: POSIX's promise for that file's data and what is needed to read it back), but
-not as soon as it is written: its disk write is started at once
-(``sync_file_range(SYNC_FILE_RANGE_WRITE)``, no wait, ``writeback.WriteBehind``) and its
-descriptor held (``SyncBatch.add``); the ``fdatasync`` calls come once the batch's stream is
-written, or once ``max_open()`` descriptors are held, all at once in a small pool of threads
-(``SyncBatch.wait``). By then the data is mostly on disk, and the metadata the files share (a
-block of the inode table holds 16 inodes, one folder holds them all; on a journalled file system
-one commit holds them all) is written by the first sync that needs it and found clean by the
-others: syncing each file as it came wrote the same inode-table and folder blocks again for
-every file, and each sync waited for its own journal commit. Once a batch's files are synced
-they are renamed into place, never over an existing name (``make_final``), and the folders that
-changed are synced (``fsync`` of each destination folder, of every folder between it and the
-store, which may have been created just now: ``safefs.sync_folders``, the rule staging commits
-use too; and of the incoming folder), so the renames are on disk before the caller records
-anything. What a batch syncs is its own files and folders, whatever else the file system holds.
+(``fdatasync``) by a small pool of threads as soon as it is written (``FileSyncer.sync_and_close``),
+so the syncs overlap the rest of the batch's stream and the file system's journal commits many
+of them together; once a batch's files are synced they are renamed into place, never over an
+existing name (``make_final``), and the folders that changed are synced (``fsync`` of each
+destination folder, of every folder between it and the store, which may have been created just
+now: ``safefs.sync_folders``, the rule staging commits use too; and of the incoming folder), so
+the renames are on disk before the caller records anything. What a batch syncs is its own files and folders, whatever else the file system holds.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from .. import safefs
-from ..writeback import WriteBehind
 
-#: Threads syncing files (and folders): the syncs of one round run at once, so the disk's cache
-#: flushes (and a journal's commits) serve many of them together.
+#: Threads syncing files: the journal commits what they wait for together, so more threads
+#: mean fewer commits per file (measured on ext4: 8 threads about as fast as 16 or 64).
 SYNC_THREADS = 8
-
-
-def max_open() -> int:
-    """Descriptors held for their sync at most (a stream syncs what it holds, then waits for a
-    slot beyond that): a quarter of what this process may open now, at most a batch's 1,000
-    files (256 under the 1,024 a process is often allowed; the Jupyter server raises its own
-    limit to 4,096 at its start)."""
-    return max(64, min(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+#: Files one thread syncs in a row: a task per file cost 25-40 us of Python a file (futures,
+#: wake-ups), a task per 16 a few.
+GROUP = 16
+#: Descriptors waiting for their sync at most (a stream waits for a slot beyond that): well
+#: under the 1,024 a server process is often allowed.
+MAX_OPEN = 256
 
 
 class FileSyncer:
-    """Syncs and closes descriptors handed to it, in threads of its own; at most ``held``
-    of them open at once (default ``max_open()``). Each batch of files collects its own
-    (``batch``)."""
+    """Syncs and closes descriptors handed to it, in threads of its own; at most ``MAX_OPEN``
+    of them open at once. Each batch of files collects its own (``batch``)."""
 
-    def __init__(self, threads: int = SYNC_THREADS, held: int | None = None) -> None:
+    def __init__(self, threads: int = SYNC_THREADS, max_open: int = MAX_OPEN) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hera-sync")
-        self._slots = threading.BoundedSemaphore(held or max_open())
+        self._slots = threading.BoundedSemaphore(max_open)
 
     def batch(self) -> SyncBatch:
         return SyncBatch(self)
@@ -88,7 +75,8 @@ class FileSyncer:
 
     def sync_folders(self, fds: Sequence[int]) -> None:
         """``fsync`` each open folder of ``fds``, in the pool (one task per thread, not per
-        folder: a batch changes a hundred); raises the first error."""
+        folder: a batch changes a hundred, and a future each cost more than its sync); raises
+        the first error."""
         groups = [fds[i::self.threads] for i in range(min(self.threads, len(fds)))]
         try:
             futures = [self._pool.submit(_fsync_each, group) for group in groups]
@@ -114,34 +102,28 @@ class SyncBatch:
 
     def __init__(self, syncer: FileSyncer) -> None:
         self._syncer = syncer
-        self._held: list[tuple[int, str]] = []
+        self._group: list[tuple[int, str]] = []
         self._futures: list[Future[dict[str, OSError]]] = []
-        self._failed: dict[str, OSError] = {}
 
-    def add(self, fd: int, name: str, size: int) -> None:
-        """Start the disk write of the open file ``fd`` (known as ``name``, ``size`` bytes
-        written) and hold it for its sync; it is synced and closed whatever happens. When
-        the syncer's limit of files is held, those of this batch are synced first (so the wait for a
-        slot ends)."""
+    def add(self, fd: int, name: str) -> None:
+        """Sync the data of the open file ``fd`` (known as ``name``) and close it, whatever
+        happens; waits while ``MAX_OPEN`` files are waiting for their sync."""
         try:
             if not self._syncer.reserve(wait=False):
+                # Every slot taken: this batch's own files go first, so the wait ends.
                 self._flush()
                 self._syncer.reserve()
         except BaseException:
             os.close(fd)
             raise
-        self._held.append((fd, name))
-        try:
-            WriteBehind(fd).finish(size)
-        except OSError as exc:  # the write failed already: never renamed, pulled again
-            self._failed[name] = exc
+        self._group.append((fd, name))
+        if len(self._group) >= GROUP:
+            self._flush()
 
     def _flush(self) -> None:
-        """Sync (and close) every file held, split among the pool's threads."""
-        held, self._held = self._held, []
-        threads = self._syncer.threads
-        for i in range(min(threads, len(held))):
-            self._futures.append(self._syncer.submit(held[i::threads]))
+        if self._group:
+            self._futures.append(self._syncer.submit(self._group))
+            self._group = []
 
     def __enter__(self) -> SyncBatch:
         return self
@@ -153,10 +135,9 @@ class SyncBatch:
         """Wait until every file added is synced and closed; the names whose sync failed,
         with the error."""
         self._flush()
-        failed, self._failed = self._failed, {}
+        failed: dict[str, OSError] = {}
         for future in self._futures:
-            for name, exc in future.result().items():
-                failed.setdefault(name, exc)
+            failed.update(future.result())
         self._futures = []
         return failed
 

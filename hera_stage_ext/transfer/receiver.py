@@ -20,12 +20,11 @@ Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches inste
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
 is verified on its own against its announced size and checksum and only then written to its own
 partial file (a damaged member is never written and is pulled again in the next round, the
-others go on), its disk write started at once and its descriptor held; once the stream is
-written every file is ``fdatasync``-ed, all at once in a pool of threads (``durable.py``: the
-metadata the files share is written once, not once per file; not a ``syncfs``, which would
-write back every other writer's dirty pages too); once all are synced they are renamed into
-place (never over anything) and the folders that changed are synced; then they are registered
-with ONE ``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one
+others go on) and handed to a pool of threads that syncs each file's data (``durable.py``:
+``fdatasync``, overlapping the rest of the stream; not a ``syncfs``, which would write back
+every other writer's dirty pages too); once all are synced they are renamed into place (never
+over anything) and the folders that changed are synced; then they are registered with ONE
+``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one
 only if something in it conflicts) and committed in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
 name is taken meanwhile takes the single-file path (verified there, registered only if it is
@@ -104,8 +103,8 @@ RESERVED_DIRS = (INCOMING_DIR,)
 #: Test-only fault: flip one byte of the first chunk received of this file name, once per process.
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
-#: Test-only pause: once per process, when a batch's members are written and not yet synced,
-#: create this file and wait (for the test to kill the server there).
+#: Test-only pause: once per process, when a batch's members are written and before their syncs
+#: are waited for and they are renamed, create this file and wait (for a test to kill the server).
 PAUSE_BEFORE_SYNC_ENV = "HERA_STAGE_TEST_PAUSE_BEFORE_SYNC"
 _paused: list[bool] = []
 #: Item states after which nothing more happens to it (until it is announced again).
@@ -828,7 +827,7 @@ class Receiver:
                     continue
                 fd = _write_new(incoming_fd, part, data)
                 if self.fsync:
-                    syncs.add(fd, part, len(data))
+                    syncs.add(fd, part)
                 else:
                     os.close(fd)
                 received.append(_Member(item, part, dest, ""))
