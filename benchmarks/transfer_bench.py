@@ -155,7 +155,9 @@ def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float
     started = time.monotonic()
     job = a.api("transfers", {"query": query, "peer": "site-b"})
     while job["state"] in ("queued", "running"):
-        time.sleep(0.05)
+        # Not faster: each poll is a request A's server answers, CPU the transfer then lacks
+        # (the times are the job's own, not the poll's).
+        time.sleep(0.25)
         job = a.api(f"jobs/{job['id']}")
     e2e = time.monotonic() - started
     if job["state"] != "succeeded" or job["files_done"] != expected:
@@ -167,8 +169,10 @@ def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float
 
 class Bench:
     def __init__(self, tmp: Path, big_bytes: int, small_files: int, settle_s: float,
-                 profile: Path | None = None) -> None:
+                 profile: Path | None = None, receive_streams: int = 0,
+                 worker_nice: int | None = None) -> None:
         self.tmp, self.settle_s, self.profile = tmp, settle_s, profile
+        self.receive_streams, self.worker_nice = receive_streams, worker_nice
         self.profiles = 0
         self.big_bytes, self.small_files = big_bytes, small_files
         self.a_store, self.b_root = tmp / "a" / "store", tmp / "b"
@@ -176,6 +180,8 @@ class Bench:
         self.a_port, self.b_port = free_port(), free_port()
         self.b_generation = 0
         self.b: JupyterProcess | None = None
+        #: A's worker processes seen (A's server leaves its worker running when it stops).
+        self.workers: set[int] = set()
 
     def start(self) -> None:
         log(f"writing {self.big_bytes / MiB:,.0f} MiB and {self.small_files:,} x 4 KiB in {self.tmp}")
@@ -189,10 +195,14 @@ class Bench:
         report = Ingester(catalogue).ingest("a-store", ["2457900/*", "2457901/*/*"])
         db.dispose()
         log(f"  registered {report.registered:,} file(s) at A in {time.monotonic() - started:.0f} s")
-        common = {"service_log_file": ""}
+        # No fixity audit at either site: it re-hashes the files just registered (A's 10,000
+        # at its first tick, B's as they arrive) once a minute, which lands in some runs and
+        # not others; rsync's side does nothing of the kind.
+        common = {"service_log_file": "", "fixity_bytes_per_hour": 0.0}
+        nice = {} if self.worker_nice is None else {"worker_nice": self.worker_nice}
         self.a = self.stack.enter_context(jupyter_process(
             self.tmp / "a-server", root_dir=self.tmp / "a", port=self.a_port, config={
-                "StagingApp": {**common, "db_url": a_db_url, "site_name": "site-a",
+                "StagingApp": {**common, **nice, "db_url": a_db_url, "site_name": "site-a",
                                "stores": {"a-store": {"path": str(self.a_store)}},
                                "peers": {"site-b": {"url": f"http://127.0.0.1:{self.b_port}/",
                                                     "secret": SECRET_AB}},
@@ -209,7 +219,10 @@ class Bench:
         self.b_stack = contextlib.ExitStack()
         self.b = self.b_stack.enter_context(jupyter_process(
             self.tmp / f"b-server{self.b_generation}", root_dir=root, port=self.b_port, config={
-                "StagingApp": {"service_log_file": "", "start_worker": False,
+                "StagingApp": {"service_log_file": "", "fixity_bytes_per_hour": 0.0,
+                               "start_worker": False,
+                               **({"receive_streams": self.receive_streams}
+                                  if self.receive_streams else {}),
                                "db_url": f"sqlite:///{root / 'catalogue.sqlite'}",
                                "site_name": "site-b",
                                "stores": {"b-store": {"path": str(root / "store")}},
@@ -222,6 +235,9 @@ class Bench:
         if self.b is not None:
             self.b_stack.close()
         self.stack.close()
+        for pid in self.workers:  # the worker stops its helpers itself
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     # ----- the runs -----------------------------------------------------------------------
     def curl(self) -> tuple[float, float]:
@@ -258,10 +274,11 @@ class Bench:
         return seconds, synced
 
     @contextlib.contextmanager
-    def profiled(self, pid: int, what: str) -> Iterator[None]:
+    def profiled(self, pid: int, what: str, children: bool = False) -> Iterator[None]:
         """With ``--profile DIR``: py-spy (on the PATH or beside this Python) samples ``pid``
-        (all threads, idle ones left out) meanwhile, into ``DIR/<what>-<n>.txt`` (collapsed
-        stacks)."""
+        (all threads, idle ones left out; with ``children``, its child processes too, each
+        stack under a ``process <pid>:"<command>"`` frame) meanwhile, into
+        ``DIR/<what>-<n>.txt`` (collapsed stacks)."""
         if self.profile is None:
             yield
             return
@@ -269,7 +286,8 @@ class Bench:
         out = self.profile / f"{what}-{self.profiles}.txt"
         spy_exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         spy = subprocess.Popen([spy_exe, "record", "--pid", str(pid), "--rate", "250",
-                                "--format", "raw", "--output", str(out), "--nonblocking"],
+                                "--format", "raw", "--output", str(out), "--nonblocking",
+                                *(["--subprocesses"] if children else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             yield
@@ -281,6 +299,7 @@ class Bench:
     def processes(self) -> dict[str, list[int]]:
         assert self.b is not None
         worker = children(self.a.pid)
+        self.workers.update(worker)
         return {"A server": [self.a.pid], "A worker": worker + [c for w in worker
                                                                 for c in children(w)],
                 "B server": [self.b.pid]}
@@ -290,7 +309,8 @@ class Bench:
         read_all([source], self.settle_s)
         before = {pid: cpu_seconds(pid) for pids in self.processes().values() for pid in pids}
         b_system = cpu_seconds(self.b.pid, system_only=True)
-        with self.profiled(self.b.pid, "b-server"), self.profiled(self.a.pid, "a-server"):
+        with self.profiled(self.b.pid, "b-server"), \
+                self.profiled(self.a.pid, "a-server-and-worker", children=True):
             result = transfer(self.a, query, expected)
         spent = {who: sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids)
                  for who, pids in self.processes().items()}
@@ -356,15 +376,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to wait after the sync before each run")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="py-spy samples A's and B's servers during each run of ours "
-                             "into DIR (collapsed stacks)")
+                        help="py-spy samples A's server with its worker, and B's server, "
+                             "during each run of ours into DIR (collapsed stacks)")
+    parser.add_argument("--receive-streams", type=int, default=0, metavar="N",
+                        help="B's receive_streams (default: the setting's default)")
+    parser.add_argument("--worker-nice", type=int, default=None, metavar="N",
+                        help="A's worker_nice, the sending worker's nice value (default: the "
+                             "setting's default)")
     args = parser.parse_args(argv)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     big_bytes = (256 if args.quick else 2048) * MiB if args.only != "small" else MiB
     small_files = (1_000 if args.quick else 10_000) if args.only != "large" else 0
     tmp = Path(tempfile.mkdtemp(prefix="hera-transfer-bench-", dir=args.dir))
-    bench = Bench(tmp, big_bytes, small_files, args.settle, args.profile)
+    bench = Bench(tmp, big_bytes, small_files, args.settle, args.profile,
+                  args.receive_streams, args.worker_nice)
     results: list[Result] = []
     try:
         bench.start()

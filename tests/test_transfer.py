@@ -40,7 +40,7 @@ from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
 from hera_stage_ext.transfer.outgoing import remote_sites
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
-from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR
+from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR, PAUSE_BEFORE_SYNC_ENV
 from hera_stage_ext.transfer.transfer_kind import create_transfer_job
 from hera_stage_ext.standard_kinds import standard_kinds
 
@@ -77,6 +77,8 @@ SHRUNK = "zen.2457719.10000.xx.HH.uvh5"
 #: Followed while B pulls it (~3 s at the throttle): the job's bytes rise before it is done.
 FOLLOWED = "zen.2457720.10000.xx.HH.uvh5"
 FOLLOWED_SIZE = 72 << 20
+#: Pulled in one batch by a receiver killed after writing them and before syncing them.
+UNSYNCED_BATCH = [f"zen.2457721.{10000 + i}.xx.HH.uvh5" for i in range(5)]
 #: The big files, each in a folder of its own.
 BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708", SHRUNK: "2457719"}
 
@@ -95,10 +97,10 @@ class Sites:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     b_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
-    def start_b(self, workdir: str) -> None:
+    def start_b(self, workdir: str, env: dict[str, str] | None = None) -> None:
         self.b = self.b_stack.enter_context(jupyter_process(
             self.tmp / workdir, root_dir=self.tmp / "b", config=self.b_config,
-            env={FLIP_ONCE_ENV: FLIP}))
+            env={FLIP_ONCE_ENV: FLIP, **(env or {})}))
         self.a_core.peers.peers["site-b"] = replace(self.a_core.peers.peers["site-b"],
                                                     url=self.b.url)
 
@@ -164,6 +166,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     paths.update({n: f"2457705/{n}" for n in MIXED})
     paths.update({n: f"2457706/{n}" for n in KILLED_BATCH})
     paths[FOLLOWED] = f"2457720/{FOLLOWED}"
+    paths.update({n: f"2457721/{n}" for n in UNSYNCED_BATCH})
     for name, rel in paths.items():
         size = BIG_SIZE if name in BIG_FOLDERS else FOLLOWED_SIZE if name == FOLLOWED else \
             KILLED_BATCH_SIZE if name in KILLED_BATCH else 65536 + rng.randrange(4096)
@@ -559,6 +562,48 @@ def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None
         assert remote_sites(sites.a_core, name) == ["site-b"]
     assert not list(incoming.iterdir())
     assert send(sites, KILLED_BATCH)["counts"] == {"skipped": len(KILLED_BATCH)}
+
+
+def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothing(
+        sites: Sites) -> None:
+    """Killed once a batch's members are written and before they are made final (their syncs
+    waited for, renamed): none of them is under its final name or registered; after the
+    restart the batch is pulled again and each file arrives verified and registered once."""
+    paused = sites.tmp / "paused-before-sync"
+    sites.kill_b()
+    sites.start_b("b-server-paused", env={PAUSE_BEFORE_SYNC_ENV: str(paused)})
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(send(sites, UNSYNCED_BATCH)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not paused.exists():
+        assert time.monotonic() < deadline, "the batch never reached its sync"
+        time.sleep(0.02)
+    incoming = sites.b_store / INCOMING_DIR
+    assert len(list(incoming.glob("*.part"))) == len(UNSYNCED_BATCH)  # all written
+    sites.kill_b()
+    assert not (sites.b_store / "2457721").exists()  # nothing under a final name
+    with sites.b_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
+            File.name.in_(UNSYNCED_BATCH))) == 0
+    assert {sites.b_items()[n].state for n in UNSYNCED_BATCH} == {"receiving"}
+    sites.start_b("b-server-after-pause")
+    thread.join(90)
+    assert not thread.is_alive()
+    assert result["counts"] == {"done": len(UNSYNCED_BATCH)}, result
+    items = sites.b_items()
+    with sites.b_db.read() as s:
+        instances = dict(s.execute(select(File.name, func.count(Instance.id)).join(
+            Instance, Instance.file_id == File.id).where(File.name.in_(UNSYNCED_BATCH))
+            .group_by(File.name)).all())
+    assert instances == {n: 1 for n in UNSYNCED_BATCH}
+    for name in UNSYNCED_BATCH:
+        assert (items[name].state, items[name].attempts) == ("committed", 2)
+        arrived = ck.hash_file(sites.b_store / "2457721" / name)
+        assert ck.compare(arrived.checksums,
+                          sites.a_core.catalogue.file_detail(name)["checksums"])
+    assert not list(incoming.iterdir())
+    assert send(sites, UNSYNCED_BATCH)["counts"] == {"skipped": len(UNSYNCED_BATCH)}
 
 
 def test_max_in_flight_announces_one_file_at_a_time(sites: Sites) -> None:

@@ -24,8 +24,8 @@ others go on) and handed to a pool of threads that syncs each file's data (``dur
 ``fdatasync``, overlapping the rest of the stream; not a ``syncfs``, which would write back
 every other writer's dirty pages too); once all are synced they are renamed into place (never
 over anything) and the folders that changed are synced; then they are registered with ONE
-``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one only if
-something in it conflicts) and committed in ONE more transaction. A broken
+``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one
+only if something in it conflicts) and committed in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
 name is taken meanwhile takes the single-file path (verified there, registered only if it is
 exactly what was announced). Small files wait in a queue per peer (``_small``) that up to
@@ -103,6 +103,10 @@ RESERVED_DIRS = (INCOMING_DIR,)
 #: Test-only fault: flip one byte of the first chunk received of this file name, once per process.
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
+#: Test-only pause: once per process, when a batch's members are written and before their syncs
+#: are waited for and they are renamed, create this file and wait (for a test to kill the server).
+PAUSE_BEFORE_SYNC_ENV = "HERA_STAGE_TEST_PAUSE_BEFORE_SYNC"
+_paused: list[bool] = []
 #: Item states after which nothing more happens to it (until it is announced again).
 _FINISHED_STATES = (TransferItemState.COMMITTED, TransferItemState.FAILED)
 
@@ -809,11 +813,13 @@ class Receiver:
                     _flipped.add(item.name)
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 part = f"{item.id}.part"
-                # Verified before anything is written: a damaged member costs no disk.
-                digest = ck.hash_bytes(data, [ck.preferred_algorithm(item.checksums)])
-                if digest.size != item.size or not ck.compare(digest.checksums, item.checksums):
-                    message = (f"{item.name}: received {digest.size} bytes with checksums "
-                               f"{digest.checksums}, announced {item.size} bytes with "
+                # Verified before anything is written: a damaged member costs no disk. One
+                # digest of the fastest algorithm announced (no hasher objects per member).
+                algorithm = ck.preferred_algorithm(item.checksums)
+                digest = ck.hex_digest(data, algorithm)
+                if len(data) != item.size or digest != item.checksums[algorithm]:
+                    message = (f"{item.name}: received {len(data)} bytes with checksums "
+                               f"{ {algorithm: digest} }, announced {item.size} bytes with "
                                f"{item.checksums}")
                     log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
                                 item.peer, message)
@@ -846,6 +852,10 @@ class Receiver:
         transaction and commit them with their events in one more; the members to pull
         again, with why. Members whose final name is taken go to ``alone``."""
         retry = [(m.item, m.error) for m in received if m.error]
+        if (pause := os.environ.get(PAUSE_BEFORE_SYNC_ENV)) and received and not _paused:
+            _paused.append(True)
+            Path(pause).touch()
+            self._stop.wait(60)
         unsynced = syncs.wait()
         good: list[_Member] = []
         for member in received:
