@@ -566,7 +566,8 @@ class StagingApp(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp: ServerApp) -> None:
         # What the server holds by now lives as long as it does: kept off the cyclic collector,
         # which runs less often too (as in the worker). A receiver of 10,000 small files spent
-        # about 1 s in each full collection, twice per transfer (benchmarks/README.md).
+        # about 1 s in each full collection, twice per transfer, and in the site service a
+        # claim of thousands of items now and then took 5x longer (benchmarks/README.md).
         quiet_garbage_collector()
         if self.site is not None:
             await self._start_site_mode()

@@ -167,5 +167,10 @@ def test_a_catalogue_of_revision_0012_loses_the_row_checks_but_keeps_its_rows(db
         catalogue.sync_stores({name: {"path": str(tmp_path / name)} for name in "abc"})
         with db.write() as s:  # no trigger left: an unused row may go again
             s.connection().exec_driver_sql("DELETE FROM store WHERE name = 'c'")
+
+        db.upgrade()  # rolled forward again (the keys the downgrade named are found)
+        assert foreign_keys() == {("file", "observation")}
+        assert _schema_differences(db) == []
+        assert catalogue.file_detail("old.dat") == after
     finally:
         db.dispose()

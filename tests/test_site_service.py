@@ -584,7 +584,7 @@ def test_results_may_come_as_id_runs_and_count_once(database: Database, tmp_path
         "runs": {"done": [[ids[0], ids[1]], [ids[1], ids[1]], [ids[3] + 1, ids[3] + 9]],
                  "skipped": [[ids[2], ids[2]]]}}))
     assert answer == {"recorded": 4, "items": []}
-    # Lines of the job's log may come with an item call (appended before its results).
+    # Lines of the job's log may come with an item call (appended once its results are).
     ops.record(job["id"], {"runs": {}, "log": "COPIED f0\nCOPIED f1"})
     log_text = Path(get_job(database, job["id"])["log_path"]).read_text()
     assert log_text.endswith("COPIED f0\nCOPIED f1\n"), log_text
@@ -601,6 +601,50 @@ def test_results_may_come_as_id_runs_and_count_once(database: Database, tmp_path
             ops.record(job["id"], {"runs": bad})
     with pytest.raises(NotFound):
         WorkerOps(database, "bob").record(job["id"], {"runs": {"done": [[ids[0], ids[3]]]}})
+
+
+def test_an_item_call_the_database_refuses_appends_none_of_its_log_lines(
+        tmp_path: Path) -> None:
+    """A user's worker sends the log lines of an item call that failed again with its next
+    (its spool offset did not move): the service must not have kept them the first time, or
+    the job's log shows them twice. A cancel's own holder name is no worker's."""
+    from sqlalchemy.exc import DBAPIError
+
+    from hera_stage_ext.errors import InvalidRequest
+    from hera_stage_ext.jobs.engine import create_job, get_job
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    # SQLite only: the refusal is an SQLite trigger (the order is the same code on both).
+    database = Database(f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
+    database.upgrade()
+    items = [{"name": f"f{k}", "store": "s", "size": 10, "is_directory": False,
+              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
+             for k in range(4)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 40,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+    with pytest.raises(InvalidRequest):
+        ops.claim({"worker_id": "cancel"})
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    ids = [row[0] for row in json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 4}))
+           ["items"]]
+    for call, run, line in (("record", ids[:2], "COPIED f0\n"),
+                            ("exchange", ids[2:], "COPIED f2\n")):
+        body: dict[str, Any] = {"worker_id": "w", "n": 0, "runs": {"done": [run]},
+                                "log": line}
+        with database.write() as s:  # the database refuses the call's write, as in a restart
+            s.connection().exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON job_item "
+                "BEGIN SELECT RAISE(ABORT, 'down'); END")
+        with pytest.raises(DBAPIError):
+            getattr(ops, call)(job["id"], body)
+        with database.write() as s:
+            s.connection().exec_driver_sql("DROP TRIGGER refuse")
+        getattr(ops, call)(job["id"], body)  # the worker's next call carries the same lines
+        text = Path(get_job(database, job["id"])["log_path"]).read_text()
+        assert text.count(line) == 1, text
+    assert get_job(database, job["id"])["files_done"] == 4
+    database.dispose()
 
 
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:

@@ -584,7 +584,7 @@ def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothin
     sites.kill_b()
     assert not (sites.b_store / "2457721").exists()  # nothing under a final name
     with sites.b_db.read() as s:
-        assert s.scalar(select(func.count()).select_from(Instance).join(File).where(
+        assert s.scalar(select(func.count()).select_from(Instance).join(Instance.file).where(
             File.name.in_(UNSYNCED_BATCH))) == 0
     assert {sites.b_items()[n].state for n in UNSYNCED_BATCH} == {"receiving"}
     sites.start_b("b-server-after-pause")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from .serialize import (
 from .tables import Found, Tables, dumps, json_string
 
 STORE_KINDS = ("online", "cold")
+log = logging.getLogger(__name__)
+
 #: SQLSTATE of a unique index's refusal (PostgreSQL).
 _UNIQUE_VIOLATION = "23505"
 
@@ -62,11 +65,14 @@ def _raced_as_conflict() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+        # The driver's error, or SQLAlchemy's wrapping it (``orig``).
+        driver_error = getattr(exc, "orig", None) or exc
+        if getattr(driver_error, "sqlstate", None) != _UNIQUE_VIOLATION:
             raise
+        log.info("registration raced another: %s", driver_error)
         raise Conflict("another registration wrote a name, store path, observation or session "
                        "of this batch while it was written; nothing of the batch was registered "
-                       f"(try again): {exc}") from exc
+                       "(try again)") from exc
 
 
 @dataclass

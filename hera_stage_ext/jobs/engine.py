@@ -41,6 +41,9 @@ from .plan import resolve_names, plan_stage
 if TYPE_CHECKING:
     from .contract import KindRun
 
+#: The holder a job is given while a cancel finishes it with no worker alive (never a worker).
+CANCELLING_HOLDER = "cancel"
+
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -440,7 +443,7 @@ def cancel_job(db: Database, job_id: int, kinds: KindRegistry) -> dict[str, Any]
         if not worker_alive:
             # Nobody will act on the flag: hold the job (a short lease, so that a crash right
             # here leaves it to the next worker, which sees the flag) and finish it here.
-            job.worker_id = "cancel"
+            job.worker_id = CANCELLING_HOLDER
             job.lease_expires = now + dt.timedelta(seconds=60)
     if not worker_alive:
         JobLog(job.log_path)(f"job {job_id} cancelled while no worker held it")

@@ -227,8 +227,8 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
         else:
             plain.setdefault(state, []).append(item_id)
     # A run may name items that are not running (or another job's): only running items of
-    # this job are written, so runs are taken only where that is checked.
-    assert running_only or not runs, "result runs are recorded for running items only"
+    # this job are written wherever runs are given.
+    running_only = running_only or bool(runs)
     by_runs = {state: id_runs(ids) for state, ids in plain.items()}
     for state, more in (runs or {}).items():
         by_runs[state] = by_runs.get(state, []) + list(more)

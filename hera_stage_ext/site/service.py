@@ -16,8 +16,6 @@ from collections.abc import Sequence
 
 from jupyter_server.serverapp import ServerApp
 
-from ..jobs.worker import quiet_garbage_collector
-
 EXTENSION = "hera_stage_ext"
 
 
@@ -33,14 +31,6 @@ class SiteServerApp(ServerApp):
     def init_server_extensions(self) -> None:
         self.jpserver_extensions = {EXTENSION: True}
         super().init_server_extensions()
-
-    def start(self) -> None:
-        # As a user's worker does: what the server holds for its life (modules, tornado's and
-        # SQLAlchemy's objects) kept off the cyclic collector, which runs less often. A claim
-        # of thousands of items allocates a few objects per item, almost none in cycles, and
-        # each full collection walked the whole server (a claim now and then took 5x longer).
-        quiet_garbage_collector()
-        super().start()
 
 
 def hub_managed() -> bool:

@@ -12,7 +12,7 @@ after a lost answer) counts once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 
@@ -30,6 +30,22 @@ USER_KINDS = ("stage",)
 MAX_BATCH = 10_000
 #: Most bytes of log one call may append.
 MAX_LOG_BYTES = 1 << 20
+
+
+class _JobFacts(Protocol):
+    """What the checks of a call read of its job (a ``JobRow`` or a row of those columns)."""
+
+    @property
+    def owner(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def worker_id(self) -> str | None: ...
+    @property
+    def log_path(self) -> str: ...
+
+
+_Job = TypeVar("_Job", bound=_JobFacts)
 
 
 class JsonText(str):
@@ -58,7 +74,10 @@ def _log_text(text: Any, what: str = "log") -> str:
 
 
 def worker_id_of(body: dict[str, Any]) -> str:
-    return _text(body.get("worker_id"), "worker_id", 128)
+    worker_id = _text(body.get("worker_id"), "worker_id", 128)
+    if worker_id == engine.CANCELLING_HOLDER:  # a cancel's own hold, never a worker's
+        raise InvalidRequest(f"'worker_id' may not be {worker_id!r}")
+    return worker_id
 
 
 def lease_of(body: dict[str, Any]) -> float:
@@ -76,37 +95,43 @@ class WorkerOps:
         self.owner = owner
         self.store = DbJobStore(db, owner, USER_KINDS)
 
-    def _job(self, job_id: int) -> JobRow:
-        job = engine.load_job(self.db, job_id) if job_id > 0 else None
+    def _visible(self, job_id: int, job: _Job | None) -> _Job:
+        """``job`` (read by ``job_id``), after the one check that it is this user's to see: a
+        job of another user, or not a stage job, does not exist here."""
         if job is None or job.owner != self.owner or job.kind not in USER_KINDS:
             raise NotFound(f"no job {job_id}")
         return job
 
-    def _held(self, job_id: int, body: dict[str, Any]) -> JobRow:
-        """The job, held by the worker the body names."""
-        job = self._job(job_id)
+    @staticmethod
+    def _holder(job_id: int, job: _JobFacts, body: dict[str, Any]) -> None:
+        """The check that the worker the body names holds ``job``."""
         worker_id = worker_id_of(body)
         if job.worker_id != worker_id:
             raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
+
+    def _job(self, job_id: int) -> JobRow:
+        return self._visible(job_id, engine.load_job(self.db, job_id) if job_id > 0 else None)
+
+    def _held(self, job_id: int, body: dict[str, Any]) -> JobRow:
+        """The job, held by the worker the body names."""
+        job = self._job(job_id)
+        self._holder(job_id, job, body)
         return job
 
-    def _mine(self, job_id: int, body: dict[str, Any] | None = None) -> Any:
-        """``_job``'s check (and with ``body``, ``_held``'s) for the calls made many times a
-        run (items, log), which need little of the job: a few columns read (owner, kind,
-        worker_id, log_path), no ORM object loaded."""
+    def _mine(self, job_id: int, body: dict[str, Any] | None = None) -> _JobFacts:
+        """``_job`` (and with ``body``, ``_held``) for the calls made many times a run (items,
+        log), which need little of the job: a few columns read (owner, kind, worker_id,
+        log_path), no ORM object loaded."""
         row = None
         if job_id > 0:
             jobs = JOB_TABLE.c
             with self.db.read() as s:
                 row = s.execute(select(jobs.owner, jobs.kind, jobs.worker_id, jobs.log_path)
                                 .where(jobs.id == job_id)).first()
-        if row is None or row.owner != self.owner or row.kind not in USER_KINDS:
-            raise NotFound(f"no job {job_id}")
+        job: _JobFacts = self._visible(job_id, row)
         if body is not None:
-            worker_id = worker_id_of(body)
-            if row.worker_id != worker_id:
-                raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
-        return row
+            self._holder(job_id, job, body)
+        return job
 
     # ----- jobs -----------------------------------------------------------------------------
     def claim(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -246,18 +271,19 @@ class WorkerOps:
         job = self._mine(job_id)
         rows = self._results(body.get("results", [] if "runs" in body else None))
         runs = self._runs(body.get("runs"), len(rows))
-        self._append_log(job, body)
+        lines = _log_text(body.get("log", ""))
         recorded, _ = items.exchange(self.db, job_id, rows, 0, running_only=True, runs=runs)
+        self._append_log(job, lines)
         return {"recorded": recorded}
 
     @staticmethod
-    def _append_log(job: Any, body: dict[str, Any]) -> None:
-        """An item call's ``log`` (optional): lines of the job's log that came with it (a
-        ``log`` call's), appended before its results are recorded, so a file recorded has
-        its line in the log. One call fewer per hand-over's lines."""
-        text = _log_text(body.get("log", ""))
-        if text:
-            JobLog(job.log_path).append_lines(text)
+    def _append_log(job: _JobFacts, lines: str) -> None:
+        """An item call's ``log`` (optional, checked before anything is written): lines of the
+        job's log that came with it (one call fewer per hand-over's lines), appended once its
+        results are recorded: a call the database refused appends nothing, and the worker
+        sends the same lines again with its next call."""
+        if lines:
+            JobLog(job.log_path).append_lines(lines)
 
     def exchange(self, job_id: int, body: dict[str, Any]) -> JsonText:
         """``record`` and ``claim_items`` in one call and one transaction: a stream hands in
@@ -270,8 +296,9 @@ class WorkerOps:
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
-        self._append_log(job, body)
+        lines = _log_text(body.get("log", ""))
         recorded, claimed = items.exchange_json(self.db, job_id, rows, n, max_bytes, runs)
+        self._append_log(job, lines)
         return JsonText('{"recorded":%d,"items":%s}' % (recorded, claimed))
 
     @staticmethod

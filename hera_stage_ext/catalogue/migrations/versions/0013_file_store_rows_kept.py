@@ -13,6 +13,9 @@ of server CPU a file (benchmarks/README.md, session 12). What they guarded is ke
   (``catalogue.tables.Tables.write``: ids allocated or looked up in the same transaction, any
   other checked in one query a statement; ``NotFound`` otherwise).
 
+SQLite keeps a trigger only while its table is not rebuilt: a later batch migration of ``file``
+or ``store`` must create its ``*_rows_never_deleted`` trigger again.
+
 The file table's foreign key to its observation, the observation's to its session and the
 remote instance's to its file stay.
 
@@ -20,6 +23,7 @@ Revision ID: 0013
 Revises: 0012
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
@@ -54,11 +58,16 @@ def upgrade() -> None:
                        " EXECUTE FUNCTION catalogue_rows_never_deleted()")
         return
     for table in ("instance", "event"):
+        # A catalogue made before 0013 has unnamed keys (named by convention to drop them);
+        # one downgraded from 0013 has the names ``downgrade`` gave them.
+        names = {tuple(fk["constrained_columns"]): fk["name"]
+                 for fk in sa.inspect(op.get_bind()).get_foreign_keys(table)}
         with op.batch_alter_table(table, naming_convention=_SQLITE_FK_NAMES) as batch_op:
             for fk_table, column, referred in _DROPPED:
-                if fk_table == table:
-                    batch_op.drop_constraint(f"fk_{table}_{column}_{referred}",
-                                             type_="foreignkey")
+                if fk_table == table and (column,) in names:
+                    batch_op.drop_constraint(
+                        names[(column,)] or f"fk_{table}_{column}_{referred}",
+                        type_="foreignkey")
     for table in _KEPT:
         op.execute(f'CREATE TRIGGER {_trigger_name(table)} BEFORE DELETE ON "{table}" '
                    f"BEGIN SELECT RAISE(ABORT, 'rows of the {table} table are never deleted'); END")
