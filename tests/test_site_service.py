@@ -966,9 +966,11 @@ def test_the_logs_last_lines_come_with_the_finish(site: Site) -> None:
         assert run_pending(store, config) == [number]
     finally:
         store.close()
-    end = calls[calls.index("unfinished"):calls.index("finish") + 1]
-    # The result lines with the last unfinished answer, the log's last lines with the finish.
-    assert end == ["unfinished", "finish"], calls
+    last_record = len(calls) - 1 - calls[::-1].index("items/record")
+    end = calls[last_record:calls.index("finish") + 1]
+    # The unfinished items and the result lines with the last record's answer, the log's
+    # last lines with the finish.
+    assert end == ["items/record", "finish"] and "unfinished" not in calls, calls
     assert "copied" in seen_at_finish[0] and "bytes in" in seen_at_finish[0], seen_at_finish
     job = _wait_finished(site, "dave", number)  # (the status read above is cached 0.25 s)
     assert job["state"] == "succeeded", job
