@@ -81,6 +81,10 @@ class _StageStream:
 
     def __init__(self, run: KindRun, stage: StageRun) -> None:
         self.run, self.stage = run, stage
+        # This stream's first claim ahead is a small one too: the streams make theirs at
+        # once, just after the run's first claim, and over HTTP large ones queued behind each
+        # other at the service's one writer outlasted the first hand-overs.
+        self._ramping = True
 
     def _spec(self, item: ClaimedItem) -> ItemSpec:
         return ItemSpec(item.source_path, os.path.join(self.run.job.destination, item.dest_path),
@@ -185,8 +189,11 @@ class _StageStream:
         results waiting to be recorded go with the claim, in one transaction (one round trip
         over HTTP), unless another stream is committing: then the claim goes alone and that
         stream records them. A stream's first claim is a small one, so that the helpers start
-        writing sooner."""
-        n = (self.run.config.pool_claim_batch if self.run.pool is not None and not first
+        writing sooner, and so is its next (``_ramping``)."""
+        small = first or self._ramping
+        if not first:
+            self._ramping = False
+        n = (self.run.config.pool_claim_batch if self.run.pool is not None and not small
              else self.run.config.claim_batch) * streams
         max_bytes = self.run.config.claim_bytes * streams
         claimed = self.run.commit(wait=False, claim=(n, max_bytes))
