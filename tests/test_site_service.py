@@ -672,6 +672,39 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
         assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
 
 
+def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Site) -> None:
+    """Against a service that does not announce ``record_unfinished`` (an older one), a user's
+    worker asks ``unfinished`` on its own and sends no such question with its records."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "erin")
+    destination = _dest(site, "erin", "older")
+    number = site.stage("erin", destination)["id"]
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    class Older(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            calls.append((path.rsplit("/", 1)[-1], dict(body or {})))
+            answer = super().call(method, path, body)
+            if path == f"jobs/{number}":
+                answer.pop("record_unfinished")
+            return answer
+
+    store = Older(site.url, site.tokens["erin"], spool_dir=site.work / "cache-erin")
+    config = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2,
+                          fsync=False, allowed_roots=(str(site.home("erin").resolve()),))
+    try:
+        assert run_pending(store, config) == [number]
+    finally:
+        store.close()
+    assert "unfinished" in [action for action, _ in calls], calls
+    assert not any("unfinished" in body for _, body in calls), calls
+    job = _wait_finished(site, "erin", number)
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+
+
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     """A user's worker sends its results in calls of at most the service's limit (10,000; 2
     here): a hand-over with more goes as records of that many and the rest with the claim;
