@@ -647,6 +647,108 @@ def test_an_item_call_the_database_refuses_appends_none_of_its_log_lines(
     database.dispose()
 
 
+def test_a_record_may_ask_which_items_are_left(database: Database, tmp_path: Path) -> None:
+    """A run's last record may ask for the job's unfinished items too (``"unfinished":
+    true``): the answer is ``unfinished``'s, read after the results are recorded (the result
+    lines once none is left); the job answer says the service takes it; not a boolean: 400."""
+    from hera_stage_ext.errors import InvalidRequest
+    from hera_stage_ext.jobs.engine import create_job
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    items = [{"name": f"f{k}", "store": "s", "size": 10, "is_directory": False,
+              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
+             for k in range(3)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 30,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    assert ops.job(job["id"])["record_unfinished"] is True
+    ids = [row[0] for row in json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 3}))[
+        "items"]]
+    first = ops.record(job["id"], {"runs": {"done": [[ids[0], ids[1]]]}, "unfinished": True})
+    assert first == {"recorded": 2, "paths": ["f2"]}, first
+    last = ops.record(job["id"], {"results": [[ids[2], "failed", "gone"]], "unfinished": True})
+    assert last["recorded"] == 1 and last["paths"] == [], last
+    assert last["lines"] == ops.results(job["id"])["lines"] and last["lines"], last
+    assert ops.record(job["id"], {"runs": {}}) == {"recorded": 0}  # not asked: not answered
+    with pytest.raises(InvalidRequest):
+        ops.record(job["id"], {"runs": {}, "unfinished": "yes"})
+
+
+def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_results(
+        site: Site) -> None:
+    """A user's worker starts a job's streams with one claim for all of them (not one each,
+    queued behind each other at the service), and its last record asks which items are left
+    (no separate ``unfinished`` call); every file is staged and counted once."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "erin")
+    destination = _dest(site, "erin", "start")
+    number = site.stage("erin", destination)["id"]
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            calls.append((path.split(f"jobs/{number}/", 1)[-1], dict(body or {})))
+            return super().call(method, path, body)
+
+    store = Recording(site.url, site.tokens["erin"], spool_dir=site.work / "cache-erin")
+    config = EngineConfig(kinds=standard_kinds(), streams=4, claim_batch=2,
+                          heartbeat_seconds=0.2, fsync=False,
+                          allowed_roots=(str(site.home("erin").resolve()),))
+    try:
+        assert run_pending(store, config) == [number]
+    finally:
+        store.close()
+    claims = [body["n"] for action, body in calls
+              if action in ("items/claim", "items/exchange") and body.get("n")]
+    assert claims[0] == 4 * 2, calls  # the first claim: for the four streams
+    assert len(claims) <= 1 + 4, calls  # (then each stream's one claim that finds none left)
+    assert "unfinished" not in [action for action, _ in calls], calls
+    assert [body.get("unfinished") for action, body in calls
+            if action == "items/record"][-1:] == [True], calls
+    job = _wait_finished(site, "erin", number)
+    assert job["state"] == "succeeded", job
+    assert (job["files_done"], job["files_failed"]) == (len(FILES), 0), job
+    for name in FILES:
+        assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
+
+
+def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Site) -> None:
+    """Against a service that does not announce ``record_unfinished`` (an older one), a user's
+    worker asks ``unfinished`` on its own and sends no such question with its records."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "erin")
+    destination = _dest(site, "erin", "older")
+    number = site.stage("erin", destination)["id"]
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    class Older(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            calls.append((path.rsplit("/", 1)[-1], dict(body or {})))
+            answer = super().call(method, path, body)
+            if path == f"jobs/{number}":
+                answer.pop("record_unfinished")
+            return answer
+
+    store = Older(site.url, site.tokens["erin"], spool_dir=site.work / "cache-erin")
+    config = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2,
+                          fsync=False, allowed_roots=(str(site.home("erin").resolve()),))
+    try:
+        assert run_pending(store, config) == [number]
+    finally:
+        store.close()
+    assert "unfinished" in [action for action, _ in calls], calls
+    assert not any("unfinished" in body for _, body in calls), calls
+    job = _wait_finished(site, "erin", number)
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+
+
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     """A user's worker sends its results in calls of at most the service's limit (10,000; 2
     here): a hand-over with more goes as records of that many and the rest with the claim;
@@ -941,9 +1043,11 @@ def test_the_logs_last_lines_come_with_the_finish(site: Site) -> None:
         assert run_pending(store, config) == [number]
     finally:
         store.close()
-    end = calls[calls.index("unfinished"):calls.index("finish") + 1]
-    # The result lines with the last unfinished answer, the log's last lines with the finish.
-    assert end == ["unfinished", "finish"], calls
+    last_record = len(calls) - 1 - calls[::-1].index("items/record")
+    end = calls[last_record:calls.index("finish") + 1]
+    # The unfinished items and the result lines with the last record's answer, the log's
+    # last lines with the finish.
+    assert end == ["items/record", "finish"] and "unfinished" not in calls, calls
     assert "copied" in seen_at_finish[0] and "bytes in" in seen_at_finish[0], seen_at_finish
     job = _wait_finished(site, "dave", number)  # (the status read above is cached 0.25 s)
     assert job["state"] == "succeeded", job

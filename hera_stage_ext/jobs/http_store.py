@@ -58,7 +58,8 @@ BACKOFF_FIRST_S, BACKOFF_CAP_S = 0.5, 15.0
 #: How long a call goes on trying before it gives up (then the run releases its job, and the
 #: worker claims it again later): a service restart or a short outage is waited out.
 PATIENCE_S = 300.0
-#: Most results one call carries (the service's limit, ``site.worker_ops.MAX_BATCH``).
+#: Most results one call carries, and most items one claim takes (the service's limit,
+#: ``site.worker_ops.MAX_BATCH``).
 RESULTS_PER_CALL = 10_000
 #: Most bytes of log shipped in one call.
 LOG_CHUNK = 256 << 10
@@ -104,6 +105,11 @@ class HttpJobStore:
         self._result_runs = False
         # Whether its item calls take the job's log lines along (the same answer says so).
         self._items_log = False
+        # Whether a ``record`` may ask for the job's unfinished items too (the same answer),
+        # and the answer the run's last ``record`` brought, for the ``unfinished_paths`` that
+        # follows it (one round trip fewer at the end of a run); dropped by any item call.
+        self._record_unfinished = False
+        self._unfinished: dict[int, dict[str, Any]] = {}
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -149,6 +155,7 @@ class HttpJobStore:
              method: str = "POST") -> Any:
         if action.startswith("items/"):
             self._lines.pop(job_id, None)
+            self._unfinished.pop(job_id, None)
         return self.call(method, f"jobs/{job_id}/{action}", body)
 
     # ----- JobStore ---------------------------------------------------------------------------
@@ -176,6 +183,8 @@ class HttpJobStore:
             # A service that takes results as id runs says so (an older one would ignore them).
             self._result_runs = data.get("result_runs") is True
             self._items_log = data.get("items_log") is True
+            self._record_unfinished = data.get("record_unfinished") is True
+            self._unfinished.pop(job_id, None)
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)
             else:
@@ -206,7 +215,8 @@ class HttpJobStore:
 
     def claim_items(self, job_id: int, worker_id: str, n: int,
                     max_bytes: int | None = None) -> list[ClaimedItem]:
-        answer = self._job(job_id, "items/claim", {"worker_id": worker_id, "n": n,
+        answer = self._job(job_id, "items/claim", {"worker_id": worker_id,
+                                                   "n": min(n, RESULTS_PER_CALL),
                                                    "max_bytes": max_bytes})
         return [ClaimedItem(*row) for row in answer["items"]]
 
@@ -214,10 +224,22 @@ class HttpJobStore:
         if item_ids:
             self._job(job_id, "items/requeue", {"ids": list(item_ids)})
 
-    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
+    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]], *,
+               last: bool = False) -> None:
+        """Record ``results``. With ``last`` (the run's last record, before it asks whether any
+        item is left), the last call asks the service for the job's unfinished items too,
+        where it takes that, and keeps the answer for ``unfinished_paths``."""
         most = self.results_per_call
-        for start in range(0, len(results), most):
-            self._with_log(job_id, "items/record", self._results(results[start:start + most]))
+        ask_left = last and self._record_unfinished
+        # (Asking, with no result left to record: the question alone, as ``unfinished``.)
+        starts = range(0, len(results), most) if results or not ask_left else range(1)
+        for start in starts:
+            body = self._results(results[start:start + most])
+            ask = ask_left and start + most >= len(results)
+            answer = self._with_log(job_id, "items/record",
+                                    {**body, "unfinished": True} if ask else body)
+            if ask and isinstance(answer.get("paths"), list):
+                self._unfinished[job_id] = answer
 
     def _with_log(self, job_id: int, action: str, body: dict[str, Any]) -> Any:
         """An item call, carrying the job's log lines waiting to be shipped (where the
@@ -254,7 +276,7 @@ class HttpJobStore:
         last = len(results) - (len(results) - 1) % self.results_per_call - 1 if results else 0
         self.record(job_id, results[:last])
         answer = self._with_log(job_id, "items/exchange", {
-            "worker_id": worker_id, "n": n, "max_bytes": max_bytes,
+            "worker_id": worker_id, "n": min(n, RESULTS_PER_CALL), "max_bytes": max_bytes,
             **self._results(results[last:])})
         return [ClaimedItem(*row) for row in answer["items"]]
 
@@ -271,7 +293,8 @@ class HttpJobStore:
         return Beat(answer["state"], None if unavailable is None else frozenset(unavailable))
 
     def unfinished_paths(self, job_id: int) -> list[str]:
-        answer = self._job(job_id, "unfinished", method="GET")
+        answer = self._unfinished.pop(job_id, None) or self._job(job_id, "unfinished",
+                                                                  method="GET")
         if isinstance(answer.get("lines"), list):
             self._lines[job_id] = [str(line) for line in answer["lines"]]
         return list(answer["paths"])

@@ -234,8 +234,8 @@ class JobRun:
                 or self._pending_bytes >= self.config.commit_bytes
                 or time.monotonic() - self._last_commit >= self.config.flush_seconds)
 
-    def commit(self, wait: bool = True, claim: tuple[int, int] | None = None
-                ) -> list[ClaimedItem] | None:
+    def commit(self, wait: bool = True, claim: tuple[int, int] | None = None,
+               last: bool = False) -> list[ClaimedItem] | None:
         """Make every item through so far final (``methods.commit``: sync, renames, sync),
         then record the results in one transaction. With ``wait`` False, returns None at once
         when another stream is committing (it goes on copying meanwhile).
@@ -243,13 +243,15 @@ class JobRun:
         With ``claim`` (items, bytes): a stream's claim of its next items, made in the same
         transaction and returned. Then items still to rename wait for a commit that is due
         (a sync per claim would cost more than it saves); items already final (a copy
-        helper's) and those with nothing to rename (failed, skipped) are recorded at once."""
+        helper's) and those with nothing to rename (failed, skipped) are recorded at once.
+        ``last``: the run's last commit, before it asks whether any item is left (the store
+        may ask that with the results: ``JobStore.record``)."""
         if not self._commit_lock.acquire(blocking=wait):
             return None
         try:
             batch, final = self._take_pending(renames=claim is None or self.commit_due())
             if not batch and not final:
-                return self._record([], 0, claim)
+                return self._record([], 0, claim, last)
             # The per-file lines first: a file under its final name always has its line.
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch
@@ -272,7 +274,7 @@ class JobRun:
                         self.log.note(f"FAILED {item.dest_path}: {error}")
                         self.count_copied(-item.size)
                 results.append((item, state, error))
-            claimed = self._record(results, through, claim)
+            claimed = self._record(results, through, claim, last)
             self.log.flush()
             self.kind.recorded(self)
             return claimed
@@ -295,11 +297,11 @@ class JobRun:
         return batch, final
 
     def _record(self, results: list[tuple[ClaimedItem, str, str]], through: int,
-                claim: tuple[int, int] | None) -> list[ClaimedItem]:
+                claim: tuple[int, int] | None, last: bool = False) -> list[ClaimedItem]:
         """Record ``results`` (and claim, with ``claim``) in one transaction."""
         with self._beat_lock:
             if claim is None:
-                self.store.record(self.job.id, results)
+                self.store.record(self.job.id, results, last=last)
                 claimed: list[ClaimedItem] = []
             else:
                 claimed = self.store.exchange(self.job.id, self.worker_id, results, *claim)
@@ -345,7 +347,10 @@ class JobRun:
         if not self.lost:
             # What the streams wrote and verified becomes final (on cancel and stop too).
             try:
-                self.commit(wait=True)
+                # Where the run goes on to ask whether any item is left (``_end``), the store
+                # may ask it with the last results.
+                self.commit(wait=True, last=not (errors or self.cancel_requested
+                                                 or self.stop.is_set()))
             except Exception as exc:  # the database or the disk gone: released below
                 errors.append(exc)
         self.log.flush()

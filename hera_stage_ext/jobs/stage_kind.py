@@ -63,6 +63,13 @@ class StageRun:
         # Whether each (relative) folder resolves inside the destination, so that it is not
         # asked per file.
         self.inside: dict[str, bool] = {}
+        # The run's first claim is made once for all its streams (one call and one
+        # transaction, not one per stream queued behind each other at the store's one
+        # writer, which over HTTP left the last stream idle for a tenth of a second): the
+        # portions of it no stream has taken yet.
+        self.first_portions: list[list[ClaimedItem]] = []
+        self.first_claimed = False
+        self.first_lock = threading.Lock()
 
     @staticmethod
     def of(run: KindRun) -> StageRun:
@@ -74,6 +81,10 @@ class _StageStream:
 
     def __init__(self, run: KindRun, stage: StageRun) -> None:
         self.run, self.stage = run, stage
+        # This stream's first claim ahead is a small one too: the streams make theirs at
+        # once, just after the run's first claim, and over HTTP large ones queued behind each
+        # other at the service's one writer outlasted the first hand-overs.
+        self._ramping = True
 
     def _spec(self, item: ClaimedItem) -> ItemSpec:
         return ItemSpec(item.source_path, os.path.join(self.run.job.destination, item.dest_path),
@@ -95,7 +106,13 @@ class _StageStream:
             mover.close()  # its open folders
 
     def _stream_with(self, mover: Mover) -> None:
-        batch = self._next_batch(first=True)
+        try:
+            self._claim_and_move(mover)
+        finally:
+            self._give_back_first()
+
+    def _claim_and_move(self, mover: Mover) -> None:
+        batch = self._first_batch()
         while batch and not self.run.stopping():
             started: set[int] = set()
             # The next items, claimed while the helpers still write the last hand-over of
@@ -135,14 +152,50 @@ class _StageStream:
         if batch:  # claimed, and the run stopped before any of it started: back to the queue
             self.run.store.requeue(self.run.job.id, [c.id for c in batch])
 
-    def _next_batch(self, first: bool) -> list[ClaimedItem]:
-        """This stream's next items. The results waiting to be recorded go with the claim, in
-        one transaction (one round trip over HTTP), unless another stream is committing: then
-        the claim goes alone and that stream records them. A stream's first claim is a small
-        one, so that the helpers start writing sooner."""
-        n = (self.run.config.pool_claim_batch if self.run.pool is not None and not first
-             else self.run.config.claim_batch)
-        max_bytes = self.run.config.claim_bytes
+    def _first_batch(self) -> list[ClaimedItem]:
+        """This stream's first items: its portion of the run's first claim, which the first
+        stream to ask makes for all of them (``streams`` first claims in one); a stream that
+        finds no portion left claims its own."""
+        stage, streams = self.stage, max(1, self.run.config.streams)
+        with stage.first_lock:
+            if stage.first_claimed:
+                if stage.first_portions:
+                    return stage.first_portions.pop(0)
+            else:
+                stage.first_claimed = True
+                claimed = self._next_batch(first=True, streams=streams)
+                # Near-equal runs of consecutive items, one per stream (fewer for a small job).
+                stage.first_portions = [
+                    part for part in (claimed[i * len(claimed) // streams:
+                                              (i + 1) * len(claimed) // streams]
+                                      for i in range(streams)) if part]
+                return stage.first_portions.pop(0) if stage.first_portions else []
+        return self._next_batch(first=True)
+
+    def _give_back_first(self) -> None:
+        """When the run stops: the portions of its first claim no stream took, back to the
+        queue, as any item claimed and not started. (Not otherwise: a stream yet to start
+        takes its own; one given back would come again as a second attempt.)"""
+        if not self.run.stopping():
+            return
+        with self.stage.first_lock:
+            left, self.stage.first_portions = self.stage.first_portions, []
+        ids = [c.id for part in left for c in part]
+        if ids:
+            self.run.store.requeue(self.run.job.id, ids)
+
+    def _next_batch(self, first: bool, streams: int = 1) -> list[ClaimedItem]:
+        """This stream's next items (with ``streams``: the first items of that many). The
+        results waiting to be recorded go with the claim, in one transaction (one round trip
+        over HTTP), unless another stream is committing: then the claim goes alone and that
+        stream records them. A stream's first claim is a small one, so that the helpers start
+        writing sooner, and so is its next (``_ramping``)."""
+        small = first or self._ramping
+        if not first:
+            self._ramping = False
+        n = (self.run.config.pool_claim_batch if self.run.pool is not None and not small
+             else self.run.config.claim_batch) * streams
+        max_bytes = self.run.config.claim_bytes * streams
         claimed = self.run.commit(wait=False, claim=(n, max_bytes))
         if claimed is None:
             claimed = self.run.store.claim_items(self.run.job.id, self.run.worker_id, n, max_bytes)

@@ -64,7 +64,8 @@ class JobStore(Protocol):
     def claim_items(self, job_id: int, worker_id: str, n: int,
                     max_bytes: int | None = None) -> list[ClaimedItem]: ...
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None: ...
-    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None: ...
+    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]], *,
+               last: bool = False) -> None: ...
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],
                  n: int, max_bytes: int | None = None) -> list[ClaimedItem]: ...
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
@@ -126,7 +127,9 @@ class DbJobStore:
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
         items.requeue_items(self.db, item_ids)
 
-    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]]) -> None:
+    def record(self, job_id: int, results: list[tuple[ClaimedItem, str, str]], *,
+               last: bool = False) -> None:
+        """(``last``: the run asks ``unfinished_paths`` next; a hint for a store over HTTP.)"""
         items.record_results(self.db, job_id, results)
 
     def exchange(self, job_id: int, worker_id: str, results: list[tuple[ClaimedItem, str, str]],

@@ -153,8 +153,9 @@ class WorkerOps:
                 "unavailable": sorted(self.store.unavailable(roots)),
                 "waiting": self.store.waiting(job_id),
                 # What the item calls take besides results one by one: results as id runs
-                # (``_runs``) and the log's lines (``_append_log``).
-                "result_runs": True, "items_log": True}
+                # (``_runs``) and the log's lines (``_append_log``); and a record may ask
+                # for the job's unfinished items too (``record``).
+                "result_runs": True, "items_log": True, "record_unfinished": True}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._job(job_id).state in ACTIVE_JOB_STATES}
@@ -268,12 +269,20 @@ class WorkerOps:
         return {"requeued": len(mine)}
 
     def record(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """Record a report's results; with ``"unfinished": true`` (a run's last record), the
+        answer carries ``unfinished``'s too, read after they are recorded (what the run asks
+        next: one round trip fewer at the end of every run)."""
         job = self._mine(job_id)
         rows = self._results(body.get("results", [] if "runs" in body else None))
         runs = self._runs(body.get("runs"), len(rows))
+        ask = body.get("unfinished", False)
+        if not isinstance(ask, bool):
+            raise InvalidRequest("'unfinished' must be true or false")
         lines = _log_text(body.get("log", ""))
         recorded, _ = items.exchange(self.db, job_id, rows, 0, running_only=True, runs=runs)
         self._append_log(job, lines)
+        if ask:
+            return {"recorded": recorded, **self.unfinished(job_id)}
         return {"recorded": recorded}
 
     @staticmethod
