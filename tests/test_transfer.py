@@ -547,21 +547,28 @@ def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None
     thread.join(90)
     assert not thread.is_alive()
     assert result["counts"] == {"done": len(KILLED_BATCH)}, result
-    items = sites.b_items()
-    with sites.b_db.read() as s:
-        instances = dict(s.execute(select(File.name, func.count(Instance.id)).join(
-            Instance, Instance.file_id == File.id).where(File.name.in_(KILLED_BATCH))
-            .group_by(File.name)).all())
-    assert instances == {n: 1 for n in KILLED_BATCH}  # nothing duplicated
+    items = _arrived_once(sites, KILLED_BATCH, "2457706")
     for name in KILLED_BATCH:
         assert items[name].state == "committed"
-        arrived = ck.hash_file(sites.b_store / "2457706" / name)
-        assert arrived.size == KILLED_BATCH_SIZE
-        assert ck.compare(arrived.checksums,
-                          sites.a_core.catalogue.file_detail(name)["checksums"])
+        assert (sites.b_store / "2457706" / name).stat().st_size == KILLED_BATCH_SIZE
         assert remote_sites(sites.a_core, name) == ["site-b"]
     assert not list(incoming.iterdir())
     assert send(sites, KILLED_BATCH)["counts"] == {"skipped": len(KILLED_BATCH)}
+
+
+def _arrived_once(sites: Sites, names: list[str], folder: str) -> dict[str, TransferItem]:
+    """Each of ``names`` registered once at B, its bytes in ``folder`` of B's store those
+    A's catalogue announced; B's transfer items by name."""
+    with sites.b_db.read() as s:
+        instances = dict(s.execute(select(File.name, func.count(Instance.id)).join(
+            Instance, Instance.file_id == File.id).where(File.name.in_(names))
+            .group_by(File.name)).all())
+    assert instances == {n: 1 for n in names}  # nothing duplicated
+    for name in names:
+        arrived = ck.hash_file(sites.b_store / folder / name)
+        assert ck.compare(arrived.checksums,
+                          sites.a_core.catalogue.file_detail(name)["checksums"])
+    return sites.b_items()
 
 
 def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothing(
@@ -591,17 +598,9 @@ def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothin
     thread.join(90)
     assert not thread.is_alive()
     assert result["counts"] == {"done": len(UNSYNCED_BATCH)}, result
-    items = sites.b_items()
-    with sites.b_db.read() as s:
-        instances = dict(s.execute(select(File.name, func.count(Instance.id)).join(
-            Instance, Instance.file_id == File.id).where(File.name.in_(UNSYNCED_BATCH))
-            .group_by(File.name)).all())
-    assert instances == {n: 1 for n in UNSYNCED_BATCH}
+    items = _arrived_once(sites, UNSYNCED_BATCH, "2457721")
     for name in UNSYNCED_BATCH:
         assert (items[name].state, items[name].attempts) == ("committed", 2)
-        arrived = ck.hash_file(sites.b_store / "2457721" / name)
-        assert ck.compare(arrived.checksums,
-                          sites.a_core.catalogue.file_detail(name)["checksums"])
     assert not list(incoming.iterdir())
     assert send(sites, UNSYNCED_BATCH)["counts"] == {"skipped": len(UNSYNCED_BATCH)}
 
