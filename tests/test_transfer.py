@@ -540,14 +540,8 @@ def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None
         time.sleep(0.02)
     sites.kill_b()
     assert len(parts) < len(KILLED_BATCH)  # killed half-way through the batch
-    with sites.b_db.read() as s:
-        assert s.scalar(select(func.count()).select_from(Instance).join(Instance.file).where(
-            File.name.in_(KILLED_BATCH))) == 0
-    sites.start_b("b-server-3")
-    thread.join(90)
-    assert not thread.is_alive()
-    assert result["counts"] == {"done": len(KILLED_BATCH)}, result
-    items = _arrived_once(sites, KILLED_BATCH, "2457706")
+    items = _restarted_and_arrived_once(sites, "b-server-3", thread, result, KILLED_BATCH,
+                                        "2457706")
     for name in KILLED_BATCH:
         assert items[name].state == "committed"
         assert (sites.b_store / "2457706" / name).stat().st_size == KILLED_BATCH_SIZE
@@ -556,9 +550,20 @@ def test_batch_pull_interrupted_by_a_receiver_kill_resumes(sites: Sites) -> None
     assert send(sites, KILLED_BATCH)["counts"] == {"skipped": len(KILLED_BATCH)}
 
 
-def _arrived_once(sites: Sites, names: list[str], folder: str) -> dict[str, TransferItem]:
-    """Each of ``names`` registered once at B, its bytes in ``folder`` of B's store those
-    A's catalogue announced; B's transfer items by name."""
+def _restarted_and_arrived_once(sites: Sites, log_name: str, thread: threading.Thread,
+                                result: dict[str, Any], names: list[str], folder: str
+                                ) -> dict[str, TransferItem]:
+    """B killed with none of ``names`` registered, restarted; the transfer (``thread``,
+    its report in ``result``) then ends with each of them done, registered once at B, its
+    bytes in ``folder`` of B's store those A's catalogue announced. B's transfer items by
+    name."""
+    with sites.b_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Instance).join(Instance.file).where(
+            File.name.in_(names))) == 0
+    sites.start_b(log_name)
+    thread.join(90)
+    assert not thread.is_alive()
+    assert result["counts"] == {"done": len(names)}, result
     with sites.b_db.read() as s:
         instances = dict(s.execute(select(File.name, func.count(Instance.id)).join(
             Instance, Instance.file_id == File.id).where(File.name.in_(names))
@@ -590,15 +595,9 @@ def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothin
     assert len(list(incoming.glob("*.part"))) == len(UNSYNCED_BATCH)  # all written
     sites.kill_b()
     assert not (sites.b_store / "2457721").exists()  # nothing under a final name
-    with sites.b_db.read() as s:
-        assert s.scalar(select(func.count()).select_from(Instance).join(Instance.file).where(
-            File.name.in_(UNSYNCED_BATCH))) == 0
     assert {sites.b_items()[n].state for n in UNSYNCED_BATCH} == {"receiving"}
-    sites.start_b("b-server-after-pause")
-    thread.join(90)
-    assert not thread.is_alive()
-    assert result["counts"] == {"done": len(UNSYNCED_BATCH)}, result
-    items = _arrived_once(sites, UNSYNCED_BATCH, "2457721")
+    items = _restarted_and_arrived_once(sites, "b-server-after-pause", thread, result,
+                                        UNSYNCED_BATCH, "2457721")
     for name in UNSYNCED_BATCH:
         assert (items[name].state, items[name].attempts) == ("committed", 2)
     assert not list(incoming.iterdir())
