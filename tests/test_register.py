@@ -343,3 +343,21 @@ def test_a_batch_refused_by_the_database_leaves_nothing_of_itself(catalogue, cal
         assert [e["type"] for e in detail["events"]] == ["file-registered", "instance-added"]
     with pytest.raises(NotFound):
         catalogue.file_detail("new-2")
+
+
+def test_a_write_is_refused_on_a_connection_already_in_a_transaction(tmp_path):
+    """SQLite: a write holds the write lock from its first statement (``BEGIN IMMEDIATE``: its
+    reads decide what it writes). A read's snapshot is begun on the driver's connection
+    (``Database.connect_limited``) and the begin hook leaves it be; a write finding such a
+    transaction is refused rather than run without the lock, and the connection is usable
+    again afterwards."""
+    from hera_stage_ext.catalogue.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'cat.sqlite'}")
+    db.upgrade()
+    with db.engine.connect() as connection:
+        connection.connection.dbapi_connection.execute("BEGIN DEFERRED")
+        with pytest.raises(RuntimeError, match="already in a transaction"):
+            connection.execution_options(sqlite_begin="IMMEDIATE").begin()
+    with db.write() as s:  # the pool rolled the snapshot back: writes go on
+        assert s.connection().connection.dbapi_connection.in_transaction

@@ -76,9 +76,16 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        if connection.connection.dbapi_connection.in_transaction:
-            return  # begun on the driver's connection already (``Database.connect_limited``)
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        if connection.connection.dbapi_connection.in_transaction:
+            # Begun on the driver's connection already: a read's snapshot
+            # (``Database.connect_limited``). A write must hold SQLite's write lock from its
+            # first statement (its reads decide what it writes): never one inside a
+            # transaction begun otherwise.
+            if mode != "DEFERRED":
+                raise RuntimeError("a write transaction on a connection already in a "
+                                   "transaction")
+            return
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
