@@ -253,6 +253,7 @@ class Client:
 def time_queries(
     db: Database, catalogue: Catalogue, http_client: Client, server: Server, files: int,
     n_requests: int, compared: Server | None = None, rest_alone: bool = False,
+    only: list[str] | None = None,
 ) -> dict[str, Timing]:
     """Per search: REST, Catalogue.search and run_search (and REST of the ``compared`` server),
     interleaved request by request (rotating which goes first) so that they see the same
@@ -260,6 +261,8 @@ def time_queries(
     ``rest_alone``, only the REST requests are timed, back to back."""
     out: dict[str, Timing] = {}
     for query in queries(files):
+        if only and query.key not in only:
+            continue
         rnd = random.Random(f"{query.key}-{files}")
         searches = [query.make(rnd) for _ in range(WARMUP + n_requests)]
         bodies: dict[str, bytes] = {}
@@ -494,10 +497,12 @@ def bench_database(
             client = Client(args.client)
             stack.callback(client.close)
             timings = time_queries(db, catalogue, client, server, args.files, args.requests,
-                                   compared, args.rest_alone)
+                                   compared, args.rest_alone, args.only)
         result = DbResult(backend, args.files, ingest, timings, build_seconds)
         for query in queries(args.files):
-            t = timings[query.key]
+            t = timings.get(query.key)
+            if t is None:  # left out by --only
+                continue
             if t.p("rest", .5) > TARGET_P50_MS or t.p("rest", .95) > TARGET_P95_MS:
                 result.plans[query.key] = explain(db, query.make(random.Random(query.key)))
         return result
@@ -599,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="time only the REST requests, back to back (no in-process search "
                              "between two of them, which leaves the server's caches cold); the "
                              "core and SQL columns are then empty")
+    parser.add_argument("--only", action="append", metavar="SEARCH",
+                        choices=[q.key for q in queries(1000)],
+                        help="time only this search (repeatable): "
+                             + ", ".join(q.key for q in queries(1000)))
     args = parser.parse_args(argv)
     if args.files < 1000 or args.requests < 1 or args.batch < 1:
         parser.error("--files must be at least 1000, --requests and --batch at least 1")
