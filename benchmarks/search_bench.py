@@ -215,6 +215,24 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def backend_cpu_seconds(db: Database) -> dict[int, float]:
+    """CPU time so far of each PostgreSQL backend connected to the bench's database (but the one
+    asking), by pid, from /proc: what the database spends on the searches, which the server's
+    CPU column does not count."""
+    with db.engine.connect() as connection:
+        pids = connection.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()").scalars().all()
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone, or not on this machine
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
 class Client:
     """POSTs searches to the servers and returns each reply's body. ``http`` (the default): one
     keep-alive ``http.client`` connection per server, timed from the request to the reply's
@@ -307,6 +325,10 @@ def time_queries(
             runners.append(("compared", rest_compared))
         servers = {"rest": server} if compared is None else {"rest": server, "compared": compared}
         cpu_before = {which: s.cpu_seconds() for which, s in servers.items()}
+        # The backends' CPU per request means something only when the server is alone in using
+        # the database (no in-process search, no second server).
+        backends = (backend_cpu_seconds(db) if rest_alone and compared is None
+                    and db.engine.dialect.name == "postgresql" else None)
         for i, search in enumerate(searches):
             turn = i % len(runners)
             for which, run in runners[turn:] + runners[:turn]:
@@ -319,9 +341,15 @@ def time_queries(
                 timing.differing += 1
         timing.cpu = {which: (s.cpu_seconds() - cpu_before[which]) / len(searches)
                       for which, s in servers.items()}
+        if backends is not None:
+            timing.cpu["backends"] = sum(
+                cpu - backends.get(pid, 0.0) for pid, cpu in backend_cpu_seconds(db).items()
+            ) / len(searches)
         out[query.key] = timing
         log(f"    {query.label:<24} REST p50 {timing.p('rest', .5):6.1f} ms  "
             f"p95 {timing.p('rest', .95):6.1f} ms  server CPU {timing.cpu['rest'] * 1000:.2f} ms"
+            + ("" if backends is None else
+               f"  PostgreSQL backends' CPU {timing.cpu['backends'] * 1000:.2f} ms")
             + ("" if compared is None else
                f"  | compared p50 {timing.p('compared', .5):6.1f} ms  "
                f"p95 {timing.p('compared', .95):6.1f} ms  server CPU "
@@ -542,6 +570,11 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
     log("  REST = POST /hera-stage/api/search through a real jupyter server "
         f"({'requests.Session, reply decoded in the timed call' if args.client == 'requests' else 'http.client, keep-alive, timed to the last byte'}); "
         "server CPU = the server process's CPU time per request;")
+    for r in results:
+        backends = {key: t.cpu["backends"] for key, t in r.timings.items() if "backends" in t.cpu}
+        if backends:
+            log(f"  {r.backend}: its backends' CPU per request (--rest-alone): " + ", ".join(
+                f"{labels[key]} {cpu * 1000:.2f} ms" for key, cpu in backends.items()))
     log("  core = Catalogue.search in this process (SQL + instances + dicts, no HTTP/JSON); "
         "SQL = search.run_search alone.")
     if args.compare_with is not None:
