@@ -9,6 +9,10 @@ it prints the same searches timed in this process without HTTP: ``Catalogue.sear
 handler calls: the SQL plus loading instances and building the JSON-ready dicts) and
 ``search.run_search`` alone (the SQL). Runs on SQLite and on a throwaway PostgreSQL cluster.
 
+``--only SEARCH`` times some of the five searches only; ``--rest-alone`` times the REST requests
+back to back and, on PostgreSQL without ``--compare-with``, also prints the CPU the database's
+backends spend per request (from ``/proc``: the bench and the cluster on one machine).
+
 Targets (issue 19): REST p50 <= 5 ms and p95 <= 15 ms for every search on both databases. A
 missed target prints the query's plan (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE). Exit status 0
 when all pass.
@@ -222,6 +226,7 @@ def backend_cpu_seconds(db: Database) -> dict[int, float]:
     with db.engine.connect() as connection:
         pids = connection.exec_driver_sql(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' "
             "AND pid <> pg_backend_pid()").scalars().all()
     found = {}
     for pid in pids:
