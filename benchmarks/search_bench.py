@@ -9,6 +9,10 @@ it prints the same searches timed in this process without HTTP: ``Catalogue.sear
 handler calls: the SQL plus loading instances and building the JSON-ready dicts) and
 ``search.run_search`` alone (the SQL). Runs on SQLite and on a throwaway PostgreSQL cluster.
 
+``--only SEARCH`` times some of the five searches only; ``--rest-alone`` times the REST requests
+back to back and, on PostgreSQL without ``--compare-with``, also prints the CPU the database's
+backends spend per request (from ``/proc``: the bench and the cluster on one machine).
+
 Targets (issue 19): REST p50 <= 5 ms and p95 <= 15 ms for every search on both databases. A
 missed target prints the query's plan (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE). Exit status 0
 when all pass.
@@ -215,6 +219,25 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def backend_cpu_seconds(db: Database) -> dict[int, float]:
+    """CPU time so far of each PostgreSQL backend connected to the bench's database (but the one
+    asking), by pid, from /proc: what the database spends on the searches, which the server's
+    CPU column does not count."""
+    with db.engine.connect() as connection:
+        pids = connection.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' "
+            "AND pid <> pg_backend_pid()").scalars().all()
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone, or not on this machine
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
 class Client:
     """POSTs searches to the servers and returns each reply's body. ``http`` (the default): one
     keep-alive ``http.client`` connection per server, timed from the request to the reply's
@@ -253,6 +276,7 @@ class Client:
 def time_queries(
     db: Database, catalogue: Catalogue, http_client: Client, server: Server, files: int,
     n_requests: int, compared: Server | None = None, rest_alone: bool = False,
+    only: list[str] | None = None,
 ) -> dict[str, Timing]:
     """Per search: REST, Catalogue.search and run_search (and REST of the ``compared`` server),
     interleaved request by request (rotating which goes first) so that they see the same
@@ -260,6 +284,8 @@ def time_queries(
     ``rest_alone``, only the REST requests are timed, back to back."""
     out: dict[str, Timing] = {}
     for query in queries(files):
+        if only and query.key not in only:
+            continue
         rnd = random.Random(f"{query.key}-{files}")
         searches = [query.make(rnd) for _ in range(WARMUP + n_requests)]
         bodies: dict[str, bytes] = {}
@@ -304,6 +330,10 @@ def time_queries(
             runners.append(("compared", rest_compared))
         servers = {"rest": server} if compared is None else {"rest": server, "compared": compared}
         cpu_before = {which: s.cpu_seconds() for which, s in servers.items()}
+        # The backends' CPU per request means something only when the server is alone in using
+        # the database (no in-process search, no second server).
+        backends = (backend_cpu_seconds(db) if rest_alone and compared is None
+                    and db.engine.dialect.name == "postgresql" else None)
         for i, search in enumerate(searches):
             turn = i % len(runners)
             for which, run in runners[turn:] + runners[:turn]:
@@ -316,9 +346,15 @@ def time_queries(
                 timing.differing += 1
         timing.cpu = {which: (s.cpu_seconds() - cpu_before[which]) / len(searches)
                       for which, s in servers.items()}
+        if backends is not None:
+            timing.cpu["backends"] = sum(
+                cpu - backends.get(pid, 0.0) for pid, cpu in backend_cpu_seconds(db).items()
+            ) / len(searches)
         out[query.key] = timing
         log(f"    {query.label:<24} REST p50 {timing.p('rest', .5):6.1f} ms  "
             f"p95 {timing.p('rest', .95):6.1f} ms  server CPU {timing.cpu['rest'] * 1000:.2f} ms"
+            + ("" if backends is None else
+               f"  PostgreSQL backends' CPU {timing.cpu['backends'] * 1000:.2f} ms")
             + ("" if compared is None else
                f"  | compared p50 {timing.p('compared', .5):6.1f} ms  "
                f"p95 {timing.p('compared', .95):6.1f} ms  server CPU "
@@ -494,10 +530,12 @@ def bench_database(
             client = Client(args.client)
             stack.callback(client.close)
             timings = time_queries(db, catalogue, client, server, args.files, args.requests,
-                                   compared, args.rest_alone)
+                                   compared, args.rest_alone, args.only)
         result = DbResult(backend, args.files, ingest, timings, build_seconds)
         for query in queries(args.files):
-            t = timings[query.key]
+            t = timings.get(query.key)
+            if t is None:  # left out by --only
+                continue
             if t.p("rest", .5) > TARGET_P50_MS or t.p("rest", .95) > TARGET_P95_MS:
                 result.plans[query.key] = explain(db, query.make(random.Random(query.key)))
         return result
@@ -537,6 +575,11 @@ def report(results: list[DbResult], args: argparse.Namespace) -> bool:
     log("  REST = POST /hera-stage/api/search through a real jupyter server "
         f"({'requests.Session, reply decoded in the timed call' if args.client == 'requests' else 'http.client, keep-alive, timed to the last byte'}); "
         "server CPU = the server process's CPU time per request;")
+    for r in results:
+        backends = {key: t.cpu["backends"] for key, t in r.timings.items() if "backends" in t.cpu}
+        if backends:
+            log(f"  {r.backend}: its backends' CPU per request (--rest-alone): " + ", ".join(
+                f"{labels[key]} {cpu * 1000:.2f} ms" for key, cpu in backends.items()))
     log("  core = Catalogue.search in this process (SQL + instances + dicts, no HTTP/JSON); "
         "SQL = search.run_search alone.")
     if args.compare_with is not None:
@@ -599,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="time only the REST requests, back to back (no in-process search "
                              "between two of them, which leaves the server's caches cold); the "
                              "core and SQL columns are then empty")
+    parser.add_argument("--only", action="append", metavar="SEARCH",
+                        choices=[q.key for q in queries(1000)],
+                        help="time only this search (repeatable): "
+                             + ", ".join(q.key for q in queries(1000)))
     args = parser.parse_args(argv)
     if args.files < 1000 or args.requests < 1 or args.batch < 1:
         parser.error("--files must be at least 1000, --requests and --batch at least 1")

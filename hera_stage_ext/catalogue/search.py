@@ -5,7 +5,8 @@ OFFSET); ``search_select``, every match unordered, for callers that go through t
 The language itself: ``search_parse`` (reading a search, its limits), ``search_clauses`` (the
 clauses and their SQL), ``search_compile`` (a search to one predicate, ``validate_search``);
 sorts and cursors: ``search_cursor``; a files page's statement, compiled once per shape of
-search: ``search_statements``.
+search: ``search_statements``; a top-level "or" read branch by branch on PostgreSQL:
+``search_union``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .search_cursor import (
 )
 from .search_parse import check_kind, parse_search
 from .search_statements import limit_parameter, page_statement
+from .search_union import indexed_branches, merged_page
 
 #: Largest page by default: the default of ``c.StagingApp.max_search_limit``, the setting a
 #: ``Catalogue`` passes as ``max_limit`` (and the REST API advertises and enforces).
@@ -153,12 +155,26 @@ def run_search(
     if cursor_values is not None:
         ctx.cursor_values = cursor_values
 
+    # PostgreSQL, plain file rows in name order: a top-level "or" of indexed branches is read
+    # branch by branch (``search_union``).
+    branches = (indexed_branches(shape) if plain and ctx.postgresql and len(keys) == 1
+                else None)
+
     def build(page_limit: Any) -> Select:
         ctx.reset()
-        stmt = _from(kind, entity=True, plain=plain).where(compile_search(ctx, kind, parsed, 1, ""))
-        if cursor_values is not None:
-            stmt = stmt.where(rows_after(ctx, keys, cursor_values, descending))
-        return stmt.order_by(*order_by(ctx, keys, descending)).limit(page_limit)
+        predicate = compile_search(ctx, kind, parsed, 1, "")
+        after = None if cursor_values is None else rows_after(ctx, keys, cursor_values,
+                                                               descending)
+        order = order_by(ctx, keys, descending)
+        if branches is not None:
+            merged = merged_page(FILE_COLUMNS, predicate, branches, after, order, File.name,
+                                 descending, page_limit)
+            if merged is not None:
+                return merged
+        stmt = _from(kind, entity=True, plain=plain).where(predicate)
+        if after is not None:
+            stmt = stmt.where(after)
+        return stmt.order_by(*order).limit(page_limit)
 
     rows: list[Any]
     if plain and not count:

@@ -39,7 +39,10 @@ _INSTANCES_SQL = (
     f"SELECT {INSTANCE_SELECT} FROM {INSTANCE_FROM} "
     "WHERE instance.file_id {match} ORDER BY instance.file_id, instance.id"
 )
-_INSTANCES_PG = _INSTANCES_SQL.format(match="= ANY(%s)")
+#: PostgreSQL: the ids as one array literal's text (``{1,2,3}``), cast to the column's type.
+#: psycopg dumping a list of ints (finding the element's dumper, the array's type and each
+#: value) was a quarter of this statement's client CPU (60 of 240 us for a 100-file page).
+_INSTANCES_PG = _INSTANCES_SQL.format(match="= ANY(CAST(%s AS integer[]))")
 
 #: Per dialect name: (position in a row, SQLAlchemy's result processor) of the columns that
 #: have one (SQLite's DATETIME text and BOOLEAN integers; none on PostgreSQL).
@@ -63,7 +66,8 @@ def _instance_rows(connection: Connection, file_ids: list[int]) -> Sequence[Sequ
     """The instance rows of ``file_ids`` as the driver gives them, each file's in id order:
     ``file_id`` then ``INSTANCE_COLUMNS``' values."""
     if connection.dialect.name == "postgresql":
-        return driver_rows(connection, _INSTANCES_PG, (file_ids,))
+        return driver_rows(connection, _INSTANCES_PG,
+                           ("{" + ",".join([int.__repr__(i) for i in file_ids]) + "}",))
     match = f"IN ({', '.join('?' * len(file_ids))})"
     return driver_rows(connection, _INSTANCES_SQL.format(match=match), tuple(file_ids))
 

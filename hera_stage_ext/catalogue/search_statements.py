@@ -105,6 +105,8 @@ class PageStatement:
         """The page's rows (at most ``limit + 1``), values converted as SQLAlchemy would."""
         result = driver_rows(connection, self.sql, self.parameters(ctx, limit))
         columns = self.columns
+        if not columns:  # PostgreSQL: psycopg gives every value as SQLAlchemy would
+            return list(map(FileRow._make, result))
         rows = []
         for row in result:
             values = list(row)
