@@ -727,6 +727,49 @@ def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_p
         receiver.close()
 
 
+def test_offers_say_what_the_catalogue_holds_on_both_databases(database: Database) -> None:
+    """The sender's offers (read on the database driver, not through the ORM) carry exactly
+    what ``Catalogue.file_detail`` says of each file: its size, checksums, time (ISO, UTC,
+    microseconds only when there are some), obsid with its observation, source and metadata;
+    and a peer's ``check_offer`` takes them as they are."""
+    from hera_stage_ext.catalogue.naming import ObservationInfo
+    from hera_stage_ext.transfer.outgoing import offers_for
+    from hera_stage_ext.transfer.protocol import check_offer
+
+    catalogue = Catalogue(database)
+    night = ObservationInfo(obsid=1179921618, start_time_jd=2457901.0,
+                            stop_time_jd=2457901.007453333, start_lst_hr=5.777571899001487,
+                            session_id=2457901)
+    specs = [
+        FileSpec(name="zen.2457901.00000.xx.HH.uvh5", size=4096,
+                 checksums={"md5": "0" * 32, "xxh3-128": "1" * 32}, source="ingest",
+                 obsid=night.obsid, create_time=dt.datetime(2026, 12, 6, 22, 37, 49, 522963),
+                 meta={"k": [1, "\u00e9"]}, observation=night),
+        FileSpec(name="plain.txt", size=0, checksums={"md5": "2" * 32},
+                 create_time=dt.datetime(2026, 1, 2, 3, 4, 5)),
+    ]
+    catalogue.register(specs)
+    offers = offers_for(database, {"zen.2457901.00000.xx.HH.uvh5": "n/zen.uvh5",
+                                   "plain.txt": "p/plain.txt", "unknown.txt": "u"})
+    assert sorted(offers) == ["plain.txt", "zen.2457901.00000.xx.HH.uvh5"]
+    for spec in specs:
+        detail = catalogue.file_detail(spec.name)
+        obs = detail["observation"]
+        assert offers[spec.name] == {
+            "name": spec.name, "size": detail["size"], "checksums": detail["checksums"],
+            "path": "n/zen.uvh5" if spec.obsid else "p/plain.txt",
+            "is_directory": False, "obsid": detail["obsid"],
+            "create_time": detail["create_time"], "source": detail["source"],
+            "meta": detail["metadata"],
+            "observation": None if obs is None else {
+                k: obs[k] for k in ("obsid", "start_time_jd", "stop_time_jd", "start_lst_hr",
+                                    "session_id")}}
+        assert check_offer(offers[spec.name])["checksums"] == spec.checksums
+    assert offers["plain.txt"]["create_time"] == "2026-01-02T03:04:05Z"
+    assert offers["zen.2457901.00000.xx.HH.uvh5"]["observation"]["stop_time_jd"] == \
+        2457901.007453333
+
+
 def test_allowed_hours_windows_and_peer_settings() -> None:
     def peer(**spec: Any) -> Any:
         return parse_peers({"p": {"url": "http://x/", "secret": "s" * 40, **spec}})["p"]

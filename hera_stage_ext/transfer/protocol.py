@@ -92,18 +92,6 @@ _MAX_HEADER = 64 << 10
 _OBSERVATION_FIELDS = ("obsid", "start_time_jd", "stop_time_jd", "start_lst_hr", "session_id")
 
 
-def offer_from_detail(detail: dict[str, Any], path: str) -> dict[str, Any]:
-    """An announce offer from ``Catalogue.file_detail`` and the instance's store path."""
-    obs = detail.get("observation")
-    return {
-        "name": detail["name"], "size": detail["size"], "checksums": detail["checksums"],
-        "path": path, "is_directory": detail["is_directory"], "obsid": detail["obsid"],
-        "create_time": detail["create_time"], "source": detail.get("source", ""),
-        "meta": detail.get("metadata") or {},
-        "observation": {k: obs[k] for k in _OBSERVATION_FIELDS} if obs else None,
-    }
-
-
 #: Largest integer the catalogue stores (sizes, obsids, sessions: signed 64 bits).
 _INT64_MAX = 2**63 - 1
 #: Longest ``source`` the catalogue stores.
@@ -173,62 +161,70 @@ def check_offer(offer: Any, reserved: Sequence[str] = (), reserved_suffix: str =
     its checksums, path and ``create_time`` normalised. InvalidRequest names the file, the
     field and the problem. The path must be canonical (``paths.check_canonical``: one spelling
     per file) and stay out of the receiver's own folders: no component in ``reserved``, none
-    ending in ``reserved_suffix``."""
+    ending in ``reserved_suffix``. (An announce checks hundreds: each check is made once, and
+    the messages only for an offer that fails one.)"""
     if not isinstance(offer, dict):
         raise InvalidRequest("each offer must be an object")
     name = validate_name(offer.get("name"))
-
-    def bad(field: str, problem: str) -> InvalidRequest:
-        return InvalidRequest(f"offer of {name!r}: {field} {problem}", name=name, field=field)
-
-    size = offer.get("size")
+    get = offer.get
+    size = get("size")
     if not _int64(size, 0):
-        raise bad("size", "must be a non-negative integer of at most 64 bits")
-    if not isinstance(offer.get("checksums"), dict) or not offer["checksums"]:
-        raise bad("checksums", "are required (an object of algorithm to hex digest)")
+        raise _bad(name, "size", "must be a non-negative integer of at most 64 bits")
+    checksums = get("checksums")
+    if not isinstance(checksums, dict) or not checksums:
+        raise _bad(name, "checksums", "are required (an object of algorithm to hex digest)")
     try:
-        checksums = ck.normalise(offer["checksums"])
+        checksums = ck.normalise(checksums)
     except InvalidRequest as exc:
-        raise bad("checksums", f"are malformed: {exc.message}") from None
+        raise _bad(name, "checksums", f"are malformed: {exc.message}") from None
     try:
-        path = check_canonical(offer.get("path", name), "path")
+        path = check_canonical(get("path", name), "path")
     except InvalidRequest as exc:
         raise InvalidRequest(f"offer of {name!r}: {exc.message}", name=name,
                              field="path") from None
-    parts = path.split("/")
-    if reserved and any(part in reserved for part in parts):
-        raise bad("path", f"{path!r} is inside a folder the receiver keeps for itself "
-                  f"({', '.join(reserved)})")
-    if reserved_suffix and any(part.endswith(reserved_suffix) for part in parts):
-        raise bad("path", f"{path!r} ends a component in {reserved_suffix!r}, which the "
-                  "receiver keeps for files being written")
-    if not isinstance(offer.get("is_directory", False), bool):
-        raise bad("is_directory", "must be true or false")
-    obsid = offer.get("obsid")
+    if reserved or reserved_suffix:
+        parts = path.split("/")
+        if reserved and any(part in reserved for part in parts):
+            raise _bad(name, "path", f"{path!r} is inside a folder the receiver keeps for "
+                       f"itself ({', '.join(reserved)})")
+        if reserved_suffix and any(part.endswith(reserved_suffix) for part in parts):
+            raise _bad(name, "path", f"{path!r} ends a component in {reserved_suffix!r}, which "
+                       "the receiver keeps for files being written")
+    if get("is_directory", False).__class__ is not bool:
+        raise _bad(name, "is_directory", "must be true or false")
+    obsid = get("obsid")
     if obsid is not None and not _int64(obsid):
-        raise bad("obsid", f"must be an integer of at most 64 bits or null, got {obsid!r:.40}")
+        raise _bad(name, "obsid", f"must be an integer of at most 64 bits or null, got "
+                   f"{obsid!r:.40}")
     try:
-        created = _create_time(offer.get("create_time"))
+        created = _create_time(get("create_time"))
     except ValueError as exc:
-        raise bad("create_time", f"{offer.get('create_time')!r:.60} is no date and time: "
-                  f"{exc}") from None
-    source = offer.get("source", "")
+        raise _bad(name, "create_time", f"{get('create_time')!r:.60} is no date and time: "
+                   f"{exc}") from None
+    source = get("source", "")
     if not isinstance(source, str) or len(source) > _MAX_SOURCE \
-            or CONTROL_CHARACTERS.search(source):
-        raise bad("source", f"must be a string of at most {_MAX_SOURCE} characters without "
-                  "control characters")
-    meta = offer.get("meta", {})
-    if not isinstance(meta, dict) or not _no_nul(meta):
-        raise bad("meta", "must be an object whose strings hold no NUL")
-    obs = offer.get("observation")
+            or (source and CONTROL_CHARACTERS.search(source)):
+        raise _bad(name, "source", f"must be a string of at most {_MAX_SOURCE} characters "
+                   "without control characters")
+    meta = get("meta", {})
+    if not isinstance(meta, dict) or (meta and not _no_nul(meta)):
+        raise _bad(name, "meta", "must be an object whose strings hold no NUL")
+    obs = get("observation")
     if obs is not None:
         if (problem := _observation(obs)) is not None:
-            raise bad("observation", problem)
+            raise _bad(name, "observation", problem)
         if obsid is not None and obsid != obs["obsid"]:
-            raise bad("obsid", f"{obsid} is not its observation's ({obs['obsid']})")
+            raise _bad(name, "obsid", f"{obsid} is not its observation's ({obs['obsid']})")
     elif obsid is not None:
-        raise bad("observation", f"is missing: obsid {obsid} needs its observation")
-    return {**offer, "path": path, "checksums": checksums, "create_time": created}
+        raise _bad(name, "observation", f"is missing: obsid {obsid} needs its observation")
+    checked = offer.copy()
+    checked["path"], checked["checksums"], checked["create_time"] = path, checksums, created
+    return checked
+
+
+def _bad(name: str, field: str, problem: str) -> InvalidRequest:
+    """The error of an offer's ``field``."""
+    return InvalidRequest(f"offer of {name!r}: {field} {problem}", name=name, field=field)
 
 
 #: What a receiver keeps of an offer beyond its name, size, checksums and path (columns of
