@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.server
 import json
 import os
 import random
@@ -264,6 +265,92 @@ def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Si
     peers = sites.b.api("peers")["peers"]
     assert peers == [{"name": "site-a", "url": sites.a.url, "reachable": True,
                       "site": "site-a", "error": "", "accepts_from": True}]
+
+
+class _OldSender(http.server.BaseHTTPRequestHandler):
+    """A sender from before the compact framing: ``POST files/batch`` answered with JSON member
+    headers whatever the request asks (the ``framing`` field unknown to it), from ``files``."""
+
+    files: dict[str, bytes] = {}
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        from hera_stage_ext.transfer.protocol import BatchFraming
+
+        names = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["names"]
+        framing, out = BatchFraming(compact=False), bytearray()
+        for name in names:
+            if name in self.files:
+                framing.member(out, name, self.files[name])
+            else:
+                framing.error(out, name, "not here")
+        out += framing.end()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
+    """The compact batch framing is used only when both sides know it: a receiver that does
+    not ask for it (an older one) gets JSON member headers, byte for byte as before; one that
+    asks gets the compact stream and says so; and this receiver reads the JSON headers of a
+    sender that ignores the request (an older one) as well as the compact stream."""
+    from hera_stage_ext.transfer.protocol import FRAMING_HEADER, SIZES, PeerClient
+
+    name, missing = BATCH[0], "zen.nowhere.uvh5"
+    data = (sites.a_store / "2457700" / name).read_bytes()
+    url = sites.a.url + "hera-stage/peer/files/batch"
+    auth = {"Authorization": f"HeraPeer site-b:{SECRET_BA}"}
+
+    old = requests.post(url, json={"names": [name, missing]}, headers=auth, timeout=30)
+    assert old.status_code == 200 and FRAMING_HEADER not in old.headers
+    body, frames = old.content, []
+    while (length := int.from_bytes(body[:4], "big")):
+        header = json.loads(body[4:4 + length])
+        size = header.get("size", 0)
+        frames.append((header, body[4 + length:4 + length + size]))
+        body = body[4 + length + size:]
+    assert body == b"\x00" * 4
+    assert frames[0] == ({"name": name, "size": len(data)}, data)
+    assert frames[1][0]["name"] == missing and "no available instance" in frames[1][0]["error"]
+
+    new = requests.post(url, json={"names": [name, missing], "framing": SIZES}, headers=auth,
+                        timeout=30)
+    assert new.status_code == 200 and new.headers[FRAMING_HEADER] == SIZES
+    message = new.content[4 + len(data) + 4 + 4:-4]
+    assert new.content == (len(data).to_bytes(4, "big") + data + b"\xff" * 4
+                           + len(message).to_bytes(4, "big") + message + b"\xff\xff\xff\xfe")
+    assert b"no available instance" in message
+
+    peer = parse_peers({"site-a": {"url": sites.a.url, "secret": SECRET_BA}})["site-a"]
+    client = PeerClient(peer, "site-b")
+    try:
+        members = list(client.batch([name, missing]))
+    finally:
+        client.close()
+    assert members[0] == (name, data, "")
+    assert members[1][:2] == (missing, b"") and "no available instance" in members[1][2]
+
+    _OldSender.files = {name: data}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldSender)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        old_peer = parse_peers({"old": {"url": f"http://127.0.0.1:{server.server_port}/",
+                                        "secret": SECRET_BA}})["old"]
+        client = PeerClient(old_peer, "site-b")
+        try:
+            assert list(client.batch([missing, name])) == [(missing, b"", "not here"),
+                                                           (name, data, "")]
+        finally:
+            client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_large_file_shows_the_bytes_the_peer_has_pulled_before_it_is_done(
@@ -844,12 +931,14 @@ def test_item_rows_written_by_the_driver_read_back_through_the_orm(database: Dat
     assert items[names[3]].created_at == now
 
 
-def test_a_batch_serves_links_only_inside_the_store(tmp_path) -> None:
+@pytest.mark.parametrize("compact", [False, True], ids=["json-headers", "compact"])
+def test_a_batch_serves_links_only_inside_the_store(tmp_path, compact: bool) -> None:
     """``POST files/batch`` at the sender opens each file without following a link: a file
     served as it is, a link resolved and served only if it stays inside the store (the other
-    member framed with an error, its target's bytes never sent)."""
+    member framed with an error, its target's bytes never sent), in either framing."""
     from hera_stage_ext.api.peer import _read_members
     from hera_stage_ext.transfer.outgoing import batch_paths
+    from hera_stage_ext.transfer.protocol import BatchFraming
 
     store, outside = tmp_path / "store", tmp_path / "outside"
     (store / "d").mkdir(parents=True)
@@ -870,11 +959,11 @@ def test_a_batch_serves_links_only_inside_the_store(tmp_path) -> None:
                     ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
                     peers=PeerRegistry("site-a"))
         members = batch_paths(core, names + ["zen.none.uvh5"])
-        frames, done = _read_members(members, 0)
+        frames, done = _read_members(members, 0, BatchFraming(compact))
     finally:
         db.dispose()
     assert done == 4
     assert b"secret" not in frames
-    assert frames.count(b"}PLAIN") == 2
+    assert frames.count(b"\x00\x00\x00\x05PLAIN" if compact else b"}PLAIN") == 2
     assert b"resolves outside the allowed roots" in frames
     assert b"no available instance" in frames

@@ -32,7 +32,14 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     files) -> one ``application/octet-stream`` of framed members, in the order asked: per member
     a 4-byte big-endian header length, the header (JSON ``{"name", "size"}``, or ``{"name",
     "error"}`` when the sender cannot serve that file: no bytes follow), then ``size`` bytes;
-    a header length of 0 ends the stream. The sender reads one file at a time (constant memory);
+    a header length of 0 ends the stream. A receiver that asks with ``"framing": "sizes"`` gets,
+    from a sender that knows it (its reply says ``X-Hera-Batch-Framing: sizes``), the compact
+    framing instead, with no header to encode or parse per member: per member in the order
+    asked its 4-byte size then its bytes, or ``0xFFFFFFFF``, a 4-byte length and the UTF-8
+    message of why the sender cannot serve it; ``0xFFFFFFFE`` after the last member ends the
+    stream. A sender that does not know it ignores the field and answers with JSON headers
+    (the receiver reads whichever the reply says); a receiver that does not ask gets JSON
+    headers. The sender reads one file at a time (constant memory);
     the receiver verifies every member on its own against its announced size and checksum, so
     one damaged member is pulled again without the others. Small files move this way: one
     request, one sync of the file system and one catalogue transaction per batch instead of
@@ -84,6 +91,14 @@ BATCH_MAX_BYTES = 64 << 20
 #: Longest long poll of ``POST status`` (seconds).
 MAX_STATUS_WAIT = 10.0
 _HEADER = struct.Struct(">I")
+#: ``POST files/batch``'s compact framing: asked for with ``"framing": SIZES`` in the request,
+#: used when the reply's ``FRAMING_HEADER`` says so (see the module's docstring).
+SIZES = "sizes"
+FRAMING_HEADER = "X-Hera-Batch-Framing"
+#: The compact framing's words that are no size: a member the sender cannot serve (its message
+#: follows), and the end of the stream.
+_ERROR_MEMBER = 0xFFFFFFFF
+_END_MEMBERS = 0xFFFFFFFE
 #: Bytes read from the socket at a time while parsing a batch stream.
 _READ_AHEAD = 1 << 20
 #: Longest member header accepted (a name and a size, or an error message).
@@ -294,13 +309,17 @@ class PeerClient:
             body["finished_only"] = True
         return self._json("POST", "status", body)
 
-    def batch(self, names: Sequence[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """The members of one ``POST files/batch``: (header, its bytes) each, in the order
-        asked. A member is at most ``BATCH_FILE_MAX`` bytes (the sender frames a larger file as
-        an error), so one is read whole: memory stays bounded, and a small file costs one
-        slice of the stream's buffer instead of a reader object and chunks."""
+    def batch(self, names: Sequence[str]) -> Iterator[tuple[str, bytes, str]]:
+        """The members of one ``POST files/batch``: (name, its bytes, why the sender cannot
+        serve it or "") each, in the order asked. A member is at most ``BATCH_FILE_MAX``
+        bytes (the sender frames a larger file as an error), so one is read whole: memory
+        stays bounded, and a small file costs one slice of the stream's buffer instead of a
+        reader object and chunks. The compact framing is asked for; a sender that answers with
+        JSON headers is read as such."""
+        names = list(names)
         try:
-            reply = self.session.post(self._url("files/batch"), json={"names": list(names)},
+            reply = self.session.post(self._url("files/batch"),
+                                      json={"names": names, "framing": SIZES},
                                       stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
             raise Unavailable(f"peer {self.peer.name!r} is unreachable: "
@@ -308,24 +327,55 @@ class PeerClient:
         _checked(self.peer.name, reply)
         stream = _RawReader(reply, self.peer.name)
         try:
-            while True:
-                (length,) = _HEADER.unpack(stream.exactly(_HEADER.size))
-                if length == 0:
-                    return
-                if length > _MAX_HEADER:
-                    raise Unavailable(f"batch pull from {self.peer.name!r}: a member header "
-                                      f"of {length} bytes (not this protocol)")
-                header = json.loads(stream.exactly(length))
-                if not isinstance(header, dict) or not isinstance(header.get("name"), str):
-                    raise Unavailable(f"batch pull from {self.peer.name!r}: a malformed header")
-                size = 0 if "error" in header else header.get("size", 0)
-                if isinstance(size, bool) or not isinstance(size, int) \
-                        or not 0 <= size <= BATCH_FILE_MAX:
-                    raise Unavailable(f"batch pull from {self.peer.name!r}: a member of "
-                                      f"{size!r} bytes (at most {BATCH_FILE_MAX})")
-                yield header, stream.exactly(size)
+            if reply.headers.get(FRAMING_HEADER) == SIZES:
+                yield from self._sized_members(stream, names)
+            else:
+                yield from self._json_members(stream)
         finally:
             reply.close()
+
+    def _sized_members(self, stream: _RawReader, names: list[str]
+                       ) -> Iterator[tuple[str, bytes, str]]:
+        """The members of a batch stream in the compact framing (one per name asked)."""
+        unpack, size_of_word, exactly = _HEADER.unpack, _HEADER.size, stream.exactly
+        for name in names:
+            (size,) = unpack(exactly(size_of_word))
+            if size <= BATCH_FILE_MAX:
+                yield name, exactly(size), ""
+                continue
+            if size != _ERROR_MEMBER:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a member of {size} "
+                                  f"bytes (at most {BATCH_FILE_MAX})")
+            (length,) = unpack(exactly(size_of_word))
+            if length > _MAX_HEADER:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: an error message of "
+                                  f"{length} bytes (not this protocol)")
+            yield name, b"", exactly(length).decode("utf-8", "replace") or "no reason given"
+        if unpack(exactly(size_of_word))[0] != _END_MEMBERS:
+            raise Unavailable(f"batch pull from {self.peer.name!r}: more members than asked for")
+
+    def _json_members(self, stream: _RawReader) -> Iterator[tuple[str, bytes, str]]:
+        """The members of a batch stream with JSON headers (what senders before the compact
+        framing answer)."""
+        while True:
+            (length,) = _HEADER.unpack(stream.exactly(_HEADER.size))
+            if length == 0:
+                return
+            if length > _MAX_HEADER:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a member header "
+                                  f"of {length} bytes (not this protocol)")
+            header = json.loads(stream.exactly(length))
+            if not isinstance(header, dict) or not isinstance(header.get("name"), str):
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a malformed header")
+            if "error" in header:
+                yield header["name"], b"", str(header["error"]) or "no reason given"
+                continue
+            size = header.get("size", 0)
+            if isinstance(size, bool) or not isinstance(size, int) \
+                    or not 0 <= size <= BATCH_FILE_MAX:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a member of "
+                                  f"{size!r} bytes (at most {BATCH_FILE_MAX})")
+            yield header["name"], stream.exactly(size), ""
 
     def content(self, name: str, offset: int = 0) -> _RawReader:
         """The bytes of ``name`` from ``offset`` on, as a stream to ``fill`` buffers from
@@ -426,14 +476,38 @@ class _RawReader:
         return out
 
 
-def frame_header(header: dict[str, Any]) -> bytes:
-    """One member header of a batch stream, with its length in front."""
-    data = json.dumps(header).encode()
-    return _HEADER.pack(len(data)) + data
+class BatchFraming:
+    """How a sender frames the members of one ``POST files/batch`` reply: with JSON headers,
+    or compact (``compact``: the receiver asked for ``SIZES``)."""
 
+    def __init__(self, compact: bool) -> None:
+        self.compact = compact
 
-#: What ends a batch stream.
-END_OF_BATCH = _HEADER.pack(0)
+    def member(self, out: bytearray, name: str, data: bytes) -> None:
+        """Append the member ``name`` holding ``data`` to ``out``."""
+        if self.compact:
+            out += _HEADER.pack(len(data))
+        else:
+            header = json.dumps({"name": name, "size": len(data)}).encode()
+            out += _HEADER.pack(len(header))
+            out += header
+        out += data
+
+    def error(self, out: bytearray, name: str, message: str) -> None:
+        """Append the member ``name`` that cannot be served, and why, to ``out``."""
+        if self.compact:
+            text = message.encode("utf-8", "replace")[:_MAX_HEADER]
+            out += _HEADER.pack(_ERROR_MEMBER)
+            out += _HEADER.pack(len(text))
+            out += text
+        else:
+            header = json.dumps({"name": name, "error": message}).encode()
+            out += _HEADER.pack(len(header))
+            out += header
+
+    def end(self) -> bytes:
+        """What ends the stream."""
+        return _HEADER.pack(_END_MEMBERS if self.compact else 0)
 
 
 def _checked(peer: str, reply: requests.Response) -> requests.Response:

@@ -798,16 +798,16 @@ class Receiver:
         client = PeerClient(peer, self.registry.site_name)
         flip = os.environ.get(FLIP_ONCE_ENV)
         try:
-            for header, data in client.batch(list(wanted)):
+            for name, data, error in client.batch(list(wanted)):
                 if self._stop.is_set():
                     raise _Stopped
-                entry = wanted.pop(header["name"], None)
+                entry = wanted.pop(name, None)
                 if entry is None:
-                    return received, f"the sender sent {header['name']!r}, not asked for"
+                    return received, f"the sender sent {name!r}, not asked for"
                 item, dest = entry
-                if "error" in header:
+                if error:
                     self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
-                                 f"{header['error']}")
+                                 f"{error}")
                     continue
                 if flip == item.name and item.name not in _flipped and data:
                     _flipped.add(item.name)
