@@ -857,6 +857,37 @@ def test_offers_say_what_the_catalogue_holds_on_both_databases(database: Databas
         2457901.007453333
 
 
+def test_the_receivers_json_text_of_an_offer_is_jsons_own() -> None:
+    """What a receiver stores of each offer (its checksums and the rest of its metadata) is
+    the text ``json.dumps`` writes, whatever the offer holds: the items' rows read back the
+    same values, and a row is known for the receiver's own by its text."""
+    from hera_stage_ext.transfer.protocol import check_offer, checksums_json, spec_json, spec_of
+
+    observation = {"obsid": 1179921618, "start_time_jd": 2457901.0,
+                   "stop_time_jd": 2457901.007453333, "start_lst_hr": 5.777571899001487,
+                   "session_id": 2457901}
+    full = {"name": "zen.2457901.00000.xx.HH.uvh5", "size": 4096, "path": "a/b.uvh5",
+            "checksums": {"xxh3-128": "A" * 32, "md5": "4f85179c190b029b5c1946e9c34c6544"},
+            "is_directory": False, "obsid": 1179921618,
+            "create_time": "2026-12-06T22:37:49.522963+01:00", "source": "caf\u00e9 \"q\"",
+            "meta": {"k": [1, 2.5, None, "\u00e9\\"], "n": {"x": True}},
+            "observation": observation}
+    offers = [
+        full,
+        {**full, "observation": {**observation, "start_time_jd": 2457901, "start_lst_hr": 0}},
+        {**full, "obsid": None, "observation": None, "meta": {}, "create_time": None,
+         "source": "", "is_directory": True},
+        {"name": "plain.txt", "size": 0, "checksums": {"md5": "0" * 32}},
+        {key: value for key, value in full.items() if key != "source"},
+        {**full, "meta": {"z": 1, "a": [float("1e300"), -0.0]}},
+    ]
+    for offer in offers:
+        checked = check_offer(offer)
+        assert spec_json(spec_of(checked)) == json.dumps(spec_of(checked))
+        assert checksums_json(checked["checksums"]) == json.dumps(checked["checksums"])
+        assert json.loads(spec_json(spec_of(checked))) == spec_of(checked)
+
+
 def test_allowed_hours_windows_and_peer_settings() -> None:
     def peer(**spec: Any) -> Any:
         return parse_peers({"p": {"url": "http://x/", "secret": "s" * 40, **spec}})["p"]

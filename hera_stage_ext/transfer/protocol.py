@@ -252,21 +252,54 @@ def spec_of(offer: dict[str, Any]) -> dict[str, Any]:
     return {k: offer[k] for k in SPEC_FIELDS if k in offer}
 
 
+def checksums_json(checksums: dict[str, str]) -> str:
+    """``json.dumps`` of checksums ``check_offer`` normalised (known algorithm names, hex
+    digits: nothing to escape), without the encoder's set-up per call."""
+    return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
+
+
+def spec_json(spec: dict[str, Any]) -> str:
+    """``json.dumps(spec)`` of a checked offer's ``spec_of``, the same text: put together from
+    its fields when it has all of them in the usual types (numbers as ``json`` writes finite
+    ones, their ``repr``: ``check_offer`` lets no other through), else by ``json.dumps``. A receiver writes one per file announced."""
+    if len(spec) != len(SPEC_FIELDS) or tuple(spec) != SPEC_FIELDS:
+        return json.dumps(spec)
+    is_directory, obsid, created, source, meta, obs = spec.values()
+    if is_directory.__class__ is not bool or (obsid is not None and obsid.__class__ is not int) \
+            or (created is not None and created.__class__ is not str) \
+            or source.__class__ is not str or meta.__class__ is not dict \
+            or (obs is not None and (obs.__class__ is not dict
+                                     or tuple(obs) != _OBSERVATION_FIELDS
+                                     or any(v.__class__ not in (int, float)
+                                            for v in obs.values()))):
+        return json.dumps(spec)
+    observation = "null" if obs is None else (
+        '{"obsid": %r, "start_time_jd": %r, "stop_time_jd": %r, "start_lst_hr": %r, '
+        '"session_id": %r}' % tuple(obs.values()))
+    return (f'{{"is_directory": {"true" if is_directory else "false"}, '
+            f'"obsid": {"null" if obsid is None else obsid}, '
+            f'"create_time": {"null" if created is None else _json_string(created)}, '
+            f'"source": {_json_string(source)}, "meta": {json.dumps(meta) if meta else "{}"}, '
+            f'"observation": {observation}}}')
+
+
+#: JSON text of a string, as ``json.dumps`` writes it.
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
 def file_spec(item: Any, peer: str) -> FileSpec:
     """The FileSpec of a received file: ``item``'s name, size and checksums (as announced and
     verified) and the metadata kept in its ``spec`` (``spec_of``; items recorded by earlier
     versions keep the whole offer, a superset)."""
-    spec = item.spec
-    created = spec.get("create_time")
-    obs = spec.get("observation")
+    get = item.spec.get
+    created = get("create_time")
+    obs = get("observation")
+    # The item's own values, not copies: an item is registered once (a batch of thousands).
     return FileSpec(
-        name=item.name, size=item.size, checksums=dict(item.checksums),
-        is_directory=bool(spec.get("is_directory")),
-        source=spec.get("source") or f"peer:{peer}",
-        obsid=spec.get("obsid"),
-        create_time=dt.datetime.fromisoformat(created.rstrip("Z")) if created else None,
-        meta=dict(spec.get("meta") or {}),
-        observation=ObservationInfo(**obs) if obs else None,
+        item.name, item.size, item.checksums, bool(get("is_directory")),
+        get("source") or f"peer:{peer}", get("obsid"),
+        dt.datetime.fromisoformat(created.rstrip("Z")) if created else None,
+        get("meta") or {}, ObservationInfo(**obs) if obs else None,
     )
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import logging
 import os
 import shutil
@@ -87,7 +86,9 @@ from .protocol import (
     UNKNOWN,
     PeerClient,
     check_offer,
+    checksums_json,
     file_spec,
+    spec_json,
     spec_of,
 )
 from .thread_writer import ChunkWriter, ThreadWriter
@@ -260,18 +261,22 @@ class Receiver:
         if not sending:
             return []
         names = [o["name"] for o in sending]
+        # Each offer's JSON text before the transaction (which holds SQLite's write lock).
+        texts = []
+        parsed: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
+        for offer in sending:
+            spec_value = spec_of(offer)
+            checksums, spec = checksums_json(offer["checksums"]), spec_json(spec_value)
+            texts.append((checksums, spec))
+            if offer["size"] <= BATCH_FILE_MAX and not offer.get("is_directory"):
+                parsed[offer["name"]] = (checksums, spec, offer["checksums"], spec_value)
         with self.db.write() as s:
             rows = ItemRows(s)
             known = rows.known(peer, names)
             now = rows.time(utcnow())
             new: list[tuple[Any, ...]] = []
             again: list[tuple[Any, ...]] = []
-            parsed: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
-            for offer in sending:
-                spec_value = spec_of(offer)
-                checksums, spec = json.dumps(offer["checksums"]), json.dumps(spec_value)
-                if offer["size"] <= BATCH_FILE_MAX and not offer.get("is_directory"):
-                    parsed[offer["name"]] = (checksums, spec, offer["checksums"], spec_value)
+            for offer, (checksums, spec) in zip(sending, texts):
                 row = known.get(offer["name"])
                 if row is None:  # in the order of item_rows.NEW_COLUMNS
                     new.append((transfer, peer, offer["name"], offer["path"], offer["size"],
