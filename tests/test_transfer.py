@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hera_stage_ext import directio
 from hera_stage_ext.catalogue import checksums as ck
@@ -886,6 +886,40 @@ def test_the_receivers_json_text_of_an_offer_is_jsons_own() -> None:
         assert spec_json(spec_of(checked)) == json.dumps(spec_of(checked))
         assert checksums_json(checked["checksums"]) == json.dumps(checked["checksums"])
         assert json.loads(spec_json(spec_of(checked))) == spec_of(checked)
+
+
+def test_a_batch_is_served_from_available_online_instances_on_both_databases(
+        database: Database, tmp_path) -> None:
+    """What a peer's batch pull is served from: per name, in the order asked, the first
+    available instance on an available online store (by store name, then instance), or why
+    there is none (unknown, only on a cold or unavailable store or instance, a directory)."""
+    from hera_stage_ext.transfer.outgoing import BatchMember, batch_paths
+
+    catalogue = Catalogue(database)
+    roots = {name: tmp_path / name for name in ("a", "b", "cold", "off")}
+    catalogue.sync_stores({"b": {"path": str(roots["b"])}, "a": {"path": str(roots["a"])},
+                           "cold": {"path": str(roots["cold"]), "kind": "cold", "buffer": "a"},
+                           "off": {"path": str(roots["off"]), "available": False}})
+    spec = lambda name, **kw: FileSpec(name=name, size=1, checksums={"md5": "0" * 32}, **kw)
+    catalogue.register([spec("two.uvh5")], "b", ["d/two.uvh5"])
+    catalogue.register([spec("two.uvh5")], "a", ["e/two.uvh5"])
+    catalogue.register([spec("cold.uvh5")], "cold", ["c/cold.uvh5"])
+    catalogue.register([spec("off.uvh5")], "off", ["o/off.uvh5"])
+    catalogue.register([spec("gone.uvh5"), spec("set.uv", is_directory=True)], "a",
+                       ["g/gone.uvh5", "s/set.uv"])
+    with database.write() as s:
+        s.execute(update(Instance).where(Instance.path == "g/gone.uvh5").values(available=False))
+    core = Core(version="test", site_name="here", catalogue=catalogue,
+                ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
+                peers=PeerRegistry("here"))
+    members = batch_paths(core, ["set.uv", "two.uvh5", "cold.uvh5", "nothing", "off.uvh5",
+                                 "gone.uvh5"])
+    assert members[1] == BatchMember("two.uvh5", f"{roots['a']}/e/two.uvh5", str(roots["a"]))
+    assert "is a directory data set" in members[0].error
+    assert [m.name for m in members] == ["set.uv", "two.uvh5", "cold.uvh5", "nothing",
+                                         "off.uvh5", "gone.uvh5"]
+    assert all("no available instance" in m.error and not m.path
+               for m in members[2:]), members
 
 
 def test_allowed_hours_windows_and_peer_settings() -> None:

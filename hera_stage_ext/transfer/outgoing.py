@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from ..catalogue.catalogue import Catalogue
 from ..catalogue.db import Database, driver_rows
-from ..catalogue.inlist import bound_values, one_of, one_of_sql
-from ..catalogue.models import File, Instance, Store
+from ..catalogue.inlist import bound_values, one_of_sql
+from ..catalogue.models import File
 from ..catalogue.serialize import iso
 from ..errors import InvalidRequest, StagingError
 from ..paths import confine
@@ -120,24 +120,31 @@ class BatchMember(NamedTuple):
     error: str = ""
 
 
+#: The instances a batch pull may be served from (``batch_paths``), for the database driver:
+#: the first by store name, then instance, of each file.
+_BATCH_SQL = (
+    "SELECT f.name, f.is_directory, i.path, s.path FROM file f "
+    "JOIN instance i ON i.file_id = f.id JOIN store s ON i.store_id = s.id "
+    "WHERE {condition} AND i.available AND s.available AND s.kind = 'online' "
+    "ORDER BY s.name, i.id")
+
+
 def batch_paths(core: Core, names: Any) -> list[BatchMember]:
     """What a peer's ``POST files/batch`` gets, in the order asked: per name the path of an
     available flat instance on an available online store (its folder confined to the store's
-    root), or why it cannot be served. One query for the whole batch."""
+    root), or why it cannot be served. One query for the whole batch, on the database
+    driver (a peer asks for a thousand names at a time)."""
     if not isinstance(names, list) or not 0 < len(names) <= BATCH_MAX_FILES \
             or not all(isinstance(n, str) for n in names):
         raise InvalidRequest(f"'names' must be a list of 1 to {BATCH_MAX_FILES} names")
     found: dict[str, tuple[str, str, bool]] = {}
     with core.catalogue.db.read() as s:
-        rows = s.execute(
-            select(File.name, File.is_directory, Instance.path, Store.path)
-            .join(Instance, Instance.file_id == File.id)
-            .join(Store, Instance.store_id == Store.id)
-            .where(one_of(core.catalogue.db, File.name, names), Instance.available,
-                   Store.available, Store.kind == "online")
-            .order_by(Store.name, Instance.id))
-        for name, is_directory, path, root in rows:
-            found.setdefault(name, (path, root, is_directory))
+        connection = s.connection()
+        backend = connection.dialect.name
+        rows = driver_rows(connection, _BATCH_SQL.format(
+            condition=one_of_sql(backend, "f.name")), (bound_values(backend, names),))
+    for name, is_directory, path, root in rows:
+        found.setdefault(name, (path, root, bool(is_directory)))
     out: list[BatchMember] = []
     folders: dict[tuple[str, str], tuple[str, str]] = {}  # confined once per folder
     for name in names:
