@@ -799,6 +799,9 @@ def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_p
         assert [(f["name"], f["state"]) for f in finished] == [
             (names[0], "committed"), (names[1], "failed"), (odd[0], "committed"),
             ("zen.nowhere.uvh5", "unknown")]
+        # A long poll's later looks (every name known at its first) read only finished rows.
+        assert receiver.status("there", asked[:-1], finished_only=True, all_known=True)[
+            "files"] == [f for f in finished if f["state"] != "unknown"]
         assert receiver.status("elsewhere", names[:2], finished_only=True)["files"] == [
             {"name": n, "state": "unknown", "bytes": 0, "attempts": 0, "error": ""}
             for n in names[:2]]

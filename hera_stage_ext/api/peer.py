@@ -99,14 +99,16 @@ class PeerStatusHandler(PeerBaseHandler):
         asked = len(names) if isinstance(names, list) else 0
         finished = _finished(reply)
         # A finished_only reply that lists a file is news already (the sender drops what it
-        # learns, so every file listed finished since it last asked): answered at once.
+        # learns, so every file listed finished since it last asked): answered at once. So a
+        # finished_only poll that waits found every name known: it need not look again.
         while time.monotonic() < deadline and finished < asked \
                 and not (finished_only and finished):
             await asyncio.sleep(0.02)
             if receiver.changes == seen:
                 continue
             seen = receiver.changes
-            reply = await self.call(receiver.status, peer, names, finished_only)
+            reply = await self.call(receiver.status, peer, names, finished_only,
+                                    finished_only)
             if _finished(reply) > finished:
                 break
         self.reply(reply)

@@ -307,10 +307,13 @@ class Receiver:
         """Where a directory data set is unpacked before it is verified."""
         return root / INCOMING_DIR / f"{item_id}.dir"
 
-    def status(self, peer: str, names: Any, finished_only: bool = False) -> dict[str, Any]:
+    def status(self, peer: str, names: Any, finished_only: bool = False,
+               all_known: bool = False) -> dict[str, Any]:
         """Per name its item's state (``unknown``: no item); with ``finished_only`` only the
         names committed, failed or unknown: the rows of those still on their way are not
-        even read (a sender following thousands asks often, and most are on their way)."""
+        even read (a sender following thousands asks often, and most are on their way).
+        ``all_known``: an earlier look found an item for every name (items are never
+        deleted), so none is looked for as unknown (a long poll looks again at each change)."""
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
                 or len(names) > 10 * MAX_OFFERS:
             raise InvalidRequest(f"'names' must be a list of at most {10 * MAX_OFFERS} names")
@@ -323,7 +326,8 @@ class Receiver:
             if finished_only:
                 query = query.where(TransferItem.state.in_(_FINISHED_STATES))
             items = {i.name: i for i in s.execute(query)}
-            if finished_only and s.scalar(select(func.count()).select_from(TransferItem)
+            if finished_only and not all_known and s.scalar(
+                    select(func.count()).select_from(TransferItem)
                                           .where(*mine)) != len(set(names)):
                 unknown = set(names) - set(s.scalars(select(TransferItem.name).where(*mine)))
         root = self._store_root() if self.store else None
