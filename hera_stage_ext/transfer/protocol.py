@@ -284,7 +284,7 @@ def spec_json(spec: dict[str, Any]) -> str:
 
 
 #: JSON text of a string, as ``json.dumps`` writes it.
-_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_json_string = json.encoder.encode_basestring_ascii
 
 
 def file_spec(item: Any, peer: str) -> FileSpec:
