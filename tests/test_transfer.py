@@ -33,7 +33,8 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import File, Instance
 from hera_stage_ext.core import Core
-from hera_stage_ext.errors import InvalidRequest, NotFound, PeerRejected, Unauthorized
+from hera_stage_ext.errors import (
+    InvalidRequest, NotFound, PeerRejected, Unauthorized, Unavailable)
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.jobs.models import JobRow, JobItem
 from hera_stage_ext.transfer import peers as peers_module
@@ -272,12 +273,14 @@ class _OldSender(http.server.BaseHTTPRequestHandler):
     headers whatever the request asks (the ``framing`` field unknown to it), from ``files``."""
 
     files: dict[str, bytes] = {}
+    #: Compact frames without the reply's header that says so (a proxy that dropped it).
+    compact = False
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         from hera_stage_ext.transfer.protocol import BatchFraming
 
         names = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["names"]
-        framing, out = BatchFraming(compact=False), bytearray()
+        framing, out = BatchFraming(compact=self.compact), bytearray()
         for name in names:
             if name in self.files:
                 framing.member(out, name, self.files[name])
@@ -346,7 +349,13 @@ def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
         try:
             assert list(client.batch([missing, name])) == [(missing, b"", "not here"),
                                                            (name, data, "")]
+            # Compact frames read as JSON headers (the reply's header lost on the way): a
+            # broken pull, pulled again later, never a crash of the batch.
+            _OldSender.compact, _OldSender.files = True, {name: b"\xffnot JSON"}
+            with pytest.raises(Unavailable, match="malformed header"):
+                list(client.batch([name]))
         finally:
+            _OldSender.compact = False
             client.close()
     finally:
         server.shutdown()

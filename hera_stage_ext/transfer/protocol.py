@@ -397,7 +397,10 @@ class PeerClient:
             if length > _MAX_HEADER:
                 raise Unavailable(f"batch pull from {self.peer.name!r}: a member header "
                                   f"of {length} bytes (not this protocol)")
-            header = json.loads(stream.exactly(length))
+            try:
+                header = json.loads(stream.exactly(length))
+            except ValueError:  # not JSON (nor UTF-8): e.g. a compact stream, its header lost
+                header = None
             if not isinstance(header, dict) or not isinstance(header.get("name"), str):
                 raise Unavailable(f"batch pull from {self.peer.name!r}: a malformed header")
             if "error" in header:
