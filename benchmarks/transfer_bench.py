@@ -170,8 +170,8 @@ def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float
 class Bench:
     def __init__(self, tmp: Path, big_bytes: int, small_files: int, settle_s: float,
                  profile: Path | None = None, receive_streams: int = 0,
-                 worker_nice: int | None = None) -> None:
-        self.tmp, self.settle_s, self.profile = tmp, settle_s, profile
+                 worker_nice: int | None = None, gil: bool = False) -> None:
+        self.tmp, self.settle_s, self.profile, self.gil = tmp, settle_s, profile, gil
         self.receive_streams, self.worker_nice = receive_streams, worker_nice
         self.profiles = 0
         self.big_bytes, self.small_files = big_bytes, small_files
@@ -287,7 +287,8 @@ class Bench:
         spy_exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         spy = subprocess.Popen([spy_exe, "record", "--pid", str(pid), "--rate", "250",
                                 "--format", "raw", "--output", str(out), "--nonblocking",
-                                *(["--subprocesses"] if children else [])],
+                                *(["--subprocesses"] if children else []),
+                                *(["--gil"] if self.gil else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             yield
@@ -378,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy samples A's server with its worker, and B's server, "
                              "during each run of ours into DIR (collapsed stacks)")
+    parser.add_argument("--gil", action="store_true",
+                        help="with --profile: sample only the thread holding the GIL (where "
+                             "each process's Python time goes, not its waits)")
     parser.add_argument("--receive-streams", type=int, default=0, metavar="N",
                         help="B's receive_streams (default: the setting's default)")
     parser.add_argument("--worker-nice", type=int, default=None, metavar="N",
@@ -390,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     small_files = (1_000 if args.quick else 10_000) if args.only != "large" else 0
     tmp = Path(tempfile.mkdtemp(prefix="hera-transfer-bench-", dir=args.dir))
     bench = Bench(tmp, big_bytes, small_files, args.settle, args.profile,
-                  args.receive_streams, args.worker_nice)
+                  args.receive_streams, args.worker_nice, args.gil)
     results: list[Result] = []
     try:
         bench.start()

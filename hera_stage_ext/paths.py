@@ -55,23 +55,28 @@ def check_canonical(path: object, what: str = "path") -> str:
     if not isinstance(path, str):
         check_text(path, what)  # says what it is instead
     text = str(path)
-    shown = repr(text[:120]) + ("..." if len(text) > 120 else "")
     try:
         check_text(text, what)
     except InvalidRequest as exc:
-        raise InvalidRequest(f"{what} {shown}: {exc.message.removeprefix(what + ' ')}") \
-            from None
+        raise InvalidRequest(f"{what} {_shown(text)}: "
+                             f"{exc.message.removeprefix(what + ' ')}") from None
     if CONTROL_CHARACTERS.search(text):
-        raise InvalidRequest(f"{what} {shown} holds a control character")
+        raise InvalidRequest(f"{what} {_shown(text)} holds a control character")
     if text.startswith("/"):
-        raise InvalidRequest(f"{what} {shown} must be relative (no leading '/')")
+        raise InvalidRequest(f"{what} {_shown(text)} must be relative (no leading '/')")
     if text.endswith("/"):
-        raise InvalidRequest(f"{what} {shown} must name a file (no trailing '/')")
+        raise InvalidRequest(f"{what} {_shown(text)} must name a file (no trailing '/')")
     for part in text.split("/"):
         if part in ("", ".", ".."):
             problem = "an empty component ('//')" if not part else f"a {part!r} component"
-            raise InvalidRequest(f"{what} {shown} is not canonical: it has {problem}")
+            raise InvalidRequest(f"{what} {_shown(text)} is not canonical: it has {problem}")
     return text
+
+
+def _shown(text: str) -> str:
+    """``text`` as an error message shows it (quoted, cut after 120 characters): made only
+    for an error (a receiver checks thousands of paths an announce)."""
+    return repr(text[:120]) + ("..." if len(text) > 120 else "")
 
 
 def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:

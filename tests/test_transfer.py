@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.server
 import json
 import os
 import random
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hera_stage_ext import directio
 from hera_stage_ext.catalogue import checksums as ck
@@ -32,7 +33,8 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import File, Instance
 from hera_stage_ext.core import Core
-from hera_stage_ext.errors import InvalidRequest, NotFound, PeerRejected, Unauthorized
+from hera_stage_ext.errors import (
+    InvalidRequest, NotFound, PeerRejected, Unauthorized, Unavailable)
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.jobs.models import JobRow, JobItem
 from hera_stage_ext.transfer import peers as peers_module
@@ -264,6 +266,100 @@ def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Si
     peers = sites.b.api("peers")["peers"]
     assert peers == [{"name": "site-a", "url": sites.a.url, "reachable": True,
                       "site": "site-a", "error": "", "accepts_from": True}]
+
+
+class _OldSender(http.server.BaseHTTPRequestHandler):
+    """A sender from before the compact framing: ``POST files/batch`` answered with JSON member
+    headers whatever the request asks (the ``framing`` field unknown to it), from ``files``."""
+
+    files: dict[str, bytes] = {}
+    #: Compact frames without the reply's header that says so (a proxy that dropped it).
+    compact = False
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        from hera_stage_ext.transfer.protocol import BatchFraming
+
+        names = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["names"]
+        framing, out = BatchFraming(compact=self.compact), bytearray()
+        for name in names:
+            if name in self.files:
+                framing.member(out, name, self.files[name])
+            else:
+                framing.error(out, name, "not here")
+        out += framing.end()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
+    """The compact batch framing is used only when both sides know it: a receiver that does
+    not ask for it (an older one) gets JSON member headers, byte for byte as before; one that
+    asks gets the compact stream and says so; and this receiver reads the JSON headers of a
+    sender that ignores the request (an older one) as well as the compact stream."""
+    from hera_stage_ext.transfer.protocol import FRAMING_HEADER, SIZES, PeerClient
+
+    name, missing = BATCH[0], "zen.nowhere.uvh5"
+    data = (sites.a_store / "2457700" / name).read_bytes()
+    url = sites.a.url + "hera-stage/peer/files/batch"
+    auth = {"Authorization": f"HeraPeer site-b:{SECRET_BA}"}
+
+    old = requests.post(url, json={"names": [name, missing]}, headers=auth, timeout=30)
+    assert old.status_code == 200 and FRAMING_HEADER not in old.headers
+    body, frames = old.content, []
+    while (length := int.from_bytes(body[:4], "big")):
+        header = json.loads(body[4:4 + length])
+        size = header.get("size", 0)
+        frames.append((header, body[4 + length:4 + length + size]))
+        body = body[4 + length + size:]
+    assert body == b"\x00" * 4
+    assert frames[0] == ({"name": name, "size": len(data)}, data)
+    assert frames[1][0]["name"] == missing and "no available instance" in frames[1][0]["error"]
+
+    new = requests.post(url, json={"names": [name, missing], "framing": SIZES}, headers=auth,
+                        timeout=30)
+    assert new.status_code == 200 and new.headers[FRAMING_HEADER] == SIZES
+    message = new.content[4 + len(data) + 4 + 4:-4]
+    assert new.content == (len(data).to_bytes(4, "big") + data + b"\xff" * 4
+                           + len(message).to_bytes(4, "big") + message + b"\xff\xff\xff\xfe")
+    assert b"no available instance" in message
+
+    peer = parse_peers({"site-a": {"url": sites.a.url, "secret": SECRET_BA}})["site-a"]
+    client = PeerClient(peer, "site-b")
+    try:
+        members = list(client.batch([name, missing]))
+    finally:
+        client.close()
+    assert members[0] == (name, data, "")
+    assert members[1][:2] == (missing, b"") and "no available instance" in members[1][2]
+
+    _OldSender.files = {name: data}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldSender)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        old_peer = parse_peers({"old": {"url": f"http://127.0.0.1:{server.server_port}/",
+                                        "secret": SECRET_BA}})["old"]
+        client = PeerClient(old_peer, "site-b")
+        try:
+            assert list(client.batch([missing, name])) == [(missing, b"", "not here"),
+                                                           (name, data, "")]
+            # Compact frames read as JSON headers (the reply's header lost on the way): a
+            # broken pull, pulled again later, never a crash of the batch.
+            _OldSender.compact, _OldSender.files = True, {name: b"\xffnot JSON"}
+            with pytest.raises(Unavailable, match="malformed header"):
+                list(client.batch([name]))
+        finally:
+            _OldSender.compact = False
+            client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_large_file_shows_the_bytes_the_peer_has_pulled_before_it_is_done(
@@ -712,6 +808,9 @@ def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_p
         assert [(f["name"], f["state"]) for f in finished] == [
             (names[0], "committed"), (names[1], "failed"), (odd[0], "committed"),
             ("zen.nowhere.uvh5", "unknown")]
+        # A long poll's later looks (every name known at its first) read only finished rows.
+        assert receiver.status("there", asked[:-1], finished_only=True, all_known=True)[
+            "files"] == [f for f in finished if f["state"] != "unknown"]
         assert receiver.status("elsewhere", names[:2], finished_only=True)["files"] == [
             {"name": n, "state": "unknown", "bytes": 0, "attempts": 0, "error": ""}
             for n in names[:2]]
@@ -725,6 +824,114 @@ def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_p
             assert s.scalar(select(func.count()).select_from(RemoteInstance)) == len(names) + 2
     finally:
         receiver.close()
+
+
+def test_offers_say_what_the_catalogue_holds_on_both_databases(database: Database) -> None:
+    """The sender's offers (read on the database driver, not through the ORM) carry exactly
+    what ``Catalogue.file_detail`` says of each file: its size, checksums, time (ISO, UTC,
+    microseconds only when there are some), obsid with its observation, source and metadata;
+    and a peer's ``check_offer`` takes them as they are."""
+    from hera_stage_ext.catalogue.naming import ObservationInfo
+    from hera_stage_ext.transfer.outgoing import offers_for
+    from hera_stage_ext.transfer.protocol import check_offer
+
+    catalogue = Catalogue(database)
+    night = ObservationInfo(obsid=1179921618, start_time_jd=2457901.0,
+                            stop_time_jd=2457901.007453333, start_lst_hr=5.777571899001487,
+                            session_id=2457901)
+    specs = [
+        FileSpec(name="zen.2457901.00000.xx.HH.uvh5", size=4096,
+                 checksums={"md5": "0" * 32, "xxh3-128": "1" * 32}, source="ingest",
+                 obsid=night.obsid, create_time=dt.datetime(2026, 12, 6, 22, 37, 49, 522963),
+                 meta={"k": [1, "\u00e9"]}, observation=night),
+        FileSpec(name="plain.txt", size=0, checksums={"md5": "2" * 32},
+                 create_time=dt.datetime(2026, 1, 2, 3, 4, 5)),
+    ]
+    catalogue.register(specs)
+    offers = offers_for(database, {"zen.2457901.00000.xx.HH.uvh5": "n/zen.uvh5",
+                                   "plain.txt": "p/plain.txt", "unknown.txt": "u"})
+    assert sorted(offers) == ["plain.txt", "zen.2457901.00000.xx.HH.uvh5"]
+    for spec in specs:
+        detail = catalogue.file_detail(spec.name)
+        obs = detail["observation"]
+        assert offers[spec.name] == {
+            "name": spec.name, "size": detail["size"], "checksums": detail["checksums"],
+            "path": "n/zen.uvh5" if spec.obsid else "p/plain.txt",
+            "is_directory": False, "obsid": detail["obsid"],
+            "create_time": detail["create_time"], "source": detail["source"],
+            "meta": detail["metadata"],
+            "observation": None if obs is None else {
+                k: obs[k] for k in ("obsid", "start_time_jd", "stop_time_jd", "start_lst_hr",
+                                    "session_id")}}
+        assert check_offer(offers[spec.name])["checksums"] == spec.checksums
+    assert offers["plain.txt"]["create_time"] == "2026-01-02T03:04:05Z"
+    assert offers["zen.2457901.00000.xx.HH.uvh5"]["observation"]["stop_time_jd"] == \
+        2457901.007453333
+
+
+def test_the_receivers_json_text_of_an_offer_is_jsons_own() -> None:
+    """What a receiver stores of each offer (its checksums and the rest of its metadata) is
+    the text ``json.dumps`` writes, whatever the offer holds: the items' rows read back the
+    same values, and a row is known for the receiver's own by its text."""
+    from hera_stage_ext.transfer.protocol import check_offer, checksums_json, spec_json, spec_of
+
+    observation = {"obsid": 1179921618, "start_time_jd": 2457901.0,
+                   "stop_time_jd": 2457901.007453333, "start_lst_hr": 5.777571899001487,
+                   "session_id": 2457901}
+    full = {"name": "zen.2457901.00000.xx.HH.uvh5", "size": 4096, "path": "a/b.uvh5",
+            "checksums": {"xxh3-128": "A" * 32, "md5": "4f85179c190b029b5c1946e9c34c6544"},
+            "is_directory": False, "obsid": 1179921618,
+            "create_time": "2026-12-06T22:37:49.522963+01:00", "source": "caf\u00e9 \"q\"",
+            "meta": {"k": [1, 2.5, None, "\u00e9\\"], "n": {"x": True}},
+            "observation": observation}
+    offers = [
+        full,
+        {**full, "observation": {**observation, "start_time_jd": 2457901, "start_lst_hr": 0}},
+        {**full, "obsid": None, "observation": None, "meta": {}, "create_time": None,
+         "source": "", "is_directory": True},
+        {"name": "plain.txt", "size": 0, "checksums": {"md5": "0" * 32}},
+        {key: value for key, value in full.items() if key != "source"},
+        {**full, "meta": {"z": 1, "a": [float("1e300"), -0.0]}},
+    ]
+    for offer in offers:
+        checked = check_offer(offer)
+        assert spec_json(spec_of(checked)) == json.dumps(spec_of(checked))
+        assert checksums_json(checked["checksums"]) == json.dumps(checked["checksums"])
+        assert json.loads(spec_json(spec_of(checked))) == spec_of(checked)
+
+
+def test_a_batch_is_served_from_available_online_instances_on_both_databases(
+        database: Database, tmp_path) -> None:
+    """What a peer's batch pull is served from: per name, in the order asked, the first
+    available instance on an available online store (by store name, then instance), or why
+    there is none (unknown, only on a cold or unavailable store or instance, a directory)."""
+    from hera_stage_ext.transfer.outgoing import BatchMember, batch_paths
+
+    catalogue = Catalogue(database)
+    roots = {name: tmp_path / name for name in ("a", "b", "cold", "off")}
+    catalogue.sync_stores({"b": {"path": str(roots["b"])}, "a": {"path": str(roots["a"])},
+                           "cold": {"path": str(roots["cold"]), "kind": "cold", "buffer": "a"},
+                           "off": {"path": str(roots["off"]), "available": False}})
+    spec = lambda name, **kw: FileSpec(name=name, size=1, checksums={"md5": "0" * 32}, **kw)
+    catalogue.register([spec("two.uvh5")], "b", ["d/two.uvh5"])
+    catalogue.register([spec("two.uvh5")], "a", ["e/two.uvh5"])
+    catalogue.register([spec("cold.uvh5")], "cold", ["c/cold.uvh5"])
+    catalogue.register([spec("off.uvh5")], "off", ["o/off.uvh5"])
+    catalogue.register([spec("gone.uvh5"), spec("set.uv", is_directory=True)], "a",
+                       ["g/gone.uvh5", "s/set.uv"])
+    with database.write() as s:
+        s.execute(update(Instance).where(Instance.path == "g/gone.uvh5").values(available=False))
+    core = Core(version="test", site_name="here", catalogue=catalogue,
+                ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
+                peers=PeerRegistry("here"))
+    members = batch_paths(core, ["set.uv", "two.uvh5", "cold.uvh5", "nothing", "off.uvh5",
+                                 "gone.uvh5"])
+    assert members[1] == BatchMember("two.uvh5", f"{roots['a']}/e/two.uvh5", str(roots["a"]))
+    assert "is a directory data set" in members[0].error
+    assert [m.name for m in members] == ["set.uv", "two.uvh5", "cold.uvh5", "nothing",
+                                         "off.uvh5", "gone.uvh5"]
+    assert all("no available instance" in m.error and not m.path
+               for m in members[2:]), members
 
 
 def test_allowed_hours_windows_and_peer_settings() -> None:
@@ -801,12 +1008,14 @@ def test_item_rows_written_by_the_driver_read_back_through_the_orm(database: Dat
     assert items[names[3]].created_at == now
 
 
-def test_a_batch_serves_links_only_inside_the_store(tmp_path) -> None:
+@pytest.mark.parametrize("compact", [False, True], ids=["json-headers", "compact"])
+def test_a_batch_serves_links_only_inside_the_store(tmp_path, compact: bool) -> None:
     """``POST files/batch`` at the sender opens each file without following a link: a file
     served as it is, a link resolved and served only if it stays inside the store (the other
-    member framed with an error, its target's bytes never sent)."""
+    member framed with an error, its target's bytes never sent), in either framing."""
     from hera_stage_ext.api.peer import _read_members
     from hera_stage_ext.transfer.outgoing import batch_paths
+    from hera_stage_ext.transfer.protocol import BatchFraming
 
     store, outside = tmp_path / "store", tmp_path / "outside"
     (store / "d").mkdir(parents=True)
@@ -827,11 +1036,11 @@ def test_a_batch_serves_links_only_inside_the_store(tmp_path) -> None:
                     ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
                     peers=PeerRegistry("site-a"))
         members = batch_paths(core, names + ["zen.none.uvh5"])
-        frames, done = _read_members(members, 0)
+        frames, done = _read_members(members, 0, BatchFraming(compact))
     finally:
         db.dispose()
     assert done == 4
     assert b"secret" not in frames
-    assert frames.count(b"}PLAIN") == 2
+    assert frames.count(b"\x00\x00\x00\x05PLAIN" if compact else b"}PLAIN") == 2
     assert b"resolves outside the allowed roots" in frames
     assert b"no available instance" in frames

@@ -19,7 +19,7 @@ from ..core import Core
 from ..errors import InvalidRequest, NotFound, StagingError
 from ..states import TransferItemState
 from ..transfer.protocol import (
-    BATCH_FILE_MAX, END_OF_BATCH, MAX_STATUS_WAIT, UNKNOWN, frame_header)
+    BATCH_FILE_MAX, FRAMING_HEADER, MAX_STATUS_WAIT, SIZES, UNKNOWN, BatchFraming)
 from ..transfer.outgoing import BatchMember, batch_paths, list_peers, read_member
 from ..transfer.receiver import Receiver
 from .base import ApiHttpError, BaseHandler
@@ -99,14 +99,16 @@ class PeerStatusHandler(PeerBaseHandler):
         asked = len(names) if isinstance(names, list) else 0
         finished = _finished(reply)
         # A finished_only reply that lists a file is news already (the sender drops what it
-        # learns, so every file listed finished since it last asked): answered at once.
+        # learns, so every file listed finished since it last asked): answered at once. So a
+        # finished_only poll that waits found every name known: it need not look again.
         while time.monotonic() < deadline and finished < asked \
                 and not (finished_only and finished):
             await asyncio.sleep(0.02)
             if receiver.changes == seen:
                 continue
             seen = receiver.changes
-            reply = await self.call(receiver.status, peer, names, finished_only)
+            reply = await self.call(receiver.status, peer, names, finished_only,
+                                    finished_only)
             if _finished(reply) > finished:
                 break
         self.reply(reply)
@@ -120,8 +122,9 @@ def _finished(reply: dict[str, Any]) -> int:
 
 
 class PeerBatchHandler(PeerBaseHandler):
-    """``POST files/batch``: many small files in one framed stream (``transfer/protocol.py``),
-    read one at a time; the peer's throttle applies as to single pulls."""
+    """``POST files/batch``: many small files in one framed stream (``transfer/protocol.py``:
+    compact when the receiver asks for it, else with JSON headers), read one at a time; the
+    peer's throttle applies as to single pulls."""
 
     @allow_unauthenticated
     async def post(self) -> None:
@@ -129,17 +132,20 @@ class PeerBatchHandler(PeerBaseHandler):
         body = self.body_json()
         members = await self.call(batch_paths, self.core, body.get("names"))
         throttle = _throttle(self.core, peer)
+        framing = BatchFraming(compact=body.get("framing") == SIZES)
         self.set_header("Content-Type", "application/octet-stream")
+        if framing.compact:
+            self.set_header(FRAMING_HEADER, SIZES)
         done = 0
         try:
             while done < len(members):
                 # Files are read in the thread pool, about a flush's worth at a time.
-                frames, done = await self.run(_read_members, members, done)
+                frames, done = await self.run(_read_members, members, done, framing)
                 self.write(frames)
                 await self.flush()
                 if throttle is not None:
                     await throttle.consume(len(frames))
-            self.write(END_OF_BATCH)
+            self.write(framing.end())
             await self.flush()
         except iostream.StreamClosedError:
             return
@@ -162,7 +168,8 @@ class PeerFileContentHandler(PeerBaseHandler):
             await send_file(self, path, throttle=throttle)
 
 
-def _read_members(members: list[BatchMember], start: int) -> tuple[bytes, int]:
+def _read_members(members: list[BatchMember], start: int, framing: BatchFraming
+                  ) -> tuple[bytes, int]:
     """The framed members from ``start`` on, about ``_FLUSH_BYTES`` of them, and the index of
     the next one. A member that cannot be served is framed with its error (no bytes)."""
     out = bytearray()
@@ -172,23 +179,21 @@ def _read_members(members: list[BatchMember], start: int) -> tuple[bytes, int]:
         name = member.name
         i += 1
         if member.error:
-            out += frame_header({"name": name, "error": member.error})
+            framing.error(out, name, member.error)
             continue
         try:
             data = read_member(member, BATCH_FILE_MAX)
         except OSError as exc:
-            out += frame_header({"name": name, "error": f"cannot read {name!r} here: "
-                                 f"{exc.strerror}"})
+            framing.error(out, name, f"cannot read {name!r} here: {exc.strerror}")
             continue
         except StagingError as exc:  # a link leading out of the store
-            out += frame_header({"name": name, "error": exc.message})
+            framing.error(out, name, exc.message)
             continue
         if len(data) > BATCH_FILE_MAX:
-            out += frame_header({"name": name, "error": f"{name!r} is larger than a batch "
-                                 "member may be: pull it alone"})
+            framing.error(out, name, f"{name!r} is larger than a batch member may be: pull it "
+                          "alone")
             continue
-        out += frame_header({"name": name, "size": len(data)})
-        out += data
+        framing.member(out, name, data)
     return bytes(out), i
 
 

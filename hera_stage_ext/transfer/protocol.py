@@ -32,7 +32,14 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     files) -> one ``application/octet-stream`` of framed members, in the order asked: per member
     a 4-byte big-endian header length, the header (JSON ``{"name", "size"}``, or ``{"name",
     "error"}`` when the sender cannot serve that file: no bytes follow), then ``size`` bytes;
-    a header length of 0 ends the stream. The sender reads one file at a time (constant memory);
+    a header length of 0 ends the stream. A receiver that asks with ``"framing": "sizes"`` gets,
+    from a sender that knows it (its reply says ``X-Hera-Batch-Framing: sizes``), the compact
+    framing instead, with no header to encode or parse per member: per member in the order
+    asked its 4-byte size then its bytes, or ``0xFFFFFFFF``, a 4-byte length and the UTF-8
+    message of why the sender cannot serve it; ``0xFFFFFFFE`` after the last member ends the
+    stream. A sender that does not know it ignores the field and answers with JSON headers
+    (the receiver reads whichever the reply says); a receiver that does not ask gets JSON
+    headers. The sender reads one file at a time (constant memory);
     the receiver verifies every member on its own against its announced size and checksum, so
     one damaged member is pulled again without the others. Small files move this way: one
     request, one sync of the file system and one catalogue transaction per batch instead of
@@ -84,24 +91,20 @@ BATCH_MAX_BYTES = 64 << 20
 #: Longest long poll of ``POST status`` (seconds).
 MAX_STATUS_WAIT = 10.0
 _HEADER = struct.Struct(">I")
+#: ``POST files/batch``'s compact framing: asked for with ``"framing": SIZES`` in the request,
+#: used when the reply's ``FRAMING_HEADER`` says so (see the module's docstring).
+SIZES = "sizes"
+FRAMING_HEADER = "X-Hera-Batch-Framing"
+#: The compact framing's words that are no size: a member the sender cannot serve (its message
+#: follows), and the end of the stream.
+_ERROR_MEMBER = 0xFFFFFFFF
+_END_MEMBERS = 0xFFFFFFFE
 #: Bytes read from the socket at a time while parsing a batch stream.
 _READ_AHEAD = 1 << 20
 #: Longest member header accepted (a name and a size, or an error message).
 _MAX_HEADER = 64 << 10
 
 _OBSERVATION_FIELDS = ("obsid", "start_time_jd", "stop_time_jd", "start_lst_hr", "session_id")
-
-
-def offer_from_detail(detail: dict[str, Any], path: str) -> dict[str, Any]:
-    """An announce offer from ``Catalogue.file_detail`` and the instance's store path."""
-    obs = detail.get("observation")
-    return {
-        "name": detail["name"], "size": detail["size"], "checksums": detail["checksums"],
-        "path": path, "is_directory": detail["is_directory"], "obsid": detail["obsid"],
-        "create_time": detail["create_time"], "source": detail.get("source", ""),
-        "meta": detail.get("metadata") or {},
-        "observation": {k: obs[k] for k in _OBSERVATION_FIELDS} if obs else None,
-    }
 
 
 #: Largest integer the catalogue stores (sizes, obsids, sessions: signed 64 bits).
@@ -173,62 +176,70 @@ def check_offer(offer: Any, reserved: Sequence[str] = (), reserved_suffix: str =
     its checksums, path and ``create_time`` normalised. InvalidRequest names the file, the
     field and the problem. The path must be canonical (``paths.check_canonical``: one spelling
     per file) and stay out of the receiver's own folders: no component in ``reserved``, none
-    ending in ``reserved_suffix``."""
+    ending in ``reserved_suffix``. (An announce checks hundreds: each check is made once, and
+    the messages only for an offer that fails one.)"""
     if not isinstance(offer, dict):
         raise InvalidRequest("each offer must be an object")
     name = validate_name(offer.get("name"))
-
-    def bad(field: str, problem: str) -> InvalidRequest:
-        return InvalidRequest(f"offer of {name!r}: {field} {problem}", name=name, field=field)
-
-    size = offer.get("size")
+    get = offer.get
+    size = get("size")
     if not _int64(size, 0):
-        raise bad("size", "must be a non-negative integer of at most 64 bits")
-    if not isinstance(offer.get("checksums"), dict) or not offer["checksums"]:
-        raise bad("checksums", "are required (an object of algorithm to hex digest)")
+        raise _bad(name, "size", "must be a non-negative integer of at most 64 bits")
+    checksums = get("checksums")
+    if not isinstance(checksums, dict) or not checksums:
+        raise _bad(name, "checksums", "are required (an object of algorithm to hex digest)")
     try:
-        checksums = ck.normalise(offer["checksums"])
+        checksums = ck.normalise(checksums)
     except InvalidRequest as exc:
-        raise bad("checksums", f"are malformed: {exc.message}") from None
+        raise _bad(name, "checksums", f"are malformed: {exc.message}") from None
     try:
-        path = check_canonical(offer.get("path", name), "path")
+        path = check_canonical(get("path", name), "path")
     except InvalidRequest as exc:
         raise InvalidRequest(f"offer of {name!r}: {exc.message}", name=name,
                              field="path") from None
-    parts = path.split("/")
-    if reserved and any(part in reserved for part in parts):
-        raise bad("path", f"{path!r} is inside a folder the receiver keeps for itself "
-                  f"({', '.join(reserved)})")
-    if reserved_suffix and any(part.endswith(reserved_suffix) for part in parts):
-        raise bad("path", f"{path!r} ends a component in {reserved_suffix!r}, which the "
-                  "receiver keeps for files being written")
-    if not isinstance(offer.get("is_directory", False), bool):
-        raise bad("is_directory", "must be true or false")
-    obsid = offer.get("obsid")
+    if reserved or reserved_suffix:
+        parts = path.split("/")
+        if reserved and any(part in reserved for part in parts):
+            raise _bad(name, "path", f"{path!r} is inside a folder the receiver keeps for "
+                       f"itself ({', '.join(reserved)})")
+        if reserved_suffix and any(part.endswith(reserved_suffix) for part in parts):
+            raise _bad(name, "path", f"{path!r} ends a component in {reserved_suffix!r}, which "
+                       "the receiver keeps for files being written")
+    if get("is_directory", False).__class__ is not bool:
+        raise _bad(name, "is_directory", "must be true or false")
+    obsid = get("obsid")
     if obsid is not None and not _int64(obsid):
-        raise bad("obsid", f"must be an integer of at most 64 bits or null, got {obsid!r:.40}")
+        raise _bad(name, "obsid", f"must be an integer of at most 64 bits or null, got "
+                   f"{obsid!r:.40}")
     try:
-        created = _create_time(offer.get("create_time"))
+        created = _create_time(get("create_time"))
     except ValueError as exc:
-        raise bad("create_time", f"{offer.get('create_time')!r:.60} is no date and time: "
-                  f"{exc}") from None
-    source = offer.get("source", "")
+        raise _bad(name, "create_time", f"{get('create_time')!r:.60} is no date and time: "
+                   f"{exc}") from None
+    source = get("source", "")
     if not isinstance(source, str) or len(source) > _MAX_SOURCE \
-            or CONTROL_CHARACTERS.search(source):
-        raise bad("source", f"must be a string of at most {_MAX_SOURCE} characters without "
-                  "control characters")
-    meta = offer.get("meta", {})
-    if not isinstance(meta, dict) or not _no_nul(meta):
-        raise bad("meta", "must be an object whose strings hold no NUL")
-    obs = offer.get("observation")
+            or (source and CONTROL_CHARACTERS.search(source)):
+        raise _bad(name, "source", f"must be a string of at most {_MAX_SOURCE} characters "
+                   "without control characters")
+    meta = get("meta", {})
+    if not isinstance(meta, dict) or (meta and not _no_nul(meta)):
+        raise _bad(name, "meta", "must be an object whose strings hold no NUL")
+    obs = get("observation")
     if obs is not None:
         if (problem := _observation(obs)) is not None:
-            raise bad("observation", problem)
+            raise _bad(name, "observation", problem)
         if obsid is not None and obsid != obs["obsid"]:
-            raise bad("obsid", f"{obsid} is not its observation's ({obs['obsid']})")
+            raise _bad(name, "obsid", f"{obsid} is not its observation's ({obs['obsid']})")
     elif obsid is not None:
-        raise bad("observation", f"is missing: obsid {obsid} needs its observation")
-    return {**offer, "path": path, "checksums": checksums, "create_time": created}
+        raise _bad(name, "observation", f"is missing: obsid {obsid} needs its observation")
+    checked = offer.copy()
+    checked["path"], checked["checksums"], checked["create_time"] = path, checksums, created
+    return checked
+
+
+def _bad(name: str, field: str, problem: str) -> InvalidRequest:
+    """The error of an offer's ``field``."""
+    return InvalidRequest(f"offer of {name!r}: {field} {problem}", name=name, field=field)
 
 
 #: What a receiver keeps of an offer beyond its name, size, checksums and path (columns of
@@ -241,21 +252,54 @@ def spec_of(offer: dict[str, Any]) -> dict[str, Any]:
     return {k: offer[k] for k in SPEC_FIELDS if k in offer}
 
 
+def checksums_json(checksums: dict[str, str]) -> str:
+    """``json.dumps`` of checksums ``check_offer`` normalised (known algorithm names, hex
+    digits: nothing to escape), without the encoder's set-up per call."""
+    return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
+
+
+def spec_json(spec: dict[str, Any]) -> str:
+    """``json.dumps(spec)`` of a checked offer's ``spec_of``, the same text: put together from
+    its fields when it has all of them in the usual types (numbers as ``json`` writes finite
+    ones, their ``repr``: ``check_offer`` lets no other through), else by ``json.dumps``. A receiver writes one per file announced."""
+    if len(spec) != len(SPEC_FIELDS) or tuple(spec) != SPEC_FIELDS:
+        return json.dumps(spec)
+    is_directory, obsid, created, source, meta, obs = spec.values()
+    if is_directory.__class__ is not bool or (obsid is not None and obsid.__class__ is not int) \
+            or (created is not None and created.__class__ is not str) \
+            or source.__class__ is not str or meta.__class__ is not dict \
+            or (obs is not None and (obs.__class__ is not dict
+                                     or tuple(obs) != _OBSERVATION_FIELDS
+                                     or any(v.__class__ not in (int, float)
+                                            for v in obs.values()))):
+        return json.dumps(spec)
+    observation = "null" if obs is None else (
+        '{"obsid": %r, "start_time_jd": %r, "stop_time_jd": %r, "start_lst_hr": %r, '
+        '"session_id": %r}' % tuple(obs.values()))
+    return (f'{{"is_directory": {"true" if is_directory else "false"}, '
+            f'"obsid": {"null" if obsid is None else obsid}, '
+            f'"create_time": {"null" if created is None else _json_string(created)}, '
+            f'"source": {_json_string(source)}, "meta": {json.dumps(meta) if meta else "{}"}, '
+            f'"observation": {observation}}}')
+
+
+#: JSON text of a string, as ``json.dumps`` writes it.
+_json_string = json.encoder.encode_basestring_ascii
+
+
 def file_spec(item: Any, peer: str) -> FileSpec:
     """The FileSpec of a received file: ``item``'s name, size and checksums (as announced and
     verified) and the metadata kept in its ``spec`` (``spec_of``; items recorded by earlier
     versions keep the whole offer, a superset)."""
-    spec = item.spec
-    created = spec.get("create_time")
-    obs = spec.get("observation")
+    get = item.spec.get
+    created = get("create_time")
+    obs = get("observation")
+    # The item's own values, not copies: an item is registered once (a batch of thousands).
     return FileSpec(
-        name=item.name, size=item.size, checksums=dict(item.checksums),
-        is_directory=bool(spec.get("is_directory")),
-        source=spec.get("source") or f"peer:{peer}",
-        obsid=spec.get("obsid"),
-        create_time=dt.datetime.fromisoformat(created.rstrip("Z")) if created else None,
-        meta=dict(spec.get("meta") or {}),
-        observation=ObservationInfo(**obs) if obs else None,
+        item.name, item.size, item.checksums, bool(get("is_directory")),
+        get("source") or f"peer:{peer}", get("obsid"),
+        dt.datetime.fromisoformat(created.rstrip("Z")) if created else None,
+        get("meta") or {}, ObservationInfo(**obs) if obs else None,
     )
 
 
@@ -298,13 +342,17 @@ class PeerClient:
             body["finished_only"] = True
         return self._json("POST", "status", body)
 
-    def batch(self, names: Sequence[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """The members of one ``POST files/batch``: (header, its bytes) each, in the order
-        asked. A member is at most ``BATCH_FILE_MAX`` bytes (the sender frames a larger file as
-        an error), so one is read whole: memory stays bounded, and a small file costs one
-        slice of the stream's buffer instead of a reader object and chunks."""
+    def batch(self, names: Sequence[str]) -> Iterator[tuple[str, bytes, str]]:
+        """The members of one ``POST files/batch``: (name, its bytes, why the sender cannot
+        serve it or "") each, in the order asked. A member is at most ``BATCH_FILE_MAX``
+        bytes (the sender frames a larger file as an error), so one is read whole: memory
+        stays bounded, and a small file costs one slice of the stream's buffer instead of a
+        reader object and chunks. The compact framing is asked for; a sender that answers with
+        JSON headers is read as such."""
+        names = list(names)
         try:
-            reply = self.session.post(self._url("files/batch"), json={"names": list(names)},
+            reply = self.session.post(self._url("files/batch"),
+                                      json={"names": names, "framing": SIZES},
                                       stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
             raise Unavailable(f"peer {self.peer.name!r} is unreachable: "
@@ -312,24 +360,58 @@ class PeerClient:
         _checked(self.peer.name, reply)
         stream = _RawReader(reply, self.peer.name)
         try:
-            while True:
-                (length,) = _HEADER.unpack(stream.exactly(_HEADER.size))
-                if length == 0:
-                    return
-                if length > _MAX_HEADER:
-                    raise Unavailable(f"batch pull from {self.peer.name!r}: a member header "
-                                      f"of {length} bytes (not this protocol)")
-                header = json.loads(stream.exactly(length))
-                if not isinstance(header, dict) or not isinstance(header.get("name"), str):
-                    raise Unavailable(f"batch pull from {self.peer.name!r}: a malformed header")
-                size = 0 if "error" in header else header.get("size", 0)
-                if isinstance(size, bool) or not isinstance(size, int) \
-                        or not 0 <= size <= BATCH_FILE_MAX:
-                    raise Unavailable(f"batch pull from {self.peer.name!r}: a member of "
-                                      f"{size!r} bytes (at most {BATCH_FILE_MAX})")
-                yield header, stream.exactly(size)
+            if reply.headers.get(FRAMING_HEADER) == SIZES:
+                yield from self._sized_members(stream, names)
+            else:
+                yield from self._json_members(stream)
         finally:
             reply.close()
+
+    def _sized_members(self, stream: _RawReader, names: list[str]
+                       ) -> Iterator[tuple[str, bytes, str]]:
+        """The members of a batch stream in the compact framing (one per name asked)."""
+        unpack, size_of_word, exactly = _HEADER.unpack, _HEADER.size, stream.exactly
+        for name in names:
+            (size,) = unpack(exactly(size_of_word))
+            if size <= BATCH_FILE_MAX:
+                yield name, exactly(size), ""
+                continue
+            if size != _ERROR_MEMBER:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a member of {size} "
+                                  f"bytes (at most {BATCH_FILE_MAX})")
+            (length,) = unpack(exactly(size_of_word))
+            if length > _MAX_HEADER:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: an error message of "
+                                  f"{length} bytes (not this protocol)")
+            yield name, b"", exactly(length).decode("utf-8", "replace") or "no reason given"
+        if unpack(exactly(size_of_word))[0] != _END_MEMBERS:
+            raise Unavailable(f"batch pull from {self.peer.name!r}: more members than asked for")
+
+    def _json_members(self, stream: _RawReader) -> Iterator[tuple[str, bytes, str]]:
+        """The members of a batch stream with JSON headers (what senders before the compact
+        framing answer)."""
+        while True:
+            (length,) = _HEADER.unpack(stream.exactly(_HEADER.size))
+            if length == 0:
+                return
+            if length > _MAX_HEADER:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a member header "
+                                  f"of {length} bytes (not this protocol)")
+            try:
+                header = json.loads(stream.exactly(length))
+            except ValueError:  # not JSON (nor UTF-8): e.g. a compact stream, its header lost
+                header = None
+            if not isinstance(header, dict) or not isinstance(header.get("name"), str):
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a malformed header")
+            if "error" in header:
+                yield header["name"], b"", str(header["error"]) or "no reason given"
+                continue
+            size = header.get("size", 0)
+            if isinstance(size, bool) or not isinstance(size, int) \
+                    or not 0 <= size <= BATCH_FILE_MAX:
+                raise Unavailable(f"batch pull from {self.peer.name!r}: a member of "
+                                  f"{size!r} bytes (at most {BATCH_FILE_MAX})")
+            yield header["name"], stream.exactly(size), ""
 
     def content(self, name: str, offset: int = 0) -> _RawReader:
         """The bytes of ``name`` from ``offset`` on, as a stream to ``fill`` buffers from
@@ -430,14 +512,38 @@ class _RawReader:
         return out
 
 
-def frame_header(header: dict[str, Any]) -> bytes:
-    """One member header of a batch stream, with its length in front."""
-    data = json.dumps(header).encode()
-    return _HEADER.pack(len(data)) + data
+class BatchFraming:
+    """How a sender frames the members of one ``POST files/batch`` reply: with JSON headers,
+    or compact (``compact``: the receiver asked for ``SIZES``)."""
 
+    def __init__(self, compact: bool) -> None:
+        self.compact = compact
 
-#: What ends a batch stream.
-END_OF_BATCH = _HEADER.pack(0)
+    def member(self, out: bytearray, name: str, data: bytes) -> None:
+        """Append the member ``name`` holding ``data`` to ``out``."""
+        if self.compact:
+            out += _HEADER.pack(len(data))
+        else:
+            header = json.dumps({"name": name, "size": len(data)}).encode()
+            out += _HEADER.pack(len(header))
+            out += header
+        out += data
+
+    def error(self, out: bytearray, name: str, message: str) -> None:
+        """Append the member ``name`` that cannot be served, and why, to ``out``."""
+        if self.compact:
+            text = message.encode("utf-8", "replace")[:_MAX_HEADER]
+            out += _HEADER.pack(_ERROR_MEMBER)
+            out += _HEADER.pack(len(text))
+            out += text
+        else:
+            header = json.dumps({"name": name, "error": message}).encode()
+            out += _HEADER.pack(len(header))
+            out += header
+
+    def end(self) -> bytes:
+        """What ends the stream."""
+        return _HEADER.pack(_END_MEMBERS if self.compact else 0)
 
 
 def _checked(peer: str, reply: requests.Response) -> requests.Response:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import logging
 import os
 import shutil
@@ -87,7 +86,9 @@ from .protocol import (
     UNKNOWN,
     PeerClient,
     check_offer,
+    checksums_json,
     file_spec,
+    spec_json,
     spec_of,
 )
 from .thread_writer import ChunkWriter, ThreadWriter
@@ -260,18 +261,22 @@ class Receiver:
         if not sending:
             return []
         names = [o["name"] for o in sending]
+        # Each offer's JSON text before the transaction (which holds SQLite's write lock).
+        texts = []
+        parsed: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
+        for offer in sending:
+            spec_value = spec_of(offer)
+            checksums, spec = checksums_json(offer["checksums"]), spec_json(spec_value)
+            texts.append((checksums, spec))
+            if offer["size"] <= BATCH_FILE_MAX and not offer.get("is_directory"):
+                parsed[offer["name"]] = (checksums, spec, offer["checksums"], spec_value)
         with self.db.write() as s:
             rows = ItemRows(s)
             known = rows.known(peer, names)
             now = rows.time(utcnow())
             new: list[tuple[Any, ...]] = []
             again: list[tuple[Any, ...]] = []
-            parsed: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
-            for offer in sending:
-                spec_value = spec_of(offer)
-                checksums, spec = json.dumps(offer["checksums"]), json.dumps(spec_value)
-                if offer["size"] <= BATCH_FILE_MAX and not offer.get("is_directory"):
-                    parsed[offer["name"]] = (checksums, spec, offer["checksums"], spec_value)
+            for offer, (checksums, spec) in zip(sending, texts):
                 row = known.get(offer["name"])
                 if row is None:  # in the order of item_rows.NEW_COLUMNS
                     new.append((transfer, peer, offer["name"], offer["path"], offer["size"],
@@ -302,10 +307,13 @@ class Receiver:
         """Where a directory data set is unpacked before it is verified."""
         return root / INCOMING_DIR / f"{item_id}.dir"
 
-    def status(self, peer: str, names: Any, finished_only: bool = False) -> dict[str, Any]:
+    def status(self, peer: str, names: Any, finished_only: bool = False,
+               all_known: bool = False) -> dict[str, Any]:
         """Per name its item's state (``unknown``: no item); with ``finished_only`` only the
         names committed, failed or unknown: the rows of those still on their way are not
-        even read (a sender following thousands asks often, and most are on their way)."""
+        even read (a sender following thousands asks often, and most are on their way).
+        ``all_known``: an earlier look found an item for every name (items are never
+        deleted), so none is looked for as unknown (a long poll looks again at each change)."""
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
                 or len(names) > 10 * MAX_OFFERS:
             raise InvalidRequest(f"'names' must be a list of at most {10 * MAX_OFFERS} names")
@@ -318,7 +326,8 @@ class Receiver:
             if finished_only:
                 query = query.where(TransferItem.state.in_(_FINISHED_STATES))
             items = {i.name: i for i in s.execute(query)}
-            if finished_only and s.scalar(select(func.count()).select_from(TransferItem)
+            if finished_only and not all_known and s.scalar(
+                    select(func.count()).select_from(TransferItem)
                                           .where(*mine)) != len(set(names)):
                 unknown = set(names) - set(s.scalars(select(TransferItem.name).where(*mine)))
         root = self._store_root() if self.store else None
@@ -798,16 +807,16 @@ class Receiver:
         client = PeerClient(peer, self.registry.site_name)
         flip = os.environ.get(FLIP_ONCE_ENV)
         try:
-            for header, data in client.batch(list(wanted)):
+            for name, data, error in client.batch(list(wanted)):
                 if self._stop.is_set():
                     raise _Stopped
-                entry = wanted.pop(header["name"], None)
+                entry = wanted.pop(name, None)
                 if entry is None:
-                    return received, f"the sender sent {header['name']!r}, not asked for"
+                    return received, f"the sender sent {name!r}, not asked for"
                 item, dest = entry
-                if "error" in header:
+                if error:
                     self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
-                                 f"{header['error']}")
+                                 f"{error}")
                     continue
                 if flip == item.name and item.name not in _flipped and data:
                     _flipped.add(item.name)
