@@ -804,7 +804,7 @@ def _hardlink(fin: int, name: str, dir_fd: int) -> None:
     """Hard-link the open file ``fin`` (the inode checked and verified, not whatever its path
     holds now) as ``name`` in ``dir_fd``."""
     try:
-        os.link(f"/proc/self/fd/{fin}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        safefs.link_open_file(fin, dir_fd, name)
     except PermissionError:
         # fs.protected_hardlinks: an account may link only files it owns or can write, which
         # is exactly what a safe store's files are not (``linkcheck``).
