@@ -402,7 +402,7 @@ def link_open_file(fd: int, dir_fd: int, name: str) -> None:
     do it, else through ``/proc/self/fd``, which also says what is wrong (``os.link``'s errors,
     whichever way a link fails)."""
     global _empty_path_ok
-    if _empty_path_ok:
+    if _empty_path_ok and _linkat is not None:
         if _linkat(fd, b"", dir_fd, os.fsencode(name), _AT_EMPTY_PATH) == 0:
             return
         # Refused (an older kernel without the privilege says ENOENT) or failed for a reason
