@@ -168,9 +168,10 @@ def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, st
     stamp = f"{now.isoformat(timespec='milliseconds')}Z  "
     for _request, hand, _results, renames in batch:
         if renames:
-            method = hand.specs[0].method
-            lines = [f"{stamp}{method} {hand.rels[i]} ({hand.specs[i].size} bytes"
-                     f"{', ' + note if note else ''})\n" for i, _tmp, _final, note in renames]
+            rels, specs = hand.rels, hand.specs
+            head = f"{stamp}{specs[0].method} "
+            lines = [f"{head}{rels[i]} ({specs[i].size} bytes{', ' + note if note else ''})\n"
+                     for i, _tmp, _final, note in renames]
             with contextlib.suppress(OSError):  # a log that cannot be written stops no copy
                 _append(hand.log_path, "".join(lines))
     fsync = any(hand.fsync for _request, hand, _results, _renames in batch)
