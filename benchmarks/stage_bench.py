@@ -246,6 +246,20 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
+def _cpu_split(pids: list[int]) -> tuple[float, float, float, float]:
+    """CPU seconds used so far: the worker(s) ``pids`` user, system; their children (the copy
+    helpers) user, system."""
+    tick = os.sysconf("SC_CLK_TCK")
+    split = [0, 0, 0, 0]
+    for pid, base in [*((p, 0) for p in pids),
+                      *((child, 2) for p in pids for child in _children(p))]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            split[base] += int(fields[11])
+            split[base + 1] += int(fields[12])
+    return (split[0] / tick, split[1] / tick, split[2] / tick, split[3] / tick)
+
+
 def _kb(value: str | None) -> float:
     return float(value.split()[0]) / 1024 if value else 0.0  # "123 kB" -> MiB
 
@@ -385,6 +399,8 @@ class Run:
     service_cpu: float | None = None
     # Ours: seconds from its last per-file log line to the job's end (``_file_times``).
     end_after_files: float | None = None
+    # Ours: CPU seconds of the worker (user, system) and of its helpers (user, system).
+    cpu_split: tuple[float, float, float, float] | None = None
 
     @property
     def cpu_us_per_file(self) -> float | None:
@@ -483,6 +499,7 @@ class Bench:
         server = server or self.server
         workers = server.worker_pids()
         cpu0 = _cpu_seconds(workers)
+        split0 = _cpu_split(workers)
         # The site service's CPU, sampled through the run (its share of the job's own time is
         # read from the samples around the job's start and end).
         service = CpuSampler(server.proc.pid) if server is self.site else None
@@ -502,12 +519,14 @@ class Bench:
                                f"{job['error']}")
         seconds = (_parse_time(job["finished_at"]) - _parse_time(job["started_at"])).total_seconds()
         cpu = _cpu_seconds(workers) - cpu0 if workers == server.worker_pids() else None
+        split = (tuple(b - a for a, b in zip(split0, _cpu_split(workers)))
+                 if cpu is not None else None)
         started = _parse_time(job["started_at"])
         service_cpu = None if service is None else service.between(
             _epoch(started), _epoch(_parse_time(job["finished_at"])))
         first, end = _file_times(server, job["id"], started, _parse_time(job["finished_at"]))
         return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes, cpu, first,
-                   service_cpu, end)
+                   service_cpu, end, split)  # type: ignore[arg-type]
 
     def case(self, fs: FileSet, key: str, label: str, unit: str, method: str,
              cp_flags: list[str], keep: bool, target: float | None,
@@ -544,6 +563,9 @@ class Bench:
             name = {"cp": case.reference, "ours": case.ours, "site": f"site: {case.ours}"}[tool]
             if run.cpu_us_per_file is not None and unit == "files/s":
                 extra += f" [CPU {run.cpu_us_per_file:.0f} us/file]"
+            if run.cpu_split is not None and unit == "files/s":
+                wu, ws, hu, hs = (v / run.files * 1e6 for v in run.cpu_split)
+                extra += f" [worker {wu:.0f}u+{ws:.0f}s, helpers {hu:.0f}u+{hs:.0f}s]"
             if run.service_cpu is not None and unit == "files/s":
                 extra += f" [service CPU {run.service_cpu / run.files * 1e6:.0f} us/file]"
             if run.first_file is not None:

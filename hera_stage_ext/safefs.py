@@ -37,6 +37,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 _RENAME_NOREPLACE = 1
 _noreplace_ok = _renameat2 is not None
+_linkat = getattr(_libc, "linkat", None)
+if _linkat is not None:
+    _linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_AT_EMPTY_PATH = 0x1000
+#: Whether ``linkat(fd, "", ..., AT_EMPTY_PATH)`` links a file this process opened (Linux 6.10
+#: and later for any process that opened it; before, only with CAP_DAC_READ_SEARCH): it saves
+#: the kernel the walk of ``/proc/self/fd/N`` (2-3 us of a hard link's ~20 on ext4).
+_empty_path_ok = _linkat is not None
 
 # openat2(2): one call resolves a whole path without following any symlink.
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture (a "common" syscall)
@@ -386,6 +394,24 @@ def lexists(dir_fd: int, name: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def link_open_file(fd: int, dir_fd: int, name: str) -> None:
+    """Hard-link the open file ``fd`` (the inode itself, not whatever its path holds now) as
+    ``name`` in ``dir_fd``: ``linkat`` with ``AT_EMPTY_PATH`` where the kernel lets this process
+    do it, else through ``/proc/self/fd``, which also says what is wrong (``os.link``'s errors,
+    whichever way a link fails)."""
+    global _empty_path_ok
+    if _empty_path_ok and _linkat is not None:
+        if _linkat(fd, b"", dir_fd, os.fsencode(name), _AT_EMPTY_PATH) == 0:
+            return
+        # Refused (an older kernel without the privilege says ENOENT) or failed for a reason
+        # of its own: the other way either makes the link, and AT_EMPTY_PATH is not tried
+        # again, or raises the error.
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        _empty_path_ok = False
+        return
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
 
 
 def rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str,

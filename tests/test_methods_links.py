@@ -223,3 +223,45 @@ def test_a_second_file_of_a_folder_fails_as_a_first_one_would(
     assert entries(Path(first.tmp).parent) == ["a.uvh5"]
     assert commit([(first.tmp, first.final)], True) == [None]
     assert entries(dest) == ["night"] and entries(dest / "night") == ["a.uvh5"]
+
+
+@pytest.mark.parametrize("empty_path", ["allowed", "refused"])
+def test_a_hard_link_is_the_verified_inode_whichever_way_the_kernel_links_it(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_path: str) -> None:
+    """A hard link is made from the source's open descriptor: by ``linkat(AT_EMPTY_PATH)``
+    where the kernel allows it, else (an older kernel without the privilege refuses it) through
+    ``/proc/self/fd``, after which the first way is not tried again. Either way each link is
+    the store's own inode, in place once committed, and a name already there is never
+    replaced (FileExistsError, as ``os.link`` says it)."""
+    calls: list[str] = []
+    real = safefs._linkat
+    assert real is not None, "no linkat in this C library"
+
+    def linkat(fd: int, path: bytes, dir_fd: int, name: bytes, flags: int) -> int:
+        calls.append(name.decode())
+        return -1 if empty_path == "refused" else real(fd, path, dir_fd, name, flags)
+
+    monkeypatch.setattr(safefs, "_linkat", linkat)
+    monkeypatch.setattr(safefs, "_empty_path_ok", True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    mover = Mover(deferred=True, temp_folders=True)
+    moved = [mover.move(spec(store, dest, name, "hardlink")) for name in ("a.uvh5", "b.uvh5")]
+    assert all(o.tmp is not None and o.final is not None for o in moved)
+    assert commit([(o.tmp, o.final) for o in moved if o.tmp and o.final], True) == [None, None]
+    for name in ("a.uvh5", "b.uvh5"):
+        staged, source = (dest / "night" / name).stat(), (store / "night" / name).stat()
+        assert (staged.st_dev, staged.st_ino) == (source.st_dev, source.st_ino)
+    # Refused: tried once, then the other way only.
+    assert calls == (["a.uvh5", "b.uvh5"] if empty_path == "allowed" else ["a.uvh5"])
+    assert safefs._empty_path_ok is (empty_path == "allowed")
+    folder = os.open(dest / "night", os.O_RDONLY | os.O_DIRECTORY)
+    source = os.open(store / "night" / "a.uvh5", os.O_RDONLY)
+    try:
+        monkeypatch.setattr(safefs, "_empty_path_ok", True)
+        with pytest.raises(FileExistsError):
+            safefs.link_open_file(source, folder, "a.uvh5")
+    finally:
+        os.close(source)
+        os.close(folder)
+    mover.close()

@@ -149,36 +149,77 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock,
                 batch.append(jobs.get_nowait())
         last = batch[-1] is None
         batch = [job for job in batch if job is not None]
-        # The lines first: a file under its final name always has its line in the log.
-        # (The engine's log lines' form; not catalogue.models.utcnow: no SQLAlchemy in here.)
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        stamp = f"{now.isoformat(timespec='milliseconds')}Z  "
-        for _request, hand, _results, renames in batch:
-            if renames:
-                method = hand.specs[0].method
-                lines = [f"{stamp}{method} {hand.rels[i]} ({hand.specs[i].size} bytes"
-                         f"{', ' + note if note else ''})\n" for i, _tmp, _final, note in renames]
-                with contextlib.suppress(OSError):  # a log that cannot be written stops no copy
-                    _append(hand.log_path, "".join(lines))
-        fsync = any(hand.fsync for _request, hand, _results, _renames in batch)
-        roots = {hand.root for _request, hand, _results, _renames in batch if hand.root}
-        # Hard links wrote no data: only their folders' entries are to sync.
-        data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames
-                   in batch if renames)
-        errors = iter(commit([(tmp, final) for *_rest, renames in batch
-                              for _i, tmp, final, _note in renames], fsync, roots, data=data))
-        for request, _hand, results, renames in batch:
-            for i, *_rest in renames:
-                exc = next(errors)
-                if exc is not None:
-                    results[i] = (ItemFailed("appeared at the destination while it was being "
-                                             "staged; not overwritten")
-                                  if isinstance(exc, FileExistsError) else exc)
+        _make_final(batch)
+        for request, _hand, results, _renames in batch:
             with send_lock:
                 conn.send((request, results))
         last_commit = time.monotonic()
         if last:
             return
+
+
+def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, str, str, str]]]]
+                ) -> None:
+    """Make the written hand-overs of ``batch`` final together (``methods.commit``), their
+    lines in the job's log first; an item the commit failed gets its error in its results."""
+    # The lines first: a file under its final name always has its line in the log.
+    # (The engine's log lines' form; not catalogue.models.utcnow: no SQLAlchemy in here.)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    stamp = f"{now.isoformat(timespec='milliseconds')}Z  "
+    for _request, hand, _results, renames in batch:
+        if renames:
+            rels, specs = hand.rels, hand.specs
+            head = f"{stamp}{specs[0].method} "
+            lines = [f"{head}{rels[i]} ({specs[i].size} bytes{', ' + note if note else ''})\n"
+                     for i, _tmp, _final, note in renames]
+            with contextlib.suppress(OSError):  # a log that cannot be written stops no copy
+                _append(hand.log_path, "".join(lines))
+    fsync = any(hand.fsync for _request, hand, _results, _renames in batch)
+    roots = {hand.root for _request, hand, _results, _renames in batch if hand.root}
+    # Hard links wrote no data: only their folders' entries are to sync.
+    data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames
+               in batch if renames)
+    errors = iter(commit([(tmp, final) for *_rest, renames in batch
+                          for _i, tmp, final, _note in renames], fsync, roots, data=data))
+    for _request, _hand, results, renames in batch:
+        for i, *_rest in renames:
+            exc = next(errors)
+            if exc is not None:
+                results[i] = (ItemFailed("appeared at the destination while it was being "
+                                         "staged; not overwritten")
+                              if isinstance(exc, FileExistsError) else exc)
+
+
+def _write_items(mover: Mover, specs: list[ItemSpec], stop_upto: Any, current: int
+                 ) -> tuple[list[Moved], list[tuple[int, str, str, str]]]:
+    """Write and verify the items ``specs`` of hand-over ``current`` one after the other
+    (``Mover.move``, deferred), until they are done or the hand-over is stopped
+    (``stop_upto``, looked at before every file). Returns one ``Moved`` per item started, and
+    the renames still to do: (index, temporary name, final name, note for the log)."""
+    results: list[Moved] = []
+    renames: list[tuple[int, str, str, str]] = []
+    # (Bound once: this loop runs for every small file.)
+    move, result, rename = mover.move, results.append, renames.append
+    for i, spec in enumerate(specs):
+        if stop_upto.value >= current:
+            break
+        try:
+            outcome = move(spec)
+        except Cancelled:
+            break
+        except (ItemFailed, OSError, StagingError) as exc:
+            result(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bug fails its item, not the helper
+            result(ItemFailed(f"internal error: {exc!r}"))
+            continue
+        tmp = outcome.tmp
+        if tmp is not None:
+            rename((i, tmp, outcome.final or "", outcome.note))
+            result(None)
+        else:
+            result(outcome)
+    return results, renames
 
 
 def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float,
@@ -237,26 +278,7 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         # while the next one is written: that one gets temporary folders of its own.
         mover.close_temp_folders()
         mover.pin(hand.root)
-        results: list[Moved] = []
-        renames: list[tuple[int, str, str, str]] = []
-        for i, spec in enumerate(hand.specs):
-            if stop_upto.value >= current:
-                break
-            try:
-                outcome = mover.move(spec)
-            except Cancelled:
-                break
-            except (ItemFailed, OSError, StagingError) as exc:
-                results.append(exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug fails its item, not the helper
-                results.append(ItemFailed(f"internal error: {exc!r}"))
-                continue
-            if outcome.tmp is not None:
-                renames.append((i, outcome.tmp, outcome.final or "", outcome.note))
-                results.append(None)
-            else:
-                results.append(outcome)
+        results, renames = _write_items(mover, hand.specs, stop_upto, current)
         if not conn.poll():
             writing.clear()  # (before the put: the committer never waits for nothing)
         jobs.put((current, hand, results, renames))

@@ -331,14 +331,18 @@ def release_job(db: Database, job_id: int, worker_id: str, error: str | None = N
 # ----- finishing ------------------------------------------------------------------------------
 def _recount(s: Session, job: JobRow) -> None:
     """Counters from the items themselves: authoritative whatever a crash lost."""
-    counts = dict(s.execute(select(JobItem.state, func.count()).where(JobItem.job_id == job.id)
-                            .group_by(JobItem.state)).all())
+    # One pass over the job's items: the count and bytes of each state.
+    counts, sizes = {}, {}
+    for state, count, size in s.execute(
+            select(JobItem.state, func.count(), func.coalesce(func.sum(JobItem.size), 0))
+            .where(JobItem.job_id == job.id).group_by(JobItem.state)):
+        counts[state] = count
+        sizes[state] = size
     job.files_done = counts.get(ItemState.DONE, 0) + counts.get(ItemState.SKIPPED, 0)
     job.files_skipped = counts.get(ItemState.SKIPPED, 0)
     job.files_failed = counts.get(ItemState.FAILED, 0)
     # int(): PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here).
-    job.bytes_done = int(s.scalar(select(func.coalesce(func.sum(JobItem.size), 0)).where(
-        JobItem.job_id == job.id, JobItem.state.in_(ARRIVED_ITEM_STATES))) or 0)
+    job.bytes_done = int(sum(sizes.get(state, 0) for state in ARRIVED_ITEM_STATES))
 
 
 def result_lines(db: Database, job: JobRow) -> list[str]:

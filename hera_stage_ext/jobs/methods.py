@@ -115,6 +115,8 @@ _SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _READ = os.O_RDONLY | os.O_CLOEXEC
 #: Methods of a single file that ``Mover._move_file`` takes.
 _FILE_METHODS = frozenset({"copy", "hardlink", "symlink", "reflink"})
+#: The algorithm a verification prefers when the catalogue has it (``ck.preferred_algorithm``).
+_XXH3 = ck.ALGORITHMS[0]
 #: Source folders a mover keeps open (``Mover._source_folder``).
 _SOURCE_FOLDERS = 64
 #: A refusal of a source that is not (or no longer) inside its store.
@@ -150,6 +152,8 @@ class Mover:
     ) -> None:
         self._buffer = bytearray(chunk_size)
         self._view = memoryview(self._buffer)
+        # A file smaller than this is read whole in one call (``_small_file``).
+        self._small = min(chunk_size, bigcopy.MIN_SIZE)
         self._check = check
         self._log = log
         # Deferred: no fsync here, ``commit`` syncs the whole batch (when it is asked to).
@@ -296,9 +300,10 @@ class Mover:
     def _move_file(self, spec: ItemSpec) -> Outcome | None:
         """``move`` of one file into a temporary folder of this mover, from a source folder
         it holds open (most files of a job after the first of their folder): the file opened
-        below that folder, then the general path's own writing (``_into_temp_folder``),
-        without its choices. None, having done nothing, for any other case or a source that
-        does not open as a file: the general path takes it."""
+        below that folder, then, for a small file, the general path's own steps in one place
+        (``_small_file``), else its own writing (``_into_temp_folder``), without its choices.
+        None, having done nothing, for any other case or a source that does not open as a
+        file: the general path takes it."""
         final, source = spec.final, spec.source
         if type(final) is not str or type(source) is not str:
             return None
@@ -316,10 +321,78 @@ class Mover:
             return None  # the general path opens it again, with its fallbacks and errors
         try:
             self._source_dirs.move_to_end(key)
+            checksums = spec.checksums
+            algorithm = _XXH3 if _XXH3 in checksums else ck.preferred_algorithm(checksums)
+            if spec.method != "reflink":
+                st = os.fstat(fin)
+                if st.st_size < self._small:
+                    return self._small_file(spec, source, fin, st, final, parent, folder_tmp,
+                                            name, algorithm)
             return self._into_temp_folder(spec, source, fin, final, parent, folder_tmp, name,
-                                          ck.preferred_algorithm(spec.checksums))
+                                          algorithm)
         finally:
             os.close(fin)
+
+    def _small_file(self, spec: ItemSpec, source: str, fin: int, st: os.stat_result,
+                    final: str, parent: str, folder_tmp: str, name: str, algorithm: str
+                    ) -> Outcome:
+        """A small file (``st``: its ``fstat``, read whole in one call) copied or linked under
+        its final name ``name`` in this mover's temporary folder ``folder_tmp`` of ``parent``:
+        the same steps, checks and clean-up as ``_into_temp_folder``, ``_write``, ``_link``
+        and ``_copy_file`` take for it, in one frame (per small file, the calls between them
+        cost more than the checks). Nothing can be in that folder but what this mover wrote
+        (no check of the final name); a failure leaves nothing there, and a temporary folder
+        still empty goes."""
+        dir_fd = self._folders.get(folder_tmp)
+        method = spec.method
+        made = False
+        try:
+            if method == "copy":
+                # Created with its final permissions where the umask keeps them (no chmod).
+                mode = _final_mode(st, spec.read_only)
+                fd = safefs.create(dir_fd, name, mode, os.O_RDWR)
+                made = True
+                try:
+                    size, got = self._pump(fin, fd, algorithm, st.st_size)
+                    if mode & _UMASK:
+                        os.chmod(fd, mode)
+                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    if self._fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                check_sum(spec, size, got, algorithm, "copy")
+                note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
+            else:
+                # A link: the user must not be able to write the store's inode (``linkcheck``:
+                # asked only where the owner or a write bit of group or others could say so).
+                uid, _gids = self._identity
+                if st.st_uid == uid or st.st_mode & 0o022:
+                    reason = self._exposure(fin, st)
+                    if reason is not None:
+                        raise ItemFailed(reason)
+                # A read shorter than asked for is the end of a regular file.
+                data = os.pread(fin, st.st_size + 1, 0)
+                if len(data) <= st.st_size:
+                    size, got = len(data), ck.hex_digest(data, algorithm)
+                else:  # grown since the fstat: hashed as a large file is
+                    size, got = self._hash_source(fin, os.fstat(fin), algorithm)
+                check_sum(spec, size, got, algorithm, "source")
+                if method == "symlink":
+                    os.symlink(source, name, dir_fd=dir_fd)
+                else:
+                    # The inode just checked and verified, not whatever the path holds now.
+                    _hardlink(fin, name, dir_fd)
+                note = ""
+        except BaseException:
+            # (A link that raised made nothing; a copy's file is removed whatever failed.)
+            if made:
+                safefs.remove(dir_fd, name)
+            if folder_tmp not in self._used_temps:
+                self._drop_temp_folder(parent, folder_tmp)
+            raise
+        self._used_temps.add(folder_tmp)
+        return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
 
     def _into_temp_folder(self, spec: ItemSpec, source: str, source_fd: int | None,
                           final: str, parent: str, folder_tmp: str, name: str,
@@ -731,7 +804,7 @@ def _hardlink(fin: int, name: str, dir_fd: int) -> None:
     """Hard-link the open file ``fin`` (the inode checked and verified, not whatever its path
     holds now) as ``name`` in ``dir_fd``."""
     try:
-        os.link(f"/proc/self/fd/{fin}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        safefs.link_open_file(fin, dir_fd, name)
     except PermissionError:
         # fs.protected_hardlinks: an account may link only files it owns or can write, which
         # is exactly what a safe store's files are not (``linkcheck``).

@@ -252,12 +252,18 @@ class _StageStream:
         job, stage = self.run.job, self.stage
         destination, method, read_only = job.destination, job.method, stage.read_only
         roots, unavailable, inside = self.run.store_roots, self.run.unavailable, stage.inside
-        join, dirname = os.path.join, os.path.dirname
+        join = os.path.join
+        # ``os.path.join`` of the destination and a relative path, as one concatenation.
+        prefix = destination if destination.endswith("/") else destination + "/"
         for item in items:
-            spec = ItemSpec(item.source_path, join(destination, item.dest_path), item.size,
-                            item.is_directory, item.checksums, method, read_only,
+            rel = item.dest_path
+            spec = ItemSpec(item.source_path,
+                            join(destination, rel) if rel.startswith("/") else prefix + rel,
+                            item.size, item.is_directory, item.checksums, method, read_only,
                             roots.get(item.store))
-            if (stage.refused is not None or inside.get(dirname(item.dest_path)) is not True
+            # (The folder's key as ``_precheck`` writes it, ``os.path.dirname``, for a path
+            # with no trailing or doubled "/"; any other path only misses the cache.)
+            if (stage.refused is not None or inside.get(rel.rpartition("/")[0]) is not True
                     or item.store in unavailable):
                 try:
                     self._precheck(item, spec)
@@ -311,15 +317,20 @@ class _StageStream:
             return
         finally:
             self.run.inflight.drop(key)
-        final: list[ClaimedItem] = []
-        for item, result in zip(ready, moved):
-            started.add(item.id)
-            if result is None:
-                final.append(item)
-            elif isinstance(result, BaseException):
-                self._settle(item, None, result, None)
-            else:
-                self._settle(item, result, None, None)
+        if len(moved) == len(ready) and moved.count(None) == len(moved):
+            # (The common case: every item made final by the helper.)
+            started.update([item.id for item in ready])
+            final = ready
+        else:
+            final = []
+            for item, result in zip(ready, moved):
+                started.add(item.id)
+                if result is None:
+                    final.append(item)
+                elif isinstance(result, BaseException):
+                    self._settle(item, None, result, None)
+                else:
+                    self._settle(item, result, None, None)
         if final:
             self.run.count_copied(sum(item.size for item in final))
             self.run.report_final(final)
