@@ -482,3 +482,33 @@ def test_two_registrations_of_one_night_at_once_leave_its_session_spanning_both(
     assert counts["session"] == 1
     assert (counts["file"], counts["observation"]) == (
         (5, 3) if night == "stored" else (4, 2))
+
+
+def test_many_batches_in_turn_take_ascending_ids_batch_by_batch(catalogue):
+    """Batches of which the next is checked sooner than the one before (its observations
+    slower to name): every batch registered, none waiting for ever on another (SQLite's lock,
+    taken before the checks), ids ascending in batch order."""
+    import threading
+    import time
+
+    class SlowNamer(ObservationNamer):
+        def observation_of(self, name):
+            if name.startswith("slow"):
+                time.sleep(0.3)
+            return super().observation_of(name)
+
+    catalogue = Catalogue(catalogue.db, SlowNamer())
+    sizes = {"slow": 1, "fast": 100}
+    batches = [([spec(f"{kind}{k}.{i}") for i in range(sizes[kind])],
+                [f"{kind}{k}/{i}" for i in range(sizes[kind])])
+               for k in range(3) for kind in ("slow", "fast")]
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.append(
+        list(catalogue.register_batches(batches, "a"))), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert done, "register_batches did not finish"
+    assert all(r.created and r.instance_added for outcomes in done[0] for r in outcomes)
+    with catalogue.db.read() as s:
+        names = list(s.scalars(select(File.name).order_by(File.id)))
+    assert names == [spec.name for specs, _paths in batches for spec in specs]

@@ -61,8 +61,8 @@ _UNIQUE_VIOLATION = "23505"
 @contextlib.contextmanager
 def _raced_as_conflict() -> Iterator[None]:
     """A registration's transaction whose writes a unique index refused (PostgreSQL: another
-    registration committed one of its names, store paths, observations or sessions after this
-    one's checks; SQLite's writers take turns, so its checks see them) raises Conflict: the
+    registration committed one of its names or store paths after this one's checks (a session
+    or observation is an upsert: ``Tables.write``); SQLite's writers take turns, so its checks see them) raises Conflict: the
     transaction is rolled back, nothing of the batch is written, and ``register_each`` goes on
     file by file (whose checks then see the other's rows)."""
     try:
@@ -73,9 +73,8 @@ def _raced_as_conflict() -> Iterator[None]:
         if getattr(driver_error, "sqlstate", None) != _UNIQUE_VIOLATION:
             raise
         log.info("registration raced another: %s", driver_error)
-        raise Conflict("another registration wrote a name, store path, observation or session "
-                       "of this batch while it was written; nothing of the batch was registered "
-                       "(try again)") from exc
+        raise Conflict("another registration wrote a name or store path of this batch while "
+                       "it was written; nothing of the batch was registered (try again)") from exc
 
 
 @dataclass
@@ -306,9 +305,9 @@ class Catalogue:
     ) -> Iterator[list[Registration | StagingError]]:
         """``register_each`` of each (specs, paths) of ``batches`` in turn, its outcomes
         yielded in order: what a bulk caller (ingest) does batch after batch, with the work
-        overlapped where it can be. While one batch is written (on PostgreSQL, the server's
-        work), the next is checked (its lookups on a connection of its own; on SQLite, up to
-        the write lock) and the caller makes the one after (ingest hashes it). Each batch
+        overlapped where it can be. While one batch is registered, the caller makes the next
+        (ingest hashes it); on PostgreSQL, while one batch is written (the server's work), the
+        next is also checked (its lookups, on a connection of its own). Each batch
         writes only after the one before it has finished, so the outcome is that of one
         batch after another: ids ascend batch by batch, a batch is one transaction (or
         ``register_each``'s one by one), and a batch with a name or store path of the one
@@ -324,8 +323,14 @@ class Catalogue:
                 names = {spec.name for spec in specs}
                 held = set(paths or ())
                 after = None if previous is None else previous[0]
-                if previous is not None and (names & previous[1] or held & previous[2]):
-                    futures.wait([previous[0]])  # it must see the rows of the one before
+                # After the one before, not beside it: on SQLite, whose write transaction
+                # (and lock) begins before the checks, so a batch checked early would hold the
+                # lock that the one before waits for; and where it must see the rows of the
+                # one before (a name or path of it).
+                if previous is not None and (
+                        not self.db.backend == "postgresql"
+                        or names & previous[1] or held & previous[2]):
+                    futures.wait([previous[0]])
                 future = pool.submit(self.register_each, specs, store, paths,
                                      before_write=_after(after))
                 in_flight.append(future)
