@@ -350,7 +350,8 @@ def all_rows(catalogue: Catalogue) -> dict[str, list[tuple]]:
     """Every row of the registration tables but their clock times, ordered by id."""
     with catalogue.db.read() as s:
         return {
-            "file": [(f.id, f.name, f.size, f.obsid) for f in s.scalars(select(File).order_by(File.id))],
+            "file": [(f.id, f.name, f.size, f.obsid)
+                     for f in s.scalars(select(File).order_by(File.id))],
             "instance": [(i.id, i.file_id, i.store_id, i.path)
                          for i in s.scalars(select(Instance).order_by(Instance.id))],
             "event": [(e.id, e.file_id, e.type, e.payload)
@@ -462,7 +463,8 @@ def test_two_registrations_of_one_night_at_once_leave_its_session_spanning_both(
             assert checked[other].wait(10)
         try:
             outcome[name] = catalogue.register(
-                [spec(name), spec(name.replace(".xx.", ".yy."))], before_write=both_checked if interleave else None)
+                [spec(name), spec(name.replace(".xx.", ".yy."))],
+                before_write=both_checked if interleave else None)
         except Exception as exc:  # noqa: BLE001 - shown by the assertion below
             outcome[name] = exc
 

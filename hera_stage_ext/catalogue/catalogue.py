@@ -62,9 +62,9 @@ _UNIQUE_VIOLATION = "23505"
 def _raced_as_conflict() -> Iterator[None]:
     """A registration's transaction whose writes a unique index refused (PostgreSQL: another
     registration committed one of its names or store paths after this one's checks (a session
-    or observation is an upsert: ``Tables.write``); SQLite's writers take turns, so its checks see them) raises Conflict: the
-    transaction is rolled back, nothing of the batch is written, and ``register_each`` goes on
-    file by file (whose checks then see the other's rows)."""
+    or observation is an upsert: ``Tables.write``); SQLite's writers take turns, so its checks
+    see them) raises Conflict: the transaction is rolled back, nothing of the batch is written,
+    and ``register_each`` goes on file by file (whose checks then see the other's rows)."""
     try:
         yield
     except Exception as exc:

@@ -22,6 +22,10 @@ are written with ids, and rows go to the database as:
   prepared server-side (``prepare=False``): a generic plan made while the tables were nearly
   empty (a sequential scan) would be kept as they grow.
 
+Sessions and observations are upserts (``_ON_CONFLICT``): two registrations of one night at once
+(``Catalogue.register_batches``'s next batch is checked while the one before is written) each
+write what they found missing or widened, and neither refuses nor undoes the other.
+
 Instances and events have no foreign keys (migration 0013: a check a row, a fifth of the
 PostgreSQL server's work in registering); file and store rows are never deleted (a trigger refuses
 it), and ``write`` takes an instance's or event's file and store ids only when this transaction
