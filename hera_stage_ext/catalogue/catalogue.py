@@ -438,7 +438,9 @@ class Catalogue:
         ]
         events += instance_added + extra_events
         tables.write(
-            sessions=[(sid, v[0], v[1]) for sid, v in plan.sessions.items()
+            # By id: two registrations at once upsert their common sessions in one order
+            # (each waits for the other's row lock, never both for each other's).
+            sessions=[(sid, v[0], v[1]) for sid, v in sorted(plan.sessions.items())
                       if not v[2] or v[3]],
             observations=plan.observations, files=files, instances=instances,
             events=events)
