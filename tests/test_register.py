@@ -514,3 +514,15 @@ def test_many_batches_in_turn_take_ascending_ids_batch_by_batch(catalogue):
     with catalogue.db.read() as s:
         names = list(s.scalars(select(File.name).order_by(File.id)))
     assert names == [spec.name for specs, _paths in batches for spec in specs]
+
+
+def test_a_caller_that_stops_taking_outcomes_leaves_at_most_the_next_batch(catalogue):
+    batches = [([spec(f"b{k}.{i}") for i in range(50)], [f"b{k}/{i}" for i in range(50)])
+               for k in range(6)]
+    outcomes = catalogue.register_batches(batches, "a")
+    assert all(r.created for r in next(outcomes))
+    outcomes.close()
+    with catalogue.db.read() as s:
+        names = set(s.scalars(select(File.name)))
+    assert {spec.name for spec in batches[0][0]} <= names
+    assert names <= {spec.name for specs, _ in batches[:2] for spec in specs}

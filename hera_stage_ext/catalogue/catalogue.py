@@ -314,7 +314,9 @@ class Catalogue:
         before it is checked only after that one (so it sees its rows). A session or
         observation that the batch before wrote after this one looked is widened or kept
         (``Tables.write``'s upserts). An error of a batch (a missing store) is raised when
-        its turn comes, and no later batch writes anything."""
+        its turn comes, and no later batch writes anything. A caller that stops taking
+        outcomes (closes the iterator) leaves at most one batch registered beyond the last
+        outcome it took (the next: at most two batches are in hand at once)."""
         pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="register")
         in_flight: deque[futures.Future[list[Registration | StagingError]]] = deque()
         previous: tuple[futures.Future[Any], set[str], set[str]] | None = None
@@ -328,7 +330,7 @@ class Catalogue:
                 # lock that the one before waits for; and where it must see the rows of the
                 # one before (a name or path of it).
                 if previous is not None and (
-                        not self.db.backend == "postgresql"
+                        self.db.backend != "postgresql"
                         or names & previous[1] or held & previous[2]):
                     futures.wait([previous[0]])
                 future = pool.submit(self.register_each, specs, store, paths,
