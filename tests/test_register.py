@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
+from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import Event, File, Instance, Observation, Session
 from hera_stage_ext.catalogue.naming import ObservationNamer
 from hera_stage_ext.errors import Conflict, InvalidRequest, NotFound
@@ -361,3 +362,185 @@ def test_a_write_is_refused_on_a_connection_already_in_a_transaction(tmp_path):
             connection.execution_options(sqlite_begin="IMMEDIATE").begin()
     with db.write() as s:  # the pool rolled the snapshot back: writes go on
         assert s.connection().connection.dbapi_connection.in_transaction
+
+
+def all_rows(catalogue: Catalogue) -> dict[str, list[tuple]]:
+    """Every row of the registration tables but their clock times, ordered by id."""
+    with catalogue.db.read() as s:
+        return {
+            "file": [(f.id, f.name, f.size, f.obsid)
+                     for f in s.scalars(select(File).order_by(File.id))],
+            "instance": [(i.id, i.file_id, i.store_id, i.path)
+                         for i in s.scalars(select(Instance).order_by(Instance.id))],
+            "event": [(e.id, e.file_id, e.type, e.payload)
+                      for e in s.scalars(select(Event).order_by(Event.id))],
+            "observation": [(o.obsid, o.start_time_jd, o.session_id)
+                            for o in s.scalars(select(Observation).order_by(Observation.obsid))],
+            "session": [(x.id, x.start_time_jd, x.stop_time_jd)
+                        for x in s.scalars(select(Session).order_by(Session.id))],
+        }
+
+
+def batches_of_one_night() -> list[tuple[list[FileSpec], list[str]]]:
+    """Four batches: two of one night, one of another night with the first batch's files again
+    on another path (known files: it is checked after the first), one with a file of other
+    content (``register_each``'s one-by-one fallback)."""
+    def batch(numbers, night=2457644, size=10):
+        names = [f"zen.{night}.{n:05d}.xx.HH.uvh5" for n in numbers]
+        return [spec(n, size=size) for n in names], [f"{night}/{n}" for n in names]
+
+    first, second = batch(range(30000, 30400, 100)), batch(range(20000, 20400, 100))
+    return [first, second, (first[0], [f"again/{p}" for p in first[1]]),
+            (batch([40000], size=10)[0] + batch([30000], size=99)[0] + batch([40100])[0],
+             ["b/1", "b/2", "b/3"])]
+
+
+def test_batches_registered_in_turn_write_what_one_after_another_writes(
+        database, tmp_path_factory):
+    """``register_batches`` (ingest's way: a batch checked while the one before is written)
+    leaves every row, id and outcome as ``register_each`` called batch after batch does."""
+    def fresh(db_url: str) -> Catalogue:
+        roots = tmp_path_factory.mktemp("stores")
+        catalogue = Catalogue(Database(db_url) if db_url else database)
+        if db_url:
+            catalogue.db.upgrade()
+        catalogue.sync_stores({"a": {"path": str(roots)}})
+        return catalogue
+
+    one_by_one = fresh("")
+    expected = [one_by_one.register_each(specs, "a", paths)
+                for specs, paths in batches_of_one_night()]
+    url = str(database.engine.url.render_as_string(hide_password=False))
+    other = (url.rsplit("/", 1)[0] + "/in-turn.sqlite" if database.backend == "sqlite"
+             else _another_database(database))
+    in_turn = fresh(other)
+    try:
+        got = list(in_turn.register_batches(batches_of_one_night(), "a"))
+        assert [[repr(o) if isinstance(o, Exception) else o for o in batch] for batch in got] \
+            == [[repr(o) if isinstance(o, Exception) else o for o in batch] for batch in expected]
+        assert type(got[3][1]).__name__ == "Conflict" and got[2][0].instance_added
+        assert all_rows(in_turn) == all_rows(one_by_one)
+    finally:
+        in_turn.db.dispose()
+
+
+def _another_database(database) -> str:
+    """A new empty database on the PostgreSQL server of ``database``."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    return database.engine.url.set(database=name).render_as_string(hide_password=False)
+
+
+def test_a_failed_batch_stops_the_later_ones(catalogue, monkeypatch):
+    """A batch that raises (not a refusal of files: a missing store, the database gone) is
+    raised in its turn; the earlier batches stay registered, the later ones write nothing,
+    though the next was already being checked."""
+    with pytest.raises(NotFound, match="no store"):
+        list(catalogue.register_batches([([spec("one")], ["1"])], "nowhere"))
+    register_each = catalogue.register_each
+
+    def failing(specs, *args, **kwargs):
+        if specs[0].name == "boom":
+            raise RuntimeError("the database went away")
+        return register_each(specs, *args, **kwargs)
+
+    monkeypatch.setattr(catalogue, "register_each", failing)
+    batches = [([spec(name)], [name]) for name in ("one", "two", "boom", "three", "four")]
+    got = []
+    with pytest.raises(RuntimeError, match="went away"):
+        for outcomes in catalogue.register_batches(batches, "a"):
+            got += outcomes
+    assert [r.name for r in got] == ["one", "two"]
+    with catalogue.db.read() as s:
+        assert list(s.scalars(select(File.name).order_by(File.id))) == ["one", "two"]
+
+
+@pytest.mark.parametrize("night", ["new", "stored"])
+def test_two_registrations_of_one_night_at_once_leave_its_session_spanning_both(
+        catalogue, night):
+    """Each registration checks before the other writes (PostgreSQL; SQLite's writers take
+    turns, so there the second checks after the first): neither is refused and the session,
+    new or already stored, ends up spanning both (it is never narrowed), each observation
+    written once."""
+    import threading
+
+    namer = ObservationNamer()
+    middle, early, late = (NIGHT.format(n, "xx") for n in (20000, 10000, 30000))
+    if night == "stored":
+        catalogue.register([spec(middle)])
+    checked = {name: threading.Event() for name in (early, late)}
+    interleave = catalogue.db.backend == "postgresql"
+    outcome: dict[str, object] = {}
+
+    def register(name: str, other: str) -> None:
+        def both_checked() -> None:
+            checked[name].set()
+            assert checked[other].wait(10)
+        try:
+            outcome[name] = catalogue.register(
+                [spec(name), spec(name.replace(".xx.", ".yy."))],
+                before_write=both_checked if interleave else None)
+        except Exception as exc:  # noqa: BLE001 - shown by the assertion below
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=register, args=(a, b)) for a, b in
+               ((early, late), (late, early))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert all(isinstance(o, list) for o in outcome.values()), outcome
+    info = namer.observation_of(early)
+    with catalogue.db.read() as s:
+        session = s.get(Session, info.session_id)
+        assert (session.start_time_jd, session.stop_time_jd) == (
+            info.start_time_jd, namer.observation_of(late).stop_time_jd)
+    counts = table_counts(catalogue)
+    assert counts["session"] == 1
+    assert (counts["file"], counts["observation"]) == (
+        (5, 3) if night == "stored" else (4, 2))
+
+
+def test_many_batches_in_turn_take_ascending_ids_batch_by_batch(catalogue):
+    """Batches of which the next is checked sooner than the one before (its observations
+    slower to name): every batch registered, none waiting for ever on another (SQLite's lock,
+    taken before the checks), ids ascending in batch order."""
+    import threading
+    import time
+
+    class SlowNamer(ObservationNamer):
+        def observation_of(self, name):
+            if name.startswith("slow"):
+                time.sleep(0.3)
+            return super().observation_of(name)
+
+    catalogue = Catalogue(catalogue.db, SlowNamer())
+    sizes = {"slow": 1, "fast": 100}
+    batches = [([spec(f"{kind}{k}.{i}") for i in range(sizes[kind])],
+                [f"{kind}{k}/{i}" for i in range(sizes[kind])])
+               for k in range(3) for kind in ("slow", "fast")]
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.append(
+        list(catalogue.register_batches(batches, "a"))), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert done, "register_batches did not finish"
+    assert all(r.created and r.instance_added for outcomes in done[0] for r in outcomes)
+    with catalogue.db.read() as s:
+        names = list(s.scalars(select(File.name).order_by(File.id)))
+    assert names == [spec.name for specs, _paths in batches for spec in specs]
+
+
+def test_a_caller_that_stops_taking_outcomes_leaves_at_most_the_next_batch(catalogue):
+    batches = [([spec(f"b{k}.{i}") for i in range(50)], [f"b{k}/{i}" for i in range(50)])
+               for k in range(6)]
+    outcomes = catalogue.register_batches(batches, "a")
+    assert all(r.created for r in next(outcomes))
+    outcomes.close()
+    with catalogue.db.read() as s:
+        names = set(s.scalars(select(File.name)))
+    assert {spec.name for spec in batches[0][0]} <= names
+    assert names <= {spec.name for specs, _ in batches[:2] for spec in specs}

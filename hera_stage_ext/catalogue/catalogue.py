@@ -3,7 +3,8 @@
 This is the core API every face (REST, Librarian RPC, CLI through REST, jobs, transfers) calls;
 it knows nothing of tornado. It owns its tables: every write of a file, instance, event or
 remote instance goes through a method here (in bulk where callers write many: ``register``,
-``register_each``, ``add_events``, ``update_instances``, ``record_remote``), most of them through
+``register_each``, ``register_batches``, ``add_events``, ``update_instances``,
+``record_remote``), most of them through
 ``tables`` (the driver, not SQLAlchemy's per-row work); a caller already in a write transaction
 passes its session (``within``). Registration keeps the Librarian's invariant: a name, once known,
 always means the same bytes. Registering it again with other content is a Conflict that changes
@@ -17,7 +18,9 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -58,10 +61,10 @@ _UNIQUE_VIOLATION = "23505"
 @contextlib.contextmanager
 def _raced_as_conflict() -> Iterator[None]:
     """A registration's transaction whose writes a unique index refused (PostgreSQL: another
-    registration committed one of its names, store paths, observations or sessions after this
-    one's checks; SQLite's writers take turns, so its checks see them) raises Conflict: the
-    transaction is rolled back, nothing of the batch is written, and ``register_each`` goes on
-    file by file (whose checks then see the other's rows)."""
+    registration committed one of its names or store paths after this one's checks (a session
+    or observation is an upsert: ``Tables.write``); SQLite's writers take turns, so its checks
+    see them) raises Conflict: the transaction is rolled back, nothing of the batch is written,
+    and ``register_each`` goes on file by file (whose checks then see the other's rows)."""
     try:
         yield
     except Exception as exc:
@@ -70,9 +73,8 @@ def _raced_as_conflict() -> Iterator[None]:
         if getattr(driver_error, "sqlstate", None) != _UNIQUE_VIOLATION:
             raise
         log.info("registration raced another: %s", driver_error)
-        raise Conflict("another registration wrote a name, store path, observation or session "
-                       "of this batch while it was written; nothing of the batch was registered "
-                       "(try again)") from exc
+        raise Conflict("another registration wrote a name or store path of this batch while "
+                       "it was written; nothing of the batch was registered (try again)") from exc
 
 
 @dataclass
@@ -119,6 +121,22 @@ def _checksums_json(checksums: dict[str, str]) -> str:
     """``dumps`` of checksums that ``checksums.normalise`` passed (known algorithm names, hex
     digits: nothing to escape), without the JSON encoder's cost per file."""
     return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
+
+
+class _EarlierBatchFailed(Exception):
+    """A batch of ``register_batches`` whose earlier batch raised: it writes nothing."""
+
+
+def _after(earlier: futures.Future[Any] | None) -> Callable[[], None] | None:
+    """A ``before_write`` that waits for the ``earlier`` batch to finish, and refuses to
+    write when it raised."""
+    if earlier is None:
+        return None
+
+    def wait() -> None:
+        if earlier.exception() is not None:  # waits for it
+            raise _EarlierBatchFailed()
+    return wait
 
 
 class Catalogue:
@@ -177,6 +195,7 @@ class Catalogue:
         self, specs: Sequence[FileSpec], store: str | None = None,
         paths: Sequence[str] | None = None, *,
         instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> list[Registration]:
         """Register files (and, with ``store``, their instances at ``paths``) in one transaction.
 
@@ -190,6 +209,8 @@ class Catalogue:
         batch's known files, observations, sessions and store paths, every check runs in the
         order of ``specs`` before anything is written, and the new rows go in with one
         statement per table (``tables``: through the driver, not SQLAlchemy's per-row work).
+        ``before_write``: called after the checks, before the first write (which it may delay,
+        or refuse by raising: ``register_batches``).
         """
         if store is not None and (paths is None or len(paths) != len(specs)):
             raise InvalidRequest("register: one path per file is needed with a store")
@@ -245,6 +266,8 @@ class Catalogue:
                         added_paths[path] = (spec.name, i)
                         added = True
                 results.append(Registration(spec.name, created, added))
+            if before_write is not None:
+                before_write()
             self._write_registration(tables, plan, found.store, added_paths, instance_events)
             return results
 
@@ -252,15 +275,20 @@ class Catalogue:
         self, specs: Sequence[FileSpec], store: str | None = None,
         paths: Sequence[str] | None = None, *,
         instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> list[Registration | StagingError]:
         """``register``, where one bad file must not sink the rest (ingest, an upload, a
         transfer's batch): the batch in one transaction, or, if anything in it is refused,
         each file in a transaction of its own. Per spec, its Registration or its refusal
-        (Conflict, InvalidRequest); a missing store is raised."""
+        (Conflict, InvalidRequest); a missing store is raised. ``before_write``: as
+        ``register``'s, also called before the one-by-one fallback begins."""
         try:
-            return list(self.register(specs, store, paths, instance_events=instance_events))
+            return list(self.register(specs, store, paths, instance_events=instance_events,
+                                      before_write=before_write))
         except (Conflict, InvalidRequest):
             pass
+        if before_write is not None:
+            before_write()
         out: list[Registration | StagingError] = []
         for i, spec in enumerate(specs):
             try:
@@ -270,6 +298,51 @@ class Catalogue:
             except (Conflict, InvalidRequest) as exc:
                 out.append(exc)
         return out
+
+    def register_batches(
+        self, batches: Iterable[tuple[Sequence[FileSpec], Sequence[str] | None]],
+        store: str | None = None,
+    ) -> Iterator[list[Registration | StagingError]]:
+        """``register_each`` of each (specs, paths) of ``batches`` in turn, its outcomes
+        yielded in order: what a bulk caller (ingest) does batch after batch, with the work
+        overlapped where it can be. While one batch is registered, the caller makes the next
+        (ingest hashes it); on PostgreSQL, while one batch is written (the server's work), the
+        next is also checked (its lookups, on a connection of its own). Each batch
+        writes only after the one before it has finished, so the outcome is that of one
+        batch after another: ids ascend batch by batch, a batch is one transaction (or
+        ``register_each``'s one by one), and a batch with a name or store path of the one
+        before it is checked only after that one (so it sees its rows). A session or
+        observation that the batch before wrote after this one looked is widened or kept
+        (``Tables.write``'s upserts). An error of a batch (a missing store) is raised when
+        its turn comes, and no later batch writes anything. A caller that stops taking
+        outcomes (closes the iterator) leaves at most one batch registered beyond the last
+        outcome it took (the next: at most two batches are in hand at once)."""
+        pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="register")
+        in_flight: deque[futures.Future[list[Registration | StagingError]]] = deque()
+        previous: tuple[futures.Future[Any], set[str], set[str]] | None = None
+        try:
+            for specs, paths in batches:
+                names = {spec.name for spec in specs}
+                held = set(paths or ())
+                after = None if previous is None else previous[0]
+                # After the one before, not beside it: on SQLite, whose write transaction
+                # (and lock) begins before the checks, so a batch checked early would hold the
+                # lock that the one before waits for; and where it must see the rows of the
+                # one before (a name or path of it).
+                if previous is not None and (
+                        self.db.backend != "postgresql"
+                        or names & previous[1] or held & previous[2]):
+                    futures.wait([previous[0]])
+                future = pool.submit(self.register_each, specs, store, paths,
+                                     before_write=_after(after))
+                in_flight.append(future)
+                previous = (future, names, held)
+                while len(in_flight) > 1:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:
+            pool.shutdown(wait=True)
 
     @staticmethod
     def _check_same_content(file: File | _KnownFile | FileSpec, spec: FileSpec) -> None:
@@ -367,9 +440,10 @@ class Catalogue:
         ]
         events += instance_added + extra_events
         tables.write(
-            sessions=[(sid, v[0], v[1]) for sid, v in plan.sessions.items() if not v[2]],
-            session_updates=[(v[0], v[1], sid) for sid, v in plan.sessions.items()
-                             if v[2] and v[3]],
+            # By id: two registrations at once upsert their common sessions in one order
+            # (each waits for the other's row lock, never both for each other's).
+            sessions=[(sid, v[0], v[1]) for sid, v in sorted(plan.sessions.items())
+                      if not v[2] or v[3]],
             observations=plan.observations, files=files, instances=instances,
             events=events)
 

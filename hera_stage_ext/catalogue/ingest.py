@@ -3,7 +3,8 @@
 ``plan`` lists what a set of globs matches on a store and which of those paths the catalogue
 does not know yet (a known path with the same size is left alone: a re-run touches nothing).
 ``ingest_paths`` checksums the given paths in parallel (streaming, constant memory per file) and
-registers them in batches, one short transaction each. A directory (a MIRIAD data set) is one
+registers them in batches, one short transaction each (a batch hashed while the one before it is
+registered: ``Catalogue.register_batches``). A directory (a MIRIAD data set) is one
 file with the Librarian's directory digest; what lies inside a matched directory is not
 registered again on its own.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 from ..errors import InvalidRequest, StagingError
 from ..paths import MAX_PATH_BYTES, check_text, confine
-from .catalogue import Catalogue, FileSpec
+from .catalogue import Catalogue, FileSpec, Registration
 from .checksums import hash_path
 
 #: Files registered per database transaction: a transaction's fixed cost (its round trips,
@@ -165,22 +167,35 @@ class Ingester:
                 resolved.append((rel, confined(rel)))
             except StagingError as exc:
                 report.errors.append({"path": str(rel), "message": exc.message})
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        # Per batch hashed and handed to the catalogue, in order: its specs, paths, the errors
+        # of its hashing (reported before its registration's, as when batches took turns)
+        # and its size.
+        handed: deque[tuple[list[FileSpec], list[str], list[dict[str, str]], int]] = deque()
+
+        def hashed(pool: ThreadPoolExecutor) -> Iterator[tuple[list[FileSpec], list[str]]]:
             for start in range(0, len(resolved), BATCH_SIZE):
                 batch = resolved[start : start + BATCH_SIZE]
                 digests = list(pool.map(lambda item: _digest(item[1]), batch))
-                specs, rels = [], []
+                specs, rels, errors = [], [], []
                 for (rel, full), digest in zip(batch, digests):
                     if isinstance(digest, OSError):
-                        report.errors.append({"path": rel, "message": str(digest)})
+                        errors.append({"path": rel, "message": str(digest)})
                         continue
                     specs.append(FileSpec(name=full.name, size=digest.size,
                                           checksums=digest.checksums,
                                           is_directory=digest.is_directory, source=self.source))
                     rels.append(os.path.relpath(full, root))
-                self.register(store, specs, rels, report)
+                handed.append((specs, rels, errors, len(batch)))
+                yield specs, rels
+
+        # A batch is hashed while the one before it is registered (``register_batches``).
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for outcomes in self.catalogue.register_batches(hashed(pool), store):
+                specs, rels, errors, size = handed.popleft()
+                report.errors += errors
+                self.record(specs, rels, outcomes, report)
                 if progress is not None:
-                    progress(len(batch))
+                    progress(size)
         return report
 
     def register(
@@ -188,9 +203,14 @@ class Ingester:
     ) -> None:
         """Register hashed files of ``store`` into ``report`` (``Catalogue.register_each``: a
         bad file is an error in ``report``, the rest are registered)."""
+        self.record(specs, rels, self.catalogue.register_each(specs, store, rels), report)
+
+    @staticmethod
+    def record(specs: list[FileSpec], rels: list[str],
+               outcomes: Sequence[Registration | StagingError], report: IngestReport) -> None:
+        """Count ``register_each``'s ``outcomes`` of ``specs`` at ``rels`` into ``report``."""
         results = []
-        for spec, rel, outcome in zip(specs, rels,
-                                      self.catalogue.register_each(specs, store, rels)):
+        for spec, rel, outcome in zip(specs, rels, outcomes):
             if isinstance(outcome, StagingError):
                 report.errors.append({"path": rel, "name": spec.name, "message": outcome.message,
                                       "reason": type(outcome).__name__.lower()})

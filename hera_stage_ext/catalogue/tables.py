@@ -22,6 +22,10 @@ are written with ids, and rows go to the database as:
   prepared server-side (``prepare=False``): a generic plan made while the tables were nearly
   empty (a sequential scan) would be kept as they grow.
 
+Sessions and observations are upserts (``_ON_CONFLICT``): two registrations of one night at once
+(``Catalogue.register_batches``'s next batch is checked while the one before is written) each
+write what they found missing or widened, and neither refuses nor undoes the other.
+
 Instances and events have no foreign keys (migration 0013: a check a row, a fifth of the
 PostgreSQL server's work in registering); file and store rows are never deleted (a trigger refuses
 it), and ``write`` takes an instance's or event's file and store ids only when this transaction
@@ -75,6 +79,19 @@ _COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
               ("payload", "text", "::jsonb")),
     "remote_instance": (("file_id", "text", ""), ("site", "text", ""),
                         ("time", "timestamp", ""), ("transfer", "text", "")),
+}
+
+#: Per table written as an upsert: its ``ON CONFLICT`` clause. Registrations running at once
+#: (``Catalogue.register_batches``, or two processes) may each find a night's session or an
+#: observation missing, or a session narrower than the other makes it: the later one's write
+#: neither fails nor undoes the other's (``min``/``max`` of two values: SQLite's scalar
+#: functions, PostgreSQL's LEAST and GREATEST, both spelled by ``_RANGE``).
+_RANGE = {"sqlite": ("min", "max"), "postgresql": ("LEAST", "GREATEST")}
+_ON_CONFLICT = {
+    "session": (" ON CONFLICT (id) DO UPDATE SET"
+                " start_time_jd = {0}(session.start_time_jd, excluded.start_time_jd),"
+                " stop_time_jd = {1}(session.stop_time_jd, excluded.stop_time_jd)"),
+    "observation": " ON CONFLICT (obsid) DO NOTHING",
 }
 
 
@@ -252,7 +269,6 @@ class Tables:
         return ids
 
     def write(self, *, sessions: Sequence[tuple[Any, ...]] = (),
-              session_updates: Sequence[tuple[float, float, int]] = (),
               observations: Sequence[tuple[Any, ...]] = (),
               files: Sequence[tuple[Any, ...]] = (),
               instances: Sequence[tuple[Any, ...]] = (),
@@ -260,22 +276,20 @@ class Tables:
               remote_instances: Sequence[tuple[Any, ...]] = ()) -> None:
         """Insert rows, one statement a table, in this order (all sent together on
         PostgreSQL). Rows are tuples in the order of ``_COLUMNS`` (a file's id from
-        ``new_file_ids``), times as ``time`` gives them, JSON as text; ``session_updates``:
-        (start, stop, id). An instance, event or remote instance gives its file by id or by
-        name (a file of this very transaction, perhaps); the name of a file that does not exist
-        is an error, and so is an id of a file or store that does not exist (``NotFound``)."""
+        ``new_file_ids``), times as ``time`` gives them, JSON as text. A session already stored
+        is widened to its row's range (never narrowed: two registrations of one night, each
+        having read the session before the other wrote it, leave it spanning both); an
+        observation already stored is left as it is (another registration wrote it since this
+        one looked). An instance, event or remote instance gives its file by id or by name (a
+        file of this very transaction, perhaps); the name of a file that does not exist is an
+        error, and so is an id of a file or store that does not exist (``NotFound``)."""
         self._check_exist("file", [row[0] for rows in (instances, events) for row in rows
                                    if isinstance(row[0], int)], self._file_ids)
         self._check_exist("store", [row[1] for row in instances], self._store_ids)
         with self._batch():
-            self._insert("session", sessions)
-            if session_updates:
-                sql = "UPDATE session SET start_time_jd = ?, stop_time_jd = ? WHERE id = ?"
-                if self.pg:
-                    self._raw.cursor().executemany(sql.replace("?", "%s"), session_updates)
-                else:
-                    self._raw.executemany(sql, session_updates)
-            self._insert("observation", observations)
+            self._insert("session", sessions,
+                         _ON_CONFLICT["session"].format(*_RANGE[self.backend]))
+            self._insert("observation", observations, _ON_CONFLICT["observation"])
             self._insert("file", files)
             self._insert("instance", instances)
             self._insert("event", events)
@@ -303,7 +317,10 @@ class Tables:
             self._file_ids.update(self._ids.values())
         return self._ids
 
-    def _insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert(self, table: str, rows: Sequence[tuple[Any, ...]], on_conflict: str = ""
+                ) -> None:
+        """Insert ``rows`` into ``table``; ``on_conflict``: the statement's ``ON CONFLICT``
+        clause, if any (the same SQL on both databases)."""
         if not rows:
             return
         columns = _COLUMNS[table]
@@ -318,8 +335,8 @@ class Tables:
             for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
                 chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
                 self._raw.execute(
-                    f"INSERT INTO {table} ({names}) VALUES {', '.join([row_marks] * len(chunk))}",
-                    list(itertools.chain.from_iterable(chunk)))
+                    f"INSERT INTO {table} ({names}) VALUES {', '.join([row_marks] * len(chunk))}"
+                    f"{on_conflict}", list(itertools.chain.from_iterable(chunk)))
             return
         values = [_element(i, kind, cast) for i, (_c, kind, cast) in enumerate(columns)]
         if by_name:  # the file's id, or its name (a file of this very batch, perhaps)
@@ -327,5 +344,6 @@ class Tables:
                          "ELSE (SELECT f.id FROM file f WHERE f.name = e->>0) END")
         self._raw.cursor().execute(
             f"INSERT INTO {table} ({names}) SELECT {', '.join(values)} "
-            "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n) ORDER BY n",
+            "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n) ORDER BY n"
+            f"{on_conflict}",
             [json.dumps(rows)], prepare=False)
