@@ -25,12 +25,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..catalogue.db import Database, driver_rows
 from ..states import ARRIVED_ITEM_STATES, ItemState
-from .models import JOB_ITEM_TABLE, JOB_TABLE, JobItem
+from .models import JOB_ITEM_TABLE, JobItem
 
 _ITEMS = JOB_ITEM_TABLE
 
@@ -280,18 +280,20 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
             files[state] = files.get(state, 0) + 1
             if state in ARRIVED_ITEM_STATES:
                 done_bytes += sizes[0][0]
-    jobs = JOB_TABLE
-    connection.execute(update(jobs).where(jobs.c.id == job_id).values(
-        files_done=jobs.c.files_done + files[ItemState.DONE] + files[ItemState.SKIPPED],
-        bytes_done=jobs.c.bytes_done + done_bytes,
-        # Those bytes were (mostly) counted as moving at the last heartbeat: no longer, so
-        # done + moving never counts them twice until the next one.
-        bytes_moving=case((jobs.c.bytes_moving > done_bytes, jobs.c.bytes_moving - done_bytes),
-                          else_=0),
-        files_skipped=jobs.c.files_skipped + files[ItemState.SKIPPED],
-        files_failed=jobs.c.files_failed + files[ItemState.FAILED],
-    ))
+    # The job's counters (the driver's SQL, as the items': SQLAlchemy's statement cache key,
+    # built again for each report, cost more than the statement). The bytes just done were
+    # (mostly) counted as moving at the last heartbeat: no longer, so done + moving never
+    # counts them twice until the next one.
+    driver_rows(connection, _COUNTERS_SQL.format(m=mark), (
+        files[ItemState.DONE] + files[ItemState.SKIPPED], done_bytes, done_bytes, done_bytes,
+        files[ItemState.SKIPPED], files[ItemState.FAILED], job_id), fetch=False)
     return sum(files.values())
+
+
+_COUNTERS_SQL = (
+    "UPDATE job SET files_done = files_done + {m}, bytes_done = bytes_done + {m}, "
+    "bytes_moving = CASE WHEN bytes_moving > {m} THEN bytes_moving - {m} ELSE 0 END, "
+    "files_skipped = files_skipped + {m}, files_failed = files_failed + {m} WHERE id = {m}")
 
 
 def unfinished_paths(db: Database, job_id: int) -> list[str]:
