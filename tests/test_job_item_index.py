@@ -128,3 +128,15 @@ def test_a_workers_claim_over_http_reads_as_the_items_claimed_in_process(databas
         assert type(theirs.is_directory) is bool and mine.attempts >= 1
     # Claimed: a second claim finds nothing left in either job.
     assert items.exchange_json(database, ids[1], [], 100) == (0, "[]")
+    # Their results counted on the job (each once; bytes no longer moving once done).
+    with database.write() as s:
+        s.get(JobRow, ids[1]).bytes_moving = 2**43
+    done = [item.id for item in over_http[1:]]
+    failed = (over_http[0].id, "failed", "no space")
+    for _ in range(2):  # a report sent twice counts once
+        items.exchange_json(database, ids[1], [failed], 0, runs={"done": items.id_runs(done)})
+    with database.read() as s:
+        job = s.get(JobRow, ids[1])
+        assert (job.files_done, job.files_failed, job.files_skipped) == (len(done), 1, 0)
+        sizes = sum(item.size for item in over_http[1:])
+        assert (job.bytes_done, job.bytes_moving) == (sizes, 2**43 - sizes)
