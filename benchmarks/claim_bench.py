@@ -36,6 +36,7 @@ from sqlalchemy import insert  # noqa: E402
 from benchmarks.site_service import site_service  # noqa: E402
 from hera_stage_ext.catalogue.db import Database  # noqa: E402
 from hera_stage_ext.jobs.http_store import HttpJobStore  # noqa: E402
+from hera_stage_ext.jobs.items import id_runs  # noqa: E402
 from hera_stage_ext.jobs.models import JOB_ITEM_TABLE, JOB_TABLE  # noqa: E402
 from hera_stage_ext.jobs.worker import quiet_garbage_collector  # noqa: E402
 from hera_stage_ext.site.worker_ops import WorkerOps  # noqa: E402
@@ -114,7 +115,9 @@ def in_process(db: Database, workspace: Path, args: argparse.Namespace) -> None:
         return answer(ops.claim_items, {"n": n})
 
     def exchange(got: list[Any], n: int) -> list[Any]:
-        return answer(ops.exchange, {"n": n, "results": [[row[0], "done", ""] for row in got]})
+        # The results as the worker sends them (``HttpJobStore``): error-free ones by id runs.
+        runs = [list(run) for run in id_runs(row[0] for row in got)]
+        return answer(ops.exchange, {"n": n, "runs": {"done": runs}})
 
     wall = time.perf_counter()
     firsts, total = drive(claim, exchange, args.streams, args.first, args.batch)

@@ -28,7 +28,12 @@ The worker's resident memory is sampled every 50 ms from /proc/<pid>/status (VmR
 whole run, and its peak (VmHWM) read at the end. The CPU time of each run is printed per file
 (less noisy than files/s on a shared host): cp's process (``RUSAGE_CHILDREN``), and the
 worker's with its copy helper processes (``/proc/<pid>/stat`` before and after the job; not
-the server's or the site service's share).
+the server's or the site service's share). The server's own CPU during each job is printed
+beside it, the same way on both sides: the single-user Jupyter server's (which serves the
+CLI's ``--wait`` polls and events; its worker, a child process, not counted) and the site
+service's (which also does the job's database work), sampled every 20 ms from its own
+``/proc/<pid>/stat`` (no scan of ``/proc``, so the sampling costs the same little in both
+modes).
 
 Site mode (``--site``): the same server goes on as single-user mode, and beside it a site
 service without a hub (``hera-stage site``, its own SQLite catalogue of the same store, a site
@@ -260,6 +265,16 @@ def _cpu_split(pids: list[int]) -> tuple[float, float, float, float]:
     return (split[0] / tick, split[1] / tick, split[2] / tick, split[3] / tick)
 
 
+def _own_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds used so far by ``pid`` alone (not its children): one read
+    of its ``/proc/<pid>/stat``, cheap enough to sample every 20 ms."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _kb(value: str | None) -> float:
     return float(value.split()[0]) / 1024 if value else 0.0  # "123 kB" -> MiB
 
@@ -394,9 +409,11 @@ class Run:
     # helpers (not the server's or the service's share).
     cpu: float | None = None
     # Ours: seconds from the job's start to its first files' log line (the first hand-over
-    # made final); in site mode, the service's CPU seconds during the job (its own time).
+    # made final).
     first_file: float | None = None
-    service_cpu: float | None = None
+    # Ours: the server's own CPU seconds during the job (its own time): the single-user
+    # Jupyter server's (not its worker's), or in site mode the site service's.
+    server_cpu: float | None = None
     # Ours: seconds from its last per-file log line to the job's end (``_file_times``).
     end_after_files: float | None = None
     # Ours: CPU seconds of the worker (user, system) and of its helpers (user, system).
@@ -500,15 +517,15 @@ class Bench:
         workers = server.worker_pids()
         cpu0 = _cpu_seconds(workers)
         split0 = _cpu_split(workers)
-        # The site service's CPU, sampled through the run (its share of the job's own time is
-        # read from the samples around the job's start and end).
-        service = CpuSampler(server.proc.pid) if server is self.site else None
+        # The server's own CPU (single-user: the Jupyter server, not its worker; site: the
+        # service), sampled through the run (its share of the job's own time is read from the
+        # samples around the job's start and end).
+        sampler = CpuSampler(server.proc.pid)
         t0 = time.perf_counter()
         done = server.cli("stage", str(dest), fs.query, "--method", method, "--wait",
                           check=False)
         end_to_end = time.perf_counter() - t0
-        if service is not None:
-            service.stop()
+        sampler.stop()
         found = re.search(r"job (\d+):", done.stderr)
         if done.returncode != 0 or not found:
             raise RuntimeError(f"hera-stage stage ({method}) exit {done.returncode}:\n"
@@ -522,11 +539,10 @@ class Bench:
         split = (tuple(b - a for a, b in zip(split0, _cpu_split(workers)))
                  if cpu is not None else None)
         started = _parse_time(job["started_at"])
-        service_cpu = None if service is None else service.between(
-            _epoch(started), _epoch(_parse_time(job["finished_at"])))
+        server_cpu = sampler.between(_epoch(started), _epoch(_parse_time(job["finished_at"])))
         first, end = _file_times(server, job["id"], started, _parse_time(job["finished_at"]))
         return Run("hera-stage", seconds, end_to_end, fs.count, fs.total_bytes, cpu, first,
-                   service_cpu, end, split)  # type: ignore[arg-type]
+                   server_cpu, end, split)  # type: ignore[arg-type]
 
     def case(self, fs: FileSet, key: str, label: str, unit: str, method: str,
              cp_flags: list[str], keep: bool, target: float | None,
@@ -566,8 +582,9 @@ class Bench:
             if run.cpu_split is not None and unit == "files/s":
                 wu, ws, hu, hs = (v / run.files * 1e6 for v in run.cpu_split)
                 extra += f" [worker {wu:.0f}u+{ws:.0f}s, helpers {hu:.0f}u+{hs:.0f}s]"
-            if run.service_cpu is not None and unit == "files/s":
-                extra += f" [service CPU {run.service_cpu / run.files * 1e6:.0f} us/file]"
+            if run.server_cpu is not None and unit == "files/s":
+                what = "service" if tool == "site" else "server"
+                extra += f" [{what} CPU {run.server_cpu / run.files * 1e6:.0f} us/file]"
             if run.first_file is not None:
                 extra += f" [first files {run.first_file * 1e3:.0f} ms]"
             if run.end_after_files is not None:
@@ -639,15 +656,17 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
                 f"{'/'.join(fmt(c.rate(r)) for r in c.site_runs):>19} | "
                 f"{c.site_ratio:10.2f}x   {c.unit}")
         log("the job's first files made final (ms from its start; median), its end (ms from "
-            "its last files to finished; median) and the service's CPU during the job (us a "
-            "file; median)")
+            "its last files to finished; median) and the server's own CPU during the job (us a "
+            "file; median: the single-user Jupyter server's, not its worker's; the site "
+            "service's)")
         for c in sited:
             log(f"{c.label:<34} first files: single-user "
                 f"{_median_of(c.our_runs, 'first_file', 1e3)}, site "
                 f"{_median_of(c.site_runs, 'first_file', 1e3)}; end: single-user "
                 f"{_median_of(c.our_runs, 'end_after_files', 1e3)}, site "
-                f"{_median_of(c.site_runs, 'end_after_files', 1e3)}; service CPU "
-                f"{_median_of(c.site_runs, 'service_cpu', 1e6, per_file=True)}")
+                f"{_median_of(c.site_runs, 'end_after_files', 1e3)}; server CPU: single-user "
+                f"{_median_of(c.our_runs, 'server_cpu', 1e6, per_file=True)}, site service "
+                f"{_median_of(c.site_runs, 'server_cpu', 1e6, per_file=True)}")
     log(f"\nworker resident memory: max sampled VmRSS {rss.max_rss_mb:.0f} MiB, peak VmHWM "
         f"{rss.hwm_mb:.0f} MiB ({rss.samples} samples every 50 ms, pids {sorted(rss.pids)}); "
         f"with its {rss.helpers} copy helper process(es): {rss.max_total_mb:.0f} MiB")
@@ -688,7 +707,8 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
 
 
 class CpuSampler(threading.Thread):
-    """A process's CPU seconds, sampled every ``interval`` seconds with the wall clock."""
+    """A process's own CPU seconds (not its children's), sampled every ``interval`` seconds
+    with the wall clock."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         super().__init__(daemon=True)
@@ -699,7 +719,7 @@ class CpuSampler(threading.Thread):
 
     def run(self) -> None:
         while True:
-            self.samples.append((time.time(), _cpu_seconds([self.pid])))
+            self.samples.append((time.time(), _own_cpu_seconds(self.pid)))
             if self._done.wait(self.interval):
                 return
 

@@ -6,6 +6,9 @@ read through their own partial indexes; the rest of a job's rows through the job
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from sqlalchemy import func, insert, select
 
 from hera_stage_ext.jobs import items
@@ -54,11 +57,17 @@ def test_a_claim_walks_the_queued_items_index_in_id_order(database):
         connection = s.connection()
         mark = items._mark(connection)
         lock = "" if connection.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
-        sql = items._CLAIM_SQL.format(m=mark, lock=lock)
-        # A claim of fewer items than the job has queued (all of them: read and sorted anyway).
-        plan = _plan(connection, sql, (job_id, 100))
-        assert "ix_job_item_queued" in plan and "Sort" not in plan and "TEMP B-TREE" not in plan
-        if connection.dialect.name == "postgresql":
+        sqlite = connection.dialect.name == "sqlite"
+        # In-process claims, and a worker's over HTTP (each item's JSON text built in the SQL).
+        for sql in (items._CLAIM_SQL.format(m=mark, lock=lock),
+                    items.claim_json_sql(sqlite).format(m=mark, lock=lock)):
+            # A claim of fewer items than the job has queued (all of them: read and sorted
+            # anyway).
+            plan = _plan(connection, sql, (job_id, 100))
+            assert ("ix_job_item_queued" in plan and "Sort" not in plan
+                    and "TEMP B-TREE" not in plan)
+            if sqlite:
+                continue
             # The plan of a statement psycopg prepared (after 5 runs on a connection).
             raw = connection.connection.dbapi_connection
             with raw.cursor() as cursor:
@@ -87,3 +96,47 @@ def test_a_jobs_failed_and_waiting_items_are_read_from_their_own_indexes(databas
         statement = select(func.count()).select_from(JobItem).where(
             JobItem.job_id == job_id, JobItem.state == ItemState.RUNNING)
         assert "ix_job_item_job" in _plan(connection, _inline(connection, statement), ())
+
+
+def test_a_workers_claim_over_http_reads_as_the_items_claimed_in_process(database):
+    """The worker API's claim answer (each item's JSON text built by the database) carries what
+    an in-process claim gives, field for field: directories, odd names, checksums or none."""
+    odd = ['quote " back\\ slash', "tab\tnewline\n", "naïve ☃ 𝄞", "[brackets] {braces}"]
+    with database.write() as s:
+        ids = []
+        for j in range(2):
+            job = JobRow(owner="u", destination=f"/d/{j}", files_total=len(odd) + 2)
+            s.add(job)
+            s.flush()
+            ids.append(job.id)
+            rows = [dict(job_id=job.id, name=name, store="st\u00f6re", source_path=f"/a/{name}",
+                         dest_path=f"d/{name}", size=2**40 + i, is_directory=i % 2 == 1,
+                         checksums={"md5": f"{i:032x}"} if i % 2 else {},
+                         state=ItemState.QUEUED, attempts=i)
+                    for i, name in enumerate(odd)]
+            rows.append(dict(job_id=job.id, name="none", store="a", source_path="/a/none",
+                             dest_path="none", size=0, is_directory=False, checksums=None,
+                             state=ItemState.QUEUED, attempts=0))
+            s.connection().execute(insert(JOB_ITEM_TABLE), rows)
+    in_process = items.claim_items(database, ids[0], 100)
+    recorded, text = items.exchange_json(database, ids[1], [], 100)
+    over_http = [items.ClaimedItem(*row) for row in json.loads(text)]
+    assert recorded == 0 and len(over_http) == len(in_process) == len(odd) + 1
+    first = over_http[0].id - in_process[0].id
+    for mine, theirs in zip(in_process, over_http):
+        assert dataclasses.replace(theirs, id=theirs.id - first) == mine
+        assert type(theirs.is_directory) is bool and mine.attempts >= 1
+    # Claimed: a second claim finds nothing left in either job.
+    assert items.exchange_json(database, ids[1], [], 100) == (0, "[]")
+    # Their results counted on the job (each once; bytes no longer moving once done).
+    with database.write() as s:
+        s.get(JobRow, ids[1]).bytes_moving = 2**43
+    done = [item.id for item in over_http[1:]]
+    failed = (over_http[0].id, "failed", "no space")
+    for _ in range(2):  # a report sent twice counts once
+        items.exchange_json(database, ids[1], [failed], 0, runs={"done": items.id_runs(done)})
+    with database.read() as s:
+        job = s.get(JobRow, ids[1])
+        assert (job.files_done, job.files_failed, job.files_skipped) == (len(done), 1, 0)
+        sizes = sum(item.size for item in over_http[1:])
+        assert (job.bytes_done, job.bytes_moving) == (sizes, 2**43 - sizes)

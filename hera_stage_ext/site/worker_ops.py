@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..catalogue.db import Database
 from ..errors import Conflict, InvalidRequest, NotFound
@@ -46,6 +46,11 @@ class _JobFacts(Protocol):
 
 
 _Job = TypeVar("_Job", bound=_JobFacts)
+
+
+#: What ``_mine`` reads of a job (one statement, built once).
+_JOB_FACTS = select(JOB_TABLE.c.owner, JOB_TABLE.c.kind, JOB_TABLE.c.worker_id,
+                    JOB_TABLE.c.log_path).where(JOB_TABLE.c.id == bindparam("id"))
 
 
 class JsonText(str):
@@ -121,13 +126,11 @@ class WorkerOps:
     def _mine(self, job_id: int, body: dict[str, Any] | None = None) -> _JobFacts:
         """``_job`` (and with ``body``, ``_held``) for the calls made many times a run (items,
         log), which need little of the job: a few columns read (owner, kind, worker_id,
-        log_path), no ORM object loaded."""
+        log_path) on a bare connection, no ORM session or object."""
         row = None
         if job_id > 0:
-            jobs = JOB_TABLE.c
-            with self.db.read() as s:
-                row = s.execute(select(jobs.owner, jobs.kind, jobs.worker_id, jobs.log_path)
-                                .where(jobs.id == job_id)).first()
+            with self.db.read_connection() as connection:
+                row = connection.execute(_JOB_FACTS, {"id": job_id}).first()
         job: _JobFacts = self._visible(job_id, row)
         if body is not None:
             self._holder(job_id, job, body)
