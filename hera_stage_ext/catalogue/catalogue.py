@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, func, select, update
@@ -121,6 +122,10 @@ def _checksums_json(checksums: dict[str, str]) -> str:
     """``dumps`` of checksums that ``checksums.normalise`` passed (known algorithm names, hex
     digits: nothing to escape), without the JSON encoder's cost per file."""
     return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
+
+
+#: A row's first value (an observation's obsid).
+_first = itemgetter(0)
 
 
 class _EarlierBatchFailed(Exception):
@@ -444,7 +449,9 @@ class Catalogue:
             # (each waits for the other's row lock, never both for each other's).
             sessions=[(sid, v[0], v[1]) for sid, v in sorted(plan.sessions.items())
                       if not v[2] or v[3]],
-            observations=plan.observations, files=files, instances=instances,
+            # By obsid, as sessions by id: two registrations at once insert their common new
+            # observations in one order (never each waiting for the other's row).
+            observations=sorted(plan.observations, key=_first), files=files, instances=instances,
             events=events)
 
     def known_instances(self, store: str, paths: Iterable[str]) -> dict[str, int]:

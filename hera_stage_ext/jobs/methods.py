@@ -343,10 +343,10 @@ class Mover:
         cost more than the checks). Nothing can be in that folder but what this mover wrote
         (no check of the final name); a failure leaves nothing there, and a temporary folder
         still empty goes."""
-        dir_fd = self._folders.get(folder_tmp)
         method = spec.method
         made = False
         try:
+            dir_fd = self._folders.get(folder_tmp)
             if method == "copy":
                 # Created with its final permissions where the umask keeps them (no chmod).
                 mode = _final_mode(st, spec.read_only)

@@ -261,9 +261,12 @@ class _StageStream:
                             join(destination, rel) if rel.startswith("/") else prefix + rel,
                             item.size, item.is_directory, item.checksums, method, read_only,
                             roots.get(item.store))
-            # (The folder's key as ``_precheck`` writes it, ``os.path.dirname``, for a path
-            # with no trailing or doubled "/"; any other path only misses the cache.)
-            if (stage.refused is not None or inside.get(rel.rpartition("/")[0]) is not True
+            # (The folder's key as ``_precheck`` writes it, ``os.path.dirname``, for a relative
+            # path with no trailing or doubled "/"; any other path only misses the cache, and
+            # an absolute one, whose key "" would be a relative top-level file's, is always
+            # checked.)
+            if (stage.refused is not None or rel.startswith("/")
+                    or inside.get(rel.rpartition("/")[0]) is not True
                     or item.store in unavailable):
                 try:
                     self._precheck(item, spec)

@@ -128,14 +128,11 @@ class SiteTokenIdentityProvider(IdentityProvider):
             return None
         token = match.group(2).strip()
         # Looked up on every request (no cache): a revoked token is refused at once by every
-        # replica of the service. On SQLite a local indexed read (tens of microseconds, never
-        # waiting for a writer in WAL mode): in the event loop, where handing it to a thread
-        # and back cost more CPU than the read; a database server's in a thread.
-        db = core.catalogue.db
-        if db.backend == "sqlite":
-            found = lookup(db, token)
-        else:
-            found = await asyncio.get_running_loop().run_in_executor(None, lookup, db, token)
+        # replica of the service. In a thread, also on SQLite: a read there can still wait (for
+        # a pooled connection, or on SQLITE_BUSY while another process recovers or cleans up
+        # the WAL), and in the event loop that wait would stall every request.
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, lookup, core.catalogue.db, token)
         if found is None:
             return None
         handler._token_authenticated = True  # type: ignore[attr-defined]  # no XSRF check
