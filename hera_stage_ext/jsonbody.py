@@ -10,11 +10,12 @@ the brackets left counted by C-level iteration) and refuses deeper text with an
 JSON text, but no Unicode: no database or file system takes them).
 
 Both checks have a fast path for the usual body (a site's announce carries hundreds of offers,
-and the regular expression costs as much as the parse): the UTF-8 bytes reduced by one
-``bytes.translate`` to their quotes, backslashes and brackets, where strings without a bracket
-or an escape are adjacent quote pairs that one ``replace`` removes (anything else takes the
-exact path); and a lone surrogate needs a ``\\u`` escape of one in text decoded from bytes (a
-strict decoder never yields one), so text without such an escape is not walked again.
+a worker's item call thousands of log lines, and the regular expression costs several times the
+parse): the UTF-8 bytes, their escapes removed (``bytes.replace``), reduced by one
+``bytes.translate`` to their quotes and brackets, where strings without a bracket are adjacent
+quote pairs that one ``replace`` removes (anything else takes the exact path); and a lone
+surrogate needs a ``\\u`` escape of one in text decoded from bytes (a strict decoder never yields
+one), so text without such an escape is not walked again.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 _STEP_BYTE = {ord(k): v for k, v in _STEP.items()}
 #: Every byte but a quote, a backslash and the four brackets (deleted by ``bytes.translate``).
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"\\[]{}')
+#: Every byte but a quote and the four brackets.
+_NOT_QUOTE_OR_BRACKET = bytes(b for b in range(256) if b not in b'"[]{}')
 # An escape that may stand for half of a surrogate pair (JSON's \\u is lower case).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -51,11 +54,17 @@ def json_depth(text: str) -> int:
 
 
 def _utf8_depth(data: bytes) -> int | None:
-    """``json_depth`` of UTF-8 JSON ``data`` whose strings hold no bracket and no escape, in
-    C-level passes; None for any other text (the exact path then)."""
+    """``json_depth`` of UTF-8 JSON ``data`` whose strings hold no bracket, in C-level passes;
+    None for any other text (the exact path then)."""
     reduced = data.translate(None, _NOT_STRUCTURE)
     if b"\\" in reduced:
-        return None
+        # Escapes (a job's log lines end in ``\n``): a run of backslashes is pairs (escaped
+        # backslashes: removed) and at most one more, which escapes the next character. An
+        # escaped quote goes with it; any other escaped character is no structure (``\u``'s
+        # hex digits neither), so only its backslash goes (an escaped bracket, which is no
+        # JSON, then counts: never less deep than a parser would go).
+        reduced = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(
+            None, _NOT_QUOTE_OR_BRACKET)
     # Left to right, adjacent pairs: every quote goes only if each string is a pair with
     # nothing between (a bracket in the first string keeps its opening quote, and so on).
     brackets = reduced.replace(b'""', b"")

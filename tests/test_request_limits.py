@@ -147,6 +147,11 @@ def test_depth_is_measured_without_recursion():
     '[' * MAX_JSON_DEPTH + '"x"' + ']' * MAX_JSON_DEPTH,
     '[' * (MAX_JSON_DEPTH + 1) + '"x"' + ']' * (MAX_JSON_DEPTH + 1),
     '{"k": [{"a": 1, "b": {}}]}' * 1, '[{"x": "\\u00e9", "y": "]"}]',
+    # Escapes outside any bracket in their string (a worker's log lines): the fast path.
+    '[' * MAX_JSON_DEPTH + '"a\\nb\\\\"' + ']' * MAX_JSON_DEPTH,
+    '[' * (MAX_JSON_DEPTH + 1) + '"a\\nb\\\\"' + ']' * (MAX_JSON_DEPTH + 1),
+    '["a\\\\", ' + nested_lists(MAX_JSON_DEPTH) + "]", '{"log": "x\\ny\\"z\\u005b\\n"}',
+    '{"log": "x\\\\\\"[[[[", "b": ' + nested_lists(MAX_JSON_DEPTH - 1) + "}",
 ])
 def test_bytes_and_text_get_the_same_answer(text):
     """A body as bytes (the fast path of ``load_json``) is refused exactly when the same text
