@@ -354,11 +354,7 @@ class Mover:
                 made = True
                 try:
                     size, got = self._pump(fin, fd, algorithm, st.st_size)
-                    if mode & _UMASK:
-                        os.chmod(fd, mode)
-                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-                    if self._fsync:
-                        os.fsync(fd)
+                    self._seal(fd, mode, st)
                 finally:
                     os.close(fd)
                 check_sum(spec, size, got, algorithm, "copy")
@@ -679,16 +675,20 @@ class Mover:
                     result = digest.size, digest.checksums[algorithm]
             if result is None:
                 result = self._pump(fin, fd, algorithm, st.st_size)
-            # Metadata through the open descriptor (no second path lookup), before the
-            # fsync so that one flush covers data and metadata.
-            if mode & _UMASK:
-                os.chmod(fd, mode)
-            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-            if self._fsync:
-                os.fsync(fd)
+            self._seal(fd, mode, st)
         finally:
             os.close(fd)
         return result
+
+    def _seal(self, fd: int, mode: int, st: os.stat_result) -> None:
+        """A copy's mode (where the umask took some of it) and times (the source's ``st``),
+        through its open descriptor (no second path lookup), then its fsync when this mover
+        syncs each file: one flush covers data and metadata."""
+        if mode & _UMASK:
+            os.chmod(fd, mode)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        if self._fsync:
+            os.fsync(fd)
 
     def _pump(self, fin: int, fd: int, algorithm: str, size: int) -> tuple[int, str]:
         """Copy ``fin`` to ``fd``, hashing each chunk from the same buffer (one pass): the size
