@@ -273,14 +273,16 @@ class _OldSender(http.server.BaseHTTPRequestHandler):
     headers whatever the request asks (the ``framing`` field unknown to it), from ``files``."""
 
     files: dict[str, bytes] = {}
-    #: Compact frames without the reply's header that says so (a proxy that dropped it).
+    #: Compact frames, and nothing else of the reply to say so (as after a proxy that keeps only
+    #: the usual headers).
     compact = False
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         from hera_stage_ext.transfer.protocol import BatchFraming
 
         names = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["names"]
-        framing, out = BatchFraming(compact=self.compact), bytearray()
+        framing = BatchFraming(compact=self.compact)
+        out = bytearray(framing.start())
         for name in names:
             if name in self.files:
                 framing.member(out, name, self.files[name])
@@ -297,12 +299,26 @@ class _OldSender(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _NotThisProtocol(_OldSender):
+    """A sender whose batch stream is no framing of this protocol: a header of bytes that are
+    no JSON."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        out = (9).to_bytes(4, "big") + b"\xffnot JSON"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
 def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
     """The compact batch framing is used only when both sides know it: a receiver that does
     not ask for it (an older one) gets JSON member headers, byte for byte as before; one that
-    asks gets the compact stream and says so; and this receiver reads the JSON headers of a
-    sender that ignores the request (an older one) as well as the compact stream."""
-    from hera_stage_ext.transfer.protocol import FRAMING_HEADER, SIZES, PeerClient
+    asks gets the compact stream, whose first word says so; and this receiver reads the JSON
+    headers of a sender that ignores the request (an older one) as well as the compact stream,
+    told apart by that word alone."""
+    from hera_stage_ext.transfer.protocol import SIZES, PeerClient
 
     name, missing = BATCH[0], "zen.nowhere.uvh5"
     data = (sites.a_store / "2457700" / name).read_bytes()
@@ -310,7 +326,7 @@ def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
     auth = {"Authorization": f"HeraPeer site-b:{SECRET_BA}"}
 
     old = requests.post(url, json={"names": [name, missing]}, headers=auth, timeout=30)
-    assert old.status_code == 200 and FRAMING_HEADER not in old.headers
+    assert old.status_code == 200
     body, frames = old.content, []
     while (length := int.from_bytes(body[:4], "big")):
         header = json.loads(body[4:4 + length])
@@ -323,10 +339,11 @@ def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
 
     new = requests.post(url, json={"names": [name, missing], "framing": SIZES}, headers=auth,
                         timeout=30)
-    assert new.status_code == 200 and new.headers[FRAMING_HEADER] == SIZES
-    message = new.content[4 + len(data) + 4 + 4:-4]
-    assert new.content == (len(data).to_bytes(4, "big") + data + b"\xff" * 4
-                           + len(message).to_bytes(4, "big") + message + b"\xff\xff\xff\xfe")
+    assert new.status_code == 200
+    message = new.content[4 + 4 + len(data) + 4 + 4:-4]
+    assert new.content == (b"\xff\xff\xff\xfd" + len(data).to_bytes(4, "big") + data
+                           + b"\xff" * 4 + len(message).to_bytes(4, "big") + message
+                           + b"\xff\xff\xff\xfe")
     assert b"no available instance" in message
 
     peer = parse_peers({"site-a": {"url": sites.a.url, "secret": SECRET_BA}})["site-a"]
@@ -349,9 +366,13 @@ def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
         try:
             assert list(client.batch([missing, name])) == [(missing, b"", "not here"),
                                                            (name, data, "")]
-            # Compact frames read as JSON headers (the reply's header lost on the way): a
-            # broken pull, pulled again later, never a crash of the batch.
-            _OldSender.compact, _OldSender.files = True, {name: b"\xffnot JSON"}
+            # Compact frames with no reply header to say so: read as compact all the same.
+            _OldSender.compact = True
+            assert list(client.batch([missing, name])) == [(missing, b"", "not here"),
+                                                           (name, data, "")]
+            # A stream of neither framing: a broken pull, pulled again later, never a crash.
+            _OldSender.compact, _OldSender.files = False, {}
+            server.RequestHandlerClass = _NotThisProtocol
             with pytest.raises(Unavailable, match="malformed header"):
                 list(client.batch([name]))
         finally:

@@ -19,7 +19,7 @@ from ..core import Core
 from ..errors import InvalidRequest, NotFound, StagingError
 from ..states import TransferItemState
 from ..transfer.protocol import (
-    BATCH_FILE_MAX, FRAMING_HEADER, MAX_STATUS_WAIT, SIZES, UNKNOWN, BatchFraming)
+    BATCH_FILE_MAX, MAX_STATUS_WAIT, SIZES, UNKNOWN, BatchFraming)
 from ..transfer.outgoing import BatchMember, batch_paths, list_peers, read_member
 from ..transfer.receiver import Receiver
 from .base import ApiHttpError, BaseHandler
@@ -134,10 +134,9 @@ class PeerBatchHandler(PeerBaseHandler):
         throttle = _throttle(self.core, peer)
         framing = BatchFraming(compact=body.get("framing") == SIZES)
         self.set_header("Content-Type", "application/octet-stream")
-        if framing.compact:
-            self.set_header(FRAMING_HEADER, SIZES)
         done = 0
         try:
+            self.write(framing.start())
             while done < len(members):
                 # Files are read in the thread pool, about a flush's worth at a time.
                 frames, done = await self.run(_read_members, members, done, framing)

@@ -33,12 +33,13 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     a 4-byte big-endian header length, the header (JSON ``{"name", "size"}``, or ``{"name",
     "error"}`` when the sender cannot serve that file: no bytes follow), then ``size`` bytes;
     a header length of 0 ends the stream. A receiver that asks with ``"framing": "sizes"`` gets,
-    from a sender that knows it (its reply says ``X-Hera-Batch-Framing: sizes``), the compact
-    framing instead, with no header to encode or parse per member: per member in the order
-    asked its 4-byte size then its bytes, or ``0xFFFFFFFF``, a 4-byte length and the UTF-8
+    from a sender that knows it, the compact framing instead, with no header to encode or parse
+    per member: ``0xFFFFFFFD`` first (no header length is that large: the stream itself says
+    how it is framed, whatever a proxy does to the reply's headers), then per member in the
+    order asked its 4-byte size and its bytes, or ``0xFFFFFFFF``, a 4-byte length and the UTF-8
     message of why the sender cannot serve it; ``0xFFFFFFFE`` after the last member ends the
     stream. A sender that does not know it ignores the field and answers with JSON headers
-    (the receiver reads whichever the reply says); a receiver that does not ask gets JSON
+    (the receiver reads whichever the first word says); a receiver that does not ask gets JSON
     headers. The sender reads one file at a time (constant memory);
     the receiver verifies every member on its own against its announced size and checksum, so
     one damaged member is pulled again without the others. Small files move this way: one
@@ -92,11 +93,11 @@ BATCH_MAX_BYTES = 64 << 20
 MAX_STATUS_WAIT = 10.0
 _HEADER = struct.Struct(">I")
 #: ``POST files/batch``'s compact framing: asked for with ``"framing": SIZES`` in the request,
-#: used when the reply's ``FRAMING_HEADER`` says so (see the module's docstring).
+#: used when the reply's first word is ``_COMPACT_START`` (see the module's docstring).
 SIZES = "sizes"
-FRAMING_HEADER = "X-Hera-Batch-Framing"
-#: The compact framing's words that are no size: a member the sender cannot serve (its message
-#: follows), and the end of the stream.
+#: The compact framing's words that are no size: its first (no JSON header is that long), a
+#: member the sender cannot serve (its message follows), and the end of the stream.
+_COMPACT_START = 0xFFFFFFFD
 _ERROR_MEMBER = 0xFFFFFFFF
 _END_MEMBERS = 0xFFFFFFFE
 #: Bytes read from the socket at a time while parsing a batch stream.
@@ -348,7 +349,8 @@ class PeerClient:
         bytes (the sender frames a larger file as an error), so one is read whole: memory
         stays bounded, and a small file costs one slice of the stream's buffer instead of a
         reader object and chunks. The compact framing is asked for; a sender that answers with
-        JSON headers is read as such."""
+        JSON headers (its first word a header's length, not ``_COMPACT_START``) is read as
+        such."""
         names = list(names)
         try:
             reply = self.session.post(self._url("files/batch"),
@@ -360,10 +362,11 @@ class PeerClient:
         _checked(self.peer.name, reply)
         stream = _RawReader(reply, self.peer.name)
         try:
-            if reply.headers.get(FRAMING_HEADER) == SIZES:
+            (first,) = _HEADER.unpack(stream.exactly(_HEADER.size))
+            if first == _COMPACT_START:
                 yield from self._sized_members(stream, names)
             else:
-                yield from self._json_members(stream)
+                yield from self._json_members(stream, first)
         finally:
             reply.close()
 
@@ -387,11 +390,11 @@ class PeerClient:
         if unpack(exactly(size_of_word))[0] != _END_MEMBERS:
             raise Unavailable(f"batch pull from {self.peer.name!r}: more members than asked for")
 
-    def _json_members(self, stream: _RawReader) -> Iterator[tuple[str, bytes, str]]:
+    def _json_members(self, stream: _RawReader, length: int
+                      ) -> Iterator[tuple[str, bytes, str]]:
         """The members of a batch stream with JSON headers (what senders before the compact
-        framing answer)."""
+        framing answer), ``length`` the first header's (already read)."""
         while True:
-            (length,) = _HEADER.unpack(stream.exactly(_HEADER.size))
             if length == 0:
                 return
             if length > _MAX_HEADER:
@@ -399,19 +402,20 @@ class PeerClient:
                                   f"of {length} bytes (not this protocol)")
             try:
                 header = json.loads(stream.exactly(length))
-            except ValueError:  # not JSON (nor UTF-8): e.g. a compact stream, its header lost
+            except ValueError:  # not JSON (nor UTF-8): not this protocol
                 header = None
             if not isinstance(header, dict) or not isinstance(header.get("name"), str):
                 raise Unavailable(f"batch pull from {self.peer.name!r}: a malformed header")
             if "error" in header:
                 yield header["name"], b"", str(header["error"]) or "no reason given"
-                continue
-            size = header.get("size", 0)
-            if isinstance(size, bool) or not isinstance(size, int) \
-                    or not 0 <= size <= BATCH_FILE_MAX:
-                raise Unavailable(f"batch pull from {self.peer.name!r}: a member of "
-                                  f"{size!r} bytes (at most {BATCH_FILE_MAX})")
-            yield header["name"], stream.exactly(size), ""
+            else:
+                size = header.get("size", 0)
+                if isinstance(size, bool) or not isinstance(size, int) \
+                        or not 0 <= size <= BATCH_FILE_MAX:
+                    raise Unavailable(f"batch pull from {self.peer.name!r}: a member of "
+                                      f"{size!r} bytes (at most {BATCH_FILE_MAX})")
+                yield header["name"], stream.exactly(size), ""
+            (length,) = _HEADER.unpack(stream.exactly(_HEADER.size))
 
     def content(self, name: str, offset: int = 0) -> _RawReader:
         """The bytes of ``name`` from ``offset`` on, as a stream to ``fill`` buffers from
@@ -518,6 +522,10 @@ class BatchFraming:
 
     def __init__(self, compact: bool) -> None:
         self.compact = compact
+
+    def start(self) -> bytes:
+        """What begins the stream (the compact framing's word that says it is)."""
+        return _HEADER.pack(_COMPACT_START) if self.compact else b""
 
     def member(self, out: bytearray, name: str, data: bytes) -> None:
         """Append the member ``name`` holding ``data`` to ``out``."""
