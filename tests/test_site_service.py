@@ -340,6 +340,25 @@ def _wait_finished(site: Site, user: str, number: int, timeout: float = 15.0) ->
     return job
 
 
+def _run_users_worker(site: Site, user: str, number: int, store_class: type | None = None,
+                      store_options: dict[str, Any] | None = None, **config: Any) -> None:
+    """Run ``user``'s worker over HTTP (``store_class``, an ``HttpJobStore``, with the user's
+    token) until its pending job ``number`` is done; ``config``: more ``EngineConfig``."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    store = (store_class or HttpJobStore)(site.url, site.tokens[user],
+                                          spool_dir=site.work / f"cache-{user}",
+                                          **(store_options or {}))
+    settings = EngineConfig(kinds=standard_kinds(), heartbeat_seconds=0.2, fsync=False,
+                            allowed_roots=(str(site.home(user).resolve()),), **config)
+    try:
+        assert run_pending(store, settings) == [number]
+    finally:
+        store.close()
+
+
 def test_a_users_worker_runs_her_job_and_the_files_land(site: Site) -> None:
     destination = _dest(site, "alice", "staged")
     number = site.stage("alice", destination)["id"]
@@ -681,8 +700,6 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
     queued behind each other at the service), and its last record asks which items are left
     (no separate ``unfinished`` call); every file is staged and counted once."""
     from hera_stage_ext.jobs.http_store import HttpJobStore
-    from hera_stage_ext.jobs.run import EngineConfig, run_pending
-    from hera_stage_ext.standard_kinds import standard_kinds
 
     _issue_stage_token(site, "erin")
     destination = _dest(site, "erin", "start")
@@ -694,14 +711,7 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
             calls.append((path.split(f"jobs/{number}/", 1)[-1], dict(body or {})))
             return super().call(method, path, body)
 
-    store = Recording(site.url, site.tokens["erin"], spool_dir=site.work / "cache-erin")
-    config = EngineConfig(kinds=standard_kinds(), streams=4, claim_batch=2,
-                          heartbeat_seconds=0.2, fsync=False,
-                          allowed_roots=(str(site.home("erin").resolve()),))
-    try:
-        assert run_pending(store, config) == [number]
-    finally:
-        store.close()
+    _run_users_worker(site, "erin", number, Recording, streams=4, claim_batch=2)
     claims = [body["n"] for action, body in calls
               if action in ("items/claim", "items/exchange") and body.get("n")]
     assert claims[0] == 4 * 2, calls  # the first claim: for the four streams
@@ -720,8 +730,6 @@ def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Si
     """Against a service that does not announce ``record_unfinished`` (an older one), a user's
     worker asks ``unfinished`` on its own and sends no such question with its records."""
     from hera_stage_ext.jobs.http_store import HttpJobStore
-    from hera_stage_ext.jobs.run import EngineConfig, run_pending
-    from hera_stage_ext.standard_kinds import standard_kinds
 
     _issue_stage_token(site, "erin")
     destination = _dest(site, "erin", "older")
@@ -736,13 +744,7 @@ def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Si
                 answer.pop("record_unfinished")
             return answer
 
-    store = Older(site.url, site.tokens["erin"], spool_dir=site.work / "cache-erin")
-    config = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2,
-                          fsync=False, allowed_roots=(str(site.home("erin").resolve()),))
-    try:
-        assert run_pending(store, config) == [number]
-    finally:
-        store.close()
+    _run_users_worker(site, "erin", number, Older, streams=2)
     assert "unfinished" in [action for action, _ in calls], calls
     assert not any("unfinished" in body for _, body in calls), calls
     job = _wait_finished(site, "erin", number)
@@ -754,8 +756,6 @@ def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     here): a hand-over with more goes as records of that many and the rest with the claim;
     every result is counted once and the job succeeds."""
     from hera_stage_ext.jobs.http_store import HttpJobStore
-    from hera_stage_ext.jobs.run import EngineConfig, run_pending
-    from hera_stage_ext.standard_kinds import standard_kinds
 
     _issue_stage_token(site, "carol")
     destination = _dest(site, "carol", "split")
@@ -775,15 +775,8 @@ def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
                 sent.append((path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1], count))
             return super().call(method, path, body)
 
-    store = Counting(site.url, site.tokens["carol"], spool_dir=site.work / "cache-carol",
-                     results_per_call=2)
-    config = EngineConfig(kinds=standard_kinds(), streams=1, claim_batch=len(FILES),
-                          heartbeat_seconds=0.2, fsync=False,
-                          allowed_roots=(str(site.home("carol").resolve()),))
-    try:
-        assert run_pending(store, config) == [number]
-    finally:
-        store.close()
+    _run_users_worker(site, "carol", number, Counting, {"results_per_call": 2}, streams=1,
+                      claim_batch=len(FILES))
     assert sent == [("items/record", 2), ("items/exchange", 1)], sent
     job = _wait_finished(site, "carol", number)
     assert job["state"] == "succeeded", job
@@ -797,8 +790,6 @@ def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Sit
     from hera_stage_ext.catalogue.db import Database
     from hera_stage_ext.jobs.engine import get_job
     from hera_stage_ext.jobs.http_store import HttpJobStore
-    from hera_stage_ext.jobs.run import EngineConfig, run_pending
-    from hera_stage_ext.standard_kinds import standard_kinds
 
     _issue_stage_token(site, "dave")
     destination = _dest(site, "dave", "runs")
@@ -810,13 +801,7 @@ def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Sit
             bodies.append((path.rsplit("/", 1)[-1], dict(body or {})))
             return super().call(method, path, body)
 
-    store = Recording(site.url, site.tokens["dave"], spool_dir=site.work / "cache-dave")
-    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
-                          fsync=False, allowed_roots=(str(site.home("dave").resolve()),))
-    try:
-        assert run_pending(store, config) == [number]
-    finally:
-        store.close()
+    _run_users_worker(site, "dave", number, Recording, streams=1)
     reported = [body for action, body in bodies if action in ("record", "exchange")
                 and (body.get("results") or body.get("runs"))]
     assert reported and all(not body["results"] for body in reported), reported
@@ -1014,9 +999,7 @@ def test_the_logs_last_lines_come_with_the_finish(site: Site) -> None:
     log is no text is refused and leaves the job as it was."""
     from hera_stage_ext.errors import InvalidRequest
     from hera_stage_ext.jobs.http_store import HttpJobStore
-    from hera_stage_ext.jobs.run import EngineConfig, run_pending
     from hera_stage_ext.site.worker_ops import WorkerOps
-    from hera_stage_ext.standard_kinds import standard_kinds
 
     _issue_stage_token(site, "dave")
     destination = _dest(site, "dave", "logged")
@@ -1033,16 +1016,9 @@ def test_the_logs_last_lines_come_with_the_finish(site: Site) -> None:
                 assert job["state"] == "running", job  # not finished before its log is in
             return super().call(method, path, body)
 
-    store = Watching(site.url, site.tokens["dave"], spool_dir=site.work / "cache-dave")
-    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
-                          fsync=False, allowed_roots=(str(site.home("dave").resolve()),))
-    try:
-        with pytest.raises(InvalidRequest):  # (a log that is no text: refused, nothing done)
-            WorkerOps(Database(site.db_url), "dave").finish(number, {"worker_id": "x",
-                                                                     "log": 5})
-        assert run_pending(store, config) == [number]
-    finally:
-        store.close()
+    with pytest.raises(InvalidRequest):  # (a log that is no text: refused, nothing done)
+        WorkerOps(Database(site.db_url), "dave").finish(number, {"worker_id": "x", "log": 5})
+    _run_users_worker(site, "dave", number, Watching, streams=1)
     last_record = len(calls) - 1 - calls[::-1].index("items/record")
     end = calls[last_record:calls.index("finish") + 1]
     # The unfinished items and the result lines with the last record's answer, the log's
