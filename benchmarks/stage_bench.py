@@ -239,21 +239,9 @@ def _status(pid: int) -> dict[str, str]:
     return out
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU seconds used so far by ``pids`` and their children (a worker and
-    its copy helper processes, which live as long as it does)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in {*pids, *(child for pid in pids for child in _children(pid))}:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 def _cpu_split(pids: list[int]) -> tuple[float, float, float, float]:
     """CPU seconds used so far: the worker(s) ``pids`` user, system; their children (the copy
-    helpers) user, system."""
+    helper processes, which live as long as a worker does) user, system."""
     tick = os.sysconf("SC_CLK_TCK")
     split = [0, 0, 0, 0]
     for pid, base in [*((p, 0) for p in pids),
@@ -515,7 +503,6 @@ class Bench:
     def run_ours(self, fs: FileSet, dest: Path, method: str, server: Server | None = None) -> Run:
         server = server or self.server
         workers = server.worker_pids()
-        cpu0 = _cpu_seconds(workers)
         split0 = _cpu_split(workers)
         # The server's own CPU (single-user: the Jupyter server, not its worker; site: the
         # service), sampled through the run (its share of the job's own time is read from the
@@ -535,9 +522,9 @@ class Bench:
             raise RuntimeError(f"job {job['id']}: {job['state']} {job['files_done']} files: "
                                f"{job['error']}")
         seconds = (_parse_time(job["finished_at"]) - _parse_time(job["started_at"])).total_seconds()
-        cpu = _cpu_seconds(workers) - cpu0 if workers == server.worker_pids() else None
         split = (tuple(b - a for a, b in zip(split0, _cpu_split(workers)))
-                 if cpu is not None else None)
+                 if workers == server.worker_pids() else None)
+        cpu = None if split is None else sum(split)
         started = _parse_time(job["started_at"])
         server_cpu = sampler.between(_epoch(started), _epoch(_parse_time(job["finished_at"])))
         first, end = _file_times(server, job["id"], started, _parse_time(job["finished_at"]))
