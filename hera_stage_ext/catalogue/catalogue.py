@@ -677,8 +677,9 @@ class Catalogue:
                                              count=count, sort=sort), "search": search})
 
         def read(connection: Connection) -> str:
-            page = self._search_page(connection, kind, search, limit, cursor, count, sort)
-            results = (files_with_instances_text(connection, page.rows)
+            page = self._search_page(connection, kind, search, limit, cursor, count, sort,
+                                     with_instances=True)
+            results = (files_with_instances_text(connection, page.rows, page.instances)
                        if page.rows else [])
             return reply_text(kind, results, page.next_cursor, page.total, search)
 
@@ -686,11 +687,12 @@ class Catalogue:
         return self.db.run_limited_plain(self.search_timeout_s, read)
 
     def _search_page(self, s: DbSession | Connection, kind: str, search: Any, limit: int,
-                     cursor: str | None, count: bool, sort: str | None
-                     ) -> search_language.SearchPage:
+                     cursor: str | None, count: bool, sort: str | None,
+                     with_instances: bool = False) -> search_language.SearchPage:
         return search_language.run_search(
             s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
             plain=kind == "files", max_limit=self.max_search_limit,
+            with_instances=with_instances,
         )
 
     def names_matching(self, search: Any, limit: int) -> list[str]:

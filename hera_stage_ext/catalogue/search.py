@@ -41,11 +41,14 @@ MAX_LIMIT = 10_000
 
 class SearchPage(NamedTuple):
     """One page of results: ORM rows, the cursor of the next page (None on the last page) and
-    the number of matching rows (None unless ``count=True`` was asked)."""
+    the number of matching rows (None unless ``count=True`` was asked); ``instances``: the
+    instance rows of the page's files (``file_id`` then ``serialize.INSTANCE_COLUMNS``' values) when they were read
+    with the page (``with_instances``), else None."""
 
     rows: list
     next_cursor: str | None
     total: int | None
+    instances: list | None = None
 
 
 def _naive_utc(now: dt.datetime | None) -> dt.datetime:
@@ -116,6 +119,7 @@ def run_search(
     now: dt.datetime | None = None,
     plain: bool = False,
     max_limit: int = MAX_LIMIT,
+    with_instances: bool = False,
 ) -> SearchPage:
     """One page of the rows of ``kind`` matching ``search`` (JSON text or parsed).
 
@@ -136,6 +140,10 @@ def run_search(
     consistent and fast however deep. ``count=True`` fills ``total`` with the number of
     matching rows (a separate COUNT query). ``now`` (naive UTC, default the current time) is
     the reference of not-older-than, not-newer-than and age.
+
+    ``with_instances`` (plain rows): on PostgreSQL the instances of the page's files come in
+    the same statement as the page (``SearchPage.instances``; ``search_rows.with_instances``),
+    one round trip to the database instead of two; elsewhere (SQLite, a count) None.
     """
     check_kind(kind)
     if plain and kind != "files":
@@ -177,6 +185,7 @@ def run_search(
         return stmt.order_by(*order).limit(page_limit)
 
     rows: list[Any]
+    instances = None
     if plain and not count:
         # The page's statement compiled once per shape of search (``search_statements``).
         connection = _connection(session)
@@ -185,7 +194,10 @@ def run_search(
                None if cursor_values is None else tuple(v is None for v in cursor_values))
         statement = page_statement(key, lambda: (build(limit_parameter(limit)), ctx),
                                    connection.dialect)
-        rows = statement.rows(connection, ctx, limit)
+        if with_instances and ctx.postgresql:
+            rows, instances = statement.rows_with_instances(connection, ctx, limit)
+        else:
+            rows = statement.rows(connection, ctx, limit)
     else:
         stmt = build(limit + 1)
         # Plain rows on the session's connection (same transaction): the ORM's statement
@@ -205,4 +217,4 @@ def run_search(
         ctx.reset()
         predicate = compile_search(ctx, kind, parsed, 1, "")
         total = session.scalar(_from(kind, entity=False).where(predicate))
-    return SearchPage(rows, next_cursor, total)
+    return SearchPage(rows, next_cursor, total, instances)

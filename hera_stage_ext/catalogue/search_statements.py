@@ -11,6 +11,8 @@ on its first search, and every later search of that shape only computes its para
 values (each bound value's recipe, ``search_clauses.Ctx.bind``) and runs the SQL text with the
 values converted by the same processors SQLAlchemy applies (``db.driver_rows``: the driver's
 cursor itself, its errors wrapped as SQLAlchemy's, so a search's time limit applies as before).
+On PostgreSQL a page can come with its files' instances from one statement
+(``search_rows.with_instances``): one round trip to the database instead of two.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.sql import sqltypes
 
 from .db import driver_rows, loads_json_column
 from .search_clauses import Ctx
+from .search_rows import with_instances
 
 #: Most shapes kept (the least recently used goes first): a statement is a few kB.
 MAX_STATEMENTS = 512
@@ -47,6 +50,8 @@ class FileRow(NamedTuple):
     source: str
     meta: Any
 
+
+_FILE_COLUMNS = len(FileRow._fields)
 
 Processor = Callable[[Any], Any]
 
@@ -80,6 +85,7 @@ class PageStatement:
                         for position, column, processor in (
             (position, column, column.type.dialect_impl(dialect).result_processor(dialect, None))
             for position, column in enumerate(stmt.selected_columns)) if processor is not None]
+        self._with_instances: str | None = None  # made on first use (PostgreSQL only)
 
     def parameters(self, ctx: Ctx, limit: int) -> tuple[Any, ...] | dict[str, Any]:
         """The parameters of the search read into ``ctx`` (its leaves, ``now``, the cursor's
@@ -100,6 +106,24 @@ class PageStatement:
         if self.positional:
             return tuple(found)
         return {entry[0]: value for entry, value in zip(self._parameters, found)}
+
+    def rows_with_instances(self, connection: Connection, ctx: Ctx, limit: int
+                            ) -> tuple[list[FileRow], list[Any]]:
+        """``rows`` and the instance rows of those files (``file_id`` then ``serialize.INSTANCE_COLUMNS``' values)
+        from one statement; PostgreSQL only (psycopg converts every value as SQLAlchemy
+        would)."""
+        sql = self._with_instances
+        if sql is None:
+            sql = self._with_instances = with_instances(self.sql, _FILE_COLUMNS)
+        files: list[FileRow] = []
+        instances: list[Any] = []
+        # A file's part of a row is never NULL where an instance's is (its id).
+        for row in driver_rows(connection, sql, self.parameters(ctx, limit)):
+            if row[0] is None:
+                instances.append(row[_FILE_COLUMNS:])
+            else:
+                files.append(FileRow._make(row[:_FILE_COLUMNS]))
+        return files, instances
 
     def rows(self, connection: Connection, ctx: Ctx, limit: int) -> list[FileRow]:
         """The page's rows (at most ``limit + 1``), values converted as SQLAlchemy would."""
