@@ -148,3 +148,42 @@ def test_a_json_column_is_decoded_as_json_loads_would(stored: str, as_bytes: boo
         except ValueError as exc:
             got = ("error", type(exc), str(exc))
         assert repr(got) == repr(expected), (stored, encoding)
+
+
+@pytest.mark.parametrize("text", [
+    # As PostgreSQL writes a JSONB value: a checksums object, empty, and what may not be
+    # written as it is (escapes, characters outside printable ASCII, numbers, nesting, arrays,
+    # spacing that is not JSONB's).
+    '{"md5": "0123abcd", "xxh3-128": "ef"}', "{}", '{"": ""}', '{"a": "b c ~ !#[]"}',
+    '{"q": "\\"x\\""}', '{"b": "\\\\"}', '{"t": "\\t"}', '{"c": "\\u0001"}', '{"e": "é"}',
+    '{"d": "\x7f"}', '{"n": 1}', '{"f": 1.50}', '{"g": 0.00000015}', '{"h": null}',
+    '{"i": ["a"]}', '{"j": {"k": "l"}}', '{"a":"b"}', '{"a": "b","c": "d"}', '[["a", "b"]]',
+])
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_json_column_given_as_its_text_is_written_as_its_value_would_be(
+        text: str, as_dict: bool) -> None:
+    """PostgreSQL's text of a JSONB column (a REST search page read with its instances) is
+    written as ``json.dumps`` of the value the column decodes to (of ``dict`` of it for the
+    checksums)."""
+    from hera_stage_ext.catalogue.search_reply import _json_column_text
+
+    value = json.loads(text)
+    expected = json.dumps(dict(value) if as_dict else value)
+    assert _json_column_text(text, as_dict) == expected
+
+
+def test_a_page_with_files_without_copies_is_written_as_the_dicts(catalogue: Any) -> None:
+    """Files whose copies are all gone (and a page's one-past-the-limit file's copies, read
+    with the page on PostgreSQL) are written as ``Catalogue.search`` has them."""
+    with catalogue.db.write() as s:
+        s.execute(Instance.__table__.delete().where(Instance.file_id.in_([2, 4])))
+    search: Any = {"name-matches": "zen.%"}
+    cursor = None
+    for _ in range(4):
+        asked = {"limit": 2, "cursor": cursor}
+        got = catalogue.search_text("files", search, **asked)
+        assert got == json.dumps({**catalogue.search("files", search, **asked), "search": search})
+        cursor = json.loads(got)["next_cursor"]
+    assert cursor is None
+    assert [len(f["instances"]) for f in catalogue.search("files", search, limit=7)["results"]] \
+        == [2, 0, 2, 0, 1, 1, 1]

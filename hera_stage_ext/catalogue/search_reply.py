@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
+from .db import loads_json_column
+
 #: ``json.dumps(value)`` with its defaults (it is what ``json.dumps`` itself calls).
 _encode = json.JSONEncoder().encode
 
@@ -41,6 +43,25 @@ def _decoded(value: Any) -> str:
     if _c_encoder is None:
         return _encode(value)
     return "".join(_c_encoder(value, 0))
+
+
+#: A string ``json.dumps`` writes as it is: printable ASCII but a quote or a backslash.
+_PLAIN_STRING = r'"[ !#-\[\]-~]*"'
+#: PostgreSQL's text of a JSONB object of such strings, ``{"md5": "...", "xxh3-128": "..."}``:
+#: its spacing is ``json.dumps``'s, and a JSONB object has no key twice, so decoding it and
+#: encoding the dict again gives the same text.
+_PLAIN_OBJECT = re.compile(
+    rf'\{{(?:{_PLAIN_STRING}: {_PLAIN_STRING}(?:, {_PLAIN_STRING}: {_PLAIN_STRING})*)?\}}')
+
+
+def _json_column_text(text: str, as_dict: bool = False) -> str:
+    """``_decoded`` of the value of a JSON column given as PostgreSQL's text of it (of
+    ``dict`` of the value with ``as_dict``): a checksums object (every search reply's) is its
+    own text, anything else is decoded and encoded again."""
+    if _PLAIN_OBJECT.fullmatch(text):
+        return text
+    value = loads_json_column(text)
+    return _decoded(dict(value) if as_dict and type(value) is not dict else value)
 
 
 def _text(value: Any) -> str:
@@ -87,9 +108,12 @@ class PageWriter:
     text. ``parse_time``: the time columns' SQLAlchemy result processor where the driver gives
     times as text (SQLite), None where it gives datetimes."""
 
-    def __init__(self, parse_time: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, parse_time: Callable[[Any], Any] | None = None,
+                 json_as_text: bool = False) -> None:
         self._parse_time = parse_time
-        self._times: dict[Any, str] = {}  # by the driver's value
+        self._json_as_text = json_as_text
+        # By the driver's value (None: a time never set, so that one is a look-up too).
+        self._times: dict[Any, str] = {None: "null"}
         self._converted_times: dict[dt.datetime, str] = {}  # by SQLAlchemy's
         # (store name, root, kind, deletion policy, fixity, available) -> the text around the
         # instance's own values (empty: a value that is not a text, written the long way).
@@ -153,8 +177,11 @@ class PageWriter:
         else:
             path_json = _text(path)
             full_json = _text(_full_path(store_root, path))
+        # A time seen before (most of a page's) is a dict look-up, not a call of ``time``.
+        times = self._times
         return (f'{{"file": {name_json}{head}{path_json}, "full_path": {full_json}{middle}'
-                f'{self.time(create_time)}{tail}{self.time(verified_at)}}}')
+                f'{times.get(create_time) or self.time(create_time)}{tail}'
+                f'{times.get(verified_at) or self.time(verified_at)}}}')
 
     def _instance_long(self, name_json: str, row: Sequence[Any]) -> str:
         (_file_id, store_name, store_root, store_kind, store_available, path, available,
@@ -174,13 +201,17 @@ class PageWriter:
         (``search``'s ``FILE_COLUMNS`` after id and name, in that order, converted as
         SQLAlchemy does) with ``"instances"`` (their texts); ``name_json`` is the file's name
         already encoded."""
-        if type(checksums) is not dict:
-            checksums = dict(checksums)
+        if self._json_as_text and type(checksums) is str:
+            checksums_json = _json_column_text(checksums, as_dict=True)
+        else:
+            checksums_json = _decoded(checksums if type(checksums) is dict else dict(checksums))
+        meta_json = (_json_column_text(meta) if self._json_as_text and type(meta) is str
+                     else _decoded(meta))
         return (f'{{"name": {name_json}, "type": {_text(type_)}, "size": {_int(size)}, '
-                f'"is_directory": {_bool(is_directory)}, "checksums": {_decoded(checksums)}, '
+                f'"is_directory": {_bool(is_directory)}, "checksums": {checksums_json}, '
                 f'"create_time": {self.converted_time(create_time)}, '
                 f'"obsid": {"null" if obsid is None else _int(obsid)}, '
-                f'"source": {_text(source)}, "metadata": {_decoded(meta)}, '
+                f'"source": {_text(source)}, "metadata": {meta_json}, '
                 f'"instances": [{", ".join(instances)}]}}')
 
 

@@ -47,18 +47,19 @@ _INSTANCES_SQL = (
 _INSTANCES_PG = _INSTANCES_SQL.format(match="= ANY(CAST(%s AS integer[]))")
 
 
-def with_instances(page_sql: str, page_columns: int) -> str:
-    """PostgreSQL: a files page's statement (``page_sql``, of ``page_columns`` columns) made one
-    that also returns the instances of the page's files, each file's in id order, so the page
-    and its instances take one round trip. A row is a file's (its columns, then NULLs) or an
-    instance's (NULLs, then ``file_id`` and ``INSTANCE_COLUMNS``' values); the files come in
-    the page's order (a materialized CTE is read back in the order it was written, and each
-    branch of a UNION ALL keeps its rows' order), the instances of the page's last row, one
-    past the limit, too."""
-    file_nulls = ", ".join(["NULL"] * page_columns)
+def with_instances(page_sql: str, page_columns: Sequence[str]) -> str:
+    """PostgreSQL: a files page's statement (``page_sql``) made one that also returns the
+    instances of the page's files, each file's in id order, so the page and its instances take
+    one round trip. A row is a file's (``page_columns``: expressions of the page's columns by
+    their names, then NULLs) or an instance's (NULLs, then ``file_id`` and
+    ``INSTANCE_COLUMNS``' values); the files come in the page's order (a materialized CTE is
+    read back in the order it was written, and each branch of a UNION ALL keeps its rows'
+    order), the instances of the page's last row, one past the limit, too."""
+    file_nulls = ", ".join(["NULL"] * len(page_columns))
     instance_nulls = ", ".join(["NULL"] * (1 + len(INSTANCE_COLUMNS)))
+    files = ", ".join(f"page.{column}" for column in page_columns)
     return (f"WITH page AS MATERIALIZED ({page_sql}) "
-            f"SELECT page.*, {instance_nulls} FROM page "
+            f"SELECT {files}, {instance_nulls} FROM page "
             f"UNION ALL (SELECT {file_nulls}, {INSTANCE_SELECT} FROM {INSTANCE_FROM} "
             # One index scan for the array (as _INSTANCES_PG), not one per file of an IN.
             "WHERE instance.file_id = ANY(ARRAY(SELECT page.id FROM page)) "
@@ -106,7 +107,8 @@ def _instances(session: OrmSession | Connection, file_ids: list[int]) -> list[li
     return found
 
 
-def _page_writer(dialect: Dialect) -> tuple[PageWriter, list[tuple[int, Callable[[Any], Any]]]]:
+def _page_writer(dialect: Dialect, json_as_text: bool = False
+                 ) -> tuple[PageWriter, list[tuple[int, Callable[[Any], Any]]]]:
     """A writer for a page's text and the processors its instance rows still need: a boolean's
     is left out (the writer reads its truth, and SQLAlchemy's is ``bool``), a time's goes to the
     writer (which parses only what is not in SQLAlchemy's SQLite form), any other column's
@@ -120,7 +122,7 @@ def _page_writer(dialect: Dialect) -> tuple[PageWriter, list[tuple[int, Callable
             parse_time = processor
             continue
         others.append((position, processor))
-    return PageWriter(parse_time), others
+    return PageWriter(parse_time, json_as_text), others
 
 
 def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict[str, Any]]:
@@ -145,12 +147,14 @@ def files_with_instances_text(connection: Connection, files: Sequence[Any],
     """``files_with_instances`` as each file's JSON text (``json.dumps`` of its dict, byte for
     byte), written by ``search_reply.PageWriter`` from the rows without the dicts;
     ``instances``: their instance rows when read already (``search.SearchPage.instances``),
-    each file's in id order (others' are left out)."""
+    each file's in id order (others' are left out), and then the files' JSON columns are their
+    JSON text (``search_statements.PageStatement.rows_with_instances``)."""
     # Rows unpacked by position (FILE_COLUMNS: id, name, then PageWriter.file's values in
     # order): reading a row's values by name costs 0.3 us each, most of a file's formatting.
     names = {row[0]: name_text(row[1]) for row in files}
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
-    writer, processors = _page_writer(connection.dialect)
+    # Instances read with the page (PostgreSQL): its JSON columns are their text.
+    writer, processors = _page_writer(connection.dialect, json_as_text=instances is not None)
     instance_text = writer.instance
     if instances is None:
         instances = _instance_rows(connection, list(names))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Dialect, Integer, Select, bindparam
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import sqltypes
 
 from .db import driver_rows, loads_json_column
@@ -52,7 +53,6 @@ class FileRow(NamedTuple):
 
 
 _FILE_COLUMNS = len(FileRow._fields)
-
 Processor = Callable[[Any], Any]
 
 
@@ -85,6 +85,12 @@ class PageStatement:
                         for position, column, processor in (
             (position, column, column.type.dialect_impl(dialect).result_processor(dialect, None))
             for position, column in enumerate(stmt.selected_columns)) if processor is not None]
+        # The page's columns as ``with_instances`` selects them: a JSONB column as its text
+        # (``search_reply.PageWriter`` writes PostgreSQL's text of a simple object as it is).
+        self._page_columns = [
+            f"{column.name}::text" if isinstance(column.type.dialect_impl(dialect),
+                                                 postgresql.JSONB) else column.name
+            for column in stmt.selected_columns]
         self._with_instances: str | None = None  # made on first use (PostgreSQL only)
 
     def parameters(self, ctx: Ctx, limit: int) -> tuple[Any, ...] | dict[str, Any]:
@@ -109,12 +115,13 @@ class PageStatement:
 
     def rows_with_instances(self, connection: Connection, ctx: Ctx, limit: int
                             ) -> tuple[list[FileRow], list[Any]]:
-        """``rows`` and the instance rows of those files (``file_id`` then ``serialize.INSTANCE_COLUMNS``' values)
-        from one statement; PostgreSQL only (psycopg converts every value as SQLAlchemy
-        would)."""
+        """``rows`` and the instance rows of those files (``file_id`` then
+        ``serialize.INSTANCE_COLUMNS``' values) from one statement; PostgreSQL only (psycopg
+        converts every value as SQLAlchemy would), the JSON columns (``checksums``, ``meta``)
+        as their JSON text."""
         sql = self._with_instances
         if sql is None:
-            sql = self._with_instances = with_instances(self.sql, _FILE_COLUMNS)
+            sql = self._with_instances = with_instances(self.sql, self._page_columns)
         files: list[FileRow] = []
         instances: list[Any] = []
         # A file's part of a row is never NULL where an instance's is (its id).
