@@ -678,8 +678,9 @@ class Catalogue:
 
         def read(connection: Connection) -> str:
             page = self._search_page(connection, kind, search, limit, cursor, count, sort,
-                                     with_instances=True)
-            results = (files_with_instances_text(connection, page.rows, page.instances)
+                                     for_text=True)
+            results = (files_with_instances_text(connection, page.rows, page.instances,
+                                                 json_as_text=page.json_as_text)
                        if page.rows else [])
             return reply_text(kind, results, page.next_cursor, page.total, search)
 
@@ -688,11 +689,11 @@ class Catalogue:
 
     def _search_page(self, s: DbSession | Connection, kind: str, search: Any, limit: int,
                      cursor: str | None, count: bool, sort: str | None,
-                     with_instances: bool = False) -> search_language.SearchPage:
+                     for_text: bool = False) -> search_language.SearchPage:
         return search_language.run_search(
             s, kind, search, limit=limit, cursor=cursor, count=count, sort=sort,
             plain=kind == "files", max_limit=self.max_search_limit,
-            with_instances=with_instances,
+            for_text=for_text,
         )
 
     def names_matching(self, search: Any, limit: int) -> list[str]:

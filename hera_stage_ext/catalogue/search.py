@@ -41,14 +41,16 @@ MAX_LIMIT = 10_000
 
 class SearchPage(NamedTuple):
     """One page of results: ORM rows, the cursor of the next page (None on the last page) and
-    the number of matching rows (None unless ``count=True`` was asked); ``instances``: the
-    instance rows of the page's files (``file_id`` then ``serialize.INSTANCE_COLUMNS``' values) when they were read
-    with the page (``with_instances``), else None."""
+    the number of matching rows (None unless ``count=True`` was asked). With ``for_text``:
+    ``json_as_text`` when the rows' JSON columns (``checksums``, ``meta``) are their JSON
+    text, and ``instances``, the instance rows of the page's files (``file_id`` then
+    ``serialize.INSTANCE_COLUMNS``' values) when they were read with the page, else None."""
 
     rows: list
     next_cursor: str | None
     total: int | None
     instances: list | None = None
+    json_as_text: bool = False
 
 
 def _naive_utc(now: dt.datetime | None) -> dt.datetime:
@@ -119,7 +121,7 @@ def run_search(
     now: dt.datetime | None = None,
     plain: bool = False,
     max_limit: int = MAX_LIMIT,
-    with_instances: bool = False,
+    for_text: bool = False,
 ) -> SearchPage:
     """One page of the rows of ``kind`` matching ``search`` (JSON text or parsed).
 
@@ -141,9 +143,11 @@ def run_search(
     matching rows (a separate COUNT query). ``now`` (naive UTC, default the current time) is
     the reference of not-older-than, not-newer-than and age.
 
-    ``with_instances`` (plain rows): on PostgreSQL the instances of the page's files come in
-    the same statement as the page (``SearchPage.instances``; ``search_rows.with_instances``),
-    one round trip to the database instead of two; elsewhere (SQLite, a count) None.
+    ``for_text`` (plain rows): rows for the REST reply's text
+    (``search_rows.files_with_instances_text``). Without a count, their JSON columns are their
+    JSON text (``SearchPage.json_as_text``), and on PostgreSQL the instances of the page's
+    files come in the same statement as the page (``SearchPage.instances``;
+    ``search_rows.with_instances``), one round trip to the database instead of two.
     """
     check_kind(kind)
     if plain and kind != "files":
@@ -186,6 +190,7 @@ def run_search(
 
     rows: list[Any]
     instances = None
+    json_as_text = False
     if plain and not count:
         # The page's statement compiled once per shape of search (``search_statements``).
         connection = _connection(session)
@@ -194,10 +199,11 @@ def run_search(
                None if cursor_values is None else tuple(v is None for v in cursor_values))
         statement = page_statement(key, lambda: (build(limit_parameter(limit)), ctx),
                                    connection.dialect)
-        if with_instances and ctx.postgresql:
+        if for_text and ctx.postgresql:
             rows, instances = statement.rows_with_instances(connection, ctx, limit)
         else:
-            rows = statement.rows(connection, ctx, limit)
+            rows = statement.rows(connection, ctx, limit, json_as_text=for_text)
+        json_as_text = for_text
     else:
         stmt = build(limit + 1)
         # Plain rows on the session's connection (same transaction): the ORM's statement
@@ -217,4 +223,4 @@ def run_search(
         ctx.reset()
         predicate = compile_search(ctx, kind, parsed, 1, "")
         total = session.scalar(_from(kind, entity=False).where(predicate))
-    return SearchPage(rows, next_cursor, total, instances)
+    return SearchPage(rows, next_cursor, total, instances, json_as_text)

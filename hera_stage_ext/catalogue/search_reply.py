@@ -36,7 +36,7 @@ _c_encoder = None if c_make_encoder is None else c_make_encoder(
     True)
 
 
-def _decoded(value: Any) -> str:
+def json_text(value: Any) -> str:
     """``json.dumps`` of a value decoded from a JSON column."""
     if type(value) is dict and not value:
         return "{}"
@@ -47,21 +47,26 @@ def _decoded(value: Any) -> str:
 
 #: A string ``json.dumps`` writes as it is: printable ASCII but a quote or a backslash.
 _PLAIN_STRING = r'"[ !#-\[\]-~]*"'
-#: PostgreSQL's text of a JSONB object of such strings, ``{"md5": "...", "xxh3-128": "..."}``:
-#: its spacing is ``json.dumps``'s, and a JSONB object has no key twice, so decoding it and
-#: encoding the dict again gives the same text.
+#: An object of such strings as ``json.dumps`` spaces it (and PostgreSQL writes a JSONB
+#: object), ``{"md5": "...", "xxh3-128": "..."}``: decoding it and encoding the dict again
+#: gives the same text when no key comes twice.
 _PLAIN_OBJECT = re.compile(
     rf'\{{(?:{_PLAIN_STRING}: {_PLAIN_STRING}(?:, {_PLAIN_STRING}: {_PLAIN_STRING})*)?\}}')
+_PLAIN_KEY = re.compile(rf'({_PLAIN_STRING}): ')
 
 
 def _json_column_text(text: str, as_dict: bool = False) -> str:
-    """``_decoded`` of the value of a JSON column given as PostgreSQL's text of it (of
-    ``dict`` of the value with ``as_dict``): a checksums object (every search reply's) is its
-    own text, anything else is decoded and encoded again."""
+    """``json_text`` of the value of a JSON column given as its JSON text (of ``dict`` of the
+    value with ``as_dict``): an object of plain strings without a key twice (a checksums
+    object: every search reply's) is its own text, anything else is decoded and encoded
+    again."""
     if _PLAIN_OBJECT.fullmatch(text):
-        return text
+        # Its strings hold no quote: each '"...": ' is a key.
+        keys = _PLAIN_KEY.findall(text)
+        if len(keys) < 2 or len(set(keys)) == len(keys):
+            return text
     value = loads_json_column(text)
-    return _decoded(dict(value) if as_dict and type(value) is not dict else value)
+    return json_text(dict(value) if as_dict and type(value) is not dict else value)
 
 
 def _text(value: Any) -> str:
@@ -106,7 +111,9 @@ class PageWriter:
     each time value (the files and copies of one ingest share theirs) and, per combination of
     store, deletion policy, fixity state and availability, the fixed parts of an instance's
     text. ``parse_time``: the time columns' SQLAlchemy result processor where the driver gives
-    times as text (SQLite), None where it gives datetimes."""
+    times as text (SQLite), None where it gives datetimes; ``json_as_text``: the files' JSON
+    columns come as their JSON text (``search.SearchPage.json_as_text``), which is written as
+    it is when it is what ``json.dumps`` of its value would write."""
 
     def __init__(self, parse_time: Callable[[Any], Any] | None = None,
                  json_as_text: bool = False) -> None:
@@ -204,9 +211,9 @@ class PageWriter:
         if self._json_as_text and type(checksums) is str:
             checksums_json = _json_column_text(checksums, as_dict=True)
         else:
-            checksums_json = _decoded(checksums if type(checksums) is dict else dict(checksums))
+            checksums_json = json_text(checksums if type(checksums) is dict else dict(checksums))
         meta_json = (_json_column_text(meta) if self._json_as_text and type(meta) is str
-                     else _decoded(meta))
+                     else json_text(meta))
         return (f'{{"name": {name_json}, "type": {_text(type_)}, "size": {_int(size)}, '
                 f'"is_directory": {_bool(is_directory)}, "checksums": {checksums_json}, '
                 f'"create_time": {self.converted_time(create_time)}, '

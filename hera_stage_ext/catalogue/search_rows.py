@@ -143,18 +143,18 @@ def files_with_instances(session: OrmSession, files: Sequence[Any]) -> list[dict
 
 
 def files_with_instances_text(connection: Connection, files: Sequence[Any],
-                              instances: Sequence[Sequence[Any]] | None = None) -> list[str]:
+                              instances: Sequence[Sequence[Any]] | None = None, *,
+                              json_as_text: bool = False) -> list[str]:
     """``files_with_instances`` as each file's JSON text (``json.dumps`` of its dict, byte for
     byte), written by ``search_reply.PageWriter`` from the rows without the dicts;
     ``instances``: their instance rows when read already (``search.SearchPage.instances``),
-    each file's in id order (others' are left out), and then the files' JSON columns are their
-    JSON text (``search_statements.PageStatement.rows_with_instances``)."""
+    each file's in id order (others' are left out); ``json_as_text``: the files' JSON columns
+    are their JSON text (``search.SearchPage.json_as_text``)."""
     # Rows unpacked by position (FILE_COLUMNS: id, name, then PageWriter.file's values in
     # order): reading a row's values by name costs 0.3 us each, most of a file's formatting.
     names = {row[0]: name_text(row[1]) for row in files}
     held: dict[int, list[str]] = {file_id: [] for file_id in names}
-    # Instances read with the page (PostgreSQL): its JSON columns are their text.
-    writer, processors = _page_writer(connection.dialect, json_as_text=instances is not None)
+    writer, processors = _page_writer(connection.dialect, json_as_text)
     instance_text = writer.instance
     if instances is None:
         instances = _instance_rows(connection, list(names))

@@ -28,6 +28,7 @@ from sqlalchemy.sql import sqltypes
 
 from .db import driver_rows, loads_json_column
 from .search_clauses import Ctx
+from .search_reply import json_text
 from .search_rows import with_instances
 
 #: Most shapes kept (the least recently used goes first): a statement is a few kB.
@@ -81,10 +82,17 @@ class PageStatement:
                 self._parameters.append(
                     (name, value if processor is None else processor(value), -3, None, None))
         self.positional = compiled.positiontup is not None
-        self.columns = [(position, _json_text_first(processor, column.type, dialect))
-                        for position, column, processor in (
-            (position, column, column.type.dialect_impl(dialect).result_processor(dialect, None))
-            for position, column in enumerate(stmt.selected_columns)) if processor is not None]
+        processors = [
+            (position, column.type, processor) for position, column, processor in (
+                (position, column,
+                 column.type.dialect_impl(dialect).result_processor(dialect, None))
+                for position, column in enumerate(stmt.selected_columns))
+            if processor is not None]
+        self.columns = [(position, _json_text_first(processor, type_, dialect))
+                        for position, type_, processor in processors]
+        # For ``rows(json_as_text=True)``: a JSON column's value left as its text.
+        self._text_columns = [(position, _json_left_as_text(processor, type_, dialect))
+                              for position, type_, processor in processors]
         # The page's columns as ``with_instances`` selects them: a JSONB column as its text
         # (``search_reply.PageWriter`` writes PostgreSQL's text of a simple object as it is).
         self._page_columns = [
@@ -132,10 +140,13 @@ class PageStatement:
                 files.append(FileRow._make(row[:_FILE_COLUMNS]))
         return files, instances
 
-    def rows(self, connection: Connection, ctx: Ctx, limit: int) -> list[FileRow]:
-        """The page's rows (at most ``limit + 1``), values converted as SQLAlchemy would."""
+    def rows(self, connection: Connection, ctx: Ctx, limit: int, json_as_text: bool = False
+             ) -> list[FileRow]:
+        """The page's rows (at most ``limit + 1``), values converted as SQLAlchemy would; with
+        ``json_as_text`` a JSON column's value is its JSON text (what the driver gave when it
+        is text, else ``json.dumps`` of the converted value)."""
         result = driver_rows(connection, self.sql, self.parameters(ctx, limit))
-        columns = self.columns
+        columns = self._text_columns if json_as_text else self.columns
         if not columns:  # PostgreSQL: psycopg gives every value as SQLAlchemy would
             return list(map(FileRow._make, result))
         rows = []
@@ -156,6 +167,19 @@ def _json_text_first(processor: Processor, type_: Any, dialect: Dialect) -> Proc
 
     def process(value: Any) -> Any:
         return loads_json_column(value) if type(value) is str else processor(value)
+
+    return process
+
+
+def _json_left_as_text(processor: Processor, type_: Any, dialect: Dialect) -> Processor:
+    """A JSON column's value as JSON text: the driver's text as it is, anything else (bytes)
+    converted by ``processor`` and encoded as ``json.dumps`` would; other columns'
+    ``processor``."""
+    if not isinstance(type_.dialect_impl(dialect), sqltypes.JSON):
+        return processor
+
+    def process(value: Any) -> Any:
+        return value if type(value) is str else json_text(processor(value))
 
     return process
 
