@@ -21,8 +21,11 @@ gets one run in that place and one after itself:
 
 Targets: at least 0.8x ``curl`` throughput on the large file (issue 6); at least 0.5x ``rsync``
 files/s on the small files (issue 19). Exit status 0 when both pass. Each run of ours also prints
-the CPU seconds the three processes spent in it (A's server, A's worker with its helpers, B's
-server): on a busy machine the clearer measure of the per-file cost.
+the CPU the three processes spent in it (A's server, A's worker with its helpers, B's server),
+user and system apart, in seconds and per file: on a busy machine the clearer measure of the
+per-file cost. ``--strace`` also counts B's system calls a file (``strace -f -c``; it slows B,
+so those runs say what B asks of the kernel, not how fast it is); ``--profile DIR`` samples
+the three with py-spy.
 
     /path/to/venv/bin/python benchmarks/transfer_bench.py            # full run
     /path/to/venv/bin/python benchmarks/transfer_bench.py --quick    # 256 MiB, 1,000 x 4 KiB
@@ -118,16 +121,15 @@ def rsync_daemon(tmp: Path, module_path: Path) -> Iterator[str]:
         daemon.wait(10)
 
 
-def cpu_seconds(pid: int, system_only: bool = False) -> float:
-    """User and system CPU seconds of ``pid`` so far (only system with ``system_only``; 0 once
-    it is gone)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far ((0, 0) once it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def children(pid: int) -> list[int]:
@@ -170,8 +172,9 @@ def transfer(a: JupyterProcess, query: str, expected: int) -> tuple[float, float
 class Bench:
     def __init__(self, tmp: Path, big_bytes: int, small_files: int, settle_s: float,
                  profile: Path | None = None, receive_streams: int = 0,
-                 worker_nice: int | None = None, gil: bool = False) -> None:
+                 worker_nice: int | None = None, gil: bool = False, strace: bool = False) -> None:
         self.tmp, self.settle_s, self.profile, self.gil = tmp, settle_s, profile, gil
+        self.strace = strace
         self.receive_streams, self.worker_nice = receive_streams, worker_nice
         self.profiles = 0
         self.big_bytes, self.small_files = big_bytes, small_files
@@ -307,19 +310,50 @@ class Bench:
 
     def ours(self, query: str, expected: int, source: Path) -> tuple[float, float]:
         self.start_b()  # a receiver that holds nothing yet
+        assert self.b is not None
         read_all([source], self.settle_s)
         before = {pid: cpu_seconds(pid) for pids in self.processes().values() for pid in pids}
-        b_system = cpu_seconds(self.b.pid, system_only=True)
         with self.profiled(self.b.pid, "b-server"), \
-                self.profiled(self.a.pid, "a-server-and-worker", children=True):
+                self.profiled(self.a.pid, "a-server-and-worker", children=True), \
+                self.syscalls(self.b.pid, expected):
             result = transfer(self.a, query, expected)
-        spent = {who: sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids)
-                 for who, pids in self.processes().items()}
-        b_system = cpu_seconds(self.b.pid, system_only=True) - b_system
-        log("      CPU s: " + ", ".join(f"{who} {seconds:.2f}" for who, seconds in spent.items())
-            + f" (B: {spent['B server'] / expected * 1e6:,.0f} us a file, of which system "
-            f"{b_system / expected * 1e6:,.0f})")
+        spent: dict[str, tuple[float, float]] = {}
+        for who, pids in self.processes().items():
+            now = [(cpu_seconds(pid), before.get(pid, (0.0, 0.0))) for pid in pids]
+            spent[who] = (sum(n[0] - b[0] for n, b in now), sum(n[1] - b[1] for n, b in now))
+        log("      CPU s (user + system): " + ", ".join(
+            f"{who} {user:.2f} + {system:.2f}" for who, (user, system) in spent.items()))
+        log("      CPU us a file (user + system): " + ", ".join(
+            f"{who} {user / expected * 1e6:,.0f} + {system / expected * 1e6:,.0f}"
+            for who, (user, system) in spent.items())
+            + f"; all {sum(u + s for u, s in spent.values()) / expected * 1e6:,.0f}")
         return result
+
+    @contextlib.contextmanager
+    def syscalls(self, pid: int, files: int) -> Iterator[None]:
+        """With ``--strace``: ``strace -f -c`` on ``pid`` (B's server, all its threads)
+        meanwhile; prints its system calls a file (strace slows what it watches: a run with
+        it says what B asks of the kernel, not how fast)."""
+        if not self.strace:
+            yield
+            return
+        out = self.tmp / f"strace-{pid}.txt"
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(out), "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        try:
+            yield
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=60)
+            rows = []
+            for line in out.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
+                    rows.append((int(parts[3]), parts[-1]))
+            rows.sort(reverse=True)
+            log(f"      B's system calls a file: {sum(n for n, _ in rows) / files:.1f} ("
+                + ", ".join(f"{name} {n / files:.2f}" for n, name in rows[:12]) + ")")
 
 
 def fmt_rate(value: float, unit: str) -> str:
@@ -387,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-nice", type=int, default=None, metavar="N",
                         help="A's worker_nice, the sending worker's nice value (default: the "
                              "setting's default)")
+    parser.add_argument("--strace", action="store_true",
+                        help="count B's system calls a file with strace -f -c during each run "
+                             "of ours (slows B: for the counts, not the times)")
     args = parser.parse_args(argv)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -394,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     small_files = (1_000 if args.quick else 10_000) if args.only != "large" else 0
     tmp = Path(tempfile.mkdtemp(prefix="hera-transfer-bench-", dir=args.dir))
     bench = Bench(tmp, big_bytes, small_files, args.settle, args.profile,
-                  args.receive_streams, args.worker_nice, args.gil)
+                  args.receive_streams, args.worker_nice, args.gil, args.strace)
     results: list[Result] = []
     try:
         bench.start()
