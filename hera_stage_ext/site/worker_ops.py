@@ -43,6 +43,8 @@ class _JobFacts(Protocol):
     def worker_id(self) -> str | None: ...
     @property
     def log_path(self) -> str: ...
+    @property
+    def state(self) -> str: ...
 
 
 _Job = TypeVar("_Job", bound=_JobFacts)
@@ -50,7 +52,7 @@ _Job = TypeVar("_Job", bound=_JobFacts)
 
 #: What ``_mine`` reads of a job (one statement, built once).
 _JOB_FACTS = select(JOB_TABLE.c.owner, JOB_TABLE.c.kind, JOB_TABLE.c.worker_id,
-                    JOB_TABLE.c.log_path).where(JOB_TABLE.c.id == bindparam("id"))
+                    JOB_TABLE.c.log_path, JOB_TABLE.c.state).where(JOB_TABLE.c.id == bindparam("id"))
 
 
 class JsonText(str):
@@ -125,8 +127,8 @@ class WorkerOps:
 
     def _mine(self, job_id: int, body: dict[str, Any] | None = None) -> _JobFacts:
         """``_job`` (and with ``body``, ``_held``) for the calls made many times a run (items,
-        log), which need little of the job: a few columns read (owner, kind, worker_id,
-        log_path) on a bare connection, no ORM session or object."""
+        log, heartbeats, ``active``), which need little of the job: a few columns read (owner,
+        kind, worker_id, log_path, state) on a bare connection, no ORM session or object."""
         row = None
         if job_id > 0:
             with self.db.read_connection() as connection:
@@ -161,14 +163,14 @@ class WorkerOps:
                 "result_runs": True, "items_log": True, "record_unfinished": True}
 
     def active(self, job_id: int) -> dict[str, Any]:
-        return {"active": self._job(job_id).state in ACTIVE_JOB_STATES}
+        return {"active": self._mine(job_id).state in ACTIVE_JOB_STATES}
 
     def stores(self, job_id: int) -> dict[str, Any]:
         self._job(job_id)
         return {"roots": self.store.store_roots(job_id)}
 
     def heartbeat(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        self._job(job_id)
+        self._mine(job_id)  # (the lease is renewed only for the worker holding it)
         stores = body.get("stores", [])
         if not isinstance(stores, list) or not all(isinstance(s, str) for s in stores):
             raise InvalidRequest("'stores' must be a list of store names")
