@@ -694,8 +694,8 @@ def test_a_record_may_ask_which_items_are_left(database: Database, tmp_path: Pat
         ops.record(job["id"], {"runs": {}, "unfinished": "yes"})
 
 
-def test_a_finish_with_files_left_is_refused_and_changes_nothing(database: Database,
-                                                                 tmp_path: Path) -> None:
+def test_a_finish_with_files_left_is_refused_and_the_job_goes_on(database: Database,
+                                                                  tmp_path: Path) -> None:
     """A worker's finish while any of its job's files is still to do (queued, running) is a
     409: the job goes on running, with its counters, and the log lines the finish carried are
     not appended (the worker sends them again); once all are through, the same finish ends

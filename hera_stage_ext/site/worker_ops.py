@@ -52,7 +52,8 @@ _Job = TypeVar("_Job", bound=_JobFacts)
 
 #: What ``_mine`` reads of a job (one statement, built once).
 _JOB_FACTS = select(JOB_TABLE.c.owner, JOB_TABLE.c.kind, JOB_TABLE.c.worker_id,
-                    JOB_TABLE.c.log_path, JOB_TABLE.c.state).where(JOB_TABLE.c.id == bindparam("id"))
+                    JOB_TABLE.c.log_path, JOB_TABLE.c.state).where(
+                        JOB_TABLE.c.id == bindparam("id"))
 
 
 class JsonText(str):
