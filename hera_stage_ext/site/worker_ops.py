@@ -12,15 +12,15 @@ after a lost answer) counts once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 
-from ..catalogue.db import Database
+from ..catalogue.db import Database, driver_rows
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..jobs import engine, items, lifecycle, recall
 from ..jobs.joblog import JobLog
-from ..jobs.models import JOB_TABLE, JobRow, JobItem
+from ..jobs.models import JobItem, JobRow
 from ..jobs.store import DbJobStore
 from ..states import ACTIVE_JOB_STATES
 
@@ -50,10 +50,19 @@ class _JobFacts(Protocol):
 _Job = TypeVar("_Job", bound=_JobFacts)
 
 
-#: What ``_mine`` reads of a job (one statement, built once).
-_JOB_FACTS = select(JOB_TABLE.c.owner, JOB_TABLE.c.kind, JOB_TABLE.c.worker_id,
-                    JOB_TABLE.c.log_path, JOB_TABLE.c.state).where(
-                        JOB_TABLE.c.id == bindparam("id"))
+class _Facts(NamedTuple):
+    """What ``_mine`` reads of a job."""
+
+    owner: str
+    kind: str
+    worker_id: str | None
+    log_path: str
+    state: str
+
+
+#: ``_mine``'s statement in the driver's SQL ({m}: its placeholder), run on the driver's cursor:
+#: a fifth of a prebuilt Core statement's CPU, paid on every item call and heartbeat.
+_JOB_FACTS_SQL = "SELECT owner, kind, worker_id, log_path, state FROM job WHERE id = {m}"
 
 
 class JsonText(str):
@@ -133,7 +142,9 @@ class WorkerOps:
         row = None
         if job_id > 0:
             with self.db.read_connection() as connection:
-                row = connection.execute(_JOB_FACTS, {"id": job_id}).first()
+                mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+                rows = driver_rows(connection, _JOB_FACTS_SQL.format(m=mark), (job_id,))
+            row = _Facts(*rows[0]) if rows else None
         job: _JobFacts = self._visible(job_id, row)
         if body is not None:
             self._holder(job_id, job, body)
