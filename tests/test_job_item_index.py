@@ -140,3 +140,38 @@ def test_a_workers_claim_over_http_reads_as_the_items_claimed_in_process(databas
         assert (job.files_done, job.files_failed, job.files_skipped) == (len(done), 1, 0)
         sizes = sum(item.size for item in over_http[1:])
         assert (job.bytes_done, job.bytes_moving) == (sizes, 2**43 - sizes)
+
+
+def test_two_reports_of_the_same_items_at_once_count_each_item_once(database):
+    """Two reports of one batch's results racing (a worker's retry after a lost answer, on two
+    replicas of the service): the job counts each item once, its bytes once."""
+    import threading
+
+    with database.write() as s:
+        job = JobRow(owner="u", destination="/d/race", files_total=2_000)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+        s.connection().execute(insert(JOB_ITEM_TABLE), [dict(
+            job_id=job_id, name=f"r{i}", store="a", source_path=f"/a/r{i}", dest_path=f"r{i}",
+            size=3, checksums={}, state=ItemState.QUEUED) for i in range(2_000)])
+    claimed = items.claim_items(database, job_id, 2_000)
+    runs = {"done": items.id_runs(item.id for item in claimed[:1_500]),
+            "skipped": items.id_runs(item.id for item in claimed[1_500:])}
+    recorded: list[int] = []
+    start = threading.Barrier(3)
+
+    def report() -> None:
+        start.wait()
+        recorded.append(items.exchange(database, job_id, [], 0, running_only=True,
+                                       runs=runs)[0])
+
+    threads = [threading.Thread(target=report) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(recorded) == [0, 0, 2_000]
+    with database.read() as s:
+        job = s.get(JobRow, job_id)
+        assert (job.files_done, job.files_skipped, job.bytes_done) == (2_000, 500, 6_000)

@@ -694,6 +694,45 @@ def test_a_record_may_ask_which_items_are_left(database: Database, tmp_path: Pat
         ops.record(job["id"], {"runs": {}, "unfinished": "yes"})
 
 
+def test_a_finish_with_files_left_is_refused_and_the_job_goes_on(database: Database,
+                                                                  tmp_path: Path) -> None:
+    """A worker's finish while any of its job's files is still to do (queued, running) is a
+    409: the job goes on running, with its counters, and the log lines the finish carried are
+    not appended (the worker sends them again); once all are through, the same finish ends
+    the job with them."""
+    from hera_stage_ext.errors import Conflict
+    from hera_stage_ext.jobs.engine import create_job, get_job
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    items = [{"name": f"f{k}", "store": "s", "size": 10, "is_directory": False,
+              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
+             for k in range(3)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 30,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    ids = [row[0] for row in json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 2}))[
+        "items"]]
+    log_path = Path(get_job(database, job["id"])["log_path"])
+    finish = {"worker_id": "w", "log": "LAST LINE"}
+    for left in ("queued", "running"):
+        with pytest.raises(Conflict):
+            ops.finish(job["id"], finish)
+        state = get_job(database, job["id"])
+        assert state["state"] == "running" and state["files_done"] == (1 if left == "running"
+                                                                       else 0), state
+        assert "LAST LINE" not in log_path.read_text()
+        # Then: the queued one done, one still running.
+        if left == "queued":
+            ops.record(job["id"], {"runs": {"done": [[ids[0], ids[0]]]}})
+            taken = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 5}))["items"]
+            ids = [ids[1], *(row[0] for row in taken)]
+    ops.record(job["id"], {"runs": {"done": [[min(ids), max(ids)]]}})
+    assert ops.finish(job["id"], finish)["state"] == "succeeded"
+    assert log_path.read_text().count("LAST LINE") == 1
+    assert get_job(database, job["id"])["files_done"] == 3
+
+
 def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_results(
         site: Site) -> None:
     """A user's worker starts a job's streams with one claim for all of them (not one each,

@@ -329,8 +329,9 @@ def release_job(db: Database, job_id: int, worker_id: str, error: str | None = N
 
 
 # ----- finishing ------------------------------------------------------------------------------
-def _recount(s: Session, job: JobRow) -> None:
-    """Counters from the items themselves: authoritative whatever a crash lost."""
+def _recount(s: Session, job: JobRow) -> dict[str, int]:
+    """Counters from the items themselves: authoritative whatever a crash lost. Returns how
+    many of the job's items are in each state (from the same pass)."""
     # One pass over the job's items: the count and bytes of each state.
     counts, sizes = {}, {}
     for state, count, size in s.execute(
@@ -343,6 +344,7 @@ def _recount(s: Session, job: JobRow) -> None:
     job.files_failed = counts.get(ItemState.FAILED, 0)
     # int(): PostgreSQL sums a BIGINT column as NUMERIC (a Decimal here).
     job.bytes_done = int(sum(sizes.get(state, 0) for state in ARRIVED_ITEM_STATES))
+    return counts
 
 
 def result_lines(db: Database, job: JobRow) -> list[str]:
@@ -365,14 +367,25 @@ def finish_job(db: Database, job_id: int, kind: JobKind, run: KindRun) -> str:
     return record_finish(db, job, lines)
 
 
-def record_finish(db: Database, job: JobRow, lines: list[str]) -> str:
-    """The final state of a finished job in the database, and its summary in its log."""
+def record_finish(db: Database, job: JobRow, lines: list[str],
+                  through: Callable[[], None] | None = None) -> str:
+    """The final state of a finished job in the database, and its summary in its log.
+
+    With ``through``: only if none of the job's items is still to do (queued, running or
+    waiting for its recall; counted in the recount's own pass over the items, in the same
+    transaction), else ``Conflict`` and nothing changes; ``through()`` is called then, before
+    the job shows finished (a worker's last log lines, appended first)."""
     job_id = job.id
     state = JobState.FAILED if lines else JobState.SUCCEEDED
     with db.write() as s:
         row = s.get(JobRow, job_id)
         assert row is not None
-        _recount(s, row)
+        counts = _recount(s, row)
+        if through is not None:
+            if any(counts.get(left) for left in (ItemState.QUEUED, ItemState.RUNNING,
+                                                 ItemState.WAITING)):
+                raise Conflict(f"job {job_id} still has files to stage", job_id=job_id)
+            through()
         row.state, row.finished_at = state, utcnow()
         row.worker_id, row.lease_expires = None, None
         row.error = "" if not lines else (

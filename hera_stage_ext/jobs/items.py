@@ -9,9 +9,10 @@ kinds), under the names they had in ``engine``.
 Items of a batch are selected by runs of consecutive ids (``id BETWEEN a AND b``), not by a list
 of every id: a claim of 1,024 small files is one run, and SQLAlchemy's per-value expansion of an
 ``IN`` list cost more Python per item than the database spent on the statement. A batch's
-results are counted from the rows each ``UPDATE`` wrote (``RETURNING`` their sizes), so a report
-from a worker over HTTP can be limited to the job's running items in the same statement (which
-also lets it give its error-free results as id runs: ``RunResults``).
+results are counted from the rows each ``UPDATE`` wrote (their number and bytes summed by the
+database: ``_update_counted``), so a report from a worker over HTTP can be limited to the job's
+running items in the same statement (which also lets it give its error-free results as id runs:
+``RunResults``).
 
 Each item row is written twice (claimed, recorded), so each write is kept small: a claim sets the
 state and counts the attempt, a result sets the state and error; neither names the worker in the
@@ -77,6 +78,23 @@ def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
             runs[-1] = (runs[-1][0], i)
         else:
             runs.append((i, i))
+    return runs
+
+
+def ascending_runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """``id_runs`` of ``ids`` already ascending and distinct (a claim's rows, as selected)."""
+    if not ids:
+        return []
+    if ids[-1] - ids[0] + 1 == len(ids):
+        return [(ids[0], ids[-1])]  # one run (most claims): no loop per id
+    runs: list[tuple[int, int]] = []
+    first = last = ids[0]
+    for i in ids[1:]:
+        if i != last + 1:
+            runs.append((first, last))
+            first = i
+        last = i
+    runs.append((first, last))
     return runs
 
 
@@ -152,8 +170,9 @@ def _claim_rows_in(connection: Connection, job_id: int, n: int,
                 break
             keep += 1
         rows = rows[:keep]
-    # Exactly the rows selected (and locked) above: runs of their own ids.
-    for where, ids in _id_sql((row[0] for row in rows), mark):
+    # Exactly the rows selected (and locked) above: runs of their own ids (ascending, as
+    # selected: no sort or set of them).
+    for where, ids in _runs_sql(ascending_runs([row[0] for row in rows]), mark):
         driver_rows(connection, f"UPDATE job_item SET state = {mark}, attempts = attempts + 1 "
                                 f"WHERE {where}", (_RUNNING, *ids), fetch=False)
     return rows
@@ -197,13 +216,9 @@ def _mark(connection: Connection) -> str:
     return "?" if connection.dialect.paramstyle == "qmark" else "%s"
 
 
-def _id_sql(ids: Iterable[int], mark: str) -> list[tuple[str, list[int]]]:
-    """``id_terms`` in the driver's SQL: (condition, its parameters) per ``RUN_CHUNK`` runs."""
-    return _runs_sql(id_runs(ids), mark)
-
-
 def _runs_sql(runs: Sequence[tuple[int, int]], mark: str) -> list[tuple[str, list[int]]]:
-    """The ids of ``runs`` ([(first, last), ...]) in the driver's SQL, as ``_id_sql``."""
+    """The ids of ``runs`` ([(first, last), ...]) in the driver's SQL, as ``id_terms``:
+    (condition, its parameters) per ``RUN_CHUNK`` runs."""
     out = []
     for start in range(0, len(runs), RUN_CHUNK):
         terms, params = [], []
@@ -264,14 +279,14 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
     mark = _mark(connection)
     where = f"job_id = {mark}" + (f" AND state = {mark}" if running_only else "")
     scope: tuple[object, ...] = (job_id, _RUNNING) if running_only else (job_id,)
+    sqlite = connection.dialect.name == "sqlite"
     for state, state_runs in by_runs.items():
         for terms, params in _runs_sql(state_runs, mark):
-            sizes = driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = '' "
-                                f"WHERE {terms} AND {where} RETURNING size",
-                                (str(state), *params, *scope))
-            files[state] = files.get(state, 0) + len(sizes)
+            count, nbytes = _update_counted(connection, sqlite, state, f"{terms} AND {where}",
+                                            (*params, *scope))
+            files[state] = files.get(state, 0) + count
             if state in ARRIVED_ITEM_STATES:
-                done_bytes += sum(row[0] for row in sizes)
+                done_bytes += nbytes
     for item_id, state, error in with_error:
         sizes = driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = {mark} "
                             f"WHERE id = {mark} AND {where} RETURNING size",
@@ -288,6 +303,29 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
         files[ItemState.DONE] + files[ItemState.SKIPPED], done_bytes, done_bytes, done_bytes,
         files[ItemState.SKIPPED], files[ItemState.FAILED], job_id), fetch=False)
     return sum(files.values())
+
+
+def _update_counted(connection: Connection, sqlite: bool, state: str, where: str,
+                    params: Sequence[object]) -> tuple[int, int]:
+    """Set the items ``where`` selects to ``state`` (no error); how many were written and
+    their bytes, counted by the database (one row back, not a row an item: the Python per
+    recorded item was a third of the statement's cost). SQLite: counted in the same write
+    transaction just before (it holds the database's only write lock: nothing changes the
+    rows between); PostgreSQL: the rows the ``UPDATE`` itself wrote (exact when two reports
+    of the same items race: the second one's re-checked rows no longer qualify)."""
+    mark = _mark(connection)
+    if sqlite:
+        row = driver_rows(connection, f"SELECT count(*), COALESCE(sum(size), 0) FROM job_item "
+                          f"WHERE {where}", params)[0]
+        if row[0]:
+            driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = '' "
+                        f"WHERE {where}", (str(state), *params), fetch=False)
+    else:
+        row = driver_rows(connection, f"WITH written AS (UPDATE job_item SET state = {mark}, "
+                          f"error = '' WHERE {where} RETURNING size) "
+                          f"SELECT count(*), COALESCE(sum(size), 0) FROM written",
+                          (str(state), *params))[0]
+    return int(row[0]), int(row[1])
 
 
 _COUNTERS_SQL = (

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 
-from ..catalogue.db import Database
+from ..catalogue.db import Database, driver_rows, loads_json_column
 from ..catalogue.serialize import iso
 from ..errors import InvalidRequest, NotFound
 from .models import SiteToken
@@ -26,8 +26,10 @@ SCOPES = ("read", "stage", "transfer", "ingest", "admin")
 #: What a token carries when its issuer names no scope: what a user needs to stage.
 DEFAULT_SCOPES = ("read", "stage")
 TOKEN_PREFIX = "hst_"
-_LOOKUP = select(SiteToken.user, SiteToken.scopes).where(
-    SiteToken.token_hash == bindparam("hash"))
+#: ``lookup``'s statement in the driver's SQL ({m}: its placeholder): run on the driver's cursor,
+#: it costs a fifth of a prebuilt Core statement's CPU (SQLAlchemy's cache key and result set-up
+#: per execution), paid on every request.
+_LOOKUP_SQL = ('SELECT "user", CAST(scopes AS TEXT) FROM site_token WHERE token_hash = {m}')
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ def lookup(db: Database, token: str) -> TokenUser | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     with db.read_connection() as connection:
-        row = connection.execute(_LOOKUP, {"hash": token_hash(token)}).first()
-    if row is None:
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        rows = driver_rows(connection, _LOOKUP_SQL.format(m=mark), (token_hash(token),))
+    if not rows:
         return None
-    return TokenUser(row[0], frozenset(row[1] or ()))
+    user, scopes = rows[0]  # (the scopes as their JSON text, on both databases)
+    return TokenUser(user, frozenset((loads_json_column(scopes) if scopes else None) or ()))
