@@ -11,7 +11,8 @@ as readers are shown them (``Catalogue.file_detail``: the CLI, REST and the v1 R
 ``data/register_events_shown.json``, taken from the two-row events the code stored before.
 Times the catalogue takes from the clock are compared by form, not value. The
 scenario runs twice: with the batch sizes as configured, and with SQLite's multi-row INSERT
-taking a table's rows in several statements (what ingest's batches take).
+taking a table's rows in several statements and PostgreSQL's COPY taking every table's rows
+(what ingest's batches take).
 
 After a deliberate change of what registration stores, write the file anew with
 ``python -m tests.test_register_rows`` (from the repository's root) and say why in the commit.
@@ -163,8 +164,10 @@ def run(db_url: str) -> dict[str, Any]:
 @pytest.mark.parametrize("batches", ["as configured", "in small pieces"])
 def test_registration_writes_the_rows_it_always_has(db_url, batches, monkeypatch):
     if batches != "as configured":  # the scenario's batches are small: SQLite's multi-row
-        # INSERT in several statements, as ingest's batches of 1,000 files' events take
+        # INSERT in several statements, as ingest's batches of 1,000 files' events take, and
+        # PostgreSQL's COPY of every table's rows, as a batch of ingest's size takes
         monkeypatch.setattr(tables, "_SQLITE_ROWS_PER_INSERT", 3)
+        monkeypatch.setattr(tables, "_PG_COPY_ROWS", 1)
     expected = json.loads(GOLDEN.read_text())[db_url.split(":", 1)[0].split("+")[0]]
     got = run(db_url)
     assert got["outcomes"] == expected["outcomes"]
