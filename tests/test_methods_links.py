@@ -265,3 +265,65 @@ def test_a_hard_link_is_the_verified_inode_whichever_way_the_kernel_links_it(
         os.close(source)
         os.close(folder)
     mover.close()
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+def test_links_into_a_folder_an_earlier_hand_over_made_go_in_place(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """A helper's next hand-over of a folder made final by its last one: after the first file
+    (the general path, ``_link_in_place``), the others are linked straight under their final
+    names from the source folder held open (``_move_file``), with the general path's checks
+    and answers: a store file the account could write is refused and bytes other than the
+    catalogue's are caught (the same errors as for a first file, nothing left under any
+    name), the same link already there is skipped and another file there is never
+    replaced."""
+    night = store / "night"
+    for name in ("c", "d", "e", "f", "g"):
+        (night / f"{name}.uvh5").write_bytes(name.encode() * 300)
+        (night / f"{name}.uvh5").chmod(0o444)
+        os.chown(night / f"{name}.uvh5", ARCHIVE_UID, ARCHIVE_GID)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    pin = safefs.pin_of(str(dest), fd)
+    os.close(fd)
+    general: list[str] = []
+    real = Mover._link_in_place
+
+    def spy(self: Mover, item: ItemSpec, *args: object) -> object:
+        general.append(os.path.basename(item.final))
+        return real(self, item, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Mover, "_link_in_place", spy)
+    mover = Mover(deferred=True, temp_folders=True, root=pin)
+    first = mover.move(spec(store, dest, "a.uvh5", method))
+    assert first.tmp != first.final  # a new folder: a temporary one, renamed whole
+    assert commit([(first.tmp, first.final)], True, [pin], data=method != "hardlink") == [None]
+    mover.close_temp_folders()  # the next hand-over
+    (dest / "night" / "g.uvh5").write_bytes(b"somebody else's")
+    good = [spec(store, dest, name, method) for name in ("b.uvh5", "c.uvh5", "e.uvh5")]
+    moved = [mover.move(item) for item in good]
+    assert all(o.state == ItemState.DONE and o.tmp == o.final == item.final
+               for o, item in zip(moved, good))
+    writable = spec(store, dest, "d.uvh5", method)
+    os.chown(writable.source, os.geteuid(), os.getegid())
+    with pytest.raises(ItemFailed, match="not linked: the store file is owned by the staging"):
+        mover.move(writable)
+    with pytest.raises(ItemFailed, match="checksum mismatch"):
+        mover.move(spec(store, dest, "f.uvh5", method)._replace(
+            checksums={ck.XXH3_128: "0" * 32}))
+    with pytest.raises(ItemFailed, match="not overwritten"):
+        mover.move(spec(store, dest, "g.uvh5", method))
+    again = mover.move(good[1])
+    assert again.state == ItemState.SKIPPED and again.note == "already linked"
+    assert general == ["b.uvh5"]  # the first of the folder only
+    assert commit([(o.tmp, o.final) for o in moved if o.tmp and o.final], True, [pin],
+                  data=method != "hardlink") == [None, None, None]
+    mover.close()
+    assert (dest / "night" / "g.uvh5").read_bytes() == b"somebody else's"
+    assert entries(dest / "night") == ["a.uvh5", "b.uvh5", "c.uvh5", "e.uvh5", "g.uvh5"]
+    for item in [spec(store, dest, "a.uvh5", method), *good]:
+        if method == "hardlink":
+            assert os.path.samefile(item.final, item.source)
+        else:
+            assert os.readlink(item.final) == item.source
