@@ -246,8 +246,11 @@ class Mover:
         if spec.source_root is not None and source_fd is None:
             self._confine_source(source, spec)
         folders = self._folders
-        folder_tmp = self._open_temps.get(parent)
-        if folder_tmp is None and self._temp_folders and parent not in self._made_dirs:
+        link = spec.method in _LINKS and not spec.is_directory
+        # (A link of one file never needs one: it goes straight under its final name.)
+        folder_tmp = None if link else self._open_temps.get(parent)
+        if folder_tmp is None and self._temp_folders and not link \
+                and parent not in self._made_dirs:
             try:
                 folders.get(parent)
             except FileNotFoundError:
@@ -265,7 +268,7 @@ class Mover:
             self._made_dirs.add(parent)
         else:
             dir_fd = folders.get(parent, create=True)
-        if spec.method in _LINKS and not spec.is_directory:
+        if link:
             return self._link_in_place(spec, source, source_fd, final, parent, dir_fd, name,
                                        algorithm)
         if parent not in self._fresh_dirs and safefs.lexists(dir_fd, name):
@@ -317,17 +320,21 @@ class Mover:
         method = spec.method
         if src_fd is None or method not in _FILE_METHODS or not parent or not src_dir:
             return None
-        folder_tmp = self._open_temps.get(parent)
-        if folder_tmp is not None:
-            dir_fd = -1  # (the temporary folder's, looked up where it is written)
-        elif method in _LINKS and parent in self._made_dirs:
-            # A link is whole or absent: straight under its final name (``_link_in_place``).
+        dir_fd = -1
+        if method in _LINKS:
+            # A link is whole or absent: straight under its final name (``_link_in_place``),
+            # in a folder made or found for an earlier file.
+            if parent not in self._made_dirs:
+                return None
             try:
                 dir_fd = self._folders.get(parent)
             except OSError:
                 return None  # (gone or swapped: the general path says what is wrong)
+            folder_tmp = None
         else:
-            return None
+            folder_tmp = self._open_temps.get(parent)
+            if folder_tmp is None:
+                return None
         try:
             fin = os.open(src_name, _SOURCE, dir_fd=src_fd)
         except OSError:
@@ -336,15 +343,13 @@ class Mover:
             self._source_dirs.move_to_end(key)
             checksums = spec.checksums
             algorithm = _XXH3 if _XXH3 in checksums else ck.preferred_algorithm(checksums)
-            if method in _LINKS:
-                return self._link_file(spec, source, fin, final, parent, folder_tmp, dir_fd,
-                                       name, algorithm)
+            if folder_tmp is None:
+                return self._link_file(spec, source, fin, final, dir_fd, name, algorithm)
             if method != "reflink":
                 st = os.fstat(fin)
                 if st.st_size < self._small:
                     return self._small_file(spec, fin, st, final, parent, folder_tmp, name,
                                             algorithm)
-            assert folder_tmp is not None
             return self._into_temp_folder(spec, source, fin, final, parent, folder_tmp, name,
                                           algorithm)
         finally:
@@ -383,59 +388,41 @@ class Mover:
         return Outcome(ItemState.DONE, _VERIFIED.get(algorithm) or f"{algorithm} verified",
                        f"{folder_tmp}/{name}", final)
 
-    def _link_file(self, spec: ItemSpec, source: str, fin: int, final: str, parent: str,
-                   folder_tmp: str | None, dir_fd: int, name: str, algorithm: str
-                   ) -> Outcome | None:
-        """A link of the source open as ``fin``: checked (``linkcheck``: asked only where the
+    def _link_file(self, spec: ItemSpec, source: str, fin: int, final: str, dir_fd: int,
+                   name: str, algorithm: str) -> Outcome | None:
+        """A link of the source open as ``fin`` straight under its final name ``name`` in the
+        folder ``dir_fd`` (``_link_in_place``'s steps, in one frame: per file, the calls
+        between them cost more than the checks): checked (``linkcheck``: asked only where the
         owner or a write bit of group or others could say so) and verified as ``_link`` does,
-        then linked under its final name ``name``, in one frame: in this mover's temporary
-        folder ``folder_tmp`` of ``parent`` (nothing can be in it but what this mover wrote; a
-        failure leaves nothing there, and a temporary folder still empty goes), or, with none,
-        straight into the folder ``dir_fd`` (``_link_in_place``: a name already there is
-        judged by ``_existing``; None, nothing made, when the folder went away meanwhile: the
-        general path makes it again)."""
+        then linked; a name already there is judged by ``_existing``. None, nothing made, when
+        the folder went away meanwhile: the general path makes it again."""
+        st = os.fstat(fin)
+        uid, _gids = self._identity
+        if st.st_uid == uid or st.st_mode & 0o022:
+            reason = self._exposure(fin, st)
+            if reason is not None:
+                raise ItemFailed(reason)
+        # A small file is read whole in one call (``_hash_source``'s first step, here without
+        # the call): a read shorter than asked for is the end of a regular file.
+        data = os.pread(fin, st.st_size + 1, 0) if st.st_size < self._small else None
+        if data is not None and len(data) <= st.st_size:
+            size, got = len(data), ck.hex_digest(data, algorithm)
+        else:  # large, or grown since the fstat
+            size, got = self._hash_source(fin, os.fstat(fin), algorithm)
+        if size != spec.size or got != spec.checksums[algorithm]:
+            check_sum(spec, size, got, algorithm, "source")  # (raises, with the figures)
         try:
-            if folder_tmp is not None:
-                dir_fd = self._folders.get(folder_tmp)
-            st = os.fstat(fin)
-            uid, _gids = self._identity
-            if st.st_uid == uid or st.st_mode & 0o022:
-                reason = self._exposure(fin, st)
-                if reason is not None:
-                    raise ItemFailed(reason)
-            # A small file is read whole in one call (``_hash_source``'s first step, here
-            # without the call): a read shorter than asked for is the end of a regular file.
-            data = os.pread(fin, st.st_size + 1, 0) if st.st_size < self._small else None
-            if data is not None and len(data) <= st.st_size:
-                size, got = len(data), ck.hex_digest(data, algorithm)
-            else:  # large, or grown since the fstat
-                size, got = self._hash_source(fin, os.fstat(fin), algorithm)
-            if size != spec.size or got != spec.checksums[algorithm]:
-                check_sum(spec, size, got, algorithm, "source")  # (raises, with the figures)
-            try:
-                if spec.method == "symlink":
-                    os.symlink(source, name, dir_fd=dir_fd)
-                else:
-                    # The inode just checked and verified, not whatever the path holds now.
-                    _hardlink(fin, name, dir_fd)
-            except FileExistsError:
-                if folder_tmp is not None:
-                    raise
-                _discard(dir_fd, f".{name}{TMP_SUFFIX}")  # a leftover of a killed worker
-                return self._existing(spec, source, fin, dir_fd, name, algorithm)
-            except FileNotFoundError:
-                if folder_tmp is not None:
-                    raise
-                return None
-        except BaseException:
-            # (A link that raised made nothing.)
-            if folder_tmp is not None and folder_tmp not in self._used_temps:
-                self._drop_temp_folder(parent, folder_tmp)
-            raise
-        if folder_tmp is None:
-            return Outcome(ItemState.DONE, "", final, final) if self._deferred else _LINKED
-        self._used_temps.add(folder_tmp)
-        return Outcome(ItemState.DONE, "", f"{folder_tmp}/{name}", final)
+            if spec.method == "symlink":
+                os.symlink(source, name, dir_fd=dir_fd)
+            else:
+                # The inode just checked and verified, not whatever the path holds now.
+                _hardlink(fin, name, dir_fd)
+        except FileExistsError:
+            _discard(dir_fd, f".{name}{TMP_SUFFIX}")  # a leftover of a killed worker
+            return self._existing(spec, source, fin, dir_fd, name, algorithm)
+        except FileNotFoundError:
+            return None
+        return Outcome(ItemState.DONE, "", final, final) if self._deferred else _LINKED
 
     def _into_temp_folder(self, spec: ItemSpec, source: str, source_fd: int | None,
                           final: str, parent: str, folder_tmp: str, name: str,
@@ -477,12 +464,29 @@ class Mover:
                 self._link(spec, source, source_fd, dir_fd, name, algorithm)
         except FileExistsError as exc:
             if exc.filename2 != name:
+                self._drop_empty_folder(parent)
                 raise
             _discard(dir_fd, f".{name}{TMP_SUFFIX}")  # a leftover of a killed worker
             return self._existing(spec, source, source_fd, dir_fd, name, algorithm)
+        except BaseException:
+            self._drop_empty_folder(parent)
+            raise
         if self._deferred:
             return Outcome(ItemState.DONE, "", final, final)
         return Outcome(ItemState.DONE)
+
+    def _drop_empty_folder(self, folder: str) -> None:
+        """A link failed in a folder this mover made for it: the folder goes if it is still
+        empty (as a temporary folder would: a failed item leaves nothing behind), and is
+        made again for the next file."""
+        if folder not in self._fresh_dirs:
+            return
+        self._fresh_dirs.discard(folder)
+        self._made_dirs.discard(folder)
+        self._folders.forget(folder)
+        with contextlib.suppress(OSError):  # (not empty, or gone: it stays as it is)
+            head, tail = _split(folder) if folder.startswith("/") else os.path.split(folder)
+            os.rmdir(tail, dir_fd=self._folders.get(head))
 
     def _drop_temp_folder(self, parent: str, folder_tmp: str) -> None:
         """Cancelled, failed, or the folder removed by hand mid-job: a temporary folder left
