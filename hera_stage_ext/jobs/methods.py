@@ -3,7 +3,8 @@
 Owns the local methods (``copy``, ``hardlink``, ``symlink``, ``reflink``; ``contents`` lives in
 ``contents.py``), the temporary-name-then-rename discipline (a killed worker never leaves a
 partial file under a final name; a link of one file, made whole or not at all by the kernel,
-goes straight under its final name once its source is verified), the
+goes straight under its final name once its source is verified, in its folder made for it
+if need be: no temporary name, folder or rename), the
 verification against the catalogue checksum (the fastest one it has: xxh3-128, MD5 only when
 that is all) and the skip/conflict decision for something already at the final name.
 Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
@@ -190,7 +191,8 @@ class Mover:
         # Deferred, ``temp_folders``: a destination folder that does not exist is written as a
         # temporary folder beside it, its files under their final names, and ``commit`` renames
         # the folder into place whole (one rename per folder, not one per file). Final folder
-        # -> its temporary folder, until ``close_temp_folders``.
+        # -> its temporary folder, until ``close_temp_folders``. Not for a link of one file,
+        # which needs none: whole or absent, it goes straight into its folder (made for it).
         self._temp_folders = temp_folders and deferred
         self._open_temps: dict[str, str] = {}
         self._used_temps: set[str] = set()  # those holding a written file (for a commit)

@@ -36,10 +36,6 @@ from .models import JobRow
 from .plan import COPYING, free_bytes
 
 
-#: Hand-overs a stream submits beyond the one it waits for (``_StageStream._move_pooled``).
-_AHEAD = 1
-
-
 @dataclass
 class _HandedOver:
     """Items submitted to a copy helper (``_StageStream._hand_over``), their results to collect."""
@@ -219,46 +215,32 @@ class _StageStream:
 
     def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int], mover: Mover,
                      prefetch: bool = False) -> list[ClaimedItem] | None:
-        """Hand ``parts`` over to the helpers (each copies, verifies, logs and makes final its
-        files: ``copy_pool``); here only their results are queued for the next commit. One
-        hand-over ahead per stream: part k+1 is submitted before part k's results are
-        collected, so a helper has the next part to write while it makes the last ones final
-        (its syncs wait for the disk; without a part waiting, its core would too). Every part
-        submitted is collected before this returns or raises: no item a helper may still be
-        writing goes back to the queue.
+        """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
+        and makes final its files: ``copy_pool``); here only their results are queued for the
+        next commit. One at a time per stream: the streams keep the helpers busy together, and
+        a hand-over's results are recorded (when due) before the next one starts writing.
 
         With ``prefetch``, while a helper writes the last part, this stream records what is
         through and claims its next items (``_next_batch``: one transaction, one round trip
         over HTTP), and returns them (None: not claimed here)."""
         claimed: list[ClaimedItem] | None = None
-        waiting: list[_HandedOver] = []  # submitted, not collected yet (oldest first)
-        try:
-            for part in parts:
-                if self.run.stopping():
-                    break
-                handed = self._hand_over(part, started)
-                if handed is not None:
-                    waiting.append(handed)
-                if len(waiting) > _AHEAD:
-                    self._collect(waiting.pop(0), started, mover)
-                    if self.run.commit_due():
-                        self.run.commit(wait=False)
-            if prefetch and waiting and waiting[-1].ticket is not None \
-                    and not self.run.stopping():
-                claimed = self._next_batch(first=False)
-        finally:
-            error: BaseException | None = None
-            for handed in waiting:
+        for k, part in enumerate(parts):
+            if self.run.stopping():
+                break
+            handed = self._hand_over(part, started)
+            if handed is not None:
                 try:
-                    self._collect(handed, started, mover)
-                except BaseException as exc:  # (the others are still collected)
-                    error = error or exc
-            if error is not None:
-                if claimed:  # claimed ahead, never started: back to the queue
-                    self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
-                raise error
-        if claimed is None and self.run.commit_due():
-            self.run.commit(wait=False)
+                    if prefetch and k == len(parts) - 1 and handed.ticket is not None:
+                        claimed = self._next_batch(first=False)
+                finally:
+                    try:
+                        self._collect(handed, started, mover)
+                    except BaseException:
+                        if claimed:  # claimed ahead, never started: back to the queue
+                            self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
+                        raise
+            if claimed is None and self.run.commit_due():
+                self.run.commit(wait=False)
         return claimed
 
     def _hand_over(self, items: list[ClaimedItem], started: set[int]) -> _HandedOver | None:
