@@ -306,12 +306,12 @@ class Mover:
 
     def _move_file(self, spec: ItemSpec) -> Outcome | None:
         """``move`` of one file from a source folder this mover holds open (most files of a
-        job after the first of their folder), the file opened below that folder: into a
-        temporary folder of this mover (a small copy: ``_small_file``; a link:
-        ``_link_file``; else ``_into_temp_folder``), or a link straight under its final name
-        in a folder made or found before (``_link_file``), without the general path's
-        choices. None, having done nothing, for any other case or a source that does not open
-        as a file: the general path takes it."""
+        job after the first of their folder), the file opened below that folder: a copy into
+        a temporary folder of this mover (a small one: ``_small_file``; else
+        ``_into_temp_folder``), a link straight under its final name in a folder made or found
+        for an earlier file (``_link_file``), without the general path's choices. None, having
+        done nothing, for any other case or a source that does not open as a file: the
+        general path takes it."""
         final, source = spec.final, spec.source
         if type(final) is not str or type(source) is not str:
             return None
