@@ -161,7 +161,11 @@ def test_a_checked_folder_moved_aside_and_a_link_out_in_its_place_is_not_read(
     mover.close()
     assert first.tmp is not None
     assert sorted(os.listdir(Path(first.tmp).parent)) == ["a.uvh5"]
-    assert not (tmp_path / "dest" / "night").exists()
+    if method == "copy":  # in its temporary folder, not committed: no final folder yet
+        assert not (tmp_path / "dest" / "night").exists()
+    else:  # a link is whole: straight under its final name, alone (nothing of the refused)
+        assert first.tmp == first.final
+        assert entries(tmp_path / "dest" / "night") == ["a.uvh5"]
 
 
 @pytest.mark.parametrize("method", ["copy", "hardlink", "symlink"])
@@ -176,12 +180,16 @@ def test_a_source_that_is_a_symlink_inside_its_store_is_staged(
     (store / "night" / "c.uvh5").symlink_to(target if absolute else "b.uvh5")
     assert Path(spec(store, dest, "c.uvh5", method).source).resolve() == target
     mover = Mover(deferred=True, temp_folders=True)
-    for name in ("c.uvh5", "a.uvh5", "c.uvh5"):
+    for k, name in enumerate(("c.uvh5", "a.uvh5", "c.uvh5")):
         item = spec(store, dest, name, method)
         if name == "c.uvh5":
             mover.close_temp_folders()  # a new temporary folder: no clash with the first c
         outcome = mover.move(item)
-        assert outcome.state == ItemState.DONE and outcome.tmp is not None
+        if k == 2 and method != "copy":  # a link is made in place: the second c finds it
+            assert outcome.state == ItemState.SKIPPED and outcome.note == "already linked"
+            outcome = outcome._replace(tmp=item.final)
+        else:
+            assert outcome.state == ItemState.DONE and outcome.tmp is not None
         made, real = Path(outcome.tmp), Path(item.source).resolve()
         if method == "symlink":
             assert os.readlink(made) == item.source
@@ -265,3 +273,67 @@ def test_a_hard_link_is_the_verified_inode_whichever_way_the_kernel_links_it(
         os.close(source)
         os.close(folder)
     mover.close()
+
+
+@pytest.mark.parametrize("method", ["hardlink", "symlink"])
+def test_links_into_a_folder_an_earlier_hand_over_made_go_in_place(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """A link of one file needs no temporary folder, even in a folder that does not exist
+    yet: the first file of a folder (the general path, ``_link_in_place``) makes the folder
+    and goes straight under its final name; the others, in this hand-over and the next, go
+    the same way from the source folder held open (``_move_file``), with the general path's
+    checks and answers: a store file the account could write is refused and bytes other than
+    the catalogue's are caught (the same errors as for a first file, nothing left under any
+    name), the same link already there is skipped and another file there is never
+    replaced."""
+    night = store / "night"
+    for name in ("c", "d", "e", "f", "g"):
+        (night / f"{name}.uvh5").write_bytes(name.encode() * 300)
+        (night / f"{name}.uvh5").chmod(0o444)
+        os.chown(night / f"{name}.uvh5", ARCHIVE_UID, ARCHIVE_GID)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    pin = safefs.pin_of(str(dest), fd)
+    os.close(fd)
+    general: list[str] = []
+    real = Mover._link_in_place
+
+    def spy(self: Mover, item: ItemSpec, *args: object) -> object:
+        general.append(os.path.basename(item.final))
+        return real(self, item, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Mover, "_link_in_place", spy)
+    mover = Mover(deferred=True, temp_folders=True, root=pin)
+    first = mover.move(spec(store, dest, "a.uvh5", method))
+    assert first.tmp == first.final  # in place, in the folder made for it
+    assert entries(dest) == ["night"]  # (no temporary folder)
+    assert commit([(first.tmp, first.final)], True, [pin], data=method != "hardlink") == [None]
+    mover.close_temp_folders()  # the next hand-over
+    (dest / "night" / "g.uvh5").write_bytes(b"somebody else's")
+    good = [spec(store, dest, name, method) for name in ("b.uvh5", "c.uvh5", "e.uvh5")]
+    moved = [mover.move(item) for item in good]
+    assert all(o.state == ItemState.DONE and o.tmp == o.final == item.final
+               for o, item in zip(moved, good))
+    writable = spec(store, dest, "d.uvh5", method)
+    os.chown(writable.source, os.geteuid(), os.getegid())
+    with pytest.raises(ItemFailed, match="not linked: the store file is owned by the staging"):
+        mover.move(writable)
+    with pytest.raises(ItemFailed, match="checksum mismatch"):
+        mover.move(spec(store, dest, "f.uvh5", method)._replace(
+            checksums={ck.XXH3_128: "0" * 32}))
+    with pytest.raises(ItemFailed, match="not overwritten"):
+        mover.move(spec(store, dest, "g.uvh5", method))
+    again = mover.move(good[1])
+    assert again.state == ItemState.SKIPPED and again.note == "already linked"
+    assert general == ["a.uvh5"]  # the first of the folder only
+    assert commit([(o.tmp, o.final) for o in moved if o.tmp and o.final], True, [pin],
+                  data=method != "hardlink") == [None, None, None]
+    mover.close()
+    assert (dest / "night" / "g.uvh5").read_bytes() == b"somebody else's"
+    assert entries(dest / "night") == ["a.uvh5", "b.uvh5", "c.uvh5", "e.uvh5", "g.uvh5"]
+    for item in [spec(store, dest, "a.uvh5", method), *good]:
+        if method == "hardlink":
+            assert os.path.samefile(item.final, item.source)
+        else:
+            assert os.readlink(item.final) == item.source

@@ -179,11 +179,14 @@ def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, st
     # Hard links wrote no data: only their folders' entries are to sync.
     data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames
                in batch if renames)
-    errors = iter(commit([(tmp, final) for *_rest, renames in batch
-                          for _i, tmp, final, _note in renames], fsync, roots, data=data))
+    errors = commit([(tmp, final) for *_rest, renames in batch
+                     for _i, tmp, final, _note in renames], fsync, roots, data=data)
+    if not any(errors):  # (the common case: every item final; looked at per item otherwise)
+        return
+    failed = iter(errors)
     for _request, _hand, results, renames in batch:
         for i, *_rest in renames:
-            exc = next(errors)
+            exc = next(failed)
             if exc is not None:
                 results[i] = (ItemFailed("appeared at the destination while it was being "
                                          "staged; not overwritten")

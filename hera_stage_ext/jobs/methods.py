@@ -3,7 +3,8 @@
 Owns the local methods (``copy``, ``hardlink``, ``symlink``, ``reflink``; ``contents`` lives in
 ``contents.py``), the temporary-name-then-rename discipline (a killed worker never leaves a
 partial file under a final name; a link of one file, made whole or not at all by the kernel,
-goes straight under its final name once its source is verified), the
+goes straight under its final name once its source is verified, in its folder made for it
+if need be: no temporary name, folder or rename), the
 verification against the catalogue checksum (the fastest one it has: xxh3-128, MD5 only when
 that is all) and the skip/conflict decision for something already at the final name.
 Knows nothing of the database: the engine hands it an ``ItemSpec`` and records the ``Outcome``.
@@ -119,6 +120,8 @@ _FILE_METHODS = frozenset({"copy", "hardlink", "symlink", "reflink"})
 _XXH3 = ck.ALGORITHMS[0]
 #: Source folders a mover keeps open (``Mover._source_folder``).
 _SOURCE_FOLDERS = 64
+#: An immediate mover's outcome of a link made (nothing left to rename).
+_LINKED = Outcome(ItemState.DONE)
 #: A refusal of a source that is not (or no longer) inside its store.
 _OUTSIDE = "the instance on its store leads outside the store"
 
@@ -188,7 +191,8 @@ class Mover:
         # Deferred, ``temp_folders``: a destination folder that does not exist is written as a
         # temporary folder beside it, its files under their final names, and ``commit`` renames
         # the folder into place whole (one rename per folder, not one per file). Final folder
-        # -> its temporary folder, until ``close_temp_folders``.
+        # -> its temporary folder, until ``close_temp_folders``. Not for a link of one file,
+        # which needs none: whole or absent, it goes straight into its folder (made for it).
         self._temp_folders = temp_folders and deferred
         self._open_temps: dict[str, str] = {}
         self._used_temps: set[str] = set()  # those holding a written file (for a commit)
@@ -244,8 +248,11 @@ class Mover:
         if spec.source_root is not None and source_fd is None:
             self._confine_source(source, spec)
         folders = self._folders
-        folder_tmp = self._open_temps.get(parent)
-        if folder_tmp is None and self._temp_folders and parent not in self._made_dirs:
+        link = spec.method in _LINKS and not spec.is_directory
+        # (A link of one file never needs one: it goes straight under its final name.)
+        folder_tmp = None if link else self._open_temps.get(parent)
+        if folder_tmp is None and self._temp_folders and not link \
+                and parent not in self._made_dirs:
             try:
                 folders.get(parent)
             except FileNotFoundError:
@@ -263,7 +270,7 @@ class Mover:
             self._made_dirs.add(parent)
         else:
             dir_fd = folders.get(parent, create=True)
-        if spec.method in _LINKS and not spec.is_directory:
+        if link:
             return self._link_in_place(spec, source, source_fd, final, parent, dir_fd, name,
                                        algorithm)
         if parent not in self._fresh_dirs and safefs.lexists(dir_fd, name):
@@ -298,23 +305,38 @@ class Mover:
         return Outcome(ItemState.DONE, note)
 
     def _move_file(self, spec: ItemSpec) -> Outcome | None:
-        """``move`` of one file into a temporary folder of this mover, from a source folder
-        it holds open (most files of a job after the first of their folder): the file opened
-        below that folder, then, for a small file, the general path's own steps in one place
-        (``_small_file``), else its own writing (``_into_temp_folder``), without its choices.
-        None, having done nothing, for any other case or a source that does not open as a
-        file: the general path takes it."""
+        """``move`` of one file from a source folder this mover holds open (most files of a
+        job after the first of their folder), the file opened below that folder: a copy into
+        a temporary folder of this mover (a small one: ``_small_file``; else
+        ``_into_temp_folder``), a link straight under its final name in a folder made or found
+        for an earlier file (``_link_file``), without the general path's choices. None, having
+        done nothing, for any other case or a source that does not open as a file: the
+        general path takes it."""
         final, source = spec.final, spec.source
         if type(final) is not str or type(source) is not str:
             return None
         parent, _sep, name = final.rpartition("/")
-        folder_tmp = self._open_temps.get(parent)
         src_dir, _sep, src_name = source.rpartition("/")
         key = (src_dir, spec.source_root)
         src_fd = self._source_dirs.get(key)
-        if folder_tmp is None or src_fd is None or spec.method not in _FILE_METHODS \
-                or not parent or not src_dir:
+        method = spec.method
+        if src_fd is None or method not in _FILE_METHODS or not parent or not src_dir:
             return None
+        dir_fd = -1
+        if method in _LINKS:
+            # A link is whole or absent: straight under its final name (``_link_in_place``),
+            # in a folder made or found for an earlier file.
+            if parent not in self._made_dirs:
+                return None
+            try:
+                dir_fd = self._folders.get(parent)
+            except OSError:
+                return None  # (gone or swapped: the general path says what is wrong)
+            folder_tmp = None
+        else:
+            folder_tmp = self._open_temps.get(parent)
+            if folder_tmp is None:
+                return None
         try:
             fin = os.open(src_name, _SOURCE, dir_fd=src_fd)
         except OSError:
@@ -323,72 +345,86 @@ class Mover:
             self._source_dirs.move_to_end(key)
             checksums = spec.checksums
             algorithm = _XXH3 if _XXH3 in checksums else ck.preferred_algorithm(checksums)
-            if spec.method != "reflink":
+            if folder_tmp is None:
+                return self._link_file(spec, source, fin, final, dir_fd, name, algorithm)
+            if method != "reflink":
                 st = os.fstat(fin)
                 if st.st_size < self._small:
-                    return self._small_file(spec, source, fin, st, final, parent, folder_tmp,
-                                            name, algorithm)
+                    return self._small_file(spec, fin, st, final, parent, folder_tmp, name,
+                                            algorithm)
             return self._into_temp_folder(spec, source, fin, final, parent, folder_tmp, name,
                                           algorithm)
         finally:
             os.close(fin)
 
-    def _small_file(self, spec: ItemSpec, source: str, fin: int, st: os.stat_result,
-                    final: str, parent: str, folder_tmp: str, name: str, algorithm: str
-                    ) -> Outcome:
-        """A small file (``st``: its ``fstat``, read whole in one call) copied or linked under
-        its final name ``name`` in this mover's temporary folder ``folder_tmp`` of ``parent``:
-        the same steps, checks and clean-up as ``_into_temp_folder``, ``_write``, ``_link``
-        and ``_copy_file`` take for it, in one frame (per small file, the calls between them
-        cost more than the checks). Nothing can be in that folder but what this mover wrote
-        (no check of the final name); a failure leaves nothing there, and a temporary folder
-        still empty goes."""
-        method = spec.method
+    def _small_file(self, spec: ItemSpec, fin: int, st: os.stat_result, final: str,
+                    parent: str, folder_tmp: str, name: str, algorithm: str) -> Outcome:
+        """A small file (``st``: its ``fstat``, read whole in one call) copied under its final
+        name ``name`` in this mover's temporary folder ``folder_tmp`` of ``parent``: the same
+        steps, checks and clean-up as ``_into_temp_folder``, ``_write`` and ``_copy_file`` take
+        for it, in one frame (per small file, the calls between them cost more than the
+        checks). Nothing can be in that folder but what this mover wrote (no check of the
+        final name); a failure leaves nothing there, and a temporary folder still empty
+        goes."""
         made = False
         try:
             dir_fd = self._folders.get(folder_tmp)
-            if method == "copy":
-                # Created with its final permissions where the umask keeps them (no chmod).
-                mode = _final_mode(st, spec.read_only)
-                fd = safefs.create(dir_fd, name, mode, os.O_RDWR)
-                made = True
-                try:
-                    size, got = self._pump(fin, fd, algorithm, st.st_size)
-                    self._seal(fd, mode, st)
-                finally:
-                    os.close(fd)
-                check_sum(spec, size, got, algorithm, "copy")
-                note = _VERIFIED.get(algorithm) or f"{algorithm} verified"
-            else:
-                # A link: the user must not be able to write the store's inode (``linkcheck``:
-                # asked only where the owner or a write bit of group or others could say so).
-                uid, _gids = self._identity
-                if st.st_uid == uid or st.st_mode & 0o022:
-                    reason = self._exposure(fin, st)
-                    if reason is not None:
-                        raise ItemFailed(reason)
-                # A read shorter than asked for is the end of a regular file.
-                data = os.pread(fin, st.st_size + 1, 0)
-                if len(data) <= st.st_size:
-                    size, got = len(data), ck.hex_digest(data, algorithm)
-                else:  # grown since the fstat: hashed as a large file is
-                    size, got = self._hash_source(fin, os.fstat(fin), algorithm)
-                check_sum(spec, size, got, algorithm, "source")
-                if method == "symlink":
-                    os.symlink(source, name, dir_fd=dir_fd)
-                else:
-                    # The inode just checked and verified, not whatever the path holds now.
-                    _hardlink(fin, name, dir_fd)
-                note = ""
+            # Created with its final permissions where the umask keeps them (no chmod).
+            mode = _final_mode(st, spec.read_only)
+            fd = safefs.create(dir_fd, name, mode, os.O_RDWR)
+            made = True
+            try:
+                size, got = self._pump(fin, fd, algorithm, st.st_size)
+                self._seal(fd, mode, st)
+            finally:
+                os.close(fd)
+            check_sum(spec, size, got, algorithm, "copy")
         except BaseException:
-            # (A link that raised made nothing; a copy's file is removed whatever failed.)
+            # (The file is removed whatever failed.)
             if made:
                 safefs.remove(dir_fd, name)
             if folder_tmp not in self._used_temps:
                 self._drop_temp_folder(parent, folder_tmp)
             raise
         self._used_temps.add(folder_tmp)
-        return Outcome(ItemState.DONE, note, f"{folder_tmp}/{name}", final)
+        return Outcome(ItemState.DONE, _VERIFIED.get(algorithm) or f"{algorithm} verified",
+                       f"{folder_tmp}/{name}", final)
+
+    def _link_file(self, spec: ItemSpec, source: str, fin: int, final: str, dir_fd: int,
+                   name: str, algorithm: str) -> Outcome | None:
+        """A link of the source open as ``fin`` straight under its final name ``name`` in the
+        folder ``dir_fd`` (``_link_in_place``'s steps, in one frame: per file, the calls
+        between them cost more than the checks): checked (``linkcheck``: asked only where the
+        owner or a write bit of group or others could say so) and verified as ``_link`` does,
+        then linked; a name already there is judged by ``_existing``. None, nothing made, when
+        the folder went away meanwhile: the general path makes it again."""
+        st = os.fstat(fin)
+        uid, _gids = self._identity
+        if st.st_uid == uid or st.st_mode & 0o022:
+            reason = self._exposure(fin, st)
+            if reason is not None:
+                raise ItemFailed(reason)
+        # A small file is read whole in one call (``_hash_source``'s first step, here without
+        # the call): a read shorter than asked for is the end of a regular file.
+        data = os.pread(fin, st.st_size + 1, 0) if st.st_size < self._small else None
+        if data is not None and len(data) <= st.st_size:
+            size, got = len(data), ck.hex_digest(data, algorithm)
+        else:  # large, or grown since the fstat
+            size, got = self._hash_source(fin, os.fstat(fin), algorithm)
+        if size != spec.size or got != spec.checksums[algorithm]:
+            check_sum(spec, size, got, algorithm, "source")  # (raises, with the figures)
+        try:
+            if spec.method == "symlink":
+                os.symlink(source, name, dir_fd=dir_fd)
+            else:
+                # The inode just checked and verified, not whatever the path holds now.
+                _hardlink(fin, name, dir_fd)
+        except FileExistsError:
+            _discard(dir_fd, f".{name}{TMP_SUFFIX}")  # a leftover of a killed worker
+            return self._existing(spec, source, fin, dir_fd, name, algorithm)
+        except FileNotFoundError:
+            return None
+        return Outcome(ItemState.DONE, "", final, final) if self._deferred else _LINKED
 
     def _into_temp_folder(self, spec: ItemSpec, source: str, source_fd: int | None,
                           final: str, parent: str, folder_tmp: str, name: str,
@@ -430,12 +466,29 @@ class Mover:
                 self._link(spec, source, source_fd, dir_fd, name, algorithm)
         except FileExistsError as exc:
             if exc.filename2 != name:
+                self._drop_empty_folder(parent)
                 raise
             _discard(dir_fd, f".{name}{TMP_SUFFIX}")  # a leftover of a killed worker
             return self._existing(spec, source, source_fd, dir_fd, name, algorithm)
+        except BaseException:
+            self._drop_empty_folder(parent)
+            raise
         if self._deferred:
             return Outcome(ItemState.DONE, "", final, final)
         return Outcome(ItemState.DONE)
+
+    def _drop_empty_folder(self, folder: str) -> None:
+        """A link failed in a folder this mover made for it: the folder goes if it is still
+        empty (as a temporary folder would: a failed item leaves nothing behind), and is
+        made again for the next file."""
+        if folder not in self._fresh_dirs:
+            return
+        self._fresh_dirs.discard(folder)
+        self._made_dirs.discard(folder)
+        self._folders.forget(folder)
+        with contextlib.suppress(OSError):  # (not empty, or gone: it stays as it is)
+            head, tail = _split(folder) if folder.startswith("/") else os.path.split(folder)
+            os.rmdir(tail, dir_fd=self._folders.get(head))
 
     def _drop_temp_folder(self, parent: str, folder_tmp: str) -> None:
         """Cancelled, failed, or the folder removed by hand mid-job: a temporary folder left
@@ -1067,7 +1120,11 @@ def _commit(renames: list[tuple[str, str]], fsync: bool, folders: safefs.Folders
     # per pair (a batch of 1,024 small files has a handful of pairs).
     pairs: dict[tuple[str, str], list[int]] = {}
     for i, (tmp, final) in enumerate(renames):
-        pair = (tmp.rpartition("/")[0] or "/", final.rpartition("/")[0] or "/")
+        if tmp == final:  # a link in place: its folder, once
+            folder = final.rpartition("/")[0] or "/"
+            pair = (folder, folder)
+        else:
+            pair = (tmp.rpartition("/")[0] or "/", final.rpartition("/")[0] or "/")
         members = pairs.get(pair)
         if members is None:
             pairs[pair] = [i]
