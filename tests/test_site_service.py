@@ -666,11 +666,9 @@ def test_an_item_call_the_database_refuses_appends_none_of_its_log_lines(
     database.dispose()
 
 
-def test_a_record_may_ask_which_items_are_left(database: Database, tmp_path: Path) -> None:
-    """A run's last record may ask for the job's unfinished items too (``"unfinished":
-    true``): the answer is ``unfinished``'s, read after the results are recorded (the result
-    lines once none is left); the job answer says the service takes it; not a boolean: 400."""
-    from hera_stage_ext.errors import InvalidRequest
+def _three_file_job_claimed(database: Database, tmp_path: Path) -> tuple[dict[str, Any], Any]:
+    """alice's stage job of three files (sources that do not exist), claimed by her worker
+    ``w`` through the service's operations: the job and those operations (``WorkerOps``)."""
     from hera_stage_ext.jobs.engine import create_job
     from hera_stage_ext.site.worker_ops import WorkerOps
 
@@ -681,6 +679,16 @@ def test_a_record_may_ask_which_items_are_left(database: Database, tmp_path: Pat
                      log_dir=tmp_path)
     ops = WorkerOps(database, "alice")
     assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    return job, ops
+
+
+def test_a_record_may_ask_which_items_are_left(database: Database, tmp_path: Path) -> None:
+    """A run's last record may ask for the job's unfinished items too (``"unfinished":
+    true``): the answer is ``unfinished``'s, read after the results are recorded (the result
+    lines once none is left); the job answer says the service takes it; not a boolean: 400."""
+    from hera_stage_ext.errors import InvalidRequest
+
+    job, ops = _three_file_job_claimed(database, tmp_path)
     assert ops.job(job["id"])["record_unfinished"] is True
     ids = [row[0] for row in json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 3}))[
         "items"]]
@@ -701,16 +709,9 @@ def test_a_finish_with_files_left_is_refused_and_the_job_goes_on(database: Datab
     not appended (the worker sends them again); once all are through, the same finish ends
     the job with them."""
     from hera_stage_ext.errors import Conflict
-    from hera_stage_ext.jobs.engine import create_job, get_job
-    from hera_stage_ext.site.worker_ops import WorkerOps
+    from hera_stage_ext.jobs.engine import get_job
 
-    items = [{"name": f"f{k}", "store": "s", "size": 10, "is_directory": False,
-              "checksums": {}, "dest_path": f"f{k}", "source_path": f"/nowhere/f{k}"}
-             for k in range(3)]
-    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 30,
-                     log_dir=tmp_path)
-    ops = WorkerOps(database, "alice")
-    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    job, ops = _three_file_job_claimed(database, tmp_path)
     ids = [row[0] for row in json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 2}))[
         "items"]]
     log_path = Path(get_job(database, job["id"])["log_path"])
