@@ -324,18 +324,23 @@ class Tables:
         in C, the server parses each value once; its bulk path for the heap). An instance's
         or event's file given by name is looked up first (one query)."""
         columns = _COLUMNS[table]
-        if columns[0][0] == "file_id" and not all(isinstance(row[0], int) for row in rows):
-            ids = self.file_ids(row[0] for row in rows if isinstance(row[0], str))
-            missing = sorted({row[0] for row in rows
-                              if isinstance(row[0], str) and row[0] not in ids})
-            if missing:
-                raise NotFound(f"no file named {missing[0]!r}")
-            rows = [row if isinstance(row[0], int) else (ids[row[0]], *row[1:])
-                    for row in rows]
+        if columns[0][0] == "file_id":
+            rows = self._by_file_id(rows)
         names = ", ".join(c for c, _t, _x in columns)
         with self._raw.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def _by_file_id(self, rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
+        """``rows`` whose first value is a file's id or name with every name made its id
+        (one query); a name of no file: NotFound."""
+        if all(isinstance(row[0], int) for row in rows):
+            return rows
+        ids = self.file_ids(row[0] for row in rows if isinstance(row[0], str))
+        missing = sorted({row[0] for row in rows if isinstance(row[0], str) and row[0] not in ids})
+        if missing:
+            raise NotFound(f"no file named {missing[0]!r}")
+        return [row if isinstance(row[0], int) else (ids[row[0]], *row[1:]) for row in rows]
 
     def _check_exist(self, table: str, ids: Iterable[int], known: set[int]) -> None:
         """Raise NotFound unless every one of ``ids`` is a row of ``table`` (a file or store:
@@ -369,10 +374,8 @@ class Tables:
         names = ", ".join(c for c, _t, _x in columns)
         by_name = columns[0][0] == "file_id"
         if not self.pg:
-            if by_name and not all(isinstance(row[0], int) for row in rows):
-                ids = self.file_ids(row[0] for row in rows if isinstance(row[0], str))
-                rows = [row if isinstance(row[0], int) else (ids[row[0]], *row[1:])
-                        for row in rows]
+            if by_name:
+                rows = self._by_file_id(rows)
             row_marks = "(" + ", ".join("?" * len(columns)) + ")"
             for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
                 chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]

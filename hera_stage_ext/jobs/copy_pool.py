@@ -162,7 +162,9 @@ def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, st
                 ) -> None:
     """Make the written hand-overs of ``batch`` final together (``methods.commit``), their
     lines in the job's log first; an item the commit failed gets its error in its results."""
-    # The lines first: a file under its final name always has its line in the log.
+    # The lines first: a copy under its final name always has its line in the log (a link
+    # of one file is made under its final name at once: after a kill before its line, the
+    # retried job finds it there and skips it as the same link).
     # (The engine's log lines' form; not catalogue.models.utcnow: no SQLAlchemy in here.)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     stamp = f"{now.isoformat(timespec='milliseconds')}Z  "

@@ -350,8 +350,13 @@ def _recount(s: Session, job: JobRow) -> dict[str, int]:
 def result_lines(db: Database, job: JobRow) -> list[str]:
     """One line per failed or missing file of a job whose items are all through."""
     with db.read() as s:
-        failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
-            JobItem.job_id == job.id, item_state_is(ItemState.FAILED)).order_by(JobItem.id)).all()
+        return _result_lines_in(s, job)
+
+
+def _result_lines_in(s: Session, job: JobRow) -> list[str]:
+    """``result_lines`` read in the session ``s``."""
+    failed = s.execute(select(JobItem.dest_path, JobItem.error).where(
+        JobItem.job_id == job.id, item_state_is(ItemState.FAILED)).order_by(JobItem.id)).all()
     lines = [f"{path}: {error}" for path, error in failed]
     return lines + [f"{name}: no available instance on an online store" for name in job.missing]
 
@@ -367,16 +372,17 @@ def finish_job(db: Database, job_id: int, kind: JobKind, run: KindRun) -> str:
     return record_finish(db, job, lines)
 
 
-def record_finish(db: Database, job: JobRow, lines: list[str],
+def record_finish(db: Database, job: JobRow, lines: list[str] | None,
                   through: Callable[[], None] | None = None) -> str:
     """The final state of a finished job in the database, and its summary in its log.
+    ``lines``: its result lines (``result_lines``); None: read in the same transaction once
+    none of its items is left (so no result recorded meanwhile is missed).
 
     With ``through``: only if none of the job's items is still to do (queued, running or
     waiting for its recall; counted in the recount's own pass over the items, in the same
     transaction), else ``Conflict`` and nothing changes; ``through()`` is called then, before
     the job shows finished (a worker's last log lines, appended first)."""
     job_id = job.id
-    state = JobState.FAILED if lines else JobState.SUCCEEDED
     with db.write() as s:
         row = s.get(JobRow, job_id)
         assert row is not None
@@ -386,6 +392,9 @@ def record_finish(db: Database, job: JobRow, lines: list[str],
                                                  ItemState.WAITING)):
                 raise Conflict(f"job {job_id} still has files to stage", job_id=job_id)
             through()
+        if lines is None:
+            lines = _result_lines_in(s, job)
+        state = JobState.FAILED if lines else JobState.SUCCEEDED
         row.state, row.finished_at = state, utcnow()
         row.worker_id, row.lease_expires = None, None
         row.error = "" if not lines else (

@@ -69,16 +69,7 @@ RunResults = Mapping[str, Sequence[tuple[int, int]]]
 
 def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
     """``ids`` as runs of consecutive values: [(first, last), ...], ascending."""
-    ordered = sorted(set(ids))
-    if ordered and ordered[-1] - ordered[0] + 1 == len(ordered):
-        return [(ordered[0], ordered[-1])]  # one run (most batches): no loop per id
-    runs: list[tuple[int, int]] = []
-    for i in ordered:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    return runs
+    return ascending_runs(sorted(set(ids)))
 
 
 def ascending_runs(ids: Sequence[int]) -> list[tuple[int, int]]:

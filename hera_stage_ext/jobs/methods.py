@@ -461,7 +461,9 @@ class Mover:
                 self._made_dirs.discard(parent)
                 self._fresh_dirs.discard(parent)
                 self._folders.forget(parent)
-                dir_fd = self._folders.get(parent, create=True)
+                dir_fd, made = self._folders.open(parent, create=True)
+                if made:  # (so a failure below takes it away again)
+                    self._fresh_dirs.add(parent)
                 self._made_dirs.add(parent)
                 self._link(spec, source, source_fd, dir_fd, name, algorithm)
         except FileExistsError as exc:

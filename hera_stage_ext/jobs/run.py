@@ -252,7 +252,8 @@ class JobRun:
             batch, final = self._take_pending(renames=claim is None or self.commit_due())
             if not batch and not final:
                 return self._record([], 0, claim, last)
-            # The per-file lines first: a file under its final name always has its line.
+            # The per-file lines first: a copy under its final name always has its line
+            # (a link of one file is final at once: see ``copy_pool._make_final``).
             self.log.flush()
             renames = [(o.tmp, o.final) for _, _, _, o in batch
                        if o is not None and o.tmp and o.final]

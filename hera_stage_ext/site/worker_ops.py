@@ -214,19 +214,18 @@ class WorkerOps:
         job shows finished (one round trip fewer at the end of every run)."""
         text = _log_text(body.get("log", ""))
         job = self._held(job_id, body)
-        if body.get("made") is True:  # the worker made the folder (``hera-stage clean``)
-            lifecycle.note_made(self.db, job_id)
 
         def through() -> None:  # none of its files left: the last lines, then finished
             if text:
                 JobLog(job.log_path).append_lines(text)
 
-        # The lines again from the database (not from the worker): the job's state is ours.
-        # Whether any file is left is counted in the final recount's pass over the items (one
-        # pass at the end of a job, not two).
-        return {"state": engine.record_finish(self.db, job, engine.result_lines(self.db, job),
-                                              through),
-                "logged": len(text)}
+        # The lines from the database (not from the worker), read once none of the job's
+        # files is left, in the transaction that counts them (one pass at the end of a job,
+        # and no result recorded between the count and the lines): the job's state is ours.
+        state = engine.record_finish(self.db, job, None, through)
+        if body.get("made") is True:  # the worker made the folder (``hera-stage clean``)
+            lifecycle.note_made(self.db, job_id)
+        return {"state": state, "logged": len(text)}
 
     def cancelled(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         job = self._held(job_id, body)
