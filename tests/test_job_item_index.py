@@ -11,6 +11,7 @@ import json
 
 from sqlalchemy import func, insert, select
 
+from hera_stage_ext.catalogue.db import driver_mark
 from hera_stage_ext.jobs import items
 from hera_stage_ext.jobs.models import JOB_ITEM_TABLE, JobItem, JobRow, item_state_is
 from hera_stage_ext.states import ItemState
@@ -55,7 +56,7 @@ def test_a_claim_walks_the_queued_items_index_in_id_order(database):
     job_id = _fill(database)
     with database.write() as s:
         connection = s.connection()
-        mark = items._mark(connection)
+        mark = driver_mark(connection)
         lock = "" if connection.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
         sqlite = connection.dialect.name == "sqlite"
         # In-process claims, and a worker's over HTTP (each item's JSON text built in the SQL).

@@ -326,6 +326,12 @@ class Database:
             engine.dispose()
 
 
+def driver_mark(connection: Connection) -> str:
+    """The driver's parameter placeholder for ``driver_rows``' SQL: SQLite's ``?``, psycopg's
+    ``%s``."""
+    return "?" if connection.dialect.paramstyle == "qmark" else "%s"
+
+
 def driver_rows(connection: Connection, sql: str, parameters: Any,
                 fetch: bool = True) -> list[Any]:
     """The rows of ``sql`` (the driver's SQL and parameter style) as the driver's tuples, run on

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.engine import Connection
 
-from ..catalogue.db import Database, driver_rows
+from ..catalogue.db import Database, driver_mark, driver_rows
 from ..states import ARRIVED_ITEM_STATES, ItemState
 from .models import JOB_ITEM_TABLE, JobItem
 
@@ -147,7 +147,7 @@ def _claim_rows_in(connection: Connection, job_id: int, n: int,
     The driver's own SQL on the transaction's cursor (``driver_rows``): this runs once per
     batch of small files, and SQLAlchemy's work per statement (cache key, execution context)
     and per row (a ``Row``) cost more than the database's."""
-    mark = _mark(connection)
+    mark = driver_mark(connection)
     sqlite = connection.dialect.name == "sqlite"
     lock = "" if sqlite else " FOR UPDATE SKIP LOCKED"
     sql = claim_json_sql(sqlite) if as_json else _CLAIM_SQL
@@ -200,11 +200,6 @@ def claim_json_sql(sqlite: bool) -> str:
 
 # States as plain strings: the driver is given no enum to adapt.
 _RUNNING = str(ItemState.RUNNING)
-
-
-def _mark(connection: Connection) -> str:
-    """The driver's placeholder: SQLite's ``?``, psycopg's ``%s``."""
-    return "?" if connection.dialect.paramstyle == "qmark" else "%s"
 
 
 def _runs_sql(runs: Sequence[tuple[int, int]], mark: str) -> list[tuple[str, list[int]]]:
@@ -267,7 +262,7 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
         by_runs[state] = by_runs.get(state, []) + list(more)
     files: dict[str, int] = dict.fromkeys(RESULT_STATES, 0)
     done_bytes = 0
-    mark = _mark(connection)
+    mark = driver_mark(connection)
     where = f"job_id = {mark}" + (f" AND state = {mark}" if running_only else "")
     scope: tuple[object, ...] = (job_id, _RUNNING) if running_only else (job_id,)
     sqlite = connection.dialect.name == "sqlite"
@@ -304,7 +299,7 @@ def _update_counted(connection: Connection, sqlite: bool, state: str, where: str
     transaction just before (it holds the database's only write lock: nothing changes the
     rows between); PostgreSQL: the rows the ``UPDATE`` itself wrote (exact when two reports
     of the same items race: the second one's re-checked rows no longer qualify)."""
-    mark = _mark(connection)
+    mark = driver_mark(connection)
     if sqlite:
         row = driver_rows(connection, f"SELECT count(*), COALESCE(sum(size), 0) FROM job_item "
                           f"WHERE {where}", params)[0]

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..catalogue.db import Database, driver_rows, loads_json_column
+from ..catalogue.db import Database, driver_mark, driver_rows, loads_json_column
 from ..catalogue.serialize import iso
 from ..errors import InvalidRequest, NotFound
 from .models import SiteToken
@@ -92,7 +92,7 @@ def lookup(db: Database, token: str) -> TokenUser | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     with db.read_connection() as connection:
-        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        mark = driver_mark(connection)
         rows = driver_rows(connection, _LOOKUP_SQL.format(m=mark), (token_hash(token),))
     if not rows:
         return None

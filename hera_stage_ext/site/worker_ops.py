@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import select
 
-from ..catalogue.db import Database, driver_rows
+from ..catalogue.db import Database, driver_mark, driver_rows
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..jobs import engine, items, lifecycle, recall
 from ..jobs.joblog import JobLog
@@ -142,7 +142,7 @@ class WorkerOps:
         row = None
         if job_id > 0:
             with self.db.read_connection() as connection:
-                mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+                mark = driver_mark(connection)
                 rows = driver_rows(connection, _JOB_FACTS_SQL.format(m=mark), (job_id,))
             row = _Facts(*rows[0]) if rows else None
         job: _JobFacts = self._visible(job_id, row)
