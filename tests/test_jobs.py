@@ -753,6 +753,34 @@ def test_an_idle_copy_helper_keeps_no_store_folder_open(site: Site) -> None:
         pool.close()
 
 
+def test_hand_overs_keep_a_destination_folder_whole_where_they_can() -> None:
+    """Small files go to the copy helpers in hand-overs that end where a folder starts (a
+    folder split over two is made final a file at a time), within the same limits, every item
+    once and in order; a folder larger than a hand-over is cut as before."""
+    from hera_stage_ext.jobs.copy_pool import hand_overs
+
+    def folder(item: tuple[str, int, int]) -> str:
+        return item[0]
+
+    def size(item: tuple[str, int, int]) -> int:
+        return item[1]
+
+    items = [(name, 1, i) for name in "abc" for i in range(5)]
+    parts = hand_overs(items, size, 8, 100, folder)
+    assert [{folder(i) for i in part} for part in parts] == [{"a"}, {"b"}, {"c"}]
+    assert [i for part in parts for i in part] == items
+    assert [len(p) for p in hand_overs(items, size, 8, 100)] == [8, 7]  # no folders given
+    one = [("a", 1, i) for i in range(20)]
+    assert [len(p) for p in hand_overs(one, size, 8, 100, folder)] == [8, 8, 4]
+    # The bytes limit holds for a hand-over that the last folder's items open.
+    sized = [("a", 10, 0), ("a", 10, 1), ("a", 10, 2), ("b", 30, 3), ("b", 30, 4),
+             ("c", 50, 5)]
+    parts = hand_overs(sized, size, 100, 100, folder)
+    assert [i for part in parts for i in part] == sized
+    assert all(sum(map(size, part)) <= 100 for part in parts)
+    assert [[i[2] for i in part] for part in parts] == [[0, 1, 2], [3, 4], [5]]
+
+
 def test_copy_helper_killed_mid_hand_over(big: Site) -> None:
     """A copy helper SIGKILLed with files in hand: the worker goes on with the job (what the
     helper made final is verified, not copied again; the rest is copied by the worker), the

@@ -495,17 +495,35 @@ def default_size() -> int:
 
 
 def hand_overs(items: Sequence[Any], size_of: Callable[[Any], int], max_items: int,
-               max_bytes: int) -> list[list[Any]]:
+               max_bytes: int, folder_of: Callable[[Any], str] | None = None
+               ) -> list[list[Any]]:
     """``items`` cut into hand-overs of at most ``max_items`` items and ``max_bytes`` bytes
-    (always at least one item)."""
+    (always at least one item). With ``folder_of`` (an item's destination folder), a full
+    hand-over ends where its last folder starts, when that is past its first half: a folder
+    split over two hand-overs costs its second part a rename a file (the first part's
+    temporary folder is in place, or goes there first, ``methods.commit``), a folder whole in
+    one goes into place with one rename."""
     parts: list[list[Any]] = []
     part: list[Any] = []
     size = 0
+    start, folder = 0, None  # where the part's last folder starts, and that folder
     for item in items:
         n = size_of(item)
-        if part and (len(part) >= max_items or size + n > max_bytes):
-            parts.append(part)
-            part, size = [], 0
+        # (Again after a carry: the last folder's items with this one may still be too many.)
+        while part and (len(part) >= max_items or size + n > max_bytes):
+            if folder_of is not None and start > len(part) // 2:
+                # The last folder's items open the next hand-over instead.
+                parts.append(part[:start])
+                part = part[start:]
+                size = sum(map(size_of, part))
+                start = 0
+            else:
+                parts.append(part)
+                part, size, start = [], 0, 0
+        if folder_of is not None:
+            here = folder_of(item)
+            if here != folder:
+                start, folder = len(part), here
         part.append(item)
         size += n
     if part:

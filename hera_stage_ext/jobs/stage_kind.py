@@ -124,7 +124,7 @@ class _StageStream:
                 if pooled:
                     claimed = self._move_pooled(
                         hand_overs(pooled, _size, self.run.config.pool_batch_items,
-                                   self.run.config.pool_batch_bytes), started, mover,
+                                   self.run.config.pool_batch_bytes, _folder), started, mover,
                         prefetch=not rest)
                 for item in batch if rest else ():  # (all pooled: nothing left to move here)
                     if item.id in started or self._pooled(item):
@@ -517,6 +517,10 @@ class StageKind(ColdFileKind):
 
 def _size(item: ClaimedItem) -> int:
     return item.size
+
+
+def _folder(item: ClaimedItem) -> str:
+    return item.dest_path.rpartition("/")[0]
 
 
 def _target(job: JobRow) -> targets.Target:
