@@ -40,6 +40,8 @@ Q = TypeVar("Q", bound=QueryModel)
 MAX_BODY_BYTES = 1 << 20
 #: Resource name for Jupyter's authorizer (``authorized`` decorator).
 AUTH_RESOURCE = "hera_stage"
+#: Settings key of the ``Content-Security-Policy`` header's value, worked out once.
+_CSP_KEY = "hera_stage_csp"
 
 
 class ApiHttpError(web.HTTPError):
@@ -60,6 +62,15 @@ class BaseHandler(APIHandler):
         if core.site_mode and self.current_user is not None:
             return core.for_user(self.current_user.username, user_scopes(self.current_user))
         return core
+
+    @property
+    def content_security_policy(self) -> str:
+        """Jupyter's header, made of the server's settings alone, so worked out once (joined
+        and its report URL built anew on every reply before)."""
+        csp = self.settings.get(_CSP_KEY)
+        if csp is None:
+            csp = self.settings[_CSP_KEY] = super().content_security_policy
+        return csp
 
     def set_secure_cookie(self, name: str, value: str | bytes, expires_days: float | None = 30,
                           version: int | None = None, **kwargs: Any) -> None:
