@@ -7,11 +7,6 @@ A JSON body is read through ``jsonbody.load_json``: at most ``MAX_BODY_BYTES``, 
 Domain errors (``errors.StagingError``) become HTTP answers here and only here: the status the
 error names, with a JSON body ``{"error": ..., "message": ...}``. Core calls run in a thread
 pool so a slow query or a long ingest never stalls the server's event loop.
-
-A request that brings its token in the ``Authorization`` header is answered without Jupyter's
-login cookie (``set_secure_cookie``): such a client sends the header with every request, so the
-cookie would only be signed on each of them for nothing (a tenth of a small search's CPU), and,
-kept by a client, it would authenticate requests that carry no token at all.
 """
 
 from __future__ import annotations
@@ -71,20 +66,6 @@ class BaseHandler(APIHandler):
         if csp is None:
             csp = self.settings[_CSP_KEY] = super().content_security_policy
         return csp
-
-    def set_secure_cookie(self, name: str, value: str | bytes, expires_days: float | None = 30,
-                          version: int | None = None, **kwargs: Any) -> None:
-        """Tornado's, but not Jupyter's login cookie for a token sent in the header (above)."""
-        if name == self.identity_provider.get_cookie_name(self) and self._token_in_header():
-            return
-        super().set_secure_cookie(name, value, expires_days, version, **kwargs)
-
-    def _token_in_header(self) -> bool:
-        """Whether the request's token (if any) is the ``Authorization`` header's: Jupyter
-        reads a ``token`` URL parameter first (``IdentityProvider.get_token``)."""
-        return (not self.get_argument("token", "")
-                and self.identity_provider.auth_header_pat.match(
-                    self.request.headers.get("Authorization", "")) is not None)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (blocking) core call in the thread pool."""
