@@ -77,6 +77,32 @@ async def test_unauthenticated_requests_are_refused(http_server_client, jp_base_
             assert forged.code == 401, (path, header.split(":")[0], forged.code)
 
 
+async def test_a_search_with_the_token_in_the_header_is_answered_without_a_login_cookie(
+        http_server_client, jp_base_url, jp_auth_header, ingested):
+    url = jp_base_url.rstrip("/") + "/hera-stage/api/search"
+    body = json.dumps({"search": {"always-true": 1}, "limit": 1})
+    response = await http_server_client.fetch(url, method="POST", body=body,
+                                              headers=jp_auth_header, raise_error=False)
+    assert response.code == 200 and "Set-Cookie" not in response.headers
+    # The token in the URL (how a browser is sent in) still leaves Jupyter's login cookie,
+    # which then authenticates that browser's later requests without the token.
+    token = jp_auth_header["Authorization"].split()[1]
+    response = await http_server_client.fetch(f"{url}?token={token}", method="POST",
+                                              body=body, raise_error=False)
+    assert response.code == 200
+    cookie = response.headers["Set-Cookie"].split(";")[0]
+    status_url = jp_base_url.rstrip("/") + "/hera-stage/api/status"
+    later = await http_server_client.fetch(status_url, headers={"Cookie": cookie},
+                                           raise_error=False)
+    assert later.code == 200
+    # And without either, nothing.
+    assert (await http_server_client.fetch(status_url, raise_error=False)).code == 403
+    # Other routes answer a token in the header as Jupyter does (with its cookie).
+    response = await http_server_client.fetch(status_url, headers=jp_auth_header,
+                                              raise_error=False)
+    assert response.code == 200 and "Set-Cookie" in response.headers
+
+
 def test_openapi_paths_are_exactly_the_routes():
     doc = openapi_document("0")
     assert set(doc["paths"]) == set(NATIVE_ROUTES)

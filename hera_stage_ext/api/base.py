@@ -35,6 +35,8 @@ Q = TypeVar("Q", bound=QueryModel)
 MAX_BODY_BYTES = 1 << 20
 #: Resource name for Jupyter's authorizer (``authorized`` decorator).
 AUTH_RESOURCE = "hera_stage"
+#: Settings key of the ``Content-Security-Policy`` header's value, worked out once.
+_CSP_KEY = "hera_stage_csp"
 
 
 class ApiHttpError(web.HTTPError):
@@ -55,6 +57,15 @@ class BaseHandler(APIHandler):
         if core.site_mode and self.current_user is not None:
             return core.for_user(self.current_user.username, user_scopes(self.current_user))
         return core
+
+    @property
+    def content_security_policy(self) -> str:
+        """Jupyter's header, made of the server's settings alone, so worked out once (joined
+        and its report URL built anew on every reply before)."""
+        csp = self.settings.get(_CSP_KEY)
+        if csp is None:
+            csp = self.settings[_CSP_KEY] = super().content_security_policy
+        return csp
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (blocking) core call in the thread pool."""
