@@ -68,7 +68,10 @@ def parse_instant(value: object, what: str = "expires_at") -> dt.datetime:
     except ValueError:
         raise InvalidRequest(f"'{what}' {value!r} is not an ISO 8601 date or time") from None
     if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        try:
+            when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00: before year 1 in UTC
+            raise InvalidRequest(f"'{what}' {value!r} is out of range") from None
     return when
 
 
