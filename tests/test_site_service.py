@@ -815,6 +815,24 @@ def test_a_users_worker_claims_again_at_once_only_when_another_job_waits(site: S
     assert _wait_finished(site, "gina", number)["state"] == "succeeded"
 
 
+def test_a_users_worker_ships_non_ascii_log_lines_as_they_are(site: Site) -> None:
+    """A worker's calls go as UTF-8 (not ``\\u`` escapes): non-ASCII lines of a job's log
+    arrive unchanged."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "hana")
+    number = site.stage("hana", _dest(site, "hana", "utf8"))["id"]
+    store = HttpJobStore(site.url, site.tokens["hana"], spool_dir=site.work / "cache-hana")
+    try:
+        lines = "Zürich 東京 ✓ \\ \"quoted\"\n"
+        assert store.call("POST", f"jobs/{number}/log", {"text": lines}) == {
+            "appended": len(lines)}
+    finally:
+        store.close()
+    assert lines in site.api("hana", "GET", f"jobs/{number}/log").json()["text"]
+    assert site.api("hana", "POST", f"jobs/{number}/cancel").json()["state"] == "cancelled"
+
+
 def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Site) -> None:
     """Against a service that does not announce ``record_unfinished`` (an older one), a user's
     worker asks ``unfinished`` on its own and sends no such question with its records."""
