@@ -130,7 +130,8 @@ class HttpJobStore:
         attempt = 0
         # UTF-8 as it is (not ``\\u`` escapes, as requests' ``json=`` writes): a log's
         # non-ASCII names take their own bytes of the service's body limit, not six each.
-        data = None if body is None else json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+        data = (None if body is None
+                else json.dumps(body, ensure_ascii=False, allow_nan=False).encode())
         while True:
             reply: requests.Response | None = None
             try:
