@@ -12,6 +12,7 @@ answered, from the start), then per item: the service's CPU (``/proc`` for the s
 
     python benchmarks/claim_bench.py                # 20,000 items, first 1,024, then 4,096
     python benchmarks/claim_bench.py --rounds 5 --items 8192
+    python benchmarks/claim_bench.py --log-bytes 85  # with a log line per item, as a run's
 """
 
 from __future__ import annotations
@@ -131,11 +132,20 @@ def over_http(service: Any, db: Database, workspace: Path, args: argparse.Namesp
     store = HttpJobStore(service.url, service.token, spool_dir=workspace / "spool")
     job_id = make_job(db, workspace, args.items)
     assert store.claim_job("w", 30.0) == (job_id, False)
+    # The run's log, shipped as a run ships it (with the item calls, and by its shipper).
+    job = store.load_job(job_id)
+    joblog = store.log(job)
+    line = "2026-12-07T00:00:00.000Z  hardlink small/d000/zen.2459000000.sum.uvh5 {}\n"
 
     def claim(n: int) -> list[Any]:
         return store.claim_items(job_id, "w", n)
 
     def exchange(got: list[Any], n: int) -> list[Any]:
+        if args.log_bytes:  # each item's line, appended as a copy helper appends its lines
+            text = "".join(line.format("x" * max(0, args.log_bytes - len(line)))
+                           for _ in got)
+            with open(joblog.path, "a") as f:
+                f.write(text)
         return store.exchange(job_id, "w", [(c, "done", "") for c in got], n)
 
     service_cpu = proc_cpu(service.pid)
@@ -143,6 +153,7 @@ def over_http(service: Any, db: Database, workspace: Path, args: argparse.Namesp
     wall = time.perf_counter()
     firsts, total = drive(claim, exchange, args.streams, args.first, args.batch)
     wall = time.perf_counter() - wall
+    store.close_log(job, joblog)  # the last lines (a run's go with its finish)
     cpu = time.process_time() - cpu
     service_cpu = proc_cpu(service.pid) - service_cpu
     store.close()
@@ -159,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4096, help="items of later claims")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-http", action="store_true", help="in-process only")
+    parser.add_argument("--log-bytes", type=int, default=0,
+                        help="through HTTP: a log line of about this many bytes per item, "
+                        "shipped as a run ships its log (a small-file run's are about 85)")
     args = parser.parse_args(argv)
     quiet_garbage_collector()  # as the worker's (and the service's) own
     with tempfile.TemporaryDirectory(prefix="hera-claim-bench-") as tmp:

@@ -766,6 +766,73 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
         assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
 
 
+def test_a_job_claim_says_whether_another_of_the_users_jobs_waits(site: Site) -> None:
+    """With the job it gives, a worker's job claim says whether another job of the same user
+    waits (``more``): never counting another user's job, nor the one just given."""
+    _issue_stage_token(site, "frank")
+    first = site.stage("frank", _dest(site, "frank", "one"))["id"]
+    second = site.stage("frank", _dest(site, "frank", "two"))["id"]
+    others = site.stage("alice", _dest(site, "alice", "not-franks"))["id"]
+    claim = site.api("frank", "POST", "worker/claim", {"worker_id": "f"}).json()
+    assert (claim["job"], claim["more"]) == (first, True), claim
+    claim = site.api("frank", "POST", "worker/claim", {"worker_id": "f"}).json()
+    assert (claim["job"], claim["more"]) == (second, False), claim  # alice's is not his
+    assert site.api("frank", "POST", "worker/claim", {"worker_id": "f"}).json()["job"] is None
+    # (Alice's job must not wait for the next test's worker of hers.)
+    assert site.api("alice", "POST", f"jobs/{others}/cancel").json()["state"] == "cancelled"
+
+
+def test_a_users_worker_claims_again_at_once_only_when_another_job_waits(site: Site) -> None:
+    """A user's worker that claims a job claims again at once only when the service said
+    another job waits: a lone job costs no claim that finds nothing beside its run's first
+    calls (one claim that finds none after it ends, before the worker exits)."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig
+    from hera_stage_ext.jobs.worker import Worker
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "gina")
+    number = site.stage("gina", _dest(site, "gina", "lone"))["id"]
+    answers: list[dict[str, Any]] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            answer = super().call(method, path, body)
+            if path == "claim":
+                answers.append(answer)
+            return answer
+
+    store = Recording(site.url, site.tokens["gina"], spool_dir=site.work / "cache-gina")
+    settings = EngineConfig(kinds=standard_kinds(), heartbeat_seconds=0.2, fsync=False,
+                            allowed_roots=(str(site.home("gina").resolve()),))
+    try:
+        # (A poll far beyond the run: only a claim at once, or the job's end, claims again.)
+        Worker(store, settings).run(poll_seconds=600, exit_when_idle=True)
+    finally:
+        store.close()
+    assert [a["job"] for a in answers] == [number, None], answers
+    assert answers[0]["more"] is False, answers
+    assert _wait_finished(site, "gina", number)["state"] == "succeeded"
+
+
+def test_a_users_worker_ships_non_ascii_log_lines_as_they_are(site: Site) -> None:
+    """A worker's calls go as UTF-8 (not ``\\u`` escapes): non-ASCII lines of a job's log
+    arrive unchanged."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "hana")
+    number = site.stage("hana", _dest(site, "hana", "utf8"))["id"]
+    store = HttpJobStore(site.url, site.tokens["hana"], spool_dir=site.work / "cache-hana")
+    try:
+        lines = "Zürich 東京 ✓ \\ \"quoted\"\n"
+        assert store.call("POST", f"jobs/{number}/log", {"text": lines}) == {
+            "appended": len(lines)}
+    finally:
+        store.close()
+    assert lines in site.api("hana", "GET", f"jobs/{number}/log").json()["text"]
+    assert site.api("hana", "POST", f"jobs/{number}/cancel").json()["state"] == "cancelled"
+
+
 def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Site) -> None:
     """Against a service that does not announce ``record_unfinished`` (an older one), a user's
     worker asks ``unfinished`` on its own and sends no such question with its records."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Select, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..catalogue.db import Database
@@ -279,14 +279,7 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
     ``skip`` (jobs this worker holds back after they failed to run)."""
     with db.write() as s:
         now = lease_clock(s)
-        query = select(JobRow).where(JobRow.state.in_(ACTIVE_JOB_STATES),
-                                  or_(JobRow.worker_id.is_(None), JobRow.lease_expires < now))
-        if owner is not None:
-            query = query.where(JobRow.owner == owner)
-        if kinds is not None:
-            query = query.where(JobRow.kind.in_(list(kinds)))
-        if skip:
-            query = query.where(JobRow.id.not_in(skip))
+        query = _claimable(now, owner, skip, kinds)
         job = s.scalars(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True)
                         ).first()
         if job is None:
@@ -308,6 +301,31 @@ def claim_job(db: Database, worker_id: str, lease_seconds: float,
             requeue_running(s, job.id)
         return job.id, resumed
 
+
+def _claimable(now: dt.datetime, owner: str | None, skip: Collection[int],
+               kinds: Collection[str] | None) -> Select[JobRow]:
+    """The jobs ``claim_job`` may take at ``now``: active, held by no worker or by one whose
+    lease ran out; with ``owner``, ``kinds`` and ``skip`` as there."""
+    query = select(JobRow).where(JobRow.state.in_(ACTIVE_JOB_STATES),
+                                 or_(JobRow.worker_id.is_(None), JobRow.lease_expires < now))
+    if owner is not None:
+        query = query.where(JobRow.owner == owner)
+    if kinds is not None:
+        query = query.where(JobRow.kind.in_(list(kinds)))
+    if skip:
+        query = query.where(JobRow.id.not_in(skip))
+    return query
+
+
+def more_claimable(db: Database, owner: str | None, skip: Collection[int] = (),
+                   kinds: Collection[str] | None = None) -> bool:
+    """Whether ``claim_job`` would take a job now (read only: no write transaction, no
+    lock): what a worker over HTTP is told with each job it claims, so that it claims
+    again at once only when another job waits (one call fewer at the start of every job,
+    at the moment its run makes its first calls)."""
+    with db.read() as s:
+        query = _claimable(lease_clock(s), owner, skip, kinds)
+        return s.scalar(select(query.with_only_columns(JobRow.id).limit(1).exists())) is True
 
 
 def requeue_running(s: Session, job_id: int) -> None:

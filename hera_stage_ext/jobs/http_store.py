@@ -14,13 +14,16 @@ job.
 
 The job's log is written locally as in any run (a spool file in the user's cache folder, so
 the worker's copy helpers append to it as they do elsewhere) and shipped to the service, which
-keeps job logs, as it grows (``LogShipper``: a call per ``LOG_SOON`` bytes, at least once a
-second), so that little is left when the run ends; the last lines go with the job's ``finish``
-(one round trip, and the service appends them before the job shows finished).
+keeps job logs, as it grows: with the item calls (each takes what waits, up to ``LOG_CHUNK``)
+and, by a call of its own, what piles up beyond two calls' worth or waits a second
+(``LogShipper``; ``LOG_SOON`` bytes where the service takes no lines with item calls), so that
+little is left when the run ends; the last lines go with the job's ``finish`` (one round trip,
+and the service appends them before the job shows finished).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -61,12 +64,16 @@ PATIENCE_S = 300.0
 #: Most results one call carries, and most items one claim takes (the service's limit,
 #: ``site.worker_ops.MAX_BATCH``).
 RESULTS_PER_CALL = 10_000
-#: Most bytes of log shipped in one call.
-LOG_CHUNK = 256 << 10
+#: Most bytes of log shipped in one call (half of what the service takes in one: room for an
+#: item call's results beside them).
+LOG_CHUNK = 512 << 10
 #: A run's log is shipped as soon as this much is waiting (checked every ``LOG_POLL_S``), not
 #: only once a second: a small-file job writes megabytes of per-file lines a second, which
 #: would otherwise all wait for the run's end (a round trip per ``LOG_CHUNK`` then).
 LOG_SOON, LOG_POLL_S = 96 << 10, 0.1
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def default_spool_dir() -> Path:
@@ -110,6 +117,8 @@ class HttpJobStore:
         # follows it (one round trip fewer at the end of a run); dropped by any item call.
         self._record_unfinished = False
         self._unfinished: dict[int, dict[str, Any]] = {}
+        # Whether another job waited when the last one was claimed (the claim's answer).
+        self._more = True
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -119,11 +128,16 @@ class HttpJobStore:
         recorded once; a repeated claim may leave items to the next claim after a release)."""
         deadline = time.monotonic() + self.patience
         attempt = 0
+        # UTF-8 as it is (not ``\\u`` escapes, as requests' ``json=`` writes): a log's
+        # non-ASCII names take their own bytes of the service's body limit, not six each.
+        data = (None if body is None
+                else json.dumps(body, ensure_ascii=False, allow_nan=False).encode())
         while True:
             reply: requests.Response | None = None
             try:
                 reply = self.session.request(
-                    method, self.base + path, json=body, timeout=self.timeout)
+                    method, self.base + path, data=data, timeout=self.timeout,
+                    headers=None if data is None else _JSON_HEADERS)
             except requests.RequestException as exc:
                 problem = f"cannot be reached: {exc}"
             else:
@@ -169,7 +183,13 @@ class HttpJobStore:
                                              "skip": list(skip)})
         if answer.get("job") is None:
             return None
+        # (A service older than "more" says nothing: claim again, as before.)
+        self._more = answer.get("more") is not False
         return int(answer["job"]), bool(answer["resumed"])
+
+    def more_jobs(self) -> bool:
+        """Whether the service said, with the job it gave last, that another job waits."""
+        return self._more
 
     def load_job(self, job_id: int) -> JobRow:
         data = self.call("GET", f"jobs/{job_id}")
@@ -350,10 +370,12 @@ class HttpJobStore:
     def log(self, job: JobRow) -> JobLog:
         self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.spool_dir / f"job-{job.id}-{uuid.uuid4().hex[:8]}.log"
-        # Where the item calls carry the lines, this ships only what piles up beyond one
-        # call's worth, and a quiet run's lines once a second.
+        # Where the item calls carry the lines, this ships only what piles up beyond two
+        # calls' worth (a small-file run's streams call every 50-100 ms, each taking what
+        # waits: a call of its own for the lines would cost the service a request and hold
+        # up the streams' item calls meanwhile), and a quiet run's lines once a second.
         shipper = LogShipper(self, job.id, JobLog(path),
-                             soon=LOG_CHUNK if self._items_log else LOG_SOON)
+                             soon=2 * LOG_CHUNK if self._items_log else LOG_SOON)
         with self._lock:
             old = self._shippers.pop(job.id, None)
             self._shippers[job.id] = shipper

@@ -245,8 +245,15 @@ class JobRun:
         (a sync per claim would cost more than it saves); items already final (a copy
         helper's) and those with nothing to rename (failed, skipped) are recorded at once.
         ``last``: the run's last commit, before it asks whether any item is left (the store
-        may ask that with the results: ``JobStore.record``)."""
-        if not self._commit_lock.acquire(blocking=wait):
+        may ask that with the results: ``JobStore.record``).
+
+        Over HTTP (a store without the database) a claim waits for another stream's commit
+        instead of returning None: that commit is one round trip (the renames wait for a
+        commit that is due), which a claim going alone would wait for at the service's one
+        writer anyway, and then this one records what waits with its claim (one call, not
+        a claim now and a record later)."""
+        if not self._commit_lock.acquire(blocking=wait or (claim is not None
+                                                           and self.db is None)):
             return None
         try:
             batch, final = self._take_pending(renames=claim is None or self.commit_due())

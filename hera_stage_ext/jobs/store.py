@@ -58,6 +58,7 @@ class JobStore(Protocol):
     def reconcile(self) -> list[int]: ...
     def claim_job(self, worker_id: str, lease_seconds: float,
                   skip: Collection[int] = ()) -> tuple[int, bool] | None: ...
+    def more_jobs(self) -> bool: ...
     def load_job(self, job_id: int) -> JobRow: ...
     def is_active(self, job_id: int) -> bool: ...
     def store_roots(self, job_id: int) -> dict[str, str]: ...
@@ -98,6 +99,11 @@ class DbJobStore:
                   skip: Collection[int] = ()) -> tuple[int, bool] | None:
         return engine.claim_job(self.db, worker_id, lease_seconds, self.owner, skip=skip,
                                 kinds=self.kinds)
+
+    def more_jobs(self) -> bool:
+        """Whether another job may wait after the last ``claim_job``: here always (a claim
+        that finds none costs little in-process)."""
+        return True
 
     def load_job(self, job_id: int) -> JobRow:
         return engine.load_job(self.db, job_id)

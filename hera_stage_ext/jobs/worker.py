@@ -106,7 +106,9 @@ class Worker:
                         target=self._run_one, args=(job_id, resumed), name=f"job-{job_id}",
                         daemon=True)
                     running[job_id].start()
-                    continue  # room for more: claim again at once
+                    if self.store.more_jobs():
+                        continue  # room for more: claim again at once
+                    # (None waits, the store says: the next poll or wake-up claims again.)
                 if not running:
                     idle = time.monotonic() - idle_since
                     if exit_when_idle or (idle_exit_seconds is not None
@@ -228,9 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     store: JobStore
     service: HttpJobStore | None = None  # a worker in site mode: over the site service
     if args.site_url:
-        from .http_store import HttpJobStore  # requests: only for a worker in site mode
+        # (requests: only for a worker in site mode)
+        from .http_store import RESULTS_PER_CALL, HttpJobStore
 
         store = service = HttpJobStore(args.site_url, token)
+        # Over HTTP a run's results go with its streams' next claims (``exchange``: a stream
+        # claims every 1,024-4,096 items anyway), up to what one call carries, not in a
+        # ``record`` call of their own once 4,096 wait: that call stalls the stream making it
+        # (its next hand-over waits for the answer) and costs the service a request. A
+        # quiet second still commits (``flush_seconds``).
+        config.commit_items = RESULTS_PER_CALL
         os.environ.pop(SITE_TOKEN_ENV, None)  # not inherited by the copy helpers
     else:
         kinds = [k for k in (args.kinds or "").split(",") if k] or None

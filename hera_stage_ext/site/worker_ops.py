@@ -159,7 +159,10 @@ class WorkerOps:
         claimed = self.store.claim_job(worker_id_of(body), lease_of(body), skip)
         if claimed is None:
             return {"job": None, "resumed": False}
-        return {"job": claimed[0], "resumed": claimed[1]}
+        # Whether another of this user's jobs waits: the worker claims again at once only
+        # then (not with a call that finds nothing, beside its new job's first calls).
+        more = engine.more_claimable(self.db, self.owner, [*skip, claimed[0]], USER_KINDS)
+        return {"job": claimed[0], "resumed": claimed[1], "more": more}
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job, with what its run asks first (its stores' roots and which of them are
