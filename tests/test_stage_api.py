@@ -36,7 +36,7 @@ async def wait_for(api, job_id: int, timeout: float = 60.0) -> dict[str, Any]:
         await asyncio.sleep(0.2)
 
 
-async def test_stage_three_files_by_name(api, ingested, jp_root_dir, archive):
+async def test_stage_three_files_by_name(api, ingested, jp_root_dir, archive, jp_auth_header):
     code, job = await api("POST", "stage", {"names": THREE, "destination": "night2"})
     assert code == 202, job
     assert job["state"] == "queued" and job["files_total"] == 3 and job["missing"] == []
@@ -55,6 +55,13 @@ async def test_stage_three_files_by_name(api, ingested, jp_root_dir, archive):
     assert code == 200 and log["text"].count("\n") >= 4
     code, tail = await api("GET", f"jobs/{job['id']}/log?offset={log['next_offset']}")
     assert tail == {"text": "", "next_offset": log["next_offset"]}
+    # An unknown parameter is refused, as on every route (the fuzzer's find: it was ignored).
+    code, error = await api("GET", f"jobs/{job['id']}/log?offset=0&ofset=5")
+    assert code == 400 and "ofset" in error["message"]
+    # Jupyter's own ?token= (a log link a browser opens) is authentication, not a parameter.
+    token = jp_auth_header["Authorization"].split()[1]
+    code, again = await api("GET", f"jobs/{job['id']}/log?offset=0&token={token}")
+    assert code == 200 and again == log
     code, jobs = await api("GET", "jobs")
     assert [j["id"] for j in jobs["jobs"]] == [job["id"]]
 

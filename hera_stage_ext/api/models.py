@@ -357,7 +357,9 @@ class StagedCleanedRequest(RequestModel):
 class QueryModel(RequestModel):
     """The query string of a request: strings read as the fields' types (``limit=5`` is a
     number); an unknown parameter is refused (a misspelt filter must not answer the unfiltered
-    default). A field typed as a list takes every value of its repeated parameter."""
+    default), but for Jupyter's ``token`` (authentication, read by Jupyter before a handler
+    runs, never the API's). A field typed as a list takes every value of its repeated
+    parameter."""
 
     model_config = ConfigDict(strict=False, extra="forbid")
     unknown_what: ClassVar[str] = "query parameter(s)"
@@ -368,6 +370,8 @@ class QueryModel(RequestModel):
         """The model of tornado's ``request.query_arguments``, or ``InvalidRequest``."""
         values: dict[str, Any] = {}
         for key, given in arguments.items():
+            if key == "token":
+                continue
             texts = [v.decode("utf-8", "replace") for v in given]
             field = cls.model_fields.get(key)
             is_list = field is not None and get_origin(field.annotation) is list
@@ -396,8 +400,6 @@ class FixityQuery(QueryModel):
 
 
 class JobLogQuery(QueryModel):
-    model_config = ConfigDict(strict=False, extra="ignore")  # (``?token=`` authenticates)
-
     offset: int = Field(0, ge=0, le=MAX_ID, description="A byte offset: a previous reply's "
                         "next_offset.")
 
