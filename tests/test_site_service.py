@@ -1138,3 +1138,82 @@ def test_the_logs_last_lines_come_with_the_finish(site: Site) -> None:
     assert all(log.count(f"copy {name} ") == 1 for name in FILES), log
     assert 0 < log.index("bytes in") < log.index(f"job {number} succeeded"), log
     assert not list((site.work / "cache-dave").rglob("*.log"))  # shipped, then removed
+
+
+def test_a_users_worker_keeps_every_call_within_the_services_body_limit(tmp_path: Path) -> None:
+    """A hand-over of 10,000 files that all failed, each with a long message, while a megabyte
+    of the job's log lines waits: every call of the user's worker stays within the service's
+    body limit (one over it is refused, 413, and the job could never end), and every result
+    and log line goes exactly once."""
+    from hera_stage_ext.api.base import MAX_BODY_BYTES
+    from hera_stage_ext.jobs.http_store import HttpJobStore, LogShipper
+    from hera_stage_ext.jobs.items import ClaimedItem
+    from hera_stage_ext.jobs.joblog import JobLog
+
+    bodies: list[tuple[str, dict[str, Any], int]] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            text = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+            bodies.append((path, body or {}, len(text)))
+            return {"items": []}
+
+    store = Recording("http://127.0.0.1:9/", "token", spool_dir=tmp_path)
+    store._items_log = store._result_runs = True  # as the service's job answer says
+    log = JobLog(tmp_path / "job.log")
+    lines = [f"FAILED night/{i:05}.uvh5: the instance cannot be read \"{'é' * 80}\""
+             for i in range(7_000)]
+    for line in lines:
+        log.note(line)
+    store._shippers[7] = LogShipper(store, 7, log)
+    results = [(ClaimedItem(i, f"f{i}", f"night/{i:05}.uvh5", f"night/{i:05}.uvh5", 4096, False,
+                            {}, 1), "failed",
+                f"the instance of f{i} on store 'cold' cannot be read: {'é' * 150}")
+               for i in range(10_000)]
+    store.exchange(7, "worker", results, 100)
+    assert all(size <= MAX_BODY_BYTES for _path, _body, size in bodies), [
+        (path, size) for path, _body, size in bodies]
+    assert sorted(r[0] for _p, body, _s in bodies for r in body.get("results", [])) == list(
+        range(10_000))
+    assert bodies[-1][0].endswith("items/exchange")
+    shipped = "".join(body.get("log", body.get("text", "")) for _p, body, _s in bodies)
+    assert [line.split("  ", 1)[1] for line in shipped.splitlines()] == lines
+
+
+def test_a_claim_waiting_for_another_streams_commit_ends_when_the_run_stops(
+        tmp_path: Path) -> None:
+    """Over the service a stream's claim waits for another stream's commit (one round trip
+    then, not two); a run cancelled meanwhile (or losing its lease, or its worker stopping)
+    ends that wait with nothing claimed and no call made, instead of claiming and renaming
+    for a run that is over."""
+    import threading
+
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.models import JobRow
+    from hera_stage_ext.jobs.run import EngineConfig, JobRun
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    calls: list[str] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            calls.append(path)
+            return {"items": []}
+
+    store = Recording("http://127.0.0.1:9/", "token", spool_dir=tmp_path)
+    job = JobRow(id=7, owner="carol", kind="stage", destination=str(tmp_path / "dest"),
+                 files_total=10)
+    run = JobRun(store, job, "worker", EngineConfig(kinds=standard_kinds()), threading.Event())
+    claimed: list[Any] = []
+    run._commit_lock.acquire()  # another stream's commit, in its round trip
+    try:
+        waiting = threading.Thread(
+            target=lambda: claimed.append(run.commit(wait=False, claim=(10, 1 << 20))))
+        waiting.start()
+        waiting.join(0.6)
+        assert waiting.is_alive() and claimed == []  # it waits (it does not claim alone)
+        run.abort.set()  # cancelled
+        waiting.join(10)
+        assert not waiting.is_alive() and claimed == [[]] and calls == []
+    finally:
+        run._commit_lock.release()

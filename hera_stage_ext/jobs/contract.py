@@ -91,7 +91,8 @@ class KindRun(Protocol):
                ) -> list[ClaimedItem] | None:
         """Make every item reported so far final and record the results in one transaction;
         with ``claim`` (items, bytes), also claim the next items (returned). Without ``wait``,
-        None at once when another stream is committing."""
+        None at once when another stream is committing (but for a claim over HTTP, which
+        waits for that commit: none at all, ``[]``, once the run is stopping)."""
 
     def count_copied(self, nbytes: int) -> None:
         """Count ``nbytes`` copied (the rate in the job's log)."""

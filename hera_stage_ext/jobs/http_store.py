@@ -64,9 +64,12 @@ PATIENCE_S = 300.0
 #: Most results one call carries, and most items one claim takes (the service's limit,
 #: ``site.worker_ops.MAX_BATCH``).
 RESULTS_PER_CALL = 10_000
-#: Most bytes of log shipped in one call (half of what the service takes in one: room for an
-#: item call's results beside them).
-LOG_CHUNK = 512 << 10
+#: Most bytes of log shipped in one call, and most bytes of failed results' JSON (each a
+#: message, where a done one is a number in a run of ids) one item call carries: an item call
+#: carries both, so with its other fields it stays within the service's 1 MiB body
+#: (``api.base.MAX_BODY_BYTES``) whatever its results.
+LOG_CHUNK = 256 << 10
+RESULT_BYTES = 512 << 10
 #: A run's log is shipped as soon as this much is waiting (checked every ``LOG_POLL_S``), not
 #: only once a second: a small-file job writes megabytes of per-file lines a second, which
 #: would otherwise all wait for the run's end (a round trip per ``LOG_CHUNK`` then).
@@ -249,17 +252,35 @@ class HttpJobStore:
         """Record ``results``. With ``last`` (the run's last record, before it asks whether any
         item is left), the last call asks the service for the job's unfinished items too,
         where it takes that, and keeps the answer for ``unfinished_paths``."""
-        most = self.results_per_call
         ask_left = last and self._record_unfinished
+        if not results and not ask_left:
+            return
         # (Asking, with no result left to record: the question alone, as ``unfinished``.)
-        starts = range(0, len(results), most) if results or not ask_left else range(1)
-        for start in starts:
-            body = self._results(results[start:start + most])
-            ask = ask_left and start + most >= len(results)
+        parts = self._parts(results)
+        for i, part in enumerate(parts):
+            body = self._results(part)
+            ask = ask_left and i == len(parts) - 1
             answer = self._with_log(job_id, "items/record",
                                     {**body, "unfinished": True} if ask else body)
             if ask and isinstance(answer.get("paths"), list):
                 self._unfinished[job_id] = answer
+
+    def _parts(self, results: list[tuple[ClaimedItem, str, str]]
+               ) -> list[list[tuple[ClaimedItem, str, str]]]:
+        """``results`` cut into what one call carries: at most ``results_per_call``, their
+        messages at most ``RESULT_BYTES`` of JSON (a job whose files all fail, each with a
+        message naming its path, is recorded in several calls); always one part, perhaps
+        empty."""
+        parts: list[list[tuple[ClaimedItem, str, str]]] = []
+        start, size = 0, 0
+        for i, (_item, _state, error) in enumerate(results):
+            n = len(json.dumps(error, ensure_ascii=False).encode()) + 32 if error else 0
+            if i > start and (i - start >= self.results_per_call or size + n > RESULT_BYTES):
+                parts.append(results[start:i])
+                start, size = i, 0
+            size += n
+        parts.append(results[start:])
+        return parts
 
     def _with_log(self, job_id: int, action: str, body: dict[str, Any]) -> Any:
         """An item call, carrying the job's log lines waiting to be shipped (where the
@@ -293,11 +314,12 @@ class HttpJobStore:
         """The results of the last hand-over and the next items, one round trip (more when
         the results are more than one call may carry: all but the last part recorded
         first)."""
-        last = len(results) - (len(results) - 1) % self.results_per_call - 1 if results else 0
-        self.record(job_id, results[:last])
+        *first, last = self._parts(results)
+        for part in first:
+            self.record(job_id, part)
         answer = self._with_log(job_id, "items/exchange", {
             "worker_id": worker_id, "n": min(n, RESULTS_PER_CALL), "max_bytes": max_bytes,
-            **self._results(results[last:])})
+            **self._results(last)})
         return [ClaimedItem(*row) for row in answer["items"]]
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,

@@ -39,6 +39,9 @@ from .store import JobStore, as_store
 
 T = TypeVar("T")
 
+#: How often a claim waiting for another stream's commit looks whether the run is stopping.
+_STOP_CHECK_S = 0.25
+
 
 @dataclass
 class EngineConfig:
@@ -251,10 +254,18 @@ class JobRun:
         instead of returning None: that commit is one round trip (the renames wait for a
         commit that is due), which a claim going alone would wait for at the service's one
         writer anyway, and then this one records what waits with its claim (one call, not
-        a claim now and a record later)."""
-        if not self._commit_lock.acquire(blocking=wait or (claim is not None
-                                                           and self.db is None)):
-            return None
+        a claim now and a record later), but not past the run's stop: a stopping run's claim
+        takes nothing (its streams end; the run's own last commit records what they did)."""
+        if claim is None or wait or self.db is not None:
+            if not self._commit_lock.acquire(blocking=wait):
+                return None
+        else:
+            while not self._commit_lock.acquire(timeout=_STOP_CHECK_S):
+                if self.stopping():
+                    return []
+            if self.stopping():
+                self._commit_lock.release()
+                return []
         try:
             batch, final = self._take_pending(renames=claim is None or self.commit_due())
             if not batch and not final:
