@@ -35,7 +35,8 @@ Q = TypeVar("Q", bound=QueryModel)
 MAX_BODY_BYTES = 1 << 20
 #: Resource name for Jupyter's authorizer (``authorized`` decorator).
 AUTH_RESOURCE = "hera_stage"
-#: Settings key of the ``Content-Security-Policy`` header's value, worked out once.
+#: Settings key of the ``Content-Security-Policy`` header's value per handler class (worked
+#: out once).
 _CSP_KEY = "hera_stage_csp"
 
 
@@ -62,9 +63,11 @@ class BaseHandler(APIHandler):
     def content_security_policy(self) -> str:
         """Jupyter's header, made of the server's settings alone, so worked out once (joined
         and its report URL built anew on every reply before)."""
-        csp = self.settings.get(_CSP_KEY)
+        # (Per handler class: one that mixes another policy in keeps its own.)
+        known: dict[type, str] = self.settings.setdefault(_CSP_KEY, {})
+        csp = known.get(type(self))
         if csp is None:
-            csp = self.settings[_CSP_KEY] = super().content_security_policy
+            csp = known[type(self)] = super().content_security_policy
         return csp
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -189,8 +189,8 @@ class _StageStream:
         results waiting to be recorded go with the claim, in one transaction (one round trip
         over HTTP), unless another stream is committing: then, in-process, the claim goes
         alone and that stream records them; over HTTP it waits for that commit and takes
-        what waits after it (``JobRun.commit``). A stream's first claim is a small one, so that the helpers start
-        writing sooner, and so is its next (``_ramping``)."""
+        what waits after it (``JobRun.commit``). A stream's first claim is a small one, so
+        that the helpers start writing sooner, and so is its next (``_ramping``)."""
         small = first or self._ramping
         if not first:
             self._ramping = False

@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     service: HttpJobStore | None = None  # a worker in site mode: over the site service
     if args.site_url:
         # (requests: only for a worker in site mode)
-        from .http_store import RESULTS_PER_CALL, HttpJobStore
+        from .http_store import HttpJobStore
 
         store = service = HttpJobStore(args.site_url, token)
         # Over HTTP a run's results go with its streams' next claims (``exchange``: a stream
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ``record`` call of their own once 4,096 wait: that call stalls the stream making it
         # (its next hand-over waits for the answer) and costs the service a request. A
         # quiet second still commits (``flush_seconds``).
-        config.commit_items = RESULTS_PER_CALL
+        config.commit_items = service.results_per_call
         os.environ.pop(SITE_TOKEN_ENV, None)  # not inherited by the copy helpers
     else:
         kinds = [k for k in (args.kinds or "").split(",") if k] or None
