@@ -357,9 +357,10 @@ class StagedCleanedRequest(RequestModel):
 class QueryModel(RequestModel):
     """The query string of a request: strings read as the fields' types (``limit=5`` is a
     number); an unknown parameter is refused (a misspelt filter must not answer the unfiltered
-    default), but for Jupyter's ``token`` (authentication, read by Jupyter before a handler
-    runs, never the API's). A field typed as a list takes every value of its repeated
-    parameter."""
+    default), but for two that are never the API's: Jupyter's ``token`` (authentication, read
+    by Jupyter before a handler runs) and JupyterLab's cache buster (``ServerConnection``
+    appends ``&<milliseconds>``, with no value, to a request it must not cache: the panel's
+    log). A field typed as a list takes every value of its repeated parameter."""
 
     model_config = ConfigDict(strict=False, extra="forbid")
     unknown_what: ClassVar[str] = "query parameter(s)"
@@ -370,7 +371,7 @@ class QueryModel(RequestModel):
         """The model of tornado's ``request.query_arguments``, or ``InvalidRequest``."""
         values: dict[str, Any] = {}
         for key, given in arguments.items():
-            if key == "token":
+            if key == "token" or (key.isascii() and key.isdigit() and given == [b""]):
                 continue
             texts = [v.decode("utf-8", "replace") for v in given]
             field = cls.model_fields.get(key)
