@@ -67,9 +67,10 @@ RESULTS_PER_CALL = 10_000
 #: Most bytes of log shipped in one call, and most bytes of failed results' JSON (each a
 #: message, where a done one is a number in a run of ids) one item call carries: an item call
 #: carries both, so with its other fields it stays within the service's 1 MiB body
-#: (``api.base.MAX_BODY_BYTES``) whatever its results.
-LOG_CHUNK = 256 << 10
-RESULT_BYTES = 512 << 10
+#: (``api.base.MAX_BODY_BYTES``) whatever its results. (A small-file job writes about 2 MB of
+#: lines; smaller chunks than these cost the streams' claims calls of the log's own.)
+LOG_CHUNK = 512 << 10
+RESULT_BYTES = 384 << 10
 #: A run's log is shipped as soon as this much is waiting (checked every ``LOG_POLL_S``), not
 #: only once a second: a small-file job writes megabytes of per-file lines a second, which
 #: would otherwise all wait for the run's end (a round trip per ``LOG_CHUNK`` then).
