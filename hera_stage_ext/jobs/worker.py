@@ -230,8 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store: JobStore
     service: HttpJobStore | None = None  # a worker in site mode: over the site service
     if args.site_url:
-        # (requests: only for a worker in site mode)
-        from .http_store import HttpJobStore
+        from .http_store import HttpJobStore  # requests: only for a worker in site mode
 
         store = service = HttpJobStore(args.site_url, token)
         # Over HTTP a run's results go with its streams' next claims (``exchange``: a stream
