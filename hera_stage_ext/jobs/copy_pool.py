@@ -82,8 +82,8 @@ class HandOver(NamedTuple):
         # worker's time per item of pickling each spec as a named tuple of its own. The
         # paths (sources, finals, ``rels``) go as one string a column (``_joined``): pickle
         # remembers every object it writes, and a hand-over's thousands of path strings grew
-        # that table past what the cache holds (0.3-0.9 us an item to pickle in place of
-        # 0.17-0.2; benchmarks/README.md, session 16).
+        # that table past what the cache holds (a worker's run: 0.69 -> 0.52 us an item to
+        # pickle; 1,024 items alone 0.26-0.89 -> 0.17-0.23; benchmarks/README.md, session 16).
         columns = tuple(zip(*self.specs))
         return _hand_over, (self.run, self.log_path, self.fsync, _joined(self.rels), self.root,
                             tuple(_joined(column) if k in _PATH_COLUMNS else column
