@@ -3,6 +3,7 @@ safety, dry run, cancel, and resume after a SIGKILLed worker process (SQLite and
 
 from __future__ import annotations
 
+import pickle
 import os
 import signal
 import stat
@@ -751,6 +752,29 @@ def test_an_idle_copy_helper_keeps_no_store_folder_open(site: Site) -> None:
         assert _held_in(pool.pids(), stores) == []
     finally:
         pool.close()
+
+
+def test_a_hand_over_reaches_its_helper_whole() -> None:
+    """What a helper gets is the hand-over the stream sent, item for item: its paths travel
+    joined into one string a column, and a column that cannot be (a ``Path``, a name holding a
+    NUL) travels as it is, so no item takes another's path or log name."""
+    from hera_stage_ext.jobs.copy_pool import HandOver
+    from hera_stage_ext.jobs.methods import ItemSpec
+
+    def spec(source: str | Path, final: str, sums: dict[str, str]) -> ItemSpec:
+        return ItemSpec(source, final, 4096, False, sums, "copy", True, "/store")
+
+    specs = [spec(f"/store/n/{i}.uvh5", f"/dest/n/{i}.uvh5", {"md5": f"{i:032x}"})
+             for i in range(1500)] + [spec("/store/n/e", "/dest/n/e", {})]
+    rels = [f"n/{i}.uvh5" for i in range(1500)] + ["n/e"]
+    odd = [spec(Path("/store/p"), "/dest/p", {}), spec("/store/q", "/dest/q", {})]
+    for hand in (HandOver("run", "/log", True, specs, rels, None),
+                 HandOver("run", "/log", False, specs[:1], rels[:1], None),
+                 HandOver("run", "/log", True, [], [], None),
+                 HandOver("run", "/log", True, odd, ["p\0q", "q"], None)):
+        got = pickle.loads(pickle.dumps(hand))
+        assert got == hand
+        assert all(type(s) is ItemSpec for s in got.specs) and type(got.rels) is list
 
 
 def test_hand_overs_keep_a_destination_folder_whole_where_they_can() -> None:

@@ -79,15 +79,40 @@ class HandOver(NamedTuple):
 
     def __reduce__(self) -> tuple[Callable[..., HandOver], tuple[Any, ...]]:
         # Sent by columns (one tuple per field of the specs, transposed in C): half the
-        # worker's time per item of pickling each spec as a named tuple of its own.
-        return _hand_over, (self.run, self.log_path, self.fsync, self.rels, self.root,
-                            tuple(zip(*self.specs)))
+        # worker's time per item of pickling each spec as a named tuple of its own. The
+        # paths (sources, finals, ``rels``) go as one string a column (``_joined``): pickle
+        # remembers every object it writes, and a hand-over's thousands of path strings grew
+        # that table past what the cache holds (a worker's run: 0.69 -> 0.52 us an item to
+        # pickle; 1,024 items alone 0.26-0.89 -> 0.17-0.23; benchmarks/README.md, session 16).
+        columns = tuple(zip(*self.specs))
+        return _hand_over, (self.run, self.log_path, self.fsync, _joined(self.rels), self.root,
+                            tuple(_joined(column) if k in _PATH_COLUMNS else column
+                                  for k, column in enumerate(columns)))
 
 
-def _hand_over(run: str, log_path: str, fsync: bool, rels: list[str], root: Pin | None,
-               columns: tuple[tuple[Any, ...], ...]) -> HandOver:
-    specs = list(map(tuple.__new__, itertools.repeat(ItemSpec), zip(*columns)))
-    return HandOver(run, log_path, fsync, specs, rels, root)
+#: The columns of ``ItemSpec`` sent joined (``_joined``): source and final.
+_PATH_COLUMNS = (0, 1)
+
+
+def _joined(column: Sequence[Any]) -> str | Sequence[Any]:
+    """``column`` as one string, its values joined by NUL, when they are strings and none
+    holds a NUL (a path cannot); otherwise as it is (``_split`` tells the two apart: a
+    column is never a string)."""
+    try:
+        text = "\0".join(column)
+    except TypeError:  # (a ``Path``, not a string)
+        return column
+    return text if text.count("\0") == len(column) - 1 else column
+
+
+def _split(column: str | Sequence[Any]) -> Sequence[Any]:
+    return column.split("\0") if type(column) is str else column
+
+
+def _hand_over(run: str, log_path: str, fsync: bool, rels: str | list[str], root: Pin | None,
+               columns: tuple[str | tuple[Any, ...], ...]) -> HandOver:
+    specs = list(map(tuple.__new__, itertools.repeat(ItemSpec), zip(*map(_split, columns))))
+    return HandOver(run, log_path, fsync, specs, list(_split(rels)), root)
 
 
 class HelperDied(RuntimeError):
