@@ -41,8 +41,8 @@ GROUP = 16
 #: under the 1,024 a server process is often allowed.
 MAX_OPEN = 256
 #: A batch is synced with one ``syncfs`` only while the machine holds at most this much data
-#: waiting for its disks (``unwritten_bytes``; every file system's, so at least what that
-#: ``syncfs`` writes besides the batch). Measured on this project's VM (``benchmarks/README.md``,
+#: waiting for its disks (``unwritten_bytes``: every file system's, so a bound on what that
+#: ``syncfs`` may write besides the batch). Measured on this project's VM (``benchmarks/README.md``,
 #: sessions 10, 14 and 16): 1,000 x 4 KiB files in 100 folders took 0.09-0.28 s of ``syncfs``
 #: with up to 113 MB dirty against 0.38-0.46 s of per-file syncs, and ``syncfs`` 0.03-0.95 s
 #: with 100-430 MB dirty.
@@ -68,7 +68,7 @@ UNWRITTEN_ENV = "HERA_STAGE_TEST_UNWRITTEN_BYTES"
 def unwritten_bytes() -> int:
     """Bytes the machine holds waiting to be written to its disks (``Dirty`` and ``Writeback``
     of ``/proc/meminfo``); the largest integer where that cannot be read."""
-    if (forced := os.environ.get(UNWRITTEN_ENV)) is not None:
+    if (forced := os.environ.get(UNWRITTEN_ENV, "")).isdigit():
         return int(forced)
     total = 0
     try:
