@@ -37,6 +37,7 @@ from hera_stage_ext.errors import (
     InvalidRequest, NotFound, PeerRejected, Unauthorized, Unavailable)
 from hera_stage_ext.jobs import EngineConfig, get_job, run_pending
 from hera_stage_ext.jobs.models import JobRow, JobItem
+from hera_stage_ext.transfer import durable
 from hera_stage_ext.transfer import peers as peers_module
 from hera_stage_ext.transfer.models import RemoteInstance, TransferItem
 from hera_stage_ext.transfer.outgoing import remote_sites
@@ -79,8 +80,10 @@ SHRUNK = "zen.2457719.10000.xx.HH.uvh5"
 #: Followed while B pulls it (~3 s at the throttle): the job's bytes rise before it is done.
 FOLLOWED = "zen.2457720.10000.xx.HH.uvh5"
 FOLLOWED_SIZE = 72 << 20
-#: Pulled in one batch by a receiver killed after writing them and before syncing them.
-UNSYNCED_BATCH = [f"zen.2457721.{10000 + i}.xx.HH.uvh5" for i in range(5)]
+#: Pulled in one batch by a receiver killed after writing them and before syncing them, in a
+#: batch synced whole (one ``syncfs``) and in one synced file by file: (folder, names) each.
+UNSYNCED_BATCHES = {way: (folder, [f"zen.{folder}.{10000 + i}.xx.HH.uvh5" for i in range(5)])
+                    for way, folder in (("whole", "2457721"), ("file-by-file", "2457722"))}
 #: The big files, each in a folder of its own.
 BIG_FOLDERS = {BIG: "2457701", SENDER_KILLED: "2457707", HOLED: "2457708", SHRUNK: "2457719"}
 
@@ -168,7 +171,8 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     paths.update({n: f"2457705/{n}" for n in MIXED})
     paths.update({n: f"2457706/{n}" for n in KILLED_BATCH})
     paths[FOLLOWED] = f"2457720/{FOLLOWED}"
-    paths.update({n: f"2457721/{n}" for n in UNSYNCED_BATCH})
+    for folder, names in UNSYNCED_BATCHES.values():
+        paths.update({n: f"{folder}/{n}" for n in names})
     for name, rel in paths.items():
         size = BIG_SIZE if name in BIG_FOLDERS else FOLLOWED_SIZE if name == FOLLOWED else \
             KILLED_BATCH_SIZE if name in KILLED_BATCH else 65536 + rng.randrange(4096)
@@ -693,32 +697,37 @@ def _restarted_and_arrived_once(sites: Sites, log_name: str, thread: threading.T
     return sites.b_items()
 
 
+@pytest.mark.parametrize("way", list(UNSYNCED_BATCHES))
 def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothing(
-        sites: Sites) -> None:
+        sites: Sites, way: str) -> None:
     """Killed once a batch's members are written and before they are made final (their syncs
     waited for, renamed): none of them is under its final name or registered; after the
-    restart the batch is pulled again and each file arrives verified and registered once."""
-    paused = sites.tmp / "paused-before-sync"
+    restart the batch is pulled again and each file arrives verified and registered once.
+    Either way of syncing a batch: one ``syncfs`` (a quiet machine) or file by file."""
+    folder, names = UNSYNCED_BATCHES[way]
+    unwritten = 0 if way == "whole" else durable.QUIET_BYTES + 1
+    paused = sites.tmp / f"paused-before-sync-{way}"
     sites.kill_b()
-    sites.start_b("b-server-paused", env={PAUSE_BEFORE_SYNC_ENV: str(paused)})
+    sites.start_b(f"b-server-paused-{way}", env={PAUSE_BEFORE_SYNC_ENV: str(paused),
+                                                 durable.UNWRITTEN_ENV: str(unwritten)})
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(send(sites, UNSYNCED_BATCH)))
+    thread = threading.Thread(target=lambda: result.update(send(sites, names)))
     thread.start()
     deadline = time.monotonic() + 30
     while not paused.exists():
         assert time.monotonic() < deadline, "the batch never reached its sync"
         time.sleep(0.02)
     incoming = sites.b_store / INCOMING_DIR
-    assert len(list(incoming.glob("*.part"))) == len(UNSYNCED_BATCH)  # all written
+    assert len(list(incoming.glob("*.part"))) == len(names)  # all written
     sites.kill_b()
-    assert not (sites.b_store / "2457721").exists()  # nothing under a final name
-    assert {sites.b_items()[n].state for n in UNSYNCED_BATCH} == {"receiving"}
-    items = _restarted_and_arrived_once(sites, "b-server-after-pause", thread, result,
-                                        UNSYNCED_BATCH, "2457721")
-    for name in UNSYNCED_BATCH:
+    assert not (sites.b_store / folder).exists()  # nothing under a final name
+    assert {sites.b_items()[n].state for n in names} == {"receiving"}
+    items = _restarted_and_arrived_once(sites, f"b-server-after-pause-{way}", thread, result,
+                                        names, folder)
+    for name in names:
         assert (items[name].state, items[name].attempts) == ("committed", 2)
     assert not list(incoming.iterdir())
-    assert send(sites, UNSYNCED_BATCH)["counts"] == {"skipped": len(UNSYNCED_BATCH)}
+    assert send(sites, names)["counts"] == {"skipped": len(names)}
 
 
 def test_max_in_flight_announces_one_file_at_a_time(sites: Sites) -> None:

@@ -1,6 +1,7 @@
-"""How the receiver makes a batch of small files final (``transfer/durable.py``): each file
-synced and closed by the syncer, renamed into place never over an existing file nor through a
-symlinked folder, and no descriptor left open whatever happens to the batch."""
+"""How the receiver makes a batch of small files final (``transfer/durable.py``): its files
+synced (with one ``syncfs`` on a quiet machine, each by the syncer's threads on a busy one) and
+closed, renamed into place never over an existing file nor through a symlinked folder, and no
+descriptor left open whatever happens to the batch."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hera_stage_ext.safefs import PathChanged
+from hera_stage_ext.transfer import durable
 from hera_stage_ext.transfer.durable import FileSyncer, Rename, make_final
 
 
@@ -101,3 +103,111 @@ def test_an_abandoned_batch_still_closes_what_it_was_given(tmp_path, syncer):
                 syncs.add(fds[-1], f"{i}.part")
             raise RuntimeError("the stream broke")
     assert not any(_is_open(fd) for fd in fds)
+
+
+@pytest.fixture
+def counted(monkeypatch, syncer):
+    """The file-system syncs (the folder each was given) and the groups of files handed to the
+    syncer's threads, counted as they happen (each still done)."""
+    syncs: list[int] = []
+    groups: list[int] = []
+    sync_file_system, submit = durable.sync_file_system, syncer.submit
+
+    def counted_sync(fd: int, what: str) -> None:
+        syncs.append(fd)
+        sync_file_system(fd, what)
+
+    def counted_submit(group):
+        groups.append(len(group))
+        return submit(group)
+
+    monkeypatch.setattr(durable, "sync_file_system", counted_sync)
+    monkeypatch.setattr(syncer, "submit", counted_submit)
+    return syncs, groups
+
+
+@pytest.mark.skipif(not durable.SYNCFS_REPORTS_ERRORS,
+                    reason="syncfs reports write-back errors from Linux 5.8 on")
+def test_a_batch_on_a_quiet_machine_is_synced_once_whole(tmp_path, syncer, counted,
+                                                          monkeypatch):
+    monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
+    syncs, groups = counted
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with syncer.batch(folder) as batch:
+            for i in range(12):  # more than the syncer holds open file by file (4)
+                fd = _written(tmp_path, f"{i}.part", b"x" * i)
+                batch.add(fd, f"{i}.part")
+                assert not _is_open(fd)  # closed at once: nothing held until the sync
+            assert syncs == []
+            assert batch.wait() == {}
+            assert syncs == [folder]  # one sync of the file system for the twelve files
+        assert syncs == [folder] and groups == []  # none synced file by file
+    finally:
+        os.close(folder)
+
+
+def test_a_batch_on_a_busy_machine_is_synced_file_by_file(tmp_path, syncer, counted,
+                                                          monkeypatch):
+    """Where much unwritten data waits (other writers'), a ``syncfs`` would write it too."""
+    monkeypatch.setattr(durable, "unwritten_bytes", lambda: durable.QUIET_BYTES + 1)
+    syncs, groups = counted
+    folder = os.open(tmp_path, os.O_RDONLY)
+    fds = []
+    try:
+        with syncer.batch(folder) as batch:
+            for i in range(12):
+                fds.append(_written(tmp_path, f"{i}.part", b"x" * i))
+                batch.add(fds[-1], f"{i}.part")
+            assert batch.wait() == {}
+    finally:
+        os.close(folder)
+    assert syncs == [] and sum(groups) == 12
+    assert not any(_is_open(fd) for fd in fds)
+
+
+@pytest.mark.skipif(not durable.SYNCFS_REPORTS_ERRORS,
+                    reason="syncfs reports write-back errors from Linux 5.8 on")
+def test_a_failed_file_system_sync_fails_every_file_of_its_batch(tmp_path, syncer,
+                                                                 monkeypatch):
+    monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
+
+    def failing(fd: int, what: str) -> None:
+        raise OSError(5, "Input/output error", what)
+
+    monkeypatch.setattr(durable, "sync_file_system", failing)
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with syncer.batch(folder) as batch:
+            for i in range(3):
+                batch.add(_written(tmp_path, f"{i}.part", b"data"), f"{i}.part")
+            failed = batch.wait()
+    finally:
+        os.close(folder)
+    assert sorted(failed) == ["0.part", "1.part", "2.part"]
+    assert all(isinstance(error, OSError) and error.errno == 5 for error in failed.values())
+
+
+@pytest.mark.skipif(not durable.SYNCFS_REPORTS_ERRORS,
+                    reason="syncfs reports write-back errors from Linux 5.8 on")
+def test_an_abandoned_quiet_batch_closes_its_files_and_syncs_nothing(tmp_path, syncer, counted,
+                                                                     monkeypatch):
+    monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
+    syncs, _groups = counted
+    fds = []
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(RuntimeError):
+            with syncer.batch(folder) as batch:
+                for i in range(3):
+                    fds.append(_written(tmp_path, f"{i}.part", b"data"))
+                    batch.add(fds[-1], f"{i}.part")
+                raise RuntimeError("the stream broke")
+    finally:
+        os.close(folder)
+    assert not any(_is_open(fd) for fd in fds) and syncs == []
+
+
+def test_the_machines_unwritten_bytes_are_read() -> None:
+    """``/proc/meminfo``'s Dirty and Writeback, read as bytes (a number, not the fallback)."""
+    assert 0 <= durable.unwritten_bytes() < 1 << 50

@@ -1046,11 +1046,23 @@ _UMASK = _read_umask()
 # ----- deferred mode: making a batch final --------------------------------------------------
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
+#: Whether ``sync_file_system`` is one file system's ``syncfs`` (Linux), not ``os.sync``.
+HAS_SYNCFS = _syncfs is not None
+
+
+def sync_file_system(fd: int, what: str) -> None:
+    """Flush every dirty page and the journal of the file system holding the open ``fd``
+    (``what`` names it in the error): ``syncfs``, or ``os.sync`` where there is none."""
+    if _syncfs is None:
+        os.sync()
+    elif _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs failed: {os.strerror(err)}", what)
 
 
 def _sync_file_systems(directories: set[str], folders: safefs.Folders) -> None:
     """Flush every dirty page and the journal of the file systems holding ``directories``: one
-    ``syncfs`` per file system (``os.sync`` where there is no ``syncfs``)."""
+    ``sync_file_system`` per file system (``os.sync`` once where there is no ``syncfs``)."""
     if _syncfs is None:
         os.sync()
         return
@@ -1061,9 +1073,7 @@ def _sync_file_systems(directories: set[str], folders: safefs.Folders) -> None:
         if dev in seen:
             continue
         seen.add(dev)
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs failed: {os.strerror(err)}", directory)
+        sync_file_system(fd, directory)
 
 
 def rename_path_noreplace(tmp: str, final: str, folders: safefs.Folders | None = None) -> None:

@@ -1,27 +1,35 @@
-"""Making a receiver's batch of small files durable without flushing the whole file system.
+"""Making a receiver's batch of small files durable, and final.
 
-A staging batch's data is made durable with one ``syncfs`` (``jobs.methods.commit``), which
-writes back every dirty page of the file system: on a store shared with other writers a batch of
-the receiver paid for their data too, and most of the receiving server's CPU was the kernel's
-inside it (``benchmarks/README.md``, issue 19). Here each file of a batch is synced by itself
-(``fdatasync``) by a small pool of threads as soon as it is written (``FileSyncer.sync_and_close``),
-so the syncs overlap the rest of the batch's stream and the file system's journal commits many
-of them together; once a batch's files are synced they are renamed into place, never over an
-existing name (``make_final``), and the folders that changed are synced (``fsync`` of each
-destination folder, of every folder between it and the store, which may have been created just
-now: ``safefs.sync_folders``, the rule staging commits use too; and of the incoming folder), so
-the renames are on disk before the caller records anything. What a batch syncs is its own files and folders, whatever else the file system holds.
+Two ways to get a batch's data on disk before its files take their final names, chosen per
+batch (``FileSyncer.batch``). On a quiet machine, one ``syncfs`` of the file system the batch
+was written on, as a staging commit does (``jobs.methods.sync_file_system``): each file is
+closed as soon as it is written and nothing else is asked of the kernel per file, and the
+inode-table and folder blocks the batch's files share, and the disk's cache, are written once
+for the batch instead of once a file. ``syncfs`` writes back every dirty page of the file
+system, so where other writers hold much unwritten data a batch would wait for theirs too:
+then (and where ``syncfs`` would not report a failed write-back: Linux before 5.8, or no
+``syncfs``) each file is synced by itself (``fdatasync``) by a small pool of threads as soon
+as it is written (``SyncBatch.add``), overlapping the rest of the batch's stream, whatever
+else the file system holds (``benchmarks/README.md``, issue 19). Either way, once a batch's
+files are synced they are renamed into place, never over an existing name (``make_final``), and
+the folders that changed are synced (``fsync`` of each destination folder, of every folder
+between it and the store, which may have been created just now: ``safefs.sync_folders``, the
+rule staging commits use too; and of the incoming folder), so the renames are on disk before
+the caller records anything.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from .. import safefs
+from ..jobs.methods import HAS_SYNCFS, sync_file_system
 
 #: Threads syncing files: the journal commits what they wait for together, so more threads
 #: mean fewer commits per file (measured on ext4: 8 threads about as fast as 16 or 64).
@@ -32,6 +40,45 @@ GROUP = 16
 #: Descriptors waiting for their sync at most (a stream waits for a slot beyond that): well
 #: under the 1,024 a server process is often allowed.
 MAX_OPEN = 256
+#: A batch is synced with one ``syncfs`` only while the machine holds at most this much data
+#: waiting for its disks (``unwritten_bytes``: every file system's, so a bound on what that
+#: ``syncfs`` may write besides the batch). Measured on this project's VM (``benchmarks/README.md``,
+#: sessions 10, 14 and 16): 1,000 x 4 KiB files in 100 folders took 0.09-0.28 s of ``syncfs``
+#: with up to 113 MB dirty against 0.38-0.46 s of per-file syncs, and ``syncfs`` 0.03-0.95 s
+#: with 100-430 MB dirty.
+QUIET_BYTES = 64 << 20
+
+
+def _syncfs_reports_errors() -> bool:
+    """Whether ``syncfs`` says when a write-back of its file system failed (Linux 5.8 on: any
+    failure since the descriptor it is given was opened); before, it returned 0 regardless."""
+    version = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return HAS_SYNCFS and version is not None and \
+        (int(version[1]), int(version[2])) >= (5, 8)
+
+
+SYNCFS_REPORTS_ERRORS = _syncfs_reports_errors()
+
+
+#: Test-only: the number ``unwritten_bytes`` reports instead of the machine's (a fault test
+#: kills a receiver in a batch synced each way; either way is durable).
+UNWRITTEN_ENV = "HERA_STAGE_TEST_UNWRITTEN_BYTES"
+
+
+def unwritten_bytes() -> int:
+    """Bytes the machine holds waiting to be written to its disks (``Dirty`` and ``Writeback``
+    of ``/proc/meminfo``); the largest integer where that cannot be read."""
+    if (forced := os.environ.get(UNWRITTEN_ENV, "")).isdigit():
+        return int(forced)
+    total = 0
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith((b"Dirty:", b"Writeback:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return sys.maxsize
+    return total
 
 
 class FileSyncer:
@@ -43,8 +90,14 @@ class FileSyncer:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hera-sync")
         self._slots = threading.BoundedSemaphore(max_open)
 
-    def batch(self) -> SyncBatch:
-        return SyncBatch(self)
+    def batch(self, folder: int | None = None) -> SyncBatch:
+        """A new batch. ``folder``: an open folder of the file system every file of the batch
+        is written on, opened before any of them (``syncfs`` reports the write-back failures
+        since its descriptor was opened): the batch is synced with one ``syncfs`` of it where
+        that reports failures and the machine is quiet (``QUIET_BYTES``), else file by file."""
+        quiet = folder is not None and SYNCFS_REPORTS_ERRORS and \
+            unwritten_bytes() <= QUIET_BYTES
+        return SyncBatch(self, folder if quiet else None)
 
     def reserve(self, wait: bool = True) -> bool:
         """Take a slot for one more open descriptor (with ``wait``, waits while all are
@@ -100,14 +153,27 @@ class SyncBatch:
     once all are. Used as a context manager, so that no descriptor stays open whatever
     happens on the way."""
 
-    def __init__(self, syncer: FileSyncer) -> None:
+    def __init__(self, syncer: FileSyncer, folder: int | None = None) -> None:
         self._syncer = syncer
+        #: The open folder whose file system ``wait`` syncs whole; None: file by file.
+        self.folder = folder
         self._group: list[tuple[int, str]] = []
         self._futures: list[Future[dict[str, OSError]]] = []
+        #: Files closed, waiting for the ``syncfs`` (or whose close failed: the error).
+        self._closed: dict[str, OSError | None] = {}
 
     def add(self, fd: int, name: str) -> None:
         """Sync the data of the open file ``fd`` (known as ``name``) and close it, whatever
-        happens; waits while ``MAX_OPEN`` files are waiting for their sync."""
+        happens (synced file by file: waits while ``MAX_OPEN`` files are waiting for their
+        sync; synced whole: closed now, synced at ``wait``)."""
+        if self.folder is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:  # a file system that writes at close (NFS) and failed
+                self._closed[name] = exc
+            else:
+                self._closed[name] = None
+            return
         try:
             if not self._syncer.reserve(wait=False):
                 # Every slot taken: this batch's own files go first, so the wait ends.
@@ -128,14 +194,25 @@ class SyncBatch:
     def __enter__(self) -> SyncBatch:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None:  # abandoned: none of its files will be made final
+            self._closed.clear()
         self.wait()
 
     def wait(self) -> dict[str, OSError]:
         """Wait until every file added is synced and closed; the names whose sync failed,
-        with the error."""
+        with the error (a failed ``syncfs``: every file added since the last ``wait``)."""
+        if self.folder is not None:
+            closed, self._closed = self._closed, {}
+            failed = {name: error for name, error in closed.items() if error is not None}
+            if len(failed) < len(closed):
+                try:
+                    sync_file_system(self.folder, "the receive store's file system")
+                except OSError as exc:
+                    return dict.fromkeys(closed, exc)
+            return failed
         self._flush()
-        failed: dict[str, OSError] = {}
+        failed = {}
         for future in self._futures:
             failed.update(future.result())
         self._futures = []

@@ -20,10 +20,12 @@ Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches inste
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
 is verified on its own against its announced size and checksum and only then written to its own
 partial file (a damaged member is never written and is pulled again in the next round, the
-others go on) and handed to a pool of threads that syncs each file's data (``durable.py``:
-``fdatasync``, overlapping the rest of the stream; not a ``syncfs``, which would write back
-every other writer's dirty pages too); once all are synced they are renamed into place (never
-over anything) and the folders that changed are synced; then they are registered with ONE
+others go on); their data is synced (``durable.py``: on a quiet machine one ``syncfs`` of the
+store's file system once the stream ends, as a staging commit does; where other writers hold
+much unwritten data, which a ``syncfs`` would write back too, each file's ``fdatasync`` by a
+pool of threads as soon as it is written, overlapping the rest of the stream); once all are
+synced they are renamed into place (never over anything) and the folders that changed are
+synced; then they are registered with ONE
 ``Catalogue.register_each`` call (with their ``transfer-received`` events; one by one
 only if something in it conflicts) and committed in ONE more transaction. A broken
 stream keeps what was verified and pulls the rest again after a backoff; a member whose final
@@ -763,7 +765,9 @@ class Receiver:
             if wanted:
                 incoming_fd, _made = safefs.open_dir(str(root / INCOMING_DIR), create=True)
                 try:
-                    with self._syncer.batch() as syncs:
+                    # The incoming folder, opened before the batch's files are written:
+                    # a quiet store's whole file system is synced through it once.
+                    with self._syncer.batch(incoming_fd) as syncs:
                         received, broken = self._stream_batch(incoming_fd, wanted, syncs)
                         retry = self._commit_batch(str(root), incoming_fd, received, syncs,
                                                    alone)
