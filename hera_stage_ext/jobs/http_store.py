@@ -123,6 +123,9 @@ class HttpJobStore:
         self._unfinished: dict[int, dict[str, Any]] = {}
         # Whether another job waited when the last one was claimed (the claim's answer).
         self._more = True
+        # The jobs' details their claims carried (``GET jobs/<id>``'s answer), for the
+        # ``load_job`` that follows each claim (one round trip fewer at every job's start).
+        self._claimed: dict[int, dict[str, Any]] = {}
 
     # ----- HTTP -------------------------------------------------------------------------------
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -189,14 +192,28 @@ class HttpJobStore:
             return None
         # (A service older than "more" says nothing: claim again, as before.)
         self._more = answer.get("more") is not False
-        return int(answer["job"]), bool(answer["resumed"])
+        job_id = int(answer["job"])
+        detail = answer.get("detail")
+        with self._lock:
+            # (A service older than "detail" sends none: ``load_job`` asks, as before.)
+            if isinstance(detail, dict) and detail.get("id") == job_id:
+                self._claimed[job_id] = detail
+            else:
+                self._claimed.pop(job_id, None)
+        return job_id, bool(answer["resumed"])
 
     def more_jobs(self) -> bool:
         """Whether the service said, with the job it gave last, that another job waits."""
         return self._more
 
     def load_job(self, job_id: int) -> JobRow:
-        data = self.call("GET", f"jobs/{job_id}")
+        """The job, as its claim's answer carried it (else asked: ``GET jobs/<id>``); what
+        comes with it is kept for the run's first asks (its stores' roots, its first
+        heartbeat, whether any of its files waits for a recall) and the service's features."""
+        with self._lock:
+            data = self._claimed.pop(job_id, None)
+        if data is None:
+            data = self.call("GET", f"jobs/{job_id}")
         with self._lock:
             if isinstance(data.get("store_roots"), dict):
                 self._roots[job_id] = dict(data["store_roots"])
