@@ -766,6 +766,34 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
         assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
 
 
+def test_a_users_worker_claims_fewer_items_first(site: Site) -> None:
+    """A run's first claim may be smaller than its later ones (``first_claim_batch``: a
+    user's worker in site mode, so that its helpers start sooner): the streams' first items
+    in one claim of that size for each, and every file is staged once."""
+    from hera_stage_ext.jobs.http_store import FIRST_CLAIM_ITEMS, HttpJobStore
+
+    assert HttpJobStore(site.url, "t").first_claim_items == FIRST_CLAIM_ITEMS
+    _issue_stage_token(site, "erin")
+    destination = _dest(site, "erin", "fewer-first")
+    number = site.stage("erin", destination)["id"]
+    claims: list[int] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            if path.endswith(("/items/claim", "/items/exchange")) and (body or {}).get("n"):
+                claims.append(body["n"])  # type: ignore[index]
+            return super().call(method, path, body)
+
+    _run_users_worker(site, "erin", number, Recording, streams=2, claim_batch=5,
+                      first_claim_batch=1)
+    assert claims[0] == 2 * 1, claims  # (then a stream's next: claim_batch, as before)
+    assert 5 in claims[1:], claims
+    job = _wait_finished(site, "erin", number)
+    assert (job["state"], job["files_done"], job["files_failed"]) == ("succeeded", 3, 0), job
+    for name in FILES:
+        assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
+
+
 def test_a_job_claim_says_whether_another_of_the_users_jobs_waits(site: Site) -> None:
     """With the job it gives, a worker's job claim says whether another job of the same user
     waits (``more``): never counting another user's job, nor the one just given."""
