@@ -766,6 +766,33 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
         assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
 
 
+def test_a_users_worker_claims_fewer_items_first(site: Site) -> None:
+    """A run's first claim may be smaller than its later ones (``first_claim_batch``: a
+    user's worker in site mode, so that its helpers start sooner): the streams' first items
+    in one claim of that size for each, and every file is staged once."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "erin")
+    destination = _dest(site, "erin", "fewer-first")
+    number = site.stage("erin", destination)["id"]
+    claims: list[int] = []
+
+    class Recording(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            if path.endswith(("/items/claim", "/items/exchange")) and (body or {}).get("n"):
+                claims.append(body["n"])  # type: ignore[index]
+            return super().call(method, path, body)
+
+    _run_users_worker(site, "erin", number, Recording, streams=2, claim_batch=5,
+                      first_claim_batch=1)
+    assert claims[0] == 2 * 1, claims  # (then a stream's next: claim_batch, as before)
+    assert 5 in claims[1:], claims
+    job = _wait_finished(site, "erin", number)
+    assert (job["state"], job["files_done"], job["files_failed"]) == ("succeeded", 3, 0), job
+    for name in FILES:
+        assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
+
+
 def test_a_job_claim_says_whether_another_of_the_users_jobs_waits(site: Site) -> None:
     """With the job it gives, a worker's job claim says whether another job of the same user
     waits (``more``): never counting another user's job, nor the one just given."""
@@ -815,6 +842,64 @@ def test_a_users_worker_claims_again_at_once_only_when_another_job_waits(site: S
     assert _wait_finished(site, "gina", number)["state"] == "succeeded"
 
 
+def test_a_job_claim_carries_the_job_as_its_answer_gives_it(database: Database,
+                                                            tmp_path: Path) -> None:
+    """A worker's job claim answers the job as ``GET jobs/<id>`` does (``detail``: the row,
+    its stores' roots and which are unavailable, how many files wait for a recall, what the
+    item calls take), so that its run asks nothing before its first items."""
+    from hera_stage_ext.jobs.engine import create_job
+
+    job, ops = _three_file_job_claimed(database, tmp_path)
+    another = ops.claim({"worker_id": "w"})
+    assert another == {"job": None, "resumed": False}, another  # (none: no detail)
+    items = [{"name": "g", "store": "s", "size": 10, "is_directory": False, "checksums": {},
+              "dest_path": "g", "source_path": "/nowhere/g"}]
+    second = create_job(database, "alice", "stage", str(tmp_path / "e"), "copy", items, [],
+                        30, log_dir=tmp_path)
+    claim = ops.claim({"worker_id": "w"})
+    assert claim["job"] == second["id"], claim
+    asked = ops.job(second["id"])
+    for moving in ("rate_bytes_per_s", "eta_s"):  # (from the clock: not compared)
+        claim["detail"].pop(moving)
+        asked.pop(moving)
+    assert claim["detail"] == asked, (claim, asked)
+    assert (asked["id"], asked["owner"], asked["worker_id"]) == (second["id"], "alice", "w")
+    assert (asked["waiting"], asked["unavailable"]) == (0, []), asked
+
+
+def test_a_users_run_asks_nothing_before_its_first_items(site: Site) -> None:
+    """A user's worker asks nothing between its job claim and its run's first item claim (the
+    claim carried the job: no ``GET jobs/<id>``, no ``stores``, no heartbeat, no
+    ``waiting``); against a service whose claim does not carry the job (an older one) it asks
+    the job as before, and both runs stage every file."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "ines")
+    for older in (False, True):
+        destination = _dest(site, "ines", f"first-{older}")
+        number = site.stage("ines", destination)["id"]
+        calls: list[str] = []
+
+        class Recording(HttpJobStore):
+            def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+                calls.append(f"{method} {path}")
+                answer = super().call(method, path, body)
+                if older and path == "claim":
+                    answer.pop("detail", None)
+                return answer
+
+        _run_users_worker(site, "ines", number, Recording, streams=2)
+        first = next(i for i, c in enumerate(calls) if c.endswith(("/items/claim",
+                                                                   "/items/exchange")))
+        before = [c for c in calls[:first] if not c.endswith("/log")]
+        assert before == ["POST claim", *([f"GET jobs/{number}"] if older else [])], calls
+        job = _wait_finished(site, "ines", number)
+        assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+        for name in FILES:
+            assert (destination / name).read_bytes() == (site.work / "store" / name
+                                                         ).read_bytes()
+
+
 def test_a_users_worker_ships_non_ascii_log_lines_as_they_are(site: Site) -> None:
     """A worker's calls go as UTF-8 (not ``\\u`` escapes): non-ASCII lines of a job's log
     arrive unchanged."""
@@ -847,6 +932,8 @@ def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Si
         def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
             calls.append((path.rsplit("/", 1)[-1], dict(body or {})))
             answer = super().call(method, path, body)
+            if path == "claim":
+                answer.pop("detail", None)  # (older than that too: the run asks the job)
             if path == f"jobs/{number}":
                 answer.pop("record_unfinished")
             return answer

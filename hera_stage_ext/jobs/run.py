@@ -63,6 +63,10 @@ class EngineConfig:
     # over in several hand-overs at once, so that each helper has the next one to write...
     pool_claim_batch: int = 4096
     claim_bytes: int = 64 << 20  # ...and no more bytes than this (but always one item)
+    # A run's first claim, per stream, when not ``claim_batch`` (None): a user's worker in
+    # site mode claims fewer first (``http_store.FIRST_CLAIM_ITEMS``), so that its helpers
+    # start before a large answer is built, sent and read.
+    first_claim_batch: int | None = None
     flush_seconds: float = 1.0  # written items are committed and recorded this often...
     commit_items: int = 4096  # ...or as soon as this many wait...
     commit_bytes: int = 256 << 20  # ...or this many bytes

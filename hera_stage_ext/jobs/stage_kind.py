@@ -190,12 +190,15 @@ class _StageStream:
         over HTTP), unless another stream is committing: then, in-process, the claim goes
         alone and that stream records them; over HTTP it waits for that commit and takes
         what waits after it (``JobRun.commit``). A stream's first claim is a small one, so
-        that the helpers start writing sooner, and so is its next (``_ramping``)."""
+        that the helpers start writing sooner (``first_claim_batch`` where set), and so is
+        its next (``_ramping``)."""
         small = first or self._ramping
         if not first:
             self._ramping = False
-        n = (self.run.config.pool_claim_batch if self.run.pool is not None and not small
-             else self.run.config.claim_batch) * streams
+        config = self.run.config
+        n = (config.first_claim_batch if first and config.first_claim_batch is not None
+             else config.pool_claim_batch if self.run.pool is not None and not small
+             else config.claim_batch) * streams
         max_bytes = self.run.config.claim_bytes * streams
         claimed = self.run.commit(wait=False, claim=(n, max_bytes))
         if claimed is None:

@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (its next hand-over waits for the answer) and costs the service a request. A
         # quiet second still commits (``flush_seconds``).
         config.commit_items = service.results_per_call
+        config.first_claim_batch = service.first_claim_items  # (the helpers start sooner)
         os.environ.pop(SITE_TOKEN_ENV, None)  # not inherited by the copy helpers
     else:
         kinds = [k for k in (args.kinds or "").split(",") if k] or None

@@ -162,12 +162,15 @@ class WorkerOps:
         # Whether another of this user's jobs waits: the worker claims again at once only
         # then (not with a call that finds nothing, beside its new job's first calls).
         more = engine.more_claimable(self.db, self.owner, [*skip, claimed[0]], USER_KINDS)
-        return {"job": claimed[0], "resumed": claimed[1], "more": more}
+        # The job as ``job`` answers it (``detail``): what its run asks first, so that the
+        # run's first call is its first item claim (a worker older than it asks ``job``).
+        return {"job": claimed[0], "resumed": claimed[1], "more": more,
+                "detail": self.job(claimed[0])}
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job, with what its run asks first (its stores' roots and which of them are
         unavailable, how many of its files wait for their recall): one round trip where the
-        run would make four."""
+        run would make four (none with the job's claim, which carries it: ``claim``)."""
         roots = self.store.store_roots(job_id)
         return {**engine.job_json(self._job(job_id)), "store_roots": roots,
                 "unavailable": sorted(self.store.unavailable(roots)),
