@@ -106,6 +106,15 @@ def test_an_abandoned_batch_still_closes_what_it_was_given(tmp_path, syncer):
 
 
 @pytest.fixture
+def quiet(monkeypatch):
+    """A machine with no unwritten data, where ``syncfs`` reports failed write-backs: a
+    batch is synced with one ``syncfs``."""
+    if not durable.SYNCFS_REPORTS_ERRORS:
+        pytest.skip("syncfs reports write-back errors from Linux 5.8 on")
+    monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
+
+
+@pytest.fixture
 def counted(monkeypatch, syncer):
     """The file-system syncs (the folder each was given) and the groups of files handed to the
     syncer's threads, counted as they happen (each still done)."""
@@ -126,11 +135,7 @@ def counted(monkeypatch, syncer):
     return syncs, groups
 
 
-@pytest.mark.skipif(not durable.SYNCFS_REPORTS_ERRORS,
-                    reason="syncfs reports write-back errors from Linux 5.8 on")
-def test_a_batch_on_a_quiet_machine_is_synced_once_whole(tmp_path, syncer, counted,
-                                                          monkeypatch):
-    monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
+def test_a_batch_on_a_quiet_machine_is_synced_once_whole(tmp_path, syncer, counted, quiet):
     syncs, groups = counted
     folder = os.open(tmp_path, os.O_RDONLY)
     try:
@@ -166,12 +171,8 @@ def test_a_batch_on_a_busy_machine_is_synced_file_by_file(tmp_path, syncer, coun
     assert not any(_is_open(fd) for fd in fds)
 
 
-@pytest.mark.skipif(not durable.SYNCFS_REPORTS_ERRORS,
-                    reason="syncfs reports write-back errors from Linux 5.8 on")
-def test_a_failed_file_system_sync_fails_every_file_of_its_batch(tmp_path, syncer,
+def test_a_failed_file_system_sync_fails_every_file_of_its_batch(tmp_path, syncer, quiet,
                                                                  monkeypatch):
-    monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
-
     def failing(fd: int, what: str) -> None:
         raise OSError(5, "Input/output error", what)
 
@@ -188,11 +189,8 @@ def test_a_failed_file_system_sync_fails_every_file_of_its_batch(tmp_path, synce
     assert all(isinstance(error, OSError) and error.errno == 5 for error in failed.values())
 
 
-@pytest.mark.skipif(not durable.SYNCFS_REPORTS_ERRORS,
-                    reason="syncfs reports write-back errors from Linux 5.8 on")
 def test_an_abandoned_quiet_batch_closes_its_files_and_syncs_nothing(tmp_path, syncer, counted,
-                                                                     monkeypatch):
-    monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
+                                                                     quiet):
     syncs, _groups = counted
     fds = []
     folder = os.open(tmp_path, os.O_RDONLY)
