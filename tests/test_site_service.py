@@ -343,7 +343,8 @@ def _wait_finished(site: Site, user: str, number: int, timeout: float = 15.0) ->
 def _run_users_worker(site: Site, user: str, number: int, store_class: type | None = None,
                       store_options: dict[str, Any] | None = None, **config: Any) -> None:
     """Run ``user``'s worker over HTTP (``store_class``, an ``HttpJobStore``, with the user's
-    token) until its pending job ``number`` is done; ``config``: more ``EngineConfig``."""
+    token) until its pending job ``number`` is done; ``config``: more ``EngineConfig``, over
+    what the store sets (``HttpJobStore.tune``)."""
     from hera_stage_ext.jobs.http_store import HttpJobStore
     from hera_stage_ext.jobs.run import EngineConfig, run_pending
     from hera_stage_ext.standard_kinds import standard_kinds
@@ -352,7 +353,10 @@ def _run_users_worker(site: Site, user: str, number: int, store_class: type | No
                                           spool_dir=site.work / f"cache-{user}",
                                           **(store_options or {}))
     settings = EngineConfig(kinds=standard_kinds(), heartbeat_seconds=0.2, fsync=False,
-                            allowed_roots=(str(site.home(user).resolve()),), **config)
+                            allowed_roots=(str(site.home(user).resolve()),))
+    store.tune(settings)  # as a user's worker sets itself up (``worker.main``)
+    for name, value in config.items():
+        setattr(settings, name, value)
     try:
         assert run_pending(store, settings) == [number]
     finally:
@@ -579,6 +583,30 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
                                                         "n": 1})
 
 
+def test_a_claim_whose_detail_fails_still_gives_the_job(database: Database, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job is claimed before its answer's ``more`` and ``detail`` are read: when those
+    fail (the database away for a moment), the claim still answers the job, without them (the
+    worker then asks as it would an older service), not an error that leaves the job leased to
+    a worker that never heard of it."""
+    from hera_stage_ext.jobs.engine import create_job, get_job
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    item = {"name": "f0", "store": "s", "size": 1, "is_directory": False, "checksums": {},
+            "dest_path": "f0", "source_path": "/nowhere/f0"}
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", [item], [], 1,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+
+    def away(job_id: int) -> dict[str, Any]:
+        raise OSError("the database went away")
+
+    monkeypatch.setattr(ops, "job", away)
+    answer = ops.claim({"worker_id": "w"})
+    assert answer["job"] == job["id"] and "detail" not in answer, answer
+    assert get_job(database, job["id"])["state"] == "running"
+
+
 def test_results_may_come_as_id_runs_and_count_once(database: Database, tmp_path: Path) -> None:
     """A worker may send a hand-over's error-free results as runs of item ids (``runs``): only
     the job's running items in them are recorded (one queued, done already or out of the job
@@ -751,7 +779,8 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
             calls.append((path.split(f"jobs/{number}/", 1)[-1], dict(body or {})))
             return super().call(method, path, body)
 
-    _run_users_worker(site, "erin", number, Recording, streams=4, claim_batch=2)
+    _run_users_worker(site, "erin", number, Recording, streams=4, claim_batch=2,
+                      first_claim_batch=None)
     claims = [body["n"] for action, body in calls
               if action in ("items/claim", "items/exchange") and body.get("n")]
     assert claims[0] == 4 * 2, calls  # the first claim: for the four streams
@@ -768,29 +797,33 @@ def test_a_run_claims_for_all_streams_at_once_and_asks_what_is_left_with_its_res
 
 def test_a_users_worker_claims_fewer_items_first(site: Site) -> None:
     """A run's first claim may be smaller than its later ones (``first_claim_batch``: a
-    user's worker in site mode, so that its helpers start sooner): the streams' first items
-    in one claim of that size for each, and every file is staged once."""
-    from hera_stage_ext.jobs.http_store import HttpJobStore
+    user's worker in site mode, so that its helpers start sooner: ``FIRST_CLAIM_ITEMS``
+    a stream, as ``HttpJobStore.tune`` sets it): the streams' first items in one claim of
+    that size for each, and every file is staged once."""
+    from hera_stage_ext.jobs.http_store import FIRST_CLAIM_ITEMS, HttpJobStore
 
     _issue_stage_token(site, "erin")
-    destination = _dest(site, "erin", "fewer-first")
-    number = site.stage("erin", destination)["id"]
-    claims: list[int] = []
+    for tag, settings, first in (("set", {"claim_batch": 5, "first_claim_batch": 1}, 1),
+                                 ("tuned", {}, FIRST_CLAIM_ITEMS)):
+        destination = _dest(site, "erin", f"fewer-first-{tag}")
+        number = site.stage("erin", destination)["id"]
+        claims: list[int] = []
 
-    class Recording(HttpJobStore):
-        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-            if path.endswith(("/items/claim", "/items/exchange")) and (body or {}).get("n"):
-                claims.append(body["n"])  # type: ignore[index]
-            return super().call(method, path, body)
+        class Recording(HttpJobStore):
+            def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+                if path.endswith(("/items/claim", "/items/exchange")) and (body or {}).get("n"):
+                    claims.append(body["n"])  # type: ignore[index]
+                return super().call(method, path, body)
 
-    _run_users_worker(site, "erin", number, Recording, streams=2, claim_batch=5,
-                      first_claim_batch=1)
-    assert claims[0] == 2 * 1, claims  # (then a stream's next: claim_batch, as before)
-    assert 5 in claims[1:], claims
-    job = _wait_finished(site, "erin", number)
-    assert (job["state"], job["files_done"], job["files_failed"]) == ("succeeded", 3, 0), job
-    for name in FILES:
-        assert (destination / name).read_bytes() == (site.work / "store" / name).read_bytes()
+        _run_users_worker(site, "erin", number, Recording, streams=2, **settings)
+        assert claims[0] == 2 * first, claims  # (then a stream's next: claim_batch, as before)
+        if settings:
+            assert 5 in claims[1:], claims
+        job = _wait_finished(site, "erin", number)
+        assert (job["state"], job["files_done"], job["files_failed"]) == ("succeeded", 3, 0), job
+        for name in FILES:
+            assert (destination / name).read_bytes() == (site.work / "store" / name
+                                                         ).read_bytes()
 
 
 def test_a_job_claim_says_whether_another_of_the_users_jobs_waits(site: Site) -> None:

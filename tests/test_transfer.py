@@ -704,6 +704,8 @@ def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothin
     waited for, renamed): none of them is under its final name or registered; after the
     restart the batch is pulled again and each file arrives verified and registered once.
     Either way of syncing a batch: one ``syncfs`` (a quiet machine) or file by file."""
+    if way == "whole" and not durable.SYNCFS_REPORTS_ERRORS:
+        pytest.skip("syncfs reports write-back errors from Linux 5.8 on")
     folder, names = UNSYNCED_BATCHES[way]
     unwritten = 0 if way == "whole" else durable.QUIET_BYTES + 1
     paused = sites.tmp / f"paused-before-sync-{way}"
@@ -717,6 +719,7 @@ def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothin
     while not paused.exists():
         assert time.monotonic() < deadline, "the batch never reached its sync"
         time.sleep(0.02)
+    assert paused.read_text() == way  # the batch synced as the machine's unwritten data says
     incoming = sites.b_store / INCOMING_DIR
     assert len(list(incoming.glob("*.part"))) == len(names)  # all written
     sites.kill_b()

@@ -173,6 +173,8 @@ def test_a_batch_on_a_busy_machine_is_synced_file_by_file(tmp_path, syncer, coun
 
 def test_a_failed_file_system_sync_fails_every_file_of_its_batch(tmp_path, syncer, quiet,
                                                                  monkeypatch):
+    """...and the batches after it are synced file by file for a while (the error may be
+    another writer's: a batch failed whole again would cost each of its files an attempt)."""
     def failing(fd: int, what: str) -> None:
         raise OSError(5, "Input/output error", what)
 
@@ -183,6 +185,12 @@ def test_a_failed_file_system_sync_fails_every_file_of_its_batch(tmp_path, synce
             for i in range(3):
                 batch.add(_written(tmp_path, f"{i}.part", b"data"), f"{i}.part")
             failed = batch.wait()
+        with syncer.batch(folder) as after:
+            assert after.folder is None  # file by file
+            after.add(_written(tmp_path, "again.part", b"data"), "again.part")
+            assert after.wait() == {}
+        syncer.whole_failed_at -= durable.WHOLE_PAUSE_S
+        assert syncer.batch(folder).folder == folder  # whole again, once the pause is over
     finally:
         os.close(folder)
     assert sorted(failed) == ["0.part", "1.part", "2.part"]

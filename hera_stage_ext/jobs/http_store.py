@@ -46,6 +46,7 @@ from .store import Beat
 
 if TYPE_CHECKING:
     from .contract import KindRun
+    from .run import EngineConfig
 
 log = logging.getLogger("hera_stage_ext.jobs.worker")
 T = TypeVar("T")
@@ -208,6 +209,16 @@ class HttpJobStore:
             else:
                 self._claimed.pop(job_id, None)
         return job_id, bool(answer["resumed"])
+
+    def tune(self, config: EngineConfig) -> None:
+        """Set ``config`` for runs over this store. A run's results go with its streams' next
+        claims (``exchange``: a stream claims every 1,024-4,096 items anyway), up to what one
+        call carries, not in a ``record`` call of their own once 4,096 wait: that call stalls
+        the stream making it (its next hand-over waits for the answer) and costs the service
+        a request; a quiet second still commits (``flush_seconds``). A run's first claim is
+        a smaller one (``FIRST_CLAIM_ITEMS``), so that the helpers start sooner."""
+        config.commit_items = self.results_per_call
+        config.first_claim_batch = self.first_claim_items
 
     def more_jobs(self) -> bool:
         """Whether the service said, with the job it gave last, that another job waits."""

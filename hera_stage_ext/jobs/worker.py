@@ -233,13 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .http_store import HttpJobStore  # requests: only for a worker in site mode
 
         store = service = HttpJobStore(args.site_url, token)
-        # Over HTTP a run's results go with its streams' next claims (``exchange``: a stream
-        # claims every 1,024-4,096 items anyway), up to what one call carries, not in a
-        # ``record`` call of their own once 4,096 wait: that call stalls the stream making it
-        # (its next hand-over waits for the answer) and costs the service a request. A
-        # quiet second still commits (``flush_seconds``).
-        config.commit_items = service.results_per_call
-        config.first_claim_batch = service.first_claim_items  # (the helpers start sooner)
+        service.tune(config)
         os.environ.pop(SITE_TOKEN_ENV, None)  # not inherited by the copy helpers
     else:
         kinds = [k for k in (args.kinds or "").split(",") if k] or None

@@ -11,6 +11,7 @@ after a lost answer) counts once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -23,6 +24,8 @@ from ..jobs.joblog import JobLog
 from ..jobs.models import JobItem, JobRow
 from ..jobs.store import DbJobStore
 from ..states import ACTIVE_JOB_STATES
+
+log = logging.getLogger("hera_stage_ext.site.worker_ops")
 
 #: The only kind a user's worker runs.
 USER_KINDS = ("stage",)
@@ -159,13 +162,25 @@ class WorkerOps:
         claimed = self.store.claim_job(worker_id_of(body), lease_of(body), skip)
         if claimed is None:
             return {"job": None, "resumed": False}
-        # Whether another of this user's jobs waits: the worker claims again at once only
-        # then (not with a call that finds nothing, beside its new job's first calls).
-        more = engine.more_claimable(self.db, self.owner, [*skip, claimed[0]], USER_KINDS)
-        # The job as ``job`` answers it (``detail``): what its run asks first, so that the
-        # run's first call is its first item claim (a worker older than it asks ``job``).
-        return {"job": claimed[0], "resumed": claimed[1], "more": more,
-                "detail": self.job(claimed[0])}
+        answer: dict[str, Any] = {"job": claimed[0], "resumed": claimed[1]}
+        # The job is claimed (committed) now, and what follows only spares the worker calls:
+        # its failure must not make the claim an error answer (the job would stay leased to
+        # a worker that never heard of it). Without them the worker asks as it would an
+        # older service.
+        try:
+            # Whether another of this user's jobs waits: the worker claims again at once
+            # only then (not with a call that finds nothing, beside its new job's first
+            # calls).
+            answer["more"] = engine.more_claimable(self.db, self.owner, [*skip, claimed[0]],
+                                                   USER_KINDS)
+            # The job as ``job`` answers it (``detail``): what its run asks first, so that
+            # the run's first call is its first item claim (a worker older than it asks
+            # ``job``).
+            answer["detail"] = self.job(claimed[0])
+        except Exception:  # the database away for a moment, the job forgotten meanwhile
+            log.exception("job %s claimed; answered without what follows the claim",
+                          claimed[0])
+        return answer
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job, with what its run asks first (its stores' roots and which of them are

@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
@@ -47,6 +48,11 @@ MAX_OPEN = 256
 #: with up to 113 MB dirty against 0.38-0.46 s of per-file syncs, and ``syncfs`` 0.03-0.95 s
 #: with 100-430 MB dirty.
 QUIET_BYTES = 64 << 20
+#: After a failed ``syncfs`` batches are synced file by file for this many seconds: its error
+#: may be another writer's on the same file system (it reports every failed write-back since
+#: the folder was opened), and each round of a batch failed whole costs every member of it an
+#: attempt, where file by file only the files that failed are pulled again.
+WHOLE_PAUSE_S = 300.0
 
 
 def _syncfs_reports_errors() -> bool:
@@ -68,7 +74,7 @@ UNWRITTEN_ENV = "HERA_STAGE_TEST_UNWRITTEN_BYTES"
 def unwritten_bytes() -> int:
     """Bytes the machine holds waiting to be written to its disks (``Dirty`` and ``Writeback``
     of ``/proc/meminfo``); the largest integer where that cannot be read."""
-    if (forced := os.environ.get(UNWRITTEN_ENV, "")).isdigit():
+    if (forced := os.environ.get(UNWRITTEN_ENV, "")).isascii() and forced.isdigit():
         return int(forced)
     total = 0
     try:
@@ -89,13 +95,18 @@ class FileSyncer:
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hera-sync")
         self._slots = threading.BoundedSemaphore(max_open)
+        # When a batch's ``syncfs`` last failed (``WHOLE_PAUSE_S``); None: never.
+        self.whole_failed_at: float | None = None
 
     def batch(self, folder: int | None = None) -> SyncBatch:
         """A new batch. ``folder``: an open folder of the file system every file of the batch
         is written on, opened before any of them (``syncfs`` reports the write-back failures
         since its descriptor was opened): the batch is synced with one ``syncfs`` of it where
-        that reports failures and the machine is quiet (``QUIET_BYTES``), else file by file."""
+        that reports failures and the machine is quiet (``QUIET_BYTES``), else file by file
+        (and for a while after a failed ``syncfs``: ``WHOLE_PAUSE_S``)."""
+        failed_at = self.whole_failed_at
         quiet = folder is not None and SYNCFS_REPORTS_ERRORS and \
+            (failed_at is None or time.monotonic() - failed_at >= WHOLE_PAUSE_S) and \
             unwritten_bytes() <= QUIET_BYTES
         return SyncBatch(self, folder if quiet else None)
 
@@ -209,6 +220,7 @@ class SyncBatch:
                 try:
                     sync_file_system(self.folder, "the receive store's file system")
                 except OSError as exc:
+                    self._syncer.whole_failed_at = time.monotonic()
                     return dict.fromkeys(closed, exc)
             return failed
         self._flush()

@@ -107,7 +107,8 @@ RESERVED_DIRS = (INCOMING_DIR,)
 FLIP_ONCE_ENV = "HERA_STAGE_TEST_FLIP_ONCE"
 _flipped: set[str] = set()
 #: Test-only pause: once per process, when a batch's members are written and before their syncs
-#: are waited for and they are renamed, create this file and wait (for a test to kill the server).
+#: are waited for and they are renamed, create this file (its text: how the batch is synced,
+#: "whole" or "file-by-file") and wait (for a test to kill the server).
 PAUSE_BEFORE_SYNC_ENV = "HERA_STAGE_TEST_PAUSE_BEFORE_SYNC"
 _paused: list[bool] = []
 #: Item states after which nothing more happens to it (until it is announced again).
@@ -867,7 +868,7 @@ class Receiver:
         retry = [(m.item, m.error) for m in received if m.error]
         if (pause := os.environ.get(PAUSE_BEFORE_SYNC_ENV)) and received and not _paused:
             _paused.append(True)
-            Path(pause).touch()
+            Path(pause).write_text("whole" if syncs.folder is not None else "file-by-file")
             self._stop.wait(60)
         unsynced = syncs.wait()
         good: list[_Member] = []
