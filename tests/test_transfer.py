@@ -716,7 +716,8 @@ def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothin
     thread = threading.Thread(target=lambda: result.update(send(sites, names)))
     thread.start()
     deadline = time.monotonic() + 30
-    while not paused.exists():
+    # (Its text may come a moment after the file: created, then written.)
+    while not (paused.exists() and paused.read_text()):
         assert time.monotonic() < deadline, "the batch never reached its sync"
         time.sleep(0.02)
     assert paused.read_text() == way  # the batch synced as the machine's unwritten data says
