@@ -112,6 +112,7 @@ def quiet(monkeypatch):
     if not durable.SYNCFS_REPORTS_ERRORS:
         pytest.skip("syncfs reports write-back errors from Linux 5.8 on")
     monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
+    monkeypatch.setattr(durable, "file_system_type", lambda fd: "ext4")
 
 
 @pytest.fixture
@@ -217,3 +218,23 @@ def test_an_abandoned_quiet_batch_closes_its_files_and_syncs_nothing(tmp_path, s
 def test_the_machines_unwritten_bytes_are_read() -> None:
     """``/proc/meminfo``'s Dirty and Writeback, read as bytes (a number, not the fallback)."""
     assert 0 <= durable.unwritten_bytes() < 1 << 50
+
+
+def test_a_batch_on_a_fuse_store_is_synced_file_by_file(tmp_path, syncer, quiet, monkeypatch):
+    """A FUSE mount's ``syncfs`` does not ask its program to persist the data: file by file
+    there, even on a quiet machine."""
+    monkeypatch.setattr(durable, "file_system_type", lambda fd: "fuse.sshfs")
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert syncer.batch(folder).folder is None
+    finally:
+        os.close(folder)
+
+
+def test_the_file_system_type_is_read() -> None:
+    """The type of a folder's file system, as the mount table names it."""
+    folder = os.open("/proc", os.O_RDONLY)
+    try:
+        assert durable.file_system_type(folder) == "proc"
+    finally:
+        os.close(folder)

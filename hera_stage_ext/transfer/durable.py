@@ -65,6 +65,29 @@ def _syncfs_reports_errors() -> bool:
 
 SYNCFS_REPORTS_ERRORS = _syncfs_reports_errors()
 
+#: File systems whose ``syncfs`` makes the data of their files durable (they implement the
+#: kernel's ``sync_fs``). A store on any other, a FUSE mount above all (its ``syncfs`` hands
+#: the pages to the FUSE program without asking it to persist them, where ``fdatasync`` asks),
+#: is synced file by file.
+SYNCFS_TYPES = frozenset({"ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "overlay", "nfs",
+                          "nfs4", "lustre", "gpfs", "tmpfs"})
+
+
+def file_system_type(fd: int) -> str:
+    """The type of the file system holding the open ``fd``, as ``/proc/self/mountinfo`` names
+    it for the fd's device; "" where that cannot be told."""
+    dev = os.fstat(fd).st_dev
+    device = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if fields[2] == device:  # (then the optional fields, "-", the type)
+                    return fields[fields.index("-", 6) + 1]
+    except (OSError, ValueError, IndexError):
+        pass
+    return ""
+
 
 #: Test-only: the number ``unwritten_bytes`` reports instead of the machine's (a fault test
 #: kills a receiver in a batch synced each way; either way is durable).
@@ -102,12 +125,13 @@ class FileSyncer:
         """A new batch. ``folder``: an open folder of the file system every file of the batch
         is written on, opened before any of them (``syncfs`` reports the write-back failures
         since its descriptor was opened): the batch is synced with one ``syncfs`` of it where
-        that reports failures and the machine is quiet (``QUIET_BYTES``), else file by file
-        (and for a while after a failed ``syncfs``: ``WHOLE_PAUSE_S``)."""
+        that reports failures, the machine is quiet (``QUIET_BYTES``) and the file system's
+        ``syncfs`` makes data durable (``SYNCFS_TYPES``), else file by file (and for a while
+        after a failed ``syncfs``: ``WHOLE_PAUSE_S``)."""
         failed_at = self.whole_failed_at
         quiet = folder is not None and SYNCFS_REPORTS_ERRORS and \
             (failed_at is None or time.monotonic() - failed_at >= WHOLE_PAUSE_S) and \
-            unwritten_bytes() <= QUIET_BYTES
+            unwritten_bytes() <= QUIET_BYTES and file_system_type(folder) in SYNCFS_TYPES
         return SyncBatch(self, folder if quiet else None)
 
     def reserve(self, wait: bool = True) -> bool:
