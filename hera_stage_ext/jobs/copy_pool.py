@@ -175,7 +175,7 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock,
         last = batch[-1] is None
         batch = [job for job in batch if job is not None]
         _make_final(batch)
-        for request, _hand, results, _renames in batch:
+        for request, _hand, results, *_rest in batch:
             with send_lock:
                 conn.send((request, results))
         last_commit = time.monotonic()
@@ -183,17 +183,18 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock,
             return
 
 
-def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, str, str, str]]]]
-                ) -> None:
-    """Make the written hand-overs of ``batch`` final together (``methods.commit``), their
-    lines in the job's log first; an item the commit failed gets its error in its results."""
+def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, str, str, str]],
+                                 list[int]]]) -> None:
+    """Make the written hand-overs of ``batch`` final together (``methods.commit``, through
+    each hand-over's ``Mover.watch``, which it closes), their lines in the job's log first; an
+    item the commit failed gets its error in its results."""
     # The lines first: a copy under its final name always has its line in the log (a link
     # of one file is made under its final name at once: after a kill before its line, the
     # retried job finds it there and skips it as the same link).
     # (The engine's log lines' form; not catalogue.models.utcnow: no SQLAlchemy in here.)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     stamp = f"{now.isoformat(timespec='milliseconds')}Z  "
-    for _request, hand, _results, renames in batch:
+    for _request, hand, _results, renames, _watch in batch:
         if renames:
             rels, specs = hand.rels, hand.specs
             head = f"{stamp}{specs[0].method} "
@@ -201,17 +202,23 @@ def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, st
                      for i, _tmp, _final, note in renames]
             with contextlib.suppress(OSError):  # a log that cannot be written stops no copy
                 _append(hand.log_path, "".join(lines))
-    fsync = any(hand.fsync for _request, hand, _results, _renames in batch)
-    roots = {hand.root for _request, hand, _results, _renames in batch if hand.root}
+    fsync = any(hand.fsync for _request, hand, *_rest in batch)
+    roots = {hand.root for _request, hand, *_rest in batch if hand.root}
     # Hard links wrote no data: only their folders' entries are to sync.
-    data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames
+    data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames, _watch
                in batch if renames)
-    errors = commit([(tmp, final) for *_rest, renames in batch
-                     for _i, tmp, final, _note in renames], fsync, roots, data=data)
+    watch = [fd for *_rest, fds in batch for fd in fds]
+    try:
+        errors = commit([(tmp, final) for _request, _hand, _results, renames, _watch in batch
+                         for _i, tmp, final, _note in renames], fsync, roots, data=data,
+                        watch=watch)
+    finally:
+        for fd in watch:
+            os.close(fd)
     if not any(errors):  # (the common case: every item final; looked at per item otherwise)
         return
     failed = iter(errors)
-    for _request, _hand, results, renames in batch:
+    for _request, _hand, results, renames, _watch in batch:
         for i, *_rest in renames:
             exc = next(failed)
             if exc is not None:
@@ -308,10 +315,12 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         # while the next one is written: that one gets temporary folders of its own.
         mover.close_temp_folders()
         mover.pin(hand.root)
+        # Opened before this hand-over's files are written, for its commit's ``syncfs``.
+        watch = mover.watch() if hand.fsync else []
         results, renames = _write_items(mover, hand.specs, stop_upto, current)
         if not conn.poll():
             writing.clear()  # (before the put: the committer never waits for nothing)
-        jobs.put((current, hand, results, renames))
+        jobs.put((current, hand, results, renames, watch))
     jobs.put(None)
     committer.join()
 

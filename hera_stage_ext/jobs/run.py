@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..catalogue.db import Database
-from ..safefs import Pin
+from ..safefs import Folders, Pin
 from ..states import ARRIVED_ITEM_STATES, ItemState
 from .contract import JobRefused
 from .copy_pool import CopyPool
@@ -98,6 +98,9 @@ class JobRun:
         # The folder the reported items' renames are confined below (set by the kind: a stage
         # job's pinned destination).
         self.rename_root: Pin | str | None = None
+        # Descriptors of ``rename_root`` opened before any item is written, for the commits'
+        # ``syncfs`` (``methods.commit``'s ``watch``).
+        self._watch: list[int] = []
         self.pool = pool  # the worker's copy helper processes, for kinds that use them
         self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another
         self.log = store.log(job)
@@ -281,7 +284,7 @@ class JobRun:
                        if o is not None and o.tmp and o.final]
             errors = iter(commit(renames, self.config.fsync,
                                  [self.rename_root] if self.rename_root is not None else (),
-                                 data=self.job.method not in NO_DATA))
+                                 data=self.job.method not in NO_DATA, watch=self._watch))
             results: list[tuple[ClaimedItem, str, str]] = [
                 (item, ItemState.DONE, "") for item in final]
             through = sum(item.size for item in final) + sum(
@@ -344,6 +347,27 @@ class JobRun:
             state = self.store.fail(job, self.worker_id, str(exc))
             self.store.close_log(job, self.log)
             return state
+        self._watch = self._open_watch()
+        try:
+            return self._run_streams()
+        finally:
+            for fd in self._watch:
+                os.close(fd)
+
+    def _open_watch(self) -> list[int]:
+        """``rename_root`` opened now, before the streams write (none when nothing is synced, or
+        it cannot be opened: then each file is synced by itself)."""
+        root = self.rename_root
+        if root is None or not self.config.fsync:
+            return []
+        try:
+            with Folders([root]) as folders:
+                return [os.dup(folders.root_fd(root))]
+        except OSError:
+            return []
+
+    def _run_streams(self) -> str:
+        job = self.job
         started = time.monotonic()
         heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
         heartbeat.start()

@@ -2,7 +2,7 @@
 
 Two ways to get a batch's data on disk before its files take their final names, chosen per
 batch (``FileSyncer.batch``). On a quiet machine, one ``syncfs`` of the file system the batch
-was written on, as a staging commit does (``jobs.methods.sync_file_system``): each file is
+was written on, as a staging commit does (``durability``: where that is as good): each file is
 closed as soon as it is written and nothing else is asked of the kernel per file, and the
 inode-table and folder blocks the batch's files share, and the disk's cache, are written once
 for the batch instead of once a file. ``syncfs`` writes back every dirty page of the file
@@ -21,7 +21,6 @@ the caller records anything.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from .. import safefs
-from ..jobs.methods import HAS_SYNCFS, sync_file_system
+from ..durability import SYNCFS_REPORTS_ERRORS, SYNCFS_TYPES, file_system_type, sync_file_system
 
 #: Threads syncing files: the journal commits what they wait for together, so more threads
 #: mean fewer commits per file (measured on ext4: 8 threads about as fast as 16 or 64).
@@ -53,40 +52,6 @@ QUIET_BYTES = 64 << 20
 #: the folder was opened), and each round of a batch failed whole costs every member of it an
 #: attempt, where file by file only the files that failed are pulled again.
 WHOLE_PAUSE_S = 300.0
-
-
-def _syncfs_reports_errors() -> bool:
-    """Whether ``syncfs`` says when a write-back of its file system failed (Linux 5.8 on: any
-    failure since the descriptor it is given was opened); before, it returned 0 regardless."""
-    version = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return HAS_SYNCFS and version is not None and \
-        (int(version[1]), int(version[2])) >= (5, 8)
-
-
-SYNCFS_REPORTS_ERRORS = _syncfs_reports_errors()
-
-#: File systems whose ``syncfs`` makes the data of their files durable (they implement the
-#: kernel's ``sync_fs``). A store on any other, a FUSE mount above all (its ``syncfs`` hands
-#: the pages to the FUSE program without asking it to persist them, where ``fdatasync`` asks),
-#: is synced file by file.
-SYNCFS_TYPES = frozenset({"ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "overlay", "nfs",
-                          "nfs4", "lustre", "gpfs", "tmpfs"})
-
-
-def file_system_type(fd: int) -> str:
-    """The type of the file system holding the open ``fd``, as ``/proc/self/mountinfo`` names
-    it for the fd's device; "" where that cannot be told."""
-    dev = os.fstat(fd).st_dev
-    device = f"{os.major(dev)}:{os.minor(dev)}"
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if fields[2] == device:  # (then the optional fields, "-", the type)
-                    return fields[fields.index("-", 6) + 1]
-    except (OSError, ValueError, IndexError):
-        pass
-    return ""
 
 
 #: Test-only: the number ``unwritten_bytes`` reports instead of the machine's (a fault test
