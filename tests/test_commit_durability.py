@@ -73,6 +73,15 @@ def synced(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     return seen
 
 
+def _commit_all(renames: list[tuple[str, str]], root: safefs.Pin, watch: list[int]) -> None:
+    """Commit ``renames`` (each made final), then close ``watch``."""
+    try:
+        assert commit(renames, True, [root], watch=watch) == [None] * len(renames)
+    finally:
+        for fd in watch:
+            os.close(fd)
+
+
 def _pinned(tmp_path: Path) -> safefs.Pin:
     (tmp_path / "dest").mkdir()
     st = os.stat(tmp_path / "dest")
@@ -88,11 +97,7 @@ def test_a_commit_syncs_through_the_destination_opened_before_the_writes(
     assert [os.readlink(f"/proc/self/fd/{fd}") for fd in watch] == [root.path]
     renames = _write(tmp_path, mover)
     mover.close_temp_folders()
-    try:
-        assert commit(renames, True, [root], watch=watch) == [None] * 3
-    finally:
-        for fd in watch:
-            os.close(fd)
+    _commit_all(renames, root, watch)
     assert _staged(tmp_path) == EXPECTED
     # One syncfs, through the descriptor opened before anything was written; no file alone.
     assert synced == {"syncfs": [root.path], "fdatasync": []}
@@ -115,11 +120,7 @@ def test_a_commit_syncs_each_file_where_one_syncfs_would_not_do(
     written = sorted(p for tmp, _final in renames
                      for p in ([tmp] if os.path.isfile(tmp) else
                                [str(f) for f in Path(tmp).rglob("*") if f.is_file()]))
-    try:
-        assert commit(renames, True, [root], watch=watch) == [None] * 3
-    finally:
-        for fd in watch:
-            os.close(fd)
+    _commit_all(renames, root, watch)
     assert _staged(tmp_path) == EXPECTED
     assert synced["syncfs"] == []
     assert sorted(synced["fdatasync"]) == written and len(written) == 4
