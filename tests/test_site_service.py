@@ -951,6 +951,86 @@ def test_a_users_worker_ships_non_ascii_log_lines_as_they_are(site: Site) -> Non
     assert site.api("hana", "POST", f"jobs/{number}/cancel").json()["state"] == "cancelled"
 
 
+def test_a_users_netrc_does_not_replace_the_workers_token(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's calls carry its token whatever the user's ``~/.netrc`` says of the
+    service's host (requests would send that entry's login instead)."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "ivan")
+    number = site.stage("ivan", _dest(site, "ivan", "netrc"))["id"]
+    netrc = tmp_path / "netrc"
+    host = site.url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
+    netrc.write_text(f"machine {host} login mallory password guessed\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    store = HttpJobStore(site.url, site.tokens["ivan"], spool_dir=site.work / "cache-ivan")
+    try:
+        assert store.call("POST", f"jobs/{number}/log", {"text": "by ivan\n"}) == {
+            "appended": len("by ivan\n")}
+    finally:
+        store.close()
+        monkeypatch.delenv("NETRC")  # (the test's own client reads it too)
+    assert "by ivan" in site.api("ivan", "GET", f"jobs/{number}/log").json()["text"]
+    assert site.api("ivan", "POST", f"jobs/{number}/cancel").json()["state"] == "cancelled"
+
+
+def test_the_worker_goes_through_the_proxy_its_environment_names(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment's proxy for the service's URL is still used (read once, when the
+    worker starts): a proxy that is down makes the service one that cannot be reached."""
+    from hera_stage_ext.errors import ServiceError
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    store = HttpJobStore(site.url, site.tokens["alice"], patience=0)
+    try:
+        with pytest.raises(ServiceError, match="cannot be reached") as raised:
+            store.call("POST", "claim", {"worker_id": "w:1:proxy", "skip": []})
+        assert "Proxy" in str(raised.value)
+    finally:
+        store.close()
+
+
+def test_an_answer_cut_short_is_a_service_that_cannot_be_reached(tmp_path: Path) -> None:
+    """An answer whose body ends before its length (the service stopped while sending it) is
+    tried again like a refused connection, then said plainly, never an error of the HTTP
+    library's own."""
+    import socket
+    import threading
+
+    from hera_stage_ext.errors import ServiceError
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    server = socket.create_server(("127.0.0.1", 0))
+    answered = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = server.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                       b"Content-Length: 1000\r\n\r\n{\"items\": [")
+                    answered.append(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    store = HttpJobStore(f"http://127.0.0.1:{server.getsockname()[1]}/", "hst_x", patience=0,
+                         spool_dir=tmp_path)
+    try:
+        with pytest.raises(ServiceError, match="cannot be reached"):
+            store.call("POST", "claim", {"worker_id": "w:1:cut", "skip": []})
+    finally:
+        store.close()
+        server.close()
+    assert answered
+
+
 def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Site) -> None:
     """Against a service that does not announce ``record_unfinished`` (an older one), a user's
     worker asks ``unfinished`` on its own and sends no such question with its records."""
