@@ -57,10 +57,6 @@ from .methods import NO_DATA, Cancelled, ItemFailed, ItemSpec, Mover, Outcome, c
 _PR_SET_PDEATHSIG = 1
 #: Hand-overs in flight per helper: one being written, the others being synced and renamed.
 DEPTH = 4
-#: While a helper writes its next hand-over, its commits (syncs and renames) are at least this
-#: far apart; how often the committing thread looks whether it is still writing.
-COMMIT_SECONDS = 0.25
-WRITING_POLL_SECONDS = 0.005
 #: A helper reports a hand-over's bytes written about this often.
 PROGRESS_SECONDS = 0.25
 
@@ -155,38 +151,25 @@ def _append(log_path: str, text: str) -> None:
         os.close(fd)
 
 
-def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock,
-            writing: threading.Event) -> None:
-    """The committing thread of a helper: log, sync, rename, sync, reply, in order. While the
-    helper is writing another hand-over, a commit waits for it (up to ``COMMIT_SECONDS``
-    after the last commit, and ``DEPTH - 1`` hand-overs) to make them final together: a sync
-    costs about as much as writing a few hundred small files, and while one runs, creating
-    files waits on the file system's journal. A helper with nothing else to write commits at
-    once: its streams wait for the reply to hand over their next items, so a commit held
-    back then only leaves the helper idle."""
-    last_commit = 0.0
+def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock) -> None:
+    """The committing thread of a helper: log, sync, rename, sync, reply, in order. It
+    commits the written hand-overs as soon as it is free, all those waiting together; the
+    streams keep the writing thread busy meanwhile (each sends its next hand-over ahead,
+    ``CopyPool.submit_ahead``). (It used to hold a commit back while the next hand-over was
+    being written, to sync less often: with the streams one hand-over at a time, that left the
+    writing thread idle during each sync; benchmarks/README.md, session 17.)"""
     while True:
-        first = jobs.get()
-        if first is None:
-            return
-        batch = [first]
-        while len(batch) < DEPTH - 1 and batch[-1] is not None and writing.is_set():
-            pause = last_commit + COMMIT_SECONDS - time.monotonic()
-            if pause <= 0:
-                break
-            with contextlib.suppress(queue.Empty):
-                # Short waits: the helper may run out of work before the pause is over.
-                batch.append(jobs.get(timeout=min(pause, WRITING_POLL_SECONDS)))
+        batch = [jobs.get()]
         with contextlib.suppress(queue.Empty):
             while batch[-1] is not None:
                 batch.append(jobs.get_nowait())
         last = batch[-1] is None
         batch = [job for job in batch if job is not None]
-        _make_final(batch)
+        if batch:
+            _make_final(batch)
         for request, _hand, results, *_rest in batch:
             with send_lock:
                 conn.send((request, results))
-        last_commit = time.monotonic()
         if last:
             return
 
@@ -295,9 +278,7 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
     # which the many small objects of each hand-over trigger (as the worker does, ``run``).
     gc.freeze()
     jobs: queue.Queue[Any] = queue.Queue()
-    writing = threading.Event()  # set while this thread writes a hand-over
-    committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock, writing),
-                                 daemon=True)
+    committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock), daemon=True)
     committer.start()
     last_run = None
     # Hand-overs received and not yet written, in the order sent; those sent ``ahead`` are
@@ -318,7 +299,6 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
                 closing = True
                 continue
             break
-        writing.set()
         current, hand = message
         written = 0
         if hand.run != last_run:
@@ -333,8 +313,6 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         # Opened before this hand-over's files are written, for its commit's ``syncfs``.
         watch = mover.watch() if hand.fsync else []
         results, renames = _write_items(mover, hand.specs, stop_upto, current)
-        if not held and not conn.poll():
-            writing.clear()  # (before the put: the committer never waits for nothing)
         jobs.put((current, hand, results, renames, watch))
     jobs.put(None)
     committer.join()
