@@ -76,7 +76,7 @@ class HandOver(NamedTuple):
     # The job's destination and its identity when the job took it: the helper opens it itself
     # (no symlink followed) and refuses it when it is another folder now (``safefs.Pin``).
     root: Pin | None = None
-    # Sent by a stream ahead of its hand-over in flight (``CopyPool.submit(ahead=True)``): a
+    # Sent by a stream ahead of its hand-over in flight (``CopyPool.submit_ahead``): a
     # helper writes every other hand-over it holds first, so another job's (or stream's) never
     # waits behind it.
     ahead: bool = False
