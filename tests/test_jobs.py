@@ -771,10 +771,42 @@ def test_a_hand_over_reaches_its_helper_whole() -> None:
     for hand in (HandOver("run", "/log", True, specs, rels, None),
                  HandOver("run", "/log", False, specs[:1], rels[:1], None),
                  HandOver("run", "/log", True, [], [], None),
-                 HandOver("run", "/log", True, odd, ["p\0q", "q"], None)):
+                 HandOver("run", "/log", True, odd, ["p\0q", "q"], None),
+                 HandOver("run", "/log", True, specs[:2], rels[:2], None, ahead=True)):
         got = pickle.loads(pickle.dumps(hand))
         assert got == hand
         assert all(type(s) is ItemSpec for s in got.specs) and type(got.rels) is list
+
+
+def test_a_helper_writes_a_hand_over_sent_ahead_after_the_others_it_holds() -> None:
+    """A stream sends its next hand-over while its last one is in flight. A helper holding
+    it and another stream's (or job's) hand-over sent later writes that one first, so a job
+    started behind a long one never waits behind the long one's hand-overs sent ahead; with
+    only hand-overs sent ahead (or none) it keeps the order they came in."""
+    import multiprocessing as mp
+    from collections import deque
+
+    from hera_stage_ext.jobs.copy_pool import HandOver, _next
+
+    def hand(run: str, ahead: bool) -> HandOver:
+        return HandOver(run, "/log", True, [], [], None, ahead=ahead)
+
+    sender, receiver = mp.Pipe()
+    try:
+        for message in ((1, hand("long", False)), (2, hand("long", True)),
+                        (3, hand("long", True)), (4, hand("short", False))):
+            sender.send(message)
+        held: deque = deque()
+        order = [_next(receiver, held, False)[0] for _ in range(4)]
+        assert order == [1, 4, 2, 3]
+        sender.send((5, hand("long", True)))
+        sender.send(None)  # the pool closing: what was sent before it is still written
+        assert _next(receiver, held, False) is None  # closing...
+        assert _next(receiver, held, True)[0] == 5  # ...after the one sent before
+        assert _next(receiver, held, True) is None and not held
+    finally:
+        sender.close()
+        receiver.close()
 
 
 def test_hand_overs_keep_a_destination_folder_whole_where_they_can() -> None:

@@ -15,7 +15,10 @@ copied again).
 Each helper pipelines: its main thread writes hand-over k+1 while a second thread syncs and
 renames hand-over k and those before it (the waits for the disk release the interpreter lock),
 so both cores keep copying; the worker keeps up to ``DEPTH`` hand-overs in flight per helper, and one reader thread
-per helper routes the replies to the waiting streams.
+per helper routes the replies to the waiting streams. A stream sends its next hand-over while
+its last is in flight (``submit_ahead``), so that the helpers have the next ones to write while
+they sync; a helper writes those after every other it holds, so they never hold up another
+job's.
 
 The worker starts the helpers from one long-lived thread of the pool (``PR_SET_PDEATHSIG`` ties
 a child to the thread that started it): a SIGKILLed worker leaves no helper writing behind it,
@@ -30,6 +33,7 @@ While it writes a hand-over, a helper reports the bytes written so far about eve
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import datetime as dt
@@ -53,10 +57,6 @@ from .methods import NO_DATA, Cancelled, ItemFailed, ItemSpec, Mover, Outcome, c
 _PR_SET_PDEATHSIG = 1
 #: Hand-overs in flight per helper: one being written, the others being synced and renamed.
 DEPTH = 4
-#: While a helper writes its next hand-over, its commits (syncs and renames) are at least this
-#: far apart; how often the committing thread looks whether it is still writing.
-COMMIT_SECONDS = 0.25
-WRITING_POLL_SECONDS = 0.005
 #: A helper reports a hand-over's bytes written about this often.
 PROGRESS_SECONDS = 0.25
 
@@ -76,6 +76,10 @@ class HandOver(NamedTuple):
     # The job's destination and its identity when the job took it: the helper opens it itself
     # (no symlink followed) and refuses it when it is another folder now (``safefs.Pin``).
     root: Pin | None = None
+    # Sent by a stream ahead of its hand-over in flight (``CopyPool.submit_ahead``): a
+    # helper writes every other hand-over it holds first, so another job's (or stream's) never
+    # waits behind it.
+    ahead: bool = False
 
     def __reduce__(self) -> tuple[Callable[..., HandOver], tuple[Any, ...]]:
         # Sent by columns (one tuple per field of the specs, transposed in C): half the
@@ -87,7 +91,7 @@ class HandOver(NamedTuple):
         columns = tuple(zip(*self.specs))
         return _hand_over, (self.run, self.log_path, self.fsync, _joined(self.rels), self.root,
                             tuple(_joined(column) if k in _PATH_COLUMNS else column
-                                  for k, column in enumerate(columns)))
+                                  for k, column in enumerate(columns)), self.ahead)
 
 
 #: The columns of ``ItemSpec`` sent joined (``_joined``): source and final.
@@ -110,9 +114,9 @@ def _split(column: str | Sequence[Any]) -> Sequence[Any]:
 
 
 def _hand_over(run: str, log_path: str, fsync: bool, rels: str | list[str], root: Pin | None,
-               columns: tuple[str | tuple[Any, ...], ...]) -> HandOver:
+               columns: tuple[str | tuple[Any, ...], ...], ahead: bool = False) -> HandOver:
     specs = list(map(tuple.__new__, itertools.repeat(ItemSpec), zip(*map(_split, columns))))
-    return HandOver(run, log_path, fsync, specs, list(_split(rels)), root)
+    return HandOver(run, log_path, fsync, specs, list(_split(rels)), root, ahead)
 
 
 class HelperDied(RuntimeError):
@@ -147,38 +151,25 @@ def _append(log_path: str, text: str) -> None:
         os.close(fd)
 
 
-def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock,
-            writing: threading.Event) -> None:
-    """The committing thread of a helper: log, sync, rename, sync, reply, in order. While the
-    helper is writing another hand-over, a commit waits for it (up to ``COMMIT_SECONDS``
-    after the last commit, and ``DEPTH - 1`` hand-overs) to make them final together: a sync
-    costs about as much as writing a few hundred small files, and while one runs, creating
-    files waits on the file system's journal. A helper with nothing else to write commits at
-    once: its streams wait for the reply to hand over their next items, so a commit held
-    back then only leaves the helper idle."""
-    last_commit = 0.0
+def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock) -> None:
+    """The committing thread of a helper: log, sync, rename, sync, reply, in order. It
+    commits the written hand-overs as soon as it is free, all those waiting together; the
+    streams keep the writing thread busy meanwhile (each sends its next hand-over ahead,
+    ``CopyPool.submit_ahead``). (It used to hold a commit back while the next hand-over was
+    being written, to sync less often: with the streams one hand-over at a time, that left the
+    writing thread idle during each sync; benchmarks/README.md, session 17.)"""
     while True:
-        first = jobs.get()
-        if first is None:
-            return
-        batch = [first]
-        while len(batch) < DEPTH - 1 and batch[-1] is not None and writing.is_set():
-            pause = last_commit + COMMIT_SECONDS - time.monotonic()
-            if pause <= 0:
-                break
-            with contextlib.suppress(queue.Empty):
-                # Short waits: the helper may run out of work before the pause is over.
-                batch.append(jobs.get(timeout=min(pause, WRITING_POLL_SECONDS)))
+        batch = [jobs.get()]
         with contextlib.suppress(queue.Empty):
             while batch[-1] is not None:
                 batch.append(jobs.get_nowait())
         last = batch[-1] is None
         batch = [job for job in batch if job is not None]
-        _make_final(batch)
+        if batch:
+            _make_final(batch)
         for request, _hand, results, *_rest in batch:
             with send_lock:
                 conn.send((request, results))
-        last_commit = time.monotonic()
         if last:
             return
 
@@ -287,23 +278,27 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
     # which the many small objects of each hand-over trigger (as the worker does, ``run``).
     gc.freeze()
     jobs: queue.Queue[Any] = queue.Queue()
-    writing = threading.Event()  # set while this thread writes a hand-over
-    committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock, writing),
-                                 daemon=True)
+    committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock), daemon=True)
     committer.start()
     last_run = None
+    # Hand-overs received and not yet written, in the order sent; those sent ``ahead`` are
+    # written after every other one held (``_next``).
+    held: collections.deque[tuple[int, HandOver]] = collections.deque()
+    closing = False
     while True:
-        if not conn.poll():
+        if not held and not closing and not conn.poll():
             # Idle (its run ended, or the next hand-over is not sent yet): keep no store
             # folder open meanwhile, which would stop that store being unmounted.
             mover.close_sources()
         try:
-            message: tuple[int, HandOver] | None = conn.recv()
+            message = _next(conn, held, closing)
         except (EOFError, OSError):
             break
         if message is None:
+            if held:  # (sent before the pool closed: written, and answered, first)
+                closing = True
+                continue
             break
-        writing.set()
         current, hand = message
         written = 0
         if hand.run != last_run:
@@ -318,11 +313,33 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         # Opened before this hand-over's files are written, for its commit's ``syncfs``.
         watch = mover.watch() if hand.fsync else []
         results, renames = _write_items(mover, hand.specs, stop_upto, current)
-        if not conn.poll():
-            writing.clear()  # (before the put: the committer never waits for nothing)
         jobs.put((current, hand, results, renames, watch))
     jobs.put(None)
     committer.join()
+
+
+def _next(conn: Connection, held: collections.deque[tuple[int, HandOver]], closing: bool
+          ) -> tuple[int, HandOver] | None:
+    """The hand-over to write next: every one sent so far is taken from ``conn`` into
+    ``held`` (waiting for one when none is), and the oldest not sent ``ahead`` is written
+    first, else the oldest. A stream's hand-over sent ahead of the one it has in flight thus
+    never delays another's (another job's first hand-over is written before it). None: the
+    pool is closing (``held`` may still hold hand-overs to write first)."""
+    while not closing and (not held or conn.poll()):
+        message: tuple[int, HandOver] | None = conn.recv()
+        if message is None:
+            return None
+        held.append(message)
+    if not held:
+        return None
+    for k, (_request, hand) in enumerate(held):
+        if not hand.ahead:
+            if k:
+                message = held[k]
+                del held[k]
+                return message
+            break
+    return held.popleft()
 
 
 @dataclass
@@ -331,6 +348,7 @@ class _Waiting:
     results: list[Moved] | None = None
     error: BaseException | None = None
     written: int = 0  # bytes the helper reported written so far
+    ahead: bool = False  # sent ahead (``CopyPool.submit_ahead``)
 
 
 class _Helper:
@@ -352,6 +370,10 @@ class _Helper:
         self.reader = threading.Thread(target=self._read, name="hera-stage-copy-reader",
                                        daemon=True)
         self.reader.start()
+
+    def first(self) -> int:
+        """How many of its hand-overs in flight were not sent ahead (written first)."""
+        return sum(not waiting.ahead for waiting in list(self.waiting.values()))
 
     def _read(self) -> None:
         """Route each reply (or progress report) to the stream waiting for it; on the helper's
@@ -429,16 +451,24 @@ class CopyPool:
         self._spawns.put((index, done))
         done.wait()
 
-    def _pick(self, request: int, waiting: _Waiting) -> _Helper:
+    def _pick(self, request: int, waiting: _Waiting, ahead: bool = False) -> _Helper | None:
         """The live helper with the fewest hand-overs in flight, once one has room; the
-        hand-over is registered with it before this returns."""
+        hand-over is registered with it before this returns. ``ahead``: only a helper with
+        room for two (the last place is kept for a hand-over not sent ahead), and None at
+        once when there is none."""
+        depth = DEPTH - 1 if ahead else DEPTH
         with self._cond:
             while True:
-                live = [h for h in self._helpers if not h.dead and len(h.waiting) < DEPTH]
+                live = [h for h in self._helpers if not h.dead and len(h.waiting) < depth]
                 if live:
-                    helper = min(live, key=lambda h: len(h.waiting))
+                    # A hand-over not sent ahead is written after those of its helper not sent
+                    # ahead either (``_next``): it goes where they are fewest.
+                    helper = min(live, key=(lambda h: len(h.waiting)) if ahead else
+                                 (lambda h: (h.first(), len(h.waiting))))
                     helper.waiting[request] = waiting
                     return helper
+                if ahead:
+                    return None
                 dead = [i for i, h in enumerate(self._helpers) if h.dead and not h.replaced]
                 if dead and not self._closed:
                     self._helpers[dead[0]].replaced = True
@@ -457,12 +487,27 @@ class CopyPool:
 
     def submit(self, hand: HandOver) -> Ticket:
         """Send ``hand`` to the live helper with the fewest hand-overs in flight (waiting for
-        room); ``collect`` its results. A stream submits several before collecting: a helper
-        writes one while it makes the others final. Raises HelperDied when the helper is
-        gone."""
+        room); ``collect`` its results. Raises HelperDied when the helper is gone."""
+        ticket = self._submit(hand._replace(ahead=False) if hand.ahead else hand, False)
+        assert ticket is not None
+        return ticket
+
+    def submit_ahead(self, hand: HandOver) -> Ticket | None:
+        """``submit`` a stream's next hand-over while its last one is in flight, so that a
+        helper has it to write while it syncs and renames the last (a stream that waited for
+        each reply left its helper idle during each commit). Sent only to a helper with room
+        for two (the last place is kept for a hand-over not sent ahead); None, nothing sent,
+        when there is none (the stream submits it when its last one is back). A helper
+        writes it after every other hand-over it holds (``_next``): another job's or
+        stream's hand-over never waits behind it."""
+        return self._submit(hand if hand.ahead else hand._replace(ahead=True), True)
+
+    def _submit(self, hand: HandOver, ahead: bool) -> Ticket | None:
         request = next(self._requests)
-        waiting = _Waiting()
-        helper = self._pick(request, waiting)
+        waiting = _Waiting(ahead=ahead)
+        helper = self._pick(request, waiting, ahead)
+        if helper is None:
+            return None
         try:
             with helper.send_lock:
                 helper.conn.send((request, hand))

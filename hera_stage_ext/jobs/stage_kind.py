@@ -42,6 +42,7 @@ class _HandedOver:
 
     items: list[ClaimedItem]
     specs: list[ItemSpec]
+    hand: HandOver
     generation: int  # the run's ``store_generation`` when they were sent
     ticket: Ticket | None = None
     died: HelperDied | None = None  # the helper was gone before it took them
@@ -219,36 +220,57 @@ class _StageStream:
 
     def _move_pooled(self, parts: list[list[ClaimedItem]], started: set[int], mover: Mover,
                      prefetch: bool = False) -> list[ClaimedItem] | None:
-        """Hand ``parts`` over to the helpers one after the other (each copies, verifies, logs
-        and makes final its files: ``copy_pool``); here only their results are queued for the
-        next commit. One at a time per stream: the streams keep the helpers busy together, and
-        a hand-over's results are recorded (when due) before the next one starts writing.
+        """Hand ``parts`` over to the helpers in order (each copies, verifies, logs and makes
+        final its files: ``copy_pool``); here only their results are queued for the next
+        commit. Each part is sent ahead while the one before it is in flight, where a helper
+        has room (``CopyPool.submit_ahead``): a helper then writes it while it syncs and
+        renames the one before, instead of idling until this stream has that reply and
+        sends the next. Results are recorded (when due) as each part comes back.
 
         With ``prefetch``, while a helper writes the last part, this stream records what is
         through and claims its next items (``_next_batch``: one transaction, one round trip
         over HTTP), and returns them (None: not claimed here)."""
         claimed: list[ClaimedItem] | None = None
-        for k, part in enumerate(parts):
-            if self.run.stopping():
-                break
-            handed = self._hand_over(part, started)
-            if handed is not None:
-                try:
-                    if prefetch and k == len(parts) - 1 and handed.ticket is not None:
-                        claimed = self._next_batch(first=False)
-                finally:
-                    try:
-                        self._collect(handed, started, mover)
-                    except BaseException:
-                        if claimed:  # claimed ahead, never started: back to the queue
-                            self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
-                        raise
-            if claimed is None and self.run.commit_due():
-                self.run.commit(wait=False)
+        flight: list[_HandedOver] = []  # sent, in order, not collected (at most two)
+        try:
+            for k, part in enumerate(parts):
+                if self.run.stopping():
+                    break
+                handed = self._hand_over(part, started, ahead=bool(flight))
+                if handed is None:
+                    continue
+                if handed.ticket is None and handed.died is None:
+                    # No room ahead: this part goes when the one in flight is back.
+                    self._collect(flight.pop(0), started, mover)
+                    self._submit(handed, ahead=False)
+                flight.append(handed)
+                if prefetch and k == len(parts) - 1 and handed.ticket is not None:
+                    claimed = self._next_batch(first=False)
+                while len(flight) > 1:
+                    self._collect(flight.pop(0), started, mover)
+                    if claimed is None and self.run.commit_due():
+                        self.run.commit(wait=False)
+            while flight:
+                self._collect(flight.pop(0), started, mover)
+                if claimed is None and self.run.commit_due():
+                    self.run.commit(wait=False)
+        except BaseException:
+            # The parts still with a helper are collected (the run stopping stops them
+            # before their next file): none is given back to the queue while a helper may
+            # still write it.
+            for handed in flight:
+                with contextlib.suppress(Exception):
+                    self._collect(handed, started, mover)
+            if claimed:  # claimed ahead, never started: back to the queue
+                self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
+            raise
         return claimed
 
-    def _hand_over(self, items: list[ClaimedItem], started: set[int]) -> _HandedOver | None:
-        """Check ``items`` (those refused are settled here) and submit the rest to a helper."""
+    def _hand_over(self, items: list[ClaimedItem], started: set[int], ahead: bool = False
+                   ) -> _HandedOver | None:
+        """Check ``items`` (those refused are settled here) and submit the rest to a helper
+        (``ahead``: ``CopyPool.submit_ahead``; its ``ticket`` is None, nothing sent, when no
+        helper has room for it). None: every item was refused."""
         assert self.run.pool is not None
         specs: list[ItemSpec] = []
         ready: list[ClaimedItem] = []
@@ -292,12 +314,19 @@ class _StageStream:
             return None
         hand = HandOver(self.run.run_key, str(self.run.log.path), self.run.config.fsync, specs,
                         rels, self.stage.root)
-        handed = _HandedOver(ready, specs, self.run.store_generation)
+        handed = _HandedOver(ready, specs, hand, self.run.store_generation)
+        self._submit(handed, ahead)
+        return handed
+
+    def _submit(self, handed: _HandedOver, ahead: bool) -> None:
+        assert self.run.pool is not None
         try:
-            handed.ticket = self.run.pool.submit(hand)
+            if ahead:
+                handed.ticket = self.run.pool.submit_ahead(handed.hand)
+            else:
+                handed.ticket = self.run.pool.submit(handed.hand)
         except HelperDied as exc:
             handed.died = exc
-        return handed
 
     def _collect(self, handed: _HandedOver, started: set[int], mover: Mover) -> None:
         """Wait for a hand-over's results and queue them for the next commit."""
