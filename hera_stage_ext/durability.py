@@ -9,18 +9,21 @@ written on (a staging commit, ``jobs.methods.commit``; a receiver's quiet batch,
 - the file system's ``syncfs`` asks it to persist the data (``SYNCFS_TYPES``: it implements the
   kernel's ``sync_fs``); a FUSE mount's hands the pages to its program without asking it to
   persist them, where ``fdatasync`` asks;
-- and the descriptor given to it was opened before the batch's files were written: ``syncfs``
-  reports the write-back failures since its descriptor was opened, and a failure another
-  process saw first is reported to no descriptor opened after it.
+- and the descriptor given to it was opened before the batch's files were written (a
+  ``Watch``): ``syncfs`` reports the write-back failures since its open file description was
+  opened, once; a failure another process saw first is reported to no description opened
+  after it, and one reported already is reported no more through the same description.
 
-Elsewhere the callers sync file by file.
+Elsewhere the callers sync file by file (``sync_written``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
+import stat
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
@@ -75,3 +78,54 @@ def syncfs_is_durable(fd: int) -> bool:
     since ``fd`` was opened durable, and says when it is not (the first two conditions of the
     module's docstring; the third is the caller's)."""
     return SYNCFS_REPORTS_ERRORS and file_system_type(fd) in SYNCFS_TYPES
+
+
+class Watch:
+    """A folder of a destination's file system opened (a new open file description) before a
+    batch's files are written there, for the ``syncfs`` that makes them durable. Spent once a
+    ``syncfs`` through it failed: the failure is not reported through it again, and the
+    files of a later batch written meanwhile are synced one by one instead."""
+
+    def __init__(self, folder_fd: int) -> None:
+        # ``open(".")`` below the folder, not ``dup``: a dup shares the description, and with
+        # it the failures already reported.
+        self.fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder_fd)
+        self.spent = False
+
+    def sync(self, what: str) -> None:
+        """``sync_file_system`` through this watch; spent when it fails."""
+        try:
+            sync_file_system(self.fd, what)
+        except OSError:
+            self.spent = True
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def sync_written(dir_fd: int, name: str, shown: str) -> None:
+    """``fdatasync`` the file ``name`` in ``dir_fd``, or each file of the folder ``name`` (a data
+    set) and the folders themselves, never following a symlink, never waiting on what the
+    folder's owner may have put in a file's place (a FIFO: opened without blocking, and only
+    regular files and folders are synced; a symlink holds no data of its own, its folder's
+    ``fsync`` puts it on disk)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a socket
+            return
+        exc.filename = shown
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.fdatasync(fd)
+        elif stat.S_ISDIR(mode):
+            for _top, _dirs, files, top_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+                for file in files:
+                    sync_written(top_fd, file, f"{shown}/{file}")
+                os.fsync(top_fd)
+    finally:
+        os.close(fd)

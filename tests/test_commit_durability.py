@@ -8,21 +8,29 @@ where that ``syncfs`` would not persist the data (a FUSE mount) or there is no s
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hera_stage_ext import durability, safefs
 from hera_stage_ext.catalogue import checksums as ck
-from hera_stage_ext.jobs import methods
+from hera_stage_ext.durability import Watch
+from hera_stage_ext.jobs import create_stage_job
 from hera_stage_ext.jobs.methods import ItemSpec, Mover, commit
+from hera_stage_ext.jobs.run import EngineConfig, run_pending
+from hera_stage_ext.standard_kinds import standard_kinds
+
+from .job_fixtures import make_site
 
 
 def _sources(tmp_path: Path) -> tuple[Path, list[tuple[Path, str]]]:
     """A store with two files and a data set (a folder of two files), and where each goes."""
     store = tmp_path / "store"
-    (store / "set.uvh5").mkdir(parents=True)
+    (store / "set.uvh5").mkdir(parents=True, exist_ok=True)
     (store / "a.dat").write_bytes(b"a" * 5000)
     (store / "b.dat").write_bytes(b"b" * 300)
     (store / "set.uvh5" / "header").write_bytes(b"h" * 70)
@@ -54,32 +62,35 @@ EXPECTED = {"b.dat": b"b" * 300, "night/a.dat": b"a" * 5000,
 
 
 @pytest.fixture
-def synced(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """What the commit asked the kernel: the folders ``syncfs`` was given, the files
-    ``fdatasync`` was given (by what their descriptors name)."""
-    seen: dict[str, list[str]] = {"syncfs": [], "fdatasync": []}
-    real_syncfs, real_fdatasync = methods.sync_file_system, os.fdatasync
+def synced(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """What the commit asked the kernel: the folders ``syncfs`` was given (by what their
+    descriptors name) and the descriptors themselves, the files ``fdatasync`` was given. The
+    kernel's ``syncfs`` taken as reporting failed write-backs (Linux 5.8 on)."""
+    seen: dict[str, list[Any]] = {"syncfs": [], "syncfs_fds": [], "fdatasync": []}
+    real_syncfs, real_fdatasync = durability.sync_file_system, os.fdatasync
+    monkeypatch.setattr(durability, "SYNCFS_REPORTS_ERRORS", True)
 
     def syncfs(fd: int, what: str) -> None:
         seen["syncfs"].append(os.readlink(f"/proc/self/fd/{fd}"))
+        seen["syncfs_fds"].append(fd)
         real_syncfs(fd, what)
 
     def fdatasync(fd: int) -> None:
         seen["fdatasync"].append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fdatasync(fd)
 
-    monkeypatch.setattr(methods, "sync_file_system", syncfs)
+    monkeypatch.setattr(durability, "sync_file_system", syncfs)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     return seen
 
 
-def _commit_all(renames: list[tuple[str, str]], root: safefs.Pin, watch: list[int]) -> None:
+def _commit_all(renames: list[tuple[str, str]], root: safefs.Pin, watch: list[Watch]) -> None:
     """Commit ``renames`` (each made final), then close ``watch``."""
     try:
         assert commit(renames, True, [root], watch=watch) == [None] * len(renames)
     finally:
-        for fd in watch:
-            os.close(fd)
+        for watcher in watch:
+            watcher.close()
 
 
 def _pinned(tmp_path: Path) -> safefs.Pin:
@@ -89,23 +100,112 @@ def _pinned(tmp_path: Path) -> safefs.Pin:
 
 
 def test_a_commit_syncs_through_the_destination_opened_before_the_writes(
-        tmp_path: Path, synced: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, synced: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(durability, "file_system_type", lambda fd: "ext4")
     root = _pinned(tmp_path)
     mover = Mover(deferred=True, temp_folders=True, root=root)
     watch = mover.watch()
-    assert [os.readlink(f"/proc/self/fd/{fd}") for fd in watch] == [root.path]
+    assert [os.readlink(f"/proc/self/fd/{w.fd}") for w in watch] == [root.path]
     renames = _write(tmp_path, mover)
     mover.close_temp_folders()
+    fds = [w.fd for w in watch]
     _commit_all(renames, root, watch)
     assert _staged(tmp_path) == EXPECTED
     # One syncfs, through the descriptor opened before anything was written; no file alone.
-    assert synced == {"syncfs": [root.path], "fdatasync": []}
+    assert synced == {"syncfs": [root.path], "syncfs_fds": fds, "fdatasync": []}
+
+
+def test_each_watch_is_an_open_file_description_of_its_own(tmp_path: Path) -> None:
+    """``syncfs`` reports a failed write-back once per open file description: two batches'
+    watches sharing one (a ``dup``) would let the second batch's files take their names after
+    the first's ``syncfs`` had reported, and spent, the failure of the second's data."""
+    mover = Mover(deferred=True, temp_folders=True, root=_pinned(tmp_path))
+    first, second = mover.watch(), mover.watch()
+    try:
+        flags = fcntl.fcntl(first[0].fd, fcntl.F_GETFL)
+        fcntl.fcntl(first[0].fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        assert not fcntl.fcntl(second[0].fd, fcntl.F_GETFL) & os.O_NONBLOCK
+    finally:
+        for watcher in first + second:
+            watcher.close()
+
+
+def test_after_a_failed_syncfs_its_watch_syncs_each_file(
+        tmp_path: Path, synced: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's watch whose ``syncfs`` reported a failure reports it no more: the batch that
+    failed names nothing, and the next batch is synced file by file."""
+    monkeypatch.setattr(durability, "file_system_type", lambda fd: "ext4")
+
+    def failing(fd: int, what: str) -> None:
+        raise OSError(5, "Input/output error", what)
+
+    root = _pinned(tmp_path)
+    mover = Mover(deferred=True, temp_folders=True, root=root)
+    [watcher] = mover.watch()
+    try:
+        monkeypatch.setattr(durability, "sync_file_system", failing)
+        renames = _write(tmp_path, mover)
+        mover.close_temp_folders()
+        errors = commit(renames, True, [root], watch=[watcher])
+        assert [getattr(e, "errno", None) for e in errors] == [5, 5, 5] and watcher.spent
+        assert _staged(tmp_path) == {}
+        mover.forget_folders()
+        renames = _write(tmp_path, mover)
+        mover.close_temp_folders()
+        assert commit(renames, True, [root], watch=[watcher]) == [None] * 3
+    finally:
+        watcher.close()
+    assert _staged(tmp_path) == EXPECTED
+    assert len(synced["fdatasync"]) == 4
+
+
+def test_a_fifo_in_a_files_place_does_not_hold_the_commit(tmp_path: Path) -> None:
+    """The destination's owner may put a FIFO where a written file was: syncing it file by
+    file neither waits on it nor fails."""
+    os.mkfifo(tmp_path / "f")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    done = threading.Event()
+
+    def sync() -> None:
+        durability.sync_written(fd, "f", str(tmp_path / "f"))
+        done.set()
+
+    try:
+        threading.Thread(target=sync, daemon=True).start()
+        assert done.wait(10)
+    finally:
+        os.close(fd)
+
+
+def test_an_engine_run_syncs_through_its_destination_opened_before_it_wrote(
+        tmp_path: Path, database: Any, synced: dict[str, list[Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's items moved by the worker itself (no copy helpers) are made durable through the
+    destination as the run opened it before its first file was written."""
+    monkeypatch.setattr(durability, "file_system_type", lambda fd: "ext4")
+    site = make_site(database, tmp_path / "site")
+    dest = site.workspace / "work"
+    watches: list[tuple[int, list[Path]]] = []  # (descriptor, staged files when opened)
+    real_init = Watch.__init__
+
+    def opened(self: Watch, folder_fd: int) -> None:
+        real_init(self, folder_fd)
+        watches.append((self.fd, [p for p in dest.rglob("*")
+                                  if p.is_file() and not p.name.startswith("STAGING-")]))
+
+    monkeypatch.setattr(Watch, "__init__", opened)
+    job = create_stage_job(site.db, "alice", site.names, "work", "copy", site.roots,
+                           log_dir=site.logs)
+    config = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2)
+    assert run_pending(site.db, config) == [job["id"]]
+    assert len(watches) == 1 and watches[0][1] == []
+    assert synced["syncfs_fds"] and set(synced["syncfs_fds"]) == {watches[0][0]}
+    assert len([p for p in dest.rglob("*") if p.is_file()]) >= len(site.names)
 
 
 @pytest.mark.parametrize("case", ["fuse", "no descriptor from before"])
 def test_a_commit_syncs_each_file_where_one_syncfs_would_not_do(
-        tmp_path: Path, synced: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, synced: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch,
         case: str) -> None:
     """On a FUSE mount ``syncfs`` does not ask the file system's program to persist anything;
     with no descriptor opened before the writes, it may miss a failed write-back. Then every
@@ -147,14 +247,14 @@ def test_a_failed_file_sync_fails_the_batch_and_names_nothing(
 
 
 def test_a_symlink_is_not_followed_when_synced_alone(tmp_path: Path,
-                                                     synced: dict[str, list[str]]) -> None:
+                                                     synced: dict[str, list[Any]]) -> None:
     """A written symlink (the ``symlink`` method's) holds no data to sync: the file it points
     to, maybe another user's, is not opened."""
     (tmp_path / "target").write_bytes(b"not ours to open")
     os.symlink(tmp_path / "target", tmp_path / "link")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        methods._sync_written(fd, "link", str(tmp_path / "link"))
+        durability.sync_written(fd, "link", str(tmp_path / "link"))
     finally:
         os.close(fd)
     assert synced["fdatasync"] == []

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 
 from ..errors import StagingError
 from ..safefs import Pin
+from ..durability import Watch
 from .methods import NO_DATA, Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
 
 _PR_SET_PDEATHSIG = 1
@@ -166,7 +167,15 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock)
         last = batch[-1] is None
         batch = [job for job in batch if job is not None]
         if batch:
-            _make_final(batch)
+            try:
+                _make_final(batch)
+            except Exception as exc:  # noqa: BLE001 - the folders' sync failed, or a folder
+                # was swapped: none of the batch's items may be recorded (those renamed into
+                # place are found and verified by a later run), and each stream is answered.
+                for _request, _hand, results, renames, _watch in batch:
+                    for i, *_rest in renames:
+                        results[i] = exc if isinstance(exc, OSError) else \
+                            ItemFailed(f"internal error: {exc!r}")
         for request, _hand, results, *_rest in batch:
             with send_lock:
                 conn.send((request, results))
@@ -175,7 +184,7 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock)
 
 
 def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, str, str, str]],
-                                 list[int]]]) -> None:
+                                 list[Watch]]]) -> None:
     """Make the written hand-overs of ``batch`` final together (``methods.commit``, through
     each hand-over's ``Mover.watch``, which it closes), their lines in the job's log first; an
     item the commit failed gets its error in its results."""
@@ -198,14 +207,14 @@ def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, st
     # Hard links wrote no data: only their folders' entries are to sync.
     data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames, _watch
                in batch if renames)
-    watch = [fd for *_rest, fds in batch for fd in fds]
+    watch = [watcher for *_rest, watchers in batch for watcher in watchers]
     try:
         errors = commit([(tmp, final) for _request, _hand, _results, renames, _watch in batch
                          for _i, tmp, final, _note in renames], fsync, roots, data=data,
                         watch=watch)
     finally:
-        for fd in watch:
-            os.close(fd)
+        for watcher in watch:
+            watcher.close()
     if not any(errors):  # (the common case: every item final; looked at per item otherwise)
         return
     failed = iter(errors)

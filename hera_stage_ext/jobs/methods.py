@@ -22,13 +22,13 @@ small files): ``move`` writes and verifies the item under its temporary name and
 rename still to do (``Outcome.tmp``); ``commit`` then makes a whole batch final at once: one
 ``syncfs`` of the destination's file system for the data of every temporary file (instead of
 one fsync, hence one journal commit, per file; through a descriptor opened before the files
-were written, and only where that is as good: ``durability``, else file by file), the renames (never over an existing name), an
-``fsync`` of the folders they changed (up to the job's destination) so the renames are on disk
-before the caller records the batch as done (hard links, which hold no data of their own, skip
-the first ``syncfs``; a link already under its final name is only in its folder's ``fsync``).
-Nothing
-partial ever sits under a final name, even after a crash or a power cut; an item whose rename
-was not done when its worker died is simply redone (its temporary file removed on resume).
+were written, and only where that is as good: ``durability``, else file by file), the renames
+(never over an existing name), an ``fsync`` of the folders they changed (up to the job's
+destination) so the renames are on disk before the caller records the batch as done (hard
+links, which hold no data of their own, skip the first ``syncfs``; a link already under its
+final name is only in its folder's ``fsync``). Nothing partial ever sits under a final name,
+even after a crash or a power cut; an item whose rename was not done when its worker died is
+simply redone (its temporary file removed on resume).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 from .. import safefs
 from ..catalogue import checksums as ck
-from ..durability import HAS_SYNCFS, sync_file_system, syncfs_is_durable
+from ..durability import HAS_SYNCFS, Watch, sync_written, syncfs_is_durable
 from ..paths import is_within
 from ..states import ItemState
 from . import bigcopy, linkcheck
@@ -205,15 +205,14 @@ class Mover:
             self._folders.close()
             self._folders = safefs.Folders([root] if root is not None else self._roots)
 
-    def watch(self) -> list[int]:
-        """New descriptors of this mover's destination roots, for a ``commit`` of what it
-        writes from now on (``syncfs`` reports the write-back failures since its descriptor
-        was opened: ``durability``); the caller closes them. A root that cannot be opened is
+    def watch(self) -> list[Watch]:
+        """This mover's destination roots opened anew, for a ``commit`` of what it writes from
+        now on (``durability.Watch``); the caller closes them. A root that cannot be opened is
         left out (its files are synced one by one, if any is written at all)."""
         watch = []
         for root in [self._root] if self._root is not None else self._roots:
             with contextlib.suppress(OSError):
-                watch.append(os.dup(self._folders.root_fd(root)))
+                watch.append(Watch(self._folders.root_fd(root)))
         return watch
 
     def forget_folders(self) -> None:
@@ -1057,54 +1056,32 @@ _UMASK = _read_umask()
 
 # ----- deferred mode: making a batch final --------------------------------------------------
 def _sync_data(renames: list[tuple[str, str]], pairs: dict[tuple[str, str], list[int]],
-               folders: safefs.Folders, watch: Iterable[int]) -> None:
+               folders: safefs.Folders, watch: Iterable[Watch]) -> None:
     """Put the data of the temporary files of ``renames`` on disk: one ``syncfs`` a file system
-    where one is as good (``durability``: through a descriptor of ``watch``, opened on that
-    file system before the files were written), else an ``fdatasync`` of each file (a FUSE
-    mount, a kernel whose ``syncfs`` hides failures, a folder on no watched file system);
+    where one is as good (``durability``: through a ``Watch`` of ``watch`` on that file system,
+    opened before the files were written and not spent), else an ``fdatasync`` of each file (a
+    FUSE mount, a kernel whose ``syncfs`` hides failures, a folder on no watched file system);
     ``os.sync`` once where there is no ``syncfs``."""
     if not HAS_SYNCFS:
         os.sync()
         return
-    watched: dict[int, int] = {}
-    for fd in watch:
-        watched.setdefault(os.fstat(fd).st_dev, fd)  # the first given: opened first
+    watched: dict[int, Watch] = {}
+    for watcher in watch:
+        if not watcher.spent:
+            watched.setdefault(os.fstat(watcher.fd).st_dev, watcher)  # the first: the oldest
     by_device: dict[int, list[int]] = {}
     for (tmp_dir, _final_dir), members in pairs.items():
         by_device.setdefault(os.fstat(folders.get(tmp_dir)).st_dev, []).extend(members)
     for device, members in by_device.items():
-        watcher = watched.get(device)
-        if watcher is not None and syncfs_is_durable(watcher):
-            sync_file_system(watcher, renames[members[0]][0].rpartition("/")[0])
+        first = watched.get(device)
+        if first is not None and syncfs_is_durable(first.fd):
+            first.sync(renames[members[0]][0].rpartition("/")[0])
             continue
         for i in members:
             tmp, final = renames[i]
             if tmp != final:  # (a link in place is the store's file, on disk already)
                 dir_fd, name = folders.split(tmp)
-                _sync_written(dir_fd, name, tmp)
-
-
-def _sync_written(dir_fd: int, name: str, shown: str) -> None:
-    """``fdatasync`` the file ``name`` in ``dir_fd``, or each file of the folder ``name`` (a data
-    set) and the folders themselves, never following a symlink (a symlink holds no data of its
-    own to sync: its folder's ``fsync`` puts it on disk)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return
-        exc.filename = shown
-        raise
-    try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            os.fdatasync(fd)
-            return
-        for _top, _dirs, files, top_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
-            for file in files:
-                _sync_written(top_fd, file, f"{shown}/{file}")
-            os.fsync(top_fd)
-    finally:
-        os.close(fd)
+                sync_written(dir_fd, name, tmp)
 
 
 def rename_path_noreplace(tmp: str, final: str, folders: safefs.Folders | None = None) -> None:
@@ -1121,7 +1098,7 @@ def rename_path_noreplace(tmp: str, final: str, folders: safefs.Folders | None =
 
 def commit(renames: list[tuple[str, str]], fsync: bool = True,
            roots: Iterable[safefs.Pin | str] = (), *, data: bool = True,
-           watch: Iterable[int] = ()) -> list[OSError | None]:
+           watch: Iterable[Watch] = ()) -> list[OSError | None]:
     """Make a batch of deferred items final: with ``fsync``, the data of every temporary file
     goes to disk first (one ``syncfs``), then each is renamed to its final name, then the
     renames go to disk (``safefs.sync_folders``: an ``fsync`` of each folder they changed and
@@ -1130,9 +1107,9 @@ def commit(renames: list[tuple[str, str]], fsync: bool = True,
     done afterwards never records something a power cut could take back. ``data`` False: the
     temporary files hold no data of their own (hard links to the store's files, already on
     disk): no ``syncfs`` first, the folders' ``fsync`` makes their entries durable. ``watch``:
-    descriptors of the destination's file systems opened before the batch was written (a
-    ``Mover.watch``): the ``syncfs`` goes through them, and where none is on a file system, or
-    its ``syncfs`` is not as good (``durability``), each file is synced (``_sync_data``). An item
+    the destination's file systems opened before the batch was written (``Mover.watch``):
+    the ``syncfs`` goes through them, and where none is on a file system (or spent), or its
+    ``syncfs`` is not as good (``durability``), each file is synced (``_sync_data``). An item
     with ``tmp == final`` is in place already (a link, ``Mover._link_in_place``): nothing is
     renamed, its folder is synced with the others. Items in a
     temporary folder (``temp_folders``) are made final by renaming their folder into place,
@@ -1161,7 +1138,7 @@ def _split(path: str) -> tuple[str, str]:
 
 
 def _commit(renames: list[tuple[str, str]], fsync: bool, folders: safefs.Folders,
-            data: bool = True, roots: list[str] | None = None, watch: Iterable[int] = ()
+            data: bool = True, roots: list[str] | None = None, watch: Iterable[Watch] = ()
             ) -> list[OSError | None]:
     # The items by (temporary folder, final folder): one dictionary step per item, the rest
     # per pair (a batch of 1,024 small files has a handful of pairs).

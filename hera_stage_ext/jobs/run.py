@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..catalogue.db import Database
+from ..durability import Watch
 from ..safefs import Folders, Pin
 from ..states import ARRIVED_ITEM_STATES, ItemState
 from .contract import JobRefused
@@ -100,7 +101,7 @@ class JobRun:
         self.rename_root: Pin | str | None = None
         # Descriptors of ``rename_root`` opened before any item is written, for the commits'
         # ``syncfs`` (``methods.commit``'s ``watch``).
-        self._watch: list[int] = []
+        self._watch: list[Watch] = []
         self.pool = pool  # the worker's copy helper processes, for kinds that use them
         self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another
         self.log = store.log(job)
@@ -351,10 +352,11 @@ class JobRun:
         try:
             return self._run_streams()
         finally:
-            for fd in self._watch:
-                os.close(fd)
+            for watcher in self._watch:
+                watcher.close()
+            self._watch = []
 
-    def _open_watch(self) -> list[int]:
+    def _open_watch(self) -> list[Watch]:
         """``rename_root`` opened now, before the streams write (none when nothing is synced, or
         it cannot be opened: then each file is synced by itself)."""
         root = self.rename_root
@@ -362,7 +364,7 @@ class JobRun:
             return []
         try:
             with Folders([root]) as folders:
-                return [os.dup(folders.root_fd(root))]
+                return [Watch(folders.root_fd(root))]
         except OSError:
             return []
 

@@ -240,8 +240,11 @@ class _StageStream:
                 if handed is None:
                     continue
                 if handed.ticket is None and handed.died is None:
-                    # No room ahead: this part goes when the one in flight is back.
+                    # No room ahead: this part goes when the one in flight is back (not if
+                    # the run stops meanwhile: its items, none started, go back to the queue).
                     self._collect(flight.pop(0), started, mover)
+                    if self.run.stopping():
+                        break
                     self._submit(handed, ahead=False)
                 flight.append(handed)
                 if prefetch and k == len(parts) - 1 and handed.ticket is not None:
@@ -255,9 +258,9 @@ class _StageStream:
                 if claimed is None and self.run.commit_due():
                     self.run.commit(wait=False)
         except BaseException:
-            # The parts still with a helper are collected (the run stopping stops them
-            # before their next file): none is given back to the queue while a helper may
-            # still write it.
+            # The parts still with a helper are collected (written whole, unless the run
+            # stops meanwhile): none is given back to the queue while a helper may still
+            # write it.
             for handed in flight:
                 with contextlib.suppress(Exception):
                     self._collect(handed, started, mover)
