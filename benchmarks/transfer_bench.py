@@ -31,7 +31,7 @@ the three with py-spy.
     /path/to/venv/bin/python benchmarks/transfer_bench.py --quick    # 256 MiB, 1,000 x 4 KiB
 
 Needs ``curl`` and ``rsync`` (``apt-get install rsync``). The servers, the rsync daemon and the
-temporary directory are removed on exit, Ctrl-C included.
+temporary directory are removed on exit, Ctrl-C included (the directory left with ``--keep``).
 """
 
 from __future__ import annotations
@@ -424,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strace", action="store_true",
                         help="count B's system calls a file with strace -f -c during each run "
                              "of ours (slows B: for the counts, not the times)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the temporary directory (its tens of thousands of files) "
+                             "in place: deleting them slows every file creation on a small VM "
+                             "for minutes, which others measuring meanwhile would pay")
     args = parser.parse_args(argv)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -441,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(small(bench, tmp, small_files))
     finally:
         bench.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            log(f"left in place: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     log("\neach cell: the better of its two runs (order reference, ours, ours, reference); ours: "
         "the transfer job (started_at -> finished_at), end to end in brackets")

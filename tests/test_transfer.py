@@ -387,6 +387,26 @@ def test_batch_streams_between_old_and_new_peers(sites: Sites) -> None:
         server.server_close()
 
 
+def test_a_clients_batches_share_one_connection(sites: Sites) -> None:
+    """What a receiver's drainer relies on to keep one client for all its batches: each batch
+    stream is read to its end, so the keep-alive connection serves the next batch (a new
+    session and connection a batch cost both sites CPU), and each batch arrives whole."""
+    from hera_stage_ext.transfer.protocol import PeerClient
+
+    names = list(BATCH[:3])
+    data = {n: (sites.a_store / "2457700" / n).read_bytes() for n in names}
+    peer = parse_peers({"site-a": {"url": sites.a.url, "secret": SECRET_BA}})["site-a"]
+    client = PeerClient(peer, "site-b")
+    try:
+        for _ in range(3):
+            assert list(client.batch(names)) == [(n, data[n], "") for n in names]
+        pools = client.session.get_adapter(sites.a.url).poolmanager.pools
+        (pool,) = [pools[key] for key in pools.keys()]
+        assert pool.num_connections == 1
+    finally:
+        client.close()
+
+
 def test_a_large_file_shows_the_bytes_the_peer_has_pulled_before_it_is_done(
         sites: Sites) -> None:
     """The job's bytes (done + moving) follow the peer's pull of a large file in steps, while

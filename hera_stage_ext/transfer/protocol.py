@@ -367,6 +367,11 @@ class PeerClient:
                 yield from self._sized_members(stream, names)
             else:
                 yield from self._json_members(stream, first)
+            # Read to the body's end (nothing is left but the chunked encoding's last chunk):
+            # only then does urllib3 hand the connection back to the session's pool, for the
+            # next batch of this client to reuse. Anything more is ignored, as before, and
+            # the connection closed with the response (a response read short is not reused).
+            stream.read(1)
         finally:
             reply.close()
 

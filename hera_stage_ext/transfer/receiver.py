@@ -390,14 +390,21 @@ class Receiver:
 
     def _drain(self) -> None:
         """Pull queued small files in batches until none is left: what several announces
-        queued meanwhile goes in one batch (fewer syncs and transactions)."""
-        while True:
-            with self._lock:
-                item_ids = [] if self._stop.is_set() else self._take()
-                if not item_ids:
-                    self._drainers -= 1
-                    return
-            self._run_batch(item_ids)
+        queued meanwhile goes in one batch (fewer syncs and transactions). A drainer keeps one
+        client (a keep-alive connection) per peer for all its batches: a new session and
+        connection a batch cost both sites a few percent of their CPU."""
+        clients: dict[str, PeerClient] = {}
+        try:
+            while True:
+                with self._lock:
+                    item_ids = [] if self._stop.is_set() else self._take()
+                    if not item_ids:
+                        self._drainers -= 1
+                        return
+                self._run_batch(item_ids, clients)
+        finally:
+            for client in clients.values():
+                client.close()
 
     def _take(self) -> list[int]:
         """The next batch from the queue of small files (the caller holds the lock)."""
@@ -711,9 +718,9 @@ class Receiver:
                  item.peer, self.store, item.path)
 
     # ----- batch pulls of small files -----------------------------------------------------
-    def _run_batch(self, item_ids: list[int]) -> None:
+    def _run_batch(self, item_ids: list[int], clients: dict[str, PeerClient]) -> None:
         try:
-            self._pull_batch(item_ids)
+            self._pull_batch(item_ids, clients)
         except _Stopped:
             pass
         except Exception:  # a pull must never take the pool down
@@ -735,7 +742,9 @@ class Receiver:
         with self.db.write() as s:
             return ItemRows(s).start(item_ids, utcnow(), self._parsed)
 
-    def _pull_batch(self, item_ids: list[int]) -> None:
+    def _pull_batch(self, item_ids: list[int], clients: dict[str, PeerClient]) -> None:
+        """Pull the small items ``item_ids`` (of one peer) in batches until each is committed
+        or failed; ``clients``: the drainer's clients by peer, reused across its batches."""
         root = self._store_root()
         pending, rounds = item_ids, 0
         while pending:
@@ -769,7 +778,8 @@ class Receiver:
                     # The incoming folder, opened before the batch's files are written:
                     # a quiet store's whole file system is synced through it once.
                     with self._syncer.batch(incoming_fd) as syncs:
-                        received, broken = self._stream_batch(incoming_fd, wanted, syncs)
+                        received, broken = self._stream_batch(incoming_fd, wanted, syncs,
+                                                              clients)
                         retry = self._commit_batch(str(root), incoming_fd, received, syncs,
                                                    alone)
                 finally:
@@ -794,12 +804,15 @@ class Receiver:
                 raise _Stopped
 
     def _stream_batch(self, incoming_fd: int, wanted: dict[str, tuple[ItemRow, str]],
-                      syncs: SyncBatch) -> tuple[list[_Member], str]:
+                      syncs: SyncBatch, clients: dict[str, PeerClient]
+                      ) -> tuple[list[_Member], str]:
         """Pull the members ``wanted`` names (removing each from it as it arrives), verify
         each and write the verified ones to their partial files in the open folder
         ``incoming_fd``, each handed to ``syncs`` as soon as it is written (unless the
         receiver does not sync); (per member that arrived: its ``_Member``; why the stream
-        broke, or "")."""
+        broke, or ""). The peer's client in ``clients`` is used and kept after a stream
+        that ended as it should; after any other end it is closed and dropped (the next
+        batch connects afresh, to the peer as configured then)."""
         received: list[_Member] = []
         first = next(iter(wanted.values()))[0]
         try:
@@ -809,8 +822,14 @@ class Receiver:
                 self._finish(item.id, TransferItemState.FAILED, exc.message)
             wanted.clear()
             return received, ""
-        client = PeerClient(peer, self.registry.site_name)
+        client = clients.pop(peer.name, None)
+        if client is not None and client.peer != peer:  # its configuration changed
+            client.close()
+            client = None
+        if client is None:
+            client = PeerClient(peer, self.registry.site_name)
         flip = os.environ.get(FLIP_ONCE_ENV)
+        kept = False
         try:
             for name, data, error in client.batch(list(wanted)):
                 if self._stop.is_set():
@@ -853,8 +872,13 @@ class Receiver:
             for item, _dest in wanted.values():
                 self._finish(item.id, TransferItemState.FAILED, exc.message)
             wanted.clear()
+            return received, ""
+        else:
+            kept = True
+            clients[peer.name] = client
         finally:
-            client.close()
+            if not kept:
+                client.close()
         if wanted:  # the stream ended without them
             return received, f"the sender's batch stream left out {len(wanted)} file(s)"
         return received, ""
