@@ -34,6 +34,10 @@ DESTINATION_PREFIX = "peer:"
 STATUS_WAIT = 2.0
 #: ...and while a large file is being pulled, how often the bytes it has are asked for.
 PROGRESS_WAIT = 0.5
+#: Offers in a stream's first announce (later ones carry up to ``MAX_OFFERS``): the peer starts
+#: pulling once a short announce is built, checked and recorded at both ends, instead of
+#: waiting for a full one (about 0.1 s of a small-file transfer's start, measured).
+FIRST_OFFERS = 100
 
 
 def peer_destination(peer: str) -> str:
@@ -76,6 +80,7 @@ class PeerSender:
         #: Accepted by the peer and not through yet: name -> item, and (transfer, when).
         self.waiting: dict[str, ClaimedItem] = {}
         self.announced: dict[str, tuple[str, float]] = {}
+        self.sent_any = False  # a first announce made (the next ones are full)
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
     def check(self) -> None:
@@ -216,44 +221,56 @@ class PeerSender:
                 run.inflight.drop(("peer", name))
 
     def send(self, batch: list[ClaimedItem]) -> None:
+        """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time, each announce's offers
+        built just before it (the peer starts on the first while the next is built); a
+        stream's very first announce carries ``FIRST_OFFERS``."""
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
-        known = offers_for(self.db, {item.name: item.dest_path for item in batch})
+        start = 0
+        while start < len(batch):
+            size = MAX_OFFERS if self.sent_any else FIRST_OFFERS
+            self.sent_any = True
+            self.announce(transfer, batch[start:start + size])
+            start += size
+
+    def announce(self, transfer: str, chunk: list[ClaimedItem]) -> None:
+        """One announce of ``chunk`` (at most ``MAX_OFFERS``) to the peer, and its answers."""
+        known = offers_for(self.db, {item.name: item.dest_path for item in chunk})
         offers, items = [], {}
-        for item in batch:
+        for item in chunk:
             if item.name not in known:
                 self.report(item, ItemState.FAILED, f"no file named {item.name!r}")
                 continue
             offers.append(known[item.name])
             items[item.name] = item
+        if not offers:
+            return
         announced = time.monotonic()
-        for start in range(0, len(offers), MAX_OFFERS):
-            chunk = offers[start:start + MAX_OFFERS]
-            try:
-                reply = self.call(f"announce to peer {self.peer.name!r}",
-                                  _announce(transfer, chunk))
-            except StagingError as exc:  # refused outright (secret changed, bad request)
-                for offer in chunk:
-                    self.report(items[offer["name"]], ItemState.FAILED, exc.message)
-                continue
-            have = []
-            for answer in reply["files"]:
-                item = items[answer["name"]]
-                if answer["answer"] == SEND:
-                    self.waiting[item.name] = item
-                    self.announced[item.name] = (transfer, announced)
-                elif answer["answer"] == HAVE:
-                    have.append(item)
-                else:
-                    self.report(item, ItemState.FAILED, refusal(answer["answer"],
-                                                                answer.get("message", "")))
-            record_remote(self.db, self.peer.name, transfer, [i.name for i in have], HAVE)
-            for item in have:
-                # An earlier attempt of this job sent it (its worker died before recording).
-                mine = item.attempts > 1
-                self.report(item, ItemState.DONE if mine else ItemState.SKIPPED, note=(
-                    f"verified {item.name} at {self.peer.name} (sent before the worker "
-                    f"restarted; not sent again)" if mine
-                    else f"skipped {item.name}: {self.peer.name} already holds it"))
+        try:
+            reply = self.call(f"announce to peer {self.peer.name!r}",
+                              _announce(transfer, offers))
+        except StagingError as exc:  # refused outright (secret changed, bad request)
+            for offer in offers:
+                self.report(items[offer["name"]], ItemState.FAILED, exc.message)
+            return
+        have = []
+        for answer in reply["files"]:
+            item = items[answer["name"]]
+            if answer["answer"] == SEND:
+                self.waiting[item.name] = item
+                self.announced[item.name] = (transfer, announced)
+            elif answer["answer"] == HAVE:
+                have.append(item)
+            else:
+                self.report(item, ItemState.FAILED, refusal(answer["answer"],
+                                                            answer.get("message", "")))
+        record_remote(self.db, self.peer.name, transfer, [i.name for i in have], HAVE)
+        for item in have:
+            # An earlier attempt of this job sent it (its worker died before recording).
+            mine = item.attempts > 1
+            self.report(item, ItemState.DONE if mine else ItemState.SKIPPED, note=(
+                f"verified {item.name} at {self.peer.name} (sent before the worker "
+                f"restarted; not sent again)" if mine
+                else f"skipped {item.name}: {self.peer.name} already holds it"))
 
     def follow(self) -> None:
         """Ask the peer once how the files it accepted are doing, and report those through: a
