@@ -221,20 +221,23 @@ class PeerSender:
                 run.inflight.drop(("peer", name))
 
     def send(self, batch: list[ClaimedItem]) -> None:
-        """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time, each announce's offers
-        built just before it (the peer starts on the first while the next is built); a
-        stream's very first announce carries ``FIRST_OFFERS``."""
+        """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time; a stream's very first
+        announce carries ``FIRST_OFFERS``, its offers built alone (the peer starts on it while
+        the rest are built, in one query)."""
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
-        start = 0
-        while start < len(batch):
-            size = MAX_OFFERS if self.sent_any else FIRST_OFFERS
+        parts = [batch]
+        if not self.sent_any:
             self.sent_any = True
-            self.announce(transfer, batch[start:start + size])
-            start += size
+            parts = [batch[:FIRST_OFFERS], batch[FIRST_OFFERS:]]
+        for part in filter(None, parts):
+            known = offers_for(self.db, {item.name: item.dest_path for item in part})
+            for start in range(0, len(part), MAX_OFFERS):
+                self.announce(transfer, part[start:start + MAX_OFFERS], known)
 
-    def announce(self, transfer: str, chunk: list[ClaimedItem]) -> None:
-        """One announce of ``chunk`` (at most ``MAX_OFFERS``) to the peer, and its answers."""
-        known = offers_for(self.db, {item.name: item.dest_path for item in chunk})
+    def announce(self, transfer: str, chunk: list[ClaimedItem],
+                 known: dict[str, dict[str, Any]]) -> None:
+        """One announce of ``chunk`` (at most ``MAX_OFFERS``; ``known``: their offers by name,
+        those of files no longer known missing) to the peer, and its answers."""
         offers, items = [], {}
         for item in chunk:
             if item.name not in known:
