@@ -837,40 +837,6 @@ def test_full_store_answers_no_space(tmp_path) -> None:
         db.dispose()
 
 
-def test_a_batch_gathers_the_queued_files_of_few_folders_oldest_first(tmp_path) -> None:
-    """Queued small files spread over many folders (a night's files in name order often go
-    round the folders) are pulled folder by folder: a batch holds whole folders of what is
-    queued (each folder it changes costs an fsync), beginning with the oldest file's folder
-    so no file waits for ever; every queued file is taken once."""
-    from hera_stage_ext.transfer import receiver as receiver_module
-    from hera_stage_ext.transfer.protocol import BATCH_MAX_FILES
-
-    db = Database(f"sqlite:///{tmp_path / 'r.sqlite'}")
-    db.upgrade()
-    catalogue = Catalogue(db)
-    (tmp_path / "store").mkdir()
-    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
-    receiver = receiver_module.Receiver(catalogue, PeerRegistry("here"), "r")
-    try:
-        # 3,000 files round the folders d00..d99 (30 each), queued in that order.
-        receiver._small["there"] = {i: (4096, f"night/d{i % 100:02d}") for i in range(3000)}
-        batches = [receiver._take() for _ in range(4)]
-        assert [len(b) for b in batches] == [BATCH_MAX_FILES] * 3 + [0]
-        folders = [[f"d{i % 100:02d}" for i in b] for b in batches[:3]]
-        # The oldest file (0, in d00) first, then the rest of its folder; whole folders.
-        assert batches[0][:30] == list(range(0, 3000, 100))
-        assert [len(set(f)) for f in folders] == [34, 34, 34]  # not all 100 each
-        assert sorted(i for b in batches for i in b) == list(range(3000))
-        # The oldest file left is always in the next batch.
-        receiver._small["there"] = {i: (4096, f"d{i % 2}") for i in range(1, 2501, 2)}
-        receiver._small["there"][0] = (4096, "old")
-        receiver._small["there"] = dict(sorted(receiver._small["there"].items()))
-        assert receiver._take()[0] == 0
-    finally:
-        receiver.close()
-        db.dispose()
-
-
 def test_batch_lookups_of_many_names_on_both_databases(database: Database, tmp_path) -> None:
     """The lookups that bind a batch's names as one JSON array (``catalogue/inlist.py``) find
     exactly the rows named, quotes and non-ASCII included, for more names than SQLite once

@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import itertools
 import logging
 import os
 import shutil
@@ -113,9 +112,6 @@ _flipped: set[str] = set()
 #: "whole" or "file-by-file") and wait (for a test to kill the server).
 PAUSE_BEFORE_SYNC_ENV = "HERA_STAGE_TEST_PAUSE_BEFORE_SYNC"
 _paused: list[bool] = []
-#: Queued small files a batch is chosen among, from the oldest (``Receiver._take``): enough
-#: for a batch to gather each folder's files, few enough that a long queue costs no long scan.
-TAKE_WINDOW = 8 * BATCH_MAX_FILES
 #: Item states after which nothing more happens to it (until it is announced again).
 _FINISHED_STATES = (TransferItemState.COMMITTED, TransferItemState.FAILED)
 
@@ -155,9 +151,8 @@ class Receiver:
         self._lock = threading.Lock()
         self._running: set[int] = set()
         self._streams = max(1, streams)
-        #: Small files waiting for a batch pull: peer -> {item id: (size, its folder)}, in
-        #: arrival order.
-        self._small: dict[str, dict[int, tuple[int, str]]] = {}
+        #: Small files waiting for a batch pull: peer -> {item id: size}, in arrival order.
+        self._small: dict[str, dict[int, int]] = {}
         self._drainers = 0  # batch pulls running (at most ``streams``)
         #: Small items recorded by this process, until their batch starts: id -> their
         #: checksums and spec as JSON text and as values (``ItemRows.start``: not parsed again).
@@ -263,9 +258,9 @@ class Receiver:
         return answers
 
     def _record(self, peer: str, transfer: str, offers: list[dict[str, Any]],
-                answers: dict[str, tuple[str, str]]) -> list[tuple[int, int, bool, str]]:
+                answers: dict[str, tuple[str, str]]) -> list[tuple[int, int, bool]]:
         """Create or re-arm the items of every ``send`` answer; their (id, size, is it a
-        directory, path). New items go in with one executemany (announces carry hundreds)."""
+        directory). New items go in with one executemany (announces carry hundreds)."""
         sending = [o for o in offers if answers[o["name"]][0] == SEND]
         if not sending:
             return []
@@ -302,8 +297,7 @@ class Receiver:
             ids = rows.ids(peer, names) if new else {}
         ids.update((name, row[0]) for name, row in known.items())
         self._parsed.update((ids[name], value) for name, value in parsed.items())
-        return [(ids[o["name"]], o["size"], bool(o.get("is_directory")), o["path"])
-                for o in sending]
+        return [(ids[o["name"]], o["size"], bool(o.get("is_directory"))) for o in sending]
 
     def _discard_part(self, item_id: int) -> None:
         try:
@@ -364,32 +358,32 @@ class Receiver:
         """At server start: pull again every item left queued or receiving."""
         if self.store is None:
             return []
-        by_peer: dict[str, list[tuple[int, int, bool, str]]] = {}
+        by_peer: dict[str, list[tuple[int, int, bool]]] = {}
         with self.db.read() as s:
             for i in s.scalars(select(TransferItem).where(
                     TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).order_by(TransferItem.id)):
                 by_peer.setdefault(i.peer, []).append(
-                    (i.id, i.size, bool(i.spec.get("is_directory")), i.path))
+                    (i.id, i.size, bool(i.spec.get("is_directory"))))
         for peer, items in by_peer.items():
             self._dispatch(peer, items)
-        return sorted(item[0] for items in by_peer.values() for item in items)
+        return sorted(i for items in by_peer.values() for i, _size, _is_directory in items)
 
-    def _dispatch(self, peer: str, items: list[tuple[int, int, bool, str]]) -> None:
-        """Pull ``items`` ((id, size, is it a directory, path) each) of ``peer``: directories
-        and large files one by one, small flat files queued for batch pulls."""
+    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> None:
+        """Pull ``items`` ((id, size, is it a directory) each) of ``peer``: directories and
+        large files one by one, small flat files queued for batch pulls."""
         small = []
-        for item_id, size, is_directory, path in items:
+        for item_id, size, is_directory in items:
             if is_directory or size > BATCH_FILE_MAX:
                 self._submit(item_id)
             else:
-                small.append((item_id, (size, path.rpartition("/")[0])))
+                small.append((item_id, size))
         if not small:
             return
         with self._lock:
             if self._stop.is_set():
                 return
             queue = self._small.setdefault(peer, {})
-            queue.update((i, value) for i, value in small if i not in self._running)
+            queue.update((i, size) for i, size in small if i not in self._running)
             start = self._drainers < self._streams
             self._drainers += start
         if start:
@@ -414,27 +408,17 @@ class Receiver:
                 client.close()
 
     def _take(self) -> list[int]:
-        """The next batch from the queue of small files (the caller holds the lock): folder
-        by folder, so that a folder's files go in as few batches as may be (a batch ends with
-        an ``fsync`` of each folder it changed, a disk flush each: a sender's order often
-        spreads a night's files over every folder); the folder of the oldest file first, so
-        none waits for ever, and only the first ``TAKE_WINDOW`` files looked at."""
+        """The next batch from the queue of small files (the caller holds the lock)."""
         for queue in self._small.values():
-            if not queue:
-                continue
-            folders: dict[str, list[int]] = {}
-            for item_id, (_size, folder) in itertools.islice(queue.items(), TAKE_WINDOW):
-                folders.setdefault(folder, []).append(item_id)
             item_ids: list[int] = []
             total = 0
-            for in_folder in folders.values():
-                for item_id in in_folder:
-                    if len(item_ids) >= BATCH_MAX_FILES or total >= BATCH_MAX_BYTES:
-                        break
-                    total += queue.pop(item_id)[0]
-                    item_ids.append(item_id)
-            self._running.update(item_ids)
-            return item_ids
+            while queue and len(item_ids) < BATCH_MAX_FILES and total < BATCH_MAX_BYTES:
+                item_id = next(iter(queue))
+                total += queue.pop(item_id)
+                item_ids.append(item_id)
+            if item_ids:
+                self._running.update(item_ids)
+                return item_ids
         return []
 
     def _submit(self, item_id: int) -> None:
