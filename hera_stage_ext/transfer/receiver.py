@@ -32,9 +32,9 @@ stream keeps what was verified and pulls the rest again after a backoff; a membe
 name is taken meanwhile takes the single-file path (verified there, registered only if it is
 exactly what was announced). Small files wait in a queue per peer (``_small``) that up to
 ``streams`` drainers empty a batch at a time: what several announces queued meanwhile goes in one
-batch, taken folder by folder (fewer folders to sync a batch), and one batch streams while
-another syncs and registers; a drainer keeps one client (a keep-alive connection) per peer for
-all its batches. ``changes`` counts finished items, for the long poll of ``POST status``.
+batch, and one batch streams while another syncs and registers; a drainer keeps one client (a
+keep-alive connection) per peer for all its batches. ``changes`` counts finished items, for the
+long poll of ``POST status``.
 
 Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/<name>/content``
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
