@@ -26,7 +26,7 @@ import pytest
 import requests
 from sqlalchemy import func, select, update
 
-from hera_stage_ext import directio
+from hera_stage_ext import directio, durability
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
 from hera_stage_ext.catalogue.db import Database
@@ -724,12 +724,12 @@ def test_a_receiver_killed_between_a_batchs_writes_and_its_sync_registers_nothin
     waited for, renamed): none of them is under its final name or registered; after the
     restart the batch is pulled again and each file arrives verified and registered once.
     Either way of syncing a batch: one ``syncfs`` (a quiet machine) or file by file."""
-    if way == "whole" and not durable.SYNCFS_REPORTS_ERRORS:
+    if way == "whole" and not durability.SYNCFS_REPORTS_ERRORS:
         pytest.skip("syncfs reports write-back errors from Linux 5.8 on")
     if way == "whole":
         store = os.open(sites.b_store, os.O_RDONLY)
         try:
-            if durable.file_system_type(store) not in durable.SYNCFS_TYPES:
+            if durability.file_system_type(store) not in durability.SYNCFS_TYPES:
                 pytest.skip("the store's file system is synced file by file")
         finally:
             os.close(store)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hera_stage_ext.safefs import PathChanged
+from hera_stage_ext import durability
 from hera_stage_ext.transfer import durable
 from hera_stage_ext.transfer.durable import FileSyncer, Rename, make_final
 
@@ -109,10 +110,10 @@ def test_an_abandoned_batch_still_closes_what_it_was_given(tmp_path, syncer):
 def quiet(monkeypatch):
     """A machine with no unwritten data, where ``syncfs`` reports failed write-backs: a
     batch is synced with one ``syncfs``."""
-    if not durable.SYNCFS_REPORTS_ERRORS:
+    if not durability.SYNCFS_REPORTS_ERRORS:
         pytest.skip("syncfs reports write-back errors from Linux 5.8 on")
     monkeypatch.setattr(durable, "unwritten_bytes", lambda: 0)
-    monkeypatch.setattr(durable, "file_system_type", lambda fd: "ext4")
+    monkeypatch.setattr(durability, "file_system_type", lambda fd: "ext4")
 
 
 @pytest.fixture
@@ -223,7 +224,7 @@ def test_the_machines_unwritten_bytes_are_read() -> None:
 def test_a_batch_on_a_fuse_store_is_synced_file_by_file(tmp_path, syncer, quiet, monkeypatch):
     """A FUSE mount's ``syncfs`` does not ask its program to persist the data: file by file
     there, even on a quiet machine."""
-    monkeypatch.setattr(durable, "file_system_type", lambda fd: "fuse.sshfs")
+    monkeypatch.setattr(durability, "file_system_type", lambda fd: "fuse.sshfs")
     folder = os.open(tmp_path, os.O_RDONLY)
     try:
         assert syncer.batch(folder).folder is None
@@ -235,6 +236,6 @@ def test_the_file_system_type_is_read() -> None:
     """The type of a folder's file system, as the mount table names it."""
     folder = os.open("/proc", os.O_RDONLY)
     try:
-        assert durable.file_system_type(folder) == "proc"
+        assert durability.file_system_type(folder) == "proc"
     finally:
         os.close(folder)

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from .. import safefs
-from ..durability import SYNCFS_REPORTS_ERRORS, SYNCFS_TYPES, file_system_type, sync_file_system
+from ..durability import sync_file_system, sync_written, syncfs_is_durable
 
 #: Threads syncing files: the journal commits what they wait for together, so more threads
 #: mean fewer commits per file (measured on ext4: 8 threads about as fast as 16 or 64).
@@ -90,13 +90,13 @@ class FileSyncer:
         """A new batch. ``folder``: an open folder of the file system every file of the batch
         is written on, opened before any of them (``syncfs`` reports the write-back failures
         since its descriptor was opened): the batch is synced with one ``syncfs`` of it where
-        that reports failures, the machine is quiet (``QUIET_BYTES``) and the file system's
-        ``syncfs`` makes data durable (``SYNCFS_TYPES``), else file by file (and for a while
-        after a failed ``syncfs``: ``WHOLE_PAUSE_S``)."""
+        that is as good (``durability.syncfs_is_durable``) and the machine is quiet
+        (``QUIET_BYTES``), else file by file (and for a while after a failed ``syncfs``:
+        ``WHOLE_PAUSE_S``)."""
         failed_at = self.whole_failed_at
-        quiet = folder is not None and SYNCFS_REPORTS_ERRORS and \
+        quiet = folder is not None and \
             (failed_at is None or time.monotonic() - failed_at >= WHOLE_PAUSE_S) and \
-            unwritten_bytes() <= QUIET_BYTES and file_system_type(folder) in SYNCFS_TYPES
+            unwritten_bytes() <= QUIET_BYTES and syncfs_is_durable(folder)
         return SyncBatch(self, folder if quiet else None)
 
     def reserve(self, wait: bool = True) -> bool:
@@ -258,21 +258,12 @@ def make_final(root: str, incoming: int, renames: Sequence[Rename],
 
 
 def sync_tree(path: str) -> None:
-    """``fsync`` the file ``path``, or every file and folder of the tree ``path`` (a data set
-    unpacked from a tar stream, a few files), never following a symlink."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """The received file ``path``, or every file and folder of the tree ``path`` (a data set
+    unpacked from a tar stream), on disk (``durability.sync_written``), its folder opened
+    without following a symlink."""
+    folder, name = os.path.split(path)
+    fd = safefs.open_dir(folder)[0]
     try:
-        os.fsync(fd)
+        sync_written(fd, name, path)
     finally:
         os.close(fd)
-    if not os.path.isdir(path) or os.path.islink(path):
-        return
-    for folder, dirs, files in os.walk(path):
-        for name in dirs + files:
-            child = os.path.join(folder, name)
-            if not os.path.islink(child):
-                fd = os.open(child, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
