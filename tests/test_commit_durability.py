@@ -21,6 +21,7 @@ from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.durability import Watch
 from hera_stage_ext.jobs import create_stage_job
 from hera_stage_ext.jobs.methods import ItemSpec, Mover, commit
+from hera_stage_ext.jobs.recorded import record_stage_job
 from hera_stage_ext.jobs.run import EngineConfig, run_pending
 from hera_stage_ext.standard_kinds import standard_kinds
 
@@ -177,11 +178,13 @@ def test_a_fifo_in_a_files_place_does_not_hold_the_commit(tmp_path: Path) -> Non
         os.close(fd)
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["launched", "recorded by a site"])
 def test_an_engine_run_syncs_through_its_destination_opened_before_it_wrote(
         tmp_path: Path, database: Any, synced: dict[str, list[Any]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, recorded: bool) -> None:
     """A job's items moved by the worker itself (no copy helpers) are made durable through the
-    destination as the run opened it before its first file was written."""
+    destination as the run opened it before its first file was written; a site's job too,
+    whose folder the worker takes (and pins) only when its run begins."""
     monkeypatch.setattr(durability, "file_system_type", lambda fd: "ext4")
     site = make_site(database, tmp_path / "site")
     dest = site.workspace / "work"
@@ -194,9 +197,14 @@ def test_an_engine_run_syncs_through_its_destination_opened_before_it_wrote(
                                   if p.is_file() and not p.name.startswith("STAGING-")]))
 
     monkeypatch.setattr(Watch, "__init__", opened)
-    job = create_stage_job(site.db, "alice", site.names, "work", "copy", site.roots,
-                           log_dir=site.logs)
-    config = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2)
+    if recorded:
+        job = record_stage_job(site.db, "alice", site.names, str(dest), "copy",
+                               log_dir=site.logs)
+    else:
+        job = create_stage_job(site.db, "alice", site.names, "work", "copy", site.roots,
+                               log_dir=site.logs)
+    config = EngineConfig(kinds=standard_kinds(), streams=2, heartbeat_seconds=0.2,
+                          allowed_roots=(str(site.workspace),))
     assert run_pending(site.db, config) == [job["id"]]
     assert len(watches) == 1 and watches[0][1] == []
     assert synced["syncfs_fds"] and set(synced["syncfs_fds"]) == {watches[0][0]}

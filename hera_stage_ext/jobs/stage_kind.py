@@ -460,11 +460,16 @@ class StageKind(ColdFileKind):
     def begin(self, run: KindRun, resumed: bool) -> None:
         self._refused.pop(run.job.id, None)
         stage = StageRun.of(run)
-        # The items' renames stay below the destination as pinned at launch.
+        # The items' renames stay below the destination as pinned at launch (a recorded job's:
+        # when this worker takes it, below).
         run.rename_root = stage.root
         try:
             if run.job.options.get("recorded"):
                 self._take(run, stage.target)
+                # Pinned now, as this worker took it: the items are written and renamed below
+                # it, and their commits sync through it (``methods.commit``'s watch).
+                stage.root = getattr(stage.target, "pin", None)
+                run.rename_root = stage.root
             else:
                 if run.config.allowed_roots and isinstance(stage.target, targets.LocalTarget):
                     # The worker's own roots, not only the server's check at launch.
