@@ -109,13 +109,14 @@ def sync_written(dir_fd: int, name: str, shown: str) -> None:
     set) and the folders themselves, never following a symlink, never waiting on what the
     folder's owner may have put in a file's place (a FIFO: opened without blocking, and only
     regular files and folders are synced; a symlink holds no data of its own, its folder's
-    ``fsync`` puts it on disk)."""
+    ``fsync`` puts it on disk). Any folder or file that cannot be opened raises: nothing of a
+    batch is renamed into place with part of it unsynced."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a socket
-            return
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a socket (or a driverless
+            return  # device): no data of ours
         exc.filename = shown
         raise
     try:
@@ -123,9 +124,10 @@ def sync_written(dir_fd: int, name: str, shown: str) -> None:
         if stat.S_ISREG(mode):
             os.fdatasync(fd)
         elif stat.S_ISDIR(mode):
-            for _top, _dirs, files, top_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
-                for file in files:
-                    sync_written(top_fd, file, f"{shown}/{file}")
-                os.fsync(top_fd)
+            with os.scandir(fd) as entries:
+                names = [entry.name for entry in entries]
+            for child in names:
+                sync_written(fd, child, f"{shown}/{child}")
+            os.fsync(fd)
     finally:
         os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ import pytest
 from hera_stage_ext import durability, safefs
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.durability import Watch
-from hera_stage_ext.jobs import create_stage_job
-from hera_stage_ext.jobs.methods import ItemSpec, Mover, commit
+from hera_stage_ext.jobs import copy_pool, create_stage_job
+from hera_stage_ext.jobs.copy_pool import HandOver
+from hera_stage_ext.jobs.methods import ItemSpec, Mover, Outcome, commit
 from hera_stage_ext.jobs.recorded import record_stage_job
 from hera_stage_ext.jobs.run import EngineConfig, run_pending
 from hera_stage_ext.standard_kinds import standard_kinds
@@ -29,13 +31,15 @@ from .job_fixtures import make_site
 
 
 def _sources(tmp_path: Path) -> tuple[Path, list[tuple[Path, str]]]:
-    """A store with two files and a data set (a folder of two files), and where each goes."""
+    """A store with two files and a data set (a folder of two files and a folder of one),
+    and where each goes."""
     store = tmp_path / "store"
-    (store / "set.uvh5").mkdir(parents=True, exist_ok=True)
+    (store / "set.uvh5" / "sub").mkdir(parents=True, exist_ok=True)
     (store / "a.dat").write_bytes(b"a" * 5000)
     (store / "b.dat").write_bytes(b"b" * 300)
     (store / "set.uvh5" / "header").write_bytes(b"h" * 70)
     (store / "set.uvh5" / "data").write_bytes(b"d" * 9000)
+    (store / "set.uvh5" / "sub" / "flags").write_bytes(b"f" * 10)
     return store, [(store / "a.dat", "night/a.dat"), (store / "b.dat", "b.dat"),
                    (store / "set.uvh5", "night/set.uvh5")]
 
@@ -59,7 +63,8 @@ def _staged(tmp_path: Path) -> dict[str, bytes]:
 
 
 EXPECTED = {"b.dat": b"b" * 300, "night/a.dat": b"a" * 5000,
-            "night/set.uvh5/data": b"d" * 9000, "night/set.uvh5/header": b"h" * 70}
+            "night/set.uvh5/data": b"d" * 9000, "night/set.uvh5/header": b"h" * 70,
+            "night/set.uvh5/sub/flags": b"f" * 10}
 
 
 @pytest.fixture
@@ -157,7 +162,7 @@ def test_after_a_failed_syncfs_its_watch_syncs_each_file(
     finally:
         watcher.close()
     assert _staged(tmp_path) == EXPECTED
-    assert len(synced["fdatasync"]) == 4
+    assert len(synced["fdatasync"]) == 5
 
 
 def test_a_fifo_in_a_files_place_does_not_hold_the_commit(tmp_path: Path) -> None:
@@ -231,7 +236,7 @@ def test_a_commit_syncs_each_file_where_one_syncfs_would_not_do(
     _commit_all(renames, root, watch)
     assert _staged(tmp_path) == EXPECTED
     assert synced["syncfs"] == []
-    assert sorted(synced["fdatasync"]) == written and len(written) == 4
+    assert sorted(synced["fdatasync"]) == written and len(written) == 5
 
 
 def test_a_failed_file_sync_fails_the_batch_and_names_nothing(
@@ -266,3 +271,75 @@ def test_a_symlink_is_not_followed_when_synced_alone(tmp_path: Path,
     finally:
         os.close(fd)
     assert synced["fdatasync"] == []
+
+
+def test_a_data_set_folder_that_cannot_be_opened_fails_the_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Synced file by file, a data set whose folder (or one below it) cannot be opened (out of
+    descriptors, no permission) is not renamed into place with part of it unsynced: the
+    batch fails, nothing takes a final name."""
+    monkeypatch.setattr(durability, "file_system_type", lambda fd: "fuse.sshfs")
+    root = _pinned(tmp_path)
+    mover = Mover(deferred=True, temp_folders=True, root=root)
+    renames = _write(tmp_path, mover)
+    mover.close_temp_folders()
+    real_open = os.open
+    refused: list[Any] = []
+
+    def refusing(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if path in ("sub", b"sub") and not refused:  # once: the clean-up opens it again
+            refused.append(path)
+            raise OSError(24, "Too many open files")
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", refusing)
+    errors = commit(renames, True, [root])
+    monkeypatch.setattr(os, "open", real_open)
+    assert refused and [getattr(e, "errno", None) for e in errors] == [24, 24, 24]
+    assert _staged(tmp_path) == {}
+
+
+class _Replies:
+    """A helper's end of its pipe, as ``copy_pool._finish`` uses it: what it sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+
+@pytest.mark.parametrize("failure", [OSError(5, "Input/output error"), RuntimeError("bug")],
+                         ids=["disk", "bug"])
+def test_a_helper_whose_commit_raises_answers_its_streams(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception) -> None:
+    """A commit that raises (the folders' sync after the renames failed, a bug) still answers
+    each hand-over once, every renamed item with the error (so none is recorded done), the
+    others as they were; its watches are closed."""
+    root = _pinned(tmp_path)
+    mover = Mover(deferred=True, temp_folders=True, root=root)
+    watch = mover.watch()
+    renames = _write(tmp_path, mover)
+    mover.close_temp_folders()
+
+    def raising(*_args: Any, **_kw: Any) -> list[Any]:
+        raise failure
+
+    monkeypatch.setattr(copy_pool, "commit", raising)
+    specs = [ItemSpec("s", final, 1, False, {}, "copy") for _tmp, final in renames]
+    hand = HandOver("run", str(tmp_path / "log"), True, specs, ["a", "b", "c"], root)
+    skipped = Outcome("skipped", "same file", renames[2][1], renames[2][1])
+    results: list[Any] = [None, None, skipped]
+    jobs: queue.Queue[Any] = queue.Queue()
+    jobs.put((7, hand, results, [(0, *renames[0], ""), (1, *renames[1], "")], watch))
+    jobs.put(None)
+    replies = _Replies()
+    copy_pool._finish(replies, jobs, threading.Lock())  # type: ignore[arg-type]
+    [(request, answered)] = replies.sent
+    assert request == 7 and answered[2] is skipped
+    if isinstance(failure, OSError):
+        assert answered[0] is failure and answered[1] is failure
+    else:
+        assert all("internal error" in str(r) for r in answered[:2])
+    with pytest.raises(OSError):
+        os.fstat(watch[0].fd)  # closed

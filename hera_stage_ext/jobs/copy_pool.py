@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
+from ..durability import Watch
 from ..errors import StagingError
 from ..safefs import Pin
-from ..durability import Watch
 from .methods import NO_DATA, Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
 
 _PR_SET_PDEATHSIG = 1
@@ -176,6 +176,10 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock)
                     for i, *_rest in renames:
                         results[i] = exc if isinstance(exc, OSError) else \
                             ItemFailed(f"internal error: {exc!r}")
+            finally:
+                for *_rest, watchers in batch:
+                    for watcher in watchers:
+                        watcher.close()
         for request, _hand, results, *_rest in batch:
             with send_lock:
                 conn.send((request, results))
@@ -186,8 +190,8 @@ def _finish(conn: Connection, jobs: queue.Queue[Any], send_lock: threading.Lock)
 def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, str, str, str]],
                                  list[Watch]]]) -> None:
     """Make the written hand-overs of ``batch`` final together (``methods.commit``, through
-    each hand-over's ``Mover.watch``, which it closes), their lines in the job's log first; an
-    item the commit failed gets its error in its results."""
+    each hand-over's ``Mover.watch``), their lines in the job's log first; an item the commit
+    failed gets its error in its results."""
     # The lines first: a copy under its final name always has its line in the log (a link
     # of one file is made under its final name at once: after a kill before its line, the
     # retried job finds it there and skips it as the same link).
@@ -207,14 +211,9 @@ def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, st
     # Hard links wrote no data: only their folders' entries are to sync.
     data = any(hand.specs[0].method not in NO_DATA for _request, hand, _results, renames, _watch
                in batch if renames)
-    watch = [watcher for *_rest, watchers in batch for watcher in watchers]
-    try:
-        errors = commit([(tmp, final) for _request, _hand, _results, renames, _watch in batch
-                         for _i, tmp, final, _note in renames], fsync, roots, data=data,
-                        watch=watch)
-    finally:
-        for watcher in watch:
-            watcher.close()
+    errors = commit([(tmp, final) for _request, _hand, _results, renames, _watch in batch
+                     for _i, tmp, final, _note in renames], fsync, roots, data=data,
+                    watch=[watcher for *_rest, watchers in batch for watcher in watchers])
     if not any(errors):  # (the common case: every item final; looked at per item otherwise)
         return
     failed = iter(errors)

@@ -99,8 +99,8 @@ class JobRun:
         # The folder the reported items' renames are confined below (set by the kind: a stage
         # job's pinned destination).
         self.rename_root: Pin | str | None = None
-        # Descriptors of ``rename_root`` opened before any item is written, for the commits'
-        # ``syncfs`` (``methods.commit``'s ``watch``).
+        # ``rename_root`` opened before any item is written (``durability.Watch``), for the
+        # commits' ``syncfs`` (``methods.commit``'s ``watch``).
         self._watch: list[Watch] = []
         self.pool = pool  # the worker's copy helper processes, for kinds that use them
         self.run_key = uuid.uuid4().hex  # tells the copy helpers one run from another

@@ -93,6 +93,8 @@ class LocalTarget:
             # A worker resuming a job that made the folder finds it made (its marker says so).
             self.made = self.made or made or markers.made_by(fd, job_id)
             self.pin = safefs.pin_of(self.key, fd)
+            if made:  # its entry on disk too: the commits sync only the folders below it
+                safefs.sync_folders([self.key])
         finally:
             os.close(fd)
 
