@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import re
 import stat
@@ -91,6 +92,12 @@ class Watch:
         # it the failures already reported.
         self.fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder_fd)
         self.spent = False
+
+    @functools.cached_property
+    def durable(self) -> bool:
+        """``syncfs_is_durable`` of its file system, asked once (a run's watch serves each of
+        its commits; the mount table need not be read again for each)."""
+        return syncfs_is_durable(self.fd)
 
     def sync(self, what: str) -> None:
         """``sync_file_system`` through this watch; spent when it fails."""

@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 from .. import safefs
 from ..catalogue import checksums as ck
-from ..durability import HAS_SYNCFS, Watch, sync_written, syncfs_is_durable
+from ..durability import HAS_SYNCFS, Watch, sync_written
 from ..paths import is_within
 from ..states import ItemState
 from . import bigcopy, linkcheck
@@ -1074,7 +1074,7 @@ def _sync_data(renames: list[tuple[str, str]], pairs: dict[tuple[str, str], list
         by_device.setdefault(os.fstat(folders.get(tmp_dir)).st_dev, []).extend(members)
     for device, members in by_device.items():
         first = watched.get(device)
-        if first is not None and syncfs_is_durable(first.fd):
+        if first is not None and first.durable:
             first.sync(renames[members[0]][0].rpartition("/")[0])
             continue
         for i in members:
