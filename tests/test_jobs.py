@@ -754,6 +754,28 @@ def test_an_idle_copy_helper_keeps_no_store_folder_open(site: Site) -> None:
         pool.close()
 
 
+def test_copy_helpers_start_with_the_first_hand_over(site: Site) -> None:
+    """A worker's copy helpers start when a job first hands files over to them, not with the
+    worker: one whose jobs hand nothing over (a transfer; here a data set, staged whole by its
+    stream) starts none (their start cost a worker's first transfer more CPU than the
+    transfer itself)."""
+    from hera_stage_ext.jobs.copy_pool import CopyPool
+
+    pool = CopyPool(1, 64 * 1024)
+    try:
+        whole = stage(site, "whole", [MIRIAD_NAME])
+        assert run_pending(site.db, FAST, pool=pool) == [whole["id"]]
+        assert get_job(site.db, whole["id"])["state"] == "succeeded"
+        assert pool.pids() == []
+        job = stage(site, "handed")
+        assert run_pending(site.db, FAST, pool=pool) == [job["id"]]
+        out = get_job(site.db, job["id"])
+        assert out["state"] == "succeeded" and out["files_done"] == out["files_total"]
+        assert len(pool.pids()) == 1
+    finally:
+        pool.close()
+
+
 def test_a_hand_over_reaches_its_helper_whole() -> None:
     """What a helper gets is the hand-over the stream sent, item for item: its paths travel
     joined into one string a column, and a column that cannot be (a ``Path``, a name holding a

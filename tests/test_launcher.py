@@ -101,13 +101,16 @@ def test_the_worker_yields_the_cpu_to_the_server(
     does not make the user's server and kernels sluggish when the CPU is short."""
     database = Database(f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
     database.upgrade()
-    database.dispose()
+    site = make_site(database, tmp_path / "archive", files_per_night=1, nights=1)
+    # The helpers start with the first files a job hands them (a stage's), and stay.
+    job = create_stage_job(database, "alice", site.names, "nice", "copy", site.roots,
+                           log_dir=site.logs)
     launcher = WorkerLauncher(database.url, streams=1, idle_exit_seconds=120, copy_processes=1,
                               owner="alice", log_file=tmp_path / "logs" / "worker.log", nice=10)
     launchers.append(launcher)
     pid = launcher.ensure_running()
-    log = tmp_path / "logs" / "worker.log"
-    wait_for(lambda: " started" in log.read_text())  # past start-up: its helpers are running
+    assert wait_for(lambda: get_job(database, job["id"])["state"] == "succeeded", timeout=60)
+    database.dispose()
     # Started by one of its threads: listed under that thread's task.
     helpers = wait_for(lambda: [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
                                 for child in (task / "children").read_text().split()])

@@ -239,3 +239,53 @@ def test_the_file_system_type_is_read() -> None:
         assert durability.file_system_type(folder) == "proc"
     finally:
         os.close(folder)
+
+
+def test_a_folder_confined_once_then_swapped_for_a_link_is_never_followed(tmp_path):
+    """A receiver confines each destination folder that is itself once (not every batch):
+    one swapped for a link out of the store afterwards is refused by the renames, which
+    follow no link, so nothing lands outside; one reached through a link is confined each
+    time (its link may change), and one leading out is refused at once."""
+    from hera_stage_ext.catalogue.catalogue import Catalogue
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.errors import Forbidden
+    from hera_stage_ext.transfer.peers import PeerRegistry
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    (store / "in").mkdir(parents=True)
+    (store / "a").mkdir()
+    outside.mkdir()
+    db = Database(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    db.upgrade()
+    receiver = Receiver(Catalogue(db), PeerRegistry("site-b"), "s")
+    try:
+        receiver.catalogue.sync_stores({"s": {"path": str(store)}})
+        root = receiver._store_root()
+        assert receiver._confine_folder(root, "night/1") == f"{root}/night/1"
+        # A link inside the store: resolved, and looked at again next time.
+        (store / "link").symlink_to(store / "a")
+        assert receiver._confine_folder(root, "link") == f"{root}/a"
+        (store / "b").mkdir()
+        (store / "link").unlink()
+        (store / "link").symlink_to(store / "b")
+        assert receiver._confine_folder(root, "link") == f"{root}/b"
+        (store / "out").symlink_to(outside)
+        with pytest.raises(Forbidden):
+            receiver._confine_folder(root, "out")
+        # The folder confined first is swapped for a link out of the store: the path
+        # remembered is refused where the file is renamed, never followed.
+        (store / "night").mkdir()
+        (store / "night" / "1").symlink_to(outside)
+        dest = receiver._confine_folder(root, "night/1")
+        (store / "in" / "1.part").write_bytes(b"data")
+        in_fd = os.open(store / "in", os.O_RDONLY)
+        try:
+            errors = make_final(str(root), in_fd, [Rename("1.part", f"{dest}/f.uvh5")], None)
+        finally:
+            os.close(in_fd)
+        assert isinstance(errors[0], PathChanged)
+        assert os.listdir(outside) == []
+    finally:
+        receiver.close()
+        db.dispose()

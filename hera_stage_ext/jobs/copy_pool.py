@@ -439,7 +439,19 @@ class CopyPool:
         self._spawner = threading.Thread(target=self._spawn_loop, name="hera-stage-spawner",
                                          daemon=True)
         self._spawner.start()
-        for i in range(size):
+        # The helpers are spawned for the first hand-over, not here: a worker whose jobs hand
+        # none over (a transfer, a link) never pays their start, which cost a worker's first
+        # transfer of 10,000 small files more CPU than the transfer itself (their imports).
+        self._started = False
+
+    def _start(self) -> None:
+        """Spawn the helpers, once (the first caller waits for them; later ones find them
+        in ``_pick``'s loop as they come)."""
+        with self._cond:
+            if self._started or self._closed:
+                return
+            self._started = True
+        for i in range(self.size):
             self._spawn(i)
 
     def _spawn_loop(self) -> None:
@@ -465,6 +477,7 @@ class CopyPool:
         room for two (the last place is kept for a hand-over not sent ahead), and None at
         once when there is none."""
         depth = DEPTH - 1 if ahead else DEPTH
+        self._start()
         with self._cond:
             while True:
                 live = [h for h in self._helpers if not h.dead and len(h.waiting) < depth]

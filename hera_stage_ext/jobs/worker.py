@@ -238,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         kinds = [k for k in (args.kinds or "").split(",") if k] or None
         store = DbJobStore(Database(args.db_url), args.owner, kinds)
-    # Started here, from the main thread, so each helper dies with this process.
+    # Made here, from the main thread, so each helper dies with this process (its spawner
+    # thread, started now, starts them all; they start with the first hand-over: a worker
+    # that only transfers never pays for them).
     pool = (CopyPool(args.copy_processes, config.chunk_size, config.chunk_delay)
             if args.copy_processes > 0 else None)
     worker = Worker(store, config, pool=pool, max_jobs=args.jobs)

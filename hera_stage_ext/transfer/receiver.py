@@ -112,6 +112,8 @@ _flipped: set[str] = set()
 #: "whole" or "file-by-file") and wait (for a test to kill the server).
 PAUSE_BEFORE_SYNC_ENV = "HERA_STAGE_TEST_PAUSE_BEFORE_SYNC"
 _paused: list[bool] = []
+#: Destination folders a receiver remembers as confined, at most (then it starts afresh).
+_CONFINED_MAX = 100_000
 #: Item states after which nothing more happens to it (until it is announced again).
 _FINISHED_STATES = (TransferItemState.COMMITTED, TransferItemState.FAILED)
 
@@ -157,6 +159,8 @@ class Receiver:
         #: Small items recorded by this process, until their batch starts: id -> their
         #: checksums and spec as JSON text and as values (``ItemRows.start``: not parsed again).
         self._parsed: dict[int, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
+        #: Destination folders confined already (``_confine_folder``): relative -> absolute.
+        self._confined: dict[str, str] = {}
         #: Syncs each file of a batch as it is written (``durable.py``).
         self._syncer = FileSyncer()
         self._stop = threading.Event()
@@ -755,14 +759,13 @@ class Receiver:
             pending, rounds = [], rounds + 1
             alone: list[int] = []  # the single-file path: its final name is taken already
             wanted: dict[str, tuple[ItemRow, str]] = {}
-            # Paths as strings, each folder confined once per batch (not pathlib per file).
+            # Paths as strings, each folder confined once (not pathlib per file).
             folders: dict[str, str] = {}
             for item in items:
                 folder, _, base = item.path.rpartition("/")
                 try:
                     if folder not in folders:
-                        folders[folder] = str(confine(folder or ".", [root],
-                                                      what="transfer path"))
+                        folders[folder] = self._confine_folder(root, folder)
                     if base in ("", ".", ".."):
                         raise InvalidRequest(f"transfer path {item.path!r} names no file")
                 except StagingError as exc:
@@ -803,6 +806,22 @@ class Receiver:
             if broken and pending and self._stop.wait(
                     min(self.backoff_s * 2 ** (rounds - 1), 60.0)):
                 raise _Stopped
+
+    def _confine_folder(self, root: Path, folder: str) -> str:
+        """The store's ``folder`` (relative) as an absolute path inside it (``confine``). A
+        folder that is itself (no symlink on its way, as a receiver makes them) is confined
+        once per receiver, not every batch (a ``realpath`` of each folder was 3-7% of a
+        receiver's CPU): the renames open it below the store following no symlink
+        (``make_final``), so one replaced by a link later is refused there all the same. One
+        reached through a link is confined every batch: its link may change."""
+        path = self._confined.get(folder)
+        if path is None:
+            path = str(confine(folder or ".", [root], what="transfer path"))
+            if path == (f"{root}/{folder}" if folder else str(root)):
+                if len(self._confined) >= _CONFINED_MAX:
+                    self._confined.clear()
+                self._confined[folder] = path
+        return path
 
     def _stream_batch(self, incoming_fd: int, wanted: dict[str, tuple[ItemRow, str]],
                       syncs: SyncBatch, clients: dict[str, PeerClient]
