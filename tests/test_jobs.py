@@ -793,13 +793,13 @@ def test_a_helper_writes_a_hand_over_sent_ahead_after_the_others_it_holds() -> N
 
     sender, receiver = mp.Pipe()
     try:
-        for message in ((1, hand("long", False)), (2, hand("long", True)),
-                        (3, hand("long", True)), (4, hand("short", False))):
+        for message in ((1, 0, hand("long", False)), (2, 1, hand("long", True)),
+                        (3, 2, hand("long", True)), (4, 3, hand("short", False))):
             sender.send(message)
         held: deque = deque()
         order = [_next(receiver, held, False)[0] for _ in range(4)]
         assert order == [1, 4, 2, 3]
-        sender.send((5, hand("long", True)))
+        sender.send((5, 0, hand("long", True)))
         sender.send(None)  # the pool closing: what was sent before it is still written
         assert _next(receiver, held, False) is None  # closing...
         assert _next(receiver, held, True)[0] == 5  # ...after the one sent before
@@ -807,6 +807,52 @@ def test_a_helper_writes_a_hand_over_sent_ahead_after_the_others_it_holds() -> N
     finally:
         sender.close()
         receiver.close()
+
+
+def test_a_stop_of_one_job_leaves_another_jobs_hand_over_sent_ahead_alone(tmp_path) -> None:
+    """A helper writes a hand-over sent ahead after every other it holds, so it may still
+    hold job A's when job B, whose hand-over was sent later, is stopped. The stop is B's
+    alone: A's hand-overs, the one being written and the one sent ahead, are written whole
+    and made final (not handed back to be redone); B's stops before its next file."""
+    from hera_stage_ext.jobs.copy_pool import CopyPool, HandOver
+    from hera_stage_ext.jobs.methods import ItemSpec
+
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def hand(run: str, names: list[str]) -> tuple[HandOver, list[Path]]:
+        specs, finals = [], []
+        for name in names:
+            source = store / name
+            source.write_bytes(name.encode() * 512)
+            digest = ck.hash_path(source)
+            finals.append(tmp_path / run / name)
+            specs.append(ItemSpec(str(source), str(finals[-1]), digest.size, False,
+                                  digest.checksums, "copy", True, str(store)))
+        return HandOver(run, str(tmp_path / f"{run}.log"), False, specs, names), finals
+
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    a1, a1_files = hand("A", [f"a1-{i}" for i in range(6)])
+    a2, a2_files = hand("A", [f"a2-{i}" for i in range(4)])
+    b1, b1_files = hand("B", [f"b1-{i}" for i in range(20)])
+    # One helper, each file slowed (a chunk's pause): it writes A's first hand-over while
+    # A's next (sent ahead) and B's wait in it; B is stopped meanwhile.
+    pool = CopyPool(1, 64 * 1024, chunk_delay=0.05)
+    try:
+        first = pool.submit(a1)
+        ahead = pool.submit_ahead(a2)
+        assert ahead is not None and ahead.request < (b := pool.submit(b1)).request
+        b_moved = pool.collect(b, lambda: True)
+        a_moved = pool.collect(first, lambda: False) + pool.collect(ahead, lambda: False)
+    finally:
+        pool.close()
+    assert a_moved == [None] * 10, a_moved
+    for path in a1_files + a2_files:
+        assert path.read_bytes() == path.name.encode() * 512
+    assert len(b_moved) < len(b1_files) and b_moved.count(None) == len(b_moved)
+    assert sorted(p.name for p in (tmp_path / "B").iterdir()) == sorted(
+        p.name for p in b1_files[:len(b_moved)])
 
 
 def test_hand_overs_keep_a_destination_folder_whole_where_they_can() -> None:
