@@ -719,6 +719,44 @@ def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
             assert log.count(f"copy {big.rel[name]} (") == 1, big.rel[name]
 
 
+class _NoRoomAheadPool:
+    """A copy pool whose helpers never have room for a hand-over sent ahead, and whose worker
+    is told to stop while the first hand-over is out: its helper, stopped before its first
+    file, hands every item back (as a real one does)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.sent: list[list[str]] = []  # each hand-over submitted: its items' paths
+
+    def submit(self, hand):
+        self.sent.append(list(hand.rels))
+        return len(self.sent)
+
+    def submit_ahead(self, hand):
+        return None
+
+    def collect(self, ticket, interrupt, progress=None):
+        self.stop.set()
+        return []
+
+
+def test_a_stopped_stream_sends_no_more_hand_overs(site: Site) -> None:
+    """A stream whose next hand-over found no room ahead sends it once the one in flight is
+    back, unless its run stopped meanwhile: then nothing more goes to the helpers (a helper
+    would write it after the stop), and its items go back to the queue, none written."""
+    job = stage(site, "stopped")
+    stop = threading.Event()
+    pool = _NoRoomAheadPool(stop)
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
+                          fsync=False, pool_batch_items=1)
+    assert run_pending(site.db, config, stop=stop, pool=pool) == [job["id"]]
+    assert len(pool.sent) == 1, pool.sent
+    with site.db.read() as s:
+        states = set(s.scalars(select(JobItem.state).where(JobItem.job_id == job["id"])))
+    assert states == {"queued"}
+    assert get_job(site.db, job["id"])["files_done"] == 0
+
+
 def _held_in(pids: list[int], folders: list[str]) -> list[str]:
     """What the processes ``pids`` hold open inside any of ``folders``."""
     held = []
