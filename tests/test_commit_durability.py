@@ -343,3 +343,29 @@ def test_a_helper_whose_commit_raises_answers_its_streams(
         assert all("internal error" in str(r) for r in answered[:2])
     with pytest.raises(OSError):
         os.fstat(watch[0].fd)  # closed
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["made by the job", "there already"])
+def test_a_destination_the_job_made_has_its_entry_synced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool) -> None:
+    """The commits sync the folders below a job's destination, not the folder holding it: a
+    destination the job made has its own entry put on disk when the job takes it (else a
+    power cut could take the folder, and every file recorded staged in it, back)."""
+    from hera_stage_ext.jobs.targets import LocalTarget
+
+    dest = tmp_path / "parent" / "dest"
+    dest.parent.mkdir()
+    if exists:
+        dest.mkdir()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = LocalTarget(dest)
+    target.acquire(1, "alice", lambda job_id: False)
+    assert target.made is not exists and dest.is_dir()
+    assert (str(dest.parent) in synced) is not exists, synced
