@@ -1086,3 +1086,87 @@ def test_commit_renames_a_file_out_of_a_shared_folder_alone(tmp_path: Path) -> N
     assert isinstance(error, FileNotFoundError)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hera-stage-incoming", "night"]
     assert (incoming / "2.part").read_bytes() == b"another pull, still running"
+
+
+class _StopAtSecondClaim(DbJobStore):
+    """The database store, with the worker told to stop at the run's second claim of items
+    (the run then gives those back and releases the job: a later attempt resumes it)."""
+
+    def __init__(self, db: Database, stop: threading.Event) -> None:
+        super().__init__(db)
+        self.stop = stop
+        self.claims = 0
+
+    def _claiming(self) -> None:
+        self.claims += 1
+        if self.claims == 2:
+            self.stop.set()
+
+    def claim_items(self, job_id, worker_id, n, max_bytes=None):  # type: ignore[override]
+        self._claiming()
+        return super().claim_items(job_id, worker_id, n, max_bytes)
+
+    def exchange(self, job_id, worker_id, results, n, max_bytes=None):  # type: ignore[override]
+        self._claiming()
+        return super().exchange(job_id, worker_id, results, n, max_bytes)
+
+
+def test_a_recorded_jobs_folder_replaced_between_attempts_is_refused(site: Site) -> None:
+    """A site's recorded job takes its folder when its first run begins (the user's worker
+    pins it, the site keeps the pin with the job). The folder moved aside and another made
+    in its place before the job resumes: the next attempt refuses the new folder (nothing
+    written in it, no marker) and the job fails saying why, as a launched job's does; the
+    files already staged stay where they are. A retry takes the folder there now, afresh."""
+    from hera_stage_ext.jobs import retry_job
+    from hera_stage_ext.jobs.recorded import record_stage_job
+
+    dest = site.workspace / "taken"
+    job = record_stage_job(site.db, "alice", site.names, str(dest), "copy", log_dir=site.logs)
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
+                          fsync=False, claim_batch=2, allowed_roots=(str(site.workspace),))
+    stop = threading.Event()
+    assert run_pending(_StopAtSecondClaim(site.db, stop), config, stop=stop) == [job["id"]]
+    taken = get_job(site.db, job["id"])
+    assert taken["worker_id"] is None and 0 < taken["files_done"] < taken["files_total"]
+    st = os.stat(dest)
+    assert taken["options"]["pin"] == [st.st_dev, st.st_ino] and taken["options"]["made"]
+    before = tree(dest)
+    dest.rename(site.workspace / "aside")
+    dest.mkdir()
+    assert run_pending(site.db, config) == [job["id"]]
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "failed" and "not the folder it was when the job took it" in \
+        out["error"], out
+    assert list(dest.iterdir()) == []
+    assert tree(site.workspace / "aside") == before
+    retry_job(site.db, job["id"], standard_kinds())
+    assert run_pending(site.db, config) == [job["id"]]
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "succeeded" and out["files_done"] == out["files_total"], out
+    st = os.stat(dest)
+    assert out["options"]["pin"] == [st.st_dev, st.st_ino]
+
+
+def test_the_site_keeps_the_folder_a_recorded_job_took(site: Site) -> None:
+    """The worker API keeps the first folder a recorded job's worker took: the same again is
+    taken, another refused (Conflict), a malformed pin a 400, and only the job's holder may
+    say which it took."""
+    from hera_stage_ext.jobs.recorded import record_stage_job
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    dest = site.workspace / "kept"
+    job = record_stage_job(site.db, "alice", site.names, str(dest), "copy", log_dir=site.logs)
+    ops = WorkerOps(site.db, "alice")
+    assert ops.claim({"worker_id": "w1", "lease_seconds": 30})["job"] == job["id"]
+    body = {"worker_id": "w1", "pin": [5, 42], "made": True}
+    assert ops.taken(job["id"], body) == {"pin": [5, 42]}
+    assert ops.taken(job["id"], body) == {"pin": [5, 42]}
+    with pytest.raises(Conflict):
+        ops.taken(job["id"], {**body, "pin": [5, 43]})
+    with pytest.raises(Conflict):
+        ops.taken(job["id"], {**body, "worker_id": "w2"})
+    for bad in ([5], [5, -1], ["5", 42], [5, 2**64], None, [5.0, 42]):
+        with pytest.raises(InvalidRequest):
+            ops.taken(job["id"], {**body, "pin": bad})
+    options = get_job(site.db, job["id"])["options"]
+    assert options["pin"] == [5, 42] and options["made"] is True

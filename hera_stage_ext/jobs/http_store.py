@@ -401,6 +401,13 @@ class HttpJobStore:
             self._lines[job_id] = [str(line) for line in answer["lines"]]
         return list(answer["paths"])
 
+    def note_taken(self, job_id: int, worker_id: str, pin: list[int], made: bool) -> None:
+        try:
+            self._job(job_id, "taken", {"worker_id": worker_id, "pin": pin, "made": made})
+        except ServiceError as exc:
+            if not (exc.status == 400 and "no worker action" in str(exc)):
+                raise  # (a service older than it keeps no pin: the job is taken as before)
+
     def waiting(self, job_id: int) -> int:
         if job_id in self._none_waiting:
             return 0

@@ -29,7 +29,7 @@ from sqlalchemy import func, select, update
 from ..catalogue.db import Database
 from ..catalogue.models import Store
 from ..states import ACTIVE_JOB_STATES, ItemState
-from . import engine, items
+from . import engine, items, lifecycle
 from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
@@ -72,6 +72,7 @@ class JobStore(Protocol):
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
+    def note_taken(self, job_id: int, worker_id: str, pin: list[int], made: bool) -> None: ...
     def waiting(self, job_id: int) -> int: ...
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str: ...
     def finish_cancelled(self, job: JobRow, kind: JobKind) -> str: ...
@@ -172,6 +173,10 @@ class DbJobStore:
 
     def unfinished_paths(self, job_id: int) -> list[str]:
         return items.unfinished_paths(self.db, job_id)
+
+    def note_taken(self, job_id: int, worker_id: str, pin: list[int], made: bool) -> None:
+        """A recorded job's folder, as this worker took it (``lifecycle.note_taken``)."""
+        lifecycle.note_taken(self.db, job_id, worker_id, pin, made)
 
     def waiting(self, job_id: int) -> int:
         """How many of the job's items wait for their recall from a cold store."""
