@@ -264,13 +264,23 @@ def _write_items(mover: Mover, specs: list[ItemSpec], stop: Any, current: int
 
 def _serve(conn: Connection, stops: Any, chunk_size: int, chunk_delay: float,
            parent: int) -> None:
-    """A helper: receive hand-overs, write and verify each item under its temporary name,
-    then pass the hand-over to the committing thread and take the next one. ``stops``: the
-    slots by which hand-overs are stopped (``_Helper.stops``); a hand-over comes with its
-    slot's number."""
+    """A helper process: bound to the worker, then ``_write_hand_overs`` until the pool
+    closes."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when helpers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # What the helper holds from now on is long-lived: out of the cyclic collector's passes,
+    # which the many small objects of each hand-over trigger (as the worker does, ``run``).
+    gc.freeze()
+    _write_hand_overs(conn, stops, chunk_size, chunk_delay)
+
+
+def _write_hand_overs(conn: Connection, stops: Any, chunk_size: int, chunk_delay: float
+                      ) -> None:
+    """Receive hand-overs, write and verify each item under its temporary name, then pass
+    the hand-over to the committing thread (``_finish``) and take the next one. ``stops``:
+    the slots by which hand-overs are stopped (``_Helper.stops``); a hand-over comes with its
+    slot's number."""
     current = 0
     # Each slot seen as a value of its own (looked at per file and per chunk: as cheap as one
     # shared value).
@@ -293,9 +303,6 @@ def _serve(conn: Connection, stops: Any, chunk_size: int, chunk_delay: float,
             time.sleep(chunk_delay)
 
     mover = Mover(chunk_size, check, lambda _line: None, deferred=True, temp_folders=True)
-    # What the helper holds from now on is long-lived: out of the cyclic collector's passes,
-    # which the many small objects of each hand-over trigger (as the worker does, ``run``).
-    gc.freeze()
     jobs: queue.Queue[Any] = queue.Queue()
     committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock), daemon=True)
     committer.start()
