@@ -425,6 +425,12 @@ class HttpJobStore:
             # (Else refused: a service older than it, which keeps no pin, or a job this
             # worker no longer holds; the folder was checked against any pin kept.)
 
+    def _drop_taken(self, job_id: int) -> None:
+        """The run is over before its first heartbeat: no later attempt needs its folder's
+        pin (a retry takes the folder afresh)."""
+        with self._lock:
+            self._taken.pop(job_id, None)
+
     def waiting(self, job_id: int) -> int:
         if job_id in self._none_waiting:
             return 0
@@ -439,6 +445,7 @@ class HttpJobStore:
             raise
 
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
+        self._drop_taken(job.id)
         lines = self._lines.pop(job.id, None)
         if lines is None:
             lines = list(self._job(job.id, "results", method="GET")["lines"])
@@ -457,6 +464,7 @@ class HttpJobStore:
         return str(shipper.ship_then(finish_with)["state"])
 
     def finish_cancelled(self, job: JobRow, kind: JobKind) -> str:
+        self._drop_taken(job.id)
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
         removed = kind.cancel_at_target(job, int(answer["left"]), list(answer["unfinished"]))
         shipper = self._shippers.get(job.id)
@@ -466,6 +474,7 @@ class HttpJobStore:
         return JobState.CANCELLED
 
     def fail(self, job: JobRow, worker_id: str, error: str) -> str:
+        self._drop_taken(job.id)
         self._ship(job.id)
         return str(self._job(job.id, "fail", {"worker_id": worker_id, "error": error})["state"])
 

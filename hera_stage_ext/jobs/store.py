@@ -3,8 +3,8 @@
 A worker claims a job, claims its items in batches, records their results in batches (both
 in one call per hand-over: ``exchange``), renews its lease (and learns of a cancel), finishes,
 fails or releases the job, and writes the job's log; a site's recorded job's worker says which
-folder it took (``note_taken``). ``JobStore`` names exactly those operations; the run engine (``run.JobRun``) and the
-worker loop (``worker.Worker``) call nothing else. Two implementations, one engine:
+folder it took (``note_taken``). ``JobStore`` names exactly those operations; the run engine
+(``run.JobRun``) and the worker loop (``worker.Worker``) call nothing else. Two implementations, one engine:
 
 - ``DbJobStore`` (here): the catalogue database itself, for single-user servers, the site
   service's own worker and tests (the engine's functions in ``engine`` and ``items``).
