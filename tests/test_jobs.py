@@ -873,7 +873,7 @@ def test_a_stop_of_one_job_leaves_another_jobs_hand_over_sent_ahead_alone(tmp_pa
     (tmp_path / "B").mkdir()
     a1, a1_files = hand("A", [f"a1-{i}" for i in range(6)])
     a2, a2_files = hand("A", [f"a2-{i}" for i in range(4)])
-    b1, b1_files = hand("B", [f"b1-{i}" for i in range(20)])
+    b1, b1_files = hand("B", [f"b1-{i}" for i in range(40)])
     # One helper, each file slowed (a chunk's pause): it writes A's first hand-over while
     # A's next (sent ahead) and B's wait in it; B is stopped meanwhile.
     pool = CopyPool(1, 64 * 1024, chunk_delay=0.05)
