@@ -343,3 +343,94 @@ def test_a_helper_whose_commit_raises_answers_its_streams(
         assert all("internal error" in str(r) for r in answered[:2])
     with pytest.raises(OSError):
         os.fstat(watch[0].fd)  # closed
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["made by the job", "there already"])
+def test_a_destination_the_job_made_has_its_entry_synced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool) -> None:
+    """The commits sync the folders below a job's destination, not the folder holding it: a
+    destination the job made has its own entry put on disk when the job takes it (else a
+    power cut could take the folder, and every file recorded staged in it, back)."""
+    from hera_stage_ext.jobs.targets import LocalTarget
+
+    dest = tmp_path / "parent" / "dest"
+    dest.parent.mkdir()
+    if exists:
+        dest.mkdir()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = LocalTarget(dest)
+    target.acquire(1, "alice", lambda job_id: False)
+    assert target.made is not exists and dest.is_dir()
+    assert (str(dest.parent) in synced) is not exists, synced
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["synced", "syncfs failed"])
+def test_a_helper_syncs_each_hand_over_through_a_watch_opened_before_its_first_file(
+        tmp_path: Path, synced: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch,
+        fails: bool) -> None:
+    """A copy helper (its loop run here in a thread, over a pipe as the pool's) makes each
+    hand-over durable with one ``syncfs`` through the destination opened before the
+    hand-over's first file was written. A failed ``syncfs`` spends that watch and fails every
+    item of the hand-over with the error (none takes its final name, so none is recorded)."""
+    import ctypes
+    import multiprocessing as mp
+
+    monkeypatch.setattr(durability, "file_system_type", lambda fd: "ext4")
+    dest = tmp_path / "dest"
+    watches: list[tuple[Watch, list[Path]]] = []  # each watch, and the files there then
+    real_init = Watch.__init__
+
+    def opened(self: Watch, folder_fd: int) -> None:
+        real_init(self, folder_fd)
+        watches.append((self, [p for p in dest.rglob("*") if p.is_file()]))
+
+    monkeypatch.setattr(Watch, "__init__", opened)
+    if fails:
+        def failing(fd: int, what: str) -> None:
+            synced["syncfs_fds"].append(fd)
+            raise OSError(5, "Input/output error", what)
+
+        monkeypatch.setattr(durability, "sync_file_system", failing)
+    root = _pinned(tmp_path)
+    _store, items = _sources(tmp_path)
+    specs = []
+    for source, rel in items:
+        digest = ck.hash_path(source)
+        specs.append(ItemSpec(str(source), str(dest / rel), digest.size, source.is_dir(),
+                              digest.checksums, "copy"))
+    hand = HandOver("run", str(tmp_path / "log"), True, specs, [rel for _s, rel in items], root)
+    ours, theirs = mp.Pipe()
+    stops = (ctypes.c_longlong * copy_pool.DEPTH)()
+    helper = threading.Thread(target=copy_pool._write_hand_overs,
+                              args=(theirs, stops, 1 << 20, 0.0), daemon=True)
+    helper.start()
+    try:
+        ours.send((1, 0, hand))
+        while True:
+            assert ours.poll(30), "the helper did not answer"
+            request, results = ours.recv()
+            if not isinstance(results, int):  # (else bytes written so far)
+                break
+    finally:
+        ours.send(None)
+        helper.join(30)
+        ours.close()
+        theirs.close()
+    assert request == 1 and not helper.is_alive()
+    [(watch, there)] = watches
+    assert there == []  # opened before the hand-over's first file
+    assert synced["syncfs_fds"] == [watch.fd] and synced["fdatasync"] == []
+    if fails:
+        assert watch.spent
+        assert [getattr(r, "errno", None) for r in results] == [5, 5, 5], results
+        assert _staged(tmp_path) == {}
+    else:
+        assert results == [None, None, None] and not watch.spent
+        assert _staged(tmp_path) == EXPECTED

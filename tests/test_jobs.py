@@ -719,6 +719,44 @@ def test_a_stop_mid_job_puts_the_items_claimed_ahead_back(big: Site) -> None:
             assert log.count(f"copy {big.rel[name]} (") == 1, big.rel[name]
 
 
+class _NoRoomAheadPool:
+    """A copy pool whose helpers never have room for a hand-over sent ahead, and whose worker
+    is told to stop while the first hand-over is out: its helper, stopped before its first
+    file, hands every item back (as a real one does)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.sent: list[list[str]] = []  # each hand-over submitted: its items' paths
+
+    def submit(self, hand):
+        self.sent.append(list(hand.rels))
+        return len(self.sent)
+
+    def submit_ahead(self, hand):
+        return None
+
+    def collect(self, ticket, interrupt, progress=None):
+        self.stop.set()
+        return []
+
+
+def test_a_stopped_stream_sends_no_more_hand_overs(site: Site) -> None:
+    """A stream whose next hand-over found no room ahead sends it once the one in flight is
+    back, unless its run stopped meanwhile: then nothing more goes to the helpers (a helper
+    would write it after the stop), and its items go back to the queue, none written."""
+    job = stage(site, "stopped")
+    stop = threading.Event()
+    pool = _NoRoomAheadPool(stop)
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
+                          fsync=False, pool_batch_items=1)
+    assert run_pending(site.db, config, stop=stop, pool=pool) == [job["id"]]
+    assert len(pool.sent) == 1, pool.sent
+    with site.db.read() as s:
+        states = set(s.scalars(select(JobItem.state).where(JobItem.job_id == job["id"])))
+    assert states == {"queued"}
+    assert get_job(site.db, job["id"])["files_done"] == 0
+
+
 def _held_in(pids: list[int], folders: list[str]) -> list[str]:
     """What the processes ``pids`` hold open inside any of ``folders``."""
     held = []
@@ -815,13 +853,13 @@ def test_a_helper_writes_a_hand_over_sent_ahead_after_the_others_it_holds() -> N
 
     sender, receiver = mp.Pipe()
     try:
-        for message in ((1, hand("long", False)), (2, hand("long", True)),
-                        (3, hand("long", True)), (4, hand("short", False))):
+        for message in ((1, 0, hand("long", False)), (2, 1, hand("long", True)),
+                        (3, 2, hand("long", True)), (4, 3, hand("short", False))):
             sender.send(message)
         held: deque = deque()
         order = [_next(receiver, held, False)[0] for _ in range(4)]
         assert order == [1, 4, 2, 3]
-        sender.send((5, hand("long", True)))
+        sender.send((5, 0, hand("long", True)))
         sender.send(None)  # the pool closing: what was sent before it is still written
         assert _next(receiver, held, False) is None  # closing...
         assert _next(receiver, held, True)[0] == 5  # ...after the one sent before
@@ -829,6 +867,52 @@ def test_a_helper_writes_a_hand_over_sent_ahead_after_the_others_it_holds() -> N
     finally:
         sender.close()
         receiver.close()
+
+
+def test_a_stop_of_one_job_leaves_another_jobs_hand_over_sent_ahead_alone(tmp_path) -> None:
+    """A helper writes a hand-over sent ahead after every other it holds, so it may still
+    hold job A's when job B, whose hand-over was sent later, is stopped. The stop is B's
+    alone: A's hand-overs, the one being written and the one sent ahead, are written whole
+    and made final (not handed back to be redone); B's stops before its next file."""
+    from hera_stage_ext.jobs.copy_pool import CopyPool, HandOver
+    from hera_stage_ext.jobs.methods import ItemSpec
+
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def hand(run: str, names: list[str]) -> tuple[HandOver, list[Path]]:
+        specs, finals = [], []
+        for name in names:
+            source = store / name
+            source.write_bytes(name.encode() * 512)
+            digest = ck.hash_path(source)
+            finals.append(tmp_path / run / name)
+            specs.append(ItemSpec(str(source), str(finals[-1]), digest.size, False,
+                                  digest.checksums, "copy", True, str(store)))
+        return HandOver(run, str(tmp_path / f"{run}.log"), False, specs, names), finals
+
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    a1, a1_files = hand("A", [f"a1-{i}" for i in range(6)])
+    a2, a2_files = hand("A", [f"a2-{i}" for i in range(4)])
+    b1, b1_files = hand("B", [f"b1-{i}" for i in range(40)])
+    # One helper, each file slowed (a chunk's pause): it writes A's first hand-over while
+    # A's next (sent ahead) and B's wait in it; B is stopped meanwhile.
+    pool = CopyPool(1, 64 * 1024, chunk_delay=0.05)
+    try:
+        first = pool.submit(a1)
+        ahead = pool.submit_ahead(a2)
+        assert ahead is not None and ahead.request < (b := pool.submit(b1)).request
+        b_moved = pool.collect(b, lambda: True)
+        a_moved = pool.collect(first, lambda: False) + pool.collect(ahead, lambda: False)
+    finally:
+        pool.close()
+    assert a_moved == [None] * 10, a_moved
+    for path in a1_files + a2_files:
+        assert path.read_bytes() == path.name.encode() * 512
+    assert len(b_moved) < len(b1_files) and b_moved.count(None) == len(b_moved)
+    assert sorted(p.name for p in (tmp_path / "B").iterdir()) == sorted(
+        p.name for p in b1_files[:len(b_moved)])
 
 
 def test_hand_overs_keep_a_destination_folder_whole_where_they_can() -> None:
@@ -1024,3 +1108,87 @@ def test_commit_renames_a_file_out_of_a_shared_folder_alone(tmp_path: Path) -> N
     assert isinstance(error, FileNotFoundError)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hera-stage-incoming", "night"]
     assert (incoming / "2.part").read_bytes() == b"another pull, still running"
+
+
+class _StopAtSecondClaim(DbJobStore):
+    """The database store, with the worker told to stop at the run's second claim of items
+    (the run then gives those back and releases the job: a later attempt resumes it)."""
+
+    def __init__(self, db: Database, stop: threading.Event) -> None:
+        super().__init__(db)
+        self.stop = stop
+        self.claims = 0
+
+    def _claiming(self) -> None:
+        self.claims += 1
+        if self.claims == 2:
+            self.stop.set()
+
+    def claim_items(self, job_id, worker_id, n, max_bytes=None):  # type: ignore[override]
+        self._claiming()
+        return super().claim_items(job_id, worker_id, n, max_bytes)
+
+    def exchange(self, job_id, worker_id, results, n, max_bytes=None):  # type: ignore[override]
+        self._claiming()
+        return super().exchange(job_id, worker_id, results, n, max_bytes)
+
+
+def test_a_recorded_jobs_folder_replaced_between_attempts_is_refused(site: Site) -> None:
+    """A site's recorded job takes its folder when its first run begins (the user's worker
+    pins it, the site keeps the pin with the job). The folder moved aside and another made
+    in its place before the job resumes: the next attempt refuses the new folder (nothing
+    written in it, no marker) and the job fails saying why, as a launched job's does; the
+    files already staged stay where they are. A retry takes the folder there now, afresh."""
+    from hera_stage_ext.jobs import retry_job
+    from hera_stage_ext.jobs.recorded import record_stage_job
+
+    dest = site.workspace / "taken"
+    job = record_stage_job(site.db, "alice", site.names, str(dest), "copy", log_dir=site.logs)
+    config = EngineConfig(kinds=standard_kinds(), streams=1, heartbeat_seconds=0.2,
+                          fsync=False, claim_batch=2, allowed_roots=(str(site.workspace),))
+    stop = threading.Event()
+    assert run_pending(_StopAtSecondClaim(site.db, stop), config, stop=stop) == [job["id"]]
+    taken = get_job(site.db, job["id"])
+    assert taken["worker_id"] is None and 0 < taken["files_done"] < taken["files_total"]
+    st = os.stat(dest)
+    assert taken["options"]["pin"] == [st.st_dev, st.st_ino] and taken["options"]["made"]
+    before = tree(dest)
+    dest.rename(site.workspace / "aside")
+    dest.mkdir()
+    assert run_pending(site.db, config) == [job["id"]]
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "failed" and "not the folder it was when the job took it" in \
+        out["error"], out
+    assert list(dest.iterdir()) == []
+    assert tree(site.workspace / "aside") == before
+    retry_job(site.db, job["id"], standard_kinds())
+    assert run_pending(site.db, config) == [job["id"]]
+    out = get_job(site.db, job["id"])
+    assert out["state"] == "succeeded" and out["files_done"] == out["files_total"], out
+    st = os.stat(dest)
+    assert out["options"]["pin"] == [st.st_dev, st.st_ino]
+
+
+def test_the_site_keeps_the_folder_a_recorded_job_took(site: Site) -> None:
+    """The worker API keeps the first folder a recorded job's worker took: the same again is
+    taken, another refused (Conflict), a malformed pin a 400, and only the job's holder may
+    say which it took."""
+    from hera_stage_ext.jobs.recorded import record_stage_job
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    dest = site.workspace / "kept"
+    job = record_stage_job(site.db, "alice", site.names, str(dest), "copy", log_dir=site.logs)
+    ops = WorkerOps(site.db, "alice")
+    assert ops.claim({"worker_id": "w1", "lease_seconds": 30})["job"] == job["id"]
+    body = {"worker_id": "w1", "pin": [5, 42], "made": True}
+    assert ops.taken(job["id"], body) == {"pin": [5, 42]}
+    assert ops.taken(job["id"], body) == {"pin": [5, 42]}
+    with pytest.raises(Conflict):
+        ops.taken(job["id"], {**body, "pin": [5, 43]})
+    with pytest.raises(Conflict):
+        ops.taken(job["id"], {**body, "worker_id": "w2"})
+    for bad in ([5], [5, -1], ["5", 42], [5, 2**64], None, [5.0, 42]):
+        with pytest.raises(InvalidRequest):
+            ops.taken(job["id"], {**body, "pin": bad})
+    options = get_job(site.db, job["id"])["options"]
+    assert options["pin"] == [5, 42] and options["made"] is True

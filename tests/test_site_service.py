@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -361,6 +362,52 @@ def _run_users_worker(site: Site, user: str, number: int, store_class: type | No
         assert run_pending(store, settings) == [number]
     finally:
         store.close()
+
+
+def test_a_later_run_over_the_service_takes_the_folder_the_job_took_or_none(site: Site) -> None:
+    """A user's worker stopped mid-job tells the service which folder the job took (its
+    pin, kept with the job). The folder moved aside and another made in its place, the next
+    run's worker writes nothing into the new one and the job fails saying why."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig, run_pending
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "olga")
+    destination = _dest(site, "olga", "pinned")
+    number = site.stage("olga", destination)["id"]
+    stop = threading.Event()
+
+    class StopAtSecondClaim(HttpJobStore):
+        claims = 0
+
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            if path.endswith(("/items/claim", "/items/exchange")):
+                StopAtSecondClaim.claims += 1
+                if StopAtSecondClaim.claims == 2:
+                    stop.set()
+            return super().call(method, path, body)
+
+    settings = EngineConfig(kinds=standard_kinds(), heartbeat_seconds=0.2, fsync=False,
+                            claim_batch=1, allowed_roots=(str(site.home("olga").resolve()),))
+    for store_class, stopping in ((StopAtSecondClaim, stop), (HttpJobStore, None)):
+        store = store_class(site.url, site.tokens["olga"], spool_dir=site.work / "cache-olga")
+        store.tune(settings)
+        settings.claim_batch = settings.first_claim_batch = 1
+        try:
+            assert run_pending(store, settings, stop=stopping) == [number]
+        finally:
+            store.close()
+        if stopping is not None:
+            job = site.api("olga", "GET", f"jobs/{number}").json()
+            st = os.stat(destination)
+            assert job["options"]["pin"] == [st.st_dev, st.st_ino], job
+            assert job["files_done"] < len(FILES)
+            destination.rename(destination.with_name("aside"))
+            destination.mkdir()
+    job = _wait_finished(site, "olga", number)
+    assert job["state"] == "failed" and "not the folder it was when the job took it" in \
+        job["error"], job
+    assert list(destination.iterdir()) == []
 
 
 def test_a_users_worker_runs_her_job_and_the_files_land(site: Site) -> None:

@@ -31,6 +31,7 @@ ACTIONS: dict[str, tuple[str, str, bool]] = {
     "cancelled": ("POST", "cancelled", True),
     "fail": ("POST", "fail", True),
     "release": ("POST", "release", True),
+    "taken": ("POST", "taken", True),
     "log": ("POST", "log", True),
     "items/claim": ("POST", "claim_items", True),
     "items/requeue": ("POST", "requeue", True),

@@ -25,8 +25,11 @@ a child to the thread that started it): a SIGKILLed worker leaves no helper writ
 and a helper that dies (killed, out of memory) is replaced; the hand-over it had is reported as
 lost (``HelperDied``) for the engine to redo.
 
-A hand-over is stopped (a cancel, a lost lease, a store gone) through a shared counter: the
-helper checks it before every file and between chunks, so a cancel is seen within one file.
+A hand-over is stopped (a cancel, a lost lease, a store gone) through shared memory: each
+hand-over in flight has a slot of its helper's (``_Helper.stops``), which the stream stopping it
+sets to its request id; the helper checks its slot before every file and between chunks, so a
+cancel is seen within one file, and it stops that hand-over only (a mark "every request up to
+N" stopped a hand-over sent ahead, written after later ones, when another job stopped).
 While it writes a hand-over, a helper reports the bytes written so far about every
 ``PROGRESS_SECONDS`` (the job's progress between commits: ``progress.InFlight``).
 """
@@ -226,18 +229,19 @@ def _make_final(batch: list[tuple[int, HandOver, list[Moved], list[tuple[int, st
                               if isinstance(exc, FileExistsError) else exc)
 
 
-def _write_items(mover: Mover, specs: list[ItemSpec], stop_upto: Any, current: int
+def _write_items(mover: Mover, specs: list[ItemSpec], stop: Any, current: int
                  ) -> tuple[list[Moved], list[tuple[int, str, str, str]]]:
     """Write and verify the items ``specs`` of hand-over ``current`` one after the other
-    (``Mover.move``, deferred), until they are done or the hand-over is stopped
-    (``stop_upto``, looked at before every file). Returns one ``Moved`` per item started, and
-    the renames still to do: (index, temporary name, final name, note for the log)."""
+    (``Mover.move``, deferred), until they are done or the hand-over is stopped (its slot
+    ``stop`` holds ``current``; looked at before every file). Returns one ``Moved`` per item
+    started, and the renames still to do: (index, temporary name, final name, note for the
+    log)."""
     results: list[Moved] = []
     renames: list[tuple[int, str, str, str]] = []
     # (Bound once: this loop runs for every small file.)
     move, result, rename = mover.move, results.append, renames.append
     for i, spec in enumerate(specs):
-        if stop_upto.value >= current:
+        if stop.value == current:
             break
         try:
             outcome = move(spec)
@@ -258,20 +262,37 @@ def _write_items(mover: Mover, specs: list[ItemSpec], stop_upto: Any, current: i
     return results, renames
 
 
-def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float,
+def _serve(conn: Connection, stops: Any, chunk_size: int, chunk_delay: float,
            parent: int) -> None:
-    """A helper: receive hand-overs, write and verify each item under its temporary name,
-    then pass the hand-over to the committing thread and take the next one."""
+    """A helper process: bound to the worker, then ``_write_hand_overs`` until the pool
+    closes."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when helpers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # What the helper holds from now on is long-lived: out of the cyclic collector's passes,
+    # which the many small objects of each hand-over trigger (as the worker does, ``run``).
+    gc.freeze()
+    _write_hand_overs(conn, stops, chunk_size, chunk_delay)
+
+
+def _write_hand_overs(conn: Connection, stops: Any, chunk_size: int, chunk_delay: float
+                      ) -> None:
+    """Receive hand-overs, write and verify each item under its temporary name, then pass
+    the hand-over to the committing thread (``_finish``) and take the next one. ``stops``:
+    the slots by which hand-overs are stopped (``_Helper.stops``); a hand-over comes with its
+    slot's number."""
     current = 0
+    # Each slot seen as a value of its own (looked at per file and per chunk: as cheap as one
+    # shared value).
+    slots = [ctypes.c_longlong.from_buffer(stops, k * ctypes.sizeof(ctypes.c_longlong))
+             for k in range(len(stops))]
+    stop = slots[0]  # the slot of hand-over ``current``
     send_lock = threading.Lock()  # the replies (committing thread) and the progress (here)
     written, reported = 0, 0.0  # this hand-over's bytes written; when last reported
 
     def check(n: int) -> None:
         nonlocal written, reported
-        if stop_upto.value >= current:
+        if stop.value == current:
             raise Cancelled()
         written += n
         if time.monotonic() - reported >= PROGRESS_SECONDS:
@@ -282,16 +303,13 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
             time.sleep(chunk_delay)
 
     mover = Mover(chunk_size, check, lambda _line: None, deferred=True, temp_folders=True)
-    # What the helper holds from now on is long-lived: out of the cyclic collector's passes,
-    # which the many small objects of each hand-over trigger (as the worker does, ``run``).
-    gc.freeze()
     jobs: queue.Queue[Any] = queue.Queue()
     committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock), daemon=True)
     committer.start()
     last_run = None
     # Hand-overs received and not yet written, in the order sent; those sent ``ahead`` are
     # written after every other one held (``_next``).
-    held: collections.deque[tuple[int, HandOver]] = collections.deque()
+    held: collections.deque[tuple[int, int, HandOver]] = collections.deque()
     closing = False
     while True:
         if not held and not closing and not conn.poll():
@@ -307,7 +325,8 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
                 closing = True
                 continue
             break
-        current, hand = message
+        current, slot, hand = message
+        stop = slots[slot]
         written = 0
         if hand.run != last_run:
             # Another run's folders: what was fresh (made by this helper) is not for it, even
@@ -320,27 +339,27 @@ def _serve(conn: Connection, stop_upto: Any, chunk_size: int, chunk_delay: float
         mover.pin(hand.root)
         # Opened before this hand-over's files are written, for its commit's ``syncfs``.
         watch = mover.watch() if hand.fsync else []
-        results, renames = _write_items(mover, hand.specs, stop_upto, current)
+        results, renames = _write_items(mover, hand.specs, stop, current)
         jobs.put((current, hand, results, renames, watch))
     jobs.put(None)
     committer.join()
 
 
-def _next(conn: Connection, held: collections.deque[tuple[int, HandOver]], closing: bool
-          ) -> tuple[int, HandOver] | None:
+def _next(conn: Connection, held: collections.deque[tuple[int, int, HandOver]], closing: bool
+          ) -> tuple[int, int, HandOver] | None:
     """The hand-over to write next: every one sent so far is taken from ``conn`` into
     ``held`` (waiting for one when none is), and the oldest not sent ``ahead`` is written
     first, else the oldest. A stream's hand-over sent ahead of the one it has in flight thus
     never delays another's (another job's first hand-over is written before it). None: the
     pool is closing (``held`` may still hold hand-overs to write first)."""
     while not closing and (not held or conn.poll()):
-        message: tuple[int, HandOver] | None = conn.recv()
+        message: tuple[int, int, HandOver] | None = conn.recv()
         if message is None:
             return None
         held.append(message)
     if not held:
         return None
-    for k, (_request, hand) in enumerate(held):
+    for k, (_request, _slot, hand) in enumerate(held):
         if not hand.ahead:
             if k:
                 message = held[k]
@@ -357,6 +376,7 @@ class _Waiting:
     error: BaseException | None = None
     written: int = 0  # bytes the helper reported written so far
     ahead: bool = False  # sent ahead (``CopyPool.submit_ahead``)
+    slot: int = 0  # its slot of ``_Helper.stops`` while it is in flight
 
 
 class _Helper:
@@ -364,9 +384,14 @@ class _Helper:
                  replied: Callable[[], None]) -> None:
         self.replied = replied  # told after each reply (the pool's streams wait for room)
         self.conn, child = context.Pipe()
-        self.stop_upto = context.RawValue(ctypes.c_longlong, 0)
+        # One slot per hand-over in flight (``_pick`` gives each a free one): the request id
+        # of the hand-over to stop. A slot is given again only once its last hand-over is
+        # answered, and ids only grow, so a stop never lands on another hand-over; written
+        # only here (``stop``), read by the helper.
+        self.stops = context.RawArray(ctypes.c_longlong, DEPTH)
+        self._stop_lock = threading.Lock()
         self.process = context.Process(target=_serve, name="hera-stage-copy",
-                                       args=(child, self.stop_upto, chunk_size, chunk_delay,
+                                       args=(child, self.stops, chunk_size, chunk_delay,
                                              os.getpid()),
                                        daemon=True)
         self.process.start()
@@ -378,6 +403,13 @@ class _Helper:
         self.reader = threading.Thread(target=self._read, name="hera-stage-copy-reader",
                                        daemon=True)
         self.reader.start()
+
+    def stop(self, request: int, slot: int) -> None:
+        """Stop hand-over ``request`` before its next file. (Never a later one that has its
+        slot since: a slot only ever takes a higher id, under the lock.)"""
+        with self._stop_lock:
+            if self.stops[slot] < request:
+                self.stops[slot] = request
 
     def first(self) -> int:
         """How many of its hand-overs in flight were not sent ahead (written first)."""
@@ -486,6 +518,8 @@ class CopyPool:
                     # ahead either (``_next``): it goes where they are fewest.
                     helper = min(live, key=(lambda h: len(h.waiting)) if ahead else
                                  (lambda h: (h.first(), len(h.waiting))))
+                    taken = {w.slot for w in list(helper.waiting.values())}
+                    waiting.slot = min(set(range(DEPTH)) - taken)
                     helper.waiting[request] = waiting
                     return helper
                 if ahead:
@@ -531,7 +565,7 @@ class CopyPool:
             return None
         try:
             with helper.send_lock:
-                helper.conn.send((request, hand))
+                helper.conn.send((request, waiting.slot, hand))
         except (OSError, ValueError) as exc:
             with self._cond:
                 helper.waiting.pop(request, None)
@@ -556,9 +590,7 @@ class CopyPool:
                 shown = waiting.written
                 progress(shown)
             if interrupt():
-                # Stops this hand-over (and an older one in the same helper: its stream
-                # takes the items not started back to the queue and goes on).
-                helper.stop_upto.value = max(helper.stop_upto.value, request)
+                helper.stop(request, waiting.slot)  # this hand-over only
         if waiting.error is not None:
             raise waiting.error
         assert waiting.results is not None

@@ -126,6 +126,8 @@ class HttpJobStore:
         # whose files waits for a recall (a count that only goes down).
         self._roots: dict[int, dict[str, str]] = {}
         self._first_beat: dict[int, Beat] = {}
+        # The folder each run took (``note_taken``), until its next heartbeat says it.
+        self._taken: dict[int, dict[str, Any]] = {}
         self._none_waiting: set[int] = set()
         # The result lines the last ``unfinished`` answer carried (none left to do), for the
         # finish that follows; dropped by any call that changes the job's items.
@@ -388,6 +390,7 @@ class HttpJobStore:
             first = self._first_beat.pop(job_id, None)
         if first is not None:
             return first
+        self._send_taken(job_id)
         answer = self._job(job_id, "heartbeat", {"worker_id": worker_id,
                                                  "lease_seconds": lease_seconds,
                                                  "stores": list(stores), "moving": moving})
@@ -400,6 +403,33 @@ class HttpJobStore:
         if isinstance(answer.get("lines"), list):
             self._lines[job_id] = [str(line) for line in answer["lines"]]
         return list(answer["paths"])
+
+    def note_taken(self, job_id: int, worker_id: str, pin: list[int], made: bool) -> None:
+        """Said by the run's next heartbeat (its own request, from the heartbeat's thread;
+        or by the release, if that comes first), not now: a run asks nothing between its
+        claim and its first items (``load_job``), and only a later attempt needs the pin."""
+        with self._lock:
+            self._taken[job_id] = {"worker_id": worker_id, "pin": pin, "made": made}
+
+    def _send_taken(self, job_id: int) -> None:
+        with self._lock:
+            taken = self._taken.pop(job_id, None)
+        if taken is None:
+            return
+        try:
+            self._job(job_id, "taken", taken)
+        except ServiceError as exc:
+            if exc.status >= 500:  # not reached: said with the next heartbeat
+                with self._lock:
+                    self._taken.setdefault(job_id, taken)
+            # (Else refused: a service older than it, which keeps no pin, or a job this
+            # worker no longer holds; the folder was checked against any pin kept.)
+
+    def _drop_taken(self, job_id: int) -> None:
+        """The run is over before its first heartbeat: no later attempt needs its folder's
+        pin (a retry takes the folder afresh)."""
+        with self._lock:
+            self._taken.pop(job_id, None)
 
     def waiting(self, job_id: int) -> int:
         if job_id in self._none_waiting:
@@ -415,6 +445,7 @@ class HttpJobStore:
             raise
 
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
+        self._drop_taken(job.id)
         lines = self._lines.pop(job.id, None)
         if lines is None:
             lines = list(self._job(job.id, "results", method="GET")["lines"])
@@ -433,6 +464,7 @@ class HttpJobStore:
         return str(shipper.ship_then(finish_with)["state"])
 
     def finish_cancelled(self, job: JobRow, kind: JobKind) -> str:
+        self._drop_taken(job.id)
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
         removed = kind.cancel_at_target(job, int(answer["left"]), list(answer["unfinished"]))
         shipper = self._shippers.get(job.id)
@@ -442,11 +474,13 @@ class HttpJobStore:
         return JobState.CANCELLED
 
     def fail(self, job: JobRow, worker_id: str, error: str) -> str:
+        self._drop_taken(job.id)
         self._ship(job.id)
         return str(self._job(job.id, "fail", {"worker_id": worker_id, "error": error})["state"])
 
     def release(self, job_id: int, worker_id: str, error: str | None = None) -> None:
         self._ship(job_id)
+        self._send_taken(job_id)  # (a later attempt takes this folder or none)
         self._job(job_id, "release", {"worker_id": worker_id, "error": error})
 
     def log(self, job: JobRow) -> JobLog:

@@ -235,6 +235,35 @@ def check_forgettable(job: Mapping[str, Any]) -> None:
             f"{job['destination']}), or forget the job once it has expired", job_id=job["id"])
 
 
+def note_taken(db: Database, job_id: int, worker_id: str, pin: list[int], made: bool) -> None:
+    """Record the folder a site's recorded job took, as the user's worker that holds the job
+    took it: its pin (device and inode), which every later attempt's worker checks the folder
+    against (``targets.LocalTarget.acquire``), and ``made``. The pin is kept once taken:
+    another is refused (Conflict), so no later attempt moves the job to another folder (a
+    retry lets the worker take the folder afresh, ``stage_kind.StageKind.retake``)."""
+    with db.write() as s:
+        job = s.get(JobRow, job_id, with_for_update=True)
+        if job is None or job.worker_id != worker_id:
+            raise Conflict(f"job {job_id} is not held by worker {worker_id}", job_id=job_id)
+        options = dict(job.options or {})
+        if options.get("pin") not in (None, pin):
+            raise Conflict(f"job {job_id} took another folder at {job.destination}; it is "
+                           f"not taken again", job_id=job_id)
+        options["pin"] = pin
+        if made:
+            options["made"] = True
+        if options != job.options:
+            job.options = options
+
+
+def check_pin(value: object) -> list[int]:
+    """A folder's pin as a worker reports it: [device, inode], InvalidRequest else."""
+    if not (isinstance(value, list) and len(value) == 2
+            and all(type(n) is int and 0 <= n < 2**64 for n in value)):
+        raise InvalidRequest("'pin' must be [device, inode], two integers")
+    return list(value)
+
+
 def note_made(db: Database, job_id: int) -> None:
     """Record that ``job_id`` made its folder (a user's worker says so when it finishes)."""
     with db.write() as s:

@@ -493,8 +493,13 @@ class StageKind(ColdFileKind):
         try:
             target.confine_recorded(run.config.allowed_roots)
             target.acquire(run.job.id, run.job.owner, run.store.is_active)
-            # The pin and whether the folder was made here: the store records ``made``.
             run.job.options = {**run.job.options, **target.options()}
+            pin = getattr(target, "pin", None)
+            if pin is not None:
+                # Kept with the job (by the store, not in anything of the folder's): a later
+                # attempt's worker takes this folder or none (``LocalTarget.acquire``).
+                run.store.note_taken(run.job.id, run.worker_id, [pin.dev, pin.ino],
+                                     bool(getattr(target, "made", False)))
         except StagingError as exc:
             raise JobRefused(f"{exc.message} (checked by the worker of "
                              f"{run.job.owner})") from exc
@@ -539,7 +544,12 @@ class StageKind(ColdFileKind):
     def retake(self, s: Session, job: JobRow, *, left_bytes: int, force: bool,
                allowed_roots: Sequence[str | os.PathLike[str]]) -> None:
         recorded = job.options.get("recorded")  # the user's worker takes the folder again
-        target = _target(job)
+        # A retry takes the folder that is there now, checked again (as its first attempt
+        # did): the pin of the last attempt is dropped (a recorded job's worker pins it anew).
+        options = {key: value for key, value in job.options.items() if key != "pin"}
+        target = targets.for_job(job.destination, job.method, options)
+        if recorded and "pin" in job.options:
+            job.options = options
         if not recorded:
             target.recheck(allowed_roots)
             needed = left_bytes if job.method in COPYING else 0

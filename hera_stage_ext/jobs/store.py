@@ -2,8 +2,9 @@
 
 A worker claims a job, claims its items in batches, records their results in batches (both
 in one call per hand-over: ``exchange``), renews its lease (and learns of a cancel), finishes,
-fails or releases the job, and writes the job's log. ``JobStore`` names exactly those operations; the run engine (``run.JobRun``) and the
-worker loop (``worker.Worker``) call nothing else. Two implementations, one engine:
+fails or releases the job, and writes the job's log; a site's recorded job's worker says which
+folder it took (``note_taken``). ``JobStore`` names exactly those operations; the run engine
+(``run.JobRun``) and the worker loop (``worker.Worker``) call nothing else. Two implementations, one engine:
 
 - ``DbJobStore`` (here): the catalogue database itself, for single-user servers, the site
   service's own worker and tests (the engine's functions in ``engine`` and ``items``).
@@ -29,7 +30,7 @@ from sqlalchemy import func, select, update
 from ..catalogue.db import Database
 from ..catalogue.models import Store
 from ..states import ACTIVE_JOB_STATES, ItemState
-from . import engine, items
+from . import engine, items, lifecycle
 from .contract import JobKind
 from .items import ClaimedItem
 from .joblog import JobLog
@@ -72,6 +73,7 @@ class JobStore(Protocol):
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat: ...
     def unfinished_paths(self, job_id: int) -> list[str]: ...
+    def note_taken(self, job_id: int, worker_id: str, pin: list[int], made: bool) -> None: ...
     def waiting(self, job_id: int) -> int: ...
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str: ...
     def finish_cancelled(self, job: JobRow, kind: JobKind) -> str: ...
@@ -172,6 +174,10 @@ class DbJobStore:
 
     def unfinished_paths(self, job_id: int) -> list[str]:
         return items.unfinished_paths(self.db, job_id)
+
+    def note_taken(self, job_id: int, worker_id: str, pin: list[int], made: bool) -> None:
+        """A recorded job's folder, as this worker took it (``lifecycle.note_taken``)."""
+        lifecycle.note_taken(self.db, job_id, worker_id, pin, made)
 
     def waiting(self, job_id: int) -> int:
         """How many of the job's items wait for their recall from a cold store."""

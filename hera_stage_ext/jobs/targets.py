@@ -86,9 +86,14 @@ class LocalTarget:
             os.close(fd)
 
     def acquire(self, job_id: int, owner: str, is_active: Callable[[int], bool]) -> None:
-        """Take the folder (made if missing) and pin it: from now on it is this folder."""
-        fd, made = safefs.open_dir(self.key, create=True)
+        """Take the folder (made if missing) and pin it: from now on it is this folder. A
+        target pinned already (a later attempt of a site's recorded job: the pin its first
+        attempt took) takes only that folder: another there now, or none, is refused
+        (``safefs.PathChanged``), before anything is written or made."""
+        fd, made = safefs.open_dir(self.key, create=self.pin is None)
         try:
+            if self.pin is not None:
+                safefs.check_pin(fd, self.pin)
             markers.acquire(fd, job_id, owner, is_active, self.key, made=made)
             # A worker resuming a job that made the folder finds it made (its marker says so).
             self.made = self.made or made or markers.made_by(fd, job_id)

@@ -248,6 +248,14 @@ class WorkerOps:
             lifecycle.note_made(self.db, job_id)
         return {"state": state, "logged": len(text)}
 
+    def taken(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """The folder the worker took for the job (``lifecycle.note_taken``): kept with the
+        job, so that the worker of a later attempt takes that folder or none."""
+        job = self._held(job_id, body)
+        pin = lifecycle.check_pin(body.get("pin"))
+        lifecycle.note_taken(self.db, job.id, job.worker_id or "", pin, body.get("made") is True)
+        return {"pin": pin}
+
     def cancelled(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         job = self._held(job_id, body)
         if not job.cancel_requested:
