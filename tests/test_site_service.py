@@ -583,6 +583,53 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
                                                         "n": 1})
 
 
+def test_a_claim_in_the_narrow_form_gives_the_worker_the_same_items(database: Database,
+                                                                   tmp_path: Path) -> None:
+    """An item call that asks for the narrow form (``"narrow": true``, which the job's answer
+    announces) gets the same items as the wide form, read back as ``ClaimedItem``s, but for
+    the name, which a worker does not use: a source that ends with its destination path or
+    does not, the checksum the worker verifies with (or all where that one is missing), a
+    folder, text JSON must escape. A call that does not ask gets the wide form as before."""
+    from hera_stage_ext.errors import InvalidRequest
+    from hera_stage_ext.jobs.engine import create_job
+    from hera_stage_ext.jobs.items import ClaimedItem, narrow_item
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    both = {"xxh3-128": "f" * 32, "md5": "0" * 32}
+    specs = [("w.uvh5", "/store/root/w.uvh5", both, False),  # claimed in the wide form
+             ("a/b.uvh5", "/store/root/a/b.uvh5", both, False),
+             ("b.uvh5", "/store/rootb.uvh5", both, False),  # ends so, not after a "/"
+             ("sub/\u00e9t\u00e9 \"1\".uvh5", "/store/x/\u00e9t\u00e9 \"1\".uvh5", {"md5": "1" * 32},
+              False),
+             ("dir", "/store/root/dir", {"md5": "2" * 32}, True),
+             ("c.uvh5", "/store/root/c.uvh5", {}, False)]
+    items = [{"name": f"f{k}", "store": "s", "size": 10 + k, "is_directory": is_dir,
+              "checksums": sums, "dest_path": dest, "source_path": source}
+             for k, (dest, source, sums, is_dir) in enumerate(specs)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 60,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    assert ops.job(job["id"])["narrow_items"] is True
+    wide = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1}))
+    assert "narrow" not in wide
+    first = wide["items"][0][0]
+    assert wide["items"][0][1:] == ["f0", "/store/root/w.uvh5", "w.uvh5", 10, False, both, 1,
+                                    "s"]
+    narrow = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 10, "narrow": True}))
+    assert narrow["narrow"] is True and narrow["recorded"] == 0
+    assert narrow["items"][0][1] == "/store/root/"  # the source's part before its dest_path
+    assert narrow["items"][0][5] == "f" * 32  # only the checksum the worker verifies with
+    assert [narrow_item(row) for row in narrow["items"]] == [
+        ClaimedItem(first + k, "", source, dest, 10 + k, is_dir,
+                    {"xxh3-128": sums["xxh3-128"]} if "xxh3-128" in sums else sums, 1, "s")
+        for k, (dest, source, sums, is_dir) in enumerate(specs) if k]
+    again = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1, "narrow": True}))
+    assert again == {"narrow": True, "items": []}
+    with pytest.raises(InvalidRequest):
+        ops.exchange(job["id"], {"worker_id": "w", "n": 1, "narrow": "yes"})
+
+
 def test_a_claim_whose_detail_fails_still_gives_the_job(database: Database, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The job is claimed before its answer's ``more`` and ``detail`` are read: when those
@@ -1056,6 +1103,41 @@ def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Si
     assert not any("unfinished" in body for _, body in calls), calls
     job = _wait_finished(site, "erin", number)
     assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+
+
+def test_a_users_worker_asks_for_narrow_items_only_where_the_service_announces_them(
+        site: Site) -> None:
+    """A user's worker asks for its claimed items in the narrow form where the job's answer
+    announces it (``narrow_items``), and reads each answer as it says; against a service that
+    does not (an older one) it asks nothing of the form. Either way every file lands."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "erin")
+    for older in (False, True):
+        destination = _dest(site, "erin", f"narrow-{older}")
+        number = site.stage("erin", destination)["id"]
+        asked: list[Any] = []
+        answered: list[Any] = []
+
+        class Watching(HttpJobStore):
+            def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+                answer = super().call(method, path, body)
+                if path.endswith(("/items/claim", "/items/exchange")) and (body or {}).get("n"):
+                    asked.append((body or {}).get("narrow"))
+                    answered.append(answer.get("narrow"))
+                detail = answer.get("detail") if path == "claim" else answer
+                if older and isinstance(detail, dict):
+                    detail.pop("narrow_items", None)
+                return answer
+
+        _run_users_worker(site, "erin", number, Watching, streams=2)
+        assert asked and set(asked) == ({None} if older else {True}), asked
+        assert set(answered) == ({None} if older else {True}), answered
+        job = _wait_finished(site, "erin", number)
+        assert (job["state"], job["files_done"], job["files_failed"]) == ("succeeded", 3, 0), job
+        for name in FILES:
+            assert (destination / name).read_bytes() == (site.work / "store" / name
+                                                         ).read_bytes()
 
 
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:

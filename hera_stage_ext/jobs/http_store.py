@@ -41,7 +41,7 @@ import urllib3
 from ..errors import ServiceError
 from ..states import JobState
 from .contract import JobKind
-from .items import ClaimedItem, id_runs
+from .items import ClaimedItem, id_runs, narrow_item
 from .joblog import JobLog
 from .models import JobRow
 from .store import Beat
@@ -139,6 +139,9 @@ class HttpJobStore:
         # follows it (one round trip fewer at the end of a run); dropped by any item call.
         self._record_unfinished = False
         self._unfinished: dict[int, dict[str, Any]] = {}
+        # Whether its item calls may ask for the claimed items in the narrow form (half the
+        # bytes: ``items.NARROW_ITEM``; the same answer says so).
+        self._narrow_items = False
         # Whether another job waited when the last one was claimed (the claim's answer).
         self._more = True
         # The jobs' details their claims carried (``GET jobs/<id>``'s answer), for the
@@ -267,6 +270,7 @@ class HttpJobStore:
             self._result_runs = data.get("result_runs") is True
             self._items_log = data.get("items_log") is True
             self._record_unfinished = data.get("record_unfinished") is True
+            self._narrow_items = data.get("narrow_items") is True
             self._unfinished.pop(job_id, None)
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)
@@ -300,8 +304,14 @@ class HttpJobStore:
                     max_bytes: int | None = None) -> list[ClaimedItem]:
         answer = self._job(job_id, "items/claim", {"worker_id": worker_id,
                                                    "n": min(n, RESULTS_PER_CALL),
-                                                   "max_bytes": max_bytes})
-        return [ClaimedItem(*row) for row in answer["items"]]
+                                                   "max_bytes": max_bytes, **self._form()})
+        return _claimed(answer)
+
+    def _form(self) -> dict[str, Any]:
+        """What an item claim asks of its answer's form: the narrow one, where the service
+        takes that (``narrow_items``); an older service is asked nothing (it would refuse no
+        field, but nor would it read one)."""
+        return {"narrow": True} if self._narrow_items else {}
 
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
         if item_ids:
@@ -379,8 +389,8 @@ class HttpJobStore:
             self.record(job_id, part)
         answer = self._with_log(job_id, "items/exchange", {
             "worker_id": worker_id, "n": min(n, RESULTS_PER_CALL), "max_bytes": max_bytes,
-            **self._results(last)})
-        return [ClaimedItem(*row) for row in answer["items"]]
+            **self._form(), **self._results(last)})
+        return _claimed(answer)
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:
@@ -485,6 +495,14 @@ class HttpJobStore:
         for shipper in list(self._shippers.values()):
             shipper.close()
         self.session.close()
+
+
+def _claimed(answer: dict[str, Any]) -> list[ClaimedItem]:
+    """An item call's claimed items, in the form its answer says (``"narrow": true``: the
+    narrow form, ``items.narrow_item``; else the wide one, ``ClaimedItem``'s fields)."""
+    if answer.get("narrow") is True:
+        return [narrow_item(row) for row in answer["items"]]
+    return [ClaimedItem(*row) for row in answer["items"]]
 
 
 def backoff(attempt: int) -> float:
