@@ -592,7 +592,7 @@ def test_a_claim_in_the_narrow_form_gives_the_worker_the_same_items(database: Da
     folder, text JSON must escape. A call that does not ask gets the wide form as before."""
     from hera_stage_ext.errors import InvalidRequest
     from hera_stage_ext.jobs.engine import create_job
-    from hera_stage_ext.jobs.items import ClaimedItem, narrow_item
+    from hera_stage_ext.jobs.items import ClaimedItem, narrow_items
     from hera_stage_ext.site.worker_ops import WorkerOps
 
     both = {"xxh3-128": "f" * 32, "md5": "0" * 32}
@@ -620,7 +620,7 @@ def test_a_claim_in_the_narrow_form_gives_the_worker_the_same_items(database: Da
     assert narrow["narrow"] is True and narrow["recorded"] == 0
     assert narrow["items"][0][1] == "/store/root/"  # the source's part before its dest_path
     assert narrow["items"][0][5] == "f" * 32  # only the checksum the worker verifies with
-    assert [narrow_item(row) for row in narrow["items"]] == [
+    assert narrow_items(narrow["items"]) == [
         ClaimedItem(first + k, "", source, dest, 10 + k, is_dir,
                     {"xxh3-128": sums["xxh3-128"]} if "xxh3-128" in sums else sums, 1, "s")
         for k, (dest, source, sums, is_dir) in enumerate(specs) if k]

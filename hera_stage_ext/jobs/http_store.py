@@ -41,7 +41,7 @@ import urllib3
 from ..errors import ServiceError
 from ..states import JobState
 from .contract import JobKind
-from .items import ClaimedItem, id_runs, narrow_item
+from .items import ClaimedItem, id_runs, narrow_items
 from .joblog import JobLog
 from .models import JobRow
 from .store import Beat
@@ -499,9 +499,9 @@ class HttpJobStore:
 
 def _claimed(answer: dict[str, Any]) -> list[ClaimedItem]:
     """An item call's claimed items, in the form its answer says (``"narrow": true``: the
-    narrow form, ``items.narrow_item``; else the wide one, ``ClaimedItem``'s fields)."""
+    narrow form, ``items.narrow_items``; else the wide one, ``ClaimedItem``'s fields)."""
     if answer.get("narrow") is True:
-        return [narrow_item(row) for row in answer["items"]]
+        return narrow_items(answer["items"])
     return [ClaimedItem(*row) for row in answer["items"]]
 
 

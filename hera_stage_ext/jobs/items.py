@@ -234,14 +234,14 @@ _NARROW_POSTGRESQL = (
     "NULLIF(checksums, 'null'::jsonb), '{{}}'::jsonb), attempts + 1, store) AS TEXT)")
 
 
-def narrow_item(row: Sequence[Any]) -> ClaimedItem:
-    """A claimed item from its narrow form over HTTP (``NARROW_ITEM``); its name is not sent
-    (empty here)."""
-    item_id, source, dest_path, size, is_directory, checksum, attempts, store = row
-    return ClaimedItem(item_id, "", source + dest_path if isinstance(source, str) else source[0],
-                       dest_path, size, bool(is_directory),
-                       {PREFERRED: checksum} if isinstance(checksum, str) else checksum,
-                       attempts, store)
+def narrow_items(rows: Iterable[Sequence[Any]]) -> list[ClaimedItem]:
+    """Claimed items from their narrow form over HTTP (``NARROW_ITEM``); their names are not
+    sent (empty here). One comprehension, no call a row: a claim brings thousands."""
+    item, preferred = ClaimedItem, PREFERRED
+    return [item(item_id, "", source + dest if type(source) is str else source[0], dest, size,
+                 bool(is_directory), {preferred: sums} if type(sums) is str else sums,
+                 attempts, store)
+            for item_id, source, dest, size, is_directory, sums, attempts, store in rows]
 
 
 # States as plain strings: the driver is given no enum to adapt.
