@@ -1140,6 +1140,50 @@ def test_a_users_worker_asks_for_narrow_items_only_where_the_service_announces_t
                                                          ).read_bytes()
 
 
+def test_an_item_calls_log_lines_may_follow_its_json(site: Site) -> None:
+    """An item call may send the job's log lines after its JSON, as they are
+    (``LOG_TAIL_TYPE``, announced as ``log_tail``): they are appended to the job's log as with
+    ``log`` in the JSON. Lines that are not UTF-8, ``log`` in the JSON as well, lines after
+    another call's JSON or a body over the limit are refused with a JSON error, and nothing
+    is appended; another user's worker still finds no such job."""
+    from hera_stage_ext.api.base import MAX_BODY_BYTES
+    from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
+
+    _issue_stage_token(site, "frank")
+    number = site.stage("frank", _dest(site, "frank", "tail"))["id"]
+    claimed = site.api("frank", "POST", "worker/claim", {"worker_id": "fw"}).json()
+    assert claimed["job"] == number and claimed["detail"]["log_tail"] is True
+
+    def post(action: str, head: dict[str, Any], tail: bytes, user: str = "frank"
+             ) -> requests.Response:
+        return requests.post(f"{site.url}hera-stage/api/worker/jobs/{number}/{action}",
+                             data=json.dumps(head).encode() + b"\n" + tail, timeout=30,
+                             headers={"Authorization": f"token {site.tokens[user]}",
+                                      "Content-Type": LOG_TAIL_TYPE})
+
+    def log_text() -> str:
+        return site.api("frank", "GET", f"jobs/{number}/log").json()["text"]
+
+    lines = "2026-12-07T00:00:00.000Z  copy \u00e9t\u00e9 \"1\".uvh5 (3 bytes)\nsecond line\n"
+    reply = post("items/record", {"results": []}, lines.encode())
+    assert reply.status_code == 200 and reply.json() == {"recorded": 0}, reply.text
+    reply = post("items/exchange", {"worker_id": "fw", "n": 1, "narrow": True}, b"third\n")
+    assert reply.status_code == 200 and len(reply.json()["items"]) == 1, reply.text
+    assert log_text().endswith(lines + "third\n")
+    before = log_text()
+    for action, head, tail, status in (
+            ("items/record", {"results": []}, b"bad \xff byte\n", 400),
+            ("items/record", {"results": [], "log": "x\n"}, b"y\n", 400),
+            ("heartbeat", {"worker_id": "fw"}, b"z\n", 400),
+            ("items/record", {"results": []}, b"w" * MAX_BODY_BYTES, 413)):
+        reply = post(action, head, tail)
+        assert reply.status_code == status and "message" in reply.json(), (action, reply.text)
+    reply = post("items/record", {"results": []}, b"bob's\n", user="bob")
+    assert reply.status_code == 404, reply.text
+    assert log_text() == before
+    assert site.api("frank", "POST", f"jobs/{number}/cancel").status_code == 200
+
+
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     """A user's worker sends its results in calls of at most the service's limit (10,000; 2
     here): a hand-over with more goes as records of that many and the rest with the claim;
@@ -1179,18 +1223,31 @@ def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Sit
     from hera_stage_ext.catalogue.db import Database
     from hera_stage_ext.jobs.engine import get_job
     from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
 
     _issue_stage_token(site, "dave")
     destination = _dest(site, "dave", "runs")
     number = site.stage("dave", destination)["id"]
     bodies: list[tuple[str, dict[str, Any]]] = []
+    sent: list[tuple[str, bytes | None, Any]] = []
 
-    class Recording(HttpJobStore):
+    class Recording(HttpJobStore):  # (and what went on the wire: the lines after the JSON)
         def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
             bodies.append((path.rsplit("/", 1)[-1], dict(body or {})))
             return super().call(method, path, body)
 
+        def _attempt(self, method: str, path: str, data: bytes | None,
+                     headers: dict[str, str] | None) -> Any:
+            sent.append((path, data, (headers or {}).get("Content-Type")))
+            return super()._attempt(method, path, data, headers)
+
     _run_users_worker(site, "dave", number, Recording, streams=1)
+    items_calls = [(data or b"").partition(b"\n") + (kind,) for path, data, kind in sent
+                   if path.endswith(("/items/record", "/items/exchange"))]
+    # Every item call's lines after its JSON, none in it; the files' lines among them.
+    assert all("log" not in json.loads(head) and (kind == LOG_TAIL_TYPE) == bool(tail)
+               for head, _, tail, kind in items_calls), items_calls
+    assert b"  copy " in b"".join(tail for _, _, tail, _ in items_calls), items_calls
     reported = [body for action, body in bodies if action in ("record", "exchange")
                 and (body.get("results") or body.get("runs"))]
     assert reported and all(not body["results"] for body in reported), reported

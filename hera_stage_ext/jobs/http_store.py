@@ -42,7 +42,7 @@ from ..errors import ServiceError
 from ..states import JobState
 from .contract import JobKind
 from .items import ClaimedItem, id_runs, narrow_items
-from .joblog import JobLog
+from .joblog import LOG_TAIL_TYPE, JobLog
 from .models import JobRow
 from .store import Beat
 
@@ -87,6 +87,9 @@ LOG_SOON, LOG_POLL_S = 96 << 10, 0.1
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_TAIL_HEADERS = {"Content-Type": LOG_TAIL_TYPE}
+#: The calls whose log lines go after their JSON, where the service takes that (``log_tail``).
+_TAIL_ACTIONS = ("/items/record", "/items/exchange")
 
 
 def default_spool_dir() -> Path:
@@ -139,6 +142,8 @@ class HttpJobStore:
         # follows it (one round trip fewer at the end of a run); dropped by any item call.
         self._record_unfinished = False
         self._unfinished: dict[int, dict[str, Any]] = {}
+        # Whether its item calls' log lines may follow their JSON as they are (the same).
+        self._log_tail = False
         # Whether its item calls may ask for the claimed items in the narrow form (half the
         # bytes: ``items.NARROW_ITEM``; the same answer says so).
         self._narrow_items = False
@@ -156,14 +161,11 @@ class HttpJobStore:
         recorded once; a repeated claim may leave items to the next claim after a release)."""
         deadline = time.monotonic() + self.patience
         attempt = 0
-        # UTF-8 as it is (not ``\\u`` escapes, as requests' ``json=`` writes): a log's
-        # non-ASCII names take their own bytes of the service's body limit, not six each.
-        data = (None if body is None
-                else json.dumps(body, ensure_ascii=False, allow_nan=False).encode())
+        data, headers = self._encode(path, body)
         while True:
             reply: requests.Response | None = None
             try:
-                reply, content = self._attempt(method, path, data)
+                reply, content = self._attempt(method, path, data, headers)
             except requests.RequestException as exc:
                 problem = f"cannot be reached: {exc}"
             else:
@@ -191,15 +193,31 @@ class HttpJobStore:
                                f"{path}: {message}", reply.status_code)
         return json.loads(content)
 
-    def _attempt(self, method: str, path: str, data: bytes | None
-                 ) -> tuple[requests.Response, bytes]:
+    def _encode(self, path: str, body: dict[str, Any] | None
+                ) -> tuple[bytes | None, dict[str, str] | None]:
+        """A call's body and its headers. JSON in UTF-8 as it is (not ``\\u`` escapes, as
+        requests' ``json=`` writes: a log's non-ASCII names take their own bytes of the
+        service's body limit, not six each); an item call's log lines, where the service takes
+        that (``log_tail``), after the JSON as they are (``joblog.LOG_TAIL_TYPE``)."""
+        if body is None:
+            return None, None
+        log_text = body.get("log")
+        if not (self._log_tail and log_text and isinstance(log_text, str)
+                and path.endswith(_TAIL_ACTIONS)):
+            return json.dumps(body, ensure_ascii=False, allow_nan=False).encode(), _JSON_HEADERS
+        head = {key: value for key, value in body.items() if key != "log"}
+        return (json.dumps(head, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+                + log_text.encode("utf-8"), _TAIL_HEADERS)
+
+    def _attempt(self, method: str, path: str, data: bytes | None,
+                 headers: dict[str, str] | None) -> tuple[requests.Response, bytes]:
         """One try of a call: the answer and its body, read in one piece (``raw.read``: a
         claim's answer is about 1 MB, which ``Response.content`` reads 10 KiB at a time, a
         tenth of a microsecond of the worker's CPU an item more; the connection goes back to
         the pool once its body is read). A body cut off is a service that cannot be
         reached, as a refused connection is."""
         reply = self.session.request(method, self.base + path, data=data, timeout=self.timeout,
-                                     headers=None if data is None else _JSON_HEADERS,
+                                     headers=headers,
                                      stream=True)
         try:
             return reply, reply.raw.read(decode_content=True)
@@ -271,6 +289,7 @@ class HttpJobStore:
             self._items_log = data.get("items_log") is True
             self._record_unfinished = data.get("record_unfinished") is True
             self._narrow_items = data.get("narrow_items") is True
+            self._log_tail = data.get("log_tail") is True
             self._unfinished.pop(job_id, None)
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)

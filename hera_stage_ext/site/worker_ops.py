@@ -18,9 +18,10 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from sqlalchemy import select
 
 from ..catalogue.db import Database, driver_mark, driver_rows
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from ..jobs import engine, items, lifecycle, recall
-from ..jobs.joblog import JobLog
+from ..jobs.joblog import LOG_TAIL_TYPE, JobLog
+from ..jsonbody import load_json
 from ..jobs.models import JobItem, JobRow
 from ..jobs.store import DbJobStore
 from ..states import ACTIVE_JOB_STATES
@@ -33,6 +34,8 @@ USER_KINDS = ("stage",)
 MAX_BATCH = 10_000
 #: Most bytes of log one call may append.
 MAX_LOG_BYTES = 1 << 20
+#: The item calls whose body may carry the job's log lines after its JSON (``LOG_TAIL_TYPE``).
+LOG_TAIL_ACTIONS = ("items/record", "items/exchange")
 
 
 class _JobFacts(Protocol):
@@ -99,6 +102,25 @@ def _log_text(text: Any, what: str = "log") -> str:
     if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > MAX_LOG_BYTES:
         raise InvalidRequest(f"'{what}' must be a string of at most {MAX_LOG_BYTES} bytes")
     return text + "\n" if text and not text.endswith("\n") else text
+
+
+def body_with_log(data: bytes, max_bytes: int) -> dict[str, Any]:
+    """An item call's body in ``LOG_TAIL_TYPE``'s form (at most ``max_bytes``): its JSON
+    object, with the log lines that follow it as its ``log`` (checked as any call's lines
+    are, by the operation)."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    head, _, tail = data.partition(b"\n")
+    body = load_json(head)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must start with a JSON object")
+    if "log" in body:
+        raise InvalidRequest("'log' must not be in the JSON when the log lines follow it")
+    try:
+        body["log"] = tail.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the log lines after the JSON are not UTF-8") from None
+    return body
 
 
 def worker_id_of(body: dict[str, Any]) -> str:
@@ -202,8 +224,9 @@ class WorkerOps:
                 # (``_runs``) and the log's lines (``_append_log``); and a record may ask
                 # for the job's unfinished items too (``record``).
                 "result_runs": True, "items_log": True, "record_unfinished": True,
-                # and claimed items in the narrow form, where asked (``_claimed``).
-                "narrow_items": True}
+                # and claimed items in the narrow form, where asked (``_claimed``); and the
+                # item calls' log lines after their JSON (``body_with_log``).
+                "narrow_items": True, "log_tail": True}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._mine(job_id).state in ACTIVE_JOB_STATES}
