@@ -4,8 +4,9 @@ The worker holds no database URL. It sends the user's token (``Authorization: to
 with every call, and the service decides from that token whose jobs it may claim (stage jobs
 only, never transfers or uploads). Item results go in batches, as the engine commits them,
 with the claim of the stream's next items (``exchange``: one round trip per hand-over), the
-error-free ones as runs of item ids and with the job's log lines waiting to be shipped, where the
-service says it takes them.
+error-free ones as runs of item ids and with the job's log lines waiting to be shipped (after
+the call's JSON as they are: ``joblog.LOG_TAIL_TYPE``), and the claimed items come in their
+narrow form (``items.NARROW_ITEM``), each where the service says it takes that.
 
 A service that cannot be reached (restarting, a network outage) is waited out: every call is
 tried again with a capped exponential back-off and jitter for up to ``PATIENCE_S`` seconds,
