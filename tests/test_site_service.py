@@ -630,6 +630,51 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
                                                         "n": 1})
 
 
+def test_a_claim_in_the_narrow_form_gives_the_worker_the_same_items(database: Database,
+                                                                   tmp_path: Path) -> None:
+    """An item call that asks for the narrow form (``"narrow": true``, which the job's answer
+    announces) gets the same items as the wide form, read back as ``ClaimedItem``s, but for
+    the name, which a worker does not use: the checksum the worker verifies with (or all
+    where that one is missing), a folder, text JSON must escape. A call that does not ask
+    gets the wide form as before."""
+    from hera_stage_ext.errors import InvalidRequest
+    from hera_stage_ext.jobs.engine import create_job
+    from hera_stage_ext.jobs.items import ClaimedItem, narrow_items
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    both = {"xxh3-128": "f" * 32, "md5": "0" * 32}
+    specs = [("w.uvh5", "/store/root/w.uvh5", both, False),  # claimed in the wide form
+             ("a/b.uvh5", "/store/root/a/b.uvh5", both, False),
+             ("sub/\u00e9t\u00e9 \"1\".uvh5", "/store/x/\u00e9t\u00e9 \"1\".uvh5", {"md5": "1" * 32},
+              False),
+             ("dir", "/store/root/dir", {"md5": "2" * 32}, True),
+             ("c.uvh5", "/store/root/c.uvh5", {}, False)]
+    items = [{"name": f"f{k}", "store": "s", "size": 10 + k, "is_directory": is_dir,
+              "checksums": sums, "dest_path": dest, "source_path": source}
+             for k, (dest, source, sums, is_dir) in enumerate(specs)]
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy", items, [], 60,
+                     log_dir=tmp_path)
+    ops = WorkerOps(database, "alice")
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    assert ops.job(job["id"])["narrow_items"] is True
+    wide = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1}))
+    assert "narrow" not in wide
+    first = wide["items"][0][0]
+    assert wide["items"][0][1:] == ["f0", "/store/root/w.uvh5", "w.uvh5", 10, False, both, 1,
+                                    "s"]
+    narrow = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 10, "narrow": True}))
+    assert narrow["narrow"] is True and narrow["recorded"] == 0
+    assert narrow["items"][0][5] == "f" * 32  # only the checksum the worker verifies with
+    assert narrow_items(narrow["items"]) == [
+        ClaimedItem(first + k, "", source, dest, 10 + k, is_dir,
+                    {"xxh3-128": sums["xxh3-128"]} if "xxh3-128" in sums else sums, 1, "s")
+        for k, (dest, source, sums, is_dir) in enumerate(specs) if k]
+    again = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1, "narrow": True}))
+    assert again == {"narrow": True, "items": []}
+    with pytest.raises(InvalidRequest):
+        ops.exchange(job["id"], {"worker_id": "w", "n": 1, "narrow": "yes"})
+
+
 def test_a_claim_whose_detail_fails_still_gives_the_job(database: Database, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The job is claimed before its answer's ``more`` and ``detail`` are read: when those
@@ -1105,6 +1150,85 @@ def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Si
     assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
 
 
+def test_a_users_worker_asks_for_narrow_items_only_where_the_service_announces_them(
+        site: Site) -> None:
+    """A user's worker asks for its claimed items in the narrow form where the job's answer
+    announces it (``narrow_items``), and reads each answer as it says; against a service that
+    does not (an older one) it asks nothing of the form. Either way every file lands."""
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "erin")
+    for older in (False, True):
+        destination = _dest(site, "erin", f"narrow-{older}")
+        number = site.stage("erin", destination)["id"]
+        asked: list[Any] = []
+        answered: list[Any] = []
+
+        class Watching(HttpJobStore):
+            def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+                answer = super().call(method, path, body)
+                if path.endswith(("/items/claim", "/items/exchange")) and (body or {}).get("n"):
+                    asked.append((body or {}).get("narrow"))
+                    answered.append(answer.get("narrow"))
+                detail = answer.get("detail") if path == "claim" else answer
+                if older and isinstance(detail, dict):
+                    detail.pop("narrow_items", None)
+                return answer
+
+        _run_users_worker(site, "erin", number, Watching, streams=2)
+        assert asked and set(asked) == ({None} if older else {True}), asked
+        assert set(answered) == ({None} if older else {True}), answered
+        job = _wait_finished(site, "erin", number)
+        assert (job["state"], job["files_done"], job["files_failed"]) == ("succeeded", 3, 0), job
+        for name in FILES:
+            assert (destination / name).read_bytes() == (site.work / "store" / name
+                                                         ).read_bytes()
+
+
+def test_an_item_calls_log_lines_may_follow_its_json(site: Site) -> None:
+    """An item call may send the job's log lines after its JSON, as they are
+    (``LOG_TAIL_TYPE``, announced as ``log_tail``): they are appended to the job's log as with
+    ``log`` in the JSON. Lines that are not UTF-8, ``log`` in the JSON as well, lines after
+    another call's JSON or a body over the limit are refused with a JSON error, and nothing
+    is appended; another user's worker still finds no such job."""
+    from hera_stage_ext.api.base import MAX_BODY_BYTES
+    from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
+
+    _issue_stage_token(site, "frank")
+    number = site.stage("frank", _dest(site, "frank", "tail"))["id"]
+    claimed = site.api("frank", "POST", "worker/claim", {"worker_id": "fw"}).json()
+    assert claimed["job"] == number and claimed["detail"]["log_tail"] is True
+
+    def post(action: str, head: dict[str, Any], tail: bytes, user: str = "frank"
+             ) -> requests.Response:
+        return requests.post(f"{site.url}hera-stage/api/worker/jobs/{number}/{action}",
+                             data=json.dumps(head).encode() + b"\n" + tail, timeout=30,
+                             headers={"Authorization": f"token {site.tokens[user]}",
+                                      "Content-Type": LOG_TAIL_TYPE})
+
+    def log_text() -> str:
+        return site.api("frank", "GET", f"jobs/{number}/log").json()["text"]
+
+    lines = "2026-12-07T00:00:00.000Z  copy \u00e9t\u00e9 \"1\".uvh5 (3 bytes)\nsecond line\n"
+    reply = post("items/record", {"results": []}, lines.encode())
+    assert reply.status_code == 200 and reply.json() == {"recorded": 0}, reply.text
+    reply = post("items/exchange", {"worker_id": "fw", "n": 1, "narrow": True}, b"third\n")
+    assert reply.status_code == 200 and len(reply.json()["items"]) == 1, reply.text
+    assert log_text().endswith(lines + "third\n")
+    before = log_text()
+    for action, head, tail, status in (
+            ("items/record", {"results": []}, b"bad \xff byte\n", 400),
+            ("items/record", {"results": [], "log": "x\n"}, b"y\n", 400),
+            ("heartbeat", {"worker_id": "fw"}, b"z\n", 400),
+            ("items/record", {"results": []}, b"w" * MAX_BODY_BYTES, 413)):
+        reply = post(action, head, tail)
+        assert reply.status_code == status and "message" in reply.json(), (action, reply.text)
+    reply = post("items/record", {"results": []}, b"bob's\n", user="bob")
+    assert reply.status_code == 404, reply.text
+    assert log_text() == before
+    assert site.api("frank", "POST", f"jobs/{number}/cancel").status_code == 200
+
+
 def test_results_beyond_one_calls_limit_go_in_several_calls(site: Site) -> None:
     """A user's worker sends its results in calls of at most the service's limit (10,000; 2
     here): a hand-over with more goes as records of that many and the rest with the claim;
@@ -1144,18 +1268,31 @@ def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Sit
     from hera_stage_ext.catalogue.db import Database
     from hera_stage_ext.jobs.engine import get_job
     from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
 
     _issue_stage_token(site, "dave")
     destination = _dest(site, "dave", "runs")
     number = site.stage("dave", destination)["id"]
     bodies: list[tuple[str, dict[str, Any]]] = []
+    sent: list[tuple[str, bytes | None, Any]] = []
 
-    class Recording(HttpJobStore):
+    class Recording(HttpJobStore):  # (and what went on the wire: the lines after the JSON)
         def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
             bodies.append((path.rsplit("/", 1)[-1], dict(body or {})))
             return super().call(method, path, body)
 
+        def _attempt(self, method: str, path: str, data: bytes | None,
+                     headers: dict[str, str] | None) -> Any:
+            sent.append((path, data, (headers or {}).get("Content-Type")))
+            return super()._attempt(method, path, data, headers)
+
     _run_users_worker(site, "dave", number, Recording, streams=1)
+    items_calls = [(data or b"").partition(b"\n") + (kind,) for path, data, kind in sent
+                   if path.endswith(("/items/record", "/items/exchange"))]
+    # Every item call's lines after its JSON, none in it; the files' lines among them.
+    assert all("log" not in json.loads(head) and (kind == LOG_TAIL_TYPE) == bool(tail)
+               for head, _, tail, kind in items_calls), items_calls
+    assert b"  copy " in b"".join(tail for _, _, tail, _ in items_calls), items_calls
     reported = [body for action, body in bodies if action in ("record", "exchange")
                 and (body.get("results") or body.get("runs"))]
     assert reported and all(not body["results"] for body in reported), reported

@@ -11,8 +11,9 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..errors import InvalidRequest
-from ..site.worker_ops import JsonText, WorkerOps
-from .base import ApiHttpError, BaseHandler
+from ..jobs.joblog import LOG_TAIL_TYPE
+from ..site.worker_ops import LOG_TAIL_ACTIONS, JsonText, WorkerOps, body_with_log
+from .base import MAX_BODY_BYTES, ApiHttpError, BaseHandler
 from .jobs import parse_job_id
 
 #: Where the worker API lives, under the native API's prefix.
@@ -61,12 +62,24 @@ class WorkerJobHandler(_WorkerHandler):
             raise ApiHttpError(InvalidRequest(f"no worker action {method} {action!r}"))
         number = parse_job_id(job_id)
         fn = getattr(self.ops, entry[1])
-        args: list[Any] = [number, self.body_json()] if entry[2] else [number]
+        args: list[Any] = [number, self._body(action)] if entry[2] else [number]
         answer = await self.call(fn, *args)
         if isinstance(answer, JsonText):
             self.reply_text(answer)
         else:
             self.reply(answer)
+
+    def _body(self, action: str) -> dict[str, Any]:
+        """The call's body: JSON, or for an item call JSON followed by the job's log lines
+        (``LOG_TAIL_TYPE``)."""
+        if self.request.headers.get("Content-Type", "").split(";")[0].strip() != LOG_TAIL_TYPE:
+            return self.body_json()
+        try:
+            if action not in LOG_TAIL_ACTIONS:
+                raise InvalidRequest(f"{action!r} takes no log lines after its JSON")
+            return body_with_log(self.request.body or b"", MAX_BODY_BYTES)
+        except InvalidRequest as exc:
+            raise ApiHttpError(exc) from None
 
     @web.authenticated
     @authorized

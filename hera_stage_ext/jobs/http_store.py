@@ -4,8 +4,9 @@ The worker holds no database URL. It sends the user's token (``Authorization: to
 with every call, and the service decides from that token whose jobs it may claim (stage jobs
 only, never transfers or uploads). Item results go in batches, as the engine commits them,
 with the claim of the stream's next items (``exchange``: one round trip per hand-over), the
-error-free ones as runs of item ids and with the job's log lines waiting to be shipped, where the
-service says it takes them.
+error-free ones as runs of item ids and with the job's log lines waiting to be shipped (after
+the call's JSON as they are: ``joblog.LOG_TAIL_TYPE``), and the claimed items come in their
+narrow form (``items.NARROW_ITEM``), each where the service says it takes that.
 
 A service that cannot be reached (restarting, a network outage) is waited out: every call is
 tried again with a capped exponential back-off and jitter for up to ``PATIENCE_S`` seconds,
@@ -41,8 +42,8 @@ import urllib3
 from ..errors import ServiceError
 from ..states import JobState
 from .contract import JobKind
-from .items import ClaimedItem, id_runs
-from .joblog import JobLog
+from .items import ClaimedItem, id_runs, narrow_items
+from .joblog import LOG_TAIL_TYPE, JobLog
 from .models import JobRow
 from .store import Beat
 
@@ -87,6 +88,9 @@ LOG_SOON, LOG_POLL_S = 96 << 10, 0.1
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_TAIL_HEADERS = {"Content-Type": LOG_TAIL_TYPE}
+#: The calls whose log lines go after their JSON, where the service takes that (``log_tail``).
+_TAIL_ACTIONS = ("/items/record", "/items/exchange")
 
 
 def default_spool_dir() -> Path:
@@ -141,6 +145,11 @@ class HttpJobStore:
         # follows it (one round trip fewer at the end of a run); dropped by any item call.
         self._record_unfinished = False
         self._unfinished: dict[int, dict[str, Any]] = {}
+        # Whether its item calls' log lines may follow their JSON as they are (the same).
+        self._log_tail = False
+        # Whether its item calls may ask for the claimed items in the narrow form (half the
+        # bytes: ``items.NARROW_ITEM``; the same answer says so).
+        self._narrow_items = False
         # Whether another job waited when the last one was claimed (the claim's answer).
         self._more = True
         # The jobs' details their claims carried (``GET jobs/<id>``'s answer), for the
@@ -155,14 +164,11 @@ class HttpJobStore:
         recorded once; a repeated claim may leave items to the next claim after a release)."""
         deadline = time.monotonic() + self.patience
         attempt = 0
-        # UTF-8 as it is (not ``\\u`` escapes, as requests' ``json=`` writes): a log's
-        # non-ASCII names take their own bytes of the service's body limit, not six each.
-        data = (None if body is None
-                else json.dumps(body, ensure_ascii=False, allow_nan=False).encode())
+        data, headers = self._encode(path, body)
         while True:
             reply: requests.Response | None = None
             try:
-                reply, content = self._attempt(method, path, data)
+                reply, content = self._attempt(method, path, data, headers)
             except requests.RequestException as exc:
                 problem = f"cannot be reached: {exc}"
             else:
@@ -190,15 +196,31 @@ class HttpJobStore:
                                f"{path}: {message}", reply.status_code)
         return json.loads(content)
 
-    def _attempt(self, method: str, path: str, data: bytes | None
-                 ) -> tuple[requests.Response, bytes]:
+    def _encode(self, path: str, body: dict[str, Any] | None
+                ) -> tuple[bytes | None, dict[str, str] | None]:
+        """A call's body and its headers. JSON in UTF-8 as it is (not ``\\u`` escapes, as
+        requests' ``json=`` writes: a log's non-ASCII names take their own bytes of the
+        service's body limit, not six each); an item call's log lines, where the service takes
+        that (``log_tail``), after the JSON as they are (``joblog.LOG_TAIL_TYPE``)."""
+        if body is None:
+            return None, None
+        log_text = body.get("log")
+        if not (self._log_tail and log_text and isinstance(log_text, str)
+                and path.endswith(_TAIL_ACTIONS)):
+            return json.dumps(body, ensure_ascii=False, allow_nan=False).encode(), _JSON_HEADERS
+        head = {key: value for key, value in body.items() if key != "log"}
+        return (json.dumps(head, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+                + log_text.encode("utf-8"), _TAIL_HEADERS)
+
+    def _attempt(self, method: str, path: str, data: bytes | None,
+                 headers: dict[str, str] | None) -> tuple[requests.Response, bytes]:
         """One try of a call: the answer and its body, read in one piece (``raw.read``: a
         claim's answer is about 1 MB, which ``Response.content`` reads 10 KiB at a time, a
         tenth of a microsecond of the worker's CPU an item more; the connection goes back to
         the pool once its body is read). A body cut off is a service that cannot be
         reached, as a refused connection is."""
         reply = self.session.request(method, self.base + path, data=data, timeout=self.timeout,
-                                     headers=None if data is None else _JSON_HEADERS,
+                                     headers=headers,
                                      stream=True)
         try:
             return reply, reply.raw.read(decode_content=True)
@@ -269,6 +291,8 @@ class HttpJobStore:
             self._result_runs = data.get("result_runs") is True
             self._items_log = data.get("items_log") is True
             self._record_unfinished = data.get("record_unfinished") is True
+            self._narrow_items = data.get("narrow_items") is True
+            self._log_tail = data.get("log_tail") is True
             self._unfinished.pop(job_id, None)
             if data.get("waiting") == 0:
                 self._none_waiting.add(job_id)
@@ -302,8 +326,14 @@ class HttpJobStore:
                     max_bytes: int | None = None) -> list[ClaimedItem]:
         answer = self._job(job_id, "items/claim", {"worker_id": worker_id,
                                                    "n": min(n, RESULTS_PER_CALL),
-                                                   "max_bytes": max_bytes})
-        return [ClaimedItem(*row) for row in answer["items"]]
+                                                   "max_bytes": max_bytes, **self._form()})
+        return _claimed(answer)
+
+    def _form(self) -> dict[str, Any]:
+        """What an item claim asks of its answer's form: the narrow one, where the service
+        takes that (``narrow_items``); an older service is asked nothing (it would refuse no
+        field, but nor would it read one)."""
+        return {"narrow": True} if self._narrow_items else {}
 
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
         if item_ids:
@@ -381,8 +411,8 @@ class HttpJobStore:
             self.record(job_id, part)
         answer = self._with_log(job_id, "items/exchange", {
             "worker_id": worker_id, "n": min(n, RESULTS_PER_CALL), "max_bytes": max_bytes,
-            **self._results(last)})
-        return [ClaimedItem(*row) for row in answer["items"]]
+            **self._form(), **self._results(last)})
+        return _claimed(answer)
 
     def heartbeat(self, job_id: int, worker_id: str, lease_seconds: float,
                   stores: Collection[str], moving: int = 0) -> Beat:
@@ -519,6 +549,14 @@ class HttpJobStore:
         for shipper in list(self._shippers.values()):
             shipper.close()
         self.session.close()
+
+
+def _claimed(answer: dict[str, Any]) -> list[ClaimedItem]:
+    """An item call's claimed items, in the form its answer says (``"narrow": true``: the
+    narrow form, ``items.narrow_items``; else the wide one, ``ClaimedItem``'s fields)."""
+    if answer.get("narrow") is True:
+        return narrow_items(answer["items"])
+    return [ClaimedItem(*row) for row in answer["items"]]
 
 
 def backoff(attempt: int) -> float:

@@ -18,9 +18,10 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from sqlalchemy import select
 
 from ..catalogue.db import Database, driver_mark, driver_rows
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from ..jobs import engine, items, lifecycle, recall
-from ..jobs.joblog import JobLog
+from ..jobs.joblog import LOG_TAIL_TYPE, JobLog
+from ..jsonbody import load_json
 from ..jobs.models import JobItem, JobRow
 from ..jobs.store import DbJobStore
 from ..states import ACTIVE_JOB_STATES
@@ -33,6 +34,8 @@ USER_KINDS = ("stage",)
 MAX_BATCH = 10_000
 #: Most bytes of log one call may append.
 MAX_LOG_BYTES = 1 << 20
+#: The item calls whose body may carry the job's log lines after its JSON (``LOG_TAIL_TYPE``).
+LOG_TAIL_ACTIONS = ("items/record", "items/exchange")
 
 
 class _JobFacts(Protocol):
@@ -68,6 +71,14 @@ class _Facts(NamedTuple):
 _JOB_FACTS_SQL = "SELECT owner, kind, worker_id, log_path, state FROM job WHERE id = {m}"
 
 
+def _claimed(narrow: bool) -> str:
+    """What an item call's answer says of its items' form: ``"narrow": true`` where they are
+    in the narrow form (``items.NARROW_ITEM``), which a worker asks for only once the job's
+    answer announced it (``narrow_items``); a worker reads each answer by what it says, so an
+    older service's answer (which says nothing) is read in the wide form."""
+    return '"narrow":true,' if narrow else ""
+
+
 class JsonText(str):
     """An answer already encoded as JSON (a claim's items, built from the database's rows),
     sent as it is."""
@@ -91,6 +102,25 @@ def _log_text(text: Any, what: str = "log") -> str:
     if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > MAX_LOG_BYTES:
         raise InvalidRequest(f"'{what}' must be a string of at most {MAX_LOG_BYTES} bytes")
     return text + "\n" if text and not text.endswith("\n") else text
+
+
+def body_with_log(data: bytes, max_bytes: int) -> dict[str, Any]:
+    """An item call's body in ``LOG_TAIL_TYPE``'s form (at most ``max_bytes``): its JSON
+    object, with the log lines that follow it as its ``log`` (checked as any call's lines
+    are, by the operation)."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    head, _, tail = data.partition(b"\n")
+    body = load_json(head)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must start with a JSON object")
+    if "log" in body:
+        raise InvalidRequest("'log' must not be in the JSON when the log lines follow it")
+    try:
+        body["log"] = tail.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the log lines after the JSON are not UTF-8") from None
+    return body
 
 
 def worker_id_of(body: dict[str, Any]) -> str:
@@ -193,7 +223,10 @@ class WorkerOps:
                 # What the item calls take besides results one by one: results as id runs
                 # (``_runs``) and the log's lines (``_append_log``); and a record may ask
                 # for the job's unfinished items too (``record``).
-                "result_runs": True, "items_log": True, "record_unfinished": True}
+                "result_runs": True, "items_log": True, "record_unfinished": True,
+                # and claimed items in the narrow form, where asked (``_claimed``); and the
+                # item calls' log lines after their JSON (``body_with_log``).
+                "narrow_items": True, "log_tail": True}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._mine(job_id).state in ACTIVE_JOB_STATES}
@@ -290,14 +323,24 @@ class WorkerOps:
     def claim_items(self, job_id: int, body: dict[str, Any]) -> JsonText:
         """Up to ``n`` queued items (and, past the first, no more than ``max_bytes``): the
         answer's text, ``{"items": [[id, name, source_path, dest_path, size, is_directory,
-        checksums, attempts, store], ...]}`` (``items.exchange_json``)."""
+        checksums, attempts, store], ...]}`` (``items.exchange_json``), or in the narrow form
+        where the body asks for it (``_claimed``)."""
         self._mine(job_id, body)
         n = _int(body.get("n", 1024), "n", 1, MAX_BATCH)
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
-        return JsonText('{"items":%s}' % items.exchange_json(
-            self.db, job_id, [], n, max_bytes)[1])
+        narrow = self._narrow(body)
+        return JsonText('{%s"items":%s}' % (_claimed(narrow), items.exchange_json(
+            self.db, job_id, [], n, max_bytes, narrow=narrow)[1]))
+
+    @staticmethod
+    def _narrow(body: dict[str, Any]) -> bool:
+        """Whether an item call asks for its items in the narrow form (``"narrow": true``)."""
+        narrow = body.get("narrow", False)
+        if not isinstance(narrow, bool):
+            raise InvalidRequest("'narrow' must be true or false")
+        return narrow
 
     def _running(self, job_id: int, ids: Sequence[int]) -> dict[int, int]:
         """Of ``ids``, those that are running items of the job: id -> size."""
@@ -354,10 +397,12 @@ class WorkerOps:
         max_bytes = body.get("max_bytes")
         if max_bytes is not None:
             max_bytes = _int(max_bytes, "max_bytes", 1)
+        narrow = self._narrow(body)
         lines = _log_text(body.get("log", ""))
-        recorded, claimed = items.exchange_json(self.db, job_id, rows, n, max_bytes, runs)
+        recorded, claimed = items.exchange_json(self.db, job_id, rows, n, max_bytes, runs,
+                                                narrow)
         self._append_log(job, lines)
-        return JsonText('{"recorded":%d,"items":%s}' % (recorded, claimed))
+        return JsonText('{"recorded":%d,%s"items":%s}' % (recorded, _claimed(narrow), claimed))
 
     @staticmethod
     def _results(results: Any) -> list[items.IdResult]:
