@@ -222,7 +222,7 @@ NARROW_ITEM = ("id", "source_path", "dest_path", "size", "is_directory", "checks
 PREFERRED = ALGORITHMS[0]
 _NARROW_SQLITE = (
     "json_array(id, source_path, dest_path, size, is_directory, "
-    f"COALESCE(checksums ->> '$.\"{PREFERRED}\"', "
+    f"COALESCE(json_extract(checksums, '$.\"{PREFERRED}\"'), "
     "json(COALESCE(NULLIF(CAST(checksums AS TEXT), 'null'), '{{}}'))), attempts + 1, store)")
 _NARROW_POSTGRESQL = (
     "CAST(json_build_array(id, source_path, dest_path, size, is_directory, "
