@@ -3,6 +3,7 @@ safety, dry run, cancel, and resume after a SIGKILLed worker process (SQLite and
 
 from __future__ import annotations
 
+import errno
 import pickle
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -784,6 +786,7 @@ def test_an_idle_copy_helper_keeps_no_store_folder_open(site: Site) -> None:
         out = get_job(site.db, job["id"])
         assert out["state"] == "succeeded" and out["files_done"] == out["files_total"]
         assert "copy " in read_log(out)[0]
+        assert pool.pids()  # the helper that staged them (else the check below says nothing)
         deadline = time.monotonic() + 5
         while _held_in(pool.pids(), stores) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -812,6 +815,80 @@ def test_copy_helpers_start_with_the_first_hand_over(site: Site) -> None:
         assert len(pool.pids()) == 1
     finally:
         pool.close()
+
+
+def test_a_job_whose_copy_helpers_cannot_start_moves_its_files_itself(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy helper that cannot be started at the first hand-over (a process limit on a
+    shared login node: fork fails) strands no job: each stream moves its files itself, the
+    job succeeds, and a later hand-over tries to start a helper again."""
+    from hera_stage_ext.jobs import copy_pool
+
+    started = []
+
+    class CannotStart(copy_pool._Helper):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            started.append(1)
+            raise BlockingIOError(errno.EAGAIN, "fork: Resource temporarily unavailable")
+
+    monkeypatch.setattr(copy_pool, "_Helper", CannotStart)
+    pool = copy_pool.CopyPool(1, 64 * 1024)
+    try:
+        for name in ("nostart", "again"):
+            job = stage(site, name)
+            done: list[list[int]] = []
+            run = threading.Thread(target=lambda: done.append(run_pending(site.db, FAST,
+                                                                         pool=pool)))
+            run.start()
+            run.join(60)
+            assert done == [[job["id"]]], "the run never ended"
+            out = get_job(site.db, job["id"])
+            assert out["state"] == "succeeded" and out["files_done"] == out["files_total"]
+            assert any("could not be started" in line for line in read_log(out))
+            for n in site.names:
+                if site.sources[n].is_file():
+                    assert (site.workspace / name / site.rel[n]).read_bytes() == \
+                        site.sources[n].read_bytes()
+        assert len(started) >= 2 and pool.pids() == []
+    finally:
+        pool.close()
+
+
+def test_a_pool_closed_while_its_helpers_start_leaves_none_running(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A pool closed while its first hand-over starts the helpers: the hand-over is refused
+    (its stream moves the files itself) rather than waiting forever, and no helper started
+    then is left running."""
+    from hera_stage_ext.jobs import copy_pool
+
+    made: list[copy_pool._Helper] = []
+
+    class SlowStart(copy_pool._Helper):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            time.sleep(0.5)  # a slow start on a loaded machine
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(copy_pool, "_Helper", SlowStart)
+    pool = copy_pool.CopyPool(2, 64 * 1024)
+    hand = copy_pool.HandOver("run", str(tmp_path / "log"), False, [], [])
+    out: list[object] = []
+
+    def submit() -> None:
+        try:
+            out.append(pool.submit(hand))
+        except copy_pool.HelperDied as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=submit, daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    pool.close()
+    thread.join(10)
+    assert len(out) == 1 and isinstance(out[0], copy_pool.HelperDied)
+    for helper in made:
+        helper.process.join(10)
+        assert not helper.process.is_alive()
 
 
 def test_a_hand_over_reaches_its_helper_whole() -> None:

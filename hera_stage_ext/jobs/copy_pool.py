@@ -23,7 +23,9 @@ job's.
 The worker starts the helpers from one long-lived thread of the pool (``PR_SET_PDEATHSIG`` ties
 a child to the thread that started it): a SIGKILLed worker leaves no helper writing behind it,
 and a helper that dies (killed, out of memory) is replaced; the hand-over it had is reported as
-lost (``HelperDied``) for the engine to redo.
+lost (``HelperDied``) for the engine to redo. The helpers start with the first hand-over; one
+that cannot be started (a process limit) fails that hand-over the same way, and a later one
+tries again.
 
 A hand-over is stopped (a cancel, a lost lease, a store gone) through shared memory: each
 hand-over in flight has a slot of its helper's (``_Helper.stops``), which the stream stopping it
@@ -404,6 +406,19 @@ class _Helper:
                                        daemon=True)
         self.reader.start()
 
+    def ask_to_end(self) -> None:
+        """Ask the helper to end once it has answered what it holds."""
+        with contextlib.suppress(OSError, ValueError), self.send_lock:
+            self.conn.send(None)
+
+    def close(self) -> None:
+        """Wait for the helper asked to end (killed after 5 s) and its reader."""
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+        self.reader.join(timeout=5)
+        self.conn.close()
+
     def stop(self, request: int, slot: int) -> None:
         """Stop hand-over ``request`` before its next file. (Never a later one that has its
         slot since: a slot only ever takes a higher id, under the lock.)"""
@@ -466,7 +481,8 @@ class CopyPool:
         self._closed = False
         # Helpers are started (and replaced) by this one thread, which lives as long as the
         # pool: a child started by a thread that exits would be killed with it.
-        self._spawns: queue.Queue[tuple[int, threading.Event] | None] = queue.Queue()
+        self._spawns: queue.Queue[tuple[int, threading.Event, list[Exception]] | None] = \
+            queue.Queue()
         self._helpers: list[_Helper] = []
         self._spawner = threading.Thread(target=self._spawn_loop, name="hera-stage-spawner",
                                          daemon=True)
@@ -478,30 +494,61 @@ class CopyPool:
 
     def _start(self) -> None:
         """Spawn the helpers, once (the first caller waits for them; later ones find them
-        in ``_pick``'s loop as they come)."""
+        in ``_pick``'s loop as they come). Raises HelperDied when none could be spawned
+        (and a later hand-over tries again)."""
         with self._cond:
             if self._started or self._closed:
                 return
             self._started = True
+        failed: HelperDied | None = None
         for i in range(self.size):
-            self._spawn(i)
+            try:
+                self._spawn(i)
+            except HelperDied as exc:
+                failed = exc
+        if failed is not None:
+            with self._cond:
+                if not self._helpers:
+                    self._started = False
+                    raise failed
 
     def _spawn_loop(self) -> None:
         while (order := self._spawns.get()) is not None:
-            index, done = order
-            helper = _Helper(self._context, *self._chunk, self._replied)
+            index, done, error = order
+            try:
+                # Not after ``close``: it has taken the list of helpers to stop already.
+                if self._closed:
+                    raise RuntimeError("the copy pool is closed")
+                helper = _Helper(self._context, *self._chunk, self._replied)
+            except Exception as exc:  # a process limit, no memory: the stream moves its files
+                error.append(exc)
+                done.set()
+                continue
             with self._cond:
-                if index < len(self._helpers):
-                    self._helpers[index] = helper
-                else:
-                    self._helpers.append(helper)
-                self._cond.notify_all()
+                closed = self._closed
+                if not closed:
+                    if index < len(self._helpers):
+                        self._helpers[index] = helper
+                    else:
+                        self._helpers.append(helper)
+                    self._cond.notify_all()
+            if closed:  # closed while it started: ``close`` did not see it
+                helper.ask_to_end()
+                helper.close()
+                error.append(RuntimeError("the copy pool is closed"))
             done.set()
 
     def _spawn(self, index: int) -> None:
-        done = threading.Event()
-        self._spawns.put((index, done))
-        done.wait()
+        """Have the spawner start helper ``index``; HelperDied when it could not (the
+        caller's stream then moves its files itself), or when the pool is closed."""
+        done, error = threading.Event(), list[Exception]()
+        self._spawns.put((index, done, error))
+        while not done.wait(1.0):
+            if not self._spawner.is_alive():  # closed before it took this order
+                error.append(RuntimeError("the copy pool is closed"))
+                break
+        if error:
+            raise HelperDied(f"a copy helper could not be started ({error[0]})", None)
 
     def _pick(self, request: int, waiting: _Waiting, ahead: bool = False) -> _Helper | None:
         """The live helper with the fewest hand-overs in flight, once one has room; the
@@ -512,6 +559,8 @@ class CopyPool:
         self._start()
         with self._cond:
             while True:
+                if self._closed:
+                    raise HelperDied("the copy pool is closed", None)
                 live = [h for h in self._helpers if not h.dead and len(h.waiting) < depth]
                 if live:
                     # A hand-over not sent ahead is written after those of its helper not sent
@@ -524,12 +573,23 @@ class CopyPool:
                     return helper
                 if ahead:
                     return None
+                if not self._started:  # another stream's start found none: try again
+                    self._cond.release()
+                    try:
+                        self._start()
+                    finally:
+                        self._cond.acquire()
+                    continue
                 dead = [i for i, h in enumerate(self._helpers) if h.dead and not h.replaced]
-                if dead and not self._closed:
-                    self._helpers[dead[0]].replaced = True
+                if dead:
+                    replaced = self._helpers[dead[0]]
+                    replaced.replaced = True
                     self._cond.release()
                     try:
                         self._spawn(dead[0])  # replace a helper that died
+                    except HelperDied:
+                        replaced.replaced = False  # the next hand-over tries again
+                        raise
                     finally:
                         self._cond.acquire()
                     continue
@@ -606,14 +666,9 @@ class CopyPool:
             self._closed = True
             helpers = list(self._helpers)
         for helper in helpers:
-            with contextlib.suppress(OSError, ValueError), helper.send_lock:
-                helper.conn.send(None)
+            helper.ask_to_end()
         for helper in helpers:
-            helper.process.join(timeout=5)
-            if helper.process.is_alive():
-                helper.process.kill()
-            helper.reader.join(timeout=5)
-            helper.conn.close()
+            helper.close()
         self._spawns.put(None)
         self._spawner.join(timeout=5)
 

@@ -352,9 +352,10 @@ class _StageStream:
             # What it made final is found verified (not copied again); the rest is copied here,
             # not handed over again, so a file that kills helpers cannot stall the job.
             self.run.log(f"{exc}: its {len(ready)} file(s) are moved by the worker itself")
-            with contextlib.suppress(OSError):  # (a destination swapped: nothing removed there)
-                remove_temp_folders({os.path.dirname(spec.final) for spec in specs}, exc.pid,
-                                    self.stage.root)
+            if exc.pid is not None:  # (None: no helper was started, none left any)
+                with contextlib.suppress(OSError):  # (a destination swapped: none removed)
+                    remove_temp_folders({os.path.dirname(spec.final) for spec in specs},
+                                        exc.pid, self.stage.root)
             for item, spec in zip(ready, specs):
                 if self.run.stopping():
                     break
