@@ -387,8 +387,10 @@ def test_a_later_run_over_the_service_takes_the_folder_the_job_took_or_none(site
                     stop.set()
             return super().call(method, path, body)
 
+    # One stream: with more, the first claims take every file before the stop is seen.
     settings = EngineConfig(kinds=standard_kinds(), heartbeat_seconds=0.2, fsync=False,
-                            claim_batch=1, allowed_roots=(str(site.home("olga").resolve()),))
+                            claim_batch=1, streams=1,
+                            allowed_roots=(str(site.home("olga").resolve()),))
     for store_class, stopping in ((StopAtSecondClaim, stop), (HttpJobStore, None)):
         store = store_class(site.url, site.tokens["olga"], spool_dir=site.work / "cache-olga")
         store.tune(settings)
@@ -404,6 +406,51 @@ def test_a_later_run_over_the_service_takes_the_folder_the_job_took_or_none(site
             assert job["files_done"] < len(FILES)
             destination.rename(destination.with_name("aside"))
             destination.mkdir()
+    job = _wait_finished(site, "olga", number)
+    assert job["state"] == "failed" and "not the folder it was when the job took it" in \
+        job["error"], job
+    assert list(destination.iterdir()) == []
+
+
+def test_a_run_whose_finish_fails_keeps_the_folder_it_took(site: Site) -> None:
+    """A run that ends before its first heartbeat and whose finish does not reach the service
+    still leaves the job's pin with it (its release says it): the next attempt, finding
+    another folder in its place, writes nothing there and fails saying why."""
+    from hera_stage_ext.errors import ServiceError
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.run import EngineConfig
+    from hera_stage_ext.jobs.worker import Worker
+    from hera_stage_ext.standard_kinds import standard_kinds
+
+    _issue_stage_token(site, "olga")
+    destination = _dest(site, "olga", "pinned-finish")
+    number = site.stage("olga", destination)["id"]
+
+    class FinishFailsOnce(HttpJobStore):
+        failed = False
+
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            if path.endswith("/finish") and not FinishFailsOnce.failed:
+                FinishFailsOnce.failed = True
+                raise ServiceError("the site service cannot be reached (gave up)")
+            return super().call(method, path, body)
+
+    # The heartbeat's default second: a job of a few small files ends before it.
+    settings = EngineConfig(kinds=standard_kinds(), fsync=False,
+                            allowed_roots=(str(site.home("olga").resolve()),))
+    store = FinishFailsOnce(site.url, site.tokens["olga"], spool_dir=site.work / "cache-olga")
+    store.tune(settings)
+    try:
+        Worker(store, settings).run(poll_seconds=0.1, exit_when_idle=True)
+    finally:
+        store.close()
+    assert FinishFailsOnce.failed
+    job = site.api("olga", "GET", f"jobs/{number}").json()
+    st = os.stat(destination)
+    assert job["options"].get("pin") == [st.st_dev, st.st_ino], job
+    destination.rename(destination.with_name("aside-finish"))
+    destination.mkdir()
+    _run_users_worker(site, "olga", number)
     job = _wait_finished(site, "olga", number)
     assert job["state"] == "failed" and "not the folder it was when the job took it" in \
         job["error"], job

@@ -456,8 +456,9 @@ class HttpJobStore:
             # worker no longer holds; the folder was checked against any pin kept.)
 
     def _drop_taken(self, job_id: int) -> None:
-        """The run is over before its first heartbeat: no later attempt needs its folder's
-        pin (a retry takes the folder afresh)."""
+        """The run ended the job before its first heartbeat (its end said to the service):
+        no later attempt needs its folder's pin (a retry takes the folder afresh). Dropped
+        only once said: if the end fails, the release sends the pin."""
         with self._lock:
             self._taken.pop(job_id, None)
 
@@ -475,7 +476,11 @@ class HttpJobStore:
             raise
 
     def finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
+        state = self._finish(job, kind, run)
         self._drop_taken(job.id)
+        return state
+
+    def _finish(self, job: JobRow, kind: JobKind, run: KindRun) -> str:
         lines = self._lines.pop(job.id, None)
         if lines is None:
             lines = list(self._job(job.id, "results", method="GET")["lines"])
@@ -494,8 +499,8 @@ class HttpJobStore:
         return str(shipper.ship_then(finish_with)["state"])
 
     def finish_cancelled(self, job: JobRow, kind: JobKind) -> str:
-        self._drop_taken(job.id)
         answer = self._job(job.id, "cancelled", {"worker_id": job.worker_id or ""})
+        self._drop_taken(job.id)
         removed = kind.cancel_at_target(job, int(answer["left"]), list(answer["unfinished"]))
         shipper = self._shippers.get(job.id)
         if shipper is not None:
@@ -504,9 +509,10 @@ class HttpJobStore:
         return JobState.CANCELLED
 
     def fail(self, job: JobRow, worker_id: str, error: str) -> str:
-        self._drop_taken(job.id)
         self._ship(job.id)
-        return str(self._job(job.id, "fail", {"worker_id": worker_id, "error": error})["state"])
+        state = str(self._job(job.id, "fail", {"worker_id": worker_id, "error": error})["state"])
+        self._drop_taken(job.id)
+        return state
 
     def release(self, job_id: int, worker_id: str, error: str | None = None) -> None:
         self._ship(job_id)
