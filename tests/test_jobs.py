@@ -1264,8 +1264,10 @@ def test_the_site_keeps_the_folder_a_recorded_job_took(site: Site) -> None:
         ops.taken(job["id"], {**body, "pin": [5, 43]})
     with pytest.raises(Conflict):
         ops.taken(job["id"], {**body, "worker_id": "w2"})
-    for bad in ([5], [5, -1], ["5", 42], [5, 2**64], None, [5.0, 42]):
+    for bad in ([5], [5, -1], ["5", 42], [5, 2**64], None, [5.0, 42], [True, 1]):
         with pytest.raises(InvalidRequest):
             ops.taken(job["id"], {**body, "pin": bad})
+    with pytest.raises(NotFound):  # another user's worker, even with the holder's id
+        WorkerOps(site.db, "bob").taken(job["id"], {**body, "pin": [5, 43]})
     options = get_job(site.db, job["id"])["options"]
     assert options["pin"] == [5, 42] and options["made"] is True
