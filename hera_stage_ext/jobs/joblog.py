@@ -1,7 +1,7 @@
 """Job logs: the human-readable log of each job (``JobLog``, appended by whoever acts on the
 job: creation, workers, cancel, retry), where logs are kept by default and who may read them
-(``prepare_log_dir``), the form in which a user's worker ships them (``LOG_TAIL_TYPE``), and reading a log back a piece at a time (``read_log``, for tails that
-never see half a line).
+(``prepare_log_dir``), the form in which a user's worker ships them (``LOG_TAIL_TYPE``), and
+reading a log back a piece at a time (``read_log``, for tails that never see half a line).
 
 Logs name users' paths, so they are private: the log folder is 0700 and each log 0600. With a
 site group (``c.StagingApp.job_log_group``) the folder is 2750 in that group (new files take the
@@ -31,11 +31,15 @@ log = logging.getLogger("hera_stage_ext.jobs")
 PRIVATE_DIR, GROUP_DIR = 0o700, 0o2750
 #: The content type of a worker-API item call whose job's log lines follow its JSON as they
 #: are (a user's worker in site mode: ``http_store``, ``site.worker_ops.body_with_log``): the
-#: JSON object on the first line (JSON text holds no raw newline), then the lines in UTF-8.
+#: JSON object on the first line (sent on one line: compact ``json.dumps`` writes no newline
+#: and escapes the control characters in strings), then the lines in UTF-8.
 #: Inside the JSON, a megabyte of lines a job was escaped by the worker and unescaped, with
 #: the depth check's escape path, by the service: 0.29 us of the service's CPU a line, 0.11
 #: of the worker's; as they are, neither.
 LOG_TAIL_TYPE = "application/x-hera-stage-json-log-tail"
+#: The worker-API calls whose body may be in that form (the item calls; a heartbeat would
+#: take lines it does not append).
+LOG_TAIL_ACTIONS = ("items/record", "items/exchange")
 
 
 def default_log_dir() -> Path:
