@@ -1370,11 +1370,12 @@ def test_an_item_calls_log_lines_may_follow_its_json(site: Site) -> None:
     reply = post("items/exchange", {"worker_id": "fw", "n": 1, "narrow": "xxh3-128"},
                  b"third\n")
     assert reply.status_code == 200 and len(reply.json()["items"]) == 1, reply.text
-    # A media type is case-insensitive, its parameters (a charset) ignored as with JSON.
-    reply = post("items/record", {"results": []}, b"fourth\n",
+    # A media type is case-insensitive, its parameters (a charset) ignored as with JSON; the
+    # lines' control characters but tabs are escaped (an admin's terminal shows the log).
+    reply = post("items/record", {"results": []}, b"fourth\x1b[2J\tx\r\x00\xc2\x9b\n",
                  kind=LOG_TAIL_TYPE.upper() + "; charset=utf-8")
     assert reply.status_code == 200 and reply.json() == {"recorded": 0}, reply.text
-    assert log_text().endswith(lines + "third\nfourth\n")
+    assert log_text().endswith(lines + "third\nfourth\\x1b[2J\tx\\x0d\\x00\\x9b\n")
     before = log_text()
     for action, head, tail, status in (
             ("items/record", {"results": []}, b"bad \xff byte\n", 400),
