@@ -131,3 +131,18 @@ async def test_server_applies_job_log_group(api, ingested, tmp_path) -> None:
     log = Path(job["log_path"])
     assert log.parent == logs
     assert mode(log) == 0o640 and os.stat(log).st_gid == group.gr_gid
+
+
+def test_a_logs_control_characters_are_written_escaped(tmp_path) -> None:
+    """Whatever writes a job's log (a message, lines a user's worker shipped), its control
+    characters but tabs and line ends are written escaped: an escape sequence, a carriage
+    return or a NUL in a file's name or a worker's lines never acts on the terminal of whoever
+    reads the log (``hera-stage log``)."""
+    from hera_stage_ext.jobs.joblog import JobLog, read_log
+
+    log = JobLog(tmp_path / "job.log")
+    log("copy evil\x1b]0;owned\x07name (3 bytes)")
+    log.append_lines("shipped\r\x00\x7f\u009b[31m\tline \u00e9t\u00e9\nnext\n")
+    text, _ = read_log({"log_path": str(tmp_path / "job.log")})
+    assert text.endswith("copy evil\\x1b]0;owned\\x07name (3 bytes)\n"
+                         "shipped\\x0d\\x00\\x7f\\x9b[31m\tline \u00e9t\u00e9\nnext\n"), text

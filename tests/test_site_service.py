@@ -679,11 +679,12 @@ def test_a_hand_over_records_and_claims_in_one_call(database: Database, tmp_path
 
 def test_a_claim_in_the_narrow_form_gives_the_worker_the_same_items(database: Database,
                                                                    tmp_path: Path) -> None:
-    """An item call that asks for the narrow form (``"narrow": true``, which the job's answer
-    announces) gets the same items as the wide form, read back as ``ClaimedItem``s, but for
-    the name, which a worker does not use: the checksum the worker verifies with (or all
-    where that one is missing), a folder, text JSON must escape. A call that does not ask
-    gets the wide form as before."""
+    """An item call that asks for the narrow form with the algorithm the job's answer names
+    (``"narrow": "xxh3-128"``) gets the same items as the wide form, read back as
+    ``ClaimedItem``s under the algorithm the answer names, but for the name, which a worker
+    does not use: the checksum the worker verifies with (or all where that one is missing or
+    not a string), a folder, text JSON must escape. A call that does not ask, or names
+    another algorithm, gets the wide form as before."""
     from hera_stage_ext.errors import InvalidRequest
     from hera_stage_ext.jobs.engine import create_job
     from hera_stage_ext.jobs.items import ClaimedItem, narrow_items
@@ -703,23 +704,73 @@ def test_a_claim_in_the_narrow_form_gives_the_worker_the_same_items(database: Da
                      log_dir=tmp_path)
     ops = WorkerOps(database, "alice")
     assert ops.claim({"worker_id": "w"})["job"] == job["id"]
-    assert ops.job(job["id"])["narrow_items"] is True
+    assert ops.job(job["id"])["narrow_items"] == "xxh3-128"
     wide = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1}))
     assert "narrow" not in wide
     first = wide["items"][0][0]
     assert wide["items"][0][1:] == ["f0", "/store/root/w.uvh5", "w.uvh5", 10, False, both, 1,
                                     "s"]
-    narrow = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 10, "narrow": True}))
-    assert narrow["narrow"] is True and narrow["recorded"] == 0
+    # A worker that names another algorithm, or none (a service of another version announced
+    # the form), gets the wide form.
+    for other in ("md5", True):
+        answer = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 0,
+                                                     "narrow": other}))
+        assert answer == {"recorded": 0, "items": []}
+    narrow = json.loads(ops.exchange(job["id"], {"worker_id": "w", "n": 10,
+                                                 "narrow": "xxh3-128"}))
+    assert narrow["narrow"] == "xxh3-128" and narrow["recorded"] == 0
     assert narrow["items"][0][5] == "f" * 32  # only the checksum the worker verifies with
-    assert narrow_items(narrow["items"]) == [
+    assert narrow_items(narrow["items"], narrow["narrow"]) == [
         ClaimedItem(first + k, "", source, dest, 10 + k, is_dir,
                     {"xxh3-128": sums["xxh3-128"]} if "xxh3-128" in sums else sums, 1, "s")
         for k, (dest, source, sums, is_dir) in enumerate(specs) if k]
-    again = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1, "narrow": True}))
-    assert again == {"narrow": True, "items": []}
+    # The lone checksum is mapped under the algorithm the answer names.
+    assert narrow_items(narrow["items"][:1], "md5")[0].checksums == {"md5": "f" * 32}
+    again = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1,
+                                                   "narrow": "xxh3-128"}))
+    assert again == {"narrow": "xxh3-128", "items": []}
     with pytest.raises(InvalidRequest):
-        ops.exchange(job["id"], {"worker_id": "w", "n": 1, "narrow": "yes"})
+        ops.exchange(job["id"], {"worker_id": "w", "n": 1, "narrow": 1})
+
+
+@pytest.mark.parametrize("stored, narrow_sent, read", [
+    ('{"xxh3-128": 5, "md5": "00"}', {"xxh3-128": 5, "md5": "00"}, {"xxh3-128": 5, "md5": "00"}),
+    ('{"xxh3-128": null}', {"xxh3-128": None}, {"xxh3-128": None}),
+    ("5", 5, {}),
+    ('["x"]', ["x"], {}),
+])
+def test_malformed_stored_checksums_fail_the_item_not_the_stream(
+        database: Database, tmp_path: Path, stored: str, narrow_sent: Any, read: Any) -> None:
+    """A stored checksum that is not a string goes whole in the narrow form, as the wide form
+    sends it; checksums that are not an object are read as none: the item fails its
+    verification ("no known checksum"; a wrong digest's mismatch) instead of the worker's
+    stream crashing on them."""
+    from sqlalchemy import text
+
+    from hera_stage_ext.catalogue.checksums import preferred_algorithm
+    from hera_stage_ext.errors import InvalidRequest
+    from hera_stage_ext.jobs.engine import create_job
+    from hera_stage_ext.jobs.items import narrow_items
+    from hera_stage_ext.site.worker_ops import WorkerOps
+
+    job = create_job(database, "alice", "stage", str(tmp_path / "d"), "copy",
+                     [{"name": "f", "store": "s", "size": 1, "is_directory": False,
+                       "checksums": {}, "dest_path": "f", "source_path": "/nowhere/f"}],
+                     [], 1, log_dir=tmp_path)
+    with database.write() as s:
+        cast = "CAST(:v AS jsonb)" if database.engine.dialect.name == "postgresql" else ":v"
+        s.execute(text(f"UPDATE job_item SET checksums = {cast} WHERE job_id = :j"),
+                  {"v": stored, "j": job["id"]})
+    ops = WorkerOps(database, "alice")
+    assert ops.claim({"worker_id": "w"})["job"] == job["id"]
+    answer = json.loads(ops.claim_items(job["id"], {"worker_id": "w", "n": 1,
+                                                    "narrow": "xxh3-128"}))
+    assert answer["items"][0][5] == narrow_sent
+    (item,) = narrow_items(answer["items"], answer["narrow"])
+    assert item.checksums == read
+    if not read:
+        with pytest.raises(InvalidRequest, match="no known checksum"):
+            preferred_algorithm(item.checksums)
 
 
 def test_a_claim_whose_detail_fails_still_gives_the_job(database: Database, tmp_path: Path,
@@ -1200,13 +1251,17 @@ def test_a_service_that_does_not_say_so_is_asked_what_is_left_as_before(site: Si
 def test_a_users_worker_asks_for_narrow_items_only_where_the_service_announces_them(
         site: Site) -> None:
     """A user's worker asks for its claimed items in the narrow form where the job's answer
-    announces it (``narrow_items``), and reads each answer as it says; against a service that
-    does not (an older one) it asks nothing of the form. Either way every file lands."""
+    announces it (``narrow_items``, naming the algorithm), and reads each answer as it says:
+    against a service that does not announce it (an older one) it asks nothing of the form,
+    and a service that announces it but answers in the wide form (a replica of another
+    version; here the request's ``narrow`` removed on the wire) is read in the wide form; one
+    that names an algorithm this worker does not know is asked nothing of the form. Either
+    way every file lands."""
     from hera_stage_ext.jobs.http_store import HttpJobStore
 
     _issue_stage_token(site, "erin")
-    for older in (False, True):
-        destination = _dest(site, "erin", f"narrow-{older}")
+    for service in ("new", "older", "answers wide", "unknown algorithm"):
+        destination = _dest(site, "erin", f"narrow-{service}")
         number = site.stage("erin", destination)["id"]
         asked: list[Any] = []
         answered: list[Any] = []
@@ -1218,18 +1273,117 @@ def test_a_users_worker_asks_for_narrow_items_only_where_the_service_announces_t
                     asked.append((body or {}).get("narrow"))
                     answered.append(answer.get("narrow"))
                 detail = answer.get("detail") if path == "claim" else answer
-                if older and isinstance(detail, dict):
+                if service == "older" and isinstance(detail, dict):
                     detail.pop("narrow_items", None)
+                if service == "unknown algorithm" and isinstance(detail, dict):
+                    detail["narrow_items"] = "xxh9-512"
                 return answer
 
+            def _attempt(self, method: str, path: str, data: bytes | None,
+                         headers: dict[str, str] | None) -> Any:
+                if service == "answers wide" and data and b'"narrow"' in data:
+                    head, newline, tail = data.partition(b"\n")
+                    body = json.loads(head)
+                    del body["narrow"]
+                    data = json.dumps(body).encode() + newline + tail
+                return super()._attempt(method, path, data, headers)
+
         _run_users_worker(site, "erin", number, Watching, streams=2)
-        assert asked and set(asked) == ({None} if older else {True}), asked
-        assert set(answered) == ({None} if older else {True}), answered
+        assert asked and set(asked) == ({"xxh3-128"} if service in ("new", "answers wide")
+                                        else {None}), asked
+        assert set(answered) == ({"xxh3-128"} if service == "new" else {None}), answered
         job = _wait_finished(site, "erin", number)
         assert (job["state"], job["files_done"], job["files_failed"]) == ("succeeded", 3, 0), job
         for name in FILES:
             assert (destination / name).read_bytes() == (site.work / "store" / name
                                                          ).read_bytes()
+
+
+def test_a_users_worker_sends_its_lines_inside_the_json_where_a_replica_refuses_them(
+        site: Site) -> None:
+    """A replica older than log tails beside one that announced them (a rolling upgrade)
+    reads a body with lines after its JSON as JSON and answers 400 (here: the body sent as
+    JSON on the wire); the worker sends that call again with its lines inside the JSON, and
+    no more tails: the job succeeds and its log has every file's line once."""
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.jobs.engine import get_job
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
+
+    _issue_stage_token(site, "erin")
+    destination = _dest(site, "erin", "old-replica")
+    number = site.stage("erin", destination)["id"]
+    refused: list[int] = []
+    sent: list[str] = []
+
+    class BesideAnOldReplica(HttpJobStore):
+        def _attempt(self, method: str, path: str, data: bytes | None,
+                     headers: dict[str, str] | None) -> Any:
+            if (headers or {}).get("Content-Type") == LOG_TAIL_TYPE:
+                headers = {"Content-Type": "application/json"}  # as an old replica reads it
+                reply, content = super()._attempt(method, path, data, headers)
+                refused.append(reply.status_code)
+                return reply, content
+            if path.endswith(("/items/record", "/items/exchange")):
+                sent.append(json.loads(data or b"").get("log", ""))
+            return super()._attempt(method, path, data, headers)
+
+    _run_users_worker(site, "erin", number, BesideAnOldReplica, streams=1)
+    assert refused and set(refused) == {400}, refused
+    assert "  copy " in "".join(sent), sent
+    job = _wait_finished(site, "erin", number)
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+    db = Database(site.db_url)
+    try:
+        text = Path(get_job(db, number)["log_path"]).read_text()
+    finally:
+        db.dispose()
+    for name in FILES:
+        assert text.count(f"  copy {name} (") == 1, text
+
+
+def test_a_users_worker_sends_no_lines_after_the_json_where_the_service_takes_none(
+        site: Site) -> None:
+    """Against a service that takes log lines with its item calls (``items_log``) but not
+    after their JSON (no ``log_tail``: an older one), a user's worker sends every item call
+    as JSON, the lines in its ``log``; the job's log gets every file's line."""
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.jobs.engine import get_job
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+
+    _issue_stage_token(site, "erin")
+    destination = _dest(site, "erin", "no-tail")
+    number = site.stage("erin", destination)["id"]
+    sent: list[tuple[str, bytes | None, Any]] = []
+
+    class Older(HttpJobStore):
+        def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            answer = super().call(method, path, body)
+            detail = answer.get("detail") if path == "claim" else answer
+            if isinstance(detail, dict) and "log_tail" in detail:
+                assert detail["items_log"] is True
+                del detail["log_tail"]
+            return answer
+
+        def _attempt(self, method: str, path: str, data: bytes | None,
+                     headers: dict[str, str] | None) -> Any:
+            sent.append((path, data, (headers or {}).get("Content-Type")))
+            return super()._attempt(method, path, data, headers)
+
+    _run_users_worker(site, "erin", number, Older, streams=1)
+    items_calls = [(json.loads(data or b""), kind) for path, data, kind in sent
+                   if path.endswith(("/items/record", "/items/exchange"))]
+    assert items_calls and all(kind == "application/json" for _, kind in items_calls), sent
+    assert "  copy " in "".join(body.get("log", "") for body, _ in items_calls), items_calls
+    job = _wait_finished(site, "erin", number)
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+    db = Database(site.db_url)
+    try:
+        text = Path(get_job(db, number)["log_path"]).read_text()
+    finally:
+        db.dispose()
+    for name in FILES:
+        assert text.count(f"  copy {name} (") == 1, text
 
 
 def test_an_item_calls_log_lines_may_follow_its_json(site: Site) -> None:
@@ -1246,12 +1400,13 @@ def test_an_item_calls_log_lines_may_follow_its_json(site: Site) -> None:
     claimed = site.api("frank", "POST", "worker/claim", {"worker_id": "fw"}).json()
     assert claimed["job"] == number and claimed["detail"]["log_tail"] is True
 
-    def post(action: str, head: dict[str, Any], tail: bytes, user: str = "frank"
-             ) -> requests.Response:
+    def post(action: str, head: dict[str, Any] | bytes, tail: bytes, user: str = "frank",
+             kind: str = LOG_TAIL_TYPE) -> requests.Response:
+        data = head if isinstance(head, bytes) else json.dumps(head).encode()
         return requests.post(f"{site.url}hera-stage/api/worker/jobs/{number}/{action}",
-                             data=json.dumps(head).encode() + b"\n" + tail, timeout=30,
+                             data=data + b"\n" + tail, timeout=30,
                              headers={"Authorization": f"token {site.tokens[user]}",
-                                      "Content-Type": LOG_TAIL_TYPE})
+                                      "Content-Type": kind})
 
     def log_text() -> str:
         return site.api("frank", "GET", f"jobs/{number}/log").json()["text"]
@@ -1259,12 +1414,19 @@ def test_an_item_calls_log_lines_may_follow_its_json(site: Site) -> None:
     lines = "2026-12-07T00:00:00.000Z  copy \u00e9t\u00e9 \"1\".uvh5 (3 bytes)\nsecond line\n"
     reply = post("items/record", {"results": []}, lines.encode())
     assert reply.status_code == 200 and reply.json() == {"recorded": 0}, reply.text
-    reply = post("items/exchange", {"worker_id": "fw", "n": 1, "narrow": True}, b"third\n")
+    reply = post("items/exchange", {"worker_id": "fw", "n": 1, "narrow": "xxh3-128"},
+                 b"third\n")
     assert reply.status_code == 200 and len(reply.json()["items"]) == 1, reply.text
-    assert log_text().endswith(lines + "third\n")
+    # A media type is case-insensitive, its parameters (a charset) ignored as with JSON; the
+    # lines' control characters but tabs are escaped (an admin's terminal shows the log).
+    reply = post("items/record", {"results": []}, b"fourth\x1b[2J\tx\r\x00\xc2\x9b\n",
+                 kind=LOG_TAIL_TYPE.upper() + "; charset=utf-8")
+    assert reply.status_code == 200 and reply.json() == {"recorded": 0}, reply.text
+    assert log_text().endswith(lines + "third\nfourth\\x1b[2J\tx\\x0d\\x00\\x9b\n")
     before = log_text()
     for action, head, tail, status in (
             ("items/record", {"results": []}, b"bad \xff byte\n", 400),
+            ("items/record", '{"results": []}'.encode("utf-16-le"), b"x\n", 400),
             ("items/record", {"results": [], "log": "x\n"}, b"y\n", 400),
             ("heartbeat", {"worker_id": "fw"}, b"z\n", 400),
             ("items/record", {"results": []}, b"w" * MAX_BODY_BYTES, 413)):

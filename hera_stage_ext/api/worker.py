@@ -11,8 +11,8 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..errors import InvalidRequest
-from ..jobs.joblog import LOG_TAIL_TYPE
-from ..site.worker_ops import LOG_TAIL_ACTIONS, JsonText, WorkerOps, body_with_log
+from ..jobs.joblog import LOG_TAIL_ACTIONS, LOG_TAIL_TYPE
+from ..site.worker_ops import JsonText, WorkerOps, body_with_log
 from .base import MAX_BODY_BYTES, ApiHttpError, BaseHandler
 from .jobs import parse_job_id
 
@@ -71,8 +71,10 @@ class WorkerJobHandler(_WorkerHandler):
 
     def _body(self, action: str) -> dict[str, Any]:
         """The call's body: JSON, or for an item call JSON followed by the job's log lines
-        (``LOG_TAIL_TYPE``)."""
-        if self.request.headers.get("Content-Type", "").split(";")[0].strip() != LOG_TAIL_TYPE:
+        (``LOG_TAIL_TYPE``; media types are case-insensitive, and parameters such as a charset
+        are ignored, as on the JSON path)."""
+        kind = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if kind != LOG_TAIL_TYPE:
             return self.body_json()
         try:
             if action not in LOG_TAIL_ACTIONS:

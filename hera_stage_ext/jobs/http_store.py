@@ -6,7 +6,7 @@ only, never transfers or uploads). Item results go in batches, as the engine com
 with the claim of the stream's next items (``exchange``: one round trip per hand-over), the
 error-free ones as runs of item ids and with the job's log lines waiting to be shipped (after
 the call's JSON as they are: ``joblog.LOG_TAIL_TYPE``), and the claimed items come in their
-narrow form (``items.NARROW_ITEM``), each where the service says it takes that.
+narrow form (``items.narrow_items``), each where the service says it takes that.
 
 A service that cannot be reached (restarting, a network outage) is waited out: every call is
 tried again with a capped exponential back-off and jitter for up to ``PATIENCE_S`` seconds,
@@ -39,11 +39,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import requests
 import urllib3
 
+from ..catalogue.checksums import ALGORITHMS
 from ..errors import ServiceError
 from ..states import JobState
 from .contract import JobKind
 from .items import ClaimedItem, id_runs, narrow_items
-from .joblog import LOG_TAIL_TYPE, JobLog
+from .joblog import LOG_TAIL_ACTIONS, LOG_TAIL_TYPE, JobLog
 from .models import JobRow
 from .store import Beat
 
@@ -89,8 +90,6 @@ LOG_SOON, LOG_POLL_S = 96 << 10, 0.1
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _TAIL_HEADERS = {"Content-Type": LOG_TAIL_TYPE}
-#: The calls whose log lines go after their JSON, where the service takes that (``log_tail``).
-_TAIL_ACTIONS = ("/items/record", "/items/exchange")
 
 
 def default_spool_dir() -> Path:
@@ -147,9 +146,10 @@ class HttpJobStore:
         self._unfinished: dict[int, dict[str, Any]] = {}
         # Whether its item calls' log lines may follow their JSON as they are (the same).
         self._log_tail = False
-        # Whether its item calls may ask for the claimed items in the narrow form (half the
-        # bytes: ``items.NARROW_ITEM``; the same answer says so).
-        self._narrow_items = False
+        # The algorithm of the narrow form of claimed items, where the service takes asking
+        # for that form (about 65 % of the bytes: ``items.narrow_items``) and this worker
+        # knows the algorithm (the same answer names it); else None.
+        self._narrow_items: str | None = None
         # Whether another job waited when the last one was claimed (the claim's answer).
         self._more = True
         # The jobs' details their claims carried (``GET jobs/<id>``'s answer), for the
@@ -187,6 +187,14 @@ class HttpJobStore:
             if self.stop.wait(wait):
                 raise ServiceError(f"the site service {problem}; the worker is stopping")
         assert reply is not None
+        if reply.status_code == 400 and headers is _TAIL_HEADERS:
+            # A replica older than log tails beside the one that announced them (a rolling
+            # upgrade) reads the body as JSON and refuses it: no more tails (until a job's
+            # answer announces them again), and this call once more with the lines inside.
+            log.warning("the site service refused log lines after the JSON (%s %s); sending "
+                        "them inside it", method, path)
+            self._log_tail = False
+            return self.call(method, path, body)
         if reply.status_code >= 400:
             try:
                 message = json.loads(content).get("message") or reply.reason
@@ -206,7 +214,7 @@ class HttpJobStore:
             return None, None
         log_text = body.get("log")
         if not (self._log_tail and log_text and isinstance(log_text, str)
-                and path.endswith(_TAIL_ACTIONS)):
+                and path.split("/", 2)[-1] in LOG_TAIL_ACTIONS):
             return json.dumps(body, ensure_ascii=False, allow_nan=False).encode(), _JSON_HEADERS
         head = {key: value for key, value in body.items() if key != "log"}
         return (json.dumps(head, ensure_ascii=False, allow_nan=False).encode() + b"\n"
@@ -291,7 +299,9 @@ class HttpJobStore:
             self._result_runs = data.get("result_runs") is True
             self._items_log = data.get("items_log") is True
             self._record_unfinished = data.get("record_unfinished") is True
-            self._narrow_items = data.get("narrow_items") is True
+            narrow = data.get("narrow_items")
+            self._narrow_items = (narrow if isinstance(narrow, str) and narrow in ALGORITHMS
+                                  else None)
             self._log_tail = data.get("log_tail") is True
             self._unfinished.pop(job_id, None)
             if data.get("waiting") == 0:
@@ -330,10 +340,10 @@ class HttpJobStore:
         return _claimed(answer)
 
     def _form(self) -> dict[str, Any]:
-        """What an item claim asks of its answer's form: the narrow one, where the service
-        takes that (``narrow_items``); an older service is asked nothing (it would refuse no
-        field, but nor would it read one)."""
-        return {"narrow": True} if self._narrow_items else {}
+        """What an item claim asks of its answer's form: the narrow one with the algorithm the
+        service named (``narrow_items``), where this worker knows it; an older service is
+        asked nothing (it would refuse no field, but nor would it read one)."""
+        return {"narrow": self._narrow_items} if self._narrow_items else {}
 
     def requeue(self, job_id: int, item_ids: Sequence[int]) -> None:
         if item_ids:
@@ -558,10 +568,12 @@ class HttpJobStore:
 
 
 def _claimed(answer: dict[str, Any]) -> list[ClaimedItem]:
-    """An item call's claimed items, in the form its answer says (``"narrow": true``: the
-    narrow form, ``items.narrow_items``; else the wide one, ``ClaimedItem``'s fields)."""
-    if answer.get("narrow") is True:
-        return narrow_items(answer["items"])
+    """An item call's claimed items, in the form its answer says (``"narrow": "<algorithm>"``:
+    the narrow form, its lone checksums of that algorithm, ``items.narrow_items``; else the
+    wide one, ``ClaimedItem``'s fields)."""
+    narrow = answer.get("narrow")
+    if isinstance(narrow, str):
+        return narrow_items(answer["items"], narrow)
     return [ClaimedItem(*row) for row in answer["items"]]
 
 

@@ -185,8 +185,8 @@ _CLAIM_SQL = ("SELECT id, name, source_path, dest_path, size, is_directory, "
 def claim_json_sql(sqlite: bool, narrow: bool = False) -> str:
     """``_CLAIM_SQL`` for a worker over HTTP: each row's id, size and the item as the worker
     API's JSON text (``[id, name, source_path, dest_path, size, is_directory, checksums,
-    attempts, store]``, the attempts this claim's; with ``narrow``, ``NARROW_ITEM``'s form),
-    built by the database (SQLite's ``json_array``, PostgreSQL's ``json_build_array``): no
+    attempts, store]``, the attempts this claim's; with ``narrow``, the narrow form of
+    ``narrow_items``), built by the database (SQLite's ``json_array``, PostgreSQL's ``json_build_array``): no
     Python string or number per column of each claimed row, no encoding of it in Python
     (``exchange_json``)."""
     if narrow:
@@ -205,37 +205,48 @@ def claim_json_sql(sqlite: bool, narrow: bool = False) -> str:
         "CAST(checksums AS TEXT), attempts, store", f"id, size, {item}", 1)
 
 
-#: The narrow form of a claimed item over HTTP (a worker that asks for it: ``narrow``), what a
-#: user's worker uses of it and no more: ``[id, source_path, dest_path, size, is_directory,
-#: checksum, attempts, store]``, where ``checksum`` is the item's ``PREFERRED`` checksum (the
-#: one a worker verifies with, ``catalogue.checksums.preferred_algorithm``) as a string where
-#: it has one, else all its checksums as an object; ``is_directory`` is 0/1 on SQLite,
-#: false/true on PostgreSQL. No name (a worker stages by paths). About 165 bytes of JSON an
-#: item where the wide form is 255 (a stage job's usual item, two checksums), and less of the
-#: database's CPU (on SQLite 1.25-1.3 us a row against 1.45-1.6: no ``json()`` of the
-#: directory flag, one checksum taken out of the stored JSON instead of all of it parsed
-#: and written again). The source path goes whole: sending only its part before the
-#: destination path (40 bytes less) cost SQLite's ``substr``/``length`` 0.25 us a row, more
-#: than the bytes cost to send and read.
-NARROW_ITEM = ("id", "source_path", "dest_path", "size", "is_directory", "checksum",
-               "attempts", "store")
-PREFERRED = ALGORITHMS[0]
+# The narrow form of a claimed item over HTTP (a worker that asks for it: ``narrow``), what a
+# user's worker uses of it and no more: ``[id, source_path, dest_path, size, is_directory,
+# checksum, attempts, store]``, where ``checksum`` is the item's ``NARROW_ALGORITHM`` checksum
+# (the one a worker verifies with, ``catalogue.checksums.preferred_algorithm``) as a string
+# where it has one as a string, else all its checksums as the wide form sends them; the
+# algorithm is named once, by the job's answer and by each answer in this form, never
+# assumed by the worker. ``is_directory`` is 0/1 on SQLite, false/true on PostgreSQL. No
+# name (a worker stages by paths). About 165 bytes of JSON an item where the wide form is
+# 255 (a stage job's usual item, two checksums), and less of the database's CPU (on SQLite
+# 1.25-1.3 us a row against 1.45-1.6: no ``json()`` of the directory flag, one checksum
+# taken out of the stored JSON instead of all of it parsed and written again). The source
+# path goes whole: sending only its part before the destination path (40 bytes less) cost
+# SQLite's ``substr``/``length`` 0.25 us a row, more than the bytes cost to send and read.
+#: The algorithm of the narrow form's lone checksum (announced as the job's ``narrow_items``).
+NARROW_ALGORITHM = ALGORITHMS[0]
+# The one checksum taken alone only where it is a string (a stored ``{"xxh3-128": 5}`` goes
+# whole, as the wide form sends it); ``json_extract``/``json_type``, not ``->>`` (SQLite 3.38).
 _NARROW_SQLITE = (
     "json_array(id, source_path, dest_path, size, is_directory, "
-    f"COALESCE(json_extract(checksums, '$.\"{PREFERRED}\"'), "
-    "json(COALESCE(NULLIF(CAST(checksums AS TEXT), 'null'), '{{}}'))), attempts + 1, store)")
+    f"CASE WHEN json_type(checksums, '$.\"{NARROW_ALGORITHM}\"') = 'text' "
+    f"THEN json_extract(checksums, '$.\"{NARROW_ALGORITHM}\"') "
+    "ELSE json(COALESCE(NULLIF(CAST(checksums AS TEXT), 'null'), '{{}}')) END, "
+    "attempts + 1, store)")
 _NARROW_POSTGRESQL = (
     "CAST(json_build_array(id, source_path, dest_path, size, is_directory, "
-    f"COALESCE(to_jsonb(checksums ->> '{PREFERRED}'), "
-    "NULLIF(checksums, 'null'::jsonb), '{{}}'::jsonb), attempts + 1, store) AS TEXT)")
+    f"CASE WHEN jsonb_typeof(checksums -> '{NARROW_ALGORITHM}') = 'string' "
+    f"THEN checksums -> '{NARROW_ALGORITHM}' "
+    "ELSE COALESCE(NULLIF(checksums, 'null'::jsonb), '{{}}'::jsonb) END, attempts + 1, store) "
+    "AS TEXT)")
 
 
-def narrow_items(rows: Iterable[Sequence[Any]]) -> list[ClaimedItem]:
-    """Claimed items from their narrow form over HTTP (``NARROW_ITEM``); their names are not
-    sent (empty here). One comprehension, no call a row: a claim brings thousands."""
-    item, preferred = ClaimedItem, PREFERRED
+def narrow_items(rows: Iterable[Sequence[Any]], algorithm: str) -> list[ClaimedItem]:
+    """Claimed items from their narrow form over HTTP (``[id, source_path, dest_path, size,
+    is_directory, checksum, attempts, store]``), a lone checksum being of ``algorithm`` (what
+    the answer names); their names are not sent (empty here).
+    Checksums that are neither a string nor an object (a malformed stored value) are none:
+    the item fails its verification as any item without a known checksum does. One
+    comprehension, no call a row: a claim brings thousands."""
+    item = ClaimedItem
     return [item(item_id, "", source, dest, size, bool(is_directory),
-                 {preferred: sums} if type(sums) is str else sums, attempts, store)
+                 {algorithm: sums} if type(sums) is str else sums if type(sums) is dict else {},
+                 attempts, store)
             for item_id, source, dest, size, is_directory, sums, attempts, store in rows]
 
 
@@ -374,7 +385,7 @@ def exchange_json(db: Database, job_id: int, results: Sequence[IdResult],
     """``exchange(..., running_only=True)`` for a worker over HTTP, the items taken given as
     the JSON text of the worker API's answer: ``[[id, name, source_path, dest_path, size,
     is_directory, checksums, attempts, store], ...]``, ``ClaimedItem``'s fields in order (with
-    ``narrow``, each in ``NARROW_ITEM``'s form). Each item's text is built by the database in
+    ``narrow``, each in the narrow form: ``narrow_items``). Each item's text is built by the database in
     the claim's ``SELECT`` (``claim_json_sql``) and only joined here: no ``Row``,
     ``ClaimedItem``, list or string per column of an item in Python (the answer's Python per
     item 0.7 us when it was formatted here from the driver's rows, 2.2 through

@@ -1,7 +1,7 @@
 """Job logs: the human-readable log of each job (``JobLog``, appended by whoever acts on the
 job: creation, workers, cancel, retry), where logs are kept by default and who may read them
-(``prepare_log_dir``), the form in which a user's worker ships them (``LOG_TAIL_TYPE``), and reading a log back a piece at a time (``read_log``, for tails that
-never see half a line).
+(``prepare_log_dir``), the form in which a user's worker ships them (``LOG_TAIL_TYPE``), and
+reading a log back a piece at a time (``read_log``, for tails that never see half a line).
 
 Logs name users' paths, so they are private: the log folder is 0700 and each log 0600. With a
 site group (``c.StagingApp.job_log_group``) the folder is 2750 in that group (new files take the
@@ -14,6 +14,7 @@ import contextlib
 import grp
 import logging
 import os
+import re
 import stat
 import threading
 from collections.abc import Mapping
@@ -31,11 +32,35 @@ log = logging.getLogger("hera_stage_ext.jobs")
 PRIVATE_DIR, GROUP_DIR = 0o700, 0o2750
 #: The content type of a worker-API item call whose job's log lines follow its JSON as they
 #: are (a user's worker in site mode: ``http_store``, ``site.worker_ops.body_with_log``): the
-#: JSON object on the first line (JSON text holds no raw newline), then the lines in UTF-8.
+#: JSON object on the first line (sent on one line: compact ``json.dumps`` writes no newline
+#: and escapes the control characters in strings), then the lines in UTF-8.
 #: Inside the JSON, a megabyte of lines a job was escaped by the worker and unescaped, with
 #: the depth check's escape path, by the service: 0.29 us of the service's CPU a line, 0.11
 #: of the worker's; as they are, neither.
 LOG_TAIL_TYPE = "application/x-hera-stage-json-log-tail"
+#: The worker-API calls whose body may be in that form (the item calls; a heartbeat would
+#: take lines it does not append).
+LOG_TAIL_ACTIONS = ("items/record", "items/exchange")
+
+
+#: The control characters a log's text may not hold as they are (C0 but a tab and a newline,
+#: DEL, C1): a log is shown on terminals (``hera-stage log``), where an escape sequence in a
+#: line a user's worker sent, or a file's name, would act. Each is written escaped (``\x1b``).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: Every byte but those of C0 control characters other than a tab and a newline, and DEL
+#: (deleted by ``bytes.translate``: a pass in C over a write's bytes finds whether any is
+#: there; C1 characters are encoded from a 0xC2 byte).
+_NOT_C0 = bytes(b for b in range(256) if not (b < 0x20 and b not in b"\t\n" or b == 0x7f))
+
+
+def _shown(text: str) -> bytes:
+    """``text`` as a log holds it: UTF-8 (undecodable bytes of a name as they were), its
+    control characters escaped (``_CONTROL``)."""
+    data = text.encode("utf-8", "surrogateescape")
+    if data.translate(None, _NOT_C0) or b"\xc2" in data:
+        data = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text).encode(
+            "utf-8", "surrogateescape")
+    return data
 
 
 def default_log_dir() -> Path:
@@ -105,13 +130,14 @@ class JobLog:
 
     def append_lines(self, text: str) -> None:
         """Append lines written elsewhere (a user's worker in site mode ships its job's log
-        to the service), as they are."""
+        to the service), as they are but for their control characters (escaped, as every
+        write's are)."""
         with self._lock:
             self._held.append(text)
             self._write_held()
 
     def _write_held(self) -> None:
-        data = "".join(self._held).encode("utf-8", "surrogateescape")
+        data = _shown("".join(self._held))
         self._held.clear()
         if not self._checked:
             self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)

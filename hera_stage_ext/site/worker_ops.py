@@ -11,6 +11,7 @@ after a lost answer) counts once.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -20,10 +21,10 @@ from sqlalchemy import select
 from ..catalogue.db import Database, driver_mark, driver_rows
 from ..errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from ..jobs import engine, items, lifecycle, recall
-from ..jobs.joblog import LOG_TAIL_TYPE, JobLog
-from ..jsonbody import load_json
+from ..jobs.joblog import JobLog
 from ..jobs.models import JobItem, JobRow
 from ..jobs.store import DbJobStore
+from ..jsonbody import load_json
 from ..states import ACTIVE_JOB_STATES
 
 log = logging.getLogger("hera_stage_ext.site.worker_ops")
@@ -34,8 +35,6 @@ USER_KINDS = ("stage",)
 MAX_BATCH = 10_000
 #: Most bytes of log one call may append.
 MAX_LOG_BYTES = 1 << 20
-#: The item calls whose body may carry the job's log lines after its JSON (``LOG_TAIL_TYPE``).
-LOG_TAIL_ACTIONS = ("items/record", "items/exchange")
 
 
 class _JobFacts(Protocol):
@@ -71,12 +70,17 @@ class _Facts(NamedTuple):
 _JOB_FACTS_SQL = "SELECT owner, kind, worker_id, log_path, state FROM job WHERE id = {m}"
 
 
+#: What an item call's answer in the narrow form says of it: the algorithm of its items' lone
+#: checksums (``items.narrow_items``).
+_NARROW_SAYS = '"narrow":%s,' % json.dumps(items.NARROW_ALGORITHM)
+
+
 def _claimed(narrow: bool) -> str:
-    """What an item call's answer says of its items' form: ``"narrow": true`` where they are
-    in the narrow form (``items.NARROW_ITEM``), which a worker asks for only once the job's
-    answer announced it (``narrow_items``); a worker reads each answer by what it says, so an
-    older service's answer (which says nothing) is read in the wide form."""
-    return '"narrow":true,' if narrow else ""
+    """What an item call's answer says of its items' form: ``"narrow": "<algorithm>"`` where
+    they are in the narrow form, which a worker asks for only once the job's answer announced
+    it (``narrow_items``, that algorithm's name); a worker reads each answer by what it says,
+    so an older service's answer (which says nothing) is read in the wide form."""
+    return _NARROW_SAYS if narrow else ""
 
 
 class JsonText(str):
@@ -105,12 +109,15 @@ def _log_text(text: Any, what: str = "log") -> str:
 
 
 def body_with_log(data: bytes, max_bytes: int) -> dict[str, Any]:
-    """An item call's body in ``LOG_TAIL_TYPE``'s form (at most ``max_bytes``): its JSON
+    """An item call's body in ``joblog.LOG_TAIL_TYPE``'s form (at most ``max_bytes``): its JSON
     object, with the log lines that follow it as its ``log`` (checked as any call's lines
     are, by the operation)."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     head, _, tail = data.partition(b"\n")
+    # UTF-8 only, as the lines are (``load_json`` alone would read UTF-16 or -32 too).
+    if json.detect_encoding(head) != "utf-8":
+        raise InvalidRequest("the JSON before the log lines is not UTF-8")
     body = load_json(head)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must start with a JSON object")
@@ -226,7 +233,8 @@ class WorkerOps:
                 "result_runs": True, "items_log": True, "record_unfinished": True,
                 # and claimed items in the narrow form, where asked (``_claimed``); and the
                 # item calls' log lines after their JSON (``body_with_log``).
-                "narrow_items": True, "log_tail": True}
+                # (``narrow_items``: the algorithm of the narrow form's lone checksums).
+                "narrow_items": items.NARROW_ALGORITHM, "log_tail": True}
 
     def active(self, job_id: int) -> dict[str, Any]:
         return {"active": self._mine(job_id).state in ACTIVE_JOB_STATES}
@@ -336,11 +344,15 @@ class WorkerOps:
 
     @staticmethod
     def _narrow(body: dict[str, Any]) -> bool:
-        """Whether an item call asks for its items in the narrow form (``"narrow": true``)."""
+        """Whether an item call's items go in the narrow form: where it asks for that form
+        with the algorithm the job's answer named (``"narrow": "xxh3-128"``); a worker that
+        names another, or asks with ``true`` (a worker of a version before the algorithm was
+        named), because a service of another version beside this one announced it, gets the
+        wide form, whose answer says nothing of the form."""
         narrow = body.get("narrow", False)
-        if not isinstance(narrow, bool):
-            raise InvalidRequest("'narrow' must be true or false")
-        return narrow
+        if not isinstance(narrow, (bool, str)):
+            raise InvalidRequest("'narrow' must be true, false or a checksum algorithm's name")
+        return narrow == items.NARROW_ALGORITHM
 
     def _running(self, job_id: int, ids: Sequence[int]) -> dict[int, int]:
         """Of ``ids``, those that are running items of the job: id -> size."""
