@@ -140,9 +140,13 @@ def test_a_logs_control_characters_are_written_escaped(tmp_path) -> None:
     reads the log (``hera-stage log``)."""
     from hera_stage_ext.jobs.joblog import JobLog, read_log
 
+    from hera_stage_ext.jobs.copy_pool import _append
+
     log = JobLog(tmp_path / "job.log")
     log("copy evil\x1b]0;owned\x07name (3 bytes)")
     log.append_lines("shipped\r\x00\x7f\u009b[31m\tline \u00e9t\u00e9\nnext\n")
+    _append(str(tmp_path / "job.log"), "helper \x1b[2J\n")  # a copy helper's own write
     text, _ = read_log({"log_path": str(tmp_path / "job.log")})
     assert text.endswith("copy evil\\x1b]0;owned\\x07name (3 bytes)\n"
-                         "shipped\\x0d\\x00\\x7f\\x9b[31m\tline \u00e9t\u00e9\nnext\n"), text
+                         "shipped\\x0d\\x00\\x7f\\x9b[31m\tline \u00e9t\u00e9\nnext\n"
+                         "helper \\x1b[2J\n"), text

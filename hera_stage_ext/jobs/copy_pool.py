@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 from ..durability import Watch
 from ..errors import StagingError
 from ..safefs import Pin
+from .joblog import log_bytes
 from .methods import NO_DATA, Cancelled, ItemFailed, ItemSpec, Mover, Outcome, commit
 
 _PR_SET_PDEATHSIG = 1
@@ -147,10 +148,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _append(log_path: str, text: str) -> None:
-    """Append to a job's log in one write (O_APPEND: whole lines, whoever else writes)."""
+    """Append to a job's log in one write (O_APPEND: whole lines, whoever else writes), its
+    control characters escaped as every log's are (``joblog.log_bytes``)."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     try:
-        data = memoryview(text.encode("utf-8", "surrogateescape"))
+        data = memoryview(log_bytes(text))
         while data:
             data = data[os.write(fd, data):]
     finally:

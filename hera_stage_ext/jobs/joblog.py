@@ -53,7 +53,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _NOT_C0 = bytes(b for b in range(256) if not (b < 0x20 and b not in b"\t\n" or b == 0x7f))
 
 
-def _shown(text: str) -> bytes:
+def log_bytes(text: str) -> bytes:
     """``text`` as a log holds it: UTF-8 (undecodable bytes of a name as they were), its
     control characters escaped (``_CONTROL``)."""
     data = text.encode("utf-8", "surrogateescape")
@@ -137,7 +137,7 @@ class JobLog:
             self._write_held()
 
     def _write_held(self) -> None:
-        data = _shown("".join(self._held))
+        data = log_bytes("".join(self._held))
         self._held.clear()
         if not self._checked:
             self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
