@@ -831,6 +831,11 @@ def test_a_job_whose_copy_helpers_cannot_start_moves_its_files_itself(
             started.append(1)
             raise BlockingIOError(errno.EAGAIN, "fork: Resource temporarily unavailable")
 
+    from hera_stage_ext.jobs import stage_kind
+
+    removed: list[int | None] = []  # whose temporary folders were removed: none's
+    monkeypatch.setattr(stage_kind, "remove_temp_folders",
+                        lambda finals, pid, root=None: removed.append(pid))
     monkeypatch.setattr(copy_pool, "_Helper", CannotStart)
     pool = copy_pool.CopyPool(1, 64 * 1024)
     try:
@@ -844,12 +849,40 @@ def test_a_job_whose_copy_helpers_cannot_start_moves_its_files_itself(
             assert done == [[job["id"]]], "the run never ended"
             out = get_job(site.db, job["id"])
             assert out["state"] == "succeeded" and out["files_done"] == out["files_total"]
-            assert any("could not be started" in line for line in read_log(out))
+            assert "could not be started" in read_log(out)[0]
             for n in site.names:
                 if site.sources[n].is_file():
                     assert (site.workspace / name / site.rel[n]).read_bytes() == \
                         site.sources[n].read_bytes()
-        assert len(started) >= 2 and pool.pids() == []
+        assert len(started) >= 2 and pool.pids() == [] and removed == []
+    finally:
+        pool.close()
+
+
+def test_a_copy_helper_that_could_not_start_is_started_when_the_others_are_full(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One of a pool's helpers that could not be started (a passing process limit) is started
+    again once the others have no room, not left missing for the worker's life."""
+    from hera_stage_ext.jobs import copy_pool
+
+    failures = [BlockingIOError(errno.EAGAIN, "fork: Resource temporarily unavailable")]
+
+    class FailsOnce(copy_pool._Helper):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if failures:
+                raise failures.pop()
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(copy_pool, "_Helper", FailsOnce)
+    pool = copy_pool.CopyPool(2, 64 * 1024)
+    try:
+        for n in range(3):  # (the first job's streams fill the one helper, as a rule)
+            job = stage(site, f"helpers-{n}")
+            assert run_pending(site.db, FAST, pool=pool) == [job["id"]]
+            assert get_job(site.db, job["id"])["state"] == "succeeded"
+            if len(pool.pids()) == 2:
+                break
+        assert failures == [] and len(pool.pids()) == 2
     finally:
         pool.close()
 

@@ -1342,6 +1342,36 @@ def test_a_users_worker_sends_its_lines_inside_the_json_where_a_replica_refuses_
         assert text.count(f"  copy {name} (") == 1, text
 
 
+def test_a_refused_item_call_with_lines_after_its_json_is_not_sent_again(site: Site) -> None:
+    """Only an old replica's refusal to read a body with lines after its JSON makes the worker
+    send the call again as JSON: a call the service refuses for what it says (bad results)
+    is sent once, fails with the service's message, and leaves the worker sending tails."""
+    from hera_stage_ext.errors import ServiceError
+    from hera_stage_ext.jobs.http_store import HttpJobStore
+    from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
+
+    _issue_stage_token(site, "erin")
+    number = site.stage("erin", _dest(site, "erin", "refused-tail"))["id"]
+    sent: list[str] = []
+
+    class Counting(HttpJobStore):
+        def _attempt(self, method: str, path: str, data: bytes | None,
+                     headers: dict[str, str] | None) -> Any:
+            sent.append((headers or {}).get("Content-Type", ""))
+            return super()._attempt(method, path, data, headers)
+
+    store = Counting(site.url, site.tokens["erin"], spool_dir=site.work / "cache-erin")
+    store._log_tail = True  # as a job's answer that announces tails sets it
+    try:
+        with pytest.raises(ServiceError) as refused:
+            store.call("POST", f"jobs/{number}/items/record",
+                       {"worker_id": "w", "results": "not a list", "log": "a line\n"})
+    finally:
+        store.close()
+    assert refused.value.status == 400 and "results" in str(refused.value)
+    assert sent == [LOG_TAIL_TYPE] and store._log_tail
+
+
 def test_a_users_worker_sends_no_lines_after_the_json_where_the_service_takes_none(
         site: Site) -> None:
     """Against a service that takes log lines with its item calls (``items_log``) but not

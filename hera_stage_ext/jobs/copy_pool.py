@@ -25,7 +25,7 @@ a child to the thread that started it): a SIGKILLed worker leaves no helper writ
 and a helper that dies (killed, out of memory) is replaced; the hand-over it had is reported as
 lost (``HelperDied``) for the engine to redo. The helpers start with the first hand-over; one
 that cannot be started (a process limit) fails that hand-over the same way, and a later one
-tries again.
+tries again (where some started: once they have no room).
 
 A hand-over is stopped (a cancel, a lost lease, a store gone) through shared memory: each
 hand-over in flight has a slot of its helper's (``_Helper.stops``), which the stream stopping it
@@ -493,6 +493,7 @@ class CopyPool:
         # none over (a transfer, a link) never pays their start, which cost a worker's first
         # transfer of 10,000 small files more CPU than the transfer itself (their imports).
         self._started = False
+        self._adding = 0  # helpers being started to make up the pool's ``size``
 
     def _start(self) -> None:
         """Spawn the helpers, once (the first caller waits for them; later ones find them
@@ -502,12 +503,16 @@ class CopyPool:
             if self._started or self._closed:
                 return
             self._started = True
+            self._adding += self.size
         failed: HelperDied | None = None
-        for i in range(self.size):
+        for _ in range(self.size):
             try:
-                self._spawn(i)
+                self._spawn(self.size)  # (appended)
             except HelperDied as exc:
                 failed = exc
+            finally:
+                with self._cond:
+                    self._adding -= 1
         if failed is not None:
             with self._cond:
                 if not self._helpers:
@@ -541,12 +546,13 @@ class CopyPool:
             done.set()
 
     def _spawn(self, index: int) -> None:
-        """Have the spawner start helper ``index``; HelperDied when it could not (the
-        caller's stream then moves its files itself), or when the pool is closed."""
+        """Have the spawner start helper ``index`` (the place of a dead one; past the end: a
+        new one, appended); HelperDied when it could not (the caller's stream then moves its
+        files itself), or when the pool is closed."""
         done, error = threading.Event(), list[Exception]()
         self._spawns.put((index, done, error))
         while not done.wait(1.0):
-            if not self._spawner.is_alive():  # closed before it took this order
+            if not self._spawner.is_alive() and not done.is_set():  # closed before this order
                 error.append(RuntimeError("the copy pool is closed"))
                 break
         if error:
@@ -581,6 +587,17 @@ class CopyPool:
                         self._start()
                     finally:
                         self._cond.acquire()
+                    continue
+                if len(self._helpers) + self._adding < self.size:
+                    # One that could not be started (at the start, or as a replacement that
+                    # found none before): tried again, appended by the spawner.
+                    self._adding += 1
+                    self._cond.release()
+                    try:
+                        self._spawn(self.size)
+                    finally:
+                        self._cond.acquire()
+                        self._adding -= 1
                     continue
                 dead = [i for i, h in enumerate(self._helpers) if h.dead and not h.replaced]
                 if dead:

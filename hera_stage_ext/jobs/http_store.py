@@ -187,19 +187,21 @@ class HttpJobStore:
             if self.stop.wait(wait):
                 raise ServiceError(f"the site service {problem}; the worker is stopping")
         assert reply is not None
-        if reply.status_code == 400 and headers is _TAIL_HEADERS:
-            # A replica older than log tails beside the one that announced them (a rolling
-            # upgrade) reads the body as JSON and refuses it: no more tails (until a job's
-            # answer announces them again), and this call once more with the lines inside.
-            log.warning("the site service refused log lines after the JSON (%s %s); sending "
-                        "them inside it", method, path)
-            self._log_tail = False
-            return self.call(method, path, body)
         if reply.status_code >= 400:
             try:
                 message = json.loads(content).get("message") or reply.reason
             except (ValueError, AttributeError):
                 message = content[:200].decode("utf-8", "replace") or reply.reason
+            if reply.status_code == 400 and headers is _TAIL_HEADERS \
+                    and "is not valid JSON" in str(message):
+                # A replica older than log tails beside the one that announced them (a
+                # rolling upgrade) reads the body as JSON and refuses it, before doing
+                # anything: no more tails (until a job's answer announces them again), and
+                # this call once more with the lines inside. (Any other 400 is the call's.)
+                log.warning("the site service refused log lines after the JSON (%s %s); "
+                            "sending them inside it", method, path)
+                self._log_tail = False
+                return self.call(method, path, body)
             raise ServiceError(f"the site service answered {reply.status_code} to {method} "
                                f"{path}: {message}", reply.status_code)
         return json.loads(content)

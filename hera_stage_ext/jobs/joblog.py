@@ -46,18 +46,22 @@ LOG_TAIL_ACTIONS = ("items/record", "items/exchange")
 #: The control characters a log's text may not hold as they are (C0 but a tab and a newline,
 #: DEL, C1): a log is shown on terminals (``hera-stage log``), where an escape sequence in a
 #: line a user's worker sent, or a file's name, would act. Each is written escaped (``\x1b``).
+#: (Not ``paths.CONTROL_CHARACTERS``, which refuses tabs and newlines in a name too.)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 #: Every byte but those of C0 control characters other than a tab and a newline, and DEL
 #: (deleted by ``bytes.translate``: a pass in C over a write's bytes finds whether any is
-#: there; C1 characters are encoded from a 0xC2 byte).
+#: there).
 _NOT_C0 = bytes(b for b in range(256) if not (b < 0x20 and b not in b"\t\n" or b == 0x7f))
+#: C1 characters in UTF-8 (0xC2 0x80-0x9F; looked for only where a 0xC2 byte is: a name's
+#: µ, ° or no-break space starts with one too).
+_C1 = re.compile(b"\xc2[\x80-\x9f]")
 
 
 def log_bytes(text: str) -> bytes:
     """``text`` as a log holds it: UTF-8 (undecodable bytes of a name as they were), its
     control characters escaped (``_CONTROL``)."""
     data = text.encode("utf-8", "surrogateescape")
-    if data.translate(None, _NOT_C0) or b"\xc2" in data:
+    if data.translate(None, _NOT_C0) or b"\xc2" in data and _C1.search(data):
         data = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text).encode(
             "utf-8", "surrogateescape")
     return data

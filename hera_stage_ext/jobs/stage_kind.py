@@ -360,7 +360,8 @@ class _StageStream:
                 if self.run.stopping():
                     break
                 started.add(item.id)
-                item.attempts += 1  # a second attempt: a file found there is its own
+                if exc.pid is not None:  # a second attempt: a file found there is its own
+                    item.attempts += 1
                 self._one(mover, item, spec)
             return
         finally:
