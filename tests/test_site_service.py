@@ -1299,14 +1299,28 @@ def test_a_users_worker_asks_for_narrow_items_only_where_the_service_announces_t
                                                          ).read_bytes()
 
 
+def _assert_each_file_logged_once(site: Site, user: str, number: int) -> None:
+    """The job succeeded, and its log (on the service's side) has each file's line once."""
+    from hera_stage_ext.catalogue.db import Database
+    from hera_stage_ext.jobs.engine import get_job
+
+    job = _wait_finished(site, user, number)
+    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
+    db = Database(site.db_url)
+    try:
+        text = Path(get_job(db, number)["log_path"]).read_text()
+    finally:
+        db.dispose()
+    for name in FILES:
+        assert text.count(f"  copy {name} (") == 1, text
+
+
 def test_a_users_worker_sends_its_lines_inside_the_json_where_a_replica_refuses_them(
         site: Site) -> None:
     """A replica older than log tails beside one that announced them (a rolling upgrade)
     reads a body with lines after its JSON as JSON and answers 400 (here: the body sent as
     JSON on the wire); the worker sends that call again with its lines inside the JSON, and
     no more tails: the job succeeds and its log has every file's line once."""
-    from hera_stage_ext.catalogue.db import Database
-    from hera_stage_ext.jobs.engine import get_job
     from hera_stage_ext.jobs.http_store import HttpJobStore
     from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
 
@@ -1331,15 +1345,7 @@ def test_a_users_worker_sends_its_lines_inside_the_json_where_a_replica_refuses_
     _run_users_worker(site, "erin", number, BesideAnOldReplica, streams=1)
     assert refused and set(refused) == {400}, refused
     assert "  copy " in "".join(sent), sent
-    job = _wait_finished(site, "erin", number)
-    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
-    db = Database(site.db_url)
-    try:
-        text = Path(get_job(db, number)["log_path"]).read_text()
-    finally:
-        db.dispose()
-    for name in FILES:
-        assert text.count(f"  copy {name} (") == 1, text
+    _assert_each_file_logged_once(site, "erin", number)
 
 
 def test_a_refused_item_call_with_lines_after_its_json_is_not_sent_again(site: Site) -> None:
@@ -1380,8 +1386,6 @@ def test_a_users_worker_sends_no_lines_after_the_json_where_the_service_takes_no
     """Against a service that takes log lines with its item calls (``items_log``) but not
     after their JSON (no ``log_tail``: an older one), a user's worker sends every item call
     as JSON, the lines in its ``log``; the job's log gets every file's line."""
-    from hera_stage_ext.catalogue.db import Database
-    from hera_stage_ext.jobs.engine import get_job
     from hera_stage_ext.jobs.http_store import HttpJobStore
 
     _issue_stage_token(site, "erin")
@@ -1408,15 +1412,7 @@ def test_a_users_worker_sends_no_lines_after_the_json_where_the_service_takes_no
                    if path.endswith(("/items/record", "/items/exchange"))]
     assert items_calls and all(kind == "application/json" for _, kind in items_calls), sent
     assert "  copy " in "".join(body.get("log", "") for body, _ in items_calls), items_calls
-    job = _wait_finished(site, "erin", number)
-    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
-    db = Database(site.db_url)
-    try:
-        text = Path(get_job(db, number)["log_path"]).read_text()
-    finally:
-        db.dispose()
-    for name in FILES:
-        assert text.count(f"  copy {name} (") == 1, text
+    _assert_each_file_logged_once(site, "erin", number)
 
 
 def test_an_item_calls_log_lines_may_follow_its_json(site: Site) -> None:
@@ -1507,8 +1503,6 @@ def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Sit
     """A user's worker sends a hand-over's error-free results as runs of item ids, and the
     job's log lines with its item calls; the service's log of the job has every file's line
     once, and every file is counted once."""
-    from hera_stage_ext.catalogue.db import Database
-    from hera_stage_ext.jobs.engine import get_job
     from hera_stage_ext.jobs.http_store import HttpJobStore
     from hera_stage_ext.jobs.joblog import LOG_TAIL_TYPE
 
@@ -1540,15 +1534,7 @@ def test_a_users_worker_sends_results_as_id_runs_and_its_log_with_them(site: Sit
     assert reported and all(not body["results"] for body in reported), reported
     assert sum(last - first + 1 for body in reported for first, last in body["runs"]["done"]
                ) == len(FILES)
-    job = _wait_finished(site, "dave", number)
-    assert job["state"] == "succeeded" and job["files_done"] == len(FILES), job
-    db = Database(site.db_url)
-    try:
-        text = Path(get_job(db, number)["log_path"]).read_text()
-    finally:
-        db.dispose()
-    for name in FILES:
-        assert text.count(f"  copy {name} (") == 1, text
+    _assert_each_file_logged_once(site, "dave", number)
 
 
 def test_two_service_replicas_run_each_job_once(postgres: Any,
