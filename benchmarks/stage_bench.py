@@ -55,7 +55,8 @@ hardlink / symlink >= 0.5x ``cp -rl`` / ``cp -rs``. Exit status 0 when all pass.
     /path/to/venv/bin/python benchmarks/stage_bench.py --quick   # 512 MiB, 20 x 64 MiB, 2,000 x 4 KiB
     /path/to/venv/bin/python benchmarks/stage_bench.py --site    # and site mode beside it
 
-The server, its worker and the temporary directory are removed on exit, Ctrl-C included.
+The server, its worker and the temporary directory are removed on exit, Ctrl-C included (the
+directory left with ``--keep``).
 """
 
 from __future__ import annotations
@@ -800,6 +801,10 @@ def main(argv: list[str] | None = None) -> int:
                         "3 or more each side's median is compared, else its better run); "
                         "with --site: interleaved single-user/site pairs (the medians of "
                         "each side are compared; default 2)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the temporary directory (its files) in place: deleting "
+                             "a hundred thousand files slows every file creation on a small VM "
+                             "for minutes, which a benchmark run next would pay")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     sets = file_sets(args.quick)
@@ -899,7 +904,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if rss is not None:
             rss.stop.set()
-        remove_tree(workdir)
+        if args.keep:
+            log(f"left in place: {workdir}")
+        else:
+            remove_tree(workdir)
 
 
 if __name__ == "__main__":
