@@ -271,6 +271,29 @@ def test_scopes_limit_what_a_token_does(site: Site) -> None:
     assert site.api("reader", "POST", "fixity/audit", {}).status_code == 403
 
 
+def test_a_body_over_the_services_limit_is_refused_before_it_is_read(site: Site) -> None:
+    """A body just over the JSON limit gets the JSON 413 that names it; one well over it is
+    refused from its length alone (jupyter_server would otherwise read up to 512 MiB of it into
+    the service's memory first), and the service goes on answering."""
+    from hera_stage_ext.api.base import MAX_BODY_BYTES, SITE_MAX_BODY_BYTES
+
+    headers = {"Authorization": f"token {site.tokens['alice']}",
+               "Content-Type": "application/json"}
+    url = site.url + "hera-stage/api/search"
+    reply = requests.post(url, data=b" " * (MAX_BODY_BYTES + 1), headers=headers, timeout=30)
+    assert reply.status_code == 413 and str(MAX_BODY_BYTES) in reply.json()["message"]
+
+    # 16 MiB: well over the service's limit, well under jupyter_server's own (512 MiB).
+    big = b" " * (8 * SITE_MAX_BODY_BYTES)
+    try:
+        reply = requests.post(url, data=big, headers=headers, timeout=30)
+    except requests.ConnectionError:
+        pass  # refused and closed while the body was still on its way
+    else:
+        assert reply.status_code == 400, reply.text
+    assert site.api("alice", "POST", "search", {"query": "name ~ zen"}).ok
+
+
 # ----- owners ---------------------------------------------------------------------------------
 def test_bob_cannot_see_or_touch_alices_jobs(site: Site) -> None:
     job = site.stage("alice", _dest(site, "alice", "private"))

@@ -33,6 +33,12 @@ Q = TypeVar("Q", bound=QueryModel)
 
 #: Largest JSON request body accepted, in bytes.
 MAX_BODY_BYTES = 1 << 20
+#: Largest request body the site service reads at all (its ``max_body_size``): twice a JSON
+#: body's limit, so that a body just over that limit still gets the JSON 413 naming it, and
+#: anything larger is refused from its ``Content-Length`` before it is read (tornado's bare
+#: 400): an authenticated user cannot make the service hold 512 MiB (jupyter_server's default)
+#: in memory. A handler that takes more raises it for its own request (``POST push``).
+SITE_MAX_BODY_BYTES = 2 * MAX_BODY_BYTES
 #: Resource name for Jupyter's authorizer (``authorized`` decorator).
 AUTH_RESOURCE = "hera_stage"
 #: Settings key of the ``Content-Security-Policy`` header's value per handler class (worked

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from jupyter_server.serverapp import ServerApp
 
+from ..api.base import SITE_MAX_BODY_BYTES
+
 EXTENSION = "hera_stage_ext"
 
 
@@ -56,6 +58,7 @@ def server_argv(args: argparse.Namespace) -> list[str]:
         f"--ServerApp.base_url={args.base_url or default_url}",
         "--ServerApp.open_browser=False",
         "--ServerApp.terminals_enabled=False",
+        f"--ServerApp.max_body_size={SITE_MAX_BODY_BYTES}",
         f"--ServerApp.identity_provider_class={identity}",
         "--ServerApp.authorizer_class=hera_stage_ext.site.auth.SiteAuthorizer",
         "--StagingApp.mode=site",
