@@ -97,8 +97,9 @@ skew = float(os.environ.get("HERA_TEST_CLOCK_SKEW") or 0)
 if skew:
     import hera_stage_ext.jobs.engine as engine
     import hera_stage_ext.jobs.joblog as joblog
-    real = engine.utcnow
-    engine.utcnow = joblog.utcnow = lambda: real() + dt.timedelta(seconds=skew)
+    real, real_ns = engine.utcnow, joblog.now_ns
+    engine.utcnow = lambda: real() + dt.timedelta(seconds=skew)
+    joblog.now_ns = lambda: real_ns() + int(skew * 1e9)
 """
 
 

@@ -617,11 +617,12 @@ class Catalogue:
             return
         with self.db.write() as s:
             tables = Tables(s)
-            new = tables.names_without_remote(site, names)
+            # By id: the rows go in without looking each file up by name again.
+            new = tables.files_without_remote(site, names)
             now = tables.time(utcnow())
             payload = dumps({"to": site, "transfer": transfer, "answer": answer})
-            tables.write(remote_instances=[(name, site, now, transfer) for name in new],
-                         events=[(name, "transfer-sent", now, payload) for name in new])
+            tables.write(remote_instances=[(file_id, site, now, transfer) for file_id in new],
+                         events=[(file_id, "transfer-sent", now, payload) for file_id in new])
 
     def counts(self) -> dict[str, int]:
         with self.db.read() as s:
