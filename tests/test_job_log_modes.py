@@ -150,3 +150,30 @@ def test_a_logs_control_characters_are_written_escaped(tmp_path) -> None:
     assert text.endswith("copy evil\\x1b]0;owned\\x07name (3 bytes)\n"
                          "shipped\\x0d\\x00\\x7f\\x9b[31m\tline \u00e9t\u00e9\nnext\n"
                          "helper \\x1b[2J\n"), text
+
+
+def test_a_logs_lines_are_stamped_with_the_utc_time_to_the_millisecond(tmp_path) -> None:
+    """Each line (a noted file's too, and lines noted across a second's turn) starts with the
+    UTC time it was written, to the millisecond, as an ISO date with a ``Z``."""
+    import datetime as dt
+    import time
+
+    from hera_stage_ext.jobs.joblog import read_log
+
+    log = JobLog(tmp_path / "job.log")
+    before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    for i in range(3):
+        log.note(f"sent file{i}")
+        time.sleep(0.6)  # the second turns between some of them
+    log("done")
+    after = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    text, _ = read_log({"log_path": str(tmp_path / "job.log")})
+    lines = text.splitlines()
+    assert [line.split("Z  ", 1)[1] for line in lines] == [
+        "sent file0", "sent file1", "sent file2", "done"]
+    stamps = [line.split("Z  ", 1)[0] for line in lines]
+    assert all(len(stamp) == len("2026-12-07T16:41:14.864") for stamp in stamps), stamps
+    times = [dt.datetime.fromisoformat(stamp) for stamp in stamps]
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= times[0]
+    assert times == sorted(times) and times[-1] <= after
+    assert times[-1] - times[0] >= dt.timedelta(seconds=1.5)

@@ -182,6 +182,28 @@ def test_every_file_shows_the_events_it_always_has(db_url):
     assert got == json.loads(SHOWN.read_text())
 
 
+def test_a_given_time_is_stored_as_the_databases_other_writes_store_it(db_url):
+    """A file's given creation time with no fraction of a second, or a small one, is stored in
+    the form every other write of a time takes (SQLite: SQLAlchemy's text, six digits of
+    microseconds always), so that comparisons of the stored text (a search by time) hold."""
+    db = Database(db_url)
+    try:
+        db.upgrade()
+        catalogue = Catalogue(db)
+        whens = [dt.datetime(2001, 2, 3, 4, 5, 6), dt.datetime(2001, 2, 3, 4, 5, 6, 7)]
+        catalogue.register([FileSpec(f"given{i}.dat", 1, md5(i), create_time=when)
+                            for i, when in enumerate(whens)])
+        with db.engine.connect() as c:
+            stored = [row[0] for row in c.exec_driver_sql(
+                "SELECT create_time FROM file ORDER BY id")]
+        if db.backend == "sqlite":
+            assert stored == ["2001-02-03 04:05:06.000000", "2001-02-03 04:05:06.000007"]
+        else:
+            assert stored == whens
+    finally:
+        db.dispose()
+
+
 def write_golden() -> None:
     from .pgcluster import PostgresCluster
 
