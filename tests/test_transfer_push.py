@@ -60,13 +60,17 @@ FLIP = FLIPPED[FIRST_OFFERS + 5]
 OLD_RECEIVER = _names(2457804, FIRST_OFFERS + 20)
 OLD_SENDER = _names(2457805, FIRST_OFFERS + 20)
 KILLED = _names(2457806, FIRST_OFFERS + 20)
+#: Pushed to a path that B holds already, unregistered (a push killed after its renames):
+#: the first with the bytes offered, the second with others.
+TAKEN = _names(2457807, FIRST_OFFERS + 2)
 #: What A's store holds: name -> (folder, size).
 LAYOUT = {**{n: ("2457800", 1000 + 37 * i) for i, n in enumerate(SMALL)},
           LARGE: ("2457801", 1 << 20),
           **{n: ("2457803", 5000) for n in FLIPPED},
           **{n: ("2457804", 3000) for n in OLD_RECEIVER},
           **{n: ("2457805", 3000) for n in OLD_SENDER},
-          **{n: ("2457806", 6000) for n in KILLED}}
+          **{n: ("2457806", 6000) for n in KILLED},
+          **{n: ("2457807", 2000) for n in TAKEN}}
 
 
 class _Watched:
@@ -447,3 +451,24 @@ def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
     _arrived_once(sites, KILLED)
     assert not list(incoming.iterdir())
     assert set(os.listdir(sites.b_store / "2457806")) == set(KILLED)
+
+
+def test_a_pushed_file_whose_final_name_is_taken_is_registered_only_if_it_is_the_same(
+        sites: Sites, watched: _Watched) -> None:
+    """What a push killed after its renames leaves: the file under its final name, not
+    registered. The next push of it finds the name taken and answers ``send``: the receiver
+    registers what is there if it is exactly what was offered, and never overwrites it."""
+    same, other = TAKEN[FIRST_OFFERS:]
+    folder = sites.b_store / "2457807"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / same).write_bytes((sites.a_store / "2457807" / same).read_bytes())
+    (folder / other).write_bytes(b"other bytes")
+    report = send(sites, TAKEN)
+    assert set(watched.pushed) == {same, other}
+    assert report["items"][same][0] == "done"
+    assert report["items"][other][0] == "failed"
+    assert "already holds other content" in report["items"][other][1]
+    assert report["counts"] == {"done": len(TAKEN) - 1, "failed": 1}, report
+    _arrived_once(sites, TAKEN[:-1])
+    assert (folder / other).read_bytes() == b"other bytes"
+    assert sites.b_file(other).status_code == 404
