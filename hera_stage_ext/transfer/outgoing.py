@@ -1,9 +1,9 @@
 """The sending site's records and lookups (it sends nothing itself): ``record_remote`` (a peer
 holds a verified copy), ``remote_sites``, ``list_peers`` (``GET peers``), and the bulk lookups
 of a batch (``offers_for``: the announce of many files; ``batch_paths`` and ``read_member``: the
-files a peer's ``POST files/batch`` pulls, or a sending stream pushes). Sending itself is a transfer job
-(``transfer_kind.py``; its streams: ``peer_sender.py``, ``rclone_send.py``), run by the job
-engine's worker.
+files a peer's ``POST files/batch`` pulls, or a sending stream pushes). Sending itself is a
+transfer job (``transfer_kind.py``; its streams: ``peer_sender.py``, ``rclone_send.py``), run
+by the job engine's worker.
 """
 
 from __future__ import annotations

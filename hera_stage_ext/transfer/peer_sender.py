@@ -28,8 +28,8 @@ from ..jobs.models import JobRow, JobItem
 from ..states import ItemState, JobState, TransferItemState
 from .peers import Peer, PeerRegistry
 from .protocol import (
-    BATCH_FILE_MAX, COMMITTED, HAVE, MAX_OFFERS, PUSH_HEAD_MAX, RETRY, SEND, UNKNOWN, PeerClient,
-    PushLimits)
+    BATCH_FILE_MAX, BATCH_MAX_FILES, COMMITTED, HAVE, MAX_OFFERS, PUSH_HEAD_MAX, RETRY, SEND,
+    UNKNOWN, PeerClient, PushLimits)
 from .outgoing import batch_paths, offers_for, read_member, record_remote
 
 if TYPE_CHECKING:
@@ -231,9 +231,10 @@ class PeerSender:
                 run.inflight.drop(("peer", name))
 
     def send(self, batch: list[ClaimedItem]) -> None:
-        """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time; a stream's very first
-        announce carries ``FIRST_OFFERS``, its offers built alone (the peer starts on it while
-        the rest are built, in one query)."""
+        """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time, or push its small files
+        once the peer said it takes pushes; a stream's very first announce carries
+        ``FIRST_OFFERS``, its offers built alone (the peer starts on it while the rest are
+        built, in one query), and tells it whether the peer takes pushes."""
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
         parts = [batch]
         if not self.sent_any:
@@ -241,15 +242,14 @@ class PeerSender:
             parts = [batch[:FIRST_OFFERS], batch[FIRST_OFFERS:]]
         for part in filter(None, parts):
             known = offers_for(self.db, {item.name: item.dest_path for item in part})
+            pushed: list[ClaimedItem] = []
+            if self.push_limits is not None:
+                part, pushed = self.pushable(part, known, self.push_limits)
+            # The announced first: the peer starts pulling them while the push is received.
             for start in range(0, len(part), MAX_OFFERS):
-                chunk = part[start:start + MAX_OFFERS]
-                pushed: list[ClaimedItem] = []
-                if self.push_limits is not None:
-                    chunk, pushed = self.pushable(chunk, known, self.push_limits)
-                if chunk:  # first: the peer starts pulling them while the push is received
-                    self.announce(transfer, chunk, known)
-                if pushed:
-                    self.push(transfer, pushed, known)
+                self.announce(transfer, part[start:start + MAX_OFFERS], known)
+            for start in range(0, len(pushed), BATCH_MAX_FILES):
+                self.push(transfer, pushed[start:start + BATCH_MAX_FILES], known)
 
     def announce(self, transfer: str, chunk: list[ClaimedItem],
                  known: dict[str, dict[str, Any]]) -> None:
@@ -336,8 +336,9 @@ class PeerSender:
 
     def push(self, transfer: str, items: list[ClaimedItem],
              known: dict[str, dict[str, Any]]) -> None:
-        """Push ``items`` (known small flat files; their offers in ``known``) in as few
-        requests as the peer's limits allow, each file read as a peer's batch pull reads it;
+        """Push ``items`` (at most ``BATCH_MAX_FILES`` known small flat files, their offers in
+        ``known``; found in one ``batch_paths``, each folder confined once) in as few requests
+        as the peer's limits allow, each file read as a peer's batch pull reads it;
         those the peer answers ``retry`` for, and those whose size changed here, are
         announced (pulled, verified as any)."""
         limits = self.push_limits

@@ -36,6 +36,14 @@ batch, and one batch streams while another syncs and registers; a drainer keeps 
 keep-alive connection) per peer for all its batches. ``changes`` counts finished items, for the
 long poll of ``POST status``.
 
+Small flat files (up to ``protocol.PUSH_FILE_MAX``) may also come pushed, with their announce
+(``push``): the offers are checked as an announce's, each file verified and written to a partial
+file of its own (``-<n>.part``: no item's id, one per push of it), and the push made durable,
+final and registered as one batch by the batch pull's own steps (``_write_member``,
+``_make_final``); each item is then recorded once, ``committed``. A name already being pulled
+for that peer keeps its pull; one whose final name is taken takes the single-file path. Partial
+files of pushes a stopped server left are removed when it starts again (``resume``).
+
 Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/<name>/content``
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
 members leading out) into ``<store>/.hera-stage-incoming/<item id>.dir``; the tree is then
@@ -393,12 +401,17 @@ class Receiver:
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
         sender sends such a push again whole)."""
-        incoming = self._store_root() / INCOMING_DIR
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            for entry in os.scandir(incoming):
-                if entry.name.startswith("-") and entry.name.endswith(".part"):
+        try:
+            incoming, _made = safefs.open_dir(str(self._store_root() / INCOMING_DIR))
+        except (OSError, StagingError):  # none yet (or not a folder: nothing of ours there)
+            return
+        try:
+            for name in os.listdir(incoming):
+                if name.startswith("-") and name.endswith(".part"):
                     with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+                        os.unlink(name, dir_fd=incoming)
+        finally:
+            os.close(incoming)
 
     def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> None:
         """Pull ``items`` ((id, size, is it a directory) each) of ``peer``: directories and
