@@ -11,6 +11,7 @@ announce is never pulled.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.client
 import http.server
 import json
@@ -58,6 +59,7 @@ FLIPPED = _names(2457803, FIRST_OFFERS + 20)
 #: B flips a byte of this one the first time it receives it (a pushed one).
 FLIP = FLIPPED[FIRST_OFFERS + 5]
 OLD_RECEIVER = _names(2457804, FIRST_OFFERS + 20)
+OLD_RECEIVER_PROXIED = _names(2457808, FIRST_OFFERS + 20)
 OLD_SENDER = _names(2457805, FIRST_OFFERS + 20)
 KILLED = _names(2457806, FIRST_OFFERS + 20)
 #: Pushed to a path that B holds already, unregistered (a push killed after its renames):
@@ -68,6 +70,7 @@ LAYOUT = {**{n: ("2457800", 1000 + 37 * i) for i, n in enumerate(SMALL)},
           LARGE: ("2457801", 1 << 20),
           **{n: ("2457803", 5000) for n in FLIPPED},
           **{n: ("2457804", 3000) for n in OLD_RECEIVER},
+          **{n: ("2457808", 3000) for n in OLD_RECEIVER_PROXIED},
           **{n: ("2457805", 3000) for n in OLD_SENDER},
           **{n: ("2457806", 6000) for n in KILLED},
           **{n: ("2457807", 2000) for n in TAKEN}}
@@ -252,6 +255,9 @@ class _OldReceiver(http.server.BaseHTTPRequestHandler):
 
     target = ""
     paths: list[str] = []
+    #: False: its announce replies keep B's ``push`` (a proxy in front of a new receiver that
+    #: passes on only the routes it knows).
+    strip_push = True
 
     def _forward(self) -> None:
         self.paths.append(self.path)
@@ -265,7 +271,7 @@ class _OldReceiver(http.server.BaseHTTPRequestHandler):
                                          k: v for k, v in self.headers.items()
                                          if k in ("Authorization", "Content-Type")})
             status, reply_body = reply.status_code, reply.content
-            if self.path.endswith("/announce") and reply.ok:
+            if self.path.endswith("/announce") and reply.ok and self.strip_push:
                 value = reply.json()
                 value.pop("push", None)
                 reply_body = json.dumps(value).encode()
@@ -281,8 +287,16 @@ class _OldReceiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_an_older_receiver_is_never_pushed_to(sites: Sites, watched: _Watched) -> None:
+@pytest.mark.parametrize("says_push", [False, True],
+                         ids=["says nothing of pushes", "says so, its push route unknown"])
+def test_an_older_receiver_is_never_pushed_to(sites: Sites, watched: _Watched,
+                                              says_push: bool) -> None:
+    """A receiver whose announce replies say nothing of pushes never gets one; one whose
+    push is answered 404 (a proxy that knows only the older routes) gets the files announced
+    instead, and no more pushes."""
+    names = OLD_RECEIVER if not says_push else OLD_RECEIVER_PROXIED
     _OldReceiver.target, _OldReceiver.paths = sites.b.url, []
+    _OldReceiver.strip_push = not says_push
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldReceiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -290,16 +304,20 @@ def test_an_older_receiver_is_never_pushed_to(sites: Sites, watched: _Watched) -
     sites.a_core.peers.peers["site-b"] = replace(
         good, url=f"http://127.0.0.1:{server.server_port}/")
     try:
-        report = send(sites, OLD_RECEIVER)
+        report = send(sites, names)
     finally:
         sites.a_core.peers.peers["site-b"] = good
         server.shutdown()
         server.server_close()
-    assert report["counts"] == {"done": len(OLD_RECEIVER)}, report
-    assert watched.pushed == [] and set(watched.announced) == set(OLD_RECEIVER)
-    assert not [p for p in _OldReceiver.paths if p.endswith("/push")]
+    assert report["counts"] == {"done": len(names)}, report
+    assert set(watched.announced) == set(names)
+    pushes = [p for p in _OldReceiver.paths if p.endswith("/push")]
+    if says_push:  # one push tried, answered 404: then announced, never pushed again
+        assert len(pushes) == 1 and set(watched.pushed) == set(names[FIRST_OFFERS:])
+    else:
+        assert pushes == [] and watched.pushed == []
     assert any(p.endswith("/announce") for p in _OldReceiver.paths)
-    _arrived_once(sites, OLD_RECEIVER)
+    _arrived_once(sites, names)
 
 
 def _offer(name: str, data: bytes, **changes: Any) -> dict[str, Any]:
@@ -472,3 +490,36 @@ def test_a_pushed_file_whose_final_name_is_taken_is_registered_only_if_it_is_the
     _arrived_once(sites, TAKEN[:-1])
     assert (folder / other).read_bytes() == b"other bytes"
     assert sites.b_file(other).status_code == 404
+
+
+def test_pushed_items_are_recorded_once_committed_on_both_databases(database: Database
+                                                                     ) -> None:
+    """A push's items (``ItemRows.put_committed``): a new name inserted, a known one (an
+    earlier transfer of it, failed) updated, each committed after one attempt, with what the
+    ORM reads as its own."""
+    from hera_stage_ext.transfer.item_rows import ItemRow, ItemRows
+    from hera_stage_ext.transfer.models import TransferItem
+
+    now = dt.datetime(2026, 12, 7, 9, 15, 0, 654321)
+    new, known = "zen.2457910.10000.xx.HH.uvh5", "zen.2457910.10001.xx.HH.uvh5"
+    spec = {"is_directory": False, "obsid": None, "create_time": None, "source": "s",
+            "meta": {"k": "\u00e9"}, "observation": None}
+    with database.write() as s:
+        rows = ItemRows(s)
+        rows.insert([("old", "there", known, "x/old", 3, json.dumps({"md5": "1" * 32}),
+                      json.dumps({}), "failed", 5, 0, "it broke", rows.time(now),
+                      rows.time(now))])
+    with database.write() as s:
+        ItemRows(s).put_committed([
+            ItemRow(-1, "there", name, "pushed", f"d/{name}", 4096, {"md5": "0" * 32}, 1,
+                    spec) for name in (new, known)], now)
+    with database.read() as s:
+        items = {i.name: i for i in s.scalars(select(TransferItem))}
+        s.expunge_all()
+    assert len(items) == 2
+    for name in (new, known):
+        item = items[name]
+        assert (item.state, item.attempts, item.error, item.transfer, item.path, item.size,
+                item.checksums, item.spec, item.peer, item.updated_at) == (
+            "committed", 1, "", "pushed", f"d/{name}", 4096, {"md5": "0" * 32}, spec,
+            "there", now)

@@ -342,7 +342,9 @@ class PeerSender:
         those the peer answers ``retry`` for, and those whose size changed here, are
         announced (pulled, verified as any)."""
         limits = self.push_limits
-        if limits is None:
+        if limits is None:  # the peer stopped taking pushes (an earlier one was answered 404)
+            for start in range(0, len(items), MAX_OFFERS):
+                self.announce(transfer, items[start:start + MAX_OFFERS], known)
             return
         # Room for the offers' JSON at a body's head (the receiver takes at most this).
         room = max(limits.max_bytes - min(PUSH_HEAD_MAX, limits.max_bytes // 2), 1)
