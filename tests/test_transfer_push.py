@@ -523,3 +523,16 @@ def test_pushed_items_are_recorded_once_committed_on_both_databases(database: Da
                 item.checksums, item.spec, item.peer, item.updated_at) == (
             "committed", 1, "", "pushed", f"d/{name}", 4096, {"md5": "0" * 32}, spec,
             "there", now)
+
+
+def test_a_sender_pushes_only_within_what_the_peer_said_and_its_own_limits() -> None:
+    """What a sender takes from an announce reply: no push without a well-formed ``push``
+    (an older receiver, or one not understood), and never more than this version's own
+    limits (a push is held in the sender's memory), whatever a peer says."""
+    said = {"max_file": 1 << 40, "max_bytes": 1000, "max_files": 7}
+    assert protocol.PushLimits.of({"push": said}) == (protocol.PUSH_FILE_MAX, 1000, 7)
+    assert protocol.PushLimits.of({"push": protocol.push_capability()}) == \
+        tuple(protocol.push_capability().values())
+    for reply in ({}, {"push": None}, {"push": {**said, "max_file": True}},
+                  {"push": {**said, "max_files": 0}}, {"push": {"max_file": 1}}):
+        assert protocol.PushLimits.of(reply) is None, reply

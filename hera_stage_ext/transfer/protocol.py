@@ -352,15 +352,17 @@ class PushLimits(NamedTuple):
 
     @classmethod
     def of(cls, reply: dict[str, Any]) -> PushLimits | None:
-        """The limits an announce reply states, or None (an older receiver, or a reply that is
-        not understood: no push then)."""
+        """The limits an announce reply states, each at most this version's own (a sender
+        holds a push in memory), or None (an older receiver, or a reply that is not
+        understood: no push then)."""
         said = reply.get("push")
         if not isinstance(said, dict):
             return None
         values: list[Any] = [said.get(key) for key in cls._fields]
         if not all(_int64(value, 1) for value in values):
             return None
-        return cls(*values)
+        own = (PUSH_FILE_MAX, PUSH_MAX_BYTES, PUSH_MAX_FILES)
+        return cls(*(min(value, limit) for value, limit in zip(values, own)))
 
 
 def push_body(transfer: str, offers: Sequence[dict[str, Any]], data: Sequence[bytes]) -> bytes:
