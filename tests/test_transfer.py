@@ -985,8 +985,8 @@ def test_a_batch_is_served_from_available_online_instances_on_both_databases(
     core = Core(version="test", site_name="here", catalogue=catalogue,
                 ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
                 peers=PeerRegistry("here"))
-    members = batch_paths(core, ["set.uv", "two.uvh5", "cold.uvh5", "nothing", "off.uvh5",
-                                 "gone.uvh5"])
+    members = batch_paths(core.catalogue.db, ["set.uv", "two.uvh5", "cold.uvh5", "nothing",
+                                              "off.uvh5", "gone.uvh5"])
     assert members[1] == BatchMember("two.uvh5", f"{roots['a']}/e/two.uvh5", str(roots["a"]))
     assert "is a directory data set" in members[0].error
     assert [m.name for m in members] == ["set.uv", "two.uvh5", "cold.uvh5", "nothing",
@@ -1096,7 +1096,7 @@ def test_a_batch_serves_links_only_inside_the_store(tmp_path, compact: bool) -> 
         core = Core(version="test", site_name="site-a", catalogue=catalogue,
                     ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
                     peers=PeerRegistry("site-a"))
-        members = batch_paths(core, names + ["zen.none.uvh5"])
+        members = batch_paths(core.catalogue.db, names + ["zen.none.uvh5"])
         frames, done = _read_members(members, 0, BatchFraming(compact))
     finally:
         db.dispose()

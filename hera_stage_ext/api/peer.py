@@ -16,10 +16,10 @@ from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from tornado import iostream, web
 
 from ..core import Core
-from ..errors import InvalidRequest, NotFound, StagingError
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, StagingError
 from ..states import TransferItemState
 from ..transfer.protocol import (
-    BATCH_FILE_MAX, MAX_STATUS_WAIT, SIZES, UNKNOWN, BatchFraming)
+    BATCH_FILE_MAX, MAX_STATUS_WAIT, PUSH_MAX_BYTES, SIZES, UNKNOWN, BatchFraming)
 from ..transfer.outgoing import BatchMember, batch_paths, list_peers, read_member
 from ..transfer.receiver import Receiver
 from .base import ApiHttpError, BaseHandler
@@ -76,6 +76,41 @@ class PeerAnnounceHandler(PeerBaseHandler):
         self.reply(await self.call(self.receiver().announce, peer, body))
 
 
+@web.stream_request_body
+class PeerPushHandler(PeerBaseHandler):
+    """``POST push``: small files with their announce in one body (``transfer/protocol.py``).
+    The secret is checked, and the body's ``Content-Length`` against ``PUSH_MAX_BYTES`` (413),
+    from the headers alone, before a byte of the body is read; the body is then gathered (at
+    most that) and the receiver takes it whole in the thread pool, like an announce."""
+
+    _peer = ""
+
+    async def prepare(self) -> None:  # type: ignore[override]  # (jupyter_server's is async)
+        self._chunks: list[bytes] = []
+        await super().prepare()
+        self._peer = self.peer()
+        self.receiver()
+        length = self.request.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            error = InvalidRequest("a push needs its Content-Length")
+            error.status = 411
+            raise ApiHttpError(error)
+        if int(length) > PUSH_MAX_BYTES:
+            raise ApiHttpError(PayloadTooLarge(f"a push is at most {PUSH_MAX_BYTES} bytes, "
+                                               f"this one {length}"))
+        self.request.connection.set_max_body_size(PUSH_MAX_BYTES)  # type: ignore[union-attr]
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self._finished:  # (refused already: nothing kept)
+            self._chunks.append(chunk)
+
+    @allow_unauthenticated
+    async def post(self) -> None:
+        body = b"".join(self._chunks)
+        self._chunks = []
+        self.reply(await self.call(self.receiver().push, self._peer, body))
+
+
 class PeerStatusHandler(PeerBaseHandler):
     """``POST status``; with ``wait``, a long poll: answered as soon as one more of the names is
     committed or failed (the receiver's in-memory change counter says when to look again; the
@@ -130,7 +165,7 @@ class PeerBatchHandler(PeerBaseHandler):
     async def post(self) -> None:
         peer = self.peer()
         body = self.body_json()
-        members = await self.call(batch_paths, self.core, body.get("names"))
+        members = await self.call(batch_paths, self.core.catalogue.db, body.get("names"))
         throttle = _throttle(self.core, peer)
         framing = BatchFraming(compact=body.get("framing") == SIZES)
         self.set_header("Content-Type", "application/octet-stream")

@@ -41,6 +41,7 @@ from .peer import (
     PeerBatchHandler,
     PeerFileContentHandler,
     PeerPingHandler,
+    PeerPushHandler,
     PeersHandler,
     PeerStatusHandler,
 )
@@ -109,6 +110,7 @@ NATIVE_ROUTES: dict[str, type[RequestHandler]] = {
 PEER_ROUTES: dict[str, type[RequestHandler]] = {
     "/ping": PeerPingHandler,
     "/announce": PeerAnnounceHandler,
+    "/push": PeerPushHandler,
     "/status": PeerStatusHandler,
     "/files/{name}/content": PeerFileContentHandler,
     "/files/batch": PeerBatchHandler,

@@ -128,13 +128,13 @@ def hash_bytes(data: bytes | memoryview, algorithms: Iterable[str] = ALGORITHMS)
 
 
 #: One call from bytes to a hex digest (no hasher object kept), per algorithm.
-_ONE_SHOT: dict[str, Callable[[bytes], str]] = {
+_ONE_SHOT: dict[str, Callable[[bytes | memoryview], str]] = {
     MD5: lambda data: hashlib.md5(data).hexdigest(),
     XXH3_128: xxhash.xxh3_128_hexdigest,
 }
 
 
-def hex_digest(data: bytes, algorithm: str) -> str:
+def hex_digest(data: bytes | memoryview, algorithm: str) -> str:
     """The ``algorithm`` checksum of bytes held in memory, in one call (a small file read whole,
     per file of a job: no ``Digest``, no hasher object)."""
     return _ONE_SHOT[algorithm](data)

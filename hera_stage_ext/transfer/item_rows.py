@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 from sqlalchemy.orm import Session as DbSession
 
 from ..catalogue.inlist import bound_values, one_of_sql
-from ..states import ACTIVE_TRANSFER_ITEM_STATES
+from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
 from .models import TransferItem
+from .protocol import checksums_json, spec_json
 
 
 class ItemRow(NamedTuple):
@@ -148,6 +149,32 @@ class ItemRows:
             out.append(ItemRow(id_, peer, name, transfer, path, size, checksums, attempts,
                                spec))
         return out
+
+    def put_committed(self, items: Sequence[ItemRow], now: dt.datetime) -> None:
+        """Record ``items`` (of one peer), received whole by a push, as committed: each
+        inserted, or its known row (an earlier transfer of the name) updated; the row written
+        once."""
+        if not items:
+            return
+        known = self.known(items[0].peer, [item.name for item in items])
+        when = self.time(now)
+        new, again = [], []
+        for item in items:
+            checksums, spec = checksums_json(item.checksums), spec_json(item.spec)
+            row = known.get(item.name)
+            if row is None:  # in the order of NEW_COLUMNS
+                new.append((item.transfer, item.peer, item.name, item.path, item.size,
+                            checksums, spec, TransferItemState.COMMITTED, item.attempts, 0,
+                            "", when, when))
+            else:
+                again.append((item.transfer, item.path, item.size, checksums, spec,
+                              TransferItemState.COMMITTED, item.attempts, when, row[0]))
+        cast = self._cast()
+        self._many(
+            f"UPDATE transfer_item SET transfer = ?, path = ?, size = ?, checksums = ?{cast}, "
+            f"spec = ?{cast}, state = ?, attempts = ?, "
+            "resumed_from = 0, error = '', updated_at = ? WHERE id = ?", again)
+        self.insert(new)
 
     def set_state(self, item_ids: Sequence[int], state: str, error: str,
                   now: dt.datetime) -> None:

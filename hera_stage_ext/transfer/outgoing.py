@@ -1,9 +1,9 @@
 """The sending site's records and lookups (it sends nothing itself): ``record_remote`` (a peer
 holds a verified copy), ``remote_sites``, ``list_peers`` (``GET peers``), and the bulk lookups
 of a batch (``offers_for``: the announce of many files; ``batch_paths`` and ``read_member``: the
-files a peer's ``POST files/batch`` pulls). Sending itself is a transfer job
-(``transfer_kind.py``; its streams: ``peer_sender.py``, ``rclone_send.py``), run by the job
-engine's worker.
+files a peer's ``POST files/batch`` pulls, or a sending stream pushes). Sending itself is a
+transfer job (``transfer_kind.py``; its streams: ``peer_sender.py``, ``rclone_send.py``), run
+by the job engine's worker.
 """
 
 from __future__ import annotations
@@ -129,16 +129,16 @@ _BATCH_SQL = (
     "ORDER BY s.name, i.id")
 
 
-def batch_paths(core: Core, names: Any) -> list[BatchMember]:
-    """What a peer's ``POST files/batch`` gets, in the order asked: per name the path of an
-    available flat instance on an available online store (its folder confined to the store's
-    root), or why it cannot be served. One query for the whole batch, on the database
-    driver (a peer asks for a thousand names at a time)."""
+def batch_paths(db: Database, names: Any) -> list[BatchMember]:
+    """What a peer's ``POST files/batch`` gets, and what a sender's push reads, in the order
+    asked: per name the path of an available flat instance on an available online store (its
+    folder confined to the store's root), or why it cannot be served. One query for the whole
+    batch, on the database driver (a peer asks for a thousand names at a time)."""
     if not isinstance(names, list) or not 0 < len(names) <= BATCH_MAX_FILES \
             or not all(isinstance(n, str) for n in names):
         raise InvalidRequest(f"'names' must be a list of 1 to {BATCH_MAX_FILES} names")
     found: dict[str, tuple[str, str, bool]] = {}
-    with core.catalogue.db.read() as s:
+    with db.read() as s:
         connection = s.connection()
         backend = connection.dialect.name
         rows = driver_rows(connection, _BATCH_SQL.format(

@@ -1,8 +1,13 @@
 """One stream of a transfer job towards a peer running hera_stage_ext (``PeerSender``): it
 waits for the peer's hours and room under its ``max_in_flight``, claims a batch, announces it,
 reports what the peer already has or refuses, and follows the accepted files with ``status``
-long polls until each is committed or failed. ``rclone_send.RcloneSender`` builds on it for
-rclone remotes; ``jobs.TransferKind`` picks one of the two per peer.
+long polls until each is committed or failed. Once the peer's announce reply said it takes
+pushes, a batch's small flat files go by ``POST push`` instead (their bytes with their offers,
+each answered with its outcome: no pull, no status polls), read as a peer's batch pull reads
+them (``outgoing.batch_paths``, ``read_member``: confined to the store, no link followed); a
+peer this site throttles (``max_bytes_per_s``, applied by its server's pull handlers) is never
+pushed to. ``rclone_send.RcloneSender`` builds on it for rclone remotes;
+``jobs.TransferKind`` picks one of the two per peer.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from ..jobs.methods import Cancelled
 from ..jobs.models import JobRow, JobItem
 from ..states import ItemState, JobState, TransferItemState
 from .peers import Peer, PeerRegistry
-from .protocol import BATCH_FILE_MAX, HAVE, MAX_OFFERS, SEND, UNKNOWN, PeerClient
-from .outgoing import offers_for, record_remote
+from .protocol import (
+    BATCH_FILE_MAX, BATCH_MAX_FILES, COMMITTED, HAVE, MAX_OFFERS, PUSH_HEAD_MAX, RETRY, SEND,
+    UNKNOWN, PeerClient, PushLimits)
+from .outgoing import batch_paths, offers_for, read_member, record_remote
 
 if TYPE_CHECKING:
     from ..jobs.contract import KindRun
@@ -81,6 +88,9 @@ class PeerSender:
         self.waiting: dict[str, ClaimedItem] = {}
         self.announced: dict[str, tuple[str, float]] = {}
         self.sent_any = False  # a first announce made (the next ones are full)
+        #: What the peer's last announce reply said it takes in a push; None: no pushes (it
+        #: has not said so yet, an older receiver, or a peer this site throttles).
+        self.push_limits: PushLimits | None = None
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
     def check(self) -> None:
@@ -221,9 +231,10 @@ class PeerSender:
                 run.inflight.drop(("peer", name))
 
     def send(self, batch: list[ClaimedItem]) -> None:
-        """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time; a stream's very first
-        announce carries ``FIRST_OFFERS``, its offers built alone (the peer starts on it while
-        the rest are built, in one query)."""
+        """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time, or push its small files
+        once the peer said it takes pushes; a stream's very first announce carries
+        ``FIRST_OFFERS``, its offers built alone (the peer starts on it while the rest are
+        built, in one query), and tells it whether the peer takes pushes."""
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
         parts = [batch]
         if not self.sent_any:
@@ -231,8 +242,14 @@ class PeerSender:
             parts = [batch[:FIRST_OFFERS], batch[FIRST_OFFERS:]]
         for part in filter(None, parts):
             known = offers_for(self.db, {item.name: item.dest_path for item in part})
+            pushed: list[ClaimedItem] = []
+            if self.push_limits is not None:
+                part, pushed = self.pushable(part, known, self.push_limits)
+            # The announced first: the peer starts pulling them while the push is received.
             for start in range(0, len(part), MAX_OFFERS):
                 self.announce(transfer, part[start:start + MAX_OFFERS], known)
+            for start in range(0, len(pushed), BATCH_MAX_FILES):
+                self.push(transfer, pushed[start:start + BATCH_MAX_FILES], known)
 
     def announce(self, transfer: str, chunk: list[ClaimedItem],
                  known: dict[str, dict[str, Any]]) -> None:
@@ -255,25 +272,136 @@ class PeerSender:
             for offer in offers:
                 self.report(items[offer["name"]], ItemState.FAILED, exc.message)
             return
-        have = []
-        for answer in reply["files"]:
+        # Pushes only to a peer that says it takes them, and never past this site's
+        # throttle of it (which only its server's pull handlers apply).
+        self.push_limits = None if self.peer.max_bytes_per_s else PushLimits.of(reply)
+        self.answered(transfer, items, reply["files"], announced)
+
+    def answered(self, transfer: str, items: dict[str, ClaimedItem],
+                 answers: list[dict[str, Any]], announced: float, pushed: bool = False,
+                 sent_again: bool = False) -> list[ClaimedItem]:
+        """Act on the peer's answers to an announce (or a push: ``pushed``; ``sent_again``:
+        after one that broke) of ``items``: follow the files it will pull, report the rest;
+        those a push's answer says to send again by announce."""
+        have, committed, again = [], [], []
+        for answer in answers:
             item = items[answer["name"]]
-            if answer["answer"] == SEND:
+            kind = answer["answer"]
+            if kind == SEND:
                 self.waiting[item.name] = item
                 self.announced[item.name] = (transfer, announced)
-            elif answer["answer"] == HAVE:
+            elif kind == HAVE:
                 have.append(item)
+            elif pushed and kind == COMMITTED:
+                committed.append(item)
+            elif pushed and kind == RETRY:
+                again.append(item)
             else:
-                self.report(item, ItemState.FAILED, refusal(answer["answer"],
-                                                            answer.get("message", "")))
+                self.report(item, ItemState.FAILED, refusal(kind, answer.get("message", "")))
         record_remote(self.db, self.peer.name, transfer, [i.name for i in have], HAVE)
         for item in have:
-            # An earlier attempt of this job sent it (its worker died before recording).
-            mine = item.attempts > 1
+            # An earlier attempt of this job sent it (its worker died before recording, or
+            # a push broke after the peer committed it).
+            mine = item.attempts > 1 or sent_again
             self.report(item, ItemState.DONE if mine else ItemState.SKIPPED, note=(
                 f"verified {item.name} at {self.peer.name} (sent before the worker "
-                f"restarted; not sent again)" if mine
+                f"restarted; not sent again)" if item.attempts > 1
+                else f"verified {item.name} at {self.peer.name} (sent by a push that broke; "
+                f"not sent again)" if mine
                 else f"skipped {item.name}: {self.peer.name} already holds it"))
+        if committed:
+            record_remote(self.db, self.peer.name, transfer, [i.name for i in committed],
+                          TransferItemState.COMMITTED)
+            now = time.monotonic()
+            for item in committed:
+                self.report(item, ItemState.DONE, note=f"sent {item.name} to {self.peer.name} "
+                            f"({item.size} bytes; verified and registered there; "
+                            f"{now - announced:.1f} s since announced)")
+        return again
+
+    @staticmethod
+    def pushable(chunk: list[ClaimedItem], known: dict[str, dict[str, Any]],
+                 limits: PushLimits) -> tuple[list[ClaimedItem], list[ClaimedItem]]:
+        """``chunk`` split into (what is announced, what is pushed: known flat files of at
+        most the peer's ``max_file``)."""
+        announced, pushed = [], []
+        for item in chunk:
+            offer = known.get(item.name)
+            if offer is not None and not offer["is_directory"] \
+                    and offer["size"] <= limits.max_file:
+                pushed.append(item)
+            else:
+                announced.append(item)
+        return announced, pushed
+
+    def push(self, transfer: str, items: list[ClaimedItem],
+             known: dict[str, dict[str, Any]]) -> None:
+        """Push ``items`` (at most ``BATCH_MAX_FILES`` known small flat files, their offers in
+        ``known``; found in one ``batch_paths``, each folder confined once) in as few requests
+        as the peer's limits allow, each file read as a peer's batch pull reads it;
+        those the peer answers ``retry`` for, and those whose size changed here, are
+        announced (pulled, verified as any)."""
+        limits = self.push_limits
+        if limits is None:  # the peer stopped taking pushes (an earlier one was answered 404)
+            for start in range(0, len(items), MAX_OFFERS):
+                self.announce(transfer, items[start:start + MAX_OFFERS], known)
+            return
+        # Room for the offers' JSON at a body's head (the receiver takes at most this).
+        room = max(limits.max_bytes - min(PUSH_HEAD_MAX, limits.max_bytes // 2), 1)
+        members = batch_paths(self.db, [item.name for item in items])
+        batch: list[tuple[ClaimedItem, bytes]] = []
+        size, announce = 0, []
+        for item, member in zip(items, members):
+            offer = known[item.name]
+            try:
+                if member.error:
+                    raise StagingError(member.error)
+                data = read_member(member, limits.max_file)
+            except OSError as exc:
+                self.report(item, ItemState.FAILED, _cannot_serve(
+                    f"cannot read {item.name!r} here: {exc.strerror}"))
+                continue
+            except StagingError as exc:  # no instance any more, a link leading out
+                self.report(item, ItemState.FAILED, _cannot_serve(exc.message))
+                continue
+            if len(data) != offer["size"]:  # changed here: the pull path verifies it
+                announce.append(item)
+                continue
+            if batch and (len(batch) >= limits.max_files or size + len(data) > room):
+                announce += self.push_one(transfer, batch, known)
+                batch, size = [], 0
+            batch.append((item, data))
+            size += len(data)
+        if batch:
+            announce += self.push_one(transfer, batch, known)
+        for start in range(0, len(announce), MAX_OFFERS):
+            self.announce(transfer, announce[start:start + MAX_OFFERS], known)
+
+    def push_one(self, transfer: str, batch: list[tuple[ClaimedItem, bytes]],
+                 known: dict[str, dict[str, Any]]) -> list[ClaimedItem]:
+        """One ``POST push`` of ``batch`` (items with their bytes), retried whole while the
+        peer is unreachable, and its answers; the items to announce instead."""
+        items = {item.name: item for item, _data in batch}
+        offers = [known[name] for name in items]
+        data = [data for _item, data in batch]
+        tries = [0]
+
+        def push(client: PeerClient) -> dict[str, Any]:
+            tries[0] += 1
+            return client.push(transfer, offers, data)
+
+        started = time.monotonic()
+        try:
+            reply = self.call(f"push to peer {self.peer.name!r}", push)
+        except StagingError as exc:
+            if exc.status in (404, 405, 411, 413):  # it no longer takes them: announce
+                self.push_limits = None
+                return list(items.values())
+            for item in items.values():  # refused outright (secret changed, bad request)
+                self.report(item, ItemState.FAILED, exc.message)
+            return []
+        return self.answered(transfer, items, reply["files"], started, pushed=True,
+                             sent_again=tries[0] > 1)
 
     def follow(self) -> None:
         """Ask the peer once how the files it accepted are doing, and report those through: a
@@ -339,6 +467,11 @@ class PeerSender:
                 if item is not None and row.get("state") == TransferItemState.RECEIVING:
                     self.run.inflight.set(("peer", item.name),
                                           min(int(row.get("bytes") or 0), item.size))
+
+
+def _cannot_serve(error: str) -> str:
+    """The failure of a file this site cannot send: what a peer's pull of it reports."""
+    return f"the peer failed to receive it: the sender cannot serve it: {error}"
 
 
 def _announce(transfer: str, offers: list[dict[str, Any]]

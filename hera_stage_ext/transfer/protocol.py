@@ -45,6 +45,29 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     one damaged member is pulled again without the others. Small files move this way: one
     request, one sync of the file system and one catalogue transaction per batch instead of
     one of each per file. A broken batch stream is pulled again from its first unverified member.
+``POST push``  sender -> receiver, small flat files WITH their bytes in one request (no pull,
+    no status polls for them). The body (``application/octet-stream``): the decimal length of
+    an announce's JSON and a newline, that JSON (``{"transfer": id, "files": [offer, ...]}``,
+    offers as for ``announce``, every one checked the same way), then each offer's bytes
+    concatenated in the order of ``files``, each exactly its offer's ``size`` (no framing per
+    member: the sizes are in the offers). At most ``PUSH_MAX_FILES`` offers, each a flat file
+    of at most ``PUSH_FILE_MAX`` bytes, the whole body at most ``PUSH_MAX_BYTES`` (a
+    ``Content-Length`` over it: 413 before anything is read; none: 411). A malformed body
+    (the length line, the JSON, an offer, data shorter or longer than the sizes add up to, a
+    directory or a file over the limit) gets a 400 and nothing of it is stored. The reply
+    is an announce's (``{"transfer", "site", "files": [{"name", "answer", "message"}]}``) with
+    two more answers: ``committed`` (verified, synced, under its final name and registered
+    there: done) and ``retry`` (it failed verification, or its write or sync failed: send it
+    again by ``announce``, so the receiver's attempts and backoff apply). ``have``,
+    ``conflict``, ``no-space`` and ``refused`` are as an announce answers them, and ``send``
+    too: a name the receiver is already pulling for this peer (an earlier announce) keeps
+    its pull, or one whose final path holds a file already, which the receiver then checks
+    as a pull does (registered only if it is exactly what was offered); the sender follows
+    those with ``status``. A receiver that takes pushes says so in every announce reply,
+    ``"push": {"max_file", "max_bytes", "max_files"}``, and a sender pushes only to a peer whose
+    announce reply said so (an older receiver's says nothing: it never sees a push; an older
+    sender never pushes). A sender that throttles a peer (``max_bytes_per_s``: the throttle
+    lives in its server's pull handlers) never pushes to it.
 ``GET ping``  -> ``{"site": <answering site>, "peer": <the caller as authenticated>}``.
 """
 
@@ -57,7 +80,7 @@ import math
 import mmap
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import requests
@@ -67,6 +90,7 @@ from ..catalogue import checksums as ck
 from ..catalogue.catalogue import FileSpec
 from ..catalogue.naming import ObservationInfo, validate_name
 from ..errors import InvalidRequest, StagingError, Unauthorized, Unavailable
+from ..jsonbody import load_json
 from ..paths import CONTROL_CHARACTERS, check_canonical
 from .peers import Peer
 
@@ -77,6 +101,8 @@ PEER_PREFIX = "hera-stage/peer/"
 
 SEND, HAVE, CONFLICT, NO_SPACE, REFUSED = "send", "have", "conflict", "no-space", "refused"
 ANSWERS = (SEND, HAVE, CONFLICT, NO_SPACE, REFUSED)
+#: ``push``'s answers beyond an announce's (see the module's docstring).
+COMMITTED, RETRY = "committed", "retry"
 #: ``status``'s state for a name the receiver holds no item of (the others: a
 #: ``states.TransferItemState``).
 UNKNOWN = "unknown"
@@ -89,6 +115,14 @@ BATCH_FILE_MAX = 4 << 20
 #: Most files, and about the most bytes, in one batch pull.
 BATCH_MAX_FILES = 1000
 BATCH_MAX_BYTES = 64 << 20
+#: ``POST push``: the largest file pushed (larger ones are announced and pulled), the largest
+#: body, the most files in one, and the largest announce JSON at its head.
+PUSH_FILE_MAX = 256 << 10
+PUSH_MAX_BYTES = 16 << 20
+PUSH_MAX_FILES = MAX_OFFERS
+PUSH_HEAD_MAX = 1 << 20
+#: Digits of a push body's first line at most (the head's length).
+_PUSH_LENGTH_DIGITS = len(str(PUSH_HEAD_MAX))
 #: Longest long poll of ``POST status`` (seconds).
 MAX_STATUS_WAIT = 10.0
 _HEADER = struct.Struct(">I")
@@ -304,6 +338,57 @@ def file_spec(item: Any, peer: str) -> FileSpec:
     )
 
 
+def push_capability() -> dict[str, int]:
+    """What a receiver that takes pushes says in every announce reply (under ``"push"``)."""
+    return {"max_file": PUSH_FILE_MAX, "max_bytes": PUSH_MAX_BYTES, "max_files": PUSH_MAX_FILES}
+
+
+class PushLimits(NamedTuple):
+    """What a peer's announce reply said it takes in a push."""
+
+    max_file: int
+    max_bytes: int
+    max_files: int
+
+    @classmethod
+    def of(cls, reply: dict[str, Any]) -> PushLimits | None:
+        """The limits an announce reply states, each at most this version's own (a sender
+        holds a push in memory), or None (an older receiver, or a reply that is not
+        understood: no push then)."""
+        said = reply.get("push")
+        if not isinstance(said, dict):
+            return None
+        values: list[Any] = [said.get(key) for key in cls._fields]
+        if not all(_int64(value, 1) for value in values):
+            return None
+        own = (PUSH_FILE_MAX, PUSH_MAX_BYTES, PUSH_MAX_FILES)
+        return cls(*(min(value, limit) for value, limit in zip(values, own)))
+
+
+def push_body(transfer: str, offers: Sequence[dict[str, Any]], data: Sequence[bytes]) -> bytes:
+    """The body of a ``POST push`` of ``offers`` with their bytes ``data`` (each exactly its
+    offer's size)."""
+    head = json.dumps({"transfer": transfer, "files": list(offers)}).encode()
+    return b"".join([b"%d\n" % len(head), head, *data])
+
+
+def split_push(body: bytes) -> tuple[dict[str, Any], memoryview]:
+    """The announce JSON at the head of a ``POST push`` body and the bytes after it
+    (InvalidRequest if the head is malformed; the bytes are checked against the offers'
+    sizes by the receiver, once the offers are)."""
+    newline = body.find(b"\n", 0, _PUSH_LENGTH_DIGITS + 1)
+    digits = body[:newline]
+    if newline < 1 or not digits.isdigit() or int(digits) > PUSH_HEAD_MAX \
+            or newline + 1 + int(digits) > len(body):
+        raise InvalidRequest(f"a push body begins with the length in bytes of its announce "
+                             f"JSON (at most {PUSH_HEAD_MAX}) and a newline, then that JSON")
+    end = newline + 1 + int(digits)
+    head = load_json(body[newline + 1:end], "a push's announce JSON", max_bytes=PUSH_HEAD_MAX)
+    if not isinstance(head, dict):
+        raise InvalidRequest("a push's announce must be a JSON object")
+    return head, memoryview(body)[end:]
+
+
 class PeerClient:
     """One site's HTTP client to one peer (a keep-alive session; secrets stay in headers)."""
 
@@ -333,6 +418,18 @@ class PeerClient:
 
     def announce(self, transfer: str, offers: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return self._json("POST", "announce", {"transfer": transfer, "files": list(offers)})
+
+    def push(self, transfer: str, offers: Sequence[dict[str, Any]], data: Sequence[bytes]
+             ) -> dict[str, Any]:
+        """``POST push`` of ``offers`` with their bytes (``push_body``)."""
+        try:
+            reply = self.session.post(self._url("push"), data=push_body(transfer, offers, data),
+                                      headers={"Content-Type": "application/octet-stream"},
+                                      timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise Unavailable(f"peer {self.peer.name!r} at {self.peer.url} is unreachable: "
+                              f"{type(exc).__name__}") from None
+        return _checked(self.peer.name, reply).json()
 
     def status(self, names: Sequence[str], wait: float = 0.0,
                finished_only: bool = False) -> dict[str, Any]:

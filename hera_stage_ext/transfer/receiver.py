@@ -36,6 +36,14 @@ batch, and one batch streams while another syncs and registers; a drainer keeps 
 keep-alive connection) per peer for all its batches. ``changes`` counts finished items, for the
 long poll of ``POST status``.
 
+Small flat files (up to ``protocol.PUSH_FILE_MAX``) may also come pushed, with their announce
+(``push``): the offers are checked as an announce's, each file verified and written to a partial
+file of its own (``-<n>.part``: no item's id, one per push of it), and the push made durable,
+final and registered as one batch by the batch pull's own steps (``_write_member``,
+``_make_final``); each item is then recorded once, ``committed``. A name already being pulled
+for that peer keeps its pull; one whose final name is taken takes the single-file path. Partial
+files of pushes a stopped server left are removed when it starts again (``resume``).
+
 Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/<name>/content``
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
 members leading out) into ``<store>/.hera-stage-incoming/<item id>.dir``; the tree is then
@@ -51,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
 import logging
 import os
 import shutil
@@ -80,19 +89,24 @@ from .protocol import (
     BATCH_FILE_MAX,
     BATCH_MAX_BYTES,
     BATCH_MAX_FILES,
+    COMMITTED,
     CONFLICT,
     HAVE,
     MAX_OFFERS,
     NO_SPACE,
+    PUSH_FILE_MAX,
     REFUSED,
+    RETRY,
     SEND,
     UNKNOWN,
     PeerClient,
     check_offer,
     checksums_json,
     file_spec,
+    push_capability,
     spec_json,
     spec_of,
+    split_push,
 )
 from .thread_writer import ChunkWriter, ThreadWriter
 
@@ -161,6 +175,8 @@ class Receiver:
         self._parsed: dict[int, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
         #: Destination folders confined already (``_confine_folder``): relative -> absolute.
         self._confined: dict[str, str] = {}
+        #: Ids of pushed files' partial files (negative: no item's), ``<id>.part``.
+        self._push_ids = itertools.count(-1, -1)
         #: Syncs each file of a batch as it is written (``durable.py``).
         self._syncer = FileSyncer()
         self._stop = threading.Event()
@@ -178,6 +194,21 @@ class Receiver:
 
     # ----- announce and status ------------------------------------------------------------
     def announce(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        transfer, offers, reply, refused = self._offered(peer, body)
+        if refused:
+            return reply
+        answers = self._answers(peer, offers, self._store_root())
+        queued = self._record(peer, transfer, offers, answers)
+        reply["files"] = _replies(offers, answers)
+        self._dispatch(peer, queued)
+        return reply
+
+    def _offered(self, peer: str, body: dict[str, Any]
+                 ) -> tuple[str, list[dict[str, Any]], dict[str, Any], bool]:
+        """What ``announce`` and ``push`` check first: the transfer's id and its offers, each
+        checked whole (InvalidRequest: one malformed field refuses them all, nothing of them
+        kept), the reply begun, and whether this site takes none of them (the reply's
+        ``files`` then say so, each refused)."""
         transfer = body.get("transfer")
         if not isinstance(transfer, str) or not 0 < len(transfer) <= 64 \
                 or CONTROL_CHARACTERS.search(transfer):
@@ -193,8 +224,9 @@ class Receiver:
             raise InvalidRequest("a name is offered twice")
         if len({o["path"] for o in offers}) != len(offers):
             raise InvalidRequest("a path is offered twice (for two names)")
+        # Every reply says this receiver takes pushes (a sender pushes only after one did).
         reply: dict[str, Any] = {"transfer": transfer, "site": self.registry.site_name,
-                                 "files": []}
+                                 "files": [], "push": push_capability()}
         refusal = None
         if self.store is None:
             refusal = "this site receives no transfers (c.StagingApp.receive_store)"
@@ -204,14 +236,7 @@ class Receiver:
         if refusal:
             reply["files"] = [{"name": o["name"], "answer": REFUSED, "message": refusal}
                               for o in offers]
-            return reply
-        root = self._store_root()
-        answers = self._answers(peer, offers, root)
-        queued = self._record(peer, transfer, offers, answers)
-        reply["files"] = [{"name": o["name"], "answer": answers[o["name"]][0],
-                           "message": answers[o["name"]][1]} for o in offers]
-        self._dispatch(peer, queued)
-        return reply
+        return transfer, offers, reply, refusal is not None
 
     def _answers(self, peer: str, offers: list[dict[str, Any]], root: Path
                  ) -> dict[str, tuple[str, str]]:
@@ -362,6 +387,7 @@ class Receiver:
         """At server start: pull again every item left queued or receiving."""
         if self.store is None:
             return []
+        self._discard_pushed_parts()
         by_peer: dict[str, list[tuple[int, int, bool]]] = {}
         with self.db.read() as s:
             for i in s.scalars(select(TransferItem).where(
@@ -371,6 +397,21 @@ class Receiver:
         for peer, items in by_peer.items():
             self._dispatch(peer, items)
         return sorted(i for items in by_peer.values() for i, _size, _is_directory in items)
+
+    def _discard_pushed_parts(self) -> None:
+        """Remove the partial files of pushes a stopped server left (no item names them: the
+        sender sends such a push again whole)."""
+        try:
+            incoming, _made = safefs.open_dir(str(self._store_root() / INCOMING_DIR))
+        except (OSError, StagingError):  # none yet (or not a folder: nothing of ours there)
+            return
+        try:
+            for name in os.listdir(incoming):
+                if name.startswith("-") and name.endswith(".part"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=incoming)
+        finally:
+            os.close(incoming)
 
     def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> None:
         """Pull ``items`` ((id, size, is it a directory) each) of ``peer``: directories and
@@ -848,7 +889,6 @@ class Receiver:
             client = None
         if client is None:
             client = PeerClient(peer, self.registry.site_name)
-        flip = os.environ.get(FLIP_ONCE_ENV)
         kept = False
         try:
             for name, data, error in client.batch(list(wanted)):
@@ -862,28 +902,7 @@ class Receiver:
                     self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
                                  f"{error}")
                     continue
-                if flip == item.name and item.name not in _flipped and data:
-                    _flipped.add(item.name)
-                    data = bytes([data[0] ^ 0xFF]) + data[1:]
-                part = f"{item.id}.part"
-                # Verified before anything is written: a damaged member costs no disk. One
-                # digest of the fastest algorithm announced (no hasher objects per member).
-                algorithm = ck.preferred_algorithm(item.checksums)
-                digest = ck.hex_digest(data, algorithm)
-                if len(data) != item.size or digest != item.checksums[algorithm]:
-                    message = (f"{item.name}: received {len(data)} bytes with checksums "
-                               f"{ {algorithm: digest} }, announced {item.size} bytes with "
-                               f"{item.checksums}")
-                    log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
-                                item.peer, message)
-                    received.append(_Member(item, part, dest, message))
-                    continue
-                fd = _write_new(incoming_fd, part, data)
-                if self.fsync:
-                    syncs.add(fd, part)
-                else:
-                    os.close(fd)
-                received.append(_Member(item, part, dest, ""))
+                received.append(self._write_member(incoming_fd, item, dest, data, syncs))
         except (Unavailable, OSError) as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             log.warning("batch pull of %d file(s) from %s: %s", len(wanted), first.peer, message)
@@ -903,13 +922,57 @@ class Receiver:
             return received, f"the sender's batch stream left out {len(wanted)} file(s)"
         return received, ""
 
+    def _write_member(self, incoming_fd: int, item: ItemRow, dest: str,
+                      data: bytes | memoryview, syncs: SyncBatch) -> _Member:
+        """Verify one member of a batch (pulled or pushed) against its announced size and
+        checksum and, only if it matches, write it to its partial file in the open folder
+        ``incoming_fd``, handed to ``syncs`` as soon as it is written (unless the receiver does
+        not sync); its ``_Member``, whose ``error`` says why it failed verification (nothing
+        written then). OSError if the write fails."""
+        flip = os.environ.get(FLIP_ONCE_ENV)
+        if flip == item.name and item.name not in _flipped and data:
+            _flipped.add(item.name)
+            data = bytes([data[0] ^ 0xFF]) + bytes(data[1:])
+        part = f"{item.id}.part"
+        # Verified before anything is written: a damaged member costs no disk. One
+        # digest of the fastest algorithm announced (no hasher objects per member).
+        algorithm = ck.preferred_algorithm(item.checksums)
+        digest = ck.hex_digest(data, algorithm)
+        if len(data) != item.size or digest != item.checksums[algorithm]:
+            message = (f"{item.name}: received {len(data)} bytes with checksums "
+                       f"{ {algorithm: digest} }, announced {item.size} bytes with "
+                       f"{item.checksums}")
+            log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
+                        item.peer, message)
+            return _Member(item, part, dest, message)
+        fd = _write_new(incoming_fd, part, data)
+        if self.fsync:
+            syncs.add(fd, part)
+        else:
+            os.close(fd)
+        return _Member(item, part, dest, "")
+
     def _commit_batch(self, root: str, incoming_fd: int, received: list[_Member],
                       syncs: SyncBatch, alone: list[int]) -> list[tuple[ItemRow, str]]:
-        """Make the verified members final once their data is synced (``durable.make_final``:
-        renames that never replace anything, then the folders synced), register them in one
+        """Make the verified members final (``_make_final``), register them in one
         transaction and commit them with their events in one more; the members to pull
         again, with why. Members whose final name is taken go to ``alone``."""
+        final, retry, taken = self._make_final(root, incoming_fd, received, syncs)
+        alone += [m.item.id for m in taken]
+        self._register_batch(final)
+        return retry
+
+    def _make_final(self, root: str, incoming_fd: int, received: list[_Member],
+                    syncs: SyncBatch
+                    ) -> tuple[list[ItemRow], list[tuple[ItemRow, str]], list[_Member]]:
+        """Put the verified members under their final names once their data is synced
+        (``durable.make_final``: renames that never replace anything, then the folders
+        synced): (the items now final, to register; the members to receive again, with why;
+        those whose final name is taken, or whose renames may not be on disk, for the
+        single-file path, which registers what is there only if it is exactly what was
+        announced)."""
         retry = [(m.item, m.error) for m in received if m.error]
+        taken: list[_Member] = []
         if (pause := os.environ.get(PAUSE_BEFORE_SYNC_ENV)) and received and not _paused:
             _paused.append(True)
             Path(pause).write_text("whole" if syncs.folder is not None else "file-by-file")
@@ -923,20 +986,19 @@ class Receiver:
             if error is None:
                 good.append(member)
                 continue
-            # The disk failed or filled up: never renamed, pulled again.
+            # The disk failed or filled up: never renamed, received again.
             with contextlib.suppress(OSError):
                 os.unlink(member.part, dir_fd=incoming_fd)
             retry.append((member.item, f"{type(error).__name__}: {error}"))
+        final: list[ItemRow] = []
         if not good:
-            return retry
+            return final, retry, taken
         try:
             errors = make_final(root, incoming_fd, [Rename(m.part, m.dest) for m in good],
                                 self._syncer if self.fsync else None)
         except OSError as exc:  # the renames may not be on disk: the single path checks them
             log.warning("transfer batch: syncing the renames failed: %s", exc)
-            alone += [m.item.id for m in good]
-            return retry
-        final: list[ItemRow] = []
+            return final, retry, good
         for member, error in zip(good, errors):
             if error is None:
                 final.append(member.item)
@@ -944,11 +1006,10 @@ class Receiver:
             with contextlib.suppress(OSError):
                 os.unlink(member.part, dir_fd=incoming_fd)
             if isinstance(error, FileExistsError):
-                alone.append(member.item.id)
+                taken.append(member)
             else:
                 retry.append((member.item, f"{type(error).__name__}: {error}"))
-        self._register_batch(final)
-        return retry
+        return final, retry, taken
 
     def _register_batch(self, items: list[ItemRow]) -> None:
         if not items:
@@ -973,6 +1034,122 @@ class Receiver:
         log.info("transfer batch: %d file(s) from %s committed to %s", len(registered),
                  items[0].peer, self.store)
 
+    # ----- pushes of small files (``POST push``) ------------------------------------------
+    def push(self, peer: str, body: bytes) -> dict[str, Any]:
+        """Receive a ``POST push`` (``protocol.py``) whole: its offers checked as an announce's
+        and its framing against their sizes (InvalidRequest before anything is stored), then
+        each file the receiver would pull verified on its own, written, synced, renamed into
+        place, registered with its ``transfer-received`` event and recorded, once, as a
+        committed item, the whole push as one batch; per file the answer."""
+        head, data = split_push(body)
+        transfer, offers, reply, refused = self._offered(peer, head)
+        members: list[memoryview] = []
+        at = 0
+        for offer in offers:
+            if offer.get("is_directory") or offer["size"] > PUSH_FILE_MAX:
+                raise InvalidRequest(f"offer of {offer['name']!r}: a push carries flat files "
+                                     f"of at most {PUSH_FILE_MAX} bytes")
+            members.append(data[at:at + offer["size"]])
+            at += offer["size"]
+        if at != len(data):
+            raise InvalidRequest(f"the push holds {len(data)} bytes after its announce, its "
+                                 f"offers' sizes add up to {at}")
+        if refused:
+            return reply
+        root = self._store_root()
+        answers = self._answers(peer, offers, root)
+        sending = [o["name"] for o in offers if answers[o["name"]][0] == SEND]
+        active: set[str] = set()
+        if sending:
+            with self.db.read() as s:
+                active = {name for name, (_id, state, _size, _sums)
+                          in ItemRows(s).known(peer, sending).items()
+                          if state in ACTIVE_TRANSFER_ITEM_STATES}
+        # A name pulled already for this peer (an earlier announce) keeps its pull, as an
+        # announce of it would: never two writers of one file.
+        pushed = [(o, m) for o, m in zip(offers, members)
+                  if answers[o["name"]][0] == SEND and o["name"] not in active]
+        taken = self._receive_pushed(peer, transfer, root, pushed, answers)
+        pulled = [o for o in offers if o["name"] in active or o["name"] in taken]
+        if pulled:
+            self._dispatch(peer, self._record(peer, transfer, pulled, answers))
+        reply["files"] = _replies(offers, answers)
+        return reply
+
+    def _receive_pushed(self, peer: str, transfer: str, root: Path,
+                        pushed: list[tuple[dict[str, Any], memoryview]],
+                        answers: dict[str, tuple[str, str]]) -> set[str]:
+        """Write, sync, rename and register the files ``pushed`` (checked offers with their
+        bytes), as a batch pull's members are, answering each in ``answers``; the names whose
+        final path holds a file already (answered ``send``: the single-file path checks it)."""
+        wanted: list[tuple[ItemRow, str, memoryview]] = []
+        for offer, data in pushed:
+            name = offer["name"]
+            folder, _, base = offer["path"].rpartition("/")
+            try:
+                where = self._confine_folder(root, folder)
+                if base in ("", ".", ".."):
+                    raise InvalidRequest(f"transfer path {offer['path']!r} names no file")
+            except StagingError as exc:
+                answers[name] = (REFUSED, exc.message)
+                continue
+            # Its own partial file, whatever else receives the name (a negative id: no
+            # item's), made final only by a rename that never replaces anything. Counted as
+            # a pull counts its first attempt.
+            item = ItemRow(next(self._push_ids), peer, name, transfer, offer["path"],
+                           offer["size"], offer["checksums"], 1, spec_of(offer))
+            wanted.append((item, f"{where}/{base}", data))
+        if not wanted:
+            return set()
+        incoming_fd, _made = safefs.open_dir(str(root / INCOMING_DIR), create=True)
+        try:
+            with self._syncer.batch(incoming_fd) as syncs:
+                received: list[_Member] = []
+                for item, dest, data in wanted:
+                    try:
+                        received.append(self._write_member(incoming_fd, item, dest, data,
+                                                           syncs))
+                    except OSError as exc:
+                        answers[item.name] = (RETRY, f"writing it failed here: "
+                                                     f"{type(exc).__name__}: {exc}")
+                final, retry, taken = self._make_final(str(root), incoming_fd, received,
+                                                       syncs)
+        finally:
+            os.close(incoming_fd)
+        for item, message in retry:
+            answers[item.name] = (RETRY, message)
+        for member in taken:
+            answers[member.item.name] = (SEND, "")
+        self._register_pushed(final, answers)
+        return {member.item.name for member in taken}
+
+    def _register_pushed(self, items: list[ItemRow], answers: dict[str, tuple[str, str]]
+                         ) -> None:
+        """Register pushed files now under their final names (one ``register_each`` with
+        their events) and record each as a committed item, inserted or updated in one
+        transaction; each answered in ``answers``."""
+        if not items:
+            return
+        outcomes = self.catalogue.register_each(
+            [file_spec(item, item.peer) for item in items], self.store,
+            [item.path for item in items],
+            instance_events=[self._received_event(item) for item in items])
+        registered = []
+        for item, outcome in zip(items, outcomes):
+            if isinstance(outcome, StagingError):  # something registered meanwhile clashes
+                (self._store_root() / item.path).unlink(missing_ok=True)
+                answers[item.name] = (CONFLICT, outcome.message)
+            else:
+                registered.append(item)
+                answers[item.name] = (COMMITTED, "")
+        if not registered:
+            return
+        with self.db.write() as s:
+            ItemRows(s).put_committed(registered, utcnow())
+        self._changed()
+        log.info("transfer push: %d file(s) from %s committed to %s", len(registered),
+                 items[0].peer, self.store)
+
     def _received_event(self, item: TransferItem | ItemRow) -> tuple[str, dict[str, Any]]:
         """The ``transfer-received`` event registered with a received file's instance."""
         return ("transfer-received", {"from": item.peer, "transfer": item.transfer,
@@ -988,6 +1165,13 @@ class Receiver:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._syncer.close()
+
+
+def _replies(offers: list[dict[str, Any]], answers: dict[str, tuple[str, str]]
+             ) -> list[dict[str, str]]:
+    """An announce's (or push's) ``files``: per offer its answer and message."""
+    return [{"name": o["name"], "answer": answers[o["name"]][0],
+             "message": answers[o["name"]][1]} for o in offers]
 
 
 def _resume_offset(part: Path, size: int, folder: int | None = None) -> int:
@@ -1017,7 +1201,7 @@ def _resume_offset(part: Path, size: int, folder: int | None = None) -> int:
     return held - held % directio.BLOCK
 
 
-def _write_new(folder: int, name: str, data: bytes) -> int:
+def _write_new(folder: int, name: str, data: bytes | memoryview) -> int:
     """Write ``data`` as the file ``name`` of the open ``folder`` (created or truncated; a
     symlink there is removed, never written through); its descriptor, still open (for its
     sync). Plain ``os`` calls: a batch writes thousands of small files, and a buffered file

@@ -1,0 +1,538 @@
+"""``POST push``: small files sent with their announce, between two real sites on loopback.
+
+As in ``test_transfer.py`` (whose ``Sites`` and ``send`` these use): two ``jupyter server``
+processes, A sending and B receiving, A's jobs run in this process. Here A's peer ``site-b`` is
+not throttled, so once a stream's first announce (``FIRST_OFFERS`` files, the old way) has told
+it B takes pushes, its other small files are pushed. What A's client sent is watched by
+wrapping ``PeerClient.announce`` and ``push`` in this process: a file B is never told of by an
+announce is never pulled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.client
+import http.server
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from hera_stage_ext.catalogue import checksums as ck
+from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.catalogue.ingest import Ingester
+from hera_stage_ext.catalogue.models import File, Instance
+from hera_stage_ext.core import Core
+from hera_stage_ext.transfer import protocol
+from hera_stage_ext.transfer.outgoing import remote_sites
+from hera_stage_ext.transfer.peer_config import parse_peers
+from hera_stage_ext.transfer.peer_sender import FIRST_OFFERS
+from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
+from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR, PAUSE_BEFORE_SYNC_ENV
+
+from .jupyter_process import jupyter_process
+from .test_transfer import SECRET_AB, SECRET_BA, Sites, send
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _names(night: int, count: int) -> list[str]:
+    return [f"zen.{night}.{10000 + i}.xx.HH.uvh5" for i in range(count)]
+
+
+#: More than a stream's first announce: the rest are pushed.
+SMALL = _names(2457800, FIRST_OFFERS + 150)
+LARGE = "zen.2457801.10000.xx.HH.uvh5"  # over PUSH_FILE_MAX: announced and pulled
+DATASET = "zen.2457802.10000.xx.HH.uv"  # a directory data set: announced and pulled
+FLIPPED = _names(2457803, FIRST_OFFERS + 20)
+#: B flips a byte of this one the first time it receives it (a pushed one).
+FLIP = FLIPPED[FIRST_OFFERS + 5]
+OLD_RECEIVER = _names(2457804, FIRST_OFFERS + 20)
+OLD_RECEIVER_PROXIED = _names(2457808, FIRST_OFFERS + 20)
+OLD_SENDER = _names(2457805, FIRST_OFFERS + 20)
+KILLED = _names(2457806, FIRST_OFFERS + 20)
+#: Pushed to a path that B holds already, unregistered (a push killed after its renames):
+#: the first with the bytes offered, the second with others.
+TAKEN = _names(2457807, FIRST_OFFERS + 2)
+#: What A's store holds: name -> (folder, size).
+LAYOUT = {**{n: ("2457800", 1000 + 37 * i) for i, n in enumerate(SMALL)},
+          LARGE: ("2457801", 1 << 20),
+          **{n: ("2457803", 5000) for n in FLIPPED},
+          **{n: ("2457804", 3000) for n in OLD_RECEIVER},
+          **{n: ("2457808", 3000) for n in OLD_RECEIVER_PROXIED},
+          **{n: ("2457805", 3000) for n in OLD_SENDER},
+          **{n: ("2457806", 6000) for n in KILLED},
+          **{n: ("2457807", 2000) for n in TAKEN}}
+
+
+class _Watched:
+    """The names A's client announced and pushed (the sender runs in this process)."""
+
+    def __init__(self) -> None:
+        self.announced: list[str] = []
+        self.pushed: list[str] = []
+        self.lock = threading.Lock()
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> Iterator[Sites]:
+    tmp = tmp_path_factory.mktemp("push")
+    rng = random.Random(19)
+    a_store, b_store = tmp / "a" / "store", tmp / "b" / "store"
+    b_store.mkdir(parents=True)
+    paths = {}
+    for name, (folder, size) in LAYOUT.items():
+        path = a_store / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+        paths[name] = f"{folder}/{name}"
+    dataset = a_store / "2457802" / DATASET
+    (dataset / "sub").mkdir(parents=True)
+    (dataset / "vartable").write_bytes(rng.randbytes(3000))
+    (dataset / "sub" / "visdata").write_bytes(rng.randbytes(9000))
+
+    a_db_url = f"sqlite:///{tmp / 'a' / 'catalogue.sqlite'}"
+    b_db_url = f"sqlite:///{tmp / 'b' / 'catalogue.sqlite'}"
+    common = {"start_worker": False, "service_log_file": ""}
+    a_config = {"StagingApp": {
+        **common, "db_url": a_db_url, "site_name": "site-a",
+        "stores": {"a-store": {"path": str(a_store)}},
+        # B's URL is filled in by ``start_b``; "site-b-throttled" and "site-b-old" below.
+        "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB}},
+        "peer_secrets": {"site-b": hash_secret(SECRET_BA)},
+        "fixity_bytes_per_hour": 0,
+    }}
+    stack = contextlib.ExitStack()
+    a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
+                                            config=a_config))
+    b_config = {"StagingApp": {
+        **common, "db_url": b_db_url, "site_name": "site-b",
+        "stores": {"b-store": {"path": str(b_store)}}, "receive_store": "b-store",
+        "peers": {"site-a": {"url": a.url, "secret": SECRET_BA}},
+        "peer_secrets": {"site-a": hash_secret(SECRET_AB)},
+    }}
+    a_db = Database(a_db_url)
+    catalogue = Catalogue(a_db)
+    specs = []
+    for name, rel in paths.items():
+        digest = ck.hash_file(a_store / rel)
+        specs.append(FileSpec(name=name, size=digest.size, checksums=digest.checksums,
+                              source="correlator", meta={"telescope": "HERA"}))
+    tree = ck.hash_directory(dataset)
+    specs.append(FileSpec(name=DATASET, size=tree.size, checksums=tree.checksums,
+                          is_directory=True))
+    catalogue.register(specs, "a-store", [*paths.values(), f"2457802/{DATASET}"])
+    registry = PeerRegistry("site-a", parse_peers(a_config["StagingApp"]["peers"]))
+    a_core = Core(version="test", site_name="site-a", catalogue=catalogue,
+                  ingester=Ingester(catalogue), allowed_roots=[str(tmp)], peers=registry)
+    site = Sites(tmp, a, None, a_store, b_store, a_core, Database(b_db_url),  # type: ignore
+                 b_config, a_config, stack)
+    site.start_b("b-server", env={FLIP_ONCE_ENV: FLIP})
+    try:
+        yield site
+    finally:
+        site.b_stack.close()
+        stack.close()
+        a_db.dispose()
+        site.b_db.dispose()
+
+
+@pytest.fixture
+def watched(monkeypatch) -> _Watched:
+    seen = _Watched()
+    announce, push = protocol.PeerClient.announce, protocol.PeerClient.push
+
+    def announcing(client: protocol.PeerClient, transfer: str, offers: Any) -> Any:
+        with seen.lock:
+            seen.announced += [o["name"] for o in offers]
+        return announce(client, transfer, offers)
+
+    def pushing(client: protocol.PeerClient, transfer: str, offers: Any, data: Any) -> Any:
+        with seen.lock:
+            seen.pushed += [o["name"] for o in offers]
+        return push(client, transfer, offers, data)
+
+    monkeypatch.setattr(protocol.PeerClient, "announce", announcing)
+    monkeypatch.setattr(protocol.PeerClient, "push", pushing)
+    return seen
+
+
+def _arrived_once(sites: Sites, names: list[str]) -> None:
+    """Each of ``names`` at B: its bytes A's catalogue announced, at its path, registered once
+    with one ``transfer-received`` event, its item committed after one attempt; A records B
+    holds it."""
+    with sites.b_db.read() as s:
+        instances = dict(s.execute(select(File.name, func.count(Instance.id)).join(
+            Instance, Instance.file_id == File.id).where(File.name.in_(names))
+            .group_by(File.name)).all())
+    assert instances == {n: 1 for n in names}
+    items = sites.b_items()
+    for name in names:
+        folder = LAYOUT[name][0] if name in LAYOUT else "2457802"
+        detail = sites.a_core.catalogue.file_detail(name)
+        if name != DATASET:
+            arrived = ck.hash_file(sites.b_store / folder / name)
+            assert ck.compare(arrived.checksums, detail["checksums"])
+        assert (items[name].state, items[name].path) == ("committed", f"{folder}/{name}")
+        assert remote_sites(sites.a_core, name) == ["site-b"]
+    for name in names[:3] + names[-3:]:
+        events = [e for e in sites.b_file(name).json()["events"]
+                  if e["type"] == "transfer-received"]
+        assert len(events) == 1 and events[0]["payload"]["from"] == "site-a", events
+
+
+def test_small_files_are_pushed_and_the_rest_announced_and_pulled(sites: Sites,
+                                                                  watched: _Watched) -> None:
+    names = [*SMALL, LARGE, DATASET]
+    report = send(sites, names)
+    assert report["counts"] == {"done": len(names)}, report
+    assert report["job"]["state"] == "succeeded"
+    # The stream's first announce the old way; every other small file pushed, never
+    # announced (so never pulled); the large file and the data set announced.
+    first = set(SMALL[:FIRST_OFFERS])
+    assert set(watched.pushed) == set(SMALL) - first
+    assert len(watched.pushed) == len(set(watched.pushed))
+    assert set(watched.announced) == first | {LARGE, DATASET}
+    _arrived_once(sites, names)
+    items = sites.b_items()
+    assert {items[n].attempts for n in names} == {1}
+    assert len({items[n].transfer for n in names}) == 1  # one transfer, as announced
+    detail = sites.b_file(SMALL[-1]).json()
+    assert (detail["source"], detail["metadata"]) == ("correlator", {"telescope": "HERA"})
+    assert not list((sites.b_store / INCOMING_DIR).iterdir())
+    log = Path(report["job"]["log_path"]).read_text()
+    assert f"sent {SMALL[-1]} to site-b ({LAYOUT[SMALL[-1]][1]} bytes; verified and " \
+           "registered there;" in log
+
+    # Sent again: B holds each one; nothing moves (the pushed ones answered ``have``).
+    again = send(sites, names)
+    assert again["counts"] == {"skipped": len(names)}, again
+    assert {sites.b_items()[n].attempts for n in names} == {1}
+    _arrived_once(sites, names)
+
+
+def test_a_member_damaged_on_the_way_is_answered_retry_then_pulled(
+        sites: Sites, watched: _Watched) -> None:
+    report = send(sites, FLIPPED)
+    assert report["counts"] == {"done": len(FLIPPED)}, report
+    assert FLIP in watched.pushed
+    # Answered ``retry`` and announced: pulled then, its item's attempts counted by B.
+    assert watched.announced.count(FLIP) == 1
+    assert set(watched.announced) == set(FLIPPED[:FIRST_OFFERS]) | {FLIP}
+    _arrived_once(sites, FLIPPED)
+    assert "received 5000 bytes with checksums" in sites.b.log_tail(200_000)
+
+
+def test_a_peer_this_site_throttles_is_never_pushed_to(sites: Sites,
+                                                       watched: _Watched) -> None:
+    """As an older sender (announce only): B answers it as before (its reply saying it takes
+    pushes is ignored), pulling every file."""
+    good = sites.a_core.peers.peers["site-b"]
+    sites.a_core.peers.peers["site-b"] = replace(good, max_bytes_per_s=1 << 30)
+    try:
+        report = send(sites, OLD_SENDER)
+    finally:
+        sites.a_core.peers.peers["site-b"] = good
+    assert report["counts"] == {"done": len(OLD_SENDER)}, report
+    assert watched.pushed == [] and set(watched.announced) == set(OLD_SENDER)
+    _arrived_once(sites, OLD_SENDER)
+
+
+class _OldReceiver(http.server.BaseHTTPRequestHandler):
+    """B as a receiver from before pushes: every call passed on to B, its announce replies
+    without ``push``; the paths asked for kept."""
+
+    target = ""
+    paths: list[str] = []
+    #: False: its announce replies keep B's ``push`` (a proxy in front of a new receiver that
+    #: passes on only the routes it knows).
+    strip_push = True
+
+    def _forward(self) -> None:
+        self.paths.append(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if self.path.endswith("/push"):  # unknown to an older server
+            reply_body, status = b'{"message": "Not Found"}', 404
+        else:
+            reply = requests.request(self.command, self.target + self.path.lstrip("/"),
+                                     data=body, timeout=60, headers={
+                                         k: v for k, v in self.headers.items()
+                                         if k in ("Authorization", "Content-Type")})
+            status, reply_body = reply.status_code, reply.content
+            if self.path.endswith("/announce") and reply.ok and self.strip_push:
+                value = reply.json()
+                value.pop("push", None)
+                reply_body = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply_body)))
+        self.end_headers()
+        self.wfile.write(reply_body)
+
+    do_GET = do_POST = _forward  # noqa: N815 (http.server's names)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("says_push", [False, True],
+                         ids=["says nothing of pushes", "says so, its push route unknown"])
+def test_an_older_receiver_is_never_pushed_to(sites: Sites, watched: _Watched,
+                                              says_push: bool) -> None:
+    """A receiver whose announce replies say nothing of pushes never gets one; one whose
+    push is answered 404 (a proxy that knows only the older routes) gets the files announced
+    instead, and no more pushes."""
+    names = OLD_RECEIVER if not says_push else OLD_RECEIVER_PROXIED
+    _OldReceiver.target, _OldReceiver.paths = sites.b.url, []
+    _OldReceiver.strip_push = not says_push
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    good = sites.a_core.peers.peers["site-b"]
+    sites.a_core.peers.peers["site-b"] = replace(
+        good, url=f"http://127.0.0.1:{server.server_port}/")
+    try:
+        report = send(sites, names)
+    finally:
+        sites.a_core.peers.peers["site-b"] = good
+        server.shutdown()
+        server.server_close()
+    assert report["counts"] == {"done": len(names)}, report
+    assert set(watched.announced) == set(names)
+    pushes = [p for p in _OldReceiver.paths if p.endswith("/push")]
+    if says_push:  # one push tried, answered 404: then announced, never pushed again
+        assert len(pushes) == 1 and set(watched.pushed) == set(names[FIRST_OFFERS:])
+    else:
+        assert pushes == [] and watched.pushed == []
+    assert any(p.endswith("/announce") for p in _OldReceiver.paths)
+    _arrived_once(sites, names)
+
+
+def _offer(name: str, data: bytes, **changes: Any) -> dict[str, Any]:
+    return {"name": name, "size": len(data), "path": f"2457900/{name}",
+            "checksums": {"md5": ck.hex_digest(data, "md5")}, **changes}
+
+
+def _push(sites: Sites, body: bytes, secret: str = SECRET_AB) -> requests.Response:
+    return requests.post(sites.b.url + "hera-stage/peer/push", data=body, timeout=30,
+                         headers={"Authorization": f"HeraPeer site-a:{secret}",
+                                  "Content-Type": "application/octet-stream"})
+
+
+def _nothing_stored(sites: Sites, names: list[str]) -> None:
+    items = sites.b_items()
+    assert not [n for n in names if n in items]
+    for name in names:
+        assert sites.b_file(name).status_code == 404
+        assert not list(sites.b_store.rglob(name))
+
+
+def test_a_hand_built_push_commits_verified_members_and_retries_a_damaged_one(
+        sites: Sites) -> None:
+    good, bad = _names(2457900, 2)
+    data = {good: b"good bytes" * 50, bad: b"bad bytes" * 50}
+    offers = [_offer(good, data[good]), _offer(bad, data[bad])]
+    damaged = bytearray(data[bad])
+    damaged[3] ^= 0x01
+    reply = _push(sites, protocol.push_body("hand", offers, [data[good], bytes(damaged)]))
+    assert reply.status_code == 200, reply.text
+    answers = {f["name"]: f for f in reply.json()["files"]}
+    assert answers[good]["answer"] == "committed"
+    assert answers[bad]["answer"] == "retry" and "announced" in answers[bad]["message"]
+    assert (sites.b_store / "2457900" / good).read_bytes() == data[good]
+    item = sites.b_items()[good]
+    assert (item.state, item.attempts, item.transfer) == ("committed", 1, "hand")
+    _nothing_stored(sites, [bad])
+    assert not list((sites.b_store / INCOMING_DIR).iterdir())
+
+    # Pushed again: ``have`` for what B holds; the damaged one, sent whole, committed.
+    again = _push(sites, protocol.push_body("hand2", offers, [data[good], data[bad]]))
+    assert {f["name"]: f["answer"] for f in again.json()["files"]} == \
+        {good: "have", bad: "committed"}
+    assert sites.b_items()[good].transfer == "hand"  # not written again
+    # An announce's reply says B takes pushes, and what.
+    announce = requests.post(sites.b.url + "hera-stage/peer/announce", timeout=30,
+                             json={"transfer": "t", "files": [offers[0]]},
+                             headers={"Authorization": f"HeraPeer site-a:{SECRET_AB}"})
+    assert announce.json()["push"] == {"max_file": protocol.PUSH_FILE_MAX,
+                                       "max_bytes": protocol.PUSH_MAX_BYTES,
+                                       "max_files": protocol.PUSH_MAX_FILES}
+    assert announce.json()["files"][0]["answer"] == "have"
+
+
+def test_malformed_pushes_get_a_4xx_json_error_and_store_nothing(sites: Sites) -> None:
+    names = _names(2457901, 3)
+    data = [f"bytes of {n}".encode() * 20 for n in names]
+    offers = [_offer(n, d) for n, d in zip(names, data)]
+    head = json.dumps({"transfer": "bad", "files": offers}).encode()
+    whole = b"".join(data)
+    bodies = {
+        "short data": b"%d\n" % len(head) + head + whole[:-1],
+        "extra data": b"%d\n" % len(head) + head + whole + b"x",
+        "no length line": head + whole,
+        "a length that is no number": b"12a\n" + head + whole,
+        "a length past the body": b"%d\n" % (len(head) + len(whole) + 10) + head + whole,
+        "a head that is no JSON": b"5\nnope!" + whole,
+        "a head that is a list": b"2\n[]",
+        "too many offers": protocol.push_body(
+            "bad", [_offer(f"zen.2457902.{10000 + i}.xx.HH.uvh5", b"x")
+                    for i in range(protocol.PUSH_MAX_FILES + 1)],
+            [b"x"] * (protocol.PUSH_MAX_FILES + 1)),
+        "a file over the limit": protocol.push_body(
+            "bad", [_offer(names[0], b"y" * (protocol.PUSH_FILE_MAX + 1))],
+            [b"y" * (protocol.PUSH_FILE_MAX + 1)]),
+        "a directory": protocol.push_body(
+            "bad", [_offer(names[0], data[0], is_directory=True)], [data[0]]),
+        "a malformed offer": protocol.push_body(
+            "bad", [_offer(names[0], data[0], path="../outside")], [data[0]]),
+        "an empty body": b"",
+    }
+    for what, body in bodies.items():
+        reply = _push(sites, body)
+        assert reply.status_code == 400, (what, reply.status_code, reply.text)
+        assert reply.json()["message"], what
+    _nothing_stored(sites, names)
+
+    # Oversize: refused from its Content-Length alone, before the body is sent.
+    def headers_only(headers: dict[str, str]) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", int(sites.b.url.split(":")[2]
+                                                                 .rstrip("/")), timeout=30)
+        try:
+            connection.putrequest("POST", "/hera-stage/peer/push")
+            for key, value in headers.items():
+                connection.putheader(key, value)
+            connection.endheaders()
+            if headers.get("Transfer-Encoding") == "chunked":
+                connection.send(b"5\r\nhello\r\n0\r\n\r\n")
+            reply = connection.getresponse()
+            return reply.status, json.loads(reply.read())
+        finally:
+            connection.close()
+
+    auth = {"Authorization": f"HeraPeer site-a:{SECRET_AB}"}
+    status, body = headers_only({**auth, "Content-Length": str(protocol.PUSH_MAX_BYTES + 1)})
+    assert status == 413 and str(protocol.PUSH_MAX_BYTES) in body["message"]
+    status, body = headers_only({**auth, "Transfer-Encoding": "chunked"})
+    assert status == 411 and "Content-Length" in body["message"]
+    # A wrong secret: 401 before the body is read, nothing stored.
+    status, body = headers_only({"Authorization": "HeraPeer site-a:" + "w" * 40,
+                                 "Content-Length": str(protocol.PUSH_MAX_BYTES + 1)})
+    assert status == 401
+    good = protocol.push_body("bad", offers, data)
+    assert _push(sites, good, secret="w" * 40).status_code == 401
+    assert requests.post(sites.b.url + "hera-stage/peer/push", data=good,
+                         timeout=30).status_code == 401
+    _nothing_stored(sites, names)
+
+
+def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
+        sites: Sites, watched: _Watched) -> None:
+    """B killed once a push's members are written and before their sync: none of them under
+    its final name or registered; the sender sends the push again whole when B is back, and
+    each file arrives verified and registered once."""
+    first = KILLED[:FIRST_OFFERS]
+    assert send(sites, first)["counts"] == {"done": len(first)}  # (pulled: B holds them)
+    paused = sites.tmp / "paused-in-push"
+    sites.kill_b()
+    sites.start_b("b-server-paused", env={PAUSE_BEFORE_SYNC_ENV: str(paused),
+                                          FLIP_ONCE_ENV: ""})
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(send(sites, KILLED)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (paused.exists() and paused.read_text()):
+        assert time.monotonic() < deadline, "the push never reached its sync"
+        time.sleep(0.02)
+    pushed = KILLED[FIRST_OFFERS:]
+    assert set(watched.pushed) == set(pushed)
+    incoming = sites.b_store / INCOMING_DIR
+    assert len(list(incoming.glob("*.part"))) == len(pushed)  # all written
+    sites.kill_b()
+    assert not [n for n in pushed if (sites.b_store / "2457806" / n).exists()]
+    assert not [n for n in pushed if n in sites.b_items()]
+    sites.start_b("b-server-after-push")
+    thread.join(120)
+    assert not thread.is_alive()
+    assert result["counts"] == {"skipped": len(first), "done": len(pushed)}, result
+    _arrived_once(sites, KILLED)
+    assert not list(incoming.iterdir())
+    assert set(os.listdir(sites.b_store / "2457806")) == set(KILLED)
+
+
+def test_a_pushed_file_whose_final_name_is_taken_is_registered_only_if_it_is_the_same(
+        sites: Sites, watched: _Watched) -> None:
+    """What a push killed after its renames leaves: the file under its final name, not
+    registered. The next push of it finds the name taken and answers ``send``: the receiver
+    registers what is there if it is exactly what was offered, and never overwrites it."""
+    same, other = TAKEN[FIRST_OFFERS:]
+    folder = sites.b_store / "2457807"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / same).write_bytes((sites.a_store / "2457807" / same).read_bytes())
+    (folder / other).write_bytes(b"other bytes")
+    report = send(sites, TAKEN)
+    assert set(watched.pushed) == {same, other}
+    assert report["items"][same][0] == "done"
+    assert report["items"][other][0] == "failed"
+    assert "already holds other content" in report["items"][other][1]
+    assert report["counts"] == {"done": len(TAKEN) - 1, "failed": 1}, report
+    _arrived_once(sites, TAKEN[:-1])
+    assert (folder / other).read_bytes() == b"other bytes"
+    assert sites.b_file(other).status_code == 404
+
+
+def test_pushed_items_are_recorded_once_committed_on_both_databases(database: Database
+                                                                     ) -> None:
+    """A push's items (``ItemRows.put_committed``): a new name inserted, a known one (an
+    earlier transfer of it, failed) updated, each committed after one attempt, with what the
+    ORM reads as its own."""
+    from hera_stage_ext.transfer.item_rows import ItemRow, ItemRows
+    from hera_stage_ext.transfer.models import TransferItem
+
+    now = dt.datetime(2026, 12, 7, 9, 15, 0, 654321)
+    new, known = "zen.2457910.10000.xx.HH.uvh5", "zen.2457910.10001.xx.HH.uvh5"
+    spec = {"is_directory": False, "obsid": None, "create_time": None, "source": "s",
+            "meta": {"k": "\u00e9"}, "observation": None}
+    with database.write() as s:
+        rows = ItemRows(s)
+        rows.insert([("old", "there", known, "x/old", 3, json.dumps({"md5": "1" * 32}),
+                      json.dumps({}), "failed", 5, 0, "it broke", rows.time(now),
+                      rows.time(now))])
+    with database.write() as s:
+        ItemRows(s).put_committed([
+            ItemRow(-1, "there", name, "pushed", f"d/{name}", 4096, {"md5": "0" * 32}, 1,
+                    spec) for name in (new, known)], now)
+    with database.read() as s:
+        items = {i.name: i for i in s.scalars(select(TransferItem))}
+        s.expunge_all()
+    assert len(items) == 2
+    for name in (new, known):
+        item = items[name]
+        assert (item.state, item.attempts, item.error, item.transfer, item.path, item.size,
+                item.checksums, item.spec, item.peer, item.updated_at) == (
+            "committed", 1, "", "pushed", f"d/{name}", 4096, {"md5": "0" * 32}, spec,
+            "there", now)
+
+
+def test_a_sender_pushes_only_within_what_the_peer_said_and_its_own_limits() -> None:
+    """What a sender takes from an announce reply: no push without a well-formed ``push``
+    (an older receiver, or one not understood), and never more than this version's own
+    limits (a push is held in the sender's memory), whatever a peer says."""
+    said = {"max_file": 1 << 40, "max_bytes": 1000, "max_files": 7}
+    assert protocol.PushLimits.of({"push": said}) == (protocol.PUSH_FILE_MAX, 1000, 7)
+    assert protocol.PushLimits.of({"push": protocol.push_capability()}) == \
+        tuple(protocol.push_capability().values())
+    for reply in ({}, {"push": None}, {"push": {**said, "max_file": True}},
+                  {"push": {**said, "max_files": 0}}, {"push": {"max_file": 1}}):
+        assert protocol.PushLimits.of(reply) is None, reply
