@@ -995,6 +995,57 @@ def test_a_batch_is_served_from_available_online_instances_on_both_databases(
                for m in members[2:]), members
 
 
+def test_a_folder_swapped_for_a_link_is_never_followed_by_a_sender(tmp_path) -> None:
+    """A sender reads each member in its folder opened below the store's root, following no
+    link: a folder swapped for a link out of the store after the lookup (or between claims)
+    is resolved, confined and refused, its target never read; one already open for the claim
+    is read from the folder it opened; a link that stays inside the store is served."""
+    from hera_stage_ext.errors import Forbidden
+    from hera_stage_ext.transfer.outgoing import MemberReader, batch_paths
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    for folder in ("d", "e", "kept"):
+        (store / folder).mkdir(parents=True)
+        (store / folder / "f.uvh5").write_bytes(b"PLAIN")
+    (outside / "d").mkdir(parents=True)
+    (outside / "d" / "f.uvh5").write_bytes(b"SECRET")
+    db = Database(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    db.upgrade()
+    try:
+        catalogue = Catalogue(db)
+        catalogue.sync_stores({"s": {"path": str(store)}})
+        names = ["zen.d.uvh5", "zen.e.uvh5"]
+        catalogue.register([FileSpec(name=n, size=5, checksums={"md5": "0" * 32})
+                            for n in names], "s", ["d/f.uvh5", "e/f.uvh5"])
+        with MemberReader(batch_paths(db, names)) as reader:  # a first claim: served
+            assert [reader.read(m, 100) for m in batch_paths(db, names)] == [b"PLAIN"] * 2
+            # Swapped while the claim holds the folder open: its folder read, not the link's.
+            first = batch_paths(db, names)
+            reader.read(first[0], 100)
+            (store / "d").rename(store / "d.old")
+            (store / "d").symlink_to(outside / "d")
+            assert reader.read(first[0], 100) == b"PLAIN"
+        # The next claim, looked up with the link in place, or before it was swapped in.
+        (store / "d").unlink()
+        (store / "d.old").rename(store / "d")
+        looked_up = batch_paths(db, names)
+        (store / "d").rename(store / "d.old")
+        (store / "d").symlink_to(outside / "d")
+        for members in (looked_up, batch_paths(db, names)):
+            with MemberReader(members) as reader:
+                with pytest.raises(Forbidden, match="resolves outside the allowed roots"):
+                    reader.read(members[0], 100)
+                assert reader.read(members[1], 100) == b"PLAIN"
+        # A link to a folder inside the store: resolved, confined, served.
+        (store / "d").unlink()
+        (store / "d").symlink_to(store / "kept")
+        members = batch_paths(db, names)
+        with MemberReader(members) as reader:
+            assert reader.read(members[0], 100) == b"PLAIN"
+    finally:
+        db.dispose()
+
+
 def test_allowed_hours_windows_and_peer_settings() -> None:
     def peer(**spec: Any) -> Any:
         return parse_peers({"p": {"url": "http://x/", "secret": "s" * 40, **spec}})["p"]
@@ -1075,7 +1126,7 @@ def test_a_batch_serves_links_only_inside_the_store(tmp_path, compact: bool) -> 
     served as it is, a link resolved and served only if it stays inside the store (the other
     member framed with an error, its target's bytes never sent), in either framing."""
     from hera_stage_ext.api.peer import _read_members
-    from hera_stage_ext.transfer.outgoing import batch_paths
+    from hera_stage_ext.transfer.outgoing import MemberReader, batch_paths
     from hera_stage_ext.transfer.protocol import BatchFraming
 
     store, outside = tmp_path / "store", tmp_path / "outside"
@@ -1097,7 +1148,8 @@ def test_a_batch_serves_links_only_inside_the_store(tmp_path, compact: bool) -> 
                     ingester=Ingester(catalogue), allowed_roots=[str(tmp_path)],
                     peers=PeerRegistry("site-a"))
         members = batch_paths(core.catalogue.db, names + ["zen.none.uvh5"])
-        frames, done = _read_members(members, 0, BatchFraming(compact))
+        with MemberReader(members) as reader:
+            frames, done = _read_members(reader, members, 0, BatchFraming(compact))
     finally:
         db.dispose()
     assert done == 4

@@ -2,10 +2,10 @@
 
 As in ``test_transfer.py`` (whose ``Sites`` and ``send`` these use): two ``jupyter server``
 processes, A sending and B receiving, A's jobs run in this process. Here A's peer ``site-b`` is
-not throttled, so once a stream's first announce (``FIRST_OFFERS`` files, the old way) has told
-it B takes pushes, its other small files are pushed. What A's client sent is watched by
-wrapping ``PeerClient.announce`` and ``push`` in this process: a file B is never told of by an
-announce is never pulled.
+not throttled, so once B's ping has told a stream it takes pushes, every small file is pushed,
+from the first (``FIRST_OFFERS`` of them alone first). What A's client sent is watched by
+wrapping ``PeerClient.announce``, ``push`` and ``status`` in this process: a file B is never
+told of by an announce is never pulled.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _names(night: int, count: int) -> list[str]:
     return [f"zen.{night}.{10000 + i}.xx.HH.uvh5" for i in range(count)]
 
 
-#: More than a stream's first announce: the rest are pushed.
+#: More than a stream's first push: the rest are pushed after it.
 SMALL = _names(2457800, FIRST_OFFERS + 150)
 LARGE = "zen.2457801.10000.xx.HH.uvh5"  # over PUSH_FILE_MAX: announced and pulled
 DATASET = "zen.2457802.10000.xx.HH.uv"  # a directory data set: announced and pulled
@@ -61,6 +61,8 @@ FLIP = FLIPPED[FIRST_OFFERS + 5]
 OLD_RECEIVER = _names(2457804, FIRST_OFFERS + 20)
 OLD_RECEIVER_PROXIED = _names(2457808, FIRST_OFFERS + 20)
 OLD_SENDER = _names(2457805, FIRST_OFFERS + 20)
+#: A job of small files only: every one pushed, none pulled or polled for.
+ALL_PUSHED = _names(2457809, FIRST_OFFERS + 30)
 KILLED = _names(2457806, FIRST_OFFERS + 20)
 #: Pushed to a path that B holds already, unregistered (a push killed after its renames):
 #: the first with the bytes offered, the second with others.
@@ -72,16 +74,19 @@ LAYOUT = {**{n: ("2457800", 1000 + 37 * i) for i, n in enumerate(SMALL)},
           **{n: ("2457804", 3000) for n in OLD_RECEIVER},
           **{n: ("2457808", 3000) for n in OLD_RECEIVER_PROXIED},
           **{n: ("2457805", 3000) for n in OLD_SENDER},
+          **{n: ("2457809", 2500) for n in ALL_PUSHED},
           **{n: ("2457806", 6000) for n in KILLED},
           **{n: ("2457807", 2000) for n in TAKEN}}
 
 
 class _Watched:
-    """The names A's client announced and pushed (the sender runs in this process)."""
+    """The names A's client announced, pushed and asked the status of (the sender runs in this
+    process)."""
 
     def __init__(self) -> None:
         self.announced: list[str] = []
         self.pushed: list[str] = []
+        self.polled: list[str] = []
         self.lock = threading.Lock()
 
 
@@ -152,6 +157,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
 def watched(monkeypatch) -> _Watched:
     seen = _Watched()
     announce, push = protocol.PeerClient.announce, protocol.PeerClient.push
+    status = protocol.PeerClient.status
 
     def announcing(client: protocol.PeerClient, transfer: str, offers: Any) -> Any:
         with seen.lock:
@@ -163,8 +169,14 @@ def watched(monkeypatch) -> _Watched:
             seen.pushed += [o["name"] for o in offers]
         return push(client, transfer, offers, data)
 
+    def polling(client: protocol.PeerClient, names: Any, *args: Any, **kwargs: Any) -> Any:
+        with seen.lock:
+            seen.polled += list(names)
+        return status(client, names, *args, **kwargs)
+
     monkeypatch.setattr(protocol.PeerClient, "announce", announcing)
     monkeypatch.setattr(protocol.PeerClient, "push", pushing)
+    monkeypatch.setattr(protocol.PeerClient, "status", polling)
     return seen
 
 
@@ -198,12 +210,11 @@ def test_small_files_are_pushed_and_the_rest_announced_and_pulled(sites: Sites,
     report = send(sites, names)
     assert report["counts"] == {"done": len(names)}, report
     assert report["job"]["state"] == "succeeded"
-    # The stream's first announce the old way; every other small file pushed, never
-    # announced (so never pulled); the large file and the data set announced.
-    first = set(SMALL[:FIRST_OFFERS])
-    assert set(watched.pushed) == set(SMALL) - first
+    # Every small file pushed from the stream's first claim on, never announced (so never
+    # pulled); the large file and the data set announced.
+    assert set(watched.pushed) == set(SMALL)
     assert len(watched.pushed) == len(set(watched.pushed))
-    assert set(watched.announced) == first | {LARGE, DATASET}
+    assert set(watched.announced) == {LARGE, DATASET}
     _arrived_once(sites, names)
     items = sites.b_items()
     assert {items[n].attempts for n in names} == {1}
@@ -229,7 +240,7 @@ def test_a_member_damaged_on_the_way_is_answered_retry_then_pulled(
     assert FLIP in watched.pushed
     # Answered ``retry`` and announced: pulled then, its item's attempts counted by B.
     assert watched.announced.count(FLIP) == 1
-    assert set(watched.announced) == set(FLIPPED[:FIRST_OFFERS]) | {FLIP}
+    assert watched.announced == [FLIP]
     _arrived_once(sites, FLIPPED)
     assert "received 5000 bytes with checksums" in sites.b.log_tail(200_000)
 
@@ -250,20 +261,22 @@ def test_a_peer_this_site_throttles_is_never_pushed_to(sites: Sites,
 
 
 class _OldReceiver(http.server.BaseHTTPRequestHandler):
-    """B as a receiver from before pushes: every call passed on to B, its announce replies
-    without ``push``; the paths asked for kept."""
+    """B as a receiver from before pushes: every call passed on to B, its ping and announce
+    replies without ``push``; the paths asked for kept."""
 
     target = ""
     paths: list[str] = []
-    #: False: its announce replies keep B's ``push`` (a proxy in front of a new receiver that
-    #: passes on only the routes it knows).
+    #: False: its replies keep B's ``push`` (a proxy in front of a new receiver that passes on
+    #: only the routes it knows).
     strip_push = True
+    #: True: pushes passed on too (a plain proxy in front of B, to see what B is asked).
+    knows_push = False
 
     def _forward(self) -> None:
         self.paths.append(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        if self.path.endswith("/push"):  # unknown to an older server
+        if self.path.endswith("/push") and not self.knows_push:  # unknown to an older server
             reply_body, status = b'{"message": "Not Found"}', 404
         else:
             reply = requests.request(self.command, self.target + self.path.lstrip("/"),
@@ -271,7 +284,7 @@ class _OldReceiver(http.server.BaseHTTPRequestHandler):
                                          k: v for k, v in self.headers.items()
                                          if k in ("Authorization", "Content-Type")})
             status, reply_body = reply.status_code, reply.content
-            if self.path.endswith("/announce") and reply.ok and self.strip_push:
+            if self.path.endswith(("/announce", "/ping")) and reply.ok and self.strip_push:
                 value = reply.json()
                 value.pop("push", None)
                 reply_body = json.dumps(value).encode()
@@ -287,16 +300,11 @@ class _OldReceiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("says_push", [False, True],
-                         ids=["says nothing of pushes", "says so, its push route unknown"])
-def test_an_older_receiver_is_never_pushed_to(sites: Sites, watched: _Watched,
-                                              says_push: bool) -> None:
-    """A receiver whose announce replies say nothing of pushes never gets one; one whose
-    push is answered 404 (a proxy that knows only the older routes) gets the files announced
-    instead, and no more pushes."""
-    names = OLD_RECEIVER if not says_push else OLD_RECEIVER_PROXIED
+@contextlib.contextmanager
+def _proxied(sites: Sites, strip_push: bool, knows_push: bool) -> Iterator[list[str]]:
+    """A's peer ``site-b`` reached through ``_OldReceiver`` meanwhile; the paths A asked B."""
     _OldReceiver.target, _OldReceiver.paths = sites.b.url, []
-    _OldReceiver.strip_push = not says_push
+    _OldReceiver.strip_push, _OldReceiver.knows_push = strip_push, knows_push
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldReceiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -304,16 +312,43 @@ def test_an_older_receiver_is_never_pushed_to(sites: Sites, watched: _Watched,
     sites.a_core.peers.peers["site-b"] = replace(
         good, url=f"http://127.0.0.1:{server.server_port}/")
     try:
-        report = send(sites, names)
+        yield _OldReceiver.paths
     finally:
         sites.a_core.peers.peers["site-b"] = good
         server.shutdown()
         server.server_close()
+
+
+def test_a_job_of_small_files_is_all_pushed_no_pull_and_no_status_poll(
+        sites: Sites, watched: _Watched) -> None:
+    """From a stream's first claim on, every file of a job of small files is pushed: B is
+    asked pings and pushes only, never an announce (so it pulls nothing) nor a status poll."""
+    with _proxied(sites, strip_push=False, knows_push=True) as paths:
+        report = send(sites, ALL_PUSHED)
+    assert report["counts"] == {"done": len(ALL_PUSHED)}, report
+    routes = [p.rsplit("/", 1)[1] for p in paths]
+    assert routes[0] == "ping" and set(routes) == {"ping", "push"}, routes  # a ping a stream
+    assert watched.pushed == ALL_PUSHED
+    assert watched.announced == [] and watched.polled == []
+    _arrived_once(sites, ALL_PUSHED)
+
+
+@pytest.mark.parametrize("says_push", [False, True],
+                         ids=["says nothing of pushes", "says so, its push route unknown"])
+def test_an_older_receiver_is_never_pushed_to(sites: Sites, watched: _Watched,
+                                              says_push: bool) -> None:
+    """A receiver whose ping and announce replies say nothing of pushes never gets one; one
+    whose push is answered 404 (a proxy that knows only the older routes) gets the files
+    announced instead from the first claim's first push on, and no more pushes."""
+    names = OLD_RECEIVER if not says_push else OLD_RECEIVER_PROXIED
+    with _proxied(sites, strip_push=not says_push, knows_push=False):
+        report = send(sites, names)
     assert report["counts"] == {"done": len(names)}, report
     assert set(watched.announced) == set(names)
     pushes = [p for p in _OldReceiver.paths if p.endswith("/push")]
-    if says_push:  # one push tried, answered 404: then announced, never pushed again
-        assert len(pushes) == 1 and set(watched.pushed) == set(names[FIRST_OFFERS:])
+    assert _OldReceiver.paths[0].endswith("/ping")  # asked before anything is sent
+    if says_push:  # the first push tried, answered 404: then announced, never pushed again
+        assert len(pushes) == 1 and set(watched.pushed) == set(names[:FIRST_OFFERS])
     else:
         assert pushes == [] and watched.pushed == []
     assert any(p.endswith("/announce") for p in _OldReceiver.paths)
@@ -443,7 +478,7 @@ def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
     its final name or registered; the sender sends the push again whole when B is back, and
     each file arrives verified and registered once."""
     first = KILLED[:FIRST_OFFERS]
-    assert send(sites, first)["counts"] == {"done": len(first)}  # (pulled: B holds them)
+    assert send(sites, first)["counts"] == {"done": len(first)}  # B holds these then
     paused = sites.tmp / "paused-in-push"
     sites.kill_b()
     sites.start_b("b-server-paused", env={PAUSE_BEFORE_SYNC_ENV: str(paused),
@@ -455,8 +490,8 @@ def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
     while not (paused.exists() and paused.read_text()):
         assert time.monotonic() < deadline, "the push never reached its sync"
         time.sleep(0.02)
-    pushed = KILLED[FIRST_OFFERS:]
-    assert set(watched.pushed) == set(pushed)
+    pushed = KILLED[FIRST_OFFERS:]  # (the first pushed again, answered ``have``)
+    assert set(watched.pushed) == set(KILLED)
     incoming = sites.b_store / INCOMING_DIR
     assert len(list(incoming.glob("*.part"))) == len(pushed)  # all written
     sites.kill_b()
@@ -482,7 +517,7 @@ def test_a_pushed_file_whose_final_name_is_taken_is_registered_only_if_it_is_the
     (folder / same).write_bytes((sites.a_store / "2457807" / same).read_bytes())
     (folder / other).write_bytes(b"other bytes")
     report = send(sites, TAKEN)
-    assert set(watched.pushed) == {same, other}
+    assert set(watched.pushed) == set(TAKEN)  # (every one, from the first claim on)
     assert report["items"][same][0] == "done"
     assert report["items"][other][0] == "failed"
     assert "already holds other content" in report["items"][other][1]

@@ -19,8 +19,9 @@ from ..core import Core
 from ..errors import InvalidRequest, NotFound, PayloadTooLarge, StagingError
 from ..states import TransferItemState
 from ..transfer.protocol import (
-    BATCH_FILE_MAX, MAX_STATUS_WAIT, PUSH_MAX_BYTES, SIZES, UNKNOWN, BatchFraming)
-from ..transfer.outgoing import BatchMember, batch_paths, list_peers, read_member
+    BATCH_FILE_MAX, MAX_STATUS_WAIT, PUSH_MAX_BYTES, SIZES, UNKNOWN, BatchFraming,
+    push_capability)
+from ..transfer.outgoing import BatchMember, MemberReader, batch_paths, list_peers
 from ..transfer.receiver import Receiver
 from .base import ApiHttpError, BaseHandler
 from .content import Throttle, online_instance_path, send_file, send_tar
@@ -65,7 +66,8 @@ class PeerPingHandler(PeerBaseHandler):
     @allow_unauthenticated
     async def get(self) -> None:
         peer = self.peer()
-        self.reply({"site": self.core.site_name, "peer": peer})
+        # What it takes in a push too: a sender pushes from its first claim on.
+        self.reply({"site": self.core.site_name, "peer": peer, "push": push_capability()})
 
 
 class PeerAnnounceHandler(PeerBaseHandler):
@@ -170,11 +172,13 @@ class PeerBatchHandler(PeerBaseHandler):
         framing = BatchFraming(compact=body.get("framing") == SIZES)
         self.set_header("Content-Type", "application/octet-stream")
         done = 0
+        # Each folder opened once for the pull; the reader is used by one pool thread at a time.
+        reader = MemberReader(members)
         try:
             self.write(framing.start())
             while done < len(members):
                 # Files are read in the thread pool, about a flush's worth at a time.
-                frames, done = await self.run(_read_members, members, done, framing)
+                frames, done = await self.run(_read_members, reader, members, done, framing)
                 self.write(frames)
                 await self.flush()
                 if throttle is not None:
@@ -183,6 +187,8 @@ class PeerBatchHandler(PeerBaseHandler):
             await self.flush()
         except iostream.StreamClosedError:
             return
+        finally:
+            reader.close()
         self.finish()
 
 
@@ -202,8 +208,8 @@ class PeerFileContentHandler(PeerBaseHandler):
             await send_file(self, path, throttle=throttle)
 
 
-def _read_members(members: list[BatchMember], start: int, framing: BatchFraming
-                  ) -> tuple[bytes, int]:
+def _read_members(reader: MemberReader, members: list[BatchMember], start: int,
+                  framing: BatchFraming) -> tuple[bytes, int]:
     """The framed members from ``start`` on, about ``_FLUSH_BYTES`` of them, and the index of
     the next one. A member that cannot be served is framed with its error (no bytes)."""
     out = bytearray()
@@ -216,7 +222,7 @@ def _read_members(members: list[BatchMember], start: int, framing: BatchFraming
             framing.error(out, name, member.error)
             continue
         try:
-            data = read_member(member, BATCH_FILE_MAX)
+            data = reader.read(member, BATCH_FILE_MAX)
         except OSError as exc:
             framing.error(out, name, f"cannot read {name!r} here: {exc.strerror}")
             continue

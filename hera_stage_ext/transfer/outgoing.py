@@ -1,7 +1,7 @@
 """The sending site's records and lookups (it sends nothing itself): ``record_remote`` (a peer
 holds a verified copy), ``remote_sites``, ``list_peers`` (``GET peers``), and the bulk lookups
-of a batch (``offers_for``: the announce of many files; ``batch_paths`` and ``read_member``: the
-files a peer's ``POST files/batch`` pulls, or a sending stream pushes). Sending itself is a
+of a batch (``offers_for``: the announce of many files; ``batch_paths`` and ``MemberReader``:
+the files a peer's ``POST files/batch`` pulls, or a sending stream pushes). Sending itself is a
 transfer job (``transfer_kind.py``; its streams: ``peer_sender.py``, ``rclone_send.py``), run
 by the job engine's worker.
 """
@@ -23,7 +23,8 @@ from ..catalogue.inlist import bound_values, one_of_sql
 from ..catalogue.models import File
 from ..catalogue.serialize import iso
 from ..errors import InvalidRequest, StagingError
-from ..paths import confine
+from ..paths import check_canonical, confine
+from ..safefs import Folders, open_beneath
 from .models import RemoteInstance
 from .protocol import BATCH_MAX_FILES
 from .rclone import RclonePeer, client_for
@@ -110,9 +111,9 @@ def offers_for(db: Database, paths: dict[str, str]) -> dict[str, dict[str, Any]]
 
 
 class BatchMember(NamedTuple):
-    """A file a peer's ``POST files/batch`` asked for: where it lies (the folder confined to
-    ``root``; the file itself is opened without following a link, ``read_member``), or why it
-    cannot be served (``error``)."""
+    """A file a peer's ``POST files/batch`` asked for: where it lies (``path``, below the
+    store's resolved ``root``, canonical but not resolved: ``MemberReader`` opens it without
+    following a link), or why it cannot be served (``error``)."""
 
     name: str
     path: str = ""
@@ -131,9 +132,10 @@ _BATCH_SQL = (
 
 def batch_paths(db: Database, names: Any) -> list[BatchMember]:
     """What a peer's ``POST files/batch`` gets, and what a sender's push reads, in the order
-    asked: per name the path of an available flat instance on an available online store (its
-    folder confined to the store's root), or why it cannot be served. One query for the whole
-    batch, on the database driver (a peer asks for a thousand names at a time)."""
+    asked: per name the path of an available flat instance on an available online store (a
+    canonical relative path below the store's root: the row is not trusted, and nothing is
+    resolved here; ``MemberReader`` follows no link), or why it cannot be served. One query for
+    the whole batch, on the database driver (a peer asks for a thousand names at a time)."""
     if not isinstance(names, list) or not 0 < len(names) <= BATCH_MAX_FILES \
             or not all(isinstance(n, str) for n in names):
         raise InvalidRequest(f"'names' must be a list of 1 to {BATCH_MAX_FILES} names")
@@ -146,7 +148,8 @@ def batch_paths(db: Database, names: Any) -> list[BatchMember]:
     for name, is_directory, path, root in rows:
         found.setdefault(name, (path, root, bool(is_directory)))
     out: list[BatchMember] = []
-    folders: dict[tuple[str, str], tuple[str, str]] = {}  # confined once per folder
+    real_roots: dict[str, str] = {}  # each store's root (an admin's setting) resolved once
+    folders: dict[str, str] = {}  # each folder checked once: why it is refused, or ""
     for name in names:
         if name not in found:
             out.append(BatchMember(name, error=f"{name!r} has no available instance on an "
@@ -158,38 +161,71 @@ def batch_paths(db: Database, names: Any) -> list[BatchMember]:
                                    "alone"))
             continue
         folder, _, base = path.rpartition("/")
-        if (root, folder) not in folders:
+        if folder not in folders:
             try:
-                folders[(root, folder)] = (str(confine(folder or ".", [root],
-                                                       what="instance path")), "")
-            except StagingError as exc:
-                folders[(root, folder)] = ("", exc.message)
-        where, error = folders[(root, folder)]
-        if error or base in ("", ".", ".."):
+                if folder:
+                    check_canonical(folder, "instance path")
+                folders[folder] = ""
+            except InvalidRequest as exc:
+                folders[folder] = exc.message
+        error = folders[folder]
+        if error or base in ("", ".", "..") or "\x00" in base:
             out.append(BatchMember(name, error=error or f"{name!r}: instance path {path!r} "
                                    "names no file"))
             continue
-        out.append(BatchMember(name, f"{where}/{base}", root))
+        if root not in real_roots:
+            real_roots[root] = os.path.realpath(root)
+        real = real_roots[root]
+        out.append(BatchMember(name, f"{real}/{path}", real))
     return out
 
 
-def read_member(member: BatchMember, limit: int) -> bytes:
-    """The bytes of a batch member whole, or its first ``limit + 1`` bytes when it is larger
-    (read as large as the file is, not as the limit: a read of the limit allocates megabytes
-    per file), with plain ``os`` calls. The file is opened without following a link: a link
-    (rare in a store) is resolved and confined to the store's root first (StagingError)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC
-    try:
-        fd = os.open(member.path, flags | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        fd = os.open(confine(member.path, [member.root], what="instance path"), flags)
-    try:
-        want = min(os.fstat(fd).st_size, limit) + 1
-        data = os.read(fd, want)
-        while len(data) < want - 1 and (more := os.read(fd, want - len(data))):
-            data += more  # a short read (a file system that returns less than asked)
-        return data
-    finally:
-        os.close(fd)
+#: Folders a ``MemberReader`` keeps open at most (the least recently used closed first): more
+#: than a claim's files usually lie in (HERA's: one a night), bounded for the descriptors a
+#: server serving several batch pulls at once holds.
+FOLDERS_OPEN = 128
+_READ = os.O_RDONLY | os.O_CLOEXEC
+
+
+class MemberReader:
+    """Reads batch members (``batch_paths``) without resolving any path: each member's folder
+    opened once below its store's root, following no link (``safefs.Folders``, at most
+    ``FOLDERS_OPEN`` kept open), and the file opened in it with ``O_NOFOLLOW``. A folder or
+    file that is a link (rare in a store, or one swapped in since) is resolved and confined to
+    the store's root (``Forbidden`` when it leads out: never read), then opened below the root
+    following no link (a link swapped in meanwhile: ``PathChanged``). One per claim or batch
+    pull, used by one thread at a time; ``close`` it."""
+
+    def __init__(self, members: Sequence[BatchMember]) -> None:
+        self.folders = Folders({m.root for m in members if m.root}, size=FOLDERS_OPEN)
+
+    def read(self, member: BatchMember, limit: int) -> bytes:
+        """The bytes of ``member`` whole, or its first ``limit + 1`` bytes when it is larger
+        (read as large as the file is, not as the limit: a read of the limit allocates
+        megabytes per file), with plain ``os`` calls."""
+        folder, _, base = member.path.rpartition("/")
+        try:
+            fd = os.open(base, _READ | os.O_NOFOLLOW, dir_fd=self.folders.get(folder))
+        except OSError as exc:  # (a folder that is a link: PathChanged, errno ELOOP)
+            if exc.errno != errno.ELOOP:
+                raise
+            real = confine(member.path, [member.root], what="instance path")
+            fd = open_beneath(self.folders.root_fd(member.root),
+                              os.path.relpath(real, member.root), _READ)
+        try:
+            want = min(os.fstat(fd).st_size, limit) + 1
+            data = os.read(fd, want)
+            while len(data) < want - 1 and (more := os.read(fd, want - len(data))):
+                data += more  # a short read (a file system that returns less than asked)
+            return data
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.folders.close()
+
+    def __enter__(self) -> MemberReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,12 +1,14 @@
 """One stream of a transfer job towards a peer running hera_stage_ext (``PeerSender``): it
 waits for the peer's hours and room under its ``max_in_flight``, claims a batch, announces it,
 reports what the peer already has or refuses, and follows the accepted files with ``status``
-long polls until each is committed or failed. Once the peer's announce reply said it takes
-pushes, a batch's small flat files go by ``POST push`` instead (their bytes with their offers,
-each answered with its outcome: no pull, no status polls), read as a peer's batch pull reads
-them (``outgoing.batch_paths``, ``read_member``: confined to the store, no link followed); a
-peer this site throttles (``max_bytes_per_s``, applied by its server's pull handlers) is never
-pushed to. ``rclone_send.RcloneSender`` builds on it for rclone remotes;
+long polls until each is committed or failed. A peer whose ``ping`` says it takes pushes
+(asked once, before a stream's first claim) gets a batch's small flat files by ``POST push``
+instead, from the first claim on (their bytes with their offers, each answered with its
+outcome: no pull, no status polls), read as a peer's batch pull reads them
+(``outgoing.batch_paths``, ``MemberReader``: each folder opened once below the store's root,
+no link followed); a peer this site throttles (``max_bytes_per_s``, applied by its server's
+pull handlers) is never pushed to, and one that answers a push 404 (a proxy that knows only the
+older routes) is announced to from then on. ``rclone_send.RcloneSender`` builds on it for rclone remotes;
 ``jobs.TransferKind`` picks one of the two per peer.
 """
 
@@ -30,7 +32,7 @@ from .peers import Peer, PeerRegistry
 from .protocol import (
     BATCH_FILE_MAX, BATCH_MAX_FILES, COMMITTED, HAVE, MAX_OFFERS, PUSH_HEAD_MAX, RETRY, SEND,
     UNKNOWN, PeerClient, PushLimits)
-from .outgoing import batch_paths, offers_for, read_member, record_remote
+from .outgoing import MemberReader, batch_paths, offers_for, record_remote
 
 if TYPE_CHECKING:
     from ..jobs.contract import KindRun
@@ -41,9 +43,9 @@ DESTINATION_PREFIX = "peer:"
 STATUS_WAIT = 2.0
 #: ...and while a large file is being pulled, how often the bytes it has are asked for.
 PROGRESS_WAIT = 0.5
-#: Offers in a stream's first announce (later ones carry up to ``MAX_OFFERS``): the peer starts
-#: pulling once a short announce is built, checked and recorded at both ends, instead of
-#: waiting for a full one (about 0.1 s of a small-file transfer's start, measured).
+#: Files in a stream's first announce or push (later ones carry up to ``MAX_OFFERS``): the peer
+#: starts pulling or writing once a short one is built, checked and recorded at both ends,
+#: instead of waiting for a full one (about 0.1 s of a small-file transfer's start, measured).
 FIRST_OFFERS = 100
 
 
@@ -87,10 +89,12 @@ class PeerSender:
         #: Accepted by the peer and not through yet: name -> item, and (transfer, when).
         self.waiting: dict[str, ClaimedItem] = {}
         self.announced: dict[str, tuple[str, float]] = {}
-        self.sent_any = False  # a first announce made (the next ones are full)
-        #: What the peer's last announce reply said it takes in a push; None: no pushes (it
-        #: has not said so yet, an older receiver, or a peer this site throttles).
+        self.sent_any = False  # a first announce or push made (the next ones are full)
+        #: What the peer's ping, then its last announce reply, said it takes in a push; None:
+        #: no pushes (an older receiver, a peer this site throttles, or one that answered a
+        #: push 404: ``push_refused``).
         self.push_limits: PushLimits | None = None
+        self.push_refused = False
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
     def check(self) -> None:
@@ -232,14 +236,19 @@ class PeerSender:
 
     def send(self, batch: list[ClaimedItem]) -> None:
         """Announce ``batch`` (one transfer), ``MAX_OFFERS`` at a time, or push its small files
-        once the peer said it takes pushes; a stream's very first announce carries
-        ``FIRST_OFFERS``, its offers built alone (the peer starts on it while the rest are
-        built, in one query), and tells it whether the peer takes pushes."""
+        when the peer takes pushes; a stream's very first claim is split at ``FIRST_OFFERS``,
+        those offers built, read and sent alone (the peer starts on them while the rest are
+        built and read), after the peer's ping has said whether it takes pushes."""
         transfer = f"job{self.run.job.id}.{uuid.uuid4().hex[:16]}"
         parts = [batch]
         if not self.sent_any:
             self.sent_any = True
             parts = [batch[:FIRST_OFFERS], batch[FIRST_OFFERS:]]
+            try:
+                self.push_limits = self.takes_pushes(self.call(
+                    f"ping peer {self.peer.name!r}", _ping))
+            except StagingError:  # refused (a secret changed): the announce says so per file
+                self.push_limits = None
         for part in filter(None, parts):
             known = offers_for(self.db, {item.name: item.dest_path for item in part})
             pushed: list[ClaimedItem] = []
@@ -272,9 +281,7 @@ class PeerSender:
             for offer in offers:
                 self.report(items[offer["name"]], ItemState.FAILED, exc.message)
             return
-        # Pushes only to a peer that says it takes them, and never past this site's
-        # throttle of it (which only its server's pull handlers apply).
-        self.push_limits = None if self.peer.max_bytes_per_s else PushLimits.of(reply)
+        self.push_limits = self.takes_pushes(reply)
         self.answered(transfer, items, reply["files"], announced)
 
     def answered(self, transfer: str, items: dict[str, ClaimedItem],
@@ -319,6 +326,14 @@ class PeerSender:
                             f"{now - announced:.1f} s since announced)")
         return again
 
+    def takes_pushes(self, reply: dict[str, Any]) -> PushLimits | None:
+        """What the peer's ping or announce ``reply`` says it takes in a push: pushes only to a
+        peer that says it takes them, never past this site's throttle of it (which only its
+        server's pull handlers apply), and never again to one that answered a push 404."""
+        if self.peer.max_bytes_per_s or self.push_refused:
+            return None
+        return PushLimits.of(reply)
+
     @staticmethod
     def pushable(chunk: list[ClaimedItem], known: dict[str, dict[str, Any]],
                  limits: PushLimits) -> tuple[list[ClaimedItem], list[ClaimedItem]]:
@@ -337,7 +352,7 @@ class PeerSender:
     def push(self, transfer: str, items: list[ClaimedItem],
              known: dict[str, dict[str, Any]]) -> None:
         """Push ``items`` (at most ``BATCH_MAX_FILES`` known small flat files, their offers in
-        ``known``; found in one ``batch_paths``, each folder confined once) in as few requests
+        ``known``; found in one ``batch_paths``, each folder opened once) in as few requests
         as the peer's limits allow, each file read as a peer's batch pull reads it;
         those the peer answers ``retry`` for, and those whose size changed here, are
         announced (pulled, verified as any)."""
@@ -351,27 +366,28 @@ class PeerSender:
         members = batch_paths(self.db, [item.name for item in items])
         batch: list[tuple[ClaimedItem, bytes]] = []
         size, announce = 0, []
-        for item, member in zip(items, members):
-            offer = known[item.name]
-            try:
-                if member.error:
-                    raise StagingError(member.error)
-                data = read_member(member, limits.max_file)
-            except OSError as exc:
-                self.report(item, ItemState.FAILED, _cannot_serve(
-                    f"cannot read {item.name!r} here: {exc.strerror}"))
-                continue
-            except StagingError as exc:  # no instance any more, a link leading out
-                self.report(item, ItemState.FAILED, _cannot_serve(exc.message))
-                continue
-            if len(data) != offer["size"]:  # changed here: the pull path verifies it
-                announce.append(item)
-                continue
-            if batch and (len(batch) >= limits.max_files or size + len(data) > room):
-                announce += self.push_one(transfer, batch, known)
-                batch, size = [], 0
-            batch.append((item, data))
-            size += len(data)
+        with MemberReader(members) as reader:
+            for item, member in zip(items, members):
+                offer = known[item.name]
+                try:
+                    if member.error:
+                        raise StagingError(member.error)
+                    data = reader.read(member, limits.max_file)
+                except OSError as exc:
+                    self.report(item, ItemState.FAILED, _cannot_serve(
+                        f"cannot read {item.name!r} here: {exc.strerror}"))
+                    continue
+                except StagingError as exc:  # no instance any more, a link leading out
+                    self.report(item, ItemState.FAILED, _cannot_serve(exc.message))
+                    continue
+                if len(data) != offer["size"]:  # changed here: the pull path verifies it
+                    announce.append(item)
+                    continue
+                if batch and (len(batch) >= limits.max_files or size + len(data) > room):
+                    announce += self.push_one(transfer, batch, known)
+                    batch, size = [], 0
+                batch.append((item, data))
+                size += len(data)
         if batch:
             announce += self.push_one(transfer, batch, known)
         for start in range(0, len(announce), MAX_OFFERS):
@@ -395,7 +411,7 @@ class PeerSender:
             reply = self.call(f"push to peer {self.peer.name!r}", push)
         except StagingError as exc:
             if exc.status in (404, 405, 411, 413):  # it no longer takes them: announce
-                self.push_limits = None
+                self.push_limits, self.push_refused = None, True
                 return list(items.values())
             for item in items.values():  # refused outright (secret changed, bad request)
                 self.report(item, ItemState.FAILED, exc.message)
@@ -472,6 +488,11 @@ class PeerSender:
 def _cannot_serve(error: str) -> str:
     """The failure of a file this site cannot send: what a peer's pull of it reports."""
     return f"the peer failed to receive it: the sender cannot serve it: {error}"
+
+
+def _ping(client: PeerClient) -> dict[str, Any]:
+    """A call of ``ping`` for ``PeerSender.call``."""
+    return client.ping()
 
 
 def _announce(transfer: str, offers: list[dict[str, Any]]

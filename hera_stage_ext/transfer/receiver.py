@@ -224,7 +224,8 @@ class Receiver:
             raise InvalidRequest("a name is offered twice")
         if len({o["path"] for o in offers}) != len(offers):
             raise InvalidRequest("a path is offered twice (for two names)")
-        # Every reply says this receiver takes pushes (a sender pushes only after one did).
+        # Every reply says this receiver takes pushes, as its ping does (a sender pushes only
+        # to a peer that said so).
         reply: dict[str, Any] = {"transfer": transfer, "site": self.registry.site_name,
                                  "files": [], "push": push_capability()}
         refusal = None
