@@ -63,12 +63,16 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     too: a name the receiver is already pulling for this peer (an earlier announce) keeps
     its pull, or one whose final path holds a file already, which the receiver then checks
     as a pull does (registered only if it is exactly what was offered); the sender follows
-    those with ``status``. A receiver that takes pushes says so in every announce reply,
-    ``"push": {"max_file", "max_bytes", "max_files"}``, and a sender pushes only to a peer whose
-    announce reply said so (an older receiver's says nothing: it never sees a push; an older
-    sender never pushes). A sender that throttles a peer (``max_bytes_per_s``: the throttle
+    those with ``status``. A receiver that takes pushes says so in its ``ping`` reply and in
+    every announce reply, ``"push": {"max_file", "max_bytes", "max_files"}``; a sender pings
+    once before a stream's first claim and pushes from that claim on only to a peer whose reply
+    said so (an older receiver's says nothing: it never sees a push; an older sender never
+    pushes), and stops pushing to one that answers a push 404 (a proxy in front that passes on
+    only the older routes). A sender that throttles a peer (``max_bytes_per_s``: the throttle
     lives in its server's pull handlers) never pushes to it.
-``GET ping``  -> ``{"site": <answering site>, "peer": <the caller as authenticated>}``.
+``GET ping``  -> ``{"site": <answering site>, "peer": <the caller as authenticated>, "push":
+    {"max_file", "max_bytes", "max_files"}}`` (``push``: what it takes in a push, as an
+    announce reply says; none from a receiver that takes no pushes).
 """
 
 from __future__ import annotations
