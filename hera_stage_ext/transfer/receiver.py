@@ -40,7 +40,8 @@ Small flat files (up to ``protocol.PUSH_FILE_MAX``) may also come pushed, with t
 (``push``): the offers are checked as an announce's, each file verified and written to a partial
 file of its own (``-<n>.part``: no item's id, one per push of it), and the push made durable,
 final and registered as one batch by the batch pull's own steps (``_write_member``,
-``_make_final``); each item is then recorded once, ``committed``. A name already being pulled
+``_make_final``); each item is recorded once, ``committed``, in its registration's own
+transaction (``register_each``'s ``also_write``). A name already being pulled
 for that peer keeps its pull; one whose final name is taken takes the single-file path. Partial
 files of pushes a stopped server left are removed when it starts again (``resume``).
 
@@ -1126,28 +1127,30 @@ class Receiver:
     def _register_pushed(self, items: list[ItemRow], answers: dict[str, tuple[str, str]]
                          ) -> None:
         """Register pushed files now under their final names (one ``register_each`` with
-        their events) and record each as a committed item, inserted or updated in one
-        transaction; each answered in ``answers``."""
+        their events) and record each as a committed item in the same transaction (a file is
+        registered with its event and its committed row, or none of them: a restart between
+        finds nothing half done); each answered in ``answers``."""
         if not items:
             return
+        now = utcnow()
         outcomes = self.catalogue.register_each(
             [file_spec(item, item.peer) for item in items], self.store,
             [item.path for item in items],
-            instance_events=[self._received_event(item) for item in items])
-        registered = []
+            instance_events=[self._received_event(item) for item in items],
+            also_write=lambda s, registered: ItemRows(s).put_committed(
+                [items[i] for i in registered], now))
+        registered = 0
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
                 (self._store_root() / item.path).unlink(missing_ok=True)
                 answers[item.name] = (CONFLICT, outcome.message)
             else:
-                registered.append(item)
+                registered += 1
                 answers[item.name] = (COMMITTED, "")
         if not registered:
             return
-        with self.db.write() as s:
-            ItemRows(s).put_committed(registered, utcnow())
         self._changed()
-        log.info("transfer push: %d file(s) from %s committed to %s", len(registered),
+        log.info("transfer push: %d file(s) from %s committed to %s", registered,
                  items[0].peer, self.store)
 
     def _received_event(self, item: TransferItem | ItemRow) -> tuple[str, dict[str, Any]]:
