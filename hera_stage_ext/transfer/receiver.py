@@ -239,8 +239,10 @@ class Receiver:
                               for o in offers]
         return transfer, offers, reply, refusal is not None
 
-    def _answers(self, peer: str, offers: list[dict[str, Any]], root: Path
-                 ) -> dict[str, tuple[str, str]]:
+    def _answers(self, peer: str, offers: list[dict[str, Any]], root: Path,
+                 states: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+        """Each offer's answer and message. ``states``: filled with the state of each item of
+        ``peer`` already recorded under an offered name (what a push needs to know too)."""
         names = [o["name"] for o in offers]
         with self.db.read() as s:
             known = {row.name: row for row in s.execute(
@@ -253,9 +255,14 @@ class Receiver:
                 .join(Store, Instance.store_id == Store.id)
                 .where(Store.name == self.store,
                        one_of(self.db, Instance.path, [o["path"] for o in offers]))).all())
-            partial = {row.name: row.id for row in s.execute(
-                select(TransferItem.name, TransferItem.id)
-                .where(TransferItem.peer == peer, one_of(self.db, TransferItem.name, names)))}
+            partial: dict[str, int] = {}
+            for item in s.execute(
+                    select(TransferItem.name, TransferItem.id, TransferItem.state)
+                    .where(TransferItem.peer == peer,
+                           one_of(self.db, TransferItem.name, names))):
+                partial[item.name] = item.id
+                if states is not None:
+                    states[item.name] = item.state
         free = shutil.disk_usage(root).free - self.reserve_bytes
         answers: dict[str, tuple[str, str]] = {}
         for offer in offers:
@@ -1058,14 +1065,10 @@ class Receiver:
         if refused:
             return reply
         root = self._store_root()
-        answers = self._answers(peer, offers, root)
-        sending = [o["name"] for o in offers if answers[o["name"]][0] == SEND]
-        active: set[str] = set()
-        if sending:
-            with self.db.read() as s:
-                active = {name for name, (_id, state, _size, _sums)
-                          in ItemRows(s).known(peer, sending).items()
-                          if state in ACTIVE_TRANSFER_ITEM_STATES}
+        states: dict[str, str] = {}
+        answers = self._answers(peer, offers, root, states)
+        active = {name for name, state in states.items()
+                  if answers[name][0] == SEND and state in ACTIVE_TRANSFER_ITEM_STATES}
         # A name pulled already for this peer (an earlier announce) keeps its pull, as an
         # announce of it would: never two writers of one file.
         pushed = [(o, m) for o, m in zip(offers, members)
