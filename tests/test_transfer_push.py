@@ -437,6 +437,58 @@ def test_malformed_pushes_get_a_4xx_json_error_and_store_nothing(sites: Sites) -
     _nothing_stored(sites, names)
 
 
+def test_a_receiver_holds_a_bounded_number_of_pushes_and_refuses_a_bad_length(
+        sites: Sites) -> None:
+    """Pushes whose bodies are still on their way each hold a place: one more than
+    ``PUSH_MAX_HELD`` is answered 503 (JSON) before its body is read, and the places come back
+    when their connections end. A Content-Length that is no ASCII number is a 411, not a 500."""
+    from hera_stage_ext.api.peer import PUSH_MAX_HELD
+
+    port = int(sites.b.url.split(":")[2].rstrip("/"))
+    auth = f"HeraPeer site-a:{SECRET_AB}"
+
+    def started(length: str) -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("POST", "/hera-stage/peer/push")
+        connection.putheader("Authorization", auth)
+        connection.putheader("Content-Length", length)
+        connection.endheaders()
+        return connection
+
+    for length in ("\u00b2", "1" * 20):
+        connection = started(length)
+        try:
+            reply = connection.getresponse()
+            assert reply.status == 411 and "Content-Length" in json.loads(reply.read())["message"]
+        finally:
+            connection.close()
+    stalled = [started("1000") for _ in range(PUSH_MAX_HELD)]
+    try:
+        for connection in stalled:
+            connection.send(b"1")  # a body begun, never ended
+        time.sleep(0.5)
+        extra = started("1000")
+        try:
+            reply = extra.getresponse()
+            assert reply.status == 503 and "announce" in json.loads(reply.read())["message"]
+        finally:
+            extra.close()
+    finally:
+        for connection in stalled:
+            connection.close()
+    names = _names(2457903, 2)
+    data = [f"bytes of {n}".encode() for n in names]
+    deadline = time.monotonic() + 10
+    while True:  # the places come back as the stalled connections are seen closed
+        reply = _push(sites, protocol.push_body("held", [_offer(n, d) for n, d in
+                                                         zip(names, data)], data))
+        if reply.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert reply.status_code == 200, reply.text
+    assert [f["answer"] for f in reply.json()["files"]] == [protocol.COMMITTED] * 2
+
+
 def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
         sites: Sites, watched: _Watched) -> None:
     """B killed once a push's members are written and before their sync: none of them under
