@@ -588,3 +588,74 @@ def test_a_sender_pushes_only_within_what_the_peer_said_and_its_own_limits() -> 
     for reply in ({}, {"push": None}, {"push": {**said, "max_file": True}},
                   {"push": {**said, "max_files": 0}}, {"push": {"max_file": 1}}):
         assert protocol.PushLimits.of(reply) is None, reply
+
+
+def test_two_receivers_of_one_store_never_share_a_pushed_partial_file(tmp_path: Path) -> None:
+    """Two servers receiving into one store (replicas) take a push each at once. Even when
+    both would name their partial files alike (forced here: each starts its names at a random
+    point), the second cannot take over the first's file: it is created only if new, so that
+    member is answered ``retry``, and the first file lands with its own bytes under its name."""
+    import itertools
+
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    store = tmp_path / "store"
+    store.mkdir()
+    db = Database(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    db.upgrade()
+    peers = parse_peers({"site-a": {"url": "http://127.0.0.1:9/", "secret": "x" * 40}})
+    receivers = []
+    for _ in range(2):
+        receiver = Receiver(Catalogue(db), PeerRegistry("site-b", peers), "s")
+        receiver.catalogue.sync_stores({"s": {"path": str(store)}})
+        receiver._push_ids = itertools.count(-7, -1)  # the same names in both
+        receivers.append(receiver)
+    first, second = receivers
+    names = _names(2459000, 2)
+    data = [os.urandom(5000), os.urandom(5000)]
+    paused, go = threading.Event(), threading.Event()
+    make_final = first._make_final
+
+    def slow(*args: Any, **kwargs: Any) -> Any:  # the first one's sync takes a while
+        paused.set()
+        go.wait(10)
+        return make_final(*args, **kwargs)
+
+    first._make_final = slow  # type: ignore[method-assign]
+    replies: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: replies.setdefault("first", first.push(
+        "site-a", protocol.push_body("t1", [_offer(names[0], data[0])], [data[0]]))))
+    thread.start()
+    try:
+        assert paused.wait(10)
+        replies["second"] = second.push(
+            "site-a", protocol.push_body("t2", [_offer(names[1], data[1])], [data[1]]))
+    finally:
+        go.set()
+        thread.join(10)
+    assert [f["answer"] for f in replies["first"]["files"]] == [protocol.COMMITTED]
+    assert [f["answer"] for f in replies["second"]["files"]] == [protocol.RETRY]
+    assert (store / _offer(names[0], data[0])["path"]).read_bytes() == data[0]
+    assert not (store / _offer(names[1], data[1])["path"]).exists()
+    assert os.listdir(store / INCOMING_DIR) == []
+    for receiver in receivers:
+        receiver.close()
+    db.dispose()
+
+
+def test_a_partial_file_whose_write_fails_is_removed(tmp_path: Path, monkeypatch) -> None:
+    """A member whose write fails (a full disk) leaves no partial file holding space: a pushed
+    one's name is never used again."""
+    from hera_stage_ext.transfer import receiver
+
+    def full(fd: int, data: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(receiver, "write_all", full)
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            receiver._write_new(folder, "-5.part", b"data", exclusive=True)
+        assert os.listdir(tmp_path) == []
+    finally:
+        os.close(folder)
