@@ -659,3 +659,29 @@ def test_a_partial_file_whose_write_fails_is_removed(tmp_path: Path, monkeypatch
         assert os.listdir(tmp_path) == []
     finally:
         os.close(folder)
+
+
+def test_a_clashing_file_is_removed_through_its_folder_never_through_a_link(
+        tmp_path: Path) -> None:
+    """A received file whose registration clashed is removed from the store; a folder on its
+    path swapped for a link meanwhile removes nothing elsewhere."""
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    (store / "night").mkdir(parents=True)
+    outside.mkdir()
+    (store / "night" / "f.uvh5").write_bytes(b"x")
+    (outside / "g.uvh5").write_bytes(b"keep")
+    (store / "swapped").symlink_to(outside)
+    db = Database(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    db.upgrade()
+    receiver = Receiver(Catalogue(db), PeerRegistry("site-b", {}), "s")
+    receiver.catalogue.sync_stores({"s": {"path": str(store)}})
+    try:
+        receiver._remove_final("night/f.uvh5")
+        receiver._remove_final("swapped/g.uvh5")
+        assert not (store / "night" / "f.uvh5").exists()
+        assert (outside / "g.uvh5").read_bytes() == b"keep"
+    finally:
+        receiver.close()
+        db.dispose()

@@ -1029,7 +1029,7 @@ class Receiver:
         registered = []
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
-                (self._store_root() / item.path).unlink(missing_ok=True)
+                self._remove_final(item.path)
                 self._finish(item.id, TransferItemState.FAILED, outcome.message)
             else:
                 registered.append(item)
@@ -1145,7 +1145,7 @@ class Receiver:
         registered = []
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
-                (self._store_root() / item.path).unlink(missing_ok=True)
+                self._remove_final(item.path)
                 answers[item.name] = (CONFLICT, outcome.message)
             else:
                 registered.append(item)
@@ -1157,6 +1157,15 @@ class Receiver:
         self._changed()
         log.info("transfer push: %d file(s) from %s committed to %s", len(registered),
                  items[0].peer, self.store)
+
+    def _remove_final(self, path: str) -> None:
+        """Remove the file just renamed to ``path`` (relative to the store) whose registration
+        clashed, through its folder opened below the store following no link (a folder
+        swapped for a link meanwhile removes nothing elsewhere)."""
+        folder, _, base = path.rpartition("/")
+        root = str(self._store_root())
+        with contextlib.suppress(OSError, StagingError), safefs.Folders([root]) as folders:
+            os.unlink(base, dir_fd=folders.get(f"{root}/{folder}" if folder else root))
 
     def _received_event(self, item: TransferItem | ItemRow) -> tuple[str, dict[str, Any]]:
         """The ``transfer-received`` event registered with a received file's instance."""
