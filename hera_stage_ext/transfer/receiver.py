@@ -63,6 +63,7 @@ import io
 import itertools
 import logging
 import os
+import secrets
 import shutil
 import tarfile
 import threading
@@ -177,7 +178,10 @@ class Receiver:
         #: Destination folders confined already (``_confine_folder``): relative -> absolute.
         self._confined: dict[str, str] = {}
         #: Ids of pushed files' partial files (negative: no item's), ``<id>.part``.
-        self._push_ids = itertools.count(-1, -1)
+        #: (Several servers may receive into one store, replicas of a site: each starts at a
+        #: random point, and a pushed partial file is created exclusively, so no two pushes
+        #: ever share one; a collision fails that member, which is sent again.)
+        self._push_ids = itertools.count(-1 - secrets.randbits(62), -1)
         #: Syncs each file of a batch as it is written (``durable.py``).
         self._syncer = FileSyncer()
         self._stop = threading.Event()
@@ -408,7 +412,9 @@ class Receiver:
 
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
-        sender sends such a push again whole)."""
+        sender sends such a push again whole). One of another server receiving into the store
+        (a replica) may go too: its rename then fails and that member is answered ``retry``;
+        nothing is ever renamed but a file its own push wrote (``_write_member``)."""
         try:
             incoming, _made = safefs.open_dir(str(self._store_root() / INCOMING_DIR))
         except (OSError, StagingError):  # none yet (or not a folder: nothing of ours there)
@@ -953,7 +959,9 @@ class Receiver:
             log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
                         item.peer, message)
             return _Member(item, part, dest, message)
-        fd = _write_new(incoming_fd, part, data)
+        # A pushed member's partial file is its own (a negative id: no item's), never one that
+        # exists; a pulled one's may be left by an earlier attempt of its item: replaced.
+        fd = _write_new(incoming_fd, part, data, exclusive=item.id < 0)
         if self.fsync:
             syncs.add(fd, part)
         else:
@@ -1029,7 +1037,7 @@ class Receiver:
         registered = []
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
-                (self._store_root() / item.path).unlink(missing_ok=True)
+                self._remove_final(item.path)
                 self._finish(item.id, TransferItemState.FAILED, outcome.message)
             else:
                 registered.append(item)
@@ -1145,7 +1153,7 @@ class Receiver:
         registered = 0
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
-                (self._store_root() / item.path).unlink(missing_ok=True)
+                self._remove_final(item.path)
                 answers[item.name] = (CONFLICT, outcome.message)
             else:
                 registered += 1
@@ -1155,6 +1163,15 @@ class Receiver:
         self._changed()
         log.info("transfer push: %d file(s) from %s committed to %s", registered,
                  items[0].peer, self.store)
+
+    def _remove_final(self, path: str) -> None:
+        """Remove the file just renamed to ``path`` (relative to the store) whose registration
+        clashed, through its folder opened below the store following no link (a folder
+        swapped for a link meanwhile removes nothing elsewhere)."""
+        folder, _, base = path.rpartition("/")
+        root = str(self._store_root())
+        with contextlib.suppress(OSError, StagingError), safefs.Folders([root]) as folders:
+            os.unlink(base, dir_fd=folders.get(f"{root}/{folder}" if folder else root))
 
     def _received_event(self, item: TransferItem | ItemRow) -> tuple[str, dict[str, Any]]:
         """The ``transfer-received`` event registered with a received file's instance."""
@@ -1207,16 +1224,18 @@ def _resume_offset(part: Path, size: int, folder: int | None = None) -> int:
     return held - held % directio.BLOCK
 
 
-def _write_new(folder: int, name: str, data: bytes | memoryview) -> int:
+def _write_new(folder: int, name: str, data: bytes | memoryview, exclusive: bool = False) -> int:
     """Write ``data`` as the file ``name`` of the open ``folder`` (created or truncated; a
-    symlink there is removed, never written through); its descriptor, still open (for its
-    sync). Plain ``os`` calls: a batch writes thousands of small files, and a buffered file
-    object costs more than the write."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    symlink there is removed, never written through; with ``exclusive``, created only:
+    FileExistsError if the name exists); its descriptor, still open (for its sync). A write
+    that fails removes the file. Plain ``os`` calls: a batch writes thousands of small files,
+    and a buffered file object costs more than the write."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | \
+        (os.O_EXCL if exclusive else os.O_TRUNC)
     try:
         fd = os.open(name, flags, 0o666, dir_fd=folder)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno != errno.ELOOP or exclusive:
             raise
         os.unlink(name, dir_fd=folder)
         fd = os.open(name, flags | os.O_EXCL, 0o666, dir_fd=folder)
@@ -1224,6 +1243,8 @@ def _write_new(folder: int, name: str, data: bytes | memoryview) -> int:
         write_all(fd, data)
     except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):  # (a full disk: its space back at once)
+            os.unlink(name, dir_fd=folder)
         raise
     return fd
 
