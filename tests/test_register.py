@@ -167,6 +167,30 @@ def test_register_each_keeps_the_good_files_of_a_bad_batch(catalogue):
     assert [o.created for o in catalogue.register_each([spec("c"), spec("d")])] == [True, True]
 
 
+def test_also_write_commits_with_the_registration_or_not_at_all(catalogue):
+    """``also_write`` (a receiver's item rows) runs in each transaction that registers, with
+    the indices it registered (one by one after a refusal: the good files' own), and what
+    fails in it leaves nothing of the registration."""
+    seen: list[list[int]] = []
+    outcomes = catalogue.register_each(
+        [spec("w-1"), spec("w-2", size=11), spec("w-2"), spec("w-3")], "a",
+        ["w1", "w2", "w2b", "w3"], also_write=lambda s, done: seen.append(list(done)))
+    assert [type(o).__name__ for o in outcomes] == [
+        "Registration", "Registration", "Conflict", "Registration"]
+    assert seen == [[0], [1], [3]]
+    before = table_counts(catalogue)
+
+    def fail(s, done):
+        raise RuntimeError("the item rows could not be written")
+
+    with pytest.raises(RuntimeError):
+        catalogue.register_each([spec("w-4"), spec("w-5")], "a", ["w4", "w5"],
+                                instance_events=[("e", {}), ("e", {})], also_write=fail)
+    assert table_counts(catalogue) == before
+    with pytest.raises(NotFound):
+        catalogue.file_detail("w-4")
+
+
 def test_events_in_bulk_by_name_or_id(catalogue):
     catalogue.register([spec("one"), spec("two")], "a", ["1", "2"])
     with catalogue.db.read() as s:

@@ -472,6 +472,58 @@ def test_malformed_pushes_get_a_4xx_json_error_and_store_nothing(sites: Sites) -
     _nothing_stored(sites, names)
 
 
+def test_a_receiver_holds_a_bounded_number_of_pushes_and_refuses_a_bad_length(
+        sites: Sites) -> None:
+    """Pushes whose bodies are still on their way each hold a place: one more than
+    ``PUSH_MAX_HELD`` is answered 503 (JSON) before its body is read, and the places come back
+    when their connections end. A Content-Length that is no ASCII number is a 411, not a 500."""
+    from hera_stage_ext.api.peer import PUSH_MAX_HELD
+
+    port = int(sites.b.url.split(":")[2].rstrip("/"))
+    auth = f"HeraPeer site-a:{SECRET_AB}"
+
+    def started(length: str) -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("POST", "/hera-stage/peer/push")
+        connection.putheader("Authorization", auth)
+        connection.putheader("Content-Length", length)
+        connection.endheaders()
+        return connection
+
+    for length in ("\u00b2", "1" * 20):
+        connection = started(length)
+        try:
+            reply = connection.getresponse()
+            assert reply.status == 411 and "Content-Length" in json.loads(reply.read())["message"]
+        finally:
+            connection.close()
+    stalled = [started("1000") for _ in range(PUSH_MAX_HELD)]
+    try:
+        for connection in stalled:
+            connection.send(b"1")  # a body begun, never ended
+        time.sleep(0.5)
+        extra = started("1000")
+        try:
+            reply = extra.getresponse()
+            assert reply.status == 503 and "announce" in json.loads(reply.read())["message"]
+        finally:
+            extra.close()
+    finally:
+        for connection in stalled:
+            connection.close()
+    names = _names(2457903, 2)
+    data = [f"bytes of {n}".encode() for n in names]
+    deadline = time.monotonic() + 10
+    while True:  # the places come back as the stalled connections are seen closed
+        reply = _push(sites, protocol.push_body("held", [_offer(n, d) for n, d in
+                                                         zip(names, data)], data))
+        if reply.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert reply.status_code == 200, reply.text
+    assert [f["answer"] for f in reply.json()["files"]] == [protocol.COMMITTED] * 2
+
+
 def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
         sites: Sites, watched: _Watched) -> None:
     """B killed once a push's members are written and before their sync: none of them under
@@ -571,3 +623,100 @@ def test_a_sender_pushes_only_within_what_the_peer_said_and_its_own_limits() -> 
     for reply in ({}, {"push": None}, {"push": {**said, "max_file": True}},
                   {"push": {**said, "max_files": 0}}, {"push": {"max_file": 1}}):
         assert protocol.PushLimits.of(reply) is None, reply
+
+
+def test_two_receivers_of_one_store_never_share_a_pushed_partial_file(tmp_path: Path) -> None:
+    """Two servers receiving into one store (replicas) take a push each at once. Even when
+    both would name their partial files alike (forced here: each starts its names at a random
+    point), the second cannot take over the first's file: it is created only if new, so that
+    member is answered ``retry``, and the first file lands with its own bytes under its name."""
+    import itertools
+
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    store = tmp_path / "store"
+    store.mkdir()
+    db = Database(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    db.upgrade()
+    peers = parse_peers({"site-a": {"url": "http://127.0.0.1:9/", "secret": "x" * 40}})
+    receivers = []
+    for _ in range(2):
+        receiver = Receiver(Catalogue(db), PeerRegistry("site-b", peers), "s")
+        receiver.catalogue.sync_stores({"s": {"path": str(store)}})
+        receiver._push_ids = itertools.count(-7, -1)  # the same names in both
+        receivers.append(receiver)
+    first, second = receivers
+    names = _names(2459000, 2)
+    data = [os.urandom(5000), os.urandom(5000)]
+    paused, go = threading.Event(), threading.Event()
+    make_final = first._make_final
+
+    def slow(*args: Any, **kwargs: Any) -> Any:  # the first one's sync takes a while
+        paused.set()
+        go.wait(10)
+        return make_final(*args, **kwargs)
+
+    first._make_final = slow  # type: ignore[method-assign]
+    replies: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: replies.setdefault("first", first.push(
+        "site-a", protocol.push_body("t1", [_offer(names[0], data[0])], [data[0]]))))
+    thread.start()
+    try:
+        assert paused.wait(10)
+        replies["second"] = second.push(
+            "site-a", protocol.push_body("t2", [_offer(names[1], data[1])], [data[1]]))
+    finally:
+        go.set()
+        thread.join(10)
+    assert [f["answer"] for f in replies["first"]["files"]] == [protocol.COMMITTED]
+    assert [f["answer"] for f in replies["second"]["files"]] == [protocol.RETRY]
+    assert (store / _offer(names[0], data[0])["path"]).read_bytes() == data[0]
+    assert not (store / _offer(names[1], data[1])["path"]).exists()
+    assert os.listdir(store / INCOMING_DIR) == []
+    for receiver in receivers:
+        receiver.close()
+    db.dispose()
+
+
+def test_a_partial_file_whose_write_fails_is_removed(tmp_path: Path, monkeypatch) -> None:
+    """A member whose write fails (a full disk) leaves no partial file holding space: a pushed
+    one's name is never used again."""
+    from hera_stage_ext.transfer import receiver
+
+    def full(fd: int, data: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(receiver, "write_all", full)
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            receiver._write_new(folder, "-5.part", b"data", exclusive=True)
+        assert os.listdir(tmp_path) == []
+    finally:
+        os.close(folder)
+
+
+def test_a_clashing_file_is_removed_through_its_folder_never_through_a_link(
+        tmp_path: Path) -> None:
+    """A received file whose registration clashed is removed from the store; a folder on its
+    path swapped for a link meanwhile removes nothing elsewhere."""
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    (store / "night").mkdir(parents=True)
+    outside.mkdir()
+    (store / "night" / "f.uvh5").write_bytes(b"x")
+    (outside / "g.uvh5").write_bytes(b"keep")
+    (store / "swapped").symlink_to(outside)
+    db = Database(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    db.upgrade()
+    receiver = Receiver(Catalogue(db), PeerRegistry("site-b", {}), "s")
+    receiver.catalogue.sync_stores({"s": {"path": str(store)}})
+    try:
+        receiver._remove_final("night/f.uvh5")
+        receiver._remove_final("swapped/g.uvh5")
+        assert not (store / "night" / "f.uvh5").exists()
+        assert (outside / "g.uvh5").read_bytes() == b"keep"
+    finally:
+        receiver.close()
+        db.dispose()

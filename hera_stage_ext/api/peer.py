@@ -9,6 +9,7 @@ is read, and nothing is written. The protocol is described in ``transfer/protoco
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from tornado import iostream, web
 
 from ..core import Core
-from ..errors import InvalidRequest, NotFound, PayloadTooLarge, StagingError
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, StagingError, Unavailable
 from ..states import TransferItemState
 from ..transfer.protocol import (
     BATCH_FILE_MAX, MAX_STATUS_WAIT, PUSH_MAX_BYTES, SIZES, UNKNOWN, BatchFraming,
@@ -83,9 +84,15 @@ class PeerPushHandler(PeerBaseHandler):
     """``POST push``: small files with their announce in one body (``transfer/protocol.py``).
     The secret is checked, and the body's ``Content-Length`` against ``PUSH_MAX_BYTES`` (413),
     from the headers alone, before a byte of the body is read; the body is then gathered (at
-    most that) and the receiver takes it whole in the thread pool, like an announce."""
+    most that) and the receiver takes it whole in the thread pool, like an announce. At most
+    ``PUSH_MAX_HELD`` pushes are held at once (each up to ``PUSH_MAX_BYTES`` in memory): one
+    more is answered 503 before its body is read, and its sender announces those files
+    instead (they are pulled)."""
 
+    #: Pushes whose bodies this server holds now (the IOLoop's thread alone counts them).
+    held = 0
     _peer = ""
+    _holding = False
 
     async def prepare(self) -> None:  # type: ignore[override]  # (jupyter_server's is async)
         self._chunks: list[bytes] = []
@@ -93,13 +100,18 @@ class PeerPushHandler(PeerBaseHandler):
         self._peer = self.peer()
         self.receiver()
         length = self.request.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not _DIGITS.fullmatch(length):
             error = InvalidRequest("a push needs its Content-Length")
             error.status = 411
             raise ApiHttpError(error)
         if int(length) > PUSH_MAX_BYTES:
             raise ApiHttpError(PayloadTooLarge(f"a push is at most {PUSH_MAX_BYTES} bytes, "
                                                f"this one {length}"))
+        if PeerPushHandler.held >= PUSH_MAX_HELD:
+            raise ApiHttpError(Unavailable(f"this site holds {PUSH_MAX_HELD} pushes already: "
+                                           "announce the files instead"))
+        PeerPushHandler.held += 1
+        self._holding = True
         self.request.connection.set_max_body_size(PUSH_MAX_BYTES)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
@@ -111,6 +123,26 @@ class PeerPushHandler(PeerBaseHandler):
         body = b"".join(self._chunks)
         self._chunks = []
         self.reply(await self.call(self.receiver().push, self._peer, body))
+
+    def _let_go(self) -> None:
+        self._chunks = []
+        if self._holding:
+            self._holding = False
+            PeerPushHandler.held -= 1
+
+    def on_finish(self) -> None:
+        self._let_go()
+        super().on_finish()
+
+    def on_connection_close(self) -> None:
+        self._let_go()
+        super().on_connection_close()
+
+
+#: A ``Content-Length``: ASCII digits only (``str.isdigit`` takes others, which ``int`` refuses).
+_DIGITS = re.compile(r"[0-9]{1,12}")
+#: Pushes a server holds at once, at most (``PeerPushHandler``).
+PUSH_MAX_HELD = 8
 
 
 class PeerStatusHandler(PeerBaseHandler):

@@ -78,6 +78,12 @@ def _raced_as_conflict() -> Iterator[None]:
                        "it was written; nothing of the batch was registered (try again)") from exc
 
 
+def _at_index(also_write: Callable[[DbSession, Sequence[int]], None], index: int
+              ) -> Callable[[DbSession, Sequence[int]], None]:
+    """An ``also_write`` of a batch for the registration of its spec ``index`` alone."""
+    return lambda s, _registered: also_write(s, (index,))
+
+
 @dataclass
 class FileSpec:
     """What is known of a file being registered (from ingest, upload or a peer)."""
@@ -201,6 +207,7 @@ class Catalogue:
         paths: Sequence[str] | None = None, *,
         instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
         before_write: Callable[[], None] | None = None,
+        also_write: Callable[[DbSession, Sequence[int]], None] | None = None,
     ) -> list[Registration]:
         """Register files (and, with ``store``, their instances at ``paths``) in one transaction.
 
@@ -215,7 +222,9 @@ class Catalogue:
         order of ``specs`` before anything is written, and the new rows go in with one
         statement per table (``tables``: through the driver, not SQLAlchemy's per-row work).
         ``before_write``: called after the checks, before the first write (which it may delay,
-        or refuse by raising: ``register_batches``).
+        or refuse by raising: ``register_batches``). ``also_write``: called with the session
+        and the indices in ``specs`` registered once their rows are written, in the same
+        transaction: what it writes commits with them or not at all (a receiver's item rows).
         """
         if store is not None and (paths is None or len(paths) != len(specs)):
             raise InvalidRequest("register: one path per file is needed with a store")
@@ -274,6 +283,8 @@ class Catalogue:
             if before_write is not None:
                 before_write()
             self._write_registration(tables, plan, found.store, added_paths, instance_events)
+            if also_write is not None:
+                also_write(s, range(len(specs)))
             return results
 
     def register_each(
@@ -281,15 +292,18 @@ class Catalogue:
         paths: Sequence[str] | None = None, *,
         instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
         before_write: Callable[[], None] | None = None,
+        also_write: Callable[[DbSession, Sequence[int]], None] | None = None,
     ) -> list[Registration | StagingError]:
         """``register``, where one bad file must not sink the rest (ingest, an upload, a
         transfer's batch): the batch in one transaction, or, if anything in it is refused,
         each file in a transaction of its own. Per spec, its Registration or its refusal
         (Conflict, InvalidRequest); a missing store is raised. ``before_write``: as
-        ``register``'s, also called before the one-by-one fallback begins."""
+        ``register``'s, also called before the one-by-one fallback begins. ``also_write``:
+        as ``register``'s, in each transaction that registers (one by one: with that file's
+        index)."""
         try:
             return list(self.register(specs, store, paths, instance_events=instance_events,
-                                      before_write=before_write))
+                                      before_write=before_write, also_write=also_write))
         except (Conflict, InvalidRequest):
             pass
         if before_write is not None:
@@ -299,7 +313,8 @@ class Catalogue:
             try:
                 out += self.register(
                     [spec], store, None if paths is None else [paths[i]],
-                    instance_events=None if instance_events is None else [instance_events[i]])
+                    instance_events=None if instance_events is None else [instance_events[i]],
+                    also_write=None if also_write is None else _at_index(also_write, i))
             except (Conflict, InvalidRequest) as exc:
                 out.append(exc)
         return out

@@ -152,29 +152,23 @@ class ItemRows:
 
     def put_committed(self, items: Sequence[ItemRow], now: dt.datetime) -> None:
         """Record ``items`` (of one peer), received whole by a push, as committed: each
-        inserted, or its known row (an earlier transfer of the name) updated; the row written
-        once."""
-        if not items:
-            return
-        known = self.known(items[0].peer, [item.name for item in items])
+        inserted, or its known row (an earlier transfer of the name: its id and
+        ``created_at`` kept) updated; the row written once, by one upsert each (no lookup
+        first, and a row another announce inserted meanwhile is updated, not a clash)."""
         when = self.time(now)
-        new, again = [], []
-        for item in items:
-            checksums, spec = checksums_json(item.checksums), spec_json(item.spec)
-            row = known.get(item.name)
-            if row is None:  # in the order of NEW_COLUMNS
-                new.append((item.transfer, item.peer, item.name, item.path, item.size,
-                            checksums, spec, TransferItemState.COMMITTED, item.attempts, 0,
-                            "", when, when))
-            else:
-                again.append((item.transfer, item.path, item.size, checksums, spec,
-                              TransferItemState.COMMITTED, item.attempts, when, row[0]))
         cast = self._cast()
+        marks = ", ".join(f"?{cast}" if c in ("checksums", "spec") else "?"
+                          for c in NEW_COLUMNS)
         self._many(
-            f"UPDATE transfer_item SET transfer = ?, path = ?, size = ?, checksums = ?{cast}, "
-            f"spec = ?{cast}, state = ?, attempts = ?, "
-            "resumed_from = 0, error = '', updated_at = ? WHERE id = ?", again)
-        self.insert(new)
+            f"INSERT INTO transfer_item ({', '.join(NEW_COLUMNS)}) VALUES ({marks}) "
+            "ON CONFLICT (peer, name) DO UPDATE SET transfer = excluded.transfer, "
+            "path = excluded.path, size = excluded.size, checksums = excluded.checksums, "
+            "spec = excluded.spec, state = excluded.state, attempts = excluded.attempts, "
+            "resumed_from = 0, error = '', updated_at = excluded.updated_at",
+            [(item.transfer, item.peer, item.name, item.path, item.size,  # NEW_COLUMNS' order
+              checksums_json(item.checksums), spec_json(item.spec),
+              TransferItemState.COMMITTED, item.attempts, 0, "", when, when)
+             for item in items])
 
     def set_state(self, item_ids: Sequence[int], state: str, error: str,
                   now: dt.datetime) -> None:

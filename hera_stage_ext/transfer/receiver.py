@@ -40,7 +40,8 @@ Small flat files (up to ``protocol.PUSH_FILE_MAX``) may also come pushed, with t
 (``push``): the offers are checked as an announce's, each file verified and written to a partial
 file of its own (``-<n>.part``: no item's id, one per push of it), and the push made durable,
 final and registered as one batch by the batch pull's own steps (``_write_member``,
-``_make_final``); each item is then recorded once, ``committed``. A name already being pulled
+``_make_final``); each item is recorded once, ``committed``, in its registration's own
+transaction (``register_each``'s ``also_write``). A name already being pulled
 for that peer keeps its pull; one whose final name is taken takes the single-file path. Partial
 files of pushes a stopped server left are removed when it starts again (``resume``).
 
@@ -62,6 +63,7 @@ import io
 import itertools
 import logging
 import os
+import secrets
 import shutil
 import tarfile
 import threading
@@ -176,7 +178,10 @@ class Receiver:
         #: Destination folders confined already (``_confine_folder``): relative -> absolute.
         self._confined: dict[str, str] = {}
         #: Ids of pushed files' partial files (negative: no item's), ``<id>.part``.
-        self._push_ids = itertools.count(-1, -1)
+        #: (Several servers may receive into one store, replicas of a site: each starts at a
+        #: random point, and a pushed partial file is created exclusively, so no two pushes
+        #: ever share one; a collision fails that member, which is sent again.)
+        self._push_ids = itertools.count(-1 - secrets.randbits(62), -1)
         #: Syncs each file of a batch as it is written (``durable.py``).
         self._syncer = FileSyncer()
         self._stop = threading.Event()
@@ -239,8 +244,10 @@ class Receiver:
                               for o in offers]
         return transfer, offers, reply, refusal is not None
 
-    def _answers(self, peer: str, offers: list[dict[str, Any]], root: Path
-                 ) -> dict[str, tuple[str, str]]:
+    def _answers(self, peer: str, offers: list[dict[str, Any]], root: Path,
+                 states: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+        """Each offer's answer and message. ``states``: filled with the state of each item of
+        ``peer`` already recorded under an offered name (what a push needs to know too)."""
         names = [o["name"] for o in offers]
         with self.db.read() as s:
             known = {row.name: row for row in s.execute(
@@ -253,9 +260,14 @@ class Receiver:
                 .join(Store, Instance.store_id == Store.id)
                 .where(Store.name == self.store,
                        one_of(self.db, Instance.path, [o["path"] for o in offers]))).all())
-            partial = {row.name: row.id for row in s.execute(
-                select(TransferItem.name, TransferItem.id)
-                .where(TransferItem.peer == peer, one_of(self.db, TransferItem.name, names)))}
+            partial: dict[str, int] = {}
+            for item in s.execute(
+                    select(TransferItem.name, TransferItem.id, TransferItem.state)
+                    .where(TransferItem.peer == peer,
+                           one_of(self.db, TransferItem.name, names))):
+                partial[item.name] = item.id
+                if states is not None:
+                    states[item.name] = item.state
         free = shutil.disk_usage(root).free - self.reserve_bytes
         answers: dict[str, tuple[str, str]] = {}
         for offer in offers:
@@ -401,7 +413,9 @@ class Receiver:
 
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
-        sender sends such a push again whole)."""
+        sender sends such a push again whole). One of another server receiving into the store
+        (a replica) may go too: its rename then fails and that member is answered ``retry``;
+        nothing is ever renamed but a file its own push wrote (``_write_member``)."""
         try:
             incoming, _made = safefs.open_dir(str(self._store_root() / INCOMING_DIR))
         except (OSError, StagingError):  # none yet (or not a folder: nothing of ours there)
@@ -946,7 +960,9 @@ class Receiver:
             log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
                         item.peer, message)
             return _Member(item, part, dest, message)
-        fd = _write_new(incoming_fd, part, data)
+        # A pushed member's partial file is its own (a negative id: no item's), never one that
+        # exists; a pulled one's may be left by an earlier attempt of its item: replaced.
+        fd = _write_new(incoming_fd, part, data, exclusive=item.id < 0)
         if self.fsync:
             syncs.add(fd, part)
         else:
@@ -1022,7 +1038,7 @@ class Receiver:
         registered = []
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
-                (self._store_root() / item.path).unlink(missing_ok=True)
+                self._remove_final(item.path)
                 self._finish(item.id, TransferItemState.FAILED, outcome.message)
             else:
                 registered.append(item)
@@ -1058,14 +1074,10 @@ class Receiver:
         if refused:
             return reply
         root = self._store_root()
-        answers = self._answers(peer, offers, root)
-        sending = [o["name"] for o in offers if answers[o["name"]][0] == SEND]
-        active: set[str] = set()
-        if sending:
-            with self.db.read() as s:
-                active = {name for name, (_id, state, _size, _sums)
-                          in ItemRows(s).known(peer, sending).items()
-                          if state in ACTIVE_TRANSFER_ITEM_STATES}
+        states: dict[str, str] = {}
+        answers = self._answers(peer, offers, root, states)
+        active = {name for name, state in states.items()
+                  if answers[name][0] == SEND and state in ACTIVE_TRANSFER_ITEM_STATES}
         # A name pulled already for this peer (an earlier announce) keeps its pull, as an
         # announce of it would: never two writers of one file.
         pushed = [(o, m) for o, m in zip(offers, members)
@@ -1127,29 +1139,40 @@ class Receiver:
     def _register_pushed(self, items: list[ItemRow], answers: dict[str, tuple[str, str]]
                          ) -> None:
         """Register pushed files now under their final names (one ``register_each`` with
-        their events) and record each as a committed item, inserted or updated in one
-        transaction; each answered in ``answers``."""
+        their events) and record each as a committed item in the same transaction (a file is
+        registered with its event and its committed row, or none of them: a restart between
+        finds nothing half done); each answered in ``answers``."""
         if not items:
             return
+        now = utcnow()
         outcomes = self.catalogue.register_each(
             [file_spec(item, item.peer) for item in items], self.store,
             [item.path for item in items],
-            instance_events=[self._received_event(item) for item in items])
-        registered = []
+            instance_events=[self._received_event(item) for item in items],
+            also_write=lambda s, registered: ItemRows(s).put_committed(
+                [items[i] for i in registered], now))
+        registered = 0
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
-                (self._store_root() / item.path).unlink(missing_ok=True)
+                self._remove_final(item.path)
                 answers[item.name] = (CONFLICT, outcome.message)
             else:
-                registered.append(item)
+                registered += 1
                 answers[item.name] = (COMMITTED, "")
         if not registered:
             return
-        with self.db.write() as s:
-            ItemRows(s).put_committed(registered, utcnow())
         self._changed()
-        log.info("transfer push: %d file(s) from %s committed to %s", len(registered),
+        log.info("transfer push: %d file(s) from %s committed to %s", registered,
                  items[0].peer, self.store)
+
+    def _remove_final(self, path: str) -> None:
+        """Remove the file just renamed to ``path`` (relative to the store) whose registration
+        clashed, through its folder opened below the store following no link (a folder
+        swapped for a link meanwhile removes nothing elsewhere)."""
+        folder, _, base = path.rpartition("/")
+        root = str(self._store_root())
+        with contextlib.suppress(OSError, StagingError), safefs.Folders([root]) as folders:
+            os.unlink(base, dir_fd=folders.get(f"{root}/{folder}" if folder else root))
 
     def _received_event(self, item: TransferItem | ItemRow) -> tuple[str, dict[str, Any]]:
         """The ``transfer-received`` event registered with a received file's instance."""
@@ -1202,16 +1225,18 @@ def _resume_offset(part: Path, size: int, folder: int | None = None) -> int:
     return held - held % directio.BLOCK
 
 
-def _write_new(folder: int, name: str, data: bytes | memoryview) -> int:
+def _write_new(folder: int, name: str, data: bytes | memoryview, exclusive: bool = False) -> int:
     """Write ``data`` as the file ``name`` of the open ``folder`` (created or truncated; a
-    symlink there is removed, never written through); its descriptor, still open (for its
-    sync). Plain ``os`` calls: a batch writes thousands of small files, and a buffered file
-    object costs more than the write."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    symlink there is removed, never written through; with ``exclusive``, created only:
+    FileExistsError if the name exists); its descriptor, still open (for its sync). A write
+    that fails removes the file. Plain ``os`` calls: a batch writes thousands of small files,
+    and a buffered file object costs more than the write."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | \
+        (os.O_EXCL if exclusive else os.O_TRUNC)
     try:
         fd = os.open(name, flags, 0o666, dir_fd=folder)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno != errno.ELOOP or exclusive:
             raise
         os.unlink(name, dir_fd=folder)
         fd = os.open(name, flags | os.O_EXCL, 0o666, dir_fd=folder)
@@ -1219,6 +1244,8 @@ def _write_new(folder: int, name: str, data: bytes | memoryview) -> int:
         write_all(fd, data)
     except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):  # (a full disk: its space back at once)
+            os.unlink(name, dir_fd=folder)
         raise
     return fd
 
