@@ -64,6 +64,8 @@ OLD_SENDER = _names(2457805, FIRST_OFFERS + 20)
 #: A job of small files only: every one pushed, none pulled or polled for.
 ALL_PUSHED = _names(2457809, FIRST_OFFERS + 30)
 KILLED = _names(2457806, FIRST_OFFERS + 20)
+#: Pushed to a receiver that answers every push 503 (it holds as many as it takes).
+BUSY = _names(2457810, FIRST_OFFERS + 20)
 #: Pushed to a path that B holds already, unregistered (a push killed after its renames):
 #: the first with the bytes offered, the second with others.
 TAKEN = _names(2457807, FIRST_OFFERS + 2)
@@ -76,6 +78,7 @@ LAYOUT = {**{n: ("2457800", 1000 + 37 * i) for i, n in enumerate(SMALL)},
           **{n: ("2457805", 3000) for n in OLD_SENDER},
           **{n: ("2457809", 2500) for n in ALL_PUSHED},
           **{n: ("2457806", 6000) for n in KILLED},
+          **{n: ("2457810", 1500) for n in BUSY},
           **{n: ("2457807", 2000) for n in TAKEN}}
 
 
@@ -271,12 +274,16 @@ class _OldReceiver(http.server.BaseHTTPRequestHandler):
     strip_push = True
     #: True: pushes passed on too (a plain proxy in front of B, to see what B is asked).
     knows_push = False
+    #: Not 0: every push answered with this status (and a JSON message) instead.
+    push_status = 0
 
     def _forward(self) -> None:
         self.paths.append(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        if self.path.endswith("/push") and not self.knows_push:  # unknown to an older server
+        if self.path.endswith("/push") and self.push_status:
+            reply_body, status = b'{"message": "busy"}', self.push_status
+        elif self.path.endswith("/push") and not self.knows_push:  # unknown to an older server
             reply_body, status = b'{"message": "Not Found"}', 404
         else:
             reply = requests.request(self.command, self.target + self.path.lstrip("/"),
@@ -301,10 +308,12 @@ class _OldReceiver(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _proxied(sites: Sites, strip_push: bool, knows_push: bool) -> Iterator[list[str]]:
+def _proxied(sites: Sites, strip_push: bool, knows_push: bool, push_status: int = 0
+             ) -> Iterator[list[str]]:
     """A's peer ``site-b`` reached through ``_OldReceiver`` meanwhile; the paths A asked B."""
     _OldReceiver.target, _OldReceiver.paths = sites.b.url, []
     _OldReceiver.strip_push, _OldReceiver.knows_push = strip_push, knows_push
+    _OldReceiver.push_status = push_status
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldReceiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -331,6 +340,18 @@ def test_a_job_of_small_files_is_all_pushed_no_pull_and_no_status_poll(
     assert watched.pushed == ALL_PUSHED
     assert watched.announced == [] and watched.polled == []
     _arrived_once(sites, ALL_PUSHED)
+
+
+def test_a_push_answered_5xx_is_announced_and_pushes_go_on(sites: Sites,
+                                                          watched: _Watched) -> None:
+    """A push answered 503 (a receiver holding as many pushes as it takes) or any 5xx fails
+    none of its files: they are announced and pulled, and the next claim is pushed again."""
+    with _proxied(sites, strip_push=False, knows_push=True, push_status=503) as paths:
+        report = send(sites, BUSY)
+    assert report["counts"] == {"done": len(BUSY)}, report
+    assert set(watched.announced) == set(BUSY)
+    assert len([p for p in paths if p.endswith("/push")]) >= 2, paths  # not given up
+    _arrived_once(sites, BUSY)
 
 
 @pytest.mark.parametrize("says_push", [False, True],

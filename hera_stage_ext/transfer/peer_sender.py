@@ -95,6 +95,9 @@ class PeerSender:
         #: push 404: ``push_refused``).
         self.push_limits: PushLimits | None = None
         self.push_refused = False
+        #: Items of pushes answered 5xx, announced instead: a ``have`` for one of them is the
+        #: push's own work (it may have committed some before it failed).
+        self.push_failed: set[int] = set()
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
     def check(self) -> None:
@@ -309,7 +312,7 @@ class PeerSender:
         for item in have:
             # An earlier attempt of this job sent it (its worker died before recording, or
             # a push broke after the peer committed it).
-            mine = item.attempts > 1 or sent_again
+            mine = item.attempts > 1 or sent_again or item.id in self.push_failed
             self.report(item, ItemState.DONE if mine else ItemState.SKIPPED, note=(
                 f"verified {item.name} at {self.peer.name} (sent before the worker "
                 f"restarted; not sent again)" if item.attempts > 1
@@ -369,6 +372,9 @@ class PeerSender:
         with MemberReader(members) as reader:
             for item, member in zip(items, members):
                 offer = known[item.name]
+                if self.push_limits is None:  # a push of this claim was refused: the rest too
+                    announce.append(item)
+                    continue
                 try:
                     if member.error:
                         raise StagingError(member.error)
@@ -389,7 +395,8 @@ class PeerSender:
                 batch.append((item, data))
                 size += len(data)
         if batch:
-            announce += self.push_one(transfer, batch, known)
+            announce += self.push_one(transfer, batch, known) if self.push_limits is not None \
+                else [item for item, _data in batch]
         for start in range(0, len(announce), MAX_OFFERS):
             self.announce(transfer, announce[start:start + MAX_OFFERS], known)
 
@@ -412,6 +419,11 @@ class PeerSender:
         except StagingError as exc:
             if exc.status in (404, 405, 411, 413):  # it no longer takes them: announce
                 self.push_limits, self.push_refused = None, True
+                return list(items.values())
+            if exc.status >= 500:
+                # Busy (it holds as many pushes as it takes), or it failed after committing
+                # some of them: the announce says which it holds (``have``) and pulls the rest.
+                self.push_failed.update(item.id for item in items.values())
                 return list(items.values())
             for item in items.values():  # refused outright (secret changed, bad request)
                 self.report(item, ItemState.FAILED, exc.message)

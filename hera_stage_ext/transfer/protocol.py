@@ -52,7 +52,9 @@ All under ``<base_url>/hera-stage/peer/``, authenticated with ``Authorization: H
     concatenated in the order of ``files``, each exactly its offer's ``size`` (no framing per
     member: the sizes are in the offers). At most ``PUSH_MAX_FILES`` offers, each a flat file
     of at most ``PUSH_FILE_MAX`` bytes, the whole body at most ``PUSH_MAX_BYTES`` (a
-    ``Content-Length`` over it: 413 before anything is read; none: 411). A malformed body
+    ``Content-Length`` over it: 413 before anything is read; none, or no number: 411; a
+    receiver that holds as many pushes as it takes, 8: 503, before the body is read, and the
+    sender announces those files, as after any 5xx, which fails none). A malformed body
     (the length line, the JSON, an offer, data shorter or longer than the sizes add up to, a
     directory or a file over the limit) gets a 400 and nothing of it is stored. The reply
     is an announce's (``{"transfer", "site", "files": [{"name", "answer", "message"}]}``) with
