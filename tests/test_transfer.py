@@ -1046,6 +1046,29 @@ def test_a_folder_swapped_for_a_link_is_never_followed_by_a_sender(tmp_path) -> 
         db.dispose()
 
 
+def test_a_fifo_in_the_store_is_refused_by_a_sender_never_waited_on(tmp_path) -> None:
+    """A member that is no regular file (a FIFO someone made in the store) is refused at once
+    as a file that cannot be read: opening it must not hang a sender's stream or a pull."""
+    from hera_stage_ext.transfer.outgoing import MemberReader, batch_paths
+
+    store = tmp_path / "store"
+    (store / "d").mkdir(parents=True)
+    os.mkfifo(store / "d" / "f.uvh5")
+    db = Database(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    db.upgrade()
+    try:
+        catalogue = Catalogue(db)
+        catalogue.sync_stores({"s": {"path": str(store)}})
+        catalogue.register([FileSpec(name="zen.f.uvh5", size=5, checksums={"md5": "0" * 32})],
+                           "s", ["d/f.uvh5"])
+        members = batch_paths(db, ["zen.f.uvh5"])
+        with MemberReader(members) as reader:
+            with pytest.raises(OSError, match="not a regular file"):
+                reader.read(members[0], 100)
+    finally:
+        db.dispose()
+
+
 def test_allowed_hours_windows_and_peer_settings() -> None:
     def peer(**spec: Any) -> Any:
         return parse_peers({"p": {"url": "http://x/", "secret": "s" * 40, **spec}})["p"]

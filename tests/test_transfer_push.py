@@ -545,6 +545,56 @@ def test_a_receiver_holds_a_bounded_number_of_pushes_and_refuses_a_bad_length(
     assert [f["answer"] for f in reply.json()["files"]] == [protocol.COMMITTED] * 2
 
 
+def test_a_push_whose_client_left_holds_its_place_until_it_is_through(sites: Sites) -> None:
+    """A push's place is held while the receiver works on its body, even once its client has
+    gone (a sender that timed out and sends it again): the receiver never holds more than
+    ``PUSH_MAX_HELD`` bodies at once."""
+    from hera_stage_ext.api.peer import PUSH_MAX_HELD
+
+    paused = sites.tmp / "paused-held"
+    sites.kill_b()
+    sites.start_b("b-server-held", env={PAUSE_BEFORE_SYNC_ENV: str(paused), FLIP_ONCE_ENV: ""})
+    port = int(sites.b.url.split(":")[2].rstrip("/"))
+
+    def started(length: int) -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("POST", "/hera-stage/peer/push")
+        connection.putheader("Authorization", f"HeraPeer site-a:{SECRET_AB}")
+        connection.putheader("Content-Length", str(length))
+        connection.endheaders()
+        return connection
+
+    names = _names(2457990, 2)
+    data = [f"bytes of {n}".encode() for n in names]
+    body = protocol.push_body("gone", [_offer(n, d) for n, d in zip(names, data)], data)
+    first = started(len(body))
+    stalled: list[http.client.HTTPConnection] = []
+    try:
+        first.send(body)
+        deadline = time.monotonic() + 30
+        while not (paused.exists() and paused.read_text()):
+            assert time.monotonic() < deadline, "the push never reached its sync"
+            time.sleep(0.05)
+        first.close()  # gone while the receiver holds its body (paused before its sync)
+        time.sleep(0.5)
+        stalled = [started(1000) for _ in range(PUSH_MAX_HELD - 1)]
+        for connection in stalled:
+            connection.send(b"1")
+        time.sleep(0.5)
+        extra = started(1000)
+        try:
+            reply = extra.getresponse()
+            assert reply.status == 503, reply.status
+        finally:
+            extra.close()
+    finally:
+        for connection in stalled:
+            connection.close()
+        first.close()
+        sites.kill_b()
+        sites.start_b("b-server-after-held")
+
+
 def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
         sites: Sites, watched: _Watched) -> None:
     """B killed once a push's members are written and before their sync: none of them under

@@ -93,6 +93,7 @@ class PeerPushHandler(PeerBaseHandler):
     held = 0
     _peer = ""
     _holding = False
+    _body_done = False
 
     async def prepare(self) -> None:  # type: ignore[override]  # (jupyter_server's is async)
         self._chunks: list[bytes] = []
@@ -120,9 +121,13 @@ class PeerPushHandler(PeerBaseHandler):
 
     @allow_unauthenticated
     async def post(self) -> None:
+        self._body_done = True  # held until its push is through, whatever the client does
         body = b"".join(self._chunks)
         self._chunks = []
-        self.reply(await self.call(self.receiver().push, self._peer, body))
+        try:
+            self.reply(await self.call(self.receiver().push, self._peer, body))
+        finally:
+            self._let_go()
 
     def _let_go(self) -> None:
         self._chunks = []
@@ -135,7 +140,8 @@ class PeerPushHandler(PeerBaseHandler):
         super().on_finish()
 
     def on_connection_close(self) -> None:
-        self._let_go()
+        if not self._body_done:  # (a body still arriving: never processed)
+            self._let_go()
         super().on_connection_close()
 
 
@@ -143,6 +149,9 @@ class PeerPushHandler(PeerBaseHandler):
 _DIGITS = re.compile(r"[0-9]{1,12}")
 #: Pushes a server holds at once, at most (``PeerPushHandler``).
 PUSH_MAX_HELD = 8
+#: Folders a batch pull keeps open, at most: many pulls at once stay well under a server's
+#: descriptor limit (a sender's own reads keep more: ``outgoing.FOLDERS_OPEN``).
+_PULL_FOLDERS_OPEN = 16
 
 
 class PeerStatusHandler(PeerBaseHandler):
@@ -205,7 +214,7 @@ class PeerBatchHandler(PeerBaseHandler):
         self.set_header("Content-Type", "application/octet-stream")
         done = 0
         # Each folder opened once for the pull; the reader is used by one pool thread at a time.
-        reader = MemberReader(members)
+        reader = MemberReader(members, folders_open=_PULL_FOLDERS_OPEN)
         try:
             self.write(framing.start())
             while done < len(members):

@@ -12,6 +12,7 @@ import datetime as dt
 import errno
 import json
 import os
+import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -184,7 +185,9 @@ def batch_paths(db: Database, names: Any) -> list[BatchMember]:
 #: than a claim's files usually lie in (HERA's: one a night), bounded for the descriptors a
 #: server serving several batch pulls at once holds.
 FOLDERS_OPEN = 128
-_READ = os.O_RDONLY | os.O_CLOEXEC
+#: (``O_NONBLOCK``: a FIFO in the store must not hang the reader; it is then refused as no
+#: regular file.)
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class MemberReader:
@@ -196,8 +199,9 @@ class MemberReader:
     following no link (a link swapped in meanwhile: ``PathChanged``). One per claim or batch
     pull, used by one thread at a time; ``close`` it."""
 
-    def __init__(self, members: Sequence[BatchMember]) -> None:
-        self.folders = Folders({m.root for m in members if m.root}, size=FOLDERS_OPEN)
+    def __init__(self, members: Sequence[BatchMember], folders_open: int = FOLDERS_OPEN
+                 ) -> None:
+        self.folders = Folders({m.root for m in members if m.root}, size=folders_open)
 
     def read(self, member: BatchMember, limit: int) -> bytes:
         """The bytes of ``member`` whole, or its first ``limit + 1`` bytes when it is larger
@@ -213,7 +217,10 @@ class MemberReader:
             fd = open_beneath(self.folders.root_fd(member.root),
                               os.path.relpath(real, member.root), _READ)
         try:
-            want = min(os.fstat(fd).st_size, limit) + 1
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            want = min(status.st_size, limit) + 1
             data = os.read(fd, want)
             while len(data) < want - 1 and (more := os.read(fd, want - len(data))):
                 data += more  # a short read (a file system that returns less than asked)

@@ -423,7 +423,8 @@ class PeerSender:
             if exc.status >= 500:
                 # Busy (it holds as many pushes as it takes), or it failed after committing
                 # some of them: the announce says which it holds (``have``) and pulls the rest.
-                self.push_failed.update(item.id for item in items.values())
+                if exc.status != 503:  # (a busy receiver's 503 comes before any is read)
+                    self.push_failed.update(item.id for item in items.values())
                 return list(items.values())
             for item in items.values():  # refused outright (secret changed, bad request)
                 self.report(item, ItemState.FAILED, exc.message)
