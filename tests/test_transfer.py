@@ -157,6 +157,29 @@ def _write(path: Path, rng: random.Random, size: int) -> None:
     path.write_bytes(rng.randbytes(size))
 
 
+
+def receiver_config(common: dict[str, Any], db_url: str, store: Path, a_url: str
+                    ) -> dict[str, Any]:
+    """Site B's config: a receiver into ``store`` that pulls from site A at ``a_url``."""
+    return {"StagingApp": {
+        **common, "db_url": db_url, "site_name": "site-b",
+        "stores": {"b-store": {"path": str(store)}}, "receive_store": "b-store",
+        "peers": {"site-a": {"url": a_url, "secret": SECRET_BA}},
+        "peer_secrets": {"site-a": hash_secret(SECRET_AB)},
+    }}
+
+
+def two_sites(tmp: Path, a: Any, a_store: Path, b_store: Path, catalogue: Catalogue,
+              a_config: dict[str, Any], b_config: dict[str, Any], stack: Any) -> Sites:
+    """The two sites of a test module: A's server ``a`` (its jobs run in this process on
+    ``catalogue``, with A's configured peers) and B, started by ``Sites.start_b``."""
+    registry = PeerRegistry("site-a", parse_peers(a_config["StagingApp"]["peers"]))
+    a_core = Core(version="test", site_name="site-a", catalogue=catalogue,
+                  ingester=Ingester(catalogue), allowed_roots=[str(tmp)], peers=registry)
+    b_db = Database(b_config["StagingApp"]["db_url"])
+    return Sites(tmp, a, None, a_store, b_store, a_core, b_db,  # type: ignore
+                 b_config, a_config, stack)
+
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory) -> Iterator[Sites]:
     tmp = tmp_path_factory.mktemp("sites")
@@ -197,12 +220,6 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     stack = contextlib.ExitStack()
     a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
                                             config=a_config))
-    b_config = {"StagingApp": {
-        **common, "db_url": b_db_url, "site_name": "site-b",
-        "stores": {"b-store": {"path": str(b_store)}}, "receive_store": "b-store",
-        "peers": {"site-a": {"url": a.url, "secret": SECRET_BA}},
-        "peer_secrets": {"site-a": hash_secret(SECRET_AB)},
-    }}
     # Site A's catalogue, with metadata, registered in this process (as an ingest would).
     a_db = Database(a_db_url)
     catalogue = Catalogue(a_db)
@@ -212,11 +229,8 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
         specs.append(FileSpec(name=name, size=digest.size, checksums=digest.checksums,
                               source="correlator", meta={"index": i, "telescope": "HERA"}))
     catalogue.register(specs, "a-store", list(paths.values()))
-    registry = PeerRegistry("site-a", parse_peers(a_config["StagingApp"]["peers"]))
-    a_core = Core(version="test", site_name="site-a", catalogue=catalogue,
-                  ingester=Ingester(catalogue), allowed_roots=[str(tmp)], peers=registry)
-    site = Sites(tmp, a, None, a_store, b_store, a_core, Database(b_db_url),  # type: ignore
-                 b_config, a_config, stack)
+    site = two_sites(tmp, a, a_store, b_store, catalogue, a_config,
+                     receiver_config(common, b_db_url, b_store, a.url), stack)
     site.start_b("b-server")
     reply = site.b.api("ingest", {"store": "b-store", "globs": ["mine/*"]})
     assert reply, reply

@@ -31,9 +31,7 @@ from sqlalchemy import func, select
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
 from hera_stage_ext.catalogue.db import Database
-from hera_stage_ext.catalogue.ingest import Ingester
 from hera_stage_ext.catalogue.models import File, Instance
-from hera_stage_ext.core import Core
 from hera_stage_ext.transfer import protocol
 from hera_stage_ext.transfer.outgoing import remote_sites
 from hera_stage_ext.transfer.peer_config import parse_peers
@@ -42,7 +40,7 @@ from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR, PAUSE_BEFORE_SYNC_ENV
 
 from .jupyter_process import jupyter_process
-from .test_transfer import SECRET_AB, SECRET_BA, Sites, send
+from .test_transfer import SECRET_AB, SECRET_BA, Sites, receiver_config, send, two_sites
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -124,12 +122,6 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     stack = contextlib.ExitStack()
     a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
                                             config=a_config))
-    b_config = {"StagingApp": {
-        **common, "db_url": b_db_url, "site_name": "site-b",
-        "stores": {"b-store": {"path": str(b_store)}}, "receive_store": "b-store",
-        "peers": {"site-a": {"url": a.url, "secret": SECRET_BA}},
-        "peer_secrets": {"site-a": hash_secret(SECRET_AB)},
-    }}
     a_db = Database(a_db_url)
     catalogue = Catalogue(a_db)
     specs = []
@@ -141,11 +133,8 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     specs.append(FileSpec(name=DATASET, size=tree.size, checksums=tree.checksums,
                           is_directory=True))
     catalogue.register(specs, "a-store", [*paths.values(), f"2457802/{DATASET}"])
-    registry = PeerRegistry("site-a", parse_peers(a_config["StagingApp"]["peers"]))
-    a_core = Core(version="test", site_name="site-a", catalogue=catalogue,
-                  ingester=Ingester(catalogue), allowed_roots=[str(tmp)], peers=registry)
-    site = Sites(tmp, a, None, a_store, b_store, a_core, Database(b_db_url),  # type: ignore
-                 b_config, a_config, stack)
+    site = two_sites(tmp, a, a_store, b_store, catalogue, a_config,
+                     receiver_config(common, b_db_url, b_store, a.url), stack)
     site.start_b("b-server", env={FLIP_ONCE_ENV: FLIP})
     try:
         yield site
