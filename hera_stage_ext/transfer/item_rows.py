@@ -15,6 +15,7 @@ ORM reads these rows as its own.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -44,6 +45,9 @@ class ItemRow(NamedTuple):
 #: Columns of a new row, in the order ``ItemRows.insert`` takes them.
 NEW_COLUMNS = ("transfer", "peer", "name", "path", "size", "checksums", "spec", "state",
                "attempts", "resumed_from", "error", "created_at", "updated_at")
+#: Rows per multi-row ``INSERT ... VALUES`` on SQLite (13 bound values a row: well under its
+#: 32,766 a statement).
+_SQLITE_ROWS_PER_INSERT = 1_000
 _ACTIVE = "('" + "', '".join(ACTIVE_TRANSFER_ITEM_STATES) + "')"
 
 
@@ -78,6 +82,25 @@ class ItemRows:
         if rows:
             (self._raw.cursor() if self.pg else self._raw).executemany(self._sql(sql), rows)
 
+    def _insert_rows(self, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
+        """``INSERT`` of ``rows`` (tuples in the order of ``NEW_COLUMNS``), ``tail`` after its
+        values (an ``ON CONFLICT`` clause). SQLite: multi-row ``VALUES`` of up to
+        ``_SQLITE_ROWS_PER_INSERT`` rows (``catalogue.tables``' form: less work a row than
+        ``executemany``); PostgreSQL: ``executemany`` (psycopg pipelines it)."""
+        if not rows:
+            return
+        cast = self._cast()
+        marks = "(" + ", ".join(f"?{cast}" if c in ("checksums", "spec") else "?"
+                                for c in NEW_COLUMNS) + ")"
+        head = f"INSERT INTO transfer_item ({', '.join(NEW_COLUMNS)}) VALUES "
+        if self.pg:
+            self._many(f"{head}{marks}{tail}", rows)
+            return
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+            chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+            self._raw.execute(f"{head}{', '.join([marks] * len(chunk))}{tail}",
+                              list(itertools.chain.from_iterable(chunk)))
+
     def _where(self, column: str, values: Iterable[Any]) -> tuple[str, Any]:
         return self._in.format(column), bound_values(self._backend, values)
 
@@ -105,11 +128,7 @@ class ItemRows:
     def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """New items, each a tuple in the order of ``NEW_COLUMNS`` (JSON as ``json.dumps``
         text, times as ``time`` gives them)."""
-        cast = self._cast()
-        marks = ", ".join(f"?{cast}" if c in ("checksums", "spec") else "?"
-                          for c in NEW_COLUMNS)
-        self._many(f"INSERT INTO transfer_item ({', '.join(NEW_COLUMNS)}) VALUES ({marks})",
-                   rows)
+        self._insert_rows(rows)
 
     def rearm(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Known items announced again: (transfer, path, size, checksums, spec, updated_at,
@@ -156,19 +175,15 @@ class ItemRows:
         ``created_at`` kept) updated; the row written once, by one upsert each (no lookup
         first, and a row another announce inserted meanwhile is updated, not a clash)."""
         when = self.time(now)
-        cast = self._cast()
-        marks = ", ".join(f"?{cast}" if c in ("checksums", "spec") else "?"
-                          for c in NEW_COLUMNS)
-        self._many(
-            f"INSERT INTO transfer_item ({', '.join(NEW_COLUMNS)}) VALUES ({marks}) "
-            "ON CONFLICT (peer, name) DO UPDATE SET transfer = excluded.transfer, "
-            "path = excluded.path, size = excluded.size, checksums = excluded.checksums, "
-            "spec = excluded.spec, state = excluded.state, attempts = excluded.attempts, "
-            "resumed_from = 0, error = '', updated_at = excluded.updated_at",
+        self._insert_rows(
             [(item.transfer, item.peer, item.name, item.path, item.size,  # NEW_COLUMNS' order
               checksums_json(item.checksums), spec_json(item.spec),
               TransferItemState.COMMITTED, item.attempts, 0, "", when, when)
-             for item in items])
+             for item in items],
+            " ON CONFLICT (peer, name) DO UPDATE SET transfer = excluded.transfer, "
+            "path = excluded.path, size = excluded.size, checksums = excluded.checksums, "
+            "spec = excluded.spec, state = excluded.state, attempts = excluded.attempts, "
+            "resumed_from = 0, error = '', updated_at = excluded.updated_at")
 
     def set_state(self, item_ids: Sequence[int], state: str, error: str,
                   now: dt.datetime) -> None:
