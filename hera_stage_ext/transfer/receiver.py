@@ -313,7 +313,7 @@ class Receiver:
     def _record(self, peer: str, transfer: str, offers: list[dict[str, Any]],
                 answers: dict[str, tuple[str, str]]) -> list[tuple[int, int, bool]]:
         """Create or re-arm the items of every ``send`` answer; their (id, size, is it a
-        directory). New items go in with one executemany (announces carry hundreds)."""
+        directory). New items go in with one statement (announces carry hundreds)."""
         sending = [o for o in offers if answers[o["name"]][0] == SEND]
         if not sending:
             return []
