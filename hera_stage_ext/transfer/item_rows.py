@@ -99,7 +99,7 @@ class ItemRows:
         values (an ``ON CONFLICT`` clause). SQLite: multi-row ``VALUES`` of up to
         ``_SQLITE_ROWS_PER_INSERT`` rows (``catalogue.tables``' form: less work a row than
         ``executemany``); PostgreSQL: one ``INSERT ... SELECT`` of the rows bound as ONE JSON
-        text (``tables``' form too: ``executemany`` cost the client 15-19 us a row), in their
+        text (``tables``' form too: ``executemany`` cost the client 12-19 us a row), in their
         order (the ids ascend as they would row by row)."""
         if not rows:
             return
