@@ -272,12 +272,10 @@ class _StageStream:
                     claimed = self._next_batch(first=False)
                 while len(flight) > 1:
                     self._collect(flight.pop(0), started, mover)
-                    if claimed is None and self.run.commit_due():
-                        self.run.commit(wait=False)
+                    self._record_due(claimed)
             while len(flight) > (1 if claimed else 0):
                 self._collect(flight.pop(0), started, mover)
-                if claimed is None and self.run.commit_due():
-                    self.run.commit(wait=False)
+                self._record_due(claimed)
             if flight:  # carried into the next claim's parts: not given back with this batch
                 flight[0].carried = True
                 started.update([item.id for item in flight[0].items])
@@ -293,6 +291,15 @@ class _StageStream:
                 self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
             raise
         return claimed
+
+    def _record_due(self, claimed: list[ClaimedItem] | None) -> None:
+        """After a hand-over's results came back: record what is through when a commit is
+        due and this stream did not just claim (its claim recorded it). Once its claim took
+        nothing (the queue is empty), at once: while the other streams' last hand-overs are
+        still being written, instead of all in the run's last commit after them, which the
+        job's end waits for."""
+        if claimed == [] or (claimed is None and self.run.commit_due()):
+            self.run.commit(wait=False)
 
     def _hand_over(self, items: list[ClaimedItem], started: set[int], ahead: bool = False
                    ) -> _HandedOver | None:
