@@ -16,10 +16,10 @@ Each helper pipelines: its main thread writes hand-over k+1 while a second threa
 renames hand-over k and those before it (the waits for the disk release the interpreter lock),
 so both cores keep copying; the worker keeps up to ``DEPTH`` hand-overs in flight per helper, and one reader thread
 per helper routes the replies to the waiting streams. A third thread of the helper receives the
-hand-overs as they are sent (``_Inbox``), so that a stream's send never waits for the writer. A stream sends its next hand-over while
-its last is in flight (``submit_ahead``), so that the helpers have the next ones to write while
-they sync; a helper writes those after every other it holds, so they never hold up another
-job's.
+hand-overs as they are sent (``_Inbox``), so that a stream's send never waits for the writer.
+A stream sends its next hand-over while its last is in flight (``submit_ahead``), so that the
+helpers have the next ones to write while they sync; a helper writes those after every other
+it holds, so they never hold up another job's.
 
 The worker starts the helpers from one long-lived thread of the pool (``PR_SET_PDEATHSIG`` ties
 a child to the thread that started it): a SIGKILLed worker leaves no helper writing behind it,
