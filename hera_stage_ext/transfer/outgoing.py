@@ -75,22 +75,28 @@ def list_peers(core: Core, timeout: float = 3.0) -> list[dict[str, Any]]:
     return out
 
 
-#: The columns of an announce offer (``offers_for``), for the database driver; ``{instances}``:
-#: nothing, or ``_INSTANCE_JOIN`` and the path columns of each instance a batch pull may be
-#: served from.
+#: The instances a batch pull may be served from: available, on an available online store,
+#: the first of each file by store name, then instance.
+_INSTANCE_OK, _STORE_OK, _FIRST = "i.available", "s.available AND s.kind = 'online'", (
+    " ORDER BY s.name, i.id")
+#: The columns of an announce offer (``offers_for``), for the database driver; with
+#: ``_OFFER_PATHS``, also the paths of the instances a batch pull may be served from (a file
+#: without one keeps its row, NULL paths: outer joins, each a lookup by index, where joining
+#: the two tables inside one outer join had SQLite scan every instance).
 _OFFER_SQL = (
     "SELECT f.name, f.size, f.is_directory, f.checksums, f.create_time, f.obsid, f.source, "
-    "f.metadata, o.obsid, o.start_time_jd, o.stop_time_jd, o.start_lst_hr, o.session_id"
-    "{columns} FROM file f LEFT OUTER JOIN observation o ON o.obsid = f.obsid{instances} "
-    "WHERE {condition}{order}")
-#: The instances a batch pull may be served from (the first by store name, then instance, of
-#: each file): joined to the offers' query (``offers_for``'s ``found``; a file without one
-#: keeps its row, with NULL paths), or alone (``_BATCH_SQL``).
-_SERVED_FROM = ("i.available AND s.available AND s.kind = 'online'", " ORDER BY s.name, i.id")
+    "f.metadata, o.obsid, o.start_time_jd, o.stop_time_jd, o.start_lst_hr, o.session_id{paths} "
+    "FROM file f LEFT OUTER JOIN observation o ON o.obsid = f.obsid{joins} WHERE {condition}"
+    "{order}")
+_OFFER_PATHS = {
+    "paths": ", i.path, s.path",
+    "joins": f" LEFT OUTER JOIN instance i ON i.file_id = f.id AND {_INSTANCE_OK} "
+             f"LEFT OUTER JOIN store s ON s.id = i.store_id AND {_STORE_OK}",
+    "order": _FIRST}
 _BATCH_SQL = (
     "SELECT f.name, f.is_directory, i.path, s.path FROM file f "
     "JOIN instance i ON i.file_id = f.id JOIN store s ON i.store_id = s.id "
-    "WHERE {condition} AND " + _SERVED_FROM[0] + _SERVED_FROM[1])
+    f"WHERE {{condition}} AND {_INSTANCE_OK} AND {_STORE_OK}{_FIRST}")
 
 
 #: Where a batch member lies, by name (``offers_for``'s ``found``, ``batch_paths``): (its
@@ -112,18 +118,14 @@ def offers_for(db: Database, paths: dict[str, str], found: Found | None = None
     with db.read() as s:
         connection = s.connection()
         backend = connection.dialect.name
-        sql = _OFFER_SQL.format(
-            condition=one_of_sql(backend, "f.name"), columns="" if found is None else
-            ", i.path, s.path", instances="" if found is None else
-            " LEFT OUTER JOIN (instance i JOIN store s ON i.store_id = s.id AND "
-            + _SERVED_FROM[0] + ") ON i.file_id = f.id",
-            order="" if found is None else _SERVED_FROM[1])
+        sql = _OFFER_SQL.format(condition=one_of_sql(backend, "f.name"), **(
+            _OFFER_PATHS if found is not None else {"paths": "", "joins": "", "order": ""}))
         rows = driver_rows(connection, sql, (bound_values(backend, paths),))
     text = backend != "postgresql"  # SQLite: JSON as its text, times as SQLAlchemy's text
     loads, parse_time = json.loads, dt.datetime.fromisoformat
     for row in rows:
         name = row[0]
-        if found is not None and row[13] is not None:
+        if found is not None and row[14] is not None:  # (NULL: none, or not on a usable store)
             found.setdefault(name, (row[13], row[14], bool(row[2])))
         if name in out:  # (another instance of a file already made an offer)
             continue
