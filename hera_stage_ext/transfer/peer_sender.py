@@ -8,14 +8,16 @@ outcome: no pull, no status polls), looked up with their offers (``outgoing.offe
 ``found``) and read as a peer's batch pull reads them (``members_at``, ``MemberReader``: each
 folder opened once below the store's root, no link followed), each push sent by the stream's
 ``pusher`` thread while the stream reads the next (at most one in flight a stream, answered
-before the stream's client is used again); a peer this site throttles (``max_bytes_per_s``, applied by its server's
-pull handlers) is never pushed to, and one that answers a push 404 (a proxy that knows only the
-older routes) is announced to from then on. ``rclone_send.RcloneSender`` builds on it for rclone remotes;
-``jobs.TransferKind`` picks one of the two per peer.
+before the stream's client is used again); a peer this site throttles (``max_bytes_per_s``,
+applied by its server's pull handlers) is never pushed to, and one that answers a push 404 (a
+proxy that knows only the older routes) is announced to from then on.
+``rclone_send.RcloneSender`` builds on it for rclone remotes; ``jobs.TransferKind`` picks one
+of the two per peer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -268,11 +270,10 @@ class PeerSender:
                         return
                 self.follow()
         finally:
-            if self.pushing is not None:  # (an error or a stop is on its way out)
-                try:
-                    self.settle()  # what the peer committed meanwhile is reported as done
-                except Exception:  # noqa: BLE001  # (the error under way is the one raised)
-                    pass
+            if self.pushing is not None:  # (an error or a stop is on its way out, and is
+                # the one raised): what the peer committed meanwhile is reported as done
+                with contextlib.suppress(Exception):
+                    self.settle()
             # Claimed and not through (cancel, stop): back to the queue, announced again
             # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
             requeue_items(self.db, [c.id for c in claimed if c.id not in self.reported])
@@ -464,7 +465,8 @@ class PeerSender:
             return client.push(transfer, offers, data)
 
         if self.pusher is None:
-            self.pusher = ThreadPoolExecutor(1, thread_name_prefix=threading.current_thread().name + "-push")
+            self.pusher = ThreadPoolExecutor(
+                1, thread_name_prefix=threading.current_thread().name + "-push")
         self.pushing = _Push(transfer, items, known, time.monotonic(), self.pusher.submit(
             self.retrying, f"push to peer {self.peer.name!r}", push), tries)
         return []
