@@ -979,8 +979,11 @@ def test_a_batch_is_served_from_available_online_instances_on_both_databases(
         database: Database, tmp_path) -> None:
     """What a peer's batch pull is served from: per name, in the order asked, the first
     available instance on an available online store (by store name, then instance), or why
-    there is none (unknown, only on a cold or unavailable store or instance, a directory)."""
-    from hera_stage_ext.transfer.outgoing import BatchMember, batch_paths
+    there is none (unknown, only on a cold or unavailable store or instance, a directory).
+    A sender's push reads the same, found with its offers in one query (``offers_for``'s
+    ``found``), each file's offer made once whatever its instances."""
+    from hera_stage_ext.transfer.outgoing import (
+        BatchMember, batch_paths, members_at, offers_for)
 
     catalogue = Catalogue(database)
     roots = {name: tmp_path / name for name in ("a", "b", "cold", "off")}
@@ -1007,6 +1010,12 @@ def test_a_batch_is_served_from_available_online_instances_on_both_databases(
                                          "off.uvh5", "gone.uvh5"]
     assert all("no available instance" in m.error and not m.path
                for m in members[2:]), members
+    names = [m.name for m in members]
+    found: dict = {}
+    offers = offers_for(core.catalogue.db, {n: f"p/{n}" for n in names}, found)
+    assert members_at(names, found) == members
+    assert offers == offers_for(core.catalogue.db, {n: f"p/{n}" for n in names})
+    assert sorted(offers) == sorted(set(names) - {"nothing"})
 
 
 def test_a_folder_swapped_for_a_link_is_never_followed_by_a_sender(tmp_path) -> None:
