@@ -58,6 +58,7 @@ big files are flat).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import io
 import itertools
@@ -67,12 +68,13 @@ import secrets
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from .. import directio, safefs
 from ..catalogue import checksums as ck
@@ -80,6 +82,7 @@ from ..catalogue.catalogue import Catalogue
 from ..catalogue.inlist import one_of
 from ..catalogue.models import File, Instance, Store, utcnow
 from ..errors import ChecksumMismatch, Conflict, InvalidRequest, StagingError, Unavailable
+from ..jobs.engine import lease_clock, local_worker_dead, new_worker_id
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
@@ -151,7 +154,7 @@ class _Member(NamedTuple):
 class Receiver:
     def __init__(self, catalogue: Catalogue, registry: PeerRegistry, store: str | None, *,
                  streams: int = 2, reserve_bytes: int = 0, max_attempts: int = 5,
-                 backoff_s: float = 1.0, fsync: bool = True) -> None:
+                 backoff_s: float = 1.0, fsync: bool = True, lease_s: float = 30.0) -> None:
         self.catalogue = catalogue
         self.db = catalogue.db
         self.registry = registry
@@ -185,6 +188,13 @@ class Receiver:
         #: Syncs each file of a batch as it is written (``durable.py``).
         self._syncer = FileSyncer()
         self._stop = threading.Event()
+        #: This receiver's name in the leases of the items it holds (``_claim``), how long a
+        #: lease runs, when (``time.monotonic``) the last renewal of all of them began, and
+        #: the thread that renews them and takes over items whose lease ran out.
+        self._holder = new_worker_id()
+        self.lease_s = lease_s
+        self._renewed = 0.0
+        self._keeper: threading.Thread | None = None
 
     # ----- store --------------------------------------------------------------------------
     def _store_root(self) -> Path:
@@ -397,19 +407,110 @@ class Receiver:
 
     # ----- pulls --------------------------------------------------------------------------
     def resume(self) -> list[int]:
-        """At server start: pull again every item left queued or receiving."""
+        """At server start: pull again every item left queued or receiving that no other
+        receiver holds (``_sweep``); the ids taken."""
         if self.store is None:
             return []
         self._discard_pushed_parts()
+        return self._sweep(at_start=True)
+
+    # ----- leases: one receiver pulls an item at a time -----------------------------------
+    def _claim(self, item_ids: list[int]) -> set[int]:
+        """Take the lease of each item of ``item_ids`` still active and held by no other
+        receiver under a live lease (nor by a process of this host that is gone: a server
+        restarted takes over its predecessor's at once); the ids taken. One conditional
+        update: of replicas claiming one item at once exactly one wins (SQLite: one writer at
+        a time; PostgreSQL: the second waits for the first's row lock and then finds the
+        row held)."""
+        if not item_ids:
+            return set()
+        self._keep()
+        mine = one_of(self.db, TransferItem.id, item_ids)
+        with self.db.write() as s:
+            now = lease_clock(s)
+            holders = s.scalars(select(TransferItem.holder).distinct().where(
+                mine, TransferItem.holder != self._holder, TransferItem.lease_expires >= now))
+            dead = [holder for holder in holders if local_worker_dead(holder)]
+            return set(s.scalars(
+                update(TransferItem).where(
+                    mine, TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES),
+                    or_(TransferItem.holder.is_(None), TransferItem.holder == self._holder,
+                        TransferItem.lease_expires < now, TransferItem.holder.in_(dead)))
+                .values(holder=self._holder, lease_expires=self._expiry(now))
+                .returning(TransferItem.id)
+                .execution_options(synchronize_session=False)))
+
+    def _expiry(self, now: Any) -> Any:
+        return now + dt.timedelta(seconds=self.lease_s)
+
+    def _keep(self) -> None:
+        """Start the thread that keeps this receiver's leases (once, at its first claim: a
+        receiver that pulls nothing reads nothing)."""
+        with self._lock:
+            if self._keeper is not None:
+                return
+            self._renewed = time.monotonic()  # (nothing held yet)
+            self._keeper = threading.Thread(target=self._keep_leases, daemon=True,
+                                            name="hera-receive-leases")
+        self._keeper.start()
+
+    def _keep_leases(self) -> None:
+        """Until the receiver stops: renew the leases of every item it holds (queued here or
+        being pulled), and take over items whose lease ran out (their receiver died or lost
+        the database), several times a lease."""
+        while not self._stop.wait(self.lease_s / 6):
+            try:
+                self._renew()
+                self._sweep()
+            except Exception as exc:  # the database away: the pulls stop (``_holding``)
+                log.warning("transfer leases: %s: %s", type(exc).__name__, exc)
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = set(self._running)
+            for queue in self._small.values():
+                held.update(queue)
+        began = time.monotonic()
+        if held:
+            with self.db.write() as s:
+                s.execute(update(TransferItem).where(
+                    one_of(self.db, TransferItem.id, held),
+                    TransferItem.holder == self._holder)
+                    .values(lease_expires=self._expiry(lease_clock(s)))
+                    .execution_options(synchronize_session=False))
+        self._renewed = began
+
+    def _holding(self, item: TransferItem | ItemRow) -> None:
+        """Unavailable once the lease of ``item`` may be about to run out: the last renewal
+        began half a lease ago (the database unreachable, the keeper starved), so the pull
+        stops writing before another replica may take the item over (and is tried again under
+        a lease renewed, ``_pull``, ``_start_batch``). A repair's pull (``pull_verified``: no
+        item row, its own work path) holds no lease."""
+        if item.id is not None and time.monotonic() - self._renewed > self.lease_s / 2:
+            raise Unavailable("this receiver could not renew its leases in time; the pull "
+                              "stops and is tried again")
+
+    def _sweep(self, at_start: bool = False) -> list[int]:
+        """Pull every item queued or receiving that no receiver holds under a live lease
+        (``at_start``: nor one of this host whose process is gone); the ids taken."""
         by_peer: dict[str, list[tuple[int, int, bool]]] = {}
         with self.db.read() as s:
-            for i in s.scalars(select(TransferItem).where(
-                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).order_by(TransferItem.id)):
+            now = lease_clock(s)
+            free = or_(TransferItem.holder.is_(None), TransferItem.lease_expires < now)
+            if at_start:
+                dead = [holder for holder in s.scalars(
+                    select(TransferItem.holder).distinct().where(
+                        TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES),
+                        TransferItem.holder.is_not(None)))
+                        if local_worker_dead(holder)]
+                free = or_(free, TransferItem.holder.in_(dead))
+            for i in s.execute(select(TransferItem.id, TransferItem.peer, TransferItem.size,
+                                      TransferItem.spec).where(
+                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES), free)
+                    .order_by(TransferItem.id)):
                 by_peer.setdefault(i.peer, []).append(
                     (i.id, i.size, bool(i.spec.get("is_directory"))))
-        for peer, items in by_peer.items():
-            self._dispatch(peer, items)
-        return sorted(i for items in by_peer.values() for i, _size, _is_directory in items)
+        return sorted(i for peer, items in by_peer.items() for i in self._dispatch(peer, items))
 
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
@@ -428,26 +529,31 @@ class Receiver:
         finally:
             os.close(incoming)
 
-    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> None:
-        """Pull ``items`` ((id, size, is it a directory) each) of ``peer``: directories and
-        large files one by one, small flat files queued for batch pulls."""
+    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> set[int]:
+        """Pull ``items`` ((id, size, is it a directory) each) of ``peer`` that this receiver
+        can claim (``_claim``; the others another receiver holds): directories and large files
+        one by one, small flat files queued for batch pulls. The ids claimed."""
+        claimed = self._claim([item_id for item_id, _size, _is_directory in items])
         small = []
         for item_id, size, is_directory in items:
+            if item_id not in claimed:
+                continue
             if is_directory or size > BATCH_FILE_MAX:
                 self._submit(item_id)
             else:
                 small.append((item_id, size))
         if not small:
-            return
+            return claimed
         with self._lock:
             if self._stop.is_set():
-                return
+                return claimed
             queue = self._small.setdefault(peer, {})
             queue.update((i, size) for i, size in small if i not in self._running)
             start = self._drainers < self._streams
             self._drainers += start
         if start:
             self._pool.submit(self._drain)
+        return claimed
 
     def _drain(self) -> None:
         """Pull queued small files in batches until none is left: what several announces
@@ -501,10 +607,13 @@ class Receiver:
                 self._running.discard(item_id)
 
     def _finish(self, item_id: int, state: str, error: str = "") -> None:
+        """The item's end (committed or failed), its lease given up; nothing if another
+        receiver holds it now (this one's lease ran out: the item is that one's to end)."""
         with self.db.write() as s:
             item = s.get(TransferItem, item_id)
-            if item is not None:
+            if item is not None and item.holder == self._holder:
                 item.state, item.error, item.updated_at = state, error, utcnow()
+                item.holder = item.lease_expires = None
         self._changed()
 
     def _changed(self) -> None:
@@ -518,6 +627,10 @@ class Receiver:
                 raise _Stopped
             part = self._part(root, item_id)
             with self.db.write() as s:
+                # Each attempt under this receiver's lease, renewed (none if another took it
+                # over: its lease ran out here).
+                if not self._renew_held(s, [item_id]):
+                    return
                 item = s.get(TransferItem, item_id)
                 if item is None or item.state not in ACTIVE_TRANSFER_ITEM_STATES:
                     return
@@ -594,6 +707,7 @@ class Receiver:
                       incoming: int, algorithms: list[str]) -> None:
         """Pull into ``part`` (in the open folder ``incoming``), verify, link to ``dest``."""
         self._pull_file(item, part, incoming, algorithms)
+        self._holding(item)  # (the partial file is this receiver's until it is linked)
         with safefs.Folders([str(root)]) as folders:
             # atomic; FileExistsError (an OSError) if something appeared
             os.link(part.name, dest.name, src_dir_fd=incoming,
@@ -654,6 +768,7 @@ class Receiver:
                     try:
                         if self._stop.is_set():
                             raise _Stopped
+                        self._holding(item)
                         n = stream.fill(buffer)
                         if flip == item.name and item.name not in _flipped and n:
                             _flipped.add(item.name)
@@ -699,6 +814,7 @@ class Receiver:
         if self.fsync:  # its files on disk before they take their final name
             sync_tree(str(tree))
         os.close(safefs.open_dir(str(dest.parent), create=True)[0])
+        self._holding(item)
         try:
             rename_path_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
         finally:
@@ -721,6 +837,7 @@ class Receiver:
             stream = _ChunkReader(client.chunks(item.name), self._stop)
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
+                    self._holding(item)
                     if member.name.split("/", 1)[0] != item.name:
                         raise ChecksumMismatch(f"{item.name}: the tar stream holds "
                                                f"{member.name!r}, outside the data set")
@@ -788,20 +905,30 @@ class Receiver:
             log.exception("transfer items %d..%d: unexpected failure", item_ids[0], item_ids[-1])
             with self.db.write() as s:
                 s.execute(update(TransferItem).where(
-                    TransferItem.id.in_(item_ids),
+                    TransferItem.id.in_(item_ids), TransferItem.holder == self._holder,
                     TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).values(
                     state=TransferItemState.FAILED, error="internal error (see the server log)",
-                    updated_at=utcnow()))
+                    updated_at=utcnow(), holder=None, lease_expires=None))
             self._changed()
         finally:
             with self._lock:
                 self._running.difference_update(item_ids)
 
     def _start_batch(self, item_ids: list[int]) -> list[ItemRow]:
-        """Mark the items still active as receiving (one more attempt each); their rows (with
-        the attributes of a TransferItem). Two statements, not an ORM object per item."""
+        """Mark the items still active and still held by this receiver (their leases renewed)
+        as receiving (one more attempt each); their rows (with the attributes of a
+        TransferItem). Three statements, not an ORM object per item."""
         with self.db.write() as s:
-            return ItemRows(s).start(item_ids, utcnow(), self._parsed)
+            return ItemRows(s).start(self._renew_held(s, item_ids), utcnow(), self._parsed)
+
+    def _renew_held(self, s: Any, item_ids: list[int]) -> list[int]:
+        """Of ``item_ids``, those this receiver still holds, their leases renewed (in the
+        session ``s``): what an attempt may pull."""
+        return list(s.scalars(
+            update(TransferItem).where(one_of(self.db, TransferItem.id, item_ids),
+                                       TransferItem.holder == self._holder)
+            .values(lease_expires=self._expiry(lease_clock(s)))
+            .returning(TransferItem.id).execution_options(synchronize_session=False)))
 
     def _pull_batch(self, item_ids: list[int], clients: dict[str, PeerClient]) -> None:
         """Pull the small items ``item_ids`` (of one peer) in batches until each is committed
@@ -913,6 +1040,7 @@ class Receiver:
                 if entry is None:
                     return received, f"the sender sent {name!r}, not asked for"
                 item, dest = entry
+                self._holding(item)
                 if error:
                     self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
                                  f"{error}")
@@ -974,10 +1102,24 @@ class Receiver:
         """Make the verified members final (``_make_final``), register them in one
         transaction and commit them with their events in one more; the members to pull
         again, with why. Members whose final name is taken go to ``alone``."""
+        # The partial files are this receiver's until renamed: the leases of the members
+        # renewed first (a whole lease for their syncs and renames); one another receiver
+        # took over meanwhile (this one lost the database for a lease) is never renamed here.
+        lost: list[tuple[ItemRow, str]] = []
+        if received:
+            try:
+                with self.db.write() as s:
+                    held = set(self._renew_held(s, [m.item.id for m in received]))
+            except Exception as exc:  # noqa: BLE001  (the database away: none renamed)
+                held, why = set(), f"its lease could not be renewed: {type(exc).__name__}"
+            else:
+                why = "another receiver took it over"
+            lost = [(m.item, why) for m in received if m.item.id not in held]
+            received = [m for m in received if m.item.id in held]
         final, retry, taken = self._make_final(root, incoming_fd, received, syncs)
         alone += [m.item.id for m in taken]
         self._register_batch(final)
-        return retry
+        return retry + lost
 
     def _make_final(self, root: str, incoming_fd: int, received: list[_Member],
                     syncs: SyncBatch
