@@ -14,7 +14,21 @@ and never over an existing file; the folder synced, up to the store), the partia
 and file, instance, metadata and a ``transfer-received`` event registered through
 ``Catalogue.register``; only then is the item ``committed``. A mismatch discards the partial
 file and pulls again from zero, up to ``max_attempts``; network errors back off and resume. A
-server restart resumes every item still ``queued`` or ``receiving`` (``resume``).
+server restart resumes every item still ``queued`` or ``receiving`` (``resume``) that no other
+receiver holds.
+
+One receiver pulls an item at a time, also when several servers (replicas of a site) share the
+catalogue and the store: an item is queued or pulled only under this receiver's lease on its row
+(``holder``, ``lease_expires`` on the database's clock, as a job's worker and lease), taken by
+one conditional update (``_claim``: of receivers claiming it at once exactly one wins) when it
+is dispatched, renewed by a thread of its own (``_keep_leases``) and again at each attempt
+(``_renew_held``: an attempt whose item another receiver took over leaves it), given up when
+the item ends. That thread also takes over items whose lease ran out (their receiver died),
+which resume from their partial file; at start a receiver takes over at once the items of a
+process of its host that is gone (``resume``). A pull stops writing once its lease may be about
+to run out (``_holding``: the last renewal began half a lease ago), and a batch's members are
+renamed into place only under leases renewed just before: never two writers of one partial
+file, never a rename of one another receiver writes.
 
 Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
@@ -408,11 +422,14 @@ class Receiver:
     # ----- pulls --------------------------------------------------------------------------
     def resume(self) -> list[int]:
         """At server start: pull again every item left queued or receiving that no other
-        receiver holds (``_sweep``); the ids taken."""
+        receiver holds (``_sweep``), and from now on take over those whose lease runs out
+        (``_keep_leases``); the ids taken."""
         if self.store is None:
             return []
         self._discard_pushed_parts()
-        return self._sweep(at_start=True)
+        taken = self._sweep(at_start=True)
+        self._keep()
+        return taken
 
     # ----- leases: one receiver pulls an item at a time -----------------------------------
     def _claim(self, item_ids: list[int]) -> set[int]:
@@ -444,8 +461,8 @@ class Receiver:
         return now + dt.timedelta(seconds=self.lease_s)
 
     def _keep(self) -> None:
-        """Start the thread that keeps this receiver's leases (once, at its first claim: a
-        receiver that pulls nothing reads nothing)."""
+        """Start the thread that keeps this receiver's leases (once: at start, or at its
+        first claim)."""
         with self._lock:
             if self._keeper is not None:
                 return
