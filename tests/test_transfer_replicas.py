@@ -16,13 +16,14 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
@@ -30,7 +31,8 @@ from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import File, Instance, utcnow
 from hera_stage_ext.transfer.models import TransferItem
 from hera_stage_ext.transfer.outgoing import remote_sites
-from hera_stage_ext.transfer.peers import hash_secret
+from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
+from hera_stage_ext.transfer.receiver import Receiver
 
 from .jupyter_process import JupyterProcess, jupyter_process
 from .test_transfer import (
@@ -177,3 +179,59 @@ def test_a_replica_killed_mid_pull_is_taken_over_after_its_lease(sites: Sites) -
     assert item.attempts == 2 and 0 < item.resumed_from <= held, (item.attempts,
                                                                     item.resumed_from)
     assert not part.exists()
+
+
+def test_of_two_receivers_claiming_an_item_at_once_one_holds_it_on_both_databases(
+        database: Database, tmp_path: Any) -> None:
+    """Two receivers on one catalogue claim one item at the same moment: exactly one holds it
+    (a conditional update), the other cannot take it while its lease lives; once the lease
+    has run out the other takes it over, and the first's next attempt finds it taken (it
+    neither pulls nor ends it)."""
+    catalogue = Catalogue(database)
+    (tmp_path / "store").mkdir()
+    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
+    # (Leases of an hour: no renewal or take-over by their threads meanwhile.)
+    receivers = [Receiver(catalogue, PeerRegistry("here"), "r", lease_s=3600)
+                 for _ in range(2)]
+    try:
+        with database.write() as s:
+            item = TransferItem(transfer="t", peer="there", name="zen.1.uvh5", path="zen.1.uvh5",
+                                size=1, checksums={}, spec={}, state="queued")
+            s.add(item)
+            s.flush()
+            item_id = item.id
+        barrier = threading.Barrier(2)
+        won: dict[int, set[int]] = {}
+
+        def claim(i: int) -> None:
+            barrier.wait()
+            won[i] = receivers[i]._claim([item_id])
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(won.values(), key=len) == [set(), {item_id}]
+        holder, other = (receivers[0], receivers[1]) if won[0] else (receivers[1], receivers[0])
+        assert other._claim([item_id]) == set()
+        assert holder._claim([item_id]) == {item_id}  # its own: kept
+        with database.write() as s:  # the holder stopped renewing: its lease ran out
+            s.execute(update(TransferItem).values(lease_expires=dt.datetime(2000, 1, 1)))
+        assert other._claim([item_id]) == {item_id}
+        with database.write() as s:
+            assert holder._renew_held(s, [item_id]) == []
+        holder._finish(item_id, "failed", "not its to end")
+        assert (_state(database, item_id)) == ("queued", "")
+        other._finish(item_id, "committed")
+        assert (_state(database, item_id)) == ("committed", "")
+    finally:
+        for receiver in receivers:
+            receiver.close()
+
+
+def _state(database: Database, item_id: int) -> tuple[str, str]:
+    with database.read() as s:
+        item = s.get(TransferItem, item_id)
+        assert item is not None
+        return item.state, item.error

@@ -77,13 +77,14 @@ import errno
 import io
 import itertools
 import logging
+import math
 import os
 import secrets
 import shutil
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -203,11 +204,13 @@ class Receiver:
         self._syncer = FileSyncer()
         self._stop = threading.Event()
         #: This receiver's name in the leases of the items it holds (``_claim``), how long a
-        #: lease runs, when (``time.monotonic``) the last renewal of all of them began, and
-        #: the thread that renews them and takes over items whose lease ran out.
+        #: lease runs, the items it holds (queued or being pulled): id -> when
+        #: (``time.monotonic``) the statement that took or renewed its lease began (the lease
+        #: runs until a lease after that at least), and the thread that renews them and takes
+        #: over items whose lease ran out.
         self._holder = new_worker_id()
         self.lease_s = lease_s
-        self._renewed = 0.0
+        self._held: dict[int, float] = {}
         self._keeper: threading.Thread | None = None
 
     # ----- store --------------------------------------------------------------------------
@@ -432,33 +435,38 @@ class Receiver:
         return taken
 
     # ----- leases: one receiver pulls an item at a time -----------------------------------
-    def _claim(self, item_ids: list[int]) -> set[int]:
+    def _claim(self, item_ids: list[int], dead: Sequence[str] = ()) -> set[int]:
         """Take the lease of each item of ``item_ids`` still active and held by no other
-        receiver under a live lease (nor by a process of this host that is gone: a server
-        restarted takes over its predecessor's at once); the ids taken. One conditional
+        receiver under a live lease (nor by one of ``dead``); the ids taken. One conditional
         update: of replicas claiming one item at once exactly one wins (SQLite: one writer at
         a time; PostgreSQL: the second waits for the first's row lock and then finds the
         row held)."""
         if not item_ids:
             return set()
         self._keep()
-        mine = one_of(self.db, TransferItem.id, item_ids)
+        began = time.monotonic()
         with self.db.write() as s:
             now = lease_clock(s)
-            holders = s.scalars(select(TransferItem.holder).distinct().where(
-                mine, TransferItem.holder != self._holder, TransferItem.lease_expires >= now))
-            dead = [holder for holder in holders if local_worker_dead(holder)]
-            return set(s.scalars(
+            free = or_(TransferItem.holder.is_(None), TransferItem.holder == self._holder,
+                       TransferItem.lease_expires < now)
+            won = set(s.scalars(
                 update(TransferItem).where(
-                    mine, TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES),
-                    or_(TransferItem.holder.is_(None), TransferItem.holder == self._holder,
-                        TransferItem.lease_expires < now, TransferItem.holder.in_(dead)))
+                    one_of(self.db, TransferItem.id, item_ids),
+                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES),
+                    or_(free, TransferItem.holder.in_(dead)) if dead else free)
                 .values(holder=self._holder, lease_expires=self._expiry(now))
                 .returning(TransferItem.id)
                 .execution_options(synchronize_session=False)))
+        self._stamp(won, began)
+        return won
 
     def _expiry(self, now: Any) -> Any:
         return now + dt.timedelta(seconds=self.lease_s)
+
+    def _stamp(self, item_ids: Iterable[int], began: float) -> None:
+        """``item_ids`` are held here under leases taken or renewed at ``began``."""
+        with self._lock:
+            self._held.update(dict.fromkeys(item_ids, began))
 
     def _keep(self) -> None:
         """Start the thread that keeps this receiver's leases (once: at start, or at its
@@ -466,7 +474,6 @@ class Receiver:
         with self._lock:
             if self._keeper is not None:
                 return
-            self._renewed = time.monotonic()  # (nothing held yet)
             self._keeper = threading.Thread(target=self._keep_leases, daemon=True,
                                             name="hera-receive-leases")
         self._keeper.start()
@@ -484,33 +491,45 @@ class Receiver:
 
     def _renew(self) -> None:
         with self._lock:
-            held = set(self._running)
-            for queue in self._small.values():
-                held.update(queue)
-        began = time.monotonic()
+            held = list(self._held)
         if held:
             with self.db.write() as s:
-                s.execute(update(TransferItem).where(
-                    one_of(self.db, TransferItem.id, held),
-                    TransferItem.holder == self._holder)
-                    .values(lease_expires=self._expiry(lease_clock(s)))
-                    .execution_options(synchronize_session=False))
-        self._renewed = began
+                self._renew_held(s, held)
+
+    def _renew_held(self, s: Any, item_ids: list[int]) -> list[int]:
+        """Of ``item_ids``, those this receiver still holds, their leases renewed (in the
+        session ``s``; one another receiver took over is not renewed, and its pull stops,
+        ``_holding``)."""
+        began = time.monotonic()
+        held = list(s.scalars(
+            update(TransferItem).where(one_of(self.db, TransferItem.id, item_ids),
+                                       TransferItem.holder == self._holder)
+            .values(lease_expires=self._expiry(lease_clock(s)))
+            .returning(TransferItem.id).execution_options(synchronize_session=False)))
+        with self._lock:  # (not one that left meanwhile)
+            self._held.update((i, began) for i in held if i in self._held)
+        return held
+
+    def _surely_held(self, item_id: int) -> bool:
+        """Whether this receiver's lease of ``item_id`` runs another half lease at least
+        (taken or renewed here less than half a lease ago)."""
+        return time.monotonic() - self._held.get(item_id, -math.inf) <= self.lease_s / 2
 
     def _holding(self, item: TransferItem | ItemRow) -> None:
-        """Unavailable once the lease of ``item`` may be about to run out: the last renewal
-        began half a lease ago (the database unreachable, the keeper starved), so the pull
-        stops writing before another replica may take the item over (and is tried again under
-        a lease renewed, ``_pull``, ``_start_batch``). A repair's pull (``pull_verified``: no
-        item row, its own work path) holds no lease."""
-        if item.id is not None and time.monotonic() - self._renewed > self.lease_s / 2:
-            raise Unavailable("this receiver could not renew its leases in time; the pull "
-                              "stops and is tried again")
+        """Unavailable unless this receiver surely holds ``item`` (its lease not renewed for
+        half a lease: the database unreachable, the keeper starved, the item taken over), so
+        the pull stops writing before another replica may take the item over (and is tried
+        again, under a lease renewed, ``_pull``, ``_start_batch``). A repair's pull
+        (``pull_verified``: no item row, its own work path) holds no lease."""
+        if item.id is not None and not self._surely_held(item.id):
+            raise Unavailable("this receiver could not renew its lease of the item in time; "
+                              "the pull stops and is tried again")
 
     def _sweep(self, at_start: bool = False) -> list[int]:
         """Pull every item queued or receiving that no receiver holds under a live lease
         (``at_start``: nor one of this host whose process is gone); the ids taken."""
         by_peer: dict[str, list[tuple[int, int, bool]]] = {}
+        dead: list[str] = []
         with self.db.read() as s:
             now = lease_clock(s)
             free = or_(TransferItem.holder.is_(None), TransferItem.lease_expires < now)
@@ -519,15 +538,17 @@ class Receiver:
                     select(TransferItem.holder).distinct().where(
                         TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES),
                         TransferItem.holder.is_not(None)))
-                        if local_worker_dead(holder)]
-                free = or_(free, TransferItem.holder.in_(dead))
+                        if holder is not None and local_worker_dead(holder)]
+                if dead:
+                    free = or_(free, TransferItem.holder.in_(dead))
             for i in s.execute(select(TransferItem.id, TransferItem.peer, TransferItem.size,
                                       TransferItem.spec).where(
                     TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES), free)
                     .order_by(TransferItem.id)):
                 by_peer.setdefault(i.peer, []).append(
                     (i.id, i.size, bool(i.spec.get("is_directory"))))
-        return sorted(i for peer, items in by_peer.items() for i in self._dispatch(peer, items))
+        return sorted(i for peer, items in by_peer.items()
+                      for i in self._dispatch(peer, items, dead))
 
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
@@ -546,11 +567,13 @@ class Receiver:
         finally:
             os.close(incoming)
 
-    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> set[int]:
+    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]],
+                  dead: Sequence[str] = ()) -> set[int]:
         """Pull ``items`` ((id, size, is it a directory) each) of ``peer`` that this receiver
-        can claim (``_claim``; the others another receiver holds): directories and large files
-        one by one, small flat files queued for batch pulls. The ids claimed."""
-        claimed = self._claim([item_id for item_id, _size, _is_directory in items])
+        can claim (``_claim``, ``dead`` as there; the others another receiver holds):
+        directories and large files one by one, small flat files queued for batch pulls. The
+        ids claimed."""
+        claimed = self._claim([item_id for item_id, _size, _is_directory in items], dead)
         small = []
         for item_id, size, is_directory in items:
             if item_id not in claimed:
@@ -622,6 +645,7 @@ class Receiver:
         finally:
             with self._lock:
                 self._running.discard(item_id)
+                self._held.pop(item_id, None)
 
     def _finish(self, item_id: int, state: str, error: str = "") -> None:
         """The item's end (committed or failed), its lease given up; nothing if another
@@ -930,22 +954,18 @@ class Receiver:
         finally:
             with self._lock:
                 self._running.difference_update(item_ids)
+                for item_id in item_ids:
+                    self._held.pop(item_id, None)
 
     def _start_batch(self, item_ids: list[int]) -> list[ItemRow]:
-        """Mark the items still active and still held by this receiver (their leases renewed)
-        as receiving (one more attempt each); their rows (with the attributes of a
-        TransferItem). Three statements, not an ORM object per item."""
+        """Mark the items still active and still held by this receiver as receiving (one more
+        attempt each); their rows (with the attributes of a TransferItem). Two statements,
+        not an ORM object per item; a third (their leases renewed, those held no more left
+        out) unless every lease was taken or renewed here less than half a lease ago."""
         with self.db.write() as s:
-            return ItemRows(s).start(self._renew_held(s, item_ids), utcnow(), self._parsed)
-
-    def _renew_held(self, s: Any, item_ids: list[int]) -> list[int]:
-        """Of ``item_ids``, those this receiver still holds, their leases renewed (in the
-        session ``s``): what an attempt may pull."""
-        return list(s.scalars(
-            update(TransferItem).where(one_of(self.db, TransferItem.id, item_ids),
-                                       TransferItem.holder == self._holder)
-            .values(lease_expires=self._expiry(lease_clock(s)))
-            .returning(TransferItem.id).execution_options(synchronize_session=False)))
+            if not all(self._surely_held(item_id) for item_id in item_ids):
+                item_ids = self._renew_held(s, item_ids)
+            return ItemRows(s).start(item_ids, utcnow(), self._parsed)
 
     def _pull_batch(self, item_ids: list[int], clients: dict[str, PeerClient]) -> None:
         """Pull the small items ``item_ids`` (of one peer) in batches until each is committed
@@ -1053,11 +1073,12 @@ class Receiver:
             for name, data, error in client.batch(list(wanted)):
                 if self._stop.is_set():
                     raise _Stopped
-                entry = wanted.pop(name, None)
+                entry = wanted.get(name)
                 if entry is None:
                     return received, f"the sender sent {name!r}, not asked for"
                 item, dest = entry
                 self._holding(item)
+                del wanted[name]
                 if error:
                     self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
                                  f"{error}")
@@ -1119,20 +1140,13 @@ class Receiver:
         """Make the verified members final (``_make_final``), register them in one
         transaction and commit them with their events in one more; the members to pull
         again, with why. Members whose final name is taken go to ``alone``."""
-        # The partial files are this receiver's until renamed: the leases of the members
-        # renewed first (a whole lease for their syncs and renames); one another receiver
-        # took over meanwhile (this one lost the database for a lease) is never renamed here.
-        lost: list[tuple[ItemRow, str]] = []
-        if received:
-            try:
-                with self.db.write() as s:
-                    held = set(self._renew_held(s, [m.item.id for m in received]))
-            except Exception as exc:  # noqa: BLE001  (the database away: none renamed)
-                held, why = set(), f"its lease could not be renewed: {type(exc).__name__}"
-            else:
-                why = "another receiver took it over"
-            lost = [(m.item, why) for m in received if m.item.id not in held]
-            received = [m for m in received if m.item.id in held]
+        # The partial files are this receiver's until renamed: a member whose lease this
+        # receiver could not renew for half a lease (another may take it over) is not renamed
+        # here (its syncs and renames then have half a lease at least).
+        lost = [(m.item, "its lease was not renewed in time") for m in received
+                if not self._surely_held(m.item.id)]
+        if lost:
+            received = [m for m in received if self._surely_held(m.item.id)]
         final, retry, taken = self._make_final(root, incoming_fd, received, syncs)
         alone += [m.item.id for m in taken]
         self._register_batch(final)
