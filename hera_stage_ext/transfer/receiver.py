@@ -21,14 +21,15 @@ One receiver pulls an item at a time, also when several servers (replicas of a s
 catalogue and the store: an item is queued or pulled only under this receiver's lease on its row
 (``holder``, ``lease_expires`` on the database's clock, as a job's worker and lease), taken by
 one conditional update (``_claim``: of receivers claiming it at once exactly one wins) when it
-is dispatched, renewed by a thread of its own (``_keep_leases``) and again at each attempt
-(``_renew_held``: an attempt whose item another receiver took over leaves it), given up when
-the item ends. That thread also takes over items whose lease ran out (their receiver died),
-which resume from their partial file; at start a receiver takes over at once the items of a
-process of its host that is gone (``resume``). A pull stops writing once its lease may be about
-to run out (``_holding``: the last renewal began half a lease ago), and a batch's members are
-renamed into place only under leases renewed just before: never two writers of one partial
-file, never a rename of one another receiver writes.
+is dispatched, renewed by a thread of its own (``_keep_leases``) and at each attempt of a
+large file or directory, or of a batch whose leases are not all surely held (``_renew_held``:
+an attempt whose item another receiver took over leaves it), given up when the item ends. That
+thread also takes over items whose lease ran out (their receiver died), which resume from their
+partial file; at start a receiver takes over at once the items of a process of its host that is
+gone (``resume``). A pull writes, links or renames only while it surely holds its item
+(``_holding``: its lease taken or renewed here less than half a lease ago, so it runs another
+half lease at least): never two writers of one partial file, never a rename of one another
+receiver writes.
 
 Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
