@@ -216,9 +216,12 @@ def test_of_two_receivers_claiming_an_item_at_once_one_holds_it_on_both_database
         holder, other = (receivers[0], receivers[1]) if won[0] else (receivers[1], receivers[0])
         assert other._claim([item_id]) == set()
         assert holder._claim([item_id]) == {item_id}  # its own: kept
-        with database.write() as s:  # the holder stopped renewing: its lease ran out
+        # The holder stopped renewing (an hour ago, say): its lease ran out.
+        holder._held[item_id] = time.monotonic() - 3600
+        with database.write() as s:
             s.execute(update(TransferItem).values(lease_expires=dt.datetime(2000, 1, 1)))
         assert other._claim([item_id]) == {item_id}
+        assert holder._start_batch([item_id]) == []  # its next attempt leaves the item
         with database.write() as s:
             assert holder._renew_held(s, [item_id]) == []
         holder._finish(item_id, "failed", "not its to end")

@@ -18,15 +18,16 @@ server restart resumes every item still ``queued`` or ``receiving`` (``resume``)
 receiver holds.
 
 One receiver pulls an item at a time, also when several servers (replicas of a site) share the
-catalogue and the store: an item is queued or pulled only under this receiver's lease on its row
-(``holder``, ``lease_expires`` on the database's clock, as a job's worker and lease), taken by
+catalogue and the store: an item is queued or pulled only once this receiver took the lease on
+its row (``holder``, ``lease_expires`` on the database's clock, as a job's worker and lease), by
 one conditional update (``_claim``: of receivers claiming it at once exactly one wins) when it
-is dispatched, renewed by a thread of its own (``_keep_leases``) and at each attempt of a
-large file or directory, or of a batch whose leases are not all surely held (``_renew_held``:
-an attempt whose item another receiver took over leaves it), given up when the item ends. That
-thread also takes over items whose lease ran out (their receiver died), which resume from their
-partial file; at start a receiver takes over at once the items of a process of its host that is
-gone (``resume``). A pull writes, links or renames only while it surely holds its item
+is dispatched; the lease is renewed while the item is pulled, by a thread of its own
+(``_keep_leases``), and at each attempt of a large file or directory, or of a batch whose leases
+are not all surely held (``_renew_held``: an attempt whose item another receiver took over
+leaves it), and given up when the item ends. That thread also takes over items whose lease ran
+out (their receiver died, or they waited in another replica's queue), which resume from their
+partial file; at start a receiver takes over at once the items of a process of its host that
+is gone (``resume``). A pull writes, links or renames only while it surely holds its item
 (``_holding``: its lease taken or renewed here less than half a lease ago, so it runs another
 half lease at least): never two writers of one partial file, never a rename of one another
 receiver writes.
@@ -480,9 +481,12 @@ class Receiver:
         self._keeper.start()
 
     def _keep_leases(self) -> None:
-        """Until the receiver stops: renew the leases of every item it holds (queued here or
-        being pulled), and take over items whose lease ran out (their receiver died or lost
-        the database), several times a lease."""
+        """Until the receiver stops: renew the leases of the items it pulls, and take over
+        items whose lease ran out (their receiver died or lost the database), several times a
+        lease. (Items queued here are not renewed, so that a backlog of thousands costs no
+        update of them all every few seconds: a batch renews those whose lease is not surely
+        held when it starts, and another replica may meanwhile take over one whose lease ran
+        out, to pull it itself.)"""
         while not self._stop.wait(self.lease_s / 6):
             try:
                 self._renew()
@@ -492,7 +496,7 @@ class Receiver:
 
     def _renew(self) -> None:
         with self._lock:
-            held = list(self._held)
+            held = [item_id for item_id in self._held if item_id in self._running]
         if held:
             with self.db.write() as s:
                 self._renew_held(s, held)
@@ -527,13 +531,15 @@ class Receiver:
                               "the pull stops and is tried again")
 
     def _sweep(self, at_start: bool = False) -> list[int]:
-        """Pull every item queued or receiving that no receiver holds under a live lease
-        (``at_start``: nor one of this host whose process is gone); the ids taken."""
+        """Pull every item queued or receiving that no other receiver holds under a live
+        lease (``at_start``: nor one of this host whose process is gone); the ids taken.
+        (This receiver's own, their leases run out while they wait in its queue, stay there.)"""
         by_peer: dict[str, list[tuple[int, int, bool]]] = {}
         dead: list[str] = []
         with self.db.read() as s:
             now = lease_clock(s)
-            free = or_(TransferItem.holder.is_(None), TransferItem.lease_expires < now)
+            free = or_(TransferItem.holder.is_(None), (TransferItem.lease_expires < now)
+                       & (TransferItem.holder != self._holder))
             if at_start:
                 dead = [holder for holder in s.scalars(
                     select(TransferItem.holder).distinct().where(
