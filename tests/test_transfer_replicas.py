@@ -36,7 +36,7 @@ from hera_stage_ext.transfer.receiver import Receiver
 
 from .jupyter_process import JupyterProcess, jupyter_process
 from .test_transfer import (
-    SECRET_AB, SECRET_BA, Sites, _send_until_partial, receiver_config, send, two_sites)
+    SECRET_AB, SECRET_BA, Sites, _send_until_partial, receiver_config, two_sites)
 
 pytestmark = pytest.mark.timeout(180)
 
