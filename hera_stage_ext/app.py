@@ -360,8 +360,9 @@ class StagingApp(ExtensionApp):
 
     receive_lease_seconds = Float(
         30.0, min=1.0, help="How long a pull's lease on its item runs (renewed six times a "
-        "lease while the file is pulled): replicas of a site sharing one catalogue and store never pull one item at "
-        "once, and one takes over the pulls of a replica that died once their leases ran out."
+        "lease while the file is pulled): replicas of a site sharing one catalogue and store "
+        "never pull one item at once, and one takes over the pulls of a replica that died "
+        "once their leases ran out."
     ).tag(config=True)
 
     upload_store = Unicode(
