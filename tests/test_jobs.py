@@ -1018,6 +1018,34 @@ def test_a_helper_takes_a_hand_over_larger_than_the_socket_buffer_while_it_write
         receiver.close()
 
 
+def test_a_helper_sent_what_does_not_unpickle_dies_rather_than_hangs() -> None:
+    """A message a helper cannot unpickle (a damaged pipe, a helper of other code) ends the
+    helper, so the worker sees it die (``HelperDied``) and copies those files itself; its
+    receiving thread dying alone would leave it waiting for ever, a stop never heard."""
+    import ctypes
+    import multiprocessing as mp
+
+    from hera_stage_ext.jobs.copy_pool import _write_hand_overs
+
+    ctx = mp.get_context("fork")
+    worker_end, helper_end = ctx.Pipe()
+    stops = ctx.RawArray(ctypes.c_longlong, 4)
+    helper = ctx.Process(target=_write_hand_overs, args=(helper_end, stops, 1 << 20, 0.0),
+                         daemon=True)
+    helper.start()
+    helper_end.close()
+    try:
+        worker_end.send_bytes(b"this is no pickle")
+        helper.join(20)
+        assert not helper.is_alive(), "the helper hangs on a message it cannot read"
+        assert helper.exitcode != 0
+    finally:
+        if helper.is_alive():
+            helper.kill()
+            helper.join()
+        worker_end.close()
+
+
 def test_a_stop_of_one_job_leaves_another_jobs_hand_over_sent_ahead_alone(tmp_path) -> None:
     """A helper writes a hand-over sent ahead after every other it holds, so it may still
     hold job A's when job B, whose hand-over was sent later, is stopped. The stop is B's

@@ -369,8 +369,12 @@ class _Inbox:
         while True:
             try:
                 message = conn.recv()
-            except (EOFError, OSError) as exc:  # the worker is gone: raised by ``recv``
-                self._queue.put(exc)
+            except BaseException as exc:
+                # Raised by ``recv`` in the writing thread: the worker gone (EOF), or a
+                # message that does not unpickle, which ends the helper as it did before
+                # this thread (the worker sees it die and copies those files itself); a
+                # thread that just died would leave the writer waiting for ever.
+                self._queue.put(_Failed(exc))
                 return
             self._queue.put(message)
             if message is None:  # the pool closing: nothing comes after it
@@ -381,10 +385,16 @@ class _Inbox:
 
     def recv(self) -> Any:
         message = self._queue.get()
-        if isinstance(message, (EOFError, OSError)):
+        if isinstance(message, _Failed):
             self._queue.put(message)  # (and to any later call)
-            raise message
+            raise message.error
         return message
+
+
+class _Failed(NamedTuple):
+    """What ended an ``_Inbox``'s receiving thread, for its ``recv`` to raise."""
+
+    error: BaseException
 
 
 def _next(conn: Connection | _Inbox, held: collections.deque[tuple[int, int, HandOver]],
