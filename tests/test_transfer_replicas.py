@@ -238,3 +238,83 @@ def _state(database: Database, item_id: int) -> tuple[str, str]:
         item = s.get(TransferItem, item_id)
         assert item is not None
         return item.state, item.error
+
+
+def _queued(database: Database, name: str) -> int:
+    with database.write() as s:
+        item = TransferItem(transfer="t", peer="there", name=name, path=name, size=1,
+                            checksums={"md5": "0" * 32}, spec={}, state="queued")
+        s.add(item)
+        s.flush()
+        return item.id
+
+
+def test_a_batch_committed_gives_its_leases_up(database: Database, tmp_path: Any) -> None:
+    """A batch pull's items end committed with no lease held: the file announced again (say
+    it was removed here) is taken by any replica at once, not after the lease."""
+    from hera_stage_ext.transfer.item_rows import ItemRow
+
+    catalogue = Catalogue(database)
+    (tmp_path / "store").mkdir()
+    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
+    first, second = (Receiver(catalogue, PeerRegistry("here"), "r", lease_s=3600)
+                     for _ in range(2))
+    try:
+        item_id = _queued(database, "zen.a.uvh5")
+        assert first._claim([item_id]) == {item_id}
+        (tmp_path / "store" / "zen.a.uvh5").write_bytes(b"x")
+        first._register_batch([ItemRow(item_id, "there", "zen.a.uvh5", "t", "zen.a.uvh5", 1,
+                                       {"md5": ck.hex_digest(b"x", "md5")}, 1, {})])
+        with database.read() as s:
+            item = s.get(TransferItem, item_id)
+            assert item is not None
+            assert (item.state, item.holder, item.lease_expires) == ("committed", None, None)
+        with database.write() as s:  # announced again
+            s.execute(update(TransferItem).where(TransferItem.id == item_id)
+                      .values(state="queued"))
+        assert second._claim([item_id]) == {item_id}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_pull_that_could_not_even_be_marked_failed_is_pulled_again(
+        database: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch pull fails and so does the write marking it failed (the database away): its
+    items, still held under this receiver's live lease (which no other replica may take), are
+    pulled again by its keeper once the database answers, and the failed pull's place is not
+    lost (later items are pulled too)."""
+    catalogue = Catalogue(database)
+    (tmp_path / "store").mkdir()
+    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
+    receiver = Receiver(catalogue, PeerRegistry("here"), "r", lease_s=1.2, streams=1)
+    pulled: list[int] = []
+    write = database.write
+    away = threading.Event()
+
+    @contextlib.contextmanager
+    def flaky_write() -> Iterator[Any]:
+        if away.is_set():
+            away.clear()
+            raise RuntimeError("the database went away")
+        with write() as s:
+            yield s
+
+    def failing(item_ids: list[int], clients: Any) -> None:
+        away.set()
+        raise RuntimeError("the database went away")
+
+    try:
+        ids = [_queued(database, f"zen.b{k}.uvh5") for k in range(3)]
+        monkeypatch.setattr(database, "write", flaky_write)
+        monkeypatch.setattr(receiver, "_pull_batch", failing)
+        receiver._dispatch("there", [(k, 1, False) for k in ids])
+        _wait(lambda: not receiver._running and not away.is_set(), "the failed pull", 10)
+        monkeypatch.setattr(receiver, "_pull_batch",
+                            lambda item_ids, clients: pulled.extend(item_ids))
+        _wait(lambda: sorted(pulled) == ids, "the items pulled again", 10)
+        later = _queued(database, "zen.b9.uvh5")
+        receiver._dispatch("there", [(later, 1, False)])
+        _wait(lambda: later in pulled, "a later item pulled", 10)
+    finally:
+        receiver.close()

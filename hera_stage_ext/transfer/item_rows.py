@@ -204,7 +204,9 @@ class ItemRows:
 
     def set_state(self, item_ids: Sequence[int], state: str, error: str,
                   now: dt.datetime) -> None:
-        """The state and error of every item of ``item_ids``."""
+        """The state and error of every item of ``item_ids``, each ended (committed or
+        failed): its receiver's lease given up (``receiver.py``)."""
         condition, values = self._where("id", item_ids)
-        self._run(f"UPDATE transfer_item SET state = ?, error = ?, updated_at = ? "
-                  f"WHERE {condition}", [state, error, self.time(now), values])
+        self._run(f"UPDATE transfer_item SET state = ?, error = ?, updated_at = ?, "
+                  f"holder = NULL, lease_expires = NULL WHERE {condition}",
+                  [state, error, self.time(now), values])

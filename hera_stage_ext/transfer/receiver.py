@@ -225,6 +225,10 @@ class Receiver:
         self.lease_s = lease_s
         self._held: dict[int, float] = {}
         self._keeper: threading.Thread | None = None
+        #: Items this receiver holds that nothing pulls any more: their pull failed and so
+        #: did the write marking them failed (the database away). The keeper pulls them again
+        #: (``_sweep``): no other receiver would, while this one's lease on them is live.
+        self._orphans: set[int] = set()
 
     # ----- store --------------------------------------------------------------------------
     def _store_root(self) -> Path:
@@ -551,6 +555,11 @@ class Receiver:
             now = lease_clock(s)
             free = or_(TransferItem.holder.is_(None), (TransferItem.lease_expires < now)
                        & (TransferItem.holder != self._holder))
+            with self._lock:
+                orphans = set(self._orphans)
+            if orphans:
+                free = or_(free, one_of(self.db, TransferItem.id, orphans)
+                           & (TransferItem.holder == self._holder))
             if at_start:
                 dead = [holder for holder in s.scalars(
                     select(TransferItem.holder).distinct().where(
@@ -565,8 +574,12 @@ class Receiver:
                     .order_by(TransferItem.id)):
                 by_peer.setdefault(i.peer, []).append(
                     (i.id, i.size, bool(i.spec.get("is_directory"))))
-        return sorted(i for peer, items in by_peer.items()
-                      for i in self._dispatch(peer, items, dead))
+        taken = sorted(i for peer, items in by_peer.items()
+                       for i in self._dispatch(peer, items, dead))
+        if orphans:
+            with self._lock:
+                self._orphans -= orphans
+        return taken
 
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
@@ -626,7 +639,12 @@ class Receiver:
                     if not item_ids:
                         self._drainers -= 1
                         return
-                self._run_batch(item_ids, clients)
+                try:
+                    self._run_batch(item_ids, clients)
+                except BaseException:  # (its place given back: the next dispatch starts one)
+                    with self._lock:
+                        self._drainers -= 1
+                    raise
         finally:
             for client in clients.values():
                 client.close()
@@ -659,7 +677,11 @@ class Receiver:
             pass
         except Exception:  # a pull must never take the pool down
             log.exception("transfer item %d: unexpected failure", item_id)
-            self._finish(item_id, TransferItemState.FAILED, "internal error (see the server log)")
+            try:
+                self._finish(item_id, TransferItemState.FAILED,
+                             "internal error (see the server log)")
+            except Exception as exc:  # the database away too: pulled again later
+                self._orphaned([item_id], exc)
         finally:
             with self._lock:
                 self._running.discard(item_id)
@@ -962,18 +984,30 @@ class Receiver:
             pass
         except Exception:  # a pull must never take the pool down
             log.exception("transfer items %d..%d: unexpected failure", item_ids[0], item_ids[-1])
-            with self.db.write() as s:
-                s.execute(update(TransferItem).where(
-                    TransferItem.id.in_(item_ids), TransferItem.holder == self._holder,
-                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).values(
-                    state=TransferItemState.FAILED, error="internal error (see the server log)",
-                    updated_at=utcnow(), holder=None, lease_expires=None))
+            try:
+                with self.db.write() as s:
+                    s.execute(update(TransferItem).where(
+                        TransferItem.id.in_(item_ids), TransferItem.holder == self._holder,
+                        TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).values(
+                        state=TransferItemState.FAILED,
+                        error="internal error (see the server log)",
+                        updated_at=utcnow(), holder=None, lease_expires=None))
+            except Exception as exc:  # the database away too: pulled again later
+                self._orphaned(item_ids, exc)
             self._changed()
         finally:
             with self._lock:
                 self._running.difference_update(item_ids)
                 for item_id in item_ids:
                     self._held.pop(item_id, None)
+
+    def _orphaned(self, item_ids: list[int], exc: Exception) -> None:
+        """Items whose pull failed and could not be marked failed: pulled again by the keeper
+        (``_orphans``), once the database answers."""
+        log.warning("transfer items %s: could not be marked failed (%s: %s); pulled again",
+                    item_ids[:10], type(exc).__name__, exc)
+        with self._lock:
+            self._orphans.update(item_ids)
 
     def _start_batch(self, item_ids: list[int]) -> list[ItemRow]:
         """Mark the items still active and still held by this receiver as receiving (one more
