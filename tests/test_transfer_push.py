@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import http.client
 import http.server
 import json
@@ -605,9 +606,12 @@ def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
     pushed = KILLED[FIRST_OFFERS:]  # (the first pushed again, answered ``have``)
     assert set(watched.pushed) == set(KILLED)
     incoming = sites.b_store / INCOMING_DIR
-    assert len(list(incoming.glob("*.part"))) == len(pushed)  # all written
+    folder = sites.b_store / "2457806"
+    # All written, nameless in their folder (held open by B until linked), none named.
+    assert len(_nameless_held(sites.b.pid, folder)) == len(pushed)
+    assert not list(incoming.iterdir())
     sites.kill_b()
-    assert not [n for n in pushed if (sites.b_store / "2457806" / n).exists()]
+    assert not [n for n in pushed if (folder / n).exists()]
     assert not [n for n in pushed if n in sites.b_items()]
     sites.start_b("b-server-after-push")
     thread.join(120)
@@ -616,6 +620,18 @@ def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
     _arrived_once(sites, KILLED)
     assert not list(incoming.iterdir())
     assert set(os.listdir(sites.b_store / "2457806")) == set(KILLED)
+
+
+def _nameless_held(pid: int, folder: Path) -> list[str]:
+    """The files without a name (``O_TMPFILE``) in ``folder`` that process ``pid`` holds open
+    (the kernel shows each as ``<folder>/#<inode> (deleted)``)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(f"{folder}/#") and target.endswith(" (deleted)"):
+                held.append(target)
+    return held
 
 
 def test_a_pushed_file_whose_final_name_is_taken_is_registered_only_if_it_is_the_same(
@@ -704,6 +720,9 @@ def test_two_receivers_of_one_store_never_share_a_pushed_partial_file(tmp_path: 
         receiver = Receiver(Catalogue(db), PeerRegistry("site-b", peers), "s")
         receiver.catalogue.sync_stores({"s": {"path": str(store)}})
         receiver._push_ids = itertools.count(-7, -1)  # the same names in both
+        # Partial files are what a push uses where its files cannot be written nameless
+        # (``_in_place``: a store without O_TMPFILE); nameless ones have no name to share.
+        receiver._in_place = False
         receivers.append(receiver)
     first, second = receivers
     names = _names(2459000, 2)
@@ -735,6 +754,53 @@ def test_two_receivers_of_one_store_never_share_a_pushed_partial_file(tmp_path: 
     assert os.listdir(store / INCOMING_DIR) == []
     for receiver in receivers:
         receiver.close()
+    db.dispose()
+
+
+def test_pushed_files_take_partial_files_where_they_cannot_be_written_nameless(
+        tmp_path: Path, monkeypatch) -> None:
+    """Where the store's file system refuses nameless files (``O_TMPFILE``), or the receiver
+    holds as many open as it may, a push's files go through partial files in the incoming
+    folder instead: each committed with its own bytes under its name, nothing left behind,
+    and no nameless file held after the push."""
+    import threading as _threading
+
+    from hera_stage_ext.transfer import receiver as receiving
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    store = tmp_path / "store"
+    store.mkdir()
+    db = Database(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    db.upgrade()
+    peers = parse_peers({"site-a": {"url": "http://127.0.0.1:9/", "secret": "x" * 40}})
+    receiver = Receiver(Catalogue(db), PeerRegistry("site-b", peers), "s")
+    receiver.catalogue.sync_stores({"s": {"path": str(store)}})
+    names = _names(2459100, 6)
+    data = [os.urandom(3000 + i) for i in range(6)]
+    offers = [_offer(name, d) for name, d in zip(names, data)]
+    try:
+        # One nameless file at a time: the rest of the push goes through partial files.
+        receiver._syncer._held = _threading.BoundedSemaphore(1)
+        reply = receiver.push("site-a", protocol.push_body("t1", offers[:3], data[:3]))
+        assert [f["answer"] for f in reply["files"]] == [protocol.COMMITTED] * 3
+        assert receiver._syncer.hold()  # given back
+        receiver._syncer.let_go()
+        opened = os.open
+
+        def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+            return opened(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(receiving.os, "open", no_tmpfile)
+        reply = receiver.push("site-a", protocol.push_body("t2", offers[3:], data[3:]))
+        assert [f["answer"] for f in reply["files"]] == [protocol.COMMITTED] * 3
+        assert receiver._in_place is False
+    finally:
+        receiver.close()
+    for offer, d in zip(offers, data):
+        assert (store / offer["path"]).read_bytes() == d
+    assert os.listdir(store / INCOMING_DIR) == []
     db.dispose()
 
 

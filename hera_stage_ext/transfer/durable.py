@@ -16,11 +16,19 @@ the folders that changed are synced (``fsync`` of each destination folder, of ev
 between it and the store, which may have been created just now: ``safefs.sync_folders``, the
 rule staging commits use too; and of the incoming folder), so the renames are on disk before
 the caller records anything.
+
+A pushed file is written nameless instead (``O_TMPFILE``) in its destination folder
+(``Destinations``) and, once synced, linked to its final name, never over anything
+(``link_final``): no partial name, no rename, no incoming folder to sync, and nothing left
+by a kill at any point (a nameless file goes with its last descriptor). Its descriptor stays
+open until then (``SyncBatch.add``'s ``keep``): ``FileSyncer.hold`` bounds how many are held
+at once, below the process's descriptor limit.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import threading
 import time
@@ -40,6 +48,10 @@ GROUP = 16
 #: Descriptors waiting for their sync at most (a stream waits for a slot beyond that): well
 #: under the 1,024 a server process is often allowed.
 MAX_OPEN = 256
+#: Nameless files (``O_TMPFILE``) held open until linked, at most, across a server's pushes
+#: (8 held of 500 files each), and at most a quarter of the process's descriptor limit; a
+#: member beyond that takes a partial file in the incoming folder (``FileSyncer.hold``).
+HELD_MAX = 4096
 #: A batch is synced with one ``syncfs`` only while the machine holds at most this much data
 #: waiting for its disks (``unwritten_bytes``: every file system's, so a bound on what that
 #: ``syncfs`` may write besides the batch). Measured on this project's VM (``benchmarks/README.md``,
@@ -85,6 +97,9 @@ class FileSyncer:
         self._slots = threading.BoundedSemaphore(max_open)
         # When a batch's ``syncfs`` last failed (``WHOLE_PAUSE_S``); None: never.
         self.whole_failed_at: float | None = None
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._held = threading.BoundedSemaphore(
+            HELD_MAX if limit == resource.RLIM_INFINITY else max(1, min(HELD_MAX, limit // 4)))
 
     def batch(self, folder: int | None = None) -> SyncBatch:
         """A new batch. ``folder``: an open folder of the file system every file of the batch
@@ -104,9 +119,18 @@ class FileSyncer:
         taken); whether one was taken."""
         return self._slots.acquire(blocking=wait)
 
-    def submit(self, group: list[tuple[int, str]]) -> Future[dict[str, OSError]]:
-        """Sync and close each descriptor of ``group`` ((descriptor, name) each, a slot
-        reserved for each), in one thread; the future gives the names whose sync failed."""
+    def hold(self) -> bool:
+        """Take a place for one more nameless file held open until it is linked (never
+        waits); whether one was taken (give it back with ``let_go``)."""
+        return self._held.acquire(blocking=False)
+
+    def let_go(self) -> None:
+        self._held.release()
+
+    def submit(self, group: list[tuple[int, str, bool]]) -> Future[dict[str, OSError]]:
+        """Sync and close each descriptor of ``group`` ((descriptor, name, keep it open) each,
+        a slot reserved for each), in one thread; the future gives the names whose sync
+        failed."""
         try:
             return self._pool.submit(self._sync_and_close, group)
         except RuntimeError:  # shut down (the server stops): synced here instead
@@ -114,15 +138,16 @@ class FileSyncer:
             done.set_result(self._sync_and_close(group))
             return done
 
-    def _sync_and_close(self, group: list[tuple[int, str]]) -> dict[str, OSError]:
+    def _sync_and_close(self, group: list[tuple[int, str, bool]]) -> dict[str, OSError]:
         failed: dict[str, OSError] = {}
-        for fd, name in group:
+        for fd, name, keep in group:
             try:
                 os.fdatasync(fd)
             except OSError as exc:
                 failed[name] = exc
             finally:
-                os.close(fd)
+                if not keep:
+                    os.close(fd)
                 self._slots.release()
         return failed
 
@@ -157,16 +182,22 @@ class SyncBatch:
         self._syncer = syncer
         #: The open folder whose file system ``wait`` syncs whole; None: file by file.
         self.folder = folder
-        self._group: list[tuple[int, str]] = []
+        self._group: list[tuple[int, str, bool]] = []
         self._futures: list[Future[dict[str, OSError]]] = []
         #: Files closed, waiting for the ``syncfs`` (or whose close failed: the error).
         self._closed: dict[str, OSError | None] = {}
 
-    def add(self, fd: int, name: str) -> None:
+    def add(self, fd: int, name: str, keep: bool = False, alone: bool = False) -> None:
         """Sync the data of the open file ``fd`` (known as ``name``) and close it, whatever
         happens (synced file by file: waits while ``MAX_OPEN`` files are waiting for their
-        sync; synced whole: closed now, synced at ``wait``)."""
-        if self.folder is not None:
+        sync; synced whole: closed now, synced at ``wait``). With ``keep`` it is left open
+        (the caller closes it, after ``wait``): a nameless file to link. With ``alone`` it is
+        synced by itself even in a batch synced whole (it lies on another file system than
+        the batch's folder)."""
+        if self.folder is not None and not alone:
+            if keep:
+                self._closed[name] = None
+                return
             try:
                 os.close(fd)
             except OSError as exc:  # a file system that writes at close (NFS) and failed
@@ -180,9 +211,10 @@ class SyncBatch:
                 self._flush()
                 self._syncer.reserve()
         except BaseException:
-            os.close(fd)
+            if not keep:
+                os.close(fd)
             raise
-        self._group.append((fd, name))
+        self._group.append((fd, name, keep))
         if len(self._group) >= GROUP:
             self._flush()
 
@@ -202,21 +234,20 @@ class SyncBatch:
     def wait(self) -> dict[str, OSError]:
         """Wait until every file added is synced and closed; the names whose sync failed,
         with the error (a failed ``syncfs``: every file added since the last ``wait``)."""
+        self._flush()
+        failed: dict[str, OSError] = {}
+        for future in self._futures:
+            failed.update(future.result())
+        self._futures = []
         if self.folder is not None:
             closed, self._closed = self._closed, {}
-            failed = {name: error for name, error in closed.items() if error is not None}
-            if len(failed) < len(closed):
+            failed.update((name, error) for name, error in closed.items() if error is not None)
+            if any(error is None for error in closed.values()):
                 try:
                     sync_file_system(self.folder, "the receive store's file system")
                 except OSError as exc:
                     self._syncer.whole_failed_at = time.monotonic()
-                    return dict.fromkeys(closed, exc)
-            return failed
-        self._flush()
-        failed = {}
-        for future in self._futures:
-            failed.update(future.result())
-        self._futures = []
+                    failed.update(dict.fromkeys(closed, exc))
         return failed
 
 
@@ -254,6 +285,67 @@ def make_final(root: str, incoming: int, renames: Sequence[Rename],
         # now (here, or by another batch that has not synced it yet).
         safefs.sync_folders(changed, [root], folders, syncer.sync_folders)
     os.fsync(incoming)
+    return errors
+
+
+class Destinations:
+    """The destination folders of a push whose files are written in place (nameless, in the
+    folder they are linked into): each opened once below the store's ``root`` following no
+    link, made as needed (``safefs.Folders``), and whether it lies on the root's file system
+    (a batch's one ``syncfs`` of the root covers only that one: ``SyncBatch.add``'s
+    ``alone``). Used as a context manager: the folders are closed after."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.folders = safefs.Folders([root])
+        self._root_dev = os.fstat(self.folders.root_fd(root)).st_dev
+        self._same: dict[str, bool] = {}
+
+    def get(self, path: str) -> tuple[int, bool]:
+        """(the open folder ``path``, made as needed; whether it is on the root's file
+        system)."""
+        fd = self.folders.get(path, create=True)
+        same = self._same.get(path)
+        if same is None:
+            same = self._same[path] = os.fstat(fd).st_dev == self._root_dev
+        return fd, same
+
+    def __enter__(self) -> Destinations:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.folders.close()
+
+
+class Link(NamedTuple):
+    """One verified, synced nameless file to make final: the open ``fd`` linked as the
+    absolute path ``dest`` (below the store's root)."""
+
+    fd: int
+    dest: str
+
+
+def link_final(destinations: Destinations, links: Sequence[Link],
+               syncer: FileSyncer | None) -> list[OSError | None]:
+    """Link each open nameless file of ``links`` to its destination (its folder opened below
+    the store following no link), never over an existing name; then, with a ``syncer``, sync
+    every folder that changed (and those above it up to the store). Per link None or the
+    error that stopped it (FileExistsError: the name is taken). An error syncing the folders
+    is raised: the files are under their final names but may not be on disk, so the caller
+    must not record them."""
+    errors: list[OSError | None] = [None] * len(links)
+    changed: set[str] = set()
+    folders = destinations.folders
+    for i, (fd, dest) in enumerate(links):
+        parent, _, base = dest.rpartition("/")
+        try:
+            safefs.link_open_file(fd, folders.get(parent, create=True), base)
+        except OSError as exc:
+            errors[i] = exc
+            continue
+        changed.add(parent)
+    if syncer is not None and changed:
+        safefs.sync_folders(changed, [destinations.root], folders, syncer.sync_folders)
     return errors
 
 
