@@ -33,7 +33,8 @@ from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import File, Instance
-from hera_stage_ext.transfer import protocol
+from hera_stage_ext import durability
+from hera_stage_ext.transfer import durable, protocol
 from hera_stage_ext.transfer.outgoing import remote_sites
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peer_sender import FIRST_OFFERS
@@ -63,6 +64,8 @@ OLD_SENDER = _names(2457805, FIRST_OFFERS + 20)
 #: A job of small files only: every one pushed, none pulled or polled for.
 ALL_PUSHED = _names(2457809, FIRST_OFFERS + 30)
 KILLED = _names(2457806, FIRST_OFFERS + 20)
+#: As KILLED, in a push synced file by file (partial files in the incoming folder).
+KILLED_BY_FILE = _names(2457811, FIRST_OFFERS + 20)
 #: Pushed to a receiver that answers every push 503 (it holds as many as it takes).
 BUSY = _names(2457810, FIRST_OFFERS + 20)
 #: Pushed to a path that B holds already, unregistered (a push killed after its renames):
@@ -77,6 +80,7 @@ LAYOUT = {**{n: ("2457800", 1000 + 37 * i) for i, n in enumerate(SMALL)},
           **{n: ("2457805", 3000) for n in OLD_SENDER},
           **{n: ("2457809", 2500) for n in ALL_PUSHED},
           **{n: ("2457806", 6000) for n in KILLED},
+          **{n: ("2457811", 6000) for n in KILLED_BY_FILE},
           **{n: ("2457810", 1500) for n in BUSY},
           **{n: ("2457807", 2000) for n in TAKEN}}
 
@@ -585,41 +589,59 @@ def test_a_push_whose_client_left_holds_its_place_until_it_is_through(sites: Sit
         sites.start_b("b-server-after-held")
 
 
+@pytest.mark.parametrize("way", ["whole", "file-by-file"])
 def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
-        sites: Sites, watched: _Watched) -> None:
+        sites: Sites, watched: _Watched, way: str) -> None:
     """B killed once a push's members are written and before their sync: none of them under
     its final name or registered; the sender sends the push again whole when B is back, and
-    each file arrives verified and registered once."""
-    first = KILLED[:FIRST_OFFERS]
+    each file arrives verified and registered once. Either way of syncing a push: one
+    ``syncfs`` (its files written nameless in their folder) or file by file (partial files
+    in the incoming folder)."""
+    names, folder_name = (KILLED, "2457806") if way == "whole" else \
+        (KILLED_BY_FILE, "2457811")
+    if way == "whole":
+        store = os.open(sites.b_store, os.O_RDONLY)
+        try:
+            if not durability.SYNCFS_REPORTS_ERRORS or \
+                    durability.file_system_type(store) not in durability.SYNCFS_TYPES:
+                pytest.skip("the store's file system is synced file by file")
+        finally:
+            os.close(store)
+    first = names[:FIRST_OFFERS]
     assert send(sites, first)["counts"] == {"done": len(first)}  # B holds these then
-    paused = sites.tmp / "paused-in-push"
+    paused = sites.tmp / f"paused-in-push-{way}"
     sites.kill_b()
-    sites.start_b("b-server-paused", env={PAUSE_BEFORE_SYNC_ENV: str(paused),
-                                          FLIP_ONCE_ENV: ""})
+    unwritten = 0 if way == "whole" else durable.QUIET_BYTES + 1
+    sites.start_b(f"b-server-paused-{way}", env={PAUSE_BEFORE_SYNC_ENV: str(paused),
+                                                 FLIP_ONCE_ENV: "",
+                                                 durable.UNWRITTEN_ENV: str(unwritten)})
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(send(sites, KILLED)))
+    thread = threading.Thread(target=lambda: result.update(send(sites, names)))
     thread.start()
     deadline = time.monotonic() + 60
     while not (paused.exists() and paused.read_text()):
         assert time.monotonic() < deadline, "the push never reached its sync"
         time.sleep(0.02)
-    pushed = KILLED[FIRST_OFFERS:]  # (the first pushed again, answered ``have``)
-    assert set(watched.pushed) == set(KILLED)
+    pushed = names[FIRST_OFFERS:]  # (the first pushed again, answered ``have``)
+    assert set(watched.pushed) == set(names)
     incoming = sites.b_store / INCOMING_DIR
-    folder = sites.b_store / "2457806"
-    # All written, nameless in their folder (held open by B until linked), none named.
-    assert len(_nameless_held(sites.b.pid, folder)) == len(pushed)
-    assert not list(incoming.iterdir())
+    folder = sites.b_store / folder_name
+    if way == "whole":
+        # All written, nameless in their folder (held open by B until linked), none named.
+        assert len(_nameless_held(sites.b.pid, folder)) == len(pushed)
+        assert not list(incoming.iterdir())
+    else:
+        assert len(list(incoming.glob("*.part"))) == len(pushed)  # all written
     sites.kill_b()
     assert not [n for n in pushed if (folder / n).exists()]
     assert not [n for n in pushed if n in sites.b_items()]
-    sites.start_b("b-server-after-push")
+    sites.start_b(f"b-server-after-push-{way}")
     thread.join(120)
     assert not thread.is_alive()
     assert result["counts"] == {"skipped": len(first), "done": len(pushed)}, result
-    _arrived_once(sites, KILLED)
+    _arrived_once(sites, names)
     assert not list(incoming.iterdir())
-    assert set(os.listdir(sites.b_store / "2457806")) == set(KILLED)
+    assert set(os.listdir(folder)) == set(names)
 
 
 def _nameless_held(pid: int, folder: Path) -> list[str]:

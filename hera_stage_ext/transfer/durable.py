@@ -17,12 +17,17 @@ between it and the store, which may have been created just now: ``safefs.sync_fo
 rule staging commits use too; and of the incoming folder), so the renames are on disk before
 the caller records anything.
 
-A pushed file is written nameless instead (``O_TMPFILE``) in its destination folder
-(``Destinations``) and, once synced, linked to its final name, never over anything
-(``link_final``): no partial name, no rename, no incoming folder to sync, and nothing left
-by a kill at any point (a nameless file goes with its last descriptor). Its descriptor stays
-open until then (``SyncBatch.add``'s ``keep``): ``FileSyncer.hold`` bounds how many are held
-at once, below the process's descriptor limit.
+In a batch synced whole, a pushed file is written nameless instead (``O_TMPFILE``) in its
+destination folder (``Destinations``) and, once the batch's ``syncfs`` is through, linked to
+its final name, never over anything, and the file system synced once more (``link_final``):
+no partial name, no rename, no incoming folder, and nothing left by a kill at any point (a
+nameless file goes with its last descriptor). The second ``syncfs``, not the folders' own
+``fsync``, makes the links durable: a nameless file's inode went to the disk with no link,
+and on a file system without a journal (ext2, ext4 without one) a folder's ``fsync`` writes
+its entries but not the inodes they now name. Each descriptor stays open until its link
+(``SyncBatch.add``'s ``keep``): ``FileSyncer.hold`` bounds how many are held at once, below
+the process's descriptor limit. A batch synced file by file takes partial files as before
+(each file's ``fdatasync`` writes its inode with its link).
 """
 
 from __future__ import annotations
@@ -127,10 +132,9 @@ class FileSyncer:
     def let_go(self) -> None:
         self._held.release()
 
-    def submit(self, group: list[tuple[int, str, bool]]) -> Future[dict[str, OSError]]:
-        """Sync and close each descriptor of ``group`` ((descriptor, name, keep it open) each,
-        a slot reserved for each), in one thread; the future gives the names whose sync
-        failed."""
+    def submit(self, group: list[tuple[int, str]]) -> Future[dict[str, OSError]]:
+        """Sync and close each descriptor of ``group`` ((descriptor, name) each, a slot
+        reserved for each), in one thread; the future gives the names whose sync failed."""
         try:
             return self._pool.submit(self._sync_and_close, group)
         except RuntimeError:  # shut down (the server stops): synced here instead
@@ -138,16 +142,15 @@ class FileSyncer:
             done.set_result(self._sync_and_close(group))
             return done
 
-    def _sync_and_close(self, group: list[tuple[int, str, bool]]) -> dict[str, OSError]:
+    def _sync_and_close(self, group: list[tuple[int, str]]) -> dict[str, OSError]:
         failed: dict[str, OSError] = {}
-        for fd, name, keep in group:
+        for fd, name in group:
             try:
                 os.fdatasync(fd)
             except OSError as exc:
                 failed[name] = exc
             finally:
-                if not keep:
-                    os.close(fd)
+                os.close(fd)
                 self._slots.release()
         return failed
 
@@ -182,19 +185,18 @@ class SyncBatch:
         self._syncer = syncer
         #: The open folder whose file system ``wait`` syncs whole; None: file by file.
         self.folder = folder
-        self._group: list[tuple[int, str, bool]] = []
+        self._group: list[tuple[int, str]] = []
         self._futures: list[Future[dict[str, OSError]]] = []
         #: Files closed, waiting for the ``syncfs`` (or whose close failed: the error).
         self._closed: dict[str, OSError | None] = {}
 
-    def add(self, fd: int, name: str, keep: bool = False, alone: bool = False) -> None:
+    def add(self, fd: int, name: str, keep: bool = False) -> None:
         """Sync the data of the open file ``fd`` (known as ``name``) and close it, whatever
         happens (synced file by file: waits while ``MAX_OPEN`` files are waiting for their
-        sync; synced whole: closed now, synced at ``wait``). With ``keep`` it is left open
-        (the caller closes it, after ``wait``): a nameless file to link. With ``alone`` it is
-        synced by itself even in a batch synced whole (it lies on another file system than
-        the batch's folder)."""
-        if self.folder is not None and not alone:
+        sync; synced whole: closed now, synced at ``wait``). With ``keep`` (a batch synced
+        whole only) it is left open, synced at ``wait``: a nameless file its caller links,
+        then closes."""
+        if self.folder is not None:
             if keep:
                 self._closed[name] = None
                 return
@@ -211,10 +213,9 @@ class SyncBatch:
                 self._flush()
                 self._syncer.reserve()
         except BaseException:
-            if not keep:
-                os.close(fd)
+            os.close(fd)
             raise
-        self._group.append((fd, name, keep))
+        self._group.append((fd, name))
         if len(self._group) >= GROUP:
             self._flush()
 
@@ -234,20 +235,21 @@ class SyncBatch:
     def wait(self) -> dict[str, OSError]:
         """Wait until every file added is synced and closed; the names whose sync failed,
         with the error (a failed ``syncfs``: every file added since the last ``wait``)."""
-        self._flush()
-        failed: dict[str, OSError] = {}
-        for future in self._futures:
-            failed.update(future.result())
-        self._futures = []
         if self.folder is not None:
             closed, self._closed = self._closed, {}
-            failed.update((name, error) for name, error in closed.items() if error is not None)
-            if any(error is None for error in closed.values()):
+            failed = {name: error for name, error in closed.items() if error is not None}
+            if len(failed) < len(closed):
                 try:
                     sync_file_system(self.folder, "the receive store's file system")
                 except OSError as exc:
                     self._syncer.whole_failed_at = time.monotonic()
-                    failed.update(dict.fromkeys(closed, exc))
+                    return dict.fromkeys(closed, exc)
+            return failed
+        self._flush()
+        failed = {}
+        for future in self._futures:
+            failed.update(future.result())
+        self._futures = []
         return failed
 
 
@@ -292,8 +294,10 @@ class Destinations:
     """The destination folders of a push whose files are written in place (nameless, in the
     folder they are linked into): each opened once below the store's ``root`` following no
     link, made as needed (``safefs.Folders``), and whether it lies on the root's file system
-    (a batch's one ``syncfs`` of the root covers only that one: ``SyncBatch.add``'s
-    ``alone``). Used as a context manager: the folders are closed after."""
+    (a ``syncfs`` of the root covers only that one; a folder on another is written to as a
+    batch pull's are). The root is opened first (``syncfs`` reports the write-back failures
+    since its descriptor was opened). Used as a context manager: the folders are closed
+    after."""
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -327,14 +331,13 @@ class Link(NamedTuple):
 
 def link_final(destinations: Destinations, links: Sequence[Link],
                syncer: FileSyncer | None) -> list[OSError | None]:
-    """Link each open nameless file of ``links`` to its destination (its folder opened below
-    the store following no link), never over an existing name; then, with a ``syncer``, sync
-    every folder that changed (and those above it up to the store). Per link None or the
-    error that stopped it (FileExistsError: the name is taken). An error syncing the folders
-    is raised: the files are under their final names but may not be on disk, so the caller
-    must not record them."""
+    """Link each open nameless file of ``links`` (its data synced) to its destination (its
+    folder opened below the store following no link), never over an existing name; then, with
+    a ``syncer``, sync the store's file system (the links, the inodes they name, folders made
+    on the way). Per link None or the error that stopped it (FileExistsError: the name is
+    taken). An error syncing is raised: the files are under their final names but may not be
+    on disk, so the caller must not record them."""
     errors: list[OSError | None] = [None] * len(links)
-    changed: set[str] = set()
     folders = destinations.folders
     for i, (fd, dest) in enumerate(links):
         parent, _, base = dest.rpartition("/")
@@ -342,10 +345,13 @@ def link_final(destinations: Destinations, links: Sequence[Link],
             safefs.link_open_file(fd, folders.get(parent, create=True), base)
         except OSError as exc:
             errors[i] = exc
-            continue
-        changed.add(parent)
-    if syncer is not None and changed:
-        safefs.sync_folders(changed, [destinations.root], folders, syncer.sync_folders)
+    if syncer is not None and errors.count(None):
+        try:
+            sync_file_system(folders.root_fd(destinations.root),
+                             "the receive store's file system")
+        except OSError:
+            syncer.whole_failed_at = time.monotonic()
+            raise
     return errors
 
 

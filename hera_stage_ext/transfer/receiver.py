@@ -1000,19 +1000,23 @@ class Receiver:
                         data: bytes | memoryview, syncs: SyncBatch) -> _Member | None:
         """Write a verified member nameless (``O_TMPFILE``) in its destination folder (made
         as needed), its descriptor kept open until it is linked to its final name; its
-        ``_Member``, or None where it cannot be (no ``O_TMPFILE`` on the store's file system,
-        or as many held as this process may: ``FileSyncer.hold``) and a partial file must do.
-        OSError if the write fails (nothing is left: the file has no name)."""
-        if not self._syncer.hold():
+        ``_Member``, or None where it cannot be and a partial file must do: a batch synced
+        file by file or a folder on another file system than the store's (its one ``syncfs``
+        would not cover it: ``durable.link_final``), no ``O_TMPFILE`` on the store's file
+        system, or as many held as this process may (``FileSyncer.hold``). OSError if the
+        write fails (nothing is left: the file has no name)."""
+        if self.fsync and syncs.folder is None:
+            return None
+        folder, same = destinations.get(dest.rpartition("/")[0])
+        if not same or not self._syncer.hold():
             return None
         fd = -1
         try:
-            folder, same = destinations.get(dest.rpartition("/")[0])
             fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=folder)
             write_all(fd, data)
             key = str(item.id)  # (no name in any folder: its name among the syncs)
             if self.fsync:
-                syncs.add(fd, key, keep=True, alone=not same)
+                syncs.add(fd, key, keep=True)
         except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
