@@ -358,6 +358,13 @@ class StagingApp(ExtensionApp):
         "is reported failed; the sender announcing it again starts over."
     ).tag(config=True)
 
+    receive_lease_seconds = Float(
+        30.0, min=1.0, help="How long a pull's lease on its item runs (renewed six times a "
+        "lease while the file is pulled): replicas of a site sharing one catalogue and store "
+        "never pull one item at once, and one takes over the pulls of a replica that died "
+        "once their leases ran out."
+    ).tag(config=True)
+
     upload_store = Unicode(
         "",
         help="""The store (a name in stores) that bulk uploads to a peer (hera-stage upload
@@ -496,7 +503,8 @@ class StagingApp(ExtensionApp):
         receiver = Receiver(catalogue, peers, self.receive_store or None,
                             streams=self.receive_streams,
                             reserve_bytes=self.receive_reserve_bytes,
-                            max_attempts=self.receive_max_attempts)
+                            max_attempts=self.receive_max_attempts,
+                            lease_s=self.receive_lease_seconds)
         self.core = Core(
             version=__version__,
             site_name=self.site_name,

@@ -37,7 +37,7 @@ def check_text(path: object, what: str = "path") -> str:
         raise InvalidRequest(f"{what} must be valid Unicode (no lone surrogates)") from None
     if len(encoded) > MAX_PATH_BYTES:
         raise InvalidRequest(f"{what} is longer than {MAX_PATH_BYTES} bytes")
-    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+    if len(encoded) > MAX_NAME_BYTES and max(map(len, encoded.split(b"/"))) > MAX_NAME_BYTES:
         raise InvalidRequest(f"{what} has a component longer than {MAX_NAME_BYTES} bytes")
     return path
 
@@ -66,10 +66,13 @@ def check_canonical(path: object, what: str = "path") -> str:
         raise InvalidRequest(f"{what} {_shown(text)} must be relative (no leading '/')")
     if text.endswith("/"):
         raise InvalidRequest(f"{what} {_shown(text)} must name a file (no trailing '/')")
-    for part in text.split("/"):
-        if part in ("", ".", ".."):
-            problem = "an empty component ('//')" if not part else f"a {part!r} component"
-            raise InvalidRequest(f"{what} {_shown(text)} is not canonical: it has {problem}")
+    framed = f"/{text}/"  # a component is what lies between two of its slashes
+    if "//" in framed or "/./" in framed or "/../" in framed:
+        for part in text.split("/"):  # the first such component, for the message
+            if part in ("", ".", ".."):
+                problem = "an empty component ('//')" if not part else f"a {part!r} component"
+                raise InvalidRequest(f"{what} {_shown(text)} is not canonical: it has "
+                                     f"{problem}")
     return text
 
 

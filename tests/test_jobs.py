@@ -989,6 +989,35 @@ def test_a_helper_writes_a_hand_over_sent_ahead_after_the_others_it_holds() -> N
         receiver.close()
 
 
+def test_a_helper_takes_a_hand_over_larger_than_the_socket_buffer_while_it_writes() -> None:
+    """A hand-over of 1,024 small files is larger than a socket's buffer: the helper takes it
+    as it is sent (``_Inbox``), so the stream's send never waits for the helper's writer to
+    finish the hand-over before; and when the worker is gone, every later receive says so."""
+    import multiprocessing as mp
+    import threading
+    from collections import deque
+
+    from hera_stage_ext.jobs.copy_pool import HandOver, _Inbox, _next
+
+    paths = [f"/archive/store/2459002/zen.2459002.{n:05d}.xx.HH.uvh5" for n in range(8192)]
+    big = HandOver("run", "/log", True, [], paths, None)  # (about 430 KB pickled)
+    sender, receiver = mp.Pipe()
+    try:
+        inbox = _Inbox(receiver)  # the writer busy meanwhile: nothing calls ``recv`` yet
+        sent = threading.Event()
+        threading.Thread(target=lambda: (sender.send((1, 0, big)), sent.set()),
+                         daemon=True).start()
+        assert sent.wait(30), "the send waited for the helper's writer"
+        message = _next(inbox, deque(), False)
+        assert message is not None and message[0] == 1 and message[2].rels == paths
+        sender.close()
+        for _ in range(2):
+            with pytest.raises(EOFError):
+                inbox.recv()
+    finally:
+        receiver.close()
+
+
 def test_a_stop_of_one_job_leaves_another_jobs_hand_over_sent_ahead_alone(tmp_path) -> None:
     """A helper writes a hand-over sent ahead after every other it holds, so it may still
     hold job A's when job B, whose hand-over was sent later, is stopped. The stop is B's

@@ -979,8 +979,11 @@ def test_a_batch_is_served_from_available_online_instances_on_both_databases(
         database: Database, tmp_path) -> None:
     """What a peer's batch pull is served from: per name, in the order asked, the first
     available instance on an available online store (by store name, then instance), or why
-    there is none (unknown, only on a cold or unavailable store or instance, a directory)."""
-    from hera_stage_ext.transfer.outgoing import BatchMember, batch_paths
+    there is none (unknown, only on a cold or unavailable store or instance, a directory).
+    A sender's push reads the same, found with its offers in one query (``offers_for``'s
+    ``found``), each file's offer made once whatever its instances."""
+    from hera_stage_ext.transfer.outgoing import (
+        BatchMember, batch_paths, members_at, offers_for)
 
     catalogue = Catalogue(database)
     roots = {name: tmp_path / name for name in ("a", "b", "cold", "off")}
@@ -1007,6 +1010,12 @@ def test_a_batch_is_served_from_available_online_instances_on_both_databases(
                                          "off.uvh5", "gone.uvh5"]
     assert all("no available instance" in m.error and not m.path
                for m in members[2:]), members
+    names = [m.name for m in members]
+    found: dict = {}
+    offers = offers_for(core.catalogue.db, {n: f"p/{n}" for n in names}, found)
+    assert members_at(names, found) == members
+    assert offers == offers_for(core.catalogue.db, {n: f"p/{n}" for n in names})
+    assert sorted(offers) == sorted(set(names) - {"nothing"})
 
 
 def test_a_folder_swapped_for_a_link_is_never_followed_by_a_sender(tmp_path) -> None:
@@ -1104,6 +1113,59 @@ def test_allowed_hours_windows_and_peer_settings() -> None:
     # A guessable secret is refused with the configuration, as hash-secret refuses it.
     with pytest.raises(ValueError, match="at least 32 characters"):
         peer(secret="s" * 31)
+
+
+def test_offers_are_answered_alike_on_both_databases(database: Database,
+                                                    tmp_path: Path) -> None:
+    """An announce's answers (``Receiver._answers``, read through the driver's SQL): a name
+    held here with the same content ``have`` (on any store), one known with other content or
+    offered to a path that holds another file ``conflict`` (saying which), one known without
+    an instance, being pulled, or new ``send``, one larger than the store's space
+    ``no-space``; with the state of the peer's items of those names."""
+    from hera_stage_ext.transfer.item_rows import ItemRows
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    receiver = Receiver(Catalogue(database), PeerRegistry("site-b", parse_peers(
+        {"site-a": {"url": "http://127.0.0.1:9/", "secret": "x" * 40}})), "s")
+    catalogue = receiver.catalogue
+    catalogue.sync_stores({"s": {"path": str(tmp_path)}, "t": {"path": str(tmp_path / "t")}})
+
+    def md5(digit: str) -> dict[str, str]:
+        return {"md5": digit * 32}
+
+    catalogue.register([FileSpec("have.uvh5", 10, md5("a")), FileSpec("other.uvh5", 10, md5("b")),
+                        FileSpec("held.uvh5", 10, md5("c"))], "s",
+                       ["d/have.uvh5", "d/other.uvh5", "d/held.uvh5"])
+    catalogue.register([FileSpec("elsewhere.uvh5", 10, md5("e"))], "t", ["d/elsewhere.uvh5"])
+    catalogue.register([FileSpec("no-copy.uvh5", 10, md5("f"))])
+    now = dt.datetime(2026, 12, 7, 20, 0)
+    with database.write() as s:
+        rows = ItemRows(s)
+        rows.insert([(t, peer, name, f"d/{name}", 10, json.dumps(md5("1")), "{}", state, 1, 0,
+                      "", rows.time(now), rows.time(now))
+                     for t, peer, name, state in (("t0", "site-a", "pulled.uvh5", "receiving"),
+                                                  ("t0", "site-c", "new.uvh5", "committed"))])
+    offers = [{"name": name, "size": size, "checksums": md5(digit), "path": f"d/{path}"}
+              for name, size, digit, path in (
+                  ("have.uvh5", 10, "a", "have.uvh5"), ("other.uvh5", 11, "b", "o.uvh5"),
+                  ("other-2.uvh5", 10, "b", "held.uvh5"),
+                  ("elsewhere.uvh5", 10, "e", "elsewhere.uvh5"),
+                  ("no-copy.uvh5", 10, "f", "no-copy.uvh5"), ("pulled.uvh5", 10, "1", "p.uvh5"),
+                  ("big.uvh5", 2**62, "2", "big.uvh5"), ("new.uvh5", 10, "3", "new.uvh5"))]
+    states: dict[str, str] = {}
+    try:
+        answers = receiver._answers("site-a", offers, tmp_path, states)
+    finally:
+        receiver.close()
+    assert {name: answer for name, (answer, _message) in answers.items()} == {
+        "have.uvh5": "have", "other.uvh5": "conflict", "other-2.uvh5": "conflict",
+        "elsewhere.uvh5": "have", "no-copy.uvh5": "send", "pulled.uvh5": "send",
+        "big.uvh5": "no-space", "new.uvh5": "send"}
+    assert answers["other.uvh5"][1] == ("'other.uvh5' is known here with other content (size 10, "
+                                        "checksums {'md5': '" + "b" * 32 + "'})")
+    assert answers["other-2.uvh5"][1] == "s:d/held.uvh5 holds another file"
+    assert answers["big.uvh5"][1].startswith("store 's' has ")
+    assert states == {"pulled.uvh5": "receiving"}  # the peer's own items only
 
 
 def test_item_rows_written_by_the_driver_read_back_through_the_orm(database: Database) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, select
 
 from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
@@ -689,11 +689,13 @@ def test_pushed_items_are_recorded_once_committed_on_both_databases(database: Da
     new, known = "zen.2457910.10000.xx.HH.uvh5", "zen.2457910.10001.xx.HH.uvh5"
     spec = {"is_directory": False, "obsid": None, "create_time": None, "source": "s",
             "meta": {"k": "\u00e9"}, "observation": None}
+    earlier = now - dt.timedelta(days=1)
     with database.write() as s:
         rows = ItemRows(s)
         rows.insert([("old", "there", known, "x/old", 3, json.dumps({"md5": "1" * 32}),
-                      json.dumps({}), "failed", 5, 0, "it broke", rows.time(now),
-                      rows.time(now))])
+                      json.dumps({}), "failed", 5, 0, "it broke", rows.time(earlier),
+                      rows.time(earlier))])
+        (known_id,) = rows.ids("there", [known]).values()
     with database.write() as s:
         ItemRows(s).put_committed([
             ItemRow(-1, "there", name, "pushed", f"d/{name}", 4096, {"md5": "0" * 32}, 1,
@@ -701,7 +703,16 @@ def test_pushed_items_are_recorded_once_committed_on_both_databases(database: Da
     with database.read() as s:
         items = {i.name: i for i in s.scalars(select(TransferItem))}
         s.expunge_all()
+        # Stored as SQLAlchemy stores JSON: ``json.dumps``' text (SQLite keeps it as it is).
+        texts = s.execute(select(TransferItem.name, cast(TransferItem.spec, Text),
+                                 cast(TransferItem.checksums, Text))).all()
     assert len(items) == 2
+    # The known row is updated in place (its id and creation time kept), the new one added.
+    assert (items[known].id, items[known].created_at) == (known_id, earlier)
+    assert items[new].id > known_id and items[new].created_at == now
+    if database.backend == "sqlite":
+        assert sorted(texts) == sorted((name, json.dumps(spec), json.dumps({"md5": "0" * 32}))
+                                       for name in (new, known))
     for name in (new, known):
         item = items[name]
         assert (item.state, item.attempts, item.error, item.transfer, item.path, item.size,

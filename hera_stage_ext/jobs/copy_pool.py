@@ -15,10 +15,11 @@ copied again).
 Each helper pipelines: its main thread writes hand-over k+1 while a second thread syncs and
 renames hand-over k and those before it (the waits for the disk release the interpreter lock),
 so both cores keep copying; the worker keeps up to ``DEPTH`` hand-overs in flight per helper, and one reader thread
-per helper routes the replies to the waiting streams. A stream sends its next hand-over while
-its last is in flight (``submit_ahead``), so that the helpers have the next ones to write while
-they sync; a helper writes those after every other it holds, so they never hold up another
-job's.
+per helper routes the replies to the waiting streams. A third thread of the helper receives the
+hand-overs as they are sent (``_Inbox``), so that a stream's send never waits for the writer.
+A stream sends its next hand-over while its last is in flight (``submit_ahead``), so that the
+helpers have the next ones to write while they sync; a helper writes those after every other
+it holds, so they never hold up another job's.
 
 The worker starts the helpers from one long-lived thread of the pool (``PR_SET_PDEATHSIG`` ties
 a child to the thread that started it): a SIGKILLed worker leaves no helper writing behind it,
@@ -307,6 +308,7 @@ def _write_hand_overs(conn: Connection, stops: Any, chunk_size: int, chunk_delay
             time.sleep(chunk_delay)
 
     mover = Mover(chunk_size, check, lambda _line: None, deferred=True, temp_folders=True)
+    inbox = _Inbox(conn)
     jobs: queue.Queue[Any] = queue.Queue()
     committer = threading.Thread(target=_finish, args=(conn, jobs, send_lock), daemon=True)
     committer.start()
@@ -316,12 +318,12 @@ def _write_hand_overs(conn: Connection, stops: Any, chunk_size: int, chunk_delay
     held: collections.deque[tuple[int, int, HandOver]] = collections.deque()
     closing = False
     while True:
-        if not held and not closing and not conn.poll():
+        if not held and not closing and not inbox.poll():
             # Idle (its run ended, or the next hand-over is not sent yet): keep no store
             # folder open meanwhile, which would stop that store being unmounted.
             mover.close_sources()
         try:
-            message = _next(conn, held, closing)
+            message = _next(inbox, held, closing)
         except (EOFError, OSError):
             break
         if message is None:
@@ -349,8 +351,44 @@ def _write_hand_overs(conn: Connection, stops: Any, chunk_size: int, chunk_delay
     committer.join()
 
 
-def _next(conn: Connection, held: collections.deque[tuple[int, int, HandOver]], closing: bool
-          ) -> tuple[int, int, HandOver] | None:
+class _Inbox:
+    """What the worker sends a helper, received by a thread of the helper's own as it comes
+    (``poll`` and ``recv`` as a ``Connection``'s). A hand-over of 1,024 small files is about
+    300 KiB pickled, more than a socket's default buffer (208 KiB): read only when the writing
+    thread took its next one, its send blocked the worker's stream until then, and the rest of
+    it then waited for that stream to be scheduled again (the worker's other streams hold
+    its interpreter lock in their claims) while the helper's writer had nothing to write
+    (benchmarks/README.md, session 20)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._receive, args=(conn,), name="hera-stage-copy-inbox",
+                         daemon=True).start()
+
+    def _receive(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError) as exc:  # the worker is gone: raised by ``recv``
+                self._queue.put(exc)
+                return
+            self._queue.put(message)
+            if message is None:  # the pool closing: nothing comes after it
+                return
+
+    def poll(self) -> bool:
+        return not self._queue.empty()
+
+    def recv(self) -> Any:
+        message = self._queue.get()
+        if isinstance(message, (EOFError, OSError)):
+            self._queue.put(message)  # (and to any later call)
+            raise message
+        return message
+
+
+def _next(conn: Connection | _Inbox, held: collections.deque[tuple[int, int, HandOver]],
+          closing: bool) -> tuple[int, int, HandOver] | None:
     """The hand-over to write next: every one sent so far is taken from ``conn`` into
     ``held`` (waiting for one when none is), and the oldest not sent ``ahead`` is written
     first, else the oldest. A stream's hand-over sent ahead of the one it has in flight thus

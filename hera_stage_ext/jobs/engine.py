@@ -49,7 +49,7 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _local_worker_dead(worker_id: str | None) -> bool:
+def local_worker_dead(worker_id: str | None) -> bool:
     """True when ``worker_id`` names a process on this host that no longer exists: its jobs can
     be taken over at once instead of after the lease."""
     if not worker_id:
@@ -259,7 +259,7 @@ def reconcile(db: Database) -> list[int]:
                          .where(JobRow.state == JobState.RUNNING,
                                 JobRow.worker_id.is_not(None))).all()
     dead = [jid for jid, wid, lease in rows
-            if (lease is not None and lease < now) or _local_worker_dead(wid)]
+            if (lease is not None and lease < now) or local_worker_dead(wid)]
     if dead:
         with db.write() as s:
             s.execute(update(JobRow).where(JobRow.id.in_(dead), JobRow.state == JobState.RUNNING)
@@ -483,7 +483,7 @@ def cancel_job(db: Database, job_id: int, kinds: KindRegistry) -> dict[str, Any]
         job.cancel_requested = True
         worker_alive = (job.state == JobState.RUNNING and job.worker_id is not None
                         and job.lease_expires is not None and job.lease_expires > now
-                        and not _local_worker_dead(job.worker_id))
+                        and not local_worker_dead(job.worker_id))
         if not worker_alive:
             # Nobody will act on the flag: hold the job (a short lease, so that a crash right
             # here leaves it to the next worker, which sees the flag) and finish it here.

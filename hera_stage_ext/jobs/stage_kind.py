@@ -46,6 +46,9 @@ class _HandedOver:
     generation: int  # the run's ``store_generation`` when they were sent
     ticket: Ticket | None = None
     died: HelperDied | None = None  # the helper was gone before it took them
+    # Still in flight when its claim's other items were through (``_StageStream._carried``):
+    # its items not started when it is collected go back to the queue then.
+    carried: bool = False
 
 
 
@@ -86,6 +89,9 @@ class _StageStream:
         # once, just after the run's first claim, and over HTTP large ones queued behind each
         # other at the service's one writer outlasted the first hand-overs.
         self._ramping = True
+        # The last hand-over of this stream's last claim, still with a helper while the next
+        # claim's first goes ahead of it (``_move_pooled``); collected there or at the end.
+        self._carried: list[_HandedOver] = []
 
     def _spec(self, item: ClaimedItem) -> ItemSpec:
         return ItemSpec(item.source_path, os.path.join(self.run.job.destination, item.dest_path),
@@ -108,7 +114,17 @@ class _StageStream:
 
     def _stream_with(self, mover: Mover) -> None:
         try:
-            self._claim_and_move(mover)
+            try:
+                self._claim_and_move(mover)
+            except BaseException:
+                # A hand-over still in flight is collected (written whole, unless the run
+                # stops meanwhile): none is given back to the queue while a helper may write it.
+                for handed in self._carried:
+                    with contextlib.suppress(Exception):
+                        self._collect(handed, set(), mover)
+                raise
+            while self._carried:  # (the run stopped between two claims)
+                self._collect(self._carried.pop(0), set(), mover)
         finally:
             self._give_back_first()
 
@@ -122,7 +138,7 @@ class _StageStream:
             try:
                 pooled = self._pooled_of(batch)
                 rest = len(pooled) < len(batch)
-                if pooled:
+                if pooled or self._carried:
                     claimed = self._move_pooled(
                         hand_overs(pooled, _size, self.run.config.pool_batch_items,
                                    self.run.config.pool_batch_bytes, _folder), started, mover,
@@ -229,9 +245,14 @@ class _StageStream:
 
         With ``prefetch``, while a helper writes the last part, this stream records what is
         through and claims its next items (``_next_batch``: one transaction, one round trip
-        over HTTP), and returns them (None: not claimed here)."""
+        over HTTP), and returns them (None: not claimed here). When it claimed some, the last
+        part is left in flight (``_carried``): the next claim's first part goes ahead of it,
+        as the parts of one claim do, instead of the helper waiting for this stream's
+        turnaround at every claim's end.
+        The part carried from the last claim (``_carried``) is the first in flight here."""
         claimed: list[ClaimedItem] | None = None
-        flight: list[_HandedOver] = []  # sent, in order, not collected (at most two)
+        # Sent, in order, not collected (at most two).
+        flight, self._carried = self._carried, []
         try:
             for k, part in enumerate(parts):
                 if self.run.stopping():
@@ -251,12 +272,14 @@ class _StageStream:
                     claimed = self._next_batch(first=False)
                 while len(flight) > 1:
                     self._collect(flight.pop(0), started, mover)
-                    if claimed is None and self.run.commit_due():
-                        self.run.commit(wait=False)
-            while flight:
+                    self._record_due(claimed)
+            while len(flight) > (1 if claimed else 0):
                 self._collect(flight.pop(0), started, mover)
-                if claimed is None and self.run.commit_due():
-                    self.run.commit(wait=False)
+                self._record_due(claimed)
+            if flight:  # carried into the next claim's parts: not given back with this batch
+                flight[0].carried = True
+                started.update([item.id for item in flight[0].items])
+                self._carried = flight
         except BaseException:
             # The parts still with a helper are collected (written whole, unless the run
             # stops meanwhile): none is given back to the queue while a helper may still
@@ -268,6 +291,15 @@ class _StageStream:
                 self.run.store.requeue(self.run.job.id, [c.id for c in claimed])
             raise
         return claimed
+
+    def _record_due(self, claimed: list[ClaimedItem] | None) -> None:
+        """After a hand-over's results came back: record what is through when a commit is
+        due and this stream did not just claim (its claim recorded it). Once its claim took
+        nothing (the queue is empty), at once: while the other streams' last hand-overs are
+        still being written, instead of all in the run's last commit after them, which the
+        job's end waits for."""
+        if claimed == [] or (claimed is None and self.run.commit_due()):
+            self.run.commit(wait=False)
 
     def _hand_over(self, items: list[ClaimedItem], started: set[int], ahead: bool = False
                    ) -> _HandedOver | None:
@@ -332,7 +364,22 @@ class _StageStream:
             handed.died = exc
 
     def _collect(self, handed: _HandedOver, started: set[int], mover: Mover) -> None:
-        """Wait for a hand-over's results and queue them for the next commit."""
+        """Wait for a hand-over's results and queue them for the next commit. Of a carried
+        one (``_move_pooled``), its items not started go back to the queue (its batch's
+        ``started`` counted them all)."""
+        if handed.carried:
+            own: set[int] = set()
+            try:
+                self._collect_one(handed, own, mover)
+            finally:
+                started.update(own)
+                left = [item.id for item in handed.items if item.id not in own]
+                if left:
+                    self.run.store.requeue(self.run.job.id, left)
+            return
+        self._collect_one(handed, started, mover)
+
+    def _collect_one(self, handed: _HandedOver, started: set[int], mover: Mover) -> None:
         assert self.run.pool is not None
         ready, specs = handed.items, handed.specs
 

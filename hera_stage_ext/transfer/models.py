@@ -5,7 +5,9 @@ They live on the catalogue's ``Base`` so one alembic history (revision 0005) cov
 ``transfer_item`` is the receiver's truth of a transfer: one row per (peer, name), written when
 a batch is announced, updated as the bytes are pulled and verified, ``committed`` only after the
 file is in the store and registered. A restart resumes every row that is ``queued`` or
-``receiving`` from the bytes already in its partial file.
+``receiving`` from the bytes already in its partial file. ``holder`` and ``lease_expires`` are
+the lease of the receiver pulling it (replicas of a site share the table: one pulls an item at
+a time; ``receiver.py``).
 
 ``remote_instance`` is the sender's record that a peer holds a verified copy of a file (it
 answered ``have``, or reported ``committed``): file, site, when, which transfer.
@@ -43,6 +45,12 @@ class TransferItem(Base):
     # Bytes already in the partial file when the last attempt started (> 0: a resume).
     resumed_from: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
+    # The receiver (server process, ``jobs.engine.new_worker_id``) whose queue or pull holds it,
+    # and until when (the database's clock), as a job's worker and lease: taken by a
+    # conditional update, so one replica of a site pulls it at a time; another takes it over
+    # once the lease runs out.
+    holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -1,7 +1,8 @@
 """The sending site's records and lookups (it sends nothing itself): ``record_remote`` (a peer
 holds a verified copy), ``remote_sites``, ``list_peers`` (``GET peers``), and the bulk lookups
-of a batch (``offers_for``: the announce of many files; ``batch_paths`` and ``MemberReader``:
-the files a peer's ``POST files/batch`` pulls, or a sending stream pushes). Sending itself is a
+of a batch (``offers_for``: the announce of many files, and where those a sending stream
+pushes lie; ``batch_paths``, ``members_at`` and ``MemberReader``: the files a peer's
+``POST files/batch`` pulls, or a sending stream pushes). Sending itself is a
 transfer job (``transfer_kind.py``; its streams: ``peer_sender.py``, ``rclone_send.py``), run
 by the job engine's worker.
 """
@@ -74,33 +75,69 @@ def list_peers(core: Core, timeout: float = 3.0) -> list[dict[str, Any]]:
     return out
 
 
-#: The columns of an announce offer (``offers_for``), for the database driver.
+#: The instances a batch pull may be served from: available, on an available online store,
+#: the first of each file by store name, then instance.
+_INSTANCE_OK, _STORE_OK, _FIRST = "i.available", "s.available AND s.kind = 'online'", (
+    " ORDER BY s.name, i.id")
+#: The columns of an announce offer (``offers_for``), for the database driver; with
+#: ``_OFFER_PATHS``, also the paths of the instances a batch pull may be served from (a file
+#: without one keeps its row, NULL paths: outer joins, each a lookup by index, where joining
+#: the two tables inside one outer join had SQLite scan every instance).
 _OFFER_SQL = (
     "SELECT f.name, f.size, f.is_directory, f.checksums, f.create_time, f.obsid, f.source, "
-    "f.metadata, o.obsid, o.start_time_jd, o.stop_time_jd, o.start_lst_hr, o.session_id "
-    "FROM file f LEFT OUTER JOIN observation o ON o.obsid = f.obsid WHERE {condition}")
+    "f.metadata, o.obsid, o.start_time_jd, o.stop_time_jd, o.start_lst_hr, o.session_id{paths} "
+    "FROM file f LEFT OUTER JOIN observation o ON o.obsid = f.obsid{joins} WHERE {condition}"
+    "{order}")
+_OFFER_PATHS = {
+    "paths": ", i.path, s.path",
+    "joins": f" LEFT OUTER JOIN instance i ON i.file_id = f.id AND {_INSTANCE_OK} "
+             f"LEFT OUTER JOIN store s ON s.id = i.store_id AND {_STORE_OK}",
+    "order": _FIRST}
+_BATCH_SQL = (
+    "SELECT f.name, f.is_directory, i.path, s.path FROM file f "
+    "JOIN instance i ON i.file_id = f.id JOIN store s ON i.store_id = s.id "
+    f"WHERE {{condition}} AND {_INSTANCE_OK} AND {_STORE_OK}{_FIRST}")
 
 
-def offers_for(db: Database, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+#: Where a batch member lies, by name (``offers_for``'s ``found``, ``batch_paths``): (its
+#: instance's path in the store, the store's root, whether it is a directory data set).
+Found = dict[str, tuple[str, str, bool]]
+
+
+def offers_for(db: Database, paths: dict[str, str], found: Found | None = None
+               ) -> dict[str, dict[str, Any]]:
     """The announce offers of the files ``paths`` names (name -> path in the store), fetched in
     one query on the database driver (an offer per file from ORM rows cost the sending worker
     more than the rest of its announce: a result processor per JSON and time column, a row
     object, then dicts made from its dicts); names no longer known are left out. Each offer
     holds what ``Catalogue.file_detail`` says of the file, as ``protocol.check_offer`` reads
-    it."""
+    it. With ``found`` (a sender about to push them): the same query also fills it with where
+    each file a batch pull would be served from lies (``batch_paths``'s lookup; the members
+    then come from ``members_at``), so a push's files are looked up once, not twice."""
     out: dict[str, dict[str, Any]] = {}
     with db.read() as s:
         connection = s.connection()
         backend = connection.dialect.name
-        sql = _OFFER_SQL.format(condition=one_of_sql(backend, "f.name"))
+        sql = _OFFER_SQL.format(condition=one_of_sql(backend, "f.name"), **(
+            _OFFER_PATHS if found is not None else {"paths": "", "joins": "", "order": ""}))
         rows = driver_rows(connection, sql, (bound_values(backend, paths),))
     text = backend != "postgresql"  # SQLite: JSON as its text, times as SQLAlchemy's text
-    loads, parse_time = json.loads, dt.datetime.fromisoformat
-    for (name, size, is_directory, checksums, created, obsid, source, meta, observation,
-         start_jd, stop_jd, start_lst, session) in rows:
-        if text:
-            checksums, meta = loads(checksums), loads(meta) if meta is not None else None
-            created = parse_time(created) if created is not None else None
+    if text:  # each column's JSON texts decoded in one call for the whole batch, not a call each
+        sums = json.loads("[" + ",".join([row[3] for row in rows]) + "]")
+        metas = json.loads("[" + ",".join([row[7] or "null" for row in rows]) + "]")
+    else:
+        sums, metas = [row[3] for row in rows], [row[7] for row in rows]
+    parse_time = dt.datetime.fromisoformat
+    for row, checksums, meta in zip(rows, sums, metas):
+        name = row[0]
+        if found is not None and row[14] is not None:  # (NULL: none, or not on a usable store)
+            found.setdefault(name, (row[13], row[14], bool(row[2])))
+        if name in out:  # (another instance of a file already made an offer)
+            continue
+        (name, size, is_directory, _sums, created, obsid, source, _meta, observation,
+         start_jd, stop_jd, start_lst, session) = row[:13]
+        if text and created is not None:
+            created = parse_time(created)
         out[name] = {
             "name": name, "size": size, "checksums": checksums, "path": paths[name],
             "is_directory": bool(is_directory), "obsid": obsid, "create_time": iso(created),
@@ -122,25 +159,14 @@ class BatchMember(NamedTuple):
     error: str = ""
 
 
-#: The instances a batch pull may be served from (``batch_paths``), for the database driver:
-#: the first by store name, then instance, of each file.
-_BATCH_SQL = (
-    "SELECT f.name, f.is_directory, i.path, s.path FROM file f "
-    "JOIN instance i ON i.file_id = f.id JOIN store s ON i.store_id = s.id "
-    "WHERE {condition} AND i.available AND s.available AND s.kind = 'online' "
-    "ORDER BY s.name, i.id")
-
-
 def batch_paths(db: Database, names: Any) -> list[BatchMember]:
-    """What a peer's ``POST files/batch`` gets, and what a sender's push reads, in the order
-    asked: per name the path of an available flat instance on an available online store (a
-    canonical relative path below the store's root: the row is not trusted, and nothing is
-    resolved here; ``MemberReader`` follows no link), or why it cannot be served. One query for
-    the whole batch, on the database driver (a peer asks for a thousand names at a time)."""
+    """What a peer's ``POST files/batch`` gets, in the order asked: ``members_at`` of the
+    instances found in one query for the whole batch, on the database driver (a peer asks for
+    a thousand names at a time)."""
     if not isinstance(names, list) or not 0 < len(names) <= BATCH_MAX_FILES \
             or not all(isinstance(n, str) for n in names):
         raise InvalidRequest(f"'names' must be a list of 1 to {BATCH_MAX_FILES} names")
-    found: dict[str, tuple[str, str, bool]] = {}
+    found: Found = {}
     with db.read() as s:
         connection = s.connection()
         backend = connection.dialect.name
@@ -148,6 +174,14 @@ def batch_paths(db: Database, names: Any) -> list[BatchMember]:
             condition=one_of_sql(backend, "f.name")), (bound_values(backend, names),))
     for name, is_directory, path, root in rows:
         found.setdefault(name, (path, root, bool(is_directory)))
+    return members_at(names, found)
+
+
+def members_at(names: Sequence[str], found: Found) -> list[BatchMember]:
+    """What a peer's batch pull gets, and what a sender's push reads, in the order of
+    ``names``: per name the path of an available flat instance on an available online store
+    (``found``: a canonical relative path below the store's root: the row is not trusted, and
+    nothing is resolved here; ``MemberReader`` follows no link), or why it cannot be served."""
     out: list[BatchMember] = []
     real_roots: dict[str, str] = {}  # each store's root (an admin's setting) resolved once
     folders: dict[str, str] = {}  # each folder checked once: why it is refused, or ""

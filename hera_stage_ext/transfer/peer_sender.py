@@ -4,21 +4,26 @@ reports what the peer already has or refuses, and follows the accepted files wit
 long polls until each is committed or failed. A peer whose ``ping`` says it takes pushes
 (asked once, before a stream's first claim) gets a batch's small flat files by ``POST push``
 instead, from the first claim on (their bytes with their offers, each answered with its
-outcome: no pull, no status polls), read as a peer's batch pull reads them
-(``outgoing.batch_paths``, ``MemberReader``: each folder opened once below the store's root,
-no link followed); a peer this site throttles (``max_bytes_per_s``, applied by its server's
-pull handlers) is never pushed to, and one that answers a push 404 (a proxy that knows only the
-older routes) is announced to from then on. ``rclone_send.RcloneSender`` builds on it for rclone remotes;
-``jobs.TransferKind`` picks one of the two per peer.
+outcome: no pull, no status polls), looked up with their offers (``outgoing.offers_for``'s
+``found``) and read as a peer's batch pull reads them (``members_at``, ``MemberReader``: each
+folder opened once below the store's root, no link followed), each push sent by the stream's
+``pusher`` thread while the stream reads the next (at most one in flight a stream, answered
+before the stream's client is used again); a peer this site throttles (``max_bytes_per_s``,
+applied by its server's pull handlers) is never pushed to, and one that answers a push 404 (a
+proxy that knows only the older routes) is announced to from then on.
+``rclone_send.RcloneSender`` builds on it for rclone remotes; ``jobs.TransferKind`` picks one
+of the two per peer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import func, select
 
@@ -32,7 +37,7 @@ from .peers import Peer, PeerRegistry
 from .protocol import (
     BATCH_FILE_MAX, BATCH_MAX_FILES, COMMITTED, HAVE, MAX_OFFERS, PUSH_HEAD_MAX, RETRY, SEND,
     UNKNOWN, PeerClient, PushLimits)
-from .outgoing import MemberReader, batch_paths, offers_for, record_remote
+from .outgoing import Found, MemberReader, members_at, offers_for, record_remote
 
 if TYPE_CHECKING:
     from ..jobs.contract import KindRun
@@ -76,6 +81,19 @@ _NOTICES = "transfer.notices"
 
 
 
+class _Push(NamedTuple):
+    """A push in flight (``PeerSender.start``): its items by name, their offers (``known``),
+    when it was sent, its reply to come, and how many times it was sent (more than once: a
+    push that broke, sent again whole)."""
+
+    transfer: str
+    items: dict[str, ClaimedItem]
+    known: dict[str, dict[str, Any]]
+    started: float
+    reply: Future[dict[str, Any]]
+    tries: list[int]
+
+
 class PeerSender:
     """One stream of a transfer job: batches announced, followed and reported."""
 
@@ -98,6 +116,10 @@ class PeerSender:
         #: Items of pushes answered 5xx, announced instead: a ``have`` for one of them is the
         #: push's own work (it may have committed some before it failed).
         self.push_failed: set[int] = set()
+        #: The push in flight, sent by ``pusher`` (one thread) while this stream reads the
+        #: next: at most one a stream, answered (``settle``) before the client is used again.
+        self.pushing: _Push | None = None
+        self.pusher: ThreadPoolExecutor | None = None
 
     # ----- waiting, always interruptible by cancel, lost lease or worker stop -------------
     def check(self) -> None:
@@ -120,6 +142,7 @@ class PeerSender:
     def wait_for_hours(self) -> None:
         waited = False
         while (wait := self.peer.seconds_until_open()) > 0:
+            self.settle()  # (not left unanswered for hours)
             self.once(f"hours-closed-{self.peer.hours}",
                       f"waiting: peer {self.peer.name!r} takes transfers only at hours "
                       f"{self.peer.hours} (local time of this site); they begin in "
@@ -163,7 +186,9 @@ class PeerSender:
                 if n > 0:
                     return claim_items(self.db, run.job.id, n,
                                         self.batch_bytes())
-            # Items through but not recorded yet still count as running: record them.
+            # Items through but not recorded yet still count as running: record them (those
+            # of this stream's push in flight once it is answered).
+            self.settle()
             run.commit(wait=False)
             self.once("in-flight", f"waiting: {in_flight} item(s) in flight to peer "
                       f"{self.peer.name!r} (its max_in_flight {self.peer.max_in_flight})")
@@ -172,7 +197,13 @@ class PeerSender:
             self.sleep(0.5)
 
     def call(self, what: str, fn: Callable[[PeerClient], T]) -> T:
-        """``fn(client)``, retried with exponential backoff while the peer is unreachable."""
+        """``fn(client)``, retried with exponential backoff while the peer is unreachable (once
+        this stream's push in flight is answered: one request at a time on the client)."""
+        self.settle()
+        return self.retrying(what, fn)
+
+    def retrying(self, what: str, fn: Callable[[PeerClient], T]) -> T:
+        """``call`` without waiting for a push in flight (what the ``pusher`` runs)."""
         delay, attempt = 1.0, 0
         while True:
             self.check()
@@ -192,6 +223,13 @@ class PeerSender:
 
     def connect(self) -> PeerClient:
         return PeerClient(self.peer, self.registry.site_name)
+
+    def close(self) -> None:
+        """Once the stream is over (``loop`` answered its push in flight): its client and
+        pusher thread let go."""
+        if self.pusher is not None:
+            self.pusher.shutdown()
+        self.client.close()
 
     # ----- results ------------------------------------------------------------------------
     def report(self, item: ClaimedItem, state: ItemState, error: str = "",
@@ -227,10 +265,15 @@ class PeerSender:
                         claimed += batch
                         self.send(batch)
                         continue
+                    self.settle()  # (its files to send again are then announced: followed)
                     if not self.waiting:
                         return
                 self.follow()
         finally:
+            if self.pushing is not None:  # (an error or a stop is on its way out, and is
+                # the one raised): what the peer committed meanwhile is reported as done
+                with contextlib.suppress(Exception):
+                    self.settle()
             # Claimed and not through (cancel, stop): back to the queue, announced again
             # by whoever takes them (the peer keeps pulling what it accepted meanwhile).
             requeue_items(self.db, [c.id for c in claimed if c.id not in self.reported])
@@ -253,7 +296,9 @@ class PeerSender:
             except StagingError:  # refused (a secret changed): the announce says so per file
                 self.push_limits = None
         for part in filter(None, parts):
-            known = offers_for(self.db, {item.name: item.dest_path for item in part})
+            # With pushes, where their files lie comes with their offers (one query).
+            found: Found | None = None if self.push_limits is None else {}
+            known = offers_for(self.db, {item.name: item.dest_path for item in part}, found)
             pushed: list[ClaimedItem] = []
             if self.push_limits is not None:
                 part, pushed = self.pushable(part, known, self.push_limits)
@@ -261,7 +306,7 @@ class PeerSender:
             for start in range(0, len(part), MAX_OFFERS):
                 self.announce(transfer, part[start:start + MAX_OFFERS], known)
             for start in range(0, len(pushed), BATCH_MAX_FILES):
-                self.push(transfer, pushed[start:start + BATCH_MAX_FILES], known)
+                self.push(transfer, pushed[start:start + BATCH_MAX_FILES], known, found or {})
 
     def announce(self, transfer: str, chunk: list[ClaimedItem],
                  known: dict[str, dict[str, Any]]) -> None:
@@ -353,12 +398,13 @@ class PeerSender:
         return announced, pushed
 
     def push(self, transfer: str, items: list[ClaimedItem],
-             known: dict[str, dict[str, Any]]) -> None:
+             known: dict[str, dict[str, Any]], found: Found) -> None:
         """Push ``items`` (at most ``BATCH_MAX_FILES`` known small flat files, their offers in
-        ``known``; found in one ``batch_paths``, each folder opened once) in as few requests
-        as the peer's limits allow, each file read as a peer's batch pull reads it;
-        those the peer answers ``retry`` for, and those whose size changed here, are
-        announced (pulled, verified as any)."""
+        ``known``, where they lie in ``found``; each folder opened once) in as few requests
+        as the peer's limits allow, each file read as a peer's batch pull reads it, each
+        request sent while the next is read (``start``; the last one left in flight while the
+        stream claims and reads its next batch); those the peer answers ``retry`` for, and
+        those whose size changed here, are announced (pulled, verified as any)."""
         limits = self.push_limits
         if limits is None:  # the peer stopped taking pushes (an earlier one was answered 404)
             for start in range(0, len(items), MAX_OFFERS):
@@ -366,7 +412,7 @@ class PeerSender:
             return
         # Room for the offers' JSON at a body's head (the receiver takes at most this).
         room = max(limits.max_bytes - min(PUSH_HEAD_MAX, limits.max_bytes // 2), 1)
-        members = batch_paths(self.db, [item.name for item in items])
+        members = members_at([item.name for item in items], found)
         batch: list[tuple[ClaimedItem, bytes]] = []
         size, announce = 0, []
         with MemberReader(members) as reader:
@@ -390,20 +436,25 @@ class PeerSender:
                     announce.append(item)
                     continue
                 if batch and (len(batch) >= limits.max_files or size + len(data) > room):
-                    announce += self.push_one(transfer, batch, known)
+                    announce += self.start(transfer, batch, known)
                     batch, size = [], 0
                 batch.append((item, data))
                 size += len(data)
         if batch:
-            announce += self.push_one(transfer, batch, known) if self.push_limits is not None \
-                else [item for item, _data in batch]
+            announce += self.start(transfer, batch, known)
         for start in range(0, len(announce), MAX_OFFERS):
             self.announce(transfer, announce[start:start + MAX_OFFERS], known)
 
-    def push_one(self, transfer: str, batch: list[tuple[ClaimedItem, bytes]],
-                 known: dict[str, dict[str, Any]]) -> list[ClaimedItem]:
-        """One ``POST push`` of ``batch`` (items with their bytes), retried whole while the
-        peer is unreachable, and its answers; the items to announce instead."""
+    def start(self, transfer: str, batch: list[tuple[ClaimedItem, bytes]],
+              known: dict[str, dict[str, Any]]) -> list[ClaimedItem]:
+        """Send ``batch`` (items with their bytes) by one ``POST push`` from the ``pusher``
+        thread, once the push in flight is answered (``settle``), and return: the stream
+        reads the next meanwhile, so the peer always has this stream's next push at hand
+        instead of waiting for it to be read. The items to announce instead (the peer no
+        longer takes pushes)."""
+        self.settle()
+        if self.push_limits is None:  # the last push was refused: announce
+            return [item for item, _data in batch]
         items = {item.name: item for item, _data in batch}
         offers = [known[name] for name in items]
         data = [data for _item, data in batch]
@@ -413,24 +464,42 @@ class PeerSender:
             tries[0] += 1
             return client.push(transfer, offers, data)
 
-        started = time.monotonic()
+        if self.pusher is None:
+            self.pusher = ThreadPoolExecutor(
+                1, thread_name_prefix=threading.current_thread().name + "-push")
+        self.pushing = _Push(transfer, items, known, time.monotonic(), self.pusher.submit(
+            self.retrying, f"push to peer {self.peer.name!r}", push), tries)
+        return []
+
+    def settle(self) -> None:
+        """Wait for this stream's push in flight, if any (retried whole while the peer is
+        unreachable), and act on its answers: those the peer committed are done, those it
+        answers to send again (or all, when it is busy or failed) are announced."""
+        pushing, self.pushing = self.pushing, None
+        if pushing is None:
+            return
+        items = pushing.items
+        again: list[ClaimedItem] = []
         try:
-            reply = self.call(f"push to peer {self.peer.name!r}", push)
+            reply = pushing.reply.result()
         except StagingError as exc:
             if exc.status in (404, 405, 411, 413):  # it no longer takes them: announce
                 self.push_limits, self.push_refused = None, True
-                return list(items.values())
-            if exc.status >= 500:
+                again = list(items.values())
+            elif exc.status >= 500:
                 # Busy (it holds as many pushes as it takes), or it failed after committing
                 # some of them: the announce says which it holds (``have``) and pulls the rest.
                 if exc.status != 503:  # (a busy receiver's 503 comes before any is read)
                     self.push_failed.update(item.id for item in items.values())
-                return list(items.values())
-            for item in items.values():  # refused outright (secret changed, bad request)
-                self.report(item, ItemState.FAILED, exc.message)
-            return []
-        return self.answered(transfer, items, reply["files"], started, pushed=True,
-                             sent_again=tries[0] > 1)
+                again = list(items.values())
+            else:
+                for item in items.values():  # refused outright (secret changed, bad request)
+                    self.report(item, ItemState.FAILED, exc.message)
+        else:
+            again = self.answered(pushing.transfer, items, reply["files"], pushing.started,
+                                  pushed=True, sent_again=pushing.tries[0] > 1)
+        for start in range(0, len(again), MAX_OFFERS):
+            self.announce(pushing.transfer, again[start:start + MAX_OFFERS], pushing.known)
 
     def follow(self) -> None:
         """Ask the peer once how the files it accepted are doing, and report those through: a

@@ -146,6 +146,7 @@ _READ_AHEAD = 1 << 20
 _MAX_HEADER = 64 << 10
 
 _OBSERVATION_FIELDS = ("obsid", "start_time_jd", "stop_time_jd", "start_lst_hr", "session_id")
+_OBSERVATION_KEYS = frozenset(_OBSERVATION_FIELDS)
 
 
 #: Largest integer the catalogue stores (sizes, obsids, sessions: signed 64 bits).
@@ -195,7 +196,7 @@ def _create_time(value: Any) -> str | None:
 
 def _observation(obs: Any) -> str | None:
     """Why an offer's ``observation`` cannot be registered, or None."""
-    if not isinstance(obs, dict) or set(obs) != set(_OBSERVATION_FIELDS):
+    if not isinstance(obs, dict) or obs.keys() != _OBSERVATION_KEYS:
         return f"must be an object of exactly {', '.join(_OBSERVATION_FIELDS)}"
     for key in ("obsid", "session_id"):
         if not _int64(obs[key]):
@@ -239,11 +240,13 @@ def check_offer(offer: Any, reserved: Sequence[str] = (), reserved_suffix: str =
         raise InvalidRequest(f"offer of {name!r}: {exc.message}", name=name,
                              field="path") from None
     if reserved or reserved_suffix:
-        parts = path.split("/")
-        if reserved and any(part in reserved for part in parts):
+        # The path is canonical: its components are what lies between two slashes of
+        # ``/<path>/`` (a reserved name or the suffix holds no slash).
+        framed = f"/{path}/"
+        if reserved and any(f"/{part}/" in framed for part in reserved):
             raise _bad(name, "path", f"{path!r} is inside a folder the receiver keeps for "
                        f"itself ({', '.join(reserved)})")
-        if reserved_suffix and any(part.endswith(reserved_suffix) for part in parts):
+        if reserved_suffix and f"{reserved_suffix}/" in framed:
             raise _bad(name, "path", f"{path!r} ends a component in {reserved_suffix!r}, which "
                        "the receiver keeps for files being written")
     if get("is_directory", False).__class__ is not bool:

@@ -14,7 +14,23 @@ and never over an existing file; the folder synced, up to the store), the partia
 and file, instance, metadata and a ``transfer-received`` event registered through
 ``Catalogue.register``; only then is the item ``committed``. A mismatch discards the partial
 file and pulls again from zero, up to ``max_attempts``; network errors back off and resume. A
-server restart resumes every item still ``queued`` or ``receiving`` (``resume``).
+server restart resumes every item still ``queued`` or ``receiving`` (``resume``) that no other
+receiver holds.
+
+One receiver pulls an item at a time, also when several servers (replicas of a site) share the
+catalogue and the store: an item is queued or pulled only once this receiver took the lease on
+its row (``holder``, ``lease_expires`` on the database's clock, as a job's worker and lease), by
+one conditional update (``_claim``: of receivers claiming it at once exactly one wins) when it
+is dispatched; the lease is renewed while the item is pulled, by a thread of its own
+(``_keep_leases``), and at each attempt of a large file or directory, or of a batch whose leases
+are not all surely held (``_renew_held``: an attempt whose item another receiver took over
+leaves it), and given up when the item ends. That thread also takes over items whose lease ran
+out (their receiver died, or they waited in another replica's queue), which resume from their
+partial file; at start a receiver takes over at once the items of a process of its host that
+is gone (``resume``). A pull writes, links or renames only while it surely holds its item
+(``_holding``: its lease taken or renewed here less than half a lease ago, so it runs another
+half lease at least): never two writers of one partial file, never a rename of one another
+receiver writes.
 
 Small flat files (up to ``protocol.BATCH_FILE_MAX``) are pulled in batches instead
 (``_pull_batch``): one ``POST files/batch`` streams up to ``BATCH_MAX_FILES`` of them; each member
@@ -63,28 +79,33 @@ big files are flat).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import io
 import itertools
 import logging
+import math
 import os
 import secrets
 import shutil
 import tarfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from .. import directio, safefs
 from ..catalogue import checksums as ck
 from ..catalogue.catalogue import Catalogue
-from ..catalogue.inlist import one_of
-from ..catalogue.models import File, Instance, Store, utcnow
+from ..catalogue.db import driver_mark, driver_rows, loads_json_column
+from ..catalogue.inlist import bound_values, one_of, one_of_sql
+from ..catalogue.models import utcnow
 from ..errors import ChecksumMismatch, Conflict, InvalidRequest, StagingError, Unavailable
+from ..jobs.engine import lease_clock, local_worker_dead, new_worker_id
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
@@ -147,6 +168,16 @@ _CONFINED_MAX = 100_000
 #: Item states after which nothing more happens to it (until it is announced again).
 _FINISHED_STATES = (TransferItemState.COMMITTED, TransferItemState.FAILED)
 
+#: ``Receiver._answers``' reads, for the database driver (``{}``: a condition on one bound list,
+#: or the placeholder): each offered name's file with its count of available instances, and
+#: the files the receiving store holds at the offered paths.
+_KNOWN_SQL = (
+    "SELECT f.name, f.size, f.checksums, count(i.id) FROM file f LEFT OUTER JOIN instance i "
+    "ON i.file_id = f.id AND i.available WHERE {} GROUP BY f.id")
+_HELD_SQL = (
+    "SELECT i.path, f.name FROM instance i JOIN file f ON i.file_id = f.id "
+    "JOIN store s ON i.store_id = s.id WHERE s.name = {} AND {}")
+
 
 class _Stopped(Exception):
     pass
@@ -168,7 +199,7 @@ class _Member(NamedTuple):
 class Receiver:
     def __init__(self, catalogue: Catalogue, registry: PeerRegistry, store: str | None, *,
                  streams: int = 2, reserve_bytes: int = 0, max_attempts: int = 5,
-                 backoff_s: float = 1.0, fsync: bool = True) -> None:
+                 backoff_s: float = 1.0, fsync: bool = True, lease_s: float = 30.0) -> None:
         self.catalogue = catalogue
         self.db = catalogue.db
         self.registry = registry
@@ -205,6 +236,15 @@ class Receiver:
         #: the store's file system refuses it.
         self._in_place = True
         self._stop = threading.Event()
+        #: This receiver's name in the leases of the items it holds (``_claim``), how long a
+        #: lease runs, the items it holds (queued or being pulled): id -> when
+        #: (``time.monotonic``) the statement that took or renewed its lease began (the lease
+        #: runs until a lease after that at least), and the thread that renews them and takes
+        #: over items whose lease ran out.
+        self._holder = new_worker_id()
+        self.lease_s = lease_s
+        self._held: dict[int, float] = {}
+        self._keeper: threading.Thread | None = None
 
     # ----- store --------------------------------------------------------------------------
     def _store_root(self) -> Path:
@@ -269,39 +309,39 @@ class Receiver:
         """Each offer's answer and message. ``states``: filled with the state of each item of
         ``peer`` already recorded under an offered name (what a push needs to know too)."""
         names = [o["name"] for o in offers]
+        # The driver's SQL, in one read transaction (the ORM's three statements cost a push
+        # more than its answers' own work); name -> (size, checksums, available instances).
         with self.db.read() as s:
-            known = {row.name: row for row in s.execute(
-                select(File.name, File.size, File.checksums,
-                       func.count(Instance.id).label("instances"))
-                .outerjoin(Instance, (Instance.file_id == File.id) & Instance.available)
-                .where(one_of(self.db, File.name, names)).group_by(File.id))}
-            held = dict(s.execute(
-                select(Instance.path, File.name).join(File, Instance.file_id == File.id)
-                .join(Store, Instance.store_id == Store.id)
-                .where(Store.name == self.store,
-                       one_of(self.db, Instance.path, [o["path"] for o in offers]))).all())
+            connection = s.connection()
+            backend, mark = connection.dialect.name, driver_mark(connection)
+            known = {name: (size, loads_json_column(checksums) if isinstance(checksums, str)
+                            else checksums, instances)  # SQLite: JSON's text
+                     for name, size, checksums, instances in driver_rows(
+                         connection, _KNOWN_SQL.format(one_of_sql(backend, "f.name")),
+                         (bound_values(backend, names),))}
+            held = dict(driver_rows(
+                connection, _HELD_SQL.format(mark, one_of_sql(backend, "i.path")),
+                (self.store, bound_values(backend, [o["path"] for o in offers]))))
             partial: dict[str, int] = {}
-            for item in s.execute(
-                    select(TransferItem.name, TransferItem.id, TransferItem.state)
-                    .where(TransferItem.peer == peer,
-                           one_of(self.db, TransferItem.name, names))):
-                partial[item.name] = item.id
+            for name, (item_id, state, _size, _checksums) in ItemRows(s).known(
+                    peer, names).items():
+                partial[name] = item_id
                 if states is not None:
-                    states[item.name] = item.state
+                    states[name] = state
         free = shutil.disk_usage(root).free - self.reserve_bytes
         answers: dict[str, tuple[str, str]] = {}
         for offer in offers:
             name, row = offer["name"], known.get(offer["name"])
             try:
-                same = row is not None and row.size == offer["size"] and \
-                    ck.compare(row.checksums, offer["checksums"])
+                same = row is not None and row[0] == offer["size"] and \
+                    ck.compare(row[1], offer["checksums"])
             except InvalidRequest as exc:
                 answers[name] = (REFUSED, exc.message)
                 continue
             if row is not None and not same:
                 answers[name] = (CONFLICT, (f"{name!r} is known here with other content "
-                                            f"(size {row.size}, checksums {row.checksums})"))
-            elif row is not None and same and row.instances:
+                                            f"(size {row[0]}, checksums {row[1]})"))
+            elif row is not None and same and row[2]:
                 answers[name] = (HAVE, "")
             elif held.get(offer["path"], name) != name:
                 answers[name] = (CONFLICT, f"{self.store}:{offer['path']} holds another file")
@@ -322,7 +362,7 @@ class Receiver:
     def _record(self, peer: str, transfer: str, offers: list[dict[str, Any]],
                 answers: dict[str, tuple[str, str]]) -> list[tuple[int, int, bool]]:
         """Create or re-arm the items of every ``send`` answer; their (id, size, is it a
-        directory). New items go in with one executemany (announces carry hundreds)."""
+        directory). New items go in with one statement (announces carry hundreds)."""
         sending = [o for o in offers if answers[o["name"]][0] == SEND]
         if not sending:
             return []
@@ -417,19 +457,136 @@ class Receiver:
 
     # ----- pulls --------------------------------------------------------------------------
     def resume(self) -> list[int]:
-        """At server start: pull again every item left queued or receiving."""
+        """At server start: pull again every item left queued or receiving that no other
+        receiver holds (``_sweep``), and from now on take over those whose lease runs out
+        (``_keep_leases``); the ids taken."""
         if self.store is None:
             return []
         self._discard_pushed_parts()
+        taken = self._sweep(at_start=True)
+        self._keep()
+        return taken
+
+    # ----- leases: one receiver pulls an item at a time -----------------------------------
+    def _claim(self, item_ids: list[int], dead: Sequence[str] = ()) -> set[int]:
+        """Take the lease of each item of ``item_ids`` still active and held by no other
+        receiver under a live lease (nor by one of ``dead``); the ids taken. One conditional
+        update: of replicas claiming one item at once exactly one wins (SQLite: one writer at
+        a time; PostgreSQL: the second waits for the first's row lock and then finds the
+        row held)."""
+        if not item_ids:
+            return set()
+        self._keep()
+        began = time.monotonic()
+        with self.db.write() as s:
+            now = lease_clock(s)
+            free = or_(TransferItem.holder.is_(None), TransferItem.holder == self._holder,
+                       TransferItem.lease_expires < now)
+            won = set(s.scalars(
+                update(TransferItem).where(
+                    one_of(self.db, TransferItem.id, item_ids),
+                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES),
+                    or_(free, TransferItem.holder.in_(dead)) if dead else free)
+                .values(holder=self._holder, lease_expires=self._expiry(now))
+                .returning(TransferItem.id)
+                .execution_options(synchronize_session=False)))
+        self._stamp(won, began)
+        return won
+
+    def _expiry(self, now: Any) -> Any:
+        return now + dt.timedelta(seconds=self.lease_s)
+
+    def _stamp(self, item_ids: Iterable[int], began: float) -> None:
+        """``item_ids`` are held here under leases taken or renewed at ``began``."""
+        with self._lock:
+            self._held.update(dict.fromkeys(item_ids, began))
+
+    def _keep(self) -> None:
+        """Start the thread that keeps this receiver's leases (once: at start, or at its
+        first claim)."""
+        with self._lock:
+            if self._keeper is not None:
+                return
+            self._keeper = threading.Thread(target=self._keep_leases, daemon=True,
+                                            name="hera-receive-leases")
+        self._keeper.start()
+
+    def _keep_leases(self) -> None:
+        """Until the receiver stops: renew the leases of the items it pulls, and take over
+        items whose lease ran out (their receiver died or lost the database), several times a
+        lease. (Items queued here are not renewed, so that a backlog of thousands costs no
+        update of them all every few seconds: a batch renews those whose lease is not surely
+        held when it starts, and another replica may meanwhile take over one whose lease ran
+        out, to pull it itself.)"""
+        while not self._stop.wait(self.lease_s / 6):
+            try:
+                self._renew()
+                self._sweep()
+            except Exception as exc:  # the database away: the pulls stop (``_holding``)
+                log.warning("transfer leases: %s: %s", type(exc).__name__, exc)
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = [item_id for item_id in self._held if item_id in self._running]
+        if held:
+            with self.db.write() as s:
+                self._renew_held(s, held)
+
+    def _renew_held(self, s: Any, item_ids: list[int]) -> list[int]:
+        """Of ``item_ids``, those this receiver still holds, their leases renewed (in the
+        session ``s``; one another receiver took over is not renewed, and its pull stops,
+        ``_holding``)."""
+        began = time.monotonic()
+        held = list(s.scalars(
+            update(TransferItem).where(one_of(self.db, TransferItem.id, item_ids),
+                                       TransferItem.holder == self._holder)
+            .values(lease_expires=self._expiry(lease_clock(s)))
+            .returning(TransferItem.id).execution_options(synchronize_session=False)))
+        with self._lock:  # (not one that left meanwhile)
+            self._held.update((i, began) for i in held if i in self._held)
+        return held
+
+    def _surely_held(self, item_id: int) -> bool:
+        """Whether this receiver's lease of ``item_id`` runs another half lease at least
+        (taken or renewed here less than half a lease ago)."""
+        return time.monotonic() - self._held.get(item_id, -math.inf) <= self.lease_s / 2
+
+    def _holding(self, item: TransferItem | ItemRow) -> None:
+        """Unavailable unless this receiver surely holds ``item`` (its lease not renewed for
+        half a lease: the database unreachable, the keeper starved, the item taken over), so
+        the pull stops writing before another replica may take the item over (and is tried
+        again, under a lease renewed, ``_pull``, ``_start_batch``). A repair's pull
+        (``pull_verified``: no item row, its own work path) holds no lease."""
+        if item.id is not None and not self._surely_held(item.id):
+            raise Unavailable("this receiver could not renew its lease of the item in time; "
+                              "the pull stops and is tried again")
+
+    def _sweep(self, at_start: bool = False) -> list[int]:
+        """Pull every item queued or receiving that no other receiver holds under a live
+        lease (``at_start``: nor one of this host whose process is gone); the ids taken.
+        (This receiver's own, their leases run out while they wait in its queue, stay there.)"""
         by_peer: dict[str, list[tuple[int, int, bool]]] = {}
+        dead: list[str] = []
         with self.db.read() as s:
-            for i in s.scalars(select(TransferItem).where(
-                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).order_by(TransferItem.id)):
+            now = lease_clock(s)
+            free = or_(TransferItem.holder.is_(None), (TransferItem.lease_expires < now)
+                       & (TransferItem.holder != self._holder))
+            if at_start:
+                dead = [holder for holder in s.scalars(
+                    select(TransferItem.holder).distinct().where(
+                        TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES),
+                        TransferItem.holder.is_not(None)))
+                        if holder is not None and local_worker_dead(holder)]
+                if dead:
+                    free = or_(free, TransferItem.holder.in_(dead))
+            for i in s.execute(select(TransferItem.id, TransferItem.peer, TransferItem.size,
+                                      TransferItem.spec).where(
+                    TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES), free)
+                    .order_by(TransferItem.id)):
                 by_peer.setdefault(i.peer, []).append(
                     (i.id, i.size, bool(i.spec.get("is_directory"))))
-        for peer, items in by_peer.items():
-            self._dispatch(peer, items)
-        return sorted(i for items in by_peer.values() for i, _size, _is_directory in items)
+        return sorted(i for peer, items in by_peer.items()
+                      for i in self._dispatch(peer, items, dead))
 
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
@@ -448,26 +605,33 @@ class Receiver:
         finally:
             os.close(incoming)
 
-    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]]) -> None:
-        """Pull ``items`` ((id, size, is it a directory) each) of ``peer``: directories and
-        large files one by one, small flat files queued for batch pulls."""
+    def _dispatch(self, peer: str, items: list[tuple[int, int, bool]],
+                  dead: Sequence[str] = ()) -> set[int]:
+        """Pull ``items`` ((id, size, is it a directory) each) of ``peer`` that this receiver
+        can claim (``_claim``, ``dead`` as there; the others another receiver holds):
+        directories and large files one by one, small flat files queued for batch pulls. The
+        ids claimed."""
+        claimed = self._claim([item_id for item_id, _size, _is_directory in items], dead)
         small = []
         for item_id, size, is_directory in items:
+            if item_id not in claimed:
+                continue
             if is_directory or size > BATCH_FILE_MAX:
                 self._submit(item_id)
             else:
                 small.append((item_id, size))
         if not small:
-            return
+            return claimed
         with self._lock:
             if self._stop.is_set():
-                return
+                return claimed
             queue = self._small.setdefault(peer, {})
             queue.update((i, size) for i, size in small if i not in self._running)
             start = self._drainers < self._streams
             self._drainers += start
         if start:
             self._pool.submit(self._drain)
+        return claimed
 
     def _drain(self) -> None:
         """Pull queued small files in batches until none is left: what several announces
@@ -519,12 +683,16 @@ class Receiver:
         finally:
             with self._lock:
                 self._running.discard(item_id)
+                self._held.pop(item_id, None)
 
     def _finish(self, item_id: int, state: str, error: str = "") -> None:
+        """The item's end (committed or failed), its lease given up; nothing if another
+        receiver holds it now (this one's lease ran out: the item is that one's to end)."""
         with self.db.write() as s:
             item = s.get(TransferItem, item_id)
-            if item is not None:
+            if item is not None and item.holder == self._holder:
                 item.state, item.error, item.updated_at = state, error, utcnow()
+                item.holder = item.lease_expires = None
         self._changed()
 
     def _changed(self) -> None:
@@ -538,6 +706,10 @@ class Receiver:
                 raise _Stopped
             part = self._part(root, item_id)
             with self.db.write() as s:
+                # Each attempt under this receiver's lease, renewed (none if another took it
+                # over: its lease ran out here).
+                if not self._renew_held(s, [item_id]):
+                    return
                 item = s.get(TransferItem, item_id)
                 if item is None or item.state not in ACTIVE_TRANSFER_ITEM_STATES:
                     return
@@ -614,6 +786,7 @@ class Receiver:
                       incoming: int, algorithms: list[str]) -> None:
         """Pull into ``part`` (in the open folder ``incoming``), verify, link to ``dest``."""
         self._pull_file(item, part, incoming, algorithms)
+        self._holding(item)  # (the partial file is this receiver's until it is linked)
         with safefs.Folders([str(root)]) as folders:
             # atomic; FileExistsError (an OSError) if something appeared
             os.link(part.name, dest.name, src_dir_fd=incoming,
@@ -674,6 +847,7 @@ class Receiver:
                     try:
                         if self._stop.is_set():
                             raise _Stopped
+                        self._holding(item)
                         n = stream.fill(buffer)
                         if flip == item.name and item.name not in _flipped and n:
                             _flipped.add(item.name)
@@ -719,6 +893,7 @@ class Receiver:
         if self.fsync:  # its files on disk before they take their final name
             sync_tree(str(tree))
         os.close(safefs.open_dir(str(dest.parent), create=True)[0])
+        self._holding(item)
         try:
             rename_path_noreplace(str(tree), str(dest))  # FileExistsError if something appeared
         finally:
@@ -741,6 +916,7 @@ class Receiver:
             stream = _ChunkReader(client.chunks(item.name), self._stop)
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
+                    self._holding(item)
                     if member.name.split("/", 1)[0] != item.name:
                         raise ChecksumMismatch(f"{item.name}: the tar stream holds "
                                                f"{member.name!r}, outside the data set")
@@ -808,19 +984,25 @@ class Receiver:
             log.exception("transfer items %d..%d: unexpected failure", item_ids[0], item_ids[-1])
             with self.db.write() as s:
                 s.execute(update(TransferItem).where(
-                    TransferItem.id.in_(item_ids),
+                    TransferItem.id.in_(item_ids), TransferItem.holder == self._holder,
                     TransferItem.state.in_(ACTIVE_TRANSFER_ITEM_STATES)).values(
                     state=TransferItemState.FAILED, error="internal error (see the server log)",
-                    updated_at=utcnow()))
+                    updated_at=utcnow(), holder=None, lease_expires=None))
             self._changed()
         finally:
             with self._lock:
                 self._running.difference_update(item_ids)
+                for item_id in item_ids:
+                    self._held.pop(item_id, None)
 
     def _start_batch(self, item_ids: list[int]) -> list[ItemRow]:
-        """Mark the items still active as receiving (one more attempt each); their rows (with
-        the attributes of a TransferItem). Two statements, not an ORM object per item."""
+        """Mark the items still active and still held by this receiver as receiving (one more
+        attempt each); their rows (with the attributes of a TransferItem). Two statements,
+        not an ORM object per item; a third (their leases renewed, those held no more left
+        out) unless every lease was taken or renewed here less than half a lease ago."""
         with self.db.write() as s:
+            if not all(self._surely_held(item_id) for item_id in item_ids):
+                item_ids = self._renew_held(s, item_ids)
             return ItemRows(s).start(item_ids, utcnow(), self._parsed)
 
     def _pull_batch(self, item_ids: list[int], clients: dict[str, PeerClient]) -> None:
@@ -929,10 +1111,12 @@ class Receiver:
             for name, data, error in client.batch(list(wanted)):
                 if self._stop.is_set():
                     raise _Stopped
-                entry = wanted.pop(name, None)
+                entry = wanted.get(name)
                 if entry is None:
                     return received, f"the sender sent {name!r}, not asked for"
                 item, dest = entry
+                self._holding(item)
+                del wanted[name]
                 if error:
                     self._finish(item.id, TransferItemState.FAILED, f"the sender cannot serve it: "
                                  f"{error}")
@@ -1035,10 +1219,17 @@ class Receiver:
         """Make the verified members final (``_make_final``), register them in one
         transaction and commit them with their events in one more; the members to pull
         again, with why. Members whose final name is taken go to ``alone``."""
+        # The partial files are this receiver's until renamed: a member whose lease this
+        # receiver could not renew for half a lease (another may take it over) is not renamed
+        # here (its syncs and renames then have half a lease at least).
+        lost = [(m.item, "its lease was not renewed in time") for m in received
+                if not self._surely_held(m.item.id)]
+        if lost:
+            received = [m for m in received if self._surely_held(m.item.id)]
         final, retry, taken = self._make_final(root, incoming_fd, received, syncs)
         alone += [m.item.id for m in taken]
         self._register_batch(final)
-        return retry
+        return retry + lost
 
     def _make_final(self, root: str, incoming_fd: int, received: list[_Member],
                     syncs: SyncBatch, destinations: Destinations | None = None

@@ -107,7 +107,7 @@ class TransferKind(ColdFileKind):
         try:
             recall.with_recall(run, sender.loop)
         finally:
-            sender.client.close()
+            sender.close()
 
 
 

@@ -1,0 +1,240 @@
+"""Replicas of a receiving site: two ``jupyter server`` processes of site B on one PostgreSQL
+catalogue and one store (as docs/deploying.md's "Replicas" runs them), pulling from site A.
+
+Each pull holds its item under a lease (``receiver.py``): a replica that starts while the other
+pulls never pulls the same item (one writer of its partial file, the bytes pulled once), and a
+replica killed mid-pull leaves its lease to run out, after which the other resumes the pull
+from the partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from hera_stage_ext.catalogue import checksums as ck
+from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
+from hera_stage_ext.catalogue.db import Database
+from hera_stage_ext.catalogue.models import File, Instance, utcnow
+from hera_stage_ext.transfer.models import TransferItem
+from hera_stage_ext.transfer.outgoing import remote_sites
+from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
+from hera_stage_ext.transfer.receiver import Receiver
+
+from .jupyter_process import JupyterProcess, jupyter_process
+from .test_transfer import (
+    SECRET_AB, SECRET_BA, Sites, _send_until_partial, receiver_config, two_sites)
+
+pytestmark = pytest.mark.timeout(180)
+
+SIZE = 48 << 20
+THROTTLE = 16 << 20  # bytes/s A serves B: a file takes ~3 s
+LEASE = 6.0  # seconds: the replicas' leases (short, for the take-over)
+#: Pulled by B while a second replica starts.
+SHARED = "zen.2457900.10000.xx.HH.uvh5"
+#: Left queued under the live lease of a process of this host that is gone (a replica killed
+#: before its pull began): only a receiver starting takes it over at once, so its pull shows
+#: that the second replica's resume ran.
+LEFT = "zen.2457900.20000.xx.HH.uvh5"
+#: Pulled by a replica killed mid-pull.
+KILLED = "zen.2457901.10000.xx.HH.uvh5"
+FOLDERS = {SHARED: "2457900", LEFT: "2457900", KILLED: "2457901"}
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory, postgres: Any) -> Iterator[Sites]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    rng = random.Random(20)
+    a_store, b_store = tmp / "a" / "store", tmp / "b" / "store"
+    b_store.mkdir(parents=True)
+    paths = {name: f"{folder}/{name}" for name, folder in FOLDERS.items()}
+    for name, rel in paths.items():
+        (a_store / rel).parent.mkdir(parents=True, exist_ok=True)
+        (a_store / rel).write_bytes(rng.randbytes(65536 if name == LEFT else SIZE))
+    a_db_url = f"sqlite:///{tmp / 'a' / 'catalogue.sqlite'}"
+    common = {"start_worker": False, "service_log_file": ""}
+    a_config = {"StagingApp": {
+        **common, "db_url": a_db_url, "site_name": "site-a",
+        "stores": {"a-store": {"path": str(a_store)}},
+        "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
+                             "max_bytes_per_s": THROTTLE}},
+        "peer_secrets": {"site-b": hash_secret(SECRET_BA)},
+        "fixity_bytes_per_hour": 0,
+    }}
+    stack = contextlib.ExitStack()
+    a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
+                                            config=a_config))
+    a_db = Database(a_db_url)
+    catalogue = Catalogue(a_db)
+    specs = []
+    for name, rel in paths.items():
+        digest = ck.hash_file(a_store / rel)
+        specs.append(FileSpec(name=name, size=digest.size, checksums=digest.checksums))
+    catalogue.register(specs, "a-store", list(paths.values()))
+    b_config = receiver_config(common, postgres.create_database(), b_store, a.url)
+    b_config["StagingApp"]["receive_lease_seconds"] = LEASE
+    site = two_sites(tmp, a, a_store, b_store, catalogue, a_config, b_config, stack)
+    site.start_b("b1-server")
+    try:
+        yield site
+    finally:
+        site.b_stack.close()
+        stack.close()
+        a_db.dispose()
+        site.b_db.dispose()
+
+
+def _replica(sites: Sites, workdir: str) -> contextlib.AbstractContextManager[JupyterProcess]:
+    """Another replica of B: its configuration, catalogue and store."""
+    return jupyter_process(sites.tmp / workdir, root_dir=sites.tmp / "b",
+                           config=sites.b_config)
+
+
+def _arrived_once(sites: Sites, name: str) -> TransferItem:
+    """``name`` committed at B, registered once, its bytes A's: its item."""
+    item = sites.b_items()[name]
+    assert item.state == "committed", item.error
+    with sites.b_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Instance).join(Instance.file).where(
+            File.name == name)) == 1
+    arrived = ck.hash_file(sites.b_store / FOLDERS[name] / name)
+    assert ck.compare(arrived.checksums, sites.a_core.catalogue.file_detail(name)["checksums"])
+    return item
+
+
+def _wait(condition: Any, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_replica_starting_while_another_pulls_leaves_it_that_pull(sites: Sites) -> None:
+    """A second replica starts (and resumes what is left) while the first pulls SHARED: it
+    takes the item no live receiver holds (LEFT) and leaves SHARED to the first, which pulls
+    it once, from one writer: one attempt, from zero, committed once."""
+    thread, result, part = _send_until_partial(sites, SHARED)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with contextlib.ExitStack() as replicas:
+        # A stalls mid-body (SIGSTOP): the first replica's pull of SHARED waits on it, held.
+        os.kill(sites.a.pid, signal.SIGSTOP)
+        try:
+            with sites.b_db.write() as s:
+                s.add(TransferItem(
+                    transfer="left-behind", peer="site-a", name=LEFT,
+                    path=f"{FOLDERS[LEFT]}/{LEFT}", size=65536,
+                    checksums=sites.a_core.catalogue.file_detail(LEFT)["checksums"], spec={},
+                    state="queued", holder=f"{socket.gethostname()}:{gone.pid}:00000000",
+                    lease_expires=utcnow() + dt.timedelta(hours=1)))
+            replicas.enter_context(_replica(sites, "b2-server"))
+            # The second replica's resume took LEFT (its pull waits on A too): it has been
+            # through every item left queued or receiving, SHARED with it.
+            _wait(lambda: sites.b_items()[LEFT].attempts > 0, "the second replica never resumed")
+            assert sites.b_items()[SHARED].attempts == 1
+        finally:
+            os.kill(sites.a.pid, signal.SIGCONT)
+        thread.join(90)
+        assert not thread.is_alive()
+        assert result["counts"] == {"done": 1}, result
+        item = _arrived_once(sites, SHARED)
+        assert remote_sites(sites.a_core, SHARED) == ["site-b"]
+        assert (item.attempts, item.resumed_from) == (1, 0), item.error  # pulled once, whole
+        _wait(lambda: sites.b_items()[LEFT].state == "committed", "LEFT never arrived")
+        assert _arrived_once(sites, LEFT).attempts == 1
+        assert not part.exists()
+
+
+def test_a_replica_killed_mid_pull_is_taken_over_after_its_lease(sites: Sites) -> None:
+    """The replica pulling KILLED is killed: the other one, started before the pull (holding
+    nothing), resumes the pull from the partial file once the lease has run out, and the file
+    arrives verified, once."""
+    with _replica(sites, "b3-server") as other:
+        thread, result, part = _send_until_partial(sites, KILLED)
+        os.kill(sites.b.pid, signal.SIGKILL)
+        sites.b.process.wait()
+        held = part.stat().st_size
+        # The site's URL now leads to the replica left (a load balancer's part).
+        sites.a_core.peers.peers["site-b"] = replace(sites.a_core.peers.peers["site-b"],
+                                                     url=other.url)
+        thread.join(120)
+        assert not thread.is_alive(), "the pull of the killed replica was never taken over"
+    assert result["counts"] == {"done": 1}, result
+    item = _arrived_once(sites, KILLED)
+    assert remote_sites(sites.a_core, KILLED) == ["site-b"]
+    # The killed pull, then the take-over, resumed from the partial file the kill left.
+    assert item.attempts == 2 and 0 < item.resumed_from <= held, (item.attempts,
+                                                                    item.resumed_from)
+    assert not part.exists()
+
+
+def test_of_two_receivers_claiming_an_item_at_once_one_holds_it_on_both_databases(
+        database: Database, tmp_path: Any) -> None:
+    """Two receivers on one catalogue claim one item at the same moment: exactly one holds it
+    (a conditional update), the other cannot take it while its lease lives; once the lease
+    has run out the other takes it over, and the first's next attempt finds it taken (it
+    neither pulls nor ends it)."""
+    catalogue = Catalogue(database)
+    (tmp_path / "store").mkdir()
+    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
+    # (Leases of an hour: no renewal or take-over by their threads meanwhile.)
+    receivers = [Receiver(catalogue, PeerRegistry("here"), "r", lease_s=3600)
+                 for _ in range(2)]
+    try:
+        with database.write() as s:
+            item = TransferItem(transfer="t", peer="there", name="zen.1.uvh5", path="zen.1.uvh5",
+                                size=1, checksums={}, spec={}, state="queued")
+            s.add(item)
+            s.flush()
+            item_id = item.id
+        barrier = threading.Barrier(2)
+        won: dict[int, set[int]] = {}
+
+        def claim(i: int) -> None:
+            barrier.wait()
+            won[i] = receivers[i]._claim([item_id])
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(won.values(), key=len) == [set(), {item_id}]
+        holder, other = (receivers[0], receivers[1]) if won[0] else (receivers[1], receivers[0])
+        assert other._claim([item_id]) == set()
+        assert holder._claim([item_id]) == {item_id}  # its own: kept
+        # The holder stopped renewing (an hour ago, say): its lease ran out.
+        holder._held[item_id] = time.monotonic() - 3600
+        with database.write() as s:
+            s.execute(update(TransferItem).values(lease_expires=dt.datetime(2000, 1, 1)))
+        assert other._claim([item_id]) == {item_id}
+        assert holder._start_batch([item_id]) == []  # its next attempt leaves the item
+        with database.write() as s:
+            assert holder._renew_held(s, [item_id]) == []
+        holder._finish(item_id, "failed", "not its to end")
+        assert (_state(database, item_id)) == ("queued", "")
+        other._finish(item_id, "committed")
+        assert (_state(database, item_id)) == ("committed", "")
+    finally:
+        for receiver in receivers:
+            receiver.close()
+
+
+def _state(database: Database, item_id: int) -> tuple[str, str]:
+    with database.read() as s:
+        item = s.get(TransferItem, item_id)
+        assert item is not None
+        return item.state, item.error
