@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import http.client
 import http.server
 import json
@@ -32,7 +33,8 @@ from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.catalogue import Catalogue, FileSpec
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.catalogue.models import File, Instance
-from hera_stage_ext.transfer import protocol
+from hera_stage_ext import durability
+from hera_stage_ext.transfer import durable, protocol
 from hera_stage_ext.transfer.outgoing import remote_sites
 from hera_stage_ext.transfer.peer_config import parse_peers
 from hera_stage_ext.transfer.peer_sender import FIRST_OFFERS
@@ -62,6 +64,8 @@ OLD_SENDER = _names(2457805, FIRST_OFFERS + 20)
 #: A job of small files only: every one pushed, none pulled or polled for.
 ALL_PUSHED = _names(2457809, FIRST_OFFERS + 30)
 KILLED = _names(2457806, FIRST_OFFERS + 20)
+#: As KILLED, in a push synced file by file (partial files in the incoming folder).
+KILLED_BY_FILE = _names(2457811, FIRST_OFFERS + 20)
 #: Pushed to a receiver that answers every push 503 (it holds as many as it takes).
 BUSY = _names(2457810, FIRST_OFFERS + 20)
 #: Pushed to a path that B holds already, unregistered (a push killed after its renames):
@@ -76,6 +80,7 @@ LAYOUT = {**{n: ("2457800", 1000 + 37 * i) for i, n in enumerate(SMALL)},
           **{n: ("2457805", 3000) for n in OLD_SENDER},
           **{n: ("2457809", 2500) for n in ALL_PUSHED},
           **{n: ("2457806", 6000) for n in KILLED},
+          **{n: ("2457811", 6000) for n in KILLED_BY_FILE},
           **{n: ("2457810", 1500) for n in BUSY},
           **{n: ("2457807", 2000) for n in TAKEN}}
 
@@ -584,38 +589,71 @@ def test_a_push_whose_client_left_holds_its_place_until_it_is_through(sites: Sit
         sites.start_b("b-server-after-held")
 
 
+@pytest.mark.parametrize("way", ["whole", "file-by-file"])
 def test_a_receiver_killed_during_a_push_leaves_nothing_under_a_final_name(
-        sites: Sites, watched: _Watched) -> None:
+        sites: Sites, watched: _Watched, way: str) -> None:
     """B killed once a push's members are written and before their sync: none of them under
     its final name or registered; the sender sends the push again whole when B is back, and
-    each file arrives verified and registered once."""
-    first = KILLED[:FIRST_OFFERS]
+    each file arrives verified and registered once. Either way of syncing a push: one
+    ``syncfs`` (its files written nameless in their folder) or file by file (partial files
+    in the incoming folder)."""
+    names, folder_name = (KILLED, "2457806") if way == "whole" else \
+        (KILLED_BY_FILE, "2457811")
+    if way == "whole":
+        store = os.open(sites.b_store, os.O_RDONLY)
+        try:
+            if not durability.SYNCFS_REPORTS_ERRORS or \
+                    durability.file_system_type(store) not in durability.SYNCFS_TYPES:
+                pytest.skip("the store's file system is synced file by file")
+        finally:
+            os.close(store)
+    first = names[:FIRST_OFFERS]
     assert send(sites, first)["counts"] == {"done": len(first)}  # B holds these then
-    paused = sites.tmp / "paused-in-push"
+    paused = sites.tmp / f"paused-in-push-{way}"
     sites.kill_b()
-    sites.start_b("b-server-paused", env={PAUSE_BEFORE_SYNC_ENV: str(paused),
-                                          FLIP_ONCE_ENV: ""})
+    unwritten = 0 if way == "whole" else durable.QUIET_BYTES + 1
+    sites.start_b(f"b-server-paused-{way}", env={PAUSE_BEFORE_SYNC_ENV: str(paused),
+                                                 FLIP_ONCE_ENV: "",
+                                                 durable.UNWRITTEN_ENV: str(unwritten)})
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(send(sites, KILLED)))
+    thread = threading.Thread(target=lambda: result.update(send(sites, names)))
     thread.start()
     deadline = time.monotonic() + 60
     while not (paused.exists() and paused.read_text()):
         assert time.monotonic() < deadline, "the push never reached its sync"
         time.sleep(0.02)
-    pushed = KILLED[FIRST_OFFERS:]  # (the first pushed again, answered ``have``)
-    assert set(watched.pushed) == set(KILLED)
+    pushed = names[FIRST_OFFERS:]  # (the first pushed again, answered ``have``)
+    assert set(watched.pushed) == set(names)
     incoming = sites.b_store / INCOMING_DIR
-    assert len(list(incoming.glob("*.part"))) == len(pushed)  # all written
+    folder = sites.b_store / folder_name
+    if way == "whole":
+        # All written, nameless in their folder (held open by B until linked), none named.
+        assert len(_nameless_held(sites.b.pid, folder)) == len(pushed)
+        assert not list(incoming.iterdir())
+    else:
+        assert len(list(incoming.glob("*.part"))) == len(pushed)  # all written
     sites.kill_b()
-    assert not [n for n in pushed if (sites.b_store / "2457806" / n).exists()]
+    assert not [n for n in pushed if (folder / n).exists()]
     assert not [n for n in pushed if n in sites.b_items()]
-    sites.start_b("b-server-after-push")
+    sites.start_b(f"b-server-after-push-{way}")
     thread.join(120)
     assert not thread.is_alive()
     assert result["counts"] == {"skipped": len(first), "done": len(pushed)}, result
-    _arrived_once(sites, KILLED)
+    _arrived_once(sites, names)
     assert not list(incoming.iterdir())
-    assert set(os.listdir(sites.b_store / "2457806")) == set(KILLED)
+    assert set(os.listdir(folder)) == set(names)
+
+
+def _nameless_held(pid: int, folder: Path) -> list[str]:
+    """The files without a name (``O_TMPFILE``) in ``folder`` that process ``pid`` holds open
+    (the kernel shows each as ``<folder>/#<inode> (deleted)``)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(f"{folder}/#") and target.endswith(" (deleted)"):
+                held.append(target)
+    return held
 
 
 def test_a_pushed_file_whose_final_name_is_taken_is_registered_only_if_it_is_the_same(
@@ -715,6 +753,9 @@ def test_two_receivers_of_one_store_never_share_a_pushed_partial_file(tmp_path: 
         receiver = Receiver(Catalogue(db), PeerRegistry("site-b", peers), "s")
         receiver.catalogue.sync_stores({"s": {"path": str(store)}})
         receiver._push_ids = itertools.count(-7, -1)  # the same names in both
+        # Partial files are what a push uses where its files cannot be written nameless
+        # (``_in_place``: a store without O_TMPFILE); nameless ones have no name to share.
+        receiver._in_place = False
         receivers.append(receiver)
     first, second = receivers
     names = _names(2459000, 2)
@@ -746,6 +787,62 @@ def test_two_receivers_of_one_store_never_share_a_pushed_partial_file(tmp_path: 
     assert os.listdir(store / INCOMING_DIR) == []
     for receiver in receivers:
         receiver.close()
+    db.dispose()
+
+
+def test_pushed_files_take_partial_files_where_they_cannot_be_written_nameless(
+        tmp_path: Path, monkeypatch) -> None:
+    """Where the store's file system refuses nameless files (``O_TMPFILE``), or the receiver
+    holds as many open as it may, a push's files go through partial files in the incoming
+    folder instead: each committed with its own bytes under its name, nothing left behind,
+    and no nameless file held after the push."""
+    import threading as _threading
+
+    from hera_stage_ext.transfer import receiver as receiving
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    store = tmp_path / "store"
+    store.mkdir()
+    fd = os.open(store, os.O_RDONLY)
+    try:
+        if not durability.syncfs_is_durable(fd):
+            pytest.skip("the store's file system is synced file by file (no nameless files)")
+    finally:
+        os.close(fd)
+    # Pushes synced whole (the way that writes nameless files), whatever else the machine
+    # holds unwritten.
+    monkeypatch.setenv(durable.UNWRITTEN_ENV, "0")
+    db = Database(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    db.upgrade()
+    peers = parse_peers({"site-a": {"url": "http://127.0.0.1:9/", "secret": "x" * 40}})
+    receiver = Receiver(Catalogue(db), PeerRegistry("site-b", peers), "s")
+    receiver.catalogue.sync_stores({"s": {"path": str(store)}})
+    names = _names(2459100, 6)
+    data = [os.urandom(3000 + i) for i in range(6)]
+    offers = [_offer(name, d) for name, d in zip(names, data)]
+    try:
+        # One nameless file at a time: the rest of the push goes through partial files.
+        receiver._syncer._held = _threading.BoundedSemaphore(1)
+        reply = receiver.push("site-a", protocol.push_body("t1", offers[:3], data[:3]))
+        assert [f["answer"] for f in reply["files"]] == [protocol.COMMITTED] * 3
+        assert receiver._syncer.hold()  # given back
+        receiver._syncer.let_go()
+        opened = os.open
+
+        def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+            return opened(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(receiving.os, "open", no_tmpfile)
+        reply = receiver.push("site-a", protocol.push_body("t2", offers[3:], data[3:]))
+        assert [f["answer"] for f in reply["files"]] == [protocol.COMMITTED] * 3
+        assert receiver._in_place is False
+    finally:
+        receiver.close()
+    for offer, d in zip(offers, data):
+        assert (store / offer["path"]).read_bytes() == d
+    assert os.listdir(store / INCOMING_DIR) == []
     db.dispose()
 
 

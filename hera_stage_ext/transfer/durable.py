@@ -16,11 +16,24 @@ the folders that changed are synced (``fsync`` of each destination folder, of ev
 between it and the store, which may have been created just now: ``safefs.sync_folders``, the
 rule staging commits use too; and of the incoming folder), so the renames are on disk before
 the caller records anything.
+
+In a batch synced whole, a pushed file is written nameless instead (``O_TMPFILE``) in its
+destination folder (``Destinations``) and, once the batch's ``syncfs`` is through, linked to
+its final name, never over anything, and the file system synced once more (``link_final``):
+no partial name, no rename, no incoming folder, and nothing left by a kill at any point (a
+nameless file goes with its last descriptor). The second ``syncfs``, not the folders' own
+``fsync``, makes the links durable: a nameless file's inode went to the disk with no link,
+and on a file system without a journal (ext2, ext4 without one) a folder's ``fsync`` writes
+its entries but not the inodes they now name. Each descriptor stays open until its link
+(``SyncBatch.add``'s ``keep``): ``FileSyncer.hold`` bounds how many are held at once, below
+the process's descriptor limit. A batch synced file by file takes partial files as before
+(each file's ``fdatasync`` writes its inode with its link).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import threading
 import time
@@ -40,6 +53,10 @@ GROUP = 16
 #: Descriptors waiting for their sync at most (a stream waits for a slot beyond that): well
 #: under the 1,024 a server process is often allowed.
 MAX_OPEN = 256
+#: Nameless files (``O_TMPFILE``) held open until linked, at most, across a server's pushes
+#: (8 held of 500 files each), and at most a quarter of the process's descriptor limit; a
+#: member beyond that takes a partial file in the incoming folder (``FileSyncer.hold``).
+HELD_MAX = 4096
 #: A batch is synced with one ``syncfs`` only while the machine holds at most this much data
 #: waiting for its disks (``unwritten_bytes``: every file system's, so a bound on what that
 #: ``syncfs`` may write besides the batch). Measured on this project's VM (``benchmarks/README.md``,
@@ -85,6 +102,9 @@ class FileSyncer:
         self._slots = threading.BoundedSemaphore(max_open)
         # When a batch's ``syncfs`` last failed (``WHOLE_PAUSE_S``); None: never.
         self.whole_failed_at: float | None = None
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._held = threading.BoundedSemaphore(
+            HELD_MAX if limit == resource.RLIM_INFINITY else max(1, min(HELD_MAX, limit // 4)))
 
     def batch(self, folder: int | None = None) -> SyncBatch:
         """A new batch. ``folder``: an open folder of the file system every file of the batch
@@ -103,6 +123,14 @@ class FileSyncer:
         """Take a slot for one more open descriptor (with ``wait``, waits while all are
         taken); whether one was taken."""
         return self._slots.acquire(blocking=wait)
+
+    def hold(self) -> bool:
+        """Take a place for one more nameless file held open until it is linked (never
+        waits); whether one was taken (give it back with ``let_go``)."""
+        return self._held.acquire(blocking=False)
+
+    def let_go(self) -> None:
+        self._held.release()
 
     def submit(self, group: list[tuple[int, str]]) -> Future[dict[str, OSError]]:
         """Sync and close each descriptor of ``group`` ((descriptor, name) each, a slot
@@ -162,11 +190,16 @@ class SyncBatch:
         #: Files closed, waiting for the ``syncfs`` (or whose close failed: the error).
         self._closed: dict[str, OSError | None] = {}
 
-    def add(self, fd: int, name: str) -> None:
+    def add(self, fd: int, name: str, keep: bool = False) -> None:
         """Sync the data of the open file ``fd`` (known as ``name``) and close it, whatever
         happens (synced file by file: waits while ``MAX_OPEN`` files are waiting for their
-        sync; synced whole: closed now, synced at ``wait``)."""
+        sync; synced whole: closed now, synced at ``wait``). With ``keep`` (a batch synced
+        whole only) it is left open, synced at ``wait``: a nameless file its caller links,
+        then closes."""
         if self.folder is not None:
+            if keep:
+                self._closed[name] = None
+                return
             try:
                 os.close(fd)
             except OSError as exc:  # a file system that writes at close (NFS) and failed
@@ -254,6 +287,71 @@ def make_final(root: str, incoming: int, renames: Sequence[Rename],
         # now (here, or by another batch that has not synced it yet).
         safefs.sync_folders(changed, [root], folders, syncer.sync_folders)
     os.fsync(incoming)
+    return errors
+
+
+class Destinations:
+    """The destination folders of a push whose files are written in place (nameless, in the
+    folder they are linked into): each opened once below the store's ``root`` following no
+    link, made as needed (``safefs.Folders``), and whether it lies on the root's file system
+    (a ``syncfs`` of the root covers only that one; a folder on another is written to as a
+    batch pull's are). The root is opened first (``syncfs`` reports the write-back failures
+    since its descriptor was opened). Used as a context manager: the folders are closed
+    after."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.folders = safefs.Folders([root])
+        self._root_dev = os.fstat(self.folders.root_fd(root)).st_dev
+        self._same: dict[str, bool] = {}
+
+    def get(self, path: str) -> tuple[int, bool]:
+        """(the open folder ``path``, made as needed; whether it is on the root's file
+        system)."""
+        fd = self.folders.get(path, create=True)
+        same = self._same.get(path)
+        if same is None:
+            same = self._same[path] = os.fstat(fd).st_dev == self._root_dev
+        return fd, same
+
+    def __enter__(self) -> Destinations:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.folders.close()
+
+
+class Link(NamedTuple):
+    """One verified, synced nameless file to make final: the open ``fd`` linked as the
+    absolute path ``dest`` (below the store's root)."""
+
+    fd: int
+    dest: str
+
+
+def link_final(destinations: Destinations, links: Sequence[Link],
+               syncer: FileSyncer | None) -> list[OSError | None]:
+    """Link each open nameless file of ``links`` (its data synced) to its destination (its
+    folder opened below the store following no link), never over an existing name; then, with
+    a ``syncer``, sync the store's file system (the links, the inodes they name, folders made
+    on the way). Per link None or the error that stopped it (FileExistsError: the name is
+    taken). An error syncing is raised: the files are under their final names but may not be
+    on disk, so the caller must not record them."""
+    errors: list[OSError | None] = [None] * len(links)
+    folders = destinations.folders
+    for i, (fd, dest) in enumerate(links):
+        parent, _, base = dest.rpartition("/")
+        try:
+            safefs.link_open_file(fd, folders.get(parent, create=True), base)
+        except OSError as exc:
+            errors[i] = exc
+    if syncer is not None and errors.count(None):
+        try:
+            sync_file_system(folders.root_fd(destinations.root),
+                             "the receive store's file system")
+        except OSError:
+            syncer.whole_failed_at = time.monotonic()
+            raise
     return errors
 
 

@@ -53,13 +53,18 @@ keep-alive connection) per peer for all its batches. ``changes`` counts finished
 long poll of ``POST status``.
 
 Small flat files (up to ``protocol.PUSH_FILE_MAX``) may also come pushed, with their announce
-(``push``): the offers are checked as an announce's, each file verified and written to a partial
-file of its own (``-<n>.part``: no item's id, one per push of it), and the push made durable,
-final and registered as one batch by the batch pull's own steps (``_write_member``,
-``_make_final``); each item is recorded once, ``committed``, in its registration's own
-transaction (``register_each``'s ``also_write``). A name already being pulled
-for that peer keeps its pull; one whose final name is taken takes the single-file path. Partial
-files of pushes a stopped server left are removed when it starts again (``resume``).
+(``push``): the offers are checked as an announce's, each file verified and written nameless
+(``O_TMPFILE``) in its destination folder, and the push made durable, final and registered as
+one batch by the batch pull's own steps (``_write_member``, ``_make_final``: each file linked to
+its final name once its data is synced, never over anything; ``durable.link_final``); each item
+is recorded once, ``committed``, in its registration's own transaction (``register_each``'s
+``also_write``). A kill at any point leaves nothing of a push but folders it made (a nameless
+file goes with its process). Where the store's file system has no ``O_TMPFILE``, or this
+process holds as many nameless files as it may (``durable.HELD_MAX``), a pushed file is written
+to a partial file of its own in the incoming folder instead (``-<n>.part``: no item's id, one
+per push of it) and renamed; those a stopped server left are removed when it starts again
+(``resume``). A name already being pulled for that peer keeps its pull; one whose final name
+is taken takes the single-file path.
 
 Directory data sets (MIRIAD) are pulled as one tar stream (the sender's ``files/<name>/content``
 of a directory) and unpacked with tarfile's ``data`` filter (no absolute paths, no links or
@@ -104,7 +109,16 @@ from ..jobs.engine import lease_clock, local_worker_dead, new_worker_id
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, remove_path
 from ..paths import CONTROL_CHARACTERS, confine
 from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
-from .durable import FileSyncer, Rename, SyncBatch, make_final, sync_tree
+from .durable import (
+    Destinations,
+    FileSyncer,
+    Link,
+    Rename,
+    SyncBatch,
+    link_final,
+    make_final,
+    sync_tree,
+)
 from .item_rows import ItemRow, ItemRows
 from .models import TransferItem
 from .peers import PeerRegistry
@@ -171,12 +185,15 @@ class _Stopped(Exception):
 
 class _Member(NamedTuple):
     """A member of a batch that arrived: its item, its partial file (a name in the incoming
-    folder), its final path, and why it failed verification ("": verified and written)."""
+    folder; for one written nameless, only its name in the batch's syncs), its final path, why
+    it failed verification ("": verified and written), and, written nameless in its
+    destination folder, its open descriptor (-1: none; closed by whoever wrote the batch)."""
 
     item: ItemRow
     part: str
     dest: str
     error: str
+    fd: int = -1
 
 
 class Receiver:
@@ -215,6 +232,9 @@ class Receiver:
         self._push_ids = itertools.count(-1 - secrets.randbits(62), -1)
         #: Syncs each file of a batch as it is written (``durable.py``).
         self._syncer = FileSyncer()
+        #: Pushed files written nameless in their destination folders (``O_TMPFILE``) until
+        #: the store's file system refuses it.
+        self._in_place = True
         self._stop = threading.Event()
         #: This receiver's name in the leases of the items it holds (``_claim``), how long a
         #: lease runs, the items it holds (queued or being pulled): id -> when
@@ -1156,12 +1176,15 @@ class Receiver:
         return received, ""
 
     def _write_member(self, incoming_fd: int, item: ItemRow, dest: str,
-                      data: bytes | memoryview, syncs: SyncBatch) -> _Member:
+                      data: bytes | memoryview, syncs: SyncBatch,
+                      destinations: Destinations | None = None) -> _Member:
         """Verify one member of a batch (pulled or pushed) against its announced size and
         checksum and, only if it matches, write it to its partial file in the open folder
-        ``incoming_fd``, handed to ``syncs`` as soon as it is written (unless the receiver does
-        not sync); its ``_Member``, whose ``error`` says why it failed verification (nothing
-        written then). OSError if the write fails."""
+        ``incoming_fd`` or, given the batch's ``destinations``, nameless in its destination
+        folder (``_write_nameless``; the partial file where that cannot be), handed to
+        ``syncs`` as soon as it is written (unless the receiver does not sync); its
+        ``_Member``, whose ``error`` says why it failed verification (nothing written then).
+        OSError if the write fails."""
         flip = os.environ.get(FLIP_ONCE_ENV)
         if flip == item.name and item.name not in _flipped and data:
             _flipped.add(item.name)
@@ -1178,6 +1201,10 @@ class Receiver:
             log.warning("transfer %s of %s from %s: %s", item.transfer, item.name,
                         item.peer, message)
             return _Member(item, part, dest, message)
+        if destinations is not None and self._in_place:
+            member = self._write_nameless(destinations, item, dest, data, syncs)
+            if member is not None:
+                return member
         # A pushed member's partial file is its own (a negative id: no item's), never one that
         # exists; a pulled one's may be left by an earlier attempt of its item: replaced.
         fd = _write_new(incoming_fd, part, data, exclusive=item.id < 0)
@@ -1186,6 +1213,40 @@ class Receiver:
         else:
             os.close(fd)
         return _Member(item, part, dest, "")
+
+    def _write_nameless(self, destinations: Destinations, item: ItemRow, dest: str,
+                        data: bytes | memoryview, syncs: SyncBatch) -> _Member | None:
+        """Write a verified member nameless (``O_TMPFILE``) in its destination folder (made
+        as needed), its descriptor kept open until it is linked to its final name; its
+        ``_Member``, or None where it cannot be and a partial file must do: a batch synced
+        file by file or a folder on another file system than the store's (its one ``syncfs``
+        would not cover it: ``durable.link_final``), no ``O_TMPFILE`` on the store's file
+        system, or as many held as this process may (``FileSyncer.hold``). OSError if the
+        write fails (nothing is left: the file has no name)."""
+        if self.fsync and syncs.folder is None:
+            return None
+        folder, same = destinations.get(dest.rpartition("/")[0])
+        if not same or not self._syncer.hold():
+            return None
+        fd = -1
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=folder)
+            write_all(fd, data)
+            key = str(item.id)  # (no name in any folder: its name among the syncs)
+            if self.fsync:
+                syncs.add(fd, key, keep=True)
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
+            self._syncer.let_go()
+            # EISDIR: a kernel without O_TMPFILE (it reads as O_DIRECTORY); EOPNOTSUPP: a
+            # file system without it.
+            if fd < 0 and isinstance(exc, OSError) and \
+                    exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self._in_place = False
+                return None
+            raise
+        return _Member(item, key, dest, "", fd)
 
     def _commit_batch(self, root: str, incoming_fd: int, received: list[_Member],
                       syncs: SyncBatch, alone: list[int]) -> list[tuple[ItemRow, str]]:
@@ -1205,14 +1266,15 @@ class Receiver:
         return retry + lost
 
     def _make_final(self, root: str, incoming_fd: int, received: list[_Member],
-                    syncs: SyncBatch
+                    syncs: SyncBatch, destinations: Destinations | None = None
                     ) -> tuple[list[ItemRow], list[tuple[ItemRow, str]], list[_Member]]:
         """Put the verified members under their final names once their data is synced
-        (``durable.make_final``: renames that never replace anything, then the folders
-        synced): (the items now final, to register; the members to receive again, with why;
-        those whose final name is taken, or whose renames may not be on disk, for the
-        single-file path, which registers what is there only if it is exactly what was
-        announced)."""
+        (``durable.make_final``: renames that never replace anything; ``durable.link_final``
+        for those written nameless in ``destinations``: links that never replace anything;
+        then the folders synced): (the items now final, to register; the members to receive
+        again, with why; those whose final name is taken, or whose renames or links may not
+        be on disk, for the single-file path, which registers what is there only if it is
+        exactly what was announced)."""
         retry = [(m.item, m.error) for m in received if m.error]
         taken: list[_Member] = []
         if (pause := os.environ.get(PAUSE_BEFORE_SYNC_ENV)) and received and not _paused:
@@ -1229,24 +1291,33 @@ class Receiver:
                 good.append(member)
                 continue
             # The disk failed or filled up: never renamed, received again.
-            with contextlib.suppress(OSError):
-                os.unlink(member.part, dir_fd=incoming_fd)
+            if member.fd < 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(member.part, dir_fd=incoming_fd)
             retry.append((member.item, f"{type(error).__name__}: {error}"))
         final: list[ItemRow] = []
         if not good:
             return final, retry, taken
+        syncer = self._syncer if self.fsync else None
+        named = [m for m in good if m.fd < 0]
+        nameless = [m for m in good if m.fd >= 0]
         try:
-            errors = make_final(root, incoming_fd, [Rename(m.part, m.dest) for m in good],
-                                self._syncer if self.fsync else None)
+            errors = make_final(root, incoming_fd, [Rename(m.part, m.dest) for m in named],
+                                syncer) if named else []
+            if nameless:
+                assert destinations is not None  # (only they write nameless files)
+                errors += link_final(destinations, [Link(m.fd, m.dest) for m in nameless],
+                                     syncer)
         except OSError as exc:  # the renames may not be on disk: the single path checks them
             log.warning("transfer batch: syncing the renames failed: %s", exc)
             return final, retry, good
-        for member, error in zip(good, errors):
+        for member, error in zip(named + nameless, errors):
             if error is None:
                 final.append(member.item)
                 continue
-            with contextlib.suppress(OSError):
-                os.unlink(member.part, dir_fd=incoming_fd)
+            if member.fd < 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(member.part, dir_fd=incoming_fd)
             if isinstance(error, FileExistsError):
                 taken.append(member)
             else:
@@ -1340,19 +1411,26 @@ class Receiver:
         if not wanted:
             return set()
         incoming_fd, _made = safefs.open_dir(str(root / INCOMING_DIR), create=True)
+        received: list[_Member] = []
         try:
-            with self._syncer.batch(incoming_fd) as syncs:
-                received: list[_Member] = []
+            with Destinations(str(root)) as destinations, \
+                    self._syncer.batch(incoming_fd) as syncs:
                 for item, dest, data in wanted:
                     try:
                         received.append(self._write_member(incoming_fd, item, dest, data,
-                                                           syncs))
+                                                           syncs, destinations))
                     except OSError as exc:
                         answers[item.name] = (RETRY, f"writing it failed here: "
                                                      f"{type(exc).__name__}: {exc}")
                 final, retry, taken = self._make_final(str(root), incoming_fd, received,
-                                                       syncs)
+                                                       syncs, destinations)
         finally:
+            # Nameless files not linked by now go with their descriptors (after ``syncs``
+            # is through with them).
+            for member in received:
+                if member.fd >= 0:
+                    os.close(member.fd)
+                    self._syncer.let_go()
             os.close(incoming_fd)
         for item, message in retry:
             answers[item.name] = (RETRY, message)
