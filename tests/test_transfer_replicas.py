@@ -318,3 +318,41 @@ def test_a_pull_that_could_not_even_be_marked_failed_is_pulled_again(
         _wait(lambda: later in pulled, "a later item pulled", 10)
     finally:
         receiver.close()
+
+
+def test_a_pulled_member_whose_lease_lapsed_during_its_sync_is_not_made_final(
+        database: Database, tmp_path: Any) -> None:
+    """A batch member's partial file is its receiver's only while its lease surely lives:
+    when the lease could not be renewed by the time its sync is through (another replica may
+    have taken the item over and be writing that file), it is neither renamed to its final
+    name nor removed, and it is pulled again only under a lease held."""
+    from hera_stage_ext import safefs
+    from hera_stage_ext.transfer.item_rows import ItemRow
+    from hera_stage_ext.transfer.receiver import INCOMING_DIR
+
+    catalogue = Catalogue(database)
+    store = tmp_path / "store"
+    store.mkdir()
+    catalogue.sync_stores({"r": {"path": str(store)}})
+    receiver = Receiver(catalogue, PeerRegistry("here"), "r", lease_s=3600)
+    try:
+        item_id = _queued(database, "zen.c.uvh5")
+        assert receiver._claim([item_id]) == {item_id}
+        item = ItemRow(item_id, "there", "zen.c.uvh5", "t", "zen.c.uvh5", 1,
+                       {"md5": ck.hex_digest(b"x", "md5")}, 1, {})
+        incoming, _made = safefs.open_dir(str(store / INCOMING_DIR), create=True)
+        try:
+            with receiver._syncer.batch(incoming) as syncs:
+                member = receiver._write_member(incoming, item, str(store / "zen.c.uvh5"),
+                                                b"x", syncs)
+                receiver._held[item_id] = time.monotonic() - 3600  # not renewed since
+                final, retry, taken = receiver._make_final(str(store), incoming, [member],
+                                                           syncs)
+        finally:
+            os.close(incoming)
+        assert (final, taken) == ([], [])
+        assert retry == [(item, "its lease was not renewed in time")]
+        assert not (store / "zen.c.uvh5").exists()
+        assert (store / INCOMING_DIR / member.part).exists()  # (another's, maybe: left)
+    finally:
+        receiver.close()

@@ -1253,17 +1253,10 @@ class Receiver:
         """Make the verified members final (``_make_final``), register them in one
         transaction and commit them with their events in one more; the members to pull
         again, with why. Members whose final name is taken go to ``alone``."""
-        # The partial files are this receiver's until renamed: a member whose lease this
-        # receiver could not renew for half a lease (another may take it over) is not renamed
-        # here (its syncs and renames then have half a lease at least).
-        lost = [(m.item, "its lease was not renewed in time") for m in received
-                if not self._surely_held(m.item.id)]
-        if lost:
-            received = [m for m in received if self._surely_held(m.item.id)]
         final, retry, taken = self._make_final(root, incoming_fd, received, syncs)
         alone += [m.item.id for m in taken]
         self._register_batch(final)
-        return retry + lost
+        return retry
 
     def _make_final(self, root: str, incoming_fd: int, received: list[_Member],
                     syncs: SyncBatch, destinations: Destinations | None = None
@@ -1285,6 +1278,12 @@ class Receiver:
         good: list[_Member] = []
         for member in received:
             if member.error:
+                continue
+            if member.item.id > 0 and not self._surely_held(member.item.id):
+                # A pulled member's partial file is this receiver's until renamed, while its
+                # lease surely lives (checked after the sync, however long that took): else
+                # another receiver may have taken the item over, and the file is its now.
+                retry.append((member.item, "its lease was not renewed in time"))
                 continue
             error = unsynced.get(member.part)
             if error is None:
