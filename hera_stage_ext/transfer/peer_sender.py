@@ -83,8 +83,9 @@ _NOTICES = "transfer.notices"
 
 class _Push(NamedTuple):
     """A push in flight (``PeerSender.start``): its items by name, their offers (``known``),
-    when it was sent, its reply to come, and how many times it was sent (more than once: a
-    push that broke, sent again whole)."""
+    when it was sent, its reply to come, how many times it was sent (more than once: a
+    push that broke, sent again whole), and when its reply came (``time.monotonic``; the
+    stream acts on it later, once it has read its next push)."""
 
     transfer: str
     items: dict[str, ClaimedItem]
@@ -92,6 +93,7 @@ class _Push(NamedTuple):
     started: float
     reply: Future[dict[str, Any]]
     tries: list[int]
+    replied: list[float]
 
 
 class PeerSender:
@@ -334,10 +336,11 @@ class PeerSender:
 
     def answered(self, transfer: str, items: dict[str, ClaimedItem],
                  answers: list[dict[str, Any]], announced: float, pushed: bool = False,
-                 sent_again: bool = False) -> list[ClaimedItem]:
+                 sent_again: bool = False, replied: float | None = None) -> list[ClaimedItem]:
         """Act on the peer's answers to an announce (or a push: ``pushed``; ``sent_again``:
-        after one that broke) of ``items``: follow the files it will pull, report the rest;
-        those a push's answer says to send again by announce."""
+        after one that broke; ``replied``: when its reply came, else now) of ``items``:
+        follow the files it will pull, report the rest; those a push's answer says to send
+        again by announce."""
         have, committed, again = [], [], []
         for answer in answers:
             item = items[answer["name"]]
@@ -367,7 +370,7 @@ class PeerSender:
         if committed:
             record_remote(self.db, self.peer.name, transfer, [i.name for i in committed],
                           TransferItemState.COMMITTED)
-            now = time.monotonic()
+            now = time.monotonic() if replied is None else replied
             for item in committed:
                 self.report(item, ItemState.DONE, note=f"sent {item.name} to {self.peer.name} "
                             f"({item.size} bytes; verified and registered there; "
@@ -459,16 +462,19 @@ class PeerSender:
         offers = [known[name] for name in items]
         data = [data for _item, data in batch]
         tries = [0]
+        replied = [0.0]
 
         def push(client: PeerClient) -> dict[str, Any]:
             tries[0] += 1
-            return client.push(transfer, offers, data)
+            reply = client.push(transfer, offers, data)
+            replied[0] = time.monotonic()
+            return reply
 
         if self.pusher is None:
             self.pusher = ThreadPoolExecutor(
                 1, thread_name_prefix=threading.current_thread().name + "-push")
         self.pushing = _Push(transfer, items, known, time.monotonic(), self.pusher.submit(
-            self.retrying, f"push to peer {self.peer.name!r}", push), tries)
+            self.retrying, f"push to peer {self.peer.name!r}", push), tries, replied)
         return []
 
     def settle(self) -> None:
@@ -497,7 +503,8 @@ class PeerSender:
                     self.report(item, ItemState.FAILED, exc.message)
         else:
             again = self.answered(pushing.transfer, items, reply["files"], pushing.started,
-                                  pushed=True, sent_again=pushing.tries[0] > 1)
+                                  pushed=True, sent_again=pushing.tries[0] > 1,
+                                  replied=pushing.replied[0])
         for start in range(0, len(again), MAX_OFFERS):
             self.announce(pushing.transfer, again[start:start + MAX_OFFERS], pushing.known)
 
