@@ -158,11 +158,34 @@ def _write(path: Path, rng: random.Random, size: int) -> None:
 
 
 
-def receiver_config(common: dict[str, Any], db_url: str, store: Path, a_url: str
-                    ) -> dict[str, Any]:
+#: What both sites' test servers share: no worker of their own, no service log.
+SERVER_COMMON = {"start_worker": False, "service_log_file": ""}
+
+
+def start_a(tmp: Path, a_store: Path, peers: dict[str, Any], peer_secrets: dict[str, str],
+            stack: contextlib.ExitStack) -> tuple[JupyterProcess, Catalogue, dict[str, Any]]:
+    """Site A of a test module, its server started on ``stack`` (``tmp/a-server``), its store
+    ``a_store``, its catalogue ``tmp/a/catalogue.sqlite`` (files registered by the caller, in
+    this process, as an ingest would), its ``peers`` (B's URL filled in by ``Sites.start_b``)
+    and ``peer_secrets``; (its server, its catalogue, its config). No fixity audit: files
+    damaged on purpose must reach B's checks as they are (an audit that marks one missing
+    first makes it unavailable, a different failure)."""
+    a_config = {"StagingApp": {
+        **SERVER_COMMON, "db_url": f"sqlite:///{tmp / 'a' / 'catalogue.sqlite'}",
+        "site_name": "site-a", "stores": {"a-store": {"path": str(a_store)}},
+        "peers": peers, "peer_secrets": peer_secrets, "fixity_bytes_per_hour": 0,
+    }}
+    database = Database(a_config["StagingApp"]["db_url"])
+    stack.callback(database.dispose)  # (after the server stops)
+    a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
+                                            config=a_config))
+    return a, Catalogue(database), a_config
+
+
+def receiver_config(db_url: str, store: Path, a_url: str) -> dict[str, Any]:
     """Site B's config: a receiver into ``store`` that pulls from site A at ``a_url``."""
     return {"StagingApp": {
-        **common, "db_url": db_url, "site_name": "site-b",
+        **SERVER_COMMON, "db_url": db_url, "site_name": "site-b",
         "stores": {"b-store": {"path": str(store)}}, "receive_store": "b-store",
         "peers": {"site-a": {"url": a_url, "secret": SECRET_BA}},
         "peer_secrets": {"site-a": hash_secret(SECRET_AB)},
@@ -203,26 +226,13 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     # B already holds another file under the conflicting name.
     _write(b_store / "mine" / CONFLICT, rng, 1000)
 
-    a_db_url = f"sqlite:///{tmp / 'a' / 'catalogue.sqlite'}"
     b_db_url = f"sqlite:///{tmp / 'b' / 'catalogue.sqlite'}"
-    common = {"start_worker": False, "service_log_file": ""}
-    a_config = {"StagingApp": {
-        **common, "db_url": a_db_url, "site_name": "site-a",
-        "stores": {"a-store": {"path": str(a_store)}},
-        # B's URL is filled in below (A's jobs run in this process with these peers).
-        "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
-                             "max_bytes_per_s": THROTTLE}},
-        "peer_secrets": {"site-b": hash_secret(SECRET_BA), "site-c": hash_secret(SECRET_CA)},
-        # No fixity audit: files damaged here on purpose must reach B's checks as they are
-        # (an audit that marks one missing first makes it unavailable, a different failure).
-        "fixity_bytes_per_hour": 0,
-    }}
     stack = contextlib.ExitStack()
-    a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
-                                            config=a_config))
-    # Site A's catalogue, with metadata, registered in this process (as an ingest would).
-    a_db = Database(a_db_url)
-    catalogue = Catalogue(a_db)
+    # (A's jobs run in this process with these peers.)
+    a, catalogue, a_config = start_a(
+        tmp, a_store, {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
+                                  "max_bytes_per_s": THROTTLE}},
+        {"site-b": hash_secret(SECRET_BA), "site-c": hash_secret(SECRET_CA)}, stack)
     specs = []
     for i, (name, rel) in enumerate(paths.items()):
         digest = ck.hash_file(a_store / rel)
@@ -230,7 +240,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
                               source="correlator", meta={"index": i, "telescope": "HERA"}))
     catalogue.register(specs, "a-store", list(paths.values()))
     site = two_sites(tmp, a, a_store, b_store, catalogue, a_config,
-                     receiver_config(common, b_db_url, b_store, a.url), stack)
+                     receiver_config(b_db_url, b_store, a.url), stack)
     site.start_b("b-server")
     reply = site.b.api("ingest", {"store": "b-store", "globs": ["mine/*"]})
     assert reply, reply
@@ -239,7 +249,6 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     finally:
         site.b_stack.close()
         stack.close()
-        a_db.dispose()
         site.b_db.dispose()
 
 

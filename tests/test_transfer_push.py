@@ -41,8 +41,8 @@ from hera_stage_ext.transfer.peer_sender import FIRST_OFFERS
 from hera_stage_ext.transfer.peers import PeerRegistry, hash_secret
 from hera_stage_ext.transfer.receiver import FLIP_ONCE_ENV, INCOMING_DIR, PAUSE_BEFORE_SYNC_ENV
 
-from .jupyter_process import jupyter_process
-from .test_transfer import SECRET_AB, SECRET_BA, Sites, receiver_config, send, two_sites
+from .test_transfer import (
+    SECRET_AB, SECRET_BA, Sites, receiver_config, send, start_a, two_sites)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -113,22 +113,12 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     (dataset / "vartable").write_bytes(rng.randbytes(3000))
     (dataset / "sub" / "visdata").write_bytes(rng.randbytes(9000))
 
-    a_db_url = f"sqlite:///{tmp / 'a' / 'catalogue.sqlite'}"
     b_db_url = f"sqlite:///{tmp / 'b' / 'catalogue.sqlite'}"
-    common = {"start_worker": False, "service_log_file": ""}
-    a_config = {"StagingApp": {
-        **common, "db_url": a_db_url, "site_name": "site-a",
-        "stores": {"a-store": {"path": str(a_store)}},
-        # B's URL is filled in by ``start_b``; "site-b-throttled" and "site-b-old" below.
-        "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB}},
-        "peer_secrets": {"site-b": hash_secret(SECRET_BA)},
-        "fixity_bytes_per_hour": 0,
-    }}
     stack = contextlib.ExitStack()
-    a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
-                                            config=a_config))
-    a_db = Database(a_db_url)
-    catalogue = Catalogue(a_db)
+    # ("site-b-throttled" and "site-b-old" are added below.)
+    a, catalogue, a_config = start_a(
+        tmp, a_store, {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB}},
+        {"site-b": hash_secret(SECRET_BA)}, stack)
     specs = []
     for name, rel in paths.items():
         digest = ck.hash_file(a_store / rel)
@@ -139,14 +129,13 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
                           is_directory=True))
     catalogue.register(specs, "a-store", [*paths.values(), f"2457802/{DATASET}"])
     site = two_sites(tmp, a, a_store, b_store, catalogue, a_config,
-                     receiver_config(common, b_db_url, b_store, a.url), stack)
+                     receiver_config(b_db_url, b_store, a.url), stack)
     site.start_b("b-server", env={FLIP_ONCE_ENV: FLIP})
     try:
         yield site
     finally:
         site.b_stack.close()
         stack.close()
-        a_db.dispose()
         site.b_db.dispose()
 
 

@@ -36,7 +36,7 @@ from hera_stage_ext.transfer.receiver import Receiver
 
 from .jupyter_process import JupyterProcess, jupyter_process
 from .test_transfer import (
-    SECRET_AB, SECRET_BA, Sites, _send_until_partial, receiver_config, two_sites)
+    SECRET_AB, SECRET_BA, Sites, _send_until_partial, receiver_config, start_a, two_sites)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -64,27 +64,17 @@ def sites(tmp_path_factory, postgres: Any) -> Iterator[Sites]:
     for name, rel in paths.items():
         (a_store / rel).parent.mkdir(parents=True, exist_ok=True)
         (a_store / rel).write_bytes(rng.randbytes(65536 if name == LEFT else SIZE))
-    a_db_url = f"sqlite:///{tmp / 'a' / 'catalogue.sqlite'}"
-    common = {"start_worker": False, "service_log_file": ""}
-    a_config = {"StagingApp": {
-        **common, "db_url": a_db_url, "site_name": "site-a",
-        "stores": {"a-store": {"path": str(a_store)}},
-        "peers": {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
-                             "max_bytes_per_s": THROTTLE}},
-        "peer_secrets": {"site-b": hash_secret(SECRET_BA)},
-        "fixity_bytes_per_hour": 0,
-    }}
     stack = contextlib.ExitStack()
-    a = stack.enter_context(jupyter_process(tmp / "a-server", root_dir=tmp / "a",
-                                            config=a_config))
-    a_db = Database(a_db_url)
-    catalogue = Catalogue(a_db)
+    a, catalogue, a_config = start_a(
+        tmp, a_store, {"site-b": {"url": "http://127.0.0.1:9/", "secret": SECRET_AB,
+                                  "max_bytes_per_s": THROTTLE}},
+        {"site-b": hash_secret(SECRET_BA)}, stack)
     specs = []
     for name, rel in paths.items():
         digest = ck.hash_file(a_store / rel)
         specs.append(FileSpec(name=name, size=digest.size, checksums=digest.checksums))
     catalogue.register(specs, "a-store", list(paths.values()))
-    b_config = receiver_config(common, postgres.create_database(), b_store, a.url)
+    b_config = receiver_config(postgres.create_database(), b_store, a.url)
     b_config["StagingApp"]["receive_lease_seconds"] = LEASE
     site = two_sites(tmp, a, a_store, b_store, catalogue, a_config, b_config, stack)
     site.start_b("b1-server")
@@ -93,7 +83,6 @@ def sites(tmp_path_factory, postgres: Any) -> Iterator[Sites]:
     finally:
         site.b_stack.close()
         stack.close()
-        a_db.dispose()
         site.b_db.dispose()
 
 
