@@ -102,6 +102,12 @@ class Sites:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     b_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
+    def close(self) -> None:
+        """Stop both sites (B first) and let their databases go."""
+        self.b_stack.close()
+        self.stack.close()
+        self.b_db.dispose()
+
     def start_b(self, workdir: str, env: dict[str, str] | None = None) -> None:
         self.b = self.b_stack.enter_context(jupyter_process(
             self.tmp / workdir, root_dir=self.tmp / "b", config=self.b_config,
@@ -247,9 +253,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     try:
         yield site
     finally:
-        site.b_stack.close()
-        stack.close()
-        site.b_db.dispose()
+        site.close()
 
 
 def test_batch_arrives_verified_with_metadata_and_resend_moves_nothing(sites: Sites) -> None:

@@ -134,9 +134,7 @@ def sites(tmp_path_factory) -> Iterator[Sites]:
     try:
         yield site
     finally:
-        site.b_stack.close()
-        stack.close()
-        site.b_db.dispose()
+        site.close()
 
 
 @pytest.fixture

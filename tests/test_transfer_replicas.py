@@ -81,9 +81,7 @@ def sites(tmp_path_factory, postgres: Any) -> Iterator[Sites]:
     try:
         yield site
     finally:
-        site.b_stack.close()
-        stack.close()
-        site.b_db.dispose()
+        site.close()
 
 
 def _replica(sites: Sites, workdir: str) -> contextlib.AbstractContextManager[JupyterProcess]:
