@@ -269,8 +269,8 @@ def test_a_pull_that_could_not_even_be_marked_failed_is_pulled_again(
         database: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch pull fails and so does the write marking it failed (the database away): its
     items, still held under this receiver's live lease (which no other replica may take), are
-    pulled again by its keeper once the database answers, and the failed pull's place is not
-    lost (later items are pulled too)."""
+    pulled again by its keeper once the database answers; and a batch pull that ends by an
+    error no handler takes gives its place back (later items are pulled too)."""
     catalogue = Catalogue(database)
     (tmp_path / "store").mkdir()
     catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
@@ -300,10 +300,60 @@ def test_a_pull_that_could_not_even_be_marked_failed_is_pulled_again(
         monkeypatch.setattr(receiver, "_pull_batch",
                             lambda item_ids, clients: pulled.extend(item_ids))
         _wait(lambda: sorted(pulled) == ids, "the items pulled again", 10)
+
+        escaped = threading.Event()
+
+        def escaping(item_ids: list[int], clients: Any) -> None:
+            monkeypatch.setattr(receiver, "_pull_batch",
+                                lambda item_ids, clients: pulled.extend(item_ids))
+            escaped.set()
+            raise _Escape  # (not an Exception: the batch's handler lets it through)
+
+        monkeypatch.setattr(receiver, "_pull_batch", escaping)
+        receiver._dispatch("there", [(_queued(database, "zen.b8.uvh5"), 1, False)])
+        assert escaped.wait(10)
+        _wait(lambda: not receiver._running, "the escaped pull", 10)
         later = _queued(database, "zen.b9.uvh5")
         receiver._dispatch("there", [(later, 1, False)])
         _wait(lambda: later in pulled, "a later item pulled", 10)
     finally:
+        receiver.close()
+
+
+class _Escape(BaseException):
+    """An error no pull's handler takes."""
+
+
+def test_an_item_announced_again_while_its_pull_runs_is_pulled_again_after_it(
+        database: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item dispatched again (announced again) while a pull of it runs, which that pull
+    then leaves active (it ended the item's first announce, say, and the second re-armed it):
+    pulled again once that pull is over, not left queued under this receiver's lease for
+    good."""
+    catalogue = Catalogue(database)
+    (tmp_path / "store").mkdir()
+    catalogue.sync_stores({"r": {"path": str(tmp_path / "store")}})
+    receiver = Receiver(catalogue, PeerRegistry("here"), "r", lease_s=1.2, streams=1)
+    pulls: list[list[int]] = []
+    first_running, go_on = threading.Event(), threading.Event()
+
+    def pull(item_ids: list[int], clients: Any) -> None:
+        pulls.append(list(item_ids))
+        if len(pulls) == 1:
+            first_running.set()
+            go_on.wait(10)
+
+    try:
+        item_id = _queued(database, "zen.d.uvh5")
+        monkeypatch.setattr(receiver, "_pull_batch", pull)
+        receiver._dispatch("there", [(item_id, 1, False)])
+        assert first_running.wait(10)
+        assert receiver._dispatch("there", [(item_id, 1, False)]) == {item_id}  # its own
+        go_on.set()
+        _wait(lambda: len(pulls) >= 2, "the item pulled again", 10)
+        assert pulls[:2] == [[item_id], [item_id]]
+    finally:
+        go_on.set()
         receiver.close()
 
 

@@ -293,25 +293,26 @@ def make_final(root: str, incoming: int, renames: Sequence[Rename],
 class Destinations:
     """The destination folders of a push whose files are written in place (nameless, in the
     folder they are linked into): each opened once below the store's ``root`` following no
-    link, made as needed (``safefs.Folders``), and whether it lies on the root's file system
-    (a ``syncfs`` of the root covers only that one; a folder on another is written to as a
-    batch pull's are). The root is opened first (``syncfs`` reports the write-back failures
-    since its descriptor was opened). Used as a context manager: the folders are closed
-    after."""
+    link, made as needed (``safefs.Folders``), and whether it lies on the file system of the
+    open folder ``synced``, through which the batch's ``syncfs`` goes (it covers only that
+    one; a folder on another is written to as a batch pull's are). The root is opened first
+    (``syncfs`` reports the write-back failures since its descriptor was opened). Used as a
+    context manager: the folders are closed after."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, synced: int) -> None:
         self.root = root
         self.folders = safefs.Folders([root])
-        self._root_dev = os.fstat(self.folders.root_fd(root)).st_dev
+        self.folders.root_fd(root)  # (opened first: see above)
+        self._synced_dev = os.fstat(synced).st_dev
         self._same: dict[str, bool] = {}
 
     def get(self, path: str) -> tuple[int, bool]:
-        """(the open folder ``path``, made as needed; whether it is on the root's file
-        system)."""
+        """(the open folder ``path``, made as needed; whether it is on the file system the
+        batch's ``syncfs`` covers)."""
         fd = self.folders.get(path, create=True)
         same = self._same.get(path)
         if same is None:
-            same = self._same[path] = os.fstat(fd).st_dev == self._root_dev
+            same = self._same[path] = os.fstat(fd).st_dev == self._synced_dev
         return fd, same
 
     def __enter__(self) -> Destinations:

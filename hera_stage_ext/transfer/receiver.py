@@ -59,9 +59,9 @@ one batch by the batch pull's own steps (``_write_member``, ``_make_final``: eac
 its final name once its data is synced, never over anything; ``durable.link_final``); each item
 is recorded once, ``committed``, in its registration's own transaction (``register_each``'s
 ``also_write``). A kill at any point leaves nothing of a push but folders it made (a nameless
-file goes with its process). Where the store's file system has no ``O_TMPFILE``, or this
-process holds as many nameless files as it may (``durable.HELD_MAX``), a pushed file is written
-to a partial file of its own in the incoming folder instead (``-<n>.part``: no item's id, one
+file goes with its process). Where that cannot be (``_write_nameless``: a push synced file
+by file, a folder on another file system, no ``O_TMPFILE`` or no ``/proc``, as many nameless
+files held as this process may, ``durable.HELD_MAX``), a pushed file is written to a partial file of its own in the incoming folder instead (``-<n>.part``: no item's id, one
 per push of it) and renamed; those a stopped server left are removed when it starts again
 (``resume``). A name already being pulled for that peer keeps its pull; one whose final name
 is taken takes the single-file path.
@@ -233,8 +233,10 @@ class Receiver:
         #: Syncs each file of a batch as it is written (``durable.py``).
         self._syncer = FileSyncer()
         #: Pushed files written nameless in their destination folders (``O_TMPFILE``) until
-        #: the store's file system refuses it.
-        self._in_place = True
+        #: the store's file system refuses it; only where ``/proc`` is mounted: without it a
+        #: kernel before 6.10 cannot link them for an unprivileged process
+        #: (``safefs.link_open_file``), and each push would be written for nothing.
+        self._in_place = os.path.isdir("/proc/self/fd")
         self._stop = threading.Event()
         #: This receiver's name in the leases of the items it holds (``_claim``), how long a
         #: lease runs, the items it holds (queued or being pulled): id -> when
@@ -246,9 +248,12 @@ class Receiver:
         self._held: dict[int, float] = {}
         self._keeper: threading.Thread | None = None
         #: Items this receiver holds that nothing pulls any more: their pull failed and so
-        #: did the write marking them failed (the database away). The keeper pulls them again
-        #: (``_sweep``): no other receiver would, while this one's lease on them is live.
+        #: did the write marking them failed (the database away), or they were dispatched
+        #: again (announced again) while a pull of them ran (``_again`` until it ends). The
+        #: keeper pulls them again if they are still active (``_sweep``): no other receiver
+        #: would, while this one's lease on them is live.
         self._orphans: set[int] = set()
+        self._again: set[int] = set()
 
     # ----- store --------------------------------------------------------------------------
     def _store_root(self) -> Path:
@@ -567,16 +572,25 @@ class Receiver:
 
     def _sweep(self, at_start: bool = False) -> list[int]:
         """Pull every item queued or receiving that no other receiver holds under a live
-        lease (``at_start``: nor one of this host whose process is gone); the ids taken.
-        (This receiver's own, their leases run out while they wait in its queue, stay there.)"""
+        lease (``at_start``: nor one of this host whose process is gone), and this receiver's
+        ``_orphans`` still active; the ids taken. (This receiver's own, their leases run out
+        while they wait in its queue, stay there.)"""
+        with self._lock:
+            orphans, self._orphans = self._orphans, set()
+        try:
+            return self._take_free(orphans, at_start)
+        except BaseException:  # (the database away: the orphans wait for the next sweep)
+            with self._lock:
+                self._orphans |= orphans
+            raise
+
+    def _take_free(self, orphans: set[int], at_start: bool) -> list[int]:
         by_peer: dict[str, list[tuple[int, int, bool]]] = {}
         dead: list[str] = []
         with self.db.read() as s:
             now = lease_clock(s)
             free = or_(TransferItem.holder.is_(None), (TransferItem.lease_expires < now)
                        & (TransferItem.holder != self._holder))
-            with self._lock:
-                orphans = set(self._orphans)
             if orphans:
                 free = or_(free, one_of(self.db, TransferItem.id, orphans)
                            & (TransferItem.holder == self._holder))
@@ -594,12 +608,8 @@ class Receiver:
                     .order_by(TransferItem.id)):
                 by_peer.setdefault(i.peer, []).append(
                     (i.id, i.size, bool(i.spec.get("is_directory"))))
-        taken = sorted(i for peer, items in by_peer.items()
-                       for i in self._dispatch(peer, items, dead))
-        if orphans:
-            with self._lock:
-                self._orphans -= orphans
-        return taken
+        return sorted(i for peer, items in by_peer.items()
+                      for i in self._dispatch(peer, items, dead))
 
     def _discard_pushed_parts(self) -> None:
         """Remove the partial files of pushes a stopped server left (no item names them: the
@@ -640,6 +650,7 @@ class Receiver:
                 return claimed
             queue = self._small.setdefault(peer, {})
             queue.update((i, size) for i, size in small if i not in self._running)
+            self._again.update(i for i, _size in small if i in self._running)
             start = self._drainers < self._streams
             self._drainers += start
         if start:
@@ -661,9 +672,13 @@ class Receiver:
                         return
                 try:
                     self._run_batch(item_ids, clients)
-                except BaseException:  # (its place given back: the next dispatch starts one)
+                except BaseException:
+                    # Its place given back, and taken by a new drainer if files wait.
                     with self._lock:
-                        self._drainers -= 1
+                        again = any(self._small.values()) and not self._stop.is_set()
+                        self._drainers -= not again
+                    if again:
+                        self._pool.submit(self._drain)
                     raise
         finally:
             for client in clients.values():
@@ -685,12 +700,16 @@ class Receiver:
 
     def _submit(self, item_id: int) -> None:
         with self._lock:
-            if item_id in self._running or self._stop.is_set():
+            if item_id in self._running:  # (pulled again once that pull ends: ``_ran``)
+                self._again.add(item_id)
+                return
+            if self._stop.is_set():
                 return
             self._running.add(item_id)
         self._pool.submit(self._run, item_id)
 
     def _run(self, item_id: int) -> None:
+        orphaned = False
         try:
             self._pull(item_id)
         except _Stopped:
@@ -701,11 +720,9 @@ class Receiver:
                 self._finish(item_id, TransferItemState.FAILED,
                              "internal error (see the server log)")
             except Exception as exc:  # the database away too: pulled again later
-                self._orphaned([item_id], exc)
+                orphaned = _unmarked([item_id], exc)
         finally:
-            with self._lock:
-                self._running.discard(item_id)
-                self._held.pop(item_id, None)
+            self._ran([item_id], orphaned)
 
     def _finish(self, item_id: int, state: str, error: str = "") -> None:
         """The item's end (committed or failed), its lease given up; nothing if another
@@ -998,6 +1015,7 @@ class Receiver:
 
     # ----- batch pulls of small files -----------------------------------------------------
     def _run_batch(self, item_ids: list[int], clients: dict[str, PeerClient]) -> None:
+        orphaned = False
         try:
             self._pull_batch(item_ids, clients)
         except _Stopped:
@@ -1013,21 +1031,23 @@ class Receiver:
                         error="internal error (see the server log)",
                         updated_at=utcnow(), holder=None, lease_expires=None))
             except Exception as exc:  # the database away too: pulled again later
-                self._orphaned(item_ids, exc)
+                orphaned = _unmarked(item_ids, exc)
             self._changed()
         finally:
-            with self._lock:
-                self._running.difference_update(item_ids)
-                for item_id in item_ids:
-                    self._held.pop(item_id, None)
+            self._ran(item_ids, orphaned)
 
-    def _orphaned(self, item_ids: list[int], exc: Exception) -> None:
-        """Items whose pull failed and could not be marked failed: pulled again by the keeper
-        (``_orphans``), once the database answers."""
-        log.warning("transfer items %s: could not be marked failed (%s: %s); pulled again",
-                    item_ids[:10], type(exc).__name__, exc)
+    def _ran(self, item_ids: list[int], orphaned: bool) -> None:
+        """A pull of ``item_ids`` is over: those it could not mark failed (``orphaned``), and
+        those dispatched again while it ran, go to ``_orphans``, for the keeper to pull again
+        if they are still active (in the same step as they stop running: a sweep never finds
+        one still running and drops it)."""
         with self._lock:
-            self._orphans.update(item_ids)
+            self._running.difference_update(item_ids)
+            for item_id in item_ids:
+                self._held.pop(item_id, None)
+            again = self._again.intersection(item_ids)
+            self._again -= again
+            self._orphans |= set(item_ids) if orphaned else again
 
     def _start_batch(self, item_ids: list[int]) -> list[ItemRow]:
         """Mark the items still active and still held by this receiver as receiving (one more
@@ -1412,7 +1432,7 @@ class Receiver:
         incoming_fd, _made = safefs.open_dir(str(root / INCOMING_DIR), create=True)
         received: list[_Member] = []
         try:
-            with Destinations(str(root)) as destinations, \
+            with Destinations(str(root), incoming_fd) as destinations, \
                     self._syncer.batch(incoming_fd) as syncs:
                 for item, dest, data in wanted:
                     try:
@@ -1491,6 +1511,14 @@ class Receiver:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._syncer.close()
+
+
+def _unmarked(item_ids: list[int], exc: Exception) -> bool:
+    """Log that the items of a failed pull could not be marked failed (they are pulled
+    again: ``Receiver._ran``); True."""
+    log.warning("transfer items %s: could not be marked failed (%s: %s); pulled again",
+                item_ids[:10], type(exc).__name__, exc)
+    return True
 
 
 def _replies(offers: list[dict[str, Any]], answers: dict[str, tuple[str, str]]
