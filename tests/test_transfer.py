@@ -961,7 +961,8 @@ def test_the_receivers_json_text_of_an_offer_is_jsons_own() -> None:
     """What a receiver stores of each offer (its checksums and the rest of its metadata) is
     the text ``json.dumps`` writes, whatever the offer holds: the items' rows read back the
     same values, and a row is known for the receiver's own by its text."""
-    from hera_stage_ext.transfer.protocol import check_offer, checksums_json, spec_json, spec_of
+    from hera_stage_ext.catalogue.checksums import checksums_json
+    from hera_stage_ext.transfer.protocol import check_offer, spec_json, spec_of
 
     observation = {"obsid": 1179921618, "start_time_jd": 2457901.0,
                    "stop_time_jd": 2457901.007453333, "start_lst_hr": 5.777571899001487,

@@ -84,6 +84,12 @@ def _at_index(also_write: Callable[[DbSession, Sequence[int]], None], index: int
     return lambda s, _registered: also_write(s, (index,))
 
 
+#: An event recorded with an instance ``register`` adds: its type and payload, a dict or the
+#: JSON text of one (``json.dumps``' own: a caller registering thousands puts it together from
+#: its parts, as ``file_events`` does, and trusts no outside text as one).
+InstanceEvent = tuple[str, dict[str, Any] | str]
+
+
 @dataclass
 class FileSpec:
     """What is known of a file being registered (from ingest, upload or a peer)."""
@@ -122,12 +128,6 @@ class _RegistrationPlan:
     files: list[tuple[Any, ...]] = field(default_factory=list)  # file rows, but for their id
     observations: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: dict[int, list[Any]] = field(default_factory=dict)  # id -> [start, stop, old, dirty]
-
-
-def _checksums_json(checksums: dict[str, str]) -> str:
-    """``dumps`` of checksums that ``checksums.normalise`` passed (known algorithm names, hex
-    digits: nothing to escape), without the JSON encoder's cost per file."""
-    return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
 
 
 #: A row's first value (an observation's obsid).
@@ -205,7 +205,7 @@ class Catalogue:
     def register(
         self, specs: Sequence[FileSpec], store: str | None = None,
         paths: Sequence[str] | None = None, *,
-        instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
+        instance_events: Sequence[InstanceEvent | None] | None = None,
         before_write: Callable[[], None] | None = None,
         also_write: Callable[[DbSession, Sequence[int]], None] | None = None,
     ) -> list[Registration]:
@@ -215,7 +215,8 @@ class Catalogue:
         content or any store path already holds another file (also when another registration
         commits such a row while this one writes: ``_raced_as_conflict``). ``instance_events``:
         per spec, an event (type, payload) more to record with its instance when this call adds
-        it (a transfer's ``transfer-received``).
+        it (a transfer's ``transfer-received``; its payload a dict, or the JSON text of one
+        that its caller put together: ``InstanceEvent``).
 
         Bulk by design (ingest calls it with hundreds of files): one query each fetches the
         batch's known files, observations, sessions and store paths, every check runs in the
@@ -290,7 +291,7 @@ class Catalogue:
     def register_each(
         self, specs: Sequence[FileSpec], store: str | None = None,
         paths: Sequence[str] | None = None, *,
-        instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None = None,
+        instance_events: Sequence[InstanceEvent | None] | None = None,
         before_write: Callable[[], None] | None = None,
         also_write: Callable[[DbSession, Sequence[int]], None] | None = None,
     ) -> list[Registration | StagingError]:
@@ -409,7 +410,7 @@ class Catalogue:
                 continue
             plan.files.append((
                 spec.name, file_type(spec.name), spec.size, spec.is_directory,
-                _checksums_json(spec.checksums),
+                ck.checksums_json(spec.checksums),
                 now if spec.create_time is None else tables.time(spec.create_time),
                 obsid, spec.source, dumps(spec.meta) if spec.meta else "{}",
             ))
@@ -419,7 +420,7 @@ class Catalogue:
     def _write_registration(
         tables: Tables, plan: _RegistrationPlan, store_row: tuple[int, str] | None,
         added_paths: dict[str, tuple[str, int]],
-        instance_events: Sequence[tuple[str, dict[str, Any]] | None] | None,
+        instance_events: Sequence[InstanceEvent | None] | None,
     ) -> None:
         """Write what ``register`` decided: one statement a table (``Tables.write``), the new
         files' instances and events given their ids (``Tables.new_file_ids``)."""
@@ -449,7 +450,8 @@ class Catalogue:
                     first_copy[file_id] = json_string(path)
                 extra = None if instance_events is None else instance_events[i]
                 if extra is not None:
-                    extra_events.append((file_id, extra[0], now, dumps(extra[1])))
+                    extra_events.append((file_id, extra[0], now, extra[1] if extra[1].__class__ is str
+                                         else dumps(extra[1])))
         events: list[tuple[int, str, Any, str]] = [
             (row[0], file_events.REGISTERED, now, f'{{"source": {json_string(row[8])}}}')
             if row[0] not in first_copy else

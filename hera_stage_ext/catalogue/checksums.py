@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import xxhash
 
@@ -209,8 +209,51 @@ def hash_at(fd: int, algorithms: Iterable[str] = ALGORITHMS) -> Digest:
     return manifest_digest(((rel, member(rel)) for rel in members), algorithms)
 
 
-def normalise(checksums: dict[str, str]) -> dict[str, str]:
-    """Validate a checksum mapping from outside; accepts v2's ``algorithm:::hex`` values too."""
+class Checksums(dict[str, str]):
+    """Checksums ``normalise`` made (known algorithm names, lower-case hex digests of their
+    length): ``normalise`` gives one back as it is, so a mapping checked once (a peer's offer,
+    by ``transfer.protocol.check_offer``) is not checked again where it is registered. Not to
+    be changed (each change refused: it would skip the check); its JSON text (``json``) made
+    once, shared by the rows that store it. A copy or pickle of it is a plain dict (checked
+    again wherever it goes)."""
+
+    __slots__ = ("_json",)
+    _json: str
+
+    def _refuse(self, *_args: object, **_kwargs: object) -> NoReturn:
+        raise TypeError("normalised checksums are not to be changed")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = \
+        _refuse
+
+    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
+        return dict, (dict(self),)
+
+    @property
+    def json(self) -> str:
+        """``json.dumps`` of these checksums, the same text (names and hex digits: nothing to
+        escape), made once."""
+        try:
+            return self._json
+        except AttributeError:
+            self._json = "{" + ", ".join(
+                f'"{name}": "{digest}"' for name, digest in self.items()) + "}"
+            return self._json
+
+
+def checksums_json(checksums: dict[str, str]) -> str:
+    """``json.dumps`` of checksums ``normalise`` passed, without the encoder's set-up per
+    call (a ``Checksums``' own text, made once)."""
+    if checksums.__class__ is Checksums:
+        return checksums.json
+    return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
+
+
+def normalise(checksums: dict[str, str]) -> Checksums:
+    """Validate a checksum mapping from outside; accepts v2's ``algorithm:::hex`` values too.
+    ``Checksums`` (normalised already) come back as they are."""
+    if checksums.__class__ is Checksums:
+        return checksums
     if not isinstance(checksums, dict):
         raise InvalidRequest("checksums must be an object of algorithm to hex digest")
     out: dict[str, str] = {}
@@ -230,7 +273,7 @@ def normalise(checksums: dict[str, str]) -> dict[str, str]:
                 f"checksum {algorithm!r} must be {digits} hex digits, got {value!r}"
             )
         out[algorithm] = value
-    return out
+    return Checksums(out)
 
 
 def compare(a: dict[str, str], b: dict[str, str]) -> bool:

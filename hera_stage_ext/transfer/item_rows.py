@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session as DbSession
 from ..catalogue.inlist import bound_values, one_of_sql
 from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
 from .models import TransferItem
-from .protocol import checksums_json, spec_json
+from ..catalogue.checksums import checksums_json
+from .protocol import spec_json
 
 
 class ItemRow(NamedTuple):

@@ -296,12 +296,6 @@ def spec_of(offer: dict[str, Any]) -> dict[str, Any]:
     return {k: offer[k] for k in SPEC_FIELDS if k in offer}
 
 
-def checksums_json(checksums: dict[str, str]) -> str:
-    """``json.dumps`` of checksums ``check_offer`` normalised (known algorithm names, hex
-    digits: nothing to escape), without the encoder's set-up per call."""
-    return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
-
-
 def spec_json(spec: dict[str, Any]) -> str:
     """``json.dumps(spec)`` of a checked offer's ``spec_of``, the same text: put together from
     its fields when it has all of them in the usual types (numbers as ``json`` writes finite

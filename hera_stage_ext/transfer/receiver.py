@@ -100,10 +100,11 @@ from sqlalchemy import func, or_, select, update
 
 from .. import directio, safefs
 from ..catalogue import checksums as ck
-from ..catalogue.catalogue import Catalogue
+from ..catalogue.catalogue import Catalogue, InstanceEvent
 from ..catalogue.db import driver_mark, driver_rows, loads_json_column
 from ..catalogue.inlist import bound_values, one_of, one_of_sql
 from ..catalogue.models import utcnow
+from ..catalogue.tables import dumps, json_string
 from ..errors import ChecksumMismatch, Conflict, InvalidRequest, StagingError, Unavailable
 from ..jobs.engine import lease_clock, local_worker_dead, new_worker_id
 from ..jobs.methods import TMP_SUFFIX, rename_path_noreplace, write_all, remove_path
@@ -138,7 +139,6 @@ from .protocol import (
     UNKNOWN,
     PeerClient,
     check_offer,
-    checksums_json,
     file_spec,
     push_capability,
     spec_json,
@@ -381,7 +381,7 @@ class Receiver:
         parsed: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {}
         for offer in sending:
             spec_value = spec_of(offer)
-            checksums, spec = checksums_json(offer["checksums"]), spec_json(spec_value)
+            checksums, spec = ck.checksums_json(offer["checksums"]), spec_json(spec_value)
             texts.append((checksums, spec))
             if offer["size"] <= BATCH_FILE_MAX and not offer.get("is_directory"):
                 parsed[offer["name"]] = (checksums, spec, offer["checksums"], spec_value)
@@ -1496,11 +1496,14 @@ class Receiver:
         with contextlib.suppress(OSError, StagingError), safefs.Folders([root]) as folders:
             os.unlink(base, dir_fd=folders.get(f"{root}/{folder}" if folder else root))
 
-    def _received_event(self, item: TransferItem | ItemRow) -> tuple[str, dict[str, Any]]:
-        """The ``transfer-received`` event registered with a received file's instance."""
-        return ("transfer-received", {"from": item.peer, "transfer": item.transfer,
-                                      "store": self.store, "path": item.path,
-                                      "attempts": item.attempts})
+    def _received_event(self, item: TransferItem | ItemRow) -> InstanceEvent:
+        """The ``transfer-received`` event registered with a received file's instance, its
+        payload's JSON text put together from its values' (``json.dumps``' own text of
+        ``{"from", "transfer", "store", "path", "attempts"}``: one a file of a batch)."""
+        return ("transfer-received",
+                f'{{"from": {json_string(item.peer)}, "transfer": {json_string(item.transfer)}, '
+                f'"store": {dumps(self.store)}, "path": {json_string(item.path)}, '
+                f'"attempts": {int(item.attempts)}}}')
 
     def _set_errors(self, item_ids: list[int], message: str) -> None:
         with self.db.write() as s:
