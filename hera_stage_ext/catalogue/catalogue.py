@@ -233,21 +233,31 @@ class Catalogue:
             raise InvalidRequest("register: one instance event (or None) per file is needed")
         for spec in specs:
             validate_name(spec.name)
+            # (Checksums a peer's offer was checked with pass as they are: ``ck.Checksums``.)
             spec.checksums = ck.normalise(spec.checksums)
             if not spec.checksums:
                 raise InvalidRequest(f"{spec.name}: at least one checksum is required")
             if not isinstance(spec.size, int) or spec.size < 0:
                 raise InvalidRequest(f"{spec.name}: size must be a non-negative integer")
         # Every spec's observation (what a new file of that name would belong to): looked up
-        # with the rest, before it is known which names are new.
-        observed = [spec.observation or self.namer.observation_of(spec.name) for spec in specs]
-        obsids = {obs.obsid for obs in observed if obs is not None}
-        obsids |= {spec.obsid for spec in specs if spec.obsid is not None}
+        # with the rest, before it is known which names are new. (One pass a batch.)
+        observed: list[ObservationInfo | None] = []
+        obsids: set[int] = set()
+        session_ids: set[int] = set()
+        observation_of = self.namer.observation_of
+        for spec in specs:
+            obs = spec.observation or observation_of(spec.name)
+            observed.append(obs)
+            if obs is not None:
+                obsids.add(obs.obsid)
+                session_ids.add(obs.session_id)
+            if spec.obsid is not None:
+                obsids.add(spec.obsid)
         with _raced_as_conflict(), self.db.write() as s:
             tables = Tables(s)
             found = tables.find(store, {spec.name for spec in specs},
                                 set(paths) if store is not None and paths else (),
-                                obsids, {obs.session_id for obs in observed if obs is not None})
+                                obsids, session_ids)
             if store is not None and found.store is None:
                 raise NotFound(f"no store named {store!r}")
             plan = _RegistrationPlan(known={
@@ -257,12 +267,13 @@ class Catalogue:
             # Every check, in the order of the batch, before anything is written.
             added_paths: dict[str, tuple[str, int]] = {}  # path -> name, index of its spec
             results = []
+            new, invalid, stored_files = plan.new, plan.invalid, plan.known
             for i, spec in enumerate(specs):
-                created = plan.new.get(spec.name) is spec
-                if created and spec.name in plan.invalid:
-                    raise InvalidRequest(plan.invalid[spec.name])
+                created = new.get(spec.name) is spec
+                if created and invalid and spec.name in invalid:
+                    raise InvalidRequest(invalid[spec.name])
                 if not created:
-                    known = plan.known.get(spec.name) or plan.new[spec.name]
+                    known = stored_files.get(spec.name) or new[spec.name]
                     self._check_same_content(known, spec)
                 added = False
                 if found.store is not None:
@@ -270,7 +281,7 @@ class Catalogue:
                     path = paths[i]
                     owner = added_paths.get(path)
                     if owner is None and path in held:
-                        stored = plan.known.get(spec.name)
+                        stored = stored_files.get(spec.name)
                         if stored is None or held[path] != stored.id:
                             raise Conflict(f"{store}:{path} already holds another file",
                                            name=spec.name)

@@ -95,18 +95,22 @@ class ItemRows:
         if rows:
             (self._raw.cursor() if self.pg else self._raw).executemany(self._sql(sql), rows)
 
-    def _insert_rows(self, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
+    def _insert_rows(self, rows: Sequence[tuple[Any, ...]], tail: str = "",
+                     json_values: bool = False) -> None:
         """``INSERT`` of ``rows`` (tuples in the order of ``NEW_COLUMNS``), ``tail`` after its
         values (an ``ON CONFLICT`` clause). SQLite: multi-row ``VALUES`` of up to
         ``_SQLITE_ROWS_PER_INSERT`` rows (``catalogue.tables``' form: less work a row than
         ``executemany``); PostgreSQL: one ``INSERT ... SELECT`` of the rows bound as ONE JSON
         text (``tables``' form too: ``executemany`` cost the client 12-19 us a row), in their
-        order (the ids ascend as they would row by row)."""
+        order (the ids ascend as they would row by row). ``json_values`` (PostgreSQL): the
+        rows hold their JSON columns' values, not their text; they go into that one text as
+        themselves (no text of each made in Python, then quoted again; the same ``jsonb``)."""
         if not rows:
             return
         columns = ", ".join(NEW_COLUMNS)
         if self.pg:
-            values = ", ".join(f"(e->>{i})::{kind}" for i, kind in enumerate(_PG_TYPES))
+            values = ", ".join(f"(e->{i})" if json_values and kind == "jsonb"
+                               else f"(e->>{i})::{kind}" for i, kind in enumerate(_PG_TYPES))
             self._raw.cursor().execute(
                 f"INSERT INTO transfer_item ({columns}) SELECT {values} "
                 "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n) ORDER BY n"
@@ -192,16 +196,19 @@ class ItemRows:
         inserted, or its known row (an earlier transfer of the name: its id and
         ``created_at`` kept) updated; the row written once, by one upsert each (no lookup
         first, and a row another announce inserted meanwhile is updated, not a clash)."""
-        when = self.time(now)
+        when, pg = self.time(now), self.pg
         self._insert_rows(
             [(item.transfer, item.peer, item.name, item.path, item.size,  # NEW_COLUMNS' order
-              checksums_json(item.checksums), spec_json(item.spec),
+              # PostgreSQL: the values themselves (``json_values``); SQLite: ``json.dumps``'
+              # text of them (the checksums' made once for the file's row too).
+              item.checksums if pg else checksums_json(item.checksums),
+              item.spec if pg else spec_json(item.spec),
               TransferItemState.COMMITTED, item.attempts, 0, "", when, when)
              for item in items],
             " ON CONFLICT (peer, name) DO UPDATE SET transfer = excluded.transfer, "
             "path = excluded.path, size = excluded.size, checksums = excluded.checksums, "
             "spec = excluded.spec, state = excluded.state, attempts = excluded.attempts, "
-            "resumed_from = 0, error = '', updated_at = excluded.updated_at")
+            "resumed_from = 0, error = '', updated_at = excluded.updated_at", json_values=True)
 
     def set_state(self, item_ids: Sequence[int], state: str, error: str,
                   now: dt.datetime) -> None:

@@ -1008,7 +1008,7 @@ class Receiver:
 
     def _commit(self, item: TransferItem) -> None:
         self.catalogue.register([file_spec(item, item.peer)], self.store, [item.path],
-                                instance_events=[self._received_event(item)])
+                                instance_events=self._received_events([item]))
         self._finish(item.id, TransferItemState.COMMITTED)
         log.info("transfer %s: %s from %s committed to %s:%s", item.transfer, item.name,
                  item.peer, self.store, item.path)
@@ -1349,7 +1349,7 @@ class Receiver:
         outcomes = self.catalogue.register_each(
             [file_spec(item, item.peer) for item in items], self.store,
             [item.path for item in items],
-            instance_events=[self._received_event(item) for item in items])
+            instance_events=self._received_events(items))
         registered = []
         for item, outcome in zip(items, outcomes):
             if isinstance(outcome, StagingError):  # something registered meanwhile clashes
@@ -1470,7 +1470,7 @@ class Receiver:
         outcomes = self.catalogue.register_each(
             [file_spec(item, item.peer) for item in items], self.store,
             [item.path for item in items],
-            instance_events=[self._received_event(item) for item in items],
+            instance_events=self._received_events(items),
             also_write=lambda s, registered: ItemRows(s).put_committed(
                 [items[i] for i in registered], now))
         registered = 0
@@ -1496,14 +1496,22 @@ class Receiver:
         with contextlib.suppress(OSError, StagingError), safefs.Folders([root]) as folders:
             os.unlink(base, dir_fd=folders.get(f"{root}/{folder}" if folder else root))
 
-    def _received_event(self, item: TransferItem | ItemRow) -> InstanceEvent:
-        """The ``transfer-received`` event registered with a received file's instance, its
+    def _received_events(self, items: Sequence[TransferItem | ItemRow]) -> list[InstanceEvent]:
+        """The ``transfer-received`` event registered with each received file's instance, its
         payload's JSON text put together from its values' (``json.dumps``' own text of
-        ``{"from", "transfer", "store", "path", "attempts"}``: one a file of a batch)."""
-        return ("transfer-received",
-                f'{{"from": {json_string(item.peer)}, "transfer": {json_string(item.transfer)}, '
-                f'"store": {dumps(self.store)}, "path": {json_string(item.path)}, '
-                f'"attempts": {int(item.attempts)}}}')
+        ``{"from", "transfer", "store", "path", "attempts"}``), the part the files of one
+        peer's transfer share made once a batch."""
+        heads: dict[tuple[str, str], str] = {}
+        events: list[InstanceEvent] = []
+        for item in items:
+            head = heads.get((item.peer, item.transfer))
+            if head is None:
+                head = heads[item.peer, item.transfer] = (
+                    f'{{"from": {json_string(item.peer)}, '
+                    f'"transfer": {json_string(item.transfer)}, "store": {dumps(self.store)}, ')
+            events.append(("transfer-received", f'{head}"path": {json_string(item.path)}, '
+                                                f'"attempts": {int(item.attempts)}}}'))
+        return events
 
     def _set_errors(self, item_ids: list[int], message: str) -> None:
         with self.db.write() as s:
