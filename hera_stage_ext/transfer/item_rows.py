@@ -7,7 +7,8 @@ datetime conversion per column, an expanding ``IN`` of a thousand parameters). H
 ``catalogue.tables``, SQL is written for the driver and run on the connection (and so in the
 transaction) of a ``Database.write()`` or ``read()`` session: new (and pushed) rows in one
 multi-row ``INSERT`` (SQLite) or one ``INSERT ... SELECT`` of the rows as one JSON text
-(PostgreSQL), ``executemany`` of one statement for re-armed rows, one bound list (``inlist``)
+(PostgreSQL; a pushed row's checksums and spec go in it as JSON values, not as texts made
+first), ``executemany`` of one statement for re-armed rows, one bound list (``inlist``)
 for a batch's ids or names, one conversion of the time a batch shares. Values are stored as
 SQLAlchemy stores them (JSON as ``json.dumps`` text, JSONB on PostgreSQL; SQLite's datetimes in
 SQLAlchemy's text form), so the ORM reads these rows as its own.
