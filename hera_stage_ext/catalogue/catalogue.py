@@ -240,24 +240,15 @@ class Catalogue:
             if not isinstance(spec.size, int) or spec.size < 0:
                 raise InvalidRequest(f"{spec.name}: size must be a non-negative integer")
         # Every spec's observation (what a new file of that name would belong to): looked up
-        # with the rest, before it is known which names are new. (One pass a batch.)
-        observed: list[ObservationInfo | None] = []
-        obsids: set[int] = set()
-        session_ids: set[int] = set()
-        observation_of = self.namer.observation_of
-        for spec in specs:
-            obs = spec.observation or observation_of(spec.name)
-            observed.append(obs)
-            if obs is not None:
-                obsids.add(obs.obsid)
-                session_ids.add(obs.session_id)
-            if spec.obsid is not None:
-                obsids.add(spec.obsid)
+        # with the rest, before it is known which names are new.
+        observed = [spec.observation or self.namer.observation_of(spec.name) for spec in specs]
+        obsids = {obs.obsid for obs in observed if obs is not None}
+        obsids |= {spec.obsid for spec in specs if spec.obsid is not None}
         with _raced_as_conflict(), self.db.write() as s:
             tables = Tables(s)
             found = tables.find(store, {spec.name for spec in specs},
                                 set(paths) if store is not None and paths else (),
-                                obsids, session_ids)
+                                obsids, {obs.session_id for obs in observed if obs is not None})
             if store is not None and found.store is None:
                 raise NotFound(f"no store named {store!r}")
             plan = _RegistrationPlan(known={

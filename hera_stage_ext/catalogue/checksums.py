@@ -213,12 +213,10 @@ class Checksums(dict[str, str]):
     """Checksums ``normalise`` made (known algorithm names, lower-case hex digests of their
     length): ``normalise`` gives one back as it is, so a mapping checked once (a peer's offer,
     by ``transfer.protocol.check_offer``) is not checked again where it is registered. Not to
-    be changed (each change refused: it would skip the check); its JSON text (``json``) made
-    once, shared by the rows that store it. A copy or pickle of it is a plain dict (checked
-    again wherever it goes)."""
+    be changed (each change refused: it would skip the check). A copy or pickle of it is a
+    plain dict (checked again wherever it goes)."""
 
-    __slots__ = ("_json",)
-    _json: str
+    __slots__ = ()
 
     def _refuse(self, *_args: object, **_kwargs: object) -> NoReturn:
         raise TypeError("normalised checksums are not to be changed")
@@ -229,23 +227,10 @@ class Checksums(dict[str, str]):
     def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
         return dict, (dict(self),)
 
-    @property
-    def json(self) -> str:
-        """``json.dumps`` of these checksums, the same text (names and hex digits: nothing to
-        escape), made once."""
-        try:
-            return self._json
-        except AttributeError:
-            self._json = "{" + ", ".join(
-                f'"{name}": "{digest}"' for name, digest in self.items()) + "}"
-            return self._json
-
 
 def checksums_json(checksums: dict[str, str]) -> str:
-    """``json.dumps`` of checksums ``normalise`` passed, without the encoder's set-up per
-    call (a ``Checksums``' own text, made once)."""
-    if checksums.__class__ is Checksums:
-        return checksums.json
+    """``json.dumps`` of checksums ``normalise`` passed (known algorithm names, hex digits:
+    nothing to escape), without the JSON encoder's set-up per call."""
     return "{" + ", ".join(f'"{name}": "{digest}"' for name, digest in checksums.items()) + "}"
 
 
