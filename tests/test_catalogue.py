@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import subprocess
@@ -49,6 +50,25 @@ def test_checksum_rules():
     with pytest.raises(InvalidRequest, match="different algorithms"):
         compare({"md5": "a" * 32}, {"xxh3-128": "b" * 32})
     assert compare({"md5": "a" * 32, "xxh3-128": "c" * 32}, {"md5": "a" * 32})
+
+
+def test_normalised_checksums_are_checked_once_and_never_changed():
+    """Checksums ``normalise`` made (a peer's offer, checked before its registration) pass it
+    again as they are; nothing may change them after the check (it would skip the next one),
+    and a copy of them is a plain mapping, checked again wherever it goes."""
+    checked = normalise({"md5": "A" * 32})
+    assert normalise(checked) is checked and checked == {"md5": "a" * 32}
+    for change in (lambda: checked.__setitem__("md5", "zz"), lambda: checked.update(md5="zz"),
+                   lambda: checked.setdefault("crc", "0"), lambda: checked.pop("md5"),
+                   checked.clear, checked.popitem, lambda: checked.__delitem__("md5")):
+        with pytest.raises(TypeError, match="not to be changed"):
+            change()
+    assert checked == {"md5": "a" * 32}
+    copied = copy.deepcopy(checked)
+    assert type(copied) is dict and copied == checked
+    copied["md5"] = "zz"
+    with pytest.raises(InvalidRequest, match="32 hex digits"):
+        normalise(copied)
 
 
 @pytest.mark.parametrize(
