@@ -114,7 +114,7 @@ def lst_hours(jd: float, longitude_deg: float) -> float:
 
 class ObservationInfo(NamedTuple):
     """A file's observation, as its name or its sender says it (immutable; a tuple: one is
-    made a registered file, and a frozen dataclass cost three times as much to make)."""
+    made a registered file, and a frozen dataclass cost twice as much to make)."""
 
     obsid: int
     start_time_jd: float
