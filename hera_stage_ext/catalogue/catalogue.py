@@ -452,8 +452,9 @@ class Catalogue:
                     first_copy[file_id] = json_string(path)
                 extra = None if instance_events is None else instance_events[i]
                 if extra is not None:
-                    extra_events.append((file_id, extra[0], now, extra[1] if extra[1].__class__ is str
-                                         else dumps(extra[1])))
+                    payload = extra[1]
+                    extra_events.append((file_id, extra[0], now, payload
+                                         if payload.__class__ is str else dumps(payload)))
         events: list[tuple[int, str, Any, str]] = [
             (row[0], file_events.REGISTERED, now, f'{{"source": {json_string(row[8])}}}')
             if row[0] not in first_copy else

@@ -24,10 +24,10 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session as DbSession
 
+from ..catalogue.checksums import checksums_json
 from ..catalogue.inlist import bound_values, one_of_sql
 from ..states import ACTIVE_TRANSFER_ITEM_STATES, TransferItemState
 from .models import TransferItem
-from ..catalogue.checksums import checksums_json
 from .protocol import spec_json
 
 
@@ -201,7 +201,7 @@ class ItemRows:
         self._insert_rows(
             [(item.transfer, item.peer, item.name, item.path, item.size,  # NEW_COLUMNS' order
               # PostgreSQL: the values themselves (``json_values``); SQLite: ``json.dumps``'
-              # text of them (the checksums' made once for the file's row too).
+              # text of them.
               item.checksums if pg else checksums_json(item.checksums),
               item.spec if pg else spec_json(item.spec),
               TransferItemState.COMMITTED, item.attempts, 0, "", when, when)
