@@ -989,6 +989,30 @@ def test_the_receivers_json_text_of_an_offer_is_jsons_own() -> None:
         assert json.loads(spec_json(spec_of(checked))) == spec_of(checked)
 
 
+def test_the_receivers_event_payloads_are_jsons_own_text(tmp_path: Path) -> None:
+    """Each received file's ``transfer-received`` payload, put together from its parts (a
+    batch's files of one transfer share its head), is the text ``json.dumps`` writes of it,
+    whatever the peer, transfer, store and path hold: SQLite stores it as it is."""
+    from hera_stage_ext.transfer.item_rows import ItemRow
+    from hera_stage_ext.transfer.receiver import Receiver
+
+    database = Database(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    database.upgrade()
+    receiver = Receiver(Catalogue(database), PeerRegistry("here"), 'st\u00f6re "q"')
+    try:
+        items = [ItemRow(-1, "site-a", "a.uvh5", "t1", "d/a.uvh5", 1, {}, 1, {}),
+                 ItemRow(-2, "site-a", "b.uvh5", "t1", 'd/\u00e9t\u00e9 "b".uvh5', 1, {}, 3, {}),
+                 ItemRow(-3, "si\u2603te", "c.uvh5", "t\\2", "c\nd.uvh5", 1, {}, 2, {})]
+        events = receiver._received_events(items)
+        assert [event[0] for event in events] == ["transfer-received"] * 3
+        assert [event[1] for event in events] == [json.dumps(
+            {"from": item.peer, "transfer": item.transfer, "store": receiver.store,
+             "path": item.path, "attempts": item.attempts}) for item in items]
+    finally:
+        receiver.close()
+        database.dispose()
+
+
 def test_a_batch_is_served_from_available_online_instances_on_both_databases(
         database: Database, tmp_path) -> None:
     """What a peer's batch pull is served from: per name, in the order asked, the first
