@@ -84,8 +84,7 @@ class PeerPushHandler(PeerBaseHandler):
     """``POST push``: small files with their announce in one body (``transfer/protocol.py``).
     The secret is checked, and the body's ``Content-Length`` against ``PUSH_MAX_BYTES`` (413),
     from the headers alone, before a byte of the body is read; the body is then gathered (at
-    most that) into one buffer of its length, and the receiver takes it whole in the thread
-    pool, like an announce. At most
+    most that) and the receiver takes it whole in the thread pool, like an announce. At most
     ``PUSH_MAX_HELD`` pushes are held at once (each up to ``PUSH_MAX_BYTES`` in memory): one
     more is answered 503 before its body is read, and its sender announces those files
     instead (they are pulled)."""
@@ -97,8 +96,7 @@ class PeerPushHandler(PeerBaseHandler):
     _body_done = False
 
     async def prepare(self) -> None:  # type: ignore[override]  # (jupyter_server's is async)
-        self._body = bytearray()
-        self._filled = 0
+        self._chunks: list[bytes] = []
         await super().prepare()
         self._peer = self.peer()
         self.receiver()
@@ -116,30 +114,23 @@ class PeerPushHandler(PeerBaseHandler):
         PeerPushHandler.held += 1
         self._holding = True
         self.request.connection.set_max_body_size(PUSH_MAX_BYTES)  # type: ignore[union-attr]
-        # One buffer of the body's length, each chunk copied in as it arrives: gathering the
-        # chunks (64 KiB each) and joining them took the server's event loop 3 ms of CPU a
-        # 2 MiB body against 1 (benchmarks/README.md, session 21, recvsys), most of it the
-        # kernel handing the allocator fresh pages for the chunks and the joined copy.
-        self._body = bytearray(int(length))
 
     def data_received(self, chunk: bytes) -> None:
         if not self._finished:  # (refused already: nothing kept)
-            end = self._filled + len(chunk)
-            self._body[self._filled:end] = chunk
-            self._filled = end
+            self._chunks.append(chunk)
 
     @allow_unauthenticated
     async def post(self) -> None:
         self._body_done = True  # held until its push is through, whatever the client does
-        body, self._body = self._body, bytearray()
-        del body[self._filled:]  # (the bytes that arrived, exactly: no zeros after them)
+        body = b"".join(self._chunks)
+        self._chunks = []
         try:
             self.reply(await self.call(self.receiver().push, self._peer, body))
         finally:
             self._let_go()
 
     def _let_go(self) -> None:
-        self._body = bytearray()
+        self._chunks = []
         if self._holding:
             self._holding = False
             PeerPushHandler.held -= 1
