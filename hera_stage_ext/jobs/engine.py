@@ -244,11 +244,11 @@ _ITEM_JSON_CAST = {"checksums": "::jsonb"}
 
 def insert_items(s: Session, job_id: int, items: Iterable[Mapping[str, Any]]) -> None:
     """Write ``items`` (``resolve_names``'s rows; ``state`` queued unless an item says
-    otherwise) as queued items of job ``job_id`` in the transaction of ``s``: one
-    ``executemany`` on the driver, each row a tuple and its checksums JSON text written as
-    SQLAlchemy writes them (``tables.dumps``). SQLAlchemy's Core insert spent more Python per
-    row than the database did (parameters built and processed per row and value: 6 of a
-    10,000-file launch's 10 us a file, the server's largest part of a transfer)."""
+    otherwise) as items of job ``job_id`` in the transaction of ``s``: one ``executemany``
+    on the driver, each row a tuple, its checksums JSON text as SQLAlchemy writes it
+    (``tables.dumps``). SQLAlchemy's Core insert spent more Python per row than the database
+    did (parameters built and processed per row and value: about 5 of a 10,000-file
+    launch's 11 us a file, the largest part of A's server's CPU in a transfer)."""
     connection = s.connection()
     mark = driver_mark(connection)
     postgres = connection.dialect.name == "postgresql"
