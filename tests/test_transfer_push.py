@@ -783,8 +783,6 @@ def test_pushed_files_take_partial_files_where_they_cannot_be_written_nameless(
     holds as many open as it may, a push's files go through partial files in the incoming
     folder instead: each committed with its own bytes under its name, nothing left behind,
     and no nameless file held after the push."""
-    import threading as _threading
-
     from hera_stage_ext.transfer import receiver as receiving
     from hera_stage_ext.transfer.receiver import Receiver
 
@@ -809,7 +807,7 @@ def test_pushed_files_take_partial_files_where_they_cannot_be_written_nameless(
     offers = [_offer(name, d) for name, d in zip(names, data)]
     try:
         # One nameless file at a time: the rest of the push goes through partial files.
-        receiver._syncer._held = _threading.BoundedSemaphore(1)
+        receiver._syncer._places = 1
         reply = receiver.push("site-a", protocol.push_body("t1", offers[:3], data[:3]))
         assert [f["answer"] for f in reply["files"]] == [protocol.COMMITTED] * 3
         assert receiver._syncer.hold()  # given back

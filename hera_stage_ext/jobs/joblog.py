@@ -149,6 +149,13 @@ class JobLog:
         with self._lock:
             self._held.append(line)
 
+    def notes(self, messages: list[str]) -> None:
+        """``note`` of each of ``messages``, stamped with one time (a batch's lines, written
+        in one go: a stamp and a lock for all, not one each)."""
+        stamp = self._line("")[:-1]
+        with self._lock:
+            self._held.extend([f"{stamp}{message}\n" for message in messages])
+
     def flush(self) -> None:
         with self._lock:
             if self._held:

@@ -43,6 +43,12 @@ class InFlight:
         with self._lock:
             self._parts.pop(key, None)
 
+    def drop_all(self, keys: list[Hashable]) -> None:
+        """``drop`` of each of ``keys`` (a batch's items through at once)."""
+        with self._lock:
+            for key in keys:
+                self._parts.pop(key, None)
+
     def through(self, n: int) -> None:
         """Items of ``n`` bytes are through and wait for the next commit."""
         with self._lock:

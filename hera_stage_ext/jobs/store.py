@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select, update
 
-from ..catalogue.db import Database
+from ..catalogue.db import Database, driver_rows
+from ..catalogue.inlist import bound_values, one_of_sql
 from ..catalogue.models import Store
 from ..states import ACTIVE_JOB_STATES, ItemState
 from . import engine, items, lifecycle
@@ -38,6 +39,10 @@ from .models import JobRow, JobItem, item_state_is
 
 if TYPE_CHECKING:
     from .contract import KindRun
+
+#: Those of a run's stores the catalogue marks unavailable (every heartbeat asks, about once a
+#: second: on the database driver, not through an ORM query built, compiled and read each time).
+_UNAVAILABLE_SQL = "SELECT name FROM store WHERE {condition} AND NOT available"
 
 
 @dataclass
@@ -169,8 +174,10 @@ class DbJobStore:
     def unavailable(self, stores: Collection[str]) -> frozenset[str]:
         """Those of ``stores`` the catalogue marks unavailable."""
         with self.db.read() as s:
-            return frozenset(s.scalars(select(Store.name).where(
-                Store.name.in_(list(stores)), Store.available.is_(False))))
+            connection = s.connection()
+            backend = connection.dialect.name
+            return frozenset(row[0] for row in driver_rows(connection, _UNAVAILABLE_SQL.format(
+                condition=one_of_sql(backend, "name")), (bound_values(backend, stores),)))
 
     def unfinished_paths(self, job_id: int) -> list[str]:
         return items.unfinished_paths(self.db, job_id)

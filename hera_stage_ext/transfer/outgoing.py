@@ -127,7 +127,6 @@ def offers_for(db: Database, paths: dict[str, str], found: Found | None = None
         metas = json.loads("[" + ",".join([row[7] or "null" for row in rows]) + "]")
     else:
         sums, metas = [row[3] for row in rows], [row[7] for row in rows]
-    parse_time = dt.datetime.fromisoformat
     for row, checksums, meta in zip(rows, sums, metas):
         name = row[0]
         if found is not None and row[14] is not None:  # (NULL: none, or not on a usable store)
@@ -136,16 +135,29 @@ def offers_for(db: Database, paths: dict[str, str], found: Found | None = None
             continue
         (name, size, is_directory, _sums, created, obsid, source, _meta, observation,
          start_jd, stop_jd, start_lst, session) = row[:13]
-        if text and created is not None:
-            created = parse_time(created)
         out[name] = {
             "name": name, "size": size, "checksums": checksums, "path": paths[name],
-            "is_directory": bool(is_directory), "obsid": obsid, "create_time": iso(created),
+            "is_directory": bool(is_directory), "obsid": obsid,
+            "create_time": _iso_text(created) if text else iso(created),
             "source": source or "", "meta": meta or {},
             "observation": None if observation is None else {
                 "obsid": observation, "start_time_jd": start_jd, "stop_time_jd": stop_jd,
                 "start_lst_hr": start_lst, "session_id": session}}
     return out
+
+
+def _iso_text(created: str | None) -> str | None:
+    """``iso`` of a time as SQLAlchemy keeps it in SQLite (``2026-12-07 22:33:16.039264``)
+    without making a ``datetime`` of it (parsing it and formatting it again was about a
+    tenth of ``offers_for``): the same text, ``T`` between date and time and the
+    microseconds left out when zero, as ``isoformat`` writes them; any other form is
+    parsed."""
+    if created is None:
+        return None
+    if len(created) == 26 and created[10] == " " and created[19] == ".":
+        return (f"{created[:10]}T{created[11:19]}Z" if created.endswith(".000000")
+                else f"{created[:10]}T{created[11:]}Z")
+    return iso(dt.datetime.fromisoformat(created))
 
 
 class BatchMember(NamedTuple):

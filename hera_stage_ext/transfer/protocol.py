@@ -371,7 +371,10 @@ class PushLimits(NamedTuple):
 def push_body(transfer: str, offers: Sequence[dict[str, Any]], data: Sequence[bytes]) -> bytes:
     """The body of a ``POST push`` of ``offers`` with their bytes ``data`` (each exactly its
     offer's size)."""
-    head = json.dumps({"transfer": transfer, "files": list(offers)}).encode()
+    # (no check for circular references: offers are trees of plain values, and the check
+    # costs the sender about a tenth of the encoding, which is a fifth of its CPU a file)
+    head = json.dumps({"transfer": transfer, "files": list(offers)},
+                      check_circular=False).encode()
     return b"".join([b"%d\n" % len(head), head, *data])
 
 
