@@ -48,7 +48,8 @@ Targets: verified copy >= 0.9x ``cp`` throughput on the large files (the 2 GiB f
 64 MiB files, each); worker RSS < 300 MB
 throughout; with ``--site``, site mode >= 0.9x single-user mode's files/s (small files: copy,
 hardlink and symlink) and GB/s (large files) on the verified copy. Issue 19's small-file
-targets: the verified copy >= 1.0x ``cp -r && sync -f`` and >= 0.8x plain ``cp -r``;
+targets: the verified copy >= 1.0x ``cp -r && sync -f``, and a worker asked to skip fsync
+(``worker_fsync`` False, a server of its own) >= 0.8x plain ``cp -r``;
 hardlink / symlink >= 0.5x ``cp -rl`` / ``cp -rs``. Exit status 0 when all pass.
 
     /path/to/venv/bin/python benchmarks/stage_bench.py           # full run (about 6-9 minutes)
@@ -90,7 +91,10 @@ import requests  # noqa: E402
 
 TARGET_LARGE = 0.9
 TARGET_SMALL = 1.0  # verified copy of the small files / `cp -r && sync -f` (issue 19)
-TARGET_SMALL_PLAIN = 0.8  # ... / plain `cp -r` (fsync left to the end of the job, issue 19)
+#: A job of a worker asked to skip fsync (``worker_fsync = False``) / plain `cp -r`: issue 19's
+#: decision ("a job asked to skip fsync is compared with plain cp"); the durable job's ratio
+#: to plain `cp -r` is printed beside it, for information.
+TARGET_SMALL_PLAIN = 0.8
 TARGET_LINKS = 0.5  # hardlink / `cp -rl`, symlink / `cp -rs` (issue 19)
 TARGET_RSS_MB = 300.0
 TARGET_SITE = 0.9  # site mode / single-user mode, verified copy
@@ -269,8 +273,8 @@ def _kb(value: str | None) -> float:
 
 
 @contextlib.contextmanager
-def jupyter_server(workdir: Path, workspace: Path, db_url: str,
-                   stores: dict[str, Any]) -> Iterator[Server]:
+def jupyter_server(workdir: Path, workspace: Path, db_url: str, stores: dict[str, Any],
+                   settings: dict[str, Any] | None = None) -> Iterator[Server]:
     config_dir, runtime_dir = workdir / "config", workdir / "runtime"
     config_dir.mkdir(parents=True, exist_ok=True)
     config = {"StagingApp": {
@@ -279,6 +283,7 @@ def jupyter_server(workdir: Path, workspace: Path, db_url: str,
         # No background fixity audit: a tick re-hashes the whole small set at random moments
         # and slows whichever run it lands in (fixity_bench.py measures the audit's cost).
         "fixity_bytes_per_hour": 0,
+        **(settings or {}),
     }}
     (config_dir / "jupyter_server_config.json").write_text(json.dumps(config, indent=2))
     port, token = free_port(), hashlib.sha256(os.urandom(16)).hexdigest()[:32]
@@ -583,6 +588,26 @@ class Bench:
         return case
 
 
+def unsynced_case(workdir: Path, stores: dict[str, Any], fs: FileSet, store: Path,
+                  pairs: int) -> Case:
+    """The verified copy of ``fs`` by a worker asked to skip fsync, beside plain ``cp -r``: a
+    server of its own (``worker_fsync`` False) on a catalogue of its own (the first server's
+    worker would take its jobs otherwise), the set ingested there and its worker warmed up."""
+    workspace = workdir / "workspace-no-fsync"
+    workspace.mkdir()
+    with jupyter_server(workdir / "server-no-fsync", workspace,
+                        f"sqlite:///{workdir / 'catalogue-no-fsync.sqlite'}", stores,
+                        {"worker_fsync": False}) as server:
+        glob = f"{fs.rel_dir}/*/*" if fs.folders > 1 else f"{fs.rel_dir}/*"
+        server.cli("ingest", STORE, glob, "--quiet")
+        server.cli("stage", str(workspace / "00-warmup"), json.dumps(
+            {"name-is-exactly": fs.paths()[0].rsplit("/", 1)[1]}), "--wait")
+        remove_tree(workspace / "00-warmup")
+        return Bench(server, store, workspace, None, max(1, pairs)).case(
+            fs, "small-no-fsync", f"{fs.label} (no fsync)", "files/s", "copy", [], True,
+            TARGET_SMALL_PLAIN)
+
+
 def remove_tree(path: Path) -> None:
     def _retry(func, p, _exc):  # type: ignore[no-untyped-def]
         os.chmod(os.path.dirname(p), 0o700)
@@ -671,14 +696,14 @@ def report(cases: list[Case], rss: RssSampler, sets: list[FileSet],
             log(f"{'PASS' if passed else 'FAIL'}  {c.label:<26} {c.ours} / {c.reference} && "
                 f"sync -f: {c.ratio_synced:.2f}x >= {c.synced_target:.1f}x ({c.unit})")
         if c.target is None:
+            if c.synced_target is not None:
+                log(f"info  {c.label:<26} {c.ours} / {c.reference}: {c.ratio:.2f}x (a durable "
+                    f"job; the issue's {TARGET_SMALL_PLAIN:.1f}x is of a job that skips fsync)")
             continue
         passed = c.ratio >= c.target
         ok &= passed
-        # The verified copy syncs at every commit, stricter than a job that leaves its fsync
-        # to the end (the issue's comparison with plain cp): it passes a fortiori.
-        stricter = " (our job syncs every commit)" if c.synced_target is not None else ""
         log(f"{'PASS' if passed else 'FAIL'}  {c.label:<26} {c.ours} / {c.reference}: "
-            f"{c.ratio:.2f}x >= {c.target:.1f}x ({c.unit}){stricter}")
+            f"{c.ratio:.2f}x >= {c.target:.1f}x ({c.unit})")
     for c in sited:
         if c.site_target is None:
             continue
@@ -871,13 +896,15 @@ def main(argv: list[str] | None = None) -> int:
                 # Small sets first, nothing deleted until the end (see the module docstring).
                 log(f"\n{fs.label}: copy")
                 cases.append(bench.case(fs, "small", fs.label, "files/s", "copy", [], True,
-                                        TARGET_SMALL_PLAIN, TARGET_SMALL))
+                                        None, TARGET_SMALL))
                 log(f"{fs.label}: hardlink")
                 cases.append(bench.case(fs, "hardlink", f"{fs.label} (hardlink)", "files/s",
                                         "hardlink", ["-l"], True, TARGET_LINKS))
                 log(f"{fs.label}: symlink")
                 cases.append(bench.case(fs, "symlink", f"{fs.label} (symlink)", "files/s",
                                         "symlink", ["-s"], True, TARGET_LINKS))
+                log(f"{fs.label}: copy, the worker started --no-fsync (worker_fsync False)")
+                cases.append(unsynced_case(workdir, stores, fs, store, args.pairs))
             for key in ("big", "medium"):
                 if key in by_key:
                     fs = by_key[key]

@@ -251,6 +251,14 @@ class StagingApp(ExtensionApp):
     worker_idle_exit_seconds = Float(
         120.0, help="A server-started worker exits after this long without a job."
     ).tag(config=True)
+    worker_fsync = Bool(
+        True,
+        help="Make every copy of the user's worker durable before it takes its final name "
+        "(its data synced to disk). False (the worker's --no-fsync): its copies go through "
+        "the page cache and the kernel writes them back when it will, as `cp` does, and a "
+        "power cut may lose them; stage jobs, and in single-user mode its uploads and recalls "
+        "too (a site service's own worker always syncs). Every byte is verified either way.",
+    ).tag(config=True)
 
     job_log_dir = Unicode(
         help="Folder of the per-job logs and the worker's own log. Default: in the Jupyter "
@@ -491,6 +499,8 @@ class StagingApp(ExtensionApp):
                 owner=None if site else self.owner,
                 kinds=("transfer", "upload", "recall") if site else (),
                 jobs=self.worker_jobs, nice=self.worker_nice,
+                # The site's own worker writes only into the archive: always durable.
+                fsync=self.worker_fsync or site,
                 idle_exit_seconds=self.worker_idle_exit_seconds, log_file=log_dir / "worker.log",
                 env=peers_env(self.site_name, self.peers) if self.peers else None,
                 allowed_roots=[os.path.realpath(r) for r in roots],
@@ -570,7 +580,7 @@ class StagingApp(ExtensionApp):
             launcher = WorkerLauncher(
                 site_url=self.site_url, site_token=token, allowed_roots=roots,
                 streams=self.worker_streams, copy_processes=self.worker_copy_processes,
-                jobs=self.worker_jobs, nice=self.worker_nice,
+                jobs=self.worker_jobs, nice=self.worker_nice, fsync=self.worker_fsync,
                 idle_exit_seconds=self.worker_idle_exit_seconds,
                 log_file=Path(self.job_log_dir) / "worker.log")
         self.site = SiteClient(self.site_url, token, roots,

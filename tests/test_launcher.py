@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hera_stage_ext.catalogue import checksums as ck
 from hera_stage_ext.catalogue.db import Database
 from hera_stage_ext.jobs import create_stage_job, get_job
 from hera_stage_ext.jobs.launcher import WorkerLauncher
@@ -164,3 +165,36 @@ def test_a_worker_flooded_with_wake_ups_keeps_working_and_stops(
     wait_for(lambda: get_job(database, job["id"])["state"] == "succeeded", timeout=60)
     os.kill(pid, signal.SIGTERM)
     assert launcher._process is not None and launcher._process.wait(30) == 0
+
+
+def test_a_worker_asked_not_to_sync_is_a_new_worker_that_still_stages_every_file(
+        tmp_path: Path, launchers: list[WorkerLauncher]) -> None:
+    """``worker_fsync = False`` (copies not made durable, as ``cp``): the server's next start
+    replaces the user's durable worker with one started ``--no-fsync`` (what ``ps`` shows the
+    admin), and its stage jobs still copy every file whole."""
+    database = Database(f"sqlite:///{tmp_path / 'catalogue.sqlite'}")
+    database.upgrade()
+    site = make_site(database, tmp_path / "archive", files_per_night=2, nights=1)
+
+    def server_start(fsync: bool) -> WorkerLauncher:
+        launcher = WorkerLauncher(database.url, streams=1, idle_exit_seconds=120,
+                                  copy_processes=1, owner="alice", fsync=fsync,
+                                  log_file=tmp_path / "logs" / "worker.log")
+        launchers.append(launcher)
+        return launcher
+
+    def command(pid: int) -> list[str]:
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+    durable = server_start(True).ensure_running()
+    assert "--no-fsync" not in command(durable)
+    unsynced = server_start(False).ensure_running()
+    assert unsynced != durable and "--no-fsync" in command(unsynced)
+    job = create_stage_job(database, "alice", site.names, "scratch", "copy", site.roots,
+                           base=site.workspace, log_dir=site.logs)
+    assert wait_for(lambda: get_job(database, job["id"])["state"] == "succeeded", timeout=60)
+    assert get_job(database, job["id"])["files_done"] == len(site.names)
+    database.dispose()
+    for name in site.names:  # (a MIRIAD data set among them: a directory)
+        assert ck.hash_path(site.workspace / "scratch" / site.rel[name]) == \
+            ck.hash_path(site.sources[name])

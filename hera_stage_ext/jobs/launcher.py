@@ -49,7 +49,8 @@ class WorkerLauncher:
     def __init__(self, db_url: str = "", *, streams: int, idle_exit_seconds: float,
                  log_file: Path, env: Mapping[str, str] | None = None,
                  copy_processes: int = 0, owner: str | None = None, jobs: int = 4,
-                 nice: int = 0, poll_seconds: float = 10.0, kinds: Sequence[str] = (),
+                 nice: int = 0, fsync: bool = True, poll_seconds: float = 10.0,
+                 kinds: Sequence[str] = (),
                  site_url: str = "", site_token: str = "",
                  allowed_roots: Sequence[str] = ()) -> None:
         if bool(db_url) == bool(site_url):
@@ -61,6 +62,7 @@ class WorkerLauncher:
         self.poll_seconds = poll_seconds
         self.jobs = jobs
         self.nice = nice
+        self.fsync = fsync  # False: the worker's --no-fsync (copies not made durable)
         # More for the worker's environment (transfer jobs: the peers, secrets included).
         self.env = dict(env or {})
         self.owner = owner
@@ -86,7 +88,8 @@ class WorkerLauncher:
                 "--copy-processes", str(self.copy_processes), "--jobs", str(self.jobs),
                 "--nice", str(self.nice), "--poll", str(self.poll_seconds), *whose,
                 *(arg for root in self.allowed_roots for arg in ("--allowed-root", root)),
-                *(["--kinds", ",".join(self.kinds)] if self.kinds else [])]
+                *(["--kinds", ",".join(self.kinds)] if self.kinds else []),
+                *([] if self.fsync else ["--no-fsync"])]
 
     def _environment(self) -> dict[str, str]:
         if self.site_url:
