@@ -150,6 +150,29 @@ def test_a_json_column_is_decoded_as_json_loads_would(stored: str, as_bytes: boo
         assert repr(got) == repr(expected), (stored, encoding)
 
 
+@pytest.mark.parametrize("damaged", [
+    '{"md5": "11"}, {"md5": "99"}', '{"md5": "11"', '"a"]', "[1", "", "1, 2"])
+def test_a_batch_of_json_texts_is_decoded_each_as_its_own(damaged: str) -> None:
+    """A batch's JSON column texts decoded at once (claims, launches, offers) give each row
+    its own value, or json's error of the row whose text is not one value: a damaged row never
+    hands its neighbours another's checksums."""
+    from hera_stage_ext.catalogue.db import loads_json_texts
+
+    good = ['{"md5": "aa"}', '{"md5": "bb"}']
+    assert loads_json_texts([good[0], None, good[1]]) == [{"md5": "aa"}, None, {"md5": "bb"}]
+    assert loads_json_texts([None, ""], "{}") == [{}, {}]
+    texts = [good[0], damaged, good[1], "[2]"]
+    try:
+        expected: Any = ("value", [json.loads(text or "null") for text in texts])
+    except ValueError as exc:
+        expected = ("error", str(exc))
+    try:
+        got: Any = ("value", loads_json_texts(texts))
+    except ValueError as exc:
+        got = ("error", str(exc))
+    assert got == expected
+
+
 @pytest.mark.parametrize("text", [
     # As PostgreSQL writes a JSONB value: a checksums object, empty, and what may not be
     # written as it is (escapes, characters outside printable ASCII, numbers, nesting, arrays,

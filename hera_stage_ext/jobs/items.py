@@ -21,7 +21,6 @@ JOB_ITEM_INDEXES``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..catalogue.checksums import ALGORITHMS
-from ..catalogue.db import Database, driver_mark, driver_rows
+from ..catalogue.db import Database, driver_mark, driver_rows, loads_json_texts
 from ..states import ARRIVED_ITEM_STATES, ItemState
 from .models import JOB_ITEM_TABLE, JobItem
 
@@ -117,7 +116,7 @@ def exchange(db: Database, job_id: int, results: Sequence[IdResult], n: int,
     gives more error-free results by id runs (``RunResults``)."""
     recorded, rows = _exchange_rows(db, job_id, results, n, max_bytes, running_only, runs)
     # The checksums' JSON texts decoded in one call for the whole batch.
-    checksums = json.loads("[" + ",".join(row[6] or "{}" for row in rows) + "]")
+    checksums = loads_json_texts((row[6] for row in rows), "{}")
     return recorded, [ClaimedItem(row[0], row[1], row[2], row[3], row[4], bool(row[5]),
                                   sums or {}, row[7] + 1, row[8])
                       for row, sums in zip(rows, checksums)]

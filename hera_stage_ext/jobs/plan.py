@@ -9,7 +9,6 @@ plan. ``unique_names`` and ``resolve_names`` also serve the transfer kind."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -20,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..catalogue.db import Database, driver_mark, driver_rows
+from ..catalogue.db import Database, driver_mark, driver_rows, loads_json_texts
 from ..catalogue.inlist import bound_values, one_of_sql
 from .models import JobRow
 from ..catalogue.naming import shown, validate_name
@@ -194,7 +193,7 @@ def resolve_names(db: Database, names: Sequence[str], kind: str = "online",
             condition=one_of_sql(backend, "f.name"), kind=driver_mark(connection)),
             (bound_values(backend, names), kind))
     if backend != "postgresql":  # SQLite's JSON texts decoded in one call, not one a row
-        decoded = json.loads("[" + ",".join([row[3] or "null" for row in rows]) + "]")
+        decoded = loads_json_texts(row[3] for row in rows)
     else:
         decoded = [row[3] for row in rows]
     for row, checksums in zip(rows, decoded):

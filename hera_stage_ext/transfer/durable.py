@@ -106,7 +106,7 @@ class FileSyncer:
         #: Places left for nameless files held open (``hold``): a count under a lock, taken
         #: and given back once a pushed file (a semaphore's pair of calls cost 0.8 us a file
         #: against 0.3).
-        self._places = \
+        self._places = self._places_max = \
             HELD_MAX if limit == resource.RLIM_INFINITY else max(1, min(HELD_MAX, limit // 4))
         self._places_lock = threading.Lock()
 
@@ -139,6 +139,8 @@ class FileSyncer:
 
     def let_go(self) -> None:
         with self._places_lock:
+            if self._places >= self._places_max:  # (a place given back twice: never more)
+                raise ValueError("FileSyncer.let_go: no place is held")
             self._places += 1
 
     def submit(self, group: list[tuple[int, str]]) -> Future[dict[str, OSError]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import json
 import os
 import stat
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy import select
 
 from ..catalogue.catalogue import Catalogue
-from ..catalogue.db import Database, driver_rows
+from ..catalogue.db import Database, driver_rows, loads_json_texts
 from ..catalogue.inlist import bound_values, one_of_sql
 from ..catalogue.models import File
 from ..catalogue.serialize import iso
@@ -123,8 +122,8 @@ def offers_for(db: Database, paths: dict[str, str], found: Found | None = None
         rows = driver_rows(connection, sql, (bound_values(backend, paths),))
     text = backend != "postgresql"  # SQLite: JSON as its text, times as SQLAlchemy's text
     if text:  # each column's JSON texts decoded in one call for the whole batch, not a call each
-        sums = json.loads("[" + ",".join([row[3] for row in rows]) + "]")
-        metas = json.loads("[" + ",".join([row[7] or "null" for row in rows]) + "]")
+        sums = loads_json_texts(row[3] for row in rows)
+        metas = loads_json_texts(row[7] for row in rows)
     else:
         sums, metas = [row[3] for row in rows], [row[7] for row in rows]
     for row, checksums, meta in zip(rows, sums, metas):
