@@ -167,9 +167,23 @@ def _claim_rows_in(connection: Connection, job_id: int, n: int,
     # Exactly the rows selected (and locked) above: runs of their own ids (ascending, as
     # selected: no sort or set of them).
     for where, ids in _runs_sql(ascending_runs([row[0] for row in rows]), mark):
-        driver_rows(connection, f"UPDATE job_item SET state = {mark}, attempts = attempts + 1 "
-                                f"WHERE {where}", (_RUNNING, *ids), fetch=False)
+        driver_rows(connection, f"{_update_rows(sqlite)} SET state = {mark}, "
+                                f"attempts = attempts + 1 WHERE {where}", (_RUNNING, *ids),
+                    fetch=False)
     return rows
+
+
+def _update_rows(sqlite: bool) -> str:
+    """The start of an ``UPDATE`` of many items (a claim's, a record's) on ``job_item``.
+
+    On SQLite ``OR FAIL``: SQLite keeps a copy of every page an ``UPDATE`` of many rows inside
+    a transaction changes (a statement journal), to undo just that statement when a constraint
+    fails part way (``ABORT``, the default), and past 64 KiB that journal is a temporary file,
+    written and thrown away (0.28 page writes an item of a copy job). With ``FAIL`` no journal
+    is kept: these statements set a state and count an attempt, no constraint they could
+    break, and any error still rolls the whole transaction back (``Database.write``), so the
+    rows ``FAIL`` would leave changed before it are never committed."""
+    return "UPDATE OR FAIL job_item" if sqlite else "UPDATE job_item"
 
 
 # The state written in the SQL, not bound: the queued items' partial index (``models.
@@ -314,9 +328,13 @@ def _record_in(connection: Connection, job_id: int, results: Sequence[IdResult],
     files: dict[str, int] = dict.fromkeys(RESULT_STATES, 0)
     done_bytes = 0
     mark = driver_mark(connection)
-    where = f"job_id = {mark}" + (f" AND state = {mark}" if running_only else "")
-    scope: tuple[object, ...] = (job_id, _RUNNING) if running_only else (job_id,)
     sqlite = connection.dialect.name == "sqlite"
+    # On SQLite the job's id as a plain filter (``+``: no index on it), so that an id run is
+    # read from the table's own b-tree in order, not through the job's index and a look-up of
+    # each row by its id.
+    where = (f"{'+' if sqlite else ''}job_id = {mark}"
+             + (f" AND state = {mark}" if running_only else ""))
+    scope: tuple[object, ...] = (job_id, _RUNNING) if running_only else (job_id,)
     for state, state_runs in by_runs.items():
         for terms, params in _runs_sql(state_runs, mark):
             count, nbytes = _update_counted(connection, sqlite, state, f"{terms} AND {where}",
@@ -355,7 +373,7 @@ def _update_counted(connection: Connection, sqlite: bool, state: str, where: str
         row = driver_rows(connection, f"SELECT count(*), COALESCE(sum(size), 0) FROM job_item "
                           f"WHERE {where}", params)[0]
         if row[0]:
-            driver_rows(connection, f"UPDATE job_item SET state = {mark}, error = '' "
+            driver_rows(connection, f"{_update_rows(True)} SET state = {mark}, error = '' "
                         f"WHERE {where}", (str(state), *params), fetch=False)
     else:
         row = driver_rows(connection, f"WITH written AS (UPDATE job_item SET state = {mark}, "
