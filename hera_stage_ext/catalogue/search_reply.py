@@ -24,6 +24,7 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from typing import Any
 
 from .db import loads_json_column
+from .serialize import iso_of_stored
 
 #: ``json.dumps(value)`` with its defaults (it is what ``json.dumps`` itself calls).
 _encode = json.JSONEncoder().encode
@@ -92,7 +93,6 @@ def _time(value: Any) -> str:
 
 #: SQLAlchemy's own form of a time in SQLite, the only one ``PageWriter.time`` writes without
 #: parsing it into a datetime.
-_SQLITE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}")
 
 
 def _full_path(root: str, path: str) -> str:
@@ -155,10 +155,10 @@ class PageWriter:
             else self._parse_time(value)
 
     def _time_text(self, value: Any) -> str:
-        if type(value) is str and self._parse_time is not None and _SQLITE_TIME.fullmatch(value):
-            # What the parsed datetime's isoformat gives (no fraction for a zero microsecond).
-            clock = value[11:19] if value.endswith(".000000") else value[11:]
-            return f'"{value[:10]}T{clock}Z"'
+        if type(value) is str and self._parse_time is not None:
+            text = iso_of_stored(value)
+            if text is not None:
+                return f'"{text}"'
         return _time(self._parsed(value))
 
     def instance(self, name_json: str, row: Sequence[Any]) -> str:

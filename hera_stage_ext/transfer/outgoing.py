@@ -22,7 +22,7 @@ from ..catalogue.catalogue import Catalogue
 from ..catalogue.db import Database, driver_rows, loads_json_texts
 from ..catalogue.inlist import bound_values, one_of_sql
 from ..catalogue.models import File
-from ..catalogue.serialize import iso
+from ..catalogue.serialize import iso, iso_of_stored
 from ..errors import InvalidRequest, StagingError
 from ..paths import check_canonical, confine
 from ..safefs import Folders, open_beneath
@@ -146,17 +146,11 @@ def offers_for(db: Database, paths: dict[str, str], found: Found | None = None
 
 
 def _iso_text(created: str | None) -> str | None:
-    """``iso`` of a time as SQLAlchemy keeps it in SQLite (``2026-12-07 22:33:16.039264``)
-    without making a ``datetime`` of it (parsing it and formatting it again was about a
-    tenth of ``offers_for``): the same text, ``T`` between date and time and the
-    microseconds left out when zero, as ``isoformat`` writes them; any other form is
-    parsed."""
+    """``iso`` of a time as SQLite gives it: from its text (``iso_of_stored``: parsing it and
+    formatting it again was about a tenth of ``offers_for``), any other form parsed."""
     if created is None:
         return None
-    if len(created) == 26 and created[10] == " " and created[19] == ".":
-        return (f"{created[:10]}T{created[11:19]}Z" if created.endswith(".000000")
-                else f"{created[:10]}T{created[11:]}Z")
-    return iso(dt.datetime.fromisoformat(created))
+    return iso_of_stored(created) or iso(dt.datetime.fromisoformat(created))
 
 
 class BatchMember(NamedTuple):
