@@ -129,6 +129,11 @@ class FileSet:
     def query(self) -> str:
         return json.dumps({"name-matches": f"zen.{self.night}.%"})
 
+    @property
+    def glob(self) -> str:
+        """The set's files, as ``hera-stage ingest`` takes them."""
+        return f"{self.rel_dir}/*/*" if self.folders > 1 else f"{self.rel_dir}/*"
+
     def paths(self) -> list[str]:
         """Store-relative paths of the set's files."""
         out = []
@@ -588,6 +593,14 @@ class Bench:
         return case
 
 
+def warm_up(server: Server, fs: FileSet) -> None:
+    """Stage one file of ``fs`` through ``server`` and remove it: the first job starts the
+    worker process (not part of any timing)."""
+    server.cli("stage", str(server.workdir / "00-warmup"), json.dumps(
+        {"name-is-exactly": fs.paths()[0].rsplit("/", 1)[1]}), "--wait")
+    remove_tree(server.workdir / "00-warmup")
+
+
 def unsynced_case(workdir: Path, stores: dict[str, Any], fs: FileSet, store: Path,
                   pairs: int) -> Case:
     """The verified copy of ``fs`` by a worker asked to skip fsync, beside plain ``cp -r``: a
@@ -598,11 +611,8 @@ def unsynced_case(workdir: Path, stores: dict[str, Any], fs: FileSet, store: Pat
     with jupyter_server(workdir / "server-no-fsync", workspace,
                         f"sqlite:///{workdir / 'catalogue-no-fsync.sqlite'}", stores,
                         {"worker_fsync": False}) as server:
-        glob = f"{fs.rel_dir}/*/*" if fs.folders > 1 else f"{fs.rel_dir}/*"
-        server.cli("ingest", STORE, glob, "--quiet")
-        server.cli("stage", str(workspace / "00-warmup"), json.dumps(
-            {"name-is-exactly": fs.paths()[0].rsplit("/", 1)[1]}), "--wait")
-        remove_tree(workspace / "00-warmup")
+        server.cli("ingest", STORE, fs.glob, "--quiet")
+        warm_up(server, fs)
         return Bench(server, store, workspace, None, max(1, pairs)).case(
             fs, "small-no-fsync", f"{fs.label} (no fsync)", "files/s", "copy", [], True,
             TARGET_SMALL_PLAIN)
@@ -868,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             server = stack.enter_context(jupyter_server(workdir / "server", workspace, db_url,
                                                         stores))
-            globs = [f"{fs.rel_dir}/*/*" if fs.folders > 1 else f"{fs.rel_dir}/*" for fs in sets]
+            globs = [fs.glob for fs in sets]
             site = start_site(stack, workdir, stores, workspace) if args.site else None
             for each in (server, site):
                 if each is None:
@@ -883,13 +893,10 @@ def main(argv: list[str] | None = None) -> int:
             if site_rss is not None:
                 site_rss.start()
             bench = Bench(server, store, workspace, site, max(1, args.pairs))
-            # Warm-up: the first job starts the worker process (not part of any timing).
             warm = next(iter(by_key.values()))
             for each in (server, site):
                 if each is not None:
-                    each.cli("stage", str(workspace / "00-warmup"), json.dumps(
-                        {"name-is-exactly": warm.paths()[0].rsplit("/", 1)[1]}), "--wait")
-                    remove_tree(workspace / "00-warmup")
+                    warm_up(each, warm)
             cases: list[Case] = []
             if "small" in by_key:
                 fs = by_key["small"]
